@@ -1,0 +1,246 @@
+//! The disk seam: `BlockDevice`, one disk as a flat namespace of named blocks.
+//!
+//! Both backends (`DirDisk` in production, `SimDisk` in the simulator) honour exactly this
+//! contract, and the engine assumes nothing more of the media:
+//! - a `write` or `delete` is visible to `read`/`list` at once, but durable only after a
+//!   later `sync` returns `Ok`;
+//! - a crash may drop any subset of the writes and deletes issued since the last completed
+//!   `sync`, and may leave one in-flight write torn (a prefix of it, possibly followed by
+//!   garbage); everything synced survives;
+//! - `read` may return corrupted bytes (bit rot, misdirected writes) or fail (latent error,
+//!   dead disk): every block carries its own checksum and the engine verifies it on every read;
+//! - capacity is finite: a write that does not fit fails with `DeviceError::NoSpace` and
+//!   leaves no partial block behind.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+/// Identifies an extent for its whole life; never reused for different data.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct ExtentId(pub u64);
+
+impl fmt::Display for ExtentId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:016x}", self.0)
+    }
+}
+
+/// The name of a block on one device. Typed, so no component can invent a name that
+/// another component would misparse.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum BlockName {
+    /// The disk label: pool id, disk id, capacity.
+    Label,
+    /// One metadata journal record.
+    Journal { seq: u64 },
+    /// A full metadata checkpoint taken after record `seq`.
+    Checkpoint { seq: u64 },
+    /// Fragment `index` of an extent.
+    Fragment { extent: ExtentId, index: u8 },
+}
+
+/// The families of blocks, for `BlockDevice::list`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum BlockKind {
+    Label,
+    Journal,
+    Checkpoint,
+    Fragment,
+}
+
+impl BlockKind {
+    /// Every kind, in a fixed order.
+    pub const ALL: [BlockKind; 4] = [
+        BlockKind::Label,
+        BlockKind::Journal,
+        BlockKind::Checkpoint,
+        BlockKind::Fragment,
+    ];
+
+    /// The directory-like prefix of this kind's names.
+    pub fn namespace(self) -> &'static str {
+        match self {
+            BlockKind::Label => "label",
+            BlockKind::Journal => "journal",
+            BlockKind::Checkpoint => "checkpoint",
+            BlockKind::Fragment => "fragment",
+        }
+    }
+}
+
+impl BlockName {
+    /// The family this name belongs to.
+    pub fn kind(&self) -> BlockKind {
+        match self {
+            BlockName::Label => BlockKind::Label,
+            BlockName::Journal { .. } => BlockKind::Journal,
+            BlockName::Checkpoint { .. } => BlockKind::Checkpoint,
+            BlockName::Fragment { .. } => BlockKind::Fragment,
+        }
+    }
+
+    /// The name within its namespace (a file name for `DirDisk`).
+    pub fn leaf(&self) -> String {
+        match self {
+            BlockName::Label => "label".to_string(),
+            BlockName::Journal { seq } | BlockName::Checkpoint { seq } => format!("{seq:020}"),
+            BlockName::Fragment { extent, index } => format!("{extent}.{index:02}"),
+        }
+    }
+
+    /// Parses a leaf produced by `leaf()` for the given kind; `None` for anything else.
+    pub fn parse(kind: BlockKind, leaf: &str) -> Option<BlockName> {
+        match kind {
+            BlockKind::Label => (leaf == "label").then_some(BlockName::Label),
+            BlockKind::Journal => parse_seq(leaf).map(|seq| BlockName::Journal { seq }),
+            BlockKind::Checkpoint => parse_seq(leaf).map(|seq| BlockName::Checkpoint { seq }),
+            BlockKind::Fragment => {
+                let (extent, index) = leaf.split_once('.')?;
+                if extent.len() != 16 || index.len() != 2 {
+                    return None;
+                }
+                let extent = u64::from_str_radix(extent, 16).ok()?;
+                let index = index.parse::<u8>().ok()?;
+                Some(BlockName::Fragment {
+                    extent: ExtentId(extent),
+                    index,
+                })
+            }
+        }
+    }
+}
+
+fn parse_seq(leaf: &str) -> Option<u64> {
+    if leaf.len() != 20 || !leaf.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    leaf.parse().ok()
+}
+
+impl fmt::Display for BlockName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.kind().namespace(), self.leaf())
+    }
+}
+
+/// What a device operation can fail with. Each variant is a distinct condition the engine
+/// reacts to differently.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DeviceError {
+    /// The block does not exist.
+    #[error("block not found")]
+    NotFound,
+    /// The write does not fit in the remaining capacity; nothing was written.
+    #[error("disk is full")]
+    NoSpace,
+    /// The disk cannot be used at all (dead, vanished, never opened).
+    #[error("disk unavailable: {0}")]
+    Unavailable(String),
+    /// An I/O error on this operation only (latent sector error, EIO).
+    #[error("I/O error: {0}")]
+    Io(String),
+}
+
+/// One disk. See the module header for the durability contract every method obeys.
+pub trait BlockDevice: Send + Sync {
+    /// Returns the full contents of the block as last written (subject to corruption).
+    fn read(&self, name: BlockName) -> Result<Vec<u8>, DeviceError>;
+
+    /// Creates or replaces the block. Visible at once; durable after the next `sync`.
+    /// Fails with `NoSpace`, writing nothing, when the block does not fit.
+    fn write(&self, name: BlockName, data: &[u8]) -> Result<(), DeviceError>;
+
+    /// Removes the block. Deleting a missing block is `Ok` (deletes are idempotent).
+    /// Durable after the next `sync`.
+    fn delete(&self, name: BlockName) -> Result<(), DeviceError>;
+
+    /// Names of every block of one kind, in ascending order.
+    fn list(&self, kind: BlockKind) -> Result<Vec<BlockName>, DeviceError>;
+
+    /// Makes every earlier write and delete durable. After `Ok`, none of them can be lost.
+    fn sync(&self) -> Result<(), DeviceError>;
+
+    /// Total bytes this device may hold.
+    fn capacity_bytes(&self) -> u64;
+
+    /// Bytes currently held by blocks.
+    fn used_bytes(&self) -> u64;
+
+    /// A human-readable location (a path for `DirDisk`), for messages.
+    fn describe(&self) -> String;
+}
+
+/// A device that fails every call: stands in for a disk that could not be opened, so
+/// the pool still opens and serves what the other disks hold.
+pub struct UnavailableDevice {
+    location: String,
+    reason: String,
+}
+
+impl UnavailableDevice {
+    /// A placeholder for the disk at `location`, failing with `reason`.
+    pub fn new(location: impl Into<String>, reason: impl Into<String>) -> Self {
+        Self {
+            location: location.into(),
+            reason: reason.into(),
+        }
+    }
+}
+
+impl BlockDevice for UnavailableDevice {
+    fn read(&self, _: BlockName) -> Result<Vec<u8>, DeviceError> {
+        Err(DeviceError::Unavailable(self.reason.clone()))
+    }
+    fn write(&self, _: BlockName, _: &[u8]) -> Result<(), DeviceError> {
+        Err(DeviceError::Unavailable(self.reason.clone()))
+    }
+    fn delete(&self, _: BlockName) -> Result<(), DeviceError> {
+        Err(DeviceError::Unavailable(self.reason.clone()))
+    }
+    fn list(&self, _: BlockKind) -> Result<Vec<BlockName>, DeviceError> {
+        Err(DeviceError::Unavailable(self.reason.clone()))
+    }
+    fn sync(&self) -> Result<(), DeviceError> {
+        Err(DeviceError::Unavailable(self.reason.clone()))
+    }
+    fn capacity_bytes(&self) -> u64 {
+        0
+    }
+    fn used_bytes(&self) -> u64 {
+        0
+    }
+    fn describe(&self) -> String {
+        self.location.clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_round_trip_through_their_leaf() {
+        let names = [
+            BlockName::Label,
+            BlockName::Journal { seq: 0 },
+            BlockName::Journal { seq: u64::MAX },
+            BlockName::Checkpoint { seq: 42 },
+            BlockName::Fragment {
+                extent: ExtentId(0xdead_beef),
+                index: 23,
+            },
+        ];
+        for name in names {
+            assert_eq!(BlockName::parse(name.kind(), &name.leaf()), Some(name));
+        }
+    }
+
+    #[test]
+    fn foreign_leaves_are_not_names() {
+        assert_eq!(BlockName::parse(BlockKind::Journal, ".tmp-0001"), None);
+        assert_eq!(BlockName::parse(BlockKind::Journal, "12"), None);
+        assert_eq!(BlockName::parse(BlockKind::Fragment, "xyz.01"), None);
+        assert_eq!(BlockName::parse(BlockKind::Fragment, "00000000000000ff.1"), None);
+    }
+}

@@ -1,0 +1,275 @@
+//! `DirDisk`: the production `BlockDevice`, a directory on a mounted filesystem.
+//!
+//! Layout: `<root>/<namespace>/<leaf>` per block (see `BlockName`). A write goes to
+//! `<namespace>/.tmp-<leaf>` and is renamed into place, so a reader never sees a partly
+//! written block under its real name; `sync` fsyncs every file written since the last
+//! sync, then every directory touched. Capacity is the one in the disk label, or the
+//! free space of the underlying filesystem when the label gives none; a write that would
+//! exceed it fails with `NoSpace` and leaves nothing behind.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs::{self, File, OpenOptions};
+use std::io::{ErrorKind, Write};
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard};
+
+use crate::device::{BlockDevice, BlockKind, BlockName, DeviceError};
+use crate::label::DiskLabel;
+
+const TMP_PREFIX: &str = ".tmp-";
+
+/// A disk backed by a directory.
+pub struct DirDisk {
+    root: PathBuf,
+    capacity_bytes: Option<u64>,
+    state: Mutex<DirState>,
+}
+
+#[derive(Default)]
+struct DirState {
+    sizes: BTreeMap<BlockName, u64>,
+    used_bytes: u64,
+    unsynced_files: BTreeSet<BlockName>,
+    unsynced_dirs: BTreeSet<BlockKind>,
+}
+
+impl DirDisk {
+    /// Opens the directory `root` (which must exist) as a disk. Its capacity comes from
+    /// its label when it has one. Leftover temporary files of an interrupted write are
+    /// removed.
+    pub fn open(root: &Path) -> Result<DirDisk, DeviceError> {
+        let meta = fs::metadata(root).map_err(|e| io_error(root, e))?;
+        if !meta.is_dir() {
+            return Err(DeviceError::Unavailable(format!("{} is not a directory", root.display())));
+        }
+        let mut state = DirState::default();
+        for kind in BlockKind::ALL {
+            let dir = root.join(kind.namespace());
+            let entries = match fs::read_dir(&dir) {
+                Ok(entries) => entries,
+                Err(e) if e.kind() == ErrorKind::NotFound => continue,
+                Err(e) => return Err(io_error(&dir, e)),
+            };
+            for entry in entries {
+                let entry = entry.map_err(|e| io_error(&dir, e))?;
+                let file_name = entry.file_name();
+                let Some(leaf) = file_name.to_str() else { continue };
+                if leaf.starts_with(TMP_PREFIX) {
+                    let _ = fs::remove_file(entry.path());
+                    continue;
+                }
+                if let Some(name) = BlockName::parse(kind, leaf) {
+                    let size = entry.metadata().map_err(|e| io_error(&entry.path(), e))?.len();
+                    state.used_bytes += size;
+                    state.sizes.insert(name, size);
+                }
+            }
+        }
+        let mut disk = DirDisk {
+            root: root.to_path_buf(),
+            capacity_bytes: None,
+            state: Mutex::new(state),
+        };
+        if let Ok(label) = DiskLabel::read(&disk) {
+            disk.capacity_bytes = label.capacity_bytes;
+        }
+        Ok(disk)
+    }
+
+    /// Sets the capacity this disk enforces (used when a disk is first labelled).
+    pub fn set_capacity(&mut self, capacity_bytes: Option<u64>) {
+        self.capacity_bytes = capacity_bytes;
+    }
+
+    /// The directory this disk lives in.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    fn path(&self, name: BlockName) -> PathBuf {
+        self.root.join(name.kind().namespace()).join(name.leaf())
+    }
+
+    fn lock(&self) -> MutexGuard<'_, DirState> {
+        // A panic while holding this lock leaves only size bookkeeping behind, which stays
+        // consistent per operation; recover the guard instead of poisoning every caller.
+        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn filesystem_free_bytes(&self) -> u64 {
+        statvfs_free_bytes(&self.root).unwrap_or(0)
+    }
+}
+
+fn io_error(path: &Path, e: std::io::Error) -> DeviceError {
+    if e.raw_os_error() == Some(libc::ENOSPC) {
+        return DeviceError::NoSpace;
+    }
+    if e.kind() == ErrorKind::NotFound {
+        return DeviceError::NotFound;
+    }
+    DeviceError::Io(format!("{}: {e}", path.display()))
+}
+
+#[allow(unsafe_code)]
+fn statvfs_free_bytes(path: &Path) -> Option<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let c_path = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
+    let mut stats = std::mem::MaybeUninit::<libc::statvfs>::zeroed();
+    // SAFETY: `c_path` is a valid NUL-terminated string and `stats` points to writable
+    // memory of the right type for the duration of the call.
+    let rc = unsafe { libc::statvfs(c_path.as_ptr(), stats.as_mut_ptr()) };
+    if rc != 0 {
+        return None;
+    }
+    // SAFETY: statvfs returned 0, so it initialised `stats`.
+    let stats = unsafe { stats.assume_init() };
+    Some(u64::from(stats.f_bavail).saturating_mul(u64::from(stats.f_frsize)))
+}
+
+impl BlockDevice for DirDisk {
+    fn read(&self, name: BlockName) -> Result<Vec<u8>, DeviceError> {
+        let path = self.path(name);
+        fs::read(&path).map_err(|e| io_error(&path, e))
+    }
+
+    fn write(&self, name: BlockName, data: &[u8]) -> Result<(), DeviceError> {
+        let mut state = self.lock();
+        let old = state.sizes.get(&name).copied().unwrap_or(0);
+        let new_used = state.used_bytes - old + data.len() as u64;
+        let capacity = self.capacity_bytes.unwrap_or_else(|| state.used_bytes + self.filesystem_free_bytes());
+        if new_used > capacity && data.len() as u64 > old {
+            return Err(DeviceError::NoSpace);
+        }
+        let dir = self.root.join(name.kind().namespace());
+        if !state.unsynced_dirs.contains(&name.kind()) && !dir.exists() {
+            fs::create_dir_all(&dir).map_err(|e| io_error(&dir, e))?;
+        }
+        let final_path = dir.join(name.leaf());
+        let tmp_path = dir.join(format!("{TMP_PREFIX}{}", name.leaf()));
+        let result = File::create(&tmp_path)
+            .and_then(|mut file| file.write_all(data))
+            .and_then(|()| fs::rename(&tmp_path, &final_path));
+        if let Err(e) = result {
+            let _ = fs::remove_file(&tmp_path);
+            return Err(io_error(&tmp_path, e));
+        }
+        state.sizes.insert(name, data.len() as u64);
+        state.used_bytes = new_used;
+        state.unsynced_files.insert(name);
+        state.unsynced_dirs.insert(name.kind());
+        Ok(())
+    }
+
+    fn delete(&self, name: BlockName) -> Result<(), DeviceError> {
+        let mut state = self.lock();
+        let path = self.path(name);
+        match fs::remove_file(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == ErrorKind::NotFound => {}
+            Err(e) => return Err(io_error(&path, e)),
+        }
+        if let Some(size) = state.sizes.remove(&name) {
+            state.used_bytes -= size;
+        }
+        state.unsynced_files.remove(&name);
+        state.unsynced_dirs.insert(name.kind());
+        Ok(())
+    }
+
+    fn list(&self, kind: BlockKind) -> Result<Vec<BlockName>, DeviceError> {
+        let state = self.lock();
+        Ok(state.sizes.keys().filter(|n| n.kind() == kind).copied().collect())
+    }
+
+    fn sync(&self) -> Result<(), DeviceError> {
+        let mut state = self.lock();
+        let files = std::mem::take(&mut state.unsynced_files);
+        for name in &files {
+            let path = self.path(*name);
+            match OpenOptions::new().read(true).open(&path).and_then(|f| f.sync_all()) {
+                Ok(()) => {}
+                Err(e) if e.kind() == ErrorKind::NotFound => {}
+                Err(e) => {
+                    state.unsynced_files.extend(files.iter().copied());
+                    return Err(io_error(&path, e));
+                }
+            }
+        }
+        let dirs = std::mem::take(&mut state.unsynced_dirs);
+        for kind in &dirs {
+            let dir = self.root.join(kind.namespace());
+            if let Err(e) = File::open(&dir).and_then(|d| d.sync_all()) {
+                state.unsynced_dirs.extend(dirs.iter().copied());
+                return Err(io_error(&dir, e));
+            }
+        }
+        if !dirs.is_empty() {
+            File::open(&self.root)
+                .and_then(|d| d.sync_all())
+                .map_err(|e| io_error(&self.root, e))?;
+        }
+        Ok(())
+    }
+
+    fn capacity_bytes(&self) -> u64 {
+        match self.capacity_bytes {
+            Some(c) => c,
+            None => self.lock().used_bytes + self.filesystem_free_bytes(),
+        }
+    }
+
+    fn used_bytes(&self) -> u64 {
+        self.lock().used_bytes
+    }
+
+    fn describe(&self) -> String {
+        self.root.display().to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn blocks_survive_reopen_and_deletes_are_idempotent() {
+        let dir = tempfile::tempdir().unwrap();
+        let disk = DirDisk::open(dir.path()).unwrap();
+        let name = BlockName::Journal { seq: 5 };
+        disk.write(name, b"hello").unwrap();
+        disk.sync().unwrap();
+        let disk = DirDisk::open(dir.path()).unwrap();
+        assert_eq!(disk.read(name).unwrap(), b"hello");
+        assert_eq!(disk.used_bytes(), 5);
+        assert_eq!(disk.list(BlockKind::Journal).unwrap(), vec![name]);
+        disk.delete(name).unwrap();
+        disk.delete(name).unwrap();
+        assert_eq!(disk.read(name), Err(DeviceError::NotFound));
+        assert_eq!(disk.used_bytes(), 0);
+    }
+
+    #[test]
+    fn a_full_disk_refuses_the_write_and_keeps_the_old_block() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut disk = DirDisk::open(dir.path()).unwrap();
+        disk.set_capacity(Some(10));
+        let name = BlockName::Checkpoint { seq: 1 };
+        disk.write(name, b"12345678").unwrap();
+        assert_eq!(disk.write(BlockName::Checkpoint { seq: 2 }, b"abc"), Err(DeviceError::NoSpace));
+        assert_eq!(disk.write(name, b"12345678901"), Err(DeviceError::NoSpace));
+        assert_eq!(disk.read(name).unwrap(), b"12345678");
+        assert_eq!(disk.list(BlockKind::Checkpoint).unwrap(), vec![name]);
+        assert_eq!(disk.used_bytes(), 8);
+    }
+
+    #[test]
+    fn stray_temporary_files_are_removed_on_open() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::create_dir_all(dir.path().join("journal")).unwrap();
+        fs::write(dir.path().join("journal/.tmp-00000000000000000001"), b"torn").unwrap();
+        let disk = DirDisk::open(dir.path()).unwrap();
+        assert!(disk.list(BlockKind::Journal).unwrap().is_empty());
+        assert!(!dir.path().join("journal/.tmp-00000000000000000001").exists());
+    }
+}

@@ -1,0 +1,73 @@
+//! The engine's error type: one enum for every operation, each variant with its errno
+//! and a message a user can act on.
+
+use crate::device::ExtentId;
+use crate::policy::Policy;
+
+/// Result of an engine operation.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything an engine operation can fail with.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Error {
+    #[error("{0}: no such file or directory")]
+    NotFound(String),
+    #[error("{0}: already exists")]
+    Exists(String),
+    #[error("{0}: not a directory")]
+    NotDirectory(String),
+    #[error("{0}: is a directory")]
+    IsDirectory(String),
+    #[error("{0}: directory not empty")]
+    NotEmpty(String),
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
+    #[error("file name too long ({0} bytes; the limit is 255)")]
+    NameTooLong(usize),
+    #[error("operation not permitted: {0}")]
+    NotPermitted(String),
+    #[error("no space left: {0}")]
+    NoSpace(String),
+    #[error("policy {policy} needs {needed} distinct disks with room for a fragment, but only {available} have room")]
+    Unplaceable { policy: Policy, needed: usize, available: usize },
+    #[error("extent {extent} (file offset {offset}) is lost: {detail}")]
+    DataLost { extent: ExtentId, offset: u64, detail: String },
+    #[error("I/O error: {0}")]
+    Io(String),
+    #[error("metadata cannot be recovered: {0}")]
+    MetadataCorrupt(String),
+    #[error("the pool has no disks yet; add one with `dfs add-disk`")]
+    NoDisks,
+    #[error("{0}")]
+    PoolBusy(String),
+    #[error("{0}")]
+    NotAPool(String),
+    #[error("bad file handle {0}")]
+    BadHandle(u64),
+    #[error("the pool went read-only after a failed metadata commit ({0}); unmount and reopen it")]
+    ReadOnly(String),
+}
+
+impl Error {
+    /// The errno a POSIX caller sees for this error.
+    pub fn errno(&self) -> i32 {
+        match self {
+            Error::NotFound(_) => libc::ENOENT,
+            Error::Exists(_) => libc::EEXIST,
+            Error::NotDirectory(_) => libc::ENOTDIR,
+            Error::IsDirectory(_) => libc::EISDIR,
+            Error::NotEmpty(_) => libc::ENOTEMPTY,
+            Error::InvalidArgument(_) => libc::EINVAL,
+            Error::NameTooLong(_) => libc::ENAMETOOLONG,
+            Error::NotPermitted(_) => libc::EPERM,
+            // Too few disks for a policy is, to a writer, a lack of space to put the data.
+            Error::NoSpace(_) | Error::Unplaceable { .. } | Error::NoDisks => libc::ENOSPC,
+            // Lost data must surface as an I/O error, never as bytes.
+            Error::DataLost { .. } | Error::Io(_) | Error::MetadataCorrupt(_) => libc::EIO,
+            Error::BadHandle(_) => libc::EBADF,
+            Error::PoolBusy(_) => libc::EBUSY,
+            Error::NotAPool(_) => libc::ENOENT,
+            Error::ReadOnly(_) => libc::EROFS,
+        }
+    }
+}

@@ -1,0 +1,352 @@
+//! Open files: handles, per-file write buffering cut at extent boundaries, and the
+//! flush that turns buffered chunks into committed extents.
+//!
+//! All handles of one inode share one buffer, so every reader sees every write at once.
+//! A buffered chunk holds the chunk's full current contents (loaded from its extent on
+//! the first partial write). Buffered data is durable only after `flush`/`fsync`/
+//! `release`, which write the chunks as new extents (copy-on-write) and commit them with
+//! the file's size and times in one transaction.
+
+use std::collections::BTreeMap;
+
+use crate::clock::WallTime;
+use crate::error::{Error, Result};
+use crate::meta::state::{Ino, InodeKind, Op, Transaction, EXTENT_BYTES_MAX};
+use crate::pool::Pool;
+
+const CHUNK: u64 = EXTENT_BYTES_MAX;
+
+/// A file handle returned by `Pool::open_file`.
+pub type FileHandle = u64;
+
+#[derive(Default)]
+pub(crate) struct OpenFiles {
+    handles: BTreeMap<FileHandle, Ino>,
+    files: BTreeMap<Ino, OpenFile>,
+    next_handle: FileHandle,
+}
+
+pub(crate) struct OpenFile {
+    handles: u32,
+    dirty: BTreeMap<u64, Vec<u8>>,
+    dirty_bytes: usize,
+    /// The file's size including buffered writes.
+    pub(crate) size: u64,
+    /// Set when the buffered state differs from the committed inode.
+    pub(crate) mtime: Option<WallTime>,
+}
+
+impl OpenFiles {
+    pub(crate) fn get(&self, ino: Ino) -> Option<&OpenFile> {
+        self.files.get(&ino)
+    }
+
+    pub(crate) fn files_mut(&mut self, ino: Ino) -> Option<&mut OpenFile> {
+        self.files.get_mut(&ino)
+    }
+
+    /// Whether any handle holds `ino` open.
+    pub(crate) fn is_open(&self, ino: Ino) -> bool {
+        self.files.get(&ino).is_some_and(|f| f.handles > 0)
+    }
+}
+
+impl Pool {
+    fn handle_ino(&self, fh: FileHandle) -> Result<Ino> {
+        self.files.handles.get(&fh).copied().ok_or(Error::BadHandle(fh))
+    }
+
+    /// The open-file entry of `ino`, created (with no handles) if absent.
+    fn open_entry(&mut self, ino: Ino) -> Result<&mut OpenFile> {
+        let inode = self.state.inodes.get(&ino).ok_or_else(|| Error::NotFound(format!("inode {}", ino.0)))?;
+        if inode.kind != InodeKind::File {
+            return Err(match inode.kind {
+                InodeKind::Directory => Error::IsDirectory(format!("inode {}", ino.0)),
+                _ => Error::InvalidArgument(format!("inode {} is not a regular file", ino.0)),
+            });
+        }
+        let size = inode.size;
+        Ok(self.files.files.entry(ino).or_insert_with(|| OpenFile {
+            handles: 0,
+            dirty: BTreeMap::new(),
+            dirty_bytes: 0,
+            size,
+            mtime: None,
+        }))
+    }
+
+    /// Opens a regular file for reading and writing.
+    pub fn open_file(&mut self, ino: Ino) -> Result<FileHandle> {
+        self.open_entry(ino)?.handles += 1;
+        self.files.next_handle += 1;
+        let fh = self.files.next_handle;
+        self.files.handles.insert(fh, ino);
+        Ok(fh)
+    }
+
+    /// Current contents of chunk `index` of `ino`, as a buffer to modify.
+    fn load_chunk(&mut self, ino: Ino, index: u64) -> Result<Vec<u8>> {
+        let record = self
+            .state
+            .file_extents
+            .get(&ino)
+            .and_then(|m| m.get(&index))
+            .and_then(|id| self.state.extents.get(id))
+            .cloned();
+        match record {
+            Some(record) => Ok(self.read_extent(&record, index * CHUNK)?.to_vec()),
+            None => Ok(Vec::new()),
+        }
+    }
+
+    /// Writes `data` at `offset`; buffered until flushed. Returns the bytes written.
+    pub fn write(&mut self, fh: FileHandle, offset: u64, data: &[u8]) -> Result<usize> {
+        let ino = self.handle_ino(fh)?;
+        let end = offset
+            .checked_add(data.len() as u64)
+            .filter(|end| *end <= i64::MAX as u64)
+            .ok_or_else(|| Error::InvalidArgument("write past the largest file size".into()))?;
+        if data.is_empty() {
+            return Ok(0);
+        }
+        for index in offset / CHUNK..=(end - 1) / CHUNK {
+            let chunk_start = index * CHUNK;
+            let low = (offset.max(chunk_start) - chunk_start) as usize;
+            let high = (end.min(chunk_start + CHUNK) - chunk_start) as usize;
+            let source = &data[(chunk_start + low as u64 - offset) as usize..(chunk_start + high as u64 - offset) as usize];
+            let buffered = self.files.files.get(&ino).is_some_and(|f| f.dirty.contains_key(&index));
+            let mut chunk = if buffered {
+                Vec::new()
+            } else {
+                self.load_chunk(ino, index)?
+            };
+            let file = self.open_entry(ino)?;
+            if buffered {
+                chunk = file.dirty.remove(&index).unwrap_or_default();
+                file.dirty_bytes -= chunk.len();
+            }
+            if chunk.len() < high {
+                chunk.resize(high, 0);
+            }
+            chunk[low..high].copy_from_slice(source);
+            file.dirty_bytes += chunk.len();
+            file.dirty.insert(index, chunk);
+        }
+        let now = self.clock.wall();
+        let file = self.open_entry(ino)?;
+        file.size = file.size.max(end);
+        file.mtime = Some(now);
+        if file.dirty_bytes >= self.options.dirty_bytes_max {
+            self.flush_ino(ino, true)?;
+        }
+        Ok(data.len())
+    }
+
+    /// Reads up to `size` bytes at `offset`; short only at end of file. Holes read as zeros.
+    pub fn read(&mut self, fh: FileHandle, offset: u64, size: usize) -> Result<Vec<u8>> {
+        let ino = self.handle_ino(fh)?;
+        self.read_ino(ino, offset, size)
+    }
+
+    pub(crate) fn read_ino(&mut self, ino: Ino, offset: u64, size: usize) -> Result<Vec<u8>> {
+        let file_size = match self.files.get(ino) {
+            Some(file) => file.size,
+            None => self.state.inodes.get(&ino).map(|i| i.size).unwrap_or(0),
+        };
+        if offset >= file_size || size == 0 {
+            return Ok(Vec::new());
+        }
+        let end = file_size.min(offset.saturating_add(size as u64));
+        let mut out = vec![0u8; (end - offset) as usize];
+        for index in offset / CHUNK..=(end - 1) / CHUNK {
+            let chunk_start = index * CHUNK;
+            let low = offset.max(chunk_start) - chunk_start;
+            let high = end.min(chunk_start + CHUNK) - chunk_start;
+            let target = &mut out[(chunk_start + low - offset) as usize..(chunk_start + high - offset) as usize];
+            let copy = |target: &mut [u8], source: &[u8]| {
+                let available = source.len().saturating_sub(low as usize).min(target.len());
+                if available > 0 {
+                    target[..available].copy_from_slice(&source[low as usize..low as usize + available]);
+                }
+            };
+            if let Some(chunk) = self.files.get(ino).and_then(|f| f.dirty.get(&index)) {
+                copy(target, chunk);
+                continue;
+            }
+            let record = self
+                .state
+                .file_extents
+                .get(&ino)
+                .and_then(|m| m.get(&index))
+                .and_then(|id| self.state.extents.get(id))
+                .cloned();
+            if let Some(record) = record {
+                let data = self.read_extent(&record, chunk_start)?;
+                copy(target, &data);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Writes every buffered chunk of the handle's file and commits: durable on return.
+    pub fn flush(&mut self, fh: FileHandle) -> Result<()> {
+        let ino = self.handle_ino(fh)?;
+        self.flush_ino(ino, false)
+    }
+
+    /// Same as `flush`: every commit is durable.
+    pub fn fsync(&mut self, fh: FileHandle) -> Result<()> {
+        self.flush(fh)
+    }
+
+    /// Flushes, drops the handle, and removes the file if this was the last handle of an
+    /// unlinked file.
+    pub fn release(&mut self, fh: FileHandle) -> Result<()> {
+        let ino = self.handle_ino(fh)?;
+        let flushed = self.flush_ino(ino, false);
+        self.files.handles.remove(&fh);
+        let last = match self.files.files.get_mut(&ino) {
+            Some(file) => {
+                file.handles = file.handles.saturating_sub(1);
+                file.handles == 0
+            }
+            None => true,
+        };
+        if last {
+            self.files.files.remove(&ino);
+            if self.state.inodes.get(&ino).is_some_and(|i| i.nlink == 0) {
+                let freed = self.commit(Transaction {
+                    ops: vec![Op::RemoveInode(ino)],
+                })?;
+                self.free_extents(&freed);
+            }
+        }
+        flushed
+    }
+
+    /// Writes buffered chunks of `ino` as extents and commits them with the size and
+    /// times. With `complete_only`, only full chunks are written (the rest stay buffered).
+    pub(crate) fn flush_ino(&mut self, ino: Ino, complete_only: bool) -> Result<()> {
+        let Some(file) = self.files.files.get_mut(&ino) else { return Ok(()) };
+        let committed_size = self.state.inodes.get(&ino).map(|i| i.size);
+        let indexes: Vec<u64> = file
+            .dirty
+            .iter()
+            .filter(|(_, chunk)| !complete_only || chunk.len() as u64 == CHUNK)
+            .map(|(i, _)| *i)
+            .collect();
+        if indexes.is_empty() && (complete_only || (file.mtime.is_none() && committed_size == Some(file.size))) {
+            return Ok(());
+        }
+        let chunks: Vec<(u64, Vec<u8>)> = indexes
+            .iter()
+            .filter_map(|i| file.dirty.remove(i).map(|chunk| (*i, chunk)))
+            .collect();
+        // A partial flush commits only the size its chunks reach, so a crash never shows
+        // a size whose bytes were still buffered.
+        let size = match (complete_only, indexes.last()) {
+            (true, Some(last)) => file.size.min(committed_size.unwrap_or(0).max((last + 1) * CHUNK)),
+            _ => file.size,
+        };
+        let mtime = file.mtime;
+        let restore = |pool: &mut Pool, chunks: Vec<(u64, Vec<u8>)>| {
+            if let Some(file) = pool.files.files.get_mut(&ino) {
+                for (index, chunk) in chunks {
+                    file.dirty.insert(index, chunk);
+                }
+            }
+        };
+        let policy = self.state.effective_policy(ino);
+        let records = match self.write_chunks(&chunks, policy) {
+            Ok(records) => records,
+            Err(e) => {
+                restore(self, chunks);
+                return Err(e);
+            }
+        };
+        let mut ops: Vec<Op> = Vec::new();
+        let beyond = size.div_ceil(CHUNK);
+        if let Some(map) = self.state.file_extents.get(&ino) {
+            for (&index, _) in map.range(beyond..) {
+                ops.push(Op::SetExtent { ino, index, extent: None });
+            }
+        }
+        for (index, record) in &records {
+            let unchanged_hole = record.is_none()
+                && !self.state.file_extents.get(&ino).is_some_and(|m| m.contains_key(index));
+            if !unchanged_hole {
+                ops.push(Op::SetExtent {
+                    ino,
+                    index: *index,
+                    extent: record.clone(),
+                });
+            }
+        }
+        if let Some(inode) = self.state.inodes.get(&ino) {
+            let mut inode = inode.clone();
+            inode.size = size;
+            if let Some(mtime) = mtime {
+                inode.mtime = mtime;
+                inode.ctime = mtime;
+            }
+            ops.push(Op::PutInode(inode));
+        }
+        let new_extents: Vec<_> = records.iter().filter_map(|(_, r)| r.clone()).collect();
+        match self.commit(Transaction { ops }) {
+            Ok(freed) => {
+                self.free_extents(&freed);
+                if let Some(file) = self.files.files.get_mut(&ino) {
+                    file.dirty_bytes = file.dirty.values().map(Vec::len).sum();
+                    if file.dirty.is_empty() && file.size == size {
+                        file.mtime = None;
+                    }
+                }
+                Ok(())
+            }
+            Err(e) => {
+                self.free_extents(&new_extents);
+                restore(self, chunks);
+                Err(e)
+            }
+        }
+    }
+
+    /// Sets the size of `ino`: cuts or extends (with a hole) and commits.
+    pub(crate) fn truncate_ino(&mut self, ino: Ino, size: u64) -> Result<()> {
+        if size > i64::MAX as u64 {
+            return Err(Error::InvalidArgument("size past the largest file size".into()));
+        }
+        let boundary = size / CHUNK;
+        let within = (size % CHUNK) as usize;
+        let needs_cut = within > 0
+            && !self.files.get(ino).is_some_and(|f| f.dirty.contains_key(&boundary))
+            && self
+                .state
+                .file_extents
+                .get(&ino)
+                .and_then(|m| m.get(&boundary))
+                .and_then(|id| self.state.extents.get(id))
+                .is_some_and(|r| r.len as usize > within);
+        let loaded = if needs_cut { Some(self.load_chunk(ino, boundary)?) } else { None };
+        let now = self.clock.wall();
+        let file = self.open_entry(ino)?;
+        if let Some(chunk) = loaded {
+            file.dirty.insert(boundary, chunk);
+        }
+        let first_gone = size.div_ceil(CHUNK);
+        file.dirty.retain(|index, _| *index < first_gone);
+        if within > 0 {
+            if let Some(chunk) = file.dirty.get_mut(&boundary) {
+                chunk.truncate(within);
+            }
+        }
+        file.dirty_bytes = file.dirty.values().map(Vec::len).sum();
+        file.size = size;
+        file.mtime = Some(now);
+        let result = self.flush_ino(ino, false);
+        if !self.files.is_open(ino) {
+            self.files.files.remove(&ino);
+        }
+        result
+    }
+}

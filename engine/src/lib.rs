@@ -1,0 +1,31 @@
+//! DynamicFS storage engine.
+//!
+//! Everything that stores data lives here and talks to the outside world only through
+//! two seams: `device::BlockDevice` (one disk) and `clock::Clock` (time), plus an
+//! injected seeded RNG. Start reading at `pool` (open, commit, recovery), then `files`
+//! (the write path), `store` (extents and fragments) and `meta` (state and journal).
+
+pub mod clock;
+pub mod codec;
+pub mod device;
+pub mod dirdisk;
+pub mod error;
+pub mod files;
+pub mod fragment;
+pub mod frame;
+mod io;
+pub mod label;
+pub mod meta;
+pub mod namespace;
+pub mod placement;
+pub mod policy;
+pub mod pool;
+pub mod pooldir;
+pub mod report;
+pub mod rng;
+pub mod store;
+
+pub use error::{Error, Result};
+pub use meta::state::{DiskId, Ino, InodeKind};
+pub use policy::Policy;
+pub use pool::{OpenReport, Pool, PoolOptions};

@@ -1,0 +1,244 @@
+//! The metadata journal: transactions appended as checksummed, sequence-numbered,
+//! hash-chained records on several disks, with periodic checkpoints.
+//!
+//! On disk, per replica disk: `Checkpoint{seq}` blocks (the whole state after record
+//! `seq`) and `Journal{seq}` blocks (one record each). Record `seq` carries the hash of
+//! record `seq - 1` (or of the checkpoint it follows), so a stale or foreign record can
+//! never be chained in.
+//!
+//! Recovery (`recover`) reads every replica, takes the newest checkpoint that verifies,
+//! then extends it record by record with any replica's copy that verifies and chains —
+//! the longest valid prefix across replicas. A record is acknowledged only after it is
+//! durable on every reachable replica, so whatever was acknowledged is in that prefix.
+//! Nothing is ever half-applied: a record is applied whole or not at all.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::{Deserialize, Serialize};
+
+use crate::device::{BlockDevice, BlockKind, BlockName, DeviceError};
+use crate::frame::{self, FrameKind};
+use crate::meta::state::{MetaState, Transaction};
+
+/// One journal record.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JournalRecord {
+    pub seq: u64,
+    /// Hash of the previous record's body, or of the checkpoint this record follows.
+    pub prev_hash: [u8; 32],
+    pub txn: Transaction,
+}
+
+/// A full copy of the state after record `seq`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Checkpoint {
+    pub seq: u64,
+    /// The chain hash the next record must carry.
+    pub tip_hash: [u8; 32],
+    pub state: MetaState,
+}
+
+/// Where the chain stands: the last applied sequence number and the hash the next
+/// record must carry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct JournalTip {
+    pub seq: u64,
+    pub hash: [u8; 32],
+}
+
+/// Why metadata could not be recovered.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RecoveryError {
+    #[error("metadata blocks exist but no checkpoint verifies on any disk ({0}); refusing to open rather than serve wrong data")]
+    NoValidCheckpoint(String),
+    #[error("the disks hold data fragments but no metadata at all; refusing to open an empty pool over them")]
+    MetadataMissing,
+}
+
+/// The outcome of reading every replica.
+pub struct Recovered {
+    pub state: MetaState,
+    pub tip: JournalTip,
+    /// Sequence number of the checkpoint recovery started from.
+    pub checkpoint_seq: u64,
+    /// Records replayed on top of the checkpoint.
+    pub replayed: u64,
+    /// Slots (indexes into the device list) holding a valid copy of that checkpoint.
+    pub checkpoint_slots: BTreeSet<usize>,
+    /// What recovery noticed: corrupt blocks, torn tails, missing replicas.
+    pub notes: Vec<String>,
+}
+
+/// Reads the journal from `devices`. `Ok(None)` when no disk holds any metadata block
+/// (and no fragment): a pool that never committed anything.
+pub fn recover(devices: &[&dyn BlockDevice]) -> Result<Option<Recovered>, RecoveryError> {
+    let mut notes = Vec::new();
+    let mut checkpoints: BTreeMap<u64, Vec<(usize, Checkpoint, [u8; 32])>> = BTreeMap::new();
+    let mut records: BTreeMap<u64, Vec<(usize, JournalRecord, [u8; 32])>> = BTreeMap::new();
+    let mut any_metadata = false;
+    let mut any_fragment = false;
+    for (slot, device) in devices.iter().enumerate() {
+        for kind in [BlockKind::Checkpoint, BlockKind::Journal] {
+            let names = match device.list(kind) {
+                Ok(names) => names,
+                Err(e) => {
+                    notes.push(format!("{}: cannot list {}: {e}", device.describe(), kind.namespace()));
+                    continue;
+                }
+            };
+            any_metadata |= !names.is_empty();
+            for name in names {
+                let block = match device.read(name) {
+                    Ok(block) => block,
+                    Err(e) => {
+                        notes.push(format!("{}: {name}: {e}", device.describe()));
+                        continue;
+                    }
+                };
+                match name {
+                    BlockName::Checkpoint { seq } => match frame::decode::<Checkpoint>(FrameKind::Checkpoint, &block) {
+                        Ok((cp, hash)) if cp.seq == seq => checkpoints.entry(seq).or_default().push((slot, cp, hash)),
+                        Ok(_) => notes.push(format!("{}: {name}: sequence number does not match its name", device.describe())),
+                        Err(e) => notes.push(format!("{}: {name}: {e}", device.describe())),
+                    },
+                    BlockName::Journal { seq } => match frame::decode::<JournalRecord>(FrameKind::JournalRecord, &block) {
+                        Ok((record, hash)) if record.seq == seq => records.entry(seq).or_default().push((slot, record, hash)),
+                        Ok(_) => notes.push(format!("{}: {name}: sequence number does not match its name", device.describe())),
+                        Err(e) => notes.push(format!("{}: {name}: {e}", device.describe())),
+                    },
+                    _ => {}
+                }
+            }
+        }
+        if !any_fragment {
+            any_fragment = device.list(BlockKind::Fragment).map(|f| !f.is_empty()).unwrap_or(false);
+        }
+    }
+    let Some((&checkpoint_seq, copies)) = checkpoints.iter().next_back() else {
+        if any_metadata {
+            return Err(RecoveryError::NoValidCheckpoint(notes.join("; ")));
+        }
+        if any_fragment {
+            return Err(RecoveryError::MetadataMissing);
+        }
+        return Ok(None);
+    };
+    let checkpoint_slots = copies.iter().map(|(slot, _, _)| *slot).collect();
+    let (_, checkpoint, _) = &copies[0];
+    let mut state = checkpoint.state.clone();
+    let mut tip = JournalTip {
+        seq: checkpoint.seq,
+        hash: checkpoint.tip_hash,
+    };
+    let mut replayed = 0;
+    loop {
+        let next = tip.seq + 1;
+        let chained = records
+            .get(&next)
+            .and_then(|candidates| candidates.iter().find(|(_, r, _)| r.prev_hash == tip.hash));
+        let Some((_, record, hash)) = chained else { break };
+        state.apply_transaction(&record.txn);
+        tip = JournalTip { seq: next, hash: *hash };
+        replayed += 1;
+    }
+    let dropped: Vec<u64> = records.range(tip.seq + 1..).map(|(seq, _)| *seq).collect();
+    if !dropped.is_empty() {
+        notes.push(format!("dropped {} record(s) past the valid prefix (torn or unchained tail)", dropped.len()));
+    }
+    Ok(Some(Recovered {
+        state,
+        tip,
+        checkpoint_seq,
+        replayed,
+        checkpoint_slots,
+        notes,
+    }))
+}
+
+/// Encodes record `tip.seq + 1` carrying `txn`; returns its block and the new tip.
+pub fn encode_record(tip: JournalTip, txn: &Transaction) -> (Vec<u8>, JournalTip) {
+    let record = JournalRecord {
+        seq: tip.seq + 1,
+        prev_hash: tip.hash,
+        txn: txn.clone(),
+    };
+    let (block, hash) = frame::encode(FrameKind::JournalRecord, &record);
+    (block, JournalTip { seq: record.seq, hash })
+}
+
+/// Encodes a checkpoint of `state` at `tip`.
+pub fn encode_checkpoint(tip: JournalTip, state: &MetaState) -> Vec<u8> {
+    frame::encode(
+        FrameKind::Checkpoint,
+        &Checkpoint {
+            seq: tip.seq,
+            tip_hash: tip.hash,
+            state: state.clone(),
+        },
+    )
+    .0
+}
+
+/// Writes `block` under `name` to every device and syncs each; returns how many copies
+/// are durable and the errors of the others.
+pub fn write_replicas(devices: &[&dyn BlockDevice], name: BlockName, block: &[u8]) -> (usize, Vec<String>) {
+    let mut durable = 0;
+    let mut errors = Vec::new();
+    for device in devices {
+        match device.write(name, block).and_then(|()| device.sync()) {
+            Ok(()) => durable += 1,
+            Err(e) => errors.push(format!("{}: {name}: {e}", device.describe())),
+        }
+    }
+    (durable, errors)
+}
+
+/// Deletes every journal record up to `tip.seq` and every checkpoint but `keep` from
+/// `devices`, plus every metadata block from `strangers` (disks that no longer carry the
+/// journal); returns what could not be deleted.
+pub fn trim(devices: &[&dyn BlockDevice], strangers: &[&dyn BlockDevice], keep: u64) -> Vec<String> {
+    let mut errors = Vec::new();
+    let prune = |device: &dyn BlockDevice, all: bool| -> Result<(), DeviceError> {
+        for name in device.list(BlockKind::Journal)? {
+            if matches!(name, BlockName::Journal { seq } if all || seq <= keep) {
+                device.delete(name)?;
+            }
+        }
+        for name in device.list(BlockKind::Checkpoint)? {
+            if matches!(name, BlockName::Checkpoint { seq } if all || seq != keep) {
+                device.delete(name)?;
+            }
+        }
+        device.sync()
+    };
+    for device in devices {
+        if let Err(e) = prune(*device, false) {
+            errors.push(format!("{}: {e}", device.describe()));
+        }
+    }
+    for device in strangers {
+        if let Err(e) = prune(*device, true) {
+            errors.push(format!("{}: {e}", device.describe()));
+        }
+    }
+    errors
+}
+
+/// Deletes journal records past `tip` (a torn or unchained tail) from `devices`.
+pub fn drop_tail(devices: &[&dyn BlockDevice], tip: JournalTip) -> Vec<String> {
+    let mut errors = Vec::new();
+    for device in devices {
+        let result = device.list(BlockKind::Journal).and_then(|names| {
+            for name in names {
+                if matches!(name, BlockName::Journal { seq } if seq > tip.seq) {
+                    device.delete(name)?;
+                }
+            }
+            device.sync()
+        });
+        if let Err(e) = result {
+            errors.push(format!("{}: {e}", device.describe()));
+        }
+    }
+    errors
+}

@@ -1,0 +1,4 @@
+//! Metadata: the transactional state (`state`) and its replicated journal (`journal`).
+
+pub mod journal;
+pub mod state;

@@ -1,0 +1,321 @@
+//! The metadata state: everything the pool knows, changed only by `Op`s.
+//!
+//! Contract: `apply` is deterministic and infallible — the namespace layer validates an
+//! operation before it is journaled, and replay applies exactly the same ops to exactly
+//! the same state. Ordered maps everywhere, so encoding and iteration are deterministic.
+//!
+//! Invariants (checked by `check`): every directory entry names a live inode; an extent
+//! record is referenced by exactly one (file, chunk) slot; the fragments of one extent sit
+//! on distinct disks; a live inode's link count matches the entries naming it.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::clock::WallTime;
+use crate::codec::CodecId;
+use crate::device::ExtentId;
+use crate::policy::Policy;
+
+/// A disk's id within its pool; small and stable, unlike its uuid.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct DiskId(pub u32);
+
+impl fmt::Display for DiskId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "d{}", self.0)
+    }
+}
+
+/// An inode number. `ROOT` is the root directory.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Ino(pub u64);
+
+impl Ino {
+    /// The root directory.
+    pub const ROOT: Ino = Ino(1);
+}
+
+/// Largest extent: files are cut into chunks of this size, one extent each.
+pub const EXTENT_BYTES_MAX: u64 = 1 << 20;
+
+/// Lifecycle of a disk in the pool.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum DiskState {
+    /// Takes new fragments and serves reads.
+    Active,
+}
+
+impl fmt::Display for DiskState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DiskState::Active => f.write_str("active"),
+        }
+    }
+}
+
+/// A disk as metadata knows it. Its path lives in the pool directory, not here: a disk
+/// is recognised by the uuid in its label wherever it is mounted.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DiskRecord {
+    pub id: DiskId,
+    pub uuid: Uuid,
+    pub capacity_bytes: Option<u64>,
+    pub state: DiskState,
+    pub added_at: WallTime,
+}
+
+/// One immutable extent: up to `EXTENT_BYTES_MAX` bytes of one file, stored as
+/// `policy.width()` fragments, fragment `i` on disk `fragments[i]`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExtentRecord {
+    pub id: ExtentId,
+    /// Bytes of file data in this extent.
+    pub len: u32,
+    /// BLAKE3 of the extent's data.
+    pub hash: [u8; 32],
+    pub policy: Policy,
+    pub codec: CodecId,
+    /// Where each fragment lives; index = fragment index.
+    pub fragments: Vec<DiskId>,
+}
+
+/// What an inode is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum InodeKind {
+    File,
+    Directory,
+    Symlink,
+}
+
+/// Attributes of one inode. File contents live in the extent map, directory entries in
+/// the directory map.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Inode {
+    pub ino: Ino,
+    pub kind: InodeKind,
+    /// Permission bits (`0o7777`), without the file type.
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub nlink: u32,
+    /// File length in bytes (for symlinks: target length).
+    pub size: u64,
+    pub atime: WallTime,
+    pub mtime: WallTime,
+    pub ctime: WallTime,
+    /// The policy set on this inode; `None` means "the pool default".
+    pub policy: Option<Policy>,
+    /// The target of a symlink; empty otherwise.
+    pub symlink_target: Vec<u8>,
+}
+
+/// The whole metadata state.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MetaState {
+    pub pool_id: Uuid,
+    pub default_policy: Policy,
+    pub disks: BTreeMap<DiskId, DiskRecord>,
+    pub inodes: BTreeMap<Ino, Inode>,
+    pub dirs: BTreeMap<Ino, BTreeMap<Vec<u8>, Ino>>,
+    /// For each file, chunk index → extent. A missing chunk is a hole.
+    pub file_extents: BTreeMap<Ino, BTreeMap<u64, ExtentId>>,
+    pub extents: BTreeMap<ExtentId, ExtentRecord>,
+    pub next_ino: u64,
+    pub next_extent: u64,
+    pub next_disk: u32,
+}
+
+/// One atomic change to the state. A transaction is a list of these.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Op {
+    AddDisk(DiskRecord),
+    /// Creates or replaces an inode's attributes.
+    PutInode(Inode),
+    /// Removes an inode with its extents (freed) and its (empty) directory map.
+    RemoveInode(Ino),
+    /// Inserts or replaces a directory entry.
+    Link { parent: Ino, name: Vec<u8>, ino: Ino },
+    /// Removes a directory entry.
+    Unlink { parent: Ino, name: Vec<u8> },
+    /// Points chunk `index` of a file at a new extent (or a hole); the previous extent
+    /// there is freed.
+    SetExtent { ino: Ino, index: u64, extent: Option<ExtentRecord> },
+    SetDefaultPolicy(Policy),
+}
+
+/// A list of ops applied atomically.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Transaction {
+    pub ops: Vec<Op>,
+}
+
+impl MetaState {
+    /// An empty pool: just the root directory.
+    pub fn new(pool_id: Uuid, default_policy: Policy, now: WallTime) -> MetaState {
+        let mut state = MetaState {
+            pool_id,
+            default_policy,
+            disks: BTreeMap::new(),
+            inodes: BTreeMap::new(),
+            dirs: BTreeMap::new(),
+            file_extents: BTreeMap::new(),
+            extents: BTreeMap::new(),
+            next_ino: Ino::ROOT.0 + 1,
+            next_extent: 1,
+            next_disk: 1,
+        };
+        state.apply(&Op::PutInode(Inode {
+            ino: Ino::ROOT,
+            kind: InodeKind::Directory,
+            mode: 0o755,
+            uid: 0,
+            gid: 0,
+            nlink: 2,
+            size: 0,
+            atime: now,
+            mtime: now,
+            ctime: now,
+            policy: None,
+            symlink_target: Vec::new(),
+        }));
+        state
+    }
+
+    /// Applies one op, returning the extents it freed (their fragments may be deleted
+    /// once the op is durable).
+    pub fn apply(&mut self, op: &Op) -> Vec<ExtentRecord> {
+        let mut freed = Vec::new();
+        match op {
+            Op::AddDisk(disk) => {
+                self.next_disk = self.next_disk.max(disk.id.0 + 1);
+                self.disks.insert(disk.id, disk.clone());
+            }
+            Op::PutInode(inode) => {
+                self.next_ino = self.next_ino.max(inode.ino.0 + 1);
+                if inode.kind == InodeKind::Directory {
+                    self.dirs.entry(inode.ino).or_default();
+                }
+                self.inodes.insert(inode.ino, inode.clone());
+            }
+            Op::RemoveInode(ino) => {
+                self.inodes.remove(ino);
+                self.dirs.remove(ino);
+                if let Some(map) = self.file_extents.remove(ino) {
+                    freed.extend(map.values().filter_map(|id| self.extents.remove(id)));
+                }
+            }
+            Op::Link { parent, name, ino } => {
+                self.dirs.entry(*parent).or_default().insert(name.clone(), *ino);
+            }
+            Op::Unlink { parent, name } => {
+                if let Some(dir) = self.dirs.get_mut(parent) {
+                    dir.remove(name);
+                }
+            }
+            Op::SetExtent { ino, index, extent } => {
+                let map = self.file_extents.entry(*ino).or_default();
+                let old = match extent {
+                    Some(record) => {
+                        self.next_extent = self.next_extent.max(record.id.0 + 1);
+                        self.extents.insert(record.id, record.clone());
+                        map.insert(*index, record.id)
+                    }
+                    None => map.remove(index),
+                };
+                if map.is_empty() {
+                    self.file_extents.remove(ino);
+                }
+                if let Some(old) = old {
+                    if extent.as_ref().map(|e| e.id) != Some(old) {
+                        freed.extend(self.extents.remove(&old));
+                    }
+                }
+            }
+            Op::SetDefaultPolicy(policy) => self.default_policy = *policy,
+        }
+        freed
+    }
+
+    /// Applies every op of `txn`, returning all freed extents.
+    pub fn apply_transaction(&mut self, txn: &Transaction) -> Vec<ExtentRecord> {
+        txn.ops.iter().flat_map(|op| self.apply(op)).collect()
+    }
+
+    /// The disks that hold metadata journal replicas: the first three active disks by id
+    /// (all of them when fewer).
+    pub fn journal_disks(&self) -> Vec<DiskId> {
+        self.disks
+            .values()
+            .filter(|d| d.state == DiskState::Active)
+            .map(|d| d.id)
+            .take(JOURNAL_REPLICAS)
+            .collect()
+    }
+
+    /// The policy that governs new data of `ino`: its own, else the pool default.
+    pub fn effective_policy(&self, ino: Ino) -> Policy {
+        self.inodes
+            .get(&ino)
+            .and_then(|i| i.policy)
+            .unwrap_or(self.default_policy)
+    }
+
+    /// Checks the structural invariants, returning the first violation found.
+    pub fn check(&self) -> Result<(), String> {
+        let mut links: BTreeMap<Ino, u32> = BTreeMap::new();
+        for (parent, entries) in &self.dirs {
+            if self.inodes.get(parent).map(|i| i.kind) != Some(InodeKind::Directory) {
+                return Err(format!("directory map for {parent:?}, which is not a live directory"));
+            }
+            for (name, ino) in entries {
+                let Some(child) = self.inodes.get(ino) else {
+                    return Err(format!("entry {:?} in {parent:?} names missing {ino:?}", String::from_utf8_lossy(name)));
+                };
+                *links.entry(*ino).or_default() += 1;
+                if child.kind == InodeKind::Directory {
+                    *links.entry(*parent).or_default() += 1;
+                }
+            }
+        }
+        for inode in self.inodes.values() {
+            let entries = links.get(&inode.ino).copied().unwrap_or(0);
+            let expected = match inode.kind {
+                InodeKind::Directory => entries + 1 + u32::from(inode.ino == Ino::ROOT),
+                _ => entries,
+            };
+            if inode.nlink != expected {
+                return Err(format!("{:?} has nlink {} but {} links", inode.ino, inode.nlink, expected));
+            }
+        }
+        let mut referenced = BTreeSet::new();
+        for (ino, map) in &self.file_extents {
+            if self.inodes.get(ino).map(|i| i.kind) != Some(InodeKind::File) {
+                return Err(format!("extent map for {ino:?}, which is not a live file"));
+            }
+            for id in map.values() {
+                if !referenced.insert(*id) {
+                    return Err(format!("extent {id} referenced twice"));
+                }
+                if !self.extents.contains_key(id) {
+                    return Err(format!("extent {id} referenced but has no record"));
+                }
+            }
+        }
+        for record in self.extents.values() {
+            if !referenced.contains(&record.id) {
+                return Err(format!("extent {} has a record but no reference", record.id));
+            }
+            let distinct: BTreeSet<_> = record.fragments.iter().collect();
+            if distinct.len() != record.fragments.len() || record.fragments.len() != record.policy.width() {
+                return Err(format!("extent {} fragments {:?} break its policy {}", record.id, record.fragments, record.policy));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// How many disks carry the metadata journal.
+pub const JOURNAL_REPLICAS: usize = 3;

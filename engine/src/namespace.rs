@@ -1,0 +1,621 @@
+//! The namespace API: POSIX-shaped operations on inodes and directory entries. The FUSE
+//! frontend calls these one to one; the CLI resolves paths with `resolve`.
+//!
+//! Each operation validates against the committed state, then commits one transaction,
+//! so it happens entirely or not at all. Permission checks are the kernel's
+//! (`default_permissions`); the engine checks structure (types, emptiness, cycles).
+
+use std::collections::BTreeMap;
+
+use crate::clock::WallTime;
+use crate::error::{Error, Result};
+use crate::meta::state::{Ino, Inode, InodeKind, MetaState, Op, Transaction};
+use crate::policy::Policy;
+use crate::pool::Pool;
+
+/// Longest file name, in bytes.
+pub const NAME_BYTES_MAX: usize = 255;
+
+/// Attributes as a caller sees them (buffered writes included).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Attr {
+    pub ino: Ino,
+    pub kind: InodeKind,
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub nlink: u32,
+    pub size: u64,
+    /// Bytes of data stored (before redundancy), for `st_blocks`.
+    pub allocated_bytes: u64,
+    pub atime: WallTime,
+    pub mtime: WallTime,
+    pub ctime: WallTime,
+    /// The policy new data of this inode gets.
+    pub policy: Policy,
+}
+
+/// Attribute changes for `setattr`; `None` leaves a field alone.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SetAttr {
+    pub mode: Option<u32>,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    pub size: Option<u64>,
+    pub atime: Option<WallTime>,
+    pub mtime: Option<WallTime>,
+}
+
+/// One directory entry.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DirEntry {
+    pub name: Vec<u8>,
+    pub ino: Ino,
+    pub kind: InodeKind,
+}
+
+/// `rename` variants (Linux `renameat2` flags).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum RenameMode {
+    /// Replace the target if it exists.
+    #[default]
+    Replace,
+    /// Fail with `Exists` if the target exists.
+    NoReplace,
+    /// Swap source and target atomically; both must exist.
+    Exchange,
+}
+
+/// Filesystem-wide figures for `statfs`, under the pool default policy.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StatFs {
+    pub total_bytes: u64,
+    pub free_bytes: u64,
+    pub files: u64,
+}
+
+/// Who creates an inode, and with which permission bits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Owner {
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+}
+
+fn display(name: &[u8]) -> String {
+    String::from_utf8_lossy(name).into_owned()
+}
+
+fn check_name(name: &[u8]) -> Result<()> {
+    if name.len() > NAME_BYTES_MAX {
+        return Err(Error::NameTooLong(name.len()));
+    }
+    if name.is_empty() || name == b"." || name == b".." || name.contains(&b'/') || name.contains(&0) {
+        return Err(Error::InvalidArgument(format!("'{}' is not a valid file name", display(name))));
+    }
+    Ok(())
+}
+
+/// Collects the inode changes of one operation and turns them into a transaction.
+struct Change<'a> {
+    state: &'a MetaState,
+    inodes: BTreeMap<Ino, Inode>,
+    removed: Vec<Ino>,
+    entries: Vec<Op>,
+}
+
+impl<'a> Change<'a> {
+    fn new(state: &'a MetaState) -> Self {
+        Self {
+            state,
+            inodes: BTreeMap::new(),
+            removed: Vec::new(),
+            entries: Vec::new(),
+        }
+    }
+
+    fn inode(&mut self, ino: Ino) -> Result<&mut Inode> {
+        if !self.inodes.contains_key(&ino) {
+            let inode = self.state.inodes.get(&ino).ok_or_else(|| Error::NotFound(format!("inode {}", ino.0)))?;
+            self.inodes.insert(ino, inode.clone());
+        }
+        self.inodes.get_mut(&ino).ok_or_else(|| Error::NotFound(format!("inode {}", ino.0)))
+    }
+
+    fn into_transaction(self) -> Transaction {
+        let mut ops = self.entries;
+        for (ino, inode) in self.inodes {
+            if !self.removed.contains(&ino) {
+                ops.push(Op::PutInode(inode));
+            }
+        }
+        ops.extend(self.removed.into_iter().map(Op::RemoveInode));
+        Transaction { ops }
+    }
+}
+
+impl Pool {
+    fn inode(&self, ino: Ino) -> Result<&Inode> {
+        self.state.inodes.get(&ino).ok_or_else(|| Error::NotFound(format!("inode {}", ino.0)))
+    }
+
+    fn directory(&self, ino: Ino) -> Result<&BTreeMap<Vec<u8>, Ino>> {
+        let inode = self.inode(ino)?;
+        if inode.kind != InodeKind::Directory {
+            return Err(Error::NotDirectory(format!("inode {}", ino.0)));
+        }
+        self.state.dirs.get(&ino).ok_or_else(|| Error::NotFound(format!("directory {}", ino.0)))
+    }
+
+    fn child(&self, parent: Ino, name: &[u8]) -> Result<Option<Ino>> {
+        Ok(self.directory(parent)?.get(name).copied())
+    }
+
+    /// Attributes of `ino`, including writes still buffered.
+    pub fn getattr(&self, ino: Ino) -> Result<Attr> {
+        let inode = self.inode(ino)?;
+        let mut attr = Attr {
+            ino,
+            kind: inode.kind,
+            mode: inode.mode,
+            uid: inode.uid,
+            gid: inode.gid,
+            nlink: inode.nlink,
+            size: inode.size,
+            allocated_bytes: self
+                .state
+                .file_extents
+                .get(&ino)
+                .map(|m| m.values().filter_map(|id| self.state.extents.get(id)).map(|r| u64::from(r.len)).sum())
+                .unwrap_or(0),
+            atime: inode.atime,
+            mtime: inode.mtime,
+            ctime: inode.ctime,
+            policy: self.state.effective_policy(ino),
+        };
+        if let Some(file) = self.files.get(ino) {
+            attr.size = file.size;
+            if let Some(mtime) = file.mtime {
+                attr.mtime = mtime;
+                attr.ctime = mtime;
+            }
+        }
+        Ok(attr)
+    }
+
+    /// Looks `name` up in `parent`.
+    pub fn lookup(&self, parent: Ino, name: &[u8]) -> Result<Attr> {
+        if name.len() > NAME_BYTES_MAX {
+            return Err(Error::NameTooLong(name.len()));
+        }
+        match self.child(parent, name)? {
+            Some(ino) => self.getattr(ino),
+            None => Err(Error::NotFound(display(name))),
+        }
+    }
+
+    /// Resolves an absolute pool path (`/a/b`) to an inode; `/` and `` are the root.
+    pub fn resolve(&self, path: &str) -> Result<Ino> {
+        let mut ino = Ino::ROOT;
+        for part in path.split('/').filter(|p| !p.is_empty() && *p != ".") {
+            ino = match self.child(ino, part.as_bytes()) {
+                Ok(Some(child)) => child,
+                Ok(None) => return Err(Error::NotFound(path.to_string())),
+                Err(Error::NotDirectory(_)) => return Err(Error::NotDirectory(path.to_string())),
+                Err(e) => return Err(e),
+            };
+        }
+        Ok(ino)
+    }
+
+    /// Changes attributes; a new size truncates or extends the file.
+    pub fn setattr(&mut self, ino: Ino, changes: &SetAttr) -> Result<Attr> {
+        let kind = self.inode(ino)?.kind;
+        if let Some(size) = changes.size {
+            if kind != InodeKind::File {
+                return Err(match kind {
+                    InodeKind::Directory => Error::IsDirectory(format!("inode {}", ino.0)),
+                    _ => Error::InvalidArgument("only regular files have a settable size".into()),
+                });
+            }
+            self.truncate_ino(ino, size)?;
+        }
+        let now = self.clock.wall();
+        let mut inode = self.inode(ino)?.clone();
+        let before = inode.clone();
+        if let Some(mode) = changes.mode {
+            inode.mode = mode & 0o7777;
+        }
+        if let Some(uid) = changes.uid {
+            inode.uid = uid;
+        }
+        if let Some(gid) = changes.gid {
+            inode.gid = gid;
+        }
+        if let Some(atime) = changes.atime {
+            inode.atime = atime;
+        }
+        if let Some(mtime) = changes.mtime {
+            inode.mtime = mtime;
+            if let Some(file) = self.files.files_mut(ino) {
+                file.mtime = None;
+            }
+        }
+        if inode != before {
+            inode.ctime = now;
+            self.commit(Transaction {
+                ops: vec![Op::PutInode(inode)],
+            })?;
+        }
+        self.getattr(ino)
+    }
+
+    fn new_inode(&self, kind: InodeKind, owner: Owner, policy: Option<Policy>) -> Inode {
+        let now = self.clock.wall();
+        Inode {
+            ino: Ino(self.state.next_ino),
+            kind,
+            mode: owner.mode & 0o7777,
+            uid: owner.uid,
+            gid: owner.gid,
+            nlink: if kind == InodeKind::Directory { 2 } else { 1 },
+            size: 0,
+            atime: now,
+            mtime: now,
+            ctime: now,
+            policy,
+            symlink_target: Vec::new(),
+        }
+    }
+
+    fn create_child(&mut self, parent: Ino, name: &[u8], mut inode: Inode) -> Result<Attr> {
+        check_name(name)?;
+        if self.child(parent, name)?.is_some() {
+            return Err(Error::Exists(display(name)));
+        }
+        let ino = inode.ino;
+        let now = inode.ctime;
+        if inode.policy.is_none() {
+            inode.policy = self.inode(parent)?.policy;
+        }
+        let mut change = Change::new(&self.state);
+        let dir = change.inode(parent)?;
+        dir.mtime = now;
+        dir.ctime = now;
+        if inode.kind == InodeKind::Directory {
+            dir.nlink += 1;
+        }
+        change.inodes.insert(ino, inode);
+        change.entries.push(Op::Link {
+            parent,
+            name: name.to_vec(),
+            ino,
+        });
+        let txn = change.into_transaction();
+        self.commit(txn)?;
+        self.getattr(ino)
+    }
+
+    /// Creates an empty regular file. Its policy is the parent directory's, if set.
+    pub fn create(&mut self, parent: Ino, name: &[u8], owner: Owner) -> Result<Attr> {
+        let inode = self.new_inode(InodeKind::File, owner, None);
+        self.create_child(parent, name, inode)
+    }
+
+    /// `mknod`: only regular files are supported (`S_IFREG` or no type bits).
+    pub fn mknod(&mut self, parent: Ino, name: &[u8], mode: u32, owner: Owner) -> Result<Attr> {
+        let file_type = mode & libc::S_IFMT;
+        if file_type != 0 && file_type != libc::S_IFREG {
+            return Err(Error::NotPermitted("only regular files can be created with mknod".into()));
+        }
+        self.create(parent, name, owner)
+    }
+
+    /// Creates a directory.
+    pub fn mkdir(&mut self, parent: Ino, name: &[u8], owner: Owner) -> Result<Attr> {
+        let inode = self.new_inode(InodeKind::Directory, owner, None);
+        self.create_child(parent, name, inode)
+    }
+
+    /// Creates a symbolic link to `target`.
+    pub fn symlink(&mut self, parent: Ino, name: &[u8], target: &[u8], owner: Owner) -> Result<Attr> {
+        if target.is_empty() || target.len() > 4095 || target.contains(&0) {
+            return Err(Error::InvalidArgument("symlink target must be 1 to 4095 bytes without NUL".into()));
+        }
+        let mut inode = self.new_inode(InodeKind::Symlink, Owner { mode: 0o777, ..owner }, None);
+        inode.size = target.len() as u64;
+        inode.symlink_target = target.to_vec();
+        self.create_child(parent, name, inode)
+    }
+
+    /// The target of a symbolic link.
+    pub fn readlink(&self, ino: Ino) -> Result<Vec<u8>> {
+        let inode = self.inode(ino)?;
+        if inode.kind != InodeKind::Symlink {
+            return Err(Error::InvalidArgument(format!("inode {} is not a symlink", ino.0)));
+        }
+        Ok(inode.symlink_target.clone())
+    }
+
+    /// Creates a regular file with no name (`O_TMPFILE`); give it one with `link_new`.
+    /// If the pool restarts first, the file is removed with its data.
+    pub fn create_unnamed(&mut self, owner: Owner, policy: Option<Policy>) -> Result<Ino> {
+        let mut inode = self.new_inode(InodeKind::File, owner, policy);
+        inode.nlink = 0;
+        let ino = inode.ino;
+        self.commit(Transaction {
+            ops: vec![Op::PutInode(inode)],
+        })?;
+        Ok(ino)
+    }
+
+    /// Links `ino` (a file) as `parent/name`, atomically replacing an existing file
+    /// there when `replace`.
+    pub fn link_new(&mut self, ino: Ino, parent: Ino, name: &[u8], replace: bool) -> Result<Attr> {
+        check_name(name)?;
+        if let (true, Some(existing)) = (replace, self.child(parent, name)?) {
+            if self.inode(existing)?.kind == InodeKind::Directory {
+                return Err(Error::IsDirectory(display(name)));
+            }
+            return self.rename_into(ino, parent, name);
+        }
+        self.link(ino, parent, name)
+    }
+
+    fn rename_into(&mut self, ino: Ino, parent: Ino, name: &[u8]) -> Result<Attr> {
+        let now = self.clock.wall();
+        let target = self.child(parent, name)?;
+        let mut change = Change::new(&self.state);
+        let node = change.inode(ino)?;
+        node.nlink += 1;
+        node.ctime = now;
+        let dir = change.inode(parent)?;
+        dir.mtime = now;
+        dir.ctime = now;
+        if let Some(old) = target {
+            self.drop_link(&mut change, old, now)?;
+        }
+        change.entries.push(Op::Link {
+            parent,
+            name: name.to_vec(),
+            ino,
+        });
+        let txn = change.into_transaction();
+        let freed = self.commit(txn)?;
+        self.free_extents(&freed);
+        self.getattr(ino)
+    }
+
+    /// Adds a hard link to a file.
+    pub fn link(&mut self, ino: Ino, parent: Ino, name: &[u8]) -> Result<Attr> {
+        check_name(name)?;
+        if self.inode(ino)?.kind == InodeKind::Directory {
+            return Err(Error::NotPermitted("hard links to directories are not allowed".into()));
+        }
+        if self.child(parent, name)?.is_some() {
+            return Err(Error::Exists(display(name)));
+        }
+        self.rename_into(ino, parent, name)
+    }
+
+    /// Takes one link away from `ino`, removing it when no link and no handle remain.
+    fn drop_link(&self, change: &mut Change<'_>, ino: Ino, now: WallTime) -> Result<()> {
+        let open = self.files.is_open(ino);
+        let node = change.inode(ino)?;
+        node.ctime = now;
+        if node.kind == InodeKind::Directory {
+            node.nlink = 0;
+            change.removed.push(ino);
+            return Ok(());
+        }
+        node.nlink = node.nlink.saturating_sub(1);
+        if node.nlink == 0 && !open {
+            change.removed.push(ino);
+        }
+        Ok(())
+    }
+
+    /// Removes a non-directory entry.
+    pub fn unlink(&mut self, parent: Ino, name: &[u8]) -> Result<()> {
+        let ino = self.child(parent, name)?.ok_or_else(|| Error::NotFound(display(name)))?;
+        if self.inode(ino)?.kind == InodeKind::Directory {
+            return Err(Error::IsDirectory(display(name)));
+        }
+        self.remove_entry(parent, name, ino)
+    }
+
+    /// Removes an empty directory.
+    pub fn rmdir(&mut self, parent: Ino, name: &[u8]) -> Result<()> {
+        if name == b"." {
+            return Err(Error::InvalidArgument("cannot remove '.'".into()));
+        }
+        let ino = self.child(parent, name)?.ok_or_else(|| Error::NotFound(display(name)))?;
+        if self.inode(ino)?.kind != InodeKind::Directory {
+            return Err(Error::NotDirectory(display(name)));
+        }
+        if !self.directory(ino)?.is_empty() {
+            return Err(Error::NotEmpty(display(name)));
+        }
+        self.remove_entry(parent, name, ino)
+    }
+
+    fn remove_entry(&mut self, parent: Ino, name: &[u8], ino: Ino) -> Result<()> {
+        let now = self.clock.wall();
+        let is_dir = self.inode(ino)?.kind == InodeKind::Directory;
+        let mut change = Change::new(&self.state);
+        let dir = change.inode(parent)?;
+        dir.mtime = now;
+        dir.ctime = now;
+        if is_dir {
+            dir.nlink -= 1;
+        }
+        self.drop_link(&mut change, ino, now)?;
+        change.entries.push(Op::Unlink {
+            parent,
+            name: name.to_vec(),
+        });
+        let txn = change.into_transaction();
+        let freed = self.commit(txn)?;
+        self.free_extents(&freed);
+        Ok(())
+    }
+
+    /// Whether `ancestor` is `ino` or one of its ancestors (directories only).
+    fn is_ancestor(&self, ancestor: Ino, mut ino: Ino) -> bool {
+        let parents: BTreeMap<Ino, Ino> = self
+            .state
+            .dirs
+            .iter()
+            .flat_map(|(parent, entries)| entries.values().map(move |child| (*child, *parent)))
+            .collect();
+        loop {
+            if ino == ancestor {
+                return true;
+            }
+            match parents.get(&ino) {
+                Some(parent) if *parent != ino => ino = *parent,
+                _ => return false,
+            }
+        }
+    }
+
+    /// Renames `parent/name` to `new_parent/new_name`, atomically.
+    pub fn rename(&mut self, parent: Ino, name: &[u8], new_parent: Ino, new_name: &[u8], mode: RenameMode) -> Result<()> {
+        check_name(new_name)?;
+        let source = self.child(parent, name)?.ok_or_else(|| Error::NotFound(display(name)))?;
+        let target = self.child(new_parent, new_name)?;
+        let source_kind = self.inode(source)?.kind;
+        if source_kind == InodeKind::Directory && self.is_ancestor(source, new_parent) {
+            return Err(Error::InvalidArgument("cannot move a directory into itself".into()));
+        }
+        if target == Some(source) {
+            return Ok(());
+        }
+        let now = self.clock.wall();
+        let mut change = Change::new(&self.state);
+        for dir in [parent, new_parent] {
+            let dir = change.inode(dir)?;
+            dir.mtime = now;
+            dir.ctime = now;
+        }
+        change.inode(source)?.ctime = now;
+        match (mode, target) {
+            (RenameMode::Exchange, None) => return Err(Error::NotFound(display(new_name))),
+            (RenameMode::Exchange, Some(target)) => {
+                let target_kind = self.inode(target)?.kind;
+                if target_kind == InodeKind::Directory && self.is_ancestor(target, parent) {
+                    return Err(Error::InvalidArgument("cannot move a directory into itself".into()));
+                }
+                change.inode(target)?.ctime = now;
+                if parent != new_parent {
+                    let moved = |kind| i64::from(kind == InodeKind::Directory);
+                    let delta = moved(target_kind) - moved(source_kind);
+                    let p = change.inode(parent)?;
+                    p.nlink = p.nlink.saturating_add_signed(delta as i32);
+                    let q = change.inode(new_parent)?;
+                    q.nlink = q.nlink.saturating_add_signed(-delta as i32);
+                }
+                change.entries.push(Op::Link {
+                    parent,
+                    name: name.to_vec(),
+                    ino: target,
+                });
+                change.entries.push(Op::Link {
+                    parent: new_parent,
+                    name: new_name.to_vec(),
+                    ino: source,
+                });
+            }
+            (RenameMode::NoReplace, Some(_)) => return Err(Error::Exists(display(new_name))),
+            (_, target) => {
+                if let Some(target) = target {
+                    let target_kind = self.inode(target)?.kind;
+                    match (source_kind == InodeKind::Directory, target_kind == InodeKind::Directory) {
+                        (true, false) => return Err(Error::NotDirectory(display(new_name))),
+                        (false, true) => return Err(Error::IsDirectory(display(new_name))),
+                        (true, true) if !self.directory(target)?.is_empty() => {
+                            return Err(Error::NotEmpty(display(new_name)))
+                        }
+                        _ => {}
+                    }
+                    if target_kind == InodeKind::Directory {
+                        change.inode(new_parent)?.nlink -= 1;
+                    }
+                    self.drop_link(&mut change, target, now)?;
+                }
+                if source_kind == InodeKind::Directory && parent != new_parent {
+                    change.inode(parent)?.nlink -= 1;
+                    change.inode(new_parent)?.nlink += 1;
+                }
+                change.entries.push(Op::Unlink {
+                    parent,
+                    name: name.to_vec(),
+                });
+                change.entries.push(Op::Link {
+                    parent: new_parent,
+                    name: new_name.to_vec(),
+                    ino: source,
+                });
+            }
+        }
+        let txn = change.into_transaction();
+        let freed = self.commit(txn)?;
+        self.free_extents(&freed);
+        Ok(())
+    }
+
+    /// The entries of a directory, in name order (without `.` and `..`).
+    pub fn readdir(&self, ino: Ino) -> Result<Vec<DirEntry>> {
+        let entries = self.directory(ino)?;
+        entries
+            .iter()
+            .map(|(name, child)| {
+                Ok(DirEntry {
+                    name: name.clone(),
+                    ino: *child,
+                    kind: self.inode(*child)?.kind,
+                })
+            })
+            .collect()
+    }
+
+    /// The parent of a directory (the root is its own parent).
+    pub fn parent_of(&self, ino: Ino) -> Option<Ino> {
+        if ino == Ino::ROOT {
+            return Some(Ino::ROOT);
+        }
+        self.state
+            .dirs
+            .iter()
+            .find(|(_, entries)| entries.values().any(|c| *c == ino))
+            .map(|(parent, _)| *parent)
+    }
+
+    /// Sets the policy of a directory (inherited by new children) or of a file that has
+    /// no data yet. Re-encoding existing data is a policy change, not this.
+    pub fn set_policy(&mut self, ino: Ino, policy: Option<Policy>) -> Result<()> {
+        let inode = self.inode(ino)?;
+        if inode.kind == InodeKind::File && self.state.file_extents.contains_key(&ino) {
+            return Err(Error::InvalidArgument(
+                "the file already holds data; changing its policy re-encodes it, which this operation does not do".into(),
+            ));
+        }
+        let mut inode = inode.clone();
+        inode.policy = policy;
+        inode.ctime = self.clock.wall();
+        self.commit(Transaction {
+            ops: vec![Op::PutInode(inode)],
+        })?;
+        Ok(())
+    }
+
+    /// Space and file counts, under the default policy.
+    pub fn statfs(&self) -> StatFs {
+        let (total_bytes, free_bytes) = self.space();
+        StatFs {
+            total_bytes,
+            free_bytes,
+            files: self.state.inodes.len() as u64,
+        }
+    }
+}

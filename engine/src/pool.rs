@@ -1,0 +1,436 @@
+//! `Pool`: an open pool — the metadata state, its journal, the disks, and the commit
+//! protocol every change goes through.
+//!
+//! Commit rule: new fragments durable → journal record durable on every reachable
+//! replica → state applied in memory → freed fragments deleted. A failed journal write
+//! turns the pool read-only (like ext4's errors=remount-ro): the in-memory state could
+//! otherwise run ahead of, or fork from, what the disks hold.
+//!
+//! Opening recovers the journal, re-replicates it as a fresh checkpoint when anything was
+//! replayed or irregular, removes unlinked inodes nobody holds open (they cannot be open
+//! after a restart) and deletes orphan fragments that no committed record references.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use uuid::Uuid;
+
+use crate::clock::Clock;
+use crate::device::{BlockDevice, BlockKind, BlockName, UnavailableDevice};
+use crate::error::{Error, Result};
+use crate::files::OpenFiles;
+use crate::meta::journal::{self, JournalTip};
+use crate::meta::state::{DiskId, DiskRecord, DiskState, ExtentRecord, InodeKind, MetaState, Op, Transaction};
+use crate::policy::Policy;
+use crate::rng::EngineRng;
+
+/// How an open pool behaves. Production and the simulator differ only here.
+#[derive(Clone, Debug)]
+pub struct PoolOptions {
+    /// Seed of the engine's RNG (placement).
+    pub seed: u64,
+    /// Records between checkpoints.
+    pub checkpoint_every_records: u64,
+    /// Dirty bytes an open file buffers before complete extents are written out.
+    pub dirty_bytes_max: usize,
+    /// Whether fragment I/O to different disks runs on threads. The simulator runs it
+    /// sequentially so that a seed replays exactly.
+    pub parallel_io: bool,
+    /// Check the state's invariants after every commit (tests and the simulator).
+    pub check_invariants: bool,
+}
+
+impl Default for PoolOptions {
+    fn default() -> Self {
+        Self {
+            seed: 0,
+            checkpoint_every_records: 256,
+            dirty_bytes_max: 16 << 20,
+            parallel_io: true,
+            check_invariants: false,
+        }
+    }
+}
+
+/// A disk handed to `Pool::open`, identified by the uuid of its label.
+pub struct PoolDevice {
+    pub uuid: Uuid,
+    pub device: Arc<dyn BlockDevice>,
+}
+
+/// What opening found and did.
+#[derive(Debug, Default, Clone)]
+pub struct OpenReport {
+    /// Journal records replayed over the newest checkpoint.
+    pub records_replayed: u64,
+    /// Whether the journal was rewritten (re-replicated) during recovery.
+    pub journal_rewritten: bool,
+    /// Fragment blocks that no committed record referenced, now deleted.
+    pub orphan_fragments_removed: usize,
+    /// Unlinked inodes left by a crash, now removed with their extents.
+    pub orphan_inodes_removed: usize,
+    /// Devices whose uuid metadata does not know (a crash during `add-disk`).
+    pub unregistered: Vec<Uuid>,
+    /// Irregularities recovery noticed and repaired or worked around.
+    pub notes: Vec<String>,
+}
+
+/// Counters of what the pool did since it was opened.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct PoolCounters {
+    pub commits: u64,
+    pub checkpoints: u64,
+    pub extents_written: u64,
+    pub extents_read: u64,
+    pub degraded_reads: u64,
+    pub fragment_errors: u64,
+}
+
+/// An open pool.
+pub struct Pool {
+    pub(crate) state: MetaState,
+    pub(crate) tip: JournalTip,
+    records_since_checkpoint: u64,
+    pub(crate) devices: BTreeMap<DiskId, Arc<dyn BlockDevice>>,
+    pub(crate) clock: Arc<dyn Clock>,
+    pub(crate) rng: EngineRng,
+    pub(crate) options: PoolOptions,
+    pub(crate) next_extent: u64,
+    pub(crate) files: OpenFiles,
+    /// Extents a read found short of fragments; the repair queue of later workers.
+    pub(crate) degraded: BTreeSet<crate::device::ExtentId>,
+    pub(crate) counters: PoolCounters,
+    pub(crate) cache: crate::store::ExtentCache,
+    read_only: Option<String>,
+}
+
+impl Pool {
+    /// Opens a pool over `devices`. A pool whose disks hold no metadata yet starts empty
+    /// with `default_policy`; otherwise metadata is recovered from the journal.
+    pub fn open(
+        pool_id: Uuid,
+        default_policy: Policy,
+        devices: Vec<PoolDevice>,
+        clock: Arc<dyn Clock>,
+        options: PoolOptions,
+    ) -> Result<(Pool, OpenReport)> {
+        let mut report = OpenReport::default();
+        let raw: Vec<&dyn BlockDevice> = devices.iter().map(|d| d.device.as_ref()).collect();
+        let recovered = journal::recover(&raw).map_err(|e| Error::MetadataCorrupt(e.to_string()))?;
+        let (state, tip, clean, checkpoint_slots) = match recovered {
+            Some(r) => {
+                report.records_replayed = r.replayed;
+                report.notes.extend(r.notes.iter().cloned());
+                let clean = r.replayed == 0 && r.notes.is_empty();
+                (r.state, r.tip, clean, r.checkpoint_slots)
+            }
+            None => (
+                MetaState::new(pool_id, default_policy, clock.wall()),
+                JournalTip { seq: 0, hash: [0; 32] },
+                true,
+                BTreeSet::new(),
+            ),
+        };
+        if state.pool_id != pool_id {
+            return Err(Error::MetadataCorrupt(format!(
+                "the disks' metadata belongs to pool {}, not {pool_id}",
+                state.pool_id
+            )));
+        }
+        let by_uuid: BTreeMap<Uuid, DiskId> = state.disks.values().map(|d| (d.uuid, d.id)).collect();
+        let mut slots: BTreeMap<DiskId, usize> = BTreeMap::new();
+        let mut disk_devices: BTreeMap<DiskId, Arc<dyn BlockDevice>> = BTreeMap::new();
+        for (slot, device) in devices.into_iter().enumerate() {
+            match by_uuid.get(&device.uuid) {
+                Some(id) => {
+                    slots.insert(*id, slot);
+                    disk_devices.insert(*id, device.device);
+                }
+                None => report.unregistered.push(device.uuid),
+            }
+        }
+        for disk in state.disks.values() {
+            disk_devices.entry(disk.id).or_insert_with(|| {
+                report.notes.push(format!("disk {} ({}) is missing", disk.id, disk.uuid));
+                Arc::new(UnavailableDevice::new(disk.uuid.to_string(), "disk not found"))
+            });
+        }
+        let next_extent = state.next_extent;
+        let mut pool = Pool {
+            state,
+            tip,
+            records_since_checkpoint: 0,
+            devices: disk_devices,
+            clock,
+            rng: EngineRng::from_seed(options.seed),
+            options,
+            next_extent,
+            files: OpenFiles::default(),
+            degraded: BTreeSet::new(),
+            counters: PoolCounters::default(),
+            cache: Default::default(),
+            read_only: None,
+        };
+        let journal_slots: BTreeSet<usize> = pool
+            .state
+            .journal_disks()
+            .iter()
+            .filter_map(|id| slots.get(id).copied())
+            .collect();
+        let metadata_blocks = pool.metadata_block_count();
+        if !pool.state.disks.is_empty()
+            && !(clean && journal_slots.is_subset(&checkpoint_slots) && metadata_blocks == journal_slots.len())
+        {
+            // Never rewrite a valid checkpoint in place: a crash could tear the only copy.
+            let already_durable: BTreeSet<DiskId> = if report.records_replayed == 0 {
+                slots
+                    .iter()
+                    .filter(|(_, slot)| checkpoint_slots.contains(slot))
+                    .map(|(id, _)| *id)
+                    .collect()
+            } else {
+                BTreeSet::new()
+            };
+            pool.checkpoint_skipping(&already_durable)?;
+            report.journal_rewritten = true;
+        }
+        report.orphan_inodes_removed = pool.remove_orphan_inodes()?;
+        report.orphan_fragments_removed = pool.remove_orphan_fragments();
+        pool.check_invariants();
+        Ok((pool, report))
+    }
+
+    fn metadata_block_count(&self) -> usize {
+        self.devices
+            .values()
+            .map(|d| {
+                let journal = d.list(BlockKind::Journal).map(|v| v.len()).unwrap_or(0);
+                let checkpoints = d.list(BlockKind::Checkpoint).map(|v| v.len()).unwrap_or(0);
+                journal + checkpoints
+            })
+            .sum()
+    }
+
+    /// The committed metadata state.
+    pub fn state(&self) -> &MetaState {
+        &self.state
+    }
+
+    /// What the pool did since it was opened.
+    pub fn counters(&self) -> &PoolCounters {
+        &self.counters
+    }
+
+    /// The device of a disk.
+    pub fn device(&self, disk: DiskId) -> Option<&Arc<dyn BlockDevice>> {
+        self.devices.get(&disk)
+    }
+
+    /// Extents that reads found short of fragments since the pool was opened.
+    pub fn degraded_extents(&self) -> &BTreeSet<crate::device::ExtentId> {
+        &self.degraded
+    }
+
+    /// The journal's sequence number: how many records were ever committed.
+    pub fn journal_seq(&self) -> u64 {
+        self.tip.seq
+    }
+
+    fn journal_devices(&self) -> Vec<(DiskId, Arc<dyn BlockDevice>)> {
+        self.state
+            .journal_disks()
+            .into_iter()
+            .filter_map(|id| self.devices.get(&id).map(|d| (id, d.clone())))
+            .collect()
+    }
+
+    /// Commits `txn`: makes it durable in the journal, then applies it. Returns the
+    /// extents it freed, whose fragments the caller deletes (see `free_extents`).
+    pub(crate) fn commit(&mut self, txn: Transaction) -> Result<Vec<ExtentRecord>> {
+        if let Some(reason) = &self.read_only {
+            return Err(Error::ReadOnly(reason.clone()));
+        }
+        let journal_set = self.journal_devices();
+        if journal_set.is_empty() {
+            return Err(Error::NoDisks);
+        }
+        let (block, tip) = journal::encode_record(self.tip, &txn);
+        let devices: Vec<&dyn BlockDevice> = journal_set.iter().map(|(_, d)| d.as_ref()).collect();
+        let (durable, errors) = journal::write_replicas(&devices, BlockName::Journal { seq: tip.seq }, &block);
+        for error in &errors {
+            tracing::warn!(%error, "journal replica write failed");
+        }
+        if durable == 0 {
+            let reason = format!("no journal replica accepted record {}: {}", tip.seq, errors.join("; "));
+            self.read_only = Some(reason.clone());
+            return Err(Error::ReadOnly(reason));
+        }
+        let before: Vec<DiskId> = journal_set.iter().map(|(id, _)| *id).collect();
+        let freed = self.state.apply_transaction(&txn);
+        self.tip = tip;
+        self.records_since_checkpoint += 1;
+        self.counters.commits += 1;
+        self.check_invariants();
+        if self.state.journal_disks() != before || self.records_since_checkpoint >= self.options.checkpoint_every_records {
+            if let Err(e) = self.checkpoint() {
+                tracing::warn!(error = %e, "checkpoint failed; the journal keeps every record until the next one");
+            }
+        }
+        Ok(freed)
+    }
+
+    /// Writes the whole state as a checkpoint on every journal disk, then deletes the
+    /// records and older checkpoints it covers, and any metadata on non-journal disks.
+    pub fn checkpoint(&mut self) -> Result<()> {
+        self.checkpoint_skipping(&BTreeSet::new())
+    }
+
+    /// `checkpoint`, leaving alone the disks in `already_durable`, which hold a verified
+    /// copy of the checkpoint at the current tip.
+    fn checkpoint_skipping(&mut self, already_durable: &BTreeSet<DiskId>) -> Result<()> {
+        let journal_set = self.journal_devices();
+        let block = journal::encode_checkpoint(self.tip, &self.state);
+        let devices: Vec<&dyn BlockDevice> = journal_set.iter().map(|(_, d)| d.as_ref()).collect();
+        let targets: Vec<&dyn BlockDevice> = journal_set
+            .iter()
+            .filter(|(id, _)| !already_durable.contains(id))
+            .map(|(_, d)| d.as_ref())
+            .collect();
+        let (written, errors) = journal::write_replicas(&targets, BlockName::Checkpoint { seq: self.tip.seq }, &block);
+        let durable = written + (devices.len() - targets.len());
+        if durable == 0 {
+            return Err(Error::Io(format!("no journal disk accepted the checkpoint: {}", errors.join("; "))));
+        }
+        let members: BTreeSet<DiskId> = journal_set.iter().map(|(id, _)| *id).collect();
+        let strangers: Vec<&dyn BlockDevice> = self
+            .devices
+            .iter()
+            .filter(|(id, _)| !members.contains(id))
+            .map(|(_, d)| d.as_ref())
+            .collect();
+        for error in journal::trim(&devices, &strangers, self.tip.seq) {
+            tracing::warn!(%error, "journal trim incomplete; recovery will finish it");
+        }
+        self.records_since_checkpoint = 0;
+        self.counters.checkpoints += 1;
+        Ok(())
+    }
+
+    /// Adds a labelled disk to the pool. New writes use it at once.
+    pub fn add_disk(&mut self, uuid: Uuid, capacity_bytes: Option<u64>, device: Arc<dyn BlockDevice>) -> Result<DiskId> {
+        if self.state.disks.values().any(|d| d.uuid == uuid) {
+            return Err(Error::Exists(format!("disk {uuid}")));
+        }
+        let record = DiskRecord {
+            id: DiskId(self.state.next_disk),
+            uuid,
+            capacity_bytes,
+            state: DiskState::Active,
+            added_at: self.clock.wall(),
+        };
+        let id = record.id;
+        self.devices.insert(id, device);
+        let op = Op::AddDisk(record);
+        let result = if self.state.disks.is_empty() {
+            // The first disk starts the journal: its first checkpoint holds the disk itself.
+            self.state.apply(&op);
+            let result = self.checkpoint();
+            if result.is_err() {
+                self.state.disks.remove(&id);
+                self.state.next_disk = id.0;
+            }
+            result
+        } else {
+            self.commit(Transaction { ops: vec![op] }).map(|_| ())
+        };
+        if let Err(e) = result {
+            self.devices.remove(&id);
+            return Err(e);
+        }
+        Ok(id)
+    }
+
+    /// Deletes the fragments of extents that a committed transaction freed. Failures
+    /// leave orphans, which the next open removes.
+    pub(crate) fn free_extents(&self, freed: &[ExtentRecord]) {
+        for record in freed {
+            for (index, disk) in record.fragments.iter().enumerate() {
+                if let Some(device) = self.devices.get(disk) {
+                    let name = BlockName::Fragment {
+                        extent: record.id,
+                        index: index as u8,
+                    };
+                    if let Err(error) = device.delete(name) {
+                        tracing::debug!(%error, %name, "freeing a fragment failed; left as an orphan");
+                    }
+                }
+            }
+        }
+    }
+
+    /// Removes files whose last link is gone: after a restart nothing holds them open.
+    fn remove_orphan_inodes(&mut self) -> Result<usize> {
+        let orphans: Vec<_> = self
+            .state
+            .inodes
+            .values()
+            .filter(|i| i.kind == InodeKind::File && i.nlink == 0)
+            .map(|i| i.ino)
+            .collect();
+        if orphans.is_empty() {
+            return Ok(0);
+        }
+        let ops = orphans.iter().map(|ino| Op::RemoveInode(*ino)).collect();
+        let freed = self.commit(Transaction { ops })?;
+        self.free_extents(&freed);
+        Ok(orphans.len())
+    }
+
+    /// Deletes every fragment block that no extent record places where it is.
+    fn remove_orphan_fragments(&mut self) -> usize {
+        let mut removed = 0;
+        for (disk, device) in &self.devices {
+            let Ok(names) = device.list(BlockKind::Fragment) else { continue };
+            let mut changed = false;
+            for name in names {
+                let BlockName::Fragment { extent, index } = name else { continue };
+                let referenced = self
+                    .state
+                    .extents
+                    .get(&extent)
+                    .and_then(|r| r.fragments.get(usize::from(index)))
+                    == Some(disk);
+                if !referenced && device.delete(name).is_ok() {
+                    removed += 1;
+                    changed = true;
+                }
+            }
+            if changed {
+                if let Err(error) = device.sync() {
+                    tracing::warn!(%error, disk = %disk, "sync after orphan removal failed");
+                }
+            }
+        }
+        removed
+    }
+
+    pub(crate) fn check_invariants(&self) {
+        if self.options.check_invariants {
+            if let Err(violation) = self.state.check() {
+                panic!("metadata invariant violated: {violation}");
+            }
+        }
+    }
+
+    /// Usable bytes and free bytes of the pool under the default policy.
+    pub fn space(&self) -> (u64, u64) {
+        let policy = self.state.default_policy;
+        let (mut raw_total, mut raw_free) = (0u64, 0u64);
+        for device in self.devices.values() {
+            raw_total += device.capacity_bytes();
+            raw_free += device.capacity_bytes().saturating_sub(device.used_bytes());
+        }
+        let scale = |raw: u64| (raw as u128 * policy.needed() as u128 / policy.width() as u128) as u64;
+        (scale(raw_total), scale(raw_free))
+    }
+}

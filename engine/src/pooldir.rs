@@ -1,0 +1,272 @@
+//! The pool directory: where a production pool's config and lock live, and the opener
+//! that turns it into a `Pool` over `DirDisk`s.
+//!
+//! `<pool>/pool.ron` names the pool and lists its disks (uuid and canonical path);
+//! `<pool>/lock` is held (flock) by the one process that has the pool open. Metadata
+//! itself lives on the disks; the config only says where to find them. Config updates
+//! are written to a temporary file, fsynced and renamed.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::clock::SystemClock;
+use crate::device::{BlockDevice, BlockKind, BlockName, UnavailableDevice};
+use crate::dirdisk::DirDisk;
+use crate::error::{Error, Result};
+use crate::label::{DiskLabel, LabelError};
+use crate::meta::state::DiskId;
+use crate::policy::Policy;
+use crate::pool::{OpenReport, Pool, PoolDevice, PoolOptions};
+
+const CONFIG_FILE: &str = "pool.ron";
+const LOCK_FILE: &str = "lock";
+/// Smallest capacity a disk may be given: room for a few extents and the journal.
+pub const DISK_CAPACITY_MIN: u64 = 16 << 20;
+
+/// One disk as the pool directory knows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DiskEntry {
+    pub uuid: Uuid,
+    pub path: PathBuf,
+}
+
+/// Contents of `pool.ron`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PoolConfig {
+    pub pool_id: Uuid,
+    /// The default policy given at `init`; metadata holds the current one.
+    pub initial_policy: String,
+    pub disks: Vec<DiskEntry>,
+}
+
+/// An open pool directory: its config and the lock that makes this process its owner.
+pub struct PoolDir {
+    path: PathBuf,
+    config: PoolConfig,
+    _lock: File,
+}
+
+fn io(context: impl std::fmt::Display, e: std::io::Error) -> Error {
+    match e.kind() {
+        std::io::ErrorKind::NotFound => Error::NotFound(context.to_string()),
+        _ => Error::Io(format!("{context}: {e}")),
+    }
+}
+
+impl PoolDir {
+    /// Creates a pool directory at `path` (created if absent, else it must be empty).
+    pub fn init(path: &Path, policy: Policy) -> Result<PoolConfig> {
+        if path.exists() {
+            let mut entries = fs::read_dir(path).map_err(|e| io(path.display(), e))?;
+            if path.join(CONFIG_FILE).exists() {
+                return Err(Error::Exists(format!("{} already holds a pool", path.display())));
+            }
+            if entries.next().is_some() {
+                return Err(Error::InvalidArgument(format!(
+                    "{} is not empty; a pool directory must be new or empty",
+                    path.display()
+                )));
+            }
+        } else {
+            fs::create_dir_all(path).map_err(|e| io(path.display(), e))?;
+        }
+        set_owner_only(path)?;
+        let config = PoolConfig {
+            pool_id: Uuid::new_v4(),
+            initial_policy: policy.to_string(),
+            disks: Vec::new(),
+        };
+        write_config(path, &config)?;
+        Ok(config)
+    }
+
+    /// Opens the pool at `path`: takes the lock, opens every disk, recovers metadata.
+    pub fn open(path: &Path, mut options: PoolOptions) -> Result<(PoolDir, Pool, OpenReport)> {
+        let path = fs::canonicalize(path).map_err(|_| Error::NotAPool(format!("{}: no such pool directory", path.display())))?;
+        let config_path = path.join(CONFIG_FILE);
+        let text = fs::read_to_string(&config_path)
+            .map_err(|_| Error::NotAPool(format!("{} is not a pool (no {CONFIG_FILE}); create one with `dfs init`", path.display())))?;
+        let config: PoolConfig = ron::from_str(&text)
+            .map_err(|e| Error::MetadataCorrupt(format!("{}: {e}", config_path.display())))?;
+        let initial_policy: Policy = config
+            .initial_policy
+            .parse()
+            .map_err(|e| Error::MetadataCorrupt(format!("{}: {e}", config_path.display())))?;
+        let lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(path.join(LOCK_FILE))
+            .map_err(|e| io(path.join(LOCK_FILE).display(), e))?;
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                return Err(Error::PoolBusy(format!(
+                    "pool {} is in use by another process (mounted or busy); unmount it or use the running daemon",
+                    path.display()
+                )))
+            }
+            Err(std::fs::TryLockError::Error(e)) => return Err(io("locking the pool", e)),
+        }
+        let mut devices = Vec::new();
+        for entry in &config.disks {
+            devices.push(PoolDevice {
+                uuid: entry.uuid,
+                device: open_disk(entry, config.pool_id),
+            });
+        }
+        if options.seed == 0 {
+            options.seed = Uuid::new_v4().as_u64_pair().0;
+        }
+        let (pool, report) = Pool::open(config.pool_id, initial_policy, devices, Arc::new(SystemClock::new()), options)?;
+        let mut dir = PoolDir {
+            path,
+            config,
+            _lock: lock,
+        };
+        if !report.unregistered.is_empty() {
+            // A crash during add-disk: the label was written, the metadata never knew it.
+            dir.config.disks.retain(|d| !report.unregistered.contains(&d.uuid));
+            write_config(&dir.path, &dir.config)?;
+        }
+        Ok((dir, pool, report))
+    }
+
+    /// The pool directory.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The config as last written.
+    pub fn config(&self) -> &PoolConfig {
+        &self.config
+    }
+
+    /// Adds the directory `disk_path` as a disk of `capacity_bytes` (or the free space of
+    /// its filesystem). Refuses a path that does not exist, is not a directory, is already
+    /// a disk of this or another pool, or holds DynamicFS blocks without a label.
+    pub fn add_disk(&mut self, pool: &mut Pool, disk_path: &Path, capacity_bytes: Option<u64>) -> Result<DiskId> {
+        let canonical = fs::canonicalize(disk_path)
+            .map_err(|_| Error::NotFound(format!("disk path {}", disk_path.display())))?;
+        if !canonical.is_dir() {
+            return Err(Error::NotDirectory(format!("disk path {}", canonical.display())));
+        }
+        if canonical.starts_with(&self.path) || self.path.starts_with(&canonical) {
+            return Err(Error::InvalidArgument(format!(
+                "{} overlaps the pool directory {}",
+                canonical.display(),
+                self.path.display()
+            )));
+        }
+        if let Some(other) = self.config.disks.iter().find(|d| d.path.starts_with(&canonical) || canonical.starts_with(&d.path)) {
+            return Err(Error::Exists(format!(
+                "{} is already a disk of this pool (or overlaps disk {})",
+                canonical.display(),
+                other.path.display()
+            )));
+        }
+        if let Some(capacity) = capacity_bytes {
+            if capacity < DISK_CAPACITY_MIN {
+                return Err(Error::InvalidArgument(format!(
+                    "capacity {capacity} bytes is below the minimum of {DISK_CAPACITY_MIN} bytes (16 MiB)"
+                )));
+            }
+        }
+        let mut disk = DirDisk::open(&canonical).map_err(|e| Error::Io(format!("{}: {e}", canonical.display())))?;
+        let uuid = match DiskLabel::read(&disk) {
+            Ok(label) if label.pool_id != self.config.pool_id => {
+                return Err(Error::Exists(format!(
+                    "{} is a disk of another pool ({}); remove it from that pool first",
+                    canonical.display(),
+                    label.pool_id
+                )))
+            }
+            Ok(label) if pool.state().disks.values().any(|d| d.uuid == label.disk_uuid) => {
+                return Err(Error::Exists(format!("{} is already a disk of this pool", canonical.display())))
+            }
+            // Labelled for this pool by an add-disk that crashed before committing: reuse.
+            Ok(label) => label.disk_uuid,
+            Err(LabelError::Missing) => {
+                let holds_blocks = [BlockKind::Journal, BlockKind::Checkpoint, BlockKind::Fragment]
+                    .into_iter()
+                    .any(|kind| disk.list(kind).map(|names| !names.is_empty()).unwrap_or(true));
+                if holds_blocks {
+                    return Err(Error::InvalidArgument(format!(
+                        "{} holds DynamicFS blocks but no label; refusing to overwrite them",
+                        canonical.display()
+                    )));
+                }
+                Uuid::new_v4()
+            }
+            Err(e) => return Err(Error::InvalidArgument(format!("{}: {e}; refusing to reuse it", canonical.display()))),
+        };
+        let label = DiskLabel {
+            pool_id: self.config.pool_id,
+            disk_uuid: uuid,
+            capacity_bytes,
+        };
+        disk.set_capacity(capacity_bytes);
+        disk.write(BlockName::Label, &label.encode())
+            .and_then(|()| disk.sync())
+            .map_err(|e| Error::Io(format!("writing the label on {}: {e}", canonical.display())))?;
+        let previous = self.config.clone();
+        self.config.disks.push(DiskEntry {
+            uuid,
+            path: canonical.clone(),
+        });
+        write_config(&self.path, &self.config)?;
+        match pool.add_disk(uuid, capacity_bytes, Arc::new(disk)) {
+            Ok(id) => Ok(id),
+            Err(e) => {
+                self.config = previous;
+                let _ = write_config(&self.path, &self.config);
+                Err(e)
+            }
+        }
+    }
+}
+
+fn open_disk(entry: &DiskEntry, pool_id: Uuid) -> Arc<dyn BlockDevice> {
+    let location = entry.path.display().to_string();
+    let disk = match DirDisk::open(&entry.path) {
+        Ok(disk) => disk,
+        Err(e) => {
+            tracing::warn!(disk = %location, error = %e, "disk cannot be opened; serving without it");
+            return Arc::new(UnavailableDevice::new(location, e.to_string()));
+        }
+    };
+    match DiskLabel::read(&disk) {
+        Ok(label) if label.pool_id == pool_id && label.disk_uuid == entry.uuid => Arc::new(disk),
+        Ok(label) => {
+            tracing::warn!(disk = %location, found = %label.disk_uuid, "a different disk is mounted here; serving without it");
+            Arc::new(UnavailableDevice::new(location, "a different disk is mounted at this path"))
+        }
+        Err(e) => {
+            // Identity comes from the config; fragment and journal blocks verify themselves.
+            tracing::warn!(disk = %location, error = %e, "disk label unreadable; trusting the pool config");
+            Arc::new(disk)
+        }
+    }
+}
+
+fn write_config(dir: &Path, config: &PoolConfig) -> Result<()> {
+    let text = ron::ser::to_string_pretty(config, ron::ser::PrettyConfig::default())
+        .map_err(|e| Error::Io(format!("encoding the pool config: {e}")))?;
+    let tmp = dir.join(format!("{CONFIG_FILE}.tmp"));
+    let target = dir.join(CONFIG_FILE);
+    let result = File::create(&tmp)
+        .and_then(|mut f| f.write_all(text.as_bytes()).and_then(|()| f.sync_all()))
+        .and_then(|()| fs::rename(&tmp, &target))
+        .and_then(|()| File::open(dir).and_then(|d| d.sync_all()));
+    result.map_err(|e| io(target.display(), e))
+}
+
+fn set_owner_only(path: &Path) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(path, fs::Permissions::from_mode(0o700)).map_err(|e| io(path.display(), e))
+}

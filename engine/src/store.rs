@@ -1,0 +1,258 @@
+//! The extent store: encodes chunks into fragments, places and writes them durably, and
+//! reads extents back, verifying every checksum and falling back to other fragments.
+//!
+//! Contract of `write_chunks`: on `Ok`, every fragment of every returned extent is
+//! durable (its disk was synced) and no disk holds two fragments of one extent; on `Err`,
+//! nothing is referenced and the fragments written so far were deleted (or are orphans
+//! the next open removes).
+//!
+//! Contract of `read_extent`: returns the extent's bytes exactly (BLAKE3 verified), or
+//! `DataLost` — never other bytes.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use crate::codec::{self, CodecId};
+use crate::device::{BlockDevice, BlockName, DeviceError, ExtentId};
+use crate::error::{Error, Result};
+use crate::fragment;
+use crate::io::run_all;
+use crate::meta::state::{DiskId, DiskState, ExtentRecord, EXTENT_BYTES_MAX};
+use crate::placement::{self, Candidate};
+use crate::policy::Policy;
+use crate::pool::Pool;
+
+/// Decoded extents kept in memory; extents are immutable, so the cache is always coherent.
+const EXTENT_CACHE_ENTRIES: usize = 16;
+
+#[derive(Default)]
+pub(crate) struct ExtentCache {
+    entries: BTreeMap<ExtentId, (u64, Arc<Vec<u8>>)>,
+    tick: u64,
+}
+
+impl ExtentCache {
+    fn get(&mut self, id: ExtentId) -> Option<Arc<Vec<u8>>> {
+        self.tick += 1;
+        let tick = self.tick;
+        self.entries.get_mut(&id).map(|(used, data)| {
+            *used = tick;
+            data.clone()
+        })
+    }
+
+    fn insert(&mut self, id: ExtentId, data: Arc<Vec<u8>>) {
+        self.tick += 1;
+        if self.entries.len() >= EXTENT_CACHE_ENTRIES {
+            if let Some(oldest) = self.entries.iter().min_by_key(|(_, (used, _))| *used).map(|(id, _)| *id) {
+                self.entries.remove(&oldest);
+            }
+        }
+        self.entries.insert(id, (self.tick, data));
+    }
+}
+
+struct PlannedBlock {
+    name: BlockName,
+    block: Vec<u8>,
+}
+
+impl Pool {
+    /// Writes each `(chunk index, bytes)` as a new extent under `policy` and makes the
+    /// fragments durable. An all-zero chunk becomes a hole (`None`).
+    pub(crate) fn write_chunks(&mut self, chunks: &[(u64, Vec<u8>)], policy: Policy) -> Result<Vec<(u64, Option<ExtentRecord>)>> {
+        let codec = CodecId::for_policy(policy);
+        let ids: Vec<Option<ExtentId>> = chunks
+            .iter()
+            .map(|(_, data)| {
+                assert!(data.len() as u64 <= EXTENT_BYTES_MAX);
+                (!data.iter().all(|b| *b == 0)).then(|| {
+                    let id = ExtentId(self.next_extent);
+                    self.next_extent += 1;
+                    id
+                })
+            })
+            .collect();
+        let encoded: Vec<Option<Vec<Vec<u8>>>> = chunks
+            .iter()
+            .zip(&ids)
+            .map(|((_, data), id)| match id {
+                Some(_) => codec::encode(codec, policy, data).map(Some),
+                None => Ok(None),
+            })
+            .collect::<Result<_, _>>()
+            .map_err(|e| Error::Io(format!("encoding failed: {e}")))?;
+        let mut excluded: BTreeSet<DiskId> = BTreeSet::new();
+        loop {
+            let mut planned: BTreeMap<DiskId, Vec<PlannedBlock>> = BTreeMap::new();
+            let mut planned_bytes: BTreeMap<DiskId, u64> = BTreeMap::new();
+            let mut records = Vec::with_capacity(chunks.len());
+            for (((index, data), id), fragments) in chunks.iter().zip(&ids).zip(&encoded) {
+                let (Some(id), Some(fragments)) = (id, fragments) else {
+                    records.push((*index, None));
+                    continue;
+                };
+                let block_bytes = (fragment::HEADER_LEN + fragments[0].len()) as u64;
+                let candidates = self.candidates(&excluded, &planned_bytes);
+                let disks = placement::place(&mut self.rng, policy.width(), block_bytes, &candidates).map_err(|available| {
+                    Error::Unplaceable {
+                        policy,
+                        needed: policy.width(),
+                        available,
+                    }
+                })?;
+                for (fragment_index, (disk, payload)) in disks.iter().zip(fragments).enumerate() {
+                    let name = BlockName::Fragment {
+                        extent: *id,
+                        index: fragment_index as u8,
+                    };
+                    *planned_bytes.entry(*disk).or_default() += block_bytes;
+                    planned.entry(*disk).or_default().push(PlannedBlock {
+                        name,
+                        block: fragment::seal(*id, fragment_index as u8, payload),
+                    });
+                }
+                records.push((
+                    *index,
+                    Some(ExtentRecord {
+                        id: *id,
+                        len: data.len() as u32,
+                        hash: *blake3::hash(data).as_bytes(),
+                        policy,
+                        codec,
+                        fragments: disks,
+                    }),
+                ));
+            }
+            let jobs: Vec<(DiskId, Arc<dyn BlockDevice>, Vec<PlannedBlock>)> = planned
+                .into_iter()
+                .filter_map(|(disk, blocks)| self.devices.get(&disk).map(|d| (disk, d.clone(), blocks)))
+                .collect();
+            let outcomes = run_all(self.options.parallel_io, jobs, |(disk, device, blocks)| {
+                let mut written = Vec::new();
+                for planned in &blocks {
+                    if let Err(e) = device.write(planned.name, &planned.block) {
+                        return (disk, device, written, Err(e));
+                    }
+                    written.push(planned.name);
+                }
+                let synced = device.sync();
+                (disk, device, written, synced)
+            });
+            let failed: Vec<(DiskId, DeviceError)> = outcomes
+                .iter()
+                .filter_map(|(disk, _, _, result)| result.as_ref().err().map(|e| (*disk, e.clone())))
+                .collect();
+            if failed.is_empty() {
+                self.counters.extents_written += records.iter().filter(|(_, r)| r.is_some()).count() as u64;
+                return Ok(records);
+            }
+            for (_, device, written, _) in &outcomes {
+                for name in written {
+                    let _ = device.delete(*name);
+                }
+            }
+            for (disk, error) in &failed {
+                tracing::warn!(disk = %disk, %error, "fragment write failed; placing elsewhere");
+                excluded.insert(*disk);
+            }
+            if excluded.len() >= self.state.disks.len() {
+                let (_, error) = &failed[0];
+                return Err(match error {
+                    DeviceError::NoSpace => Error::NoSpace("every disk refused the write".into()),
+                    other => Error::Io(format!("every disk refused the write: {other}")),
+                });
+            }
+        }
+    }
+
+    fn candidates(&self, excluded: &BTreeSet<DiskId>, planned_bytes: &BTreeMap<DiskId, u64>) -> Vec<Candidate> {
+        self.state
+            .disks
+            .values()
+            .filter(|d| d.state == DiskState::Active && !excluded.contains(&d.id))
+            .filter_map(|d| {
+                let device = self.devices.get(&d.id)?;
+                let free = device.capacity_bytes().saturating_sub(device.used_bytes());
+                let planned = planned_bytes.get(&d.id).copied().unwrap_or(0);
+                Some(Candidate {
+                    disk: d.id,
+                    free_bytes: free.saturating_sub(planned),
+                })
+            })
+            .collect()
+    }
+
+    /// Reads an extent: the cheapest sufficient fragments first (data shards, then
+    /// parity; the first copy, then others), each verified; decodes; verifies the
+    /// extent's BLAKE3. `offset` only labels errors.
+    pub(crate) fn read_extent(&mut self, record: &ExtentRecord, offset: u64) -> Result<Arc<Vec<u8>>> {
+        if let Some(data) = self.cache.get(record.id) {
+            return Ok(data);
+        }
+        let policy = record.policy;
+        let width = policy.width();
+        let needed = policy.needed();
+        let shard_len = codec::shard_len(policy, record.len as usize);
+        let mut fragments: Vec<Option<Vec<u8>>> = vec![None; width];
+        let mut problems = Vec::new();
+        let mut next = 0;
+        let mut have = 0;
+        while have < needed && next < width {
+            let batch: Vec<usize> = (next..width.min(next + needed - have)).collect();
+            next += batch.len();
+            let jobs: Vec<(usize, Option<Arc<dyn BlockDevice>>)> = batch
+                .iter()
+                .map(|&i| (i, self.devices.get(&record.fragments[i]).cloned()))
+                .collect();
+            let id = record.id;
+            let results = run_all(self.options.parallel_io, jobs, |(i, device)| {
+                let name = BlockName::Fragment { extent: id, index: i as u8 };
+                let result = match device {
+                    None => Err("disk unknown".to_string()),
+                    Some(device) => device.read(name).map_err(|e| e.to_string()).and_then(|block| {
+                        fragment::verify(&block, id, i as u8, shard_len)
+                            .map(<[u8]>::to_vec)
+                            .map_err(|e| e.to_string())
+                    }),
+                };
+                (i, result)
+            });
+            for (i, result) in results {
+                match result {
+                    Ok(payload) => {
+                        fragments[i] = Some(payload);
+                        have += 1;
+                    }
+                    Err(e) => problems.push(format!("fragment {i} on {}: {e}", record.fragments[i])),
+                }
+            }
+        }
+        self.counters.extents_read += 1;
+        if !problems.is_empty() {
+            self.counters.fragment_errors += problems.len() as u64;
+            self.counters.degraded_reads += 1;
+            self.degraded.insert(record.id);
+            tracing::warn!(extent = %record.id, problems = %problems.join("; "), "degraded read");
+        }
+        let lost = |detail: String| Error::DataLost {
+            extent: record.id,
+            offset,
+            detail,
+        };
+        if have < needed {
+            return Err(lost(format!(
+                "{} of {width} fragments readable, {needed} needed ({})",
+                have,
+                problems.join("; ")
+            )));
+        }
+        let data = codec::decode(record.codec, policy, record.len as usize, &fragments).map_err(|e| lost(e.to_string()))?;
+        if blake3::hash(&data).as_bytes() != &record.hash {
+            return Err(lost("decoded data does not match the extent checksum".into()));
+        }
+        let data = Arc::new(data);
+        self.cache.insert(record.id, data.clone());
+        Ok(data)
+    }
+}
