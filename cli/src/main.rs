@@ -1,1 +1,194 @@
-fn main() {}
+//! `dfs`: the DynamicFS admin CLI. Argument parsing and glue only; the work is the
+//! engine's. Exit codes: 0 success, 1 the operation failed (message on stderr),
+//! 2 bad usage.
+
+mod commands;
+mod size;
+mod table;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use dfs_engine::Policy;
+
+/// DynamicFS: a filesystem over a pool of directory disks of any size, with a redundancy
+/// policy (replicate:N or erasure:K+M) per extent.
+#[derive(Parser, Debug)]
+#[command(name = "dfs", version, propagate_version = true)]
+#[command(
+    after_help = "Exit codes: 0 success, 1 the operation failed, 2 bad usage.\nStart with: dfs init --pool P, then dfs add-disk --pool P --disk D (several times)."
+)]
+struct Cli {
+    /// Log verbosity (error, warn, info, debug, trace); RUST_LOG overrides it.
+    #[arg(long, global = true, default_value = "warn")]
+    log_level: String,
+    /// Log format on stderr.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+#[derive(clap::Args, Debug)]
+struct PoolArg {
+    /// The pool directory (holds the pool's config and lock).
+    #[arg(long, value_name = "DIR")]
+    pool: PathBuf,
+}
+
+#[derive(clap::Args, Debug)]
+struct JsonArg {
+    /// Print JSON instead of a table, for scripts.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Create a new, empty pool directory.
+    Init {
+        #[command(flatten)]
+        pool: PoolArg,
+        /// Default redundancy policy for new data: replicate:N (1-8) or erasure:K+M (K 1-16, M 1-8).
+        #[arg(long, default_value = "replicate:2", value_parser = parse_policy)]
+        policy: Policy,
+    },
+    /// Add directories as disks of the pool; new writes use them at once.
+    AddDisk {
+        #[command(flatten)]
+        pool: PoolArg,
+        /// A directory to use as a disk (repeat to add several).
+        #[arg(long = "disk", value_name = "DIR", required = true)]
+        disks: Vec<PathBuf>,
+        /// Capacity of each disk added (e.g. 10GiB); default: the free space of its filesystem.
+        #[arg(long, value_parser = size::parse_size)]
+        capacity: Option<u64>,
+    },
+    /// List the pool's disks: id, path, capacity, used, state, fragment count.
+    ListDisks {
+        #[command(flatten)]
+        pool: PoolArg,
+        #[command(flatten)]
+        json: JsonArg,
+    },
+    /// Copy a local file into the pool, atomically (readers see all of it or nothing).
+    Put {
+        #[command(flatten)]
+        pool: PoolArg,
+        /// The local file to copy ("-" reads standard input).
+        local: PathBuf,
+        /// Where to put it in the pool; an existing directory receives the local file's name.
+        pool_path: String,
+        /// Redundancy policy for this file (default: its directory's, else the pool's).
+        #[arg(long, value_parser = parse_policy)]
+        policy: Option<Policy>,
+    },
+    /// Copy a file out of the pool.
+    Get {
+        #[command(flatten)]
+        pool: PoolArg,
+        /// The file in the pool.
+        pool_path: String,
+        /// The local file to write ("-" writes standard output).
+        local: PathBuf,
+    },
+    /// List a directory of the pool (or show one file).
+    Ls {
+        #[command(flatten)]
+        pool: PoolArg,
+        /// Directory or file in the pool.
+        #[arg(default_value = "/")]
+        pool_path: String,
+        #[command(flatten)]
+        json: JsonArg,
+    },
+    /// Remove a file or an empty directory from the pool.
+    Rm {
+        #[command(flatten)]
+        pool: PoolArg,
+        /// The path to remove.
+        pool_path: String,
+        /// Remove a directory and everything under it.
+        #[arg(short, long)]
+        recursive: bool,
+    },
+    /// Create a directory in the pool.
+    Mkdir {
+        #[command(flatten)]
+        pool: PoolArg,
+        /// The directory to create.
+        pool_path: String,
+        /// Create missing parents too, and succeed if it exists.
+        #[arg(short, long)]
+        parents: bool,
+        /// Redundancy policy inherited by files created in it.
+        #[arg(long, value_parser = parse_policy)]
+        policy: Option<Policy>,
+    },
+    /// List extents: id, file, offset, length, policy, health.
+    ListExtents {
+        #[command(flatten)]
+        pool: PoolArg,
+        /// Only extents of files under this path.
+        pool_path: Option<String>,
+        /// Read every fragment and verify its checksum (slower; otherwise presence only).
+        #[arg(long)]
+        verify: bool,
+        #[command(flatten)]
+        json: JsonArg,
+    },
+    /// Extents and bytes per policy and per health, raw bytes stored and the overhead ratio.
+    ShowRedundancy {
+        #[command(flatten)]
+        pool: PoolArg,
+        /// Read every fragment and verify its checksum (slower; otherwise presence only).
+        #[arg(long)]
+        verify: bool,
+        #[command(flatten)]
+        json: JsonArg,
+    },
+}
+
+fn parse_policy(text: &str) -> Result<Policy, String> {
+    text.parse::<Policy>().map_err(|e| e.to_string())
+}
+
+fn init_logging(cli: &Cli) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env()
+        .or_else(|_| EnvFilter::try_new(&cli.log_level))
+        .unwrap_or_else(|_| EnvFilter::new("warn"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match cli.log_format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().try_init(),
+    };
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(&cli);
+    match commands::run(cli.command) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            if e.downcast_ref::<std::io::Error>()
+                .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+            {
+                return ExitCode::SUCCESS;
+            }
+            eprintln!("dfs: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -62,7 +62,9 @@ pub fn shard_len(policy: Policy, len: usize) -> usize {
 /// Splits `data` into `policy.width()` fragments.
 pub fn encode(codec: CodecId, policy: Policy, data: &[u8]) -> Result<Vec<Vec<u8>>, CodecError> {
     match (codec, policy) {
-        (CodecId::Replica, Policy::Replicate { copies }) => Ok(vec![data.to_vec(); usize::from(copies)]),
+        (CodecId::Replica, Policy::Replicate { copies }) => {
+            Ok(vec![data.to_vec(); usize::from(copies)])
+        }
         (CodecId::RsErasureGf8 | CodecId::RsSimd, Policy::Erasure { data: k, parity: m }) => {
             let (k, m) = (usize::from(k), usize::from(m));
             let len = shard_len(policy, data.len());
@@ -83,7 +85,8 @@ pub fn encode(codec: CodecId, policy: Policy, data: &[u8]) -> Result<Vec<Vec<u8>
                         .map_err(|e| CodecError::Library(format!("{e:?}")))?;
                     let mut all = shards.clone();
                     all.extend(std::iter::repeat_n(vec![0u8; len], m));
-                    rs.encode(&mut all).map_err(|e| CodecError::Library(format!("{e:?}")))?;
+                    rs.encode(&mut all)
+                        .map_err(|e| CodecError::Library(format!("{e:?}")))?;
                     all.split_off(k)
                 }
             };
@@ -114,7 +117,9 @@ pub fn decode(
     match (codec, policy) {
         (CodecId::Replica, Policy::Replicate { .. }) => {
             let copy = fragments.iter().flatten().next();
-            Ok(copy.map(|c| c[..len.min(c.len())].to_vec()).unwrap_or_default())
+            Ok(copy
+                .map(|c| c[..len.min(c.len())].to_vec())
+                .unwrap_or_default())
         }
         (CodecId::RsErasureGf8 | CodecId::RsSimd, Policy::Erasure { data: k, parity: m }) => {
             let (k, m) = (usize::from(k), usize::from(m));
@@ -169,7 +174,11 @@ fn reconstruct_data(
             shards
                 .into_iter()
                 .take(k)
-                .map(|s| s.ok_or_else(|| CodecError::Library("data shard missing after reconstruct".into())))
+                .map(|s| {
+                    s.ok_or_else(|| {
+                        CodecError::Library("data shard missing after reconstruct".into())
+                    })
+                })
                 .collect()
         }
     }

@@ -241,6 +241,9 @@ mod tests {
         assert_eq!(BlockName::parse(BlockKind::Journal, ".tmp-0001"), None);
         assert_eq!(BlockName::parse(BlockKind::Journal, "12"), None);
         assert_eq!(BlockName::parse(BlockKind::Fragment, "xyz.01"), None);
-        assert_eq!(BlockName::parse(BlockKind::Fragment, "00000000000000ff.1"), None);
+        assert_eq!(
+            BlockName::parse(BlockKind::Fragment, "00000000000000ff.1"),
+            None
+        );
     }
 }

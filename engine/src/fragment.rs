@@ -39,7 +39,10 @@ pub enum FragmentError {
     #[error("fragment header corrupt")]
     BadHeader,
     #[error("fragment belongs to extent {found_extent} index {found_index} (misdirected write)")]
-    Misdirected { found_extent: ExtentId, found_index: u8 },
+    Misdirected {
+        found_extent: ExtentId,
+        found_index: u8,
+    },
     #[error("fragment length {found} differs from the expected {expected}")]
     Length { found: usize, expected: usize },
     #[error("fragment payload checksum mismatch")]
@@ -48,7 +51,12 @@ pub enum FragmentError {
 
 /// Checks `block` is fragment `index` of `extent` with `expected_len` payload bytes, and
 /// returns the payload.
-pub fn verify(block: &[u8], extent: ExtentId, index: u8, expected_len: usize) -> Result<&[u8], FragmentError> {
+pub fn verify(
+    block: &[u8],
+    extent: ExtentId,
+    index: u8,
+    expected_len: usize,
+) -> Result<&[u8], FragmentError> {
     if block.len() < HEADER_LEN {
         return Err(FragmentError::Truncated);
     }
@@ -103,7 +111,13 @@ mod tests {
     #[test]
     fn a_fragment_under_the_wrong_name_is_misdirected() {
         let block = seal(ExtentId(9), 3, b"abcd");
-        assert!(matches!(verify(&block, ExtentId(9), 4, 4), Err(FragmentError::Misdirected { .. })));
-        assert!(matches!(verify(&block, ExtentId(8), 3, 4), Err(FragmentError::Misdirected { .. })));
+        assert!(matches!(
+            verify(&block, ExtentId(9), 4, 4),
+            Err(FragmentError::Misdirected { .. })
+        ));
+        assert!(matches!(
+            verify(&block, ExtentId(8), 3, 4),
+            Err(FragmentError::Misdirected { .. })
+        ));
     }
 }

@@ -59,7 +59,10 @@ pub fn encode<T: Serialize>(kind: FrameKind, value: &T) -> (Vec<u8>, [u8; 32]) {
 }
 
 /// Verifies and decodes a frame of `kind`, returning the value and its body hash.
-pub fn decode<T: DeserializeOwned>(kind: FrameKind, block: &[u8]) -> Result<(T, [u8; 32]), FrameError> {
+pub fn decode<T: DeserializeOwned>(
+    kind: FrameKind,
+    block: &[u8],
+) -> Result<(T, [u8; 32]), FrameError> {
     if block.len() < HEADER_LEN {
         return Err(FrameError::Truncated(block.len()));
     }

@@ -90,8 +90,12 @@ fn check_name(name: &[u8]) -> Result<()> {
     if name.len() > NAME_BYTES_MAX {
         return Err(Error::NameTooLong(name.len()));
     }
-    if name.is_empty() || name == b"." || name == b".." || name.contains(&b'/') || name.contains(&0) {
-        return Err(Error::InvalidArgument(format!("'{}' is not a valid file name", display(name))));
+    if name.is_empty() || name == b"." || name == b".." || name.contains(&b'/') || name.contains(&0)
+    {
+        return Err(Error::InvalidArgument(format!(
+            "'{}' is not a valid file name",
+            display(name)
+        )));
     }
     Ok(())
 }
@@ -116,10 +120,16 @@ impl<'a> Change<'a> {
 
     fn inode(&mut self, ino: Ino) -> Result<&mut Inode> {
         if !self.inodes.contains_key(&ino) {
-            let inode = self.state.inodes.get(&ino).ok_or_else(|| Error::NotFound(format!("inode {}", ino.0)))?;
+            let inode = self
+                .state
+                .inodes
+                .get(&ino)
+                .ok_or_else(|| Error::NotFound(format!("inode {}", ino.0)))?;
             self.inodes.insert(ino, inode.clone());
         }
-        self.inodes.get_mut(&ino).ok_or_else(|| Error::NotFound(format!("inode {}", ino.0)))
+        self.inodes
+            .get_mut(&ino)
+            .ok_or_else(|| Error::NotFound(format!("inode {}", ino.0)))
     }
 
     fn into_transaction(self) -> Transaction {
@@ -136,7 +146,10 @@ impl<'a> Change<'a> {
 
 impl Pool {
     fn inode(&self, ino: Ino) -> Result<&Inode> {
-        self.state.inodes.get(&ino).ok_or_else(|| Error::NotFound(format!("inode {}", ino.0)))
+        self.state
+            .inodes
+            .get(&ino)
+            .ok_or_else(|| Error::NotFound(format!("inode {}", ino.0)))
     }
 
     fn directory(&self, ino: Ino) -> Result<&BTreeMap<Vec<u8>, Ino>> {
@@ -144,7 +157,10 @@ impl Pool {
         if inode.kind != InodeKind::Directory {
             return Err(Error::NotDirectory(format!("inode {}", ino.0)));
         }
-        self.state.dirs.get(&ino).ok_or_else(|| Error::NotFound(format!("directory {}", ino.0)))
+        self.state
+            .dirs
+            .get(&ino)
+            .ok_or_else(|| Error::NotFound(format!("directory {}", ino.0)))
     }
 
     fn child(&self, parent: Ino, name: &[u8]) -> Result<Option<Ino>> {
@@ -166,7 +182,12 @@ impl Pool {
                 .state
                 .file_extents
                 .get(&ino)
-                .map(|m| m.values().filter_map(|id| self.state.extents.get(id)).map(|r| u64::from(r.len)).sum())
+                .map(|m| {
+                    m.values()
+                        .filter_map(|id| self.state.extents.get(id))
+                        .map(|r| u64::from(r.len))
+                        .sum()
+                })
                 .unwrap_or(0),
             atime: inode.atime,
             mtime: inode.mtime,
@@ -306,7 +327,9 @@ impl Pool {
     pub fn mknod(&mut self, parent: Ino, name: &[u8], mode: u32, owner: Owner) -> Result<Attr> {
         let file_type = mode & libc::S_IFMT;
         if file_type != 0 && file_type != libc::S_IFREG {
-            return Err(Error::NotPermitted("only regular files can be created with mknod".into()));
+            return Err(Error::NotPermitted(
+                "only regular files can be created with mknod".into(),
+            ));
         }
         self.create(parent, name, owner)
     }
@@ -318,11 +341,26 @@ impl Pool {
     }
 
     /// Creates a symbolic link to `target`.
-    pub fn symlink(&mut self, parent: Ino, name: &[u8], target: &[u8], owner: Owner) -> Result<Attr> {
+    pub fn symlink(
+        &mut self,
+        parent: Ino,
+        name: &[u8],
+        target: &[u8],
+        owner: Owner,
+    ) -> Result<Attr> {
         if target.is_empty() || target.len() > 4095 || target.contains(&0) {
-            return Err(Error::InvalidArgument("symlink target must be 1 to 4095 bytes without NUL".into()));
+            return Err(Error::InvalidArgument(
+                "symlink target must be 1 to 4095 bytes without NUL".into(),
+            ));
         }
-        let mut inode = self.new_inode(InodeKind::Symlink, Owner { mode: 0o777, ..owner }, None);
+        let mut inode = self.new_inode(
+            InodeKind::Symlink,
+            Owner {
+                mode: 0o777,
+                ..owner
+            },
+            None,
+        );
         inode.size = target.len() as u64;
         inode.symlink_target = target.to_vec();
         self.create_child(parent, name, inode)
@@ -332,7 +370,10 @@ impl Pool {
     pub fn readlink(&self, ino: Ino) -> Result<Vec<u8>> {
         let inode = self.inode(ino)?;
         if inode.kind != InodeKind::Symlink {
-            return Err(Error::InvalidArgument(format!("inode {} is not a symlink", ino.0)));
+            return Err(Error::InvalidArgument(format!(
+                "inode {} is not a symlink",
+                ino.0
+            )));
         }
         Ok(inode.symlink_target.clone())
     }
@@ -390,7 +431,9 @@ impl Pool {
     pub fn link(&mut self, ino: Ino, parent: Ino, name: &[u8]) -> Result<Attr> {
         check_name(name)?;
         if self.inode(ino)?.kind == InodeKind::Directory {
-            return Err(Error::NotPermitted("hard links to directories are not allowed".into()));
+            return Err(Error::NotPermitted(
+                "hard links to directories are not allowed".into(),
+            ));
         }
         if self.child(parent, name)?.is_some() {
             return Err(Error::Exists(display(name)));
@@ -417,7 +460,9 @@ impl Pool {
 
     /// Removes a non-directory entry.
     pub fn unlink(&mut self, parent: Ino, name: &[u8]) -> Result<()> {
-        let ino = self.child(parent, name)?.ok_or_else(|| Error::NotFound(display(name)))?;
+        let ino = self
+            .child(parent, name)?
+            .ok_or_else(|| Error::NotFound(display(name)))?;
         if self.inode(ino)?.kind == InodeKind::Directory {
             return Err(Error::IsDirectory(display(name)));
         }
@@ -429,7 +474,9 @@ impl Pool {
         if name == b"." {
             return Err(Error::InvalidArgument("cannot remove '.'".into()));
         }
-        let ino = self.child(parent, name)?.ok_or_else(|| Error::NotFound(display(name)))?;
+        let ino = self
+            .child(parent, name)?
+            .ok_or_else(|| Error::NotFound(display(name)))?;
         if self.inode(ino)?.kind != InodeKind::Directory {
             return Err(Error::NotDirectory(display(name)));
         }
@@ -480,13 +527,24 @@ impl Pool {
     }
 
     /// Renames `parent/name` to `new_parent/new_name`, atomically.
-    pub fn rename(&mut self, parent: Ino, name: &[u8], new_parent: Ino, new_name: &[u8], mode: RenameMode) -> Result<()> {
+    pub fn rename(
+        &mut self,
+        parent: Ino,
+        name: &[u8],
+        new_parent: Ino,
+        new_name: &[u8],
+        mode: RenameMode,
+    ) -> Result<()> {
         check_name(new_name)?;
-        let source = self.child(parent, name)?.ok_or_else(|| Error::NotFound(display(name)))?;
+        let source = self
+            .child(parent, name)?
+            .ok_or_else(|| Error::NotFound(display(name)))?;
         let target = self.child(new_parent, new_name)?;
         let source_kind = self.inode(source)?.kind;
         if source_kind == InodeKind::Directory && self.is_ancestor(source, new_parent) {
-            return Err(Error::InvalidArgument("cannot move a directory into itself".into()));
+            return Err(Error::InvalidArgument(
+                "cannot move a directory into itself".into(),
+            ));
         }
         if target == Some(source) {
             return Ok(());
@@ -504,7 +562,9 @@ impl Pool {
             (RenameMode::Exchange, Some(target)) => {
                 let target_kind = self.inode(target)?.kind;
                 if target_kind == InodeKind::Directory && self.is_ancestor(target, parent) {
-                    return Err(Error::InvalidArgument("cannot move a directory into itself".into()));
+                    return Err(Error::InvalidArgument(
+                        "cannot move a directory into itself".into(),
+                    ));
                 }
                 change.inode(target)?.ctime = now;
                 if parent != new_parent {
@@ -530,7 +590,10 @@ impl Pool {
             (_, target) => {
                 if let Some(target) = target {
                     let target_kind = self.inode(target)?.kind;
-                    match (source_kind == InodeKind::Directory, target_kind == InodeKind::Directory) {
+                    match (
+                        source_kind == InodeKind::Directory,
+                        target_kind == InodeKind::Directory,
+                    ) {
                         (true, false) => return Err(Error::NotDirectory(display(new_name))),
                         (false, true) => return Err(Error::IsDirectory(display(new_name))),
                         (true, true) if !self.directory(target)?.is_empty() => {
@@ -617,5 +680,34 @@ impl Pool {
             free_bytes,
             files: self.state.inodes.len() as u64,
         }
+    }
+}
+
+impl Pool {
+    /// Checks that an extent under `policy` can be placed now: enough active disks with
+    /// room for one fragment of a full extent.
+    pub fn check_placeable(&self, policy: Policy) -> Result<()> {
+        let block = (crate::fragment::HEADER_LEN
+            + crate::codec::shard_len(policy, crate::meta::state::EXTENT_BYTES_MAX as usize))
+            as u64;
+        let available = self
+            .state
+            .disks
+            .values()
+            .filter(|d| d.state == crate::meta::state::DiskState::Active)
+            .filter_map(|d| self.devices.get(&d.id))
+            .filter(|d| d.capacity_bytes().saturating_sub(d.used_bytes()) >= block)
+            .count();
+        if self.state.disks.is_empty() {
+            return Err(Error::NoDisks);
+        }
+        if available < policy.width() {
+            return Err(Error::Unplaceable {
+                policy,
+                needed: policy.width(),
+                available,
+            });
+        }
+        Ok(())
     }
 }

@@ -71,7 +71,10 @@ mod tests {
     fn candidates(free: &[u64]) -> Vec<Candidate> {
         free.iter()
             .enumerate()
-            .map(|(i, &free_bytes)| Candidate { disk: DiskId(i as u32), free_bytes })
+            .map(|(i, &free_bytes)| Candidate {
+                disk: DiskId(i as u32),
+                free_bytes,
+            })
             .collect()
     }
 

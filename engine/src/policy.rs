@@ -92,7 +92,10 @@ impl FromStr for Policy {
             reason,
         };
         let number = |s: &str| -> Result<u8, PolicyParseError> {
-            if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) || (s.len() > 1 && s.starts_with('0')) {
+            if s.is_empty()
+                || !s.bytes().all(|b| b.is_ascii_digit())
+                || (s.len() > 1 && s.starts_with('0'))
+            {
                 return Err(fail("counts must be plain decimal numbers"));
             }
             s.parse::<u8>().map_err(|_| fail("count out of range"))
@@ -121,16 +124,40 @@ mod tests {
     #[test]
     fn parses_the_documented_forms() {
         assert_eq!("replicate:3".parse(), Ok(Policy::Replicate { copies: 3 }));
-        assert_eq!("erasure:4+2".parse(), Ok(Policy::Erasure { data: 4, parity: 2 }));
-        assert_eq!("erasure:16+8".parse(), Ok(Policy::Erasure { data: 16, parity: 8 }));
+        assert_eq!(
+            "erasure:4+2".parse(),
+            Ok(Policy::Erasure { data: 4, parity: 2 })
+        );
+        assert_eq!(
+            "erasure:16+8".parse(),
+            Ok(Policy::Erasure {
+                data: 16,
+                parity: 8
+            })
+        );
     }
 
     #[test]
     fn refuses_everything_else() {
         for bad in [
-            "", "foo", "replicate:0", "replicate:9", "replicate:", "replicate:-1", "replicate:03",
-            "erasure:0+2", "erasure:4+0", "erasure:17+1", "erasure:4+9", "erasure:4", "erasure:4+2+1",
-            "erasure: 4+2", "Replicate:3", "replicate:3 ", "erasure:+2", "replicate:300",
+            "",
+            "foo",
+            "replicate:0",
+            "replicate:9",
+            "replicate:",
+            "replicate:-1",
+            "replicate:03",
+            "erasure:0+2",
+            "erasure:4+0",
+            "erasure:17+1",
+            "erasure:4+9",
+            "erasure:4",
+            "erasure:4+2+1",
+            "erasure: 4+2",
+            "Replicate:3",
+            "replicate:3 ",
+            "erasure:+2",
+            "replicate:300",
         ] {
             assert!(bad.parse::<Policy>().is_err(), "{bad:?} was accepted");
         }

@@ -20,7 +20,9 @@ use crate::device::{BlockDevice, BlockKind, BlockName, UnavailableDevice};
 use crate::error::{Error, Result};
 use crate::files::OpenFiles;
 use crate::meta::journal::{self, JournalTip};
-use crate::meta::state::{DiskId, DiskRecord, DiskState, ExtentRecord, InodeKind, MetaState, Op, Transaction};
+use crate::meta::state::{
+    DiskId, DiskRecord, DiskState, ExtentRecord, InodeKind, MetaState, Op, Transaction,
+};
 use crate::policy::Policy;
 use crate::rng::EngineRng;
 
@@ -116,7 +118,8 @@ impl Pool {
     ) -> Result<(Pool, OpenReport)> {
         let mut report = OpenReport::default();
         let raw: Vec<&dyn BlockDevice> = devices.iter().map(|d| d.device.as_ref()).collect();
-        let recovered = journal::recover(&raw).map_err(|e| Error::MetadataCorrupt(e.to_string()))?;
+        let recovered =
+            journal::recover(&raw).map_err(|e| Error::MetadataCorrupt(e.to_string()))?;
         let (state, tip, clean, checkpoint_slots) = match recovered {
             Some(r) => {
                 report.records_replayed = r.replayed;
@@ -126,7 +129,10 @@ impl Pool {
             }
             None => (
                 MetaState::new(pool_id, default_policy, clock.wall()),
-                JournalTip { seq: 0, hash: [0; 32] },
+                JournalTip {
+                    seq: 0,
+                    hash: [0; 32],
+                },
                 true,
                 BTreeSet::new(),
             ),
@@ -137,7 +143,8 @@ impl Pool {
                 state.pool_id
             )));
         }
-        let by_uuid: BTreeMap<Uuid, DiskId> = state.disks.values().map(|d| (d.uuid, d.id)).collect();
+        let by_uuid: BTreeMap<Uuid, DiskId> =
+            state.disks.values().map(|d| (d.uuid, d.id)).collect();
         let mut slots: BTreeMap<DiskId, usize> = BTreeMap::new();
         let mut disk_devices: BTreeMap<DiskId, Arc<dyn BlockDevice>> = BTreeMap::new();
         for (slot, device) in devices.into_iter().enumerate() {
@@ -151,8 +158,13 @@ impl Pool {
         }
         for disk in state.disks.values() {
             disk_devices.entry(disk.id).or_insert_with(|| {
-                report.notes.push(format!("disk {} ({}) is missing", disk.id, disk.uuid));
-                Arc::new(UnavailableDevice::new(disk.uuid.to_string(), "disk not found"))
+                report
+                    .notes
+                    .push(format!("disk {} ({}) is missing", disk.id, disk.uuid));
+                Arc::new(UnavailableDevice::new(
+                    disk.uuid.to_string(),
+                    "disk not found",
+                ))
             });
         }
         let next_extent = state.next_extent;
@@ -178,9 +190,10 @@ impl Pool {
             .filter_map(|id| slots.get(id).copied())
             .collect();
         let metadata_blocks = pool.metadata_block_count();
-        if !pool.state.disks.is_empty()
-            && !(clean && journal_slots.is_subset(&checkpoint_slots) && metadata_blocks == journal_slots.len())
-        {
+        let journal_is_canonical = clean
+            && journal_slots.is_subset(&checkpoint_slots)
+            && metadata_blocks == journal_slots.len();
+        if !pool.state.disks.is_empty() && !journal_is_canonical {
             // Never rewrite a valid checkpoint in place: a crash could tear the only copy.
             let already_durable: BTreeSet<DiskId> = if report.records_replayed == 0 {
                 slots
@@ -256,12 +269,17 @@ impl Pool {
         }
         let (block, tip) = journal::encode_record(self.tip, &txn);
         let devices: Vec<&dyn BlockDevice> = journal_set.iter().map(|(_, d)| d.as_ref()).collect();
-        let (durable, errors) = journal::write_replicas(&devices, BlockName::Journal { seq: tip.seq }, &block);
+        let (durable, errors) =
+            journal::write_replicas(&devices, BlockName::Journal { seq: tip.seq }, &block);
         for error in &errors {
             tracing::warn!(%error, "journal replica write failed");
         }
         if durable == 0 {
-            let reason = format!("no journal replica accepted record {}: {}", tip.seq, errors.join("; "));
+            let reason = format!(
+                "no journal replica accepted record {}: {}",
+                tip.seq,
+                errors.join("; ")
+            );
             self.read_only = Some(reason.clone());
             return Err(Error::ReadOnly(reason));
         }
@@ -271,7 +289,9 @@ impl Pool {
         self.records_since_checkpoint += 1;
         self.counters.commits += 1;
         self.check_invariants();
-        if self.state.journal_disks() != before || self.records_since_checkpoint >= self.options.checkpoint_every_records {
+        if self.state.journal_disks() != before
+            || self.records_since_checkpoint >= self.options.checkpoint_every_records
+        {
             if let Err(e) = self.checkpoint() {
                 tracing::warn!(error = %e, "checkpoint failed; the journal keeps every record until the next one");
             }
@@ -296,10 +316,17 @@ impl Pool {
             .filter(|(id, _)| !already_durable.contains(id))
             .map(|(_, d)| d.as_ref())
             .collect();
-        let (written, errors) = journal::write_replicas(&targets, BlockName::Checkpoint { seq: self.tip.seq }, &block);
+        let (written, errors) = journal::write_replicas(
+            &targets,
+            BlockName::Checkpoint { seq: self.tip.seq },
+            &block,
+        );
         let durable = written + (devices.len() - targets.len());
         if durable == 0 {
-            return Err(Error::Io(format!("no journal disk accepted the checkpoint: {}", errors.join("; "))));
+            return Err(Error::Io(format!(
+                "no journal disk accepted the checkpoint: {}",
+                errors.join("; ")
+            )));
         }
         let members: BTreeSet<DiskId> = journal_set.iter().map(|(id, _)| *id).collect();
         let strangers: Vec<&dyn BlockDevice> = self
@@ -317,7 +344,12 @@ impl Pool {
     }
 
     /// Adds a labelled disk to the pool. New writes use it at once.
-    pub fn add_disk(&mut self, uuid: Uuid, capacity_bytes: Option<u64>, device: Arc<dyn BlockDevice>) -> Result<DiskId> {
+    pub fn add_disk(
+        &mut self,
+        uuid: Uuid,
+        capacity_bytes: Option<u64>,
+        device: Arc<dyn BlockDevice>,
+    ) -> Result<DiskId> {
         if self.state.disks.values().any(|d| d.uuid == uuid) {
             return Err(Error::Exists(format!("disk {uuid}")));
         }
@@ -390,10 +422,14 @@ impl Pool {
     fn remove_orphan_fragments(&mut self) -> usize {
         let mut removed = 0;
         for (disk, device) in &self.devices {
-            let Ok(names) = device.list(BlockKind::Fragment) else { continue };
+            let Ok(names) = device.list(BlockKind::Fragment) else {
+                continue;
+            };
             let mut changed = false;
             for name in names {
-                let BlockName::Fragment { extent, index } = name else { continue };
+                let BlockName::Fragment { extent, index } = name else {
+                    continue;
+                };
                 let referenced = self
                     .state
                     .extents
@@ -430,7 +466,8 @@ impl Pool {
             raw_total += device.capacity_bytes();
             raw_free += device.capacity_bytes().saturating_sub(device.used_bytes());
         }
-        let scale = |raw: u64| (raw as u128 * policy.needed() as u128 / policy.width() as u128) as u64;
+        let scale =
+            |raw: u64| (raw as u128 * policy.needed() as u128 / policy.width() as u128) as u64;
         (scale(raw_total), scale(raw_free))
     }
 }

@@ -64,7 +64,10 @@ impl PoolDir {
         if path.exists() {
             let mut entries = fs::read_dir(path).map_err(|e| io(path.display(), e))?;
             if path.join(CONFIG_FILE).exists() {
-                return Err(Error::Exists(format!("{} already holds a pool", path.display())));
+                return Err(Error::Exists(format!(
+                    "{} already holds a pool",
+                    path.display()
+                )));
             }
             if entries.next().is_some() {
                 return Err(Error::InvalidArgument(format!(
@@ -87,10 +90,15 @@ impl PoolDir {
 
     /// Opens the pool at `path`: takes the lock, opens every disk, recovers metadata.
     pub fn open(path: &Path, mut options: PoolOptions) -> Result<(PoolDir, Pool, OpenReport)> {
-        let path = fs::canonicalize(path).map_err(|_| Error::NotAPool(format!("{}: no such pool directory", path.display())))?;
+        let path = fs::canonicalize(path)
+            .map_err(|_| Error::NotAPool(format!("{}: no such pool directory", path.display())))?;
         let config_path = path.join(CONFIG_FILE);
-        let text = fs::read_to_string(&config_path)
-            .map_err(|_| Error::NotAPool(format!("{} is not a pool (no {CONFIG_FILE}); create one with `dfs init`", path.display())))?;
+        let text = fs::read_to_string(&config_path).map_err(|_| {
+            Error::NotAPool(format!(
+                "{} is not a pool (no {CONFIG_FILE}); create one with `dfs init`",
+                path.display()
+            ))
+        })?;
         let config: PoolConfig = ron::from_str(&text)
             .map_err(|e| Error::MetadataCorrupt(format!("{}: {e}", config_path.display())))?;
         let initial_policy: Policy = config
@@ -123,7 +131,13 @@ impl PoolDir {
         if options.seed == 0 {
             options.seed = Uuid::new_v4().as_u64_pair().0;
         }
-        let (pool, report) = Pool::open(config.pool_id, initial_policy, devices, Arc::new(SystemClock::new()), options)?;
+        let (pool, report) = Pool::open(
+            config.pool_id,
+            initial_policy,
+            devices,
+            Arc::new(SystemClock::new()),
+            options,
+        )?;
         let mut dir = PoolDir {
             path,
             config,
@@ -131,7 +145,9 @@ impl PoolDir {
         };
         if !report.unregistered.is_empty() {
             // A crash during add-disk: the label was written, the metadata never knew it.
-            dir.config.disks.retain(|d| !report.unregistered.contains(&d.uuid));
+            dir.config
+                .disks
+                .retain(|d| !report.unregistered.contains(&d.uuid));
             write_config(&dir.path, &dir.config)?;
         }
         Ok((dir, pool, report))
@@ -150,11 +166,19 @@ impl PoolDir {
     /// Adds the directory `disk_path` as a disk of `capacity_bytes` (or the free space of
     /// its filesystem). Refuses a path that does not exist, is not a directory, is already
     /// a disk of this or another pool, or holds DynamicFS blocks without a label.
-    pub fn add_disk(&mut self, pool: &mut Pool, disk_path: &Path, capacity_bytes: Option<u64>) -> Result<DiskId> {
+    pub fn add_disk(
+        &mut self,
+        pool: &mut Pool,
+        disk_path: &Path,
+        capacity_bytes: Option<u64>,
+    ) -> Result<DiskId> {
         let canonical = fs::canonicalize(disk_path)
             .map_err(|_| Error::NotFound(format!("disk path {}", disk_path.display())))?;
         if !canonical.is_dir() {
-            return Err(Error::NotDirectory(format!("disk path {}", canonical.display())));
+            return Err(Error::NotDirectory(format!(
+                "disk path {}",
+                canonical.display()
+            )));
         }
         if canonical.starts_with(&self.path) || self.path.starts_with(&canonical) {
             return Err(Error::InvalidArgument(format!(
@@ -163,7 +187,12 @@ impl PoolDir {
                 self.path.display()
             )));
         }
-        if let Some(other) = self.config.disks.iter().find(|d| d.path.starts_with(&canonical) || canonical.starts_with(&d.path)) {
+        if let Some(other) = self
+            .config
+            .disks
+            .iter()
+            .find(|d| d.path.starts_with(&canonical) || canonical.starts_with(&d.path))
+        {
             return Err(Error::Exists(format!(
                 "{} is already a disk of this pool (or overlaps disk {})",
                 canonical.display(),
@@ -177,7 +206,8 @@ impl PoolDir {
                 )));
             }
         }
-        let mut disk = DirDisk::open(&canonical).map_err(|e| Error::Io(format!("{}: {e}", canonical.display())))?;
+        let mut disk = DirDisk::open(&canonical)
+            .map_err(|e| Error::Io(format!("{}: {e}", canonical.display())))?;
         let uuid = match DiskLabel::read(&disk) {
             Ok(label) if label.pool_id != self.config.pool_id => {
                 return Err(Error::Exists(format!(
@@ -186,15 +216,32 @@ impl PoolDir {
                     label.pool_id
                 )))
             }
-            Ok(label) if pool.state().disks.values().any(|d| d.uuid == label.disk_uuid) => {
-                return Err(Error::Exists(format!("{} is already a disk of this pool", canonical.display())))
+            Ok(label)
+                if pool
+                    .state()
+                    .disks
+                    .values()
+                    .any(|d| d.uuid == label.disk_uuid) =>
+            {
+                return Err(Error::Exists(format!(
+                    "{} is already a disk of this pool",
+                    canonical.display()
+                )))
             }
             // Labelled for this pool by an add-disk that crashed before committing: reuse.
             Ok(label) => label.disk_uuid,
             Err(LabelError::Missing) => {
-                let holds_blocks = [BlockKind::Journal, BlockKind::Checkpoint, BlockKind::Fragment]
-                    .into_iter()
-                    .any(|kind| disk.list(kind).map(|names| !names.is_empty()).unwrap_or(true));
+                let holds_blocks = [
+                    BlockKind::Journal,
+                    BlockKind::Checkpoint,
+                    BlockKind::Fragment,
+                ]
+                .into_iter()
+                .any(|kind| {
+                    disk.list(kind)
+                        .map(|names| !names.is_empty())
+                        .unwrap_or(true)
+                });
                 if holds_blocks {
                     return Err(Error::InvalidArgument(format!(
                         "{} holds DynamicFS blocks but no label; refusing to overwrite them",
@@ -203,7 +250,12 @@ impl PoolDir {
                 }
                 Uuid::new_v4()
             }
-            Err(e) => return Err(Error::InvalidArgument(format!("{}: {e}; refusing to reuse it", canonical.display()))),
+            Err(e) => {
+                return Err(Error::InvalidArgument(format!(
+                    "{}: {e}; refusing to reuse it",
+                    canonical.display()
+                )))
+            }
         };
         let label = DiskLabel {
             pool_id: self.config.pool_id,
@@ -244,7 +296,10 @@ fn open_disk(entry: &DiskEntry, pool_id: Uuid) -> Arc<dyn BlockDevice> {
         Ok(label) if label.pool_id == pool_id && label.disk_uuid == entry.uuid => Arc::new(disk),
         Ok(label) => {
             tracing::warn!(disk = %location, found = %label.disk_uuid, "a different disk is mounted here; serving without it");
-            Arc::new(UnavailableDevice::new(location, "a different disk is mounted at this path"))
+            Arc::new(UnavailableDevice::new(
+                location,
+                "a different disk is mounted at this path",
+            ))
         }
         Err(e) => {
             // Identity comes from the config; fragment and journal blocks verify themselves.

@@ -82,7 +82,11 @@ pub fn recover(devices: &[&dyn BlockDevice]) -> Result<Option<Recovered>, Recove
             let names = match device.list(kind) {
                 Ok(names) => names,
                 Err(e) => {
-                    notes.push(format!("{}: cannot list {}: {e}", device.describe(), kind.namespace()));
+                    notes.push(format!(
+                        "{}: cannot list {}: {e}",
+                        device.describe(),
+                        kind.namespace()
+                    ));
                     continue;
                 }
             };
@@ -96,22 +100,39 @@ pub fn recover(devices: &[&dyn BlockDevice]) -> Result<Option<Recovered>, Recove
                     }
                 };
                 match name {
-                    BlockName::Checkpoint { seq } => match frame::decode::<Checkpoint>(FrameKind::Checkpoint, &block) {
-                        Ok((cp, hash)) if cp.seq == seq => checkpoints.entry(seq).or_default().push((slot, cp, hash)),
-                        Ok(_) => notes.push(format!("{}: {name}: sequence number does not match its name", device.describe())),
-                        Err(e) => notes.push(format!("{}: {name}: {e}", device.describe())),
-                    },
-                    BlockName::Journal { seq } => match frame::decode::<JournalRecord>(FrameKind::JournalRecord, &block) {
-                        Ok((record, hash)) if record.seq == seq => records.entry(seq).or_default().push((slot, record, hash)),
-                        Ok(_) => notes.push(format!("{}: {name}: sequence number does not match its name", device.describe())),
-                        Err(e) => notes.push(format!("{}: {name}: {e}", device.describe())),
-                    },
+                    BlockName::Checkpoint { seq } => {
+                        match frame::decode::<Checkpoint>(FrameKind::Checkpoint, &block) {
+                            Ok((cp, hash)) if cp.seq == seq => {
+                                checkpoints.entry(seq).or_default().push((slot, cp, hash))
+                            }
+                            Ok(_) => notes.push(format!(
+                                "{}: {name}: sequence number does not match its name",
+                                device.describe()
+                            )),
+                            Err(e) => notes.push(format!("{}: {name}: {e}", device.describe())),
+                        }
+                    }
+                    BlockName::Journal { seq } => {
+                        match frame::decode::<JournalRecord>(FrameKind::JournalRecord, &block) {
+                            Ok((record, hash)) if record.seq == seq => {
+                                records.entry(seq).or_default().push((slot, record, hash))
+                            }
+                            Ok(_) => notes.push(format!(
+                                "{}: {name}: sequence number does not match its name",
+                                device.describe()
+                            )),
+                            Err(e) => notes.push(format!("{}: {name}: {e}", device.describe())),
+                        }
+                    }
                     _ => {}
                 }
             }
         }
         if !any_fragment {
-            any_fragment = device.list(BlockKind::Fragment).map(|f| !f.is_empty()).unwrap_or(false);
+            any_fragment = device
+                .list(BlockKind::Fragment)
+                .map(|f| !f.is_empty())
+                .unwrap_or(false);
         }
     }
     let Some((&checkpoint_seq, copies)) = checkpoints.iter().next_back() else {
@@ -136,14 +157,22 @@ pub fn recover(devices: &[&dyn BlockDevice]) -> Result<Option<Recovered>, Recove
         let chained = records
             .get(&next)
             .and_then(|candidates| candidates.iter().find(|(_, r, _)| r.prev_hash == tip.hash));
-        let Some((_, record, hash)) = chained else { break };
+        let Some((_, record, hash)) = chained else {
+            break;
+        };
         state.apply_transaction(&record.txn);
-        tip = JournalTip { seq: next, hash: *hash };
+        tip = JournalTip {
+            seq: next,
+            hash: *hash,
+        };
         replayed += 1;
     }
     let dropped: Vec<u64> = records.range(tip.seq + 1..).map(|(seq, _)| *seq).collect();
     if !dropped.is_empty() {
-        notes.push(format!("dropped {} record(s) past the valid prefix (torn or unchained tail)", dropped.len()));
+        notes.push(format!(
+            "dropped {} record(s) past the valid prefix (torn or unchained tail)",
+            dropped.len()
+        ));
     }
     Ok(Some(Recovered {
         state,
@@ -163,7 +192,13 @@ pub fn encode_record(tip: JournalTip, txn: &Transaction) -> (Vec<u8>, JournalTip
         txn: txn.clone(),
     };
     let (block, hash) = frame::encode(FrameKind::JournalRecord, &record);
-    (block, JournalTip { seq: record.seq, hash })
+    (
+        block,
+        JournalTip {
+            seq: record.seq,
+            hash,
+        },
+    )
 }
 
 /// Encodes a checkpoint of `state` at `tip`.
@@ -181,7 +216,11 @@ pub fn encode_checkpoint(tip: JournalTip, state: &MetaState) -> Vec<u8> {
 
 /// Writes `block` under `name` to every device and syncs each; returns how many copies
 /// are durable and the errors of the others.
-pub fn write_replicas(devices: &[&dyn BlockDevice], name: BlockName, block: &[u8]) -> (usize, Vec<String>) {
+pub fn write_replicas(
+    devices: &[&dyn BlockDevice],
+    name: BlockName,
+    block: &[u8],
+) -> (usize, Vec<String>) {
     let mut durable = 0;
     let mut errors = Vec::new();
     for device in devices {
@@ -196,7 +235,11 @@ pub fn write_replicas(devices: &[&dyn BlockDevice], name: BlockName, block: &[u8
 /// Deletes every journal record up to `tip.seq` and every checkpoint but `keep` from
 /// `devices`, plus every metadata block from `strangers` (disks that no longer carry the
 /// journal); returns what could not be deleted.
-pub fn trim(devices: &[&dyn BlockDevice], strangers: &[&dyn BlockDevice], keep: u64) -> Vec<String> {
+pub fn trim(
+    devices: &[&dyn BlockDevice],
+    strangers: &[&dyn BlockDevice],
+    keep: u64,
+) -> Vec<String> {
     let mut errors = Vec::new();
     let prune = |device: &dyn BlockDevice, all: bool| -> Result<(), DeviceError> {
         for name in device.list(BlockKind::Journal)? {

@@ -137,12 +137,23 @@ pub enum Op {
     /// Removes an inode with its extents (freed) and its (empty) directory map.
     RemoveInode(Ino),
     /// Inserts or replaces a directory entry.
-    Link { parent: Ino, name: Vec<u8>, ino: Ino },
+    Link {
+        parent: Ino,
+        name: Vec<u8>,
+        ino: Ino,
+    },
     /// Removes a directory entry.
-    Unlink { parent: Ino, name: Vec<u8> },
+    Unlink {
+        parent: Ino,
+        name: Vec<u8>,
+    },
     /// Points chunk `index` of a file at a new extent (or a hole); the previous extent
     /// there is freed.
-    SetExtent { ino: Ino, index: u64, extent: Option<ExtentRecord> },
+    SetExtent {
+        ino: Ino,
+        index: u64,
+        extent: Option<ExtentRecord>,
+    },
     SetDefaultPolicy(Policy),
 }
 
@@ -208,7 +219,10 @@ impl MetaState {
                 }
             }
             Op::Link { parent, name, ino } => {
-                self.dirs.entry(*parent).or_default().insert(name.clone(), *ino);
+                self.dirs
+                    .entry(*parent)
+                    .or_default()
+                    .insert(name.clone(), *ino);
             }
             Op::Unlink { parent, name } => {
                 if let Some(dir) = self.dirs.get_mut(parent) {
@@ -268,11 +282,16 @@ impl MetaState {
         let mut links: BTreeMap<Ino, u32> = BTreeMap::new();
         for (parent, entries) in &self.dirs {
             if self.inodes.get(parent).map(|i| i.kind) != Some(InodeKind::Directory) {
-                return Err(format!("directory map for {parent:?}, which is not a live directory"));
+                return Err(format!(
+                    "directory map for {parent:?}, which is not a live directory"
+                ));
             }
             for (name, ino) in entries {
                 let Some(child) = self.inodes.get(ino) else {
-                    return Err(format!("entry {:?} in {parent:?} names missing {ino:?}", String::from_utf8_lossy(name)));
+                    return Err(format!(
+                        "entry {:?} in {parent:?} names missing {ino:?}",
+                        String::from_utf8_lossy(name)
+                    ));
                 };
                 *links.entry(*ino).or_default() += 1;
                 if child.kind == InodeKind::Directory {
@@ -287,7 +306,10 @@ impl MetaState {
                 _ => entries,
             };
             if inode.nlink != expected {
-                return Err(format!("{:?} has nlink {} but {} links", inode.ino, inode.nlink, expected));
+                return Err(format!(
+                    "{:?} has nlink {} but {} links",
+                    inode.ino, inode.nlink, expected
+                ));
             }
         }
         let mut referenced = BTreeSet::new();
@@ -306,11 +328,19 @@ impl MetaState {
         }
         for record in self.extents.values() {
             if !referenced.contains(&record.id) {
-                return Err(format!("extent {} has a record but no reference", record.id));
+                return Err(format!(
+                    "extent {} has a record but no reference",
+                    record.id
+                ));
             }
             let distinct: BTreeSet<_> = record.fragments.iter().collect();
-            if distinct.len() != record.fragments.len() || record.fragments.len() != record.policy.width() {
-                return Err(format!("extent {} fragments {:?} break its policy {}", record.id, record.fragments, record.policy));
+            if distinct.len() != record.fragments.len()
+                || record.fragments.len() != record.policy.width()
+            {
+                return Err(format!(
+                    "extent {} fragments {:?} break its policy {}",
+                    record.id, record.fragments, record.policy
+                ));
             }
         }
         Ok(())

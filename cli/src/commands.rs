@@ -1,0 +1,579 @@
+//! The `dfs` subcommands: each opens the pool directory, makes engine calls, prints.
+
+use std::fs::File;
+use std::io::{IsTerminal, Read, Write};
+use std::path::Path;
+
+use anyhow::{anyhow, bail, Context, Result};
+use dfs_engine::namespace::Owner;
+use dfs_engine::pooldir::PoolDir;
+use dfs_engine::{Ino, InodeKind, Pool, PoolOptions};
+
+use crate::size::human;
+use crate::table;
+use crate::Command;
+
+/// Bytes moved per engine call by `put` and `get`.
+const COPY_CHUNK: usize = 1 << 20;
+
+fn errno_name(errno: i32) -> &'static str {
+    match errno {
+        libc_errno::ENOENT => "ENOENT",
+        libc_errno::EEXIST => "EEXIST",
+        libc_errno::ENOTDIR => "ENOTDIR",
+        libc_errno::EISDIR => "EISDIR",
+        libc_errno::ENOTEMPTY => "ENOTEMPTY",
+        libc_errno::EINVAL => "EINVAL",
+        libc_errno::ENAMETOOLONG => "ENAMETOOLONG",
+        libc_errno::EPERM => "EPERM",
+        libc_errno::ENOSPC => "ENOSPC",
+        libc_errno::EIO => "EIO",
+        libc_errno::EBADF => "EBADF",
+        libc_errno::EROFS => "EROFS",
+        libc_errno::EBUSY => "EBUSY",
+        _ => "error",
+    }
+}
+
+/// errno values as Linux defines them (the engine reports these numbers).
+mod libc_errno {
+    pub const EPERM: i32 = 1;
+    pub const ENOENT: i32 = 2;
+    pub const EIO: i32 = 5;
+    pub const EBADF: i32 = 9;
+    pub const EBUSY: i32 = 16;
+    pub const EEXIST: i32 = 17;
+    pub const ENOTDIR: i32 = 20;
+    pub const EISDIR: i32 = 21;
+    pub const EINVAL: i32 = 22;
+    pub const ENOSPC: i32 = 28;
+    pub const EROFS: i32 = 30;
+    pub const ENAMETOOLONG: i32 = 36;
+    pub const ENOTEMPTY: i32 = 39;
+}
+
+/// Turns an engine error into a CLI error that names its errno.
+fn engine(e: dfs_engine::Error) -> anyhow::Error {
+    anyhow!("{e} ({})", errno_name(e.errno()))
+}
+
+fn open(pool: &Path) -> Result<(PoolDir, Pool)> {
+    let (dir, pool, report) = PoolDir::open(pool, PoolOptions::default()).map_err(engine)?;
+    for note in &report.notes {
+        tracing::warn!(%note, "recovery");
+    }
+    if report.orphan_fragments_removed > 0 || report.orphan_inodes_removed > 0 {
+        tracing::info!(
+            fragments = report.orphan_fragments_removed,
+            inodes = report.orphan_inodes_removed,
+            "removed leftovers of an interrupted operation"
+        );
+    }
+    Ok((dir, pool))
+}
+
+fn print_json<T: serde::Serialize>(value: &T) -> Result<()> {
+    let mut out = std::io::stdout().lock();
+    serde_json::to_writer_pretty(&mut out, value)?;
+    writeln!(out)?;
+    Ok(())
+}
+
+fn print_text(text: &str) -> Result<()> {
+    let mut out = std::io::stdout().lock();
+    out.write_all(text.as_bytes())?;
+    Ok(())
+}
+
+/// The owner of new files: the invoking user, with the usual permission bits.
+fn owner(mode: u32) -> Owner {
+    let (uid, gid) = current_ids();
+    Owner { mode, uid, gid }
+}
+
+fn current_ids() -> (u32, u32) {
+    use std::os::unix::fs::MetadataExt;
+    // The process's own /proc entry is owned by its effective uid and gid.
+    std::fs::metadata("/proc/self")
+        .map(|m| (m.uid(), m.gid()))
+        .unwrap_or((0, 0))
+}
+
+/// Splits `/a/b/c` into the parent's inode and the last name.
+fn parent_and_name<'p>(pool: &Pool, path: &'p str) -> Result<(Ino, &'p str)> {
+    let trimmed = path.trim_end_matches('/');
+    let (parent, name) = trimmed.rsplit_once('/').unwrap_or(("", trimmed));
+    if name.is_empty() || name == "." || name == ".." {
+        bail!("'{path}' does not name a file or directory");
+    }
+    let parent_ino = pool.resolve(parent).map_err(engine)?;
+    Ok((parent_ino, name))
+}
+
+/// Runs one subcommand.
+pub fn run(command: Command) -> Result<()> {
+    match command {
+        Command::Init { pool, policy } => {
+            let config = PoolDir::init(&pool.pool, policy).map_err(engine)?;
+            println!(
+                "initialised pool {} at {} with default policy {policy}",
+                config.pool_id,
+                pool.pool.display()
+            );
+            println!(
+                "next: dfs add-disk --pool {} --disk DIR",
+                pool.pool.display()
+            );
+            Ok(())
+        }
+        Command::AddDisk {
+            pool,
+            disks,
+            capacity,
+        } => {
+            let (mut dir, mut engine_pool) = open(&pool.pool)?;
+            for disk in &disks {
+                let id = dir
+                    .add_disk(&mut engine_pool, disk, capacity)
+                    .map_err(engine)
+                    .with_context(|| format!("adding disk {}", disk.display()))?;
+                let info = engine_pool
+                    .disk_infos()
+                    .into_iter()
+                    .find(|d| d.id == id.to_string());
+                let capacity = info.map(|i| human(i.capacity_bytes)).unwrap_or_default();
+                println!("added disk {id} at {} ({capacity})", disk.display());
+            }
+            Ok(())
+        }
+        Command::ListDisks { pool, json } => {
+            let (_dir, engine_pool) = open(&pool.pool)?;
+            let disks = engine_pool.disk_infos();
+            if json.json {
+                return print_json(&disks);
+            }
+            let rows: Vec<Vec<String>> = disks
+                .iter()
+                .map(|d| {
+                    vec![
+                        d.id.clone(),
+                        d.path.clone(),
+                        human(d.capacity_bytes),
+                        human(d.used_bytes),
+                        if d.reachable {
+                            d.state.clone()
+                        } else {
+                            format!("{} (unreachable)", d.state)
+                        },
+                        d.fragments.to_string(),
+                        if d.journal_replica {
+                            "yes".into()
+                        } else {
+                            "no".into()
+                        },
+                    ]
+                })
+                .collect();
+            print_text(&table::render(
+                &[
+                    "ID",
+                    "PATH",
+                    "CAPACITY",
+                    "USED",
+                    "STATE",
+                    "FRAGMENTS",
+                    "JOURNAL",
+                ],
+                &rows,
+            ))
+        }
+        Command::Put {
+            pool,
+            local,
+            pool_path,
+            policy,
+        } => put(&pool.pool, &local, &pool_path, policy),
+        Command::Get {
+            pool,
+            pool_path,
+            local,
+        } => get(&pool.pool, &pool_path, &local),
+        Command::Ls {
+            pool,
+            pool_path,
+            json,
+        } => ls(&pool.pool, &pool_path, json.json),
+        Command::Rm {
+            pool,
+            pool_path,
+            recursive,
+        } => {
+            let (_dir, mut engine_pool) = open(&pool.pool)?;
+            let (parent, name) = parent_and_name(&engine_pool, &pool_path)?;
+            remove(&mut engine_pool, parent, name.as_bytes(), recursive)
+                .with_context(|| format!("removing {pool_path}"))
+        }
+        Command::Mkdir {
+            pool,
+            pool_path,
+            parents,
+            policy,
+        } => {
+            let (_dir, mut engine_pool) = open(&pool.pool)?;
+            mkdir(&mut engine_pool, &pool_path, parents, policy)
+        }
+        Command::ListExtents {
+            pool,
+            pool_path,
+            verify,
+            json,
+        } => {
+            let (_dir, engine_pool) = open(&pool.pool)?;
+            let under = match &pool_path {
+                Some(path) => Some(engine_pool.resolve(path).map_err(engine)?),
+                None => None,
+            };
+            let extents = engine_pool.list_extents(under, verify);
+            if json.json {
+                return print_json(&extents);
+            }
+            let rows: Vec<Vec<String>> = extents
+                .iter()
+                .map(|e| {
+                    vec![
+                        e.extent.clone(),
+                        e.file.clone(),
+                        e.offset.to_string(),
+                        e.length.to_string(),
+                        e.policy.clone(),
+                        e.health.to_string(),
+                        format!("{}/{}", e.fragments_available, e.fragments_total),
+                        e.disks.join(","),
+                    ]
+                })
+                .collect();
+            print_text(&table::render(
+                &[
+                    "EXTENT",
+                    "FILE",
+                    "OFFSET",
+                    "LENGTH",
+                    "POLICY",
+                    "HEALTH",
+                    "FRAGMENTS",
+                    "DISKS",
+                ],
+                &rows,
+            ))
+        }
+        Command::ShowRedundancy { pool, verify, json } => {
+            let (_dir, engine_pool) = open(&pool.pool)?;
+            let summary = engine_pool.redundancy_summary(verify);
+            if json.json {
+                return print_json(&summary);
+            }
+            let mut text = String::from("By policy:\n");
+            let rows: Vec<Vec<String>> = summary
+                .by_policy
+                .iter()
+                .map(|(policy, t)| vec![policy.clone(), t.extents.to_string(), human(t.bytes)])
+                .collect();
+            text.push_str(&table::render(&["POLICY", "EXTENTS", "BYTES"], &rows));
+            text.push_str("\nBy health:\n");
+            let rows: Vec<Vec<String>> = summary
+                .by_health
+                .iter()
+                .map(|(health, t)| vec![health.to_string(), t.extents.to_string(), human(t.bytes)])
+                .collect();
+            text.push_str(&table::render(&["HEALTH", "EXTENTS", "BYTES"], &rows));
+            text.push_str(&format!(
+                "\nData bytes: {} ({})\nRaw bytes stored: {} ({})\nOverhead ratio: {:.3}\n",
+                summary.data_bytes,
+                human(summary.data_bytes),
+                summary.raw_bytes,
+                human(summary.raw_bytes),
+                summary.overhead_ratio
+            ));
+            print_text(&text)
+        }
+    }
+}
+
+fn put(
+    pool_dir: &Path,
+    local: &Path,
+    pool_path: &str,
+    policy: Option<dfs_engine::Policy>,
+) -> Result<()> {
+    let mut source: Box<dyn Read> = if local.as_os_str() == "-" {
+        Box::new(std::io::stdin().lock())
+    } else {
+        let file = File::open(local).with_context(|| format!("cannot open {}", local.display()))?;
+        if file.metadata().map(|m| m.is_dir()).unwrap_or(false) {
+            bail!("{} is a directory; put copies one file", local.display());
+        }
+        Box::new(file)
+    };
+    let total = if local.as_os_str() == "-" {
+        None
+    } else {
+        std::fs::metadata(local).ok().map(|m| m.len())
+    };
+    let (_dir, mut pool) = open(pool_dir)?;
+    let (parent, name) = match pool.resolve(pool_path) {
+        Ok(ino) if pool.getattr(ino).map_err(engine)?.kind == InodeKind::Directory => {
+            let name = local.file_name().and_then(|n| n.to_str()).ok_or_else(|| {
+                anyhow!(
+                    "{pool_path} is a directory and {} has no file name to use",
+                    local.display()
+                )
+            })?;
+            (ino, name.to_string())
+        }
+        _ => {
+            let (parent, name) = parent_and_name(&pool, pool_path)?;
+            (parent, name.to_string())
+        }
+    };
+    let parent_attr = pool.getattr(parent).map_err(engine)?;
+    if parent_attr.kind != InodeKind::Directory {
+        bail!("the parent of {pool_path} is not a directory");
+    }
+    let effective = policy.unwrap_or(parent_attr.policy);
+    pool.check_placeable(effective)
+        .map_err(engine)
+        .with_context(|| format!("putting {pool_path}"))?;
+    let explicit = policy.or_else(|| pool.state().inodes.get(&parent).and_then(|i| i.policy));
+    let ino = pool
+        .create_unnamed(owner(0o644), explicit)
+        .map_err(engine)?;
+    let fh = pool.open_file(ino).map_err(engine)?;
+    let result = (|| -> Result<u64> {
+        let mut buffer = vec![0u8; COPY_CHUNK];
+        let mut offset = 0u64;
+        let progress = Progress::new("put", total);
+        loop {
+            let n = read_full(&mut source, &mut buffer).context("reading the local file")?;
+            if n == 0 {
+                break;
+            }
+            pool.write(fh, offset, &buffer[..n]).map_err(engine)?;
+            offset += n as u64;
+            progress.update(offset);
+        }
+        pool.fsync(fh).map_err(engine)?;
+        pool.link_new(ino, parent, name.as_bytes(), true)
+            .map_err(engine)?;
+        progress.finish(offset);
+        Ok(offset)
+    })();
+    let released = pool.release(fh).map_err(engine);
+    let bytes = result.with_context(|| format!("putting {pool_path}"))?;
+    released?;
+    tracing::info!(bytes, path = pool_path, "put complete");
+    Ok(())
+}
+
+fn read_full(source: &mut dyn Read, buffer: &mut [u8]) -> std::io::Result<usize> {
+    let mut filled = 0;
+    while filled < buffer.len() {
+        match source.read(&mut buffer[filled..]) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(filled)
+}
+
+fn get(pool_dir: &Path, pool_path: &str, local: &Path) -> Result<()> {
+    let (_dir, mut pool) = open(pool_dir)?;
+    let ino = pool.resolve(pool_path).map_err(engine)?;
+    let attr = pool.getattr(ino).map_err(engine)?;
+    if attr.kind != InodeKind::File {
+        bail!("{pool_path} is not a regular file");
+    }
+    let to_stdout = local.as_os_str() == "-";
+    let mut sink: Box<dyn Write> = if to_stdout {
+        Box::new(std::io::stdout().lock())
+    } else {
+        Box::new(File::create(local).with_context(|| format!("cannot create {}", local.display()))?)
+    };
+    let fh = pool.open_file(ino).map_err(engine)?;
+    let result = (|| -> Result<()> {
+        let progress = Progress::new("get", Some(attr.size));
+        let mut offset = 0u64;
+        while offset < attr.size {
+            let data = pool
+                .read(fh, offset, COPY_CHUNK)
+                .map_err(engine)
+                .with_context(|| format!("reading {pool_path} at offset {offset}"))?;
+            if data.is_empty() {
+                break;
+            }
+            sink.write_all(&data).context("writing the local file")?;
+            offset += data.len() as u64;
+            progress.update(offset);
+        }
+        sink.flush()?;
+        progress.finish(offset);
+        Ok(())
+    })();
+    let _ = pool.release(fh);
+    if result.is_err() && !to_stdout {
+        drop(sink);
+        let _ = std::fs::remove_file(local);
+    }
+    result
+}
+
+#[derive(serde::Serialize)]
+struct LsEntry {
+    name: String,
+    kind: &'static str,
+    size: u64,
+    mode: String,
+    policy: String,
+    mtime: i64,
+}
+
+fn kind_name(kind: InodeKind) -> &'static str {
+    match kind {
+        InodeKind::File => "file",
+        InodeKind::Directory => "dir",
+        InodeKind::Symlink => "symlink",
+    }
+}
+
+fn ls(pool_dir: &Path, pool_path: &str, json: bool) -> Result<()> {
+    let (_dir, pool) = open(pool_dir)?;
+    let ino = pool.resolve(pool_path).map_err(engine)?;
+    let attr = pool.getattr(ino).map_err(engine)?;
+    let entry = |name: String, attr: &dfs_engine::namespace::Attr| LsEntry {
+        name,
+        kind: kind_name(attr.kind),
+        size: attr.size,
+        mode: format!("{:04o}", attr.mode),
+        policy: attr.policy.to_string(),
+        mtime: attr.mtime.secs,
+    };
+    let entries: Vec<LsEntry> = if attr.kind == InodeKind::Directory {
+        pool.readdir(ino)
+            .map_err(engine)?
+            .into_iter()
+            .map(|e| {
+                let child = pool.getattr(e.ino).map_err(engine)?;
+                Ok(entry(String::from_utf8_lossy(&e.name).into_owned(), &child))
+            })
+            .collect::<Result<_>>()?
+    } else {
+        vec![entry(pool_path.to_string(), &attr)]
+    };
+    if json {
+        return print_json(&entries);
+    }
+    let rows: Vec<Vec<String>> = entries
+        .iter()
+        .map(|e| {
+            vec![
+                e.kind.to_string(),
+                e.mode.clone(),
+                e.size.to_string(),
+                e.policy.clone(),
+                e.name.clone(),
+            ]
+        })
+        .collect();
+    print_text(&table::render(
+        &["TYPE", "MODE", "SIZE", "POLICY", "NAME"],
+        &rows,
+    ))
+}
+
+fn remove(pool: &mut Pool, parent: Ino, name: &[u8], recursive: bool) -> Result<()> {
+    let attr = pool.lookup(parent, name).map_err(engine)?;
+    if attr.kind == InodeKind::Directory {
+        if recursive {
+            for child in pool.readdir(attr.ino).map_err(engine)? {
+                remove(pool, attr.ino, &child.name, true)?;
+            }
+        }
+        return pool.rmdir(parent, name).map_err(engine);
+    }
+    pool.unlink(parent, name).map_err(engine)
+}
+
+fn mkdir(
+    pool: &mut Pool,
+    pool_path: &str,
+    parents: bool,
+    policy: Option<dfs_engine::Policy>,
+) -> Result<()> {
+    let parts: Vec<&str> = pool_path
+        .split('/')
+        .filter(|p| !p.is_empty() && *p != ".")
+        .collect();
+    if parts.is_empty() {
+        bail!("'{pool_path}' names the root directory, which always exists");
+    }
+    let mut ino = Ino::ROOT;
+    for (i, part) in parts.iter().enumerate() {
+        let last = i + 1 == parts.len();
+        match pool.lookup(ino, part.as_bytes()) {
+            Ok(attr) if attr.kind == InodeKind::Directory && (parents || !last) => ino = attr.ino,
+            Ok(_) if !last => bail!("{}: not a directory", parts[..=i].join("/")),
+            Ok(_) => return Err(engine(dfs_engine::Error::Exists(pool_path.to_string()))),
+            Err(dfs_engine::Error::NotFound(_)) if parents || last => {
+                ino = pool
+                    .mkdir(ino, part.as_bytes(), owner(0o755))
+                    .map_err(engine)?
+                    .ino;
+                if last && policy.is_some() {
+                    pool.set_policy(ino, policy).map_err(engine)?;
+                }
+            }
+            Err(e) => return Err(engine(e)).with_context(|| format!("creating {pool_path}")),
+        }
+    }
+    Ok(())
+}
+
+/// Progress of a long copy on stderr, when stderr is a terminal.
+struct Progress {
+    label: &'static str,
+    total: Option<u64>,
+    enabled: bool,
+}
+
+impl Progress {
+    fn new(label: &'static str, total: Option<u64>) -> Self {
+        let enabled = std::io::stderr().is_terminal() && total.is_none_or(|t| t >= 64 << 20);
+        Self {
+            label,
+            total,
+            enabled,
+        }
+    }
+
+    fn update(&self, done: u64) {
+        if self.enabled && done.is_multiple_of(16 << 20) {
+            match self.total {
+                Some(total) if total > 0 => eprint!(
+                    "\r{}: {} of {} ({}%)",
+                    self.label,
+                    human(done),
+                    human(total),
+                    done * 100 / total
+                ),
+                _ => eprint!("\r{}: {}", self.label, human(done)),
+            }
+        }
+    }
+
+    fn finish(&self, done: u64) {
+        if self.enabled {
+            eprintln!("\r{}: {} done{:20}", self.label, human(done), "");
+        }
+    }
+}
