@@ -94,9 +94,7 @@ fn owner(mode: u32) -> Owner {
 fn current_ids() -> (u32, u32) {
     use std::os::unix::fs::MetadataExt;
     // The process's own /proc entry is owned by its effective uid and gid.
-    std::fs::metadata("/proc/self")
-        .map(|m| (m.uid(), m.gid()))
-        .unwrap_or((0, 0))
+    std::fs::metadata("/proc/self").map(|m| (m.uid(), m.gid())).unwrap_or((0, 0))
 }
 
 /// Splits `/a/b/c` into the parent's inode and the last name.
@@ -115,32 +113,18 @@ pub fn run(command: Command) -> Result<()> {
     match command {
         Command::Init { pool, policy } => {
             let config = PoolDir::init(&pool.pool, policy).map_err(engine)?;
-            println!(
-                "initialised pool {} at {} with default policy {policy}",
-                config.pool_id,
-                pool.pool.display()
-            );
-            println!(
-                "next: dfs add-disk --pool {} --disk DIR",
-                pool.pool.display()
-            );
+            println!("initialised pool {} at {} with default policy {policy}", config.pool_id, pool.pool.display());
+            println!("next: dfs add-disk --pool {} --disk DIR", pool.pool.display());
             Ok(())
         }
-        Command::AddDisk {
-            pool,
-            disks,
-            capacity,
-        } => {
+        Command::AddDisk { pool, disks, capacity } => {
             let (mut dir, mut engine_pool) = open(&pool.pool)?;
             for disk in &disks {
                 let id = dir
                     .add_disk(&mut engine_pool, disk, capacity)
                     .map_err(engine)
                     .with_context(|| format!("adding disk {}", disk.display()))?;
-                let info = engine_pool
-                    .disk_infos()
-                    .into_iter()
-                    .find(|d| d.id == id.to_string());
+                let info = engine_pool.disk_infos().into_iter().find(|d| d.id == id.to_string());
                 let capacity = info.map(|i| human(i.capacity_bytes)).unwrap_or_default();
                 println!("added disk {id} at {} ({capacity})", disk.display());
             }
@@ -160,74 +144,28 @@ pub fn run(command: Command) -> Result<()> {
                         d.path.clone(),
                         human(d.capacity_bytes),
                         human(d.used_bytes),
-                        if d.reachable {
-                            d.state.clone()
-                        } else {
-                            format!("{} (unreachable)", d.state)
-                        },
+                        if d.reachable { d.state.clone() } else { format!("{} (unreachable)", d.state) },
                         d.fragments.to_string(),
-                        if d.journal_replica {
-                            "yes".into()
-                        } else {
-                            "no".into()
-                        },
+                        if d.journal_replica { "yes".into() } else { "no".into() },
                     ]
                 })
                 .collect();
-            print_text(&table::render(
-                &[
-                    "ID",
-                    "PATH",
-                    "CAPACITY",
-                    "USED",
-                    "STATE",
-                    "FRAGMENTS",
-                    "JOURNAL",
-                ],
-                &rows,
-            ))
+            print_text(&table::render(&["ID", "PATH", "CAPACITY", "USED", "STATE", "FRAGMENTS", "JOURNAL"], &rows))
         }
-        Command::Put {
-            pool,
-            local,
-            pool_path,
-            policy,
-        } => put(&pool.pool, &local, &pool_path, policy),
-        Command::Get {
-            pool,
-            pool_path,
-            local,
-        } => get(&pool.pool, &pool_path, &local),
-        Command::Ls {
-            pool,
-            pool_path,
-            json,
-        } => ls(&pool.pool, &pool_path, json.json),
-        Command::Rm {
-            pool,
-            pool_path,
-            recursive,
-        } => {
+        Command::Put { pool, local, pool_path, policy } => put(&pool.pool, &local, &pool_path, policy),
+        Command::Get { pool, pool_path, local } => get(&pool.pool, &pool_path, &local),
+        Command::Ls { pool, pool_path, json } => ls(&pool.pool, &pool_path, json.json),
+        Command::Rm { pool, pool_path, recursive } => {
             let (_dir, mut engine_pool) = open(&pool.pool)?;
             let (parent, name) = parent_and_name(&engine_pool, &pool_path)?;
             remove(&mut engine_pool, parent, name.as_bytes(), recursive)
                 .with_context(|| format!("removing {pool_path}"))
         }
-        Command::Mkdir {
-            pool,
-            pool_path,
-            parents,
-            policy,
-        } => {
+        Command::Mkdir { pool, pool_path, parents, policy } => {
             let (_dir, mut engine_pool) = open(&pool.pool)?;
             mkdir(&mut engine_pool, &pool_path, parents, policy)
         }
-        Command::ListExtents {
-            pool,
-            pool_path,
-            verify,
-            json,
-        } => {
+        Command::ListExtents { pool, pool_path, verify, json } => {
             let (_dir, engine_pool) = open(&pool.pool)?;
             let under = match &pool_path {
                 Some(path) => Some(engine_pool.resolve(path).map_err(engine)?),
@@ -253,16 +191,7 @@ pub fn run(command: Command) -> Result<()> {
                 })
                 .collect();
             print_text(&table::render(
-                &[
-                    "EXTENT",
-                    "FILE",
-                    "OFFSET",
-                    "LENGTH",
-                    "POLICY",
-                    "HEALTH",
-                    "FRAGMENTS",
-                    "DISKS",
-                ],
+                &["EXTENT", "FILE", "OFFSET", "LENGTH", "POLICY", "HEALTH", "FRAGMENTS", "DISKS"],
                 &rows,
             ))
         }
@@ -299,12 +228,7 @@ pub fn run(command: Command) -> Result<()> {
     }
 }
 
-fn put(
-    pool_dir: &Path,
-    local: &Path,
-    pool_path: &str,
-    policy: Option<dfs_engine::Policy>,
-) -> Result<()> {
+fn put(pool_dir: &Path, local: &Path, pool_path: &str, policy: Option<dfs_engine::Policy>) -> Result<()> {
     let mut source: Box<dyn Read> = if local.as_os_str() == "-" {
         Box::new(std::io::stdin().lock())
     } else {
@@ -314,20 +238,14 @@ fn put(
         }
         Box::new(file)
     };
-    let total = if local.as_os_str() == "-" {
-        None
-    } else {
-        std::fs::metadata(local).ok().map(|m| m.len())
-    };
+    let total = if local.as_os_str() == "-" { None } else { std::fs::metadata(local).ok().map(|m| m.len()) };
     let (_dir, mut pool) = open(pool_dir)?;
     let (parent, name) = match pool.resolve(pool_path) {
         Ok(ino) if pool.getattr(ino).map_err(engine)?.kind == InodeKind::Directory => {
-            let name = local.file_name().and_then(|n| n.to_str()).ok_or_else(|| {
-                anyhow!(
-                    "{pool_path} is a directory and {} has no file name to use",
-                    local.display()
-                )
-            })?;
+            let name = local
+                .file_name()
+                .and_then(|n| n.to_str())
+                .ok_or_else(|| anyhow!("{pool_path} is a directory and {} has no file name to use", local.display()))?;
             (ino, name.to_string())
         }
         _ => {
@@ -340,13 +258,9 @@ fn put(
         bail!("the parent of {pool_path} is not a directory");
     }
     let effective = policy.unwrap_or(parent_attr.policy);
-    pool.check_placeable(effective)
-        .map_err(engine)
-        .with_context(|| format!("putting {pool_path}"))?;
+    pool.check_placeable(effective).map_err(engine).with_context(|| format!("putting {pool_path}"))?;
     let explicit = policy.or_else(|| pool.state().inodes.get(&parent).and_then(|i| i.policy));
-    let ino = pool
-        .create_unnamed(owner(0o644), explicit)
-        .map_err(engine)?;
+    let ino = pool.create_unnamed(owner(0o644), explicit).map_err(engine)?;
     let fh = pool.open_file(ino).map_err(engine)?;
     let result = (|| -> Result<u64> {
         let mut buffer = vec![0u8; COPY_CHUNK];
@@ -362,8 +276,7 @@ fn put(
             progress.update(offset);
         }
         pool.fsync(fh).map_err(engine)?;
-        pool.link_new(ino, parent, name.as_bytes(), true)
-            .map_err(engine)?;
+        pool.link_new(ino, parent, name.as_bytes(), true).map_err(engine)?;
         progress.finish(offset);
         Ok(offset)
     })();
@@ -475,20 +388,9 @@ fn ls(pool_dir: &Path, pool_path: &str, json: bool) -> Result<()> {
     }
     let rows: Vec<Vec<String>> = entries
         .iter()
-        .map(|e| {
-            vec![
-                e.kind.to_string(),
-                e.mode.clone(),
-                e.size.to_string(),
-                e.policy.clone(),
-                e.name.clone(),
-            ]
-        })
+        .map(|e| vec![e.kind.to_string(), e.mode.clone(), e.size.to_string(), e.policy.clone(), e.name.clone()])
         .collect();
-    print_text(&table::render(
-        &["TYPE", "MODE", "SIZE", "POLICY", "NAME"],
-        &rows,
-    ))
+    print_text(&table::render(&["TYPE", "MODE", "SIZE", "POLICY", "NAME"], &rows))
 }
 
 fn remove(pool: &mut Pool, parent: Ino, name: &[u8], recursive: bool) -> Result<()> {
@@ -504,16 +406,8 @@ fn remove(pool: &mut Pool, parent: Ino, name: &[u8], recursive: bool) -> Result<
     pool.unlink(parent, name).map_err(engine)
 }
 
-fn mkdir(
-    pool: &mut Pool,
-    pool_path: &str,
-    parents: bool,
-    policy: Option<dfs_engine::Policy>,
-) -> Result<()> {
-    let parts: Vec<&str> = pool_path
-        .split('/')
-        .filter(|p| !p.is_empty() && *p != ".")
-        .collect();
+fn mkdir(pool: &mut Pool, pool_path: &str, parents: bool, policy: Option<dfs_engine::Policy>) -> Result<()> {
+    let parts: Vec<&str> = pool_path.split('/').filter(|p| !p.is_empty() && *p != ".").collect();
     if parts.is_empty() {
         bail!("'{pool_path}' names the root directory, which always exists");
     }
@@ -525,10 +419,7 @@ fn mkdir(
             Ok(_) if !last => bail!("{}: not a directory", parts[..=i].join("/")),
             Ok(_) => return Err(engine(dfs_engine::Error::Exists(pool_path.to_string()))),
             Err(dfs_engine::Error::NotFound(_)) if parents || last => {
-                ino = pool
-                    .mkdir(ino, part.as_bytes(), owner(0o755))
-                    .map_err(engine)?
-                    .ino;
+                ino = pool.mkdir(ino, part.as_bytes(), owner(0o755)).map_err(engine)?.ino;
                 if last && policy.is_some() {
                     pool.set_policy(ino, policy).map_err(engine)?;
                 }
@@ -549,23 +440,15 @@ struct Progress {
 impl Progress {
     fn new(label: &'static str, total: Option<u64>) -> Self {
         let enabled = std::io::stderr().is_terminal() && total.is_none_or(|t| t >= 64 << 20);
-        Self {
-            label,
-            total,
-            enabled,
-        }
+        Self { label, total, enabled }
     }
 
     fn update(&self, done: u64) {
         if self.enabled && done.is_multiple_of(16 << 20) {
             match self.total {
-                Some(total) if total > 0 => eprint!(
-                    "\r{}: {} of {} ({}%)",
-                    self.label,
-                    human(done),
-                    human(total),
-                    done * 100 / total
-                ),
+                Some(total) if total > 0 => {
+                    eprint!("\r{}: {} of {} ({}%)", self.label, human(done), human(total), done * 100 / total)
+                }
                 _ => eprint!("\r{}: {}", self.label, human(done)),
             }
         }

@@ -4,9 +4,7 @@
 /// KB/MB/GB/TB decimal; K/M/G/T binary). Fractions are allowed with a unit.
 pub fn parse_size(input: &str) -> Result<u64, String> {
     let text = input.trim();
-    let split = text
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(text.len());
+    let split = text.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(text.len());
     let (number, unit) = text.split_at(split);
     let multiplier: u64 = match unit.trim() {
         "" | "B" => 1,
@@ -18,11 +16,13 @@ pub fn parse_size(input: &str) -> Result<u64, String> {
         "MB" => 1_000_000,
         "GB" => 1_000_000_000,
         "TB" => 1_000_000_000_000,
-        other => return Err(format!("unknown size unit '{other}' in '{input}' (use B, KiB, MiB, GiB, TiB, KB, MB, GB or TB)")),
+        other => {
+            return Err(format!(
+                "unknown size unit '{other}' in '{input}' (use B, KiB, MiB, GiB, TiB, KB, MB, GB or TB)"
+            ))
+        }
     };
-    let value: f64 = number
-        .parse()
-        .map_err(|_| format!("'{input}' is not a size (expected e.g. 10GiB or 1048576)"))?;
+    let value: f64 = number.parse().map_err(|_| format!("'{input}' is not a size (expected e.g. 10GiB or 1048576)"))?;
     let bytes = value * multiplier as f64;
     if !bytes.is_finite() || bytes < 0.0 || bytes > u64::MAX as f64 {
         return Err(format!("size '{input}' is out of range"));

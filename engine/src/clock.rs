@@ -6,9 +6,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use serde::{Deserialize, Serialize};
 
 /// Wall-clock time for inode timestamps: nanoseconds since the Unix epoch.
-#[derive(
-    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
-)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct WallTime {
     /// Seconds since the Unix epoch (negative before it).
     pub secs: i64,
@@ -32,9 +30,7 @@ pub struct SystemClock {
 impl SystemClock {
     /// A clock whose monotonic origin is now.
     pub fn new() -> Self {
-        Self {
-            origin: Instant::now(),
-        }
+        Self { origin: Instant::now() }
     }
 }
 
@@ -51,16 +47,10 @@ impl Clock for SystemClock {
 
     fn wall(&self) -> WallTime {
         match SystemTime::now().duration_since(UNIX_EPOCH) {
-            Ok(d) => WallTime {
-                secs: i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
-                nanos: d.subsec_nanos(),
-            },
+            Ok(d) => WallTime { secs: i64::try_from(d.as_secs()).unwrap_or(i64::MAX), nanos: d.subsec_nanos() },
             Err(e) => {
                 let d = e.duration();
-                WallTime {
-                    secs: -i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
-                    nanos: 0,
-                }
+                WallTime { secs: -i64::try_from(d.as_secs()).unwrap_or(i64::MAX), nanos: 0 }
             }
         }
     }

@@ -62,9 +62,7 @@ pub fn shard_len(policy: Policy, len: usize) -> usize {
 /// Splits `data` into `policy.width()` fragments.
 pub fn encode(codec: CodecId, policy: Policy, data: &[u8]) -> Result<Vec<Vec<u8>>, CodecError> {
     match (codec, policy) {
-        (CodecId::Replica, Policy::Replicate { copies }) => {
-            Ok(vec![data.to_vec(); usize::from(copies)])
-        }
+        (CodecId::Replica, Policy::Replicate { copies }) => Ok(vec![data.to_vec(); usize::from(copies)]),
         (CodecId::RsErasureGf8 | CodecId::RsSimd, Policy::Erasure { data: k, parity: m }) => {
             let (k, m) = (usize::from(k), usize::from(m));
             let len = shard_len(policy, data.len());
@@ -78,15 +76,15 @@ pub fn encode(codec: CodecId, policy: Policy, data: &[u8]) -> Result<Vec<Vec<u8>
                 })
                 .collect();
             let parity = match codec {
-                CodecId::RsSimd => reed_solomon_simd::encode(k, m, &shards)
-                    .map_err(|e| CodecError::Library(e.to_string()))?,
+                CodecId::RsSimd => {
+                    reed_solomon_simd::encode(k, m, &shards).map_err(|e| CodecError::Library(e.to_string()))?
+                }
                 _ => {
                     let rs = reed_solomon_erasure::galois_8::ReedSolomon::new(k, m)
                         .map_err(|e| CodecError::Library(format!("{e:?}")))?;
                     let mut all = shards.clone();
                     all.extend(std::iter::repeat_n(vec![0u8; len], m));
-                    rs.encode(&mut all)
-                        .map_err(|e| CodecError::Library(format!("{e:?}")))?;
+                    rs.encode(&mut all).map_err(|e| CodecError::Library(format!("{e:?}")))?;
                     all.split_off(k)
                 }
             };
@@ -109,17 +107,12 @@ pub fn decode(
     assert_eq!(fragments.len(), policy.width());
     let available = fragments.iter().filter(|f| f.is_some()).count();
     if available < policy.needed() {
-        return Err(CodecError::TooFewFragments {
-            needed: policy.needed(),
-            available,
-        });
+        return Err(CodecError::TooFewFragments { needed: policy.needed(), available });
     }
     match (codec, policy) {
         (CodecId::Replica, Policy::Replicate { .. }) => {
             let copy = fragments.iter().flatten().next();
-            Ok(copy
-                .map(|c| c[..len.min(c.len())].to_vec())
-                .unwrap_or_default())
+            Ok(copy.map(|c| c[..len.min(c.len())].to_vec()).unwrap_or_default())
         }
         (CodecId::RsErasureGf8 | CodecId::RsSimd, Policy::Erasure { data: k, parity: m }) => {
             let (k, m) = (usize::from(k), usize::from(m));
@@ -146,22 +139,16 @@ fn reconstruct_data(
     }
     match codec {
         CodecId::RsSimd => {
-            let originals = fragments[..k]
-                .iter()
-                .enumerate()
-                .filter_map(|(i, f)| f.as_ref().map(|f| (i, f)));
-            let recovery = fragments[k..]
-                .iter()
-                .enumerate()
-                .filter_map(|(i, f)| f.as_ref().map(|f| (i, f)));
-            let mut restored = reed_solomon_simd::decode(k, m, originals, recovery)
-                .map_err(|e| CodecError::Library(e.to_string()))?;
+            let originals = fragments[..k].iter().enumerate().filter_map(|(i, f)| f.as_ref().map(|f| (i, f)));
+            let recovery = fragments[k..].iter().enumerate().filter_map(|(i, f)| f.as_ref().map(|f| (i, f)));
+            let mut restored =
+                reed_solomon_simd::decode(k, m, originals, recovery).map_err(|e| CodecError::Library(e.to_string()))?;
             (0..k)
                 .map(|i| match &fragments[i] {
                     Some(f) => Ok(f.clone()),
-                    None => restored
-                        .remove(&i)
-                        .ok_or_else(|| CodecError::Library(format!("shard {i} was not restored"))),
+                    None => {
+                        restored.remove(&i).ok_or_else(|| CodecError::Library(format!("shard {i} was not restored")))
+                    }
                 })
                 .collect()
         }
@@ -169,16 +156,11 @@ fn reconstruct_data(
             let rs = reed_solomon_erasure::galois_8::ReedSolomon::new(k, m)
                 .map_err(|e| CodecError::Library(format!("{e:?}")))?;
             let mut shards: Vec<Option<Vec<u8>>> = fragments.to_vec();
-            rs.reconstruct_data(&mut shards)
-                .map_err(|e| CodecError::Library(format!("{e:?}")))?;
+            rs.reconstruct_data(&mut shards).map_err(|e| CodecError::Library(format!("{e:?}")))?;
             shards
                 .into_iter()
                 .take(k)
-                .map(|s| {
-                    s.ok_or_else(|| {
-                        CodecError::Library("data shard missing after reconstruct".into())
-                    })
-                })
+                .map(|s| s.ok_or_else(|| CodecError::Library("data shard missing after reconstruct".into())))
                 .collect()
         }
     }
@@ -194,9 +176,8 @@ mod tests {
         let width = policy.width();
         for mask in 0u32..(1 << width) {
             let lost = mask.count_ones() as usize;
-            let given: Vec<Option<Vec<u8>>> = (0..width)
-                .map(|i| (mask & (1 << i) == 0).then(|| fragments[i].clone()))
-                .collect();
+            let given: Vec<Option<Vec<u8>>> =
+                (0..width).map(|i| (mask & (1 << i) == 0).then(|| fragments[i].clone())).collect();
             let result = decode(codec, policy, data.len(), &given);
             if lost <= policy.tolerance() {
                 assert_eq!(result.unwrap(), data, "{policy} lost mask {mask:b}");

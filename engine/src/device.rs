@@ -51,12 +51,7 @@ pub enum BlockKind {
 
 impl BlockKind {
     /// Every kind, in a fixed order.
-    pub const ALL: [BlockKind; 4] = [
-        BlockKind::Label,
-        BlockKind::Journal,
-        BlockKind::Checkpoint,
-        BlockKind::Fragment,
-    ];
+    pub const ALL: [BlockKind; 4] = [BlockKind::Label, BlockKind::Journal, BlockKind::Checkpoint, BlockKind::Fragment];
 
     /// The directory-like prefix of this kind's names.
     pub fn namespace(self) -> &'static str {
@@ -102,10 +97,7 @@ impl BlockName {
                 }
                 let extent = u64::from_str_radix(extent, 16).ok()?;
                 let index = index.parse::<u8>().ok()?;
-                Some(BlockName::Fragment {
-                    extent: ExtentId(extent),
-                    index,
-                })
+                Some(BlockName::Fragment { extent: ExtentId(extent), index })
             }
         }
     }
@@ -181,10 +173,7 @@ pub struct UnavailableDevice {
 impl UnavailableDevice {
     /// A placeholder for the disk at `location`, failing with `reason`.
     pub fn new(location: impl Into<String>, reason: impl Into<String>) -> Self {
-        Self {
-            location: location.into(),
-            reason: reason.into(),
-        }
+        Self { location: location.into(), reason: reason.into() }
     }
 }
 
@@ -226,10 +215,7 @@ mod tests {
             BlockName::Journal { seq: 0 },
             BlockName::Journal { seq: u64::MAX },
             BlockName::Checkpoint { seq: 42 },
-            BlockName::Fragment {
-                extent: ExtentId(0xdead_beef),
-                index: 23,
-            },
+            BlockName::Fragment { extent: ExtentId(0xdead_beef), index: 23 },
         ];
         for name in names {
             assert_eq!(BlockName::parse(name.kind(), &name.leaf()), Some(name));
@@ -241,9 +227,6 @@ mod tests {
         assert_eq!(BlockName::parse(BlockKind::Journal, ".tmp-0001"), None);
         assert_eq!(BlockName::parse(BlockKind::Journal, "12"), None);
         assert_eq!(BlockName::parse(BlockKind::Fragment, "xyz.01"), None);
-        assert_eq!(
-            BlockName::parse(BlockKind::Fragment, "00000000000000ff.1"),
-            None
-        );
+        assert_eq!(BlockName::parse(BlockKind::Fragment, "00000000000000ff.1"), None);
     }
 }

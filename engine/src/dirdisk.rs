@@ -40,10 +40,7 @@ impl DirDisk {
     pub fn open(root: &Path) -> Result<DirDisk, DeviceError> {
         let meta = fs::metadata(root).map_err(|e| io_error(root, e))?;
         if !meta.is_dir() {
-            return Err(DeviceError::Unavailable(format!(
-                "{} is not a directory",
-                root.display()
-            )));
+            return Err(DeviceError::Unavailable(format!("{} is not a directory", root.display())));
         }
         let mut state = DirState::default();
         for kind in BlockKind::ALL {
@@ -64,20 +61,13 @@ impl DirDisk {
                     continue;
                 }
                 if let Some(name) = BlockName::parse(kind, leaf) {
-                    let size = entry
-                        .metadata()
-                        .map_err(|e| io_error(&entry.path(), e))?
-                        .len();
+                    let size = entry.metadata().map_err(|e| io_error(&entry.path(), e))?.len();
                     state.used_bytes += size;
                     state.sizes.insert(name, size);
                 }
             }
         }
-        let mut disk = DirDisk {
-            root: root.to_path_buf(),
-            capacity_bytes: None,
-            state: Mutex::new(state),
-        };
+        let mut disk = DirDisk { root: root.to_path_buf(), capacity_bytes: None, state: Mutex::new(state) };
         if let Ok(label) = DiskLabel::read(&disk) {
             disk.capacity_bytes = label.capacity_bytes;
         }
@@ -101,9 +91,7 @@ impl DirDisk {
     fn lock(&self) -> MutexGuard<'_, DirState> {
         // A panic while holding this lock leaves only size bookkeeping behind, which stays
         // consistent per operation; recover the guard instead of poisoning every caller.
-        self.state
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     fn filesystem_free_bytes(&self) -> u64 {
@@ -148,9 +136,7 @@ impl BlockDevice for DirDisk {
         let mut state = self.lock();
         let old = state.sizes.get(&name).copied().unwrap_or(0);
         let new_used = state.used_bytes - old + data.len() as u64;
-        let capacity = self
-            .capacity_bytes
-            .unwrap_or_else(|| state.used_bytes + self.filesystem_free_bytes());
+        let capacity = self.capacity_bytes.unwrap_or_else(|| state.used_bytes + self.filesystem_free_bytes());
         if new_used > capacity && data.len() as u64 > old {
             return Err(DeviceError::NoSpace);
         }
@@ -192,12 +178,7 @@ impl BlockDevice for DirDisk {
 
     fn list(&self, kind: BlockKind) -> Result<Vec<BlockName>, DeviceError> {
         let state = self.lock();
-        Ok(state
-            .sizes
-            .keys()
-            .filter(|n| n.kind() == kind)
-            .copied()
-            .collect())
+        Ok(state.sizes.keys().filter(|n| n.kind() == kind).copied().collect())
     }
 
     fn sync(&self) -> Result<(), DeviceError> {
@@ -205,11 +186,7 @@ impl BlockDevice for DirDisk {
         let files = std::mem::take(&mut state.unsynced_files);
         for name in &files {
             let path = self.path(*name);
-            match OpenOptions::new()
-                .read(true)
-                .open(&path)
-                .and_then(|f| f.sync_all())
-            {
+            match OpenOptions::new().read(true).open(&path).and_then(|f| f.sync_all()) {
                 Ok(()) => {}
                 Err(e) if e.kind() == ErrorKind::NotFound => {}
                 Err(e) => {
@@ -227,9 +204,7 @@ impl BlockDevice for DirDisk {
             }
         }
         if !dirs.is_empty() {
-            File::open(&self.root)
-                .and_then(|d| d.sync_all())
-                .map_err(|e| io_error(&self.root, e))?;
+            File::open(&self.root).and_then(|d| d.sync_all()).map_err(|e| io_error(&self.root, e))?;
         }
         Ok(())
     }
@@ -278,10 +253,7 @@ mod tests {
         disk.set_capacity(Some(10));
         let name = BlockName::Checkpoint { seq: 1 };
         disk.write(name, b"12345678").unwrap();
-        assert_eq!(
-            disk.write(BlockName::Checkpoint { seq: 2 }, b"abc"),
-            Err(DeviceError::NoSpace)
-        );
+        assert_eq!(disk.write(BlockName::Checkpoint { seq: 2 }, b"abc"), Err(DeviceError::NoSpace));
         assert_eq!(disk.write(name, b"12345678901"), Err(DeviceError::NoSpace));
         assert_eq!(disk.read(name).unwrap(), b"12345678");
         assert_eq!(disk.list(BlockKind::Checkpoint).unwrap(), vec![name]);
@@ -292,16 +264,9 @@ mod tests {
     fn stray_temporary_files_are_removed_on_open() {
         let dir = tempfile::tempdir().unwrap();
         fs::create_dir_all(dir.path().join("journal")).unwrap();
-        fs::write(
-            dir.path().join("journal/.tmp-00000000000000000001"),
-            b"torn",
-        )
-        .unwrap();
+        fs::write(dir.path().join("journal/.tmp-00000000000000000001"), b"torn").unwrap();
         let disk = DirDisk::open(dir.path()).unwrap();
         assert!(disk.list(BlockKind::Journal).unwrap().is_empty());
-        assert!(!dir
-            .path()
-            .join("journal/.tmp-00000000000000000001")
-            .exists());
+        assert!(!dir.path().join("journal/.tmp-00000000000000000001").exists());
     }
 }

@@ -29,17 +29,9 @@ pub enum Error {
     #[error("no space left: {0}")]
     NoSpace(String),
     #[error("policy {policy} needs {needed} distinct disks with room for a fragment, but only {available} have room")]
-    Unplaceable {
-        policy: Policy,
-        needed: usize,
-        available: usize,
-    },
+    Unplaceable { policy: Policy, needed: usize, available: usize },
     #[error("extent {extent} (file offset {offset}) is lost: {detail}")]
-    DataLost {
-        extent: ExtentId,
-        offset: u64,
-        detail: String,
-    },
+    DataLost { extent: ExtentId, offset: u64, detail: String },
     #[error("I/O error: {0}")]
     Io(String),
     #[error("metadata cannot be recovered: {0}")]

@@ -53,20 +53,12 @@ impl OpenFiles {
 
 impl Pool {
     fn handle_ino(&self, fh: FileHandle) -> Result<Ino> {
-        self.files
-            .handles
-            .get(&fh)
-            .copied()
-            .ok_or(Error::BadHandle(fh))
+        self.files.handles.get(&fh).copied().ok_or(Error::BadHandle(fh))
     }
 
     /// The open-file entry of `ino`, created (with no handles) if absent.
     fn open_entry(&mut self, ino: Ino) -> Result<&mut OpenFile> {
-        let inode = self
-            .state
-            .inodes
-            .get(&ino)
-            .ok_or_else(|| Error::NotFound(format!("inode {}", ino.0)))?;
+        let inode = self.state.inodes.get(&ino).ok_or_else(|| Error::NotFound(format!("inode {}", ino.0)))?;
         if inode.kind != InodeKind::File {
             return Err(match inode.kind {
                 InodeKind::Directory => Error::IsDirectory(format!("inode {}", ino.0)),
@@ -121,18 +113,10 @@ impl Pool {
             let chunk_start = index * CHUNK;
             let low = (offset.max(chunk_start) - chunk_start) as usize;
             let high = (end.min(chunk_start + CHUNK) - chunk_start) as usize;
-            let source = &data[(chunk_start + low as u64 - offset) as usize
-                ..(chunk_start + high as u64 - offset) as usize];
-            let buffered = self
-                .files
-                .files
-                .get(&ino)
-                .is_some_and(|f| f.dirty.contains_key(&index));
-            let mut chunk = if buffered {
-                Vec::new()
-            } else {
-                self.load_chunk(ino, index)?
-            };
+            let source =
+                &data[(chunk_start + low as u64 - offset) as usize..(chunk_start + high as u64 - offset) as usize];
+            let buffered = self.files.files.get(&ino).is_some_and(|f| f.dirty.contains_key(&index));
+            let mut chunk = if buffered { Vec::new() } else { self.load_chunk(ino, index)? };
             let file = self.open_entry(ino)?;
             if buffered {
                 chunk = file.dirty.remove(&index).unwrap_or_default();
@@ -175,13 +159,11 @@ impl Pool {
             let chunk_start = index * CHUNK;
             let low = offset.max(chunk_start) - chunk_start;
             let high = end.min(chunk_start + CHUNK) - chunk_start;
-            let target = &mut out
-                [(chunk_start + low - offset) as usize..(chunk_start + high - offset) as usize];
+            let target = &mut out[(chunk_start + low - offset) as usize..(chunk_start + high - offset) as usize];
             let copy = |target: &mut [u8], source: &[u8]| {
                 let available = source.len().saturating_sub(low as usize).min(target.len());
                 if available > 0 {
-                    target[..available]
-                        .copy_from_slice(&source[low as usize..low as usize + available]);
+                    target[..available].copy_from_slice(&source[low as usize..low as usize + available]);
                 }
             };
             if let Some(chunk) = self.files.get(ino).and_then(|f| f.dirty.get(&index)) {
@@ -230,9 +212,7 @@ impl Pool {
         if last {
             self.files.files.remove(&ino);
             if self.state.inodes.get(&ino).is_some_and(|i| i.nlink == 0) {
-                let freed = self.commit(Transaction {
-                    ops: vec![Op::RemoveInode(ino)],
-                })?;
+                let freed = self.commit(Transaction { ops: vec![Op::RemoveInode(ino)] })?;
                 self.free_extents(&freed);
             }
         }
@@ -252,21 +232,15 @@ impl Pool {
             .filter(|(_, chunk)| !complete_only || chunk.len() as u64 == CHUNK)
             .map(|(i, _)| *i)
             .collect();
-        if indexes.is_empty()
-            && (complete_only || (file.mtime.is_none() && committed_size == Some(file.size)))
-        {
+        if indexes.is_empty() && (complete_only || (file.mtime.is_none() && committed_size == Some(file.size))) {
             return Ok(());
         }
-        let chunks: Vec<(u64, Vec<u8>)> = indexes
-            .iter()
-            .filter_map(|i| file.dirty.remove(i).map(|chunk| (*i, chunk)))
-            .collect();
+        let chunks: Vec<(u64, Vec<u8>)> =
+            indexes.iter().filter_map(|i| file.dirty.remove(i).map(|chunk| (*i, chunk))).collect();
         // A partial flush commits only the size its chunks reach, so a crash never shows
         // a size whose bytes were still buffered.
         let size = match (complete_only, indexes.last()) {
-            (true, Some(last)) => file
-                .size
-                .min(committed_size.unwrap_or(0).max((last + 1) * CHUNK)),
+            (true, Some(last)) => file.size.min(committed_size.unwrap_or(0).max((last + 1) * CHUNK)),
             _ => file.size,
         };
         let mtime = file.mtime;
@@ -289,26 +263,14 @@ impl Pool {
         let beyond = size.div_ceil(CHUNK);
         if let Some(map) = self.state.file_extents.get(&ino) {
             for (&index, _) in map.range(beyond..) {
-                ops.push(Op::SetExtent {
-                    ino,
-                    index,
-                    extent: None,
-                });
+                ops.push(Op::SetExtent { ino, index, extent: None });
             }
         }
         for (index, record) in &records {
-            let unchanged_hole = record.is_none()
-                && !self
-                    .state
-                    .file_extents
-                    .get(&ino)
-                    .is_some_and(|m| m.contains_key(index));
+            let unchanged_hole =
+                record.is_none() && !self.state.file_extents.get(&ino).is_some_and(|m| m.contains_key(index));
             if !unchanged_hole {
-                ops.push(Op::SetExtent {
-                    ino,
-                    index: *index,
-                    extent: record.clone(),
-                });
+                ops.push(Op::SetExtent { ino, index: *index, extent: record.clone() });
             }
         }
         if let Some(inode) = self.state.inodes.get(&ino) {
@@ -343,17 +305,12 @@ impl Pool {
     /// Sets the size of `ino`: cuts or extends (with a hole) and commits.
     pub(crate) fn truncate_ino(&mut self, ino: Ino, size: u64) -> Result<()> {
         if size > i64::MAX as u64 {
-            return Err(Error::InvalidArgument(
-                "size past the largest file size".into(),
-            ));
+            return Err(Error::InvalidArgument("size past the largest file size".into()));
         }
         let boundary = size / CHUNK;
         let within = (size % CHUNK) as usize;
         let needs_cut = within > 0
-            && !self
-                .files
-                .get(ino)
-                .is_some_and(|f| f.dirty.contains_key(&boundary))
+            && !self.files.get(ino).is_some_and(|f| f.dirty.contains_key(&boundary))
             && self
                 .state
                 .file_extents
@@ -361,11 +318,7 @@ impl Pool {
                 .and_then(|m| m.get(&boundary))
                 .and_then(|id| self.state.extents.get(id))
                 .is_some_and(|r| r.len as usize > within);
-        let loaded = if needs_cut {
-            Some(self.load_chunk(ino, boundary)?)
-        } else {
-            None
-        };
+        let loaded = if needs_cut { Some(self.load_chunk(ino, boundary)?) } else { None };
         let now = self.clock.wall();
         let file = self.open_entry(ino)?;
         if let Some(chunk) = loaded {

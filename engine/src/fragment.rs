@@ -39,10 +39,7 @@ pub enum FragmentError {
     #[error("fragment header corrupt")]
     BadHeader,
     #[error("fragment belongs to extent {found_extent} index {found_index} (misdirected write)")]
-    Misdirected {
-        found_extent: ExtentId,
-        found_index: u8,
-    },
+    Misdirected { found_extent: ExtentId, found_index: u8 },
     #[error("fragment length {found} differs from the expected {expected}")]
     Length { found: usize, expected: usize },
     #[error("fragment payload checksum mismatch")]
@@ -51,12 +48,7 @@ pub enum FragmentError {
 
 /// Checks `block` is fragment `index` of `extent` with `expected_len` payload bytes, and
 /// returns the payload.
-pub fn verify(
-    block: &[u8],
-    extent: ExtentId,
-    index: u8,
-    expected_len: usize,
-) -> Result<&[u8], FragmentError> {
+pub fn verify(block: &[u8], extent: ExtentId, index: u8, expected_len: usize) -> Result<&[u8], FragmentError> {
     if block.len() < HEADER_LEN {
         return Err(FragmentError::Truncated);
     }
@@ -68,20 +60,14 @@ pub fn verify(
     let found_extent = ExtentId(u64::from_le_bytes(id));
     let found_index = block[5];
     if found_extent != extent || found_index != index {
-        return Err(FragmentError::Misdirected {
-            found_extent,
-            found_index,
-        });
+        return Err(FragmentError::Misdirected { found_extent, found_index });
     }
     let mut len = [0u8; 4];
     len.copy_from_slice(&block[16..20]);
     let declared = u32::from_le_bytes(len) as usize;
     let payload = &block[HEADER_LEN..];
     if declared != expected_len || payload.len() != expected_len {
-        return Err(FragmentError::Length {
-            found: payload.len(),
-            expected: expected_len,
-        });
+        return Err(FragmentError::Length { found: payload.len(), expected: expected_len });
     }
     if blake3::hash(payload).as_bytes()[..] != block[20..52] {
         return Err(FragmentError::Checksum);
@@ -111,13 +97,7 @@ mod tests {
     #[test]
     fn a_fragment_under_the_wrong_name_is_misdirected() {
         let block = seal(ExtentId(9), 3, b"abcd");
-        assert!(matches!(
-            verify(&block, ExtentId(9), 4, 4),
-            Err(FragmentError::Misdirected { .. })
-        ));
-        assert!(matches!(
-            verify(&block, ExtentId(8), 3, 4),
-            Err(FragmentError::Misdirected { .. })
-        ));
+        assert!(matches!(verify(&block, ExtentId(9), 4, 4), Err(FragmentError::Misdirected { .. })));
+        assert!(matches!(verify(&block, ExtentId(8), 3, 4), Err(FragmentError::Misdirected { .. })));
     }
 }

@@ -59,10 +59,7 @@ pub fn encode<T: Serialize>(kind: FrameKind, value: &T) -> (Vec<u8>, [u8; 32]) {
 }
 
 /// Verifies and decodes a frame of `kind`, returning the value and its body hash.
-pub fn decode<T: DeserializeOwned>(
-    kind: FrameKind,
-    block: &[u8],
-) -> Result<(T, [u8; 32]), FrameError> {
+pub fn decode<T: DeserializeOwned>(kind: FrameKind, block: &[u8]) -> Result<(T, [u8; 32]), FrameError> {
     if block.len() < HEADER_LEN {
         return Err(FrameError::Truncated(block.len()));
     }
@@ -71,10 +68,7 @@ pub fn decode<T: DeserializeOwned>(
         return Err(FrameError::BadMagic);
     }
     if header[4] != kind as u8 {
-        return Err(FrameError::WrongKind {
-            found: header[4],
-            wanted: kind as u8,
-        });
+        return Err(FrameError::WrongKind { found: header[4], wanted: kind as u8 });
     }
     if header[5] != VERSION || header[6..8] != [0, 0] {
         return Err(FrameError::Version(header[5]));
@@ -83,10 +77,7 @@ pub fn decode<T: DeserializeOwned>(
     len_bytes.copy_from_slice(&header[8..16]);
     let declared = u64::from_le_bytes(len_bytes);
     if declared != body.len() as u64 {
-        return Err(FrameError::Length {
-            declared,
-            actual: body.len(),
-        });
+        return Err(FrameError::Length { declared, actual: body.len() });
     }
     let hash = *blake3::hash(body).as_bytes();
     if header[16..48] != hash {
@@ -127,9 +118,6 @@ mod tests {
     #[test]
     fn a_frame_of_another_kind_is_rejected() {
         let (block, _) = encode(FrameKind::Label, &1u8);
-        assert!(matches!(
-            decode::<u8>(FrameKind::Checkpoint, &block),
-            Err(FrameError::WrongKind { .. })
-        ));
+        assert!(matches!(decode::<u8>(FrameKind::Checkpoint, &block), Err(FrameError::WrongKind { .. })));
     }
 }

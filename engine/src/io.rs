@@ -14,10 +14,7 @@ where
     }
     let job = &job;
     std::thread::scope(|scope| {
-        let handles: Vec<_> = items
-            .into_iter()
-            .map(|item| scope.spawn(move || job(item)))
-            .collect();
+        let handles: Vec<_> = items.into_iter().map(|item| scope.spawn(move || job(item))).collect();
         handles
             .into_iter()
             .map(|handle| match handle.join() {

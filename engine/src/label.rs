@@ -37,9 +37,7 @@ impl DiskLabel {
 
     /// Decodes and verifies a label block.
     pub fn decode(block: &[u8]) -> Result<DiskLabel, LabelError> {
-        frame::decode(FrameKind::Label, block)
-            .map(|(label, _)| label)
-            .map_err(LabelError::Corrupt)
+        frame::decode(FrameKind::Label, block).map(|(label, _)| label).map_err(LabelError::Corrupt)
     }
 
     /// Reads the label of `device`.

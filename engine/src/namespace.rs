@@ -90,12 +90,8 @@ fn check_name(name: &[u8]) -> Result<()> {
     if name.len() > NAME_BYTES_MAX {
         return Err(Error::NameTooLong(name.len()));
     }
-    if name.is_empty() || name == b"." || name == b".." || name.contains(&b'/') || name.contains(&0)
-    {
-        return Err(Error::InvalidArgument(format!(
-            "'{}' is not a valid file name",
-            display(name)
-        )));
+    if name.is_empty() || name == b"." || name == b".." || name.contains(&b'/') || name.contains(&0) {
+        return Err(Error::InvalidArgument(format!("'{}' is not a valid file name", display(name))));
     }
     Ok(())
 }
@@ -110,26 +106,15 @@ struct Change<'a> {
 
 impl<'a> Change<'a> {
     fn new(state: &'a MetaState) -> Self {
-        Self {
-            state,
-            inodes: BTreeMap::new(),
-            removed: Vec::new(),
-            entries: Vec::new(),
-        }
+        Self { state, inodes: BTreeMap::new(), removed: Vec::new(), entries: Vec::new() }
     }
 
     fn inode(&mut self, ino: Ino) -> Result<&mut Inode> {
         if !self.inodes.contains_key(&ino) {
-            let inode = self
-                .state
-                .inodes
-                .get(&ino)
-                .ok_or_else(|| Error::NotFound(format!("inode {}", ino.0)))?;
+            let inode = self.state.inodes.get(&ino).ok_or_else(|| Error::NotFound(format!("inode {}", ino.0)))?;
             self.inodes.insert(ino, inode.clone());
         }
-        self.inodes
-            .get_mut(&ino)
-            .ok_or_else(|| Error::NotFound(format!("inode {}", ino.0)))
+        self.inodes.get_mut(&ino).ok_or_else(|| Error::NotFound(format!("inode {}", ino.0)))
     }
 
     fn into_transaction(self) -> Transaction {
@@ -146,10 +131,7 @@ impl<'a> Change<'a> {
 
 impl Pool {
     fn inode(&self, ino: Ino) -> Result<&Inode> {
-        self.state
-            .inodes
-            .get(&ino)
-            .ok_or_else(|| Error::NotFound(format!("inode {}", ino.0)))
+        self.state.inodes.get(&ino).ok_or_else(|| Error::NotFound(format!("inode {}", ino.0)))
     }
 
     fn directory(&self, ino: Ino) -> Result<&BTreeMap<Vec<u8>, Ino>> {
@@ -157,10 +139,7 @@ impl Pool {
         if inode.kind != InodeKind::Directory {
             return Err(Error::NotDirectory(format!("inode {}", ino.0)));
         }
-        self.state
-            .dirs
-            .get(&ino)
-            .ok_or_else(|| Error::NotFound(format!("directory {}", ino.0)))
+        self.state.dirs.get(&ino).ok_or_else(|| Error::NotFound(format!("directory {}", ino.0)))
     }
 
     fn child(&self, parent: Ino, name: &[u8]) -> Result<Option<Ino>> {
@@ -182,12 +161,7 @@ impl Pool {
                 .state
                 .file_extents
                 .get(&ino)
-                .map(|m| {
-                    m.values()
-                        .filter_map(|id| self.state.extents.get(id))
-                        .map(|r| u64::from(r.len))
-                        .sum()
-                })
+                .map(|m| m.values().filter_map(|id| self.state.extents.get(id)).map(|r| u64::from(r.len)).sum())
                 .unwrap_or(0),
             atime: inode.atime,
             mtime: inode.mtime,
@@ -264,9 +238,7 @@ impl Pool {
         }
         if inode != before {
             inode.ctime = now;
-            self.commit(Transaction {
-                ops: vec![Op::PutInode(inode)],
-            })?;
+            self.commit(Transaction { ops: vec![Op::PutInode(inode)] })?;
         }
         self.getattr(ino)
     }
@@ -307,11 +279,7 @@ impl Pool {
             dir.nlink += 1;
         }
         change.inodes.insert(ino, inode);
-        change.entries.push(Op::Link {
-            parent,
-            name: name.to_vec(),
-            ino,
-        });
+        change.entries.push(Op::Link { parent, name: name.to_vec(), ino });
         let txn = change.into_transaction();
         self.commit(txn)?;
         self.getattr(ino)
@@ -327,9 +295,7 @@ impl Pool {
     pub fn mknod(&mut self, parent: Ino, name: &[u8], mode: u32, owner: Owner) -> Result<Attr> {
         let file_type = mode & libc::S_IFMT;
         if file_type != 0 && file_type != libc::S_IFREG {
-            return Err(Error::NotPermitted(
-                "only regular files can be created with mknod".into(),
-            ));
+            return Err(Error::NotPermitted("only regular files can be created with mknod".into()));
         }
         self.create(parent, name, owner)
     }
@@ -341,26 +307,11 @@ impl Pool {
     }
 
     /// Creates a symbolic link to `target`.
-    pub fn symlink(
-        &mut self,
-        parent: Ino,
-        name: &[u8],
-        target: &[u8],
-        owner: Owner,
-    ) -> Result<Attr> {
+    pub fn symlink(&mut self, parent: Ino, name: &[u8], target: &[u8], owner: Owner) -> Result<Attr> {
         if target.is_empty() || target.len() > 4095 || target.contains(&0) {
-            return Err(Error::InvalidArgument(
-                "symlink target must be 1 to 4095 bytes without NUL".into(),
-            ));
+            return Err(Error::InvalidArgument("symlink target must be 1 to 4095 bytes without NUL".into()));
         }
-        let mut inode = self.new_inode(
-            InodeKind::Symlink,
-            Owner {
-                mode: 0o777,
-                ..owner
-            },
-            None,
-        );
+        let mut inode = self.new_inode(InodeKind::Symlink, Owner { mode: 0o777, ..owner }, None);
         inode.size = target.len() as u64;
         inode.symlink_target = target.to_vec();
         self.create_child(parent, name, inode)
@@ -370,10 +321,7 @@ impl Pool {
     pub fn readlink(&self, ino: Ino) -> Result<Vec<u8>> {
         let inode = self.inode(ino)?;
         if inode.kind != InodeKind::Symlink {
-            return Err(Error::InvalidArgument(format!(
-                "inode {} is not a symlink",
-                ino.0
-            )));
+            return Err(Error::InvalidArgument(format!("inode {} is not a symlink", ino.0)));
         }
         Ok(inode.symlink_target.clone())
     }
@@ -384,9 +332,7 @@ impl Pool {
         let mut inode = self.new_inode(InodeKind::File, owner, policy);
         inode.nlink = 0;
         let ino = inode.ino;
-        self.commit(Transaction {
-            ops: vec![Op::PutInode(inode)],
-        })?;
+        self.commit(Transaction { ops: vec![Op::PutInode(inode)] })?;
         Ok(ino)
     }
 
@@ -416,11 +362,7 @@ impl Pool {
         if let Some(old) = target {
             self.drop_link(&mut change, old, now)?;
         }
-        change.entries.push(Op::Link {
-            parent,
-            name: name.to_vec(),
-            ino,
-        });
+        change.entries.push(Op::Link { parent, name: name.to_vec(), ino });
         let txn = change.into_transaction();
         let freed = self.commit(txn)?;
         self.free_extents(&freed);
@@ -431,9 +373,7 @@ impl Pool {
     pub fn link(&mut self, ino: Ino, parent: Ino, name: &[u8]) -> Result<Attr> {
         check_name(name)?;
         if self.inode(ino)?.kind == InodeKind::Directory {
-            return Err(Error::NotPermitted(
-                "hard links to directories are not allowed".into(),
-            ));
+            return Err(Error::NotPermitted("hard links to directories are not allowed".into()));
         }
         if self.child(parent, name)?.is_some() {
             return Err(Error::Exists(display(name)));
@@ -460,9 +400,7 @@ impl Pool {
 
     /// Removes a non-directory entry.
     pub fn unlink(&mut self, parent: Ino, name: &[u8]) -> Result<()> {
-        let ino = self
-            .child(parent, name)?
-            .ok_or_else(|| Error::NotFound(display(name)))?;
+        let ino = self.child(parent, name)?.ok_or_else(|| Error::NotFound(display(name)))?;
         if self.inode(ino)?.kind == InodeKind::Directory {
             return Err(Error::IsDirectory(display(name)));
         }
@@ -474,9 +412,7 @@ impl Pool {
         if name == b"." {
             return Err(Error::InvalidArgument("cannot remove '.'".into()));
         }
-        let ino = self
-            .child(parent, name)?
-            .ok_or_else(|| Error::NotFound(display(name)))?;
+        let ino = self.child(parent, name)?.ok_or_else(|| Error::NotFound(display(name)))?;
         if self.inode(ino)?.kind != InodeKind::Directory {
             return Err(Error::NotDirectory(display(name)));
         }
@@ -497,10 +433,7 @@ impl Pool {
             dir.nlink -= 1;
         }
         self.drop_link(&mut change, ino, now)?;
-        change.entries.push(Op::Unlink {
-            parent,
-            name: name.to_vec(),
-        });
+        change.entries.push(Op::Unlink { parent, name: name.to_vec() });
         let txn = change.into_transaction();
         let freed = self.commit(txn)?;
         self.free_extents(&freed);
@@ -536,15 +469,11 @@ impl Pool {
         mode: RenameMode,
     ) -> Result<()> {
         check_name(new_name)?;
-        let source = self
-            .child(parent, name)?
-            .ok_or_else(|| Error::NotFound(display(name)))?;
+        let source = self.child(parent, name)?.ok_or_else(|| Error::NotFound(display(name)))?;
         let target = self.child(new_parent, new_name)?;
         let source_kind = self.inode(source)?.kind;
         if source_kind == InodeKind::Directory && self.is_ancestor(source, new_parent) {
-            return Err(Error::InvalidArgument(
-                "cannot move a directory into itself".into(),
-            ));
+            return Err(Error::InvalidArgument("cannot move a directory into itself".into()));
         }
         if target == Some(source) {
             return Ok(());
@@ -562,9 +491,7 @@ impl Pool {
             (RenameMode::Exchange, Some(target)) => {
                 let target_kind = self.inode(target)?.kind;
                 if target_kind == InodeKind::Directory && self.is_ancestor(target, parent) {
-                    return Err(Error::InvalidArgument(
-                        "cannot move a directory into itself".into(),
-                    ));
+                    return Err(Error::InvalidArgument("cannot move a directory into itself".into()));
                 }
                 change.inode(target)?.ctime = now;
                 if parent != new_parent {
@@ -575,25 +502,14 @@ impl Pool {
                     let q = change.inode(new_parent)?;
                     q.nlink = q.nlink.saturating_add_signed(-delta as i32);
                 }
-                change.entries.push(Op::Link {
-                    parent,
-                    name: name.to_vec(),
-                    ino: target,
-                });
-                change.entries.push(Op::Link {
-                    parent: new_parent,
-                    name: new_name.to_vec(),
-                    ino: source,
-                });
+                change.entries.push(Op::Link { parent, name: name.to_vec(), ino: target });
+                change.entries.push(Op::Link { parent: new_parent, name: new_name.to_vec(), ino: source });
             }
             (RenameMode::NoReplace, Some(_)) => return Err(Error::Exists(display(new_name))),
             (_, target) => {
                 if let Some(target) = target {
                     let target_kind = self.inode(target)?.kind;
-                    match (
-                        source_kind == InodeKind::Directory,
-                        target_kind == InodeKind::Directory,
-                    ) {
+                    match (source_kind == InodeKind::Directory, target_kind == InodeKind::Directory) {
                         (true, false) => return Err(Error::NotDirectory(display(new_name))),
                         (false, true) => return Err(Error::IsDirectory(display(new_name))),
                         (true, true) if !self.directory(target)?.is_empty() => {
@@ -610,15 +526,8 @@ impl Pool {
                     change.inode(parent)?.nlink -= 1;
                     change.inode(new_parent)?.nlink += 1;
                 }
-                change.entries.push(Op::Unlink {
-                    parent,
-                    name: name.to_vec(),
-                });
-                change.entries.push(Op::Link {
-                    parent: new_parent,
-                    name: new_name.to_vec(),
-                    ino: source,
-                });
+                change.entries.push(Op::Unlink { parent, name: name.to_vec() });
+                change.entries.push(Op::Link { parent: new_parent, name: new_name.to_vec(), ino: source });
             }
         }
         let txn = change.into_transaction();
@@ -632,13 +541,7 @@ impl Pool {
         let entries = self.directory(ino)?;
         entries
             .iter()
-            .map(|(name, child)| {
-                Ok(DirEntry {
-                    name: name.clone(),
-                    ino: *child,
-                    kind: self.inode(*child)?.kind,
-                })
-            })
+            .map(|(name, child)| Ok(DirEntry { name: name.clone(), ino: *child, kind: self.inode(*child)?.kind }))
             .collect()
     }
 
@@ -647,11 +550,7 @@ impl Pool {
         if ino == Ino::ROOT {
             return Some(Ino::ROOT);
         }
-        self.state
-            .dirs
-            .iter()
-            .find(|(_, entries)| entries.values().any(|c| *c == ino))
-            .map(|(parent, _)| *parent)
+        self.state.dirs.iter().find(|(_, entries)| entries.values().any(|c| *c == ino)).map(|(parent, _)| *parent)
     }
 
     /// Sets the policy of a directory (inherited by new children) or of a file that has
@@ -660,26 +559,21 @@ impl Pool {
         let inode = self.inode(ino)?;
         if inode.kind == InodeKind::File && self.state.file_extents.contains_key(&ino) {
             return Err(Error::InvalidArgument(
-                "the file already holds data; changing its policy re-encodes it, which this operation does not do".into(),
+                "the file already holds data; changing its policy re-encodes it, which this operation does not do"
+                    .into(),
             ));
         }
         let mut inode = inode.clone();
         inode.policy = policy;
         inode.ctime = self.clock.wall();
-        self.commit(Transaction {
-            ops: vec![Op::PutInode(inode)],
-        })?;
+        self.commit(Transaction { ops: vec![Op::PutInode(inode)] })?;
         Ok(())
     }
 
     /// Space and file counts, under the default policy.
     pub fn statfs(&self) -> StatFs {
         let (total_bytes, free_bytes) = self.space();
-        StatFs {
-            total_bytes,
-            free_bytes,
-            files: self.state.inodes.len() as u64,
-        }
+        StatFs { total_bytes, free_bytes, files: self.state.inodes.len() as u64 }
     }
 }
 
@@ -702,11 +596,7 @@ impl Pool {
             return Err(Error::NoDisks);
         }
         if available < policy.width() {
-            return Err(Error::Unplaceable {
-                policy,
-                needed: policy.width(),
-                available,
-            });
+            return Err(Error::Unplaceable { policy, needed: policy.width(), available });
         }
         Ok(())
     }

@@ -24,11 +24,7 @@ pub fn place(
     candidates: &[Candidate],
 ) -> Result<Vec<DiskId>, usize> {
     assert!(width > 0);
-    let mut pool: Vec<Candidate> = candidates
-        .iter()
-        .copied()
-        .filter(|c| c.free_bytes >= fragment_bytes)
-        .collect();
+    let mut pool: Vec<Candidate> = candidates.iter().copied().filter(|c| c.free_bytes >= fragment_bytes).collect();
     if pool.len() < width {
         return Err(pool.len());
     }
@@ -69,13 +65,7 @@ mod tests {
     use proptest::prelude::*;
 
     fn candidates(free: &[u64]) -> Vec<Candidate> {
-        free.iter()
-            .enumerate()
-            .map(|(i, &free_bytes)| Candidate {
-                disk: DiskId(i as u32),
-                free_bytes,
-            })
-            .collect()
+        free.iter().enumerate().map(|(i, &free_bytes)| Candidate { disk: DiskId(i as u32), free_bytes }).collect()
     }
 
     #[test]

@@ -27,7 +27,9 @@ pub enum Policy {
 
 /// Why a policy string was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("invalid policy '{input}': {reason} (expected replicate:N with 1<=N<=8, or erasure:K+M with 1<=K<=16 and 1<=M<=8)")]
+#[error(
+    "invalid policy '{input}': {reason} (expected replicate:N with 1<=N<=8, or erasure:K+M with 1<=K<=16 and 1<=M<=8)"
+)]
 pub struct PolicyParseError {
     input: String,
     reason: &'static str,
@@ -36,9 +38,7 @@ pub struct PolicyParseError {
 impl Policy {
     /// `replicate:copies`, if in bounds.
     pub fn replicate(copies: u8) -> Option<Policy> {
-        (1..=REPLICAS_MAX)
-            .contains(&copies)
-            .then_some(Policy::Replicate { copies })
+        (1..=REPLICAS_MAX).contains(&copies).then_some(Policy::Replicate { copies })
     }
 
     /// `erasure:data+parity`, if in bounds.
@@ -87,15 +87,9 @@ impl FromStr for Policy {
     type Err = PolicyParseError;
 
     fn from_str(input: &str) -> Result<Self, Self::Err> {
-        let fail = |reason| PolicyParseError {
-            input: input.to_string(),
-            reason,
-        };
+        let fail = |reason| PolicyParseError { input: input.to_string(), reason };
         let number = |s: &str| -> Result<u8, PolicyParseError> {
-            if s.is_empty()
-                || !s.bytes().all(|b| b.is_ascii_digit())
-                || (s.len() > 1 && s.starts_with('0'))
-            {
+            if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) || (s.len() > 1 && s.starts_with('0')) {
                 return Err(fail("counts must be plain decimal numbers"));
             }
             s.parse::<u8>().map_err(|_| fail("count out of range"))
@@ -124,17 +118,8 @@ mod tests {
     #[test]
     fn parses_the_documented_forms() {
         assert_eq!("replicate:3".parse(), Ok(Policy::Replicate { copies: 3 }));
-        assert_eq!(
-            "erasure:4+2".parse(),
-            Ok(Policy::Erasure { data: 4, parity: 2 })
-        );
-        assert_eq!(
-            "erasure:16+8".parse(),
-            Ok(Policy::Erasure {
-                data: 16,
-                parity: 8
-            })
-        );
+        assert_eq!("erasure:4+2".parse(), Ok(Policy::Erasure { data: 4, parity: 2 }));
+        assert_eq!("erasure:16+8".parse(), Ok(Policy::Erasure { data: 16, parity: 8 }));
     }
 
     #[test]

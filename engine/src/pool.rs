@@ -20,9 +20,7 @@ use crate::device::{BlockDevice, BlockKind, BlockName, UnavailableDevice};
 use crate::error::{Error, Result};
 use crate::files::OpenFiles;
 use crate::meta::journal::{self, JournalTip};
-use crate::meta::state::{
-    DiskId, DiskRecord, DiskState, ExtentRecord, InodeKind, MetaState, Op, Transaction,
-};
+use crate::meta::state::{DiskId, DiskRecord, DiskState, ExtentRecord, InodeKind, MetaState, Op, Transaction};
 use crate::policy::Policy;
 use crate::rng::EngineRng;
 
@@ -118,8 +116,7 @@ impl Pool {
     ) -> Result<(Pool, OpenReport)> {
         let mut report = OpenReport::default();
         let raw: Vec<&dyn BlockDevice> = devices.iter().map(|d| d.device.as_ref()).collect();
-        let recovered =
-            journal::recover(&raw).map_err(|e| Error::MetadataCorrupt(e.to_string()))?;
+        let recovered = journal::recover(&raw).map_err(|e| Error::MetadataCorrupt(e.to_string()))?;
         let (state, tip, clean, checkpoint_slots) = match recovered {
             Some(r) => {
                 report.records_replayed = r.replayed;
@@ -129,10 +126,7 @@ impl Pool {
             }
             None => (
                 MetaState::new(pool_id, default_policy, clock.wall()),
-                JournalTip {
-                    seq: 0,
-                    hash: [0; 32],
-                },
+                JournalTip { seq: 0, hash: [0; 32] },
                 true,
                 BTreeSet::new(),
             ),
@@ -143,8 +137,7 @@ impl Pool {
                 state.pool_id
             )));
         }
-        let by_uuid: BTreeMap<Uuid, DiskId> =
-            state.disks.values().map(|d| (d.uuid, d.id)).collect();
+        let by_uuid: BTreeMap<Uuid, DiskId> = state.disks.values().map(|d| (d.uuid, d.id)).collect();
         let mut slots: BTreeMap<DiskId, usize> = BTreeMap::new();
         let mut disk_devices: BTreeMap<DiskId, Arc<dyn BlockDevice>> = BTreeMap::new();
         for (slot, device) in devices.into_iter().enumerate() {
@@ -158,13 +151,8 @@ impl Pool {
         }
         for disk in state.disks.values() {
             disk_devices.entry(disk.id).or_insert_with(|| {
-                report
-                    .notes
-                    .push(format!("disk {} ({}) is missing", disk.id, disk.uuid));
-                Arc::new(UnavailableDevice::new(
-                    disk.uuid.to_string(),
-                    "disk not found",
-                ))
+                report.notes.push(format!("disk {} ({}) is missing", disk.id, disk.uuid));
+                Arc::new(UnavailableDevice::new(disk.uuid.to_string(), "disk not found"))
             });
         }
         let next_extent = state.next_extent;
@@ -183,24 +171,15 @@ impl Pool {
             cache: Default::default(),
             read_only: None,
         };
-        let journal_slots: BTreeSet<usize> = pool
-            .state
-            .journal_disks()
-            .iter()
-            .filter_map(|id| slots.get(id).copied())
-            .collect();
+        let journal_slots: BTreeSet<usize> =
+            pool.state.journal_disks().iter().filter_map(|id| slots.get(id).copied()).collect();
         let metadata_blocks = pool.metadata_block_count();
-        let journal_is_canonical = clean
-            && journal_slots.is_subset(&checkpoint_slots)
-            && metadata_blocks == journal_slots.len();
+        let journal_is_canonical =
+            clean && journal_slots.is_subset(&checkpoint_slots) && metadata_blocks == journal_slots.len();
         if !pool.state.disks.is_empty() && !journal_is_canonical {
             // Never rewrite a valid checkpoint in place: a crash could tear the only copy.
             let already_durable: BTreeSet<DiskId> = if report.records_replayed == 0 {
-                slots
-                    .iter()
-                    .filter(|(_, slot)| checkpoint_slots.contains(slot))
-                    .map(|(id, _)| *id)
-                    .collect()
+                slots.iter().filter(|(_, slot)| checkpoint_slots.contains(slot)).map(|(id, _)| *id).collect()
             } else {
                 BTreeSet::new()
             };
@@ -250,11 +229,7 @@ impl Pool {
     }
 
     fn journal_devices(&self) -> Vec<(DiskId, Arc<dyn BlockDevice>)> {
-        self.state
-            .journal_disks()
-            .into_iter()
-            .filter_map(|id| self.devices.get(&id).map(|d| (id, d.clone())))
-            .collect()
+        self.state.journal_disks().into_iter().filter_map(|id| self.devices.get(&id).map(|d| (id, d.clone()))).collect()
     }
 
     /// Commits `txn`: makes it durable in the journal, then applies it. Returns the
@@ -269,17 +244,12 @@ impl Pool {
         }
         let (block, tip) = journal::encode_record(self.tip, &txn);
         let devices: Vec<&dyn BlockDevice> = journal_set.iter().map(|(_, d)| d.as_ref()).collect();
-        let (durable, errors) =
-            journal::write_replicas(&devices, BlockName::Journal { seq: tip.seq }, &block);
+        let (durable, errors) = journal::write_replicas(&devices, BlockName::Journal { seq: tip.seq }, &block);
         for error in &errors {
             tracing::warn!(%error, "journal replica write failed");
         }
-        if durable == 0 {
-            let reason = format!(
-                "no journal replica accepted record {}: {}",
-                tip.seq,
-                errors.join("; ")
-            );
+        if !durable.contains(&true) {
+            let reason = format!("no journal replica accepted record {}: {}", tip.seq, errors.join("; "));
             self.read_only = Some(reason.clone());
             return Err(Error::ReadOnly(reason));
         }
@@ -310,32 +280,27 @@ impl Pool {
     fn checkpoint_skipping(&mut self, already_durable: &BTreeSet<DiskId>) -> Result<()> {
         let journal_set = self.journal_devices();
         let block = journal::encode_checkpoint(self.tip, &self.state);
-        let devices: Vec<&dyn BlockDevice> = journal_set.iter().map(|(_, d)| d.as_ref()).collect();
-        let targets: Vec<&dyn BlockDevice> = journal_set
+        let targets: Vec<&dyn BlockDevice> =
+            journal_set.iter().filter(|(id, _)| !already_durable.contains(id)).map(|(_, d)| d.as_ref()).collect();
+        let (written, errors) = journal::write_replicas(&targets, BlockName::Checkpoint { seq: self.tip.seq }, &block);
+        let mut written = written.into_iter();
+        // Trim only the replicas that hold the checkpoint; a replica that refused it keeps
+        // its records, which still chain.
+        let holders: Vec<&dyn BlockDevice> = journal_set
             .iter()
-            .filter(|(id, _)| !already_durable.contains(id))
+            .filter(|(id, _)| already_durable.contains(id) || written.next() == Some(true))
             .map(|(_, d)| d.as_ref())
             .collect();
-        let (written, errors) = journal::write_replicas(
-            &targets,
-            BlockName::Checkpoint { seq: self.tip.seq },
-            &block,
-        );
-        let durable = written + (devices.len() - targets.len());
-        if durable == 0 {
-            return Err(Error::Io(format!(
-                "no journal disk accepted the checkpoint: {}",
-                errors.join("; ")
-            )));
+        if holders.is_empty() {
+            return Err(Error::Io(format!("no journal disk accepted the checkpoint: {}", errors.join("; "))));
+        }
+        for error in &errors {
+            tracing::warn!(%error, "checkpoint replica write failed");
         }
         let members: BTreeSet<DiskId> = journal_set.iter().map(|(id, _)| *id).collect();
-        let strangers: Vec<&dyn BlockDevice> = self
-            .devices
-            .iter()
-            .filter(|(id, _)| !members.contains(id))
-            .map(|(_, d)| d.as_ref())
-            .collect();
-        for error in journal::trim(&devices, &strangers, self.tip.seq) {
+        let strangers: Vec<&dyn BlockDevice> =
+            self.devices.iter().filter(|(id, _)| !members.contains(id)).map(|(_, d)| d.as_ref()).collect();
+        for error in journal::trim(&holders, &strangers, self.tip.seq) {
             tracing::warn!(%error, "journal trim incomplete; recovery will finish it");
         }
         self.records_since_checkpoint = 0;
@@ -388,10 +353,7 @@ impl Pool {
         for record in freed {
             for (index, disk) in record.fragments.iter().enumerate() {
                 if let Some(device) = self.devices.get(disk) {
-                    let name = BlockName::Fragment {
-                        extent: record.id,
-                        index: index as u8,
-                    };
+                    let name = BlockName::Fragment { extent: record.id, index: index as u8 };
                     if let Err(error) = device.delete(name) {
                         tracing::debug!(%error, %name, "freeing a fragment failed; left as an orphan");
                     }
@@ -402,13 +364,8 @@ impl Pool {
 
     /// Removes files whose last link is gone: after a restart nothing holds them open.
     fn remove_orphan_inodes(&mut self) -> Result<usize> {
-        let orphans: Vec<_> = self
-            .state
-            .inodes
-            .values()
-            .filter(|i| i.kind == InodeKind::File && i.nlink == 0)
-            .map(|i| i.ino)
-            .collect();
+        let orphans: Vec<_> =
+            self.state.inodes.values().filter(|i| i.kind == InodeKind::File && i.nlink == 0).map(|i| i.ino).collect();
         if orphans.is_empty() {
             return Ok(0);
         }
@@ -430,12 +387,8 @@ impl Pool {
                 let BlockName::Fragment { extent, index } = name else {
                     continue;
                 };
-                let referenced = self
-                    .state
-                    .extents
-                    .get(&extent)
-                    .and_then(|r| r.fragments.get(usize::from(index)))
-                    == Some(disk);
+                let referenced =
+                    self.state.extents.get(&extent).and_then(|r| r.fragments.get(usize::from(index))) == Some(disk);
                 if !referenced && device.delete(name).is_ok() {
                     removed += 1;
                     changed = true;
@@ -466,8 +419,7 @@ impl Pool {
             raw_total += device.capacity_bytes();
             raw_free += device.capacity_bytes().saturating_sub(device.used_bytes());
         }
-        let scale =
-            |raw: u64| (raw as u128 * policy.needed() as u128 / policy.width() as u128) as u64;
+        let scale = |raw: u64| (raw as u128 * policy.needed() as u128 / policy.width() as u128) as u64;
         (scale(raw_total), scale(raw_free))
     }
 }

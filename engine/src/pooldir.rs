@@ -64,10 +64,7 @@ impl PoolDir {
         if path.exists() {
             let mut entries = fs::read_dir(path).map_err(|e| io(path.display(), e))?;
             if path.join(CONFIG_FILE).exists() {
-                return Err(Error::Exists(format!(
-                    "{} already holds a pool",
-                    path.display()
-                )));
+                return Err(Error::Exists(format!("{} already holds a pool", path.display())));
             }
             if entries.next().is_some() {
                 return Err(Error::InvalidArgument(format!(
@@ -79,11 +76,7 @@ impl PoolDir {
             fs::create_dir_all(path).map_err(|e| io(path.display(), e))?;
         }
         set_owner_only(path)?;
-        let config = PoolConfig {
-            pool_id: Uuid::new_v4(),
-            initial_policy: policy.to_string(),
-            disks: Vec::new(),
-        };
+        let config = PoolConfig { pool_id: Uuid::new_v4(), initial_policy: policy.to_string(), disks: Vec::new() };
         write_config(path, &config)?;
         Ok(config)
     }
@@ -94,13 +87,10 @@ impl PoolDir {
             .map_err(|_| Error::NotAPool(format!("{}: no such pool directory", path.display())))?;
         let config_path = path.join(CONFIG_FILE);
         let text = fs::read_to_string(&config_path).map_err(|_| {
-            Error::NotAPool(format!(
-                "{} is not a pool (no {CONFIG_FILE}); create one with `dfs init`",
-                path.display()
-            ))
+            Error::NotAPool(format!("{} is not a pool (no {CONFIG_FILE}); create one with `dfs init`", path.display()))
         })?;
-        let config: PoolConfig = ron::from_str(&text)
-            .map_err(|e| Error::MetadataCorrupt(format!("{}: {e}", config_path.display())))?;
+        let config: PoolConfig =
+            ron::from_str(&text).map_err(|e| Error::MetadataCorrupt(format!("{}: {e}", config_path.display())))?;
         let initial_policy: Policy = config
             .initial_policy
             .parse()
@@ -123,31 +113,17 @@ impl PoolDir {
         }
         let mut devices = Vec::new();
         for entry in &config.disks {
-            devices.push(PoolDevice {
-                uuid: entry.uuid,
-                device: open_disk(entry, config.pool_id),
-            });
+            devices.push(PoolDevice { uuid: entry.uuid, device: open_disk(entry, config.pool_id) });
         }
         if options.seed == 0 {
             options.seed = Uuid::new_v4().as_u64_pair().0;
         }
-        let (pool, report) = Pool::open(
-            config.pool_id,
-            initial_policy,
-            devices,
-            Arc::new(SystemClock::new()),
-            options,
-        )?;
-        let mut dir = PoolDir {
-            path,
-            config,
-            _lock: lock,
-        };
+        let (pool, report) =
+            Pool::open(config.pool_id, initial_policy, devices, Arc::new(SystemClock::new()), options)?;
+        let mut dir = PoolDir { path, config, _lock: lock };
         if !report.unregistered.is_empty() {
             // A crash during add-disk: the label was written, the metadata never knew it.
-            dir.config
-                .disks
-                .retain(|d| !report.unregistered.contains(&d.uuid));
+            dir.config.disks.retain(|d| !report.unregistered.contains(&d.uuid));
             write_config(&dir.path, &dir.config)?;
         }
         Ok((dir, pool, report))
@@ -166,19 +142,11 @@ impl PoolDir {
     /// Adds the directory `disk_path` as a disk of `capacity_bytes` (or the free space of
     /// its filesystem). Refuses a path that does not exist, is not a directory, is already
     /// a disk of this or another pool, or holds DynamicFS blocks without a label.
-    pub fn add_disk(
-        &mut self,
-        pool: &mut Pool,
-        disk_path: &Path,
-        capacity_bytes: Option<u64>,
-    ) -> Result<DiskId> {
-        let canonical = fs::canonicalize(disk_path)
-            .map_err(|_| Error::NotFound(format!("disk path {}", disk_path.display())))?;
+    pub fn add_disk(&mut self, pool: &mut Pool, disk_path: &Path, capacity_bytes: Option<u64>) -> Result<DiskId> {
+        let canonical =
+            fs::canonicalize(disk_path).map_err(|_| Error::NotFound(format!("disk path {}", disk_path.display())))?;
         if !canonical.is_dir() {
-            return Err(Error::NotDirectory(format!(
-                "disk path {}",
-                canonical.display()
-            )));
+            return Err(Error::NotDirectory(format!("disk path {}", canonical.display())));
         }
         if canonical.starts_with(&self.path) || self.path.starts_with(&canonical) {
             return Err(Error::InvalidArgument(format!(
@@ -187,11 +155,8 @@ impl PoolDir {
                 self.path.display()
             )));
         }
-        if let Some(other) = self
-            .config
-            .disks
-            .iter()
-            .find(|d| d.path.starts_with(&canonical) || canonical.starts_with(&d.path))
+        if let Some(other) =
+            self.config.disks.iter().find(|d| d.path.starts_with(&canonical) || canonical.starts_with(&d.path))
         {
             return Err(Error::Exists(format!(
                 "{} is already a disk of this pool (or overlaps disk {})",
@@ -206,8 +171,7 @@ impl PoolDir {
                 )));
             }
         }
-        let mut disk = DirDisk::open(&canonical)
-            .map_err(|e| Error::Io(format!("{}: {e}", canonical.display())))?;
+        let mut disk = DirDisk::open(&canonical).map_err(|e| Error::Io(format!("{}: {e}", canonical.display())))?;
         let uuid = match DiskLabel::read(&disk) {
             Ok(label) if label.pool_id != self.config.pool_id => {
                 return Err(Error::Exists(format!(
@@ -216,32 +180,15 @@ impl PoolDir {
                     label.pool_id
                 )))
             }
-            Ok(label)
-                if pool
-                    .state()
-                    .disks
-                    .values()
-                    .any(|d| d.uuid == label.disk_uuid) =>
-            {
-                return Err(Error::Exists(format!(
-                    "{} is already a disk of this pool",
-                    canonical.display()
-                )))
+            Ok(label) if pool.state().disks.values().any(|d| d.uuid == label.disk_uuid) => {
+                return Err(Error::Exists(format!("{} is already a disk of this pool", canonical.display())))
             }
             // Labelled for this pool by an add-disk that crashed before committing: reuse.
             Ok(label) => label.disk_uuid,
             Err(LabelError::Missing) => {
-                let holds_blocks = [
-                    BlockKind::Journal,
-                    BlockKind::Checkpoint,
-                    BlockKind::Fragment,
-                ]
-                .into_iter()
-                .any(|kind| {
-                    disk.list(kind)
-                        .map(|names| !names.is_empty())
-                        .unwrap_or(true)
-                });
+                let holds_blocks = [BlockKind::Journal, BlockKind::Checkpoint, BlockKind::Fragment]
+                    .into_iter()
+                    .any(|kind| disk.list(kind).map(|names| !names.is_empty()).unwrap_or(true));
                 if holds_blocks {
                     return Err(Error::InvalidArgument(format!(
                         "{} holds DynamicFS blocks but no label; refusing to overwrite them",
@@ -251,26 +198,16 @@ impl PoolDir {
                 Uuid::new_v4()
             }
             Err(e) => {
-                return Err(Error::InvalidArgument(format!(
-                    "{}: {e}; refusing to reuse it",
-                    canonical.display()
-                )))
+                return Err(Error::InvalidArgument(format!("{}: {e}; refusing to reuse it", canonical.display())))
             }
         };
-        let label = DiskLabel {
-            pool_id: self.config.pool_id,
-            disk_uuid: uuid,
-            capacity_bytes,
-        };
+        let label = DiskLabel { pool_id: self.config.pool_id, disk_uuid: uuid, capacity_bytes };
         disk.set_capacity(capacity_bytes);
         disk.write(BlockName::Label, &label.encode())
             .and_then(|()| disk.sync())
             .map_err(|e| Error::Io(format!("writing the label on {}: {e}", canonical.display())))?;
         let previous = self.config.clone();
-        self.config.disks.push(DiskEntry {
-            uuid,
-            path: canonical.clone(),
-        });
+        self.config.disks.push(DiskEntry { uuid, path: canonical.clone() });
         write_config(&self.path, &self.config)?;
         match pool.add_disk(uuid, capacity_bytes, Arc::new(disk)) {
             Ok(id) => Ok(id),
@@ -296,10 +233,7 @@ fn open_disk(entry: &DiskEntry, pool_id: Uuid) -> Arc<dyn BlockDevice> {
         Ok(label) if label.pool_id == pool_id && label.disk_uuid == entry.uuid => Arc::new(disk),
         Ok(label) => {
             tracing::warn!(disk = %location, found = %label.disk_uuid, "a different disk is mounted here; serving without it");
-            Arc::new(UnavailableDevice::new(
-                location,
-                "a different disk is mounted at this path",
-            ))
+            Arc::new(UnavailableDevice::new(location, "a different disk is mounted at this path"))
         }
         Err(e) => {
             // Identity comes from the config; fragment and journal blocks verify themselves.

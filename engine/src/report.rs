@@ -124,12 +124,7 @@ impl Pool {
             for (name, child) in self.state.dirs.get(&dir).into_iter().flatten() {
                 let path = format!("{prefix}/{}", String::from_utf8_lossy(name));
                 paths.entry(*child).or_insert_with(|| path.clone());
-                if self
-                    .state
-                    .inodes
-                    .get(child)
-                    .is_some_and(|i| i.kind == InodeKind::Directory)
-                {
+                if self.state.inodes.get(child).is_some_and(|i| i.kind == InodeKind::Directory) {
                     stack.push((*child, path));
                 }
             }
@@ -140,11 +135,7 @@ impl Pool {
     fn present_fragments(&self) -> BTreeMap<DiskId, BTreeSet<BlockName>> {
         self.devices
             .iter()
-            .filter_map(|(id, d)| {
-                d.list(BlockKind::Fragment)
-                    .ok()
-                    .map(|names| (*id, names.into_iter().collect()))
-            })
+            .filter_map(|(id, d)| d.list(BlockKind::Fragment).ok().map(|names| (*id, names.into_iter().collect())))
             .collect()
     }
 
@@ -156,14 +147,8 @@ impl Pool {
         verify: bool,
     ) -> bool {
         let disk = record.fragments[index];
-        let name = BlockName::Fragment {
-            extent: record.id,
-            index: index as u8,
-        };
-        if !present
-            .get(&disk)
-            .is_some_and(|names| names.contains(&name))
-        {
+        let name = BlockName::Fragment { extent: record.id, index: index as u8 };
+        if !present.get(&disk).is_some_and(|names| names.contains(&name)) {
             return false;
         }
         if !verify {
@@ -173,9 +158,7 @@ impl Pool {
         self.devices
             .get(&disk)
             .and_then(|d| d.read(name).ok())
-            .is_some_and(|block| {
-                fragment::verify(&block, record.id, index as u8, shard_len).is_ok()
-            })
+            .is_some_and(|block| fragment::verify(&block, record.id, index as u8, shard_len).is_ok())
     }
 
     fn health(
@@ -184,14 +167,10 @@ impl Pool {
         present: &BTreeMap<DiskId, BTreeSet<BlockName>>,
         verify: bool,
     ) -> (Health, usize) {
-        let available = (0..record.fragments.len())
-            .filter(|i| self.fragment_ok(record, *i, present, verify))
-            .count();
+        let available = (0..record.fragments.len()).filter(|i| self.fragment_ok(record, *i, present, verify)).count();
         let health = if available < record.policy.needed() {
             Health::Lost
-        } else if available < record.fragments.len()
-            || (!verify && self.degraded.contains(&record.id))
-        {
+        } else if available < record.fragments.len() || (!verify && self.degraded.contains(&record.id)) {
             Health::Degraded
         } else {
             Health::Healthy
@@ -206,13 +185,9 @@ impl Pool {
         let prefix = under.and_then(|ino| paths.get(&ino)).cloned();
         let mut out = Vec::new();
         for (ino, map) in &self.state.file_extents {
-            let path = paths
-                .get(ino)
-                .cloned()
-                .unwrap_or_else(|| format!("<unlinked inode {}>", ino.0));
+            let path = paths.get(ino).cloned().unwrap_or_else(|| format!("<unlinked inode {}>", ino.0));
             if let (Some(prefix), Some(under)) = (&prefix, under) {
-                let inside =
-                    *ino == under || prefix == "/" || path.starts_with(&format!("{prefix}/"));
+                let inside = *ino == under || prefix == "/" || path.starts_with(&format!("{prefix}/"));
                 if !inside {
                     continue;
                 }
@@ -246,26 +221,18 @@ impl Pool {
         for record in self.state.extents.values() {
             let bytes = u64::from(record.len);
             let (health, _) = self.health(record, &present, verify);
-            let tally = summary
-                .by_policy
-                .entry(record.policy.to_string())
-                .or_default();
+            let tally = summary.by_policy.entry(record.policy.to_string()).or_default();
             tally.extents += 1;
             tally.bytes += bytes;
             let tally = summary.by_health.entry(health).or_default();
             tally.extents += 1;
             tally.bytes += bytes;
             summary.data_bytes += bytes;
-            let block = (fragment::HEADER_LEN
-                + codec::shard_len(record.policy, record.len as usize))
-                as u64;
+            let block = (fragment::HEADER_LEN + codec::shard_len(record.policy, record.len as usize)) as u64;
             summary.raw_bytes += block * record.fragments.len() as u64;
         }
-        summary.overhead_ratio = if summary.data_bytes == 0 {
-            0.0
-        } else {
-            summary.raw_bytes as f64 / summary.data_bytes as f64
-        };
+        summary.overhead_ratio =
+            if summary.data_bytes == 0 { 0.0 } else { summary.raw_bytes as f64 / summary.data_bytes as f64 };
         summary
     }
 

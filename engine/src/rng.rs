@@ -12,9 +12,7 @@ pub struct EngineRng {
 impl EngineRng {
     /// A stream fully determined by `seed`.
     pub fn from_seed(seed: u64) -> Self {
-        Self {
-            inner: ChaCha8Rng::seed_from_u64(seed),
-        }
+        Self { inner: ChaCha8Rng::seed_from_u64(seed) }
     }
 
     /// A uniformly random value in `0..bound`. `bound` must be positive.

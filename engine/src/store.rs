@@ -44,12 +44,7 @@ impl ExtentCache {
     fn insert(&mut self, id: ExtentId, data: Arc<Vec<u8>>) {
         self.tick += 1;
         if self.entries.len() >= EXTENT_CACHE_ENTRIES {
-            if let Some(oldest) = self
-                .entries
-                .iter()
-                .min_by_key(|(_, (used, _))| *used)
-                .map(|(id, _)| *id)
-            {
+            if let Some(oldest) = self.entries.iter().min_by_key(|(_, (used, _))| *used).map(|(id, _)| *id) {
                 self.entries.remove(&oldest);
             }
         }
@@ -103,23 +98,15 @@ impl Pool {
                 };
                 let block_bytes = (fragment::HEADER_LEN + fragments[0].len()) as u64;
                 let candidates = self.candidates(&excluded, &planned_bytes);
-                let disks =
-                    placement::place(&mut self.rng, policy.width(), block_bytes, &candidates)
-                        .map_err(|available| Error::Unplaceable {
-                            policy,
-                            needed: policy.width(),
-                            available,
-                        })?;
+                let disks = placement::place(&mut self.rng, policy.width(), block_bytes, &candidates)
+                    .map_err(|available| Error::Unplaceable { policy, needed: policy.width(), available })?;
                 for (fragment_index, (disk, payload)) in disks.iter().zip(fragments).enumerate() {
-                    let name = BlockName::Fragment {
-                        extent: *id,
-                        index: fragment_index as u8,
-                    };
+                    let name = BlockName::Fragment { extent: *id, index: fragment_index as u8 };
                     *planned_bytes.entry(*disk).or_default() += block_bytes;
-                    planned.entry(*disk).or_default().push(PlannedBlock {
-                        name,
-                        block: fragment::seal(*id, fragment_index as u8, payload),
-                    });
+                    planned
+                        .entry(*disk)
+                        .or_default()
+                        .push(PlannedBlock { name, block: fragment::seal(*id, fragment_index as u8, payload) });
                 }
                 records.push((
                     *index,
@@ -135,9 +122,7 @@ impl Pool {
             }
             let jobs: Vec<(DiskId, Arc<dyn BlockDevice>, Vec<PlannedBlock>)> = planned
                 .into_iter()
-                .filter_map(|(disk, blocks)| {
-                    self.devices.get(&disk).map(|d| (disk, d.clone(), blocks))
-                })
+                .filter_map(|(disk, blocks)| self.devices.get(&disk).map(|d| (disk, d.clone(), blocks)))
                 .collect();
             let outcomes = run_all(self.options.parallel_io, jobs, |(disk, device, blocks)| {
                 let mut written = Vec::new();
@@ -152,13 +137,10 @@ impl Pool {
             });
             let failed: Vec<(DiskId, DeviceError)> = outcomes
                 .iter()
-                .filter_map(|(disk, _, _, result)| {
-                    result.as_ref().err().map(|e| (*disk, e.clone()))
-                })
+                .filter_map(|(disk, _, _, result)| result.as_ref().err().map(|e| (*disk, e.clone())))
                 .collect();
             if failed.is_empty() {
-                self.counters.extents_written +=
-                    records.iter().filter(|(_, r)| r.is_some()).count() as u64;
+                self.counters.extents_written += records.iter().filter(|(_, r)| r.is_some()).count() as u64;
                 return Ok(records);
             }
             for (_, device, written, _) in &outcomes {
@@ -180,11 +162,7 @@ impl Pool {
         }
     }
 
-    fn candidates(
-        &self,
-        excluded: &BTreeSet<DiskId>,
-        planned_bytes: &BTreeMap<DiskId, u64>,
-    ) -> Vec<Candidate> {
+    fn candidates(&self, excluded: &BTreeSet<DiskId>, planned_bytes: &BTreeMap<DiskId, u64>) -> Vec<Candidate> {
         self.state
             .disks
             .values()
@@ -193,10 +171,7 @@ impl Pool {
                 let device = self.devices.get(&d.id)?;
                 let free = device.capacity_bytes().saturating_sub(device.used_bytes());
                 let planned = planned_bytes.get(&d.id).copied().unwrap_or(0);
-                Some(Candidate {
-                    disk: d.id,
-                    free_bytes: free.saturating_sub(planned),
-                })
+                Some(Candidate { disk: d.id, free_bytes: free.saturating_sub(planned) })
             })
             .collect()
     }
@@ -204,11 +179,7 @@ impl Pool {
     /// Reads an extent: the cheapest sufficient fragments first (data shards, then
     /// parity; the first copy, then others), each verified; decodes; verifies the
     /// extent's BLAKE3. `offset` only labels errors.
-    pub(crate) fn read_extent(
-        &mut self,
-        record: &ExtentRecord,
-        offset: u64,
-    ) -> Result<Arc<Vec<u8>>> {
+    pub(crate) fn read_extent(&mut self, record: &ExtentRecord, offset: u64) -> Result<Arc<Vec<u8>>> {
         if let Some(data) = self.cache.get(record.id) {
             return Ok(data);
         }
@@ -223,28 +194,16 @@ impl Pool {
         while have < needed && next < width {
             let batch: Vec<usize> = (next..width.min(next + needed - have)).collect();
             next += batch.len();
-            let jobs: Vec<(usize, Option<Arc<dyn BlockDevice>>)> = batch
-                .iter()
-                .map(|&i| (i, self.devices.get(&record.fragments[i]).cloned()))
-                .collect();
+            let jobs: Vec<(usize, Option<Arc<dyn BlockDevice>>)> =
+                batch.iter().map(|&i| (i, self.devices.get(&record.fragments[i]).cloned())).collect();
             let id = record.id;
             let results = run_all(self.options.parallel_io, jobs, |(i, device)| {
-                let name = BlockName::Fragment {
-                    extent: id,
-                    index: i as u8,
-                };
+                let name = BlockName::Fragment { extent: id, index: i as u8 };
                 let result = match device {
                     None => Err("disk unknown".to_string()),
-                    Some(device) => {
-                        device
-                            .read(name)
-                            .map_err(|e| e.to_string())
-                            .and_then(|block| {
-                                fragment::verify(&block, id, i as u8, shard_len)
-                                    .map(<[u8]>::to_vec)
-                                    .map_err(|e| e.to_string())
-                            })
-                    }
+                    Some(device) => device.read(name).map_err(|e| e.to_string()).and_then(|block| {
+                        fragment::verify(&block, id, i as u8, shard_len).map(<[u8]>::to_vec).map_err(|e| e.to_string())
+                    }),
                 };
                 (i, result)
             });
@@ -254,9 +213,7 @@ impl Pool {
                         fragments[i] = Some(payload);
                         have += 1;
                     }
-                    Err(e) => {
-                        problems.push(format!("fragment {i} on {}: {e}", record.fragments[i]))
-                    }
+                    Err(e) => problems.push(format!("fragment {i} on {}: {e}", record.fragments[i])),
                 }
             }
         }
@@ -267,11 +224,7 @@ impl Pool {
             self.degraded.insert(record.id);
             tracing::warn!(extent = %record.id, problems = %problems.join("; "), "degraded read");
         }
-        let lost = |detail: String| Error::DataLost {
-            extent: record.id,
-            offset,
-            detail,
-        };
+        let lost = |detail: String| Error::DataLost { extent: record.id, offset, detail };
         if have < needed {
             return Err(lost(format!(
                 "{} of {width} fragments readable, {needed} needed ({})",
@@ -279,12 +232,10 @@ impl Pool {
                 problems.join("; ")
             )));
         }
-        let data = codec::decode(record.codec, policy, record.len as usize, &fragments)
-            .map_err(|e| lost(e.to_string()))?;
+        let data =
+            codec::decode(record.codec, policy, record.len as usize, &fragments).map_err(|e| lost(e.to_string()))?;
         if blake3::hash(&data).as_bytes() != &record.hash {
-            return Err(lost(
-                "decoded data does not match the extent checksum".into(),
-            ));
+            return Err(lost("decoded data does not match the extent checksum".into()));
         }
         let data = Arc::new(data);
         self.cache.insert(record.id, data.clone());

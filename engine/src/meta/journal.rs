@@ -82,11 +82,7 @@ pub fn recover(devices: &[&dyn BlockDevice]) -> Result<Option<Recovered>, Recove
             let names = match device.list(kind) {
                 Ok(names) => names,
                 Err(e) => {
-                    notes.push(format!(
-                        "{}: cannot list {}: {e}",
-                        device.describe(),
-                        kind.namespace()
-                    ));
+                    notes.push(format!("{}: cannot list {}: {e}", device.describe(), kind.namespace()));
                     continue;
                 }
             };
@@ -100,18 +96,12 @@ pub fn recover(devices: &[&dyn BlockDevice]) -> Result<Option<Recovered>, Recove
                     }
                 };
                 match name {
-                    BlockName::Checkpoint { seq } => {
-                        match frame::decode::<Checkpoint>(FrameKind::Checkpoint, &block) {
-                            Ok((cp, hash)) if cp.seq == seq => {
-                                checkpoints.entry(seq).or_default().push((slot, cp, hash))
-                            }
-                            Ok(_) => notes.push(format!(
-                                "{}: {name}: sequence number does not match its name",
-                                device.describe()
-                            )),
-                            Err(e) => notes.push(format!("{}: {name}: {e}", device.describe())),
-                        }
-                    }
+                    BlockName::Checkpoint { seq } => match frame::decode::<Checkpoint>(FrameKind::Checkpoint, &block) {
+                        Ok((cp, hash)) if cp.seq == seq => checkpoints.entry(seq).or_default().push((slot, cp, hash)),
+                        Ok(_) => notes
+                            .push(format!("{}: {name}: sequence number does not match its name", device.describe())),
+                        Err(e) => notes.push(format!("{}: {name}: {e}", device.describe())),
+                    },
                     BlockName::Journal { seq } => {
                         match frame::decode::<JournalRecord>(FrameKind::JournalRecord, &block) {
                             Ok((record, hash)) if record.seq == seq => {
@@ -129,10 +119,7 @@ pub fn recover(devices: &[&dyn BlockDevice]) -> Result<Option<Recovered>, Recove
             }
         }
         if !any_fragment {
-            any_fragment = device
-                .list(BlockKind::Fragment)
-                .map(|f| !f.is_empty())
-                .unwrap_or(false);
+            any_fragment = device.list(BlockKind::Fragment).map(|f| !f.is_empty()).unwrap_or(false);
         }
     }
     let Some((&checkpoint_seq, copies)) = checkpoints.iter().next_back() else {
@@ -147,105 +134,64 @@ pub fn recover(devices: &[&dyn BlockDevice]) -> Result<Option<Recovered>, Recove
     let checkpoint_slots = copies.iter().map(|(slot, _, _)| *slot).collect();
     let (_, checkpoint, _) = &copies[0];
     let mut state = checkpoint.state.clone();
-    let mut tip = JournalTip {
-        seq: checkpoint.seq,
-        hash: checkpoint.tip_hash,
-    };
+    let mut tip = JournalTip { seq: checkpoint.seq, hash: checkpoint.tip_hash };
     let mut replayed = 0;
     loop {
         let next = tip.seq + 1;
-        let chained = records
-            .get(&next)
-            .and_then(|candidates| candidates.iter().find(|(_, r, _)| r.prev_hash == tip.hash));
+        let chained =
+            records.get(&next).and_then(|candidates| candidates.iter().find(|(_, r, _)| r.prev_hash == tip.hash));
         let Some((_, record, hash)) = chained else {
             break;
         };
         state.apply_transaction(&record.txn);
-        tip = JournalTip {
-            seq: next,
-            hash: *hash,
-        };
+        tip = JournalTip { seq: next, hash: *hash };
         replayed += 1;
     }
     let dropped: Vec<u64> = records.range(tip.seq + 1..).map(|(seq, _)| *seq).collect();
     if !dropped.is_empty() {
-        notes.push(format!(
-            "dropped {} record(s) past the valid prefix (torn or unchained tail)",
-            dropped.len()
-        ));
+        notes.push(format!("dropped {} record(s) past the valid prefix (torn or unchained tail)", dropped.len()));
     }
-    Ok(Some(Recovered {
-        state,
-        tip,
-        checkpoint_seq,
-        replayed,
-        checkpoint_slots,
-        notes,
-    }))
+    Ok(Some(Recovered { state, tip, checkpoint_seq, replayed, checkpoint_slots, notes }))
 }
 
 /// Encodes record `tip.seq + 1` carrying `txn`; returns its block and the new tip.
 pub fn encode_record(tip: JournalTip, txn: &Transaction) -> (Vec<u8>, JournalTip) {
-    let record = JournalRecord {
-        seq: tip.seq + 1,
-        prev_hash: tip.hash,
-        txn: txn.clone(),
-    };
+    let record = JournalRecord { seq: tip.seq + 1, prev_hash: tip.hash, txn: txn.clone() };
     let (block, hash) = frame::encode(FrameKind::JournalRecord, &record);
-    (
-        block,
-        JournalTip {
-            seq: record.seq,
-            hash,
-        },
-    )
+    (block, JournalTip { seq: record.seq, hash })
 }
 
 /// Encodes a checkpoint of `state` at `tip`.
 pub fn encode_checkpoint(tip: JournalTip, state: &MetaState) -> Vec<u8> {
-    frame::encode(
-        FrameKind::Checkpoint,
-        &Checkpoint {
-            seq: tip.seq,
-            tip_hash: tip.hash,
-            state: state.clone(),
-        },
-    )
-    .0
+    frame::encode(FrameKind::Checkpoint, &Checkpoint { seq: tip.seq, tip_hash: tip.hash, state: state.clone() }).0
 }
 
-/// Writes `block` under `name` to every device and syncs each; returns how many copies
-/// are durable and the errors of the others.
-pub fn write_replicas(
-    devices: &[&dyn BlockDevice],
-    name: BlockName,
-    block: &[u8],
-) -> (usize, Vec<String>) {
-    let mut durable = 0;
+/// Writes `block` under `name` to every device and syncs each; returns, per device,
+/// whether its copy is durable, and the errors of the others.
+pub fn write_replicas(devices: &[&dyn BlockDevice], name: BlockName, block: &[u8]) -> (Vec<bool>, Vec<String>) {
+    let mut durable = Vec::with_capacity(devices.len());
     let mut errors = Vec::new();
     for device in devices {
         match device.write(name, block).and_then(|()| device.sync()) {
-            Ok(()) => durable += 1,
-            Err(e) => errors.push(format!("{}: {name}: {e}", device.describe())),
+            Ok(()) => durable.push(true),
+            Err(e) => {
+                durable.push(false);
+                errors.push(format!("{}: {name}: {e}", device.describe()));
+            }
         }
     }
     (durable, errors)
 }
 
-/// Deletes every journal record up to `tip.seq` and every checkpoint but `keep` from
-/// `devices`, plus every metadata block from `strangers` (disks that no longer carry the
-/// journal); returns what could not be deleted.
-pub fn trim(
-    devices: &[&dyn BlockDevice],
-    strangers: &[&dyn BlockDevice],
-    keep: u64,
-) -> Vec<String> {
+/// Called once checkpoint `keep` is durable: deletes every journal record (those up to
+/// `keep` are covered by it; any past it are a torn or unchained tail) and every other
+/// checkpoint from `devices`, plus every metadata block from `strangers` (disks that no
+/// longer carry the journal). Returns what could not be deleted.
+pub fn trim(devices: &[&dyn BlockDevice], strangers: &[&dyn BlockDevice], keep: u64) -> Vec<String> {
     let mut errors = Vec::new();
     let prune = |device: &dyn BlockDevice, all: bool| -> Result<(), DeviceError> {
         for name in device.list(BlockKind::Journal)? {
-            if matches!(name, BlockName::Journal { seq } if all || seq <= keep) {
-                device.delete(name)?;
-            }
+            device.delete(name)?;
         }
         for name in device.list(BlockKind::Checkpoint)? {
             if matches!(name, BlockName::Checkpoint { seq } if all || seq != keep) {
@@ -261,25 +207,6 @@ pub fn trim(
     }
     for device in strangers {
         if let Err(e) = prune(*device, true) {
-            errors.push(format!("{}: {e}", device.describe()));
-        }
-    }
-    errors
-}
-
-/// Deletes journal records past `tip` (a torn or unchained tail) from `devices`.
-pub fn drop_tail(devices: &[&dyn BlockDevice], tip: JournalTip) -> Vec<String> {
-    let mut errors = Vec::new();
-    for device in devices {
-        let result = device.list(BlockKind::Journal).and_then(|names| {
-            for name in names {
-                if matches!(name, BlockName::Journal { seq } if seq > tip.seq) {
-                    device.delete(name)?;
-                }
-            }
-            device.sync()
-        });
-        if let Err(e) = result {
             errors.push(format!("{}: {e}", device.describe()));
         }
     }

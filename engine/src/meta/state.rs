@@ -219,10 +219,7 @@ impl MetaState {
                 }
             }
             Op::Link { parent, name, ino } => {
-                self.dirs
-                    .entry(*parent)
-                    .or_default()
-                    .insert(name.clone(), *ino);
+                self.dirs.entry(*parent).or_default().insert(name.clone(), *ino);
             }
             Op::Unlink { parent, name } => {
                 if let Some(dir) = self.dirs.get_mut(parent) {
@@ -261,20 +258,12 @@ impl MetaState {
     /// The disks that hold metadata journal replicas: the first three active disks by id
     /// (all of them when fewer).
     pub fn journal_disks(&self) -> Vec<DiskId> {
-        self.disks
-            .values()
-            .filter(|d| d.state == DiskState::Active)
-            .map(|d| d.id)
-            .take(JOURNAL_REPLICAS)
-            .collect()
+        self.disks.values().filter(|d| d.state == DiskState::Active).map(|d| d.id).take(JOURNAL_REPLICAS).collect()
     }
 
     /// The policy that governs new data of `ino`: its own, else the pool default.
     pub fn effective_policy(&self, ino: Ino) -> Policy {
-        self.inodes
-            .get(&ino)
-            .and_then(|i| i.policy)
-            .unwrap_or(self.default_policy)
+        self.inodes.get(&ino).and_then(|i| i.policy).unwrap_or(self.default_policy)
     }
 
     /// Checks the structural invariants, returning the first violation found.
@@ -282,9 +271,7 @@ impl MetaState {
         let mut links: BTreeMap<Ino, u32> = BTreeMap::new();
         for (parent, entries) in &self.dirs {
             if self.inodes.get(parent).map(|i| i.kind) != Some(InodeKind::Directory) {
-                return Err(format!(
-                    "directory map for {parent:?}, which is not a live directory"
-                ));
+                return Err(format!("directory map for {parent:?}, which is not a live directory"));
             }
             for (name, ino) in entries {
                 let Some(child) = self.inodes.get(ino) else {
@@ -306,10 +293,7 @@ impl MetaState {
                 _ => entries,
             };
             if inode.nlink != expected {
-                return Err(format!(
-                    "{:?} has nlink {} but {} links",
-                    inode.ino, inode.nlink, expected
-                ));
+                return Err(format!("{:?} has nlink {} but {} links", inode.ino, inode.nlink, expected));
             }
         }
         let mut referenced = BTreeSet::new();
@@ -328,15 +312,10 @@ impl MetaState {
         }
         for record in self.extents.values() {
             if !referenced.contains(&record.id) {
-                return Err(format!(
-                    "extent {} has a record but no reference",
-                    record.id
-                ));
+                return Err(format!("extent {} has a record but no reference", record.id));
             }
             let distinct: BTreeSet<_> = record.fragments.iter().collect();
-            if distinct.len() != record.fragments.len()
-                || record.fragments.len() != record.policy.width()
-            {
+            if distinct.len() != record.fragments.len() || record.fragments.len() != record.policy.width() {
                 return Err(format!(
                     "extent {} fragments {:?} break its policy {}",
                     record.id, record.fragments, record.policy

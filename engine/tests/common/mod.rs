@@ -1,0 +1,100 @@
+//! Shared helpers for engine integration tests: pools over directory disks in a tempdir.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+
+use dfs_engine::namespace::Owner;
+use dfs_engine::pooldir::PoolDir;
+use dfs_engine::{Ino, Policy, Pool, PoolOptions};
+
+pub const OWNER: Owner = Owner { mode: 0o644, uid: 1000, gid: 1000 };
+
+pub struct TestPool {
+    pub root: tempfile::TempDir,
+    pub dir: Option<PoolDir>,
+    pub pool: Option<Pool>,
+}
+
+pub fn options() -> PoolOptions {
+    PoolOptions { seed: 42, check_invariants: true, ..PoolOptions::default() }
+}
+
+impl TestPool {
+    /// A pool with one disk per capacity (MiB) and the given default policy.
+    pub fn new(capacities_mib: &[u64], policy: &str) -> TestPool {
+        let root = tempfile::tempdir().unwrap();
+        let pool_path = root.path().join("pool");
+        PoolDir::init(&pool_path, policy.parse::<Policy>().unwrap()).unwrap();
+        let (mut dir, mut pool, _) = PoolDir::open(&pool_path, options()).unwrap();
+        for (i, mib) in capacities_mib.iter().enumerate() {
+            let disk = root.path().join(format!("disk{i}"));
+            std::fs::create_dir(&disk).unwrap();
+            dir.add_disk(&mut pool, &disk, Some(mib << 20)).unwrap();
+        }
+        TestPool { root, dir: Some(dir), pool: Some(pool) }
+    }
+
+    pub fn pool(&mut self) -> &mut Pool {
+        self.pool.as_mut().unwrap()
+    }
+
+    pub fn pool_path(&self) -> PathBuf {
+        self.root.path().join("pool")
+    }
+
+    pub fn disk_path(&self, i: usize) -> PathBuf {
+        self.root.path().join(format!("disk{i}"))
+    }
+
+    /// Closes and reopens the pool, as after a restart.
+    pub fn reopen(&mut self) -> dfs_engine::OpenReport {
+        self.pool = None;
+        self.dir = None;
+        let (dir, pool, report) = PoolDir::open(&self.pool_path(), options()).unwrap();
+        self.dir = Some(dir);
+        self.pool = Some(pool);
+        report
+    }
+
+    /// Writes a whole file at `/name` and fsyncs it.
+    pub fn write_file(&mut self, name: &str, data: &[u8]) -> Ino {
+        let pool = self.pool();
+        let ino = pool.create(Ino::ROOT, name.as_bytes(), OWNER).unwrap().ino;
+        let fh = pool.open_file(ino).unwrap();
+        pool.write(fh, 0, data).unwrap();
+        pool.release(fh).unwrap();
+        ino
+    }
+
+    pub fn read_file(&mut self, name: &str) -> dfs_engine::Result<Vec<u8>> {
+        let pool = self.pool();
+        let ino = pool.resolve(name)?;
+        let size = pool.getattr(ino)?.size;
+        let fh = pool.open_file(ino)?;
+        let data = pool.read(fh, 0, size as usize);
+        pool.release(fh)?;
+        data
+    }
+}
+
+/// Deterministic pseudo-random bytes.
+pub fn pattern(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+/// Every fragment file under a disk directory.
+pub fn fragment_files(disk: &Path) -> Vec<PathBuf> {
+    let mut out: Vec<PathBuf> = std::fs::read_dir(disk.join("fragment"))
+        .map(|entries| entries.map(|e| e.unwrap().path()).collect())
+        .unwrap_or_default();
+    out.sort();
+    out
+}

@@ -1,0 +1,204 @@
+//! POSIX semantics of the namespace API, checked against what ext4 answers.
+
+mod common;
+
+use common::{pattern, TestPool, OWNER};
+use dfs_engine::namespace::{RenameMode, SetAttr};
+use dfs_engine::{Error, Ino, InodeKind};
+
+const MIB: usize = 1 << 20;
+
+fn pool() -> TestPool {
+    TestPool::new(&[64, 64, 64], "replicate:2")
+}
+
+#[test]
+fn files_survive_reopen_with_their_attributes() {
+    let mut t = pool();
+    let data = pattern(3 * MIB + 5, 1);
+    let ino = t.write_file("a", &data);
+    let before = t.pool().getattr(ino).unwrap();
+    t.reopen();
+    let after = t.pool().getattr(ino).unwrap();
+    assert_eq!(before, after);
+    assert_eq!(t.read_file("/a").unwrap(), data);
+}
+
+#[test]
+fn overwrites_in_the_middle_are_copy_on_write() {
+    let mut t = pool();
+    let mut data = pattern(2 * MIB + 100, 2);
+    let ino = t.write_file("a", &data);
+    let old_extents: Vec<_> = t.pool().state().file_extents[&ino].values().copied().collect();
+    let pool = t.pool();
+    let fh = pool.open_file(ino).unwrap();
+    pool.write(fh, MIB as u64 - 10, b"0123456789abcdefghij").unwrap();
+    assert_eq!(&pool.read(fh, MIB as u64 - 10, 20).unwrap(), b"0123456789abcdefghij");
+    pool.release(fh).unwrap();
+    data[MIB - 10..MIB + 10].copy_from_slice(b"0123456789abcdefghij");
+    let new_extents: Vec<_> = t.pool().state().file_extents[&ino].values().copied().collect();
+    assert_ne!(old_extents[0], new_extents[0]);
+    assert_ne!(old_extents[1], new_extents[1]);
+    assert_eq!(old_extents[2], new_extents[2]);
+    t.reopen();
+    assert_eq!(t.read_file("/a").unwrap(), data);
+}
+
+#[test]
+fn sparse_files_read_zeros_in_holes_and_store_nothing_there() {
+    let mut t = pool();
+    let pool = t.pool();
+    let ino = pool.create(Ino::ROOT, b"sparse", OWNER).unwrap().ino;
+    let fh = pool.open_file(ino).unwrap();
+    pool.write(fh, 10 * MIB as u64, b"end").unwrap();
+    pool.release(fh).unwrap();
+    assert_eq!(t.pool().getattr(ino).unwrap().size, 10 * MIB as u64 + 3);
+    assert_eq!(t.pool().state().file_extents[&ino].len(), 1);
+    let data = t.read_file("/sparse").unwrap();
+    assert!(data[..10 * MIB].iter().all(|b| *b == 0));
+    assert_eq!(&data[10 * MIB..], b"end");
+}
+
+#[test]
+fn truncate_cuts_and_extends_with_zeros() {
+    let mut t = pool();
+    let data = pattern(3 * MIB, 3);
+    let ino = t.write_file("a", &data);
+    let pool = t.pool();
+    pool.setattr(ino, &SetAttr { size: Some(MIB as u64 + 7), ..Default::default() }).unwrap();
+    pool.setattr(ino, &SetAttr { size: Some(2 * MIB as u64), ..Default::default() }).unwrap();
+    let read = t.read_file("/a").unwrap();
+    assert_eq!(read.len(), 2 * MIB);
+    assert_eq!(&read[..MIB + 7], &data[..MIB + 7]);
+    assert!(read[MIB + 7..].iter().all(|b| *b == 0), "bytes past a truncation must read as zero");
+    t.reopen();
+    assert_eq!(t.read_file("/a").unwrap(), read);
+}
+
+#[test]
+fn rename_replaces_atomically_and_frees_the_target() {
+    let mut t = pool();
+    t.write_file("a", b"new contents");
+    let old = t.write_file("b", &pattern(MIB, 4));
+    let pool = t.pool();
+    pool.rename(Ino::ROOT, b"a", Ino::ROOT, b"b", RenameMode::Replace).unwrap();
+    assert!(matches!(pool.lookup(Ino::ROOT, b"a"), Err(Error::NotFound(_))));
+    assert!(pool.getattr(old).is_err());
+    assert_eq!(t.read_file("/b").unwrap(), b"new contents");
+    t.reopen();
+    assert_eq!(t.read_file("/b").unwrap(), b"new contents");
+}
+
+#[test]
+fn rename_follows_posix_rules() {
+    let mut t = pool();
+    let pool = t.pool();
+    let d = pool.mkdir(Ino::ROOT, b"d", OWNER).unwrap().ino;
+    let e = pool.mkdir(d, b"e", OWNER).unwrap().ino;
+    pool.create(Ino::ROOT, b"f", OWNER).unwrap();
+    pool.create(e, b"g", OWNER).unwrap();
+    assert!(matches!(pool.rename(Ino::ROOT, b"d", e, b"x", RenameMode::Replace), Err(Error::InvalidArgument(_))));
+    assert!(matches!(pool.rename(Ino::ROOT, b"f", Ino::ROOT, b"d", RenameMode::Replace), Err(Error::IsDirectory(_))));
+    assert!(matches!(pool.rename(Ino::ROOT, b"d", Ino::ROOT, b"f", RenameMode::Replace), Err(Error::NotDirectory(_))));
+    assert!(matches!(pool.rename(d, b"e", Ino::ROOT, b"f", RenameMode::NoReplace), Err(Error::Exists(_))));
+    pool.mkdir(Ino::ROOT, b"empty", OWNER).unwrap();
+    assert!(matches!(pool.rename(Ino::ROOT, b"empty", d, b"e", RenameMode::Replace), Err(Error::NotEmpty(_))));
+    // Moving a directory moves its `..` link: parents' link counts follow.
+    pool.rename(d, b"e", Ino::ROOT, b"e2", RenameMode::Replace).unwrap();
+    assert_eq!(pool.getattr(d).unwrap().nlink, 2);
+    assert_eq!(pool.getattr(Ino::ROOT).unwrap().nlink, 5);
+    pool.rename(Ino::ROOT, b"f", Ino::ROOT, b"e2", RenameMode::Exchange).unwrap();
+    assert_eq!(pool.lookup(Ino::ROOT, b"f").unwrap().kind, InodeKind::Directory);
+    assert_eq!(pool.lookup(Ino::ROOT, b"e2").unwrap().kind, InodeKind::File);
+    pool.state().check().unwrap();
+}
+
+#[test]
+fn unlinked_open_files_stay_readable_until_the_last_release() {
+    let mut t = pool();
+    let data = pattern(MIB + 1, 5);
+    let ino = t.write_file("a", &data);
+    let pool = t.pool();
+    let fh = pool.open_file(ino).unwrap();
+    pool.unlink(Ino::ROOT, b"a").unwrap();
+    assert!(pool.lookup(Ino::ROOT, b"a").is_err());
+    assert_eq!(pool.read(fh, 0, data.len()).unwrap(), data);
+    assert_eq!(pool.getattr(ino).unwrap().nlink, 0);
+    pool.release(fh).unwrap();
+    assert!(pool.getattr(ino).is_err());
+    assert!(pool.state().extents.is_empty());
+    for i in 0..3 {
+        assert!(common::fragment_files(&t.disk_path(i)).is_empty());
+    }
+}
+
+#[test]
+fn hard_links_share_contents_and_count() {
+    let mut t = pool();
+    let ino = t.write_file("a", b"shared");
+    let pool = t.pool();
+    let d = pool.mkdir(Ino::ROOT, b"d", OWNER).unwrap().ino;
+    pool.link(ino, d, b"b").unwrap();
+    assert_eq!(pool.getattr(ino).unwrap().nlink, 2);
+    pool.unlink(Ino::ROOT, b"a").unwrap();
+    assert_eq!(t.read_file("/d/b").unwrap(), b"shared");
+    assert!(matches!(t.pool().link(d, Ino::ROOT, b"dl"), Err(Error::NotPermitted(_))));
+}
+
+#[test]
+fn directories_and_symlinks_behave() {
+    let mut t = pool();
+    let pool = t.pool();
+    let d = pool.mkdir(Ino::ROOT, b"d", OWNER).unwrap().ino;
+    pool.create(d, b"x", OWNER).unwrap();
+    assert!(matches!(pool.rmdir(Ino::ROOT, b"d"), Err(Error::NotEmpty(_))));
+    assert!(matches!(pool.unlink(Ino::ROOT, b"d"), Err(Error::IsDirectory(_))));
+    assert!(matches!(pool.mkdir(Ino::ROOT, b"d", OWNER), Err(Error::Exists(_))));
+    assert!(matches!(pool.create(Ino::ROOT, &[b'n'; 256], OWNER), Err(Error::NameTooLong(256))));
+    assert!(matches!(pool.create(Ino::ROOT, b"a/b", OWNER), Err(Error::InvalidArgument(_))));
+    let s = pool.symlink(Ino::ROOT, b"s", b"d/x", OWNER).unwrap();
+    assert_eq!(s.kind, InodeKind::Symlink);
+    assert_eq!(pool.readlink(s.ino).unwrap(), b"d/x");
+    let names: Vec<_> = pool.readdir(Ino::ROOT).unwrap().into_iter().map(|e| e.name).collect();
+    assert_eq!(names, vec![b"d".to_vec(), b"s".to_vec()]);
+    pool.unlink(d, b"x").unwrap();
+    pool.rmdir(Ino::ROOT, b"d").unwrap();
+    assert_eq!(pool.getattr(Ino::ROOT).unwrap().nlink, 2);
+    pool.state().check().unwrap();
+}
+
+#[test]
+fn setattr_changes_mode_owner_and_times() {
+    let mut t = pool();
+    let ino = t.write_file("a", b"x");
+    let pool = t.pool();
+    let when = dfs_engine::clock::WallTime { secs: 1_000_000, nanos: 5 };
+    let attr = pool
+        .setattr(
+            ino,
+            &SetAttr {
+                mode: Some(0o600),
+                uid: Some(7),
+                gid: Some(8),
+                mtime: Some(when),
+                atime: Some(when),
+                size: None,
+            },
+        )
+        .unwrap();
+    assert_eq!((attr.mode, attr.uid, attr.gid, attr.mtime, attr.atime), (0o600, 7, 8, when, when));
+    t.reopen();
+    assert_eq!(t.pool().getattr(ino).unwrap().mtime, when);
+}
+
+#[test]
+fn files_inherit_the_directory_policy() {
+    let mut t = TestPool::new(&[64; 6], "replicate:2");
+    let pool = t.pool();
+    let d = pool.mkdir(Ino::ROOT, b"d", OWNER).unwrap().ino;
+    pool.set_policy(d, Some("erasure:4+2".parse().unwrap())).unwrap();
+    let f = pool.create(d, b"f", OWNER).unwrap();
+    assert_eq!(f.policy.to_string(), "erasure:4+2");
+    let g = pool.create(Ino::ROOT, b"g", OWNER).unwrap();
+    assert_eq!(g.policy.to_string(), "replicate:2");
+}

@@ -1,0 +1,161 @@
+//! Metadata recovery: torn and corrupt journal tails, corrupt replicas, orphans.
+
+mod common;
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use common::{pattern, TestPool};
+use dfs_engine::pooldir::PoolDir;
+use dfs_engine::Error;
+
+fn blocks(disk: &Path, namespace: &str) -> Vec<PathBuf> {
+    let mut out: Vec<PathBuf> = fs::read_dir(disk.join(namespace))
+        .map(|entries| entries.map(|e| e.unwrap().path()).collect())
+        .unwrap_or_default();
+    out.sort();
+    out
+}
+
+/// A pool with three journal disks whose journal holds uncompacted records.
+fn pool_with_records() -> (TestPool, Vec<Vec<u8>>) {
+    let mut t = TestPool::new(&[64, 64, 64, 64], "replicate:2");
+    t.reopen();
+    let files: Vec<Vec<u8>> = (0..4).map(|i| pattern(300_000 + i * 1000, i as u64)).collect();
+    for (i, data) in files.iter().enumerate() {
+        t.write_file(&format!("f{i}"), data);
+    }
+    t.pool = None;
+    t.dir = None;
+    assert!(!blocks(&t.disk_path(0), "journal").is_empty(), "the test needs journal records on disk");
+    (t, files)
+}
+
+fn assert_files(t: &mut TestPool, files: &[Vec<u8>]) {
+    for (i, data) in files.iter().enumerate() {
+        assert_eq!(&t.read_file(&format!("/f{i}")).unwrap(), data, "file f{i}");
+    }
+}
+
+#[test]
+fn a_torn_record_after_the_last_commit_is_dropped() {
+    let (mut t, files) = pool_with_records();
+    for disk in 0..3 {
+        let records = blocks(&t.disk_path(disk), "journal");
+        let last = records.last().unwrap();
+        let seq: u64 = last.file_name().unwrap().to_str().unwrap().parse().unwrap();
+        let torn = fs::read(last).unwrap();
+        let next = t.disk_path(disk).join("journal").join(format!("{:020}", seq + 1));
+        fs::write(next, &torn[..torn.len() / 2]).unwrap();
+    }
+    let report = t.reopen();
+    assert!(report.journal_rewritten);
+    assert_files(&mut t, &files);
+    for disk in 0..3 {
+        assert!(
+            blocks(&t.disk_path(disk), "journal").is_empty(),
+            "torn tail left on disk {disk}: {:?}",
+            blocks(&t.disk_path(disk), "journal")
+        );
+    }
+}
+
+#[test]
+fn a_truncated_last_record_on_some_replicas_is_read_from_another() {
+    let (mut t, files) = pool_with_records();
+    for disk in 0..2 {
+        let last = blocks(&t.disk_path(disk), "journal").pop().unwrap();
+        let bytes = fs::read(&last).unwrap();
+        fs::write(&last, &bytes[..bytes.len() - 3]).unwrap();
+    }
+    t.reopen();
+    assert_files(&mut t, &files);
+}
+
+#[test]
+fn a_corrupt_replica_is_recovered_from_the_others_and_rewritten() {
+    let (mut t, files) = pool_with_records();
+    let victim = t.disk_path(1);
+    for path in blocks(&victim, "journal").into_iter().chain(blocks(&victim, "checkpoint")) {
+        let mut bytes = fs::read(&path).unwrap();
+        let middle = bytes.len() / 2;
+        bytes[middle] ^= 0x40;
+        fs::write(&path, bytes).unwrap();
+    }
+    let report = t.reopen();
+    assert!(report.journal_rewritten);
+    assert!(!report.notes.is_empty(), "recovery must say what it found");
+    assert_files(&mut t, &files);
+    // The replica was re-replicated: it alone now suffices.
+    t.pool = None;
+    t.dir = None;
+    for disk in [0, 2] {
+        for path in blocks(&t.disk_path(disk), "checkpoint") {
+            fs::remove_file(path).unwrap();
+        }
+    }
+    t.reopen();
+    assert_files(&mut t, &files);
+}
+
+#[test]
+fn a_pool_whose_every_replica_is_corrupt_refuses_to_open() {
+    let (t, _) = pool_with_records();
+    for disk in 0..3 {
+        for path in blocks(&t.disk_path(disk), "checkpoint") {
+            let mut bytes = fs::read(&path).unwrap();
+            let last = bytes.len() - 1;
+            bytes[last] ^= 1;
+            fs::write(&path, bytes).unwrap();
+        }
+    }
+    let error = PoolDir::open(&t.pool_path(), common::options()).err().unwrap();
+    assert!(matches!(error, Error::MetadataCorrupt(_)), "{error}");
+    assert!(error.to_string().contains("refusing to open"), "{error}");
+    // Refusing changed nothing: the fragments are all still there.
+    assert!(!common::fragment_files(&t.disk_path(0)).is_empty() || !common::fragment_files(&t.disk_path(3)).is_empty());
+}
+
+#[test]
+fn a_pool_whose_metadata_vanished_refuses_to_open_over_its_data() {
+    let (t, _) = pool_with_records();
+    for disk in 0..4 {
+        for namespace in ["journal", "checkpoint"] {
+            for path in blocks(&t.disk_path(disk), namespace) {
+                fs::remove_file(path).unwrap();
+            }
+        }
+    }
+    let error = PoolDir::open(&t.pool_path(), common::options()).err().unwrap();
+    assert!(matches!(error, Error::MetadataCorrupt(_)), "{error}");
+}
+
+#[test]
+fn a_record_that_does_not_chain_is_never_applied() {
+    let (mut t, files) = pool_with_records();
+    // A well-formed record from another history: copy the first record of disk 0 to a
+    // sequence number past the end. Its checksum holds, its chain hash does not.
+    for disk in 0..3 {
+        let records = blocks(&t.disk_path(disk), "journal");
+        let first = fs::read(&records[0]).unwrap();
+        let last_seq: u64 = records.last().unwrap().file_name().unwrap().to_str().unwrap().parse().unwrap();
+        fs::write(t.disk_path(disk).join("journal").join(format!("{:020}", last_seq + 1)), first).unwrap();
+    }
+    t.reopen();
+    assert_files(&mut t, &files);
+    t.pool().state().check().unwrap();
+}
+
+#[test]
+fn orphan_fragments_are_removed_on_open() {
+    let (mut t, files) = pool_with_records();
+    let disk = t.disk_path(3);
+    let real = common::fragment_files(&t.disk_path(0)).into_iter().next().unwrap();
+    let orphan = disk.join("fragment").join("00000000deadbeef.00");
+    fs::create_dir_all(orphan.parent().unwrap()).unwrap();
+    fs::copy(&real, &orphan).unwrap();
+    let report = t.reopen();
+    assert_eq!(report.orphan_fragments_removed, 1);
+    assert!(!orphan.exists());
+    assert_files(&mut t, &files);
+}
