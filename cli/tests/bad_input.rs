@@ -1,0 +1,136 @@
+//! Bad input gets a clear error, exit code 1, and changes nothing.
+
+mod common;
+
+use common::{fails, ok, run, Pool};
+
+/// Everything a pool's disks and config hold (path and BLAKE3 of each file), to prove a
+/// failed command changed nothing. Runs `ls` first so the journal is compacted, as every
+/// open leaves it.
+fn snapshot(pool: &Pool) -> Vec<(String, String)> {
+    ok(&["ls", "--pool", pool.path()]);
+    let mut out = Vec::new();
+    let mut stack = vec![pool.root.path().to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if path.file_name().unwrap() != "lock" && !path.starts_with(pool.root.path().join("local")) {
+                out.push((path.display().to_string(), blake3::hash(&std::fs::read(&path).unwrap()).to_hex().to_string()));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+fn local_file(pool: &Pool, bytes: usize) -> String {
+    let dir = pool.root.path().join("local");
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(format!("file-{bytes}"));
+    std::fs::write(&path, common::pattern(bytes, 3)).unwrap();
+    path.to_str().unwrap().to_string()
+}
+
+#[test]
+fn impossible_policies_are_refused_with_a_reason() {
+    let root = tempfile::tempdir().unwrap();
+    let pool = root.path().join("p");
+    for (policy, reason) in [
+        ("erasure:0+2", "K must be between 1 and 16"),
+        ("replicate:0", "N must be between 1 and 8"),
+        ("foo", "unknown scheme"),
+        ("erasure:4+9", "M must be between 1 and 8"),
+    ] {
+        let out = run(&["init", "--pool", pool.to_str().unwrap(), "--policy", policy]);
+        assert_eq!(out.status.code(), Some(2), "{policy}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(reason), "{policy}: {stderr}");
+        assert!(!pool.exists(), "a refused init created the pool");
+    }
+}
+
+#[test]
+fn a_policy_wider_than_the_pool_fails_and_changes_nothing() {
+    let pool = Pool::new("replicate:2", &[64; 5]);
+    let file = local_file(&pool, 3 << 20);
+    let before = snapshot(&pool);
+    let error = fails(&["put", "--pool", pool.path(), &file, "/f", "--policy", "erasure:4+2"]);
+    assert!(error.contains("erasure:4+2 needs 6 distinct disks") && error.contains("only 5"), "{error}");
+    assert!(error.contains("ENOSPC"), "{error}");
+    assert_eq!(snapshot(&pool), before);
+}
+
+#[test]
+fn an_unknown_pool_is_named() {
+    let error = fails(&["ls", "--pool", "/nonexistent/pool"]);
+    assert!(error.contains("/nonexistent/pool") && error.contains("no such pool"), "{error}");
+    let dir = tempfile::tempdir().unwrap();
+    let error = fails(&["ls", "--pool", dir.path().to_str().unwrap()]);
+    assert!(error.contains("is not a pool"), "{error}");
+}
+
+#[test]
+fn bad_disk_paths_are_refused() {
+    let pool = Pool::new("replicate:1", &[64]);
+    let before = snapshot(&pool);
+    let error = fails(&["add-disk", "--pool", pool.path(), "--disk", "/nonexistent/disk"]);
+    assert!(error.contains("/nonexistent/disk"), "{error}");
+    let error = fails(&["add-disk", "--pool", pool.path(), "--disk", pool.disks[0].to_str().unwrap()]);
+    assert!(error.contains("already a disk of this pool"), "{error}");
+    let file = local_file(&pool, 10);
+    let error = fails(&["add-disk", "--pool", pool.path(), "--disk", &file]);
+    assert!(error.contains("not a directory"), "{error}");
+    assert_eq!(snapshot(&pool), before);
+
+    let other = Pool::new("replicate:1", &[64]);
+    let error = fails(&["add-disk", "--pool", other.path(), "--disk", pool.disks[0].to_str().unwrap()]);
+    assert!(error.contains("another pool"), "{error}");
+    let error = fails(&["add-disk", "--pool", pool.path(), "--disk", other.disks[0].to_str().unwrap(), "--capacity", "1KiB"]);
+    assert!(error.contains("below the minimum"), "{error}");
+}
+
+#[test]
+fn a_second_process_cannot_open_a_pool_in_use() {
+    let pool = Pool::new("replicate:1", &[64]);
+    let lock = std::fs::File::open(pool.root.path().join("pool/lock")).unwrap();
+    lock.try_lock().unwrap();
+    let error = fails(&["ls", "--pool", pool.path()]);
+    assert!(error.contains("in use by another process") && error.contains("EBUSY"), "{error}");
+    lock.unlock().unwrap();
+    ok(&["ls", "--pool", pool.path()]);
+}
+
+#[test]
+fn a_full_disk_fails_the_put_and_changes_nothing() {
+    let pool = Pool::new("replicate:1", &[16, 16]);
+    let small = local_file(&pool, 1 << 20);
+    ok(&["put", "--pool", pool.path(), &small, "/small"]);
+    let before = snapshot(&pool);
+    let big = local_file(&pool, 40 << 20);
+    let error = fails(&["put", "--pool", pool.path(), &big, "/big"]);
+    assert!(error.contains("ENOSPC"), "{error}");
+    let listing: serde_json::Value = serde_json::from_str(&ok(&["ls", "--pool", pool.path(), "--json"])).unwrap();
+    assert_eq!(listing.as_array().unwrap().len(), 1, "the failed put is visible: {listing}");
+    // The metadata journal may have been compacted by the reopen; the data must match.
+    let after = snapshot(&pool);
+    let fragments = |s: &Vec<(String, String)>| -> Vec<(String, String)> {
+        s.iter().filter(|(p, _)| p.contains("/fragment/")).cloned().collect()
+    };
+    assert_eq!(fragments(&after), fragments(&before));
+}
+
+#[test]
+fn paths_that_do_not_exist_are_named() {
+    let pool = Pool::new("replicate:1", &[64]);
+    let out = pool.local("x");
+    let error = fails(&["get", "--pool", pool.path(), "/missing", out.to_str().unwrap()]);
+    assert!(error.contains("/missing") && error.contains("ENOENT"), "{error}");
+    let error = fails(&["rm", "--pool", pool.path(), "/missing"]);
+    assert!(error.contains("missing"), "{error}");
+    let error = fails(&["mkdir", "--pool", pool.path(), "/a/b"]);
+    assert!(error.contains("ENOENT"), "{error}");
+    let error = fails(&["put", "--pool", pool.path(), "/nonexistent-local", "/x"]);
+    assert!(error.contains("/nonexistent-local"), "{error}");
+}

@@ -1,0 +1,77 @@
+//! Files of awkward sizes under every kind of policy, through `dfs put` and `dfs get`,
+//! on a pool of directory disks of different capacities.
+
+mod common;
+
+use common::{ok, pattern, Pool};
+
+const SIZES: [usize; 6] = [0, 1, 4095, 1 << 20, (1 << 20) + 1, (10 << 20) + 7];
+const POLICIES: [&str; 4] = ["replicate:1", "replicate:3", "erasure:4+2", "erasure:8+3"];
+
+#[test]
+fn every_size_under_every_policy_reads_back_byte_for_byte() {
+    let capacities: Vec<u64> = (0..12).map(|i| 64 + 32 * i).collect();
+    let pool = Pool::new("replicate:2", &capacities);
+    for (p, policy) in POLICIES.iter().enumerate() {
+        for (s, size) in SIZES.iter().enumerate() {
+            let data = pattern(*size, (p * 10 + s) as u64);
+            let local = pool.local("in");
+            std::fs::write(&local, &data).unwrap();
+            let name = format!("/f-{p}-{s}");
+            ok(&["put", "--pool", pool.path(), local.to_str().unwrap(), &name, "--policy", policy]);
+            let back = pool.local("out");
+            ok(&["get", "--pool", pool.path(), &name, back.to_str().unwrap()]);
+            assert_eq!(std::fs::read(&back).unwrap(), data, "{policy} size {size}");
+        }
+    }
+    let extents = pool.json("list-extents");
+    for extent in extents.as_array().unwrap() {
+        assert_eq!(extent["health"], "healthy");
+        let disks: Vec<&str> = extent["disks"].as_array().unwrap().iter().map(|d| d.as_str().unwrap()).collect();
+        let mut distinct = disks.clone();
+        distinct.sort();
+        distinct.dedup();
+        assert_eq!(distinct.len(), disks.len(), "two fragments of {} on one disk", extent["extent"]);
+    }
+    let summary = pool.json("show-redundancy");
+    let data_bytes: u64 = POLICIES.len() as u64 * SIZES.iter().map(|s| *s as u64).sum::<u64>();
+    assert_eq!(summary["data_bytes"], data_bytes);
+    for policy in POLICIES {
+        assert!(summary["by_policy"][policy]["extents"].as_u64().unwrap() > 0, "{policy} missing from the summary");
+    }
+}
+
+#[test]
+fn disks_of_different_sizes_fill_in_proportion() {
+    let pool = Pool::new("replicate:1", &[100, 300]);
+    let data = pattern(60 << 20, 9);
+    let local = pool.local("in");
+    std::fs::write(&local, &data).unwrap();
+    ok(&["put", "--pool", pool.path(), local.to_str().unwrap(), "/big"]);
+    let disks = pool.json("list-disks");
+    let used: Vec<f64> = disks.as_array().unwrap().iter().map(|d| d["used_bytes"].as_f64().unwrap()).collect();
+    let share = used[1] / (used[0] + used[1]);
+    assert!((0.65..=0.85).contains(&share), "the 3x larger disk holds {share:.2} of the data");
+}
+
+#[test]
+fn put_into_a_directory_and_ls_and_rm_work() {
+    let pool = Pool::new("replicate:2", &[64, 64]);
+    let local = pool.local("hello.txt");
+    std::fs::write(&local, b"hello").unwrap();
+    ok(&["mkdir", "--pool", pool.path(), "/a/b", "--parents"]);
+    ok(&["put", "--pool", pool.path(), local.to_str().unwrap(), "/a/b/"]);
+    let listing: serde_json::Value = serde_json::from_str(&ok(&["ls", "--pool", pool.path(), "/a/b", "--json"])).unwrap();
+    assert_eq!(listing[0]["name"], "hello.txt");
+    assert_eq!(listing[0]["size"], 5);
+    let out = pool.local("back");
+    ok(&["get", "--pool", pool.path(), "/a/b/hello.txt", out.to_str().unwrap()]);
+    assert_eq!(std::fs::read(out).unwrap(), b"hello");
+    ok(&["put", "--pool", pool.path(), local.to_str().unwrap(), "/a/b/hello.txt"]);
+    ok(&["rm", "--pool", pool.path(), "/a", "--recursive"]);
+    let listing: serde_json::Value = serde_json::from_str(&ok(&["ls", "--pool", pool.path(), "--json"])).unwrap();
+    assert_eq!(listing, serde_json::json!([]));
+    for disk in &pool.disks {
+        assert!(common::fragment_files(disk).is_empty(), "rm left fragments on {}", disk.display());
+    }
+}
