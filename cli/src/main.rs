@@ -39,21 +39,28 @@ enum LogFormat {
 }
 
 #[derive(clap::Args, Debug)]
-struct PoolArg {
+pub(crate) struct PoolArg {
     /// The pool directory (holds the pool's config and lock).
     #[arg(long, value_name = "DIR")]
-    pool: PathBuf,
+    pub(crate) pool: PathBuf,
 }
 
 #[derive(clap::Args, Debug)]
-struct JsonArg {
+pub(crate) struct JsonArg {
     /// Print JSON instead of a table, for scripts.
     #[arg(long)]
-    json: bool,
+    pub(crate) json: bool,
 }
 
 #[derive(Subcommand, Debug)]
-enum Command {
+pub(crate) enum Command {
+    /// Build a demo pool (6 disks of mixed sizes), store files under several policies,
+    /// read them back and verify them, then show the pool.
+    Demo {
+        /// Where to build it (must not exist); default: a new directory under the system temp dir.
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+    },
     /// Create a new, empty pool directory.
     Init {
         #[command(flatten)]

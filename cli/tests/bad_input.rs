@@ -1,5 +1,7 @@
 //! Bad input gets a clear error, exit code 1, and changes nothing.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use common::{fails, ok, run, Pool};
@@ -17,7 +19,10 @@ fn snapshot(pool: &Pool) -> Vec<(String, String)> {
             if path.is_dir() {
                 stack.push(path);
             } else if path.file_name().unwrap() != "lock" && !path.starts_with(pool.root.path().join("local")) {
-                out.push((path.display().to_string(), blake3::hash(&std::fs::read(&path).unwrap()).to_hex().to_string()));
+                out.push((
+                    path.display().to_string(),
+                    blake3::hash(&std::fs::read(&path).unwrap()).to_hex().to_string(),
+                ));
             }
         }
     }
@@ -87,7 +92,8 @@ fn bad_disk_paths_are_refused() {
     let other = Pool::new("replicate:1", &[64]);
     let error = fails(&["add-disk", "--pool", other.path(), "--disk", pool.disks[0].to_str().unwrap()]);
     assert!(error.contains("another pool"), "{error}");
-    let error = fails(&["add-disk", "--pool", pool.path(), "--disk", other.disks[0].to_str().unwrap(), "--capacity", "1KiB"]);
+    let error =
+        fails(&["add-disk", "--pool", pool.path(), "--disk", other.disks[0].to_str().unwrap(), "--capacity", "1KiB"]);
     assert!(error.contains("below the minimum"), "{error}");
 }
 

@@ -2,6 +2,8 @@
 //! Afterwards every put that returned is intact, no file is half-visible, and no orphan
 //! fragment survives recovery.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use std::collections::BTreeMap;
@@ -76,7 +78,11 @@ fn killed_puts_leave_every_acknowledged_file_intact_and_no_orphans() {
         let candidates: Vec<u64> =
             acknowledged.get(&slot).into_iter().chain(in_doubt.get(&slot).into_iter().flatten()).copied().collect();
         if !result.status.success() {
-            assert!(acknowledged.get(&slot).is_none(), "slot {slot}: acknowledged put {:?} lost", acknowledged.get(&slot));
+            assert!(
+                !acknowledged.contains_key(&slot),
+                "slot {slot}: acknowledged put {:?} lost",
+                acknowledged.get(&slot)
+            );
             continue;
         }
         let got = std::fs::read(&out).unwrap();

@@ -1,6 +1,8 @@
 //! Files of awkward sizes under every kind of policy, through `dfs put` and `dfs get`,
 //! on a pool of directory disks of different capacities.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use common::{ok, pattern, Pool};
@@ -61,7 +63,8 @@ fn put_into_a_directory_and_ls_and_rm_work() {
     std::fs::write(&local, b"hello").unwrap();
     ok(&["mkdir", "--pool", pool.path(), "/a/b", "--parents"]);
     ok(&["put", "--pool", pool.path(), local.to_str().unwrap(), "/a/b/"]);
-    let listing: serde_json::Value = serde_json::from_str(&ok(&["ls", "--pool", pool.path(), "/a/b", "--json"])).unwrap();
+    let listing: serde_json::Value =
+        serde_json::from_str(&ok(&["ls", "--pool", pool.path(), "/a/b", "--json"])).unwrap();
     assert_eq!(listing[0]["name"], "hello.txt");
     assert_eq!(listing[0]["size"], 5);
     let out = pool.local("back");
@@ -74,4 +77,22 @@ fn put_into_a_directory_and_ls_and_rm_work() {
     for disk in &pool.disks {
         assert!(common::fragment_files(disk).is_empty(), "rm left fragments on {}", disk.display());
     }
+}
+
+#[test]
+fn the_demo_builds_a_verified_pool_that_the_cli_can_read() {
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().join("demo");
+    let out = ok(&["demo", "--dir", dir.to_str().unwrap()]);
+    assert_eq!(out.matches("read it back byte-for-byte").count(), 4, "{out}");
+    let pool = dir.join("pool");
+    let listing: serde_json::Value =
+        serde_json::from_str(&ok(&["ls", "--pool", pool.to_str().unwrap(), "/docs", "--json"])).unwrap();
+    let names: Vec<&str> = listing.as_array().unwrap().iter().map(|e| e["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["notes.txt", "report.pdf"]);
+    let summary: serde_json::Value =
+        serde_json::from_str(&ok(&["show-redundancy", "--pool", pool.to_str().unwrap(), "--verify", "--json"]))
+            .unwrap();
+    assert_eq!(summary["by_health"].as_object().unwrap().keys().collect::<Vec<_>>(), ["healthy"]);
+    common::fails(&["demo", "--dir", dir.to_str().unwrap()]);
 }

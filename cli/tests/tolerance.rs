@@ -1,6 +1,8 @@
 //! Losing fragments: within a policy's tolerance every file reads back exactly; one
 //! fragment more and the read fails naming the lost extent — never wrong bytes.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use std::path::Path;

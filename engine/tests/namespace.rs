@@ -1,5 +1,7 @@
 //! POSIX semantics of the namespace API, checked against what ext4 answers.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use common::{pattern, TestPool, OWNER};

@@ -1,5 +1,7 @@
 //! Metadata recovery: torn and corrupt journal tails, corrupt replicas, orphans.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use std::fs;

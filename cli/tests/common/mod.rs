@@ -47,7 +47,15 @@ impl Pool {
         for (i, mib) in capacities_mib.iter().enumerate() {
             let disk = pool.root.path().join(format!("disk{i}"));
             std::fs::create_dir(&disk).unwrap();
-            ok(&["add-disk", "--pool", pool.path(), "--disk", disk.to_str().unwrap(), "--capacity", &format!("{mib}MiB")]);
+            ok(&[
+                "add-disk",
+                "--pool",
+                pool.path(),
+                "--disk",
+                disk.to_str().unwrap(),
+                "--capacity",
+                &format!("{mib}MiB"),
+            ]);
             pool.disks.push(disk);
         }
         pool
@@ -82,7 +90,12 @@ pub fn pattern(len: usize, seed: u64) -> Vec<u8> {
 /// Every fragment file under a disk directory.
 pub fn fragment_files(disk: &Path) -> Vec<PathBuf> {
     let mut out: Vec<PathBuf> = std::fs::read_dir(disk.join("fragment"))
-        .map(|entries| entries.map(|e| e.unwrap().path()).filter(|p| !p.file_name().unwrap().to_str().unwrap().starts_with('.')).collect())
+        .map(|entries| {
+            entries
+                .map(|e| e.unwrap().path())
+                .filter(|p| !p.file_name().unwrap().to_str().unwrap().starts_with('.'))
+                .collect()
+        })
         .unwrap_or_default();
     out.sort();
     out

@@ -1,5 +1,5 @@
 //! Shared helpers for engine integration tests: pools over directory disks in a tempdir.
-#![allow(dead_code)]
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::{Path, PathBuf};
 
