@@ -13,6 +13,7 @@ pub mod error;
 pub mod files;
 pub mod fragment;
 pub mod frame;
+pub mod hooks;
 mod io;
 pub mod label;
 pub mod meta;

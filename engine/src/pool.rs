@@ -19,6 +19,7 @@ use crate::clock::Clock;
 use crate::device::{BlockDevice, BlockKind, BlockName, UnavailableDevice};
 use crate::error::{Error, Result};
 use crate::files::OpenFiles;
+use crate::hooks::CommitPhase;
 use crate::meta::journal::{self, JournalTip};
 use crate::meta::state::{DiskId, DiskRecord, DiskState, ExtentRecord, InodeKind, MetaState, Op, Transaction};
 use crate::policy::Policy;
@@ -38,6 +39,11 @@ pub struct PoolOptions {
     pub parallel_io: bool,
     /// Check the state's invariants after every commit (tests and the simulator).
     pub check_invariants: bool,
+    /// Told each time a commit reaches a named phase (the simulator's crash points).
+    pub observer: Option<crate::hooks::Observer>,
+    /// A deliberate defect, to prove the simulator catches it.
+    #[cfg(feature = "sabotage")]
+    pub sabotage: Option<crate::hooks::Sabotage>,
 }
 
 impl Default for PoolOptions {
@@ -48,6 +54,9 @@ impl Default for PoolOptions {
             dirty_bytes_max: 16 << 20,
             parallel_io: true,
             check_invariants: false,
+            observer: None,
+            #[cfg(feature = "sabotage")]
+            sabotage: None,
         }
     }
 }
@@ -244,7 +253,9 @@ impl Pool {
         }
         let (block, tip) = journal::encode_record(self.tip, &txn);
         let devices: Vec<&dyn BlockDevice> = journal_set.iter().map(|(_, d)| d.as_ref()).collect();
-        let (durable, errors) = journal::write_replicas(&devices, BlockName::Journal { seq: tip.seq }, &block);
+        let (durable, errors) = journal::write_replicas(&devices, BlockName::Journal { seq: tip.seq }, &block, || {
+            self.reached(CommitPhase::JournalWritten)
+        });
         for error in &errors {
             tracing::warn!(%error, "journal replica write failed");
         }
@@ -253,8 +264,10 @@ impl Pool {
             self.read_only = Some(reason.clone());
             return Err(Error::ReadOnly(reason));
         }
+        self.reached(CommitPhase::JournalSynced);
         let before: Vec<DiskId> = journal_set.iter().map(|(id, _)| *id).collect();
         let freed = self.state.apply_transaction(&txn);
+        self.reached(CommitPhase::Applied);
         self.tip = tip;
         self.records_since_checkpoint += 1;
         self.counters.commits += 1;
@@ -282,7 +295,11 @@ impl Pool {
         let block = journal::encode_checkpoint(self.tip, &self.state);
         let targets: Vec<&dyn BlockDevice> =
             journal_set.iter().filter(|(id, _)| !already_durable.contains(id)).map(|(_, d)| d.as_ref()).collect();
-        let (written, errors) = journal::write_replicas(&targets, BlockName::Checkpoint { seq: self.tip.seq }, &block);
+        let (written, errors) =
+            journal::write_replicas(&targets, BlockName::Checkpoint { seq: self.tip.seq }, &block, || {
+                self.reached(CommitPhase::CheckpointWritten)
+            });
+        self.reached(CommitPhase::CheckpointSynced);
         let mut written = written.into_iter();
         // Trim only the replicas that hold the checkpoint; a replica that refused it keeps
         // its records, which still chain.
@@ -303,6 +320,7 @@ impl Pool {
         for error in journal::trim(&holders, &strangers, self.tip.seq) {
             tracing::warn!(%error, "journal trim incomplete; recovery will finish it");
         }
+        self.reached(CommitPhase::Trimmed);
         self.records_since_checkpoint = 0;
         self.counters.checkpoints += 1;
         Ok(())
@@ -359,6 +377,15 @@ impl Pool {
                     }
                 }
             }
+        }
+        if !freed.is_empty() {
+            self.reached(CommitPhase::Freed);
+        }
+    }
+
+    pub(crate) fn reached(&self, phase: CommitPhase) {
+        if let Some(observer) = &self.options.observer {
+            observer.0.reached(phase);
         }
     }
 

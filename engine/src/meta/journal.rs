@@ -166,17 +166,31 @@ pub fn encode_checkpoint(tip: JournalTip, state: &MetaState) -> Vec<u8> {
     frame::encode(FrameKind::Checkpoint, &Checkpoint { seq: tip.seq, tip_hash: tip.hash, state: state.clone() }).0
 }
 
-/// Writes `block` under `name` to every device and syncs each; returns, per device,
-/// whether its copy is durable, and the errors of the others.
-pub fn write_replicas(devices: &[&dyn BlockDevice], name: BlockName, block: &[u8]) -> (Vec<bool>, Vec<String>) {
-    let mut durable = Vec::with_capacity(devices.len());
+/// Writes `block` under `name` to every device, calls `written`, then syncs each;
+/// returns, per device, whether its copy is durable, and the errors of the others.
+pub fn write_replicas(
+    devices: &[&dyn BlockDevice],
+    name: BlockName,
+    block: &[u8],
+    written: impl FnOnce(),
+) -> (Vec<bool>, Vec<String>) {
     let mut errors = Vec::new();
-    for device in devices {
-        match device.write(name, block).and_then(|()| device.sync()) {
-            Ok(()) => durable.push(true),
+    let mut durable: Vec<bool> = devices
+        .iter()
+        .map(|device| match device.write(name, block) {
+            Ok(()) => true,
             Err(e) => {
-                durable.push(false);
                 errors.push(format!("{}: {name}: {e}", device.describe()));
+                false
+            }
+        })
+        .collect();
+    written();
+    for (device, ok) in devices.iter().zip(durable.iter_mut()) {
+        if *ok {
+            if let Err(e) = device.sync() {
+                errors.push(format!("{}: {name}: sync: {e}", device.describe()));
+                *ok = false;
             }
         }
     }
