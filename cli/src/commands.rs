@@ -9,7 +9,7 @@ use dfs_engine::namespace::Owner;
 use dfs_engine::pooldir::PoolDir;
 use dfs_engine::{Ino, InodeKind, Pool, PoolOptions};
 
-use crate::size::human;
+use dfs_engine::units::human;
 use crate::table;
 use crate::Command;
 

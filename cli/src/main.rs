@@ -3,7 +3,7 @@
 //! 2 bad usage.
 
 mod commands;
-mod size;
+
 mod table;
 
 use std::path::PathBuf;
@@ -77,7 +77,7 @@ pub(crate) enum Command {
         #[arg(long = "disk", value_name = "DIR", required = true)]
         disks: Vec<PathBuf>,
         /// Capacity of each disk added (e.g. 10GiB); default: the free space of its filesystem.
-        #[arg(long, value_parser = size::parse_size)]
+        #[arg(long, value_parser = dfs_engine::units::parse_size)]
         capacity: Option<u64>,
     },
     /// List the pool's disks: id, path, capacity, used, state, fragment count.

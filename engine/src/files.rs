@@ -19,9 +19,15 @@ const CHUNK: u64 = EXTENT_BYTES_MAX;
 /// A file handle returned by `Pool::open_file`.
 pub type FileHandle = u64;
 
+struct Handle {
+    ino: Ino,
+    /// Whether this handle wrote: its close then makes the file's buffered data durable.
+    wrote: bool,
+}
+
 #[derive(Default)]
 pub(crate) struct OpenFiles {
-    handles: BTreeMap<FileHandle, Ino>,
+    handles: BTreeMap<FileHandle, Handle>,
     files: BTreeMap<Ino, OpenFile>,
     next_handle: FileHandle,
 }
@@ -53,7 +59,7 @@ impl OpenFiles {
 
 impl Pool {
     fn handle_ino(&self, fh: FileHandle) -> Result<Ino> {
-        self.files.handles.get(&fh).copied().ok_or(Error::BadHandle(fh))
+        self.files.handles.get(&fh).map(|h| h.ino).ok_or(Error::BadHandle(fh))
     }
 
     /// The open-file entry of `ino`, created (with no handles) if absent.
@@ -80,7 +86,7 @@ impl Pool {
         self.open_entry(ino)?.handles += 1;
         self.files.next_handle += 1;
         let fh = self.files.next_handle;
-        self.files.handles.insert(fh, ino);
+        self.files.handles.insert(fh, Handle { ino, wrote: false });
         Ok(fh)
     }
 
@@ -108,6 +114,9 @@ impl Pool {
             .ok_or_else(|| Error::InvalidArgument("write past the largest file size".into()))?;
         if data.is_empty() {
             return Ok(0);
+        }
+        if let Some(handle) = self.files.handles.get_mut(&fh) {
+            handle.wrote = true;
         }
         for index in offset / CHUNK..=(end - 1) / CHUNK {
             let chunk_start = index * CHUNK;
@@ -185,22 +194,29 @@ impl Pool {
         Ok(out)
     }
 
-    /// Writes every buffered chunk of the handle's file and commits: durable on return.
+    /// Called on each close of a descriptor: if this handle wrote, writes every buffered
+    /// chunk of its file and commits (durable on return). A reader's close flushes nothing.
     pub fn flush(&mut self, fh: FileHandle) -> Result<()> {
+        let ino = self.handle_ino(fh)?;
+        if self.files.handles.get(&fh).is_some_and(|h| h.wrote) {
+            return self.flush_ino(ino, false);
+        }
+        Ok(())
+    }
+
+    /// Makes the file's data and metadata durable, whoever wrote it.
+    pub fn fsync(&mut self, fh: FileHandle) -> Result<()> {
         let ino = self.handle_ino(fh)?;
         self.flush_ino(ino, false)
     }
 
-    /// Same as `flush`: every commit is durable.
-    pub fn fsync(&mut self, fh: FileHandle) -> Result<()> {
-        self.flush(fh)
-    }
-
-    /// Flushes, drops the handle, and removes the file if this was the last handle of an
-    /// unlinked file.
+    /// Flushes if this handle wrote or is the file's last, drops the handle, and removes
+    /// the file if this was the last handle of an unlinked file.
     pub fn release(&mut self, fh: FileHandle) -> Result<()> {
         let ino = self.handle_ino(fh)?;
-        let flushed = self.flush_ino(ino, false);
+        let wrote = self.files.handles.get(&fh).is_some_and(|h| h.wrote);
+        let last = self.files.files.get(&ino).is_none_or(|f| f.handles <= 1);
+        let flushed = if wrote || last { self.flush_ino(ino, false) } else { Ok(()) };
         self.files.handles.remove(&fh);
         let last = match self.files.files.get_mut(&ino) {
             Some(file) => {
@@ -321,6 +337,7 @@ impl Pool {
         let loaded = if needs_cut { Some(self.load_chunk(ino, boundary)?) } else { None };
         let now = self.clock.wall();
         let file = self.open_entry(ino)?;
+        let before = (file.dirty.clone(), file.dirty_bytes, file.size, file.mtime);
         if let Some(chunk) = loaded {
             file.dirty.insert(boundary, chunk);
         }
@@ -335,6 +352,12 @@ impl Pool {
         file.size = size;
         file.mtime = Some(now);
         let result = self.flush_ino(ino, false);
+        if result.is_err() {
+            // A truncate that could not be made durable does not happen at all.
+            if let Some(file) = self.files.files.get_mut(&ino) {
+                (file.dirty, file.dirty_bytes, file.size, file.mtime) = before;
+            }
+        }
         if !self.files.is_open(ino) {
             self.files.files.remove(&ino);
         }

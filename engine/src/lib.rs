@@ -25,6 +25,7 @@ pub mod pooldir;
 pub mod report;
 pub mod rng;
 pub mod store;
+pub mod units;
 
 pub use error::{Error, Result};
 pub use meta::state::{DiskId, Ino, InodeKind};

@@ -1,4 +1,4 @@
-//! Byte sizes as users write them: `1048576`, `512KiB`, `10GiB`, `1.5TB`.
+//! Byte sizes as users write them (`1048576`, `512KiB`, `10GiB`, `1.5TB`) and as we print them.
 
 /// Parses a size: a number with an optional unit (B, KiB/MiB/GiB/TiB binary;
 /// KB/MB/GB/TB decimal; K/M/G/T binary). Fractions are allowed with a unit.

@@ -1,0 +1,198 @@
+//! `MemDisk`: the simulator's in-memory `BlockDevice`, honouring the durability contract
+//! exactly.
+//!
+//! It keeps the durable image apart from the operations pending since the last completed
+//! `sync` (faults live apart again, in `FaultyDevice`). Reads see durable + pending. On a
+//! crash the caller decides each pending operation's fate — dropped, landed, or landed
+//! torn (a prefix kept, optionally followed by garbage) — in any combination, not only
+//! prefixes; everything durable survives.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use dfs_engine::device::{BlockDevice, BlockKind, BlockName, DeviceError};
+
+/// One operation issued since the last completed sync.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Pending {
+    Write(BlockName, Arc<Vec<u8>>),
+    Delete(BlockName),
+}
+
+/// What a crash does to one pending operation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fate {
+    /// Never reached the media.
+    Drop,
+    /// Reached the media whole.
+    Land,
+    /// A write that reached the media partly: its first `keep` bytes, then `garbage`
+    /// bytes of noise.
+    Torn { keep: usize, garbage: usize },
+}
+
+#[derive(Clone, Default)]
+struct MemState {
+    durable: BTreeMap<BlockName, Arc<Vec<u8>>>,
+    pending: Vec<Pending>,
+    visible: BTreeMap<BlockName, Arc<Vec<u8>>>,
+    used_bytes: u64,
+}
+
+/// An in-memory disk.
+pub struct MemDisk {
+    name: String,
+    capacity_bytes: u64,
+    state: Mutex<MemState>,
+}
+
+impl MemDisk {
+    /// An empty disk of `capacity_bytes`.
+    pub fn new(name: impl Into<String>, capacity_bytes: u64) -> MemDisk {
+        MemDisk { name: name.into(), capacity_bytes, state: Mutex::new(MemState::default()) }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, MemState> {
+        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// A copy of this disk in its current state (durable and pending).
+    pub fn snapshot(&self) -> MemDisk {
+        MemDisk { name: self.name.clone(), capacity_bytes: self.capacity_bytes, state: Mutex::new(self.lock().clone()) }
+    }
+
+    /// The operations a crash now would decide about.
+    pub fn pending(&self) -> Vec<Pending> {
+        self.lock().pending.clone()
+    }
+
+    /// Crashes the disk: applies `fates[i]` to pending operation `i` (missing fates drop),
+    /// then forgets everything that did not land. Afterwards durable = visible.
+    pub fn crash(&self, fates: &[Fate]) {
+        let mut state = self.lock();
+        let pending = std::mem::take(&mut state.pending);
+        for (i, op) in pending.into_iter().enumerate() {
+            match (op, fates.get(i).copied().unwrap_or(Fate::Drop)) {
+                (_, Fate::Drop) => {}
+                (Pending::Write(name, data), Fate::Land) => {
+                    state.durable.insert(name, data);
+                }
+                (Pending::Write(name, data), Fate::Torn { keep, garbage }) => {
+                    let mut torn = data[..keep.min(data.len())].to_vec();
+                    torn.extend((0..garbage).map(|i| (i as u8).wrapping_mul(151).wrapping_add(17)));
+                    state.durable.insert(name, Arc::new(torn));
+                }
+                (Pending::Delete(name), _) => {
+                    state.durable.remove(&name);
+                }
+            }
+        }
+        state.visible = state.durable.clone();
+        state.used_bytes = state.visible.values().map(|d| d.len() as u64).sum();
+    }
+
+    /// The clean contents of a block (no faults), if present.
+    pub fn peek(&self, name: BlockName) -> Option<Arc<Vec<u8>>> {
+        self.lock().visible.get(&name).cloned()
+    }
+
+    /// Every block name present, with its size.
+    pub fn blocks(&self) -> Vec<(BlockName, u64)> {
+        self.lock().visible.iter().map(|(n, d)| (*n, d.len() as u64)).collect()
+    }
+}
+
+impl BlockDevice for MemDisk {
+    fn read(&self, name: BlockName) -> Result<Vec<u8>, DeviceError> {
+        self.lock().visible.get(&name).map(|d| d.as_ref().clone()).ok_or(DeviceError::NotFound)
+    }
+
+    fn write(&self, name: BlockName, data: &[u8]) -> Result<(), DeviceError> {
+        let mut state = self.lock();
+        let old = state.visible.get(&name).map(|d| d.len() as u64).unwrap_or(0);
+        let new_used = state.used_bytes - old + data.len() as u64;
+        if new_used > self.capacity_bytes && data.len() as u64 > old {
+            return Err(DeviceError::NoSpace);
+        }
+        let data = Arc::new(data.to_vec());
+        state.visible.insert(name, data.clone());
+        state.pending.push(Pending::Write(name, data));
+        state.used_bytes = new_used;
+        Ok(())
+    }
+
+    fn delete(&self, name: BlockName) -> Result<(), DeviceError> {
+        let mut state = self.lock();
+        if let Some(old) = state.visible.remove(&name) {
+            state.used_bytes -= old.len() as u64;
+            state.pending.push(Pending::Delete(name));
+        }
+        Ok(())
+    }
+
+    fn list(&self, kind: BlockKind) -> Result<Vec<BlockName>, DeviceError> {
+        Ok(self.lock().visible.keys().filter(|n| n.kind() == kind).copied().collect())
+    }
+
+    fn sync(&self) -> Result<(), DeviceError> {
+        let mut state = self.lock();
+        state.pending.clear();
+        state.durable = state.visible.clone();
+        Ok(())
+    }
+
+    fn capacity_bytes(&self) -> u64 {
+        self.capacity_bytes
+    }
+
+    fn used_bytes(&self) -> u64 {
+        self.lock().used_bytes
+    }
+
+    fn describe(&self) -> String {
+        self.name.clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn name(seq: u64) -> BlockName {
+        BlockName::Journal { seq }
+    }
+
+    #[test]
+    fn synced_data_survives_and_any_subset_of_pending_lands() {
+        let disk = MemDisk::new("m", 1 << 20);
+        disk.write(name(1), b"durable").unwrap();
+        disk.sync().unwrap();
+        disk.write(name(2), b"two").unwrap();
+        disk.write(name(3), b"three").unwrap();
+        disk.delete(name(1)).unwrap();
+        disk.crash(&[Fate::Drop, Fate::Land, Fate::Drop]);
+        assert_eq!(disk.read(name(1)).unwrap(), b"durable");
+        assert_eq!(disk.read(name(2)), Err(DeviceError::NotFound));
+        assert_eq!(disk.read(name(3)).unwrap(), b"three");
+        assert!(disk.pending().is_empty());
+    }
+
+    #[test]
+    fn a_torn_write_keeps_a_prefix_and_garbage() {
+        let disk = MemDisk::new("m", 1 << 20);
+        disk.write(name(1), b"abcdefgh").unwrap();
+        disk.crash(&[Fate::Torn { keep: 3, garbage: 2 }]);
+        let torn = disk.read(name(1)).unwrap();
+        assert_eq!(&torn[..3], b"abc");
+        assert_eq!(torn.len(), 5);
+    }
+
+    #[test]
+    fn capacity_is_enforced_without_partial_blocks() {
+        let disk = MemDisk::new("m", 10);
+        disk.write(name(1), b"12345678").unwrap();
+        assert_eq!(disk.write(name(2), b"123"), Err(DeviceError::NoSpace));
+        assert_eq!(disk.used_bytes(), 8);
+        assert_eq!(disk.list(BlockKind::Journal).unwrap(), vec![name(1)]);
+    }
+}

@@ -1,0 +1,905 @@
+//! The runner: replays a scenario on a simulated world, step by step, and checks the
+//! oracle after every step and every recovery. Same scenario and seed ⇒ same trace hash.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use dfs_engine::device::{BlockDevice, BlockKind, BlockName};
+use dfs_engine::namespace::{Owner, RenameMode, SetAttr};
+use dfs_engine::pool::PoolOptions;
+use dfs_engine::{Error, Ino, Policy};
+use dfs_faults::Fault;
+use rand::Rng;
+
+use crate::memdisk::Fate;
+use crate::model::{FileId, Tree, View};
+use crate::oracle;
+use crate::scenario::{Scenario, Step, Target};
+use crate::world::World;
+
+const OWNER: Owner = Owner { mode: 0o644, uid: 1000, gid: 1000 };
+const STEP_NANOS: u64 = 1_000_000;
+
+/// How to run a scenario.
+#[derive(Clone, Debug, Default)]
+pub struct RunOptions {
+    /// The seed (engine placement, fault choices, crash fates).
+    pub seed: u64,
+    /// Stop the world after this many device writes and return its crash state instead
+    /// of finishing (used by `--crash-points`).
+    pub freeze_after_writes: Option<u64>,
+    /// A deliberate engine defect.
+    #[cfg(feature = "sabotage")]
+    pub sabotage: Option<dfs_engine::hooks::Sabotage>,
+}
+
+/// Why a run failed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Failure {
+    /// Index of the step during or after which the check failed (`steps.len()` = the
+    /// final checks).
+    pub step: usize,
+    pub invariant: &'static str,
+    pub detail: String,
+}
+
+/// What a run did and found.
+#[derive(Clone, Debug)]
+pub struct Outcome {
+    pub name: String,
+    pub seed: u64,
+    pub steps: usize,
+    pub sim_nanos: u64,
+    pub faults: u64,
+    pub crashes: u64,
+    pub degraded_reads: u64,
+    pub lost_files: BTreeSet<String>,
+    pub checks: BTreeMap<&'static str, u64>,
+    pub trace_hash: String,
+    pub failure: Option<Failure>,
+}
+
+impl Outcome {
+    /// Whether every check passed.
+    pub fn passed(&self) -> bool {
+        self.failure.is_none()
+    }
+
+    /// One line: PASS/FAIL, seed, steps, simulated time, faults, trace hash.
+    pub fn line(&self) -> String {
+        let verdict = if self.passed() { "PASS" } else { "FAIL" };
+        let mut line = format!(
+            "{verdict} {} seed={} steps={} sim_time={:.3}s faults={} crashes={} trace={}",
+            self.name,
+            self.seed,
+            self.steps,
+            self.sim_nanos as f64 / 1e9,
+            self.faults,
+            self.crashes,
+            self.trace_hash
+        );
+        if let Some(failure) = &self.failure {
+            line.push_str(&format!(" step={} invariant={}: {}", failure.step, failure.invariant, failure.detail));
+        }
+        line
+    }
+
+    /// A stable multi-line summary for snapshot tests.
+    pub fn summary(&self) -> String {
+        let mut out = format!(
+            "scenario: {}\nseed: {}\nresult: {}\nsteps: {}\nsim_time_ns: {}\nfaults: {}\ncrashes: {}\ndegraded_reads: {}\ntrace: {}\n",
+            self.name,
+            self.seed,
+            if self.passed() { "PASS" } else { "FAIL" },
+            self.steps,
+            self.sim_nanos,
+            self.faults,
+            self.crashes,
+            self.degraded_reads,
+            self.trace_hash
+        );
+        out.push_str(&format!("lost_files: {:?}\ninvariants:\n", self.lost_files));
+        for invariant in oracle::ALL {
+            let verdict = match (&self.failure, self.checks.get(invariant)) {
+                (Some(f), _) if f.invariant == invariant => "FAIL".to_string(),
+                (_, Some(n)) => format!("held ({n} checks)"),
+                (_, None) => "not exercised".to_string(),
+            };
+            out.push_str(&format!("  {invariant}: {verdict}\n"));
+        }
+        if let Some(failure) = &self.failure {
+            out.push_str(&format!("failure: step {} {}: {}\n", failure.step, failure.invariant, failure.detail));
+        }
+        out
+    }
+}
+
+/// The state of a run frozen by `freeze_after_writes`, for crash-state exploration.
+pub struct Frozen {
+    pub world: World,
+    /// Namespaces a recovery may legitimately show.
+    pub candidates: Vec<Tree>,
+    /// Whether the run reached the write before finishing.
+    pub reached: bool,
+}
+
+struct OpenHandle {
+    fh: u64,
+    id: FileId,
+    /// Whether this handle wrote: the engine flushes on its close only then, or when it
+    /// is the file's last handle.
+    wrote: bool,
+}
+
+struct Run<'s> {
+    scenario: &'s Scenario,
+    world: World,
+    live: Tree,
+    acked: Tree,
+    handles: BTreeMap<String, OpenHandle>,
+    next_id: FileId,
+    trace: blake3::Hasher,
+    faults: u64,
+    checks: BTreeMap<&'static str, u64>,
+    lost_files: BTreeSet<String>,
+    step: usize,
+    freeze_after_writes: Option<u64>,
+    frozen_candidates: Option<Vec<Tree>>,
+}
+
+fn fail(step: usize, invariant: &'static str, detail: impl Into<String>) -> Failure {
+    Failure { step, invariant, detail: detail.into() }
+}
+
+/// Deterministic file contents for a write step.
+pub fn pattern(len: u64, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect()
+}
+
+fn split(path: &str) -> (&str, &[u8]) {
+    let (parent, name) = path.rsplit_once('/').unwrap_or(("", path));
+    (parent, name.as_bytes())
+}
+
+fn errno_of(result: &Result<Option<Vec<u8>>, Error>) -> Option<i32> {
+    result.as_ref().err().map(Error::errno)
+}
+
+/// Builds the world a scenario starts from.
+pub fn build_world(scenario: &Scenario, options: &RunOptions) -> Result<World, String> {
+    let capacities: Vec<u64> =
+        scenario.setup.disks.iter().map(|c| dfs_engine::units::parse_size(c)).collect::<Result<_, _>>()?;
+    let policy: Policy = scenario.setup.policy.parse().map_err(|e: dfs_engine::policy::PolicyParseError| e.to_string())?;
+    #[allow(unused_mut)]
+    let mut pool_options = PoolOptions {
+        checkpoint_every_records: scenario.setup.checkpoint_every.unwrap_or(256),
+        dirty_bytes_max: 64 << 20,
+        ..PoolOptions::default()
+    };
+    #[cfg(feature = "sabotage")]
+    {
+        pool_options.sabotage = options.sabotage;
+    }
+    World::new(&capacities, policy, options.seed, pool_options)
+}
+
+/// Runs `scenario` to the end (or its first failure).
+pub fn run(scenario: &Scenario, options: &RunOptions) -> Outcome {
+    let mut outcome = Outcome {
+        name: scenario.name.clone(),
+        seed: options.seed,
+        steps: 0,
+        sim_nanos: 0,
+        faults: 0,
+        crashes: 0,
+        degraded_reads: 0,
+        lost_files: BTreeSet::new(),
+        checks: BTreeMap::new(),
+        trace_hash: String::new(),
+        failure: None,
+    };
+    let world = match build_world(scenario, options) {
+        Ok(world) => world,
+        Err(e) => {
+            outcome.failure = Some(fail(0, oracle::OPERATIONS_MATCH_MODEL, format!("setup: {e}")));
+            return outcome;
+        }
+    };
+    let mut run = Run::new(scenario, world, None);
+    let result = run.all_steps().and_then(|()| run.finish());
+    outcome.failure = result.err();
+    outcome.steps = run.step;
+    outcome.sim_nanos = run.world.clock.elapsed_nanos();
+    outcome.faults = run.faults;
+    outcome.crashes = run.world.crashes;
+    outcome.degraded_reads = run.world.pool.as_ref().map(|p| p.counters().degraded_reads).unwrap_or(0);
+    outcome.checks = run.checks;
+    outcome.lost_files = run.lost_files;
+    outcome.trace_hash = run.trace.finalize().to_hex()[..16].to_string();
+    outcome
+}
+
+/// Runs `scenario` until the `writes`-th device write, then stops the world there.
+pub fn run_until_write(scenario: &Scenario, options: &RunOptions, writes: u64) -> Result<Frozen, Failure> {
+    let world = build_world(scenario, options).map_err(|e| fail(0, oracle::OPERATIONS_MATCH_MODEL, e))?;
+    let mut run = Run::new(scenario, world, Some(writes));
+    run.world.switch.arm_after_writes(writes);
+    match run.all_steps() {
+        Err(failure) if failure.invariant == FROZEN => {
+            let candidates = run.frozen_candidates.take().unwrap_or_default();
+            Ok(Frozen { world: run.world, candidates, reached: true })
+        }
+        Err(failure) => Err(failure),
+        Ok(()) => Ok(Frozen { world: run.world, candidates: Vec::new(), reached: false }),
+    }
+}
+
+/// Recovers a frozen world after a crash that gave each pending operation `fates`, and
+/// checks the oracle.
+pub fn check_crash_state(frozen: &Frozen, fates: &[Vec<Fate>], scenario: &Scenario) -> Result<(), Failure> {
+    let mut world = frozen.world.fork();
+    world.crash_with(fates);
+    let mut run = Run::new(scenario, world, None);
+    run.step = scenario.steps.len();
+    run.recover_expecting(frozen.candidates.clone())
+}
+
+const FROZEN: &str = "frozen";
+
+impl<'s> Run<'s> {
+    fn new(scenario: &'s Scenario, world: World, freeze_after_writes: Option<u64>) -> Self {
+        let mut trace = blake3::Hasher::new();
+        trace.update(scenario.name.as_bytes());
+        Run {
+            scenario,
+            world,
+            live: Tree::default(),
+            acked: Tree::default(),
+            handles: BTreeMap::new(),
+            next_id: 1,
+            trace,
+            faults: 0,
+            checks: BTreeMap::new(),
+            lost_files: BTreeSet::new(),
+            step: 0,
+            freeze_after_writes,
+            frozen_candidates: None,
+        }
+    }
+
+    fn checked(&mut self, invariant: &'static str) {
+        *self.checks.entry(invariant).or_default() += 1;
+    }
+
+    fn note(&mut self, text: &str) {
+        self.trace.update(text.as_bytes());
+        self.trace.update(b"\n");
+    }
+
+    fn all_steps(&mut self) -> Result<(), Failure> {
+        for (index, step) in self.scenario.steps.iter().enumerate() {
+            self.step = index;
+            self.note(&format!("{index} {step:?}"));
+            self.run_step(step)?;
+            self.world.clock.advance(STEP_NANOS);
+            if let Some(pool) = self.world.pool.as_ref() {
+                oracle::structure(pool).map_err(|e| fail(index, oracle::EXTENTS_MEET_POLICY, e))?;
+                self.checked(oracle::EXTENTS_MEET_POLICY);
+            }
+        }
+        self.step = self.scenario.steps.len();
+        Ok(())
+    }
+
+    fn finish(&mut self) -> Result<(), Failure> {
+        let open: Vec<String> = self.handles.keys().cloned().collect();
+        for path in open {
+            self.run_step(&Step::Close { path })?;
+        }
+        self.verify()?;
+        self.note("clean restart");
+        self.world.crash_with(&[]);
+        self.recover_expecting(vec![self.acked.clone()])?;
+        self.verify()?;
+        let expected: BTreeSet<String> = self.scenario.expect.lost_files.iter().cloned().collect();
+        if !self.scenario.expect.out_of_budget && self.lost_files != expected {
+            return Err(fail(
+                self.step,
+                oracle::LOSS_REPORTED_EXACTLY,
+                format!("files lost: {:?}; the scenario expects {:?}", self.lost_files, expected),
+            ));
+        }
+        let (view, _) = oracle::engine_view(self.world.pool());
+        let digest = blake3::hash(format!("{view:?}").as_bytes());
+        self.note(&format!("final {}", digest.to_hex()));
+        Ok(())
+    }
+
+    fn space_pressure(&mut self) -> bool {
+        self.world.disks.iter().any(|d| d.is_down() || d.used_bytes() + (8 << 20) > d.capacity_bytes())
+    }
+
+    fn run_step(&mut self, step: &Step) -> Result<(), Failure> {
+        let index = self.step;
+        match step {
+            Step::Mkdir { .. }
+            | Step::Write { .. }
+            | Step::Append { .. }
+            | Step::Truncate { .. }
+            | Step::Rename { .. }
+            | Step::Unlink { .. }
+            | Step::Rmdir { .. }
+            | Step::Open { .. }
+            | Step::WriteOpen { .. }
+            | Step::Fsync { .. }
+            | Step::Close { .. }
+            | Step::Read { .. } => self.namespace_step(step),
+            Step::Verify => self.verify(),
+            Step::AddDisk { capacity } => {
+                let bytes = dfs_engine::units::parse_size(capacity).map_err(|e| fail(index, oracle::OPERATIONS_MATCH_MODEL, e))?;
+                let result = self.world.add_disk(bytes);
+                self.note(&format!("add-disk {result:?}"));
+                self.after_maybe_crash(vec![self.acked.clone()])
+            }
+            Step::Checkpoint => {
+                let result = self.world.pool().checkpoint().map_err(|e| e.errno());
+                self.note(&format!("checkpoint {result:?}"));
+                self.after_maybe_crash(vec![self.acked.clone()])
+            }
+            Step::Crash => {
+                self.faults += 1;
+                self.world.crash_randomly();
+                self.recover_expecting(vec![self.acked.clone()])
+            }
+            Step::CrashAfterWrites { writes } => {
+                self.faults += 1;
+                self.world.switch.arm_after_writes(*writes);
+                Ok(())
+            }
+            Step::CrashAtPhase { phase, occurrence } => {
+                self.faults += 1;
+                self.world.trigger.arm(*phase, *occurrence);
+                Ok(())
+            }
+            Step::FailDisk { disk } => self.inject(*disk, Fault::Die),
+            Step::VanishDisk { disk } => self.inject(*disk, Fault::Vanish),
+            Step::ReturnDisk { disk } => self.inject(*disk, Fault::Return),
+            Step::FillDisk { disk } => self.inject(*disk, Fault::Fill),
+            Step::Latency { disk, ticks } => self.inject(*disk, Fault::Latency { ticks: *ticks }),
+            Step::BitRot { disk, blocks, target } => {
+                let names = self.pick_blocks(*disk, *blocks, *target);
+                for name in names {
+                    let bit = self.world.rng.random_range(0..1 << 20);
+                    self.world.disks[*disk].rot(name, bit);
+                    self.faults += 1;
+                    self.note(&format!("rot {name} bit {bit}"));
+                }
+                Ok(())
+            }
+            Step::LatentErrors { disk, blocks } => {
+                let names = self.pick_blocks(*disk, *blocks, Target::Fragment);
+                for name in names {
+                    self.world.disks[*disk].latent(name);
+                    self.faults += 1;
+                    self.note(&format!("latent {name}"));
+                }
+                Ok(())
+            }
+            Step::Misdirect { disk } => {
+                if let Some(target) = self.pick_blocks(*disk, 1, Target::Fragment).pop() {
+                    self.world.disks[*disk].misdirect_next_write(target);
+                    self.faults += 1;
+                    self.note(&format!("misdirect to {target}"));
+                }
+                Ok(())
+            }
+            Step::AdvanceClock { secs } => {
+                self.world.clock.advance(secs * 1_000_000_000);
+                Ok(())
+            }
+        }
+    }
+
+    fn inject(&mut self, disk: usize, fault: Fault) -> Result<(), Failure> {
+        self.faults += 1;
+        self.world.disks[disk].inject(&fault);
+        Ok(())
+    }
+
+    /// Up to `count` distinct blocks of `target` kind on `disk`, chosen by the seed.
+    fn pick_blocks(&mut self, disk: usize, count: u32, target: Target) -> Vec<BlockName> {
+        let Some(sim) = self.world.disks.get(disk) else { return Vec::new() };
+        let state = self.world.pool.as_ref().map(|p| p.state().clone());
+        let mut candidates: Vec<BlockName> = sim
+            .inner()
+            .blocks()
+            .into_iter()
+            .map(|(name, _)| name)
+            .filter(|name| match (target, name) {
+                (Target::Journal, BlockName::Journal { .. }) => true,
+                (Target::Checkpoint, BlockName::Checkpoint { .. }) => true,
+                (Target::Fragment, BlockName::Fragment { .. }) => true,
+                (Target::DataShard | Target::ParityShard, BlockName::Fragment { extent, index }) => {
+                    let needed = state
+                        .as_ref()
+                        .and_then(|s| s.extents.get(extent))
+                        .map(|r| r.policy.needed())
+                        .unwrap_or(usize::MAX);
+                    (usize::from(*index) < needed) == (target == Target::DataShard)
+                }
+                _ => false,
+            })
+            .collect();
+        let mut chosen = Vec::new();
+        while chosen.len() < count as usize && !candidates.is_empty() {
+            let i = self.world.rng.random_range(0..candidates.len());
+            chosen.push(candidates.swap_remove(i));
+        }
+        chosen.sort();
+        chosen
+    }
+
+    /// If the world stopped during the last step, crash and recover expecting one of
+    /// `candidates`.
+    fn after_maybe_crash(&mut self, candidates: Vec<Tree>) -> Result<(), Failure> {
+        if !self.world.switch.is_crashed() {
+            return Ok(());
+        }
+        if self.freeze_after_writes.is_some() {
+            self.frozen_candidates = Some(candidates);
+            return Err(fail(self.step, FROZEN, "frozen for crash-state exploration"));
+        }
+        self.world.crash_randomly();
+        self.recover_expecting(candidates)
+    }
+
+    fn engine_parent(&mut self, path: &str) -> Result<(Ino, Vec<u8>), Error> {
+        let (parent, name) = split(path);
+        let parent = self.world.pool().resolve(parent)?;
+        Ok((parent, name.to_vec()))
+    }
+
+    fn engine_open(&mut self, path: &str) -> Result<(Ino, u64), Error> {
+        let (parent, name) = self.engine_parent(path)?;
+        let pool = self.world.pool();
+        let ino = match pool.lookup(parent, &name) {
+            Ok(attr) => attr.ino,
+            Err(Error::NotFound(_)) => pool.create(parent, &name, OWNER)?.ino,
+            Err(e) => return Err(e),
+        };
+        let fh = pool.open_file(ino)?;
+        Ok((ino, fh))
+    }
+
+    /// Runs a namespace step on the engine.
+    fn execute(&mut self, step: &Step) -> Result<Option<Vec<u8>>, Error> {
+        match step {
+            Step::Mkdir { path } => {
+                let (parent, name) = self.engine_parent(path)?;
+                self.world.pool().mkdir(parent, &name, OWNER).map(|_| None)
+            }
+            Step::Write { path, offset, len, seed } => {
+                let (_, fh) = self.engine_open(path)?;
+                let pool = self.world.pool();
+                let written = pool.write(fh, *offset, &pattern(*len, *seed));
+                let released = pool.release(fh);
+                written.and(released).map(|_| None)
+            }
+            Step::Append { path, len, seed } => {
+                let (ino, fh) = self.engine_open(path)?;
+                let pool = self.world.pool();
+                let size = pool.getattr(ino).map(|a| a.size);
+                let written = size.and_then(|size| pool.write(fh, size, &pattern(*len, *seed)));
+                let released = pool.release(fh);
+                written.and(released).map(|_| None)
+            }
+            Step::Truncate { path, size } => {
+                let ino = self.world.pool().resolve(path)?;
+                self.world.pool().setattr(ino, &SetAttr { size: Some(*size), ..SetAttr::default() }).map(|_| None)
+            }
+            Step::Rename { from, to } => {
+                let (source_parent, source_name) = self.engine_parent(from)?;
+                let (target_parent, target_name) = self.engine_parent(to)?;
+                self.world
+                    .pool()
+                    .rename(source_parent, &source_name, target_parent, &target_name, RenameMode::Replace)
+                    .map(|()| None)
+            }
+            Step::Unlink { path } => {
+                let (parent, name) = self.engine_parent(path)?;
+                self.world.pool().unlink(parent, &name).map(|()| None)
+            }
+            Step::Rmdir { path } => {
+                let (parent, name) = self.engine_parent(path)?;
+                self.world.pool().rmdir(parent, &name).map(|()| None)
+            }
+            Step::Open { path } => {
+                let (_, fh) = self.engine_open(path)?;
+                Ok(Some(fh.to_le_bytes().to_vec()))
+            }
+            Step::WriteOpen { path, offset, len, seed } => {
+                let fh = self.handles.get(path).map(|h| h.fh).unwrap_or(0);
+                self.world.pool().write(fh, *offset, &pattern(*len, *seed)).map(|_| None)
+            }
+            Step::Fsync { path } => {
+                let fh = self.handles.get(path).map(|h| h.fh).unwrap_or(0);
+                self.world.pool().fsync(fh).map(|()| None)
+            }
+            Step::Close { path } => {
+                let fh = self.handles.get(path).map(|h| h.fh).unwrap_or(0);
+                self.world.pool().release(fh).map(|()| None)
+            }
+            Step::Read { path } => {
+                let ino = self.world.pool().resolve(path)?;
+                let attr = self.world.pool().getattr(ino)?;
+                if attr.kind == dfs_engine::InodeKind::Directory {
+                    return Err(Error::IsDirectory(path.clone()));
+                }
+                oracle::read_all(self.world.pool(), ino).map(Some)
+            }
+            _ => Ok(None),
+        }
+    }
+
+    /// What the model says `step` does to `live` and `acked`.
+    fn predict(&mut self, step: &Step, new_id: FileId, live: &mut Tree, acked: &mut Tree) -> Result<Option<Vec<u8>>, i32> {
+        match step {
+            Step::Mkdir { path } => {
+                live.mkdir(path)?;
+                acked.mkdir(path)?;
+            }
+            Step::Write { path, offset, len, seed } => {
+                let id = live.open(path, new_id)?;
+                acked.open(path, new_id)?;
+                live.write(id, *offset, &pattern(*len, *seed));
+                acked.contents.insert(id, live.contents.get(&id).cloned().unwrap_or_default());
+            }
+            Step::Append { path, len, seed } => {
+                let id = live.open(path, new_id)?;
+                acked.open(path, new_id)?;
+                let end = live.contents.get(&id).map(|c| c.len() as u64).unwrap_or(0);
+                live.write(id, end, &pattern(*len, *seed));
+                acked.contents.insert(id, live.contents.get(&id).cloned().unwrap_or_default());
+            }
+            Step::Truncate { path, size } => {
+                live.truncate(path, *size)?;
+                acked.truncate(path, *size)?;
+                if let Some(crate::model::Entry::File(id)) = live.entries.get(path.as_str()).cloned() {
+                    acked.contents.insert(id, live.contents.get(&id).cloned().unwrap_or_default());
+                }
+            }
+            Step::Rename { from, to } => {
+                live.rename(from, to)?;
+                acked.rename(from, to)?;
+            }
+            Step::Unlink { path } => {
+                live.unlink(path)?;
+                acked.unlink(path)?;
+            }
+            Step::Rmdir { path } => {
+                live.rmdir(path)?;
+                acked.rmdir(path)?;
+            }
+            Step::Open { path } => {
+                live.open(path, new_id)?;
+                acked.open(path, new_id)?;
+            }
+            Step::WriteOpen { path, offset, len, seed } => {
+                let id = self.handles.get(path).map(|h| h.id).ok_or(9)?;
+                live.write(id, *offset, &pattern(*len, *seed));
+            }
+            Step::Fsync { path } => {
+                let id = self.handles.get(path).map(|h| h.id).ok_or(9)?;
+                acked.contents.insert(id, live.contents.get(&id).cloned().unwrap_or_default());
+            }
+            Step::Close { path } => {
+                let handle = self.handles.get(path).ok_or(9)?;
+                let id = handle.id;
+                if handle.wrote || self.handles_on(id) == 1 {
+                    acked.contents.insert(id, live.contents.get(&id).cloned().unwrap_or_default());
+                }
+            }
+            Step::Read { path } => return live.read(path).map(Some),
+            _ => {}
+        }
+        Ok(None)
+    }
+
+    fn namespace_step(&mut self, step: &Step) -> Result<(), Failure> {
+        let index = self.step;
+        if let Step::WriteOpen { path, .. } | Step::Fsync { path } | Step::Close { path } = step {
+            if !self.handles.contains_key(path) {
+                self.note("skipped: no open handle (lost in a crash)");
+                return Ok(());
+            }
+        }
+        let new_id = self.next_id;
+        self.next_id += 1;
+        let mut live = self.live.clone();
+        let mut acked = self.acked.clone();
+        let predicted = self.predict(step, new_id, &mut live, &mut acked);
+        let actual = self.execute(step);
+        self.note(&format!("-> {:?}", errno_of(&actual)));
+        if self.world.switch.is_crashed() {
+            self.handles.clear();
+            let mut candidates = vec![self.acked.clone(), acked];
+            if let Step::Write { path, .. } | Step::Append { path, .. } = step {
+                // Creating the file and writing it are two commits: the empty file is a
+                // state the namespace really had.
+                let mut created = self.acked.clone();
+                if created.open(path, new_id).is_ok() {
+                    candidates.push(created);
+                }
+            }
+            return self.after_maybe_crash(candidates);
+        }
+        match (&predicted, &actual) {
+            (Ok(expected), Ok(got)) => {
+                if let (Step::Read { path }, Some(expected), Some(got)) = (step, expected, got) {
+                    self.checked(oracle::ACKNOWLEDGED_DATA_READABLE);
+                    if expected != got {
+                        return Err(fail(
+                            index,
+                            oracle::ACKNOWLEDGED_DATA_READABLE,
+                            format!("{path}: read {} bytes that differ from the {} written", got.len(), expected.len()),
+                        ));
+                    }
+                }
+                self.accept(step, new_id, live, acked, got.as_deref());
+            }
+            (Err(expected), Err(got)) if *expected == got.errno() => {}
+            (Ok(_), Err(error)) if error.errno() == libc_eio() => {
+                let lost = self.lost_files_now();
+                let path = step.paths().first().map(|p| p.to_string()).unwrap_or_default();
+                self.checked(oracle::LOSS_REPORTED_EXACTLY);
+                if !lost.contains(&path) {
+                    return Err(fail(index, oracle::ACKNOWLEDGED_DATA_READABLE, format!("{path}: {error}, but its data is intact")));
+                }
+                self.lost_files.insert(path);
+            }
+            (Ok(_), Err(error)) if error.errno() == libc_enospc() && self.space_pressure() => {
+                self.note("enospc under space pressure");
+                self.reject_for_space(step, new_id, live);
+            }
+            (Ok(_), Err(error)) if error.errno() == libc_erofs() && self.scenario.expect.out_of_budget => {}
+            _ => {
+                return Err(fail(
+                    index,
+                    oracle::OPERATIONS_MATCH_MODEL,
+                    format!("{step:?}: the model says {predicted:?}, the engine answered {actual:?}"),
+                ))
+            }
+        }
+        self.checked(oracle::OPERATIONS_MATCH_MODEL);
+        Ok(())
+    }
+
+    /// Takes a successful step's model effects and handle bookkeeping.
+    fn accept(&mut self, step: &Step, new_id: FileId, live: Tree, acked: Tree, result: Option<&[u8]>) {
+        self.live = live;
+        self.acked = acked;
+        match step {
+            Step::Open { path } => {
+                let id = match self.live.entries.get(path) {
+                    Some(crate::model::Entry::File(id)) => *id,
+                    _ => new_id,
+                };
+                let fh = result.and_then(|b| b.try_into().ok()).map(u64::from_le_bytes).unwrap_or(0);
+                if let Some(old) = self.handles.insert(path.clone(), OpenHandle { fh, id, wrote: false }) {
+                    // The path's previous handle is closed, as if by `Close`.
+                    let released = self.world.pool().release(old.fh);
+                    let last = self.handles_on(old.id) == 0;
+                    match released {
+                        Ok(()) if old.wrote || last => {
+                            let live = self.live.contents.get(&old.id).cloned().unwrap_or_default();
+                            self.acked.contents.insert(old.id, live);
+                        }
+                        Err(_) if last => {
+                            let acked = self.acked.contents.get(&old.id).cloned().unwrap_or_default();
+                            self.live.contents.insert(old.id, acked);
+                        }
+                        _ => {}
+                    }
+                    self.collect_garbage();
+                }
+            }
+            Step::Close { path } => {
+                self.handles.remove(path);
+                self.collect_garbage();
+            }
+            Step::WriteOpen { path, .. } => {
+                if let Some(handle) = self.handles.get_mut(path) {
+                    handle.wrote = true;
+                }
+            }
+            Step::Unlink { .. } | Step::Rename { .. } => self.collect_garbage(),
+            _ => {}
+        }
+    }
+
+    /// After ENOSPC: the file may have been created, but no data became durable; a failed
+    /// last close drops what was buffered, while an open handle keeps it buffered.
+    fn reject_for_space(&mut self, step: &Step, new_id: FileId, live_after: Tree) {
+        match step {
+            Step::Write { path, .. } | Step::Append { path, .. } => {
+                let id = self.live.open(path, new_id).ok();
+                let _ = self.acked.open(path, new_id);
+                if id.is_some_and(|id| self.handles.values().any(|h| h.id == id)) {
+                    // Another handle keeps the file open: its buffer keeps the data.
+                    self.live = live_after;
+                }
+            }
+            Step::Close { path } => {
+                if let Some(handle) = self.handles.remove(path) {
+                    let acked = self.acked.contents.get(&handle.id).cloned().unwrap_or_default();
+                    self.live.contents.insert(handle.id, acked);
+                }
+                self.collect_garbage();
+            }
+            _ => {}
+        }
+    }
+
+    /// How many open handles hold file `id`.
+    fn handles_on(&self, id: FileId) -> usize {
+        self.handles.values().filter(|h| h.id == id).count()
+    }
+
+    fn lost_files_now(&mut self) -> BTreeSet<String> {
+        let pool = self.world.pool();
+        oracle::files_of(pool, &oracle::truly_lost(pool))
+    }
+
+    fn collect_garbage(&mut self) {
+        let held: BTreeSet<FileId> = self.handles.values().map(|h| h.id).collect();
+        let keep = |tree: &Tree, id: &FileId| held.contains(id) || tree.entries.values().any(|e| *e == crate::model::Entry::File(*id));
+        let live_ids: Vec<FileId> = self.live.contents.keys().copied().filter(|id| !keep(&self.live, id)).collect();
+        for id in live_ids {
+            self.live.contents.remove(&id);
+        }
+        let acked_ids: Vec<FileId> = self.acked.contents.keys().copied().filter(|id| !keep(&self.acked, id)).collect();
+        for id in acked_ids {
+            self.acked.contents.remove(&id);
+        }
+    }
+
+    /// Recovers the pool and checks it shows one of `candidates`, then every
+    /// post-recovery invariant.
+    fn recover_expecting(&mut self, candidates: Vec<Tree>) -> Result<(), Failure> {
+        let index = self.step;
+        self.handles.clear();
+        let report = loop {
+            match self.world.recover() {
+                Ok(report) if self.world.switch.is_crashed() && self.freeze_after_writes.is_some() => {
+                    let _ = report;
+                    self.frozen_candidates = Some(candidates);
+                    return Err(fail(index, FROZEN, "frozen during recovery"));
+                }
+                Ok(report) => break report,
+                Err(_) if self.world.switch.is_crashed() => {
+                    // The machine crashed again while recovering: crash and recover anew.
+                    if self.freeze_after_writes.is_some() {
+                        self.frozen_candidates = Some(candidates);
+                        return Err(fail(index, FROZEN, "frozen during recovery"));
+                    }
+                    self.world.crash_randomly();
+                }
+                Err(e) => return Err(fail(index, oracle::METADATA_REPLICAS_AGREE, format!("recovery failed: {e}"))),
+            }
+        };
+        self.note(&format!(
+            "recovered replayed={} rewritten={} orphans={}/{}",
+            report.records_replayed, report.journal_rewritten, report.orphan_fragments_removed, report.orphan_inodes_removed
+        ));
+        let (view, failed) = oracle::engine_view(self.world.pool());
+        let lost = self.lost_files_now();
+        for (path, error) in &failed {
+            if !lost.contains(path) {
+                return Err(fail(index, oracle::ACKNOWLEDGED_DATA_READABLE, format!("{path}: {error}, but its data is intact")));
+            }
+            self.lost_files.insert(path.clone());
+        }
+        let matches = |expected: &View| {
+            expected.len() == view.len()
+                && expected.iter().all(|(path, bytes)| match view.get(path) {
+                    None => false,
+                    Some(_) if failed.contains_key(path) => true,
+                    Some(got) => got == bytes,
+                })
+        };
+        let views: Vec<View> = candidates.iter().map(Tree::view).collect();
+        self.checked(oracle::NO_HALF_VISIBLE_STATE);
+        self.checked(oracle::ACKNOWLEDGED_DATA_READABLE);
+        let Some(matched) = views.iter().position(|v| matches(v)) else {
+            let before = &views[0];
+            let missing: Vec<&String> =
+                before.iter().filter(|(p, b)| view.get(*p) != Some(b) && !failed.contains_key(*p)).map(|(p, _)| p).collect();
+            let invariant = if views.len() > 1 { oracle::NO_HALF_VISIBLE_STATE } else { oracle::ACKNOWLEDGED_DATA_READABLE };
+            let extra: Vec<&String> = view.keys().filter(|p| !before.contains_key(*p)).collect();
+            return Err(fail(
+                index,
+                invariant,
+                format!("after recovery the namespace is none of the {} acceptable states (differs at {missing:?}, unexpected {extra:?})", views.len()),
+            ));
+        };
+        self.note(&format!("matched state {matched}"));
+        self.acked = candidates[matched].clone();
+        self.acked.collect_garbage();
+        self.live = self.acked.clone();
+        let pool = self.world.pool.as_ref().ok_or_else(|| fail(index, oracle::METADATA_REPLICAS_AGREE, "no pool"))?;
+        oracle::structure(pool).map_err(|e| fail(index, oracle::EXTENTS_MEET_POLICY, e))?;
+        oracle::no_leaks(pool).map_err(|e| fail(index, oracle::NO_LEAKED_FRAGMENTS, e))?;
+        oracle::replicas_agree(&self.world).map_err(|e| fail(index, oracle::METADATA_REPLICAS_AGREE, e))?;
+        oracle::space_accounting(&self.world).map_err(|e| fail(index, oracle::SPACE_ACCOUNTING, e))?;
+        for invariant in [oracle::EXTENTS_MEET_POLICY, oracle::NO_LEAKED_FRAGMENTS, oracle::METADATA_REPLICAS_AGREE, oracle::SPACE_ACCOUNTING] {
+            self.checked(invariant);
+        }
+        Ok(())
+    }
+
+    /// Reads everything and compares with the live model; checks the loss report.
+    fn verify(&mut self) -> Result<(), Failure> {
+        let index = self.step;
+        let (view, failed) = oracle::engine_view(self.world.pool());
+        let truly_lost = oracle::truly_lost(self.world.pool());
+        let lost_files = oracle::files_of(self.world.pool(), &truly_lost);
+        self.checked(oracle::ACKNOWLEDGED_DATA_READABLE);
+        let expected = self.live.view();
+        for (path, bytes) in &expected {
+            match (view.get(path), failed.get(path)) {
+                (_, Some(error)) => {
+                    if !lost_files.contains(path) || error.errno() != libc_eio() {
+                        return Err(fail(index, oracle::ACKNOWLEDGED_DATA_READABLE, format!("{path}: {error}, but its data is intact")));
+                    }
+                    if !error.to_string().contains("lost") {
+                        return Err(fail(index, oracle::LOSS_REPORTED_EXACTLY, format!("{path}: {error} does not name the lost extent")));
+                    }
+                    self.lost_files.insert(path.clone());
+                }
+                (Some(got), None) if got == bytes => {}
+                (got, None) => {
+                    return Err(fail(
+                        index,
+                        oracle::ACKNOWLEDGED_DATA_READABLE,
+                        format!("{path}: engine holds {:?} bytes, the model {:?}", got.map(|g| g.as_ref().map(Vec::len)), bytes.as_ref().map(Vec::len)),
+                    ))
+                }
+            }
+        }
+        if let Some(extra) = view.keys().find(|p| !expected.contains_key(*p)) {
+            return Err(fail(index, oracle::OPERATIONS_MATCH_MODEL, format!("{extra} exists in the engine but not in the model")));
+        }
+        let reported = oracle::reported_lost(self.world.pool());
+        let truth: BTreeSet<String> = truly_lost.iter().map(ToString::to_string).collect();
+        self.checked(oracle::LOSS_REPORTED_EXACTLY);
+        if reported != truth {
+            return Err(fail(index, oracle::LOSS_REPORTED_EXACTLY, format!("engine reports lost {reported:?}, truly lost {truth:?}")));
+        }
+        self.note(&format!("verified {} paths, {} lost", expected.len(), truth.len()));
+        Ok(())
+    }
+}
+
+fn libc_eio() -> i32 {
+    Error::Io(String::new()).errno()
+}
+
+fn libc_enospc() -> i32 {
+    Error::NoSpace(String::new()).errno()
+}
+
+fn libc_erofs() -> i32 {
+    Error::ReadOnly(String::new()).errno()
+}
+
+/// Every fragment block on a disk (for tests and tools).
+pub fn fragment_names(device: &dyn BlockDevice) -> Vec<BlockName> {
+    device.list(BlockKind::Fragment).unwrap_or_default()
+}

@@ -1,0 +1,274 @@
+//! The scenario model: one story per RON file — setup, a workload with faults and clock
+//! advances, and the expected outcome.
+//!
+//! A malformed file is rejected with its line and column before anything runs; so is a
+//! well-formed file that names an impossible policy, a size that does not parse, or a
+//! disk that does not exist.
+
+use std::path::Path;
+
+use dfs_engine::hooks::CommitPhase;
+use dfs_engine::Policy;
+use serde::{Deserialize, Serialize};
+
+/// One scenario file.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Scenario {
+    pub name: String,
+    #[serde(default)]
+    pub description: String,
+    /// Default seed; `--seed` overrides it.
+    pub seed: u64,
+    pub setup: Setup,
+    pub steps: Vec<Step>,
+    #[serde(default)]
+    pub expect: Expect,
+}
+
+/// The pool the story starts with.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Setup {
+    /// Disk capacities, e.g. `"64MiB"`; disk `i` in steps is the i-th of this list.
+    pub disks: Vec<String>,
+    /// The pool's default policy.
+    pub policy: String,
+    /// Records between checkpoints (default 256).
+    #[serde(default)]
+    pub checkpoint_every: Option<u64>,
+}
+
+/// Which kind of block a fault targets.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Target {
+    /// Any fragment.
+    Fragment,
+    /// Data shards only (fragment index < K), or the first copy of a replica.
+    DataShard,
+    /// Parity shards only (fragment index ≥ K).
+    ParityShard,
+    Journal,
+    Checkpoint,
+}
+
+/// One step of the story. Paths are absolute pool paths.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Step {
+    /// Create a directory.
+    Mkdir { path: String },
+    /// Open (creating if needed), write `len` bytes generated from `seed` at `offset`, close.
+    Write { path: String, offset: u64, len: u64, seed: u64 },
+    /// Write `len` bytes from `seed` at the end of the file, then close.
+    Append { path: String, len: u64, seed: u64 },
+    /// Set the file's size.
+    Truncate { path: String, size: u64 },
+    /// Rename, replacing the target.
+    Rename { from: String, to: String },
+    /// Remove a file.
+    Unlink { path: String },
+    /// Remove an empty directory.
+    Rmdir { path: String },
+    /// Open a handle (creating the file if needed) that later steps write through.
+    Open { path: String },
+    /// Write through the open handle; buffered, not acknowledged until `Fsync`/`Close`.
+    WriteOpen { path: String, offset: u64, len: u64, seed: u64 },
+    /// Make the open handle's writes durable.
+    Fsync { path: String },
+    /// Close the open handle (flushes).
+    Close { path: String },
+    /// Read the whole file and compare with the model.
+    Read { path: String },
+    /// Read every file and run every check now.
+    Verify,
+    /// Add a disk of this capacity.
+    AddDisk { capacity: String },
+    /// Take a metadata checkpoint now.
+    Checkpoint,
+    /// Crash now: a random subset of unsynced writes lands (some torn); then recover.
+    Crash,
+    /// Crash after `writes` more device writes.
+    CrashAfterWrites { writes: u64 },
+    /// Crash when a commit reaches `phase` for the `occurrence`-th time (1 = next).
+    CrashAtPhase { phase: CommitPhase, occurrence: u32 },
+    /// The disk dies: every call fails from now on.
+    FailDisk { disk: usize },
+    /// The disk vanishes (every call fails) until `ReturnDisk`.
+    VanishDisk { disk: usize },
+    /// A vanished disk comes back with what it held.
+    ReturnDisk { disk: usize },
+    /// Flip one bit in each of `blocks` blocks of `target` kind on the disk.
+    BitRot { disk: usize, blocks: u32, target: Target },
+    /// Give `blocks` fragment blocks on the disk latent read errors.
+    LatentErrors { disk: usize, blocks: u32 },
+    /// The next fragment written to the disk lands under another fragment's name.
+    Misdirect { disk: usize },
+    /// The disk refuses every write with ENOSPC.
+    FillDisk { disk: usize },
+    /// Each call on the disk costs this many ticks (microseconds) of simulated time.
+    Latency { disk: usize, ticks: u64 },
+    /// Let simulated time pass.
+    AdvanceClock { secs: u64 },
+}
+
+/// What the run must show.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Expect {
+    /// Files that must be reported lost (reads fail with EIO): a scenario that goes beyond
+    /// tolerance on purpose names them. Empty means nothing may be lost.
+    #[serde(default)]
+    pub lost_files: Vec<String>,
+    /// Faults exceed some extents' tolerance: check only "right bytes or EIO" and that the
+    /// loss report is exact.
+    #[serde(default)]
+    pub out_of_budget: bool,
+}
+
+/// A scenario that failed to load, with where.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoadError(pub String);
+
+impl std::fmt::Display for LoadError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for LoadError {}
+
+impl Scenario {
+    /// Reads and validates a scenario file.
+    pub fn load(path: &Path) -> Result<Scenario, LoadError> {
+        let text = std::fs::read_to_string(path).map_err(|e| LoadError(format!("{}: {e}", path.display())))?;
+        Scenario::parse(&text).map_err(|e| LoadError(format!("{}:{}", path.display(), e.0)))
+    }
+
+    /// Parses and validates scenario text; errors start with `line:column: `.
+    pub fn parse(text: &str) -> Result<Scenario, LoadError> {
+        let scenario: Scenario = ron::Options::default()
+            .from_str(text)
+            .map_err(|e| LoadError(format!("{}:{}: {}", e.span.start.line, e.span.start.col, e.code)))?;
+        scenario.validate().map_err(|e| LoadError(format!("0:0: {e}")))?;
+        Ok(scenario)
+    }
+
+    /// The scenario as RON text (how `shrink` and `swarm` write them).
+    pub fn to_ron(&self) -> String {
+        let config = ron::ser::PrettyConfig::default().struct_names(true);
+        ron::ser::to_string_pretty(self, config).unwrap_or_else(|e| format!("// cannot encode: {e}"))
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        if self.setup.disks.is_empty() {
+            return Err("setup needs at least one disk".into());
+        }
+        for capacity in &self.setup.disks {
+            dfs_engine::units::parse_size(capacity)?;
+        }
+        self.setup.policy.parse::<Policy>().map_err(|e| e.to_string())?;
+        let mut disks = self.setup.disks.len();
+        for (i, step) in self.steps.iter().enumerate() {
+            let fail = |why: String| format!("step {i} ({step:?}): {why}");
+            match step {
+                Step::AddDisk { capacity } => {
+                    dfs_engine::units::parse_size(capacity).map_err(fail)?;
+                    disks += 1;
+                }
+                Step::FailDisk { disk }
+                | Step::VanishDisk { disk }
+                | Step::ReturnDisk { disk }
+                | Step::BitRot { disk, .. }
+                | Step::LatentErrors { disk, .. }
+                | Step::Misdirect { disk }
+                | Step::FillDisk { disk }
+                | Step::Latency { disk, .. }
+                    if *disk >= disks =>
+                {
+                    return Err(fail(format!("no disk {disk}; the pool has disks 0..{disks}")));
+                }
+                Step::Write { len, .. } | Step::Append { len, .. } | Step::WriteOpen { len, .. } if *len > 8 << 20 => {
+                    return Err(fail("writes are limited to 8 MiB per step".into()));
+                }
+                Step::CrashAtPhase { occurrence: 0, .. } => return Err(fail("occurrence counts from 1".into())),
+                _ => {}
+            }
+            for path in step.paths() {
+                if !path.starts_with('/') || path.len() < 2 {
+                    return Err(fail(format!("'{path}' is not an absolute pool path")));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Step {
+    /// The paths a step names.
+    pub fn paths(&self) -> Vec<&str> {
+        match self {
+            Step::Mkdir { path }
+            | Step::Write { path, .. }
+            | Step::Append { path, .. }
+            | Step::Truncate { path, .. }
+            | Step::Unlink { path }
+            | Step::Rmdir { path }
+            | Step::Open { path }
+            | Step::WriteOpen { path, .. }
+            | Step::Fsync { path }
+            | Step::Close { path }
+            | Step::Read { path } => vec![path],
+            Step::Rename { from, to } => vec![from, to],
+            _ => Vec::new(),
+        }
+    }
+
+    /// Whether the step is a fault (counted in the run summary).
+    pub fn is_fault(&self) -> bool {
+        matches!(
+            self,
+            Step::Crash
+                | Step::CrashAfterWrites { .. }
+                | Step::CrashAtPhase { .. }
+                | Step::FailDisk { .. }
+                | Step::VanishDisk { .. }
+                | Step::BitRot { .. }
+                | Step::LatentErrors { .. }
+                | Step::Misdirect { .. }
+                | Step::FillDisk { .. }
+                | Step::Latency { .. }
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"Scenario(
+        name: "t", seed: 1,
+        setup: Setup(disks: ["64MiB", "64MiB"], policy: "replicate:2"),
+        steps: [Write(path: "/a", offset: 0, len: 10, seed: 1), Crash, Read(path: "/a")],
+    )"#;
+
+    #[test]
+    fn a_good_file_parses_and_round_trips() {
+        let scenario = Scenario::parse(GOOD).unwrap();
+        assert_eq!(scenario.steps.len(), 3);
+        assert_eq!(Scenario::parse(&scenario.to_ron()).unwrap(), scenario);
+    }
+
+    #[test]
+    fn a_malformed_file_names_line_and_column() {
+        let bad = GOOD.replace("Crash,", "Crash(,");
+        let error = Scenario::parse(&bad).unwrap_err().0;
+        assert!(error.starts_with("4:"), "{error}");
+        let unknown = GOOD.replace("Crash,", "Explode,");
+        assert!(Scenario::parse(&unknown).unwrap_err().0.contains("Explode"));
+    }
+
+    #[test]
+    fn impossible_setups_are_refused() {
+        assert!(Scenario::parse(&GOOD.replace("replicate:2", "erasure:0+1")).is_err());
+        assert!(Scenario::parse(&GOOD.replace("\"64MiB\", \"64MiB\"", "\"64XB\"")).is_err());
+        assert!(Scenario::parse(&GOOD.replace("Crash,", "FailDisk(disk: 2),")).is_err());
+        assert!(Scenario::parse(&GOOD.replace("path: \"/a\", offset", "path: \"a\", offset")).is_err());
+    }
+}

@@ -1,0 +1,195 @@
+//! `swarm`: random scenarios drawn from a seed — disk count and sizes, policy, workload
+//! mix and fault rates — run in parallel.
+//!
+//! Fault budget: faults land only on at most T "faulty" disks, T being the policy's
+//! tolerance. Every extent has at most one fragment per disk, so no extent ever loses
+//! more than T fragments and everything must stay readable. With `out_of_budget` the
+//! faults hit any disk (fragments only, and no journal disk dies, so metadata survives)
+//! and the oracle checks only "right bytes or EIO" and the exactness of the loss report.
+
+use std::ops::Range;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use dfs_engine::hooks::CommitPhase;
+use dfs_engine::Policy;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+use crate::runner::{self, Outcome, RunOptions};
+use crate::scenario::{Expect, Scenario, Setup, Step, Target};
+
+/// The shape of generated scenarios.
+#[derive(Clone, Debug)]
+pub struct Profile {
+    /// Steps per scenario.
+    pub ops: usize,
+    /// Let faults exceed tolerance.
+    pub out_of_budget: bool,
+}
+
+/// What a swarm found.
+pub struct SwarmReport {
+    pub ran: u64,
+    pub failures: Vec<Outcome>,
+}
+
+const FILES: [&str; 10] = ["/f0", "/f1", "/f2", "/f3", "/f4", "/d0/f0", "/d0/f1", "/d1/f0", "/d1/d2/f0", "/d0/f2"];
+const DIRS: [&str; 3] = ["/d0", "/d1", "/d1/d2"];
+
+/// The scenario seed `seed` stands for.
+pub fn generate(seed: u64, profile: &Profile) -> Scenario {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let disks = rng.random_range(4..=8usize);
+    let capacities: Vec<u64> = (0..disks).map(|_| rng.random_range(48..=256u64)).collect();
+    let mut policies = vec!["replicate:2", "replicate:3", "erasure:2+1"];
+    if disks >= 5 {
+        policies.push("erasure:3+2");
+    }
+    if disks >= 6 {
+        policies.push("erasure:4+2");
+    }
+    let policy = policies[rng.random_range(0..policies.len())];
+    let tolerance = policy.parse::<Policy>().map(|p| p.tolerance()).unwrap_or(0);
+    let faulty: Vec<usize> = if profile.out_of_budget {
+        (0..disks).collect()
+    } else {
+        let mut all: Vec<usize> = (0..disks).collect();
+        let mut chosen = Vec::new();
+        for _ in 0..tolerance.min(disks) {
+            chosen.push(all.swap_remove(rng.random_range(0..all.len())));
+        }
+        chosen
+    };
+    let mut steps = Vec::with_capacity(profile.ops);
+    let mut dead = Vec::new();
+    let mut vanished = Vec::new();
+    for _ in 0..profile.ops {
+        let file = FILES[rng.random_range(0..FILES.len())].to_string();
+        let roll = rng.random_range(0..1000u32);
+        let len = if rng.random_range(0..100) == 0 { rng.random_range(0..(3u64 << 20)) } else { rng.random_range(0..48_000) };
+        let offset = if rng.random_bool(0.7) { 0 } else { rng.random_range(0..(2u64 << 20)) };
+        let data_seed = rng.random();
+        let fault_disk = (!faulty.is_empty()).then(|| faulty[rng.random_range(0..faulty.len())]);
+        let step = match roll {
+            0..=199 => Step::Write { path: file, offset, len, seed: data_seed },
+            200..=279 => Step::Append { path: file, len, seed: data_seed },
+            280..=339 => Step::Truncate { path: file, size: rng.random_range(0..(3u64 << 20)) },
+            340..=399 => Step::Rename { from: file, to: FILES[rng.random_range(0..FILES.len())].to_string() },
+            400..=449 => Step::Unlink { path: file },
+            450..=489 => Step::Mkdir { path: DIRS[rng.random_range(0..DIRS.len())].to_string() },
+            490..=509 => Step::Rmdir { path: DIRS[rng.random_range(0..DIRS.len())].to_string() },
+            510..=549 => Step::Open { path: file },
+            550..=609 => Step::WriteOpen { path: file, offset, len, seed: data_seed },
+            610..=649 => Step::Fsync { path: file },
+            650..=689 => Step::Close { path: file },
+            690..=819 => Step::Read { path: file },
+            820..=829 => Step::Verify,
+            830..=839 => Step::Checkpoint,
+            840..=849 => Step::Crash,
+            850..=864 => Step::CrashAfterWrites { writes: rng.random_range(1..40) },
+            865..=874 => Step::CrashAtPhase {
+                phase: CommitPhase::ALL[rng.random_range(0..CommitPhase::ALL.len())],
+                occurrence: rng.random_range(1..4),
+            },
+            875..=889 => Step::AdvanceClock { secs: rng.random_range(1..7200) },
+            890..=999 => match fault_disk {
+                None => Step::Read { path: file },
+                Some(disk) => match roll {
+                    890..=929 => {
+                        let target = if profile.out_of_budget {
+                            Target::Fragment
+                        } else {
+                            [Target::Fragment, Target::DataShard, Target::ParityShard, Target::Journal, Target::Checkpoint]
+                                [rng.random_range(0..5)]
+                        };
+                        Step::BitRot { disk, blocks: rng.random_range(1..5), target }
+                    }
+                    930..=954 => Step::LatentErrors { disk, blocks: rng.random_range(1..4) },
+                    955..=964 => Step::Misdirect { disk },
+                    965..=974 if !dead.contains(&disk) && (!profile.out_of_budget || disk >= 3) => {
+                        dead.push(disk);
+                        Step::FailDisk { disk }
+                    }
+                    975..=984 if !vanished.contains(&disk) && (!profile.out_of_budget || disk >= 3) => {
+                        vanished.push(disk);
+                        Step::VanishDisk { disk }
+                    }
+                    985..=992 if !vanished.is_empty() => Step::ReturnDisk { disk: vanished.remove(0) },
+                    993..=996 => Step::FillDisk { disk },
+                    _ => Step::Latency { disk, ticks: rng.random_range(0..50) },
+                },
+            },
+            _ => Step::Verify,
+        };
+        steps.push(step);
+    }
+    Scenario {
+        name: format!("swarm-{seed}"),
+        description: format!(
+            "generated: {disks} disks, {policy}, faulty disks {faulty:?}{}",
+            if profile.out_of_budget { ", out of budget" } else { "" }
+        ),
+        seed,
+        setup: Setup {
+            disks: capacities.iter().map(|c| format!("{c}MiB")).collect(),
+            policy: policy.to_string(),
+            checkpoint_every: Some(rng.random_range(8..300)),
+        },
+        steps,
+        expect: Expect { lost_files: Vec::new(), out_of_budget: profile.out_of_budget },
+    }
+}
+
+/// Runs `seeds` on `threads` workers (default: the cores), stopping early after `time`.
+pub fn run(
+    seeds: Range<u64>,
+    profile: &Profile,
+    base: &RunOptions,
+    threads: Option<usize>,
+    time: Option<Duration>,
+) -> SwarmReport {
+    let started = Instant::now();
+    let next = AtomicU64::new(seeds.start);
+    let ran = AtomicU64::new(0);
+    let failures = Mutex::new(Vec::new());
+    let workers = threads.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2)).max(1);
+    std::thread::scope(|scope| {
+        for _ in 0..workers {
+            scope.spawn(|| loop {
+                if time.is_some_and(|t| started.elapsed() >= t) {
+                    break;
+                }
+                let seed = next.fetch_add(1, Ordering::SeqCst);
+                if seed >= seeds.end {
+                    break;
+                }
+                let scenario = generate(seed, profile);
+                let options = RunOptions { seed, ..base.clone() };
+                let outcome = runner::run(&scenario, &options);
+                ran.fetch_add(1, Ordering::SeqCst);
+                if !outcome.passed() {
+                    failures.lock().unwrap_or_else(|p| p.into_inner()).push(outcome);
+                }
+            });
+        }
+    });
+    let mut failures = failures.into_inner().unwrap_or_else(|p| p.into_inner());
+    failures.sort_by_key(|o| o.seed);
+    SwarmReport { ran: ran.load(Ordering::SeqCst), failures }
+}
+
+/// Parses a `--sabotage` defect name.
+#[cfg(feature = "sabotage")]
+pub fn parse_sabotage(text: &str) -> Result<dfs_engine::hooks::Sabotage, String> {
+    use dfs_engine::hooks::Sabotage;
+    match text {
+        "skip-fragment-sync" => Ok(Sabotage::SkipFragmentSync),
+        "skip-read-checksum" => Ok(Sabotage::SkipReadChecksum),
+        "same-disk-placement" => Ok(Sabotage::SameDiskPlacement),
+        other => Err(format!(
+            "unknown defect '{other}' (skip-fragment-sync, skip-read-checksum, same-disk-placement)"
+        )),
+    }
+}

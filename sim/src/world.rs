@@ -1,0 +1,240 @@
+//! The simulated machine: disks (`MemDisk` behind `FaultyDevice`), the clock, the crash
+//! switch, and the pool running on them, with crash and recovery.
+
+use std::sync::{Arc, Mutex};
+
+use dfs_engine::device::{BlockDevice, BlockName};
+use dfs_engine::hooks::{CommitObserver, CommitPhase, Observer};
+use dfs_engine::label::DiskLabel;
+use dfs_engine::pool::{PoolDevice, PoolOptions};
+use dfs_engine::{OpenReport, Policy, Pool};
+use dfs_faults::{CrashSwitch, FaultyDevice, LatencySink};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use uuid::Uuid;
+
+use crate::clock::SimClock;
+use crate::memdisk::{Fate, MemDisk, Pending};
+
+/// A simulated disk: an in-memory disk with injectable faults.
+pub type SimDisk = FaultyDevice<MemDisk>;
+
+/// Stops the world when a commit reaches an armed phase.
+pub struct PhaseTrigger {
+    armed: Mutex<Option<(CommitPhase, u32)>>,
+    switch: Arc<CrashSwitch>,
+}
+
+impl PhaseTrigger {
+    /// Crash at the `occurrence`-th time `phase` is reached from now.
+    pub fn arm(&self, phase: CommitPhase, occurrence: u32) {
+        *self.armed.lock().unwrap_or_else(|p| p.into_inner()) = Some((phase, occurrence));
+    }
+
+    fn disarm(&self) {
+        *self.armed.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    }
+}
+
+impl CommitObserver for PhaseTrigger {
+    fn reached(&self, phase: CommitPhase) {
+        let mut armed = self.armed.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((target, remaining)) = armed.as_mut() {
+            if *target == phase {
+                *remaining -= 1;
+                if *remaining == 0 {
+                    *armed = None;
+                    self.switch.crash_now();
+                }
+            }
+        }
+    }
+}
+
+/// The machine a scenario runs on.
+pub struct World {
+    pub clock: Arc<SimClock>,
+    pub switch: Arc<CrashSwitch>,
+    pub disks: Vec<Arc<SimDisk>>,
+    uuids: Vec<Uuid>,
+    pool_id: Uuid,
+    policy: Policy,
+    pub pool: Option<Pool>,
+    /// Randomness for fault choices and crash fates (the engine has its own stream).
+    pub rng: ChaCha8Rng,
+    options: PoolOptions,
+    pub trigger: Arc<PhaseTrigger>,
+    /// Crashes performed.
+    pub crashes: u64,
+}
+
+fn uuid_from(rng: &mut ChaCha8Rng) -> Uuid {
+    uuid::Builder::from_random_bytes(rng.random()).into_uuid()
+}
+
+impl World {
+    /// A machine with disks of `capacities` and an empty pool with `policy` over them.
+    pub fn new(capacities: &[u64], policy: Policy, seed: u64, mut options: PoolOptions) -> Result<World, String> {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x5EED_0F_D15C);
+        let clock = SimClock::new();
+        let switch = CrashSwitch::new();
+        let trigger = Arc::new(PhaseTrigger { armed: Mutex::new(None), switch: switch.clone() });
+        options.seed = seed;
+        options.observer = Some(Observer(trigger.clone()));
+        options.parallel_io = false;
+        let pool_id = uuid_from(&mut rng);
+        let mut world = World {
+            clock,
+            switch,
+            disks: Vec::new(),
+            uuids: Vec::new(),
+            pool_id,
+            policy,
+            pool: None,
+            rng,
+            options,
+            trigger,
+            crashes: 0,
+        };
+        world.recover().map_err(|e| format!("opening the empty pool: {e}"))?;
+        for capacity in capacities {
+            world.add_disk(*capacity)?;
+        }
+        Ok(world)
+    }
+
+    fn latency_sink(&self) -> LatencySink {
+        let clock = self.clock.clone();
+        Arc::new(move |ticks| clock.advance(ticks * 1_000))
+    }
+
+    /// Adds a new, labelled disk of `capacity` bytes to the pool.
+    pub fn add_disk(&mut self, capacity: u64) -> Result<(), String> {
+        let index = self.disks.len();
+        let uuid = uuid_from(&mut self.rng);
+        let memdisk = MemDisk::new(format!("sim-disk-{index}"), capacity);
+        let disk = Arc::new(FaultyDevice::new(memdisk, self.switch.clone(), Some(self.latency_sink())));
+        let label = DiskLabel { pool_id: self.pool_id, disk_uuid: uuid, capacity_bytes: Some(capacity) };
+        disk.write(BlockName::Label, &label.encode())
+            .and_then(|()| disk.sync())
+            .map_err(|e| format!("labelling disk {index}: {e}"))?;
+        self.disks.push(disk.clone());
+        self.uuids.push(uuid);
+        let pool = self.pool.as_mut().ok_or("no pool is open")?;
+        pool.add_disk(uuid, Some(capacity), disk).map_err(|e| format!("adding disk {index}: {e}"))?;
+        Ok(())
+    }
+
+    /// The open pool.
+    pub fn pool(&mut self) -> &mut Pool {
+        match self.pool.as_mut() {
+            Some(pool) => pool,
+            None => panic!("the simulator always reopens the pool after a crash"),
+        }
+    }
+
+    /// The simulated disk behind a pool disk id (disks are numbered from 1 in order).
+    pub fn sim_disk(&self, id: dfs_engine::DiskId) -> Option<&Arc<SimDisk>> {
+        self.disks.get((id.0 as usize).checked_sub(1)?)
+    }
+
+    /// The pending operations of every disk, in disk order.
+    pub fn pending(&self) -> Vec<Vec<Pending>> {
+        self.disks.iter().map(|d| d.inner().pending()).collect()
+    }
+
+    /// Crashes the machine: each unsynced operation independently lands or not, and a
+    /// landed write is sometimes torn. Then the world restarts (not yet recovered).
+    pub fn crash_randomly(&mut self) {
+        let fates: Vec<Vec<Fate>> = self
+            .pending()
+            .iter()
+            .map(|ops| {
+                ops.iter()
+                    .map(|op| match (self.rng.random_range(0..10u32), op) {
+                        (0..=3, _) => Fate::Drop,
+                        (4, Pending::Write(_, data)) => Fate::Torn {
+                            keep: self.rng.random_range(0..=data.len()),
+                            garbage: self.rng.random_range(0..32),
+                        },
+                        _ => Fate::Land,
+                    })
+                    .collect()
+            })
+            .collect();
+        self.crash_with(&fates);
+    }
+
+    /// Crashes the machine with an explicit fate for every pending operation.
+    pub fn crash_with(&mut self, fates: &[Vec<Fate>]) {
+        self.pool = None;
+        for (disk, fates) in self.disks.iter().zip(fates) {
+            disk.inner().crash(fates);
+        }
+        self.switch.reset();
+        self.trigger.disarm();
+        self.crashes += 1;
+    }
+
+    /// Opens the pool over the disks, recovering whatever they hold.
+    pub fn recover(&mut self) -> dfs_engine::Result<OpenReport> {
+        self.pool = None;
+        let devices = self
+            .disks
+            .iter()
+            .zip(&self.uuids)
+            .map(|(disk, uuid)| PoolDevice { uuid: *uuid, device: disk.clone() as Arc<dyn BlockDevice> })
+            .collect();
+        let (pool, report) = Pool::open(self.pool_id, self.policy, devices, self.clock.clone(), self.options.clone())?;
+        self.pool = Some(pool);
+        Ok(report)
+    }
+
+    /// A copy of the machine's disks as they are now (durable and pending), for
+    /// exploring crash states without re-running.
+    pub fn snapshot_disks(&self) -> Vec<MemDisk> {
+        self.disks.iter().map(|d| d.inner().snapshot()).collect()
+    }
+
+    /// A copy of this machine — its disks as they are now, durable and pending — with no
+    /// pool open and no faults, to explore a crash state without disturbing this one.
+    pub fn fork(&self) -> World {
+        let switch = CrashSwitch::new();
+        let clock = SimClock::new();
+        clock.advance(self.clock.elapsed_nanos());
+        let trigger = Arc::new(PhaseTrigger { armed: Mutex::new(None), switch: switch.clone() });
+        let mut options = self.options.clone();
+        options.observer = Some(Observer(trigger.clone()));
+        let sink_clock = clock.clone();
+        let sink: LatencySink = Arc::new(move |ticks| sink_clock.advance(ticks * 1_000));
+        World {
+            disks: self
+                .disks
+                .iter()
+                .map(|d| Arc::new(FaultyDevice::new(d.inner().snapshot(), switch.clone(), Some(sink.clone()))))
+                .collect(),
+            clock,
+            switch,
+            uuids: self.uuids.clone(),
+            pool_id: self.pool_id,
+            policy: self.policy,
+            pool: None,
+            rng: ChaCha8Rng::seed_from_u64(self.options.seed),
+            options,
+            trigger,
+            crashes: self.crashes,
+        }
+    }
+
+    /// Replaces every disk with `disks` (from `snapshot_disks`); injected faults are not
+    /// carried over.
+    pub fn restore_disks(&mut self, disks: Vec<MemDisk>) {
+        self.pool = None;
+        self.disks = disks
+            .into_iter()
+            .map(|memdisk| Arc::new(FaultyDevice::new(memdisk, self.switch.clone(), Some(self.latency_sink()))))
+            .collect();
+        self.switch.reset();
+        self.trigger.disarm();
+    }
+}
