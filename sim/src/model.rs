@@ -3,6 +3,7 @@
 //! a crash, `live` what reads see now (it includes writes buffered in open handles).
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 /// A file's identity, so renamed and open files keep their contents.
 pub type FileId = u64;
@@ -14,15 +15,16 @@ pub enum Entry {
     File(FileId),
 }
 
-/// A namespace with file contents.
+/// A namespace with file contents. Contents are shared copy-on-write, so the runner can
+/// clone a tree per step cheaply.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Tree {
     pub entries: BTreeMap<String, Entry>,
-    pub contents: BTreeMap<FileId, Vec<u8>>,
+    pub contents: BTreeMap<FileId, Arc<Vec<u8>>>,
 }
 
 /// A namespace as the engine or the model shows it: path → directory or file bytes.
-pub type View = BTreeMap<String, Option<Vec<u8>>>;
+pub type View = BTreeMap<String, Option<Arc<Vec<u8>>>>;
 
 /// Errors the model predicts, as errno values.
 pub mod errno {
@@ -106,7 +108,7 @@ impl Tree {
             Ok(Entry::Dir) => Err(errno::EISDIR),
             Err(errno::ENOENT) if self.check_parent(path).is_ok() => {
                 self.entries.insert(path.to_string(), Entry::File(new_id));
-                self.contents.insert(new_id, Vec::new());
+                self.contents.insert(new_id, Arc::new(Vec::new()));
                 Ok(new_id)
             }
             Err(e) => Err(e),
@@ -115,7 +117,7 @@ impl Tree {
 
     /// Writes `data` at `offset` of file `id`, extending with zeros.
     pub fn write(&mut self, id: FileId, offset: u64, data: &[u8]) {
-        let content = self.contents.entry(id).or_default();
+        let content = Arc::make_mut(self.contents.entry(id).or_default());
         let end = offset as usize + data.len();
         if content.len() < end {
             content.resize(end, 0);
@@ -129,7 +131,7 @@ impl Tree {
             Entry::Dir => Err(errno::EISDIR),
             Entry::File(id) => {
                 let id = *id;
-                self.contents.entry(id).or_default().resize(size as usize, 0);
+                Arc::make_mut(self.contents.entry(id).or_default()).resize(size as usize, 0);
                 Ok(())
             }
         }
@@ -209,7 +211,7 @@ impl Tree {
     pub fn read(&self, path: &str) -> Result<Vec<u8>, i32> {
         match self.lookup(path)? {
             Entry::Dir => Err(errno::EISDIR),
-            Entry::File(id) => Ok(self.contents.get(id).cloned().unwrap_or_default()),
+            Entry::File(id) => Ok(self.contents.get(id).map(|c| c.as_ref().clone()).unwrap_or_default()),
         }
     }
 

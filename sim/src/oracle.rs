@@ -53,10 +53,10 @@ pub fn engine_view(pool: &mut Pool) -> (View, BTreeMap<String, dfs_engine::Error
                 }
                 _ => match read_all(pool, entry.ino) {
                     Ok(bytes) => {
-                        view.insert(path, Some(bytes));
+                        view.insert(path, Some(std::sync::Arc::new(bytes)));
                     }
                     Err(e) => {
-                        view.insert(path.clone(), Some(Vec::new()));
+                        view.insert(path.clone(), Some(Default::default()));
                         failed.insert(path, e);
                     }
                 },

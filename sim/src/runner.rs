@@ -317,8 +317,15 @@ impl<'s> Run<'s> {
             ));
         }
         let (view, _) = oracle::engine_view(self.world.pool());
-        let digest = blake3::hash(format!("{view:?}").as_bytes());
-        self.note(&format!("final {}", digest.to_hex()));
+        let mut digest = blake3::Hasher::new();
+        for (path, bytes) in &view {
+            digest.update(path.as_bytes());
+            if let Some(bytes) = bytes {
+                digest.update(&(bytes.len() as u64).to_le_bytes());
+                digest.update(bytes);
+            }
+        }
+        self.note(&format!("final {}", digest.finalize().to_hex()));
         Ok(())
     }
 
@@ -738,8 +745,10 @@ impl<'s> Run<'s> {
             }
             Step::Close { path } => {
                 if let Some(handle) = self.handles.remove(path) {
-                    let acked = self.acked.contents.get(&handle.id).cloned().unwrap_or_default();
-                    self.live.contents.insert(handle.id, acked);
+                    if self.handles_on(handle.id) == 0 {
+                        let acked = self.acked.contents.get(&handle.id).cloned().unwrap_or_default();
+                        self.live.contents.insert(handle.id, acked);
+                    }
                 }
                 self.collect_garbage();
             }
@@ -868,7 +877,7 @@ impl<'s> Run<'s> {
                     return Err(fail(
                         index,
                         oracle::ACKNOWLEDGED_DATA_READABLE,
-                        format!("{path}: engine holds {:?} bytes, the model {:?}", got.map(|g| g.as_ref().map(Vec::len)), bytes.as_ref().map(Vec::len)),
+                        format!("{path}: engine holds {:?} bytes, the model {:?}", got.map(|g| g.as_ref().map(|b| b.len())), bytes.as_ref().map(|b| b.len())),
                     ))
                 }
             }

@@ -68,14 +68,19 @@ pub fn generate(seed: u64, profile: &Profile) -> Scenario {
     for _ in 0..profile.ops {
         let file = FILES[rng.random_range(0..FILES.len())].to_string();
         let roll = rng.random_range(0..1000u32);
-        let len = if rng.random_range(0..100) == 0 { rng.random_range(0..(3u64 << 20)) } else { rng.random_range(0..48_000) };
-        let offset = if rng.random_bool(0.7) { 0 } else { rng.random_range(0..(2u64 << 20)) };
+        // Mostly small I/O; one write in 200 crosses extent boundaries.
+        let len = if rng.random_range(0..200) == 0 { rng.random_range(0..(3u64 << 19)) } else { rng.random_range(0..16_384) };
+        let offset = match rng.random_range(0..10) {
+            0..=5 => 0,
+            6..=8 => rng.random_range(0..(256u64 << 10)),
+            _ => rng.random_range(0..(3u64 << 19)),
+        };
         let data_seed = rng.random();
         let fault_disk = (!faulty.is_empty()).then(|| faulty[rng.random_range(0..faulty.len())]);
         let step = match roll {
             0..=199 => Step::Write { path: file, offset, len, seed: data_seed },
             200..=279 => Step::Append { path: file, len, seed: data_seed },
-            280..=339 => Step::Truncate { path: file, size: rng.random_range(0..(3u64 << 20)) },
+            280..=339 => Step::Truncate { path: file, size: rng.random_range(0..(3u64 << 19)) },
             340..=399 => Step::Rename { from: file, to: FILES[rng.random_range(0..FILES.len())].to_string() },
             400..=449 => Step::Unlink { path: file },
             450..=489 => Step::Mkdir { path: DIRS[rng.random_range(0..DIRS.len())].to_string() },
