@@ -192,8 +192,11 @@ impl Pool {
             } else {
                 BTreeSet::new()
             };
-            pool.checkpoint_skipping(&already_durable)?;
-            report.journal_rewritten = true;
+            match pool.checkpoint_skipping(&already_durable) {
+                Ok(()) => report.journal_rewritten = true,
+                // The recovered state stands on the old replicas; serve it and retry later.
+                Err(e) => report.notes.push(format!("could not re-replicate the journal: {e}")),
+            }
         }
         report.orphan_inodes_removed = pool.remove_orphan_inodes()?;
         report.orphan_fragments_removed = pool.remove_orphan_fragments();

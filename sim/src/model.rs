@@ -115,8 +115,12 @@ impl Tree {
         }
     }
 
-    /// Writes `data` at `offset` of file `id`, extending with zeros.
+    /// Writes `data` at `offset` of file `id`, extending with zeros. Writing nothing
+    /// changes nothing (POSIX: a zero-length write does not extend the file).
     pub fn write(&mut self, id: FileId, offset: u64, data: &[u8]) {
+        if data.is_empty() {
+            return;
+        }
         let content = Arc::make_mut(self.contents.entry(id).or_default());
         let end = offset as usize + data.len();
         if content.len() < end {

@@ -37,8 +37,8 @@ pub const ALL: [&str; 8] = [
 ];
 
 /// The engine's namespace: every path with its bytes (`None` for directories), and the
-/// files whose read failed with the error.
-pub fn engine_view(pool: &mut Pool) -> (View, BTreeMap<String, dfs_engine::Error>) {
+/// files whose read failed with the error and the file's size.
+pub fn engine_view(pool: &mut Pool) -> (View, BTreeMap<String, (dfs_engine::Error, u64)>) {
     let mut view = View::new();
     let mut failed = BTreeMap::new();
     let mut stack = vec![(Ino::ROOT, String::new())];
@@ -56,8 +56,9 @@ pub fn engine_view(pool: &mut Pool) -> (View, BTreeMap<String, dfs_engine::Error
                         view.insert(path, Some(std::sync::Arc::new(bytes)));
                     }
                     Err(e) => {
+                        let size = pool.getattr(entry.ino).map(|a| a.size).unwrap_or(u64::MAX);
                         view.insert(path.clone(), Some(Default::default()));
-                        failed.insert(path, e);
+                        failed.insert(path, (e, size));
                     }
                 },
             }

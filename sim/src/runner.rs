@@ -124,6 +124,7 @@ pub struct Frozen {
 
 struct OpenHandle {
     fh: u64,
+    ino: Ino,
     id: FileId,
     /// Whether this handle wrote: the engine flushes on its close only then, or when it
     /// is the file's last handle.
@@ -663,10 +664,18 @@ impl<'s> Run<'s> {
             }
             (Err(expected), Err(got)) if *expected == got.errno() => {}
             (Ok(_), Err(error)) if error.errno() == libc_eio() => {
-                let lost = self.lost_files_now();
                 let path = step.paths().first().map(|p| p.to_string()).unwrap_or_default();
+                let ino = match (self.handles.get(&path), step) {
+                    (Some(handle), Step::WriteOpen { .. } | Step::Fsync { .. } | Step::Close { .. }) => Some(handle.ino),
+                    _ => self.world.pool().resolve(&path).ok(),
+                };
+                let pool = self.world.pool();
+                let lost = oracle::truly_lost(pool);
+                let holds_lost = ino.is_some_and(|ino| {
+                    pool.state().file_extents.get(&ino).is_some_and(|map| map.values().any(|id| lost.contains(id)))
+                });
                 self.checked(oracle::LOSS_REPORTED_EXACTLY);
-                if !lost.contains(&path) {
+                if !holds_lost {
                     return Err(fail(index, oracle::ACKNOWLEDGED_DATA_READABLE, format!("{path}: {error}, but its data is intact")));
                 }
                 self.lost_files.insert(path);
@@ -699,7 +708,8 @@ impl<'s> Run<'s> {
                     _ => new_id,
                 };
                 let fh = result.and_then(|b| b.try_into().ok()).map(u64::from_le_bytes).unwrap_or(0);
-                if let Some(old) = self.handles.insert(path.clone(), OpenHandle { fh, id, wrote: false }) {
+                let ino = self.world.pool().resolve(path).unwrap_or(Ino(0));
+                if let Some(old) = self.handles.insert(path.clone(), OpenHandle { fh, ino, id, wrote: false }) {
                     // The path's previous handle is closed, as if by `Close`.
                     let released = self.world.pool().release(old.fh);
                     let last = self.handles_on(old.id) == 0;
@@ -809,7 +819,7 @@ impl<'s> Run<'s> {
         ));
         let (view, failed) = oracle::engine_view(self.world.pool());
         let lost = self.lost_files_now();
-        for (path, error) in &failed {
+        for (path, (error, _)) in &failed {
             if !lost.contains(path) {
                 return Err(fail(index, oracle::ACKNOWLEDGED_DATA_READABLE, format!("{path}: {error}, but its data is intact")));
             }
@@ -819,7 +829,10 @@ impl<'s> Run<'s> {
             expected.len() == view.len()
                 && expected.iter().all(|(path, bytes)| match view.get(path) {
                     None => false,
-                    Some(_) if failed.contains_key(path) => true,
+                    // Unreadable (lost) data: judge by the size metadata still holds.
+                    Some(_) if failed.contains_key(path) => {
+                        failed.get(path).map(|(_, size)| *size) == bytes.as_ref().map(|b| b.len() as u64)
+                    }
                     Some(got) => got == bytes,
                 })
         };
@@ -862,7 +875,7 @@ impl<'s> Run<'s> {
         self.checked(oracle::ACKNOWLEDGED_DATA_READABLE);
         let expected = self.live.view();
         for (path, bytes) in &expected {
-            match (view.get(path), failed.get(path)) {
+            match (view.get(path), failed.get(path).map(|(error, _)| error)) {
                 (_, Some(error)) => {
                     if !lost_files.contains(path) || error.errno() != libc_eio() {
                         return Err(fail(index, oracle::ACKNOWLEDGED_DATA_READABLE, format!("{path}: {error}, but its data is intact")));

@@ -122,7 +122,7 @@ pub fn generate(seed: u64, profile: &Profile) -> Scenario {
                         Step::VanishDisk { disk }
                     }
                     985..=992 if !vanished.is_empty() => Step::ReturnDisk { disk: vanished.remove(0) },
-                    993..=996 => Step::FillDisk { disk },
+                    993..=996 if !profile.out_of_budget || disk >= 3 => Step::FillDisk { disk },
                     _ => Step::Latency { disk, ticks: rng.random_range(0..50) },
                 },
             },
