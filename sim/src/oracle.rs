@@ -37,8 +37,8 @@ pub const ALL: [&str; 8] = [
 ];
 
 /// The engine's namespace: every path with its bytes (`None` for directories), and the
-/// files whose read failed with the error and the file's size.
-pub fn engine_view(pool: &mut Pool) -> (View, BTreeMap<String, (dfs_engine::Error, u64)>) {
+/// files whose read failed with the error and the file's inode.
+pub fn engine_view(pool: &mut Pool) -> (View, BTreeMap<String, (dfs_engine::Error, Ino)>) {
     let mut view = View::new();
     let mut failed = BTreeMap::new();
     let mut stack = vec![(Ino::ROOT, String::new())];
@@ -56,9 +56,8 @@ pub fn engine_view(pool: &mut Pool) -> (View, BTreeMap<String, (dfs_engine::Erro
                         view.insert(path, Some(std::sync::Arc::new(bytes)));
                     }
                     Err(e) => {
-                        let size = pool.getattr(entry.ino).map(|a| a.size).unwrap_or(u64::MAX);
                         view.insert(path.clone(), Some(Default::default()));
-                        failed.insert(path, (e, size));
+                        failed.insert(path, (e, entry.ino));
                     }
                 },
             }
@@ -75,6 +74,27 @@ pub fn read_all(pool: &mut Pool, ino: Ino) -> dfs_engine::Result<Vec<u8>> {
     let data = pool.read(fh, 0, size as usize);
     let _ = pool.release(fh);
     data
+}
+
+/// Whether file `ino`, whose data cannot be read, holds exactly `bytes` according to its
+/// metadata: its size, and the BLAKE3 of every extent (holes read as zeros).
+pub fn metadata_matches(pool: &Pool, ino: Ino, bytes: &[u8]) -> bool {
+    let state = pool.state();
+    if state.inodes.get(&ino).map(|i| i.size) != Some(bytes.len() as u64) {
+        return false;
+    }
+    let map = state.file_extents.get(&ino);
+    bytes.chunks(EXTENT_BYTES_MAX as usize).enumerate().all(|(index, chunk)| {
+        match map.and_then(|m| m.get(&(index as u64))).and_then(|id| state.extents.get(id)) {
+            None => chunk.iter().all(|b| *b == 0),
+            Some(record) => {
+                let len = (record.len as usize).min(chunk.len());
+                blake3::hash(&chunk[..len]).as_bytes() == &record.hash
+                    && record.len as usize <= chunk.len()
+                    && chunk[len..].iter().all(|b| *b == 0)
+            }
+        }
+    })
 }
 
 /// The extents whose data cannot be read, judged independently of the engine's read

@@ -622,6 +622,12 @@ impl<'s> Run<'s> {
 
     fn namespace_step(&mut self, step: &Step) -> Result<(), Failure> {
         let index = self.step;
+        if let Step::Open { path } = step {
+            if self.handles.contains_key(path) {
+                // One handle per path: reopening closes the previous one first.
+                self.namespace_step(&Step::Close { path: path.clone() })?;
+            }
+        }
         if let Step::WriteOpen { path, .. } | Step::Fsync { path } | Step::Close { path } = step {
             if !self.handles.contains_key(path) {
                 self.note("skipped: no open handle (lost in a crash)");
@@ -709,23 +715,7 @@ impl<'s> Run<'s> {
                 };
                 let fh = result.and_then(|b| b.try_into().ok()).map(u64::from_le_bytes).unwrap_or(0);
                 let ino = self.world.pool().resolve(path).unwrap_or(Ino(0));
-                if let Some(old) = self.handles.insert(path.clone(), OpenHandle { fh, ino, id, wrote: false }) {
-                    // The path's previous handle is closed, as if by `Close`.
-                    let released = self.world.pool().release(old.fh);
-                    let last = self.handles_on(old.id) == 0;
-                    match released {
-                        Ok(()) if old.wrote || last => {
-                            let live = self.live.contents.get(&old.id).cloned().unwrap_or_default();
-                            self.acked.contents.insert(old.id, live);
-                        }
-                        Err(_) if last => {
-                            let acked = self.acked.contents.get(&old.id).cloned().unwrap_or_default();
-                            self.live.contents.insert(old.id, acked);
-                        }
-                        _ => {}
-                    }
-                    self.collect_garbage();
-                }
+                self.handles.insert(path.clone(), OpenHandle { fh, ino, id, wrote: false });
             }
             Step::Close { path } => {
                 self.handles.remove(path);
@@ -825,21 +815,24 @@ impl<'s> Run<'s> {
             }
             self.lost_files.insert(path.clone());
         }
+        let pool_ref = self.world.pool.as_ref().ok_or_else(|| fail(index, oracle::METADATA_REPLICAS_AGREE, "no pool"))?;
         let matches = |expected: &View| {
             expected.len() == view.len()
                 && expected.iter().all(|(path, bytes)| match view.get(path) {
                     None => false,
                     // Unreadable (lost) data: judge by the size metadata still holds.
-                    Some(_) if failed.contains_key(path) => {
-                        failed.get(path).map(|(_, size)| *size) == bytes.as_ref().map(|b| b.len() as u64)
-                    }
+                    Some(_) if failed.contains_key(path) => match (failed.get(path), bytes) {
+                        (Some((_, ino)), Some(bytes)) => oracle::metadata_matches(pool_ref, *ino, bytes),
+                        _ => false,
+                    },
                     Some(got) => got == bytes,
                 })
         };
         let views: Vec<View> = candidates.iter().map(Tree::view).collect();
+        let matched = views.iter().position(|v| matches(v));
         self.checked(oracle::NO_HALF_VISIBLE_STATE);
         self.checked(oracle::ACKNOWLEDGED_DATA_READABLE);
-        let Some(matched) = views.iter().position(|v| matches(v)) else {
+        let Some(matched) = matched else {
             let before = &views[0];
             let missing: Vec<&String> =
                 before.iter().filter(|(p, b)| view.get(*p) != Some(b) && !failed.contains_key(*p)).map(|(p, _)| p).collect();
@@ -887,11 +880,19 @@ impl<'s> Run<'s> {
                 }
                 (Some(got), None) if got == bytes => {}
                 (got, None) => {
+                    let first_difference = match (got, bytes) {
+                        (Some(Some(got)), Some(want)) => got.iter().zip(want.iter()).position(|(a, b)| a != b),
+                        _ => None,
+                    };
                     return Err(fail(
                         index,
                         oracle::ACKNOWLEDGED_DATA_READABLE,
-                        format!("{path}: engine holds {:?} bytes, the model {:?}", got.map(|g| g.as_ref().map(|b| b.len())), bytes.as_ref().map(|b| b.len())),
-                    ))
+                        format!(
+                            "{path}: engine holds {:?} bytes, the model {:?}; first difference at {first_difference:?}",
+                            got.map(|g| g.as_ref().map(|b| b.len())),
+                            bytes.as_ref().map(|b| b.len())
+                        ),
+                    ));
                 }
             }
         }
