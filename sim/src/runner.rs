@@ -220,7 +220,7 @@ pub fn run(scenario: &Scenario, options: &RunOptions) -> Outcome {
     outcome.sim_nanos = run.world.clock.elapsed_nanos();
     outcome.faults = run.faults;
     outcome.crashes = run.world.crashes;
-    outcome.degraded_reads = run.world.pool.as_ref().map(|p| p.counters().degraded_reads).unwrap_or(0);
+    outcome.degraded_reads = run.world.degraded_reads();
     outcome.checks = run.checks;
     outcome.lost_files = run.lost_files;
     outcome.trace_hash = run.trace.finalize().to_hex()[..16].to_string();
@@ -316,6 +316,20 @@ impl<'s> Run<'s> {
                 oracle::LOSS_REPORTED_EXACTLY,
                 format!("files lost: {:?}; the scenario expects {:?}", self.lost_files, expected),
             ));
+        }
+        if let Some(tolerance) = self.scenario.expect.balanced_fill {
+            let ratios: Vec<f64> =
+                self.world.disks.iter().map(|d| d.inner().used_bytes() as f64 / d.inner().capacity_bytes() as f64).collect();
+            let mean = ratios.iter().sum::<f64>() / ratios.len() as f64;
+            self.checked(oracle::SPACE_ACCOUNTING);
+            if ratios.iter().any(|r| (r - mean).abs() > tolerance * mean) {
+                return Err(fail(
+                    self.step,
+                    oracle::SPACE_ACCOUNTING,
+                    format!("disks did not fill in proportion: fill ratios {ratios:.3?}, mean {mean:.3}"),
+                ));
+            }
+            self.note(&format!("fill ratios {ratios:.4?}"));
         }
         let (view, _) = oracle::engine_view(self.world.pool());
         let mut digest = blake3::Hasher::new();

@@ -120,6 +120,10 @@ pub struct Expect {
     /// loss report is exact.
     #[serde(default)]
     pub out_of_budget: bool,
+    /// At the end, every disk's fill ratio (used / capacity) must be within this
+    /// fraction of the mean ratio: disks of different sizes fill in proportion.
+    #[serde(default)]
+    pub balanced_fill: Option<f64>,
 }
 
 /// A scenario that failed to load, with where.

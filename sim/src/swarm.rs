@@ -143,7 +143,7 @@ pub fn generate(seed: u64, profile: &Profile) -> Scenario {
             checkpoint_every: Some(rng.random_range(8..300)),
         },
         steps,
-        expect: Expect { lost_files: Vec::new(), out_of_budget: profile.out_of_budget },
+        expect: Expect { lost_files: Vec::new(), out_of_budget: profile.out_of_budget, balanced_fill: None },
     }
 }
 

@@ -66,6 +66,8 @@ pub struct World {
     pub trigger: Arc<PhaseTrigger>,
     /// Crashes performed.
     pub crashes: u64,
+    /// Degraded reads served by pools that were since closed or crashed.
+    degraded_reads_before: u64,
 }
 
 fn uuid_from(rng: &mut ChaCha8Rng) -> Uuid {
@@ -95,6 +97,7 @@ impl World {
             options,
             trigger,
             crashes: 0,
+            degraded_reads_before: 0,
         };
         world.recover().map_err(|e| format!("opening the empty pool: {e}"))?;
         for capacity in capacities {
@@ -167,7 +170,7 @@ impl World {
 
     /// Crashes the machine with an explicit fate for every pending operation.
     pub fn crash_with(&mut self, fates: &[Vec<Fate>]) {
-        self.pool = None;
+        self.retire_pool();
         for (disk, fates) in self.disks.iter().zip(fates) {
             disk.inner().crash(fates);
         }
@@ -178,7 +181,7 @@ impl World {
 
     /// Opens the pool over the disks, recovering whatever they hold.
     pub fn recover(&mut self) -> dfs_engine::Result<OpenReport> {
-        self.pool = None;
+        self.retire_pool();
         let devices = self
             .disks
             .iter()
@@ -194,6 +197,17 @@ impl World {
     /// exploring crash states without re-running.
     pub fn snapshot_disks(&self) -> Vec<MemDisk> {
         self.disks.iter().map(|d| d.inner().snapshot()).collect()
+    }
+
+    fn retire_pool(&mut self) {
+        if let Some(pool) = self.pool.take() {
+            self.degraded_reads_before += pool.counters().degraded_reads;
+        }
+    }
+
+    /// Degraded reads served since the world was built, across restarts.
+    pub fn degraded_reads(&self) -> u64 {
+        self.degraded_reads_before + self.pool.as_ref().map(|p| p.counters().degraded_reads).unwrap_or(0)
     }
 
     /// A copy of this machine — its disks as they are now, durable and pending — with no
@@ -223,6 +237,7 @@ impl World {
             options,
             trigger,
             crashes: self.crashes,
+            degraded_reads_before: 0,
         }
     }
 
