@@ -9,9 +9,9 @@ use dfs_engine::namespace::Owner;
 use dfs_engine::pooldir::PoolDir;
 use dfs_engine::{Ino, InodeKind, Pool, PoolOptions};
 
-use dfs_engine::units::human;
 use crate::table;
 use crate::Command;
+use dfs_engine::units::human;
 
 /// Bytes moved per engine call by `put` and `get`.
 const COPY_CHUNK: usize = 1 << 20;

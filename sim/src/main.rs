@@ -122,7 +122,9 @@ fn options(seed: u64, sabotage: &SabotageArg) -> Result<RunOptions, String> {
             options.sabotage = Some(swarm::parse_sabotage(defect)?);
         }
         #[cfg(not(feature = "sabotage"))]
-        return Err(format!("--sabotage {defect}: this build has no sabotage feature (cargo build -p dfs-sim --features sabotage)"));
+        return Err(format!(
+            "--sabotage {defect}: this build has no sabotage feature (cargo build -p dfs-sim --features sabotage)"
+        ));
     }
     Ok(options)
 }

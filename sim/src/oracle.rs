@@ -164,7 +164,7 @@ pub fn structure(pool: &Pool) -> Result<(), String> {
 /// Invariant 6: after recovery every stored fragment is referenced where it lies.
 pub fn no_leaks(pool: &Pool) -> Result<(), String> {
     let state = pool.state();
-    for (disk, _) in &state.disks {
+    for disk in state.disks.keys() {
         let Some(device) = pool.device(*disk) else { continue };
         let Ok(names) = device.list(BlockKind::Fragment) else { continue };
         for name in names {

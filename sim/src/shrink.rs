@@ -62,6 +62,7 @@ pub fn shrink(scenario: &Scenario, options: &RunOptions) -> Result<Shrunk, Strin
             }
         }
     }
-    let failure = runner::run(&best, options).failure.map(|f| format!("{} at step {}: {}", f.invariant, f.step, f.detail));
+    let failure =
+        runner::run(&best, options).failure.map(|f| format!("{} at step {}: {}", f.invariant, f.step, f.detail));
     Ok(Shrunk { scenario: best, runs, failure: failure.unwrap_or_default() })
 }

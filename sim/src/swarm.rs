@@ -69,7 +69,8 @@ pub fn generate(seed: u64, profile: &Profile) -> Scenario {
         let file = FILES[rng.random_range(0..FILES.len())].to_string();
         let roll = rng.random_range(0..1000u32);
         // Mostly small I/O; one write in 200 crosses extent boundaries.
-        let len = if rng.random_range(0..200) == 0 { rng.random_range(0..(3u64 << 19)) } else { rng.random_range(0..16_384) };
+        let len =
+            if rng.random_range(0..200) == 0 { rng.random_range(0..(3u64 << 19)) } else { rng.random_range(0..16_384) };
         let offset = match rng.random_range(0..10) {
             0..=5 => 0,
             6..=8 => rng.random_range(0..(256u64 << 10)),
@@ -106,8 +107,13 @@ pub fn generate(seed: u64, profile: &Profile) -> Scenario {
                         let target = if profile.out_of_budget {
                             Target::Fragment
                         } else {
-                            [Target::Fragment, Target::DataShard, Target::ParityShard, Target::Journal, Target::Checkpoint]
-                                [rng.random_range(0..5)]
+                            [
+                                Target::Fragment,
+                                Target::DataShard,
+                                Target::ParityShard,
+                                Target::Journal,
+                                Target::Checkpoint,
+                            ][rng.random_range(0..5)]
                         };
                         Step::BitRot { disk, blocks: rng.random_range(1..5), target }
                     }
@@ -193,8 +199,6 @@ pub fn parse_sabotage(text: &str) -> Result<dfs_engine::hooks::Sabotage, String>
         "skip-fragment-sync" => Ok(Sabotage::SkipFragmentSync),
         "skip-read-checksum" => Ok(Sabotage::SkipReadChecksum),
         "same-disk-placement" => Ok(Sabotage::SameDiskPlacement),
-        other => Err(format!(
-            "unknown defect '{other}' (skip-fragment-sync, skip-read-checksum, same-disk-placement)"
-        )),
+        other => Err(format!("unknown defect '{other}' (skip-fragment-sync, skip-read-checksum, same-disk-placement)")),
     }
 }

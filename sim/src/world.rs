@@ -77,7 +77,7 @@ fn uuid_from(rng: &mut ChaCha8Rng) -> Uuid {
 impl World {
     /// A machine with disks of `capacities` and an empty pool with `policy` over them.
     pub fn new(capacities: &[u64], policy: Policy, seed: u64, mut options: PoolOptions) -> Result<World, String> {
-        let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x5EED_0F_D15C);
+        let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x005E_ED0F_D15C);
         let clock = SimClock::new();
         let switch = CrashSwitch::new();
         let trigger = Arc::new(PhaseTrigger { armed: Mutex::new(None), switch: switch.clone() });

@@ -1,0 +1,63 @@
+//! Proof that the oracle bites: deliberately broken engines are caught by `swarm`
+//! within 1,000 seeds each.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use dfs_engine::hooks::Sabotage;
+use dfs_sim::runner::{self, RunOptions};
+use dfs_sim::swarm::{self, Profile};
+
+/// The first seed (of 1..=1000) whose swarm scenario fails with `defect`, and how.
+fn first_failure(defect: Sabotage) -> Option<(u64, &'static str)> {
+    let profile = Profile { ops: 1000, out_of_budget: false };
+    (1..=1000).find_map(|seed| {
+        let scenario = swarm::generate(seed, &profile);
+        let outcome = runner::run(&scenario, &RunOptions { seed, sabotage: Some(defect), ..RunOptions::default() });
+        outcome.failure.map(|f| (seed, f.invariant))
+    })
+}
+
+#[test]
+fn the_unbroken_engine_passes_the_same_seeds() {
+    let profile = Profile { ops: 1000, out_of_budget: false };
+    for seed in 1..=20 {
+        let outcome = runner::run(&swarm::generate(seed, &profile), &RunOptions { seed, ..RunOptions::default() });
+        assert!(outcome.passed(), "{}", outcome.line());
+    }
+}
+
+#[test]
+fn skipping_the_fragment_sync_before_the_journal_commit_is_caught() {
+    let (seed, invariant) = first_failure(Sabotage::SkipFragmentSync).expect("not caught within 1000 seeds");
+    assert!(
+        ["acknowledged-data-readable", "no-half-visible-state", "loss-reported-exactly"].contains(&invariant),
+        "seed {seed}: {invariant}"
+    );
+}
+
+#[test]
+fn skipping_the_read_checksum_is_caught() {
+    let (seed, invariant) = first_failure(Sabotage::SkipReadChecksum).expect("not caught within 1000 seeds");
+    assert!(["acknowledged-data-readable", "no-half-visible-state"].contains(&invariant), "seed {seed}: {invariant}");
+}
+
+#[test]
+fn two_fragments_of_one_extent_on_one_disk_is_caught() {
+    let (seed, invariant) = first_failure(Sabotage::SameDiskPlacement).expect("not caught within 1000 seeds");
+    assert_eq!(invariant, "extents-meet-policy", "seed {seed}");
+}
+
+#[test]
+fn shrink_cuts_a_failing_swarm_scenario_to_a_few_steps_that_fail_the_same_way() {
+    let defect = Sabotage::SameDiskPlacement;
+    let profile = Profile { ops: 300, out_of_budget: false };
+    let scenario = swarm::generate(3, &profile);
+    let options = RunOptions { seed: 3, sabotage: Some(defect), ..RunOptions::default() };
+    let failure = runner::run(&scenario, &options).failure.expect("the broken engine fails");
+    let shrunk = dfs_sim::shrink::shrink(&scenario, &options).unwrap();
+    assert!(shrunk.scenario.steps.len() <= 3, "{}", shrunk.scenario.to_ron());
+    let again = runner::run(&shrunk.scenario, &options).failure.expect("the shrunk scenario still fails");
+    assert_eq!(again.invariant, failure.invariant);
+    // It is a valid scenario file.
+    let reparsed = dfs_sim::scenario::Scenario::parse(&shrunk.scenario.to_ron()).unwrap();
+    assert_eq!(reparsed, shrunk.scenario);
+}

@@ -1,0 +1,60 @@
+//! Every scenario in `scenarios/` runs and its outcome summary is snapshot-tested: a
+//! behaviour change (trace hash, invariants, faults, losses) shows up as a diff in review.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use dfs_sim::runner::{self, RunOptions};
+use dfs_sim::scenario::Scenario;
+
+#[test]
+fn there_are_at_least_twelve_scenarios() {
+    assert!(dfs_tests::scenario_files().len() >= 12, "{:?}", dfs_tests::scenario_files());
+}
+
+#[test]
+fn every_scenario_passes_and_matches_its_snapshot() {
+    for file in dfs_tests::scenario_files() {
+        let scenario = Scenario::load(&file).unwrap();
+        let outcome = runner::run(&scenario, &RunOptions { seed: scenario.seed, ..RunOptions::default() });
+        assert!(outcome.passed(), "{}", outcome.line());
+        insta::assert_snapshot!(scenario.name.clone(), outcome.summary());
+    }
+}
+
+#[test]
+fn the_same_seed_gives_the_same_trace_and_another_seed_another() {
+    let scenario = Scenario::load(&dfs_tests::scenarios_dir().join("crash-storm.ron")).unwrap();
+    let run = |seed| runner::run(&scenario, &RunOptions { seed, ..RunOptions::default() }).trace_hash;
+    assert_eq!(run(14), run(14));
+    assert_ne!(run(14), run(15));
+}
+
+#[test]
+fn scenarios_beyond_tolerance_report_exactly_their_lost_files() {
+    let scenario = Scenario::load(&dfs_tests::scenarios_dir().join("bitrot-beyond-tolerance.ron")).unwrap();
+    let outcome = runner::run(&scenario, &RunOptions { seed: scenario.seed, ..RunOptions::default() });
+    assert!(outcome.passed(), "{}", outcome.line());
+    let lost: Vec<&str> = outcome.lost_files.iter().map(String::as_str).collect();
+    assert_eq!(lost, ["/a", "/b"]);
+    // Expecting less than what is lost fails the run.
+    let mut wrong = scenario.clone();
+    wrong.expect.lost_files = vec!["/a".into()];
+    assert!(!runner::run(&wrong, &RunOptions { seed: wrong.seed, ..RunOptions::default() }).passed());
+}
+
+#[test]
+fn within_tolerance_rot_is_read_around_and_counted_as_degraded() {
+    let scenario = Scenario::load(&dfs_tests::scenarios_dir().join("bitrot-data-shards.ron")).unwrap();
+    let outcome = runner::run(&scenario, &RunOptions { seed: scenario.seed, ..RunOptions::default() });
+    assert!(outcome.passed(), "{}", outcome.line());
+    assert!(outcome.degraded_reads > 0, "rotten data shards were never noticed");
+    assert!(outcome.lost_files.is_empty());
+}
+
+#[test]
+fn crash_points_of_the_write_commit_check_thousands_of_states() {
+    let scenario = Scenario::load(&dfs_tests::scenarios_dir().join("write-commit.ron")).unwrap();
+    let report = dfs_sim::crashpoints::explore(&scenario, &RunOptions { seed: scenario.seed, ..RunOptions::default() });
+    assert_eq!(report.failure, None);
+    assert!(report.crash_points >= 50, "{}", report.line());
+    assert!(report.states >= 5000, "{}", report.line());
+}
