@@ -115,28 +115,40 @@ impl Pool {
         if data.is_empty() {
             return Ok(0);
         }
-        if let Some(handle) = self.files.handles.get_mut(&fh) {
-            handle.wrote = true;
+        // Load every chunk the write only partly covers first, so a write that fails
+        // (an unreadable extent) changes nothing.
+        let mut loaded = BTreeMap::new();
+        for index in offset / CHUNK..=(end - 1) / CHUNK {
+            let chunk_start = index * CHUNK;
+            let whole = offset <= chunk_start && end >= chunk_start + CHUNK;
+            let buffered = self.files.files.get(&ino).is_some_and(|f| f.dirty.contains_key(&index));
+            if !whole && !buffered {
+                loaded.insert(index, self.load_chunk(ino, index)?);
+            }
         }
+        let file = self.open_entry(ino)?;
         for index in offset / CHUNK..=(end - 1) / CHUNK {
             let chunk_start = index * CHUNK;
             let low = (offset.max(chunk_start) - chunk_start) as usize;
             let high = (end.min(chunk_start + CHUNK) - chunk_start) as usize;
             let source =
                 &data[(chunk_start + low as u64 - offset) as usize..(chunk_start + high as u64 - offset) as usize];
-            let buffered = self.files.files.get(&ino).is_some_and(|f| f.dirty.contains_key(&index));
-            let mut chunk = if buffered { Vec::new() } else { self.load_chunk(ino, index)? };
-            let file = self.open_entry(ino)?;
-            if buffered {
-                chunk = file.dirty.remove(&index).unwrap_or_default();
-                file.dirty_bytes -= chunk.len();
-            }
+            let mut chunk = match file.dirty.remove(&index) {
+                Some(chunk) => {
+                    file.dirty_bytes -= chunk.len();
+                    chunk
+                }
+                None => loaded.remove(&index).unwrap_or_default(),
+            };
             if chunk.len() < high {
                 chunk.resize(high, 0);
             }
             chunk[low..high].copy_from_slice(source);
             file.dirty_bytes += chunk.len();
             file.dirty.insert(index, chunk);
+        }
+        if let Some(handle) = self.files.handles.get_mut(&fh) {
+            handle.wrote = true;
         }
         let now = self.clock.wall();
         let file = self.open_entry(ino)?;

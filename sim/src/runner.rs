@@ -873,24 +873,42 @@ impl<'s> Run<'s> {
         };
         let views: Vec<View> = candidates.iter().map(Tree::view).collect();
         let matched = views.iter().position(matches);
-        self.checked(oracle::NO_HALF_VISIBLE_STATE);
-        self.checked(oracle::ACKNOWLEDGED_DATA_READABLE);
         let Some(matched) = matched else {
-            let before = &views[0];
-            let missing: Vec<&String> = before
+            let differences: Vec<String> = views
                 .iter()
-                .filter(|(p, b)| view.get(*p) != Some(b) && !failed.contains_key(*p))
-                .map(|(p, _)| p)
+                .enumerate()
+                .map(|(i, expected)| {
+                    let mut paths: Vec<&String> = expected
+                        .iter()
+                        .filter(|(p, b)| !failed.contains_key(*p) && view.get(*p) != Some(b))
+                        .map(|(p, _)| p)
+                        .chain(view.keys().filter(|p| !expected.contains_key(*p)))
+                        .chain(failed.keys().filter(|p| expected.contains_key(*p)))
+                        .collect();
+                    paths.sort();
+                    paths.dedup();
+                    let details: Vec<String> = paths
+                        .iter()
+                        .map(|p| {
+                            let want = expected.get(*p).map(|b| b.as_ref().map(|b| b.len()));
+                            let got = view.get(*p).map(|b| b.as_ref().map(|b| b.len()));
+                            let unreadable = if failed.contains_key(*p) { " unreadable" } else { "" };
+                            format!("{p} (engine {got:?}{unreadable}, model {want:?})")
+                        })
+                        .collect();
+                    format!("state {i} differs at {}", details.join(", "))
+                })
                 .collect();
             let invariant =
                 if views.len() > 1 { oracle::NO_HALF_VISIBLE_STATE } else { oracle::ACKNOWLEDGED_DATA_READABLE };
-            let extra: Vec<&String> = view.keys().filter(|p| !before.contains_key(*p)).collect();
             return Err(fail(
                 index,
                 invariant,
-                format!("after recovery the namespace is none of the {} acceptable states (differs at {missing:?}, unexpected {extra:?})", views.len()),
+                format!("after recovery the namespace is none of the {} acceptable states: {}", views.len(), differences.join("; ")),
             ));
         };
+        self.checked(oracle::NO_HALF_VISIBLE_STATE);
+        self.checked(oracle::ACKNOWLEDGED_DATA_READABLE);
         self.note(&format!("matched state {matched}"));
         self.acked = candidates[matched].clone();
         self.acked.collect_garbage();
