@@ -904,7 +904,11 @@ impl<'s> Run<'s> {
             return Err(fail(
                 index,
                 invariant,
-                format!("after recovery the namespace is none of the {} acceptable states: {}", views.len(), differences.join("; ")),
+                format!(
+                    "after recovery the namespace is none of the {} acceptable states: {}",
+                    views.len(),
+                    differences.join("; ")
+                ),
             ));
         };
         self.checked(oracle::NO_HALF_VISIBLE_STATE);
