@@ -100,6 +100,9 @@ pub struct Pool {
     pub(crate) state: MetaState,
     pub(crate) tip: JournalTip,
     records_since_checkpoint: u64,
+    /// Sequence number of the newest checkpoint known durable on the journal disks.
+    /// A checkpoint is never rewritten in place: a crash could tear every copy.
+    checkpoint_seq: Option<u64>,
     pub(crate) devices: BTreeMap<DiskId, Arc<dyn BlockDevice>>,
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) rng: EngineRng,
@@ -126,6 +129,7 @@ impl Pool {
         let mut report = OpenReport::default();
         let raw: Vec<&dyn BlockDevice> = devices.iter().map(|d| d.device.as_ref()).collect();
         let recovered = journal::recover(&raw).map_err(|e| Error::MetadataCorrupt(e.to_string()))?;
+        let recovered_checkpoint = recovered.is_some();
         let (state, tip, clean, checkpoint_slots) = match recovered {
             Some(r) => {
                 report.records_replayed = r.replayed;
@@ -169,6 +173,7 @@ impl Pool {
             state,
             tip,
             records_since_checkpoint: 0,
+            checkpoint_seq: (report.records_replayed == 0 && recovered_checkpoint).then_some(tip.seq),
             devices: disk_devices,
             clock,
             rng: EngineRng::from_seed(options.seed),
@@ -288,6 +293,9 @@ impl Pool {
     /// Writes the whole state as a checkpoint on every journal disk, then deletes the
     /// records and older checkpoints it covers, and any metadata on non-journal disks.
     pub fn checkpoint(&mut self) -> Result<()> {
+        if self.checkpoint_seq == Some(self.tip.seq) {
+            return Ok(()); // nothing committed since the last one
+        }
         self.checkpoint_skipping(&BTreeSet::new())
     }
 
@@ -325,6 +333,7 @@ impl Pool {
         }
         self.reached(CommitPhase::Trimmed);
         self.records_since_checkpoint = 0;
+        self.checkpoint_seq = Some(self.tip.seq);
         self.counters.checkpoints += 1;
         Ok(())
     }

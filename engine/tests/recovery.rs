@@ -161,3 +161,18 @@ fn orphan_fragments_are_removed_on_open() {
     assert!(!orphan.exists());
     assert_files(&mut t, &files);
 }
+
+#[test]
+fn a_checkpoint_is_never_rewritten_in_place() {
+    let (mut t, files) = pool_with_records();
+    t.reopen();
+    let pool = t.pool();
+    let before = pool.counters().checkpoints;
+    pool.checkpoint().unwrap();
+    pool.checkpoint().unwrap();
+    assert_eq!(pool.counters().checkpoints, before, "a checkpoint of an unchanged state rewrote the only copy");
+    t.write_file("new", b"x");
+    t.pool().checkpoint().unwrap();
+    assert_eq!(t.pool().counters().checkpoints, before + 1);
+    assert_files(&mut t, &files);
+}

@@ -717,6 +717,7 @@ impl<'s> Run<'s> {
                         format!("{path}: {error}, but its data is intact"),
                     ));
                 }
+                self.check_loss_allowed(index, &path)?;
                 self.lost_files.insert(path);
             }
             (Ok(_), Err(error)) if error.errno() == libc_enospc() && self.space_pressure() => {
@@ -789,6 +790,20 @@ impl<'s> Run<'s> {
         }
     }
 
+    /// A file may be lost only when the scenario says so, or faults went beyond
+    /// tolerance on purpose; otherwise losing it breaks invariant 1.
+    fn check_loss_allowed(&self, index: usize, path: &str) -> Result<(), Failure> {
+        let expect = &self.scenario.expect;
+        if expect.out_of_budget || expect.lost_files.iter().any(|p| p == path) {
+            return Ok(());
+        }
+        Err(fail(
+            index,
+            oracle::ACKNOWLEDGED_DATA_READABLE,
+            format!("{path}: data lost although every fault stayed within tolerance"),
+        ))
+    }
+
     /// How many open handles hold file `id`.
     fn handles_on(&self, id: FileId) -> usize {
         self.handles.values().filter(|h| h.id == id).count()
@@ -855,6 +870,7 @@ impl<'s> Run<'s> {
                     format!("{path}: {error}, but its data is intact"),
                 ));
             }
+            self.check_loss_allowed(index, &path)?;
             self.lost_files.insert(path.clone());
         }
         let pool_ref =
@@ -958,6 +974,7 @@ impl<'s> Run<'s> {
                             format!("{path}: {error} does not name the lost extent"),
                         ));
                     }
+                    self.check_loss_allowed(index, &path)?;
                     self.lost_files.insert(path.clone());
                 }
                 (Some(got), None) if got == bytes => {}

@@ -61,3 +61,12 @@ fn shrink_cuts_a_failing_swarm_scenario_to_a_few_steps_that_fail_the_same_way() 
     let reparsed = dfs_sim::scenario::Scenario::parse(&shrunk.scenario.to_ron()).unwrap();
     assert_eq!(reparsed, shrunk.scenario);
 }
+
+#[test]
+fn crash_points_catch_a_commit_that_skips_the_fragment_sync() {
+    let scenario = dfs_sim::scenario::Scenario::load(&dfs_tests::scenarios_dir().join("write-commit.ron")).unwrap();
+    let options =
+        RunOptions { seed: scenario.seed, sabotage: Some(Sabotage::SkipFragmentSync), ..RunOptions::default() };
+    let report = dfs_sim::crashpoints::explore(&scenario, &options);
+    assert!(report.failure.is_some(), "{}", report.line());
+}

@@ -76,6 +76,7 @@ pub fn recover(devices: &[&dyn BlockDevice]) -> Result<Option<Recovered>, Recove
     let mut checkpoints: BTreeMap<u64, Vec<(usize, Checkpoint, [u8; 32])>> = BTreeMap::new();
     let mut records: BTreeMap<u64, Vec<(usize, JournalRecord, [u8; 32])>> = BTreeMap::new();
     let mut any_metadata = false;
+    let mut only_genesis = true;
     let mut any_fragment = false;
     for (slot, device) in devices.iter().enumerate() {
         for kind in [BlockKind::Checkpoint, BlockKind::Journal] {
@@ -87,6 +88,7 @@ pub fn recover(devices: &[&dyn BlockDevice]) -> Result<Option<Recovered>, Recove
                 }
             };
             any_metadata |= !names.is_empty();
+            only_genesis &= names.iter().all(|n| *n == BlockName::Checkpoint { seq: 0 });
             for name in names {
                 let block = match device.read(name) {
                     Ok(block) => block,
@@ -123,7 +125,9 @@ pub fn recover(devices: &[&dyn BlockDevice]) -> Result<Option<Recovered>, Recove
         }
     }
     let Some((&checkpoint_seq, copies)) = checkpoints.iter().next_back() else {
-        if any_metadata {
+        // A torn first checkpoint (seq 0) means the first disk was never fully added:
+        // nothing was ever committed, so the pool is still empty.
+        if any_metadata && !(only_genesis && !any_fragment) {
             return Err(RecoveryError::NoValidCheckpoint(notes.join("; ")));
         }
         if any_fragment {
