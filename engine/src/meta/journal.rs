@@ -127,7 +127,7 @@ pub fn recover(devices: &[&dyn BlockDevice]) -> Result<Option<Recovered>, Recove
     let Some((&checkpoint_seq, copies)) = checkpoints.iter().next_back() else {
         // A torn first checkpoint (seq 0) means the first disk was never fully added:
         // nothing was ever committed, so the pool is still empty.
-        if any_metadata && !(only_genesis && !any_fragment) {
+        if any_metadata && (any_fragment || !only_genesis) {
             return Err(RecoveryError::NoValidCheckpoint(notes.join("; ")));
         }
         if any_fragment {
