@@ -870,7 +870,7 @@ impl<'s> Run<'s> {
                     format!("{path}: {error}, but its data is intact"),
                 ));
             }
-            self.check_loss_allowed(index, &path)?;
+            self.check_loss_allowed(index, path)?;
             self.lost_files.insert(path.clone());
         }
         let pool_ref =
@@ -974,7 +974,7 @@ impl<'s> Run<'s> {
                             format!("{path}: {error} does not name the lost extent"),
                         ));
                     }
-                    self.check_loss_allowed(index, &path)?;
+                    self.check_loss_allowed(index, path)?;
                     self.lost_files.insert(path.clone());
                 }
                 (Some(got), None) if got == bytes => {}
