@@ -16,7 +16,7 @@ use dfs_engine::units::human;
 /// Bytes moved per engine call by `put` and `get`.
 const COPY_CHUNK: usize = 1 << 20;
 
-fn errno_name(errno: i32) -> &'static str {
+pub(crate) fn errno_name(errno: i32) -> &'static str {
     match errno {
         libc_errno::ENOENT => "ENOENT",
         libc_errno::EEXIST => "EEXIST",
@@ -112,6 +112,10 @@ fn parent_and_name<'p>(pool: &Pool, path: &'p str) -> Result<(Ino, &'p str)> {
 pub fn run(command: Command) -> Result<()> {
     match command {
         Command::Demo { dir } => demo(dir),
+        Command::Mount { pool, mountpoint, foreground, allow_other } => {
+            crate::mount::mount(&pool.pool, &mountpoint, foreground, allow_other)
+        }
+        Command::Umount { mountpoint } => crate::mount::umount(&mountpoint),
         Command::Init { pool, policy } => {
             let config = PoolDir::init(&pool.pool, policy).map_err(engine)?;
             println!("initialised pool {} at {} with default policy {policy}", config.pool_id, pool.pool.display());

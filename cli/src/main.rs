@@ -3,6 +3,7 @@
 //! 2 bad usage.
 
 mod commands;
+mod mount;
 
 mod table;
 
@@ -60,6 +61,26 @@ pub(crate) enum Command {
         /// Where to build it (must not exist); default: a new directory under the system temp dir.
         #[arg(long, value_name = "DIR")]
         dir: Option<PathBuf>,
+    },
+    /// Mount the pool with FUSE. Returns once the mount is ready; the daemon keeps
+    /// serving until `dfs umount` (or SIGTERM/SIGINT to the daemon).
+    Mount {
+        #[command(flatten)]
+        pool: PoolArg,
+        /// An existing, empty directory to mount on.
+        #[arg(long, value_name = "DIR")]
+        mountpoint: PathBuf,
+        /// Stay attached: serve in this process until unmounted or interrupted.
+        #[arg(long)]
+        foreground: bool,
+        /// Let other users access the mount (needs user_allow_other in /etc/fuse.conf).
+        #[arg(long)]
+        allow_other: bool,
+    },
+    /// Unmount a DynamicFS mount and wait until its daemon has released the pool.
+    Umount {
+        /// The mountpoint.
+        mountpoint: PathBuf,
     },
     /// Create a new, empty pool directory.
     Init {
@@ -174,7 +195,8 @@ fn init_logging(cli: &Cli) {
     let filter = EnvFilter::try_from_default_env()
         .or_else(|_| EnvFilter::try_new(&cli.log_level))
         .unwrap_or_else(|_| EnvFilter::new("warn"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
     let _ = match cli.log_format {
         LogFormat::Text => builder.try_init(),
         LogFormat::Json => builder.json().try_init(),

@@ -220,6 +220,11 @@ impl Pool {
             .sum()
     }
 
+    /// Wall-clock time from the pool's clock (for "now" in timestamp updates).
+    pub fn now(&self) -> crate::clock::WallTime {
+        self.clock.wall()
+    }
+
     /// The committed metadata state.
     pub fn state(&self) -> &MetaState {
         &self.state

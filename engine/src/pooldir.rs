@@ -105,7 +105,7 @@ impl PoolDir {
             Ok(()) => {}
             Err(std::fs::TryLockError::WouldBlock) => {
                 return Err(Error::PoolBusy(format!(
-                    "pool {} is in use by another process (mounted or busy); unmount it or use the running daemon",
+                    "pool {} is in use by another process (mounted, or another command is running); unmount it first",
                     path.display()
                 )))
             }

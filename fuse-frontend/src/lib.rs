@@ -1,2 +1,432 @@
-//! The FUSE frontend: `fuser::Filesystem` over the engine's namespace API. It arrives with
-//! the FUSE issue; until then this crate is empty and nothing depends on it.
+//! The FUSE frontend: `DynamicFs` implements `fuser::Filesystem` over the engine's
+//! namespace API, nothing else. Each method makes one engine call and maps its error to
+//! errno in one place (`errno`); permission checks are the kernel's
+//! (`default_permissions`). The engine sits behind one mutex: requests from several FUSE
+//! threads are served one at a time by the engine, which does its own parallel disk I/O.
+
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use dfs_engine::clock::WallTime;
+use dfs_engine::namespace::{Attr, Owner, RenameMode, SetAttr};
+use dfs_engine::{Ino, InodeKind, Pool};
+use fuser::{
+    Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, KernelConfig, LockOwner,
+    OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen,
+    ReplyStatfs, ReplyWrite, Request, TimeOrNow, WriteFlags,
+};
+
+/// How long the kernel may cache attributes and entries. Only this process changes the
+/// pool while it is mounted, so caching is safe; short keeps `df`/`stat` fresh.
+const TTL: Duration = Duration::from_secs(1);
+/// The extended attribute holding an inode's redundancy policy (bcachefs's convention).
+/// Reading it gives the effective policy; setting it on a directory sets what new
+/// children inherit, on a file that holds no data yet its own policy. It is the only
+/// attribute stored: others answer ENODATA / ENOTSUP.
+pub const POLICY_XATTR: &str = "user.dynamicfs.policy";
+/// Block size reported to `stat` and `statfs`.
+const BLOCK_BYTES: u32 = 4096;
+
+/// The mounted filesystem.
+pub struct DynamicFs {
+    pool: Mutex<Pool>,
+}
+
+/// The errno for an engine error: the single place errors cross the FUSE boundary.
+pub fn errno(error: &dfs_engine::Error) -> Errno {
+    Errno::from_i32(error.errno())
+}
+
+fn system_time(time: WallTime) -> SystemTime {
+    if time.secs >= 0 {
+        UNIX_EPOCH + Duration::new(time.secs as u64, time.nanos)
+    } else {
+        UNIX_EPOCH - Duration::from_secs(time.secs.unsigned_abs())
+    }
+}
+
+fn wall_time(time: SystemTime) -> WallTime {
+    match time.duration_since(UNIX_EPOCH) {
+        Ok(d) => WallTime { secs: d.as_secs() as i64, nanos: d.subsec_nanos() },
+        Err(e) => WallTime { secs: -(e.duration().as_secs() as i64), nanos: 0 },
+    }
+}
+
+fn file_type(kind: InodeKind) -> FileType {
+    match kind {
+        InodeKind::File => FileType::RegularFile,
+        InodeKind::Directory => FileType::Directory,
+        InodeKind::Symlink => FileType::Symlink,
+    }
+}
+
+fn file_attr(attr: &Attr) -> FileAttr {
+    FileAttr {
+        ino: INodeNo(attr.ino.0),
+        size: attr.size,
+        blocks: attr.allocated_bytes.div_ceil(512),
+        atime: system_time(attr.atime),
+        mtime: system_time(attr.mtime),
+        ctime: system_time(attr.ctime),
+        crtime: system_time(attr.ctime),
+        kind: file_type(attr.kind),
+        perm: (attr.mode & 0o7777) as u16,
+        nlink: attr.nlink,
+        uid: attr.uid,
+        gid: attr.gid,
+        rdev: 0,
+        blksize: BLOCK_BYTES,
+        flags: 0,
+    }
+}
+
+fn owner(req: &Request, mode: u32, umask: u32) -> Owner {
+    Owner { mode: mode & !umask & 0o7777, uid: req.uid(), gid: req.gid() }
+}
+
+impl DynamicFs {
+    /// Serves `pool`.
+    pub fn new(pool: Pool) -> Self {
+        Self { pool: Mutex::new(pool) }
+    }
+
+    /// The pool, after unmount.
+    pub fn into_pool(self) -> Pool {
+        self.pool.into_inner().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn pool(&self) -> MutexGuard<'_, Pool> {
+        // A panic in one request must not take every later request down with it.
+        self.pool.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn time(&self, pool: &Pool, time: Option<TimeOrNow>) -> Option<WallTime> {
+        time.map(|t| match t {
+            TimeOrNow::SpecificTime(t) => wall_time(t),
+            TimeOrNow::Now => pool.now(),
+        })
+    }
+}
+
+impl Filesystem for DynamicFs {
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
+        let _ = config.set_max_write(1 << 20);
+        Ok(())
+    }
+
+    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        match self.pool().lookup(Ino(parent.0), name.as_bytes()) {
+            Ok(attr) => reply.entry(&TTL, &file_attr(&attr), Generation(0)),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        match self.pool().getattr(Ino(ino.0)) {
+            Ok(attr) => reply.attr(&TTL, &file_attr(&attr)),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn setattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        size: Option<u64>,
+        atime: Option<TimeOrNow>,
+        mtime: Option<TimeOrNow>,
+        _ctime: Option<SystemTime>,
+        _fh: Option<FileHandle>,
+        _crtime: Option<SystemTime>,
+        _chgtime: Option<SystemTime>,
+        _bkuptime: Option<SystemTime>,
+        _flags: Option<fuser::BsdFileFlags>,
+        reply: ReplyAttr,
+    ) {
+        let mut pool = self.pool();
+        let changes = SetAttr { mode, uid, gid, size, atime: self.time(&pool, atime), mtime: self.time(&pool, mtime) };
+        match pool.setattr(Ino(ino.0), &changes) {
+            Ok(attr) => reply.attr(&TTL, &file_attr(&attr)),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        match self.pool().readlink(Ino(ino.0)) {
+            Ok(target) => reply.data(&target),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn mknod(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        _rdev: u32,
+        reply: ReplyEntry,
+    ) {
+        match self.pool().mknod(Ino(parent.0), name.as_bytes(), mode, owner(req, mode, umask)) {
+            Ok(attr) => reply.entry(&TTL, &file_attr(&attr), Generation(0)),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn mkdir(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, umask: u32, reply: ReplyEntry) {
+        match self.pool().mkdir(Ino(parent.0), name.as_bytes(), owner(req, mode, umask)) {
+            Ok(attr) => reply.entry(&TTL, &file_attr(&attr), Generation(0)),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        match self.pool().unlink(Ino(parent.0), name.as_bytes()) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        match self.pool().rmdir(Ino(parent.0), name.as_bytes()) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn symlink(&self, req: &Request, parent: INodeNo, link_name: &OsStr, target: &Path, reply: ReplyEntry) {
+        let owner = owner(req, 0o777, 0);
+        match self.pool().symlink(Ino(parent.0), link_name.as_bytes(), target.as_os_str().as_bytes(), owner) {
+            Ok(attr) => reply.entry(&TTL, &file_attr(&attr), Generation(0)),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn rename(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        newparent: INodeNo,
+        newname: &OsStr,
+        flags: RenameFlags,
+        reply: ReplyEmpty,
+    ) {
+        let mode = if flags.contains(RenameFlags::RENAME_EXCHANGE) {
+            RenameMode::Exchange
+        } else if flags.contains(RenameFlags::RENAME_NOREPLACE) {
+            RenameMode::NoReplace
+        } else if flags.is_empty() {
+            RenameMode::Replace
+        } else {
+            return reply.error(Errno::EINVAL); // RENAME_WHITEOUT: overlay filesystems only
+        };
+        match self.pool().rename(Ino(parent.0), name.as_bytes(), Ino(newparent.0), newname.as_bytes(), mode) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn link(&self, _req: &Request, ino: INodeNo, newparent: INodeNo, newname: &OsStr, reply: ReplyEntry) {
+        match self.pool().link(Ino(ino.0), Ino(newparent.0), newname.as_bytes()) {
+            Ok(attr) => reply.entry(&TTL, &file_attr(&attr), Generation(0)),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn open(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        match self.pool().open_file(Ino(ino.0)) {
+            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn read(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyData,
+    ) {
+        match self.pool().read(fh.0, offset, size as usize) {
+            Ok(data) => reply.data(&data),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn write(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        data: &[u8],
+        _write_flags: WriteFlags,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyWrite,
+    ) {
+        match self.pool().write(fh.0, offset, data) {
+            Ok(written) => reply.written(written as u32),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn flush(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, _lock_owner: LockOwner, reply: ReplyEmpty) {
+        match self.pool().flush(fh.0) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn release(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        match self.pool().release(fh.0) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn fsync(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
+        match self.pool().fsync(fh.0) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn readdir(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
+        let pool = self.pool();
+        let entries = match pool.readdir(Ino(ino.0)) {
+            Ok(entries) => entries,
+            Err(e) => return reply.error(errno(&e)),
+        };
+        let parent = pool.parent_of(Ino(ino.0)).unwrap_or(Ino::ROOT);
+        let dots =
+            [(ino, FileType::Directory, b".".to_vec()), (INodeNo(parent.0), FileType::Directory, b"..".to_vec())];
+        let all = dots.into_iter().chain(entries.into_iter().map(|e| (INodeNo(e.ino.0), file_type(e.kind), e.name)));
+        for (i, (child, kind, name)) in all.enumerate().skip(offset as usize) {
+            if reply.add(child, i as u64 + 1, kind, OsStr::from_bytes(&name)) {
+                break;
+            }
+        }
+        reply.ok();
+    }
+
+    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        let stat = self.pool().statfs();
+        let block = u64::from(BLOCK_BYTES);
+        reply.statfs(
+            stat.total_bytes / block,
+            stat.free_bytes / block,
+            stat.free_bytes / block,
+            stat.files,
+            u64::from(u32::MAX),
+            BLOCK_BYTES,
+            dfs_engine::namespace::NAME_BYTES_MAX as u32,
+            BLOCK_BYTES,
+        );
+    }
+
+    fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: fuser::ReplyXattr) {
+        if name.as_bytes() != POLICY_XATTR.as_bytes() {
+            return reply.error(Errno::ENODATA);
+        }
+        let value = match self.pool().getattr(Ino(ino.0)) {
+            Ok(attr) => attr.policy.to_string().into_bytes(),
+            Err(e) => return reply.error(errno(&e)),
+        };
+        match size {
+            0 => reply.size(value.len() as u32),
+            n if (n as usize) < value.len() => reply.error(Errno::ERANGE),
+            _ => reply.data(&value),
+        }
+    }
+
+    fn setxattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        name: &OsStr,
+        value: &[u8],
+        _flags: i32,
+        _position: u32,
+        reply: ReplyEmpty,
+    ) {
+        if name.as_bytes() != POLICY_XATTR.as_bytes() {
+            return reply.error(Errno::ENOTSUP); // only the policy attribute is stored
+        }
+        let Some(policy) = std::str::from_utf8(value).ok().and_then(|v| v.trim().parse().ok()) else {
+            return reply.error(Errno::EINVAL);
+        };
+        match self.pool().set_policy(Ino(ino.0), Some(policy)) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: fuser::ReplyXattr) {
+        if let Err(e) = self.pool().getattr(Ino(ino.0)) {
+            return reply.error(errno(&e));
+        }
+        let list = format!("{POLICY_XATTR}\0").into_bytes();
+        match size {
+            0 => reply.size(list.len() as u32),
+            n if (n as usize) < list.len() => reply.error(Errno::ERANGE),
+            _ => reply.data(&list),
+        }
+    }
+
+    fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        if name.as_bytes() != POLICY_XATTR.as_bytes() {
+            return reply.error(Errno::ENODATA);
+        }
+        match self.pool().set_policy(Ino(ino.0), None) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn access(&self, _req: &Request, _ino: INodeNo, _mask: fuser::AccessFlags, reply: ReplyEmpty) {
+        reply.ok(); // `default_permissions`: the kernel has already checked
+    }
+
+    fn create(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        _flags: i32,
+        reply: ReplyCreate,
+    ) {
+        let mut pool = self.pool();
+        let attr = match pool.create(Ino(parent.0), name.as_bytes(), owner(req, mode, umask)) {
+            Ok(attr) => attr,
+            Err(e) => return reply.error(errno(&e)),
+        };
+        match pool.open_file(attr.ino) {
+            Ok(fh) => reply.created(&TTL, &file_attr(&attr), Generation(0), FileHandle(fh), FopenFlags::empty()),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+}

@@ -1,0 +1,196 @@
+//! `dfs mount` and `dfs umount`: the pool daemon's mount side.
+//!
+//! `dfs mount` re-executes itself with `--foreground` as a detached child (its own
+//! session, output to `<pool>/daemon.log`) and returns 0 only once the mount is visible
+//! in the mount table. The foreground process owns the pool (its lock), serves FUSE on
+//! several threads, and on SIGINT/SIGTERM or an external unmount (`dfs umount`,
+//! `fusermount3 -u`) unmounts, lets the kernel release every open file (each release
+//! commits buffered data), and exits.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context, Result};
+use dfs_engine::pooldir::PoolDir;
+use dfs_engine::PoolOptions;
+use dfs_fuse::DynamicFs;
+use fuser::{Config, MountOption};
+
+/// Marks the re-executed daemon child.
+const DAEMON_ENV: &str = "DFS_DAEMON_CHILD";
+/// How long `dfs mount` waits for the daemon to come up.
+const READY_TIMEOUT: Duration = Duration::from_secs(30);
+const FS_NAME_PREFIX: &str = "dynamicfs:";
+
+/// Where `path` is mounted by DynamicFS, as the mount table says: (source, mountpoint).
+fn dynamicfs_mounts() -> Vec<(String, PathBuf)> {
+    let table = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+    table
+        .lines()
+        .filter_map(|line| {
+            let mut fields = line.split_whitespace();
+            let source = fields.next()?;
+            let target = fields.next()?;
+            source
+                .starts_with(FS_NAME_PREFIX)
+                .then(|| (source.to_string(), PathBuf::from(target.replace("\\040", " "))))
+        })
+        .collect()
+}
+
+fn is_mounted(mountpoint: &Path) -> bool {
+    dynamicfs_mounts().iter().any(|(_, target)| target == mountpoint)
+}
+
+#[allow(unsafe_code)]
+fn detach_from_terminal() {
+    // SAFETY: setsid takes no pointers; it fails harmlessly if we already lead a session.
+    unsafe {
+        libc::setsid();
+    }
+}
+
+/// `dfs mount`.
+pub fn mount(pool: &Path, mountpoint: &Path, foreground: bool, allow_other: bool) -> Result<()> {
+    let mountpoint = std::fs::canonicalize(mountpoint)
+        .with_context(|| format!("mountpoint {} does not exist", mountpoint.display()))?;
+    if !mountpoint.is_dir() {
+        bail!("mountpoint {} is not a directory", mountpoint.display());
+    }
+    if is_mounted(&mountpoint) {
+        bail!("{} is already a DynamicFS mount (EBUSY)", mountpoint.display());
+    }
+    if foreground {
+        return serve(pool, &mountpoint, allow_other);
+    }
+    let pool_dir =
+        std::fs::canonicalize(pool).map_err(|_| anyhow!("{}: no such pool directory (ENOENT)", pool.display()))?;
+    let log_path = pool_dir.join("daemon.log");
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log_path)
+        .with_context(|| format!("opening {}", log_path.display()))?;
+    let mut args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
+    args.push("--foreground".into());
+    let mut child = Command::new(std::env::current_exe().context("locating the dfs binary")?)
+        .args(args)
+        .env(DAEMON_ENV, "1")
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .spawn()
+        .context("starting the pool daemon")?;
+    let started = Instant::now();
+    while started.elapsed() < READY_TIMEOUT {
+        if is_mounted(&mountpoint) {
+            println!(
+                "mounted {} at {} (daemon pid {}, log {})",
+                pool_dir.display(),
+                mountpoint.display(),
+                child.id(),
+                log_path.display()
+            );
+            return Ok(());
+        }
+        if let Some(status) = child.try_wait()? {
+            let tail = std::fs::read_to_string(&log_path).unwrap_or_default();
+            let last = tail.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("no message");
+            bail!("the pool daemon exited ({status}) before mounting: {last}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    bail!(
+        "the pool daemon did not mount {} within {}s; see {}",
+        mountpoint.display(),
+        READY_TIMEOUT.as_secs(),
+        log_path.display()
+    )
+}
+
+fn serve(pool: &Path, mountpoint: &Path, allow_other: bool) -> Result<()> {
+    if std::env::var_os(DAEMON_ENV).is_some() {
+        detach_from_terminal();
+    }
+    let (dir, engine_pool, report) = PoolDir::open(pool, PoolOptions::default())
+        .map_err(|e| anyhow!("{e} ({})", crate::commands::errno_name(e.errno())))?;
+    for note in &report.notes {
+        tracing::warn!(%note, "recovery");
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(signal, stop.clone()).context("installing signal handlers")?;
+    }
+    let mut config = Config::default();
+    config.mount_options = vec![
+        MountOption::FSName(format!("{FS_NAME_PREFIX}{}", dir.path().display())),
+        MountOption::Subtype("dynamicfs".into()),
+        MountOption::DefaultPermissions,
+    ];
+    if allow_other {
+        config.acl = fuser::SessionACL::All;
+    }
+    config.n_threads = Some(4);
+    let session = fuser::spawn_mount(DynamicFs::new(engine_pool), mountpoint, &config)
+        .with_context(|| format!("mounting {} (is /dev/fuse available?)", mountpoint.display()))?;
+    eprintln!("dfs: mounted {} at {}", dir.path().display(), mountpoint.display());
+    while !stop.load(Ordering::SeqCst) && !session.guard.is_finished() {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    if session.guard.is_finished() {
+        session.join().context("the FUSE session ended with an error")?;
+    } else {
+        session.umount_and_join().context("unmounting")?;
+    }
+    drop(dir);
+    eprintln!("dfs: unmounted {}", mountpoint.display());
+    Ok(())
+}
+
+/// `dfs umount`: unmounts and waits until the daemon has released the pool.
+pub fn umount(mountpoint: &Path) -> Result<()> {
+    let mountpoint = std::fs::canonicalize(mountpoint).unwrap_or_else(|_| mountpoint.to_path_buf());
+    let Some((source, _)) = dynamicfs_mounts().into_iter().find(|(_, target)| *target == mountpoint) else {
+        bail!("{} is not a DynamicFS mount (EINVAL)", mountpoint.display());
+    };
+    let pool = PathBuf::from(&source[FS_NAME_PREFIX.len()..]);
+    let status = if which("fusermount3") {
+        Command::new("fusermount3").arg("-u").arg(&mountpoint).status()
+    } else {
+        Command::new("umount").arg(&mountpoint).status()
+    }
+    .context("running the unmount helper")?;
+    if !status.success() {
+        bail!("unmounting {} failed ({status}); is a file still open there? (EBUSY)", mountpoint.display());
+    }
+    let lock = std::fs::OpenOptions::new().write(true).open(pool.join("lock"));
+    let started = Instant::now();
+    if let Ok(lock) = lock {
+        while started.elapsed() < READY_TIMEOUT {
+            if lock.try_lock().is_ok() {
+                let _ = lock.unlock();
+                println!("unmounted {}", mountpoint.display());
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        bail!(
+            "unmounted {}, but the daemon still holds {} after {}s",
+            mountpoint.display(),
+            pool.display(),
+            READY_TIMEOUT.as_secs()
+        );
+    }
+    println!("unmounted {}", mountpoint.display());
+    Ok(())
+}
+
+fn which(program: &str) -> bool {
+    std::env::var_os("PATH")
+        .map(|paths| std::env::split_paths(&paths).any(|dir| dir.join(program).is_file()))
+        .unwrap_or(false)
+}

@@ -1,0 +1,144 @@
+//! `dfs mount` / `dfs umount` on a real FUSE mount (needs /dev/fuse; CI runs as root).
+//! Fails loudly, never skips, when FUSE is unavailable.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::fs;
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::{dfs, fails, ok, pattern, Pool};
+
+fn mountpoint(pool: &Pool) -> PathBuf {
+    let m = pool.root.path().join("mnt");
+    fs::create_dir_all(&m).unwrap();
+    m
+}
+
+fn is_mounted(m: &std::path::Path) -> bool {
+    fs::read_to_string("/proc/self/mounts").unwrap().lines().any(|l| l.split_whitespace().nth(1) == m.to_str())
+}
+
+fn daemon_pid(mount_output: &str) -> i32 {
+    let start = mount_output.find("daemon pid ").expect("mount prints the daemon pid") + "daemon pid ".len();
+    mount_output[start..].split(|c: char| !c.is_ascii_digit()).next().unwrap().parse().unwrap()
+}
+
+fn xattr(path: &std::path::Path, value: Option<&str>) -> std::process::Output {
+    let script = match value {
+        None => {
+            format!("import os; print(os.getxattr({:?}, 'user.dynamicfs.policy').decode())", path.to_str().unwrap())
+        }
+        Some(v) => {
+            format!("import os; os.setxattr({:?}, 'user.dynamicfs.policy', {v:?}.encode())", path.to_str().unwrap())
+        }
+    };
+    Command::new("python3").args(["-c", &script]).output().unwrap()
+}
+
+#[test]
+fn mount_serve_unmount_and_read_back_through_the_cli() {
+    let pool = Pool::new("erasure:2+1", &[128, 256, 192, 160]);
+    let m = mountpoint(&pool);
+    let out = ok(&["mount", "--pool", pool.path(), "--mountpoint", m.to_str().unwrap()]);
+    assert!(out.contains("mounted"), "{out}");
+    assert!(is_mounted(&m));
+
+    let data = pattern(2_500_000, 5);
+    fs::write(m.join("big"), &data).unwrap();
+    fs::create_dir(m.join("dir")).unwrap();
+    fs::write(m.join("dir/small"), b"small").unwrap();
+    assert_eq!(fs::read(m.join("big")).unwrap(), data);
+
+    // Policy through the xattr: read the inherited one, set a directory's.
+    let got = xattr(&m.join("big"), None);
+    assert_eq!(String::from_utf8_lossy(&got.stdout).trim(), "erasure:2+1", "{got:?}");
+    assert!(xattr(&m.join("dir"), Some("replicate:3")).status.success());
+    fs::write(m.join("dir/copied"), b"three copies").unwrap();
+    assert_eq!(String::from_utf8_lossy(&xattr(&m.join("dir/copied"), None).stdout).trim(), "replicate:3");
+    let bad = xattr(&m.join("dir"), Some("erasure:0+2"));
+    assert!(!bad.status.success() && String::from_utf8_lossy(&bad.stderr).contains("Invalid argument"), "{bad:?}");
+
+    // A second mount of the same pool fails clearly; admin commands say the pool is busy.
+    let second = pool.root.path().join("mnt2");
+    fs::create_dir(&second).unwrap();
+    let error = fails(&["mount", "--pool", pool.path(), "--mountpoint", second.to_str().unwrap()]);
+    assert!(error.contains("in use by another process"), "{error}");
+    let error = fails(&["ls", "--pool", pool.path()]);
+    assert!(error.contains("EBUSY"), "{error}");
+
+    ok(&["umount", m.to_str().unwrap()]);
+    assert!(!is_mounted(&m));
+    let back = pool.local("back");
+    ok(&["get", "--pool", pool.path(), "/big", back.to_str().unwrap()]);
+    assert_eq!(fs::read(&back).unwrap(), data);
+    ok(&["get", "--pool", pool.path(), "/dir/small", back.to_str().unwrap()]);
+    assert_eq!(fs::read(&back).unwrap(), b"small");
+    let extents: serde_json::Value =
+        serde_json::from_str(&ok(&["list-extents", "--pool", pool.path(), "/dir/copied", "--json"])).unwrap();
+    assert_eq!(extents[0]["policy"], "replicate:3");
+}
+
+#[test]
+fn a_killed_daemon_keeps_every_fsynced_file() {
+    let pool = Pool::new("replicate:2", &[128, 128, 128]);
+    let m = mountpoint(&pool);
+    let out = ok(&["mount", "--pool", pool.path(), "--mountpoint", m.to_str().unwrap()]);
+    let synced = pattern(1_300_000, 9);
+    let mut f = fs::File::create(m.join("synced")).unwrap();
+    f.write_all(&synced).unwrap();
+    f.sync_all().unwrap();
+    drop(f);
+    fs::write(m.join("closed"), b"closed files are flushed").unwrap();
+    let mut unsynced = fs::File::create(m.join("unsynced")).unwrap();
+    unsynced.write_all(b"maybe").unwrap();
+
+    let pid = daemon_pid(&out);
+    assert!(Command::new("kill").args(["-9", &pid.to_string()]).status().unwrap().success());
+    drop(unsynced);
+    // The dead mount stays in the table until unmounted; `dfs umount` clears it.
+    ok(&["umount", m.to_str().unwrap()]);
+    ok(&["mount", "--pool", pool.path(), "--mountpoint", m.to_str().unwrap()]);
+    assert_eq!(fs::read(m.join("synced")).unwrap(), synced);
+    assert_eq!(fs::read(m.join("closed")).unwrap(), b"closed files are flushed");
+    if let Ok(bytes) = fs::read(m.join("unsynced")) {
+        assert!(bytes.is_empty() || bytes == b"maybe", "half-visible: {bytes:?}");
+    }
+    ok(&["umount", m.to_str().unwrap()]);
+}
+
+#[test]
+fn a_foreground_mount_stops_cleanly_on_sigterm() {
+    let pool = Pool::new("replicate:1", &[64]);
+    let m = mountpoint(&pool);
+    let mut child = dfs()
+        .args(["mount", "--pool", pool.path(), "--mountpoint", m.to_str().unwrap(), "--foreground"])
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    while !is_mounted(&m) {
+        assert!(started.elapsed() < Duration::from_secs(20), "the foreground mount never appeared");
+        assert!(child.try_wait().unwrap().is_none(), "dfs mount --foreground exited early");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    fs::write(m.join("f"), b"kept").unwrap();
+    assert!(Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap().success());
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{status}");
+    assert!(!is_mounted(&m));
+    let back = pool.local("back");
+    ok(&["get", "--pool", pool.path(), "/f", back.to_str().unwrap()]);
+    assert_eq!(fs::read(back).unwrap(), b"kept");
+}
+
+#[test]
+fn mounting_on_a_missing_directory_or_unmounting_a_non_mount_fails_clearly() {
+    let pool = Pool::new("replicate:1", &[64]);
+    let error = fails(&["mount", "--pool", pool.path(), "--mountpoint", "/nonexistent/mnt"]);
+    assert!(error.contains("/nonexistent/mnt"), "{error}");
+    let error = fails(&["umount", pool.root.path().to_str().unwrap()]);
+    assert!(error.contains("not a DynamicFS mount"), "{error}");
+}

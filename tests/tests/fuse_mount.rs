@@ -1,0 +1,170 @@
+//! The FUSE frontend on a real mount: the kernel's VFS in front of the engine. Needs
+//! /dev/fuse (CI runs as root); fails loudly, never skips, when FUSE is unavailable.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::fs;
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use dfs_engine::pooldir::PoolDir;
+use dfs_engine::PoolOptions;
+use dfs_fuse::DynamicFs;
+use fuser::{BackgroundSession, Config, MountOption};
+
+struct Mounted {
+    root: tempfile::TempDir,
+    session: Option<BackgroundSession>,
+}
+
+impl Mounted {
+    fn new(policy: &str, disks: usize) -> Mounted {
+        let root = tempfile::tempdir().unwrap();
+        let pool_path = root.path().join("pool");
+        PoolDir::init(&pool_path, policy.parse().unwrap()).unwrap();
+        let (mut dir, mut pool, _) = PoolDir::open(&pool_path, PoolOptions::default()).unwrap();
+        for i in 0..disks {
+            let disk = root.path().join(format!("disk{i}"));
+            fs::create_dir(&disk).unwrap();
+            dir.add_disk(&mut pool, &disk, Some(256 << 20)).unwrap();
+        }
+        drop(pool);
+        drop(dir);
+        let mut mounted = Mounted { root, session: None };
+        mounted.mount();
+        mounted
+    }
+
+    fn mountpoint(&self) -> PathBuf {
+        self.root.path().join("mnt")
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.mountpoint().join(name)
+    }
+
+    fn mount(&mut self) {
+        fs::create_dir_all(self.mountpoint()).unwrap();
+        let (_, pool, _) = PoolDir::open(&self.root.path().join("pool"), PoolOptions::default()).unwrap();
+        let mut config = Config::default();
+        config.mount_options = vec![MountOption::FSName("dynamicfs".into()), MountOption::DefaultPermissions];
+        config.n_threads = Some(2);
+        let session = fuser::spawn_mount(DynamicFs::new(pool), self.mountpoint(), &config)
+            .expect("mounting under FUSE failed: the FUSE tests need /dev/fuse (run as root, or install fuse3)");
+        self.session = Some(session);
+    }
+
+    fn unmount(&mut self) {
+        if let Some(session) = self.session.take() {
+            session.umount_and_join().unwrap();
+        }
+    }
+}
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        self.unmount();
+    }
+}
+
+fn pattern(len: usize, seed: u8) -> Vec<u8> {
+    (0..len).map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed)).collect()
+}
+
+fn errno_of(result: std::io::Result<impl Sized>) -> i32 {
+    result.err().and_then(|e| e.raw_os_error()).unwrap_or(0)
+}
+
+#[test]
+fn posix_basics_through_the_kernel() {
+    let mut m = Mounted::new("erasure:2+1", 4);
+    let a = m.path("a");
+    let data = pattern(3 * (1 << 20) + 123, 1);
+    fs::write(&a, &data).unwrap();
+    assert_eq!(fs::read(&a).unwrap(), data);
+
+    // Overwrite in the middle, append, truncate up and down.
+    let mut f = fs::OpenOptions::new().read(true).write(true).open(&a).unwrap();
+    f.seek(SeekFrom::Start(1_000_000)).unwrap();
+    f.write_all(b"MIDDLE").unwrap();
+    f.sync_all().unwrap();
+    drop(f);
+    let mut expected = data.clone();
+    expected[1_000_000..1_000_006].copy_from_slice(b"MIDDLE");
+    assert_eq!(fs::read(&a).unwrap(), expected);
+    let mut f = fs::OpenOptions::new().append(true).open(&a).unwrap();
+    f.write_all(b"tail").unwrap();
+    drop(f);
+    expected.extend_from_slice(b"tail");
+    assert_eq!(fs::read(&a).unwrap(), expected);
+    let f = fs::OpenOptions::new().write(true).open(&a).unwrap();
+    f.set_len(10).unwrap();
+    f.set_len(5000).unwrap();
+    drop(f);
+    let read = fs::read(&a).unwrap();
+    assert_eq!(&read[..10], &expected[..10]);
+    assert!(read[10..].iter().all(|b| *b == 0));
+
+    // Sparse file.
+    let mut f = fs::File::create(m.path("sparse")).unwrap();
+    f.seek(SeekFrom::Start(5 << 20)).unwrap();
+    f.write_all(b"x").unwrap();
+    drop(f);
+    let meta = fs::metadata(m.path("sparse")).unwrap();
+    assert_eq!(meta.len(), (5 << 20) + 1);
+    assert!(meta.blocks() * 512 < 2 << 20, "holes must not be stored");
+
+    // Rename over an existing file, hard links, symlinks.
+    fs::write(m.path("b"), b"b").unwrap();
+    fs::rename(m.path("b"), &a).unwrap();
+    assert_eq!(fs::read(&a).unwrap(), b"b");
+    assert_eq!(errno_of(fs::metadata(m.path("b"))), libc::ENOENT);
+    fs::hard_link(&a, m.path("a2")).unwrap();
+    assert_eq!(fs::metadata(&a).unwrap().nlink(), 2);
+    std::os::unix::fs::symlink("a", m.path("s")).unwrap();
+    assert_eq!(fs::read_link(m.path("s")).unwrap(), Path::new("a"));
+    assert_eq!(fs::read(m.path("s")).unwrap(), b"b");
+
+    // chmod, utimens.
+    fs::set_permissions(&a, fs::Permissions::from_mode(0o600)).unwrap();
+    assert_eq!(fs::metadata(&a).unwrap().mode() & 0o7777, 0o600);
+    let when = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_000_000_000);
+    fs::File::options().write(true).open(&a).unwrap().set_modified(when).unwrap();
+    assert_eq!(fs::metadata(&a).unwrap().modified().unwrap(), when);
+
+    // Directories: ENOTEMPTY, readdir.
+    fs::create_dir(m.path("d")).unwrap();
+    fs::write(m.path("d/x"), b"x").unwrap();
+    assert_eq!(errno_of(fs::remove_dir(m.path("d"))), libc::ENOTEMPTY);
+    let mut names: Vec<String> =
+        fs::read_dir(m.mountpoint()).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+    names.sort();
+    assert_eq!(names, ["a", "a2", "d", "s", "sparse"]);
+
+    // Unlinked while open stays readable.
+    let mut open = fs::File::open(m.path("d/x")).unwrap();
+    fs::remove_file(m.path("d/x")).unwrap();
+    let mut buf = Vec::new();
+    open.read_to_end(&mut buf).unwrap();
+    assert_eq!(buf, b"x");
+    drop(open);
+    fs::remove_dir(m.path("d")).unwrap();
+
+    // Remount: everything is still there.
+    m.unmount();
+    m.mount();
+    assert_eq!(fs::read(m.path("a")).unwrap(), b"b");
+    assert_eq!(fs::metadata(m.path("sparse")).unwrap().len(), (5 << 20) + 1);
+    assert_eq!(fs::read_link(m.path("s")).unwrap(), Path::new("a"));
+}
+
+#[test]
+fn df_reports_usable_space_under_the_default_policy() {
+    let m = Mounted::new("replicate:2", 4);
+    let output = std::process::Command::new("df").arg("-B1").arg(m.mountpoint()).output().unwrap();
+    let text = String::from_utf8_lossy(&output.stdout);
+    let line = text.lines().last().unwrap();
+    let total: u64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
+    // Four disks of 256 MiB under replicate:2 hold 512 MiB.
+    assert_eq!(total, 512 << 20, "{text}");
+}
