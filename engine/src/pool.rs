@@ -455,15 +455,58 @@ impl Pool {
         }
     }
 
-    /// Usable bytes and free bytes of the pool under the default policy.
+    /// Usable bytes and free bytes of the pool under the default policy: how much data
+    /// could be stored, given that every extent needs `width` distinct disks (so a small
+    /// disk limits a wide policy).
     pub fn space(&self) -> (u64, u64) {
         let policy = self.state.default_policy;
-        let (mut raw_total, mut raw_free) = (0u64, 0u64);
-        for device in self.devices.values() {
-            raw_total += device.capacity_bytes();
-            raw_free += device.capacity_bytes().saturating_sub(device.used_bytes());
+        let disks: Vec<(u64, u64)> = self
+            .state
+            .disks
+            .values()
+            .filter(|d| d.state == DiskState::Active)
+            .filter_map(|d| self.devices.get(&d.id))
+            .map(|d| (d.capacity_bytes(), d.capacity_bytes().saturating_sub(d.used_bytes())))
+            .collect();
+        let total = usable_bytes(&disks.iter().map(|(c, _)| *c).collect::<Vec<_>>(), policy);
+        let free = usable_bytes(&disks.iter().map(|(_, f)| *f).collect::<Vec<_>>(), policy);
+        (total, free)
+    }
+}
+
+/// Data bytes that disks with `room` bytes each can hold under `policy`: the largest
+/// per-disk share `s` with `sum(min(room, s)) >= width * s` (every stripe needs `width`
+/// distinct disks), times the data fragments per stripe.
+pub fn usable_bytes(room: &[u64], policy: Policy) -> u64 {
+    let width = policy.width() as u128;
+    let fits = |share: u128| room.iter().map(|r| u128::from(*r).min(share)).sum::<u128>() >= width * share;
+    let (mut low, mut high) = (0u128, room.iter().map(|r| u128::from(*r)).sum::<u128>() / width.max(1));
+    while low < high {
+        let mid = (low + high).div_ceil(2);
+        if fits(mid) {
+            low = mid;
+        } else {
+            high = mid - 1;
         }
-        let scale = |raw: u64| (raw as u128 * policy.needed() as u128 / policy.width() as u128) as u64;
-        (scale(raw_total), scale(raw_free))
+    }
+    (low * policy.needed() as u128).min(u128::from(u64::MAX)) as u64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_small_disk_limits_a_wide_policy() {
+        let erasure = Policy::erasure(4, 2).unwrap();
+        // Six disks of 1, 1, 2, 2, 4, 8 units: every stripe needs all six, so the
+        // smallest disk (1 unit) caps the share; 4 data fragments per stripe.
+        assert_eq!(usable_bytes(&[100, 100, 200, 200, 400, 800], erasure), 400);
+        let mirror = Policy::replicate(2).unwrap();
+        assert_eq!(usable_bytes(&[100, 100], mirror), 100);
+        // One huge disk cannot mirror with itself.
+        assert_eq!(usable_bytes(&[100, 1000], mirror), 100);
+        assert_eq!(usable_bytes(&[300, 300, 300], mirror), 450);
+        assert_eq!(usable_bytes(&[100, 100, 100, 100, 100], erasure), 0);
     }
 }

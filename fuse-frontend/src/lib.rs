@@ -405,6 +405,21 @@ impl Filesystem for DynamicFs {
         }
     }
 
+    fn fallocate(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _offset: u64,
+        _length: u64,
+        _mode: i32,
+        reply: ReplyEmpty,
+    ) {
+        // Extents are copy-on-write: space cannot be reserved for later writes, so, like
+        // ZFS, refuse; posix_fallocate then falls back to writing zeros (stored as holes).
+        reply.error(Errno::EOPNOTSUPP);
+    }
+
     fn access(&self, _req: &Request, _ino: INodeNo, _mask: fuser::AccessFlags, reply: ReplyEmpty) {
         reply.ok(); // `default_permissions`: the kernel has already checked
     }

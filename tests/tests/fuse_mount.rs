@@ -168,3 +168,50 @@ fn df_reports_usable_space_under_the_default_policy() {
     // Four disks of 256 MiB under replicate:2 hold 512 MiB.
     assert_eq!(total, 512 << 20, "{text}");
 }
+
+#[test]
+fn two_writers_on_different_files_at_once() {
+    let m = Mounted::new("erasure:2+1", 4);
+    let writers: Vec<_> = (0..2u8)
+        .map(|i| {
+            let path = m.path(&format!("w{i}"));
+            std::thread::spawn(move || {
+                let mut f = fs::File::create(&path).unwrap();
+                for chunk in 0..40u8 {
+                    f.write_all(&pattern(64 * 1024, chunk.wrapping_add(i * 100))).unwrap();
+                }
+                f.sync_all().unwrap();
+            })
+        })
+        .collect();
+    for writer in writers {
+        writer.join().unwrap();
+    }
+    for i in 0..2u8 {
+        let expected: Vec<u8> = (0..40u8).flat_map(|chunk| pattern(64 * 1024, chunk.wrapping_add(i * 100))).collect();
+        assert_eq!(fs::read(m.path(&format!("w{i}"))).unwrap(), expected, "writer {i}");
+    }
+}
+
+#[test]
+fn chown_mmap_and_fallocate_behave_as_documented() {
+    let m = Mounted::new("replicate:2", 3);
+    let f = m.path("f");
+    fs::write(&f, pattern(100_000, 3)).unwrap();
+    std::os::unix::fs::chown(&f, Some(1234), Some(5678)).unwrap();
+    let meta = fs::metadata(&f).unwrap();
+    assert_eq!((meta.uid(), meta.gid()), (1234, 5678));
+    // mmap reads see the file's bytes.
+    let script = format!(
+        "import mmap; f=open({:?},'rb'); m=mmap.mmap(f.fileno(), 0, prot=mmap.PROT_READ); print(m[99990:100000].hex())",
+        f.to_str().unwrap()
+    );
+    let out = std::process::Command::new("python3").args(["-c", &script]).output().unwrap();
+    let expected: String = pattern(100_000, 3)[99_990..].iter().map(|b| format!("{b:02x}")).collect();
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), expected, "{out:?}");
+    // Space cannot be reserved on copy-on-write extents: fallocate says so.
+    let file = fs::OpenOptions::new().write(true).open(&f).unwrap();
+    let out = std::process::Command::new("fallocate").args(["-l", "1M", f.to_str().unwrap()]).output().unwrap();
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("not supported"), "{out:?}");
+    drop(file);
+}
