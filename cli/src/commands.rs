@@ -2,7 +2,7 @@
 
 use std::fs::File;
 use std::io::{IsTerminal, Read, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail, Context, Result};
 use dfs_engine::namespace::Owner;
@@ -57,32 +57,59 @@ fn engine(e: dfs_engine::Error) -> anyhow::Error {
     anyhow!("{e} ({})", errno_name(e.errno()))
 }
 
-fn open(pool: &Path) -> Result<(PoolDir, Pool)> {
-    let (dir, pool, report) = PoolDir::open(pool, PoolOptions::default()).map_err(engine)?;
-    for note in &report.notes {
-        tracing::warn!(%note, "recovery");
-    }
-    if report.orphan_fragments_removed > 0 || report.orphan_inodes_removed > 0 {
-        tracing::info!(
-            fragments = report.orphan_fragments_removed,
-            inodes = report.orphan_inodes_removed,
-            "removed leftovers of an interrupted operation"
-        );
-    }
-    Ok((dir, pool))
+/// What a pool command runs against: the pool directory and the open pool, the sink for
+/// its output, and the directory relative local paths are resolved against (the
+/// client's, when a daemon runs the command on its behalf).
+pub(crate) struct Ctx<'a> {
+    pub dir: &'a mut PoolDir,
+    pub pool: &'a mut Pool,
+    pub out: &'a mut dyn Write,
+    pub cwd: PathBuf,
+    /// Whether the command runs in the invoking process (stdin/stdout and progress
+    /// are available).
+    pub local: bool,
 }
 
-fn print_json<T: serde::Serialize>(value: &T) -> Result<()> {
-    let mut out = std::io::stdout().lock();
-    serde_json::to_writer_pretty(&mut out, value)?;
+impl Ctx<'_> {
+    fn local_path(&self, path: &Path) -> PathBuf {
+        if path.is_relative() && path.as_os_str() != "-" {
+            self.cwd.join(path)
+        } else {
+            path.to_path_buf()
+        }
+    }
+}
+
+fn print_json<T: serde::Serialize>(out: &mut dyn Write, value: &T) -> Result<()> {
+    serde_json::to_writer_pretty(&mut *out, value)?;
     writeln!(out)?;
     Ok(())
 }
 
-fn print_text(text: &str) -> Result<()> {
-    let mut out = std::io::stdout().lock();
+fn print_text(out: &mut dyn Write, text: &str) -> Result<()> {
     out.write_all(text.as_bytes())?;
     Ok(())
+}
+
+/// Runs a pool command here, or — when a mounted pool's daemon owns the pool — through
+/// the daemon's control socket, with the same output.
+fn pool_command(pool: &Path, command: Command) -> Result<()> {
+    match PoolDir::open(pool, PoolOptions::default()) {
+        Ok((mut dir, mut engine_pool, report)) => {
+            for note in &report.notes {
+                tracing::warn!(%note, "recovery");
+            }
+            let mut stdout = std::io::stdout().lock();
+            let cwd = std::env::current_dir().unwrap_or_default();
+            let mut ctx = Ctx { dir: &mut dir, pool: &mut engine_pool, out: &mut stdout, cwd, local: true };
+            execute(command, &mut ctx)
+        }
+        Err(dfs_engine::Error::PoolBusy(message)) => match crate::control::forward(pool)? {
+            Some(()) => Ok(()),
+            None => Err(anyhow!("{message} (EBUSY)")),
+        },
+        Err(e) => Err(engine(e)),
+    }
 }
 
 /// The owner of new files: the invoking user, with the usual permission bits.
@@ -122,24 +149,46 @@ pub fn run(command: Command) -> Result<()> {
             println!("next: dfs add-disk --pool {} --disk DIR", pool.pool.display());
             Ok(())
         }
-        Command::AddDisk { pool, disks, capacity } => {
-            let (mut dir, mut engine_pool) = open(&pool.pool)?;
+        Command::AddDisk { ref pool, .. }
+        | Command::ListDisks { ref pool, .. }
+        | Command::Put { ref pool, .. }
+        | Command::Get { ref pool, .. }
+        | Command::Ls { ref pool, .. }
+        | Command::Rm { ref pool, .. }
+        | Command::Mkdir { ref pool, .. }
+        | Command::ListExtents { ref pool, .. }
+        | Command::ShowRedundancy { ref pool, .. } => {
+            let path = pool.pool.clone();
+            pool_command(&path, command)
+        }
+    }
+}
+
+/// Runs a pool command against `ctx`.
+pub(crate) fn execute(command: Command, ctx: &mut Ctx<'_>) -> Result<()> {
+    match command {
+        Command::Demo { .. } | Command::Mount { .. } | Command::Umount { .. } | Command::Init { .. } => {
+            bail!("this command does not run against an open pool")
+        }
+        Command::AddDisk { pool: _, disks, capacity } => {
             for disk in &disks {
-                let id = dir
-                    .add_disk(&mut engine_pool, disk, capacity)
+                let disk = ctx.local_path(disk);
+                let id = ctx
+                    .dir
+                    .add_disk(ctx.pool, &disk, capacity)
                     .map_err(engine)
                     .with_context(|| format!("adding disk {}", disk.display()))?;
-                let info = engine_pool.disk_infos().into_iter().find(|d| d.id == id.to_string());
+                let info = ctx.pool.disk_infos().into_iter().find(|d| d.id == id.to_string());
                 let capacity = info.map(|i| human(i.capacity_bytes)).unwrap_or_default();
-                println!("added disk {id} at {} ({capacity})", disk.display());
+                writeln!(ctx.out, "added disk {id} at {} ({capacity})", disk.display())?;
             }
             Ok(())
         }
         Command::ListDisks { pool, json } => {
-            let (_dir, engine_pool) = open(&pool.pool)?;
-            let disks = engine_pool.disk_infos();
+            let _ = pool;
+            let disks = ctx.pool.disk_infos();
             if json.json {
-                return print_json(&disks);
+                return print_json(ctx.out, &disks);
             }
             let rows: Vec<Vec<String>> = disks
                 .iter()
@@ -155,30 +204,27 @@ pub fn run(command: Command) -> Result<()> {
                     ]
                 })
                 .collect();
-            print_text(&table::render(&["ID", "PATH", "CAPACITY", "USED", "STATE", "FRAGMENTS", "JOURNAL"], &rows))
+            print_text(
+                ctx.out,
+                &table::render(&["ID", "PATH", "CAPACITY", "USED", "STATE", "FRAGMENTS", "JOURNAL"], &rows),
+            )
         }
-        Command::Put { pool, local, pool_path, policy } => put(&pool.pool, &local, &pool_path, policy),
-        Command::Get { pool, pool_path, local } => get(&pool.pool, &pool_path, &local),
-        Command::Ls { pool, pool_path, json } => ls(&pool.pool, &pool_path, json.json),
-        Command::Rm { pool, pool_path, recursive } => {
-            let (_dir, mut engine_pool) = open(&pool.pool)?;
-            let (parent, name) = parent_and_name(&engine_pool, &pool_path)?;
-            remove(&mut engine_pool, parent, name.as_bytes(), recursive)
-                .with_context(|| format!("removing {pool_path}"))
+        Command::Put { pool: _, local, pool_path, policy } => put(ctx, &local, &pool_path, policy),
+        Command::Get { pool: _, pool_path, local } => get(ctx, &pool_path, &local),
+        Command::Ls { pool: _, pool_path, json } => ls(ctx, &pool_path, json.json),
+        Command::Rm { pool: _, pool_path, recursive } => {
+            let (parent, name) = parent_and_name(ctx.pool, &pool_path)?;
+            remove(ctx.pool, parent, name.as_bytes(), recursive).with_context(|| format!("removing {pool_path}"))
         }
-        Command::Mkdir { pool, pool_path, parents, policy } => {
-            let (_dir, mut engine_pool) = open(&pool.pool)?;
-            mkdir(&mut engine_pool, &pool_path, parents, policy)
-        }
-        Command::ListExtents { pool, pool_path, verify, json } => {
-            let (_dir, engine_pool) = open(&pool.pool)?;
+        Command::Mkdir { pool: _, pool_path, parents, policy } => mkdir(ctx.pool, &pool_path, parents, policy),
+        Command::ListExtents { pool: _, pool_path, verify, json } => {
             let under = match &pool_path {
-                Some(path) => Some(engine_pool.resolve(path).map_err(engine)?),
+                Some(path) => Some(ctx.pool.resolve(path).map_err(engine)?),
                 None => None,
             };
-            let extents = engine_pool.list_extents(under, verify);
+            let extents = ctx.pool.list_extents(under, verify);
             if json.json {
-                return print_json(&extents);
+                return print_json(ctx.out, &extents);
             }
             let rows: Vec<Vec<String>> = extents
                 .iter()
@@ -195,16 +241,18 @@ pub fn run(command: Command) -> Result<()> {
                     ]
                 })
                 .collect();
-            print_text(&table::render(
-                &["EXTENT", "FILE", "OFFSET", "LENGTH", "POLICY", "HEALTH", "FRAGMENTS", "DISKS"],
-                &rows,
-            ))
+            print_text(
+                ctx.out,
+                &table::render(
+                    &["EXTENT", "FILE", "OFFSET", "LENGTH", "POLICY", "HEALTH", "FRAGMENTS", "DISKS"],
+                    &rows,
+                ),
+            )
         }
-        Command::ShowRedundancy { pool, verify, json } => {
-            let (_dir, engine_pool) = open(&pool.pool)?;
-            let summary = engine_pool.redundancy_summary(verify);
+        Command::ShowRedundancy { pool: _, verify, json } => {
+            let summary = ctx.pool.redundancy_summary(verify);
             if json.json {
-                return print_json(&summary);
+                return print_json(ctx.out, &summary);
             }
             let mut text = String::from("By policy:\n");
             let rows: Vec<Vec<String>> = summary
@@ -228,12 +276,16 @@ pub fn run(command: Command) -> Result<()> {
                 human(summary.raw_bytes),
                 summary.overhead_ratio
             ));
-            print_text(&text)
+            print_text(ctx.out, &text)
         }
     }
 }
 
-fn put(pool_dir: &Path, local: &Path, pool_path: &str, policy: Option<dfs_engine::Policy>) -> Result<()> {
+fn put(ctx: &mut Ctx<'_>, local: &Path, pool_path: &str, policy: Option<dfs_engine::Policy>) -> Result<()> {
+    let local = &ctx.local_path(local);
+    if local.as_os_str() == "-" && !ctx.local {
+        bail!("put from standard input needs the pool unmounted; copy into the mount instead");
+    }
     let mut source: Box<dyn Read> = if local.as_os_str() == "-" {
         Box::new(std::io::stdin().lock())
     } else {
@@ -244,7 +296,7 @@ fn put(pool_dir: &Path, local: &Path, pool_path: &str, policy: Option<dfs_engine
         Box::new(file)
     };
     let total = if local.as_os_str() == "-" { None } else { std::fs::metadata(local).ok().map(|m| m.len()) };
-    let (_dir, mut pool) = open(pool_dir)?;
+    let pool = &mut *ctx.pool;
     let (parent, name) = match pool.resolve(pool_path) {
         Ok(ino) if pool.getattr(ino).map_err(engine)?.kind == InodeKind::Directory => {
             let name = local
@@ -254,7 +306,7 @@ fn put(pool_dir: &Path, local: &Path, pool_path: &str, policy: Option<dfs_engine
             (ino, name.to_string())
         }
         _ => {
-            let (parent, name) = parent_and_name(&pool, pool_path)?;
+            let (parent, name) = parent_and_name(pool, pool_path)?;
             (parent, name.to_string())
         }
     };
@@ -270,7 +322,7 @@ fn put(pool_dir: &Path, local: &Path, pool_path: &str, policy: Option<dfs_engine
     let result = (|| -> Result<u64> {
         let mut buffer = vec![0u8; COPY_CHUNK];
         let mut offset = 0u64;
-        let progress = Progress::new("put", total);
+        let progress = Progress::new("put", total.filter(|_| ctx.local));
         loop {
             let n = read_full(&mut source, &mut buffer).context("reading the local file")?;
             if n == 0 {
@@ -305,8 +357,13 @@ fn read_full(source: &mut dyn Read, buffer: &mut [u8]) -> std::io::Result<usize>
     Ok(filled)
 }
 
-fn get(pool_dir: &Path, pool_path: &str, local: &Path) -> Result<()> {
-    let (_dir, mut pool) = open(pool_dir)?;
+fn get(ctx: &mut Ctx<'_>, pool_path: &str, local: &Path) -> Result<()> {
+    let local = &ctx.local_path(local);
+    if local.as_os_str() == "-" && !ctx.local {
+        bail!("get to standard output needs the pool unmounted; read from the mount instead");
+    }
+    let is_local = ctx.local;
+    let pool = &mut *ctx.pool;
     let ino = pool.resolve(pool_path).map_err(engine)?;
     let attr = pool.getattr(ino).map_err(engine)?;
     if attr.kind != InodeKind::File {
@@ -320,7 +377,7 @@ fn get(pool_dir: &Path, pool_path: &str, local: &Path) -> Result<()> {
     };
     let fh = pool.open_file(ino).map_err(engine)?;
     let result = (|| -> Result<()> {
-        let progress = Progress::new("get", Some(attr.size));
+        let progress = Progress::new("get", Some(attr.size).filter(|_| is_local));
         let mut offset = 0u64;
         while offset < attr.size {
             let data = pool
@@ -364,8 +421,8 @@ fn kind_name(kind: InodeKind) -> &'static str {
     }
 }
 
-fn ls(pool_dir: &Path, pool_path: &str, json: bool) -> Result<()> {
-    let (_dir, pool) = open(pool_dir)?;
+fn ls(ctx: &mut Ctx<'_>, pool_path: &str, json: bool) -> Result<()> {
+    let pool = &*ctx.pool;
     let ino = pool.resolve(pool_path).map_err(engine)?;
     let attr = pool.getattr(ino).map_err(engine)?;
     let entry = |name: String, attr: &dfs_engine::namespace::Attr| LsEntry {
@@ -389,13 +446,13 @@ fn ls(pool_dir: &Path, pool_path: &str, json: bool) -> Result<()> {
         vec![entry(pool_path.to_string(), &attr)]
     };
     if json {
-        return print_json(&entries);
+        return print_json(ctx.out, &entries);
     }
     let rows: Vec<Vec<String>> = entries
         .iter()
         .map(|e| vec![e.kind.to_string(), e.mode.clone(), e.size.to_string(), e.policy.clone(), e.name.clone()])
         .collect();
-    print_text(&table::render(&["TYPE", "MODE", "SIZE", "POLICY", "NAME"], &rows))
+    print_text(ctx.out, &table::render(&["TYPE", "MODE", "SIZE", "POLICY", "NAME"], &rows))
 }
 
 fn remove(pool: &mut Pool, parent: Ino, name: &[u8], recursive: bool) -> Result<()> {
@@ -531,9 +588,19 @@ fn demo(dir: Option<std::path::PathBuf>) -> Result<()> {
             })
             .collect();
         std::fs::write(&local, &data)?;
-        put(&pool_path, &local, path, Some(policy.parse().map_err(|e| anyhow!("{e}"))?))?;
+        let parsed = Some(policy.parse().map_err(|e| anyhow!("{e}"))?);
+        run(Command::Put {
+            pool: crate::PoolArg { pool: pool_path.clone() },
+            local,
+            pool_path: path.to_string(),
+            policy: parsed,
+        })?;
         let back = scratch.join(format!("out-{i}"));
-        get(&pool_path, path, &back)?;
+        run(Command::Get {
+            pool: crate::PoolArg { pool: pool_path.clone() },
+            pool_path: path.to_string(),
+            local: back.clone(),
+        })?;
         if std::fs::read(&back)? != data {
             bail!("demo: {path} read back different bytes");
         }

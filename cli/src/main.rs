@@ -3,6 +3,7 @@
 //! 2 bad usage.
 
 mod commands;
+mod control;
 mod mount;
 
 mod table;
@@ -20,7 +21,7 @@ use dfs_engine::Policy;
 #[command(
     after_help = "Exit codes: 0 success, 1 the operation failed, 2 bad usage.\nStart with: dfs init --pool P, then dfs add-disk --pool P --disk D (several times)."
 )]
-struct Cli {
+pub(crate) struct Cli {
     /// Log verbosity (error, warn, info, debug, trace); RUST_LOG overrides it.
     #[arg(long, global = true, default_value = "warn")]
     log_level: String,
@@ -28,7 +29,7 @@ struct Cli {
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
     #[command(subcommand)]
-    command: Command,
+    pub(crate) command: Command,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]

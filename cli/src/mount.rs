@@ -10,7 +10,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
@@ -135,9 +135,12 @@ fn serve(pool: &Path, mountpoint: &Path, allow_other: bool) -> Result<()> {
         config.acl = fuser::SessionACL::All;
     }
     config.n_threads = Some(4);
-    let session = fuser::spawn_mount(DynamicFs::new(engine_pool), mountpoint, &config)
+    let dir_path = dir.path().to_path_buf();
+    let shared = Arc::new(Mutex::new(engine_pool));
+    crate::control::listen(&dir_path, Arc::new(Mutex::new(dir)), shared.clone())?;
+    let session = fuser::spawn_mount(DynamicFs::shared(shared), mountpoint, &config)
         .with_context(|| format!("mounting {} (is /dev/fuse available?)", mountpoint.display()))?;
-    eprintln!("dfs: mounted {} at {}", dir.path().display(), mountpoint.display());
+    eprintln!("dfs: mounted {} at {}", dir_path.display(), mountpoint.display());
     while !stop.load(Ordering::SeqCst) && !session.guard.is_finished() {
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -146,7 +149,7 @@ fn serve(pool: &Path, mountpoint: &Path, allow_other: bool) -> Result<()> {
     } else {
         session.umount_and_join().context("unmounting")?;
     }
-    drop(dir);
+    let _ = std::fs::remove_file(dir_path.join(crate::control::SOCKET_NAME));
     eprintln!("dfs: unmounted {}", mountpoint.display());
     Ok(())
 }

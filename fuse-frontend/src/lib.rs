@@ -7,7 +7,7 @@
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use dfs_engine::clock::WallTime;
@@ -32,7 +32,7 @@ const BLOCK_BYTES: u32 = 4096;
 
 /// The mounted filesystem.
 pub struct DynamicFs {
-    pool: Mutex<Pool>,
+    pool: Arc<Mutex<Pool>>,
 }
 
 /// The errno for an engine error: the single place errors cross the FUSE boundary.
@@ -90,12 +90,12 @@ fn owner(req: &Request, mode: u32, umask: u32) -> Owner {
 impl DynamicFs {
     /// Serves `pool`.
     pub fn new(pool: Pool) -> Self {
-        Self { pool: Mutex::new(pool) }
+        Self::shared(Arc::new(Mutex::new(pool)))
     }
 
-    /// The pool, after unmount.
-    pub fn into_pool(self) -> Pool {
-        self.pool.into_inner().unwrap_or_else(|poisoned| poisoned.into_inner())
+    /// Serves a pool that others (the daemon's control socket) use too.
+    pub fn shared(pool: Arc<Mutex<Pool>>) -> Self {
+        Self { pool }
     }
 
     fn pool(&self) -> MutexGuard<'_, Pool> {
