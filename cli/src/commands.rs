@@ -184,8 +184,7 @@ pub(crate) fn execute(command: Command, ctx: &mut Ctx<'_>) -> Result<()> {
             }
             Ok(())
         }
-        Command::ListDisks { pool, json } => {
-            let _ = pool;
+        Command::ListDisks { pool: _, json } => {
             let disks = ctx.pool.disk_infos();
             if json.json {
                 return print_json(ctx.out, &disks);

@@ -836,8 +836,7 @@ impl<'s> Run<'s> {
         self.handles.clear();
         let report = loop {
             match self.world.recover() {
-                Ok(report) if self.world.switch.is_crashed() && self.freeze_after_writes.is_some() => {
-                    let _ = report;
+                Ok(_) if self.world.switch.is_crashed() && self.freeze_after_writes.is_some() => {
                     self.frozen_candidates = Some(candidates);
                     return Err(fail(index, FROZEN, "frozen during recovery"));
                 }
