@@ -40,6 +40,20 @@ pub fn errno(error: &dfs_engine::Error) -> Errno {
     Errno::from_i32(error.errno())
 }
 
+fn reply_entry(reply: ReplyEntry, result: dfs_engine::Result<Attr>) {
+    match result {
+        Ok(attr) => reply.entry(&TTL, &file_attr(&attr), Generation(0)),
+        Err(e) => reply.error(errno(&e)),
+    }
+}
+
+fn reply_empty(reply: ReplyEmpty, result: dfs_engine::Result<()>) {
+    match result {
+        Ok(()) => reply.ok(),
+        Err(e) => reply.error(errno(&e)),
+    }
+}
+
 fn system_time(time: WallTime) -> SystemTime {
     if time.secs >= 0 {
         UNIX_EPOCH + Duration::new(time.secs as u64, time.nanos)
@@ -118,10 +132,7 @@ impl Filesystem for DynamicFs {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        match self.pool().lookup(Ino(parent.0), name.as_bytes()) {
-            Ok(attr) => reply.entry(&TTL, &file_attr(&attr), Generation(0)),
-            Err(e) => reply.error(errno(&e)),
-        }
+        reply_entry(reply, self.pool().lookup(Ino(parent.0), name.as_bytes()))
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
@@ -174,39 +185,27 @@ impl Filesystem for DynamicFs {
         _rdev: u32,
         reply: ReplyEntry,
     ) {
-        match self.pool().mknod(Ino(parent.0), name.as_bytes(), mode, owner(req, mode, umask)) {
-            Ok(attr) => reply.entry(&TTL, &file_attr(&attr), Generation(0)),
-            Err(e) => reply.error(errno(&e)),
-        }
+        reply_entry(reply, self.pool().mknod(Ino(parent.0), name.as_bytes(), mode, owner(req, mode, umask)))
     }
 
     fn mkdir(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, umask: u32, reply: ReplyEntry) {
-        match self.pool().mkdir(Ino(parent.0), name.as_bytes(), owner(req, mode, umask)) {
-            Ok(attr) => reply.entry(&TTL, &file_attr(&attr), Generation(0)),
-            Err(e) => reply.error(errno(&e)),
-        }
+        reply_entry(reply, self.pool().mkdir(Ino(parent.0), name.as_bytes(), owner(req, mode, umask)))
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        match self.pool().unlink(Ino(parent.0), name.as_bytes()) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(errno(&e)),
-        }
+        reply_empty(reply, self.pool().unlink(Ino(parent.0), name.as_bytes()))
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        match self.pool().rmdir(Ino(parent.0), name.as_bytes()) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(errno(&e)),
-        }
+        reply_empty(reply, self.pool().rmdir(Ino(parent.0), name.as_bytes()))
     }
 
     fn symlink(&self, req: &Request, parent: INodeNo, link_name: &OsStr, target: &Path, reply: ReplyEntry) {
         let owner = owner(req, 0o777, 0);
-        match self.pool().symlink(Ino(parent.0), link_name.as_bytes(), target.as_os_str().as_bytes(), owner) {
-            Ok(attr) => reply.entry(&TTL, &file_attr(&attr), Generation(0)),
-            Err(e) => reply.error(errno(&e)),
-        }
+        reply_entry(
+            reply,
+            self.pool().symlink(Ino(parent.0), link_name.as_bytes(), target.as_os_str().as_bytes(), owner),
+        )
     }
 
     fn rename(
@@ -228,17 +227,14 @@ impl Filesystem for DynamicFs {
         } else {
             return reply.error(Errno::EINVAL); // RENAME_WHITEOUT: overlay filesystems only
         };
-        match self.pool().rename(Ino(parent.0), name.as_bytes(), Ino(newparent.0), newname.as_bytes(), mode) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(errno(&e)),
-        }
+        reply_empty(
+            reply,
+            self.pool().rename(Ino(parent.0), name.as_bytes(), Ino(newparent.0), newname.as_bytes(), mode),
+        )
     }
 
     fn link(&self, _req: &Request, ino: INodeNo, newparent: INodeNo, newname: &OsStr, reply: ReplyEntry) {
-        match self.pool().link(Ino(ino.0), Ino(newparent.0), newname.as_bytes()) {
-            Ok(attr) => reply.entry(&TTL, &file_attr(&attr), Generation(0)),
-            Err(e) => reply.error(errno(&e)),
-        }
+        reply_entry(reply, self.pool().link(Ino(ino.0), Ino(newparent.0), newname.as_bytes()))
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
@@ -284,10 +280,7 @@ impl Filesystem for DynamicFs {
     }
 
     fn flush(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, _lock_owner: LockOwner, reply: ReplyEmpty) {
-        match self.pool().flush(fh.0) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(errno(&e)),
-        }
+        reply_empty(reply, self.pool().flush(fh.0))
     }
 
     fn release(
@@ -300,17 +293,11 @@ impl Filesystem for DynamicFs {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        match self.pool().release(fh.0) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(errno(&e)),
-        }
+        reply_empty(reply, self.pool().release(fh.0))
     }
 
     fn fsync(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
-        match self.pool().fsync(fh.0) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(errno(&e)),
-        }
+        reply_empty(reply, self.pool().fsync(fh.0))
     }
 
     fn readdir(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
@@ -377,10 +364,7 @@ impl Filesystem for DynamicFs {
         let Some(policy) = std::str::from_utf8(value).ok().and_then(|v| v.trim().parse().ok()) else {
             return reply.error(Errno::EINVAL);
         };
-        match self.pool().set_policy(Ino(ino.0), Some(policy)) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(errno(&e)),
-        }
+        reply_empty(reply, self.pool().set_policy(Ino(ino.0), Some(policy)))
     }
 
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: fuser::ReplyXattr) {
@@ -399,10 +383,7 @@ impl Filesystem for DynamicFs {
         if name.as_bytes() != POLICY_XATTR.as_bytes() {
             return reply.error(Errno::ENODATA);
         }
-        match self.pool().set_policy(Ino(ino.0), None) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(errno(&e)),
-        }
+        reply_empty(reply, self.pool().set_policy(Ino(ino.0), None))
     }
 
     fn fallocate(
