@@ -164,8 +164,15 @@ pub fn run(command: Command) -> Result<()> {
     }
 }
 
-/// Runs a pool command against `ctx`.
+/// Runs a pool command against `ctx` and makes what it changed durable before it
+/// answers, so a command that succeeded survives a crash right after it.
 pub(crate) fn execute(command: Command, ctx: &mut Ctx<'_>) -> Result<()> {
+    let result = execute_command(command, ctx);
+    let synced = ctx.pool.sync().map_err(engine).context("making the changes durable");
+    result.and(synced)
+}
+
+fn execute_command(command: Command, ctx: &mut Ctx<'_>) -> Result<()> {
     match command {
         Command::Demo { .. } | Command::Mount { .. } | Command::Umount { .. } | Command::Init { .. } => {
             bail!("this command does not run against an open pool")

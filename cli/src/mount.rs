@@ -138,20 +138,37 @@ fn serve(pool: &Path, mountpoint: &Path, allow_other: bool) -> Result<()> {
     let dir_path = dir.path().to_path_buf();
     let shared = Arc::new(Mutex::new(engine_pool));
     crate::control::listen(&dir_path, Arc::new(Mutex::new(dir)), shared.clone())?;
-    let session = fuser::spawn_mount(DynamicFs::shared(shared), mountpoint, &config)
+    let session = fuser::spawn_mount(DynamicFs::shared(shared.clone()), mountpoint, &config)
         .with_context(|| format!("mounting {} (is /dev/fuse available?)", mountpoint.display()))?;
     eprintln!("dfs: mounted {} at {}", dir_path.display(), mountpoint.display());
+    let mut last_barrier = Instant::now();
     while !stop.load(Ordering::SeqCst) && !session.guard.is_finished() {
         std::thread::sleep(Duration::from_millis(50));
+        if last_barrier.elapsed() >= BARRIER_INTERVAL {
+            barrier(&shared);
+            last_barrier = Instant::now();
+        }
     }
     if session.guard.is_finished() {
         session.join().context("the FUSE session ended with an error")?;
     } else {
         session.umount_and_join().context("unmounting")?;
     }
+    barrier(&shared);
     let _ = std::fs::remove_file(dir_path.join(crate::control::SOCKET_NAME));
     eprintln!("dfs: unmounted {}", mountpoint.display());
     Ok(())
+}
+
+/// Makes every commit durable; what a crash can lose is at most this old (as ext4's
+/// five-second journal commit).
+const BARRIER_INTERVAL: Duration = Duration::from_secs(1);
+
+fn barrier(pool: &Mutex<dfs_engine::Pool>) {
+    let mut pool = pool.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    if let Err(error) = pool.sync() {
+        tracing::error!(%error, "durability barrier failed");
+    }
 }
 
 /// `dfs umount`: unmounts and waits until the daemon has released the pool.

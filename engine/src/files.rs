@@ -3,9 +3,9 @@
 //!
 //! All handles of one inode share one buffer, so every reader sees every write at once.
 //! A buffered chunk holds the chunk's full current contents (loaded from its extent on
-//! the first partial write). Buffered data is durable only after `flush`/`fsync`/
-//! `release`, which write the chunks as new extents (copy-on-write) and commit them with
-//! the file's size and times in one transaction.
+//! the first partial write). `flush`/`fsync`/`release` write the chunks as new extents
+//! (copy-on-write) and commit them with the file's size and times in one transaction;
+//! `fsync` then runs the durability barrier.
 
 use std::collections::BTreeMap;
 
@@ -207,7 +207,8 @@ impl Pool {
     }
 
     /// Called on each close of a descriptor: if this handle wrote, writes every buffered
-    /// chunk of its file and commits (durable on return). A reader's close flushes nothing.
+    /// chunk of its file and commits (durable at the next barrier, as on ext4 a close
+    /// does not sync). A reader's close flushes nothing.
     pub fn flush(&mut self, fh: FileHandle) -> Result<()> {
         let ino = self.handle_ino(fh)?;
         if self.files.handles.get(&fh).is_some_and(|h| h.wrote) {
@@ -216,10 +217,25 @@ impl Pool {
         Ok(())
     }
 
-    /// Makes the file's data and metadata durable, whoever wrote it.
+    /// Makes the file's data and metadata durable, whoever wrote it (and, as a
+    /// barrier, every other commit before it).
     pub fn fsync(&mut self, fh: FileHandle) -> Result<()> {
         let ino = self.handle_ino(fh)?;
-        self.flush_ino(ino, false)
+        self.flush_ino(ino, false)?;
+        self.sync()
+    }
+
+    /// Writes and commits the buffered data of every open file (what `sync(2)` does
+    /// before its barrier). Returns the first failure after trying every file.
+    pub fn flush_all(&mut self) -> Result<()> {
+        let inos: Vec<Ino> = self.files.files.keys().copied().collect();
+        let mut first_error = None;
+        for ino in inos {
+            if let Err(e) = self.flush_ino(ino, false) {
+                first_error.get_or_insert(e);
+            }
+        }
+        first_error.map_or(Ok(()), Err)
     }
 
     /// Flushes if this handle wrote or is the file's last, drops the handle, and removes

@@ -9,6 +9,7 @@ pub mod clock;
 pub mod codec;
 pub mod device;
 pub mod dirdisk;
+mod durability;
 pub mod error;
 pub mod files;
 pub mod fragment;

@@ -34,6 +34,9 @@ pub struct PoolOptions {
     pub checkpoint_every_records: u64,
     /// Dirty bytes an open file buffers before complete extents are written out.
     pub dirty_bytes_max: usize,
+    /// Ops committed in memory after which a commit forces a durability barrier
+    /// (`Pool::sync`) itself. The simulator sets `usize::MAX`: it places barriers.
+    pub barrier_after_ops: usize,
     /// Whether fragment I/O to different disks runs on threads. The simulator runs it
     /// sequentially so that a seed replays exactly.
     pub parallel_io: bool,
@@ -52,6 +55,7 @@ impl Default for PoolOptions {
             seed: 0,
             checkpoint_every_records: 256,
             dirty_bytes_max: 16 << 20,
+            barrier_after_ops: 4096,
             parallel_io: true,
             check_invariants: false,
             observer: None,
@@ -113,7 +117,9 @@ pub struct Pool {
     pub(crate) degraded: BTreeSet<crate::device::ExtentId>,
     pub(crate) counters: PoolCounters,
     pub(crate) cache: crate::store::ExtentCache,
-    read_only: Option<String>,
+    pub(crate) read_only: Option<String>,
+    /// What the next durability barrier must make durable.
+    pub(crate) undurable: crate::durability::Undurable,
 }
 
 impl Pool {
@@ -184,7 +190,9 @@ impl Pool {
             counters: PoolCounters::default(),
             cache: Default::default(),
             read_only: None,
+            undurable: Default::default(),
         };
+        pool.undurable.journal_set = pool.state.journal_disks();
         let journal_slots: BTreeSet<usize> =
             pool.state.journal_disks().iter().filter_map(|id| slots.get(id).copied()).collect();
         let metadata_blocks = pool.metadata_block_count();
@@ -204,6 +212,7 @@ impl Pool {
             }
         }
         report.orphan_inodes_removed = pool.remove_orphan_inodes()?;
+        pool.sync()?;
         report.orphan_fragments_removed = pool.remove_orphan_fragments();
         pool.check_invariants();
         Ok((pool, report))
@@ -250,63 +259,57 @@ impl Pool {
         self.tip.seq
     }
 
-    fn journal_devices(&self) -> Vec<(DiskId, Arc<dyn BlockDevice>)> {
+    pub(crate) fn journal_devices(&self) -> Vec<(DiskId, Arc<dyn BlockDevice>)> {
         self.state.journal_disks().into_iter().filter_map(|id| self.devices.get(&id).map(|d| (id, d.clone()))).collect()
     }
 
-    /// Commits `txn`: makes it durable in the journal, then applies it. Returns the
-    /// extents it freed, whose fragments the caller deletes (see `free_extents`).
+    /// Commits `txn` in memory: applies it and queues its ops for the next durability
+    /// barrier (`sync`), which writes them to the journal. Returns the extents it freed;
+    /// the caller hands them to `free_extents`, which deletes their fragments only once
+    /// the freeing record is durable.
     pub(crate) fn commit(&mut self, txn: Transaction) -> Result<Vec<ExtentRecord>> {
         if let Some(reason) = &self.read_only {
             return Err(Error::ReadOnly(reason.clone()));
         }
-        let journal_set = self.journal_devices();
-        if journal_set.is_empty() {
+        if self.journal_devices().is_empty() {
             return Err(Error::NoDisks);
         }
-        let (block, tip) = journal::encode_record(self.tip, &txn);
-        let devices: Vec<&dyn BlockDevice> = journal_set.iter().map(|(_, d)| d.as_ref()).collect();
-        let (durable, errors) = journal::write_replicas(&devices, BlockName::Journal { seq: tip.seq }, &block, || {
-            self.reached(CommitPhase::JournalWritten)
-        });
-        for error in &errors {
-            tracing::warn!(%error, "journal replica write failed");
-        }
-        if !durable.contains(&true) {
-            let reason = format!("no journal replica accepted record {}: {}", tip.seq, errors.join("; "));
-            self.read_only = Some(reason.clone());
-            return Err(Error::ReadOnly(reason));
-        }
-        self.reached(CommitPhase::JournalSynced);
-        let before: Vec<DiskId> = journal_set.iter().map(|(id, _)| *id).collect();
         let freed = self.state.apply_transaction(&txn);
         self.reached(CommitPhase::Applied);
-        self.tip = tip;
-        self.records_since_checkpoint += 1;
+        self.undurable.ops.extend(txn.ops);
         self.counters.commits += 1;
         self.check_invariants();
-        if self.state.journal_disks() != before
-            || self.records_since_checkpoint >= self.options.checkpoint_every_records
-        {
-            if let Err(e) = self.checkpoint() {
-                tracing::warn!(error = %e, "checkpoint failed; the journal keeps every record until the next one");
+        if self.undurable.ops.len() >= self.options.barrier_after_ops {
+            if let Err(e) = self.sync() {
+                tracing::warn!(error = %e, "durability barrier failed");
             }
         }
         Ok(freed)
     }
 
-    /// Writes the whole state as a checkpoint on every journal disk, then deletes the
-    /// records and older checkpoints it covers, and any metadata on non-journal disks.
+    /// Writes a checkpoint after a durability barrier (see `checkpoint_skipping`).
     pub fn checkpoint(&mut self) -> Result<()> {
+        self.sync()?;
         if self.checkpoint_seq == Some(self.tip.seq) {
             return Ok(()); // nothing committed since the last one
         }
         self.checkpoint_skipping(&BTreeSet::new())
     }
 
+    /// Whether a checkpoint is due after a barrier wrote a record.
+    pub(crate) fn checkpoint_due(&self, journal_set_changed: bool) -> bool {
+        journal_set_changed || self.records_since_checkpoint >= self.options.checkpoint_every_records
+    }
+
+    /// Advances the chain after a barrier made record `tip` durable.
+    pub(crate) fn record_durable(&mut self, tip: JournalTip) {
+        self.tip = tip;
+        self.records_since_checkpoint += 1;
+    }
+
     /// `checkpoint`, leaving alone the disks in `already_durable`, which hold a verified
     /// copy of the checkpoint at the current tip.
-    fn checkpoint_skipping(&mut self, already_durable: &BTreeSet<DiskId>) -> Result<()> {
+    pub(crate) fn checkpoint_skipping(&mut self, already_durable: &BTreeSet<DiskId>) -> Result<()> {
         let journal_set = self.journal_devices();
         let block = journal::encode_checkpoint(self.tip, &self.state);
         let targets: Vec<&dyn BlockDevice> =
@@ -373,7 +376,7 @@ impl Pool {
             }
             result
         } else {
-            self.commit(Transaction { ops: vec![op] }).map(|_| ())
+            self.commit(Transaction { ops: vec![op] }).and_then(|_| self.sync())
         };
         if let Err(e) = result {
             self.devices.remove(&id);
@@ -382,22 +385,11 @@ impl Pool {
         Ok(id)
     }
 
-    /// Deletes the fragments of extents that a committed transaction freed. Failures
-    /// leave orphans, which the next open removes.
-    pub(crate) fn free_extents(&self, freed: &[ExtentRecord]) {
-        for record in freed {
-            for (index, disk) in record.fragments.iter().enumerate() {
-                if let Some(device) = self.devices.get(disk) {
-                    let name = BlockName::Fragment { extent: record.id, index: index as u8 };
-                    if let Err(error) = device.delete(name) {
-                        tracing::debug!(%error, %name, "freeing a fragment failed; left as an orphan");
-                    }
-                }
-            }
-        }
-        if !freed.is_empty() {
-            self.reached(CommitPhase::Freed);
-        }
+    /// Queues the fragments of extents that a commit freed (or that were never
+    /// committed) for deletion after the next durability barrier: until the freeing
+    /// record is durable, a crash would bring back metadata that still needs them.
+    pub(crate) fn free_extents(&mut self, freed: &[ExtentRecord]) {
+        self.undurable.frees.extend(freed.iter().cloned());
     }
 
     pub(crate) fn reached(&self, phase: CommitPhase) {

@@ -1,8 +1,9 @@
-//! The extent store: encodes chunks into fragments, places and writes them durably, and
+//! The extent store: encodes chunks into fragments, places and writes them, and
 //! reads extents back, verifying every checksum and falling back to other fragments.
 //!
 //! Contract of `write_chunks`: on `Ok`, every fragment of every returned extent is
-//! durable (its disk was synced) and no disk holds two fragments of one extent; on `Err`,
+//! written (durable after the next barrier, see `durability`) and no disk holds two
+//! fragments of one extent; on `Err`,
 //! nothing is referenced and the fragments written so far were deleted (or are orphans
 //! the next open removes).
 //!
@@ -60,7 +61,7 @@ struct PlannedBlock {
 
 impl Pool {
     /// Writes each `(chunk index, bytes)` as a new extent under `policy` and makes the
-    /// fragments durable. An all-zero chunk becomes a hole (`None`).
+    /// fragments (durable at the next barrier). An all-zero chunk becomes a hole (`None`).
     pub(crate) fn write_chunks(
         &mut self,
         chunks: &[(u64, Vec<u8>)],
@@ -130,7 +131,7 @@ impl Pool {
                 .into_iter()
                 .filter_map(|(disk, blocks)| self.devices.get(&disk).map(|d| (disk, d.clone(), blocks)))
                 .collect();
-            let mut outcomes = run_all(self.options.parallel_io, jobs, |(disk, device, blocks)| {
+            let outcomes = run_all(self.options.parallel_io, jobs, |(disk, device, blocks)| {
                 let mut written = Vec::new();
                 for planned in &blocks {
                     if let Err(e) = device.write(planned.name, &planned.block) {
@@ -142,19 +143,17 @@ impl Pool {
             });
             if outcomes.iter().all(|(_, _, _, result)| result.is_ok()) {
                 self.reached(CommitPhase::FragmentsWritten);
-                if self.syncs_fragments() {
-                    outcomes = run_all(self.options.parallel_io, outcomes, |(disk, device, written, _)| {
-                        let synced = device.sync();
-                        (disk, device, written, synced)
-                    });
-                }
             }
             let failed: Vec<(DiskId, DeviceError)> = outcomes
                 .iter()
                 .filter_map(|(disk, _, _, result)| result.as_ref().err().map(|e| (*disk, e.clone())))
                 .collect();
             if failed.is_empty() {
-                self.reached(CommitPhase::FragmentsSynced);
+                for (_, record) in &records {
+                    if let Some(record) = record {
+                        self.fragments_written(record.id, &record.fragments);
+                    }
+                }
                 self.counters.extents_written += records.iter().filter(|(_, r)| r.is_some()).count() as u64;
                 return Ok(records);
             }
@@ -178,12 +177,12 @@ impl Pool {
     }
 
     #[cfg(feature = "sabotage")]
-    fn syncs_fragments(&self) -> bool {
+    pub(crate) fn syncs_fragments(&self) -> bool {
         self.options.sabotage != Some(crate::hooks::Sabotage::SkipFragmentSync)
     }
 
     #[cfg(not(feature = "sabotage"))]
-    fn syncs_fragments(&self) -> bool {
+    pub(crate) fn syncs_fragments(&self) -> bool {
         true
     }
 

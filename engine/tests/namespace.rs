@@ -129,6 +129,7 @@ fn unlinked_open_files_stay_readable_until_the_last_release() {
     pool.release(fh).unwrap();
     assert!(pool.getattr(ino).is_err());
     assert!(pool.state().extents.is_empty());
+    pool.sync().unwrap();
     for i in 0..3 {
         assert!(common::fragment_files(&t.disk_path(i)).is_empty());
     }

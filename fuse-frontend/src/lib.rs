@@ -296,6 +296,17 @@ impl Filesystem for DynamicFs {
         reply_empty(reply, self.pool().release(fh.0))
     }
 
+    fn destroy(&mut self) {
+        let mut pool = self.pool();
+        if let Err(error) = pool.flush_all().and_then(|()| pool.sync()) {
+            tracing::error!(%error, "flushing at unmount failed");
+        }
+    }
+
+    fn fsyncdir(&self, _req: &Request, _ino: INodeNo, _fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
+        reply_empty(reply, self.pool().sync())
+    }
+
     fn fsync(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
         reply_empty(reply, self.pool().fsync(fh.0))
     }

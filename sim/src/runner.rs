@@ -134,8 +134,12 @@ struct OpenHandle {
 struct Run<'s> {
     scenario: &'s Scenario,
     world: World,
+    /// What a reader sees now, buffered writes included.
     live: Tree,
+    /// What the engine committed (in memory): what survives a clean shutdown.
     acked: Tree,
+    /// What the last durability barrier made durable: what survives a crash.
+    durable: Tree,
     handles: BTreeMap<String, OpenHandle>,
     next_id: FileId,
     trace: blake3::Hasher,
@@ -183,6 +187,9 @@ pub fn build_world(scenario: &Scenario, options: &RunOptions) -> Result<World, S
     let mut pool_options = PoolOptions {
         checkpoint_every_records: scenario.setup.checkpoint_every.unwrap_or(256),
         dirty_bytes_max: 64 << 20,
+        // Barriers happen where the scenario says (Fsync, Sync, Checkpoint, AddDisk), so
+        // the model knows which states a crash may leave.
+        barrier_after_ops: usize::MAX,
         ..PoolOptions::default()
     };
     #[cfg(feature = "sabotage")]
@@ -264,6 +271,7 @@ impl<'s> Run<'s> {
             world,
             live: Tree::default(),
             acked: Tree::default(),
+            durable: Tree::default(),
             handles: BTreeMap::new(),
             next_id: 1,
             trace,
@@ -290,6 +298,9 @@ impl<'s> Run<'s> {
             self.step = index;
             self.note(&format!("{index} {step:?}"));
             self.run_step(step)?;
+            if self.world.pool.as_ref().is_some_and(|p| !p.has_undurable_commits()) {
+                self.durable = self.acked.clone();
+            }
             self.world.clock.advance(STEP_NANOS);
             if let Some(pool) = self.world.pool.as_ref() {
                 oracle::structure(pool).map_err(|e| fail(index, oracle::EXTENTS_MEET_POLICY, e))?;
@@ -306,9 +317,15 @@ impl<'s> Run<'s> {
             self.run_step(&Step::Close { path })?;
         }
         self.verify()?;
+        // A clean shutdown ends with a barrier, as an unmount does.
+        let synced = self.world.pool().sync();
+        self.note(&format!("final sync {:?}", synced.as_ref().map_err(|e| e.errno())));
+        let candidates =
+            if synced.is_ok() { vec![self.acked.clone()] } else { vec![self.durable.clone(), self.acked.clone()] };
+        self.after_maybe_crash(candidates.clone())?;
         self.note("clean restart");
         self.world.crash_with(&[]);
-        self.recover_expecting(vec![self.acked.clone()])?;
+        self.recover_expecting(candidates)?;
         self.verify()?;
         let expected: BTreeSet<String> = self.scenario.expect.lost_files.iter().cloned().collect();
         let judged = !self.scenario.expect.out_of_budget || !expected.is_empty();
@@ -375,17 +392,22 @@ impl<'s> Run<'s> {
                     .map_err(|e| fail(index, oracle::OPERATIONS_MATCH_MODEL, e))?;
                 let result = self.world.add_disk(bytes);
                 self.note(&format!("add-disk {result:?}"));
-                self.after_maybe_crash(vec![self.acked.clone()])
+                self.after_maybe_crash(vec![self.durable.clone(), self.acked.clone()])
             }
             Step::Checkpoint => {
                 let result = self.world.pool().checkpoint().map_err(|e| e.errno());
                 self.note(&format!("checkpoint {result:?}"));
-                self.after_maybe_crash(vec![self.acked.clone()])
+                self.after_maybe_crash(vec![self.durable.clone(), self.acked.clone()])
+            }
+            Step::Sync => {
+                let result = self.world.pool().sync().map_err(|e| e.errno());
+                self.note(&format!("sync {result:?}"));
+                self.after_maybe_crash(vec![self.durable.clone(), self.acked.clone()])
             }
             Step::Crash => {
                 self.faults += 1;
                 self.world.crash_randomly();
-                self.recover_expecting(vec![self.acked.clone()])
+                self.recover_expecting(vec![self.durable.clone()])
             }
             Step::CrashAfterWrites { writes } => {
                 self.faults += 1;
@@ -670,14 +692,11 @@ impl<'s> Run<'s> {
         self.note(&format!("-> {:?}", errno_of(&actual)));
         if self.world.switch.is_crashed() {
             self.handles.clear();
-            let mut candidates = vec![self.acked.clone(), acked];
-            if let Step::Write { path, .. } | Step::Append { path, .. } = step {
-                // Creating the file and writing it are two commits: the empty file is a
-                // state the namespace really had.
-                let mut created = self.acked.clone();
-                if created.open(path, new_id).is_ok() {
-                    candidates.push(created);
-                }
+            // Only a barrier makes commits durable, and only `Fsync` runs one: it makes
+            // every commit so far durable, or none.
+            let mut candidates = vec![self.durable.clone()];
+            if let Step::Fsync { .. } = step {
+                candidates.push(acked);
             }
             return self.after_maybe_crash(candidates);
         }
@@ -932,6 +951,7 @@ impl<'s> Run<'s> {
         self.acked = candidates[matched].clone();
         self.acked.collect_garbage();
         self.live = self.acked.clone();
+        self.durable = self.acked.clone();
         let pool = self.world.pool.as_ref().ok_or_else(|| fail(index, oracle::METADATA_REPLICAS_AGREE, "no pool"))?;
         oracle::structure(pool).map_err(|e| fail(index, oracle::EXTENTS_MEET_POLICY, e))?;
         oracle::no_leaks(pool).map_err(|e| fail(index, oracle::NO_LEAKED_FRAGMENTS, e))?;

@@ -83,6 +83,8 @@ pub enum Step {
     AddDisk { capacity: String },
     /// Take a metadata checkpoint now.
     Checkpoint,
+    /// Make every commit durable now (`sync(2)`; the daemon does it every second).
+    Sync,
     /// Crash now: a random subset of unsynced writes lands (some torn); then recover.
     Crash,
     /// Crash after `writes` more device writes.

@@ -56,6 +56,7 @@ fn write(pool: &mut Pool, name: &str, data: &[u8]) -> Result<Ino, Error> {
     let ino = pool.create(Ino::ROOT, name.as_bytes(), OWNER)?.ino;
     let fh = pool.open_file(ino)?;
     pool.write(fh, 0, data)?;
+    pool.fsync(fh)?;
     pool.release(fh)?;
     Ok(ino)
 }

@@ -46,8 +46,11 @@ impl TestPool {
         self.root.path().join(format!("disk{i}"))
     }
 
-    /// Closes and reopens the pool, as after a restart.
+    /// Closes the pool cleanly (a final durability barrier, as at unmount) and opens it again.
     pub fn reopen(&mut self) -> dfs_engine::OpenReport {
+        if let Some(pool) = self.pool.as_mut() {
+            pool.sync().unwrap();
+        }
         self.pool = None;
         self.dir = None;
         let (dir, pool, report) = PoolDir::open(&self.pool_path(), options()).unwrap();
@@ -62,6 +65,7 @@ impl TestPool {
         let ino = pool.create(Ino::ROOT, name.as_bytes(), OWNER).unwrap().ino;
         let fh = pool.open_file(ino).unwrap();
         pool.write(fh, 0, data).unwrap();
+        pool.fsync(fh).unwrap();
         pool.release(fh).unwrap();
         ino
     }

@@ -1,0 +1,176 @@
+//! The durability barrier: what commits leave not yet durable, and `Pool::sync`, which
+//! makes it durable in the order the crash contract needs.
+//!
+//! A commit applies to memory at once; it is durable only after the next barrier, which,
+//! in order:
+//! 1. syncs every disk that took new fragments since the last barrier, so no durable
+//!    record can name a fragment a crash could still drop (a disk whose sync fails leaves
+//!    its extents degraded, or fails the barrier if any extent would keep fewer than the
+//!    fragments it needs);
+//! 2. writes every queued op as one journal record on each journal replica and syncs it:
+//!    the commit point — a crash leaves all the queued ops or none;
+//! 3. deletes the fragments of freed extents — only now does no durable record need them;
+//! 4. checkpoints when due.
+//!
+//! `fsync`, unmount, every CLI command and the daemon's timer end in a barrier; a commit
+//! runs one itself once `PoolOptions::barrier_after_ops` ops are waiting.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use crate::device::{BlockDevice, BlockName, ExtentId};
+use crate::error::{Error, Result};
+use crate::hooks::CommitPhase;
+use crate::io::run_all;
+use crate::meta::journal;
+use crate::meta::state::{DiskId, ExtentRecord, Op, Transaction};
+use crate::pool::Pool;
+
+/// Everything committed in memory that the next barrier must make durable.
+#[derive(Default)]
+pub(crate) struct Undurable {
+    /// Ops of the commits since the last barrier, in commit order.
+    pub(crate) ops: Vec<Op>,
+    /// Extents freed (or written and never committed) whose fragments await deletion.
+    pub(crate) frees: Vec<ExtentRecord>,
+    /// Disks that took fragment writes since the last barrier.
+    pub(crate) fragment_disks: BTreeSet<DiskId>,
+    /// Extents written since the last barrier.
+    pub(crate) extents: BTreeSet<ExtentId>,
+    /// The journal disks that hold the durable chain (empty before the first barrier).
+    pub(crate) journal_set: Vec<DiskId>,
+}
+
+impl Undurable {
+    fn is_empty(&self) -> bool {
+        self.ops.is_empty() && self.frees.is_empty() && self.fragment_disks.is_empty()
+    }
+}
+
+impl Pool {
+    /// The durability barrier: on `Ok`, every commit so far is durable and survives a
+    /// crash. Cheap when nothing is waiting.
+    pub fn sync(&mut self) -> Result<()> {
+        if self.undurable.is_empty() {
+            return Ok(());
+        }
+        if let Some(reason) = &self.read_only {
+            return Err(Error::ReadOnly(reason.clone()));
+        }
+        self.sync_fragments()?;
+        let journal_set_changed = self.write_record()?;
+        self.delete_freed();
+        if self.checkpoint_due(journal_set_changed) {
+            if let Err(e) = self.checkpoint_skipping(&BTreeSet::new()) {
+                tracing::warn!(error = %e, "checkpoint failed; the journal keeps every record until the next one");
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether commits are waiting for a barrier.
+    pub fn has_undurable_commits(&self) -> bool {
+        !self.undurable.ops.is_empty()
+    }
+
+    /// Notes fragments written for `extent` on `disks`, to be synced by the next barrier.
+    pub(crate) fn fragments_written(&mut self, extent: ExtentId, disks: &[DiskId]) {
+        self.undurable.extents.insert(extent);
+        self.undurable.fragment_disks.extend(disks.iter().copied());
+    }
+
+    /// Step 1: syncs the disks that took fragments.
+    fn sync_fragments(&mut self) -> Result<()> {
+        let disks = std::mem::take(&mut self.undurable.fragment_disks);
+        if !self.syncs_fragments() {
+            return Ok(());
+        }
+        let jobs: Vec<(DiskId, Arc<dyn BlockDevice>)> =
+            disks.iter().filter_map(|disk| self.devices.get(disk).map(|d| (*disk, d.clone()))).collect();
+        let failed: Vec<(DiskId, String)> = run_all(self.options.parallel_io, jobs, |(disk, device)| {
+            device.sync().err().map(|e| (disk, e.to_string()))
+        })
+        .into_iter()
+        .flatten()
+        .collect();
+        self.reached(CommitPhase::FragmentsSynced);
+        if failed.is_empty() {
+            return Ok(());
+        }
+        let failed_disks: BTreeSet<DiskId> = failed.iter().map(|(disk, _)| *disk).collect();
+        for (disk, error) in &failed {
+            tracing::warn!(%disk, %error, "syncing new fragments failed; their extents are degraded");
+        }
+        for id in &self.undurable.extents {
+            let Some(record) = self.state.extents.get(id) else { continue };
+            let lost = record.fragments.iter().filter(|d| failed_disks.contains(d)).count();
+            if lost == 0 {
+                continue;
+            }
+            if record.fragments.len() - lost < record.policy.needed() {
+                let reason = format!(
+                    "extent {id} could not be made durable: syncing {} failed",
+                    failed.iter().map(|(d, e)| format!("{d} ({e})")).collect::<Vec<_>>().join(", ")
+                );
+                self.read_only = Some(reason.clone());
+                return Err(Error::Io(reason));
+            }
+            self.degraded.insert(*id);
+        }
+        Ok(())
+    }
+
+    /// Step 2: writes the queued ops as one record; returns whether the journal disks
+    /// changed (a checkpoint must then seed the new ones).
+    fn write_record(&mut self) -> Result<bool> {
+        self.undurable.extents.clear();
+        if self.undurable.ops.is_empty() {
+            return Ok(false);
+        }
+        let current = self.state.journal_disks();
+        let previous =
+            if self.undurable.journal_set.is_empty() { current.clone() } else { self.undurable.journal_set.clone() };
+        // The record goes to the old and the new journal disks alike, so it chains on
+        // whichever set recovery finds.
+        let targets: BTreeSet<DiskId> = previous.iter().chain(&current).copied().collect();
+        let devices: Vec<Arc<dyn BlockDevice>> =
+            targets.iter().filter_map(|disk| self.devices.get(disk).cloned()).collect();
+        let txn = Transaction { ops: std::mem::take(&mut self.undurable.ops) };
+        let (block, tip) = journal::encode_record(self.tip, &txn);
+        let refs: Vec<&dyn BlockDevice> = devices.iter().map(|d| d.as_ref()).collect();
+        let (durable, errors) = journal::write_replicas(&refs, BlockName::Journal { seq: tip.seq }, &block, || {
+            self.reached(CommitPhase::JournalWritten)
+        });
+        for error in &errors {
+            tracing::warn!(%error, "journal replica write failed");
+        }
+        if !durable.contains(&true) {
+            let reason = format!("no journal replica accepted record {}: {}", tip.seq, errors.join("; "));
+            self.read_only = Some(reason.clone());
+            return Err(Error::ReadOnly(reason));
+        }
+        self.reached(CommitPhase::JournalSynced);
+        self.record_durable(tip);
+        let changed = previous != current;
+        self.undurable.journal_set = current;
+        Ok(changed)
+    }
+
+    /// Step 3: deletes freed fragments. Failures leave orphans, which the next open removes.
+    fn delete_freed(&mut self) {
+        let frees = std::mem::take(&mut self.undurable.frees);
+        for record in &frees {
+            for (index, disk) in record.fragments.iter().enumerate() {
+                if let Some(device) = self.devices.get(disk) {
+                    let name = BlockName::Fragment { extent: record.id, index: index as u8 };
+                    if let Err(error) = device.delete(name) {
+                        tracing::debug!(%error, %name, "freeing a fragment failed; left as an orphan");
+                    }
+                }
+            }
+        }
+        if !frees.is_empty() {
+            self.reached(CommitPhase::Freed);
+        }
+    }
+}
