@@ -21,6 +21,8 @@ pub enum CodecId {
     RsErasureGf8,
     /// `reed-solomon-simd` 3.x, GF(2^16) FFT with runtime-detected SIMD.
     RsSimd,
+    /// No fragments: the data is held in the extent record itself.
+    Inline,
 }
 
 impl CodecId {

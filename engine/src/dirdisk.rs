@@ -1,9 +1,10 @@
 //! `DirDisk`: the production `BlockDevice`, a directory on a mounted filesystem.
 //!
-//! Layout: `<root>/<namespace>/<leaf>` per block (see `BlockName`). A write goes to
-//! `<namespace>/.tmp-<leaf>` and is renamed into place, so a reader never sees a partly
-//! written block under its real name; `sync` fsyncs every file written since the last
-//! sync, then every directory touched. Capacity is the one in the disk label, or the
+//! Layout: `<root>/<namespace>/<leaf>` per block (see `BlockName`). A new block is
+//! written in place (a crash may tear it, as the `BlockDevice` contract allows); a block
+//! that replaces another, and the label, go to `<namespace>/.tmp-<leaf>` and are renamed
+//! into place. `sync` fsyncs every file written since the last sync, then every
+//! directory touched — or, past a few files, syncs the whole filesystem at once. Capacity is the one in the disk label, or the
 //! free space of the underlying filesystem when the label gives none; a write that would
 //! exceed it fails with `NoSpace` and leaves nothing behind.
 
@@ -161,13 +162,25 @@ impl BlockDevice for DirDisk {
             fs::create_dir_all(&dir).map_err(|e| io_error(&dir, e))?;
         }
         let final_path = dir.join(name.leaf());
-        let tmp_path = dir.join(format!("{TMP_PREFIX}{}", name.leaf()));
-        let result = File::create(&tmp_path)
-            .and_then(|mut file| file.write_all(data))
-            .and_then(|()| fs::rename(&tmp_path, &final_path));
-        if let Err(e) = result {
-            let _ = fs::remove_file(&tmp_path);
-            return Err(io_error(&tmp_path, e));
+        if state.sizes.contains_key(&name) || name == BlockName::Label {
+            // Replacing a block, or the label that identifies the disk: the old one (or
+            // none) stays until the new one is complete.
+            let tmp_path = dir.join(format!("{TMP_PREFIX}{}", name.leaf()));
+            let result = File::create(&tmp_path)
+                .and_then(|mut file| file.write_all(data))
+                .and_then(|()| fs::rename(&tmp_path, &final_path));
+            if let Err(e) = result {
+                let _ = fs::remove_file(&tmp_path);
+                return Err(io_error(&tmp_path, e));
+            }
+        } else {
+            // A new name: a crash may tear it, as the contract allows, and every block
+            // carries its own checksum.
+            let result = File::create(&final_path).and_then(|mut file| file.write_all(data));
+            if let Err(e) = result {
+                let _ = fs::remove_file(&final_path);
+                return Err(io_error(&final_path, e));
+            }
         }
         state.sizes.insert(name, data.len() as u64);
         state.used_bytes = new_used;

@@ -37,6 +37,8 @@ pub struct PoolOptions {
     /// Ops committed in memory after which a commit forces a durability barrier
     /// (`Pool::sync`) itself. The simulator sets `usize::MAX`: it places barriers.
     pub barrier_after_ops: usize,
+    /// Memory for decoded extents (see `store::ExtentCache`).
+    pub extent_cache_bytes: usize,
     /// Whether fragment I/O to different disks runs on threads. The simulator runs it
     /// sequentially so that a seed replays exactly.
     pub parallel_io: bool,
@@ -56,6 +58,7 @@ impl Default for PoolOptions {
             checkpoint_every_records: 256,
             dirty_bytes_max: 16 << 20,
             barrier_after_ops: 4096,
+            extent_cache_bytes: 256 << 20,
             parallel_io: true,
             check_invariants: false,
             observer: None,
@@ -175,6 +178,7 @@ impl Pool {
             });
         }
         let next_extent = state.next_extent;
+        let cache_bytes = options.extent_cache_bytes;
         let mut pool = Pool {
             state,
             tip,
@@ -188,7 +192,7 @@ impl Pool {
             files: OpenFiles::default(),
             degraded: BTreeSet::new(),
             counters: PoolCounters::default(),
-            cache: Default::default(),
+            cache: crate::store::ExtentCache::with_capacity(cache_bytes),
             read_only: None,
             undurable: Default::default(),
         };

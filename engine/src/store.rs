@@ -19,18 +19,19 @@ use crate::error::{Error, Result};
 use crate::fragment;
 use crate::hooks::CommitPhase;
 use crate::io::run_all;
-use crate::meta::state::{DiskId, DiskState, ExtentRecord, EXTENT_BYTES_MAX};
+use crate::meta::state::{DiskId, DiskState, ExtentRecord, EXTENT_BYTES_MAX, INLINE_BYTES_MAX};
 use crate::placement::{self, Candidate};
 use crate::policy::Policy;
 use crate::pool::Pool;
 
-/// Decoded extents kept in memory; extents are immutable, so the cache is always coherent.
-const EXTENT_CACHE_ENTRIES: usize = 16;
-
+/// Decoded, verified extents kept in memory, least recently used evicted first, up to
+/// `PoolOptions::extent_cache_bytes`. Extents are immutable, so it is always coherent.
 #[derive(Default)]
 pub(crate) struct ExtentCache {
     entries: BTreeMap<ExtentId, (u64, Arc<Vec<u8>>)>,
     tick: u64,
+    bytes: usize,
+    capacity_bytes: usize,
 }
 
 impl ExtentCache {
@@ -43,20 +44,37 @@ impl ExtentCache {
         })
     }
 
+    pub(crate) fn with_capacity(capacity_bytes: usize) -> Self {
+        ExtentCache { capacity_bytes, ..ExtentCache::default() }
+    }
+
     fn insert(&mut self, id: ExtentId, data: Arc<Vec<u8>>) {
         self.tick += 1;
-        if self.entries.len() >= EXTENT_CACHE_ENTRIES {
+        while self.bytes + data.len() > self.capacity_bytes && !self.entries.is_empty() {
             if let Some(oldest) = self.entries.iter().min_by_key(|(_, (used, _))| *used).map(|(id, _)| *id) {
-                self.entries.remove(&oldest);
+                if let Some((_, gone)) = self.entries.remove(&oldest) {
+                    self.bytes -= gone.len();
+                }
             }
         }
-        self.entries.insert(id, (self.tick, data));
+        if data.len() <= self.capacity_bytes {
+            self.bytes += data.len();
+            if let Some((_, old)) = self.entries.insert(id, (self.tick, data)) {
+                self.bytes -= old.len();
+            }
+        }
     }
 }
 
 struct PlannedBlock {
     name: BlockName,
-    block: Vec<u8>,
+    block: Arc<Vec<u8>>,
+}
+
+/// One chunk, hashed and encoded into sealed fragment blocks (none when inline).
+struct Encoded {
+    hash: [u8; 32],
+    blocks: Vec<Arc<Vec<u8>>>,
 }
 
 impl Pool {
@@ -79,26 +97,58 @@ impl Pool {
                 })
             })
             .collect();
-        let encoded: Vec<Option<Vec<Vec<u8>>>> = chunks
-            .iter()
-            .zip(&ids)
-            .map(|((_, data), id)| match id {
-                Some(_) => codec::encode(codec, policy, data).map(Some),
-                None => Ok(None),
-            })
-            .collect::<Result<_, _>>()
-            .map_err(|e| Error::Io(format!("encoding failed: {e}")))?;
+        // Small extents live inline in metadata when its replicas tolerate as many
+        // failures as the policy does.
+        let inline_ok = self.state.journal_disks().len() > policy.tolerance();
+        let jobs: Vec<(&[u8], Option<ExtentId>)> =
+            chunks.iter().zip(&ids).map(|((_, d), id)| (d.as_slice(), *id)).collect();
+        let encoded: Vec<Option<Encoded>> = run_all(self.options.parallel_io, jobs, |(data, id)| {
+            let id = id?;
+            let hash = *blake3::hash(data).as_bytes();
+            if inline_ok && data.len() <= INLINE_BYTES_MAX {
+                return Some(Ok(Encoded { hash, blocks: Vec::new() }));
+            }
+            Some(codec::encode(codec, policy, data).map(|fragments| {
+                Encoded {
+                    hash,
+                    blocks: fragments
+                        .iter()
+                        .enumerate()
+                        .map(|(i, payload)| Arc::new(fragment::seal(id, i as u8, payload)))
+                        .collect(),
+                }
+            }))
+        })
+        .into_iter()
+        .map(Option::transpose)
+        .collect::<Result<_, _>>()
+        .map_err(|e| Error::Io(format!("encoding failed: {e}")))?;
         let mut excluded: BTreeSet<DiskId> = BTreeSet::new();
         loop {
             let mut planned: BTreeMap<DiskId, Vec<PlannedBlock>> = BTreeMap::new();
             let mut planned_bytes: BTreeMap<DiskId, u64> = BTreeMap::new();
             let mut records = Vec::with_capacity(chunks.len());
-            for (((index, data), id), fragments) in chunks.iter().zip(&ids).zip(&encoded) {
-                let (Some(id), Some(fragments)) = (id, fragments) else {
+            for (((index, data), id), encoded) in chunks.iter().zip(&ids).zip(&encoded) {
+                let (Some(id), Some(encoded)) = (id, encoded) else {
                     records.push((*index, None));
                     continue;
                 };
-                let block_bytes = (fragment::HEADER_LEN + fragments[0].len()) as u64;
+                if encoded.blocks.is_empty() {
+                    records.push((
+                        *index,
+                        Some(ExtentRecord {
+                            id: *id,
+                            len: data.len() as u32,
+                            hash: encoded.hash,
+                            policy,
+                            codec: CodecId::Inline,
+                            fragments: Vec::new(),
+                            inline: Some(data.clone()),
+                        }),
+                    ));
+                    continue;
+                }
+                let block_bytes = encoded.blocks[0].len() as u64;
                 let candidates = self.candidates(&excluded, &planned_bytes);
                 #[allow(unused_mut)]
                 let mut disks = placement::place(&mut self.rng, policy.width(), block_bytes, &candidates)
@@ -107,23 +157,21 @@ impl Pool {
                 if self.options.sabotage == Some(crate::hooks::Sabotage::SameDiskPlacement) && disks.len() > 1 {
                     disks[1] = disks[0];
                 }
-                for (fragment_index, (disk, payload)) in disks.iter().zip(fragments).enumerate() {
+                for (fragment_index, (disk, block)) in disks.iter().zip(&encoded.blocks).enumerate() {
                     let name = BlockName::Fragment { extent: *id, index: fragment_index as u8 };
                     *planned_bytes.entry(*disk).or_default() += block_bytes;
-                    planned
-                        .entry(*disk)
-                        .or_default()
-                        .push(PlannedBlock { name, block: fragment::seal(*id, fragment_index as u8, payload) });
+                    planned.entry(*disk).or_default().push(PlannedBlock { name, block: block.clone() });
                 }
                 records.push((
                     *index,
                     Some(ExtentRecord {
                         id: *id,
                         len: data.len() as u32,
-                        hash: *blake3::hash(data).as_bytes(),
+                        hash: encoded.hash,
                         policy,
                         codec,
                         fragments: disks,
+                        inline: None,
                     }),
                 ));
             }
@@ -150,7 +198,7 @@ impl Pool {
                 .collect();
             if failed.is_empty() {
                 for (_, record) in &records {
-                    if let Some(record) = record {
+                    if let Some(record) = record.as_ref().filter(|r| !r.is_inline()) {
                         self.fragments_written(record.id, &record.fragments);
                     }
                 }
@@ -216,6 +264,13 @@ impl Pool {
     pub(crate) fn read_extent(&mut self, record: &ExtentRecord, offset: u64) -> Result<Arc<Vec<u8>>> {
         if let Some(data) = self.cache.get(record.id) {
             return Ok(data);
+        }
+        if let Some(data) = &record.inline {
+            if blake3::hash(data).as_bytes() != &record.hash {
+                let detail = "inline data does not match the extent checksum".into();
+                return Err(Error::DataLost { extent: record.id, offset, detail });
+            }
+            return Ok(Arc::new(data.clone()));
         }
         let policy = record.policy;
         let width = policy.width();

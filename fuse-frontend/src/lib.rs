@@ -127,7 +127,14 @@ impl DynamicFs {
 
 impl Filesystem for DynamicFs {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
+        // Whole extents per request, and the kernel's page cache in front of the engine:
+        // writes return once cached and reach the engine in large batches, several in
+        // flight, and close and fsync write them back first.
         let _ = config.set_max_write(1 << 20);
+        let _ = config.set_max_readahead(1 << 20);
+        if let Err(missing) = config.add_capabilities(fuser::InitFlags::FUSE_WRITEBACK_CACHE) {
+            tracing::info!(?missing, "the kernel offers no writeback cache; writes go through one by one");
+        }
         Ok(())
     }
 

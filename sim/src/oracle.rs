@@ -105,6 +105,7 @@ pub fn truly_lost(pool: &Pool) -> BTreeSet<ExtentId> {
     state
         .extents
         .values()
+        .filter(|record| !record.is_inline())
         .filter(|record| {
             let shard_len = codec::shard_len(record.policy, record.len as usize);
             let intact = record

@@ -190,6 +190,7 @@ pub fn build_world(scenario: &Scenario, options: &RunOptions) -> Result<World, S
         // Barriers happen where the scenario says (Fsync, Sync, Checkpoint, AddDisk), so
         // the model knows which states a crash may leave.
         barrier_after_ops: usize::MAX,
+        extent_cache_bytes: 16 << 20,
         ..PoolOptions::default()
     };
     #[cfg(feature = "sabotage")]

@@ -68,7 +68,9 @@ pub struct DiskRecord {
 }
 
 /// One immutable extent: up to `EXTENT_BYTES_MAX` bytes of one file, stored as
-/// `policy.width()` fragments, fragment `i` on disk `fragments[i]`.
+/// `policy.width()` fragments, fragment `i` on disk `fragments[i]` — or, when at most
+/// `INLINE_BYTES_MAX` long, inline in this record (no fragments), where the metadata
+/// journal's replicas and checksums protect it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ExtentRecord {
     pub id: ExtentId,
@@ -78,8 +80,21 @@ pub struct ExtentRecord {
     pub hash: [u8; 32],
     pub policy: Policy,
     pub codec: CodecId,
-    /// Where each fragment lives; index = fragment index.
+    /// Where each fragment lives; index = fragment index. Empty for inline extents.
     pub fragments: Vec<DiskId>,
+    /// The data itself, for an inline extent (`codec` is `CodecId::Inline`).
+    pub inline: Option<Vec<u8>>,
+}
+
+/// Extents up to this long are stored inline in metadata (as btrfs's `max_inline`):
+/// a small file then costs no fragment files at all.
+pub const INLINE_BYTES_MAX: usize = 2048;
+
+impl ExtentRecord {
+    /// Whether the data lives in this record rather than in fragments.
+    pub fn is_inline(&self) -> bool {
+        self.inline.is_some()
+    }
 }
 
 /// What an inode is.
@@ -313,6 +328,15 @@ impl MetaState {
         for record in self.extents.values() {
             if !referenced.contains(&record.id) {
                 return Err(format!("extent {} has a record but no reference", record.id));
+            }
+            if record.is_inline() {
+                if !record.fragments.is_empty() || record.codec != CodecId::Inline {
+                    return Err(format!(
+                        "inline extent {} also names fragments or codec {:?}",
+                        record.id, record.codec
+                    ));
+                }
+                continue;
             }
             let distinct: BTreeSet<_> = record.fragments.iter().collect();
             if distinct.len() != record.fragments.len() || record.fragments.len() != record.policy.width() {
