@@ -16,6 +16,9 @@ use crate::pool::Pool;
 
 const CHUNK: u64 = EXTENT_BYTES_MAX;
 
+/// Extents a sequential reader has fetched ahead of the one it reads.
+const READ_AHEAD_EXTENTS: u64 = 4;
+
 /// A file handle returned by `Pool::open_file`.
 pub type FileHandle = u64;
 
@@ -40,6 +43,8 @@ pub(crate) struct OpenFile {
     pub(crate) size: u64,
     /// Set when the buffered state differs from the committed inode.
     pub(crate) mtime: Option<WallTime>,
+    /// Where reads through any handle have reached: a read starting near it is sequential.
+    read_end: u64,
 }
 
 impl OpenFiles {
@@ -78,6 +83,7 @@ impl Pool {
             dirty_bytes: 0,
             size,
             mtime: None,
+            read_end: 0,
         }))
     }
 
@@ -163,7 +169,31 @@ impl Pool {
     /// Reads up to `size` bytes at `offset`; short only at end of file. Holes read as zeros.
     pub fn read(&mut self, fh: FileHandle, offset: u64, size: usize) -> Result<Vec<u8>> {
         let ino = self.handle_ino(fh)?;
+        let end = offset.saturating_add(size as u64);
+        if let Some(file) = self.files.files.get_mut(&ino) {
+            // The kernel's read-ahead sends several requests at once and they may be
+            // served out of order: near the last end counts as sequential.
+            let sequential = file.read_end.abs_diff(offset) <= 2 * CHUNK;
+            file.read_end = file.read_end.max(end);
+            if sequential && size > 0 {
+                self.read_ahead(ino, offset, end);
+            }
+        }
         self.read_ino(ino, offset, size)
+    }
+
+    /// Fetches, in parallel, the extents a sequential read covers and the next
+    /// `READ_AHEAD_EXTENTS` after it.
+    fn read_ahead(&mut self, ino: Ino, offset: u64, end: u64) {
+        let Some(map) = self.state.file_extents.get(&ino) else { return };
+        let last = (end.saturating_sub(1) / CHUNK).saturating_add(READ_AHEAD_EXTENTS);
+        let dirty = self.files.get(ino).map(|f| &f.dirty);
+        let records: Vec<_> = map
+            .range(offset / CHUNK..=last)
+            .filter(|(index, _)| !dirty.is_some_and(|d| d.contains_key(index)))
+            .filter_map(|(index, id)| self.state.extents.get(id).map(|r| (r.clone(), index * CHUNK)))
+            .collect();
+        self.prefetch(records);
     }
 
     pub(crate) fn read_ino(&mut self, ino: Ino, offset: u64, size: usize) -> Result<Vec<u8>> {

@@ -49,6 +49,22 @@ pub enum FragmentError {
 /// Checks `block` is fragment `index` of `extent` with `expected_len` payload bytes, and
 /// returns the payload.
 pub fn verify(block: &[u8], extent: ExtentId, index: u8, expected_len: usize) -> Result<&[u8], FragmentError> {
+    let payload = payload_unchecked(block, extent, index, expected_len)?;
+    if blake3::hash(payload).as_bytes()[..] != block[20..52] {
+        return Err(FragmentError::Checksum);
+    }
+    Ok(payload)
+}
+
+/// `verify` without the payload checksum: for a caller that checks the payload by
+/// other means (the extent's own BLAKE3 over every data shard) and falls back to
+/// `verify` when that fails.
+pub fn payload_unchecked(
+    block: &[u8],
+    extent: ExtentId,
+    index: u8,
+    expected_len: usize,
+) -> Result<&[u8], FragmentError> {
     if block.len() < HEADER_LEN {
         return Err(FragmentError::Truncated);
     }
@@ -68,9 +84,6 @@ pub fn verify(block: &[u8], extent: ExtentId, index: u8, expected_len: usize) ->
     let payload = &block[HEADER_LEN..];
     if declared != expected_len || payload.len() != expected_len {
         return Err(FragmentError::Length { found: payload.len(), expected: expected_len });
-    }
-    if blake3::hash(payload).as_bytes()[..] != block[20..52] {
-        return Err(FragmentError::Checksum);
     }
     Ok(payload)
 }

@@ -35,6 +35,10 @@ pub(crate) struct ExtentCache {
 }
 
 impl ExtentCache {
+    fn contains(&self, id: ExtentId) -> bool {
+        self.entries.contains_key(&id)
+    }
+
     fn get(&mut self, id: ExtentId) -> Option<Arc<Vec<u8>>> {
         self.tick += 1;
         let tick = self.tick;
@@ -265,75 +269,151 @@ impl Pool {
         if let Some(data) = self.cache.get(record.id) {
             return Ok(data);
         }
-        if let Some(data) = &record.inline {
-            if blake3::hash(data).as_bytes() != &record.hash {
-                let detail = "inline data does not match the extent checksum".into();
-                return Err(Error::DataLost { extent: record.id, offset, detail });
-            }
-            return Ok(Arc::new(data.clone()));
+        let fetched = fetch_extent(&self.devices, record, self.verifies_reads(), self.options.parallel_io);
+        self.settle(record, offset, fetched)
+    }
+
+    /// Fetches the extents of `records` that are not cached, in parallel, into the cache:
+    /// read-ahead for sequential readers. Failures are left for the real read to report.
+    pub(crate) fn prefetch(&mut self, records: Vec<(ExtentRecord, u64)>) {
+        let wanted: Vec<(ExtentRecord, u64)> =
+            records.into_iter().filter(|(r, _)| !r.is_inline() && !self.cache.contains(r.id)).collect();
+        if wanted.is_empty() {
+            return;
         }
-        let policy = record.policy;
-        let width = policy.width();
-        let needed = policy.needed();
-        let shard_len = codec::shard_len(policy, record.len as usize);
-        let mut fragments: Vec<Option<Vec<u8>>> = vec![None; width];
-        let mut problems = Vec::new();
-        let mut next = 0;
-        let mut have = 0;
-        while have < needed && next < width {
-            let batch: Vec<usize> = (next..width.min(next + needed - have)).collect();
-            next += batch.len();
-            let jobs: Vec<(usize, Option<Arc<dyn BlockDevice>>)> =
-                batch.iter().map(|&i| (i, self.devices.get(&record.fragments[i]).cloned())).collect();
-            let id = record.id;
-            let verify = self.verifies_reads();
-            let results = run_all(self.options.parallel_io, jobs, |(i, device)| {
-                let name = BlockName::Fragment { extent: id, index: i as u8 };
-                let result = match device {
-                    None => Err("disk unknown".to_string()),
-                    Some(device) => device.read(name).map_err(|e| e.to_string()).and_then(|block| {
-                        if !verify {
-                            let mut payload = block.get(fragment::HEADER_LEN..).unwrap_or_default().to_vec();
-                            payload.resize(shard_len, 0);
-                            return Ok(payload);
-                        }
-                        fragment::verify(&block, id, i as u8, shard_len).map(<[u8]>::to_vec).map_err(|e| e.to_string())
-                    }),
-                };
-                (i, result)
-            });
-            for (i, result) in results {
-                match result {
-                    Ok(payload) => {
-                        fragments[i] = Some(payload);
-                        have += 1;
-                    }
-                    Err(e) => problems.push(format!("fragment {i} on {}: {e}", record.fragments[i])),
-                }
+        let (devices, verify) = (&self.devices, self.verifies_reads());
+        let fetched = run_all(self.options.parallel_io, wanted, |(record, offset)| {
+            let outcome = fetch_extent(devices, &record, verify, false);
+            (record, offset, outcome)
+        });
+        for (record, offset, outcome) in fetched {
+            if outcome.data.is_ok() {
+                let _ = self.settle(&record, offset, outcome);
             }
         }
+    }
+
+    /// Books a fetch: counters, the degraded set, the cache.
+    fn settle(&mut self, record: &ExtentRecord, offset: u64, fetched: Fetched) -> Result<Arc<Vec<u8>>> {
         self.counters.extents_read += 1;
-        if !problems.is_empty() {
-            self.counters.fragment_errors += problems.len() as u64;
+        if !fetched.problems.is_empty() {
+            self.counters.fragment_errors += fetched.problems.len() as u64;
             self.counters.degraded_reads += 1;
             self.degraded.insert(record.id);
-            tracing::warn!(extent = %record.id, problems = %problems.join("; "), "degraded read");
+            tracing::warn!(extent = %record.id, problems = %fetched.problems.join("; "), "degraded read");
         }
-        let lost = |detail: String| Error::DataLost { extent: record.id, offset, detail };
-        if have < needed {
-            return Err(lost(format!(
-                "{} of {width} fragments readable, {needed} needed ({})",
-                have,
-                problems.join("; ")
-            )));
-        }
-        let data =
-            codec::decode(record.codec, policy, record.len as usize, &fragments).map_err(|e| lost(e.to_string()))?;
-        if self.verifies_reads() && blake3::hash(&data).as_bytes() != &record.hash {
-            return Err(lost("decoded data does not match the extent checksum".into()));
-        }
-        let data = Arc::new(data);
+        let data = fetched.data.map_err(|detail| Error::DataLost { extent: record.id, offset, detail })?;
         self.cache.insert(record.id, data.clone());
         Ok(data)
     }
+}
+
+/// The outcome of fetching one extent from its disks.
+struct Fetched {
+    data: std::result::Result<Arc<Vec<u8>>, String>,
+    /// Fragments that could not be used, with why.
+    problems: Vec<String>,
+}
+
+/// The fast path of a healthy read: the data shards alone, whose payloads the extent's
+/// BLAKE3 then checks all at once. `None` on any doubt; the caller then verifies
+/// fragment by fragment.
+fn fetch_data_shards(
+    devices: &BTreeMap<DiskId, Arc<dyn BlockDevice>>,
+    record: &ExtentRecord,
+    parallel: bool,
+) -> Option<Vec<u8>> {
+    let policy = record.policy;
+    let shard_len = codec::shard_len(policy, record.len as usize);
+    let jobs: Vec<(usize, Arc<dyn BlockDevice>)> = (0..policy.needed())
+        .map(|i| devices.get(record.fragments.get(i)?).map(|d| (i, d.clone())))
+        .collect::<Option<_>>()?;
+    let id = record.id;
+    let payloads: Vec<Option<Vec<u8>>> = run_all(parallel, jobs, |(i, device)| {
+        let block = device.read(BlockName::Fragment { extent: id, index: i as u8 }).ok()?;
+        fragment::payload_unchecked(&block, id, i as u8, shard_len).ok().map(<[u8]>::to_vec)
+    });
+    let mut fragments: Vec<Option<Vec<u8>>> = payloads;
+    if fragments.iter().any(Option::is_none) {
+        return None;
+    }
+    fragments.resize(policy.width(), None);
+    let data = codec::decode(record.codec, policy, record.len as usize, &fragments).ok()?;
+    (blake3::hash(&data).as_bytes() == &record.hash).then_some(data)
+}
+
+/// Reads, verifies and decodes one extent without touching the pool: safe to run for
+/// several extents at once.
+fn fetch_extent(
+    devices: &BTreeMap<DiskId, Arc<dyn BlockDevice>>,
+    record: &ExtentRecord,
+    verify: bool,
+    parallel: bool,
+) -> Fetched {
+    if let Some(data) = &record.inline {
+        let data = if blake3::hash(data).as_bytes() == &record.hash {
+            Ok(Arc::new(data.clone()))
+        } else {
+            Err("inline data does not match the extent checksum".to_string())
+        };
+        return Fetched { data, problems: Vec::new() };
+    }
+    if verify {
+        if let Some(data) = fetch_data_shards(devices, record, parallel) {
+            return Fetched { data: Ok(Arc::new(data)), problems: Vec::new() };
+        }
+    }
+    let policy = record.policy;
+    let width = policy.width();
+    let needed = policy.needed();
+    let shard_len = codec::shard_len(policy, record.len as usize);
+    let mut fragments: Vec<Option<Vec<u8>>> = vec![None; width];
+    let mut problems = Vec::new();
+    let mut next = 0;
+    let mut have = 0;
+    while have < needed && next < width {
+        let batch: Vec<usize> = (next..width.min(next + needed - have)).collect();
+        next += batch.len();
+        let jobs: Vec<(usize, Option<Arc<dyn BlockDevice>>)> =
+            batch.iter().map(|&i| (i, devices.get(&record.fragments[i]).cloned())).collect();
+        let id = record.id;
+        let results = run_all(parallel, jobs, |(i, device)| {
+            let name = BlockName::Fragment { extent: id, index: i as u8 };
+            let result = match device {
+                None => Err("disk unknown".to_string()),
+                Some(device) => device.read(name).map_err(|e| e.to_string()).and_then(|block| {
+                    if !verify {
+                        let mut payload = block.get(fragment::HEADER_LEN..).unwrap_or_default().to_vec();
+                        payload.resize(shard_len, 0);
+                        return Ok(payload);
+                    }
+                    fragment::verify(&block, id, i as u8, shard_len).map(<[u8]>::to_vec).map_err(|e| e.to_string())
+                }),
+            };
+            (i, result)
+        });
+        for (i, result) in results {
+            match result {
+                Ok(payload) => {
+                    fragments[i] = Some(payload);
+                    have += 1;
+                }
+                Err(e) => problems.push(format!("fragment {i} on {}: {e}", record.fragments[i])),
+            }
+        }
+    }
+    let data = if have < needed {
+        Err(format!("{have} of {width} fragments readable, {needed} needed ({})", problems.join("; ")))
+    } else {
+        codec::decode(record.codec, policy, record.len as usize, &fragments).map_err(|e| e.to_string()).and_then(
+            |data| {
+                if verify && blake3::hash(&data).as_bytes() != &record.hash {
+                    Err("decoded data does not match the extent checksum".to_string())
+                } else {
+                    Ok(Arc::new(data))
+                }
+            },
+        )
+    };
+    Fetched { data, problems }
 }
