@@ -53,7 +53,7 @@ mod libc_errno {
 }
 
 /// Turns an engine error into a CLI error that names its errno.
-fn engine(e: dfs_engine::Error) -> anyhow::Error {
+pub(crate) fn engine(e: dfs_engine::Error) -> anyhow::Error {
     anyhow!("{e} ({})", errno_name(e.errno()))
 }
 
@@ -71,7 +71,7 @@ pub(crate) struct Ctx<'a> {
 }
 
 impl Ctx<'_> {
-    fn local_path(&self, path: &Path) -> PathBuf {
+    pub(crate) fn local_path(&self, path: &Path) -> PathBuf {
         if path.is_relative() && path.as_os_str() != "-" {
             self.cwd.join(path)
         } else {
@@ -80,13 +80,13 @@ impl Ctx<'_> {
     }
 }
 
-fn print_json<T: serde::Serialize>(out: &mut dyn Write, value: &T) -> Result<()> {
+pub(crate) fn print_json<T: serde::Serialize>(out: &mut dyn Write, value: &T) -> Result<()> {
     serde_json::to_writer_pretty(&mut *out, value)?;
     writeln!(out)?;
     Ok(())
 }
 
-fn print_text(out: &mut dyn Write, text: &str) -> Result<()> {
+pub(crate) fn print_text(out: &mut dyn Write, text: &str) -> Result<()> {
     out.write_all(text.as_bytes())?;
     Ok(())
 }
@@ -143,6 +143,7 @@ pub fn run(command: Command) -> Result<()> {
             crate::mount::mount(&pool.pool, &mountpoint, foreground, allow_other)
         }
         Command::Umount { mountpoint } => crate::mount::umount(&mountpoint),
+        Command::Serve { pool } => crate::mount::serve_unmounted(&pool.pool),
         Command::Init { pool, policy } => {
             let config = PoolDir::init(&pool.pool, policy).map_err(engine)?;
             println!("initialised pool {} at {} with default policy {policy}", config.pool_id, pool.pool.display());
@@ -157,7 +158,13 @@ pub fn run(command: Command) -> Result<()> {
         | Command::Rm { ref pool, .. }
         | Command::Mkdir { ref pool, .. }
         | Command::ListExtents { ref pool, .. }
-        | Command::ShowRedundancy { ref pool, .. } => {
+        | Command::ShowRedundancy { ref pool, .. }
+        | Command::FailDisk { ref pool, .. }
+        | Command::RemoveDisk { ref pool, .. }
+        | Command::Rebuild { ref pool, .. }
+        | Command::RebuildStatus { ref pool, .. }
+        | Command::ChangePolicy { ref pool, .. }
+        | Command::PolicyStatus { ref pool, .. } => {
             let path = pool.pool.clone();
             pool_command(&path, command)
         }
@@ -174,7 +181,19 @@ pub(crate) fn execute(command: Command, ctx: &mut Ctx<'_>) -> Result<()> {
 
 fn execute_command(command: Command, ctx: &mut Ctx<'_>) -> Result<()> {
     match command {
-        Command::Demo { .. } | Command::Mount { .. } | Command::Umount { .. } | Command::Init { .. } => {
+        Command::FailDisk { pool: _, disk } => crate::admin::fail_disk(ctx, &disk),
+        Command::RemoveDisk { pool: _, disk } => crate::admin::remove_disk(ctx, &disk),
+        Command::Rebuild { pool: _ } => crate::admin::rebuild(ctx),
+        Command::RebuildStatus { pool: _, json } => crate::admin::rebuild_status(ctx, json.json),
+        Command::ChangePolicy { pool: _, policy, path, extent, recursive } => {
+            crate::admin::change_policy(ctx, policy, path, extent, recursive)
+        }
+        Command::PolicyStatus { pool: _, json } => crate::admin::policy_status(ctx, json.json),
+        Command::Demo { .. }
+        | Command::Mount { .. }
+        | Command::Serve { .. }
+        | Command::Umount { .. }
+        | Command::Init { .. } => {
             bail!("this command does not run against an open pool")
         }
         Command::AddDisk { pool: _, disks, capacity } => {

@@ -2,6 +2,7 @@
 //! engine's. Exit codes: 0 success, 1 the operation failed (message on stderr),
 //! 2 bad usage.
 
+mod admin;
 mod commands;
 mod control;
 mod mount;
@@ -77,6 +78,13 @@ pub(crate) enum Command {
         /// Let other users access the mount (needs user_allow_other in /etc/fuse.conf).
         #[arg(long)]
         allow_other: bool,
+    },
+    /// Run the pool daemon without a mount, in the foreground: the control socket (so
+    /// admin commands work as on a mounted pool) and the background worker (drains,
+    /// policy changes, rebuilds). Stops on SIGINT/SIGTERM.
+    Serve {
+        #[command(flatten)]
+        pool: PoolArg,
     },
     /// Unmount a DynamicFS mount and wait until its daemon has released the pool.
     Umount {
@@ -182,6 +190,64 @@ pub(crate) enum Command {
         /// Read every fragment and verify its checksum (slower; otherwise presence only).
         #[arg(long)]
         verify: bool,
+        #[command(flatten)]
+        json: JsonArg,
+    },
+    /// Mark a disk failed, as if it had died: it is never read or written again, reads of
+    /// its extents are served degraded at once, and they are rebuilt lazily elsewhere.
+    FailDisk {
+        #[command(flatten)]
+        pool: PoolArg,
+        /// The disk: its id (d3), uuid or directory.
+        #[arg(long)]
+        disk: String,
+    },
+    /// Remove a disk: drain every fragment to other disks (keeping each extent on
+    /// distinct disks), then drop it. Refuses up front when the rest cannot hold its data.
+    /// Survives a crash or unmount: run it again, or let the daemon finish it.
+    RemoveDisk {
+        #[command(flatten)]
+        pool: PoolArg,
+        /// The disk: its id (d3), uuid or directory.
+        #[arg(long)]
+        disk: String,
+    },
+    /// Rebuild every degraded extent now, most endangered first (a mounted pool's daemon
+    /// does this in the background).
+    Rebuild {
+        #[command(flatten)]
+        pool: PoolArg,
+    },
+    /// Show the rebuild queue: extents short of fragments, most endangered first.
+    RebuildStatus {
+        #[command(flatten)]
+        pool: PoolArg,
+        #[command(flatten)]
+        json: JsonArg,
+    },
+    /// Re-encode existing data under a new policy (decode with the old, encode with the
+    /// new). Without --path/--extent: change the pool default and re-encode what follows it.
+    ChangePolicy {
+        #[command(flatten)]
+        pool: PoolArg,
+        /// The new policy: replicate:N or erasure:K+M.
+        #[arg(long, value_parser = parse_policy)]
+        policy: Policy,
+        /// A file, or a directory (its files; with --recursive everything beneath it).
+        #[arg(long, value_name = "POOL_PATH")]
+        path: Option<String>,
+        /// One extent, by the id `dfs list-extents` shows.
+        #[arg(long, value_name = "ID")]
+        extent: Option<String>,
+        /// With a directory --path: every file and directory beneath it.
+        #[arg(short, long)]
+        recursive: bool,
+    },
+    /// Show policy transitions (pending, in progress, done, failed) and each re-encoded
+    /// extent's history.
+    PolicyStatus {
+        #[command(flatten)]
+        pool: PoolArg,
         #[command(flatten)]
         json: JsonArg,
     },

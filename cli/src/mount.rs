@@ -141,13 +141,9 @@ fn serve(pool: &Path, mountpoint: &Path, allow_other: bool) -> Result<()> {
     let session = fuser::spawn_mount(DynamicFs::shared(shared.clone()), mountpoint, &config)
         .with_context(|| format!("mounting {} (is /dev/fuse available?)", mountpoint.display()))?;
     eprintln!("dfs: mounted {} at {}", dir_path.display(), mountpoint.display());
-    let mut last_barrier = Instant::now();
+    let mut chores = Chores::new();
     while !stop.load(Ordering::SeqCst) && !session.guard.is_finished() {
-        std::thread::sleep(Duration::from_millis(50));
-        if last_barrier.elapsed() >= BARRIER_INTERVAL {
-            barrier(&shared);
-            last_barrier = Instant::now();
-        }
+        chores.run(&shared);
     }
     if session.guard.is_finished() {
         session.join().context("the FUSE session ended with an error")?;
@@ -163,6 +159,73 @@ fn serve(pool: &Path, mountpoint: &Path, allow_other: bool) -> Result<()> {
 /// Makes every commit durable; what a crash can lose is at most this old (as ext4's
 /// five-second journal commit).
 const BARRIER_INTERVAL: Duration = Duration::from_secs(1);
+
+/// How long the background worker rests after finding nothing it can do.
+const IDLE_BACKOFF: Duration = Duration::from_secs(5);
+
+/// The daemon's own work between requests: a durability barrier every second, and
+/// background steps (drains, policy transitions, rebuilds) while any is waiting.
+struct Chores {
+    last_barrier: Instant,
+    idle_until: Instant,
+}
+
+impl Chores {
+    fn new() -> Self {
+        Chores { last_barrier: Instant::now(), idle_until: Instant::now() }
+    }
+
+    /// One round; sleeps briefly unless background work is in full swing.
+    fn run(&mut self, pool: &Mutex<dfs_engine::Pool>) {
+        if self.last_barrier.elapsed() >= BARRIER_INTERVAL {
+            barrier(pool);
+            self.last_barrier = Instant::now();
+        }
+        let mut worked = false;
+        if Instant::now() >= self.idle_until {
+            let mut guard = pool.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            match guard.background_step() {
+                Ok(0) => self.idle_until = Instant::now() + IDLE_BACKOFF,
+                Ok(extents) => {
+                    worked = true;
+                    tracing::debug!(extents, "background step");
+                }
+                Err(error) => {
+                    tracing::error!(%error, "background work failed; retrying later");
+                    self.idle_until = Instant::now() + IDLE_BACKOFF;
+                }
+            }
+        }
+        if !worked {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+/// `dfs serve`: the daemon without a mount, in the foreground, until SIGINT/SIGTERM.
+pub fn serve_unmounted(pool: &Path) -> Result<()> {
+    let (dir, engine_pool, report) = PoolDir::open(pool, PoolOptions::default())
+        .map_err(|e| anyhow!("{e} ({})", crate::commands::errno_name(e.errno())))?;
+    for note in &report.notes {
+        tracing::warn!(%note, "recovery");
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(signal, stop.clone()).context("installing signal handlers")?;
+    }
+    let dir_path = dir.path().to_path_buf();
+    let shared = Arc::new(Mutex::new(engine_pool));
+    crate::control::listen(&dir_path, Arc::new(Mutex::new(dir)), shared.clone())?;
+    eprintln!("dfs: serving {} (control socket {})", dir_path.display(), crate::control::SOCKET_NAME);
+    let mut chores = Chores::new();
+    while !stop.load(Ordering::SeqCst) {
+        chores.run(&shared);
+    }
+    barrier(&shared);
+    let _ = std::fs::remove_file(dir_path.join(crate::control::SOCKET_NAME));
+    eprintln!("dfs: stopped serving {}", dir_path.display());
+    Ok(())
+}
 
 fn barrier(pool: &Mutex<dfs_engine::Pool>) {
     let mut pool = pool.lock().unwrap_or_else(|poisoned| poisoned.into_inner());

@@ -14,6 +14,31 @@ pub struct WallTime {
     pub nanos: u32,
 }
 
+impl std::fmt::Display for WallTime {
+    /// UTC, as `2026-11-25T15:35:44Z`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let days = self.secs.div_euclid(86_400);
+        let second_of_day = self.secs.rem_euclid(86_400);
+        // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+        let z = days + 719_468;
+        let era = z.div_euclid(146_097);
+        let day_of_era = z.rem_euclid(146_097);
+        let year_of_era = (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
+        let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
+        let mp = (5 * day_of_year + 2) / 153;
+        let day = day_of_year - (153 * mp + 2) / 5 + 1;
+        let month = if mp < 10 { mp + 3 } else { mp - 9 };
+        let year = year_of_era + era * 400 + i64::from(month <= 2);
+        write!(
+            f,
+            "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+            second_of_day / 3600,
+            second_of_day / 60 % 60,
+            second_of_day % 60
+        )
+    }
+}
+
 /// Source of time for the engine.
 pub trait Clock: Send + Sync {
     /// Monotonic nanoseconds since an arbitrary origin; never decreases.
@@ -53,5 +78,18 @@ impl Clock for SystemClock {
                 WallTime { secs: -i64::try_from(d.as_secs()).unwrap_or(i64::MAX), nanos: 0 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::WallTime;
+
+    #[test]
+    fn wall_times_print_as_utc_dates() {
+        assert_eq!(WallTime { secs: 0, nanos: 0 }.to_string(), "1970-01-01T00:00:00Z");
+        assert_eq!(WallTime { secs: 951_782_400, nanos: 0 }.to_string(), "2000-02-29T00:00:00Z");
+        assert_eq!(WallTime { secs: 1_795_620_944, nanos: 5 }.to_string(), "2026-11-25T15:35:44Z");
+        assert_eq!(WallTime { secs: -1, nanos: 0 }.to_string(), "1969-12-31T23:59:59Z");
     }
 }

@@ -26,6 +26,9 @@ use crate::meta::journal;
 use crate::meta::state::{DiskId, ExtentRecord, Op, Transaction};
 use crate::pool::Pool;
 
+/// Rounds of "relocate, then sync" a barrier tries before giving up on a fragment.
+const SYNC_ATTEMPTS: usize = 3;
+
 /// Everything committed in memory that the next barrier must make durable.
 #[derive(Default)]
 pub(crate) struct Undurable {
@@ -33,17 +36,22 @@ pub(crate) struct Undurable {
     pub(crate) ops: Vec<Op>,
     /// Extents freed (or written and never committed) whose fragments await deletion.
     pub(crate) frees: Vec<ExtentRecord>,
+    /// Single fragments a repair or drain moved away from a disk that still works.
+    pub(crate) fragment_frees: Vec<(DiskId, BlockName)>,
     /// Disks that took fragment writes since the last barrier.
     pub(crate) fragment_disks: BTreeSet<DiskId>,
     /// Extents written since the last barrier.
     pub(crate) extents: BTreeSet<ExtentId>,
     /// The journal disks that hold the durable chain (empty before the first barrier).
     pub(crate) journal_set: Vec<DiskId>,
+    /// Set while a barrier runs: a commit made meanwhile (a disk marked failed) waits
+    /// for the next barrier instead of starting one inside this one.
+    pub(crate) in_barrier: bool,
 }
 
 impl Undurable {
     fn is_empty(&self) -> bool {
-        self.ops.is_empty() && self.frees.is_empty() && self.fragment_disks.is_empty()
+        self.ops.is_empty() && self.frees.is_empty() && self.fragment_frees.is_empty() && self.fragment_disks.is_empty()
     }
 }
 
@@ -57,9 +65,12 @@ impl Pool {
         if let Some(reason) = &self.read_only {
             return Err(Error::ReadOnly(reason.clone()));
         }
-        self.sync_fragments()?;
-        let journal_set_changed = self.write_record()?;
+        self.undurable.in_barrier = true;
+        let result = self.sync_fragments().and_then(|()| self.write_record());
+        self.undurable.in_barrier = false;
+        let journal_set_changed = result?;
         self.delete_freed();
+        self.counters.barriers += 1;
         if self.checkpoint_due(journal_set_changed) {
             if let Err(e) = self.checkpoint_skipping(&BTreeSet::new()) {
                 tracing::warn!(error = %e, "checkpoint failed; the journal keeps every record until the next one");
@@ -79,11 +90,63 @@ impl Pool {
         self.undurable.fragment_disks.extend(disks.iter().copied());
     }
 
-    /// Step 1: syncs the disks that took fragments.
+    /// Step 1: syncs the disks that took fragments. A disk whose sync fails has lost
+    /// what it was given: it is marked failed, and the new extents' fragments there are
+    /// written again on other disks (and synced) before any record names them.
     fn sync_fragments(&mut self) -> Result<()> {
+        for _ in 0..SYNC_ATTEMPTS {
+            self.relocate_undurable()?;
+            if self.sync_fragment_disks()? {
+                break;
+            }
+        }
+        // Whatever could not be moved stays degraded — or, short of the fragments a read
+        // needs, cannot be committed at all.
+        let readable = |pool: &Pool, disk: &DiskId| pool.state.disks.get(disk).is_some_and(|d| d.state.readable());
+        for id in &self.undurable.extents {
+            let Some(record) = self.state.extents.get(id) else { continue };
+            let usable = record.fragments.iter().filter(|d| readable(self, d)).count();
+            if usable < record.fragments.len() {
+                self.degraded.insert(*id);
+            }
+            if usable < record.policy.needed() {
+                let reason = format!("extent {id} could not be made durable: too few disks took its fragments");
+                self.read_only = Some(reason.clone());
+                return Err(Error::ReadOnly(reason));
+            }
+        }
+        Ok(())
+    }
+
+    /// New extents with a fragment on a disk that is no longer readable get it
+    /// rewritten elsewhere.
+    fn relocate_undurable(&mut self) -> Result<()> {
+        let stranded: Vec<ExtentId> = self
+            .undurable
+            .extents
+            .iter()
+            .filter(|id| {
+                self.state.extents.get(id).is_some_and(|r| {
+                    r.fragments.iter().any(|d| self.state.disks.get(d).is_none_or(|d| !d.state.readable()))
+                })
+            })
+            .copied()
+            .collect();
+        for id in stranded {
+            if let Err(e) = self.rewrite_fragments(id) {
+                tracing::warn!(extent = %id, error = %e, "could not move a new extent off a failed disk");
+            }
+        }
+        Ok(())
+    }
+
+    /// Syncs every disk that took fragments; `Ok(false)` when some failed (they are now
+    /// marked failed and their extents need relocating), `Err` when an extent can no
+    /// longer be made durable at all.
+    fn sync_fragment_disks(&mut self) -> Result<bool> {
         let disks = std::mem::take(&mut self.undurable.fragment_disks);
         if !self.syncs_fragments() {
-            return Ok(());
+            return Ok(true);
         }
         let jobs: Vec<(DiskId, Arc<dyn BlockDevice>)> =
             disks.iter().filter_map(|disk| self.devices.get(disk).map(|d| (*disk, d.clone()))).collect();
@@ -95,29 +158,16 @@ impl Pool {
         .collect();
         self.reached(CommitPhase::FragmentsSynced);
         if failed.is_empty() {
-            return Ok(());
+            return Ok(true);
         }
         let failed_disks: BTreeSet<DiskId> = failed.iter().map(|(disk, _)| *disk).collect();
-        for (disk, error) in &failed {
-            tracing::warn!(%disk, %error, "syncing new fragments failed; their extents are degraded");
-        }
-        for id in &self.undurable.extents {
-            let Some(record) = self.state.extents.get(id) else { continue };
-            let lost = record.fragments.iter().filter(|d| failed_disks.contains(d)).count();
-            if lost == 0 {
-                continue;
+        for disk in &failed_disks {
+            tracing::error!(%disk, "disk lost writes it acknowledged (sync failed); marking it failed");
+            if let Err(error) = self.mark_failed(*disk) {
+                tracing::error!(%disk, %error, "marking the disk failed did not commit");
             }
-            if record.fragments.len() - lost < record.policy.needed() {
-                let reason = format!(
-                    "extent {id} could not be made durable: syncing {} failed",
-                    failed.iter().map(|(d, e)| format!("{d} ({e})")).collect::<Vec<_>>().join(", ")
-                );
-                self.read_only = Some(reason.clone());
-                return Err(Error::Io(reason));
-            }
-            self.degraded.insert(*id);
         }
-        Ok(())
+        Ok(false)
     }
 
     /// Step 2: writes the queued ops as one record; returns whether the journal disks
@@ -132,7 +182,12 @@ impl Pool {
             if self.undurable.journal_set.is_empty() { current.clone() } else { self.undurable.journal_set.clone() };
         // The record goes to the old and the new journal disks alike, so it chains on
         // whichever set recovery finds.
-        let targets: BTreeSet<DiskId> = previous.iter().chain(&current).copied().collect();
+        let targets: BTreeSet<DiskId> = previous
+            .iter()
+            .chain(&current)
+            .filter(|d| self.state.disks.get(d).is_some_and(|d| d.state.readable()))
+            .copied()
+            .collect();
         let devices: Vec<Arc<dyn BlockDevice>> =
             targets.iter().filter_map(|disk| self.devices.get(disk).cloned()).collect();
         let txn = Transaction { ops: std::mem::take(&mut self.undurable.ops) };
@@ -169,7 +224,15 @@ impl Pool {
                 }
             }
         }
-        if !frees.is_empty() {
+        let moved = std::mem::take(&mut self.undurable.fragment_frees);
+        for (disk, name) in &moved {
+            if let Some(device) = self.devices.get(disk) {
+                if let Err(error) = device.delete(*name) {
+                    tracing::debug!(%error, %name, "deleting a moved fragment failed; left as an orphan");
+                }
+            }
+        }
+        if !frees.is_empty() || !moved.is_empty() {
             self.reached(CommitPhase::Freed);
         }
     }

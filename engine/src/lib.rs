@@ -5,6 +5,7 @@
 //! injected seeded RNG. Start reading at `pool` (open, commit, recovery), then `files`
 //! (the write path), `store` (extents and fragments) and `meta` (state and journal).
 
+pub mod background;
 pub mod clock;
 pub mod codec;
 pub mod device;
@@ -14,6 +15,7 @@ pub mod error;
 pub mod files;
 pub mod fragment;
 pub mod frame;
+pub mod geometry;
 pub mod hooks;
 mod io;
 pub mod label;
@@ -23,6 +25,7 @@ pub mod placement;
 pub mod policy;
 pub mod pool;
 pub mod pooldir;
+pub mod reencode;
 pub mod report;
 pub mod rng;
 pub mod store;

@@ -553,15 +553,18 @@ impl Pool {
         self.state.dirs.iter().find(|(_, entries)| entries.values().any(|c| *c == ino)).map(|(parent, _)| *parent)
     }
 
-    /// Sets the policy of a directory (inherited by new children) or of a file that has
-    /// no data yet. Re-encoding existing data is a policy change, not this.
+    /// Sets the policy of a directory (inherited by new children) or of a file, whose
+    /// existing data is re-encoded under it before this returns.
     pub fn set_policy(&mut self, ino: Ino, policy: Option<Policy>) -> Result<()> {
         let inode = self.inode(ino)?;
-        if inode.kind == InodeKind::File && self.state.file_extents.contains_key(&ino) {
-            return Err(Error::InvalidArgument(
-                "the file already holds data; changing its policy re-encodes it, which this operation does not do"
-                    .into(),
-            ));
+        if let (InodeKind::File, Some(policy)) = (inode.kind, policy) {
+            self.flush_ino(ino, false)?;
+            let path = self.paths().get(&ino).cloned().unwrap_or_default();
+            self.change_policy(crate::meta::state::PolicyScope::Path { ino, path, recursive: false }, policy)?;
+            return Ok(());
+        }
+        if let Some(policy) = policy {
+            self.check_placeable(policy)?;
         }
         let mut inode = inode.clone();
         inode.policy = policy;

@@ -100,6 +100,11 @@ pub struct PoolCounters {
     pub extents_read: u64,
     pub degraded_reads: u64,
     pub fragment_errors: u64,
+    pub extents_repaired: u64,
+    /// Durability barriers completed.
+    pub barriers: u64,
+    pub extents_reencoded: u64,
+    pub disks_failed: u64,
 }
 
 /// An open pool.
@@ -121,6 +126,8 @@ pub struct Pool {
     pub(crate) counters: PoolCounters,
     pub(crate) cache: crate::store::ExtentCache,
     pub(crate) read_only: Option<String>,
+    /// Write and sync failures per disk since its last success (see `disk_io_failed`).
+    pub(crate) io_errors: BTreeMap<DiskId, u32>,
     /// What the next durability barrier must make durable.
     pub(crate) undurable: crate::durability::Undurable,
 }
@@ -172,6 +179,12 @@ impl Pool {
             }
         }
         for disk in state.disks.values() {
+            if !disk.state.readable() {
+                // A failed or removed disk is never touched again, even if it is present.
+                let reason = format!("disk {}", disk.state);
+                disk_devices.insert(disk.id, Arc::new(UnavailableDevice::new(disk.uuid.to_string(), reason)));
+                continue;
+            }
             disk_devices.entry(disk.id).or_insert_with(|| {
                 report.notes.push(format!("disk {} ({}) is missing", disk.id, disk.uuid));
                 Arc::new(UnavailableDevice::new(disk.uuid.to_string(), "disk not found"))
@@ -194,6 +207,7 @@ impl Pool {
             counters: PoolCounters::default(),
             cache: crate::store::ExtentCache::with_capacity(cache_bytes),
             read_only: None,
+            io_errors: BTreeMap::new(),
             undurable: Default::default(),
         };
         pool.undurable.journal_set = pool.state.journal_disks();
@@ -283,7 +297,7 @@ impl Pool {
         self.undurable.ops.extend(txn.ops);
         self.counters.commits += 1;
         self.check_invariants();
-        if self.undurable.ops.len() >= self.options.barrier_after_ops {
+        if self.undurable.ops.len() >= self.options.barrier_after_ops && !self.undurable.in_barrier {
             if let Err(e) = self.sync() {
                 tracing::warn!(error = %e, "durability barrier failed");
             }
@@ -338,8 +352,13 @@ impl Pool {
             tracing::warn!(%error, "checkpoint replica write failed");
         }
         let members: BTreeSet<DiskId> = journal_set.iter().map(|(id, _)| *id).collect();
-        let strangers: Vec<&dyn BlockDevice> =
-            self.devices.iter().filter(|(id, _)| !members.contains(id)).map(|(_, d)| d.as_ref()).collect();
+        let readable = |id: &DiskId| self.state.disks.get(id).is_some_and(|d| d.state.readable());
+        let strangers: Vec<&dyn BlockDevice> = self
+            .devices
+            .iter()
+            .filter(|(id, _)| !members.contains(id) && readable(id))
+            .map(|(_, d)| d.as_ref())
+            .collect();
         for error in journal::trim(&holders, &strangers, self.tip.seq) {
             tracing::warn!(%error, "journal trim incomplete; recovery will finish it");
         }

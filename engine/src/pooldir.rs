@@ -243,6 +243,32 @@ fn open_disk(entry: &DiskEntry, pool_id: Uuid) -> Arc<dyn BlockDevice> {
     }
 }
 
+impl PoolDir {
+    /// After `disk` was removed from `pool`: drops it from the config and wipes its
+    /// DynamicFS blocks and label, so the directory can be reused or deleted.
+    pub fn forget_disk(&mut self, pool: &Pool, disk: DiskId) -> Result<()> {
+        let Some(uuid) = pool.state().disks.get(&disk).map(|d| d.uuid) else {
+            return Err(Error::NotFound(format!("disk {disk}")));
+        };
+        let Some(entry) = self.config.disks.iter().find(|d| d.uuid == uuid).cloned() else {
+            return Ok(());
+        };
+        if let Ok(device) = DirDisk::open(&entry.path) {
+            for kind in BlockKind::ALL.into_iter().rev() {
+                for name in device.list(kind).unwrap_or_default() {
+                    let _ = device.delete(name);
+                }
+            }
+            let _ = device.sync();
+        }
+        let mut config = self.config.clone();
+        config.disks.retain(|d| d.uuid != uuid);
+        write_config(&self.path, &config)?;
+        self.config = config;
+        Ok(())
+    }
+}
+
 fn write_config(dir: &Path, config: &PoolConfig) -> Result<()> {
     let text = ron::ser::to_string_pretty(config, ron::ser::PrettyConfig::default())
         .map_err(|e| Error::Io(format!("encoding the pool config: {e}")))?;

@@ -148,6 +148,7 @@ impl Pool {
                             codec: CodecId::Inline,
                             fragments: Vec::new(),
                             inline: Some(data.clone()),
+                            history: Vec::new(),
                         }),
                     ));
                     continue;
@@ -176,6 +177,7 @@ impl Pool {
                         codec,
                         fragments: disks,
                         inline: None,
+                        history: Vec::new(),
                     }),
                 ));
             }
@@ -217,6 +219,9 @@ impl Pool {
             for (disk, error) in &failed {
                 tracing::warn!(disk = %disk, %error, "fragment write failed; placing elsewhere");
                 excluded.insert(*disk);
+                if *error != DeviceError::NoSpace {
+                    self.disk_io_failed(*disk);
+                }
             }
             if excluded.len() >= self.state.disks.len() {
                 let (_, error) = &failed[0];

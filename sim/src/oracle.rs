@@ -187,6 +187,9 @@ pub fn space_accounting(world: &World) -> Result<(), String> {
         if sim.is_down() || sim.used_bytes() != sim.inner().used_bytes() {
             continue; // failed or filled on purpose: the disk reports what the fault says
         }
+        if info.state != "active" && info.state != "draining" {
+            continue; // failed or removed in the pool: never read again
+        }
         let held: u64 = sim.inner().blocks().iter().map(|(_, size)| size).sum();
         if info.used_bytes != held {
             return Err(format!("{} reports {} bytes used but holds {held}", info.id, info.used_bytes));
@@ -210,4 +213,26 @@ pub fn extent_offset(pool: &Pool, id: ExtentId) -> Option<u64> {
         .file_extents
         .values()
         .find_map(|map| map.iter().find(|(_, e)| **e == id).map(|(index, _)| index * EXTENT_BYTES_MAX))
+}
+
+/// With `Expect::settled`: the pool finished its background work, and every extent is
+/// stored under the policy its file asks for.
+pub fn settled(pool: &Pool) -> Result<(), String> {
+    if pool.has_background_work() {
+        let queue = pool.rebuild_queue().len();
+        let transitions = pool.open_transitions();
+        return Err(format!("background work remains: {queue} extent(s) to rebuild, transitions {transitions:?} open"));
+    }
+    let state = pool.state();
+    for (ino, map) in &state.file_extents {
+        let wanted = state.effective_policy(*ino);
+        for id in map.values() {
+            if let Some(record) = state.extents.get(id) {
+                if record.policy != wanted {
+                    return Err(format!("extent {id} is {} but its file asks for {wanted}", record.policy));
+                }
+            }
+        }
+    }
+    Ok(())
 }

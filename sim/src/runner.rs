@@ -4,6 +4,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use dfs_engine::device::{BlockDevice, BlockKind, BlockName};
+use dfs_engine::meta::state::{DiskId, PolicyScope};
 use dfs_engine::namespace::{Owner, RenameMode, SetAttr};
 use dfs_engine::pool::PoolOptions;
 use dfs_engine::{Error, Ino, Policy};
@@ -298,8 +299,12 @@ impl<'s> Run<'s> {
         for (index, step) in self.scenario.steps.iter().enumerate() {
             self.step = index;
             self.note(&format!("{index} {step:?}"));
+            let barriers = self.world.pool.as_ref().map(|p| p.counters().barriers);
             self.run_step(step)?;
-            if self.world.pool.as_ref().is_some_and(|p| !p.has_undurable_commits()) {
+            // A barrier in this step made everything committed so far durable: steps
+            // that barrier either end with it (Fsync) or do not change the namespace.
+            let pool = self.world.pool.as_ref();
+            if pool.is_some_and(|p| !p.has_undurable_commits() || Some(p.counters().barriers) != barriers) {
                 self.durable = self.acked.clone();
             }
             self.world.clock.advance(STEP_NANOS);
@@ -337,6 +342,10 @@ impl<'s> Run<'s> {
                 format!("files lost: {:?}; the scenario expects {:?}", self.lost_files, expected),
             ));
         }
+        if self.scenario.expect.settled {
+            self.checked(oracle::EXTENTS_MEET_POLICY);
+            oracle::settled(self.world.pool()).map_err(|e| fail(self.step, oracle::EXTENTS_MEET_POLICY, e))?;
+        }
         if let Some(tolerance) = self.scenario.expect.balanced_fill {
             let ratios: Vec<f64> = self
                 .world
@@ -368,8 +377,14 @@ impl<'s> Run<'s> {
         Ok(())
     }
 
+    /// Whether ENOSPC is a fair answer: a disk is down, failed, removed or draining (so
+    /// a wide policy may lack distinct disks), or nearly full.
     fn space_pressure(&mut self) -> bool {
-        self.world.disks.iter().any(|d| d.is_down() || d.used_bytes() + (8 << 20) > d.capacity_bytes())
+        let shrunk =
+            self.world.pool.as_ref().is_some_and(|p| {
+                p.state().disks.values().any(|d| d.state != dfs_engine::meta::state::DiskState::Active)
+            });
+        shrunk || self.world.disks.iter().any(|d| d.is_down() || d.used_bytes() + (8 << 20) > d.capacity_bytes())
     }
 
     fn run_step(&mut self, step: &Step) -> Result<(), Failure> {
@@ -455,6 +470,44 @@ impl<'s> Run<'s> {
             Step::AdvanceClock { secs } => {
                 self.world.clock.advance(secs * 1_000_000_000);
                 Ok(())
+            }
+            Step::MarkFailed { disk } => {
+                self.faults += 1;
+                let result = self.world.pool().fail_disk(DiskId(*disk as u32 + 1)).map_err(|e| e.errno());
+                self.note(&format!("mark-failed {result:?}"));
+                self.after_maybe_crash(vec![self.durable.clone(), self.acked.clone()])
+            }
+            Step::RemoveDisk { disk } => {
+                let result = self.world.pool().start_removal(DiskId(*disk as u32 + 1)).map_err(|e| e.errno());
+                self.note(&format!("remove-disk {result:?}"));
+                self.after_maybe_crash(vec![self.durable.clone(), self.acked.clone()])
+            }
+            Step::ChangePolicy { path, policy } => {
+                let result = policy.parse::<Policy>().map_err(|_| libc_einval()).and_then(|policy| {
+                    let scope = match path {
+                        None => PolicyScope::Default,
+                        Some(path) => {
+                            let ino = self.world.pool().resolve(path).map_err(|e| e.errno())?;
+                            PolicyScope::Path { ino, path: path.clone(), recursive: true }
+                        }
+                    };
+                    self.world.pool().begin_policy_change(scope, policy).map_err(|e| e.errno())
+                });
+                self.note(&format!("change-policy {result:?}"));
+                self.after_maybe_crash(vec![self.durable.clone(), self.acked.clone()])
+            }
+            Step::Background { steps } => {
+                for _ in 0..*steps {
+                    let result = self.world.pool().background_step();
+                    self.note(&format!("background {:?}", result.as_ref().map_err(|e| e.errno())));
+                    if self.world.switch.is_crashed() {
+                        break;
+                    }
+                    if !matches!(result, Ok(n) if n > 0) {
+                        break;
+                    }
+                }
+                self.after_maybe_crash(vec![self.durable.clone(), self.acked.clone()])
             }
         }
     }
@@ -744,7 +797,17 @@ impl<'s> Run<'s> {
                 self.note("enospc under space pressure");
                 self.reject_for_space(step, new_id, live);
             }
-            (Ok(_), Err(error)) if error.errno() == libc_erofs() && self.scenario.expect.out_of_budget => {}
+            (Ok(_), Err(error)) if error.errno() == libc_erofs() && self.scenario.expect.out_of_budget => {
+                // Read-only refuses like a full pool (buffered data stays buffered) — unless
+                // it refused the create itself.
+                let created = match step {
+                    Step::Write { path, .. } | Step::Append { path, .. } => self.world.pool().resolve(path).is_ok(),
+                    _ => true,
+                };
+                if created {
+                    self.reject_for_space(step, new_id, live);
+                }
+            }
             _ => {
                 return Err(fail(
                     index,
@@ -1035,6 +1098,10 @@ impl<'s> Run<'s> {
         self.note(&format!("verified {} paths, {} lost", expected.len(), truth.len()));
         Ok(())
     }
+}
+
+fn libc_einval() -> i32 {
+    22
 }
 
 fn libc_eio() -> i32 {

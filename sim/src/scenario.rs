@@ -109,6 +109,20 @@ pub enum Step {
     Latency { disk: usize, ticks: u64 },
     /// Let simulated time pass.
     AdvanceClock { secs: u64 },
+    /// `dfs fail-disk`: the pool marks the disk failed (the disk itself still works).
+    MarkFailed { disk: usize },
+    /// `dfs remove-disk`: the disk starts draining; `Background` steps move its fragments.
+    RemoveDisk { disk: usize },
+    /// `dfs change-policy`: of `path` (recursively), or of the pool default when absent;
+    /// `Background` steps re-encode.
+    ChangePolicy {
+        #[serde(default)]
+        path: Option<String>,
+        policy: String,
+    },
+    /// Up to `steps` rounds of the daemon's background worker (drains, policy changes,
+    /// rebuilds), stopping early when it has nothing to do.
+    Background { steps: u32 },
 }
 
 /// What the run must show.
@@ -126,6 +140,10 @@ pub struct Expect {
     /// fraction of the mean ratio: disks of different sizes fill in proportion.
     #[serde(default)]
     pub balanced_fill: Option<f64>,
+    /// At the end, no background work remains: no disk draining, no policy transition
+    /// open, no extent waiting for a rebuild, and every extent under its file's policy.
+    #[serde(default)]
+    pub settled: bool,
 }
 
 /// A scenario that failed to load, with where.

@@ -64,6 +64,12 @@ pub fn generate(seed: u64, profile: &Profile) -> Scenario {
     };
     let mut steps = Vec::with_capacity(profile.ops);
     let mut dead = Vec::new();
+    let mut removed = Vec::new();
+    let safer: Vec<&str> = policies
+        .iter()
+        .copied()
+        .filter(|p| p.parse::<Policy>().map(|p| p.tolerance()).unwrap_or(0) >= tolerance)
+        .collect();
     let mut vanished = Vec::new();
     for _ in 0..profile.ops {
         let file = FILES[rng.random_range(0..FILES.len())].to_string();
@@ -100,7 +106,24 @@ pub fn generate(seed: u64, profile: &Profile) -> Scenario {
                 phase: CommitPhase::ALL[rng.random_range(0..CommitPhase::ALL.len())],
                 occurrence: rng.random_range(1..4),
             },
-            875..=889 => Step::AdvanceClock { secs: rng.random_range(1..7200) },
+            875..=879 => Step::AdvanceClock { secs: rng.random_range(1..7200) },
+            880..=884 => Step::Background { steps: rng.random_range(1..20) },
+            // Only to policies at least as tolerant, so the fault budget still holds.
+            885..=886 => Step::ChangePolicy {
+                path: (rng.random_range(0..2) == 0).then(|| DIRS[rng.random_range(0..DIRS.len())].to_string()),
+                policy: safer[rng.random_range(0..safer.len())].to_string(),
+            },
+            887..=889 => {
+                let healthy: Vec<usize> = (0..disks).filter(|d| !faulty.contains(d) && !removed.contains(d)).collect();
+                match healthy.is_empty() {
+                    true => Step::Background { steps: 5 },
+                    false => {
+                        let disk = healthy[rng.random_range(0..healthy.len())];
+                        removed.push(disk);
+                        Step::RemoveDisk { disk }
+                    }
+                }
+            }
             890..=999 => match fault_disk {
                 None => Step::Read { path: file },
                 Some(disk) => match roll {
@@ -120,9 +143,13 @@ pub fn generate(seed: u64, profile: &Profile) -> Scenario {
                     }
                     930..=954 => Step::LatentErrors { disk, blocks: rng.random_range(1..4) },
                     955..=964 => Step::Misdirect { disk },
-                    965..=974 if !dead.contains(&disk) && (!profile.out_of_budget || disk >= 3) => {
+                    965..=969 if !dead.contains(&disk) && (!profile.out_of_budget || disk >= 3) => {
                         dead.push(disk);
                         Step::FailDisk { disk }
+                    }
+                    970..=974 if !dead.contains(&disk) && (!profile.out_of_budget || disk >= 3) => {
+                        dead.push(disk);
+                        Step::MarkFailed { disk }
                     }
                     975..=984 if !vanished.contains(&disk) && (!profile.out_of_budget || disk >= 3) => {
                         vanished.push(disk);
@@ -150,7 +177,12 @@ pub fn generate(seed: u64, profile: &Profile) -> Scenario {
             checkpoint_every: Some(rng.random_range(8..300)),
         },
         steps,
-        expect: Expect { lost_files: Vec::new(), out_of_budget: profile.out_of_budget, balanced_fill: None },
+        expect: Expect {
+            lost_files: Vec::new(),
+            out_of_budget: profile.out_of_budget,
+            balanced_fill: None,
+            settled: false,
+        },
     }
 }
 

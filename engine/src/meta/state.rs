@@ -41,18 +41,35 @@ impl Ino {
 /// Largest extent: files are cut into chunks of this size, one extent each.
 pub const EXTENT_BYTES_MAX: u64 = 1 << 20;
 
-/// Lifecycle of a disk in the pool.
+/// Lifecycle of a disk in the pool: `Active` → `Draining` → `Removed`, or → `Failed`
+/// (by `fail-disk` or when its I/O keeps failing) → `Removed` once nothing needs it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub enum DiskState {
     /// Takes new fragments and serves reads.
     Active,
+    /// Serves reads; takes nothing new; its fragments are being moved elsewhere.
+    Draining,
+    /// Never read or written again; its fragments count as missing until rebuilt.
+    Failed,
+    /// Gone from the pool: no fragment lives there.
+    Removed,
+}
+
+impl DiskState {
+    /// Whether fragments on a disk in this state can still be read.
+    pub fn readable(self) -> bool {
+        matches!(self, DiskState::Active | DiskState::Draining)
+    }
 }
 
 impl fmt::Display for DiskState {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            DiskState::Active => f.write_str("active"),
-        }
+        f.write_str(match self {
+            DiskState::Active => "active",
+            DiskState::Draining => "draining",
+            DiskState::Failed => "failed",
+            DiskState::Removed => "removed",
+        })
     }
 }
 
@@ -84,6 +101,65 @@ pub struct ExtentRecord {
     pub fragments: Vec<DiskId>,
     /// The data itself, for an inline extent (`codec` is `CodecId::Inline`).
     pub inline: Option<Vec<u8>>,
+    /// Every policy change this extent's data went through, oldest first (a re-encoded
+    /// extent carries the history of the one it replaced).
+    pub history: Vec<PolicyChange>,
+}
+
+/// One re-encoding of an extent's data.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PolicyChange {
+    pub at: WallTime,
+    pub from: Policy,
+    pub to: Policy,
+    /// The transition that did it.
+    pub transition: u64,
+}
+
+/// What a policy transition re-encodes.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PolicyScope {
+    /// The pool default, and every extent of files that follow it.
+    Default,
+    /// A file, or a directory (with `recursive`, everything beneath it too).
+    Path { ino: Ino, path: String, recursive: bool },
+    /// One extent (by the id it had when the transition began).
+    Extent(ExtentId),
+}
+
+/// Where a policy transition stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum TransitionState {
+    Pending,
+    InProgress,
+    Done,
+    Failed,
+}
+
+impl fmt::Display for TransitionState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            TransitionState::Pending => "pending",
+            TransitionState::InProgress => "in-progress",
+            TransitionState::Done => "done",
+            TransitionState::Failed => "failed",
+        })
+    }
+}
+
+/// A policy change of existing data, kept in metadata so it resumes after a crash.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PolicyTransition {
+    pub id: u64,
+    pub scope: PolicyScope,
+    pub policy: Policy,
+    pub state: TransitionState,
+    pub started: WallTime,
+    pub finished: Option<WallTime>,
+    /// Extents re-encoded so far.
+    pub extents_done: u64,
+    /// Why it failed, when it did.
+    pub error: Option<String>,
 }
 
 /// Extents up to this long are stored inline in metadata (as btrfs's `max_inline`):
@@ -141,6 +217,8 @@ pub struct MetaState {
     pub next_ino: u64,
     pub next_extent: u64,
     pub next_disk: u32,
+    /// Policy transitions, by id, newest last.
+    pub transitions: BTreeMap<u64, PolicyTransition>,
 }
 
 /// One atomic change to the state. A transaction is a list of these.
@@ -170,6 +248,15 @@ pub enum Op {
         extent: Option<ExtentRecord>,
     },
     SetDefaultPolicy(Policy),
+    /// Replaces an existing extent's record under the same id: its fragments moved
+    /// (rebuilt or drained onto other disks). Frees nothing; the caller deletes the old
+    /// fragments after the barrier.
+    PutExtent(ExtentRecord),
+    SetDiskState {
+        disk: DiskId,
+        state: DiskState,
+    },
+    PutTransition(PolicyTransition),
 }
 
 /// A list of ops applied atomically.
@@ -192,6 +279,7 @@ impl MetaState {
             next_ino: Ino::ROOT.0 + 1,
             next_extent: 1,
             next_disk: 1,
+            transitions: BTreeMap::new(),
         };
         state.apply(&Op::PutInode(Inode {
             ino: Ino::ROOT,
@@ -261,6 +349,19 @@ impl MetaState {
                 }
             }
             Op::SetDefaultPolicy(policy) => self.default_policy = *policy,
+            Op::PutExtent(record) => {
+                if let Some(existing) = self.extents.get_mut(&record.id) {
+                    *existing = record.clone();
+                }
+            }
+            Op::SetDiskState { disk, state } => {
+                if let Some(record) = self.disks.get_mut(disk) {
+                    record.state = *state;
+                }
+            }
+            Op::PutTransition(transition) => {
+                self.transitions.insert(transition.id, transition.clone());
+            }
         }
         freed
     }

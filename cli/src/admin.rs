@@ -1,0 +1,281 @@
+//! Disk and policy administration: fail-disk, remove-disk, rebuild, rebuild-status,
+//! change-policy, policy-status.
+//!
+//! On an unmounted pool the long ones (drain, rebuild, re-encode) run to completion here,
+//! with progress on stderr; through a mount's daemon they are started and the daemon's
+//! background worker carries them on, so the mount keeps serving. Either way the work is
+//! recorded in metadata first and resumes after a crash or an unmount.
+
+use std::io::IsTerminal;
+
+use anyhow::{anyhow, bail, Context, Result};
+use dfs_engine::device::ExtentId;
+use dfs_engine::meta::state::{DiskId, PolicyScope};
+use dfs_engine::Policy;
+
+use crate::commands::{engine, print_json, print_text, Ctx};
+use crate::table;
+
+/// Resolves a disk given as its id (`d3`), its uuid, or its directory.
+pub(crate) fn resolve_disk(ctx: &Ctx<'_>, spec: &str) -> Result<DiskId> {
+    let canonical = std::fs::canonicalize(ctx.local_path(std::path::Path::new(spec))).ok();
+    ctx.pool
+        .disk_infos()
+        .into_iter()
+        .find(|d| d.id == spec || d.uuid == spec || canonical.as_ref().is_some_and(|c| c.to_string_lossy() == d.path))
+        .and_then(|d| d.id.trim_start_matches('d').parse().ok().map(DiskId))
+        .ok_or_else(|| anyhow!("no disk '{spec}' in this pool; see `dfs list-disks` (ENOENT)"))
+}
+
+fn status(text: &str) {
+    if std::io::stderr().is_terminal() {
+        eprint!("\r{text:60}");
+    }
+}
+
+fn status_done() {
+    if std::io::stderr().is_terminal() {
+        eprintln!();
+    }
+}
+
+pub(crate) fn fail_disk(ctx: &mut Ctx<'_>, spec: &str) -> Result<()> {
+    let disk = resolve_disk(ctx, spec)?;
+    ctx.pool.fail_disk(disk).map_err(engine)?;
+    let queued = ctx.pool.rebuild_queue().len();
+    writeln!(ctx.out, "disk {disk} marked failed; {queued} extent(s) degraded, rebuilt lazily")?;
+    if ctx.local {
+        writeln!(ctx.out, "restore redundancy now with: dfs rebuild --pool {}", ctx.dir.path().display())?;
+    }
+    Ok(())
+}
+
+pub(crate) fn remove_disk(ctx: &mut Ctx<'_>, spec: &str) -> Result<()> {
+    let disk = resolve_disk(ctx, spec)?;
+    let affected = ctx.pool.start_removal(disk).map_err(engine).with_context(|| format!("removing disk {disk}"))?;
+    if !ctx.local {
+        writeln!(ctx.out, "disk {disk} is draining ({affected} extent(s) to move); the daemon moves them")?;
+        return Ok(());
+    }
+    let total = affected.max(1);
+    loop {
+        let progress = match ctx.pool.state().disks.get(&disk).map(|d| d.state) {
+            Some(dfs_engine::meta::state::DiskState::Draining) => ctx.pool.drain_step(disk, 16).map_err(engine)?,
+            _ => {
+                // A failed disk holds nothing readable: its extents are rebuilt elsewhere.
+                ctx.pool.rebuild_step(16).map_err(engine)?;
+                let left = ctx.pool.extents_on(disk).len();
+                if left == 0 {
+                    ctx.pool.finish_removal(disk).map_err(engine)?;
+                }
+                dfs_engine::geometry::DrainProgress { moved: 0, remaining: left }
+            }
+        };
+        status(&format!("remove-disk {disk}: {} of {total} extents moved", total - progress.remaining.min(total)));
+        if progress.remaining == 0 {
+            break;
+        }
+        if progress.moved == 0 && ctx.pool.rebuild_queue().iter().all(|item| item.spare == 0) {
+            let left = ctx.pool.extents_on(disk).len();
+            if left > 0 && ctx.pool.state().disks.get(&disk).map(|d| d.state).is_some_and(|s| !s.readable()) {
+                status_done();
+                bail!("{left} extent(s) on disk {disk} cannot be rebuilt now (too few readable fragments or disks)");
+            }
+        }
+    }
+    status_done();
+    ctx.dir.forget_disk(ctx.pool, disk).map_err(engine)?;
+    writeln!(ctx.out, "disk {disk} removed")?;
+    Ok(())
+}
+
+pub(crate) fn rebuild(ctx: &mut Ctx<'_>) -> Result<()> {
+    if !ctx.local {
+        let queued = ctx.pool.rebuild_queue().len();
+        writeln!(ctx.out, "{queued} extent(s) queued; the daemon rebuilds them in the background")?;
+        return Ok(());
+    }
+    let total = ctx.pool.rebuild_queue().len();
+    let mut repaired = 0;
+    loop {
+        let step = ctx.pool.rebuild_step(16).map_err(engine)?;
+        repaired += step;
+        status(&format!("rebuild: {repaired} of {total} extents"));
+        if step == 0 {
+            break;
+        }
+    }
+    status_done();
+    let left = ctx.pool.rebuild_queue().len();
+    writeln!(ctx.out, "rebuilt {repaired} extent(s); {left} still degraded")?;
+    if left > 0 {
+        bail!("{left} extent(s) could not be rebuilt: see `dfs rebuild-status` (EIO)");
+    }
+    Ok(())
+}
+
+pub(crate) fn rebuild_status(ctx: &mut Ctx<'_>, json: bool) -> Result<()> {
+    let queue = ctx.pool.rebuild_queue();
+    if json {
+        return print_json(ctx.out, &queue);
+    }
+    let rows: Vec<Vec<String>> = queue
+        .iter()
+        .map(|item| {
+            let missing: Vec<String> = item.missing.iter().map(u8::to_string).collect();
+            vec![item.extent.to_string(), item.policy.clone(), item.spare.to_string(), missing.join(",")]
+        })
+        .collect();
+    print_text(ctx.out, &table::render(&["EXTENT", "POLICY", "SPARE", "FRAGMENTS TO REWRITE"], &rows))?;
+    writeln!(ctx.out, "{} extent(s) queued, most endangered first", queue.len())?;
+    Ok(())
+}
+
+pub(crate) fn change_policy(
+    ctx: &mut Ctx<'_>,
+    policy: Policy,
+    path: Option<String>,
+    extent: Option<String>,
+    recursive: bool,
+) -> Result<()> {
+    let scope = match (path, extent) {
+        (Some(_), Some(_)) => bail!("give --path or --extent, not both"),
+        (Some(path), None) => {
+            let ino = ctx.pool.resolve(&path).map_err(engine)?;
+            PolicyScope::Path { ino, path, recursive }
+        }
+        (None, Some(extent)) => {
+            let id = u64::from_str_radix(extent.trim_start_matches("0x"), 16)
+                .map_err(|_| anyhow!("'{extent}' is not an extent id (hex, as `dfs list-extents` shows) (EINVAL)"))?;
+            PolicyScope::Extent(ExtentId(id))
+        }
+        (None, None) => PolicyScope::Default,
+    };
+    let id = ctx.pool.begin_policy_change(scope, policy).map_err(engine)?;
+    if !ctx.local {
+        writeln!(ctx.out, "policy transition {id} to {policy} started; the daemon re-encodes in the background")?;
+        return Ok(());
+    }
+    let mut done = 0;
+    loop {
+        let progress = ctx.pool.policy_step(id, 16).map_err(engine)?;
+        done += progress.reencoded;
+        status(&format!("change-policy: {done} extents re-encoded, {} to go", progress.remaining));
+        if progress.remaining == 0 {
+            break;
+        }
+    }
+    status_done();
+    writeln!(ctx.out, "policy transition {id} done: {done} extent(s) re-encoded to {policy}")?;
+    Ok(())
+}
+
+/// One policy transition, as `policy-status` shows it.
+#[derive(serde::Serialize)]
+struct TransitionView {
+    id: u64,
+    scope: String,
+    policy: String,
+    state: String,
+    extents_done: u64,
+    started: String,
+    finished: Option<String>,
+    error: Option<String>,
+}
+
+/// One re-encoding of one extent.
+#[derive(serde::Serialize)]
+struct ChangeView {
+    at: String,
+    from: String,
+    to: String,
+    transition: u64,
+}
+
+#[derive(serde::Serialize)]
+struct ExtentHistory {
+    extent: String,
+    history: Vec<ChangeView>,
+}
+
+#[derive(serde::Serialize)]
+struct PolicyStatus {
+    transitions: Vec<TransitionView>,
+    extents: Vec<ExtentHistory>,
+}
+
+pub(crate) fn policy_status(ctx: &mut Ctx<'_>, json: bool) -> Result<()> {
+    let state = ctx.pool.state();
+    let status = PolicyStatus {
+        transitions: state
+            .transitions
+            .values()
+            .map(|t| TransitionView {
+                id: t.id,
+                scope: match &t.scope {
+                    PolicyScope::Default => "pool default".to_string(),
+                    PolicyScope::Path { path, recursive, .. } => {
+                        format!("{path}{}", if *recursive { " (recursive)" } else { "" })
+                    }
+                    PolicyScope::Extent(id) => format!("extent {id}"),
+                },
+                policy: t.policy.to_string(),
+                state: t.state.to_string(),
+                extents_done: t.extents_done,
+                started: t.started.to_string(),
+                finished: t.finished.map(|f| f.to_string()),
+                error: t.error.clone(),
+            })
+            .collect(),
+        extents: state
+            .extents
+            .values()
+            .filter(|r| !r.history.is_empty())
+            .map(|r| ExtentHistory {
+                extent: r.id.to_string(),
+                history: r
+                    .history
+                    .iter()
+                    .map(|c| ChangeView {
+                        at: c.at.to_string(),
+                        from: c.from.to_string(),
+                        to: c.to.to_string(),
+                        transition: c.transition,
+                    })
+                    .collect(),
+            })
+            .collect(),
+    };
+    if json {
+        return print_json(ctx.out, &status);
+    }
+    let rows: Vec<Vec<String>> = status
+        .transitions
+        .iter()
+        .map(|t| {
+            vec![
+                t.id.to_string(),
+                t.scope.clone(),
+                t.policy.clone(),
+                t.state.clone(),
+                t.extents_done.to_string(),
+                t.started.clone(),
+                t.finished.clone().unwrap_or_default(),
+                t.error.clone().unwrap_or_default(),
+            ]
+        })
+        .collect();
+    let mut text = table::render(&["ID", "SCOPE", "POLICY", "STATE", "EXTENTS", "STARTED", "FINISHED", "ERROR"], &rows);
+    text.push_str("\nExtent history:\n");
+    let rows: Vec<Vec<String>> = status
+        .extents
+        .iter()
+        .flat_map(|e| {
+            e.history
+                .iter()
+                .map(|c| vec![e.extent.clone(), c.at.clone(), c.from.clone(), c.to.clone(), c.transition.to_string()])
+        })
+        .collect();
+    text.push_str(&table::render(&["EXTENT", "AT", "FROM", "TO", "TRANSITION"], &rows));
+    print_text(ctx.out, &text)
+}

@@ -1,0 +1,39 @@
+//! The background worker's unit of work: drain draining disks, carry policy transitions
+//! forward, rebuild degraded extents (most endangered first). Each step is bounded, so
+//! a foreground request waits at most for one small batch; the daemon calls it in a loop.
+
+use crate::error::Result;
+use crate::meta::state::DiskState;
+use crate::pool::Pool;
+
+/// Extents one background step touches at most.
+pub const STEP_EXTENTS: usize = 4;
+
+impl Pool {
+    /// Whether a drain, a transition or a rebuild is waiting.
+    pub fn has_background_work(&self) -> bool {
+        self.state.disks.values().any(|d| d.state == DiskState::Draining)
+            || !self.open_transitions().is_empty()
+            || !self.rebuild_queue().is_empty()
+    }
+
+    /// Does one bounded piece of background work; returns how many extents it touched
+    /// (0: nothing to do, or nothing could be done now).
+    pub fn background_step(&mut self) -> Result<usize> {
+        let draining: Vec<_> =
+            self.state.disks.values().filter(|d| d.state == DiskState::Draining).map(|d| d.id).collect();
+        for disk in draining {
+            let progress = self.drain_step(disk, STEP_EXTENTS)?;
+            if progress.moved > 0 {
+                return Ok(progress.moved);
+            }
+        }
+        if let Some(id) = self.open_transitions().first().copied() {
+            let progress = self.policy_step(id, STEP_EXTENTS)?;
+            if progress.reencoded > 0 {
+                return Ok(progress.reencoded);
+            }
+        }
+        self.rebuild_step(STEP_EXTENTS)
+    }
+}

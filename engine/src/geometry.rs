@@ -1,0 +1,375 @@
+//! The pool changing shape at runtime: failing, draining and removing disks, and the
+//! per-extent repair (rebuild) that brings redundancy back lazily.
+//!
+//! Every repair follows one rule: the new fragments are written, a barrier makes them
+//! durable together with the record that names them, and only then are the old
+//! fragments deleted. An extent is repaired whole or not at all; a crash in between
+//! leaves it readable under its old layout, and the work is found again from metadata
+//! (disk states, missing fragments) — nothing about it lives only in memory.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use serde::Serialize;
+
+use crate::codec;
+use crate::device::{BlockDevice, BlockName, ExtentId, UnavailableDevice};
+use crate::error::{Error, Result};
+use crate::fragment;
+use crate::meta::state::{DiskId, DiskState, Op, Transaction};
+use crate::placement::{self, Candidate};
+use crate::pool::Pool;
+
+/// One extent waiting for repair.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct RebuildItem {
+    pub extent: ExtentId,
+    pub policy: String,
+    /// Fragments still usable beyond the ones a read needs: 0 means one more loss
+    /// loses the extent. The queue is ordered by this, most endangered first.
+    pub spare: usize,
+    /// Fragment indexes to rewrite.
+    pub missing: Vec<u8>,
+}
+
+/// Write or sync failures in a row after which a disk is marked failed.
+pub const DISK_ERRORS_TO_FAIL: u32 = 3;
+
+/// Where a drain stands.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct DrainProgress {
+    pub moved: usize,
+    pub remaining: usize,
+}
+
+/// Why a fragment must be rewritten.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Fate {
+    Keep,
+    /// Its disk is fine but the block is missing or corrupt: rewrite it there.
+    Rewrite,
+    /// Its disk is failed, removed or being drained: place it on another disk.
+    Move,
+}
+
+impl Pool {
+    fn disk_record_state(&self, disk: DiskId) -> Result<DiskState> {
+        self.state
+            .disks
+            .get(&disk)
+            .map(|d| d.state)
+            .ok_or_else(|| Error::NotFound(format!("disk {disk} (see `dfs list-disks`)")))
+    }
+
+    /// Marks `disk` failed, as a dead disk would be: nothing reads or writes it again
+    /// and reads of its extents are served degraded at once. Durable on return.
+    pub fn fail_disk(&mut self, disk: DiskId) -> Result<()> {
+        self.mark_failed(disk)?;
+        self.sync()
+    }
+
+    /// `fail_disk` without the barrier (safe inside one).
+    pub(crate) fn mark_failed(&mut self, disk: DiskId) -> Result<()> {
+        match self.disk_record_state(disk)? {
+            DiskState::Failed => return Err(Error::InvalidArgument(format!("disk {disk} is already failed"))),
+            DiskState::Removed => return Err(Error::InvalidArgument(format!("disk {disk} was removed"))),
+            DiskState::Active | DiskState::Draining => {}
+        }
+        self.commit(Transaction { ops: vec![Op::SetDiskState { disk, state: DiskState::Failed }] })?;
+        self.devices.insert(disk, Arc::new(UnavailableDevice::new(disk.to_string(), "disk marked failed")));
+        tracing::warn!(%disk, "disk marked failed; its extents are degraded until rebuilt");
+        self.counters.disks_failed += 1;
+        Ok(())
+    }
+
+    /// Counts an I/O failure of `disk` (not a full disk); after `DISK_ERRORS_TO_FAIL` of
+    /// them without a success in between, marks it failed, as a dying disk is.
+    pub(crate) fn disk_io_failed(&mut self, disk: DiskId) {
+        let count = self.io_errors.entry(disk).or_default();
+        *count += 1;
+        if *count >= DISK_ERRORS_TO_FAIL
+            && self.state.disks.get(&disk).is_some_and(|d| d.state.readable())
+            && self.state.disks.values().filter(|d| d.state == DiskState::Active).count() > 1
+        {
+            tracing::error!(%disk, errors = *count, "disk keeps failing I/O; marking it failed");
+            self.io_errors.remove(&disk);
+            if let Err(error) = self.mark_failed(disk) {
+                tracing::error!(%disk, %error, "marking the disk failed did not commit");
+            }
+        }
+    }
+
+    /// Starts removing `disk`: checks up front that the other disks can take every
+    /// fragment it holds, then marks it draining (durable). Already draining: resumes.
+    pub fn start_removal(&mut self, disk: DiskId) -> Result<usize> {
+        match self.disk_record_state(disk)? {
+            DiskState::Removed => return Err(Error::InvalidArgument(format!("disk {disk} was already removed"))),
+            DiskState::Draining => return Ok(self.extents_on(disk).len()),
+            DiskState::Active | DiskState::Failed => {}
+        }
+        self.check_removable(disk)?;
+        let affected = self.extents_on(disk).len();
+        let state = self.disk_record_state(disk)?;
+        let next = if state == DiskState::Failed { DiskState::Failed } else { DiskState::Draining };
+        if next == DiskState::Draining {
+            self.commit(Transaction { ops: vec![Op::SetDiskState { disk, state: next }] })?;
+            self.sync()?;
+        }
+        Ok(affected)
+    }
+
+    /// Refuses, with the reason, a removal the remaining disks could not absorb.
+    fn check_removable(&self, disk: DiskId) -> Result<()> {
+        let others: Vec<DiskId> =
+            self.state.disks.values().filter(|d| d.id != disk && d.state == DiskState::Active).map(|d| d.id).collect();
+        if others.is_empty() {
+            return Err(Error::InvalidArgument(format!("disk {disk} is the last active disk; add another first")));
+        }
+        // New data must stay placeable too: the default and every policy set on a file
+        // or directory.
+        let mut widest = Some(self.state.default_policy);
+        for policy in self.state.inodes.values().filter_map(|i| i.policy) {
+            if widest.is_none_or(|w: crate::policy::Policy| policy.width() > w.width()) {
+                widest = Some(policy);
+            }
+        }
+        let mut bytes = 0u64;
+        for id in self.extents_on(disk) {
+            let Some(record) = self.state.extents.get(&id) else { continue };
+            if widest.is_none_or(|w: crate::policy::Policy| record.policy.width() > w.width()) {
+                widest = Some(record.policy);
+            }
+            bytes += (fragment::HEADER_LEN + codec::shard_len(record.policy, record.len as usize)) as u64;
+        }
+        if let Some(policy) = widest {
+            if others.len() < policy.width() {
+                return Err(Error::Unplaceable { policy, needed: policy.width(), available: others.len() });
+            }
+        }
+        let free: u64 = others
+            .iter()
+            .filter_map(|d| self.devices.get(d))
+            .map(|d| d.capacity_bytes().saturating_sub(d.used_bytes()))
+            .sum();
+        if bytes > free {
+            return Err(Error::NoSpace(format!(
+                "disk {disk} holds {} of fragments but the other disks have {} free",
+                crate::units::human(bytes),
+                crate::units::human(free)
+            )));
+        }
+        Ok(())
+    }
+
+    /// Extents with a fragment on `disk`, in id order.
+    pub fn extents_on(&self, disk: DiskId) -> Vec<ExtentId> {
+        self.state.extents.values().filter(|r| r.fragments.contains(&disk)).map(|r| r.id).collect()
+    }
+
+    /// Moves the fragments of up to `max_extents` extents off draining `disk`; once none
+    /// is left, the disk is removed (durable). Returns where the drain stands.
+    pub fn drain_step(&mut self, disk: DiskId, max_extents: usize) -> Result<DrainProgress> {
+        if self.disk_record_state(disk)? != DiskState::Draining {
+            return Err(Error::InvalidArgument(format!("disk {disk} is not draining")));
+        }
+        let pending = self.extents_on(disk);
+        let mut moved = 0;
+        for id in pending.iter().take(max_extents) {
+            self.repair_extent(*id)?;
+            moved += 1;
+        }
+        let remaining = self.extents_on(disk).len();
+        if remaining == 0 {
+            self.finish_removal(disk)?;
+        }
+        Ok(DrainProgress { moved, remaining })
+    }
+
+    /// Marks a disk that holds no fragment removed, and deletes its metadata blocks.
+    pub fn finish_removal(&mut self, disk: DiskId) -> Result<()> {
+        if !self.extents_on(disk).is_empty() {
+            return Err(Error::InvalidArgument(format!("disk {disk} still holds fragments")));
+        }
+        self.commit(Transaction { ops: vec![Op::SetDiskState { disk, state: DiskState::Removed }] })?;
+        self.sync()?;
+        self.devices.insert(disk, Arc::new(UnavailableDevice::new(disk.to_string(), "disk removed")));
+        tracing::info!(%disk, "disk removed from the pool");
+        Ok(())
+    }
+
+    /// Extents short of fragments, most endangered first: those with a fragment on a
+    /// failed, removed or draining disk, and those a read found damaged.
+    pub fn rebuild_queue(&self) -> Vec<RebuildItem> {
+        let mut items: Vec<RebuildItem> = self
+            .state
+            .extents
+            .values()
+            .filter(|r| !r.is_inline())
+            .filter_map(|record| {
+                let missing: Vec<u8> = record
+                    .fragments
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, d)| self.state.disks.get(d).is_none_or(|d| d.state != DiskState::Active))
+                    .map(|(i, _)| i as u8)
+                    .collect();
+                if missing.is_empty() && !self.degraded.contains(&record.id) {
+                    return None;
+                }
+                let unreadable = record
+                    .fragments
+                    .iter()
+                    .filter(|d| self.state.disks.get(d).is_none_or(|d| !d.state.readable()))
+                    .count();
+                let spare = (record.fragments.len() - unreadable).saturating_sub(record.policy.needed());
+                Some(RebuildItem { extent: record.id, policy: record.policy.to_string(), spare, missing })
+            })
+            .collect();
+        items.sort_by_key(|item| (item.spare, item.extent));
+        items
+    }
+
+    /// Repairs up to `max_extents` extents from the front of the rebuild queue; returns
+    /// how many it repaired. An extent that cannot be repaired now (lost, or no disk to
+    /// put a fragment on) is skipped with a warning.
+    pub fn rebuild_step(&mut self, max_extents: usize) -> Result<usize> {
+        let mut repaired = 0;
+        for item in self.rebuild_queue().into_iter().take(max_extents) {
+            match self.repair_extent(item.extent) {
+                Ok(_) => repaired += 1,
+                Err(e @ (Error::ReadOnly(_) | Error::NoDisks)) => return Err(e),
+                Err(e) => {
+                    tracing::warn!(extent = %item.extent, error = %e, "rebuild skipped");
+                    self.degraded.remove(&item.extent);
+                }
+            }
+        }
+        Ok(repaired)
+    }
+
+    /// Brings one extent back to full redundancy: fragments on failed, removed or
+    /// draining disks move to active disks holding no other fragment of it; missing or
+    /// corrupt fragments on healthy disks are rewritten in place. Only those fragments
+    /// are written. Returns whether anything changed. Durable on return.
+    pub fn repair_extent(&mut self, id: ExtentId) -> Result<bool> {
+        let changed = self.rewrite_fragments(id)?;
+        if changed {
+            self.sync()?;
+            self.counters.extents_repaired += 1;
+        }
+        Ok(changed)
+    }
+
+    /// `repair_extent` up to the barrier: writes the fragments, commits the record
+    /// switch (in memory) and queues the old copies for deletion. Safe inside a barrier.
+    pub(crate) fn rewrite_fragments(&mut self, id: ExtentId) -> Result<bool> {
+        let Some(record) = self.state.extents.get(&id).cloned() else {
+            return Err(Error::NotFound(format!("extent {id}")));
+        };
+        if record.is_inline() {
+            return Ok(false);
+        }
+        let shard_len = codec::shard_len(record.policy, record.len as usize);
+        let mut fates = Vec::with_capacity(record.fragments.len());
+        let mut payloads: Vec<Option<Vec<u8>>> = Vec::with_capacity(record.fragments.len());
+        for (index, disk) in record.fragments.iter().enumerate() {
+            let state = self.state.disks.get(disk).map(|d| d.state);
+            let payload = match (state.is_some_and(DiskState::readable), self.devices.get(disk)) {
+                (true, Some(device)) => device
+                    .read(BlockName::Fragment { extent: id, index: index as u8 })
+                    .ok()
+                    .and_then(|block| fragment::verify(&block, id, index as u8, shard_len).ok().map(<[u8]>::to_vec)),
+                _ => None,
+            };
+            fates.push(match (state, &payload) {
+                (Some(DiskState::Active), Some(_)) => Fate::Keep,
+                (Some(DiskState::Active), None) => Fate::Rewrite,
+                _ => Fate::Move,
+            });
+            payloads.push(payload);
+        }
+        if fates.iter().all(|f| *f == Fate::Keep) {
+            self.degraded.remove(&id);
+            return Ok(false);
+        }
+        let lost = |detail: String| Error::DataLost { extent: id, offset: 0, detail };
+        let available = payloads.iter().filter(|p| p.is_some()).count();
+        if available < record.policy.needed() {
+            return Err(lost(format!(
+                "{available} of {} fragments readable, {} needed",
+                record.fragments.len(),
+                record.policy.needed()
+            )));
+        }
+        let data = codec::decode(record.codec, record.policy, record.len as usize, &payloads)
+            .map_err(|e| lost(e.to_string()))?;
+        if blake3::hash(&data).as_bytes() != &record.hash {
+            return Err(lost("decoded data does not match the extent checksum".into()));
+        }
+        let all = codec::encode(record.codec, record.policy, &data).map_err(|e| Error::Io(e.to_string()))?;
+        let mut updated = record.clone();
+        let mut taken: BTreeSet<DiskId> =
+            record.fragments.iter().zip(&fates).filter(|(_, f)| **f != Fate::Move).map(|(d, _)| *d).collect();
+        let mut written: Vec<DiskId> = Vec::new();
+        let mut old_copies = Vec::new();
+        for (index, fate) in fates.iter().enumerate() {
+            if *fate == Fate::Keep {
+                continue;
+            }
+            let name = BlockName::Fragment { extent: id, index: index as u8 };
+            let block = fragment::seal(id, index as u8, &all[index]);
+            let target = match fate {
+                Fate::Rewrite => record.fragments[index],
+                _ => {
+                    let candidates = self.repair_candidates(&taken, block.len() as u64);
+                    let chosen =
+                        placement::place(&mut self.rng, 1, block.len() as u64, &candidates).map_err(|available| {
+                            Error::Unplaceable { policy: record.policy, needed: taken.len() + 1, available }
+                        })?;
+                    chosen[0]
+                }
+            };
+            let device =
+                self.devices.get(&target).cloned().ok_or_else(|| Error::Io(format!("disk {target} has no device")))?;
+            if let Err(e) = device.write(name, &block) {
+                if *fate == Fate::Rewrite && e != crate::device::DeviceError::NoSpace {
+                    // The disk fails the writes it should take: it is failing. Fail it, and
+                    // the fragment moves to another disk instead.
+                    tracing::error!(disk = %target, error = %e, "disk fails writes; marking it failed");
+                    self.mark_failed(target)?;
+                    return self.rewrite_fragments(id);
+                }
+                return Err(Error::Io(format!("writing {name} to {target}: {e}")));
+            }
+            written.push(target);
+            taken.insert(target);
+            if *fate == Fate::Move {
+                if self.state.disks.get(&record.fragments[index]).is_some_and(|d| d.state.readable()) {
+                    old_copies.push((record.fragments[index], name));
+                }
+                updated.fragments[index] = target;
+            }
+        }
+        self.fragments_written(id, &written);
+        if updated.fragments != record.fragments {
+            self.commit(Transaction { ops: vec![Op::PutExtent(updated)] })?;
+        }
+        self.undurable.fragment_frees.extend(old_copies);
+        self.degraded.remove(&id);
+        Ok(true)
+    }
+
+    /// Active disks outside `taken`, with their free space.
+    fn repair_candidates(&self, taken: &BTreeSet<DiskId>, block: u64) -> Vec<Candidate> {
+        self.state
+            .disks
+            .values()
+            .filter(|d| d.state == DiskState::Active && !taken.contains(&d.id))
+            .filter_map(|d| {
+                let device: &Arc<dyn BlockDevice> = self.devices.get(&d.id)?;
+                let free = device.capacity_bytes().saturating_sub(device.used_bytes());
+                (free >= block).then_some(Candidate { disk: d.id, free_bytes: free })
+            })
+            .collect()
+    }
+}
