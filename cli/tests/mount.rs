@@ -62,6 +62,12 @@ fn mount_serve_unmount_and_read_back_through_the_cli() {
     assert_eq!(String::from_utf8_lossy(&xattr(&m.join("dir/copied"), None).stdout).trim(), "replicate:3");
     let bad = xattr(&m.join("dir"), Some("erasure:0+2"));
     assert!(!bad.status.success() && String::from_utf8_lossy(&bad.stderr).contains("Invalid argument"), "{bad:?}");
+    // Setting it on a file re-encodes the file's data.
+    assert!(xattr(&m.join("big"), Some("replicate:2")).status.success());
+    let extents: serde_json::Value =
+        serde_json::from_str(&ok(&["list-extents", "--pool", pool.path(), "/big", "--json"])).unwrap();
+    assert!(extents.as_array().unwrap().iter().all(|e| e["policy"] == "replicate:2"), "{extents}");
+    assert_eq!(fs::read(m.join("big")).unwrap(), data);
 
     // A second mount of the same pool fails clearly; admin commands say the pool is busy.
     let second = pool.root.path().join("mnt2");
@@ -166,4 +172,56 @@ fn mounting_on_a_missing_directory_or_unmounting_a_non_mount_fails_clearly() {
     assert!(error.contains("/nonexistent/mnt"), "{error}");
     let error = fails(&["umount", pool.root.path().to_str().unwrap()]);
     assert!(error.contains("not a DynamicFS mount"), "{error}");
+}
+
+/// Polls `check` for up to 60 s: the daemon's background worker runs on its own time.
+fn eventually(what: &str, mut check: impl FnMut() -> bool) {
+    let started = Instant::now();
+    while !check() {
+        assert!(started.elapsed() < Duration::from_secs(60), "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn a_mounted_pool_rebuilds_and_drains_in_the_background() {
+    let pool = Pool::new("erasure:2+1", &[64, 64, 64, 64, 64]);
+    let m = mountpoint(&pool);
+    ok(&["mount", "--pool", pool.path(), "--mountpoint", m.to_str().unwrap()]);
+    let data = pattern(3_300_000, 11);
+    fs::write(m.join("f"), &data).unwrap();
+
+    let out = ok(&["fail-disk", "--pool", pool.path(), "--disk", "d2"]);
+    assert!(out.contains("marked failed"), "{out}");
+    assert_eq!(fs::read(m.join("f")).unwrap(), data, "degraded read through the mount");
+    eventually("the rebuild queue to empty", || pool.json("rebuild-status").as_array().unwrap().is_empty());
+
+    let out = ok(&["remove-disk", "--pool", pool.path(), "--disk", "d4"]);
+    assert!(out.contains("draining"), "{out}");
+    eventually("d4 to be removed", || {
+        pool.json("list-disks").as_array().unwrap().iter().any(|d| d["id"] == "d4" && d["state"] == "removed")
+    });
+    assert_eq!(fs::read(m.join("f")).unwrap(), data);
+    ok(&["umount", m.to_str().unwrap()]);
+    let summary: serde_json::Value =
+        serde_json::from_str(&ok(&["show-redundancy", "--pool", pool.path(), "--verify", "--json"])).unwrap();
+    assert!(summary["by_health"]["degraded"].is_null() && summary["by_health"]["lost"].is_null(), "{summary}");
+}
+
+#[test]
+fn serve_runs_the_daemon_without_a_mount() {
+    let pool = Pool::new("replicate:2", &[64, 64]);
+    let mut child = dfs().args(["serve", "--pool", pool.path()]).spawn().unwrap();
+    let socket = pool.root.path().join("pool/control.sock");
+    eventually("the control socket", || socket.exists());
+    let local = pool.local("x");
+    fs::write(&local, b"through serve").unwrap();
+    ok(&["put", "--pool", pool.path(), local.to_str().unwrap(), "/x"]);
+    assert!(ok(&["ls", "--pool", pool.path()]).contains('x'));
+    assert!(Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap().success());
+    assert!(child.wait().unwrap().success());
+    assert!(!socket.exists());
+    let back = pool.local("back");
+    ok(&["get", "--pool", pool.path(), "/x", back.to_str().unwrap()]);
+    assert_eq!(fs::read(back).unwrap(), b"through serve");
 }

@@ -175,9 +175,10 @@ impl Pool {
         let pending = self.extents_on(disk);
         let mut moved = 0;
         for id in pending.iter().take(max_extents) {
-            self.repair_extent(*id)?;
+            self.rewrite_fragments(*id)?;
             moved += 1;
         }
+        self.sync()?;
         let remaining = self.extents_on(disk).len();
         if remaining == 0 {
             self.finish_removal(disk)?;
@@ -235,7 +236,7 @@ impl Pool {
     pub fn rebuild_step(&mut self, max_extents: usize) -> Result<usize> {
         let mut repaired = 0;
         for item in self.rebuild_queue().into_iter().take(max_extents) {
-            match self.repair_extent(item.extent) {
+            match self.rewrite_fragments(item.extent) {
                 Ok(_) => repaired += 1,
                 Err(e @ (Error::ReadOnly(_) | Error::NoDisks)) => return Err(e),
                 Err(e) => {
@@ -244,6 +245,9 @@ impl Pool {
                 }
             }
         }
+        // One barrier for the whole batch: new fragments, then the records, then old copies.
+        self.sync()?;
+        self.counters.extents_repaired += repaired as u64;
         Ok(repaired)
     }
 
