@@ -270,7 +270,21 @@ fn init_logging(cli: &Cli) {
     };
 }
 
+/// Extent-sized buffers (1 MiB chunks, fragments) are allocated and freed all the time.
+/// glibc serves blocks that large with fresh mmaps, so each one page-faults and is zeroed
+/// again; keeping them on the heap measured about 10% faster `put`s.
+#[allow(unsafe_code)]
+fn keep_large_buffers_on_the_heap() {
+    // SAFETY: mallopt only adjusts allocator tunables; it is called before any thread
+    // starts, and a refused setting (return 0) leaves the defaults, which are correct.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 64 << 20);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 256 << 20);
+    }
+}
+
 fn main() -> ExitCode {
+    keep_large_buffers_on_the_heap();
     let cli = Cli::parse();
     init_logging(&cli);
     match commands::run(cli.command) {
