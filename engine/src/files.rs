@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 
 use crate::clock::WallTime;
 use crate::error::{Error, Result};
-use crate::meta::state::{Ino, InodeKind, Op, Transaction, EXTENT_BYTES_MAX};
+use crate::meta::state::{ExtentRecord, Ino, InodeKind, Op, Transaction, EXTENT_BYTES_MAX};
 use crate::pool::Pool;
 
 const CHUNK: u64 = EXTENT_BYTES_MAX;
@@ -168,16 +168,10 @@ impl Pool {
 
     /// Reads up to `size` bytes at `offset`; short only at end of file. Holes read as zeros.
     pub fn read(&mut self, fh: FileHandle, offset: u64, size: usize) -> Result<Vec<u8>> {
-        let ino = self.handle_ino(fh)?;
         let end = offset.saturating_add(size as u64);
-        if let Some(file) = self.files.files.get_mut(&ino) {
-            // The kernel's read-ahead sends several requests at once and they may be
-            // served out of order: near the last end counts as sequential.
-            let sequential = file.read_end.abs_diff(offset) <= 2 * CHUNK;
-            file.read_end = file.read_end.max(end);
-            if sequential && size > 0 {
-                self.read_ahead(ino, offset, end);
-            }
+        let (ino, sequential) = self.note_read(fh, offset, end)?;
+        if sequential && size > 0 {
+            self.read_ahead(ino, offset, end);
         }
         self.read_ino(ino, offset, size)
     }
@@ -185,15 +179,31 @@ impl Pool {
     /// Fetches, in parallel, the extents a sequential read covers and the next
     /// `READ_AHEAD_EXTENTS` after it.
     fn read_ahead(&mut self, ino: Ino, offset: u64, end: u64) {
-        let Some(map) = self.state.file_extents.get(&ino) else { return };
+        let records = self.read_ahead_records(ino, offset, end);
+        self.prefetch(records);
+    }
+
+    /// The extents (with their file offsets) of `[offset, end)` and the read-ahead window
+    /// after it, except chunks buffered dirty.
+    pub(crate) fn read_ahead_records(&self, ino: Ino, offset: u64, end: u64) -> Vec<(ExtentRecord, u64)> {
+        let Some(map) = self.state.file_extents.get(&ino) else { return Vec::new() };
         let last = (end.saturating_sub(1) / CHUNK).saturating_add(READ_AHEAD_EXTENTS);
         let dirty = self.files.get(ino).map(|f| &f.dirty);
-        let records: Vec<_> = map
-            .range(offset / CHUNK..=last)
+        map.range(offset / CHUNK..=last)
             .filter(|(index, _)| !dirty.is_some_and(|d| d.contains_key(index)))
             .filter_map(|(index, id)| self.state.extents.get(id).map(|r| (r.clone(), index * CHUNK)))
-            .collect();
-        self.prefetch(records);
+            .collect()
+    }
+
+    /// Notes a read of `[offset, end)` on `fh`'s file; returns whether it is sequential.
+    pub(crate) fn note_read(&mut self, fh: FileHandle, offset: u64, end: u64) -> Result<(Ino, bool)> {
+        let ino = self.handle_ino(fh)?;
+        let Some(file) = self.files.files.get_mut(&ino) else { return Ok((ino, false)) };
+        // The kernel's read-ahead sends several requests at once and they may be
+        // served out of order: near the last end counts as sequential.
+        let sequential = file.read_end.abs_diff(offset) <= 2 * CHUNK;
+        file.read_end = file.read_end.max(end);
+        Ok((ino, sequential))
     }
 
     pub(crate) fn read_ino(&mut self, ino: Ino, offset: u64, size: usize) -> Result<Vec<u8>> {

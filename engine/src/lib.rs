@@ -12,6 +12,7 @@ pub mod device;
 pub mod dirdisk;
 mod durability;
 pub mod error;
+pub mod fetch;
 pub mod files;
 pub mod fragment;
 pub mod frame;

@@ -128,6 +128,8 @@ pub struct Pool {
     pub(crate) read_only: Option<String>,
     /// Write and sync failures per disk since its last success (see `disk_io_failed`).
     pub(crate) io_errors: BTreeMap<DiskId, u32>,
+    /// Extents being fetched outside the lock (see `fetch`).
+    pub(crate) in_flight: crate::fetch::InFlight,
     /// What the next durability barrier must make durable.
     pub(crate) undurable: crate::durability::Undurable,
 }
@@ -208,6 +210,7 @@ impl Pool {
             cache: crate::store::ExtentCache::with_capacity(cache_bytes),
             read_only: None,
             io_errors: BTreeMap::new(),
+            in_flight: Default::default(),
             undurable: Default::default(),
         };
         pool.undurable.journal_set = pool.state.journal_disks();

@@ -35,7 +35,7 @@ pub(crate) struct ExtentCache {
 }
 
 impl ExtentCache {
-    fn contains(&self, id: ExtentId) -> bool {
+    pub(crate) fn contains(&self, id: ExtentId) -> bool {
         self.entries.contains_key(&id)
     }
 
@@ -244,12 +244,12 @@ impl Pool {
     }
 
     #[cfg(feature = "sabotage")]
-    fn verifies_reads(&self) -> bool {
+    pub(crate) fn verifies_reads(&self) -> bool {
         self.options.sabotage != Some(crate::hooks::Sabotage::SkipReadChecksum)
     }
 
     #[cfg(not(feature = "sabotage"))]
-    fn verifies_reads(&self) -> bool {
+    pub(crate) fn verifies_reads(&self) -> bool {
         true
     }
 
@@ -299,7 +299,7 @@ impl Pool {
     }
 
     /// Books a fetch: counters, the degraded set, the cache.
-    fn settle(&mut self, record: &ExtentRecord, offset: u64, fetched: Fetched) -> Result<Arc<Vec<u8>>> {
+    pub(crate) fn settle(&mut self, record: &ExtentRecord, offset: u64, fetched: Fetched) -> Result<Arc<Vec<u8>>> {
         self.counters.extents_read += 1;
         if !fetched.problems.is_empty() {
             self.counters.fragment_errors += fetched.problems.len() as u64;
@@ -314,8 +314,8 @@ impl Pool {
 }
 
 /// The outcome of fetching one extent from its disks.
-struct Fetched {
-    data: std::result::Result<Arc<Vec<u8>>, String>,
+pub(crate) struct Fetched {
+    pub(crate) data: std::result::Result<Arc<Vec<u8>>, String>,
     /// Fragments that could not be used, with why.
     problems: Vec<String>,
 }
@@ -349,7 +349,7 @@ fn fetch_data_shards(
 
 /// Reads, verifies and decodes one extent without touching the pool: safe to run for
 /// several extents at once.
-fn fetch_extent(
+pub(crate) fn fetch_extent(
     devices: &BTreeMap<DiskId, Arc<dyn BlockDevice>>,
     record: &ExtentRecord,
     verify: bool,

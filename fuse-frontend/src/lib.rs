@@ -97,6 +97,10 @@ fn file_attr(attr: &Attr) -> FileAttr {
     }
 }
 
+/// How long a read waits for another request's fetch of an extent it needs before
+/// reading it itself.
+const FETCH_WAIT_MAX: std::time::Duration = std::time::Duration::from_secs(5);
+
 fn owner(req: &Request, mode: u32, umask: u32) -> Owner {
     Owner { mode: mode & !umask & 0o7777, uid: req.uid(), gid: req.gid() }
 }
@@ -262,6 +266,30 @@ impl Filesystem for DynamicFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
+        // Fetch what the read needs with the engine unlocked, so other requests (and
+        // other fetches) proceed meanwhile; the read itself then copies from the cache.
+        // (Bound first: a guard in the match scrutinee would live through the arms.)
+        let plan = self.pool().plan_read(fh.0, offset, size as usize);
+        match plan {
+            Ok(plan) => {
+                if let Some(ahead) = plan.ahead {
+                    let pool = self.pool.clone();
+                    std::thread::spawn(move || {
+                        let fetched = ahead.run();
+                        pool.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).book_fetched(fetched);
+                    });
+                }
+                if let Some(fetch) = plan.fetch {
+                    let fetched = fetch.run();
+                    self.pool().book_fetched(fetched);
+                }
+                let started = std::time::Instant::now();
+                while self.pool().fetching_any(&plan.wait_for) && started.elapsed() < FETCH_WAIT_MAX {
+                    std::thread::sleep(std::time::Duration::from_micros(200));
+                }
+            }
+            Err(e) => return reply.error(errno(&e)),
+        }
         match self.pool().read(fh.0, offset, size as usize) {
             Ok(data) => reply.data(&data),
             Err(e) => reply.error(errno(&e)),
