@@ -1,5 +1,5 @@
-//! Disk and policy administration: fail-disk, remove-disk, rebuild, rebuild-status,
-//! change-policy, policy-status.
+//! Disk and policy administration: fail-disk, remove-disk, rebalance, rebuild,
+//! rebuild-status, change-policy, policy-status.
 //!
 //! On an unmounted pool the long ones (drain, rebuild, re-encode) run to completion here,
 //! with progress on stderr; through a mount's daemon they are started and the daemon's
@@ -111,6 +111,18 @@ pub(crate) fn rebuild(ctx: &mut Ctx<'_>) -> Result<()> {
     if left > 0 {
         bail!("{left} extent(s) could not be rebuilt: see `dfs rebuild-status` (EIO)");
     }
+    Ok(())
+}
+
+pub(crate) fn rebalance(ctx: &mut Ctx<'_>, max_bytes: Option<u64>) -> Result<()> {
+    let report = ctx.pool.rebalance(max_bytes).map_err(engine)?;
+    writeln!(
+        ctx.out,
+        "moved {} fragment(s), {}; fill ratios now within {:.1}%",
+        report.fragments_moved,
+        dfs_engine::units::human(report.bytes_moved),
+        report.spread * 100.0
+    )?;
     Ok(())
 }
 

@@ -162,6 +162,7 @@ pub fn run(command: Command) -> Result<()> {
         | Command::FailDisk { ref pool, .. }
         | Command::RemoveDisk { ref pool, .. }
         | Command::Rebuild { ref pool, .. }
+        | Command::Rebalance { ref pool, .. }
         | Command::RebuildStatus { ref pool, .. }
         | Command::ChangePolicy { ref pool, .. }
         | Command::PolicyStatus { ref pool, .. } => {
@@ -184,6 +185,7 @@ fn execute_command(command: Command, ctx: &mut Ctx<'_>) -> Result<()> {
         Command::FailDisk { pool: _, disk } => crate::admin::fail_disk(ctx, &disk),
         Command::RemoveDisk { pool: _, disk } => crate::admin::remove_disk(ctx, &disk),
         Command::Rebuild { pool: _ } => crate::admin::rebuild(ctx),
+        Command::Rebalance { pool: _, max_bytes } => crate::admin::rebalance(ctx, max_bytes),
         Command::RebuildStatus { pool: _, json } => crate::admin::rebuild_status(ctx, json.json),
         Command::ChangePolicy { pool: _, policy, path, extent, recursive } => {
             crate::admin::change_policy(ctx, policy, path, extent, recursive)

@@ -212,6 +212,15 @@ pub(crate) enum Command {
         #[arg(long)]
         disk: String,
     },
+    /// Move fragments from the fullest disks to the emptiest (by fill ratio), keeping
+    /// each extent on distinct disks, until they are within 2% of each other.
+    Rebalance {
+        #[command(flatten)]
+        pool: PoolArg,
+        /// Stop after moving this much (e.g. 10GiB).
+        #[arg(long, value_parser = dfs_engine::units::parse_size)]
+        max_bytes: Option<u64>,
+    },
     /// Rebuild every degraded extent now, most endangered first (a mounted pool's daemon
     /// does this in the background).
     Rebuild {

@@ -91,6 +91,39 @@ fn failing_rebuilding_removing_and_reencoding_keep_every_byte() {
 }
 
 #[test]
+fn rebalance_fills_new_disks_in_proportion() {
+    let pool = Pool::new("replicate:2", &[64, 64, 64]);
+    let data = pattern(40_000_000, 3);
+    let local = pool.local("src");
+    fs::write(&local, &data).unwrap();
+    ok(&["put", "--pool", pool.path(), local.to_str().unwrap(), "/f"]);
+    for (i, mib) in [(3, "64MiB"), (4, "128MiB")] {
+        let disk = pool.root.path().join(format!("new{i}"));
+        fs::create_dir(&disk).unwrap();
+        ok(&["add-disk", "--pool", pool.path(), "--disk", disk.to_str().unwrap(), "--capacity", mib]);
+    }
+    let ratios = |pool: &Pool| -> Vec<f64> {
+        pool.json("list-disks")
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|d| d["used_bytes"].as_f64().unwrap() / d["capacity_bytes"].as_f64().unwrap())
+            .collect()
+    };
+    let spread = |r: &[f64]| r.iter().cloned().fold(0.0, f64::max) - r.iter().cloned().fold(1.0, f64::min);
+    assert!(spread(&ratios(&pool)) > 0.3, "{:?}", ratios(&pool));
+    let out = ok(&["rebalance", "--pool", pool.path(), "--max-bytes", "4MiB"]);
+    assert!(out.contains("moved"), "{out}");
+    ok(&["rebalance", "--pool", pool.path()]);
+    let after = ratios(&pool);
+    assert!(spread(&after) < 0.05, "still unbalanced: {after:?}");
+    let back = pool.local("back");
+    ok(&["get", "--pool", pool.path(), "/f", back.to_str().unwrap()]);
+    assert_eq!(fs::read(&back).unwrap(), data);
+    assert_eq!(degraded_extents(&pool, true), 0);
+}
+
+#[test]
 fn impossible_geometry_changes_are_refused_and_change_nothing() {
     let pool = Pool::new("erasure:4+2", &[64, 64, 64, 64, 64, 64]);
     let data = pattern(2_500_000, 7);

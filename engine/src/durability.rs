@@ -226,6 +226,13 @@ impl Pool {
         }
         let moved = std::mem::take(&mut self.undurable.fragment_frees);
         for (disk, name) in &moved {
+            // A fragment that moved away and back again is live here once more.
+            if let BlockName::Fragment { extent, index } = name {
+                let placed = self.state.extents.get(extent).and_then(|r| r.fragments.get(usize::from(*index)));
+                if placed == Some(disk) {
+                    continue;
+                }
+            }
             if let Some(device) = self.devices.get(disk) {
                 if let Err(error) = device.delete(*name) {
                     tracing::debug!(%error, %name, "deleting a moved fragment failed; left as an orphan");

@@ -377,3 +377,138 @@ impl Pool {
             .collect()
     }
 }
+
+/// What a rebalance did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
+pub struct RebalanceReport {
+    pub fragments_moved: usize,
+    pub bytes_moved: u64,
+    /// Highest minus lowest fill ratio (used / capacity) of the active disks, after.
+    pub spread: f64,
+}
+
+/// Fill-ratio spread below which a pool counts as balanced.
+const BALANCED_SPREAD: f64 = 0.02;
+
+/// Moves per barrier while rebalancing.
+const REBALANCE_BATCH: usize = 16;
+
+impl Pool {
+    /// Fill ratio (used / capacity) of each active disk, counting moved-away fragments
+    /// that wait for the barrier as gone already.
+    fn fill_ratios(&self) -> Vec<(DiskId, f64, u64)> {
+        let mut leaving: std::collections::BTreeMap<DiskId, u64> = std::collections::BTreeMap::new();
+        for (disk, name) in &self.undurable.fragment_frees {
+            if let BlockName::Fragment { extent, .. } = name {
+                if let Some(record) = self.state.extents.get(extent) {
+                    *leaving.entry(*disk).or_default() +=
+                        (fragment::HEADER_LEN + codec::shard_len(record.policy, record.len as usize)) as u64;
+                }
+            }
+        }
+        self.state
+            .disks
+            .values()
+            .filter(|d| d.state == DiskState::Active)
+            .filter_map(|d| {
+                let device = self.devices.get(&d.id)?;
+                let capacity = device.capacity_bytes().max(1);
+                let used = device.used_bytes().saturating_sub(leaving.get(&d.id).copied().unwrap_or(0));
+                Some((d.id, used as f64 / capacity as f64, capacity))
+            })
+            .collect()
+    }
+
+    /// Moves fragments from the fullest disks (by fill ratio) to the emptiest, keeping
+    /// every extent on distinct disks, until the ratios are within 2% of each other, a
+    /// move would no longer narrow the spread, or `max_bytes` have moved. Each batch is
+    /// copied, committed and its old copies deleted in that order, as every repair is.
+    pub fn rebalance(&mut self, max_bytes: Option<u64>) -> Result<RebalanceReport> {
+        let mut report = RebalanceReport::default();
+        loop {
+            let mut batch = 0;
+            while batch < REBALANCE_BATCH {
+                if max_bytes.is_some_and(|max| report.bytes_moved >= max) {
+                    break;
+                }
+                let Some((id, index, target, bytes)) = self.next_rebalance_move() else { break };
+                self.move_fragment(id, index, target)?;
+                report.fragments_moved += 1;
+                report.bytes_moved += bytes;
+                batch += 1;
+            }
+            self.sync()?;
+            if batch < REBALANCE_BATCH {
+                break;
+            }
+        }
+        let ratios = self.fill_ratios();
+        let (low, high) = ratios.iter().fold((f64::MAX, 0.0f64), |(lo, hi), (_, r, _)| (lo.min(*r), hi.max(*r)));
+        report.spread = if ratios.is_empty() { 0.0 } else { high - low };
+        Ok(report)
+    }
+
+    /// The most useful single move now: a fragment from the fullest disk that has one
+    /// movable (by fill ratio) to the emptiest disk not holding its extent, if the move
+    /// narrows the spread.
+    fn next_rebalance_move(&self) -> Option<(ExtentId, usize, DiskId, u64)> {
+        let mut ratios = self.fill_ratios();
+        ratios.sort_by(|a, b| a.1.total_cmp(&b.1));
+        let (lowest, highest) = (ratios.first()?.1, ratios.last()?.1);
+        if highest - lowest < BALANCED_SPREAD {
+            return None;
+        }
+        for (source, source_ratio, source_capacity) in ratios.iter().rev() {
+            for record in self.state.extents.values().filter(|r| r.fragments.contains(source)) {
+                let Some(index) = record.fragments.iter().position(|d| d == source) else { continue };
+                let bytes = (fragment::HEADER_LEN + codec::shard_len(record.policy, record.len as usize)) as u64;
+                for (target, ratio, capacity) in ratios.iter().filter(|(d, _, _)| d != source) {
+                    if record.fragments.contains(target) {
+                        continue;
+                    }
+                    // Only moves that leave the source at least as full as the target.
+                    let source_after = source_ratio - bytes as f64 / *source_capacity as f64;
+                    let target_after = ratio + bytes as f64 / *capacity as f64;
+                    if target_after > source_after {
+                        break; // targets are in rising order: the rest fit worse
+                    }
+                    let free = self.devices.get(target).map(|d| d.capacity_bytes().saturating_sub(d.used_bytes()));
+                    if free.is_some_and(|f| f >= bytes) {
+                        return Some((record.id, index, *target, bytes));
+                    }
+                }
+            }
+        }
+        None
+    }
+
+    /// Copies fragment `index` of extent `id` to `target` (verified first) and commits
+    /// the move in memory; the old copy is deleted after the next barrier.
+    fn move_fragment(&mut self, id: ExtentId, index: usize, target: DiskId) -> Result<()> {
+        let Some(record) = self.state.extents.get(&id).cloned() else {
+            return Err(Error::NotFound(format!("extent {id}")));
+        };
+        let source = record.fragments[index];
+        let name = BlockName::Fragment { extent: id, index: index as u8 };
+        let shard_len = codec::shard_len(record.policy, record.len as usize);
+        let block = self
+            .devices
+            .get(&source)
+            .and_then(|d| d.read(name).ok())
+            .filter(|block| fragment::verify(block, id, index as u8, shard_len).is_ok());
+        let Some(block) = block else {
+            // Unreadable where it is: that is a repair, not a move.
+            self.degraded.insert(id);
+            return self.rewrite_fragments(id).map(|_| ());
+        };
+        let device =
+            self.devices.get(&target).cloned().ok_or_else(|| Error::Io(format!("disk {target} has no device")))?;
+        device.write(name, &block).map_err(|e| Error::Io(format!("writing {name} to {target}: {e}")))?;
+        self.fragments_written(id, &[target]);
+        let mut updated = record;
+        updated.fragments[index] = target;
+        self.commit(Transaction { ops: vec![Op::PutExtent(updated)] })?;
+        self.undurable.fragment_frees.push((source, name));
+        Ok(())
+    }
+}

@@ -291,6 +291,9 @@ impl<'s> Run<'s> {
     }
 
     fn note(&mut self, text: &str) {
+        if std::env::var_os("DFS_SIM_TRACE").is_some() {
+            eprintln!("trace: {text}");
+        }
         self.trace.update(text.as_bytes());
         self.trace.update(b"\n");
     }
@@ -494,6 +497,14 @@ impl<'s> Run<'s> {
                     self.world.pool().begin_policy_change(scope, policy).map_err(|e| e.errno())
                 });
                 self.note(&format!("change-policy {result:?}"));
+                self.after_maybe_crash(vec![self.durable.clone(), self.acked.clone()])
+            }
+            Step::Rebalance { max_bytes } => {
+                let result = self.world.pool().rebalance(*max_bytes);
+                self.note(&format!(
+                    "rebalance {:?}",
+                    result.as_ref().map(|r| r.fragments_moved).map_err(|e| e.errno())
+                ));
                 self.after_maybe_crash(vec![self.durable.clone(), self.acked.clone()])
             }
             Step::Background { steps } => {

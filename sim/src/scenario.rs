@@ -120,6 +120,11 @@ pub enum Step {
         path: Option<String>,
         policy: String,
     },
+    /// `dfs rebalance`: move fragments toward even fill, up to `max_bytes` when given.
+    Rebalance {
+        #[serde(default)]
+        max_bytes: Option<u64>,
+    },
     /// Up to `steps` rounds of the daemon's background worker (drains, policy changes,
     /// rebuilds), stopping early when it has nothing to do.
     Background { steps: u32 },

@@ -107,7 +107,8 @@ pub fn generate(seed: u64, profile: &Profile) -> Scenario {
                 occurrence: rng.random_range(1..4),
             },
             875..=879 => Step::AdvanceClock { secs: rng.random_range(1..7200) },
-            880..=884 => Step::Background { steps: rng.random_range(1..20) },
+            880..=882 => Step::Background { steps: rng.random_range(1..20) },
+            883..=884 => Step::Rebalance { max_bytes: Some(rng.random_range(1..16) << 20) },
             // Only to policies at least as tolerant, so the fault budget still holds.
             885..=886 => Step::ChangePolicy {
                 path: (rng.random_range(0..2) == 0).then(|| DIRS[rng.random_range(0..DIRS.len())].to_string()),
