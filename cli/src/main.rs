@@ -58,7 +58,8 @@ pub(crate) struct JsonArg {
 #[derive(Subcommand, Debug)]
 pub(crate) enum Command {
     /// Build a demo pool (6 disks of mixed sizes), store files under several policies,
-    /// read them back and verify them, then show the pool.
+    /// read them back and verify them, fail a disk and read them again, rebuild onto a
+    /// spare, then show the pool.
     Demo {
         /// Where to build it (must not exist); default: a new directory under the system temp dir.
         #[arg(long, value_name = "DIR")]

@@ -85,6 +85,8 @@ fn the_demo_builds_a_verified_pool_that_the_cli_can_read() {
     let dir = root.path().join("demo");
     let out = ok(&["demo", "--dir", dir.to_str().unwrap()]);
     assert_eq!(out.matches("read it back byte-for-byte").count(), 4, "{out}");
+    assert!(out.contains("every file read back byte-for-byte with d3 failed"), "{out}");
+    assert!(out.contains("rebuilt ") && out.contains("0 still degraded"), "{out}");
     let pool = dir.join("pool");
     let listing: serde_json::Value =
         serde_json::from_str(&ok(&["ls", "--pool", pool.to_str().unwrap(), "/docs", "--json"])).unwrap();
@@ -94,5 +96,9 @@ fn the_demo_builds_a_verified_pool_that_the_cli_can_read() {
         serde_json::from_str(&ok(&["show-redundancy", "--pool", pool.to_str().unwrap(), "--verify", "--json"]))
             .unwrap();
     assert_eq!(summary["by_health"].as_object().unwrap().keys().collect::<Vec<_>>(), ["healthy"]);
+    let disks: serde_json::Value =
+        serde_json::from_str(&ok(&["list-disks", "--pool", pool.to_str().unwrap(), "--json"])).unwrap();
+    let states: Vec<&str> = disks.as_array().unwrap().iter().map(|d| d["state"].as_str().unwrap()).collect();
+    assert_eq!(states.iter().filter(|s| **s == "failed").count(), 1, "{states:?}");
     common::fails(&["demo", "--dir", dir.to_str().unwrap()]);
 }
