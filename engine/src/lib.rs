@@ -30,6 +30,7 @@ pub mod reencode;
 pub mod report;
 pub mod rng;
 pub mod store;
+pub mod temperature;
 pub mod units;
 
 pub use error::{Error, Result};
