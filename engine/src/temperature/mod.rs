@@ -4,11 +4,13 @@
 //! Three layers, each usable alone: `access` keeps a decayed access rate per extent from
 //! the `Clock`; `thresholds` turns a rate and a recency into a class by fixed limits;
 //! `hmm` smooths a history of those classes with a hidden Markov model, so an extent read
-//! in bursts does not flip class (and policy) on every burst.
+//! in bursts does not flip class (and policy) on every burst; `tracker` runs the three
+//! for one extent, pass after pass.
 
 pub mod access;
 pub mod hmm;
 pub mod thresholds;
+pub mod tracker;
 
 use serde::{Deserialize, Serialize};
 
