@@ -63,24 +63,23 @@ pub(crate) fn remove_disk(ctx: &mut Ctx<'_>, spec: &str) -> Result<()> {
             Some(dfs_engine::meta::state::DiskState::Draining) => ctx.pool.drain_step(disk, 16).map_err(engine)?,
             _ => {
                 // A failed disk holds nothing readable: its extents are rebuilt elsewhere.
-                ctx.pool.rebuild_step(16).map_err(engine)?;
+                let rebuilt = ctx.pool.rebuild_step(16).map_err(engine)?;
                 let left = ctx.pool.extents_on(disk).len();
                 if left == 0 {
                     ctx.pool.finish_removal(disk).map_err(engine)?;
+                } else if rebuilt == 0 {
+                    status_done();
+                    bail!(
+                        "{left} extent(s) on failed disk {disk} cannot be rebuilt now (too few readable fragments, \
+                         or no disk with room that holds no other fragment of them); add a disk and retry (EIO)"
+                    );
                 }
-                dfs_engine::geometry::DrainProgress { moved: 0, remaining: left }
+                dfs_engine::geometry::DrainProgress { moved: rebuilt, remaining: left }
             }
         };
         status(&format!("remove-disk {disk}: {} of {total} extents moved", total - progress.remaining.min(total)));
         if progress.remaining == 0 {
             break;
-        }
-        if progress.moved == 0 && ctx.pool.rebuild_queue().iter().all(|item| item.spare == 0) {
-            let left = ctx.pool.extents_on(disk).len();
-            if left > 0 && ctx.pool.state().disks.get(&disk).map(|d| d.state).is_some_and(|s| !s.readable()) {
-                status_done();
-                bail!("{left} extent(s) on disk {disk} cannot be rebuilt now (too few readable fragments or disks)");
-            }
         }
     }
     status_done();
