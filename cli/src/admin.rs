@@ -137,6 +137,10 @@ pub(crate) fn rebuild_status(ctx: &mut Ctx<'_>, json: bool) -> Result<()> {
             vec![item.extent.to_string(), item.policy.clone(), item.spare.to_string(), missing.join(",")]
         })
         .collect();
+    if queue.is_empty() {
+        writeln!(ctx.out, "nothing to rebuild: every extent has all its fragments")?;
+        return Ok(());
+    }
     print_text(ctx.out, &table::render(&["EXTENT", "POLICY", "SPARE", "FRAGMENTS TO REWRITE"], &rows))?;
     writeln!(ctx.out, "{} extent(s) queued, most endangered first", queue.len())?;
     Ok(())
@@ -276,6 +280,9 @@ pub(crate) fn policy_status(ctx: &mut Ctx<'_>, json: bool) -> Result<()> {
             ]
         })
         .collect();
+    if rows.is_empty() {
+        return print_text(ctx.out, "no policy transitions yet (start one with `dfs change-policy`)\n");
+    }
     let mut text = table::render(&["ID", "SCOPE", "POLICY", "STATE", "EXTENTS", "STARTED", "FINISHED", "ERROR"], &rows);
     text.push_str("\nExtent history:\n");
     let rows: Vec<Vec<String>> = status
