@@ -22,11 +22,7 @@ pub struct TierPolicies {
 
 impl Default for TierPolicies {
     fn default() -> Self {
-        TierPolicies {
-            hot: Policy::Replicate { copies: 3 },
-            warm: None,
-            cold: Policy::Erasure { data: 4, parity: 2 },
-        }
+        TierPolicies { hot: Policy::Replicate { copies: 3 }, warm: None, cold: Policy::Erasure { data: 4, parity: 2 } }
     }
 }
 
