@@ -112,10 +112,9 @@ pub fn mount(pool: &Path, mountpoint: &Path, foreground: bool, allow_other: bool
     )
 }
 
-fn serve(pool: &Path, mountpoint: &Path, allow_other: bool) -> Result<()> {
-    if std::env::var_os(DAEMON_ENV).is_some() {
-        detach_from_terminal();
-    }
+/// The daemon's start: the pool opened (and owned) with recovery notes logged, and a flag
+/// SIGINT/SIGTERM raise.
+fn open_for_daemon(pool: &Path) -> Result<(PoolDir, dfs_engine::Pool, Arc<AtomicBool>)> {
     let (dir, engine_pool, report) = PoolDir::open(pool, PoolOptions::default())
         .map_err(|e| anyhow!("{e} ({})", crate::commands::errno_name(e.errno())))?;
     for note in &report.notes {
@@ -125,6 +124,14 @@ fn serve(pool: &Path, mountpoint: &Path, allow_other: bool) -> Result<()> {
     for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         signal_hook::flag::register(signal, stop.clone()).context("installing signal handlers")?;
     }
+    Ok((dir, engine_pool, stop))
+}
+
+fn serve(pool: &Path, mountpoint: &Path, allow_other: bool) -> Result<()> {
+    if std::env::var_os(DAEMON_ENV).is_some() {
+        detach_from_terminal();
+    }
+    let (dir, engine_pool, stop) = open_for_daemon(pool)?;
     let mut config = Config::default();
     config.mount_options = vec![
         MountOption::FSName(format!("{FS_NAME_PREFIX}{}", dir.path().display())),
@@ -204,15 +211,7 @@ impl Chores {
 
 /// `dfs serve`: the daemon without a mount, in the foreground, until SIGINT/SIGTERM.
 pub fn serve_unmounted(pool: &Path) -> Result<()> {
-    let (dir, engine_pool, report) = PoolDir::open(pool, PoolOptions::default())
-        .map_err(|e| anyhow!("{e} ({})", crate::commands::errno_name(e.errno())))?;
-    for note in &report.notes {
-        tracing::warn!(%note, "recovery");
-    }
-    let stop = Arc::new(AtomicBool::new(false));
-    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-        signal_hook::flag::register(signal, stop.clone()).context("installing signal handlers")?;
-    }
+    let (dir, engine_pool, stop) = open_for_daemon(pool)?;
     let dir_path = dir.path().to_path_buf();
     let shared = Arc::new(Mutex::new(engine_pool));
     crate::control::listen(&dir_path, Arc::new(Mutex::new(dir)), shared.clone())?;

@@ -95,8 +95,8 @@ impl Pool {
     /// written again on other disks (and synced) before any record names them.
     fn sync_fragments(&mut self) -> Result<()> {
         for _ in 0..SYNC_ATTEMPTS {
-            self.relocate_undurable()?;
-            if self.sync_fragment_disks()? {
+            self.relocate_undurable();
+            if self.sync_fragment_disks() {
                 break;
             }
         }
@@ -120,7 +120,7 @@ impl Pool {
 
     /// New extents with a fragment on a disk that is no longer readable get it
     /// rewritten elsewhere.
-    fn relocate_undurable(&mut self) -> Result<()> {
+    fn relocate_undurable(&mut self) {
         let stranded: Vec<ExtentId> = self
             .undurable
             .extents
@@ -137,16 +137,14 @@ impl Pool {
                 tracing::warn!(extent = %id, error = %e, "could not move a new extent off a failed disk");
             }
         }
-        Ok(())
     }
 
-    /// Syncs every disk that took fragments; `Ok(false)` when some failed (they are now
-    /// marked failed and their extents need relocating), `Err` when an extent can no
-    /// longer be made durable at all.
-    fn sync_fragment_disks(&mut self) -> Result<bool> {
+    /// Syncs every disk that took fragments; `false` when some failed (they are now
+    /// marked failed and their extents need relocating).
+    fn sync_fragment_disks(&mut self) -> bool {
         let disks = std::mem::take(&mut self.undurable.fragment_disks);
         if !self.syncs_fragments() {
-            return Ok(true);
+            return true;
         }
         let jobs: Vec<(DiskId, Arc<dyn BlockDevice>)> =
             disks.iter().filter_map(|disk| self.devices.get(disk).map(|d| (*disk, d.clone()))).collect();
@@ -158,7 +156,7 @@ impl Pool {
         .collect();
         self.reached(CommitPhase::FragmentsSynced);
         if failed.is_empty() {
-            return Ok(true);
+            return true;
         }
         let failed_disks: BTreeSet<DiskId> = failed.iter().map(|(disk, _)| *disk).collect();
         for disk in &failed_disks {
@@ -167,7 +165,7 @@ impl Pool {
                 tracing::error!(%disk, %error, "marking the disk failed did not commit");
             }
         }
-        Ok(false)
+        false
     }
 
     /// Step 2: writes the queued ops as one record; returns whether the journal disks

@@ -23,6 +23,8 @@ pub struct FetchPlan {
     jobs: Vec<(ExtentRecord, u64)>,
     devices: BTreeMap<DiskId, Arc<dyn BlockDevice>>,
     verify: bool,
+    /// Threads, or one after another (the simulator).
+    parallel: bool,
 }
 
 /// What a plan brought back, to hand to `Pool::book_fetched`.
@@ -44,7 +46,7 @@ impl FetchPlan {
     /// Fetches every extent of the plan, in parallel.
     pub fn run(self) -> FetchedExtents {
         let (devices, verify) = (&self.devices, self.verify);
-        FetchedExtents(run_all(true, self.jobs, |(record, offset)| {
+        FetchedExtents(run_all(self.parallel, self.jobs, |(record, offset)| {
             let fetched = fetch_extent(devices, &record, verify, false);
             (record, offset, fetched)
         }))
@@ -83,10 +85,27 @@ impl Pool {
                 ahead.push((record, at));
             }
         }
-        let plan = |jobs: Vec<(ExtentRecord, u64)>| {
-            (!jobs.is_empty()).then(|| FetchPlan { jobs, devices: self.devices.clone(), verify: self.verifies_reads() })
-        };
-        Ok(ReadPlan { fetch: plan(jobs), ahead: plan(ahead), wait_for })
+        Ok(ReadPlan { fetch: self.fetch_plan(jobs, true), ahead: self.fetch_plan(ahead, true), wait_for })
+    }
+
+    fn fetch_plan(&self, jobs: Vec<(ExtentRecord, u64)>, parallel: bool) -> Option<FetchPlan> {
+        (!jobs.is_empty()).then(|| FetchPlan {
+            jobs,
+            devices: self.devices.clone(),
+            verify: self.verifies_reads(),
+            parallel,
+        })
+    }
+
+    /// Fetches the extents of `records` that are not cached into the cache, in parallel
+    /// unless the pool runs its I/O in order: read-ahead for a reader holding the pool.
+    pub(crate) fn prefetch(&mut self, records: Vec<(ExtentRecord, u64)>) {
+        let wanted: Vec<(ExtentRecord, u64)> =
+            records.into_iter().filter(|(r, _)| !r.is_inline() && !self.cache.contains(r.id)).collect();
+        if let Some(plan) = self.fetch_plan(wanted, self.options.parallel_io) {
+            let fetched = plan.run();
+            self.book_fetched(fetched);
+        }
     }
 
     /// Books fetched extents: verified data goes into the cache.

@@ -254,18 +254,9 @@ impl Pool {
     /// Brings one extent back to full redundancy: fragments on failed, removed or
     /// draining disks move to active disks holding no other fragment of it; missing or
     /// corrupt fragments on healthy disks are rewritten in place. Only those fragments
-    /// are written. Returns whether anything changed. Durable on return.
-    pub fn repair_extent(&mut self, id: ExtentId) -> Result<bool> {
-        let changed = self.rewrite_fragments(id)?;
-        if changed {
-            self.sync()?;
-            self.counters.extents_repaired += 1;
-        }
-        Ok(changed)
-    }
-
-    /// `repair_extent` up to the barrier: writes the fragments, commits the record
-    /// switch (in memory) and queues the old copies for deletion. Safe inside a barrier.
+    /// are written. Commits the record switch in memory and queues the old copies for
+    /// deletion, so the caller's next barrier makes it durable (safe inside a barrier).
+    /// Returns whether anything changed.
     pub(crate) fn rewrite_fragments(&mut self, id: ExtentId) -> Result<bool> {
         let Some(record) = self.state.extents.get(&id).cloned() else {
             return Err(Error::NotFound(format!("extent {id}")));

@@ -8,11 +8,8 @@
 //! is recomputed from metadata (extents in scope whose policy differs from the target),
 //! so a transition resumes exactly where it stopped.
 
-use std::collections::BTreeSet;
-
 use serde::Serialize;
 
-use crate::device::ExtentId;
 use crate::error::{Error, Result};
 use crate::meta::state::{
     Ino, InodeKind, Op, PolicyChange, PolicyScope, PolicyTransition, Transaction, TransitionState, EXTENT_BYTES_MAX,
@@ -231,10 +228,5 @@ impl Pool {
         let id = self.begin_policy_change(scope, policy)?;
         while self.policy_step(id, BATCH_EXTENTS)?.remaining > 0 {}
         Ok(id)
-    }
-
-    /// Extents (by current id) whose data went through a policy change.
-    pub fn extents_with_history(&self) -> BTreeSet<ExtentId> {
-        self.state.extents.values().filter(|r| !r.history.is_empty()).map(|r| r.id).collect()
     }
 }

@@ -137,49 +137,36 @@ impl Pool {
                     records.push((*index, None));
                     continue;
                 };
-                if encoded.blocks.is_empty() {
-                    records.push((
-                        *index,
-                        Some(ExtentRecord {
-                            id: *id,
-                            len: data.len() as u32,
-                            hash: encoded.hash,
-                            policy,
-                            codec: CodecId::Inline,
-                            fragments: Vec::new(),
-                            inline: Some(data.clone()),
-                            history: Vec::new(),
-                        }),
-                    ));
-                    continue;
-                }
-                let block_bytes = encoded.blocks[0].len() as u64;
-                let candidates = self.candidates(&excluded, &planned_bytes);
-                #[allow(unused_mut)]
-                let mut disks = placement::place(&mut self.rng, policy.width(), block_bytes, &candidates)
-                    .map_err(|available| Error::Unplaceable { policy, needed: policy.width(), available })?;
-                #[cfg(feature = "sabotage")]
-                if self.options.sabotage == Some(crate::hooks::Sabotage::SameDiskPlacement) && disks.len() > 1 {
-                    disks[1] = disks[0];
-                }
-                for (fragment_index, (disk, block)) in disks.iter().zip(&encoded.blocks).enumerate() {
-                    let name = BlockName::Fragment { extent: *id, index: fragment_index as u8 };
-                    *planned_bytes.entry(*disk).or_default() += block_bytes;
-                    planned.entry(*disk).or_default().push(PlannedBlock { name, block: block.clone() });
-                }
-                records.push((
-                    *index,
-                    Some(ExtentRecord {
-                        id: *id,
-                        len: data.len() as u32,
-                        hash: encoded.hash,
-                        policy,
-                        codec,
-                        fragments: disks,
-                        inline: None,
-                        history: Vec::new(),
-                    }),
-                ));
+                let (record_codec, fragments, inline) = if encoded.blocks.is_empty() {
+                    (CodecId::Inline, Vec::new(), Some(data.clone()))
+                } else {
+                    let block_bytes = encoded.blocks[0].len() as u64;
+                    let candidates = self.candidates(&excluded, &planned_bytes);
+                    #[allow(unused_mut)]
+                    let mut disks = placement::place(&mut self.rng, policy.width(), block_bytes, &candidates)
+                        .map_err(|available| Error::Unplaceable { policy, needed: policy.width(), available })?;
+                    #[cfg(feature = "sabotage")]
+                    if self.options.sabotage == Some(crate::hooks::Sabotage::SameDiskPlacement) && disks.len() > 1 {
+                        disks[1] = disks[0];
+                    }
+                    for (fragment_index, (disk, block)) in disks.iter().zip(&encoded.blocks).enumerate() {
+                        let name = BlockName::Fragment { extent: *id, index: fragment_index as u8 };
+                        *planned_bytes.entry(*disk).or_default() += block_bytes;
+                        planned.entry(*disk).or_default().push(PlannedBlock { name, block: block.clone() });
+                    }
+                    (codec, disks, None)
+                };
+                let record = ExtentRecord {
+                    id: *id,
+                    len: data.len() as u32,
+                    hash: encoded.hash,
+                    policy,
+                    codec: record_codec,
+                    fragments,
+                    inline,
+                    history: Vec::new(),
+                };
+                records.push((*index, Some(record)));
             }
             let jobs: Vec<(DiskId, Arc<dyn BlockDevice>, Vec<PlannedBlock>)> = planned
                 .into_iter()
@@ -276,26 +263,6 @@ impl Pool {
         }
         let fetched = fetch_extent(&self.devices, record, self.verifies_reads(), self.options.parallel_io);
         self.settle(record, offset, fetched)
-    }
-
-    /// Fetches the extents of `records` that are not cached, in parallel, into the cache:
-    /// read-ahead for sequential readers. Failures are left for the real read to report.
-    pub(crate) fn prefetch(&mut self, records: Vec<(ExtentRecord, u64)>) {
-        let wanted: Vec<(ExtentRecord, u64)> =
-            records.into_iter().filter(|(r, _)| !r.is_inline() && !self.cache.contains(r.id)).collect();
-        if wanted.is_empty() {
-            return;
-        }
-        let (devices, verify) = (&self.devices, self.verifies_reads());
-        let fetched = run_all(self.options.parallel_io, wanted, |(record, offset)| {
-            let outcome = fetch_extent(devices, &record, verify, false);
-            (record, offset, outcome)
-        });
-        for (record, offset, outcome) in fetched {
-            if outcome.data.is_ok() {
-                let _ = self.settle(&record, offset, outcome);
-            }
-        }
     }
 
     /// Books a fetch: counters, the degraded set, the cache.
