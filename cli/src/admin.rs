@@ -204,7 +204,8 @@ struct ChangeView {
     at: String,
     from: String,
     to: String,
-    transition: u64,
+    /// "transition N" or "tiering (hot)".
+    cause: String,
 }
 
 #[derive(serde::Serialize)]
@@ -255,7 +256,7 @@ pub(crate) fn policy_status(ctx: &mut Ctx<'_>, json: bool) -> Result<()> {
                         at: c.at.to_string(),
                         from: c.from.to_string(),
                         to: c.to.to_string(),
-                        transition: c.transition,
+                        cause: c.cause.to_string(),
                     })
                     .collect(),
             })
@@ -291,9 +292,9 @@ pub(crate) fn policy_status(ctx: &mut Ctx<'_>, json: bool) -> Result<()> {
         .flat_map(|e| {
             e.history
                 .iter()
-                .map(|c| vec![e.extent.clone(), c.at.clone(), c.from.clone(), c.to.clone(), c.transition.to_string()])
+                .map(|c| vec![e.extent.clone(), c.at.clone(), c.from.clone(), c.to.clone(), c.cause.clone()])
         })
         .collect();
-    text.push_str(&table::render(&["EXTENT", "AT", "FROM", "TO", "TRANSITION"], &rows));
+    text.push_str(&table::render(&["EXTENT", "AT", "FROM", "TO", "CAUSE"], &rows));
     print_text(ctx.out, &text)
 }

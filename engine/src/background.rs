@@ -1,6 +1,8 @@
 //! The background worker's unit of work: drain draining disks, carry policy transitions
-//! forward, rebuild degraded extents (most endangered first). Each step is bounded, so
-//! a foreground request waits at most for one small batch; the daemon calls it in a loop.
+//! forward, rebuild degraded extents (most endangered first), then migrate extents to
+//! the policy their temperature calls for. Each step is bounded, so a foreground request
+//! waits at most for one small batch; the daemon calls it in a loop. Redundancy comes
+//! before temperature: migrations run only when nothing else is waiting.
 
 use crate::error::Result;
 use crate::meta::state::DiskState;
@@ -10,11 +12,12 @@ use crate::pool::Pool;
 pub const STEP_EXTENTS: usize = 4;
 
 impl Pool {
-    /// Whether a drain, a transition or a rebuild is waiting.
+    /// Whether a drain, a transition, a rebuild or a migration is waiting.
     pub fn has_background_work(&self) -> bool {
         self.state.disks.values().any(|d| d.state == DiskState::Draining)
             || !self.open_transitions().is_empty()
             || !self.rebuild_queue().is_empty()
+            || self.has_migration_work()
     }
 
     /// Does one bounded piece of background work; returns how many extents it touched
@@ -34,6 +37,10 @@ impl Pool {
                 return Ok(progress.reencoded);
             }
         }
-        self.rebuild_step(STEP_EXTENTS)
+        let rebuilt = self.rebuild_step(STEP_EXTENTS)?;
+        if rebuilt > 0 {
+            return Ok(rebuilt);
+        }
+        self.migration_step(STEP_EXTENTS, false)
     }
 }

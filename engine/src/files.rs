@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 
 use crate::clock::WallTime;
 use crate::error::{Error, Result};
-use crate::meta::state::{ExtentRecord, Ino, InodeKind, Op, Transaction, EXTENT_BYTES_MAX};
+use crate::meta::state::{ChunkSlot, ExtentRecord, Ino, InodeKind, Op, Transaction, EXTENT_BYTES_MAX};
 use crate::pool::Pool;
 
 const CHUNK: u64 = EXTENT_BYTES_MAX;
@@ -241,6 +241,7 @@ impl Pool {
             if let Some(record) = record {
                 let data = self.read_extent(&record, chunk_start)?;
                 copy(target, &data);
+                self.note_access(ChunkSlot { ino, index }, true);
             }
         }
         Ok(out)
@@ -370,6 +371,11 @@ impl Pool {
         match self.commit(Transaction { ops }) {
             Ok(freed) => {
                 self.free_extents(&freed);
+                for (index, record) in &records {
+                    if record.is_some() {
+                        self.note_access(ChunkSlot { ino, index: *index }, false);
+                    }
+                }
                 if let Some(file) = self.files.files.get_mut(&ino) {
                     file.dirty_bytes = file.dirty.values().map(Vec::len).sum();
                     if file.dirty.is_empty() && file.size == size {

@@ -46,6 +46,9 @@ pub struct PoolOptions {
     pub check_invariants: bool,
     /// Told each time a commit reaches a named phase (the simulator's crash points).
     pub observer: Option<crate::hooks::Observer>,
+    /// The tiering configuration a pool created by this open starts with; an existing
+    /// pool keeps its own (`Pool::set_tiering`).
+    pub tiering: crate::temperature::config::TieringConfig,
     /// A deliberate defect, to prove the simulator catches it.
     #[cfg(feature = "sabotage")]
     pub sabotage: Option<crate::hooks::Sabotage>,
@@ -62,6 +65,7 @@ impl Default for PoolOptions {
             parallel_io: true,
             check_invariants: false,
             observer: None,
+            tiering: crate::temperature::config::TieringConfig::default(),
             #[cfg(feature = "sabotage")]
             sabotage: None,
         }
@@ -104,6 +108,8 @@ pub struct PoolCounters {
     /// Durability barriers completed.
     pub barriers: u64,
     pub extents_reencoded: u64,
+    /// Extents re-encoded by tiering (also counted in `extents_reencoded`).
+    pub extents_migrated: u64,
     pub disks_failed: u64,
 }
 
@@ -132,6 +138,8 @@ pub struct Pool {
     pub(crate) in_flight: crate::fetch::InFlight,
     /// What the next durability barrier must make durable.
     pub(crate) undurable: crate::durability::Undurable,
+    /// Access statistics not yet persisted, and the migration queues.
+    pub(crate) tracker: crate::tiering::Tracker,
 }
 
 impl Pool {
@@ -156,7 +164,7 @@ impl Pool {
                 (r.state, r.tip, clean, r.checkpoint_slots)
             }
             None => (
-                MetaState::new(pool_id, default_policy, clock.wall()),
+                MetaState { tiering: options.tiering, ..MetaState::new(pool_id, default_policy, clock.wall()) },
                 JournalTip { seq: 0, hash: [0; 32] },
                 true,
                 BTreeSet::new(),
@@ -212,6 +220,7 @@ impl Pool {
             io_errors: BTreeMap::new(),
             in_flight: Default::default(),
             undurable: Default::default(),
+            tracker: Default::default(),
         };
         pool.undurable.journal_set = pool.state.journal_disks();
         let journal_slots: BTreeSet<usize> =

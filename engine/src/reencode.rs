@@ -8,11 +8,14 @@
 //! is recomputed from metadata (extents in scope whose policy differs from the target),
 //! so a transition resumes exactly where it stopped.
 
+use std::collections::BTreeMap;
+
 use serde::Serialize;
 
 use crate::error::{Error, Result};
 use crate::meta::state::{
-    Ino, InodeKind, Op, PolicyChange, PolicyScope, PolicyTransition, Transaction, TransitionState, EXTENT_BYTES_MAX,
+    ChangeCause, ChunkSlot, Ino, InodeKind, Op, PolicyChange, PolicyScope, PolicyTransition, Transaction,
+    TransitionState, EXTENT_BYTES_MAX,
 };
 use crate::policy::Policy;
 use crate::pool::Pool;
@@ -72,7 +75,7 @@ impl Pool {
 
     /// `ino` and, for a directory, the files directly in it — or, with `recursive`,
     /// every inode beneath it.
-    fn scope_inodes(&self, ino: Ino, recursive: bool) -> Result<Vec<Ino>> {
+    pub(crate) fn scope_inodes(&self, ino: Ino, recursive: bool) -> Result<Vec<Ino>> {
         let inode = self.state.inodes.get(&ino).ok_or_else(|| Error::NotFound(format!("inode {}", ino.0)))?;
         let mut out = vec![ino];
         if inode.kind != InodeKind::Directory {
@@ -98,17 +101,19 @@ impl Pool {
         Ok(out)
     }
 
-    /// The chunks transition `id` still has to re-encode, as (file, chunk index).
-    fn transition_work(&self, transition: &PolicyTransition) -> Result<Vec<(Ino, u64)>> {
+    /// The chunks transition `id` still has to re-encode, as (file, chunk index, policy).
+    /// Under the pool default each extent goes to the policy its file and temperature
+    /// call for (`target_policy`); a path or extent scope pins the transition's policy.
+    fn transition_work(&self, transition: &PolicyTransition) -> Result<Vec<(Ino, u64, Policy)>> {
         let target = transition.policy;
-        let mismatched = |ino: Ino| -> Vec<(Ino, u64)> {
+        let mismatched = |ino: Ino| -> Vec<(Ino, u64, Policy)> {
             self.state
                 .file_extents
                 .get(&ino)
                 .map(|map| {
                     map.iter()
                         .filter(|(_, id)| self.state.extents.get(id).is_some_and(|r| r.policy != target))
-                        .map(|(index, _)| (ino, *index))
+                        .map(|(index, _)| (ino, *index, target))
                         .collect()
                 })
                 .unwrap_or_default()
@@ -119,7 +124,14 @@ impl Pool {
                 .inodes
                 .values()
                 .filter(|i| i.kind == InodeKind::File && i.policy.is_none())
-                .flat_map(|i| mismatched(i.ino))
+                .flat_map(|i| {
+                    let map = self.state.file_extents.get(&i.ino);
+                    map.into_iter().flat_map(|m| m.iter()).filter_map(|(index, id)| {
+                        let wanted = self.target_policy(ChunkSlot { ino: i.ino, index: *index });
+                        let record = self.state.extents.get(id)?;
+                        (record.policy != wanted).then_some((i.ino, *index, wanted))
+                    })
+                })
                 .collect(),
             PolicyScope::Path { ino, recursive, .. } => {
                 if !self.state.inodes.contains_key(ino) {
@@ -134,7 +146,7 @@ impl Pool {
                 .flat_map(|(ino, map)| map.iter().map(move |(index, id)| (*ino, *index, *id)))
                 .filter(|(_, _, id)| id == extent)
                 .filter(|(_, _, id)| self.state.extents.get(id).is_some_and(|r| r.policy != target))
-                .map(|(ino, index, _)| (ino, index))
+                .map(|(ino, index, _)| (ino, index, target))
                 .collect(),
         })
     }
@@ -150,7 +162,7 @@ impl Pool {
         let work = self.transition_work(&transition)?;
         let mut reencoded = 0;
         for batch in work.chunks(BATCH_EXTENTS).take(max_extents.div_ceil(BATCH_EXTENTS)) {
-            if let Err(e) = self.reencode_batch(batch, &transition) {
+            if let Err(e) = self.reencode_batch(batch, ChangeCause::Transition(id)) {
                 self.finish_transition(id, TransitionState::Failed, Some(e.to_string()))?;
                 return Err(e);
             }
@@ -172,9 +184,57 @@ impl Pool {
         self.sync()
     }
 
-    /// Re-encodes `items` under the transition's policy in one barrier.
-    fn reencode_batch(&mut self, items: &[(Ino, u64)], transition: &PolicyTransition) -> Result<()> {
-        let policy = transition.policy;
+    /// Re-encodes each (file, chunk, policy) of `items` in one barrier: new fragments,
+    /// then the switch (and the transition's progress, for a transition), then the old
+    /// fragments freed. Every re-encoded extent's history records `cause`.
+    pub(crate) fn reencode_batch(&mut self, items: &[(Ino, u64, Policy)], cause: ChangeCause) -> Result<()> {
+        let mut by_policy: BTreeMap<Policy, Vec<(Ino, u64)>> = BTreeMap::new();
+        for (ino, index, policy) in items {
+            by_policy.entry(*policy).or_default().push((*ino, *index));
+        }
+        let now = self.clock.wall();
+        let mut ops = Vec::with_capacity(items.len() + 1);
+        let mut done = 0u64;
+        for (policy, group) in by_policy {
+            match self.reencode_group(&group, policy, cause, now, &mut ops) {
+                Ok(count) => done += count as u64,
+                Err(e) => {
+                    // Fragments of the groups written so far are referenced by nothing.
+                    let unreferenced: Vec<_> = ops
+                        .iter()
+                        .filter_map(|op| match op {
+                            Op::SetExtent { extent: Some(record), .. } => Some(record.clone()),
+                            _ => None,
+                        })
+                        .collect();
+                    self.free_extents(&unreferenced);
+                    return Err(e);
+                }
+            }
+        }
+        if let ChangeCause::Transition(id) = cause {
+            if let Some(mut updated) = self.state.transitions.get(&id).cloned() {
+                updated.extents_done += done;
+                ops.push(Op::PutTransition(updated));
+            }
+        }
+        let freed = self.commit(Transaction { ops })?;
+        self.free_extents(&freed);
+        self.sync()?;
+        self.counters.extents_reencoded += done;
+        Ok(())
+    }
+
+    /// Writes `items` anew under `policy` and appends their switches to `ops`; returns
+    /// how many it re-encoded.
+    fn reencode_group(
+        &mut self,
+        items: &[(Ino, u64)],
+        policy: Policy,
+        cause: ChangeCause,
+        now: crate::clock::WallTime,
+        ops: &mut Vec<Op>,
+    ) -> Result<usize> {
         let mut olds = Vec::with_capacity(items.len());
         let mut chunks = Vec::with_capacity(items.len());
         for (ino, index) in items {
@@ -193,24 +253,15 @@ impl Pool {
             olds.push((*ino, record));
         }
         let records = self.write_chunks(&chunks, policy)?;
-        let now = self.clock.wall();
-        let mut ops = Vec::with_capacity(records.len() + 1);
         for ((ino, old), (index, new)) in olds.iter().zip(records) {
             let new = new.map(|mut record| {
                 record.history = old.history.clone();
-                record.history.push(PolicyChange { at: now, from: old.policy, to: policy, transition: transition.id });
+                record.history.push(PolicyChange { at: now, from: old.policy, to: policy, cause });
                 record
             });
             ops.push(Op::SetExtent { ino: *ino, index, extent: new });
         }
-        let mut updated = self.state.transitions.get(&transition.id).cloned().unwrap_or_else(|| transition.clone());
-        updated.extents_done += olds.len() as u64;
-        ops.push(Op::PutTransition(updated));
-        let freed = self.commit(Transaction { ops })?;
-        self.free_extents(&freed);
-        self.sync()?;
-        self.counters.extents_reencoded += olds.len() as u64;
-        Ok(())
+        Ok(olds.len())
     }
 
     /// Transitions not yet done or failed, oldest first.

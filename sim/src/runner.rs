@@ -4,9 +4,11 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use dfs_engine::device::{BlockDevice, BlockKind, BlockName};
+use dfs_engine::meta::state::ChunkSlot;
 use dfs_engine::meta::state::{DiskId, PolicyScope};
 use dfs_engine::namespace::{Owner, RenameMode, SetAttr};
 use dfs_engine::pool::PoolOptions;
+use dfs_engine::temperature::config::TieringConfig;
 use dfs_engine::{Error, Ino, Policy};
 use dfs_faults::Fault;
 use rand::Rng;
@@ -19,6 +21,10 @@ use crate::world::World;
 
 const OWNER: Owner = Owner { mode: 0o644, uid: 1000, gid: 1000 };
 const STEP_NANOS: u64 = 1_000_000;
+/// How often the simulated daemon's timers fire.
+const DAEMON_TICK_SECS: u64 = 300;
+/// Background rounds the simulated daemon runs per tick at most.
+const DAEMON_ROUNDS_PER_TICK: u32 = 64;
 
 /// How to run a scenario.
 #[derive(Clone, Debug, Default)]
@@ -57,6 +63,8 @@ pub struct Outcome {
     pub checks: BTreeMap<&'static str, u64>,
     pub trace_hash: String,
     pub failure: Option<Failure>,
+    /// With tiering: each file's classes, policies and most policy changes of an extent.
+    pub tiers: BTreeMap<String, String>,
 }
 
 impl Outcome {
@@ -107,6 +115,12 @@ impl Outcome {
             };
             out.push_str(&format!("  {invariant}: {verdict}\n"));
         }
+        if !self.tiers.is_empty() {
+            out.push_str("tiers:\n");
+            for (path, line) in &self.tiers {
+                out.push_str(&format!("  {path}: {line}\n"));
+            }
+        }
         if let Some(failure) = &self.failure {
             out.push_str(&format!("failure: step {} {}: {}\n", failure.step, failure.invariant, failure.detail));
         }
@@ -150,6 +164,7 @@ struct Run<'s> {
     step: usize,
     freeze_after_writes: Option<u64>,
     frozen_candidates: Option<Vec<Tree>>,
+    tiers: BTreeMap<String, String>,
 }
 
 fn fail(step: usize, invariant: &'static str, detail: impl Into<String>) -> Failure {
@@ -192,6 +207,7 @@ pub fn build_world(scenario: &Scenario, options: &RunOptions) -> Result<World, S
         // the model knows which states a crash may leave.
         barrier_after_ops: usize::MAX,
         extent_cache_bytes: 16 << 20,
+        tiering: tiering_config(scenario)?,
         ..PoolOptions::default()
     };
     #[cfg(feature = "sabotage")]
@@ -199,6 +215,18 @@ pub fn build_world(scenario: &Scenario, options: &RunOptions) -> Result<World, S
         pool_options.sabotage = options.sabotage;
     }
     World::new(&capacities, policy, options.seed, pool_options)
+}
+
+/// The tiering a scenario's pool starts with: off unless its setup names it.
+fn tiering_config(scenario: &Scenario) -> Result<TieringConfig, String> {
+    let Some(setup) = &scenario.setup.tiering else {
+        return Ok(TieringConfig { enabled: false, ..TieringConfig::default() });
+    };
+    let mut config = TieringConfig { enabled: true, classifier: setup.classifier, ..TieringConfig::default() };
+    if let Some(rate) = &setup.migrate_per_sec {
+        config.migrate_bytes_per_sec = dfs_engine::units::parse_size(rate)?;
+    }
+    Ok(config)
 }
 
 /// Runs `scenario` to the end (or its first failure).
@@ -215,6 +243,7 @@ pub fn run(scenario: &Scenario, options: &RunOptions) -> Outcome {
         checks: BTreeMap::new(),
         trace_hash: String::new(),
         failure: None,
+        tiers: BTreeMap::new(),
     };
     let world = match build_world(scenario, options) {
         Ok(world) => world,
@@ -233,6 +262,7 @@ pub fn run(scenario: &Scenario, options: &RunOptions) -> Outcome {
     outcome.degraded_reads = run.world.degraded_reads();
     outcome.checks = run.checks;
     outcome.lost_files = run.lost_files;
+    outcome.tiers = run.tiers;
     outcome.trace_hash = run.trace.finalize().to_hex()[..16].to_string();
     outcome
 }
@@ -283,6 +313,7 @@ impl<'s> Run<'s> {
             step: 0,
             freeze_after_writes,
             frozen_candidates: None,
+            tiers: BTreeMap::new(),
         }
     }
 
@@ -349,6 +380,7 @@ impl<'s> Run<'s> {
             self.checked(oracle::EXTENTS_MEET_POLICY);
             oracle::settled(self.world.pool()).map_err(|e| fail(self.step, oracle::EXTENTS_MEET_POLICY, e))?;
         }
+        self.check_tiers()?;
         if let Some(tolerance) = self.scenario.expect.balanced_fill {
             let ratios: Vec<f64> = self
                 .world
@@ -520,6 +552,131 @@ impl<'s> Run<'s> {
                 }
                 self.after_maybe_crash(vec![self.durable.clone(), self.acked.clone()])
             }
+            Step::Classify => {
+                let result = self.world.pool().classify_pass();
+                self.note(&format!("classify {:?}", result.as_ref().map_err(|e| e.errno())));
+                self.after_maybe_crash(vec![self.durable.clone(), self.acked.clone()])
+            }
+            Step::Access { path, times, every_secs } => {
+                for _ in 0..*times {
+                    self.namespace_step(&Step::Read { path: path.clone() })?;
+                    self.daemon_for(*every_secs)?;
+                }
+                Ok(())
+            }
+            Step::Daemon { secs } => self.daemon_for(*secs),
+        }
+    }
+
+    /// Lets `secs` of simulated time pass with the daemon running (see `Step::Daemon`).
+    fn daemon_for(&mut self, secs: u64) -> Result<(), Failure> {
+        let mut left = secs;
+        while left > 0 {
+            let tick = left.min(DAEMON_TICK_SECS);
+            left -= tick;
+            self.world.clock.advance(tick * 1_000_000_000);
+            match self.world.pool().tiering_tick() {
+                Ok(report) => {
+                    if let Some(pass) = report.pass {
+                        self.note(&format!("pass {pass:?}"));
+                    }
+                }
+                Err(e) => self.note(&format!("tiering tick {}", e.errno())),
+            }
+            if !self.world.switch.is_crashed() {
+                for _ in 0..DAEMON_ROUNDS_PER_TICK {
+                    let result = self.world.pool().background_step();
+                    if !matches!(result, Ok(0)) {
+                        self.note(&format!("background {:?}", result.as_ref().map_err(|e| e.errno())));
+                    }
+                    if self.world.switch.is_crashed() || !matches!(result, Ok(n) if n > 0) {
+                        break;
+                    }
+                }
+            }
+            if !self.world.switch.is_crashed() {
+                if let Err(e) = self.world.pool().sync() {
+                    self.note(&format!("daemon barrier {}", e.errno()));
+                }
+            }
+            if self.world.switch.is_crashed() {
+                self.after_maybe_crash(vec![self.durable.clone(), self.acked.clone()])?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks the tiering expectations and records each file's tier line.
+    fn check_tiers(&mut self) -> Result<(), Failure> {
+        let expect = &self.scenario.expect;
+        let pool = self.world.pool();
+        let paths = pool.paths();
+        let state = pool.state();
+        let mut lines = BTreeMap::new();
+        let mut problems = Vec::new();
+        for (ino, map) in &state.file_extents {
+            let Some(path) = paths.get(ino) else { continue };
+            let mut classes = BTreeSet::new();
+            let mut policies = BTreeSet::new();
+            let mut changes = 0;
+            for (index, id) in map {
+                let Some(record) = state.extents.get(id) else { continue };
+                let class = state.temperature.get(&ChunkSlot { ino: *ino, index: *index }).map(|t| t.class);
+                classes.insert(class.map_or("unclassified".to_string(), |c| c.to_string()));
+                policies.insert(record.policy.to_string());
+                changes = changes.max(record.history.len());
+                if let Some(wanted) = expect.classes.get(path) {
+                    if class != Some(*wanted) {
+                        problems.push(format!("{path} chunk {index} is {class:?}, expected {wanted}"));
+                    }
+                }
+                if let Some(wanted) = expect.policies.get(path) {
+                    if record.policy.to_string() != *wanted {
+                        problems.push(format!("{path} chunk {index} is under {}, expected {wanted}", record.policy));
+                    }
+                }
+            }
+            if expect.policy_changes_max.get(path).is_some_and(|max| changes > *max) {
+                problems.push(format!(
+                    "{path} went through {changes} policy changes, at most {:?} expected",
+                    expect.policy_changes_max.get(path)
+                ));
+            }
+            if expect.policy_changes_min.get(path).is_some_and(|min| changes < *min) {
+                problems.push(format!(
+                    "{path} went through {changes} policy changes, at least {:?} expected",
+                    expect.policy_changes_min.get(path)
+                ));
+            }
+            let join = |set: &BTreeSet<String>| set.iter().cloned().collect::<Vec<_>>().join(",");
+            lines.insert(
+                path.clone(),
+                format!(
+                    "class={} policy={} pinned={} changes={changes}",
+                    join(&classes),
+                    join(&policies),
+                    pool.is_pinned(*ino)
+                ),
+            );
+        }
+        let named = expect
+            .policies
+            .keys()
+            .chain(expect.classes.keys())
+            .chain(expect.policy_changes_max.keys())
+            .chain(expect.policy_changes_min.keys());
+        for path in named {
+            if !lines.contains_key(path) {
+                problems.push(format!("{path} holds no extent at the end"));
+            }
+        }
+        if state.tiering.enabled {
+            self.tiers = lines;
+        }
+        self.checked(oracle::EXTENTS_MEET_POLICY);
+        match problems.first() {
+            Some(problem) => Err(fail(self.step, oracle::EXTENTS_MEET_POLICY, problem.clone())),
+            None => Ok(()),
         }
     }
 

@@ -5,9 +5,12 @@
 //! well-formed file that names an impossible policy, a size that does not parse, or a
 //! disk that does not exist.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 
 use dfs_engine::hooks::CommitPhase;
+use dfs_engine::temperature::config::Classifier;
+use dfs_engine::temperature::Class;
 use dfs_engine::Policy;
 use serde::{Deserialize, Serialize};
 
@@ -35,6 +38,20 @@ pub struct Setup {
     /// Records between checkpoints (default 256).
     #[serde(default)]
     pub checkpoint_every: Option<u64>,
+    /// Temperature-driven policies; absent, the pool has tiering off.
+    #[serde(default)]
+    pub tiering: Option<TieringSetup>,
+}
+
+/// Tiering as a scenario sets it up: the engine's defaults unless named here.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct TieringSetup {
+    /// `Hmm` (default) or `Thresholds` (the raw rule, to compare with).
+    #[serde(default)]
+    pub classifier: Classifier,
+    /// Background migration budget, e.g. `"1MiB"` (per second); default 16 MiB.
+    #[serde(default)]
+    pub migrate_per_sec: Option<String>,
 }
 
 /// Which kind of block a fault targets.
@@ -126,8 +143,17 @@ pub enum Step {
         max_bytes: Option<u64>,
     },
     /// Up to `steps` rounds of the daemon's background worker (drains, policy changes,
-    /// rebuilds), stopping early when it has nothing to do.
+    /// rebuilds, migrations), stopping early when it has nothing to do.
     Background { steps: u32 },
+    /// `dfs classify`: a classification pass now.
+    Classify,
+    /// Read the whole file `times` times, `every_secs` apart, with the daemon running
+    /// between reads (see `Daemon`).
+    Access { path: String, times: u32, every_secs: u64 },
+    /// Let `secs` of simulated time pass with the daemon running: every five minutes its
+    /// timers fire (access statistics persisted, a classification pass when one is due),
+    /// its background worker runs until idle, and a durability barrier follows.
+    Daemon { secs: u64 },
 }
 
 /// What the run must show.
@@ -149,6 +175,18 @@ pub struct Expect {
     /// open, no extent waiting for a rebuild, and every extent under its file's policy.
     #[serde(default)]
     pub settled: bool,
+    /// At the end, every extent of each named file is under this policy.
+    #[serde(default)]
+    pub policies: BTreeMap<String, String>,
+    /// At the end, every extent of each named file is of this temperature class.
+    #[serde(default)]
+    pub classes: BTreeMap<String, Class>,
+    /// No extent of each named file went through more policy changes than this.
+    #[serde(default)]
+    pub policy_changes_max: BTreeMap<String, usize>,
+    /// Some extent of each named file went through at least this many policy changes.
+    #[serde(default)]
+    pub policy_changes_min: BTreeMap<String, usize>,
 }
 
 /// A scenario that failed to load, with where.
@@ -193,6 +231,19 @@ impl Scenario {
             dfs_engine::units::parse_size(capacity)?;
         }
         self.setup.policy.parse::<Policy>().map_err(|e| e.to_string())?;
+        if let Some(rate) = self.setup.tiering.as_ref().and_then(|t| t.migrate_per_sec.as_ref()) {
+            if dfs_engine::units::parse_size(rate)? == 0 {
+                return Err("tiering: migrate_per_sec must be at least one byte".into());
+            }
+        }
+        for (path, policy) in &self.expect.policies {
+            policy.parse::<Policy>().map_err(|e| format!("expect.policies[{path}]: {e}"))?;
+        }
+        let tiering_named = !self.expect.classes.is_empty()
+            || self.steps.iter().any(|s| matches!(s, Step::Classify | Step::Access { .. }));
+        if tiering_named && self.setup.tiering.is_none() {
+            return Err("the scenario classifies or expects classes but its setup has no `tiering`".into());
+        }
         let mut disks = self.setup.disks.len();
         for (i, step) in self.steps.iter().enumerate() {
             let fail = |why: String| format!("step {i} ({step:?}): {why}");
@@ -217,6 +268,7 @@ impl Scenario {
                     return Err(fail("writes are limited to 8 MiB per step".into()));
                 }
                 Step::CrashAtPhase { occurrence: 0, .. } => return Err(fail("occurrence counts from 1".into())),
+                Step::Access { times: 0, .. } => return Err(fail("times counts from 1".into())),
                 _ => {}
             }
             for path in step.paths() {
@@ -243,7 +295,8 @@ impl Step {
             | Step::WriteOpen { path, .. }
             | Step::Fsync { path }
             | Step::Close { path }
-            | Step::Read { path } => vec![path],
+            | Step::Read { path }
+            | Step::Access { path, .. } => vec![path],
             Step::Rename { from, to } => vec![from, to],
             _ => Vec::new(),
         }
@@ -299,5 +352,12 @@ mod tests {
         assert!(Scenario::parse(&GOOD.replace("\"64MiB\", \"64MiB\"", "\"64XB\"")).is_err());
         assert!(Scenario::parse(&GOOD.replace("Crash,", "FailDisk(disk: 2),")).is_err());
         assert!(Scenario::parse(&GOOD.replace("path: \"/a\", offset", "path: \"a\", offset")).is_err());
+        assert!(Scenario::parse(&GOOD.replace("Crash,", "Classify,")).unwrap_err().0.contains("tiering"));
+        let tiered =
+            GOOD.replace("policy: \"replicate:2\")", "policy: \"replicate:2\", tiering: Some(TieringSetup()))");
+        assert!(Scenario::parse(&tiered.replace("Crash,", "Classify,")).is_ok());
+        assert!(Scenario::parse(&tiered.replace("Crash,", "Access(path: \"/a\", times: 0, every_secs: 1),")).is_err());
+        let bad_rate = tiered.replace("TieringSetup()", "TieringSetup(migrate_per_sec: Some(\"0\"))");
+        assert!(Scenario::parse(&bad_rate).is_err());
     }
 }

@@ -176,14 +176,10 @@ pub fn generate(seed: u64, profile: &Profile) -> Scenario {
             disks: capacities.iter().map(|c| format!("{c}MiB")).collect(),
             policy: policy.to_string(),
             checkpoint_every: Some(rng.random_range(8..300)),
+            tiering: None,
         },
         steps,
-        expect: Expect {
-            lost_files: Vec::new(),
-            out_of_budget: profile.out_of_budget,
-            balanced_fill: None,
-            settled: false,
-        },
+        expect: Expect { lost_files: Vec::new(), out_of_budget: profile.out_of_budget, ..Expect::default() },
     }
 }
 

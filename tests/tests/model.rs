@@ -49,7 +49,7 @@ proptest! {
             name: "proptest".into(),
             description: String::new(),
             seed,
-            setup: Setup { disks: vec!["64MiB".into(); 5], policy: policy.into(), checkpoint_every: Some(7) },
+            setup: Setup { disks: vec!["64MiB".into(); 5], policy: policy.into(), checkpoint_every: Some(7), tiering: None },
             steps,
             expect: Expect::default(),
         };

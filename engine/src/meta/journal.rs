@@ -21,7 +21,7 @@ use crate::frame::{self, FrameKind};
 use crate::meta::state::{MetaState, Transaction};
 
 /// One journal record.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct JournalRecord {
     pub seq: u64,
     /// Hash of the previous record's body, or of the checkpoint this record follows.
@@ -30,7 +30,7 @@ pub struct JournalRecord {
 }
 
 /// A full copy of the state after record `seq`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Checkpoint {
     pub seq: u64,
     /// The chain hash the next record must carry.

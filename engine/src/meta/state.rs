@@ -8,7 +8,7 @@
 //! record is referenced by exactly one (file, chunk) slot; the fragments of one extent sit
 //! on distinct disks; a live inode's link count matches the entries naming it.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
@@ -18,6 +18,11 @@ use crate::clock::WallTime;
 use crate::codec::CodecId;
 use crate::device::ExtentId;
 use crate::policy::Policy;
+use crate::temperature::access::AccessStats;
+use crate::temperature::config::TieringConfig;
+use crate::temperature::hmm::HISTORY_MAX;
+use crate::temperature::tracker::{Temperature, Verdict};
+use crate::temperature::Class;
 
 /// A disk's id within its pool; small and stable, unlike its uuid.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -112,8 +117,35 @@ pub struct PolicyChange {
     pub at: WallTime,
     pub from: Policy,
     pub to: Policy,
-    /// The transition that did it.
-    pub transition: u64,
+    /// What asked for it.
+    pub cause: ChangeCause,
+}
+
+/// Why an extent was re-encoded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ChangeCause {
+    /// A policy transition (`dfs change-policy`), by id.
+    Transition(u64),
+    /// Tiering: the extent's temperature class called for another policy.
+    Temperature(Class),
+}
+
+impl fmt::Display for ChangeCause {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ChangeCause::Transition(id) => write!(f, "transition {id}"),
+            ChangeCause::Temperature(class) => write!(f, "tiering ({class})"),
+        }
+    }
+}
+
+/// A chunk of a file: where an extent sits. Temperature belongs to the slot, not to the
+/// extent, so it survives the copy-on-write of an overwrite or a re-encode.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct ChunkSlot {
+    pub ino: Ino,
+    /// Chunk index: the extent covers bytes `index * EXTENT_BYTES_MAX ..`.
+    pub index: u64,
 }
 
 /// What a policy transition re-encodes.
@@ -204,7 +236,7 @@ pub struct Inode {
 }
 
 /// The whole metadata state.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct MetaState {
     pub pool_id: Uuid,
     pub default_policy: Policy,
@@ -219,10 +251,17 @@ pub struct MetaState {
     pub next_disk: u32,
     /// Policy transitions, by id, newest last.
     pub transitions: BTreeMap<u64, PolicyTransition>,
+    /// How temperature drives policies.
+    pub tiering: TieringConfig,
+    /// Temperature of every chunk that has one (only slots holding an extent).
+    pub temperature: BTreeMap<ChunkSlot, Temperature>,
+    /// When the last classification passes ran (wall seconds), oldest first; at most
+    /// `HISTORY_MAX`, so an extent's observations line up with the newest of them.
+    pub passes: VecDeque<i64>,
 }
 
 /// One atomic change to the state. A transaction is a list of these.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum Op {
     AddDisk(DiskRecord),
     /// Creates or replaces an inode's attributes.
@@ -257,10 +296,18 @@ pub enum Op {
         state: DiskState,
     },
     PutTransition(PolicyTransition),
+    SetTiering(TieringConfig),
+    /// Persists access statistics of chunks (slots without an extent are skipped).
+    PutAccessStats(Vec<(ChunkSlot, AccessStats)>),
+    /// A classification pass at `at_secs` and its verdicts.
+    ClassifyPass {
+        at_secs: i64,
+        verdicts: Vec<(ChunkSlot, Verdict)>,
+    },
 }
 
 /// A list of ops applied atomically.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Transaction {
     pub ops: Vec<Op>,
 }
@@ -280,6 +327,9 @@ impl MetaState {
             next_extent: 1,
             next_disk: 1,
             transitions: BTreeMap::new(),
+            tiering: TieringConfig { enabled: false, ..TieringConfig::default() },
+            temperature: BTreeMap::new(),
+            passes: VecDeque::new(),
         };
         state.apply(&Op::PutInode(Inode {
             ino: Ino::ROOT,
@@ -317,6 +367,11 @@ impl MetaState {
             Op::RemoveInode(ino) => {
                 self.inodes.remove(ino);
                 self.dirs.remove(ino);
+                let slots = ChunkSlot { ino: *ino, index: 0 }..=ChunkSlot { ino: *ino, index: u64::MAX };
+                let cold: Vec<ChunkSlot> = self.temperature.range(slots).map(|(slot, _)| *slot).collect();
+                for slot in cold {
+                    self.temperature.remove(&slot);
+                }
                 if let Some(map) = self.file_extents.remove(ino) {
                     freed.extend(map.values().filter_map(|id| self.extents.remove(id)));
                 }
@@ -337,7 +392,10 @@ impl MetaState {
                         self.extents.insert(record.id, record.clone());
                         map.insert(*index, record.id)
                     }
-                    None => map.remove(index),
+                    None => {
+                        self.temperature.remove(&ChunkSlot { ino: *ino, index: *index });
+                        map.remove(index)
+                    }
                 };
                 if map.is_empty() {
                     self.file_extents.remove(ino);
@@ -362,6 +420,25 @@ impl MetaState {
             Op::PutTransition(transition) => {
                 self.transitions.insert(transition.id, transition.clone());
             }
+            Op::SetTiering(config) => self.tiering = *config,
+            Op::PutAccessStats(entries) => {
+                for (slot, stats) in entries {
+                    if self.slot_extent(*slot).is_some() {
+                        self.temperature.entry(*slot).or_default().stats = *stats;
+                    }
+                }
+            }
+            Op::ClassifyPass { at_secs, verdicts } => {
+                self.passes.push_back(*at_secs);
+                while self.passes.len() > HISTORY_MAX {
+                    self.passes.pop_front();
+                }
+                for (slot, verdict) in verdicts {
+                    if self.slot_extent(*slot).is_some() {
+                        self.temperature.entry(*slot).or_default().apply(verdict);
+                    }
+                }
+            }
         }
         freed
     }
@@ -375,6 +452,11 @@ impl MetaState {
     /// (all of them when fewer).
     pub fn journal_disks(&self) -> Vec<DiskId> {
         self.disks.values().filter(|d| d.state == DiskState::Active).map(|d| d.id).take(JOURNAL_REPLICAS).collect()
+    }
+
+    /// The extent in a chunk slot, if any.
+    pub fn slot_extent(&self, slot: ChunkSlot) -> Option<&ExtentRecord> {
+        self.file_extents.get(&slot.ino).and_then(|m| m.get(&slot.index)).and_then(|id| self.extents.get(id))
     }
 
     /// The policy that governs new data of `ino`: its own, else the pool default.
@@ -425,6 +507,9 @@ impl MetaState {
                     return Err(format!("extent {id} referenced but has no record"));
                 }
             }
+        }
+        if let Some(slot) = self.temperature.keys().find(|slot| self.slot_extent(**slot).is_none()) {
+            return Err(format!("temperature kept for {slot:?}, which holds no extent"));
         }
         for record in self.extents.values() {
             if !referenced.contains(&record.id) {

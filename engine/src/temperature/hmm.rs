@@ -34,7 +34,9 @@ pub struct HmmParams {
 impl Default for HmmParams {
     fn default() -> Self {
         HmmParams {
-            initial: [1.0 / 3.0; 3],
+            // A new extent starts warm, under the pool default it was written with: it
+            // takes two hot (or cold) passes in a row, not one, to leave that class.
+            initial: [0.1, 0.8, 0.1],
             // Leaving a class costs more evidence than a day of bursts provides: warming up
             // from cold needs about five warm passes in a row (30 hours at one pass every
             // six), while a steady hot rate gets there in two.
@@ -49,7 +51,9 @@ impl Default for HmmParams {
 /// recency boost included).
 #[derive(Clone, Debug, PartialEq)]
 pub struct Decoded {
+    /// One state per observation, oldest first.
     pub states: Vec<Class>,
+    /// ln P(states, observations), the boost included.
     pub log_prob: f64,
 }
 

@@ -5,9 +5,12 @@
 //! the `Clock`; `thresholds` turns a rate and a recency into a class by fixed limits;
 //! `hmm` smooths a history of those classes with a hidden Markov model, so an extent read
 //! in bursts does not flip class (and policy) on every burst; `tracker` runs the three
-//! for one extent, pass after pass; `tiers` maps a class to the policy it calls for.
+//! for one extent, pass after pass; `tiers` maps a class to the policy it calls for;
+//! `config` is a pool's tiering configuration. The pool's side — tracking reads,
+//! running passes, migrating — is `crate::tiering`.
 
 pub mod access;
+pub mod config;
 pub mod hmm;
 pub mod thresholds;
 pub mod tiers;
