@@ -216,7 +216,7 @@ pub fn extent_offset(pool: &Pool, id: ExtentId) -> Option<u64> {
 }
 
 /// With `Expect::settled`: the pool finished its background work, and every extent is
-/// stored under the policy its file asks for.
+/// stored under the policy its file — and, with tiering, its temperature — asks for.
 pub fn settled(pool: &Pool) -> Result<(), String> {
     if pool.has_background_work() {
         let queue = pool.rebuild_queue().len();
@@ -225,8 +225,8 @@ pub fn settled(pool: &Pool) -> Result<(), String> {
     }
     let state = pool.state();
     for (ino, map) in &state.file_extents {
-        let wanted = state.effective_policy(*ino);
-        for id in map.values() {
+        for (index, id) in map {
+            let wanted = pool.target_policy(dfs_engine::meta::state::ChunkSlot { ino: *ino, index: *index });
             if let Some(record) = state.extents.get(id) {
                 if record.policy != wanted {
                     return Err(format!("extent {id} is {} but its file asks for {wanted}", record.policy));

@@ -65,6 +65,8 @@ pub struct Outcome {
     pub failure: Option<Failure>,
     /// With tiering: each file's classes, policies and most policy changes of an extent.
     pub tiers: BTreeMap<String, String>,
+    /// Each file's most policy changes of one extent.
+    pub policy_changes: BTreeMap<String, usize>,
 }
 
 impl Outcome {
@@ -165,6 +167,7 @@ struct Run<'s> {
     freeze_after_writes: Option<u64>,
     frozen_candidates: Option<Vec<Tree>>,
     tiers: BTreeMap<String, String>,
+    policy_changes: BTreeMap<String, usize>,
 }
 
 fn fail(step: usize, invariant: &'static str, detail: impl Into<String>) -> Failure {
@@ -244,6 +247,7 @@ pub fn run(scenario: &Scenario, options: &RunOptions) -> Outcome {
         trace_hash: String::new(),
         failure: None,
         tiers: BTreeMap::new(),
+        policy_changes: BTreeMap::new(),
     };
     let world = match build_world(scenario, options) {
         Ok(world) => world,
@@ -263,6 +267,7 @@ pub fn run(scenario: &Scenario, options: &RunOptions) -> Outcome {
     outcome.checks = run.checks;
     outcome.lost_files = run.lost_files;
     outcome.tiers = run.tiers;
+    outcome.policy_changes = run.policy_changes;
     outcome.trace_hash = run.trace.finalize().to_hex()[..16].to_string();
     outcome
 }
@@ -314,6 +319,7 @@ impl<'s> Run<'s> {
             freeze_after_writes,
             frozen_candidates: None,
             tiers: BTreeMap::new(),
+            policy_changes: BTreeMap::new(),
         }
     }
 
@@ -613,6 +619,7 @@ impl<'s> Run<'s> {
         let paths = pool.paths();
         let state = pool.state();
         let mut lines = BTreeMap::new();
+        let mut counts = BTreeMap::new();
         let mut problems = Vec::new();
         for (ino, map) in &state.file_extents {
             let Some(path) = paths.get(ino) else { continue };
@@ -648,6 +655,7 @@ impl<'s> Run<'s> {
                     expect.policy_changes_min.get(path)
                 ));
             }
+            counts.insert(path.clone(), changes);
             let join = |set: &BTreeSet<String>| set.iter().cloned().collect::<Vec<_>>().join(",");
             lines.insert(
                 path.clone(),
@@ -670,10 +678,14 @@ impl<'s> Run<'s> {
                 problems.push(format!("{path} holds no extent at the end"));
             }
         }
-        if state.tiering.enabled {
+        let tiered = state.tiering.enabled;
+        if tiered {
             self.tiers = lines;
         }
-        self.checked(oracle::EXTENTS_MEET_POLICY);
+        self.policy_changes = counts;
+        if tiered || !problems.is_empty() {
+            self.checked(oracle::EXTENTS_MEET_POLICY);
+        }
         match problems.first() {
             Some(problem) => Err(fail(self.step, oracle::EXTENTS_MEET_POLICY, problem.clone())),
             None => Ok(()),

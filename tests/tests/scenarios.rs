@@ -58,3 +58,26 @@ fn crash_points_of_the_write_commit_check_thousands_of_states() {
     assert!(report.crash_points >= 50, "{}", report.line());
     assert!(report.states >= 5000, "{}", report.line());
 }
+
+#[test]
+fn bursts_move_a_file_under_the_thresholds_but_hardly_under_the_hmm() {
+    let changes = |name: &str| {
+        let scenario = Scenario::load(&dfs_tests::scenarios_dir().join(format!("{name}.ron"))).unwrap();
+        let outcome = runner::run(&scenario, &RunOptions { seed: scenario.seed, ..RunOptions::default() });
+        assert!(outcome.passed(), "{}", outcome.line());
+        outcome.policy_changes["/bursty"]
+    };
+    let (hmm, thresholds) = (changes("tier-bursts-hmm"), changes("tier-bursts-thresholds"));
+    assert!(hmm <= 1, "the HMM re-encoded the bursty file {hmm} times");
+    assert!(thresholds >= 20 * hmm.max(1), "thresholds {thresholds} vs HMM {hmm}: the comparison shows nothing");
+}
+
+#[test]
+fn a_scenario_expecting_the_wrong_tier_fails() {
+    let scenario = Scenario::load(&dfs_tests::scenarios_dir().join("tier-hot-file.ron")).unwrap();
+    let mut wrong = scenario.clone();
+    wrong.expect.policies.insert("/hot".into(), "erasure:4+2".into());
+    let outcome = runner::run(&wrong, &RunOptions { seed: wrong.seed, ..RunOptions::default() });
+    assert!(!outcome.passed());
+    assert!(outcome.line().contains("/hot chunk 0 is under replicate:3"), "{}", outcome.line());
+}

@@ -14,6 +14,8 @@ use serde::{Deserialize, Serialize};
 
 use super::access::AccessStats;
 use super::config::{Classifier, TieringConfig};
+#[cfg(test)]
+use super::hmm::HmmParams;
 use super::hmm::HISTORY_MAX;
 use super::Class;
 
@@ -78,8 +80,12 @@ impl Temperature {
                     self.history.iter().map(|o| o.observed).chain([observed]).skip(skip).collect();
                 let recent = since.is_some_and(|s| s <= config.thresholds.hot_within_secs);
                 let decoded = config.hmm.viterbi(&history, recent);
-                let class = decoded.states.last().copied().unwrap_or(observed);
-                (class, config.hmm.filter(&history)[class.index()])
+                let belief = config.hmm.filter(&history);
+                let mut class = decoded.states.last().copied().unwrap_or(observed);
+                if !self.history.is_empty() && belief[class.index()] < config.hmm.switch_confidence {
+                    class = self.class;
+                }
+                (class, belief[class.index()])
             }
         };
         Verdict { stats, observation, class, confidence }
@@ -183,12 +189,70 @@ mod tests {
     }
 
     #[test]
-    fn one_hot_pass_does_not_leave_warm_but_two_do() {
+    fn a_new_extent_needs_four_hot_passes_to_leave_warm() {
         let config = TieringConfig::default();
         let mut temperature = Temperature::default();
-        temperature.stats.record(0);
-        assert_eq!(pass(&mut temperature, 60, &config), Class::Warm);
-        temperature.stats.record(100);
-        assert_eq!(pass(&mut temperature, 160, &config), Class::Hot);
+        let expected = [Class::Warm, Class::Warm, Class::Warm, Class::Hot];
+        for (i, expected) in expected.into_iter().enumerate() {
+            let now = i as i64 * 100;
+            temperature.stats.record(now);
+            assert_eq!(pass(&mut temperature, now + 60, &config), expected, "pass {i}");
+        }
+    }
+
+    /// Class changes in 60 days of passes every six hours, for bursts of `reads` reads
+    /// (30 s apart) every `every_days` days, starting `phase_secs` into the first day.
+    fn burst_flips(config: &TieringConfig, every_days: i64, reads: i64, phase_secs: i64) -> usize {
+        let mut temperature = Temperature::default();
+        let (mut flips, mut last) = (0, None);
+        for step in 0..60 * 4 {
+            let now = step * 6 * HOUR;
+            for k in 0..=60 / every_days {
+                let burst = k * every_days * DAY + phase_secs;
+                if burst > now - 6 * HOUR && burst <= now {
+                    for i in 0..reads {
+                        temperature.stats.record(burst + i * 30);
+                    }
+                }
+            }
+            let class = pass(&mut temperature, now, config);
+            flips += usize::from(last.is_some_and(|c| c != class));
+            last = Some(class);
+        }
+        flips
+    }
+
+    #[test]
+    fn no_burst_pattern_makes_the_hmm_oscillate() {
+        // Every period from 2 to 7 days, burst sizes from 3 to 50 reads, passes at every
+        // phase of the burst. Measured: the HMM at most 5 flips in 60 days (mean 1.0),
+        // the thresholds alone up to 90 (mean 36).
+        let hmm = TieringConfig::default();
+        let thresholds = TieringConfig { classifier: Classifier::Thresholds, ..TieringConfig::default() };
+        let (mut hmm_total, mut threshold_total, mut cases) = (0, 0, 0);
+        for every_days in 2..=7 {
+            for reads in [3, 20, 50] {
+                for phase_secs in (0..6 * HOUR).step_by(2 * HOUR as usize) {
+                    let flips = burst_flips(&hmm, every_days, reads, phase_secs);
+                    assert!(flips <= 6, "{flips} flips: bursts of {reads} every {every_days} days at +{phase_secs}s");
+                    hmm_total += flips;
+                    threshold_total += burst_flips(&thresholds, every_days, reads, phase_secs);
+                    cases += 1;
+                }
+            }
+        }
+        assert!(hmm_total * 10 < threshold_total, "HMM {hmm_total} vs thresholds {threshold_total} over {cases}");
+    }
+
+    #[test]
+    fn hysteresis_keeps_the_class_until_the_filter_is_confident() {
+        let loose = TieringConfig {
+            hmm: HmmParams { switch_confidence: 0.0, ..HmmParams::default() },
+            ..TieringConfig::default()
+        };
+        let strict = TieringConfig::default();
+        let loose_flips = burst_flips(&loose, 2, 3, 0);
+        let strict_flips = burst_flips(&strict, 2, 3, 0);
+        assert!(loose_flips >= 20 && strict_flips <= 5, "without {loose_flips}, with {strict_flips}");
     }
 }
