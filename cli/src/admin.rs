@@ -281,10 +281,14 @@ pub(crate) fn policy_status(ctx: &mut Ctx<'_>, json: bool) -> Result<()> {
             ]
         })
         .collect();
-    if rows.is_empty() {
+    if rows.is_empty() && status.extents.is_empty() {
         return print_text(ctx.out, "no policy transitions yet (start one with `dfs change-policy`)\n");
     }
-    let mut text = table::render(&["ID", "SCOPE", "POLICY", "STATE", "EXTENTS", "STARTED", "FINISHED", "ERROR"], &rows);
+    let mut text = if rows.is_empty() {
+        "no policy transitions (extents below were moved by tiering)\n".to_string()
+    } else {
+        table::render(&["ID", "SCOPE", "POLICY", "STATE", "EXTENTS", "STARTED", "FINISHED", "ERROR"], &rows)
+    };
     text.push_str("\nExtent history:\n");
     let rows: Vec<Vec<String>> = status
         .extents

@@ -144,9 +144,14 @@ pub fn run(command: Command) -> Result<()> {
         }
         Command::Umount { mountpoint } => crate::mount::umount(&mountpoint),
         Command::Serve { pool } => crate::mount::serve_unmounted(&pool.pool),
-        Command::Init { pool, policy } => {
-            let config = PoolDir::init(&pool.pool, policy).map_err(engine)?;
-            println!("initialised pool {} at {} with default policy {policy}", config.pool_id, pool.pool.display());
+        Command::Init { pool, policy, no_tiering } => {
+            let config = PoolDir::init(&pool.pool, policy, !no_tiering).map_err(engine)?;
+            let tiering = if no_tiering { "off" } else { "on" };
+            println!(
+                "initialised pool {} at {} with default policy {policy}, tiering {tiering}",
+                config.pool_id,
+                pool.pool.display()
+            );
             println!("next: dfs add-disk --pool {} --disk DIR", pool.pool.display());
             Ok(())
         }
@@ -165,7 +170,13 @@ pub fn run(command: Command) -> Result<()> {
         | Command::Rebalance { ref pool, .. }
         | Command::RebuildStatus { ref pool, .. }
         | Command::ChangePolicy { ref pool, .. }
-        | Command::PolicyStatus { ref pool, .. } => {
+        | Command::PolicyStatus { ref pool, .. }
+        | Command::ListHot { ref pool, .. }
+        | Command::ListCold { ref pool, .. }
+        | Command::ExtentStats { ref pool, .. }
+        | Command::Classify { ref pool, .. }
+        | Command::Tiering { ref pool, .. }
+        | Command::Unpin { ref pool, .. } => {
             let path = pool.pool.clone();
             pool_command(&path, command)
         }
@@ -173,9 +184,13 @@ pub fn run(command: Command) -> Result<()> {
 }
 
 /// Runs a pool command against `ctx` and makes what it changed durable before it
-/// answers, so a command that succeeded survives a crash right after it.
+/// answers, so a command that succeeded survives a crash right after it (the access
+/// statistics it gathered, say by `get`, included).
 pub(crate) fn execute(command: Command, ctx: &mut Ctx<'_>) -> Result<()> {
     let result = execute_command(command, ctx);
+    if let Err(error) = ctx.pool.flush_access_stats() {
+        tracing::warn!(%error, "access statistics not persisted");
+    }
     let synced = ctx.pool.sync().map_err(engine).context("making the changes durable");
     result.and(synced)
 }
@@ -191,6 +206,16 @@ fn execute_command(command: Command, ctx: &mut Ctx<'_>) -> Result<()> {
             crate::admin::change_policy(ctx, policy, path, extent, recursive)
         }
         Command::PolicyStatus { pool: _, json } => crate::admin::policy_status(ctx, json.json),
+        Command::ListHot { pool: _, limit, json } => {
+            crate::tiering::list_class(ctx, dfs_engine::temperature::Class::Hot, limit, json.json)
+        }
+        Command::ListCold { pool: _, limit, json } => {
+            crate::tiering::list_class(ctx, dfs_engine::temperature::Class::Cold, limit, json.json)
+        }
+        Command::ExtentStats { pool: _, extent, json } => crate::tiering::extent_stats(ctx, &extent, json.json),
+        Command::Classify { pool: _, migrate, json } => crate::tiering::classify(ctx, migrate, json.json),
+        Command::Tiering { pool: _, settings, json } => crate::tiering::tiering(ctx, &settings, json.json),
+        Command::Unpin { pool: _, path, recursive } => crate::tiering::unpin(ctx, &path, recursive),
         Command::Demo { .. }
         | Command::Mount { .. }
         | Command::Serve { .. }
@@ -581,6 +606,7 @@ fn demo(dir: Option<std::path::PathBuf>) -> Result<()> {
     run(Command::Init {
         pool: crate::PoolArg { pool: pool_path.clone() },
         policy: "erasure:4+2".parse().map_err(|e| anyhow!("{e}"))?,
+        no_tiering: false,
     })?;
     for (i, mib) in [64u64, 64, 128, 128, 256, 512].iter().enumerate() {
         let disk = root.join(format!("disk{i}"));
@@ -672,9 +698,16 @@ fn demo(dir: Option<std::path::PathBuf>) -> Result<()> {
         verify: true,
         json: crate::JsonArg { json: false },
     })?;
+    println!("\n== temperature: dfs classify --pool {pool_arg} (new data starts warm; a pass every 6h decides)");
+    run(Command::Classify {
+        pool: crate::PoolArg { pool: pool_path.clone() },
+        migrate: false,
+        json: crate::JsonArg { json: false },
+    })?;
     println!("\nThe pool stays in {}. Explore it with, for example:", root.display());
     println!("  dfs ls --pool {pool_arg} /docs");
     println!("  dfs list-extents --pool {pool_arg} /photos");
     println!("  dfs get --pool {pool_arg} /docs/notes.txt notes.txt");
+    println!("  dfs tiering --pool {pool_arg}");
     Ok(())
 }

@@ -8,6 +8,7 @@ mod control;
 mod mount;
 
 mod table;
+mod tiering;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -99,6 +100,10 @@ pub(crate) enum Command {
         /// Default redundancy policy for new data: replicate:N (1-8) or erasure:K+M (K 1-16, M 1-8).
         #[arg(long, default_value = "replicate:2", value_parser = parse_policy)]
         policy: Policy,
+        /// Start with tiering off: no access tracking, no migration by temperature
+        /// (turn it on later with `dfs tiering --enable`).
+        #[arg(long)]
+        no_tiering: bool,
     },
     /// Add directories as disks of the pool; new writes use them at once.
     AddDisk {
@@ -261,6 +266,76 @@ pub(crate) enum Command {
         #[command(flatten)]
         json: JsonArg,
     },
+    /// List hot extents (busiest first): extent, file, offset, class, confidence,
+    /// ops/day, last access, current and target policy. Classes are those of the last
+    /// classification pass (see `dfs classify`).
+    ListHot {
+        #[command(flatten)]
+        pool: PoolArg,
+        /// Show at most this many.
+        #[arg(long)]
+        limit: Option<usize>,
+        #[command(flatten)]
+        json: JsonArg,
+    },
+    /// List cold extents (least recently accessed first), with the same columns as list-hot.
+    ListCold {
+        #[command(flatten)]
+        pool: PoolArg,
+        /// Show at most this many.
+        #[arg(long)]
+        limit: Option<usize>,
+        #[command(flatten)]
+        json: JsonArg,
+    },
+    /// Show one extent's temperature: access statistics, the observation and HMM state
+    /// at every classification pass, and every policy change of its data.
+    ExtentStats {
+        #[command(flatten)]
+        pool: PoolArg,
+        /// The extent, by the id `dfs list-extents` shows.
+        #[arg(long, value_name = "ID")]
+        extent: String,
+        #[command(flatten)]
+        json: JsonArg,
+    },
+    /// Run a classification pass now (the daemon runs one every pass interval). Extents
+    /// whose class calls for another policy then migrate: at once when read, else in
+    /// the daemon's background within the migrate rate, or now with --migrate.
+    Classify {
+        #[command(flatten)]
+        pool: PoolArg,
+        /// Re-encode every extent whose class calls for another policy now.
+        #[arg(long)]
+        migrate: bool,
+        #[command(flatten)]
+        json: JsonArg,
+    },
+    /// Show the pool's tiering configuration, or change the settings given. Hot extents
+    /// move to the hot policy, cold ones to the cold policy, warm ones to the pool
+    /// default; files with a policy of their own (change-policy --path, mkdir --policy,
+    /// the user.dynamicfs.policy xattr) are pinned and never move.
+    Tiering {
+        #[command(flatten)]
+        pool: PoolArg,
+        #[command(flatten)]
+        settings: Box<tiering::TieringArgs>,
+        #[command(flatten)]
+        json: JsonArg,
+    },
+    /// Hand pinned files back to tiering: clear the policy of a file, or of a directory
+    /// and the files in it (with --recursive everything beneath it). Their data then
+    /// follows the pool default and its temperature.
+    Unpin {
+        #[command(flatten)]
+        pool: PoolArg,
+        /// The file or directory.
+        #[arg(long, value_name = "POOL_PATH")]
+        path: String,
+        /// Everything beneath a directory, not only the files directly in it.
+        #[arg(short, long)]
+        recursive: bool,
+    },
 }
 
 fn parse_policy(text: &str) -> Result<Policy, String> {
@@ -306,5 +381,28 @@ fn main() -> ExitCode {
             eprintln!("dfs: error: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    /// clap checks its definitions only when a command is parsed; a mistake in a rarely
+    /// used one would panic in front of the user. This walks all of them.
+    #[test]
+    fn every_command_definition_is_consistent() {
+        super::Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn warm_policy_takes_a_policy_or_default() {
+        use clap::Parser;
+        for value in ["default", "erasure:3+2"] {
+            let parsed = super::Cli::try_parse_from(["dfs", "tiering", "--pool", "/p", "--warm-policy", value]);
+            assert!(parsed.is_ok(), "{value}: {parsed:?}");
+        }
+        assert!(super::Cli::try_parse_from(["dfs", "tiering", "--pool", "/p", "--warm-policy", "warm"]).is_err());
+        assert!(super::Cli::try_parse_from(["dfs", "tiering", "--pool", "/p", "--enable", "--disable"]).is_err());
     }
 }

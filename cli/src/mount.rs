@@ -170,8 +170,9 @@ const BARRIER_INTERVAL: Duration = Duration::from_secs(1);
 /// How long the background worker rests after finding nothing it can do.
 const IDLE_BACKOFF: Duration = Duration::from_secs(5);
 
-/// The daemon's own work between requests: a durability barrier every second, and
-/// background steps (drains, policy transitions, rebuilds) while any is waiting.
+/// The daemon's own work between requests: every second the tiering timers (access
+/// statistics persisted, a classification pass when due) and a durability barrier, and
+/// background steps (drains, policy transitions, rebuilds, migrations) while any waits.
 struct Chores {
     last_barrier: Instant,
     idle_until: Instant,
@@ -185,6 +186,7 @@ impl Chores {
     /// One round; sleeps briefly unless background work is in full swing.
     fn run(&mut self, pool: &Mutex<dfs_engine::Pool>) {
         if self.last_barrier.elapsed() >= BARRIER_INTERVAL {
+            tiering_timers(pool);
             barrier(pool);
             self.last_barrier = Instant::now();
         }
@@ -224,6 +226,26 @@ pub fn serve_unmounted(pool: &Path) -> Result<()> {
     let _ = std::fs::remove_file(dir_path.join(crate::control::SOCKET_NAME));
     eprintln!("dfs: stopped serving {}", dir_path.display());
     Ok(())
+}
+
+fn tiering_timers(pool: &Mutex<dfs_engine::Pool>) {
+    let mut pool = pool.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    match pool.tiering_tick() {
+        Ok(report) => {
+            if let Some(pass) = report.pass {
+                tracing::info!(
+                    extents = pass.extents,
+                    hot = pass.hot,
+                    warm = pass.warm,
+                    cold = pass.cold,
+                    changed = pass.changed,
+                    migrations_pending = pass.migrations_pending,
+                    "classification pass"
+                );
+            }
+        }
+        Err(error) => tracing::error!(%error, "tiering timers failed; retrying"),
+    }
 }
 
 fn barrier(pool: &Mutex<dfs_engine::Pool>) {

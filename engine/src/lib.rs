@@ -31,6 +31,7 @@ pub mod report;
 pub mod rng;
 pub mod store;
 pub mod temperature;
+pub mod tier_report;
 pub mod tiering;
 pub mod units;
 

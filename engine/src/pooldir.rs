@@ -41,6 +41,10 @@ pub struct PoolConfig {
     pub pool_id: Uuid,
     /// The default policy given at `init`; metadata holds the current one.
     pub initial_policy: String,
+    /// Whether tiering starts on (`init --no-tiering` says no); metadata holds the
+    /// current setting (`dfs tiering`).
+    #[serde(default = "tiering_on")]
+    pub initial_tiering: bool,
     pub disks: Vec<DiskEntry>,
 }
 
@@ -49,6 +53,10 @@ pub struct PoolDir {
     path: PathBuf,
     config: PoolConfig,
     _lock: File,
+}
+
+fn tiering_on() -> bool {
+    true
 }
 
 fn io(context: impl std::fmt::Display, e: std::io::Error) -> Error {
@@ -60,7 +68,7 @@ fn io(context: impl std::fmt::Display, e: std::io::Error) -> Error {
 
 impl PoolDir {
     /// Creates a pool directory at `path` (created if absent, else it must be empty).
-    pub fn init(path: &Path, policy: Policy) -> Result<PoolConfig> {
+    pub fn init(path: &Path, policy: Policy, tiering: bool) -> Result<PoolConfig> {
         if path.exists() {
             let mut entries = fs::read_dir(path).map_err(|e| io(path.display(), e))?;
             if path.join(CONFIG_FILE).exists() {
@@ -76,7 +84,12 @@ impl PoolDir {
             fs::create_dir_all(path).map_err(|e| io(path.display(), e))?;
         }
         set_owner_only(path)?;
-        let config = PoolConfig { pool_id: Uuid::new_v4(), initial_policy: policy.to_string(), disks: Vec::new() };
+        let config = PoolConfig {
+            pool_id: Uuid::new_v4(),
+            initial_policy: policy.to_string(),
+            initial_tiering: tiering,
+            disks: Vec::new(),
+        };
         write_config(path, &config)?;
         Ok(config)
     }
@@ -118,6 +131,7 @@ impl PoolDir {
         if options.seed == 0 {
             options.seed = Uuid::new_v4().as_u64_pair().0;
         }
+        options.tiering.enabled = config.initial_tiering;
         let (pool, report) =
             Pool::open(config.pool_id, initial_policy, devices, Arc::new(SystemClock::new()), options)?;
         let mut dir = PoolDir { path, config, _lock: lock };

@@ -1,4 +1,5 @@
-//! Byte sizes as users write them (`1048576`, `512KiB`, `10GiB`, `1.5TB`) and as we print them.
+//! Byte sizes as users write them (`1048576`, `512KiB`, `10GiB`, `1.5TB`) and as we print
+//! them; durations as users write them (`90`, `30s`, `15m`, `6h`, `7d`).
 
 /// Parses a size: a number with an optional unit (B, KiB/MiB/GiB/TiB binary;
 /// KB/MB/GB/TB decimal; K/M/G/T binary). Fractions are allowed with a unit.
@@ -28,6 +29,34 @@ pub fn parse_size(input: &str) -> Result<u64, String> {
         return Err(format!("size '{input}' is out of range"));
     }
     Ok(bytes as u64)
+}
+
+/// Parses a duration in whole seconds: a whole number with an optional unit (s, m, h, d;
+/// none means seconds).
+pub fn parse_duration(input: &str) -> Result<u64, String> {
+    let text = input.trim();
+    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let multiplier: u64 = match unit.trim() {
+        "" | "s" => 1,
+        "m" | "min" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        other => return Err(format!("unknown duration unit '{other}' in '{input}' (use s, m, h or d)")),
+    };
+    let value: u64 = number.parse().map_err(|_| format!("'{input}' is not a duration (expected e.g. 6h or 90s)"))?;
+    value.checked_mul(multiplier).ok_or_else(|| format!("duration '{input}' is out of range"))
+}
+
+/// Formats seconds with the largest unit that divides them, e.g. `6h`, `90s`.
+pub fn human_duration(secs: u64) -> String {
+    match secs {
+        0 => "0s".to_string(),
+        s if s % 86_400 == 0 => format!("{}d", s / 86_400),
+        s if s % 3600 == 0 => format!("{}h", s / 3600),
+        s if s % 60 == 0 => format!("{}m", s / 60),
+        s => format!("{s}s"),
+    }
 }
 
 /// Formats bytes with a binary unit, e.g. `1.5 GiB`.
@@ -60,6 +89,20 @@ mod tests {
         assert!(parse_size("ten").is_err());
         assert!(parse_size("5XB").is_err());
         assert!(parse_size("").is_err());
+    }
+
+    #[test]
+    fn durations_parse_and_print_back() {
+        assert_eq!(parse_duration("90"), Ok(90));
+        assert_eq!(parse_duration("15m"), Ok(900));
+        assert_eq!(parse_duration("6h"), Ok(21_600));
+        assert_eq!(parse_duration("7d"), Ok(604_800));
+        assert!(parse_duration("1.5h").is_err());
+        assert!(parse_duration("3w").is_err());
+        assert!(parse_duration("99999999999999999999d").is_err());
+        for secs in [0, 59, 60, 3600, 5400, 86_400, 21_600] {
+            assert_eq!(parse_duration(&human_duration(secs)), Ok(secs));
+        }
     }
 
     #[test]

@@ -21,7 +21,7 @@ impl Mounted {
     fn new(policy: &str, disks: usize) -> Mounted {
         let root = tempfile::tempdir().unwrap();
         let pool_path = root.path().join("pool");
-        PoolDir::init(&pool_path, policy.parse().unwrap()).unwrap();
+        PoolDir::init(&pool_path, policy.parse().unwrap(), true).unwrap();
         let (mut dir, mut pool, _) = PoolDir::open(&pool_path, PoolOptions::default()).unwrap();
         for i in 0..disks {
             let disk = root.path().join(format!("disk{i}"));

@@ -24,7 +24,7 @@ impl TestPool {
     pub fn new(capacities_mib: &[u64], policy: &str) -> TestPool {
         let root = tempfile::tempdir().unwrap();
         let pool_path = root.path().join("pool");
-        PoolDir::init(&pool_path, policy.parse::<Policy>().unwrap()).unwrap();
+        PoolDir::init(&pool_path, policy.parse::<Policy>().unwrap(), true).unwrap();
         let (mut dir, mut pool, _) = PoolDir::open(&pool_path, options()).unwrap();
         for (i, mib) in capacities_mib.iter().enumerate() {
             let disk = root.path().join(format!("disk{i}"));
