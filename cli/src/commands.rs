@@ -171,8 +171,8 @@ pub fn run(command: Command) -> Result<()> {
         | Command::RebuildStatus { ref pool, .. }
         | Command::ChangePolicy { ref pool, .. }
         | Command::PolicyStatus { ref pool, .. }
-        | Command::ListHot { ref pool, .. }
-        | Command::ListCold { ref pool, .. }
+        | Command::ListHot(crate::ClassListArgs { ref pool, .. })
+        | Command::ListCold(crate::ClassListArgs { ref pool, .. })
         | Command::ExtentStats { ref pool, .. }
         | Command::Classify { ref pool, .. }
         | Command::Tiering { ref pool, .. }
@@ -206,12 +206,8 @@ fn execute_command(command: Command, ctx: &mut Ctx<'_>) -> Result<()> {
             crate::admin::change_policy(ctx, policy, path, extent, recursive)
         }
         Command::PolicyStatus { pool: _, json } => crate::admin::policy_status(ctx, json.json),
-        Command::ListHot { pool: _, limit, json } => {
-            crate::tiering::list_class(ctx, dfs_engine::temperature::Class::Hot, limit, json.json)
-        }
-        Command::ListCold { pool: _, limit, json } => {
-            crate::tiering::list_class(ctx, dfs_engine::temperature::Class::Cold, limit, json.json)
-        }
+        Command::ListHot(args) => crate::tiering::list_class(ctx, dfs_engine::temperature::Class::Hot, &args),
+        Command::ListCold(args) => crate::tiering::list_class(ctx, dfs_engine::temperature::Class::Cold, &args),
         Command::ExtentStats { pool: _, extent, json } => crate::tiering::extent_stats(ctx, &extent, json.json),
         Command::Classify { pool: _, migrate, json } => crate::tiering::classify(ctx, migrate, json.json),
         Command::Tiering { pool: _, settings, json } => crate::tiering::tiering(ctx, &settings, json.json),

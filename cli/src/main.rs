@@ -56,6 +56,18 @@ pub(crate) struct JsonArg {
     pub(crate) json: bool,
 }
 
+/// The arguments of `list-hot` and `list-cold`.
+#[derive(clap::Args, Debug)]
+pub(crate) struct ClassListArgs {
+    #[command(flatten)]
+    pub(crate) pool: PoolArg,
+    /// Show at most this many.
+    #[arg(long)]
+    pub(crate) limit: Option<usize>,
+    #[command(flatten)]
+    pub(crate) json: JsonArg,
+}
+
 #[derive(Subcommand, Debug)]
 pub(crate) enum Command {
     /// Build a demo pool (6 disks of mixed sizes), store files under several policies,
@@ -269,25 +281,9 @@ pub(crate) enum Command {
     /// List hot extents (busiest first): extent, file, offset, class, confidence,
     /// ops/day, last access, current and target policy. Classes are those of the last
     /// classification pass (see `dfs classify`).
-    ListHot {
-        #[command(flatten)]
-        pool: PoolArg,
-        /// Show at most this many.
-        #[arg(long)]
-        limit: Option<usize>,
-        #[command(flatten)]
-        json: JsonArg,
-    },
+    ListHot(ClassListArgs),
     /// List cold extents (least recently accessed first), with the same columns as list-hot.
-    ListCold {
-        #[command(flatten)]
-        pool: PoolArg,
-        /// Show at most this many.
-        #[arg(long)]
-        limit: Option<usize>,
-        #[command(flatten)]
-        json: JsonArg,
-    },
+    ListCold(ClassListArgs),
     /// Show one extent's temperature: access statistics, the observation and HMM state
     /// at every classification pass, and every policy change of its data.
     ExtentStats {

@@ -204,14 +204,14 @@ fn require_tiering(ctx: &Ctx<'_>) -> Result<()> {
 }
 
 /// `dfs list-hot` / `dfs list-cold`.
-pub(crate) fn list_class(ctx: &mut Ctx<'_>, class: Class, limit: Option<usize>, json: bool) -> Result<()> {
+pub(crate) fn list_class(ctx: &mut Ctx<'_>, class: Class, args: &crate::ClassListArgs) -> Result<()> {
     require_tiering(ctx)?;
     let mut rows = ctx.pool.temperature_rows(class);
     let total = rows.len();
-    if let Some(limit) = limit {
+    if let Some(limit) = args.limit {
         rows.truncate(limit);
     }
-    if json {
+    if args.json.json {
         return print_json(ctx.out, &rows);
     }
     if rows.is_empty() {

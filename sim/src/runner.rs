@@ -340,11 +340,17 @@ impl<'s> Run<'s> {
             self.step = index;
             self.note(&format!("{index} {step:?}"));
             let barriers = self.world.pool.as_ref().map(|p| p.counters().barriers);
+            let crashes = self.world.crashes;
             self.run_step(step)?;
             // A barrier in this step made everything committed so far durable: steps
             // that barrier either end with it (Fsync) or do not change the namespace.
+            // A recovery inside the step replaced the pool, and its counters with it:
+            // then only an empty queue of undurable commits says so.
+            let same_pool = self.world.crashes == crashes;
             let pool = self.world.pool.as_ref();
-            if pool.is_some_and(|p| !p.has_undurable_commits() || Some(p.counters().barriers) != barriers) {
+            if pool
+                .is_some_and(|p| !p.has_undurable_commits() || (same_pool && Some(p.counters().barriers) != barriers))
+            {
                 self.durable = self.acked.clone();
             }
             self.world.clock.advance(STEP_NANOS);
@@ -850,14 +856,18 @@ impl<'s> Run<'s> {
                 let id = live.open(path, new_id)?;
                 acked.open(path, new_id)?;
                 live.write(id, *offset, &pattern(*len, *seed));
-                acked.contents.insert(id, live.contents.get(&id).cloned().unwrap_or_default());
+                if self.close_flushes(id, *len) {
+                    acked.contents.insert(id, live.contents.get(&id).cloned().unwrap_or_default());
+                }
             }
             Step::Append { path, len, seed } => {
                 let id = live.open(path, new_id)?;
                 acked.open(path, new_id)?;
                 let end = live.contents.get(&id).map(|c| c.len() as u64).unwrap_or(0);
                 live.write(id, end, &pattern(*len, *seed));
-                acked.contents.insert(id, live.contents.get(&id).cloned().unwrap_or_default());
+                if self.close_flushes(id, *len) {
+                    acked.contents.insert(id, live.contents.get(&id).cloned().unwrap_or_default());
+                }
             }
             Step::Truncate { path, size } => {
                 live.truncate(path, *size)?;
@@ -1065,6 +1075,13 @@ impl<'s> Run<'s> {
             oracle::ACKNOWLEDGED_DATA_READABLE,
             format!("{path}: data lost although every fault stayed within tolerance"),
         ))
+    }
+
+    /// Whether the close ending a `Write`/`Append` step of `len` bytes flushes file `id`:
+    /// the engine flushes on a release only when the handle wrote (a zero-length write
+    /// writes nothing) or it was the file's last handle.
+    fn close_flushes(&self, id: FileId, len: u64) -> bool {
+        len > 0 || self.handles_on(id) == 0
     }
 
     /// How many open handles hold file `id`.

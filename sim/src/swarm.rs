@@ -71,6 +71,9 @@ pub fn generate(seed: u64, profile: &Profile) -> Scenario {
         .filter(|p| p.parse::<Policy>().map(|p| p.tolerance()).unwrap_or(0) >= tolerance)
         .collect();
     let mut vanished = Vec::new();
+    // Tiering draws from a side stream, so seeds without it generate exactly as before.
+    let mut side = ChaCha8Rng::seed_from_u64(seed ^ 0x7431_e5a1_d00d_f00d);
+    let tiered = side.random_range(0..2) == 0;
     for _ in 0..profile.ops {
         let file = FILES[rng.random_range(0..FILES.len())].to_string();
         let roll = rng.random_range(0..1000u32);
@@ -163,7 +166,7 @@ pub fn generate(seed: u64, profile: &Profile) -> Scenario {
             },
             _ => Step::Verify,
         };
-        steps.push(step);
+        steps.push(if tiered { tiering_step(step, &mut side) } else { step });
     }
     Scenario {
         name: format!("swarm-{seed}"),
@@ -176,10 +179,24 @@ pub fn generate(seed: u64, profile: &Profile) -> Scenario {
             disks: capacities.iter().map(|c| format!("{c}MiB")).collect(),
             policy: policy.to_string(),
             checkpoint_every: Some(rng.random_range(8..300)),
-            tiering: None,
+            tiering: tiered.then(crate::scenario::TieringSetup::default),
         },
         steps,
         expect: Expect { lost_files: Vec::new(), out_of_budget: profile.out_of_budget, ..Expect::default() },
+    }
+}
+
+/// In a tiered scenario, some steps become tiering ones: clock advances become the
+/// daemon running (passes, flushes, migrations) for longer, background rounds become
+/// classification passes, reads become bursts of reads.
+fn tiering_step(step: Step, side: &mut ChaCha8Rng) -> Step {
+    match step {
+        Step::AdvanceClock { secs } if side.random_range(0..2) == 0 => Step::Daemon { secs: secs * 24 },
+        Step::Background { .. } if side.random_range(0..2) == 0 => Step::Classify,
+        Step::Read { path } if side.random_range(0..10) == 0 => {
+            Step::Access { path, times: side.random_range(1..6), every_secs: side.random_range(30..3600) }
+        }
+        other => other,
     }
 }
 
