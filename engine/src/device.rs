@@ -161,6 +161,12 @@ pub trait BlockDevice: Send + Sync {
 
     /// A human-readable location (a path for `DirDisk`), for messages.
     fn describe(&self) -> String;
+
+    /// When the block was last written, in wall-clock seconds since the epoch, if the
+    /// device knows (`DirDisk`: the file's mtime; the simulator's disk: its clock).
+    /// `NotFound` when there is no such block. Only an age guard uses it (orphan GC):
+    /// never a correctness decision.
+    fn modified_secs(&self, name: BlockName) -> Result<Option<i64>, DeviceError>;
 }
 
 /// A device that fails every call: stands in for a disk that could not be opened, so
@@ -199,6 +205,10 @@ impl BlockDevice for UnavailableDevice {
     fn used_bytes(&self) -> u64 {
         0
     }
+    fn modified_secs(&self, _: BlockName) -> Result<Option<i64>, DeviceError> {
+        Err(DeviceError::Unavailable(format!("{}: {}", self.location, self.reason)))
+    }
+
     fn describe(&self) -> String {
         self.location.clone()
     }

@@ -144,6 +144,16 @@ fn statvfs_free_bytes(path: &Path) -> Option<u64> {
 }
 
 impl BlockDevice for DirDisk {
+    fn modified_secs(&self, name: BlockName) -> Result<Option<i64>, DeviceError> {
+        let path = self.path(name);
+        let metadata = fs::metadata(&path).map_err(|e| io_error(&path, e))?;
+        Ok(metadata
+            .modified()
+            .ok()
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .and_then(|d| i64::try_from(d.as_secs()).ok()))
+    }
+
     fn read(&self, name: BlockName) -> Result<Vec<u8>, DeviceError> {
         let path = self.path(name);
         fs::read(&path).map_err(|e| io_error(&path, e))

@@ -140,6 +140,8 @@ pub struct Pool {
     pub(crate) undurable: crate::durability::Undurable,
     /// Access statistics not yet persisted, and the migration queues.
     pub(crate) tracker: crate::tiering::Tracker,
+    /// The background scrub's budget and the last foreground request it yields to.
+    pub(crate) pacing: crate::scrub::Pacing,
 }
 
 impl Pool {
@@ -221,6 +223,7 @@ impl Pool {
             in_flight: Default::default(),
             undurable: Default::default(),
             tracker: Default::default(),
+            pacing: Default::default(),
         };
         pool.undurable.journal_set = pool.state.journal_disks();
         let journal_slots: BTreeSet<usize> =

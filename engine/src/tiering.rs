@@ -95,6 +95,7 @@ impl Pool {
     /// Records an access to the extent in `slot` (a read, when `read`, else a write).
     /// A read of an extent whose class calls for another policy queues it for migration.
     pub(crate) fn note_access(&mut self, slot: ChunkSlot, read: bool) {
+        self.note_foreground();
         if !self.state.tiering.enabled {
             return;
         }

@@ -305,6 +305,11 @@ impl<D: BlockDevice> BlockDevice for FaultyDevice<D> {
     fn describe(&self) -> String {
         self.inner.describe()
     }
+
+    fn modified_secs(&self, name: BlockName) -> Result<Option<i64>, DeviceError> {
+        self.gate()?;
+        self.inner.modified_secs(name)
+    }
 }
 
 #[cfg(test)]

@@ -37,19 +37,30 @@ struct MemState {
     pending: Vec<Pending>,
     visible: BTreeMap<BlockName, Arc<Vec<u8>>>,
     used_bytes: u64,
+    /// When each block was last written (the clock's wall seconds): its mtime.
+    written_secs: BTreeMap<BlockName, i64>,
 }
+
+/// Where a disk reads the time for its blocks' mtimes.
+pub type WallSecs = Arc<dyn Fn() -> i64 + Send + Sync>;
 
 /// An in-memory disk.
 pub struct MemDisk {
     name: String,
     capacity_bytes: u64,
     state: Mutex<MemState>,
+    wall_secs: Option<WallSecs>,
 }
 
 impl MemDisk {
-    /// An empty disk of `capacity_bytes`.
+    /// An empty disk of `capacity_bytes` that knows no time (mtimes unknown).
     pub fn new(name: impl Into<String>, capacity_bytes: u64) -> MemDisk {
-        MemDisk { name: name.into(), capacity_bytes, state: Mutex::new(MemState::default()) }
+        MemDisk { name: name.into(), capacity_bytes, state: Mutex::new(MemState::default()), wall_secs: None }
+    }
+
+    /// An empty disk whose blocks carry mtimes from `wall_secs`.
+    pub fn with_clock(name: impl Into<String>, capacity_bytes: u64, wall_secs: WallSecs) -> MemDisk {
+        MemDisk { wall_secs: Some(wall_secs), ..MemDisk::new(name, capacity_bytes) }
     }
 
     fn lock(&self) -> MutexGuard<'_, MemState> {
@@ -58,7 +69,12 @@ impl MemDisk {
 
     /// A copy of this disk in its current state (durable and pending).
     pub fn snapshot(&self) -> MemDisk {
-        MemDisk { name: self.name.clone(), capacity_bytes: self.capacity_bytes, state: Mutex::new(self.lock().clone()) }
+        MemDisk {
+            name: self.name.clone(),
+            capacity_bytes: self.capacity_bytes,
+            state: Mutex::new(self.lock().clone()),
+            wall_secs: self.wall_secs.clone(),
+        }
     }
 
     /// The operations a crash now would decide about.
@@ -103,6 +119,14 @@ impl MemDisk {
 }
 
 impl BlockDevice for MemDisk {
+    fn modified_secs(&self, name: BlockName) -> Result<Option<i64>, DeviceError> {
+        let state = self.lock();
+        if !state.visible.contains_key(&name) {
+            return Err(DeviceError::NotFound);
+        }
+        Ok(state.written_secs.get(&name).copied())
+    }
+
     fn read(&self, name: BlockName) -> Result<Vec<u8>, DeviceError> {
         self.lock().visible.get(&name).map(|d| d.as_ref().clone()).ok_or(DeviceError::NotFound)
     }
@@ -115,6 +139,9 @@ impl BlockDevice for MemDisk {
             return Err(DeviceError::NoSpace);
         }
         let data = Arc::new(data.to_vec());
+        if let Some(now) = &self.wall_secs {
+            state.written_secs.insert(name, now());
+        }
         state.visible.insert(name, data.clone());
         state.pending.push(Pending::Write(name, data));
         state.used_bytes = new_used;

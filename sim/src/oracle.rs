@@ -23,9 +23,10 @@ pub const EXTENTS_MEET_POLICY: &str = "extents-meet-policy";
 pub const NO_LEAKED_FRAGMENTS: &str = "no-leaked-fragments";
 pub const SPACE_ACCOUNTING: &str = "space-accounting";
 pub const LOSS_REPORTED_EXACTLY: &str = "loss-reported-exactly";
+pub const SCRUB_FINDS_AND_REPAIRS: &str = "scrub-finds-and-repairs";
 
 /// Every invariant a run checks, in report order.
-pub const ALL: [&str; 8] = [
+pub const ALL: [&str; 9] = [
     OPERATIONS_MATCH_MODEL,
     ACKNOWLEDGED_DATA_READABLE,
     NO_HALF_VISIBLE_STATE,
@@ -34,6 +35,7 @@ pub const ALL: [&str; 8] = [
     NO_LEAKED_FRAGMENTS,
     SPACE_ACCOUNTING,
     LOSS_REPORTED_EXACTLY,
+    SCRUB_FINDS_AND_REPAIRS,
 ];
 
 /// The engine's namespace: every path with its bytes (`None` for directories), and the
@@ -145,6 +147,9 @@ pub fn replicas_agree(world: &World) -> Result<(), String> {
         if world.sim_disk(disk).is_some_and(|sim| sim.is_down() || sim.used_bytes() != sim.inner().used_bytes()) {
             continue; // a failed or full disk cannot take the journal; the others must suffice
         }
+        if world.away_last_recovery.iter().any(|d| *d as u32 + 1 == disk.0) {
+            continue; // away while recovery re-replicated; the next recovery rewrites it
+        }
         match journal::recover(&[device.as_ref()]) {
             Ok(Some(recovered)) if recovered.state == *state => {}
             Ok(Some(recovered)) => {
@@ -162,10 +167,35 @@ pub fn structure(pool: &Pool) -> Result<(), String> {
     pool.state().check()
 }
 
+/// Every stored fragment that no record places where it lies, with its age in seconds
+/// when its disk knows: judged from the devices and the state, not the engine's GC.
+pub fn unreferenced(pool: &Pool, now_secs: i64) -> Vec<(dfs_engine::DiskId, BlockName, Option<u64>)> {
+    let state = pool.state();
+    let mut out = Vec::new();
+    for disk in state.disks.keys() {
+        let Some(device) = pool.device(*disk) else { continue };
+        let Ok(names) = device.list(BlockKind::Fragment) else { continue };
+        for name in names {
+            let BlockName::Fragment { extent, index } = name else { continue };
+            if state.extents.get(&extent).and_then(|r| r.fragments.get(usize::from(index))) != Some(disk) {
+                let age = device.modified_secs(name).ok().flatten().map(|t| now_secs.saturating_sub(t).max(0) as u64);
+                out.push((*disk, name, age));
+            }
+        }
+    }
+    out
+}
+
 /// Invariant 6: after recovery every stored fragment is referenced where it lies.
 pub fn no_leaks(pool: &Pool) -> Result<(), String> {
+    no_leaks_except(pool, &[])
+}
+
+/// `no_leaks`, skipping `away`: disks that were away while the pool recovered keep their
+/// orphans until the orphan GC collects them.
+pub fn no_leaks_except(pool: &Pool, away: &[dfs_engine::DiskId]) -> Result<(), String> {
     let state = pool.state();
-    for disk in state.disks.keys() {
+    for disk in state.disks.keys().filter(|d| !away.contains(d)) {
         let Some(device) = pool.device(*disk) else { continue };
         let Ok(names) = device.list(BlockKind::Fragment) else { continue };
         for name in names {
@@ -195,7 +225,11 @@ pub fn space_accounting(world: &World) -> Result<(), String> {
             return Err(format!("{} reports {} bytes used but holds {held}", info.id, info.used_bytes));
         }
         let stored = sim.inner().blocks().iter().filter(|(n, _)| n.kind() == BlockKind::Fragment).count();
-        if stored > info.fragments {
+        let away = world
+            .away_last_recovery
+            .iter()
+            .any(|d| world.disks.get(*d).is_some_and(|w| std::ptr::eq(w.as_ref(), sim.as_ref())));
+        if stored > info.fragments && !away {
             return Err(format!("{} holds {stored} fragments but metadata places {} there", info.id, info.fragments));
         }
     }
@@ -232,6 +266,87 @@ pub fn settled(pool: &Pool) -> Result<(), String> {
                     return Err(format!("extent {id} is {} but its file asks for {wanted}", record.policy));
                 }
             }
+        }
+    }
+    Ok(())
+}
+
+/// A fragment as the oracle names it: (extent, index, disk).
+pub type FragmentAt = (ExtentId, u8, dfs_engine::DiskId);
+
+/// Every referenced fragment that does not verify when read through its device, judged
+/// without the engine's read or scrub path; and the extents with fewer intact fragments
+/// than their policy needs.
+pub fn bad_fragments(pool: &Pool) -> (BTreeSet<FragmentAt>, BTreeSet<ExtentId>) {
+    let state = pool.state();
+    let mut bad = BTreeSet::new();
+    let mut lost = BTreeSet::new();
+    for record in state.extents.values().filter(|r| !r.is_inline()) {
+        let shard_len = codec::shard_len(record.policy, record.len as usize);
+        let mut intact = 0;
+        for (index, disk) in record.fragments.iter().enumerate() {
+            let name = BlockName::Fragment { extent: record.id, index: index as u8 };
+            let in_service = state.disks.get(disk).is_some_and(|d| d.state.readable());
+            let good = in_service
+                && pool
+                    .device(*disk)
+                    .and_then(|d| d.read(name).ok())
+                    .is_some_and(|block| fragment::verify(&block, record.id, index as u8, shard_len).is_ok());
+            if good {
+                intact += 1;
+            } else {
+                bad.insert((record.id, index as u8, *disk));
+            }
+        }
+        if intact < record.policy.needed() {
+            lost.insert(record.id);
+        }
+    }
+    (bad, lost)
+}
+
+/// Invariant 5: the scrub found every bad fragment (`before`, judged before it ran) and
+/// invented none, reported exactly the extents beyond tolerance (`lost`), and — with
+/// repair — left every other extent with all its fragments intact. `faults_during`: a
+/// misdirected write may strike while the scrub runs (its own repair writes included),
+/// so damage it did then may be found, or left, beyond `before`.
+pub fn scrub_report(
+    pool: &Pool,
+    report: &dfs_engine::scrub::ScrubReport,
+    before: &BTreeSet<FragmentAt>,
+    lost: &BTreeSet<ExtentId>,
+    repair: bool,
+    space_pressure: bool,
+    faults_during: bool,
+) -> Result<(), String> {
+    let found: BTreeSet<FragmentAt> = report.findings.iter().map(|f| (f.raw.extent, f.raw.index, f.raw.disk)).collect();
+    if let Some(missed) = before.difference(&found).next() {
+        return Err(format!("scrub missed bad fragment {missed:?} ({} found of {})", found.len(), before.len()));
+    }
+    if let Some(invented) = found.difference(before).next().filter(|_| !faults_during) {
+        return Err(format!("scrub reported fragment {invented:?}, which verifies"));
+    }
+    let reported: BTreeSet<String> = report.unrecoverable.iter().map(|u| u.extent.clone()).collect();
+    let truly: BTreeSet<String> = lost.iter().map(|id| id.to_string()).collect();
+    if reported != truly && !(faults_during && truly.is_subset(&reported)) {
+        return Err(format!("scrub reported {reported:?} unrecoverable; beyond tolerance are {truly:?}"));
+    }
+    if !report.repair_failed.is_empty() && !space_pressure && !faults_during {
+        return Err(format!("repair failed with room to spare: {:?}", report.repair_failed));
+    }
+    if repair {
+        let (still_bad, _) = bad_fragments(pool);
+        let failed: BTreeSet<&str> = report.repair_failed.iter().map(|f| f.extent.as_str()).collect();
+        let unrepaired: Vec<_> = still_bad
+            .iter()
+            .filter(|(id, _, _)| !lost.contains(id) && !failed.contains(id.to_string().as_str()))
+            .filter(|fragment| !faults_during || before.contains(fragment))
+            .collect();
+        if let Some(first) = unrepaired.first() {
+            return Err(format!(
+                "{} bad fragment(s) of in-tolerance extents left after repair, first {first:?}",
+                unrepaired.len()
+            ));
         }
     }
     Ok(())

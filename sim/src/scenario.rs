@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use dfs_engine::hooks::CommitPhase;
+use dfs_engine::scrub::{Frequency, Intensity};
 use dfs_engine::temperature::config::Classifier;
 use dfs_engine::temperature::Class;
 use dfs_engine::Policy;
@@ -152,8 +153,35 @@ pub enum Step {
     Access { path: String, times: u32, every_secs: u64 },
     /// Let `secs` of simulated time pass with the daemon running: every five minutes its
     /// timers fire (access statistics persisted, a classification pass when one is due),
-    /// its background worker runs until idle, and a durability barrier follows.
+    /// its background worker and scrub run until idle, and a durability barrier follows.
     Daemon { secs: u64 },
+    /// `dfs scrub [--repair]`: verify every fragment now; the oracle compares the report
+    /// with every fragment it verifies itself.
+    Scrub { repair: bool },
+    /// `dfs scrub-daemon start|pause|resume|stop`; `Daemon` steps carry a pass forward.
+    ScrubDaemon {
+        action: ScrubAction,
+        #[serde(default)]
+        intensity: Option<Intensity>,
+    },
+    /// `dfs scrub-schedule --frequency F`.
+    ScrubSchedule { frequency: Frequency },
+    /// `dfs cleanup-orphans --older-than SECS`; with 0 the oracle then finds no orphan.
+    CleanupOrphans { older_than_secs: u64 },
+    /// Flip one bit in `per_mille`‰ of all fragment blocks on the disks in service.
+    BitRotPool { per_mille: u32 },
+    /// The disk is away while the pool next recovers from a crash (slow to come back
+    /// after a power loss), and back once the pool is open.
+    AwayAtNextRecovery { disk: usize },
+}
+
+/// What `ScrubDaemon` does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ScrubAction {
+    Start,
+    Pause,
+    Resume,
+    Stop,
 }
 
 /// What the run must show.
@@ -260,6 +288,7 @@ impl Scenario {
                 | Step::Misdirect { disk }
                 | Step::FillDisk { disk }
                 | Step::Latency { disk, .. }
+                | Step::AwayAtNextRecovery { disk }
                     if *disk >= disks =>
                 {
                     return Err(fail(format!("no disk {disk}; the pool has disks 0..{disks}")));
@@ -269,6 +298,9 @@ impl Scenario {
                 }
                 Step::CrashAtPhase { occurrence: 0, .. } => return Err(fail("occurrence counts from 1".into())),
                 Step::Access { times: 0, .. } => return Err(fail("times counts from 1".into())),
+                Step::BitRotPool { per_mille } if *per_mille > 1000 => {
+                    return Err(fail("per_mille is at most 1000".into()))
+                }
                 _ => {}
             }
             for path in step.paths() {
@@ -316,6 +348,8 @@ impl Step {
                 | Step::Misdirect { .. }
                 | Step::FillDisk { .. }
                 | Step::Latency { .. }
+                | Step::BitRotPool { .. }
+                | Step::AwayAtNextRecovery { .. }
         )
     }
 }

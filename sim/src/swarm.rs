@@ -74,6 +74,7 @@ pub fn generate(seed: u64, profile: &Profile) -> Scenario {
     // Tiering draws from a side stream, so seeds without it generate exactly as before.
     let mut side = ChaCha8Rng::seed_from_u64(seed ^ 0x7431_e5a1_d00d_f00d);
     let tiered = side.random_range(0..2) == 0;
+    let mut maintenance = ChaCha8Rng::seed_from_u64(seed ^ 0x5c2b_0b5e_0c1e_a4ed);
     for _ in 0..profile.ops {
         let file = FILES[rng.random_range(0..FILES.len())].to_string();
         let roll = rng.random_range(0..1000u32);
@@ -166,6 +167,7 @@ pub fn generate(seed: u64, profile: &Profile) -> Scenario {
             },
             _ => Step::Verify,
         };
+        let step = maintenance_step(step, &mut maintenance);
         steps.push(if tiered { tiering_step(step, &mut side) } else { step });
     }
     Scenario {
@@ -183,6 +185,18 @@ pub fn generate(seed: u64, profile: &Profile) -> Scenario {
         },
         steps,
         expect: Expect { lost_files: Vec::new(), out_of_budget: profile.out_of_budget, ..Expect::default() },
+    }
+}
+
+/// Some verifies become scrubs (with or without repair) and some checkpoints become
+/// orphan collections, so scrub and GC meet every fault and crash the swarm makes.
+fn maintenance_step(step: Step, rng: &mut ChaCha8Rng) -> Step {
+    match step {
+        Step::Verify if rng.random_range(0..3) == 0 => Step::Scrub { repair: rng.random_range(0..3) > 0 },
+        Step::Checkpoint if rng.random_range(0..3) == 0 => {
+            Step::CleanupOrphans { older_than_secs: [0, 60, 3600][rng.random_range(0..3)] }
+        }
+        other => other,
     }
 }
 

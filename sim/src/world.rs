@@ -68,6 +68,10 @@ pub struct World {
     pub crashes: u64,
     /// Degraded reads served by pools that were since closed or crashed.
     degraded_reads_before: u64,
+    /// Disks kept away during the next recovery (`Step::AwayAtNextRecovery`).
+    pub away_at_recovery: Vec<usize>,
+    /// The disks that were away during the last recovery.
+    pub away_last_recovery: Vec<usize>,
 }
 
 fn uuid_from(rng: &mut ChaCha8Rng) -> Uuid {
@@ -98,6 +102,8 @@ impl World {
             trigger,
             crashes: 0,
             degraded_reads_before: 0,
+            away_at_recovery: Vec::new(),
+            away_last_recovery: Vec::new(),
         };
         world.recover().map_err(|e| format!("opening the empty pool: {e}"))?;
         for capacity in capacities {
@@ -115,7 +121,9 @@ impl World {
     pub fn add_disk(&mut self, capacity: u64) -> Result<(), String> {
         let index = self.disks.len();
         let uuid = uuid_from(&mut self.rng);
-        let memdisk = MemDisk::new(format!("sim-disk-{index}"), capacity);
+        let clock = self.clock.clone();
+        let wall_secs: crate::memdisk::WallSecs = Arc::new(move || dfs_engine::clock::Clock::wall(clock.as_ref()).secs);
+        let memdisk = MemDisk::with_clock(format!("sim-disk-{index}"), capacity, wall_secs);
         let disk = Arc::new(FaultyDevice::new(memdisk, self.switch.clone(), Some(self.latency_sink())));
         let label = DiskLabel { pool_id: self.pool_id, disk_uuid: uuid, capacity_bytes: Some(capacity) };
         disk.write(BlockName::Label, &label.encode())
@@ -182,6 +190,20 @@ impl World {
     /// Opens the pool over the disks, recovering whatever they hold.
     pub fn recover(&mut self) -> dfs_engine::Result<OpenReport> {
         self.retire_pool();
+        let away: Vec<usize> =
+            std::mem::take(&mut self.away_at_recovery).into_iter().filter(|d| !self.disks[*d].is_down()).collect();
+        for disk in &away {
+            self.disks[*disk].inject(&dfs_faults::Fault::Vanish);
+        }
+        let result = self.open_pool();
+        for disk in &away {
+            self.disks[*disk].inject(&dfs_faults::Fault::Return);
+        }
+        self.away_last_recovery = away;
+        result
+    }
+
+    fn open_pool(&mut self) -> dfs_engine::Result<OpenReport> {
         let devices = self
             .disks
             .iter()
@@ -238,6 +260,8 @@ impl World {
             trigger,
             crashes: self.crashes,
             degraded_reads_before: 0,
+            away_at_recovery: Vec::new(),
+            away_last_recovery: Vec::new(),
         }
     }
 

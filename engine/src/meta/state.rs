@@ -258,6 +258,10 @@ pub struct MetaState {
     /// When the last classification passes ran (wall seconds), oldest first; at most
     /// `HISTORY_MAX`, so an extent's observations line up with the newest of them.
     pub passes: VecDeque<i64>,
+    /// The background scrub: pass in progress, schedule, last full pass.
+    pub scrub: crate::scrub::ScrubState,
+    /// When each extent was last verified by a scrub (wall seconds).
+    pub scrubbed: BTreeMap<ExtentId, i64>,
 }
 
 /// One atomic change to the state. A transaction is a list of these.
@@ -304,6 +308,12 @@ pub enum Op {
         at_secs: i64,
         verdicts: Vec<(ChunkSlot, Verdict)>,
     },
+    SetScrub(crate::scrub::ScrubState),
+    /// Extents a scrub verified at `at_secs` (ids no longer present are skipped).
+    Scrubbed {
+        at_secs: i64,
+        extents: Vec<ExtentId>,
+    },
 }
 
 /// A list of ops applied atomically.
@@ -330,6 +340,8 @@ impl MetaState {
             tiering: TieringConfig { enabled: false, ..TieringConfig::default() },
             temperature: BTreeMap::new(),
             passes: VecDeque::new(),
+            scrub: crate::scrub::ScrubState::default(),
+            scrubbed: BTreeMap::new(),
         };
         state.apply(&Op::PutInode(Inode {
             ino: Ino::ROOT,
@@ -428,6 +440,14 @@ impl MetaState {
                     }
                 }
             }
+            Op::SetScrub(scrub) => self.scrub = *scrub,
+            Op::Scrubbed { at_secs, extents } => {
+                for id in extents {
+                    if self.extents.contains_key(id) {
+                        self.scrubbed.insert(*id, *at_secs);
+                    }
+                }
+            }
             Op::ClassifyPass { at_secs, verdicts } => {
                 self.passes.push_back(*at_secs);
                 while self.passes.len() > HISTORY_MAX {
@@ -439,6 +459,9 @@ impl MetaState {
                     }
                 }
             }
+        }
+        for record in &freed {
+            self.scrubbed.remove(&record.id);
         }
         freed
     }
@@ -507,6 +530,9 @@ impl MetaState {
                     return Err(format!("extent {id} referenced but has no record"));
                 }
             }
+        }
+        if let Some(id) = self.scrubbed.keys().find(|id| !self.extents.contains_key(id)) {
+            return Err(format!("scrub time kept for extent {id}, which does not exist"));
         }
         if let Some(slot) = self.temperature.keys().find(|slot| self.slot_extent(**slot).is_none()) {
             return Err(format!("temperature kept for {slot:?}, which holds no extent"));
