@@ -93,8 +93,11 @@ pub(crate) fn print_text(out: &mut dyn Write, text: &str) -> Result<()> {
 
 /// Runs a pool command here, or — when a mounted pool's daemon owns the pool — through
 /// the daemon's control socket, with the same output.
-fn pool_command(pool: &Path, command: Command) -> Result<()> {
-    match PoolDir::open(pool, PoolOptions::default()) {
+pub(crate) fn pool_command(pool: &Path, command: Command) -> Result<()> {
+    let orphan_command =
+        matches!(command, Command::DetectOrphans { .. } | Command::CleanupOrphans { .. } | Command::OrphanStats { .. });
+    let options = PoolOptions { remove_orphans_at_open: !orphan_command, ..PoolOptions::default() };
+    match PoolDir::open(pool, options) {
         Ok((mut dir, mut engine_pool, report)) => {
             for note in &report.notes {
                 tracing::warn!(%note, "recovery");
@@ -144,6 +147,10 @@ pub fn run(command: Command) -> Result<()> {
         }
         Command::Umount { mountpoint } => crate::mount::umount(&mountpoint),
         Command::Serve { pool } => crate::mount::serve_unmounted(&pool.pool),
+        Command::ScrubDaemon { ref pool, action, .. } => {
+            let path = pool.pool.clone();
+            crate::maintenance::scrub_daemon_command(&path, action, command)
+        }
         Command::Init { pool, policy, no_tiering } => {
             let config = PoolDir::init(&pool.pool, policy, !no_tiering).map_err(engine)?;
             let tiering = if no_tiering { "off" } else { "on" };
@@ -176,7 +183,12 @@ pub fn run(command: Command) -> Result<()> {
         | Command::ExtentStats { ref pool, .. }
         | Command::Classify { ref pool, .. }
         | Command::Tiering { ref pool, .. }
-        | Command::Unpin { ref pool, .. } => {
+        | Command::Unpin { ref pool, .. }
+        | Command::Scrub { ref pool, .. }
+        | Command::ScrubSchedule { ref pool, .. }
+        | Command::DetectOrphans { ref pool, .. }
+        | Command::CleanupOrphans { ref pool, .. }
+        | Command::OrphanStats { ref pool, .. } => {
             let path = pool.pool.clone();
             pool_command(&path, command)
         }
@@ -212,6 +224,18 @@ fn execute_command(command: Command, ctx: &mut Ctx<'_>) -> Result<()> {
         Command::Classify { pool: _, migrate, json } => crate::tiering::classify(ctx, migrate, json.json),
         Command::Tiering { pool: _, settings, json } => crate::tiering::tiering(ctx, &settings, json.json),
         Command::Unpin { pool: _, path, recursive } => crate::tiering::unpin(ctx, &path, recursive),
+        Command::Scrub { pool: _, repair, path, json } => crate::maintenance::scrub(ctx, repair, path, json.json),
+        Command::ScrubDaemon { pool: _, action, intensity, json } => {
+            crate::maintenance::scrub_daemon(ctx, action, intensity, json.json)
+        }
+        Command::ScrubSchedule { pool: _, frequency, intensity } => {
+            crate::maintenance::scrub_schedule(ctx, frequency, intensity)
+        }
+        Command::DetectOrphans { pool: _, json } => crate::maintenance::detect_orphans(ctx, json.json),
+        Command::CleanupOrphans { pool: _, older_than, json } => {
+            crate::maintenance::cleanup_orphans(ctx, older_than, json.json)
+        }
+        Command::OrphanStats { pool: _, json } => crate::maintenance::orphan_stats(ctx, json.json),
         Command::Demo { .. }
         | Command::Mount { .. }
         | Command::Serve { .. }

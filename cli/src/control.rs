@@ -75,10 +75,17 @@ fn serve_one(stream: UnixStream, dir: &Mutex<PoolDir>, pool: &Mutex<Pool>) -> Re
     let mut reader = BufReader::new(stream.try_clone()?);
     let mut line = String::new();
     reader.read_line(&mut line)?;
+    if line.trim().is_empty() {
+        return Ok(()); // a liveness probe: connected, sent nothing
+    }
     let request: Request = serde_json::from_str(&line)?;
     let mut stdout = Vec::new();
     let error = match crate::Cli::try_parse_from(std::iter::once("dfs".to_string()).chain(request.args)) {
         Err(e) => Some(e.to_string()),
+        // A scrub may take long: the pool is locked per step, not for the whole command.
+        Ok(cli) if matches!(cli.command, crate::Command::Scrub { .. }) => {
+            crate::maintenance::scrub_in_daemon(cli.command, pool, &mut stdout).err().map(|e| format!("{e:#}"))
+        }
         Ok(cli) => {
             let mut dir = dir.lock().unwrap_or_else(|p| p.into_inner());
             let mut pool = pool.lock().unwrap_or_else(|p| p.into_inner());

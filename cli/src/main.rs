@@ -7,6 +7,7 @@ mod commands;
 mod control;
 mod mount;
 
+mod maintenance;
 mod table;
 mod tiering;
 
@@ -319,6 +320,77 @@ pub(crate) enum Command {
         #[command(flatten)]
         json: JsonArg,
     },
+    /// Read and verify every fragment of every extent (not only those a read would use);
+    /// with --repair, rewrite every bad fragment within its extent's tolerance. Prints
+    /// what it checked, found, repaired, and what is unrecoverable (by file and offset).
+    /// Exit code 1 when anything is unrecoverable.
+    Scrub {
+        #[command(flatten)]
+        pool: PoolArg,
+        /// Rewrite bad fragments from the surviving ones.
+        #[arg(long)]
+        repair: bool,
+        /// Only the files under this pool path.
+        #[arg(long, value_name = "POOL_PATH")]
+        path: Option<String>,
+        #[command(flatten)]
+        json: JsonArg,
+    },
+    /// Control the daemon's background scrub, which verifies and repairs extent by
+    /// extent within an I/O budget, oldest-checked first, and resumes across restarts.
+    /// `start` on a pool with no daemon starts one (`dfs serve`, logging to
+    /// POOL/daemon.log); `status` on such a pool says so and shows the saved progress.
+    ScrubDaemon {
+        /// start, status, pause, resume or stop.
+        #[arg(value_enum)]
+        action: ScrubDaemonAction,
+        #[command(flatten)]
+        pool: PoolArg,
+        /// low (8 MiB/s, yields 500 ms to foreground I/O), medium (32 MiB/s, 100 ms) or
+        /// high (unthrottled).
+        #[arg(long, value_parser = parse_intensity)]
+        intensity: Option<dfs_engine::scrub::Intensity>,
+        #[command(flatten)]
+        json: JsonArg,
+    },
+    /// When the daemon starts background scrub passes by itself: nightly (24 h after the
+    /// last began), weekly, continuous, or off. Stored in the pool's metadata.
+    ScrubSchedule {
+        #[command(flatten)]
+        pool: PoolArg,
+        /// nightly, weekly, continuous or off.
+        #[arg(long, value_parser = parse_frequency)]
+        frequency: dfs_engine::scrub::Frequency,
+        /// How hard scheduled passes run: low, medium or high.
+        #[arg(long, value_parser = parse_intensity)]
+        intensity: Option<dfs_engine::scrub::Intensity>,
+    },
+    /// List orphan fragments: blocks on disk that no committed metadata references (left
+    /// by crashes or failed writes): disk, block, size, age.
+    DetectOrphans {
+        #[command(flatten)]
+        pool: PoolArg,
+        #[command(flatten)]
+        json: JsonArg,
+    },
+    /// Delete orphan fragments older than the age guard (a fragment younger than that
+    /// might belong to a write this process cannot see). Safe to interrupt and rerun.
+    CleanupOrphans {
+        #[command(flatten)]
+        pool: PoolArg,
+        /// Only orphans at least this old (e.g. 30m, 1h, 2d; 0 for all).
+        #[arg(long, value_name = "DURATION", default_value = "1h", value_parser = dfs_engine::units::parse_duration)]
+        older_than: u64,
+        #[command(flatten)]
+        json: JsonArg,
+    },
+    /// Orphan fragments per disk: count, bytes, oldest.
+    OrphanStats {
+        #[command(flatten)]
+        pool: PoolArg,
+        #[command(flatten)]
+        json: JsonArg,
+    },
     /// Hand pinned files back to tiering: clear the policy of a file, or of a directory
     /// and the files in it (with --recursive everything beneath it). Their data then
     /// follows the pool default and its temperature.
@@ -332,6 +404,29 @@ pub(crate) enum Command {
         #[arg(short, long)]
         recursive: bool,
     },
+}
+
+/// What `dfs scrub-daemon` does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub(crate) enum ScrubDaemonAction {
+    /// Start a background pass (resume a paused one); starts the pool daemon if none runs.
+    Start,
+    /// Show the pass's progress, rate, last full pass, findings and schedule.
+    Status,
+    /// Pause the pass (its progress is kept).
+    Pause,
+    /// Resume a paused pass.
+    Resume,
+    /// End the pass in progress (what it checked stays checked).
+    Stop,
+}
+
+fn parse_intensity(text: &str) -> Result<dfs_engine::scrub::Intensity, String> {
+    text.parse()
+}
+
+fn parse_frequency(text: &str) -> Result<dfs_engine::scrub::Frequency, String> {
+    text.parse()
 }
 
 fn parse_policy(text: &str) -> Result<Policy, String> {

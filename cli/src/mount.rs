@@ -170,17 +170,21 @@ const BARRIER_INTERVAL: Duration = Duration::from_secs(1);
 /// How long the background worker rests after finding nothing it can do.
 const IDLE_BACKOFF: Duration = Duration::from_secs(5);
 
+/// How often the daemon collects orphan fragments, and how old they must be.
+const ORPHAN_GC_INTERVAL: Duration = Duration::from_secs(3600);
+
 /// The daemon's own work between requests: every second the tiering timers (access
 /// statistics persisted, a classification pass when due) and a durability barrier, and
 /// background steps (drains, policy transitions, rebuilds, migrations) while any waits.
 struct Chores {
     last_barrier: Instant,
     idle_until: Instant,
+    last_orphan_gc: Instant,
 }
 
 impl Chores {
     fn new() -> Self {
-        Chores { last_barrier: Instant::now(), idle_until: Instant::now() }
+        Chores { last_barrier: Instant::now(), idle_until: Instant::now(), last_orphan_gc: Instant::now() }
     }
 
     /// One round; sleeps briefly unless background work is in full swing.
@@ -205,14 +209,82 @@ impl Chores {
                 }
             }
         }
+        if self.last_orphan_gc.elapsed() >= ORPHAN_GC_INTERVAL {
+            self.last_orphan_gc = Instant::now();
+            let mut guard = pool.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            match guard.cleanup_orphans(ORPHAN_GC_INTERVAL.as_secs()) {
+                Ok(cleanup) if cleanup.deleted > 0 => {
+                    tracing::info!(deleted = cleanup.deleted, bytes = cleanup.bytes_freed, "orphan fragments collected")
+                }
+                Ok(_) => {}
+                Err(error) => tracing::warn!(%error, "orphan collection failed; retrying in an hour"),
+            }
+        }
+        {
+            let mut guard = pool.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            match guard.scrub_tick() {
+                Ok(tick) => {
+                    worked |= tick.extents > 0 && guard.scrub_state().intensity == dfs_engine::scrub::Intensity::High;
+                    if tick.pass_started {
+                        tracing::info!("background scrub pass started");
+                    }
+                    if tick.pass_finished {
+                        let last = guard.scrub_state().last_full_pass;
+                        tracing::info!(pass = ?last, "background scrub pass finished");
+                    }
+                }
+                Err(error) => tracing::error!(%error, "background scrub failed; retrying"),
+            }
+        }
         if !worked {
             std::thread::sleep(Duration::from_millis(50));
         }
     }
 }
 
+/// Starts `dfs serve --pool POOL` as a detached daemon (logging to `POOL/daemon.log`)
+/// and returns its pid once its control socket answers.
+pub fn spawn_serve(pool: &Path) -> Result<u32> {
+    let pool_dir =
+        std::fs::canonicalize(pool).map_err(|_| anyhow!("{}: no such pool directory (ENOENT)", pool.display()))?;
+    let log_path = pool_dir.join("daemon.log");
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log_path)
+        .with_context(|| format!("opening {}", log_path.display()))?;
+    let mut child = Command::new(std::env::current_exe().context("locating the dfs binary")?)
+        .arg("serve")
+        .arg("--pool")
+        .arg(&pool_dir)
+        .env(DAEMON_ENV, "1")
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .spawn()
+        .context("starting the pool daemon")?;
+    let socket = pool_dir.join(crate::control::SOCKET_NAME);
+    let started = Instant::now();
+    while started.elapsed() < READY_TIMEOUT {
+        if std::os::unix::net::UnixStream::connect(&socket).is_ok() {
+            return Ok(child.id());
+        }
+        if let Some(status) = child.try_wait()? {
+            let tail = std::fs::read_to_string(&log_path).unwrap_or_default();
+            let last = tail.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("no message");
+            bail!("the pool daemon exited ({status}) before serving: {last}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    bail!("the pool daemon did not answer within {}s; see {}", READY_TIMEOUT.as_secs(), log_path.display())
+}
+
 /// `dfs serve`: the daemon without a mount, in the foreground, until SIGINT/SIGTERM.
 pub fn serve_unmounted(pool: &Path) -> Result<()> {
+    if std::env::var_os(DAEMON_ENV).is_some() {
+        detach_from_terminal();
+    }
     let (dir, engine_pool, stop) = open_for_daemon(pool)?;
     let dir_path = dir.path().to_path_buf();
     let shared = Arc::new(Mutex::new(engine_pool));

@@ -46,6 +46,10 @@ pub struct PoolOptions {
     pub check_invariants: bool,
     /// Told each time a commit reaches a named phase (the simulator's crash points).
     pub observer: Option<crate::hooks::Observer>,
+    /// Whether opening deletes orphan fragments (safe: nothing is in flight at open).
+    /// The orphan commands turn it off, so they can show orphans and apply their age
+    /// guard themselves.
+    pub remove_orphans_at_open: bool,
     /// The tiering configuration a pool created by this open starts with; an existing
     /// pool keeps its own (`Pool::set_tiering`).
     pub tiering: crate::temperature::config::TieringConfig,
@@ -65,6 +69,7 @@ impl Default for PoolOptions {
             parallel_io: true,
             check_invariants: false,
             observer: None,
+            remove_orphans_at_open: true,
             tiering: crate::temperature::config::TieringConfig::default(),
             #[cfg(feature = "sabotage")]
             sabotage: None,
@@ -246,7 +251,9 @@ impl Pool {
         }
         report.orphan_inodes_removed = pool.remove_orphan_inodes()?;
         pool.sync()?;
-        report.orphan_fragments_removed = pool.remove_orphan_fragments();
+        if pool.options.remove_orphans_at_open {
+            report.orphan_fragments_removed = pool.remove_orphan_fragments();
+        }
         pool.check_invariants();
         Ok((pool, report))
     }
