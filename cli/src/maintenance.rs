@@ -34,7 +34,7 @@ fn drive(mut run: ScrubRun, progress: bool, step: &mut dyn FnMut(&mut ScrubRun) 
         if progress {
             let done = total - run.remaining();
             let width = 30;
-            let filled = if total == 0 { width } else { done * width / total };
+            let filled = (done * width).checked_div(total).unwrap_or(width);
             eprint!(
                 "\rscrub [{}{}] {done}/{total} extents, {} verified, {} bad",
                 "#".repeat(filled),
