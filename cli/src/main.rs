@@ -95,8 +95,9 @@ pub(crate) enum Command {
         allow_other: bool,
     },
     /// Run the pool daemon without a mount, in the foreground: the control socket (so
-    /// admin commands work as on a mounted pool) and the background worker (drains,
-    /// policy changes, rebuilds). Stops on SIGINT/SIGTERM.
+    /// admin commands work as on a mounted pool), the background worker (drains, policy
+    /// changes, rebuilds, tiering migrations), classification passes, the background
+    /// scrub and hourly orphan collection. Stops on SIGINT/SIGTERM.
     Serve {
         #[command(flatten)]
         pool: PoolArg,
