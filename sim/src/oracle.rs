@@ -336,16 +336,22 @@ pub fn scrub_report(
     }
     if repair {
         let (still_bad, _) = bad_fragments(pool);
-        let failed: BTreeSet<&str> = report.repair_failed.iter().map(|f| f.extent.as_str()).collect();
+        let mut failed: BTreeSet<&str> = report.repair_failed.iter().map(|f| f.extent.as_str()).collect();
+        if faults_during {
+            // A fault during the scrub may have pushed an extent past its tolerance.
+            failed.extend(report.unrecoverable.iter().map(|u| u.extent.as_str()));
+        }
         let unrepaired: Vec<_> = still_bad
             .iter()
             .filter(|(id, _, _)| !lost.contains(id) && !failed.contains(id.to_string().as_str()))
             .filter(|fragment| !faults_during || before.contains(fragment))
             .collect();
         if let Some(first) = unrepaired.first() {
+            let states: Vec<String> = pool.state().disks.values().map(|d| format!("{}={}", d.id, d.state)).collect();
             return Err(format!(
-                "{} bad fragment(s) of in-tolerance extents left after repair, first {first:?}",
-                unrepaired.len()
+                "{} bad fragment(s) of in-tolerance extents left after repair, first {first:?} (disks {})",
+                unrepaired.len(),
+                states.join(" ")
             ));
         }
     }
