@@ -53,6 +53,38 @@ fn detach_from_terminal() {
     }
 }
 
+/// Starts this binary with `args` as a detached daemon of `pool`, its output appended
+/// to `POOL/daemon.log`; returns the pool directory, the log and the child.
+fn spawn_daemon(pool: &Path, args: Vec<std::ffi::OsString>) -> Result<(PathBuf, PathBuf, std::process::Child)> {
+    let pool_dir =
+        std::fs::canonicalize(pool).map_err(|_| anyhow!("{}: no such pool directory (ENOENT)", pool.display()))?;
+    let log_path = pool_dir.join("daemon.log");
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log_path)
+        .with_context(|| format!("opening {}", log_path.display()))?;
+    let child = Command::new(std::env::current_exe().context("locating the dfs binary")?)
+        .args(args)
+        .env(DAEMON_ENV, "1")
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .spawn()
+        .context("starting the pool daemon")?;
+    Ok((pool_dir, log_path, child))
+}
+
+/// Fails with the log's last line when the daemon already exited before `what`.
+fn exited_early(child: &mut std::process::Child, log_path: &Path, what: &str) -> Result<()> {
+    if let Some(status) = child.try_wait()? {
+        let tail = std::fs::read_to_string(log_path).unwrap_or_default();
+        let last = tail.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("no message");
+        bail!("the pool daemon exited ({status}) before {what}: {last}");
+    }
+    Ok(())
+}
+
 /// `dfs mount`.
 pub fn mount(pool: &Path, mountpoint: &Path, foreground: bool, allow_other: bool) -> Result<()> {
     let mountpoint = std::fs::canonicalize(mountpoint)
@@ -66,24 +98,9 @@ pub fn mount(pool: &Path, mountpoint: &Path, foreground: bool, allow_other: bool
     if foreground {
         return serve(pool, &mountpoint, allow_other);
     }
-    let pool_dir =
-        std::fs::canonicalize(pool).map_err(|_| anyhow!("{}: no such pool directory (ENOENT)", pool.display()))?;
-    let log_path = pool_dir.join("daemon.log");
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&log_path)
-        .with_context(|| format!("opening {}", log_path.display()))?;
     let mut args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
     args.push("--foreground".into());
-    let mut child = Command::new(std::env::current_exe().context("locating the dfs binary")?)
-        .args(args)
-        .env(DAEMON_ENV, "1")
-        .stdin(Stdio::null())
-        .stdout(log.try_clone()?)
-        .stderr(log)
-        .spawn()
-        .context("starting the pool daemon")?;
+    let (pool_dir, log_path, mut child) = spawn_daemon(pool, args)?;
     let started = Instant::now();
     while started.elapsed() < READY_TIMEOUT {
         if is_mounted(&mountpoint) {
@@ -96,11 +113,7 @@ pub fn mount(pool: &Path, mountpoint: &Path, foreground: bool, allow_other: bool
             );
             return Ok(());
         }
-        if let Some(status) = child.try_wait()? {
-            let tail = std::fs::read_to_string(&log_path).unwrap_or_default();
-            let last = tail.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("no message");
-            bail!("the pool daemon exited ({status}) before mounting: {last}");
-        }
+        exited_early(&mut child, &log_path, "mounting")?;
         std::thread::sleep(Duration::from_millis(20));
     }
     let _ = child.kill();
@@ -245,35 +258,14 @@ impl Chores {
 /// Starts `dfs serve --pool POOL` as a detached daemon (logging to `POOL/daemon.log`)
 /// and returns its pid once its control socket answers.
 pub fn spawn_serve(pool: &Path) -> Result<u32> {
-    let pool_dir =
-        std::fs::canonicalize(pool).map_err(|_| anyhow!("{}: no such pool directory (ENOENT)", pool.display()))?;
-    let log_path = pool_dir.join("daemon.log");
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&log_path)
-        .with_context(|| format!("opening {}", log_path.display()))?;
-    let mut child = Command::new(std::env::current_exe().context("locating the dfs binary")?)
-        .arg("serve")
-        .arg("--pool")
-        .arg(&pool_dir)
-        .env(DAEMON_ENV, "1")
-        .stdin(Stdio::null())
-        .stdout(log.try_clone()?)
-        .stderr(log)
-        .spawn()
-        .context("starting the pool daemon")?;
+    let (pool_dir, log_path, mut child) = spawn_daemon(pool, vec!["serve".into(), "--pool".into(), pool.into()])?;
     let socket = pool_dir.join(crate::control::SOCKET_NAME);
     let started = Instant::now();
     while started.elapsed() < READY_TIMEOUT {
         if std::os::unix::net::UnixStream::connect(&socket).is_ok() {
             return Ok(child.id());
         }
-        if let Some(status) = child.try_wait()? {
-            let tail = std::fs::read_to_string(&log_path).unwrap_or_default();
-            let last = tail.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("no message");
-            bail!("the pool daemon exited ({status}) before serving: {last}");
-        }
+        exited_early(&mut child, &log_path, "serving")?;
         std::thread::sleep(Duration::from_millis(20));
     }
     let _ = child.kill();

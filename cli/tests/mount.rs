@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{dfs, fails, ok, pattern, Pool};
+use common::{dfs, eventually, fails, ok, pattern, Pool};
 
 fn mountpoint(pool: &Pool) -> PathBuf {
     let m = pool.root.path().join("mnt");
@@ -175,13 +175,6 @@ fn mounting_on_a_missing_directory_or_unmounting_a_non_mount_fails_clearly() {
 }
 
 /// Polls `check` for up to 60 s: the daemon's background worker runs on its own time.
-fn eventually(what: &str, mut check: impl FnMut() -> bool) {
-    let started = Instant::now();
-    while !check() {
-        assert!(started.elapsed() < Duration::from_secs(60), "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
 
 #[test]
 fn a_mounted_pool_rebuilds_and_drains_in_the_background() {

@@ -8,9 +8,9 @@ mod common;
 
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::{fails, fragment_files, ok, pattern, run, Pool};
+use common::{eventually, fails, fragment_files, ok, pattern, run, Pool};
 use serde_json::Value;
 
 fn json(args: &[&str]) -> Value {
@@ -151,14 +151,6 @@ fn orphans_are_collected_only_past_the_age_guard_and_nothing_referenced_goes() {
     assert_eq!(fs::read(&back).unwrap(), data);
     let usage = run(&["cleanup-orphans", "--pool", p, "--older-than", "soon"]);
     assert_eq!(usage.status.code(), Some(2), "a bad duration is a usage error");
-}
-
-fn eventually(what: &str, mut check: impl FnMut() -> bool) {
-    let started = Instant::now();
-    while !check() {
-        assert!(started.elapsed() < Duration::from_secs(60), "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
 }
 
 #[test]

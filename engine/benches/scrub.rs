@@ -12,15 +12,14 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use dfs_engine::namespace::Owner;
-use dfs_engine::pooldir::PoolDir;
+mod common;
+
 use dfs_engine::scrub::Intensity;
 use dfs_engine::{Ino, Pool, PoolOptions};
 
 const FILES: usize = 16;
 const FILE_BYTES: usize = 16 << 20;
 const READ_BYTES: usize = 1 << 20;
-const OWNER: Owner = Owner { mode: 0o644, uid: 0, gid: 0 };
 
 fn mib_per_sec(bytes: u64, elapsed: Duration) -> f64 {
     bytes as f64 / (1 << 20) as f64 / elapsed.as_secs_f64()
@@ -42,26 +41,10 @@ fn read_everything(pool: &Mutex<Pool>, inodes: &[Ino]) -> (u64, Duration) {
 }
 
 fn main() {
-    let root = tempfile::tempdir().unwrap();
-    let pool_path = root.path().join("pool");
-    PoolDir::init(&pool_path, "erasure:4+2".parse().unwrap(), false).unwrap();
     let options = PoolOptions { extent_cache_bytes: 0, ..PoolOptions::default() };
-    let (mut dir, mut pool, _) = PoolDir::open(&pool_path, options).unwrap();
-    for i in 0..6 {
-        let disk = root.path().join(format!("disk{i}"));
-        std::fs::create_dir(&disk).unwrap();
-        dir.add_disk(&mut pool, &disk, Some(1 << 30)).unwrap();
-    }
-    let mut inodes = Vec::new();
-    for i in 0..FILES {
-        let ino = pool.create(Ino::ROOT, format!("f{i}").as_bytes(), OWNER).unwrap().ino;
-        let fh = pool.open_file(ino).unwrap();
-        let data: Vec<u8> = (0..FILE_BYTES).map(|b| (b as u64).wrapping_mul(i as u64 + 3).to_le_bytes()[1]).collect();
-        pool.write(fh, 0, &data).unwrap();
-        pool.fsync(fh).unwrap();
-        pool.release(fh).unwrap();
-        inodes.push(ino);
-    }
+    let (_root, _dir, mut pool) = common::six_disk_pool("erasure:4+2", false, options);
+    let inodes: Vec<Ino> =
+        (0..FILES).map(|i| common::write_file(&mut pool, &format!("f{i}"), FILE_BYTES, i as u64)).collect();
     let data_mib = (FILES * FILE_BYTES) as f64 / (1 << 20) as f64;
     println!("{data_mib:.0} MiB in {FILES} files, erasure:4+2 on six directory disks (page cache warm)\n");
 

@@ -9,15 +9,14 @@
 
 use std::time::{Duration, Instant};
 
-use dfs_engine::namespace::Owner;
-use dfs_engine::pooldir::PoolDir;
+mod common;
+
 use dfs_engine::temperature::config::TieringConfig;
 use dfs_engine::{Ino, Pool, PoolOptions};
 
 const FILES: usize = 96;
 const EXTENT: usize = 1 << 20;
 const ROUNDS: usize = 3;
-const OWNER: Owner = Owner { mode: 0o644, uid: 0, gid: 0 };
 
 fn read_file(pool: &mut Pool, ino: Ino) -> Duration {
     let started = Instant::now();
@@ -48,17 +47,9 @@ fn print(label: &str, f: &Figures) {
 }
 
 fn main() {
-    let root = tempfile::tempdir().unwrap();
-    let pool_path = root.path().join("pool");
-    PoolDir::init(&pool_path, "erasure:4+2".parse().unwrap(), true).unwrap();
     // No extent cache: every read goes to the fragments.
     let options = PoolOptions { extent_cache_bytes: 0, ..PoolOptions::default() };
-    let (mut dir, mut pool, _) = PoolDir::open(&pool_path, options).unwrap();
-    for i in 0..6 {
-        let disk = root.path().join(format!("disk{i}"));
-        std::fs::create_dir(&disk).unwrap();
-        dir.add_disk(&mut pool, &disk, Some(1 << 30)).unwrap();
-    }
+    let (_root, _dir, mut pool) = common::six_disk_pool("erasure:4+2", true, options);
     // Hot by rate alone, so passes run back to back make the extents hot.
     let mut config = TieringConfig::default();
     config.thresholds.hot_ops_per_day = 2.0;
@@ -66,16 +57,8 @@ fn main() {
     config.thresholds.hot_within_secs = 0;
     config.thresholds.warm_within_secs = 0;
     pool.set_tiering(config).unwrap();
-    let mut inodes = Vec::new();
-    for i in 0..FILES {
-        let ino = pool.create(Ino::ROOT, format!("f{i}").as_bytes(), OWNER).unwrap().ino;
-        let fh = pool.open_file(ino).unwrap();
-        let data: Vec<u8> = (0..EXTENT).map(|b| (b as u64).wrapping_mul(i as u64 + 7).to_le_bytes()[1]).collect();
-        pool.write(fh, 0, &data).unwrap();
-        pool.fsync(fh).unwrap();
-        pool.release(fh).unwrap();
-        inodes.push(ino);
-    }
+    let inodes: Vec<Ino> =
+        (0..FILES).map(|i| common::write_file(&mut pool, &format!("f{i}"), EXTENT, i as u64)).collect();
     let measure = |pool: &mut Pool| -> Vec<Duration> {
         (0..ROUNDS).flat_map(|_| inodes.clone()).map(|ino| read_file(pool, ino)).collect()
     };

@@ -100,3 +100,12 @@ pub fn fragment_files(disk: &Path) -> Vec<PathBuf> {
     out.sort();
     out
 }
+
+/// Waits up to a minute for `check` to hold, polling every 200 ms.
+pub fn eventually(what: &str, mut check: impl FnMut() -> bool) {
+    let started = std::time::Instant::now();
+    while !check() {
+        assert!(started.elapsed() < std::time::Duration::from_secs(60), "timed out waiting for {what}");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+}
