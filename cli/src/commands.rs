@@ -142,11 +142,12 @@ fn parent_and_name<'p>(pool: &Pool, path: &'p str) -> Result<(Ino, &'p str)> {
 pub fn run(command: Command) -> Result<()> {
     match command {
         Command::Demo { dir } => demo(dir),
-        Command::Mount { pool, mountpoint, foreground, allow_other } => {
-            crate::mount::mount(&pool.pool, &mountpoint, foreground, allow_other)
+        Command::Mount { pool, mountpoint, foreground, allow_other, metrics } => {
+            crate::mount::mount(&pool.pool, &mountpoint, foreground, allow_other, metrics)
         }
         Command::Umount { mountpoint } => crate::mount::umount(&mountpoint),
-        Command::Serve { pool } => crate::mount::serve_unmounted(&pool.pool),
+        Command::Serve { pool } => crate::mount::serve_unmounted(&pool.pool, None),
+        Command::MetricsServer { pool, listen } => crate::mount::serve_unmounted(&pool.pool, Some(listen)),
         Command::ScrubDaemon { ref pool, action, .. } => {
             let path = pool.pool.clone();
             crate::maintenance::scrub_daemon_command(&path, action, command)
@@ -188,7 +189,10 @@ pub fn run(command: Command) -> Result<()> {
         | Command::ScrubSchedule { ref pool, .. }
         | Command::DetectOrphans { ref pool, .. }
         | Command::CleanupOrphans { ref pool, .. }
-        | Command::OrphanStats { ref pool, .. } => {
+        | Command::OrphanStats { ref pool, .. }
+        | Command::Status { ref pool, .. }
+        | Command::Health { ref pool, .. }
+        | Command::Metrics { ref pool, .. } => {
             let path = pool.pool.clone();
             pool_command(&path, command)
         }
@@ -236,9 +240,13 @@ fn execute_command(command: Command, ctx: &mut Ctx<'_>) -> Result<()> {
             crate::maintenance::cleanup_orphans(ctx, older_than, json.json)
         }
         Command::OrphanStats { pool: _, json } => crate::maintenance::orphan_stats(ctx, json.json),
+        Command::Status { pool: _, json } => crate::observe::status(ctx, json.json),
+        Command::Health { pool: _, json } => crate::observe::health(ctx, json.json),
+        Command::Metrics { pool: _, json } => crate::observe::metrics(ctx, json.json),
         Command::Demo { .. }
         | Command::Mount { .. }
         | Command::Serve { .. }
+        | Command::MetricsServer { .. }
         | Command::Umount { .. }
         | Command::Init { .. } => {
             bail!("this command does not run against an open pool")

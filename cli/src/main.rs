@@ -7,7 +7,9 @@ mod commands;
 mod control;
 mod mount;
 
+mod exporter;
 mod maintenance;
+mod observe;
 mod table;
 mod tiering;
 
@@ -93,6 +95,9 @@ pub(crate) enum Command {
         /// Let other users access the mount (needs user_allow_other in /etc/fuse.conf).
         #[arg(long)]
         allow_other: bool,
+        /// Serve Prometheus /metrics and /health on this address (e.g. 127.0.0.1:9090).
+        #[arg(long, value_name = "ADDR")]
+        metrics: Option<std::net::SocketAddr>,
     },
     /// Run the pool daemon without a mount, in the foreground: the control socket (so
     /// admin commands work as on a mounted pool), the background worker (drains, policy
@@ -391,6 +396,39 @@ pub(crate) enum Command {
         pool: PoolArg,
         #[command(flatten)]
         json: JsonArg,
+    },
+    /// One screen: pool state, disks with usage bars and health, redundancy, extent health,
+    /// temperature, rebuild and migration queues, scrub progress, mount state, problems.
+    Status {
+        #[command(flatten)]
+        pool: PoolArg,
+        #[command(flatten)]
+        json: JsonArg,
+    },
+    /// Detailed diagnostics: every problem with what to do about it. Exit code 1 when the
+    /// pool is unhealthy (a disk data depends on failed or is unreachable, extents are
+    /// short of their policy or lost, the pool is read-only, a scrub found lost data).
+    Health {
+        #[command(flatten)]
+        pool: PoolArg,
+        #[command(flatten)]
+        json: JsonArg,
+    },
+    /// The metric values, in the Prometheus text format (what /metrics serves) or --json.
+    Metrics {
+        #[command(flatten)]
+        pool: PoolArg,
+        #[command(flatten)]
+        json: JsonArg,
+    },
+    /// Run the pool daemon (as `dfs serve`) with Prometheus /metrics and /health on
+    /// --listen, in the foreground. /health answers 200 when healthy, 503 when not.
+    MetricsServer {
+        #[command(flatten)]
+        pool: PoolArg,
+        /// Address to listen on; loopback unless told otherwise.
+        #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9090")]
+        listen: std::net::SocketAddr,
     },
     /// Hand pinned files back to tiering: clear the policy of a file, or of a directory
     /// and the files in it (with --recursive everything beneath it). Their data then

@@ -86,7 +86,13 @@ fn exited_early(child: &mut std::process::Child, log_path: &Path, what: &str) ->
 }
 
 /// `dfs mount`.
-pub fn mount(pool: &Path, mountpoint: &Path, foreground: bool, allow_other: bool) -> Result<()> {
+pub fn mount(
+    pool: &Path,
+    mountpoint: &Path,
+    foreground: bool,
+    allow_other: bool,
+    metrics: Option<std::net::SocketAddr>,
+) -> Result<()> {
     let mountpoint = std::fs::canonicalize(mountpoint)
         .with_context(|| format!("mountpoint {} does not exist", mountpoint.display()))?;
     if !mountpoint.is_dir() {
@@ -96,7 +102,7 @@ pub fn mount(pool: &Path, mountpoint: &Path, foreground: bool, allow_other: bool
         bail!("{} is already a DynamicFS mount (EBUSY)", mountpoint.display());
     }
     if foreground {
-        return serve(pool, &mountpoint, allow_other);
+        return serve(pool, &mountpoint, allow_other, metrics);
     }
     let mut args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
     args.push("--foreground".into());
@@ -140,7 +146,7 @@ fn open_for_daemon(pool: &Path) -> Result<(PoolDir, dfs_engine::Pool, Arc<Atomic
     Ok((dir, engine_pool, stop))
 }
 
-fn serve(pool: &Path, mountpoint: &Path, allow_other: bool) -> Result<()> {
+fn serve(pool: &Path, mountpoint: &Path, allow_other: bool, metrics: Option<std::net::SocketAddr>) -> Result<()> {
     if std::env::var_os(DAEMON_ENV).is_some() {
         detach_from_terminal();
     }
@@ -158,6 +164,10 @@ fn serve(pool: &Path, mountpoint: &Path, allow_other: bool) -> Result<()> {
     let dir_path = dir.path().to_path_buf();
     let shared = Arc::new(Mutex::new(engine_pool));
     crate::control::listen(&dir_path, Arc::new(Mutex::new(dir)), shared.clone())?;
+    if let Some(addr) = metrics {
+        crate::exporter::serve(addr, shared.clone())?;
+        eprintln!("dfs: metrics on http://{addr}/metrics and /health");
+    }
     let session = fuser::spawn_mount(DynamicFs::shared(shared.clone()), mountpoint, &config)
         .with_context(|| format!("mounting {} (is /dev/fuse available?)", mountpoint.display()))?;
     eprintln!("dfs: mounted {} at {}", dir_path.display(), mountpoint.display());
@@ -273,7 +283,7 @@ pub fn spawn_serve(pool: &Path) -> Result<u32> {
 }
 
 /// `dfs serve`: the daemon without a mount, in the foreground, until SIGINT/SIGTERM.
-pub fn serve_unmounted(pool: &Path) -> Result<()> {
+pub fn serve_unmounted(pool: &Path, metrics: Option<std::net::SocketAddr>) -> Result<()> {
     if std::env::var_os(DAEMON_ENV).is_some() {
         detach_from_terminal();
     }
@@ -281,6 +291,10 @@ pub fn serve_unmounted(pool: &Path) -> Result<()> {
     let dir_path = dir.path().to_path_buf();
     let shared = Arc::new(Mutex::new(engine_pool));
     crate::control::listen(&dir_path, Arc::new(Mutex::new(dir)), shared.clone())?;
+    if let Some(addr) = metrics {
+        crate::exporter::serve(addr, shared.clone())?;
+        eprintln!("dfs: metrics on http://{addr}/metrics and /health");
+    }
     eprintln!("dfs: serving {} (control socket {})", dir_path.display(), crate::control::SOCKET_NAME);
     let mut chores = Chores::new();
     while !stop.load(Ordering::SeqCst) {

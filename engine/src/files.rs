@@ -113,6 +113,13 @@ impl Pool {
 
     /// Writes `data` at `offset`; buffered until flushed. Returns the bytes written.
     pub fn write(&mut self, fh: FileHandle, offset: u64, data: &[u8]) -> Result<usize> {
+        let started = self.clock.monotonic_nanos();
+        let written = self.write_buffered(fh, offset, data)?;
+        self.record_op(crate::metrics::OpKind::Write, written as u64, started);
+        Ok(written)
+    }
+
+    fn write_buffered(&mut self, fh: FileHandle, offset: u64, data: &[u8]) -> Result<usize> {
         let ino = self.handle_ino(fh)?;
         let end = offset
             .checked_add(data.len() as u64)
@@ -168,12 +175,15 @@ impl Pool {
 
     /// Reads up to `size` bytes at `offset`; short only at end of file. Holes read as zeros.
     pub fn read(&mut self, fh: FileHandle, offset: u64, size: usize) -> Result<Vec<u8>> {
+        let started = self.clock.monotonic_nanos();
         let end = offset.saturating_add(size as u64);
         let (ino, sequential) = self.note_read(fh, offset, end)?;
         if sequential && size > 0 {
             self.read_ahead(ino, offset, end);
         }
-        self.read_ino(ino, offset, size)
+        let data = self.read_ino(ino, offset, size)?;
+        self.record_op(crate::metrics::OpKind::Read, data.len() as u64, started);
+        Ok(data)
     }
 
     /// Fetches, in parallel, the extents a sequential read covers and the next
@@ -261,9 +271,12 @@ impl Pool {
     /// Makes the file's data and metadata durable, whoever wrote it (and, as a
     /// barrier, every other commit before it).
     pub fn fsync(&mut self, fh: FileHandle) -> Result<()> {
+        let started = self.clock.monotonic_nanos();
         let ino = self.handle_ino(fh)?;
         self.flush_ino(ino, false)?;
-        self.sync()
+        self.sync()?;
+        self.record_op(crate::metrics::OpKind::Fsync, 0, started);
+        Ok(())
     }
 
     /// Writes and commits the buffered data of every open file (what `sync(2)` does

@@ -101,7 +101,7 @@ pub struct OpenReport {
 }
 
 /// Counters of what the pool did since it was opened.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
+#[derive(Debug, Default, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct PoolCounters {
     pub commits: u64,
     pub checkpoints: u64,
@@ -147,6 +147,10 @@ pub struct Pool {
     pub(crate) tracker: crate::tiering::Tracker,
     /// The background scrub's budget and the last foreground request it yields to.
     pub(crate) pacing: crate::scrub::Pacing,
+    /// Foreground operation counts, bytes and latencies.
+    pub(crate) ops: crate::metrics::OpStats,
+    /// When this process last wrote a checkpoint (`Clock::monotonic_nanos`).
+    pub(crate) checkpoint_written_nanos: Option<u64>,
 }
 
 impl Pool {
@@ -229,6 +233,8 @@ impl Pool {
             undurable: Default::default(),
             tracker: Default::default(),
             pacing: Default::default(),
+            ops: Default::default(),
+            checkpoint_written_nanos: None,
         };
         pool.undurable.journal_set = pool.state.journal_disks();
         let journal_slots: BTreeSet<usize> =
@@ -388,6 +394,7 @@ impl Pool {
         self.records_since_checkpoint = 0;
         self.checkpoint_seq = Some(self.tip.seq);
         self.counters.checkpoints += 1;
+        self.checkpoint_written_nanos = Some(self.clock.monotonic_nanos());
         Ok(())
     }
 

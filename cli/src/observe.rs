@@ -1,0 +1,129 @@
+//! `dfs status`, `dfs health` and `dfs metrics`: what an operator looks at. Glue over
+//! `dfs_engine::health` and `dfs_engine::metrics`; `metrics` renders the same text the
+//! daemon's `/metrics` serves.
+
+use anyhow::{bail, Result};
+use dfs_engine::units::human;
+
+use crate::commands::{engine, print_json, print_text, Ctx};
+use crate::table;
+
+/// A bar of `width` cells filled in proportion to `used / capacity`.
+fn bar(used: u64, capacity: u64, width: usize) -> String {
+    let filled = ((used as f64 / capacity.max(1) as f64) * width as f64).round() as usize;
+    let filled = filled.min(width);
+    format!("[{}{}]", "#".repeat(filled), ".".repeat(width - filled))
+}
+
+/// `dfs status`: one screen.
+pub(crate) fn status(ctx: &mut Ctx<'_>, json: bool) -> Result<()> {
+    let snapshot = ctx.pool.metrics();
+    let health = ctx.pool.pool_health();
+    if json {
+        #[derive(serde::Serialize)]
+        struct Status<'a> {
+            mounted: bool,
+            health: &'a dfs_engine::health::HealthReport,
+            metrics: &'a dfs_engine::metrics::MetricsSnapshot,
+        }
+        return print_json(ctx.out, &Status { mounted: !ctx.local, health: &health, metrics: &snapshot });
+    }
+    let state = ctx.pool.state();
+    let critical = health.problems.iter().filter(|p| p.severity == dfs_engine::health::Severity::Critical).count();
+    let mut text = format!(
+        "pool {}: {} ({} problem(s), {critical} critical){}\n",
+        state.pool_id,
+        if health.healthy { "healthy" } else { "UNHEALTHY" },
+        health.problems.len(),
+        if ctx.local { "; not mounted (no daemon)" } else { "; daemon running" },
+    );
+    text.push_str(&format!(
+        "default policy {}; tiering {}; journal seq {}\n\nDisks:\n",
+        state.default_policy,
+        if state.tiering.enabled { "on" } else { "off" },
+        snapshot.journal_seq
+    ));
+    let rows: Vec<Vec<String>> = snapshot
+        .disks
+        .iter()
+        .map(|d| {
+            vec![
+                d.disk.clone(),
+                if d.reachable { d.state.clone() } else { format!("{} (unreachable)", d.state) },
+                bar(d.used_bytes, d.capacity_bytes, 20),
+                format!("{} / {}", human(d.used_bytes), human(d.capacity_bytes)),
+                d.fragments.to_string(),
+            ]
+        })
+        .collect();
+    text.push_str(&table::render(&["DISK", "STATE", "USAGE", "USED", "FRAGMENTS"], &rows));
+    let counts = |map: &std::collections::BTreeMap<String, dfs_engine::metrics::Count>| {
+        map.iter()
+            .filter(|(_, c)| c.extents > 0)
+            .map(|(k, c)| format!("{k} {} ({})", c.extents, human(c.bytes)))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    text.push_str(&format!("\nRedundancy: {}\n", counts(&snapshot.by_policy)));
+    text.push_str(&format!("Health of extents: {}\n", counts(&snapshot.by_health)));
+    if state.tiering.enabled {
+        text.push_str(&format!("Temperature: {}\n", counts(&snapshot.by_class)));
+    }
+    text.push_str(&format!(
+        "Queues: {} extent(s) to rebuild, {} to migrate, {} policy transition(s) open\n",
+        snapshot.rebuild_queue,
+        snapshot.migration_queue,
+        ctx.pool.open_transitions().len()
+    ));
+    let scrub = ctx.pool.scrub_state();
+    text.push_str(&match scrub.pass {
+        Some(pass) => format!(
+            "Scrub: pass {} — {} checked, {} left\n",
+            if scrub.paused { "paused" } else { "running" },
+            pass.extents,
+            snapshot.scrub_pass_extents_left
+        ),
+        None => format!("Scrub: idle; {} pass(es) completed; schedule {}\n", scrub.passes_completed, scrub.frequency),
+    });
+    if !health.problems.is_empty() {
+        text.push_str("\nProblems (details and what to do: dfs health):\n");
+        for problem in &health.problems {
+            text.push_str(&format!("  {}: {}\n", problem.severity, problem.what));
+        }
+    }
+    print_text(ctx.out, &text)
+}
+
+/// `dfs health`: each problem with what to do; fails (exit 1) when unhealthy.
+pub(crate) fn health(ctx: &mut Ctx<'_>, json: bool) -> Result<()> {
+    let report = ctx.pool.pool_health();
+    if json {
+        print_json(ctx.out, &report)?;
+    } else if report.problems.is_empty() {
+        print_text(ctx.out, "healthy: no problems found\n")?;
+    } else {
+        let mut text = format!("{}\n", if report.healthy { "healthy, with warnings:" } else { "UNHEALTHY:" });
+        for problem in &report.problems {
+            text.push_str(&format!(
+                "\n{} [{}] {}\n  what to do: {}\n",
+                problem.severity, problem.subject, problem.what, problem.action
+            ));
+        }
+        print_text(ctx.out, &text)?;
+    }
+    if !report.healthy {
+        let critical = report.problems.iter().filter(|p| p.severity == dfs_engine::health::Severity::Critical).count();
+        bail!("the pool is unhealthy: {critical} critical problem(s) (EIO)");
+    }
+    Ok(())
+}
+
+/// `dfs metrics`: the Prometheus text exposition, or the snapshot as JSON.
+pub(crate) fn metrics(ctx: &mut Ctx<'_>, json: bool) -> Result<()> {
+    let snapshot = ctx.pool.metrics();
+    if json {
+        return print_json(ctx.out, &snapshot);
+    }
+    let text = crate::exporter::render(&snapshot).map_err(|e| engine(dfs_engine::Error::Io(e.to_string())))?;
+    print_text(ctx.out, &text)
+}

@@ -1,0 +1,176 @@
+//! Pool health: every problem an operator should know of, each with what to do about
+//! it. Critical problems make the pool unhealthy (`dfs health` exits non-zero, the
+//! daemon's `/health` answers 503); warnings do not.
+//!
+//! Unhealthy means redundancy or service is below what was asked: the pool is read-only,
+//! a disk that data still depends on failed or is missing, extents are short of their
+//! policy or lost. A failed disk that nothing depends on any more (everything rebuilt
+//! elsewhere) is only a warning: remove it.
+
+use serde::Serialize;
+
+use crate::meta::state::DiskState;
+use crate::pool::Pool;
+
+/// How bad a problem is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+pub enum Severity {
+    Warning,
+    Critical,
+}
+
+impl std::fmt::Display for Severity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Severity::Warning => "warning",
+            Severity::Critical => "critical",
+        })
+    }
+}
+
+/// One problem and the way out of it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Problem {
+    pub severity: Severity,
+    /// What it concerns: `pool`, a disk id, `extents`, `scrub`, …
+    pub subject: String,
+    pub what: String,
+    pub action: String,
+}
+
+/// The pool's health.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct HealthReport {
+    /// No critical problem.
+    pub healthy: bool,
+    /// Most severe first.
+    pub problems: Vec<Problem>,
+}
+
+/// Fill ratio above which a disk is a warning, and above which it is critical.
+const FULL_WARNING: f64 = 0.90;
+const FULL_CRITICAL: f64 = 0.98;
+
+impl Pool {
+    /// Assesses the pool from metadata and device reachability (no fragment reads;
+    /// `dfs scrub` verifies contents).
+    pub fn pool_health(&self) -> HealthReport {
+        let mut problems = Vec::new();
+        let mut add = |severity, subject: &str, what: String, action: &str| {
+            problems.push(Problem { severity, subject: subject.to_string(), what, action: action.to_string() });
+        };
+        if let Some(reason) = &self.read_only {
+            add(
+                Severity::Critical,
+                "pool",
+                format!("the pool is read-only: {reason}"),
+                "check the disks (list-disks, the daemon log), then unmount and mount again to recover",
+            );
+        }
+        let infos = self.disk_infos();
+        for disk in self.state.disks.values() {
+            let id = disk.id.to_string();
+            let info = infos.iter().find(|i| i.id == id);
+            let depended_on = info.is_some_and(|i| i.fragments > 0);
+            match disk.state {
+                DiskState::Failed if depended_on => add(
+                    Severity::Critical,
+                    &id,
+                    format!("disk {id} failed and {} fragment(s) still lived there", info.map_or(0, |i| i.fragments)),
+                    "add a replacement (dfs add-disk) and run dfs rebuild (a mounted pool rebuilds by itself)",
+                ),
+                DiskState::Failed => add(
+                    Severity::Warning,
+                    &id,
+                    format!("disk {id} failed; everything on it was rebuilt elsewhere"),
+                    &format!("remove it: dfs remove-disk --disk {id}"),
+                ),
+                DiskState::Draining => add(
+                    Severity::Warning,
+                    &id,
+                    format!("disk {id} is draining ({} fragment(s) left)", info.map_or(0, |i| i.fragments)),
+                    "nothing to do: dfs list-disks shows the progress",
+                ),
+                DiskState::Active | DiskState::Removed => {}
+            }
+            if disk.state == DiskState::Active {
+                if let Some(info) = info {
+                    if !info.reachable {
+                        add(
+                            Severity::Critical,
+                            &id,
+                            format!("disk {id} ({}) cannot be reached", info.path),
+                            "check that its filesystem is mounted; if it is gone for good, dfs fail-disk it",
+                        );
+                    } else if info.capacity_bytes > 0 {
+                        let fill = info.used_bytes as f64 / info.capacity_bytes as f64;
+                        if fill >= FULL_WARNING {
+                            add(
+                                if fill >= FULL_CRITICAL { Severity::Critical } else { Severity::Warning },
+                                &id,
+                                format!("disk {id} is {:.0}% full", fill * 100.0),
+                                "add disks (dfs add-disk, then dfs rebalance) or free space",
+                            );
+                        }
+                    }
+                }
+            }
+        }
+        let lost = self.lost_extents();
+        if !lost.is_empty() {
+            add(
+                Severity::Critical,
+                "extents",
+                format!("{} extent(s) lost: fewer fragments than their policy needs", lost.len()),
+                "dfs list-extents shows which files; restore them from a backup",
+            );
+        }
+        let queue = self.rebuild_queue();
+        let degraded = queue.len().saturating_sub(lost.len());
+        if degraded > 0 {
+            add(
+                Severity::Critical,
+                "extents",
+                format!("{degraded} extent(s) short of their policy's fragments (still readable)"),
+                "dfs rebuild (a mounted pool rebuilds in the background); dfs rebuild-status shows the queue",
+            );
+        }
+        let journals = self.state.journal_disks().len();
+        let active = self.state.disks.values().filter(|d| d.state == DiskState::Active).count();
+        if journals < crate::meta::state::JOURNAL_REPLICAS.min(active.max(1)) {
+            add(
+                Severity::Warning,
+                "journal",
+                format!("metadata has {journals} replica(s)"),
+                "add disks: the journal is kept on three",
+            );
+        }
+        for transition in self.state.transitions.values() {
+            if transition.state == crate::meta::state::TransitionState::Failed {
+                add(
+                    Severity::Warning,
+                    "policy",
+                    format!(
+                        "policy transition {} to {} failed: {}",
+                        transition.id,
+                        transition.policy,
+                        transition.error.clone().unwrap_or_default()
+                    ),
+                    "fix the cause (space, disks) and run dfs change-policy again",
+                );
+            }
+        }
+        if let Some(last) = self.state.scrub.last_full_pass {
+            if last.stats.unrecoverable > 0 {
+                add(
+                    Severity::Critical,
+                    "scrub",
+                    format!("the last scrub pass found {} unrecoverable extent(s)", last.stats.unrecoverable),
+                    "dfs scrub lists them by file and offset; restore those files from a backup",
+                );
+            }
+        }
+        problems.sort_by_key(|p| std::cmp::Reverse(p.severity));
+        HealthReport { healthy: problems.iter().all(|p| p.severity != Severity::Critical), problems }
+    }
+}
