@@ -79,6 +79,9 @@ fn serve_one(stream: UnixStream, dir: &Mutex<PoolDir>, pool: &Mutex<Pool>) -> Re
         return Ok(()); // a liveness probe: connected, sent nothing
     }
     let request: Request = serde_json::from_str(&line)?;
+    let command = request.args.first().cloned().unwrap_or_default();
+    let _span = tracing::info_span!("control", command, request_id = %crate::next_request_id()).entered();
+    tracing::debug!("control request");
     let mut stdout = Vec::new();
     let error = match crate::Cli::try_parse_from(std::iter::once("dfs".to_string()).chain(request.args)) {
         Err(e) => Some(e.to_string()),

@@ -37,6 +37,22 @@ pub(crate) struct Cli {
     pub(crate) command: Command,
 }
 
+impl Cli {
+    /// The subcommand as typed, e.g. `list-disks`.
+    fn command_name(&self) -> String {
+        let debug = format!("{:?}", self.command);
+        let variant = debug.split(|c: char| !c.is_alphanumeric()).next().unwrap_or("");
+        let mut name = String::new();
+        for (i, c) in variant.chars().enumerate() {
+            if c.is_uppercase() && i > 0 {
+                name.push('-');
+            }
+            name.push(c.to_ascii_lowercase());
+        }
+        name
+    }
+}
+
 #[derive(Clone, Copy, Debug, ValueEnum)]
 enum LogFormat {
     /// Human-readable lines.
@@ -472,6 +488,29 @@ fn parse_policy(text: &str) -> Result<Policy, String> {
     text.parse::<Policy>().map_err(|e| e.to_string())
 }
 
+/// Whether logs are JSON lines (`--log-format json`): then the daemon's own messages go
+/// through the log too, so that every line of its log parses.
+pub(crate) static JSON_LOGS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// A daemon's message to its operator: a `dfs: …` line on stderr, or with JSON logs an
+/// `info` event (shown whatever the log level).
+#[macro_export]
+macro_rules! announce {
+    ($($arg:tt)*) => {
+        if $crate::JSON_LOGS.load(std::sync::atomic::Ordering::Relaxed) {
+            tracing::info!(announcement = true, "{}", format!($($arg)*));
+        } else {
+            eprintln!("dfs: {}", format!($($arg)*));
+        }
+    };
+}
+
+/// A request id for this process's command: the pid and a counter.
+pub(crate) fn next_request_id() -> String {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    format!("{}-{}", std::process::id(), NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed))
+}
+
 fn init_logging(cli: &Cli) {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env()
@@ -481,7 +520,10 @@ fn init_logging(cli: &Cli) {
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
     let _ = match cli.log_format {
         LogFormat::Text => builder.try_init(),
-        LogFormat::Json => builder.json().try_init(),
+        LogFormat::Json => {
+            JSON_LOGS.store(true, std::sync::atomic::Ordering::Relaxed);
+            builder.json().with_current_span(true).with_span_list(true).try_init()
+        }
     };
 }
 
@@ -502,6 +544,9 @@ fn main() -> ExitCode {
     keep_large_buffers_on_the_heap();
     let cli = Cli::parse();
     init_logging(&cli);
+    let name = cli.command_name();
+    let _span = tracing::info_span!("command", command = name, request_id = %next_request_id()).entered();
+    tracing::debug!("command starts");
     match commands::run(cli.command) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -166,11 +166,11 @@ fn serve(pool: &Path, mountpoint: &Path, allow_other: bool, metrics: Option<std:
     crate::control::listen(&dir_path, Arc::new(Mutex::new(dir)), shared.clone())?;
     if let Some(addr) = metrics {
         crate::exporter::serve(addr, shared.clone())?;
-        eprintln!("dfs: metrics on http://{addr}/metrics and /health");
+        crate::announce!("metrics on http://{addr}/metrics and /health");
     }
     let session = fuser::spawn_mount(DynamicFs::shared(shared.clone()), mountpoint, &config)
         .with_context(|| format!("mounting {} (is /dev/fuse available?)", mountpoint.display()))?;
-    eprintln!("dfs: mounted {} at {}", dir_path.display(), mountpoint.display());
+    crate::announce!("mounted {} at {}", dir_path.display(), mountpoint.display());
     let mut chores = Chores::new();
     while !stop.load(Ordering::SeqCst) && !session.guard.is_finished() {
         chores.run(&shared);
@@ -182,7 +182,7 @@ fn serve(pool: &Path, mountpoint: &Path, allow_other: bool, metrics: Option<std:
     }
     barrier(&shared);
     let _ = std::fs::remove_file(dir_path.join(crate::control::SOCKET_NAME));
-    eprintln!("dfs: unmounted {}", mountpoint.display());
+    crate::announce!("unmounted {}", mountpoint.display());
     Ok(())
 }
 
@@ -293,16 +293,16 @@ pub fn serve_unmounted(pool: &Path, metrics: Option<std::net::SocketAddr>) -> Re
     crate::control::listen(&dir_path, Arc::new(Mutex::new(dir)), shared.clone())?;
     if let Some(addr) = metrics {
         crate::exporter::serve(addr, shared.clone())?;
-        eprintln!("dfs: metrics on http://{addr}/metrics and /health");
+        crate::announce!("metrics on http://{addr}/metrics and /health");
     }
-    eprintln!("dfs: serving {} (control socket {})", dir_path.display(), crate::control::SOCKET_NAME);
+    crate::announce!("serving {} (control socket {})", dir_path.display(), crate::control::SOCKET_NAME);
     let mut chores = Chores::new();
     while !stop.load(Ordering::SeqCst) {
         chores.run(&shared);
     }
     barrier(&shared);
     let _ = std::fs::remove_file(dir_path.join(crate::control::SOCKET_NAME));
-    eprintln!("dfs: stopped serving {}", dir_path.display());
+    crate::announce!("stopped serving {}", dir_path.display());
     Ok(())
 }
 

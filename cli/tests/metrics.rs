@@ -177,3 +177,21 @@ fn a_real_prometheus_server_scrapes_the_daemon_and_answers_a_query() {
     let up = http(web, "GET", "/api/v1/query?query=up%7Bjob%3D%22dynamicfs%22%7D").1;
     assert!(up.contains(r#","1"]"#), "the scrape target is not up: {up}");
 }
+
+#[test]
+fn a_mount_serves_metrics_when_asked() {
+    let pool = Pool::new("replicate:1", &[64]);
+    let m = pool.root.path().join("mnt");
+    std::fs::create_dir(&m).unwrap();
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}");
+    ok(&["mount", "--pool", pool.path(), "--mountpoint", m.to_str().unwrap(), "--metrics", &addr]);
+    std::fs::write(m.join("f"), pattern(10_000, 1)).unwrap();
+    std::fs::File::open(m.join("f")).unwrap().sync_all().unwrap();
+    let (status, text) = http(port, "GET", "/metrics");
+    assert_eq!(status, 200);
+    assert!(sample(&text, r#"dynamicfs_operations_total{op="fsync"}"#).is_some_and(|n| n >= 1.0), "{text}");
+    assert_eq!(http(port, "GET", "/health").0, 200);
+    ok(&["umount", m.to_str().unwrap()]);
+    assert!(TcpStream::connect(("127.0.0.1", port)).is_err(), "the endpoint outlived the daemon");
+}

@@ -129,8 +129,18 @@ impl DynamicFs {
     }
 }
 
+/// The span of one FUSE request: every log line the request causes, in the engine too,
+/// carries the kernel's request id (`--log-format json` puts it on each line).
+fn request_span(op: &'static str, req: &Request) -> tracing::span::EnteredSpan {
+    let span = tracing::info_span!("fuse", op, request_id = req.unique().0, uid = req.uid(), pid = req.pid());
+    let entered = span.entered();
+    tracing::debug!("request");
+    entered
+}
+
 impl Filesystem for DynamicFs {
-    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
+    fn init(&mut self, req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
+        let _span = request_span("init", req);
         // Whole extents per request, and the kernel's page cache in front of the engine:
         // writes return once cached and reach the engine in large batches, several in
         // flight, and close and fsync write them back first.
@@ -142,11 +152,13 @@ impl Filesystem for DynamicFs {
         Ok(())
     }
 
-    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+    fn lookup(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        let _span = request_span("lookup", req);
         reply_entry(reply, self.pool().lookup(Ino(parent.0), name.as_bytes()))
     }
 
-    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+    fn getattr(&self, req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        let _span = request_span("getattr", req);
         match self.pool().getattr(Ino(ino.0)) {
             Ok(attr) => reply.attr(&TTL, &file_attr(&attr)),
             Err(e) => reply.error(errno(&e)),
@@ -155,7 +167,7 @@ impl Filesystem for DynamicFs {
 
     fn setattr(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         mode: Option<u32>,
         uid: Option<u32>,
@@ -171,6 +183,7 @@ impl Filesystem for DynamicFs {
         _flags: Option<fuser::BsdFileFlags>,
         reply: ReplyAttr,
     ) {
+        let _span = request_span("setattr", req);
         let mut pool = self.pool();
         let changes = SetAttr { mode, uid, gid, size, atime: self.time(&pool, atime), mtime: self.time(&pool, mtime) };
         match pool.setattr(Ino(ino.0), &changes) {
@@ -179,7 +192,8 @@ impl Filesystem for DynamicFs {
         }
     }
 
-    fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+    fn readlink(&self, req: &Request, ino: INodeNo, reply: ReplyData) {
+        let _span = request_span("readlink", req);
         match self.pool().readlink(Ino(ino.0)) {
             Ok(target) => reply.data(&target),
             Err(e) => reply.error(errno(&e)),
@@ -196,22 +210,27 @@ impl Filesystem for DynamicFs {
         _rdev: u32,
         reply: ReplyEntry,
     ) {
+        let _span = request_span("mknod", req);
         reply_entry(reply, self.pool().mknod(Ino(parent.0), name.as_bytes(), mode, owner(req, mode, umask)))
     }
 
     fn mkdir(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, umask: u32, reply: ReplyEntry) {
+        let _span = request_span("mkdir", req);
         reply_entry(reply, self.pool().mkdir(Ino(parent.0), name.as_bytes(), owner(req, mode, umask)))
     }
 
-    fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+    fn unlink(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let _span = request_span("unlink", req);
         reply_empty(reply, self.pool().unlink(Ino(parent.0), name.as_bytes()))
     }
 
-    fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+    fn rmdir(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let _span = request_span("rmdir", req);
         reply_empty(reply, self.pool().rmdir(Ino(parent.0), name.as_bytes()))
     }
 
     fn symlink(&self, req: &Request, parent: INodeNo, link_name: &OsStr, target: &Path, reply: ReplyEntry) {
+        let _span = request_span("symlink", req);
         let owner = owner(req, 0o777, 0);
         reply_entry(
             reply,
@@ -221,7 +240,7 @@ impl Filesystem for DynamicFs {
 
     fn rename(
         &self,
-        _req: &Request,
+        req: &Request,
         parent: INodeNo,
         name: &OsStr,
         newparent: INodeNo,
@@ -229,6 +248,7 @@ impl Filesystem for DynamicFs {
         flags: RenameFlags,
         reply: ReplyEmpty,
     ) {
+        let _span = request_span("rename", req);
         let mode = if flags.contains(RenameFlags::RENAME_EXCHANGE) {
             RenameMode::Exchange
         } else if flags.contains(RenameFlags::RENAME_NOREPLACE) {
@@ -244,11 +264,13 @@ impl Filesystem for DynamicFs {
         )
     }
 
-    fn link(&self, _req: &Request, ino: INodeNo, newparent: INodeNo, newname: &OsStr, reply: ReplyEntry) {
+    fn link(&self, req: &Request, ino: INodeNo, newparent: INodeNo, newname: &OsStr, reply: ReplyEntry) {
+        let _span = request_span("link", req);
         reply_entry(reply, self.pool().link(Ino(ino.0), Ino(newparent.0), newname.as_bytes()))
     }
 
-    fn open(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+    fn open(&self, req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        let _span = request_span("open", req);
         match self.pool().open_file(Ino(ino.0)) {
             Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
             Err(e) => reply.error(errno(&e)),
@@ -257,7 +279,7 @@ impl Filesystem for DynamicFs {
 
     fn read(
         &self,
-        _req: &Request,
+        req: &Request,
         _ino: INodeNo,
         fh: FileHandle,
         offset: u64,
@@ -266,6 +288,7 @@ impl Filesystem for DynamicFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
+        let _span = request_span("read", req);
         // Fetch what the read needs with the engine unlocked, so other requests (and
         // other fetches) proceed meanwhile; the read itself then copies from the cache.
         // (Bound first: a guard in the match scrutinee would live through the arms.)
@@ -274,7 +297,10 @@ impl Filesystem for DynamicFs {
             Ok(plan) => {
                 if let Some(ahead) = plan.ahead {
                     let pool = self.pool.clone();
+                    // The read-ahead belongs to this request: its log lines carry its id.
+                    let span = tracing::Span::current();
                     std::thread::spawn(move || {
+                        let _span = span.enter();
                         let fetched = ahead.run();
                         pool.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).book_fetched(fetched);
                     });
@@ -298,7 +324,7 @@ impl Filesystem for DynamicFs {
 
     fn write(
         &self,
-        _req: &Request,
+        req: &Request,
         _ino: INodeNo,
         fh: FileHandle,
         offset: u64,
@@ -308,19 +334,21 @@ impl Filesystem for DynamicFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
+        let _span = request_span("write", req);
         match self.pool().write(fh.0, offset, data) {
             Ok(written) => reply.written(written as u32),
             Err(e) => reply.error(errno(&e)),
         }
     }
 
-    fn flush(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, _lock_owner: LockOwner, reply: ReplyEmpty) {
+    fn flush(&self, req: &Request, _ino: INodeNo, fh: FileHandle, _lock_owner: LockOwner, reply: ReplyEmpty) {
+        let _span = request_span("flush", req);
         reply_empty(reply, self.pool().flush(fh.0))
     }
 
     fn release(
         &self,
-        _req: &Request,
+        req: &Request,
         _ino: INodeNo,
         fh: FileHandle,
         _flags: OpenFlags,
@@ -328,6 +356,7 @@ impl Filesystem for DynamicFs {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
+        let _span = request_span("release", req);
         reply_empty(reply, self.pool().release(fh.0))
     }
 
@@ -338,15 +367,18 @@ impl Filesystem for DynamicFs {
         }
     }
 
-    fn fsyncdir(&self, _req: &Request, _ino: INodeNo, _fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
+    fn fsyncdir(&self, req: &Request, _ino: INodeNo, _fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
+        let _span = request_span("fsyncdir", req);
         reply_empty(reply, self.pool().sync())
     }
 
-    fn fsync(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
+    fn fsync(&self, req: &Request, _ino: INodeNo, fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
+        let _span = request_span("fsync", req);
         reply_empty(reply, self.pool().fsync(fh.0))
     }
 
-    fn readdir(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
+    fn readdir(&self, req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
+        let _span = request_span("readdir", req);
         let pool = self.pool();
         let entries = match pool.readdir(Ino(ino.0)) {
             Ok(entries) => entries,
@@ -364,7 +396,8 @@ impl Filesystem for DynamicFs {
         reply.ok();
     }
 
-    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+    fn statfs(&self, req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        let _span = request_span("statfs", req);
         let stat = self.pool().statfs();
         let block = u64::from(BLOCK_BYTES);
         reply.statfs(
@@ -379,7 +412,8 @@ impl Filesystem for DynamicFs {
         );
     }
 
-    fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: fuser::ReplyXattr) {
+    fn getxattr(&self, req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: fuser::ReplyXattr) {
+        let _span = request_span("getxattr", req);
         if name.as_bytes() != POLICY_XATTR.as_bytes() {
             return reply.error(Errno::ENODATA);
         }
@@ -396,7 +430,7 @@ impl Filesystem for DynamicFs {
 
     fn setxattr(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         name: &OsStr,
         value: &[u8],
@@ -404,6 +438,7 @@ impl Filesystem for DynamicFs {
         _position: u32,
         reply: ReplyEmpty,
     ) {
+        let _span = request_span("setxattr", req);
         if name.as_bytes() != POLICY_XATTR.as_bytes() {
             return reply.error(Errno::ENOTSUP); // only the policy attribute is stored
         }
@@ -413,7 +448,8 @@ impl Filesystem for DynamicFs {
         reply_empty(reply, self.pool().set_policy(Ino(ino.0), Some(policy)))
     }
 
-    fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: fuser::ReplyXattr) {
+    fn listxattr(&self, req: &Request, ino: INodeNo, size: u32, reply: fuser::ReplyXattr) {
+        let _span = request_span("listxattr", req);
         if let Err(e) = self.pool().getattr(Ino(ino.0)) {
             return reply.error(errno(&e));
         }
@@ -425,7 +461,8 @@ impl Filesystem for DynamicFs {
         }
     }
 
-    fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+    fn removexattr(&self, req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let _span = request_span("removexattr", req);
         if name.as_bytes() != POLICY_XATTR.as_bytes() {
             return reply.error(Errno::ENODATA);
         }
@@ -434,7 +471,7 @@ impl Filesystem for DynamicFs {
 
     fn fallocate(
         &self,
-        _req: &Request,
+        req: &Request,
         _ino: INodeNo,
         _fh: FileHandle,
         _offset: u64,
@@ -442,12 +479,14 @@ impl Filesystem for DynamicFs {
         _mode: i32,
         reply: ReplyEmpty,
     ) {
+        let _span = request_span("fallocate", req);
         // Extents are copy-on-write: space cannot be reserved for later writes, so, like
         // ZFS, refuse; posix_fallocate then falls back to writing zeros (stored as holes).
         reply.error(Errno::EOPNOTSUPP);
     }
 
-    fn access(&self, _req: &Request, _ino: INodeNo, _mask: fuser::AccessFlags, reply: ReplyEmpty) {
+    fn access(&self, req: &Request, _ino: INodeNo, _mask: fuser::AccessFlags, reply: ReplyEmpty) {
+        let _span = request_span("access", req);
         reply.ok(); // `default_permissions`: the kernel has already checked
     }
 
@@ -461,6 +500,7 @@ impl Filesystem for DynamicFs {
         _flags: i32,
         reply: ReplyCreate,
     ) {
+        let _span = request_span("create", req);
         let mut pool = self.pool();
         let attr = match pool.create(Ino(parent.0), name.as_bytes(), owner(req, mode, umask)) {
             Ok(attr) => attr,

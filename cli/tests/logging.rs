@@ -1,0 +1,115 @@
+//! Structured logs: with `--log-format json` every line of the daemon's log is a JSON
+//! object; every line a FUSE request causes — the engine's included — carries that
+//! request's span with its id; a command's logs go to stderr and never into its stdout.
+//! Runs under a real FUSE mount (needs /dev/fuse; CI runs as root; never skipped).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::process::Command;
+
+use common::{fragment_files, ok, pattern, Pool};
+use serde_json::Value;
+
+/// Reads `path` through the mount past the page cache, so the daemon serves it.
+fn read_uncached(path: &std::path::Path) -> Vec<u8> {
+    let script = format!(
+        "import os,sys\nfd=os.open({:?}, os.O_RDONLY)\nos.posix_fadvise(fd,0,0,os.POSIX_FADV_DONTNEED)\n\
+         data=b''\nwhile True:\n    chunk=os.read(fd, 1<<20)\n    if not chunk: break\n    data+=chunk\n\
+         sys.stdout.buffer.write(data)",
+        path.to_str().unwrap()
+    );
+    let out = Command::new("python3").args(["-c", &script]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    out.stdout
+}
+
+/// The FUSE span of a log line: (op, request id).
+fn fuse_span(line: &Value) -> Option<(String, u64)> {
+    line["spans"]
+        .as_array()?
+        .iter()
+        .find(|s| s["name"] == "fuse")
+        .map(|s| (s["op"].as_str().unwrap_or_default().to_string(), s["request_id"].as_u64().expect("a request id")))
+}
+
+#[test]
+fn every_log_line_of_a_mount_is_json_and_carries_its_fuse_request_id() {
+    let pool = Pool::new("replicate:2", &[64, 64]);
+    let p = pool.path();
+    let m = pool.root.path().join("mnt");
+    fs::create_dir(&m).unwrap();
+    ok(&["--log-format", "json", "--log-level", "debug", "mount", "--pool", p, "--mountpoint", m.to_str().unwrap()]);
+    let data = pattern(1_500_000, 3);
+    fs::write(m.join("f"), &data).unwrap();
+    assert_eq!(read_uncached(&m.join("f")), data);
+    ok(&["umount", m.to_str().unwrap()]);
+    // Rot the first copy of every extent and mount again (the engine's cache is gone):
+    // the next read is degraded, and the engine says so.
+    for disk in &pool.disks {
+        for file in fragment_files(disk).iter().filter(|f| f.to_str().unwrap().ends_with(".00")) {
+            let mut bytes = fs::read(file).unwrap();
+            let middle = bytes.len() / 2;
+            bytes[middle] ^= 1;
+            fs::write(file, bytes).unwrap();
+        }
+    }
+    ok(&["--log-format", "json", "--log-level", "debug", "mount", "--pool", p, "--mountpoint", m.to_str().unwrap()]);
+    assert_eq!(read_uncached(&m.join("f")), data);
+    ok(&["umount", m.to_str().unwrap()]);
+
+    let log = fs::read_to_string(pool.root.path().join("pool/daemon.log")).unwrap();
+    let lines: Vec<Value> = log
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    assert!(lines.len() > 10, "{log}");
+    for line in &lines {
+        for key in ["timestamp", "level", "target", "fields"] {
+            assert!(line.get(key).is_some(), "{key} missing: {line}");
+        }
+    }
+    // Every FUSE span names its op and request id; requests are distinct.
+    let mut by_request: BTreeMap<u64, Vec<&Value>> = BTreeMap::new();
+    for line in &lines {
+        if let Some((op, id)) = fuse_span(line) {
+            assert!(!op.is_empty(), "{line}");
+            by_request.entry(id).or_default().push(line);
+        }
+    }
+    assert!(by_request.len() > 5, "too few FUSE requests logged: {}", by_request.len());
+    let ops: std::collections::BTreeSet<String> =
+        by_request.values().flatten().filter_map(|l| fuse_span(l)).map(|(op, _)| op).collect();
+    for op in ["create", "write", "read", "lookup"] {
+        assert!(ops.contains(op), "no {op} request in {ops:?}");
+    }
+    // The engine's own warning about the degraded read sits in the read request's span.
+    let degraded: Vec<&Value> = lines.iter().filter(|l| l["fields"]["message"] == "degraded read").collect();
+    assert!(!degraded.is_empty(), "the engine did not log the degraded read");
+    for line in degraded {
+        let (op, id) = fuse_span(line).unwrap_or_else(|| panic!("engine line outside a FUSE span: {line}"));
+        assert_eq!(op, "read", "{line}");
+        assert_eq!(line["target"], "dfs_engine::store", "{line}");
+        let request = &by_request[&id];
+        assert!(request.iter().any(|l| l["fields"]["message"] == "request"), "request {id} has no start line");
+    }
+}
+
+#[test]
+fn a_command_logs_json_on_stderr_with_its_request_id_and_keeps_stdout_clean() {
+    let pool = Pool::new("replicate:1", &[64]);
+    let out =
+        common::run(&["--log-format", "json", "--log-level", "debug", "list-disks", "--pool", pool.path(), "--json"]);
+    assert!(out.status.success());
+    let stdout: Value = serde_json::from_slice(&out.stdout).expect("stdout is exactly the command's JSON");
+    assert_eq!(stdout.as_array().unwrap().len(), 1);
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    let lines: Vec<Value> = stderr.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert!(!lines.is_empty());
+    let ids: std::collections::BTreeSet<&str> = lines.iter().filter_map(|l| l["span"]["request_id"].as_str()).collect();
+    assert_eq!(ids.len(), 1, "one request id for the command: {stderr}");
+    assert!(lines.iter().all(|l| l["span"]["command"] == "list-disks"), "{stderr}");
+}
