@@ -40,32 +40,33 @@ impl Families {
         self.0.push(family);
     }
 
-    fn counters(&mut self, name: &str, help: &str, values: Vec<(Vec<(&str, &str)>, f64)>) {
+    /// One family of plain samples (a counter or a gauge per label set).
+    fn samples(&mut self, name: &str, help: &str, kind: MetricType, values: Vec<(Vec<(&str, &str)>, f64)>) {
         let metrics = values
             .into_iter()
             .map(|(pairs, value)| {
-                let mut counter = Counter::default();
-                counter.set_value(value);
                 let mut metric = Metric::from_label(labels(&pairs));
-                metric.set_counter(counter);
+                if kind == MetricType::COUNTER {
+                    let mut counter = Counter::default();
+                    counter.set_value(value);
+                    metric.set_counter(counter);
+                } else {
+                    let mut gauge = Gauge::default();
+                    gauge.set_value(value);
+                    metric.set_gauge(gauge);
+                }
                 metric
             })
             .collect();
-        self.family(name, help, MetricType::COUNTER, metrics);
+        self.family(name, help, kind, metrics);
+    }
+
+    fn counters(&mut self, name: &str, help: &str, values: Vec<(Vec<(&str, &str)>, f64)>) {
+        self.samples(name, help, MetricType::COUNTER, values);
     }
 
     fn gauges(&mut self, name: &str, help: &str, values: Vec<(Vec<(&str, &str)>, f64)>) {
-        let metrics = values
-            .into_iter()
-            .map(|(pairs, value)| {
-                let mut gauge = Gauge::default();
-                gauge.set_value(value);
-                let mut metric = Metric::from_label(labels(&pairs));
-                metric.set_gauge(gauge);
-                metric
-            })
-            .collect();
-        self.family(name, help, MetricType::GAUGE, metrics);
+        self.samples(name, help, MetricType::GAUGE, values);
     }
 }
 

@@ -8,23 +8,9 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::process::Command;
 
-use common::{fragment_files, ok, pattern, Pool};
+use common::{fragment_files, ok, pattern, read_uncached, Pool};
 use serde_json::Value;
-
-/// Reads `path` through the mount past the page cache, so the daemon serves it.
-fn read_uncached(path: &std::path::Path) -> Vec<u8> {
-    let script = format!(
-        "import os,sys\nfd=os.open({:?}, os.O_RDONLY)\nos.posix_fadvise(fd,0,0,os.POSIX_FADV_DONTNEED)\n\
-         data=b''\nwhile True:\n    chunk=os.read(fd, 1<<20)\n    if not chunk: break\n    data+=chunk\n\
-         sys.stdout.buffer.write(data)",
-        path.to_str().unwrap()
-    );
-    let out = Command::new("python3").args(["-c", &script]).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    out.stdout
-}
 
 /// The FUSE span of a log line: (op, request id).
 fn fuse_span(line: &Value) -> Option<(String, u64)> {

@@ -9,10 +9,9 @@
 mod common;
 
 use std::fs;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{fails, ok, pattern, Pool};
+use common::{fails, ok, pattern, read_uncached, Pool};
 use serde_json::Value;
 
 /// Hot above 2 ops/day, warm above 1, by rate alone (recency windows of zero seconds:
@@ -147,19 +146,6 @@ fn bad_tiering_settings_are_refused_and_change_nothing() {
     fs::create_dir(&disk).unwrap();
     ok(&["add-disk", "--pool", path.to_str().unwrap(), "--disk", disk.to_str().unwrap(), "--capacity", "64MiB"]);
     assert_eq!(json(&["tiering", "--pool", path.to_str().unwrap(), "--json"])["enabled"], false);
-}
-
-/// Reads `path` through the mount past the page cache, so the daemon serves it.
-fn read_uncached(path: &std::path::Path) -> Vec<u8> {
-    let script = format!(
-        "import os,sys\nfd=os.open({:?}, os.O_RDONLY)\nos.posix_fadvise(fd,0,0,os.POSIX_FADV_DONTNEED)\n\
-         data=b''\nwhile True:\n    chunk=os.read(fd, 1<<20)\n    if not chunk: break\n    data+=chunk\n\
-         sys.stdout.buffer.write(data)",
-        path.to_str().unwrap()
-    );
-    let out = Command::new("python3").args(["-c", &script]).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    out.stdout
 }
 
 #[test]

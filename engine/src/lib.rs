@@ -6,6 +6,7 @@
 //! (the write path), `store` (extents and fragments) and `meta` (state and journal).
 
 pub mod background;
+mod budget;
 pub mod clock;
 pub mod codec;
 pub mod device;

@@ -300,8 +300,8 @@ type RepairOutcome = std::result::Result<(), String>;
 /// The scrub's in-memory pacing: budget and the last foreground request.
 #[derive(Default)]
 pub(crate) struct Pacing {
-    /// Bytes that may be verified now, and when that was computed (monotonic nanos).
-    budget: Option<(f64, u64)>,
+    /// Bytes that may be verified now.
+    budget: crate::budget::ByteBudget,
     /// Monotonic nanos of the last foreground read or write.
     pub(crate) foreground_nanos: Option<u64>,
 }
@@ -603,15 +603,10 @@ impl Pool {
         if self.pacing.foreground_nanos.is_some_and(|at| monotonic.saturating_sub(at) < yield_nanos) {
             return Ok(tick);
         }
-        let budget = match intensity.bytes_per_sec() {
-            None => f64::INFINITY,
-            Some(rate) => {
-                let (bytes, at) = self.pacing.budget.unwrap_or((rate as f64, monotonic));
-                let bytes = (bytes + rate as f64 * monotonic.saturating_sub(at) as f64 / 1e9).min(rate as f64);
-                self.pacing.budget = Some((bytes, monotonic));
-                bytes
-            }
-        };
+        // One second of budget at most: a full budget fits any extent.
+        let budget = intensity
+            .bytes_per_sec()
+            .map_or(f64::INFINITY, |rate| self.pacing.budget.available(rate as f64, rate as f64, monotonic));
         let remaining = self.scrub_pass_remaining();
         let mut pass = scrub.pass.unwrap_or_default();
         let mut checked = Vec::new();
@@ -619,7 +614,7 @@ impl Pool {
         for id in remaining.iter().take(intensity.extents_per_step()) {
             let len = self.state.extents.get(id).map_or(0, |r| u64::from(r.len)) as f64;
             if spent + len > budget {
-                break; // the budget refills at the intensity's rate; a full one fits any extent
+                break;
             }
             let Some((check, repair)) = self.scrub_extent(*id, true)? else { continue };
             spent += len;
@@ -641,10 +636,7 @@ impl Pool {
                 pass.repaired += 1;
             }
         }
-        if let Some((bytes, at)) = self.pacing.budget.as_mut() {
-            *bytes -= spent;
-            *at = monotonic;
-        }
+        self.pacing.budget.spend(spent);
         tick.extents = checked.len();
         let finished = remaining.len() == checked.len();
         scrub.pass = Some(pass);

@@ -42,8 +42,8 @@ pub(crate) struct Tracker {
     read_queue: BTreeSet<ChunkSlot>,
     /// Slots whose migration failed; retried after the next pass.
     failed: BTreeSet<ChunkSlot>,
-    /// Background budget: bytes that may be re-encoded now, and when it was topped up.
-    budget_bytes: Option<(f64, u64)>,
+    /// Bytes the background may re-encode now.
+    budget: crate::budget::ByteBudget,
 }
 
 /// What a classification pass found.
@@ -254,24 +254,6 @@ impl Pool {
         self.tracker.read_queue.len()
     }
 
-    /// Tops up the background budget from the clock; returns the bytes available.
-    fn budget_now(&mut self) -> f64 {
-        let rate = self.state.tiering.migrate_bytes_per_sec as f64;
-        let cap = rate * BUDGET_BURST_SECS;
-        let now = self.clock.monotonic_nanos();
-        let (bytes, at) = self.tracker.budget_bytes.unwrap_or((cap, now));
-        let elapsed = now.saturating_sub(at) as f64 / 1e9;
-        let bytes = (bytes + rate * elapsed).min(cap);
-        self.tracker.budget_bytes = Some((bytes, now));
-        bytes
-    }
-
-    fn spend_budget(&mut self, bytes: u64) {
-        if let Some((available, _)) = self.tracker.budget_bytes.as_mut() {
-            *available -= bytes as f64;
-        }
-    }
-
     /// Migrates up to `max_extents` extents: those reads queued first, then others
     /// within the budget (`unthrottled` ignores it: `dfs classify --migrate`). Returns
     /// how many it re-encoded.
@@ -284,22 +266,29 @@ impl Pool {
             }
         }
         if items.is_empty() {
-            let mut budget = if unthrottled { f64::INFINITY } else { self.budget_now() };
+            let budget = if unthrottled {
+                f64::INFINITY
+            } else {
+                let rate = self.state.tiering.migrate_bytes_per_sec as f64;
+                self.tracker.budget.available(rate, rate * BUDGET_BURST_SECS, self.clock.monotonic_nanos())
+            };
+            let mut spent = 0.0;
             for (slot, target) in self.pending_migrations() {
-                if items.len() >= max_extents || self.tracker.failed.contains(&slot) {
-                    continue;
-                }
-                let len = self.state.slot_extent(slot).map_or(0, |r| u64::from(r.len));
-                if budget < len as f64 {
+                if items.len() >= max_extents {
                     break;
                 }
-                budget -= len as f64;
+                if self.tracker.failed.contains(&slot) {
+                    continue;
+                }
+                let len = self.state.slot_extent(slot).map_or(0.0, |r| f64::from(r.len));
+                if spent + len > budget {
+                    break;
+                }
+                spent += len;
                 items.push((slot, target));
             }
             if !unthrottled {
-                let bytes =
-                    items.iter().filter_map(|(slot, _)| self.state.slot_extent(*slot)).map(|r| u64::from(r.len)).sum();
-                self.spend_budget(bytes);
+                self.tracker.budget.spend(spent);
             }
         }
         if items.is_empty() {

@@ -109,3 +109,16 @@ pub fn eventually(what: &str, mut check: impl FnMut() -> bool) {
         std::thread::sleep(std::time::Duration::from_millis(200));
     }
 }
+
+/// Reads `path` through the mount past the page cache, so the daemon serves it.
+pub fn read_uncached(path: &std::path::Path) -> Vec<u8> {
+    let script = format!(
+        "import os,sys\nfd=os.open({:?}, os.O_RDONLY)\nos.posix_fadvise(fd,0,0,os.POSIX_FADV_DONTNEED)\n\
+         data=b''\nwhile True:\n    chunk=os.read(fd, 1<<20)\n    if not chunk: break\n    data+=chunk\n\
+         sys.stdout.buffer.write(data)",
+        path.to_str().unwrap()
+    );
+    let out = std::process::Command::new("python3").args(["-c", &script]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    out.stdout
+}
