@@ -31,6 +31,11 @@ pub(crate) fn errno_name(errno: i32) -> &'static str {
         libc_errno::EBADF => "EBADF",
         libc_errno::EROFS => "EROFS",
         libc_errno::EBUSY => "EBUSY",
+        libc_errno::ENODATA => "ENODATA",
+        libc_errno::ERANGE => "ERANGE",
+        libc_errno::E2BIG => "E2BIG",
+        libc_errno::EOPNOTSUPP => "EOPNOTSUPP",
+        libc_errno::EACCES => "EACCES",
         _ => "error",
     }
 }
@@ -40,6 +45,8 @@ mod libc_errno {
     pub const EPERM: i32 = 1;
     pub const ENOENT: i32 = 2;
     pub const EIO: i32 = 5;
+    pub const E2BIG: i32 = 7;
+    pub const EACCES: i32 = 13;
     pub const EBADF: i32 = 9;
     pub const EBUSY: i32 = 16;
     pub const EEXIST: i32 = 17;
@@ -48,8 +55,11 @@ mod libc_errno {
     pub const EINVAL: i32 = 22;
     pub const ENOSPC: i32 = 28;
     pub const EROFS: i32 = 30;
+    pub const ERANGE: i32 = 34;
     pub const ENAMETOOLONG: i32 = 36;
     pub const ENOTEMPTY: i32 = 39;
+    pub const ENODATA: i32 = 61;
+    pub const EOPNOTSUPP: i32 = 95;
 }
 
 /// Turns an engine error into a CLI error that names its errno.
@@ -118,7 +128,7 @@ pub(crate) fn pool_command(pool: &Path, command: Command) -> Result<()> {
 /// The owner of new files: the invoking user, with the usual permission bits.
 fn owner(mode: u32) -> Owner {
     let (uid, gid) = current_ids();
-    Owner { mode, uid, gid }
+    Owner { mode, uid, gid, umask: 0 }
 }
 
 fn current_ids() -> (u32, u32) {
@@ -498,6 +508,10 @@ fn kind_name(kind: InodeKind) -> &'static str {
         InodeKind::File => "file",
         InodeKind::Directory => "dir",
         InodeKind::Symlink => "symlink",
+        InodeKind::Fifo => "fifo",
+        InodeKind::Socket => "socket",
+        InodeKind::CharDevice => "char-device",
+        InodeKind::BlockDevice => "block-device",
     }
 }
 

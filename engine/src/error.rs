@@ -46,6 +46,18 @@ pub enum Error {
     BadHandle(u64),
     #[error("the pool went read-only after a failed metadata commit ({0}); unmount and reopen it")]
     ReadOnly(String),
+    #[error("{0}: no such extended attribute")]
+    NoAttribute(String),
+    #[error("extended attribute name too long ({0} bytes; the limit is 255)")]
+    AttributeNameTooLong(usize),
+    #[error("{0}")]
+    TooBig(String),
+    #[error("operation not supported: {0}")]
+    NotSupported(String),
+    #[error("permission denied: {0}")]
+    AccessDenied(String),
+    #[error("{0}")]
+    NoSuchOffset(String),
 }
 
 impl Error {
@@ -68,6 +80,14 @@ impl Error {
             Error::PoolBusy(_) => libc::EBUSY,
             Error::NotAPool(_) => libc::ENOENT,
             Error::ReadOnly(_) => libc::EROFS,
+            Error::NoAttribute(_) => libc::ENODATA,
+            // Linux answers ERANGE for an attribute name past XATTR_NAME_MAX.
+            Error::AttributeNameTooLong(_) => libc::ERANGE,
+            Error::TooBig(_) => libc::E2BIG,
+            Error::NotSupported(_) => libc::EOPNOTSUPP,
+            Error::AccessDenied(_) => libc::EACCES,
+            // lseek(SEEK_DATA/SEEK_HOLE) at or past the end, or no data after the offset.
+            Error::NoSuchOffset(_) => libc::ENXIO,
         }
     }
 }

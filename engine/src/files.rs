@@ -37,8 +37,10 @@ pub(crate) struct OpenFiles {
 
 pub(crate) struct OpenFile {
     handles: u32,
-    dirty: BTreeMap<u64, Vec<u8>>,
-    dirty_bytes: usize,
+    /// Buffered chunks, by index: each the chunk's whole current contents (an empty one
+    /// reads as zeros throughout: a punched chunk).
+    pub(crate) dirty: BTreeMap<u64, Vec<u8>>,
+    pub(crate) dirty_bytes: usize,
     /// The file's size including buffered writes.
     pub(crate) size: u64,
     /// Set when the buffered state differs from the committed inode.
@@ -63,12 +65,27 @@ impl OpenFiles {
 }
 
 impl Pool {
-    fn handle_ino(&self, fh: FileHandle) -> Result<Ino> {
+    pub(crate) fn handle_ino(&self, fh: FileHandle) -> Result<Ino> {
         self.files.handles.get(&fh).map(|h| h.ino).ok_or(Error::BadHandle(fh))
     }
 
+    /// Marks handle `fh` as having written: its close then flushes.
+    pub(crate) fn mark_wrote(&mut self, fh: FileHandle) {
+        if let Some(handle) = self.files.handles.get_mut(&fh) {
+            handle.wrote = true;
+        }
+    }
+
+    /// The size of `ino`, buffered writes included.
+    pub(crate) fn current_size(&self, ino: Ino) -> u64 {
+        match self.files.get(ino) {
+            Some(file) => file.size,
+            None => self.state.inodes.get(&ino).map(|i| i.size).unwrap_or(0),
+        }
+    }
+
     /// The open-file entry of `ino`, created (with no handles) if absent.
-    fn open_entry(&mut self, ino: Ino) -> Result<&mut OpenFile> {
+    pub(crate) fn open_entry(&mut self, ino: Ino) -> Result<&mut OpenFile> {
         let inode = self.state.inodes.get(&ino).ok_or_else(|| Error::NotFound(format!("inode {}", ino.0)))?;
         if inode.kind != InodeKind::File {
             return Err(match inode.kind {
@@ -97,7 +114,7 @@ impl Pool {
     }
 
     /// Current contents of chunk `index` of `ino`, as a buffer to modify.
-    fn load_chunk(&mut self, ino: Ino, index: u64) -> Result<Vec<u8>> {
+    pub(crate) fn load_chunk(&mut self, ino: Ino, index: u64) -> Result<Vec<u8>> {
         let record = self
             .state
             .file_extents
@@ -119,7 +136,7 @@ impl Pool {
         Ok(written)
     }
 
-    fn write_buffered(&mut self, fh: FileHandle, offset: u64, data: &[u8]) -> Result<usize> {
+    pub(crate) fn write_buffered(&mut self, fh: FileHandle, offset: u64, data: &[u8]) -> Result<usize> {
         let ino = self.handle_ino(fh)?;
         let end = offset
             .checked_add(data.len() as u64)
@@ -217,10 +234,7 @@ impl Pool {
     }
 
     pub(crate) fn read_ino(&mut self, ino: Ino, offset: u64, size: usize) -> Result<Vec<u8>> {
-        let file_size = match self.files.get(ino) {
-            Some(file) => file.size,
-            None => self.state.inodes.get(&ino).map(|i| i.size).unwrap_or(0),
-        };
+        let file_size = self.current_size(ino);
         if offset >= file_size || size == 0 {
             return Ok(Vec::new());
         }

@@ -3,11 +3,20 @@
 //! Layout: `magic[4] | kind u8 | version u8 | reserved[2] | body_len u64 LE | blake3(body)[32] | body`.
 //! Decoding verifies every field; a torn, truncated, misdirected or rotted block never
 //! decodes. Fragments have their own header (`fragment.rs`).
+//!
+//! The version is the format of the body, per kind (`FrameKind::version`): a body is
+//! only ever decoded as the structure of its own version. `decode` takes the current
+//! version only; `open` verifies a frame of any version up to the current one and hands
+//! the body to a caller that knows the older structures (`meta::v1`). A version newer
+//! than this build's is refused by name (`FrameError::Version`).
+//!
+//! From version 2 on the checksum covers the kind and version bytes with the body
+//! (`checksum`), so a rotten version byte never passes for another format; version 1
+//! frames (and labels, still version 1) checksum the body alone.
 
 use serde::{de::DeserializeOwned, Serialize};
 
 const MAGIC: [u8; 4] = *b"DFSM";
-const VERSION: u8 = 1;
 const HEADER_LEN: usize = 4 + 1 + 1 + 2 + 8 + 32;
 
 /// Which structure a frame carries; a frame of one kind never decodes as another.
@@ -19,6 +28,29 @@ pub enum FrameKind {
     Checkpoint = 3,
 }
 
+/// The metadata format this build writes: journal records and checkpoints.
+/// 1: the first format. 2: special files (`rdev`), extended attributes and ACLs.
+pub const METADATA_FORMAT: u8 = 2;
+
+impl FrameKind {
+    /// The body format this build writes for frames of this kind.
+    pub fn version(self) -> u8 {
+        match self {
+            FrameKind::Label => 1,
+            FrameKind::JournalRecord | FrameKind::Checkpoint => METADATA_FORMAT,
+        }
+    }
+}
+
+/// A verified frame whose body has not been decoded yet.
+pub struct Opened<'a> {
+    /// The format of `body`.
+    pub version: u8,
+    pub body: &'a [u8],
+    /// BLAKE3 of `body`.
+    pub hash: [u8; 32],
+}
+
 /// Why a frame did not decode.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum FrameError {
@@ -28,8 +60,10 @@ pub enum FrameError {
     BadMagic,
     #[error("unexpected kind {found}, wanted {wanted}")]
     WrongKind { found: u8, wanted: u8 },
-    #[error("unsupported version {0}")]
-    Version(u8),
+    #[error(
+        "format version {found}, but this build reads versions 1 to {supported}: it was written by a newer DynamicFS"
+    )]
+    Version { found: u8, supported: u8 },
     #[error("length field {declared} does not match {actual} body bytes")]
     Length { declared: u64, actual: usize },
     #[error("checksum mismatch")]
@@ -46,11 +80,11 @@ pub fn encode<T: Serialize>(kind: FrameKind, value: &T) -> (Vec<u8>, [u8; 32]) {
         Ok(body) => body,
         Err(e) => panic!("postcard cannot encode engine metadata: {e}"),
     };
-    let hash = *blake3::hash(&body).as_bytes();
+    let hash = checksum(kind as u8, kind.version(), &body);
     let mut out = Vec::with_capacity(HEADER_LEN + body.len());
     out.extend_from_slice(&MAGIC);
     out.push(kind as u8);
-    out.push(VERSION);
+    out.push(kind.version());
     out.extend_from_slice(&[0, 0]);
     out.extend_from_slice(&(body.len() as u64).to_le_bytes());
     out.extend_from_slice(&hash);
@@ -58,8 +92,25 @@ pub fn encode<T: Serialize>(kind: FrameKind, value: &T) -> (Vec<u8>, [u8; 32]) {
     (out, hash)
 }
 
-/// Verifies and decodes a frame of `kind`, returning the value and its body hash.
+/// Verifies and decodes a frame of `kind` in the current format, returning the value
+/// and its body hash. A frame of an older format is `FrameError::Version`; read it with
+/// `open`.
 pub fn decode<T: DeserializeOwned>(kind: FrameKind, block: &[u8]) -> Result<(T, [u8; 32]), FrameError> {
+    let opened = open(kind, block)?;
+    if opened.version != kind.version() {
+        return Err(FrameError::Version { found: opened.version, supported: kind.version() });
+    }
+    Ok((decode_body(opened.body)?, opened.hash))
+}
+
+/// Decodes a verified body as `T` (the structure of the body's version).
+pub fn decode_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, FrameError> {
+    postcard::from_bytes(body).map_err(|e| FrameError::Body(e.to_string()))
+}
+
+/// Verifies a frame of `kind` of any version this build can read (1 to the current),
+/// without decoding its body.
+pub fn open(kind: FrameKind, block: &[u8]) -> Result<Opened<'_>, FrameError> {
     if block.len() < HEADER_LEN {
         return Err(FrameError::Truncated(block.len()));
     }
@@ -70,8 +121,9 @@ pub fn decode<T: DeserializeOwned>(kind: FrameKind, block: &[u8]) -> Result<(T, 
     if header[4] != kind as u8 {
         return Err(FrameError::WrongKind { found: header[4], wanted: kind as u8 });
     }
-    if header[5] != VERSION || header[6..8] != [0, 0] {
-        return Err(FrameError::Version(header[5]));
+    let version = header[5];
+    if version == 0 || header[6..8] != [0, 0] {
+        return Err(FrameError::Version { found: version, supported: kind.version() });
     }
     let mut len_bytes = [0u8; 8];
     len_bytes.copy_from_slice(&header[8..16]);
@@ -79,12 +131,37 @@ pub fn decode<T: DeserializeOwned>(kind: FrameKind, block: &[u8]) -> Result<(T, 
     if declared != body.len() as u64 {
         return Err(FrameError::Length { declared, actual: body.len() });
     }
-    let hash = *blake3::hash(body).as_bytes();
+    let hash = checksum(header[4], version, body);
     if header[16..48] != hash {
         return Err(FrameError::Checksum);
     }
-    let value = postcard::from_bytes(body).map_err(|e| FrameError::Body(e.to_string()))?;
-    Ok((value, hash))
+    if version > kind.version() {
+        // Verified under the rule every later format keeps: really a newer format.
+        return Err(FrameError::Version { found: version, supported: kind.version() });
+    }
+    Ok(Opened { version, body, hash })
+}
+
+/// The checksum of a frame's body, which also chains journal records: BLAKE3 of the
+/// body (version 1), or of kind, version and body (version 2 and later).
+fn checksum(kind: u8, version: u8, body: &[u8]) -> [u8; 32] {
+    if version <= 1 {
+        return *blake3::hash(body).as_bytes();
+    }
+    let mut hasher = blake3::Hasher::new();
+    hasher.update(&[kind, version]);
+    hasher.update(body);
+    *hasher.finalize().as_bytes()
+}
+
+/// Encodes `value` as a frame of `kind` in format `version` (tests build frames of
+/// older and newer formats with it).
+pub fn encode_version<T: Serialize>(kind: FrameKind, version: u8, value: &T) -> Vec<u8> {
+    let (mut block, _) = encode(kind, value);
+    block[5] = version;
+    let hash = checksum(kind as u8, version, &block[HEADER_LEN..]);
+    block[16..48].copy_from_slice(&hash);
+    block
 }
 
 #[cfg(test)]
@@ -113,6 +190,36 @@ mod tests {
         for len in 0..block.len() {
             assert!(decode::<Vec<u32>>(FrameKind::Checkpoint, &block[..len]).is_err());
         }
+    }
+
+    #[test]
+    fn an_older_format_opens_but_does_not_decode_as_the_current_one() {
+        let block = encode_version(FrameKind::Checkpoint, 1, &5u32);
+        assert!(matches!(
+            decode::<u32>(FrameKind::Checkpoint, &block),
+            Err(FrameError::Version { found: 1, supported: METADATA_FORMAT })
+        ));
+        let opened = open(FrameKind::Checkpoint, &block).unwrap();
+        assert_eq!(opened.version, 1);
+        assert_eq!(decode_body::<u32>(opened.body).unwrap(), 5);
+    }
+
+    #[test]
+    fn a_rotten_version_byte_is_corruption_not_another_format() {
+        let (block, _) = encode(FrameKind::Checkpoint, &5u32);
+        for version in [1, 3, 66] {
+            let mut bad = block.clone();
+            bad[5] = version;
+            assert_eq!(open(FrameKind::Checkpoint, &bad).err(), Some(FrameError::Checksum), "version {version}");
+        }
+    }
+
+    #[test]
+    fn a_newer_format_is_refused_by_name() {
+        let block = encode_version(FrameKind::JournalRecord, METADATA_FORMAT + 1, &5u32);
+        let error = open(FrameKind::JournalRecord, &block).err().unwrap();
+        assert_eq!(error, FrameError::Version { found: METADATA_FORMAT + 1, supported: METADATA_FORMAT });
+        assert!(error.to_string().contains("newer DynamicFS"), "{error}");
     }
 
     #[test]

@@ -5,6 +5,7 @@
 //! injected seeded RNG. Start reading at `pool` (open, commit, recovery), then `files`
 //! (the write path), `store` (extents and fragments) and `meta` (state and journal).
 
+pub mod acl;
 pub mod background;
 mod budget;
 pub mod clock;
@@ -14,6 +15,7 @@ pub mod dirdisk;
 mod durability;
 pub mod error;
 pub mod fetch;
+pub mod file_ranges;
 pub mod files;
 pub mod fragment;
 pub mod frame;
@@ -39,6 +41,7 @@ pub mod temperature;
 pub mod tier_report;
 pub mod tiering;
 pub mod units;
+pub mod xattr;
 
 pub use error::{Error, Result};
 pub use meta::state::{DiskId, Ino, InodeKind};

@@ -3,7 +3,11 @@
 //!
 //! Each operation validates against the committed state, then commits one transaction,
 //! so it happens entirely or not at all. Permission checks are the kernel's
-//! (`default_permissions`); the engine checks structure (types, emptiness, cycles).
+//! (`default_permissions`, and POSIX ACLs from `xattr`); the engine checks structure
+//! (types, emptiness, cycles) and does what ext4 does on creation: a new inode takes its
+//! directory's default ACL (or else the umask), and a setgid directory's group (and, for
+//! a subdirectory, its setgid bit). Special files (FIFOs, sockets, device nodes) are
+//! names and attributes only: they hold no extents.
 
 use std::collections::BTreeMap;
 
@@ -33,6 +37,8 @@ pub struct Attr {
     pub ctime: WallTime,
     /// The policy new data of this inode gets.
     pub policy: Policy,
+    /// The device number of a device node; 0 otherwise.
+    pub rdev: u64,
 }
 
 /// Attribute changes for `setattr`; `None` leaves a field alone.
@@ -44,6 +50,9 @@ pub struct SetAttr {
     pub size: Option<u64>,
     pub atime: Option<WallTime>,
     pub mtime: Option<WallTime>,
+    /// A ctime the kernel kept itself (its writeback cache times writes); otherwise any
+    /// change sets ctime to now.
+    pub ctime: Option<WallTime>,
 }
 
 /// One directory entry.
@@ -71,15 +80,26 @@ pub enum RenameMode {
 pub struct StatFs {
     pub total_bytes: u64,
     pub free_bytes: u64,
+    /// Inodes in use.
     pub files: u64,
+    /// Inodes that could still be made. There is no inode table: an inode costs only
+    /// metadata, so this is how many more files of one block each would fit.
+    pub files_free: u64,
 }
+
+/// The block size `statfs` and `stat` report, and the unit of `StatFs::files_free`.
+pub const BLOCK_BYTES: u64 = 4096;
 
 /// Who creates an inode, and with which permission bits.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Owner {
+    /// The mode the caller asked for (`0o7777` bits), before the umask.
     pub mode: u32,
     pub uid: u32,
     pub gid: u32,
+    /// The caller's umask: applied unless the directory has a default ACL, which then
+    /// decides the bits instead (POSIX.1e).
+    pub umask: u32,
 }
 
 fn display(name: &[u8]) -> String {
@@ -130,7 +150,7 @@ impl<'a> Change<'a> {
 }
 
 impl Pool {
-    fn inode(&self, ino: Ino) -> Result<&Inode> {
+    pub(crate) fn inode(&self, ino: Ino) -> Result<&Inode> {
         self.state.inodes.get(&ino).ok_or_else(|| Error::NotFound(format!("inode {}", ino.0)))
     }
 
@@ -167,6 +187,7 @@ impl Pool {
             mtime: inode.mtime,
             ctime: inode.ctime,
             policy: self.state.effective_policy(ino),
+            rdev: inode.rdev,
         };
         if let Some(file) = self.files.get(ino) {
             attr.size = file.size;
@@ -218,8 +239,13 @@ impl Pool {
         let now = self.clock.wall();
         let mut inode = self.inode(ino)?.clone();
         let before = inode.clone();
+        let mut ops = Vec::new();
         if let Some(mode) = changes.mode {
             inode.mode = mode & 0o7777;
+            if let Some(acl) = self.access_acl(ino) {
+                let value = Some(acl.chmod(inode.mode).to_xattr());
+                ops.push(Op::SetXattr { ino, name: crate::acl::ACCESS_XATTR.to_vec(), value });
+            }
         }
         if let Some(uid) = changes.uid {
             inode.uid = uid;
@@ -236,9 +262,10 @@ impl Pool {
                 file.mtime = None;
             }
         }
-        if inode != before {
-            inode.ctime = now;
-            self.commit(Transaction { ops: vec![Op::PutInode(inode)] })?;
+        if inode != before || changes.ctime.is_some() {
+            inode.ctime = changes.ctime.unwrap_or(now);
+            ops.insert(0, Op::PutInode(inode));
+            self.commit(Transaction { ops })?;
         }
         self.getattr(ino)
     }
@@ -258,18 +285,47 @@ impl Pool {
             ctime: now,
             policy,
             symlink_target: Vec::new(),
+            rdev: 0,
         }
     }
 
-    fn create_child(&mut self, parent: Ino, name: &[u8], mut inode: Inode) -> Result<Attr> {
+    /// Links the new `inode` as `parent/name`, after giving it what it inherits from
+    /// `parent`: the policy, the default ACL (or else `umask` applies), and the group of
+    /// a setgid directory.
+    fn create_child(&mut self, parent: Ino, name: &[u8], mut inode: Inode, umask: u32) -> Result<Attr> {
         check_name(name)?;
         if self.child(parent, name)?.is_some() {
             return Err(Error::Exists(display(name)));
         }
         let ino = inode.ino;
         let now = inode.ctime;
+        let dir = self.inode(parent)?;
         if inode.policy.is_none() {
-            inode.policy = self.inode(parent)?.policy;
+            inode.policy = dir.policy;
+        }
+        let mut attributes = Vec::new();
+        if inode.kind != InodeKind::Symlink {
+            match self.default_acl(parent) {
+                Some(default) => {
+                    let (mode, access) = default.inherit(inode.mode);
+                    inode.mode = mode;
+                    if let Some(access) = access {
+                        let value = Some(access.to_xattr());
+                        attributes.push(Op::SetXattr { ino, name: crate::acl::ACCESS_XATTR.to_vec(), value });
+                    }
+                    if inode.kind == InodeKind::Directory {
+                        let value = Some(default.to_xattr());
+                        attributes.push(Op::SetXattr { ino, name: crate::acl::DEFAULT_XATTR.to_vec(), value });
+                    }
+                }
+                None => inode.mode &= !umask,
+            }
+        }
+        if dir.mode & libc::S_ISGID != 0 {
+            inode.gid = dir.gid;
+            if inode.kind == InodeKind::Directory {
+                inode.mode |= libc::S_ISGID;
+            }
         }
         let mut change = Change::new(&self.state);
         let dir = change.inode(parent)?;
@@ -280,7 +336,8 @@ impl Pool {
         }
         change.inodes.insert(ino, inode);
         change.entries.push(Op::Link { parent, name: name.to_vec(), ino });
-        let txn = change.into_transaction();
+        let mut txn = change.into_transaction();
+        txn.ops.extend(attributes);
         self.commit(txn)?;
         self.getattr(ino)
     }
@@ -288,22 +345,31 @@ impl Pool {
     /// Creates an empty regular file. Its policy is the parent directory's, if set.
     pub fn create(&mut self, parent: Ino, name: &[u8], owner: Owner) -> Result<Attr> {
         let inode = self.new_inode(InodeKind::File, owner, None);
-        self.create_child(parent, name, inode)
+        self.create_child(parent, name, inode, owner.umask)
     }
 
-    /// `mknod`: only regular files are supported (`S_IFREG` or no type bits).
-    pub fn mknod(&mut self, parent: Ino, name: &[u8], mode: u32, owner: Owner) -> Result<Attr> {
-        let file_type = mode & libc::S_IFMT;
-        if file_type != 0 && file_type != libc::S_IFREG {
-            return Err(Error::NotPermitted("only regular files can be created with mknod".into()));
+    /// `mknod(2)`: a regular file, FIFO, socket, or character or block device node (of
+    /// device number `rdev`), by the type bits of `mode`. Directories are `mkdir`'s and
+    /// symlinks `symlink`'s (`EPERM` and `EINVAL`, as Linux answers).
+    pub fn mknod(&mut self, parent: Ino, name: &[u8], mode: u32, rdev: u64, owner: Owner) -> Result<Attr> {
+        let kind = match InodeKind::from_mode(mode) {
+            Some(InodeKind::Directory) => return Err(Error::NotPermitted("mknod cannot make a directory".into())),
+            Some(InodeKind::Symlink) | None => {
+                return Err(Error::InvalidArgument(format!("mknod cannot make file type {:#o}", mode & libc::S_IFMT)))
+            }
+            Some(kind) => kind,
+        };
+        let mut inode = self.new_inode(kind, owner, None);
+        if matches!(kind, InodeKind::CharDevice | InodeKind::BlockDevice) {
+            inode.rdev = rdev;
         }
-        self.create(parent, name, owner)
+        self.create_child(parent, name, inode, owner.umask)
     }
 
     /// Creates a directory.
     pub fn mkdir(&mut self, parent: Ino, name: &[u8], owner: Owner) -> Result<Attr> {
         let inode = self.new_inode(InodeKind::Directory, owner, None);
-        self.create_child(parent, name, inode)
+        self.create_child(parent, name, inode, owner.umask)
     }
 
     /// Creates a symbolic link to `target`.
@@ -314,7 +380,7 @@ impl Pool {
         let mut inode = self.new_inode(InodeKind::Symlink, Owner { mode: 0o777, ..owner }, None);
         inode.size = target.len() as u64;
         inode.symlink_target = target.to_vec();
-        self.create_child(parent, name, inode)
+        self.create_child(parent, name, inode, 0)
     }
 
     /// The target of a symbolic link.
@@ -576,7 +642,7 @@ impl Pool {
     /// Space and file counts, under the default policy.
     pub fn statfs(&self) -> StatFs {
         let (total_bytes, free_bytes) = self.space();
-        StatFs { total_bytes, free_bytes, files: self.state.inodes.len() as u64 }
+        StatFs { total_bytes, free_bytes, files: self.state.inodes.len() as u64, files_free: free_bytes / BLOCK_BYTES }
     }
 }
 

@@ -98,6 +98,8 @@ pub struct OpenReport {
     pub unregistered: Vec<Uuid>,
     /// Irregularities recovery noticed and repaired or worked around.
     pub notes: Vec<String>,
+    /// The metadata format the pool was in, when opening upgraded it.
+    pub upgraded_from: Option<u8>,
 }
 
 /// Counters of what the pool did since it was opened.
@@ -167,11 +169,13 @@ impl Pool {
         let raw: Vec<&dyn BlockDevice> = devices.iter().map(|d| d.device.as_ref()).collect();
         let recovered = journal::recover(&raw).map_err(|e| Error::MetadataCorrupt(e.to_string()))?;
         let recovered_checkpoint = recovered.is_some();
+        let mut upgrade_from = None;
         let (state, tip, clean, checkpoint_slots) = match recovered {
             Some(r) => {
                 report.records_replayed = r.replayed;
                 report.notes.extend(r.notes.iter().cloned());
                 let clean = r.replayed == 0 && r.notes.is_empty();
+                upgrade_from = (r.oldest_format < crate::frame::METADATA_FORMAT).then_some(r.oldest_format);
                 (r.state, r.tip, clean, r.checkpoint_slots)
             }
             None => (
@@ -255,6 +259,13 @@ impl Pool {
                 Err(e) => report.notes.push(format!("could not re-replicate the journal: {e}")),
             }
         }
+        if let Some(from) = upgrade_from {
+            pool.upgrade_format(from)?;
+            report
+                .notes
+                .push(format!("metadata upgraded from format {from} to format {}", crate::frame::METADATA_FORMAT));
+            report.upgraded_from = Some(from);
+        }
         report.orphan_inodes_removed = pool.remove_orphan_inodes()?;
         pool.sync()?;
         if pool.options.remove_orphans_at_open {
@@ -262,6 +273,21 @@ impl Pool {
         }
         pool.check_invariants();
         Ok((pool, report))
+    }
+
+    /// Rewrites metadata recovered from format `from` in the current format: a record
+    /// saying so (a fresh sequence number, so no checkpoint is rewritten in place), then a
+    /// checkpoint, which trims every older block. A crash in between leaves the old
+    /// blocks and the new record, which chains onto them: the next open upgrades again.
+    fn upgrade_format(&mut self, from: u8) -> Result<()> {
+        assert!(from < crate::frame::METADATA_FORMAT);
+        let to = crate::frame::METADATA_FORMAT;
+        self.commit(Transaction { ops: vec![Op::FormatUpgraded { from, to }] })?;
+        self.sync()?;
+        self.checkpoint_skipping(&BTreeSet::new())?;
+        assert_eq!(self.checkpoint_seq, Some(self.tip.seq));
+        tracing::info!(from, to, "metadata format upgraded");
+        Ok(())
     }
 
     fn metadata_block_count(&self) -> usize {

@@ -186,6 +186,7 @@ fn setattr_changes_mode_owner_and_times() {
                 mtime: Some(when),
                 atime: Some(when),
                 size: None,
+                ctime: None,
             },
         )
         .unwrap();

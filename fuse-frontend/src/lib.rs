@@ -1,8 +1,15 @@
 //! The FUSE frontend: `DynamicFs` implements `fuser::Filesystem` over the engine's
 //! namespace API, nothing else. Each method makes one engine call and maps its error to
 //! errno in one place (`errno`); permission checks are the kernel's
-//! (`default_permissions`). The engine sits behind one mutex: requests from several FUSE
-//! threads are served one at a time by the engine, which does its own parallel disk I/O.
+//! (`default_permissions`, and POSIX ACLs, which the kernel enforces from what
+//! `getxattr` returns once `FUSE_POSIX_ACL` is negotiated). The engine sits behind one
+//! mutex: requests from several FUSE threads are served one at a time by the engine,
+//! which does its own parallel disk I/O.
+//!
+//! Not served here, by the kernel's own design: FIFOs, sockets and device nodes are
+//! opened by the kernel (their data never reaches the filesystem). `O_TMPFILE` would
+//! arrive as `FUSE_TMPFILE`, which `fuser` does not decode: the kernel then answers
+//! `EOPNOTSUPP`, as on a filesystem without it.
 
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
@@ -11,24 +18,22 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use dfs_engine::clock::WallTime;
-use dfs_engine::namespace::{Attr, Owner, RenameMode, SetAttr};
+use dfs_engine::file_ranges::Seek;
+use dfs_engine::namespace::{Attr, Owner, RenameMode, SetAttr, BLOCK_BYTES};
+use dfs_engine::xattr::SetMode;
 use dfs_engine::{Ino, InodeKind, Pool};
 use fuser::{
-    Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, KernelConfig, LockOwner,
-    OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen,
-    ReplyStatfs, ReplyWrite, Request, TimeOrNow, WriteFlags,
+    CopyFileRangeFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo,
+    KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory,
+    ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyLseek, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request,
+    TimeOrNow, WriteFlags,
 };
 
 /// How long the kernel may cache attributes and entries. Only this process changes the
 /// pool while it is mounted, so caching is safe; short keeps `df`/`stat` fresh.
 const TTL: Duration = Duration::from_secs(1);
-/// The extended attribute holding an inode's redundancy policy (bcachefs's convention).
-/// Reading it gives the effective policy; setting it on a directory sets what new
-/// children inherit, on a file that holds no data yet its own policy. It is the only
-/// attribute stored: others answer ENODATA / ENOTSUP.
+/// The extended attribute holding an inode's redundancy policy (see `dfs_engine::xattr`).
 pub const POLICY_XATTR: &str = "user.dynamicfs.policy";
-/// Block size reported to `stat` and `statfs`.
-const BLOCK_BYTES: u32 = 4096;
 
 /// The mounted filesystem.
 pub struct DynamicFs {
@@ -74,6 +79,10 @@ fn file_type(kind: InodeKind) -> FileType {
         InodeKind::File => FileType::RegularFile,
         InodeKind::Directory => FileType::Directory,
         InodeKind::Symlink => FileType::Symlink,
+        InodeKind::Fifo => FileType::NamedPipe,
+        InodeKind::Socket => FileType::Socket,
+        InodeKind::CharDevice => FileType::CharDevice,
+        InodeKind::BlockDevice => FileType::BlockDevice,
     }
 }
 
@@ -81,7 +90,8 @@ fn file_attr(attr: &Attr) -> FileAttr {
     FileAttr {
         ino: INodeNo(attr.ino.0),
         size: attr.size,
-        blocks: attr.allocated_bytes.div_ceil(512),
+        // In 512-byte units, of whole 4 KiB blocks, as ext4 counts them.
+        blocks: attr.allocated_bytes.div_ceil(BLOCK_BYTES) * (BLOCK_BYTES / 512),
         atime: system_time(attr.atime),
         mtime: system_time(attr.mtime),
         ctime: system_time(attr.ctime),
@@ -91,18 +101,37 @@ fn file_attr(attr: &Attr) -> FileAttr {
         nlink: attr.nlink,
         uid: attr.uid,
         gid: attr.gid,
-        rdev: 0,
-        blksize: BLOCK_BYTES,
+        // The kernel's `new_encode_dev` form, which fits 32 bits for every device
+        // number Linux hands out (12-bit major, 20-bit minor).
+        rdev: attr.rdev as u32,
+        blksize: BLOCK_BYTES as u32,
         flags: 0,
     }
 }
+
+/// Answers a `getxattr`/`listxattr` whose reply is `value`: its size when asked for the
+/// size, `ERANGE` when the caller's buffer is too small.
+fn reply_xattr(reply: ReplyXattr, size: u32, value: dfs_engine::Result<Vec<u8>>) {
+    match value {
+        Ok(value) if size == 0 => reply.size(value.len() as u32),
+        Ok(value) if (size as usize) < value.len() => reply.error(Errno::ERANGE),
+        Ok(value) => reply.data(&value),
+        Err(e) => reply.error(errno(&e)),
+    }
+}
+
+/// Most directory entries one `readdir` request prepares; a reply holds fewer.
+const LISTING_ENTRIES_MAX: usize = 1024;
 
 /// How long a read waits for another request's fetch of an extent it needs before
 /// reading it itself.
 const FETCH_WAIT_MAX: std::time::Duration = std::time::Duration::from_secs(5);
 
+/// The creator of a new inode. The engine applies the umask, unless the directory's
+/// default ACL decides the bits instead (the kernel leaves both to a filesystem that
+/// supports ACLs).
 fn owner(req: &Request, mode: u32, umask: u32) -> Owner {
-    Owner { mode: mode & !umask & 0o7777, uid: req.uid(), gid: req.gid() }
+    Owner { mode: mode & 0o7777, uid: req.uid(), gid: req.gid(), umask: umask & 0o777 }
 }
 
 impl DynamicFs {
@@ -119,6 +148,31 @@ impl DynamicFs {
     fn pool(&self) -> MutexGuard<'_, Pool> {
         // A panic in one request must not take every later request down with it.
         self.pool.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// The entries of directory `ino` from position `offset` on (0 is `.`, 1 is `..`,
+    /// then the names in order), each with the position to resume after it; at most
+    /// `LISTING_ENTRIES_MAX`, more than one reply holds. A listing from the start is a
+    /// read of the directory (its access time, as `relatime` keeps it).
+    fn listing(&self, ino: Ino, offset: u64) -> dfs_engine::Result<Vec<(u64, Attr, Vec<u8>)>> {
+        let mut pool = self.pool();
+        let names = pool.readdir(ino)?;
+        let mut out = Vec::new();
+        if offset == 0 {
+            out.push((1, pool.getattr(ino)?, b".".to_vec()));
+            if let Err(error) = pool.touch_atime(ino) {
+                tracing::debug!(%error, "access time not recorded");
+            }
+        }
+        if offset <= 1 {
+            let parent = pool.parent_of(ino).unwrap_or(Ino::ROOT);
+            out.push((2, pool.getattr(parent)?, b"..".to_vec()));
+        }
+        let skip = usize::try_from(offset.saturating_sub(2)).unwrap_or(usize::MAX);
+        for (position, entry) in names.into_iter().enumerate().skip(skip).take(LISTING_ENTRIES_MAX) {
+            out.push((position as u64 + 3, pool.getattr(entry.ino)?, entry.name));
+        }
+        Ok(out)
     }
 
     fn time(&self, pool: &Pool, time: Option<TimeOrNow>) -> Option<WallTime> {
@@ -149,6 +203,15 @@ impl Filesystem for DynamicFs {
         if let Err(missing) = config.add_capabilities(fuser::InitFlags::FUSE_WRITEBACK_CACHE) {
             tracing::info!(?missing, "the kernel offers no writeback cache; writes go through one by one");
         }
+        // ACLs checked by the kernel from our xattrs; listings that carry attributes, so
+        // `ls -l` and `find` need no lookup per entry.
+        let wanted = fuser::InitFlags::FUSE_POSIX_ACL
+            | fuser::InitFlags::FUSE_DO_READDIRPLUS
+            | fuser::InitFlags::FUSE_READDIRPLUS_AUTO;
+        if let Err(missing) = config.add_capabilities(wanted) {
+            tracing::info!(?missing, "the kernel lacks some capabilities; ACLs or readdirplus stay off");
+            let _ = config.add_capabilities(wanted & !missing);
+        }
         Ok(())
     }
 
@@ -175,7 +238,7 @@ impl Filesystem for DynamicFs {
         size: Option<u64>,
         atime: Option<TimeOrNow>,
         mtime: Option<TimeOrNow>,
-        _ctime: Option<SystemTime>,
+        ctime: Option<SystemTime>,
         _fh: Option<FileHandle>,
         _crtime: Option<SystemTime>,
         _chgtime: Option<SystemTime>,
@@ -185,7 +248,15 @@ impl Filesystem for DynamicFs {
     ) {
         let _span = request_span("setattr", req);
         let mut pool = self.pool();
-        let changes = SetAttr { mode, uid, gid, size, atime: self.time(&pool, atime), mtime: self.time(&pool, mtime) };
+        let changes = SetAttr {
+            mode,
+            uid,
+            gid,
+            size,
+            atime: self.time(&pool, atime),
+            mtime: self.time(&pool, mtime),
+            ctime: ctime.map(wall_time),
+        };
         match pool.setattr(Ino(ino.0), &changes) {
             Ok(attr) => reply.attr(&TTL, &file_attr(&attr)),
             Err(e) => reply.error(errno(&e)),
@@ -200,18 +271,10 @@ impl Filesystem for DynamicFs {
         }
     }
 
-    fn mknod(
-        &self,
-        req: &Request,
-        parent: INodeNo,
-        name: &OsStr,
-        mode: u32,
-        umask: u32,
-        _rdev: u32,
-        reply: ReplyEntry,
-    ) {
+    fn mknod(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, umask: u32, rdev: u32, reply: ReplyEntry) {
         let _span = request_span("mknod", req);
-        reply_entry(reply, self.pool().mknod(Ino(parent.0), name.as_bytes(), mode, owner(req, mode, umask)))
+        let owner = owner(req, mode, umask);
+        reply_entry(reply, self.pool().mknod(Ino(parent.0), name.as_bytes(), mode, u64::from(rdev), owner))
     }
 
     fn mkdir(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, umask: u32, reply: ReplyEntry) {
@@ -280,7 +343,7 @@ impl Filesystem for DynamicFs {
     fn read(
         &self,
         req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         size: u32,
@@ -316,8 +379,14 @@ impl Filesystem for DynamicFs {
             }
             Err(e) => return reply.error(errno(&e)),
         }
-        match self.pool().read(fh.0, offset, size as usize) {
-            Ok(data) => reply.data(&data),
+        let mut pool = self.pool();
+        match pool.read(fh.0, offset, size as usize) {
+            Ok(data) => {
+                if let Err(error) = pool.touch_atime(Ino(ino.0)) {
+                    tracing::debug!(%error, "access time not recorded");
+                }
+                reply.data(&data)
+            }
             Err(e) => reply.error(errno(&e)),
         }
     }
@@ -379,17 +448,27 @@ impl Filesystem for DynamicFs {
 
     fn readdir(&self, req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
         let _span = request_span("readdir", req);
-        let pool = self.pool();
-        let entries = match pool.readdir(Ino(ino.0)) {
+        let entries = match self.listing(Ino(ino.0), offset) {
             Ok(entries) => entries,
             Err(e) => return reply.error(errno(&e)),
         };
-        let parent = pool.parent_of(Ino(ino.0)).unwrap_or(Ino::ROOT);
-        let dots =
-            [(ino, FileType::Directory, b".".to_vec()), (INodeNo(parent.0), FileType::Directory, b"..".to_vec())];
-        let all = dots.into_iter().chain(entries.into_iter().map(|e| (INodeNo(e.ino.0), file_type(e.kind), e.name)));
-        for (i, (child, kind, name)) in all.enumerate().skip(offset as usize) {
-            if reply.add(child, i as u64 + 1, kind, OsStr::from_bytes(&name)) {
+        for (next, attr, name) in entries {
+            if reply.add(INodeNo(attr.ino.0), next, file_type(attr.kind), OsStr::from_bytes(&name)) {
+                break;
+            }
+        }
+        reply.ok();
+    }
+
+    fn readdirplus(&self, req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, mut reply: ReplyDirectoryPlus) {
+        let _span = request_span("readdirplus", req);
+        let entries = match self.listing(Ino(ino.0), offset) {
+            Ok(entries) => entries,
+            Err(e) => return reply.error(errno(&e)),
+        };
+        for (next, attr, name) in entries {
+            let attr = file_attr(&attr);
+            if reply.add(attr.ino, next, OsStr::from_bytes(&name), &TTL, &attr, Generation(0)) {
                 break;
             }
         }
@@ -399,33 +478,21 @@ impl Filesystem for DynamicFs {
     fn statfs(&self, req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
         let _span = request_span("statfs", req);
         let stat = self.pool().statfs();
-        let block = u64::from(BLOCK_BYTES);
         reply.statfs(
-            stat.total_bytes / block,
-            stat.free_bytes / block,
-            stat.free_bytes / block,
-            stat.files,
-            u64::from(u32::MAX),
-            BLOCK_BYTES,
+            stat.total_bytes / BLOCK_BYTES,
+            stat.free_bytes / BLOCK_BYTES,
+            stat.free_bytes / BLOCK_BYTES,
+            stat.files.saturating_add(stat.files_free),
+            stat.files_free,
+            BLOCK_BYTES as u32,
             dfs_engine::namespace::NAME_BYTES_MAX as u32,
-            BLOCK_BYTES,
+            BLOCK_BYTES as u32,
         );
     }
 
-    fn getxattr(&self, req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: fuser::ReplyXattr) {
+    fn getxattr(&self, req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
         let _span = request_span("getxattr", req);
-        if name.as_bytes() != POLICY_XATTR.as_bytes() {
-            return reply.error(Errno::ENODATA);
-        }
-        let value = match self.pool().getattr(Ino(ino.0)) {
-            Ok(attr) => attr.policy.to_string().into_bytes(),
-            Err(e) => return reply.error(errno(&e)),
-        };
-        match size {
-            0 => reply.size(value.len() as u32),
-            n if (n as usize) < value.len() => reply.error(Errno::ERANGE),
-            _ => reply.data(&value),
-        }
+        reply_xattr(reply, size, self.pool().getxattr(Ino(ino.0), name.as_bytes()))
     }
 
     fn setxattr(
@@ -434,55 +501,88 @@ impl Filesystem for DynamicFs {
         ino: INodeNo,
         name: &OsStr,
         value: &[u8],
-        _flags: i32,
-        _position: u32,
+        flags: i32,
+        position: u32,
         reply: ReplyEmpty,
     ) {
         let _span = request_span("setxattr", req);
-        if name.as_bytes() != POLICY_XATTR.as_bytes() {
-            return reply.error(Errno::ENOTSUP); // only the policy attribute is stored
-        }
-        let Some(policy) = std::str::from_utf8(value).ok().and_then(|v| v.trim().parse().ok()) else {
+        let Some(mode) = SetMode::from_flags(flags).filter(|_| position == 0) else {
             return reply.error(Errno::EINVAL);
         };
-        reply_empty(reply, self.pool().set_policy(Ino(ino.0), Some(policy)))
+        reply_empty(reply, self.pool().setxattr(Ino(ino.0), name.as_bytes(), value, mode))
     }
 
-    fn listxattr(&self, req: &Request, ino: INodeNo, size: u32, reply: fuser::ReplyXattr) {
+    fn listxattr(&self, req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
         let _span = request_span("listxattr", req);
-        if let Err(e) = self.pool().getattr(Ino(ino.0)) {
-            return reply.error(errno(&e));
-        }
-        let list = format!("{POLICY_XATTR}\0").into_bytes();
-        match size {
-            0 => reply.size(list.len() as u32),
-            n if (n as usize) < list.len() => reply.error(Errno::ERANGE),
-            _ => reply.data(&list),
-        }
+        // trusted.* is listed to the superuser only, as Linux lists it to CAP_SYS_ADMIN.
+        let names = self.pool().listxattr(Ino(ino.0), req.uid() == 0);
+        let list = names.map(|names| {
+            names.into_iter().flat_map(|mut name| {
+                name.push(0);
+                name
+            })
+        });
+        reply_xattr(reply, size, list.map(Iterator::collect))
     }
 
     fn removexattr(&self, req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         let _span = request_span("removexattr", req);
-        if name.as_bytes() != POLICY_XATTR.as_bytes() {
-            return reply.error(Errno::ENODATA);
-        }
-        reply_empty(reply, self.pool().set_policy(Ino(ino.0), None))
+        reply_empty(reply, self.pool().removexattr(Ino(ino.0), name.as_bytes()))
     }
 
     fn fallocate(
         &self,
         req: &Request,
         _ino: INodeNo,
-        _fh: FileHandle,
-        _offset: u64,
-        _length: u64,
-        _mode: i32,
+        fh: FileHandle,
+        offset: u64,
+        length: u64,
+        mode: i32,
         reply: ReplyEmpty,
     ) {
         let _span = request_span("fallocate", req);
-        // Extents are copy-on-write: space cannot be reserved for later writes, so, like
-        // ZFS, refuse; posix_fallocate then falls back to writing zeros (stored as holes).
-        reply.error(Errno::EOPNOTSUPP);
+        reply_empty(reply, self.pool().fallocate(fh.0, offset, length, mode))
+    }
+
+    fn lseek(&self, req: &Request, _ino: INodeNo, fh: FileHandle, offset: i64, whence: i32, reply: ReplyLseek) {
+        let _span = request_span("lseek", req);
+        let seek = match whence {
+            libc::SEEK_DATA => Seek::Data,
+            libc::SEEK_HOLE => Seek::Hole,
+            // SEEK_SET/CUR/END never reach a filesystem: the kernel keeps file offsets.
+            _ => return reply.error(Errno::EINVAL),
+        };
+        let Ok(offset) = u64::try_from(offset) else {
+            return reply.error(Errno::ENXIO);
+        };
+        match self.pool().seek_data_hole(fh.0, offset, seek) {
+            Ok(position) => reply.offset(position as i64),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn copy_file_range(
+        &self,
+        req: &Request,
+        _ino_in: INodeNo,
+        fh_in: FileHandle,
+        offset_in: u64,
+        _ino_out: INodeNo,
+        fh_out: FileHandle,
+        offset_out: u64,
+        len: u64,
+        flags: CopyFileRangeFlags,
+        reply: ReplyWrite,
+    ) {
+        let _span = request_span("copy_file_range", req);
+        if !flags.is_empty() {
+            return reply.error(Errno::EINVAL);
+        }
+        match self.pool().copy_range(fh_in.0, offset_in, fh_out.0, offset_out, len) {
+            // At most COPY_BYTES_MAX (16 MiB) per call: fits the reply's 32 bits.
+            Ok(copied) => reply.written(copied as u32),
+            Err(e) => reply.error(errno(&e)),
+        }
     }
 
     fn access(&self, req: &Request, _ino: INodeNo, _mask: fuser::AccessFlags, reply: ReplyEmpty) {

@@ -19,7 +19,7 @@ use crate::oracle;
 use crate::scenario::{Scenario, ScrubAction, Step, Target};
 use crate::world::World;
 
-const OWNER: Owner = Owner { mode: 0o644, uid: 1000, gid: 1000 };
+const OWNER: Owner = Owner { mode: 0o644, uid: 1000, gid: 1000, umask: 0 };
 const STEP_NANOS: u64 = 1_000_000;
 /// How often the simulated daemon's timers fire.
 const DAEMON_TICK_SECS: u64 = 300;

@@ -13,7 +13,7 @@ use dfs_engine::pool::{PoolDevice, PoolOptions};
 use dfs_engine::{Error, Ino, Pool};
 use dfs_faults::{CrashSwitch, Fault, FaultPlan, FaultyDevice};
 
-const OWNER: Owner = Owner { mode: 0o644, uid: 0, gid: 0 };
+const OWNER: Owner = Owner { mode: 0o644, uid: 0, gid: 0, umask: 0 };
 
 fn pool_over_dirs(root: &std::path::Path, disks: usize) -> (Pool, Vec<Arc<FaultyDevice<DirDisk>>>) {
     let switch = CrashSwitch::new();

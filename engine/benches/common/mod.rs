@@ -6,7 +6,7 @@ use dfs_engine::namespace::Owner;
 use dfs_engine::pooldir::PoolDir;
 use dfs_engine::{Ino, Pool, PoolOptions};
 
-const OWNER: Owner = Owner { mode: 0o644, uid: 0, gid: 0 };
+const OWNER: Owner = Owner { mode: 0o644, uid: 0, gid: 0, umask: 0 };
 
 /// A pool under `policy` on six 1 GiB directory disks; the temp dir lives as long as
 /// the first element.

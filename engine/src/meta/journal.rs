@@ -17,8 +17,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::{Deserialize, Serialize};
 
 use crate::device::{BlockDevice, BlockKind, BlockName, DeviceError};
-use crate::frame::{self, FrameKind};
+use crate::frame::{self, FrameError, FrameKind};
 use crate::meta::state::{MetaState, Transaction};
+use crate::meta::v1;
 
 /// One journal record.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -46,9 +47,33 @@ pub struct JournalTip {
     pub hash: [u8; 32],
 }
 
+/// Decodes a verified checkpoint block of any format this build reads, returning it
+/// (converted to the current structures), its body hash and its format.
+pub fn decode_checkpoint(block: &[u8]) -> Result<(Checkpoint, [u8; 32], u8), FrameError> {
+    let opened = frame::open(FrameKind::Checkpoint, block)?;
+    let checkpoint = match opened.version {
+        v1::FORMAT => frame::decode_body::<v1::CheckpointV1>(opened.body)?.into(),
+        _ => frame::decode_body::<Checkpoint>(opened.body)?,
+    };
+    Ok((checkpoint, opened.hash, opened.version))
+}
+
+/// Decodes a verified journal record of any format this build reads, as
+/// `decode_checkpoint` does.
+pub fn decode_record(block: &[u8]) -> Result<(JournalRecord, [u8; 32], u8), FrameError> {
+    let opened = frame::open(FrameKind::JournalRecord, block)?;
+    let record = match opened.version {
+        v1::FORMAT => frame::decode_body::<v1::JournalRecordV1>(opened.body)?.into(),
+        _ => frame::decode_body::<JournalRecord>(opened.body)?,
+    };
+    Ok((record, opened.hash, opened.version))
+}
+
 /// Why metadata could not be recovered.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RecoveryError {
+    #[error("the pool's metadata is format {found}, but this build reads formats 1 to {supported}: it was written by a newer DynamicFS; open it with that version")]
+    NewerFormat { found: u8, supported: u8 },
     #[error("metadata blocks exist but no checkpoint verifies on any disk ({0}); refusing to open rather than serve wrong data")]
     NoValidCheckpoint(String),
     #[error("the disks hold data fragments but no metadata at all; refusing to open an empty pool over them")]
@@ -67,17 +92,41 @@ pub struct Recovered {
     pub checkpoint_slots: BTreeSet<usize>,
     /// What recovery noticed: corrupt blocks, torn tails, missing replicas.
     pub notes: Vec<String>,
+    /// The oldest metadata format among the checkpoint and the records replayed; older
+    /// than `frame::METADATA_FORMAT` means the pool must be upgraded (rewritten in the
+    /// current format) before anything else.
+    pub oldest_format: u8,
+}
+
+/// One verified copy of a metadata block found during recovery.
+struct Found<T> {
+    /// Index of the device that holds it.
+    slot: usize,
+    value: T,
+    /// Its checksum, which the next record chains to.
+    hash: [u8; 32],
+    /// The format it was written in.
+    format: u8,
 }
 
 /// Reads the journal from `devices`. `Ok(None)` when no disk holds any metadata block
 /// (and no fragment): a pool that never committed anything.
 pub fn recover(devices: &[&dyn BlockDevice]) -> Result<Option<Recovered>, RecoveryError> {
     let mut notes = Vec::new();
-    let mut checkpoints: BTreeMap<u64, Vec<(usize, Checkpoint, [u8; 32])>> = BTreeMap::new();
-    let mut records: BTreeMap<u64, Vec<(usize, JournalRecord, [u8; 32])>> = BTreeMap::new();
+    let mut checkpoints: BTreeMap<u64, Vec<Found<Checkpoint>>> = BTreeMap::new();
+    let mut records: BTreeMap<u64, Vec<Found<JournalRecord>>> = BTreeMap::new();
     let mut any_metadata = false;
     let mut only_genesis = true;
     let mut any_fragment = false;
+    let mut newer_format = None;
+    let mut note_error = |notes: &mut Vec<String>, device: &dyn BlockDevice, name: BlockName, e: FrameError| {
+        if let FrameError::Version { found, supported } = e {
+            if found > supported {
+                newer_format = Some((found, supported));
+            }
+        }
+        notes.push(format!("{}: {name}: {e}", device.describe()));
+    };
     for (slot, device) in devices.iter().enumerate() {
         for kind in [BlockKind::Checkpoint, BlockKind::Journal] {
             let names = match device.list(kind) {
@@ -98,24 +147,22 @@ pub fn recover(devices: &[&dyn BlockDevice]) -> Result<Option<Recovered>, Recove
                     }
                 };
                 match name {
-                    BlockName::Checkpoint { seq } => match frame::decode::<Checkpoint>(FrameKind::Checkpoint, &block) {
-                        Ok((cp, hash)) if cp.seq == seq => checkpoints.entry(seq).or_default().push((slot, cp, hash)),
+                    BlockName::Checkpoint { seq } => match decode_checkpoint(&block) {
+                        Ok((cp, hash, format)) if cp.seq == seq => {
+                            checkpoints.entry(seq).or_default().push(Found { slot, value: cp, hash, format })
+                        }
                         Ok(_) => notes
                             .push(format!("{}: {name}: sequence number does not match its name", device.describe())),
-                        Err(e) => notes.push(format!("{}: {name}: {e}", device.describe())),
+                        Err(e) => note_error(&mut notes, *device, name, e),
                     },
-                    BlockName::Journal { seq } => {
-                        match frame::decode::<JournalRecord>(FrameKind::JournalRecord, &block) {
-                            Ok((record, hash)) if record.seq == seq => {
-                                records.entry(seq).or_default().push((slot, record, hash))
-                            }
-                            Ok(_) => notes.push(format!(
-                                "{}: {name}: sequence number does not match its name",
-                                device.describe()
-                            )),
-                            Err(e) => notes.push(format!("{}: {name}: {e}", device.describe())),
+                    BlockName::Journal { seq } => match decode_record(&block) {
+                        Ok((record, hash, format)) if record.seq == seq => {
+                            records.entry(seq).or_default().push(Found { slot, value: record, hash, format })
                         }
-                    }
+                        Ok(_) => notes
+                            .push(format!("{}: {name}: sequence number does not match its name", device.describe())),
+                        Err(e) => note_error(&mut notes, *device, name, e),
+                    },
                     _ => {}
                 }
             }
@@ -123,6 +170,11 @@ pub fn recover(devices: &[&dyn BlockDevice]) -> Result<Option<Recovered>, Recove
         if !any_fragment {
             any_fragment = device.list(BlockKind::Fragment).map(|f| !f.is_empty()).unwrap_or(false);
         }
+    }
+    if let Some((found, supported)) = newer_format {
+        // Never recover a prefix of a newer pool: the older records that would verify
+        // are followed by ones this build cannot read.
+        return Err(RecoveryError::NewerFormat { found, supported });
     }
     let Some((&checkpoint_seq, copies)) = checkpoints.iter().next_back() else {
         // A torn first checkpoint (seq 0) means the first disk was never fully added:
@@ -135,27 +187,29 @@ pub fn recover(devices: &[&dyn BlockDevice]) -> Result<Option<Recovered>, Recove
         }
         return Ok(None);
     };
-    let checkpoint_slots = copies.iter().map(|(slot, _, _)| *slot).collect();
-    let (_, checkpoint, _) = &copies[0];
+    let checkpoint_slots = copies.iter().map(|found| found.slot).collect();
+    let checkpoint = &copies[0].value;
+    let mut oldest_format = copies[0].format;
     let mut state = checkpoint.state.clone();
     let mut tip = JournalTip { seq: checkpoint.seq, hash: checkpoint.tip_hash };
     let mut replayed = 0;
     loop {
         let next = tip.seq + 1;
         let chained =
-            records.get(&next).and_then(|candidates| candidates.iter().find(|(_, r, _)| r.prev_hash == tip.hash));
-        let Some((_, record, hash)) = chained else {
+            records.get(&next).and_then(|candidates| candidates.iter().find(|c| c.value.prev_hash == tip.hash));
+        let Some(found) = chained else {
             break;
         };
-        state.apply_transaction(&record.txn);
-        tip = JournalTip { seq: next, hash: *hash };
+        state.apply_transaction(&found.value.txn);
+        tip = JournalTip { seq: next, hash: found.hash };
+        oldest_format = oldest_format.min(found.format);
         replayed += 1;
     }
     let dropped: Vec<u64> = records.range(tip.seq + 1..).map(|(seq, _)| *seq).collect();
     if !dropped.is_empty() {
         notes.push(format!("dropped {} record(s) past the valid prefix (torn or unchained tail)", dropped.len()));
     }
-    Ok(Some(Recovered { state, tip, checkpoint_seq, replayed, checkpoint_slots, notes }))
+    Ok(Some(Recovered { state, tip, checkpoint_seq, replayed, checkpoint_slots, notes, oldest_format }))
 }
 
 /// Encodes record `tip.seq + 1` carrying `txn`; returns its block and the new tip.

@@ -2,3 +2,4 @@
 
 pub mod journal;
 pub mod state;
+pub mod v1;

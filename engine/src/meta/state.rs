@@ -205,12 +205,57 @@ impl ExtentRecord {
     }
 }
 
-/// What an inode is.
+/// What an inode is. New kinds are only ever appended: the variant index is the
+/// on-disk encoding.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub enum InodeKind {
     File,
     Directory,
     Symlink,
+    /// A named pipe (`mkfifo`); the kernel serves its data.
+    Fifo,
+    /// A Unix socket's name in the filesystem (`bind`); the kernel serves its traffic.
+    Socket,
+    /// A character device node; its number is `Inode::rdev`.
+    CharDevice,
+    /// A block device node; its number is `Inode::rdev`.
+    BlockDevice,
+}
+
+impl InodeKind {
+    /// Whether inodes of this kind hold file data in extents (only regular files do;
+    /// special files are names and attributes only).
+    pub fn holds_data(self) -> bool {
+        self == InodeKind::File
+    }
+
+    /// The `S_IFMT` bits of this kind.
+    pub fn file_type_bits(self) -> u32 {
+        match self {
+            InodeKind::File => libc::S_IFREG,
+            InodeKind::Directory => libc::S_IFDIR,
+            InodeKind::Symlink => libc::S_IFLNK,
+            InodeKind::Fifo => libc::S_IFIFO,
+            InodeKind::Socket => libc::S_IFSOCK,
+            InodeKind::CharDevice => libc::S_IFCHR,
+            InodeKind::BlockDevice => libc::S_IFBLK,
+        }
+    }
+
+    /// The kind named by the `S_IFMT` bits of `mode` (no bits: a regular file, as
+    /// `mknod(2)` reads it); `None` for a type no inode can have.
+    pub fn from_mode(mode: u32) -> Option<InodeKind> {
+        Some(match mode & libc::S_IFMT {
+            0 | libc::S_IFREG => InodeKind::File,
+            libc::S_IFDIR => InodeKind::Directory,
+            libc::S_IFLNK => InodeKind::Symlink,
+            libc::S_IFIFO => InodeKind::Fifo,
+            libc::S_IFSOCK => InodeKind::Socket,
+            libc::S_IFCHR => InodeKind::CharDevice,
+            libc::S_IFBLK => InodeKind::BlockDevice,
+            _ => return None,
+        })
+    }
 }
 
 /// Attributes of one inode. File contents live in the extent map, directory entries in
@@ -233,6 +278,8 @@ pub struct Inode {
     pub policy: Option<Policy>,
     /// The target of a symlink; empty otherwise.
     pub symlink_target: Vec<u8>,
+    /// The device number of a character or block device node; 0 otherwise.
+    pub rdev: u64,
 }
 
 /// The whole metadata state.
@@ -262,6 +309,10 @@ pub struct MetaState {
     pub scrub: crate::scrub::ScrubState,
     /// When each extent was last verified by a scrub (wall seconds).
     pub scrubbed: BTreeMap<ExtentId, i64>,
+    /// Extended attributes (POSIX ACLs among them, under their `system.` names), per
+    /// inode, name → value. Kept apart from `Inode` so that changing a file's times
+    /// never rewrites its attributes into the journal.
+    pub xattrs: BTreeMap<Ino, BTreeMap<Vec<u8>, Vec<u8>>>,
 }
 
 /// One atomic change to the state. A transaction is a list of these.
@@ -314,6 +365,18 @@ pub enum Op {
         at_secs: i64,
         extents: Vec<ExtentId>,
     },
+    /// Sets (`Some`) or removes (`None`) one extended attribute of a live inode.
+    SetXattr {
+        ino: Ino,
+        name: Vec<u8>,
+        value: Option<Vec<u8>>,
+    },
+    /// Marks the point where a pool written in an older metadata format was opened and
+    /// upgraded: the checkpoint that follows is the first in the current format.
+    FormatUpgraded {
+        from: u8,
+        to: u8,
+    },
 }
 
 /// A list of ops applied atomically.
@@ -342,6 +405,7 @@ impl MetaState {
             passes: VecDeque::new(),
             scrub: crate::scrub::ScrubState::default(),
             scrubbed: BTreeMap::new(),
+            xattrs: BTreeMap::new(),
         };
         state.apply(&Op::PutInode(Inode {
             ino: Ino::ROOT,
@@ -356,6 +420,7 @@ impl MetaState {
             ctime: now,
             policy: None,
             symlink_target: Vec::new(),
+            rdev: 0,
         }));
         state
     }
@@ -379,6 +444,7 @@ impl MetaState {
             Op::RemoveInode(ino) => {
                 self.inodes.remove(ino);
                 self.dirs.remove(ino);
+                self.xattrs.remove(ino);
                 let slots = ChunkSlot { ino: *ino, index: 0 }..=ChunkSlot { ino: *ino, index: u64::MAX };
                 let cold: Vec<ChunkSlot> = self.temperature.range(slots).map(|(slot, _)| *slot).collect();
                 for slot in cold {
@@ -448,6 +514,21 @@ impl MetaState {
                     }
                 }
             }
+            Op::SetXattr { ino, name, value } => match value {
+                Some(value) if self.inodes.contains_key(ino) => {
+                    self.xattrs.entry(*ino).or_default().insert(name.clone(), value.clone());
+                }
+                Some(_) => {}
+                None => {
+                    if let Some(attributes) = self.xattrs.get_mut(ino) {
+                        attributes.remove(name);
+                        if attributes.is_empty() {
+                            self.xattrs.remove(ino);
+                        }
+                    }
+                }
+            },
+            Op::FormatUpgraded { .. } => {}
             Op::ClassifyPass { at_secs, verdicts } => {
                 self.passes.push_back(*at_secs);
                 while self.passes.len() > HISTORY_MAX {
@@ -529,6 +610,23 @@ impl MetaState {
                 if !self.extents.contains_key(id) {
                     return Err(format!("extent {id} referenced but has no record"));
                 }
+            }
+        }
+        for (ino, attributes) in &self.xattrs {
+            if !self.inodes.contains_key(ino) {
+                return Err(format!("extended attributes kept for {ino:?}, which does not exist"));
+            }
+            if attributes.is_empty() {
+                return Err(format!("an empty attribute map kept for {ino:?}"));
+            }
+        }
+        for inode in self.inodes.values() {
+            let is_device = matches!(inode.kind, InodeKind::CharDevice | InodeKind::BlockDevice);
+            if inode.rdev != 0 && !is_device {
+                return Err(format!("{:?} is a {:?} but has a device number", inode.ino, inode.kind));
+            }
+            if !inode.kind.holds_data() && inode.kind != InodeKind::Symlink && inode.size != 0 {
+                return Err(format!("{:?} is a {:?} but has size {}", inode.ino, inode.kind, inode.size));
             }
         }
         if let Some(id) = self.scrubbed.keys().find(|id| !self.extents.contains_key(id)) {

@@ -7,7 +7,7 @@ use dfs_engine::namespace::Owner;
 use dfs_engine::pooldir::PoolDir;
 use dfs_engine::{Ino, Policy, Pool, PoolOptions};
 
-pub const OWNER: Owner = Owner { mode: 0o644, uid: 1000, gid: 1000 };
+pub const OWNER: Owner = Owner { mode: 0o644, uid: 1000, gid: 1000, umask: 0 };
 
 pub struct TestPool {
     pub root: tempfile::TempDir,

@@ -1,0 +1,162 @@
+//! Metadata formats: a pool written in format 1 opens, is upgraded in place to the
+//! current format and reads the same; a pool of a newer format is refused by name.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use common::{TestPool, OWNER};
+use dfs_engine::frame::{self, FrameKind, METADATA_FORMAT};
+use dfs_engine::meta::journal::{self, Checkpoint};
+use dfs_engine::meta::state::MetaState;
+use dfs_engine::meta::v1::{CheckpointV1, InodeV1, JournalRecordV1, MetaStateV1, OpV1};
+use dfs_engine::pooldir::PoolDir;
+use dfs_engine::{Error, Ino};
+
+fn blocks(disk: &Path, namespace: &str) -> Vec<PathBuf> {
+    let mut out: Vec<PathBuf> = fs::read_dir(disk.join(namespace))
+        .map(|entries| entries.map(|e| e.unwrap().path()).collect())
+        .unwrap_or_default();
+    out.sort();
+    out
+}
+
+/// The format-1 form of a state that uses nothing format 2 added.
+fn downgrade(state: &MetaState) -> MetaStateV1 {
+    assert!(state.xattrs.is_empty(), "format 1 has no extended attributes");
+    MetaStateV1 {
+        pool_id: state.pool_id,
+        default_policy: state.default_policy,
+        disks: state.disks.clone(),
+        inodes: state
+            .inodes
+            .iter()
+            .map(|(ino, i)| {
+                assert_eq!(i.rdev, 0);
+                let old = InodeV1 {
+                    ino: i.ino,
+                    kind: i.kind,
+                    mode: i.mode,
+                    uid: i.uid,
+                    gid: i.gid,
+                    nlink: i.nlink,
+                    size: i.size,
+                    atime: i.atime,
+                    mtime: i.mtime,
+                    ctime: i.ctime,
+                    policy: i.policy,
+                    symlink_target: i.symlink_target.clone(),
+                };
+                (*ino, old)
+            })
+            .collect(),
+        dirs: state.dirs.clone(),
+        file_extents: state.file_extents.clone(),
+        extents: state.extents.clone(),
+        next_ino: state.next_ino,
+        next_extent: state.next_extent,
+        next_disk: state.next_disk,
+        transitions: state.transitions.clone(),
+        tiering: state.tiering,
+        temperature: state.temperature.clone(),
+        passes: state.passes.clone(),
+        scrub: state.scrub,
+        scrubbed: state.scrubbed.clone(),
+    }
+}
+
+/// A pool whose journal disks hold only format-1 blocks: a checkpoint of the pool's
+/// state, then one record that makes `/f` mode 0600. Returns the pool, closed.
+fn format_one_pool() -> (TestPool, MetaState) {
+    let mut t = TestPool::new(&[64, 64, 64], "replicate:3");
+    let pool = t.pool();
+    pool.mkdir(Ino::ROOT, b"dir", OWNER).unwrap();
+    pool.symlink(Ino::ROOT, b"link", b"dir", OWNER).unwrap();
+    t.write_file("f", &common::pattern(1500, 7)); // inline: lives in the checkpoint
+    t.write_file("big", &common::pattern(300_000, 8)); // fragments on the disks
+    t.reopen();
+    let pool = t.pool();
+    pool.checkpoint().unwrap();
+    let state = pool.state().clone();
+    t.pool = None;
+    t.dir = None;
+    let seq = 1_000_000;
+    let tip_hash = [7u8; 32];
+    let checkpoint = CheckpointV1 { seq, tip_hash, state: downgrade(&state) };
+    let mut inode = checkpoint.state.inodes[&state.dirs[&Ino::ROOT][b"f".as_slice()]].clone();
+    inode.mode = 0o600;
+    let record = JournalRecordV1 { seq: seq + 1, prev_hash: tip_hash, ops: vec![OpV1::PutInode(inode)] };
+    for disk in 0..3 {
+        for namespace in ["checkpoint", "journal"] {
+            for path in blocks(&t.disk_path(disk), namespace) {
+                fs::remove_file(path).unwrap();
+            }
+        }
+        let dir = t.disk_path(disk);
+        fs::write(
+            dir.join("checkpoint").join(format!("{seq:020}")),
+            frame::encode_version(FrameKind::Checkpoint, 1, &checkpoint),
+        )
+        .unwrap();
+        fs::create_dir_all(dir.join("journal")).unwrap();
+        fs::write(
+            dir.join("journal").join(format!("{:020}", seq + 1)),
+            frame::encode_version(FrameKind::JournalRecord, 1, &record),
+        )
+        .unwrap();
+    }
+    (t, state)
+}
+
+#[test]
+fn a_format_one_pool_is_upgraded_in_place_and_reads_the_same() {
+    let (mut t, before) = format_one_pool();
+    let report = t.reopen();
+    assert_eq!(report.upgraded_from, Some(1));
+    assert!(report.notes.iter().any(|n| n.contains("upgraded from format 1")), "{:?}", report.notes);
+    let pool = t.pool();
+    assert_eq!(pool.getattr(pool.resolve("/f").unwrap()).unwrap().mode, 0o600, "the format-1 record was replayed");
+    assert_eq!(pool.readlink(pool.resolve("/link").unwrap()).unwrap(), b"dir");
+    assert_eq!(t.read_file("/f").unwrap(), common::pattern(1500, 7));
+    assert_eq!(t.read_file("/big").unwrap(), common::pattern(300_000, 8));
+    assert_eq!(t.pool().state().inodes.len(), before.inodes.len());
+    // Every metadata block on the journal disks is now in the current format.
+    t.pool = None;
+    t.dir = None;
+    for disk in 0..3 {
+        assert!(blocks(&t.disk_path(disk), "journal").is_empty(), "the upgrade checkpoint trims the old records");
+        let checkpoints = blocks(&t.disk_path(disk), "checkpoint");
+        assert_eq!(checkpoints.len(), 1);
+        let block = fs::read(&checkpoints[0]).unwrap();
+        frame::decode::<Checkpoint>(FrameKind::Checkpoint, &block).unwrap();
+        assert_eq!(journal::decode_checkpoint(&block).unwrap().2, METADATA_FORMAT);
+    }
+    let report = t.reopen();
+    assert_eq!(report.upgraded_from, None, "an upgraded pool opens as it is");
+    assert_eq!(t.read_file("/big").unwrap(), common::pattern(300_000, 8));
+}
+
+#[test]
+fn a_pool_of_a_newer_format_is_refused_by_name_and_left_alone() {
+    let (t, _) = format_one_pool();
+    let mut untouched = Vec::new();
+    for disk in 0..3 {
+        for path in blocks(&t.disk_path(disk), "checkpoint") {
+            let (checkpoint, _, _) = journal::decode_checkpoint(&fs::read(&path).unwrap()).unwrap();
+            let newer = frame::encode_version(FrameKind::Checkpoint, METADATA_FORMAT + 1, &checkpoint);
+            fs::write(&path, &newer).unwrap();
+            untouched.push((path, newer));
+        }
+    }
+    let error = PoolDir::open(&t.pool_path(), common::options()).err().unwrap();
+    assert!(matches!(error, Error::MetadataCorrupt(_)), "{error}");
+    let message = error.to_string();
+    assert!(message.contains(&format!("format {}", METADATA_FORMAT + 1)), "{message}");
+    assert!(message.contains("newer DynamicFS"), "{message}");
+    for (path, bytes) in untouched {
+        assert_eq!(fs::read(&path).unwrap(), bytes, "refusing must change nothing");
+    }
+}
