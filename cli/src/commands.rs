@@ -152,9 +152,14 @@ fn parent_and_name<'p>(pool: &Pool, path: &'p str) -> Result<(Ino, &'p str)> {
 pub fn run(command: Command) -> Result<()> {
     match command {
         Command::Demo { dir } => demo(dir),
-        Command::Mount { pool, mountpoint, foreground, allow_other, metrics } => {
-            crate::mount::mount(&pool.pool, &mountpoint, foreground, allow_other, metrics)
+        Command::Mount { pool, mountpoint, foreground, allow_other, metrics, options } => {
+            let mut settings = crate::mount::MountSettings::default();
+            settings.apply(&options, false)?;
+            settings.flags.allow_other |= allow_other;
+            settings.metrics = metrics.or(settings.metrics);
+            crate::mount::mount(&pool.pool, &mountpoint, foreground, &settings)
         }
+        Command::InstallMountHelper { dir } => crate::mount_helper::install(&dir),
         Command::Umount { mountpoint } => crate::mount::umount(&mountpoint),
         Command::Serve { pool } => crate::mount::serve_unmounted(&pool.pool, None),
         Command::MetricsServer { pool, listen } => crate::mount::serve_unmounted(&pool.pool, Some(listen)),
@@ -255,6 +260,7 @@ fn execute_command(command: Command, ctx: &mut Ctx<'_>) -> Result<()> {
         Command::Metrics { pool: _, json } => crate::observe::metrics(ctx, json.json),
         Command::Demo { .. }
         | Command::Mount { .. }
+        | Command::InstallMountHelper { .. }
         | Command::Serve { .. }
         | Command::MetricsServer { .. }
         | Command::Umount { .. }

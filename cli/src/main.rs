@@ -5,7 +5,9 @@
 mod admin;
 mod commands;
 mod control;
+mod kernel_mount;
 mod mount;
+mod mount_helper;
 
 mod exporter;
 mod maintenance;
@@ -114,6 +116,18 @@ pub(crate) enum Command {
         /// Serve Prometheus /metrics and /health on this address (e.g. 127.0.0.1:9090).
         #[arg(long, value_name = "ADDR")]
         metrics: Option<std::net::SocketAddr>,
+        /// Mount options as in /etc/fstab, comma-separated: allow_other, ro, rw, suid,
+        /// dev, noexec, noatime, metrics=ADDR (defaults: rw, nosuid, nodev, relatime).
+        #[arg(short = 'o', long, value_name = "LIST", default_value = "")]
+        options: String,
+    },
+    /// Install the mount helper (a link named mount.fuse.dynamicfs to this binary), so
+    /// `mount -t fuse.dynamicfs POOL DIR` and /etc/fstab lines of type fuse.dynamicfs
+    /// work. Needs root for the default directory.
+    InstallMountHelper {
+        /// Where mount(8) looks for helpers.
+        #[arg(long, value_name = "DIR", default_value = "/sbin")]
+        dir: PathBuf,
     },
     /// Run the pool daemon without a mount, in the foreground: the control socket (so
     /// admin commands work as on a mounted pool), the background worker (drains, policy
@@ -542,7 +556,17 @@ fn keep_large_buffers_on_the_heap() {
 
 fn main() -> ExitCode {
     keep_large_buffers_on_the_heap();
+    let program = std::env::args_os().next().unwrap_or_default();
+    if mount_helper::is_helper_name(std::path::Path::new(&program)) {
+        return mount_helper::main(std::env::args_os().skip(1).collect());
+    }
     let cli = Cli::parse();
+    mount::set_daemon_log_args(vec![
+        "--log-level".into(),
+        cli.log_level.clone().into(),
+        "--log-format".into(),
+        format!("{:?}", cli.log_format).to_lowercase().into(),
+    ]);
     init_logging(&cli);
     let name = cli.command_name();
     let _span = tracing::info_span!("command", command = name, request_id = %next_request_id()).entered();

@@ -4,8 +4,14 @@
 //! session, output to `<pool>/daemon.log`) and returns 0 only once the mount is visible
 //! in the mount table. The foreground process owns the pool (its lock), serves FUSE on
 //! several threads, and on SIGINT/SIGTERM or an external unmount (`dfs umount`,
-//! `fusermount3 -u`) unmounts, lets the kernel release every open file (each release
-//! commits buffered data), and exits.
+//! `umount`, `fusermount3 -u`) unmounts, lets the kernel release every open file (each
+//! release commits buffered data), and exits.
+//!
+//! The mount shows as type `fuse.dynamicfs` with the pool directory as its source (root
+//! mounts through the kernel itself, `kernel_mount`; other users through
+//! `fusermount3`). Options come as an fstab line gives them (`MountSettings`), which is
+//! what the `mount.fuse.dynamicfs` helper passes on. A mountpoint left dead by a killed
+//! daemon ("Transport endpoint is not connected") is detached before mounting again.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -19,30 +25,203 @@ use dfs_engine::PoolOptions;
 use dfs_fuse::DynamicFs;
 use fuser::{Config, MountOption};
 
+use crate::kernel_mount::{self, MountFlags, FS_TYPE};
+
 /// Marks the re-executed daemon child.
 const DAEMON_ENV: &str = "DFS_DAEMON_CHILD";
 /// How long `dfs mount` waits for the daemon to come up.
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
-const FS_NAME_PREFIX: &str = "dynamicfs:";
+/// The source prefix of mounts made by earlier builds (type `fuse`).
+const OLD_FS_NAME_PREFIX: &str = "dynamicfs:";
+/// How long a stopping daemon waits for the kernel to let go of a busy mount.
+const RELEASE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Where `path` is mounted by DynamicFS, as the mount table says: (source, mountpoint).
-fn dynamicfs_mounts() -> Vec<(String, PathBuf)> {
+/// How a mount behaves: the options of an fstab line (`-o`), or of `dfs mount`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MountSettings {
+    pub flags: MountFlags,
+    /// Serve Prometheus metrics here.
+    pub metrics: Option<std::net::SocketAddr>,
+    /// Record access times (`relatime`); `noatime` turns it off.
+    pub atime: bool,
+}
+
+impl Default for MountSettings {
+    fn default() -> Self {
+        MountSettings { flags: MountFlags::default(), metrics: None, atime: true }
+    }
+}
+
+/// Options that concern `mount(8)`, systemd or the boot order, not the filesystem.
+const IGNORED_OPTIONS: &[&str] =
+    &["defaults", "auto", "noauto", "user", "nouser", "users", "owner", "group", "_netdev", "nofail", "async"];
+/// The FUSE kernel options the daemon sets itself; `mount -o remount` repeats them from
+/// the mount table.
+const KERNEL_OPTION_PREFIXES: &[&str] = &["user_id=", "group_id=", "rootmode=", "fd=", "max_read=", "blksize="];
+
+impl MountSettings {
+    /// Applies comma-separated mount options: `allow_other`, `ro`/`rw`, `suid`/`nosuid`,
+    /// `dev`/`nodev`, `exec`/`noexec`, `atime`/`relatime`/`noatime`, `metrics=ADDR`;
+    /// `default_permissions` (always on) and the options of `mount(8)` and systemd
+    /// (`defaults`, `_netdev`, `nofail`, `x-*`, `comment=*`, …) are accepted and ignored.
+    /// Another option is an error, unless `sloppy` (`mount -s`).
+    pub fn apply(&mut self, options: &str, sloppy: bool) -> Result<()> {
+        for option in options.split(',').map(str::trim).filter(|o| !o.is_empty()) {
+            match option {
+                "allow_other" => self.flags.allow_other = true,
+                "ro" => self.flags.read_only = true,
+                "rw" => self.flags.read_only = false,
+                "suid" => self.flags.suid = true,
+                "nosuid" => self.flags.suid = false,
+                "dev" => self.flags.dev = true,
+                "nodev" => self.flags.dev = false,
+                "exec" => self.flags.no_exec = false,
+                "noexec" => self.flags.no_exec = true,
+                "atime" | "relatime" | "strictatime" => self.atime = true,
+                "noatime" => self.atime = false,
+                "default_permissions" => {}
+                _ if IGNORED_OPTIONS.contains(&option) => {}
+                _ if option.starts_with("x-") || option.starts_with("comment=") => {}
+                _ if KERNEL_OPTION_PREFIXES.iter().any(|prefix| option.starts_with(prefix)) => {}
+                _ => match option.split_once('=') {
+                    Some(("metrics", address)) => {
+                        self.metrics = Some(address.parse().map_err(|_| {
+                            anyhow!("metrics={address}: not an address like 127.0.0.1:9090 (EINVAL)")
+                        })?)
+                    }
+                    _ if sloppy => {}
+                    _ => bail!(
+                        "unknown mount option '{option}'; known: allow_other, ro, rw, suid, nosuid, dev, nodev, exec, noexec, atime, noatime, metrics=ADDR (EINVAL)"
+                    ),
+                },
+            }
+        }
+        Ok(())
+    }
+
+    /// These settings as mount options again (for the daemon's command line).
+    pub fn to_options(&self) -> String {
+        let mut options = Vec::new();
+        let flags = &self.flags;
+        for (on, name) in [
+            (flags.allow_other, "allow_other"),
+            (flags.read_only, "ro"),
+            (flags.suid, "suid"),
+            (flags.dev, "dev"),
+            (flags.no_exec, "noexec"),
+            (!self.atime, "noatime"),
+        ] {
+            if on {
+                options.push(name.to_string());
+            }
+        }
+        if let Some(address) = self.metrics {
+            options.push(format!("metrics={address}"));
+        }
+        options.join(",")
+    }
+}
+
+/// A DynamicFS mount in the mount table.
+struct MountEntry {
+    /// The pool directory.
+    pool: PathBuf,
+    target: PathBuf,
+}
+
+/// The octal escapes `/proc/self/mounts` uses for space, tab, newline and backslash.
+fn unescape_mount_field(field: &str) -> String {
+    field.replace("\\040", " ").replace("\\011", "\t").replace("\\012", "\n").replace("\\134", "\\")
+}
+
+/// Every mount in the table: (source, target, type).
+fn mount_table() -> Vec<(String, PathBuf, String)> {
     let table = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
     table
         .lines()
         .filter_map(|line| {
             let mut fields = line.split_whitespace();
-            let source = fields.next()?;
-            let target = fields.next()?;
-            source
-                .starts_with(FS_NAME_PREFIX)
-                .then(|| (source.to_string(), PathBuf::from(target.replace("\\040", " "))))
+            let source = unescape_mount_field(fields.next()?);
+            let target = PathBuf::from(unescape_mount_field(fields.next()?));
+            let fs_type = fields.next()?.to_string();
+            Some((source, target, fs_type))
+        })
+        .collect()
+}
+
+/// DynamicFS mounts, as the mount table says.
+fn dynamicfs_mounts() -> Vec<MountEntry> {
+    mount_table()
+        .into_iter()
+        .filter_map(|(source, target, fs_type)| {
+            if fs_type == FS_TYPE {
+                Some(MountEntry { pool: PathBuf::from(source), target })
+            } else {
+                let pool = source.strip_prefix(OLD_FS_NAME_PREFIX)?;
+                Some(MountEntry { pool: PathBuf::from(pool), target })
+            }
         })
         .collect()
 }
 
 fn is_mounted(mountpoint: &Path) -> bool {
-    dynamicfs_mounts().iter().any(|(_, target)| target == mountpoint)
+    dynamicfs_mounts().iter().any(|entry| entry.target == mountpoint)
+}
+
+/// Checks a mountpoint and returns its canonical path. A FUSE mount there whose daemon
+/// died ("Transport endpoint is not connected") is detached first, and said so.
+fn prepare_mountpoint(mountpoint: &Path) -> Result<PathBuf> {
+    let absolute = std::path::absolute(mountpoint)
+        .with_context(|| format!("mountpoint {} cannot be resolved", mountpoint.display()))?;
+    if let Err(error) = std::fs::metadata(&absolute) {
+        if error.raw_os_error() == Some(libc::ENOTCONN) {
+            let fuse_mount =
+                mount_table().iter().any(|(_, target, fs_type)| *target == absolute && fs_type.starts_with("fuse"));
+            if !fuse_mount {
+                bail!("{}: {error}; it is not a FUSE mount DynamicFS can clear (ENOTCONN)", absolute.display());
+            }
+            detach_dead_mount(&absolute)?;
+            crate::announce!(
+                "{}: the daemon serving it had died (\"Transport endpoint is not connected\"); detached the dead mount",
+                absolute.display()
+            );
+        }
+    }
+    let mountpoint = std::fs::canonicalize(&absolute)
+        .with_context(|| format!("mountpoint {} does not exist (ENOENT)", mountpoint.display()))?;
+    if !mountpoint.is_dir() {
+        bail!("mountpoint {} is not a directory (ENOTDIR)", mountpoint.display());
+    }
+    if is_mounted(&mountpoint) {
+        bail!("{} is already a DynamicFS mount (EBUSY)", mountpoint.display());
+    }
+    Ok(mountpoint)
+}
+
+/// Lazily unmounts a dead FUSE mount, through the kernel as root, else `fusermount3`.
+fn detach_dead_mount(target: &Path) -> Result<()> {
+    if kernel_mount::is_root() {
+        return kernel_mount::unmount(target, true)
+            .with_context(|| format!("detaching the dead mount at {}", target.display()));
+    }
+    let status = Command::new("fusermount3")
+        .arg("-u")
+        .arg("-z")
+        .arg(target)
+        .status()
+        .context("running fusermount3 to detach the dead mount")?;
+    if !status.success() {
+        bail!("fusermount3 -u -z {} failed ({status}); as root: umount -l {0}", target.display());
+    }
+    Ok(())
+}
+
+/// The global logging flags this process was started with, for its daemon child.
+static LOG_ARGS: std::sync::OnceLock<Vec<std::ffi::OsString>> = std::sync::OnceLock::new();
+
+/// Records the logging flags the daemon child is to be started with.
+pub fn set_daemon_log_args(args: Vec<std::ffi::OsString>) {
+    let _ = LOG_ARGS.set(args);
 }
 
 #[allow(unsafe_code)]
@@ -85,26 +264,18 @@ fn exited_early(child: &mut std::process::Child, log_path: &Path, what: &str) ->
     Ok(())
 }
 
-/// `dfs mount`.
-pub fn mount(
-    pool: &Path,
-    mountpoint: &Path,
-    foreground: bool,
-    allow_other: bool,
-    metrics: Option<std::net::SocketAddr>,
-) -> Result<()> {
-    let mountpoint = std::fs::canonicalize(mountpoint)
-        .with_context(|| format!("mountpoint {} does not exist", mountpoint.display()))?;
-    if !mountpoint.is_dir() {
-        bail!("mountpoint {} is not a directory", mountpoint.display());
-    }
-    if is_mounted(&mountpoint) {
-        bail!("{} is already a DynamicFS mount (EBUSY)", mountpoint.display());
-    }
+/// `dfs mount` (and the `mount.fuse.dynamicfs` helper).
+pub fn mount(pool: &Path, mountpoint: &Path, foreground: bool, settings: &MountSettings) -> Result<()> {
+    let mountpoint = prepare_mountpoint(mountpoint)?;
     if foreground {
-        return serve(pool, &mountpoint, allow_other, metrics);
+        return serve(pool, &mountpoint, settings);
     }
-    let mut args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
+    let mut args: Vec<std::ffi::OsString> = LOG_ARGS.get().cloned().unwrap_or_default();
+    args.extend(["mount".into(), "--pool".into(), pool.into(), "--mountpoint".into(), mountpoint.clone().into()]);
+    let options = settings.to_options();
+    if !options.is_empty() {
+        args.extend(["--options".into(), options.into()]);
+    }
     args.push("--foreground".into());
     let (pool_dir, log_path, mut child) = spawn_daemon(pool, args)?;
     let started = Instant::now();
@@ -146,30 +317,89 @@ fn open_for_daemon(pool: &Path) -> Result<(PoolDir, dfs_engine::Pool, Arc<Atomic
     Ok((dir, engine_pool, stop))
 }
 
-fn serve(pool: &Path, mountpoint: &Path, allow_other: bool, metrics: Option<std::net::SocketAddr>) -> Result<()> {
+/// Mounts `fs` on `mountpoint` with `pool_dir` as the source: through the kernel as
+/// root, through `fusermount3` otherwise. Returns the running session and whether this
+/// process unmounts it itself (a kernel mount) or the session does (`fusermount3`).
+fn mount_session(
+    fs: DynamicFs,
+    pool_dir: &Path,
+    mountpoint: &Path,
+    settings: &MountSettings,
+) -> Result<(fuser::BackgroundSession, bool)> {
+    let mut config = Config::default();
+    config.n_threads = Some(4);
+    if settings.flags.allow_other {
+        config.acl = fuser::SessionACL::All;
+    }
+    if kernel_mount::is_root() {
+        let device = kernel_mount::mount_fuse(pool_dir, mountpoint, &settings.flags)
+            .with_context(|| format!("mounting {} (is /dev/fuse available?)", mountpoint.display()))?;
+        let acl = config.acl;
+        let session = fuser::Session::from_fd(fs, device, acl, config).and_then(fuser::Session::spawn);
+        return match session {
+            Ok(session) => Ok((session, true)),
+            Err(error) => {
+                let _ = kernel_mount::unmount(mountpoint, true);
+                Err(anyhow!(error).context("starting the FUSE session"))
+            }
+        };
+    }
+    let flags = &settings.flags;
+    config.mount_options = vec![
+        MountOption::FSName(pool_dir.display().to_string()),
+        MountOption::Subtype("dynamicfs".into()),
+        MountOption::DefaultPermissions,
+        if flags.read_only { MountOption::RO } else { MountOption::RW },
+        if flags.no_exec { MountOption::NoExec } else { MountOption::Exec },
+    ];
+    if flags.suid {
+        config.mount_options.push(MountOption::Suid);
+    }
+    if flags.dev {
+        config.mount_options.push(MountOption::Dev);
+    }
+    let session = fuser::spawn_mount(fs, mountpoint, &config)
+        .with_context(|| format!("mounting {} (is /dev/fuse available?)", mountpoint.display()))?;
+    Ok((session, false))
+}
+
+/// Ends a session this process mounted through the kernel: unmounts (lazily when files
+/// are still open, so the tree is never left with a dead mount) and waits for the
+/// kernel to let go.
+fn end_kernel_session(session: fuser::BackgroundSession, mountpoint: &Path) -> Result<()> {
+    if let Err(error) = kernel_mount::unmount(mountpoint, false) {
+        if error.raw_os_error() != Some(libc::EBUSY) {
+            return Err(anyhow!(error).context(format!("unmounting {}", mountpoint.display())));
+        }
+        tracing::warn!("files are still open on {}; detaching the mount", mountpoint.display());
+        kernel_mount::unmount(mountpoint, true).with_context(|| format!("detaching {}", mountpoint.display()))?;
+    }
+    let started = Instant::now();
+    while !session.guard.is_finished() && started.elapsed() < RELEASE_TIMEOUT {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    if session.guard.is_finished() {
+        session.join().context("the FUSE session ended with an error")?;
+    } else {
+        tracing::warn!("the kernel still holds open files after {}s; stopping anyway", RELEASE_TIMEOUT.as_secs());
+    }
+    Ok(())
+}
+
+fn serve(pool: &Path, mountpoint: &Path, settings: &MountSettings) -> Result<()> {
     if std::env::var_os(DAEMON_ENV).is_some() {
         detach_from_terminal();
     }
     let (dir, engine_pool, stop) = open_for_daemon(pool)?;
-    let mut config = Config::default();
-    config.mount_options = vec![
-        MountOption::FSName(format!("{FS_NAME_PREFIX}{}", dir.path().display())),
-        MountOption::Subtype("dynamicfs".into()),
-        MountOption::DefaultPermissions,
-    ];
-    if allow_other {
-        config.acl = fuser::SessionACL::All;
-    }
-    config.n_threads = Some(4);
     let dir_path = dir.path().to_path_buf();
     let shared = Arc::new(Mutex::new(engine_pool));
     crate::control::listen(&dir_path, Arc::new(Mutex::new(dir)), shared.clone())?;
-    if let Some(addr) = metrics {
+    if let Some(addr) = settings.metrics {
         crate::exporter::serve(addr, shared.clone())?;
         crate::announce!("metrics on http://{addr}/metrics and /health");
     }
-    let session = fuser::spawn_mount(DynamicFs::shared(shared.clone()), mountpoint, &config)
-        .with_context(|| format!("mounting {} (is /dev/fuse available?)", mountpoint.display()))?;
+    let fs = DynamicFs::shared(shared.clone()).with_atime(settings.atime);
+    let (session, kernel_mounted) = mount_session(fs, &dir_path, mountpoint, settings)?;
     crate::announce!("mounted {} at {}", dir_path.display(), mountpoint.display());
     let mut chores = Chores::new();
     while !stop.load(Ordering::SeqCst) && !session.guard.is_finished() {
@@ -177,6 +407,8 @@ fn serve(pool: &Path, mountpoint: &Path, allow_other: bool, metrics: Option<std:
     }
     if session.guard.is_finished() {
         session.join().context("the FUSE session ended with an error")?;
+    } else if kernel_mounted {
+        end_kernel_session(session, mountpoint)?;
     } else {
         session.umount_and_join().context("unmounting")?;
     }
@@ -333,21 +565,34 @@ fn barrier(pool: &Mutex<dfs_engine::Pool>) {
     }
 }
 
-/// `dfs umount`: unmounts and waits until the daemon has released the pool.
+/// `dfs umount`: unmounts and waits until the daemon has released the pool. A mount
+/// whose daemon died is detached.
 pub fn umount(mountpoint: &Path) -> Result<()> {
-    let mountpoint = std::fs::canonicalize(mountpoint).unwrap_or_else(|_| mountpoint.to_path_buf());
-    let Some((source, _)) = dynamicfs_mounts().into_iter().find(|(_, target)| *target == mountpoint) else {
+    let mountpoint = std::fs::canonicalize(mountpoint)
+        .or_else(|_| std::path::absolute(mountpoint))
+        .unwrap_or_else(|_| mountpoint.to_path_buf());
+    let Some(entry) = dynamicfs_mounts().into_iter().find(|entry| entry.target == mountpoint) else {
         bail!("{} is not a DynamicFS mount (EINVAL)", mountpoint.display());
     };
-    let pool = PathBuf::from(&source[FS_NAME_PREFIX.len()..]);
-    let status = if which("fusermount3") {
-        Command::new("fusermount3").arg("-u").arg(&mountpoint).status()
-    } else {
-        Command::new("umount").arg(&mountpoint).status()
+    let pool = entry.pool;
+    if std::fs::metadata(&mountpoint).is_err_and(|e| e.raw_os_error() == Some(libc::ENOTCONN)) {
+        detach_dead_mount(&mountpoint)?;
+        println!("detached {} (its daemon had died; nothing was serving it)", mountpoint.display());
+        return Ok(());
     }
-    .context("running the unmount helper")?;
-    if !status.success() {
-        bail!("unmounting {} failed ({status}); is a file still open there? (EBUSY)", mountpoint.display());
+    if kernel_mount::is_root() {
+        kernel_mount::unmount(&mountpoint, false).map_err(|error| {
+            anyhow!("unmounting {}: {error}; is a file still open there? (EBUSY)", mountpoint.display())
+        })?;
+    } else {
+        let status = Command::new("fusermount3")
+            .arg("-u")
+            .arg(&mountpoint)
+            .status()
+            .context("running fusermount3 -u (from the fuse3 package)")?;
+        if !status.success() {
+            bail!("unmounting {} failed ({status}); is a file still open there? (EBUSY)", mountpoint.display());
+        }
     }
     let lock = std::fs::OpenOptions::new().write(true).open(pool.join("lock"));
     let started = Instant::now();
@@ -369,10 +614,4 @@ pub fn umount(mountpoint: &Path) -> Result<()> {
     }
     println!("unmounted {}", mountpoint.display());
     Ok(())
-}
-
-fn which(program: &str) -> bool {
-    std::env::var_os("PATH")
-        .map(|paths| std::env::split_paths(&paths).any(|dir| dir.join(program).is_file()))
-        .unwrap_or(false)
 }

@@ -70,7 +70,22 @@ impl Clock for SystemClock {
         u64::try_from(self.origin.elapsed().as_nanos()).unwrap_or(u64::MAX)
     }
 
+    /// The kernel's coarse real-time clock (`CLOCK_REALTIME_COARSE`), the one it stamps
+    /// inode times with: under FUSE's writeback cache the kernel sets a file's mtime
+    /// itself, and times taken here must order the same way against it (relatime's
+    /// "atime not newer than mtime"). Falls back to `SystemTime` if the call fails.
     fn wall(&self) -> WallTime {
+        // SAFETY: clock_gettime writes one timespec into the valid, writable `now`.
+        #[allow(unsafe_code)]
+        let coarse = unsafe {
+            let mut now = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+            (libc::clock_gettime(libc::CLOCK_REALTIME_COARSE, &mut now) == 0).then_some(now)
+        };
+        if let Some(now) = coarse {
+            if let Ok(nanos) = u32::try_from(now.tv_nsec) {
+                return WallTime { secs: now.tv_sec, nanos };
+            }
+        }
         match SystemTime::now().duration_since(UNIX_EPOCH) {
             Ok(d) => WallTime { secs: i64::try_from(d.as_secs()).unwrap_or(i64::MAX), nanos: d.subsec_nanos() },
             Err(e) => {

@@ -38,6 +38,8 @@ pub const POLICY_XATTR: &str = "user.dynamicfs.policy";
 /// The mounted filesystem.
 pub struct DynamicFs {
     pool: Arc<Mutex<Pool>>,
+    /// Record access times on reads and listings (`relatime`); off for `noatime`.
+    atime: bool,
 }
 
 /// The errno for an engine error: the single place errors cross the FUSE boundary.
@@ -142,7 +144,23 @@ impl DynamicFs {
 
     /// Serves a pool that others (the daemon's control socket) use too.
     pub fn shared(pool: Arc<Mutex<Pool>>) -> Self {
-        Self { pool }
+        Self { pool, atime: true }
+    }
+
+    /// Whether reads and listings record access times (`relatime`, the default) or not
+    /// (`noatime`).
+    pub fn with_atime(mut self, atime: bool) -> Self {
+        self.atime = atime;
+        self
+    }
+
+    /// Records an access of `ino` in its atime, as `relatime` does, unless `noatime`.
+    fn accessed(&self, pool: &mut Pool, ino: Ino) {
+        if self.atime {
+            if let Err(error) = pool.touch_atime(ino) {
+                tracing::debug!(%error, "access time not recorded");
+            }
+        }
     }
 
     fn pool(&self) -> MutexGuard<'_, Pool> {
@@ -160,9 +178,7 @@ impl DynamicFs {
         let mut out = Vec::new();
         if offset == 0 {
             out.push((1, pool.getattr(ino)?, b".".to_vec()));
-            if let Err(error) = pool.touch_atime(ino) {
-                tracing::debug!(%error, "access time not recorded");
-            }
+            self.accessed(&mut pool, ino);
         }
         if offset <= 1 {
             let parent = pool.parent_of(ino).unwrap_or(Ino::ROOT);
@@ -205,7 +221,10 @@ impl Filesystem for DynamicFs {
         }
         // ACLs checked by the kernel from our xattrs; listings that carry attributes, so
         // `ls -l` and `find` need no lookup per entry.
+        // DONT_MASK: the umask arrives with each create and the engine applies it (or,
+        // under a default ACL, not), as an ACL-capable filesystem must.
         let wanted = fuser::InitFlags::FUSE_POSIX_ACL
+            | fuser::InitFlags::FUSE_DONT_MASK
             | fuser::InitFlags::FUSE_DO_READDIRPLUS
             | fuser::InitFlags::FUSE_READDIRPLUS_AUTO;
         if let Err(missing) = config.add_capabilities(wanted) {
@@ -347,7 +366,7 @@ impl Filesystem for DynamicFs {
         fh: FileHandle,
         offset: u64,
         size: u32,
-        _flags: OpenFlags,
+        flags: OpenFlags,
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
@@ -382,8 +401,10 @@ impl Filesystem for DynamicFs {
         let mut pool = self.pool();
         match pool.read(fh.0, offset, size as usize) {
             Ok(data) => {
-                if let Err(error) = pool.touch_atime(Ino(ino.0)) {
-                    tracing::debug!(%error, "access time not recorded");
+                // A read on a write-only descriptor is the kernel filling a page it
+                // is about to write into: not an access (ext4 does not count it).
+                if !matches!(flags.acc_mode(), fuser::OpenAccMode::O_WRONLY) {
+                    self.accessed(&mut pool, Ino(ino.0));
                 }
                 reply.data(&data)
             }
