@@ -105,21 +105,22 @@ pub fn main(args: Vec<OsString>) -> ExitCode {
 }
 
 /// `dfs install-mount-helper`: links `DIR/mount.fuse.dynamicfs` to this binary
-/// (replacing an earlier link, never another file).
+/// (replacing an earlier link atomically, never another file).
 pub fn install(dir: &Path) -> Result<()> {
     let binary = std::env::current_exe().context("locating the dfs binary")?;
     let binary = std::fs::canonicalize(&binary).unwrap_or(binary);
     let link = dir.join(HELPER_NAMES[0]);
-    match std::fs::symlink_metadata(&link) {
-        Ok(meta) if meta.file_type().is_symlink() => {
-            std::fs::remove_file(&link).with_context(|| format!("replacing {}", link.display()))?
-        }
-        Ok(_) => bail!("{} exists and is not a link; remove it first (EEXIST)", link.display()),
-        Err(_) => {}
+    if std::fs::symlink_metadata(&link).is_ok_and(|meta| !meta.file_type().is_symlink()) {
+        bail!("{} exists and is not a link; remove it first (EEXIST)", link.display());
     }
-    std::os::unix::fs::symlink(&binary, &link).with_context(|| {
+    // A new link beside it, renamed over the old one: a concurrent mount never finds
+    // the helper missing.
+    let staged = dir.join(format!(".{}.{}", HELPER_NAMES[0], std::process::id()));
+    let _ = std::fs::remove_file(&staged);
+    std::os::unix::fs::symlink(&binary, &staged).with_context(|| {
         format!("linking {} to {} (writing there usually needs root)", link.display(), binary.display())
     })?;
+    std::fs::rename(&staged, &link).with_context(|| format!("installing {}", link.display()))?;
     println!("installed {} -> {}", link.display(), binary.display());
     println!("now `mount -t fuse.dynamicfs POOL DIR` and fstab lines of type fuse.dynamicfs work");
     Ok(())

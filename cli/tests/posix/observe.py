@@ -49,7 +49,7 @@ def rec(name, fn):
         value = fn()
         out[name] = True if value is None else value
     except OSError as e:
-        out[name] = "E" + errno.errorcode.get(e.errno, str(e.errno))
+        out[name] = errno.errorcode.get(e.errno, str(e.errno))
 
 
 def check(result):
@@ -87,7 +87,7 @@ def as_nobody(fn):
             value = fn()
             answer = True if value is None else value
         except OSError as e:
-            answer = "E" + errno.errorcode.get(e.errno, str(e.errno))
+            answer = errno.errorcode.get(e.errno, str(e.errno))
         os.write(write_end, json.dumps(answer).encode())
         os._exit(0)
     os.close(write_end)
@@ -335,7 +335,7 @@ def edges():
             try:
                 answers.append(os.lseek(fd, offset, whence))
             except OSError as e:
-                answers.append("E" + errno.errorcode[e.errno])
+                answers.append(errno.errorcode[e.errno])
         os.close(fd)
         return answers
 
