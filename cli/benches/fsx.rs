@@ -16,6 +16,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 
+mod common;
+
 /// Every operation fsx 0.3.2 knows, weighted as its sample configuration weighs the
 /// common ones; the file grows to 256 KiB, operations up to 64 KiB.
 const CONFIG: &str = "\
@@ -39,14 +41,8 @@ posix_fadvise = 1
 copy_file_range = 5
 ";
 
-fn dfs(args: &[&str]) {
-    let status =
-        Command::new(env!("CARGO_BIN_EXE_dfs")).args(args).stdout(std::process::Stdio::null()).status().unwrap();
-    assert!(status.success(), "dfs {args:?} failed");
-}
-
-/// Runs fsx on `file`; returns operations per second, or exits with fsx's verdict.
-fn exercise(label: &str, file: &Path, config: &Path, ops: u64, seed: u64) -> f64 {
+/// Runs fsx on `file`; returns operations per second, or fsx's verdict when it failed.
+fn exercise(label: &str, file: &Path, config: &Path, ops: u64, seed: u64) -> Result<f64, String> {
     let artifacts = file.parent().unwrap().join(format!("fsx-{label}"));
     fs::create_dir_all(&artifacts).unwrap();
     let started = Instant::now();
@@ -59,52 +55,38 @@ fn exercise(label: &str, file: &Path, config: &Path, ops: u64, seed: u64) -> f64
     let elapsed = started.elapsed().as_secs_f64();
     let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     if !out.status.success() || !text.contains("All operations completed A-OK!") {
-        eprintln!("fsx on {label} FAILED ({}):\n{}", out.status, &text[text.len().saturating_sub(4000)..]);
-        std::process::exit(1);
+        return Err(format!("fsx on {label} FAILED ({}):\n{}", out.status, &text[text.len().saturating_sub(4000)..]));
     }
-    ops as f64 / elapsed
+    Ok(ops as f64 / elapsed)
 }
 
 fn main() {
-    for (tool, install) in [("fsx", "cargo install fsx --version 0.3.2"), ("mergerfs", "apt-get install mergerfs")] {
-        if Command::new(tool).arg("-V").output().is_err() {
-            eprintln!("{tool} is not installed: {install}");
-            std::process::exit(2);
-        }
-    }
+    common::require("fsx", "cargo install fsx --version 0.3.2");
+    common::require("mergerfs", "apt-get install mergerfs");
     let ops: u64 = std::env::var("DFS_FSX_OPS").ok().and_then(|v| v.parse().ok()).unwrap_or(1_000_000);
     let seed: u64 = std::env::var("DFS_FSX_SEED").ok().and_then(|v| v.parse().ok()).unwrap_or(1);
     let root = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
     let at = |name: &str| -> PathBuf { root.path().join(name) };
     let config = at("fsx.toml");
     fs::write(&config, CONFIG).unwrap();
-    let disks: Vec<PathBuf> = (0..6).map(|i| at(&format!("disk{i}"))).collect();
-    for disk in &disks {
-        fs::create_dir(disk).unwrap();
-    }
-    let pool = at("pool");
-    dfs(&["init", "--pool", pool.to_str().unwrap(), "--policy", "erasure:4+2"]);
-    for disk in &disks {
-        dfs(&["add-disk", "--pool", pool.to_str().unwrap(), "--disk", disk.to_str().unwrap()]);
-    }
-    let (dfs_mount, merger_mount, plain) = (at("dfs-mnt"), at("mergerfs-mnt"), at("plain"));
-    for dir in [&dfs_mount, &merger_mount, &plain] {
-        fs::create_dir(dir).unwrap();
-    }
-    dfs(&["mount", "--pool", pool.to_str().unwrap(), "--mountpoint", dfs_mount.to_str().unwrap()]);
-    let branches = disks.iter().map(|d| d.to_str().unwrap().to_string()).collect::<Vec<_>>().join(":");
-    let status = Command::new("mergerfs")
-        .args(["-o", "category.create=mfs,cache.files=partial", &branches, merger_mount.to_str().unwrap()])
-        .status()
-        .unwrap();
-    assert!(status.success(), "mergerfs did not mount");
+    // mmap needs the page cache, which mergerfs's default direct I/O would bypass.
+    let mounts = common::SixDisks::mount(root.path(), "category.create=mfs,cache.files=partial");
+    let plain = at("plain");
+    fs::create_dir(&plain).unwrap();
 
     println!("fsx 0.3.2, {ops} operations, seed {seed}, every operation enabled; six directories on one disk");
-    let ours = exercise("dynamicfs", &dfs_mount.join("fsx-file"), &config, ops, seed);
-    let host = exercise("plain", &plain.join("fsx-file"), &config, ops, seed);
-    let theirs = exercise("mergerfs", &merger_mount.join("fsx-file"), &config, ops, seed);
-    dfs(&["umount", dfs_mount.to_str().unwrap()]);
-    let _ = Command::new("umount").arg(&merger_mount).status();
+    let results = [
+        exercise("dynamicfs", &mounts.dynamicfs.join("fsx-file"), &config, ops, seed),
+        exercise("plain", &plain.join("fsx-file"), &config, ops, seed),
+        exercise("mergerfs", &mounts.mergerfs.join("fsx-file"), &config, ops, seed),
+    ];
+    drop(mounts);
+    let [ours, host, theirs] = results.map(|result| {
+        result.unwrap_or_else(|verdict| {
+            eprintln!("{verdict}");
+            std::process::exit(1)
+        })
+    });
 
     println!("{:<28} {:>12} {:>16}", "fsx target", "ops/s", "ratio to plain");
     for (label, figure) in

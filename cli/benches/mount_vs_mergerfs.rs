@@ -16,6 +16,8 @@ use std::time::Instant;
 
 use rand::{Rng, SeedableRng};
 
+mod common;
+
 const MIB: usize = 1 << 20;
 
 fn drop_caches() {
@@ -97,17 +99,8 @@ fn measure(mount: &Path, source: &Path, random_source: &Path) -> Figures {
     Figures { write, read, random, small }
 }
 
-fn dfs(args: &[&str]) {
-    let status =
-        Command::new(env!("CARGO_BIN_EXE_dfs")).args(args).stdout(std::process::Stdio::null()).status().unwrap();
-    assert!(status.success(), "dfs {args:?} failed");
-}
-
 fn main() {
-    if Command::new("mergerfs").arg("-V").output().is_err() {
-        eprintln!("mergerfs is not installed: apt-get install mergerfs");
-        std::process::exit(2);
-    }
+    common::require("mergerfs", "apt-get install mergerfs");
     let mib: usize = std::env::var("DFS_BENCH_MIB").ok().and_then(|v| v.parse().ok()).unwrap_or(1024);
     let root = tempfile::tempdir().unwrap();
     let at = |name: &str| -> PathBuf { root.path().join(name) };
@@ -119,33 +112,13 @@ fn main() {
     drop(data);
     // Neither side's final fsync should pay for writing back the sources.
     let _ = Command::new("sync").status();
-    let disks: Vec<PathBuf> = (0..6).map(|i| at(&format!("disk{i}"))).collect();
-    for disk in &disks {
-        fs::create_dir(disk).unwrap();
-    }
-    let pool = at("pool");
-    dfs(&["init", "--pool", pool.to_str().unwrap(), "--policy", "erasure:4+2"]);
-    for disk in &disks {
-        dfs(&["add-disk", "--pool", pool.to_str().unwrap(), "--disk", disk.to_str().unwrap()]);
-    }
-    let dfs_mount = at("dfs-mnt");
-    let merger_mount = at("mergerfs-mnt");
-    fs::create_dir(&dfs_mount).unwrap();
-    fs::create_dir(&merger_mount).unwrap();
-    dfs(&["mount", "--pool", pool.to_str().unwrap(), "--mountpoint", dfs_mount.to_str().unwrap()]);
-    let branches = disks.iter().map(|d| d.to_str().unwrap().to_string()).collect::<Vec<_>>().join(":");
-    let status = Command::new("mergerfs")
-        .args(["-o", "category.create=mfs,cache.files=off", &branches, merger_mount.to_str().unwrap()])
-        .status()
-        .unwrap();
-    assert!(status.success(), "mergerfs did not mount");
+    let mounts = common::SixDisks::mount(root.path(), "category.create=mfs,cache.files=off");
+    let (dfs_mount, merger_mount) = (&mounts.dynamicfs, &mounts.mergerfs);
 
     println!("{mib} MiB sequential, 256 MiB random-read file, 10,000 small files; six directories on one disk");
-    let ours = measure(&dfs_mount, &at("source"), &at("random-source"));
-    let theirs = measure(&merger_mount, &at("source"), &at("random-source"));
-    dfs(&["umount", dfs_mount.to_str().unwrap()]);
-    let _ = Command::new("fusermount3").arg("-u").arg(&merger_mount).status();
-    let _ = Command::new("umount").arg(&merger_mount).status();
+    let ours = measure(dfs_mount, &at("source"), &at("random-source"));
+    let theirs = measure(merger_mount, &at("source"), &at("random-source"));
+    drop(mounts);
 
     println!("{:<34} {:>16} {:>12} {:>7}", "workload", "DynamicFS", "mergerfs", "ratio");
     for (label, unit, a, b) in [

@@ -6,23 +6,14 @@
 mod common;
 
 use std::fs;
-use std::path::{Path, PathBuf};
 
-use common::{TestPool, OWNER};
+use common::{blocks, TestPool, OWNER};
 use dfs_engine::frame::{self, FrameKind, METADATA_FORMAT};
 use dfs_engine::meta::journal::{self, Checkpoint};
 use dfs_engine::meta::state::MetaState;
 use dfs_engine::meta::v1::{CheckpointV1, InodeV1, JournalRecordV1, MetaStateV1, OpV1};
 use dfs_engine::pooldir::PoolDir;
 use dfs_engine::{Error, Ino};
-
-fn blocks(disk: &Path, namespace: &str) -> Vec<PathBuf> {
-    let mut out: Vec<PathBuf> = fs::read_dir(disk.join(namespace))
-        .map(|entries| entries.map(|e| e.unwrap().path()).collect())
-        .unwrap_or_default();
-    out.sort();
-    out
-}
 
 /// The format-1 form of a state that uses nothing format 2 added.
 fn downgrade(state: &MetaState) -> MetaStateV1 {

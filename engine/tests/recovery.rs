@@ -5,19 +5,10 @@
 mod common;
 
 use std::fs;
-use std::path::{Path, PathBuf};
 
-use common::{pattern, TestPool};
+use common::{blocks, pattern, TestPool};
 use dfs_engine::pooldir::PoolDir;
 use dfs_engine::Error;
-
-fn blocks(disk: &Path, namespace: &str) -> Vec<PathBuf> {
-    let mut out: Vec<PathBuf> = fs::read_dir(disk.join(namespace))
-        .map(|entries| entries.map(|e| e.unwrap().path()).collect())
-        .unwrap_or_default();
-    out.sort();
-    out
-}
 
 /// A pool with three journal disks whose journal holds uncompacted records.
 fn pool_with_records() -> (TestPool, Vec<Vec<u8>>) {

@@ -96,7 +96,13 @@ pub fn pattern(len: usize, seed: u64) -> Vec<u8> {
 
 /// Every fragment file under a disk directory.
 pub fn fragment_files(disk: &Path) -> Vec<PathBuf> {
-    let mut out: Vec<PathBuf> = std::fs::read_dir(disk.join("fragment"))
+    blocks(disk, "fragment")
+}
+
+/// Every block file of one namespace (`journal`, `checkpoint`, `fragment`) of a disk
+/// directory, in name order.
+pub fn blocks(disk: &Path, namespace: &str) -> Vec<PathBuf> {
+    let mut out: Vec<PathBuf> = std::fs::read_dir(disk.join(namespace))
         .map(|entries| entries.map(|e| e.unwrap().path()).collect())
         .unwrap_or_default();
     out.sort();

@@ -1,0 +1,61 @@
+//! The setup the mount benchmarks share: six backing directories, a DynamicFS pool
+//! (`erasure:4+2`) mounted over them, and mergerfs over the same six directories.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// Runs the `dfs` binary under test; panics if it fails.
+pub fn dfs(args: &[&str]) {
+    let status =
+        Command::new(env!("CARGO_BIN_EXE_dfs")).args(args).stdout(std::process::Stdio::null()).status().unwrap();
+    assert!(status.success(), "dfs {args:?} failed");
+}
+
+/// Exits with status 2 and the install command when `tool` is missing.
+pub fn require(tool: &str, install: &str) {
+    if Command::new(tool).arg("-V").output().is_err() {
+        eprintln!("{tool} is not installed: {install}");
+        std::process::exit(2);
+    }
+}
+
+/// Both mounts over the same six directories under `root`; unmounted on drop.
+pub struct SixDisks {
+    pub dynamicfs: PathBuf,
+    pub mergerfs: PathBuf,
+}
+
+impl SixDisks {
+    /// Mounts DynamicFS and mergerfs (with `mergerfs_options`) over `root/disk0..5`.
+    pub fn mount(root: &Path, mergerfs_options: &str) -> SixDisks {
+        let disks: Vec<PathBuf> = (0..6).map(|i| root.join(format!("disk{i}"))).collect();
+        for disk in &disks {
+            fs::create_dir(disk).unwrap();
+        }
+        let pool = root.join("pool");
+        dfs(&["init", "--pool", pool.to_str().unwrap(), "--policy", "erasure:4+2"]);
+        for disk in &disks {
+            dfs(&["add-disk", "--pool", pool.to_str().unwrap(), "--disk", disk.to_str().unwrap()]);
+        }
+        let mounts = SixDisks { dynamicfs: root.join("dfs-mnt"), mergerfs: root.join("mergerfs-mnt") };
+        fs::create_dir(&mounts.dynamicfs).unwrap();
+        fs::create_dir(&mounts.mergerfs).unwrap();
+        dfs(&["mount", "--pool", pool.to_str().unwrap(), "--mountpoint", mounts.dynamicfs.to_str().unwrap()]);
+        let branches = disks.iter().map(|d| d.to_str().unwrap().to_string()).collect::<Vec<_>>().join(":");
+        let status = Command::new("mergerfs")
+            .args(["-o", mergerfs_options, &branches, mounts.mergerfs.to_str().unwrap()])
+            .status()
+            .unwrap();
+        assert!(status.success(), "mergerfs did not mount");
+        mounts
+    }
+}
+
+impl Drop for SixDisks {
+    fn drop(&mut self) {
+        dfs(&["umount", self.dynamicfs.to_str().unwrap()]);
+        let _ = Command::new("umount").arg(&self.mergerfs).status();
+    }
+}
