@@ -36,6 +36,8 @@ pub(crate) fn errno_name(errno: i32) -> &'static str {
         libc_errno::E2BIG => "E2BIG",
         libc_errno::EOPNOTSUPP => "EOPNOTSUPP",
         libc_errno::EACCES => "EACCES",
+        libc_errno::ENXIO => "ENXIO",
+        libc_errno::EMLINK => "EMLINK",
         _ => "error",
     }
 }
@@ -45,6 +47,7 @@ mod libc_errno {
     pub const EPERM: i32 = 1;
     pub const ENOENT: i32 = 2;
     pub const EIO: i32 = 5;
+    pub const ENXIO: i32 = 6;
     pub const E2BIG: i32 = 7;
     pub const EACCES: i32 = 13;
     pub const EBADF: i32 = 9;
@@ -55,6 +58,7 @@ mod libc_errno {
     pub const EINVAL: i32 = 22;
     pub const ENOSPC: i32 = 28;
     pub const EROFS: i32 = 30;
+    pub const EMLINK: i32 = 31;
     pub const ERANGE: i32 = 34;
     pub const ENAMETOOLONG: i32 = 36;
     pub const ENOTEMPTY: i32 = 39;

@@ -58,6 +58,8 @@ pub enum Error {
     AccessDenied(String),
     #[error("{0}")]
     NoSuchOffset(String),
+    #[error("too many links (a file has at most {0})")]
+    TooManyLinks(u32),
 }
 
 impl Error {
@@ -88,6 +90,7 @@ impl Error {
             Error::AccessDenied(_) => libc::EACCES,
             // lseek(SEEK_DATA/SEEK_HOLE) at or past the end, or no data after the offset.
             Error::NoSuchOffset(_) => libc::ENXIO,
+            Error::TooManyLinks(_) => libc::EMLINK,
         }
     }
 }

@@ -222,7 +222,7 @@ impl Pool {
         let attr = self.getattr(ino)?;
         let now = self.clock.wall();
         let stale = attr.atime <= attr.mtime || attr.atime <= attr.ctime || now.secs - attr.atime.secs >= DAY_SECS;
-        if !stale || self.read_only.is_some() {
+        if !stale || attr.atime == now || self.read_only.is_some() {
             return Ok(false);
         }
         let mut inode = self.inode(ino)?.clone();

@@ -19,6 +19,8 @@ use crate::pool::Pool;
 
 /// Longest file name, in bytes.
 pub const NAME_BYTES_MAX: usize = 255;
+/// Most hard links to one file (ext4's `EXT4_LINK_MAX`); one more is `EMLINK`.
+pub const LINKS_MAX: u32 = 65_000;
 
 /// Attributes as a caller sees them (buffered writes included).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -443,6 +445,9 @@ impl Pool {
         }
         if self.child(parent, name)?.is_some() {
             return Err(Error::Exists(display(name)));
+        }
+        if self.inode(ino)?.nlink >= LINKS_MAX {
+            return Err(Error::TooManyLinks(LINKS_MAX));
         }
         self.rename_into(ino, parent, name)
     }

@@ -60,6 +60,24 @@ fn special_files_keep_their_kind_and_device_number_and_hold_no_data() {
 }
 
 #[test]
+fn a_file_takes_at_most_65000_links_as_on_ext4() {
+    // 65,000 commits: the whole-state check after each would be quadratic; once at the end.
+    let options = dfs_engine::PoolOptions { check_invariants: false, ..common::options() };
+    let mut t = TestPool::with_options(&[64, 64, 64], "replicate:2", options);
+    let pool = t.pool();
+    let ino = pool.mknod(Ino::ROOT, b"f", libc::S_IFREG, 0, OWNER).unwrap().ino;
+    let dir = pool.mkdir(Ino::ROOT, b"links", OWNER).unwrap().ino;
+    for i in 1..dfs_engine::namespace::LINKS_MAX {
+        pool.link(ino, dir, format!("l{i}").as_bytes()).unwrap();
+    }
+    assert_eq!(pool.getattr(ino).unwrap().nlink, dfs_engine::namespace::LINKS_MAX);
+    assert_eq!(errno(pool.link(ino, dir, b"one-more")), libc::EMLINK);
+    pool.unlink(dir, b"l1").unwrap();
+    pool.link(ino, dir, b"one-more").unwrap();
+    pool.state().check().unwrap();
+}
+
+#[test]
 fn extended_attributes_follow_linux_limits_and_survive_a_reopen() {
     let mut t = TestPool::new(&[64, 64, 64], "replicate:2");
     let ino = t.write_file("f", b"data");
@@ -229,6 +247,8 @@ fn relatime_records_a_read_once_after_each_change() {
     let mut t = TestPool::new(&[64, 64, 64], "replicate:2");
     let ino = t.write_file("f", b"data");
     let pool = t.pool();
+    // Past the coarse clock's tick (a few ms), so "now" differs from the creation time.
+    std::thread::sleep(std::time::Duration::from_millis(20));
     assert!(pool.touch_atime(ino).unwrap(), "atime not newer than mtime: recorded");
     assert!(!pool.touch_atime(ino).unwrap(), "already newer: left alone");
     let before = pool.getattr(ino).unwrap();

@@ -22,10 +22,16 @@ pub fn options() -> PoolOptions {
 impl TestPool {
     /// A pool with one disk per capacity (MiB) and the given default policy.
     pub fn new(capacities_mib: &[u64], policy: &str) -> TestPool {
+        Self::with_options(capacities_mib, policy, options())
+    }
+
+    /// `new`, opened with `options` (for tests too large for a full invariant check
+    /// after every commit).
+    pub fn with_options(capacities_mib: &[u64], policy: &str, options: PoolOptions) -> TestPool {
         let root = tempfile::tempdir().unwrap();
         let pool_path = root.path().join("pool");
         PoolDir::init(&pool_path, policy.parse::<Policy>().unwrap(), true).unwrap();
-        let (mut dir, mut pool, _) = PoolDir::open(&pool_path, options()).unwrap();
+        let (mut dir, mut pool, _) = PoolDir::open(&pool_path, options).unwrap();
         for (i, mib) in capacities_mib.iter().enumerate() {
             let disk = root.path().join(format!("disk{i}"));
             std::fs::create_dir(&disk).unwrap();
