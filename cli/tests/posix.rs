@@ -28,23 +28,20 @@ struct Bench {
     host: PathBuf,
 }
 
-/// A scratch directory on the build's own filesystem (ext4 on the CI machine), not a
-/// tmpfs: the host answers the tests compare with are ext4's.
+/// A scratch directory for root alone, on another filesystem than the mount.
 fn scratch() -> tempfile::TempDir {
-    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
-    open_to_all(dir.path());
-    dir
+    tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap()
 }
 
-fn open_to_all(path: &Path) {
+/// Lets every user through `dir` (a new temporary directory is 0700); its parents must
+/// already let them (`/tmp` does).
+fn open_to_all(dir: &Path) {
     use std::os::unix::fs::PermissionsExt;
-    let mut path = Some(path);
-    while let Some(dir) = path {
-        let mode = fs::metadata(dir).unwrap().permissions().mode();
-        if mode & 0o005 != 0o005 {
-            fs::set_permissions(dir, fs::Permissions::from_mode(mode | 0o005)).unwrap();
-        }
-        path = dir.parent();
+    let mode = fs::metadata(dir).unwrap().permissions().mode();
+    fs::set_permissions(dir, fs::Permissions::from_mode(mode | 0o055)).unwrap();
+    for parent in dir.ancestors().skip(1) {
+        let mode = fs::metadata(parent).unwrap().permissions().mode();
+        assert!(mode & 0o001 != 0, "{} must let other users through for the tests as nobody", parent.display());
     }
 }
 

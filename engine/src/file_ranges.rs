@@ -219,13 +219,18 @@ impl Pool {
     /// old. Returns whether atime changed.
     pub fn touch_atime(&mut self, ino: Ino) -> Result<bool> {
         const DAY_SECS: i64 = 24 * 3600;
-        let attr = self.getattr(ino)?;
+        // The inode and the buffered mtime, not `getattr`: this runs on every read, and
+        // `getattr` sums the file's extents.
+        let inode = self.inode(ino)?;
+        let mtime = self.files.get(ino).and_then(|f| f.mtime).unwrap_or(inode.mtime).max(inode.mtime);
+        let ctime = inode.ctime.max(mtime);
+        let atime = inode.atime;
         let now = self.clock.wall();
-        let stale = attr.atime <= attr.mtime || attr.atime <= attr.ctime || now.secs - attr.atime.secs >= DAY_SECS;
-        if !stale || attr.atime == now || self.read_only.is_some() {
+        let stale = atime <= mtime || atime <= ctime || now.secs - atime.secs >= DAY_SECS;
+        if !stale || atime == now || self.read_only.is_some() {
             return Ok(false);
         }
-        let mut inode = self.inode(ino)?.clone();
+        let mut inode = inode.clone();
         inode.atime = now;
         self.commit(crate::meta::state::Transaction { ops: vec![crate::meta::state::Op::PutInode(inode)] })?;
         Ok(true)
