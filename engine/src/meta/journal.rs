@@ -47,26 +47,30 @@ pub struct JournalTip {
     pub hash: [u8; 32],
 }
 
-/// Decodes a verified checkpoint block of any format this build reads, returning it
-/// (converted to the current structures), its body hash and its format.
-pub fn decode_checkpoint(block: &[u8]) -> Result<(Checkpoint, [u8; 32], u8), FrameError> {
-    let opened = frame::open(FrameKind::Checkpoint, block)?;
-    let checkpoint = match opened.version {
-        v1::FORMAT => frame::decode_body::<v1::CheckpointV1>(opened.body)?.into(),
-        _ => frame::decode_body::<Checkpoint>(opened.body)?,
+/// Decodes a verified frame of `kind` in any format this build reads: a format-1 body as
+/// `Old` converted to `Current`, a current one as `Current`. Returns it, its body hash
+/// and its format.
+fn decode_any<Old, Current>(kind: FrameKind, block: &[u8]) -> Result<(Current, [u8; 32], u8), FrameError>
+where
+    Old: serde::de::DeserializeOwned + Into<Current>,
+    Current: serde::de::DeserializeOwned,
+{
+    let opened = frame::open(kind, block)?;
+    let value = match opened.version {
+        v1::FORMAT => frame::decode_body::<Old>(opened.body)?.into(),
+        _ => frame::decode_body::<Current>(opened.body)?,
     };
-    Ok((checkpoint, opened.hash, opened.version))
+    Ok((value, opened.hash, opened.version))
 }
 
-/// Decodes a verified journal record of any format this build reads, as
-/// `decode_checkpoint` does.
+/// Decodes a checkpoint block of any format this build reads (see `decode_any`).
+pub fn decode_checkpoint(block: &[u8]) -> Result<(Checkpoint, [u8; 32], u8), FrameError> {
+    decode_any::<v1::CheckpointV1, Checkpoint>(FrameKind::Checkpoint, block)
+}
+
+/// Decodes a journal record of any format this build reads (see `decode_any`).
 pub fn decode_record(block: &[u8]) -> Result<(JournalRecord, [u8; 32], u8), FrameError> {
-    let opened = frame::open(FrameKind::JournalRecord, block)?;
-    let record = match opened.version {
-        v1::FORMAT => frame::decode_body::<v1::JournalRecordV1>(opened.body)?.into(),
-        _ => frame::decode_body::<JournalRecord>(opened.body)?,
-    };
-    Ok((record, opened.hash, opened.version))
+    decode_any::<v1::JournalRecordV1, JournalRecord>(FrameKind::JournalRecord, block)
 }
 
 /// Why metadata could not be recovered.
