@@ -274,6 +274,13 @@ fn execute_command(command: Command, ctx: &mut Ctx<'_>) -> Result<()> {
         Command::AddDisk { pool: _, disks, capacity } => {
             for disk in &disks {
                 let disk = ctx.local_path(disk);
+                if let Some(mountpoint) = crate::mount::own_mount_containing(ctx.dir.path(), &disk) {
+                    bail!(
+                        "{} is inside the pool's own mount at {}: a disk must live outside the pool (EINVAL)",
+                        disk.display(),
+                        mountpoint.display()
+                    );
+                }
                 let id = ctx
                     .dir
                     .add_disk(ctx.pool, &disk, capacity)

@@ -164,6 +164,18 @@ fn dynamicfs_mounts() -> Vec<MountEntry> {
         .collect()
 }
 
+/// The mountpoint of `pool_dir` under which `path` lies, if the pool is mounted and it
+/// does. Decided from the path's text and the mount table alone: looking the path up
+/// would ask the mount, whose daemon may be the caller (a disk inside its own mount
+/// would deadlock it).
+pub fn own_mount_containing(pool_dir: &Path, path: &Path) -> Option<PathBuf> {
+    let absolute = std::path::absolute(path).ok()?;
+    dynamicfs_mounts()
+        .into_iter()
+        .find(|entry| entry.pool == pool_dir && absolute.starts_with(&entry.target))
+        .map(|entry| entry.target)
+}
+
 fn is_mounted(mountpoint: &Path) -> bool {
     dynamicfs_mounts().iter().any(|entry| entry.target == mountpoint)
 }

@@ -11,6 +11,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{self, File, OpenOptions};
 use std::io::{ErrorKind, Write};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
 
@@ -22,6 +23,10 @@ const TMP_PREFIX: &str = ".tmp-";
 /// A disk backed by a directory.
 pub struct DirDisk {
     root: PathBuf,
+    /// The root directory's (device, inode) when opened: a directory moved away and
+    /// replaced by another at the same path (an unmounted disk's empty mountpoint, a
+    /// recreated directory) is not this disk, and is never written.
+    root_identity: (u64, u64),
     capacity_bytes: Option<u64>,
     state: Mutex<DirState>,
 }
@@ -68,7 +73,9 @@ impl DirDisk {
                 }
             }
         }
-        let mut disk = DirDisk { root: root.to_path_buf(), capacity_bytes: None, state: Mutex::new(state) };
+        let root_identity = (meta.dev(), meta.ino());
+        let mut disk =
+            DirDisk { root: root.to_path_buf(), root_identity, capacity_bytes: None, state: Mutex::new(state) };
         if let Ok(label) = DiskLabel::read(&disk) {
             disk.capacity_bytes = label.capacity_bytes;
         }
@@ -93,6 +100,18 @@ impl DirDisk {
         // A panic while holding this lock leaves only size bookkeeping behind, which stays
         // consistent per operation; recover the guard instead of poisoning every caller.
         self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Fails unless the root directory is still the one this disk was opened on.
+    fn check_identity(&self) -> Result<(), DeviceError> {
+        match fs::metadata(&self.root) {
+            Ok(meta) if (meta.dev(), meta.ino()) == self.root_identity => Ok(()),
+            Ok(_) => Err(DeviceError::Unavailable(format!(
+                "{} is no longer the directory this disk was opened on (replaced or remounted)",
+                self.root.display()
+            ))),
+            Err(e) => Err(DeviceError::Unavailable(format!("{}: {e}", self.root.display()))),
+        }
     }
 
     fn filesystem_free_bytes(&self) -> u64 {
@@ -167,9 +186,16 @@ impl BlockDevice for DirDisk {
         if new_used > capacity && data.len() as u64 > old {
             return Err(DeviceError::NoSpace);
         }
+        // Never write into a directory that is not this disk, and never create the disk's
+        // directory: a vanished disk is unavailable, not a new empty one on `/`.
+        self.check_identity()?;
         let dir = self.root.join(name.kind().namespace());
         if !state.unsynced_dirs.contains(&name.kind()) && !dir.exists() {
-            fs::create_dir_all(&dir).map_err(|e| io_error(&dir, e))?;
+            match fs::create_dir(&dir) {
+                Ok(()) => {}
+                Err(e) if e.kind() == ErrorKind::AlreadyExists => {}
+                Err(e) => return Err(io_error(&dir, e)),
+            }
         }
         let final_path = dir.join(name.leaf());
         if state.sizes.contains_key(&name) || name == BlockName::Label {

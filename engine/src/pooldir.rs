@@ -125,8 +125,26 @@ impl PoolDir {
             Err(std::fs::TryLockError::Error(e)) => return Err(io("locking the pool", e)),
         }
         let mut devices = Vec::new();
+        let mut unavailable = Vec::new();
         for entry in &config.disks {
-            devices.push(PoolDevice { uuid: entry.uuid, device: open_disk(entry, config.pool_id) });
+            let (device, reason) = open_disk(entry, config.pool_id);
+            if let Some(reason) = reason {
+                unavailable.push(format!("{}: {reason}", entry.path.display()));
+            }
+            devices.push(PoolDevice { uuid: entry.uuid, device });
+        }
+        if !config.disks.is_empty() && unavailable.len() == config.disks.len() {
+            // Serving would show an empty pool over disks that hold data, or ones that
+            // belong to another pool: refuse, and change nothing.
+            return Err(Error::MetadataCorrupt(
+                format!(
+                    "none of the {} disks of pool {} ({}) is this pool's: {}",
+                    config.disks.len(),
+                    config.pool_id,
+                    path.display(),
+                    unavailable.join("; ")
+                ) + "; nothing was changed",
+            ));
         }
         if options.seed == 0 {
             options.seed = Uuid::new_v4().as_u64_pair().0;
@@ -234,26 +252,27 @@ impl PoolDir {
     }
 }
 
-fn open_disk(entry: &DiskEntry, pool_id: Uuid) -> Arc<dyn BlockDevice> {
+/// Opens one disk of the pool. A disk is only ever what its label says: a directory that
+/// cannot be opened, or whose label is missing, unreadable, or names another pool or
+/// disk, is served as unavailable (read around, never written). Returns the device, and
+/// why it is unavailable when it is.
+fn open_disk(entry: &DiskEntry, pool_id: Uuid) -> (Arc<dyn BlockDevice>, Option<String>) {
     let location = entry.path.display().to_string();
+    let unavailable = |reason: String| -> (Arc<dyn BlockDevice>, Option<String>) {
+        tracing::warn!(disk = %location, %reason, "serving the pool without this disk");
+        (Arc::new(UnavailableDevice::new(location.clone(), reason.clone())), Some(reason))
+    };
     let disk = match DirDisk::open(&entry.path) {
         Ok(disk) => disk,
-        Err(e) => {
-            tracing::warn!(disk = %location, error = %e, "disk cannot be opened; serving without it");
-            return Arc::new(UnavailableDevice::new(location, e.to_string()));
-        }
+        Err(e) => return unavailable(format!("cannot be opened: {e}")),
     };
     match DiskLabel::read(&disk) {
-        Ok(label) if label.pool_id == pool_id && label.disk_uuid == entry.uuid => Arc::new(disk),
-        Ok(label) => {
-            tracing::warn!(disk = %location, found = %label.disk_uuid, "a different disk is mounted here; serving without it");
-            Arc::new(UnavailableDevice::new(location, "a different disk is mounted at this path"))
+        Ok(label) if label.pool_id == pool_id && label.disk_uuid == entry.uuid => (Arc::new(disk), None),
+        Ok(label) if label.pool_id != pool_id => {
+            unavailable(format!("its label names pool {}, not this pool ({pool_id})", label.pool_id))
         }
-        Err(e) => {
-            // Identity comes from the config; fragment and journal blocks verify themselves.
-            tracing::warn!(disk = %location, error = %e, "disk label unreadable; trusting the pool config");
-            Arc::new(disk)
-        }
+        Ok(label) => unavailable(format!("a different disk ({}) is at this path", label.disk_uuid)),
+        Err(e) => unavailable(format!("{e}; is the disk mounted?")),
     }
 }
 
