@@ -10,7 +10,7 @@ use std::io::IsTerminal;
 
 use anyhow::{anyhow, bail, Context, Result};
 use dfs_engine::device::ExtentId;
-use dfs_engine::meta::state::{DiskId, PolicyScope};
+use dfs_engine::meta::state::{DiskId, DiskState, PolicyScope};
 use dfs_engine::Policy;
 
 use crate::commands::{engine, print_json, print_text, Ctx};
@@ -53,14 +53,30 @@ pub(crate) fn fail_disk(ctx: &mut Ctx<'_>, spec: &str) -> Result<()> {
 pub(crate) fn remove_disk(ctx: &mut Ctx<'_>, spec: &str) -> Result<()> {
     let disk = resolve_disk(ctx, spec)?;
     let affected = ctx.pool.start_removal(disk).map_err(engine).with_context(|| format!("removing disk {disk}"))?;
+    let failed = ctx.pool.state().disks.get(&disk).is_some_and(|d| d.state == DiskState::Failed);
+    if affected == 0 && failed {
+        // Nothing lives there any more: nothing to drain or rebuild, mounted or not.
+        ctx.pool.finish_removal(disk).map_err(engine)?;
+        ctx.dir.forget_disk(ctx.pool, disk).map_err(engine)?;
+        writeln!(ctx.out, "disk {disk} removed")?;
+        return Ok(());
+    }
     if !ctx.local {
-        writeln!(ctx.out, "disk {disk} is draining ({affected} extent(s) to move); the daemon moves them")?;
+        if failed {
+            writeln!(
+                ctx.out,
+                "disk {disk} failed and {affected} extent(s) still need it; the daemon rebuilds them elsewhere — \
+                 then run this again to remove it"
+            )?;
+        } else {
+            writeln!(ctx.out, "disk {disk} is draining ({affected} extent(s) to move); the daemon moves them")?;
+        }
         return Ok(());
     }
     let total = affected.max(1);
     loop {
         let progress = match ctx.pool.state().disks.get(&disk).map(|d| d.state) {
-            Some(dfs_engine::meta::state::DiskState::Draining) => ctx.pool.drain_step(disk, 16).map_err(engine)?,
+            Some(DiskState::Draining) => ctx.pool.drain_step(disk, 16).map_err(engine)?,
             _ => {
                 // A failed disk holds nothing readable: its extents are rebuilt elsewhere.
                 let rebuilt = ctx.pool.rebuild_step(16).map_err(engine)?;

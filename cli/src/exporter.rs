@@ -248,7 +248,7 @@ fn with_header<R: std::io::Read>(response: tiny_http::Response<R>, name: &str, v
 }
 
 /// Serves `/metrics` and `/health` for `pool` on `addr` from a thread of its own.
-pub(crate) fn serve(addr: SocketAddr, pool: Arc<Mutex<Pool>>) -> Result<()> {
+pub(crate) fn serve(addr: SocketAddr, pool: Arc<Mutex<Pool>>, pool_dir: std::path::PathBuf) -> Result<()> {
     let server = tiny_http::Server::http(addr).map_err(|e| anyhow!("cannot listen on {addr} for metrics: {e}"))?;
     tracing::info!(%addr, "metrics endpoint listening");
     std::thread::spawn(move || {
@@ -267,7 +267,7 @@ pub(crate) fn serve(addr: SocketAddr, pool: Arc<Mutex<Pool>>) -> Result<()> {
                     }
                 }
                 (tiny_http::Method::Get, "/health") => {
-                    let report = pool.lock().unwrap_or_else(|p| p.into_inner()).pool_health();
+                    let report = pool.lock().unwrap_or_else(|p| p.into_inner()).pool_health().naming_pool(&pool_dir);
                     let body = serde_json::to_string(&report).unwrap_or_else(|_| "{}".into());
                     let response =
                         tiny_http::Response::from_string(body).with_status_code(if report.healthy { 200 } else { 503 });

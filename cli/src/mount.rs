@@ -176,6 +176,15 @@ pub fn own_mount_containing(pool_dir: &Path, path: &Path) -> Option<PathBuf> {
         .map(|entry| entry.target)
 }
 
+/// How long a new daemon waits for the pool lock of a previous one that is finishing.
+const PREVIOUS_DAEMON_WAIT: Duration = Duration::from_secs(15);
+
+/// Whether the pool at `pool` is mounted anywhere.
+fn pool_is_mounted(pool: &Path) -> bool {
+    let Ok(pool) = std::fs::canonicalize(pool) else { return false };
+    dynamicfs_mounts().iter().any(|entry| entry.pool == pool)
+}
+
 fn is_mounted(mountpoint: &Path) -> bool {
     dynamicfs_mounts().iter().any(|entry| entry.target == mountpoint)
 }
@@ -317,8 +326,20 @@ pub fn mount(pool: &Path, mountpoint: &Path, foreground: bool, settings: &MountS
 /// The daemon's start: the pool opened (and owned) with recovery notes logged, and a flag
 /// SIGINT/SIGTERM raise.
 fn open_for_daemon(pool: &Path) -> Result<(PoolDir, dfs_engine::Pool, Arc<AtomicBool>)> {
-    let (dir, engine_pool, report) = PoolDir::open(pool, PoolOptions::default())
-        .map_err(|e| anyhow!("{e} ({})", crate::commands::errno_name(e.errno())))?;
+    let started = Instant::now();
+    let (dir, engine_pool, report) = loop {
+        match PoolDir::open(pool, PoolOptions::default()) {
+            Ok(opened) => break opened,
+            // An unmounted pool still locked is a daemon finishing its last barrier after
+            // a plain `umount` (which, unlike `dfs umount`, does not wait for it).
+            Err(dfs_engine::Error::PoolBusy(_))
+                if !pool_is_mounted(pool) && started.elapsed() < PREVIOUS_DAEMON_WAIT =>
+            {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            Err(e) => return Err(anyhow!("{e} ({})", crate::commands::errno_name(e.errno()))),
+        }
+    };
     for note in &report.notes {
         tracing::warn!(%note, "recovery");
     }
@@ -407,7 +428,7 @@ fn serve(pool: &Path, mountpoint: &Path, settings: &MountSettings) -> Result<()>
     let shared = Arc::new(Mutex::new(engine_pool));
     crate::control::listen(&dir_path, Arc::new(Mutex::new(dir)), shared.clone())?;
     if let Some(addr) = settings.metrics {
-        crate::exporter::serve(addr, shared.clone())?;
+        crate::exporter::serve(addr, shared.clone(), dir_path.clone())?;
         crate::announce!("metrics on http://{addr}/metrics and /health");
     }
     let fs = DynamicFs::shared(shared.clone()).with_atime(settings.atime);
@@ -536,7 +557,7 @@ pub fn serve_unmounted(pool: &Path, metrics: Option<std::net::SocketAddr>) -> Re
     let shared = Arc::new(Mutex::new(engine_pool));
     crate::control::listen(&dir_path, Arc::new(Mutex::new(dir)), shared.clone())?;
     if let Some(addr) = metrics {
-        crate::exporter::serve(addr, shared.clone())?;
+        crate::exporter::serve(addr, shared.clone(), dir_path.clone())?;
         crate::announce!("metrics on http://{addr}/metrics and /health");
     }
     crate::announce!("serving {} (control socket {})", dir_path.display(), crate::control::SOCKET_NAME);

@@ -18,7 +18,7 @@ fn bar(used: u64, capacity: u64, width: usize) -> String {
 /// `dfs status`: one screen.
 pub(crate) fn status(ctx: &mut Ctx<'_>, json: bool) -> Result<()> {
     let snapshot = ctx.pool.metrics();
-    let health = ctx.pool.pool_health();
+    let health = ctx.pool.pool_health().naming_pool(ctx.dir.path());
     if json {
         #[derive(serde::Serialize)]
         struct Status<'a> {
@@ -96,7 +96,7 @@ pub(crate) fn status(ctx: &mut Ctx<'_>, json: bool) -> Result<()> {
 
 /// `dfs health`: each problem with what to do; fails (exit 1) when unhealthy.
 pub(crate) fn health(ctx: &mut Ctx<'_>, json: bool) -> Result<()> {
-    let report = ctx.pool.pool_health();
+    let report = ctx.pool.pool_health().naming_pool(ctx.dir.path());
     if json {
         print_json(ctx.out, &report)?;
     } else if report.problems.is_empty() {

@@ -113,7 +113,13 @@ fn metrics_after_a_known_workload_are_exact_and_health_follows_a_disk_failure() 
     ok(&["rebuild", "--pool", p]); // through the daemon: its background worker rebuilds
     eventually("health after the rebuild", || http(port, "GET", "/health").0 == 200);
     let report = ok(&["health", "--pool", p]);
-    assert!(report.contains("remove-disk --disk d2"), "{report}");
+    // The advice is a command that works as printed: run it (through the daemon).
+    let advice = report.lines().find_map(|l| l.split("remove it: ").nth(1)).unwrap_or_else(|| panic!("{report}"));
+    assert_eq!(advice, format!("dfs remove-disk --pool {p} --disk d2"));
+    let args: Vec<&str> = advice.split_whitespace().skip(1).collect();
+    let removed = ok(&args);
+    assert!(removed.contains("disk d2 removed"), "{removed}");
+    assert_eq!(ok(&["health", "--pool", p]).trim(), "healthy: no problems found");
 }
 
 #[test]

@@ -16,7 +16,6 @@ mod common;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use std::time::Duration;
 
 use common::{ok, Pool};
 
@@ -264,15 +263,16 @@ fn daemon_pid(pool: &Path) -> i32 {
     String::from_utf8_lossy(&out.stdout).lines().next().unwrap().trim().parse().unwrap()
 }
 
+/// SIGKILLs the pool's daemon and waits until it is gone and its pool lock with it (a
+/// loaded machine can take a while to tear down a dying process).
 fn kill_daemon(pool: &Path) {
     let pid = daemon_pid(pool);
     run(Command::new("kill").args(["-9", &pid.to_string()]));
-    for _ in 0..100 {
-        if !Path::new(&format!("/proc/{pid}")).exists() {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    common::eventually("the killed daemon to exit", || !Path::new(&format!("/proc/{pid}")).exists());
+    let lock = pool.join("lock");
+    common::eventually("the killed daemon's pool lock to be released", || {
+        Command::new("flock").args(["-n", lock.to_str().unwrap(), "true"]).status().unwrap().success()
+    });
 }
 
 fn is_dead(mountpoint: &Path) -> bool {
@@ -313,12 +313,17 @@ fn an_fstab_line_mounts_umount_unmounts_and_a_dead_mount_recovers() {
     fs::write(mountpoint.join("after"), b"writable again").unwrap();
     run(Command::new("umount").arg(&mountpoint));
     assert!(!is_mounted_as_dynamicfs(&mountpoint, &pool_dir));
-    // umount let the daemon finish: the pool opens here, with both files.
-    let back = pool.local("back");
+    // umount let the daemon finish: once it has let go, the pool opens here with the files.
+    let lock = pool_dir.join("lock");
     common::eventually("the daemon to release the pool", || {
-        common::run(&["get", "--pool", pool.path(), "/kept", back.to_str().unwrap()]).status.success()
+        Command::new("flock").args(["-n", lock.to_str().unwrap(), "true"]).status().unwrap().success()
     });
+    let back = pool.local("back");
+    ok(&["get", "--pool", pool.path(), "/kept", back.to_str().unwrap()]);
     assert_eq!(fs::read(&back).unwrap(), data);
+    // A `mount` right after a plain `umount` waits for the finishing daemon, not EBUSY.
+    mount();
+    run(Command::new("umount").arg(&mountpoint));
 
     // A reboot-like sequence: the daemon dies, the mountpoint is dead; one `mount`
     // brings it back.

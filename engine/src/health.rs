@@ -47,6 +47,27 @@ pub struct HealthReport {
     pub problems: Vec<Problem>,
 }
 
+/// Where an action names the pool: `HealthReport::naming_pool` puts the pool directory
+/// there, so every action is a command that runs as printed.
+const POOL_ARGUMENT: &str = "--pool POOL";
+
+impl HealthReport {
+    /// The report with each action's `--pool POOL` naming `pool_dir` (quoted for a shell
+    /// when it must be).
+    pub fn naming_pool(mut self, pool_dir: &std::path::Path) -> HealthReport {
+        let path = pool_dir.display().to_string();
+        let quoted = if path.chars().all(|c| c.is_ascii_alphanumeric() || "/._-+:@".contains(c)) {
+            path
+        } else {
+            format!("'{}'", path.replace('\'', "'\\''"))
+        };
+        for problem in &mut self.problems {
+            problem.action = problem.action.replace(POOL_ARGUMENT, &format!("--pool {quoted}"));
+        }
+        self
+    }
+}
+
 /// Fill ratio above which a disk is a warning, and above which it is critical.
 const FULL_WARNING: f64 = 0.90;
 const FULL_CRITICAL: f64 = 0.98;
@@ -64,7 +85,7 @@ impl Pool {
                 Severity::Critical,
                 "pool",
                 format!("the pool is read-only: {reason}"),
-                "check the disks (list-disks, the daemon log), then unmount and mount again to recover",
+                "check the disks (dfs list-disks --pool POOL, the daemon log), then unmount and mount again to recover",
             );
         }
         let infos = self.disk_infos();
@@ -77,19 +98,19 @@ impl Pool {
                     Severity::Critical,
                     &id,
                     format!("disk {id} failed and {} fragment(s) still lived there", info.map_or(0, |i| i.fragments)),
-                    "add a replacement (dfs add-disk) and run dfs rebuild (a mounted pool rebuilds by itself)",
+                    "add a replacement (dfs add-disk --pool POOL --disk DIR) and run dfs rebuild --pool POOL (a mounted pool rebuilds by itself)",
                 ),
                 DiskState::Failed => add(
                     Severity::Warning,
                     &id,
                     format!("disk {id} failed; everything on it was rebuilt elsewhere"),
-                    &format!("remove it: dfs remove-disk --disk {id}"),
+                    &format!("remove it: dfs remove-disk --pool POOL --disk {id}"),
                 ),
                 DiskState::Draining => add(
                     Severity::Warning,
                     &id,
                     format!("disk {id} is draining ({} fragment(s) left)", info.map_or(0, |i| i.fragments)),
-                    "nothing to do: dfs list-disks shows the progress",
+                    "nothing to do: dfs list-disks --pool POOL shows the progress",
                 ),
                 DiskState::Active | DiskState::Removed => {}
             }
@@ -100,7 +121,7 @@ impl Pool {
                             Severity::Critical,
                             &id,
                             format!("disk {id} ({}) cannot be reached", info.path),
-                            "check that its filesystem is mounted; if it is gone for good, dfs fail-disk it",
+                            &format!("check that its filesystem is mounted; if it is gone for good: dfs fail-disk --pool POOL --disk {id}"),
                         );
                     } else if info.capacity_bytes > 0 {
                         let fill = info.used_bytes as f64 / info.capacity_bytes as f64;
@@ -109,11 +130,22 @@ impl Pool {
                                 if fill >= FULL_CRITICAL { Severity::Critical } else { Severity::Warning },
                                 &id,
                                 format!("disk {id} is {:.0}% full", fill * 100.0),
-                                "add disks (dfs add-disk, then dfs rebalance) or free space",
+                                "add disks (dfs add-disk --pool POOL --disk DIR, then dfs rebalance --pool POOL) or free space",
                             );
                         }
                     }
                 }
+            }
+        }
+        if self.read_only.is_none() && !self.state.disks.is_empty() {
+            if let Err(error) = self.check_placeable(self.state.default_policy) {
+                add(
+                    Severity::Critical,
+                    "pool",
+                    format!("the pool cannot accept writes: {error}"),
+                    "add a disk with room (dfs add-disk --pool POOL --disk DIR), or store new data under a policy \
+                     the disks can place (dfs change-policy --pool POOL --policy …)",
+                );
             }
         }
         let lost = self.lost_extents();
@@ -122,7 +154,7 @@ impl Pool {
                 Severity::Critical,
                 "extents",
                 format!("{} extent(s) lost: fewer fragments than their policy needs", lost.len()),
-                "dfs list-extents shows which files; restore them from a backup",
+                "dfs list-extents --pool POOL shows which files; restore them from a backup",
             );
         }
         let queue = self.rebuild_queue();
@@ -132,7 +164,7 @@ impl Pool {
                 Severity::Critical,
                 "extents",
                 format!("{degraded} extent(s) short of their policy's fragments (still readable)"),
-                "dfs rebuild (a mounted pool rebuilds in the background); dfs rebuild-status shows the queue",
+                "dfs rebuild --pool POOL (a mounted pool rebuilds in the background); dfs rebuild-status --pool POOL shows the queue",
             );
         }
         let journals = self.state.journal_disks().len();
@@ -156,7 +188,7 @@ impl Pool {
                         transition.policy,
                         transition.error.clone().unwrap_or_default()
                     ),
-                    "fix the cause (space, disks) and run dfs change-policy again",
+                    "fix the cause (space, disks) and run dfs change-policy --pool POOL again",
                 );
             }
         }
@@ -166,7 +198,7 @@ impl Pool {
                     Severity::Critical,
                     "scrub",
                     format!("the last scrub pass found {} unrecoverable extent(s)", last.stats.unrecoverable),
-                    "dfs scrub lists them by file and offset; restore those files from a backup",
+                    "dfs scrub --pool POOL lists them by file and offset; restore those files from a backup",
                 );
             }
         }
