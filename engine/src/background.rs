@@ -14,17 +14,25 @@ pub const STEP_EXTENTS: usize = 4;
 impl Pool {
     /// Whether a drain, a transition, a rebuild or a migration is waiting.
     pub fn has_background_work(&self) -> bool {
-        self.state.disks.values().any(|d| d.state == DiskState::Draining)
+        self.draining_online().next().is_some()
             || !self.open_transitions().is_empty()
             || !self.rebuild_queue().is_empty()
             || self.has_migration_work()
     }
 
+    /// Draining disks that can be read: an offline one waits until it is back (or failed).
+    fn draining_online(&self) -> impl Iterator<Item = crate::meta::state::DiskId> + '_ {
+        self.state
+            .disks
+            .values()
+            .filter(|d| d.state == DiskState::Draining && self.state.disk_online(d.id))
+            .map(|d| d.id)
+    }
+
     /// Does one bounded piece of background work; returns how many extents it touched
     /// (0: nothing to do, or nothing could be done now).
     pub fn background_step(&mut self) -> Result<usize> {
-        let draining: Vec<_> =
-            self.state.disks.values().filter(|d| d.state == DiskState::Draining).map(|d| d.id).collect();
+        let draining: Vec<_> = self.draining_online().collect();
         for disk in draining {
             let progress = self.drain_step(disk, STEP_EXTENTS)?;
             if progress.moved > 0 {

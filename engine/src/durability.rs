@@ -90,9 +90,9 @@ impl Pool {
         self.undurable.fragment_disks.extend(disks.iter().copied());
     }
 
-    /// Step 1: syncs the disks that took fragments. A disk whose sync fails has lost
-    /// what it was given: it is marked failed, and the new extents' fragments there are
-    /// written again on other disks (and synced) before any record names them.
+    /// Step 1: syncs the disks that took fragments. A disk whose sync fails may have lost
+    /// what it was given: it goes offline, owed the new extents' fragments, which are
+    /// written again on other disks (and synced) where there is room for them.
     fn sync_fragments(&mut self) -> Result<()> {
         for _ in 0..SYNC_ATTEMPTS {
             self.relocate_undurable();
@@ -102,7 +102,7 @@ impl Pool {
         }
         // Whatever could not be moved stays degraded — or, short of the fragments a read
         // needs, cannot be committed at all.
-        let readable = |pool: &Pool, disk: &DiskId| pool.state.disks.get(disk).is_some_and(|d| d.state.readable());
+        let readable = |pool: &Pool, disk: &DiskId| pool.state.disk_readable(*disk);
         for id in &self.undurable.extents {
             let Some(record) = self.state.extents.get(id) else { continue };
             let usable = record.fragments.iter().filter(|d| readable(self, d)).count();
@@ -119,7 +119,7 @@ impl Pool {
     }
 
     /// New extents with a fragment on a disk that is no longer readable get it
-    /// rewritten elsewhere.
+    /// rewritten elsewhere (an offline disk keeps what it is owed: see `geometry`).
     fn relocate_undurable(&mut self) {
         let stranded: Vec<ExtentId> = self
             .undurable
@@ -140,7 +140,7 @@ impl Pool {
     }
 
     /// Syncs every disk that took fragments; `false` when some failed (they are now
-    /// marked failed and their extents need relocating).
+    /// offline and their extents need relocating).
     fn sync_fragment_disks(&mut self) -> bool {
         let disks = std::mem::take(&mut self.undurable.fragment_disks);
         if !self.syncs_fragments() {
@@ -158,11 +158,11 @@ impl Pool {
         if failed.is_empty() {
             return true;
         }
-        let failed_disks: BTreeSet<DiskId> = failed.iter().map(|(disk, _)| *disk).collect();
-        for disk in &failed_disks {
-            tracing::error!(%disk, "disk lost writes it acknowledged (sync failed); marking it failed");
-            if let Err(error) = self.mark_failed(*disk) {
-                tracing::error!(%disk, %error, "marking the disk failed did not commit");
+        for (disk, error) in &failed {
+            tracing::error!(%disk, %error, "disk may have lost writes it acknowledged (sync failed); taking it offline");
+            let reason = format!("sync failed: {error}");
+            if let Err(error) = self.mark_offline(*disk, &reason) {
+                tracing::error!(%disk, %error, "marking the disk offline did not commit");
             }
         }
         false
@@ -180,12 +180,8 @@ impl Pool {
             if self.undurable.journal_set.is_empty() { current.clone() } else { self.undurable.journal_set.clone() };
         // The record goes to the old and the new journal disks alike, so it chains on
         // whichever set recovery finds.
-        let targets: BTreeSet<DiskId> = previous
-            .iter()
-            .chain(&current)
-            .filter(|d| self.state.disks.get(d).is_some_and(|d| d.state.readable()))
-            .copied()
-            .collect();
+        let targets: BTreeSet<DiskId> =
+            previous.iter().chain(&current).filter(|d| self.state.disk_readable(**d)).copied().collect();
         let devices: Vec<Arc<dyn BlockDevice>> =
             targets.iter().filter_map(|disk| self.devices.get(disk).cloned()).collect();
         let txn = Transaction { ops: std::mem::take(&mut self.undurable.ops) };

@@ -60,6 +60,9 @@ pub enum Error {
     NoSuchOffset(String),
     #[error("too many links (a file has at most {0})")]
     TooManyLinks(u32),
+    /// Too few disks reachable to store new data (below the write quorum).
+    #[error("too few disks reachable: {0}")]
+    Unavailable(String),
 }
 
 impl Error {
@@ -78,6 +81,8 @@ impl Error {
             Error::NoSpace(_) | Error::Unplaceable { .. } | Error::NoDisks => libc::ENOSPC,
             // Lost data must surface as an I/O error, never as bytes.
             Error::DataLost { .. } | Error::Io(_) | Error::MetadataCorrupt(_) => libc::EIO,
+            // Disks away is not a lack of space: the writer sees an I/O error.
+            Error::Unavailable(_) => libc::EIO,
             Error::BadHandle(_) => libc::EBADF,
             Error::PoolBusy(_) => libc::EBUSY,
             Error::NotAPool(_) => libc::ENOENT,

@@ -91,7 +91,7 @@ impl Pool {
     fn fetch_plan(&self, jobs: Vec<(ExtentRecord, u64)>, parallel: bool) -> Option<FetchPlan> {
         (!jobs.is_empty()).then(|| FetchPlan {
             jobs,
-            devices: self.devices.clone(),
+            devices: self.read_devices().into_owned(),
             verify: self.verifies_reads(),
             parallel,
         })

@@ -30,7 +30,9 @@ pub enum FrameKind {
 
 /// The metadata format this build writes: journal records and checkpoints.
 /// 1: the first format. 2: special files (`rdev`), extended attributes and ACLs.
-pub const METADATA_FORMAT: u8 = 2;
+/// 3: disk reachability (offline disks, dated state changes, the write-intent map) and
+/// the availability settings.
+pub const METADATA_FORMAT: u8 = 3;
 
 impl FrameKind {
     /// The body format this build writes for frames of this kind.
@@ -207,7 +209,7 @@ mod tests {
     #[test]
     fn a_rotten_version_byte_is_corruption_not_another_format() {
         let (block, _) = encode(FrameKind::Checkpoint, &5u32);
-        for version in [1, 3, 66] {
+        for version in [1, METADATA_FORMAT - 1, METADATA_FORMAT + 1, 66] {
             let mut bad = block.clone();
             bad[5] = version;
             assert_eq!(open(FrameKind::Checkpoint, &bad).err(), Some(FrameError::Checksum), "version {version}");

@@ -42,6 +42,28 @@ pub struct DrainProgress {
     pub remaining: usize,
 }
 
+/// What a disk means for the fragments it is named for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum DiskFate {
+    /// Active and online: its fragments are read there, rewritten there if damaged.
+    Serving,
+    /// Offline and still waited for: its fragments are neither read nor moved.
+    Awaited,
+    /// Failed, removed, unknown, or draining: its fragments go elsewhere.
+    Leaving,
+}
+
+/// Where `disk` stands for repair.
+pub(crate) fn fate_of_disk(state: &crate::meta::state::MetaState, disk: DiskId) -> DiskFate {
+    if state.disk_awaited(disk) {
+        DiskFate::Awaited
+    } else if state.disk_writable(disk) {
+        DiskFate::Serving
+    } else {
+        DiskFate::Leaving
+    }
+}
+
 /// Why a fragment must be rewritten.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Fate {
@@ -61,8 +83,10 @@ impl Pool {
             .ok_or_else(|| Error::NotFound(format!("disk {disk} (see `dfs list-disks`)")))
     }
 
-    /// Marks `disk` failed, as a dead disk would be: nothing reads or writes it again
-    /// and reads of its extents are served degraded at once. Durable on return.
+    /// Marks `disk` failed, as a dead disk would be: nothing reads or writes it again,
+    /// reads of its extents are served degraded at once and the lazy rebuild begins. An
+    /// offline disk may be failed at once instead of waiting for its grace period.
+    /// Durable on return.
     pub fn fail_disk(&mut self, disk: DiskId) -> Result<()> {
         self.mark_failed(disk)?;
         self.sync()
@@ -75,26 +99,32 @@ impl Pool {
             DiskState::Removed => return Err(Error::InvalidArgument(format!("disk {disk} was removed"))),
             DiskState::Active | DiskState::Draining => {}
         }
-        self.commit(Transaction { ops: vec![Op::SetDiskState { disk, state: DiskState::Failed }] })?;
+        let at = self.clock.wall();
+        self.commit(Transaction { ops: vec![Op::SetDiskStateAt { disk, state: DiskState::Failed, at }] })?;
         self.devices.insert(disk, Arc::new(UnavailableDevice::new(disk.to_string(), "disk marked failed")));
+        self.probes.forget(disk);
         tracing::warn!(%disk, "disk marked failed; its extents are degraded until rebuilt");
         self.counters.disks_failed += 1;
         Ok(())
     }
 
-    /// Counts an I/O failure of `disk` (not a full disk); after `DISK_ERRORS_TO_FAIL` of
-    /// them without a success in between, marks it failed, as a dying disk is.
-    pub(crate) fn disk_io_failed(&mut self, disk: DiskId) {
+    /// Counts an I/O failure of `disk` (not a full disk). A disk that cannot be reached
+    /// at all goes offline at once; one that keeps failing I/O goes offline after
+    /// `DISK_ERRORS_TO_FAIL` failures without a success in between. Offline, not failed:
+    /// it is failed only when its grace period ends (see `reachability`).
+    pub(crate) fn disk_io_failed(&mut self, disk: DiskId, error: &crate::device::DeviceError) {
         let count = self.io_errors.entry(disk).or_default();
         *count += 1;
-        if *count >= DISK_ERRORS_TO_FAIL
-            && self.state.disks.get(&disk).is_some_and(|d| d.state.readable())
-            && self.state.disks.values().filter(|d| d.state == DiskState::Active).count() > 1
-        {
-            tracing::error!(%disk, errors = *count, "disk keeps failing I/O; marking it failed");
+        let unreachable = matches!(error, crate::device::DeviceError::Unavailable(_));
+        if (unreachable || *count >= DISK_ERRORS_TO_FAIL) && self.state.disk_readable(disk) {
+            let reason = if unreachable {
+                error.to_string()
+            } else {
+                format!("{} I/O errors in a row, the last: {error}", *count)
+            };
             self.io_errors.remove(&disk);
-            if let Err(error) = self.mark_failed(disk) {
-                tracing::error!(%disk, %error, "marking the disk failed did not commit");
+            if let Err(error) = self.mark_offline(disk, &reason) {
+                tracing::error!(%disk, %error, "marking the disk offline did not commit");
             }
         }
     }
@@ -112,7 +142,8 @@ impl Pool {
         let state = self.disk_record_state(disk)?;
         let next = if state == DiskState::Failed { DiskState::Failed } else { DiskState::Draining };
         if next == DiskState::Draining {
-            self.commit(Transaction { ops: vec![Op::SetDiskState { disk, state: next }] })?;
+            let at = self.clock.wall();
+            self.commit(Transaction { ops: vec![Op::SetDiskStateAt { disk, state: next, at }] })?;
             self.sync()?;
         }
         Ok(affected)
@@ -120,8 +151,13 @@ impl Pool {
 
     /// Refuses, with the reason, a removal the remaining disks could not absorb.
     fn check_removable(&self, disk: DiskId) -> Result<()> {
-        let others: Vec<DiskId> =
-            self.state.disks.values().filter(|d| d.id != disk && d.state == DiskState::Active).map(|d| d.id).collect();
+        let others: Vec<DiskId> = self
+            .state
+            .disks
+            .values()
+            .filter(|d| d.id != disk && self.state.disk_writable(d.id))
+            .map(|d| d.id)
+            .collect();
         if others.is_empty() {
             return Err(Error::InvalidArgument(format!("disk {disk} is the last active disk; add another first")));
         }
@@ -191,7 +227,8 @@ impl Pool {
         if !self.extents_on(disk).is_empty() {
             return Err(Error::InvalidArgument(format!("disk {disk} still holds fragments")));
         }
-        self.commit(Transaction { ops: vec![Op::SetDiskState { disk, state: DiskState::Removed }] })?;
+        let at = self.clock.wall();
+        self.commit(Transaction { ops: vec![Op::SetDiskStateAt { disk, state: DiskState::Removed, at }] })?;
         self.sync()?;
         self.devices.insert(disk, Arc::new(UnavailableDevice::new(disk.to_string(), "disk removed")));
         tracing::info!(%disk, "disk removed from the pool");
@@ -199,7 +236,9 @@ impl Pool {
     }
 
     /// Extents short of fragments, most endangered first: those with a fragment on a
-    /// failed, removed or draining disk, and those a read found damaged.
+    /// failed, removed or draining disk, those owed to a disk that is back online, and
+    /// those a read found damaged. Fragments on an offline disk still waited for are not
+    /// missing yet: nothing is rebuilt during the grace period.
     pub fn rebuild_queue(&self) -> Vec<RebuildItem> {
         let mut items: Vec<RebuildItem> = self
             .state
@@ -211,17 +250,17 @@ impl Pool {
                     .fragments
                     .iter()
                     .enumerate()
-                    .filter(|(_, d)| self.state.disks.get(d).is_none_or(|d| d.state != DiskState::Active))
+                    .filter(|(_, d)| match fate_of_disk(&self.state, **d) {
+                        DiskFate::Serving => self.state.owed.get(d).is_some_and(|owed| owed.contains(&record.id)),
+                        DiskFate::Awaited => false,
+                        DiskFate::Leaving => true,
+                    })
                     .map(|(i, _)| i as u8)
                     .collect();
                 if missing.is_empty() && !self.degraded.contains(&record.id) {
                     return None;
                 }
-                let unreadable = record
-                    .fragments
-                    .iter()
-                    .filter(|d| self.state.disks.get(d).is_none_or(|d| !d.state.readable()))
-                    .count();
+                let unreadable = record.fragments.iter().filter(|d| !self.state.disk_readable(**d)).count();
                 let spare = (record.fragments.len() - unreadable).saturating_sub(record.policy.needed());
                 Some(RebuildItem { extent: record.id, policy: record.policy.to_string(), spare, missing })
             })
@@ -268,23 +307,34 @@ impl Pool {
         let mut fates = Vec::with_capacity(record.fragments.len());
         let mut payloads: Vec<Option<Vec<u8>>> = Vec::with_capacity(record.fragments.len());
         for (index, disk) in record.fragments.iter().enumerate() {
-            let state = self.state.disks.get(disk).map(|d| d.state);
-            let payload = match (state.is_some_and(DiskState::readable), self.devices.get(disk)) {
+            let payload = match (self.state.disk_readable(*disk), self.devices.get(disk)) {
                 (true, Some(device)) => device
                     .read(BlockName::Fragment { extent: id, index: index as u8 })
                     .ok()
                     .and_then(|block| fragment::verify(&block, id, index as u8, shard_len).ok().map(<[u8]>::to_vec)),
                 _ => None,
             };
-            fates.push(match (state, &payload) {
-                (Some(DiskState::Active), Some(_)) => Fate::Keep,
-                (Some(DiskState::Active), None) => Fate::Rewrite,
-                _ => Fate::Move,
+            fates.push(match (fate_of_disk(&self.state, *disk), &payload) {
+                (DiskFate::Serving, Some(_)) => Fate::Keep,
+                (DiskFate::Serving, None) => Fate::Rewrite,
+                // Waited for: it keeps its fragment (or is owed it) until it returns.
+                (DiskFate::Awaited, _) => Fate::Keep,
+                (DiskFate::Leaving, _) => Fate::Move,
             });
             payloads.push(payload);
         }
+        // Online disks that were owed this extent and hold it verified, or are about to.
+        let resynced: Vec<DiskId> = record
+            .fragments
+            .iter()
+            .zip(&fates)
+            .filter(|(d, f)| **f != Fate::Move && self.state.disk_readable(**d))
+            .filter(|(d, _)| self.state.owed.get(d).is_some_and(|owed| owed.contains(&id)))
+            .map(|(d, _)| *d)
+            .collect();
         if fates.iter().all(|f| *f == Fate::Keep) {
             self.degraded.remove(&id);
+            self.commit_resynced(id, &resynced)?;
             return Ok(false);
         }
         let lost = |detail: String| Error::DataLost { extent: id, offset: 0, detail };
@@ -327,19 +377,15 @@ impl Pool {
             let device =
                 self.devices.get(&target).cloned().ok_or_else(|| Error::Io(format!("disk {target} has no device")))?;
             if let Err(e) = device.write(name, &block) {
-                if *fate == Fate::Rewrite && e != crate::device::DeviceError::NoSpace {
-                    // The disk fails the writes it should take: it is failing. Fail it, and
-                    // the fragment moves to another disk instead.
-                    tracing::error!(disk = %target, error = %e, "disk fails writes; marking it failed");
-                    self.mark_failed(target)?;
-                    return self.rewrite_fragments(id);
+                if e != crate::device::DeviceError::NoSpace {
+                    self.disk_io_failed(target, &e);
                 }
                 return Err(Error::Io(format!("writing {name} to {target}: {e}")));
             }
             written.push(target);
             taken.insert(target);
             if *fate == Fate::Move {
-                if self.state.disks.get(&record.fragments[index]).is_some_and(|d| d.state.readable()) {
+                if self.state.disk_readable(record.fragments[index]) {
                     old_copies.push((record.fragments[index], name));
                 }
                 updated.fragments[index] = target;
@@ -349,9 +395,20 @@ impl Pool {
         if updated.fragments != record.fragments {
             self.commit(Transaction { ops: vec![Op::PutExtent(updated)] })?;
         }
+        self.commit_resynced(id, &resynced)?;
         self.undurable.fragment_frees.extend(old_copies);
         self.degraded.remove(&id);
         Ok(true)
+    }
+
+    /// Clears what `disks` were owed of extent `id` (they now hold it).
+    fn commit_resynced(&mut self, id: ExtentId, disks: &[DiskId]) -> Result<()> {
+        if disks.is_empty() {
+            return Ok(());
+        }
+        let ops = disks.iter().map(|disk| Op::Resynced { disk: *disk, extents: vec![id] }).collect();
+        self.commit(Transaction { ops })?;
+        Ok(())
     }
 
     /// Active disks outside `taken`, with their free space.
@@ -359,7 +416,7 @@ impl Pool {
         self.state
             .disks
             .values()
-            .filter(|d| d.state == DiskState::Active && !taken.contains(&d.id))
+            .filter(|d| self.state.disk_writable(d.id) && !taken.contains(&d.id))
             .filter_map(|d| {
                 let device: &Arc<dyn BlockDevice> = self.devices.get(&d.id)?;
                 let free = device.capacity_bytes().saturating_sub(device.used_bytes());
@@ -400,7 +457,7 @@ impl Pool {
         self.state
             .disks
             .values()
-            .filter(|d| d.state == DiskState::Active)
+            .filter(|d| self.state.disk_writable(d.id))
             .filter_map(|d| {
                 let device = self.devices.get(&d.id)?;
                 let capacity = device.capacity_bytes().max(1);

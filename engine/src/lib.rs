@@ -32,6 +32,7 @@ pub mod placement;
 pub mod policy;
 pub mod pool;
 pub mod pooldir;
+pub mod reachability;
 pub mod reencode;
 pub mod report;
 pub mod rng;

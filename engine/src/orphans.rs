@@ -60,7 +60,7 @@ impl Pool {
         let now = self.clock.wall().secs;
         let mut orphans = Vec::new();
         for (disk, device) in &self.devices {
-            if !self.state.disks.get(disk).is_some_and(|d| d.state.readable()) {
+            if !self.state.disk_readable(*disk) {
                 continue;
             }
             let Ok(names) = device.list(BlockKind::Fragment) else { continue };
@@ -89,7 +89,7 @@ impl Pool {
             .state
             .disks
             .values()
-            .filter(|d| d.state.readable())
+            .filter(|d| self.state.disk_readable(d.id))
             .map(|d| {
                 let mine: Vec<&Orphan> = orphans.iter().filter(|o| o.disk == d.id).collect();
                 OrphanStats {

@@ -53,6 +53,8 @@ pub struct PoolOptions {
     /// The tiering configuration a pool created by this open starts with; an existing
     /// pool keeps its own (`Pool::set_tiering`).
     pub tiering: crate::temperature::config::TieringConfig,
+    /// Reopens a disk by uuid when it comes back (see `reachability`).
+    pub reconnect: Option<crate::reachability::Reconnector>,
     /// A deliberate defect, to prove the simulator catches it.
     #[cfg(feature = "sabotage")]
     pub sabotage: Option<crate::hooks::Sabotage>,
@@ -71,6 +73,7 @@ impl Default for PoolOptions {
             observer: None,
             remove_orphans_at_open: true,
             tiering: crate::temperature::config::TieringConfig::default(),
+            reconnect: None,
             #[cfg(feature = "sabotage")]
             sabotage: None,
         }
@@ -118,6 +121,12 @@ pub struct PoolCounters {
     /// Extents re-encoded by tiering (also counted in `extents_reencoded`).
     pub extents_migrated: u64,
     pub disks_failed: u64,
+    /// Times a disk went offline.
+    pub disks_offline: u64,
+    /// Times an offline disk came back and rejoined.
+    pub disks_rejoined: u64,
+    /// Extents written at reduced width while disks were away.
+    pub degraded_writes: u64,
 }
 
 /// An open pool.
@@ -153,6 +162,8 @@ pub struct Pool {
     pub(crate) ops: crate::metrics::OpStats,
     /// When this process last wrote a checkpoint (`Clock::monotonic_nanos`).
     pub(crate) checkpoint_written_nanos: Option<u64>,
+    /// When each disk is probed next (see `reachability`).
+    pub(crate) probes: crate::reachability::Probes,
 }
 
 impl Pool {
@@ -239,6 +250,7 @@ impl Pool {
             pacing: Default::default(),
             ops: Default::default(),
             checkpoint_written_nanos: None,
+            probes: Default::default(),
         };
         pool.undurable.journal_set = pool.state.journal_disks();
         let journal_slots: BTreeSet<usize> =
@@ -268,6 +280,23 @@ impl Pool {
         }
         report.orphan_inodes_removed = pool.remove_orphan_inodes()?;
         pool.sync()?;
+        if !pool.state.disks.is_empty() {
+            // Disks away now go offline (or stay so); offline ones that answer rejoin.
+            let check = pool.check_disks()?;
+            for disk in &check.went_offline {
+                let reason = pool.state.offline.get(disk).map(|o| o.reason.clone()).unwrap_or_default();
+                report.notes.push(format!("disk {disk} is offline: {reason}"));
+            }
+            for back in &check.rejoined {
+                report.notes.push(format!(
+                    "disk {} is back; {} extent(s) owed to it are queued for repair",
+                    back.disk, back.owed
+                ));
+            }
+            for disk in &check.failed {
+                report.notes.push(format!("disk {disk} stayed offline past the grace period and is now failed"));
+            }
+        }
         if pool.options.remove_orphans_at_open {
             report.orphan_fragments_removed = pool.remove_orphan_fragments();
         }
@@ -406,7 +435,7 @@ impl Pool {
             tracing::warn!(%error, "checkpoint replica write failed");
         }
         let members: BTreeSet<DiskId> = journal_set.iter().map(|(id, _)| *id).collect();
-        let readable = |id: &DiskId| self.state.disks.get(id).is_some_and(|d| d.state.readable());
+        let readable = |id: &DiskId| self.state.disk_readable(*id);
         let strangers: Vec<&dyn BlockDevice> = self
             .devices
             .iter()
@@ -433,6 +462,27 @@ impl Pool {
     ) -> Result<DiskId> {
         if self.state.disks.values().any(|d| d.uuid == uuid) {
             return Err(Error::Exists(format!("disk {uuid}")));
+        }
+        // A disk is only ever what its label says: it names this pool and `uuid`, or it
+        // has no label yet and is given one.
+        match crate::label::DiskLabel::read(device.as_ref()) {
+            Ok(label) if label.pool_id == self.state.pool_id && label.disk_uuid == uuid => {}
+            Ok(label) => {
+                return Err(Error::Exists(format!(
+                    "{} is labelled disk {} of pool {}, not disk {uuid} of this pool",
+                    device.describe(),
+                    label.disk_uuid,
+                    label.pool_id
+                )))
+            }
+            Err(crate::label::LabelError::Missing) => {
+                let label = crate::label::DiskLabel { pool_id: self.state.pool_id, disk_uuid: uuid, capacity_bytes };
+                device
+                    .write(BlockName::Label, &label.encode())
+                    .and_then(|()| device.sync())
+                    .map_err(|e| Error::Io(format!("labelling {}: {e}", device.describe())))?;
+            }
+            Err(e) => return Err(Error::Io(format!("{}: {e}", device.describe()))),
         }
         let record = DiskRecord {
             id: DiskId(self.state.next_disk),
@@ -528,18 +578,32 @@ impl Pool {
     /// Usable bytes and free bytes of the pool under the default policy: how much data
     /// could be stored, given that every extent needs `width` distinct disks (so a small
     /// disk limits a wide policy).
+    ///
+    /// While disks are offline the figures stay truthful: the total counts every active
+    /// disk whose size is known, the free space only the disks that take writes now, and
+    /// where too few are left for the policy's width, at the reduced width new extents
+    /// are written with (down to the write quorum).
     pub fn space(&self) -> (u64, u64) {
         let policy = self.state.default_policy;
-        let disks: Vec<(u64, u64)> = self
-            .state
-            .disks
-            .values()
-            .filter(|d| d.state == DiskState::Active)
-            .filter_map(|d| self.devices.get(&d.id))
-            .map(|d| (d.capacity_bytes(), d.capacity_bytes().saturating_sub(d.used_bytes())))
-            .collect();
-        let total = usable_bytes(&disks.iter().map(|(c, _)| *c).collect::<Vec<_>>(), policy);
-        let free = usable_bytes(&disks.iter().map(|(_, f)| *f).collect::<Vec<_>>(), policy);
+        let mut total_room = Vec::new();
+        let mut free_room = Vec::new();
+        for disk in self.state.disks.values().filter(|d| d.state == DiskState::Active) {
+            let Some(device) = self.devices.get(&disk.id) else { continue };
+            let capacity = match device.capacity_bytes() {
+                0 => disk.capacity_bytes.unwrap_or(0),
+                known => known,
+            };
+            if capacity > 0 {
+                total_room.push(capacity);
+            }
+            if self.state.disk_writable(disk.id) {
+                free_room.push(capacity.saturating_sub(device.used_bytes()));
+            }
+        }
+        let quorum = self.state.availability.write_quorum(policy);
+        let width = |disks: usize| policy.width().min(disks.max(quorum));
+        let total = usable_bytes_at(&total_room, width(total_room.len()), policy.needed());
+        let free = usable_bytes_at(&free_room, width(free_room.len()), policy.needed());
         (total, free)
     }
 }
@@ -548,7 +612,16 @@ impl Pool {
 /// per-disk share `s` with `sum(min(room, s)) >= width * s` (every stripe needs `width`
 /// distinct disks), times the data fragments per stripe.
 pub fn usable_bytes(room: &[u64], policy: Policy) -> u64 {
-    let width = policy.width() as u128;
+    usable_bytes_at(room, policy.width(), policy.needed())
+}
+
+/// `usable_bytes` for extents of `width` fragments, `needed` of which hold data.
+fn usable_bytes_at(room: &[u64], width: usize, needed: usize) -> u64 {
+    assert!(needed <= width);
+    if room.len() < width || width == 0 {
+        return 0;
+    }
+    let width = width as u128;
     let fits = |share: u128| room.iter().map(|r| u128::from(*r).min(share)).sum::<u128>() >= width * share;
     let (mut low, mut high) = (0u128, room.iter().map(|r| u128::from(*r)).sum::<u128>() / width.max(1));
     while low < high {
@@ -559,7 +632,7 @@ pub fn usable_bytes(room: &[u64], policy: Policy) -> u64 {
             high = mid - 1;
         }
     }
-    (low * policy.needed() as u128).min(u128::from(u64::MAX)) as u64
+    (low * needed as u128).min(u128::from(u64::MAX)) as u64
 }
 
 #[cfg(test)]

@@ -132,8 +132,10 @@ impl Pool {
         paths
     }
 
+    /// The fragments each disk holds; none for an offline disk (reads go around it, so
+    /// what only it holds is unreadable until it rejoins).
     fn present_fragments(&self) -> BTreeMap<DiskId, BTreeSet<BlockName>> {
-        self.devices
+        self.read_devices()
             .iter()
             .filter_map(|(id, d)| d.list(BlockKind::Fragment).ok().map(|names| (*id, names.into_iter().collect())))
             .collect()

@@ -321,7 +321,7 @@ impl Pool {
             .iter()
             .enumerate()
             .map(|(i, disk)| {
-                let readable = self.state.disks.get(disk).is_some_and(|d| d.state.readable());
+                let readable = self.state.disk_readable(*disk);
                 (i, *disk, self.devices.get(disk).cloned(), readable)
             })
             .collect();
@@ -346,6 +346,11 @@ impl Pool {
         let mut check = ExtentCheck::default();
         let mut payloads: Vec<Option<Vec<u8>>> = vec![None; record.fragments.len()];
         for (i, disk, outcome) in results {
+            if self.state.disk_awaited(disk) {
+                // Offline and waited for: unknown, not bad, and not repaired until it is
+                // back (its grace period decides).
+                continue;
+            }
             check.fragments += 1;
             match outcome {
                 Ok((bytes, payload)) => {

@@ -129,6 +129,7 @@ impl Pool {
         .map_err(|e| Error::Io(format!("encoding failed: {e}")))?;
         let mut excluded: BTreeSet<DiskId> = BTreeSet::new();
         loop {
+            let mut degraded = Vec::new();
             let mut planned: BTreeMap<DiskId, Vec<PlannedBlock>> = BTreeMap::new();
             let mut planned_bytes: BTreeMap<DiskId, u64> = BTreeMap::new();
             let mut records = Vec::with_capacity(chunks.len());
@@ -141,15 +142,17 @@ impl Pool {
                     (CodecId::Inline, Vec::new(), Some(data.clone()))
                 } else {
                     let block_bytes = encoded.blocks[0].len() as u64;
-                    let candidates = self.candidates(&excluded, &planned_bytes);
                     #[allow(unused_mut)]
-                    let mut disks = placement::place(&mut self.rng, policy.width(), block_bytes, &candidates)
-                        .map_err(|available| Error::Unplaceable { policy, needed: policy.width(), available })?;
+                    let (mut disks, reachable) = self.place_extent(policy, block_bytes, &excluded, &planned_bytes)?;
                     #[cfg(feature = "sabotage")]
                     if self.options.sabotage == Some(crate::hooks::Sabotage::SameDiskPlacement) && disks.len() > 1 {
                         disks[1] = disks[0];
                     }
-                    for (fragment_index, (disk, block)) in disks.iter().zip(&encoded.blocks).enumerate() {
+                    if reachable < disks.len() {
+                        degraded.push(*id);
+                    }
+                    for (fragment_index, (disk, block)) in disks.iter().zip(&encoded.blocks).enumerate().take(reachable)
+                    {
                         let name = BlockName::Fragment { extent: *id, index: fragment_index as u8 };
                         *planned_bytes.entry(*disk).or_default() += block_bytes;
                         planned.entry(*disk).or_default().push(PlannedBlock { name, block: block.clone() });
@@ -190,10 +193,21 @@ impl Pool {
                 .filter_map(|(disk, _, _, result)| result.as_ref().err().map(|e| (*disk, e.clone())))
                 .collect();
             if failed.is_empty() {
-                for (_, record) in &records {
-                    if let Some(record) = record.as_ref().filter(|r| !r.is_inline()) {
-                        self.fragments_written(record.id, &record.fragments);
+                for (disk, _, written, _) in &outcomes {
+                    for name in written {
+                        if let BlockName::Fragment { extent, .. } = name {
+                            self.fragments_written(*extent, &[*disk]);
+                        }
                     }
+                }
+                if !degraded.is_empty() {
+                    tracing::warn!(
+                        extents = degraded.len(),
+                        %policy,
+                        "disks are away: extents written at reduced width, queued for repair"
+                    );
+                    self.counters.degraded_writes += degraded.len() as u64;
+                    self.degraded.extend(degraded);
                 }
                 self.counters.extents_written += records.iter().filter(|(_, r)| r.is_some()).count() as u64;
                 return Ok(records);
@@ -207,7 +221,7 @@ impl Pool {
                 tracing::warn!(disk = %disk, %error, "fragment write failed; placing elsewhere");
                 excluded.insert(*disk);
                 if *error != DeviceError::NoSpace {
-                    self.disk_io_failed(*disk);
+                    self.disk_io_failed(*disk, error);
                 }
             }
             if excluded.len() >= self.state.disks.len() {
@@ -218,6 +232,89 @@ impl Pool {
                 });
             }
         }
+    }
+
+    /// Chooses the disks of one extent's fragments: `policy.width()` distinct writable
+    /// disks with room when there are enough; otherwise — disks being away — as many as
+    /// there are, down to the write quorum, with the remaining fragment slots named on
+    /// distinct disks that cannot take writes now (offline ones first: they are owed the
+    /// fragment and get it when they return; failed or draining ones have it rebuilt
+    /// elsewhere). A full disk is never such a stand-in: a pool short of room is short of
+    /// room. Returns the disks, index = fragment index, and how many of them (a prefix,
+    /// so the data shards come first) are written now.
+    ///
+    /// Fails with `NoSpace` when the disks that could take the writes lack the room, and
+    /// with `Unavailable` (EIO) when too few are reachable — never the other way round.
+    fn place_extent(
+        &mut self,
+        policy: Policy,
+        block_bytes: u64,
+        excluded: &BTreeSet<DiskId>,
+        planned_bytes: &BTreeMap<DiskId, u64>,
+    ) -> Result<(Vec<DiskId>, usize)> {
+        let width = policy.width();
+        let mut candidates = self.candidates(excluded, planned_bytes);
+        if candidates.iter().filter(|c| c.free_bytes >= block_bytes).count() < width {
+            // A disk that seems full may be one that is gone (a vanished directory has no
+            // free space): ask before calling the pool full.
+            let seemingly_full: Vec<DiskId> =
+                candidates.iter().filter(|c| c.free_bytes < block_bytes).map(|c| c.disk).collect();
+            let mut changed = false;
+            for disk in seemingly_full {
+                if let Err(reason) = self.probe_current(disk) {
+                    self.mark_offline(disk, &reason)?;
+                    changed = true;
+                }
+            }
+            if changed {
+                candidates = self.candidates(excluded, planned_bytes);
+            }
+        }
+        let with_room = candidates.iter().filter(|c| c.free_bytes >= block_bytes).count();
+        let quorum = self.state.availability.write_quorum(policy);
+        let count = with_room.min(width);
+        // Stand-ins for the fragments not written now: disks that take no writes.
+        let mut fillers: Vec<DiskId> = self
+            .state
+            .disks
+            .values()
+            .filter(|d| d.state != DiskState::Removed && !self.state.disk_writable(d.id))
+            .map(|d| d.id)
+            .collect();
+        fillers.sort_by_key(|d| (!self.state.offline.contains_key(d), *d));
+        let reachable = candidates.len();
+        if count >= quorum && fillers.len() < width - count {
+            // Enough disks are reachable; too few of them have room.
+            return Err(Error::Unplaceable { policy, needed: width, available: with_room });
+        }
+        if count < quorum {
+            if reachable >= quorum {
+                return Err(Error::Unplaceable { policy, needed: quorum, available: with_room });
+            }
+            let away: Vec<String> = self
+                .state
+                .disks
+                .values()
+                .filter(|d| d.state.readable() && !candidates.iter().any(|c| c.disk == d.id))
+                .map(|d| match self.state.offline.get(&d.id) {
+                    Some(offline) => format!("{} offline: {}", d.id, offline.reason),
+                    None if excluded.contains(&d.id) => format!("{} failing writes", d.id),
+                    None => format!("{} {}", d.id, d.state),
+                })
+                .collect();
+            let reason = format!(
+                "{policy} needs at least {quorum} disks to write to (its write quorum), but only {reachable} can take \
+                 writes now{}",
+                if away.is_empty() { String::new() } else { format!(" ({})", away.join("; ")) }
+            );
+            tracing::error!(%reason, "write refused below the write quorum");
+            return Err(Error::Unavailable(reason));
+        }
+        let mut disks = placement::place(&mut self.rng, count, block_bytes, &candidates)
+            .map_err(|available| Error::Unplaceable { policy, needed: count, available })?;
+        disks.extend(fillers.into_iter().take(width - count));
+        assert_eq!(disks.len(), width);
+        Ok((disks, count))
     }
 
     #[cfg(feature = "sabotage")]
@@ -244,7 +341,7 @@ impl Pool {
         self.state
             .disks
             .values()
-            .filter(|d| d.state == DiskState::Active && !excluded.contains(&d.id))
+            .filter(|d| self.state.disk_writable(d.id) && !excluded.contains(&d.id))
             .filter_map(|d| {
                 let device = self.devices.get(&d.id)?;
                 let free = device.capacity_bytes().saturating_sub(device.used_bytes());
@@ -261,8 +358,23 @@ impl Pool {
         if let Some(data) = self.cache.get(record.id) {
             return Ok(data);
         }
-        let fetched = fetch_extent(&self.devices, record, self.verifies_reads(), self.options.parallel_io);
+        let fetched = fetch_extent(&self.read_devices(), record, self.verifies_reads(), self.options.parallel_io);
         self.settle(record, offset, fetched)
+    }
+
+    /// The devices reads may try: all but the offline disks', which reads go around
+    /// without waiting on them.
+    pub(crate) fn read_devices(&self) -> std::borrow::Cow<'_, BTreeMap<DiskId, Arc<dyn BlockDevice>>> {
+        if self.state.offline.is_empty() {
+            return std::borrow::Cow::Borrowed(&self.devices);
+        }
+        std::borrow::Cow::Owned(
+            self.devices
+                .iter()
+                .filter(|(disk, _)| !self.state.offline.contains_key(disk))
+                .map(|(disk, device)| (*disk, device.clone()))
+                .collect(),
+        )
     }
 
     /// Books a fetch: counters, the degraded set, the cache.
@@ -315,7 +427,8 @@ fn fetch_data_shards(
 }
 
 /// Reads, verifies and decodes one extent without touching the pool: safe to run for
-/// several extents at once.
+/// several extents at once. A fragment whose disk is not in `devices` (offline) is
+/// skipped without counting as a problem: the extent is not damaged, only waiting.
 pub(crate) fn fetch_extent(
     devices: &BTreeMap<DiskId, Arc<dyn BlockDevice>>,
     record: &ExtentRecord,
@@ -341,6 +454,7 @@ pub(crate) fn fetch_extent(
     let shard_len = codec::shard_len(policy, record.len as usize);
     let mut fragments: Vec<Option<Vec<u8>>> = vec![None; width];
     let mut problems = Vec::new();
+    let mut away = Vec::new();
     let mut next = 0;
     let mut have = 0;
     while have < needed && next < width {
@@ -352,14 +466,16 @@ pub(crate) fn fetch_extent(
         let results = run_all(parallel, jobs, |(i, device)| {
             let name = BlockName::Fragment { extent: id, index: i as u8 };
             let result = match device {
-                None => Err("disk unknown".to_string()),
-                Some(device) => device.read(name).map_err(|e| e.to_string()).and_then(|block| {
+                None => Err(None),
+                Some(device) => device.read(name).map_err(|e| Some(e.to_string())).and_then(|block| {
                     if !verify {
                         let mut payload = block.get(fragment::HEADER_LEN..).unwrap_or_default().to_vec();
                         payload.resize(shard_len, 0);
                         return Ok(payload);
                     }
-                    fragment::verify(&block, id, i as u8, shard_len).map(<[u8]>::to_vec).map_err(|e| e.to_string())
+                    fragment::verify(&block, id, i as u8, shard_len)
+                        .map(<[u8]>::to_vec)
+                        .map_err(|e| Some(e.to_string()))
                 }),
             };
             (i, result)
@@ -370,12 +486,14 @@ pub(crate) fn fetch_extent(
                     fragments[i] = Some(payload);
                     have += 1;
                 }
-                Err(e) => problems.push(format!("fragment {i} on {}: {e}", record.fragments[i])),
+                Err(Some(e)) => problems.push(format!("fragment {i} on {}: {e}", record.fragments[i])),
+                Err(None) => away.push(format!("fragment {i} on {} (offline)", record.fragments[i])),
             }
         }
     }
     let data = if have < needed {
-        Err(format!("{have} of {width} fragments readable, {needed} needed ({})", problems.join("; ")))
+        let why: Vec<String> = problems.iter().chain(&away).cloned().collect();
+        Err(format!("{have} of {width} fragments readable, {needed} needed ({})", why.join("; ")))
     } else {
         codec::decode(record.codec, policy, record.len as usize, &fragments).map_err(|e| e.to_string()).and_then(
             |data| {

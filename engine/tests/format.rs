@@ -1,4 +1,4 @@
-//! Metadata formats: a pool written in format 1 opens, is upgraded in place to the
+//! Metadata formats: a pool written in format 1 or 2 opens, is upgraded in place to the
 //! current format and reads the same; a pool of a newer format is refused by name.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -9,9 +9,11 @@ use std::fs;
 
 use common::{blocks, TestPool, OWNER};
 use dfs_engine::frame::{self, FrameKind, METADATA_FORMAT};
-use dfs_engine::meta::journal::{self, Checkpoint};
+use dfs_engine::meta::journal::{self, Checkpoint, JournalRecord};
 use dfs_engine::meta::state::MetaState;
+use dfs_engine::meta::state::{Op, Transaction};
 use dfs_engine::meta::v1::{CheckpointV1, InodeV1, JournalRecordV1, MetaStateV1, OpV1};
+use dfs_engine::meta::v2::{CheckpointV2, MetaStateV2};
 use dfs_engine::pooldir::PoolDir;
 use dfs_engine::{Error, Ino};
 
@@ -100,6 +102,86 @@ fn format_one_pool() -> (TestPool, MetaState) {
         .unwrap();
     }
     (t, state)
+}
+
+/// The format-2 form of a state that uses nothing format 3 added.
+fn downgrade_to_two(state: &MetaState) -> MetaStateV2 {
+    assert!(state.offline.is_empty() && state.owed.is_empty(), "format 2 knows no offline disks");
+    MetaStateV2 {
+        pool_id: state.pool_id,
+        default_policy: state.default_policy,
+        disks: state.disks.clone(),
+        inodes: state.inodes.clone(),
+        dirs: state.dirs.clone(),
+        file_extents: state.file_extents.clone(),
+        extents: state.extents.clone(),
+        next_ino: state.next_ino,
+        next_extent: state.next_extent,
+        next_disk: state.next_disk,
+        transitions: state.transitions.clone(),
+        tiering: state.tiering,
+        temperature: state.temperature.clone(),
+        passes: state.passes.clone(),
+        scrub: state.scrub,
+        scrubbed: state.scrubbed.clone(),
+        xattrs: state.xattrs.clone(),
+    }
+}
+
+#[test]
+fn a_format_two_pool_is_upgraded_in_place_and_keeps_its_attributes() {
+    let mut t = TestPool::new(&[64, 64, 64], "replicate:3");
+    t.write_file("f", &common::pattern(1500, 7));
+    t.write_file("big", &common::pattern(300_000, 8));
+    let pool = t.pool();
+    let f = pool.resolve("/f").unwrap();
+    pool.setxattr(f, b"user.colour", b"blue", dfs_engine::xattr::SetMode::Any).unwrap();
+    pool.checkpoint().unwrap();
+    let state = pool.state().clone();
+    t.pool = None;
+    t.dir = None;
+    let seq = 2_000_000;
+    let tip_hash = [9u8; 32];
+    let checkpoint = CheckpointV2 { seq, tip_hash, state: downgrade_to_two(&state) };
+    let mut inode = state.inodes[&f].clone();
+    inode.mode = 0o640;
+    // Format 3 only appended ops: a format-2 record is the current structure.
+    let record =
+        JournalRecord { seq: seq + 1, prev_hash: tip_hash, txn: Transaction { ops: vec![Op::PutInode(inode)] } };
+    for disk in 0..3 {
+        for namespace in ["checkpoint", "journal"] {
+            for path in blocks(&t.disk_path(disk), namespace) {
+                fs::remove_file(path).unwrap();
+            }
+        }
+        let dir = t.disk_path(disk);
+        fs::write(
+            dir.join("checkpoint").join(format!("{seq:020}")),
+            frame::encode_version(FrameKind::Checkpoint, 2, &checkpoint),
+        )
+        .unwrap();
+        fs::create_dir_all(dir.join("journal")).unwrap();
+        fs::write(
+            dir.join("journal").join(format!("{:020}", seq + 1)),
+            frame::encode_version(FrameKind::JournalRecord, 2, &record),
+        )
+        .unwrap();
+    }
+    let report = t.reopen();
+    assert_eq!(report.upgraded_from, Some(2));
+    let pool = t.pool();
+    assert_eq!(pool.getattr(f).unwrap().mode, 0o640, "the format-2 record was replayed");
+    assert_eq!(pool.getxattr(f, b"user.colour").unwrap(), b"blue");
+    assert!(pool.state().offline.is_empty() && pool.state().owed.is_empty());
+    assert_eq!(pool.state().availability, Default::default());
+    assert_eq!(t.read_file("/big").unwrap(), common::pattern(300_000, 8));
+    t.pool = None;
+    t.dir = None;
+    for disk in 0..3 {
+        let checkpoints = blocks(&t.disk_path(disk), "checkpoint");
+        assert_eq!(checkpoints.len(), 1);
+        assert_eq!(journal::decode_checkpoint(&fs::read(&checkpoints[0]).unwrap()).unwrap().2, METADATA_FORMAT);
+    }
 }
 
 #[test]

@@ -24,9 +24,11 @@ pub const NO_LEAKED_FRAGMENTS: &str = "no-leaked-fragments";
 pub const SPACE_ACCOUNTING: &str = "space-accounting";
 pub const LOSS_REPORTED_EXACTLY: &str = "loss-reported-exactly";
 pub const SCRUB_FINDS_AND_REPAIRS: &str = "scrub-finds-and-repairs";
+pub const WRITES_MEET_QUORUM: &str = "writes-meet-quorum";
+pub const OWED_REPAIRED_ON_RETURN: &str = "owed-repaired-on-return";
 
 /// Every invariant a run checks, in report order.
-pub const ALL: [&str; 9] = [
+pub const ALL: [&str; 11] = [
     OPERATIONS_MATCH_MODEL,
     ACKNOWLEDGED_DATA_READABLE,
     NO_HALF_VISIBLE_STATE,
@@ -36,7 +38,55 @@ pub const ALL: [&str; 9] = [
     SPACE_ACCOUNTING,
     LOSS_REPORTED_EXACTLY,
     SCRUB_FINDS_AND_REPAIRS,
+    WRITES_MEET_QUORUM,
+    OWED_REPAIRED_ON_RETURN,
 ];
+
+/// Invariant 6a: every extent created since `first_new` (an extent id) had at least its
+/// write quorum of fragments written: fragments named on disks that could take no write
+/// before the operation (`unwritable`: offline, failed, draining) were never written.
+pub fn new_extents_meet_quorum(pool: &Pool, first_new: u64, unwritable: &[dfs_engine::DiskId]) -> Result<(), String> {
+    let state = pool.state();
+    for record in state.extents.range(ExtentId(first_new)..).map(|(_, r)| r).filter(|r| !r.is_inline()) {
+        let written = record.fragments.iter().filter(|d| !unwritable.contains(d)).count();
+        let quorum = state.availability.write_quorum(record.policy);
+        if written < quorum {
+            return Err(format!(
+                "extent {} under {} was written with {written} fragments, below its write quorum of {quorum} ({:?}, \
+                 unwritable {unwritable:?})",
+                record.id, record.policy, record.fragments
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Invariant 6b: a write refused as below the write quorum was: some policy in use
+/// (the default, or a file's own) has a write quorum above the disks that take writes.
+pub fn below_quorum(pool: &Pool) -> Result<(), String> {
+    let state = pool.state();
+    let writable = state.disks.keys().filter(|d| state.disk_writable(**d)).count();
+    let policies = std::iter::once(state.default_policy).chain(state.inodes.values().filter_map(|i| i.policy));
+    let widest = policies.map(|p| state.availability.write_quorum(p)).max().unwrap_or(1);
+    if writable < widest {
+        return Ok(());
+    }
+    Err(format!("{writable} disks take writes, enough for every policy's write quorum (at most {widest})"))
+}
+
+/// Invariant 6c: once the background work is done, no disk that is online is owed
+/// anything: what was written while it was away has been repaired.
+pub fn owed_repaired(pool: &Pool) -> Result<(), String> {
+    let state = pool.state();
+    match state.owed.iter().find(|(disk, _)| state.disk_online(**disk)) {
+        Some((disk, owed)) => Err(format!(
+            "disk {disk} is back but still owed {} extent(s) after the background work finished (first: {:?})",
+            owed.len(),
+            owed.iter().next()
+        )),
+        None => Ok(()),
+    }
+}
 
 /// The engine's namespace: every path with its bytes (`None` for directories), and the
 /// files whose read failed with the error and the file's inode.
@@ -101,7 +151,8 @@ pub fn metadata_matches(pool: &Pool, ino: Ino, bytes: &[u8]) -> bool {
 
 /// The extents whose data cannot be read, judged independently of the engine's read
 /// path: a fragment counts only if its device returns a block that verifies as exactly
-/// that fragment.
+/// that fragment, and its disk is not offline (reads go around an offline disk until it
+/// rejoins, so what only it holds is unreadable — not lost — until then).
 pub fn truly_lost(pool: &Pool) -> BTreeSet<ExtentId> {
     let state = pool.state();
     state
@@ -116,9 +167,11 @@ pub fn truly_lost(pool: &Pool) -> BTreeSet<ExtentId> {
                 .enumerate()
                 .filter(|(index, disk)| {
                     let name = BlockName::Fragment { extent: record.id, index: *index as u8 };
-                    pool.device(**disk)
-                        .and_then(|d| d.read(name).ok())
-                        .is_some_and(|block| fragment::verify(&block, record.id, *index as u8, shard_len).is_ok())
+                    !state.disk_awaited(**disk)
+                        && pool
+                            .device(**disk)
+                            .and_then(|d| d.read(name).ok())
+                            .is_some_and(|block| fragment::verify(&block, record.id, *index as u8, shard_len).is_ok())
                 })
                 .count();
             intact < record.policy.needed()
@@ -172,7 +225,8 @@ pub fn structure(pool: &Pool) -> Result<(), String> {
 pub fn unreferenced(pool: &Pool, now_secs: i64) -> Vec<(dfs_engine::DiskId, BlockName, Option<u64>)> {
     let state = pool.state();
     let mut out = Vec::new();
-    for disk in state.disks.keys() {
+    // An offline disk keeps what was freed while it was away until it rejoins.
+    for disk in state.disks.keys().filter(|d| !state.disk_awaited(**d)) {
         let Some(device) = pool.device(*disk) else { continue };
         let Ok(names) = device.list(BlockKind::Fragment) else { continue };
         for name in names {
@@ -192,10 +246,11 @@ pub fn no_leaks(pool: &Pool) -> Result<(), String> {
 }
 
 /// `no_leaks`, skipping `away`: disks that were away while the pool recovered keep their
-/// orphans until the orphan GC collects them.
+/// orphans until the orphan GC collects them, and offline disks keep theirs until they
+/// rejoin.
 pub fn no_leaks_except(pool: &Pool, away: &[dfs_engine::DiskId]) -> Result<(), String> {
     let state = pool.state();
-    for disk in state.disks.keys().filter(|d| !away.contains(d)) {
+    for disk in state.disks.keys().filter(|d| !away.contains(d) && !state.disk_awaited(**d)) {
         let Some(device) = pool.device(*disk) else { continue };
         let Ok(names) = device.list(BlockKind::Fragment) else { continue };
         for name in names {
@@ -286,7 +341,10 @@ pub fn bad_fragments(pool: &Pool) -> (BTreeSet<FragmentAt>, BTreeSet<ExtentId>) 
         let mut intact = 0;
         for (index, disk) in record.fragments.iter().enumerate() {
             let name = BlockName::Fragment { extent: record.id, index: index as u8 };
-            let in_service = state.disks.get(disk).is_some_and(|d| d.state.readable());
+            if state.disk_awaited(*disk) {
+                continue; // offline and waited for: neither checked nor repaired until back
+            }
+            let in_service = state.disk_readable(*disk);
             let good = in_service
                 && pool
                     .device(*disk)

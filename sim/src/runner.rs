@@ -439,12 +439,22 @@ impl<'s> Run<'s> {
 
     /// Whether ENOSPC is a fair answer: a disk is down, failed, removed or draining (so
     /// a wide policy may lack distinct disks), or nearly full.
+    /// Whether ENOSPC is a fair answer now: a disk is nearly full, or disks left the pool
+    /// for good (failed, draining, removed) so the rest may lack room. A disk that is
+    /// merely away (offline, or down but not yet noticed) is no reason: writes go on at
+    /// reduced width, or fail with EIO below the write quorum — never ENOSPC.
     fn space_pressure(&mut self) -> bool {
-        let shrunk =
-            self.world.pool.as_ref().is_some_and(|p| {
-                p.state().disks.values().any(|d| d.state != dfs_engine::meta::state::DiskState::Active)
-            });
-        shrunk || self.world.disks.iter().any(|d| d.is_down() || d.used_bytes() + (8 << 20) > d.capacity_bytes())
+        let shrunk = self.world.pool.as_ref().is_some_and(|p| {
+            p.state().disks.values().any(|d| {
+                matches!(
+                    d.state,
+                    dfs_engine::meta::state::DiskState::Failed
+                        | dfs_engine::meta::state::DiskState::Draining
+                        | dfs_engine::meta::state::DiskState::Removed
+                )
+            })
+        });
+        shrunk || self.world.disks.iter().any(|d| !d.is_down() && d.used_bytes() + (8 << 20) > d.capacity_bytes())
     }
 
     fn run_step(&mut self, step: &Step) -> Result<(), Failure> {
@@ -572,6 +582,12 @@ impl<'s> Run<'s> {
                         break;
                     }
                     if !matches!(result, Ok(n) if n > 0) {
+                        if matches!(result, Ok(0)) && !self.scenario.expect.out_of_budget && !self.space_pressure() {
+                            // The work is done: nothing may still be owed to a disk that is back.
+                            self.checked(oracle::OWED_REPAIRED_ON_RETURN);
+                            oracle::owed_repaired(self.world.pool())
+                                .map_err(|e| fail(index, oracle::OWED_REPAIRED_ON_RETURN, e))?;
+                        }
                         break;
                     }
                 }
@@ -592,6 +608,7 @@ impl<'s> Run<'s> {
             Step::Daemon { secs } => self.daemon_for(*secs),
             Step::Scrub { repair } => {
                 let (before, lost) = oracle::bad_fragments(self.world.pool());
+                let offline_before = awaited_disks(self.world.pool());
                 let result = self.world.pool().scrub_all(None, *repair);
                 if self.world.switch.is_crashed() {
                     self.note("scrub interrupted by a crash");
@@ -623,7 +640,17 @@ impl<'s> Run<'s> {
                 self.checked(oracle::SCRUB_FINDS_AND_REPAIRS);
                 let pressure = self.space_pressure();
                 let misdirects = self.scenario.steps[..index].iter().any(|s| matches!(s, Step::Misdirect { .. }));
-                oracle::scrub_report(self.world.pool(), &report, &before, &lost, *repair, pressure, misdirects)
+                // A disk the scrub's own I/O found unreachable went offline meanwhile: its
+                // fragments are neither checked nor repaired from then on.
+                let went_offline = awaited_disks(self.world.pool()) != offline_before;
+                let before: std::collections::BTreeSet<oracle::FragmentAt> = if went_offline {
+                    let state = self.world.pool().state();
+                    before.into_iter().filter(|(_, _, disk)| !state.disk_awaited(*disk)).collect()
+                } else {
+                    before
+                };
+                let faults_during = misdirects || went_offline;
+                oracle::scrub_report(self.world.pool(), &report, &before, &lost, *repair, pressure, faults_during)
                     .map_err(|e| fail(index, oracle::SCRUB_FINDS_AND_REPAIRS, e))
             }
             Step::ScrubDaemon { action, intensity } => {
@@ -720,6 +747,15 @@ impl<'s> Run<'s> {
             let tick = left.min(DAEMON_TICK_SECS);
             left -= tick;
             self.world.clock.advance(tick * 1_000_000_000);
+            match self.world.pool().check_disks() {
+                Ok(check) if !check.is_empty() => self.note(&format!("disks {check:?}")),
+                Ok(_) => {}
+                Err(e) => self.note(&format!("check-disks {}", e.errno())),
+            }
+            if self.world.switch.is_crashed() {
+                self.after_maybe_crash(vec![self.durable.clone(), self.acked.clone()])?;
+                continue;
+            }
             match self.world.pool().tiering_tick() {
                 Ok(report) => {
                     if let Some(pass) = report.pass {
@@ -1082,7 +1118,13 @@ impl<'s> Run<'s> {
         let mut live = self.live.clone();
         let mut acked = self.acked.clone();
         let predicted = self.predict(step, new_id, &mut live, &mut acked);
+        let before = self.world.pool.as_ref().map(|p| (p.state().next_extent, unwritable_disks(p)));
         let actual = self.execute(step);
+        if let (Some((first_new, unwritable)), false) = (before, self.world.switch.is_crashed()) {
+            self.checked(oracle::WRITES_MEET_QUORUM);
+            oracle::new_extents_meet_quorum(self.world.pool(), first_new, &unwritable)
+                .map_err(|e| fail(index, oracle::WRITES_MEET_QUORUM, e))?;
+        }
         self.note(&format!("-> {:?}", errno_of(&actual)));
         if self.world.switch.is_crashed() {
             self.handles.clear();
@@ -1109,6 +1151,14 @@ impl<'s> Run<'s> {
                 self.accept(step, new_id, live, acked, got.as_deref());
             }
             (Err(expected), Err(got)) if *expected == got.errno() => {}
+            (Ok(_), Err(error @ Error::Unavailable(_))) => {
+                // Refused below the write quorum: fair only when it is true.
+                self.checked(oracle::WRITES_MEET_QUORUM);
+                oracle::below_quorum(self.world.pool())
+                    .map_err(|e| fail(index, oracle::WRITES_MEET_QUORUM, format!("{error}, but {e}")))?;
+                self.note("refused below the write quorum");
+                self.reject_for_space(step, new_id, live);
+            }
             (Ok(_), Err(error)) if error.errno() == libc_eio() => {
                 let path = step.paths().first().map(|p| p.to_string()).unwrap_or_default();
                 let ino = match (self.handles.get(&path), step) {
@@ -1447,6 +1497,18 @@ impl<'s> Run<'s> {
         self.note(&format!("verified {} paths, {} lost", expected.len(), truth.len()));
         Ok(())
     }
+}
+
+/// Disks offline and waited for.
+fn awaited_disks(pool: &dfs_engine::Pool) -> Vec<dfs_engine::DiskId> {
+    let state = pool.state();
+    state.disks.keys().filter(|d| state.disk_awaited(**d)).copied().collect()
+}
+
+/// Disks that take no new fragment now (offline, failed, draining, removed).
+fn unwritable_disks(pool: &dfs_engine::Pool) -> Vec<dfs_engine::DiskId> {
+    let state = pool.state();
+    state.disks.keys().filter(|d| !state.disk_writable(**d)).copied().collect()
 }
 
 fn libc_einval() -> i32 {

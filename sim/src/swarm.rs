@@ -110,7 +110,9 @@ pub fn generate(seed: u64, profile: &Profile) -> Scenario {
                 phase: CommitPhase::ALL[rng.random_range(0..CommitPhase::ALL.len())],
                 occurrence: rng.random_range(1..4),
             },
-            875..=879 => Step::AdvanceClock { secs: rng.random_range(1..7200) },
+            875..=877 => Step::AdvanceClock { secs: rng.random_range(1..7200) },
+            // The daemon's timers: offline disks rejoin, or are failed past the grace period.
+            878..=879 => Step::Daemon { secs: rng.random_range(1..1200) },
             880..=882 => Step::Background { steps: rng.random_range(1..20) },
             883..=884 => Step::Rebalance { max_bytes: Some(rng.random_range(1..16) << 20) },
             // Only to policies at least as tolerant, so the fault budget still holds.

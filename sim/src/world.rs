@@ -199,6 +199,13 @@ impl World {
         for disk in &away {
             self.disks[*disk].inject(&dfs_faults::Fault::Return);
         }
+        if result.is_ok() && !away.is_empty() {
+            // The daemon's first probe after the open finds them back: they rejoin.
+            self.clock.advance(dfs_engine::reachability::OFFLINE_PROBE_FIRST_NANOS);
+            if let Some(pool) = self.pool.as_mut() {
+                let _ = pool.check_disks();
+            }
+        }
         self.away_last_recovery = away;
         result
     }

@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 use crate::device::{BlockDevice, BlockKind, BlockName, DeviceError};
 use crate::frame::{self, FrameError, FrameKind};
 use crate::meta::state::{MetaState, Transaction};
-use crate::meta::v1;
+use crate::meta::{v1, v2};
 
 /// One journal record.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -47,30 +47,27 @@ pub struct JournalTip {
     pub hash: [u8; 32],
 }
 
-/// Decodes a verified frame of `kind` in any format this build reads: a format-1 body as
-/// `Old` converted to `Current`, a current one as `Current`. Returns it, its body hash
-/// and its format.
-fn decode_any<Old, Current>(kind: FrameKind, block: &[u8]) -> Result<(Current, [u8; 32], u8), FrameError>
-where
-    Old: serde::de::DeserializeOwned + Into<Current>,
-    Current: serde::de::DeserializeOwned,
-{
-    let opened = frame::open(kind, block)?;
-    let value = match opened.version {
-        v1::FORMAT => frame::decode_body::<Old>(opened.body)?.into(),
-        _ => frame::decode_body::<Current>(opened.body)?,
-    };
-    Ok((value, opened.hash, opened.version))
-}
-
-/// Decodes a checkpoint block of any format this build reads (see `decode_any`).
+/// Decodes a checkpoint block of any format this build reads: formats 1 and 2 through
+/// their frozen structures, converted. Returns it, its body hash and its format.
 pub fn decode_checkpoint(block: &[u8]) -> Result<(Checkpoint, [u8; 32], u8), FrameError> {
-    decode_any::<v1::CheckpointV1, Checkpoint>(FrameKind::Checkpoint, block)
+    let opened = frame::open(FrameKind::Checkpoint, block)?;
+    let checkpoint = match opened.version {
+        v1::FORMAT => frame::decode_body::<v1::CheckpointV1>(opened.body)?.into(),
+        v2::FORMAT => frame::decode_body::<v2::CheckpointV2>(opened.body)?.into(),
+        _ => frame::decode_body::<Checkpoint>(opened.body)?,
+    };
+    Ok((checkpoint, opened.hash, opened.version))
 }
 
-/// Decodes a journal record of any format this build reads (see `decode_any`).
+/// Decodes a journal record of any format this build reads: format 1 through its frozen
+/// ops, converted; format 2 as the current ops (format 3 only appended variants).
 pub fn decode_record(block: &[u8]) -> Result<(JournalRecord, [u8; 32], u8), FrameError> {
-    decode_any::<v1::JournalRecordV1, JournalRecord>(FrameKind::JournalRecord, block)
+    let opened = frame::open(FrameKind::JournalRecord, block)?;
+    let record = match opened.version {
+        v1::FORMAT => frame::decode_body::<v1::JournalRecordV1>(opened.body)?.into(),
+        _ => frame::decode_body::<JournalRecord>(opened.body)?,
+    };
+    Ok((record, opened.hash, opened.version))
 }
 
 /// Why metadata could not be recovered.

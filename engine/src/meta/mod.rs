@@ -3,3 +3,4 @@
 pub mod journal;
 pub mod state;
 pub mod v1;
+pub mod v2;

@@ -47,7 +47,10 @@ impl Ino {
 pub const EXTENT_BYTES_MAX: u64 = 1 << 20;
 
 /// Lifecycle of a disk in the pool: `Active` → `Draining` → `Removed`, or → `Failed`
-/// (by `fail-disk` or when its I/O keeps failing) → `Removed` once nothing needs it.
+/// (by `fail-disk`, or when it stayed offline past the grace period) → `Removed` once
+/// nothing needs it. Reachability is apart from the lifecycle: an `Active` or `Draining`
+/// disk that cannot be reached is *offline* (`MetaState::offline`) — read around, not
+/// written, not rebuilt — until it returns or its grace period ends.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub enum DiskState {
     /// Takes new fragments and serves reads.
@@ -87,6 +90,42 @@ pub struct DiskRecord {
     pub capacity_bytes: Option<u64>,
     pub state: DiskState,
     pub added_at: WallTime,
+}
+
+/// A disk that cannot be reached: since when, and what was seen.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OfflineRecord {
+    pub since: WallTime,
+    pub reason: String,
+}
+
+/// The pool's availability settings: how long an unreachable disk is waited for, and
+/// how few fragments a new extent may be written with while disks are away.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Availability {
+    /// Seconds a disk stays offline before it is marked failed and rebuilt elsewhere.
+    pub grace_secs: u64,
+    /// The fewest copies a `replicate:N` extent is written with (capped at N).
+    pub replica_quorum: u8,
+}
+
+impl Default for Availability {
+    fn default() -> Self {
+        Availability { grace_secs: 600, replica_quorum: 2 }
+    }
+}
+
+impl Availability {
+    /// The fewest fragments a new extent under `policy` may be written with: K+1 for
+    /// `erasure:K+M` (K when M is 0), min(N, `replica_quorum`) for `replicate:N`.
+    pub fn write_quorum(&self, policy: Policy) -> usize {
+        let quorum = match policy {
+            Policy::Replicate { copies } => usize::from(copies).min(usize::from(self.replica_quorum.max(1))),
+            Policy::Erasure { data, parity } => usize::from(data) + usize::from(parity.min(1)),
+        };
+        debug_assert!(quorum >= policy.needed() && quorum <= policy.width());
+        quorum
+    }
 }
 
 /// One immutable extent: up to `EXTENT_BYTES_MAX` bytes of one file, stored as
@@ -313,6 +352,17 @@ pub struct MetaState {
     /// inode, name → value. Kept apart from `Inode` so that changing a file's times
     /// never rewrites its attributes into the journal.
     pub xattrs: BTreeMap<Ino, BTreeMap<Vec<u8>, Vec<u8>>>,
+    /// Disks that cannot be reached now (format 3).
+    pub offline: BTreeMap<DiskId, OfflineRecord>,
+    /// When each disk's state or reachability last changed (format 3; older changes
+    /// are not dated).
+    pub disk_changed: BTreeMap<DiskId, WallTime>,
+    /// The write-intent map (format 3): per disk, the extents whose fragment there may be
+    /// missing because the extent was written, or made durable, while the disk was
+    /// offline. Only these are repaired when it returns — never the whole disk.
+    pub owed: BTreeMap<DiskId, BTreeSet<ExtentId>>,
+    /// Grace period and write quorum (format 3).
+    pub availability: Availability,
 }
 
 /// One atomic change to the state. A transaction is a list of these.
@@ -377,6 +427,32 @@ pub enum Op {
         from: u8,
         to: u8,
     },
+    /// Sets a disk's lifecycle state, dated. (Format 3; `SetDiskState` is what formats 1
+    /// and 2 wrote.) Failing or removing a disk forgets what it was owed.
+    SetDiskStateAt {
+        disk: DiskId,
+        state: DiskState,
+        at: WallTime,
+    },
+    /// A disk became unreachable. `suspect` are the extents whose fragments it took since
+    /// the last barrier: it may have lost them, so they are owed to it as well.
+    DiskOffline {
+        disk: DiskId,
+        at: WallTime,
+        reason: String,
+        suspect: Vec<ExtentId>,
+    },
+    /// An offline disk was reached again and verified by its label.
+    DiskOnline {
+        disk: DiskId,
+        at: WallTime,
+    },
+    /// These extents' fragments on `disk` were verified or rewritten: no longer owed.
+    Resynced {
+        disk: DiskId,
+        extents: Vec<ExtentId>,
+    },
+    SetAvailability(Availability),
 }
 
 /// A list of ops applied atomically.
@@ -406,6 +482,10 @@ impl MetaState {
             scrub: crate::scrub::ScrubState::default(),
             scrubbed: BTreeMap::new(),
             xattrs: BTreeMap::new(),
+            offline: BTreeMap::new(),
+            disk_changed: BTreeMap::new(),
+            owed: BTreeMap::new(),
+            availability: Availability::default(),
         };
         state.apply(&Op::PutInode(Inode {
             ino: Ino::ROOT,
@@ -483,11 +563,16 @@ impl MetaState {
                         freed.extend(self.extents.remove(&old));
                     }
                 }
+                if let Some(record) = extent {
+                    self.owe_to_offline(record);
+                }
             }
             Op::SetDefaultPolicy(policy) => self.default_policy = *policy,
             Op::PutExtent(record) => {
                 if let Some(existing) = self.extents.get_mut(&record.id) {
                     *existing = record.clone();
+                    self.forget_owed(record.id, &record.fragments);
+                    self.owe_to_offline(record);
                 }
             }
             Op::SetDiskState { disk, state } => {
@@ -495,6 +580,47 @@ impl MetaState {
                     record.state = *state;
                 }
             }
+            Op::SetDiskStateAt { disk, state, at } => {
+                if let Some(record) = self.disks.get_mut(disk) {
+                    record.state = *state;
+                    self.disk_changed.insert(*disk, *at);
+                    if matches!(state, DiskState::Failed | DiskState::Removed) {
+                        // A failed disk's fragments are all missing; a removed one holds none.
+                        self.owed.remove(disk);
+                        self.offline.remove(disk);
+                    }
+                }
+            }
+            Op::DiskOffline { disk, at, reason, suspect } => {
+                if self.disks.get(disk).is_some_and(|d| d.state.readable()) {
+                    self.offline.insert(*disk, OfflineRecord { since: *at, reason: reason.clone() });
+                    self.disk_changed.insert(*disk, *at);
+                    let named: Vec<ExtentId> = suspect
+                        .iter()
+                        .filter(|id| self.extents.get(id).is_some_and(|r| r.fragments.contains(disk)))
+                        .copied()
+                        .collect();
+                    if !named.is_empty() {
+                        self.owed.entry(*disk).or_default().extend(named);
+                    }
+                }
+            }
+            Op::DiskOnline { disk, at } => {
+                if self.offline.remove(disk).is_some() {
+                    self.disk_changed.insert(*disk, *at);
+                }
+            }
+            Op::Resynced { disk, extents } => {
+                if let Some(owed) = self.owed.get_mut(disk) {
+                    for id in extents {
+                        owed.remove(id);
+                    }
+                    if owed.is_empty() {
+                        self.owed.remove(disk);
+                    }
+                }
+            }
+            Op::SetAvailability(availability) => self.availability = *availability,
             Op::PutTransition(transition) => {
                 self.transitions.insert(transition.id, transition.clone());
             }
@@ -543,8 +669,49 @@ impl MetaState {
         }
         for record in &freed {
             self.scrubbed.remove(&record.id);
+            self.forget_owed(record.id, &[]);
         }
         freed
+    }
+
+    /// Records `record`'s fragments named on offline disks as owed to them.
+    fn owe_to_offline(&mut self, record: &ExtentRecord) {
+        for disk in &record.fragments {
+            if self.offline.contains_key(disk) {
+                self.owed.entry(*disk).or_default().insert(record.id);
+            }
+        }
+    }
+
+    /// Drops what extent `id` is owed by every disk not in `kept`.
+    fn forget_owed(&mut self, id: ExtentId, kept: &[DiskId]) {
+        self.owed.retain(|disk, owed| {
+            if !kept.contains(disk) {
+                owed.remove(&id);
+            }
+            !owed.is_empty()
+        });
+    }
+
+    /// Whether `disk` is in the pool and reachable (not offline).
+    pub fn disk_online(&self, disk: DiskId) -> bool {
+        self.disks.contains_key(&disk) && !self.offline.contains_key(&disk)
+    }
+
+    /// Whether fragments on `disk` can be read now: active or draining, and online.
+    pub fn disk_readable(&self, disk: DiskId) -> bool {
+        self.disks.get(&disk).is_some_and(|d| d.state.readable()) && !self.offline.contains_key(&disk)
+    }
+
+    /// Whether `disk` takes new fragments now: active and online.
+    pub fn disk_writable(&self, disk: DiskId) -> bool {
+        self.disks.get(&disk).is_some_and(|d| d.state == DiskState::Active) && !self.offline.contains_key(&disk)
+    }
+
+    /// Whether `disk` is offline and still waited for: its fragments are neither read
+    /// nor rebuilt elsewhere until it returns or its grace period ends.
+    pub fn disk_awaited(&self, disk: DiskId) -> bool {
+        self.offline.contains_key(&disk) && self.disks.get(&disk).is_some_and(|d| d.state.readable())
     }
 
     /// Applies every op of `txn`, returning all freed extents.
@@ -552,10 +719,10 @@ impl MetaState {
         txn.ops.iter().flat_map(|op| self.apply(op)).collect()
     }
 
-    /// The disks that hold metadata journal replicas: the first three active disks by id
-    /// (all of them when fewer).
+    /// The disks that hold metadata journal replicas: the first three active, online disks
+    /// by id (all of them when fewer).
     pub fn journal_disks(&self) -> Vec<DiskId> {
-        self.disks.values().filter(|d| d.state == DiskState::Active).map(|d| d.id).take(JOURNAL_REPLICAS).collect()
+        self.disks.values().filter(|d| self.disk_writable(d.id)).map(|d| d.id).take(JOURNAL_REPLICAS).collect()
     }
 
     /// The extent in a chunk slot, if any.
@@ -634,6 +801,22 @@ impl MetaState {
         }
         if let Some(slot) = self.temperature.keys().find(|slot| self.slot_extent(**slot).is_none()) {
             return Err(format!("temperature kept for {slot:?}, which holds no extent"));
+        }
+        if let Some(disk) = self.offline.keys().find(|d| !self.disks.get(d).is_some_and(|d| d.state.readable())) {
+            return Err(format!("disk {disk} is offline but not active or draining"));
+        }
+        for (disk, extents) in &self.owed {
+            if extents.is_empty() {
+                return Err(format!("an empty owed set kept for disk {disk}"));
+            }
+            if !self.disks.get(disk).is_some_and(|d| d.state.readable()) {
+                return Err(format!("extents owed to disk {disk}, which is neither active nor draining"));
+            }
+            if let Some(id) =
+                extents.iter().find(|id| !self.extents.get(id).is_some_and(|r| r.fragments.contains(disk)))
+            {
+                return Err(format!("extent {id} owed to disk {disk}, which holds none of its fragments"));
+            }
         }
         for record in self.extents.values() {
             if !referenced.contains(&record.id) {

@@ -107,6 +107,10 @@ impl From<MetaStateV1> for MetaState {
             scrub: old.scrub,
             scrubbed: old.scrubbed,
             xattrs: BTreeMap::new(),
+            offline: BTreeMap::new(),
+            disk_changed: BTreeMap::new(),
+            owed: BTreeMap::new(),
+            availability: crate::meta::state::Availability::default(),
         }
     }
 }
