@@ -94,6 +94,28 @@ impl Ctx<'_> {
     }
 }
 
+/// A disk's state as the tables show it.
+pub(crate) fn disk_state_text(state: &str, reachable: bool, offline: bool, full: bool) -> String {
+    if offline {
+        return state.to_string();
+    }
+    match (reachable, full) {
+        (false, _) => format!("{state} (unreachable)"),
+        (true, true) => format!("{state}, full"),
+        (true, false) => state.to_string(),
+    }
+}
+
+/// A wall time (Unix seconds) as an RFC 3339 UTC time, or `-` when unknown.
+pub(crate) fn since_text(secs: Option<i64>) -> String {
+    match secs.and_then(|s| u64::try_from(s).ok()) {
+        Some(secs) => {
+            humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs)).to_string()
+        }
+        None => "-".to_string(),
+    }
+}
+
 pub(crate) fn print_json<T: serde::Serialize>(out: &mut dyn Write, value: &T) -> Result<()> {
     serde_json::to_writer_pretty(&mut *out, value)?;
     writeln!(out)?;
@@ -192,6 +214,7 @@ pub fn run(command: Command) -> Result<()> {
         | Command::ListExtents { ref pool, .. }
         | Command::ShowRedundancy { ref pool, .. }
         | Command::FailDisk { ref pool, .. }
+        | Command::Availability { ref pool, .. }
         | Command::RemoveDisk { ref pool, .. }
         | Command::Rebuild { ref pool, .. }
         | Command::Rebalance { ref pool, .. }
@@ -233,6 +256,30 @@ pub(crate) fn execute(command: Command, ctx: &mut Ctx<'_>) -> Result<()> {
 fn execute_command(command: Command, ctx: &mut Ctx<'_>) -> Result<()> {
     match command {
         Command::FailDisk { pool: _, disk } => crate::admin::fail_disk(ctx, &disk),
+        Command::Availability { pool: _, grace, replica_quorum, json } => {
+            let mut availability = ctx.pool.state().availability;
+            if let Some(grace) = grace {
+                availability.grace_secs = grace.as_secs();
+            }
+            if let Some(quorum) = replica_quorum {
+                availability.replica_quorum = quorum;
+            }
+            if availability != ctx.pool.state().availability {
+                ctx.pool.set_availability(availability).map_err(engine)?;
+            }
+            if json.json {
+                return print_json(ctx.out, &availability);
+            }
+            writeln!(
+                ctx.out,
+                "grace period {} (an offline disk is failed and rebuilt elsewhere after it)\nreplica write quorum {} \
+                 cop{} (erasure:K+M writes need K+1 fragments)",
+                humantime::format_duration(std::time::Duration::from_secs(availability.grace_secs)),
+                availability.replica_quorum,
+                if availability.replica_quorum == 1 { "y" } else { "ies" }
+            )?;
+            Ok(())
+        }
         Command::RemoveDisk { pool: _, disk } => crate::admin::remove_disk(ctx, &disk),
         Command::Rebuild { pool: _ } => crate::admin::rebuild(ctx),
         Command::Rebalance { pool: _, max_bytes } => crate::admin::rebalance(ctx, max_bytes),
@@ -305,16 +352,26 @@ fn execute_command(command: Command, ctx: &mut Ctx<'_>) -> Result<()> {
                         d.path.clone(),
                         human(d.capacity_bytes),
                         human(d.used_bytes),
-                        if d.reachable { d.state.clone() } else { format!("{} (unreachable)", d.state) },
+                        disk_state_text(&d.state, d.reachable, d.offline_reason.is_some(), d.full),
+                        since_text(d.changed_secs),
                         d.fragments.to_string(),
                         if d.journal_replica { "yes".into() } else { "no".into() },
                     ]
                 })
                 .collect();
-            print_text(
-                ctx.out,
-                &table::render(&["ID", "PATH", "CAPACITY", "USED", "STATE", "FRAGMENTS", "JOURNAL"], &rows),
-            )
+            let mut text =
+                table::render(&["ID", "PATH", "CAPACITY", "USED", "STATE", "SINCE", "FRAGMENTS", "JOURNAL"], &rows);
+            for d in disks.iter().filter(|d| d.offline_reason.is_some()) {
+                text.push_str(&format!(
+                    "\n{} is offline: {}; {} extent(s) written meanwhile will be repaired onto it when it is back; \
+                     it is marked failed at {} unless it returns (dfs fail-disk does it now)",
+                    d.id,
+                    d.offline_reason.clone().unwrap_or_default(),
+                    d.owed_extents,
+                    since_text(d.fails_at_secs),
+                ));
+            }
+            print_text(ctx.out, &text)
         }
         Command::Put { pool: _, local, pool_path, policy } => put(ctx, &local, &pool_path, policy),
         Command::Get { pool: _, pool_path, local } => get(ctx, &pool_path, &local),

@@ -129,6 +129,13 @@ pub(crate) fn families(snapshot: &MetricsSnapshot) -> Vec<MetricFamily> {
         ("dynamicfs_extents_reencoded_total", "Extents re-encoded under another policy.", c.extents_reencoded),
         ("dynamicfs_extents_migrated_total", "Extents re-encoded by tiering.", c.extents_migrated),
         ("dynamicfs_disks_failed_total", "Disks marked failed.", c.disks_failed),
+        ("dynamicfs_disks_offline_total", "Times a disk went offline.", c.disks_offline),
+        ("dynamicfs_disks_rejoined_total", "Times an offline disk came back and rejoined.", c.disks_rejoined),
+        (
+            "dynamicfs_degraded_writes_total",
+            "Extents written at reduced width (down to the write quorum) while disks were away.",
+            c.degraded_writes,
+        ),
     ] {
         f.counters(name, help, vec![(Vec::new(), counter(value))]);
     }
@@ -144,7 +151,27 @@ pub(crate) fn families(snapshot: &MetricsSnapshot) -> Vec<MetricFamily> {
         disk(&|d| d.io_errors as f64),
     );
     f.gauges("dynamicfs_disk_up", "1 when the disk answers.", disk(&|d| f64::from(u8::from(d.reachable))));
-    let states = ["active", "draining", "failed", "removed"];
+    f.gauges(
+        "dynamicfs_disk_offline",
+        "1 while the disk is offline (unreachable, waited for until its grace period ends).",
+        disk(&|d| f64::from(u8::from(d.offline))),
+    );
+    f.gauges(
+        "dynamicfs_disk_full",
+        "1 when the disk has no room for another fragment (its capacity or its filesystem is exhausted).",
+        disk(&|d| f64::from(u8::from(d.full))),
+    );
+    f.gauges(
+        "dynamicfs_disk_owed_extents",
+        "Extents written while the disk was away, still to repair onto it.",
+        disk(&|d| d.owed_extents as f64),
+    );
+    f.gauges(
+        "dynamicfs_disk_state_changed_timestamp_seconds",
+        "When the disk's state last changed (Unix time; 0 if never dated).",
+        disk(&|d| d.changed_secs.unwrap_or(0) as f64),
+    );
+    let states = ["active", "draining", "failed", "removed", "offline"];
     f.gauges(
         "dynamicfs_disk_state",
         "1 for each disk's state.",
@@ -152,9 +179,11 @@ pub(crate) fn families(snapshot: &MetricsSnapshot) -> Vec<MetricFamily> {
             .disks
             .iter()
             .flat_map(|d| {
-                states
-                    .iter()
-                    .map(move |s| (vec![("disk", d.disk.as_str()), ("state", *s)], f64::from(u8::from(d.state == *s))))
+                states.iter().map(move |s| {
+                    // "offline (draining)" counts as offline.
+                    let on = d.state == *s || (d.offline && *s == "offline");
+                    (vec![("disk", d.disk.as_str()), ("state", *s)], f64::from(u8::from(on)))
+                })
             })
             .collect(),
     );

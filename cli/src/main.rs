@@ -248,8 +248,25 @@ pub(crate) enum Command {
         #[command(flatten)]
         json: JsonArg,
     },
+    /// Show or set how the pool rides out disks that go away: the grace period an
+    /// offline disk is waited for before it is marked failed and rebuilt elsewhere
+    /// (default 10m), and the fewest copies a replicate:N extent is written with while
+    /// disks are away (default 2; erasure:K+M always needs K+1 fragments).
+    Availability {
+        #[command(flatten)]
+        pool: PoolArg,
+        /// Grace period, e.g. 30s, 10m, 2h.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        grace: Option<std::time::Duration>,
+        /// Write quorum of replicated extents, in copies (capped at N).
+        #[arg(long)]
+        replica_quorum: Option<u8>,
+        #[command(flatten)]
+        json: JsonArg,
+    },
     /// Mark a disk failed, as if it had died: it is never read or written again, reads of
     /// its extents are served degraded at once, and they are rebuilt lazily elsewhere.
+    /// An offline disk may be failed at once instead of waiting out its grace period.
     FailDisk {
         #[command(flatten)]
         pool: PoolArg,

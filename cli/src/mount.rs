@@ -461,9 +461,11 @@ const IDLE_BACKOFF: Duration = Duration::from_secs(5);
 /// How often the daemon collects orphan fragments, and how old they must be.
 const ORPHAN_GC_INTERVAL: Duration = Duration::from_secs(3600);
 
-/// The daemon's own work between requests: every second the tiering timers (access
-/// statistics persisted, a classification pass when due) and a durability barrier, and
-/// background steps (drains, policy transitions, rebuilds, migrations) while any waits.
+/// The daemon's own work between requests: every second the disk checks (offline disks
+/// retried, returning ones rejoined, the grace period enforced), the tiering timers
+/// (access statistics persisted, a classification pass when due) and a durability
+/// barrier, and background steps (drains, policy transitions, rebuilds, migrations)
+/// while any waits.
 struct Chores {
     last_barrier: Instant,
     idle_until: Instant,
@@ -478,6 +480,10 @@ impl Chores {
     /// One round; sleeps briefly unless background work is in full swing.
     fn run(&mut self, pool: &Mutex<dfs_engine::Pool>) {
         if self.last_barrier.elapsed() >= BARRIER_INTERVAL {
+            if check_disks(pool) {
+                // A disk came back or was failed: its repair may start at once.
+                self.idle_until = Instant::now();
+            }
             tiering_timers(pool);
             barrier(pool);
             self.last_barrier = Instant::now();
@@ -569,6 +575,18 @@ pub fn serve_unmounted(pool: &Path, metrics: Option<std::net::SocketAddr>) -> Re
     let _ = std::fs::remove_file(dir_path.join(crate::control::SOCKET_NAME));
     crate::announce!("stopped serving {}", dir_path.display());
     Ok(())
+}
+
+/// Probes the disks (see `dfs_engine::reachability`); whether a disk rejoined or failed.
+fn check_disks(pool: &Mutex<dfs_engine::Pool>) -> bool {
+    let mut pool = pool.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    match pool.check_disks() {
+        Ok(check) => !check.rejoined.is_empty() || !check.failed.is_empty(),
+        Err(error) => {
+            tracing::error!(%error, "checking the disks failed; retrying");
+            false
+        }
+    }
 }
 
 fn tiering_timers(pool: &Mutex<dfs_engine::Pool>) {

@@ -49,14 +49,15 @@ pub(crate) fn status(ctx: &mut Ctx<'_>, json: bool) -> Result<()> {
         .map(|d| {
             vec![
                 d.disk.clone(),
-                if d.reachable { d.state.clone() } else { format!("{} (unreachable)", d.state) },
+                crate::commands::disk_state_text(&d.state, d.reachable, d.offline, d.full),
+                crate::commands::since_text(d.changed_secs),
                 bar(d.used_bytes, d.capacity_bytes, 20),
                 format!("{} / {}", human(d.used_bytes), human(d.capacity_bytes)),
                 d.fragments.to_string(),
             ]
         })
         .collect();
-    text.push_str(&table::render(&["DISK", "STATE", "USAGE", "USED", "FRAGMENTS"], &rows));
+    text.push_str(&table::render(&["DISK", "STATE", "SINCE", "USAGE", "USED", "FRAGMENTS"], &rows));
     let counts = |map: &std::collections::BTreeMap<String, dfs_engine::metrics::Count>| {
         map.iter()
             .filter(|(_, c)| c.extents > 0)

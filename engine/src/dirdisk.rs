@@ -5,8 +5,9 @@
 //! that replaces another, and the label, go to `<namespace>/.tmp-<leaf>` and are renamed
 //! into place. `sync` fsyncs every file written since the last sync, then every
 //! directory touched — or, past a few files, syncs the whole filesystem at once. Capacity is the one in the disk label, or the
-//! free space of the underlying filesystem when the label gives none; a write that would
-//! exceed it fails with `NoSpace` and leaves nothing behind.
+//! free space of the underlying filesystem when the label gives none, and never more than
+//! that filesystem can still take; a write that would exceed it fails with `NoSpace` and
+//! leaves nothing behind.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{self, File, OpenOptions};
@@ -182,7 +183,8 @@ impl BlockDevice for DirDisk {
         let mut state = self.lock();
         let old = state.sizes.get(&name).copied().unwrap_or(0);
         let new_used = state.used_bytes - old + data.len() as u64;
-        let capacity = self.capacity_bytes.unwrap_or_else(|| state.used_bytes + self.filesystem_free_bytes());
+        let available = state.used_bytes + self.filesystem_free_bytes();
+        let capacity = self.capacity_bytes.map_or(available, |c| c.min(available));
         if new_used > capacity && data.len() as u64 > old {
             return Err(DeviceError::NoSpace);
         }
@@ -282,10 +284,14 @@ impl BlockDevice for DirDisk {
         Ok(())
     }
 
+    /// The declared capacity — or less, when the filesystem underneath has filled up
+    /// first: a disk is full when either is exhausted, never a stream of ENOSPC behind
+    /// a capacity that cannot be had.
     fn capacity_bytes(&self) -> u64 {
+        let available = self.lock().used_bytes + self.filesystem_free_bytes();
         match self.capacity_bytes {
-            Some(c) => c,
-            None => self.lock().used_bytes + self.filesystem_free_bytes(),
+            Some(c) => c.min(available),
+            None => available,
         }
     }
 

@@ -106,7 +106,9 @@ impl Pool {
         for id in &self.undurable.extents {
             let Some(record) = self.state.extents.get(id) else { continue };
             let usable = record.fragments.iter().filter(|d| readable(self, d)).count();
-            if usable < record.fragments.len() {
+            // What an offline disk lacks is owed to it (the write-intent map), not a repair.
+            let awaited = record.fragments.iter().filter(|d| self.state.disk_awaited(**d)).count();
+            if usable + awaited < record.fragments.len() {
                 self.degraded.insert(*id);
             }
             if usable < record.policy.needed() {

@@ -114,8 +114,45 @@ impl Pool {
                 ),
                 DiskState::Active | DiskState::Removed => {}
             }
+            if let Some(offline) = self.state.offline.get(&disk.id).filter(|_| disk.state.readable()) {
+                let grace = self.state.availability.grace_secs;
+                let left = (offline.since.secs + grace as i64 - self.clock.wall().secs).max(0);
+                add(
+                    Severity::Warning,
+                    &id,
+                    format!(
+                        "disk {id} is offline ({}); reads go around it and writes continue without it; it is marked \
+                         failed and rebuilt elsewhere in {left} s unless it comes back",
+                        offline.reason
+                    ),
+                    &format!(
+                        "bring it back (mount its filesystem or reconnect it: it rejoins by itself), or if it is gone \
+                         for good: dfs fail-disk --pool POOL --disk {id}"
+                    ),
+                );
+                continue;
+            }
             if disk.state == DiskState::Active {
                 if let Some(info) = info {
+                    if info.full && info.reachable {
+                        let declared = disk.capacity_bytes.filter(|c| *c > info.capacity_bytes);
+                        add(
+                            Severity::Critical,
+                            &id,
+                            match declared {
+                                Some(declared) => format!(
+                                    "disk {id} is full: the filesystem it lives on ({}) has no room left, though \
+                                     {} were declared",
+                                    info.path,
+                                    crate::units::human(declared)
+                                ),
+                                None => format!("disk {id} is full"),
+                            },
+                            "free space on that filesystem, or add disks (dfs add-disk --pool POOL --disk DIR, then \
+                             dfs rebalance --pool POOL)",
+                        );
+                        continue;
+                    }
                     if !info.reachable {
                         add(
                             Severity::Critical,
@@ -138,7 +175,7 @@ impl Pool {
             }
         }
         if self.read_only.is_none() && !self.state.disks.is_empty() {
-            if let Err(error) = self.check_placeable(self.state.default_policy) {
+            if let Err(error) = self.check_writable(self.state.default_policy) {
                 add(
                     Severity::Critical,
                     "pool",

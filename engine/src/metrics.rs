@@ -82,6 +82,14 @@ pub struct DiskMetrics {
     /// Write and sync failures since its last success.
     pub io_errors: u64,
     pub reachable: bool,
+    /// Offline: unreachable, waited for until its grace period ends.
+    pub offline: bool,
+    /// No room for another fragment (its capacity or its filesystem is exhausted).
+    pub full: bool,
+    /// When its state last changed (wall seconds), if dated.
+    pub changed_secs: Option<i64>,
+    /// Extents written while it was away, still to repair onto it.
+    pub owed_extents: u64,
 }
 
 /// Extents and their bytes.
@@ -142,6 +150,10 @@ impl Pool {
                     .and_then(|d| self.io_errors.get(&d.id))
                     .map_or(0, |n| u64::from(*n)),
                 reachable: info.reachable,
+                offline: info.offline_reason.is_some(),
+                full: info.full,
+                changed_secs: info.changed_secs,
+                owed_extents: info.owed_extents as u64,
             })
             .collect();
         let mut by_policy: BTreeMap<String, Count> = BTreeMap::new();

@@ -674,4 +674,36 @@ impl Pool {
         }
         Ok(())
     }
+
+    /// Checks that new data under `policy` can be written now, at reduced width if need
+    /// be: at least its write quorum of disks that take writes, with room for a fragment
+    /// of a full extent. `Unavailable` when too few disks are reachable, `Unplaceable`
+    /// when too few of them have room.
+    pub fn check_writable(&self, policy: Policy) -> Result<()> {
+        if self.state.disks.is_empty() {
+            return Err(Error::NoDisks);
+        }
+        let block = (crate::fragment::HEADER_LEN
+            + crate::codec::shard_len(policy, crate::meta::state::EXTENT_BYTES_MAX as usize))
+            as u64;
+        let writable: Vec<&std::sync::Arc<dyn crate::device::BlockDevice>> = self
+            .state
+            .disks
+            .keys()
+            .filter(|d| self.state.disk_writable(**d))
+            .filter_map(|d| self.devices.get(d))
+            .collect();
+        let with_room = writable.iter().filter(|d| d.capacity_bytes().saturating_sub(d.used_bytes()) >= block).count();
+        let quorum = self.state.availability.write_quorum(policy);
+        if writable.len() < quorum {
+            return Err(Error::Unavailable(format!(
+                "{policy} needs at least {quorum} disks to write to (its write quorum), but only {} can take writes now",
+                writable.len()
+            )));
+        }
+        if with_room < quorum {
+            return Err(Error::Unplaceable { policy, needed: quorum, available: with_room });
+        }
+        Ok(())
+    }
 }

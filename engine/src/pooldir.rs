@@ -52,7 +52,30 @@ pub struct PoolConfig {
 pub struct PoolDir {
     path: PathBuf,
     config: PoolConfig,
+    /// Where each disk lives, shared with the pool's `Reconnector`.
+    locations: Locations,
     _lock: File,
+}
+
+/// Disk uuid → its entry in the config, as the pool's reconnector reads it.
+type Locations = Arc<std::sync::Mutex<Vec<DiskEntry>>>;
+
+/// Reopens a disk of pool `pool_id` by uuid from its configured path, verified by its
+/// label as at open.
+fn reconnector(locations: Locations, pool_id: Uuid) -> crate::reachability::Reconnector {
+    crate::reachability::Reconnector(Arc::new(move |uuid| {
+        let entry = locations
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .iter()
+            .find(|d| d.uuid == uuid)
+            .cloned()
+            .ok_or_else(|| format!("disk {uuid} is not in the pool config"))?;
+        match open_disk_quietly(&entry, pool_id) {
+            Ok(device) => Ok(device),
+            Err(reason) => Err(format!("{}: {reason}", entry.path.display())),
+        }
+    }))
 }
 
 fn tiering_on() -> bool {
@@ -150,15 +173,23 @@ impl PoolDir {
             options.seed = Uuid::new_v4().as_u64_pair().0;
         }
         options.tiering.enabled = config.initial_tiering;
+        let locations: Locations = Arc::new(std::sync::Mutex::new(config.disks.clone()));
+        options.reconnect = Some(reconnector(locations.clone(), config.pool_id));
         let (pool, report) =
             Pool::open(config.pool_id, initial_policy, devices, Arc::new(SystemClock::new()), options)?;
-        let mut dir = PoolDir { path, config, _lock: lock };
+        let mut dir = PoolDir { path, config, locations, _lock: lock };
         if !report.unregistered.is_empty() {
             // A crash during add-disk: the label was written, the metadata never knew it.
             dir.config.disks.retain(|d| !report.unregistered.contains(&d.uuid));
             write_config(&dir.path, &dir.config)?;
+            dir.publish_locations();
         }
         Ok((dir, pool, report))
+    }
+
+    /// Lets the pool's reconnector see the config's disks as they are now.
+    fn publish_locations(&self) {
+        *self.locations.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = self.config.disks.clone();
     }
 
     /// The pool directory.
@@ -241,11 +272,13 @@ impl PoolDir {
         let previous = self.config.clone();
         self.config.disks.push(DiskEntry { uuid, path: canonical.clone() });
         write_config(&self.path, &self.config)?;
+        self.publish_locations();
         match pool.add_disk(uuid, capacity_bytes, Arc::new(disk)) {
             Ok(id) => Ok(id),
             Err(e) => {
                 self.config = previous;
                 let _ = write_config(&self.path, &self.config);
+                self.publish_locations();
                 Err(e)
             }
         }
@@ -257,22 +290,26 @@ impl PoolDir {
 /// disk, is served as unavailable (read around, never written). Returns the device, and
 /// why it is unavailable when it is.
 fn open_disk(entry: &DiskEntry, pool_id: Uuid) -> (Arc<dyn BlockDevice>, Option<String>) {
-    let location = entry.path.display().to_string();
-    let unavailable = |reason: String| -> (Arc<dyn BlockDevice>, Option<String>) {
-        tracing::warn!(disk = %location, %reason, "serving the pool without this disk");
-        (Arc::new(UnavailableDevice::new(location.clone(), reason.clone())), Some(reason))
-    };
-    let disk = match DirDisk::open(&entry.path) {
-        Ok(disk) => disk,
-        Err(e) => return unavailable(format!("cannot be opened: {e}")),
-    };
-    match DiskLabel::read(&disk) {
-        Ok(label) if label.pool_id == pool_id && label.disk_uuid == entry.uuid => (Arc::new(disk), None),
-        Ok(label) if label.pool_id != pool_id => {
-            unavailable(format!("its label names pool {}, not this pool ({pool_id})", label.pool_id))
+    match open_disk_quietly(entry, pool_id) {
+        Ok(device) => (device, None),
+        Err(reason) => {
+            let location = entry.path.display().to_string();
+            tracing::warn!(disk = %location, %reason, "serving the pool without this disk");
+            (Arc::new(UnavailableDevice::new(location, reason.clone())), Some(reason))
         }
-        Ok(label) => unavailable(format!("a different disk ({}) is at this path", label.disk_uuid)),
-        Err(e) => unavailable(format!("{e}; is the disk mounted?")),
+    }
+}
+
+/// `open_disk` without the placeholder: the disk, or why it is not this pool's disk.
+fn open_disk_quietly(entry: &DiskEntry, pool_id: Uuid) -> std::result::Result<Arc<dyn BlockDevice>, String> {
+    let disk = DirDisk::open(&entry.path).map_err(|e| format!("cannot be opened: {e}"))?;
+    match DiskLabel::read(&disk) {
+        Ok(label) if label.pool_id == pool_id && label.disk_uuid == entry.uuid => Ok(Arc::new(disk)),
+        Ok(label) if label.pool_id != pool_id => {
+            Err(format!("its label names pool {}, not this pool ({pool_id})", label.pool_id))
+        }
+        Ok(label) => Err(format!("a different disk ({}) is at this path", label.disk_uuid)),
+        Err(e) => Err(format!("{e}; is the disk mounted?")),
     }
 }
 
@@ -298,6 +335,7 @@ impl PoolDir {
         config.disks.retain(|d| d.uuid != uuid);
         write_config(&self.path, &config)?;
         self.config = config;
+        self.publish_locations();
         Ok(())
     }
 }

@@ -117,7 +117,28 @@ pub struct Rejoined {
     pub stale_deleted: usize,
 }
 
+/// The shortest grace period a pool accepts: a disk blinking for less is not worth a
+/// rebuild of everything it holds.
+pub const GRACE_SECS_MIN: u64 = 1;
+
 impl Pool {
+    /// Sets how long an offline disk is waited for and the write quorum of replicated
+    /// extents. Durable on return; refuses (changing nothing) a zero grace period or a
+    /// replica quorum of 0.
+    pub fn set_availability(&mut self, availability: crate::meta::state::Availability) -> Result<()> {
+        if availability.grace_secs < GRACE_SECS_MIN {
+            return Err(Error::InvalidArgument(format!(
+                "a grace period of {} s is too short: at least {GRACE_SECS_MIN} s",
+                availability.grace_secs
+            )));
+        }
+        if availability.replica_quorum == 0 {
+            return Err(Error::InvalidArgument("the replica write quorum must be at least 1 copy".into()));
+        }
+        self.commit(Transaction { ops: vec![Op::SetAvailability(availability)] })?;
+        self.sync()
+    }
+
     /// Marks `disk` offline (it must be active or draining and online; otherwise nothing
     /// happens): reads go around it and writes continue without it. The extents that
     /// took fragments there since the last barrier are owed to it, as it may have lost

@@ -11,7 +11,7 @@ use serde::Serialize;
 use crate::codec;
 use crate::device::{BlockKind, BlockName, ExtentId};
 use crate::fragment;
-use crate::meta::state::{DiskId, ExtentRecord, Ino, InodeKind, EXTENT_BYTES_MAX};
+use crate::meta::state::{DiskId, DiskState, ExtentRecord, Ino, InodeKind, EXTENT_BYTES_MAX};
 use crate::pool::Pool;
 
 /// How well an extent meets its policy.
@@ -44,11 +44,26 @@ pub struct DiskInfo {
     pub path: String,
     pub capacity_bytes: u64,
     pub used_bytes: u64,
+    /// `active`, `draining`, `failed`, `removed`, or `offline` (`offline (draining)`).
     pub state: String,
     pub fragments: usize,
     pub journal_replica: bool,
     pub reachable: bool,
+    /// When the state last changed (wall seconds), if the change was dated (format 3).
+    pub changed_secs: Option<i64>,
+    /// Why the disk is offline.
+    pub offline_reason: Option<String>,
+    /// When an offline disk will be marked failed if it is not back (wall seconds).
+    pub fails_at_secs: Option<i64>,
+    /// Extents written while it was away, to repair onto it.
+    pub owed_extents: usize,
+    /// Less room left than one fragment of a full extent: its declared capacity, or the
+    /// filesystem it lives on, is exhausted.
+    pub full: bool,
 }
+
+/// Free space below which a disk counts as full: one fragment of a full extent.
+pub const FULL_BELOW_BYTES: u64 = crate::meta::state::EXTENT_BYTES_MAX + crate::fragment::HEADER_LEN as u64;
 
 /// One extent, for `list-extents`.
 #[derive(Clone, Debug, Serialize)]
@@ -100,16 +115,32 @@ impl Pool {
             .values()
             .map(|disk| {
                 let device = self.devices.get(&disk.id);
+                let offline = self.state.offline.get(&disk.id).filter(|_| disk.state.readable());
+                let state = match (offline, disk.state) {
+                    (Some(_), DiskState::Draining) => "offline (draining)".to_string(),
+                    (Some(_), _) => "offline".to_string(),
+                    (None, state) => state.to_string(),
+                };
+                let grace = i64::try_from(self.state.availability.grace_secs).unwrap_or(i64::MAX);
+                let capacity_bytes = device.map(|d| d.capacity_bytes()).unwrap_or(0);
+                let used_bytes = device.map(|d| d.used_bytes()).unwrap_or(0);
                 DiskInfo {
                     id: disk.id.to_string(),
                     uuid: disk.uuid.to_string(),
                     path: device.map(|d| d.describe()).unwrap_or_default(),
-                    capacity_bytes: device.map(|d| d.capacity_bytes()).unwrap_or(0),
-                    used_bytes: device.map(|d| d.used_bytes()).unwrap_or(0),
-                    state: disk.state.to_string(),
+                    capacity_bytes,
+                    used_bytes,
+                    state,
                     fragments: fragments.get(&disk.id).copied().unwrap_or(0),
                     journal_replica: journal.contains(&disk.id),
-                    reachable: device.is_some_and(|d| d.list(BlockKind::Label).is_ok()),
+                    reachable: offline.is_none() && device.is_some_and(|d| d.list(BlockKind::Label).is_ok()),
+                    changed_secs: self.state.disk_changed.get(&disk.id).map(|t| t.secs),
+                    offline_reason: offline.map(|o| o.reason.clone()),
+                    fails_at_secs: offline.map(|o| o.since.secs.saturating_add(grace)),
+                    owed_extents: self.state.owed.get(&disk.id).map_or(0, BTreeSet::len),
+                    full: disk.state == DiskState::Active
+                        && offline.is_none()
+                        && capacity_bytes.saturating_sub(used_bytes) < FULL_BELOW_BYTES,
                 }
             })
             .collect()

@@ -201,13 +201,14 @@ impl Pool {
                     }
                 }
                 if !degraded.is_empty() {
+                    // What they lack is owed to the offline disks (the write-intent map)
+                    // or sits on failed or draining ones: the rebuild queue finds both.
                     tracing::warn!(
                         extents = degraded.len(),
                         %policy,
-                        "disks are away: extents written at reduced width, queued for repair"
+                        "disks are away: extents written at reduced width, to be repaired"
                     );
                     self.counters.degraded_writes += degraded.len() as u64;
-                    self.degraded.extend(degraded);
                 }
                 self.counters.extents_written += records.iter().filter(|(_, r)| r.is_some()).count() as u64;
                 return Ok(records);

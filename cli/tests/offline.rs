@@ -1,0 +1,169 @@
+//! Disks that go away and come back (issue 14), through a real mount on real directories:
+//! with exactly K+M disks, a disk directory moved away during a stream of writes is
+//! offline, not failed — every write and fsync succeeds, `df` stays above zero, health
+//! warns, nothing is rebuilt meanwhile — and when it is moved back it rejoins and only
+//! what was written meanwhile is repaired. Never back, it is failed after the grace
+//! period and its extents are rebuilt from the others. Below the write quorum writes fail with EIO, never
+//! ENOSPC, and nothing acknowledged is lost.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::fs;
+use std::io::Write;
+use std::path::Path;
+
+use common::{eventually, fragment_files, ok, pattern, read_uncached, run, Pool};
+
+fn write_synced(path: &Path, data: &[u8]) -> std::io::Result<()> {
+    let mut file = fs::File::create(path)?;
+    file.write_all(data)?;
+    file.sync_all()
+}
+
+fn df_total_bytes(mount: &Path) -> u64 {
+    let out = std::process::Command::new("df").args(["-B1", "--output=size"]).arg(mount).output().unwrap();
+    assert!(out.status.success());
+    String::from_utf8(out.stdout).unwrap().lines().nth(1).unwrap().trim().parse().unwrap()
+}
+
+fn disk_state(pool: &Pool, id: &str) -> String {
+    let disks = pool.json("list-disks");
+    let disk = disks.as_array().unwrap().iter().find(|d| d["id"] == id).unwrap().clone();
+    disk["state"].as_str().unwrap().to_string()
+}
+
+fn mounted(pool: &Pool) -> std::path::PathBuf {
+    let mount = pool.root.path().join("mnt");
+    fs::create_dir(&mount).unwrap();
+    ok(&["mount", "--pool", pool.path(), "--mountpoint", mount.to_str().unwrap()]);
+    mount
+}
+
+#[test]
+fn a_disk_away_for_five_seconds_during_writes_costs_nothing_and_resyncs() {
+    let pool = Pool::new("erasure:4+2", &[256, 256, 256, 256, 256, 256]);
+    let mount = mounted(&pool);
+    let before = pattern(3_000_000, 1);
+    write_synced(&mount.join("before"), &before).unwrap();
+    let fragments_elsewhere: usize = [0, 1, 2, 4, 5].iter().map(|d| fragment_files(&pool.disks[*d]).len()).sum();
+    let away = pool.root.path().join("disk3.away");
+    fs::rename(&pool.disks[3], &away).unwrap();
+    let moved_at = std::time::Instant::now();
+    let mut written = Vec::new();
+    let mut warned = false;
+    let mut i = 0;
+    while moved_at.elapsed() < std::time::Duration::from_secs(5) || i < 6 {
+        let data = pattern(700_000 + i * 1000, 100 + i as u64);
+        let path = mount.join(format!("during{i}"));
+        write_synced(&path, &data).unwrap_or_else(|e| panic!("write {i} failed while the disk was away: {e}"));
+        written.push((path, data));
+        assert!(df_total_bytes(&mount) > 0, "df shows a size of 0 while a disk is away");
+        if !warned {
+            let health = run(&["health", "--pool", pool.path()]);
+            let text = String::from_utf8_lossy(&health.stdout).to_string();
+            if text.contains("offline") {
+                assert!(health.status.success(), "an offline disk is a warning, not unhealthy: {text}");
+                warned = true;
+            }
+        }
+        i += 1;
+        std::thread::sleep(std::time::Duration::from_millis(300));
+    }
+    assert!(warned, "health never warned that the disk is offline");
+    assert_eq!(disk_state(&pool, "d4"), "offline");
+    let rebuilt: usize = [0, 1, 2, 4, 5].iter().map(|d| fragment_files(&pool.disks[*d]).len()).sum();
+    let written_meanwhile: usize = written.iter().map(|(_, d)| d.len().div_ceil(1 << 20) * 5).sum();
+    assert!(
+        rebuilt <= fragments_elsewhere + written_meanwhile,
+        "fragments were rebuilt during the grace period: {rebuilt} > {fragments_elsewhere} + {written_meanwhile}"
+    );
+    fs::rename(&away, &pool.disks[3]).unwrap();
+    eventually("the disk to rejoin and its extents to be repaired", || {
+        run(&["health", "--pool", pool.path()]).status.success()
+            && ok(&["health", "--pool", pool.path()]).contains("healthy")
+            && disk_state(&pool, "d4") == "active"
+            && pool.json("list-disks").as_array().unwrap().iter().all(|d| d["owed_extents"] == 0)
+    });
+    let health = ok(&["health", "--pool", pool.path()]);
+    assert!(!health.contains("offline"), "{health}");
+    assert_eq!(read_uncached(&mount.join("before")), before);
+    for (path, data) in &written {
+        assert_eq!(read_uncached(path), *data, "{}", path.display());
+    }
+    ok(&["umount", mount.to_str().unwrap()]);
+    // Every extent is whole again: the returning disk got what it was owed.
+    let extents = pool.json("list-extents");
+    for extent in extents.as_array().unwrap() {
+        assert_eq!(extent["fragments_available"], extent["fragments_total"], "{extent}");
+    }
+}
+
+#[test]
+fn a_disk_that_never_returns_is_failed_after_the_grace_period_and_rebuilt() {
+    let pool = Pool::new("erasure:4+2", &[256, 256, 256, 256, 256, 256]);
+    ok(&["availability", "--pool", pool.path(), "--grace", "3s"]);
+    let mount = mounted(&pool);
+    let before = pattern(2_500_000, 2);
+    write_synced(&mount.join("before"), &before).unwrap();
+    fs::rename(&pool.disks[1], pool.root.path().join("disk1.gone")).unwrap();
+    let during = pattern(1_500_000, 3);
+    write_synced(&mount.join("during"), &during).unwrap();
+    eventually("the offline disk to be failed after its grace period", || disk_state(&pool, "d2") == "failed");
+    let spare = pool.root.path().join("spare");
+    fs::create_dir(&spare).unwrap();
+    ok(&["add-disk", "--pool", pool.path(), "--disk", spare.to_str().unwrap(), "--capacity", "256MiB"]);
+    // Rebuilt from the other disks (with tiering on, extents may also have been
+    // re-encoded to fit the five disks left before the spare came): nothing refers to the
+    // failed disk, and every extent is whole.
+    eventually("the rebuild after the failure", || {
+        let disks = pool.json("list-disks");
+        let failed_empty =
+            disks.as_array().unwrap().iter().find(|d| d["id"] == "d2").is_some_and(|d| d["fragments"] == 0);
+        failed_empty
+            && pool
+                .json("list-extents")
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|e| e["fragments_available"] == e["fragments_total"])
+    });
+    assert_eq!(read_uncached(&mount.join("before")), before);
+    assert_eq!(read_uncached(&mount.join("during")), during);
+    ok(&["umount", mount.to_str().unwrap()]);
+}
+
+#[test]
+fn below_the_write_quorum_writes_fail_with_eio_and_nothing_acknowledged_is_lost() {
+    let pool = Pool::new("erasure:4+2", &[256, 256, 256, 256, 256, 256]);
+    let mount = mounted(&pool);
+    let big = pattern(2_000_000, 4);
+    write_synced(&mount.join("big"), &big).unwrap();
+    let small = pattern(1000, 5); // inline: held by the metadata replicas
+    write_synced(&mount.join("small"), &small).unwrap();
+    // Three of six away: four remain, below erasure:4+2's write quorum of five. The
+    // journal lives on d1-d3, so d4-d6 go.
+    let away: Vec<(std::path::PathBuf, std::path::PathBuf)> =
+        [3, 4, 5].iter().map(|d| (pool.disks[*d].clone(), pool.root.path().join(format!("disk{d}.away")))).collect();
+    for (from, to) in &away {
+        fs::rename(from, to).unwrap();
+    }
+    let error = write_synced(&mount.join("refused"), &pattern(1_500_000, 6)).unwrap_err();
+    assert_eq!(error.raw_os_error(), Some(libc::EIO), "below the write quorum: {error}");
+    let log = fs::read_to_string(Path::new(pool.path()).join("daemon.log")).unwrap_or_default();
+    assert!(log.contains("write quorum"), "no log line names the reason");
+    assert_eq!(read_uncached(&mount.join("small")), small, "an extent within tolerance must read");
+    for (from, to) in &away {
+        fs::rename(to, from).unwrap();
+    }
+    eventually("the disks to rejoin", || {
+        pool.json("list-disks").as_array().unwrap().iter().all(|d| d["state"] == "active")
+    });
+    assert_eq!(read_uncached(&mount.join("big")), big, "acknowledged data was lost");
+    assert_eq!(read_uncached(&mount.join("small")), small);
+    let again = pattern(1_500_000, 7);
+    write_synced(&mount.join("again"), &again).unwrap();
+    assert_eq!(read_uncached(&mount.join("again")), again);
+    ok(&["umount", mount.to_str().unwrap()]);
+}
