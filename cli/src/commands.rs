@@ -328,14 +328,39 @@ fn execute_command(command: Command, ctx: &mut Ctx<'_>) -> Result<()> {
                         mountpoint.display()
                     );
                 }
+                let disks_before = ctx.pool.state().disks.len();
+                let owed_before: usize = ctx.pool.state().owed.values().map(|o| o.len()).sum();
                 let id = ctx
                     .dir
                     .add_disk(ctx.pool, &disk, capacity)
                     .map_err(engine)
                     .with_context(|| format!("adding disk {}", disk.display()))?;
+                if ctx.pool.state().disks.len() == disks_before {
+                    let owed: usize = ctx.pool.state().owed.values().map(|o| o.len()).sum::<usize>() - owed_before;
+                    writeln!(
+                        ctx.out,
+                        "took back failed disk {id} at {}: the fragments it holds that are still referenced are read \
+                         from it again; {owed} extent(s) it lacks are repaired onto it (dfs rebuild, or the daemon)",
+                        disk.display()
+                    )?;
+                    continue;
+                }
                 let info = ctx.pool.disk_infos().into_iter().find(|d| d.id == id.to_string());
-                let capacity = info.map(|i| human(i.capacity_bytes)).unwrap_or_default();
-                writeln!(ctx.out, "added disk {id} at {} ({capacity})", disk.display())?;
+                let shown = info.map(|i| human(i.capacity_bytes)).unwrap_or_default();
+                writeln!(ctx.out, "added disk {id} at {} ({shown})", disk.display())?;
+                let free = dfs_engine::dirdisk::filesystem_free_bytes(&disk);
+                if let (Some(declared), Some(free)) = (capacity, free) {
+                    if declared > free {
+                        writeln!(
+                            ctx.out,
+                            "warning: --capacity {} is more than the {} free on the filesystem of {}; the disk \
+                             will be full (dfs health says so) when that filesystem fills up",
+                            human(declared),
+                            human(free),
+                            disk.display()
+                        )?;
+                    }
+                }
             }
             Ok(())
         }
@@ -479,7 +504,7 @@ fn put(ctx: &mut Ctx<'_>, local: &Path, pool_path: &str, policy: Option<dfs_engi
         bail!("the parent of {pool_path} is not a directory");
     }
     let effective = policy.unwrap_or(parent_attr.policy);
-    pool.check_placeable(effective).map_err(engine).with_context(|| format!("putting {pool_path}"))?;
+    pool.check_writable(effective).map_err(engine).with_context(|| format!("putting {pool_path}"))?;
     let explicit = policy.or_else(|| pool.state().inodes.get(&parent).and_then(|i| i.policy));
     let ino = pool.create_unnamed(owner(0o644), explicit).map_err(engine)?;
     let fh = pool.open_file(ino).map_err(engine)?;

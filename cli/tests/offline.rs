@@ -34,17 +34,28 @@ fn disk_state(pool: &Pool, id: &str) -> String {
     disk["state"].as_str().unwrap().to_string()
 }
 
-fn mounted(pool: &Pool) -> std::path::PathBuf {
+/// Unmounts (lazily) on drop, so a failing test leaves no daemon behind.
+struct Unmount(std::path::PathBuf);
+
+impl Drop for Unmount {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let _ = std::process::Command::new("umount").arg("-l").arg(&self.0).status();
+        }
+    }
+}
+
+fn mounted(pool: &Pool) -> (std::path::PathBuf, Unmount) {
     let mount = pool.root.path().join("mnt");
     fs::create_dir(&mount).unwrap();
     ok(&["mount", "--pool", pool.path(), "--mountpoint", mount.to_str().unwrap()]);
-    mount
+    (mount.clone(), Unmount(mount))
 }
 
 #[test]
 fn a_disk_away_for_five_seconds_during_writes_costs_nothing_and_resyncs() {
     let pool = Pool::new("erasure:4+2", &[256, 256, 256, 256, 256, 256]);
-    let mount = mounted(&pool);
+    let (mount, _unmount) = mounted(&pool);
     let before = pattern(3_000_000, 1);
     write_synced(&mount.join("before"), &before).unwrap();
     let fragments_elsewhere: usize = [0, 1, 2, 4, 5].iter().map(|d| fragment_files(&pool.disks[*d]).len()).sum();
@@ -104,7 +115,7 @@ fn a_disk_away_for_five_seconds_during_writes_costs_nothing_and_resyncs() {
 fn a_disk_that_never_returns_is_failed_after_the_grace_period_and_rebuilt() {
     let pool = Pool::new("erasure:4+2", &[256, 256, 256, 256, 256, 256]);
     ok(&["availability", "--pool", pool.path(), "--grace", "3s"]);
-    let mount = mounted(&pool);
+    let (mount, _unmount) = mounted(&pool);
     let before = pattern(2_500_000, 2);
     write_synced(&mount.join("before"), &before).unwrap();
     fs::rename(&pool.disks[1], pool.root.path().join("disk1.gone")).unwrap();
@@ -137,7 +148,7 @@ fn a_disk_that_never_returns_is_failed_after_the_grace_period_and_rebuilt() {
 #[test]
 fn below_the_write_quorum_writes_fail_with_eio_and_nothing_acknowledged_is_lost() {
     let pool = Pool::new("erasure:4+2", &[256, 256, 256, 256, 256, 256]);
-    let mount = mounted(&pool);
+    let (mount, _unmount) = mounted(&pool);
     let big = pattern(2_000_000, 4);
     write_synced(&mount.join("big"), &big).unwrap();
     let small = pattern(1000, 5); // inline: held by the metadata replicas
@@ -166,4 +177,85 @@ fn below_the_write_quorum_writes_fail_with_eio_and_nothing_acknowledged_is_lost(
     write_synced(&mount.join("again"), &again).unwrap();
     assert_eq!(read_uncached(&mount.join("again")), again);
     ok(&["umount", mount.to_str().unwrap()]);
+}
+
+/// Mounts a tmpfs of `mib` MiB at `dir` (the tests run as root, as CI does); unmounted on
+/// drop.
+struct SmallFilesystem(std::path::PathBuf);
+
+impl SmallFilesystem {
+    fn mount(dir: &Path, mib: u64) -> SmallFilesystem {
+        fs::create_dir(dir).unwrap();
+        let status = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={mib}m"), "tmpfs"])
+            .arg(dir)
+            .status()
+            .unwrap();
+        assert!(status.success(), "mounting a tmpfs needs root (CI runs as root)");
+        SmallFilesystem(dir.to_path_buf())
+    }
+}
+
+impl Drop for SmallFilesystem {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn a_backing_filesystem_smaller_than_the_declared_capacity_is_reported_full() {
+    let pool = Pool::new("replicate:2", &[256, 256]);
+    let small = pool.root.path().join("small");
+    let _tmpfs = SmallFilesystem::mount(&small, 24);
+    let added = ok(&["add-disk", "--pool", pool.path(), "--disk", small.to_str().unwrap(), "--capacity", "256MiB"]);
+    assert!(added.contains("warning: --capacity 256.0 MiB is more than"), "{added}");
+    assert!(run(&["health", "--pool", pool.path()]).status.success());
+    // Something else fills the filesystem the disk lives on.
+    fs::write(small.join("filler"), vec![7u8; 23 << 20]).unwrap_or(());
+    let health = run(&["health", "--pool", pool.path()]);
+    let text = String::from_utf8_lossy(&health.stdout).to_string();
+    assert_eq!(health.status.code(), Some(1), "a full disk under a healthy verdict: {text}");
+    assert!(text.contains("disk d3 is full: the filesystem it lives on"), "{text}");
+    let status = ok(&["status", "--pool", pool.path()]);
+    assert!(status.contains("active, full"), "{status}");
+    let metrics = ok(&["metrics", "--pool", pool.path()]);
+    assert!(metrics.contains("dynamicfs_disk_full{disk=\"d3\"} 1"), "{metrics}");
+    // Writes go to the disks with room, not into a stream of ENOSPC.
+    let data = pattern(3_000_000, 8);
+    let local = pool.local("data");
+    fs::write(&local, &data).unwrap();
+    ok(&["put", "--pool", pool.path(), local.to_str().unwrap(), "/data"]);
+    let back = pool.local("back");
+    ok(&["get", "--pool", pool.path(), "/data", back.to_str().unwrap()]);
+    assert_eq!(fs::read(&back).unwrap(), data);
+}
+
+#[test]
+fn a_failed_disk_offered_back_is_reused_for_what_it_still_holds() {
+    let pool = Pool::new("erasure:4+2", &[256, 256, 256, 256, 256, 256]);
+    let first = pool.local("first");
+    fs::write(&first, pattern(3_000_000, 9)).unwrap();
+    ok(&["put", "--pool", pool.path(), first.to_str().unwrap(), "/first"]);
+    let held = fragment_files(&pool.disks[1]);
+    assert_eq!(held.len(), 3);
+    ok(&["fail-disk", "--pool", pool.path(), "--disk", "d2"]);
+    // Written while d2 is failed: five fragments each, the sixth owed to nobody yet.
+    let second = pool.local("second");
+    fs::write(&second, pattern(2_000_000, 10)).unwrap();
+    ok(&["put", "--pool", pool.path(), second.to_str().unwrap(), "/second"]);
+    let out = ok(&["add-disk", "--pool", pool.path(), "--disk", pool.disks[1].to_str().unwrap()]);
+    assert!(out.contains("took back failed disk d2"), "{out}");
+    assert!(out.contains("2 extent(s) it lacks"), "{out}");
+    assert_eq!(fragment_files(&pool.disks[1]), held, "what it held is kept, not rewritten");
+    ok(&["rebuild", "--pool", pool.path()]);
+    assert_eq!(fragment_files(&pool.disks[1]).len(), 5, "the extents it lacked were repaired onto it");
+    for extent in pool.json("list-extents").as_array().unwrap() {
+        assert_eq!(extent["fragments_available"], extent["fragments_total"], "{extent}");
+        assert!(extent["disks"].as_array().unwrap().iter().any(|d| d == "d2"), "{extent}");
+    }
+    for (name, local) in [("/first", &first), ("/second", &second)] {
+        let back = pool.local("back");
+        ok(&["get", "--pool", pool.path(), name, back.to_str().unwrap()]);
+        assert_eq!(fs::read(&back).unwrap(), fs::read(local).unwrap());
+    }
 }

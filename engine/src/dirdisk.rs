@@ -146,6 +146,11 @@ fn syncfs(dir: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
+/// Bytes an unprivileged writer may still store on the filesystem holding `path`.
+pub fn filesystem_free_bytes(path: &Path) -> Option<u64> {
+    statvfs_free_bytes(path)
+}
+
 #[allow(unsafe_code)]
 fn statvfs_free_bytes(path: &Path) -> Option<u64> {
     use std::os::unix::ffi::OsStrExt;

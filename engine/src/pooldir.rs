@@ -187,6 +187,34 @@ impl PoolDir {
         Ok((dir, pool, report))
     }
 
+    /// When `canonical` holds a failed disk of this pool (by its label), takes it back —
+    /// reusing what it holds that is still referenced — and records where it is now.
+    fn readmit_if_failed(
+        &mut self,
+        pool: &mut Pool,
+        canonical: &Path,
+    ) -> Result<Option<crate::reachability::Readmitted>> {
+        let Ok(disk) = DirDisk::open(canonical) else { return Ok(None) };
+        let Ok(label) = DiskLabel::read(&disk) else { return Ok(None) };
+        if label.pool_id != self.config.pool_id {
+            return Ok(None);
+        }
+        let Some(record) = pool.state().disks.values().find(|d| d.uuid == label.disk_uuid).cloned() else {
+            return Ok(None);
+        };
+        if record.state != crate::meta::state::DiskState::Failed {
+            return Ok(None);
+        }
+        let readmitted = pool.readmit_disk(record.id, Arc::new(disk))?;
+        let mut config = self.config.clone();
+        config.disks.retain(|d| d.uuid != label.disk_uuid);
+        config.disks.push(DiskEntry { uuid: label.disk_uuid, path: canonical.to_path_buf() });
+        write_config(&self.path, &config)?;
+        self.config = config;
+        self.publish_locations();
+        Ok(Some(readmitted))
+    }
+
     /// Lets the pool's reconnector see the config's disks as they are now.
     fn publish_locations(&self) {
         *self.locations.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = self.config.disks.clone();
@@ -204,7 +232,9 @@ impl PoolDir {
 
     /// Adds the directory `disk_path` as a disk of `capacity_bytes` (or the free space of
     /// its filesystem). Refuses a path that does not exist, is not a directory, is already
-    /// a disk of this or another pool, or holds DynamicFS blocks without a label.
+    /// a disk of this or another pool, or holds DynamicFS blocks without a label. A disk
+    /// of this pool that was marked failed is taken back instead (`Pool::readmit_disk`):
+    /// what it holds that is still referenced is used again, and it keeps its id.
     pub fn add_disk(&mut self, pool: &mut Pool, disk_path: &Path, capacity_bytes: Option<u64>) -> Result<DiskId> {
         let canonical =
             fs::canonicalize(disk_path).map_err(|_| Error::NotFound(format!("disk path {}", disk_path.display())))?;
@@ -217,6 +247,9 @@ impl PoolDir {
                 canonical.display(),
                 self.path.display()
             )));
+        }
+        if let Some(readmitted) = self.readmit_if_failed(pool, &canonical)? {
+            return Ok(readmitted.disk);
         }
         if let Some(other) =
             self.config.disks.iter().find(|d| d.path.starts_with(&canonical) || canonical.starts_with(&d.path))

@@ -117,6 +117,18 @@ pub struct Rejoined {
     pub stale_deleted: usize,
 }
 
+/// What offering a failed disk back found.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Readmitted {
+    pub disk: DiskId,
+    /// Fragments it holds that are still referenced: read from it again.
+    pub reused: usize,
+    /// Referenced fragments it does not hold: repaired onto it.
+    pub owed: usize,
+    /// Fragments it holds that nothing references any more: deleted.
+    pub stale_deleted: usize,
+}
+
 /// The shortest grace period a pool accepts: a disk blinking for less is not worth a
 /// rebuild of everything it holds.
 pub const GRACE_SECS_MIN: u64 = 1;
@@ -137,6 +149,60 @@ impl Pool {
         }
         self.commit(Transaction { ops: vec![Op::SetAvailability(availability)] })?;
         self.sync()
+    }
+
+    /// Takes back failed `disk` through `device` (its label names this pool and this
+    /// disk): after a barrier, the fragments there that nothing references are deleted,
+    /// the referenced ones it holds are read from it again, and the referenced ones it
+    /// lacks are owed to it (repaired by the rebuild queue). Durable on return.
+    pub fn readmit_disk(&mut self, disk: DiskId, device: Arc<dyn BlockDevice>) -> Result<Readmitted> {
+        match self.state.disks.get(&disk).map(|d| d.state) {
+            Some(crate::meta::state::DiskState::Failed) => {}
+            Some(state) => {
+                return Err(Error::Exists(format!("disk {disk} is {state}, not failed: nothing to take back")))
+            }
+            None => return Err(Error::NotFound(format!("disk {disk}"))),
+        }
+        self.verify_label(disk, device.as_ref()).map_err(|e| Error::InvalidArgument(format!("disk {disk}: {e}")))?;
+        self.sync()?;
+        let names: std::collections::BTreeSet<BlockName> = device
+            .list(BlockKind::Fragment)
+            .map_err(|e| Error::Io(format!("listing disk {disk}: {e}")))?
+            .into_iter()
+            .collect();
+        let mut stale_deleted = 0;
+        for name in &names {
+            let BlockName::Fragment { extent, index } = *name else { continue };
+            let placed = self.state.extents.get(&extent).and_then(|r| r.fragments.get(usize::from(index)));
+            if placed != Some(&disk) {
+                device.delete(*name).map_err(|e| Error::Io(format!("deleting {name} on disk {disk}: {e}")))?;
+                stale_deleted += 1;
+            }
+        }
+        let mut reused = 0;
+        let mut lacking = Vec::new();
+        for record in self.state.extents.values() {
+            for (index, _) in record.fragments.iter().enumerate().filter(|(_, d)| **d == disk) {
+                if names.contains(&BlockName::Fragment { extent: record.id, index: index as u8 }) {
+                    reused += 1;
+                } else {
+                    lacking.push(record.id);
+                }
+            }
+        }
+        let owed = lacking.len();
+        let at = self.clock.wall();
+        self.devices.insert(disk, device);
+        self.io_errors.remove(&disk);
+        let state = crate::meta::state::DiskState::Active;
+        self.commit(Transaction {
+            ops: vec![Op::SetDiskStateAt { disk, state, at }, Op::Owe { disk, extents: lacking }],
+        })?;
+        self.sync()?;
+        let now = self.clock.monotonic_nanos();
+        self.probes.online(disk, now);
+        tracing::info!(%disk, reused, owed, stale_deleted, "failed disk taken back");
+        Ok(Readmitted { disk, reused, owed, stale_deleted })
     }
 
     /// Marks `disk` offline (it must be active or draining and online; otherwise nothing

@@ -453,6 +453,12 @@ pub enum Op {
         extents: Vec<ExtentId>,
     },
     SetAvailability(Availability),
+    /// These extents' fragments named on `disk` are missing there: a failed disk that was
+    /// offered back did not hold them. Repaired onto it like what an offline disk is owed.
+    Owe {
+        disk: DiskId,
+        extents: Vec<ExtentId>,
+    },
 }
 
 /// A list of ops applied atomically.
@@ -621,6 +627,18 @@ impl MetaState {
                 }
             }
             Op::SetAvailability(availability) => self.availability = *availability,
+            Op::Owe { disk, extents } => {
+                if self.disks.get(disk).is_some_and(|d| d.state.readable()) {
+                    let named: Vec<ExtentId> = extents
+                        .iter()
+                        .filter(|id| self.extents.get(id).is_some_and(|r| r.fragments.contains(disk)))
+                        .copied()
+                        .collect();
+                    if !named.is_empty() {
+                        self.owed.entry(*disk).or_default().extend(named);
+                    }
+                }
+            }
             Op::PutTransition(transition) => {
                 self.transitions.insert(transition.id, transition.clone());
             }
