@@ -1,0 +1,154 @@
+//! The random-I/O exerciser `fsx` (the Rust one, 0.3.2; `.ci/run` installs it) runs
+//! 200,000 operations — every kind it has: reads, writes, mapped reads and writes,
+//! truncate, fsync, fallocate, hole punching, sendfile, copy_file_range, close/reopen —
+//! against a mount while bits rot in fragment files on two disks and a third disk's
+//! directory is moved away for five seconds and back, again and again. fsx checks every
+//! read against its model of the file: no error and no miscompare may happen. Then a
+//! scrub finds nothing it cannot repair.
+//!
+//! erasure:4+3 over eight directories: two rotting disks and one away are three lost
+//! fragments at most, within the policy's tolerance. (`DFS_FSX_FAULT_OPS` shortens the
+//! run for local work; CI runs the full 200,000.)
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::fs;
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::{eventually, fragment_files, ok, run, Pool};
+use rand::{Rng, SeedableRng};
+
+const CONFIG: &str = "\
+flen = 262144
+[opsize]
+max = 65536
+min = 1
+[weights]
+close_open = 1
+invalidate = 1
+read = 10
+write = 10
+mapread = 10
+mapwrite = 10
+truncate = 5
+fsync = 1
+fdatasync = 1
+posix_fallocate = 5
+punch_hole = 5
+sendfile = 5
+posix_fadvise = 1
+copy_file_range = 5
+";
+
+/// Operations per fsx process: fsx 0.3.2 leaks the mapping of every mapped read, so a
+/// process gets slower the longer it runs (see `cli/benches/fsx.rs`).
+const OPS_PER_RUN: u64 = 10_000;
+
+/// Flips one bit in the payload of a random fragment file of `disk`.
+fn rot_one(disk: &Path, rng: &mut impl Rng) -> bool {
+    let files = fragment_files(disk);
+    if files.is_empty() {
+        return false;
+    }
+    let path = &files[rng.random_range(0..files.len())];
+    let Ok(mut file) = fs::OpenOptions::new().read(true).write(true).open(path) else { return false };
+    let len = file.metadata().map(|m| m.len()).unwrap_or(0);
+    if len < 64 {
+        return false;
+    }
+    let at = rng.random_range(48..len);
+    let mut byte = [0u8];
+    if file.seek(SeekFrom::Start(at)).and_then(|_| file.read_exact(&mut byte)).is_err() {
+        return false;
+    }
+    byte[0] ^= 1 << rng.random_range(0..8);
+    file.seek(SeekFrom::Start(at)).and_then(|_| file.write_all(&byte)).is_ok()
+}
+
+/// Until `stop`: rot a fragment on `rotting` every 300 ms, and move `blinking` away for
+/// five seconds every fifteen. Returns how many bits it flipped and blinks it made.
+fn faults(rotting: [PathBuf; 2], blinking: PathBuf, stop: Arc<AtomicBool>) -> (u64, u64) {
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(14);
+    let away = blinking.with_extension("away");
+    let (mut flips, mut blinks) = (0, 0);
+    let mut tick = 0u64;
+    while !stop.load(Ordering::SeqCst) {
+        std::thread::sleep(Duration::from_millis(300));
+        tick += 1;
+        if rot_one(&rotting[(tick % 2) as usize], &mut rng) {
+            flips += 1;
+        }
+        match tick % 50 {
+            33 => {
+                fs::rename(&blinking, &away).unwrap();
+                blinks += 1;
+            }
+            0 if away.exists() => fs::rename(&away, &blinking).unwrap(),
+            _ => {}
+        }
+    }
+    if away.exists() {
+        fs::rename(&away, &blinking).unwrap();
+    }
+    (flips, blinks)
+}
+
+#[test]
+fn fsx_runs_clean_while_two_disks_rot_and_a_third_blinks() {
+    let version = std::process::Command::new("fsx").arg("-V").output();
+    assert!(version.is_ok(), "fsx is not installed: cargo install --locked fsx --version 0.3.2 (.ci/run does)");
+    let total: u64 = std::env::var("DFS_FSX_FAULT_OPS").ok().and_then(|v| v.parse().ok()).unwrap_or(200_000);
+    let pool = Pool::new("erasure:4+3", &[512; 8]);
+    let mount = pool.root.path().join("mnt");
+    fs::create_dir(&mount).unwrap();
+    ok(&["mount", "--pool", pool.path(), "--mountpoint", mount.to_str().unwrap()]);
+    let config = pool.local("fsx.toml");
+    fs::write(&config, CONFIG).unwrap();
+    let artifacts = pool.local("fsx-artifacts");
+    fs::create_dir(&artifacts).unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let injector = {
+        let rotting = [pool.disks[1].clone(), pool.disks[4].clone()];
+        let blinking = pool.disks[6].clone();
+        let stop = stop.clone();
+        std::thread::spawn(move || faults(rotting, blinking, stop))
+    };
+    let runs = total.div_ceil(OPS_PER_RUN);
+    let mut failure = None;
+    for seed in 1..=runs {
+        let out = std::process::Command::new("fsx")
+            .args(["-f", config.to_str().unwrap(), "-N", &OPS_PER_RUN.to_string(), "-S", &seed.to_string()])
+            .args(["-P", artifacts.to_str().unwrap()])
+            .arg(mount.join(format!("fsx-{seed}")))
+            .output()
+            .unwrap();
+        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        if !out.status.success() || !text.contains("All operations completed A-OK!") {
+            failure = Some(format!(
+                "fsx seed {seed} failed ({}):\n{}",
+                out.status,
+                text.lines().take(40).collect::<Vec<_>>().join("\n")
+            ));
+            break;
+        }
+    }
+    stop.store(true, Ordering::SeqCst);
+    let (flips, blinks) = injector.join().unwrap();
+    if let Some(failure) = failure {
+        let _ = run(&["umount", mount.to_str().unwrap()]);
+        panic!("{failure}\n(after {flips} bit flips and {blinks} blinks)");
+    }
+    assert!(flips > 10 && blinks > 0, "the faults did not happen: {flips} flips, {blinks} blinks");
+    eventually("the blinking disk to be back", || {
+        pool.json("list-disks").as_array().unwrap().iter().all(|d| d["state"] == "active")
+    });
+    let scrub = run(&["scrub", "--pool", pool.path(), "--repair"]);
+    assert!(scrub.status.success(), "the scrub found damage beyond repair: {}", String::from_utf8_lossy(&scrub.stdout));
+    ok(&["umount", mount.to_str().unwrap()]);
+}
