@@ -3,7 +3,7 @@
 //! offline, not failed — every write and fsync succeeds, `df` stays above zero, health
 //! warns, nothing is rebuilt meanwhile — and when it is moved back it rejoins and only
 //! what was written meanwhile is repaired. Never back, it is failed after the grace
-//! period and its extents are rebuilt from the others. Below the write quorum writes fail with EIO, never
+//! period and rebuilt onto a spare. Below the write quorum writes fail with EIO, never
 //! ENOSPC, and nothing acknowledged is lost.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -112,9 +112,12 @@ fn a_disk_away_for_five_seconds_during_writes_costs_nothing_and_resyncs() {
 }
 
 #[test]
-fn a_disk_that_never_returns_is_failed_after_the_grace_period_and_rebuilt() {
+fn a_disk_that_never_returns_is_failed_after_the_grace_period_and_rebuilt_onto_a_spare() {
     let pool = Pool::new("erasure:4+2", &[256, 256, 256, 256, 256, 256]);
     ok(&["availability", "--pool", pool.path(), "--grace", "3s"]);
+    // Without tiering nothing is re-encoded to fit the five disks left: the rebuild
+    // needs the spare.
+    ok(&["tiering", "--pool", pool.path(), "--disable"]);
     let (mount, _unmount) = mounted(&pool);
     let before = pattern(2_500_000, 2);
     write_synced(&mount.join("before"), &before).unwrap();
@@ -125,10 +128,8 @@ fn a_disk_that_never_returns_is_failed_after_the_grace_period_and_rebuilt() {
     let spare = pool.root.path().join("spare");
     fs::create_dir(&spare).unwrap();
     ok(&["add-disk", "--pool", pool.path(), "--disk", spare.to_str().unwrap(), "--capacity", "256MiB"]);
-    // Rebuilt from the other disks (with tiering on, extents may also have been
-    // re-encoded to fit the five disks left before the spare came): nothing refers to the
-    // failed disk, and every extent is whole.
-    eventually("the rebuild after the failure", || {
+    // Rebuilt onto the spare: nothing refers to the failed disk, and every extent is whole.
+    eventually("the rebuild onto the spare", || {
         let disks = pool.json("list-disks");
         let failed_empty =
             disks.as_array().unwrap().iter().find(|d| d["id"] == "d2").is_some_and(|d| d["fragments"] == 0);
@@ -140,6 +141,7 @@ fn a_disk_that_never_returns_is_failed_after_the_grace_period_and_rebuilt() {
                 .iter()
                 .all(|e| e["fragments_available"] == e["fragments_total"])
     });
+    assert_eq!(fragment_files(&spare).len(), 5, "every extent has a fragment on the spare");
     assert_eq!(read_uncached(&mount.join("before")), before);
     assert_eq!(read_uncached(&mount.join("during")), during);
     ok(&["umount", mount.to_str().unwrap()]);

@@ -98,7 +98,7 @@ impl Pool {
                     Severity::Critical,
                     &id,
                     format!("disk {id} failed and {} fragment(s) still lived there", info.map_or(0, |i| i.fragments)),
-                    "add a replacement (dfs add-disk --pool POOL --disk DIR) and run dfs rebuild --pool POOL (a mounted pool rebuilds by itself)",
+                    "add a replacement (dfs add-disk --pool POOL --disk DIR) and run dfs rebuild --pool POOL (a mounted pool rebuilds by itself); if the disk itself is back, add its directory the same way: what it still holds is used again",
                 ),
                 DiskState::Failed => add(
                     Severity::Warning,
