@@ -676,9 +676,10 @@ impl Pool {
     }
 
     /// Checks that new data under `policy` can be written now, at reduced width if need
-    /// be: at least its write quorum of disks that take writes, with room for a fragment
-    /// of a full extent. `Unavailable` when too few disks are reachable, `Unplaceable`
-    /// when too few of them have room.
+    /// be: the pool has as many disks as the policy is wide, and at least its write
+    /// quorum of them take writes, with room for a fragment of a full extent.
+    /// `Unplaceable` when the pool is too narrow or too few disks have room,
+    /// `Unavailable` when too few are reachable.
     pub fn check_writable(&self, policy: Policy) -> Result<()> {
         if self.state.disks.is_empty() {
             return Err(Error::NoDisks);
@@ -694,6 +695,11 @@ impl Pool {
             .filter_map(|d| self.devices.get(d))
             .collect();
         let with_room = writable.iter().filter(|d| d.capacity_bytes().saturating_sub(d.used_bytes()) >= block).count();
+        let members = self.state.disks.values().filter(|d| d.state != crate::meta::state::DiskState::Removed).count();
+        if members < policy.width() {
+            // Not a matter of disks being away: the pool is narrower than the policy.
+            return Err(Error::Unplaceable { policy, needed: policy.width(), available: members });
+        }
         let quorum = self.state.availability.write_quorum(policy);
         if writable.len() < quorum {
             return Err(Error::Unavailable(format!(
