@@ -645,7 +645,8 @@ pub fn umount(mountpoint: &Path) -> Result<()> {
             bail!("unmounting {} failed ({status}); is a file still open there? (EBUSY)", mountpoint.display());
         }
     }
-    let lock = std::fs::OpenOptions::new().write(true).open(pool.join("lock"));
+    // The daemon holds the pool directory itself locked until it has let go of the pool.
+    let lock = std::fs::File::open(&pool);
     let started = Instant::now();
     if let Ok(lock) = lock {
         while started.elapsed() < READY_TIMEOUT {

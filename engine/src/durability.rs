@@ -186,6 +186,7 @@ impl Pool {
             previous.iter().chain(&current).filter(|d| self.state.disk_readable(**d)).copied().collect();
         let devices: Vec<Arc<dyn BlockDevice>> =
             targets.iter().filter_map(|disk| self.devices.get(disk).cloned()).collect();
+        self.check_fence(&devices)?;
         let txn = Transaction { ops: std::mem::take(&mut self.undurable.ops) };
         let (block, tip) = journal::encode_record(self.tip, &txn);
         let refs: Vec<&dyn BlockDevice> = devices.iter().map(|d| d.as_ref()).collect();
@@ -207,8 +208,40 @@ impl Pool {
         Ok(changed)
     }
 
+    /// The journal fence: the record this process is about to write must not exist yet.
+    /// A valid record there that chains from this process's tip was written by another
+    /// process that opened the pool meanwhile (its lock forced away, a copied pool
+    /// directory on another machine): that process owns the pool now, and this one stops
+    /// writing — read-only — rather than overwrite its history. (A torn or unchained block
+    /// there is a crash's leftover, which the write replaces.)
+    pub(crate) fn check_fence(&mut self, devices: &[Arc<dyn BlockDevice>]) -> Result<()> {
+        let next = BlockName::Journal { seq: self.tip.seq + 1 };
+        let taken = devices.iter().any(|device| {
+            device
+                .read(next)
+                .ok()
+                .and_then(|block| journal::decode_record(&block).ok())
+                .is_some_and(|(record, _, _)| record.prev_hash == self.tip.hash)
+        });
+        if taken {
+            let reason = format!(
+                "another process wrote journal record {} of this pool: it opened the pool while this one served it \
+                 (a forced lock, a copied pool directory), and owns it now; this process stopped writing",
+                self.tip.seq + 1
+            );
+            tracing::error!(%reason, "fenced");
+            self.read_only = Some(reason.clone());
+            return Err(Error::ReadOnly(reason));
+        }
+        Ok(())
+    }
+
     /// Step 3: deletes freed fragments. Failures leave orphans, which the next open removes.
     fn delete_freed(&mut self) {
+        if self.read_only.is_some() {
+            // Fenced or failed: what looks freed here may be another owner's now.
+            return;
+        }
         let frees = std::mem::take(&mut self.undurable.frees);
         for record in &frees {
             for (index, disk) in record.fragments.iter().enumerate() {

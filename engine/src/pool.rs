@@ -129,6 +129,10 @@ pub struct PoolCounters {
     pub degraded_writes: u64,
 }
 
+/// How far past the state's next extent id one open may start allocating (see
+/// `Pool::open`).
+const EXTENT_ID_SPREAD: u64 = 1 << 32;
+
 /// An open pool.
 pub struct Pool {
     pub(crate) state: MetaState,
@@ -226,7 +230,12 @@ impl Pool {
                 Arc::new(UnavailableDevice::new(disk.uuid.to_string(), "disk not found"))
             });
         }
-        let next_extent = state.next_extent;
+        // Each open allocates extent ids from a random base past every id the state knows:
+        // should a second process ever serve the same disks (a forced lock), the two
+        // never write fragments under the same name, and the journal fence decides which
+        // one owns the pool without either having overwritten the other's data.
+        let mut rng = EngineRng::from_seed(options.seed);
+        let next_extent = state.next_extent.saturating_add(rng.below(EXTENT_ID_SPREAD));
         let cache_bytes = options.extent_cache_bytes;
         let mut pool = Pool {
             state,
@@ -235,7 +244,7 @@ impl Pool {
             checkpoint_seq: (report.records_replayed == 0 && recovered_checkpoint).then_some(tip.seq),
             devices: disk_devices,
             clock,
-            rng: EngineRng::from_seed(options.seed),
+            rng,
             options,
             next_extent,
             files: OpenFiles::default(),
@@ -412,6 +421,8 @@ impl Pool {
     /// copy of the checkpoint at the current tip.
     pub(crate) fn checkpoint_skipping(&mut self, already_durable: &BTreeSet<DiskId>) -> Result<()> {
         let journal_set = self.journal_devices();
+        let fence: Vec<Arc<dyn BlockDevice>> = journal_set.iter().map(|(_, d)| d.clone()).collect();
+        self.check_fence(&fence)?;
         let block = journal::encode_checkpoint(self.tip, &self.state);
         let targets: Vec<&dyn BlockDevice> =
             journal_set.iter().filter(|(id, _)| !already_durable.contains(id)).map(|(_, d)| d.as_ref()).collect();

@@ -6,6 +6,7 @@
 //! itself lives on the disks; the config only says where to find them. Config updates
 //! are written to a temporary file, fsynced and renamed.
 
+use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -54,7 +55,48 @@ pub struct PoolDir {
     config: PoolConfig,
     /// Where each disk lives, shared with the pool's `Reconnector`.
     locations: Locations,
+    /// The lock held on each disk's directory (see `lock_disk_dir`).
+    disk_locks: DiskLocks,
     _lock: File,
+    /// The lock on the pool directory itself.
+    _dir_lock: File,
+}
+
+/// Disk uuid → the open, locked handle of its directory.
+type DiskLocks = Arc<std::sync::Mutex<BTreeMap<Uuid, File>>>;
+
+/// Why a disk could not be opened.
+enum DiskOpenError {
+    /// Another process holds its directory: refuse the whole pool.
+    Busy(String),
+    /// Missing, unreadable, or not this pool's disk: serve without it.
+    Unavailable(String),
+}
+
+/// Locks the directory of disk `uuid` for this process (an exclusive `flock` on the
+/// directory itself), so that no second owner — a copy of the pool directory, another
+/// pool naming it — can serve the disk at the same time. A handle this process already
+/// holds on the same directory is kept.
+fn lock_disk_dir(path: &Path, uuid: Uuid, locks: &DiskLocks) -> std::result::Result<(), DiskOpenError> {
+    use std::os::unix::fs::MetadataExt;
+    let mut locks = locks.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let current = fs::metadata(path).map_err(|e| DiskOpenError::Unavailable(format!("cannot be opened: {e}")))?;
+    if let Some(held) = locks.get(&uuid) {
+        if held.metadata().is_ok_and(|m| (m.dev(), m.ino()) == (current.dev(), current.ino())) {
+            return Ok(());
+        }
+    }
+    let handle = File::open(path).map_err(|e| DiskOpenError::Unavailable(format!("cannot be opened: {e}")))?;
+    match handle.try_lock() {
+        Ok(()) => {
+            locks.insert(uuid, handle);
+            Ok(())
+        }
+        Err(std::fs::TryLockError::WouldBlock) => {
+            Err(DiskOpenError::Busy("its directory is locked by another DynamicFS process".into()))
+        }
+        Err(std::fs::TryLockError::Error(e)) => Err(DiskOpenError::Unavailable(format!("cannot be locked: {e}"))),
+    }
 }
 
 /// Disk uuid → its entry in the config, as the pool's reconnector reads it.
@@ -62,7 +104,7 @@ type Locations = Arc<std::sync::Mutex<Vec<DiskEntry>>>;
 
 /// Reopens a disk of pool `pool_id` by uuid from its configured path, verified by its
 /// label as at open.
-fn reconnector(locations: Locations, pool_id: Uuid) -> crate::reachability::Reconnector {
+fn reconnector(locations: Locations, pool_id: Uuid, locks: DiskLocks) -> crate::reachability::Reconnector {
     crate::reachability::Reconnector(Arc::new(move |uuid| {
         let entry = locations
             .lock()
@@ -71,9 +113,11 @@ fn reconnector(locations: Locations, pool_id: Uuid) -> crate::reachability::Reco
             .find(|d| d.uuid == uuid)
             .cloned()
             .ok_or_else(|| format!("disk {uuid} is not in the pool config"))?;
-        match open_disk_quietly(&entry, pool_id) {
+        match open_disk_quietly(&entry, pool_id, &locks) {
             Ok(device) => Ok(device),
-            Err(reason) => Err(format!("{}: {reason}", entry.path.display())),
+            Err(DiskOpenError::Busy(reason) | DiskOpenError::Unavailable(reason)) => {
+                Err(format!("{}: {reason}", entry.path.display()))
+            }
         }
     }))
 }
@@ -137,20 +181,47 @@ impl PoolDir {
             .write(true)
             .open(path.join(LOCK_FILE))
             .map_err(|e| io(path.join(LOCK_FILE).display(), e))?;
+        let busy = || {
+            Error::PoolBusy(format!(
+                "pool {} is in use by another process (mounted, or another command is running); unmount it first",
+                path.display()
+            ))
+        };
         match lock.try_lock() {
             Ok(()) => {}
-            Err(std::fs::TryLockError::WouldBlock) => {
-                return Err(Error::PoolBusy(format!(
-                    "pool {} is in use by another process (mounted, or another command is running); unmount it first",
-                    path.display()
-                )))
-            }
+            Err(std::fs::TryLockError::WouldBlock) => return Err(busy()),
             Err(std::fs::TryLockError::Error(e)) => return Err(io("locking the pool", e)),
         }
+        // The lock file can be unlinked under its owner; the directory itself cannot be
+        // replaced under an open handle. Both are held: the file for tools that wait on
+        // it, the directory for the rule.
+        let dir_lock = File::open(&path).map_err(|e| io(path.display(), e))?;
+        match dir_lock.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => return Err(busy()),
+            Err(std::fs::TryLockError::Error(e)) => return Err(io("locking the pool directory", e)),
+        }
+        let disk_locks: DiskLocks = Arc::new(std::sync::Mutex::new(BTreeMap::new()));
         let mut devices = Vec::new();
         let mut unavailable = Vec::new();
         for entry in &config.disks {
-            let (device, reason) = open_disk(entry, config.pool_id);
+            let (device, reason) = match open_disk_quietly(entry, config.pool_id, &disk_locks) {
+                Ok(device) => (device, None),
+                Err(DiskOpenError::Busy(reason)) => {
+                    // Another process serves this disk: a copy of this pool's directory, or
+                    // a second pool naming it. Two owners would lose data: refuse.
+                    return Err(Error::PoolBusy(format!(
+                        "disk {} of pool {} is in use by another process ({reason}); nothing was opened",
+                        entry.path.display(),
+                        path.display()
+                    )));
+                }
+                Err(DiskOpenError::Unavailable(reason)) => {
+                    let location = entry.path.display().to_string();
+                    tracing::warn!(disk = %location, %reason, "serving the pool without this disk");
+                    (Arc::new(UnavailableDevice::new(location, reason.clone())) as Arc<dyn BlockDevice>, Some(reason))
+                }
+            };
             if let Some(reason) = reason {
                 unavailable.push(format!("{}: {reason}", entry.path.display()));
             }
@@ -174,10 +245,10 @@ impl PoolDir {
         }
         options.tiering.enabled = config.initial_tiering;
         let locations: Locations = Arc::new(std::sync::Mutex::new(config.disks.clone()));
-        options.reconnect = Some(reconnector(locations.clone(), config.pool_id));
+        options.reconnect = Some(reconnector(locations.clone(), config.pool_id, disk_locks.clone()));
         let (pool, report) =
             Pool::open(config.pool_id, initial_policy, devices, Arc::new(SystemClock::new()), options)?;
-        let mut dir = PoolDir { path, config, locations, _lock: lock };
+        let mut dir = PoolDir { path, config, locations, disk_locks, _lock: lock, _dir_lock: dir_lock };
         if !report.unregistered.is_empty() {
             // A crash during add-disk: the label was written, the metadata never knew it.
             dir.config.disks.retain(|d| !report.unregistered.contains(&d.uuid));
@@ -204,6 +275,11 @@ impl PoolDir {
         };
         if record.state != crate::meta::state::DiskState::Failed {
             return Ok(None);
+        }
+        if let Err(DiskOpenError::Busy(reason) | DiskOpenError::Unavailable(reason)) =
+            lock_disk_dir(canonical, label.disk_uuid, &self.disk_locks)
+        {
+            return Err(Error::PoolBusy(format!("{}: {reason}", canonical.display())));
         }
         let readmitted = pool.readmit_disk(record.id, Arc::new(disk))?;
         let mut config = self.config.clone();
@@ -302,6 +378,11 @@ impl PoolDir {
         disk.write(BlockName::Label, &label.encode())
             .and_then(|()| disk.sync())
             .map_err(|e| Error::Io(format!("writing the label on {}: {e}", canonical.display())))?;
+        let busy = |reason: String| Error::PoolBusy(format!("{}: {reason}", canonical.display()));
+        match lock_disk_dir(&canonical, uuid, &self.disk_locks) {
+            Ok(()) => {}
+            Err(DiskOpenError::Busy(reason) | DiskOpenError::Unavailable(reason)) => return Err(busy(reason)),
+        }
         let previous = self.config.clone();
         self.config.disks.push(DiskEntry { uuid, path: canonical.clone() });
         write_config(&self.path, &self.config)?;
@@ -320,29 +401,25 @@ impl PoolDir {
 
 /// Opens one disk of the pool. A disk is only ever what its label says: a directory that
 /// cannot be opened, or whose label is missing, unreadable, or names another pool or
-/// disk, is served as unavailable (read around, never written). Returns the device, and
-/// why it is unavailable when it is.
-fn open_disk(entry: &DiskEntry, pool_id: Uuid) -> (Arc<dyn BlockDevice>, Option<String>) {
-    match open_disk_quietly(entry, pool_id) {
-        Ok(device) => (device, None),
-        Err(reason) => {
-            let location = entry.path.display().to_string();
-            tracing::warn!(disk = %location, %reason, "serving the pool without this disk");
-            (Arc::new(UnavailableDevice::new(location, reason.clone())), Some(reason))
-        }
-    }
-}
-
-/// `open_disk` without the placeholder: the disk, or why it is not this pool's disk.
-fn open_disk_quietly(entry: &DiskEntry, pool_id: Uuid) -> std::result::Result<Arc<dyn BlockDevice>, String> {
-    let disk = DirDisk::open(&entry.path).map_err(|e| format!("cannot be opened: {e}"))?;
+/// disk, is unavailable (read around, never written); one whose directory another
+/// process holds is busy. The disk's directory is locked for this process.
+fn open_disk_quietly(
+    entry: &DiskEntry,
+    pool_id: Uuid,
+    locks: &DiskLocks,
+) -> std::result::Result<Arc<dyn BlockDevice>, DiskOpenError> {
+    let unavailable = DiskOpenError::Unavailable;
+    let disk = DirDisk::open(&entry.path).map_err(|e| unavailable(format!("cannot be opened: {e}")))?;
     match DiskLabel::read(&disk) {
-        Ok(label) if label.pool_id == pool_id && label.disk_uuid == entry.uuid => Ok(Arc::new(disk)),
-        Ok(label) if label.pool_id != pool_id => {
-            Err(format!("its label names pool {}, not this pool ({pool_id})", label.pool_id))
+        Ok(label) if label.pool_id == pool_id && label.disk_uuid == entry.uuid => {
+            lock_disk_dir(&entry.path, entry.uuid, locks)?;
+            Ok(Arc::new(disk))
         }
-        Ok(label) => Err(format!("a different disk ({}) is at this path", label.disk_uuid)),
-        Err(e) => Err(format!("{e}; is the disk mounted?")),
+        Ok(label) if label.pool_id != pool_id => {
+            Err(unavailable(format!("its label names pool {}, not this pool ({pool_id})", label.pool_id)))
+        }
+        Ok(label) => Err(unavailable(format!("a different disk ({}) is at this path", label.disk_uuid))),
+        Err(e) => Err(unavailable(format!("{e}; is the disk mounted?"))),
     }
 }
 
@@ -367,6 +444,7 @@ impl PoolDir {
         let mut config = self.config.clone();
         config.disks.retain(|d| d.uuid != uuid);
         write_config(&self.path, &config)?;
+        self.disk_locks.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).remove(&uuid);
         self.config = config;
         self.publish_locations();
         Ok(())

@@ -90,6 +90,11 @@ impl Pool {
         policy: Policy,
     ) -> Result<Vec<(u64, Option<ExtentRecord>)>> {
         let codec = CodecId::for_policy(policy);
+        if let Some(reason) = &self.read_only {
+            return Err(Error::ReadOnly(reason.clone()));
+        }
+        let journal: Vec<Arc<dyn BlockDevice>> = self.journal_devices().into_iter().map(|(_, d)| d).collect();
+        self.check_fence(&journal)?;
         let ids: Vec<Option<ExtentId>> = chunks
             .iter()
             .map(|(_, data)| {
