@@ -319,15 +319,39 @@ fn execute_command(command: Command, ctx: &mut Ctx<'_>) -> Result<()> {
             bail!("this command does not run against an open pool")
         }
         Command::AddDisk { pool: _, disks, capacity } => {
+            // All or nothing: every disk is checked before any is added.
+            let mut vetted: Vec<std::path::PathBuf> = Vec::new();
             for disk in &disks {
                 let disk = ctx.local_path(disk);
                 if let Some(mountpoint) = crate::mount::own_mount_containing(ctx.dir.path(), &disk) {
                     bail!(
-                        "{} is inside the pool's own mount at {}: a disk must live outside the pool (EINVAL)",
+                        "{} is inside the pool's own mount at {}: a disk must live outside the pool (EINVAL); \
+                         nothing was added",
                         disk.display(),
                         mountpoint.display()
                     );
                 }
+                let canonical = match ctx.dir.vet_disk(ctx.pool, &disk, capacity) {
+                    Ok(
+                        dfs_engine::pooldir::Vetted::FailedDisk(path)
+                        | dfs_engine::pooldir::Vetted::New { canonical: path, .. },
+                    ) => path,
+                    Err(e) => {
+                        return Err(engine(e))
+                            .with_context(|| format!("adding disk {} (nothing was added)", disk.display()))
+                    }
+                };
+                if let Some(twin) = vetted.iter().find(|v| v.starts_with(&canonical) || canonical.starts_with(v)) {
+                    bail!(
+                        "{} is given twice (or overlaps {}) (EINVAL); nothing was added",
+                        disk.display(),
+                        twin.display()
+                    );
+                }
+                vetted.push(canonical);
+            }
+            for disk in &disks {
+                let disk = ctx.local_path(disk);
                 let disks_before = ctx.pool.state().disks.len();
                 let owed_before: usize = ctx.pool.state().owed.values().map(|o| o.len()).sum();
                 let id = ctx

@@ -140,3 +140,33 @@ fn paths_that_do_not_exist_are_named() {
     let error = fails(&["put", "--pool", pool.path(), "/nonexistent-local", "/x"]);
     assert!(error.contains("/nonexistent-local"), "{error}");
 }
+
+#[test]
+fn adding_several_disks_is_all_or_nothing() {
+    let pool = Pool::new("replicate:1", &[64]);
+    let good = pool.root.path().join("good");
+    std::fs::create_dir(&good).unwrap();
+    let missing = pool.root.path().join("nonexistent");
+    let before = pool.json("list-disks");
+    let error = fails(&[
+        "add-disk",
+        "--pool",
+        pool.path(),
+        "--disk",
+        good.to_str().unwrap(),
+        "--disk",
+        missing.to_str().unwrap(),
+    ]);
+    assert!(
+        error.contains("nonexistent") && error.contains("ENOENT") && error.contains("nothing was added"),
+        "{error}"
+    );
+    assert_eq!(pool.json("list-disks"), before, "a refused add-disk added a disk");
+    assert!(std::fs::read_dir(&good).unwrap().next().is_none(), "the good disk was labelled anyway");
+    let error =
+        fails(&["add-disk", "--pool", pool.path(), "--disk", good.to_str().unwrap(), "--disk", good.to_str().unwrap()]);
+    assert!(error.contains("given twice") && error.contains("nothing was added"), "{error}");
+    assert_eq!(pool.json("list-disks"), before);
+    ok(&["add-disk", "--pool", pool.path(), "--disk", good.to_str().unwrap(), "--capacity", "64MiB"]);
+    assert_eq!(pool.json("list-disks").as_array().unwrap().len(), 2);
+}

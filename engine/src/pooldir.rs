@@ -62,6 +62,14 @@ pub struct PoolDir {
     _dir_lock: File,
 }
 
+/// What `vet_disk` found a disk path to be.
+pub enum Vetted {
+    /// A disk of this pool that was marked failed: `add_disk` takes it back.
+    FailedDisk(PathBuf),
+    /// A new disk (or one labelled by an add-disk that crashed): `add_disk` labels it.
+    New { canonical: PathBuf, uuid: Uuid },
+}
+
 /// Disk uuid → the open, locked handle of its directory.
 type DiskLocks = Arc<std::sync::Mutex<BTreeMap<Uuid, File>>>;
 
@@ -306,12 +314,10 @@ impl PoolDir {
         &self.config
     }
 
-    /// Adds the directory `disk_path` as a disk of `capacity_bytes` (or the free space of
-    /// its filesystem). Refuses a path that does not exist, is not a directory, is already
-    /// a disk of this or another pool, or holds DynamicFS blocks without a label. A disk
-    /// of this pool that was marked failed is taken back instead (`Pool::readmit_disk`):
-    /// what it holds that is still referenced is used again, and it keeps its id.
-    pub fn add_disk(&mut self, pool: &mut Pool, disk_path: &Path, capacity_bytes: Option<u64>) -> Result<DiskId> {
+    /// Checks, changing nothing, that `disk_path` can be added as a disk of
+    /// `capacity_bytes`: what `add_disk` would refuse is refused here, so a command adding
+    /// several disks checks them all before it adds any.
+    pub fn vet_disk(&self, pool: &Pool, disk_path: &Path, capacity_bytes: Option<u64>) -> Result<Vetted> {
         let canonical =
             fs::canonicalize(disk_path).map_err(|_| Error::NotFound(format!("disk path {}", disk_path.display())))?;
         if !canonical.is_dir() {
@@ -324,8 +330,17 @@ impl PoolDir {
                 self.path.display()
             )));
         }
-        if let Some(readmitted) = self.readmit_if_failed(pool, &canonical)? {
-            return Ok(readmitted.disk);
+        let disk = DirDisk::open(&canonical).map_err(|e| Error::Io(format!("{}: {e}", canonical.display())))?;
+        let label = DiskLabel::read(&disk);
+        if let Ok(label) = &label {
+            let failed = pool
+                .state()
+                .disks
+                .values()
+                .any(|d| d.uuid == label.disk_uuid && d.state == crate::meta::state::DiskState::Failed);
+            if label.pool_id == self.config.pool_id && failed {
+                return Ok(Vetted::FailedDisk(canonical));
+            }
         }
         if let Some(other) =
             self.config.disks.iter().find(|d| d.path.starts_with(&canonical) || canonical.starts_with(&d.path))
@@ -343,8 +358,7 @@ impl PoolDir {
                 )));
             }
         }
-        let mut disk = DirDisk::open(&canonical).map_err(|e| Error::Io(format!("{}: {e}", canonical.display())))?;
-        let uuid = match DiskLabel::read(&disk) {
+        let uuid = match label {
             Ok(label) if label.pool_id != self.config.pool_id => {
                 return Err(Error::Exists(format!(
                     "{} is a disk of another pool ({}); remove it from that pool first",
@@ -373,6 +387,23 @@ impl PoolDir {
                 return Err(Error::InvalidArgument(format!("{}: {e}; refusing to reuse it", canonical.display())))
             }
         };
+        Ok(Vetted::New { canonical, uuid })
+    }
+
+    /// Adds the directory `disk_path` as a disk of `capacity_bytes` (or the free space of
+    /// its filesystem). Refuses a path that does not exist, is not a directory, is already
+    /// a disk of this or another pool, or holds DynamicFS blocks without a label. A disk
+    /// of this pool that was marked failed is taken back instead (`Pool::readmit_disk`):
+    /// what it holds that is still referenced is used again, and it keeps its id.
+    pub fn add_disk(&mut self, pool: &mut Pool, disk_path: &Path, capacity_bytes: Option<u64>) -> Result<DiskId> {
+        let (canonical, uuid) = match self.vet_disk(pool, disk_path, capacity_bytes)? {
+            Vetted::FailedDisk(canonical) => match self.readmit_if_failed(pool, &canonical)? {
+                Some(readmitted) => return Ok(readmitted.disk),
+                None => return Err(Error::Io(format!("{}: the failed disk there changed", canonical.display()))),
+            },
+            Vetted::New { canonical, uuid } => (canonical, uuid),
+        };
+        let mut disk = DirDisk::open(&canonical).map_err(|e| Error::Io(format!("{}: {e}", canonical.display())))?;
         let label = DiskLabel { pool_id: self.config.pool_id, disk_uuid: uuid, capacity_bytes };
         disk.set_capacity(capacity_bytes);
         disk.write(BlockName::Label, &label.encode())
