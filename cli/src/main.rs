@@ -161,8 +161,9 @@ pub(crate) enum Command {
         /// A directory to use as a disk (repeat to add several).
         #[arg(long = "disk", value_name = "DIR", required = true)]
         disks: Vec<PathBuf>,
-        /// Capacity of each disk added (e.g. 10GiB); default: the free space of its filesystem.
-        #[arg(long, value_parser = dfs_engine::units::parse_size)]
+        /// Capacity of each disk added (e.g. 10GiB, at least 16MiB); default: the free
+        /// space of its filesystem.
+        #[arg(long, value_parser = parse_capacity)]
         capacity: Option<u64>,
     },
     /// List the pool's disks: id, path, capacity, used, state, fragment count.
@@ -598,6 +599,16 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// A disk capacity: a size of at least `DISK_CAPACITY_MIN` (16 MiB), else a usage error.
+fn parse_capacity(text: &str) -> Result<u64, String> {
+    let bytes = dfs_engine::units::parse_size(text)?;
+    let min = dfs_engine::pooldir::DISK_CAPACITY_MIN;
+    if bytes < min {
+        return Err(format!("{text} is below the minimum disk capacity of {}", dfs_engine::units::human(min)));
+    }
+    Ok(bytes)
 }
 
 #[cfg(test)]

@@ -92,9 +92,34 @@ fn bad_disk_paths_are_refused() {
     let other = Pool::new("replicate:1", &[64]);
     let error = fails(&["add-disk", "--pool", other.path(), "--disk", pool.disks[0].to_str().unwrap()]);
     assert!(error.contains("another pool"), "{error}");
-    let error =
-        fails(&["add-disk", "--pool", pool.path(), "--disk", other.disks[0].to_str().unwrap(), "--capacity", "1KiB"]);
-    assert!(error.contains("below the minimum"), "{error}");
+    // An invalid size is bad usage: exit 2, as the README says.
+    for size in ["1KiB", "0", "-1"] {
+        let out =
+            run(&["add-disk", "--pool", pool.path(), "--disk", other.disks[0].to_str().unwrap(), "--capacity", size]);
+        assert_eq!(out.status.code(), Some(2), "--capacity {size}");
+    }
+    let out =
+        run(&["add-disk", "--pool", pool.path(), "--disk", other.disks[0].to_str().unwrap(), "--capacity", "1KiB"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("below the minimum disk capacity"));
+}
+
+#[test]
+fn errors_name_their_cause() {
+    let root = tempfile::tempdir().unwrap();
+    // A pool path that is a file: ENOTDIR, not EIO.
+    let file = root.path().join("afile");
+    std::fs::write(&file, b"x").unwrap();
+    let error = fails(&["init", "--pool", file.to_str().unwrap()]);
+    assert!(error.contains("ENOTDIR"), "{error}");
+    // Another user on a root-owned (owner-only) pool: EACCES, not "no pool.ron" (ENOENT).
+    let pool = Pool::new("replicate:1", &[64]);
+    let out = std::process::Command::new("runuser")
+        .args(["-u", "tests", "--", env!("CARGO_BIN_EXE_dfs"), "ls", "--pool", pool.path()])
+        .output()
+        .expect("runuser runs (the tests run as root, with a user `tests`, as .ci/run sets up)");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("EACCES") && stderr.contains("may not use it"), "{stderr}");
 }
 
 #[test]

@@ -134,9 +134,17 @@ fn tiering_on() -> bool {
     true
 }
 
+/// An I/O error on the pool directory or a disk path, as the error its cause is: a
+/// missing path, a path that is not a directory, a permission, a full filesystem — an
+/// I/O error only when it is one.
 fn io(context: impl std::fmt::Display, e: std::io::Error) -> Error {
     match e.kind() {
         std::io::ErrorKind::NotFound => Error::NotFound(context.to_string()),
+        std::io::ErrorKind::NotADirectory => Error::NotDirectory(context.to_string()),
+        std::io::ErrorKind::PermissionDenied => Error::AccessDenied(format!(
+            "{context}: this user may not use it (owner-only pools and disks belong to whoever created them)"
+        )),
+        _ if e.raw_os_error() == Some(libc::ENOSPC) => Error::NoSpace(context.to_string()),
         _ => Error::Io(format!("{context}: {e}")),
     }
 }
@@ -171,11 +179,17 @@ impl PoolDir {
 
     /// Opens the pool at `path`: takes the lock, opens every disk, recovers metadata.
     pub fn open(path: &Path, mut options: PoolOptions) -> Result<(PoolDir, Pool, OpenReport)> {
-        let path = fs::canonicalize(path)
-            .map_err(|_| Error::NotAPool(format!("{}: no such pool directory", path.display())))?;
+        let path = fs::canonicalize(path).map_err(|e| match e.kind() {
+            std::io::ErrorKind::PermissionDenied => io(path.display(), e),
+            _ => Error::NotAPool(format!("{}: no such pool directory", path.display())),
+        })?;
         let config_path = path.join(CONFIG_FILE);
-        let text = fs::read_to_string(&config_path).map_err(|_| {
-            Error::NotAPool(format!("{} is not a pool (no {CONFIG_FILE}); create one with `dfs init`", path.display()))
+        let text = fs::read_to_string(&config_path).map_err(|e| match e.kind() {
+            std::io::ErrorKind::PermissionDenied => io(config_path.display(), e),
+            _ => Error::NotAPool(format!(
+                "{} is not a pool (no {CONFIG_FILE}); create one with `dfs init`",
+                path.display()
+            )),
         })?;
         let config: PoolConfig =
             ron::from_str(&text).map_err(|e| Error::MetadataCorrupt(format!("{}: {e}", config_path.display())))?;
@@ -318,8 +332,7 @@ impl PoolDir {
     /// `capacity_bytes`: what `add_disk` would refuse is refused here, so a command adding
     /// several disks checks them all before it adds any.
     pub fn vet_disk(&self, pool: &Pool, disk_path: &Path, capacity_bytes: Option<u64>) -> Result<Vetted> {
-        let canonical =
-            fs::canonicalize(disk_path).map_err(|_| Error::NotFound(format!("disk path {}", disk_path.display())))?;
+        let canonical = fs::canonicalize(disk_path).map_err(|e| io(format!("disk path {}", disk_path.display()), e))?;
         if !canonical.is_dir() {
             return Err(Error::NotDirectory(format!("disk path {}", canonical.display())));
         }
@@ -330,6 +343,7 @@ impl PoolDir {
                 self.path.display()
             )));
         }
+        fs::read_dir(&canonical).map_err(|e| io(format!("disk path {}", canonical.display()), e))?;
         let disk = DirDisk::open(&canonical).map_err(|e| Error::Io(format!("{}: {e}", canonical.display())))?;
         let label = DiskLabel::read(&disk);
         if let Ok(label) = &label {
