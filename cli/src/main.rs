@@ -113,11 +113,15 @@ pub(crate) enum Command {
         /// Let other users access the mount (needs user_allow_other in /etc/fuse.conf).
         #[arg(long)]
         allow_other: bool,
+        /// Mount over a directory that is not empty (its files stay hidden until unmount).
+        #[arg(long)]
+        nonempty: bool,
         /// Serve Prometheus /metrics and /health on this address (e.g. 127.0.0.1:9090).
         #[arg(long, value_name = "ADDR")]
         metrics: Option<std::net::SocketAddr>,
         /// Mount options as in /etc/fstab, comma-separated: allow_other, ro, rw, suid,
-        /// dev, noexec, noatime, metrics=ADDR (defaults: rw, nosuid, nodev, relatime).
+        /// dev, noexec, noatime, nonempty, metrics=ADDR (defaults: rw, nosuid, nodev,
+        /// relatime).
         #[arg(short = 'o', long, value_name = "LIST", default_value = "")]
         options: String,
     },

@@ -44,11 +44,13 @@ pub struct MountSettings {
     pub metrics: Option<std::net::SocketAddr>,
     /// Record access times (`relatime`); `noatime` turns it off.
     pub atime: bool,
+    /// Mount over a directory that is not empty (its files are hidden meanwhile).
+    pub nonempty: bool,
 }
 
 impl Default for MountSettings {
     fn default() -> Self {
-        MountSettings { flags: MountFlags::default(), metrics: None, atime: true }
+        MountSettings { flags: MountFlags::default(), metrics: None, atime: true, nonempty: false }
     }
 }
 
@@ -79,6 +81,7 @@ impl MountSettings {
                 "noexec" => self.flags.no_exec = true,
                 "atime" | "relatime" | "strictatime" => self.atime = true,
                 "noatime" => self.atime = false,
+                "nonempty" => self.nonempty = true,
                 "default_permissions" => {}
                 _ if IGNORED_OPTIONS.contains(&option) => {}
                 _ if option.starts_with("x-") || option.starts_with("comment=") => {}
@@ -91,7 +94,7 @@ impl MountSettings {
                     }
                     _ if sloppy => {}
                     _ => bail!(
-                        "unknown mount option '{option}'; known: allow_other, ro, rw, suid, nosuid, dev, nodev, exec, noexec, atime, noatime, metrics=ADDR (EINVAL)"
+                        "unknown mount option '{option}'; known: allow_other, ro, rw, suid, nosuid, dev, nodev, exec, noexec, atime, noatime, nonempty, metrics=ADDR (EINVAL)"
                     ),
                 },
             }
@@ -110,6 +113,7 @@ impl MountSettings {
             (flags.dev, "dev"),
             (flags.no_exec, "noexec"),
             (!self.atime, "noatime"),
+            (self.nonempty, "nonempty"),
         ] {
             if on {
                 options.push(name.to_string());
@@ -191,7 +195,7 @@ fn is_mounted(mountpoint: &Path) -> bool {
 
 /// Checks a mountpoint and returns its canonical path. A FUSE mount there whose daemon
 /// died ("Transport endpoint is not connected") is detached first, and said so.
-fn prepare_mountpoint(mountpoint: &Path) -> Result<PathBuf> {
+fn prepare_mountpoint(mountpoint: &Path, nonempty: bool) -> Result<PathBuf> {
     let absolute = std::path::absolute(mountpoint)
         .with_context(|| format!("mountpoint {} cannot be resolved", mountpoint.display()))?;
     if let Err(error) = std::fs::metadata(&absolute) {
@@ -215,6 +219,17 @@ fn prepare_mountpoint(mountpoint: &Path) -> Result<PathBuf> {
     }
     if is_mounted(&mountpoint) {
         bail!("{} is already a DynamicFS mount (EBUSY)", mountpoint.display());
+    }
+    let occupied = std::fs::read_dir(&mountpoint)
+        .with_context(|| format!("mountpoint {} cannot be listed", mountpoint.display()))?
+        .next()
+        .is_some();
+    if occupied && !nonempty {
+        bail!(
+            "mountpoint {} is not empty: the mount would hide its files; empty it, choose another, or pass \
+             --nonempty (-o nonempty) (ENOTEMPTY)",
+            mountpoint.display()
+        );
     }
     Ok(mountpoint)
 }
@@ -287,7 +302,7 @@ fn exited_early(child: &mut std::process::Child, log_path: &Path, what: &str) ->
 
 /// `dfs mount` (and the `mount.fuse.dynamicfs` helper).
 pub fn mount(pool: &Path, mountpoint: &Path, foreground: bool, settings: &MountSettings) -> Result<()> {
-    let mountpoint = prepare_mountpoint(mountpoint)?;
+    let mountpoint = prepare_mountpoint(mountpoint, settings.nonempty)?;
     if foreground {
         return serve(pool, &mountpoint, settings);
     }

@@ -218,3 +218,17 @@ fn serve_runs_the_daemon_without_a_mount() {
     ok(&["get", "--pool", pool.path(), "/x", back.to_str().unwrap()]);
     assert_eq!(fs::read(back).unwrap(), b"through serve");
 }
+
+#[test]
+fn a_mountpoint_that_is_not_empty_is_refused_unless_asked() {
+    let pool = Pool::new("replicate:1", &[64]);
+    let mount = pool.root.path().join("mnt");
+    std::fs::create_dir(&mount).unwrap();
+    std::fs::write(mount.join("hidden-by-a-mount"), b"x").unwrap();
+    let error = fails(&["mount", "--pool", pool.path(), "--mountpoint", mount.to_str().unwrap()]);
+    assert!(error.contains("is not empty") && error.contains("ENOTEMPTY") && error.contains("--nonempty"), "{error}");
+    ok(&["mount", "--pool", pool.path(), "--mountpoint", mount.to_str().unwrap(), "--nonempty"]);
+    assert!(!mount.join("hidden-by-a-mount").exists(), "the mount is over the directory");
+    ok(&["umount", mount.to_str().unwrap()]);
+    assert!(mount.join("hidden-by-a-mount").exists(), "the directory's file is back after unmount");
+}
