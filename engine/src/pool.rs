@@ -552,19 +552,36 @@ impl Pool {
 
     /// Deletes every fragment block that no extent record places where it is.
     fn remove_orphan_fragments(&mut self) -> usize {
-        let mut removed = 0;
-        for (disk, device) in &self.devices {
+        let mut orphans: Vec<(DiskId, BlockName)> = Vec::new();
+        for (disk, device) in self.devices.iter().filter(|(disk, _)| self.state.disk_readable(**disk)) {
             let Ok(names) = device.list(BlockKind::Fragment) else {
                 continue;
             };
-            let mut changed = false;
             for name in names {
                 let BlockName::Fragment { extent, index } = name else {
                     continue;
                 };
                 let referenced =
                     self.state.extents.get(&extent).and_then(|r| r.fragments.get(usize::from(index))) == Some(disk);
-                if !referenced && device.delete(name).is_ok() {
+                if !referenced {
+                    orphans.push((*disk, name));
+                }
+            }
+        }
+        if orphans.is_empty() {
+            return 0;
+        }
+        // Deleting what this process's state does not reference is safe only if no other
+        // process can still commit it: claim the journal first (see `claim`).
+        if let Err(error) = self.claim() {
+            tracing::warn!(%error, "orphan fragments left for the collector: the pool could not be claimed");
+            return 0;
+        }
+        let mut removed = 0;
+        for (disk, device) in &self.devices {
+            let mut changed = false;
+            for (_, name) in orphans.iter().filter(|(d, _)| d == disk) {
+                if device.delete(*name).is_ok() {
                     removed += 1;
                     changed = true;
                 }
@@ -576,6 +593,17 @@ impl Pool {
             }
         }
         removed
+    }
+
+    /// Writes a journal record that says this process owns the pool (`Op::Opened`).
+    /// Another process that served the same disks — its lock forced away — finds the
+    /// record where it would write its next one and is fenced (see
+    /// `durability::check_fence`) before it can commit anything; so fragments that this
+    /// process's state does not reference may then be deleted.
+    pub(crate) fn claim(&mut self) -> Result<()> {
+        let at = self.clock.wall();
+        self.commit(Transaction { ops: vec![Op::Opened { at }] })?;
+        self.sync()
     }
 
     pub(crate) fn check_invariants(&self) {

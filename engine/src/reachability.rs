@@ -170,6 +170,15 @@ impl Pool {
             .map_err(|e| Error::Io(format!("listing disk {disk}: {e}")))?
             .into_iter()
             .collect();
+        let any_stale = names.iter().any(|name| match name {
+            BlockName::Fragment { extent, index } => {
+                self.state.extents.get(extent).and_then(|r| r.fragments.get(usize::from(*index))) != Some(&disk)
+            }
+            _ => false,
+        });
+        if any_stale {
+            self.claim()?;
+        }
         let mut stale_deleted = 0;
         for name in &names {
             let BlockName::Fragment { extent, index } = *name else { continue };
@@ -328,15 +337,22 @@ impl Pool {
         // durable still names it, and nothing writes to an offline disk.
         self.sync()?;
         let names = device.list(BlockKind::Fragment).map_err(|e| Error::Io(format!("listing disk {disk}: {e}")))?;
-        let mut stale_deleted = 0;
-        for name in names {
-            let BlockName::Fragment { extent, index } = name else { continue };
-            let placed = self.state.extents.get(&extent).and_then(|r| r.fragments.get(usize::from(index)));
-            if placed != Some(&disk) {
-                device.delete(name).map_err(|e| Error::Io(format!("deleting {name} on disk {disk}: {e}")))?;
-                stale_deleted += 1;
-            }
+        let stale: Vec<BlockName> = names
+            .into_iter()
+            .filter(|name| match name {
+                BlockName::Fragment { extent, index } => {
+                    self.state.extents.get(extent).and_then(|r| r.fragments.get(usize::from(*index))) != Some(&disk)
+                }
+                _ => false,
+            })
+            .collect();
+        if !stale.is_empty() {
+            self.claim()?;
         }
+        for name in &stale {
+            device.delete(*name).map_err(|e| Error::Io(format!("deleting {name} on disk {disk}: {e}")))?;
+        }
+        let stale_deleted = stale.len();
         let since = self.state.offline.get(&disk).map_or(0, |o| o.since.secs);
         let at = self.clock.wall();
         self.devices.insert(disk, device);

@@ -26,9 +26,10 @@ pub const LOSS_REPORTED_EXACTLY: &str = "loss-reported-exactly";
 pub const SCRUB_FINDS_AND_REPAIRS: &str = "scrub-finds-and-repairs";
 pub const WRITES_MEET_QUORUM: &str = "writes-meet-quorum";
 pub const OWED_REPAIRED_ON_RETURN: &str = "owed-repaired-on-return";
+pub const ONE_WRITER: &str = "one-writer-survives";
 
 /// Every invariant a run checks, in report order.
-pub const ALL: [&str; 11] = [
+pub const ALL: [&str; 12] = [
     OPERATIONS_MATCH_MODEL,
     ACKNOWLEDGED_DATA_READABLE,
     NO_HALF_VISIBLE_STATE,
@@ -40,6 +41,7 @@ pub const ALL: [&str; 11] = [
     SCRUB_FINDS_AND_REPAIRS,
     WRITES_MEET_QUORUM,
     OWED_REPAIRED_ON_RETURN,
+    ONE_WRITER,
 ];
 
 /// Invariant 6a: every extent created since `first_new` (an extent id) had at least its

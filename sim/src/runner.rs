@@ -178,6 +178,11 @@ struct Run<'s> {
     tiers: BTreeMap<String, String>,
     policy_changes: BTreeMap<String, usize>,
     maintenance: Vec<String>,
+    /// A second engine on the same disks (`Step::SecondWriter`), and the namespace it
+    /// recovered: what was durable when it opened.
+    rival: Option<(dfs_engine::Pool, Tree)>,
+    /// A second engine armed to open mid-barrier, not yet opened.
+    rival_armed: bool,
 }
 
 fn fail(step: usize, invariant: &'static str, detail: impl Into<String>) -> Failure {
@@ -333,6 +338,8 @@ impl<'s> Run<'s> {
             tiers: BTreeMap::new(),
             policy_changes: BTreeMap::new(),
             maintenance: Vec::new(),
+            rival: None,
+            rival_armed: false,
         }
     }
 
@@ -355,6 +362,7 @@ impl<'s> Run<'s> {
             let barriers = self.world.pool.as_ref().map(|p| p.counters().barriers);
             let crashes = self.world.crashes;
             self.run_step(step)?;
+            self.collect_rival(index)?;
             // A barrier in this step made everything committed so far durable: steps
             // that barrier either end with it (Fsync) or do not change the namespace.
             // A recovery inside the step replaced the pool, and its counters with it:
@@ -737,7 +745,110 @@ impl<'s> Run<'s> {
                 self.world.away_at_recovery.push(*disk);
                 Ok(())
             }
+            Step::SecondWriter { at } => {
+                self.faults += 1;
+                let opener = self.world.rival_opener();
+                match at {
+                    Some(phase) => {
+                        self.world.trigger.arm_rival(*phase, opener);
+                        self.rival_armed = true;
+                    }
+                    None => {
+                        let pool =
+                            opener().map_err(|e| fail(index, oracle::ONE_WRITER, format!("the second engine: {e}")))?;
+                        self.note("second writer opened");
+                        self.rival = Some((pool, self.durable.clone()));
+                    }
+                }
+                Ok(())
+            }
+            Step::RivalWrite { path, len, seed } => self.rival_write(index, path, *len as u64, *seed),
         }
+    }
+
+    /// Takes the second engine out of the trigger once it opened mid-barrier. It opened
+    /// inside the current step's barrier, before that barrier's record, so it recovered
+    /// what was durable before the step — which `durable` still is until the step ends.
+    fn collect_rival(&mut self, index: usize) -> Result<(), Failure> {
+        if !self.rival_armed {
+            return Ok(());
+        }
+        if let Some(opened) = self.world.trigger.take_rival() {
+            self.rival_armed = false;
+            let pool = opened.map_err(|e| fail(index, oracle::ONE_WRITER, format!("the second engine: {e}")))?;
+            self.note("second writer opened mid-barrier");
+            self.rival = Some((pool, self.durable.clone()));
+        }
+        Ok(())
+    }
+
+    /// The second engine writes `path` and fsyncs: the first of the two to write owns the
+    /// pool and the other must be refused (EROFS). Whoever owns it goes on serving.
+    fn rival_write(&mut self, index: usize, path: &str, len: u64, seed: u64) -> Result<(), Failure> {
+        let Some((mut rival, view)) = self.rival.take() else {
+            self.note("skipped: no second writer");
+            return Ok(());
+        };
+        let data = pattern(len, seed);
+        let written = (|| {
+            let (parent, name) = split(path);
+            let parent = rival.resolve(parent)?;
+            let ino = rival.create(parent, name, OWNER)?.ino;
+            let fh = rival.open_file(ino)?;
+            rival.write(fh, 0, &data)?;
+            let synced = rival.fsync(fh);
+            let _ = rival.release(fh);
+            synced
+        })();
+        self.checked(oracle::ONE_WRITER);
+        match written {
+            Ok(()) => {
+                // The second engine owns the pool: the first must now be refused.
+                self.note("second writer wrote first: it owns the pool");
+                let probe = (|| {
+                    let pool = self.world.pool();
+                    let ino = pool.create(Ino::ROOT, b".fence-probe", OWNER)?.ino;
+                    let fh = pool.open_file(ino)?;
+                    pool.write(fh, 0, b"x")?;
+                    let synced = pool.fsync(fh);
+                    let _ = pool.release(fh);
+                    synced
+                })();
+                match probe {
+                    Err(e) if e.errno() == libc_erofs() => {}
+                    other => {
+                        return Err(fail(
+                            index,
+                            oracle::ONE_WRITER,
+                            format!("the second engine wrote, yet the first still could: {other:?}"),
+                        ))
+                    }
+                }
+                self.take_over(rival, view);
+                let id = self.next_id;
+                self.next_id += 1;
+                for tree in [&mut self.live, &mut self.acked, &mut self.durable] {
+                    let id = tree.open(path, id).map_err(|e| fail(index, oracle::ONE_WRITER, format!("model: {e}")))?;
+                    tree.write(id, 0, &data);
+                }
+                Ok(())
+            }
+            Err(e) if e.errno() == libc_erofs() => {
+                self.note("second writer refused: the first owns the pool");
+                Ok(())
+            }
+            Err(e) => Err(fail(index, oracle::ONE_WRITER, format!("the second engine's write failed otherwise: {e}"))),
+        }
+    }
+
+    /// The first engine was fenced: the second serves from now on, with the namespace it
+    /// recovered. The first engine's open handles die with it.
+    fn take_over(&mut self, rival: dfs_engine::Pool, view: Tree) {
+        self.world.pool = Some(rival);
+        self.handles.clear();
+        self.live = view.clone();
+        self.acked = view.clone();
+        self.durable = view;
     }
 
     /// Lets `secs` of simulated time pass with the daemon running (see `Step::Daemon`).
@@ -1120,6 +1231,7 @@ impl<'s> Run<'s> {
         let predicted = self.predict(step, new_id, &mut live, &mut acked);
         let before = self.world.pool.as_ref().map(|p| (p.state().next_extent, unwritable_disks(p)));
         let actual = self.execute(step);
+        self.collect_rival(index)?;
         if let (Some((first_new, unwritable)), false) = (before, self.world.switch.is_crashed()) {
             self.checked(oracle::WRITES_MEET_QUORUM);
             oracle::new_extents_meet_quorum(self.world.pool(), first_new, &unwritable)
@@ -1186,6 +1298,19 @@ impl<'s> Run<'s> {
             (Ok(_), Err(error)) if error.errno() == libc_enospc() && self.space_pressure() => {
                 self.note("enospc under space pressure");
                 self.reject_for_space(step, new_id, live);
+            }
+            (Ok(_), Err(error)) if error.errno() == libc_erofs() && self.rival.is_some() => {
+                // Fenced: the second engine claimed the pool (its open wrote a record before
+                // deleting what it did not know); it serves from now on.
+                self.checked(oracle::ONE_WRITER);
+                if !error.to_string().contains("another process wrote journal record") {
+                    return Err(fail(index, oracle::ONE_WRITER, format!("refused, but not fenced: {error}")));
+                }
+                self.note("first writer fenced: the second owns the pool");
+                if let Some((rival, view)) = self.rival.take() {
+                    self.take_over(rival, view);
+                }
+                return Ok(());
             }
             (Ok(_), Err(error)) if error.errno() == libc_erofs() && self.scenario.expect.out_of_budget => {
                 // Read-only refuses like a full pool (buffered data stays buffered) — unless

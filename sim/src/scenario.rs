@@ -173,6 +173,15 @@ pub enum Step {
     /// The disk is away while the pool next recovers from a crash (slow to come back
     /// after a power loss), and back once the pool is open.
     AwayAtNextRecovery { disk: usize },
+    /// A second engine opens the same disks — the lock forced away — at once (`at:
+    /// None`), or in the middle of the next barrier, when the pool reaches `at`
+    /// (`FragmentsWritten` or `FragmentsSynced`: before its journal record is written).
+    /// Exactly one of the two may go on writing; the other must be refused.
+    SecondWriter { at: Option<CommitPhase> },
+    /// The second engine writes a file of `len` bytes and fsyncs it: it owns the pool if
+    /// it is first to write, and the first engine is then refused (EROFS); otherwise it
+    /// is refused itself.
+    RivalWrite { path: String, len: usize, seed: u64 },
 }
 
 /// What `ScrubDaemon` does.
@@ -297,6 +306,13 @@ impl Scenario {
                     return Err(fail("writes are limited to 8 MiB per step".into()));
                 }
                 Step::CrashAtPhase { occurrence: 0, .. } => return Err(fail("occurrence counts from 1".into())),
+                Step::SecondWriter { at: Some(phase) }
+                    if !matches!(phase, CommitPhase::FragmentsWritten | CommitPhase::FragmentsSynced) =>
+                {
+                    return Err(fail(
+                        "a second writer opens mid-barrier at FragmentsWritten or FragmentsSynced".into(),
+                    ));
+                }
                 Step::Access { times: 0, .. } => return Err(fail("times counts from 1".into())),
                 Step::BitRotPool { per_mille } if *per_mille > 1000 => {
                     return Err(fail("per_mille is at most 1000".into()))
@@ -350,6 +366,7 @@ impl Step {
                 | Step::Latency { .. }
                 | Step::BitRotPool { .. }
                 | Step::AwayAtNextRecovery { .. }
+                | Step::SecondWriter { .. }
         )
     }
 }

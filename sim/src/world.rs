@@ -23,7 +23,14 @@ pub type SimDisk = FaultyDevice<MemDisk>;
 pub struct PhaseTrigger {
     armed: Mutex<Option<(CommitPhase, u32)>>,
     switch: Arc<CrashSwitch>,
+    /// A second engine to open when a phase is reached (`Step::SecondWriter`).
+    rival_at: Mutex<Option<(CommitPhase, RivalOpener)>>,
+    /// The second engine, once opened (or why it could not open).
+    pub rival: Mutex<Option<dfs_engine::Result<Pool>>>,
 }
+
+/// Opens a second engine over the machine's disks.
+pub type RivalOpener = Box<dyn FnOnce() -> dfs_engine::Result<Pool> + Send>;
 
 impl PhaseTrigger {
     /// Crash at the `occurrence`-th time `phase` is reached from now.
@@ -33,6 +40,17 @@ impl PhaseTrigger {
 
     fn disarm(&self) {
         *self.armed.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        *self.rival_at.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    }
+
+    /// Opens the second engine when `phase` is next reached.
+    pub fn arm_rival(&self, phase: CommitPhase, open: RivalOpener) {
+        *self.rival_at.lock().unwrap_or_else(|p| p.into_inner()) = Some((phase, open));
+    }
+
+    /// Takes the second engine out, if it was opened.
+    pub fn take_rival(&self) -> Option<dfs_engine::Result<Pool>> {
+        self.rival.lock().unwrap_or_else(|p| p.into_inner()).take()
     }
 }
 
@@ -46,6 +64,15 @@ impl CommitObserver for PhaseTrigger {
                     *armed = None;
                     self.switch.crash_now();
                 }
+            }
+        }
+        drop(armed);
+        let mut rival_at = self.rival_at.lock().unwrap_or_else(|p| p.into_inner());
+        if rival_at.as_ref().is_some_and(|(target, _)| *target == phase) {
+            if let Some((_, open)) = rival_at.take() {
+                drop(rival_at);
+                let opened = open();
+                *self.rival.lock().unwrap_or_else(|p| p.into_inner()) = Some(opened);
             }
         }
     }
@@ -84,7 +111,12 @@ impl World {
         let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x005E_ED0F_D15C);
         let clock = SimClock::new();
         let switch = CrashSwitch::new();
-        let trigger = Arc::new(PhaseTrigger { armed: Mutex::new(None), switch: switch.clone() });
+        let trigger = Arc::new(PhaseTrigger {
+            armed: Mutex::new(None),
+            switch: switch.clone(),
+            rival_at: Mutex::new(None),
+            rival: Mutex::new(None),
+        });
         options.seed = seed;
         options.observer = Some(Observer(trigger.clone()));
         options.parallel_io = false;
@@ -210,6 +242,22 @@ impl World {
         result
     }
 
+    /// A second engine over the same disks, as a process whose lock was forced away
+    /// would open them: it recovers what is on the disks now.
+    pub fn rival_opener(&self) -> RivalOpener {
+        let devices: Vec<PoolDevice> = self
+            .disks
+            .iter()
+            .zip(&self.uuids)
+            .map(|(disk, uuid)| PoolDevice { uuid: *uuid, device: disk.clone() as Arc<dyn BlockDevice> })
+            .collect();
+        let (pool_id, policy, clock) = (self.pool_id, self.policy, self.clock.clone());
+        let mut options = self.options.clone();
+        options.observer = None;
+        options.seed ^= 0x05ee_d0f2;
+        Box::new(move || Pool::open(pool_id, policy, devices, clock, options).map(|(pool, _)| pool))
+    }
+
     fn open_pool(&mut self) -> dfs_engine::Result<OpenReport> {
         let devices = self
             .disks
@@ -245,7 +293,12 @@ impl World {
         let switch = CrashSwitch::new();
         let clock = SimClock::new();
         clock.advance(self.clock.elapsed_nanos());
-        let trigger = Arc::new(PhaseTrigger { armed: Mutex::new(None), switch: switch.clone() });
+        let trigger = Arc::new(PhaseTrigger {
+            armed: Mutex::new(None),
+            switch: switch.clone(),
+            rival_at: Mutex::new(None),
+            rival: Mutex::new(None),
+        });
         let mut options = self.options.clone();
         options.observer = Some(Observer(trigger.clone()));
         let sink_clock = clock.clone();

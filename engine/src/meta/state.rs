@@ -459,6 +459,11 @@ pub enum Op {
         disk: DiskId,
         extents: Vec<ExtentId>,
     },
+    /// A process claimed the pool (before deleting fragments its state does not
+    /// reference): every other process that served the same disks is fenced by it.
+    Opened {
+        at: WallTime,
+    },
 }
 
 /// A list of ops applied atomically.
@@ -672,7 +677,7 @@ impl MetaState {
                     }
                 }
             },
-            Op::FormatUpgraded { .. } => {}
+            Op::FormatUpgraded { .. } | Op::Opened { .. } => {}
             Op::ClassifyPass { at_secs, verdicts } => {
                 self.passes.push_back(*at_secs);
                 while self.passes.len() > HISTORY_MAX {
