@@ -232,3 +232,33 @@ fn a_mountpoint_that_is_not_empty_is_refused_unless_asked() {
     ok(&["umount", mount.to_str().unwrap()]);
     assert!(mount.join("hidden-by-a-mount").exists(), "the directory's file is back after unmount");
 }
+
+#[test]
+fn copies_do_not_carry_the_policy_attribute() {
+    let pool = Pool::new("replicate:2", &[64, 64]);
+    let mount = pool.root.path().join("mnt");
+    fs::create_dir(&mount).unwrap();
+    ok(&["mount", "--pool", pool.path(), "--mountpoint", mount.to_str().unwrap()]);
+    fs::write(mount.join("f"), pattern(200_000, 9)).unwrap();
+    let cp = |from: &std::path::Path, to: &std::path::Path| {
+        assert!(Command::new("cp").arg("-a").arg(from).arg(to).status().unwrap().success());
+    };
+    cp(&mount.join("f"), &mount.join("copy"));
+    let outside = pool.local("outside");
+    cp(&mount.join("f"), &outside);
+    let dump = |path: &std::path::Path| {
+        let out = Command::new("getfattr").args(["-d", "-m", "-", "--absolute-names"]).arg(path).output().unwrap();
+        assert!(out.status.success(), "getfattr (from the attr package) runs");
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
+    assert!(!dump(&mount.join("copy")).contains("dynamicfs"), "listed on the copy inside the mount");
+    assert!(!dump(&outside).contains("dynamicfs"), "carried out to the host filesystem");
+    // Read by name, it is the effective policy.
+    let by_name = Command::new("getfattr")
+        .args(["-n", "user.dynamicfs.policy", "--only-values"])
+        .arg(mount.join("copy"))
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&by_name.stdout), "replicate:2");
+    ok(&["umount", mount.to_str().unwrap()]);
+}

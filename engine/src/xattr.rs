@@ -13,8 +13,8 @@
 //!   bits say it all); `chmod` rewrites the stored ACL (`namespace`); a default ACL only
 //!   sits on a directory (`EACCES`), and new children inherit it (`namespace`).
 //! - `user.dynamicfs.policy` is not stored: reading it gives the inode's effective
-//!   policy, setting it sets (a file: re-encodes) the policy, removing it clears the
-//!   inode's own. It is not listed, so copies (`cp -a`, `rsync -X`, `tar --xattrs`) do
+//!   policy, setting it sets (a file: re-encodes) the policy — setting the one it
+//!   inherits changes nothing and pins nothing —, removing it clears the inode's own. It is not listed, so copies (`cp -a`, `rsync -X`, `tar --xattrs`) do
 //!   not carry it — a copy follows the policy of where it lands.
 //!
 //! Permission checks (who may read or write which namespace) are the kernel's.
@@ -254,6 +254,11 @@ impl Pool {
             .trim_end_matches('\0')
             .parse()
             .map_err(|e| Error::InvalidArgument(format!("'{}' is not a policy: {e}", text.trim())))?;
+        if self.inode(ino)?.policy.is_none() && policy == self.state.effective_policy(ino) {
+            // Writing back the policy it inherits (a copy restoring what it read) changes
+            // nothing, and must not pin it against tiering.
+            return Ok(());
+        }
         self.set_policy(ino, Some(policy))
     }
 }

@@ -110,6 +110,10 @@ fn extended_attributes_follow_linux_limits_and_survive_a_reopen() {
     assert_eq!(errno(pool.setxattr(ino, POLICY_XATTR, b"replicate:1", SetMode::Create)), libc::EEXIST);
     assert_eq!(errno(pool.setxattr(ino, POLICY_XATTR, b"mirror", SetMode::Any)), libc::EINVAL);
     assert_eq!(errno(pool.getxattr(link, POLICY_XATTR)), libc::ENODATA);
+    // Writing back the policy a file inherits (what a copy tool restores) pins nothing.
+    assert!(!pool.is_pinned(ino));
+    pool.setxattr(ino, POLICY_XATTR, b"replicate:2", SetMode::Any).unwrap();
+    assert!(!pool.is_pinned(ino), "setting the inherited policy pinned the file against tiering");
     let names = |pool: &dfs_engine::Pool, privileged| pool.listxattr(ino, privileged).unwrap();
     assert_eq!(names(pool, true), [&b"security.big"[..], b"security.big2", b"trusted.t", b"user.a"]);
     assert_eq!(names(pool, false), [&b"security.big"[..], b"security.big2", b"user.a"], "trusted.* for root only");
