@@ -40,6 +40,15 @@ pub(crate) struct Cli {
 }
 
 impl Cli {
+    /// Whether this process serves a pool for long (a mount's daemon, `serve`,
+    /// `metrics-server`): it must outlive clients that hang up on it.
+    fn is_daemon(&self) -> bool {
+        matches!(
+            self.command,
+            Command::Mount { foreground: true, .. } | Command::Serve { .. } | Command::MetricsServer { .. }
+        )
+    }
+
     /// The subcommand as typed, e.g. `list-disks`.
     fn command_name(&self) -> String {
         let debug = format!("{:?}", self.command);
@@ -576,6 +585,19 @@ fn keep_large_buffers_on_the_heap() {
     }
 }
 
+/// A command's output piped into `head` ends when the reader hangs up, quietly, as `ls`
+/// or `cat` do: SIGPIPE gets its default action back (Rust ignores it, which turns every
+/// later print into a panic). Daemons keep ignoring it: a client that hangs up must not
+/// end them.
+#[allow(unsafe_code)]
+fn end_quietly_on_broken_pipe() {
+    // SAFETY: restores a signal's default disposition before any thread starts; no
+    // handler runs our code.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
 fn main() -> ExitCode {
     keep_large_buffers_on_the_heap();
     let program = std::env::args_os().next().unwrap_or_default();
@@ -583,6 +605,9 @@ fn main() -> ExitCode {
         return mount_helper::main(std::env::args_os().skip(1).collect());
     }
     let cli = Cli::parse();
+    if !cli.is_daemon() {
+        end_quietly_on_broken_pipe();
+    }
     mount::set_daemon_log_args(vec![
         "--log-level".into(),
         cli.log_level.clone().into(),

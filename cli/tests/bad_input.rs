@@ -195,3 +195,20 @@ fn adding_several_disks_is_all_or_nothing() {
     ok(&["add-disk", "--pool", pool.path(), "--disk", good.to_str().unwrap(), "--capacity", "64MiB"]);
     assert_eq!(pool.json("list-disks").as_array().unwrap().len(), 2);
 }
+
+#[test]
+fn output_into_a_closed_pipe_ends_quietly() {
+    let root = tempfile::tempdir().unwrap();
+    let pool = root.path().join("p");
+    // The reader is gone before `dfs init` prints: the write meets a broken pipe.
+    let script = format!(
+        "{} init --pool {} | (exec 0<&-; sleep 0.3); echo \"status ${{PIPESTATUS[0]}}\" >&2",
+        env!("CARGO_BIN_EXE_dfs"),
+        pool.display()
+    );
+    let out = std::process::Command::new("bash").args(["-c", &script]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(stderr.contains("status 141") || stderr.contains("status 0"), "{stderr}");
+    assert!(pool.join("pool.ron").exists(), "the command itself ran");
+}
