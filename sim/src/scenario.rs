@@ -250,7 +250,10 @@ impl Scenario {
         let scenario: Scenario = ron::Options::default()
             .from_str(text)
             .map_err(|e| LoadError(format!("{}:{}: {}", e.span.start.line, e.span.start.col, e.code)))?;
-        scenario.validate().map_err(|e| LoadError(format!("0:0: {e}")))?;
+        scenario.validate().map_err(|(at, why)| {
+            let (line, column) = locate(text, at);
+            LoadError(format!("{line}:{column}: {why}"))
+        })?;
         Ok(scenario)
     }
 
@@ -260,30 +263,32 @@ impl Scenario {
         ron::ser::to_string_pretty(self, config).unwrap_or_else(|e| format!("// cannot encode: {e}"))
     }
 
-    fn validate(&self) -> Result<(), String> {
+    /// Checks what the RON grammar cannot; an error says where (see `locate`) and why.
+    fn validate(&self) -> Result<(), (Where, String)> {
+        let setup = |why: String| (Where::Key("setup"), why);
         if self.setup.disks.is_empty() {
-            return Err("setup needs at least one disk".into());
+            return Err(setup("setup needs at least one disk".into()));
         }
         for capacity in &self.setup.disks {
-            dfs_engine::units::parse_size(capacity)?;
+            dfs_engine::units::parse_size(capacity).map_err(setup)?;
         }
-        self.setup.policy.parse::<Policy>().map_err(|e| e.to_string())?;
+        self.setup.policy.parse::<Policy>().map_err(|e| setup(e.to_string()))?;
         if let Some(rate) = self.setup.tiering.as_ref().and_then(|t| t.migrate_per_sec.as_ref()) {
-            if dfs_engine::units::parse_size(rate)? == 0 {
-                return Err("tiering: migrate_per_sec must be at least one byte".into());
+            if dfs_engine::units::parse_size(rate).map_err(setup)? == 0 {
+                return Err(setup("tiering: migrate_per_sec must be at least one byte".into()));
             }
         }
         for (path, policy) in &self.expect.policies {
-            policy.parse::<Policy>().map_err(|e| format!("expect.policies[{path}]: {e}"))?;
+            policy.parse::<Policy>().map_err(|e| (Where::Key("expect"), format!("expect.policies[{path}]: {e}")))?;
         }
         let tiering_named = !self.expect.classes.is_empty()
             || self.steps.iter().any(|s| matches!(s, Step::Classify | Step::Access { .. }));
         if tiering_named && self.setup.tiering.is_none() {
-            return Err("the scenario classifies or expects classes but its setup has no `tiering`".into());
+            return Err(setup("the scenario classifies or expects classes but its setup has no `tiering`".into()));
         }
         let mut disks = self.setup.disks.len();
         for (i, step) in self.steps.iter().enumerate() {
-            let fail = |why: String| format!("step {i} ({step:?}): {why}");
+            let fail = |why: String| (Where::Step(i), format!("step {i} ({step:?}): {why}"));
             match step {
                 Step::AddDisk { capacity } => {
                     dfs_engine::units::parse_size(capacity).map_err(fail)?;
@@ -326,6 +331,141 @@ impl Scenario {
             }
         }
         Ok(())
+    }
+}
+
+/// Where in a scenario a validation error is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Where {
+    /// The `key:` of the top-level structure.
+    Key(&'static str),
+    /// The n-th entry of `steps`.
+    Step(usize),
+}
+
+/// The 1-based line and column of `at` in the RON `text`: the key, or the first character
+/// of the step (strings and `//` comments skipped). Where it cannot be found, 1:1.
+fn locate(text: &str, at: Where) -> (usize, usize) {
+    let key = match at {
+        Where::Key(key) => key,
+        Where::Step(_) => "steps",
+    };
+    let Some(key_at) = find_key(text, key) else { return (1, 1) };
+    let offset = match at {
+        Where::Key(_) => Some(key_at),
+        Where::Step(index) => nth_entry(text, key_at, index),
+    };
+    let offset = offset.unwrap_or(key_at);
+    let before = &text[..offset];
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    (line, column)
+}
+
+/// The byte offset of `key:` at nesting depth 1 (the scenario's own fields).
+fn find_key(text: &str, key: &str) -> Option<usize> {
+    let mut depth = 0usize;
+    for (at, c) in Scan::new(text) {
+        match c {
+            '(' | '[' | '{' => depth += 1,
+            ')' | ']' | '}' => depth = depth.saturating_sub(1),
+            _ if depth == 1 && text[at..].starts_with(key) => {
+                let rest = text[at + key.len()..].trim_start();
+                let word_start = at == 0 || !text[..at].ends_with(|c: char| c.is_alphanumeric() || c == '_');
+                if word_start && rest.starts_with(':') {
+                    return Some(at);
+                }
+            }
+            _ => {}
+        }
+    }
+    None
+}
+
+/// The byte offset of entry `index` of the list after `key_at`.
+fn nth_entry(text: &str, key_at: usize, index: usize) -> Option<usize> {
+    let open = key_at + text[key_at..].find('[')?;
+    let mut depth = 0usize;
+    let mut entry = 0usize;
+    let mut expecting = true;
+    let mut scan = Scan::new(text);
+    scan.skip_to(open);
+    for (at, c) in scan {
+        match c {
+            '[' if depth == 0 => depth = 1,
+            '(' | '[' | '{' => {
+                if depth == 1 && expecting {
+                    if entry == index {
+                        return Some(at);
+                    }
+                    expecting = false;
+                }
+                depth += 1;
+            }
+            ')' | ']' | '}' => {
+                depth -= 1;
+                if depth == 0 {
+                    return None;
+                }
+            }
+            ',' if depth == 1 => {
+                entry += 1;
+                expecting = true;
+            }
+            c if depth == 1 && expecting && !c.is_whitespace() => {
+                if entry == index {
+                    return Some(at);
+                }
+                expecting = false;
+            }
+            _ => {}
+        }
+    }
+    None
+}
+
+/// Characters of RON text outside strings and `//` comments, with their byte offsets
+/// (a string counts as one `"` at its start).
+struct Scan<'t> {
+    text: &'t str,
+    chars: std::iter::Peekable<std::str::CharIndices<'t>>,
+}
+
+impl<'t> Scan<'t> {
+    fn new(text: &'t str) -> Self {
+        Scan { text, chars: text.char_indices().peekable() }
+    }
+
+    fn skip_to(&mut self, offset: usize) {
+        while self.chars.peek().is_some_and(|(at, _)| *at < offset) {
+            self.chars.next();
+        }
+    }
+}
+
+impl Iterator for Scan<'_> {
+    type Item = (usize, char);
+
+    fn next(&mut self) -> Option<(usize, char)> {
+        loop {
+            let (at, c) = self.chars.next()?;
+            if c == '/' && self.text[at..].starts_with("//") {
+                while self.chars.next_if(|(_, c)| *c != '\n').is_some() {}
+                continue;
+            }
+            if c == '"' {
+                let mut escaped = false;
+                for (_, c) in self.chars.by_ref() {
+                    match c {
+                        '\\' if !escaped => escaped = true,
+                        '"' if !escaped => break,
+                        _ => escaped = false,
+                    }
+                }
+                return Some((at, '"'));
+            }
+            return Some((at, c));
+        }
     }
 }
 
@@ -374,6 +514,16 @@ impl Step {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_semantic_error_names_its_line_and_column() {
+        let text = "// a comment with steps: [ and \"quotes\"\nScenario(\n    name: \"x\",\n    description: \"a (tricky) [text]\",\n    seed: 1,\n    setup: Setup(disks: [\"64MiB\"], policy: \"replicate:1\"),\n    steps: [\n        Write(path: \"/a\", offset: 0, len: 10, seed: 1),\n        // FailDisk(disk: 0),\n        Sync,\n        FailDisk(disk: 5),\n    ],\n)\n";
+        let error = Scenario::parse(text).err().map(|e| e.0).unwrap_or_default();
+        assert!(error.starts_with("11:9: step 2"), "{error}");
+        let text = text.replace("replicate:1", "replicate:9").replace("disk: 5", "disk: 0");
+        let error = Scenario::parse(&text).err().map(|e| e.0).unwrap_or_default();
+        assert!(error.starts_with("6:5: invalid policy"), "{error}");
+    }
 
     const GOOD: &str = r#"Scenario(
         name: "t", seed: 1,
