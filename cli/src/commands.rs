@@ -94,6 +94,9 @@ impl Ctx<'_> {
     }
 }
 
+/// Widest FILE column of `list-extents`: longer paths keep their start and end.
+const FILE_COLUMN_MAX: usize = 48;
+
 /// A disk's state as the tables show it.
 pub(crate) fn disk_state_text(state: &str, reachable: bool, offline: bool, full: bool) -> String {
     if offline {
@@ -445,7 +448,7 @@ fn execute_command(command: Command, ctx: &mut Ctx<'_>) -> Result<()> {
                 .map(|e| {
                     vec![
                         e.extent.clone(),
-                        e.file.clone(),
+                        table::shorten(&e.file, FILE_COLUMN_MAX),
                         e.offset.to_string(),
                         e.length.to_string(),
                         e.policy.clone(),

@@ -65,10 +65,14 @@ pub(crate) fn status(ctx: &mut Ctx<'_>, json: bool) -> Result<()> {
             .collect::<Vec<_>>()
             .join(", ")
     };
-    text.push_str(&format!("\nRedundancy: {}\n", counts(&snapshot.by_policy)));
-    text.push_str(&format!("Health of extents: {}\n", counts(&snapshot.by_health)));
-    if state.tiering.enabled {
-        text.push_str(&format!("Temperature: {}\n", counts(&snapshot.by_class)));
+    if snapshot.by_policy.values().all(|c| c.extents == 0) {
+        text.push_str("\nNo data stored yet.\n");
+    } else {
+        text.push_str(&format!("\nRedundancy: {}\n", counts(&snapshot.by_policy)));
+        text.push_str(&format!("Health of extents: {}\n", counts(&snapshot.by_health)));
+        if state.tiering.enabled && snapshot.by_class.values().any(|c| c.extents > 0) {
+            text.push_str(&format!("Temperature: {}\n", counts(&snapshot.by_class)));
+        }
     }
     text.push_str(&format!(
         "Queues: {} extent(s) to rebuild, {} to migrate, {} policy transition(s) open\n",

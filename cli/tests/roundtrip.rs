@@ -104,3 +104,25 @@ fn the_demo_builds_a_verified_pool_that_the_cli_can_read() {
     assert_eq!(states.iter().filter(|s| **s == "failed").count(), 1, "{states:?}");
     common::fails(&["demo", "--dir", dir.to_str().unwrap()]);
 }
+
+#[test]
+fn status_and_listings_stay_readable() {
+    let pool = Pool::new("replicate:1", &[64]);
+    let status = ok(&["status", "--pool", pool.path()]);
+    assert!(status.contains("No data stored yet."), "{status}");
+    assert!(!status.contains("Redundancy: \n") && !status.contains("Temperature: \n"), "{status}");
+    let deep = format!("/{}", ["a-rather-long-directory-name"; 4].join("/"));
+    ok(&["mkdir", "--pool", pool.path(), "--parents", &deep]);
+    let local = pool.local("f");
+    std::fs::write(&local, pattern(100_000, 1)).unwrap();
+    let file = format!("{deep}/the-file-itself.bin");
+    ok(&["put", "--pool", pool.path(), local.to_str().unwrap(), &file]);
+    let table = ok(&["list-extents", "--pool", pool.path()]);
+    let row = table.lines().nth(1).unwrap();
+    assert!(row.contains("/a-rather-long-dir") && row.contains("…") && row.contains("the-file-itself.bin"), "{table}");
+    assert!(!row.contains(&file), "the FILE column is capped: {table}");
+    let json = pool.json("list-extents");
+    assert_eq!(json[0]["file"], file.as_str(), "JSON keeps the whole path");
+    let status = ok(&["status", "--pool", pool.path()]);
+    assert!(status.contains("Redundancy: replicate:1 1"), "{status}");
+}
