@@ -30,27 +30,7 @@ mod common;
 /// default minimum of 0 bytes fsx issues `posix_fallocate` of length 0, which Linux
 /// refuses with EINVAL on every filesystem, ext4 included, and fsx takes that for a
 /// failure.)
-const CONFIG: &str = "\
-flen = 262144
-[opsize]
-max = 65536
-min = 1
-[weights]
-close_open = 1
-invalidate = 1
-read = 10
-write = 10
-mapread = 10
-mapwrite = 10
-truncate = 5
-fsync = 1
-fdatasync = 1
-posix_fallocate = 5
-punch_hole = 5
-sendfile = 5
-posix_fadvise = 1
-copy_file_range = 5
-";
+const CONFIG: &str = include_str!("../tests/fsx/config.toml");
 
 /// Runs fsx on `file` `runs` times, `ops` operations each, seeds 1 to `runs`; returns
 /// operations per second, or fsx's verdict when a run failed.

@@ -24,27 +24,8 @@ use std::time::Duration;
 use common::{eventually, fragment_files, ok, run, Pool};
 use rand::{Rng, SeedableRng};
 
-const CONFIG: &str = "\
-flen = 262144
-[opsize]
-max = 65536
-min = 1
-[weights]
-close_open = 1
-invalidate = 1
-read = 10
-write = 10
-mapread = 10
-mapwrite = 10
-truncate = 5
-fsync = 1
-fdatasync = 1
-posix_fallocate = 5
-punch_hole = 5
-sendfile = 5
-posix_fadvise = 1
-copy_file_range = 5
-";
+/// fsx's configuration: every operation, as `cli/benches/fsx.rs` runs it.
+const CONFIG: &str = include_str!("fsx/config.toml");
 
 /// Operations per fsx process: fsx 0.3.2 leaks the mapping of every mapped read, so a
 /// process gets slower the longer it runs (see `cli/benches/fsx.rs`).

@@ -557,16 +557,7 @@ impl Pool {
             let Ok(names) = device.list(BlockKind::Fragment) else {
                 continue;
             };
-            for name in names {
-                let BlockName::Fragment { extent, index } = name else {
-                    continue;
-                };
-                let referenced =
-                    self.state.extents.get(&extent).and_then(|r| r.fragments.get(usize::from(index))) == Some(disk);
-                if !referenced {
-                    orphans.push((*disk, name));
-                }
-            }
+            orphans.extend(names.into_iter().filter(|name| !self.state.places(*disk, *name)).map(|name| (*disk, name)));
         }
         if orphans.is_empty() {
             return 0;

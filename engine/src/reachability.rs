@@ -165,29 +165,7 @@ impl Pool {
         }
         self.verify_label(disk, device.as_ref()).map_err(|e| Error::InvalidArgument(format!("disk {disk}: {e}")))?;
         self.sync()?;
-        let names: std::collections::BTreeSet<BlockName> = device
-            .list(BlockKind::Fragment)
-            .map_err(|e| Error::Io(format!("listing disk {disk}: {e}")))?
-            .into_iter()
-            .collect();
-        let any_stale = names.iter().any(|name| match name {
-            BlockName::Fragment { extent, index } => {
-                self.state.extents.get(extent).and_then(|r| r.fragments.get(usize::from(*index))) != Some(&disk)
-            }
-            _ => false,
-        });
-        if any_stale {
-            self.claim()?;
-        }
-        let mut stale_deleted = 0;
-        for name in &names {
-            let BlockName::Fragment { extent, index } = *name else { continue };
-            let placed = self.state.extents.get(&extent).and_then(|r| r.fragments.get(usize::from(index)));
-            if placed != Some(&disk) {
-                device.delete(*name).map_err(|e| Error::Io(format!("deleting {name} on disk {disk}: {e}")))?;
-                stale_deleted += 1;
-            }
-        }
+        let (names, stale_deleted) = self.delete_unreferenced(disk, device.as_ref())?;
         let mut reused = 0;
         let mut lacking = Vec::new();
         for record in self.state.extents.values() {
@@ -328,6 +306,29 @@ impl Pool {
         }
     }
 
+    /// Deletes the fragments on `device` (coming back as `disk`) that the state does not
+    /// place there, after claiming the pool when there are any (see `Pool::claim`).
+    /// Call right after a barrier, with nothing writing to the disk. Returns the
+    /// fragments it held that are kept, and how many were deleted.
+    fn delete_unreferenced(
+        &mut self,
+        disk: DiskId,
+        device: &dyn BlockDevice,
+    ) -> Result<(std::collections::BTreeSet<BlockName>, usize)> {
+        let (kept, stale): (std::collections::BTreeSet<BlockName>, std::collections::BTreeSet<BlockName>) = device
+            .list(BlockKind::Fragment)
+            .map_err(|e| Error::Io(format!("listing disk {disk}: {e}")))?
+            .into_iter()
+            .partition(|name| self.state.places(disk, *name));
+        if !stale.is_empty() {
+            self.claim()?;
+        }
+        for name in &stale {
+            device.delete(*name).map_err(|e| Error::Io(format!("deleting {name} on disk {disk}: {e}")))?;
+        }
+        Ok((kept, stale.len()))
+    }
+
     /// Brings offline `disk` back through `device` (verified by its label): after a
     /// barrier, deletes the fragments there that nothing references, marks it online
     /// (durable), and leaves the extents it is owed to the rebuild queue.
@@ -336,23 +337,7 @@ impl Pool {
         // Only at a barrier boundary is an unreferenced fragment there garbage: nothing
         // durable still names it, and nothing writes to an offline disk.
         self.sync()?;
-        let names = device.list(BlockKind::Fragment).map_err(|e| Error::Io(format!("listing disk {disk}: {e}")))?;
-        let stale: Vec<BlockName> = names
-            .into_iter()
-            .filter(|name| match name {
-                BlockName::Fragment { extent, index } => {
-                    self.state.extents.get(extent).and_then(|r| r.fragments.get(usize::from(*index))) != Some(&disk)
-                }
-                _ => false,
-            })
-            .collect();
-        if !stale.is_empty() {
-            self.claim()?;
-        }
-        for name in &stale {
-            device.delete(*name).map_err(|e| Error::Io(format!("deleting {name} on disk {disk}: {e}")))?;
-        }
-        let stale_deleted = stale.len();
+        let (_, stale_deleted) = self.delete_unreferenced(disk, device.as_ref())?;
         let since = self.state.offline.get(&disk).map_or(0, |o| o.since.secs);
         let at = self.clock.wall();
         self.devices.insert(disk, device);

@@ -61,6 +61,22 @@ fn downgrade(state: &MetaState) -> MetaStateV1 {
     }
 }
 
+/// Replaces every metadata block on the three journal disks of `t` (closed) with
+/// `checkpoint` at `seq` and `record` at `seq + 1`, as an older build would have left them.
+fn replace_metadata(t: &TestPool, seq: u64, checkpoint: Vec<u8>, record: Vec<u8>) {
+    for disk in 0..3 {
+        for namespace in ["checkpoint", "journal"] {
+            for path in blocks(&t.disk_path(disk), namespace) {
+                fs::remove_file(path).unwrap();
+            }
+        }
+        let dir = t.disk_path(disk);
+        fs::write(dir.join("checkpoint").join(format!("{seq:020}")), &checkpoint).unwrap();
+        fs::create_dir_all(dir.join("journal")).unwrap();
+        fs::write(dir.join("journal").join(format!("{:020}", seq + 1)), &record).unwrap();
+    }
+}
+
 /// A pool whose journal disks hold only format-1 blocks: a checkpoint of the pool's
 /// state, then one record that makes `/f` mode 0600. Returns the pool, closed.
 fn format_one_pool() -> (TestPool, MetaState) {
@@ -82,25 +98,12 @@ fn format_one_pool() -> (TestPool, MetaState) {
     let mut inode = checkpoint.state.inodes[&state.dirs[&Ino::ROOT][b"f".as_slice()]].clone();
     inode.mode = 0o600;
     let record = JournalRecordV1 { seq: seq + 1, prev_hash: tip_hash, ops: vec![OpV1::PutInode(inode)] };
-    for disk in 0..3 {
-        for namespace in ["checkpoint", "journal"] {
-            for path in blocks(&t.disk_path(disk), namespace) {
-                fs::remove_file(path).unwrap();
-            }
-        }
-        let dir = t.disk_path(disk);
-        fs::write(
-            dir.join("checkpoint").join(format!("{seq:020}")),
-            frame::encode_version(FrameKind::Checkpoint, 1, &checkpoint),
-        )
-        .unwrap();
-        fs::create_dir_all(dir.join("journal")).unwrap();
-        fs::write(
-            dir.join("journal").join(format!("{:020}", seq + 1)),
-            frame::encode_version(FrameKind::JournalRecord, 1, &record),
-        )
-        .unwrap();
-    }
+    replace_metadata(
+        &t,
+        seq,
+        frame::encode_version(FrameKind::Checkpoint, 1, &checkpoint),
+        frame::encode_version(FrameKind::JournalRecord, 1, &record),
+    );
     (t, state)
 }
 
@@ -148,25 +151,12 @@ fn a_format_two_pool_is_upgraded_in_place_and_keeps_its_attributes() {
     // Format 3 only appended ops: a format-2 record is the current structure.
     let record =
         JournalRecord { seq: seq + 1, prev_hash: tip_hash, txn: Transaction { ops: vec![Op::PutInode(inode)] } };
-    for disk in 0..3 {
-        for namespace in ["checkpoint", "journal"] {
-            for path in blocks(&t.disk_path(disk), namespace) {
-                fs::remove_file(path).unwrap();
-            }
-        }
-        let dir = t.disk_path(disk);
-        fs::write(
-            dir.join("checkpoint").join(format!("{seq:020}")),
-            frame::encode_version(FrameKind::Checkpoint, 2, &checkpoint),
-        )
-        .unwrap();
-        fs::create_dir_all(dir.join("journal")).unwrap();
-        fs::write(
-            dir.join("journal").join(format!("{:020}", seq + 1)),
-            frame::encode_version(FrameKind::JournalRecord, 2, &record),
-        )
-        .unwrap();
-    }
+    replace_metadata(
+        &t,
+        seq,
+        frame::encode_version(FrameKind::Checkpoint, 2, &checkpoint),
+        frame::encode_version(FrameKind::JournalRecord, 2, &record),
+    );
     let report = t.reopen();
     assert_eq!(report.upgraded_from, Some(2));
     let pool = t.pool();

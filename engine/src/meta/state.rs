@@ -606,14 +606,7 @@ impl MetaState {
                 if self.disks.get(disk).is_some_and(|d| d.state.readable()) {
                     self.offline.insert(*disk, OfflineRecord { since: *at, reason: reason.clone() });
                     self.disk_changed.insert(*disk, *at);
-                    let named: Vec<ExtentId> = suspect
-                        .iter()
-                        .filter(|id| self.extents.get(id).is_some_and(|r| r.fragments.contains(disk)))
-                        .copied()
-                        .collect();
-                    if !named.is_empty() {
-                        self.owed.entry(*disk).or_default().extend(named);
-                    }
+                    self.owe(*disk, suspect);
                 }
             }
             Op::DiskOnline { disk, at } => {
@@ -634,14 +627,7 @@ impl MetaState {
             Op::SetAvailability(availability) => self.availability = *availability,
             Op::Owe { disk, extents } => {
                 if self.disks.get(disk).is_some_and(|d| d.state.readable()) {
-                    let named: Vec<ExtentId> = extents
-                        .iter()
-                        .filter(|id| self.extents.get(id).is_some_and(|r| r.fragments.contains(disk)))
-                        .copied()
-                        .collect();
-                    if !named.is_empty() {
-                        self.owed.entry(*disk).or_default().extend(named);
-                    }
+                    self.owe(*disk, extents);
                 }
             }
             Op::PutTransition(transition) => {
@@ -697,6 +683,18 @@ impl MetaState {
         freed
     }
 
+    /// Records `extents` as owed to `disk` — those that name a fragment there.
+    fn owe(&mut self, disk: DiskId, extents: &[ExtentId]) {
+        let named: Vec<ExtentId> = extents
+            .iter()
+            .filter(|id| self.extents.get(id).is_some_and(|r| r.fragments.contains(&disk)))
+            .copied()
+            .collect();
+        if !named.is_empty() {
+            self.owed.entry(disk).or_default().extend(named);
+        }
+    }
+
     /// Records `record`'s fragments named on offline disks as owed to them.
     fn owe_to_offline(&mut self, record: &ExtentRecord) {
         for disk in &record.fragments {
@@ -714,6 +712,17 @@ impl MetaState {
             }
             !owed.is_empty()
         });
+    }
+
+    /// Whether the state places block `name` (a fragment) on `disk`: anything else there
+    /// is unreferenced.
+    pub fn places(&self, disk: DiskId, name: crate::device::BlockName) -> bool {
+        match name {
+            crate::device::BlockName::Fragment { extent, index } => {
+                self.extents.get(&extent).and_then(|r| r.fragments.get(usize::from(index))) == Some(&disk)
+            }
+            _ => false,
+        }
     }
 
     /// Whether `disk` is in the pool and reachable (not offline).
