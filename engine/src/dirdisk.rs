@@ -292,8 +292,12 @@ impl BlockDevice for DirDisk {
     /// The declared capacity — or less, when the filesystem underneath has filled up
     /// first: a disk is full when either is exhausted, never a stream of ENOSPC behind
     /// a capacity that cannot be had.
+    /// 0 (unknown, as for an unreachable disk) when the directory cannot be examined.
     fn capacity_bytes(&self) -> u64 {
-        let available = self.lock().used_bytes + self.filesystem_free_bytes();
+        let Some(free) = statvfs_free_bytes(&self.root) else {
+            return 0;
+        };
+        let available = self.lock().used_bytes + free;
         match self.capacity_bytes {
             Some(c) => c.min(available),
             None => available,

@@ -79,6 +79,11 @@ impl Pool {
         Ok(())
     }
 
+    /// Whether freed fragments wait for a barrier before they are deleted.
+    pub(crate) fn frees_pending(&self) -> bool {
+        !self.undurable.frees.is_empty() || !self.undurable.fragment_frees.is_empty()
+    }
+
     /// Whether commits are waiting for a barrier.
     pub fn has_undurable_commits(&self) -> bool {
         !self.undurable.ops.is_empty()

@@ -11,13 +11,25 @@ use std::collections::BTreeMap;
 
 use crate::clock::WallTime;
 use crate::error::{Error, Result};
-use crate::meta::state::{ChunkSlot, ExtentRecord, Ino, InodeKind, Op, Transaction, EXTENT_BYTES_MAX};
+use crate::meta::state::{
+    ChunkSlot, ExtentRecord, Ino, InodeKind, Op, Transaction, EXTENT_BYTES_MAX, INLINE_BYTES_MAX,
+};
 use crate::pool::Pool;
 
 const CHUNK: u64 = EXTENT_BYTES_MAX;
 
 /// Extents a sequential reader has fetched ahead of the one it reads.
 const READ_AHEAD_EXTENTS: u64 = 4;
+
+/// The disk space a buffered chunk of `len` bytes needs: none when it is small enough
+/// to live inline in metadata.
+fn stored_len(len: u64) -> u64 {
+    if len <= INLINE_BYTES_MAX as u64 {
+        0
+    } else {
+        len
+    }
+}
 
 /// A file handle returned by `Pool::open_file`.
 pub type FileHandle = u64;
@@ -145,17 +157,28 @@ impl Pool {
         if data.is_empty() {
             return Ok(0);
         }
+        // A full buffer is written out before this write joins it, so a flush that fails
+        // fails this write with nothing of it taken.
+        if self.files.files.get(&ino).is_some_and(|f| f.dirty_bytes >= self.options.dirty_bytes_max) {
+            self.flush_ino(ino, true)?;
+        }
         // Load every chunk the write only partly covers first, so a write that fails
         // (an unreadable extent) changes nothing.
         let mut loaded = BTreeMap::new();
+        let mut growth = 0u64;
         for index in offset / CHUNK..=(end - 1) / CHUNK {
             let chunk_start = index * CHUNK;
+            let high = end.min(chunk_start + CHUNK) - chunk_start;
             let whole = offset <= chunk_start && end >= chunk_start + CHUNK;
-            let buffered = self.files.files.get(&ino).is_some_and(|f| f.dirty.contains_key(&index));
-            if !whole && !buffered {
+            let buffered = self.files.files.get(&ino).and_then(|f| f.dirty.get(&index)).map(|c| c.len() as u64);
+            if !whole && buffered.is_none() {
                 loaded.insert(index, self.load_chunk(ino, index)?);
             }
+            let before = buffered.unwrap_or(0);
+            let after = before.max(high).max(loaded.get(&index).map_or(0, |c| c.len() as u64));
+            growth += stored_len(after) - stored_len(before);
         }
+        self.reserve(ino, growth)?;
         let file = self.open_entry(ino)?;
         for index in offset / CHUNK..=(end - 1) / CHUNK {
             let chunk_start = index * CHUNK;
@@ -184,10 +207,44 @@ impl Pool {
         let file = self.open_entry(ino)?;
         file.size = file.size.max(end);
         file.mtime = Some(now);
-        if file.dirty_bytes >= self.options.dirty_bytes_max {
-            self.flush_ino(ino, true)?;
-        }
         Ok(data.len())
+    }
+
+    /// Buffered data is stored copy-on-write by the next flush at the latest, so a write
+    /// that grows the buffers by `growth` bytes is taken only while the pool has room for
+    /// every buffered byte under `ino`'s policy: a full pool refuses the write itself
+    /// (`NoSpace`, nothing changed) rather than the close that would store it. Space that
+    /// an unlink freed counts once the barrier freeing it has run, so when room is short
+    /// and frees wait for a barrier, one runs now.
+    fn reserve(&mut self, ino: Ino, growth: u64) -> Result<()> {
+        if growth == 0 {
+            return Ok(());
+        }
+        let policy = self.state.effective_policy(ino);
+        let buffered: u64 =
+            self.files.files.values().flat_map(|f| f.dirty.values()).map(|c| stored_len(c.len() as u64)).sum();
+        let needed = buffered + growth;
+        let mut free = self.space_for(policy).1;
+        if needed > free && self.frees_pending() {
+            self.sync()?;
+            free = self.space_for(policy).1;
+        }
+        // Refused only for a known lack of room: where too few disks are reachable for
+        // this policy's writes, or a disk's size cannot be read (it may be unreachable),
+        // the flush finds out and says so.
+        let sizes_known = self
+            .state
+            .disks
+            .keys()
+            .filter(|d| self.state.disk_writable(**d))
+            .all(|d| self.devices.get(d).is_some_and(|device| device.capacity_bytes() > 0));
+        if needed > free && sizes_known && !matches!(self.check_writable(policy), Err(Error::Unavailable(_))) {
+            return Err(Error::NoSpace(format!(
+                "the pool has room for {free} more bytes under {policy}; this write would make {needed} bytes \
+                 waiting to be stored"
+            )));
+        }
+        Ok(())
     }
 
     /// Reads up to `size` bytes at `offset`; short only at end of file. Holes read as zeros.
@@ -364,7 +421,12 @@ impl Pool {
             }
         };
         let policy = self.state.effective_policy(ino);
-        let records = match self.write_chunks(&chunks, policy) {
+        let mut written = self.write_chunks(&chunks, policy);
+        if matches!(written, Err(Error::NoSpace(_) | Error::Unplaceable { .. })) && self.frees_pending() {
+            // The room may be held by extents whose freeing waits for a barrier.
+            written = self.sync().and_then(|()| self.write_chunks(&chunks, policy));
+        }
+        let records = match written {
             Ok(records) => records,
             Err(e) => {
                 restore(self, chunks);

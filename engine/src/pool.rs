@@ -614,7 +614,11 @@ impl Pool {
     /// where too few are left for the policy's width, at the reduced width new extents
     /// are written with (down to the write quorum).
     pub fn space(&self) -> (u64, u64) {
-        let policy = self.state.default_policy;
+        self.space_for(self.state.default_policy)
+    }
+
+    /// `space` for data written under `policy`.
+    pub fn space_for(&self, policy: Policy) -> (u64, u64) {
         let mut total_room = Vec::new();
         let mut free_room = Vec::new();
         for disk in self.state.disks.values().filter(|d| d.state == DiskState::Active) {
@@ -633,7 +637,12 @@ impl Pool {
         let quorum = self.state.availability.write_quorum(policy);
         let width = |disks: usize| policy.width().min(disks.max(quorum));
         let total = usable_bytes_at(&total_room, width(total_room.len()), policy.needed());
-        let free = usable_bytes_at(&free_room, width(free_room.len()), policy.needed());
+        // New extents go out at full width where they can and at reduced width (down to
+        // the quorum) where too few disks have room: the free space is the larger.
+        let free = (quorum.min(policy.width())..=policy.width())
+            .map(|w| usable_bytes_at(&free_room, w, policy.needed()))
+            .max()
+            .unwrap_or(0);
         (total, free)
     }
 }

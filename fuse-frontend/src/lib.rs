@@ -40,6 +40,26 @@ pub struct DynamicFs {
     pool: Arc<Mutex<Pool>>,
     /// Record access times on reads and listings (`relatime`); off for `noatime`.
     atime: bool,
+    /// Below this much free space (under a file's policy), a file opened write-only
+    /// bypasses the kernel's write cache (see `open_flags`).
+    direct_below_free: u64,
+}
+
+/// What the kernel may hold as dirty pages of one FUSE mount before it must write them
+/// back: FUSE mounts get 1% of the dirty threshold (`dirty_bytes`, else `dirty_ratio`
+/// percent of memory), strictly enforced. The engine buffers up to 16 MiB more.
+fn kernel_dirty_allowance() -> u64 {
+    let read = |path: &str| std::fs::read_to_string(path).ok();
+    let number = |text: Option<String>| text.and_then(|t| t.trim().parse::<u64>().ok());
+    let memory = read("/proc/meminfo")
+        .and_then(|m| m.lines().find(|l| l.starts_with("MemTotal:")).map(str::to_owned))
+        .and_then(|line| line.split_whitespace().nth(1).and_then(|kib| kib.parse::<u64>().ok()))
+        .map_or(8 << 30, |kib| kib * 1024);
+    let threshold = match number(read("/proc/sys/vm/dirty_bytes")) {
+        Some(bytes) if bytes > 0 => bytes,
+        _ => memory / 100 * number(read("/proc/sys/vm/dirty_ratio")).unwrap_or(20),
+    };
+    threshold / 100 + (16 << 20)
 }
 
 /// The errno for an engine error: the single place errors cross the FUSE boundary.
@@ -144,7 +164,28 @@ impl DynamicFs {
 
     /// Serves a pool that others (the daemon's control socket) use too.
     pub fn shared(pool: Arc<Mutex<Pool>>) -> Self {
-        Self { pool, atime: true }
+        Self { pool, atime: true, direct_below_free: 4 * kernel_dirty_allowance() }
+    }
+
+    /// How a file opened with `flags` is served. Through the kernel's write cache a
+    /// `write(2)` returns before the engine sees it, so on a nearly full pool a write
+    /// the pool cannot take would fail only at close, after the kernel had already
+    /// grown the file's size (which, under the write cache, only the kernel sets). So
+    /// while free space under the file's policy is within a few times what the kernel
+    /// may cache, a write-only open goes direct: each `write(2)` reaches the engine,
+    /// which refuses with `ENOSPC` what it cannot store, and the file stays as the last
+    /// successful write left it. Read-write opens keep the cache (shared `mmap` needs it).
+    fn open_flags(&self, pool: &Pool, ino: Ino, flags: i32) -> FopenFlags {
+        if flags & libc::O_ACCMODE != libc::O_WRONLY {
+            return FopenFlags::empty();
+        }
+        let free = pool.space_for(pool.state().effective_policy(ino)).1;
+        if free < self.direct_below_free {
+            tracing::debug!(free, "nearly full: writes to this file bypass the kernel's cache");
+            FopenFlags::FOPEN_DIRECT_IO
+        } else {
+            FopenFlags::empty()
+        }
     }
 
     /// Whether reads and listings record access times (`relatime`, the default) or not
@@ -351,10 +392,11 @@ impl Filesystem for DynamicFs {
         reply_entry(reply, self.pool().link(Ino(ino.0), Ino(newparent.0), newname.as_bytes()))
     }
 
-    fn open(&self, req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+    fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         let _span = request_span("open", req);
-        match self.pool().open_file(Ino(ino.0)) {
-            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
+        let mut pool = self.pool();
+        match pool.open_file(Ino(ino.0)) {
+            Ok(fh) => reply.opened(FileHandle(fh), self.open_flags(&pool, Ino(ino.0), flags.0)),
             Err(e) => reply.error(errno(&e)),
         }
     }
@@ -618,7 +660,7 @@ impl Filesystem for DynamicFs {
         name: &OsStr,
         mode: u32,
         umask: u32,
-        _flags: i32,
+        flags: i32,
         reply: ReplyCreate,
     ) {
         let _span = request_span("create", req);
@@ -628,7 +670,10 @@ impl Filesystem for DynamicFs {
             Err(e) => return reply.error(errno(&e)),
         };
         match pool.open_file(attr.ino) {
-            Ok(fh) => reply.created(&TTL, &file_attr(&attr), Generation(0), FileHandle(fh), FopenFlags::empty()),
+            Ok(fh) => {
+                let open = self.open_flags(&pool, attr.ino, flags);
+                reply.created(&TTL, &file_attr(&attr), Generation(0), FileHandle(fh), open)
+            }
             Err(e) => reply.error(errno(&e)),
         }
     }

@@ -183,6 +183,9 @@ struct Run<'s> {
     rival: Option<(dfs_engine::Pool, Tree)>,
     /// A second engine armed to open mid-barrier, not yet opened.
     rival_armed: bool,
+    /// Whether the last `Write`/`Append` step failed at the write itself (which then took
+    /// nothing) rather than at its close.
+    write_refused: bool,
 }
 
 fn fail(step: usize, invariant: &'static str, detail: impl Into<String>) -> Failure {
@@ -340,6 +343,7 @@ impl<'s> Run<'s> {
             maintenance: Vec::new(),
             rival: None,
             rival_armed: false,
+            write_refused: false,
         }
     }
 
@@ -361,18 +365,25 @@ impl<'s> Run<'s> {
             self.note(&format!("{index} {step:?}"));
             let barriers = self.world.pool.as_ref().map(|p| p.counters().barriers);
             let crashes = self.world.crashes;
+            let mut acked_before = self.acked.clone();
+            if let Step::Write { path, .. } | Step::Append { path, .. } = step {
+                // Its create, if any, commits before anything could barrier.
+                let _ = acked_before.open(path, self.next_id);
+            }
             self.run_step(step)?;
             self.collect_rival(index)?;
-            // A barrier in this step made everything committed so far durable: steps
-            // that barrier either end with it (Fsync) or do not change the namespace.
-            // A recovery inside the step replaced the pool, and its counters with it:
-            // then only an empty queue of undurable commits says so.
+            // A barrier in this step made everything committed before it durable: steps
+            // that barrier either end with it (Fsync), do not change the namespace, or
+            // barrier before their own commit (a write that waits for freed space). A
+            // recovery inside the step replaced the pool, and its counters with it: then
+            // only an empty queue of undurable commits says so.
             let same_pool = self.world.crashes == crashes;
-            let pool = self.world.pool.as_ref();
-            if pool
-                .is_some_and(|p| !p.has_undurable_commits() || (same_pool && Some(p.counters().barriers) != barriers))
-            {
-                self.durable = self.acked.clone();
+            if let Some(pool) = self.world.pool.as_ref() {
+                if !pool.has_undurable_commits() {
+                    self.durable = self.acked.clone();
+                } else if same_pool && Some(pool.counters().barriers) != barriers {
+                    self.durable = acked_before;
+                }
             }
             self.world.clock.advance(STEP_NANOS);
             if let Some(pool) = self.world.pool.as_ref() {
@@ -1078,6 +1089,7 @@ impl<'s> Run<'s> {
                 let pool = self.world.pool();
                 let written = pool.write(fh, *offset, &pattern(*len, *seed));
                 let released = pool.release(fh);
+                self.write_refused = written.is_err();
                 written.and(released).map(|_| None)
             }
             Step::Append { path, len, seed } => {
@@ -1086,6 +1098,7 @@ impl<'s> Run<'s> {
                 let size = pool.getattr(ino).map(|a| a.size);
                 let written = size.and_then(|size| pool.write(fh, size, &pattern(*len, *seed)));
                 let released = pool.release(fh);
+                self.write_refused = written.is_err();
                 written.and(released).map(|_| None)
             }
             Step::Truncate { path, size } => {
@@ -1240,11 +1253,21 @@ impl<'s> Run<'s> {
         self.note(&format!("-> {:?}", errno_of(&actual)));
         if self.world.switch.is_crashed() {
             self.handles.clear();
-            // Only a barrier makes commits durable, and only `Fsync` runs one: it makes
-            // every commit so far durable, or none.
+            // Only a barrier makes commits durable: `Fsync` runs one, which makes every
+            // commit so far durable, or none; a write waiting for freed space runs one
+            // before its own commit.
             let mut candidates = vec![self.durable.clone()];
-            if let Step::Fsync { .. } = step {
-                candidates.push(acked);
+            match step {
+                Step::Fsync { .. } => candidates.push(acked),
+                Step::Write { path, .. } | Step::Append { path, .. } => {
+                    // The step's create, if any, commits before its write.
+                    let mut created = self.acked.clone();
+                    let _ = created.open(path, new_id);
+                    candidates.push(created);
+                    candidates.push(self.acked.clone());
+                }
+                Step::WriteOpen { .. } | Step::Close { .. } => candidates.push(self.acked.clone()),
+                _ => {}
             }
             return self.after_maybe_crash(candidates);
         }
@@ -1370,8 +1393,9 @@ impl<'s> Run<'s> {
             Step::Write { path, .. } | Step::Append { path, .. } => {
                 let id = self.live.open(path, new_id).ok();
                 let _ = self.acked.open(path, new_id);
-                if id.is_some_and(|id| self.handles.values().any(|h| h.id == id)) {
-                    // Another handle keeps the file open: its buffer keeps the data.
+                if !self.write_refused && id.is_some_and(|id| self.handles.values().any(|h| h.id == id)) {
+                    // The close failed, but another handle keeps the file open: its buffer
+                    // keeps the data. (A refused write took nothing.)
                     self.live = live_after;
                 }
             }
