@@ -9,8 +9,7 @@
 use std::io::IsTerminal;
 
 use anyhow::{anyhow, bail, Context, Result};
-use dfs_engine::device::ExtentId;
-use dfs_engine::meta::state::{DiskId, DiskState, PolicyScope};
+use dfs_engine::meta::state::{ChunkSlot, DiskId, DiskState, PolicyScope};
 use dfs_engine::Policy;
 
 use crate::commands::{engine, print_json, print_text, Ctx};
@@ -141,16 +140,42 @@ pub(crate) fn rebalance(ctx: &mut Ctx<'_>, max_bytes: Option<u64>) -> Result<()>
     Ok(())
 }
 
+/// One extent waiting for repair, as `rebuild-status` shows it.
+#[derive(serde::Serialize)]
+struct RebuildView {
+    /// Its name, `INO:INDEX` (see `ChunkSlot`).
+    extent: String,
+    policy: String,
+    /// Fragments usable beyond the ones a read needs: 0 means one more loss loses it.
+    spare: usize,
+    fragments_to_rewrite: usize,
+}
+
 pub(crate) fn rebuild_status(ctx: &mut Ctx<'_>, json: bool) -> Result<()> {
-    let queue = ctx.pool.rebuild_queue();
+    let slots = ctx.pool.state().extent_slots();
+    let queue: Vec<RebuildView> = ctx
+        .pool
+        .rebuild_queue()
+        .into_iter()
+        .map(|item| RebuildView {
+            extent: slots.get(&item.extent).map_or_else(|| item.extent.to_string(), ToString::to_string),
+            policy: item.policy,
+            spare: item.spare,
+            fragments_to_rewrite: item.missing.len(),
+        })
+        .collect();
     if json {
         return print_json(ctx.out, &queue);
     }
     let rows: Vec<Vec<String>> = queue
         .iter()
         .map(|item| {
-            let missing: Vec<String> = item.missing.iter().map(u8::to_string).collect();
-            vec![item.extent.to_string(), item.policy.clone(), item.spare.to_string(), missing.join(",")]
+            vec![
+                item.extent.clone(),
+                item.policy.clone(),
+                item.spare.to_string(),
+                item.fragments_to_rewrite.to_string(),
+            ]
         })
         .collect();
     if queue.is_empty() {
@@ -176,9 +201,11 @@ pub(crate) fn change_policy(
             PolicyScope::Path { ino, path, recursive }
         }
         (None, Some(extent)) => {
-            let id = u64::from_str_radix(extent.trim_start_matches("0x"), 16)
-                .map_err(|_| anyhow!("'{extent}' is not an extent id (hex, as `dfs list-extents` shows) (EINVAL)"))?;
-            PolicyScope::Extent(ExtentId(id))
+            let slot: ChunkSlot = extent.parse().map_err(|e| anyhow!("{e} (EINVAL)"))?;
+            let record = ctx.pool.state().slot_extent(slot).ok_or_else(|| {
+                anyhow!("no extent {slot}: no file holds chunk {} of inode {} (ENOENT)", slot.index, slot.ino.0)
+            })?;
+            PolicyScope::Extent(record.id)
         }
         (None, None) => PolicyScope::Default,
     };
@@ -238,6 +265,7 @@ struct PolicyStatus {
 
 pub(crate) fn policy_status(ctx: &mut Ctx<'_>, json: bool) -> Result<()> {
     let state = ctx.pool.state();
+    let names = state.extent_slots();
     let status = PolicyStatus {
         transitions: state
             .transitions
@@ -249,7 +277,10 @@ pub(crate) fn policy_status(ctx: &mut Ctx<'_>, json: bool) -> Result<()> {
                     PolicyScope::Path { path, recursive, .. } => {
                         format!("{path}{}", if *recursive { " (recursive)" } else { "" })
                     }
-                    PolicyScope::Extent(id) => format!("extent {id}"),
+                    PolicyScope::Extent(id) => format!(
+                        "extent {}",
+                        names.get(id).map_or_else(|| format!("{id} (since rewritten)"), ToString::to_string)
+                    ),
                 },
                 policy: t.policy.to_string(),
                 state: t.state.to_string(),
@@ -264,7 +295,7 @@ pub(crate) fn policy_status(ctx: &mut Ctx<'_>, json: bool) -> Result<()> {
             .values()
             .filter(|r| !r.history.is_empty())
             .map(|r| ExtentHistory {
-                extent: r.id.to_string(),
+                extent: names.get(&r.id).map_or_else(|| r.id.to_string(), ToString::to_string),
                 history: r
                     .history
                     .iter()

@@ -331,8 +331,9 @@ pub(crate) enum Command {
         /// A file, or a directory (its files; with --recursive everything beneath it).
         #[arg(long, value_name = "POOL_PATH")]
         path: Option<String>,
-        /// One extent, by the id `dfs list-extents` shows.
-        #[arg(long, value_name = "ID")]
+        /// One extent, by the name `dfs list-extents` shows: INO:INDEX, the file chunk it
+        /// serves (stays the same through re-encodes and rebuilds).
+        #[arg(long, value_name = "INO:INDEX")]
         extent: Option<String>,
         /// With a directory --path: every file and directory beneath it.
         #[arg(short, long)]
@@ -357,8 +358,9 @@ pub(crate) enum Command {
     ExtentStats {
         #[command(flatten)]
         pool: PoolArg,
-        /// The extent, by the id `dfs list-extents` shows.
-        #[arg(long, value_name = "ID")]
+        /// The extent, by the name `dfs list-extents` shows: INO:INDEX, the file chunk it
+        /// serves (stays the same through re-encodes and rebuilds).
+        #[arg(long, value_name = "INO:INDEX")]
         extent: String,
         #[command(flatten)]
         json: JsonArg,

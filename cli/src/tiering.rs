@@ -5,7 +5,7 @@
 use std::io::IsTerminal;
 
 use anyhow::{anyhow, bail, Result};
-use dfs_engine::device::ExtentId;
+use dfs_engine::meta::state::ChunkSlot;
 use dfs_engine::temperature::config::{Classifier, TieringConfig};
 use dfs_engine::temperature::Class;
 use dfs_engine::tier_report::TemperatureRow;
@@ -248,9 +248,8 @@ fn row_cells(row: &TemperatureRow) -> Vec<String> {
 
 /// `dfs extent-stats`.
 pub(crate) fn extent_stats(ctx: &mut Ctx<'_>, extent: &str, json: bool) -> Result<()> {
-    let id = u64::from_str_radix(extent.trim_start_matches("0x"), 16)
-        .map_err(|_| anyhow!("'{extent}' is not an extent id (hex, as `dfs list-extents` shows) (EINVAL)"))?;
-    let stats = ctx.pool.extent_stats(ExtentId(id)).map_err(engine)?;
+    let slot: ChunkSlot = extent.parse().map_err(|e| anyhow!("{e} (EINVAL)"))?;
+    let stats = ctx.pool.extent_stats(slot).map_err(engine)?;
     if json {
         return print_json(ctx.out, &stats);
     }

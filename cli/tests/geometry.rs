@@ -62,11 +62,27 @@ fn failing_rebuilding_removing_and_reencoding_keep_every_byte() {
     assert_all_intact(&pool, &hashes, "after failing d3");
     let queue: serde_json::Value = pool.json("rebuild-status");
     assert!(!queue.as_array().unwrap().is_empty());
+    // Extents are named alike everywhere, and the names outlive the rebuild.
+    let names = |pool: &Pool| -> Vec<String> {
+        let listed = pool.json("list-extents");
+        listed.as_array().unwrap().iter().map(|e| e["extent"].as_str().unwrap().to_string()).collect()
+    };
+    let before_rebuild = names(&pool);
+    for item in queue.as_array().unwrap() {
+        assert!(before_rebuild.iter().any(|n| item["extent"] == n.as_str()), "{item} not in list-extents");
+        assert_eq!(item["fragments_to_rewrite"].as_u64(), Some(1), "{item}: replicate:2 lost one copy");
+    }
+    let table = ok(&["rebuild-status", "--pool", pool.path()]);
+    assert!(table.lines().nth(1).is_some_and(|row| row.trim_end().ends_with(" 1")), "{table}");
+    let first = queue[0]["extent"].as_str().unwrap().to_string();
+    let stats = ok(&["extent-stats", "--pool", pool.path(), "--extent", &first]);
+    assert!(stats.starts_with(&format!("extent {first}:")), "{stats}");
 
     // The rebuild restores full redundancy, verified fragment by fragment.
     ok(&["rebuild", "--pool", pool.path()]);
     assert_eq!(degraded_extents(&pool, true), 0, "the rebuild left degraded extents");
     assert!(pool.json("rebuild-status").as_array().unwrap().is_empty());
+    assert_eq!(names(&pool), before_rebuild, "the rebuild renamed extents");
     assert_all_intact(&pool, &hashes, "after the rebuild");
 
     // Removing a disk drains it: nothing left there, everything still whole.

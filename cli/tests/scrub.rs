@@ -24,15 +24,19 @@ fn flip_byte(path: &Path) {
     fs::write(path, bytes).unwrap();
 }
 
-/// Fragment files of `extent` (hex id) on every disk.
+/// Fragment files of `extent` (its name, `INO:INDEX`) on every disk.
 fn fragments_of(pool: &Pool, extent: &str) -> Vec<PathBuf> {
+    let list = json(&["list-extents", "--pool", pool.path(), "--json"]);
+    let entry = list.as_array().unwrap().iter().find(|e| e["extent"] == extent).unwrap().clone();
+    let stored_as = entry["stored_as"].as_str().unwrap().to_string();
     pool.disks
         .iter()
         .flat_map(|d| fragment_files(d))
-        .filter(|p| p.file_name().unwrap().to_str().unwrap().starts_with(extent))
+        .filter(|p| p.file_name().unwrap().to_str().unwrap().starts_with(&stored_as))
         .collect()
 }
 
+/// The names of the extents of the file at `path`.
 fn extents(pool: &Pool, path: &str) -> Vec<String> {
     let list = json(&["list-extents", "--pool", pool.path(), path, "--json"]);
     list.as_array().unwrap().iter().map(|e| e["extent"].as_str().unwrap().to_string()).collect()

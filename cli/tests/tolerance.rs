@@ -54,6 +54,7 @@ fn check(policy: &str, tolerance: usize, how: Damage) {
         serde_json::from_str(&ok(&["list-extents", "--pool", pool.path(), "--verify", "--json"])).unwrap();
     let victim = &extents[0];
     let id = victim["extent"].as_str().unwrap();
+    let stored_as = victim["stored_as"].as_str().unwrap();
     let needed = victim["fragments_total"].as_u64().unwrap() as usize - tolerance;
     let mut to_break = victim["fragments_available"].as_u64().unwrap() as usize + 1 - needed;
     for (index, disk) in victim["disks"].as_array().unwrap().iter().enumerate() {
@@ -61,7 +62,7 @@ fn check(policy: &str, tolerance: usize, how: Damage) {
         if disk_number <= tolerance || to_break == 0 {
             continue; // already damaged above, or enough broken
         }
-        damage(&pool.disks[disk_number - 1].join("fragment").join(format!("{id}.{index:02}")), how);
+        damage(&pool.disks[disk_number - 1].join("fragment").join(format!("{stored_as}.{index:02}")), how);
         to_break -= 1;
     }
     assert_eq!(to_break, 0);

@@ -1,7 +1,6 @@
 //! The engine's error type: one enum for every operation, each variant with its errno
 //! and a message a user can act on.
 
-use crate::device::ExtentId;
 use crate::policy::Policy;
 
 /// Result of an engine operation.
@@ -30,8 +29,9 @@ pub enum Error {
     NoSpace(String),
     #[error("policy {policy} needs {needed} distinct disks with room for a fragment, but only {available} have room")]
     Unplaceable { policy: Policy, needed: usize, available: usize },
+    /// `extent` is its name, `INO:INDEX` (see `ChunkSlot`).
     #[error("extent {extent} (file offset {offset}) is lost: {detail}")]
-    DataLost { extent: ExtentId, offset: u64, detail: String },
+    DataLost { extent: String, offset: u64, detail: String },
     #[error("I/O error: {0}")]
     Io(String),
     #[error("metadata cannot be recovered: {0}")]

@@ -337,7 +337,7 @@ impl Pool {
             self.commit_resynced(id, &resynced)?;
             return Ok(false);
         }
-        let lost = |detail: String| Error::DataLost { extent: id, offset: 0, detail };
+        let lost = |detail: String| Error::DataLost { extent: self.state.extent_name(id), offset: 0, detail };
         let available = payloads.iter().filter(|p| p.is_some()).count();
         if available < record.policy.needed() {
             return Err(lost(format!(

@@ -11,7 +11,7 @@ use serde::Serialize;
 use crate::codec;
 use crate::device::{BlockKind, BlockName, ExtentId};
 use crate::fragment;
-use crate::meta::state::{DiskId, DiskState, ExtentRecord, Ino, InodeKind, EXTENT_BYTES_MAX};
+use crate::meta::state::{ChunkSlot, DiskId, DiskState, ExtentRecord, Ino, InodeKind, EXTENT_BYTES_MAX};
 use crate::pool::Pool;
 
 /// How well an extent meets its policy.
@@ -68,7 +68,11 @@ pub const FULL_BELOW_BYTES: u64 = crate::meta::state::EXTENT_BYTES_MAX + crate::
 /// One extent, for `list-extents`.
 #[derive(Clone, Debug, Serialize)]
 pub struct ExtentInfo {
+    /// Its name, `INO:INDEX` (see `ChunkSlot`): the same in every command and report.
     pub extent: String,
+    /// The internal id its fragments are stored under on the disks (fragment file
+    /// names start with it); every re-encode, rebuild or overwrite replaces it.
+    pub stored_as: String,
     pub file: String,
     pub offset: u64,
     pub length: u32,
@@ -235,7 +239,8 @@ impl Pool {
                 };
                 let (health, available) = self.health(record, &present, verify);
                 out.push(ExtentInfo {
-                    extent: id.to_string(),
+                    extent: ChunkSlot { ino: *ino, index: *index }.to_string(),
+                    stored_as: id.to_string(),
                     file: path.clone(),
                     offset: index * EXTENT_BYTES_MAX,
                     length: record.len,

@@ -24,7 +24,7 @@ use crate::device::{BlockName, DeviceError, ExtentId};
 use crate::error::{Error, Result};
 use crate::fragment;
 use crate::io::run_all;
-use crate::meta::state::{DiskId, ExtentRecord, Ino, Op, Transaction, EXTENT_BYTES_MAX};
+use crate::meta::state::{ChunkSlot, DiskId, ExtentRecord, Ino, Op, Transaction, EXTENT_BYTES_MAX};
 use crate::pool::Pool;
 
 /// How hard the background scrub may push: a byte budget and a yield to foreground I/O.
@@ -267,7 +267,8 @@ pub struct ScrubRun {
     total: usize,
     repair: bool,
     /// File and offset of every extent in scope, for the report.
-    places: BTreeMap<ExtentId, (String, u64)>,
+    /// Each extent's file, offset and name (its chunk).
+    places: BTreeMap<ExtentId, (String, u64, String)>,
     pub report: ScrubReport,
 }
 
@@ -436,7 +437,8 @@ impl Pool {
             .iter()
             .map(|(id, ino, offset)| {
                 let file = paths.get(ino).cloned().unwrap_or_else(|| format!("(unlinked inode {})", ino.0));
-                (*id, (file, *offset))
+                let name = ChunkSlot { ino: *ino, index: offset / EXTENT_BYTES_MAX }.to_string();
+                (*id, (file, *offset, name))
             })
             .collect();
         Ok(ScrubRun {
@@ -457,7 +459,7 @@ impl Pool {
             let Some(id) = run.queue.pop_front() else { break };
             let Some((check, repair)) = self.scrub_extent(id, run.repair)? else { continue };
             checked.push(id);
-            let (file, offset) = run.places.get(&id).cloned().unwrap_or_default();
+            let (file, offset, name) = run.places.get(&id).cloned().unwrap_or_default();
             let report = &mut run.report;
             report.extents_checked += 1;
             report.fragments_checked += check.fragments;
@@ -469,7 +471,7 @@ impl Pool {
                     _ => report.missing_fragments += 1,
                 }
                 report.findings.push(FindingView {
-                    extent: id.to_string(),
+                    extent: name.clone(),
                     file: file.clone(),
                     offset,
                     fragment: finding.index,
@@ -479,8 +481,7 @@ impl Pool {
                     raw: finding.clone(),
                 });
             }
-            let view =
-                |detail: String| ExtentProblemView { extent: id.to_string(), file: file.clone(), offset, detail };
+            let view = |detail: String| ExtentProblemView { extent: name.clone(), file: file.clone(), offset, detail };
             match (&check.lost, repair) {
                 (Some(why), _) => report.unrecoverable.push(view(why.clone())),
                 (None, Some(Ok(()))) => {

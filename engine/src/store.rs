@@ -392,7 +392,11 @@ impl Pool {
             self.degraded.insert(record.id);
             tracing::warn!(extent = %record.id, problems = %fetched.problems.join("; "), "degraded read");
         }
-        let data = fetched.data.map_err(|detail| Error::DataLost { extent: record.id, offset, detail })?;
+        let data = fetched.data.map_err(|detail| Error::DataLost {
+            extent: self.state.extent_name(record.id),
+            offset,
+            detail,
+        })?;
         self.cache.insert(record.id, data.clone());
         Ok(data)
     }

@@ -4,7 +4,6 @@
 
 use serde::Serialize;
 
-use crate::device::ExtentId;
 use crate::error::{Error, Result};
 use crate::meta::state::{ChunkSlot, EXTENT_BYTES_MAX};
 use crate::pool::Pool;
@@ -72,7 +71,7 @@ impl Pool {
         let stats = self.access_stats(slot);
         let now = self.clock.wall().secs;
         Some(TemperatureRow {
-            extent: record.id.to_string(),
+            extent: slot.to_string(),
             file,
             offset: slot.index * EXTENT_BYTES_MAX,
             class: temperature.class,
@@ -107,15 +106,8 @@ impl Pool {
     }
 
     /// The temperature, pass history and policy history of one extent.
-    pub fn extent_stats(&self, id: ExtentId) -> Result<ExtentStats> {
-        let slot = self
-            .state
-            .file_extents
-            .iter()
-            .find_map(|(ino, map)| {
-                map.iter().find(|(_, e)| **e == id).map(|(index, _)| ChunkSlot { ino: *ino, index: *index })
-            })
-            .ok_or_else(|| Error::NotFound(format!("extent {id} (see `dfs list-extents`)")))?;
+    pub fn extent_stats(&self, slot: ChunkSlot) -> Result<ExtentStats> {
+        let id = slot;
         let paths = self.paths();
         let file = paths.get(&slot.ino).cloned().unwrap_or_else(|| format!("(unlinked inode {})", slot.ino.0));
         let row = self

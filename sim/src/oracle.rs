@@ -295,7 +295,7 @@ pub fn space_accounting(world: &World) -> Result<(), String> {
 
 /// The engine's own loss report: extents it finds lost when verifying every fragment.
 pub fn reported_lost(pool: &Pool) -> BTreeSet<String> {
-    pool.list_extents(None, true).into_iter().filter(|e| e.health == Health::Lost).map(|e| e.extent).collect()
+    pool.list_extents(None, true).into_iter().filter(|e| e.health == Health::Lost).map(|e| e.stored_as).collect()
 }
 
 /// The file offset of an extent, for messages.
@@ -386,8 +386,11 @@ pub fn scrub_report(
     if let Some(invented) = found.difference(before).next().filter(|_| !faults_during) {
         return Err(format!("scrub reported fragment {invented:?}, which verifies"));
     }
+    // Reports name extents by their chunk.
+    let names = pool.state().extent_slots();
+    let name = |id: &ExtentId| names.get(id).map_or_else(|| id.to_string(), ToString::to_string);
     let reported: BTreeSet<String> = report.unrecoverable.iter().map(|u| u.extent.clone()).collect();
-    let truly: BTreeSet<String> = lost.iter().map(|id| id.to_string()).collect();
+    let truly: BTreeSet<String> = lost.iter().map(name).collect();
     if reported != truly && !(faults_during && truly.is_subset(&reported)) {
         return Err(format!("scrub reported {reported:?} unrecoverable; beyond tolerance are {truly:?}"));
     }
@@ -403,7 +406,7 @@ pub fn scrub_report(
         }
         let unrepaired: Vec<_> = still_bad
             .iter()
-            .filter(|(id, _, _)| !lost.contains(id) && !failed.contains(id.to_string().as_str()))
+            .filter(|(id, _, _)| !lost.contains(id) && !failed.contains(name(id).as_str()))
             .filter(|fragment| !faults_during || before.contains(fragment))
             .collect();
         if let Some(first) = unrepaired.first() {

@@ -187,6 +187,31 @@ pub struct ChunkSlot {
     pub index: u64,
 }
 
+/// How an extent is named to people and programs: by the file chunk it serves,
+/// `INO:INDEX` in decimal (inode 12, bytes from 3 MiB: `12:3`). Unlike the extent's
+/// internal id, which every re-encode, rebuild or overwrite replaces, it stays the same
+/// for as long as the file holds that chunk.
+impl fmt::Display for ChunkSlot {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.ino.0, self.index)
+    }
+}
+
+impl std::str::FromStr for ChunkSlot {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        let parsed = text.split_once(':').and_then(|(ino, index)| Some((ino.parse().ok()?, index.parse().ok()?)));
+        match parsed {
+            Some((ino, index)) => Ok(ChunkSlot { ino: Ino(ino), index }),
+            None => Err(format!(
+                "'{text}' is not an extent: extents are named INO:INDEX (the file's inode and the chunk's \
+                 index), as `dfs list-extents` shows"
+            )),
+        }
+    }
+}
+
 /// What a policy transition re-encodes.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum PolicyScope {
@@ -758,6 +783,23 @@ impl MetaState {
     }
 
     /// The extent in a chunk slot, if any.
+    /// Every extent's chunk (its name for people; see `ChunkSlot`'s `Display`).
+    pub fn extent_slots(&self) -> BTreeMap<ExtentId, ChunkSlot> {
+        self.file_extents
+            .iter()
+            .flat_map(|(ino, map)| map.iter().map(|(index, id)| (*id, ChunkSlot { ino: *ino, index: *index })))
+            .collect()
+    }
+
+    /// An extent's name for people (its chunk; see `ChunkSlot`'s `Display`), or its
+    /// internal id while no file holds it. A scan: for error paths and reports of one.
+    pub fn extent_name(&self, id: ExtentId) -> String {
+        let slot = self.file_extents.iter().find_map(|(ino, map)| {
+            map.iter().find(|(_, e)| **e == id).map(|(index, _)| ChunkSlot { ino: *ino, index: *index })
+        });
+        slot.map_or_else(|| format!("(unreferenced) {id}"), |slot| slot.to_string())
+    }
+
     pub fn slot_extent(&self, slot: ChunkSlot) -> Option<&ExtentRecord> {
         self.file_extents.get(&slot.ino).and_then(|m| m.get(&slot.index)).and_then(|id| self.extents.get(id))
     }
