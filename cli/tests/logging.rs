@@ -99,3 +99,32 @@ fn a_command_logs_json_on_stderr_with_its_request_id_and_keeps_stdout_clean() {
     assert_eq!(ids.len(), 1, "one request id for the command: {stderr}");
     assert!(lines.iter().all(|l| l["span"]["command"] == "list-disks"), "{stderr}");
 }
+
+/// Requests the filesystem answers on purpose are not warnings (issue 15, item 9): an
+/// ioctl it does not serve (`lsattr`: ENOTTY, which the kernel shows as unsupported), a
+/// `cp` that tries a reflink and copy_file_range, and an unmount by `umount` that the
+/// daemon's own unmount then finds done. The daemon's log has no WARN or ERROR line.
+#[test]
+fn requests_answered_on_purpose_leave_no_warning() {
+    let pool = Pool::new("replicate:2", &[64, 64]);
+    let p = pool.path();
+    let m = pool.root.path().join("mnt");
+    fs::create_dir(&m).unwrap();
+    ok(&["--log-format", "json", "mount", "--pool", p, "--mountpoint", m.to_str().unwrap()]);
+    fs::write(m.join("f"), pattern(300_000, 9)).unwrap();
+    let lsattr = std::process::Command::new("lsattr").arg(m.join("f")).output().unwrap();
+    assert!(!lsattr.status.success());
+    let said = String::from_utf8_lossy(&lsattr.stderr);
+    assert!(said.contains("not supported") || said.contains("Inappropriate ioctl"), "{lsattr:?}");
+    let cp = std::process::Command::new("cp").arg("--reflink=auto").arg(m.join("f")).arg(m.join("g")).status().unwrap();
+    assert!(cp.success());
+    assert_eq!(fs::read(m.join("g")).unwrap(), pattern(300_000, 9));
+    let umount = std::process::Command::new("umount").arg(&m).status().unwrap();
+    assert!(umount.success());
+    common::eventually("the daemon to exit", || !pool.root.path().join("pool/control.sock").exists());
+    let log = fs::read_to_string(pool.root.path().join("pool/daemon.log")).unwrap();
+    for line in log.lines().filter(|l| !l.trim().is_empty()) {
+        let line: Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+        assert!(line["level"] != "WARN" && line["level"] != "ERROR", "{line}");
+    }
+}

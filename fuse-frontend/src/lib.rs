@@ -648,6 +648,25 @@ impl Filesystem for DynamicFs {
         }
     }
 
+    /// No ioctl is served (FS_IOC_GETFLAGS, FIEMAP…): `ENOTTY`, as a filesystem answers
+    /// one it does not know, so tools fall back quietly — and so does the log.
+    #[allow(clippy::too_many_arguments)]
+    fn ioctl(
+        &self,
+        req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _flags: fuser::IoctlFlags,
+        cmd: u32,
+        _in_data: &[u8],
+        _out_size: u32,
+        reply: fuser::ReplyIoctl,
+    ) {
+        let _span = request_span("ioctl", req);
+        tracing::debug!(cmd = format_args!("{cmd:#x}"), "ioctl not served: ENOTTY");
+        reply.error(Errno::ENOTTY);
+    }
+
     fn access(&self, req: &Request, _ino: INodeNo, _mask: fuser::AccessFlags, reply: ReplyEmpty) {
         let _span = request_span("access", req);
         reply.ok(); // `default_permissions`: the kernel has already checked
