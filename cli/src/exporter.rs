@@ -257,8 +257,25 @@ pub(crate) fn families(snapshot: &MetricsSnapshot) -> Vec<MetricFamily> {
             vec![(Vec::new(), age)],
         );
     }
+    if let Some(bytes) = resident_bytes() {
+        f.gauges(
+            "dynamicfs_process_resident_bytes",
+            "Resident memory of the process serving the pool (the daemon when mounted).",
+            vec![(Vec::new(), bytes as f64)],
+        );
+    }
     f.0.retain(|family| !family.get_metric().is_empty());
     f.0
+}
+
+/// This process's resident memory, from `/proc/self/statm`.
+pub(crate) fn resident_bytes() -> Option<u64> {
+    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
+    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    // SAFETY: sysconf only reads a configuration value.
+    #[allow(unsafe_code)]
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    u64::try_from(page).ok().map(|page| pages * page)
 }
 
 /// The snapshot in the text exposition format.

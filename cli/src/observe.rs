@@ -16,6 +16,14 @@ fn bar(used: u64, capacity: u64, width: usize) -> String {
 }
 
 /// `dfs status`: one screen.
+/// How the serving daemon is doing: running, and its resident memory.
+fn daemon_line() -> String {
+    match crate::exporter::resident_bytes() {
+        Some(bytes) => format!("; daemon running, {} resident", dfs_engine::units::human(bytes)),
+        None => "; daemon running".to_string(),
+    }
+}
+
 pub(crate) fn status(ctx: &mut Ctx<'_>, json: bool) -> Result<()> {
     let snapshot = ctx.pool.metrics();
     let health = ctx.pool.pool_health().naming_pool(ctx.dir.path());
@@ -23,10 +31,16 @@ pub(crate) fn status(ctx: &mut Ctx<'_>, json: bool) -> Result<()> {
         #[derive(serde::Serialize)]
         struct Status<'a> {
             mounted: bool,
+            /// Resident memory of the process that answered (the daemon when mounted).
+            resident_bytes: Option<u64>,
             health: &'a dfs_engine::health::HealthReport,
             metrics: &'a dfs_engine::metrics::MetricsSnapshot,
         }
-        return print_json(ctx.out, &Status { mounted: !ctx.local, health: &health, metrics: &snapshot });
+        let resident_bytes = crate::exporter::resident_bytes();
+        return print_json(
+            ctx.out,
+            &Status { mounted: !ctx.local, resident_bytes, health: &health, metrics: &snapshot },
+        );
     }
     let state = ctx.pool.state();
     let critical = health.problems.iter().filter(|p| p.severity == dfs_engine::health::Severity::Critical).count();
@@ -35,7 +49,7 @@ pub(crate) fn status(ctx: &mut Ctx<'_>, json: bool) -> Result<()> {
         state.pool_id,
         if health.healthy { "healthy" } else { "UNHEALTHY" },
         health.problems.len(),
-        if ctx.local { "; not mounted (no daemon)" } else { "; daemon running" },
+        if ctx.local { "; not mounted (no daemon)".to_string() } else { daemon_line() },
     );
     text.push_str(&format!(
         "default policy {}; tiering {}; journal seq {}\n\nDisks:\n",

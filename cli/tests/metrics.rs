@@ -198,6 +198,14 @@ fn a_mount_serves_metrics_when_asked() {
     assert_eq!(status, 200);
     assert!(sample(&text, r#"dynamicfs_operations_total{op="fsync"}"#).is_some_and(|n| n >= 1.0), "{text}");
     assert_eq!(http(port, "GET", "/health").0, 200);
+    // The daemon's resident memory, in the metrics and in `status` (issue 15, item 10):
+    // both from the daemon, which holds at least its code and the file's extent.
+    let resident = sample(&text, "dynamicfs_process_resident_bytes").unwrap_or(0.0);
+    assert!(resident > 1e6 && resident < 4e9, "{text}");
+    let status = ok(&["status", "--pool", pool.path(), "--json"]);
+    let status: serde_json::Value = serde_json::from_str(&status).unwrap();
+    assert!(status["resident_bytes"].as_u64().is_some_and(|b| b as f64 > 1e6), "{status}");
+    assert!(ok(&["status", "--pool", pool.path()]).contains(" resident"));
     ok(&["umount", m.to_str().unwrap()]);
     assert!(TcpStream::connect(("127.0.0.1", port)).is_err(), "the endpoint outlived the daemon");
 }
