@@ -191,6 +191,7 @@ pub fn run(command: Command) -> Result<()> {
         }
         Command::InstallMountHelper { dir } => crate::mount_helper::install(&dir),
         Command::Umount { mountpoint } => crate::mount::umount(&mountpoint),
+        Command::Stop { pool } => crate::mount::stop(&pool.pool),
         Command::Serve { pool } => crate::mount::serve_unmounted(&pool.pool, None),
         Command::MetricsServer { pool, listen } => crate::mount::serve_unmounted(&pool.pool, Some(listen)),
         Command::ScrubDaemon { ref pool, action, .. } => {
@@ -319,6 +320,7 @@ fn execute_command(command: Command, ctx: &mut Ctx<'_>) -> Result<()> {
         | Command::Serve { .. }
         | Command::MetricsServer { .. }
         | Command::Umount { .. }
+        | Command::Stop { .. }
         | Command::Init { .. } => {
             bail!("this command does not run against an open pool")
         }

@@ -150,6 +150,14 @@ pub(crate) enum Command {
         #[command(flatten)]
         pool: PoolArg,
     },
+    /// End the daemon serving a pool, whichever it is, and wait until it has released
+    /// the pool: a mount is unmounted (as `dfs umount` does), a `dfs serve` daemon (also
+    /// the one `scrub-daemon start` starts on an unmounted pool) is asked to stop.
+    /// Nothing serving the pool is not an error.
+    Stop {
+        #[command(flatten)]
+        pool: PoolArg,
+    },
     /// Unmount a DynamicFS mount and wait until its daemon has released the pool.
     Umount {
         /// The mountpoint.

@@ -145,9 +145,23 @@ fn daemon_listens(pool: &Path) -> bool {
 pub(crate) fn scrub_daemon_command(pool: &Path, action: ScrubDaemonAction, command: Command) -> Result<()> {
     if action == ScrubDaemonAction::Start && !daemon_listens(pool) {
         let pid = crate::mount::spawn_serve(pool)?;
-        eprintln!("dfs: started the pool daemon (dfs serve, pid {pid}, log {})", pool.join("daemon.log").display());
+        eprintln!(
+            "dfs: started the pool daemon (dfs serve, pid {pid}, log {}); it keeps serving the pool after the \
+             pass — `dfs stop --pool {}` ends it, and `dfs mount` takes it over",
+            pool.join("daemon.log").display(),
+            pool.display()
+        );
     }
-    crate::commands::pool_command(pool, command)
+    crate::commands::pool_command(pool, command)?;
+    if action == ScrubDaemonAction::Stop && !crate::mount::pool_is_mounted(pool) {
+        if let Some(pid) = std::fs::canonicalize(pool).ok().and_then(|dir| crate::mount::serving_daemon(&dir)) {
+            eprintln!(
+                "dfs: the pool daemon (dfs serve, pid {pid}) keeps serving the pool; `dfs stop --pool {}` ends it",
+                pool.display()
+            );
+        }
+    }
+    Ok(())
 }
 
 #[derive(serde::Serialize)]

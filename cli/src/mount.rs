@@ -184,7 +184,7 @@ pub fn own_mount_containing(pool_dir: &Path, path: &Path) -> Option<PathBuf> {
 const PREVIOUS_DAEMON_WAIT: Duration = Duration::from_secs(15);
 
 /// Whether the pool at `pool` is mounted anywhere.
-fn pool_is_mounted(pool: &Path) -> bool {
+pub(crate) fn pool_is_mounted(pool: &Path) -> bool {
     let Ok(pool) = std::fs::canonicalize(pool) else { return false };
     dynamicfs_mounts().iter().any(|entry| entry.pool == pool)
 }
@@ -303,6 +303,7 @@ fn exited_early(child: &mut std::process::Child, log_path: &Path, what: &str) ->
 /// `dfs mount` (and the `mount.fuse.dynamicfs` helper).
 pub fn mount(pool: &Path, mountpoint: &Path, foreground: bool, settings: &MountSettings) -> Result<()> {
     let mountpoint = prepare_mountpoint(mountpoint, settings.nonempty)?;
+    take_over(pool)?;
     if foreground {
         return serve(pool, &mountpoint, settings);
     }
@@ -336,6 +337,21 @@ pub fn mount(pool: &Path, mountpoint: &Path, foreground: bool, settings: &MountS
         READY_TIMEOUT.as_secs(),
         log_path.display()
     )
+}
+
+/// A pool served by an unmounted daemon (`dfs serve`, or the one `scrub-daemon start`
+/// started) is taken over: that daemon is stopped, and the mount's daemon does all it
+/// did. A pool mounted elsewhere is left alone (opening it then fails with EBUSY).
+fn take_over(pool: &Path) -> Result<()> {
+    let Ok(pool_dir) = std::fs::canonicalize(pool) else { return Ok(()) };
+    if pool_is_mounted(&pool_dir) {
+        return Ok(());
+    }
+    if let Some(pid) = serving_daemon(&pool_dir) {
+        end_daemon(&pool_dir, pid)?;
+        eprintln!("dfs: took over {} from its pool daemon (dfs serve, pid {pid})", pool_dir.display());
+    }
+    Ok(())
 }
 
 /// The daemon's start: the pool opened (and owned) with recovery notes logged, and a flag
@@ -633,6 +649,78 @@ fn barrier(pool: &Mutex<dfs_engine::Pool>) {
 
 /// `dfs umount`: unmounts and waits until the daemon has released the pool. A mount
 /// whose daemon died is detached.
+/// The pid of the daemon answering on `pool_dir`'s control socket (from the socket's
+/// peer credentials), if one does.
+pub(crate) fn serving_daemon(pool_dir: &Path) -> Option<i32> {
+    use std::os::fd::AsRawFd;
+    let stream = std::os::unix::net::UnixStream::connect(pool_dir.join(crate::control::SOCKET_NAME)).ok()?;
+    let mut credentials = libc::ucred { pid: 0, uid: 0, gid: 0 };
+    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: the descriptor is open for the duration of the call and `credentials` is
+    // writable memory of the size passed.
+    #[allow(unsafe_code)]
+    let rc = unsafe {
+        libc::getsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            (&raw mut credentials).cast::<libc::c_void>(),
+            &raw mut len,
+        )
+    };
+    (rc == 0 && credentials.pid > 0).then_some(credentials.pid)
+}
+
+/// Waits until whoever holds `pool_dir` locked (a daemon that is finishing) lets go.
+fn wait_released(pool_dir: &Path) -> bool {
+    let Ok(lock) = std::fs::File::open(pool_dir) else { return true };
+    let started = Instant::now();
+    while started.elapsed() < READY_TIMEOUT {
+        if lock.try_lock().is_ok() {
+            let _ = lock.unlock();
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    false
+}
+
+/// Ends the unmounted daemon `pid` of `pool_dir` (SIGTERM: it makes what it committed
+/// durable and releases the pool) and waits until it has.
+fn end_daemon(pool_dir: &Path, pid: i32) -> Result<()> {
+    // SAFETY: kill only sends a signal.
+    #[allow(unsafe_code)]
+    if unsafe { libc::kill(pid, libc::SIGTERM) } != 0 {
+        let error = std::io::Error::last_os_error();
+        bail!("cannot stop the pool daemon (pid {pid}): {error} (EPERM: only its owner can)");
+    }
+    if !wait_released(pool_dir) {
+        bail!("the pool daemon (pid {pid}) still holds {} after {}s", pool_dir.display(), READY_TIMEOUT.as_secs());
+    }
+    Ok(())
+}
+
+/// `dfs stop`.
+pub fn stop(pool: &Path) -> Result<()> {
+    let pool_dir =
+        std::fs::canonicalize(pool).map_err(|_| anyhow!("{}: no such pool directory (ENOENT)", pool.display()))?;
+    let mounts: Vec<MountEntry> = dynamicfs_mounts().into_iter().filter(|entry| entry.pool == pool_dir).collect();
+    for entry in &mounts {
+        umount(&entry.target)?;
+    }
+    if !mounts.is_empty() {
+        return Ok(());
+    }
+    match serving_daemon(&pool_dir) {
+        Some(pid) => {
+            end_daemon(&pool_dir, pid)?;
+            println!("stopped the pool daemon of {} (dfs serve, pid {pid})", pool_dir.display());
+        }
+        None => println!("no daemon serves {}", pool_dir.display()),
+    }
+    Ok(())
+}
+
 pub fn umount(mountpoint: &Path) -> Result<()> {
     let mountpoint = std::fs::canonicalize(mountpoint)
         .or_else(|_| std::path::absolute(mountpoint))
@@ -661,17 +749,7 @@ pub fn umount(mountpoint: &Path) -> Result<()> {
         }
     }
     // The daemon holds the pool directory itself locked until it has let go of the pool.
-    let lock = std::fs::File::open(&pool);
-    let started = Instant::now();
-    if let Ok(lock) = lock {
-        while started.elapsed() < READY_TIMEOUT {
-            if lock.try_lock().is_ok() {
-                let _ = lock.unlock();
-                println!("unmounted {}", mountpoint.display());
-                return Ok(());
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+    if !wait_released(&pool) {
         bail!(
             "unmounted {}, but the daemon still holds {} after {}s",
             mountpoint.display(),

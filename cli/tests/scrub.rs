@@ -10,7 +10,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use common::{eventually, fails, fragment_files, ok, pattern, run, Pool};
+use common::{eventually, fails, fragment_files, ok, pattern, read_uncached, run, Pool};
 use serde_json::Value;
 
 fn json(args: &[&str]) -> Value {
@@ -218,4 +218,48 @@ fn scrub_daemon_start_on_an_unmounted_pool_starts_the_pool_daemon() {
     assert!(ok(&["scrub-daemon", "status", "--pool", p]).contains("daemon: running"));
     std::process::Command::new("kill").arg("-TERM").arg(pid.to_string()).status().unwrap();
     eventually("the daemon to stop", || ok(&["scrub-daemon", "status", "--pool", p]).contains("daemon: not running"));
+}
+
+/// The daemon's life is visible (issue 15, item 8): the daemon `scrub-daemon start`
+/// starts says how it ends; `scrub-daemon stop` says it keeps running; `dfs mount` takes
+/// it over; `dfs stop` ends it; and a pass started right after a one-shot scrub checks
+/// every extent rather than recording "0 of 0".
+#[test]
+fn the_pool_daemon_can_be_seen_stopped_and_taken_over() {
+    let pool = Pool::new("replicate:2", &[64, 64]);
+    let p = pool.path();
+    let local = pool.local("in");
+    let data = pattern(2_500_000, 8);
+    fs::write(&local, &data).unwrap();
+    ok(&["put", "--pool", p, local.to_str().unwrap(), "/x"]);
+
+    // A one-shot scrub, and a pass at once: the pass checks all three extents.
+    ok(&["scrub", "--pool", p]);
+    let out = run(&["scrub-daemon", "start", "--pool", p, "--intensity", "high"]);
+    let said = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(out.status.success() && said.contains(&format!("dfs stop --pool {p}")), "{said}");
+    eventually("the pass to finish", || {
+        json(&["scrub-daemon", "status", "--pool", p, "--json"])["state"]["passes_completed"] == 1
+    });
+    let state = json(&["scrub-daemon", "status", "--pool", p, "--json"]);
+    assert_eq!(state["state"]["last_full_pass"]["stats"]["extents"], 3, "{state}");
+    let out = run(&["scrub-daemon", "stop", "--pool", p]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("keeps serving the pool"), "{out:?}");
+
+    // `dfs mount` takes the pool over from that daemon, and `dfs stop` ends the mount.
+    let m = pool.local("mnt");
+    fs::create_dir(&m).unwrap();
+    let out = run(&["mount", "--pool", p, "--mountpoint", m.to_str().unwrap()]);
+    assert!(out.status.success(), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("took over"), "{out:?}");
+    assert_eq!(read_uncached(&m.join("x")), data);
+    assert!(ok(&["stop", "--pool", p]).contains(&format!("unmounted {}", fs::canonicalize(&m).unwrap().display())));
+    assert!(!String::from_utf8_lossy(&fs::read(format!("{p}/daemon.log")).unwrap()).is_empty());
+
+    // `dfs stop` ends a `dfs serve` daemon; with none left it says so and succeeds.
+    ok(&["scrub-daemon", "start", "--pool", p]);
+    let out = ok(&["stop", "--pool", p]);
+    assert!(out.starts_with("stopped the pool daemon"), "{out}");
+    assert!(ok(&["scrub-daemon", "status", "--pool", p]).contains("daemon: not running"));
+    assert!(ok(&["stop", "--pool", p]).starts_with("no daemon serves"));
 }

@@ -517,8 +517,17 @@ impl Pool {
         self.sync()
     }
 
+    /// A pass covers the extents that exist now and were last checked before it started.
+    /// It counts as started at the next second, so an extent a one-shot scrub checked in
+    /// this second is checked again (else a pass begun right after one would find nothing
+    /// to check and record "0 of 0 extents" as the last full pass); the pass's own checks
+    /// are recorded no earlier than its start, so they count as done.
     fn new_pass(&self) -> PassStats {
-        PassStats { started_secs: self.clock.wall().secs, extent_limit: self.state.next_extent, ..PassStats::default() }
+        PassStats {
+            started_secs: self.clock.wall().secs.saturating_add(1),
+            extent_limit: self.state.next_extent,
+            ..PassStats::default()
+        }
     }
 
     /// `scrub-daemon start`: begins a background pass (unless one is in progress) and
@@ -654,7 +663,7 @@ impl Pool {
         }
         let mut ops = Vec::new();
         if !checked.is_empty() {
-            ops.push(Op::Scrubbed { at_secs: now, extents: checked });
+            ops.push(Op::Scrubbed { at_secs: now.max(pass.started_secs), extents: checked });
         }
         if tick.extents > 0 || finished {
             ops.push(Op::SetScrub(scrub));
