@@ -212,3 +212,32 @@ fn output_into_a_closed_pipe_ends_quietly() {
     assert!(stderr.contains("status 141") || stderr.contains("status 0"), "{stderr}");
     assert!(pool.join("pool.ron").exists(), "the command itself ran");
 }
+
+/// A disk directory the pool's owner may not use (mode 000) is named as a permission
+/// problem (EACCES), not an I/O error (issue 15, item 6).
+#[test]
+fn a_disk_directory_this_user_may_not_use_is_named_as_eacces() {
+    let root = tempfile::tempdir().unwrap();
+    let base = root.path();
+    let as_tests = |args: &[&str]| {
+        std::process::Command::new("runuser")
+            .args(["-u", "tests", "--", env!("CARGO_BIN_EXE_dfs")])
+            .args(args)
+            .current_dir(base)
+            .output()
+            .expect("runuser runs (the tests run as root, with a user `tests`, as .ci/run sets up)")
+    };
+    for disk in ["d1", "d2"] {
+        std::fs::create_dir(base.join(disk)).unwrap();
+    }
+    let chown = std::process::Command::new("chown").args(["-R", "tests:tests"]).arg(base).status().unwrap();
+    assert!(chown.success());
+    assert!(as_tests(&["init", "--pool", "pool"]).status.success());
+    let added = as_tests(&["add-disk", "--pool", "pool", "--disk", "d1", "--disk", "d2", "--capacity", "64MiB"]);
+    assert!(added.status.success(), "{added:?}");
+    std::fs::set_permissions(base.join("d2"), std::os::unix::fs::PermissionsExt::from_mode(0o000)).unwrap();
+    let listed = as_tests(&["list-disks", "--pool", "pool"]);
+    let stdout = String::from_utf8_lossy(&listed.stdout);
+    assert!(stdout.contains("d2 is offline") && stdout.contains("permission denied (EACCES)"), "{stdout}");
+    assert!(!stdout.contains("I/O error"), "{stdout}");
+}

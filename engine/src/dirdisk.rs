@@ -127,6 +127,14 @@ fn io_error(path: &Path, e: std::io::Error) -> DeviceError {
     if e.kind() == ErrorKind::NotFound {
         return DeviceError::NotFound;
     }
+    if e.kind() == ErrorKind::PermissionDenied {
+        // Not a failing sector: this process may not use the directory (its mode or
+        // owner changed). The disk is unreachable until that is put right.
+        return DeviceError::Unavailable(format!(
+            "{}: permission denied (EACCES): this user may not use it; check its owner and mode",
+            path.display()
+        ));
+    }
     DeviceError::Io(format!("{}: {e}", path.display()))
 }
 
