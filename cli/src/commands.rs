@@ -42,6 +42,12 @@ pub(crate) fn errno_name(errno: i32) -> &'static str {
     }
 }
 
+/// A failed operation on a local file, ending with its errno name like every error.
+fn local_error(what: &str, path: &Path, error: &std::io::Error) -> anyhow::Error {
+    let name = errno_name(error.raw_os_error().unwrap_or(libc_errno::EIO));
+    anyhow!("{what} {}: {error} ({name})", path.display())
+}
+
 /// errno values as Linux defines them (the engine reports these numbers).
 mod libc_errno {
     pub const EPERM: i32 = 1;
@@ -508,9 +514,9 @@ fn put(ctx: &mut Ctx<'_>, local: &Path, pool_path: &str, policy: Option<dfs_engi
     let mut source: Box<dyn Read> = if local.as_os_str() == "-" {
         Box::new(std::io::stdin().lock())
     } else {
-        let file = File::open(local).with_context(|| format!("cannot open {}", local.display()))?;
+        let file = File::open(local).map_err(|e| local_error("cannot open", local, &e))?;
         if file.metadata().map(|m| m.is_dir()).unwrap_or(false) {
-            bail!("{} is a directory; put copies one file", local.display());
+            bail!("{} is a directory; put copies one file (EISDIR)", local.display());
         }
         Box::new(file)
     };
@@ -592,7 +598,7 @@ fn get(ctx: &mut Ctx<'_>, pool_path: &str, local: &Path) -> Result<()> {
     let mut sink: Box<dyn Write> = if to_stdout {
         Box::new(std::io::stdout().lock())
     } else {
-        Box::new(File::create(local).with_context(|| format!("cannot create {}", local.display()))?)
+        Box::new(File::create(local).map_err(|e| local_error("cannot create", local, &e))?)
     };
     let fh = pool.open_file(ino).map_err(engine)?;
     let result = (|| -> Result<()> {
@@ -694,14 +700,14 @@ fn remove(pool: &mut Pool, parent: Ino, name: &[u8], recursive: bool) -> Result<
 fn mkdir(pool: &mut Pool, pool_path: &str, parents: bool, policy: Option<dfs_engine::Policy>) -> Result<()> {
     let parts: Vec<&str> = pool_path.split('/').filter(|p| !p.is_empty() && *p != ".").collect();
     if parts.is_empty() {
-        bail!("'{pool_path}' names the root directory, which always exists");
+        bail!("'{pool_path}' names the root directory, which always exists (EEXIST)");
     }
     let mut ino = Ino::ROOT;
     for (i, part) in parts.iter().enumerate() {
         let last = i + 1 == parts.len();
         match pool.lookup(ino, part.as_bytes()) {
             Ok(attr) if attr.kind == InodeKind::Directory && (parents || !last) => ino = attr.ino,
-            Ok(_) if !last => bail!("{}: not a directory", parts[..=i].join("/")),
+            Ok(_) if !last => bail!("{}: not a directory (ENOTDIR)", parts[..=i].join("/")),
             Ok(_) => return Err(engine(dfs_engine::Error::Exists(pool_path.to_string()))),
             Err(dfs_engine::Error::NotFound(_)) if parents || last => {
                 ino = pool.mkdir(ino, part.as_bytes(), owner(0o755)).map_err(engine)?.ino;
