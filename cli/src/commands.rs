@@ -187,12 +187,13 @@ fn parent_and_name<'p>(pool: &Pool, path: &'p str) -> Result<(Ino, &'p str)> {
 pub fn run(command: Command) -> Result<()> {
     match command {
         Command::Demo { dir } => demo(dir),
-        Command::Mount { pool, mountpoint, foreground, allow_other, nonempty, metrics, options } => {
+        Command::Mount { pool, mountpoint, foreground, allow_other, nonempty, metrics, cache, options } => {
             let mut settings = crate::mount::MountSettings::default();
             settings.apply(&options, false)?;
             settings.flags.allow_other |= allow_other;
             settings.nonempty |= nonempty;
             settings.metrics = metrics.or(settings.metrics);
+            settings.cache_bytes = cache.or(settings.cache_bytes);
             crate::mount::mount(&pool.pool, &mountpoint, foreground, &settings)
         }
         Command::InstallMountHelper { dir } => crate::mount_helper::install(&dir),

@@ -128,9 +128,13 @@ pub(crate) enum Command {
         /// Serve Prometheus /metrics and /health on this address (e.g. 127.0.0.1:9090).
         #[arg(long, value_name = "ADDR")]
         metrics: Option<std::net::SocketAddr>,
+        /// Memory for decoded extents kept for reads (e.g. 64MiB; default 256MiB): most
+        /// of the daemon's resident memory. Same as -o cache=SIZE.
+        #[arg(long, value_name = "SIZE", value_parser = dfs_engine::units::parse_size)]
+        cache: Option<u64>,
         /// Mount options as in /etc/fstab, comma-separated: allow_other, ro, rw, suid,
-        /// dev, noexec, noatime, nonempty, metrics=ADDR (defaults: rw, nosuid, nodev,
-        /// relatime).
+        /// dev, noexec, noatime, nonempty, metrics=ADDR, cache=SIZE (defaults: rw,
+        /// nosuid, nodev, relatime, cache=256MiB).
         #[arg(short = 'o', long, value_name = "LIST", default_value = "")]
         options: String,
     },
@@ -597,7 +601,8 @@ fn keep_large_buffers_on_the_heap() {
     // starts, and a refused setting (return 0) leaves the defaults, which are correct.
     unsafe {
         libc::mallopt(libc::M_MMAP_THRESHOLD, 64 << 20);
-        libc::mallopt(libc::M_TRIM_THRESHOLD, 256 << 20);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 32 << 20);
+        libc::mallopt(libc::M_ARENA_MAX, 4);
     }
 }
 

@@ -46,11 +46,14 @@ pub struct MountSettings {
     pub atime: bool,
     /// Mount over a directory that is not empty (its files are hidden meanwhile).
     pub nonempty: bool,
+    /// Bytes of decoded extents the daemon keeps in memory for reads (`cache=SIZE`);
+    /// the engine's default (256 MiB) when absent. It is most of the daemon's memory.
+    pub cache_bytes: Option<u64>,
 }
 
 impl Default for MountSettings {
     fn default() -> Self {
-        MountSettings { flags: MountFlags::default(), metrics: None, atime: true, nonempty: false }
+        MountSettings { flags: MountFlags::default(), metrics: None, atime: true, nonempty: false, cache_bytes: None }
     }
 }
 
@@ -63,7 +66,8 @@ const KERNEL_OPTION_PREFIXES: &[&str] = &["user_id=", "group_id=", "rootmode=", 
 
 impl MountSettings {
     /// Applies comma-separated mount options: `allow_other`, `ro`/`rw`, `suid`/`nosuid`,
-    /// `dev`/`nodev`, `exec`/`noexec`, `atime`/`relatime`/`noatime`, `metrics=ADDR`;
+    /// `dev`/`nodev`, `exec`/`noexec`, `atime`/`relatime`/`noatime`, `metrics=ADDR`,
+    /// `cache=SIZE`;
     /// `default_permissions` (always on) and the options of `mount(8)` and systemd
     /// (`defaults`, `_netdev`, `nofail`, `x-*`, `comment=*`, …) are accepted and ignored.
     /// Another option is an error, unless `sloppy` (`mount -s`).
@@ -87,6 +91,12 @@ impl MountSettings {
                 _ if option.starts_with("x-") || option.starts_with("comment=") => {}
                 _ if KERNEL_OPTION_PREFIXES.iter().any(|prefix| option.starts_with(prefix)) => {}
                 _ => match option.split_once('=') {
+                    Some(("cache", size)) => {
+                        self.cache_bytes = Some(
+                            dfs_engine::units::parse_size(size)
+                                .map_err(|e| anyhow!("cache={size}: {e}; e.g. cache=64MiB (EINVAL)"))?,
+                        )
+                    }
                     Some(("metrics", address)) => {
                         self.metrics = Some(address.parse().map_err(|_| {
                             anyhow!("metrics={address}: not an address like 127.0.0.1:9090 (EINVAL)")
@@ -94,7 +104,7 @@ impl MountSettings {
                     }
                     _ if sloppy => {}
                     _ => bail!(
-                        "unknown mount option '{option}'; known: allow_other, ro, rw, suid, nosuid, dev, nodev, exec, noexec, atime, noatime, nonempty, metrics=ADDR (EINVAL)"
+                        "unknown mount option '{option}'; known: allow_other, ro, rw, suid, nosuid, dev, nodev, exec, noexec, atime, noatime, nonempty, metrics=ADDR, cache=SIZE (EINVAL)"
                     ),
                 },
             }
@@ -121,6 +131,9 @@ impl MountSettings {
         }
         if let Some(address) = self.metrics {
             options.push(format!("metrics={address}"));
+        }
+        if let Some(bytes) = self.cache_bytes {
+            options.push(format!("cache={bytes}"));
         }
         options.join(",")
     }
@@ -356,10 +369,14 @@ fn take_over(pool: &Path) -> Result<()> {
 
 /// The daemon's start: the pool opened (and owned) with recovery notes logged, and a flag
 /// SIGINT/SIGTERM raise.
-fn open_for_daemon(pool: &Path) -> Result<(PoolDir, dfs_engine::Pool, Arc<AtomicBool>)> {
+fn open_for_daemon(pool: &Path, cache_bytes: Option<u64>) -> Result<(PoolDir, dfs_engine::Pool, Arc<AtomicBool>)> {
     let started = Instant::now();
+    let mut options = PoolOptions::default();
+    if let Some(bytes) = cache_bytes {
+        options.extent_cache_bytes = usize::try_from(bytes).unwrap_or(usize::MAX);
+    }
     let (dir, engine_pool, report) = loop {
-        match PoolDir::open(pool, PoolOptions::default()) {
+        match PoolDir::open(pool, options.clone()) {
             Ok(opened) => break opened,
             // An unmounted pool still locked is a daemon finishing its last barrier after
             // a plain `umount` (which, unlike `dfs umount`, does not wait for it).
@@ -454,7 +471,7 @@ fn serve(pool: &Path, mountpoint: &Path, settings: &MountSettings) -> Result<()>
     if std::env::var_os(DAEMON_ENV).is_some() {
         detach_from_terminal();
     }
-    let (dir, engine_pool, stop) = open_for_daemon(pool)?;
+    let (dir, engine_pool, stop) = open_for_daemon(pool, settings.cache_bytes)?;
     let dir_path = dir.path().to_path_buf();
     let shared = Arc::new(Mutex::new(engine_pool));
     crate::control::listen(&dir_path, Arc::new(Mutex::new(dir)), shared.clone())?;
@@ -589,7 +606,7 @@ pub fn serve_unmounted(pool: &Path, metrics: Option<std::net::SocketAddr>) -> Re
     if std::env::var_os(DAEMON_ENV).is_some() {
         detach_from_terminal();
     }
-    let (dir, engine_pool, stop) = open_for_daemon(pool)?;
+    let (dir, engine_pool, stop) = open_for_daemon(pool, None)?;
     let dir_path = dir.path().to_path_buf();
     let shared = Arc::new(Mutex::new(engine_pool));
     crate::control::listen(&dir_path, Arc::new(Mutex::new(dir)), shared.clone())?;
