@@ -29,9 +29,10 @@ use dfs_engine::Policy;
     after_help = "Exit codes: 0 success, 1 the operation failed, 2 bad usage.\nStart with: dfs init --pool P, then dfs add-disk --pool P --disk D (several times)."
 )]
 pub(crate) struct Cli {
-    /// Log verbosity (error, warn, info, debug, trace); RUST_LOG overrides it.
-    #[arg(long, global = true, default_value = "warn")]
-    log_level: String,
+    /// Log verbosity (error, warn, info, debug, trace; default warn, and error for
+    /// `dfs demo`, which narrates the failures it causes itself); RUST_LOG overrides it.
+    #[arg(long, global = true)]
+    log_level: Option<String>,
     /// Log format on stderr.
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
@@ -573,7 +574,10 @@ pub(crate) fn next_request_id() -> String {
 fn init_logging(cli: &Cli) {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env()
-        .or_else(|_| EnvFilter::try_new(&cli.log_level))
+        .or_else(|_| {
+            let default = if matches!(cli.command, Command::Demo { .. }) { "error" } else { "warn" };
+            EnvFilter::try_new(cli.log_level.as_deref().unwrap_or(default))
+        })
         .unwrap_or_else(|_| EnvFilter::new("warn"));
     // fuser warns when its own unmount at exit finds the mount already gone — the normal
     // course after `umount` or `dfs umount` — so only its errors are shown.
@@ -631,7 +635,7 @@ fn main() -> ExitCode {
     }
     mount::set_daemon_log_args(vec![
         "--log-level".into(),
-        cli.log_level.clone().into(),
+        cli.log_level.clone().unwrap_or_else(|| "warn".into()).into(),
         "--log-format".into(),
         format!("{:?}", cli.log_format).to_lowercase().into(),
     ]);

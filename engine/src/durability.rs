@@ -141,7 +141,7 @@ impl Pool {
             .collect();
         for id in stranded {
             if let Err(e) = self.rewrite_fragments(id) {
-                tracing::warn!(extent = %id, error = %e, "could not move a new extent off a failed disk");
+                tracing::warn!(stored_as = %id, error = %e, "could not move a new extent off a failed disk");
             }
         }
     }

@@ -279,7 +279,7 @@ impl Pool {
                 Ok(_) => repaired += 1,
                 Err(e @ (Error::ReadOnly(_) | Error::NoDisks)) => return Err(e),
                 Err(e) => {
-                    tracing::warn!(extent = %item.extent, error = %e, "rebuild skipped");
+                    tracing::warn!(stored_as = %item.extent, error = %e, "rebuild skipped");
                     self.degraded.remove(&item.extent);
                 }
             }

@@ -645,7 +645,7 @@ impl Pool {
             }
             if check.lost.is_some() {
                 pass.unrecoverable += 1;
-                tracing::error!(extent = %id, detail = ?check.lost, "scrub: extent beyond repair");
+                tracing::error!(stored_as = %id, detail = ?check.lost, "scrub: extent beyond repair");
             }
             if matches!(repair, Some(Ok(()))) {
                 pass.repaired += 1;

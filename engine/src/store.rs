@@ -390,7 +390,7 @@ impl Pool {
             self.counters.fragment_errors += fetched.problems.len() as u64;
             self.counters.degraded_reads += 1;
             self.degraded.insert(record.id);
-            tracing::warn!(extent = %record.id, problems = %fetched.problems.join("; "), "degraded read");
+            tracing::warn!(stored_as = %record.id, problems = %fetched.problems.join("; "), "degraded read");
         }
         let data = fetched.data.map_err(|detail| Error::DataLost {
             extent: self.state.extent_name(record.id),
