@@ -756,13 +756,33 @@ pub fn umount(mountpoint: &Path) -> Result<()> {
             anyhow!("unmounting {}: {error}; is a file still open there? (EBUSY)", mountpoint.display())
         })?;
     } else {
-        let status = Command::new("fusermount3")
+        use std::os::unix::fs::MetadataExt;
+        // SAFETY: geteuid only reads this process's credentials.
+        #[allow(unsafe_code)]
+        let me = unsafe { libc::geteuid() };
+        match std::fs::metadata(&pool) {
+            Ok(meta) if meta.uid() != me => bail!(
+                "{} is the mount of user {}'s pool; only that user or root may unmount it (EACCES)",
+                mountpoint.display(),
+                meta.uid()
+            ),
+            Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => bail!(
+                "{} is the mount of a pool this user may not use; only its owner or root may unmount it (EACCES)",
+                mountpoint.display()
+            ),
+            _ => {}
+        }
+        let out = Command::new("fusermount3")
             .arg("-u")
             .arg(&mountpoint)
-            .status()
+            .output()
             .context("running fusermount3 -u (from the fuse3 package)")?;
-        if !status.success() {
-            bail!("unmounting {} failed ({status}); is a file still open there? (EBUSY)", mountpoint.display());
+        if !out.status.success() {
+            let said = String::from_utf8_lossy(&out.stderr).trim().to_string();
+            if said.contains("busy") {
+                bail!("unmounting {}: {said}; is a file still open there? (EBUSY)", mountpoint.display());
+            }
+            bail!("unmounting {} failed: {said} (EPERM)", mountpoint.display());
         }
     }
     // The daemon holds the pool directory itself locked until it has let go of the pool.

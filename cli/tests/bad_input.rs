@@ -120,6 +120,21 @@ fn errors_name_their_cause() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("EACCES") && stderr.contains("may not use it"), "{stderr}");
+    // Another user unmounting it: EACCES (was "is a file still open there? (EBUSY)"), and
+    // the mount stays.
+    let mnt = pool.local("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    ok(&["mount", "--pool", pool.path(), "--mountpoint", mnt.to_str().unwrap()]);
+    let out = std::process::Command::new("runuser")
+        .args(["-u", "tests", "--", env!("CARGO_BIN_EXE_dfs"), "umount", mnt.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let still = std::fs::read_to_string("/proc/mounts").unwrap().contains(mnt.to_str().unwrap());
+    ok(&["umount", mnt.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("EACCES") && !stderr.contains("EBUSY"), "{stderr}");
+    assert!(still, "another user's umount took the mount away");
 }
 
 #[test]
