@@ -131,9 +131,11 @@ fn a_killed_daemon_keeps_every_fsynced_file() {
     ok(&["mount", "--pool", pool.path(), "--mountpoint", m.to_str().unwrap()]);
     assert_eq!(fs::read(m.join("synced")).unwrap(), synced);
     assert_eq!(fs::read(m.join("settled")).unwrap(), b"the daemon's barrier made this durable");
-    // A close does not sync (as on ext4): the file is there whole or not at all.
+    // A close does not sync (as on ext4): the file is there whole, or not at all, or —
+    // when the daemon's barrier fell between its create and its close, as ext4's
+    // delayed allocation can leave it — empty; never part of its bytes.
     if let Ok(bytes) = fs::read(m.join("closed")) {
-        assert_eq!(bytes, b"closed, not yet synced");
+        assert!(bytes.is_empty() || bytes == b"closed, not yet synced", "half-visible: {bytes:?}");
     }
     if let Ok(bytes) = fs::read(m.join("unsynced")) {
         assert!(bytes.is_empty() || bytes == b"maybe", "half-visible: {bytes:?}");
