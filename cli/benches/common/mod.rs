@@ -25,6 +25,10 @@ pub fn require(tool: &str, install: &str) {
 pub struct SixDisks {
     pub dynamicfs: PathBuf,
     pub mergerfs: PathBuf,
+    /// The six backing directories.
+    pub disks: Vec<PathBuf>,
+    /// The DynamicFS pool directory.
+    pub pool: PathBuf,
 }
 
 impl SixDisks {
@@ -39,7 +43,12 @@ impl SixDisks {
         for disk in &disks {
             dfs(&["add-disk", "--pool", pool.to_str().unwrap(), "--disk", disk.to_str().unwrap()]);
         }
-        let mounts = SixDisks { dynamicfs: root.join("dfs-mnt"), mergerfs: root.join("mergerfs-mnt") };
+        let mounts = SixDisks {
+            dynamicfs: root.join("dfs-mnt"),
+            mergerfs: root.join("mergerfs-mnt"),
+            disks: disks.clone(),
+            pool: pool.clone(),
+        };
         fs::create_dir(&mounts.dynamicfs).unwrap();
         fs::create_dir(&mounts.mergerfs).unwrap();
         dfs(&["mount", "--pool", pool.to_str().unwrap(), "--mountpoint", mounts.dynamicfs.to_str().unwrap()]);
@@ -50,6 +59,34 @@ impl SixDisks {
             .unwrap();
         assert!(status.success(), "mergerfs did not mount");
         mounts
+    }
+}
+
+impl SixDisks {
+    /// CPU seconds (user + system) the DynamicFS daemon has used so far.
+    pub fn daemon_cpu_secs(&self) -> f64 {
+        let pool = fs::canonicalize(&self.pool).unwrap();
+        let pool = pool.to_str().unwrap();
+        for entry in fs::read_dir("/proc").unwrap().flatten() {
+            let Ok(cmdline) = fs::read(entry.path().join("cmdline")) else { continue };
+            let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+            let is_daemon = args.iter().any(|a| *a == b"--foreground")
+                && args.iter().any(|a| *a == b"mount")
+                && args.iter().any(|a| std::str::from_utf8(a).is_ok_and(|a| a == pool));
+            if !is_daemon {
+                continue;
+            }
+            let stat = fs::read_to_string(entry.path().join("stat")).unwrap();
+            // Fields after the command name (which ends at the last ')'): utime is the
+            // 12th, stime the 13th, in clock ticks.
+            let fields: Vec<&str> = stat.rsplit_once(')').unwrap().1.split_whitespace().collect();
+            let ticks: f64 = fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap();
+            // SAFETY: sysconf only reads a configuration value.
+            #[allow(unsafe_code)]
+            let per_sec = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+            return ticks / per_sec;
+        }
+        panic!("no DynamicFS daemon found for {pool}");
     }
 }
 
