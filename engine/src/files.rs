@@ -232,13 +232,16 @@ impl Pool {
         // Refused only for a known lack of room: where too few disks are reachable for
         // this policy's writes, or a disk's size cannot be read (it may be unreachable),
         // the flush finds out and says so.
+        if needed <= free {
+            return Ok(());
+        }
         let sizes_known = self
             .state
             .disks
             .keys()
             .filter(|d| self.state.disk_writable(**d))
             .all(|d| self.devices.get(d).is_some_and(|device| device.capacity_bytes() > 0));
-        if needed > free && sizes_known && !matches!(self.check_writable(policy), Err(Error::Unavailable(_))) {
+        if sizes_known && !matches!(self.check_writable(policy), Err(Error::Unavailable(_))) {
             return Err(Error::NoSpace(format!(
                 "the pool has room for {free} more bytes under {policy}; this write would make {needed} bytes \
                  waiting to be stored"

@@ -107,13 +107,12 @@ impl Pool {
 
     /// The temperature, pass history and policy history of one extent.
     pub fn extent_stats(&self, slot: ChunkSlot) -> Result<ExtentStats> {
-        let id = slot;
         let paths = self.paths();
         let file = paths.get(&slot.ino).cloned().unwrap_or_else(|| format!("(unlinked inode {})", slot.ino.0));
         let row = self
             .temperature_row(slot, file)
-            .ok_or_else(|| Error::NotFound(format!("extent {id} (see `dfs list-extents`)")))?;
-        let record = self.state.slot_extent(slot).cloned().ok_or_else(|| Error::NotFound(format!("extent {id}")))?;
+            .ok_or_else(|| Error::NotFound(format!("extent {slot} (see `dfs list-extents`)")))?;
+        let record = self.state.slot_extent(slot).cloned().ok_or_else(|| Error::NotFound(format!("extent {slot}")))?;
         let temperature = self.state.temperature.get(&slot).cloned().unwrap_or_default();
         let states = temperature.decoded_states(&self.state.tiering);
         // Every pass observes every extent, so the history lines up with the newest passes.

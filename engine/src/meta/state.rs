@@ -785,18 +785,20 @@ impl MetaState {
     /// The extent in a chunk slot, if any.
     /// Every extent's chunk (its name for people; see `ChunkSlot`'s `Display`).
     pub fn extent_slots(&self) -> BTreeMap<ExtentId, ChunkSlot> {
+        self.slots().collect()
+    }
+
+    /// Every extent held by a file, with the chunk holding it.
+    fn slots(&self) -> impl Iterator<Item = (ExtentId, ChunkSlot)> + '_ {
         self.file_extents
             .iter()
             .flat_map(|(ino, map)| map.iter().map(|(index, id)| (*id, ChunkSlot { ino: *ino, index: *index })))
-            .collect()
     }
 
     /// An extent's name for people (its chunk; see `ChunkSlot`'s `Display`), or its
     /// internal id while no file holds it. A scan: for error paths and reports of one.
     pub fn extent_name(&self, id: ExtentId) -> String {
-        let slot = self.file_extents.iter().find_map(|(ino, map)| {
-            map.iter().find(|(_, e)| **e == id).map(|(index, _)| ChunkSlot { ino: *ino, index: *index })
-        });
+        let slot = self.slots().find(|(extent, _)| *extent == id).map(|(_, slot)| slot);
         slot.map_or_else(|| format!("(unreferenced) {id}"), |slot| slot.to_string())
     }
 
