@@ -189,11 +189,6 @@ fn raw_limit(disks: &[PathBuf], source: &Path) -> (f64, f64) {
 /// A table row: label, unit, the figure, and the raw limit it is held against.
 type Row = (&'static str, &'static str, fn(&Figures) -> f64, Option<f64>);
 
-fn median(mut values: Vec<f64>) -> f64 {
-    values.sort_by(f64::total_cmp);
-    values[values.len() / 2]
-}
-
 fn main() {
     common::require("mergerfs", "apt-get install mergerfs");
     let mib: usize = std::env::var("DFS_BENCH_MIB").ok().and_then(|v| v.parse().ok()).unwrap_or(1024);
@@ -232,9 +227,9 @@ fn main() {
     }
     drop(mounts);
 
-    let pick = |figures: &[Figures], field: fn(&Figures) -> f64| median(figures.iter().map(field).collect());
-    let raw_write = median(raw.iter().map(|r| r.0).collect());
-    let raw_read = median(raw.iter().map(|r| r.1).collect());
+    let pick = |figures: &[Figures], field: fn(&Figures) -> f64| common::median(figures.iter().map(field).collect());
+    let raw_write = common::median(raw.iter().map(|r| r.0).collect());
+    let raw_read = common::median(raw.iter().map(|r| r.1).collect());
     println!(
         "{:<34} {:>16} {:>12} {:>7} {:>18} {:>9}",
         "workload", "DynamicFS", "mergerfs", "ratio", "limit", "of limit"
@@ -257,7 +252,7 @@ fn main() {
     );
     println!(
         "DynamicFS daemon CPU: {:.2} s per GiB written, {:.2} s per GiB read",
-        median(write_cpu),
-        median(read_cpu)
+        common::median(write_cpu),
+        common::median(read_cpu)
     );
 }

@@ -15,7 +15,7 @@
 //! `fsync`, unmount, every CLI command and the daemon's timer end in a barrier; a commit
 //! runs one itself once `PoolOptions::barrier_after_ops` ops are waiting.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use crate::device::{BlockDevice, BlockName, ExtentId};
@@ -195,9 +195,13 @@ impl Pool {
         let txn = Transaction { ops: std::mem::take(&mut self.undurable.ops) };
         let (block, tip) = journal::encode_record(self.tip, &txn);
         let refs: Vec<&dyn BlockDevice> = devices.iter().map(|d| d.as_ref()).collect();
-        let (durable, errors) = journal::write_replicas(&refs, BlockName::Journal { seq: tip.seq }, &block, || {
-            self.reached(CommitPhase::JournalWritten)
-        });
+        let (durable, errors) = journal::write_replicas(
+            &refs,
+            BlockName::Journal { seq: tip.seq },
+            &block,
+            self.options.parallel_io,
+            || self.reached(CommitPhase::JournalWritten),
+        );
         for error in &errors {
             tracing::warn!(%error, "journal replica write failed");
         }
@@ -241,40 +245,45 @@ impl Pool {
         Ok(())
     }
 
-    /// Step 3: deletes freed fragments. Failures leave orphans, which the next open removes.
+    /// Step 3: deletes freed fragments, every disk's at once. Failures leave orphans,
+    /// which the next open removes.
     fn delete_freed(&mut self) {
         if self.read_only.is_some() {
             // Fenced or failed: what looks freed here may be another owner's now.
             return;
         }
         let frees = std::mem::take(&mut self.undurable.frees);
+        let moved = std::mem::take(&mut self.undurable.fragment_frees);
+        if frees.is_empty() && moved.is_empty() {
+            return;
+        }
+        let mut per_disk: BTreeMap<DiskId, Vec<BlockName>> = BTreeMap::new();
         for record in &frees {
             for (index, disk) in record.fragments.iter().enumerate() {
-                if let Some(device) = self.devices.get(disk) {
-                    let name = BlockName::Fragment { extent: record.id, index: index as u8 };
-                    if let Err(error) = device.delete(name) {
-                        tracing::debug!(%error, %name, "freeing a fragment failed; left as an orphan");
-                    }
-                }
+                per_disk.entry(*disk).or_default().push(BlockName::Fragment { extent: record.id, index: index as u8 });
             }
         }
-        let moved = std::mem::take(&mut self.undurable.fragment_frees);
-        for (disk, name) in &moved {
+        for (disk, name) in moved {
             // A fragment that moved away and back again is live here once more.
             if let BlockName::Fragment { extent, index } = name {
-                let placed = self.state.extents.get(extent).and_then(|r| r.fragments.get(usize::from(*index)));
-                if placed == Some(disk) {
+                let placed = self.state.extents.get(&extent).and_then(|r| r.fragments.get(usize::from(index)));
+                if placed == Some(&disk) {
                     continue;
                 }
             }
-            if let Some(device) = self.devices.get(disk) {
-                if let Err(error) = device.delete(*name) {
-                    tracing::debug!(%error, %name, "deleting a moved fragment failed; left as an orphan");
+            per_disk.entry(disk).or_default().push(name);
+        }
+        let jobs: Vec<(Arc<dyn BlockDevice>, Vec<BlockName>)> = per_disk
+            .into_iter()
+            .filter_map(|(disk, names)| self.devices.get(&disk).map(|device| (device.clone(), names)))
+            .collect();
+        run_all(self.options.parallel_io, jobs, |(device, names)| {
+            for name in names {
+                if let Err(error) = device.delete(name) {
+                    tracing::debug!(%error, %name, "deleting a freed fragment failed; left as an orphan");
                 }
             }
-        }
-        if !frees.is_empty() || !moved.is_empty() {
-            self.reached(CommitPhase::Freed);
-        }
+        });
+        self.reached(CommitPhase::Freed);
     }
 }

@@ -1,26 +1,61 @@
-//! The parallel-I/O seam: runs independent per-disk jobs on threads in production, or
-//! one after another in order when the simulator needs a seed to replay exactly.
+//! The parallel-I/O seam: runs independent per-disk jobs at once in production, or one
+//! after another in order when the simulator needs a seed to replay exactly.
+//!
+//! Parallel jobs run on one long-lived pool of I/O threads (`rayon`), not on threads
+//! spawned per call: a barrier issues a few dozen short jobs, and spawning a thread for
+//! each cost more than the jobs themselves. The threads mostly wait on disks, so the pool
+//! is much wider than the machine has cores. A job may itself call `run_all` (a disk's
+//! sync runs its fsyncs at once); a pool thread waiting for its nested jobs runs other
+//! jobs meanwhile, so jobs must not hold a lock that other jobs take while they wait.
 
-/// Runs `job` on every item, on scoped threads when `parallel`, returning results in
-/// input order either way.
+use std::sync::OnceLock;
+
+use rayon::prelude::*;
+
+/// Threads of the I/O pool: enough for every disk of a large pool to have a request in
+/// flight during a barrier.
+const IO_THREADS: usize = 64;
+
+/// The shared I/O pool, or `None` when it could not be started (jobs then run in order).
+fn io_pool() -> Option<&'static rayon::ThreadPool> {
+    static POOL: OnceLock<Option<rayon::ThreadPool>> = OnceLock::new();
+    POOL.get_or_init(|| {
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(IO_THREADS)
+            .thread_name(|i| format!("dfs-io-{i}"))
+            .build()
+            .map_err(|error| tracing::warn!(%error, "no I/O thread pool; disk jobs run one after another"))
+            .ok()
+    })
+    .as_ref()
+}
+
+/// Runs `job` on every item, at once on the I/O pool when `parallel`, returning results
+/// in input order either way.
 pub(crate) fn run_all<T, R, F>(parallel: bool, items: Vec<T>, job: F) -> Vec<R>
 where
     T: Send,
     R: Send,
-    F: Fn(T) -> R + Sync,
+    F: Fn(T) -> R + Sync + Send,
 {
-    if !parallel || items.len() < 2 {
-        return items.into_iter().map(job).collect();
+    let count = items.len();
+    let results: Vec<R> = match io_pool() {
+        Some(pool) if parallel && count > 1 => {
+            pool.install(|| items.into_par_iter().with_max_len(1).map(job).collect())
+        }
+        _ => items.into_iter().map(job).collect(),
+    };
+    debug_assert_eq!(results.len(), count);
+    results
+}
+
+/// Runs `job` in the background on the I/O pool (on a thread of its own when the pool
+/// could not be started): work no caller waits for, such as read-ahead.
+pub(crate) fn spawn(job: impl FnOnce() + Send + 'static) {
+    match io_pool() {
+        Some(pool) => pool.spawn(job),
+        None => {
+            std::thread::spawn(job);
+        }
     }
-    let job = &job;
-    std::thread::scope(|scope| {
-        let handles: Vec<_> = items.into_iter().map(|item| scope.spawn(move || job(item))).collect();
-        handles
-            .into_iter()
-            .map(|handle| match handle.join() {
-                Ok(result) => result,
-                Err(panic) => std::panic::resume_unwind(panic),
-            })
-            .collect()
-    })
 }

@@ -426,8 +426,9 @@ impl Pool {
         let block = journal::encode_checkpoint(self.tip, &self.state);
         let targets: Vec<&dyn BlockDevice> =
             journal_set.iter().filter(|(id, _)| !already_durable.contains(id)).map(|(_, d)| d.as_ref()).collect();
+        let parallel = self.options.parallel_io;
         let (written, errors) =
-            journal::write_replicas(&targets, BlockName::Checkpoint { seq: self.tip.seq }, &block, || {
+            journal::write_replicas(&targets, BlockName::Checkpoint { seq: self.tip.seq }, &block, parallel, || {
                 self.reached(CommitPhase::CheckpointWritten)
             });
         self.reached(CommitPhase::CheckpointSynced);

@@ -145,10 +145,6 @@ fn reply_xattr(reply: ReplyXattr, size: u32, value: dfs_engine::Result<Vec<u8>>)
 /// Most directory entries one `readdir` request prepares; a reply holds fewer.
 const LISTING_ENTRIES_MAX: usize = 1024;
 
-/// How long a read waits for another request's fetch of an extent it needs before
-/// reading it itself.
-const FETCH_WAIT_MAX: std::time::Duration = std::time::Duration::from_secs(5);
-
 /// The creator of a new inode. The engine applies the umask, unless the directory's
 /// default ACL decides the bits instead (the kernel leaves both to a filesystem that
 /// supports ACLs).
@@ -205,8 +201,7 @@ impl DynamicFs {
     }
 
     fn pool(&self) -> MutexGuard<'_, Pool> {
-        // A panic in one request must not take every later request down with it.
-        self.pool.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        dfs_engine::fetch::lock(&self.pool)
     }
 
     /// The entries of directory `ino` from position `offset` on (0 is `.`, 1 is `..`,
@@ -413,40 +408,13 @@ impl Filesystem for DynamicFs {
         reply: ReplyData,
     ) {
         let _span = request_span("read", req);
-        // Fetch what the read needs with the engine unlocked, so other requests (and
-        // other fetches) proceed meanwhile; the read itself then copies from the cache.
-        // (Bound first: a guard in the match scrutinee would live through the arms.)
-        let plan = self.pool().plan_read(fh.0, offset, size as usize);
-        match plan {
-            Ok(plan) => {
-                if let Some(ahead) = plan.ahead {
-                    let pool = self.pool.clone();
-                    // The read-ahead belongs to this request: its log lines carry its id.
-                    let span = tracing::Span::current();
-                    std::thread::spawn(move || {
-                        let _span = span.enter();
-                        let fetched = ahead.run();
-                        pool.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).book_fetched(fetched);
-                    });
-                }
-                if let Some(fetch) = plan.fetch {
-                    let fetched = fetch.run();
-                    self.pool().book_fetched(fetched);
-                }
-                let started = std::time::Instant::now();
-                while self.pool().fetching_any(&plan.wait_for) && started.elapsed() < FETCH_WAIT_MAX {
-                    std::thread::sleep(std::time::Duration::from_micros(200));
-                }
-            }
-            Err(e) => return reply.error(errno(&e)),
-        }
-        let mut pool = self.pool();
-        match pool.read(fh.0, offset, size as usize) {
+        let read = dfs_engine::fetch::read_shared(&self.pool, fh.0, offset, size as usize);
+        match read {
             Ok(data) => {
                 // A read on a write-only descriptor is the kernel filling a page it
                 // is about to write into: not an access (ext4 does not count it).
                 if !matches!(flags.acc_mode(), fuser::OpenAccMode::O_WRONLY) {
-                    self.accessed(&mut pool, Ino(ino.0));
+                    self.accessed(&mut self.pool(), Ino(ino.0));
                 }
                 reply.data(&data)
             }

@@ -13,6 +13,12 @@ pub fn dfs(args: &[&str]) {
     assert!(status.success(), "dfs {args:?} failed");
 }
 
+/// The median of `values` (the upper one of an even count).
+pub fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
+}
+
 /// Exits with status 2 and the install command when `tool` is missing.
 pub fn require(tool: &str, install: &str) {
     if Command::new(tool).arg("-V").output().is_err() {

@@ -18,6 +18,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::device::{BlockDevice, BlockKind, BlockName, DeviceError};
 use crate::frame::{self, FrameError, FrameKind};
+use crate::io::run_all;
 use crate::meta::state::{MetaState, Transaction};
 use crate::meta::{v1, v2};
 
@@ -227,32 +228,28 @@ pub fn encode_checkpoint(tip: JournalTip, state: &MetaState) -> Vec<u8> {
 
 /// Writes `block` under `name` to every device, calls `written`, then syncs each;
 /// returns, per device, whether its copy is durable, and the errors of the others.
+/// With `parallel`, the replicas are written at once and synced at once (the barrier
+/// costs one write and one sync, not one per replica); without, one after another in
+/// order, as the simulator needs.
 pub fn write_replicas(
     devices: &[&dyn BlockDevice],
     name: BlockName,
     block: &[u8],
+    parallel: bool,
     written: impl FnOnce(),
 ) -> (Vec<bool>, Vec<String>) {
-    let mut errors = Vec::new();
-    let mut durable: Vec<bool> = devices
-        .iter()
-        .map(|device| match device.write(name, block) {
-            Ok(()) => true,
-            Err(e) => {
-                errors.push(format!("{}: {name}: {e}", device.describe()));
-                false
-            }
-        })
-        .collect();
+    let describe =
+        |device: &dyn BlockDevice, what: &str, e: DeviceError| format!("{}: {name}{what}: {e}", device.describe());
+    let wrote: Vec<Result<(), String>> =
+        run_all(parallel, devices.to_vec(), |device| device.write(name, block).map_err(|e| describe(device, "", e)));
     written();
-    for (device, ok) in devices.iter().zip(durable.iter_mut()) {
-        if *ok {
-            if let Err(e) = device.sync() {
-                errors.push(format!("{}: {name}: sync: {e}", device.describe()));
-                *ok = false;
-            }
-        }
-    }
+    let jobs: Vec<(&dyn BlockDevice, Result<(), String>)> = devices.iter().copied().zip(wrote).collect();
+    let synced: Vec<Result<(), String>> = run_all(parallel, jobs, |(device, wrote)| {
+        wrote.and_then(|()| device.sync().map_err(|e| describe(device, ": sync", e)))
+    });
+    debug_assert_eq!(synced.len(), devices.len());
+    let durable = synced.iter().map(Result::is_ok).collect();
+    let errors = synced.into_iter().filter_map(Result::err).collect();
     (durable, errors)
 }
 
