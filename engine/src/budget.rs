@@ -1,5 +1,6 @@
 //! A byte budget that refills with time (a token bucket), for background work that must
-//! not exceed a rate: tiering's migrations and the background scrub. Time comes from
+//! not exceed a rate: tiering's migrations and the background scrub (whose `Pacing` also
+//! remembers the last foreground request, to yield to it). Time comes from
 //! the caller (`Clock::monotonic_nanos`), so the simulator paces it deterministically.
 
 /// Bytes that may be spent now, refilled at a rate up to a cap.
@@ -26,6 +27,15 @@ impl ByteBudget {
             *available -= bytes;
         }
     }
+}
+
+/// The scrub's in-memory pacing: budget and the last foreground request.
+#[derive(Default)]
+pub(crate) struct Pacing {
+    /// Bytes that may be verified now.
+    pub(crate) budget: ByteBudget,
+    /// Monotonic nanos of the last foreground read or write.
+    pub(crate) foreground_nanos: Option<u64>,
 }
 
 #[cfg(test)]

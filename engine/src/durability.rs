@@ -1,5 +1,5 @@
-//! The durability barrier: what commits leave not yet durable, and `Pool::sync`, which
-//! makes it durable in the order the crash contract needs.
+//! The durability barrier: `Pool::sync`, which makes what commits left undurable
+//! (`crate::undurable`) durable in the order the crash contract needs.
 //!
 //! A commit applies to memory at once; it is durable only after the next barrier, which,
 //! in order:
@@ -23,37 +23,11 @@ use crate::error::{Error, Result};
 use crate::hooks::CommitPhase;
 use crate::io::run_all;
 use crate::meta::journal;
-use crate::meta::state::{DiskId, ExtentRecord, Op, Transaction};
+use crate::meta::state::{DiskId, Transaction};
 use crate::pool::Pool;
 
 /// Rounds of "relocate, then sync" a barrier tries before giving up on a fragment.
 const SYNC_ATTEMPTS: usize = 3;
-
-/// Everything committed in memory that the next barrier must make durable.
-#[derive(Default)]
-pub(crate) struct Undurable {
-    /// Ops of the commits since the last barrier, in commit order.
-    pub(crate) ops: Vec<Op>,
-    /// Extents freed (or written and never committed) whose fragments await deletion.
-    pub(crate) frees: Vec<ExtentRecord>,
-    /// Single fragments a repair or drain moved away from a disk that still works.
-    pub(crate) fragment_frees: Vec<(DiskId, BlockName)>,
-    /// Disks that took fragment writes since the last barrier.
-    pub(crate) fragment_disks: BTreeSet<DiskId>,
-    /// Extents written since the last barrier.
-    pub(crate) extents: BTreeSet<ExtentId>,
-    /// The journal disks that hold the durable chain (empty before the first barrier).
-    pub(crate) journal_set: Vec<DiskId>,
-    /// Set while a barrier runs: a commit made meanwhile (a disk marked failed) waits
-    /// for the next barrier instead of starting one inside this one.
-    pub(crate) in_barrier: bool,
-}
-
-impl Undurable {
-    fn is_empty(&self) -> bool {
-        self.ops.is_empty() && self.frees.is_empty() && self.fragment_frees.is_empty() && self.fragment_disks.is_empty()
-    }
-}
 
 impl Pool {
     /// The durability barrier: on `Ok`, every commit so far is durable and survives a

@@ -10,15 +10,15 @@
 //! failed fetch books nothing, and the ordinary read then fetches again and reports the
 //! error.
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use crate::device::{BlockDevice, ExtentId};
 use crate::error::Result;
-use crate::files::FileHandle;
 use crate::io::{run_all, spawn};
 use crate::meta::state::{DiskId, ExtentRecord, EXTENT_BYTES_MAX};
+use crate::open_files::FileHandle;
 use crate::pool::Pool;
 use crate::store::{fetch_extent, Fetched};
 
@@ -40,13 +40,6 @@ pub(crate) struct ReadPlan {
     pub(crate) fetch: Option<FetchPlan>,
     pub(crate) ahead: Option<FetchPlan>,
     pub(crate) wait_for: Vec<ExtentId>,
-}
-
-/// Extents being fetched outside the lock, and the signal that one was booked.
-#[derive(Default)]
-pub(crate) struct InFlight {
-    extents: BTreeSet<ExtentId>,
-    booked: Arc<Condvar>,
 }
 
 /// How long a read waits for another request's fetch of an extent it needs before

@@ -9,7 +9,6 @@
 
 use std::collections::BTreeMap;
 
-use crate::clock::WallTime;
 use crate::error::{Error, Result};
 use crate::meta::state::{
     ChunkSlot, ExtentRecord, Ino, InodeKind, Op, Transaction, EXTENT_BYTES_MAX, INLINE_BYTES_MAX,
@@ -31,50 +30,8 @@ fn stored_len(len: u64) -> u64 {
     }
 }
 
-/// A file handle returned by `Pool::open_file`.
-pub type FileHandle = u64;
-
-struct Handle {
-    ino: Ino,
-    /// Whether this handle wrote: its close then makes the file's buffered data durable.
-    wrote: bool,
-}
-
-#[derive(Default)]
-pub(crate) struct OpenFiles {
-    handles: BTreeMap<FileHandle, Handle>,
-    files: BTreeMap<Ino, OpenFile>,
-    next_handle: FileHandle,
-}
-
-pub(crate) struct OpenFile {
-    handles: u32,
-    /// Buffered chunks, by index: each the chunk's whole current contents (an empty one
-    /// reads as zeros throughout: a punched chunk).
-    pub(crate) dirty: BTreeMap<u64, Vec<u8>>,
-    pub(crate) dirty_bytes: usize,
-    /// The file's size including buffered writes.
-    pub(crate) size: u64,
-    /// Set when the buffered state differs from the committed inode.
-    pub(crate) mtime: Option<WallTime>,
-    /// Where reads through any handle have reached: a read starting near it is sequential.
-    read_end: u64,
-}
-
-impl OpenFiles {
-    pub(crate) fn get(&self, ino: Ino) -> Option<&OpenFile> {
-        self.files.get(&ino)
-    }
-
-    pub(crate) fn files_mut(&mut self, ino: Ino) -> Option<&mut OpenFile> {
-        self.files.get_mut(&ino)
-    }
-
-    /// Whether any handle holds `ino` open.
-    pub(crate) fn is_open(&self, ino: Ino) -> bool {
-        self.files.get(&ino).is_some_and(|f| f.handles > 0)
-    }
-}
+pub use crate::open_files::FileHandle;
+use crate::open_files::{Handle, OpenFile};
 
 impl Pool {
     pub(crate) fn handle_ino(&self, fh: FileHandle) -> Result<Ino> {
@@ -144,7 +101,7 @@ impl Pool {
     pub fn write(&mut self, fh: FileHandle, offset: u64, data: &[u8]) -> Result<usize> {
         let started = self.clock.monotonic_nanos();
         let written = self.write_buffered(fh, offset, data)?;
-        self.record_op(crate::metrics::OpKind::Write, written as u64, started);
+        self.record_op(crate::op_stats::OpKind::Write, written as u64, started);
         Ok(written)
     }
 
@@ -259,7 +216,7 @@ impl Pool {
             self.read_ahead(ino, offset, end);
         }
         let data = self.read_ino(ino, offset, size)?;
-        self.record_op(crate::metrics::OpKind::Read, data.len() as u64, started);
+        self.record_op(crate::op_stats::OpKind::Read, data.len() as u64, started);
         Ok(data)
     }
 
@@ -349,7 +306,7 @@ impl Pool {
         let ino = self.handle_ino(fh)?;
         self.flush_ino(ino, false)?;
         self.sync()?;
-        self.record_op(crate::metrics::OpKind::Fsync, 0, started);
+        self.record_op(crate::op_stats::OpKind::Fsync, 0, started);
         Ok(())
     }
 

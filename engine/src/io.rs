@@ -14,7 +14,7 @@ use rayon::prelude::*;
 
 /// Threads of the I/O pool: enough for every disk of a large pool to have a request in
 /// flight during a barrier.
-const IO_THREADS: usize = 64;
+const IO_THREADS: usize = 16;
 
 /// The shared I/O pool, or `None` when it could not be started (jobs then run in order).
 fn io_pool() -> Option<&'static rayon::ThreadPool> {

@@ -5,9 +5,11 @@
 //! injected seeded RNG. Start reading at `pool` (open, commit, recovery), then `files`
 //! (the write path), `store` (extents and fragments) and `meta` (state and journal).
 
+mod access_tracker;
 pub mod acl;
 pub mod background;
 mod budget;
+mod cache;
 pub mod clock;
 pub mod codec;
 pub mod device;
@@ -27,11 +29,14 @@ pub mod label;
 pub mod meta;
 pub mod metrics;
 pub mod namespace;
+mod op_stats;
+mod open_files;
 pub mod orphans;
 pub mod placement;
 pub mod policy;
 pub mod pool;
 pub mod pooldir;
+mod probes;
 pub mod reachability;
 pub mod reencode;
 pub mod report;
@@ -41,6 +46,7 @@ pub mod store;
 pub mod temperature;
 pub mod tier_report;
 pub mod tiering;
+mod undurable;
 pub mod units;
 pub mod xattr;
 

@@ -18,10 +18,10 @@ use uuid::Uuid;
 use crate::clock::Clock;
 use crate::device::{BlockDevice, BlockKind, BlockName, UnavailableDevice};
 use crate::error::{Error, Result};
-use crate::files::OpenFiles;
 use crate::hooks::CommitPhase;
 use crate::meta::journal::{self, JournalTip};
 use crate::meta::state::{DiskId, DiskRecord, DiskState, ExtentRecord, InodeKind, MetaState, Op, Transaction};
+use crate::open_files::OpenFiles;
 use crate::policy::Policy;
 use crate::rng::EngineRng;
 
@@ -54,7 +54,7 @@ pub struct PoolOptions {
     /// pool keeps its own (`Pool::set_tiering`).
     pub tiering: crate::temperature::config::TieringConfig,
     /// Reopens a disk by uuid when it comes back (see `reachability`).
-    pub reconnect: Option<crate::reachability::Reconnector>,
+    pub reconnect: Option<crate::probes::Reconnector>,
     /// A deliberate defect, to prove the simulator catches it.
     #[cfg(feature = "sabotage")]
     pub sabotage: Option<crate::hooks::Sabotage>,
@@ -150,24 +150,24 @@ pub struct Pool {
     /// Extents a read found short of fragments; the repair queue of later workers.
     pub(crate) degraded: BTreeSet<crate::device::ExtentId>,
     pub(crate) counters: PoolCounters,
-    pub(crate) cache: crate::store::ExtentCache,
+    pub(crate) cache: crate::cache::ExtentCache,
     pub(crate) read_only: Option<String>,
     /// Write and sync failures per disk since its last success (see `disk_io_failed`).
     pub(crate) io_errors: BTreeMap<DiskId, u32>,
     /// Extents being fetched outside the lock (see `fetch`).
-    pub(crate) in_flight: crate::fetch::InFlight,
+    pub(crate) in_flight: crate::cache::InFlight,
     /// What the next durability barrier must make durable.
-    pub(crate) undurable: crate::durability::Undurable,
+    pub(crate) undurable: crate::undurable::Undurable,
     /// Access statistics not yet persisted, and the migration queues.
-    pub(crate) tracker: crate::tiering::Tracker,
+    pub(crate) tracker: crate::access_tracker::Tracker,
     /// The background scrub's budget and the last foreground request it yields to.
-    pub(crate) pacing: crate::scrub::Pacing,
+    pub(crate) pacing: crate::budget::Pacing,
     /// Foreground operation counts, bytes and latencies.
-    pub(crate) ops: crate::metrics::OpStats,
+    pub(crate) ops: crate::op_stats::OpStats,
     /// When this process last wrote a checkpoint (`Clock::monotonic_nanos`).
     pub(crate) checkpoint_written_nanos: Option<u64>,
     /// When each disk is probed next (see `reachability`).
-    pub(crate) probes: crate::reachability::Probes,
+    pub(crate) probes: crate::probes::Probes,
 }
 
 impl Pool {
@@ -250,7 +250,7 @@ impl Pool {
             files: OpenFiles::default(),
             degraded: BTreeSet::new(),
             counters: PoolCounters::default(),
-            cache: crate::store::ExtentCache::with_capacity(cache_bytes),
+            cache: crate::cache::ExtentCache::with_capacity(cache_bytes),
             read_only: None,
             io_errors: BTreeMap::new(),
             in_flight: Default::default(),

@@ -24,52 +24,6 @@ use crate::placement::{self, Candidate};
 use crate::policy::Policy;
 use crate::pool::Pool;
 
-/// Decoded, verified extents kept in memory, least recently used evicted first, up to
-/// `PoolOptions::extent_cache_bytes`. Extents are immutable, so it is always coherent.
-#[derive(Default)]
-pub(crate) struct ExtentCache {
-    entries: BTreeMap<ExtentId, (u64, Arc<Vec<u8>>)>,
-    tick: u64,
-    bytes: usize,
-    capacity_bytes: usize,
-}
-
-impl ExtentCache {
-    pub(crate) fn contains(&self, id: ExtentId) -> bool {
-        self.entries.contains_key(&id)
-    }
-
-    fn get(&mut self, id: ExtentId) -> Option<Arc<Vec<u8>>> {
-        self.tick += 1;
-        let tick = self.tick;
-        self.entries.get_mut(&id).map(|(used, data)| {
-            *used = tick;
-            data.clone()
-        })
-    }
-
-    pub(crate) fn with_capacity(capacity_bytes: usize) -> Self {
-        ExtentCache { capacity_bytes, ..ExtentCache::default() }
-    }
-
-    fn insert(&mut self, id: ExtentId, data: Arc<Vec<u8>>) {
-        self.tick += 1;
-        while self.bytes + data.len() > self.capacity_bytes && !self.entries.is_empty() {
-            if let Some(oldest) = self.entries.iter().min_by_key(|(_, (used, _))| *used).map(|(id, _)| *id) {
-                if let Some((_, gone)) = self.entries.remove(&oldest) {
-                    self.bytes -= gone.len();
-                }
-            }
-        }
-        if data.len() <= self.capacity_bytes {
-            self.bytes += data.len();
-            if let Some((_, old)) = self.entries.insert(id, (self.tick, data)) {
-                self.bytes -= old.len();
-            }
-        }
-    }
-}
-
 struct PlannedBlock {
     name: BlockName,
     block: Arc<Vec<u8>>,

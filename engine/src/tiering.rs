@@ -16,7 +16,7 @@
 //!   Extents a read touched go first and unthrottled, off the read's path (the read only
 //!   queues them); the rest move within `migrate_bytes_per_sec`.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 use serde::Serialize;
 
@@ -30,21 +30,6 @@ use crate::temperature::Class;
 
 /// Seconds of budget the background may save up while idle.
 const BUDGET_BURST_SECS: f64 = 60.0;
-
-/// The pool's in-memory tiering state; none of it is needed for correctness.
-#[derive(Default)]
-pub(crate) struct Tracker {
-    /// Statistics newer than metadata's, not yet persisted.
-    live: BTreeMap<ChunkSlot, AccessStats>,
-    /// When statistics were last persisted (wall seconds).
-    flushed_secs: Option<i64>,
-    /// Slots a read found under the wrong policy: migrated first.
-    read_queue: BTreeSet<ChunkSlot>,
-    /// Slots whose migration failed; retried after the next pass.
-    failed: BTreeSet<ChunkSlot>,
-    /// Bytes the background may re-encode now.
-    budget: crate::budget::ByteBudget,
-}
 
 /// What a classification pass found.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]

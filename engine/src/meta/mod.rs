@@ -1,6 +1,7 @@
 //! Metadata: the transactional state (`state`) and its replicated journal (`journal`).
 
 pub mod journal;
+pub mod scrub_state;
 pub mod state;
 pub mod v1;
 pub mod v2;

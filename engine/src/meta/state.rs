@@ -370,7 +370,7 @@ pub struct MetaState {
     /// `HISTORY_MAX`, so an extent's observations line up with the newest of them.
     pub passes: VecDeque<i64>,
     /// The background scrub: pass in progress, schedule, last full pass.
-    pub scrub: crate::scrub::ScrubState,
+    pub scrub: crate::meta::scrub_state::ScrubState,
     /// When each extent was last verified by a scrub (wall seconds).
     pub scrubbed: BTreeMap<ExtentId, i64>,
     /// Extended attributes (POSIX ACLs among them, under their `system.` names), per
@@ -434,7 +434,7 @@ pub enum Op {
         at_secs: i64,
         verdicts: Vec<(ChunkSlot, Verdict)>,
     },
-    SetScrub(crate::scrub::ScrubState),
+    SetScrub(crate::meta::scrub_state::ScrubState),
     /// Extents a scrub verified at `at_secs` (ids no longer present are skipped).
     Scrubbed {
         at_secs: i64,
@@ -515,7 +515,7 @@ impl MetaState {
             tiering: TieringConfig { enabled: false, ..TieringConfig::default() },
             temperature: BTreeMap::new(),
             passes: VecDeque::new(),
-            scrub: crate::scrub::ScrubState::default(),
+            scrub: crate::meta::scrub_state::ScrubState::default(),
             scrubbed: BTreeMap::new(),
             xattrs: BTreeMap::new(),
             offline: BTreeMap::new(),

@@ -83,7 +83,7 @@ pub struct MetaStateV1 {
     pub tiering: TieringConfig,
     pub temperature: BTreeMap<ChunkSlot, Temperature>,
     pub passes: VecDeque<i64>,
-    pub scrub: crate::scrub::ScrubState,
+    pub scrub: crate::meta::scrub_state::ScrubState,
     pub scrubbed: BTreeMap<ExtentId, i64>,
 }
 
@@ -131,7 +131,7 @@ pub enum OpV1 {
     SetTiering(TieringConfig),
     PutAccessStats(Vec<(ChunkSlot, AccessStats)>),
     ClassifyPass { at_secs: i64, verdicts: Vec<(ChunkSlot, Verdict)> },
-    SetScrub(crate::scrub::ScrubState),
+    SetScrub(crate::meta::scrub_state::ScrubState),
     Scrubbed { at_secs: i64, extents: Vec<ExtentId> },
 }
 

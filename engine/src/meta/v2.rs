@@ -41,7 +41,7 @@ pub struct MetaStateV2 {
     pub tiering: TieringConfig,
     pub temperature: BTreeMap<ChunkSlot, Temperature>,
     pub passes: VecDeque<i64>,
-    pub scrub: crate::scrub::ScrubState,
+    pub scrub: crate::meta::scrub_state::ScrubState,
     pub scrubbed: BTreeMap<ExtentId, i64>,
     pub xattrs: BTreeMap<Ino, BTreeMap<Vec<u8>, Vec<u8>>>,
 }
