@@ -89,7 +89,7 @@ pub(crate) fn remove_disk(ctx: &mut Ctx<'_>, spec: &str) -> Result<()> {
                          or no disk with room that holds no other fragment of them); add a disk and retry (EIO)"
                     );
                 }
-                dfs_engine::geometry::DrainProgress { moved: rebuilt, remaining: left }
+                dfs_engine::services::geometry::DrainProgress { moved: rebuilt, remaining: left }
             }
         };
         status(&format!("remove-disk {disk}: {} of {total} extents moved", total - progress.remaining.min(total)));
@@ -134,7 +134,7 @@ pub(crate) fn rebalance(ctx: &mut Ctx<'_>, max_bytes: Option<u64>) -> Result<()>
         ctx.out,
         "moved {} fragment(s), {}; fill ratios now within {:.1}%",
         report.fragments_moved,
-        dfs_engine::units::human(report.bytes_moved),
+        dfs_engine::base::units::human(report.bytes_moved),
         report.spread * 100.0
     )?;
     Ok(())

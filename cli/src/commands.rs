@@ -5,13 +5,13 @@ use std::io::{IsTerminal, Read, Write};
 use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail, Context, Result};
-use dfs_engine::namespace::Owner;
+use dfs_engine::data::namespace::Owner;
 use dfs_engine::pooldir::PoolDir;
 use dfs_engine::{Ino, InodeKind, Pool, PoolOptions};
 
 use crate::table;
 use crate::Command;
-use dfs_engine::units::human;
+use dfs_engine::base::units::human;
 
 /// Bytes moved per engine call by `put` and `get`.
 const COPY_CHUNK: usize = 1 << 20;
@@ -385,7 +385,7 @@ fn execute_command(command: Command, ctx: &mut Ctx<'_>) -> Result<()> {
                 let info = ctx.pool.disk_infos().into_iter().find(|d| d.id == id.to_string());
                 let shown = info.map(|i| human(i.capacity_bytes)).unwrap_or_default();
                 writeln!(ctx.out, "added disk {id} at {} ({shown})", disk.display())?;
-                let free = dfs_engine::dirdisk::filesystem_free_bytes(&disk);
+                let free = dfs_engine::media::dirdisk::filesystem_free_bytes(&disk);
                 if let (Some(declared), Some(free)) = (capacity, free) {
                     if declared > free {
                         writeln!(
@@ -655,7 +655,7 @@ fn ls(ctx: &mut Ctx<'_>, pool_path: &str, json: bool) -> Result<()> {
     let pool = &*ctx.pool;
     let ino = pool.resolve(pool_path).map_err(engine)?;
     let attr = pool.getattr(ino).map_err(engine)?;
-    let entry = |name: String, attr: &dfs_engine::namespace::Attr| LsEntry {
+    let entry = |name: String, attr: &dfs_engine::data::namespace::Attr| LsEntry {
         name,
         kind: kind_name(attr.kind),
         size: attr.size,

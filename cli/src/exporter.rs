@@ -11,7 +11,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
 use anyhow::{anyhow, Result};
-use dfs_engine::metrics::{MetricsSnapshot, LATENCY_BUCKETS_SECS};
+use dfs_engine::reports::metrics::{MetricsSnapshot, LATENCY_BUCKETS_SECS};
 use dfs_engine::Pool;
 use prometheus::proto::{Bucket, Counter, Gauge, Histogram, LabelPair, Metric, MetricFamily, MetricType};
 use prometheus::{Encoder, TextEncoder};
@@ -139,7 +139,7 @@ pub(crate) fn families(snapshot: &MetricsSnapshot) -> Vec<MetricFamily> {
     ] {
         f.counters(name, help, vec![(Vec::new(), counter(value))]);
     }
-    let disk = |values: &dyn Fn(&dfs_engine::metrics::DiskMetrics) -> f64| {
+    let disk = |values: &dyn Fn(&dfs_engine::reports::metrics::DiskMetrics) -> f64| {
         snapshot.disks.iter().map(|d| (vec![("disk", d.disk.as_str())], values(d))).collect::<Vec<_>>()
     };
     f.gauges("dynamicfs_disk_capacity_bytes", "Capacity of each disk.", disk(&|d| d.capacity_bytes as f64));

@@ -131,7 +131,7 @@ pub(crate) enum Command {
         metrics: Option<std::net::SocketAddr>,
         /// Memory for decoded extents kept for reads (e.g. 64MiB; default 256MiB): most
         /// of the daemon's resident memory. Same as -o cache=SIZE.
-        #[arg(long, value_name = "SIZE", value_parser = dfs_engine::units::parse_size)]
+        #[arg(long, value_name = "SIZE", value_parser = dfs_engine::base::units::parse_size)]
         cache: Option<u64>,
         /// Mount options as in /etc/fstab, comma-separated: allow_other, ro, rw, suid,
         /// dev, noexec, noatime, nonempty, metrics=ADDR, cache=SIZE (defaults: rw,
@@ -317,7 +317,7 @@ pub(crate) enum Command {
         #[command(flatten)]
         pool: PoolArg,
         /// Stop after moving this much (e.g. 10GiB).
-        #[arg(long, value_parser = dfs_engine::units::parse_size)]
+        #[arg(long, value_parser = dfs_engine::base::units::parse_size)]
         max_bytes: Option<u64>,
     },
     /// Rebuild every degraded extent now, most endangered first (a mounted pool's daemon
@@ -431,7 +431,7 @@ pub(crate) enum Command {
         /// low (8 MiB/s, yields 500 ms to foreground I/O), medium (32 MiB/s, 100 ms) or
         /// high (unthrottled).
         #[arg(long, value_parser = parse_intensity)]
-        intensity: Option<dfs_engine::scrub::Intensity>,
+        intensity: Option<dfs_engine::services::scrub::Intensity>,
         #[command(flatten)]
         json: JsonArg,
     },
@@ -442,10 +442,10 @@ pub(crate) enum Command {
         pool: PoolArg,
         /// nightly, weekly, continuous or off.
         #[arg(long, value_parser = parse_frequency)]
-        frequency: dfs_engine::scrub::Frequency,
+        frequency: dfs_engine::services::scrub::Frequency,
         /// How hard scheduled passes run: low, medium or high.
         #[arg(long, value_parser = parse_intensity)]
-        intensity: Option<dfs_engine::scrub::Intensity>,
+        intensity: Option<dfs_engine::services::scrub::Intensity>,
     },
     /// List orphan fragments: blocks on disk that no committed metadata references (left
     /// by crashes or failed writes): disk, block, size, age.
@@ -461,7 +461,7 @@ pub(crate) enum Command {
         #[command(flatten)]
         pool: PoolArg,
         /// Only orphans at least this old (e.g. 30m, 1h, 2d; 0 for all).
-        #[arg(long, value_name = "DURATION", default_value = "1h", value_parser = dfs_engine::units::parse_duration)]
+        #[arg(long, value_name = "DURATION", default_value = "1h", value_parser = dfs_engine::base::units::parse_duration)]
         older_than: u64,
         #[command(flatten)]
         json: JsonArg,
@@ -536,11 +536,11 @@ pub(crate) enum ScrubDaemonAction {
     Stop,
 }
 
-fn parse_intensity(text: &str) -> Result<dfs_engine::scrub::Intensity, String> {
+fn parse_intensity(text: &str) -> Result<dfs_engine::services::scrub::Intensity, String> {
     text.parse()
 }
 
-fn parse_frequency(text: &str) -> Result<dfs_engine::scrub::Frequency, String> {
+fn parse_frequency(text: &str) -> Result<dfs_engine::services::scrub::Frequency, String> {
     text.parse()
 }
 
@@ -657,10 +657,10 @@ fn main() -> ExitCode {
 
 /// A disk capacity: a size of at least `DISK_CAPACITY_MIN` (16 MiB), else a usage error.
 fn parse_capacity(text: &str) -> Result<u64, String> {
-    let bytes = dfs_engine::units::parse_size(text)?;
+    let bytes = dfs_engine::base::units::parse_size(text)?;
     let min = dfs_engine::pooldir::DISK_CAPACITY_MIN;
     if bytes < min {
-        return Err(format!("{text} is below the minimum disk capacity of {}", dfs_engine::units::human(min)));
+        return Err(format!("{text} is below the minimum disk capacity of {}", dfs_engine::base::units::human(min)));
     }
     Ok(bytes)
 }

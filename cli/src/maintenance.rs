@@ -1,14 +1,14 @@
 //! Scrub and orphan commands: `scrub`, `scrub-daemon`, `scrub-schedule`,
-//! `detect-orphans`, `cleanup-orphans`, `orphan-stats`. Glue over `dfs_engine::scrub`
-//! and `dfs_engine::orphans`.
+//! `detect-orphans`, `cleanup-orphans`, `orphan-stats`. Glue over `dfs_engine::services::scrub`
+//! and `dfs_engine::services::orphans`.
 
 use std::io::{IsTerminal, Write};
 use std::path::Path;
 use std::sync::Mutex;
 
 use anyhow::{anyhow, bail, Result};
-use dfs_engine::scrub::{Frequency, Intensity, ScrubReport, ScrubRun};
-use dfs_engine::units::{human, human_duration};
+use dfs_engine::base::units::{human, human_duration};
+use dfs_engine::services::scrub::{Frequency, Intensity, ScrubReport, ScrubRun};
 use dfs_engine::Pool;
 
 use crate::commands::{engine, print_json, print_text, Ctx};
@@ -167,7 +167,7 @@ pub(crate) fn scrub_daemon_command(pool: &Path, action: ScrubDaemonAction, comma
 #[derive(serde::Serialize)]
 struct Status<'a> {
     daemon: bool,
-    state: &'a dfs_engine::scrub::ScrubState,
+    state: &'a dfs_engine::services::scrub::ScrubState,
     pass_extents_total: usize,
     pass_extents_left: usize,
     pass_rate_bytes_per_sec: Option<f64>,
@@ -212,7 +212,7 @@ pub(crate) fn scrub_daemon(
         };
         return print_json(ctx.out, &status);
     }
-    let when = |secs: i64| dfs_engine::clock::WallTime { secs, nanos: 0 }.to_string();
+    let when = |secs: i64| dfs_engine::base::clock::WallTime { secs, nanos: 0 }.to_string();
     let mut text = String::new();
     if action == ScrubDaemonAction::Status {
         text.push_str(if daemon {

@@ -93,7 +93,7 @@ impl MountSettings {
                 _ => match option.split_once('=') {
                     Some(("cache", size)) => {
                         self.cache_bytes = Some(
-                            dfs_engine::units::parse_size(size)
+                            dfs_engine::base::units::parse_size(size)
                                 .map_err(|e| anyhow!("cache={size}: {e}; e.g. cache=64MiB (EINVAL)"))?,
                         )
                     }
@@ -566,7 +566,8 @@ impl Chores {
             let mut guard = pool.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
             match guard.scrub_tick() {
                 Ok(tick) => {
-                    worked |= tick.extents > 0 && guard.scrub_state().intensity == dfs_engine::scrub::Intensity::High;
+                    worked |= tick.extents > 0
+                        && guard.scrub_state().intensity == dfs_engine::services::scrub::Intensity::High;
                     if tick.pass_started {
                         tracing::info!("background scrub pass started");
                     }
@@ -625,7 +626,7 @@ pub fn serve_unmounted(pool: &Path, metrics: Option<std::net::SocketAddr>) -> Re
     Ok(())
 }
 
-/// Probes the disks (see `dfs_engine::reachability`); whether a disk rejoined or failed.
+/// Probes the disks (see `dfs_engine::services::reachability`); whether a disk rejoined or failed.
 fn check_disks(pool: &Mutex<dfs_engine::Pool>) -> bool {
     let mut pool = pool.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
     match pool.check_disks() {

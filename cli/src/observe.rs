@@ -1,9 +1,9 @@
 //! `dfs status`, `dfs health` and `dfs metrics`: what an operator looks at. Glue over
-//! `dfs_engine::health` and `dfs_engine::metrics`; `metrics` renders the same text the
+//! `dfs_engine::reports::health` and `dfs_engine::reports::metrics`; `metrics` renders the same text the
 //! daemon's `/metrics` serves.
 
 use anyhow::{bail, Result};
-use dfs_engine::units::human;
+use dfs_engine::base::units::human;
 
 use crate::commands::{engine, print_json, print_text, Ctx};
 use crate::table;
@@ -19,7 +19,7 @@ fn bar(used: u64, capacity: u64, width: usize) -> String {
 /// How the serving daemon is doing: running, and its resident memory.
 fn daemon_line() -> String {
     match crate::exporter::resident_bytes() {
-        Some(bytes) => format!("; daemon running, {} resident", dfs_engine::units::human(bytes)),
+        Some(bytes) => format!("; daemon running, {} resident", dfs_engine::base::units::human(bytes)),
         None => "; daemon running".to_string(),
     }
 }
@@ -33,8 +33,8 @@ pub(crate) fn status(ctx: &mut Ctx<'_>, json: bool) -> Result<()> {
             mounted: bool,
             /// Resident memory of the process that answered (the daemon when mounted).
             resident_bytes: Option<u64>,
-            health: &'a dfs_engine::health::HealthReport,
-            metrics: &'a dfs_engine::metrics::MetricsSnapshot,
+            health: &'a dfs_engine::reports::health::HealthReport,
+            metrics: &'a dfs_engine::reports::metrics::MetricsSnapshot,
         }
         let resident_bytes = crate::exporter::resident_bytes();
         return print_json(
@@ -43,7 +43,8 @@ pub(crate) fn status(ctx: &mut Ctx<'_>, json: bool) -> Result<()> {
         );
     }
     let state = ctx.pool.state();
-    let critical = health.problems.iter().filter(|p| p.severity == dfs_engine::health::Severity::Critical).count();
+    let critical =
+        health.problems.iter().filter(|p| p.severity == dfs_engine::reports::health::Severity::Critical).count();
     let mut text = format!(
         "pool {}: {} ({} problem(s), {critical} critical){}\n",
         state.pool_id,
@@ -72,7 +73,7 @@ pub(crate) fn status(ctx: &mut Ctx<'_>, json: bool) -> Result<()> {
         })
         .collect();
     text.push_str(&table::render(&["DISK", "STATE", "SINCE", "USAGE", "USED", "FRAGMENTS"], &rows));
-    let counts = |map: &std::collections::BTreeMap<String, dfs_engine::metrics::Count>| {
+    let counts = |map: &std::collections::BTreeMap<String, dfs_engine::reports::metrics::Count>| {
         map.iter()
             .filter(|(_, c)| c.extents > 0)
             .map(|(k, c)| format!("{k} {} ({})", c.extents, human(c.bytes)))
@@ -131,7 +132,8 @@ pub(crate) fn health(ctx: &mut Ctx<'_>, json: bool) -> Result<()> {
         print_text(ctx.out, &text)?;
     }
     if !report.healthy {
-        let critical = report.problems.iter().filter(|p| p.severity == dfs_engine::health::Severity::Critical).count();
+        let critical =
+            report.problems.iter().filter(|p| p.severity == dfs_engine::reports::health::Severity::Critical).count();
         bail!("the pool is unhealthy: {critical} critical problem(s) (EIO)");
     }
     Ok(())

@@ -1,15 +1,15 @@
 //! The tiering commands: `list-hot`, `list-cold`, `extent-stats`, `classify`, `tiering`
-//! (show or change the configuration) and `unpin`. Glue over `dfs_engine::tiering` and
-//! `dfs_engine::tier_report`.
+//! (show or change the configuration) and `unpin`. Glue over `dfs_engine::services::tiering` and
+//! `dfs_engine::reports::tier_report`.
 
 use std::io::IsTerminal;
 
 use anyhow::{anyhow, bail, Result};
+use dfs_engine::base::units::{human, human_duration};
 use dfs_engine::meta::state::ChunkSlot;
+use dfs_engine::reports::tier_report::TemperatureRow;
 use dfs_engine::temperature::config::{Classifier, TieringConfig};
 use dfs_engine::temperature::Class;
-use dfs_engine::tier_report::TemperatureRow;
-use dfs_engine::units::{human, human_duration};
 use dfs_engine::Policy;
 
 use crate::commands::{engine, print_json, print_text, Ctx};
@@ -31,13 +31,13 @@ pub(crate) struct TieringArgs {
     #[arg(long, value_name = "OPS", help_heading = "Classification")]
     pub(crate) hot_ops_per_day: Option<f64>,
     /// Hot when accessed within this long (default 1h).
-    #[arg(long, value_name = "DURATION", value_parser = dfs_engine::units::parse_duration, help_heading = "Classification")]
+    #[arg(long, value_name = "DURATION", value_parser = dfs_engine::base::units::parse_duration, help_heading = "Classification")]
     pub(crate) hot_within: Option<u64>,
     /// Warm above this many accesses a day (default 10).
     #[arg(long, value_name = "OPS", help_heading = "Classification")]
     pub(crate) warm_ops_per_day: Option<f64>,
     /// Warm when accessed within this long (default 24h).
-    #[arg(long, value_name = "DURATION", value_parser = dfs_engine::units::parse_duration, help_heading = "Classification")]
+    #[arg(long, value_name = "DURATION", value_parser = dfs_engine::base::units::parse_duration, help_heading = "Classification")]
     pub(crate) warm_within: Option<u64>,
     /// HMM start probabilities of hot,warm,cold (default 0.1,0.8,0.1).
     #[arg(long, value_name = "P,P,P", value_parser = parse_row, help_heading = "HMM")]
@@ -64,13 +64,13 @@ pub(crate) struct TieringArgs {
     #[arg(long, value_name = "POLICY", value_parser = crate::parse_policy, help_heading = "Tiers")]
     pub(crate) cold_policy: Option<Policy>,
     /// Time between classification passes (default 6h).
-    #[arg(long, value_name = "DURATION", value_parser = dfs_engine::units::parse_duration, help_heading = "Schedule")]
+    #[arg(long, value_name = "DURATION", value_parser = dfs_engine::base::units::parse_duration, help_heading = "Schedule")]
     pub(crate) pass_interval: Option<u64>,
     /// Time between persisting access statistics: what a crash may lose of them (default 60s).
-    #[arg(long, value_name = "DURATION", value_parser = dfs_engine::units::parse_duration, help_heading = "Schedule")]
+    #[arg(long, value_name = "DURATION", value_parser = dfs_engine::base::units::parse_duration, help_heading = "Schedule")]
     pub(crate) stats_flush: Option<u64>,
     /// Bytes a second the background may re-encode for extents not being read (default 16MiB).
-    #[arg(long, value_name = "SIZE", value_parser = dfs_engine::units::parse_size, help_heading = "Schedule")]
+    #[arg(long, value_name = "SIZE", value_parser = dfs_engine::base::units::parse_size, help_heading = "Schedule")]
     pub(crate) migrate_rate: Option<u64>,
 }
 
@@ -216,7 +216,7 @@ pub(crate) fn list_class(ctx: &mut Ctx<'_>, class: Class, args: &crate::ClassLis
     }
     if rows.is_empty() {
         let passes = ctx.pool.state().passes.len();
-        let when = ctx.pool.state().passes.back().map(|s| dfs_engine::clock::WallTime { secs: *s, nanos: 0 });
+        let when = ctx.pool.state().passes.back().map(|s| dfs_engine::base::clock::WallTime { secs: *s, nanos: 0 });
         let hint = match when {
             None => "no classification pass has run yet (run one with `dfs classify`)".to_string(),
             Some(at) => format!("{passes} pass(es) so far, the last at {at}"),
@@ -329,7 +329,7 @@ pub(crate) fn classify(ctx: &mut Ctx<'_>, migrate: bool, json: bool) -> Result<(
         #[derive(serde::Serialize)]
         struct Classified<'a> {
             #[serde(flatten)]
-            pass: &'a dfs_engine::tiering::PassReport,
+            pass: &'a dfs_engine::services::tiering::PassReport,
             migrated: usize,
             migrations_left: usize,
         }

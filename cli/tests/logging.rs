@@ -78,7 +78,7 @@ fn every_log_line_of_a_mount_is_json_and_carries_its_fuse_request_id() {
     for line in degraded {
         let (op, id) = fuse_span(line).unwrap_or_else(|| panic!("engine line outside a FUSE span: {line}"));
         assert_eq!(op, "read", "{line}");
-        assert_eq!(line["target"], "dfs_engine::store", "{line}");
+        assert_eq!(line["target"], "dfs_engine::data::store", "{line}");
         let request = &by_request[&id];
         assert!(request.iter().any(|l| l["fields"]["message"] == "request"), "request {id} has no start line");
     }

@@ -8,7 +8,7 @@
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
-use dfs_engine::codec::{self, CodecId};
+use dfs_engine::media::codec::{self, CodecId};
 use dfs_engine::Policy;
 
 const EXTENT: usize = 1 << 20;

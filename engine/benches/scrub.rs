@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 mod common;
 
-use dfs_engine::scrub::Intensity;
+use dfs_engine::services::scrub::Intensity;
 use dfs_engine::{Ino, Pool, PoolOptions};
 
 const FILES: usize = 16;

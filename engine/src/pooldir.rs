@@ -15,13 +15,13 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::clock::SystemClock;
-use crate::device::{BlockDevice, BlockKind, BlockName, UnavailableDevice};
-use crate::dirdisk::DirDisk;
-use crate::error::{Error, Result};
-use crate::label::{DiskLabel, LabelError};
+use crate::base::clock::SystemClock;
+use crate::base::error::{Error, Result};
+use crate::base::policy::Policy;
+use crate::media::device::{BlockDevice, BlockKind, BlockName, UnavailableDevice};
+use crate::media::dirdisk::DirDisk;
+use crate::media::label::{DiskLabel, LabelError};
 use crate::meta::state::DiskId;
-use crate::policy::Policy;
 use crate::pool::{OpenReport, Pool, PoolDevice, PoolOptions};
 
 const CONFIG_FILE: &str = "pool.ron";
@@ -112,8 +112,8 @@ type Locations = Arc<std::sync::Mutex<Vec<DiskEntry>>>;
 
 /// Reopens a disk of pool `pool_id` by uuid from its configured path, verified by its
 /// label as at open.
-fn reconnector(locations: Locations, pool_id: Uuid, locks: DiskLocks) -> crate::reachability::Reconnector {
-    crate::reachability::Reconnector(Arc::new(move |uuid| {
+fn reconnector(locations: Locations, pool_id: Uuid, locks: DiskLocks) -> crate::services::reachability::Reconnector {
+    crate::services::reachability::Reconnector(Arc::new(move |uuid| {
         let entry = locations
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
@@ -286,7 +286,7 @@ impl PoolDir {
         &mut self,
         pool: &mut Pool,
         canonical: &Path,
-    ) -> Result<Option<crate::reachability::Readmitted>> {
+    ) -> Result<Option<crate::services::reachability::Readmitted>> {
         let Ok(disk) = DirDisk::open(canonical) else { return Ok(None) };
         let Ok(label) = DiskLabel::read(&disk) else { return Ok(None) };
         if label.pool_id != self.config.pool_id {

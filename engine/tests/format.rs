@@ -8,7 +8,7 @@ mod common;
 use std::fs;
 
 use common::{blocks, TestPool, OWNER};
-use dfs_engine::frame::{self, FrameKind, METADATA_FORMAT};
+use dfs_engine::media::frame::{self, FrameKind, METADATA_FORMAT};
 use dfs_engine::meta::journal::{self, Checkpoint, JournalRecord};
 use dfs_engine::meta::state::MetaState;
 use dfs_engine::meta::state::{Op, Transaction};
@@ -138,7 +138,7 @@ fn a_format_two_pool_is_upgraded_in_place_and_keeps_its_attributes() {
     t.write_file("big", &common::pattern(300_000, 8));
     let pool = t.pool();
     let f = pool.resolve("/f").unwrap();
-    pool.setxattr(f, b"user.colour", b"blue", dfs_engine::xattr::SetMode::Any).unwrap();
+    pool.setxattr(f, b"user.colour", b"blue", dfs_engine::data::xattr::SetMode::Any).unwrap();
     pool.checkpoint().unwrap();
     let state = pool.state().clone();
     t.pool = None;

@@ -5,7 +5,7 @@
 mod common;
 
 use common::{pattern, TestPool, OWNER};
-use dfs_engine::namespace::{RenameMode, SetAttr};
+use dfs_engine::data::namespace::{RenameMode, SetAttr};
 use dfs_engine::{Error, Ino, InodeKind};
 
 const MIB: usize = 1 << 20;
@@ -175,7 +175,7 @@ fn setattr_changes_mode_owner_and_times() {
     let mut t = pool();
     let ino = t.write_file("a", b"x");
     let pool = t.pool();
-    let when = dfs_engine::clock::WallTime { secs: 1_000_000, nanos: 5 };
+    let when = dfs_engine::base::clock::WallTime { secs: 1_000_000, nanos: 5 };
     let attr = pool
         .setattr(
             ino,

@@ -8,10 +8,10 @@
 mod common;
 
 use common::{TestPool, OWNER};
-use dfs_engine::acl::{Acl, Entry, Tag, ACCESS_XATTR, DEFAULT_XATTR};
-use dfs_engine::file_ranges::Seek;
-use dfs_engine::namespace::{Owner, SetAttr};
-use dfs_engine::xattr::{SetMode, INODE_BYTES_MAX, POLICY_XATTR, VALUE_BYTES_MAX};
+use dfs_engine::data::acl::{Acl, Entry, Tag, ACCESS_XATTR, DEFAULT_XATTR};
+use dfs_engine::data::file_ranges::Seek;
+use dfs_engine::data::namespace::{Owner, SetAttr};
+use dfs_engine::data::xattr::{SetMode, INODE_BYTES_MAX, POLICY_XATTR, VALUE_BYTES_MAX};
 use dfs_engine::{Error, Ino, InodeKind};
 
 fn errno(result: dfs_engine::Result<impl Sized>) -> i32 {
@@ -67,10 +67,10 @@ fn a_file_takes_at_most_65000_links_as_on_ext4() {
     let pool = t.pool();
     let ino = pool.mknod(Ino::ROOT, b"f", libc::S_IFREG, 0, OWNER).unwrap().ino;
     let dir = pool.mkdir(Ino::ROOT, b"links", OWNER).unwrap().ino;
-    for i in 1..dfs_engine::namespace::LINKS_MAX {
+    for i in 1..dfs_engine::data::namespace::LINKS_MAX {
         pool.link(ino, dir, format!("l{i}").as_bytes()).unwrap();
     }
-    assert_eq!(pool.getattr(ino).unwrap().nlink, dfs_engine::namespace::LINKS_MAX);
+    assert_eq!(pool.getattr(ino).unwrap().nlink, dfs_engine::data::namespace::LINKS_MAX);
     assert_eq!(errno(pool.link(ino, dir, b"one-more")), libc::EMLINK);
     pool.unlink(dir, b"l1").unwrap();
     pool.link(ino, dir, b"one-more").unwrap();

@@ -19,7 +19,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use dfs_engine::device::{BlockDevice, BlockKind, BlockName, DeviceError};
+use dfs_engine::media::device::{BlockDevice, BlockKind, BlockName, DeviceError};
 use serde::{Deserialize, Serialize};
 
 /// Stops every device of one machine at once. Shared by all `FaultyDevice`s of a world.
@@ -315,8 +315,8 @@ impl<D: BlockDevice> BlockDevice for FaultyDevice<D> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use dfs_engine::device::ExtentId;
-    use dfs_engine::dirdisk::DirDisk;
+    use dfs_engine::media::device::ExtentId;
+    use dfs_engine::media::dirdisk::DirDisk;
 
     fn disk() -> (tempfile::TempDir, FaultyDevice<DirDisk>, Arc<CrashSwitch>) {
         let dir = tempfile::tempdir().unwrap();

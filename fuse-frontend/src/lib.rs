@@ -17,10 +17,10 @@ use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use dfs_engine::clock::WallTime;
-use dfs_engine::file_ranges::Seek;
-use dfs_engine::namespace::{Attr, Owner, RenameMode, SetAttr, BLOCK_BYTES};
-use dfs_engine::xattr::SetMode;
+use dfs_engine::base::clock::WallTime;
+use dfs_engine::data::file_ranges::Seek;
+use dfs_engine::data::namespace::{Attr, Owner, RenameMode, SetAttr, BLOCK_BYTES};
+use dfs_engine::data::xattr::SetMode;
 use dfs_engine::{Ino, InodeKind, Pool};
 use fuser::{
     CopyFileRangeFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo,
@@ -32,7 +32,7 @@ use fuser::{
 /// How long the kernel may cache attributes and entries. Only this process changes the
 /// pool while it is mounted, so caching is safe; short keeps `df`/`stat` fresh.
 const TTL: Duration = Duration::from_secs(1);
-/// The extended attribute holding an inode's redundancy policy (see `dfs_engine::xattr`).
+/// The extended attribute holding an inode's redundancy policy (see `dfs_engine::data::xattr`).
 pub const POLICY_XATTR: &str = "user.dynamicfs.policy";
 
 /// The mounted filesystem.
@@ -201,7 +201,7 @@ impl DynamicFs {
     }
 
     fn pool(&self) -> MutexGuard<'_, Pool> {
-        dfs_engine::fetch::lock(&self.pool)
+        dfs_engine::data::fetch::lock(&self.pool)
     }
 
     /// The entries of directory `ino` from position `offset` on (0 is `.`, 1 is `..`,
@@ -408,7 +408,7 @@ impl Filesystem for DynamicFs {
         reply: ReplyData,
     ) {
         let _span = request_span("read", req);
-        let read = dfs_engine::fetch::read_shared(&self.pool, fh.0, offset, size as usize);
+        let read = dfs_engine::data::fetch::read_shared(&self.pool, fh.0, offset, size as usize);
         match read {
             Ok(data) => {
                 // A read on a write-only descriptor is the kernel filling a page it
@@ -516,7 +516,7 @@ impl Filesystem for DynamicFs {
             stat.files.saturating_add(stat.files_free),
             stat.files_free,
             BLOCK_BYTES as u32,
-            dfs_engine::namespace::NAME_BYTES_MAX as u32,
+            dfs_engine::data::namespace::NAME_BYTES_MAX as u32,
             BLOCK_BYTES as u32,
         );
     }

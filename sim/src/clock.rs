@@ -4,7 +4,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use dfs_engine::clock::{Clock, WallTime};
+use dfs_engine::base::clock::{Clock, WallTime};
 
 /// Wall-clock origin of every simulation: 2026-01-01T00:00:00Z.
 const EPOCH_SECS: i64 = 1_767_225_600;

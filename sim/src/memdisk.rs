@@ -10,7 +10,7 @@
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use dfs_engine::device::{BlockDevice, BlockKind, BlockName, DeviceError};
+use dfs_engine::media::device::{BlockDevice, BlockKind, BlockName, DeviceError};
 
 /// One operation issued since the last completed sync.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -3,12 +3,12 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use dfs_engine::codec;
-use dfs_engine::device::{BlockDevice, BlockKind, BlockName, ExtentId};
-use dfs_engine::fragment;
+use dfs_engine::media::codec;
+use dfs_engine::media::device::{BlockDevice, BlockKind, BlockName, ExtentId};
+use dfs_engine::media::fragment;
 use dfs_engine::meta::journal;
 use dfs_engine::meta::state::EXTENT_BYTES_MAX;
-use dfs_engine::report::Health;
+use dfs_engine::reports::report::Health;
 use dfs_engine::{Ino, InodeKind, Pool};
 
 use crate::model::View;
@@ -372,7 +372,7 @@ pub fn bad_fragments(pool: &Pool) -> (BTreeSet<FragmentAt>, BTreeSet<ExtentId>) 
 /// so damage it did then may be found, or left, beyond `before`.
 pub fn scrub_report(
     pool: &Pool,
-    report: &dfs_engine::scrub::ScrubReport,
+    report: &dfs_engine::services::scrub::ScrubReport,
     before: &BTreeSet<FragmentAt>,
     lost: &BTreeSet<ExtentId>,
     repair: bool,

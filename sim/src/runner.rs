@@ -3,10 +3,10 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use dfs_engine::device::{BlockDevice, BlockKind, BlockName};
+use dfs_engine::data::namespace::{Owner, RenameMode, SetAttr};
+use dfs_engine::media::device::{BlockDevice, BlockKind, BlockName};
 use dfs_engine::meta::state::ChunkSlot;
 use dfs_engine::meta::state::{DiskId, PolicyScope};
-use dfs_engine::namespace::{Owner, RenameMode, SetAttr};
 use dfs_engine::pool::PoolOptions;
 use dfs_engine::temperature::config::TieringConfig;
 use dfs_engine::{Error, Ino, Policy};
@@ -36,7 +36,7 @@ pub struct RunOptions {
     pub freeze_after_writes: Option<u64>,
     /// A deliberate engine defect.
     #[cfg(feature = "sabotage")]
-    pub sabotage: Option<dfs_engine::hooks::Sabotage>,
+    pub sabotage: Option<dfs_engine::base::hooks::Sabotage>,
 }
 
 /// Why a run failed.
@@ -217,9 +217,9 @@ fn errno_of(result: &Result<Option<Vec<u8>>, Error>) -> Option<i32> {
 /// Builds the world a scenario starts from.
 pub fn build_world(scenario: &Scenario, options: &RunOptions) -> Result<World, String> {
     let capacities: Vec<u64> =
-        scenario.setup.disks.iter().map(|c| dfs_engine::units::parse_size(c)).collect::<Result<_, _>>()?;
+        scenario.setup.disks.iter().map(|c| dfs_engine::base::units::parse_size(c)).collect::<Result<_, _>>()?;
     let policy: Policy =
-        scenario.setup.policy.parse().map_err(|e: dfs_engine::policy::PolicyParseError| e.to_string())?;
+        scenario.setup.policy.parse().map_err(|e: dfs_engine::base::policy::PolicyParseError| e.to_string())?;
     #[allow(unused_mut)]
     let mut pool_options = PoolOptions {
         checkpoint_every_records: scenario.setup.checkpoint_every.unwrap_or(256),
@@ -245,7 +245,7 @@ fn tiering_config(scenario: &Scenario) -> Result<TieringConfig, String> {
     };
     let mut config = TieringConfig { enabled: true, classifier: setup.classifier, ..TieringConfig::default() };
     if let Some(rate) = &setup.migrate_per_sec {
-        config.migrate_bytes_per_sec = dfs_engine::units::parse_size(rate)?;
+        config.migrate_bytes_per_sec = dfs_engine::base::units::parse_size(rate)?;
     }
     Ok(config)
 }
@@ -493,7 +493,7 @@ impl<'s> Run<'s> {
             | Step::Read { .. } => self.namespace_step(step),
             Step::Verify => self.verify(),
             Step::AddDisk { capacity } => {
-                let bytes = dfs_engine::units::parse_size(capacity)
+                let bytes = dfs_engine::base::units::parse_size(capacity)
                     .map_err(|e| fail(index, oracle::OPERATIONS_MATCH_MODEL, e))?;
                 let result = self.world.add_disk(bytes);
                 self.note(&format!("add-disk {result:?}"));
@@ -715,7 +715,7 @@ impl<'s> Run<'s> {
                 self.note(&line);
                 self.maintenance.push(format!("step {index}: {line}"));
                 // Every orphan past the age guard is gone (unknown ages count as young).
-                let now = dfs_engine::clock::Clock::wall(self.world.clock.as_ref()).secs;
+                let now = dfs_engine::base::clock::Clock::wall(self.world.clock.as_ref()).secs;
                 let left = oracle::unreferenced(self.world.pool(), now);
                 let old = left
                     .iter()

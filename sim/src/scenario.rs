@@ -8,8 +8,8 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use dfs_engine::hooks::CommitPhase;
-use dfs_engine::scrub::{Frequency, Intensity};
+use dfs_engine::base::hooks::CommitPhase;
+use dfs_engine::services::scrub::{Frequency, Intensity};
 use dfs_engine::temperature::config::Classifier;
 use dfs_engine::temperature::Class;
 use dfs_engine::Policy;
@@ -270,11 +270,11 @@ impl Scenario {
             return Err(setup("setup needs at least one disk".into()));
         }
         for capacity in &self.setup.disks {
-            dfs_engine::units::parse_size(capacity).map_err(setup)?;
+            dfs_engine::base::units::parse_size(capacity).map_err(setup)?;
         }
         self.setup.policy.parse::<Policy>().map_err(|e| setup(e.to_string()))?;
         if let Some(rate) = self.setup.tiering.as_ref().and_then(|t| t.migrate_per_sec.as_ref()) {
-            if dfs_engine::units::parse_size(rate).map_err(setup)? == 0 {
+            if dfs_engine::base::units::parse_size(rate).map_err(setup)? == 0 {
                 return Err(setup("tiering: migrate_per_sec must be at least one byte".into()));
             }
         }
@@ -291,7 +291,7 @@ impl Scenario {
             let fail = |why: String| (Where::Step(i), format!("step {i} ({step:?}): {why}"));
             match step {
                 Step::AddDisk { capacity } => {
-                    dfs_engine::units::parse_size(capacity).map_err(fail)?;
+                    dfs_engine::base::units::parse_size(capacity).map_err(fail)?;
                     disks += 1;
                 }
                 Step::FailDisk { disk }

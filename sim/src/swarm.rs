@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use dfs_engine::hooks::CommitPhase;
+use dfs_engine::base::hooks::CommitPhase;
 use dfs_engine::Policy;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -256,8 +256,8 @@ pub fn run(
 
 /// Parses a `--sabotage` defect name.
 #[cfg(feature = "sabotage")]
-pub fn parse_sabotage(text: &str) -> Result<dfs_engine::hooks::Sabotage, String> {
-    use dfs_engine::hooks::Sabotage;
+pub fn parse_sabotage(text: &str) -> Result<dfs_engine::base::hooks::Sabotage, String> {
+    use dfs_engine::base::hooks::Sabotage;
     match text {
         "skip-fragment-sync" => Ok(Sabotage::SkipFragmentSync),
         "skip-read-checksum" => Ok(Sabotage::SkipReadChecksum),

@@ -3,9 +3,9 @@
 
 use std::sync::{Arc, Mutex};
 
-use dfs_engine::device::{BlockDevice, BlockName};
-use dfs_engine::hooks::{CommitObserver, CommitPhase, Observer};
-use dfs_engine::label::DiskLabel;
+use dfs_engine::base::hooks::{CommitObserver, CommitPhase, Observer};
+use dfs_engine::media::device::{BlockDevice, BlockName};
+use dfs_engine::media::label::DiskLabel;
 use dfs_engine::pool::{PoolDevice, PoolOptions};
 use dfs_engine::{OpenReport, Policy, Pool};
 use dfs_faults::{CrashSwitch, FaultyDevice, LatencySink};
@@ -154,7 +154,8 @@ impl World {
         let index = self.disks.len();
         let uuid = uuid_from(&mut self.rng);
         let clock = self.clock.clone();
-        let wall_secs: crate::memdisk::WallSecs = Arc::new(move || dfs_engine::clock::Clock::wall(clock.as_ref()).secs);
+        let wall_secs: crate::memdisk::WallSecs =
+            Arc::new(move || dfs_engine::base::clock::Clock::wall(clock.as_ref()).secs);
         let memdisk = MemDisk::with_clock(format!("sim-disk-{index}"), capacity, wall_secs);
         let disk = Arc::new(FaultyDevice::new(memdisk, self.switch.clone(), Some(self.latency_sink())));
         let label = DiskLabel { pool_id: self.pool_id, disk_uuid: uuid, capacity_bytes: Some(capacity) };
@@ -233,7 +234,7 @@ impl World {
         }
         if result.is_ok() && !away.is_empty() {
             // The daemon's first probe after the open finds them back: they rejoin.
-            self.clock.advance(dfs_engine::reachability::OFFLINE_PROBE_FIRST_NANOS);
+            self.clock.advance(dfs_engine::services::reachability::OFFLINE_PROBE_FIRST_NANOS);
             if let Some(pool) = self.pool.as_mut() {
                 let _ = pool.check_disks();
             }

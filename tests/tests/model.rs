@@ -2,7 +2,7 @@
 //! against the reference model; proptest shrinks any failure to a minimal sequence.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use dfs_engine::hooks::CommitPhase;
+use dfs_engine::base::hooks::CommitPhase;
 use dfs_sim::runner::{self, RunOptions};
 use dfs_sim::scenario::{Expect, Scenario, Setup, Step};
 use proptest::prelude::*;

@@ -5,10 +5,10 @@
 
 use std::sync::Arc;
 
-use dfs_engine::clock::SystemClock;
-use dfs_engine::device::{BlockDevice, BlockKind};
-use dfs_engine::dirdisk::DirDisk;
-use dfs_engine::namespace::Owner;
+use dfs_engine::base::clock::SystemClock;
+use dfs_engine::data::namespace::Owner;
+use dfs_engine::media::device::{BlockDevice, BlockKind};
+use dfs_engine::media::dirdisk::DirDisk;
 use dfs_engine::pool::{PoolDevice, PoolOptions};
 use dfs_engine::{Error, Ino, Pool};
 use dfs_faults::{CrashSwitch, Fault, FaultPlan, FaultyDevice};

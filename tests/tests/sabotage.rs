@@ -2,7 +2,7 @@
 //! within 1,000 seeds each.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use dfs_engine::hooks::Sabotage;
+use dfs_engine::base::hooks::Sabotage;
 use dfs_sim::runner::{self, RunOptions};
 use dfs_sim::swarm::{self, Profile};
 

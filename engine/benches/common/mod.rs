@@ -2,7 +2,7 @@
 //! files written through the engine.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
-use dfs_engine::namespace::Owner;
+use dfs_engine::data::namespace::Owner;
 use dfs_engine::pooldir::PoolDir;
 use dfs_engine::{Ino, Pool, PoolOptions};
 

@@ -16,9 +16,9 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
-use crate::device::{BlockDevice, BlockKind, BlockName, DeviceError};
-use crate::frame::{self, FrameError, FrameKind};
-use crate::io::run_all;
+use crate::base::io::run_all;
+use crate::media::device::{BlockDevice, BlockKind, BlockName, DeviceError};
+use crate::media::frame::{self, FrameError, FrameKind};
 use crate::meta::state::{MetaState, Transaction};
 use crate::meta::{v1, v2};
 

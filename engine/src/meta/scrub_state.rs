@@ -1,6 +1,6 @@
 //! The background scrub as metadata keeps it: how hard and how often it runs, the pass
 //! in progress and the last finished one. Persisted in `MetaState`, so a pass resumes
-//! where it stopped after a restart; the scrub itself is `crate::scrub`.
+//! where it stopped after a restart; the scrub itself is `crate::services::scrub`.
 
 use serde::{Deserialize, Serialize};
 

@@ -14,10 +14,10 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::clock::WallTime;
-use crate::codec::CodecId;
-use crate::device::ExtentId;
-use crate::policy::Policy;
+use crate::base::clock::WallTime;
+use crate::base::policy::Policy;
+use crate::media::codec::CodecId;
+use crate::media::device::ExtentId;
 use crate::temperature::access::AccessStats;
 use crate::temperature::config::TieringConfig;
 use crate::temperature::hmm::HISTORY_MAX;
@@ -741,9 +741,9 @@ impl MetaState {
 
     /// Whether the state places block `name` (a fragment) on `disk`: anything else there
     /// is unreferenced.
-    pub fn places(&self, disk: DiskId, name: crate::device::BlockName) -> bool {
+    pub fn places(&self, disk: DiskId, name: crate::media::device::BlockName) -> bool {
         match name {
-            crate::device::BlockName::Fragment { extent, index } => {
+            crate::media::device::BlockName::Fragment { extent, index } => {
                 self.extents.get(&extent).and_then(|r| r.fragments.get(usize::from(index))) == Some(&disk)
             }
             _ => false,

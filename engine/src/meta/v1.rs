@@ -13,14 +13,14 @@ use std::collections::{BTreeMap, VecDeque};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::clock::WallTime;
-use crate::device::ExtentId;
+use crate::base::clock::WallTime;
+use crate::base::policy::Policy;
+use crate::media::device::ExtentId;
 use crate::meta::journal::{Checkpoint, JournalRecord};
 use crate::meta::state::{
     ChunkSlot, DiskId, DiskRecord, DiskState, ExtentRecord, Ino, Inode, InodeKind, MetaState, Op, PolicyTransition,
     Transaction,
 };
-use crate::policy::Policy;
 use crate::temperature::access::AccessStats;
 use crate::temperature::config::TieringConfig;
 use crate::temperature::tracker::{Temperature, Verdict};

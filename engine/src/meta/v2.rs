@@ -12,12 +12,12 @@ use std::collections::{BTreeMap, VecDeque};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::device::ExtentId;
+use crate::base::policy::Policy;
+use crate::media::device::ExtentId;
 use crate::meta::journal::Checkpoint;
 use crate::meta::state::{
     Availability, ChunkSlot, DiskId, DiskRecord, ExtentRecord, Ino, Inode, MetaState, PolicyTransition,
 };
-use crate::policy::Policy;
 use crate::temperature::config::TieringConfig;
 use crate::temperature::tracker::Temperature;
 

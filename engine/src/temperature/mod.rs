@@ -7,7 +7,7 @@
 //! in bursts does not flip class (and policy) on every burst; `tracker` runs the three
 //! for one extent, pass after pass; `tiers` maps a class to the policy it calls for;
 //! `config` is a pool's tiering configuration. The pool's side — tracking reads,
-//! running passes, migrating — is `crate::tiering`.
+//! running passes, migrating — is `crate::services::tiering`.
 
 pub mod access;
 pub mod config;

@@ -10,7 +10,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::Class;
-use crate::policy::Policy;
+use crate::base::policy::Policy;
 
 /// The policy each class calls for; `warm: None` means the pool default.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]

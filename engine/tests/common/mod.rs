@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use dfs_engine::namespace::Owner;
+use dfs_engine::data::namespace::Owner;
 use dfs_engine::pooldir::PoolDir;
 use dfs_engine::{Ino, Policy, Pool, PoolOptions};
 

@@ -1,0 +1,263 @@
+//! The durability barrier: `Pool::sync`, which makes what commits left undurable
+//! (`crate::pool::undurable`) durable in the order the crash contract needs.
+//!
+//! A commit applies to memory at once; it is durable only after the next barrier, which,
+//! in order:
+//! 1. syncs every disk that took new fragments since the last barrier, so no durable
+//!    record can name a fragment a crash could still drop (a disk whose sync fails leaves
+//!    its extents degraded, or fails the barrier if any extent would keep fewer than the
+//!    fragments it needs);
+//! 2. writes every queued op as one journal record on each journal replica and syncs it:
+//!    the commit point — a crash leaves all the queued ops or none;
+//! 3. deletes the fragments of freed extents — only now does no durable record need them;
+//! 4. checkpoints when due.
+//!
+//! `fsync`, unmount, every CLI command and the daemon's timer end in a barrier; a commit
+//! runs one itself once `PoolOptions::barrier_after_ops` ops are waiting.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use crate::base::error::{Error, Result};
+use crate::base::hooks::CommitPhase;
+use crate::base::io::run_all;
+use crate::media::device::{BlockDevice, BlockName, ExtentId};
+use crate::meta::journal;
+use crate::meta::state::{DiskId, Transaction};
+use crate::pool::Pool;
+
+/// Rounds of "relocate, then sync" a barrier tries before giving up on a fragment.
+const SYNC_ATTEMPTS: usize = 3;
+
+impl Pool {
+    /// The durability barrier: on `Ok`, every commit so far is durable and survives a
+    /// crash. Cheap when nothing is waiting.
+    pub fn sync(&mut self) -> Result<()> {
+        if self.undurable.is_empty() {
+            return Ok(());
+        }
+        if let Some(reason) = &self.read_only {
+            return Err(Error::ReadOnly(reason.clone()));
+        }
+        self.undurable.in_barrier = true;
+        let result = self.sync_fragments().and_then(|()| self.write_record());
+        self.undurable.in_barrier = false;
+        let journal_set_changed = result?;
+        self.delete_freed();
+        self.counters.barriers += 1;
+        if self.checkpoint_due(journal_set_changed) {
+            if let Err(e) = self.checkpoint_skipping(&BTreeSet::new()) {
+                tracing::warn!(error = %e, "checkpoint failed; the journal keeps every record until the next one");
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether freed fragments wait for a barrier before they are deleted.
+    pub(crate) fn frees_pending(&self) -> bool {
+        !self.undurable.frees.is_empty() || !self.undurable.fragment_frees.is_empty()
+    }
+
+    /// Whether commits are waiting for a barrier.
+    pub fn has_undurable_commits(&self) -> bool {
+        !self.undurable.ops.is_empty()
+    }
+
+    /// Notes fragments written for `extent` on `disks`, to be synced by the next barrier.
+    pub(crate) fn fragments_written(&mut self, extent: ExtentId, disks: &[DiskId]) {
+        self.undurable.extents.insert(extent);
+        self.undurable.fragment_disks.extend(disks.iter().copied());
+    }
+
+    /// Step 1: syncs the disks that took fragments. A disk whose sync fails may have lost
+    /// what it was given: it goes offline, owed the new extents' fragments, which are
+    /// written again on other disks (and synced) where there is room for them.
+    fn sync_fragments(&mut self) -> Result<()> {
+        for _ in 0..SYNC_ATTEMPTS {
+            self.relocate_undurable();
+            if self.sync_fragment_disks() {
+                break;
+            }
+        }
+        // Whatever could not be moved stays degraded — or, short of the fragments a read
+        // needs, cannot be committed at all.
+        let readable = |pool: &Pool, disk: &DiskId| pool.state.disk_readable(*disk);
+        for id in &self.undurable.extents {
+            let Some(record) = self.state.extents.get(id) else { continue };
+            let usable = record.fragments.iter().filter(|d| readable(self, d)).count();
+            // What an offline disk lacks is owed to it (the write-intent map), not a repair.
+            let awaited = record.fragments.iter().filter(|d| self.state.disk_awaited(**d)).count();
+            if usable + awaited < record.fragments.len() {
+                self.degraded.insert(*id);
+            }
+            if usable < record.policy.needed() {
+                let reason = format!("extent {id} could not be made durable: too few disks took its fragments");
+                self.read_only = Some(reason.clone());
+                return Err(Error::ReadOnly(reason));
+            }
+        }
+        Ok(())
+    }
+
+    /// New extents with a fragment on a disk that is no longer readable get it
+    /// rewritten elsewhere (an offline disk keeps what it is owed: see `geometry`).
+    fn relocate_undurable(&mut self) {
+        let stranded: Vec<ExtentId> = self
+            .undurable
+            .extents
+            .iter()
+            .filter(|id| {
+                self.state.extents.get(id).is_some_and(|r| {
+                    r.fragments.iter().any(|d| self.state.disks.get(d).is_none_or(|d| !d.state.readable()))
+                })
+            })
+            .copied()
+            .collect();
+        for id in stranded {
+            if let Err(e) = self.rewrite_fragments(id) {
+                tracing::warn!(stored_as = %id, error = %e, "could not move a new extent off a failed disk");
+            }
+        }
+    }
+
+    /// Syncs every disk that took fragments; `false` when some failed (they are now
+    /// offline and their extents need relocating).
+    fn sync_fragment_disks(&mut self) -> bool {
+        let disks = std::mem::take(&mut self.undurable.fragment_disks);
+        if !self.syncs_fragments() {
+            return true;
+        }
+        let jobs: Vec<(DiskId, Arc<dyn BlockDevice>)> =
+            disks.iter().filter_map(|disk| self.devices.get(disk).map(|d| (*disk, d.clone()))).collect();
+        let failed: Vec<(DiskId, String)> = run_all(self.options.parallel_io, jobs, |(disk, device)| {
+            device.sync().err().map(|e| (disk, e.to_string()))
+        })
+        .into_iter()
+        .flatten()
+        .collect();
+        self.reached(CommitPhase::FragmentsSynced);
+        if failed.is_empty() {
+            return true;
+        }
+        for (disk, error) in &failed {
+            tracing::error!(%disk, %error, "disk may have lost writes it acknowledged (sync failed); taking it offline");
+            let reason = format!("sync failed: {error}");
+            if let Err(error) = self.mark_offline(*disk, &reason) {
+                tracing::error!(%disk, %error, "marking the disk offline did not commit");
+            }
+        }
+        false
+    }
+
+    /// Step 2: writes the queued ops as one record; returns whether the journal disks
+    /// changed (a checkpoint must then seed the new ones).
+    fn write_record(&mut self) -> Result<bool> {
+        self.undurable.extents.clear();
+        if self.undurable.ops.is_empty() {
+            return Ok(false);
+        }
+        let current = self.state.journal_disks();
+        let previous =
+            if self.undurable.journal_set.is_empty() { current.clone() } else { self.undurable.journal_set.clone() };
+        // The record goes to the old and the new journal disks alike, so it chains on
+        // whichever set recovery finds.
+        let targets: BTreeSet<DiskId> =
+            previous.iter().chain(&current).filter(|d| self.state.disk_readable(**d)).copied().collect();
+        let devices: Vec<Arc<dyn BlockDevice>> =
+            targets.iter().filter_map(|disk| self.devices.get(disk).cloned()).collect();
+        self.check_fence(&devices)?;
+        let txn = Transaction { ops: std::mem::take(&mut self.undurable.ops) };
+        let (block, tip) = journal::encode_record(self.tip, &txn);
+        let refs: Vec<&dyn BlockDevice> = devices.iter().map(|d| d.as_ref()).collect();
+        let (durable, errors) = journal::write_replicas(
+            &refs,
+            BlockName::Journal { seq: tip.seq },
+            &block,
+            self.options.parallel_io,
+            || self.reached(CommitPhase::JournalWritten),
+        );
+        for error in &errors {
+            tracing::warn!(%error, "journal replica write failed");
+        }
+        if !durable.contains(&true) {
+            let reason = format!("no journal replica accepted record {}: {}", tip.seq, errors.join("; "));
+            self.read_only = Some(reason.clone());
+            return Err(Error::ReadOnly(reason));
+        }
+        self.reached(CommitPhase::JournalSynced);
+        self.record_durable(tip);
+        let changed = previous != current;
+        self.undurable.journal_set = current;
+        Ok(changed)
+    }
+
+    /// The journal fence: the record this process is about to write must not exist yet.
+    /// A valid record there that chains from this process's tip was written by another
+    /// process that opened the pool meanwhile (its lock forced away, a copied pool
+    /// directory on another machine): that process owns the pool now, and this one stops
+    /// writing — read-only — rather than overwrite its history. (A torn or unchained block
+    /// there is a crash's leftover, which the write replaces.)
+    pub(crate) fn check_fence(&mut self, devices: &[Arc<dyn BlockDevice>]) -> Result<()> {
+        let next = BlockName::Journal { seq: self.tip.seq + 1 };
+        let taken = devices.iter().any(|device| {
+            device
+                .read(next)
+                .ok()
+                .and_then(|block| journal::decode_record(&block).ok())
+                .is_some_and(|(record, _, _)| record.prev_hash == self.tip.hash)
+        });
+        if taken {
+            let reason = format!(
+                "another process wrote journal record {} of this pool: it opened the pool while this one served it \
+                 (a forced lock, a copied pool directory), and owns it now; this process stopped writing",
+                self.tip.seq + 1
+            );
+            tracing::error!(%reason, "fenced");
+            self.read_only = Some(reason.clone());
+            return Err(Error::ReadOnly(reason));
+        }
+        Ok(())
+    }
+
+    /// Step 3: deletes freed fragments, every disk's at once. Failures leave orphans,
+    /// which the next open removes.
+    fn delete_freed(&mut self) {
+        if self.read_only.is_some() {
+            // Fenced or failed: what looks freed here may be another owner's now.
+            return;
+        }
+        let frees = std::mem::take(&mut self.undurable.frees);
+        let moved = std::mem::take(&mut self.undurable.fragment_frees);
+        if frees.is_empty() && moved.is_empty() {
+            return;
+        }
+        let mut per_disk: BTreeMap<DiskId, Vec<BlockName>> = BTreeMap::new();
+        for record in &frees {
+            for (index, disk) in record.fragments.iter().enumerate() {
+                per_disk.entry(*disk).or_default().push(BlockName::Fragment { extent: record.id, index: index as u8 });
+            }
+        }
+        for (disk, name) in moved {
+            // A fragment that moved away and back again is live here once more.
+            if let BlockName::Fragment { extent, index } = name {
+                let placed = self.state.extents.get(&extent).and_then(|r| r.fragments.get(usize::from(index)));
+                if placed == Some(&disk) {
+                    continue;
+                }
+            }
+            per_disk.entry(disk).or_default().push(name);
+        }
+        let jobs: Vec<(Arc<dyn BlockDevice>, Vec<BlockName>)> = per_disk
+            .into_iter()
+            .filter_map(|(disk, names)| self.devices.get(&disk).map(|device| (device.clone(), names)))
+            .collect();
+        run_all(self.options.parallel_io, jobs, |(device, names)| {
+            for name in names {
+                if let Err(error) = device.delete(name) {
+                    tracing::debug!(%error, %name, "deleting a freed fragment failed; left as an orphan");
+                }
+            }
+        });
+        self.reached(CommitPhase::Freed);
+    }
+}

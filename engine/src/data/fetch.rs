@@ -1,0 +1,171 @@
+//! Reading extents without holding the pool: `read_shared` — the read of a front end
+//! with several request threads — plans a read under the pool's lock, fetches the extents
+//! (disk reads, checks, decoding) with the lock released, books the results under the
+//! lock again, and answers from the cache. Other requests are served meanwhile, so disk
+//! time overlaps with everything else; read-ahead runs on the I/O pool, answering no one.
+//!
+//! Contract: a plan never includes an extent another plan is fetching (`in_flight`), so
+//! nothing is fetched twice at once: a read that needs such an extent waits for its
+//! booking; booking puts only verified data into the cache and wakes those waiters; a
+//! failed fetch books nothing, and the ordinary read then fetches again and reports the
+//! error.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use crate::base::error::Result;
+use crate::base::io::{run_all, spawn};
+use crate::data::store::{fetch_extent, Fetched};
+use crate::media::device::{BlockDevice, ExtentId};
+use crate::meta::state::{DiskId, ExtentRecord, EXTENT_BYTES_MAX};
+use crate::pool::open_files::FileHandle;
+use crate::pool::Pool;
+
+/// Extents to fetch with the pool's lock released.
+pub(crate) struct FetchPlan {
+    jobs: Vec<(ExtentRecord, u64)>,
+    devices: BTreeMap<DiskId, Arc<dyn BlockDevice>>,
+    verify: bool,
+    /// Threads, or one after another (the simulator).
+    parallel: bool,
+}
+
+/// What a plan brought back, to hand to `Pool::book_fetched`.
+pub(crate) struct FetchedExtents(Vec<(ExtentRecord, u64, Fetched)>);
+
+/// A read's plan: what it must fetch before it can answer, what to fetch ahead (no one
+/// needs to wait for that), and extents it needs that another request is fetching.
+pub(crate) struct ReadPlan {
+    pub(crate) fetch: Option<FetchPlan>,
+    pub(crate) ahead: Option<FetchPlan>,
+    pub(crate) wait_for: Vec<ExtentId>,
+}
+
+/// How long a read waits for another request's fetch of an extent it needs before
+/// reading it itself (a fetch that never books — a bug — must not hang readers).
+const FETCH_WAIT_MAX: Duration = Duration::from_secs(5);
+
+/// Locks `pool`; a panic in one request must not take every later request down with it.
+pub fn lock(pool: &Mutex<Pool>) -> MutexGuard<'_, Pool> {
+    pool.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Reads `size` bytes at `offset` through `fh` from a pool that several request threads
+/// share, holding its lock only to plan, book and copy (see the module header). Read-ahead
+/// the plan asks for goes on in the background after this returns.
+pub fn read_shared(pool: &Arc<Mutex<Pool>>, fh: FileHandle, offset: u64, size: usize) -> Result<Vec<u8>> {
+    let plan = lock(pool).plan_read(fh, offset, size)?;
+    if let Some(ahead) = plan.ahead {
+        let pool = pool.clone();
+        // The read-ahead belongs to this request: its log lines carry its id.
+        let span = tracing::Span::current();
+        spawn(move || {
+            let _span = span.enter();
+            let fetched = ahead.run();
+            lock(&pool).book_fetched(fetched);
+        });
+    }
+    if let Some(fetch) = plan.fetch {
+        let fetched = fetch.run();
+        lock(pool).book_fetched(fetched);
+    }
+    let mut guard = lock(pool);
+    if !plan.wait_for.is_empty() {
+        let booked = guard.in_flight.booked.clone();
+        let (waited, _) = booked
+            .wait_timeout_while(guard, FETCH_WAIT_MAX, |pool| pool.fetching_any(&plan.wait_for))
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        guard = waited;
+    }
+    guard.read(fh, offset, size)
+}
+
+impl FetchPlan {
+    /// Fetches every extent of the plan, in parallel.
+    pub(crate) fn run(self) -> FetchedExtents {
+        let (devices, verify) = (&self.devices, self.verify);
+        FetchedExtents(run_all(self.parallel, self.jobs, |(record, offset)| {
+            let fetched = fetch_extent(devices, &record, verify, false);
+            (record, offset, fetched)
+        }))
+    }
+}
+
+impl Pool {
+    /// Plans the fetches for a read of `size` bytes at `offset` through `fh`: the
+    /// extents it covers and, for a sequential reader, the read-ahead window, except
+    /// those cached, inline or already in flight.
+    pub(crate) fn plan_read(&mut self, fh: FileHandle, offset: u64, size: usize) -> Result<ReadPlan> {
+        let end = offset.saturating_add(size as u64);
+        let (ino, sequential) = self.note_read(fh, offset, end)?;
+        let needed_last = end.saturating_sub(1) / EXTENT_BYTES_MAX;
+        let mut jobs = Vec::new();
+        let mut ahead = Vec::new();
+        let mut wait_for = Vec::new();
+        for (record, at) in self.read_ahead_records(ino, offset, end) {
+            let index = at / EXTENT_BYTES_MAX;
+            if record.is_inline() || self.cache.contains(record.id) {
+                continue;
+            }
+            if !sequential && index > needed_last {
+                continue;
+            }
+            if self.in_flight.extents.contains(&record.id) {
+                if index <= needed_last {
+                    wait_for.push(record.id);
+                }
+                continue;
+            }
+            self.in_flight.extents.insert(record.id);
+            if index <= needed_last {
+                jobs.push((record, at));
+            } else {
+                ahead.push((record, at));
+            }
+        }
+        Ok(ReadPlan { fetch: self.fetch_plan(jobs, true), ahead: self.fetch_plan(ahead, true), wait_for })
+    }
+
+    fn fetch_plan(&self, jobs: Vec<(ExtentRecord, u64)>, parallel: bool) -> Option<FetchPlan> {
+        (!jobs.is_empty()).then(|| FetchPlan {
+            jobs,
+            devices: self.read_devices().into_owned(),
+            verify: self.verifies_reads(),
+            parallel,
+        })
+    }
+
+    /// Fetches the extents of `records` that are neither cached nor in flight into the
+    /// cache, in parallel unless the pool runs its I/O in order: read-ahead for a reader
+    /// holding the pool.
+    pub(crate) fn prefetch(&mut self, records: Vec<(ExtentRecord, u64)>) {
+        let wanted: Vec<(ExtentRecord, u64)> = records
+            .into_iter()
+            .filter(|(r, _)| !r.is_inline() && !self.cache.contains(r.id) && !self.in_flight.extents.contains(&r.id))
+            .collect();
+        self.in_flight.extents.extend(wanted.iter().map(|(r, _)| r.id));
+        if let Some(plan) = self.fetch_plan(wanted, self.options.parallel_io) {
+            let fetched = plan.run();
+            self.book_fetched(fetched);
+        }
+    }
+
+    /// Books fetched extents: verified data goes into the cache, and reads waiting for
+    /// them wake.
+    pub(crate) fn book_fetched(&mut self, fetched: FetchedExtents) {
+        for (record, offset, outcome) in fetched.0 {
+            let was_in_flight = self.in_flight.extents.remove(&record.id);
+            debug_assert!(was_in_flight, "booked an extent no plan fetched");
+            if outcome.data.is_ok() {
+                let _ = self.settle(&record, offset, outcome);
+            }
+        }
+        self.in_flight.booked.notify_all();
+    }
+
+    /// Whether any of `extents` is still being fetched by another request.
+    fn fetching_any(&self, extents: &[ExtentId]) -> bool {
+        extents.iter().any(|id| self.in_flight.extents.contains(id))
+    }
+}

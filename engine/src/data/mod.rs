@@ -1,0 +1,14 @@
+//! The data path on an open pool: writing extents (`store`), reading them with the lock
+//! released (`fetch`), open files and their buffers (`files`), placement, the durability
+//! barrier, the namespace and its xattrs and ACLs. Imports `pool` and the layers below
+//! it.
+
+pub mod acl;
+pub(crate) mod durability;
+pub mod fetch;
+pub mod file_ranges;
+pub mod files;
+pub mod namespace;
+pub mod placement;
+pub mod store;
+pub mod xattr;

@@ -1,0 +1,474 @@
+//! The extent store: encodes chunks into fragments, places and writes them, and
+//! reads extents back, verifying every checksum and falling back to other fragments.
+//!
+//! Contract of `write_chunks`: on `Ok`, every fragment of every returned extent is
+//! written (durable after the next barrier, see `durability`) and no disk holds two
+//! fragments of one extent; on `Err`,
+//! nothing is referenced and the fragments written so far were deleted (or are orphans
+//! the next open removes).
+//!
+//! Contract of `read_extent`: returns the extent's bytes exactly (BLAKE3 verified), or
+//! `DataLost` — never other bytes.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use crate::base::error::{Error, Result};
+use crate::base::hooks::CommitPhase;
+use crate::base::io::run_all;
+use crate::base::policy::Policy;
+use crate::data::placement::{self, Candidate};
+use crate::media::codec::{self, CodecId};
+use crate::media::device::{BlockDevice, BlockName, DeviceError, ExtentId};
+use crate::media::fragment;
+use crate::meta::state::{DiskId, DiskState, ExtentRecord, EXTENT_BYTES_MAX, INLINE_BYTES_MAX};
+use crate::pool::Pool;
+
+struct PlannedBlock {
+    name: BlockName,
+    block: Arc<Vec<u8>>,
+}
+
+/// One chunk, hashed and encoded into sealed fragment blocks (none when inline).
+struct Encoded {
+    hash: [u8; 32],
+    blocks: Vec<Arc<Vec<u8>>>,
+}
+
+impl Pool {
+    /// Writes each `(chunk index, bytes)` as a new extent under `policy` and makes the
+    /// fragments (durable at the next barrier). An all-zero chunk becomes a hole (`None`).
+    pub(crate) fn write_chunks(
+        &mut self,
+        chunks: &[(u64, Vec<u8>)],
+        policy: Policy,
+    ) -> Result<Vec<(u64, Option<ExtentRecord>)>> {
+        let codec = CodecId::for_policy(policy);
+        if let Some(reason) = &self.read_only {
+            return Err(Error::ReadOnly(reason.clone()));
+        }
+        let journal: Vec<Arc<dyn BlockDevice>> = self.journal_devices().into_iter().map(|(_, d)| d).collect();
+        self.check_fence(&journal)?;
+        let ids: Vec<Option<ExtentId>> = chunks
+            .iter()
+            .map(|(_, data)| {
+                assert!(data.len() as u64 <= EXTENT_BYTES_MAX);
+                (!data.iter().all(|b| *b == 0)).then(|| {
+                    let id = ExtentId(self.next_extent);
+                    self.next_extent += 1;
+                    id
+                })
+            })
+            .collect();
+        // Small extents live inline in metadata when its replicas tolerate as many
+        // failures as the policy does.
+        let inline_ok = self.state.journal_disks().len() > policy.tolerance();
+        let jobs: Vec<(&[u8], Option<ExtentId>)> =
+            chunks.iter().zip(&ids).map(|((_, d), id)| (d.as_slice(), *id)).collect();
+        let encoded: Vec<Option<Encoded>> = run_all(self.options.parallel_io, jobs, |(data, id)| {
+            let id = id?;
+            let hash = *blake3::hash(data).as_bytes();
+            if inline_ok && data.len() <= INLINE_BYTES_MAX {
+                return Some(Ok(Encoded { hash, blocks: Vec::new() }));
+            }
+            Some(codec::encode(codec, policy, data).map(|fragments| {
+                Encoded {
+                    hash,
+                    blocks: fragments
+                        .iter()
+                        .enumerate()
+                        .map(|(i, payload)| Arc::new(fragment::seal(id, i as u8, payload)))
+                        .collect(),
+                }
+            }))
+        })
+        .into_iter()
+        .map(Option::transpose)
+        .collect::<Result<_, _>>()
+        .map_err(|e| Error::Io(format!("encoding failed: {e}")))?;
+        let mut excluded: BTreeSet<DiskId> = BTreeSet::new();
+        loop {
+            let mut degraded = Vec::new();
+            let mut planned: BTreeMap<DiskId, Vec<PlannedBlock>> = BTreeMap::new();
+            let mut planned_bytes: BTreeMap<DiskId, u64> = BTreeMap::new();
+            let mut records = Vec::with_capacity(chunks.len());
+            for (((index, data), id), encoded) in chunks.iter().zip(&ids).zip(&encoded) {
+                let (Some(id), Some(encoded)) = (id, encoded) else {
+                    records.push((*index, None));
+                    continue;
+                };
+                let (record_codec, fragments, inline) = if encoded.blocks.is_empty() {
+                    (CodecId::Inline, Vec::new(), Some(data.clone()))
+                } else {
+                    let block_bytes = encoded.blocks[0].len() as u64;
+                    #[allow(unused_mut)]
+                    let (mut disks, reachable) = self.place_extent(policy, block_bytes, &excluded, &planned_bytes)?;
+                    #[cfg(feature = "sabotage")]
+                    if self.options.sabotage == Some(crate::base::hooks::Sabotage::SameDiskPlacement) && disks.len() > 1
+                    {
+                        disks[1] = disks[0];
+                    }
+                    if reachable < disks.len() {
+                        degraded.push(*id);
+                    }
+                    for (fragment_index, (disk, block)) in disks.iter().zip(&encoded.blocks).enumerate().take(reachable)
+                    {
+                        let name = BlockName::Fragment { extent: *id, index: fragment_index as u8 };
+                        *planned_bytes.entry(*disk).or_default() += block_bytes;
+                        planned.entry(*disk).or_default().push(PlannedBlock { name, block: block.clone() });
+                    }
+                    (codec, disks, None)
+                };
+                let record = ExtentRecord {
+                    id: *id,
+                    len: data.len() as u32,
+                    hash: encoded.hash,
+                    policy,
+                    codec: record_codec,
+                    fragments,
+                    inline,
+                    history: Vec::new(),
+                };
+                records.push((*index, Some(record)));
+            }
+            let jobs: Vec<(DiskId, Arc<dyn BlockDevice>, Vec<PlannedBlock>)> = planned
+                .into_iter()
+                .filter_map(|(disk, blocks)| self.devices.get(&disk).map(|d| (disk, d.clone(), blocks)))
+                .collect();
+            let outcomes = run_all(self.options.parallel_io, jobs, |(disk, device, blocks)| {
+                let mut written = Vec::new();
+                for planned in &blocks {
+                    if let Err(e) = device.write(planned.name, &planned.block) {
+                        return (disk, device, written, Err(e));
+                    }
+                    written.push(planned.name);
+                }
+                (disk, device, written, Ok(()))
+            });
+            if outcomes.iter().all(|(_, _, _, result)| result.is_ok()) {
+                self.reached(CommitPhase::FragmentsWritten);
+            }
+            let failed: Vec<(DiskId, DeviceError)> = outcomes
+                .iter()
+                .filter_map(|(disk, _, _, result)| result.as_ref().err().map(|e| (*disk, e.clone())))
+                .collect();
+            if failed.is_empty() {
+                for (disk, _, written, _) in &outcomes {
+                    for name in written {
+                        if let BlockName::Fragment { extent, .. } = name {
+                            self.fragments_written(*extent, &[*disk]);
+                        }
+                    }
+                }
+                if !degraded.is_empty() {
+                    // What they lack is owed to the offline disks (the write-intent map)
+                    // or sits on failed or draining ones: the rebuild queue finds both.
+                    tracing::warn!(
+                        extents = degraded.len(),
+                        %policy,
+                        "disks are away: extents written at reduced width, to be repaired"
+                    );
+                    self.counters.degraded_writes += degraded.len() as u64;
+                }
+                self.counters.extents_written += records.iter().filter(|(_, r)| r.is_some()).count() as u64;
+                return Ok(records);
+            }
+            for (_, device, written, _) in &outcomes {
+                for name in written {
+                    let _ = device.delete(*name);
+                }
+            }
+            for (disk, error) in &failed {
+                tracing::warn!(disk = %disk, %error, "fragment write failed; placing elsewhere");
+                excluded.insert(*disk);
+                if *error != DeviceError::NoSpace {
+                    self.disk_io_failed(*disk, error);
+                }
+            }
+            if excluded.len() >= self.state.disks.len() {
+                let (_, error) = &failed[0];
+                return Err(match error {
+                    DeviceError::NoSpace => Error::NoSpace("every disk refused the write".into()),
+                    other => Error::Io(format!("every disk refused the write: {other}")),
+                });
+            }
+        }
+    }
+
+    /// Chooses the disks of one extent's fragments: `policy.width()` distinct writable
+    /// disks with room when there are enough; otherwise — disks being away — as many as
+    /// there are, down to the write quorum, with the remaining fragment slots named on
+    /// distinct disks that cannot take writes now (offline ones first: they are owed the
+    /// fragment and get it when they return; failed or draining ones have it rebuilt
+    /// elsewhere). A full disk is never such a stand-in: a pool short of room is short of
+    /// room. Returns the disks, index = fragment index, and how many of them (a prefix,
+    /// so the data shards come first) are written now.
+    ///
+    /// Fails with `NoSpace` when the disks that could take the writes lack the room, and
+    /// with `Unavailable` (EIO) when too few are reachable — never the other way round.
+    fn place_extent(
+        &mut self,
+        policy: Policy,
+        block_bytes: u64,
+        excluded: &BTreeSet<DiskId>,
+        planned_bytes: &BTreeMap<DiskId, u64>,
+    ) -> Result<(Vec<DiskId>, usize)> {
+        let width = policy.width();
+        let mut candidates = self.candidates(excluded, planned_bytes);
+        if candidates.iter().filter(|c| c.free_bytes >= block_bytes).count() < width {
+            // A disk that seems full may be one that is gone (a vanished directory has no
+            // free space): ask before calling the pool full.
+            let seemingly_full: Vec<DiskId> =
+                candidates.iter().filter(|c| c.free_bytes < block_bytes).map(|c| c.disk).collect();
+            let mut changed = false;
+            for disk in seemingly_full {
+                if let Err(reason) = self.probe_current(disk) {
+                    self.mark_offline(disk, &reason)?;
+                    changed = true;
+                }
+            }
+            if changed {
+                candidates = self.candidates(excluded, planned_bytes);
+            }
+        }
+        let with_room = candidates.iter().filter(|c| c.free_bytes >= block_bytes).count();
+        let quorum = self.state.availability.write_quorum(policy);
+        let count = with_room.min(width);
+        // Stand-ins for the fragments not written now: disks that take no writes.
+        let mut fillers: Vec<DiskId> = self
+            .state
+            .disks
+            .values()
+            .filter(|d| d.state != DiskState::Removed && !self.state.disk_writable(d.id))
+            .map(|d| d.id)
+            .collect();
+        fillers.sort_by_key(|d| (!self.state.offline.contains_key(d), *d));
+        let reachable = candidates.len();
+        if count >= quorum && fillers.len() < width - count {
+            // Enough disks are reachable; too few of them have room.
+            return Err(Error::Unplaceable { policy, needed: width, available: with_room });
+        }
+        if count < quorum {
+            if reachable >= quorum {
+                return Err(Error::Unplaceable { policy, needed: quorum, available: with_room });
+            }
+            let away: Vec<String> = self
+                .state
+                .disks
+                .values()
+                .filter(|d| d.state.readable() && !candidates.iter().any(|c| c.disk == d.id))
+                .map(|d| match self.state.offline.get(&d.id) {
+                    Some(offline) => format!("{} offline: {}", d.id, offline.reason),
+                    None if excluded.contains(&d.id) => format!("{} failing writes", d.id),
+                    None => format!("{} {}", d.id, d.state),
+                })
+                .collect();
+            let reason = format!(
+                "{policy} needs at least {quorum} disks to write to (its write quorum), but only {reachable} can take \
+                 writes now{}",
+                if away.is_empty() { String::new() } else { format!(" ({})", away.join("; ")) }
+            );
+            tracing::error!(%reason, "write refused below the write quorum");
+            return Err(Error::Unavailable(reason));
+        }
+        let mut disks = placement::place(&mut self.rng, count, block_bytes, &candidates)
+            .map_err(|available| Error::Unplaceable { policy, needed: count, available })?;
+        disks.extend(fillers.into_iter().take(width - count));
+        assert_eq!(disks.len(), width);
+        Ok((disks, count))
+    }
+
+    #[cfg(feature = "sabotage")]
+    pub(crate) fn syncs_fragments(&self) -> bool {
+        self.options.sabotage != Some(crate::base::hooks::Sabotage::SkipFragmentSync)
+    }
+
+    #[cfg(not(feature = "sabotage"))]
+    pub(crate) fn syncs_fragments(&self) -> bool {
+        true
+    }
+
+    #[cfg(feature = "sabotage")]
+    pub(crate) fn verifies_reads(&self) -> bool {
+        self.options.sabotage != Some(crate::base::hooks::Sabotage::SkipReadChecksum)
+    }
+
+    #[cfg(not(feature = "sabotage"))]
+    pub(crate) fn verifies_reads(&self) -> bool {
+        true
+    }
+
+    fn candidates(&self, excluded: &BTreeSet<DiskId>, planned_bytes: &BTreeMap<DiskId, u64>) -> Vec<Candidate> {
+        self.state
+            .disks
+            .values()
+            .filter(|d| self.state.disk_writable(d.id) && !excluded.contains(&d.id))
+            .filter_map(|d| {
+                let device = self.devices.get(&d.id)?;
+                let free = device.capacity_bytes().saturating_sub(device.used_bytes());
+                let planned = planned_bytes.get(&d.id).copied().unwrap_or(0);
+                Some(Candidate { disk: d.id, free_bytes: free.saturating_sub(planned) })
+            })
+            .collect()
+    }
+
+    /// Reads an extent: the cheapest sufficient fragments first (data shards, then
+    /// parity; the first copy, then others), each verified; decodes; verifies the
+    /// extent's BLAKE3. `offset` only labels errors.
+    pub(crate) fn read_extent(&mut self, record: &ExtentRecord, offset: u64) -> Result<Arc<Vec<u8>>> {
+        if let Some(data) = self.cache.get(record.id) {
+            return Ok(data);
+        }
+        let fetched = fetch_extent(&self.read_devices(), record, self.verifies_reads(), self.options.parallel_io);
+        self.settle(record, offset, fetched)
+    }
+
+    /// The devices reads may try: all but the offline disks', which reads go around
+    /// without waiting on them.
+    pub(crate) fn read_devices(&self) -> std::borrow::Cow<'_, BTreeMap<DiskId, Arc<dyn BlockDevice>>> {
+        if self.state.offline.is_empty() {
+            return std::borrow::Cow::Borrowed(&self.devices);
+        }
+        std::borrow::Cow::Owned(
+            self.devices
+                .iter()
+                .filter(|(disk, _)| !self.state.offline.contains_key(disk))
+                .map(|(disk, device)| (*disk, device.clone()))
+                .collect(),
+        )
+    }
+
+    /// Books a fetch: counters, the degraded set, the cache.
+    pub(crate) fn settle(&mut self, record: &ExtentRecord, offset: u64, fetched: Fetched) -> Result<Arc<Vec<u8>>> {
+        self.counters.extents_read += 1;
+        if !fetched.problems.is_empty() {
+            self.counters.fragment_errors += fetched.problems.len() as u64;
+            self.counters.degraded_reads += 1;
+            self.degraded.insert(record.id);
+            tracing::warn!(stored_as = %record.id, problems = %fetched.problems.join("; "), "degraded read");
+        }
+        let data = fetched.data.map_err(|detail| Error::DataLost {
+            extent: self.state.extent_name(record.id),
+            offset,
+            detail,
+        })?;
+        self.cache.insert(record.id, data.clone());
+        Ok(data)
+    }
+}
+
+/// The outcome of fetching one extent from its disks.
+pub(crate) struct Fetched {
+    pub(crate) data: std::result::Result<Arc<Vec<u8>>, String>,
+    /// Fragments that could not be used, with why.
+    problems: Vec<String>,
+}
+
+/// The fast path of a healthy read: the data shards alone, whose payloads the extent's
+/// BLAKE3 then checks all at once. `None` on any doubt; the caller then verifies
+/// fragment by fragment.
+fn fetch_data_shards(
+    devices: &BTreeMap<DiskId, Arc<dyn BlockDevice>>,
+    record: &ExtentRecord,
+    parallel: bool,
+) -> Option<Vec<u8>> {
+    let policy = record.policy;
+    let shard_len = codec::shard_len(policy, record.len as usize);
+    let jobs: Vec<(usize, Arc<dyn BlockDevice>)> = (0..policy.needed())
+        .map(|i| devices.get(record.fragments.get(i)?).map(|d| (i, d.clone())))
+        .collect::<Option<_>>()?;
+    let id = record.id;
+    let payloads: Vec<Option<Vec<u8>>> = run_all(parallel, jobs, |(i, device)| {
+        let block = device.read(BlockName::Fragment { extent: id, index: i as u8 }).ok()?;
+        fragment::payload_unchecked(&block, id, i as u8, shard_len).ok().map(<[u8]>::to_vec)
+    });
+    let mut fragments: Vec<Option<Vec<u8>>> = payloads;
+    if fragments.iter().any(Option::is_none) {
+        return None;
+    }
+    fragments.resize(policy.width(), None);
+    let data = codec::decode(record.codec, policy, record.len as usize, &fragments).ok()?;
+    (blake3::hash(&data).as_bytes() == &record.hash).then_some(data)
+}
+
+/// Reads, verifies and decodes one extent without touching the pool: safe to run for
+/// several extents at once. A fragment whose disk is not in `devices` (offline) is
+/// skipped without counting as a problem: the extent is not damaged, only waiting.
+pub(crate) fn fetch_extent(
+    devices: &BTreeMap<DiskId, Arc<dyn BlockDevice>>,
+    record: &ExtentRecord,
+    verify: bool,
+    parallel: bool,
+) -> Fetched {
+    if let Some(data) = &record.inline {
+        let data = if blake3::hash(data).as_bytes() == &record.hash {
+            Ok(Arc::new(data.clone()))
+        } else {
+            Err("inline data does not match the extent checksum".to_string())
+        };
+        return Fetched { data, problems: Vec::new() };
+    }
+    if verify {
+        if let Some(data) = fetch_data_shards(devices, record, parallel) {
+            return Fetched { data: Ok(Arc::new(data)), problems: Vec::new() };
+        }
+    }
+    let policy = record.policy;
+    let width = policy.width();
+    let needed = policy.needed();
+    let shard_len = codec::shard_len(policy, record.len as usize);
+    let mut fragments: Vec<Option<Vec<u8>>> = vec![None; width];
+    let mut problems = Vec::new();
+    let mut away = Vec::new();
+    let mut next = 0;
+    let mut have = 0;
+    while have < needed && next < width {
+        let batch: Vec<usize> = (next..width.min(next + needed - have)).collect();
+        next += batch.len();
+        let jobs: Vec<(usize, Option<Arc<dyn BlockDevice>>)> =
+            batch.iter().map(|&i| (i, devices.get(&record.fragments[i]).cloned())).collect();
+        let id = record.id;
+        let results = run_all(parallel, jobs, |(i, device)| {
+            let name = BlockName::Fragment { extent: id, index: i as u8 };
+            let result = match device {
+                None => Err(None),
+                Some(device) => device.read(name).map_err(|e| Some(e.to_string())).and_then(|block| {
+                    if !verify {
+                        let mut payload = block.get(fragment::HEADER_LEN..).unwrap_or_default().to_vec();
+                        payload.resize(shard_len, 0);
+                        return Ok(payload);
+                    }
+                    fragment::verify(&block, id, i as u8, shard_len)
+                        .map(<[u8]>::to_vec)
+                        .map_err(|e| Some(e.to_string()))
+                }),
+            };
+            (i, result)
+        });
+        for (i, result) in results {
+            match result {
+                Ok(payload) => {
+                    fragments[i] = Some(payload);
+                    have += 1;
+                }
+                Err(Some(e)) => problems.push(format!("fragment {i} on {}: {e}", record.fragments[i])),
+                Err(None) => away.push(format!("fragment {i} on {} (offline)", record.fragments[i])),
+            }
+        }
+    }
+    let data = if have < needed {
+        let why: Vec<String> = problems.iter().chain(&away).cloned().collect();
+        Err(format!("{have} of {width} fragments readable, {needed} needed ({})", why.join("; ")))
+    } else {
+        codec::decode(record.codec, policy, record.len as usize, &fragments).map_err(|e| e.to_string()).and_then(
+            |data| {
+                if verify && blake3::hash(&data).as_bytes() != &record.hash {
+                    Err("decoded data does not match the extent checksum".to_string())
+                } else {
+                    Ok(Arc::new(data))
+                }
+            },
+        )
+    };
+    Fetched { data, problems }
+}

@@ -1,0 +1,229 @@
+//! Codecs: turn one extent's bytes into fragments under a policy, and back.
+//!
+//! Two Reed–Solomon implementations exist and produce *different* parity bytes, so every
+//! extent records the `CodecId` that wrote it and is always decoded by the same one.
+//! New extents use `CodecId::DEFAULT_ERASURE` (see the README for the measurements behind
+//! the choice). Replicas are plain copies.
+//!
+//! Shard layout for `erasure:K+M`: the extent is zero-padded to `K * shard_len` and cut
+//! into K data shards; `shard_len` is even and at least 2 (a requirement of the SIMD codec).
+
+use serde::{Deserialize, Serialize};
+
+use crate::base::policy::Policy;
+
+/// Which algorithm produced an extent's fragments.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum CodecId {
+    /// Full copies (`replicate:N`).
+    Replica,
+    /// `reed-solomon-erasure` 6.x, GF(2^8), pure Rust.
+    RsErasureGf8,
+    /// `reed-solomon-simd` 3.x, GF(2^16) FFT with runtime-detected SIMD.
+    RsSimd,
+    /// No fragments: the data is held in the extent record itself.
+    Inline,
+}
+
+impl CodecId {
+    /// The codec new erasure-coded extents are written with.
+    pub const DEFAULT_ERASURE: CodecId = CodecId::RsSimd;
+
+    /// The codec for new extents under `policy`.
+    pub fn for_policy(policy: Policy) -> CodecId {
+        match policy {
+            Policy::Replicate { .. } => CodecId::Replica,
+            Policy::Erasure { .. } => CodecId::DEFAULT_ERASURE,
+        }
+    }
+}
+
+/// A codec failure. Encoding cannot fail for valid policies; decoding fails when too few
+/// fragments are given.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CodecError {
+    #[error("need {needed} fragments, have {available}")]
+    TooFewFragments { needed: usize, available: usize },
+    #[error("codec {codec:?} cannot serve policy {policy}")]
+    Mismatch { codec: CodecId, policy: Policy },
+    #[error("reed-solomon: {0}")]
+    Library(String),
+}
+
+/// Length of each fragment of an extent of `len` bytes.
+pub fn shard_len(policy: Policy, len: usize) -> usize {
+    match policy {
+        Policy::Replicate { .. } => len,
+        Policy::Erasure { data, .. } => {
+            let per = len.div_ceil(usize::from(data)).max(2);
+            per + (per & 1)
+        }
+    }
+}
+
+/// Splits `data` into `policy.width()` fragments.
+pub fn encode(codec: CodecId, policy: Policy, data: &[u8]) -> Result<Vec<Vec<u8>>, CodecError> {
+    match (codec, policy) {
+        (CodecId::Replica, Policy::Replicate { copies }) => Ok(vec![data.to_vec(); usize::from(copies)]),
+        (CodecId::RsErasureGf8 | CodecId::RsSimd, Policy::Erasure { data: k, parity: m }) => {
+            let (k, m) = (usize::from(k), usize::from(m));
+            let len = shard_len(policy, data.len());
+            let mut shards: Vec<Vec<u8>> = (0..k)
+                .map(|i| {
+                    let start = (i * len).min(data.len());
+                    let end = ((i + 1) * len).min(data.len());
+                    let mut shard = data[start..end].to_vec();
+                    shard.resize(len, 0);
+                    shard
+                })
+                .collect();
+            let parity = match codec {
+                CodecId::RsSimd => {
+                    reed_solomon_simd::encode(k, m, &shards).map_err(|e| CodecError::Library(e.to_string()))?
+                }
+                _ => {
+                    let rs = reed_solomon_erasure::galois_8::ReedSolomon::new(k, m)
+                        .map_err(|e| CodecError::Library(format!("{e:?}")))?;
+                    let mut all = shards.clone();
+                    all.extend(std::iter::repeat_n(vec![0u8; len], m));
+                    rs.encode(&mut all).map_err(|e| CodecError::Library(format!("{e:?}")))?;
+                    all.split_off(k)
+                }
+            };
+            shards.extend(parity);
+            assert_eq!(shards.len(), k + m);
+            Ok(shards)
+        }
+        (codec, policy) => Err(CodecError::Mismatch { codec, policy }),
+    }
+}
+
+/// Rebuilds the extent's `len` bytes from whichever fragments are present
+/// (`fragments[i]` is fragment `i`, or `None` when missing or corrupt).
+pub fn decode(
+    codec: CodecId,
+    policy: Policy,
+    len: usize,
+    fragments: &[Option<Vec<u8>>],
+) -> Result<Vec<u8>, CodecError> {
+    assert_eq!(fragments.len(), policy.width());
+    let available = fragments.iter().filter(|f| f.is_some()).count();
+    if available < policy.needed() {
+        return Err(CodecError::TooFewFragments { needed: policy.needed(), available });
+    }
+    match (codec, policy) {
+        (CodecId::Replica, Policy::Replicate { .. }) => {
+            let copy = fragments.iter().flatten().next();
+            Ok(copy.map(|c| c[..len.min(c.len())].to_vec()).unwrap_or_default())
+        }
+        (CodecId::RsErasureGf8 | CodecId::RsSimd, Policy::Erasure { data: k, parity: m }) => {
+            let (k, m) = (usize::from(k), usize::from(m));
+            let data_shards = reconstruct_data(codec, k, m, fragments)?;
+            let mut out = Vec::with_capacity(k * shard_len(policy, len));
+            for shard in &data_shards {
+                out.extend_from_slice(shard);
+            }
+            out.truncate(len);
+            Ok(out)
+        }
+        (codec, policy) => Err(CodecError::Mismatch { codec, policy }),
+    }
+}
+
+fn reconstruct_data(
+    codec: CodecId,
+    k: usize,
+    m: usize,
+    fragments: &[Option<Vec<u8>>],
+) -> Result<Vec<Vec<u8>>, CodecError> {
+    if fragments[..k].iter().all(Option::is_some) {
+        return Ok(fragments[..k].iter().flatten().cloned().collect());
+    }
+    match codec {
+        CodecId::RsSimd => {
+            let originals = fragments[..k].iter().enumerate().filter_map(|(i, f)| f.as_ref().map(|f| (i, f)));
+            let recovery = fragments[k..].iter().enumerate().filter_map(|(i, f)| f.as_ref().map(|f| (i, f)));
+            let mut restored =
+                reed_solomon_simd::decode(k, m, originals, recovery).map_err(|e| CodecError::Library(e.to_string()))?;
+            (0..k)
+                .map(|i| match &fragments[i] {
+                    Some(f) => Ok(f.clone()),
+                    None => {
+                        restored.remove(&i).ok_or_else(|| CodecError::Library(format!("shard {i} was not restored")))
+                    }
+                })
+                .collect()
+        }
+        _ => {
+            let rs = reed_solomon_erasure::galois_8::ReedSolomon::new(k, m)
+                .map_err(|e| CodecError::Library(format!("{e:?}")))?;
+            let mut shards: Vec<Option<Vec<u8>>> = fragments.to_vec();
+            rs.reconstruct_data(&mut shards).map_err(|e| CodecError::Library(format!("{e:?}")))?;
+            shards
+                .into_iter()
+                .take(k)
+                .map(|s| s.ok_or_else(|| CodecError::Library("data shard missing after reconstruct".into())))
+                .collect()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn check_every_loss_pattern(codec: CodecId, policy: Policy, data: &[u8]) {
+        let fragments = encode(codec, policy, data).unwrap();
+        let width = policy.width();
+        for mask in 0u32..(1 << width) {
+            let lost = mask.count_ones() as usize;
+            let given: Vec<Option<Vec<u8>>> =
+                (0..width).map(|i| (mask & (1 << i) == 0).then(|| fragments[i].clone())).collect();
+            let result = decode(codec, policy, data.len(), &given);
+            if lost <= policy.tolerance() {
+                assert_eq!(result.unwrap(), data, "{policy} lost mask {mask:b}");
+            } else {
+                assert!(result.is_err(), "{policy} decoded with mask {mask:b}");
+            }
+        }
+    }
+
+    #[test]
+    fn every_loss_pattern_within_tolerance_decodes_and_beyond_it_fails() {
+        let data: Vec<u8> = (0..10_007u32).map(|i| (i * 31 % 251) as u8).collect();
+        for codec in [CodecId::RsSimd, CodecId::RsErasureGf8] {
+            for (k, m) in [(1, 1), (2, 1), (4, 2), (3, 3)] {
+                check_every_loss_pattern(codec, Policy::erasure(k, m).unwrap(), &data);
+            }
+        }
+        check_every_loss_pattern(CodecId::Replica, Policy::replicate(3).unwrap(), &data);
+    }
+
+    #[test]
+    fn the_two_reed_solomon_codecs_differ_in_parity() {
+        let data = vec![7u8; 4096];
+        let policy = Policy::erasure(4, 2).unwrap();
+        let a = encode(CodecId::RsSimd, policy, &data).unwrap();
+        let b = encode(CodecId::RsErasureGf8, policy, &data).unwrap();
+        assert_eq!(a[..4], b[..4]);
+        assert_ne!(a[4..], b[4..]);
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+        #[test]
+        fn any_length_round_trips(len in 0usize..5000, k in 1u8..=16, m in 1u8..=8, lose in 0usize..8) {
+            let data: Vec<u8> = (0..len).map(|i| (i % 253) as u8).collect();
+            let policy = Policy::erasure(k, m).unwrap();
+            let mut frags: Vec<Option<Vec<u8>>> =
+                encode(CodecId::RsSimd, policy, &data).unwrap().into_iter().map(Some).collect();
+            for i in 0..lose.min(usize::from(m)) {
+                frags[(i * 7) % policy.width()] = None;
+            }
+            let lost = frags.iter().filter(|f| f.is_none()).count();
+            prop_assume!(lost <= usize::from(m));
+            prop_assert_eq!(decode(CodecId::RsSimd, policy, len, &frags).unwrap(), data);
+        }
+    }
+}

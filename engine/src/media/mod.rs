@@ -1,0 +1,10 @@
+//! What lies on a disk: the `BlockDevice` seam and its directory implementation, framed
+//! and checksummed blocks, fragments, disk labels and the erasure/replication codecs.
+//! Imports only `base`.
+
+pub mod codec;
+pub mod device;
+pub mod dirdisk;
+pub mod fragment;
+pub mod frame;
+pub mod label;

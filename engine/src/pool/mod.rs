@@ -1,0 +1,704 @@
+//! `Pool`: an open pool — the metadata state, its journal, the disks, and the commit
+//! protocol every change goes through.
+//!
+//! Commit rule: new fragments durable → journal record durable on every reachable
+//! replica → state applied in memory → freed fragments deleted. A failed journal write
+//! turns the pool read-only (like ext4's errors=remount-ro): the in-memory state could
+//! otherwise run ahead of, or fork from, what the disks hold.
+//!
+//! Opening recovers the journal, re-replicates it as a fresh checkpoint when anything was
+//! replayed or irregular, removes unlinked inodes nobody holds open (they cannot be open
+//! after a restart) and deletes orphan fragments that no committed record references.
+
+pub(crate) mod access_tracker;
+pub(crate) mod cache;
+pub(crate) mod op_stats;
+pub(crate) mod open_files;
+pub(crate) mod probes;
+pub(crate) mod undurable;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use uuid::Uuid;
+
+use crate::base::clock::Clock;
+use crate::base::error::{Error, Result};
+use crate::base::hooks::CommitPhase;
+use crate::base::policy::Policy;
+use crate::base::rng::EngineRng;
+use crate::media::device::{BlockDevice, BlockKind, BlockName, UnavailableDevice};
+use crate::meta::journal::{self, JournalTip};
+use crate::meta::state::{DiskId, DiskRecord, DiskState, ExtentRecord, InodeKind, MetaState, Op, Transaction};
+use crate::pool::open_files::OpenFiles;
+
+/// How an open pool behaves. Production and the simulator differ only here.
+#[derive(Clone, Debug)]
+pub struct PoolOptions {
+    /// Seed of the engine's RNG (placement).
+    pub seed: u64,
+    /// Records between checkpoints.
+    pub checkpoint_every_records: u64,
+    /// Dirty bytes an open file buffers before complete extents are written out.
+    pub dirty_bytes_max: usize,
+    /// Ops committed in memory after which a commit forces a durability barrier
+    /// (`Pool::sync`) itself. The simulator sets `usize::MAX`: it places barriers.
+    pub barrier_after_ops: usize,
+    /// Memory for decoded extents (see `store::ExtentCache`).
+    pub extent_cache_bytes: usize,
+    /// Whether fragment I/O to different disks runs on threads. The simulator runs it
+    /// sequentially so that a seed replays exactly.
+    pub parallel_io: bool,
+    /// Check the state's invariants after every commit (tests and the simulator).
+    pub check_invariants: bool,
+    /// Told each time a commit reaches a named phase (the simulator's crash points).
+    pub observer: Option<crate::base::hooks::Observer>,
+    /// Whether opening deletes orphan fragments (safe: nothing is in flight at open).
+    /// The orphan commands turn it off, so they can show orphans and apply their age
+    /// guard themselves.
+    pub remove_orphans_at_open: bool,
+    /// The tiering configuration a pool created by this open starts with; an existing
+    /// pool keeps its own (`Pool::set_tiering`).
+    pub tiering: crate::temperature::config::TieringConfig,
+    /// Reopens a disk by uuid when it comes back (see `reachability`).
+    pub reconnect: Option<crate::pool::probes::Reconnector>,
+    /// A deliberate defect, to prove the simulator catches it.
+    #[cfg(feature = "sabotage")]
+    pub sabotage: Option<crate::base::hooks::Sabotage>,
+}
+
+impl Default for PoolOptions {
+    fn default() -> Self {
+        Self {
+            seed: 0,
+            checkpoint_every_records: 256,
+            dirty_bytes_max: 16 << 20,
+            barrier_after_ops: 4096,
+            extent_cache_bytes: 256 << 20,
+            parallel_io: true,
+            check_invariants: false,
+            observer: None,
+            remove_orphans_at_open: true,
+            tiering: crate::temperature::config::TieringConfig::default(),
+            reconnect: None,
+            #[cfg(feature = "sabotage")]
+            sabotage: None,
+        }
+    }
+}
+
+/// A disk handed to `Pool::open`, identified by the uuid of its label.
+pub struct PoolDevice {
+    pub uuid: Uuid,
+    pub device: Arc<dyn BlockDevice>,
+}
+
+/// What opening found and did.
+#[derive(Debug, Default, Clone)]
+pub struct OpenReport {
+    /// Journal records replayed over the newest checkpoint.
+    pub records_replayed: u64,
+    /// Whether the journal was rewritten (re-replicated) during recovery.
+    pub journal_rewritten: bool,
+    /// Fragment blocks that no committed record referenced, now deleted.
+    pub orphan_fragments_removed: usize,
+    /// Unlinked inodes left by a crash, now removed with their extents.
+    pub orphan_inodes_removed: usize,
+    /// Devices whose uuid metadata does not know (a crash during `add-disk`).
+    pub unregistered: Vec<Uuid>,
+    /// Irregularities recovery noticed and repaired or worked around.
+    pub notes: Vec<String>,
+    /// The metadata format the pool was in, when opening upgraded it.
+    pub upgraded_from: Option<u8>,
+}
+
+/// Counters of what the pool did since it was opened.
+#[derive(Debug, Default, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct PoolCounters {
+    pub commits: u64,
+    pub checkpoints: u64,
+    pub extents_written: u64,
+    pub extents_read: u64,
+    pub degraded_reads: u64,
+    pub fragment_errors: u64,
+    pub extents_repaired: u64,
+    /// Durability barriers completed.
+    pub barriers: u64,
+    pub extents_reencoded: u64,
+    /// Extents re-encoded by tiering (also counted in `extents_reencoded`).
+    pub extents_migrated: u64,
+    pub disks_failed: u64,
+    /// Times a disk went offline.
+    pub disks_offline: u64,
+    /// Times an offline disk came back and rejoined.
+    pub disks_rejoined: u64,
+    /// Extents written at reduced width while disks were away.
+    pub degraded_writes: u64,
+}
+
+/// How far past the state's next extent id one open may start allocating (see
+/// `Pool::open`).
+const EXTENT_ID_SPREAD: u64 = 1 << 32;
+
+/// An open pool.
+pub struct Pool {
+    pub(crate) state: MetaState,
+    pub(crate) tip: JournalTip,
+    records_since_checkpoint: u64,
+    /// Sequence number of the newest checkpoint known durable on the journal disks.
+    /// A checkpoint is never rewritten in place: a crash could tear every copy.
+    checkpoint_seq: Option<u64>,
+    pub(crate) devices: BTreeMap<DiskId, Arc<dyn BlockDevice>>,
+    pub(crate) clock: Arc<dyn Clock>,
+    pub(crate) rng: EngineRng,
+    pub(crate) options: PoolOptions,
+    pub(crate) next_extent: u64,
+    pub(crate) files: OpenFiles,
+    /// Extents a read found short of fragments; the repair queue of later workers.
+    pub(crate) degraded: BTreeSet<crate::media::device::ExtentId>,
+    pub(crate) counters: PoolCounters,
+    pub(crate) cache: crate::pool::cache::ExtentCache,
+    pub(crate) read_only: Option<String>,
+    /// Write and sync failures per disk since its last success (see `disk_io_failed`).
+    pub(crate) io_errors: BTreeMap<DiskId, u32>,
+    /// Extents being fetched outside the lock (see `fetch`).
+    pub(crate) in_flight: crate::pool::cache::InFlight,
+    /// What the next durability barrier must make durable.
+    pub(crate) undurable: crate::pool::undurable::Undurable,
+    /// Access statistics not yet persisted, and the migration queues.
+    pub(crate) tracker: crate::pool::access_tracker::Tracker,
+    /// The background scrub's budget and the last foreground request it yields to.
+    pub(crate) pacing: crate::base::budget::Pacing,
+    /// Foreground operation counts, bytes and latencies.
+    pub(crate) ops: crate::pool::op_stats::OpStats,
+    /// When this process last wrote a checkpoint (`Clock::monotonic_nanos`).
+    pub(crate) checkpoint_written_nanos: Option<u64>,
+    /// When each disk is probed next (see `reachability`).
+    pub(crate) probes: crate::pool::probes::Probes,
+}
+
+impl Pool {
+    /// Opens a pool over `devices`. A pool whose disks hold no metadata yet starts empty
+    /// with `default_policy`; otherwise metadata is recovered from the journal.
+    pub fn open(
+        pool_id: Uuid,
+        default_policy: Policy,
+        devices: Vec<PoolDevice>,
+        clock: Arc<dyn Clock>,
+        options: PoolOptions,
+    ) -> Result<(Pool, OpenReport)> {
+        let mut report = OpenReport::default();
+        let raw: Vec<&dyn BlockDevice> = devices.iter().map(|d| d.device.as_ref()).collect();
+        let recovered = journal::recover(&raw).map_err(|e| Error::MetadataCorrupt(e.to_string()))?;
+        let recovered_checkpoint = recovered.is_some();
+        let mut upgrade_from = None;
+        let (state, tip, clean, checkpoint_slots) = match recovered {
+            Some(r) => {
+                report.records_replayed = r.replayed;
+                report.notes.extend(r.notes.iter().cloned());
+                let clean = r.replayed == 0 && r.notes.is_empty();
+                upgrade_from = (r.oldest_format < crate::media::frame::METADATA_FORMAT).then_some(r.oldest_format);
+                (r.state, r.tip, clean, r.checkpoint_slots)
+            }
+            None => (
+                MetaState { tiering: options.tiering, ..MetaState::new(pool_id, default_policy, clock.wall()) },
+                JournalTip { seq: 0, hash: [0; 32] },
+                true,
+                BTreeSet::new(),
+            ),
+        };
+        if state.pool_id != pool_id {
+            return Err(Error::MetadataCorrupt(format!(
+                "the disks' metadata belongs to pool {}, not {pool_id}",
+                state.pool_id
+            )));
+        }
+        let by_uuid: BTreeMap<Uuid, DiskId> = state.disks.values().map(|d| (d.uuid, d.id)).collect();
+        let mut slots: BTreeMap<DiskId, usize> = BTreeMap::new();
+        let mut disk_devices: BTreeMap<DiskId, Arc<dyn BlockDevice>> = BTreeMap::new();
+        for (slot, device) in devices.into_iter().enumerate() {
+            match by_uuid.get(&device.uuid) {
+                Some(id) => {
+                    slots.insert(*id, slot);
+                    disk_devices.insert(*id, device.device);
+                }
+                None => report.unregistered.push(device.uuid),
+            }
+        }
+        for disk in state.disks.values() {
+            if !disk.state.readable() {
+                // A failed or removed disk is never touched again, even if it is present.
+                let reason = format!("disk {}", disk.state);
+                disk_devices.insert(disk.id, Arc::new(UnavailableDevice::new(disk.uuid.to_string(), reason)));
+                continue;
+            }
+            disk_devices.entry(disk.id).or_insert_with(|| {
+                report.notes.push(format!("disk {} ({}) is missing", disk.id, disk.uuid));
+                Arc::new(UnavailableDevice::new(disk.uuid.to_string(), "disk not found"))
+            });
+        }
+        // Each open allocates extent ids from a random base past every id the state knows:
+        // should a second process ever serve the same disks (a forced lock), the two
+        // never write fragments under the same name, and the journal fence decides which
+        // one owns the pool without either having overwritten the other's data.
+        let mut rng = EngineRng::from_seed(options.seed);
+        let next_extent = state.next_extent.saturating_add(rng.below(EXTENT_ID_SPREAD));
+        let cache_bytes = options.extent_cache_bytes;
+        let mut pool = Pool {
+            state,
+            tip,
+            records_since_checkpoint: 0,
+            checkpoint_seq: (report.records_replayed == 0 && recovered_checkpoint).then_some(tip.seq),
+            devices: disk_devices,
+            clock,
+            rng,
+            options,
+            next_extent,
+            files: OpenFiles::default(),
+            degraded: BTreeSet::new(),
+            counters: PoolCounters::default(),
+            cache: crate::pool::cache::ExtentCache::with_capacity(cache_bytes),
+            read_only: None,
+            io_errors: BTreeMap::new(),
+            in_flight: Default::default(),
+            undurable: Default::default(),
+            tracker: Default::default(),
+            pacing: Default::default(),
+            ops: Default::default(),
+            checkpoint_written_nanos: None,
+            probes: Default::default(),
+        };
+        pool.undurable.journal_set = pool.state.journal_disks();
+        let journal_slots: BTreeSet<usize> =
+            pool.state.journal_disks().iter().filter_map(|id| slots.get(id).copied()).collect();
+        let metadata_blocks = pool.metadata_block_count();
+        let journal_is_canonical =
+            clean && journal_slots.is_subset(&checkpoint_slots) && metadata_blocks == journal_slots.len();
+        if !pool.state.disks.is_empty() && !journal_is_canonical {
+            // Never rewrite a valid checkpoint in place: a crash could tear the only copy.
+            let already_durable: BTreeSet<DiskId> = if report.records_replayed == 0 {
+                slots.iter().filter(|(_, slot)| checkpoint_slots.contains(slot)).map(|(id, _)| *id).collect()
+            } else {
+                BTreeSet::new()
+            };
+            match pool.checkpoint_skipping(&already_durable) {
+                Ok(()) => report.journal_rewritten = true,
+                // The recovered state stands on the old replicas; serve it and retry later.
+                Err(e) => report.notes.push(format!("could not re-replicate the journal: {e}")),
+            }
+        }
+        if let Some(from) = upgrade_from {
+            pool.upgrade_format(from)?;
+            report.notes.push(format!(
+                "metadata upgraded from format {from} to format {}",
+                crate::media::frame::METADATA_FORMAT
+            ));
+            report.upgraded_from = Some(from);
+        }
+        report.orphan_inodes_removed = pool.remove_orphan_inodes()?;
+        pool.sync()?;
+        if !pool.state.disks.is_empty() {
+            // Disks away now go offline (or stay so); offline ones that answer rejoin.
+            let check = pool.check_disks()?;
+            for disk in &check.went_offline {
+                let reason = pool.state.offline.get(disk).map(|o| o.reason.clone()).unwrap_or_default();
+                report.notes.push(format!("disk {disk} is offline: {reason}"));
+            }
+            for back in &check.rejoined {
+                report.notes.push(format!(
+                    "disk {} is back; {} extent(s) owed to it are queued for repair",
+                    back.disk, back.owed
+                ));
+            }
+            for disk in &check.failed {
+                report.notes.push(format!("disk {disk} stayed offline past the grace period and is now failed"));
+            }
+        }
+        if pool.options.remove_orphans_at_open {
+            report.orphan_fragments_removed = pool.remove_orphan_fragments();
+        }
+        pool.check_invariants();
+        Ok((pool, report))
+    }
+
+    /// Rewrites metadata recovered from format `from` in the current format: a record
+    /// saying so (a fresh sequence number, so no checkpoint is rewritten in place), then a
+    /// checkpoint, which trims every older block. A crash in between leaves the old
+    /// blocks and the new record, which chains onto them: the next open upgrades again.
+    fn upgrade_format(&mut self, from: u8) -> Result<()> {
+        assert!(from < crate::media::frame::METADATA_FORMAT);
+        let to = crate::media::frame::METADATA_FORMAT;
+        self.commit(Transaction { ops: vec![Op::FormatUpgraded { from, to }] })?;
+        self.sync()?;
+        self.checkpoint_skipping(&BTreeSet::new())?;
+        assert_eq!(self.checkpoint_seq, Some(self.tip.seq));
+        tracing::info!(from, to, "metadata format upgraded");
+        Ok(())
+    }
+
+    fn metadata_block_count(&self) -> usize {
+        self.devices
+            .values()
+            .map(|d| {
+                let journal = d.list(BlockKind::Journal).map(|v| v.len()).unwrap_or(0);
+                let checkpoints = d.list(BlockKind::Checkpoint).map(|v| v.len()).unwrap_or(0);
+                journal + checkpoints
+            })
+            .sum()
+    }
+
+    /// Wall-clock time from the pool's clock (for "now" in timestamp updates).
+    pub fn now(&self) -> crate::base::clock::WallTime {
+        self.clock.wall()
+    }
+
+    /// The committed metadata state.
+    pub fn state(&self) -> &MetaState {
+        &self.state
+    }
+
+    /// What the pool did since it was opened.
+    pub fn counters(&self) -> &PoolCounters {
+        &self.counters
+    }
+
+    /// The device of a disk.
+    pub fn device(&self, disk: DiskId) -> Option<&Arc<dyn BlockDevice>> {
+        self.devices.get(&disk)
+    }
+
+    /// Extents that reads found short of fragments since the pool was opened.
+    pub fn degraded_extents(&self) -> &BTreeSet<crate::media::device::ExtentId> {
+        &self.degraded
+    }
+
+    /// The journal's sequence number: how many records were ever committed.
+    pub fn journal_seq(&self) -> u64 {
+        self.tip.seq
+    }
+
+    pub(crate) fn journal_devices(&self) -> Vec<(DiskId, Arc<dyn BlockDevice>)> {
+        self.state.journal_disks().into_iter().filter_map(|id| self.devices.get(&id).map(|d| (id, d.clone()))).collect()
+    }
+
+    /// Commits `txn` in memory: applies it and queues its ops for the next durability
+    /// barrier (`sync`), which writes them to the journal. Returns the extents it freed;
+    /// the caller hands them to `free_extents`, which deletes their fragments only once
+    /// the freeing record is durable.
+    pub(crate) fn commit(&mut self, txn: Transaction) -> Result<Vec<ExtentRecord>> {
+        if let Some(reason) = &self.read_only {
+            return Err(Error::ReadOnly(reason.clone()));
+        }
+        if self.journal_devices().is_empty() {
+            return Err(Error::NoDisks);
+        }
+        let freed = self.state.apply_transaction(&txn);
+        self.reached(CommitPhase::Applied);
+        self.undurable.ops.extend(txn.ops);
+        self.counters.commits += 1;
+        self.check_invariants();
+        if self.undurable.ops.len() >= self.options.barrier_after_ops && !self.undurable.in_barrier {
+            if let Err(e) = self.sync() {
+                tracing::warn!(error = %e, "durability barrier failed");
+            }
+        }
+        Ok(freed)
+    }
+
+    /// Writes a checkpoint after a durability barrier (see `checkpoint_skipping`).
+    pub fn checkpoint(&mut self) -> Result<()> {
+        self.sync()?;
+        if self.checkpoint_seq == Some(self.tip.seq) {
+            return Ok(()); // nothing committed since the last one
+        }
+        self.checkpoint_skipping(&BTreeSet::new())
+    }
+
+    /// Whether a checkpoint is due after a barrier wrote a record.
+    pub(crate) fn checkpoint_due(&self, journal_set_changed: bool) -> bool {
+        journal_set_changed || self.records_since_checkpoint >= self.options.checkpoint_every_records
+    }
+
+    /// Advances the chain after a barrier made record `tip` durable.
+    pub(crate) fn record_durable(&mut self, tip: JournalTip) {
+        self.tip = tip;
+        self.records_since_checkpoint += 1;
+    }
+
+    /// `checkpoint`, leaving alone the disks in `already_durable`, which hold a verified
+    /// copy of the checkpoint at the current tip.
+    pub(crate) fn checkpoint_skipping(&mut self, already_durable: &BTreeSet<DiskId>) -> Result<()> {
+        let journal_set = self.journal_devices();
+        let fence: Vec<Arc<dyn BlockDevice>> = journal_set.iter().map(|(_, d)| d.clone()).collect();
+        self.check_fence(&fence)?;
+        let block = journal::encode_checkpoint(self.tip, &self.state);
+        let targets: Vec<&dyn BlockDevice> =
+            journal_set.iter().filter(|(id, _)| !already_durable.contains(id)).map(|(_, d)| d.as_ref()).collect();
+        let parallel = self.options.parallel_io;
+        let (written, errors) =
+            journal::write_replicas(&targets, BlockName::Checkpoint { seq: self.tip.seq }, &block, parallel, || {
+                self.reached(CommitPhase::CheckpointWritten)
+            });
+        self.reached(CommitPhase::CheckpointSynced);
+        let mut written = written.into_iter();
+        // Trim only the replicas that hold the checkpoint; a replica that refused it keeps
+        // its records, which still chain.
+        let holders: Vec<&dyn BlockDevice> = journal_set
+            .iter()
+            .filter(|(id, _)| already_durable.contains(id) || written.next() == Some(true))
+            .map(|(_, d)| d.as_ref())
+            .collect();
+        if holders.is_empty() {
+            return Err(Error::Io(format!("no journal disk accepted the checkpoint: {}", errors.join("; "))));
+        }
+        for error in &errors {
+            tracing::warn!(%error, "checkpoint replica write failed");
+        }
+        let members: BTreeSet<DiskId> = journal_set.iter().map(|(id, _)| *id).collect();
+        let readable = |id: &DiskId| self.state.disk_readable(*id);
+        let strangers: Vec<&dyn BlockDevice> = self
+            .devices
+            .iter()
+            .filter(|(id, _)| !members.contains(id) && readable(id))
+            .map(|(_, d)| d.as_ref())
+            .collect();
+        for error in journal::trim(&holders, &strangers, self.tip.seq) {
+            tracing::warn!(%error, "journal trim incomplete; recovery will finish it");
+        }
+        self.reached(CommitPhase::Trimmed);
+        self.records_since_checkpoint = 0;
+        self.checkpoint_seq = Some(self.tip.seq);
+        self.counters.checkpoints += 1;
+        self.checkpoint_written_nanos = Some(self.clock.monotonic_nanos());
+        Ok(())
+    }
+
+    /// Adds a labelled disk to the pool. New writes use it at once.
+    pub fn add_disk(
+        &mut self,
+        uuid: Uuid,
+        capacity_bytes: Option<u64>,
+        device: Arc<dyn BlockDevice>,
+    ) -> Result<DiskId> {
+        if self.state.disks.values().any(|d| d.uuid == uuid) {
+            return Err(Error::Exists(format!("disk {uuid}")));
+        }
+        // A disk is only ever what its label says: it names this pool and `uuid`, or it
+        // has no label yet and is given one.
+        match crate::media::label::DiskLabel::read(device.as_ref()) {
+            Ok(label) if label.pool_id == self.state.pool_id && label.disk_uuid == uuid => {}
+            Ok(label) => {
+                return Err(Error::Exists(format!(
+                    "{} is labelled disk {} of pool {}, not disk {uuid} of this pool",
+                    device.describe(),
+                    label.disk_uuid,
+                    label.pool_id
+                )))
+            }
+            Err(crate::media::label::LabelError::Missing) => {
+                let label =
+                    crate::media::label::DiskLabel { pool_id: self.state.pool_id, disk_uuid: uuid, capacity_bytes };
+                device
+                    .write(BlockName::Label, &label.encode())
+                    .and_then(|()| device.sync())
+                    .map_err(|e| Error::Io(format!("labelling {}: {e}", device.describe())))?;
+            }
+            Err(e) => return Err(Error::Io(format!("{}: {e}", device.describe()))),
+        }
+        let record = DiskRecord {
+            id: DiskId(self.state.next_disk),
+            uuid,
+            capacity_bytes,
+            state: DiskState::Active,
+            added_at: self.clock.wall(),
+        };
+        let id = record.id;
+        self.devices.insert(id, device);
+        let op = Op::AddDisk(record);
+        let result = if self.state.disks.is_empty() {
+            // The first disk starts the journal: its first checkpoint holds the disk itself.
+            self.state.apply(&op);
+            let result = self.checkpoint();
+            if result.is_err() {
+                self.state.disks.remove(&id);
+                self.state.next_disk = id.0;
+            }
+            result
+        } else {
+            self.commit(Transaction { ops: vec![op] }).and_then(|_| self.sync())
+        };
+        if let Err(e) = result {
+            self.devices.remove(&id);
+            return Err(e);
+        }
+        Ok(id)
+    }
+
+    /// Queues the fragments of extents that a commit freed (or that were never
+    /// committed) for deletion after the next durability barrier: until the freeing
+    /// record is durable, a crash would bring back metadata that still needs them.
+    pub(crate) fn free_extents(&mut self, freed: &[ExtentRecord]) {
+        self.undurable.frees.extend(freed.iter().cloned());
+    }
+
+    pub(crate) fn reached(&self, phase: CommitPhase) {
+        if let Some(observer) = &self.options.observer {
+            observer.0.reached(phase);
+        }
+    }
+
+    /// Removes files whose last link is gone: after a restart nothing holds them open.
+    fn remove_orphan_inodes(&mut self) -> Result<usize> {
+        let orphans: Vec<_> =
+            self.state.inodes.values().filter(|i| i.kind == InodeKind::File && i.nlink == 0).map(|i| i.ino).collect();
+        if orphans.is_empty() {
+            return Ok(0);
+        }
+        let ops = orphans.iter().map(|ino| Op::RemoveInode(*ino)).collect();
+        let freed = self.commit(Transaction { ops })?;
+        self.free_extents(&freed);
+        Ok(orphans.len())
+    }
+
+    /// Deletes every fragment block that no extent record places where it is.
+    fn remove_orphan_fragments(&mut self) -> usize {
+        let mut orphans: Vec<(DiskId, BlockName)> = Vec::new();
+        for (disk, device) in self.devices.iter().filter(|(disk, _)| self.state.disk_readable(**disk)) {
+            let Ok(names) = device.list(BlockKind::Fragment) else {
+                continue;
+            };
+            orphans.extend(names.into_iter().filter(|name| !self.state.places(*disk, *name)).map(|name| (*disk, name)));
+        }
+        if orphans.is_empty() {
+            return 0;
+        }
+        // Deleting what this process's state does not reference is safe only if no other
+        // process can still commit it: claim the journal first (see `claim`).
+        if let Err(error) = self.claim() {
+            tracing::warn!(%error, "orphan fragments left for the collector: the pool could not be claimed");
+            return 0;
+        }
+        let mut removed = 0;
+        for (disk, device) in &self.devices {
+            let mut changed = false;
+            for (_, name) in orphans.iter().filter(|(d, _)| d == disk) {
+                if device.delete(*name).is_ok() {
+                    removed += 1;
+                    changed = true;
+                }
+            }
+            if changed {
+                if let Err(error) = device.sync() {
+                    tracing::warn!(%error, disk = %disk, "sync after orphan removal failed");
+                }
+            }
+        }
+        removed
+    }
+
+    /// Writes a journal record that says this process owns the pool (`Op::Opened`).
+    /// Another process that served the same disks — its lock forced away — finds the
+    /// record where it would write its next one and is fenced (see
+    /// `durability::check_fence`) before it can commit anything; so fragments that this
+    /// process's state does not reference may then be deleted.
+    pub(crate) fn claim(&mut self) -> Result<()> {
+        let at = self.clock.wall();
+        self.commit(Transaction { ops: vec![Op::Opened { at }] })?;
+        self.sync()
+    }
+
+    pub(crate) fn check_invariants(&self) {
+        if self.options.check_invariants {
+            if let Err(violation) = self.state.check() {
+                panic!("metadata invariant violated: {violation}");
+            }
+        }
+    }
+
+    /// Usable bytes and free bytes of the pool under the default policy: how much data
+    /// could be stored, given that every extent needs `width` distinct disks (so a small
+    /// disk limits a wide policy).
+    ///
+    /// While disks are offline the figures stay truthful: the total counts every active
+    /// disk whose size is known, the free space only the disks that take writes now, and
+    /// where too few are left for the policy's width, at the reduced width new extents
+    /// are written with (down to the write quorum).
+    pub fn space(&self) -> (u64, u64) {
+        self.space_for(self.state.default_policy)
+    }
+
+    /// `space` for data written under `policy`.
+    pub fn space_for(&self, policy: Policy) -> (u64, u64) {
+        let mut total_room = Vec::new();
+        let mut free_room = Vec::new();
+        for disk in self.state.disks.values().filter(|d| d.state == DiskState::Active) {
+            let Some(device) = self.devices.get(&disk.id) else { continue };
+            let capacity = match device.capacity_bytes() {
+                0 => disk.capacity_bytes.unwrap_or(0),
+                known => known,
+            };
+            if capacity > 0 {
+                total_room.push(capacity);
+            }
+            if self.state.disk_writable(disk.id) {
+                free_room.push(capacity.saturating_sub(device.used_bytes()));
+            }
+        }
+        let quorum = self.state.availability.write_quorum(policy);
+        let width = |disks: usize| policy.width().min(disks.max(quorum));
+        let total = usable_bytes_at(&total_room, width(total_room.len()), policy.needed());
+        // New extents go out at full width where they can and at reduced width (down to
+        // the quorum) where too few disks have room: the free space is the larger.
+        let free = (quorum.min(policy.width())..=policy.width())
+            .map(|w| usable_bytes_at(&free_room, w, policy.needed()))
+            .max()
+            .unwrap_or(0);
+        (total, free)
+    }
+}
+
+/// Data bytes that disks with `room` bytes each can hold under `policy`: the largest
+/// per-disk share `s` with `sum(min(room, s)) >= width * s` (every stripe needs `width`
+/// distinct disks), times the data fragments per stripe.
+pub fn usable_bytes(room: &[u64], policy: Policy) -> u64 {
+    usable_bytes_at(room, policy.width(), policy.needed())
+}
+
+/// `usable_bytes` for extents of `width` fragments, `needed` of which hold data.
+fn usable_bytes_at(room: &[u64], width: usize, needed: usize) -> u64 {
+    assert!(needed <= width);
+    if room.len() < width || width == 0 {
+        return 0;
+    }
+    let width = width as u128;
+    let fits = |share: u128| room.iter().map(|r| u128::from(*r).min(share)).sum::<u128>() >= width * share;
+    let (mut low, mut high) = (0u128, room.iter().map(|r| u128::from(*r)).sum::<u128>() / width.max(1));
+    while low < high {
+        let mid = (low + high).div_ceil(2);
+        if fits(mid) {
+            low = mid;
+        } else {
+            high = mid - 1;
+        }
+    }
+    (low * needed as u128).min(u128::from(u64::MAX)) as u64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_small_disk_limits_a_wide_policy() {
+        let erasure = Policy::erasure(4, 2).unwrap();
+        // Six disks of 1, 1, 2, 2, 4, 8 units: every stripe needs all six, so the
+        // smallest disk (1 unit) caps the share; 4 data fragments per stripe.
+        assert_eq!(usable_bytes(&[100, 100, 200, 200, 400, 800], erasure), 400);
+        let mirror = Policy::replicate(2).unwrap();
+        assert_eq!(usable_bytes(&[100, 100], mirror), 100);
+        // One huge disk cannot mirror with itself.
+        assert_eq!(usable_bytes(&[100, 1000], mirror), 100);
+        assert_eq!(usable_bytes(&[300, 300, 300], mirror), 450);
+        assert_eq!(usable_bytes(&[100, 100, 100, 100, 100], erasure), 0);
+    }
+}

@@ -1,0 +1,34 @@
+//! What commits leave not yet durable: the ops, the extents and fragments they freed,
+//! the disks that took fragments — everything the next barrier (`crate::data::durability`)
+//! must make durable, in the order its crash contract needs.
+
+use std::collections::BTreeSet;
+
+use crate::media::device::{BlockName, ExtentId};
+use crate::meta::state::{DiskId, ExtentRecord, Op};
+
+/// Everything committed in memory that the next barrier must make durable.
+#[derive(Default)]
+pub(crate) struct Undurable {
+    /// Ops of the commits since the last barrier, in commit order.
+    pub(crate) ops: Vec<Op>,
+    /// Extents freed (or written and never committed) whose fragments await deletion.
+    pub(crate) frees: Vec<ExtentRecord>,
+    /// Single fragments a repair or drain moved away from a disk that still works.
+    pub(crate) fragment_frees: Vec<(DiskId, BlockName)>,
+    /// Disks that took fragment writes since the last barrier.
+    pub(crate) fragment_disks: BTreeSet<DiskId>,
+    /// Extents written since the last barrier.
+    pub(crate) extents: BTreeSet<ExtentId>,
+    /// The journal disks that hold the durable chain (empty before the first barrier).
+    pub(crate) journal_set: Vec<DiskId>,
+    /// Set while a barrier runs: a commit made meanwhile (a disk marked failed) waits
+    /// for the next barrier instead of starting one inside this one.
+    pub(crate) in_barrier: bool,
+}
+
+impl Undurable {
+    pub(crate) fn is_empty(&self) -> bool {
+        self.ops.is_empty() && self.frees.is_empty() && self.fragment_frees.is_empty() && self.fragment_disks.is_empty()
+    }
+}

@@ -1,0 +1,173 @@
+//! The metrics registry: what the pool counts, the latency of its foreground operations
+//! (timed by the pool's `Clock`, so the simulator's are deterministic), and a snapshot of
+//! everything an exporter needs. No HTTP and no exposition format here: the daemon
+//! renders the snapshot (Prometheus text, JSON).
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+
+use crate::meta::state::ChunkSlot;
+use crate::pool::{Pool, PoolCounters};
+use crate::reports::report::Health;
+
+pub use crate::pool::op_stats::{Histogram, OpKind, OpStats, LATENCY_BUCKETS_SECS};
+
+/// One disk's figures.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct DiskMetrics {
+    pub disk: String,
+    pub state: String,
+    pub capacity_bytes: u64,
+    pub used_bytes: u64,
+    pub fragments: u64,
+    /// Write and sync failures since its last success.
+    pub io_errors: u64,
+    pub reachable: bool,
+    /// Offline: unreachable, waited for until its grace period ends.
+    pub offline: bool,
+    /// No room for another fragment (its capacity or its filesystem is exhausted).
+    pub full: bool,
+    /// When its state last changed (wall seconds), if dated.
+    pub changed_secs: Option<i64>,
+    /// Extents written while it was away, still to repair onto it.
+    pub owed_extents: u64,
+}
+
+/// Extents and their bytes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Count {
+    pub extents: u64,
+    pub bytes: u64,
+}
+
+/// Everything the exporter shows.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct MetricsSnapshot {
+    pub counters: PoolCounters,
+    pub ops: OpStats,
+    pub disks: Vec<DiskMetrics>,
+    pub by_policy: BTreeMap<String, Count>,
+    pub by_health: BTreeMap<String, Count>,
+    pub by_class: BTreeMap<String, Count>,
+    pub rebuild_queue: u64,
+    pub migration_queue: u64,
+    pub scrub_pass_running: bool,
+    pub scrub_pass_extents_left: u64,
+    pub scrub_pass_extents_checked: u64,
+    pub scrub_passes_completed: u64,
+    pub scrub_last_pass_corrupt: u64,
+    pub scrub_last_pass_repaired: u64,
+    pub scrub_last_pass_unrecoverable: u64,
+    pub journal_seq: u64,
+    /// Seconds since the newest durable checkpoint was written, when this process wrote one.
+    pub checkpoint_age_secs: Option<f64>,
+    pub healthy: bool,
+}
+
+impl Pool {
+    /// Times a foreground operation of `kind` moving `bytes`, started at `started_nanos`
+    /// (`Clock::monotonic_nanos`).
+    pub(crate) fn record_op(&mut self, kind: OpKind, bytes: u64, started_nanos: u64) {
+        let nanos = self.clock.monotonic_nanos().saturating_sub(started_nanos);
+        self.ops.record(kind, bytes, nanos);
+    }
+
+    /// A snapshot of every metric.
+    pub fn metrics(&self) -> MetricsSnapshot {
+        let infos = self.disk_infos();
+        let disks = infos
+            .iter()
+            .map(|info| DiskMetrics {
+                disk: info.id.clone(),
+                state: info.state.clone(),
+                capacity_bytes: info.capacity_bytes,
+                used_bytes: info.used_bytes,
+                fragments: info.fragments as u64,
+                io_errors: self
+                    .state
+                    .disks
+                    .values()
+                    .find(|d| d.id.to_string() == info.id)
+                    .and_then(|d| self.io_errors.get(&d.id))
+                    .map_or(0, |n| u64::from(*n)),
+                reachable: info.reachable,
+                offline: info.offline_reason.is_some(),
+                full: info.full,
+                changed_secs: info.changed_secs,
+                owed_extents: info.owed_extents as u64,
+            })
+            .collect();
+        let mut by_policy: BTreeMap<String, Count> = BTreeMap::new();
+        let mut by_health: BTreeMap<String, Count> = BTreeMap::new();
+        let mut by_class: BTreeMap<String, Count> = BTreeMap::new();
+        for info in self.list_extents(None, false) {
+            let add = |map: &mut BTreeMap<String, Count>, key: String| {
+                let entry = map.entry(key).or_default();
+                entry.extents += 1;
+                entry.bytes += u64::from(info.length);
+            };
+            add(&mut by_policy, info.policy.clone());
+            add(&mut by_health, info.health.to_string());
+        }
+        for (ino, map) in &self.state.file_extents {
+            for (index, id) in map {
+                let class = self
+                    .state
+                    .temperature
+                    .get(&ChunkSlot { ino: *ino, index: *index })
+                    .filter(|t| !t.history.is_empty())
+                    .map_or("unclassified".to_string(), |t| t.class.to_string());
+                let entry = by_class.entry(class).or_default();
+                entry.extents += 1;
+                entry.bytes += self.state.extents.get(id).map_or(0, |r| u64::from(r.len));
+            }
+        }
+        for health in [Health::Healthy, Health::Degraded, Health::Lost] {
+            by_health.entry(health.to_string()).or_default();
+        }
+        let scrub = self.state.scrub;
+        let left = self.scrub_pass_remaining().len() as u64;
+        let last = scrub.last_full_pass.map(|p| p.stats).unwrap_or_default();
+        MetricsSnapshot {
+            counters: self.counters.clone(),
+            ops: self.ops.clone(),
+            disks,
+            by_policy,
+            by_health,
+            by_class,
+            rebuild_queue: self.rebuild_queue().len() as u64,
+            migration_queue: self.pending_migrations().len() as u64,
+            scrub_pass_running: scrub.pass.is_some() && !scrub.paused,
+            scrub_pass_extents_left: left,
+            scrub_pass_extents_checked: scrub.pass.map_or(0, |p| p.extents),
+            scrub_passes_completed: scrub.passes_completed,
+            scrub_last_pass_corrupt: last.corrupt,
+            scrub_last_pass_repaired: last.repaired,
+            scrub_last_pass_unrecoverable: last.unrecoverable,
+            journal_seq: self.tip.seq,
+            checkpoint_age_secs: self
+                .checkpoint_written_nanos
+                .map(|at| self.clock.monotonic_nanos().saturating_sub(at) as f64 / 1e9),
+            healthy: self.pool_health().healthy,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn observations_land_in_the_first_bucket_whose_bound_they_do_not_exceed() {
+        let mut h = Histogram::default();
+        h.observe_nanos(100_000); // exactly 0.0001 s: `le` is inclusive
+        h.observe_nanos(100_001);
+        h.observe_nanos(2_000_000_000); // above every bound
+        assert_eq!(h.buckets[0], 1);
+        assert_eq!(h.buckets[1], 1);
+        assert_eq!(h.buckets[LATENCY_BUCKETS_SECS.len()], 1);
+        assert_eq!(h.count, 3);
+        assert!((h.sum_secs - 2.000200001).abs() < 1e-12, "{}", h.sum_secs);
+    }
+}

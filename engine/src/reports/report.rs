@@ -1,0 +1,291 @@
+//! Reports for operators: disks, extents with their health, and redundancy totals.
+//!
+//! Health without `verify` is judged from which fragment blocks exist on reachable disks
+//! (plus what reads found since the pool was opened); with `verify` every fragment is
+//! read and its checksum checked. Does not change anything.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::Serialize;
+
+use crate::media::codec;
+use crate::media::device::{BlockKind, BlockName, ExtentId};
+use crate::media::fragment;
+use crate::meta::state::{ChunkSlot, DiskId, DiskState, ExtentRecord, Ino, InodeKind, EXTENT_BYTES_MAX};
+use crate::pool::Pool;
+
+/// How well an extent meets its policy.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Health {
+    /// Every fragment is present.
+    Healthy,
+    /// Some fragments are missing, but enough remain to read it.
+    Degraded,
+    /// Too few fragments remain: the data cannot be read.
+    Lost,
+}
+
+impl std::fmt::Display for Health {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Health::Healthy => "healthy",
+            Health::Degraded => "degraded",
+            Health::Lost => "lost",
+        })
+    }
+}
+
+/// One disk, for `list-disks`.
+#[derive(Clone, Debug, Serialize)]
+pub struct DiskInfo {
+    pub id: String,
+    pub uuid: String,
+    pub path: String,
+    pub capacity_bytes: u64,
+    pub used_bytes: u64,
+    /// `active`, `draining`, `failed`, `removed`, or `offline` (`offline (draining)`).
+    pub state: String,
+    pub fragments: usize,
+    pub journal_replica: bool,
+    pub reachable: bool,
+    /// When the state last changed (wall seconds), if the change was dated (format 3).
+    pub changed_secs: Option<i64>,
+    /// Why the disk is offline.
+    pub offline_reason: Option<String>,
+    /// When an offline disk will be marked failed if it is not back (wall seconds).
+    pub fails_at_secs: Option<i64>,
+    /// Extents written while it was away, to repair onto it.
+    pub owed_extents: usize,
+    /// Less room left than one fragment of a full extent: its declared capacity, or the
+    /// filesystem it lives on, is exhausted.
+    pub full: bool,
+}
+
+/// Free space below which a disk counts as full: one fragment of a full extent.
+pub const FULL_BELOW_BYTES: u64 = crate::meta::state::EXTENT_BYTES_MAX + crate::media::fragment::HEADER_LEN as u64;
+
+/// One extent, for `list-extents`.
+#[derive(Clone, Debug, Serialize)]
+pub struct ExtentInfo {
+    /// Its name, `INO:INDEX` (see `ChunkSlot`): the same in every command and report.
+    pub extent: String,
+    /// The internal id its fragments are stored under on the disks (fragment file
+    /// names start with it); every re-encode, rebuild or overwrite replaces it.
+    pub stored_as: String,
+    pub file: String,
+    pub offset: u64,
+    pub length: u32,
+    pub policy: String,
+    pub codec: String,
+    pub health: Health,
+    pub fragments_available: usize,
+    pub fragments_total: usize,
+    pub disks: Vec<String>,
+}
+
+/// Extents and bytes in one bucket.
+#[derive(Clone, Debug, Default, Serialize, PartialEq, Eq)]
+pub struct Tally {
+    pub extents: u64,
+    pub bytes: u64,
+}
+
+/// Totals for `show-redundancy`.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct RedundancySummary {
+    pub by_policy: BTreeMap<String, Tally>,
+    pub by_health: BTreeMap<Health, Tally>,
+    /// File bytes held in extents.
+    pub data_bytes: u64,
+    /// Bytes of fragment blocks on disks (headers and padding included).
+    pub raw_bytes: u64,
+    /// `raw_bytes / data_bytes`.
+    pub overhead_ratio: f64,
+}
+
+impl Pool {
+    /// Every disk with its usage.
+    pub fn disk_infos(&self) -> Vec<DiskInfo> {
+        let journal: BTreeSet<DiskId> = self.state.journal_disks().into_iter().collect();
+        let mut fragments: BTreeMap<DiskId, usize> = BTreeMap::new();
+        for record in self.state.extents.values() {
+            for disk in &record.fragments {
+                *fragments.entry(*disk).or_default() += 1;
+            }
+        }
+        self.state
+            .disks
+            .values()
+            .map(|disk| {
+                let device = self.devices.get(&disk.id);
+                let offline = self.state.offline.get(&disk.id).filter(|_| disk.state.readable());
+                let state = match (offline, disk.state) {
+                    (Some(_), DiskState::Draining) => "offline (draining)".to_string(),
+                    (Some(_), _) => "offline".to_string(),
+                    (None, state) => state.to_string(),
+                };
+                let grace = i64::try_from(self.state.availability.grace_secs).unwrap_or(i64::MAX);
+                let capacity_bytes = device.map(|d| d.capacity_bytes()).unwrap_or(0);
+                let used_bytes = device.map(|d| d.used_bytes()).unwrap_or(0);
+                DiskInfo {
+                    id: disk.id.to_string(),
+                    uuid: disk.uuid.to_string(),
+                    path: device.map(|d| d.describe()).unwrap_or_default(),
+                    capacity_bytes,
+                    used_bytes,
+                    state,
+                    fragments: fragments.get(&disk.id).copied().unwrap_or(0),
+                    journal_replica: journal.contains(&disk.id),
+                    reachable: offline.is_none() && device.is_some_and(|d| d.list(BlockKind::Label).is_ok()),
+                    changed_secs: self.state.disk_changed.get(&disk.id).map(|t| t.secs),
+                    offline_reason: offline.map(|o| o.reason.clone()),
+                    fails_at_secs: offline.map(|o| o.since.secs.saturating_add(grace)),
+                    owed_extents: self.state.owed.get(&disk.id).map_or(0, BTreeSet::len),
+                    full: disk.state == DiskState::Active
+                        && offline.is_none()
+                        && capacity_bytes.saturating_sub(used_bytes) < FULL_BELOW_BYTES,
+                }
+            })
+            .collect()
+    }
+
+    /// The path of every reachable inode.
+    pub fn paths(&self) -> BTreeMap<Ino, String> {
+        let mut paths = BTreeMap::new();
+        paths.insert(Ino::ROOT, "/".to_string());
+        let mut stack = vec![(Ino::ROOT, String::new())];
+        while let Some((dir, prefix)) = stack.pop() {
+            for (name, child) in self.state.dirs.get(&dir).into_iter().flatten() {
+                let path = format!("{prefix}/{}", String::from_utf8_lossy(name));
+                paths.entry(*child).or_insert_with(|| path.clone());
+                if self.state.inodes.get(child).is_some_and(|i| i.kind == InodeKind::Directory) {
+                    stack.push((*child, path));
+                }
+            }
+        }
+        paths
+    }
+
+    /// The fragments each disk holds; none for an offline disk (reads go around it, so
+    /// what only it holds is unreadable until it rejoins).
+    fn present_fragments(&self) -> BTreeMap<DiskId, BTreeSet<BlockName>> {
+        self.read_devices()
+            .iter()
+            .filter_map(|(id, d)| d.list(BlockKind::Fragment).ok().map(|names| (*id, names.into_iter().collect())))
+            .collect()
+    }
+
+    fn fragment_ok(
+        &self,
+        record: &ExtentRecord,
+        index: usize,
+        present: &BTreeMap<DiskId, BTreeSet<BlockName>>,
+        verify: bool,
+    ) -> bool {
+        let disk = record.fragments[index];
+        let name = BlockName::Fragment { extent: record.id, index: index as u8 };
+        if !present.get(&disk).is_some_and(|names| names.contains(&name)) {
+            return false;
+        }
+        if !verify {
+            return true;
+        }
+        let shard_len = codec::shard_len(record.policy, record.len as usize);
+        self.devices
+            .get(&disk)
+            .and_then(|d| d.read(name).ok())
+            .is_some_and(|block| fragment::verify(&block, record.id, index as u8, shard_len).is_ok())
+    }
+
+    fn health(
+        &self,
+        record: &ExtentRecord,
+        present: &BTreeMap<DiskId, BTreeSet<BlockName>>,
+        verify: bool,
+    ) -> (Health, usize) {
+        if record.is_inline() {
+            // Inline data is as healthy as the metadata that holds it, which is open.
+            return (Health::Healthy, 0);
+        }
+        let available = (0..record.fragments.len()).filter(|i| self.fragment_ok(record, *i, present, verify)).count();
+        let health = if available < record.policy.needed() {
+            Health::Lost
+        } else if available < record.fragments.len() || (!verify && self.degraded.contains(&record.id)) {
+            Health::Degraded
+        } else {
+            Health::Healthy
+        };
+        (health, available)
+    }
+
+    /// Every extent of the files under `under` (all files when `None`), in file order.
+    pub fn list_extents(&self, under: Option<Ino>, verify: bool) -> Vec<ExtentInfo> {
+        let paths = self.paths();
+        let present = self.present_fragments();
+        let prefix = under.and_then(|ino| paths.get(&ino)).cloned();
+        let mut out = Vec::new();
+        for (ino, map) in &self.state.file_extents {
+            let path = paths.get(ino).cloned().unwrap_or_else(|| format!("<unlinked inode {}>", ino.0));
+            if let (Some(prefix), Some(under)) = (&prefix, under) {
+                let inside = *ino == under || prefix == "/" || path.starts_with(&format!("{prefix}/"));
+                if !inside {
+                    continue;
+                }
+            }
+            for (index, id) in map {
+                let Some(record) = self.state.extents.get(id) else {
+                    continue;
+                };
+                let (health, available) = self.health(record, &present, verify);
+                out.push(ExtentInfo {
+                    extent: ChunkSlot { ino: *ino, index: *index }.to_string(),
+                    stored_as: id.to_string(),
+                    file: path.clone(),
+                    offset: index * EXTENT_BYTES_MAX,
+                    length: record.len,
+                    policy: record.policy.to_string(),
+                    codec: format!("{:?}", record.codec),
+                    health,
+                    fragments_available: available,
+                    fragments_total: record.fragments.len(),
+                    disks: record.fragments.iter().map(ToString::to_string).collect(),
+                });
+            }
+        }
+        out
+    }
+
+    /// Totals per policy and per health, raw bytes and the overhead ratio.
+    pub fn redundancy_summary(&self, verify: bool) -> RedundancySummary {
+        let present = self.present_fragments();
+        let mut summary = RedundancySummary::default();
+        for record in self.state.extents.values() {
+            let bytes = u64::from(record.len);
+            let (health, _) = self.health(record, &present, verify);
+            let tally = summary.by_policy.entry(record.policy.to_string()).or_default();
+            tally.extents += 1;
+            tally.bytes += bytes;
+            let tally = summary.by_health.entry(health).or_default();
+            tally.extents += 1;
+            tally.bytes += bytes;
+            summary.data_bytes += bytes;
+            let block = (fragment::HEADER_LEN + codec::shard_len(record.policy, record.len as usize)) as u64;
+            summary.raw_bytes += block * record.fragments.len() as u64;
+        }
+        summary.overhead_ratio =
+            if summary.data_bytes == 0 { 0.0 } else { summary.raw_bytes as f64 / summary.data_bytes as f64 };
+        summary
+    }
+
+    /// The ids of extents whose data can no longer be read, by presence of fragments.
+    pub fn lost_extents(&self) -> Vec<ExtentId> {
+        let present = self.present_fragments();
+        self.state
+            .extents
+            .values()
+            .filter(|r| self.health(r, &present, false).0 == Health::Lost)
+            .map(|r| r.id)
+            .collect()
+    }
+}

@@ -1,0 +1,54 @@
+//! The background worker's unit of work: drain draining disks, carry policy transitions
+//! forward, rebuild degraded extents (most endangered first), then migrate extents to
+//! the policy their temperature calls for. Each step is bounded, so a foreground request
+//! waits at most for one small batch; the daemon calls it in a loop. Redundancy comes
+//! before temperature: migrations run only when nothing else is waiting.
+
+use crate::base::error::Result;
+use crate::meta::state::DiskState;
+use crate::pool::Pool;
+
+/// Extents one background step touches at most.
+pub const STEP_EXTENTS: usize = 4;
+
+impl Pool {
+    /// Whether a drain, a transition, a rebuild or a migration is waiting.
+    pub fn has_background_work(&self) -> bool {
+        self.draining_online().next().is_some()
+            || !self.open_transitions().is_empty()
+            || !self.rebuild_queue().is_empty()
+            || self.has_migration_work()
+    }
+
+    /// Draining disks that can be read: an offline one waits until it is back (or failed).
+    fn draining_online(&self) -> impl Iterator<Item = crate::meta::state::DiskId> + '_ {
+        self.state
+            .disks
+            .values()
+            .filter(|d| d.state == DiskState::Draining && self.state.disk_online(d.id))
+            .map(|d| d.id)
+    }
+
+    /// Does one bounded piece of background work; returns how many extents it touched
+    /// (0: nothing to do, or nothing could be done now).
+    pub fn background_step(&mut self) -> Result<usize> {
+        let draining: Vec<_> = self.draining_online().collect();
+        for disk in draining {
+            let progress = self.drain_step(disk, STEP_EXTENTS)?;
+            if progress.moved > 0 {
+                return Ok(progress.moved);
+            }
+        }
+        if let Some(id) = self.open_transitions().first().copied() {
+            let progress = self.policy_step(id, STEP_EXTENTS)?;
+            if progress.reencoded > 0 {
+                return Ok(progress.reencoded);
+            }
+        }
+        let rebuilt = self.rebuild_step(STEP_EXTENTS)?;
+        if rebuilt > 0 {
+            return Ok(rebuilt);
+        }
+        self.migration_step(STEP_EXTENTS, false)
+    }
+}
