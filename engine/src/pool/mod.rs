@@ -622,7 +622,7 @@ impl Pool {
     /// While disks are offline the figures stay truthful: the total counts every active
     /// disk whose size is known, the free space only the disks that take writes now, and
     /// where too few are left for the policy's width, at the reduced width new extents
-    /// are written with (down to the write quorum).
+    /// are written with (down to the write quorum) — but never more than the total.
     pub fn space(&self) -> (u64, u64) {
         self.space_for(self.state.default_policy)
     }
@@ -647,12 +647,14 @@ impl Pool {
         let quorum = self.state.availability.write_quorum(policy);
         let width = |disks: usize| policy.width().min(disks.max(quorum));
         let total = usable_bytes_at(&total_room, width(total_room.len()), policy.needed());
-        // New extents go out at full width where they can and at reduced width (down to
-        // the quorum) where too few disks have room: the free space is the larger.
-        let free = (quorum.min(policy.width())..=policy.width())
-            .map(|w| usable_bytes_at(&free_room, w, policy.needed()))
-            .max()
-            .unwrap_or(0);
+        // New extents go out at full width while enough disks have room, then at reduced
+        // width (down to the quorum) on the disks that still have some.
+        let widths = (quorum.min(policy.width())..=policy.width()).rev();
+        let free = filled_bytes(free_room, widths, policy.needed());
+        // Rounding aside, what is free is never more than the pool holds, or `df` would
+        // show negative use.
+        let free = free.min(total);
+        debug_assert!(free <= total);
         (total, free)
     }
 }
@@ -667,6 +669,37 @@ pub fn usable_bytes(room: &[u64], policy: Policy) -> u64 {
 /// `usable_bytes` for extents of `width` fragments, `needed` of which hold data.
 fn usable_bytes_at(room: &[u64], width: usize, needed: usize) -> u64 {
     assert!(needed <= width);
+    (stripe_share(room, width) * needed as u128).min(u128::from(u64::MAX)) as u64
+}
+
+/// Data bytes that disks with `room` bytes each take when extents go out at each of
+/// `widths` in turn, every width filling what the ones before it left: the first as far
+/// as it can, then the next on the disks that still have room.
+fn filled_bytes(mut room: Vec<u64>, widths: impl Iterator<Item = usize>, needed: usize) -> u64 {
+    let mut data = 0u128;
+    for width in widths {
+        assert!(needed <= width);
+        let share = stripe_share(&room, width);
+        if share == 0 {
+            continue;
+        }
+        data += share * needed as u128;
+        // The stripes take `width × share` bytes, at most `share` from a disk, spread in
+        // proportion to what each could give.
+        let offered: Vec<u128> = room.iter().map(|r| u128::from(*r).min(share)).collect();
+        let offered_sum: u128 = offered.iter().sum();
+        let taken = width as u128 * share;
+        debug_assert!(offered_sum >= taken);
+        for (r, offer) in room.iter_mut().zip(offered) {
+            *r -= (offer * taken / offered_sum) as u64;
+        }
+    }
+    data.min(u128::from(u64::MAX)) as u64
+}
+
+/// The largest per-disk share `s` of stripes `width` wide that disks with `room` bytes
+/// each can hold: `sum(min(room, s)) >= width * s`.
+fn stripe_share(room: &[u64], width: usize) -> u128 {
     if room.len() < width || width == 0 {
         return 0;
     }
@@ -681,7 +714,7 @@ fn usable_bytes_at(room: &[u64], width: usize, needed: usize) -> u64 {
             high = mid - 1;
         }
     }
-    (low * needed as u128).min(u128::from(u64::MAX)) as u64
+    low
 }
 
 #[cfg(test)]
@@ -700,5 +733,16 @@ mod tests {
         assert_eq!(usable_bytes(&[100, 1000], mirror), 100);
         assert_eq!(usable_bytes(&[300, 300, 300], mirror), 450);
         assert_eq!(usable_bytes(&[100, 100, 100, 100, 100], erasure), 0);
+    }
+
+    #[test]
+    fn free_space_fills_full_width_first_then_reduced_width() {
+        // Six equal disks: all of it at full width; reduced width never adds what full
+        // width already took (the old reckoning said 4.8 units for 4).
+        assert_eq!(filled_bytes(vec![100; 6], (5..=6).rev(), 4), 400);
+        // One disk nearly full: full width until it is, then five wide on the others.
+        assert_eq!(filled_bytes(vec![10, 100, 100, 100, 100, 100], (5..=6).rev(), 4), 40 + 4 * 90);
+        // Too few disks for even the quorum: nothing.
+        assert_eq!(filled_bytes(vec![100; 4], (5..=6).rev(), 4), 0);
     }
 }
