@@ -44,6 +44,11 @@ impl SixDisks {
         for disk in &disks {
             fs::create_dir(disk).unwrap();
         }
+        SixDisks::mount_over(root, disks, mergerfs_options)
+    }
+
+    /// Mounts DynamicFS (pool and mountpoints under `root`) and mergerfs over `disks`.
+    pub fn mount_over(root: &Path, disks: Vec<PathBuf>, mergerfs_options: &str) -> SixDisks {
         let pool = root.join("pool");
         dfs(&["init", "--pool", pool.to_str().unwrap(), "--policy", "erasure:4+2"]);
         for disk in &disks {
@@ -68,31 +73,41 @@ impl SixDisks {
     }
 }
 
+/// The pid of the process whose arguments include every one of `wanted`.
+fn pid_with_args(wanted: &[&str]) -> Option<u32> {
+    for entry in fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(cmdline) = fs::read(entry.path().join("cmdline")) else { continue };
+        let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+        if wanted.iter().all(|w| args.contains(&w.as_bytes())) {
+            return entry.file_name().to_str().and_then(|pid| pid.parse().ok());
+        }
+    }
+    None
+}
+
 impl SixDisks {
+    /// The DynamicFS daemon's pid.
+    pub fn daemon_pid(&self) -> u32 {
+        let pool = fs::canonicalize(&self.pool).unwrap();
+        pid_with_args(&["--foreground", "mount", pool.to_str().unwrap()]).expect("no DynamicFS daemon found")
+    }
+
+    /// The mergerfs process's pid.
+    pub fn mergerfs_pid(&self) -> u32 {
+        pid_with_args(&[self.mergerfs.to_str().unwrap()]).expect("no mergerfs process found")
+    }
+
     /// CPU seconds (user + system) the DynamicFS daemon has used so far.
     pub fn daemon_cpu_secs(&self) -> f64 {
-        let pool = fs::canonicalize(&self.pool).unwrap();
-        let pool = pool.to_str().unwrap();
-        for entry in fs::read_dir("/proc").unwrap().flatten() {
-            let Ok(cmdline) = fs::read(entry.path().join("cmdline")) else { continue };
-            let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
-            let is_daemon = args.iter().any(|a| *a == b"--foreground")
-                && args.iter().any(|a| *a == b"mount")
-                && args.iter().any(|a| std::str::from_utf8(a).is_ok_and(|a| a == pool));
-            if !is_daemon {
-                continue;
-            }
-            let stat = fs::read_to_string(entry.path().join("stat")).unwrap();
-            // Fields after the command name (which ends at the last ')'): utime is the
-            // 12th, stime the 13th, in clock ticks.
-            let fields: Vec<&str> = stat.rsplit_once(')').unwrap().1.split_whitespace().collect();
-            let ticks: f64 = fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap();
-            // SAFETY: sysconf only reads a configuration value.
-            #[allow(unsafe_code)]
-            let per_sec = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-            return ticks / per_sec;
-        }
-        panic!("no DynamicFS daemon found for {pool}");
+        let stat = fs::read_to_string(format!("/proc/{}/stat", self.daemon_pid())).unwrap();
+        // Fields after the command name (which ends at the last ')'): utime is the 12th,
+        // stime the 13th, in clock ticks.
+        let fields: Vec<&str> = stat.rsplit_once(')').unwrap().1.split_whitespace().collect();
+        let ticks: f64 = fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap();
+        // SAFETY: sysconf only reads a configuration value.
+        #[allow(unsafe_code)]
+        let per_sec = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+        ticks / per_sec
     }
 }
 
