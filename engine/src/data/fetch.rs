@@ -82,11 +82,13 @@ pub fn read_shared(pool: &Arc<Mutex<Pool>>, fh: FileHandle, offset: u64, size: u
 }
 
 impl FetchPlan {
-    /// Fetches every extent of the plan, in parallel.
+    /// Fetches every extent of the plan, in parallel; a lone extent's shards in parallel
+    /// (several extents already keep the disks busy, one would read its shards in turn).
     pub(crate) fn run(self) -> FetchedExtents {
-        let (devices, verify) = (&self.devices, self.verify);
+        let shards_at_once = self.parallel && self.jobs.len() == 1;
+        let (devices, verify, parallel) = (&self.devices, self.verify, shards_at_once);
         FetchedExtents(run_all(self.parallel, self.jobs, |(record, offset)| {
-            let fetched = fetch_extent(devices, &record, verify, false);
+            let fetched = fetch_extent(devices, &record, verify, parallel);
             (record, offset, fetched)
         }))
     }
