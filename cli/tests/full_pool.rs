@@ -176,7 +176,7 @@ fn overwriting_and_deleting_ten_times_the_pool_never_runs_out_of_room() {
         };
         result.unwrap_or_else(|e| panic!("step {step} (kind {how}) after {written} bytes written: {e}"));
         written += if how == 1 { 1 << 20 } else { FILE_BYTES as u64 };
-        if step % 16 == 0 {
+        if step.is_multiple_of(16) {
             fs::File::open(&path).unwrap().sync_all().unwrap();
             let (now_size, used, avail) = df(&mnt);
             assert_eq!(now_size, size, "step {step}: the pool's size changed");
