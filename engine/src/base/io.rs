@@ -7,6 +7,10 @@
 //! is much wider than the machine has cores. A job may itself call `run_all` (a disk's
 //! sync runs its fsyncs at once); a pool thread waiting for its nested jobs runs other
 //! jobs meanwhile, so jobs must not hold a lock that other jobs take while they wait.
+//! And no job ever waits for the pool's lock (`Pool` behind a front end's mutex): its
+//! holder may itself be waiting for pool threads, and with every one of them blocked on
+//! that lock nothing would move. Work that must book its results under that lock (the
+//! read-ahead) runs on a thread of its own and only hands its disk jobs to the pool.
 
 use std::sync::OnceLock;
 
@@ -47,15 +51,4 @@ where
     };
     debug_assert_eq!(results.len(), count);
     results
-}
-
-/// Runs `job` in the background on the I/O pool (on a thread of its own when the pool
-/// could not be started): work no caller waits for, such as read-ahead.
-pub(crate) fn spawn(job: impl FnOnce() + Send + 'static) {
-    match io_pool() {
-        Some(pool) => pool.spawn(job),
-        None => {
-            std::thread::spawn(job);
-        }
-    }
 }

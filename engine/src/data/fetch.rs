@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use crate::base::error::Result;
-use crate::base::io::{run_all, spawn};
+use crate::base::io::run_all;
 use crate::data::store::{fetch_extent, Fetched};
 use crate::media::device::{BlockDevice, ExtentId};
 use crate::meta::state::{DiskId, ExtentRecord, EXTENT_BYTES_MAX};
@@ -57,14 +57,23 @@ pub fn lock(pool: &Mutex<Pool>) -> MutexGuard<'_, Pool> {
 pub fn read_shared(pool: &Arc<Mutex<Pool>>, fh: FileHandle, offset: u64, size: usize) -> Result<Vec<u8>> {
     let plan = lock(pool).plan_read(fh, offset, size)?;
     if let Some(ahead) = plan.ahead {
-        let pool = pool.clone();
-        // The read-ahead belongs to this request: its log lines carry its id.
+        // The read-ahead belongs to this request: its log lines carry its id. It books
+        // under the pool's lock, so it runs on a thread of its own, never on an I/O pool
+        // thread (see `base::io`); its disk reads go to the I/O pool.
         let span = tracing::Span::current();
-        spawn(move || {
+        let extents = ahead.extents();
+        let shared = pool.clone();
+        let started = std::thread::Builder::new().name("dfs-read-ahead".into()).spawn(move || {
             let _span = span.enter();
             let fetched = ahead.run();
-            lock(&pool).book_fetched(fetched);
+            lock(&shared).book_fetched(fetched);
         });
+        if let Err(error) = started {
+            // No thread, no read-ahead: the extents are no longer in flight, and the reads
+            // that reach them fetch them themselves.
+            tracing::warn!(%error, "no thread for read-ahead");
+            lock(pool).abandon_fetch(&extents);
+        }
     }
     if let Some(fetch) = plan.fetch {
         let fetched = fetch.run();
@@ -82,13 +91,18 @@ pub fn read_shared(pool: &Arc<Mutex<Pool>>, fh: FileHandle, offset: u64, size: u
 }
 
 impl FetchPlan {
-    /// Fetches every extent of the plan, in parallel; a lone extent's shards in parallel
-    /// (several extents already keep the disks busy, one would read its shards in turn).
+    /// The extents the plan fetches.
+    pub(crate) fn extents(&self) -> Vec<ExtentId> {
+        self.jobs.iter().map(|(record, _)| record.id).collect()
+    }
+
+    /// Fetches every extent of the plan, in parallel. (An extent's own shards are read in
+    /// turn: read at once on I/O threads, each in a buffer of its own, they left the
+    /// allocator holding tens of MiB per thread; that waits for reads into one buffer.)
     pub(crate) fn run(self) -> FetchedExtents {
-        let shards_at_once = self.parallel && self.jobs.len() == 1;
-        let (devices, verify, parallel) = (&self.devices, self.verify, shards_at_once);
+        let (devices, verify) = (&self.devices, self.verify);
         FetchedExtents(run_all(self.parallel, self.jobs, |(record, offset)| {
-            let fetched = fetch_extent(devices, &record, verify, parallel);
+            let fetched = fetch_extent(devices, &record, verify, false);
             (record, offset, fetched)
         }))
     }
@@ -162,6 +176,16 @@ impl Pool {
             if outcome.data.is_ok() {
                 let _ = self.settle(&record, offset, outcome);
             }
+        }
+        self.in_flight.booked.notify_all();
+    }
+
+    /// Gives up fetching `extents` (a plan that will not run): no longer in flight, and
+    /// reads waiting for them go and read them themselves.
+    pub(crate) fn abandon_fetch(&mut self, extents: &[ExtentId]) {
+        for id in extents {
+            let was_in_flight = self.in_flight.extents.remove(id);
+            debug_assert!(was_in_flight, "abandoned an extent no plan fetched");
         }
         self.in_flight.booked.notify_all();
     }
