@@ -2,7 +2,8 @@
 //! with several request threads — plans a read under the pool's lock, fetches the extents
 //! (disk reads, checks, decoding) with the lock released, books the results under the
 //! lock again, and answers from the cache. Other requests are served meanwhile, so disk
-//! time overlaps with everything else; read-ahead runs on the I/O pool, answering no one.
+//! time overlaps with everything else; read-ahead runs on a thread of its own, answering
+//! no one.
 //!
 //! Contract: a plan never includes an extent another plan is fetching (`in_flight`), so
 //! nothing is fetched twice at once: a read that needs such an extent waits for its
@@ -81,7 +82,7 @@ pub fn read_shared(pool: &Arc<Mutex<Pool>>, fh: FileHandle, offset: u64, size: u
     }
     let mut guard = lock(pool);
     if !plan.wait_for.is_empty() {
-        let booked = guard.in_flight.booked.clone();
+        let booked = guard.in_flight.signal();
         let (waited, _) = booked
             .wait_timeout_while(guard, FETCH_WAIT_MAX, |pool| pool.fetching_any(&plan.wait_for))
             .unwrap_or_else(|poisoned| poisoned.into_inner());
@@ -127,13 +128,13 @@ impl Pool {
             if !sequential && index > needed_last {
                 continue;
             }
-            if self.in_flight.extents.contains(&record.id) {
+            if self.in_flight.contains(record.id) {
                 if index <= needed_last {
                     wait_for.push(record.id);
                 }
                 continue;
             }
-            self.in_flight.extents.insert(record.id);
+            self.in_flight.start(record.id);
             if index <= needed_last {
                 jobs.push((record, at));
             } else {
@@ -158,9 +159,11 @@ impl Pool {
     pub(crate) fn prefetch(&mut self, records: Vec<(ExtentRecord, u64)>) {
         let wanted: Vec<(ExtentRecord, u64)> = records
             .into_iter()
-            .filter(|(r, _)| !r.is_inline() && !self.cache.contains(r.id) && !self.in_flight.extents.contains(&r.id))
+            .filter(|(r, _)| !r.is_inline() && !self.cache.contains(r.id) && !self.in_flight.contains(r.id))
             .collect();
-        self.in_flight.extents.extend(wanted.iter().map(|(r, _)| r.id));
+        for (record, _) in &wanted {
+            self.in_flight.start(record.id);
+        }
         if let Some(plan) = self.fetch_plan(wanted, self.options.parallel_io) {
             let fetched = plan.run();
             self.book_fetched(fetched);
@@ -170,28 +173,24 @@ impl Pool {
     /// Books fetched extents: verified data goes into the cache, and reads waiting for
     /// them wake.
     pub(crate) fn book_fetched(&mut self, fetched: FetchedExtents) {
+        let mut booked = Vec::with_capacity(fetched.0.len());
         for (record, offset, outcome) in fetched.0 {
-            let was_in_flight = self.in_flight.extents.remove(&record.id);
-            debug_assert!(was_in_flight, "booked an extent no plan fetched");
+            booked.push(record.id);
             if outcome.data.is_ok() {
                 let _ = self.settle(&record, offset, outcome);
             }
         }
-        self.in_flight.booked.notify_all();
+        self.in_flight.finish(booked);
     }
 
     /// Gives up fetching `extents` (a plan that will not run): no longer in flight, and
     /// reads waiting for them go and read them themselves.
     pub(crate) fn abandon_fetch(&mut self, extents: &[ExtentId]) {
-        for id in extents {
-            let was_in_flight = self.in_flight.extents.remove(id);
-            debug_assert!(was_in_flight, "abandoned an extent no plan fetched");
-        }
-        self.in_flight.booked.notify_all();
+        self.in_flight.finish(extents.iter().copied());
     }
 
     /// Whether any of `extents` is still being fetched by another request.
     fn fetching_any(&self, extents: &[ExtentId]) -> bool {
-        extents.iter().any(|id| self.in_flight.extents.contains(id))
+        extents.iter().any(|id| self.in_flight.contains(*id))
     }
 }

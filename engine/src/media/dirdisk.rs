@@ -11,7 +11,7 @@
 //! leaves nothing behind.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::io::{ErrorKind, Write};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -290,9 +290,7 @@ impl BlockDevice for DirDisk {
             paths.push((self.root.clone(), true));
         }
         let failed: Vec<DeviceError> = run_all(true, paths, |(path, is_dir)| {
-            let synced = if is_dir { File::open(&path) } else { OpenOptions::new().read(true).open(&path) }
-                .and_then(|file| file.sync_all());
-            match synced {
+            match File::open(&path).and_then(|file| file.sync_all()) {
                 Ok(()) => None,
                 // A file deleted since it was written needs no sync.
                 Err(e) if e.kind() == ErrorKind::NotFound && !is_dir => None,

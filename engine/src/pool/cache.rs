@@ -56,6 +56,33 @@ impl ExtentCache {
 /// Extents being fetched outside the lock, and the signal that one was booked.
 #[derive(Default)]
 pub(crate) struct InFlight {
-    pub(crate) extents: BTreeSet<ExtentId>,
-    pub(crate) booked: Arc<Condvar>,
+    extents: BTreeSet<ExtentId>,
+    booked: Arc<Condvar>,
+}
+
+impl InFlight {
+    pub(crate) fn contains(&self, id: ExtentId) -> bool {
+        self.extents.contains(&id)
+    }
+
+    /// Marks `id` as being fetched; it must not be already.
+    pub(crate) fn start(&mut self, id: ExtentId) {
+        let new = self.extents.insert(id);
+        debug_assert!(new, "extent {id} fetched twice at once");
+    }
+
+    /// The fetches of `ids` are over (booked or given up): wakes the reads waiting for
+    /// them.
+    pub(crate) fn finish(&mut self, ids: impl IntoIterator<Item = ExtentId>) {
+        for id in ids {
+            let was_in_flight = self.extents.remove(&id);
+            debug_assert!(was_in_flight, "extent {id} finished but never started");
+        }
+        self.booked.notify_all();
+    }
+
+    /// The signal `finish` gives, to wait on with the pool's lock.
+    pub(crate) fn signal(&self) -> Arc<Condvar> {
+        self.booked.clone()
+    }
 }
