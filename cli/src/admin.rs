@@ -1,5 +1,5 @@
 //! Disk and policy administration: fail-disk, remove-disk, rebalance, rebuild,
-//! rebuild-status, change-policy, policy-status.
+//! rebuild-status, change-policy, policy-status, upgrade.
 //!
 //! On an unmounted pool the long ones (drain, rebuild, re-encode) run to completion here,
 //! with progress on stderr; through a mount's daemon they are started and the daemon's
@@ -9,6 +9,7 @@
 use std::io::IsTerminal;
 
 use anyhow::{anyhow, bail, Context, Result};
+use dfs_engine::media::segments::SEGMENT_FORMAT;
 use dfs_engine::meta::state::{ChunkSlot, DiskId, DiskState, PolicyScope};
 use dfs_engine::Policy;
 
@@ -124,6 +125,45 @@ pub(crate) fn rebuild(ctx: &mut Ctx<'_>) -> Result<()> {
     writeln!(ctx.out, "rebuilt {repaired} extent(s); {left} still degraded")?;
     if left > 0 {
         bail!("{left} extent(s) could not be rebuilt: see `dfs rebuild-status` (EIO)");
+    }
+    Ok(())
+}
+
+/// Moves every disk's blocks kept in an older layout (fragments in files of their own,
+/// from before segments) into the current one, disk by disk, with progress. Resumable:
+/// run it again after an interruption. A disk that cannot be reached keeps its old
+/// layout, which stays readable, and is named.
+pub(crate) fn upgrade(ctx: &mut Ctx<'_>) -> Result<()> {
+    let disks: Vec<DiskId> = ctx.pool.state().disks.keys().copied().collect();
+    let (mut moved, mut unreachable) = (0u64, Vec::new());
+    for disk in disks {
+        let Some(device) = ctx.pool.device(disk).cloned() else { continue };
+        let waiting = device.legacy_blocks();
+        if waiting == 0 {
+            continue;
+        }
+        let mut progress = |done: u64, total: u64| status(&format!("upgrade {disk}: {done} of {total} fragments"));
+        match device.upgrade_layout(&mut progress) {
+            Ok(count) => {
+                status_done();
+                writeln!(ctx.out, "{disk}: {count} fragment(s) moved into segments")?;
+                moved += count;
+            }
+            Err(e) => {
+                status_done();
+                writeln!(ctx.out, "{disk}: not upgraded: {e}")?;
+                unreachable.push(disk.to_string());
+            }
+        }
+    }
+    if moved == 0 && unreachable.is_empty() {
+        writeln!(ctx.out, "every disk already stores its fragments in segments (disk layout {SEGMENT_FORMAT})")?;
+    }
+    if !unreachable.is_empty() {
+        bail!(
+            "{} kept the old layout (still readable); run `dfs upgrade` again once it is reachable (EIO)",
+            unreachable.join(", ")
+        );
     }
     Ok(())
 }

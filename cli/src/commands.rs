@@ -229,6 +229,7 @@ pub fn run(command: Command) -> Result<()> {
         | Command::Availability { ref pool, .. }
         | Command::RemoveDisk { ref pool, .. }
         | Command::Rebuild { ref pool, .. }
+        | Command::Upgrade { ref pool, .. }
         | Command::Rebalance { ref pool, .. }
         | Command::RebuildStatus { ref pool, .. }
         | Command::ChangePolicy { ref pool, .. }
@@ -294,6 +295,7 @@ fn execute_command(command: Command, ctx: &mut Ctx<'_>) -> Result<()> {
         }
         Command::RemoveDisk { pool: _, disk } => crate::admin::remove_disk(ctx, &disk),
         Command::Rebuild { pool: _ } => crate::admin::rebuild(ctx),
+        Command::Upgrade { pool: _ } => crate::admin::upgrade(ctx),
         Command::Rebalance { pool: _, max_bytes } => crate::admin::rebalance(ctx, max_bytes),
         Command::RebuildStatus { pool: _, json } => crate::admin::rebuild_status(ctx, json.json),
         Command::ChangePolicy { pool: _, policy, path, extent, recursive } => {

@@ -326,6 +326,15 @@ pub(crate) enum Command {
         #[command(flatten)]
         pool: PoolArg,
     },
+    /// Move fragments a pool made before segments keeps in files of their own (one per
+    /// fragment, under each disk's `fragment/`) into segment files. Such a pool works
+    /// as it is — old fragments read, list and delete where they lie, new ones go to
+    /// segments — but one file per fragment costs an inode and a create each. Crash-safe
+    /// and resumable; shows progress; safe on a mounted pool.
+    Upgrade {
+        #[command(flatten)]
+        pool: PoolArg,
+    },
     /// Show the rebuild queue: extents short of fragments, most endangered first.
     RebuildStatus {
         #[command(flatten)]

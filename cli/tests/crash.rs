@@ -95,7 +95,7 @@ fn killed_puts_leave_every_acknowledged_file_intact_and_no_orphans() {
 
     let extents = pool.json("list-extents");
     let referenced: u64 = extents.as_array().unwrap().iter().map(|e| e["fragments_total"].as_u64().unwrap()).sum();
-    let stored: usize = pool.disks.iter().map(|d| common::fragment_files(d).len()).sum();
+    let stored: usize = pool.disks.iter().map(|d| common::fragments_on(d).len()).sum();
     assert_eq!(stored as u64, referenced, "orphan fragments remain after recovery");
     let files: serde_json::Value = serde_json::from_str(&ok(&["ls", "--pool", pool.path(), "--json"])).unwrap();
     assert!(files.as_array().unwrap().iter().all(|f| f["name"].as_str().unwrap().starts_with("slot")));

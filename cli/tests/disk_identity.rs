@@ -14,7 +14,7 @@ use std::io::Write;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::{fails, fragment_files, ok, pattern, Pool};
+use common::{fails, fragments_on, ok, pattern, Pool};
 
 fn write_synced(path: &Path, data: &[u8]) {
     let mut file = fs::File::create(path).unwrap();
@@ -65,11 +65,11 @@ fn a_disk_without_its_label_is_never_written() {
     fs::write(&first, pattern(300_000, 2)).unwrap();
     ok(&["put", "--pool", pool.path(), first.to_str().unwrap(), "/first"]);
     fs::remove_dir_all(pool.disks[1].join("label")).unwrap();
-    let fragments = fragment_files(&pool.disks[1]);
+    let fragments = fragments_on(&pool.disks[1]);
     let second = pool.local("second");
     fs::write(&second, pattern(900_000, 3)).unwrap();
     ok(&["put", "--pool", pool.path(), second.to_str().unwrap(), "/second"]);
-    assert_eq!(fragment_files(&pool.disks[1]), fragments, "fragments written to an unlabelled disk");
+    assert_eq!(fragments_on(&pool.disks[1]), fragments, "fragments written to an unlabelled disk");
     assert!(!pool.disks[1].join("label").exists(), "a label was made up for it");
     let disks: serde_json::Value = serde_json::from_str(&ok(&["list-disks", "--pool", pool.path(), "--json"])).unwrap();
     assert_eq!(disks.as_array().unwrap().len(), 3, "the disk stays in the pool, unavailable");
@@ -92,7 +92,7 @@ fn a_pool_id_that_none_of_the_disks_carry_refuses_to_open_and_changes_nothing() 
     fs::write(&config, &changed).unwrap();
     let disk_files = |disk: &Path| -> Vec<(String, Vec<u8>)> {
         let mut out = Vec::new();
-        for dir in ["label", "journal", "checkpoint", "fragment"] {
+        for dir in ["label", "journal", "checkpoint", "fragment", "segments"] {
             let path = disk.join(dir);
             if path.is_file() {
                 out.push((dir.to_string(), fs::read(&path).unwrap()));

@@ -15,13 +15,12 @@
 mod common;
 
 use std::fs;
-use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{eventually, fragment_files, ok, run, Pool};
+use common::{eventually, fragments_on, ok, run, Pool};
 use rand::{Rng, SeedableRng};
 
 /// fsx's configuration: every operation, as `cli/benches/fsx.rs` runs it.
@@ -31,25 +30,21 @@ const CONFIG: &str = include_str!("fsx/config.toml");
 /// process gets slower the longer it runs (see `cli/benches/fsx.rs`).
 const OPS_PER_RUN: u64 = 10_000;
 
-/// Flips one bit in the payload of a random fragment file of `disk`.
+/// Flips one bit in the payload of a random fragment of `disk` (the daemon keeps
+/// appending meanwhile; a fragment deleted since the scan is rotted in vain).
 fn rot_one(disk: &Path, rng: &mut impl Rng) -> bool {
-    let files = fragment_files(disk);
-    if files.is_empty() {
+    let fragments = fragments_on(disk);
+    if fragments.is_empty() {
         return false;
     }
-    let path = &files[rng.random_range(0..files.len())];
-    let Ok(mut file) = fs::OpenOptions::new().read(true).write(true).open(path) else { return false };
-    let len = file.metadata().map(|m| m.len()).unwrap_or(0);
-    if len < 64 {
+    let fragment = &fragments[rng.random_range(0..fragments.len())];
+    if fragment.len < 64 {
         return false;
     }
-    let at = rng.random_range(48..len);
-    let mut byte = [0u8];
-    if file.seek(SeekFrom::Start(at)).and_then(|_| file.read_exact(&mut byte)).is_err() {
-        return false;
-    }
-    byte[0] ^= 1 << rng.random_range(0..8);
-    file.seek(SeekFrom::Start(at)).and_then(|_| file.write_all(&byte)).is_ok()
+    let at = rng.random_range(48..fragment.len);
+    let Ok(mut byte) = fragment.read().map(|bytes| bytes[at as usize]) else { return false };
+    byte ^= 1 << rng.random_range(0..8);
+    fragment.overwrite(at, &[byte]).is_ok()
 }
 
 /// Until `stop`: rot a fragment on `rotting` every 300 ms, and move `blinking` away for

@@ -123,9 +123,19 @@ fn df(path: &Path) -> (u64, u64, u64) {
     (figures[0] as u64, figures[1] as u64, figures[2] as u64)
 }
 
-/// Bytes of every fragment file on the pool's disks.
+/// Bytes the pool's disks really hold for fragments: the blocks allocated to their
+/// segment files (punched ranges hold none) and to any fragment files.
 fn fragment_bytes(pool: &Pool) -> u64 {
-    pool.disks.iter().flat_map(|d| common::fragment_files(d)).map(|f| fs::metadata(f).unwrap().len()).sum()
+    use std::os::unix::fs::MetadataExt;
+    let mut total = 0;
+    for disk in &pool.disks {
+        for folder in ["segments", "fragment"] {
+            for entry in fs::read_dir(disk.join(folder)).into_iter().flatten() {
+                total += entry.unwrap().metadata().unwrap().blocks() * 512;
+            }
+        }
+    }
+    total
 }
 
 /// Ten times the pool's room written through the mount — overwrites in place, partial

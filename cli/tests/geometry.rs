@@ -90,7 +90,7 @@ fn failing_rebuilding_removing_and_reencoding_keep_every_byte() {
     let disks = pool.json("list-disks");
     let removed = disks.as_array().unwrap().iter().find(|d| d["id"] == "d2").unwrap();
     assert_eq!(removed["state"], "removed");
-    assert!(common::fragment_files(&pool.disks[1]).is_empty(), "fragments left on the removed disk");
+    assert!(common::fragments_on(&pool.disks[1]).is_empty(), "fragments left on the removed disk");
     assert_eq!(degraded_extents(&pool, true), 0);
     assert_all_intact(&pool, &hashes, "after removing d2");
 

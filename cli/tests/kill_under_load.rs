@@ -105,7 +105,7 @@ fn a_daemon_killed_under_parallel_writes_keeps_every_fsynced_file_and_leaks_no_s
     // Recovery removed every fragment written for a file the kill left unacknowledged.
     let extents = pool.json("list-extents");
     let referenced: u64 = extents.as_array().unwrap().iter().map(|e| e["fragments_total"].as_u64().unwrap()).sum();
-    let stored: usize = pool.disks.iter().map(|d| common::fragment_files(d).len()).sum();
+    let stored: usize = pool.disks.iter().map(|d| common::fragments_on(d).len()).sum();
     assert_eq!(stored as u64, referenced, "fragments no extent references remain after recovery");
     assert!(ok(&["health", "--pool", pool.path()]).contains("healthy"), "pool not healthy after the kills");
 }

@@ -9,7 +9,7 @@ mod common;
 use std::collections::BTreeMap;
 use std::fs;
 
-use common::{fragment_files, ok, pattern, read_uncached, Pool};
+use common::{fragments_on, ok, pattern, read_uncached, Pool};
 use serde_json::Value;
 
 /// The FUSE span of a log line: (op, request id).
@@ -35,11 +35,8 @@ fn every_log_line_of_a_mount_is_json_and_carries_its_fuse_request_id() {
     // Rot the first copy of every extent and mount again (the engine's cache is gone):
     // the next read is degraded, and the engine says so.
     for disk in &pool.disks {
-        for file in fragment_files(disk).iter().filter(|f| f.to_str().unwrap().ends_with(".00")) {
-            let mut bytes = fs::read(file).unwrap();
-            let middle = bytes.len() / 2;
-            bytes[middle] ^= 1;
-            fs::write(file, bytes).unwrap();
+        for fragment in fragments_on(disk).iter().filter(|f| f.name.leaf().ends_with(".00")) {
+            fragment.flip_byte(fragment.len / 2).unwrap();
         }
     }
     ok(&["--log-format", "json", "--log-level", "debug", "mount", "--pool", p, "--mountpoint", m.to_str().unwrap()]);

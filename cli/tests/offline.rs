@@ -14,7 +14,7 @@ use std::fs;
 use std::io::Write;
 use std::path::Path;
 
-use common::{eventually, fragment_files, ok, pattern, read_uncached, run, Pool};
+use common::{eventually, fragments_on, ok, pattern, read_uncached, run, Pool};
 
 fn write_synced(path: &Path, data: &[u8]) -> std::io::Result<()> {
     let mut file = fs::File::create(path)?;
@@ -58,7 +58,7 @@ fn a_disk_away_for_five_seconds_during_writes_costs_nothing_and_resyncs() {
     let (mount, _unmount) = mounted(&pool);
     let before = pattern(3_000_000, 1);
     write_synced(&mount.join("before"), &before).unwrap();
-    let fragments_elsewhere: usize = [0, 1, 2, 4, 5].iter().map(|d| fragment_files(&pool.disks[*d]).len()).sum();
+    let fragments_elsewhere: usize = [0, 1, 2, 4, 5].iter().map(|d| fragments_on(&pool.disks[*d]).len()).sum();
     let away = pool.root.path().join("disk3.away");
     fs::rename(&pool.disks[3], &away).unwrap();
     let moved_at = std::time::Instant::now();
@@ -84,7 +84,7 @@ fn a_disk_away_for_five_seconds_during_writes_costs_nothing_and_resyncs() {
     }
     assert!(warned, "health never warned that the disk is offline");
     assert_eq!(disk_state(&pool, "d4"), "offline");
-    let rebuilt: usize = [0, 1, 2, 4, 5].iter().map(|d| fragment_files(&pool.disks[*d]).len()).sum();
+    let rebuilt: usize = [0, 1, 2, 4, 5].iter().map(|d| fragments_on(&pool.disks[*d]).len()).sum();
     let written_meanwhile: usize = written.iter().map(|(_, d)| d.len().div_ceil(1 << 20) * 5).sum();
     assert!(
         rebuilt <= fragments_elsewhere + written_meanwhile,
@@ -141,7 +141,7 @@ fn a_disk_that_never_returns_is_failed_after_the_grace_period_and_rebuilt_onto_a
                 .iter()
                 .all(|e| e["fragments_available"] == e["fragments_total"])
     });
-    assert_eq!(fragment_files(&spare).len(), 5, "every extent has a fragment on the spare");
+    assert_eq!(fragments_on(&spare).len(), 5, "every extent has a fragment on the spare");
     assert_eq!(read_uncached(&mount.join("before")), before);
     assert_eq!(read_uncached(&mount.join("during")), during);
     ok(&["umount", mount.to_str().unwrap()]);
@@ -238,7 +238,7 @@ fn a_failed_disk_offered_back_is_reused_for_what_it_still_holds() {
     let first = pool.local("first");
     fs::write(&first, pattern(3_000_000, 9)).unwrap();
     ok(&["put", "--pool", pool.path(), first.to_str().unwrap(), "/first"]);
-    let held = fragment_files(&pool.disks[1]);
+    let held = fragments_on(&pool.disks[1]);
     assert_eq!(held.len(), 3);
     ok(&["fail-disk", "--pool", pool.path(), "--disk", "d2"]);
     // Written while d2 is failed: five fragments each, the sixth owed to nobody yet.
@@ -248,9 +248,9 @@ fn a_failed_disk_offered_back_is_reused_for_what_it_still_holds() {
     let out = ok(&["add-disk", "--pool", pool.path(), "--disk", pool.disks[1].to_str().unwrap()]);
     assert!(out.contains("took back failed disk d2"), "{out}");
     assert!(out.contains("2 extent(s) it lacks"), "{out}");
-    assert_eq!(fragment_files(&pool.disks[1]), held, "what it held is kept, not rewritten");
+    assert_eq!(fragments_on(&pool.disks[1]), held, "what it held is kept, not rewritten");
     ok(&["rebuild", "--pool", pool.path()]);
-    assert_eq!(fragment_files(&pool.disks[1]).len(), 5, "the extents it lacked were repaired onto it");
+    assert_eq!(fragments_on(&pool.disks[1]).len(), 5, "the extents it lacked were repaired onto it");
     for extent in pool.json("list-extents").as_array().unwrap() {
         assert_eq!(extent["fragments_available"], extent["fragments_total"], "{extent}");
         assert!(extent["disks"].as_array().unwrap().iter().any(|d| d == "d2"), "{extent}");

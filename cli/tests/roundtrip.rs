@@ -77,7 +77,7 @@ fn put_into_a_directory_and_ls_and_rm_work() {
     let listing: serde_json::Value = serde_json::from_str(&ok(&["ls", "--pool", pool.path(), "--json"])).unwrap();
     assert_eq!(listing, serde_json::json!([]));
     for disk in &pool.disks {
-        assert!(common::fragment_files(disk).is_empty(), "rm left fragments on {}", disk.display());
+        assert!(common::fragments_on(disk).is_empty(), "rm left fragments on {}", disk.display());
     }
 }
 

@@ -7,33 +7,27 @@
 mod common;
 
 use std::fs;
-use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use common::{eventually, fails, fragment_files, ok, pattern, read_uncached, run, Pool};
+use common::{eventually, fails, fragments_on, ok, pattern, read_uncached, run, Pool, StoredFragment};
 use serde_json::Value;
 
 fn json(args: &[&str]) -> Value {
     serde_json::from_str(&ok(args)).unwrap()
 }
 
-fn flip_byte(path: &Path) {
-    let mut bytes = fs::read(path).unwrap();
-    let middle = bytes.len() / 2;
-    bytes[middle] ^= 0x5a;
-    fs::write(path, bytes).unwrap();
+fn flip_byte(fragment: &StoredFragment) {
+    let middle = fragment.len / 2;
+    let byte = fragment.read().unwrap()[middle as usize];
+    fragment.overwrite(middle, &[byte ^ 0x5a]).unwrap();
 }
 
 /// Fragment files of `extent` (its name, `INO:INDEX`) on every disk.
-fn fragments_of(pool: &Pool, extent: &str) -> Vec<PathBuf> {
+fn fragments_of(pool: &Pool, extent: &str) -> Vec<StoredFragment> {
     let list = json(&["list-extents", "--pool", pool.path(), "--json"]);
     let entry = list.as_array().unwrap().iter().find(|e| e["extent"] == extent).unwrap().clone();
     let stored_as = entry["stored_as"].as_str().unwrap().to_string();
-    pool.disks
-        .iter()
-        .flat_map(|d| fragment_files(d))
-        .filter(|p| p.file_name().unwrap().to_str().unwrap().starts_with(&stored_as))
-        .collect()
+    pool.disks.iter().flat_map(|d| fragments_on(d)).filter(|f| f.name.leaf().starts_with(&stored_as)).collect()
 }
 
 /// The names of the extents of the file at `path`.
@@ -128,11 +122,15 @@ fn orphans_are_collected_only_past_the_age_guard_and_nothing_referenced_goes() {
     ok(&["put", "--pool", p, local.to_str().unwrap(), "/kept"]);
     assert!(ok(&["detect-orphans", "--pool", p]).contains("no orphan fragments"));
     // Plant orphans: copies of real fragments under ids no record uses.
-    let source = fragment_files(&pool.disks[0])[0].clone();
+    // They lie in files of their own, as a pool made before segments holds fragments:
+    // the collector works on that layout too, and a file's age can be set.
+    let source = fragments_on(&pool.disks[0])[0].read().unwrap();
     let orphan_a = pool.disks[0].join("fragment/00000000000000f0.00");
     let orphan_b = pool.disks[1].join("fragment/00000000000000f1.01");
-    fs::copy(&source, &orphan_a).unwrap();
-    fs::copy(&source, &orphan_b).unwrap();
+    for orphan in [&orphan_a, &orphan_b] {
+        fs::create_dir_all(orphan.parent().unwrap()).unwrap();
+        fs::write(orphan, &source).unwrap();
+    }
     let found = json(&["detect-orphans", "--pool", p, "--json"]);
     let blocks: Vec<&str> = found.as_array().unwrap().iter().map(|o| o["block"].as_str().unwrap()).collect();
     assert_eq!(blocks, ["00000000000000f0.00", "00000000000000f1.01"], "{found}");

@@ -7,27 +7,30 @@ mod common;
 
 use std::path::Path;
 
-use common::{fails, ok, pattern, Pool};
+use common::{fails, ok, pattern, Pool, StoredFragment};
+use dfs_engine::media::device::BlockDevice;
+use dfs_engine::media::dirdisk::DirDisk;
 
 #[derive(Clone, Copy, Debug)]
 enum Damage {
+    /// The fragment is gone (deleted through the disk, as a lost write would leave it).
     Delete,
     FlipByte,
-    Truncate,
+    /// Its second half reads back as zeros (a torn write).
+    LoseSecondHalf,
 }
 
-fn damage(path: &Path, how: Damage) {
+fn damage(disk: &Path, fragment: &StoredFragment, how: Damage) {
     match how {
-        Damage::Delete => std::fs::remove_file(path).unwrap(),
-        Damage::FlipByte => {
-            let mut bytes = std::fs::read(path).unwrap();
-            let at = bytes.len() - 1 - bytes.len() / 3;
-            bytes[at] ^= 0x01;
-            std::fs::write(path, bytes).unwrap();
+        Damage::Delete => {
+            let device = DirDisk::open(disk).unwrap();
+            device.delete(fragment.name).unwrap();
+            device.sync().unwrap();
         }
-        Damage::Truncate => {
-            let bytes = std::fs::read(path).unwrap();
-            std::fs::write(path, &bytes[..bytes.len() / 2]).unwrap();
+        Damage::FlipByte => fragment.flip_byte(fragment.len - 1 - fragment.len / 3).unwrap(),
+        Damage::LoseSecondHalf => {
+            let half = fragment.len / 2;
+            fragment.overwrite(half, &vec![0u8; (fragment.len - half) as usize]).unwrap();
         }
     }
 }
@@ -42,8 +45,8 @@ fn check(policy: &str, tolerance: usize, how: Damage) {
 
     // Within tolerance: wreck every fragment on `tolerance` whole disks.
     for disk in &pool.disks[..tolerance] {
-        for fragment in common::fragment_files(disk) {
-            damage(&fragment, how);
+        for fragment in common::fragments_on(disk) {
+            damage(disk, &fragment, how);
         }
     }
     ok(&["get", "--pool", pool.path(), "/f", out.to_str().unwrap()]);
@@ -62,7 +65,10 @@ fn check(policy: &str, tolerance: usize, how: Damage) {
         if disk_number <= tolerance || to_break == 0 {
             continue; // already damaged above, or enough broken
         }
-        damage(&pool.disks[disk_number - 1].join("fragment").join(format!("{stored_as}.{index:02}")), how);
+        let disk = &pool.disks[disk_number - 1];
+        let leaf = format!("{stored_as}.{index:02}");
+        let fragment = common::fragments_on(disk).into_iter().find(|f| f.name.leaf() == leaf).unwrap();
+        damage(disk, &fragment, how);
         to_break -= 1;
     }
     assert_eq!(to_break, 0);
@@ -87,7 +93,7 @@ fn replicate_3_tolerates_two_disks() {
 #[test]
 fn erasure_4_2_tolerates_two_disks() {
     check("erasure:4+2", 2, Damage::FlipByte);
-    check("erasure:4+2", 2, Damage::Truncate);
+    check("erasure:4+2", 2, Damage::LoseSecondHalf);
 }
 
 #[test]

@@ -479,12 +479,8 @@ impl PoolDir {
             return Ok(());
         };
         if let Ok(device) = DirDisk::open(&entry.path) {
-            for kind in BlockKind::ALL.into_iter().rev() {
-                for name in device.list(kind).unwrap_or_default() {
-                    let _ = device.delete(name);
-                }
-            }
-            let _ = device.sync();
+            // Best effort: the disk has already left the pool; what stays is only litter.
+            let _ = device.wipe();
         }
         let mut config = self.config.clone();
         config.disks.retain(|d| d.uuid != uuid);

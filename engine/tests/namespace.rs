@@ -131,7 +131,7 @@ fn unlinked_open_files_stay_readable_until_the_last_release() {
     assert!(pool.state().extents.is_empty());
     pool.sync().unwrap();
     for i in 0..3 {
-        assert!(common::fragment_files(&t.disk_path(i)).is_empty());
+        assert!(common::fragments_on(&t.disk_path(i)).is_empty());
     }
 }
 

@@ -106,7 +106,7 @@ fn a_pool_whose_every_replica_is_corrupt_refuses_to_open() {
     assert!(matches!(error, Error::MetadataCorrupt(_)), "{error}");
     assert!(error.to_string().contains("refusing to open"), "{error}");
     // Refusing changed nothing: the fragments are all still there.
-    assert!(!common::fragment_files(&t.disk_path(0)).is_empty() || !common::fragment_files(&t.disk_path(3)).is_empty());
+    assert!(!common::fragments_on(&t.disk_path(0)).is_empty() || !common::fragments_on(&t.disk_path(3)).is_empty());
 }
 
 #[test]
@@ -143,10 +143,11 @@ fn a_record_that_does_not_chain_is_never_applied() {
 fn orphan_fragments_are_removed_on_open() {
     let (mut t, files) = pool_with_records();
     let disk = t.disk_path(3);
-    let real = common::fragment_files(&t.disk_path(0)).into_iter().next().unwrap();
+    // A file of its own, as a pool made before segments held fragments.
+    let real = common::fragments_on(&t.disk_path(0)).into_iter().next().unwrap().read().unwrap();
     let orphan = disk.join("fragment").join("00000000deadbeef.00");
     fs::create_dir_all(orphan.parent().unwrap()).unwrap();
-    fs::copy(&real, &orphan).unwrap();
+    fs::write(&orphan, real).unwrap();
     let report = t.reopen();
     assert_eq!(report.orphan_fragments_removed, 1);
     assert!(!orphan.exists());

@@ -310,6 +310,15 @@ impl<D: BlockDevice> BlockDevice for FaultyDevice<D> {
         self.gate()?;
         self.inner.modified_secs(name)
     }
+
+    fn legacy_blocks(&self) -> u64 {
+        self.inner.legacy_blocks()
+    }
+
+    fn upgrade_layout(&self, progress: &mut dyn FnMut(u64, u64)) -> Result<u64, DeviceError> {
+        self.gate()?;
+        self.inner.upgrade_layout(progress)
+    }
 }
 
 #[cfg(test)]

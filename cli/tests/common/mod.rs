@@ -4,6 +4,8 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+pub use dfs_engine::media::dirdisk::{stored_fragments, StoredFragment};
+
 pub fn dfs() -> Command {
     Command::new(env!("CARGO_BIN_EXE_dfs"))
 }
@@ -87,18 +89,10 @@ pub fn pattern(len: usize, seed: u64) -> Vec<u8> {
         .collect()
 }
 
-/// Every fragment file under a disk directory.
-pub fn fragment_files(disk: &Path) -> Vec<PathBuf> {
-    let mut out: Vec<PathBuf> = std::fs::read_dir(disk.join("fragment"))
-        .map(|entries| {
-            entries
-                .map(|e| e.unwrap().path())
-                .filter(|p| !p.file_name().unwrap().to_str().unwrap().starts_with('.'))
-                .collect()
-        })
-        .unwrap_or_default();
-    out.sort();
-    out
+/// Every fragment stored on a disk directory (in its segments, or in files of their own
+/// for a pool made before segments), by name.
+pub fn fragments_on(disk: &Path) -> Vec<StoredFragment> {
+    stored_fragments(disk).unwrap()
 }
 
 /// Waits up to a minute for `check` to hold, polling every 200 ms.

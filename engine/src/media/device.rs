@@ -167,6 +167,21 @@ pub trait BlockDevice: Send + Sync {
     /// `NotFound` when there is no such block. Only an age guard uses it (orphan GC):
     /// never a correctness decision.
     fn modified_secs(&self, name: BlockName) -> Result<Option<i64>, DeviceError>;
+
+    /// Blocks this device still keeps in an older layout of its own (`DirDisk`: fragments
+    /// in files of their own, from before segments). They read, list and delete like any
+    /// other; `upgrade_layout` moves them.
+    fn legacy_blocks(&self) -> u64 {
+        0
+    }
+
+    /// Moves every block kept in an older layout into the current one, crash-safe and
+    /// resumable (a block is never gone from one layout before it is durable in the other),
+    /// calling `progress(done, total)` as it goes. Returns how many moved.
+    fn upgrade_layout(&self, progress: &mut dyn FnMut(u64, u64)) -> Result<u64, DeviceError> {
+        let _ = progress;
+        Ok(0)
+    }
 }
 
 /// A device that fails every call: stands in for a disk that could not be opened, so

@@ -1,6 +1,10 @@
 //! `DirDisk`: the production `BlockDevice`, a directory on a mounted filesystem.
 //!
-//! Layout: `<root>/<namespace>/<leaf>` per block (see `BlockName`). A new block is
+//! Layout: fragments live in append-only segment files under `<root>/segments/` (see
+//! `segments`); every other block is `<root>/<namespace>/<leaf>` (see `BlockName`).
+//! Fragments of a pool made before segments (format 1 of the disk layout: one file per
+//! fragment under `<root>/fragment/`) are still read, listed and deleted where they are,
+//! and `pack_legacy_fragments` moves them into segments (`dfs upgrade`). A new file block is
 //! written in place (a crash may tear it, as the `BlockDevice` contract allows); a block
 //! that replaces another, and the label, go to `<namespace>/.tmp-<leaf>` and are renamed
 //! into place. `sync` fsyncs every file written since the last sync, then every
@@ -20,6 +24,7 @@ use std::sync::{Mutex, MutexGuard};
 use crate::base::io::run_all;
 use crate::media::device::{BlockDevice, BlockKind, BlockName, DeviceError};
 use crate::media::label::DiskLabel;
+use crate::media::segments::{self, Segments};
 
 const TMP_PREFIX: &str = ".tmp-";
 
@@ -31,7 +36,10 @@ pub struct DirDisk {
     /// recreated directory) is not this disk, and is never written.
     root_identity: (u64, u64),
     capacity_bytes: Option<u64>,
+    /// File blocks: the label, journal records, checkpoints and legacy fragment files.
     state: Mutex<DirState>,
+    /// Fragments. Never locked while `state` is held, nor the other way round.
+    segments: Segments,
 }
 
 #[derive(Default)]
@@ -80,8 +88,14 @@ impl DirDisk {
             }
         }
         let root_identity = (meta.dev(), meta.ino());
-        let mut disk =
-            DirDisk { root: root.to_path_buf(), root_identity, capacity_bytes: None, state: Mutex::new(state) };
+        let segments = Segments::open(root)?;
+        let mut disk = DirDisk {
+            root: root.to_path_buf(),
+            root_identity,
+            capacity_bytes: None,
+            state: Mutex::new(state),
+            segments,
+        };
         if let Ok(label) = DiskLabel::read(&disk) {
             disk.capacity_bytes = label.capacity_bytes;
         }
@@ -98,6 +112,7 @@ impl DirDisk {
         &self.root
     }
 
+    /// The file of a file block (or of a legacy fragment).
     fn path(&self, name: BlockName) -> PathBuf {
         self.root.join(name.kind().namespace()).join(name.leaf())
     }
@@ -143,6 +158,72 @@ fn io_error(path: &Path, e: std::io::Error) -> DeviceError {
     DeviceError::Io(format!("{}: {e}", path.display()))
 }
 
+/// Where one fragment lies in a disk directory: a range of a segment file, or (a pool
+/// made before segments) a whole file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredFragment {
+    /// The block.
+    pub name: BlockName,
+    /// The file holding it.
+    pub path: PathBuf,
+    /// Where its bytes start in that file.
+    pub offset: u64,
+    /// How many bytes it has.
+    pub len: u64,
+}
+
+impl StoredFragment {
+    /// Its bytes, as they are on the disk now.
+    pub fn read(&self) -> std::io::Result<Vec<u8>> {
+        use std::os::unix::fs::FileExt;
+        let mut bytes = vec![0u8; usize::try_from(self.len).map_err(|_| ErrorKind::InvalidInput)?];
+        File::open(&self.path)?.read_exact_at(&mut bytes, self.offset)?;
+        Ok(bytes)
+    }
+
+    /// Overwrites its bytes from `at` on, in place (never past its end): how a tool or a
+    /// test damages one fragment on purpose.
+    pub fn overwrite(&self, at: u64, bytes: &[u8]) -> std::io::Result<()> {
+        use std::os::unix::fs::FileExt;
+        if at.saturating_add(bytes.len() as u64) > self.len {
+            return Err(std::io::Error::new(ErrorKind::InvalidInput, "past the fragment's end"));
+        }
+        fs::OpenOptions::new().write(true).open(&self.path)?.write_all_at(bytes, self.offset + at)
+    }
+
+    /// Flips the low bit of its byte `at`.
+    pub fn flip_byte(&self, at: u64) -> std::io::Result<()> {
+        use std::os::unix::fs::FileExt;
+        let mut byte = [0u8];
+        File::open(&self.path)?.read_exact_at(&mut byte, self.offset + at)?;
+        self.overwrite(at, &[byte[0] ^ 1])
+    }
+}
+
+/// Every fragment stored in the disk directory `root`, by name, read without opening the
+/// disk: for tools and tests that examine (or damage) a disk from outside.
+pub fn stored_fragments(root: &Path) -> Result<Vec<StoredFragment>, DeviceError> {
+    let mut out: BTreeMap<BlockName, StoredFragment> = BTreeMap::new();
+    let legacy = root.join(BlockKind::Fragment.namespace());
+    if let Ok(entries) = fs::read_dir(&legacy) {
+        for entry in entries.flatten() {
+            let path = entry.path();
+            let leaf = entry.file_name();
+            let Some(name) = leaf.to_str().and_then(|l| BlockName::parse(BlockKind::Fragment, l)) else {
+                continue;
+            };
+            let len = entry.metadata().map_err(|e| io_error(&path, e))?.len();
+            out.insert(name, StoredFragment { name, path, offset: 0, len });
+        }
+    }
+    for record in segments::scan(root)? {
+        let stored =
+            StoredFragment { name: record.name, path: record.path, offset: record.payload_offset, len: record.len };
+        out.insert(record.name, stored);
+    }
+    Ok(out.into_values().collect())
+}
+
 /// Unsynced files beyond which `sync` flushes the whole filesystem at once.
 const SYNCFS_AFTER_FILES: usize = 16;
 
@@ -181,31 +262,66 @@ fn statvfs_free_bytes(path: &Path) -> Option<u64> {
     Some(u64::from(stats.f_bavail).saturating_mul(u64::from(stats.f_frsize)))
 }
 
-impl BlockDevice for DirDisk {
-    fn modified_secs(&self, name: BlockName) -> Result<Option<i64>, DeviceError> {
-        let path = self.path(name);
-        let metadata = fs::metadata(&path).map_err(|e| io_error(&path, e))?;
-        Ok(metadata
-            .modified()
-            .ok()
-            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-            .and_then(|d| i64::try_from(d.as_secs()).ok()))
-    }
-
-    fn read(&self, name: BlockName) -> Result<Vec<u8>, DeviceError> {
-        let path = self.path(name);
-        fs::read(&path).map_err(|e| io_error(&path, e))
-    }
-
-    fn write(&self, name: BlockName, data: &[u8]) -> Result<(), DeviceError> {
-        let mut state = self.lock();
-        let old = state.sizes.get(&name).copied().unwrap_or(0);
-        let new_used = state.used_bytes - old + data.len() as u64;
-        let available = state.used_bytes + self.filesystem_free_bytes();
+impl DirDisk {
+    /// Fails with `NoSpace` unless a block of `new_len` bytes may replace one of
+    /// `old_len` (a shrinking or same-size replacement always may).
+    fn check_room(&self, old_len: u64, new_len: u64) -> Result<(), DeviceError> {
+        let used = self.used_bytes();
+        let available = used + self.filesystem_free_bytes();
         let capacity = self.capacity_bytes.map_or(available, |c| c.min(available));
-        if new_used > capacity && data.len() as u64 > old {
+        if used - old_len.min(used) + new_len > capacity && new_len > old_len {
             return Err(DeviceError::NoSpace);
         }
+        Ok(())
+    }
+
+    /// Moves every fragment still in a file of its own (a pool made before segments)
+    /// into the segments: copies them, makes the copies durable, then deletes the files.
+    /// Crash-safe and resumable: until a file is deleted its copy is only a second valid
+    /// record of the same block. `progress(done, total)` is called as it goes. Returns how
+    /// many fragments moved.
+    fn pack_legacy_fragments(&self, progress: &mut dyn FnMut(u64, u64)) -> Result<u64, DeviceError> {
+        let legacy: Vec<BlockName> =
+            self.lock().sizes.keys().filter(|n| n.kind() == BlockKind::Fragment).copied().collect();
+        let total = legacy.len() as u64;
+        let mut done = 0;
+        for batch in legacy.chunks(256) {
+            for name in batch {
+                let path = self.path(*name);
+                let block = fs::read(&path).map_err(|e| io_error(&path, e))?;
+                self.segments.append(*name, &block)?;
+            }
+            self.segments.sync()?;
+            for name in batch {
+                self.delete_file(*name)?;
+                done += 1;
+            }
+            self.sync_files()?;
+            progress(done, total);
+        }
+        if total > 0 {
+            let dir = self.root.join(BlockKind::Fragment.namespace());
+            if fs::remove_dir(&dir).is_ok() {
+                File::open(&self.root).and_then(|f| f.sync_all()).map_err(|e| io_error(&self.root, e))?;
+            }
+        }
+        Ok(total)
+    }
+
+    /// Removes every DynamicFS block and folder from the directory (its disk left the pool).
+    pub fn wipe(&self) -> Result<(), DeviceError> {
+        self.segments.wipe()?;
+        for kind in BlockKind::ALL.into_iter().rev() {
+            for name in self.list(kind)? {
+                self.delete_file(name)?;
+            }
+        }
+        self.sync_files()
+    }
+
+    fn write_file(&self, name: BlockName, data: &[u8]) -> Result<(), DeviceError> {
+        let mut state = self.lock();
+        let old = state.sizes.get(&name).copied().unwrap_or(0);
         // Never write into a directory that is not this disk, and never create the disk's
         // directory: a vanished disk is unavailable, not a new empty one on `/`.
         self.check_identity()?;
@@ -239,14 +355,18 @@ impl BlockDevice for DirDisk {
             }
         }
         state.sizes.insert(name, data.len() as u64);
-        state.used_bytes = new_used;
+        state.used_bytes = state.used_bytes - old + data.len() as u64;
         state.unsynced_files.insert(name);
         state.unsynced_dirs.insert(name.kind());
         Ok(())
     }
 
-    fn delete(&self, name: BlockName) -> Result<(), DeviceError> {
+    /// Deletes the file of `name`, if it has one.
+    fn delete_file(&self, name: BlockName) -> Result<(), DeviceError> {
         let mut state = self.lock();
+        if !state.sizes.contains_key(&name) && name.kind() == BlockKind::Fragment {
+            return Ok(());
+        }
         let path = self.path(name);
         match fs::remove_file(&path) {
             Ok(()) => {}
@@ -261,12 +381,8 @@ impl BlockDevice for DirDisk {
         Ok(())
     }
 
-    fn list(&self, kind: BlockKind) -> Result<Vec<BlockName>, DeviceError> {
-        let state = self.lock();
-        Ok(state.sizes.keys().filter(|n| n.kind() == kind).copied().collect())
-    }
-
-    fn sync(&self) -> Result<(), DeviceError> {
+    /// Makes the file blocks' writes and deletes durable.
+    fn sync_files(&self) -> Result<(), DeviceError> {
         let (files, dirs, root) = {
             let mut state = self.lock();
             if state.unsynced_files.len() > SYNCFS_AFTER_FILES {
@@ -281,6 +397,9 @@ impl BlockDevice for DirDisk {
             let root = std::mem::take(&mut state.created_dirs);
             (std::mem::take(&mut state.unsynced_files), std::mem::take(&mut state.unsynced_dirs), root)
         };
+        if files.is_empty() && dirs.is_empty() && !root {
+            return Ok(());
+        }
         // Every fsync of one sync runs at once, outside the lock (writes go on meanwhile
         // and wait for the next sync): the filesystem commits them together, so a sync
         // costs one journal commit of the filesystem instead of one per file and folder.
@@ -309,6 +428,85 @@ impl BlockDevice for DirDisk {
         state.created_dirs |= root;
         Err(error)
     }
+}
+
+impl BlockDevice for DirDisk {
+    fn modified_secs(&self, name: BlockName) -> Result<Option<i64>, DeviceError> {
+        if let Some(secs) = self.segments.written_secs(name) {
+            return Ok(Some(secs));
+        }
+        let path = self.path(name);
+        let metadata = fs::metadata(&path).map_err(|e| io_error(&path, e))?;
+        Ok(metadata
+            .modified()
+            .ok()
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .and_then(|d| i64::try_from(d.as_secs()).ok()))
+    }
+
+    fn read(&self, name: BlockName) -> Result<Vec<u8>, DeviceError> {
+        if name.kind() == BlockKind::Fragment {
+            match self.segments.read(name) {
+                Err(DeviceError::NotFound) => {}
+                other => return other,
+            }
+        }
+        let path = self.path(name);
+        fs::read(&path).map_err(|e| io_error(&path, e))
+    }
+
+    fn write(&self, name: BlockName, data: &[u8]) -> Result<(), DeviceError> {
+        if name.kind() != BlockKind::Fragment {
+            let old = self.lock().sizes.get(&name).copied().unwrap_or(0);
+            self.check_room(old, data.len() as u64)?;
+            return self.write_file(name, data);
+        }
+        let legacy = self.lock().sizes.get(&name).copied().unwrap_or(0);
+        let old = self.segments.span_of(name).unwrap_or(0) + legacy;
+        self.check_room(old, segments::span(data.len() as u64))?;
+        self.check_identity()?;
+        self.segments.append(name, data)?;
+        if legacy > 0 {
+            // The record supersedes the file; a crash before the next sync may bring the
+            // file back, which reads the same block.
+            self.delete_file(name)?;
+        }
+        Ok(())
+    }
+
+    fn delete(&self, name: BlockName) -> Result<(), DeviceError> {
+        if name.kind() == BlockKind::Fragment {
+            self.segments.delete(name)?;
+        }
+        self.delete_file(name)
+    }
+
+    fn list(&self, kind: BlockKind) -> Result<Vec<BlockName>, DeviceError> {
+        let mut names: Vec<BlockName> = self.lock().sizes.keys().filter(|n| n.kind() == kind).copied().collect();
+        if kind == BlockKind::Fragment {
+            names.extend(self.segments.list());
+            names.sort();
+            names.dedup();
+        }
+        Ok(names)
+    }
+
+    fn sync(&self) -> Result<(), DeviceError> {
+        // The segments and the file blocks sync at once: one barrier's fragment appends
+        // and its journal record share the filesystem's commit.
+        let results = run_all(
+            true,
+            vec![true, false],
+            |segments| {
+                if segments {
+                    self.segments.sync()
+                } else {
+                    self.sync_files()
+                }
+            },
+        );
+        results.into_iter().collect()
+    }
 
     /// The declared capacity — or less, when the filesystem underneath has filled up
     /// first: a disk is full when either is exhausted, never a stream of ENOSPC behind
@@ -318,7 +516,7 @@ impl BlockDevice for DirDisk {
         let Some(free) = statvfs_free_bytes(&self.root) else {
             return 0;
         };
-        let available = self.lock().used_bytes + free;
+        let available = self.used_bytes() + free;
         match self.capacity_bytes {
             Some(c) => c.min(available),
             None => available,
@@ -326,11 +524,20 @@ impl BlockDevice for DirDisk {
     }
 
     fn used_bytes(&self) -> u64 {
-        self.lock().used_bytes
+        self.lock().used_bytes + self.segments.used_bytes()
     }
 
     fn describe(&self) -> String {
         self.root.display().to_string()
+    }
+
+    /// Fragments still in files of their own (see `pack_legacy_fragments`).
+    fn legacy_blocks(&self) -> u64 {
+        self.lock().sizes.keys().filter(|n| n.kind() == BlockKind::Fragment).count() as u64
+    }
+
+    fn upgrade_layout(&self, progress: &mut dyn FnMut(u64, u64)) -> Result<u64, DeviceError> {
+        self.pack_legacy_fragments(progress)
     }
 }
 

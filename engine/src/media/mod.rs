@@ -8,3 +8,4 @@ pub mod dirdisk;
 pub mod fragment;
 pub mod frame;
 pub mod label;
+pub mod segments;

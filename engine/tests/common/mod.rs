@@ -4,6 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use dfs_engine::data::namespace::Owner;
+pub use dfs_engine::media::dirdisk::{stored_fragments, StoredFragment};
 use dfs_engine::pooldir::PoolDir;
 use dfs_engine::{Ino, Policy, Pool, PoolOptions};
 
@@ -100,9 +101,10 @@ pub fn pattern(len: usize, seed: u64) -> Vec<u8> {
         .collect()
 }
 
-/// Every fragment file under a disk directory.
-pub fn fragment_files(disk: &Path) -> Vec<PathBuf> {
-    blocks(disk, "fragment")
+/// Every fragment stored on a disk directory (in its segments, or in files of their own
+/// for a pool made before segments), by name.
+pub fn fragments_on(disk: &Path) -> Vec<StoredFragment> {
+    stored_fragments(disk).unwrap()
 }
 
 /// Every block file of one namespace (`journal`, `checkpoint`, `fragment`) of a disk
