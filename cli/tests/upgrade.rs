@@ -52,6 +52,16 @@ fn a_pool_of_one_file_per_fragment_is_served_and_upgraded_in_place() {
     let file = fs::read_dir(first.join("fragment")).unwrap().next().unwrap().unwrap().path();
     let before = fs::read(&file).unwrap();
 
+    let health = pool.json("health");
+    let named: Vec<&str> = health["problems"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["action"].as_str().unwrap().contains("dfs upgrade"))
+        .map(|p| p["subject"].as_str().unwrap())
+        .collect();
+    assert_eq!(named, ["d1", "d2", "d3"], "{health}");
+
     let report = ok(&["upgrade", "--pool", pool.path()]);
     for (i, disk) in pool.disks.iter().enumerate() {
         assert!(report.contains(&format!("d{}: 5 fragment(s) moved into segments", i + 1)), "{report}");
@@ -70,6 +80,8 @@ fn a_pool_of_one_file_per_fragment_is_served_and_upgraded_in_place() {
     for extent in verified.as_array().unwrap() {
         assert_eq!(extent["fragments_available"], extent["fragments_total"], "{extent}");
     }
+    let health = ok(&["health", "--pool", pool.path()]);
+    assert!(!health.contains("dfs upgrade"), "{health}");
     let again = ok(&["upgrade", "--pool", pool.path()]);
     assert!(again.contains("already stores its fragments in segments"), "{again}");
 }

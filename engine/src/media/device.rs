@@ -5,8 +5,9 @@
 //! - a `write` or `delete` is visible to `read`/`list` at once, but durable only after a
 //!   later `sync` returns `Ok`;
 //! - a crash may drop any subset of the writes and deletes issued since the last completed
-//!   `sync`, and may leave one in-flight write torn (a prefix of it, possibly followed by
-//!   garbage); everything synced survives;
+//!   `sync`, and may leave any of those writes torn (a prefix of it, possibly followed by
+//!   garbage: `DirDisk`'s segments can tear several appends at once); everything synced
+//!   survives;
 //! - `read` may return corrupted bytes (bit rot, misdirected writes) or fail (latent error,
 //!   dead disk): every block carries its own checksum and the engine verifies it on every read;
 //! - capacity is finite: a write that does not fit fails with `DeviceError::NoSpace` and

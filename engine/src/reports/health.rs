@@ -114,6 +114,18 @@ impl Pool {
                 ),
                 DiskState::Active | DiskState::Removed => {}
             }
+            let legacy = self.devices.get(&disk.id).map_or(0, |d| d.legacy_blocks());
+            if legacy > 0 {
+                add(
+                    Severity::Warning,
+                    &id,
+                    format!(
+                        "disk {id} keeps {legacy} fragment(s) in files of their own (the layout before segments): \
+                         they are served as they are, at an inode each"
+                    ),
+                    "pack them into segments: dfs upgrade --pool POOL (resumable; works on a mounted pool)",
+                );
+            }
             if let Some(offline) = self.state.offline.get(&disk.id).filter(|_| disk.state.readable()) {
                 let grace = self.state.availability.grace_secs;
                 let left = (offline.since.secs + grace as i64 - self.clock.wall().secs).max(0);
