@@ -1,7 +1,9 @@
 //! `--crash-points`: re-runs a scenario crashing at every device write, and at each one
 //! checks the oracle after recovering from many crash states of the pending operations —
-//! every subset when there are at most 10, otherwise every prefix, every drop-one, every
-//! tear-one and 1,000 random subsets.
+//! every subset when there are at most 10, otherwise every prefix, every drop-one and
+//! 1,000 random subsets; then every tear-one, all torn at once, and random mixes in
+//! which each write is independently dropped, landed or torn (a disk's segments can
+//! tear several appends in one crash).
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -14,6 +16,8 @@ use crate::scenario::Scenario;
 const EXHAUSTIVE_MAX: usize = 10;
 /// Random subsets tried beyond the exhaustive limit.
 const RANDOM_SUBSETS: usize = 1000;
+/// Random mixes of dropped, landed and torn writes tried at every crash point.
+const RANDOM_TEARS: usize = 16;
 
 /// What the exploration covered and found.
 pub struct CrashReport {
@@ -86,6 +90,28 @@ pub fn crash_states(pending: &[Vec<Pending>], seed: u64) -> Vec<Vec<Vec<Fate>>> 
         if *len > 1 {
             states.push(shape(&|k| if k == torn { Fate::Torn { keep: len / 2, garbage: 7 } } else { Fate::Land }));
         }
+    }
+    let tear = |len: usize, keep: usize, garbage: usize| {
+        if len > 1 {
+            Fate::Torn { keep: keep.min(len - 1), garbage }
+        } else {
+            Fate::Drop
+        }
+    };
+    if flat.iter().filter(|(_, _, len)| *len > 1).count() > 1 {
+        states.push(shape(&|k| tear(flat[k].2, flat[k].2 / 2, 7)));
+    }
+    let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x7ea5);
+    for _ in 0..RANDOM_TEARS.min(n) {
+        let mix: Vec<Fate> = flat
+            .iter()
+            .map(|(_, _, len)| match rng.random_range(0..3) {
+                0 => Fate::Drop,
+                1 => Fate::Land,
+                _ => tear(*len, rng.random_range(0..(*len).max(1)), rng.random_range(0..2) * 7),
+            })
+            .collect();
+        states.push(shape(&|k| mix[k]));
     }
     states
 }
