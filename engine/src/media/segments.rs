@@ -22,8 +22,10 @@
 //! - Because the checksum covers the record's own segment id and offset, and payloads
 //!   start 64 bytes past a 4 KiB boundary, bytes inside a payload (even a copy of another
 //!   segment) are never taken for a record header.
-//! - A name written again gets a new record with a higher sequence number; the newest
-//!   valid record of a name wins at `open`. The replaced record is punched only after
+//! - A name written again gets a new record with a higher sequence number (never below
+//!   the wall clock in nanoseconds, so numbers keep rising across reopens even when the
+//!   segment that held the highest is gone); the newest valid record of a name wins at
+//!   `open`. The replaced record is punched only after
 //!   the next `sync`, so the old copy is never gone before the new one is durable.
 //! - A deleted record's span is punched at once (the engine deletes a fragment only once
 //!   the record freeing it is durable). A segment that holds no live record and is not
@@ -223,8 +225,10 @@ impl Segments {
         let (file, loc) = {
             let mut state = self.lock();
             let id = self.active_with_room(&mut state, span)?;
-            let seq = state.next_seq;
-            state.next_seq += 1;
+            // Never below a sequence number a deleted segment may still hold: a record
+            // whose delete a crash undid must not outrank a later record of its name.
+            let seq = state.next_seq.max(now_nanos());
+            state.next_seq = seq + 1;
             let segment = state.segments.get_mut(&id).ok_or(DeviceError::NotFound)?;
             let offset = segment.tail;
             segment.tail += span;
@@ -430,6 +434,14 @@ impl State {
             assert!(self.segments.contains_key(&active), "the active segment is gone");
         }
     }
+}
+
+/// The wall clock in nanoseconds: sequence numbers never fall below it, so they keep
+/// rising across reopens even when the segments that held the highest ones are gone.
+fn now_nanos() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX / 2))
 }
 
 fn now_secs() -> i64 {
@@ -812,6 +824,23 @@ mod tests {
         assert_eq!(segments.list(), vec![name(0, 0), name(1, 0)]);
         assert_eq!(segments.read(name(0, 0)).unwrap(), payload(0, 6000));
         assert_eq!(segments.used_bytes(), 2 * span(6000));
+    }
+
+    #[test]
+    fn sequence_numbers_keep_rising_when_the_segments_that_held_them_are_gone() {
+        let dir = tempfile::tempdir().unwrap();
+        let segments = Segments::open(dir.path()).unwrap();
+        segments.append(name(1, 0), b"first").unwrap();
+        segments.sync().unwrap();
+        let first = scan(dir.path()).unwrap()[0].seq;
+        segments.delete(name(1, 0)).unwrap();
+        segments.sync().unwrap();
+        drop(segments);
+        let segments = Segments::open(dir.path()).unwrap();
+        assert!(scan(dir.path()).unwrap().is_empty(), "the empty segment outlived open");
+        segments.append(name(1, 0), b"second").unwrap();
+        let second = scan(dir.path()).unwrap()[0].seq;
+        assert!(second > first, "a record written after the reopen ranks below an older one: {second} <= {first}");
     }
 
     #[test]
