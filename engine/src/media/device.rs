@@ -135,6 +135,27 @@ pub enum DeviceError {
     Io(String),
 }
 
+impl DeviceError {
+    /// What a failed file operation on `path` means for a disk kept in files: no room,
+    /// no such block, a directory this user may not use (unreachable until put right,
+    /// not a failing sector), or an I/O error naming the path.
+    pub fn from_io(path: &std::path::Path, e: std::io::Error) -> DeviceError {
+        if e.raw_os_error() == Some(libc::ENOSPC) {
+            return DeviceError::NoSpace;
+        }
+        if e.kind() == std::io::ErrorKind::NotFound {
+            return DeviceError::NotFound;
+        }
+        if e.kind() == std::io::ErrorKind::PermissionDenied {
+            return DeviceError::Unavailable(format!(
+                "{}: permission denied (EACCES): this user may not use it; check its owner and mode",
+                path.display()
+            ));
+        }
+        DeviceError::Io(format!("{}: {e}", path.display()))
+    }
+}
+
 /// One disk. See the module header for the durability contract every method obeys.
 pub trait BlockDevice: Send + Sync {
     /// Returns the full contents of the block as last written (subject to corruption).

@@ -141,21 +141,7 @@ impl DirDisk {
 }
 
 fn io_error(path: &Path, e: std::io::Error) -> DeviceError {
-    if e.raw_os_error() == Some(libc::ENOSPC) {
-        return DeviceError::NoSpace;
-    }
-    if e.kind() == ErrorKind::NotFound {
-        return DeviceError::NotFound;
-    }
-    if e.kind() == ErrorKind::PermissionDenied {
-        // Not a failing sector: this process may not use the directory (its mode or
-        // owner changed). The disk is unreachable until that is put right.
-        return DeviceError::Unavailable(format!(
-            "{}: permission denied (EACCES): this user may not use it; check its owner and mode",
-            path.display()
-        ));
-    }
-    DeviceError::Io(format!("{}: {e}", path.display()))
+    DeviceError::from_io(path, e)
 }
 
 /// Where one fragment lies in a disk directory: a range of a segment file, or (a pool

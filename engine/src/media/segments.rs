@@ -17,7 +17,11 @@
 //!   last `sync` may be lost. Everything synced survives. `open` rebuilds the index by
 //!   walking record headers: a header that fails its checksum (torn, rotten, a hole) is
 //!   skipped by seeking to the next data, so one bad header costs one record, never the
-//!   rest of its segment. A payload is not checked here: it is a fragment block that
+//!   rest of its segment. Appends go on past the span of every valid header, a torn
+//!   record's too, so no later record is ever swallowed by one (once later appends
+//!   have grown the file past its claimed end, a torn record reads back as a block of
+//!   its length with garbage in it, which the contract allows for a torn write). A
+//!   payload is not checked here: it is a fragment block that
 //!   carries its own BLAKE3, and the engine verifies it on every read.
 //! - Because the checksum covers the record's own segment id and offset, and payloads
 //!   start 64 bytes past a 4 KiB boundary, bytes inside a payload (even a copy of another
@@ -138,9 +142,9 @@ impl Segments {
             let file = OpenOptions::new().read(true).write(true).open(&path).map_err(|e| io_error(&path, e))?;
             let len = file.metadata().map_err(|e| io_error(&path, e))?.len();
             let mut records = Vec::new();
-            scan_segment(&file, id, len, &path, &mut records)?;
+            let tail = scan_segment(&file, id, len, &path, &mut records)?;
             let file = Arc::new(file);
-            state.segments.insert(id, Segment { file, tail: len.div_ceil(ALIGN) * ALIGN, records: 0 });
+            state.segments.insert(id, Segment { file, tail, records: 0 });
             state.unsynced.insert(id);
             for (name, loc) in records {
                 state.next_seq = state.next_seq.max(loc.seq + 1);
@@ -529,14 +533,18 @@ fn segment_files(dir: &Path) -> Result<Vec<(u64, PathBuf)>, DeviceError> {
     Ok(out)
 }
 
-/// Walks the record headers of one segment file of `len` bytes.
+/// Walks the record headers of one segment file of `len` bytes. Returns where appends
+/// may go on: past the file's end, and past the span every valid header claims — a torn
+/// record's too, so no later append lands inside it and is swallowed by it once the
+/// file has grown past its claimed end.
 fn scan_segment(
     file: &File,
     id: u64,
     len: u64,
     path: &Path,
     out: &mut Vec<(BlockName, Loc)>,
-) -> Result<(), DeviceError> {
+) -> Result<u64, DeviceError> {
+    let mut tail = len.div_ceil(ALIGN) * ALIGN;
     let mut head = [0u8; 16];
     if len >= head.len() as u64 {
         file.read_exact_at(&mut head, 0).map_err(|e| io_error(path, e))?;
@@ -554,7 +562,11 @@ fn scan_segment(
     let mut header = [0u8; RECORD_HEADER_LEN as usize];
     while offset + RECORD_HEADER_LEN <= len {
         file.read_exact_at(&mut header, offset).map_err(|e| io_error(path, e))?;
-        match decode_header(&header, id, offset) {
+        let decoded = decode_header(&header, id, offset);
+        if let Some((_, loc)) = &decoded {
+            tail = tail.max(offset + loc.span());
+        }
+        match decoded {
             Some((name, loc)) if offset + RECORD_HEADER_LEN + u64::from(loc.len) <= len => {
                 out.push((name, loc));
                 offset += loc.span();
@@ -567,7 +579,7 @@ fn scan_segment(
             },
         }
     }
-    Ok(())
+    Ok(tail)
 }
 
 /// Writes `head` then `body` at `offset` in one system call where it can (no copy of the
@@ -631,16 +643,7 @@ fn punch(file: &File, offset: u64, span: u64) -> std::io::Result<()> {
 }
 
 fn io_error(path: &Path, e: std::io::Error) -> DeviceError {
-    if e.raw_os_error() == Some(libc::ENOSPC) {
-        return DeviceError::NoSpace;
-    }
-    if e.kind() == ErrorKind::PermissionDenied {
-        return DeviceError::Unavailable(format!(
-            "{}: permission denied (EACCES): this user may not use it; check its owner and mode",
-            path.display()
-        ));
-    }
-    DeviceError::Io(format!("{}: {e}", path.display()))
+    DeviceError::from_io(path, e)
 }
 
 /// Every record in the segments of the disk at `root`, newest per name, read without
@@ -844,6 +847,28 @@ mod tests {
     }
 
     #[test]
+    fn an_append_after_a_torn_record_is_never_swallowed_by_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let segments = Segments::open(dir.path()).unwrap();
+        segments.append(name(0, 0), &[7]).unwrap();
+        segments.sync().unwrap();
+        segments.append(name(1, 0), &payload(1, 8129)).unwrap();
+        drop(segments);
+        // The crash keeps the torn record's header and its first 4 KiB.
+        let (_, path) = segment_files(&dir.path().join(SEGMENTS_DIR)).unwrap().remove(0);
+        let image = fs::read(&path).unwrap();
+        fs::write(&path, &image[..2 * ALIGN as usize + 4097]).unwrap();
+        let segments = Segments::open(dir.path()).unwrap();
+        assert_eq!(segments.list(), vec![name(0, 0)]);
+        segments.append(name(2, 0), b"after").unwrap();
+        segments.sync().unwrap();
+        drop(segments);
+        let segments = Segments::open(dir.path()).unwrap();
+        assert_eq!(segments.read(name(2, 0)).unwrap(), b"after");
+        assert_eq!(segments.read(name(0, 0)).unwrap(), [7]);
+    }
+
+    #[test]
     fn a_segment_of_an_unknown_format_is_refused_by_name() {
         let dir = tempfile::tempdir().unwrap();
         let segments = Segments::open(dir.path()).unwrap();
@@ -878,7 +903,7 @@ mod tests {
     }
 
     proptest! {
-        #![proptest_config(ProptestConfig::with_cases(64))]
+        #![proptest_config(ProptestConfig::with_cases(256))]
         /// The crash model of the module header: whatever happens to the appends since the
         /// last sync, every synced record reads back exactly, the walk never fails, and a
         /// name is only ever listed with bytes that were written for it.
