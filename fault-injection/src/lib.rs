@@ -319,6 +319,15 @@ impl<D: BlockDevice> BlockDevice for FaultyDevice<D> {
         self.gate()?;
         self.inner.upgrade_layout(progress)
     }
+
+    fn wants_compaction(&self) -> bool {
+        self.inner.wants_compaction()
+    }
+
+    fn compact(&self, budget_bytes: u64) -> Result<u64, DeviceError> {
+        self.gate()?;
+        self.inner.compact(budget_bytes)
+    }
 }
 
 #[cfg(test)]

@@ -204,6 +204,20 @@ pub trait BlockDevice: Send + Sync {
         let _ = progress;
         Ok(0)
     }
+
+    /// Whether the device keeps space of deleted blocks that `compact` would return
+    /// (`DirDisk` on a filesystem that cannot punch holes).
+    fn wants_compaction(&self) -> bool {
+        false
+    }
+
+    /// Moves up to `budget_bytes` of live blocks so that dead space can be returned,
+    /// crash-safe, and makes the moves durable; returns the bytes moved (0: nothing to
+    /// do). Blocks keep their names and contents: the engine sees no change.
+    fn compact(&self, budget_bytes: u64) -> Result<u64, DeviceError> {
+        let _ = budget_bytes;
+        Ok(0)
+    }
 }
 
 /// A device that fails every call: stands in for a disk that could not be opened, so

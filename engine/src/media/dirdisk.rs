@@ -525,6 +525,15 @@ impl BlockDevice for DirDisk {
     fn upgrade_layout(&self, progress: &mut dyn FnMut(u64, u64)) -> Result<u64, DeviceError> {
         self.pack_legacy_fragments(progress)
     }
+
+    fn wants_compaction(&self) -> bool {
+        self.segments.wants_compaction()
+    }
+
+    fn compact(&self, budget_bytes: u64) -> Result<u64, DeviceError> {
+        self.check_identity()?;
+        self.segments.compact(budget_bytes)
+    }
 }
 
 #[cfg(test)]

@@ -33,9 +33,12 @@
 //!   the next `sync`, so the old copy is never gone before the new one is durable.
 //! - A deleted record's span is punched at once (the engine deletes a fragment only once
 //!   the record freeing it is durable). A segment that holds no live record and is not
-//!   the active one is deleted. Space is therefore returned as it dies: there is no dead
-//!   space for a compactor to reclaim, except on a filesystem that cannot punch holes,
-//!   where a dead record's header is zeroed instead and its bytes return with its segment.
+//!   the active one is deleted. Space is therefore returned as it dies. On a filesystem
+//!   that cannot punch holes (exFAT, for one) a dead record's header is zeroed instead
+//!   and its bytes return with its segment; there `compact` copies the live records of
+//!   a mostly dead segment to the active one (a newer record of the same block, indexed
+//!   only if the block was not deleted or rewritten meanwhile), syncs, and the emptied
+//!   segment is deleted — the engine's background worker runs it in bounded steps.
 //! - `used_bytes` is the sum of the live records' spans.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -43,6 +46,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::ErrorKind;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use crate::base::io::run_all;
@@ -114,6 +118,12 @@ pub struct Segments {
     root: PathBuf,
     dir: PathBuf,
     state: Mutex<State>,
+    /// A segment stops taking appends past this size (`SEGMENT_BYTES`; tests use less).
+    segment_bytes: u64,
+    /// Whether the filesystem has punched every hole asked of it. Once it refused, dead
+    /// records keep their bytes until their segment dies, and `compact` empties segments
+    /// that are mostly dead.
+    holes: AtomicBool,
 }
 
 /// One record found by `scan`, for tools and tests that look at a disk from outside.
@@ -136,6 +146,10 @@ impl Segments {
     /// headers (see the module header). A segment of a format this build does not know is
     /// refused by name.
     pub fn open(root: &Path) -> Result<Segments, DeviceError> {
+        Segments::open_sized(root, SEGMENT_BYTES)
+    }
+
+    fn open_sized(root: &Path, segment_bytes: u64) -> Result<Segments, DeviceError> {
         let dir = root.join(SEGMENTS_DIR);
         let mut state = State { next_seq: 1, ..State::default() };
         for (id, path) in segment_files(&dir)? {
@@ -152,7 +166,13 @@ impl Segments {
             }
         }
         let empty: Vec<u64> = state.segments.iter().filter(|(_, s)| s.records == 0).map(|(id, _)| *id).collect();
-        let segments = Segments { root: root.to_path_buf(), dir, state: Mutex::new(state) };
+        let segments = Segments {
+            root: root.to_path_buf(),
+            dir,
+            state: Mutex::new(state),
+            segment_bytes,
+            holes: AtomicBool::new(true),
+        };
         {
             let mut state = segments.lock();
             for id in empty {
@@ -220,6 +240,13 @@ impl Segments {
     /// The caller has checked capacity. Nothing is indexed when the write fails, and the
     /// reserved range is punched again.
     pub fn append(&self, name: BlockName, payload: &[u8]) -> Result<(), DeviceError> {
+        self.append_record(name, payload, None)
+    }
+
+    /// `append`, or with `expect` a relocation: indexed only if `name` still has the
+    /// record `expect` once the copy is written (a block deleted or rewritten meanwhile
+    /// stays so; the copy waits for a sync and is punched).
+    fn append_record(&self, name: BlockName, payload: &[u8], expect: Option<Loc>) -> Result<(), DeviceError> {
         let BlockName::Fragment { extent, index } = name else {
             unreachable!("only fragments are stored in segments, not {name}");
         };
@@ -248,12 +275,17 @@ impl Segments {
             return Err(io_error(&self.path(loc.segment), e));
         }
         let mut state = self.lock();
+        // Marked only now: a sync that began before the write ended does not cover it.
+        state.unsynced.insert(loc.segment);
+        if expect.is_some() && state.index.get(&name) != expect.as_ref() {
+            // Counted in its segment since the reservation, like any replaced record.
+            state.replaced.push(loc);
+            return Ok(());
+        }
         // The reservation counted this record in its segment; `add` counts it again.
         if let Some(segment) = state.segments.get_mut(&loc.segment) {
             segment.records -= 1;
         }
-        // Marked only now: a sync that began before the write ended does not cover it.
-        state.unsynced.insert(loc.segment);
         state.add(name, loc);
         state.check();
         Ok(())
@@ -269,7 +301,7 @@ impl Segments {
             state.used_bytes -= loc.span();
             (Arc::clone(&state.segments[&loc.segment].file), loc)
         };
-        let result = punch(&file, loc.offset, loc.span()).map_err(|e| io_error(&self.path(loc.segment), e));
+        let result = self.punch(&file, &loc);
         let mut state = self.lock();
         state.unsynced.insert(loc.segment);
         self.release(&mut state, loc.segment);
@@ -315,7 +347,7 @@ impl Segments {
             let file = Arc::clone(&self.lock().segments[&loc.segment].file);
             // A punch that fails leaves dead bytes, never a wrong answer: the newer record
             // wins at every open.
-            let _ = punch(&file, loc.offset, loc.span());
+            let _ = self.punch(&file, &loc);
             let mut state = self.lock();
             state.unsynced.insert(loc.segment);
             self.release(&mut state, loc.segment);
@@ -323,10 +355,77 @@ impl Segments {
         Ok(())
     }
 
+    /// Punches a dead record, noting a filesystem that cannot punch holes.
+    fn punch(&self, file: &File, loc: &Loc) -> Result<(), DeviceError> {
+        match punch(file, loc.offset, loc.span()) {
+            Ok(true) => Ok(()),
+            Ok(false) => {
+                self.holes.store(false, Ordering::Relaxed);
+                Ok(())
+            }
+            Err(e) => Err(io_error(&self.path(loc.segment), e)),
+        }
+    }
+
+    /// Whether a segment holds more dead bytes than live ones on a filesystem that keeps
+    /// dead bytes (one that cannot punch holes): `compact` has work.
+    pub fn wants_compaction(&self) -> bool {
+        self.compaction_victim().is_some()
+    }
+
+    /// The segment (not the active one) with the most dead bytes, if more than half of
+    /// it is dead and the filesystem keeps dead bytes.
+    fn compaction_victim(&self) -> Option<u64> {
+        if self.holes.load(Ordering::Relaxed) {
+            return None;
+        }
+        let state = self.lock();
+        let mut live: BTreeMap<u64, u64> = BTreeMap::new();
+        for loc in state.index.values() {
+            *live.entry(loc.segment).or_default() += loc.span();
+        }
+        state
+            .segments
+            .iter()
+            .filter(|(id, _)| state.active != Some(**id))
+            .map(|(id, segment)| (*id, segment.tail.saturating_sub(ALIGN), live.get(id).copied().unwrap_or(0)))
+            .filter(|(_, size, live)| *size > 0 && live * 2 < *size)
+            .max_by_key(|(_, size, live)| size - live)
+            .map(|(id, _, _)| id)
+    }
+
+    /// Moves up to `budget` bytes of live records out of the most dead segment into the
+    /// active one, then syncs: once none is left the old segment is deleted and its dead
+    /// bytes come back. Crash-safe by construction: a copy is a newer record of the same
+    /// block, and the original is only given up after the sync that made the copy
+    /// durable. Returns the bytes moved (0: nothing to compact).
+    pub fn compact(&self, budget: u64) -> Result<u64, DeviceError> {
+        let Some(victim) = self.compaction_victim() else {
+            return Ok(0);
+        };
+        let records: Vec<(BlockName, Loc)> =
+            self.lock().index.iter().filter(|(_, loc)| loc.segment == victim).map(|(n, l)| (*n, *l)).collect();
+        let mut moved = 0;
+        for (name, old) in records {
+            if moved >= budget {
+                break;
+            }
+            let payload = match self.read(name) {
+                Ok(payload) => payload,
+                Err(DeviceError::NotFound) => continue,
+                Err(e) => return Err(e),
+            };
+            self.append_record(name, &payload, Some(old))?;
+            moved += old.span();
+        }
+        self.sync()?;
+        Ok(moved)
+    }
+
     /// The active segment when the record fits, else a new one.
     fn active_with_room(&self, state: &mut State, span: u64) -> Result<u64, DeviceError> {
         if let Some(id) = state.active {
-            if state.segments[&id].tail + span <= SEGMENT_BYTES.max(ALIGN + span) {
+            if state.segments[&id].tail + span <= self.segment_bytes.max(ALIGN + span) {
                 return Ok(id);
             }
         }
@@ -620,10 +719,11 @@ fn next_data(file: &File, from: u64) -> Option<u64> {
     u64::try_from(at).ok()
 }
 
-/// Frees `span` bytes at `offset`, keeping the file's size. Where the filesystem cannot
-/// punch holes, the record's header is zeroed instead so no scan finds it again.
+/// Frees `span` bytes at `offset`, keeping the file's size; `false` where the filesystem
+/// cannot punch holes and the record's header was zeroed instead, so no scan finds it
+/// again (its bytes return with its segment).
 #[allow(unsafe_code)]
-fn punch(file: &File, offset: u64, span: u64) -> std::io::Result<()> {
+fn punch(file: &File, offset: u64, span: u64) -> std::io::Result<bool> {
     use std::os::fd::AsRawFd;
     let (Ok(off), Ok(len)) = (libc::off_t::try_from(offset), libc::off_t::try_from(span)) else {
         return Err(std::io::Error::from(ErrorKind::InvalidInput));
@@ -633,11 +733,11 @@ fn punch(file: &File, offset: u64, span: u64) -> std::io::Result<()> {
     let rc =
         unsafe { libc::fallocate(file.as_raw_fd(), libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE, off, len) };
     if rc == 0 {
-        return Ok(());
+        return Ok(true);
     }
     let error = std::io::Error::last_os_error();
     if error.raw_os_error() == Some(libc::EOPNOTSUPP) {
-        return file.write_all_at(&[0u8; RECORD_HEADER_LEN as usize], offset);
+        return file.write_all_at(&[0u8; RECORD_HEADER_LEN as usize], offset).map(|()| false);
     }
     Err(error)
 }
@@ -866,6 +966,40 @@ mod tests {
         let segments = Segments::open(dir.path()).unwrap();
         assert_eq!(segments.read(name(2, 0)).unwrap(), b"after");
         assert_eq!(segments.read(name(0, 0)).unwrap(), [7]);
+    }
+
+    #[test]
+    fn where_holes_cannot_be_punched_compaction_empties_mostly_dead_segments() {
+        let dir = tempfile::tempdir().unwrap();
+        // 64 KiB segments of seven 8 KiB records each.
+        let segments = Segments::open_sized(dir.path(), 64 << 10).unwrap();
+        for i in 0..20 {
+            segments.append(name(i, 0), &payload(i, 5000)).unwrap();
+        }
+        segments.sync().unwrap();
+        let files = || segment_files(&dir.path().join(SEGMENTS_DIR)).unwrap().len();
+        assert_eq!(files(), 3);
+        for i in [0, 1, 2, 3, 4, 8] {
+            segments.delete(name(i, 0)).unwrap();
+        }
+        assert!(!segments.wants_compaction(), "holes were punched: nothing to compact");
+        segments.holes.store(false, Ordering::Relaxed);
+        assert!(segments.wants_compaction());
+        assert_eq!(segments.compact(1 << 20).unwrap(), 2 * span(5000), "the two live records of the first segment");
+        let first = dir.path().join(SEGMENTS_DIR).join(format!("{:016x}.seg", 1));
+        assert!(!first.exists(), "the emptied segment was not deleted");
+        assert!(!segments.wants_compaction(), "the second segment is mostly live");
+        let live: Vec<u64> = (0..20).filter(|i| ![0, 1, 2, 3, 4, 8].contains(i)).collect();
+        for i in &live {
+            assert_eq!(segments.read(name(*i, 0)).unwrap(), payload(*i, 5000));
+        }
+        assert_eq!(segments.used_bytes(), live.len() as u64 * span(5000));
+        drop(segments);
+        let segments = Segments::open(dir.path()).unwrap();
+        assert_eq!(segments.list().len(), live.len());
+        for i in &live {
+            assert_eq!(segments.read(name(*i, 0)).unwrap(), payload(*i, 5000));
+        }
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! The background worker's unit of work: drain draining disks, carry policy transitions
 //! forward, rebuild degraded extents (most endangered first), then migrate extents to
-//! the policy their temperature calls for. Each step is bounded, so a foreground request
+//! the policy their temperature calls for, and last compact disks that keep dead space
+//! (a filesystem that cannot punch holes). Each step is bounded, so a foreground request
 //! waits at most for one small batch; the daemon calls it in a loop. Redundancy comes
 //! before temperature: migrations run only when nothing else is waiting.
 
@@ -11,6 +12,9 @@ use crate::pool::Pool;
 /// Extents one background step touches at most.
 pub const STEP_EXTENTS: usize = 4;
 
+/// Bytes one compaction step moves at most.
+pub const STEP_COMPACT_BYTES: u64 = 16 << 20;
+
 impl Pool {
     /// Whether a drain, a transition, a rebuild or a migration is waiting.
     pub fn has_background_work(&self) -> bool {
@@ -18,6 +22,7 @@ impl Pool {
             || !self.open_transitions().is_empty()
             || !self.rebuild_queue().is_empty()
             || self.has_migration_work()
+            || self.devices.values().any(|d| d.wants_compaction())
     }
 
     /// Draining disks that can be read: an offline one waits until it is back (or failed).
@@ -49,6 +54,26 @@ impl Pool {
         if rebuilt > 0 {
             return Ok(rebuilt);
         }
-        self.migration_step(STEP_EXTENTS, false)
+        let migrated = self.migration_step(STEP_EXTENTS, false)?;
+        if migrated > 0 {
+            return Ok(migrated);
+        }
+        Ok(self.compact_step())
+    }
+
+    /// Compacts one disk that keeps dead space; 1 if it moved anything. A disk that fails
+    /// to compact is left as it is (its blocks are unchanged) and tried again later.
+    fn compact_step(&mut self) -> usize {
+        for (disk, device) in &self.devices {
+            if !device.wants_compaction() {
+                continue;
+            }
+            match device.compact(STEP_COMPACT_BYTES) {
+                Ok(moved) if moved > 0 => return 1,
+                Ok(_) => {}
+                Err(error) => tracing::warn!(%disk, %error, "compaction failed; the disk keeps its dead space for now"),
+            }
+        }
+        0
     }
 }
