@@ -96,6 +96,13 @@ impl Clock for SystemClock {
     }
 }
 
+/// The real wall clock in nanoseconds since the epoch, to the nanosecond (0 before it):
+/// for the production disk backend, which orders its records by it across restarts and
+/// never runs in the simulator. The engine itself reads time only through `Clock`.
+pub fn system_wall_nanos() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX / 2))
+}
+
 #[cfg(test)]
 mod tests {
     use super::WallTime;

@@ -49,6 +49,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use crate::base::clock::system_wall_nanos;
 use crate::base::io::run_all;
 use crate::media::device::{BlockName, DeviceError, ExtentId};
 
@@ -252,13 +253,19 @@ impl Segments {
         };
         let len = u32::try_from(payload.len()).map_err(|_| DeviceError::Io("fragment larger than 4 GiB".into()))?;
         let span = span(u64::from(len));
-        let written_secs = now_secs();
+        // The time, from the clock seam's production side (`DirDisk` never runs in the
+        // simulator), to the nanosecond: the record's age for the orphan
+        // collector's guard (see `BlockDevice::modified_secs`), and a floor for its
+        // sequence number, so numbers keep rising across reopens even when the segments
+        // that held the highest ones are gone.
+        let now_nanos = system_wall_nanos();
+        let written_secs = i64::try_from(now_nanos / 1_000_000_000).unwrap_or(i64::MAX);
         let (file, loc) = {
             let mut state = self.lock();
             let id = self.active_with_room(&mut state, span)?;
             // Never below a sequence number a deleted segment may still hold: a record
             // whose delete a crash undid must not outrank a later record of its name.
-            let seq = state.next_seq.max(now_nanos());
+            let seq = state.next_seq.max(now_nanos);
             state.next_seq = seq + 1;
             let segment = state.segments.get_mut(&id).ok_or(DeviceError::NotFound)?;
             let offset = segment.tail;
@@ -537,21 +544,6 @@ impl State {
             assert!(self.segments.contains_key(&active), "the active segment is gone");
         }
     }
-}
-
-/// The wall clock in nanoseconds: sequence numbers never fall below it, so they keep
-/// rising across reopens even when the segments that held the highest ones are gone.
-fn now_nanos() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX / 2))
-}
-
-fn now_secs() -> i64 {
-    // Only the orphan collector's age guard reads this (see `BlockDevice::modified_secs`).
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
 }
 
 fn encode_segment_header() -> Vec<u8> {
