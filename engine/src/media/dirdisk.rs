@@ -433,7 +433,9 @@ impl BlockDevice for DirDisk {
     fn read(&self, name: BlockName) -> Result<Vec<u8>, DeviceError> {
         if name.kind() == BlockKind::Fragment {
             match self.segments.read(name) {
-                Err(DeviceError::NotFound) => {}
+                // A fragment in a file of its own (layout 1), if the disk holds one: a
+                // missing fragment costs no look at the filesystem.
+                Err(DeviceError::NotFound) if self.lock().sizes.contains_key(&name) => {}
                 other => return other,
             }
         }

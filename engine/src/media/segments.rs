@@ -196,11 +196,6 @@ impl Segments {
         self.dir.join(format!("{id:016x}.seg"))
     }
 
-    /// Whether `name` has a record here.
-    pub fn contains(&self, name: BlockName) -> bool {
-        self.lock().index.contains_key(&name)
-    }
-
     /// The span the record of `name` occupies, if there is one.
     pub fn span_of(&self, name: BlockName) -> Option<u64> {
         self.lock().index.get(&name).map(Loc::span)
@@ -779,6 +774,22 @@ mod tests {
         (0..len).map(|i| (seed.wrapping_mul(31).wrapping_add(i as u64 * 7) % 251) as u8).collect()
     }
 
+    /// A disk holding `count` synced records of `len` bytes: extents `0..count`, fragment
+    /// `index`.
+    fn synced_records(dir: &Path, count: u64, index: u8, len: usize) -> Segments {
+        let segments = Segments::open(dir).unwrap();
+        for i in 0..count {
+            segments.append(name(i, index), &payload(i, len)).unwrap();
+        }
+        segments.sync().unwrap();
+        segments
+    }
+
+    /// The disk's oldest segment file.
+    fn first_segment(dir: &Path) -> PathBuf {
+        segment_files(&dir.join(SEGMENTS_DIR)).unwrap().remove(0).1
+    }
+
     fn allocated(root: &Path) -> u64 {
         segment_files(&root.join(SEGMENTS_DIR))
             .unwrap()
@@ -858,13 +869,9 @@ mod tests {
     #[test]
     fn a_rotten_header_costs_its_record_and_no_other() {
         let dir = tempfile::tempdir().unwrap();
-        let segments = Segments::open(dir.path()).unwrap();
-        for i in 0..5 {
-            segments.append(name(i, 1), &payload(i, 9000)).unwrap();
-        }
-        segments.sync().unwrap();
+        let segments = synced_records(dir.path(), 5, 1, 9000);
         drop(segments);
-        let (_, path) = segment_files(&dir.path().join(SEGMENTS_DIR)).unwrap().remove(0);
+        let path = first_segment(dir.path());
         let file = OpenOptions::new().write(true).open(&path).unwrap();
         file.write_all_at(&[0xff], ALIGN + span(9000) + 20).unwrap();
         let segments = Segments::open(dir.path()).unwrap();
@@ -877,12 +884,8 @@ mod tests {
     #[test]
     fn a_payload_holding_a_copy_of_a_segment_is_never_taken_for_records() {
         let dir = tempfile::tempdir().unwrap();
-        let segments = Segments::open(dir.path()).unwrap();
-        for i in 0..4 {
-            segments.append(name(i, 0), &payload(i, 5000)).unwrap();
-        }
-        segments.sync().unwrap();
-        let (_, path) = segment_files(&dir.path().join(SEGMENTS_DIR)).unwrap().remove(0);
+        let segments = synced_records(dir.path(), 4, 0, 5000);
+        let path = first_segment(dir.path());
         let image = fs::read(&path).unwrap();
         segments.append(name(9, 0), &image).unwrap();
         segments.sync().unwrap();
@@ -901,14 +904,10 @@ mod tests {
     #[test]
     fn an_append_that_lands_at_the_wrong_offset_is_never_read_as_a_record() {
         let dir = tempfile::tempdir().unwrap();
-        let segments = Segments::open(dir.path()).unwrap();
-        for i in 0..3 {
-            segments.append(name(i, 0), &payload(i, 6000)).unwrap();
-        }
-        segments.sync().unwrap();
+        let segments = synced_records(dir.path(), 3, 0, 6000);
         drop(segments);
         // Record 0's bytes written where record 2 lives, as a misdirected write would.
-        let (_, path) = segment_files(&dir.path().join(SEGMENTS_DIR)).unwrap().remove(0);
+        let path = first_segment(dir.path());
         let image = fs::read(&path).unwrap();
         let record = &image[ALIGN as usize..(ALIGN + RECORD_HEADER_LEN) as usize + 6000];
         let file = OpenOptions::new().write(true).open(&path).unwrap();
@@ -947,7 +946,7 @@ mod tests {
         segments.append(name(1, 0), &payload(1, 8129)).unwrap();
         drop(segments);
         // The crash keeps the torn record's header and its first 4 KiB.
-        let (_, path) = segment_files(&dir.path().join(SEGMENTS_DIR)).unwrap().remove(0);
+        let path = first_segment(dir.path());
         let image = fs::read(&path).unwrap();
         fs::write(&path, &image[..2 * ALIGN as usize + 4097]).unwrap();
         let segments = Segments::open(dir.path()).unwrap();
@@ -1000,7 +999,7 @@ mod tests {
         let segments = Segments::open(dir.path()).unwrap();
         segments.append(name(1, 0), b"x").unwrap();
         segments.sync().unwrap();
-        let (_, path) = segment_files(&dir.path().join(SEGMENTS_DIR)).unwrap().remove(0);
+        let path = first_segment(dir.path());
         let file = OpenOptions::new().write(true).open(&path).unwrap();
         file.write_all_at(&(SEGMENT_FORMAT + 1).to_le_bytes(), 8).unwrap();
         let error = Segments::open(dir.path()).err().unwrap();
@@ -1044,7 +1043,7 @@ mod tests {
                 segments.append(name(i as u64, 0), &payload(i as u64, *len)).unwrap();
             }
             segments.sync().unwrap();
-            let (_, path) = segment_files(&dir.path().join(SEGMENTS_DIR)).unwrap().remove(0);
+            let path = first_segment(dir.path());
             let durable_len = fs::metadata(&path).unwrap().len();
             let mut landed = Vec::new();
             for (j, (len, fate)) in unsynced.iter().enumerate() {
