@@ -659,8 +659,7 @@ fn tiering_timers(pool: &Mutex<dfs_engine::Pool>) {
 }
 
 fn barrier(pool: &Mutex<dfs_engine::Pool>) {
-    let mut pool = pool.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-    if let Err(error) = pool.sync() {
+    if let Err(error) = dfs_engine::data::durability::sync_shared(pool) {
         tracing::error!(%error, "durability barrier failed");
     }
 }

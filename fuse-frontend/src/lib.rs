@@ -435,15 +435,19 @@ impl Filesystem for DynamicFs {
         reply: ReplyWrite,
     ) {
         let _span = request_span("write", req);
-        match self.pool().write(fh.0, offset, data) {
-            Ok(written) => reply.written(written as u32),
+        match dfs_engine::data::files::write_shared(&self.pool, fh.0, offset, data) {
+            Ok(written) => {
+                reply.written(written as u32);
+                // Answered: the writer goes on while this thread stores what is due.
+                dfs_engine::data::files::flush_behind(&self.pool, fh.0);
+            }
             Err(e) => reply.error(errno(&e)),
         }
     }
 
     fn flush(&self, req: &Request, _ino: INodeNo, fh: FileHandle, _lock_owner: LockOwner, reply: ReplyEmpty) {
         let _span = request_span("flush", req);
-        reply_empty(reply, self.pool().flush(fh.0))
+        reply_empty(reply, dfs_engine::data::files::settled(&self.pool, fh.0).flush(fh.0))
     }
 
     fn release(
@@ -457,7 +461,7 @@ impl Filesystem for DynamicFs {
         reply: ReplyEmpty,
     ) {
         let _span = request_span("release", req);
-        reply_empty(reply, self.pool().release(fh.0))
+        reply_empty(reply, dfs_engine::data::files::settled(&self.pool, fh.0).release(fh.0))
     }
 
     fn destroy(&mut self) {
@@ -469,12 +473,12 @@ impl Filesystem for DynamicFs {
 
     fn fsyncdir(&self, req: &Request, _ino: INodeNo, _fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
         let _span = request_span("fsyncdir", req);
-        reply_empty(reply, self.pool().sync())
+        reply_empty(reply, dfs_engine::data::durability::sync_shared(&self.pool))
     }
 
     fn fsync(&self, req: &Request, _ino: INodeNo, fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
         let _span = request_span("fsync", req);
-        reply_empty(reply, self.pool().fsync(fh.0))
+        reply_empty(reply, dfs_engine::data::files::fsync_shared(&self.pool, fh.0))
     }
 
     fn readdir(&self, req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {

@@ -16,11 +16,12 @@
 //! runs one itself once `PoolOptions::barrier_after_ops` ops are waiting.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use crate::base::error::{Error, Result};
 use crate::base::hooks::CommitPhase;
 use crate::base::io::run_all;
+use crate::data::fetch::lock;
 use crate::media::device::{BlockDevice, BlockName, ExtentId};
 use crate::meta::journal;
 use crate::meta::state::{DiskId, Transaction};
@@ -28,6 +29,33 @@ use crate::pool::Pool;
 
 /// Rounds of "relocate, then sync" a barrier tries before giving up on a fragment.
 const SYNC_ATTEMPTS: usize = 3;
+
+/// The durability barrier for a pool several request threads share: the disks that took
+/// fragments since the last barrier are synced first with the pool's lock released —
+/// the bulk of a barrier's time when much was written — and then `Pool::sync` runs under
+/// the lock, with little left to sync. A sync that fails outside the lock counts as
+/// failed in the barrier (see `Undurable::sync_failed`). Syncing early never makes
+/// anything less durable, so the crash contract is `Pool::sync`'s.
+pub fn sync_shared(pool: &Mutex<Pool>) -> Result<()> {
+    let (jobs, parallel) = {
+        let pool = lock(pool);
+        let jobs: Vec<(DiskId, Arc<dyn BlockDevice>)> = pool
+            .undurable
+            .fragment_disks
+            .iter()
+            .filter_map(|disk| pool.devices.get(disk).map(|d| (*disk, d.clone())))
+            .collect();
+        (jobs, pool.options.parallel_io)
+    };
+    let failed: Vec<(DiskId, String)> =
+        run_all(parallel, jobs, |(disk, device)| device.sync().err().map(|e| (disk, e.to_string())))
+            .into_iter()
+            .flatten()
+            .collect();
+    let mut pool = lock(pool);
+    pool.undurable.sync_failed.extend(failed);
+    pool.sync()
+}
 
 impl Pool {
     /// The durability barrier: on `Ok`, every commit so far is durable and survives a
@@ -129,12 +157,13 @@ impl Pool {
         }
         let jobs: Vec<(DiskId, Arc<dyn BlockDevice>)> =
             disks.iter().filter_map(|disk| self.devices.get(disk).map(|d| (*disk, d.clone()))).collect();
-        let failed: Vec<(DiskId, String)> = run_all(self.options.parallel_io, jobs, |(disk, device)| {
+        let mut failed: Vec<(DiskId, String)> = run_all(self.options.parallel_io, jobs, |(disk, device)| {
             device.sync().err().map(|e| (disk, e.to_string()))
         })
         .into_iter()
         .flatten()
         .collect();
+        failed.extend(std::mem::take(&mut self.undurable.sync_failed));
         self.reached(CommitPhase::FragmentsSynced);
         if failed.is_empty() {
             return true;

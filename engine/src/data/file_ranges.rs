@@ -48,7 +48,7 @@ enum Allocate {
 impl Pool {
     /// Bytes of data chunk `index` of `ino` holds from its start (0: a hole).
     fn chunk_data_len(&self, ino: Ino, index: u64) -> u64 {
-        if let Some(chunk) = self.files.get(ino).and_then(|f| f.dirty.get(&index)) {
+        if let Some(chunk) = self.files.get(ino).and_then(|f| f.buffered(index)) {
             return if chunk.iter().all(|b| *b == 0) { 0 } else { chunk.len() as u64 };
         }
         self.state
@@ -63,7 +63,8 @@ impl Pool {
     fn next_data_chunk(&self, ino: Ino, index: u64) -> Option<u64> {
         let committed =
             self.state.file_extents.get(&ino).into_iter().flat_map(|m| m.range(index + 1..).map(|(i, _)| *i));
-        let buffered = self.files.get(ino).into_iter().flat_map(|f| f.dirty.range(index + 1..).map(|(i, _)| *i));
+        let buffered =
+            self.files.get(ino).into_iter().flat_map(|f| f.buffered_chunks().map(|(i, _)| i).filter(|i| *i > index));
         let mut candidates: Vec<u64> = committed.chain(buffered).collect();
         candidates.sort_unstable();
         candidates.dedup();
@@ -155,6 +156,7 @@ impl Pool {
         if offset >= end {
             return Ok(());
         }
+        self.reclaim_flushing(ino);
         let size = self.current_size(ino);
         assert!(end <= size);
         let (first, last) = (offset / CHUNK, (end - 1) / CHUNK);

@@ -6,16 +6,32 @@
 //! the first partial write). `flush`/`fsync`/`release` write the chunks as new extents
 //! (copy-on-write) and commit them with the file's size and times in one transaction;
 //! `fsync` then runs the durability barrier.
+//!
+//! A front end with several request threads flushes behind the writer
+//! (`flush_behind`): once a file's buffer holds half its bound in whole chunks, they move
+//! to the file's `flushing` set, are stored with the pool's lock released while writes
+//! go on filling the buffer, and are committed; a writer that fills the buffer while a
+//! flush of it is in flight waits for it (`write_shared`: back pressure). Every other
+//! path holds the pool throughout, and one that finds a flush in flight takes its chunks
+//! back first (`Pool::reclaim_flushing`), so that flush's commit is dropped and nothing
+//! is stored twice or out of order.
 
 use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
 use crate::base::error::{Error, Result};
+use crate::data::fetch::lock;
+use crate::data::store::{store_chunks, PoolAccess, StoredChunks};
 use crate::meta::state::{
     ChunkSlot, ExtentRecord, Ino, InodeKind, Op, Transaction, EXTENT_BYTES_MAX, INLINE_BYTES_MAX,
 };
 use crate::pool::Pool;
 
 const CHUNK: u64 = EXTENT_BYTES_MAX;
+
+/// A write at least this large into a new chunk reserves the whole chunk.
+const STREAM_WRITE_BYTES: usize = 64 << 10;
 
 /// Extents a sequential reader has fetched ahead of the one it reads.
 const READ_AHEAD_EXTENTS: u64 = 4;
@@ -63,14 +79,7 @@ impl Pool {
             });
         }
         let size = inode.size;
-        Ok(self.files.files.entry(ino).or_insert_with(|| OpenFile {
-            handles: 0,
-            dirty: BTreeMap::new(),
-            dirty_bytes: 0,
-            size,
-            mtime: None,
-            read_end: 0,
-        }))
+        Ok(self.files.files.entry(ino).or_insert_with(|| OpenFile::new(size)))
     }
 
     /// Opens a regular file for reading and writing.
@@ -129,7 +138,12 @@ impl Pool {
             let whole = offset <= chunk_start && end >= chunk_start + CHUNK;
             let buffered = self.files.files.get(&ino).and_then(|f| f.dirty.get(&index)).map(|c| c.len() as u64);
             if !whole && buffered.is_none() {
-                loaded.insert(index, self.load_chunk(ino, index)?);
+                let flushing = self.files.get(ino).and_then(|f| f.flushing.get(&index)).map(|c| c.to_vec());
+                let chunk = match flushing {
+                    Some(chunk) => chunk,
+                    None => self.load_chunk(ino, index)?,
+                };
+                loaded.insert(index, chunk);
             }
             let before = buffered.unwrap_or(0);
             let after = before.max(high).max(loaded.get(&index).map_or(0, |c| c.len() as u64));
@@ -148,12 +162,25 @@ impl Pool {
                     file.dirty_bytes -= chunk.len();
                     chunk
                 }
-                None => loaded.remove(&index).unwrap_or_default(),
+                // A chunk a stream of large writes fills gets room for all of it at once,
+                // so it is never copied as it grows.
+                None => {
+                    let mut chunk = loaded.remove(&index).unwrap_or_default();
+                    if source.len() >= STREAM_WRITE_BYTES {
+                        chunk.reserve_exact(CHUNK as usize - chunk.len());
+                    }
+                    chunk
+                }
             };
             if chunk.len() < high {
-                chunk.resize(high, 0);
+                // What the write covers is not zeroed first.
+                chunk.truncate(low);
+                chunk.resize(low, 0);
+                chunk.extend_from_slice(source);
+            } else {
+                chunk[low..high].copy_from_slice(source);
             }
-            chunk[low..high].copy_from_slice(source);
+            debug_assert!(chunk.len() >= high && chunk[low..high] == *source);
             file.dirty_bytes += chunk.len();
             file.dirty.insert(index, chunk);
         }
@@ -179,7 +206,7 @@ impl Pool {
         }
         let policy = self.state.effective_policy(ino);
         let buffered: u64 =
-            self.files.files.values().flat_map(|f| f.dirty.values()).map(|c| stored_len(c.len() as u64)).sum();
+            self.files.files.values().flat_map(|f| f.buffered_chunks()).map(|(_, c)| stored_len(c.len() as u64)).sum();
         let needed = buffered + growth;
         let mut free = self.space_for(policy).1;
         if needed > free && self.frees_pending() {
@@ -232,9 +259,9 @@ impl Pool {
     pub(crate) fn read_ahead_records(&self, ino: Ino, offset: u64, end: u64) -> Vec<(ExtentRecord, u64)> {
         let Some(map) = self.state.file_extents.get(&ino) else { return Vec::new() };
         let last = (end.saturating_sub(1) / CHUNK).saturating_add(READ_AHEAD_EXTENTS);
-        let dirty = self.files.get(ino).map(|f| &f.dirty);
+        let file = self.files.get(ino);
         map.range(offset / CHUNK..=last)
-            .filter(|(index, _)| !dirty.is_some_and(|d| d.contains_key(index)))
+            .filter(|(index, _)| file.is_none_or(|f| f.buffered(**index).is_none()))
             .filter_map(|(index, id)| self.state.extents.get(id).map(|r| (r.clone(), index * CHUNK)))
             .collect()
     }
@@ -268,7 +295,7 @@ impl Pool {
                     target[..available].copy_from_slice(&source[low as usize..low as usize + available]);
                 }
             };
-            if let Some(chunk) = self.files.get(ino).and_then(|f| f.dirty.get(&index)) {
+            if let Some(chunk) = self.files.get(ino).and_then(|f| f.buffered(index)) {
                 copy(target, chunk);
                 continue;
             }
@@ -349,12 +376,46 @@ impl Pool {
     }
 
     /// Writes buffered chunks of `ino` as extents and commits them with the size and
-    /// times. With `complete_only`, only full chunks are written (the rest stay buffered).
+    /// times, the pool held throughout. With `complete_only`, only full chunks are written
+    /// (the rest stay buffered). A flush in flight has its chunks taken back first.
     pub(crate) fn flush_ino(&mut self, ino: Ino, complete_only: bool) -> Result<()> {
-        let Some(file) = self.files.files.get_mut(&ino) else {
+        self.reclaim_flushing(ino);
+        let Some(job) = self.take_flush(ino, complete_only) else {
             return Ok(());
         };
+        let mut access: &mut Pool = self;
+        flush_job(&mut access, job)
+    }
+
+    /// Takes the chunks of a flush in flight on `ino` back into its buffer (where no
+    /// newer write replaced them): the flush's commit will be dropped, and whoever called
+    /// this stores them. Nothing when no flush is in flight.
+    pub(crate) fn reclaim_flushing(&mut self, ino: Ino) {
+        let Some(file) = self.files.files.get_mut(&ino) else { return };
+        if file.flushing.is_empty() {
+            return;
+        }
+        for (index, chunk) in std::mem::take(&mut file.flushing) {
+            file.dirty.entry(index).or_insert_with(|| Arc::try_unwrap(chunk).unwrap_or_else(|c| (*c).clone()));
+        }
+        file.flush_epoch += 1;
+        file.dirty_bytes = file.dirty.values().map(Vec::len).sum();
+        debug_assert!(file.flushing.is_empty());
+    }
+
+    /// Whether a flush of `ino` is storing chunks with the pool's lock released.
+    pub(crate) fn flush_in_flight(&self, ino: Ino) -> bool {
+        self.files.get(ino).is_some_and(|f| !f.flushing.is_empty())
+    }
+
+    /// Moves the buffered chunks of `ino` to flush (all, or only full ones) to its
+    /// `flushing` set, with the size and times to commit with them; `None` when nothing
+    /// needs committing. No flush of `ino` may be in flight.
+    fn take_flush(&mut self, ino: Ino, complete_only: bool) -> Option<FlushJob> {
+        let policy = self.state.effective_policy(ino);
         let committed_size = self.state.inodes.get(&ino).map(|i| i.size);
+        let file = self.files.files.get_mut(&ino)?;
+        assert!(file.flushing.is_empty(), "a flush of inode {} is already in flight", ino.0);
         let indexes: Vec<u64> = file
             .dirty
             .iter()
@@ -362,37 +423,65 @@ impl Pool {
             .map(|(i, _)| *i)
             .collect();
         if indexes.is_empty() && (complete_only || (file.mtime.is_none() && committed_size == Some(file.size))) {
-            return Ok(());
+            return None;
         }
-        let chunks: Vec<(u64, Vec<u8>)> =
-            indexes.iter().filter_map(|i| file.dirty.remove(i).map(|chunk| (*i, chunk))).collect();
         // A partial flush commits only the size its chunks reach, so a crash never shows
         // a size whose bytes were still buffered.
         let size = match (complete_only, indexes.last()) {
             (true, Some(last)) => file.size.min(committed_size.unwrap_or(0).max((last + 1) * CHUNK)),
             _ => file.size,
         };
-        let mtime = file.mtime;
-        let restore = |pool: &mut Pool, chunks: Vec<(u64, Vec<u8>)>| {
-            if let Some(file) = pool.files.files.get_mut(&ino) {
-                for (index, chunk) in chunks {
-                    file.dirty.insert(index, chunk);
+        let chunks: Vec<(u64, Arc<Vec<u8>>)> =
+            indexes.iter().filter_map(|i| file.dirty.remove(i).map(|chunk| (*i, Arc::new(chunk)))).collect();
+        file.flushing = chunks.iter().cloned().collect();
+        file.dirty_bytes = file.dirty.values().map(Vec::len).sum();
+        Some(FlushJob { ino, epoch: file.flush_epoch, chunks, size, mtime: file.mtime, policy })
+    }
+
+    /// The last phase of a flush: commits what `stored` wrote of `job` with the size and
+    /// times — unless the flush's chunks were taken back meanwhile (`reclaim_flushing`),
+    /// when what it wrote is deleted unreferenced. On failure the chunks go back to the
+    /// buffer (where no newer write replaced them), so nothing is lost.
+    fn commit_flush(&mut self, job: FlushJob, stored: Result<StoredChunks>) -> Result<()> {
+        let ino = job.ino;
+        let current = self.files.get(ino).is_some_and(|f| f.flush_epoch == job.epoch);
+        let result = if !current {
+            if let Ok(stored) = stored {
+                self.discard_stored(stored);
+            }
+            Ok(())
+        } else {
+            match stored {
+                Ok(stored) => {
+                    let records = self.stored(stored);
+                    self.commit_flushed(&job, records)
+                }
+                Err(e) => Err(e),
+            }
+        };
+        if current {
+            if let Some(file) = self.files.files.get_mut(&ino) {
+                let flushing = std::mem::take(&mut file.flushing);
+                if result.is_err() {
+                    for (index, chunk) in flushing {
+                        file.dirty
+                            .entry(index)
+                            .or_insert_with(|| Arc::try_unwrap(chunk).unwrap_or_else(|c| (*c).clone()));
+                    }
+                }
+                file.dirty_bytes = file.dirty.values().map(Vec::len).sum();
+                if result.is_ok() && file.dirty.is_empty() && file.size == job.size {
+                    file.mtime = None;
                 }
             }
-        };
-        let policy = self.state.effective_policy(ino);
-        let mut written = self.write_chunks(&chunks, policy);
-        if matches!(written, Err(Error::NoSpace(_) | Error::Unplaceable { .. })) && self.frees_pending() {
-            // The room may be held by extents whose freeing waits for a barrier.
-            written = self.sync().and_then(|()| self.write_chunks(&chunks, policy));
         }
-        let records = match written {
-            Ok(records) => records,
-            Err(e) => {
-                restore(self, chunks);
-                return Err(e);
-            }
-        };
+        self.writing.flush_finished();
+        result
+    }
+
+    /// Commits a flush's new extents with the file's size and times.
+    fn commit_flushed(&mut self, job: &FlushJob, records: Vec<(u64, Option<ExtentRecord>)>) -> Result<()> {
+        let (ino, size) = (job.ino, job.size);
         let mut ops: Vec<Op> = Vec::new();
         let beyond = size.div_ceil(CHUNK);
         if let Some(map) = self.state.file_extents.get(&ino) {
@@ -410,7 +499,7 @@ impl Pool {
         if let Some(inode) = self.state.inodes.get(&ino) {
             let mut inode = inode.clone();
             inode.size = size;
-            if let Some(mtime) = mtime {
+            if let Some(mtime) = job.mtime {
                 inode.mtime = mtime;
                 inode.ctime = mtime;
             }
@@ -425,18 +514,26 @@ impl Pool {
                         self.note_access(ChunkSlot { ino, index: *index }, false);
                     }
                 }
-                if let Some(file) = self.files.files.get_mut(&ino) {
-                    file.dirty_bytes = file.dirty.values().map(Vec::len).sum();
-                    if file.dirty.is_empty() && file.size == size {
-                        file.mtime = None;
-                    }
-                }
                 Ok(())
             }
             Err(e) => {
                 self.free_extents(&new_extents);
-                restore(self, chunks);
                 Err(e)
+            }
+        }
+    }
+
+    /// Deletes the fragments of stored chunks that will never be committed.
+    fn discard_stored(&mut self, stored: StoredChunks) {
+        let records = self.stored(stored);
+        for record in records.iter().filter_map(|(_, r)| r.as_ref()) {
+            for (index, disk) in record.fragments.iter().enumerate() {
+                let name = crate::media::device::BlockName::Fragment { extent: record.id, index: index as u8 };
+                if let Some(device) = self.devices.get(disk) {
+                    if let Err(error) = device.delete(name) {
+                        tracing::debug!(%error, %name, "deleting an unneeded fragment failed; left as an orphan");
+                    }
+                }
             }
         }
     }
@@ -446,6 +543,7 @@ impl Pool {
         if size > i64::MAX as u64 {
             return Err(Error::InvalidArgument("size past the largest file size".into()));
         }
+        self.reclaim_flushing(ino);
         let boundary = size / CHUNK;
         let within = (size % CHUNK) as usize;
         let needs_cut = within > 0
@@ -486,4 +584,119 @@ impl Pool {
         }
         result
     }
+}
+
+/// A flush between its phases: the chunks it stores and what it commits with them.
+pub(crate) struct FlushJob {
+    ino: Ino,
+    /// The file's `flush_epoch` when the chunks were taken.
+    epoch: u64,
+    chunks: Vec<(u64, Arc<Vec<u8>>)>,
+    size: u64,
+    mtime: Option<crate::base::clock::WallTime>,
+    policy: crate::base::policy::Policy,
+}
+
+/// Stores a flush's chunks and commits them, reaching the pool through `access` (see
+/// `store_chunks`). A flush short of room retries once after a barrier: the room may be
+/// held by extents whose freeing waits for one.
+fn flush_job(access: &mut impl PoolAccess, job: FlushJob) -> Result<()> {
+    let mut stored = store_chunks(access, &job.chunks, job.policy);
+    if matches!(stored, Err(Error::NoSpace(_) | Error::Unplaceable { .. })) && access.with(|pool| pool.frees_pending())
+    {
+        stored = access.with(Pool::sync).and_then(|()| store_chunks(access, &job.chunks, job.policy));
+    }
+    access.with(|pool| pool.commit_flush(job, stored))
+}
+
+/// How long a writer waits for a flush of its file before it stores the buffer itself
+/// (a flush that never ends — a bug — must not hang writers).
+const FLUSH_WAIT_MAX: Duration = Duration::from_secs(5);
+
+/// Locks `pool` once no flush of `fh`'s file is in flight and, with `full_only`, its
+/// buffer has room (or FLUSH_WAIT_MAX passed): what a request that would otherwise take
+/// a flush's chunks back waits for.
+fn settle(pool: &Mutex<Pool>, fh: FileHandle, full_only: bool) -> MutexGuard<'_, Pool> {
+    let guard = lock(pool);
+    let Ok(ino) = guard.handle_ino(fh) else { return guard };
+    let signal = guard.writing.signal();
+    let busy = |pool: &mut Pool| {
+        pool.flush_in_flight(ino)
+            && (!full_only || pool.files.get(ino).is_some_and(|f| f.dirty_bytes >= pool.options.dirty_bytes_max))
+    };
+    let (guard, _) = signal.wait_timeout_while(guard, FLUSH_WAIT_MAX, busy).unwrap_or_else(|p| p.into_inner());
+    guard
+}
+
+/// Writes `data` at `offset` through `fh` to a pool that several request threads share,
+/// waiting first while the file's buffer is full and a flush of it is in flight (back
+/// pressure). Call `flush_behind` after answering.
+pub fn write_shared(pool: &Mutex<Pool>, fh: FileHandle, offset: u64, data: &[u8]) -> Result<usize> {
+    let mut guard = settle(pool, fh, true);
+    let ino = guard.handle_ino(fh)?;
+    let full =
+        guard.files.get(ino).is_some_and(|f| f.flushing.is_empty() && f.dirty_bytes >= guard.options.dirty_bytes_max);
+    if full {
+        // Still full once the flush in flight ended: store the whole chunks behind the
+        // lock's back too. Should that fail, the write below flushes with the pool held
+        // and fails itself, nothing of it taken.
+        if let Some(job) = guard.take_flush(ino, true) {
+            drop(guard);
+            let mut access = pool;
+            if let Err(error) = flush_job(&mut access, job) {
+                tracing::debug!(ino = ino.0, %error, "flushing a full buffer failed; retrying with the pool held");
+            }
+            guard = lock(pool);
+        }
+    }
+    guard.write(fh, offset, data)
+}
+
+/// `fsync` through a pool several request threads share: the file's buffer is stored
+/// (once no flush of it is in flight) and the barrier runs with its disk syncs outside
+/// the lock (`durability::sync_shared`).
+pub fn fsync_shared(pool: &Mutex<Pool>, fh: FileHandle) -> Result<()> {
+    let started = {
+        let mut guard = settled(pool, fh);
+        let started = guard.clock.monotonic_nanos();
+        let ino = guard.handle_ino(fh)?;
+        guard.flush_ino(ino, false)?;
+        started
+    };
+    crate::data::durability::sync_shared(pool)?;
+    lock(pool).record_op(crate::pool::op_stats::OpKind::Fsync, 0, started);
+    Ok(())
+}
+
+/// After a write through a shared pool: once `fh`'s file buffers at least half its
+/// bound in whole chunks and no flush of it is in flight, stores them with the pool's
+/// lock released and commits them, while other requests go on. A failure leaves the
+/// chunks buffered: the next flush, `fsync` or close stores them and reports it.
+pub fn flush_behind(pool: &Mutex<Pool>, fh: FileHandle) {
+    let job = {
+        let mut guard = lock(pool);
+        let Ok(ino) = guard.handle_ino(fh) else { return };
+        let half = guard.options.dirty_bytes_max / 2;
+        let due = guard.files.get(ino).is_some_and(|f| {
+            f.flushing.is_empty()
+                && f.dirty.values().filter(|c| c.len() as u64 == CHUNK).map(Vec::len).sum::<usize>() >= half
+        });
+        if !due {
+            return;
+        }
+        guard.take_flush(ino, true)
+    };
+    if let Some(job) = job {
+        let ino = job.ino;
+        let mut access = pool;
+        if let Err(error) = flush_job(&mut access, job) {
+            tracing::warn!(ino = ino.0, %error, "flushing behind the writer failed; the data stays buffered");
+        }
+    }
+}
+
+/// Locks `pool` for a request on `fh` that stores or drops its file's buffer (`flush`,
+/// `fsync`, `release`), once no flush of it is in flight.
+pub fn settled(pool: &Mutex<Pool>, fh: FileHandle) -> MutexGuard<'_, Pool> {
+    settle(pool, fh, false)
 }

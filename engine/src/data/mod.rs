@@ -4,7 +4,7 @@
 //! it.
 
 pub mod acl;
-pub(crate) mod durability;
+pub mod durability;
 pub mod fetch;
 pub mod file_ranges;
 pub mod files;

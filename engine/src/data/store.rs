@@ -1,11 +1,13 @@
 //! The extent store: encodes chunks into fragments, places and writes them, and
 //! reads extents back, verifying every checksum and falling back to other fragments.
 //!
-//! Contract of `write_chunks`: on `Ok`, every fragment of every returned extent is
-//! written (durable after the next barrier, see `durability`) and no disk holds two
-//! fragments of one extent; on `Err`,
-//! nothing is referenced and the fragments written so far were deleted (or are orphans
-//! the next open removes).
+//! Contract of `store_chunks` (and `write_chunks`, the same with the pool held
+//! throughout): on `Ok`, every fragment of every returned extent is written (durable
+//! after the next barrier, see `durability`) and no disk holds two fragments of one
+//! extent; on `Err`, nothing is referenced and the fragments written so far were deleted
+//! (or are orphans the collector removes). Between its phases the pool may serve other
+//! requests: only taking ids, placing and booking need it; the extents being written sit
+//! in `Pool::writing` until committed, out of the orphan collector's reach.
 //!
 //! Contract of `read_extent`: returns the extent's bytes exactly (BLAKE3 verified), or
 //! `DataLost` — never other bytes.
@@ -35,15 +37,179 @@ struct Encoded {
     blocks: Vec<Arc<Vec<u8>>>,
 }
 
+/// How a write that runs in phases reaches the pool between them: directly, when the
+/// caller holds it (the simulator, the CLI, every `&mut Pool` method: the phases then
+/// run one after another), or through a front end's mutex, locked only for the short
+/// phases that read or change the pool, so that hashing, encoding and fragment writes
+/// run while other requests are served.
+pub trait PoolAccess {
+    /// Runs `f` with the pool.
+    fn with<R>(&mut self, f: impl FnOnce(&mut Pool) -> R) -> R;
+}
+
+impl PoolAccess for &mut Pool {
+    fn with<R>(&mut self, f: impl FnOnce(&mut Pool) -> R) -> R {
+        f(self)
+    }
+}
+
+impl PoolAccess for &std::sync::Mutex<Pool> {
+    fn with<R>(&mut self, f: impl FnOnce(&mut Pool) -> R) -> R {
+        f(&mut crate::data::fetch::lock(self))
+    }
+}
+
+/// A write of chunks as new extents, its ids taken (see `Pool::begin_write`).
+struct PendingWrite {
+    policy: Policy,
+    ids: Vec<Option<ExtentId>>,
+    /// Whether extents small enough go inline in metadata.
+    inline_ok: bool,
+    parallel: bool,
+}
+
+/// The fragment writes of one placement attempt, grouped by disk.
+struct PlacedWrite {
+    records: Vec<(u64, Option<ExtentRecord>)>,
+    jobs: Vec<(DiskId, Arc<dyn BlockDevice>, Vec<PlannedBlock>)>,
+    degraded: usize,
+}
+
+/// What each disk of a placement attempt did: the blocks it took, and its error.
+type DiskOutcome = (DiskId, Arc<dyn BlockDevice>, Vec<BlockName>, std::result::Result<(), DeviceError>);
+
+/// Chunks stored as new extents by `store_chunks`, not yet committed.
+pub(crate) struct StoredChunks {
+    /// `(chunk index, record)`; `None` for an all-zero chunk (a hole).
+    pub(crate) records: Vec<(u64, Option<ExtentRecord>)>,
+    /// Which disks took which extents' fragments (the next barrier syncs them).
+    written: Vec<(ExtentId, DiskId)>,
+}
+
+/// Writes each `(chunk index, bytes)` as a new extent under `policy`, reaching the pool
+/// through `access` between phases: ids are taken (locked), chunks hashed and encoded
+/// (unlocked), fragments placed (locked), written (unlocked), and the outcome booked
+/// (locked), placing again without the disks that failed. An all-zero chunk becomes a
+/// hole (`None`).
+///
+/// On `Ok`, every fragment of every returned extent is written, and the extents stay in
+/// `Pool::writing` — safe from the orphan collector — until the caller, holding the
+/// pool, calls `Pool::stored` and commits the records. On `Err`, nothing is referenced,
+/// nothing stays in `writing`, and the fragments written were deleted (or are orphans
+/// the collector removes).
+pub(crate) fn store_chunks(
+    access: &mut impl PoolAccess,
+    chunks: &[(u64, Arc<Vec<u8>>)],
+    policy: Policy,
+) -> Result<StoredChunks> {
+    let pending = access.with(|pool| pool.begin_write(chunks, policy))?;
+    let taken: Vec<ExtentId> = pending.ids.iter().flatten().copied().collect();
+    let result = encode_chunks(&pending, chunks).and_then(|encoded| {
+        let mut excluded: BTreeSet<DiskId> = BTreeSet::new();
+        loop {
+            let PlacedWrite { records, jobs, degraded } =
+                access.with(|pool| pool.place_write(&pending, chunks, &encoded, &excluded))?;
+            let outcomes = write_placed(pending.parallel, jobs);
+            let extents = records.iter().filter(|(_, r)| r.is_some()).count();
+            let booked = access.with(|pool| pool.book_write(&outcomes, &mut excluded, extents, degraded, policy))?;
+            if booked {
+                let written = outcomes
+                    .iter()
+                    .flat_map(|(disk, _, names, _)| {
+                        names.iter().filter_map(move |name| match name {
+                            BlockName::Fragment { extent, .. } => Some((*extent, *disk)),
+                            _ => None,
+                        })
+                    })
+                    .collect();
+                return Ok(StoredChunks { records, written });
+            }
+        }
+    });
+    if result.is_err() {
+        access.with(|pool| pool.end_writes(&taken));
+    }
+    result
+}
+
+/// Hashes and encodes every chunk of `pending` (no lock needed).
+fn encode_chunks(pending: &PendingWrite, chunks: &[(u64, Arc<Vec<u8>>)]) -> Result<Vec<Option<Encoded>>> {
+    let policy = pending.policy;
+    let codec = CodecId::for_policy(policy);
+    let inline_ok = pending.inline_ok;
+    let jobs: Vec<(&[u8], Option<ExtentId>)> =
+        chunks.iter().zip(&pending.ids).map(|((_, d), id)| (d.as_slice(), *id)).collect();
+    run_all(pending.parallel, jobs, |(data, id)| {
+        let id = id?;
+        let hash = *blake3::hash(data).as_bytes();
+        if inline_ok && data.len() <= INLINE_BYTES_MAX {
+            return Some(Ok(Encoded { hash, blocks: Vec::new() }));
+        }
+        Some(codec::encode_shards(codec, policy, data).map(|fragments| {
+            Encoded {
+                hash,
+                blocks: fragments
+                    .iter()
+                    .enumerate()
+                    .map(|(i, payload)| Arc::new(fragment::seal(id, i as u8, payload)))
+                    .collect(),
+            }
+        }))
+    })
+    .into_iter()
+    .map(Option::transpose)
+    .collect::<Result<_, _>>()
+    .map_err(|e| Error::Io(format!("encoding failed: {e}")))
+}
+
+/// Writes each disk's blocks of a placement, every disk at once (no lock needed).
+fn write_placed(parallel: bool, jobs: Vec<(DiskId, Arc<dyn BlockDevice>, Vec<PlannedBlock>)>) -> Vec<DiskOutcome> {
+    run_all(parallel, jobs, |(disk, device, blocks)| {
+        let mut written = Vec::new();
+        for planned in &blocks {
+            if let Err(e) = device.write(planned.name, &planned.block) {
+                return (disk, device, written, Err(e));
+            }
+            written.push(planned.name);
+        }
+        (disk, device, written, Ok(()))
+    })
+}
+
 impl Pool {
     /// Writes each `(chunk index, bytes)` as a new extent under `policy` and makes the
-    /// fragments (durable at the next barrier). An all-zero chunk becomes a hole (`None`).
+    /// fragments (durable at the next barrier), the pool held throughout. An all-zero
+    /// chunk becomes a hole (`None`). The caller commits the records before it lets go
+    /// of the pool.
     pub(crate) fn write_chunks(
         &mut self,
-        chunks: &[(u64, Vec<u8>)],
+        chunks: &[(u64, Arc<Vec<u8>>)],
         policy: Policy,
     ) -> Result<Vec<(u64, Option<ExtentRecord>)>> {
-        let codec = CodecId::for_policy(policy);
+        let mut access: &mut Pool = self;
+        let stored = store_chunks(&mut access, chunks, policy)?;
+        Ok(self.stored(stored))
+    }
+
+    /// Takes chunks `store_chunks` stored, about to be committed: the next barrier syncs
+    /// the disks that took their fragments, and they leave `writing`. Returns the records.
+    pub(crate) fn stored(&mut self, stored: StoredChunks) -> Vec<(u64, Option<ExtentRecord>)> {
+        for (extent, disk) in &stored.written {
+            self.fragments_written(*extent, &[*disk]);
+        }
+        let ids: Vec<ExtentId> = stored.records.iter().filter_map(|(_, r)| r.as_ref().map(|r| r.id)).collect();
+        self.end_writes(&ids);
+        stored.records
+    }
+
+    /// The writes of `ids` are over: committed, or given up (see `store_chunks`).
+    pub(crate) fn end_writes(&mut self, ids: &[ExtentId]) {
+        self.writing.finish(ids.iter().copied());
+    }
+
+    /// The first phase of `store_chunks`: checks that the pool takes writes and takes
+    /// an id for every chunk that is not all zeros.
+    fn begin_write(&mut self, chunks: &[(u64, Arc<Vec<u8>>)], policy: Policy) -> Result<PendingWrite> {
         if let Some(reason) = &self.read_only {
             return Err(Error::ReadOnly(reason.clone()));
         }
@@ -60,139 +226,124 @@ impl Pool {
                 })
             })
             .collect();
+        self.writing.start(ids.iter().flatten().copied());
         // Small extents live inline in metadata when its replicas tolerate as many
         // failures as the policy does.
         let inline_ok = self.state.journal_disks().len() > policy.tolerance();
-        let jobs: Vec<(&[u8], Option<ExtentId>)> =
-            chunks.iter().zip(&ids).map(|((_, d), id)| (d.as_slice(), *id)).collect();
-        let encoded: Vec<Option<Encoded>> = run_all(self.options.parallel_io, jobs, |(data, id)| {
-            let id = id?;
-            let hash = *blake3::hash(data).as_bytes();
-            if inline_ok && data.len() <= INLINE_BYTES_MAX {
-                return Some(Ok(Encoded { hash, blocks: Vec::new() }));
-            }
-            Some(codec::encode(codec, policy, data).map(|fragments| {
-                Encoded {
-                    hash,
-                    blocks: fragments
-                        .iter()
-                        .enumerate()
-                        .map(|(i, payload)| Arc::new(fragment::seal(id, i as u8, payload)))
-                        .collect(),
+        Ok(PendingWrite { policy, ids, inline_ok, parallel: self.options.parallel_io })
+    }
+
+    /// Places every encoded chunk's fragments on disks, none of `excluded`, and builds
+    /// the records the placement gives.
+    fn place_write(
+        &mut self,
+        pending: &PendingWrite,
+        chunks: &[(u64, Arc<Vec<u8>>)],
+        encoded: &[Option<Encoded>],
+        excluded: &BTreeSet<DiskId>,
+    ) -> Result<PlacedWrite> {
+        let policy = pending.policy;
+        let codec = CodecId::for_policy(policy);
+        let mut degraded = 0;
+        let mut planned: BTreeMap<DiskId, Vec<PlannedBlock>> = BTreeMap::new();
+        let mut planned_bytes: BTreeMap<DiskId, u64> = BTreeMap::new();
+        let mut records = Vec::with_capacity(chunks.len());
+        for (((index, data), id), encoded) in chunks.iter().zip(&pending.ids).zip(encoded) {
+            let (Some(id), Some(encoded)) = (id, encoded) else {
+                records.push((*index, None));
+                continue;
+            };
+            let (record_codec, fragments, inline) = if encoded.blocks.is_empty() {
+                (CodecId::Inline, Vec::new(), Some(data.to_vec()))
+            } else {
+                let block_bytes = encoded.blocks[0].len() as u64;
+                #[allow(unused_mut)]
+                let (mut disks, reachable) = self.place_extent(policy, block_bytes, excluded, &planned_bytes)?;
+                #[cfg(feature = "sabotage")]
+                if self.options.sabotage == Some(crate::base::hooks::Sabotage::SameDiskPlacement) && disks.len() > 1 {
+                    disks[1] = disks[0];
                 }
-            }))
-        })
-        .into_iter()
-        .map(Option::transpose)
-        .collect::<Result<_, _>>()
-        .map_err(|e| Error::Io(format!("encoding failed: {e}")))?;
-        let mut excluded: BTreeSet<DiskId> = BTreeSet::new();
-        loop {
-            let mut degraded = Vec::new();
-            let mut planned: BTreeMap<DiskId, Vec<PlannedBlock>> = BTreeMap::new();
-            let mut planned_bytes: BTreeMap<DiskId, u64> = BTreeMap::new();
-            let mut records = Vec::with_capacity(chunks.len());
-            for (((index, data), id), encoded) in chunks.iter().zip(&ids).zip(&encoded) {
-                let (Some(id), Some(encoded)) = (id, encoded) else {
-                    records.push((*index, None));
-                    continue;
-                };
-                let (record_codec, fragments, inline) = if encoded.blocks.is_empty() {
-                    (CodecId::Inline, Vec::new(), Some(data.clone()))
-                } else {
-                    let block_bytes = encoded.blocks[0].len() as u64;
-                    #[allow(unused_mut)]
-                    let (mut disks, reachable) = self.place_extent(policy, block_bytes, &excluded, &planned_bytes)?;
-                    #[cfg(feature = "sabotage")]
-                    if self.options.sabotage == Some(crate::base::hooks::Sabotage::SameDiskPlacement) && disks.len() > 1
-                    {
-                        disks[1] = disks[0];
-                    }
-                    if reachable < disks.len() {
-                        degraded.push(*id);
-                    }
-                    for (fragment_index, (disk, block)) in disks.iter().zip(&encoded.blocks).enumerate().take(reachable)
-                    {
-                        let name = BlockName::Fragment { extent: *id, index: fragment_index as u8 };
-                        *planned_bytes.entry(*disk).or_default() += block_bytes;
-                        planned.entry(*disk).or_default().push(PlannedBlock { name, block: block.clone() });
-                    }
-                    (codec, disks, None)
-                };
-                let record = ExtentRecord {
-                    id: *id,
-                    len: data.len() as u32,
-                    hash: encoded.hash,
-                    policy,
-                    codec: record_codec,
-                    fragments,
-                    inline,
-                    history: Vec::new(),
-                };
-                records.push((*index, Some(record)));
-            }
-            let jobs: Vec<(DiskId, Arc<dyn BlockDevice>, Vec<PlannedBlock>)> = planned
-                .into_iter()
-                .filter_map(|(disk, blocks)| self.devices.get(&disk).map(|d| (disk, d.clone(), blocks)))
-                .collect();
-            let outcomes = run_all(self.options.parallel_io, jobs, |(disk, device, blocks)| {
-                let mut written = Vec::new();
-                for planned in &blocks {
-                    if let Err(e) = device.write(planned.name, &planned.block) {
-                        return (disk, device, written, Err(e));
-                    }
-                    written.push(planned.name);
+                if reachable < disks.len() {
+                    degraded += 1;
                 }
-                (disk, device, written, Ok(()))
-            });
-            if outcomes.iter().all(|(_, _, _, result)| result.is_ok()) {
-                self.reached(CommitPhase::FragmentsWritten);
-            }
-            let failed: Vec<(DiskId, DeviceError)> = outcomes
-                .iter()
-                .filter_map(|(disk, _, _, result)| result.as_ref().err().map(|e| (*disk, e.clone())))
-                .collect();
-            if failed.is_empty() {
-                for (disk, _, written, _) in &outcomes {
-                    for name in written {
-                        if let BlockName::Fragment { extent, .. } = name {
-                            self.fragments_written(*extent, &[*disk]);
-                        }
-                    }
+                for (fragment_index, (disk, block)) in disks.iter().zip(&encoded.blocks).enumerate().take(reachable) {
+                    let name = BlockName::Fragment { extent: *id, index: fragment_index as u8 };
+                    *planned_bytes.entry(*disk).or_default() += block_bytes;
+                    planned.entry(*disk).or_default().push(PlannedBlock { name, block: block.clone() });
                 }
-                if !degraded.is_empty() {
-                    // What they lack is owed to the offline disks (the write-intent map)
-                    // or sits on failed or draining ones: the rebuild queue finds both.
-                    tracing::warn!(
-                        extents = degraded.len(),
-                        %policy,
-                        "disks are away: extents written at reduced width, to be repaired"
-                    );
-                    self.counters.degraded_writes += degraded.len() as u64;
-                }
-                self.counters.extents_written += records.iter().filter(|(_, r)| r.is_some()).count() as u64;
-                return Ok(records);
+                (codec, disks, None)
+            };
+            let record = ExtentRecord {
+                id: *id,
+                len: data.len() as u32,
+                hash: encoded.hash,
+                policy,
+                codec: record_codec,
+                fragments,
+                inline,
+                history: Vec::new(),
+            };
+            records.push((*index, Some(record)));
+        }
+        let jobs = planned
+            .into_iter()
+            .filter_map(|(disk, blocks)| self.devices.get(&disk).map(|d| (disk, d.clone(), blocks)))
+            .collect();
+        Ok(PlacedWrite { records, jobs, degraded })
+    }
+
+    /// Books a placement attempt's outcome. `Ok(true)`: every disk took its fragments.
+    /// `Ok(false)`: some failed; what the attempt wrote is deleted and the disks that
+    /// failed join `excluded`, for another attempt. `Err` when no disk is left.
+    fn book_write(
+        &mut self,
+        outcomes: &[DiskOutcome],
+        excluded: &mut BTreeSet<DiskId>,
+        extents: usize,
+        degraded: usize,
+        policy: Policy,
+    ) -> Result<bool> {
+        if outcomes.iter().all(|(_, _, _, result)| result.is_ok()) {
+            self.reached(CommitPhase::FragmentsWritten);
+        }
+        let failed: Vec<(DiskId, DeviceError)> = outcomes
+            .iter()
+            .filter_map(|(disk, _, _, result)| result.as_ref().err().map(|e| (*disk, e.clone())))
+            .collect();
+        if failed.is_empty() {
+            self.counters.extents_written += extents as u64;
+            if degraded > 0 {
+                // What they lack is owed to the offline disks (the write-intent map)
+                // or sits on failed or draining ones: the rebuild queue finds both.
+                tracing::warn!(
+                    extents = degraded,
+                    %policy,
+                    "disks are away: extents written at reduced width, to be repaired"
+                );
+                self.counters.degraded_writes += degraded as u64;
             }
-            for (_, device, written, _) in &outcomes {
-                for name in written {
-                    let _ = device.delete(*name);
-                }
-            }
-            for (disk, error) in &failed {
-                tracing::warn!(disk = %disk, %error, "fragment write failed; placing elsewhere");
-                excluded.insert(*disk);
-                if *error != DeviceError::NoSpace {
-                    self.disk_io_failed(*disk, error);
-                }
-            }
-            if excluded.len() >= self.state.disks.len() {
-                let (_, error) = &failed[0];
-                return Err(match error {
-                    DeviceError::NoSpace => Error::NoSpace("every disk refused the write".into()),
-                    other => Error::Io(format!("every disk refused the write: {other}")),
-                });
+            return Ok(true);
+        }
+        for (_, device, written, _) in outcomes {
+            for name in written {
+                let _ = device.delete(*name);
             }
         }
+        for (disk, error) in &failed {
+            tracing::warn!(disk = %disk, %error, "fragment write failed; placing elsewhere");
+            excluded.insert(*disk);
+            if *error != DeviceError::NoSpace {
+                self.disk_io_failed(*disk, error);
+            }
+        }
+        if excluded.len() >= self.state.disks.len() {
+            let (_, error) = &failed[0];
+            return Err(match error {
+                DeviceError::NoSpace => Error::NoSpace("every disk refused the write".into()),
+                other => Error::Io(format!("every disk refused the write: {other}")),
+            });
+        }
+        Ok(false)
     }
 
     /// Chooses the disks of one extent's fragments: `policy.width()` distinct writable

@@ -9,6 +9,7 @@
 //! into K data shards; `shard_len` is even and at least 2 (a requirement of the SIMD codec).
 
 use serde::{Deserialize, Serialize};
+use std::borrow::Cow;
 
 use crate::base::policy::Policy;
 
@@ -63,18 +64,29 @@ pub fn shard_len(policy: Policy, len: usize) -> usize {
 
 /// Splits `data` into `policy.width()` fragments.
 pub fn encode(codec: CodecId, policy: Policy, data: &[u8]) -> Result<Vec<Vec<u8>>, CodecError> {
+    Ok(encode_shards(codec, policy, data)?.into_iter().map(Cow::into_owned).collect())
+}
+
+/// `encode`, borrowing from `data` what it can: the copies of a replica and the data
+/// shards of an erasure code but the last (padded), so that sealing each fragment
+/// (`fragment::seal`) is the only copy of the data a write makes.
+pub fn encode_shards(codec: CodecId, policy: Policy, data: &[u8]) -> Result<Vec<Cow<'_, [u8]>>, CodecError> {
     match (codec, policy) {
-        (CodecId::Replica, Policy::Replicate { copies }) => Ok(vec![data.to_vec(); usize::from(copies)]),
+        (CodecId::Replica, Policy::Replicate { copies }) => Ok(vec![Cow::Borrowed(data); usize::from(copies)]),
         (CodecId::RsErasureGf8 | CodecId::RsSimd, Policy::Erasure { data: k, parity: m }) => {
             let (k, m) = (usize::from(k), usize::from(m));
             let len = shard_len(policy, data.len());
-            let mut shards: Vec<Vec<u8>> = (0..k)
+            let mut shards: Vec<Cow<'_, [u8]>> = (0..k)
                 .map(|i| {
                     let start = (i * len).min(data.len());
                     let end = ((i + 1) * len).min(data.len());
-                    let mut shard = data[start..end].to_vec();
-                    shard.resize(len, 0);
-                    shard
+                    if end - start == len {
+                        Cow::Borrowed(&data[start..end])
+                    } else {
+                        let mut shard = data[start..end].to_vec();
+                        shard.resize(len, 0);
+                        Cow::Owned(shard)
+                    }
                 })
                 .collect();
             let parity = match codec {
@@ -84,14 +96,15 @@ pub fn encode(codec: CodecId, policy: Policy, data: &[u8]) -> Result<Vec<Vec<u8>
                 _ => {
                     let rs = reed_solomon_erasure::galois_8::ReedSolomon::new(k, m)
                         .map_err(|e| CodecError::Library(format!("{e:?}")))?;
-                    let mut all = shards.clone();
+                    let mut all: Vec<Vec<u8>> = shards.iter().map(|s| s.to_vec()).collect();
                     all.extend(std::iter::repeat_n(vec![0u8; len], m));
                     rs.encode(&mut all).map_err(|e| CodecError::Library(format!("{e:?}")))?;
                     all.split_off(k)
                 }
             };
-            shards.extend(parity);
+            shards.extend(parity.into_iter().map(Cow::Owned));
             assert_eq!(shards.len(), k + m);
+            assert!(shards.iter().all(|s| s.len() == len));
             Ok(shards)
         }
         (codec, policy) => Err(CodecError::Mismatch { codec, policy }),

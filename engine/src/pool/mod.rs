@@ -16,6 +16,7 @@ pub(crate) mod op_stats;
 pub(crate) mod open_files;
 pub(crate) mod probes;
 pub(crate) mod undurable;
+pub(crate) mod writing;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -163,6 +164,8 @@ pub struct Pool {
     pub(crate) io_errors: BTreeMap<DiskId, u32>,
     /// Extents being fetched outside the lock (see `fetch`).
     pub(crate) in_flight: crate::pool::cache::InFlight,
+    /// Extents being written outside the lock and not yet committed (see `store`).
+    pub(crate) writing: crate::pool::writing::Writing,
     /// What the next durability barrier must make durable.
     pub(crate) undurable: crate::pool::undurable::Undurable,
     /// Access statistics not yet persisted, and the migration queues.
@@ -261,6 +264,7 @@ impl Pool {
             read_only: None,
             io_errors: BTreeMap::new(),
             in_flight: Default::default(),
+            writing: Default::default(),
             undurable: Default::default(),
             tracker: Default::default(),
             pacing: Default::default(),

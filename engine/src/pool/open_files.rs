@@ -2,6 +2,7 @@
 //! read, write, flush or close does with them is `crate::data::files`.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use crate::base::clock::WallTime;
 use crate::meta::state::Ino;
@@ -37,6 +38,41 @@ pub(crate) struct OpenFile {
     pub(crate) mtime: Option<WallTime>,
     /// Where reads through any handle have reached: a read starting near it is sequential.
     pub(crate) read_end: u64,
+    /// Chunks a flush took out of `dirty` and is storing with the pool's lock released
+    /// (`crate::data::files::flush_behind`), by index: what reads see of them until it
+    /// commits, unless `dirty` holds a newer version. Empty when no flush is in flight.
+    pub(crate) flushing: BTreeMap<u64, Arc<Vec<u8>>>,
+    /// Bumped when a flush in flight has its chunks taken back into `dirty`
+    /// (`Pool::reclaim_flushing`): that flush's commit is then dropped.
+    pub(crate) flush_epoch: u64,
+}
+
+impl OpenFile {
+    /// A new entry for a file of `size` bytes with nothing buffered.
+    pub(crate) fn new(size: u64) -> OpenFile {
+        OpenFile {
+            handles: 0,
+            dirty: BTreeMap::new(),
+            dirty_bytes: 0,
+            size,
+            mtime: None,
+            read_end: 0,
+            flushing: BTreeMap::new(),
+            flush_epoch: 0,
+        }
+    }
+
+    /// The buffered contents of chunk `index`: the newest write's, whether waiting in
+    /// `dirty` or being flushed.
+    pub(crate) fn buffered(&self, index: u64) -> Option<&[u8]> {
+        self.dirty.get(&index).or_else(|| self.flushing.get(&index).map(|c| &**c)).map(Vec::as_slice)
+    }
+
+    /// Buffered bytes, waiting or being flushed.
+    pub(crate) fn buffered_chunks(&self) -> impl Iterator<Item = (u64, &[u8])> {
+        let flushing = self.flushing.iter().filter(|(i, _)| !self.dirty.contains_key(i));
+        self.dirty.iter().map(|(i, c)| (*i, c.as_slice())).chain(flushing.map(|(i, c)| (*i, c.as_slice())))
+    }
 }
 
 impl OpenFiles {

@@ -18,6 +18,11 @@ pub(crate) struct Undurable {
     pub(crate) fragment_frees: Vec<(DiskId, BlockName)>,
     /// Disks that took fragment writes since the last barrier.
     pub(crate) fragment_disks: BTreeSet<DiskId>,
+    /// Disks whose sync failed outside the pool's lock since the last barrier
+    /// (`crate::data::durability::sync_shared`): what they were given may be lost even if
+    /// a later sync succeeds (a failed writeback is reported once), so the barrier treats
+    /// them as failed.
+    pub(crate) sync_failed: BTreeSet<(DiskId, String)>,
     /// Extents written since the last barrier.
     pub(crate) extents: BTreeSet<ExtentId>,
     /// The journal disks that hold the durable chain (empty before the first barrier).
@@ -29,6 +34,10 @@ pub(crate) struct Undurable {
 
 impl Undurable {
     pub(crate) fn is_empty(&self) -> bool {
-        self.ops.is_empty() && self.frees.is_empty() && self.fragment_frees.is_empty() && self.fragment_disks.is_empty()
+        self.ops.is_empty()
+            && self.frees.is_empty()
+            && self.fragment_frees.is_empty()
+            && self.fragment_disks.is_empty()
+            && self.sync_failed.is_empty()
     }
 }

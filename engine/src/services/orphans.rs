@@ -11,6 +11,8 @@
 //!   see. Each delete stands alone and the disk is synced after, so a crash in the
 //!   middle leaves the rest as orphans for the next run — never a referenced fragment
 //!   deleted.
+//! - A fragment of an extent being written (`Pool::writing`: stored, not yet committed,
+//!   while a front end flushes with the pool's lock released) is not an orphan.
 
 use serde::Serialize;
 
@@ -67,7 +69,7 @@ impl Pool {
             for name in names {
                 let BlockName::Fragment { extent, index } = name else { continue };
                 let placed = self.state.extents.get(&extent).and_then(|r| r.fragments.get(usize::from(index)));
-                if placed == Some(disk) {
+                if placed == Some(disk) || self.writing.contains(extent) {
                     continue;
                 }
                 let bytes = device.read(name).map(|b| b.len() as u64).unwrap_or(0);

@@ -264,7 +264,10 @@ impl Pool {
             .list(BlockKind::Fragment)
             .map_err(|e| Error::Io(format!("listing disk {disk}: {e}")))?
             .into_iter()
-            .partition(|name| self.state.places(disk, *name));
+            .partition(|name| {
+                self.state.places(disk, *name)
+                    || matches!(name, BlockName::Fragment { extent, .. } if self.writing.contains(*extent))
+            });
         if !stale.is_empty() {
             self.claim()?;
         }

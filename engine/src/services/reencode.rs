@@ -249,7 +249,7 @@ impl Pool {
                 continue;
             };
             let data = self.read_extent(&record, index * EXTENT_BYTES_MAX)?;
-            chunks.push((*index, data.to_vec()));
+            chunks.push((*index, data));
             olds.push((*ino, record));
         }
         let records = self.write_chunks(&chunks, policy)?;

@@ -1,0 +1,247 @@
+//! Flushing behind the writer (`dfs_engine::data::files::flush_behind`): a front end's
+//! flush stores its chunks with the pool's lock released. While one is stopped in the
+//! middle of its fragment writes (a disk that holds them back), the pool must serve
+//! other requests, reads must see the chunks being stored, a newer write must win over
+//! them, the orphan collector must leave their fragments alone, and a truncate must take
+//! the chunks back so that the flush's late commit changes nothing. After the flush ends
+//! and a reopen, the file holds exactly what was written and no fragment is left over.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use dfs_engine::base::clock::SystemClock;
+use dfs_engine::data::files::{flush_behind, settled, write_shared};
+use dfs_engine::data::namespace::{Owner, SetAttr};
+use dfs_engine::media::device::{BlockDevice, BlockKind, BlockName, DeviceError};
+use dfs_engine::pool::{PoolDevice, PoolOptions};
+use dfs_engine::{Ino, Pool};
+use dfs_sim::memdisk::MemDisk;
+
+const OWNER: Owner = Owner { mode: 0o644, uid: 0, gid: 0, umask: 0 };
+const MIB: usize = 1 << 20;
+
+/// Holds back the first fragment write that reaches it once closed (later ones pass:
+/// the test's own requests must not wait for the held flush), until opened.
+#[derive(Default)]
+struct Gate {
+    closed: Mutex<bool>,
+    opened: Condvar,
+    held: AtomicUsize,
+}
+
+impl Gate {
+    fn pass(&self) {
+        let mut closed = self.closed.lock().unwrap();
+        if *closed && self.held.fetch_add(1, Ordering::SeqCst) == 0 {
+            while *closed {
+                closed = self.opened.wait(closed).unwrap();
+            }
+        }
+    }
+
+    fn set(&self, closed: bool) {
+        *self.closed.lock().unwrap() = closed;
+        if closed {
+            self.held.store(0, Ordering::SeqCst);
+        }
+        self.opened.notify_all();
+    }
+
+    /// Waits until a write is held back.
+    fn wait_held(&self) {
+        let started = Instant::now();
+        while self.held.load(Ordering::SeqCst) == 0 {
+            assert!(started.elapsed() < Duration::from_secs(20), "no fragment write reached the gate");
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+}
+
+/// Opens the gate when dropped: a failing test must not leave a flush held (its I/O
+/// thread would stay blocked under the other test's work).
+struct OpenOnDrop(Arc<Gate>);
+
+impl Drop for OpenOnDrop {
+    fn drop(&mut self) {
+        self.0.set(false);
+    }
+}
+
+struct Gated {
+    disk: Arc<MemDisk>,
+    gate: Arc<Gate>,
+}
+
+impl BlockDevice for Gated {
+    fn read(&self, name: BlockName) -> Result<Vec<u8>, DeviceError> {
+        self.disk.read(name)
+    }
+    fn write(&self, name: BlockName, data: &[u8]) -> Result<(), DeviceError> {
+        if matches!(name, BlockName::Fragment { .. }) {
+            self.gate.pass();
+        }
+        self.disk.write(name, data)
+    }
+    fn delete(&self, name: BlockName) -> Result<(), DeviceError> {
+        self.disk.delete(name)
+    }
+    fn list(&self, kind: BlockKind) -> Result<Vec<BlockName>, DeviceError> {
+        self.disk.list(kind)
+    }
+    fn sync(&self) -> Result<(), DeviceError> {
+        self.disk.sync()
+    }
+    fn capacity_bytes(&self) -> u64 {
+        self.disk.capacity_bytes()
+    }
+    fn used_bytes(&self) -> u64 {
+        self.disk.used_bytes()
+    }
+    fn describe(&self) -> String {
+        self.disk.describe()
+    }
+    fn modified_secs(&self, name: BlockName) -> Result<Option<i64>, DeviceError> {
+        self.disk.modified_secs(name)
+    }
+}
+
+fn uuid(n: u64) -> uuid::Uuid {
+    uuid::Uuid::from_u64_pair(n, n)
+}
+
+fn options() -> PoolOptions {
+    PoolOptions { seed: 5, check_invariants: true, dirty_bytes_max: 4 * MIB, ..PoolOptions::default() }
+}
+
+/// Three disks under `erasure:2+1`; the third holds fragment writes back while its gate
+/// is closed.
+struct World {
+    disks: Vec<Arc<MemDisk>>,
+    gate: Arc<Gate>,
+    pool: Arc<Mutex<Pool>>,
+    _open_on_drop: OpenOnDrop,
+}
+
+impl World {
+    fn new() -> World {
+        let disks: Vec<Arc<MemDisk>> = (0..3).map(|i| Arc::new(MemDisk::new(format!("d{i}"), 256 << 20))).collect();
+        let gate = Arc::new(Gate::default());
+        let (mut pool, _) =
+            Pool::open(uuid(1), "erasure:2+1".parse().unwrap(), Vec::new(), Arc::new(SystemClock::new()), options())
+                .unwrap();
+        for (i, disk) in disks.iter().enumerate() {
+            let gate = if i == 2 { gate.clone() } else { Arc::new(Gate::default()) };
+            pool.add_disk(uuid(10 + i as u64), Some(256 << 20), Arc::new(Gated { disk: disk.clone(), gate })).unwrap();
+        }
+        World { disks, _open_on_drop: OpenOnDrop(gate.clone()), gate, pool: Arc::new(Mutex::new(pool)) }
+    }
+
+    /// Closes the pool and opens it again over the same disks.
+    fn reopen(self) -> Pool {
+        let pool = Arc::try_unwrap(self.pool).ok().unwrap().into_inner().unwrap();
+        drop(pool);
+        let devices = self
+            .disks
+            .iter()
+            .enumerate()
+            .map(|(i, disk)| PoolDevice {
+                uuid: uuid(10 + i as u64),
+                device: Arc::new(Gated { disk: disk.clone(), gate: Arc::new(Gate::default()) }) as Arc<dyn BlockDevice>,
+            })
+            .collect();
+        Pool::open(uuid(1), "erasure:2+1".parse().unwrap(), devices, Arc::new(SystemClock::new()), options()).unwrap().0
+    }
+}
+
+fn pattern(len: usize, seed: u8) -> Vec<u8> {
+    (0..len).map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed) | 1).collect()
+}
+
+/// Creates `/f`, writes `data` through the shared path and returns (ino, handle).
+fn create_and_write(world: &World, data: &[u8]) -> (Ino, u64) {
+    let (ino, fh) = {
+        let mut pool = world.pool.lock().unwrap();
+        let ino = pool.create(Ino::ROOT, b"f", OWNER).unwrap().ino;
+        (ino, pool.open_file(ino).unwrap())
+    };
+    for (i, chunk) in data.chunks(MIB).enumerate() {
+        assert_eq!(write_shared(&world.pool, fh, (i * MIB) as u64, chunk).unwrap(), chunk.len());
+    }
+    (ino, fh)
+}
+
+/// Starts a flush behind the writer and returns once it is held at the gate.
+fn flush_held(world: &World, fh: u64) -> std::thread::JoinHandle<()> {
+    world.gate.set(true);
+    let pool = world.pool.clone();
+    let flusher = std::thread::spawn(move || flush_behind(&pool, fh));
+    world.gate.wait_held();
+    flusher
+}
+
+fn read_all(pool: &mut Pool, name: &[u8]) -> Vec<u8> {
+    let attr = pool.lookup(Ino::ROOT, name).unwrap();
+    let fh = pool.open_file(attr.ino).unwrap();
+    let data = pool.read(fh, 0, attr.size as usize).unwrap();
+    pool.release(fh).unwrap();
+    data
+}
+
+#[test]
+fn a_flush_behind_the_writer_leaves_the_pool_serving_and_the_newest_write_wins() {
+    let world = World::new();
+    let mut expected = pattern(4 * MIB, 3);
+    let (ino, fh) = create_and_write(&world, &expected);
+    let flusher = flush_held(&world, fh);
+    {
+        let mut pool = world.pool.try_lock().expect("the pool's lock is free while fragments are written");
+        assert!(!pool.state().file_extents.contains_key(&ino), "nothing is committed before the fragments are written");
+        assert_eq!(pool.read(fh, 0, 4 * MIB).unwrap(), expected, "reads see the chunks being flushed");
+        let patch = pattern(4096, 99);
+        pool.write(fh, (MIB + 100) as u64, &patch).unwrap();
+        expected[MIB + 100..MIB + 100 + 4096].copy_from_slice(&patch);
+        assert_eq!(pool.read(fh, 0, 4 * MIB).unwrap(), expected, "the newer write wins over the flush");
+        let orphans = pool.cleanup_orphans(0).unwrap();
+        assert_eq!(orphans.deleted, 0, "fragments of an extent being written are not orphans");
+    }
+    world.gate.set(false);
+    flusher.join().unwrap();
+    {
+        let mut pool = world.pool.lock().unwrap();
+        assert_eq!(pool.state().file_extents.get(&ino).map(|m| m.len()), Some(4), "the flush committed");
+        assert_eq!(pool.read(fh, 0, 4 * MIB).unwrap(), expected);
+    }
+    settled(&world.pool, fh).fsync(fh).unwrap();
+    settled(&world.pool, fh).release(fh).unwrap();
+    let orphans = world.pool.lock().unwrap().detect_orphans().unwrap();
+    assert_eq!(orphans, Vec::new(), "no fragment is left over");
+    let mut pool = world.reopen();
+    assert_eq!(read_all(&mut pool, b"f"), expected);
+    pool.state().check().unwrap();
+}
+
+#[test]
+fn a_truncate_during_a_flush_takes_its_chunks_back_and_the_late_commit_changes_nothing() {
+    let world = World::new();
+    let data = pattern(4 * MIB, 7);
+    let (ino, fh) = create_and_write(&world, &data);
+    let flusher = flush_held(&world, fh);
+    let cut = 3 * MIB / 2;
+    world.pool.lock().unwrap().setattr(ino, &SetAttr { size: Some(cut as u64), ..SetAttr::default() }).unwrap();
+    world.gate.set(false);
+    flusher.join().unwrap();
+    {
+        let mut pool = world.pool.lock().unwrap();
+        assert_eq!(pool.getattr(ino).unwrap().size, cut as u64);
+        assert_eq!(pool.read(fh, 0, 4 * MIB).unwrap(), data[..cut]);
+        assert_eq!(pool.state().file_extents.get(&ino).map(|m| m.len()), Some(2), "only the truncate's chunks");
+    }
+    settled(&world.pool, fh).release(fh).unwrap();
+    let orphans = world.pool.lock().unwrap().detect_orphans().unwrap();
+    assert_eq!(orphans, Vec::new(), "the dropped flush's fragments were deleted");
+    let mut pool = world.reopen();
+    assert_eq!(read_all(&mut pool, b"f"), data[..cut]);
+    pool.state().check().unwrap();
+}
