@@ -447,7 +447,7 @@ impl Filesystem for DynamicFs {
 
     fn flush(&self, req: &Request, _ino: INodeNo, fh: FileHandle, _lock_owner: LockOwner, reply: ReplyEmpty) {
         let _span = request_span("flush", req);
-        reply_empty(reply, dfs_engine::data::files::settled(&self.pool, fh.0).flush(fh.0))
+        reply_empty(reply, dfs_engine::data::files::flush_shared(&self.pool, fh.0))
     }
 
     fn release(

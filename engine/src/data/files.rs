@@ -165,6 +165,11 @@ impl Pool {
                 // A chunk a stream of large writes fills gets room for all of it at once,
                 // so it is never copied as it grows.
                 None => {
+                    if low == 0 && high as u64 == CHUNK {
+                        file.loaded.remove(&index);
+                    } else if loaded.get(&index).is_some_and(|c| !c.is_empty()) {
+                        file.loaded.insert(index);
+                    }
                     let mut chunk = loaded.remove(&index).unwrap_or_default();
                     if source.len() >= STREAM_WRITE_BYTES {
                         chunk.reserve_exact(CHUNK as usize - chunk.len());
@@ -433,6 +438,9 @@ impl Pool {
         };
         let chunks: Vec<(u64, Arc<Vec<u8>>)> =
             indexes.iter().filter_map(|i| file.dirty.remove(i).map(|chunk| (*i, Arc::new(chunk)))).collect();
+        for index in &indexes {
+            file.loaded.remove(index);
+        }
         file.flushing = chunks.iter().cloned().collect();
         file.dirty_bytes = file.dirty.values().map(Vec::len).sum();
         Some(FlushJob { ino, epoch: file.flush_epoch, chunks, size, mtime: file.mtime, policy })
@@ -656,20 +664,16 @@ pub fn write_shared(pool: &Mutex<Pool>, fh: FileHandle, offset: u64, data: &[u8]
 /// (once no flush of it is in flight) and the barrier runs with its disk syncs outside
 /// the lock (`durability::sync_shared`).
 pub fn fsync_shared(pool: &Mutex<Pool>, fh: FileHandle) -> Result<()> {
-    let started = {
-        let mut guard = settled(pool, fh);
-        let started = guard.clock.monotonic_nanos();
-        let ino = guard.handle_ino(fh)?;
-        guard.flush_ino(ino, false)?;
-        started
-    };
+    let started = lock(pool).clock.monotonic_nanos();
+    store_buffer(pool, fh)?;
     crate::data::durability::sync_shared(pool)?;
     lock(pool).record_op(crate::pool::op_stats::OpKind::Fsync, 0, started);
     Ok(())
 }
 
 /// After a write through a shared pool: once `fh`'s file buffers at least half its
-/// bound in whole chunks and no flush of it is in flight, stores them with the pool's
+/// bound in whole chunks built from writes alone (not loaded for a partial overwrite:
+/// see `OpenFile::loaded`) and no flush of it is in flight, stores them with the pool's
 /// lock released and commits them, while other requests go on. A failure leaves the
 /// chunks buffered: the next flush, `fsync` or close stores them and reports it.
 pub fn flush_behind(pool: &Mutex<Pool>, fh: FileHandle) {
@@ -678,8 +682,13 @@ pub fn flush_behind(pool: &Mutex<Pool>, fh: FileHandle) {
         let Ok(ino) = guard.handle_ino(fh) else { return };
         let half = guard.options.dirty_bytes_max / 2;
         let due = guard.files.get(ino).is_some_and(|f| {
-            f.flushing.is_empty()
-                && f.dirty.values().filter(|c| c.len() as u64 == CHUNK).map(Vec::len).sum::<usize>() >= half
+            let fresh: usize = f
+                .dirty
+                .iter()
+                .filter(|(i, c)| c.len() as u64 == CHUNK && !f.loaded.contains(i))
+                .map(|(_, c)| c.len())
+                .sum();
+            f.flushing.is_empty() && fresh >= half
         });
         if !due {
             return;
@@ -692,6 +701,32 @@ pub fn flush_behind(pool: &Mutex<Pool>, fh: FileHandle) {
         if let Err(error) = flush_job(&mut access, job) {
             tracing::warn!(ino = ino.0, %error, "flushing behind the writer failed; the data stays buffered");
         }
+    }
+}
+
+/// `flush` (a descriptor's close) through a pool several request threads share: if `fh`
+/// wrote, its file's whole buffer is stored with the pool's lock released and committed
+/// (durable at the next barrier, as `Pool::flush`).
+pub fn flush_shared(pool: &Mutex<Pool>, fh: FileHandle) -> Result<()> {
+    let wrote = lock(pool).files.handles.get(&fh).map(|h| h.wrote).ok_or(Error::BadHandle(fh))?;
+    if wrote {
+        store_buffer(pool, fh)?;
+    }
+    Ok(())
+}
+
+/// Stores and commits the whole buffer of `fh`'s file — once no flush of it is in
+/// flight — with the pool's lock released while encoding and writing.
+fn store_buffer(pool: &Mutex<Pool>, fh: FileHandle) -> Result<()> {
+    let job = {
+        let mut guard = settled(pool, fh);
+        let ino = guard.handle_ino(fh)?;
+        guard.reclaim_flushing(ino);
+        guard.take_flush(ino, false)
+    };
+    match job {
+        Some(job) => flush_job(&mut { pool }, job),
+        None => Ok(()),
     }
 }
 

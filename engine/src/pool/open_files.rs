@@ -1,7 +1,7 @@
 //! Open files: handles and each file's write buffer, as the pool holds them; what a
 //! read, write, flush or close does with them is `crate::data::files`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use crate::base::clock::WallTime;
@@ -42,6 +42,11 @@ pub(crate) struct OpenFile {
     /// (`crate::data::files::flush_behind`), by index: what reads see of them until it
     /// commits, unless `dirty` holds a newer version. Empty when no flush is in flight.
     pub(crate) flushing: BTreeMap<u64, Arc<Vec<u8>>>,
+    /// Buffered chunks that began as a copy of stored data (a partial overwrite loads
+    /// its chunk): flushing them early would store the same extent again and again, so
+    /// only chunks built from writes alone are flushed behind the writer before the
+    /// buffer is full.
+    pub(crate) loaded: BTreeSet<u64>,
     /// Bumped when a flush in flight has its chunks taken back into `dirty`
     /// (`Pool::reclaim_flushing`): that flush's commit is then dropped.
     pub(crate) flush_epoch: u64,
@@ -58,6 +63,7 @@ impl OpenFile {
             mtime: None,
             read_end: 0,
             flushing: BTreeMap::new(),
+            loaded: BTreeSet::new(),
             flush_epoch: 0,
         }
     }
