@@ -443,7 +443,7 @@ impl Pool {
         }
         file.flushing = chunks.iter().cloned().collect();
         file.dirty_bytes = file.dirty.values().map(Vec::len).sum();
-        Some(FlushJob { ino, epoch: file.flush_epoch, chunks, size, mtime: file.mtime, policy })
+        Some(FlushJob { ino, epoch: file.flush_epoch, chunks, size, policy })
     }
 
     /// The last phase of a flush: commits what `stored` wrote of `job` with the size and
@@ -507,7 +507,9 @@ impl Pool {
         if let Some(inode) = self.state.inodes.get(&ino) {
             let mut inode = inode.clone();
             inode.size = size;
-            if let Some(mtime) = job.mtime {
+            // The file's times now: a `setattr` that set them while the flush was in
+            // flight cleared them (they are committed), and a later write moved them on.
+            if let Some(mtime) = self.files.get(ino).and_then(|f| f.mtime) {
                 inode.mtime = mtime;
                 inode.ctime = mtime;
             }
@@ -601,7 +603,6 @@ pub(crate) struct FlushJob {
     epoch: u64,
     chunks: Vec<(u64, Arc<Vec<u8>>)>,
     size: u64,
-    mtime: Option<crate::base::clock::WallTime>,
     policy: crate::base::policy::Policy,
 }
 
