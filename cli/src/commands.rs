@@ -137,28 +137,44 @@ pub(crate) fn print_text(out: &mut dyn Write, text: &str) -> Result<()> {
 }
 
 /// Runs a pool command here, or — when a mounted pool's daemon owns the pool — through
-/// the daemon's control socket, with the same output.
+/// the daemon's control socket, with the same output. A pool another process holds
+/// without serving it — a daemon finishing its shutdown, a command about to end — is
+/// waited for up to `BUSY_WAIT` before the command gives up with EBUSY.
 pub(crate) fn pool_command(pool: &Path, command: Command) -> Result<()> {
     let orphan_command =
         matches!(command, Command::DetectOrphans { .. } | Command::CleanupOrphans { .. } | Command::OrphanStats { .. });
-    let options = PoolOptions { remove_orphans_at_open: !orphan_command, ..PoolOptions::default() };
-    match PoolDir::open(pool, options) {
-        Ok((mut dir, mut engine_pool, report)) => {
-            for note in &report.notes {
-                tracing::warn!(%note, "recovery");
+    let started = std::time::Instant::now();
+    loop {
+        let options = PoolOptions { remove_orphans_at_open: !orphan_command, ..PoolOptions::default() };
+        match PoolDir::open(pool, options) {
+            Ok((mut dir, mut engine_pool, report)) => {
+                for note in &report.notes {
+                    tracing::warn!(%note, "recovery");
+                }
+                let mut stdout = std::io::stdout().lock();
+                let cwd = std::env::current_dir().unwrap_or_default();
+                let mut ctx = Ctx { dir: &mut dir, pool: &mut engine_pool, out: &mut stdout, cwd, local: true };
+                return execute(command, &mut ctx);
             }
-            let mut stdout = std::io::stdout().lock();
-            let cwd = std::env::current_dir().unwrap_or_default();
-            let mut ctx = Ctx { dir: &mut dir, pool: &mut engine_pool, out: &mut stdout, cwd, local: true };
-            execute(command, &mut ctx)
+            Err(dfs_engine::Error::PoolBusy(message)) => {
+                if crate::control::forward(pool)?.is_some() {
+                    return Ok(());
+                }
+                if started.elapsed() >= BUSY_WAIT {
+                    return Err(anyhow!("{message} (EBUSY)"));
+                }
+                std::thread::sleep(BUSY_POLL);
+            }
+            Err(e) => return Err(engine(e)),
         }
-        Err(dfs_engine::Error::PoolBusy(message)) => match crate::control::forward(pool)? {
-            Some(()) => Ok(()),
-            None => Err(anyhow!("{message} (EBUSY)")),
-        },
-        Err(e) => Err(engine(e)),
     }
 }
+
+/// How long a command waits for a pool that another process holds without serving it.
+const BUSY_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// How often it looks again meanwhile.
+const BUSY_POLL: std::time::Duration = std::time::Duration::from_millis(50);
 
 /// The owner of new files: the invoking user, with the usual permission bits.
 fn owner(mode: u32) -> Owner {

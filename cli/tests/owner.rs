@@ -44,3 +44,34 @@ fn a_second_owner_is_refused_even_with_the_lock_file_gone() {
     // Once the owner is gone, the copy may open the disks (it is the same pool).
     ok(&["ls", "--pool", copy.to_str().unwrap()]);
 }
+
+/// A pool another process holds without serving it — a daemon finishing its shutdown, a
+/// command about to end — is waited for a few seconds, not refused at once: a command
+/// started while the lock is held for under a second succeeds once it is released; one
+/// facing a lock held on for longer fails with EBUSY, having changed nothing.
+#[test]
+fn a_command_waits_briefly_for_a_pool_held_without_a_daemon() {
+    let pool = Pool::new("replicate:2", &[64, 64]);
+    ok(&["mkdir", "--pool", pool.path(), "/d"]);
+    let lock_path = std::path::Path::new(pool.path()).join("lock");
+    let hold = |for_ms: u64| {
+        let lock = fs::OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&lock_path).unwrap();
+        lock.lock().unwrap();
+        std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_millis(for_ms));
+            drop(lock);
+        })
+    };
+    let holder = hold(800);
+    let started = std::time::Instant::now();
+    let listing = ok(&["ls", "--pool", pool.path(), "/"]);
+    assert!(listing.lines().any(|line| line.ends_with(" d")), "{listing}");
+    assert!(started.elapsed() >= std::time::Duration::from_millis(700), "the command ran while the pool was held");
+    holder.join().unwrap();
+    let holder = hold(6_000);
+    let error = fails(&["mkdir", "--pool", pool.path(), "/e"]);
+    assert!(error.contains("in use by another process") && error.contains("EBUSY"), "{error}");
+    holder.join().unwrap();
+    let listing = ok(&["ls", "--pool", pool.path(), "/"]);
+    assert!(!listing.lines().any(|line| line.ends_with(" e")), "the refused mkdir changed nothing: {listing}");
+}
