@@ -400,12 +400,8 @@ impl Pool {
         if file.flushing.is_empty() {
             return;
         }
-        for (index, chunk) in std::mem::take(&mut file.flushing) {
-            file.dirty.entry(index).or_insert_with(|| Arc::try_unwrap(chunk).unwrap_or_else(|c| (*c).clone()));
-        }
+        file.take_back_flushing();
         file.flush_epoch += 1;
-        file.dirty_bytes = file.dirty.values().map(Vec::len).sum();
-        debug_assert!(file.flushing.is_empty());
     }
 
     /// Whether a flush of `ino` is storing chunks with the pool's lock released.
@@ -469,15 +465,11 @@ impl Pool {
         };
         if current {
             if let Some(file) = self.files.files.get_mut(&ino) {
-                let flushing = std::mem::take(&mut file.flushing);
                 if result.is_err() {
-                    for (index, chunk) in flushing {
-                        file.dirty
-                            .entry(index)
-                            .or_insert_with(|| Arc::try_unwrap(chunk).unwrap_or_else(|c| (*c).clone()));
-                    }
+                    file.take_back_flushing();
+                } else {
+                    file.flushing.clear();
                 }
-                file.dirty_bytes = file.dirty.values().map(Vec::len).sum();
                 if result.is_ok() && file.dirty.is_empty() && file.size == job.size {
                     file.mtime = None;
                 }

@@ -68,6 +68,16 @@ impl OpenFile {
         }
     }
 
+    /// Moves the chunks being flushed back into `dirty`, where no newer write replaced
+    /// them, leaving `flushing` empty.
+    pub(crate) fn take_back_flushing(&mut self) {
+        for (index, chunk) in std::mem::take(&mut self.flushing) {
+            self.dirty.entry(index).or_insert_with(|| Arc::try_unwrap(chunk).unwrap_or_else(|c| (*c).clone()));
+        }
+        self.dirty_bytes = self.dirty.values().map(Vec::len).sum();
+        debug_assert!(self.flushing.is_empty());
+    }
+
     /// The buffered contents of chunk `index`: the newest write's, whether waiting in
     /// `dirty` or being flushed.
     pub(crate) fn buffered(&self, index: u64) -> Option<&[u8]> {
