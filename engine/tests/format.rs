@@ -1,5 +1,5 @@
-//! Metadata formats: a pool written in format 1 or 2 opens, is upgraded in place to the
-//! current format and reads the same; a pool of a newer format is refused by name.
+//! Metadata formats: a pool written in format 1, 2 or 3 opens, is upgraded in place to
+//! the current format and reads the same; a pool of a newer format is refused by name.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -14,6 +14,7 @@ use dfs_engine::meta::state::MetaState;
 use dfs_engine::meta::state::{Op, Transaction};
 use dfs_engine::meta::v1::{CheckpointV1, InodeV1, JournalRecordV1, MetaStateV1, OpV1};
 use dfs_engine::meta::v2::{CheckpointV2, MetaStateV2};
+use dfs_engine::meta::v3::{CheckpointV3, MetaStateV3};
 use dfs_engine::pooldir::PoolDir;
 use dfs_engine::{Error, Ino};
 
@@ -172,6 +173,86 @@ fn a_format_two_pool_is_upgraded_in_place_and_keeps_its_attributes() {
         assert_eq!(checkpoints.len(), 1);
         assert_eq!(journal::decode_checkpoint(&fs::read(&checkpoints[0]).unwrap()).unwrap().2, METADATA_FORMAT);
     }
+}
+
+/// The format-3 form of a state without layers.
+fn downgrade_to_three(state: &MetaState) -> MetaStateV3 {
+    assert!(state.layers.is_empty(), "format 3 has no layers");
+    MetaStateV3 {
+        pool_id: state.pool_id,
+        default_policy: state.default_policy,
+        disks: state.disks.clone(),
+        inodes: state.inodes.clone(),
+        dirs: state.dirs.clone(),
+        file_extents: state.file_extents.clone(),
+        extents: state.extents.clone(),
+        next_ino: state.next_ino,
+        next_extent: state.next_extent,
+        next_disk: state.next_disk,
+        transitions: state.transitions.clone(),
+        tiering: state.tiering,
+        temperature: state.temperature.clone(),
+        passes: state.passes.clone(),
+        scrub: state.scrub,
+        scrubbed: state.scrubbed.clone(),
+        xattrs: state.xattrs.clone(),
+        offline: state.offline.clone(),
+        disk_changed: state.disk_changed.clone(),
+        owed: state.owed.clone(),
+        availability: state.availability,
+    }
+}
+
+#[test]
+fn a_format_three_pool_is_upgraded_in_place_and_then_takes_layers() {
+    let mut t = TestPool::new(&[64, 64, 64], "replicate:3");
+    let mut big = common::pattern(300_000, 8);
+    t.write_file("big", &big);
+    let pool = t.pool();
+    let f = pool.resolve("/big").unwrap();
+    pool.checkpoint().unwrap();
+    let state = pool.state().clone();
+    t.pool = None;
+    t.dir = None;
+    let seq = 3_000_000;
+    let tip_hash = [7u8; 32];
+    let checkpoint = CheckpointV3 { seq, tip_hash, state: downgrade_to_three(&state) };
+    let mut inode = state.inodes[&f].clone();
+    inode.mode = 0o604;
+    // Format 4 only appended an op: a format-3 record is the current structure.
+    let record =
+        JournalRecord { seq: seq + 1, prev_hash: tip_hash, txn: Transaction { ops: vec![Op::PutInode(inode)] } };
+    replace_metadata(
+        &t,
+        seq,
+        frame::encode_version(FrameKind::Checkpoint, 3, &checkpoint),
+        frame::encode_version(FrameKind::JournalRecord, 3, &record),
+    );
+    let report = t.reopen();
+    assert_eq!(report.upgraded_from, Some(3));
+    assert!(report.notes.iter().any(|n| n.contains("upgraded from format 3")), "{:?}", report.notes);
+    let pool = t.pool();
+    assert_eq!(pool.getattr(f).unwrap().mode, 0o604, "the format-3 record was replayed");
+    assert_eq!(t.read_file("/big").unwrap(), big);
+    // The upgraded pool stores a small overwrite as a layer, and keeps it across a reopen.
+    let pool = t.pool();
+    let fh = pool.open_file(f).unwrap();
+    pool.write(fh, 5000, &[0xAB; 4096]).unwrap();
+    pool.fsync(fh).unwrap();
+    pool.release(fh).unwrap();
+    big[5000..9096].fill(0xAB);
+    assert_eq!(pool.state().layers.len(), 1);
+    t.pool = None;
+    t.dir = None;
+    for disk in 0..3 {
+        let checkpoints = blocks(&t.disk_path(disk), "checkpoint");
+        assert_eq!(checkpoints.len(), 1);
+        assert_eq!(journal::decode_checkpoint(&fs::read(&checkpoints[0]).unwrap()).unwrap().2, METADATA_FORMAT);
+    }
+    let report = t.reopen();
+    assert_eq!(report.upgraded_from, None);
+    assert_eq!(t.pool().state().layers.len(), 1);
+    assert_eq!(t.read_file("/big").unwrap(), big);
 }
 
 #[test]

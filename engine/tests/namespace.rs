@@ -38,10 +38,27 @@ fn overwrites_in_the_middle_are_copy_on_write() {
     assert_eq!(&pool.read(fh, MIB as u64 - 10, 20).unwrap(), b"0123456789abcdefghij");
     pool.release(fh).unwrap();
     data[MIB - 10..MIB + 10].copy_from_slice(b"0123456789abcdefghij");
-    let new_extents: Vec<_> = t.pool().state().file_extents[&ino].values().copied().collect();
-    assert_ne!(old_extents[0], new_extents[0]);
-    assert_ne!(old_extents[1], new_extents[1]);
-    assert_eq!(old_extents[2], new_extents[2]);
+    // A small overwrite leaves the extents it changes as they are and lays a new extent
+    // with just the new bytes over each chunk it touches.
+    let state = t.pool().state();
+    let new_extents: Vec<_> = state.file_extents[&ino].values().copied().collect();
+    assert_eq!(old_extents, new_extents);
+    let layered: Vec<(u64, Vec<(u32, u32)>)> = state
+        .layers
+        .iter()
+        .filter(|(slot, _)| slot.ino == ino)
+        .flat_map(|(slot, layers)| layers.iter().map(|l| (slot.index, l.ranges.clone())))
+        .collect();
+    assert_eq!(layered, vec![(0, vec![(MIB as u32 - 10, 10)]), (1, vec![(0, 10)])]);
+    t.reopen();
+    assert_eq!(t.read_file("/a").unwrap(), data);
+    // The background merge folds them into whole extents of the chunks' new contents.
+    assert_eq!(t.pool().merge_step(8).unwrap(), 2);
+    let state = t.pool().state();
+    let merged: Vec<_> = state.file_extents[&ino].values().copied().collect();
+    assert!(merged[0] != old_extents[0] && merged[1] != old_extents[1] && merged[2] == old_extents[2]);
+    assert!(state.layers.is_empty());
+    assert_eq!(t.pool().merge_step(8).unwrap(), 0);
     t.reopen();
     assert_eq!(t.read_file("/a").unwrap(), data);
 }

@@ -139,6 +139,22 @@ pub fn metadata_matches(pool: &Pool, ino: Ino, bytes: &[u8]) -> bool {
     }
     let map = state.file_extents.get(&ino);
     bytes.chunks(EXTENT_BYTES_MAX as usize).enumerate().all(|(index, chunk)| {
+        let slot = dfs_engine::meta::state::ChunkSlot { ino, index: index as u64 };
+        if let Some((layer, record)) = state.slot_layers(slot).last() {
+            // Older layers and the extent under them are partly hidden: the newest
+            // layer's bytes and the chunk's length are what the metadata pins down.
+            let len = state.slot_len(slot).unwrap_or(0) as usize;
+            let mut newest = Vec::new();
+            for (offset, range) in &layer.ranges {
+                match chunk.get(*offset as usize..(*offset + *range) as usize) {
+                    Some(bytes) => newest.extend_from_slice(bytes),
+                    None => return false,
+                }
+            }
+            return blake3::hash(&newest).as_bytes() == &record.hash
+                && len <= chunk.len()
+                && chunk[len..].iter().all(|b| *b == 0);
+        }
         match map.and_then(|m| m.get(&(index as u64))).and_then(|id| state.extents.get(id)) {
             None => chunk.iter().all(|b| *b == 0),
             Some(record) => {
@@ -185,11 +201,12 @@ pub fn truly_lost(pool: &Pool) -> BTreeSet<ExtentId> {
 /// Files holding at least one of `lost`.
 pub fn files_of(pool: &Pool, lost: &BTreeSet<ExtentId>) -> BTreeSet<String> {
     let paths = pool.paths();
-    pool.state()
+    let state = pool.state();
+    state
         .file_extents
-        .iter()
-        .filter(|(_, map)| map.values().any(|id| lost.contains(id)))
-        .filter_map(|(ino, _)| paths.get(ino).cloned())
+        .keys()
+        .filter(|ino| state.file_extent_ids(**ino).iter().any(|(_, id)| lost.contains(id)))
+        .filter_map(|ino| paths.get(ino).cloned())
         .collect()
 }
 
@@ -300,10 +317,8 @@ pub fn reported_lost(pool: &Pool) -> BTreeSet<String> {
 
 /// The file offset of an extent, for messages.
 pub fn extent_offset(pool: &Pool, id: ExtentId) -> Option<u64> {
-    pool.state()
-        .file_extents
-        .values()
-        .find_map(|map| map.iter().find(|(_, e)| **e == id).map(|(index, _)| index * EXTENT_BYTES_MAX))
+    let state = pool.state();
+    state.extent_slots().get(&id).map(|slot| slot.index * EXTENT_BYTES_MAX)
 }
 
 /// With `Expect::settled`: the pool finished its background work, and every extent is

@@ -1304,9 +1304,8 @@ impl<'s> Run<'s> {
                 };
                 let pool = self.world.pool();
                 let lost = oracle::truly_lost(pool);
-                let holds_lost = ino.is_some_and(|ino| {
-                    pool.state().file_extents.get(&ino).is_some_and(|map| map.values().any(|id| lost.contains(id)))
-                });
+                let holds_lost =
+                    ino.is_some_and(|ino| pool.state().file_extent_ids(ino).iter().any(|(_, id)| lost.contains(id)));
                 self.checked(oracle::LOSS_REPORTED_EXACTLY);
                 if !holds_lost {
                     return Err(fail(

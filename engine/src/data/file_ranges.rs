@@ -51,12 +51,7 @@ impl Pool {
         if let Some(chunk) = self.files.get(ino).and_then(|f| f.buffered(index)) {
             return if chunk.iter().all(|b| *b == 0) { 0 } else { chunk.len() as u64 };
         }
-        self.state
-            .file_extents
-            .get(&ino)
-            .and_then(|m| m.get(&index))
-            .and_then(|id| self.state.extents.get(id))
-            .map_or(0, |r| u64::from(r.len))
+        self.state.slot_len(crate::meta::state::ChunkSlot { ino, index }).unwrap_or(0)
     }
 
     /// The first chunk after `index` that holds data (buffered or committed).
@@ -170,6 +165,7 @@ impl Pool {
         }
         let file = self.open_entry(ino)?;
         for index in first..=last {
+            file.overwritten.remove(&index);
             let old = file.dirty.remove(&index);
             file.dirty_bytes -= old.as_ref().map_or(0, Vec::len);
             let chunk = if whole(index) {

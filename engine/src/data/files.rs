@@ -16,7 +16,7 @@
 //! back first (`Pool::reclaim_flushing`), so that flush's commit is dropped and nothing
 //! is stored twice or out of order.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -24,8 +24,9 @@ use crate::base::error::{Error, Result};
 use crate::data::fetch::lock;
 use crate::data::store::{store_chunks, PoolAccess, StoredChunks};
 use crate::meta::state::{
-    ChunkSlot, ExtentRecord, Ino, InodeKind, Op, Transaction, EXTENT_BYTES_MAX, INLINE_BYTES_MAX,
+    ChunkSlot, ExtentRecord, Ino, InodeKind, Layer, Op, Transaction, EXTENT_BYTES_MAX, INLINE_BYTES_MAX,
 };
+use crate::pool::open_files::add_range;
 use crate::pool::Pool;
 
 const CHUNK: u64 = EXTENT_BYTES_MAX;
@@ -35,6 +36,21 @@ const STREAM_WRITE_BYTES: usize = 64 << 10;
 
 /// Extents a sequential reader has fetched ahead of the one it reads.
 const READ_AHEAD_EXTENTS: u64 = 4;
+
+/// The most bytes of a chunk a flush stores as a layer over its extent rather than
+/// storing the whole chunk again; and the most ranges in one layer.
+const LAYER_BYTES_MAX: u64 = CHUNK / 8;
+const LAYER_RANGES_MAX: usize = 64;
+
+/// The most layers a chunk holds: a flush that would add one more stores the whole
+/// chunk instead (which replaces them), so a read of a chunk fetches at most this many
+/// extents besides its own.
+pub(crate) const LAYERS_MAX: usize = 8;
+
+/// Whether overwritten `ranges` of a chunk are few and small enough for a layer.
+fn layerable(ranges: &[(u32, u32)]) -> bool {
+    ranges.len() <= LAYER_RANGES_MAX && ranges.iter().map(|(_, len)| u64::from(*len)).sum::<u64>() <= LAYER_BYTES_MAX
+}
 
 /// The disk space a buffered chunk of `len` bytes needs: none when it is small enough
 /// to live inline in metadata.
@@ -93,17 +109,31 @@ impl Pool {
 
     /// Current contents of chunk `index` of `ino`, as a buffer to modify.
     pub(crate) fn load_chunk(&mut self, ino: Ino, index: u64) -> Result<Vec<u8>> {
-        let record = self
-            .state
-            .file_extents
-            .get(&ino)
-            .and_then(|m| m.get(&index))
-            .and_then(|id| self.state.extents.get(id))
-            .cloned();
-        match record {
-            Some(record) => Ok(self.read_extent(&record, index * CHUNK)?.to_vec()),
-            None => Ok(Vec::new()),
+        Ok(self.read_chunk(ino, index)?.map(|chunk| chunk.to_vec()).unwrap_or_default())
+    }
+
+    /// The committed contents of chunk `index` of `ino` — its extent with its layers laid
+    /// over it, oldest first — or `None` for a hole.
+    pub(crate) fn read_chunk(&mut self, ino: Ino, index: u64) -> Result<Option<Arc<Vec<u8>>>> {
+        let slot = ChunkSlot { ino, index };
+        let Some(record) = self.state.slot_extent(slot).cloned() else { return Ok(None) };
+        let base = self.read_extent(&record, index * CHUNK)?;
+        let layers = self.layers_of(slot);
+        if layers.is_empty() {
+            return Ok(Some(base));
         }
+        let mut chunk = base.to_vec();
+        for (layer, record) in layers {
+            let data = self.read_extent(&record, index * CHUNK)?;
+            layer.lay_over(&mut chunk, &data);
+        }
+        debug_assert!(chunk.len() as u64 <= CHUNK);
+        Ok(Some(Arc::new(chunk)))
+    }
+
+    /// The layers of `slot` with their extents' records, oldest first.
+    fn layers_of(&self, slot: ChunkSlot) -> Vec<(Layer, ExtentRecord)> {
+        self.state.slot_layers(slot).into_iter().map(|(layer, record)| (layer.clone(), record.clone())).collect()
     }
 
     /// Writes `data` at `offset`; buffered until flushed. Returns the bytes written.
@@ -131,6 +161,7 @@ impl Pool {
         // Load every chunk the write only partly covers first, so a write that fails
         // (an unreadable extent) changes nothing.
         let mut loaded = BTreeMap::new();
+        let mut from_store = BTreeSet::new();
         let mut growth = 0u64;
         for index in offset / CHUNK..=(end - 1) / CHUNK {
             let chunk_start = index * CHUNK;
@@ -141,7 +172,10 @@ impl Pool {
                 let flushing = self.files.get(ino).and_then(|f| f.flushing.get(&index)).map(|c| c.to_vec());
                 let chunk = match flushing {
                     Some(chunk) => chunk,
-                    None => self.load_chunk(ino, index)?,
+                    None => {
+                        from_store.insert(index);
+                        self.load_chunk(ino, index)?
+                    }
                 };
                 loaded.insert(index, chunk);
             }
@@ -160,6 +194,12 @@ impl Pool {
             let mut chunk = match file.dirty.remove(&index) {
                 Some(chunk) => {
                     file.dirty_bytes -= chunk.len();
+                    if let Some(ranges) = file.overwritten.get_mut(&index) {
+                        add_range(ranges, low as u32, high as u32);
+                        if !layerable(ranges) {
+                            file.overwritten.remove(&index);
+                        }
+                    }
                     chunk
                 }
                 // A chunk a stream of large writes fills gets room for all of it at once,
@@ -169,6 +209,9 @@ impl Pool {
                         file.loaded.remove(&index);
                     } else if loaded.get(&index).is_some_and(|c| !c.is_empty()) {
                         file.loaded.insert(index);
+                        if from_store.contains(&index) && layerable(&[(low as u32, (high - low) as u32)]) {
+                            file.overwritten.insert(index, vec![(low as u32, (high - low) as u32)]);
+                        }
                     }
                     let mut chunk = loaded.remove(&index).unwrap_or_default();
                     if source.len() >= STREAM_WRITE_BYTES {
@@ -265,10 +308,16 @@ impl Pool {
         let Some(map) = self.state.file_extents.get(&ino) else { return Vec::new() };
         let last = (end.saturating_sub(1) / CHUNK).saturating_add(READ_AHEAD_EXTENTS);
         let file = self.files.get(ino);
-        map.range(offset / CHUNK..=last)
-            .filter(|(index, _)| file.is_none_or(|f| f.buffered(**index).is_none()))
-            .filter_map(|(index, id)| self.state.extents.get(id).map(|r| (r.clone(), index * CHUNK)))
-            .collect()
+        let mut records = Vec::new();
+        for (index, id) in map.range(offset / CHUNK..=last) {
+            if file.is_some_and(|f| f.buffered(*index).is_some()) {
+                continue;
+            }
+            records.extend(self.state.extents.get(id).map(|r| (r.clone(), index * CHUNK)));
+            let layers = self.state.slot_layers(ChunkSlot { ino, index: *index });
+            records.extend(layers.into_iter().map(|(_, r)| (r.clone(), index * CHUNK)));
+        }
+        records
     }
 
     /// Notes a read of `[offset, end)` on `fh`'s file; returns whether it is sequential.
@@ -314,6 +363,10 @@ impl Pool {
             if let Some(record) = record {
                 let data = self.read_extent(&record, chunk_start)?;
                 copy(target, &data);
+                for (layer, record) in self.layers_of(ChunkSlot { ino, index }) {
+                    let data = self.read_extent(&record, chunk_start)?;
+                    layer.copy_window(target, low, &data);
+                }
                 self.note_access(ChunkSlot { ino, index }, true);
             }
         }
@@ -432,14 +485,45 @@ impl Pool {
             (true, Some(last)) => file.size.min(committed_size.unwrap_or(0).max((last + 1) * CHUNK)),
             _ => file.size,
         };
-        let chunks: Vec<(u64, Arc<Vec<u8>>)> =
+        let whole: Vec<(u64, Arc<Vec<u8>>)> =
             indexes.iter().filter_map(|i| file.dirty.remove(i).map(|chunk| (*i, Arc::new(chunk)))).collect();
+        let mut overwritten = BTreeMap::new();
         for index in &indexes {
             file.loaded.remove(index);
+            overwritten.extend(file.overwritten.remove(index).map(|ranges| (*index, ranges)));
         }
-        file.flushing = chunks.iter().cloned().collect();
+        file.flushing = whole.iter().cloned().collect();
         file.dirty_bytes = file.dirty.values().map(Vec::len).sum();
-        Some(FlushJob { ino, epoch: file.flush_epoch, chunks, size, policy })
+        let epoch = file.flush_epoch;
+        // A chunk whose stored contents only a few small ranges changed stores just them,
+        // as a layer over its extent — unless it holds `LAYERS_MAX` already: then it is
+        // stored whole, which folds its layers in.
+        let mut layers = BTreeMap::new();
+        let mut chunks = Vec::with_capacity(whole.len());
+        for (index, chunk) in whole {
+            let slot = ChunkSlot { ino, index };
+            let layer = overwritten.remove(&index).filter(|_| {
+                self.state.slot_extent(slot).is_some() && self.state.layers.get(&slot).map_or(0, Vec::len) < LAYERS_MAX
+            });
+            let bytes = layer.as_ref().map(|ranges| {
+                let mut bytes = Vec::with_capacity(ranges.iter().map(|(_, len)| *len as usize).sum());
+                for (offset, len) in ranges {
+                    bytes.extend_from_slice(&chunk[*offset as usize..(*offset + *len) as usize]);
+                }
+                bytes
+            });
+            match (layer, bytes) {
+                // All zeros would be stored as a hole, not as bytes to lay over.
+                (Some(ranges), Some(bytes)) if bytes.iter().any(|b| *b != 0) => {
+                    debug_assert!(Layer { extent: crate::media::device::ExtentId(0), ranges: ranges.clone() }
+                        .well_formed(bytes.len() as u32));
+                    layers.insert(index, ranges);
+                    chunks.push((index, Arc::new(bytes)));
+                }
+                _ => chunks.push((index, chunk)),
+            }
+        }
+        Some(FlushJob { ino, epoch, chunks, layers, size, policy })
     }
 
     /// The last phase of a flush: commits what `stored` wrote of `job` with the size and
@@ -490,6 +574,15 @@ impl Pool {
             }
         }
         for (index, record) in &records {
+            if let (Some(ranges), Some(record)) = (job.layers.get(index), record) {
+                let slot = ChunkSlot { ino, index: *index };
+                // Only a chunk's own flush changes which extent it holds, and what takes
+                // a flush's chunks back drops its commit: the extent it was loaded from,
+                // or the same bytes re-encoded, is still there.
+                assert!(self.state.slot_extent(slot).is_some(), "a layer for chunk {slot}, which holds no extent");
+                ops.push(Op::PutLayer { slot, extent: record.clone(), ranges: ranges.clone() });
+                continue;
+            }
             let unchanged_hole =
                 record.is_none() && !self.state.file_extents.get(&ino).is_some_and(|m| m.contains_key(index));
             if !unchanged_hole {
@@ -550,22 +643,17 @@ impl Pool {
         let within = (size % CHUNK) as usize;
         let needs_cut = within > 0
             && !self.files.get(ino).is_some_and(|f| f.dirty.contains_key(&boundary))
-            && self
-                .state
-                .file_extents
-                .get(&ino)
-                .and_then(|m| m.get(&boundary))
-                .and_then(|id| self.state.extents.get(id))
-                .is_some_and(|r| r.len as usize > within);
+            && self.state.slot_len(ChunkSlot { ino, index: boundary }).is_some_and(|len| len > within as u64);
         let loaded = if needs_cut { Some(self.load_chunk(ino, boundary)?) } else { None };
         let now = self.clock.wall();
         let file = self.open_entry(ino)?;
-        let before = (file.dirty.clone(), file.dirty_bytes, file.size, file.mtime);
+        let before = (file.dirty.clone(), file.dirty_bytes, file.size, file.mtime, file.overwritten.clone());
         if let Some(chunk) = loaded {
             file.dirty.insert(boundary, chunk);
         }
         let first_gone = size.div_ceil(CHUNK);
         file.dirty.retain(|index, _| *index < first_gone);
+        file.overwritten.retain(|index, _| *index < boundary);
         if within > 0 {
             if let Some(chunk) = file.dirty.get_mut(&boundary) {
                 chunk.truncate(within);
@@ -578,7 +666,7 @@ impl Pool {
         if result.is_err() {
             // A truncate that could not be made durable does not happen at all.
             if let Some(file) = self.files.files.get_mut(&ino) {
-                (file.dirty, file.dirty_bytes, file.size, file.mtime) = before;
+                (file.dirty, file.dirty_bytes, file.size, file.mtime, file.overwritten) = before;
             }
         }
         if !self.files.is_open(ino) {
@@ -593,7 +681,10 @@ pub(crate) struct FlushJob {
     ino: Ino,
     /// The file's `flush_epoch` when the chunks were taken.
     epoch: u64,
+    /// What is stored: each chunk whole, or for those in `layers` the bytes of its ranges.
     chunks: Vec<(u64, Arc<Vec<u8>>)>,
+    /// Chunks stored as a layer over their extent, with the ranges the layer covers.
+    layers: BTreeMap<u64, Vec<(u32, u32)>>,
     size: u64,
     policy: crate::base::policy::Policy,
 }

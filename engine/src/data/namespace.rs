@@ -181,10 +181,11 @@ impl Pool {
             size: inode.size,
             allocated_bytes: self
                 .state
-                .file_extents
-                .get(&ino)
-                .map(|m| m.values().filter_map(|id| self.state.extents.get(id)).map(|r| u64::from(r.len)).sum())
-                .unwrap_or(0),
+                .file_extent_ids(ino)
+                .iter()
+                .filter_map(|(_, id)| self.state.extents.get(id))
+                .map(|r| u64::from(r.len))
+                .sum(),
             atime: inode.atime,
             mtime: inode.mtime,
             ctime: inode.ctime,

@@ -31,8 +31,8 @@ pub enum FrameKind {
 /// The metadata format this build writes: journal records and checkpoints.
 /// 1: the first format. 2: special files (`rdev`), extended attributes and ACLs.
 /// 3: disk reachability (offline disks, dated state changes, the write-intent map) and
-/// the availability settings.
-pub const METADATA_FORMAT: u8 = 3;
+/// the availability settings. 4: layers, small overwrites laid over a chunk's extent.
+pub const METADATA_FORMAT: u8 = 4;
 
 impl FrameKind {
     /// The body format this build writes for frames of this kind.

@@ -20,7 +20,7 @@ use crate::base::io::run_all;
 use crate::media::device::{BlockDevice, BlockKind, BlockName, DeviceError};
 use crate::media::frame::{self, FrameError, FrameKind};
 use crate::meta::state::{MetaState, Transaction};
-use crate::meta::{v1, v2};
+use crate::meta::{v1, v2, v3};
 
 /// One journal record.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -48,20 +48,22 @@ pub struct JournalTip {
     pub hash: [u8; 32],
 }
 
-/// Decodes a checkpoint block of any format this build reads: formats 1 and 2 through
+/// Decodes a checkpoint block of any format this build reads: formats 1 to 3 through
 /// their frozen structures, converted. Returns it, its body hash and its format.
 pub fn decode_checkpoint(block: &[u8]) -> Result<(Checkpoint, [u8; 32], u8), FrameError> {
     let opened = frame::open(FrameKind::Checkpoint, block)?;
     let checkpoint = match opened.version {
         v1::FORMAT => frame::decode_body::<v1::CheckpointV1>(opened.body)?.into(),
         v2::FORMAT => frame::decode_body::<v2::CheckpointV2>(opened.body)?.into(),
+        v3::FORMAT => frame::decode_body::<v3::CheckpointV3>(opened.body)?.into(),
         _ => frame::decode_body::<Checkpoint>(opened.body)?,
     };
     Ok((checkpoint, opened.hash, opened.version))
 }
 
 /// Decodes a journal record of any format this build reads: format 1 through its frozen
-/// ops, converted; format 2 as the current ops (format 3 only appended variants).
+/// ops, converted; formats 2 and 3 as the current ops (formats 3 and 4 only appended
+/// variants).
 pub fn decode_record(block: &[u8]) -> Result<(JournalRecord, [u8; 32], u8), FrameError> {
     let opened = frame::open(FrameKind::JournalRecord, block)?;
     let record = match opened.version {

@@ -5,3 +5,4 @@ pub mod scrub_state;
 pub mod state;
 pub mod v1;
 pub mod v2;
+pub mod v3;

@@ -5,7 +5,8 @@
 //! the same state. Ordered maps everywhere, so encoding and iteration are deterministic.
 //!
 //! Invariants (checked by `check`): every directory entry names a live inode; an extent
-//! record is referenced by exactly one (file, chunk) slot; the fragments of one extent sit
+//! record is referenced by exactly one (file, chunk) slot, as its extent or one of its
+//! layers, and only a chunk holding an extent has layers; the fragments of one extent sit
 //! on distinct disks; a live inode's link count matches the entries naming it.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
@@ -388,6 +389,76 @@ pub struct MetaState {
     pub owed: BTreeMap<DiskId, BTreeSet<ExtentId>>,
     /// Grace period and write quorum (format 3).
     pub availability: Availability,
+    /// Small overwrites laid over chunks' extents (format 4), per chunk, oldest first: a
+    /// chunk reads as its extent with each layer's ranges copied over it in turn. Only a
+    /// chunk that holds an extent has layers; a new extent in the slot (`SetExtent`)
+    /// replaces them.
+    pub layers: BTreeMap<ChunkSlot, Vec<Layer>>,
+}
+
+/// A small overwrite of one chunk, stored as an extent of its own (format 4): the
+/// extent's bytes are the new contents of `ranges`, in order.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Layer {
+    pub extent: ExtentId,
+    /// `(offset in the chunk, length)`, sorted, disjoint, non-empty, within the chunk;
+    /// the lengths add up to the extent's.
+    pub ranges: Vec<(u32, u32)>,
+}
+
+impl Layer {
+    /// Where the layer's last range ends in its chunk.
+    pub fn end(&self) -> u64 {
+        self.ranges.last().map_or(0, |(offset, len)| u64::from(*offset) + u64::from(*len))
+    }
+
+    /// Copies the layer's bytes (`data`, its extent's contents) over `chunk`, growing it
+    /// with zeros where a range ends past it.
+    pub fn lay_over(&self, chunk: &mut Vec<u8>, data: &[u8]) {
+        let end = self.end() as usize;
+        if chunk.len() < end {
+            chunk.resize(end, 0);
+        }
+        let mut at = 0usize;
+        for (offset, len) in &self.ranges {
+            let (offset, len) = (*offset as usize, *len as usize);
+            chunk[offset..offset + len].copy_from_slice(&data[at..at + len]);
+            at += len;
+        }
+        debug_assert_eq!(at, data.len());
+    }
+
+    /// Copies what the layer's bytes (`data`) hold of the chunk window starting at
+    /// `window` over `target`, the window's bytes.
+    pub fn copy_window(&self, target: &mut [u8], window: u64, data: &[u8]) {
+        let window_end = window + target.len() as u64;
+        let mut at = 0u64;
+        for (offset, len) in &self.ranges {
+            let (start, end) = (u64::from(*offset), u64::from(*offset) + u64::from(*len));
+            let (low, high) = (start.max(window), end.min(window_end));
+            if low < high {
+                let source = (at + low - start) as usize..(at + high - start) as usize;
+                target[(low - window) as usize..(high - window) as usize].copy_from_slice(&data[source]);
+            }
+            at += u64::from(*len);
+        }
+    }
+
+    /// Whether the ranges are sorted, disjoint, non-empty, inside a chunk and add up to
+    /// `len` bytes.
+    pub fn well_formed(&self, len: u32) -> bool {
+        let mut next = 0u64;
+        let mut total = 0u64;
+        for (offset, range_len) in &self.ranges {
+            let (offset, range_len) = (u64::from(*offset), u64::from(*range_len));
+            if range_len == 0 || offset < next || offset + range_len > EXTENT_BYTES_MAX {
+                return false;
+            }
+            next = offset + range_len;
+            total += range_len;
+        }
+        !self.ranges.is_empty() && total == u64::from(len)
+    }
 }
 
 /// One atomic change to the state. A transaction is a list of these.
@@ -489,6 +560,13 @@ pub enum Op {
     Opened {
         at: WallTime,
     },
+    /// Lays `extent` over chunk `slot` as its newest layer (format 4): the new contents
+    /// of `ranges`. A slot that holds no extent takes no layer: the extent is freed.
+    PutLayer {
+        slot: ChunkSlot,
+        extent: ExtentRecord,
+        ranges: Vec<(u32, u32)>,
+    },
 }
 
 /// A list of ops applied atomically.
@@ -522,6 +600,7 @@ impl MetaState {
             disk_changed: BTreeMap::new(),
             owed: BTreeMap::new(),
             availability: Availability::default(),
+            layers: BTreeMap::new(),
         };
         state.apply(&Op::PutInode(Inode {
             ino: Ino::ROOT,
@@ -569,6 +648,14 @@ impl MetaState {
                 if let Some(map) = self.file_extents.remove(ino) {
                     freed.extend(map.values().filter_map(|id| self.extents.remove(id)));
                 }
+                let layered: Vec<ChunkSlot> = self
+                    .layers
+                    .range(ChunkSlot { ino: *ino, index: 0 }..=ChunkSlot { ino: *ino, index: u64::MAX })
+                    .map(|(slot, _)| *slot)
+                    .collect();
+                for slot in layered {
+                    freed.extend(self.remove_layers(slot));
+                }
             }
             Op::Link { parent, name, ino } => {
                 self.dirs.entry(*parent).or_default().insert(name.clone(), *ino);
@@ -579,6 +666,7 @@ impl MetaState {
                 }
             }
             Op::SetExtent { ino, index, extent } => {
+                freed.extend(self.remove_layers(ChunkSlot { ino: *ino, index: *index }));
                 let map = self.file_extents.entry(*ino).or_default();
                 let old = match extent {
                     Some(record) => {
@@ -689,6 +777,16 @@ impl MetaState {
                 }
             },
             Op::FormatUpgraded { .. } | Op::Opened { .. } => {}
+            Op::PutLayer { slot, extent, ranges } => {
+                self.next_extent = self.next_extent.max(extent.id.0 + 1);
+                if self.slot_extent(*slot).is_some() {
+                    self.extents.insert(extent.id, extent.clone());
+                    self.layers.entry(*slot).or_default().push(Layer { extent: extent.id, ranges: ranges.clone() });
+                    self.owe_to_offline(extent);
+                } else {
+                    freed.push(extent.clone());
+                }
+            }
             Op::ClassifyPass { at_secs, verdicts } => {
                 self.passes.push_back(*at_secs);
                 while self.passes.len() > HISTORY_MAX {
@@ -706,6 +804,37 @@ impl MetaState {
             self.forget_owed(record.id, &[]);
         }
         freed
+    }
+
+    /// Removes the layers of `slot`, returning their extents' records.
+    fn remove_layers(&mut self, slot: ChunkSlot) -> Vec<ExtentRecord> {
+        let layers = self.layers.remove(&slot).unwrap_or_default();
+        layers.iter().filter_map(|layer| self.extents.remove(&layer.extent)).collect()
+    }
+
+    /// The layers of chunk `slot`, oldest first, with their extents' records.
+    pub fn slot_layers(&self, slot: ChunkSlot) -> Vec<(&Layer, &ExtentRecord)> {
+        let layers = self.layers.get(&slot).map(Vec::as_slice).unwrap_or_default();
+        layers.iter().filter_map(|layer| Some((layer, self.extents.get(&layer.extent)?))).collect()
+    }
+
+    /// How many bytes chunk `slot` holds from its start: its extent's, or further where
+    /// a layer reaches past it; `None` for a hole.
+    pub fn slot_len(&self, slot: ChunkSlot) -> Option<u64> {
+        let base = u64::from(self.slot_extent(slot)?.len);
+        let layers = self.layers.get(&slot).map(Vec::as_slice).unwrap_or_default();
+        Some(layers.iter().map(Layer::end).fold(base, u64::max))
+    }
+
+    /// Every extent of file `ino` — each chunk's, and its layers' — with its chunk index.
+    pub fn file_extent_ids(&self, ino: Ino) -> Vec<(u64, ExtentId)> {
+        let mut ids: Vec<(u64, ExtentId)> =
+            self.file_extents.get(&ino).into_iter().flat_map(|m| m.iter().map(|(i, id)| (*i, *id))).collect();
+        let slots = ChunkSlot { ino, index: 0 }..=ChunkSlot { ino, index: u64::MAX };
+        for (slot, layers) in self.layers.range(slots) {
+            ids.extend(layers.iter().map(|layer| (slot.index, layer.extent)));
+        }
+        ids
     }
 
     /// Records `extents` as owed to `disk` — those that name a fragment there.
@@ -790,9 +919,12 @@ impl MetaState {
 
     /// Every extent held by a file, with the chunk holding it.
     fn slots(&self) -> impl Iterator<Item = (ExtentId, ChunkSlot)> + '_ {
+        let layered =
+            self.layers.iter().flat_map(|(slot, layers)| layers.iter().map(move |layer| (layer.extent, *slot)));
         self.file_extents
             .iter()
             .flat_map(|(ino, map)| map.iter().map(|(index, id)| (*id, ChunkSlot { ino: *ino, index: *index })))
+            .chain(layered)
     }
 
     /// An extent's name for people (its chunk; see `ChunkSlot`'s `Display`), or its
@@ -852,6 +984,28 @@ impl MetaState {
                 }
                 if !self.extents.contains_key(id) {
                     return Err(format!("extent {id} referenced but has no record"));
+                }
+            }
+        }
+        for (slot, layers) in &self.layers {
+            if self.slot_extent(*slot).is_none() {
+                return Err(format!("layers kept for chunk {slot}, which holds no extent"));
+            }
+            if layers.is_empty() {
+                return Err(format!("an empty layer list kept for chunk {slot}"));
+            }
+            for layer in layers {
+                if !referenced.insert(layer.extent) {
+                    return Err(format!("extent {} referenced twice", layer.extent));
+                }
+                let Some(record) = self.extents.get(&layer.extent) else {
+                    return Err(format!("layer extent {} of chunk {slot} has no record", layer.extent));
+                };
+                if !layer.well_formed(record.len) {
+                    return Err(format!(
+                        "layer extent {} of chunk {slot} has ranges {:?} that do not fit its {} bytes",
+                        layer.extent, layer.ranges, record.len
+                    ));
                 }
             }
         }

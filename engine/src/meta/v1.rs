@@ -111,6 +111,7 @@ impl From<MetaStateV1> for MetaState {
             disk_changed: BTreeMap::new(),
             owed: BTreeMap::new(),
             availability: crate::meta::state::Availability::default(),
+            layers: BTreeMap::new(),
         }
     }
 }

@@ -70,6 +70,7 @@ impl From<MetaStateV2> for MetaState {
             disk_changed: BTreeMap::new(),
             owed: BTreeMap::new(),
             availability: Availability::default(),
+            layers: BTreeMap::new(),
         }
     }
 }

@@ -126,6 +126,8 @@ pub struct PoolCounters {
     /// Durability barriers completed.
     pub barriers: u64,
     pub extents_reencoded: u64,
+    /// Layered chunks folded back into whole extents by `merge_step`.
+    pub layers_merged: u64,
     /// Extents re-encoded by tiering (also counted in `extents_reencoded`).
     pub extents_migrated: u64,
     pub disks_failed: u64,

@@ -47,6 +47,11 @@ pub(crate) struct OpenFile {
     /// only chunks built from writes alone are flushed behind the writer before the
     /// buffer is full.
     pub(crate) loaded: BTreeSet<u64>,
+    /// Buffered chunks loaded from their committed extent (and layers) whose only changes
+    /// since are these byte ranges (sorted, disjoint, merged): the flush may store just
+    /// them as a layer (`crate::data::files`). A chunk changed any other way — cut,
+    /// zeroed, loaded from a flush in flight — is not here and is stored whole.
+    pub(crate) overwritten: BTreeMap<u64, Vec<(u32, u32)>>,
     /// Bumped when a flush in flight has its chunks taken back into `dirty`
     /// (`Pool::reclaim_flushing`): that flush's commit is then dropped.
     pub(crate) flush_epoch: u64,
@@ -64,6 +69,7 @@ impl OpenFile {
             read_end: 0,
             flushing: BTreeMap::new(),
             loaded: BTreeSet::new(),
+            overwritten: BTreeMap::new(),
             flush_epoch: 0,
         }
     }
@@ -91,6 +97,24 @@ impl OpenFile {
     }
 }
 
+/// Adds `[low, high)` to `ranges` (sorted, disjoint, merged), keeping them so.
+pub(crate) fn add_range(ranges: &mut Vec<(u32, u32)>, low: u32, high: u32) {
+    assert!(low < high);
+    let (mut low, mut high) = (low, high);
+    ranges.retain(|(offset, len)| {
+        let end = offset + len;
+        if end < low || *offset > high {
+            return true;
+        }
+        low = low.min(*offset);
+        high = high.max(end);
+        false
+    });
+    let at = ranges.partition_point(|(offset, _)| *offset < low);
+    ranges.insert(at, (low, high - low));
+    debug_assert!(ranges.windows(2).all(|w| w[0].0 + w[0].1 < w[1].0));
+}
+
 impl OpenFiles {
     pub(crate) fn get(&self, ino: Ino) -> Option<&OpenFile> {
         self.files.get(&ino)
@@ -103,5 +127,23 @@ impl OpenFiles {
     /// Whether any handle holds `ino` open.
     pub(crate) fn is_open(&self, ino: Ino) -> bool {
         self.files.get(&ino).is_some_and(|f| f.handles > 0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::add_range;
+
+    #[test]
+    fn ranges_merge_where_they_touch_or_overlap_and_stay_sorted() {
+        let mut ranges = Vec::new();
+        add_range(&mut ranges, 100, 200);
+        add_range(&mut ranges, 0, 10);
+        add_range(&mut ranges, 300, 400);
+        assert_eq!(ranges, vec![(0, 10), (100, 100), (300, 100)]);
+        add_range(&mut ranges, 200, 250);
+        assert_eq!(ranges, vec![(0, 10), (100, 150), (300, 100)]);
+        add_range(&mut ranges, 5, 350);
+        assert_eq!(ranges, vec![(0, 400)]);
     }
 }

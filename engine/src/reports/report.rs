@@ -225,7 +225,7 @@ impl Pool {
         let present = self.present_fragments();
         let prefix = under.and_then(|ino| paths.get(&ino)).cloned();
         let mut out = Vec::new();
-        for (ino, map) in &self.state.file_extents {
+        for ino in self.state.file_extents.keys() {
             let path = paths.get(ino).cloned().unwrap_or_else(|| format!("<unlinked inode {}>", ino.0));
             if let (Some(prefix), Some(under)) = (&prefix, under) {
                 let inside = *ino == under || prefix == "/" || path.starts_with(&format!("{prefix}/"));
@@ -233,13 +233,14 @@ impl Pool {
                     continue;
                 }
             }
-            for (index, id) in map {
-                let Some(record) = self.state.extents.get(id) else {
+            // A chunk's layers follow its extent, under the same chunk name.
+            for (index, id) in self.state.file_extent_ids(*ino) {
+                let Some(record) = self.state.extents.get(&id) else {
                     continue;
                 };
                 let (health, available) = self.health(record, &present, verify);
                 out.push(ExtentInfo {
-                    extent: ChunkSlot { ino: *ino, index: *index }.to_string(),
+                    extent: ChunkSlot { ino: *ino, index }.to_string(),
                     stored_as: id.to_string(),
                     file: path.clone(),
                     offset: index * EXTENT_BYTES_MAX,

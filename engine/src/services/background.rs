@@ -1,6 +1,7 @@
 //! The background worker's unit of work: drain draining disks, carry policy transitions
 //! forward, rebuild degraded extents (most endangered first), then migrate extents to
-//! the policy their temperature calls for, and last compact disks that keep dead space
+//! the policy their temperature calls for, fold layered chunks of closed files back into
+//! whole extents, and last compact disks that keep dead space
 //! (a filesystem that cannot punch holes). Each step is bounded, so a foreground request
 //! waits at most for one small batch; the daemon calls it in a loop. Redundancy comes
 //! before temperature: migrations run only when nothing else is waiting.
@@ -22,6 +23,7 @@ impl Pool {
             || !self.open_transitions().is_empty()
             || !self.rebuild_queue().is_empty()
             || self.has_migration_work()
+            || self.has_merge_work()
             || self.devices.values().any(|d| d.wants_compaction())
     }
 
@@ -57,6 +59,10 @@ impl Pool {
         let migrated = self.migration_step(STEP_EXTENTS, false)?;
         if migrated > 0 {
             return Ok(migrated);
+        }
+        let merged = self.merge_step(STEP_EXTENTS)?;
+        if merged > 0 {
+            return Ok(merged);
         }
         Ok(self.compact_step())
     }

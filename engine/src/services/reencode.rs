@@ -16,7 +16,7 @@ use crate::base::error::{Error, Result};
 use crate::base::policy::Policy;
 use crate::meta::state::{
     ChangeCause, ChunkSlot, Ino, InodeKind, Op, PolicyChange, PolicyScope, PolicyTransition, Transaction,
-    TransitionState, EXTENT_BYTES_MAX,
+    TransitionState,
 };
 use crate::pool::Pool;
 
@@ -248,7 +248,8 @@ impl Pool {
             else {
                 continue;
             };
-            let data = self.read_extent(&record, index * EXTENT_BYTES_MAX)?;
+            // Its layers fold in: the new extent holds what the chunk reads as.
+            let Some(data) = self.read_chunk(*ino, *index)? else { continue };
             chunks.push((*index, data));
             olds.push((*ino, record));
         }
@@ -279,5 +280,69 @@ impl Pool {
         let id = self.begin_policy_change(scope, policy)?;
         while self.policy_step(id, BATCH_EXTENTS)?.remaining > 0 {}
         Ok(id)
+    }
+}
+
+impl Pool {
+    /// Folds the layers of up to `max` chunks of files no one holds open back into whole
+    /// extents, under each chunk's present policy and keeping its history: the chunk's
+    /// contents written as a new extent, then one barrier makes the switch durable (which
+    /// frees the old extent and its layers), as a re-encode does. A crash leaves the chunk
+    /// layered or whole, never both. An open file's chunks fold when their flush would add
+    /// a layer past `LAYERS_MAX`. Returns how many chunks it folded.
+    pub fn merge_step(&mut self, max: usize) -> Result<usize> {
+        let slots: Vec<ChunkSlot> =
+            self.state.layers.keys().filter(|slot| self.files.get(slot.ino).is_none()).take(max).copied().collect();
+        let mut ops = Vec::with_capacity(slots.len());
+        let mut written = Vec::with_capacity(slots.len());
+        for slot in &slots {
+            match self.merge_one(*slot) {
+                Ok(Some(extent)) => {
+                    written.extend(extent.clone());
+                    ops.push(Op::SetExtent { ino: slot.ino, index: slot.index, extent });
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    self.free_extents(&written);
+                    return Err(e);
+                }
+            }
+        }
+        if ops.is_empty() {
+            return Ok(0);
+        }
+        let folded = ops.len();
+        let freed = match self.commit(Transaction { ops }) {
+            Ok(freed) => freed,
+            Err(e) => {
+                self.free_extents(&written);
+                return Err(e);
+            }
+        };
+        self.free_extents(&freed);
+        self.sync()?;
+        self.counters.layers_merged += folded as u64;
+        Ok(folded)
+    }
+
+    /// Writes what layered chunk `slot` reads as as one new extent under its extent's
+    /// policy: `Some(None)` when it reads as zeros (it becomes a hole), `None` if the
+    /// chunk holds no extent.
+    #[allow(clippy::option_option)]
+    fn merge_one(&mut self, slot: ChunkSlot) -> Result<Option<Option<crate::meta::state::ExtentRecord>>> {
+        let Some(base) = self.state.slot_extent(slot).cloned() else { return Ok(None) };
+        debug_assert!(self.state.layers.contains_key(&slot));
+        let Some(data) = self.read_chunk(slot.ino, slot.index)? else { return Ok(None) };
+        let records = self.write_chunks(&[(slot.index, data)], base.policy)?;
+        let record = records.into_iter().next().and_then(|(_, record)| record);
+        Ok(Some(record.map(|mut record| {
+            record.history = base.history.clone();
+            record
+        })))
+    }
+
+    /// Whether a chunk of a file no one holds open has layers to fold.
+    pub(crate) fn has_merge_work(&self) -> bool {
+        self.state.layers.keys().any(|slot| self.files.get(slot.ino).is_none())
     }
 }

@@ -264,8 +264,10 @@ impl Pool {
         };
         let mut scope: Vec<(ExtentId, Ino, u64)> = files
             .iter()
-            .filter_map(|ino| self.state.file_extents.get(ino).map(|map| (ino, map)))
-            .flat_map(|(ino, map)| map.iter().map(move |(index, id)| (*id, *ino, index * EXTENT_BYTES_MAX)))
+            .flat_map(|ino| {
+                let ids = self.state.file_extent_ids(*ino);
+                ids.into_iter().map(move |(index, id)| (id, *ino, index * EXTENT_BYTES_MAX))
+            })
             .collect();
         scope.sort_by_key(|(id, _, _)| (self.state.scrubbed.get(id).copied(), *id));
         Ok(scope)
