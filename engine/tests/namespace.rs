@@ -64,6 +64,37 @@ fn overwrites_in_the_middle_are_copy_on_write() {
 }
 
 #[test]
+fn small_overwrites_lay_layers_and_zeros_are_bytes_not_holes() {
+    let mut t = pool();
+    let mut data = pattern(3 * MIB, 9);
+    let ino = t.write_file("a", &data);
+    let pool = t.pool();
+    let fh = pool.open_file(ino).unwrap();
+    // Zeros over part of a chunk, bytes across a chunk boundary, two writes that merge.
+    pool.write(fh, 4096, &[0u8; 8192]).unwrap();
+    pool.write(fh, 2 * MIB as u64 - 100, &[7u8; 200]).unwrap();
+    pool.write(fh, 2 * MIB as u64 + 500_000, &[1u8; 10]).unwrap();
+    pool.write(fh, 2 * MIB as u64 + 500_010, &[2u8; 10]).unwrap();
+    assert_eq!(pool.read(fh, 4000, 200).unwrap()[96..], [0u8; 104]);
+    pool.fsync(fh).unwrap();
+    pool.release(fh).unwrap();
+    data[4096..4096 + 8192].fill(0);
+    data[2 * MIB - 100..2 * MIB + 100].fill(7);
+    data[2 * MIB + 500_000..2 * MIB + 500_010].fill(1);
+    data[2 * MIB + 500_010..2 * MIB + 500_020].fill(2);
+    let state = t.pool().state();
+    let ranges: Vec<(u64, Vec<(u32, u32)>)> =
+        state.layers.iter().map(|(slot, layers)| (slot.index, layers[0].ranges.clone())).collect();
+    assert_eq!(
+        ranges,
+        vec![(0, vec![(4096, 8192)]), (1, vec![(MIB as u32 - 100, 100)]), (2, vec![(0, 100), (500_000, 20)])]
+    );
+    assert_eq!(state.file_extents[&ino].len(), 3, "no chunk became a hole");
+    t.reopen();
+    assert_eq!(t.read_file("/a").unwrap(), data);
+}
+
+#[test]
 fn sparse_files_read_zeros_in_holes_and_store_nothing_there() {
     let mut t = pool();
     let pool = t.pool();

@@ -51,7 +51,8 @@ impl Pool {
         if let Some(chunk) = self.files.get(ino).and_then(|f| f.buffered(index)) {
             return if chunk.iter().all(|b| *b == 0) { 0 } else { chunk.len() as u64 };
         }
-        self.state.slot_len(crate::meta::state::ChunkSlot { ino, index }).unwrap_or(0)
+        let patched = self.files.get(ino).map_or(0, |f| f.patch_end(index));
+        self.state.slot_len(crate::meta::state::ChunkSlot { ino, index }).unwrap_or(0).max(patched)
     }
 
     /// The first chunk after `index` that holds data (buffered or committed).
@@ -160,12 +161,19 @@ impl Pool {
         for index in [first, last] {
             let buffered = self.files.get(ino).is_some_and(|f| f.dirty.contains_key(&index));
             if !whole(index) && !buffered && !loaded.contains_key(&index) {
-                loaded.insert(index, self.load_chunk(ino, index)?);
+                let mut chunk = self.load_chunk(ino, index)?;
+                if let Some(file) = self.files.get(ino) {
+                    file.lay_patches(index, &mut chunk);
+                }
+                loaded.insert(index, chunk);
             }
         }
         let file = self.open_entry(ino)?;
         for index in first..=last {
             file.overwritten.remove(&index);
+            if let Some(patch) = file.patches.remove(&index) {
+                file.dirty_bytes -= patch.bytes();
+            }
             let old = file.dirty.remove(&index);
             file.dirty_bytes -= old.as_ref().map_or(0, Vec::len);
             let chunk = if whole(index) {

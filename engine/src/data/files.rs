@@ -26,7 +26,7 @@ use crate::data::store::{store_chunks, PoolAccess, StoredChunks};
 use crate::meta::state::{
     ChunkSlot, ExtentRecord, Ino, InodeKind, Layer, Op, Transaction, EXTENT_BYTES_MAX, INLINE_BYTES_MAX,
 };
-use crate::pool::open_files::add_range;
+use crate::pool::open_files::{add_range, Patch};
 use crate::pool::Pool;
 
 const CHUNK: u64 = EXTENT_BYTES_MAX;
@@ -159,22 +159,39 @@ impl Pool {
             self.flush_ino(ino, true)?;
         }
         // Load every chunk the write only partly covers first, so a write that fails
-        // (an unreadable extent) changes nothing.
+        // (an unreadable extent) changes nothing — except where the write can be a
+        // patch over the stored chunk, which needs nothing read.
         let mut loaded = BTreeMap::new();
         let mut from_store = BTreeSet::new();
+        let mut patched = BTreeSet::new();
         let mut growth = 0u64;
         for index in offset / CHUNK..=(end - 1) / CHUNK {
             let chunk_start = index * CHUNK;
+            let low = offset.max(chunk_start) - chunk_start;
             let high = end.min(chunk_start + CHUNK) - chunk_start;
             let whole = offset <= chunk_start && end >= chunk_start + CHUNK;
             let buffered = self.files.files.get(&ino).and_then(|f| f.dirty.get(&index)).map(|c| c.len() as u64);
             if !whole && buffered.is_none() {
-                let flushing = self.files.get(ino).and_then(|f| f.flushing.get(&index)).map(|c| c.to_vec());
+                if self.patchable(ino, index, low, high) {
+                    patched.insert(index);
+                    growth += high - low;
+                    continue;
+                }
+                let file = self.files.get(ino);
+                let flushing = file.and_then(|f| f.flushing.get(&index)).map(|c| c.to_vec());
                 let chunk = match flushing {
                     Some(chunk) => chunk,
                     None => {
-                        from_store.insert(index);
-                        self.load_chunk(ino, index)?
+                        // Only what the store holds may be stored again as a layer over
+                        // it: not a patch in flight, whose commit may yet be dropped.
+                        if !file.is_some_and(|f| f.flushing_patches.contains_key(&index)) {
+                            from_store.insert(index);
+                        }
+                        let mut chunk = self.load_chunk(ino, index)?;
+                        if let Some(file) = self.files.get(ino) {
+                            file.lay_patches(index, &mut chunk);
+                        }
+                        chunk
                     }
                 };
                 loaded.insert(index, chunk);
@@ -191,8 +208,20 @@ impl Pool {
             let high = (end.min(chunk_start + CHUNK) - chunk_start) as usize;
             let source =
                 &data[(chunk_start + low as u64 - offset) as usize..(chunk_start + high as u64 - offset) as usize];
+            if patched.contains(&index) {
+                let patch = file.patches.entry(index).or_default();
+                let before = patch.bytes();
+                patch.write(low as u32, source);
+                file.dirty_bytes += patch.bytes() - before;
+                continue;
+            }
+            // A whole chunk buffered from here on holds the patch (loaded with it, or
+            // overwritten whole).
+            let patch = file.patches.remove(&index);
+            file.dirty_bytes -= patch.as_ref().map_or(0, Patch::bytes);
             let mut chunk = match file.dirty.remove(&index) {
                 Some(chunk) => {
+                    debug_assert!(patch.is_none());
                     file.dirty_bytes -= chunk.len();
                     if let Some(ranges) = file.overwritten.get_mut(&index) {
                         add_range(ranges, low as u32, high as u32);
@@ -209,8 +238,12 @@ impl Pool {
                         file.loaded.remove(&index);
                     } else if loaded.get(&index).is_some_and(|c| !c.is_empty()) {
                         file.loaded.insert(index);
-                        if from_store.contains(&index) && layerable(&[(low as u32, (high - low) as u32)]) {
-                            file.overwritten.insert(index, vec![(low as u32, (high - low) as u32)]);
+                        if from_store.contains(&index) {
+                            let mut ranges = patch.as_ref().map(Patch::ranges).unwrap_or_default();
+                            add_range(&mut ranges, low as u32, high as u32);
+                            if layerable(&ranges) {
+                                file.overwritten.insert(index, ranges);
+                            }
                         }
                     }
                     let mut chunk = loaded.remove(&index).unwrap_or_default();
@@ -242,6 +275,24 @@ impl Pool {
         Ok(data.len())
     }
 
+    /// Whether a write of `[low, high)` into chunk `index` of `ino` — not buffered whole —
+    /// can be a patch over the stored chunk: the chunk holds an extent with room for
+    /// another layer, is not being flushed whole, and its patch stays small enough for
+    /// a layer.
+    fn patchable(&self, ino: Ino, index: u64, low: u64, high: u64) -> bool {
+        let slot = ChunkSlot { ino, index };
+        if self.state.slot_extent(slot).is_none() || self.state.layers.get(&slot).map_or(0, Vec::len) >= LAYERS_MAX {
+            return false;
+        }
+        let file = self.files.get(ino);
+        if file.is_some_and(|f| f.flushing.contains_key(&index)) {
+            return false;
+        }
+        let mut ranges = file.and_then(|f| f.patches.get(&index)).map(Patch::ranges).unwrap_or_default();
+        add_range(&mut ranges, low as u32, high as u32);
+        layerable(&ranges)
+    }
+
     /// Buffered data is stored copy-on-write by the next flush at the latest, so a write
     /// that grows the buffers by `growth` bytes is taken only while the pool has room for
     /// every buffered byte under `ino`'s policy: a full pool refuses the write itself
@@ -253,8 +304,16 @@ impl Pool {
             return Ok(());
         }
         let policy = self.state.effective_policy(ino);
-        let buffered: u64 =
+        let chunks: u64 =
             self.files.files.values().flat_map(|f| f.buffered_chunks()).map(|(_, c)| stored_len(c.len() as u64)).sum();
+        let patches: u64 = self
+            .files
+            .files
+            .values()
+            .flat_map(|f| f.patches.values().chain(f.flushing_patches.values()))
+            .map(|p| p.bytes() as u64)
+            .sum();
+        let buffered = chunks + patches;
         let needed = buffered + growth;
         let mut free = self.space_for(policy).1;
         if needed > free && self.frees_pending() {
@@ -369,6 +428,9 @@ impl Pool {
                 }
                 self.note_access(ChunkSlot { ino, index }, true);
             }
+            if let Some(file) = self.files.get(ino) {
+                file.patch_window(index, target, low);
+            }
         }
         Ok(out)
     }
@@ -450,7 +512,7 @@ impl Pool {
     /// this stores them. Nothing when no flush is in flight.
     pub(crate) fn reclaim_flushing(&mut self, ino: Ino) {
         let Some(file) = self.files.files.get_mut(&ino) else { return };
-        if file.flushing.is_empty() {
+        if !file.in_flight() {
             return;
         }
         file.take_back_flushing();
@@ -459,7 +521,7 @@ impl Pool {
 
     /// Whether a flush of `ino` is storing chunks with the pool's lock released.
     pub(crate) fn flush_in_flight(&self, ino: Ino) -> bool {
-        self.files.get(ino).is_some_and(|f| !f.flushing.is_empty())
+        self.files.get(ino).is_some_and(|f| f.in_flight())
     }
 
     /// Moves the buffered chunks of `ino` to flush (all, or only full ones) to its
@@ -469,19 +531,21 @@ impl Pool {
         let policy = self.state.effective_policy(ino);
         let committed_size = self.state.inodes.get(&ino).map(|i| i.size);
         let file = self.files.files.get_mut(&ino)?;
-        assert!(file.flushing.is_empty(), "a flush of inode {} is already in flight", ino.0);
+        assert!(!file.in_flight(), "a flush of inode {} is already in flight", ino.0);
         let indexes: Vec<u64> = file
             .dirty
             .iter()
             .filter(|(_, chunk)| !complete_only || chunk.len() as u64 == CHUNK)
             .map(|(i, _)| *i)
             .collect();
-        if indexes.is_empty() && (complete_only || (file.mtime.is_none() && committed_size == Some(file.size))) {
+        let unchanged = file.mtime.is_none() && committed_size == Some(file.size);
+        if indexes.is_empty() && file.patches.is_empty() && (complete_only || unchanged) {
             return None;
         }
         // A partial flush commits only the size its chunks reach, so a crash never shows
         // a size whose bytes were still buffered.
-        let size = match (complete_only, indexes.last()) {
+        let last = indexes.iter().chain(file.patches.keys()).max();
+        let size = match (complete_only, last) {
             (true, Some(last)) => file.size.min(committed_size.unwrap_or(0).max((last + 1) * CHUNK)),
             _ => file.size,
         };
@@ -493,8 +557,10 @@ impl Pool {
             overwritten.extend(file.overwritten.remove(index).map(|ranges| (*index, ranges)));
         }
         file.flushing = whole.iter().cloned().collect();
-        file.dirty_bytes = file.dirty.values().map(Vec::len).sum();
+        file.flushing_patches = std::mem::take(&mut file.patches);
+        file.recount();
         let epoch = file.flush_epoch;
+        let patches: Vec<(u64, Patch)> = file.flushing_patches.iter().map(|(i, p)| (*i, p.clone())).collect();
         // A chunk whose stored contents only a few small ranges changed stores just them,
         // as a layer over its extent — unless it holds `LAYERS_MAX` already: then it is
         // stored whole, which folds its layers in.
@@ -513,8 +579,7 @@ impl Pool {
                 bytes
             });
             match (layer, bytes) {
-                // All zeros would be stored as a hole, not as bytes to lay over.
-                (Some(ranges), Some(bytes)) if bytes.iter().any(|b| *b != 0) => {
+                (Some(ranges), Some(bytes)) => {
                     debug_assert!(Layer { extent: crate::media::device::ExtentId(0), ranges: ranges.clone() }
                         .well_formed(bytes.len() as u32));
                     layers.insert(index, ranges);
@@ -522,6 +587,13 @@ impl Pool {
                 }
                 _ => chunks.push((index, chunk)),
             }
+        }
+        // A patch is a layer already (its chunk holds an extent: patches are made only
+        // over one, and what removes it takes the patches back first).
+        for (index, patch) in patches {
+            debug_assert!(self.state.slot_extent(ChunkSlot { ino, index }).is_some());
+            layers.insert(index, patch.ranges());
+            chunks.push((index, Arc::new(patch.concat())));
         }
         Some(FlushJob { ino, epoch, chunks, layers, size, policy })
     }
@@ -553,8 +625,9 @@ impl Pool {
                     file.take_back_flushing();
                 } else {
                     file.flushing.clear();
+                    file.flushing_patches.clear();
                 }
-                if result.is_ok() && file.dirty.is_empty() && file.size == job.size {
+                if result.is_ok() && file.dirty.is_empty() && file.patches.is_empty() && file.size == job.size {
                     file.mtime = None;
                 }
             }
@@ -574,8 +647,10 @@ impl Pool {
             }
         }
         for (index, record) in &records {
-            if let (Some(ranges), Some(record)) = (job.layers.get(index), record) {
+            if let Some(ranges) = job.layers.get(index) {
                 let slot = ChunkSlot { ino, index: *index };
+                // A layer is stored even when all zeros (`store_chunks`' `keep_zeros`).
+                let Some(record) = record else { unreachable!("layer of chunk {slot} stored as a hole") };
                 // Only a chunk's own flush changes which extent it holds, and what takes
                 // a flush's chunks back drops its commit: the extent it was loaded from,
                 // or the same bytes re-encoded, is still there.
@@ -641,32 +716,47 @@ impl Pool {
         self.reclaim_flushing(ino);
         let boundary = size / CHUNK;
         let within = (size % CHUNK) as usize;
+        // The chunk cut in two is loaded (with its patch over it) unless buffered whole.
+        let patched = self.files.get(ino).is_some_and(|f| f.patches.contains_key(&boundary));
         let needs_cut = within > 0
             && !self.files.get(ino).is_some_and(|f| f.dirty.contains_key(&boundary))
-            && self.state.slot_len(ChunkSlot { ino, index: boundary }).is_some_and(|len| len > within as u64);
-        let loaded = if needs_cut { Some(self.load_chunk(ino, boundary)?) } else { None };
+            && (patched
+                || self.state.slot_len(ChunkSlot { ino, index: boundary }).is_some_and(|len| len > within as u64));
+        let loaded = if needs_cut {
+            let mut chunk = self.load_chunk(ino, boundary)?;
+            if let Some(file) = self.files.get(ino) {
+                file.lay_patches(boundary, &mut chunk);
+            }
+            Some(chunk)
+        } else {
+            None
+        };
         let now = self.clock.wall();
         let file = self.open_entry(ino)?;
-        let before = (file.dirty.clone(), file.dirty_bytes, file.size, file.mtime, file.overwritten.clone());
+        let before = (file.dirty.clone(), file.size, file.mtime, file.overwritten.clone(), file.patches.clone());
         if let Some(chunk) = loaded {
             file.dirty.insert(boundary, chunk);
+            file.patches.remove(&boundary);
         }
         let first_gone = size.div_ceil(CHUNK);
         file.dirty.retain(|index, _| *index < first_gone);
+        file.patches.retain(|index, _| *index < first_gone);
         file.overwritten.retain(|index, _| *index < boundary);
         if within > 0 {
             if let Some(chunk) = file.dirty.get_mut(&boundary) {
                 chunk.truncate(within);
             }
         }
-        file.dirty_bytes = file.dirty.values().map(Vec::len).sum();
+        debug_assert!(file.patches.keys().all(|index| *index < boundary || within == 0));
+        file.recount();
         file.size = size;
         file.mtime = Some(now);
         let result = self.flush_ino(ino, false);
         if result.is_err() {
             // A truncate that could not be made durable does not happen at all.
             if let Some(file) = self.files.files.get_mut(&ino) {
-                (file.dirty, file.dirty_bytes, file.size, file.mtime, file.overwritten) = before;
+                (file.dirty, file.size, file.mtime, file.overwritten, file.patches) = before;
+                file.recount();
             }
         }
         if !self.files.is_open(ino) {
@@ -693,10 +783,11 @@ pub(crate) struct FlushJob {
 /// `store_chunks`). A flush short of room retries once after a barrier: the room may be
 /// held by extents whose freeing waits for one.
 fn flush_job(access: &mut impl PoolAccess, job: FlushJob) -> Result<()> {
-    let mut stored = store_chunks(access, &job.chunks, job.policy);
+    let layers: BTreeSet<u64> = job.layers.keys().copied().collect();
+    let mut stored = store_chunks(access, &job.chunks, job.policy, &layers);
     if matches!(stored, Err(Error::NoSpace(_) | Error::Unplaceable { .. })) && access.with(|pool| pool.frees_pending())
     {
-        stored = access.with(Pool::sync).and_then(|()| store_chunks(access, &job.chunks, job.policy));
+        stored = access.with(Pool::sync).and_then(|()| store_chunks(access, &job.chunks, job.policy, &layers));
     }
     access.with(|pool| pool.commit_flush(job, stored))
 }
@@ -726,8 +817,7 @@ fn settle(pool: &Mutex<Pool>, fh: FileHandle, full_only: bool) -> MutexGuard<'_,
 pub fn write_shared(pool: &Mutex<Pool>, fh: FileHandle, offset: u64, data: &[u8]) -> Result<usize> {
     let mut guard = settle(pool, fh, true);
     let ino = guard.handle_ino(fh)?;
-    let full =
-        guard.files.get(ino).is_some_and(|f| f.flushing.is_empty() && f.dirty_bytes >= guard.options.dirty_bytes_max);
+    let full = guard.files.get(ino).is_some_and(|f| !f.in_flight() && f.dirty_bytes >= guard.options.dirty_bytes_max);
     if full {
         // Still full once the flush in flight ended: store the whole chunks behind the
         // lock's back too. Should that fail, the write below flushes with the pool held
@@ -772,7 +862,7 @@ pub fn flush_behind(pool: &Mutex<Pool>, fh: FileHandle) {
                 .filter(|(i, c)| c.len() as u64 == CHUNK && !f.loaded.contains(i))
                 .map(|(_, c)| c.len())
                 .sum();
-            f.flushing.is_empty() && fresh >= half
+            !f.in_flight() && fresh >= half
         });
         if !due {
             return;

@@ -101,8 +101,9 @@ pub(crate) fn store_chunks(
     access: &mut impl PoolAccess,
     chunks: &[(u64, Arc<Vec<u8>>)],
     policy: Policy,
+    keep_zeros: &BTreeSet<u64>,
 ) -> Result<StoredChunks> {
-    let pending = access.with(|pool| pool.begin_write(chunks, policy))?;
+    let pending = access.with(|pool| pool.begin_write(chunks, policy, keep_zeros))?;
     let taken: Vec<ExtentId> = pending.ids.iter().flatten().copied().collect();
     let result = encode_chunks(&pending, chunks).and_then(|encoded| {
         let mut excluded: BTreeSet<DiskId> = BTreeSet::new();
@@ -187,7 +188,7 @@ impl Pool {
         policy: Policy,
     ) -> Result<Vec<(u64, Option<ExtentRecord>)>> {
         let mut access: &mut Pool = self;
-        let stored = store_chunks(&mut access, chunks, policy)?;
+        let stored = store_chunks(&mut access, chunks, policy, &BTreeSet::new())?;
         Ok(self.stored(stored))
     }
 
@@ -208,8 +209,14 @@ impl Pool {
     }
 
     /// The first phase of `store_chunks`: checks that the pool takes writes and takes
-    /// an id for every chunk that is not all zeros.
-    fn begin_write(&mut self, chunks: &[(u64, Arc<Vec<u8>>)], policy: Policy) -> Result<PendingWrite> {
+    /// an id for every chunk that is not all zeros, or whose index is in `keep_zeros`
+    /// (a layer's zeros are bytes to lay over its chunk, not a hole).
+    fn begin_write(
+        &mut self,
+        chunks: &[(u64, Arc<Vec<u8>>)],
+        policy: Policy,
+        keep_zeros: &BTreeSet<u64>,
+    ) -> Result<PendingWrite> {
         if let Some(reason) = &self.read_only {
             return Err(Error::ReadOnly(reason.clone()));
         }
@@ -217,9 +224,9 @@ impl Pool {
         self.check_fence(&journal)?;
         let ids: Vec<Option<ExtentId>> = chunks
             .iter()
-            .map(|(_, data)| {
+            .map(|(index, data)| {
                 assert!(data.len() as u64 <= EXTENT_BYTES_MAX);
-                (!data.iter().all(|b| *b == 0)).then(|| {
+                (keep_zeros.contains(index) || !data.iter().all(|b| *b == 0)).then(|| {
                     let id = ExtentId(self.next_extent);
                     self.next_extent += 1;
                     id

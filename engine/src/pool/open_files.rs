@@ -52,6 +52,14 @@ pub(crate) struct OpenFile {
     /// them as a layer (`crate::data::files`). A chunk changed any other way — cut,
     /// zeroed, loaded from a flush in flight — is not here and is stored whole.
     pub(crate) overwritten: BTreeMap<u64, Vec<(u32, u32)>>,
+    /// Bytes written over stored chunks that were not loaded, by chunk index: a small
+    /// write into a chunk neither buffered nor being flushed whole lands here, and the
+    /// flush stores it as a layer without ever reading the chunk. Never an index of
+    /// `dirty`: a write that needs the whole chunk loads it with these bytes over it.
+    pub(crate) patches: BTreeMap<u64, Patch>,
+    /// Patches a flush took and is storing with the pool's lock released (as `flushing`
+    /// for whole chunks): reads lay them under `patches`.
+    pub(crate) flushing_patches: BTreeMap<u64, Patch>,
     /// Bumped when a flush in flight has its chunks taken back into `dirty`
     /// (`Pool::reclaim_flushing`): that flush's commit is then dropped.
     pub(crate) flush_epoch: u64,
@@ -70,18 +78,64 @@ impl OpenFile {
             flushing: BTreeMap::new(),
             loaded: BTreeSet::new(),
             overwritten: BTreeMap::new(),
+            patches: BTreeMap::new(),
+            flushing_patches: BTreeMap::new(),
             flush_epoch: 0,
         }
     }
 
-    /// Moves the chunks being flushed back into `dirty`, where no newer write replaced
-    /// them, leaving `flushing` empty.
+    /// Moves the chunks and patches being flushed back into the buffer, under what newer
+    /// writes put there (a whole chunk buffered since holds the patch already: it was
+    /// loaded with it), leaving nothing in flight.
     pub(crate) fn take_back_flushing(&mut self) {
         for (index, chunk) in std::mem::take(&mut self.flushing) {
             self.dirty.entry(index).or_insert_with(|| Arc::try_unwrap(chunk).unwrap_or_else(|c| (*c).clone()));
         }
-        self.dirty_bytes = self.dirty.values().map(Vec::len).sum();
-        debug_assert!(self.flushing.is_empty());
+        for (index, older) in std::mem::take(&mut self.flushing_patches) {
+            if self.dirty.contains_key(&index) {
+                continue;
+            }
+            let patch = self.patches.entry(index).or_default();
+            patch.lay_under(older);
+        }
+        self.recount();
+        debug_assert!(!self.in_flight());
+    }
+
+    /// Sets `dirty_bytes` to what the buffer holds: whole chunks and patches.
+    pub(crate) fn recount(&mut self) {
+        self.dirty_bytes =
+            self.dirty.values().map(Vec::len).sum::<usize>() + self.patches.values().map(Patch::bytes).sum::<usize>();
+    }
+
+    /// Whether a flush of this file is storing chunks or patches with the lock released.
+    pub(crate) fn in_flight(&self) -> bool {
+        !self.flushing.is_empty() || !self.flushing_patches.is_empty()
+    }
+
+    /// Lays what the buffer's patches (in flight, then waiting) hold of chunk `index`'s
+    /// window starting at `window` over `target`.
+    pub(crate) fn patch_window(&self, index: u64, target: &mut [u8], window: u64) {
+        for patch in [self.flushing_patches.get(&index), self.patches.get(&index)].into_iter().flatten() {
+            patch.copy_window(target, window);
+        }
+    }
+
+    /// Lays the buffer's patches of chunk `index` (in flight, then waiting) over `chunk`.
+    pub(crate) fn lay_patches(&self, index: u64, chunk: &mut Vec<u8>) {
+        for patch in [self.flushing_patches.get(&index), self.patches.get(&index)].into_iter().flatten() {
+            patch.lay_over(chunk);
+        }
+    }
+
+    /// Where the buffer's patches of chunk `index` end (0: none).
+    pub(crate) fn patch_end(&self, index: u64) -> u64 {
+        [self.flushing_patches.get(&index), self.patches.get(&index)]
+            .into_iter()
+            .flatten()
+            .map(Patch::end)
+            .max()
+            .unwrap_or(0)
     }
 
     /// The buffered contents of chunk `index`: the newest write's, whether waiting in
@@ -91,9 +145,99 @@ impl OpenFile {
     }
 
     /// Buffered bytes, waiting or being flushed.
+    /// (Patches not included: see `patches`.)
     pub(crate) fn buffered_chunks(&self) -> impl Iterator<Item = (u64, &[u8])> {
         let flushing = self.flushing.iter().filter(|(i, _)| !self.dirty.contains_key(i));
         self.dirty.iter().map(|(i, c)| (*i, c.as_slice())).chain(flushing.map(|(i, c)| (*i, c.as_slice())))
+    }
+}
+
+/// Bytes written over part of a chunk: pieces by offset in the chunk, disjoint and not
+/// touching (a write next to or over a piece merges with it).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Patch {
+    pieces: BTreeMap<u32, Vec<u8>>,
+}
+
+impl Patch {
+    /// Writes `data` at `offset`, over whatever the patch held there.
+    pub(crate) fn write(&mut self, offset: u32, data: &[u8]) {
+        assert!(!data.is_empty() && u64::from(offset) + data.len() as u64 <= crate::meta::state::EXTENT_BYTES_MAX);
+        let end = offset + data.len() as u32;
+        let touching: Vec<u32> = self
+            .pieces
+            .range(..=end)
+            .filter(|(start, piece)| **start + piece.len() as u32 >= offset)
+            .map(|(start, _)| *start)
+            .collect();
+        let low = touching.first().map_or(offset, |first| (*first).min(offset));
+        let high = touching.iter().map(|start| start + self.pieces[start].len() as u32).fold(end, u32::max);
+        let mut merged = vec![0u8; (high - low) as usize];
+        for start in touching {
+            if let Some(piece) = self.pieces.remove(&start) {
+                merged[(start - low) as usize..(start - low) as usize + piece.len()].copy_from_slice(&piece);
+            }
+        }
+        merged[(offset - low) as usize..(end - low) as usize].copy_from_slice(data);
+        self.pieces.insert(low, merged);
+        debug_assert!(self.ranges().windows(2).all(|w| w[0].0 + w[0].1 < w[1].0));
+    }
+
+    /// Puts `older` under this patch: where both hold bytes, this patch's win.
+    pub(crate) fn lay_under(&mut self, older: Patch) {
+        let newer = std::mem::replace(self, older);
+        for (offset, piece) in newer.pieces {
+            self.write(offset, &piece);
+        }
+    }
+
+    /// Bytes the patch holds.
+    pub(crate) fn bytes(&self) -> usize {
+        self.pieces.values().map(Vec::len).sum()
+    }
+
+    /// Where its last piece ends in the chunk.
+    pub(crate) fn end(&self) -> u64 {
+        self.pieces.iter().next_back().map_or(0, |(start, piece)| u64::from(*start) + piece.len() as u64)
+    }
+
+    /// `(offset, length)` of each piece, in order.
+    pub(crate) fn ranges(&self) -> Vec<(u32, u32)> {
+        self.pieces.iter().map(|(start, piece)| (*start, piece.len() as u32)).collect()
+    }
+
+    /// The pieces' bytes, in order: a layer's contents.
+    pub(crate) fn concat(&self) -> Vec<u8> {
+        let mut bytes = Vec::with_capacity(self.bytes());
+        for piece in self.pieces.values() {
+            bytes.extend_from_slice(piece);
+        }
+        bytes
+    }
+
+    /// Copies the pieces over `chunk`, growing it with zeros where one ends past it.
+    pub(crate) fn lay_over(&self, chunk: &mut Vec<u8>) {
+        let end = self.end() as usize;
+        if chunk.len() < end {
+            chunk.resize(end, 0);
+        }
+        for (start, piece) in &self.pieces {
+            chunk[*start as usize..*start as usize + piece.len()].copy_from_slice(piece);
+        }
+    }
+
+    /// Copies what the pieces hold of the chunk window starting at `window` over
+    /// `target`, the window's bytes.
+    pub(crate) fn copy_window(&self, target: &mut [u8], window: u64) {
+        let window_end = window + target.len() as u64;
+        for (start, piece) in &self.pieces {
+            let (start, end) = (u64::from(*start), u64::from(*start) + piece.len() as u64);
+            let (low, high) = (start.max(window), end.min(window_end));
+            if low < high {
+                target[(low - window) as usize..(high - window) as usize]
+                    .copy_from_slice(&piece[(low - start) as usize..(high - start) as usize]);
+            }
+        }
     }
 }
 
@@ -132,7 +276,33 @@ impl OpenFiles {
 
 #[cfg(test)]
 mod tests {
-    use super::add_range;
+    use super::{add_range, Patch};
+
+    #[test]
+    fn a_patch_merges_touching_writes_and_the_newest_bytes_win() {
+        let mut patch = Patch::default();
+        patch.write(10, b"aaaa");
+        patch.write(20, b"bb");
+        patch.write(14, b"cc");
+        assert_eq!(patch.ranges(), vec![(10, 6), (20, 2)]);
+        patch.write(12, b"dddddddd");
+        assert_eq!(patch.ranges(), vec![(10, 12)]);
+        assert_eq!(patch.concat(), b"aaddddddddbb");
+        let mut newer = Patch::default();
+        newer.write(0, b"zz");
+        newer.write(11, b"y");
+        newer.lay_under(patch);
+        assert_eq!(newer.ranges(), vec![(0, 2), (10, 12)]);
+        assert_eq!(newer.concat(), b"zzayddddddddbb");
+        let mut chunk = vec![1u8; 5];
+        newer.lay_over(&mut chunk);
+        assert_eq!(chunk.len(), 22);
+        assert_eq!(&chunk[..5], b"zz\x01\x01\x01");
+        assert!(chunk[5..10].iter().all(|b| *b == 0));
+        let mut window = [9u8; 4];
+        newer.copy_window(&mut window, 9);
+        assert_eq!(&window, b"\x09ayd");
+    }
 
     #[test]
     fn ranges_merge_where_they_touch_or_overlap_and_stay_sorted() {
