@@ -39,13 +39,17 @@ const READ_AHEAD_EXTENTS: u64 = 4;
 
 /// The most bytes of a chunk a flush stores as a layer over its extent rather than
 /// storing the whole chunk again; and the most ranges in one layer.
-const LAYER_BYTES_MAX: u64 = CHUNK / 8;
+const LAYER_BYTES_MAX: u64 = CHUNK / 4;
 const LAYER_RANGES_MAX: usize = 64;
 
 /// The most layers a chunk holds: a flush that would add one more stores the whole
 /// chunk instead (which replaces them), so a read of a chunk fetches at most this many
 /// extents besides its own.
 pub(crate) const LAYERS_MAX: usize = 8;
+
+/// The most room a reservation check remembers for later writes (`OpenFiles::room`):
+/// writes between two commits look at the disks at least once per this many bytes.
+const ROOM_REMEMBERED_MAX: u64 = 256 << 20;
 
 /// Whether overwritten `ranges` of a chunk are few and small enough for a layer.
 fn layerable(ranges: &[(u32, u32)]) -> bool {
@@ -304,6 +308,12 @@ impl Pool {
             return Ok(());
         }
         let policy = self.state.effective_policy(ino);
+        if let Some((checked, room)) = &mut self.files.room {
+            if *checked == policy && growth <= *room {
+                *room -= growth;
+                return Ok(());
+            }
+        }
         let chunks: u64 =
             self.files.files.values().flat_map(|f| f.buffered_chunks()).map(|(_, c)| stored_len(c.len() as u64)).sum();
         let patches: u64 = self
@@ -324,6 +334,7 @@ impl Pool {
         // this policy's writes, or a disk's size cannot be read (it may be unreachable),
         // the flush finds out and says so.
         if needed <= free {
+            self.files.room = Some((policy, (free - needed).min(ROOM_REMEMBERED_MAX)));
             return Ok(());
         }
         let sizes_known = self

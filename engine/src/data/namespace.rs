@@ -179,13 +179,7 @@ impl Pool {
             gid: inode.gid,
             nlink: inode.nlink,
             size: inode.size,
-            allocated_bytes: self
-                .state
-                .file_extent_ids(ino)
-                .iter()
-                .filter_map(|(_, id)| self.state.extents.get(id))
-                .map(|r| u64::from(r.len))
-                .sum(),
+            allocated_bytes: self.state.allocated_bytes(ino),
             atime: inode.atime,
             mtime: inode.mtime,
             ctime: inode.ctime,

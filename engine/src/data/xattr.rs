@@ -133,7 +133,7 @@ impl Pool {
     /// The value of attribute `name` of `ino`.
     pub fn getxattr(&self, ino: Ino, name: &[u8]) -> Result<Vec<u8>> {
         let class = classify(name)?;
-        let kind = self.getattr(ino)?.kind;
+        let kind = self.inode(ino)?.kind;
         let user_kind = matches!(kind, InodeKind::File | InodeKind::Directory);
         match class {
             Class::Policy if user_kind => Ok(self.state.effective_policy(ino).to_string().into_bytes()),
@@ -145,7 +145,7 @@ impl Pool {
     /// The names of the attributes stored on `ino`, in order; `trusted.*` only when
     /// `privileged` (as Linux lists them only to `CAP_SYS_ADMIN`).
     pub fn listxattr(&self, ino: Ino, privileged: bool) -> Result<Vec<Vec<u8>>> {
-        self.getattr(ino)?;
+        self.inode(ino)?;
         Ok(self
             .attributes(ino)
             .into_iter()

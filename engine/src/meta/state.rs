@@ -826,6 +826,15 @@ impl MetaState {
         Some(layers.iter().map(Layer::end).fold(base, u64::max))
     }
 
+    /// Bytes of data file `ino` has stored: its chunks' extents and their layers.
+    pub fn allocated_bytes(&self, ino: Ino) -> u64 {
+        let len = |id: &ExtentId| self.extents.get(id).map_or(0, |r| u64::from(r.len));
+        let chunks: u64 = self.file_extents.get(&ino).map_or(0, |m| m.values().map(len).sum());
+        let slots = ChunkSlot { ino, index: 0 }..=ChunkSlot { ino, index: u64::MAX };
+        let layers: u64 = self.layers.range(slots).flat_map(|(_, l)| l.iter().map(|l| len(&l.extent))).sum();
+        chunks + layers
+    }
+
     /// Every extent of file `ino` — each chunk's, and its layers' — with its chunk index.
     pub fn file_extent_ids(&self, ino: Ino) -> Vec<(u64, ExtentId)> {
         let mut ids: Vec<(u64, ExtentId)> =

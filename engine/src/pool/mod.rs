@@ -399,6 +399,7 @@ impl Pool {
             return Err(Error::NoDisks);
         }
         let freed = self.state.apply_transaction(&txn);
+        self.files.room = None;
         self.reached(CommitPhase::Applied);
         self.undurable.ops.extend(txn.ops);
         self.counters.commits += 1;

@@ -23,6 +23,10 @@ pub(crate) struct OpenFiles {
     pub(crate) handles: BTreeMap<FileHandle, Handle>,
     pub(crate) files: BTreeMap<Ino, OpenFile>,
     pub(crate) next_handle: FileHandle,
+    /// Room the last reservation check found beyond every buffered byte, under a policy:
+    /// writes under that policy take from it without looking at the disks again, until
+    /// the next commit (which may change what is stored or where) forgets it.
+    pub(crate) room: Option<(crate::base::policy::Policy, u64)>,
 }
 
 /// One open file: its handles and its buffered, not yet committed writes.
