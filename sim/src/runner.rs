@@ -1254,8 +1254,8 @@ impl<'s> Run<'s> {
         if self.world.switch.is_crashed() {
             self.handles.clear();
             // Only a barrier makes commits durable: `Fsync` runs one, which makes every
-            // commit so far durable, or none; a write waiting for freed space runs one
-            // before its own commit.
+            // commit so far durable, or none; a write or truncate waiting for freed space
+            // runs one before its own commit.
             let mut candidates = vec![self.durable.clone()];
             match step {
                 Step::Fsync { .. } => candidates.push(acked),
@@ -1267,6 +1267,9 @@ impl<'s> Run<'s> {
                     candidates.push(self.acked.clone());
                 }
                 Step::WriteOpen { .. } | Step::Close { .. } => candidates.push(self.acked.clone()),
+                // A cut chunk is stored anew; short of room, that store runs a barrier
+                // (frees may be waiting for one) before the truncate commits.
+                Step::Truncate { .. } => candidates.push(self.acked.clone()),
                 _ => {}
             }
             return self.after_maybe_crash(candidates);
