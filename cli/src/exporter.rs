@@ -128,6 +128,12 @@ pub(crate) fn families(snapshot: &MetricsSnapshot) -> Vec<MetricFamily> {
         ("dynamicfs_extents_repaired_total", "Extents rebuilt to full redundancy.", c.extents_repaired),
         ("dynamicfs_extents_reencoded_total", "Extents re-encoded under another policy.", c.extents_reencoded),
         ("dynamicfs_extents_migrated_total", "Extents re-encoded by tiering.", c.extents_migrated),
+        (
+            "dynamicfs_layers_written_total",
+            "Small overwrites stored as layers over their chunk's extent.",
+            c.layers_written,
+        ),
+        ("dynamicfs_layers_merged_total", "Layered chunks folded back into whole extents.", c.layers_merged),
         ("dynamicfs_disks_failed_total", "Disks marked failed.", c.disks_failed),
         ("dynamicfs_disks_offline_total", "Times a disk went offline.", c.disks_offline),
         ("dynamicfs_disks_rejoined_total", "Times an offline disk came back and rejoined.", c.disks_rejoined),

@@ -78,6 +78,26 @@ fn replace_metadata(t: &TestPool, seq: u64, checkpoint: Vec<u8>, record: Vec<u8>
     }
 }
 
+/// Replaces the metadata of `t` (closed) with `checkpoint` (at `seq`, chaining from
+/// `tip_hash`) and one record putting `inode`, both framed as format `format`. Formats
+/// 3 and 4 only appended ops, so a format-2 or format-3 record is the current structure.
+fn install_older_format<C: serde::Serialize>(
+    t: &TestPool,
+    format: u8,
+    checkpoint: &(u64, [u8; 32], C),
+    inode: dfs_engine::meta::state::Inode,
+) {
+    let (seq, tip_hash, checkpoint) = checkpoint;
+    let record =
+        JournalRecord { seq: seq + 1, prev_hash: *tip_hash, txn: Transaction { ops: vec![Op::PutInode(inode)] } };
+    replace_metadata(
+        t,
+        *seq,
+        frame::encode_version(FrameKind::Checkpoint, format, checkpoint),
+        frame::encode_version(FrameKind::JournalRecord, format, &record),
+    );
+}
+
 /// A pool whose journal disks hold only format-1 blocks: a checkpoint of the pool's
 /// state, then one record that makes `/f` mode 0600. Returns the pool, closed.
 fn format_one_pool() -> (TestPool, MetaState) {
@@ -146,18 +166,10 @@ fn a_format_two_pool_is_upgraded_in_place_and_keeps_its_attributes() {
     t.dir = None;
     let seq = 2_000_000;
     let tip_hash = [9u8; 32];
-    let checkpoint = CheckpointV2 { seq, tip_hash, state: downgrade_to_two(&state) };
+    let checkpoint = (seq, tip_hash, CheckpointV2 { seq, tip_hash, state: downgrade_to_two(&state) });
     let mut inode = state.inodes[&f].clone();
     inode.mode = 0o640;
-    // Format 3 only appended ops: a format-2 record is the current structure.
-    let record =
-        JournalRecord { seq: seq + 1, prev_hash: tip_hash, txn: Transaction { ops: vec![Op::PutInode(inode)] } };
-    replace_metadata(
-        &t,
-        seq,
-        frame::encode_version(FrameKind::Checkpoint, 2, &checkpoint),
-        frame::encode_version(FrameKind::JournalRecord, 2, &record),
-    );
+    install_older_format(&t, 2, &checkpoint, inode);
     let report = t.reopen();
     assert_eq!(report.upgraded_from, Some(2));
     let pool = t.pool();
@@ -216,18 +228,10 @@ fn a_format_three_pool_is_upgraded_in_place_and_then_takes_layers() {
     t.dir = None;
     let seq = 3_000_000;
     let tip_hash = [7u8; 32];
-    let checkpoint = CheckpointV3 { seq, tip_hash, state: downgrade_to_three(&state) };
+    let checkpoint = (seq, tip_hash, CheckpointV3 { seq, tip_hash, state: downgrade_to_three(&state) });
     let mut inode = state.inodes[&f].clone();
     inode.mode = 0o604;
-    // Format 4 only appended an op: a format-3 record is the current structure.
-    let record =
-        JournalRecord { seq: seq + 1, prev_hash: tip_hash, txn: Transaction { ops: vec![Op::PutInode(inode)] } };
-    replace_metadata(
-        &t,
-        seq,
-        frame::encode_version(FrameKind::Checkpoint, 3, &checkpoint),
-        frame::encode_version(FrameKind::JournalRecord, 3, &record),
-    );
+    install_older_format(&t, 3, &checkpoint, inode);
     let report = t.reopen();
     assert_eq!(report.upgraded_from, Some(3));
     assert!(report.notes.iter().any(|n| n.contains("upgraded from format 3")), "{:?}", report.notes);

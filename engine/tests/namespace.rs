@@ -54,6 +54,7 @@ fn overwrites_in_the_middle_are_copy_on_write() {
     assert_eq!(t.read_file("/a").unwrap(), data);
     // The background merge folds them into whole extents of the chunks' new contents.
     assert_eq!(t.pool().merge_step(8).unwrap(), 2);
+    assert_eq!(t.pool().counters().layers_merged, 2);
     let state = t.pool().state();
     let merged: Vec<_> = state.file_extents[&ino].values().copied().collect();
     assert!(merged[0] != old_extents[0] && merged[1] != old_extents[1] && merged[2] == old_extents[2]);
@@ -90,6 +91,7 @@ fn small_overwrites_lay_layers_and_zeros_are_bytes_not_holes() {
         vec![(0, vec![(4096, 8192)]), (1, vec![(MIB as u32 - 100, 100)]), (2, vec![(0, 100), (500_000, 20)])]
     );
     assert_eq!(state.file_extents[&ino].len(), 3, "no chunk became a hole");
+    assert_eq!(t.pool().counters().layers_written, 3);
     t.reopen();
     assert_eq!(t.read_file("/a").unwrap(), data);
 }

@@ -687,8 +687,10 @@ impl Pool {
             ops.push(Op::PutInode(inode));
         }
         let new_extents: Vec<_> = records.iter().filter_map(|(_, r)| r.clone()).collect();
+        let layers = ops.iter().filter(|op| matches!(op, Op::PutLayer { .. })).count() as u64;
         match self.commit(Transaction { ops }) {
             Ok(freed) => {
+                self.counters.layers_written += layers;
                 self.free_extents(&freed);
                 for (index, record) in &records {
                     if record.is_some() {

@@ -128,6 +128,8 @@ pub struct PoolCounters {
     pub extents_reencoded: u64,
     /// Layered chunks folded back into whole extents by `merge_step`.
     pub layers_merged: u64,
+    /// Small overwrites committed as layers over their chunk's extent.
+    pub layers_written: u64,
     /// Extents re-encoded by tiering (also counted in `extents_reencoded`).
     pub extents_migrated: u64,
     pub disks_failed: u64,
