@@ -535,17 +535,27 @@ fn fetch_data_shards(
     let jobs: Vec<(usize, Arc<dyn BlockDevice>)> = (0..policy.needed())
         .map(|i| devices.get(record.fragments.get(i)?).map(|d| (i, d.clone())))
         .collect::<Option<_>>()?;
-    let id = record.id;
-    let payloads: Vec<Option<Vec<u8>>> = run_all(parallel, jobs, |(i, device)| {
-        let block = device.read(BlockName::Fragment { extent: id, index: i as u8 }).ok()?;
-        fragment::payload_unchecked(&block, id, i as u8, shard_len).ok().map(<[u8]>::to_vec)
-    });
-    let mut fragments: Vec<Option<Vec<u8>>> = payloads;
-    if fragments.iter().any(Option::is_none) {
+    // Every codec here is systematic: with the data shards (or one replica) at hand, the
+    // extent is their payloads end to end, copied once out of the blocks read.
+    let systematic = matches!(
+        (record.codec, policy),
+        (CodecId::Replica, Policy::Replicate { .. })
+            | (CodecId::RsErasureGf8 | CodecId::RsSimd, Policy::Erasure { .. })
+    );
+    if !systematic {
         return None;
     }
-    fragments.resize(policy.width(), None);
-    let data = codec::decode(record.codec, policy, record.len as usize, &fragments).ok()?;
+    let id = record.id;
+    let blocks: Vec<Option<Vec<u8>>> = run_all(parallel, jobs, |(i, device)| {
+        let block = device.read(BlockName::Fragment { extent: id, index: i as u8 }).ok()?;
+        fragment::payload_unchecked(&block, id, i as u8, shard_len).is_ok().then_some(block)
+    });
+    let mut data = Vec::with_capacity(policy.needed() * shard_len);
+    for (i, block) in blocks.iter().enumerate() {
+        let block = block.as_ref()?;
+        data.extend_from_slice(fragment::payload_unchecked(block, id, i as u8, shard_len).ok()?);
+    }
+    data.truncate(record.len as usize);
     (blake3::hash(&data).as_bytes() == &record.hash).then_some(data)
 }
 
