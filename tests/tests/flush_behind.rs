@@ -3,8 +3,10 @@
 //! middle of its fragment writes (a disk that holds them back), the pool must serve
 //! other requests, reads must see the chunks being stored, a newer write must win over
 //! them, the orphan collector must leave their fragments alone, and a truncate must take
-//! the chunks back so that the flush's late commit changes nothing. After the flush ends
-//! and a reopen, the file holds exactly what was written and no fragment is left over.
+//! the chunks back so that the flush's late commit changes nothing. The same holds for
+//! patches (small writes into stored chunks) stored as layers by a flush held midway.
+//! After the flush ends and a reopen, the file holds exactly what was written and no
+//! fragment is left over.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -243,5 +245,59 @@ fn a_truncate_during_a_flush_takes_its_chunks_back_and_the_late_commit_changes_n
     assert_eq!(orphans, Vec::new(), "the dropped flush's fragments were deleted");
     let mut pool = world.reopen();
     assert_eq!(read_all(&mut pool, b"f"), data[..cut]);
+    pool.state().check().unwrap();
+}
+
+#[test]
+fn patches_being_flushed_stay_readable_a_newer_write_wins_and_both_land_as_layers() {
+    let world = World::new();
+    let mut expected = pattern(32 * MIB, 11);
+    let (ino, fh) = create_and_write(&world, &expected);
+    settled(&world.pool, fh).fsync(fh).unwrap();
+    let stored: Vec<_> = world.pool.lock().unwrap().state().file_extents[&ino].values().copied().collect();
+    // Small writes into stored chunks are patches: 64 KiB twice in each of 32 chunks
+    // fill the 4 MiB buffer without reading a chunk.
+    let piece = pattern(64 << 10, 42);
+    for index in 0..32 {
+        for at in [0, MIB / 2] {
+            let offset = index * MIB + at;
+            assert_eq!(write_shared(&world.pool, fh, offset as u64, &piece).unwrap(), piece.len());
+            expected[offset..offset + piece.len()].copy_from_slice(&piece);
+        }
+    }
+    // The next write finds the buffer full: its flush stores the patches with the lock
+    // released, and is held at the gate.
+    world.gate.set(true);
+    let writer = {
+        let pool = world.pool.clone();
+        let piece = piece.clone();
+        std::thread::spawn(move || write_shared(&pool, fh, (MIB / 4) as u64, &piece).unwrap())
+    };
+    world.gate.wait_held();
+    expected[MIB / 4..MIB / 4 + piece.len()].copy_from_slice(&piece);
+    {
+        let mut pool = world.pool.try_lock().expect("the pool's lock is free while the patches are stored");
+        assert!(pool.state().layers.is_empty(), "nothing is committed before the fragments are written");
+        let before_newer = pool.read(fh, 0, 32 * MIB).unwrap();
+        assert_eq!(before_newer[MIB / 2..MIB / 2 + piece.len()], piece[..], "reads see the patches being stored");
+        let newer = pattern(4096, 77);
+        pool.write(fh, (5 * MIB + 1000) as u64, &newer).unwrap();
+        expected[5 * MIB + 1000..5 * MIB + 1000 + 4096].copy_from_slice(&newer);
+    }
+    world.gate.set(false);
+    assert_eq!(writer.join().unwrap(), piece.len());
+    {
+        let mut pool = world.pool.lock().unwrap();
+        assert_eq!(pool.state().layers.len(), 32, "every patched chunk took a layer");
+        let now: Vec<_> = pool.state().file_extents[&ino].values().copied().collect();
+        assert_eq!(now, stored, "no chunk was stored again");
+        assert_eq!(pool.read(fh, 0, 32 * MIB).unwrap(), expected, "the newer write wins over the stored patch");
+    }
+    settled(&world.pool, fh).fsync(fh).unwrap();
+    settled(&world.pool, fh).release(fh).unwrap();
+    let orphans = world.pool.lock().unwrap().detect_orphans().unwrap();
+    assert_eq!(orphans, Vec::new(), "no fragment is left over");
+    let mut pool = world.reopen();
+    assert_eq!(read_all(&mut pool, b"f"), expected);
     pool.state().check().unwrap();
 }
