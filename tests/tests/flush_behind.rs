@@ -191,6 +191,18 @@ fn read_all(pool: &mut Pool, name: &[u8]) -> Vec<u8> {
     data
 }
 
+/// Makes `/f` durable and closes it; then no fragment is left over, and after a reopen
+/// it reads back as `expected` in a consistent state.
+fn fsync_close_and_reopen(world: World, fh: u64, expected: &[u8]) {
+    settled(&world.pool, fh).fsync(fh).unwrap();
+    settled(&world.pool, fh).release(fh).unwrap();
+    let orphans = world.pool.lock().unwrap().detect_orphans().unwrap();
+    assert_eq!(orphans, Vec::new(), "no fragment is left over");
+    let mut pool = world.reopen();
+    assert_eq!(read_all(&mut pool, b"f"), expected);
+    pool.state().check().unwrap();
+}
+
 #[test]
 fn a_flush_behind_the_writer_leaves_the_pool_serving_and_the_newest_write_wins() {
     let world = World::new();
@@ -215,13 +227,7 @@ fn a_flush_behind_the_writer_leaves_the_pool_serving_and_the_newest_write_wins()
         assert_eq!(pool.state().file_extents.get(&ino).map(|m| m.len()), Some(4), "the flush committed");
         assert_eq!(pool.read(fh, 0, 4 * MIB).unwrap(), expected);
     }
-    settled(&world.pool, fh).fsync(fh).unwrap();
-    settled(&world.pool, fh).release(fh).unwrap();
-    let orphans = world.pool.lock().unwrap().detect_orphans().unwrap();
-    assert_eq!(orphans, Vec::new(), "no fragment is left over");
-    let mut pool = world.reopen();
-    assert_eq!(read_all(&mut pool, b"f"), expected);
-    pool.state().check().unwrap();
+    fsync_close_and_reopen(world, fh, &expected);
 }
 
 #[test]
@@ -293,11 +299,5 @@ fn patches_being_flushed_stay_readable_a_newer_write_wins_and_both_land_as_layer
         assert_eq!(now, stored, "no chunk was stored again");
         assert_eq!(pool.read(fh, 0, 32 * MIB).unwrap(), expected, "the newer write wins over the stored patch");
     }
-    settled(&world.pool, fh).fsync(fh).unwrap();
-    settled(&world.pool, fh).release(fh).unwrap();
-    let orphans = world.pool.lock().unwrap().detect_orphans().unwrap();
-    assert_eq!(orphans, Vec::new(), "no fragment is left over");
-    let mut pool = world.reopen();
-    assert_eq!(read_all(&mut pool, b"f"), expected);
-    pool.state().check().unwrap();
+    fsync_close_and_reopen(world, fh, &expected);
 }

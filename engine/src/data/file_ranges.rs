@@ -161,11 +161,7 @@ impl Pool {
         for index in [first, last] {
             let buffered = self.files.get(ino).is_some_and(|f| f.dirty.contains_key(&index));
             if !whole(index) && !buffered && !loaded.contains_key(&index) {
-                let mut chunk = self.load_chunk(ino, index)?;
-                if let Some(file) = self.files.get(ino) {
-                    file.lay_patches(index, &mut chunk);
-                }
-                loaded.insert(index, chunk);
+                loaded.insert(index, self.current_chunk(ino, index)?);
             }
         }
         let file = self.open_entry(ino)?;

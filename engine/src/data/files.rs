@@ -116,6 +116,16 @@ impl Pool {
         Ok(self.read_chunk(ino, index)?.map(|chunk| chunk.to_vec()).unwrap_or_default())
     }
 
+    /// Current contents of chunk `index` of `ino` where it is not buffered whole: what is
+    /// stored, with the file's patches over it (in flight, then waiting).
+    pub(crate) fn current_chunk(&mut self, ino: Ino, index: u64) -> Result<Vec<u8>> {
+        let mut chunk = self.load_chunk(ino, index)?;
+        if let Some(file) = self.files.get(ino) {
+            file.lay_patches(index, &mut chunk);
+        }
+        Ok(chunk)
+    }
+
     /// The committed contents of chunk `index` of `ino` — its extent with its layers laid
     /// over it, oldest first — or `None` for a hole.
     pub(crate) fn read_chunk(&mut self, ino: Ino, index: u64) -> Result<Option<Arc<Vec<u8>>>> {
@@ -191,11 +201,7 @@ impl Pool {
                         if !file.is_some_and(|f| f.flushing_patches.contains_key(&index)) {
                             from_store.insert(index);
                         }
-                        let mut chunk = self.load_chunk(ino, index)?;
-                        if let Some(file) = self.files.get(ino) {
-                            file.lay_patches(index, &mut chunk);
-                        }
-                        chunk
+                        self.current_chunk(ino, index)?
                     }
                 };
                 loaded.insert(index, chunk);
@@ -735,15 +741,7 @@ impl Pool {
             && !self.files.get(ino).is_some_and(|f| f.dirty.contains_key(&boundary))
             && (patched
                 || self.state.slot_len(ChunkSlot { ino, index: boundary }).is_some_and(|len| len > within as u64));
-        let loaded = if needs_cut {
-            let mut chunk = self.load_chunk(ino, boundary)?;
-            if let Some(file) = self.files.get(ino) {
-                file.lay_patches(boundary, &mut chunk);
-            }
-            Some(chunk)
-        } else {
-            None
-        };
+        let loaded = if needs_cut { Some(self.current_chunk(ino, boundary)?) } else { None };
         let now = self.clock.wall();
         let file = self.open_entry(ino)?;
         let before = (file.dirty.clone(), file.size, file.mtime, file.overwritten.clone(), file.patches.clone());
