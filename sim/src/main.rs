@@ -87,7 +87,8 @@ enum Command {
 #[derive(clap::Args, Debug, Default)]
 struct SabotageArg {
     /// Run a deliberately broken engine (skip-fragment-sync, skip-read-checksum,
-    /// same-disk-placement); only in builds with the `sabotage` feature.
+    /// same-disk-placement, free-before-durable); only in builds with the `sabotage`
+    /// feature.
     #[arg(long, value_name = "DEFECT")]
     sabotage: Option<String>,
 }

@@ -262,6 +262,9 @@ pub fn parse_sabotage(text: &str) -> Result<dfs_engine::base::hooks::Sabotage, S
         "skip-fragment-sync" => Ok(Sabotage::SkipFragmentSync),
         "skip-read-checksum" => Ok(Sabotage::SkipReadChecksum),
         "same-disk-placement" => Ok(Sabotage::SameDiskPlacement),
-        other => Err(format!("unknown defect '{other}' (skip-fragment-sync, skip-read-checksum, same-disk-placement)")),
+        "free-before-durable" => Ok(Sabotage::FreeBeforeDurable),
+        other => Err(format!(
+            "unknown defect '{other}' (skip-fragment-sync, skip-read-checksum, same-disk-placement, free-before-durable)"
+        )),
     }
 }

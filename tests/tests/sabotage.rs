@@ -47,6 +47,13 @@ fn two_fragments_of_one_extent_on_one_disk_is_caught() {
 }
 
 #[test]
+fn deleting_freed_fragments_before_the_record_freeing_them_is_durable_is_caught() {
+    // A crash then recovers the older record, which still names the deleted fragments.
+    let (seed, invariant) = first_failure(Sabotage::FreeBeforeDurable).expect("not caught within 1000 seeds");
+    assert!(["acknowledged-data-readable", "loss-reported-exactly"].contains(&invariant), "seed {seed}: {invariant}");
+}
+
+#[test]
 fn shrink_cuts_a_failing_swarm_scenario_to_a_few_steps_that_fail_the_same_way() {
     let defect = Sabotage::SameDiskPlacement;
     let profile = Profile { ops: 300, out_of_budget: false };

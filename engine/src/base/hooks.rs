@@ -70,4 +70,7 @@ pub enum Sabotage {
     SkipReadChecksum,
     /// Place the first two fragments of every extent on the same disk.
     SameDiskPlacement,
+    /// Delete (punch) a freed extent's fragments as soon as the transaction freeing it is
+    /// applied, before its journal record is durable.
+    FreeBeforeDurable,
 }

@@ -250,7 +250,7 @@ impl Pool {
 
     /// Step 3: deletes freed fragments, every disk's at once. Failures leave orphans,
     /// which the next open removes.
-    fn delete_freed(&mut self) {
+    pub(crate) fn delete_freed(&mut self) {
         if self.read_only.is_some() {
             // Fenced or failed: what looks freed here may be another owner's now.
             return;

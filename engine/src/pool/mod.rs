@@ -548,6 +548,10 @@ impl Pool {
     /// record is durable, a crash would bring back metadata that still needs them.
     pub(crate) fn free_extents(&mut self, freed: &[ExtentRecord]) {
         self.undurable.frees.extend(freed.iter().cloned());
+        #[cfg(feature = "sabotage")]
+        if self.options.sabotage == Some(crate::base::hooks::Sabotage::FreeBeforeDurable) {
+            self.delete_freed();
+        }
     }
 
     pub(crate) fn reached(&self, phase: CommitPhase) {
