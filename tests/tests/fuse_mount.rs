@@ -45,7 +45,18 @@ impl Mounted {
 
     fn mount(&mut self) {
         fs::create_dir_all(self.mountpoint()).unwrap();
-        let (_, pool, _) = PoolDir::open(&self.root.path().join("pool"), PoolOptions::default()).unwrap();
+        // The pool's locks are `flock`s: a child another test forks (`df`, `fusermount3`)
+        // holds this test's just-closed lock files until it execs. Wait that out.
+        let open = || PoolDir::open(&self.root.path().join("pool"), PoolOptions::default());
+        let mut opened = open();
+        for _ in 0..100 {
+            if !matches!(opened, Err(dfs_engine::Error::PoolBusy(_))) {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+            opened = open();
+        }
+        let (_, pool, _) = opened.unwrap();
         let mut config = Config::default();
         config.mount_options = vec![MountOption::FSName("dynamicfs".into()), MountOption::DefaultPermissions];
         config.n_threads = Some(2);
