@@ -65,6 +65,39 @@ fn overwrites_in_the_middle_are_copy_on_write() {
 }
 
 #[test]
+fn a_read_inside_a_plain_stored_chunk_is_a_window_of_its_extent_and_anything_over_it_is_not() {
+    use dfs_engine::data::window::ReadData;
+    let mut t = pool();
+    let data = pattern(2 * MIB + 4096, 5);
+    let ino = t.write_file("a", &data);
+    let pool = t.pool();
+    let fh = pool.open_file(ino).unwrap();
+    let read = pool.read_data(fh, 4096, 65536).unwrap();
+    assert!(matches!(read, ReadData::Shared { start: 4096, end: 69632, .. }), "{read:?}");
+    assert_eq!(&read[..], &data[4096..69632]);
+    // Across a chunk boundary, and past the end of the file: assembled, and exact.
+    let across = pool.read_data(fh, MIB as u64 - 100, 200).unwrap();
+    assert!(matches!(across, ReadData::Owned(_)));
+    assert_eq!(&across[..], &data[MIB - 100..MIB + 100]);
+    let tail = pool.read_data(fh, 2 * MIB as u64, 65536).unwrap();
+    assert_eq!(&tail[..], &data[2 * MIB..]);
+    // A patch waiting in the buffer, then the layer it became: never a window of the
+    // extent under them.
+    pool.write(fh, 8192, b"patched").unwrap();
+    let patched = pool.read_data(fh, 4096, 65536).unwrap();
+    assert!(matches!(patched, ReadData::Owned(_)));
+    assert_eq!(&patched[4096..4103], b"patched");
+    pool.fsync(fh).unwrap();
+    let layered = pool.read_data(fh, 4096, 65536).unwrap();
+    assert!(matches!(layered, ReadData::Owned(_)));
+    assert_eq!(&layered[4096..4103], b"patched");
+    assert_eq!(&layered[..4096], &data[4096..8192]);
+    // The window read before the overwrite still holds what the file held then.
+    assert_eq!(&read[4096..4103], &data[8192..8199]);
+    pool.release(fh).unwrap();
+}
+
+#[test]
 fn small_overwrites_lay_layers_and_zeros_are_bytes_not_holes() {
     let mut t = pool();
     let mut data = pattern(3 * MIB, 9);

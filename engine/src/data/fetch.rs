@@ -18,6 +18,7 @@ use std::time::Duration;
 use crate::base::error::Result;
 use crate::base::io::run_all;
 use crate::data::store::{fetch_extent, Fetched};
+use crate::data::window::ReadData;
 use crate::media::device::{BlockDevice, ExtentId};
 use crate::meta::state::{DiskId, ExtentRecord, EXTENT_BYTES_MAX};
 use crate::pool::open_files::FileHandle;
@@ -55,7 +56,7 @@ pub fn lock(pool: &Mutex<Pool>) -> MutexGuard<'_, Pool> {
 /// Reads `size` bytes at `offset` through `fh` from a pool that several request threads
 /// share, holding its lock only to plan, book and copy (see the module header). Read-ahead
 /// the plan asks for goes on in the background after this returns.
-pub fn read_shared(pool: &Arc<Mutex<Pool>>, fh: FileHandle, offset: u64, size: usize) -> Result<Vec<u8>> {
+pub fn read_shared(pool: &Arc<Mutex<Pool>>, fh: FileHandle, offset: u64, size: usize) -> Result<ReadData> {
     let plan = lock(pool).plan_read(fh, offset, size)?;
     if let Some(ahead) = plan.ahead {
         // The read-ahead belongs to this request: its log lines carry its id. It books
@@ -88,7 +89,7 @@ pub fn read_shared(pool: &Arc<Mutex<Pool>>, fh: FileHandle, offset: u64, size: u
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         guard = waited;
     }
-    guard.read(fh, offset, size)
+    guard.read_data(fh, offset, size)
 }
 
 impl FetchPlan {
@@ -97,9 +98,9 @@ impl FetchPlan {
         self.jobs.iter().map(|(record, _)| record.id).collect()
     }
 
-    /// Fetches every extent of the plan, in parallel. (An extent's own shards are read in
-    /// turn: read at once on I/O threads, each in a buffer of its own, they left the
-    /// allocator holding tens of MiB per thread; that waits for reads into one buffer.)
+    /// Fetches every extent of the plan, in parallel. An extent's own shards are read in
+    /// turn: at once, each on an I/O thread, they cost more CPU (jobs handed between
+    /// threads) than they saved in time, the extents of a plan keeping the disks busy.
     pub(crate) fn run(self) -> FetchedExtents {
         let (devices, verify) = (&self.devices, self.verify);
         FetchedExtents(run_all(self.parallel, self.jobs, |(record, offset)| {

@@ -23,6 +23,7 @@ use std::time::Duration;
 use crate::base::error::{Error, Result};
 use crate::data::fetch::lock;
 use crate::data::store::{store_chunks, PoolAccess, StoredChunks};
+use crate::data::window::ReadData;
 use crate::meta::state::{
     ChunkSlot, ExtentRecord, Ino, InodeKind, Layer, Op, Transaction, EXTENT_BYTES_MAX, INLINE_BYTES_MAX,
 };
@@ -360,15 +361,57 @@ impl Pool {
 
     /// Reads up to `size` bytes at `offset`; short only at end of file. Holes read as zeros.
     pub fn read(&mut self, fh: FileHandle, offset: u64, size: usize) -> Result<Vec<u8>> {
+        self.read_data(fh, offset, size).map(ReadData::into_vec)
+    }
+
+    /// `read`, answering a read inside one stored chunk with nothing laid over it with a
+    /// window of the cached extent itself: no copy, and the lock is not held for one.
+    pub fn read_data(&mut self, fh: FileHandle, offset: u64, size: usize) -> Result<ReadData> {
         let started = self.clock.monotonic_nanos();
         let end = offset.saturating_add(size as u64);
         let (ino, sequential) = self.note_read(fh, offset, end)?;
         if sequential && size > 0 {
             self.read_ahead(ino, offset, end);
         }
-        let data = self.read_ino(ino, offset, size)?;
+        let data = match self.extent_window(ino, offset, size)? {
+            Some(window) => window,
+            None => ReadData::Owned(self.read_ino(ino, offset, size)?),
+        };
         self.record_op(crate::pool::op_stats::OpKind::Read, data.len() as u64, started);
         Ok(data)
+    }
+
+    /// The read as a window of one stored extent, when it is one: inside one chunk and
+    /// the file's size, the chunk stored (not buffered, patched or layered) and its
+    /// extent's bytes covering the window. `None` otherwise: `read_ino` assembles it.
+    fn extent_window(&mut self, ino: Ino, offset: u64, size: usize) -> Result<Option<ReadData>> {
+        let file_size = self.current_size(ino);
+        if size == 0 || offset >= file_size {
+            return Ok(None);
+        }
+        let end = file_size.min(offset.saturating_add(size as u64));
+        let index = offset / CHUNK;
+        if (end - 1) / CHUNK != index {
+            return Ok(None);
+        }
+        let slot = ChunkSlot { ino, index };
+        if self.files.get(ino).is_some_and(|f| f.buffered(index).is_some() || f.has_patches(index))
+            || self.state.layers.contains_key(&slot)
+        {
+            return Ok(None);
+        }
+        let record =
+            self.state.file_extents.get(&ino).and_then(|m| m.get(&index)).and_then(|id| self.state.extents.get(id));
+        let Some(record) = record.cloned() else { return Ok(None) };
+        let chunk_start = index * CHUNK;
+        let data = self.read_extent(&record, chunk_start)?;
+        let (low, high) = ((offset - chunk_start) as usize, (end - chunk_start) as usize);
+        if data.len() < high {
+            // The file's size reaches past the extent's bytes: zeros, which `read_ino` adds.
+            return Ok(None);
+        }
+        self.note_access(slot, true);
+        Ok(Some(ReadData::shared(data, low, high)))
     }
 
     /// Fetches, in parallel, the extents a sequential read covers and the next

@@ -11,4 +11,5 @@ pub mod files;
 pub mod namespace;
 pub mod placement;
 pub mod store;
+pub mod window;
 pub mod xattr;

@@ -545,15 +545,26 @@ fn fetch_data_shards(
     if !systematic {
         return None;
     }
+    if shard_len == 0 {
+        return None;
+    }
     let id = record.id;
-    let blocks: Vec<Option<Vec<u8>>> = run_all(parallel, jobs, |(i, device)| {
-        let block = device.read(BlockName::Fragment { extent: id, index: i as u8 }).ok()?;
-        fragment::payload_unchecked(&block, id, i as u8, shard_len).is_ok().then_some(block)
+    // Each data shard's payload lands in its place in the extent, straight from the
+    // device's buffer; shards are read at once into that one buffer.
+    let mut data = vec![0u8; policy.needed() * shard_len];
+    let slots: Vec<_> = jobs.into_iter().zip(data.chunks_mut(shard_len)).map(|((i, d), slot)| (i, d, slot)).collect();
+    let landed: Vec<bool> = run_all(parallel, slots, |(i, device, slot)| {
+        let mut landed = false;
+        let read = device.read_with(BlockName::Fragment { extent: id, index: i as u8 }, &mut |block| {
+            if let Ok(payload) = fragment::payload_unchecked(block, id, i as u8, shard_len) {
+                slot.copy_from_slice(payload);
+                landed = true;
+            }
+        });
+        read.is_ok() && landed
     });
-    let mut data = Vec::with_capacity(policy.needed() * shard_len);
-    for (i, block) in blocks.iter().enumerate() {
-        let block = block.as_ref()?;
-        data.extend_from_slice(fragment::payload_unchecked(block, id, i as u8, shard_len).ok()?);
+    if !landed.iter().all(|landed| *landed) {
+        return None;
     }
     data.truncate(record.len as usize);
     (blake3::hash(&data).as_bytes() == &record.hash).then_some(data)

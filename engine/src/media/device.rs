@@ -161,6 +161,14 @@ pub trait BlockDevice: Send + Sync {
     /// Returns the full contents of the block as last written (subject to corruption).
     fn read(&self, name: BlockName) -> Result<Vec<u8>, DeviceError>;
 
+    /// `read`, handing the block to `visit` instead of returning it: a backend that reads
+    /// into a buffer of its own (`DirDisk`'s direct reads) spares a copy into a new one.
+    /// `visit` runs at most once, and only on `Ok`.
+    fn read_with(&self, name: BlockName, visit: &mut dyn FnMut(&[u8])) -> Result<(), DeviceError> {
+        visit(&self.read(name)?);
+        Ok(())
+    }
+
     /// Creates or replaces the block. Visible at once; durable after the next `sync`.
     /// Fails with `NoSpace`, writing nothing, when the block does not fit.
     fn write(&self, name: BlockName, data: &[u8]) -> Result<(), DeviceError>;

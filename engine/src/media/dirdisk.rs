@@ -443,6 +443,17 @@ impl BlockDevice for DirDisk {
         fs::read(&path).map_err(|e| io_error(&path, e))
     }
 
+    fn read_with(&self, name: BlockName, visit: &mut dyn FnMut(&[u8])) -> Result<(), DeviceError> {
+        if name.kind() == BlockKind::Fragment {
+            match self.segments.read_with(name, visit) {
+                Err(DeviceError::NotFound) if self.lock().sizes.contains_key(&name) => {}
+                other => return other,
+            }
+        }
+        visit(&self.read(name)?);
+        Ok(())
+    }
+
     fn write(&self, name: BlockName, data: &[u8]) -> Result<(), DeviceError> {
         if name.kind() != BlockKind::Fragment {
             let old = self.lock().sizes.get(&name).copied().unwrap_or(0);

@@ -132,6 +132,11 @@ impl OpenFile {
         }
     }
 
+    /// Whether the buffer holds patches of chunk `index` (in flight or waiting).
+    pub(crate) fn has_patches(&self, index: u64) -> bool {
+        self.flushing_patches.contains_key(&index) || self.patches.contains_key(&index)
+    }
+
     /// Where the buffer's patches of chunk `index` end (0: none).
     pub(crate) fn patch_end(&self, index: u64) -> u64 {
         [self.flushing_patches.get(&index), self.patches.get(&index)]
