@@ -52,14 +52,22 @@ fn overwrites_in_the_middle_are_copy_on_write() {
     assert_eq!(layered, vec![(0, vec![(MIB as u32 - 10, 10)]), (1, vec![(0, 10)])]);
     t.reopen();
     assert_eq!(t.read_file("/a").unwrap(), data);
-    // The background merge folds them into whole extents of the chunks' new contents.
-    assert_eq!(t.pool().merge_step(8).unwrap(), 2);
+    // The background merge is paced by the migration budget: with one byte a second it
+    // affords no 1 MiB chunk.
+    let default = t.pool().state().tiering;
+    let starved = dfs_engine::temperature::config::TieringConfig { migrate_bytes_per_sec: 1, ..default };
+    t.pool().set_tiering(starved).unwrap();
+    assert_eq!(t.pool().merge_step(8, false).unwrap(), 0);
+    assert_eq!(t.pool().state().layers.len(), 2);
+    t.pool().set_tiering(default).unwrap();
+    // Unthrottled, the merge folds them into whole extents of the chunks' new contents.
+    assert_eq!(t.pool().merge_step(8, true).unwrap(), 2);
     assert_eq!(t.pool().counters().layers_merged, 2);
     let state = t.pool().state();
     let merged: Vec<_> = state.file_extents[&ino].values().copied().collect();
     assert!(merged[0] != old_extents[0] && merged[1] != old_extents[1] && merged[2] == old_extents[2]);
     assert!(state.layers.is_empty());
-    assert_eq!(t.pool().merge_step(8).unwrap(), 0);
+    assert_eq!(t.pool().merge_step(8, true).unwrap(), 0);
     t.reopen();
     assert_eq!(t.read_file("/a").unwrap(), data);
 }

@@ -60,7 +60,7 @@ impl Pool {
         if migrated > 0 {
             return Ok(migrated);
         }
-        let merged = self.merge_step(STEP_EXTENTS)?;
+        let merged = self.merge_step(STEP_EXTENTS, false)?;
         if merged > 0 {
             return Ok(merged);
         }

@@ -289,10 +289,21 @@ impl Pool {
     /// contents written as a new extent, then one barrier makes the switch durable (which
     /// frees the old extent and its layers), as a re-encode does. A crash leaves the chunk
     /// layered or whole, never both. An open file's chunks fold when their flush would add
-    /// a layer past `LAYERS_MAX`. Returns how many chunks it folded.
-    pub fn merge_step(&mut self, max: usize) -> Result<usize> {
-        let slots: Vec<ChunkSlot> =
-            self.state.layers.keys().filter(|slot| self.files.get(slot.ino).is_none()).take(max).copied().collect();
+    /// a layer past `LAYERS_MAX`. Rewrites count against the background migration
+    /// budget (`TieringConfig::migrate_bytes_per_sec`, shared with tiering's migrations);
+    /// `unthrottled` ignores it. Returns how many chunks it folded.
+    pub fn merge_step(&mut self, max: usize, unthrottled: bool) -> Result<usize> {
+        let candidates = self.state.layers.keys().filter(|slot| self.files.get(slot.ino).is_none());
+        let slots: Vec<ChunkSlot> = if unthrottled {
+            candidates.take(max).copied().collect()
+        } else {
+            let lens: Vec<(ChunkSlot, f64)> = candidates
+                .take(max)
+                .map(|slot| (*slot, self.state.slot_extent(*slot).map_or(0.0, |r| f64::from(r.len))))
+                .collect();
+            let spent = self.spend_migration_budget(&lens.iter().map(|(_, len)| *len).collect::<Vec<_>>());
+            lens.into_iter().take(spent).map(|(slot, _)| slot).collect()
+        };
         let mut ops = Vec::with_capacity(slots.len());
         let mut written = Vec::with_capacity(slots.len());
         for slot in &slots {

@@ -234,6 +234,24 @@ impl Pool {
             || self.pending_migrations().iter().any(|(slot, _)| !self.tracker.failed.contains(slot))
     }
 
+    /// Takes from the background migration budget the longest prefix of `lens` (bytes
+    /// each) it affords; returns that prefix's length.
+    pub(crate) fn spend_migration_budget(&mut self, lens: &[f64]) -> usize {
+        let rate = self.state.tiering.migrate_bytes_per_sec as f64;
+        let budget = self.tracker.budget.available(rate, rate * BUDGET_BURST_SECS, self.clock.monotonic_nanos());
+        let mut spent = 0.0;
+        let mut taken = 0;
+        for len in lens {
+            if spent + len > budget {
+                break;
+            }
+            spent += len;
+            taken += 1;
+        }
+        self.tracker.budget.spend(spent);
+        taken
+    }
+
     /// Extents a read queued for migration.
     pub fn read_queued_migrations(&self) -> usize {
         self.tracker.read_queue.len()
