@@ -89,6 +89,53 @@ fn flipped_bytes_on_disk_are_found_repaired_and_every_file_reads_back() {
 }
 
 #[test]
+fn a_segment_rotten_over_a_stretch_mid_file_costs_only_the_records_there_and_is_repaired() {
+    let pool = Pool::new("erasure:4+2", &[64, 64, 64, 64, 64, 64]);
+    let p = pool.path();
+    let files = [("/a", pattern(5_000_000, 4)), ("/b", pattern(3_000_000, 5))];
+    for (i, (path, data)) in files.iter().enumerate() {
+        let local = pool.local(&format!("in{i}"));
+        fs::write(&local, data).unwrap();
+        ok(&["put", "--pool", p, local.to_str().unwrap(), path]);
+    }
+    // 400 KiB of garbage in the middle of the first disk's segment: record headers and
+    // payloads alike (each record here spans about 260 KiB).
+    let segments: Vec<_> = fs::read_dir(pool.disks[0].join("segments")).unwrap().map(|e| e.unwrap().path()).collect();
+    assert_eq!(segments.len(), 1, "{segments:?}");
+    let before = fragments_on(&pool.disks[0]).len();
+    let len = fs::metadata(&segments[0]).unwrap().len();
+    assert!(len > 1 << 20, "segment of {len} bytes");
+    let garbage = pattern(400 << 10, 99);
+    {
+        use std::os::unix::fs::FileExt;
+        let file = fs::OpenOptions::new().write(true).open(&segments[0]).unwrap();
+        file.write_all_at(&garbage, len / 2 - 200 * 1024).unwrap();
+        file.sync_all().unwrap();
+    }
+    // A record whose header went is gone at the next open; its neighbours stay.
+    let after = fragments_on(&pool.disks[0]).len();
+    assert!(after < before && after + 3 >= before, "{before} records, {after} after the damage");
+    let found = json(&["scrub", "--pool", p, "--json"]);
+    let bad = found["corrupt_fragments"].as_u64().unwrap() + found["missing_fragments"].as_u64().unwrap();
+    assert!((2..=3).contains(&bad), "{found}");
+    for (i, (path, data)) in files.iter().enumerate() {
+        let back = pool.local(&format!("degraded{i}"));
+        ok(&["get", "--pool", p, path, back.to_str().unwrap()]);
+        assert_eq!(fs::read(&back).unwrap(), *data, "{path}");
+    }
+    let repaired = json(&["scrub", "--pool", p, "--repair", "--json"]);
+    assert_eq!(repaired["unrecoverable"].as_array().unwrap().len(), 0, "{repaired}");
+    let clean = json(&["scrub", "--pool", p, "--json"]);
+    assert_eq!((clean["corrupt_fragments"].as_u64(), clean["missing_fragments"].as_u64()), (Some(0), Some(0)));
+    assert!(all_healthy(&pool), "a degraded extent is left");
+    for (i, (path, data)) in files.iter().enumerate() {
+        let back = pool.local(&format!("out{i}"));
+        ok(&["get", "--pool", p, path, back.to_str().unwrap()]);
+        assert_eq!(fs::read(&back).unwrap(), *data, "{path}");
+    }
+}
+
+#[test]
 fn damage_beyond_tolerance_is_reported_by_file_and_offset_with_exit_code_one() {
     let pool = Pool::new("replicate:2", &[64, 64, 64]);
     let p = pool.path();
