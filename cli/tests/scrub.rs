@@ -42,6 +42,24 @@ fn all_healthy(pool: &Pool) -> bool {
     by_health.keys().all(|health| health == "healthy")
 }
 
+/// Asserts that `dfs get` returns each file's bytes exactly.
+fn assert_files_read_back(pool: &Pool, files: &[(&str, Vec<u8>)], label: &str) {
+    for (i, (path, data)) in files.iter().enumerate() {
+        let back = pool.local(&format!("{label}{i}"));
+        ok(&["get", "--pool", pool.path(), path, back.to_str().unwrap()]);
+        assert_eq!(fs::read(&back).unwrap(), *data, "{path}");
+    }
+}
+
+/// Asserts that a scrub finds nothing and every extent is healthy, then that every file
+/// reads back.
+fn assert_clean(pool: &Pool, files: &[(&str, Vec<u8>)]) {
+    let clean = json(&["scrub", "--pool", pool.path(), "--json"]);
+    assert_eq!((clean["corrupt_fragments"].as_u64(), clean["missing_fragments"].as_u64()), (Some(0), Some(0)));
+    assert!(all_healthy(pool), "a degraded extent is left");
+    assert_files_read_back(pool, files, "out");
+}
+
 #[test]
 fn flipped_bytes_on_disk_are_found_repaired_and_every_file_reads_back() {
     let pool = Pool::new("erasure:4+2", &[64, 64, 96, 96, 128, 128]);
@@ -78,14 +96,7 @@ fn flipped_bytes_on_disk_are_found_repaired_and_every_file_reads_back() {
     let repaired = json(&["scrub", "--pool", p, "--repair", "--json"]);
     assert_eq!(repaired["repaired_fragments"], flipped, "{repaired}");
     assert_eq!(repaired["unrecoverable"].as_array().unwrap().len(), 0);
-    let clean = json(&["scrub", "--pool", p, "--json"]);
-    assert_eq!((clean["corrupt_fragments"].as_u64(), clean["missing_fragments"].as_u64()), (Some(0), Some(0)));
-    assert!(all_healthy(&pool), "a degraded extent is left");
-    for (i, (path, data)) in files.iter().enumerate() {
-        let back = pool.local(&format!("out{i}"));
-        ok(&["get", "--pool", p, path, back.to_str().unwrap()]);
-        assert_eq!(fs::read(&back).unwrap(), *data, "{path}");
-    }
+    assert_clean(&pool, &files);
 }
 
 #[test]
@@ -118,21 +129,10 @@ fn a_segment_rotten_over_a_stretch_mid_file_costs_only_the_records_there_and_is_
     let found = json(&["scrub", "--pool", p, "--json"]);
     let bad = found["corrupt_fragments"].as_u64().unwrap() + found["missing_fragments"].as_u64().unwrap();
     assert!((2..=3).contains(&bad), "{found}");
-    for (i, (path, data)) in files.iter().enumerate() {
-        let back = pool.local(&format!("degraded{i}"));
-        ok(&["get", "--pool", p, path, back.to_str().unwrap()]);
-        assert_eq!(fs::read(&back).unwrap(), *data, "{path}");
-    }
+    assert_files_read_back(&pool, &files, "degraded");
     let repaired = json(&["scrub", "--pool", p, "--repair", "--json"]);
     assert_eq!(repaired["unrecoverable"].as_array().unwrap().len(), 0, "{repaired}");
-    let clean = json(&["scrub", "--pool", p, "--json"]);
-    assert_eq!((clean["corrupt_fragments"].as_u64(), clean["missing_fragments"].as_u64()), (Some(0), Some(0)));
-    assert!(all_healthy(&pool), "a degraded extent is left");
-    for (i, (path, data)) in files.iter().enumerate() {
-        let back = pool.local(&format!("out{i}"));
-        ok(&["get", "--pool", p, path, back.to_str().unwrap()]);
-        assert_eq!(fs::read(&back).unwrap(), *data, "{path}");
-    }
+    assert_clean(&pool, &files);
 }
 
 #[test]
