@@ -161,9 +161,10 @@ pub trait BlockDevice: Send + Sync {
     /// Returns the full contents of the block as last written (subject to corruption).
     fn read(&self, name: BlockName) -> Result<Vec<u8>, DeviceError>;
 
-    /// `read`, handing the block to `visit` instead of returning it: a backend that reads
-    /// into a buffer of its own (`DirDisk`'s direct reads) spares a copy into a new one.
-    /// `visit` runs at most once, and only on `Ok`.
+    /// `read`, handing the block to `visit` instead of returning it: the engine's read
+    /// path, which caches what it decodes and reads ahead itself, so a backend may read
+    /// into a buffer of its own past the OS cache (`DirDisk`'s direct segment reads) and
+    /// spare a copy. `visit` runs at most once, and only on `Ok`.
     fn read_with(&self, name: BlockName, visit: &mut dyn FnMut(&[u8])) -> Result<(), DeviceError> {
         visit(&self.read(name)?);
         Ok(())

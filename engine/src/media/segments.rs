@@ -89,6 +89,13 @@ pub fn span(len: u64) -> u64 {
     (RECORD_HEADER_LEN + len).div_ceil(ALIGN) * ALIGN
 }
 
+/// A record's place and its segment's handles, as `Segments::locate` finds them.
+struct Located {
+    file: Arc<File>,
+    direct: Option<Arc<File>>,
+    loc: Loc,
+}
+
 struct Segment {
     file: Arc<File>,
     /// The same file opened for direct reads (`O_DIRECT`), where the filesystem allows it:
@@ -219,29 +226,26 @@ impl Segments {
         self.lock().index.get(&name).map(|loc| loc.written_secs)
     }
 
-    /// The payload of `name`, or `NotFound`.
-    ///
-    /// Read directly where the filesystem allows it: the engine keeps its own cache of
-    /// decoded extents, so a second copy of the fragments in the page cache costs memory
-    /// and CPU (page insertion, accounting, one more copy) and serves no one. The
-    /// filesystem keeps direct reads coherent with buffered appends not yet written back.
+    /// The payload of `name`, or `NotFound`, read through the page cache: background work
+    /// that reads a disk's fragments one after another (rebuild, scrub) gains from the
+    /// kernel's read-ahead on the segment (measured: a rebuild 389–410 MiB/s this way,
+    /// 248–252 with direct reads).
     pub fn read(&self, name: BlockName) -> Result<Vec<u8>, DeviceError> {
-        let mut payload = Vec::new();
-        self.read_with(name, &mut |bytes| payload = bytes.to_vec())?;
+        let Located { file, loc, .. } = self.locate(name)?;
+        let mut payload = vec![0u8; loc.len as usize];
+        file.read_exact_at(&mut payload, loc.offset + RECORD_HEADER_LEN)
+            .map_err(|e| io_error(&self.path(loc.segment), e))?;
         Ok(payload)
     }
 
-    /// `read`, handing the payload to `visit` (see `BlockDevice::read_with`); a direct read
-    /// hands it straight from this thread's aligned buffer.
+    /// The payload of `name` handed to `visit` (see `BlockDevice::read_with`): the engine's
+    /// read path. Read directly where the filesystem allows it, straight into this
+    /// thread's aligned buffer: the engine keeps its own cache of decoded extents and
+    /// reads ahead itself, so a second copy of the fragments in the page cache costs
+    /// memory and CPU (page insertion, accounting, one more copy) and serves no one. The
+    /// filesystem keeps direct reads coherent with buffered appends not yet written back.
     pub fn read_with(&self, name: BlockName, visit: &mut dyn FnMut(&[u8])) -> Result<(), DeviceError> {
-        let (file, direct, loc) = {
-            let state = self.lock();
-            let loc = *state.index.get(&name).ok_or(DeviceError::NotFound)?;
-            let Some(segment) = state.segments.get(&loc.segment) else {
-                unreachable!("an indexed record's segment is open");
-            };
-            (Arc::clone(&segment.file), segment.direct.clone(), loc)
-        };
+        let Located { file, direct, loc } = self.locate(name)?;
         if let Some(direct) = direct {
             if read_direct(&direct, &loc, visit) {
                 return Ok(());
@@ -252,6 +256,16 @@ impl Segments {
             .map_err(|e| io_error(&self.path(loc.segment), e))?;
         visit(&payload);
         Ok(())
+    }
+
+    /// Where the record of `name` lies, with its segment's handles (`NotFound`: none).
+    fn locate(&self, name: BlockName) -> Result<Located, DeviceError> {
+        let state = self.lock();
+        let loc = *state.index.get(&name).ok_or(DeviceError::NotFound)?;
+        let Some(segment) = state.segments.get(&loc.segment) else {
+            unreachable!("an indexed record's segment is open");
+        };
+        Ok(Located { file: Arc::clone(&segment.file), direct: segment.direct.clone(), loc })
     }
 
     /// Appends `payload` as the record of `name` (a fragment), replacing any earlier one.
@@ -909,6 +923,34 @@ mod tests {
         };
         assert_eq!(raw.len(), 1, "the replaced record is still there after the sync: {raw:?}");
         assert_eq!(segments.used_bytes(), span(4));
+    }
+
+    #[test]
+    fn direct_reads_return_what_buffered_reads_do_to_the_last_record_of_a_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let segments = Segments::open_sized(dir.path(), 64 << 10).unwrap();
+        // Lengths around the alignment, and records that fill a segment and start another.
+        let lens = [1, 63, 64, 4031, 4032, 4033, 4096, 9000, 30_000, 50_000, 7];
+        for (i, len) in lens.iter().enumerate() {
+            segments.append(name(i as u64, 0), &payload(i as u64, *len)).unwrap();
+        }
+        let check = |segments: &Segments| {
+            for (i, len) in lens.iter().enumerate() {
+                let mut direct = None;
+                segments.read_with(name(i as u64, 0), &mut |bytes| direct = Some(bytes.to_vec())).unwrap();
+                assert_eq!(direct.as_deref(), Some(&payload(i as u64, *len)[..]), "record {i}");
+                assert_eq!(segments.read(name(i as u64, 0)).unwrap(), payload(i as u64, *len), "record {i}");
+            }
+            let mut visited = false;
+            assert_eq!(segments.read_with(name(99, 0), &mut |_| visited = true), Err(DeviceError::NotFound));
+            assert!(!visited);
+        };
+        // Before a sync (dirty pages under the direct read), after it, and after a reopen.
+        check(&segments);
+        segments.sync().unwrap();
+        check(&segments);
+        drop(segments);
+        check(&Segments::open_sized(dir.path(), 64 << 10).unwrap());
     }
 
     #[test]
