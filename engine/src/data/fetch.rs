@@ -89,7 +89,7 @@ pub fn read_shared(pool: &Arc<Mutex<Pool>>, fh: FileHandle, offset: u64, size: u
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         guard = waited;
     }
-    guard.read_data(fh, offset, size)
+    guard.answer_read(fh, offset, size, false)
 }
 
 impl FetchPlan {

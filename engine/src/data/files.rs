@@ -367,9 +367,22 @@ impl Pool {
     /// `read`, answering a read inside one stored chunk with nothing laid over it with a
     /// window of the cached extent itself: no copy, and the lock is not held for one.
     pub fn read_data(&mut self, fh: FileHandle, offset: u64, size: usize) -> Result<ReadData> {
+        self.answer_read(fh, offset, size, true)
+    }
+
+    /// `read_data`; without `read_ahead` for a caller that planned the read-ahead itself
+    /// (`fetch::read_shared`, whose plan has already noted the read as well).
+    pub(crate) fn answer_read(
+        &mut self,
+        fh: FileHandle,
+        offset: u64,
+        size: usize,
+        read_ahead: bool,
+    ) -> Result<ReadData> {
         let started = self.clock.monotonic_nanos();
         let end = offset.saturating_add(size as u64);
-        let (ino, sequential) = self.note_read(fh, offset, end)?;
+        let (ino, sequential) =
+            if read_ahead { self.note_read(fh, offset, end)? } else { (self.handle_ino(fh)?, false) };
         if sequential && size > 0 {
             self.read_ahead(ino, offset, end);
         }
@@ -400,9 +413,7 @@ impl Pool {
         {
             return Ok(None);
         }
-        let record =
-            self.state.file_extents.get(&ino).and_then(|m| m.get(&index)).and_then(|id| self.state.extents.get(id));
-        let Some(record) = record.cloned() else { return Ok(None) };
+        let Some(record) = self.state.slot_extent(slot).cloned() else { return Ok(None) };
         let chunk_start = index * CHUNK;
         let data = self.read_extent(&record, chunk_start)?;
         let (low, high) = ((offset - chunk_start) as usize, (end - chunk_start) as usize);
@@ -472,13 +483,7 @@ impl Pool {
                 copy(target, chunk);
                 continue;
             }
-            let record = self
-                .state
-                .file_extents
-                .get(&ino)
-                .and_then(|m| m.get(&index))
-                .and_then(|id| self.state.extents.get(id))
-                .cloned();
+            let record = self.state.slot_extent(ChunkSlot { ino, index }).cloned();
             if let Some(record) = record {
                 let data = self.read_extent(&record, chunk_start)?;
                 copy(target, &data);

@@ -542,10 +542,7 @@ fn fetch_data_shards(
         (CodecId::Replica, Policy::Replicate { .. })
             | (CodecId::RsErasureGf8 | CodecId::RsSimd, Policy::Erasure { .. })
     );
-    if !systematic {
-        return None;
-    }
-    if shard_len == 0 {
+    if !systematic || shard_len == 0 {
         return None;
     }
     let id = record.id;

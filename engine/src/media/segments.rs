@@ -232,10 +232,7 @@ impl Segments {
     /// 248–252 with direct reads).
     pub fn read(&self, name: BlockName) -> Result<Vec<u8>, DeviceError> {
         let Located { file, loc, .. } = self.locate(name)?;
-        let mut payload = vec![0u8; loc.len as usize];
-        file.read_exact_at(&mut payload, loc.offset + RECORD_HEADER_LEN)
-            .map_err(|e| io_error(&self.path(loc.segment), e))?;
-        Ok(payload)
+        read_buffered(&file, &loc).map_err(|e| io_error(&self.path(loc.segment), e))
     }
 
     /// The payload of `name` handed to `visit` (see `BlockDevice::read_with`): the engine's
@@ -246,15 +243,10 @@ impl Segments {
     /// filesystem keeps direct reads coherent with buffered appends not yet written back.
     pub fn read_with(&self, name: BlockName, visit: &mut dyn FnMut(&[u8])) -> Result<(), DeviceError> {
         let Located { file, direct, loc } = self.locate(name)?;
-        if let Some(direct) = direct {
-            if read_direct(&direct, &loc, visit) {
-                return Ok(());
-            }
+        if direct.is_some_and(|direct| read_direct(&direct, &loc, visit)) {
+            return Ok(());
         }
-        let mut payload = vec![0u8; loc.len as usize];
-        file.read_exact_at(&mut payload, loc.offset + RECORD_HEADER_LEN)
-            .map_err(|e| io_error(&self.path(loc.segment), e))?;
-        visit(&payload);
+        visit(&read_buffered(&file, &loc).map_err(|e| io_error(&self.path(loc.segment), e))?);
         Ok(())
     }
 
@@ -704,6 +696,13 @@ fn scan_segment(
         }
     }
     Ok(tail)
+}
+
+/// The payload of the record at `loc`, read through the page cache.
+fn read_buffered(file: &File, loc: &Loc) -> std::io::Result<Vec<u8>> {
+    let mut payload = vec![0u8; loc.len as usize];
+    file.read_exact_at(&mut payload, loc.offset + RECORD_HEADER_LEN)?;
+    Ok(payload)
 }
 
 /// Opens `path` for direct reads; `None` where the filesystem refuses `O_DIRECT`.
