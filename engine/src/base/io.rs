@@ -1,41 +1,136 @@
 //! The parallel-I/O seam: runs independent per-disk jobs at once in production, or one
 //! after another in order when the simulator needs a seed to replay exactly.
 //!
-//! Parallel jobs run on one long-lived pool of I/O threads (`rayon`), not on threads
-//! spawned per call: a barrier issues a few dozen short jobs, and spawning a thread for
-//! each cost more than the jobs themselves. The threads mostly wait on disks, so the pool
-//! is much wider than the machine has cores. A job may itself call `run_all` (a disk's
-//! sync runs its fsyncs at once); a pool thread waiting for its nested jobs runs other
-//! jobs meanwhile, so jobs must not hold a lock that other jobs take while they wait.
-//! And no job ever waits for the pool's lock (`Pool` behind a front end's mutex): its
-//! holder may itself be waiting for pool threads, and with every one of them blocked on
-//! that lock nothing would move. Work that must book its results under that lock (the
-//! read-ahead) runs on a thread of its own and only hands its disk jobs to the pool.
+//! Parallel jobs run on one long-lived pool of I/O threads, not on threads spawned per
+//! call: a barrier issues a few dozen short jobs, and spawning a thread for each cost more
+//! than the jobs themselves. The threads mostly wait on disks, so the pool is much wider
+//! than the machine has cores, and an idle thread sleeps at once on a condition variable:
+//! it never spins (`rayon`'s idle threads yield in a loop before they sleep, which on two
+//! cores took a third of the daemon's CPU under a database's stream of fsyncs).
+//!
+//! The caller of `run_all` queues its jobs and, while they are not all done, runs queued
+//! jobs itself — its own or anyone's — so a job may itself call `run_all` (a disk's sync
+//! runs its fsyncs at once) without ever waiting on a queue nobody serves: a thread waits
+//! idle only when the queue is empty. Jobs must therefore not hold a lock that other jobs
+//! take while they wait. And no job ever waits for the pool's lock (`Pool` behind a front
+//! end's mutex): its holder may itself be waiting for I/O threads, and with every one of
+//! them blocked on that lock nothing would move. Work that must book its results under
+//! that lock (the read-ahead) runs on a thread of its own and only hands its disk jobs to
+//! the pool.
 
-use std::sync::OnceLock;
-
-use rayon::prelude::*;
+use std::collections::VecDeque;
+use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
+use std::thread;
 
 /// Threads of the I/O pool: enough for every disk of a large pool to have a request in
 /// flight during a barrier.
 const IO_THREADS: usize = 16;
 
-/// The shared I/O pool, or `None` when it could not be started (jobs then run in order).
-fn io_pool() -> Option<&'static rayon::ThreadPool> {
-    static POOL: OnceLock<Option<rayon::ThreadPool>> = OnceLock::new();
-    POOL.get_or_init(|| {
-        rayon::ThreadPoolBuilder::new()
-            .num_threads(IO_THREADS)
-            .thread_name(|i| format!("dfs-io-{i}"))
-            .build()
-            .map_err(|error| tracing::warn!(%error, "no I/O thread pool; disk jobs run one after another"))
-            .ok()
+/// A queued job, its borrows erased (see `run_all` for why that is sound).
+type Task = Box<dyn FnOnce() + Send + 'static>;
+
+/// The shared queue of jobs and the threads' two reasons to wake.
+struct IoPool {
+    state: Mutex<Queue>,
+    /// Signalled when a job is queued and a thread of the pool is idle.
+    work: Condvar,
+    /// Signalled when a job finishes, and when a job is queued while no pool thread is
+    /// idle (a caller waiting for its own jobs then runs it).
+    progress: Condvar,
+}
+
+struct Queue {
+    tasks: VecDeque<Task>,
+    /// Pool threads waiting on `work`.
+    idle: usize,
+}
+
+impl IoPool {
+    fn lock(&self) -> MutexGuard<'_, Queue> {
+        // Tasks run outside the lock and catch their panics, so it is never poisoned by
+        // one; recovering the guard keeps the pool alive regardless.
+        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn push_all(&self, tasks: Vec<Task>) {
+        let mut queue = self.lock();
+        let count = tasks.len();
+        queue.tasks.extend(tasks);
+        let idle = queue.idle;
+        drop(queue);
+        for _ in 0..count.min(idle) {
+            self.work.notify_one();
+        }
+        if count > idle {
+            self.progress.notify_all();
+        }
+    }
+
+    /// A pool thread: runs queued jobs for ever, sleeping while there are none.
+    fn serve(&self) {
+        let mut queue = self.lock();
+        loop {
+            if let Some(task) = queue.tasks.pop_front() {
+                drop(queue);
+                task();
+                queue = self.lock();
+            } else {
+                queue.idle += 1;
+                queue = self.work.wait(queue).unwrap_or_else(|poisoned| poisoned.into_inner());
+                queue.idle -= 1;
+            }
+        }
+    }
+
+    /// Runs queued jobs until `batch` has none left running or queued.
+    fn help_until_done(&self, batch: &Batch) {
+        let mut queue = self.lock();
+        while batch.remaining.load(Ordering::Acquire) > 0 {
+            if let Some(task) = queue.tasks.pop_front() {
+                drop(queue);
+                task();
+                queue = self.lock();
+            } else {
+                queue = self.progress.wait(queue).unwrap_or_else(|poisoned| poisoned.into_inner());
+            }
+        }
+    }
+}
+
+/// One `run_all` call's results, shared with its queued jobs.
+struct Batch {
+    remaining: AtomicUsize,
+}
+
+/// The shared I/O pool, or `None` when its threads could not be started (jobs then run
+/// in order).
+fn io_pool() -> Option<&'static IoPool> {
+    static POOL: OnceLock<Option<&'static IoPool>> = OnceLock::new();
+    *POOL.get_or_init(|| {
+        let pool: &'static IoPool = Box::leak(Box::new(IoPool {
+            state: Mutex::new(Queue { tasks: VecDeque::new(), idle: 0 }),
+            work: Condvar::new(),
+            progress: Condvar::new(),
+        }));
+        for i in 0..IO_THREADS {
+            let started = thread::Builder::new().name(format!("dfs-io-{i}")).spawn(move || pool.serve());
+            if let Err(error) = started {
+                if i == 0 {
+                    tracing::warn!(%error, "no I/O threads; disk jobs run one after another");
+                    return None;
+                }
+                tracing::warn!(%error, threads = i, "fewer I/O threads than planned");
+                break;
+            }
+        }
+        Some(pool)
     })
-    .as_ref()
 }
 
 /// Runs `job` on every item, at once on the I/O pool when `parallel`, returning results
-/// in input order either way.
+/// in input order either way. A job's panic is re-raised here once every job has ended.
 pub(crate) fn run_all<T, R, F>(parallel: bool, items: Vec<T>, job: F) -> Vec<R>
 where
     T: Send,
@@ -43,12 +138,114 @@ where
     F: Fn(T) -> R + Sync + Send,
 {
     let count = items.len();
-    let results: Vec<R> = match io_pool() {
-        Some(pool) if parallel && count > 1 => {
-            pool.install(|| items.into_par_iter().with_max_len(1).map(job).collect())
-        }
-        _ => items.into_iter().map(job).collect(),
+    let pool = match io_pool() {
+        Some(pool) if parallel && count > 1 => pool,
+        _ => return items.into_iter().map(job).collect(),
     };
+    let batch = Arc::new(Batch { remaining: AtomicUsize::new(count) });
+    let slots: Vec<Mutex<Option<thread::Result<R>>>> = (0..count).map(|_| Mutex::new(None)).collect();
+    let tasks: Vec<Task> = items
+        .into_iter()
+        .enumerate()
+        .map(|(i, item)| {
+            let (job, slot, batch) = (&job, &slots[i], Arc::clone(&batch));
+            let task: Box<dyn FnOnce() + Send + '_> = Box::new(move || {
+                let result = catch_unwind(AssertUnwindSafe(|| job(item)));
+                *slot.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(result);
+                // The last use of a borrow: once `remaining` reaches 0 the caller may
+                // return. `batch` itself is owned, and the wake-up goes through the pool.
+                batch.remaining.fetch_sub(1, Ordering::AcqRel);
+                let _wake = pool.lock();
+                pool.progress.notify_all();
+            });
+            erase(task)
+        })
+        .collect();
+    pool.push_all(tasks);
+    pool.help_until_done(&batch);
+    let mut results = Vec::with_capacity(count);
+    for slot in slots {
+        match slot.into_inner().unwrap_or_else(|poisoned| poisoned.into_inner()) {
+            Some(Ok(result)) => results.push(result),
+            Some(Err(panic)) => resume_unwind(panic),
+            None => unreachable!("run_all returned before a job ran"),
+        }
+    }
     debug_assert_eq!(results.len(), count);
     results
+}
+
+/// Erases a job's borrows so the pool's threads can hold it.
+///
+/// Sound because `run_all`, which owns everything the job borrows (`job`, the result
+/// slots), does not return — nor unwind: the job catches its own panic — before the job
+/// has run and stopped touching them: it waits until the batch's `remaining` count, which
+/// each job decrements after its last use of a borrow, reaches zero. Every queued job is
+/// run (pool threads never exit, and the waiting caller runs queued jobs itself), so the
+/// wait ends.
+#[allow(unsafe_code)]
+fn erase(task: Box<dyn FnOnce() + Send + '_>) -> Task {
+    // SAFETY: see above; only the lifetime changes, the layout of a boxed trait object
+    // does not depend on it.
+    unsafe { std::mem::transmute::<Box<dyn FnOnce() + Send + '_>, Task>(task) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn results_come_back_in_input_order_and_jobs_run_at_once() {
+        let started = std::time::Instant::now();
+        let out = run_all(true, (0..8u64).collect(), |i| {
+            thread::sleep(std::time::Duration::from_millis(50));
+            i * 10
+        });
+        assert_eq!(out, (0..8u64).map(|i| i * 10).collect::<Vec<_>>());
+        // Eight 50 ms sleeps one after another take 400 ms.
+        assert!(started.elapsed() < std::time::Duration::from_millis(300), "{:?}", started.elapsed());
+    }
+
+    #[test]
+    fn nested_calls_deeper_than_the_pool_is_wide_finish() {
+        let total = AtomicUsize::new(0);
+        let outer = run_all(true, (0..IO_THREADS * 2).collect(), |i| {
+            let inner = run_all(true, (0..4usize).collect(), |j| {
+                thread::sleep(std::time::Duration::from_millis(1));
+                total.fetch_add(1, Ordering::Relaxed);
+                i + j
+            });
+            inner.iter().sum::<usize>()
+        });
+        assert_eq!(total.load(Ordering::Relaxed), IO_THREADS * 2 * 4);
+        assert_eq!(outer[3], 3 * 4 + 6);
+    }
+
+    #[test]
+    fn a_panicking_job_panics_the_caller_after_the_others_finish() {
+        let finished = AtomicUsize::new(0);
+        let caught = catch_unwind(AssertUnwindSafe(|| {
+            run_all(true, (0..6usize).collect(), |i| {
+                if i == 2 {
+                    panic!("job 2 fails");
+                }
+                thread::sleep(std::time::Duration::from_millis(20));
+                finished.fetch_add(1, Ordering::SeqCst);
+            })
+        }));
+        assert!(caught.is_err());
+        assert_eq!(finished.load(Ordering::SeqCst), 5);
+        assert_eq!(run_all(true, vec![1, 2, 3], |i| i + 1), vec![2, 3, 4], "the pool still serves");
+    }
+
+    #[test]
+    fn sequential_runs_in_input_order_on_the_calling_thread() {
+        let caller = thread::current().id();
+        let order = Mutex::new(Vec::new());
+        run_all(false, (0..5usize).collect(), |i| {
+            assert_eq!(thread::current().id(), caller);
+            order.lock().unwrap_or_else(|p| p.into_inner()).push(i);
+        });
+        assert_eq!(order.into_inner().unwrap_or_else(|p| p.into_inner()), vec![0, 1, 2, 3, 4]);
+    }
 }
