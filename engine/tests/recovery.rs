@@ -168,3 +168,35 @@ fn a_checkpoint_is_never_rewritten_in_place() {
     assert_eq!(t.pool().counters().checkpoints, before + 1);
     assert_files(&mut t, &files);
 }
+
+#[test]
+fn a_shared_barrier_leaves_its_frees_to_the_next_one_and_a_plain_barrier_takes_them() {
+    let mut t = TestPool::new(&[64, 64, 64], "replicate:2");
+    let empty = t.pool().statfs().free_bytes;
+    t.write_file("doomed", &pattern(3 << 20, 7));
+    assert!(t.pool().statfs().free_bytes + (3 << 20) <= empty);
+    let count = |t: &TestPool| (0..3).map(|i| common::fragments_on(&t.disk_path(i)).len()).sum::<usize>();
+    let written = count(&t);
+    assert_eq!(written, 3 * 2, "three 1 MiB extents, two copies each");
+    let shared = std::sync::Mutex::new(t.pool.take().unwrap());
+    shared.lock().unwrap().unlink(dfs_engine::Ino::ROOT, b"doomed").unwrap();
+    dfs_engine::data::durability::sync_shared(&shared).unwrap();
+    assert_eq!(count(&t), written, "the fsync that freed them does not wait for their deletion");
+    let free = shared.lock().unwrap().statfs().free_bytes;
+    assert!(free.abs_diff(empty) < 64 << 10, "df counts them free at once: {free} free, {empty} when empty");
+    t.pool = Some(shared.into_inner().unwrap());
+    assert!(!t.pool().has_undurable_commits());
+    t.pool().sync().unwrap();
+    assert_eq!(count(&t), 0, "a plain barrier deletes what shared barriers left");
+
+    let mut t = TestPool::new(&[64, 64, 64], "replicate:2");
+    t.write_file("doomed", &pattern(1 << 20, 8));
+    let shared = std::sync::Mutex::new(t.pool.take().unwrap());
+    shared.lock().unwrap().unlink(dfs_engine::Ino::ROOT, b"doomed").unwrap();
+    dfs_engine::data::durability::sync_shared(&shared).unwrap();
+    assert_eq!(count(&t), 2);
+    dfs_engine::data::durability::sync_shared(&shared).unwrap();
+    assert_eq!(count(&t), 0, "the next shared barrier deletes them beside its syncs");
+    t.pool = Some(shared.into_inner().unwrap());
+    t.reopen();
+}

@@ -9,7 +9,9 @@
 //!    fragments it needs);
 //! 2. writes every queued op as one journal record on each journal replica and syncs it:
 //!    the commit point — a crash leaves all the queued ops or none;
-//! 3. deletes the fragments of freed extents — only now does no durable record need them;
+//! 3. deletes the fragments of freed extents — only now does no durable record need them
+//!    (a shared barrier leaves them to the next one, which deletes them beside its disk
+//!    syncs with the lock released: see `sync_shared`);
 //! 4. checkpoints when due.
 //!
 //! `fsync`, unmount, every CLI command and the daemon's timer end in a barrier; a commit
@@ -23,8 +25,9 @@ use crate::base::hooks::CommitPhase;
 use crate::base::io::run_all;
 use crate::data::fetch::lock;
 use crate::media::device::{BlockDevice, BlockName, ExtentId};
+use crate::media::{codec, fragment};
 use crate::meta::journal;
-use crate::meta::state::{DiskId, Transaction};
+use crate::meta::state::{DiskId, ExtentRecord, Transaction};
 use crate::pool::Pool;
 
 /// Rounds of "relocate, then sync" a barrier tries before giving up on a fragment.
@@ -32,35 +35,83 @@ const SYNC_ATTEMPTS: usize = 3;
 
 /// The durability barrier for a pool several request threads share: the disks that took
 /// fragments since the last barrier are synced first with the pool's lock released —
-/// the bulk of a barrier's time when much was written — and then `Pool::sync` runs under
+/// the bulk of a barrier's time when much was written — and then the barrier runs under
 /// the lock, with little left to sync. A sync that fails outside the lock counts as
 /// failed in the barrier (see `Undurable::sync_failed`). Syncing early never makes
-/// anything less durable, so the crash contract is `Pool::sync`'s.
+/// anything less durable, so the crash contract is `Pool::sync`'s. The fragments the
+/// previous shared barrier freed are deleted beside those syncs, and this barrier's are
+/// left to the next one (`Undurable::deferred_deletes`): a crash meanwhile leaves them as
+/// orphans, which the next open removes.
 pub fn sync_shared(pool: &Mutex<Pool>) -> Result<()> {
     let (jobs, parallel) = {
-        let pool = lock(pool);
-        let jobs: Vec<(DiskId, Arc<dyn BlockDevice>)> = pool
-            .undurable
-            .fragment_disks
-            .iter()
-            .filter_map(|disk| pool.devices.get(disk).map(|d| (*disk, d.clone())))
-            .collect();
+        let mut pool = lock(pool);
+        let mut jobs: Vec<DiskJob> = Vec::new();
+        let mut deletes: BTreeMap<DiskId, Vec<BlockName>> = BTreeMap::new();
+        for (disk, name, _) in std::mem::take(&mut pool.undurable.deferred_deletes) {
+            deletes.entry(disk).or_default().push(name);
+        }
+        let disks: BTreeSet<DiskId> = pool.undurable.fragment_disks.iter().chain(deletes.keys()).copied().collect();
+        for disk in disks {
+            if let Some(device) = pool.devices.get(&disk) {
+                let sync = pool.undurable.fragment_disks.contains(&disk);
+                jobs.push(DiskJob {
+                    disk,
+                    device: device.clone(),
+                    deletes: deletes.remove(&disk).unwrap_or_default(),
+                    sync,
+                });
+            }
+        }
         (jobs, pool.options.parallel_io)
     };
-    let failed: Vec<(DiskId, String)> =
-        run_all(parallel, jobs, |(disk, device)| device.sync().err().map(|e| (disk, e.to_string())))
-            .into_iter()
-            .flatten()
-            .collect();
+    let failed: Vec<(DiskId, String)> = run_all(parallel, jobs, |job| {
+        delete_all(job.device.as_ref(), job.deletes);
+        if !job.sync {
+            return None;
+        }
+        job.device.sync().err().map(|e| (job.disk, e.to_string()))
+    })
+    .into_iter()
+    .flatten()
+    .collect();
     let mut pool = lock(pool);
     pool.undurable.sync_failed.extend(failed);
-    pool.sync()
+    pool.barrier(true)
+}
+
+/// One disk's share of a shared barrier's work outside the lock.
+struct DiskJob {
+    disk: DiskId,
+    device: Arc<dyn BlockDevice>,
+    /// Fragments the previous shared barrier freed.
+    deletes: Vec<BlockName>,
+    /// Whether the disk took fragments since the last barrier.
+    sync: bool,
+}
+
+/// Deletes `names` from `device`. Failures leave orphans, which the next open removes.
+fn delete_all(device: &dyn BlockDevice, names: Vec<BlockName>) {
+    for name in names {
+        if let Err(error) = device.delete(name) {
+            tracing::debug!(%error, %name, "deleting a freed fragment failed; left as an orphan");
+        }
+    }
 }
 
 impl Pool {
     /// The durability barrier: on `Ok`, every commit so far is durable and survives a
     /// crash. Cheap when nothing is waiting.
     pub fn sync(&mut self) -> Result<()> {
+        self.barrier(false)
+    }
+
+    /// The barrier; with `defer_frees` the fragments it frees are left for the next shared
+    /// barrier to delete (see `sync_shared`), else they are deleted now with any left
+    /// over from earlier shared barriers.
+    fn barrier(&mut self, defer_frees: bool) -> Result<()> {
+        if !defer_frees && !self.undurable.deferred_deletes.is_empty() && self.read_only.is_none() {
+            self.delete_deferred();
+        }
         if self.undurable.is_empty() {
             return Ok(());
         }
@@ -71,6 +122,14 @@ impl Pool {
         let result = self.sync_fragments().and_then(|()| self.write_record());
         self.undurable.in_barrier = false;
         let journal_set_changed = result?;
+        if defer_frees && self.read_only.is_none() {
+            let frees = std::mem::take(&mut self.undurable.frees);
+            for record in &frees {
+                let bytes = (fragment::HEADER_LEN + codec::shard_len(record.policy, record.len as usize)) as u64;
+                let fragments = fragments_of(std::slice::from_ref(record));
+                self.undurable.deferred_deletes.extend(fragments.map(|(disk, name)| (disk, name, bytes)));
+            }
+        }
         self.delete_freed();
         self.counters.barriers += 1;
         if self.checkpoint_due(journal_set_changed) {
@@ -83,7 +142,32 @@ impl Pool {
 
     /// Whether freed fragments wait for a barrier before they are deleted.
     pub(crate) fn frees_pending(&self) -> bool {
-        !self.undurable.frees.is_empty() || !self.undurable.fragment_frees.is_empty()
+        !self.undurable.frees.is_empty()
+            || !self.undurable.fragment_frees.is_empty()
+            || !self.undurable.deferred_deletes.is_empty()
+    }
+
+    /// Bytes on each disk that fragments left for the next shared barrier to delete
+    /// still take (already free as far as `df` goes).
+    pub(crate) fn deferred_bytes(&self) -> BTreeMap<DiskId, u64> {
+        let mut bytes: BTreeMap<DiskId, u64> = BTreeMap::new();
+        for (disk, _, len) in &self.undurable.deferred_deletes {
+            *bytes.entry(*disk).or_default() += len;
+        }
+        bytes
+    }
+
+    /// Deletes, now, the fragments earlier shared barriers left for later.
+    fn delete_deferred(&mut self) {
+        let mut per_disk: BTreeMap<DiskId, Vec<BlockName>> = BTreeMap::new();
+        for (disk, name, _) in std::mem::take(&mut self.undurable.deferred_deletes) {
+            per_disk.entry(disk).or_default().push(name);
+        }
+        let jobs: Vec<(Arc<dyn BlockDevice>, Vec<BlockName>)> = per_disk
+            .into_iter()
+            .filter_map(|(disk, names)| self.devices.get(&disk).map(|device| (device.clone(), names)))
+            .collect();
+        run_all(self.options.parallel_io, jobs, |(device, names)| delete_all(device.as_ref(), names));
     }
 
     /// Whether commits are waiting for a barrier.
@@ -261,10 +345,8 @@ impl Pool {
             return;
         }
         let mut per_disk: BTreeMap<DiskId, Vec<BlockName>> = BTreeMap::new();
-        for record in &frees {
-            for (index, disk) in record.fragments.iter().enumerate() {
-                per_disk.entry(*disk).or_default().push(BlockName::Fragment { extent: record.id, index: index as u8 });
-            }
+        for (disk, name) in fragments_of(&frees) {
+            per_disk.entry(disk).or_default().push(name);
         }
         for (disk, name) in moved {
             // A fragment that moved away and back again is live here once more.
@@ -280,13 +362,18 @@ impl Pool {
             .into_iter()
             .filter_map(|(disk, names)| self.devices.get(&disk).map(|device| (device.clone(), names)))
             .collect();
-        run_all(self.options.parallel_io, jobs, |(device, names)| {
-            for name in names {
-                if let Err(error) = device.delete(name) {
-                    tracing::debug!(%error, %name, "deleting a freed fragment failed; left as an orphan");
-                }
-            }
-        });
+        run_all(self.options.parallel_io, jobs, |(device, names)| delete_all(device.as_ref(), names));
         self.reached(CommitPhase::Freed);
     }
+}
+
+/// Every fragment of the extents `records`, with its disk.
+fn fragments_of(records: &[ExtentRecord]) -> impl Iterator<Item = (DiskId, BlockName)> + '_ {
+    records.iter().flat_map(|record| {
+        record
+            .fragments
+            .iter()
+            .enumerate()
+            .map(|(index, disk)| (*disk, BlockName::Fragment { extent: record.id, index: index as u8 }))
+    })
 }

@@ -644,6 +644,7 @@ impl Pool {
     pub fn space_for(&self, policy: Policy) -> (u64, u64) {
         let mut total_room = Vec::new();
         let mut free_room = Vec::new();
+        let deferred = self.deferred_bytes();
         for disk in self.state.disks.values().filter(|d| d.state == DiskState::Active) {
             let Some(device) = self.devices.get(&disk.id) else { continue };
             let capacity = match device.capacity_bytes() {
@@ -654,7 +655,9 @@ impl Pool {
                 total_room.push(capacity);
             }
             if self.state.disk_writable(disk.id) {
-                free_room.push(capacity.saturating_sub(device.used_bytes()));
+                // Fragments a shared barrier freed and left for the next one to delete.
+                let dying = deferred.get(&disk.id).copied().unwrap_or(0);
+                free_room.push(capacity.saturating_sub(device.used_bytes().saturating_sub(dying)));
             }
         }
         let quorum = self.state.availability.write_quorum(policy);

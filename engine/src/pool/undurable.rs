@@ -14,6 +14,13 @@ pub(crate) struct Undurable {
     pub(crate) ops: Vec<Op>,
     /// Extents freed (or written and never committed) whose fragments await deletion.
     pub(crate) frees: Vec<ExtentRecord>,
+    /// Fragments of freed extents whose freeing record is durable, left for the next
+    /// shared barrier to delete outside the lock, beside its disk syncs
+    /// (`crate::data::durability::sync_shared`): the `fsync` that freed them does not
+    /// wait for their punches. An extent's id is never used again, so nothing can have
+    /// rewritten them meanwhile.
+    /// Each with its block's bytes, which `df` already counts as free.
+    pub(crate) deferred_deletes: Vec<(DiskId, BlockName, u64)>,
     /// Single fragments a repair or drain moved away from a disk that still works.
     pub(crate) fragment_frees: Vec<(DiskId, BlockName)>,
     /// Disks that took fragment writes since the last barrier.
