@@ -228,11 +228,12 @@ pub fn encode_checkpoint(tip: JournalTip, state: &MetaState) -> Vec<u8> {
     frame::encode(FrameKind::Checkpoint, &Checkpoint { seq: tip.seq, tip_hash: tip.hash, state: state.clone() }).0
 }
 
-/// Writes `block` under `name` to every device, calls `written`, then syncs each;
-/// returns, per device, whether its copy is durable, and the errors of the others.
-/// With `parallel`, the replicas are written at once and synced at once (the barrier
-/// costs one write and one sync, not one per replica); without, one after another in
-/// order, as the simulator needs.
+/// Writes `block` under `name` to every device and syncs each; returns, per device,
+/// whether its copy is durable, and the errors of the others. Without `parallel`, as the
+/// simulator needs, every replica is written one after another, then `written` is called,
+/// then each is synced in order; with it, each replica is written and synced in a job of
+/// its own, all at once (the barrier costs one write and one sync, not one per replica),
+/// and `written` is called once they are done.
 pub fn write_replicas(
     devices: &[&dyn BlockDevice],
     name: BlockName,
@@ -242,13 +243,18 @@ pub fn write_replicas(
 ) -> (Vec<bool>, Vec<String>) {
     let describe =
         |device: &dyn BlockDevice, what: &str, e: DeviceError| format!("{}: {name}{what}: {e}", device.describe());
-    let wrote: Vec<Result<(), String>> =
-        run_all(parallel, devices.to_vec(), |device| device.write(name, block).map_err(|e| describe(device, "", e)));
-    written();
-    let jobs: Vec<(&dyn BlockDevice, Result<(), String>)> = devices.iter().copied().zip(wrote).collect();
-    let synced: Vec<Result<(), String>> = run_all(parallel, jobs, |(device, wrote)| {
-        wrote.and_then(|()| device.sync().map_err(|e| describe(device, ": sync", e)))
-    });
+    let write = |device: &dyn BlockDevice| device.write(name, block).map_err(|e| describe(device, "", e));
+    let sync = |device: &dyn BlockDevice| device.sync().map_err(|e| describe(device, ": sync", e));
+    let synced: Vec<Result<(), String>> = if parallel {
+        // Each replica written and synced in one job: one round of the I/O pool, not two.
+        let synced = run_all(true, devices.to_vec(), |device| write(device).and_then(|()| sync(device)));
+        written();
+        synced
+    } else {
+        let wrote: Vec<Result<(), String>> = devices.iter().map(|device| write(*device)).collect();
+        written();
+        devices.iter().zip(wrote).map(|(device, wrote)| wrote.and_then(|()| sync(*device))).collect()
+    };
     debug_assert_eq!(synced.len(), devices.len());
     let durable = synced.iter().map(Result::is_ok).collect();
     let errors = synced.into_iter().filter_map(Result::err).collect();

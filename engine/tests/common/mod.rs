@@ -110,9 +110,11 @@ pub fn fragments_on(disk: &Path) -> Vec<StoredFragment> {
 /// Every block file of one namespace (`journal`, `checkpoint`, `fragment`) of a disk
 /// directory, in name order.
 pub fn blocks(disk: &Path, namespace: &str) -> Vec<PathBuf> {
+    // Dot files are not blocks: a write in progress (`.tmp-`) or a spare record file.
     let mut out: Vec<PathBuf> = std::fs::read_dir(disk.join(namespace))
         .map(|entries| entries.map(|e| e.unwrap().path()).collect())
         .unwrap_or_default();
+    out.retain(|path| !path.file_name().is_some_and(|n| n.to_string_lossy().starts_with('.')));
     out.sort();
     out
 }
