@@ -163,6 +163,11 @@ impl Pool {
         for (disk, name, _) in std::mem::take(&mut self.undurable.deferred_deletes) {
             per_disk.entry(disk).or_default().push(name);
         }
+        self.delete_per_disk(per_disk);
+    }
+
+    /// Deletes each disk's `names`, every disk's at once.
+    fn delete_per_disk(&self, per_disk: BTreeMap<DiskId, Vec<BlockName>>) {
         let jobs: Vec<(Arc<dyn BlockDevice>, Vec<BlockName>)> = per_disk
             .into_iter()
             .filter_map(|(disk, names)| self.devices.get(&disk).map(|device| (device.clone(), names)))
@@ -358,11 +363,7 @@ impl Pool {
             }
             per_disk.entry(disk).or_default().push(name);
         }
-        let jobs: Vec<(Arc<dyn BlockDevice>, Vec<BlockName>)> = per_disk
-            .into_iter()
-            .filter_map(|(disk, names)| self.devices.get(&disk).map(|device| (device.clone(), names)))
-            .collect();
-        run_all(self.options.parallel_io, jobs, |(device, names)| delete_all(device.as_ref(), names));
+        self.delete_per_disk(per_disk);
         self.reached(CommitPhase::Freed);
     }
 }
