@@ -87,7 +87,7 @@ enum Command {
 #[derive(clap::Args, Debug, Default)]
 struct SabotageArg {
     /// Run a deliberately broken engine (skip-fragment-sync, skip-read-checksum,
-    /// same-disk-placement, free-before-durable); only in builds with the `sabotage`
+    /// same-disk-placement, free-before-durable, misplaced-append); only in builds with the `sabotage`
     /// feature.
     #[arg(long, value_name = "DEFECT")]
     sabotage: Option<String>,

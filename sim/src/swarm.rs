@@ -263,8 +263,9 @@ pub fn parse_sabotage(text: &str) -> Result<dfs_engine::base::hooks::Sabotage, S
         "skip-read-checksum" => Ok(Sabotage::SkipReadChecksum),
         "same-disk-placement" => Ok(Sabotage::SameDiskPlacement),
         "free-before-durable" => Ok(Sabotage::FreeBeforeDurable),
+        "misplaced-append" => Ok(Sabotage::MisplacedAppend),
         other => Err(format!(
-            "unknown defect '{other}' (skip-fragment-sync, skip-read-checksum, same-disk-placement, free-before-durable)"
+            "unknown defect '{other}' (skip-fragment-sync, skip-read-checksum, same-disk-placement, free-before-durable, misplaced-append)"
         )),
     }
 }

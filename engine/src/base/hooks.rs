@@ -73,4 +73,8 @@ pub enum Sabotage {
     /// Delete (punch) a freed extent's fragments as soon as the transaction freeing it is
     /// applied, before its journal record is durable.
     FreeBeforeDurable,
+    /// Append at the wrong offset: when a write puts several fragments on one disk,
+    /// each after the first lands where the one before it went (over it), as a segment
+    /// writer that reserved the wrong offset would; the write reports success.
+    MisplacedAppend,
 }

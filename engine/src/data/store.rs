@@ -66,6 +66,8 @@ struct PendingWrite {
     /// Whether extents small enough go inline in metadata.
     inline_ok: bool,
     parallel: bool,
+    /// The `MisplacedAppend` sabotage (tests only).
+    misplace: bool,
 }
 
 /// The fragment writes of one placement attempt, grouped by disk.
@@ -110,7 +112,7 @@ pub(crate) fn store_chunks(
         loop {
             let PlacedWrite { records, jobs, degraded } =
                 access.with(|pool| pool.place_write(&pending, chunks, &encoded, &excluded))?;
-            let outcomes = write_placed(pending.parallel, jobs);
+            let outcomes = write_placed(pending.parallel, pending.misplace, jobs);
             let extents = records.iter().filter(|(_, r)| r.is_some()).count();
             let booked = access.with(|pool| pool.book_write(&outcomes, &mut excluded, extents, degraded, policy))?;
             if booked {
@@ -164,11 +166,17 @@ fn encode_chunks(pending: &PendingWrite, chunks: &[(u64, Arc<Vec<u8>>)]) -> Resu
 }
 
 /// Writes each disk's blocks of a placement, every disk at once (no lock needed).
-fn write_placed(parallel: bool, jobs: Vec<(DiskId, Arc<dyn BlockDevice>, Vec<PlannedBlock>)>) -> Vec<DiskOutcome> {
+/// `misplace` is the `MisplacedAppend` sabotage.
+fn write_placed(
+    parallel: bool,
+    misplace: bool,
+    jobs: Vec<(DiskId, Arc<dyn BlockDevice>, Vec<PlannedBlock>)>,
+) -> Vec<DiskOutcome> {
     run_all(parallel, jobs, |(disk, device, blocks)| {
         let mut written = Vec::new();
-        for planned in &blocks {
-            if let Err(e) = device.write(planned.name, &planned.block) {
+        for (i, planned) in blocks.iter().enumerate() {
+            let name = if misplace && i > 0 { blocks[i - 1].name } else { planned.name };
+            if let Err(e) = device.write(name, &planned.block) {
                 return (disk, device, written, Err(e));
             }
             written.push(planned.name);
@@ -237,7 +245,7 @@ impl Pool {
         // Small extents live inline in metadata when its replicas tolerate as many
         // failures as the policy does.
         let inline_ok = self.state.journal_disks().len() > policy.tolerance();
-        Ok(PendingWrite { policy, ids, inline_ok, parallel: self.options.parallel_io })
+        Ok(PendingWrite { policy, ids, inline_ok, parallel: self.options.parallel_io, misplace: self.misplaces() })
     }
 
     /// Places every encoded chunk's fragments on disks, none of `excluded`, and builds
@@ -444,6 +452,16 @@ impl Pool {
     #[cfg(not(feature = "sabotage"))]
     pub(crate) fn syncs_fragments(&self) -> bool {
         true
+    }
+
+    #[cfg(feature = "sabotage")]
+    fn misplaces(&self) -> bool {
+        self.options.sabotage == Some(crate::base::hooks::Sabotage::MisplacedAppend)
+    }
+
+    #[cfg(not(feature = "sabotage"))]
+    fn misplaces(&self) -> bool {
+        false
     }
 
     #[cfg(feature = "sabotage")]
