@@ -16,6 +16,12 @@ fn first_failure(defect: Sabotage) -> Option<(u64, &'static str)> {
     })
 }
 
+/// Asserts `defect` is caught within 1,000 seeds by one of `invariants`.
+fn assert_caught(defect: Sabotage, invariants: &[&str]) {
+    let (seed, invariant) = first_failure(defect).expect("not caught within 1000 seeds");
+    assert!(invariants.contains(&invariant), "seed {seed}: {invariant}");
+}
+
 #[test]
 fn the_unbroken_engine_passes_the_same_seeds() {
     let profile = Profile { ops: 1000, out_of_budget: false };
@@ -27,40 +33,35 @@ fn the_unbroken_engine_passes_the_same_seeds() {
 
 #[test]
 fn skipping_the_fragment_sync_before_the_journal_commit_is_caught() {
-    let (seed, invariant) = first_failure(Sabotage::SkipFragmentSync).expect("not caught within 1000 seeds");
-    assert!(
-        ["acknowledged-data-readable", "no-half-visible-state", "loss-reported-exactly"].contains(&invariant),
-        "seed {seed}: {invariant}"
+    assert_caught(
+        Sabotage::SkipFragmentSync,
+        &["acknowledged-data-readable", "no-half-visible-state", "loss-reported-exactly"],
     );
 }
 
 #[test]
 fn skipping_the_read_checksum_is_caught() {
-    let (seed, invariant) = first_failure(Sabotage::SkipReadChecksum).expect("not caught within 1000 seeds");
-    assert!(["acknowledged-data-readable", "no-half-visible-state"].contains(&invariant), "seed {seed}: {invariant}");
+    assert_caught(Sabotage::SkipReadChecksum, &["acknowledged-data-readable", "no-half-visible-state"]);
 }
 
 #[test]
 fn two_fragments_of_one_extent_on_one_disk_is_caught() {
-    let (seed, invariant) = first_failure(Sabotage::SameDiskPlacement).expect("not caught within 1000 seeds");
-    assert_eq!(invariant, "extents-meet-policy", "seed {seed}");
+    assert_caught(Sabotage::SameDiskPlacement, &["extents-meet-policy"]);
 }
 
 #[test]
 fn deleting_freed_fragments_before_the_record_freeing_them_is_durable_is_caught() {
     // A crash then recovers the older record, which still names the deleted fragments.
-    let (seed, invariant) = first_failure(Sabotage::FreeBeforeDurable).expect("not caught within 1000 seeds");
-    assert!(["acknowledged-data-readable", "loss-reported-exactly"].contains(&invariant), "seed {seed}: {invariant}");
+    assert_caught(Sabotage::FreeBeforeDurable, &["acknowledged-data-readable", "loss-reported-exactly"]);
 }
 
 #[test]
 fn an_append_that_lands_at_the_wrong_offset_is_caught() {
     // Each misplaced fragment is missing where its record says it is, and the one it
     // landed on fails its checksum: extents lose fragments faster than faults explain.
-    let (seed, invariant) = first_failure(Sabotage::MisplacedAppend).expect("not caught within 1000 seeds");
-    assert!(
-        ["acknowledged-data-readable", "loss-reported-exactly", "scrub-finds-and-repairs"].contains(&invariant),
-        "seed {seed}: {invariant}"
+    assert_caught(
+        Sabotage::MisplacedAppend,
+        &["acknowledged-data-readable", "loss-reported-exactly", "scrub-finds-and-repairs"],
     );
 }
 

@@ -46,10 +46,7 @@ pub fn sync_shared(pool: &Mutex<Pool>) -> Result<()> {
     let (jobs, parallel) = {
         let mut pool = lock(pool);
         let mut jobs: Vec<DiskJob> = Vec::new();
-        let mut deletes: BTreeMap<DiskId, Vec<BlockName>> = BTreeMap::new();
-        for (disk, name, _) in std::mem::take(&mut pool.undurable.deferred_deletes) {
-            deletes.entry(disk).or_default().push(name);
-        }
+        let mut deletes = pool.take_deferred_deletes();
         let disks: BTreeSet<DiskId> = pool.undurable.fragment_disks.iter().chain(deletes.keys()).copied().collect();
         for disk in disks {
             if let Some(device) = pool.devices.get(&disk) {
@@ -110,7 +107,8 @@ impl Pool {
     /// over from earlier shared barriers.
     fn barrier(&mut self, defer_frees: bool) -> Result<()> {
         if !defer_frees && !self.undurable.deferred_deletes.is_empty() && self.read_only.is_none() {
-            self.delete_deferred();
+            let deferred = self.take_deferred_deletes();
+            self.delete_per_disk(deferred);
         }
         if self.undurable.is_empty() {
             return Ok(());
@@ -126,8 +124,7 @@ impl Pool {
             let frees = std::mem::take(&mut self.undurable.frees);
             for record in &frees {
                 let bytes = (fragment::HEADER_LEN + codec::shard_len(record.policy, record.len as usize)) as u64;
-                let fragments = fragments_of(std::slice::from_ref(record));
-                self.undurable.deferred_deletes.extend(fragments.map(|(disk, name)| (disk, name, bytes)));
+                self.undurable.deferred_deletes.extend(fragments_of(record).map(|(disk, name)| (disk, name, bytes)));
             }
         }
         self.delete_freed();
@@ -157,13 +154,13 @@ impl Pool {
         bytes
     }
 
-    /// Deletes, now, the fragments earlier shared barriers left for later.
-    fn delete_deferred(&mut self) {
+    /// Takes the fragments earlier shared barriers left for later, by disk.
+    fn take_deferred_deletes(&mut self) -> BTreeMap<DiskId, Vec<BlockName>> {
         let mut per_disk: BTreeMap<DiskId, Vec<BlockName>> = BTreeMap::new();
         for (disk, name, _) in std::mem::take(&mut self.undurable.deferred_deletes) {
             per_disk.entry(disk).or_default().push(name);
         }
-        self.delete_per_disk(per_disk);
+        per_disk
     }
 
     /// Deletes each disk's `names`, every disk's at once.
@@ -350,7 +347,7 @@ impl Pool {
             return;
         }
         let mut per_disk: BTreeMap<DiskId, Vec<BlockName>> = BTreeMap::new();
-        for (disk, name) in fragments_of(&frees) {
+        for (disk, name) in frees.iter().flat_map(fragments_of) {
             per_disk.entry(disk).or_default().push(name);
         }
         for (disk, name) in moved {
@@ -368,13 +365,12 @@ impl Pool {
     }
 }
 
-/// Every fragment of the extents `records`, with its disk.
-fn fragments_of(records: &[ExtentRecord]) -> impl Iterator<Item = (DiskId, BlockName)> + '_ {
-    records.iter().flat_map(|record| {
-        record
-            .fragments
-            .iter()
-            .enumerate()
-            .map(|(index, disk)| (*disk, BlockName::Fragment { extent: record.id, index: index as u8 }))
-    })
+/// Every fragment of `record`, with its disk.
+fn fragments_of(record: &ExtentRecord) -> impl Iterator<Item = (DiskId, BlockName)> + '_ {
+    let extent = record.id;
+    record
+        .fragments
+        .iter()
+        .enumerate()
+        .map(move |(index, disk)| (*disk, BlockName::Fragment { extent, index: index as u8 }))
 }
