@@ -328,9 +328,10 @@ pub fn mount(pool: &Path, mountpoint: &Path, foreground: bool, settings: &MountS
     }
     args.push("--foreground".into());
     let (pool_dir, log_path, mut child) = spawn_daemon(pool, args)?;
+    let socket = pool_dir.join(crate::control::SOCKET_NAME);
     let started = Instant::now();
     while started.elapsed() < READY_TIMEOUT {
-        if is_mounted(&mountpoint) {
+        if is_mounted(&mountpoint) && std::os::unix::net::UnixStream::connect(&socket).is_ok() {
             println!(
                 "mounted {} at {} (daemon pid {}, log {})",
                 pool_dir.display(),
@@ -498,7 +499,6 @@ fn serve(pool: &Path, mountpoint: &Path, settings: &MountSettings) -> Result<()>
     let (dir, engine_pool, stop) = open_for_daemon(pool, settings.cache_bytes)?;
     let dir_path = dir.path().to_path_buf();
     let shared = Arc::new(Mutex::new(engine_pool));
-    crate::control::listen(&dir_path, Arc::new(Mutex::new(dir)), shared.clone())?;
     if let Some(addr) = settings.metrics {
         crate::exporter::serve(addr, shared.clone(), dir_path.clone())?;
         crate::announce!("metrics on http://{addr}/metrics and /health");
@@ -507,6 +507,17 @@ fn serve(pool: &Path, mountpoint: &Path, settings: &MountSettings) -> Result<()>
     let (session, kernel_mounted) = mount_session(fs, &dir_path, mountpoint, settings)?;
     if kernel_mounted {
         raise_read_ahead(mountpoint);
+    }
+    // The control socket answers last: `dfs mount` returns once it does, so nothing this
+    // daemon does to start up (the read-ahead's `stat` of the mountpoint) can still hold
+    // the mount when the caller's next `umount` comes.
+    if let Err(error) = crate::control::listen(&dir_path, Arc::new(Mutex::new(dir)), shared.clone()) {
+        let _ = if kernel_mounted {
+            end_kernel_session(session, mountpoint)
+        } else {
+            session.umount_and_join().map_err(Into::into)
+        };
+        return Err(error);
     }
     crate::announce!("mounted {} at {}", dir_path.display(), mountpoint.display());
     let mut chores = Chores::new();
