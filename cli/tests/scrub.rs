@@ -65,7 +65,7 @@ fn flipped_bytes_on_disk_are_found_repaired_and_every_file_reads_back() {
     let pool = Pool::new("erasure:4+2", &[64, 64, 96, 96, 128, 128]);
     let p = pool.path();
     ok(&["mkdir", "--pool", p, "/mirror", "--policy", "replicate:3"]);
-    let files = [("/a", pattern(3_200_000, 1)), ("/b", pattern(700_000, 2)), ("/mirror/c", pattern(2_100_000, 3))];
+    let files = [("/a", pattern(3_200_000, 1)), ("/b", pattern(700_000, 2)), ("/mirror/c", pattern(2_200_000, 3))];
     for (i, (path, data)) in files.iter().enumerate() {
         let local = pool.local(&format!("in{i}"));
         fs::write(&local, data).unwrap();
