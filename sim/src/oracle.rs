@@ -214,7 +214,7 @@ pub fn files_of(pool: &Pool, lost: &BTreeSet<ExtentId>) -> BTreeSet<String> {
 pub fn replicas_agree(world: &World) -> Result<(), String> {
     let Some(pool) = world.pool.as_ref() else { return Err("no pool".into()) };
     let state = pool.state();
-    for disk in state.journal_disks() {
+    for disk in pool.journal_disks() {
         let Some(device) = pool.device(disk) else { continue };
         if world.sim_disk(disk).is_some_and(|sim| sim.is_down() || sim.used_bytes() != sim.inner().used_bytes()) {
             continue; // a failed or full disk cannot take the journal; the others must suffice

@@ -1,6 +1,9 @@
 //! The fault plan applied around the production backend: a pool over `FaultyDevice<DirDisk>`
-//! reads around rotten and unreadable fragments on real directories, and fails cleanly
-//! with ENOSPC when too many disks are full.
+//! reads around rotten and unreadable fragments on real directories, fails cleanly
+//! with ENOSPC when too many disks are full, and keeps the journal's contract when a
+//! journal replica fails: the disk is taken offline and the journal moves off it, and
+//! data that lives in the journal is acknowledged only on as many replicas as its policy
+//! needs.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::sync::Arc;
@@ -16,6 +19,10 @@ use dfs_faults::{CrashSwitch, Fault, FaultPlan, FaultyDevice};
 const OWNER: Owner = Owner { mode: 0o644, uid: 0, gid: 0, umask: 0 };
 
 fn pool_over_dirs(root: &std::path::Path, disks: usize) -> (Pool, Vec<Arc<FaultyDevice<DirDisk>>>) {
+    pool_over_dirs_with(root, disks, "erasure:3+2")
+}
+
+fn pool_over_dirs_with(root: &std::path::Path, disks: usize, policy: &str) -> (Pool, Vec<Arc<FaultyDevice<DirDisk>>>) {
     let switch = CrashSwitch::new();
     let devices: Vec<Arc<FaultyDevice<DirDisk>>> = (0..disks)
         .map(|i| {
@@ -29,7 +36,7 @@ fn pool_over_dirs(root: &std::path::Path, disks: usize) -> (Pool, Vec<Arc<Faulty
     let options = PoolOptions { seed: 9, check_invariants: true, ..PoolOptions::default() };
     let pool_id = uuid_from(1);
     let (mut pool, _) =
-        Pool::open(pool_id, "erasure:3+2".parse().unwrap(), Vec::new(), Arc::new(SystemClock::new()), options).unwrap();
+        Pool::open(pool_id, policy.parse().unwrap(), Vec::new(), Arc::new(SystemClock::new()), options).unwrap();
     for (i, device) in devices.iter().enumerate() {
         pool.add_disk(uuid_from(10 + i as u64), Some(64 << 20), device.clone()).unwrap();
     }
@@ -110,4 +117,52 @@ fn full_real_disks_fail_the_write_with_enospc_and_change_nothing() {
         let referenced = pool.state().extents.values().flat_map(|r| r.fragments.iter()).count();
         assert!(stored <= referenced);
     }
+}
+
+/// The pool's id for the disk `devices[i]` was added as.
+fn disk_id(pool: &Pool, i: u64) -> dfs_engine::meta::state::DiskId {
+    pool.state().disks.values().find(|d| d.uuid == uuid_from(10 + i)).map(|d| d.id).unwrap()
+}
+
+#[test]
+fn a_journal_replica_that_fails_is_taken_offline_and_the_journal_moves_off_it() {
+    let root = tempfile::tempdir().unwrap();
+    let (mut pool, devices) = pool_over_dirs(root.path(), 5);
+    let first = disk_id(&pool, 0);
+    assert!(pool.state().journal_disks().contains(&first));
+    devices[0].inject(&Fault::Die);
+    // 5,000 bytes live inline, in the journal only.
+    let small = vec![7u8; 5000];
+    let ino = write(&mut pool, "small", &small).expect("two other disks take the journal's place");
+    assert!(!pool.state().disk_readable(first), "the failed replica's disk is offline");
+    let journal = pool.state().journal_disks();
+    assert_eq!(journal.len(), 3);
+    assert!(!journal.contains(&first), "the journal moved off it: {journal:?}");
+    // What was acknowledged is there after a restart, from the new journal disks.
+    let (mut pool, _) = reopen(pool, &devices);
+    assert_eq!(read(&mut pool, ino, small.len()).unwrap(), small);
+}
+
+#[test]
+fn data_in_the_journal_on_fewer_replicas_than_its_policy_needs_is_not_acknowledged() {
+    let root = tempfile::tempdir().unwrap();
+    let (mut pool, devices) = pool_over_dirs_with(root.path(), 3, "replicate:3");
+    // replicate:3 written at its quorum (two copies) survives one failure: data in the
+    // journal needs two replicas too. Two of the three journal disks are full.
+    devices[1].inject(&Fault::Fill);
+    devices[2].inject(&Fault::Fill);
+    let error = write(&mut pool, "small", &[9u8; 3000]).expect_err("one journal replica for replicate:3");
+    assert!(matches!(error, Error::Unavailable(_)), "{error}");
+    assert_eq!(error.errno(), libc::EIO);
+    // A full disk refused the record but did not fail: it stays in the pool.
+    assert!(pool.state().disk_readable(disk_id(&pool, 2)));
+    devices[1].inject(&Fault::Unfill);
+    devices[2].inject(&Fault::Unfill);
+    // While the journal passes over the disk that was full, too few journal disks are
+    // left to hold data for replicate:3: small files are stored as fragments instead,
+    // and acknowledged.
+    let ino = write(&mut pool, "later", &[5u8; 3001]).unwrap();
+    assert!(!pool.state().extents.values().any(|r| r.is_inline() && r.len == 3001));
+    let (mut pool, _) = reopen(pool, &devices);
+    assert_eq!(read(&mut pool, ino, 3001).unwrap(), vec![5u8; 3001]);
 }

@@ -27,7 +27,7 @@ use crate::data::fetch::lock;
 use crate::media::device::{BlockDevice, BlockName, ExtentId};
 use crate::media::{codec, fragment};
 use crate::meta::journal;
-use crate::meta::state::{DiskId, ExtentRecord, Transaction};
+use crate::meta::state::{Availability, DiskId, ExtentRecord, Op, Transaction};
 use crate::pool::Pool;
 
 /// Rounds of "relocate, then sync" a barrier tries before giving up on a fragment.
@@ -117,9 +117,9 @@ impl Pool {
             return Err(Error::ReadOnly(reason.clone()));
         }
         self.undurable.in_barrier = true;
-        let result = self.sync_fragments().and_then(|()| self.write_record());
+        let result = self.sync_fragments().and_then(|()| self.write_records());
         self.undurable.in_barrier = false;
-        let journal_set_changed = result?;
+        let (journal_set_changed, shortfall) = result?;
         if defer_frees && self.read_only.is_none() {
             let frees = std::mem::take(&mut self.undurable.frees);
             for record in &frees {
@@ -129,7 +129,18 @@ impl Pool {
         }
         self.delete_freed();
         self.counters.barriers += 1;
-        if self.checkpoint_due(journal_set_changed) {
+        if let Some(shortfall) = shortfall {
+            // Inline data that fewer replicas took than its policy tolerates failures is
+            // acknowledged only once a checkpoint puts it on enough journal disks.
+            let held = self.write_checkpoint(&BTreeSet::new()).unwrap_or(0);
+            if held < shortfall.required {
+                return Err(Error::Unavailable(format!(
+                    "data small enough to live in the metadata journal reached only {held} journal disk(s), and its \
+                     policy needs {} (a journal disk failed or is full, and no other disk could take its place)",
+                    shortfall.required
+                )));
+            }
+        } else if self.checkpoint_due(journal_set_changed) {
             if let Err(e) = self.checkpoint_skipping(&BTreeSet::new()) {
                 tracing::warn!(error = %e, "checkpoint failed; the journal keeps every record until the next one");
             }
@@ -264,46 +275,88 @@ impl Pool {
         false
     }
 
-    /// Step 2: writes the queued ops as one record; returns whether the journal disks
-    /// changed (a checkpoint must then seed the new ones).
-    fn write_record(&mut self) -> Result<bool> {
+    /// Step 2: writes the queued ops as one record on every journal replica. A replica that
+    /// fails the write for any reason but room is taken offline (as a disk whose sync
+    /// failed) and the record that says so is written to the others, so the journal
+    /// moves off it; the barrier's checkpoint then seeds the new set. Returns whether the
+    /// journal disks changed, and the shortfall of replicas under inline data, if any.
+    fn write_records(&mut self) -> Result<(bool, Option<Shortfall>)> {
+        let mut changed = false;
+        let mut shortfall: Option<Shortfall> = None;
+        for _ in 0..SYNC_ATTEMPTS {
+            let written = self.write_record()?;
+            changed |= written.journal_set_changed;
+            if written.held < written.required {
+                let worst = shortfall.map_or(written.required, |s| s.required.max(written.required));
+                shortfall = Some(Shortfall { required: worst });
+            }
+            if written.failed.is_empty() {
+                break;
+            }
+            for (disk, error) in &written.failed {
+                tracing::error!(%disk, %error, "journal replica write failed; taking the disk offline");
+                if let Err(error) = self.mark_offline(*disk, &format!("journal write failed: {error}")) {
+                    tracing::error!(%disk, %error, "marking the disk offline did not commit");
+                }
+            }
+        }
+        Ok((changed, shortfall))
+    }
+
+    /// Writes the queued ops as one record (see `write_records`).
+    fn write_record(&mut self) -> Result<RecordWritten> {
         self.undurable.extents.clear();
         if self.undurable.ops.is_empty() {
-            return Ok(false);
+            return Ok(RecordWritten::default());
         }
-        let current = self.state.journal_disks();
+        let current = self.journal_disks();
         let previous =
             if self.undurable.journal_set.is_empty() { current.clone() } else { self.undurable.journal_set.clone() };
         // The record goes to the old and the new journal disks alike, so it chains on
         // whichever set recovery finds.
-        let targets: BTreeSet<DiskId> =
-            previous.iter().chain(&current).filter(|d| self.state.disk_readable(**d)).copied().collect();
-        let devices: Vec<Arc<dyn BlockDevice>> =
-            targets.iter().filter_map(|disk| self.devices.get(disk).cloned()).collect();
+        let targets: Vec<(DiskId, Arc<dyn BlockDevice>)> = previous
+            .iter()
+            .chain(&current)
+            .filter(|d| self.state.disk_readable(**d))
+            .copied()
+            .collect::<BTreeSet<DiskId>>()
+            .into_iter()
+            .filter_map(|disk| self.devices.get(&disk).map(|d| (disk, d.clone())))
+            .collect();
+        let devices: Vec<Arc<dyn BlockDevice>> = targets.iter().map(|(_, d)| d.clone()).collect();
         self.check_fence(&devices)?;
         let txn = Transaction { ops: std::mem::take(&mut self.undurable.ops) };
+        let required = replicas_required(&txn, &self.state.availability);
         let (block, tip) = journal::encode_record(self.tip, &txn);
         let refs: Vec<&dyn BlockDevice> = devices.iter().map(|d| d.as_ref()).collect();
-        let (durable, errors) = journal::write_replicas(
+        let (durable, failures) = journal::write_replicas(
             &refs,
             BlockName::Journal { seq: tip.seq },
             &block,
             self.options.parallel_io,
             || self.reached(CommitPhase::JournalWritten),
         );
-        for error in &errors {
-            tracing::warn!(%error, "journal replica write failed");
+        for failure in &failures {
+            tracing::warn!(error = %failure.message, "journal replica write failed");
         }
-        if !durable.contains(&true) {
+        let held = durable.iter().filter(|d| **d).count();
+        if held == 0 {
+            let errors: Vec<&str> = failures.iter().map(|f| f.message.as_str()).collect();
             let reason = format!("no journal replica accepted record {}: {}", tip.seq, errors.join("; "));
             self.read_only = Some(reason.clone());
             return Err(Error::ReadOnly(reason));
         }
         self.reached(CommitPhase::JournalSynced);
         self.record_durable(tip);
-        let changed = previous != current;
+        for failure in failures.iter().filter(|f| f.no_space) {
+            self.journal_refused_room(targets[failure.index].0);
+        }
+        // A full disk is passed over from here on: the set may have changed with it.
+        let current = self.journal_disks();
+        let journal_set_changed = previous != current;
         self.undurable.journal_set = current;
-        Ok(changed)
+        let failed = failures.into_iter().filter(|f| !f.no_space).map(|f| (targets[f.index].0, f.message)).collect();
+        Ok(RecordWritten { journal_set_changed, failed, held, required })
     }
 
     /// The journal fence: the record this process is about to write must not exist yet.
@@ -366,6 +419,45 @@ impl Pool {
 }
 
 /// Every fragment of `record`, with its disk.
+/// What writing one record did.
+#[derive(Default)]
+struct RecordWritten {
+    /// The journal disks changed: a checkpoint must seed the new ones.
+    journal_set_changed: bool,
+    /// Replicas that failed the write for a reason other than room, with the error.
+    failed: Vec<(DiskId, String)>,
+    /// Replicas that hold the record durably.
+    held: usize,
+    /// Replicas the record must reach before it is acknowledged (see `replicas_required`).
+    required: usize,
+}
+
+/// Fewer journal replicas took a record's inline data than its policy needs.
+#[derive(Clone, Copy)]
+struct Shortfall {
+    required: usize,
+}
+
+/// How many journal replicas must hold `txn` before it is acknowledged. An inline
+/// extent lives nowhere else, so it is held to the bar a stored extent's write meets:
+/// as many replicas as a write at its policy's quorum survives failures, plus one —
+/// two for `erasure:4+2` and `replicate:3` (written at quorum they survive one failure),
+/// one for `replicate:1`. Else one.
+fn replicas_required(txn: &Transaction, availability: &Availability) -> usize {
+    txn.ops
+        .iter()
+        .flat_map(|op| match op {
+            Op::SetExtent { extent: Some(record), .. }
+            | Op::PutExtent(record)
+            | Op::PutLayer { extent: record, .. } => Some(record),
+            _ => None,
+        })
+        .filter(|record| record.is_inline())
+        .map(|record| availability.write_quorum(record.policy) - record.policy.needed() + 1)
+        .max()
+        .unwrap_or(1)
+}
+
 fn fragments_of(record: &ExtentRecord) -> impl Iterator<Item = (DiskId, BlockName)> + '_ {
     let extent = record.id;
     record

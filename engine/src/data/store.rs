@@ -244,7 +244,7 @@ impl Pool {
         self.writing.start(ids.iter().flatten().copied());
         // Small extents live inline in metadata when its replicas tolerate as many
         // failures as the policy does.
-        let inline_ok = self.state.journal_disks().len() > policy.tolerance();
+        let inline_ok = self.journal_disks().len() > policy.tolerance();
         Ok(PendingWrite { policy, ids, inline_ok, parallel: self.options.parallel_io, misplace: self.misplaces() })
     }
 

@@ -8,9 +8,14 @@
 //!
 //! Recovery (`recover`) reads every replica, takes the newest checkpoint that verifies,
 //! then extends it record by record with any replica's copy that verifies and chains —
-//! the longest valid prefix across replicas. A record is acknowledged only after it is
-//! durable on every reachable replica, so whatever was acknowledged is in that prefix.
-//! Nothing is ever half-applied: a record is applied whole or not at all.
+//! the longest valid prefix across replicas. A record is acknowledged only once it is
+//! durable on every reachable replica: a replica that fails the write is taken offline
+//! (no longer reachable) and the journal moves off it (`data::durability`); one that is
+//! full refuses it and stays, and the journal passes over it for a while. A record
+//! carrying inline data — which lives nowhere else — is acknowledged only once as many
+//! replicas hold it as a stored extent's write needs (see `durability::replicas_required`).
+//! So whatever was acknowledged is in that prefix. Nothing is ever half-applied: a
+//! record is applied whole or not at all.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -228,8 +233,18 @@ pub fn encode_checkpoint(tip: JournalTip, state: &MetaState) -> Vec<u8> {
     frame::encode(FrameKind::Checkpoint, &Checkpoint { seq: tip.seq, tip_hash: tip.hash, state: state.clone() }).0
 }
 
+/// Why one replica did not take a block.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReplicaFailure {
+    /// The replica's position in the devices given to `write_replicas`.
+    pub index: usize,
+    /// The disk was full: it refused the block, it did not fail.
+    pub no_space: bool,
+    pub message: String,
+}
+
 /// Writes `block` under `name` to every device and syncs each; returns, per device,
-/// whether its copy is durable, and the errors of the others. Without `parallel`, as the
+/// whether its copy is durable, and why the others are not. Without `parallel`, as the
 /// simulator needs, every replica is written one after another, then `written` is called,
 /// then each is synced in order; with it, each replica is written and synced in a job of
 /// its own, all at once (the barrier costs one write and one sync, not one per replica),
@@ -240,25 +255,32 @@ pub fn write_replicas(
     block: &[u8],
     parallel: bool,
     written: impl FnOnce(),
-) -> (Vec<bool>, Vec<String>) {
-    let describe =
-        |device: &dyn BlockDevice, what: &str, e: DeviceError| format!("{}: {name}{what}: {e}", device.describe());
+) -> (Vec<bool>, Vec<ReplicaFailure>) {
+    let describe = |device: &dyn BlockDevice, what: &str, e: DeviceError| {
+        (matches!(e, DeviceError::NoSpace), format!("{}: {name}{what}: {e}", device.describe()))
+    };
     let write = |device: &dyn BlockDevice| device.write(name, block).map_err(|e| describe(device, "", e));
     let sync = |device: &dyn BlockDevice| device.sync().map_err(|e| describe(device, ": sync", e));
-    let synced: Vec<Result<(), String>> = if parallel {
+    let synced: Vec<Result<(), (bool, String)>> = if parallel {
         // Each replica written and synced in one job: one round of the I/O pool, not two.
         let synced = run_all(true, devices.to_vec(), |device| write(device).and_then(|()| sync(device)));
         written();
         synced
     } else {
-        let wrote: Vec<Result<(), String>> = devices.iter().map(|device| write(*device)).collect();
+        let wrote: Vec<Result<(), (bool, String)>> = devices.iter().map(|device| write(*device)).collect();
         written();
         devices.iter().zip(wrote).map(|(device, wrote)| wrote.and_then(|()| sync(*device))).collect()
     };
     debug_assert_eq!(synced.len(), devices.len());
     let durable = synced.iter().map(Result::is_ok).collect();
-    let errors = synced.into_iter().filter_map(Result::err).collect();
-    (durable, errors)
+    let failures = synced
+        .into_iter()
+        .enumerate()
+        .filter_map(|(index, result)| {
+            result.err().map(|(no_space, message)| ReplicaFailure { index, no_space, message })
+        })
+        .collect();
+    (durable, failures)
 }
 
 /// Called once checkpoint `keep` is durable: deletes every journal record (those up to

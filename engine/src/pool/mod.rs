@@ -166,6 +166,9 @@ pub struct Pool {
     pub(crate) read_only: Option<String>,
     /// Write and sync failures per disk since its last success (see `disk_io_failed`).
     pub(crate) io_errors: BTreeMap<DiskId, u32>,
+    /// Disks that refused a journal block for lack of room, with the tip then: the
+    /// journal passes over them for `JOURNAL_REFUSAL_RECORDS` records (see `journal_disks`).
+    pub(crate) journal_refused: BTreeMap<DiskId, u64>,
     /// Extents being fetched outside the lock (see `fetch`).
     pub(crate) in_flight: crate::pool::cache::InFlight,
     /// Extents being written outside the lock and not yet committed (see `store`).
@@ -183,6 +186,10 @@ pub struct Pool {
     /// When each disk is probed next (see `reachability`).
     pub(crate) probes: crate::pool::probes::Probes,
 }
+
+/// Records a journal disk that refused a block for lack of room is passed over before it
+/// is tried again (it may have room by then).
+const JOURNAL_REFUSAL_RECORDS: u64 = 256;
 
 impl Pool {
     /// Opens a pool over `devices`. A pool whose disks hold no metadata yet starts empty
@@ -267,6 +274,7 @@ impl Pool {
             cache: crate::pool::cache::ExtentCache::with_capacity(cache_bytes),
             read_only: None,
             io_errors: BTreeMap::new(),
+            journal_refused: BTreeMap::new(),
             in_flight: Default::default(),
             writing: Default::default(),
             undurable: Default::default(),
@@ -276,9 +284,9 @@ impl Pool {
             checkpoint_written_nanos: None,
             probes: Default::default(),
         };
-        pool.undurable.journal_set = pool.state.journal_disks();
+        pool.undurable.journal_set = pool.journal_disks();
         let journal_slots: BTreeSet<usize> =
-            pool.state.journal_disks().iter().filter_map(|id| slots.get(id).copied()).collect();
+            pool.journal_disks().iter().filter_map(|id| slots.get(id).copied()).collect();
         let metadata_blocks = pool.metadata_block_count();
         let journal_is_canonical =
             clean && journal_slots.is_subset(&checkpoint_slots) && metadata_blocks == journal_slots.len();
@@ -385,8 +393,35 @@ impl Pool {
         self.tip.seq
     }
 
+    /// The disks that carry the journal now: the metadata's choice (the first writable
+    /// disks: `MetaState::journal_disks`), passing over any that refused a journal block
+    /// for lack of room in the last `JOURNAL_REFUSAL_RECORDS` records. Recovery reads every
+    /// disk, so the choice need not be journaled; a new member gets a checkpoint at the
+    /// barrier that changed the set.
+    pub fn journal_disks(&self) -> Vec<DiskId> {
+        let refuses = |disk: DiskId| {
+            self.journal_refused.get(&disk).is_some_and(|seq| seq + JOURNAL_REFUSAL_RECORDS > self.tip.seq)
+        };
+        let disks: Vec<DiskId> = self
+            .state
+            .disks
+            .keys()
+            .copied()
+            .filter(|disk| self.state.disk_writable(*disk) && !refuses(*disk))
+            .take(crate::meta::state::JOURNAL_REPLICAS)
+            .collect();
+        debug_assert!(disks.len() <= crate::meta::state::JOURNAL_REPLICAS);
+        disks
+    }
+
+    /// Notes that journal disk `disk` refused a block for lack of room.
+    pub(crate) fn journal_refused_room(&mut self, disk: DiskId) {
+        tracing::warn!(%disk, "a journal disk is full; the journal moves to another disk for now");
+        self.journal_refused.insert(disk, self.tip.seq);
+    }
+
     pub(crate) fn journal_devices(&self) -> Vec<(DiskId, Arc<dyn BlockDevice>)> {
-        self.state.journal_disks().into_iter().filter_map(|id| self.devices.get(&id).map(|d| (id, d.clone()))).collect()
+        self.journal_disks().into_iter().filter_map(|id| self.devices.get(&id).map(|d| (id, d.clone()))).collect()
     }
 
     /// Commits `txn` in memory: applies it and queues its ops for the next durability
@@ -437,6 +472,11 @@ impl Pool {
     /// `checkpoint`, leaving alone the disks in `already_durable`, which hold a verified
     /// copy of the checkpoint at the current tip.
     pub(crate) fn checkpoint_skipping(&mut self, already_durable: &BTreeSet<DiskId>) -> Result<()> {
+        self.write_checkpoint(already_durable).map(|_| ())
+    }
+
+    /// `checkpoint_skipping`; returns how many journal disks hold the checkpoint.
+    pub(crate) fn write_checkpoint(&mut self, already_durable: &BTreeSet<DiskId>) -> Result<usize> {
         let journal_set = self.journal_devices();
         let fence: Vec<Arc<dyn BlockDevice>> = journal_set.iter().map(|(_, d)| d.clone()).collect();
         self.check_fence(&fence)?;
@@ -444,25 +484,33 @@ impl Pool {
         let targets: Vec<&dyn BlockDevice> =
             journal_set.iter().filter(|(id, _)| !already_durable.contains(id)).map(|(_, d)| d.as_ref()).collect();
         let parallel = self.options.parallel_io;
-        let (written, errors) =
+        let (written, failures) =
             journal::write_replicas(&targets, BlockName::Checkpoint { seq: self.tip.seq }, &block, parallel, || {
                 self.reached(CommitPhase::CheckpointWritten)
             });
         self.reached(CommitPhase::CheckpointSynced);
+        let targets_ids: Vec<DiskId> =
+            journal_set.iter().filter(|(id, _)| !already_durable.contains(id)).map(|(id, _)| *id).collect();
+        for failure in failures.iter().filter(|f| f.no_space) {
+            self.journal_refused_room(targets_ids[failure.index]);
+        }
         let mut written = written.into_iter();
         // Trim only the replicas that hold the checkpoint; a replica that refused it keeps
         // its records, which still chain.
-        let holders: Vec<&dyn BlockDevice> = journal_set
+        let holding: Vec<(DiskId, &dyn BlockDevice)> = journal_set
             .iter()
             .filter(|(id, _)| already_durable.contains(id) || written.next() == Some(true))
-            .map(|(_, d)| d.as_ref())
+            .map(|(id, d)| (*id, d.as_ref()))
             .collect();
+        let holders: Vec<&dyn BlockDevice> = holding.iter().map(|(_, d)| *d).collect();
+        let errors: Vec<&str> = failures.iter().map(|f| f.message.as_str()).collect();
         if holders.is_empty() {
             return Err(Error::Io(format!("no journal disk accepted the checkpoint: {}", errors.join("; "))));
         }
         for error in &errors {
             tracing::warn!(%error, "checkpoint replica write failed");
         }
+        let held = holders.len();
         let members: BTreeSet<DiskId> = journal_set.iter().map(|(id, _)| *id).collect();
         let readable = |id: &DiskId| self.state.disk_readable(*id);
         let strangers: Vec<&dyn BlockDevice> = self
@@ -479,7 +527,13 @@ impl Pool {
         self.checkpoint_seq = Some(self.tip.seq);
         self.counters.checkpoints += 1;
         self.checkpoint_written_nanos = Some(self.clock.monotonic_nanos());
-        Ok(())
+        if failures.iter().any(|f| f.no_space) {
+            // The journal moved off a full disk: its new members get the checkpoint too.
+            // Each round passes over one more disk, so this ends.
+            let holding: BTreeSet<DiskId> = holding.iter().map(|(id, _)| *id).collect();
+            return self.write_checkpoint(&holding);
+        }
+        Ok(held)
     }
 
     /// Adds a labelled disk to the pool. New writes use it at once.

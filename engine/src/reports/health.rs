@@ -216,7 +216,7 @@ impl Pool {
                 "dfs rebuild --pool POOL (a mounted pool rebuilds in the background); dfs rebuild-status --pool POOL shows the queue",
             );
         }
-        let journals = self.state.journal_disks().len();
+        let journals = self.journal_disks().len();
         let active = self.state.disks.values().filter(|d| d.state == DiskState::Active).count();
         if journals < crate::meta::state::JOURNAL_REPLICAS.min(active.max(1)) {
             add(

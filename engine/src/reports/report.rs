@@ -107,7 +107,7 @@ pub struct RedundancySummary {
 impl Pool {
     /// Every disk with its usage.
     pub fn disk_infos(&self) -> Vec<DiskInfo> {
-        let journal: BTreeSet<DiskId> = self.state.journal_disks().into_iter().collect();
+        let journal: BTreeSet<DiskId> = self.journal_disks().into_iter().collect();
         let mut fragments: BTreeMap<DiskId, usize> = BTreeMap::new();
         for record in self.state.extents.values() {
             for disk in &record.fragments {
