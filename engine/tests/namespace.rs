@@ -27,6 +27,43 @@ fn files_survive_reopen_with_their_attributes() {
 }
 
 #[test]
+fn a_small_file_fsynced_inline_is_stored_as_fragments_once_closed() {
+    let mut t = pool();
+    let inline = |t: &mut TestPool, ino: Ino| {
+        let state = t.pool().state();
+        state.file_extents[&ino].values().map(|id| state.extents[id].is_inline()).collect::<Vec<_>>()
+    };
+    // Up to 8 KiB goes inline at an fsync, so the fsync writes its journal record only.
+    let young = pattern(5000, 1);
+    let small = pattern(1000, 2);
+    let open = pattern(6000, 3);
+    let young_ino = t.write_file("young", &young);
+    let small_ino = t.write_file("small", &small);
+    let pool = t.pool();
+    let open_ino = pool.create(Ino::ROOT, b"open", OWNER).unwrap().ino;
+    let fh = pool.open_file(open_ino).unwrap();
+    pool.write(fh, 0, &open).unwrap();
+    pool.fsync(fh).unwrap();
+    assert_eq!(inline(&mut t, young_ino), vec![true]);
+    assert_eq!(inline(&mut t, open_ino), vec![true]);
+    // Closed, a young inline extent is stored as fragments by the background; a small
+    // one stays inline; an open file's waits for its close.
+    assert_eq!(t.pool().merge_step(8, true).unwrap(), 1);
+    assert_eq!(inline(&mut t, young_ino), vec![false]);
+    assert_eq!(inline(&mut t, small_ino), vec![true]);
+    assert_eq!(inline(&mut t, open_ino), vec![true]);
+    assert_eq!(t.pool().merge_step(8, true).unwrap(), 0);
+    t.pool().release(fh).unwrap();
+    // A reopen finds what is left young by a scan.
+    t.reopen();
+    assert_eq!(t.pool().merge_step(8, true).unwrap(), 1);
+    assert_eq!(inline(&mut t, open_ino), vec![false]);
+    assert_eq!(t.read_file("/young").unwrap(), young);
+    assert_eq!(t.read_file("/small").unwrap(), small);
+    assert_eq!(t.read_file("/open").unwrap(), open);
+}
+
+#[test]
 fn overwrites_in_the_middle_are_copy_on_write() {
     let mut t = pool();
     let mut data = pattern(2 * MIB + 100, 2);

@@ -843,10 +843,12 @@ pub(crate) struct FlushJob {
 /// held by extents whose freeing waits for one.
 fn flush_job(access: &mut impl PoolAccess, job: FlushJob) -> Result<()> {
     let layers: BTreeSet<u64> = job.layers.keys().copied().collect();
-    let mut stored = store_chunks(access, &job.chunks, job.policy, &layers);
+    let mut stored = store_chunks(access, &job.chunks, job.policy, &layers, INLINE_BYTES_MAX);
     if matches!(stored, Err(Error::NoSpace(_) | Error::Unplaceable { .. })) && access.with(|pool| pool.frees_pending())
     {
-        stored = access.with(Pool::sync).and_then(|()| store_chunks(access, &job.chunks, job.policy, &layers));
+        stored = access
+            .with(Pool::sync)
+            .and_then(|()| store_chunks(access, &job.chunks, job.policy, &layers, INLINE_BYTES_MAX));
     }
     access.with(|pool| pool.commit_flush(job, stored))
 }

@@ -23,7 +23,7 @@ use crate::data::placement::{self, Candidate};
 use crate::media::codec::{self, CodecId};
 use crate::media::device::{BlockDevice, BlockName, DeviceError, ExtentId};
 use crate::media::fragment;
-use crate::meta::state::{DiskId, DiskState, ExtentRecord, EXTENT_BYTES_MAX, INLINE_BYTES_MAX};
+use crate::meta::state::{DiskId, DiskState, ExtentRecord, EXTENT_BYTES_MAX, INLINE_BYTES_MAX, INLINE_KEPT_BYTES_MAX};
 use crate::pool::Pool;
 
 struct PlannedBlock {
@@ -63,8 +63,8 @@ impl PoolAccess for &std::sync::Mutex<Pool> {
 struct PendingWrite {
     policy: Policy,
     ids: Vec<Option<ExtentId>>,
-    /// Whether extents small enough go inline in metadata.
-    inline_ok: bool,
+    /// Extents up to this long go inline in metadata (0: none).
+    inline_max: usize,
     parallel: bool,
     /// The `MisplacedAppend` sabotage (tests only).
     misplace: bool,
@@ -92,7 +92,9 @@ pub(crate) struct StoredChunks {
 /// through `access` between phases: ids are taken (locked), chunks hashed and encoded
 /// (unlocked), fragments placed (locked), written (unlocked), and the outcome booked
 /// (locked), placing again without the disks that failed. An all-zero chunk becomes a
-/// hole (`None`).
+/// hole (`None`); one of at most `inline_max` bytes goes inline in its record (capped at
+/// `INLINE_BYTES_MAX`, and none when the journal's replicas tolerate fewer failures than
+/// `policy`).
 ///
 /// On `Ok`, every fragment of every returned extent is written, and the extents stay in
 /// `Pool::writing` — safe from the orphan collector — until the caller, holding the
@@ -104,8 +106,9 @@ pub(crate) fn store_chunks(
     chunks: &[(u64, Arc<Vec<u8>>)],
     policy: Policy,
     keep_zeros: &BTreeSet<u64>,
+    inline_max: usize,
 ) -> Result<StoredChunks> {
-    let pending = access.with(|pool| pool.begin_write(chunks, policy, keep_zeros))?;
+    let pending = access.with(|pool| pool.begin_write(chunks, policy, keep_zeros, inline_max))?;
     let taken: Vec<ExtentId> = pending.ids.iter().flatten().copied().collect();
     let result = encode_chunks(&pending, chunks).and_then(|encoded| {
         let mut excluded: BTreeSet<DiskId> = BTreeSet::new();
@@ -139,13 +142,13 @@ pub(crate) fn store_chunks(
 fn encode_chunks(pending: &PendingWrite, chunks: &[(u64, Arc<Vec<u8>>)]) -> Result<Vec<Option<Encoded>>> {
     let policy = pending.policy;
     let codec = CodecId::for_policy(policy);
-    let inline_ok = pending.inline_ok;
+    let inline_max = pending.inline_max;
     let jobs: Vec<(&[u8], Option<ExtentId>)> =
         chunks.iter().zip(&pending.ids).map(|((_, d), id)| (d.as_slice(), *id)).collect();
     run_all(pending.parallel, jobs, |(data, id)| {
         let id = id?;
         let hash = *blake3::hash(data).as_bytes();
-        if inline_ok && data.len() <= INLINE_BYTES_MAX {
+        if data.len() <= inline_max {
             return Some(Ok(Encoded { hash, blocks: Vec::new() }));
         }
         Some(codec::encode_shards(codec, policy, data).map(|fragments| {
@@ -189,14 +192,15 @@ impl Pool {
     /// Writes each `(chunk index, bytes)` as a new extent under `policy` and makes the
     /// fragments (durable at the next barrier), the pool held throughout. An all-zero
     /// chunk becomes a hole (`None`). The caller commits the records before it lets go
-    /// of the pool.
+    /// of the pool. For the background's rewrites (re-encodes, merges): only what stays
+    /// inline for long (`INLINE_KEPT_BYTES_MAX`) goes inline.
     pub(crate) fn write_chunks(
         &mut self,
         chunks: &[(u64, Arc<Vec<u8>>)],
         policy: Policy,
     ) -> Result<Vec<(u64, Option<ExtentRecord>)>> {
         let mut access: &mut Pool = self;
-        let stored = store_chunks(&mut access, chunks, policy, &BTreeSet::new())?;
+        let stored = store_chunks(&mut access, chunks, policy, &BTreeSet::new(), INLINE_KEPT_BYTES_MAX)?;
         Ok(self.stored(stored))
     }
 
@@ -224,6 +228,7 @@ impl Pool {
         chunks: &[(u64, Arc<Vec<u8>>)],
         policy: Policy,
         keep_zeros: &BTreeSet<u64>,
+        inline_max: usize,
     ) -> Result<PendingWrite> {
         if let Some(reason) = &self.read_only {
             return Err(Error::ReadOnly(reason.clone()));
@@ -245,7 +250,8 @@ impl Pool {
         // Small extents live inline in metadata when its replicas tolerate as many
         // failures as the policy does.
         let inline_ok = self.journal_disks().len() > policy.tolerance();
-        Ok(PendingWrite { policy, ids, inline_ok, parallel: self.options.parallel_io, misplace: self.misplaces() })
+        let inline_max = if inline_ok { inline_max.min(INLINE_BYTES_MAX) } else { 0 };
+        Ok(PendingWrite { policy, ids, inline_max, parallel: self.options.parallel_io, misplace: self.misplaces() })
     }
 
     /// Places every encoded chunk's fragments on disks, none of `excluded`, and builds

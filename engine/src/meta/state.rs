@@ -266,6 +266,11 @@ pub struct PolicyTransition {
 /// 4 KiB pages missed it; 8 KiB doubled its transactions per second on the mount).
 pub const INLINE_BYTES_MAX: usize = 8192;
 
+/// Inline extents longer than this are young: once no one holds their file open, the
+/// background stores them as fragments (`Pool::merge_step`), so the metadata — held in
+/// memory and written whole by every checkpoint — keeps only small files' data for long.
+pub const INLINE_KEPT_BYTES_MAX: usize = 2048;
+
 impl ExtentRecord {
     /// Whether the data lives in this record rather than in fragments.
     pub fn is_inline(&self) -> bool {

@@ -30,7 +30,9 @@ use crate::base::policy::Policy;
 use crate::base::rng::EngineRng;
 use crate::media::device::{BlockDevice, BlockKind, BlockName, UnavailableDevice};
 use crate::meta::journal::{self, JournalTip};
-use crate::meta::state::{DiskId, DiskRecord, DiskState, ExtentRecord, InodeKind, MetaState, Op, Transaction};
+use crate::meta::state::{
+    ChunkSlot, DiskId, DiskRecord, DiskState, ExtentRecord, InodeKind, MetaState, Op, Transaction,
+};
 use crate::pool::open_files::OpenFiles;
 
 /// How an open pool behaves. Production and the simulator differ only here.
@@ -169,6 +171,10 @@ pub struct Pool {
     /// Disks that refused a journal block for lack of room, with the tip then: the
     /// journal passes over them for `JOURNAL_REFUSAL_RECORDS` records (see `journal_disks`).
     pub(crate) journal_refused: BTreeMap<DiskId, u64>,
+    /// Chunks that got a young inline extent (see `services::reencode::is_young_inline`),
+    /// for the background to store as fragments once their file is closed; filled at
+    /// open by a scan and by every commit since. Entries may be stale: checked on use.
+    pub(crate) young_inline: BTreeSet<ChunkSlot>,
     /// Extents being fetched outside the lock (see `fetch`).
     pub(crate) in_flight: crate::pool::cache::InFlight,
     /// Extents being written outside the lock and not yet committed (see `store`).
@@ -275,6 +281,7 @@ impl Pool {
             read_only: None,
             io_errors: BTreeMap::new(),
             journal_refused: BTreeMap::new(),
+            young_inline: BTreeSet::new(),
             in_flight: Default::default(),
             writing: Default::default(),
             undurable: Default::default(),
@@ -285,6 +292,12 @@ impl Pool {
             probes: Default::default(),
         };
         pool.undurable.journal_set = pool.journal_disks();
+        pool.young_inline = pool
+            .state
+            .extent_slots()
+            .into_values()
+            .filter(|slot| crate::services::reencode::is_young_inline(&pool.state, *slot))
+            .collect();
         let journal_slots: BTreeSet<usize> =
             pool.journal_disks().iter().filter_map(|id| slots.get(id).copied()).collect();
         let metadata_blocks = pool.metadata_block_count();
@@ -436,6 +449,13 @@ impl Pool {
             return Err(Error::NoDisks);
         }
         let freed = self.state.apply_transaction(&txn);
+        for op in &txn.ops {
+            if let Op::SetExtent { ino, index, extent: Some(record) } = op {
+                if record.is_inline() && record.len as usize > crate::meta::state::INLINE_KEPT_BYTES_MAX {
+                    self.young_inline.insert(ChunkSlot { ino: *ino, index: *index });
+                }
+            }
+        }
         self.files.room = None;
         self.reached(CommitPhase::Applied);
         self.undurable.ops.extend(txn.ops);

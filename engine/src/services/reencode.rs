@@ -8,15 +8,15 @@
 //! is recomputed from metadata (extents in scope whose policy differs from the target),
 //! so a transition resumes exactly where it stopped.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde::Serialize;
 
 use crate::base::error::{Error, Result};
 use crate::base::policy::Policy;
 use crate::meta::state::{
-    ChangeCause, ChunkSlot, Ino, InodeKind, Op, PolicyChange, PolicyScope, PolicyTransition, Transaction,
-    TransitionState,
+    ChangeCause, ChunkSlot, Ino, InodeKind, MetaState, Op, PolicyChange, PolicyScope, PolicyTransition, Transaction,
+    TransitionState, INLINE_KEPT_BYTES_MAX,
 };
 use crate::pool::Pool;
 
@@ -291,9 +291,21 @@ impl Pool {
     /// layered or whole, never both. An open file's chunks fold when their flush would add
     /// a layer past `LAYERS_MAX`. Rewrites count against the background migration
     /// budget (`TieringConfig::migrate_bytes_per_sec`, shared with tiering's migrations);
-    /// `unthrottled` ignores it. Returns how many chunks it folded.
+    /// `unthrottled` ignores it. Young inline extents (longer than `INLINE_KEPT_BYTES_MAX`:
+    /// a file `fsync`ed while small) of files no one holds open are stored as fragments
+    /// the same way. Returns how many chunks it folded or stored.
     pub fn merge_step(&mut self, max: usize, unthrottled: bool) -> Result<usize> {
-        let candidates = self.state.layers.keys().filter(|slot| self.files.get(slot.ino).is_none());
+        let state = &self.state;
+        self.young_inline.retain(|slot| is_young_inline(state, *slot));
+        let candidates: BTreeSet<ChunkSlot> = self
+            .state
+            .layers
+            .keys()
+            .chain(&self.young_inline)
+            .filter(|slot| self.files.get(slot.ino).is_none())
+            .copied()
+            .collect();
+        let candidates = candidates.iter();
         let slots: Vec<ChunkSlot> = if unthrottled {
             candidates.take(max).copied().collect()
         } else {
@@ -342,7 +354,7 @@ impl Pool {
     #[allow(clippy::option_option)]
     fn merge_one(&mut self, slot: ChunkSlot) -> Result<Option<Option<crate::meta::state::ExtentRecord>>> {
         let Some(base) = self.state.slot_extent(slot).cloned() else { return Ok(None) };
-        debug_assert!(self.state.layers.contains_key(&slot));
+        debug_assert!(self.state.layers.contains_key(&slot) || is_young_inline(&self.state, slot));
         let Some(data) = self.read_chunk(slot.ino, slot.index)? else { return Ok(None) };
         let records = self.write_chunks(&[(slot.index, data)], base.policy)?;
         let record = records.into_iter().next().and_then(|(_, record)| record);
@@ -352,8 +364,14 @@ impl Pool {
         })))
     }
 
-    /// Whether a chunk of a file no one holds open has layers to fold.
+    /// Whether a chunk of a file no one holds open has layers to fold or a young inline
+    /// extent to store.
     pub(crate) fn has_merge_work(&self) -> bool {
-        self.state.layers.keys().any(|slot| self.files.get(slot.ino).is_none())
+        self.state.layers.keys().chain(&self.young_inline).any(|slot| self.files.get(slot.ino).is_none())
     }
+}
+
+/// Whether `slot` holds an inline extent too long to stay inline once its file is closed.
+pub(crate) fn is_young_inline(state: &MetaState, slot: ChunkSlot) -> bool {
+    state.slot_extent(slot).is_some_and(|r| r.is_inline() && r.len as usize > INLINE_KEPT_BYTES_MAX)
 }
