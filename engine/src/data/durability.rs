@@ -129,15 +129,15 @@ impl Pool {
         }
         self.delete_freed();
         self.counters.barriers += 1;
-        if let Some(shortfall) = shortfall {
+        if let Some(required) = shortfall {
             // Inline data that fewer replicas took than its policy tolerates failures is
             // acknowledged only once a checkpoint puts it on enough journal disks.
             let held = self.write_checkpoint(&BTreeSet::new()).unwrap_or(0);
-            if held < shortfall.required {
+            if held < required {
                 return Err(Error::Unavailable(format!(
                     "data small enough to live in the metadata journal reached only {held} journal disk(s), and its \
                      policy needs {} (a journal disk failed or is full, and no other disk could take its place)",
-                    shortfall.required
+                    required
                 )));
             }
         } else if self.checkpoint_due(journal_set_changed) {
@@ -279,16 +279,16 @@ impl Pool {
     /// fails the write for any reason but room is taken offline (as a disk whose sync
     /// failed) and the record that says so is written to the others, so the journal
     /// moves off it; the barrier's checkpoint then seeds the new set. Returns whether the
-    /// journal disks changed, and the shortfall of replicas under inline data, if any.
-    fn write_records(&mut self) -> Result<(bool, Option<Shortfall>)> {
+    /// journal disks changed, and the replicas a record short of them needed (inline data), if any.
+    fn write_records(&mut self) -> Result<(bool, Option<usize>)> {
         let mut changed = false;
-        let mut shortfall: Option<Shortfall> = None;
+        // The most replicas a record short of them needed.
+        let mut shortfall: Option<usize> = None;
         for _ in 0..SYNC_ATTEMPTS {
             let written = self.write_record()?;
             changed |= written.journal_set_changed;
             if written.held < written.required {
-                let worst = shortfall.map_or(written.required, |s| s.required.max(written.required));
-                shortfall = Some(Shortfall { required: worst });
+                shortfall = Some(shortfall.unwrap_or(0).max(written.required));
             }
             if written.failed.is_empty() {
                 break;
@@ -429,12 +429,6 @@ struct RecordWritten {
     /// Replicas that hold the record durably.
     held: usize,
     /// Replicas the record must reach before it is acknowledged (see `replicas_required`).
-    required: usize,
-}
-
-/// Fewer journal replicas took a record's inline data than its policy needs.
-#[derive(Clone, Copy)]
-struct Shortfall {
     required: usize,
 }
 

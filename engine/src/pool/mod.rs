@@ -423,7 +423,7 @@ impl Pool {
             .filter(|disk| self.state.disk_writable(*disk) && !refuses(*disk))
             .take(crate::meta::state::JOURNAL_REPLICAS)
             .collect();
-        debug_assert!(disks.len() <= crate::meta::state::JOURNAL_REPLICAS);
+        debug_assert!(disks.iter().all(|disk| self.state.disk_writable(*disk)));
         disks
     }
 
@@ -501,18 +501,16 @@ impl Pool {
         let fence: Vec<Arc<dyn BlockDevice>> = journal_set.iter().map(|(_, d)| d.clone()).collect();
         self.check_fence(&fence)?;
         let block = journal::encode_checkpoint(self.tip, &self.state);
-        let targets: Vec<&dyn BlockDevice> =
-            journal_set.iter().filter(|(id, _)| !already_durable.contains(id)).map(|(_, d)| d.as_ref()).collect();
+        let (target_ids, targets): (Vec<DiskId>, Vec<&dyn BlockDevice>) =
+            journal_set.iter().filter(|(id, _)| !already_durable.contains(id)).map(|(id, d)| (*id, d.as_ref())).unzip();
         let parallel = self.options.parallel_io;
         let (written, failures) =
             journal::write_replicas(&targets, BlockName::Checkpoint { seq: self.tip.seq }, &block, parallel, || {
                 self.reached(CommitPhase::CheckpointWritten)
             });
         self.reached(CommitPhase::CheckpointSynced);
-        let targets_ids: Vec<DiskId> =
-            journal_set.iter().filter(|(id, _)| !already_durable.contains(id)).map(|(id, _)| *id).collect();
         for failure in failures.iter().filter(|f| f.no_space) {
-            self.journal_refused_room(targets_ids[failure.index]);
+            self.journal_refused_room(target_ids[failure.index]);
         }
         let mut written = written.into_iter();
         // Trim only the replicas that hold the checkpoint; a replica that refused it keeps
