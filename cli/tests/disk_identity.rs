@@ -92,7 +92,7 @@ fn a_pool_id_that_none_of_the_disks_carry_refuses_to_open_and_changes_nothing() 
     fs::write(&config, &changed).unwrap();
     let disk_files = |disk: &Path| -> Vec<(String, Vec<u8>)> {
         let mut out = Vec::new();
-        for dir in ["label", "journal", "checkpoint", "fragment", "segments"] {
+        for dir in ["label", "journal", "journal-log", "checkpoint", "fragment", "segments"] {
             let path = disk.join(dir);
             if path.is_file() {
                 out.push((dir.to_string(), fs::read(&path).unwrap()));

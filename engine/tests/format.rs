@@ -66,10 +66,9 @@ fn downgrade(state: &MetaState) -> MetaStateV1 {
 /// `checkpoint` at `seq` and `record` at `seq + 1`, as an older build would have left them.
 fn replace_metadata(t: &TestPool, seq: u64, checkpoint: Vec<u8>, record: Vec<u8>) {
     for disk in 0..3 {
-        for namespace in ["checkpoint", "journal"] {
-            for path in blocks(&t.disk_path(disk), namespace) {
-                fs::remove_file(path).unwrap();
-            }
+        common::remove_records(&t.disk_path(disk));
+        for path in blocks(&t.disk_path(disk), "checkpoint") {
+            fs::remove_file(path).unwrap();
         }
         let dir = t.disk_path(disk);
         fs::write(dir.join("checkpoint").join(format!("{seq:020}")), &checkpoint).unwrap();
@@ -275,7 +274,7 @@ fn a_format_one_pool_is_upgraded_in_place_and_reads_the_same() {
     t.pool = None;
     t.dir = None;
     for disk in 0..3 {
-        assert!(blocks(&t.disk_path(disk), "journal").is_empty(), "the upgrade checkpoint trims the old records");
+        assert!(common::journal_records(&t.disk_path(disk)).is_empty(), "the upgrade checkpoint trims the old records");
         let checkpoints = blocks(&t.disk_path(disk), "checkpoint");
         assert_eq!(checkpoints.len(), 1);
         let block = fs::read(&checkpoints[0]).unwrap();
@@ -307,4 +306,40 @@ fn a_pool_of_a_newer_format_is_refused_by_name_and_left_alone() {
     for (path, bytes) in untouched {
         assert_eq!(fs::read(&path).unwrap(), bytes, "refusing must change nothing");
     }
+}
+
+#[test]
+fn a_format_four_pool_is_upgraded_and_then_keeps_its_records_in_the_journal_log() {
+    let mut t = TestPool::new(&[64, 64, 64], "replicate:3");
+    t.write_file("small", b"before");
+    let pool = t.pool();
+    let f = pool.resolve("/small").unwrap();
+    pool.checkpoint().unwrap();
+    let state = pool.state().clone();
+    t.pool = None;
+    t.dir = None;
+    // As a format-4 build left it: a checkpoint and a record, both files.
+    let seq = 4_000_000;
+    let tip_hash = [9u8; 32];
+    let checkpoint = (seq, tip_hash, Checkpoint { seq, tip_hash, state: state.clone() });
+    let mut inode = state.inodes[&f].clone();
+    inode.mode = 0o640;
+    install_older_format(&t, 4, &checkpoint, inode);
+    assert!(!t.disk_path(0).join(dfs_engine::media::journal_log::LOG_DIR).exists());
+    let report = t.reopen();
+    assert_eq!(report.upgraded_from, Some(4));
+    assert_eq!(t.pool().getattr(f).unwrap().mode, 0o640, "the format-4 record was replayed");
+    t.write_file("after", b"logged");
+    t.pool = None;
+    t.dir = None;
+    for disk in 0..3 {
+        assert!(blocks(&t.disk_path(disk), "journal").is_empty(), "no record is a file any more");
+        assert!(!common::journal_records(&t.disk_path(disk)).is_empty(), "the new records are in the log");
+        let checkpoints = blocks(&t.disk_path(disk), "checkpoint");
+        assert_eq!(journal::decode_checkpoint(&fs::read(&checkpoints[0]).unwrap()).unwrap().2, METADATA_FORMAT);
+    }
+    let report = t.reopen();
+    assert_eq!(report.upgraded_from, None);
+    assert_eq!(t.read_file("/after").unwrap(), b"logged");
+    assert_eq!(t.read_file("/small").unwrap(), b"before");
 }

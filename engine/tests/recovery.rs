@@ -6,7 +6,7 @@ mod common;
 
 use std::fs;
 
-use common::{blocks, pattern, TestPool};
+use common::{blocks, journal_records, pattern, read_record, write_record, TestPool};
 use dfs_engine::pooldir::PoolDir;
 use dfs_engine::Error;
 
@@ -20,7 +20,7 @@ fn pool_with_records() -> (TestPool, Vec<Vec<u8>>) {
     }
     t.pool = None;
     t.dir = None;
-    assert!(!blocks(&t.disk_path(0), "journal").is_empty(), "the test needs journal records on disk");
+    assert!(!journal_records(&t.disk_path(0)).is_empty(), "the test needs journal records on disk");
     (t, files)
 }
 
@@ -34,22 +34,18 @@ fn assert_files(t: &mut TestPool, files: &[Vec<u8>]) {
 fn a_torn_record_after_the_last_commit_is_dropped() {
     let (mut t, files) = pool_with_records();
     for disk in 0..3 {
-        let records = blocks(&t.disk_path(disk), "journal");
-        let last = records.last().unwrap();
-        let seq: u64 = last.file_name().unwrap().to_str().unwrap().parse().unwrap();
-        let torn = fs::read(last).unwrap();
-        let next = t.disk_path(disk).join("journal").join(format!("{:020}", seq + 1));
-        fs::write(next, &torn[..torn.len() / 2]).unwrap();
+        let seq = *journal_records(&t.disk_path(disk)).last().unwrap();
+        let torn = read_record(&t.disk_path(disk), seq);
+        write_record(&t.disk_path(disk), seq + 1, &torn[..torn.len() / 2]);
     }
     let report = t.reopen();
     assert!(report.journal_rewritten);
     assert_files(&mut t, &files);
+    t.pool = None;
+    t.dir = None;
     for disk in 0..3 {
-        assert!(
-            blocks(&t.disk_path(disk), "journal").is_empty(),
-            "torn tail left on disk {disk}: {:?}",
-            blocks(&t.disk_path(disk), "journal")
-        );
+        let left = journal_records(&t.disk_path(disk));
+        assert!(left.is_empty(), "torn tail left on disk {disk}: {left:?}");
     }
 }
 
@@ -57,9 +53,9 @@ fn a_torn_record_after_the_last_commit_is_dropped() {
 fn a_truncated_last_record_on_some_replicas_is_read_from_another() {
     let (mut t, files) = pool_with_records();
     for disk in 0..2 {
-        let last = blocks(&t.disk_path(disk), "journal").pop().unwrap();
-        let bytes = fs::read(&last).unwrap();
-        fs::write(&last, &bytes[..bytes.len() - 3]).unwrap();
+        let last = *journal_records(&t.disk_path(disk)).last().unwrap();
+        let bytes = read_record(&t.disk_path(disk), last);
+        write_record(&t.disk_path(disk), last, &bytes[..bytes.len() - 3]);
     }
     t.reopen();
     assert_files(&mut t, &files);
@@ -69,10 +65,18 @@ fn a_truncated_last_record_on_some_replicas_is_read_from_another() {
 fn a_corrupt_replica_is_recovered_from_the_others_and_rewritten() {
     let (mut t, files) = pool_with_records();
     let victim = t.disk_path(1);
-    for path in blocks(&victim, "journal").into_iter().chain(blocks(&victim, "checkpoint")) {
-        let mut bytes = fs::read(&path).unwrap();
+    let flip = |bytes: &mut Vec<u8>| {
         let middle = bytes.len() / 2;
         bytes[middle] ^= 0x40;
+    };
+    for seq in journal_records(&victim) {
+        let mut bytes = read_record(&victim, seq);
+        flip(&mut bytes);
+        write_record(&victim, seq, &bytes);
+    }
+    for path in blocks(&victim, "checkpoint") {
+        let mut bytes = fs::read(&path).unwrap();
+        flip(&mut bytes);
         fs::write(&path, bytes).unwrap();
     }
     let report = t.reopen();
@@ -113,10 +117,9 @@ fn a_pool_whose_every_replica_is_corrupt_refuses_to_open() {
 fn a_pool_whose_metadata_vanished_refuses_to_open_over_its_data() {
     let (t, _) = pool_with_records();
     for disk in 0..4 {
-        for namespace in ["journal", "checkpoint"] {
-            for path in blocks(&t.disk_path(disk), namespace) {
-                fs::remove_file(path).unwrap();
-            }
+        common::remove_records(&t.disk_path(disk));
+        for path in blocks(&t.disk_path(disk), "checkpoint") {
+            fs::remove_file(path).unwrap();
         }
     }
     let error = PoolDir::open(&t.pool_path(), common::options()).err().unwrap();
@@ -129,10 +132,9 @@ fn a_record_that_does_not_chain_is_never_applied() {
     // A well-formed record from another history: copy the first record of disk 0 to a
     // sequence number past the end. Its checksum holds, its chain hash does not.
     for disk in 0..3 {
-        let records = blocks(&t.disk_path(disk), "journal");
-        let first = fs::read(&records[0]).unwrap();
-        let last_seq: u64 = records.last().unwrap().file_name().unwrap().to_str().unwrap().parse().unwrap();
-        fs::write(t.disk_path(disk).join("journal").join(format!("{:020}", last_seq + 1)), first).unwrap();
+        let records = journal_records(&t.disk_path(disk));
+        let first = read_record(&t.disk_path(disk), records[0]);
+        write_record(&t.disk_path(disk), records.last().unwrap() + 1, &first);
     }
     t.reopen();
     assert_files(&mut t, &files);

@@ -1,7 +1,12 @@
 //! `DirDisk`: the production `BlockDevice`, a directory on a mounted filesystem.
 //!
 //! Layout: fragments live in append-only segment files under `<root>/segments/` (see
-//! `segments`); every other block is `<root>/<namespace>/<leaf>` (see `BlockName`).
+//! `segments`), journal records up to `journal_log::LOG_RECORD_MAX` in preallocated log
+//! files under `<root>/journal-log/` (see `journal_log`); every other block — the label,
+//! checkpoints, longer records, and the records of a pool from before the log — is
+//! `<root>/<namespace>/<leaf>` (see `BlockName`). One record is never kept both ways:
+//! writing it one way deletes it the other, and should a crash leave both (an older
+//! build wrote a file after this one's unfinished upgrade), the file wins at `open`.
 //! Fragments of a pool made before segments (format 1 of the disk layout: one file per
 //! fragment under `<root>/fragment/`) are still read, listed and deleted where they are,
 //! and `pack_legacy_fragments` moves them into segments (`dfs upgrade`). A new file block is
@@ -23,27 +28,14 @@ use std::sync::{Mutex, MutexGuard};
 
 use crate::base::io::run_all;
 use crate::media::device::{BlockDevice, BlockKind, BlockName, DeviceError};
+use crate::media::journal_log::{JournalLog, LOG_RECORD_MAX};
 use crate::media::label::DiskLabel;
 use crate::media::segments::{self, Segments};
 
 const TMP_PREFIX: &str = ".tmp-";
 
-/// Deleted journal records kept for reuse, as `journal/.spare-<n>`: a barrier writes a
-/// new record into one (write, truncate, rename into place) instead of creating a file.
-/// Creating a file costs an inode allocation, and on a filesystem that has deleted many
-/// recently (ext4 without a journal scans past recently deleted inodes) `perf` put 30%
-/// of the daemon's CPU there under a database's stream of fsyncs; measured apart, a
-/// record written and synced this way takes 290 µs against 450.
+/// Spare record files an older build kept as `journal/.spare-<n>`: removed at open.
 const SPARE_PREFIX: &str = ".spare-";
-/// The most spare record files a disk keeps: a checkpoint's worth of records (the pool
-/// checkpoints every 256 by default, then deletes them) and some, so a barrier between
-/// two checkpoints never creates a file. With 64, three records in four still created
-/// one, and `perf` under SQLite put 40% of the daemon's CPU in ext4's scan past recently
-/// deleted inodes.
-const SPARES_MAX: usize = 320;
-/// Deleted records longer than this (checkpoints) are removed, not kept: the spares
-/// then hold at most `SPARES_MAX` × this many bytes (5 MiB) of a disk.
-const SPARE_BYTES_MAX: u64 = 16 << 10;
 
 /// A disk backed by a directory.
 pub struct DirDisk {
@@ -57,6 +49,9 @@ pub struct DirDisk {
     state: Mutex<DirState>,
     /// Fragments. Never locked while `state` is held, nor the other way round.
     segments: Segments,
+    /// Journal records. Its lock may be held while `state` or the segments' is taken
+    /// (its room check), never the other way round.
+    journal: JournalLog,
 }
 
 #[derive(Default)]
@@ -68,10 +63,6 @@ struct DirState {
     /// A namespace directory was created since the last sync: the root's entry for it
     /// must be synced too.
     created_dirs: bool,
-    /// Spare journal record files (see `SPARE_PREFIX`).
-    spares: Vec<PathBuf>,
-    /// Numbers the next spare's name.
-    next_spare: u64,
 }
 
 impl DirDisk {
@@ -101,17 +92,9 @@ impl DirDisk {
                     let _ = fs::remove_file(entry.path());
                     continue;
                 }
-                if kind == BlockKind::Journal {
-                    if let Some(n) = leaf.strip_prefix(SPARE_PREFIX).and_then(|n| n.parse::<u64>().ok()) {
-                        state.next_spare = state.next_spare.max(n + 1);
-                        let small = entry.metadata().is_ok_and(|m| m.len() <= SPARE_BYTES_MAX);
-                        if small && state.spares.len() < SPARES_MAX {
-                            state.spares.push(entry.path());
-                        } else {
-                            let _ = fs::remove_file(entry.path());
-                        }
-                        continue;
-                    }
+                if kind == BlockKind::Journal && leaf.starts_with(SPARE_PREFIX) {
+                    let _ = fs::remove_file(entry.path());
+                    continue;
                 }
                 if let Some(name) = BlockName::parse(kind, leaf) {
                     let size = entry.metadata().map_err(|e| io_error(&entry.path(), e))?.len();
@@ -122,12 +105,19 @@ impl DirDisk {
         }
         let root_identity = (meta.dev(), meta.ino());
         let segments = Segments::open(root)?;
+        let journal = JournalLog::open(root)?;
+        for name in state.sizes.keys() {
+            if let BlockName::Journal { seq } = name {
+                journal.delete(*seq)?;
+            }
+        }
         let mut disk = DirDisk {
             root: root.to_path_buf(),
             root_identity,
             capacity_bytes: None,
             state: Mutex::new(state),
             segments,
+            journal,
         };
         if let Ok(label) = DiskLabel::read(&disk) {
             disk.capacity_bytes = label.capacity_bytes;
@@ -294,6 +284,15 @@ impl DirDisk {
         Ok(())
     }
 
+    /// Whether a new journal log file of `bytes` fits, the log now taking `log` bytes
+    /// (called under the log's lock: see `check_room` for the rule).
+    fn has_room(&self, bytes: u64, log: u64) -> bool {
+        let used = self.lock().used_bytes + self.segments.used_bytes() + log;
+        let available = used + self.filesystem_free_bytes();
+        let capacity = self.capacity_bytes.map_or(available, |c| c.min(available));
+        used + bytes <= capacity
+    }
+
     /// Moves every fragment still in a file of its own (a pool made before segments)
     /// into the segments: copies them, makes the copies durable, then deletes the files.
     /// Crash-safe and resumable: until a file is deleted its copy is only a second valid
@@ -335,13 +334,7 @@ impl DirDisk {
                 self.delete_file(name)?;
             }
         }
-        for spare in std::mem::take(&mut self.lock().spares) {
-            match fs::remove_file(&spare) {
-                Ok(()) => {}
-                Err(e) if e.kind() == ErrorKind::NotFound => {}
-                Err(e) => return Err(io_error(&spare, e)),
-            }
-        }
+        self.journal.wipe()?;
         self.sync_files()
     }
 
@@ -371,7 +364,7 @@ impl DirDisk {
                 let _ = fs::remove_file(&tmp_path);
                 return Err(io_error(&tmp_path, e));
             }
-        } else if !reuse_spare(&mut state, data, &final_path) {
+        } else {
             // A new name: a crash may tear it, as the contract allows, and every block
             // carries its own checksum.
             let result = File::create(&final_path).and_then(|mut file| file.write_all(data));
@@ -390,23 +383,28 @@ impl DirDisk {
     /// Deletes the file of `name`, if it has one.
     fn delete_file(&self, name: BlockName) -> Result<(), DeviceError> {
         let mut state = self.lock();
-        if !state.sizes.contains_key(&name) && name.kind() == BlockKind::Fragment {
+        if !state.sizes.contains_key(&name) && matches!(name.kind(), BlockKind::Fragment | BlockKind::Journal) {
             return Ok(());
         }
         let path = self.path(name);
-        if !keep_as_spare(&mut state, name, &path) {
-            match fs::remove_file(&path) {
-                Ok(()) => {}
-                Err(e) if e.kind() == ErrorKind::NotFound => {}
-                Err(e) => return Err(io_error(&path, e)),
+        match fs::remove_file(&path) {
+            Ok(()) => {
+                state.unsynced_dirs.insert(name.kind());
             }
+            Err(e) if e.kind() == ErrorKind::NotFound => {}
+            Err(e) => return Err(io_error(&path, e)),
         }
         if let Some(size) = state.sizes.remove(&name) {
             state.used_bytes -= size;
         }
         state.unsynced_files.remove(&name);
-        state.unsynced_dirs.insert(name.kind());
         Ok(())
+    }
+
+    /// Whether file blocks wait for a sync.
+    fn files_dirty(&self) -> bool {
+        let state = self.lock();
+        !state.unsynced_files.is_empty() || !state.unsynced_dirs.is_empty() || state.created_dirs
     }
 
     /// Makes the file blocks' writes and deletes durable.
@@ -458,50 +456,13 @@ impl DirDisk {
     }
 }
 
-/// Writes `data` into a spare record file and renames it to `final_path`; `false` when
-/// there is no spare or using it failed (the spare is then dropped, and the caller
-/// creates the file). Until the next sync, a crash may leave the old record's bytes, the
-/// new ones or a mix under the new name: a torn block, which fails its checksum or its
-/// sequence number, as the contract allows for an unsynced write.
-fn reuse_spare(state: &mut DirState, data: &[u8], final_path: &Path) -> bool {
-    use std::os::unix::fs::FileExt;
-    let Some(spare) = state.spares.pop() else {
-        return false;
-    };
-    let reused = fs::OpenOptions::new()
-        .write(true)
-        .open(&spare)
-        .and_then(|file| file.write_all_at(data, 0).and_then(|()| file.set_len(data.len() as u64)))
-        .and_then(|()| fs::rename(&spare, final_path));
-    if reused.is_err() {
-        let _ = fs::remove_file(&spare);
-    }
-    reused.is_ok()
-}
-
-/// Keeps the file of deleted journal record `name` as a spare, if there is room for one;
-/// `false` when the caller should remove it.
-fn keep_as_spare(state: &mut DirState, name: BlockName, path: &Path) -> bool {
-    let small = state.sizes.get(&name).is_some_and(|&len| len <= SPARE_BYTES_MAX);
-    if name.kind() != BlockKind::Journal || state.spares.len() >= SPARES_MAX || !small {
-        return false;
-    }
-    let Some(dir) = path.parent() else {
-        return false;
-    };
-    let spare = dir.join(format!("{SPARE_PREFIX}{}", state.next_spare));
-    state.next_spare += 1;
-    if fs::rename(path, &spare).is_err() {
-        return false;
-    }
-    state.spares.push(spare);
-    true
-}
-
 impl BlockDevice for DirDisk {
     fn modified_secs(&self, name: BlockName) -> Result<Option<i64>, DeviceError> {
         if let Some(secs) = self.segments.written_secs(name) {
             return Ok(Some(secs));
+        }
+        if matches!(name, BlockName::Journal { seq } if self.journal.contains(seq)) {
+            return Ok(None);
         }
         let path = self.path(name);
         let metadata = fs::metadata(&path).map_err(|e| io_error(&path, e))?;
@@ -513,6 +474,17 @@ impl BlockDevice for DirDisk {
     }
 
     fn read(&self, name: BlockName) -> Result<Vec<u8>, DeviceError> {
+        if let BlockName::Journal { seq } = name {
+            match self.journal.read(seq) {
+                // Not a file either: the journal's fence asks for the next record at
+                // every barrier, and finds none without a look at the filesystem.
+                Err(DeviceError::NotFound) if !self.lock().sizes.contains_key(&name) => {
+                    return Err(DeviceError::NotFound)
+                }
+                Err(DeviceError::NotFound) => {}
+                other => return other,
+            }
+        }
         if name.kind() == BlockKind::Fragment {
             match self.segments.read(name) {
                 // A fragment in a file of its own (layout 1), if the disk holds one: a
@@ -537,6 +509,18 @@ impl BlockDevice for DirDisk {
     }
 
     fn write(&self, name: BlockName, data: &[u8]) -> Result<(), DeviceError> {
+        if let BlockName::Journal { seq } = name {
+            if data.len() as u64 <= LOG_RECORD_MAX {
+                self.check_identity()?;
+                if self.lock().sizes.contains_key(&name) {
+                    // A file of the same record (a crash's leftover): gone once this one
+                    // is durable, so the two never meet at `open`.
+                    self.delete_file(name)?;
+                }
+                return self.journal.append(seq, data, |bytes, log| self.has_room(bytes, log));
+            }
+            self.journal.delete(seq)?;
+        }
         if name.kind() != BlockKind::Fragment {
             let old = self.lock().sizes.get(&name).copied().unwrap_or(0);
             self.check_room(old, data.len() as u64)?;
@@ -556,36 +540,56 @@ impl BlockDevice for DirDisk {
     }
 
     fn delete(&self, name: BlockName) -> Result<(), DeviceError> {
-        if name.kind() == BlockKind::Fragment {
-            self.segments.delete(name)?;
+        match name {
+            BlockName::Fragment { .. } => {
+                self.segments.delete(name)?;
+            }
+            BlockName::Journal { seq } => {
+                self.journal.delete(seq)?;
+            }
+            _ => {}
         }
         self.delete_file(name)
     }
 
     fn list(&self, kind: BlockKind) -> Result<Vec<BlockName>, DeviceError> {
         let mut names: Vec<BlockName> = self.lock().sizes.keys().filter(|n| n.kind() == kind).copied().collect();
-        if kind == BlockKind::Fragment {
-            names.extend(self.segments.list());
-            names.sort();
-            names.dedup();
+        match kind {
+            BlockKind::Fragment => names.extend(self.segments.list()),
+            BlockKind::Journal => names.extend(self.journal.list().into_iter().map(|seq| BlockName::Journal { seq })),
+            _ => {}
         }
+        names.sort();
+        names.dedup();
         Ok(names)
     }
 
     fn sync(&self) -> Result<(), DeviceError> {
-        // The segments and the file blocks sync at once: one barrier's fragment appends
-        // and its journal record share the filesystem's commit.
-        let results = run_all(
-            true,
-            vec![true, false],
-            |segments| {
-                if segments {
-                    self.segments.sync()
-                } else {
-                    self.sync_files()
-                }
-            },
-        );
+        // The segments, the journal log and the file blocks sync at once: one barrier's
+        // fragment appends and its journal record share the filesystem's commit. Only
+        // the parts with something to sync run: a barrier that wrote only its record
+        // costs one `fdatasync` on the calling thread, no hand-off.
+        #[derive(Clone, Copy)]
+        enum Part {
+            Segments,
+            Journal,
+            Files,
+        }
+        let mut parts = Vec::with_capacity(3);
+        if self.segments.dirty() {
+            parts.push(Part::Segments);
+        }
+        if self.journal.dirty() {
+            parts.push(Part::Journal);
+        }
+        if self.files_dirty() {
+            parts.push(Part::Files);
+        }
+        let results = run_all(true, parts, |part| match part {
+            Part::Segments => self.segments.sync(),
+            Part::Journal => self.journal.sync(),
+            Part::Files => self.sync_files(),
+        });
         results.into_iter().collect()
     }
 
@@ -605,7 +609,7 @@ impl BlockDevice for DirDisk {
     }
 
     fn used_bytes(&self) -> u64 {
-        self.lock().used_bytes + self.segments.used_bytes()
+        self.lock().used_bytes + self.segments.used_bytes() + self.journal.used_bytes()
     }
 
     fn describe(&self) -> String {
@@ -639,13 +643,13 @@ mod tests {
     fn blocks_survive_reopen_and_deletes_are_idempotent() {
         let dir = tempfile::tempdir().unwrap();
         let disk = DirDisk::open(dir.path()).unwrap();
-        let name = BlockName::Journal { seq: 5 };
+        let name = BlockName::Checkpoint { seq: 5 };
         disk.write(name, b"hello").unwrap();
         disk.sync().unwrap();
         let disk = DirDisk::open(dir.path()).unwrap();
         assert_eq!(disk.read(name).unwrap(), b"hello");
         assert_eq!(disk.used_bytes(), 5);
-        assert_eq!(disk.list(BlockKind::Journal).unwrap(), vec![name]);
+        assert_eq!(disk.list(BlockKind::Checkpoint).unwrap(), vec![name]);
         disk.delete(name).unwrap();
         disk.delete(name).unwrap();
         assert_eq!(disk.read(name), Err(DeviceError::NotFound));
@@ -676,90 +680,67 @@ mod tests {
         assert!(!dir.path().join("journal/.tmp-00000000000000000001").exists());
     }
 
-    fn spares(root: &Path) -> Vec<String> {
-        let mut names: Vec<String> = fs::read_dir(root.join("journal"))
-            .map(|entries| entries.map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect())
-            .unwrap_or_default();
-        names.retain(|n| n.starts_with(SPARE_PREFIX));
-        names.sort();
-        names
-    }
-
     #[test]
-    fn deleted_journal_records_become_spares_that_new_records_reuse() {
+    fn small_journal_records_go_to_the_log_long_ones_to_files_and_never_both() {
         let dir = tempfile::tempdir().unwrap();
+        let journal_files = |root: &Path| fs::read_dir(root.join("journal")).map_or(0, |d| d.count());
         let disk = DirDisk::open(dir.path()).unwrap();
-        let record = |seq: u64| BlockName::Journal { seq };
-        let long = vec![7u8; 9000];
-        for seq in 1..=3 {
-            disk.write(record(seq), &long).unwrap();
-        }
+        let (small, long) = (BlockName::Journal { seq: 1 }, BlockName::Journal { seq: 2 });
+        disk.write(small, b"small").unwrap();
+        disk.write(long, &vec![7u8; LOG_RECORD_MAX as usize + 1]).unwrap();
         disk.sync().unwrap();
-        let inode = |seq: u64| fs::metadata(dir.path().join("journal").join(record(seq).leaf())).unwrap().ino();
-        let inodes: Vec<u64> = (1..=3).map(inode).collect();
-        for seq in 1..=3 {
-            disk.delete(record(seq)).unwrap();
-        }
-        disk.sync().unwrap();
-        assert_eq!(spares(dir.path()).len(), 3);
-        assert!(disk.list(BlockKind::Journal).unwrap().is_empty(), "a spare is not a block");
-        let used = disk.used_bytes();
+        assert_eq!(journal_files(dir.path()), 1, "only the long record is a file");
+        assert!(dir.path().join("journal-log").exists());
+        assert_eq!(disk.list(BlockKind::Journal).unwrap(), vec![small, long]);
 
-        // A short record written into a long spare reads back exactly, and no file is created.
-        disk.write(record(4), b"short").unwrap();
+        // Rewritten the other way round, each record moves and leaves no copy behind.
+        disk.write(small, &vec![8u8; LOG_RECORD_MAX as usize + 1]).unwrap();
+        disk.write(long, b"now short").unwrap();
         disk.sync().unwrap();
-        assert_eq!(disk.read(record(4)).unwrap(), b"short");
-        assert_eq!(spares(dir.path()).len(), 2);
-        assert_eq!(disk.used_bytes(), used + 5);
-        assert!(inodes.contains(&inode(4)), "record 4 is a deleted record's file, not a new one");
-
-        // Spares survive a reopen and are used again; a wipe removes them with the rest.
         drop(disk);
         let disk = DirDisk::open(dir.path()).unwrap();
-        assert_eq!(disk.list(BlockKind::Journal).unwrap(), vec![record(4)]);
-        assert_eq!(disk.read(record(4)).unwrap(), b"short");
-        disk.write(record(5), b"fifth").unwrap();
-        assert_eq!(spares(dir.path()).len(), 1);
-        assert_eq!(disk.read(record(5)).unwrap(), b"fifth");
-        disk.wipe().unwrap();
-        assert!(spares(dir.path()).is_empty());
-        assert!(disk.list(BlockKind::Journal).unwrap().is_empty());
-    }
+        assert_eq!(disk.read(small).unwrap(), vec![8u8; LOG_RECORD_MAX as usize + 1]);
+        assert_eq!(disk.read(long).unwrap(), b"now short");
+        assert_eq!(disk.list(BlockKind::Journal).unwrap(), vec![small, long]);
+        assert_eq!(journal_files(dir.path()), 1);
 
-    #[test]
-    fn a_disk_keeps_at_most_its_quota_of_spares() {
-        let dir = tempfile::tempdir().unwrap();
-        let disk = DirDisk::open(dir.path()).unwrap();
-        let count = SPARES_MAX as u64 + 10;
-        for seq in 1..=count {
-            disk.write(BlockName::Journal { seq }, b"record").unwrap();
-        }
-        for seq in 1..=count {
-            disk.delete(BlockName::Journal { seq }).unwrap();
-        }
-        disk.sync().unwrap();
-        assert_eq!(spares(dir.path()).len(), SPARES_MAX);
-        assert!(disk.list(BlockKind::Journal).unwrap().is_empty());
-    }
-
-    #[test]
-    fn a_record_longer_than_a_spare_may_be_is_removed_not_kept() {
-        let dir = tempfile::tempdir().unwrap();
-        let disk = DirDisk::open(dir.path()).unwrap();
-        let checkpoint = BlockName::Journal { seq: 1 };
-        disk.write(checkpoint, &vec![1u8; SPARE_BYTES_MAX as usize + 1]).unwrap();
-        disk.write(BlockName::Journal { seq: 2 }, &vec![2u8; SPARE_BYTES_MAX as usize]).unwrap();
-        disk.sync().unwrap();
-        let used = disk.used_bytes();
-        disk.delete(checkpoint).unwrap();
-        disk.delete(BlockName::Journal { seq: 2 }).unwrap();
-        disk.sync().unwrap();
-        assert_eq!(spares(dir.path()).len(), 1, "only the record within the cap is kept");
-        assert_eq!(disk.used_bytes(), used - SPARE_BYTES_MAX - 1 - SPARE_BYTES_MAX);
-        // A long spare left by an older build is removed at the next open.
-        fs::write(dir.path().join("journal").join(format!("{SPARE_PREFIX}99")), vec![0u8; 20 << 10]).unwrap();
+        // Should both exist (an older build wrote the file after this one logged the
+        // record), the file wins.
+        fs::write(dir.path().join("journal").join(long.leaf()), b"from a file").unwrap();
         drop(disk);
-        let _disk = DirDisk::open(dir.path()).unwrap();
-        assert_eq!(spares(dir.path()).len(), 1);
+        let disk = DirDisk::open(dir.path()).unwrap();
+        assert_eq!(disk.read(long).unwrap(), b"from a file");
+        disk.delete(long).unwrap();
+        disk.delete(small).unwrap();
+        disk.sync().unwrap();
+        drop(disk);
+        let disk = DirDisk::open(dir.path()).unwrap();
+        assert!(disk.list(BlockKind::Journal).unwrap().is_empty(), "deletes are durable after a sync");
     }
+
+    #[test]
+    fn spare_record_files_of_an_older_build_are_removed_at_open() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::create_dir(dir.path().join("journal")).unwrap();
+        let spare = dir.path().join("journal").join(format!("{SPARE_PREFIX}3"));
+        fs::write(&spare, b"an old record").unwrap();
+        let disk = DirDisk::open(dir.path()).unwrap();
+        assert!(!spare.exists());
+        assert!(disk.list(BlockKind::Journal).unwrap().is_empty());
+        assert_eq!(disk.used_bytes(), 0);
+    }
+
+    #[test]
+    fn the_journal_log_counts_against_capacity() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut disk = DirDisk::open(dir.path()).unwrap();
+        disk.set_capacity(Some(100 << 10));
+        let name = BlockName::Journal { seq: 1 };
+        assert_eq!(disk.write(name, b"record"), Err(DeviceError::NoSpace), "a log file would not fit");
+        assert!(disk.list(BlockKind::Journal).unwrap().is_empty());
+        disk.set_capacity(Some(1 << 20));
+        disk.write(name, b"record").unwrap();
+        assert_eq!(disk.used_bytes(), crate::media::journal_log::LOG_BYTES_FIRST);
+    }
+
 }

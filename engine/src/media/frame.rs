@@ -32,7 +32,10 @@ pub enum FrameKind {
 /// 1: the first format. 2: special files (`rdev`), extended attributes and ACLs.
 /// 3: disk reachability (offline disks, dated state changes, the write-intent map) and
 /// the availability settings. 4: layers, small overwrites laid over a chunk's extent.
-pub const METADATA_FORMAT: u8 = 4;
+/// 5: the same structures, but a directory disk may keep journal records in its journal
+/// log (`media::journal_log`), which a build of format 4 would not see: it must refuse
+/// the pool by name rather than recover it without them.
+pub const METADATA_FORMAT: u8 = 5;
 
 impl FrameKind {
     /// The body format this build writes for frames of this kind.

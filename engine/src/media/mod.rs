@@ -7,5 +7,6 @@ pub mod device;
 pub mod dirdisk;
 pub mod fragment;
 pub mod frame;
+pub mod journal_log;
 pub mod label;
 pub mod segments;

@@ -339,6 +339,12 @@ impl Segments {
         result.map(|()| true)
     }
 
+    /// Whether a `sync` has anything to do.
+    pub fn dirty(&self) -> bool {
+        let state = self.lock();
+        !state.unsynced.is_empty() || state.dir_dirty || state.root_dirty || !state.replaced.is_empty()
+    }
+
     /// Makes every earlier append, punch and segment creation or deletion durable, then
     /// punches the records replaced before it began.
     pub fn sync(&self) -> Result<(), DeviceError> {

@@ -118,3 +118,38 @@ pub fn blocks(disk: &Path, namespace: &str) -> Vec<PathBuf> {
     out.sort();
     out
 }
+
+/// Sequence numbers of the journal records on the disk at `disk` (closed), wherever the
+/// disk keeps them (its journal log, or files).
+pub fn journal_records(disk: &Path) -> Vec<u64> {
+    use dfs_engine::media::device::{BlockDevice, BlockKind, BlockName};
+    let device = dfs_engine::media::dirdisk::DirDisk::open(disk).unwrap();
+    let names = device.list(BlockKind::Journal).unwrap();
+    names.into_iter().map(|name| if let BlockName::Journal { seq } = name { seq } else { unreachable!() }).collect()
+}
+
+/// The bytes of journal record `seq` on the disk at `disk` (closed).
+pub fn read_record(disk: &Path, seq: u64) -> Vec<u8> {
+    use dfs_engine::media::device::{BlockDevice, BlockName};
+    dfs_engine::media::dirdisk::DirDisk::open(disk).unwrap().read(BlockName::Journal { seq }).unwrap()
+}
+
+/// Writes `bytes` as journal record `seq` on the disk at `disk` (closed) and syncs it:
+/// a record as a crash, rot or another history would have left it.
+pub fn write_record(disk: &Path, seq: u64, bytes: &[u8]) {
+    use dfs_engine::media::device::{BlockDevice, BlockName};
+    let device = dfs_engine::media::dirdisk::DirDisk::open(disk).unwrap();
+    device.write(BlockName::Journal { seq }, bytes).unwrap();
+    device.sync().unwrap();
+}
+
+/// Removes every journal record from the disk at `disk` (closed).
+pub fn remove_records(disk: &Path) {
+    for path in blocks(disk, "journal") {
+        std::fs::remove_file(path).unwrap();
+    }
+    let log = disk.join(dfs_engine::media::journal_log::LOG_DIR);
+    if log.exists() {
+        std::fs::remove_dir_all(log).unwrap();
+    }
+}
