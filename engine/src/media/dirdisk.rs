@@ -28,7 +28,7 @@ use std::sync::{Mutex, MutexGuard};
 
 use crate::base::io::run_all;
 use crate::media::device::{BlockDevice, BlockKind, BlockName, DeviceError};
-use crate::media::journal_log::{JournalLog, LOG_RECORD_MAX};
+use crate::media::journal_log::{self, JournalLog, LOG_RECORD_MAX};
 use crate::media::label::DiskLabel;
 use crate::media::segments::{self, Segments};
 
@@ -284,13 +284,19 @@ impl DirDisk {
         Ok(())
     }
 
-    /// Whether a new journal log file of `bytes` fits, the log now taking `log` bytes
-    /// (called under the log's lock: see `check_room` for the rule).
-    fn has_room(&self, bytes: u64, log: u64) -> bool {
-        let used = self.lock().used_bytes + self.segments.used_bytes() + log;
-        let available = used + self.filesystem_free_bytes();
-        let capacity = self.capacity_bytes.map_or(available, |c| c.min(available));
-        used + bytes <= capacity
+    /// The size of a new journal log file: `wanted`, but at most 1/64 of the disk's
+    /// capacity (or of the free space under it, when its label gives none) and at least
+    /// `journal_log::LOG_BYTES_MIN`, never less than `needed`; `None` when it does not
+    /// fit, the log holding `log` bytes (called under the log's lock: see `check_room`
+    /// for the rule).
+    fn log_file_bytes(&self, wanted: u64, needed: u64, log: u64) -> Option<u64> {
+        let free = self.filesystem_free_bytes();
+        let files = self.lock().used_bytes;
+        let used = files + self.segments.used_bytes() + log;
+        let limit = self.capacity_bytes.unwrap_or(used + free) / 64 / 4096 * 4096;
+        let bytes = wanted.min(limit.max(journal_log::LOG_BYTES_MIN)).max(needed);
+        let capacity = self.capacity_bytes.map_or(used + free, |c| c.min(used + free));
+        (used + bytes <= capacity).then_some(bytes)
     }
 
     /// Moves every fragment still in a file of its own (a pool made before segments)
@@ -476,12 +482,13 @@ impl BlockDevice for DirDisk {
     fn read(&self, name: BlockName) -> Result<Vec<u8>, DeviceError> {
         if let BlockName::Journal { seq } = name {
             match self.journal.read(seq) {
-                // Not a file either: the journal's fence asks for the next record at
-                // every barrier, and finds none without a look at the filesystem.
-                Err(DeviceError::NotFound) if !self.lock().sizes.contains_key(&name) => {
-                    return Err(DeviceError::NotFound)
+                Err(DeviceError::NotFound) => {
+                    // The journal's fence asks for the next record at every barrier: one
+                    // another process may have written since this disk was opened.
+                    if let Some(record) = self.journal.probe(seq) {
+                        return Ok(record);
+                    }
                 }
-                Err(DeviceError::NotFound) => {}
                 other => return other,
             }
         }
@@ -517,7 +524,7 @@ impl BlockDevice for DirDisk {
                     // is durable, so the two never meet at `open`.
                     self.delete_file(name)?;
                 }
-                return self.journal.append(seq, data, |bytes, log| self.has_room(bytes, log));
+                return self.journal.append(seq, data, |wanted, needed, log| self.log_file_bytes(wanted, needed, log));
             }
             self.journal.delete(seq)?;
         }
@@ -609,7 +616,10 @@ impl BlockDevice for DirDisk {
     }
 
     fn used_bytes(&self) -> u64 {
-        self.lock().used_bytes + self.segments.used_bytes() + self.journal.used_bytes()
+        // One lock at a time (a guard in the sum would live to its end): the journal
+        // log's lock may be held while `state` is taken, never the other way round.
+        let files = self.lock().used_bytes;
+        files + self.segments.used_bytes() + self.journal.used_bytes()
     }
 
     fn describe(&self) -> String {
@@ -734,13 +744,14 @@ mod tests {
     fn the_journal_log_counts_against_capacity() {
         let dir = tempfile::tempdir().unwrap();
         let mut disk = DirDisk::open(dir.path()).unwrap();
-        disk.set_capacity(Some(100 << 10));
+        disk.set_capacity(Some(60 << 10));
         let name = BlockName::Journal { seq: 1 };
         assert_eq!(disk.write(name, b"record"), Err(DeviceError::NoSpace), "a log file would not fit");
         assert!(disk.list(BlockKind::Journal).unwrap().is_empty());
-        disk.set_capacity(Some(1 << 20));
+        // A 4 MiB disk allows log files of 64 KiB (1/64 of it); the record takes a sector.
+        disk.set_capacity(Some(4 << 20));
         disk.write(name, b"record").unwrap();
-        assert_eq!(disk.used_bytes(), crate::media::journal_log::LOG_BYTES_FIRST);
+        assert_eq!(disk.used_bytes(), 512);
+        assert_eq!(disk.journal.file_bytes(), journal_log::LOG_BYTES_MIN);
     }
-
 }
