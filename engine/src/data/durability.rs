@@ -384,6 +384,7 @@ impl Pool {
             self.read_only = Some(reason.clone());
             return Err(Error::ReadOnly(reason));
         }
+        self.fence_clear_at = Some(self.tip.seq);
         Ok(())
     }
 

@@ -42,7 +42,8 @@
 //! - The index is this process's. `probe` looks on the disk for a record another
 //!   process wrote since this one opened the log (the journal's fence): where a writer
 //!   that opened the log after this one's last record puts its first one — this log's
-//!   tail, the start of a file this log holds free, or a file it does not know.
+//!   tail, the start of a file this log holds free, or the start of the file this log
+//!   would create next.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{self, File, OpenOptions};
@@ -231,40 +232,43 @@ impl JournalLog {
     }
 
     /// Record `seq` as another process wrote it to this disk since this log was opened,
-    /// if it did (see the module header); `None` otherwise. Costs a directory listing and
-    /// a header read or two: the journal asks once per barrier.
+    /// if it did (see the module header); `None` otherwise. The journal asks before
+    /// every write, so this costs a header read per place and one look for a file of
+    /// the next id (a writer that opened the log after this one numbers its new files as
+    /// this one would), never a directory listing.
     pub fn probe(&self, seq: u64) -> Option<Vec<u8>> {
         let mut places: Vec<(u64, Arc<File>, [u8; 32], u64)> = Vec::new();
-        {
+        let next = {
             let state = self.lock();
             if state.index.contains_key(&seq) {
                 return None;
             }
             for (id, file) in &state.files {
                 if state.active == Some(*id) || file.records == 0 {
-                    places.push((*id, Arc::clone(&file.file), file.key, file.tail));
+                    let at = if file.records == 0 { ALIGN } else { file.tail };
+                    places.push((*id, Arc::clone(&file.file), file.key, at));
                 }
             }
-            let known: BTreeSet<u64> = state.files.keys().copied().collect();
-            drop(state);
-            for (id, path) in log_files(&self.dir).ok()?.into_iter().filter(|(id, _)| !known.contains(id)) {
-                let Ok(file) = File::open(&path) else { continue };
-                let mut head = [0u8; 48];
-                if file.read_exact_at(&mut head, 0).is_err() || head[..8] != FILE_MAGIC {
-                    continue;
-                }
+            state.next_id
+        };
+        if let Ok(file) = File::open(self.path(next)) {
+            let mut head = [0u8; 48];
+            if file.read_exact_at(&mut head, 0).is_ok() && head[..8] == FILE_MAGIC {
                 let mut key = [0u8; 32];
                 key.copy_from_slice(&head[16..48]);
-                places.push((id, Arc::new(file), key, ALIGN));
+                places.push((next, Arc::new(file), key, ALIGN));
             }
         }
         places.into_iter().find_map(|(id, file, key, offset)| {
             let mut header = [0u8; RECORD_HEADER_LEN as usize];
             file.read_exact_at(&mut header, offset).ok()?;
             let (found, loc) = decode_header(&key, &header, id, offset)?;
+            if found != seq {
+                return None;
+            }
             let mut payload = vec![0u8; loc.len as usize];
             file.read_exact_at(&mut payload, offset + RECORD_HEADER_LEN).ok()?;
-            (found == seq).then_some(payload)
+            Some(payload)
         })
     }
 

@@ -166,6 +166,10 @@ pub struct Pool {
     pub(crate) counters: PoolCounters,
     pub(crate) cache: crate::pool::cache::ExtentCache,
     pub(crate) read_only: Option<String>,
+    /// The journal tip at which the fence last found no other writer's next record: a
+    /// store checks the fence only once per record this process writes (see
+    /// `Pool::begin_write`), the barrier before every record.
+    pub(crate) fence_clear_at: Option<u64>,
     /// Write and sync failures per disk since its last success (see `disk_io_failed`).
     pub(crate) io_errors: BTreeMap<DiskId, u32>,
     /// Disks that refused a journal block for lack of room, with the tip then: the
@@ -279,6 +283,7 @@ impl Pool {
             counters: PoolCounters::default(),
             cache: crate::pool::cache::ExtentCache::with_capacity(cache_bytes),
             read_only: None,
+            fence_clear_at: None,
             io_errors: BTreeMap::new(),
             journal_refused: BTreeMap::new(),
             young_inline: BTreeSet::new(),
