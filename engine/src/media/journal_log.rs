@@ -581,24 +581,7 @@ fn decode_header(key: &[u8; 32], header: &[u8], file: u64, offset: u64) -> Optio
 
 /// Log files of the folder, by id. A missing folder holds none.
 fn log_files(dir: &Path) -> Result<Vec<(u64, PathBuf)>, DeviceError> {
-    let entries = match fs::read_dir(dir) {
-        Ok(entries) => entries,
-        Err(e) if e.kind() == ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(io_error(dir, e)),
-    };
-    let mut out = Vec::new();
-    for entry in entries {
-        let entry = entry.map_err(|e| io_error(dir, e))?;
-        let file_name = entry.file_name();
-        let Some(stem) = file_name.to_str().and_then(|n| n.strip_suffix(".log")) else {
-            continue;
-        };
-        if let Ok(id) = u64::from_str_radix(stem, 16) {
-            out.push((id, entry.path()));
-        }
-    }
-    out.sort();
-    Ok(out)
+    crate::media::segments::numbered_files(dir, ".log")
 }
 
 /// Reads every record header of one log file of `bytes` bytes into `out` as (sequence
@@ -667,6 +650,22 @@ mod tests {
         log_files(&root.join(LOG_DIR)).unwrap().into_iter().map(|(_, path)| path).collect()
     }
 
+    /// A log at `dir` holding `records`, synced, and its first file.
+    fn logged(dir: &Path, records: &[(u64, &[u8])]) -> (JournalLog, PathBuf) {
+        let log = JournalLog::open(dir).unwrap();
+        for (seq, payload) in records {
+            log.append(*seq, payload, room).unwrap();
+        }
+        log.sync().unwrap();
+        let path = files(dir)[0].clone();
+        (log, path)
+    }
+
+    /// Writes `bytes` at `at` in the file at `path`, as a crash or rot would.
+    fn scribble(path: &Path, at: u64, bytes: &[u8]) {
+        OpenOptions::new().write(true).open(path).unwrap().write_all_at(bytes, at).unwrap();
+    }
+
     #[test]
     fn records_survive_reopen_and_deletes_are_durable_after_a_sync() {
         let dir = tempfile::tempdir().unwrap();
@@ -725,12 +724,9 @@ mod tests {
     #[test]
     fn a_header_inside_a_payload_is_never_taken_for_a_record() {
         let dir = tempfile::tempdir().unwrap();
-        let log = JournalLog::open(dir.path()).unwrap();
-        log.append(1, b"first", room).unwrap();
-        log.sync().unwrap();
-        let path = &files(dir.path())[0];
+        let (log, path) = logged(dir.path(), &[(1, b"first")]);
         let mut genuine = [0u8; RECORD_HEADER_LEN as usize];
-        File::open(path).unwrap().read_exact_at(&mut genuine, ALIGN).unwrap();
+        File::open(&path).unwrap().read_exact_at(&mut genuine, ALIGN).unwrap();
         // A payload whose 4 KiB blocks start with a genuine header copied from elsewhere
         // and with headers forged without the file's key.
         let mut tricky = vec![0u8; 3 * ALIGN as usize];
@@ -754,17 +750,14 @@ mod tests {
     #[test]
     fn of_two_records_of_one_number_the_rewrite_wins() {
         let dir = tempfile::tempdir().unwrap();
-        let log = JournalLog::open(dir.path()).unwrap();
-        log.append(5, b"old", room).unwrap();
-        log.sync().unwrap();
-        let path = files(dir.path())[0].clone();
+        let (log, path) = logged(dir.path(), &[(5, b"old")]);
         let mut old_header = [0u8; RECORD_HEADER_LEN as usize];
         File::open(&path).unwrap().read_exact_at(&mut old_header, ALIGN).unwrap();
         log.append(5, b"new", room).unwrap();
         log.sync().unwrap();
         drop(log);
         // A crash that kept the rewrite but undid the zeroing of the old header.
-        OpenOptions::new().write(true).open(&path).unwrap().write_all_at(&old_header, ALIGN).unwrap();
+        scribble(&path, ALIGN, &old_header);
         let log = JournalLog::open(dir.path()).unwrap();
         assert_eq!(log.list(), vec![5]);
         assert_eq!(log.read(5).unwrap(), b"new");
@@ -784,7 +777,7 @@ mod tests {
         // Record 11 torn in its header, record 12 landed whole.
         let path = files(dir.path())[0].clone();
         let eleventh = ALIGN + 10 * span(5_000);
-        OpenOptions::new().write(true).open(&path).unwrap().write_all_at(&[0xAB; 20], eleventh + 10).unwrap();
+        scribble(&path, eleventh + 10, &[0xAB; 20]);
         let log = JournalLog::open(dir.path()).unwrap();
         let mut expected: Vec<u64> = (1..=10).collect();
         expected.push(12);
@@ -802,12 +795,9 @@ mod tests {
     #[test]
     fn a_file_with_a_rotten_head_holds_no_record_and_is_used_again() {
         let dir = tempfile::tempdir().unwrap();
-        let log = JournalLog::open(dir.path()).unwrap();
-        log.append(1, b"one", room).unwrap();
-        log.sync().unwrap();
+        let (log, path) = logged(dir.path(), &[(1, b"one")]);
         drop(log);
-        let path = files(dir.path())[0].clone();
-        OpenOptions::new().write(true).open(&path).unwrap().write_all_at(b"rotten!!", 0).unwrap();
+        scribble(&path, 0, b"rotten!!");
         let log = JournalLog::open(dir.path()).unwrap();
         assert!(log.list().is_empty(), "no header verifies without the file's key");
         log.append(2, b"two", room).unwrap();
@@ -821,12 +811,9 @@ mod tests {
     #[test]
     fn a_log_of_an_unknown_format_is_refused_by_name() {
         let dir = tempfile::tempdir().unwrap();
-        let log = JournalLog::open(dir.path()).unwrap();
-        log.append(1, b"one", room).unwrap();
-        log.sync().unwrap();
+        let (log, path) = logged(dir.path(), &[(1, b"one")]);
         drop(log);
-        let path = files(dir.path())[0].clone();
-        OpenOptions::new().write(true).open(&path).unwrap().write_all_at(&9u16.to_le_bytes(), 8).unwrap();
+        scribble(&path, 8, &9u16.to_le_bytes());
         let Err(DeviceError::Unavailable(message)) = JournalLog::open(dir.path()) else {
             panic!("a log of format 9 opened");
         };

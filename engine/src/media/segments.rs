@@ -632,6 +632,12 @@ fn decode_header(header: &[u8], segment: u64, offset: u64) -> Option<(BlockName,
 
 /// Segment files of the folder, by id. A missing folder holds none.
 fn segment_files(dir: &Path) -> Result<Vec<(u64, PathBuf)>, DeviceError> {
+    numbered_files(dir, ".seg")
+}
+
+/// The files of `dir` named `<id:016x><suffix>`, by id (a disk's segments, its journal
+/// log's files). A missing folder holds none.
+pub(crate) fn numbered_files(dir: &Path, suffix: &str) -> Result<Vec<(u64, PathBuf)>, DeviceError> {
     let entries = match fs::read_dir(dir) {
         Ok(entries) => entries,
         Err(e) if e.kind() == ErrorKind::NotFound => return Ok(Vec::new()),
@@ -641,7 +647,7 @@ fn segment_files(dir: &Path) -> Result<Vec<(u64, PathBuf)>, DeviceError> {
     for entry in entries {
         let entry = entry.map_err(|e| io_error(dir, e))?;
         let file_name = entry.file_name();
-        let Some(stem) = file_name.to_str().and_then(|n| n.strip_suffix(".seg")) else {
+        let Some(stem) = file_name.to_str().and_then(|n| n.strip_suffix(suffix)) else {
             continue;
         };
         if stem.len() != 16 {
