@@ -726,6 +726,11 @@ mod tests {
         drop(disk);
         let disk = DirDisk::open(dir.path()).unwrap();
         assert!(disk.list(BlockKind::Journal).unwrap().is_empty(), "deletes are durable after a sync");
+        // A disk that leaves the pool keeps nothing of the log.
+        disk.write(small, b"again").unwrap();
+        disk.wipe().unwrap();
+        assert!(!dir.path().join("journal-log").exists());
+        assert!(DirDisk::open(dir.path()).unwrap().list(BlockKind::Journal).unwrap().is_empty());
     }
 
     #[test]

@@ -475,25 +475,16 @@ impl JournalLog {
         !state.unsynced.is_empty() || state.dir_dirty || state.root_dirty
     }
 
-    /// Removes every log file (the disk leaves the pool).
+    /// Removes every log file and the log's folder (the disk leaves the pool).
     pub fn wipe(&self) -> Result<(), DeviceError> {
         let mut state = self.lock();
-        for id in state.files.keys().copied().collect::<Vec<_>>() {
-            let path = self.path(id);
-            match fs::remove_file(&path) {
-                Ok(()) => {}
-                Err(e) if e.kind() == ErrorKind::NotFound => {}
-                Err(e) => return Err(io_error(&path, e)),
-            }
-            state.files.remove(&id);
-            state.unsynced.remove(&id);
-            state.dir_dirty = true;
-        }
-        state.index.clear();
-        state.used_bytes = 0;
-        state.active = None;
+        *state = State { next_stamp: state.next_stamp, next_id: state.next_id, ..State::default() };
         state.check();
-        Ok(())
+        match fs::remove_dir_all(&self.dir) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(io_error(&self.dir, e)),
+        }
     }
 }
 
