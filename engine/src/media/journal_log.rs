@@ -55,6 +55,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use crate::base::clock::system_wall_nanos;
 use crate::base::io::run_all;
 use crate::media::device::DeviceError;
+use crate::media::segments;
 
 /// The folder under a disk's root that holds its journal log.
 pub const LOG_DIR: &str = "journal-log";
@@ -178,10 +179,9 @@ impl JournalLog {
         }
         // Records go on in the file written last; the others are full or free.
         state.active = state.index.values().max_by_key(|loc| loc.stamp).map(|loc| loc.file);
-        for file in state.files.iter_mut().filter(|(id, _)| Some(**id) != state.active) {
-            if file.1.records == 0 {
-                file.1.tail = ALIGN;
-            }
+        let active = state.active;
+        for (_, file) in state.files.iter_mut().filter(|(id, f)| Some(**id) != active && f.records == 0) {
+            file.tail = ALIGN;
         }
         let log = JournalLog { root: root.to_path_buf(), dir, state: Mutex::new(state) };
         log.lock().check();
@@ -213,8 +213,10 @@ impl JournalLog {
         self.lock().used_bytes
     }
 
-    /// Bytes the log's files take on the disk, slack included.
-    pub fn file_bytes(&self) -> u64 {
+    /// Bytes the log's files take on the disk, slack included (for tests: what the disk
+    /// counts is `used_bytes`).
+    #[cfg(test)]
+    pub(crate) fn file_bytes(&self) -> u64 {
         self.lock().files.values().map(|f| f.bytes).sum()
     }
 
@@ -292,12 +294,10 @@ impl JournalLog {
         state.next_stamp = stamp + 1;
         let file = state.files.get_mut(&id).ok_or(DeviceError::NotFound)?;
         let loc = Loc { file: id, offset: file.tail, len, stamp };
-        let mut block = Vec::with_capacity(span as usize);
-        block.extend_from_slice(&encode_header(&file.key, seq, &loc));
-        block.extend_from_slice(payload);
         // The write runs under the lock: a record is a few KiB into the page cache, and
         // the journal writes one record at a time anyway.
-        if let Err(e) = file.file.write_all_at(&block, loc.offset) {
+        let header = encode_header(&file.key, seq, &loc);
+        if let Err(e) = segments::write_two_at(&file.file, &header, payload, loc.offset) {
             return Err(io_error(&self.path(id), e));
         }
         file.tail += span;
@@ -572,7 +572,7 @@ fn decode_header(key: &[u8; 32], header: &[u8], file: u64, offset: u64) -> Optio
 
 /// Log files of the folder, by id. A missing folder holds none.
 fn log_files(dir: &Path) -> Result<Vec<(u64, PathBuf)>, DeviceError> {
-    crate::media::segments::numbered_files(dir, ".log")
+    segments::numbered_files(dir, ".log")
 }
 
 /// Reads every record header of one log file of `bytes` bytes into `out` as (sequence

@@ -761,7 +761,7 @@ fn read_direct(file: &File, loc: &Loc, visit: &mut dyn FnMut(&[u8])) -> bool {
 /// Writes `head` then `body` at `offset` in one system call where it can (no copy of the
 /// body to join them), finishing a short write with plain positioned writes.
 #[allow(unsafe_code)]
-fn write_two_at(file: &File, head: &[u8], body: &[u8], offset: u64) -> std::io::Result<()> {
+pub(crate) fn write_two_at(file: &File, head: &[u8], body: &[u8], offset: u64) -> std::io::Result<()> {
     use std::os::fd::AsRawFd;
     let iov = [
         libc::iovec { iov_base: head.as_ptr() as *mut libc::c_void, iov_len: head.len() },
