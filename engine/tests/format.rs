@@ -1,4 +1,4 @@
-//! Metadata formats: a pool written in format 1, 2 or 3 opens, is upgraded in place to
+//! Metadata formats: a pool written in format 1 to 5 opens, is upgraded in place to
 //! the current format and reads the same; a pool of a newer format is refused by name.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -342,4 +342,43 @@ fn a_format_four_pool_is_upgraded_and_then_keeps_its_records_in_the_journal_log(
     assert_eq!(report.upgraded_from, None);
     assert_eq!(t.read_file("/after").unwrap(), b"logged");
     assert_eq!(t.read_file("/small").unwrap(), b"before");
+}
+
+#[test]
+fn a_format_five_pool_is_upgraded_and_then_a_rewritten_layer_replaces_the_one_it_covers() {
+    let mut t = TestPool::new(&[64, 64, 64], "replicate:3");
+    let mut big = common::pattern(300_000, 5);
+    t.write_file("big", &big);
+    let pool = t.pool();
+    let f = pool.resolve("/big").unwrap();
+    pool.checkpoint().unwrap();
+    let state = pool.state().clone();
+    t.pool = None;
+    t.dir = None;
+    let seq = 5_000_000;
+    let tip_hash = [5u8; 32];
+    let checkpoint = (seq, tip_hash, Checkpoint { seq, tip_hash, state: state.clone() });
+    let mut inode = state.inodes[&f].clone();
+    inode.mode = 0o620;
+    install_older_format(&t, 5, &checkpoint, inode);
+    let report = t.reopen();
+    assert_eq!(report.upgraded_from, Some(5));
+    assert_eq!(t.pool().getattr(f).unwrap().mode, 0o620, "the format-5 record was replayed");
+    // The same pages rewritten three times, as a database does: one layer stays.
+    let pool = t.pool();
+    let fh = pool.open_file(f).unwrap();
+    for fill in [0xA1u8, 0xA2, 0xA3] {
+        pool.write(fh, 8192, &[fill; 8192]).unwrap();
+        pool.fsync(fh).unwrap();
+        big[8192..16384].fill(fill);
+        assert_eq!(pool.state().layers.values().map(Vec::len).sum::<usize>(), 1);
+    }
+    pool.release(fh).unwrap();
+    assert_eq!(t.read_file("/big").unwrap(), big);
+    t.pool = None;
+    t.dir = None;
+    let report = t.reopen();
+    assert_eq!(report.upgraded_from, None);
+    assert_eq!(t.pool().state().layers.values().map(Vec::len).sum::<usize>(), 1);
+    assert_eq!(t.read_file("/big").unwrap(), big);
 }

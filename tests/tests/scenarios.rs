@@ -60,6 +60,14 @@ fn crash_points_of_the_write_commit_check_thousands_of_states() {
 }
 
 #[test]
+fn crash_points_of_a_layer_dropping_the_one_it_covers_all_recover() {
+    let scenario = Scenario::load(&dfs_tests::scenarios_dir().join("layer-shadow-crash-points.ron")).unwrap();
+    let report = dfs_sim::crashpoints::explore(&scenario, &RunOptions { seed: scenario.seed, ..RunOptions::default() });
+    assert_eq!(report.failure, None);
+    assert!(report.crash_points >= 20, "{}", report.line());
+}
+
+#[test]
 fn bursts_move_a_file_under_the_thresholds_but_hardly_under_the_hmm() {
     let changes = |name: &str| {
         let scenario = Scenario::load(&dfs_tests::scenarios_dir().join(format!("{name}.ron"))).unwrap();

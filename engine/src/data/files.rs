@@ -720,7 +720,11 @@ impl Pool {
                 // a flush's chunks back drops its commit: the extent it was loaded from,
                 // or the same bytes re-encoded, is still there.
                 assert!(self.state.slot_extent(slot).is_some(), "a layer for chunk {slot}, which holds no extent");
+                let shadowed = self.state.shadowed_layers(slot, ranges);
                 ops.push(Op::PutLayer { slot, extent: record.clone(), ranges: ranges.clone() });
+                if !shadowed.is_empty() {
+                    ops.push(Op::DropLayers { slot, extents: shadowed });
+                }
                 continue;
             }
             let unchanged_hole =

@@ -34,8 +34,10 @@ pub enum FrameKind {
 /// the availability settings. 4: layers, small overwrites laid over a chunk's extent.
 /// 5: the same structures, but a directory disk may keep journal records in its journal
 /// log (`media::journal_log`), which a build of format 4 would not see: it must refuse
-/// the pool by name rather than recover it without them.
-pub const METADATA_FORMAT: u8 = 5;
+/// the pool by name rather than recover it without them. 6: a new layer drops the layers
+/// it shadows (`Op::DropLayers`), whose fragments are then deleted: a build of format 5
+/// would not read the op.
+pub const METADATA_FORMAT: u8 = 6;
 
 impl FrameKind {
     /// The body format this build writes for frames of this kind.

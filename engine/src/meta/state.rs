@@ -577,6 +577,13 @@ pub enum Op {
         extent: ExtentRecord,
         ranges: Vec<(u32, u32)>,
     },
+    /// Removes these layers of chunk `slot` and frees their extents (format 6): newer
+    /// layers cover every byte they hold (`MetaState::shadowed_layers`), so the chunk
+    /// reads the same without them. A layer the slot no longer holds is passed over.
+    DropLayers {
+        slot: ChunkSlot,
+        extents: Vec<ExtentId>,
+    },
 }
 
 /// A list of ops applied atomically.
@@ -797,6 +804,19 @@ impl MetaState {
                     freed.push(extent.clone());
                 }
             }
+            Op::DropLayers { slot, extents } => {
+                if let Some(layers) = self.layers.get_mut(slot) {
+                    let before = layers.len();
+                    layers.retain(|layer| !extents.contains(&layer.extent));
+                    let dropped = before - layers.len();
+                    if layers.is_empty() {
+                        self.layers.remove(slot);
+                    }
+                    let records: Vec<ExtentRecord> = extents.iter().filter_map(|id| self.extents.remove(id)).collect();
+                    debug_assert_eq!(records.len(), dropped, "a dropped layer's extent outside its slot");
+                    freed.extend(records);
+                }
+            }
             Op::ClassifyPass { at_secs, verdicts } => {
                 self.passes.push_back(*at_secs);
                 while self.passes.len() > HISTORY_MAX {
@@ -820,6 +840,26 @@ impl MetaState {
     fn remove_layers(&mut self, slot: ChunkSlot) -> Vec<ExtentRecord> {
         let layers = self.layers.remove(&slot).unwrap_or_default();
         layers.iter().filter_map(|layer| self.extents.remove(&layer.extent)).collect()
+    }
+
+    /// The layers of chunk `slot` that a new layer over `ranges` would leave unread: each
+    /// whose every byte the new layer or a layer newer than it covers. Dropping them
+    /// (`Op::DropLayers`) changes nothing a read of the chunk returns, and keeps a chunk
+    /// that is rewritten in the same places (a database's pages) from piling up layers
+    /// until its next fold.
+    pub fn shadowed_layers(&self, slot: ChunkSlot, ranges: &[(u32, u32)]) -> Vec<ExtentId> {
+        let layers = self.layers.get(&slot).map(Vec::as_slice).unwrap_or_default();
+        let mut cover = union(ranges, &[]);
+        let mut shadowed = Vec::new();
+        for layer in layers.iter().rev() {
+            if layer.ranges.iter().all(|range| covers(&cover, *range)) {
+                shadowed.push(layer.extent);
+            } else {
+                cover = union(&cover, &layer.ranges);
+            }
+        }
+        shadowed.reverse();
+        shadowed
     }
 
     /// The layers of chunk `slot`, oldest first, with their extents' records.
@@ -1092,5 +1132,145 @@ impl MetaState {
     }
 }
 
+/// Whether `range` (`(offset, len)`) lies wholly inside the union of `cover` (sorted,
+/// disjoint, touching ranges merged, as `union` returns).
+fn covers(cover: &[(u32, u32)], (offset, len): (u32, u32)) -> bool {
+    let end = u64::from(offset) + u64::from(len);
+    let at = cover.partition_point(|(start, _)| *start <= offset);
+    at > 0 && {
+        let (start, covered) = cover[at - 1];
+        u64::from(start) + u64::from(covered) >= end
+    }
+}
+
+/// The union of two sets of `(offset, len)` ranges, sorted, with touching or overlapping
+/// ranges merged into one.
+fn union(a: &[(u32, u32)], b: &[(u32, u32)]) -> Vec<(u32, u32)> {
+    let mut all: Vec<(u64, u64)> =
+        a.iter().chain(b).map(|(offset, len)| (u64::from(*offset), u64::from(*offset) + u64::from(*len))).collect();
+    all.sort_unstable();
+    let mut merged: Vec<(u64, u64)> = Vec::with_capacity(all.len());
+    for (low, high) in all {
+        match merged.last_mut() {
+            Some(last) if low <= last.1 => last.1 = last.1.max(high),
+            _ => merged.push((low, high)),
+        }
+    }
+    // Ranges lie within a chunk (at most 1 MiB), so each end fits a u32.
+    merged.into_iter().map(|(low, high)| (low as u32, (high - low) as u32)).collect()
+}
+
 /// How many disks carry the metadata journal.
 pub const JOURNAL_REPLICAS: usize = 3;
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    const SLOT: ChunkSlot = ChunkSlot { ino: Ino(2), index: 0 };
+
+    fn inline(id: u64, data: Vec<u8>) -> ExtentRecord {
+        ExtentRecord {
+            id: ExtentId(id),
+            len: data.len() as u32,
+            hash: *blake3::hash(&data).as_bytes(),
+            policy: Policy::Replicate { copies: 1 },
+            codec: CodecId::Inline,
+            fragments: Vec::new(),
+            inline: Some(data),
+            history: Vec::new(),
+        }
+    }
+
+    /// A state whose chunk `SLOT` holds `base` inline.
+    fn state_with(base: &[u8]) -> MetaState {
+        let mut state = MetaState::new(Uuid::nil(), Policy::Replicate { copies: 1 }, WallTime::default());
+        state.apply(&Op::SetExtent { ino: SLOT.ino, index: SLOT.index, extent: Some(inline(1, base.to_vec())) });
+        state
+    }
+
+    /// What the chunk reads as: its extent with each layer laid over it in turn.
+    fn contents(state: &MetaState) -> Vec<u8> {
+        let mut chunk = state.slot_extent(SLOT).and_then(|r| r.inline.clone()).unwrap_or_default();
+        for (layer, record) in state.slot_layers(SLOT) {
+            layer.lay_over(&mut chunk, record.inline.as_deref().unwrap_or_default());
+        }
+        chunk
+    }
+
+    /// Lays `(ranges, fill)` over `SLOT` as extent `id`, dropping what it shadows when
+    /// `drop` is set; returns the records the transaction freed.
+    fn lay(state: &mut MetaState, id: u64, ranges: &[(u32, u32)], fill: u8, drop: bool) -> Vec<ExtentRecord> {
+        let len: u32 = ranges.iter().map(|(_, len)| len).sum();
+        let shadowed = state.shadowed_layers(SLOT, ranges);
+        let mut ops =
+            vec![Op::PutLayer { slot: SLOT, extent: inline(id, vec![fill; len as usize]), ranges: ranges.to_vec() }];
+        if drop && !shadowed.is_empty() {
+            ops.push(Op::DropLayers { slot: SLOT, extents: shadowed });
+        }
+        state.apply_transaction(&Transaction { ops })
+    }
+
+    #[test]
+    fn a_layer_rewriting_the_same_pages_drops_the_one_before_and_frees_it() {
+        let mut state = state_with(&[0u8; 16384]);
+        lay(&mut state, 2, &[(0, 4096), (8192, 4096)], 1, true);
+        assert!(lay(&mut state, 3, &[(0, 4096)], 2, true).is_empty(), "half of layer 2 is still read");
+        let freed = lay(&mut state, 4, &[(8192, 4096)], 3, true);
+        assert_eq!(freed.iter().map(|r| r.id).collect::<Vec<_>>(), vec![ExtentId(2)], "3 and 4 cover all of 2");
+        assert_eq!(state.layers[&SLOT].iter().map(|l| l.extent).collect::<Vec<_>>(), vec![ExtentId(3), ExtentId(4)]);
+        assert!(!state.extents.contains_key(&ExtentId(2)));
+        let freed = lay(&mut state, 5, &[(0, 16384)], 4, true);
+        assert_eq!(freed.len(), 2);
+        assert_eq!(state.layers[&SLOT].len(), 1);
+        assert_eq!(contents(&state), vec![4u8; 16384]);
+    }
+
+    #[test]
+    fn a_layer_touching_but_not_covering_shadows_nothing() {
+        let mut state = state_with(&[0u8; 8192]);
+        lay(&mut state, 2, &[(100, 200)], 1, true);
+        assert!(state.shadowed_layers(SLOT, &[(0, 100), (300, 50)]).is_empty());
+        assert!(state.shadowed_layers(SLOT, &[(101, 300)]).is_empty());
+        assert_eq!(state.shadowed_layers(SLOT, &[(0, 200), (200, 100)]), vec![ExtentId(2)], "touching ranges join");
+    }
+
+    #[test]
+    fn dropping_a_layer_the_slot_no_longer_holds_changes_nothing() {
+        let mut state = state_with(&[0u8; 4096]);
+        lay(&mut state, 2, &[(0, 10)], 1, true);
+        let before = state.clone();
+        assert!(state.apply(&Op::DropLayers { slot: SLOT, extents: vec![ExtentId(9)] }).is_empty());
+        assert_eq!(state, before);
+    }
+
+    proptest! {
+        /// Whatever the layers, dropping the shadowed ones never changes what the chunk
+        /// reads as, and never keeps more layers than not dropping them.
+        #[test]
+        fn dropping_shadowed_layers_never_changes_the_chunk(
+            base_len in 1usize..3000,
+            layers in proptest::collection::vec(
+                proptest::collection::vec((0u32..4000, 1u32..600), 1..4), 1..12),
+        ) {
+            let base: Vec<u8> = (0..base_len).map(|i| (i % 251) as u8).collect();
+            let (mut dropping, mut keeping) = (state_with(&base), state_with(&base));
+            for (n, wanted) in layers.iter().enumerate() {
+                let mut ranges = union(wanted, &[]);
+                ranges.retain(|(_, len)| *len > 0);
+                let id = n as u64 + 2;
+                let fill = n as u8 + 1;
+                let freed = lay(&mut dropping, id, &ranges, fill, true);
+                lay(&mut keeping, id, &ranges, fill, false);
+                prop_assert_eq!(contents(&dropping), contents(&keeping));
+                prop_assert!(dropping.slot_layers(SLOT).len() <= keeping.slot_layers(SLOT).len());
+                for record in freed {
+                    prop_assert!(!dropping.extents.contains_key(&record.id));
+                    prop_assert!(dropping.layers[&SLOT].iter().all(|l| l.extent != record.id));
+                }
+            }
+        }
+    }
+}
