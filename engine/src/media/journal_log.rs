@@ -27,18 +27,25 @@
 //! - `used_bytes` is the live records' spans: what the journal holds, as a segment
 //!   counts its live records. The files' slack (a free file, the unused end of one)
 //!   is the log's own overhead, kept small by the disk's size limit on its files.
-//! - `delete` zeroes the record's header in place: gone from the index at once, and for
-//!   good after the next `sync`. Rewriting a sequence number zeroes the old record's
-//!   header the same way. So every valid header in a file is an indexed record, and a
-//!   file whose records are all deleted is free: reused from its start (its old records'
-//!   headers are zeros) or, past `LOG_FREE_MAX` free files, removed.
+//! - `delete` takes the record out of the index at once, and off the disk at the next
+//!   `sync`, which zeroes its header in place. Rewriting a sequence number deletes the
+//!   old record the same way. A file whose records are all deleted is free: its head
+//!   block gets a new key at once, which makes every header in it unreadable with one
+//!   write (a checkpoint's trim deletes a few hundred records a disk: zeroing each
+//!   header dirtied a page apiece), and it is reused from its start once a `sync` made
+//!   the new key durable — or, past `LOG_FREE_MAX` free files, removed. The file
+//!   records are appended to is never given a new key: another process that opened
+//!   the log since this one's last record appends its first there, under the key it
+//!   read (the fence's `probe` looks for it). So after a `sync` every valid header in a
+//!   file is an indexed record.
 //! - Crash model: any append since the last `sync` may be lost, land whole or be torn;
 //!   a delete since the last `sync` may be undone. `open` rebuilds the index by reading
 //!   every 512-byte slot's header; a header that fails its checksum (zeros, torn, rotten)
 //!   costs that record and no other. Of two valid records of one sequence number (a
 //!   rewrite a crash caught before its sync) the higher stamp wins.
-//! - `sync` `fdatasync`s every file written since the last one, and the folder when a
-//!   file was created or removed (and the root when the folder was created).
+//! - `sync` zeroes the headers of the records deleted since the last one, then
+//!   `fdatasync`s every file written since, and the folder when a file was created or
+//!   removed (and the root when the folder was created).
 //! - The index is this process's. `probe` looks on the disk for a record another
 //!   process wrote since this one opened the log (the journal's fence): where a writer
 //!   that opened the log after this one's last record puts its first one — this log's
@@ -128,6 +135,11 @@ struct State {
     unsynced: BTreeSet<u64>,
     /// Files created or removed since the last sync (the folder needs an fsync).
     dir_dirty: bool,
+    /// Per file, the offsets of deleted records whose headers the next sync zeroes.
+    unzeroed: BTreeMap<u64, Vec<u64>>,
+    /// Free files whose new key is not durable yet: reused only after the next sync,
+    /// so no new record lands among old ones a crash could bring back.
+    rekeyed: BTreeSet<u64>,
     /// The folder itself was created since the last sync (the root needs one).
     root_dirty: bool,
 }
@@ -322,19 +334,14 @@ impl JournalLog {
         result.map(|()| true)
     }
 
-    /// Zeroes the header of a record just taken out of the index and frees its file once
-    /// it holds no record.
+    /// Leaves the header of a record just taken out of the index for the next sync to
+    /// zero, and frees its file once it holds no record.
     fn forget(&self, state: &mut State, loc: Loc) -> Result<(), DeviceError> {
         state.used_bytes -= span(u64::from(loc.len));
         let file = state.files.get_mut(&loc.file).ok_or(DeviceError::NotFound)?;
         file.records -= 1;
-        let zeroed = file.file.write_all_at(&[0u8; RECORD_HEADER_LEN as usize], loc.offset);
+        state.unzeroed.entry(loc.file).or_default().push(loc.offset);
         state.unsynced.insert(loc.file);
-        if let Err(e) = zeroed {
-            // The header may still be valid: the file is not reused, and its record may
-            // come back at the next open — as an undone delete may.
-            return Err(io_error(&self.path(loc.file), e));
-        }
         if state.files[&loc.file].records == 0 && state.active != Some(loc.file) {
             self.free(state, loc.file);
         }
@@ -343,7 +350,10 @@ impl JournalLog {
 
     /// A file that holds no record: kept for reuse from its start if none is larger and
     /// fewer than `LOG_FREE_MAX` are kept, else removed.
+    /// Kept, it gets a new key (see the module header); should that write fail, its old
+    /// records' headers are zeroed at the next sync instead and it is not reused.
     fn free(&self, state: &mut State, id: u64) {
+        debug_assert_eq!(state.files.get(&id).map(|f| f.records), Some(0), "freeing a file that holds records");
         let kept = state
             .files
             .iter()
@@ -351,14 +361,27 @@ impl JournalLog {
             .count();
         let largest = state.files.values().map(|f| f.bytes).max().unwrap_or(0);
         if state.files[&id].bytes >= largest && kept < LOG_FREE_MAX {
-            if let Some(file) = state.files.get_mut(&id) {
-                file.tail = ALIGN;
+            let Some(file) = state.files.get_mut(&id) else { return };
+            match write_head(&file.file) {
+                Ok(key) => {
+                    file.key = key;
+                    file.tail = ALIGN;
+                    state.unzeroed.remove(&id);
+                    state.rekeyed.insert(id);
+                    state.unsynced.insert(id);
+                }
+                Err(error) => {
+                    tracing::warn!(%error, file = %self.path(id).display(), "a free journal log file kept its key");
+                    file.tail = file.bytes;
+                }
             }
             return;
         }
         if fs::remove_file(self.path(id)).is_ok() {
             state.files.remove(&id);
             state.unsynced.remove(&id);
+            state.unzeroed.remove(&id);
+            state.rekeyed.remove(&id);
             state.dir_dirty = true;
         }
     }
@@ -382,7 +405,11 @@ impl JournalLog {
                 self.free(state, id);
             }
         }
-        let free = state.files.iter().find(|(_, f)| f.records == 0 && f.tail + span <= f.bytes).map(|(id, _)| *id);
+        let free = state
+            .files
+            .iter()
+            .find(|(id, f)| f.records == 0 && f.tail + span <= f.bytes && !state.rekeyed.contains(id))
+            .map(|(id, _)| *id);
         if let Some(id) = free {
             state.active = Some(id);
             return Ok(id);
@@ -437,12 +464,14 @@ impl JournalLog {
     /// Makes every earlier append and delete, and every file's creation or removal,
     /// durable.
     pub fn sync(&self) -> Result<(), DeviceError> {
-        let (files, dir_dirty, root_dirty) = {
+        let (files, dir_dirty, root_dirty, rekeyed) = {
             let mut state = self.lock();
+            self.zero_deleted(&mut state)?;
+            let rekeyed = std::mem::take(&mut state.rekeyed);
             let ids = std::mem::take(&mut state.unsynced);
             let files: Vec<(u64, Arc<File>)> =
                 ids.iter().filter_map(|id| state.files.get(id).map(|f| (*id, Arc::clone(&f.file)))).collect();
-            (files, std::mem::take(&mut state.dir_dirty), std::mem::take(&mut state.root_dirty))
+            (files, std::mem::take(&mut state.dir_dirty), std::mem::take(&mut state.root_dirty), rekeyed)
         };
         let mut jobs: Vec<(Option<Arc<File>>, PathBuf)> =
             files.iter().map(|(id, file)| (Some(Arc::clone(file)), self.path(*id))).collect();
@@ -464,7 +493,24 @@ impl JournalLog {
             state.unsynced.extend(files.iter().map(|(id, _)| *id));
             state.dir_dirty |= dir_dirty;
             state.root_dirty |= root_dirty;
+            state.rekeyed.extend(rekeyed);
             return Err(error);
+        }
+        Ok(())
+    }
+
+    /// Zeroes the headers of records deleted since the last sync (their files still hold
+    /// records, or could not take a new key). On failure the rest stay queued.
+    fn zero_deleted(&self, state: &mut State) -> Result<(), DeviceError> {
+        let zeros = [0u8; RECORD_HEADER_LEN as usize];
+        while let Some((id, offsets)) = state.unzeroed.pop_first() {
+            let Some(file) = state.files.get(&id) else { continue };
+            for (done, offset) in offsets.iter().enumerate() {
+                if let Err(e) = file.file.write_all_at(&zeros, *offset) {
+                    state.unzeroed.insert(id, offsets[done..].to_vec());
+                    return Err(io_error(&self.path(id), e));
+                }
+            }
         }
         Ok(())
     }
@@ -710,6 +756,98 @@ mod tests {
         // Reused files hold their dead records' payloads; none comes back.
         drop(log);
         assert!(JournalLog::open(dir.path()).unwrap().list().is_empty());
+    }
+
+    /// Files of one size, so a free one is always kept for reuse.
+    fn same_size(_: u64, _: u64, _: u64) -> Option<u64> {
+        Some(LOG_BYTES_FIRST)
+    }
+
+    /// Records 1..=28 of 9,000 bytes fill the first file (256 KiB); the next ones go to
+    /// the second, of the same size.
+    fn two_files(dir: &Path, last: u64) -> JournalLog {
+        let log = JournalLog::open(dir).unwrap();
+        for seq in 1..=last {
+            log.append(seq, &payload(seq, 9_000), same_size).unwrap();
+        }
+        log.sync().unwrap();
+        assert_eq!(log.lock().index[&28].file, 1);
+        assert_eq!(log.lock().index[&29].file, 2);
+        log
+    }
+
+    #[test]
+    fn a_file_whose_records_all_died_takes_a_new_key_and_is_reused_only_after_the_sync() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = two_files(dir.path(), 30);
+        let first = files(dir.path())[0].clone();
+        let before = fs::read(&first).unwrap();
+        for seq in 1..=28 {
+            log.delete(seq).unwrap();
+        }
+        let after = fs::read(&first).unwrap();
+        assert_ne!(after[16..48], before[16..48], "the head block took a new key");
+        assert_eq!(after[4096..], before[4096..], "no header was zeroed one by one");
+        // The second file full, the next record needs another: not the first yet.
+        let mut seq = 30;
+        while log.lock().index[&seq].file == 2 {
+            seq += 1;
+            log.append(seq, &payload(seq, 9_000), same_size).unwrap();
+        }
+        assert_eq!(log.lock().index[&seq].file, 3, "a file whose new key is not durable was reused");
+        log.sync().unwrap();
+        while log.lock().index[&seq].file == 3 {
+            seq += 1;
+            log.append(seq, &payload(seq, 9_000), same_size).unwrap();
+        }
+        assert_eq!(log.lock().index[&seq].file, 1, "a synced free file is reused from its start");
+        assert_eq!(log.lock().index[&seq].offset, ALIGN);
+        log.sync().unwrap();
+        drop(log);
+        let log = JournalLog::open(dir.path()).unwrap();
+        assert_eq!(log.list(), (29..=seq).collect::<Vec<u64>>(), "no dead record came back");
+        assert_eq!(log.read(seq).unwrap(), payload(seq, 9_000));
+    }
+
+    #[test]
+    fn a_crash_before_the_new_key_is_durable_loses_nothing_live_whatever_the_head_became() {
+        for fate in [Fate::Lost, Fate::Whole, Fate::Torn(700), Fate::Garbage(20, 0x5A)] {
+            let dir = tempfile::tempdir().unwrap();
+            let log = two_files(dir.path(), 30);
+            let first = files(dir.path())[0].clone();
+            let durable = fs::read(&first).unwrap();
+            for seq in 1..=28 {
+                log.delete(seq).unwrap();
+            }
+            let current = fs::read(&first).unwrap();
+            drop(log);
+            let mut crashed = durable.clone();
+            let head = ALIGN as usize;
+            match &fate {
+                Fate::Lost => {}
+                Fate::Whole => crashed[..head].copy_from_slice(&current[..head]),
+                Fate::Torn(n) => crashed[..*n].copy_from_slice(&current[..*n]),
+                Fate::Garbage(n, byte) => {
+                    crashed[..*n].copy_from_slice(&current[..*n]);
+                    crashed[*n..head].iter_mut().for_each(|b| *b = *byte);
+                }
+            }
+            fs::write(&first, &crashed).unwrap();
+            let log = JournalLog::open(dir.path()).unwrap();
+            for seq in 1..=28 {
+                if log.contains(seq) {
+                    assert_eq!(log.read(seq).unwrap(), payload(seq, 9_000), "{fate:?}: an undone delete reads exactly");
+                }
+            }
+            for seq in 29..=30 {
+                assert_eq!(log.read(seq).unwrap(), payload(seq, 9_000), "{fate:?}");
+            }
+            if matches!(fate, Fate::Lost) {
+                assert_eq!(log.list().len(), 30, "the deletes were undone");
+            } else {
+                assert_eq!(log.list(), vec![29, 30], "{fate:?}: the old key is gone, so are its records");
+            }
+        }
     }
 
     #[test]

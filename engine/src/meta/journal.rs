@@ -286,9 +286,9 @@ pub fn write_replicas(
 /// Called once checkpoint `keep` is durable: deletes every journal record (those up to
 /// `keep` are covered by it; any past it are a torn or unchained tail) and every other
 /// checkpoint from `devices`, plus every metadata block from `strangers` (disks that no
-/// longer carry the journal). Returns what could not be deleted.
-pub fn trim(devices: &[&dyn BlockDevice], strangers: &[&dyn BlockDevice], keep: u64) -> Vec<String> {
-    let mut errors = Vec::new();
+/// longer carry the journal), every disk's at once when `parallel`. Returns what could
+/// not be deleted.
+pub fn trim(devices: &[&dyn BlockDevice], strangers: &[&dyn BlockDevice], keep: u64, parallel: bool) -> Vec<String> {
     let prune = |device: &dyn BlockDevice, all: bool| -> Result<(), DeviceError> {
         for name in device.list(BlockKind::Journal)? {
             device.delete(name)?;
@@ -300,15 +300,10 @@ pub fn trim(devices: &[&dyn BlockDevice], strangers: &[&dyn BlockDevice], keep: 
         }
         device.sync()
     };
-    for device in devices {
-        if let Err(e) = prune(*device, false) {
-            errors.push(format!("{}: {e}", device.describe()));
-        }
-    }
-    for device in strangers {
-        if let Err(e) = prune(*device, true) {
-            errors.push(format!("{}: {e}", device.describe()));
-        }
-    }
-    errors
+    let jobs: Vec<(&dyn BlockDevice, bool)> =
+        devices.iter().map(|d| (*d, false)).chain(strangers.iter().map(|d| (*d, true))).collect();
+    run_all(parallel, jobs, |(device, all)| prune(device, all).err().map(|e| format!("{}: {e}", device.describe())))
+        .into_iter()
+        .flatten()
+        .collect()
 }

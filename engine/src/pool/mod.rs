@@ -542,7 +542,7 @@ impl Pool {
             .filter(|(id, _)| !members.contains(id) && readable(id))
             .map(|(_, d)| d.as_ref())
             .collect();
-        for error in journal::trim(&holders, &strangers, self.tip.seq) {
+        for error in journal::trim(&holders, &strangers, self.tip.seq, self.options.parallel_io) {
             tracing::warn!(%error, "journal trim incomplete; recovery will finish it");
         }
         self.reached(CommitPhase::Trimmed);
