@@ -57,25 +57,46 @@ fn read(pool: &mut Pool, name: &str) -> Option<Vec<u8>> {
     data
 }
 
+/// A pool on three directory disks under `root`, opened by this process.
+fn first_writer(root: &std::path::Path) -> Pool {
+    let (mut pool, _) = Pool::open(
+        uuid(1),
+        "replicate:2".parse().unwrap(),
+        Vec::new(),
+        Arc::new(SystemClock::new()),
+        PoolOptions { check_invariants: true, ..PoolOptions::default() },
+    )
+    .unwrap();
+    for i in 0..3u64 {
+        let dir = root.join(format!("disk{i}"));
+        std::fs::create_dir(&dir).unwrap();
+        pool.add_disk(uuid(10 + i), None, Arc::new(DirDisk::open(&dir).unwrap())).unwrap();
+    }
+    pool
+}
+
+#[test]
+fn a_fenced_writer_whose_write_is_all_inline_is_stopped_at_its_barrier() {
+    let root = tempfile::tempdir().unwrap();
+    let mut first = first_writer(root.path());
+    write(&mut first, "before", b"small before").unwrap();
+    let mut second = open(root.path());
+    write(&mut second, "theirs", b"small theirs").unwrap();
+    // Nothing of an inline write reaches the disks before its barrier, which looks.
+    let error = write(&mut first, "mine", b"small mine").unwrap_err();
+    assert_eq!(error.errno(), libc::EROFS, "{error}");
+    assert!(error.to_string().contains("another process wrote journal record"), "{error}");
+    drop(first);
+    drop(second);
+    let mut after = open(root.path());
+    assert_eq!(read(&mut after, "theirs").unwrap(), b"small theirs");
+    assert!(read(&mut after, "mine").is_none(), "the fenced writer's commit must not appear");
+}
+
 #[test]
 fn a_second_writer_owns_the_pool_and_the_first_is_fenced() {
     let root = tempfile::tempdir().unwrap();
-    let mut first = {
-        let (mut pool, _) = Pool::open(
-            uuid(1),
-            "replicate:2".parse().unwrap(),
-            Vec::new(),
-            Arc::new(SystemClock::new()),
-            PoolOptions { check_invariants: true, ..PoolOptions::default() },
-        )
-        .unwrap();
-        for i in 0..3u64 {
-            let dir = root.path().join(format!("disk{i}"));
-            std::fs::create_dir(&dir).unwrap();
-            pool.add_disk(uuid(10 + i), None, Arc::new(DirDisk::open(&dir).unwrap())).unwrap();
-        }
-        pool
-    };
+    let mut first = first_writer(root.path());
     let before = vec![1u8; 300_000];
     write(&mut first, "before", &before).unwrap();
     // The lock is gone: a second process opens the same disks and writes.

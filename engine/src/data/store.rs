@@ -233,10 +233,17 @@ impl Pool {
         if let Some(reason) = &self.read_only {
             return Err(Error::ReadOnly(reason.clone()));
         }
+        // Small extents live inline in metadata when its replicas tolerate as many
+        // failures as the policy does.
+        let inline_ok = self.journal_disks().len() > policy.tolerance();
+        let inline_max = if inline_ok { inline_max.min(INLINE_BYTES_MAX) } else { 0 };
         // A fenced process fails here, before it writes fragments, rather than at its
         // barrier; once per record it writes, since the fence costs a look at every
-        // journal disk and a small file's close stores one extent.
-        if self.fence_clear_at != Some(self.tip.seq) {
+        // journal disk and a small file's close stores one extent. A write that stores
+        // only inline extents puts nothing on the disks before its barrier, which looks
+        // itself (a database's fsync: one look per record, not two).
+        let fragments = chunks.iter().any(|(_, data)| data.len() > inline_max);
+        if fragments && self.fence_clear_at != Some(self.tip.seq) {
             let journal: Vec<Arc<dyn BlockDevice>> = self.journal_devices().into_iter().map(|(_, d)| d).collect();
             self.check_fence(&journal)?;
         }
@@ -252,10 +259,6 @@ impl Pool {
             })
             .collect();
         self.writing.start(ids.iter().flatten().copied());
-        // Small extents live inline in metadata when its replicas tolerate as many
-        // failures as the policy does.
-        let inline_ok = self.journal_disks().len() > policy.tolerance();
-        let inline_max = if inline_ok { inline_max.min(INLINE_BYTES_MAX) } else { 0 };
         Ok(PendingWrite { policy, ids, inline_max, parallel: self.options.parallel_io, misplace: self.misplaces() })
     }
 
