@@ -214,17 +214,24 @@ fn downgrade_to_three(state: &MetaState) -> MetaStateV3 {
     }
 }
 
-#[test]
-fn a_format_three_pool_is_upgraded_in_place_and_then_takes_layers() {
+/// A pool on three disks holding `/name` (`data`), checkpointed and closed; returns it,
+/// its state and the file's inode.
+fn closed_with_file(name: &str, data: &[u8]) -> (TestPool, MetaState, Ino) {
     let mut t = TestPool::new(&[64, 64, 64], "replicate:3");
-    let mut big = common::pattern(300_000, 8);
-    t.write_file("big", &big);
+    t.write_file(name, data);
     let pool = t.pool();
-    let f = pool.resolve("/big").unwrap();
+    let f = pool.resolve(&format!("/{name}")).unwrap();
     pool.checkpoint().unwrap();
     let state = pool.state().clone();
     t.pool = None;
     t.dir = None;
+    (t, state, f)
+}
+
+#[test]
+fn a_format_three_pool_is_upgraded_in_place_and_then_takes_layers() {
+    let mut big = common::pattern(300_000, 8);
+    let (mut t, state, f) = closed_with_file("big", &big);
     let seq = 3_000_000;
     let tip_hash = [7u8; 32];
     let checkpoint = (seq, tip_hash, CheckpointV3 { seq, tip_hash, state: downgrade_to_three(&state) });
@@ -310,14 +317,7 @@ fn a_pool_of_a_newer_format_is_refused_by_name_and_left_alone() {
 
 #[test]
 fn a_format_four_pool_is_upgraded_and_then_keeps_its_records_in_the_journal_log() {
-    let mut t = TestPool::new(&[64, 64, 64], "replicate:3");
-    t.write_file("small", b"before");
-    let pool = t.pool();
-    let f = pool.resolve("/small").unwrap();
-    pool.checkpoint().unwrap();
-    let state = pool.state().clone();
-    t.pool = None;
-    t.dir = None;
+    let (mut t, state, f) = closed_with_file("small", b"before");
     // As a format-4 build left it: a checkpoint and a record, both files.
     let seq = 4_000_000;
     let tip_hash = [9u8; 32];
@@ -346,15 +346,8 @@ fn a_format_four_pool_is_upgraded_and_then_keeps_its_records_in_the_journal_log(
 
 #[test]
 fn a_format_five_pool_is_upgraded_and_then_a_rewritten_layer_replaces_the_one_it_covers() {
-    let mut t = TestPool::new(&[64, 64, 64], "replicate:3");
     let mut big = common::pattern(300_000, 5);
-    t.write_file("big", &big);
-    let pool = t.pool();
-    let f = pool.resolve("/big").unwrap();
-    pool.checkpoint().unwrap();
-    let state = pool.state().clone();
-    t.pool = None;
-    t.dir = None;
+    let (mut t, state, f) = closed_with_file("big", &big);
     let seq = 5_000_000;
     let tip_hash = [5u8; 32];
     let checkpoint = (seq, tip_hash, Checkpoint { seq, tip_hash, state: state.clone() });

@@ -50,20 +50,24 @@ fn within_tolerance_rot_is_read_around_and_counted_as_degraded() {
     assert!(outcome.lost_files.is_empty());
 }
 
-#[test]
-fn crash_points_of_the_write_commit_check_thousands_of_states() {
-    let scenario = Scenario::load(&dfs_tests::scenarios_dir().join("write-commit.ron")).unwrap();
+/// Every crash point of scenario `name` (a file in `scenarios/`), each state checked.
+fn crash_points_of(name: &str) -> dfs_sim::crashpoints::CrashReport {
+    let scenario = Scenario::load(&dfs_tests::scenarios_dir().join(name)).unwrap();
     let report = dfs_sim::crashpoints::explore(&scenario, &RunOptions { seed: scenario.seed, ..RunOptions::default() });
     assert_eq!(report.failure, None);
+    report
+}
+
+#[test]
+fn crash_points_of_the_write_commit_check_thousands_of_states() {
+    let report = crash_points_of("write-commit.ron");
     assert!(report.crash_points >= 50, "{}", report.line());
     assert!(report.states >= 5000, "{}", report.line());
 }
 
 #[test]
 fn crash_points_of_a_layer_dropping_the_one_it_covers_all_recover() {
-    let scenario = Scenario::load(&dfs_tests::scenarios_dir().join("layer-shadow-crash-points.ron")).unwrap();
-    let report = dfs_sim::crashpoints::explore(&scenario, &RunOptions { seed: scenario.seed, ..RunOptions::default() });
-    assert_eq!(report.failure, None);
+    let report = crash_points_of("layer-shadow-crash-points.ron");
     assert!(report.crash_points >= 20, "{}", report.line());
 }
 

@@ -776,15 +776,22 @@ mod tests {
         log
     }
 
-    #[test]
-    fn a_file_whose_records_all_died_takes_a_new_key_and_is_reused_only_after_the_sync() {
-        let dir = tempfile::tempdir().unwrap();
-        let log = two_files(dir.path(), 30);
-        let first = files(dir.path())[0].clone();
+    /// `two_files` with records 29 and 30, then every record of the first file deleted
+    /// (not synced); returns the log, the first file and its bytes before the deletes.
+    fn first_file_emptied(dir: &Path) -> (JournalLog, PathBuf, Vec<u8>) {
+        let log = two_files(dir, 30);
+        let first = files(dir)[0].clone();
         let before = fs::read(&first).unwrap();
         for seq in 1..=28 {
             log.delete(seq).unwrap();
         }
+        (log, first, before)
+    }
+
+    #[test]
+    fn a_file_whose_records_all_died_takes_a_new_key_and_is_reused_only_after_the_sync() {
+        let dir = tempfile::tempdir().unwrap();
+        let (log, first, before) = first_file_emptied(dir.path());
         let after = fs::read(&first).unwrap();
         assert_ne!(after[16..48], before[16..48], "the head block took a new key");
         assert_eq!(after[4096..], before[4096..], "no header was zeroed one by one");
@@ -813,12 +820,7 @@ mod tests {
     fn a_crash_before_the_new_key_is_durable_loses_nothing_live_whatever_the_head_became() {
         for fate in [Fate::Lost, Fate::Whole, Fate::Torn(700), Fate::Garbage(20, 0x5A)] {
             let dir = tempfile::tempdir().unwrap();
-            let log = two_files(dir.path(), 30);
-            let first = files(dir.path())[0].clone();
-            let durable = fs::read(&first).unwrap();
-            for seq in 1..=28 {
-                log.delete(seq).unwrap();
-            }
+            let (log, first, durable) = first_file_emptied(dir.path());
             let current = fs::read(&first).unwrap();
             drop(log);
             let mut crashed = durable.clone();
