@@ -175,6 +175,30 @@ fn small_overwrites_lay_layers_and_zeros_are_bytes_not_holes() {
 }
 
 #[test]
+fn appends_synced_a_few_kib_at_a_time_gather_in_one_inline_layer() {
+    let mut t = pool();
+    let mut data = pattern(300_000, 4);
+    let ino = t.write_file("log", &data);
+    let pool = t.pool();
+    let fh = pool.open_file(ino).unwrap();
+    let mut layers = Vec::new();
+    for n in 0..5u8 {
+        let line = vec![b'a' + n; 4120];
+        pool.write(fh, data.len() as u64, &line).unwrap();
+        pool.fsync(fh).unwrap();
+        data.extend_from_slice(&line);
+        let slot = pool.state().layers.values().next().unwrap();
+        layers.push(slot.iter().map(|l| pool.state().extents[&l.extent].len).collect::<Vec<u32>>());
+    }
+    pool.release(fh).unwrap();
+    // The next two appends join the first layer; the fourth would take it past 16 KiB,
+    // so it starts a second, which the fifth joins.
+    assert_eq!(layers, vec![vec![4120], vec![8240], vec![12360], vec![12360, 4120], vec![12360, 8240]]);
+    t.reopen();
+    assert_eq!(t.read_file("/log").unwrap(), data);
+}
+
+#[test]
 fn sparse_files_read_zeros_in_holes_and_store_nothing_there() {
     let mut t = pool();
     let pool = t.pool();

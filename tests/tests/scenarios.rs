@@ -72,6 +72,12 @@ fn crash_points_of_a_layer_dropping_the_one_it_covers_all_recover() {
 }
 
 #[test]
+fn crash_points_of_appends_gathered_in_one_layer_all_recover() {
+    let report = crash_points_of("layer-append-crash-points.ron");
+    assert!(report.crash_points >= 20, "{}", report.line());
+}
+
+#[test]
 fn bursts_move_a_file_under_the_thresholds_but_hardly_under_the_hmm() {
     let changes = |name: &str| {
         let scenario = Scenario::load(&dfs_tests::scenarios_dir().join(format!("{name}.ron"))).unwrap();

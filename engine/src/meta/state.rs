@@ -422,6 +422,34 @@ impl Layer {
         self.ranges.last().map_or(0, |(offset, len)| u64::from(*offset) + u64::from(*len))
     }
 
+    /// The ranges and bytes of one layer that reads as this one (`data`, its extent's
+    /// contents) with `ranges` (`bytes`, in order) laid over it: the union of both
+    /// layers' ranges, the newer bytes winning where they overlap.
+    pub fn merged_with(&self, data: &[u8], ranges: &[(u32, u32)], bytes: &[u8]) -> (Vec<(u32, u32)>, Vec<u8>) {
+        let merged = union(&self.ranges, ranges);
+        let total: usize = merged.iter().map(|(_, len)| *len as usize).sum();
+        let mut out = Vec::with_capacity(total);
+        for &(start, len) in &merged {
+            let at = out.len();
+            out.resize(at + len as usize, 0);
+            let piece = &mut out[at..];
+            for (layer_ranges, layer_bytes) in [(self.ranges.as_slice(), data), (ranges, bytes)] {
+                let mut cursor = 0usize;
+                for &(offset, count) in layer_ranges {
+                    let (low, high) = (offset.max(start), (offset + count).min(start + len));
+                    if low < high {
+                        let from = cursor + (low - offset) as usize;
+                        piece[(low - start) as usize..(high - start) as usize]
+                            .copy_from_slice(&layer_bytes[from..from + (high - low) as usize]);
+                    }
+                    cursor += count as usize;
+                }
+            }
+        }
+        debug_assert_eq!(out.len(), total);
+        (merged, out)
+    }
+
     /// Copies the layer's bytes (`data`, its extent's contents) over `chunk`, growing it
     /// with zeros where a range ends past it.
     pub fn lay_over(&self, chunk: &mut Vec<u8>, data: &[u8]) {
@@ -1247,6 +1275,29 @@ mod tests {
     }
 
     proptest! {
+        /// A layer merged with a newer one reads as the two laid over the chunk in turn.
+        #[test]
+        fn a_merged_layer_reads_as_the_two_it_replaces(
+            chunk_len in 0usize..3000,
+            older in proptest::collection::vec((0u32..4000, 1u32..600), 1..4),
+            newer in proptest::collection::vec((0u32..4000, 1u32..600), 1..4),
+        ) {
+            let older = Layer { extent: ExtentId(1), ranges: union(&older, &[]) };
+            let newer = union(&newer, &[]);
+            let old_bytes: Vec<u8> = (0..older.ranges.iter().map(|r| r.1 as usize).sum::<usize>()).map(|i| (i % 97) as u8 + 1).collect();
+            let new_bytes: Vec<u8> = (0..newer.iter().map(|r| r.1 as usize).sum::<usize>()).map(|i| (i % 89) as u8 + 100).collect();
+            let base: Vec<u8> = (0..chunk_len).map(|i| (i % 7) as u8).collect();
+            let mut both = base.clone();
+            older.lay_over(&mut both, &old_bytes);
+            Layer { extent: ExtentId(2), ranges: newer.clone() }.lay_over(&mut both, &new_bytes);
+            let (ranges, bytes) = older.merged_with(&old_bytes, &newer, &new_bytes);
+            let merged = Layer { extent: ExtentId(3), ranges };
+            prop_assert!(merged.well_formed(bytes.len() as u32));
+            let mut once = base;
+            merged.lay_over(&mut once, &bytes);
+            prop_assert_eq!(once, both);
+        }
+
         /// Whatever the layers, dropping the shadowed ones never changes what the chunk
         /// reads as, and never keeps more layers than not dropping them.
         #[test]
