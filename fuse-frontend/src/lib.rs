@@ -131,6 +131,28 @@ fn file_attr(attr: &Attr) -> FileAttr {
     }
 }
 
+/// The attributes of a negative entry: nodeid 0, which the kernel reads as "no such
+/// name" (the rest is not looked at).
+fn negative_entry() -> FileAttr {
+    FileAttr {
+        ino: INodeNo(0),
+        size: 0,
+        blocks: 0,
+        atime: UNIX_EPOCH,
+        mtime: UNIX_EPOCH,
+        ctime: UNIX_EPOCH,
+        crtime: UNIX_EPOCH,
+        kind: FileType::RegularFile,
+        perm: 0,
+        nlink: 0,
+        uid: 0,
+        gid: 0,
+        rdev: 0,
+        blksize: BLOCK_BYTES as u32,
+        flags: 0,
+    }
+}
+
 /// Answers a `getxattr`/`listxattr` whose reply is `value`: its size when asked for the
 /// size, `ERANGE` when the caller's buffer is too small.
 fn reply_xattr(reply: ReplyXattr, size: u32, value: dfs_engine::Result<Vec<u8>>) {
@@ -272,7 +294,15 @@ impl Filesystem for DynamicFs {
 
     fn lookup(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         let _span = request_span("lookup", req);
-        reply_entry(reply, self.pool().lookup(Ino(parent.0), name.as_bytes()))
+        match self.pool().lookup(Ino(parent.0), name.as_bytes()) {
+            // A name that is not there is cached as such for `TTL`, as names that are:
+            // nodeid 0 is the kernel's negative entry. A program that looks for the same
+            // missing file again and again (a database's journal before each transaction,
+            // a compiler's include path) asks the daemon once a second, not each time;
+            // a create, link or rename through this mount replaces the negative entry.
+            Err(e) if errno(&e) == Errno::ENOENT => reply.entry(&TTL, &negative_entry(), Generation(0)),
+            result => reply_entry(reply, result),
+        }
     }
 
     fn getattr(&self, req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {

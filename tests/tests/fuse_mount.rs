@@ -170,6 +170,64 @@ fn posix_basics_through_the_kernel() {
 }
 
 #[test]
+fn names_found_missing_are_made_at_once_through_the_mount() {
+    let m = Mounted::new("replicate:2", 3);
+    let names = ["file", "dir", "link", "hard", "renamed", "fifo"];
+    for name in names {
+        assert_eq!(errno_of(fs::metadata(m.path(name))), libc::ENOENT, "{name}");
+    }
+    // Each name the kernel now holds as missing is made through the mount and seen at once.
+    fs::write(m.path("file"), b"x").unwrap();
+    assert_eq!(fs::read(m.path("file")).unwrap(), b"x");
+    fs::create_dir(m.path("dir")).unwrap();
+    assert!(m.path("dir").is_dir());
+    std::os::unix::fs::symlink("file", m.path("link")).unwrap();
+    assert_eq!(fs::read(m.path("link")).unwrap(), b"x");
+    fs::hard_link(m.path("file"), m.path("hard")).unwrap();
+    assert_eq!(fs::metadata(m.path("hard")).unwrap().nlink(), 2);
+    fs::write(m.path("tmp"), b"y").unwrap();
+    fs::rename(m.path("tmp"), m.path("renamed")).unwrap();
+    assert_eq!(fs::read(m.path("renamed")).unwrap(), b"y");
+    assert_eq!(errno_of(fs::metadata(m.path("tmp"))), libc::ENOENT);
+    assert!(std::process::Command::new("mkfifo").arg(m.path("fifo")).status().unwrap().success());
+    assert!(fs::metadata(m.path("fifo")).is_ok());
+    // And missing again at once once removed, then made again.
+    fs::remove_file(m.path("file")).unwrap();
+    assert_eq!(errno_of(fs::metadata(m.path("file"))), libc::ENOENT);
+    fs::write(m.path("file"), b"z").unwrap();
+    assert_eq!(fs::read(m.path("file")).unwrap(), b"z");
+}
+
+#[test]
+fn a_missing_name_is_cached_like_a_present_one() {
+    let root = tempfile::tempdir().unwrap();
+    let pool_path = root.path().join("pool");
+    PoolDir::init(&pool_path, "replicate:2".parse().unwrap(), true).unwrap();
+    let (mut dir, mut pool, _) = PoolDir::open(&pool_path, PoolOptions::default()).unwrap();
+    for i in 0..3 {
+        let disk = root.path().join(format!("disk{i}"));
+        fs::create_dir(&disk).unwrap();
+        dir.add_disk(&mut pool, &disk, Some(256 << 20)).unwrap();
+    }
+    let pool = std::sync::Arc::new(std::sync::Mutex::new(pool));
+    let mountpoint = root.path().join("mnt");
+    fs::create_dir(&mountpoint).unwrap();
+    let mut config = Config::default();
+    config.mount_options = vec![MountOption::FSName("dynamicfs".into()), MountOption::DefaultPermissions];
+    let session = fuser::spawn_mount(DynamicFs::shared(pool.clone()), &mountpoint, &config).unwrap();
+    let behind = mountpoint.join("behind");
+    assert_eq!(errno_of(fs::metadata(&behind)), libc::ENOENT);
+    // Made behind the kernel's back (as a `dfs` command served by the daemon does): the
+    // kernel keeps the name as missing for the entry TTL, then asks again.
+    let owner = dfs_engine::data::namespace::Owner { mode: 0o644, uid: 0, gid: 0, umask: 0 };
+    pool.lock().unwrap().create(dfs_engine::Ino::ROOT, b"behind", owner).unwrap();
+    assert_eq!(errno_of(fs::metadata(&behind)), libc::ENOENT, "the negative entry was not cached");
+    std::thread::sleep(std::time::Duration::from_millis(1200));
+    assert!(fs::metadata(&behind).is_ok(), "the negative entry outlived its TTL");
+    session.umount_and_join().unwrap();
+}
+
+#[test]
 fn df_reports_usable_space_under_the_default_policy() {
     let m = Mounted::new("replicate:2", 4);
     let output = std::process::Command::new("df").arg("-B1").arg(m.mountpoint()).output().unwrap();
