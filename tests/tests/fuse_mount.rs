@@ -20,16 +20,7 @@ struct Mounted {
 impl Mounted {
     fn new(policy: &str, disks: usize) -> Mounted {
         let root = tempfile::tempdir().unwrap();
-        let pool_path = root.path().join("pool");
-        PoolDir::init(&pool_path, policy.parse().unwrap(), true).unwrap();
-        let (mut dir, mut pool, _) = PoolDir::open(&pool_path, PoolOptions::default()).unwrap();
-        for i in 0..disks {
-            let disk = root.path().join(format!("disk{i}"));
-            fs::create_dir(&disk).unwrap();
-            dir.add_disk(&mut pool, &disk, Some(256 << 20)).unwrap();
-        }
-        drop(pool);
-        drop(dir);
+        drop(pool_on_disks(root.path(), policy, disks));
         let mut mounted = Mounted { root, session: None };
         mounted.mount();
         mounted
@@ -76,6 +67,19 @@ impl Drop for Mounted {
     fn drop(&mut self) {
         self.unmount();
     }
+}
+
+/// A new pool at `root/pool` on `disks` directory disks of 256 MiB, opened.
+fn pool_on_disks(root: &Path, policy: &str, disks: usize) -> dfs_engine::Pool {
+    let pool_path = root.join("pool");
+    PoolDir::init(&pool_path, policy.parse().unwrap(), true).unwrap();
+    let (mut dir, mut pool, _) = PoolDir::open(&pool_path, PoolOptions::default()).unwrap();
+    for i in 0..disks {
+        let disk = root.join(format!("disk{i}"));
+        fs::create_dir(&disk).unwrap();
+        dir.add_disk(&mut pool, &disk, Some(256 << 20)).unwrap();
+    }
+    pool
 }
 
 fn pattern(len: usize, seed: u8) -> Vec<u8> {
@@ -201,15 +205,7 @@ fn names_found_missing_are_made_at_once_through_the_mount() {
 #[test]
 fn a_missing_name_is_cached_like_a_present_one() {
     let root = tempfile::tempdir().unwrap();
-    let pool_path = root.path().join("pool");
-    PoolDir::init(&pool_path, "replicate:2".parse().unwrap(), true).unwrap();
-    let (mut dir, mut pool, _) = PoolDir::open(&pool_path, PoolOptions::default()).unwrap();
-    for i in 0..3 {
-        let disk = root.path().join(format!("disk{i}"));
-        fs::create_dir(&disk).unwrap();
-        dir.add_disk(&mut pool, &disk, Some(256 << 20)).unwrap();
-    }
-    let pool = std::sync::Arc::new(std::sync::Mutex::new(pool));
+    let pool = std::sync::Arc::new(std::sync::Mutex::new(pool_on_disks(root.path(), "replicate:2", 3)));
     let mountpoint = root.path().join("mnt");
     fs::create_dir(&mountpoint).unwrap();
     let mut config = Config::default();

@@ -779,7 +779,8 @@ impl Pool {
     ) -> (ExtentRecord, Vec<(u32, u32)>) {
         let as_is = || (record.clone(), ranges.to_vec());
         let Some(bytes) = record.inline.as_deref() else { return as_is() };
-        let Some((top, top_record)) = self.state.slot_layers(slot).pop() else { return as_is() };
+        let Some(top) = self.state.layers.get(&slot).and_then(|layers| layers.last()) else { return as_is() };
+        let Some(top_record) = self.state.extents.get(&top.extent) else { return as_is() };
         let Some(top_bytes) = top_record.inline.as_deref() else { return as_is() };
         let (merged, data) = top.merged_with(top_bytes, ranges, bytes);
         if data.len() > INLINE_BYTES_MAX || merged.len() > LAYER_RANGES_MAX || top_record.policy != record.policy {
