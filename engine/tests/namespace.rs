@@ -199,6 +199,29 @@ fn appends_synced_a_few_kib_at_a_time_gather_in_one_inline_layer() {
 }
 
 #[test]
+fn scattered_small_synced_writes_keep_layers_of_their_own() {
+    let mut t = pool();
+    let mut data = pattern(300_000, 4);
+    let ino = t.write_file("db", &data);
+    let pool = t.pool();
+    let fh = pool.open_file(ino).unwrap();
+    for (n, offset) in [8192usize, 65536, 16384, 12288].into_iter().enumerate() {
+        let page = vec![b'a' + n as u8; 4096];
+        pool.write(fh, offset as u64, &page).unwrap();
+        pool.fsync(fh).unwrap();
+        data[offset..offset + 4096].copy_from_slice(&page);
+    }
+    pool.release(fh).unwrap();
+    let slot = pool.state().layers.values().next().unwrap();
+    let lens: Vec<u32> = slot.iter().map(|l| pool.state().extents[&l.extent].len).collect();
+    // The second and third pages land apart from the newest layer, so each keeps its
+    // own; the fourth ends where the third starts and joins it.
+    assert_eq!(lens, vec![4096, 4096, 8192]);
+    t.reopen();
+    assert_eq!(t.read_file("/db").unwrap(), data);
+}
+
+#[test]
 fn sparse_files_read_zeros_in_holes_and_store_nothing_there() {
     let mut t = pool();
     let pool = t.pool();

@@ -766,7 +766,8 @@ impl Pool {
     }
 
     /// The layer to lay over `slot` for a new inline one (`record` over `ranges`): when
-    /// the chunk's newest layer is inline too and both fit one inline layer, one that
+    /// the chunk's newest layer is inline too, the new ranges touch its ranges (an append
+    /// or a rewrite, not a write elsewhere) and both fit one inline layer, one that
     /// holds both (the new bytes winning), which then covers the newest and drops it.
     /// A file appended to and synced a few KiB at a time (a log, a database's WAL) so
     /// gathers 16 KiB a layer rather than one layer per sync, and folds a quarter as
@@ -780,6 +781,10 @@ impl Pool {
         let as_is = || (record.clone(), ranges.to_vec());
         let Some(bytes) = record.inline.as_deref() else { return as_is() };
         let Some(top) = self.state.layers.get(&slot).and_then(|layers| layers.last()) else { return as_is() };
+        if !top.touched_by(ranges) {
+            // Scattered small writes would each rewrite the gathered bytes for nothing.
+            return as_is();
+        }
         let Some(top_record) = self.state.extents.get(&top.extent) else { return as_is() };
         let Some(top_bytes) = top_record.inline.as_deref() else { return as_is() };
         let (merged, data) = top.merged_with(top_bytes, ranges, bytes);

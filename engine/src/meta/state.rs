@@ -422,6 +422,13 @@ impl Layer {
         self.ranges.last().map_or(0, |(offset, len)| u64::from(*offset) + u64::from(*len))
     }
 
+    /// Whether `ranges` each touch or overlap one of this layer's ranges, so that the
+    /// union of both has no more ranges than this layer: an append at its end or a rewrite
+    /// of what it holds, not a write elsewhere in the chunk.
+    pub fn touched_by(&self, ranges: &[(u32, u32)]) -> bool {
+        union(&self.ranges, ranges).len() <= self.ranges.len()
+    }
+
     /// The ranges and bytes of one layer that reads as this one (`data`, its extent's
     /// contents) with `ranges` (`bytes`, in order) laid over it: the union of both
     /// layers' ranges, the newer bytes winning where they overlap.
@@ -1263,6 +1270,17 @@ mod tests {
         assert!(state.shadowed_layers(SLOT, &[(0, 100), (300, 50)]).is_empty());
         assert!(state.shadowed_layers(SLOT, &[(101, 300)]).is_empty());
         assert_eq!(state.shadowed_layers(SLOT, &[(0, 200), (200, 100)]), vec![ExtentId(2)], "touching ranges join");
+    }
+
+    #[test]
+    fn a_layer_is_touched_by_appends_and_rewrites_not_by_writes_elsewhere() {
+        let layer = Layer { extent: ExtentId(2), ranges: vec![(4096, 4096), (16384, 100)] };
+        assert!(layer.touched_by(&[(8192, 4096)]), "an append at a range's end");
+        assert!(layer.touched_by(&[(0, 4096)]), "a write ending where a range starts");
+        assert!(layer.touched_by(&[(5000, 10)]), "a rewrite inside a range");
+        assert!(layer.touched_by(&[(8192, 8192)]), "a write bridging two ranges");
+        assert!(!layer.touched_by(&[(12288, 10)]), "a write between the ranges");
+        assert!(!layer.touched_by(&[(8192, 10), (40000, 10)]), "one range touching, one not");
     }
 
     #[test]
