@@ -1,5 +1,5 @@
 //! Foundations every layer uses: errors, the `Clock` seam, the seeded RNG, the
-//! parallel-I/O seam (`io`), hooks for the simulator, byte budgets, units and policies.
+//! parallel-I/O seam (`io`), hooks for the simulator, byte budgets, units, policies and the zero scan.
 //! Imports nothing else of the engine.
 
 pub(crate) mod budget;
@@ -10,3 +10,4 @@ pub(crate) mod io;
 pub mod policy;
 pub mod rng;
 pub mod units;
+pub mod zeros;

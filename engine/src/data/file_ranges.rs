@@ -15,6 +15,7 @@
 //!   a hole. Offsets at or past the end are `ENXIO`.
 
 use crate::base::error::{Error, Result};
+use crate::base::zeros::all_zero;
 use crate::data::files::FileHandle;
 use crate::meta::state::{Ino, EXTENT_BYTES_MAX};
 use crate::pool::Pool;
@@ -49,7 +50,7 @@ impl Pool {
     /// Bytes of data chunk `index` of `ino` holds from its start (0: a hole).
     fn chunk_data_len(&self, ino: Ino, index: u64) -> u64 {
         if let Some(chunk) = self.files.get(ino).and_then(|f| f.buffered(index)) {
-            return if chunk.iter().all(|b| *b == 0) { 0 } else { chunk.len() as u64 };
+            return if all_zero(chunk) { 0 } else { chunk.len() as u64 };
         }
         let patched = self.files.get(ino).map_or(0, |f| f.patch_end(index));
         self.state.slot_len(crate::meta::state::ChunkSlot { ino, index }).unwrap_or(0).max(patched)

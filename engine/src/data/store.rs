@@ -19,6 +19,7 @@ use crate::base::error::{Error, Result};
 use crate::base::hooks::CommitPhase;
 use crate::base::io::run_all;
 use crate::base::policy::Policy;
+use crate::base::zeros::all_zero;
 use crate::data::placement::{self, Candidate};
 use crate::media::codec::{self, CodecId};
 use crate::media::device::{BlockDevice, BlockName, DeviceError, ExtentId};
@@ -251,7 +252,7 @@ impl Pool {
             .iter()
             .map(|(index, data)| {
                 assert!(data.len() as u64 <= EXTENT_BYTES_MAX);
-                (keep_zeros.contains(index) || !data.iter().all(|b| *b == 0)).then(|| {
+                (keep_zeros.contains(index) || !all_zero(data)).then(|| {
                     let id = ExtentId(self.next_extent);
                     self.next_extent += 1;
                     id
