@@ -1,5 +1,6 @@
 //! Foundations every layer uses: errors, the `Clock` seam, the seeded RNG, the
-//! parallel-I/O seam (`io`), hooks for the simulator, byte budgets, units, policies and the zero scan.
+//! parallel-I/O seam (`io`), hooks for the simulator, byte budgets, units, policies and
+//! the zero scan.
 //! Imports nothing else of the engine.
 
 pub(crate) mod budget;

@@ -12,8 +12,8 @@
 //!   written outside it; a payload of `DIRECT_APPEND_MIN` or more goes with `O_DIRECT`,
 //!   its whole span zero-padded, where the filesystem allows it); the record is visible
 //!   to `read` and `list` once it returns, and durable after the next `sync` returns
-//!   `Ok`. One segment is active at a time; a new
-//!   one starts when the active one would grow past `SEGMENT_BYTES`.
+//!   `Ok`. One segment is active at a time; a new one starts when the active one would
+//!   grow past `SEGMENT_BYTES`.
 //! - Crash model (what `open` copes with): any append since the last `sync` may be lost,
 //!   land whole, or be torn, in any combination; a punch or a segment's deletion since the
 //!   last `sync` may be lost. Everything synced survives. `open` rebuilds the index by
@@ -758,7 +758,7 @@ const DIRECT_APPEND_MIN: usize = 64 << 10;
 fn write_direct(direct: &File, file: &File, head: &[u8], body: &[u8], offset: u64, span: u64) -> std::io::Result<()> {
     let align = ALIGN as usize;
     let span = usize::try_from(span).map_err(|_| std::io::Error::from(ErrorKind::InvalidInput))?;
-    assert!(offset % ALIGN == 0 && span % align == 0 && head.len() + body.len() <= span);
+    assert!(offset.is_multiple_of(ALIGN) && span.is_multiple_of(align) && head.len() + body.len() <= span);
     let done = DIRECT_WRITE_BUFFER.with(|cell| {
         let Ok(mut buffer) = cell.try_borrow_mut() else { return None };
         if buffer.len() < span + align {
@@ -987,7 +987,7 @@ mod tests {
     }
 
     #[test]
-    fn appends_direct_or_buffered_read_back_alike_direct_or_buffered_to_the_last_record_of_a_file() {
+    fn direct_and_buffered_appends_read_back_alike_through_both_read_paths() {
         let dir = tempfile::tempdir().unwrap();
         let segments = Segments::open_sized(dir.path(), 64 << 10).unwrap();
         // Lengths around the alignment, records that fill a segment and start another,
@@ -1015,6 +1015,29 @@ mod tests {
         check(&segments);
         drop(segments);
         check(&Segments::open_sized(dir.path(), 64 << 10).unwrap());
+    }
+
+    #[test]
+    fn a_large_append_goes_direct_with_its_span_padded_and_a_small_one_through_the_page_cache() {
+        let dir = tempfile::tempdir().unwrap();
+        let segments = Segments::open(dir.path()).unwrap();
+        segments.append(name(1, 0), &payload(1, 5000)).unwrap();
+        let small_end = ALIGN + RECORD_HEADER_LEN + 5000;
+        let path = first_segment(dir.path());
+        assert_eq!(fs::metadata(&path).unwrap().len(), small_end, "buffered: the file ends where the record does");
+        let len = DIRECT_APPEND_MIN + 100;
+        segments.append(name(2, 0), &payload(2, len)).unwrap();
+        let direct_end = ALIGN + span(5000) + span(len as u64);
+        let size = fs::metadata(&path).unwrap().len();
+        if open_direct(&path).is_some() {
+            assert_eq!(size, direct_end, "direct: the whole span is written, padding included");
+        } else {
+            assert_eq!(size, direct_end - span(len as u64) + RECORD_HEADER_LEN + len as u64);
+        }
+        drop(segments);
+        let reopened = Segments::open(dir.path()).unwrap();
+        assert_eq!(reopened.read(name(2, 0)).unwrap(), payload(2, len));
+        assert_eq!(reopened.read(name(1, 0)).unwrap(), payload(1, 5000));
     }
 
     #[test]
