@@ -174,51 +174,52 @@ fn small_overwrites_lay_layers_and_zeros_are_bytes_not_holes() {
     assert_eq!(t.read_file("/a").unwrap(), data);
 }
 
-#[test]
-fn appends_synced_a_few_kib_at_a_time_gather_in_one_inline_layer() {
+/// Writes `writes` (offset, bytes) into a 300,000-byte file, each synced, and returns the
+/// lengths of the file's layered chunk's layers after each; checks the file reads back
+/// as written after a reopen.
+fn layers_after_synced_writes(name: &str, writes: &[(usize, Vec<u8>)]) -> Vec<Vec<u32>> {
     let mut t = pool();
     let mut data = pattern(300_000, 4);
-    let ino = t.write_file("log", &data);
+    let ino = t.write_file(name, &data);
     let pool = t.pool();
     let fh = pool.open_file(ino).unwrap();
     let mut layers = Vec::new();
-    for n in 0..5u8 {
-        let line = vec![b'a' + n; 4120];
-        pool.write(fh, data.len() as u64, &line).unwrap();
+    for (offset, bytes) in writes {
+        pool.write(fh, *offset as u64, bytes).unwrap();
         pool.fsync(fh).unwrap();
-        data.extend_from_slice(&line);
+        let end = offset + bytes.len();
+        data.resize(data.len().max(end), 0);
+        data[*offset..end].copy_from_slice(bytes);
         let slot = pool.state().layers.values().next().unwrap();
-        layers.push(slot.iter().map(|l| pool.state().extents[&l.extent].len).collect::<Vec<u32>>());
+        layers.push(slot.iter().map(|l| pool.state().extents[&l.extent].len).collect());
     }
     pool.release(fh).unwrap();
+    t.reopen();
+    assert_eq!(t.read_file(&format!("/{name}")).unwrap(), data);
+    layers
+}
+
+#[test]
+fn appends_synced_a_few_kib_at_a_time_gather_in_one_inline_layer() {
+    let appends: Vec<(usize, Vec<u8>)> =
+        (0..5u8).map(|n| (300_000 + 4120 * n as usize, vec![b'a' + n; 4120])).collect();
+    let layers = layers_after_synced_writes("log", &appends);
     // The next two appends join the first layer; the fourth would take it past 16 KiB,
     // so it starts a second, which the fifth joins.
     assert_eq!(layers, vec![vec![4120], vec![8240], vec![12360], vec![12360, 4120], vec![12360, 8240]]);
-    t.reopen();
-    assert_eq!(t.read_file("/log").unwrap(), data);
 }
 
 #[test]
 fn scattered_small_synced_writes_keep_layers_of_their_own() {
-    let mut t = pool();
-    let mut data = pattern(300_000, 4);
-    let ino = t.write_file("db", &data);
-    let pool = t.pool();
-    let fh = pool.open_file(ino).unwrap();
-    for (n, offset) in [8192usize, 65536, 16384, 12288].into_iter().enumerate() {
-        let page = vec![b'a' + n as u8; 4096];
-        pool.write(fh, offset as u64, &page).unwrap();
-        pool.fsync(fh).unwrap();
-        data[offset..offset + 4096].copy_from_slice(&page);
-    }
-    pool.release(fh).unwrap();
-    let slot = pool.state().layers.values().next().unwrap();
-    let lens: Vec<u32> = slot.iter().map(|l| pool.state().extents[&l.extent].len).collect();
+    let pages: Vec<(usize, Vec<u8>)> = [8192usize, 65536, 16384, 12288]
+        .into_iter()
+        .enumerate()
+        .map(|(n, at)| (at, vec![b'a' + n as u8; 4096]))
+        .collect();
+    let layers = layers_after_synced_writes("db", &pages);
     // The second and third pages land apart from the newest layer, so each keeps its
     // own; the fourth ends where the third starts and joins it.
-    assert_eq!(lens, vec![4096, 4096, 8192]);
-    t.reopen();
-    assert_eq!(t.read_file("/db").unwrap(), data);
+    assert_eq!(layers.last(), Some(&vec![4096, 4096, 8192]));
 }
 
 #[test]
