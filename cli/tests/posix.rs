@@ -177,6 +177,25 @@ fn edges_answer_as_on_ext4() {
     assert_eq!(answers["statfs_sane"], serde_json::json!([true, true, true, true]));
 }
 
+/// Set-user-ID and set-group-ID bits are cleared by the same calls, for the same callers,
+/// as on ext4 (the kernel leaves it to the filesystem: `FUSE_HANDLE_KILLPRIV_V2`).
+#[test]
+fn privileges_are_dropped_as_on_ext4() {
+    let answers = same_answers("privileges");
+    assert_eq!(answers["write_nobody_6777"], "0o777");
+    assert_eq!(answers["write_nobody_6777_fresh"], "0o777");
+    assert_eq!(answers["write_root_6777"], "0o6777");
+    assert_eq!(answers["truncate_nobody_6777"], "0o777");
+    assert_eq!(answers["open_trunc_nobody_6777"], "0o777");
+    assert_eq!(answers["fallocate_nobody_6777"], "0o777");
+    assert_eq!(answers["copy_file_range_nobody_6777"], "0o777");
+    assert_eq!(answers["chown_unchanged_nobody_6777"], "0o777");
+    assert_eq!(answers["chown_unchanged_root_6777"], "0o777");
+    assert_eq!(answers["chown_root_6755"], "0o755");
+    assert_eq!(answers["chown_root_2767"], "0o2767");
+    assert_eq!(answers["chown_dir"], "0o6777");
+}
+
 /// Times beyond ext4's range (1901–2446) are kept whole, as on btrfs and XFS.
 #[test]
 fn timestamps_outside_ext4s_range_are_kept() {

@@ -5,7 +5,7 @@
 mod common;
 
 use common::{pattern, TestPool, OWNER};
-use dfs_engine::data::namespace::{RenameMode, SetAttr};
+use dfs_engine::data::namespace::{dropped_privileges, PrivilegeCaller, PrivilegeChange, RenameMode, SetAttr};
 use dfs_engine::{Error, Ino, InodeKind};
 
 const MIB: usize = 1 << 20;
@@ -381,4 +381,34 @@ fn files_inherit_the_directory_policy() {
     assert_eq!(f.policy.to_string(), "erasure:4+2");
     let g = pool.create(Ino::ROOT, b"g", OWNER).unwrap();
     assert_eq!(g.policy.to_string(), "replicate:2");
+}
+
+/// The bits ext4 (Linux 6.18) dropped in `cli/tests/posix/observe.py`'s `privileges`
+/// section, for each kind of change, caller and mode.
+#[test]
+fn privileges_are_dropped_by_the_changes_and_callers_that_drop_them_on_ext4() {
+    let root = PrivilegeCaller { privileged: true, in_group: true };
+    let stranger = PrivilegeCaller { privileged: false, in_group: false };
+    let member = PrivilegeCaller { privileged: false, in_group: true };
+    let (owner, contents) = (PrivilegeChange::Owner, PrivilegeChange::Contents);
+    let file = InodeKind::File;
+    let after = |mode: u32, change, caller| mode & !dropped_privileges(file, mode, change, caller);
+    // Set-user-ID with set-group-ID and group execute: everything but root's writes drops both.
+    assert_eq!(after(0o6777, contents, stranger), 0o777);
+    assert_eq!(after(0o6777, contents, member), 0o777);
+    assert_eq!(after(0o6777, contents, root), 0o6777);
+    assert_eq!(after(0o6777, owner, root), 0o777);
+    assert_eq!(after(0o6755, owner, root), 0o755);
+    assert_eq!(after(0o6777, owner, member), 0o777);
+    // Set-group-ID without group execute: dropped only by a stranger to the group.
+    assert_eq!(after(0o2767, contents, stranger), 0o767);
+    assert_eq!(after(0o2767, contents, member), 0o2767);
+    assert_eq!(after(0o2767, contents, root), 0o2767);
+    assert_eq!(after(0o2767, owner, root), 0o2767);
+    assert_eq!(after(0o2767, owner, member), 0o2767);
+    assert_eq!(after(0o2767, owner, stranger), 0o767);
+    // Nothing to drop, and directories keep both.
+    assert_eq!(after(0o777, contents, stranger), 0o777);
+    assert_eq!(dropped_privileges(InodeKind::Directory, 0o6777, owner, stranger), 0);
+    assert_eq!(dropped_privileges(InodeKind::Directory, 0o6777, contents, stranger), 0);
 }

@@ -2,7 +2,10 @@
 //! namespace API, nothing else. Each method makes one engine call and maps its error to
 //! errno in one place (`errno`); permission checks are the kernel's
 //! (`default_permissions`, and POSIX ACLs, which the kernel enforces from what
-//! `getxattr` returns once `FUSE_POSIX_ACL` is negotiated). The engine sits behind one
+//! `getxattr` returns once `FUSE_POSIX_ACL` is negotiated). Dropping set-user-ID and
+//! set-group-ID bits when a file changes is ours (`FUSE_HANDLE_KILLPRIV_V2`: the kernel
+//! then stops asking for `security.capability` before every write), by ext4's rules
+//! (`dfs_engine::data::namespace::dropped_privileges`). The engine sits behind one
 //! mutex: requests from several FUSE threads are served one at a time by the engine,
 //! which does its own parallel disk I/O.
 //!
@@ -19,7 +22,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use dfs_engine::base::clock::WallTime;
 use dfs_engine::data::file_ranges::Seek;
-use dfs_engine::data::namespace::{Attr, Owner, RenameMode, SetAttr, BLOCK_BYTES};
+use dfs_engine::data::namespace::{
+    dropped_privileges, Attr, Owner, PrivilegeCaller, PrivilegeChange, RenameMode, SetAttr, BLOCK_BYTES,
+};
 use dfs_engine::data::xattr::SetMode;
 use dfs_engine::{Ino, InodeKind, Pool};
 use fuser::{
@@ -174,6 +179,58 @@ fn owner(req: &Request, mode: u32, umask: u32) -> Owner {
     Owner { mode: mode & 0o7777, uid: req.uid(), gid: req.gid(), umask: umask & 0o777 }
 }
 
+/// What a `setattr` the kernel sends under `FUSE_HANDLE_KILLPRIV_V2` asks of the
+/// set-user-ID and set-group-ID bits, which the kernel then leaves to the filesystem:
+/// a change of owner (`chown`, whose ids may be unchanged: then ctime alone arrives),
+/// a truncation, or nothing at all — the kernel's own "drop privileges" before a write,
+/// an allocation or a copy into a file that has them. An explicit mode (`chmod`) is
+/// the caller's to set.
+fn privilege_change(changes: &SetAttr) -> Option<PrivilegeChange> {
+    let SetAttr { mode, uid, gid, size, atime, mtime, ctime } = changes;
+    if mode.is_some() {
+        None
+    } else if uid.is_some() || gid.is_some() {
+        Some(PrivilegeChange::Owner)
+    } else if size.is_some() {
+        Some(PrivilegeChange::Contents)
+    } else if atime.is_some() || mtime.is_some() {
+        None
+    } else if ctime.is_some() {
+        Some(PrivilegeChange::Owner)
+    } else {
+        Some(PrivilegeChange::Contents)
+    }
+}
+
+/// The mode `ino` keeps once `change` by the caller of `req` has dropped what it drops
+/// (see `dropped_privileges`); `None` when nothing is dropped or the inode is gone (the
+/// change itself then answers). Root stands for `CAP_FSETID`, as the kernel's requests
+/// carry no capabilities.
+fn mode_without_privileges(pool: &Pool, req: &Request, ino: Ino, change: PrivilegeChange) -> Option<u32> {
+    let attr = pool.getattr(ino).ok()?;
+    if attr.mode & (libc::S_ISUID | libc::S_ISGID) == 0 {
+        return None;
+    }
+    let in_group = req.gid() == attr.gid || supplementary_groups(req.pid()).contains(&attr.gid);
+    let caller = PrivilegeCaller { privileged: req.uid() == 0, in_group };
+    let dropped = dropped_privileges(attr.kind, attr.mode, change, caller);
+    (dropped != 0).then_some(attr.mode & 0o7777 & !dropped)
+}
+
+/// The supplementary groups of process `pid` (the kernel's request names only its
+/// filesystem uid and gid), from `/proc`; none when it cannot be read (the process
+/// has gone), which drops a set-group-ID bit rather than keep one wrongly.
+fn supplementary_groups(pid: u32) -> Vec<u32> {
+    let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
+        return Vec::new();
+    };
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("Groups:"))
+        .map(|groups| groups.split_whitespace().filter_map(|g| g.parse().ok()).collect())
+        .unwrap_or_default()
+}
+
 impl DynamicFs {
     /// Serves `pool`.
     pub fn new(pool: Pool) -> Self {
@@ -281,10 +338,14 @@ impl Filesystem for DynamicFs {
         // `ls -l` and `find` need no lookup per entry.
         // DONT_MASK: the umask arrives with each create and the engine applies it (or,
         // under a default ACL, not), as an ACL-capable filesystem must.
+        // HANDLE_KILLPRIV_V2: this filesystem drops set-user-ID and set-group-ID bits
+        // itself (see `privilege_change`), so the kernel need not ask for
+        // `security.capability` before every write to learn whether to.
         let wanted = fuser::InitFlags::FUSE_POSIX_ACL
             | fuser::InitFlags::FUSE_DONT_MASK
             | fuser::InitFlags::FUSE_DO_READDIRPLUS
-            | fuser::InitFlags::FUSE_READDIRPLUS_AUTO;
+            | fuser::InitFlags::FUSE_READDIRPLUS_AUTO
+            | fuser::InitFlags::FUSE_HANDLE_KILLPRIV_V2;
         if let Err(missing) = config.add_capabilities(wanted) {
             tracing::info!(?missing, "the kernel lacks some capabilities; ACLs or readdirplus stay off");
             let _ = config.add_capabilities(wanted & !missing);
@@ -333,7 +394,7 @@ impl Filesystem for DynamicFs {
     ) {
         let _span = request_span("setattr", req);
         let mut pool = self.pool();
-        let changes = SetAttr {
+        let mut changes = SetAttr {
             mode,
             uid,
             gid,
@@ -342,6 +403,9 @@ impl Filesystem for DynamicFs {
             mtime: self.time(&pool, mtime),
             ctime: ctime.map(wall_time),
         };
+        if let Some(change) = privilege_change(&changes) {
+            changes.mode = mode_without_privileges(&pool, req, Ino(ino.0), change);
+        }
         match pool.setattr(Ino(ino.0), &changes) {
             Ok(attr) => reply.attr(&TTL, &file_attr(&attr)),
             Err(e) => reply.error(errno(&e)),
@@ -455,16 +519,25 @@ impl Filesystem for DynamicFs {
     fn write(
         &self,
         req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         data: &[u8],
-        _write_flags: WriteFlags,
+        write_flags: WriteFlags,
         _flags: OpenFlags,
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
         let _span = request_span("write", req);
+        if write_flags.contains(WriteFlags::FUSE_WRITE_KILL_SUIDGID) {
+            let mut pool = self.pool();
+            if let Some(mode) = mode_without_privileges(&pool, req, Ino(ino.0), PrivilegeChange::Contents) {
+                let changes = SetAttr { mode: Some(mode), ..SetAttr::default() };
+                if let Err(e) = pool.setattr(Ino(ino.0), &changes) {
+                    return reply.error(errno(&e));
+                }
+            }
+        }
         match dfs_engine::data::files::write_shared(&self.pool, fh.0, offset, data) {
             Ok(written) => {
                 reply.written(written as u32);

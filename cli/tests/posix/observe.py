@@ -429,6 +429,76 @@ def edges():
     out["statfs_sane"] = [st.f_files >= st.f_ffree, st.f_ffree > 0, st.f_blocks >= st.f_bfree, st.f_bsize == 4096]
 
 
-SECTIONS = {"special_files": special_files, "xattrs": xattrs, "acls": acls, "edges": edges}
+def privileges():
+    """When the set-user-ID and set-group-ID bits are cleared: by whom, by which call.
+
+    The kernel asks the filesystem to clear them (`FUSE_HANDLE_KILLPRIV_V2`), so each
+    way of changing a file's data or owner is tried as `nobody` and as root, on a file
+    with both bits and group execute, and on one whose set-group-ID bit has no group
+    execute (the old mandatory-locking mark, which a write leaves alone)."""
+    os.umask(0)
+    mmap_module = __import__("mmap")
+
+    def write(name):
+        with open(p(name), "r+b") as f:
+            f.write(b"w")
+
+    def fallocate(name):
+        fd = os.open(p(name), os.O_RDWR)
+        try:
+            check(libc.fallocate(fd, 0, 0, 3 << 20))
+        finally:
+            os.close(fd)
+
+    def copy_into(name):
+        with open(p("source"), "rb") as src, open(p(name), "r+b") as dst:
+            os.copy_file_range(src.fileno(), dst.fileno(), 100, 0, 0)
+
+    def mapped_write(name):
+        with open(p(name), "r+b") as f:
+            m = mmap_module.mmap(f.fileno(), 4096)
+            m[0:1] = b"m"
+            m.flush()
+            m.close()
+
+    ways = {
+        "write": write,
+        "append": lambda n: open(p(n), "ab").write(b"a"),
+        "truncate": lambda n: os.truncate(p(n), 100),
+        "open_trunc": lambda n: open(p(n), "wb").close(),
+        "fallocate": fallocate,
+        "copy_file_range": copy_into,
+        "mmap_write": mapped_write,
+        "chown_unchanged": lambda n: os.chown(p(n), -1, -1),
+    }
+    with open(p("source"), "wb") as f:
+        f.write(b"s" * 8192)
+    for mode in (0o6777, 0o2767):
+        for way, action in ways.items():
+            for who in ("nobody", "root"):
+                name = f"{way}_{who}_{mode:o}"
+                with open(p(name), "wb") as f:
+                    f.write(b"x" * 8192)
+                if who == "nobody" and way == "chown_unchanged":
+                    os.chown(p(name), NOBODY, NOBODY)
+                os.chmod(p(name), mode)
+                run_as = as_nobody if who == "nobody" else (lambda fn: fn())
+                rec(name, lambda: (run_as(lambda: action(name)), oct(stat.S_IMODE(os.lstat(p(name)).st_mode)))[1])
+                # After the kernel's attribute cache has expired: what the file holds.
+                time.sleep(1.1) if name == "write_nobody_6777" else None
+                out[name + "_fresh"] = oct(stat.S_IMODE(os.lstat(p(name)).st_mode))
+    # Root changing the owner clears set-user-ID, and set-group-ID with group execute.
+    for mode in (0o6777, 0o2767, 0o6755):
+        name = f"chown_root_{mode:o}"
+        with open(p(name), "wb") as f:
+            f.write(b"x")
+        os.chmod(p(name), mode)
+        rec(name, lambda: (os.chown(p(name), 1234, 5678), oct(stat.S_IMODE(os.lstat(p(name)).st_mode)))[1])
+    os.mkdir(p("dir"))
+    os.chmod(p("dir"), 0o6777)
+    rec("chown_dir", lambda: (os.chown(p("dir"), 1234, 5678), oct(stat.S_IMODE(os.lstat(p("dir")).st_mode)))[1])
+
+
+SECTIONS = {"special_files": special_files, "xattrs": xattrs, "acls": acls, "edges": edges, "privileges": privileges}
 SECTIONS[sys.argv[2]]()
 print(json.dumps(out, sort_keys=True))

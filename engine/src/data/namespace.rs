@@ -6,7 +6,8 @@
 //! (`default_permissions`, and POSIX ACLs from `xattr`); the engine checks structure
 //! (types, emptiness, cycles) and does what ext4 does on creation: a new inode takes its
 //! directory's default ACL (or else the umask), and a setgid directory's group (and, for
-//! a subdirectory, its setgid bit). Special files (FIFOs, sockets, device nodes) are
+//! a subdirectory, its setgid bit); `dropped_privileges` states which set-user-ID and
+//! set-group-ID bits a change drops, as ext4 drops them. Special files (FIFOs, sockets, device nodes) are
 //! names and attributes only: they hold no extents.
 
 use std::collections::BTreeMap;
@@ -102,6 +103,48 @@ pub struct Owner {
     /// The caller's umask: applied unless the directory has a default ACL, which then
     /// decides the bits instead (POSIX.1e).
     pub umask: u32,
+}
+
+/// What a change is, for which set-user-ID and set-group-ID bits it drops.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PrivilegeChange {
+    /// `chown`, even to the ids the file already has.
+    Owner,
+    /// The data changes: a write, a truncation, an allocation, a copy into the file.
+    Contents,
+}
+
+/// The caller of a change, as far as privilege dropping asks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PrivilegeCaller {
+    /// Holds `CAP_FSETID` (root).
+    pub privileged: bool,
+    /// Belongs to the file's group (its own group or a supplementary one).
+    pub in_group: bool,
+}
+
+/// The bits of `S_ISUID | S_ISGID` that `change` by `caller` drops from a file of `kind`
+/// with `mode`, as Linux drops them on ext4: set-user-ID on every owner change and on a
+/// contents change by an unprivileged caller; set-group-ID the same way when group
+/// execute is set, and otherwise (the old mandatory-locking mark) only when an
+/// unprivileged caller outside the file's group changes it. Directories keep both.
+pub fn dropped_privileges(kind: InodeKind, mode: u32, change: PrivilegeChange, caller: PrivilegeCaller) -> u32 {
+    if kind == InodeKind::Directory {
+        return 0;
+    }
+    let applies = change == PrivilegeChange::Owner || !caller.privileged;
+    let mut dropped = 0;
+    if mode & libc::S_ISUID != 0 && applies {
+        dropped |= libc::S_ISUID;
+    }
+    if mode & libc::S_ISGID != 0 {
+        let marks_locking = mode & libc::S_IXGRP == 0;
+        if if marks_locking { !caller.privileged && !caller.in_group } else { applies } {
+            dropped |= libc::S_ISGID;
+        }
+    }
+    debug_assert_eq!(dropped & !mode, 0, "only bits the mode has are dropped");
+    dropped
 }
 
 fn display(name: &[u8]) -> String {
