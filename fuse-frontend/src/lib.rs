@@ -48,6 +48,10 @@ pub struct DynamicFs {
     /// Below this much free space (under a file's policy), a file opened write-only
     /// bypasses the kernel's write cache (see `open_flags`).
     direct_below_free: u64,
+    /// The kernel takes `ENOSYS` to `OPENDIR` as "no directory handles" and sends neither
+    /// `OPENDIR` nor `RELEASEDIR` again (`FUSE_NO_OPENDIR_SUPPORT`); listings here keep
+    /// no per-handle state, so two round trips per `opendir` go.
+    no_opendir: bool,
 }
 
 /// What the kernel may hold as dirty pages of one FUSE mount before it must write them
@@ -239,7 +243,7 @@ impl DynamicFs {
 
     /// Serves a pool that others (the daemon's control socket) use too.
     pub fn shared(pool: Arc<Mutex<Pool>>) -> Self {
-        Self { pool, atime: true, direct_below_free: 4 * kernel_dirty_allowance() }
+        Self { pool, atime: true, direct_below_free: 4 * kernel_dirty_allowance(), no_opendir: false }
     }
 
     /// How a file opened with `flags` is served. Through the kernel's write cache a
@@ -350,6 +354,7 @@ impl Filesystem for DynamicFs {
             tracing::info!(?missing, "the kernel lacks some capabilities; ACLs or readdirplus stay off");
             let _ = config.add_capabilities(wanted & !missing);
         }
+        self.no_opendir = config.add_capabilities(fuser::InitFlags::FUSE_NO_OPENDIR_SUPPORT).is_ok();
         Ok(())
     }
 
@@ -582,6 +587,15 @@ impl Filesystem for DynamicFs {
     fn fsync(&self, req: &Request, _ino: INodeNo, fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
         let _span = request_span("fsync", req);
         reply_empty(reply, dfs_engine::data::files::fsync_shared(&self.pool, fh.0))
+    }
+
+    fn opendir(&self, req: &Request, _ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        let _span = request_span("opendir", req);
+        if self.no_opendir {
+            reply.error(Errno::ENOSYS);
+        } else {
+            reply.opened(FileHandle(0), FopenFlags::empty());
+        }
     }
 
     fn readdir(&self, req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
