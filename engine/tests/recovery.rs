@@ -202,3 +202,38 @@ fn a_shared_barrier_leaves_its_frees_to_the_next_one_and_a_plain_barrier_takes_t
     t.pool = Some(shared.into_inner().unwrap());
     t.reopen();
 }
+
+/// A rebuild with the I/O threads on reads several extents at once: every extent of a
+/// failed disk, more than one batch, comes back whole, and so does one whose fragment on
+/// a healthy disk rotted meanwhile.
+#[test]
+fn a_rebuild_of_many_extents_at_once_restores_each_one_whole() {
+    let mut t = TestPool::new(&[64; 7], "erasure:4+2");
+    let data = pattern(20 << 20, 7);
+    t.write_file("big", &data);
+    let failed = *t.pool().state().disks.keys().next().unwrap();
+    // A fragment on a healthy disk of an extent the failed disk also holds.
+    let on_failed: Vec<_> = common::fragments_on(&t.disk_path(0)).iter().map(|f| extent_of(f.name)).collect();
+    let rotten =
+        common::fragments_on(&t.disk_path(1)).into_iter().find(|f| on_failed.contains(&extent_of(f.name))).unwrap();
+    let mut segment = fs::read(&rotten.path).unwrap();
+    segment[(rotten.offset + rotten.len / 2) as usize] ^= 0x55;
+    fs::write(&rotten.path, segment).unwrap();
+    t.pool().fail_disk(failed).unwrap();
+    let queued = t.pool().rebuild_queue().len();
+    assert!(queued > 8, "the test needs more than one batch: {queued} extents queued");
+    assert_eq!(t.pool().rebuild_step(usize::MAX).unwrap(), queued);
+    assert!(t.pool().rebuild_queue().is_empty());
+    let rewritten = common::fragments_on(&t.disk_path(1)).into_iter().find(|f| f.name == rotten.name).unwrap();
+    assert_ne!((rewritten.path, rewritten.offset), (rotten.path, rotten.offset), "the rotten fragment was rewritten");
+    t.reopen();
+    assert!(t.pool().rebuild_queue().is_empty(), "the repairs are durable");
+    assert_eq!(t.read_file("/big").unwrap(), data);
+}
+
+fn extent_of(name: dfs_engine::media::device::BlockName) -> Option<dfs_engine::media::device::ExtentId> {
+    match name {
+        dfs_engine::media::device::BlockName::Fragment { extent, .. } => Some(extent),
+        _ => None,
+    }
+}

@@ -6,6 +6,11 @@
 //! fragments deleted. An extent is repaired whole or not at all; a crash in between
 //! leaves it readable under its old layout, and the work is found again from metadata
 //! (disk states, missing fragments) — nothing about it lives only in memory.
+//!
+//! A rebuild step reads, verifies, decodes and re-encodes a batch of extents at once on
+//! the I/O threads (`read_for_repair`, which touches no pool state), then writes and
+//! commits them one by one; an extent whose record or disks changed since its read (an
+//! earlier repair of the batch failed a disk) is read again.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -13,11 +18,12 @@ use std::sync::Arc;
 use serde::Serialize;
 
 use crate::base::error::{Error, Result};
+use crate::base::io::run_all;
 use crate::data::placement::{self, Candidate};
 use crate::media::codec;
 use crate::media::device::{BlockDevice, BlockName, ExtentId, UnavailableDevice};
 use crate::media::fragment;
-use crate::meta::state::{DiskId, DiskState, Op, Transaction};
+use crate::meta::state::{DiskId, DiskState, ExtentRecord, Op, Transaction};
 use crate::pool::Pool;
 
 /// One extent waiting for repair.
@@ -72,6 +78,86 @@ enum Fate {
     Rewrite,
     /// Its disk is failed, removed or being drained: place it on another disk.
     Move,
+}
+
+/// Extents a rebuild step reads, decodes and encodes at once: ~4 MiB of buffers each.
+const REPAIR_BATCH: usize = 8;
+
+/// What a repair of one extent reads from (`Pool::repair_input`).
+struct RepairInput {
+    record: ExtentRecord,
+    /// Read the fragments at once (`PoolOptions::parallel_io`).
+    parallel: bool,
+    /// Per fragment: the device to read it from (`None`: unreadable), its disk's fate.
+    sources: Vec<(Option<Arc<dyn BlockDevice>>, DiskFate)>,
+}
+
+/// What a repair found, before it writes anything.
+struct RepairRead {
+    /// Per fragment: kept, rewritten in place or moved.
+    fates: Vec<Fate>,
+    /// Every shard re-encoded from the decoded extent; `None` when every fragment is kept.
+    shards: std::result::Result<Option<Vec<Vec<u8>>>, RepairFailure>,
+}
+
+/// Why an extent could not be made whole again.
+enum RepairFailure {
+    /// Too few fragments are whole, or what they decode to fails the extent's hash.
+    Lost(String),
+    /// The codec refused to encode the decoded extent.
+    Encode(String),
+}
+
+/// Reads and verifies every fragment of the extent (each from its own disk, at once on
+/// the I/O threads: which are whole decides what is rewritten), and when any must be
+/// written, decodes the extent, checks it against its hash and encodes every shard
+/// again. Touches no pool state, so several extents' reads may run side by side.
+fn read_for_repair(input: &RepairInput) -> RepairRead {
+    let record = &input.record;
+    let id = record.id;
+    if record.is_inline() {
+        return RepairRead { fates: Vec::new(), shards: Ok(None) };
+    }
+    let shard_len = codec::shard_len(record.policy, record.len as usize);
+    let reads: Vec<(u8, Option<&Arc<dyn BlockDevice>>)> =
+        input.sources.iter().enumerate().map(|(index, (device, _))| (index as u8, device.as_ref())).collect();
+    let payloads: Vec<Option<Vec<u8>>> = run_all(input.parallel, reads, |(index, device)| {
+        let block = device?.read(BlockName::Fragment { extent: id, index }).ok()?;
+        fragment::verify(&block, id, index, shard_len).ok().map(<[u8]>::to_vec)
+    });
+    debug_assert_eq!(payloads.len(), record.fragments.len());
+    let fates: Vec<Fate> = input
+        .sources
+        .iter()
+        .zip(&payloads)
+        .map(|((_, fate), payload)| match (fate, payload) {
+            (DiskFate::Serving, Some(_)) => Fate::Keep,
+            (DiskFate::Serving, None) => Fate::Rewrite,
+            // Waited for: it keeps its fragment (or is owed it) until it returns.
+            (DiskFate::Awaited, _) => Fate::Keep,
+            (DiskFate::Leaving, _) => Fate::Move,
+        })
+        .collect();
+    if fates.iter().all(|f| *f == Fate::Keep) {
+        return RepairRead { fates, shards: Ok(None) };
+    }
+    let shards = (|| {
+        let available = payloads.iter().filter(|p| p.is_some()).count();
+        if available < record.policy.needed() {
+            return Err(RepairFailure::Lost(format!(
+                "{available} of {} fragments readable, {} needed",
+                record.fragments.len(),
+                record.policy.needed()
+            )));
+        }
+        let data = codec::decode(record.codec, record.policy, record.len as usize, &payloads)
+            .map_err(|e| RepairFailure::Lost(e.to_string()))?;
+        if blake3::hash(&data).as_bytes() != &record.hash {
+            return Err(RepairFailure::Lost("decoded data does not match the extent checksum".into()));
+        }
+        codec::encode(record.codec, record.policy, &data).map(Some).map_err(|e| RepairFailure::Encode(e.to_string()))
+    })();
+    RepairRead { fates, shards }
 }
 
 impl Pool {
@@ -274,13 +360,32 @@ impl Pool {
     /// put a fragment on) is skipped with a warning.
     pub fn rebuild_step(&mut self, max_extents: usize) -> Result<usize> {
         let mut repaired = 0;
-        for item in self.rebuild_queue().into_iter().take(max_extents) {
-            match self.rewrite_fragments(item.extent) {
-                Ok(_) => repaired += 1,
-                Err(e @ (Error::ReadOnly(_) | Error::NoDisks)) => return Err(e),
-                Err(e) => {
-                    tracing::warn!(stored_as = %item.extent, error = %e, "rebuild skipped");
-                    self.degraded.remove(&item.extent);
+        let queue: Vec<RebuildItem> = self.rebuild_queue().into_iter().take(max_extents).collect();
+        // Several extents are read, decoded and encoded at once (both cores busy), then
+        // written and committed one by one. The simulator repairs one at a time, in order.
+        let batch = if self.options.parallel_io { REPAIR_BATCH } else { 1 };
+        for items in queue.chunks(batch) {
+            let inputs: Vec<(ExtentId, Result<RepairInput>)> =
+                items.iter().map(|item| (item.extent, self.repair_input(item.extent))).collect();
+            let reads: Vec<Option<RepairRead>> =
+                run_all(self.options.parallel_io, inputs.iter().collect(), |(_, input)| {
+                    input.as_ref().ok().map(read_for_repair)
+                });
+            for ((extent, input), read) in inputs.into_iter().zip(reads) {
+                let outcome = match input {
+                    Ok(input) => {
+                        let read = read.unwrap_or_else(|| read_for_repair(&input));
+                        self.finish_repair(input, read)
+                    }
+                    Err(e) => Err(e),
+                };
+                match outcome {
+                    Ok(_) => repaired += 1,
+                    Err(e @ (Error::ReadOnly(_) | Error::NoDisks)) => return Err(e),
+                    Err(e) => {
+                        tracing::warn!(stored_as = %extent, error = %e, "rebuild skipped");
+                        self.degraded.remove(&extent);
+                    }
                 }
             }
         }
@@ -297,32 +402,45 @@ impl Pool {
     /// deletion, so the caller's next barrier makes it durable (safe inside a barrier).
     /// Returns whether anything changed.
     pub(crate) fn rewrite_fragments(&mut self, id: ExtentId) -> Result<bool> {
+        let input = self.repair_input(id)?;
+        let read = read_for_repair(&input);
+        self.finish_repair(input, read)
+    }
+
+    /// What repairing extent `id` reads from: its record, and each fragment's device
+    /// (`None` where its disk cannot be read) and its disk's fate.
+    fn repair_input(&self, id: ExtentId) -> Result<RepairInput> {
         let Some(record) = self.state.extents.get(&id).cloned() else {
             return Err(Error::NotFound(format!("extent {id}")));
         };
+        let sources = record
+            .fragments
+            .iter()
+            .map(|disk| {
+                let device = self.devices.get(disk).filter(|_| self.state.disk_readable(*disk)).cloned();
+                (device, fate_of_disk(&self.state, *disk))
+            })
+            .collect();
+        Ok(RepairInput { record, parallel: self.options.parallel_io, sources })
+    }
+
+    /// Writes what `read` found missing and commits the extent's new layout (see
+    /// `rewrite_fragments`).
+    fn finish_repair(&mut self, input: RepairInput, read: RepairRead) -> Result<bool> {
+        let id = input.record.id;
+        let unchanged = self.state.extents.get(&id) == Some(&input.record)
+            && input.record.fragments.iter().zip(&input.sources).all(|(disk, (device, fate))| {
+                fate_of_disk(&self.state, *disk) == *fate && device.is_some() == self.state.disk_readable(*disk)
+            });
+        if !unchanged {
+            // Read before an earlier repair of its batch moved things: read again.
+            return self.rewrite_fragments(id);
+        }
+        let RepairInput { record, .. } = input;
         if record.is_inline() {
             return Ok(false);
         }
-        let shard_len = codec::shard_len(record.policy, record.len as usize);
-        let mut fates = Vec::with_capacity(record.fragments.len());
-        let mut payloads: Vec<Option<Vec<u8>>> = Vec::with_capacity(record.fragments.len());
-        for (index, disk) in record.fragments.iter().enumerate() {
-            let payload = match (self.state.disk_readable(*disk), self.devices.get(disk)) {
-                (true, Some(device)) => device
-                    .read(BlockName::Fragment { extent: id, index: index as u8 })
-                    .ok()
-                    .and_then(|block| fragment::verify(&block, id, index as u8, shard_len).ok().map(<[u8]>::to_vec)),
-                _ => None,
-            };
-            fates.push(match (fate_of_disk(&self.state, *disk), &payload) {
-                (DiskFate::Serving, Some(_)) => Fate::Keep,
-                (DiskFate::Serving, None) => Fate::Rewrite,
-                // Waited for: it keeps its fragment (or is owed it) until it returns.
-                (DiskFate::Awaited, _) => Fate::Keep,
-                (DiskFate::Leaving, _) => Fate::Move,
-            });
-            payloads.push(payload);
-        }
+        let RepairRead { fates, shards } = read;
         // Online disks that were owed this extent and hold it verified, or are about to.
         let resynced: Vec<DiskId> = record
             .fragments
@@ -332,26 +450,18 @@ impl Pool {
             .filter(|(d, _)| self.state.owed.get(d).is_some_and(|owed| owed.contains(&id)))
             .map(|(d, _)| *d)
             .collect();
-        if fates.iter().all(|f| *f == Fate::Keep) {
-            self.degraded.remove(&id);
-            self.commit_resynced(id, &resynced)?;
-            return Ok(false);
-        }
-        let lost = |detail: String| Error::DataLost { extent: self.state.extent_name(id), offset: 0, detail };
-        let available = payloads.iter().filter(|p| p.is_some()).count();
-        if available < record.policy.needed() {
-            return Err(lost(format!(
-                "{available} of {} fragments readable, {} needed",
-                record.fragments.len(),
-                record.policy.needed()
-            )));
-        }
-        let data = codec::decode(record.codec, record.policy, record.len as usize, &payloads)
-            .map_err(|e| lost(e.to_string()))?;
-        if blake3::hash(&data).as_bytes() != &record.hash {
-            return Err(lost("decoded data does not match the extent checksum".into()));
-        }
-        let all = codec::encode(record.codec, record.policy, &data).map_err(|e| Error::Io(e.to_string()))?;
+        let all = match shards {
+            Ok(None) => {
+                self.degraded.remove(&id);
+                self.commit_resynced(id, &resynced)?;
+                return Ok(false);
+            }
+            Ok(Some(all)) => all,
+            Err(RepairFailure::Lost(detail)) => {
+                return Err(Error::DataLost { extent: self.state.extent_name(id), offset: 0, detail })
+            }
+            Err(RepairFailure::Encode(e)) => return Err(Error::Io(e)),
+        };
         let mut updated = record.clone();
         let mut taken: BTreeSet<DiskId> =
             record.fragments.iter().zip(&fates).filter(|(_, f)| **f != Fate::Move).map(|(d, _)| *d).collect();
