@@ -392,23 +392,30 @@ fn privileges_are_dropped_by_the_changes_and_callers_that_drop_them_on_ext4() {
     let member = PrivilegeCaller { privileged: false, in_group: true };
     let (owner, contents) = (PrivilegeChange::Owner, PrivilegeChange::Contents);
     let file = InodeKind::File;
-    let after = |mode: u32, change, caller| mode & !dropped_privileges(file, mode, change, caller);
-    // Set-user-ID with set-group-ID and group execute: everything but root's writes drops both.
-    assert_eq!(after(0o6777, contents, stranger), 0o777);
-    assert_eq!(after(0o6777, contents, member), 0o777);
-    assert_eq!(after(0o6777, contents, root), 0o6777);
-    assert_eq!(after(0o6777, owner, root), 0o777);
-    assert_eq!(after(0o6755, owner, root), 0o755);
-    assert_eq!(after(0o6777, owner, member), 0o777);
-    // Set-group-ID without group execute: dropped only by a stranger to the group.
-    assert_eq!(after(0o2767, contents, stranger), 0o767);
-    assert_eq!(after(0o2767, contents, member), 0o2767);
-    assert_eq!(after(0o2767, contents, root), 0o2767);
-    assert_eq!(after(0o2767, owner, root), 0o2767);
-    assert_eq!(after(0o2767, owner, member), 0o2767);
-    assert_eq!(after(0o2767, owner, stranger), 0o767);
-    // Nothing to drop, and directories keep both.
-    assert_eq!(after(0o777, contents, stranger), 0o777);
+    // (mode, change, caller, the mode after it)
+    let cases = [
+        // Set-user-ID with set-group-ID and group execute: all but root's writes drop both.
+        (0o6777, contents, stranger, 0o777),
+        (0o6777, contents, member, 0o777),
+        (0o6777, contents, root, 0o6777),
+        (0o6777, owner, root, 0o777),
+        (0o6755, owner, root, 0o755),
+        (0o6777, owner, member, 0o777),
+        // Set-group-ID without group execute: dropped only by a stranger to the group.
+        (0o2767, contents, stranger, 0o767),
+        (0o2767, contents, member, 0o2767),
+        (0o2767, contents, root, 0o2767),
+        (0o2767, owner, root, 0o2767),
+        (0o2767, owner, member, 0o2767),
+        (0o2767, owner, stranger, 0o767),
+        // Nothing to drop.
+        (0o777, contents, stranger, 0o777),
+    ];
+    for (mode, change, caller, after) in cases {
+        let dropped = dropped_privileges(file, mode, change, caller);
+        assert_eq!(mode & !dropped, after, "{mode:o} after {change:?} by {caller:?}");
+    }
+    // Directories keep both.
     assert_eq!(dropped_privileges(InodeKind::Directory, 0o6777, owner, stranger), 0);
     assert_eq!(dropped_privileges(InodeKind::Directory, 0o6777, contents, stranger), 0);
 }

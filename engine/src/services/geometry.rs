@@ -404,7 +404,7 @@ impl Pool {
     pub(crate) fn rewrite_fragments(&mut self, id: ExtentId) -> Result<bool> {
         let input = self.repair_input(id)?;
         let read = read_for_repair(&input);
-        self.finish_repair(input, read)
+        self.apply_repair(input, read)
     }
 
     /// What repairing extent `id` reads from: its record, and each fragment's device
@@ -413,30 +413,46 @@ impl Pool {
         let Some(record) = self.state.extents.get(&id).cloned() else {
             return Err(Error::NotFound(format!("extent {id}")));
         };
-        let sources = record
-            .fragments
-            .iter()
-            .map(|disk| {
-                let device = self.devices.get(disk).filter(|_| self.state.disk_readable(*disk)).cloned();
-                (device, fate_of_disk(&self.state, *disk))
-            })
-            .collect();
+        let sources = record.fragments.iter().map(|disk| self.repair_source(*disk)).collect();
         Ok(RepairInput { record, parallel: self.options.parallel_io, sources })
     }
 
     /// Writes what `read` found missing and commits the extent's new layout (see
-    /// `rewrite_fragments`).
+    /// `rewrite_fragments`), once it checked that `input` still holds: an earlier repair
+    /// of the same batch may have failed a disk or moved a fragment meanwhile, and then
+    /// the extent is read again.
     fn finish_repair(&mut self, input: RepairInput, read: RepairRead) -> Result<bool> {
         let id = input.record.id;
+        let current = |disk: &DiskId| {
+            let (device, fate) = self.repair_source(*disk);
+            (device.is_some(), fate)
+        };
         let unchanged = self.state.extents.get(&id) == Some(&input.record)
-            && input.record.fragments.iter().zip(&input.sources).all(|(disk, (device, fate))| {
-                fate_of_disk(&self.state, *disk) == *fate && device.is_some() == self.state.disk_readable(*disk)
-            });
-        if !unchanged {
-            // Read before an earlier repair of its batch moved things: read again.
-            return self.rewrite_fragments(id);
+            && input
+                .record
+                .fragments
+                .iter()
+                .zip(&input.sources)
+                .all(|(disk, (device, fate))| current(disk) == (device.is_some(), *fate));
+        if unchanged {
+            return self.apply_repair(input, read);
         }
+        let input = self.repair_input(id)?;
+        let read = read_for_repair(&input);
+        self.apply_repair(input, read)
+    }
+
+    /// Where a repair reads a fragment on `disk` from (`None`: its disk cannot be read),
+    /// and what the disk means for it.
+    fn repair_source(&self, disk: DiskId) -> (Option<Arc<dyn BlockDevice>>, DiskFate) {
+        let device = self.devices.get(&disk).filter(|_| self.state.disk_readable(disk)).cloned();
+        (device, fate_of_disk(&self.state, disk))
+    }
+
+    /// `finish_repair` on a read that is known to be current.
+    fn apply_repair(&mut self, input: RepairInput, read: RepairRead) -> Result<bool> {
         let RepairInput { record, .. } = input;
+        let id = record.id;
         if record.is_inline() {
             return Ok(false);
         }
