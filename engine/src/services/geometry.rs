@@ -86,8 +86,6 @@ const REPAIR_BATCH: usize = 8;
 /// What a repair of one extent reads from (`Pool::repair_input`).
 struct RepairInput {
     record: ExtentRecord,
-    /// Read the fragments at once (`PoolOptions::parallel_io`).
-    parallel: bool,
     /// Per fragment: the device to read it from (`None`: unreadable), its disk's fate.
     sources: Vec<(Option<Arc<dyn BlockDevice>>, DiskFate)>,
 }
@@ -112,7 +110,7 @@ enum RepairFailure {
 /// the I/O threads: which are whole decides what is rewritten), and when any must be
 /// written, decodes the extent, checks it against its hash and encodes every shard
 /// again. Touches no pool state, so several extents' reads may run side by side.
-fn read_for_repair(input: &RepairInput) -> RepairRead {
+fn read_for_repair(input: &RepairInput, parallel: bool) -> RepairRead {
     let record = &input.record;
     let id = record.id;
     if record.is_inline() {
@@ -121,7 +119,7 @@ fn read_for_repair(input: &RepairInput) -> RepairRead {
     let shard_len = codec::shard_len(record.policy, record.len as usize);
     let reads: Vec<(u8, Option<&Arc<dyn BlockDevice>>)> =
         input.sources.iter().enumerate().map(|(index, (device, _))| (index as u8, device.as_ref())).collect();
-    let payloads: Vec<Option<Vec<u8>>> = run_all(input.parallel, reads, |(index, device)| {
+    let payloads: Vec<Option<Vec<u8>>> = run_all(parallel, reads, |(index, device)| {
         let block = device?.read(BlockName::Fragment { extent: id, index }).ok()?;
         fragment::verify(&block, id, index, shard_len).ok().map(<[u8]>::to_vec)
     });
@@ -365,21 +363,17 @@ impl Pool {
         // written and committed one by one. The simulator repairs one at a time, in order.
         let batch = if self.options.parallel_io { REPAIR_BATCH } else { 1 };
         for items in queue.chunks(batch) {
-            let inputs: Vec<(ExtentId, Result<RepairInput>)> =
-                items.iter().map(|item| (item.extent, self.repair_input(item.extent))).collect();
-            let reads: Vec<Option<RepairRead>> =
-                run_all(self.options.parallel_io, inputs.iter().collect(), |(_, input)| {
-                    input.as_ref().ok().map(read_for_repair)
-                });
-            for ((extent, input), read) in inputs.into_iter().zip(reads) {
-                let outcome = match input {
-                    Ok(input) => {
-                        let read = read.unwrap_or_else(|| read_for_repair(&input));
-                        self.finish_repair(input, read)
-                    }
-                    Err(e) => Err(e),
-                };
-                match outcome {
+            let parallel = self.options.parallel_io;
+            let inputs: Vec<Result<RepairInput>> = items.iter().map(|item| self.repair_input(item.extent)).collect();
+            let reads = run_all(parallel, inputs, |input| {
+                input.map(|input| {
+                    let read = read_for_repair(&input, parallel);
+                    (input, read)
+                })
+            });
+            for (item, read) in items.iter().zip(reads) {
+                let extent = item.extent;
+                match read.and_then(|(input, read)| self.finish_repair(input, read)) {
                     Ok(_) => repaired += 1,
                     Err(e @ (Error::ReadOnly(_) | Error::NoDisks)) => return Err(e),
                     Err(e) => {
@@ -403,7 +397,7 @@ impl Pool {
     /// Returns whether anything changed.
     pub(crate) fn rewrite_fragments(&mut self, id: ExtentId) -> Result<bool> {
         let input = self.repair_input(id)?;
-        let read = read_for_repair(&input);
+        let read = read_for_repair(&input, self.options.parallel_io);
         self.apply_repair(input, read)
     }
 
@@ -414,7 +408,7 @@ impl Pool {
             return Err(Error::NotFound(format!("extent {id}")));
         };
         let sources = record.fragments.iter().map(|disk| self.repair_source(*disk)).collect();
-        Ok(RepairInput { record, parallel: self.options.parallel_io, sources })
+        Ok(RepairInput { record, sources })
     }
 
     /// Writes what `read` found missing and commits the extent's new layout (see
@@ -438,7 +432,7 @@ impl Pool {
             return self.apply_repair(input, read);
         }
         let input = self.repair_input(id)?;
-        let read = read_for_repair(&input);
+        let read = read_for_repair(&input, self.options.parallel_io);
         self.apply_repair(input, read)
     }
 
