@@ -158,7 +158,12 @@ fn encode_chunks(pending: &PendingWrite, chunks: &[(u64, Arc<Vec<u8>>)]) -> Resu
                 blocks: fragments
                     .iter()
                     .enumerate()
-                    .map(|(i, payload)| Arc::new(fragment::seal(id, i as u8, payload)))
+                    .map(|(i, payload)| {
+                        Arc::new(match codec {
+                            CodecId::Replica => fragment::seal_hashed(id, i as u8, payload, &hash),
+                            _ => fragment::seal(id, i as u8, payload),
+                        })
+                    })
                     .collect(),
             }
         }))

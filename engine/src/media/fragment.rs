@@ -17,6 +17,13 @@ pub const HEADER_LEN: usize = 4 + 1 + 1 + 2 + 8 + 4 + 32;
 
 /// Builds the block for fragment `index` of `extent`.
 pub fn seal(extent: ExtentId, index: u8, payload: &[u8]) -> Vec<u8> {
+    seal_hashed(extent, index, payload, blake3::hash(payload).as_bytes())
+}
+
+/// `seal` for a caller that already holds `payload`'s BLAKE3 — a replica's payload is
+/// the whole extent, whose hash the writer computed once for the record.
+pub fn seal_hashed(extent: ExtentId, index: u8, payload: &[u8], hash: &[u8; 32]) -> Vec<u8> {
+    debug_assert_eq!(blake3::hash(payload).as_bytes(), hash, "a fragment sealed with another payload's hash");
     let len = u32::try_from(payload.len()).unwrap_or(u32::MAX);
     assert_eq!(len as usize, payload.len(), "fragment larger than 4 GiB");
     let mut block = Vec::with_capacity(HEADER_LEN + payload.len());
@@ -26,7 +33,7 @@ pub fn seal(extent: ExtentId, index: u8, payload: &[u8]) -> Vec<u8> {
     block.extend_from_slice(&[0, 0]);
     block.extend_from_slice(&extent.0.to_le_bytes());
     block.extend_from_slice(&len.to_le_bytes());
-    block.extend_from_slice(blake3::hash(payload).as_bytes());
+    block.extend_from_slice(hash);
     block.extend_from_slice(payload);
     block
 }
