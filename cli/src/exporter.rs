@@ -121,6 +121,12 @@ pub(crate) fn families(snapshot: &MetricsSnapshot) -> Vec<MetricFamily> {
         ("dynamicfs_journal_commits_total", "Metadata commits.", c.commits),
         ("dynamicfs_durability_barriers_total", "Durability barriers completed.", c.barriers),
         ("dynamicfs_checkpoints_total", "Metadata checkpoints written.", c.checkpoints),
+        (
+            "dynamicfs_journal_bytes_total",
+            "Bytes of metadata journal records written, summed over replicas.",
+            c.journal_bytes,
+        ),
+        ("dynamicfs_checkpoint_bytes_total", "Bytes of metadata checkpoints written, summed over replicas.", c.checkpoint_bytes),
         ("dynamicfs_extents_written_total", "Extents written.", c.extents_written),
         ("dynamicfs_extents_read_total", "Extents fetched from fragments.", c.extents_read),
         ("dynamicfs_degraded_reads_total", "Extent reads that met a bad or missing fragment.", c.degraded_reads),

@@ -340,6 +340,7 @@ impl Pool {
             tracing::warn!(error = %failure.message, "journal replica write failed");
         }
         let held = durable.iter().filter(|d| **d).count();
+        self.counters.journal_bytes += block.len() as u64 * held as u64;
         if held == 0 {
             let errors: Vec<&str> = failures.iter().map(|f| f.message.as_str()).collect();
             let reason = format!("no journal replica accepted record {}: {}", tip.seq, errors.join("; "));

@@ -11,5 +11,7 @@ pub mod files;
 pub mod namespace;
 pub mod placement;
 pub mod store;
+#[cfg(feature = "synthetic")]
+pub mod synthetic;
 pub mod window;
 pub mod xattr;

@@ -392,7 +392,7 @@ impl Pool {
     ///
     /// Fails with `NoSpace` when the disks that could take the writes lack the room, and
     /// with `Unavailable` (EIO) when too few are reachable — never the other way round.
-    fn place_extent(
+    pub(crate) fn place_extent(
         &mut self,
         policy: Policy,
         block_bytes: u64,

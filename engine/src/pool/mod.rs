@@ -120,6 +120,10 @@ pub struct OpenReport {
 pub struct PoolCounters {
     pub commits: u64,
     pub checkpoints: u64,
+    /// Bytes of journal records written, summed over the replicas that took them.
+    pub journal_bytes: u64,
+    /// Bytes of checkpoints written, summed over the replicas that took them.
+    pub checkpoint_bytes: u64,
     pub extents_written: u64,
     pub extents_read: u64,
     pub degraded_reads: u64,
@@ -517,6 +521,7 @@ impl Pool {
         for failure in failures.iter().filter(|f| f.no_space) {
             self.journal_refused_room(target_ids[failure.index]);
         }
+        let written_count = written.iter().filter(|w| **w).count() as u64;
         let mut written = written.into_iter();
         // Trim only the replicas that hold the checkpoint; a replica that refused it keeps
         // its records, which still chain.
@@ -534,6 +539,7 @@ impl Pool {
             tracing::warn!(%error, "checkpoint replica write failed");
         }
         let held = holders.len();
+        self.counters.checkpoint_bytes += block.len() as u64 * written_count;
         let members: BTreeSet<DiskId> = journal_set.iter().map(|(id, _)| *id).collect();
         let readable = |id: &DiskId| self.state.disk_readable(*id);
         let strangers: Vec<&dyn BlockDevice> = self
