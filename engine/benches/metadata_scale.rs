@@ -49,7 +49,9 @@ type Figures = BTreeMap<String, f64>;
 
 fn run() {
     let sizes: Vec<u64> = match std::env::var("DFS_BENCH_SIZES") {
-        Ok(list) => list.split(',').map(|s| s.trim().parse().expect("DFS_BENCH_SIZES: extents, comma-separated")).collect(),
+        Ok(list) => {
+            list.split(',').map(|s| s.trim().parse().expect("DFS_BENCH_SIZES: extents, comma-separated")).collect()
+        }
         Err(_) => DEFAULT_SIZES.to_vec(),
     };
     println!(
@@ -219,7 +221,8 @@ fn measure(path: &Path) {
     });
     let (rename_us, rename_b) = per_op(&mut pool, RENAMES, |pool, i| {
         let from = d(pool, 0);
-        pool.rename(from, format!("f{i:04}").as_bytes(), work, format!("r{i}").as_bytes(), RenameMode::Replace).unwrap();
+        pool.rename(from, format!("f{i:04}").as_bytes(), work, format!("r{i}").as_bytes(), RenameMode::Replace)
+            .unwrap();
         pool.sync().unwrap();
     });
 

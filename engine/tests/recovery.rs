@@ -237,3 +237,31 @@ fn extent_of(name: dfs_engine::media::device::BlockName) -> Option<dfs_engine::m
         _ => None,
     }
 }
+
+#[test]
+fn a_checkpoint_copy_unlike_the_one_recovered_is_rewritten_from_it() {
+    use dfs_engine::meta::journal::{decode_checkpoint, encode_checkpoint, JournalTip};
+    let (mut t, files) = pool_with_records();
+    t.reopen();
+    t.pool = None;
+    t.dir = None;
+    // Disk 1 holds a valid checkpoint at the same sequence number with another state,
+    // as another history would have left it. Recovery starts from disk 0's copy, the
+    // first in order; disk 1 does not hold it and must be given it.
+    let disks: Vec<_> = (0..2).map(|disk| t.disk_path(disk)).collect();
+    let path = |disk: usize| blocks(&disks[disk], "checkpoint").pop().unwrap();
+    let (checkpoint, _, _) = decode_checkpoint(&fs::read(path(0)).unwrap()).unwrap();
+    let mut other = checkpoint.state.clone();
+    other.next_ino += 1000;
+    let tip = JournalTip { seq: checkpoint.seq, hash: checkpoint.tip_hash };
+    fs::write(path(1), encode_checkpoint(tip, &other)).unwrap();
+    let report = t.reopen();
+    assert!(report.journal_rewritten, "a copy of another state was counted as holding the recovered one");
+    assert_eq!(t.pool().state().next_ino, checkpoint.state.next_ino);
+    t.pool = None;
+    t.dir = None;
+    let (rewritten, _, _) = decode_checkpoint(&fs::read(path(1)).unwrap()).unwrap();
+    assert_eq!(rewritten.state.next_ino, checkpoint.state.next_ino);
+    t.reopen();
+    assert_files(&mut t, &files);
+}

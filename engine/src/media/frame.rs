@@ -81,21 +81,21 @@ pub enum FrameError {
 
 /// Encodes `value` as a frame of `kind`, returning the block bytes and the body's hash.
 pub fn encode<T: Serialize>(kind: FrameKind, value: &T) -> (Vec<u8>, [u8; 32]) {
+    // The body is encoded in place after room for the header: a checkpoint is the whole
+    // state, and is not copied once more to join them.
     // postcard only fails on writer errors or unsupported types; a Vec writer and our
     // plain data types have neither.
-    let body = match postcard::to_stdvec(value) {
-        Ok(body) => body,
+    let mut out = match postcard::to_extend(value, vec![0u8; HEADER_LEN]) {
+        Ok(out) => out,
         Err(e) => panic!("postcard cannot encode engine metadata: {e}"),
     };
-    let hash = checksum(kind as u8, kind.version(), &body);
-    let mut out = Vec::with_capacity(HEADER_LEN + body.len());
-    out.extend_from_slice(&MAGIC);
-    out.push(kind as u8);
-    out.push(kind.version());
-    out.extend_from_slice(&[0, 0]);
-    out.extend_from_slice(&(body.len() as u64).to_le_bytes());
-    out.extend_from_slice(&hash);
-    out.extend_from_slice(&body);
+    let body_len = (out.len() - HEADER_LEN) as u64;
+    let hash = checksum(kind as u8, kind.version(), &out[HEADER_LEN..]);
+    out[0..4].copy_from_slice(&MAGIC);
+    out[4] = kind as u8;
+    out[5] = kind.version();
+    out[8..16].copy_from_slice(&body_len.to_le_bytes());
+    out[16..48].copy_from_slice(&hash);
     (out, hash)
 }
 

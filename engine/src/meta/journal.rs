@@ -122,7 +122,9 @@ struct Found<T> {
 /// (and no fragment): a pool that never committed anything.
 pub fn recover(devices: &[&dyn BlockDevice]) -> Result<Option<Recovered>, RecoveryError> {
     let mut notes = Vec::new();
-    let mut checkpoints: BTreeMap<u64, Vec<Found<Checkpoint>>> = BTreeMap::new();
+    // A checkpoint is the whole state: each copy is verified as read, but only one copy
+    // of each distinct content is kept, and only the one recovery starts from is decoded.
+    let mut checkpoints: BTreeMap<u64, Vec<Found<Option<Vec<u8>>>>> = BTreeMap::new();
     let mut records: BTreeMap<u64, Vec<Found<JournalRecord>>> = BTreeMap::new();
     let mut any_metadata = false;
     let mut only_genesis = true;
@@ -156,12 +158,13 @@ pub fn recover(devices: &[&dyn BlockDevice]) -> Result<Option<Recovered>, Recove
                     }
                 };
                 match name {
-                    BlockName::Checkpoint { seq } => match decode_checkpoint(&block) {
-                        Ok((cp, hash, format)) if cp.seq == seq => {
-                            checkpoints.entry(seq).or_default().push(Found { slot, value: cp, hash, format })
+                    BlockName::Checkpoint { seq } => match frame::open(FrameKind::Checkpoint, &block) {
+                        Ok(opened) => {
+                            let (hash, format) = (opened.hash, opened.version);
+                            let copies = checkpoints.entry(seq).or_default();
+                            let first = !copies.iter().any(|c| c.hash == hash);
+                            copies.push(Found { slot, value: first.then_some(block), hash, format });
                         }
-                        Ok(_) => notes
-                            .push(format!("{}: {name}: sequence number does not match its name", device.describe())),
                         Err(e) => note_error(&mut notes, *device, name, e),
                     },
                     BlockName::Journal { seq } => match decode_record(&block) {
@@ -180,12 +183,32 @@ pub fn recover(devices: &[&dyn BlockDevice]) -> Result<Option<Recovered>, Recove
             any_fragment = device.list(BlockKind::Fragment).map(|f| !f.is_empty()).unwrap_or(false);
         }
     }
+    // The newest checkpoint with a copy that decodes, and the slots holding that copy.
+    let mut start: Option<(Checkpoint, u8, BTreeSet<usize>)> = None;
+    'newest: for (&seq, copies) in checkpoints.iter_mut().rev() {
+        for index in 0..copies.len() {
+            let Some(block) = copies[index].value.take() else { continue };
+            let slot = copies[index].slot;
+            let name = BlockName::Checkpoint { seq };
+            match decode_checkpoint(&block) {
+                Ok((checkpoint, hash, format)) if checkpoint.seq == seq => {
+                    let slots = copies.iter().filter(|c| c.hash == hash).map(|c| c.slot).collect();
+                    start = Some((checkpoint, format, slots));
+                    break 'newest;
+                }
+                Ok(_) => {
+                    notes.push(format!("{}: {name}: sequence number does not match its name", devices[slot].describe()))
+                }
+                Err(e) => note_error(&mut notes, devices[slot], name, e),
+            }
+        }
+    }
     if let Some((found, supported)) = newer_format {
         // Never recover a prefix of a newer pool: the older records that would verify
         // are followed by ones this build cannot read.
         return Err(RecoveryError::NewerFormat { found, supported });
     }
-    let Some((&checkpoint_seq, copies)) = checkpoints.iter().next_back() else {
+    let Some((checkpoint, mut oldest_format, checkpoint_slots)) = start else {
         // A torn first checkpoint (seq 0) means the first disk was never fully added:
         // nothing was ever committed, so the pool is still empty.
         if any_metadata && (any_fragment || !only_genesis) {
@@ -196,11 +219,9 @@ pub fn recover(devices: &[&dyn BlockDevice]) -> Result<Option<Recovered>, Recove
         }
         return Ok(None);
     };
-    let checkpoint_slots = copies.iter().map(|found| found.slot).collect();
-    let checkpoint = &copies[0].value;
-    let mut oldest_format = copies[0].format;
-    let mut state = checkpoint.state.clone();
+    let checkpoint_seq = checkpoint.seq;
     let mut tip = JournalTip { seq: checkpoint.seq, hash: checkpoint.tip_hash };
+    let mut state = checkpoint.state;
     let mut replayed = 0;
     loop {
         let next = tip.seq + 1;
@@ -230,7 +251,16 @@ pub fn encode_record(tip: JournalTip, txn: &Transaction) -> (Vec<u8>, JournalTip
 
 /// Encodes a checkpoint of `state` at `tip`.
 pub fn encode_checkpoint(tip: JournalTip, state: &MetaState) -> Vec<u8> {
-    frame::encode(FrameKind::Checkpoint, &Checkpoint { seq: tip.seq, tip_hash: tip.hash, state: state.clone() }).0
+    frame::encode(FrameKind::Checkpoint, &CheckpointRef { seq: tip.seq, tip_hash: tip.hash, state }).0
+}
+
+/// `Checkpoint` borrowing its state, which it encodes exactly as `Checkpoint` does: a
+/// checkpoint is written without a copy of the whole state.
+#[derive(Serialize)]
+struct CheckpointRef<'a> {
+    seq: u64,
+    tip_hash: [u8; 32],
+    state: &'a MetaState,
 }
 
 /// Why one replica did not take a block.
@@ -306,4 +336,22 @@ pub fn trim(devices: &[&dyn BlockDevice], strangers: &[&dyn BlockDevice], keep: 
         .into_iter()
         .flatten()
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::base::clock::WallTime;
+
+    #[test]
+    fn a_checkpoint_encoded_from_a_borrowed_state_decodes_as_the_checkpoint() {
+        let state = MetaState::new(uuid::Uuid::from_u128(7), "erasure:4+2".parse().unwrap(), WallTime::default());
+        let tip = JournalTip { seq: 41, hash: [3; 32] };
+        let block = encode_checkpoint(tip, &state);
+        let owned = Checkpoint { seq: 41, tip_hash: [3; 32], state: state.clone() };
+        assert_eq!(block, frame::encode(FrameKind::Checkpoint, &owned).0);
+        let (decoded, _, format) = decode_checkpoint(&block).unwrap();
+        assert_eq!(decoded, owned);
+        assert_eq!(format, frame::METADATA_FORMAT);
+    }
 }
