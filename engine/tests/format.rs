@@ -1,4 +1,4 @@
-//! Metadata formats: a pool written in format 1 to 5 opens, is upgraded in place to
+//! Metadata formats: a pool written in format 1 to 6 opens, is upgraded in place to
 //! the current format and reads the same; a pool of a newer format is refused by name.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -374,4 +374,47 @@ fn a_format_five_pool_is_upgraded_and_then_a_rewritten_layer_replaces_the_one_it
     assert_eq!(report.upgraded_from, None);
     assert_eq!(t.pool().state().layers.values().map(Vec::len).sum::<usize>(), 1);
     assert_eq!(t.read_file("/big").unwrap(), big);
+}
+
+#[test]
+fn a_format_six_pool_replays_its_full_pass_and_is_upgraded_to_passes_that_journal_changes() {
+    use dfs_engine::meta::state::ChunkSlot;
+    use dfs_engine::temperature::tracker::Temperature;
+    let (mut t, state, f) = closed_with_file("big", &common::pattern(3_000_000, 6));
+    // As a format-6 build left it: a checkpoint, then a pass with a verdict for every
+    // chunk (`Op::ClassifyPass`).
+    let seq = 6_000_000;
+    let tip_hash = [6u8; 32];
+    let now = state.inodes[&f].mtime.secs;
+    let verdicts: Vec<_> = state.file_extents[&f]
+        .keys()
+        .map(|index| {
+            let verdict = Temperature::default().observe(Default::default(), now, &state.tiering);
+            (ChunkSlot { ino: f, index: *index }, verdict)
+        })
+        .collect();
+    assert_eq!(verdicts.len(), 3);
+    let record = JournalRecord {
+        seq: seq + 1,
+        prev_hash: tip_hash,
+        txn: Transaction { ops: vec![Op::ClassifyPass { at_secs: now, verdicts }] },
+    };
+    replace_metadata(
+        &t,
+        seq,
+        frame::encode_version(FrameKind::Checkpoint, 6, &Checkpoint { seq, tip_hash, state: state.clone() }),
+        frame::encode_version(FrameKind::JournalRecord, 6, &record),
+    );
+    let report = t.reopen();
+    assert_eq!(report.upgraded_from, Some(6));
+    let temperature = &t.pool().state().temperature;
+    assert_eq!(temperature.len(), 3, "the format-6 pass was replayed");
+    assert!(temperature.values().all(|t| t.history.len() == 1));
+    t.pool().classify_pass().unwrap();
+    let live = t.pool().state().temperature.clone();
+    assert!(live.values().all(|t| t.history.len() == 2));
+    let report = t.reopen();
+    assert_eq!(report.upgraded_from, None);
+    assert_eq!(t.pool().state().temperature, live);
+    assert_eq!(t.read_file("/big").unwrap(), common::pattern(3_000_000, 6));
 }

@@ -36,8 +36,10 @@ pub enum FrameKind {
 /// log (`media::journal_log`), which a build of format 4 would not see: it must refuse
 /// the pool by name rather than recover it without them. 6: a new layer drops the layers
 /// it shadows (`Op::DropLayers`), whose fragments are then deleted: a build of format 5
-/// would not read the op.
-pub const METADATA_FORMAT: u8 = 6;
+/// would not read the op. 7: a classification pass journals only the verdicts a chunk's
+/// temperature does not imply (`Op::ClassifyChanges`), which a build of format 6 would
+/// not read.
+pub const METADATA_FORMAT: u8 = 7;
 
 impl FrameKind {
     /// The body format this build writes for frames of this kind.

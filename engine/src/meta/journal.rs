@@ -67,8 +67,8 @@ pub fn decode_checkpoint(block: &[u8]) -> Result<(Checkpoint, [u8; 32], u8), Fra
 }
 
 /// Decodes a journal record of any format this build reads: format 1 through its frozen
-/// ops, converted; formats 2 to 6 as the current ops (formats 3, 4 and 6 only appended
-/// variants, and 5 changed where records live, not what they hold).
+/// ops, converted; formats 2 to 7 as the current ops (formats 3, 4, 6 and 7 only
+/// appended variants, and 5 changed where records live, not what they hold).
 pub fn decode_record(block: &[u8]) -> Result<(JournalRecord, [u8; 32], u8), FrameError> {
     let opened = frame::open(FrameKind::JournalRecord, block)?;
     let record = match opened.version {

@@ -619,6 +619,15 @@ pub enum Op {
         slot: ChunkSlot,
         extents: Vec<ExtentId>,
     },
+    /// A classification pass at `at_secs` that carries only the verdicts a chunk's
+    /// temperature does not imply (format 7; `Temperature::implies`): every other chunk
+    /// with a temperature observes again what it observed last, with no access, and
+    /// keeps its class and confidence (`Temperature::repeat`). A pass over a pool whose
+    /// extents nobody touched journals almost nothing.
+    ClassifyChanges {
+        at_secs: i64,
+        changed: Vec<(ChunkSlot, Verdict)>,
+    },
 }
 
 /// A list of ops applied atomically.
@@ -853,15 +862,16 @@ impl MetaState {
                 }
             }
             Op::ClassifyPass { at_secs, verdicts } => {
-                self.passes.push_back(*at_secs);
-                while self.passes.len() > HISTORY_MAX {
-                    self.passes.pop_front();
+                self.note_pass(*at_secs);
+                self.apply_verdicts(verdicts);
+            }
+            Op::ClassifyChanges { at_secs, changed } => {
+                self.note_pass(*at_secs);
+                let listed: BTreeSet<ChunkSlot> = changed.iter().map(|(slot, _)| *slot).collect();
+                for (_, temperature) in self.temperature.iter_mut().filter(|(slot, _)| !listed.contains(slot)) {
+                    temperature.repeat();
                 }
-                for (slot, verdict) in verdicts {
-                    if self.slot_extent(*slot).is_some() {
-                        self.temperature.entry(*slot).or_default().apply(verdict);
-                    }
-                }
+                self.apply_verdicts(changed);
             }
         }
         for record in &freed {
@@ -869,6 +879,23 @@ impl MetaState {
             self.forget_owed(record.id, &[]);
         }
         freed
+    }
+
+    /// Records a classification pass at `at_secs`; the newest `HISTORY_MAX` are kept.
+    fn note_pass(&mut self, at_secs: i64) {
+        self.passes.push_back(at_secs);
+        while self.passes.len() > HISTORY_MAX {
+            self.passes.pop_front();
+        }
+    }
+
+    /// Stores a pass's verdicts on the chunks that still hold an extent.
+    fn apply_verdicts(&mut self, verdicts: &[(ChunkSlot, Verdict)]) {
+        for (slot, verdict) in verdicts {
+            if self.slot_extent(*slot).is_some() {
+                self.temperature.entry(*slot).or_default().apply(verdict);
+            }
+        }
     }
 
     /// Removes the layers of `slot`, returning their extents' records.

@@ -75,7 +75,7 @@ impl Pool {
             file,
             offset: slot.index * EXTENT_BYTES_MAX,
             class: temperature.class,
-            confidence: temperature.confidence,
+            confidence: temperature.belief(&self.state.tiering),
             ops_per_day: stats.ops_per_day(now),
             last_access: stats.last_access_secs.map(utc),
             policy: record.policy.to_string(),

@@ -6,8 +6,9 @@
 //!   reach the journal in batches (`flush_access_stats`, every `stats_flush_secs`, at
 //!   every pass and every `dfs` command), so a crash loses at most that much of them
 //!   and never any data.
-//! - A pass journals its verdicts (`Op::ClassifyPass`); replay stores them and never
-//!   recomputes a float.
+//! - A pass journals its verdicts (`Op::ClassifyChanges`) but those the chunk's
+//!   temperature implies (no access, the same observation and class): replay stores the
+//!   journaled ones, repeats the rest, and never recomputes a float.
 //! - A file with a policy of its own (set by `change-policy --path`, `mkdir --policy`,
 //!   `put --policy` or the `user.dynamicfs.policy` xattr, or inherited from a directory
 //!   that has one) is pinned: tiering never changes its extents.
@@ -26,6 +27,7 @@ use crate::meta::state::{ChangeCause, ChunkSlot, DiskState, Ino, Op, Transaction
 use crate::pool::Pool;
 use crate::temperature::access::AccessStats;
 use crate::temperature::config::TieringConfig;
+use crate::temperature::tracker::Temperature;
 use crate::temperature::Class;
 
 /// Seconds of budget the background may save up while idle.
@@ -138,9 +140,10 @@ impl Pool {
             .flat_map(|(ino, map)| map.keys().map(move |index| ChunkSlot { ino: *ino, index: *index }))
             .collect();
         let mut report = PassReport { at_secs: now, extents: slots.len(), ..PassReport::default() };
-        let mut verdicts = Vec::with_capacity(slots.len());
+        let mut changed = Vec::new();
+        let fresh = Temperature::default();
         for slot in slots {
-            let temperature = self.state.temperature.get(&slot).cloned().unwrap_or_default();
+            let temperature = self.state.temperature.get(&slot).unwrap_or(&fresh);
             let verdict = temperature.observe(self.access_stats(slot), now, &config);
             match verdict.class {
                 Class::Hot => report.hot += 1,
@@ -148,9 +151,11 @@ impl Pool {
                 Class::Cold => report.cold += 1,
             }
             report.changed += usize::from(verdict.class != temperature.class);
-            verdicts.push((slot, verdict));
+            if !temperature.implies(&verdict) {
+                changed.push((slot, verdict));
+            }
         }
-        self.commit(Transaction { ops: vec![Op::ClassifyPass { at_secs: now, verdicts }] })?;
+        self.commit(Transaction { ops: vec![Op::ClassifyChanges { at_secs: now, changed }] })?;
         self.tracker.live.clear();
         self.tracker.flushed_secs = Some(now);
         self.tracker.failed.clear();

@@ -46,7 +46,9 @@ pub struct Temperature {
     pub history: VecDeque<Observation>,
     /// The class the last pass settled on (`Warm` before any pass: the pool default).
     pub class: Class,
-    /// P(that class | history), from the forward filter (1 for the threshold classifier).
+    /// P(that class | history), from the forward filter (1 for the threshold classifier),
+    /// at the last journaled verdict: a pass that implies its verdict keeps it
+    /// (`repeat`); `belief` gives it for the current history.
     pub confidence: f64,
     /// `stats.total` at the last pass, to count the accesses between passes.
     pub total_at_last_pass: u64,
@@ -91,6 +93,45 @@ impl Temperature {
         Verdict { stats, observation, class, confidence }
     }
 
+    /// Whether `verdict` is what `repeat` would store but for its confidence: the
+    /// extent saw no access since the last pass, observes the same threshold class and
+    /// keeps its class. A pass journals only the verdicts not implied. (The confidence
+    /// is shown, never decided on — a pass weighs the belief it computes afresh — and
+    /// reports take it from the history, `belief`.)
+    pub fn implies(&self, verdict: &Verdict) -> bool {
+        let Some(last) = self.history.back() else { return false };
+        verdict.stats == self.stats
+            && self.total_at_last_pass == self.stats.total
+            && verdict.observation == Observation { observed: last.observed, accesses: 0 }
+            && verdict.class == self.class
+    }
+
+    /// Stores the verdict a pass implies without journaling it (see `implies`): the
+    /// last observation again, with no access; statistics and class kept, and the
+    /// confidence of the last journaled verdict.
+    pub fn repeat(&mut self) {
+        let Some(last) = self.history.back().copied() else { return };
+        self.history.push_back(Observation { observed: last.observed, accesses: 0 });
+        while self.history.len() > HISTORY_MAX {
+            self.history.pop_front();
+        }
+    }
+
+    /// P(class | history) under `config`'s classifier, as the last pass computed it
+    /// (1 for the threshold classifier; 0 before any pass).
+    pub fn belief(&self, config: &TieringConfig) -> f64 {
+        if self.history.is_empty() {
+            return 0.0;
+        }
+        match config.classifier {
+            Classifier::Thresholds => 1.0,
+            Classifier::Hmm => {
+                let history: Vec<Class> = self.history.iter().map(|o| o.observed).collect();
+                config.hmm.filter(&history)[self.class.index()]
+            }
+        }
+    }
+
     /// Stores a pass's verdict.
     pub fn apply(&mut self, verdict: &Verdict) {
         self.stats = verdict.stats;
@@ -118,6 +159,34 @@ impl Temperature {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn belief_is_the_confidence_of_the_verdict_just_stored_and_repeats_keep_the_class() {
+        for classifier in [Classifier::Hmm, Classifier::Thresholds] {
+            let config = TieringConfig { classifier, ..TieringConfig::default() };
+            let mut temperature = Temperature::default();
+            assert_eq!(temperature.belief(&config), 0.0);
+            let mut repeated = 0;
+            for step in 0..12 {
+                let now = step * 6 * HOUR;
+                if step % 5 == 0 {
+                    temperature.stats.record(now);
+                }
+                let verdict = temperature.observe(temperature.stats, now, &config);
+                if temperature.implies(&verdict) {
+                    let (class, length) = (temperature.class, temperature.history.len());
+                    temperature.repeat();
+                    repeated += 1;
+                    assert_eq!((temperature.class, temperature.history.len()), (class, length + 1));
+                    assert_eq!(temperature.history.back(), Some(&verdict.observation));
+                } else {
+                    temperature.apply(&verdict);
+                    assert!((temperature.belief(&config) - verdict.confidence).abs() < 1e-12, "{classifier:?}");
+                }
+            }
+            assert!(repeated > 0, "{classifier:?}: no pass was implied");
+        }
+    }
 
     const HOUR: i64 = 3600;
     const DAY: i64 = 86_400;
