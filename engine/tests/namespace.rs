@@ -419,3 +419,35 @@ fn privileges_are_dropped_by_the_changes_and_callers_that_drop_them_on_ext4() {
     assert_eq!(dropped_privileges(InodeKind::Directory, 0o6777, owner, stranger), 0);
     assert_eq!(dropped_privileges(InodeKind::Directory, 0o6777, contents, stranger), 0);
 }
+
+#[test]
+fn a_directory_knows_its_parent_through_renames_within_across_and_exchanged() {
+    let mut t = TestPool::new(&[64, 64, 64], "replicate:2");
+    let pool = t.pool();
+    let dir =
+        |pool: &mut dfs_engine::Pool, parent: Ino, name: &str| pool.mkdir(parent, name.as_bytes(), OWNER).unwrap().ino;
+    let (a, b) = (dir(pool, Ino::ROOT, "a"), dir(pool, Ino::ROOT, "b"));
+    let c = dir(pool, a, "c");
+    pool.create(c, b"f", OWNER).unwrap();
+    assert_eq!((pool.parent_of(a), pool.parent_of(c)), (Some(Ino::ROOT), Some(a)));
+    pool.rename(a, b"c", a, b"c2", RenameMode::Replace).unwrap();
+    assert_eq!(pool.parent_of(c), Some(a), "renamed within its parent");
+    pool.rename(a, b"c2", b, b"c", RenameMode::Replace).unwrap();
+    assert_eq!(pool.parent_of(c), Some(b), "moved to another parent");
+    let x = dir(pool, a, "x");
+    pool.rename(b, b"c", a, b"x", RenameMode::Exchange).unwrap();
+    assert_eq!((pool.parent_of(c), pool.parent_of(x)), (Some(a), Some(b)), "exchanged");
+    // A move into its own subtree is refused: the walk up from the target finds it.
+    let error = pool.rename(Ino::ROOT, b"a", c, b"a", RenameMode::Replace).unwrap_err();
+    assert!(matches!(error, Error::InvalidArgument(_)), "{error}");
+    pool.rename(Ino::ROOT, b"b", c, b"b", RenameMode::Replace).unwrap();
+    assert_eq!(pool.parent_of(b), Some(c));
+    pool.rmdir(b, b"c").unwrap(); // x, since the exchange
+    assert_eq!(pool.parent_of(x), None);
+    t.reopen();
+    let pool = t.pool();
+    assert_eq!((pool.parent_of(a), pool.parent_of(b), pool.parent_of(c)), (Some(Ino::ROOT), Some(c), Some(a)));
+    pool.checkpoint().unwrap();
+    t.reopen();
+    assert_eq!(t.pool().parent_of(b), Some(c), "rebuilt from the checkpoint");
+}

@@ -551,17 +551,11 @@ impl Pool {
 
     /// Whether `ancestor` is `ino` or one of its ancestors (directories only).
     fn is_ancestor(&self, ancestor: Ino, mut ino: Ino) -> bool {
-        let parents: BTreeMap<Ino, Ino> = self
-            .state
-            .dirs
-            .iter()
-            .flat_map(|(parent, entries)| entries.values().map(move |child| (*child, *parent)))
-            .collect();
         loop {
             if ino == ancestor {
                 return true;
             }
-            match parents.get(&ino) {
+            match self.state.dir_parents.get(&ino) {
                 Some(parent) if *parent != ino => ino = *parent,
                 _ => return false,
             }
@@ -659,7 +653,7 @@ impl Pool {
         if ino == Ino::ROOT {
             return Some(Ino::ROOT);
         }
-        self.state.dirs.iter().find(|(_, entries)| entries.values().any(|c| *c == ino)).map(|(parent, _)| *parent)
+        self.state.dir_parents.get(&ino).copied()
     }
 
     /// Sets the policy of a directory (inherited by new children) or of a file, whose

@@ -57,12 +57,13 @@ pub struct JournalTip {
 /// their frozen structures, converted. Returns it, its body hash and its format.
 pub fn decode_checkpoint(block: &[u8]) -> Result<(Checkpoint, [u8; 32], u8), FrameError> {
     let opened = frame::open(FrameKind::Checkpoint, block)?;
-    let checkpoint = match opened.version {
+    let mut checkpoint: Checkpoint = match opened.version {
         v1::FORMAT => frame::decode_body::<v1::CheckpointV1>(opened.body)?.into(),
         v2::FORMAT => frame::decode_body::<v2::CheckpointV2>(opened.body)?.into(),
         v3::FORMAT => frame::decode_body::<v3::CheckpointV3>(opened.body)?.into(),
         _ => frame::decode_body::<Checkpoint>(opened.body)?,
     };
+    checkpoint.state.rebuild_indexes();
     Ok((checkpoint, opened.hash, opened.version))
 }
 

@@ -404,6 +404,13 @@ pub struct MetaState {
     /// chunk that holds an extent has layers; a new extent in the slot (`SetExtent`)
     /// replaces them.
     pub layers: BTreeMap<ChunkSlot, Vec<Layer>>,
+    /// Each directory's parent (the root has none): an index of `dirs`, kept by `apply`
+    /// and rebuilt after decoding (`rebuild_indexes`), never stored. A listing's `..`
+    /// and a rename's cycle check walk it instead of scanning every entry of the pool.
+    /// (Between a transaction's `Link` and the `PutInode` of the inode it names, a new
+    /// inode of any kind is in it; `PutInode` of anything but a directory takes it out.)
+    #[serde(skip)]
+    pub dir_parents: BTreeMap<Ino, Ino>,
 }
 
 /// A small overwrite of one chunk, stored as an extent of its own (format 4): the
@@ -662,6 +669,7 @@ impl MetaState {
             owed: BTreeMap::new(),
             availability: Availability::default(),
             layers: BTreeMap::new(),
+            dir_parents: BTreeMap::new(),
         };
         state.apply(&Op::PutInode(Inode {
             ino: Ino::ROOT,
@@ -694,11 +702,14 @@ impl MetaState {
                 self.next_ino = self.next_ino.max(inode.ino.0 + 1);
                 if inode.kind == InodeKind::Directory {
                     self.dirs.entry(inode.ino).or_default();
+                } else {
+                    self.dir_parents.remove(&inode.ino);
                 }
                 self.inodes.insert(inode.ino, inode.clone());
             }
             Op::RemoveInode(ino) => {
                 self.inodes.remove(ino);
+                self.dir_parents.remove(ino);
                 self.dirs.remove(ino);
                 self.xattrs.remove(ino);
                 let slots = ChunkSlot { ino: *ino, index: 0 }..=ChunkSlot { ino: *ino, index: u64::MAX };
@@ -720,10 +731,20 @@ impl MetaState {
             }
             Op::Link { parent, name, ino } => {
                 self.dirs.entry(*parent).or_default().insert(name.clone(), *ino);
+                if self.inodes.get(ino).is_none_or(|inode| inode.kind == InodeKind::Directory) {
+                    self.dir_parents.insert(*ino, *parent);
+                }
             }
             Op::Unlink { parent, name } => {
                 if let Some(dir) = self.dirs.get_mut(parent) {
-                    dir.remove(name);
+                    let child = dir.remove(name);
+                    // A directory renamed within its parent is linked under its new name
+                    // first: it keeps that parent.
+                    if let Some(child) = child.filter(|c| self.dir_parents.get(c) == Some(parent)) {
+                        if !dir.values().any(|c| *c == child) {
+                            self.dir_parents.remove(&child);
+                        }
+                    }
                 }
             }
             Op::SetExtent { ino, index, extent } => {
@@ -1065,7 +1086,24 @@ impl MetaState {
     }
 
     /// Checks the structural invariants, returning the first violation found.
+    /// Rebuilds what the state indexes but never stores (`dir_parents`): after decoding.
+    pub fn rebuild_indexes(&mut self) {
+        self.dir_parents = self.scanned_dir_parents();
+    }
+
+    /// Each directory's parent, from a scan of every entry.
+    fn scanned_dir_parents(&self) -> BTreeMap<Ino, Ino> {
+        let is_dir = |ino: &Ino| self.inodes.get(ino).is_some_and(|i| i.kind == InodeKind::Directory);
+        self.dirs
+            .iter()
+            .flat_map(|(parent, entries)| entries.values().filter(|c| is_dir(c)).map(move |child| (*child, *parent)))
+            .collect()
+    }
+
     pub fn check(&self) -> Result<(), String> {
+        if self.dir_parents != self.scanned_dir_parents() {
+            return Err("the directory parent index differs from a scan of the entries".into());
+        }
         let mut links: BTreeMap<Ino, u32> = BTreeMap::new();
         for (parent, entries) in &self.dirs {
             if self.inodes.get(parent).map(|i| i.kind) != Some(InodeKind::Directory) {

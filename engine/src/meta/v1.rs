@@ -112,6 +112,7 @@ impl From<MetaStateV1> for MetaState {
             owed: BTreeMap::new(),
             availability: crate::meta::state::Availability::default(),
             layers: BTreeMap::new(),
+            dir_parents: BTreeMap::new(),
         }
     }
 }

@@ -71,6 +71,7 @@ impl From<MetaStateV2> for MetaState {
             owed: BTreeMap::new(),
             availability: Availability::default(),
             layers: BTreeMap::new(),
+            dir_parents: BTreeMap::new(),
         }
     }
 }

@@ -75,6 +75,7 @@ impl From<MetaStateV3> for MetaState {
             owed: old.owed,
             availability: old.availability,
             layers: BTreeMap::new(),
+            dir_parents: BTreeMap::new(),
         }
     }
 }
