@@ -265,3 +265,18 @@ fn a_checkpoint_copy_unlike_the_one_recovered_is_rewritten_from_it() {
     t.reopen();
     assert_files(&mut t, &files);
 }
+
+#[test]
+fn journal_and_checkpoint_bytes_count_each_replica_written() {
+    let mut t = TestPool::new(&[64, 64, 64], "replicate:2");
+    let pool = t.pool();
+    assert_eq!(pool.journal_disks().len(), 3);
+    let before = pool.counters().clone();
+    pool.mkdir(dfs_engine::Ino::ROOT, b"a", common::OWNER).unwrap();
+    pool.sync().unwrap();
+    let record = pool.counters().journal_bytes - before.journal_bytes;
+    assert!(record > 0 && record % 3 == 0, "{record} bytes for one record on three replicas");
+    pool.checkpoint().unwrap();
+    let checkpoint = pool.counters().checkpoint_bytes - before.checkpoint_bytes;
+    assert!(checkpoint > record && checkpoint % 3 == 0, "{checkpoint} bytes for one checkpoint on three replicas");
+}

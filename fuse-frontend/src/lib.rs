@@ -176,6 +176,14 @@ fn reply_xattr(reply: ReplyXattr, size: u32, value: dfs_engine::Result<Vec<u8>>)
 /// Most directory entries one `readdir` request prepares; a reply holds fewer.
 const LISTING_ENTRIES_MAX: usize = 1024;
 
+/// One entry of a listing and the position to resume after it.
+struct Listed {
+    next: u64,
+    ino: Ino,
+    kind: InodeKind,
+    name: Vec<u8>,
+}
+
 /// The creator of a new inode. The engine applies the umask, unless the directory's
 /// default ACL decides the bits instead (the kernel leaves both to a filesystem that
 /// supports ACLs).
@@ -291,21 +299,20 @@ impl DynamicFs {
     /// then the names in order), each with the position to resume after it; at most
     /// `LISTING_ENTRIES_MAX`, more than one reply holds. A listing from the start is a
     /// read of the directory (its access time, as `relatime` keeps it).
-    fn listing(&self, ino: Ino, offset: u64) -> dfs_engine::Result<Vec<(u64, Attr, Vec<u8>)>> {
-        let mut pool = self.pool();
-        let names = pool.readdir(ino)?;
-        let mut out = Vec::new();
+    fn listing(&self, pool: &mut Pool, ino: Ino, offset: u64) -> dfs_engine::Result<Vec<Listed>> {
+        let skip = usize::try_from(offset.saturating_sub(2)).unwrap_or(usize::MAX);
+        let names = pool.readdir_window(ino, skip, LISTING_ENTRIES_MAX)?;
+        let mut out = Vec::with_capacity(names.len() + 2);
         if offset == 0 {
-            out.push((1, pool.getattr(ino)?, b".".to_vec()));
-            self.accessed(&mut pool, ino);
+            out.push(Listed { next: 1, ino, kind: InodeKind::Directory, name: b".".to_vec() });
+            self.accessed(pool, ino);
         }
         if offset <= 1 {
             let parent = pool.parent_of(ino).unwrap_or(Ino::ROOT);
-            out.push((2, pool.getattr(parent)?, b"..".to_vec()));
+            out.push(Listed { next: 2, ino: parent, kind: InodeKind::Directory, name: b"..".to_vec() });
         }
-        let skip = usize::try_from(offset.saturating_sub(2)).unwrap_or(usize::MAX);
-        for (position, entry) in names.into_iter().enumerate().skip(skip).take(LISTING_ENTRIES_MAX) {
-            out.push((position as u64 + 3, pool.getattr(entry.ino)?, entry.name));
+        for (position, entry) in (skip..).zip(names) {
+            out.push(Listed { next: position as u64 + 3, ino: entry.ino, kind: entry.kind, name: entry.name });
         }
         Ok(out)
     }
@@ -338,8 +345,10 @@ impl Filesystem for DynamicFs {
         if let Err(missing) = config.add_capabilities(fuser::InitFlags::FUSE_WRITEBACK_CACHE) {
             tracing::info!(?missing, "the kernel offers no writeback cache; writes go through one by one");
         }
-        // ACLs checked by the kernel from our xattrs; listings that carry attributes, so
-        // `ls -l` and `find` need no lookup per entry.
+        // ACLs checked by the kernel from our xattrs; listings that always carry
+        // attributes (not `READDIRPLUS_AUTO`, under which the kernel asks for them only
+        // in a directory's first reply), so `ls -l`, `find` and `du` need no lookup per
+        // entry.
         // DONT_MASK: the umask arrives with each create and the engine applies it (or,
         // under a default ACL, not), as an ACL-capable filesystem must.
         // HANDLE_KILLPRIV_V2: this filesystem drops set-user-ID and set-group-ID bits
@@ -348,7 +357,6 @@ impl Filesystem for DynamicFs {
         let wanted = fuser::InitFlags::FUSE_POSIX_ACL
             | fuser::InitFlags::FUSE_DONT_MASK
             | fuser::InitFlags::FUSE_DO_READDIRPLUS
-            | fuser::InitFlags::FUSE_READDIRPLUS_AUTO
             | fuser::InitFlags::FUSE_HANDLE_KILLPRIV_V2;
         if let Err(missing) = config.add_capabilities(wanted) {
             tracing::info!(?missing, "the kernel lacks some capabilities; ACLs or readdirplus stay off");
@@ -600,30 +608,38 @@ impl Filesystem for DynamicFs {
 
     fn readdir(&self, req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
         let _span = request_span("readdir", req);
-        let entries = match self.listing(Ino(ino.0), offset) {
+        let entries = match self.listing(&mut self.pool(), Ino(ino.0), offset) {
             Ok(entries) => entries,
             Err(e) => return reply.error(errno(&e)),
         };
-        for (next, attr, name) in entries {
-            if reply.add(INodeNo(attr.ino.0), next, file_type(attr.kind), OsStr::from_bytes(&name)) {
+        for entry in entries {
+            if reply.add(INodeNo(entry.ino.0), entry.next, file_type(entry.kind), OsStr::from_bytes(&entry.name)) {
                 break;
             }
         }
         reply.ok();
     }
 
+    /// Every listing carries attributes (the kernel is not offered `READDIRPLUS_AUTO`):
+    /// `find`, `du` and `ls -l` then need no lookup per entry. Attributes are read only
+    /// for the entries the reply holds.
     fn readdirplus(&self, req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, mut reply: ReplyDirectoryPlus) {
         let _span = request_span("readdirplus", req);
-        let entries = match self.listing(Ino(ino.0), offset) {
+        let mut pool = self.pool();
+        let entries = match self.listing(&mut pool, Ino(ino.0), offset) {
             Ok(entries) => entries,
             Err(e) => return reply.error(errno(&e)),
         };
-        for (next, attr, name) in entries {
-            let attr = file_attr(&attr);
-            if reply.add(attr.ino, next, OsStr::from_bytes(&name), &TTL, &attr, Generation(0)) {
+        for entry in entries {
+            let attr = match pool.getattr(entry.ino) {
+                Ok(attr) => file_attr(&attr),
+                Err(e) => return reply.error(errno(&e)),
+            };
+            if reply.add(attr.ino, entry.next, OsStr::from_bytes(&entry.name), &TTL, &attr, Generation(0)) {
                 break;
             }
         }
+        drop(pool);
         reply.ok();
     }
 

@@ -641,9 +641,17 @@ impl Pool {
 
     /// The entries of a directory, in name order (without `.` and `..`).
     pub fn readdir(&self, ino: Ino) -> Result<Vec<DirEntry>> {
+        self.readdir_window(ino, 0, usize::MAX)
+    }
+
+    /// `readdir` from the entry at position `skip` on, at most `max` entries: a listing
+    /// read a reply at a time costs what each reply holds, not the whole directory.
+    pub fn readdir_window(&self, ino: Ino, skip: usize, max: usize) -> Result<Vec<DirEntry>> {
         let entries = self.directory(ino)?;
         entries
             .iter()
+            .skip(skip)
+            .take(max)
             .map(|(name, child)| Ok(DirEntry { name: name.clone(), ino: *child, kind: self.inode(*child)?.kind }))
             .collect()
     }
