@@ -275,8 +275,8 @@ fn journal_and_checkpoint_bytes_count_each_replica_written() {
     pool.mkdir(dfs_engine::Ino::ROOT, b"a", common::OWNER).unwrap();
     pool.sync().unwrap();
     let record = pool.counters().journal_bytes - before.journal_bytes;
-    assert!(record > 0 && record % 3 == 0, "{record} bytes for one record on three replicas");
+    assert!(record > 0 && record.is_multiple_of(3), "{record} bytes for one record on three replicas");
     pool.checkpoint().unwrap();
     let checkpoint = pool.counters().checkpoint_bytes - before.checkpoint_bytes;
-    assert!(checkpoint > record && checkpoint % 3 == 0, "{checkpoint} bytes for one checkpoint on three replicas");
+    assert!(checkpoint > record && checkpoint.is_multiple_of(3), "{checkpoint} bytes for one checkpoint on three replicas");
 }
