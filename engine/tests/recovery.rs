@@ -278,5 +278,8 @@ fn journal_and_checkpoint_bytes_count_each_replica_written() {
     assert!(record > 0 && record.is_multiple_of(3), "{record} bytes for one record on three replicas");
     pool.checkpoint().unwrap();
     let checkpoint = pool.counters().checkpoint_bytes - before.checkpoint_bytes;
-    assert!(checkpoint > record && checkpoint.is_multiple_of(3), "{checkpoint} bytes for one checkpoint on three replicas");
+    assert!(
+        checkpoint > record && checkpoint.is_multiple_of(3),
+        "{checkpoint} bytes for one checkpoint on three replicas"
+    );
 }
