@@ -14,8 +14,9 @@
 //! that of a process that opened the pool cold (the build's memory is not counted).
 //!
 //! Run: `cargo bench -p dfs-engine --bench metadata_scale`
-//! (`DFS_BENCH_SIZES=10000,100000` picks the sizes, in extents; the pools go under
-//! `TMPDIR`).
+//! (`DFS_BENCH_SIZES=10000,100000` picks the sizes, in extents; `DFS_BENCH_PASSES=100`
+//! runs that many classification passes while building, as months of a running pool
+//! would; the pools go under `TMPDIR`).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::BTreeMap;
@@ -196,8 +197,12 @@ fn build(path: &Path, extents: u64) {
         let chunks = EXTENTS_PER_FILE.min(extents - file * EXTENTS_PER_FILE);
         pool.attach_synthetic_extents(ino, chunks).unwrap();
     }
-    // Every extent judged once, as in a pool that has been running.
-    pool.classify_pass().unwrap();
+    // Every extent judged, as in a pool that has been running (`DFS_BENCH_PASSES`
+    // passes, one by default; 100 fill every extent's observation window).
+    let passes: usize = std::env::var("DFS_BENCH_PASSES").ok().and_then(|v| v.parse().ok()).unwrap_or(1);
+    for _ in 0..passes {
+        pool.classify_pass().unwrap();
+    }
     pool.checkpoint().unwrap();
     assert_eq!(pool.state().extents.len() as u64, extents);
     println!("build_s={}", started.elapsed().as_secs_f64());

@@ -11,6 +11,7 @@
 
 pub mod access;
 pub mod config;
+pub mod history;
 pub mod hmm;
 pub mod thresholds;
 pub mod tiers;

@@ -8,12 +8,11 @@
 //! final state as the class, with the filtered probability of that state as its
 //! confidence. The pool journals that verdict; `apply` (what replay runs) stores it.
 
-use std::collections::VecDeque;
-
 use serde::{Deserialize, Serialize};
 
 use super::access::AccessStats;
 use super::config::{Classifier, TieringConfig};
+use super::history::History;
 #[cfg(test)]
 use super::hmm::HmmParams;
 use super::hmm::HISTORY_MAX;
@@ -43,7 +42,7 @@ pub struct Verdict {
 pub struct Temperature {
     pub stats: AccessStats,
     /// Observations at past passes, oldest first; at most `HISTORY_MAX`.
-    pub history: VecDeque<Observation>,
+    pub history: History,
     /// The class the last pass settled on (`Warm` before any pass: the pool default).
     pub class: Class,
     /// P(that class | history), from the forward filter (1 for the threshold classifier),
@@ -58,7 +57,7 @@ impl Default for Temperature {
     fn default() -> Self {
         Temperature {
             stats: AccessStats::default(),
-            history: VecDeque::new(),
+            history: History::default(),
             class: Class::Warm,
             confidence: 0.0,
             total_at_last_pass: 0,
@@ -110,11 +109,8 @@ impl Temperature {
     /// last observation again, with no access; statistics and class kept, and the
     /// confidence of the last journaled verdict.
     pub fn repeat(&mut self) {
-        let Some(last) = self.history.back().copied() else { return };
-        self.history.push_back(Observation { observed: last.observed, accesses: 0 });
-        while self.history.len() > HISTORY_MAX {
-            self.history.pop_front();
-        }
+        let Some(last) = self.history.back() else { return };
+        self.history.push(Observation { observed: last.observed, accesses: 0 });
     }
 
     /// P(class | history) under `config`'s classifier, as the last pass computed it
@@ -136,10 +132,7 @@ impl Temperature {
     pub fn apply(&mut self, verdict: &Verdict) {
         self.stats = verdict.stats;
         self.total_at_last_pass = verdict.stats.total;
-        self.history.push_back(verdict.observation);
-        while self.history.len() > HISTORY_MAX {
-            self.history.pop_front();
-        }
+        self.history.push(verdict.observation);
         self.class = verdict.class;
         self.confidence = verdict.confidence;
     }
@@ -178,7 +171,7 @@ mod tests {
                     temperature.repeat();
                     repeated += 1;
                     assert_eq!((temperature.class, temperature.history.len()), (class, length + 1));
-                    assert_eq!(temperature.history.back(), Some(&verdict.observation));
+                    assert_eq!(temperature.history.back(), Some(verdict.observation));
                 } else {
                     temperature.apply(&verdict);
                     assert!((temperature.belief(&config) - verdict.confidence).abs() < 1e-12, "{classifier:?}");
@@ -240,7 +233,7 @@ mod tests {
         }
         assert_eq!(pass(&mut temperature, 7 * DAY, &config), Class::Hot);
         assert!(temperature.confidence > 0.9, "{}", temperature.confidence);
-        let last = temperature.history.back().copied().unwrap();
+        let last = temperature.history.back().unwrap();
         assert_eq!(last, Observation { observed: Class::Hot, accesses: 240 });
     }
 

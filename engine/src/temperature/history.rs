@@ -1,0 +1,166 @@
+//! One extent's observation window: the threshold classes (and accesses) its last
+//! `HISTORY_MAX` classification passes saw, oldest first.
+//!
+//! Contract: behaves as a `VecDeque<Observation>` capped at `HISTORY_MAX` — `push` appends
+//! and drops the oldest beyond the cap — and encodes exactly as one (a sequence of
+//! observations), so the metadata format is the one a deque wrote. In memory it is a fixed
+//! 32 bytes of classes, two bits each, plus the passes that saw accesses: an extent nobody
+//! reads keeps 100 observations without a heap allocation, where a deque of them took
+//! a kilobyte.
+
+use serde::de::{Deserialize, Deserializer};
+use serde::ser::{Serialize, SerializeSeq, Serializer};
+
+use super::hmm::HISTORY_MAX;
+use super::tracker::Observation;
+use super::Class;
+
+const WORDS: usize = 4;
+const _: () = assert!(HISTORY_MAX <= WORDS * 32, "two bits a class must fit the words");
+
+/// The last `HISTORY_MAX` observations, oldest first (see the module header).
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct History {
+    /// Observation `i`'s class index in bits `2i % 64 ..` of word `2i / 64`; bits at and
+    /// past `len` are zero, so equal windows compare equal.
+    classes: [u64; WORDS],
+    len: u8,
+    /// `(position, accesses)` of the observations that saw accesses, positions ascending.
+    accesses: Vec<(u8, u32)>,
+}
+
+impl History {
+    /// Observations held.
+    pub fn len(&self) -> usize {
+        usize::from(self.len)
+    }
+
+    /// Whether no pass has observed the extent yet.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Observation `i` (0 is the oldest).
+    pub fn get(&self, i: usize) -> Option<Observation> {
+        (i < self.len()).then(|| {
+            let index = (self.classes[i / 32] >> (2 * (i % 32))) & 0b11;
+            let accesses = self.accesses.iter().find(|(at, _)| usize::from(*at) == i).map_or(0, |(_, n)| *n);
+            Observation { observed: Class::ALL[index as usize], accesses }
+        })
+    }
+
+    /// The newest observation.
+    pub fn back(&self) -> Option<Observation> {
+        self.len().checked_sub(1).and_then(|i| self.get(i))
+    }
+
+    /// Every observation, oldest first.
+    pub fn iter(&self) -> impl Iterator<Item = Observation> + '_ {
+        (0..self.len()).filter_map(|i| self.get(i))
+    }
+
+    /// Appends `observation`; the oldest goes when `HISTORY_MAX` are held.
+    pub fn push(&mut self, observation: Observation) {
+        if self.len() == HISTORY_MAX {
+            self.drop_oldest();
+        }
+        let i = self.len();
+        self.classes[i / 32] |= (observation.observed.index() as u64) << (2 * (i % 32));
+        if observation.accesses > 0 {
+            self.accesses.push((self.len, observation.accesses));
+        }
+        self.len += 1;
+        debug_assert!(self.len() <= HISTORY_MAX);
+        debug_assert_eq!(self.back(), Some(observation));
+    }
+
+    fn drop_oldest(&mut self) {
+        assert!(self.len > 0);
+        for word in 0..WORDS {
+            let carried = self.classes.get(word + 1).map_or(0, |next| next << 62);
+            self.classes[word] = (self.classes[word] >> 2) | carried;
+        }
+        self.accesses.retain(|(at, _)| *at > 0);
+        for (at, _) in &mut self.accesses {
+            *at -= 1;
+        }
+        self.len -= 1;
+    }
+}
+
+impl std::fmt::Debug for History {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.iter()).finish()
+    }
+}
+
+impl FromIterator<Observation> for History {
+    fn from_iter<I: IntoIterator<Item = Observation>>(observations: I) -> History {
+        let mut history = History::default();
+        for observation in observations {
+            history.push(observation);
+        }
+        history
+    }
+}
+
+impl Serialize for History {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut seq = serializer.serialize_seq(Some(self.len()))?;
+        for observation in self.iter() {
+            seq.serialize_element(&observation)?;
+        }
+        seq.end()
+    }
+}
+
+impl<'de> Deserialize<'de> for History {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<History, D::Error> {
+        Ok(Vec::<Observation>::deserialize(deserializer)?.into_iter().collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::VecDeque;
+
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn observation() -> impl Strategy<Value = Observation> {
+        (0..3usize, prop_oneof![Just(0u32), 1..5u32, Just(u32::MAX)])
+            .prop_map(|(class, accesses)| Observation { observed: Class::ALL[class], accesses })
+    }
+
+    proptest! {
+        /// Any sequence of pushes leaves what a capped deque holds, and both encode to
+        /// the same bytes and decode to the same window.
+        #[test]
+        fn a_window_holds_and_encodes_what_a_capped_deque_does(pushes in prop::collection::vec(observation(), 0..260)) {
+            let mut window = History::default();
+            let mut deque = VecDeque::new();
+            for observation in pushes {
+                window.push(observation);
+                deque.push_back(observation);
+                if deque.len() > HISTORY_MAX {
+                    deque.pop_front();
+                }
+                prop_assert_eq!(window.iter().collect::<Vec<_>>(), deque.iter().copied().collect::<Vec<_>>());
+                prop_assert_eq!(window.back(), deque.back().copied());
+            }
+            let bytes = postcard::to_stdvec(&window).unwrap();
+            prop_assert_eq!(&bytes, &postcard::to_stdvec(&deque).unwrap());
+            let decoded: History = postcard::from_bytes(&bytes).unwrap();
+            prop_assert_eq!(decoded, window);
+        }
+    }
+
+    #[test]
+    fn an_untouched_window_keeps_no_accesses_on_the_heap() {
+        let cold = Observation { observed: Class::Cold, accesses: 0 };
+        let window: History = std::iter::repeat_n(cold, 3 * HISTORY_MAX).collect();
+        assert_eq!(window.len(), HISTORY_MAX);
+        assert_eq!(window.accesses.capacity(), 0);
+    }
+}
