@@ -6,9 +6,9 @@
 //! 1 MiB write and per rename of a file (each followed by its barrier), and the time of a
 //! directory's rename; a checkpoint's time and bytes after those few changes; a
 //! classification pass (the build ran one, and nothing was read since); the rebuild
-//! queue after a disk fails; the process's peak memory. A second table divides each
-//! figure by the smallest size's: what grows with what exists rather than with what
-//! changes.
+//! queue of the healthy pool and after a disk fails; the process's peak memory. A second
+//! table divides each figure by the smallest size's: what grows with what exists rather
+//! than with what changes.
 //!
 //! Each pool is built in one child process and measured in another, so each figure is
 //! that of a process that opened the pool cold (the build's memory is not counted).
@@ -88,7 +88,7 @@ fn child(exe: &Path, args: &[&str]) -> Figures {
         .collect()
 }
 
-const COLUMNS: [(&str, &str); 17] = [
+const COLUMNS: [(&str, &str); 18] = [
     ("build_s", "build s"),
     ("open_s", "open s"),
     ("rss_mib", "RSS MiB"),
@@ -104,6 +104,7 @@ const COLUMNS: [(&str, &str); 17] = [
     ("checkpoint_mb", "ckpt MB"),
     ("classify_ms", "classify ms"),
     ("classify_kb", "classify KB"),
+    ("healthy_queue_ms", "healthy q ms"),
     ("queue_ms", "rebuild q ms"),
     ("metadata_mib", "on disk MiB"),
 ];
@@ -259,6 +260,9 @@ fn measure(path: &Path) {
     let classify_ms = started.elapsed().as_secs_f64() * 1e3;
     let classify_kb = (pool.counters().journal_bytes - before) as f64 / 1e3;
 
+    let started = Instant::now();
+    assert!(pool.rebuild_queue().is_empty());
+    let healthy_queue_ms = started.elapsed().as_secs_f64() * 1e3;
     let disk = *pool.state().disks.keys().next().unwrap();
     pool.fail_disk(disk).unwrap();
     let started = Instant::now();
@@ -269,7 +273,7 @@ fn measure(path: &Path) {
         "open_s={open_s} rss_mib={rss_mib} extents={extents} create_us={create_us} create_b={create_b} \
          write_us={write_us} write_b={write_b} rename_us={rename_us} rename_b={rename_b} dir_rename_us={dir_rename_us} \
          checkpoint_ms={checkpoint_ms} checkpoint_mb={checkpoint_mb} classify_ms={classify_ms} \
-         classify_kb={classify_kb} classified={} queue_ms={queue_ms} queue_len={} peak_mib={}",
+         classify_kb={classify_kb} classified={} healthy_queue_ms={healthy_queue_ms} queue_ms={queue_ms} queue_len={} peak_mib={}",
         pass.extents,
         queue.len(),
         memory_mib("VmHWM:")

@@ -324,6 +324,25 @@ impl Pool {
     /// those a read found damaged. Fragments on an offline disk still waited for are not
     /// missing yet: nothing is rebuilt during the grace period.
     pub fn rebuild_queue(&self) -> Vec<RebuildItem> {
+        if self.nothing_to_rebuild() {
+            debug_assert!(self.scanned_rebuild_queue().is_empty(), "a pool with nothing to rebuild queued some");
+            return Vec::new();
+        }
+        self.scanned_rebuild_queue()
+    }
+
+    /// Whether the rebuild queue is empty without visiting an extent: every disk is
+    /// active (an offline one is waited for, not rebuilt), none that is online is owed
+    /// anything, and no read found an extent damaged — a healthy pool, whose daemon asks
+    /// at every background tick and every metrics scrape.
+    fn nothing_to_rebuild(&self) -> bool {
+        self.degraded.is_empty()
+            && self.state.disks.values().all(|d| d.state == DiskState::Active)
+            && self.state.owed.iter().all(|(disk, owed)| owed.is_empty() || self.state.disk_awaited(*disk))
+    }
+
+    /// `rebuild_queue`, from a visit of every extent.
+    fn scanned_rebuild_queue(&self) -> Vec<RebuildItem> {
         let mut items: Vec<RebuildItem> = self
             .state
             .extents
