@@ -40,23 +40,31 @@ impl History {
         self.len == 0
     }
 
-    /// Observation `i` (0 is the oldest).
-    pub fn get(&self, i: usize) -> Option<Observation> {
-        (i < self.len()).then(|| {
-            let index = (self.classes[i / 32] >> (2 * (i % 32))) & 0b11;
-            let accesses = self.accesses.iter().find(|(at, _)| usize::from(*at) == i).map_or(0, |(_, n)| *n);
-            Observation { observed: Class::ALL[index as usize], accesses }
-        })
+    /// The class observation `i` saw (0 is the oldest; `i < len`).
+    fn class_at(&self, i: usize) -> Class {
+        debug_assert!(i < self.len());
+        Class::ALL[((self.classes[i / 32] >> (2 * (i % 32))) & 0b11) as usize]
     }
 
     /// The newest observation.
     pub fn back(&self) -> Option<Observation> {
-        self.len().checked_sub(1).and_then(|i| self.get(i))
+        let i = self.len().checked_sub(1)?;
+        let accesses = self.accesses.last().filter(|(at, _)| usize::from(*at) == i).map_or(0, |(_, n)| *n);
+        Some(Observation { observed: self.class_at(i), accesses })
     }
 
     /// Every observation, oldest first.
     pub fn iter(&self) -> impl Iterator<Item = Observation> + '_ {
-        (0..self.len()).filter_map(|i| self.get(i))
+        let mut accesses = self.accesses.iter().peekable();
+        (0..self.len()).map(move |i| {
+            let seen = accesses.next_if(|(at, _)| usize::from(*at) == i).map_or(0, |(_, n)| *n);
+            Observation { observed: self.class_at(i), accesses: seen }
+        })
+    }
+
+    /// The class every observation saw, oldest first: what the classifier decodes.
+    pub fn classes(&self) -> impl Iterator<Item = Class> + '_ {
+        (0..self.len()).map(|i| self.class_at(i))
     }
 
     /// Appends `observation`; the oldest goes when `HISTORY_MAX` are held.
@@ -148,6 +156,7 @@ mod tests {
                 }
                 prop_assert_eq!(window.iter().collect::<Vec<_>>(), deque.iter().copied().collect::<Vec<_>>());
                 prop_assert_eq!(window.back(), deque.back().copied());
+                prop_assert_eq!(window.classes().collect::<Vec<_>>(), deque.iter().map(|o| o.observed).collect::<Vec<_>>());
             }
             let bytes = postcard::to_stdvec(&window).unwrap();
             prop_assert_eq!(&bytes, &postcard::to_stdvec(&deque).unwrap());

@@ -77,8 +77,7 @@ impl Temperature {
             Classifier::Thresholds => (observed, 1.0),
             Classifier::Hmm => {
                 let skip = (self.history.len() + 1).saturating_sub(HISTORY_MAX);
-                let history: Vec<Class> =
-                    self.history.iter().map(|o| o.observed).chain([observed]).skip(skip).collect();
+                let history: Vec<Class> = self.history.classes().chain([observed]).skip(skip).collect();
                 let recent = since.is_some_and(|s| s <= config.thresholds.hot_within_secs);
                 let decoded = config.hmm.viterbi(&history, recent);
                 let belief = config.hmm.filter(&history);
@@ -122,7 +121,7 @@ impl Temperature {
         match config.classifier {
             Classifier::Thresholds => 1.0,
             Classifier::Hmm => {
-                let history: Vec<Class> = self.history.iter().map(|o| o.observed).collect();
+                let history: Vec<Class> = self.history.classes().collect();
                 config.hmm.filter(&history)[self.class.index()]
             }
         }
@@ -141,7 +140,7 @@ impl Temperature {
     /// HMM's most likely path (without the recency boost, which only weighs the present),
     /// or the observations themselves for the threshold classifier.
     pub fn decoded_states(&self, config: &TieringConfig) -> Vec<Class> {
-        let history: Vec<Class> = self.history.iter().map(|o| o.observed).collect();
+        let history: Vec<Class> = self.history.classes().collect();
         match config.classifier {
             Classifier::Thresholds => history,
             Classifier::Hmm => config.hmm.viterbi(&history, false).states,
