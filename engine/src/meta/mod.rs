@@ -1,5 +1,6 @@
 //! Metadata: the transactional state (`state`) and its replicated journal (`journal`).
 
+pub mod extent_index;
 pub mod journal;
 pub mod scrub_state;
 pub mod state;

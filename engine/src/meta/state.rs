@@ -19,6 +19,7 @@ use crate::base::clock::WallTime;
 use crate::base::policy::Policy;
 use crate::media::codec::CodecId;
 use crate::media::device::ExtentId;
+use crate::meta::extent_index::ExtentIndex;
 use crate::temperature::access::AccessStats;
 use crate::temperature::config::TieringConfig;
 use crate::temperature::hmm::HISTORY_MAX;
@@ -411,6 +412,23 @@ pub struct MetaState {
     /// inode of any kind is in it; `PutInode` of anything but a directory takes it out.)
     #[serde(skip)]
     pub dir_parents: BTreeMap<Ino, Ino>,
+    /// The extents on each disk and those short of fragments: an index of `extents`,
+    /// `disks`, `offline` and `owed`, kept by `apply` and rebuilt after decoding, never
+    /// stored. A drain, a rebuild step and a removal's check read it instead of visiting
+    /// every record.
+    #[serde(skip)]
+    pub extent_index: ExtentIndex,
+}
+
+/// Where a disk stands for the fragments on it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DiskFate {
+    /// Active and online: its fragments are read there, rewritten there if damaged.
+    Serving,
+    /// Offline and still waited for: its fragments are neither read nor moved.
+    Awaited,
+    /// Failed, removed, unknown, or draining: its fragments go elsewhere.
+    Leaving,
 }
 
 /// A small overwrite of one chunk, stored as an extent of its own (format 4): the
@@ -670,6 +688,7 @@ impl MetaState {
             availability: Availability::default(),
             layers: BTreeMap::new(),
             dir_parents: BTreeMap::new(),
+            extent_index: ExtentIndex::default(),
         };
         state.apply(&Op::PutInode(Inode {
             ino: Ino::ROOT,
@@ -692,6 +711,13 @@ impl MetaState {
     /// Applies one op, returning the extents it freed (their fragments may be deleted
     /// once the op is durable).
     pub fn apply(&mut self, op: &Op) -> Vec<ExtentRecord> {
+        let freed = self.apply_op(op);
+        self.reassess_after(op, &freed);
+        freed
+    }
+
+    /// `apply`, before the extents whose risk the op may change are reassessed.
+    fn apply_op(&mut self, op: &Op) -> Vec<ExtentRecord> {
         let mut freed = Vec::new();
         match op {
             Op::AddDisk(disk) => {
@@ -718,7 +744,7 @@ impl MetaState {
                     self.temperature.remove(&slot);
                 }
                 if let Some(map) = self.file_extents.remove(ino) {
-                    freed.extend(map.values().filter_map(|id| self.extents.remove(id)));
+                    freed.extend(map.values().filter_map(|id| self.remove_extent(*id)));
                 }
                 let layered: Vec<ChunkSlot> = self
                     .layers
@@ -749,11 +775,13 @@ impl MetaState {
             }
             Op::SetExtent { ino, index, extent } => {
                 freed.extend(self.remove_layers(ChunkSlot { ino: *ino, index: *index }));
+                if let Some(record) = extent {
+                    self.insert_extent(record.clone());
+                }
                 let map = self.file_extents.entry(*ino).or_default();
                 let old = match extent {
                     Some(record) => {
                         self.next_extent = self.next_extent.max(record.id.0 + 1);
-                        self.extents.insert(record.id, record.clone());
                         map.insert(*index, record.id)
                     }
                     None => {
@@ -766,7 +794,7 @@ impl MetaState {
                 }
                 if let Some(old) = old {
                     if extent.as_ref().map(|e| e.id) != Some(old) {
-                        freed.extend(self.extents.remove(&old));
+                        freed.extend(self.remove_extent(old));
                     }
                 }
                 if let Some(record) = extent {
@@ -775,8 +803,8 @@ impl MetaState {
             }
             Op::SetDefaultPolicy(policy) => self.default_policy = *policy,
             Op::PutExtent(record) => {
-                if let Some(existing) = self.extents.get_mut(&record.id) {
-                    *existing = record.clone();
+                if self.extents.contains_key(&record.id) {
+                    self.insert_extent(record.clone());
                     self.forget_owed(record.id, &record.fragments);
                     self.owe_to_offline(record);
                 }
@@ -862,7 +890,7 @@ impl MetaState {
             Op::PutLayer { slot, extent, ranges } => {
                 self.next_extent = self.next_extent.max(extent.id.0 + 1);
                 if self.slot_extent(*slot).is_some() {
-                    self.extents.insert(extent.id, extent.clone());
+                    self.insert_extent(extent.clone());
                     self.layers.entry(*slot).or_default().push(Layer { extent: extent.id, ranges: ranges.clone() });
                     self.owe_to_offline(extent);
                 } else {
@@ -877,7 +905,7 @@ impl MetaState {
                     if layers.is_empty() {
                         self.layers.remove(slot);
                     }
-                    let records: Vec<ExtentRecord> = extents.iter().filter_map(|id| self.extents.remove(id)).collect();
+                    let records: Vec<ExtentRecord> = extents.iter().filter_map(|id| self.remove_extent(*id)).collect();
                     debug_assert_eq!(records.len(), dropped, "a dropped layer's extent outside its slot");
                     freed.extend(records);
                 }
@@ -922,7 +950,7 @@ impl MetaState {
     /// Removes the layers of `slot`, returning their extents' records.
     fn remove_layers(&mut self, slot: ChunkSlot) -> Vec<ExtentRecord> {
         let layers = self.layers.remove(&slot).unwrap_or_default();
-        layers.iter().filter_map(|layer| self.extents.remove(&layer.extent)).collect()
+        layers.iter().filter_map(|layer| self.remove_extent(layer.extent)).collect()
     }
 
     /// The layers of chunk `slot` that a new layer over `ranges` would leave unread: each
@@ -998,6 +1026,126 @@ impl MetaState {
                 self.owed.entry(*disk).or_default().insert(record.id);
             }
         }
+    }
+
+    /// Stores `record`, replacing any record of the same id, and indexes its fragments.
+    fn insert_extent(&mut self, record: ExtentRecord) {
+        if let Some(old) = self.extents.get(&record.id) {
+            self.extent_index.remove_fragments(record.id, &old.fragments);
+        }
+        self.extent_index.add_fragments(record.id, &record.fragments);
+        self.extents.insert(record.id, record);
+    }
+
+    /// Removes extent `id`'s record, and its fragments from the index.
+    fn remove_extent(&mut self, id: ExtentId) -> Option<ExtentRecord> {
+        let record = self.extents.remove(&id)?;
+        self.extent_index.remove_fragments(id, &record.fragments);
+        Some(record)
+    }
+
+    /// Where `disk` stands for the fragments on it.
+    pub fn fate(&self, disk: DiskId) -> DiskFate {
+        if self.disk_awaited(disk) {
+            DiskFate::Awaited
+        } else if self.disk_writable(disk) {
+            DiskFate::Serving
+        } else {
+            DiskFate::Leaving
+        }
+    }
+
+    /// The fragment indexes of `record` to rewrite: those on a leaving disk, and those
+    /// owed to a serving one. A fragment on an awaited disk is not missing yet.
+    pub fn missing_fragments(&self, record: &ExtentRecord) -> Vec<u8> {
+        let fates = self.fates();
+        self.missing_with(record, &fates).collect()
+    }
+
+    /// `missing_fragments`, with each disk's fate and readability looked up in `fates`.
+    fn missing_with<'a>(
+        &'a self,
+        record: &'a ExtentRecord,
+        fates: &'a BTreeMap<DiskId, (DiskFate, bool)>,
+    ) -> impl Iterator<Item = u8> + 'a {
+        let fate = move |disk: &DiskId| fates.get(disk).map_or(DiskFate::Leaving, |(fate, _)| *fate);
+        record
+            .fragments
+            .iter()
+            .enumerate()
+            .filter(move |(_, disk)| match fate(disk) {
+                DiskFate::Serving => self.owed.get(disk).is_some_and(|owed| owed.contains(&record.id)),
+                DiskFate::Awaited => false,
+                DiskFate::Leaving => true,
+            })
+            .map(|(index, _)| index as u8)
+    }
+
+    /// Every disk's fate and whether its fragments can be read (a disk not listed is
+    /// leaving and unreadable).
+    fn fates(&self) -> BTreeMap<DiskId, (DiskFate, bool)> {
+        self.disks.keys().map(|disk| (*disk, (self.fate(*disk), self.disk_readable(*disk)))).collect()
+    }
+
+    /// How many more fragments `record` can lose and still be read, if it is short of
+    /// one (`None`: whole, or inline).
+    pub fn rebuild_spare(&self, record: &ExtentRecord) -> Option<usize> {
+        self.spare_with(record, &self.fates())
+    }
+
+    /// `rebuild_spare`, with the disks' fates looked up in `fates`.
+    fn spare_with(&self, record: &ExtentRecord, fates: &BTreeMap<DiskId, (DiskFate, bool)>) -> Option<usize> {
+        if record.is_inline() || self.missing_with(record, fates).next().is_none() {
+            return None;
+        }
+        let unreadable = record.fragments.iter().filter(|disk| !fates.get(disk).is_some_and(|(_, r)| *r)).count();
+        Some((record.fragments.len() - unreadable).saturating_sub(record.policy.needed()))
+    }
+
+    /// Files each extent whose need of a rebuild `op` may have changed at its spare (or
+    /// as whole). An extent's need depends on its record, the fates of its disks and
+    /// what they are owed; when a disk's fate changes, only the extents on it can change,
+    /// and of those, unless the disk is now leaving (every one of them needs it), only
+    /// the ones already short or owed to it.
+    fn reassess_after(&mut self, op: &Op, freed: &[ExtentRecord]) {
+        let mut extents: Vec<ExtentId> = freed.iter().map(|r| r.id).collect();
+        let mut disks = Vec::new();
+        match op {
+            Op::SetExtent { extent: Some(record), .. } | Op::PutExtent(record) => extents.push(record.id),
+            Op::PutLayer { extent, .. } => extents.push(extent.id),
+            Op::Resynced { extents: ids, .. } | Op::Owe { extents: ids, .. } => extents.extend(ids),
+            Op::AddDisk(disk) => disks.push(disk.id),
+            Op::SetDiskState { disk, .. }
+            | Op::SetDiskStateAt { disk, .. }
+            | Op::DiskOffline { disk, .. }
+            | Op::DiskOnline { disk, .. } => disks.push(*disk),
+            _ => {}
+        }
+        if extents.is_empty() && disks.is_empty() {
+            return;
+        }
+        let fates = self.fates();
+        for disk in disks {
+            let affected = if fates.get(&disk).is_none_or(|(fate, _)| *fate == DiskFate::Leaving) {
+                self.extent_index.on_disk(disk).collect::<Vec<_>>()
+            } else {
+                let mut affected = self.extent_index.at_risk_on_disk(disk);
+                affected.extend(self.owed.get(&disk).into_iter().flatten().map(|id| id.0));
+                affected.iter().map(ExtentId).collect()
+            };
+            for id in affected {
+                self.assess(id, &fates);
+            }
+        }
+        for id in extents {
+            self.assess(id, &fates);
+        }
+    }
+
+    /// Files extent `id` at its current spare, or as whole (or gone).
+    fn assess(&mut self, id: ExtentId, fates: &BTreeMap<DiskId, (DiskFate, bool)>) {
+        let spare = self.extents.get(&id).and_then(|record| self.spare_with(record, fates));
+        self.extent_index.set_risk(id, spare);
     }
 
     /// Drops what extent `id` is owed by every disk not in `kept`.
@@ -1085,10 +1233,37 @@ impl MetaState {
         self.inodes.get(&ino).and_then(|i| i.policy).unwrap_or(self.default_policy)
     }
 
-    /// Checks the structural invariants, returning the first violation found.
-    /// Rebuilds what the state indexes but never stores (`dir_parents`): after decoding.
+    /// Rebuilds what the state indexes but never stores (`dir_parents`, `extent_index`):
+    /// after decoding. Only extents on a disk that is not serving, or owed to one, can be
+    /// short of fragments, so a healthy pool's are not assessed one by one.
     pub fn rebuild_indexes(&mut self) {
         self.dir_parents = self.scanned_dir_parents();
+        let mut index = ExtentIndex::default();
+        for record in self.extents.values() {
+            index.add_fragments(record.id, &record.fragments);
+        }
+        self.extent_index = index;
+        let fates = self.fates();
+        let mut suspects: BTreeSet<ExtentId> = self.owed.values().flatten().copied().collect();
+        let leaving = self
+            .extents
+            .values()
+            .filter(|r| r.fragments.iter().any(|d| fates.get(d).is_none_or(|(f, _)| *f != DiskFate::Serving)));
+        suspects.extend(leaving.map(|r| r.id));
+        for id in suspects {
+            self.assess(id, &fates);
+        }
+    }
+
+    /// The extent index, from a visit of every record, each assessed on its own.
+    fn scanned_extent_index(&self) -> ExtentIndex {
+        let mut index = ExtentIndex::default();
+        let fates = self.fates();
+        for record in self.extents.values() {
+            index.add_fragments(record.id, &record.fragments);
+            index.set_risk(record.id, self.spare_with(record, &fates));
+        }
+        index
     }
 
     /// Each directory's parent, from a scan of every entry.
@@ -1100,9 +1275,13 @@ impl MetaState {
             .collect()
     }
 
+    /// Checks the structural invariants, returning the first violation found.
     pub fn check(&self) -> Result<(), String> {
         if self.dir_parents != self.scanned_dir_parents() {
             return Err("the directory parent index differs from a scan of the entries".into());
+        }
+        if self.extent_index != self.scanned_extent_index() {
+            return Err("the extent index differs from a scan of the extent records".into());
         }
         let mut links: BTreeMap<Ino, u32> = BTreeMap::new();
         for (parent, entries) in &self.dirs {

@@ -113,6 +113,7 @@ impl From<MetaStateV1> for MetaState {
             availability: crate::meta::state::Availability::default(),
             layers: BTreeMap::new(),
             dir_parents: BTreeMap::new(),
+            extent_index: Default::default(),
         }
     }
 }

@@ -72,6 +72,7 @@ impl From<MetaStateV2> for MetaState {
             availability: Availability::default(),
             layers: BTreeMap::new(),
             dir_parents: BTreeMap::new(),
+            extent_index: Default::default(),
         }
     }
 }

@@ -76,6 +76,7 @@ impl From<MetaStateV3> for MetaState {
             availability: old.availability,
             layers: BTreeMap::new(),
             dir_parents: BTreeMap::new(),
+            extent_index: Default::default(),
         }
     }
 }

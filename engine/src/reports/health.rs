@@ -206,8 +206,7 @@ impl Pool {
                 "dfs list-extents --pool POOL shows which files; restore them from a backup",
             );
         }
-        let queue = self.rebuild_queue();
-        let degraded = queue.len().saturating_sub(lost.len());
+        let degraded = self.rebuild_queue_len().saturating_sub(lost.len());
         if degraded > 0 {
             add(
                 Severity::Critical,

@@ -136,7 +136,7 @@ impl Pool {
             by_policy,
             by_health,
             by_class,
-            rebuild_queue: self.rebuild_queue().len() as u64,
+            rebuild_queue: self.rebuild_queue_len() as u64,
             migration_queue: self.pending_migrations().len() as u64,
             scrub_pass_running: scrub.pass.is_some() && !scrub.paused,
             scrub_pass_extents_left: left,

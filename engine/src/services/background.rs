@@ -21,7 +21,7 @@ impl Pool {
     pub fn has_background_work(&self) -> bool {
         self.draining_online().next().is_some()
             || !self.open_transitions().is_empty()
-            || !self.rebuild_queue().is_empty()
+            || self.rebuild_queue_len() > 0
             || self.has_migration_work()
             || self.has_merge_work()
             || self.devices.values().any(|d| d.wants_compaction())

@@ -23,7 +23,7 @@ use crate::data::placement::{self, Candidate};
 use crate::media::codec;
 use crate::media::device::{BlockDevice, BlockName, ExtentId, UnavailableDevice};
 use crate::media::fragment;
-use crate::meta::state::{DiskId, DiskState, ExtentRecord, Op, Transaction};
+use crate::meta::state::{DiskFate, DiskId, DiskState, ExtentRecord, Op, Transaction};
 use crate::pool::Pool;
 
 /// One extent waiting for repair.
@@ -46,28 +46,6 @@ pub const DISK_ERRORS_TO_FAIL: u32 = 3;
 pub struct DrainProgress {
     pub moved: usize,
     pub remaining: usize,
-}
-
-/// What a disk means for the fragments it is named for.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum DiskFate {
-    /// Active and online: its fragments are read there, rewritten there if damaged.
-    Serving,
-    /// Offline and still waited for: its fragments are neither read nor moved.
-    Awaited,
-    /// Failed, removed, unknown, or draining: its fragments go elsewhere.
-    Leaving,
-}
-
-/// Where `disk` stands for repair.
-pub(crate) fn fate_of_disk(state: &crate::meta::state::MetaState, disk: DiskId) -> DiskFate {
-    if state.disk_awaited(disk) {
-        DiskFate::Awaited
-    } else if state.disk_writable(disk) {
-        DiskFate::Serving
-    } else {
-        DiskFate::Leaving
-    }
 }
 
 /// Why a fragment must be rewritten.
@@ -218,11 +196,11 @@ impl Pool {
     pub fn start_removal(&mut self, disk: DiskId) -> Result<usize> {
         match self.disk_record_state(disk)? {
             DiskState::Removed => return Err(Error::InvalidArgument(format!("disk {disk} was already removed"))),
-            DiskState::Draining => return Ok(self.extents_on(disk).len()),
+            DiskState::Draining => return Ok(self.count_on(disk)),
             DiskState::Active | DiskState::Failed => {}
         }
         self.check_removable(disk)?;
-        let affected = self.extents_on(disk).len();
+        let affected = self.count_on(disk);
         let state = self.disk_record_state(disk)?;
         let next = if state == DiskState::Failed { DiskState::Failed } else { DiskState::Draining };
         if next == DiskState::Draining {
@@ -283,7 +261,12 @@ impl Pool {
 
     /// Extents with a fragment on `disk`, in id order.
     pub fn extents_on(&self, disk: DiskId) -> Vec<ExtentId> {
-        self.state.extents.values().filter(|r| r.fragments.contains(&disk)).map(|r| r.id).collect()
+        self.state.extent_index.on_disk(disk).collect()
+    }
+
+    /// How many extents have a fragment on `disk`.
+    pub fn count_on(&self, disk: DiskId) -> usize {
+        usize::try_from(self.state.extent_index.count_on_disk(disk)).unwrap_or(usize::MAX)
     }
 
     /// Moves the fragments of up to `max_extents` extents off draining `disk`; once none
@@ -292,14 +275,14 @@ impl Pool {
         if self.disk_record_state(disk)? != DiskState::Draining {
             return Err(Error::InvalidArgument(format!("disk {disk} is not draining")));
         }
-        let pending = self.extents_on(disk);
+        let pending: Vec<ExtentId> = self.state.extent_index.on_disk(disk).take(max_extents).collect();
         let mut moved = 0;
-        for id in pending.iter().take(max_extents) {
-            self.rewrite_fragments(*id)?;
+        for id in pending {
+            self.rewrite_fragments(id)?;
             moved += 1;
         }
         self.sync()?;
-        let remaining = self.extents_on(disk).len();
+        let remaining = self.count_on(disk);
         if remaining == 0 {
             self.finish_removal(disk)?;
         }
@@ -308,7 +291,7 @@ impl Pool {
 
     /// Marks a disk that holds no fragment removed, and deletes its metadata blocks.
     pub fn finish_removal(&mut self, disk: DiskId) -> Result<()> {
-        if !self.extents_on(disk).is_empty() {
+        if self.count_on(disk) > 0 {
             return Err(Error::InvalidArgument(format!("disk {disk} still holds fragments")));
         }
         let at = self.clock.wall();
@@ -324,24 +307,54 @@ impl Pool {
     /// those a read found damaged. Fragments on an offline disk still waited for are not
     /// missing yet: nothing is rebuilt during the grace period.
     pub fn rebuild_queue(&self) -> Vec<RebuildItem> {
-        if self.nothing_to_rebuild() {
-            debug_assert!(self.scanned_rebuild_queue().is_empty(), "a pool with nothing to rebuild queued some");
-            return Vec::new();
-        }
-        self.scanned_rebuild_queue()
+        self.rebuild_front(usize::MAX)
     }
 
-    /// Whether the rebuild queue is empty without visiting an extent: every disk is
-    /// active (an offline one is waited for, not rebuilt), none that is online is owed
-    /// anything, and no read found an extent damaged — a healthy pool, whose daemon asks
-    /// at every background tick and every metrics scrape.
-    fn nothing_to_rebuild(&self) -> bool {
-        self.degraded.is_empty()
-            && self.state.disks.values().all(|d| d.state == DiskState::Active)
-            && self.state.owed.iter().all(|(disk, owed)| owed.is_empty() || self.state.disk_awaited(*disk))
+    /// How many extents the rebuild queue holds.
+    pub fn rebuild_queue_len(&self) -> usize {
+        let indexed = usize::try_from(self.state.extent_index.at_risk_len()).unwrap_or(usize::MAX);
+        indexed + self.damaged_only().count()
     }
 
-    /// `rebuild_queue`, from a visit of every extent.
+    /// The first `max` items of the rebuild queue, from the state's index of extents
+    /// short of fragments merged with the ones reads found damaged — without visiting
+    /// the others.
+    pub fn rebuild_front(&self, max: usize) -> Vec<RebuildItem> {
+        let mut front: Vec<(usize, ExtentId)> = self.state.extent_index.at_risk().take(max).collect();
+        front.extend(self.damaged_only());
+        front.sort_unstable();
+        front.truncate(max);
+        let items: Vec<RebuildItem> = front
+            .into_iter()
+            .filter_map(|(spare, id)| {
+                let record = self.state.extents.get(&id)?;
+                let missing = self.state.missing_fragments(record);
+                Some(RebuildItem { extent: id, policy: record.policy.to_string(), spare, missing })
+            })
+            .collect();
+        debug_assert!(
+            self.scanned_rebuild_queue().into_iter().take(max).eq(items.iter().cloned()),
+            "the rebuild queue differs from a scan"
+        );
+        items
+    }
+
+    /// Extents a read found damaged that the state does not already count short, each
+    /// with its spare.
+    fn damaged_only(&self) -> impl Iterator<Item = (usize, ExtentId)> + '_ {
+        self.degraded.iter().filter(|id| !self.state.extent_index.is_at_risk(**id)).filter_map(|id| {
+            let record = self.state.extents.get(id).filter(|r| !r.is_inline())?;
+            Some((self.spare_of(record), *id))
+        })
+    }
+
+    /// How many more fragments `record` can lose and still be read.
+    fn spare_of(&self, record: &ExtentRecord) -> usize {
+        let unreadable = record.fragments.iter().filter(|d| !self.state.disk_readable(**d)).count();
+        (record.fragments.len() - unreadable).saturating_sub(record.policy.needed())
+    }
+
+    /// `rebuild_queue`, from a visit of every extent: what the index must agree with.
     fn scanned_rebuild_queue(&self) -> Vec<RebuildItem> {
         let mut items: Vec<RebuildItem> = self
             .state
@@ -349,22 +362,11 @@ impl Pool {
             .values()
             .filter(|r| !r.is_inline())
             .filter_map(|record| {
-                let missing: Vec<u8> = record
-                    .fragments
-                    .iter()
-                    .enumerate()
-                    .filter(|(_, d)| match fate_of_disk(&self.state, **d) {
-                        DiskFate::Serving => self.state.owed.get(d).is_some_and(|owed| owed.contains(&record.id)),
-                        DiskFate::Awaited => false,
-                        DiskFate::Leaving => true,
-                    })
-                    .map(|(i, _)| i as u8)
-                    .collect();
+                let missing = self.state.missing_fragments(record);
                 if missing.is_empty() && !self.degraded.contains(&record.id) {
                     return None;
                 }
-                let unreadable = record.fragments.iter().filter(|d| !self.state.disk_readable(**d)).count();
-                let spare = (record.fragments.len() - unreadable).saturating_sub(record.policy.needed());
+                let spare = self.spare_of(record);
                 Some(RebuildItem { extent: record.id, policy: record.policy.to_string(), spare, missing })
             })
             .collect();
@@ -377,7 +379,7 @@ impl Pool {
     /// put a fragment on) is skipped with a warning.
     pub fn rebuild_step(&mut self, max_extents: usize) -> Result<usize> {
         let mut repaired = 0;
-        let queue: Vec<RebuildItem> = self.rebuild_queue().into_iter().take(max_extents).collect();
+        let queue = self.rebuild_front(max_extents);
         // Several extents are read, decoded and encoded at once (both cores busy), then
         // written and committed one by one. The simulator repairs one at a time, in order.
         let batch = if self.options.parallel_io { REPAIR_BATCH } else { 1 };
@@ -459,7 +461,7 @@ impl Pool {
     /// and what the disk means for it.
     fn repair_source(&self, disk: DiskId) -> (Option<Arc<dyn BlockDevice>>, DiskFate) {
         let device = self.devices.get(&disk).filter(|_| self.state.disk_readable(disk)).cloned();
-        (device, fate_of_disk(&self.state, disk))
+        (device, self.state.fate(disk))
     }
 
     /// `finish_repair` on a read that is known to be current.

@@ -1,0 +1,177 @@
+//! Indexes over the extent records that the metadata state keeps but never stores:
+//! which extents have a fragment on each disk, and which extents are short of fragments,
+//! grouped by how many more they can lose.
+//!
+//! Contract: the index is a pure function of the state it belongs to. `MetaState::apply`
+//! keeps it in the same step that changes what it indexes, `MetaState::rebuild_indexes`
+//! recomputes it after a checkpoint is decoded, and `MetaState::check` compares it with
+//! a scan of every record (after every commit in tests and the simulator). Nothing here
+//! reads a disk or the clock.
+//!
+//! The sets are compressed bitmaps (`roaring`): extent ids are handed out in order, so a
+//! disk's set of ten million ids costs about a megabyte, where an ordered set of them
+//! would cost hundreds — and a failed disk's set is walked in id order.
+
+use std::collections::BTreeMap;
+
+use roaring::RoaringTreemap;
+
+use crate::media::device::ExtentId;
+use crate::meta::state::DiskId;
+
+/// The extents on each disk, and those short of fragments by spare.
+#[derive(Clone, Debug, Default)]
+pub struct ExtentIndex {
+    /// Per disk, the extents naming a fragment there. A disk that holds none has no set.
+    on_disk: BTreeMap<DiskId, RoaringTreemap>,
+    /// `at_risk[s]`: the extents that need a fragment rewritten and can lose `s` more
+    /// fragments and still be read. Each extent is in at most one of them.
+    at_risk: Vec<RoaringTreemap>,
+}
+
+impl PartialEq for ExtentIndex {
+    /// Equal when the same extents are indexed the same way; how the bitmaps happen to
+    /// store them does not matter.
+    fn eq(&self, other: &Self) -> bool {
+        let sets = |index: &ExtentIndex| -> Vec<(DiskId, Vec<u64>)> {
+            index.on_disk.iter().filter(|(_, s)| !s.is_empty()).map(|(d, s)| (*d, s.iter().collect())).collect()
+        };
+        let risk = |index: &ExtentIndex| -> Vec<(usize, u64)> { index.at_risk().map(|(s, id)| (s, id.0)).collect() };
+        sets(self) == sets(other) && risk(self) == risk(other)
+    }
+}
+
+impl ExtentIndex {
+    /// Records that extent `id` names a fragment on each of `disks`.
+    pub fn add_fragments(&mut self, id: ExtentId, disks: &[DiskId]) {
+        for disk in disks {
+            self.on_disk.entry(*disk).or_default().insert(id.0);
+        }
+    }
+
+    /// Records that extent `id` no longer names a fragment on any of `disks`.
+    pub fn remove_fragments(&mut self, id: ExtentId, disks: &[DiskId]) {
+        for disk in disks {
+            if let Some(set) = self.on_disk.get_mut(disk) {
+                set.remove(id.0);
+                if set.is_empty() {
+                    self.on_disk.remove(disk);
+                }
+            }
+        }
+    }
+
+    /// The extents with a fragment on `disk`, in id order.
+    pub fn on_disk(&self, disk: DiskId) -> impl Iterator<Item = ExtentId> + '_ {
+        self.on_disk.get(&disk).into_iter().flat_map(|set| set.iter().map(ExtentId))
+    }
+
+    /// How many extents have a fragment on `disk`.
+    pub fn count_on_disk(&self, disk: DiskId) -> u64 {
+        self.on_disk.get(&disk).map_or(0, RoaringTreemap::len)
+    }
+
+    /// The extents with a fragment on `disk` that are short of fragments now.
+    pub fn at_risk_on_disk(&self, disk: DiskId) -> RoaringTreemap {
+        let Some(on_disk) = self.on_disk.get(&disk) else { return RoaringTreemap::new() };
+        self.at_risk.iter().map(|level| level & on_disk).fold(RoaringTreemap::new(), |all, level| all | level)
+    }
+
+    /// Files extent `id` as short of fragments with `spare` more to lose, or (`None`) as
+    /// whole; it leaves whatever level it was in.
+    pub fn set_risk(&mut self, id: ExtentId, spare: Option<usize>) {
+        for level in &mut self.at_risk {
+            if level.remove(id.0) {
+                break;
+            }
+        }
+        if let Some(spare) = spare {
+            if self.at_risk.len() <= spare {
+                self.at_risk.resize_with(spare + 1, RoaringTreemap::new);
+            }
+            self.at_risk[spare].insert(id.0);
+        }
+        while self.at_risk.last().is_some_and(RoaringTreemap::is_empty) {
+            self.at_risk.pop();
+        }
+        debug_assert!(self.at_risk.last().is_none_or(|level| !level.is_empty()));
+    }
+
+    /// The extents short of fragments, most endangered first: by spare, then by id.
+    pub fn at_risk(&self) -> impl Iterator<Item = (usize, ExtentId)> + '_ {
+        self.at_risk.iter().enumerate().flat_map(|(spare, level)| level.iter().map(move |id| (spare, ExtentId(id))))
+    }
+
+    /// How many extents are short of fragments.
+    pub fn at_risk_len(&self) -> u64 {
+        self.at_risk.iter().map(RoaringTreemap::len).sum()
+    }
+
+    /// Whether extent `id` is short of fragments.
+    pub fn is_at_risk(&self, id: ExtentId) -> bool {
+        self.at_risk.iter().any(|level| level.contains(id.0))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_disk_set_follows_its_fragments_and_disappears_when_empty() {
+        let mut index = ExtentIndex::default();
+        index.add_fragments(ExtentId(7), &[DiskId(1), DiskId(2)]);
+        index.add_fragments(ExtentId(3), &[DiskId(2)]);
+        assert_eq!(index.on_disk(DiskId(2)).collect::<Vec<_>>(), vec![ExtentId(3), ExtentId(7)]);
+        index.remove_fragments(ExtentId(7), &[DiskId(1), DiskId(2)]);
+        assert_eq!(index.count_on_disk(DiskId(1)), 0);
+        assert!(!index.on_disk.contains_key(&DiskId(1)));
+        assert_eq!(index.on_disk(DiskId(2)).collect::<Vec<_>>(), vec![ExtentId(3)]);
+    }
+
+    #[test]
+    fn risk_orders_by_spare_then_id_and_an_extent_sits_in_one_level() {
+        let mut index = ExtentIndex::default();
+        index.set_risk(ExtentId(9), Some(0));
+        index.set_risk(ExtentId(2), Some(1));
+        index.set_risk(ExtentId(5), Some(0));
+        index.set_risk(ExtentId(2), Some(0));
+        assert_eq!(index.at_risk().collect::<Vec<_>>(), vec![(0, ExtentId(2)), (0, ExtentId(5)), (0, ExtentId(9))]);
+        assert_eq!(index.at_risk_len(), 3);
+        index.set_risk(ExtentId(5), None);
+        index.set_risk(ExtentId(9), Some(2));
+        assert_eq!(index.at_risk().collect::<Vec<_>>(), vec![(0, ExtentId(2)), (2, ExtentId(9))]);
+        index.set_risk(ExtentId(9), None);
+        assert_eq!(index.at_risk.len(), 1, "empty top levels are dropped");
+    }
+
+    #[test]
+    fn at_risk_on_a_disk_is_the_intersection() {
+        let mut index = ExtentIndex::default();
+        index.add_fragments(ExtentId(1), &[DiskId(1)]);
+        index.add_fragments(ExtentId(2), &[DiskId(1)]);
+        index.add_fragments(ExtentId(3), &[DiskId(2)]);
+        index.set_risk(ExtentId(2), Some(1));
+        index.set_risk(ExtentId(3), Some(0));
+        assert_eq!(index.at_risk_on_disk(DiskId(1)).iter().collect::<Vec<_>>(), vec![2]);
+        assert!(index.at_risk_on_disk(DiskId(4)).is_empty());
+    }
+
+    #[test]
+    fn equality_ignores_how_the_bitmaps_store_the_same_sets() {
+        let mut grown = ExtentIndex::default();
+        for id in 0..10_000 {
+            grown.add_fragments(ExtentId(id), &[DiskId(1)]);
+        }
+        for id in 10..10_000 {
+            grown.remove_fragments(ExtentId(id), &[DiskId(1)]);
+        }
+        let mut direct = ExtentIndex::default();
+        for id in 0..10 {
+            direct.add_fragments(ExtentId(id), &[DiskId(1)]);
+        }
+        assert_eq!(grown, direct);
+        direct.add_fragments(ExtentId(11), &[DiskId(1)]);
+        assert_ne!(grown, direct);
+    }
+}

@@ -1,0 +1,82 @@
+//! The extent index: which extents sit on each disk and which are short of fragments,
+//! kept by the commits that change them rather than found by visiting every record.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use common::{pattern, TestPool};
+use dfs_engine::media::device::ExtentId;
+use dfs_engine::meta::state::DiskId;
+
+fn scanned_on(t: &mut TestPool, disk: DiskId) -> Vec<ExtentId> {
+    t.pool().state().extents.values().filter(|r| r.fragments.contains(&disk)).map(|r| r.id).collect()
+}
+
+/// Two disks fail in turn: the extents on both come first (one more loss loses them),
+/// the queue survives a reopen, and a rebuild step takes them from the front.
+#[test]
+fn the_rebuild_queue_is_kept_by_commits_and_read_from_its_front() {
+    let mut t = TestPool::new(&[64; 8], "erasure:4+2");
+    for i in 0..6 {
+        t.write_file(&format!("f{i}"), &pattern(3 << 20, i));
+    }
+    let disks: Vec<DiskId> = t.pool().state().disks.keys().copied().collect();
+    for disk in &disks {
+        assert_eq!(t.pool().extents_on(*disk), scanned_on(&mut t, *disk), "extents on {disk}");
+        assert_eq!(t.pool().count_on(*disk), scanned_on(&mut t, *disk).len());
+    }
+    assert_eq!(t.pool().rebuild_queue_len(), 0);
+
+    t.pool().fail_disk(disks[0]).unwrap();
+    let first = t.pool().rebuild_queue();
+    assert_eq!(first.iter().map(|item| item.extent).collect::<Vec<_>>(), scanned_on(&mut t, disks[0]));
+    assert!(first.iter().all(|item| item.spare == 1 && item.missing.len() == 1), "{first:?}");
+
+    t.pool().fail_disk(disks[1]).unwrap();
+    let on_both: Vec<ExtentId> =
+        scanned_on(&mut t, disks[0]).into_iter().filter(|id| scanned_on(&mut t, disks[1]).contains(id)).collect();
+    assert!(!on_both.is_empty(), "the test needs extents on both failed disks");
+    let queue = t.pool().rebuild_queue();
+    let (endangered, rest) = queue.split_at(on_both.len());
+    assert_eq!(endangered.iter().map(|item| item.extent).collect::<Vec<_>>(), on_both);
+    assert!(endangered.iter().all(|item| item.spare == 0 && item.missing.len() == 2));
+    assert!(rest.iter().all(|item| item.spare == 1 && item.missing.len() == 1));
+    assert_eq!(t.pool().rebuild_queue_len(), queue.len());
+    assert_eq!(t.pool().rebuild_front(2), queue[..2]);
+    t.pool().state().check().unwrap();
+
+    t.reopen();
+    assert_eq!(t.pool().rebuild_queue(), queue, "rebuilt from the durable state at open");
+    assert_eq!(t.pool().rebuild_step(on_both.len()).unwrap(), on_both.len());
+    assert_eq!(t.pool().rebuild_queue(), rest, "the most endangered were repaired first");
+    t.pool().rebuild_step(usize::MAX).unwrap();
+    assert_eq!(t.pool().rebuild_queue_len(), 0);
+    assert!(t.pool().extents_on(disks[0]).is_empty() && t.pool().extents_on(disks[1]).is_empty());
+    assert_eq!(t.pool().count_on(disks[2]), scanned_on(&mut t, disks[2]).len());
+    for i in 0..6 {
+        assert_eq!(t.read_file(&format!("/f{i}")).unwrap(), pattern(3 << 20, i));
+    }
+}
+
+/// A drain moves the extents the index lists on the disk, in id order, and removes the
+/// disk once its set is empty.
+#[test]
+fn a_drain_walks_the_disk_set_until_it_is_empty() {
+    let mut t = TestPool::new(&[64; 4], "replicate:2");
+    for i in 0..5 {
+        t.write_file(&format!("f{i}"), &pattern(2 << 20, 10 + i));
+    }
+    let disk = *t.pool().state().disks.keys().next().unwrap();
+    let before = scanned_on(&mut t, disk);
+    assert!(before.len() > 2, "the test needs several extents on the disk");
+    assert_eq!(t.pool().start_removal(disk).unwrap(), before.len());
+    let progress = t.pool().drain_step(disk, 2).unwrap();
+    assert_eq!((progress.moved, progress.remaining), (2, before.len() - 2));
+    assert_eq!(t.pool().extents_on(disk), before[2..], "the first two in id order moved");
+    let progress = t.pool().drain_step(disk, usize::MAX).unwrap();
+    assert_eq!(progress.remaining, 0);
+    assert!(scanned_on(&mut t, disk).is_empty());
+    assert_eq!(t.pool().state().disks[&disk].state, dfs_engine::meta::state::DiskState::Removed);
+    t.pool().state().check().unwrap();
+}
