@@ -195,7 +195,7 @@ pub(crate) fn scrub_daemon(
         ScrubDaemonAction::Status => {}
     }
     let scrub = *ctx.pool.scrub_state();
-    let left = ctx.pool.scrub_pass_remaining().len();
+    let left = usize::try_from(ctx.pool.scrub_pass_left()).unwrap_or(usize::MAX);
     let total = scrub.pass.map_or(0, |p| p.extents as usize + left);
     let now = ctx.pool.now().secs;
     let rate = scrub.pass.and_then(|p| {

@@ -316,7 +316,7 @@ pub(crate) fn classify(ctx: &mut Ctx<'_>, migrate: bool, json: bool) -> Result<(
             }
             migrated += moved;
             if progress {
-                let left = ctx.pool.pending_migrations().len();
+                let left = ctx.pool.pending_migrations_len();
                 eprint!("\rclassify: {migrated} extents migrated, {left} to go{:20}", "");
             }
         }
@@ -324,7 +324,7 @@ pub(crate) fn classify(ctx: &mut Ctx<'_>, migrate: bool, json: bool) -> Result<(
             eprintln!();
         }
     }
-    let left = ctx.pool.pending_migrations().len();
+    let left = ctx.pool.pending_migrations_len();
     if json {
         #[derive(serde::Serialize)]
         struct Classified<'a> {

@@ -1,6 +1,7 @@
 //! Indexes over the extent records that the metadata state keeps but never stores:
-//! which extents have a fragment on each disk, and which extents are short of fragments,
-//! grouped by how many more they can lose.
+//! which extents have a fragment on each disk, which extents are short of fragments,
+//! grouped by how many more they can lose, which chunks tiering wants moved to another
+//! policy, and which extents the scrub pass in progress still has to check.
 //!
 //! Contract: the index is a pure function of the state it belongs to. `MetaState::apply`
 //! keeps it in the same step that changes what it indexes, `MetaState::rebuild_indexes`
@@ -12,14 +13,15 @@
 //! disk's set of ten million ids costs about a megabyte, where an ordered set of them
 //! would cost hundreds — and a failed disk's set is walked in id order.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use roaring::RoaringTreemap;
 
 use crate::media::device::ExtentId;
-use crate::meta::state::DiskId;
+use crate::meta::ids::{ChunkSlot, DiskId};
 
-/// The extents on each disk, and those short of fragments by spare.
+/// The extents on each disk, those short of fragments by spare, the chunks whose extent
+/// tiering wants under another policy, and the extents the scrub pass still owes a check.
 #[derive(Clone, Debug, Default)]
 pub struct ExtentIndex {
     /// Per disk, the extents naming a fragment there. A disk that holds none has no set.
@@ -27,6 +29,10 @@ pub struct ExtentIndex {
     /// `at_risk[s]`: the extents that need a fragment rewritten and can lose `s` more
     /// fragments and still be read. Each extent is in at most one of them.
     at_risk: Vec<RoaringTreemap>,
+    /// Chunks whose extent is not under the policy tiering wants for it.
+    to_migrate: BTreeSet<ChunkSlot>,
+    /// Extents the scrub pass in progress has yet to check (empty without a pass).
+    unscrubbed: RoaringTreemap,
 }
 
 impl PartialEq for ExtentIndex {
@@ -37,7 +43,10 @@ impl PartialEq for ExtentIndex {
             index.on_disk.iter().filter(|(_, s)| !s.is_empty()).map(|(d, s)| (*d, s.iter().collect())).collect()
         };
         let risk = |index: &ExtentIndex| -> Vec<(usize, u64)> { index.at_risk().map(|(s, id)| (s, id.0)).collect() };
-        sets(self) == sets(other) && risk(self) == risk(other)
+        sets(self) == sets(other)
+            && risk(self) == risk(other)
+            && self.to_migrate == other.to_migrate
+            && self.unscrubbed.iter().eq(other.unscrubbed.iter())
     }
 }
 
@@ -105,6 +114,73 @@ impl ExtentIndex {
     /// How many extents are short of fragments.
     pub fn at_risk_len(&self) -> u64 {
         self.at_risk.iter().map(RoaringTreemap::len).sum()
+    }
+
+    /// Files the chunk in `slot` as wanted elsewhere by tiering, or not.
+    pub fn set_migration(&mut self, slot: ChunkSlot, wanted: bool) {
+        if wanted {
+            self.to_migrate.insert(slot);
+        } else {
+            self.to_migrate.remove(&slot);
+        }
+    }
+
+    /// Forgets every chunk of the file `ino`.
+    pub fn forget_migrations_of(&mut self, ino: crate::meta::ids::Ino) {
+        let slots = ChunkSlot { ino, index: 0 }..=ChunkSlot { ino, index: u64::MAX };
+        let gone: Vec<ChunkSlot> = self.to_migrate.range(slots).copied().collect();
+        for slot in gone {
+            self.to_migrate.remove(&slot);
+        }
+    }
+
+    /// Replaces every chunk filed for migration with `slots`.
+    pub fn set_migrations(&mut self, slots: BTreeSet<ChunkSlot>) {
+        self.to_migrate = slots;
+    }
+
+    /// The chunks tiering wants moved, in slot order.
+    pub fn migrations(&self) -> impl Iterator<Item = ChunkSlot> + '_ {
+        self.to_migrate.iter().copied()
+    }
+
+    /// How many chunks tiering wants moved.
+    pub fn migrations_len(&self) -> usize {
+        self.to_migrate.len()
+    }
+
+    /// Files extent `id` as owed a check by the scrub pass, or not.
+    pub fn set_unscrubbed(&mut self, id: ExtentId, owed: bool) {
+        if owed {
+            self.unscrubbed.insert(id.0);
+        } else {
+            self.unscrubbed.remove(id.0);
+        }
+    }
+
+    /// Replaces the extents the scrub pass owes a check with `ids` (ascending).
+    pub fn set_all_unscrubbed(&mut self, ids: impl Iterator<Item = ExtentId>) {
+        let mut set = RoaringTreemap::new();
+        for id in ids {
+            let appended = set.try_push(id.0).is_ok();
+            debug_assert!(appended, "extent ids must come in ascending order");
+        }
+        self.unscrubbed = set;
+    }
+
+    /// The extents the scrub pass still has to check, in id order.
+    pub fn unscrubbed(&self) -> impl Iterator<Item = ExtentId> + '_ {
+        self.unscrubbed.iter().map(ExtentId)
+    }
+
+    /// How many extents the scrub pass still has to check.
+    pub fn unscrubbed_len(&self) -> u64 {
+        self.unscrubbed.len()
+    }
+
+    /// Whether the scrub pass still has to check extent `id`.
+    pub fn is_unscrubbed(&self, id: ExtentId) -> bool {
+        self.unscrubbed.contains(id.0)
     }
 
     /// Whether extent `id` is short of fragments.

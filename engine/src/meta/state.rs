@@ -20,30 +20,12 @@ use crate::base::policy::Policy;
 use crate::media::codec::CodecId;
 use crate::media::device::ExtentId;
 use crate::meta::extent_index::ExtentIndex;
+pub use crate::meta::ids::{ChunkSlot, DiskId, Ino};
 use crate::temperature::access::AccessStats;
 use crate::temperature::config::TieringConfig;
 use crate::temperature::hmm::HISTORY_MAX;
 use crate::temperature::tracker::{Temperature, Verdict};
 use crate::temperature::Class;
-
-/// A disk's id within its pool; small and stable, unlike its uuid.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-pub struct DiskId(pub u32);
-
-impl fmt::Display for DiskId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "d{}", self.0)
-    }
-}
-
-/// An inode number. `ROOT` is the root directory.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-pub struct Ino(pub u64);
-
-impl Ino {
-    /// The root directory.
-    pub const ROOT: Ino = Ino(1);
-}
 
 /// Largest extent: files are cut into chunks of this size, one extent each.
 pub const EXTENT_BYTES_MAX: u64 = 1 << 20;
@@ -176,40 +158,6 @@ impl fmt::Display for ChangeCause {
         match self {
             ChangeCause::Transition(id) => write!(f, "transition {id}"),
             ChangeCause::Temperature(class) => write!(f, "tiering ({class})"),
-        }
-    }
-}
-
-/// A chunk of a file: where an extent sits. Temperature belongs to the slot, not to the
-/// extent, so it survives the copy-on-write of an overwrite or a re-encode.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-pub struct ChunkSlot {
-    pub ino: Ino,
-    /// Chunk index: the extent covers bytes `index * EXTENT_BYTES_MAX ..`.
-    pub index: u64,
-}
-
-/// How an extent is named to people and programs: by the file chunk it serves,
-/// `INO:INDEX` in decimal (inode 12, bytes from 3 MiB: `12:3`). Unlike the extent's
-/// internal id, which every re-encode, rebuild or overwrite replaces, it stays the same
-/// for as long as the file holds that chunk.
-impl fmt::Display for ChunkSlot {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}", self.ino.0, self.index)
-    }
-}
-
-impl std::str::FromStr for ChunkSlot {
-    type Err = String;
-
-    fn from_str(text: &str) -> Result<Self, String> {
-        let parsed = text.split_once(':').and_then(|(ino, index)| Some((ino.parse().ok()?, index.parse().ok()?)));
-        match parsed {
-            Some((ino, index)) => Ok(ChunkSlot { ino: Ino(ino), index }),
-            None => Err(format!(
-                "'{text}' is not an extent: extents are named INO:INDEX (the file's inode and the chunk's \
-                 index), as `dfs list-extents` shows"
-            )),
         }
     }
 }
@@ -711,8 +659,24 @@ impl MetaState {
     /// Applies one op, returning the extents it freed (their fragments may be deleted
     /// once the op is durable).
     pub fn apply(&mut self, op: &Op) -> Vec<ExtentRecord> {
+        let tiering_before = self.tiering_inputs();
+        let scrub_before = self.scrub_pass_key();
+        let replaced_policy = match op {
+            Op::PutExtent(record) => self.extents.get(&record.id).is_some_and(|old| old.policy != record.policy),
+            _ => false,
+        };
         let freed = self.apply_op(op);
         self.reassess_after(op, &freed);
+        if replaced_policy || self.tiering_inputs() != tiering_before {
+            self.extent_index.set_migrations(self.scanned_migrations());
+        } else {
+            self.retarget_after(op);
+        }
+        if self.scrub_pass_key() != scrub_before {
+            self.refile_unscrubbed();
+        } else if self.scrub.pass.is_some() {
+            self.rescrub_after(op, &freed);
+        }
         freed
     }
 
@@ -1028,126 +992,6 @@ impl MetaState {
         }
     }
 
-    /// Stores `record`, replacing any record of the same id, and indexes its fragments.
-    fn insert_extent(&mut self, record: ExtentRecord) {
-        if let Some(old) = self.extents.get(&record.id) {
-            self.extent_index.remove_fragments(record.id, &old.fragments);
-        }
-        self.extent_index.add_fragments(record.id, &record.fragments);
-        self.extents.insert(record.id, record);
-    }
-
-    /// Removes extent `id`'s record, and its fragments from the index.
-    fn remove_extent(&mut self, id: ExtentId) -> Option<ExtentRecord> {
-        let record = self.extents.remove(&id)?;
-        self.extent_index.remove_fragments(id, &record.fragments);
-        Some(record)
-    }
-
-    /// Where `disk` stands for the fragments on it.
-    pub fn fate(&self, disk: DiskId) -> DiskFate {
-        if self.disk_awaited(disk) {
-            DiskFate::Awaited
-        } else if self.disk_writable(disk) {
-            DiskFate::Serving
-        } else {
-            DiskFate::Leaving
-        }
-    }
-
-    /// The fragment indexes of `record` to rewrite: those on a leaving disk, and those
-    /// owed to a serving one. A fragment on an awaited disk is not missing yet.
-    pub fn missing_fragments(&self, record: &ExtentRecord) -> Vec<u8> {
-        let fates = self.fates();
-        self.missing_with(record, &fates).collect()
-    }
-
-    /// `missing_fragments`, with each disk's fate and readability looked up in `fates`.
-    fn missing_with<'a>(
-        &'a self,
-        record: &'a ExtentRecord,
-        fates: &'a BTreeMap<DiskId, (DiskFate, bool)>,
-    ) -> impl Iterator<Item = u8> + 'a {
-        let fate = move |disk: &DiskId| fates.get(disk).map_or(DiskFate::Leaving, |(fate, _)| *fate);
-        record
-            .fragments
-            .iter()
-            .enumerate()
-            .filter(move |(_, disk)| match fate(disk) {
-                DiskFate::Serving => self.owed.get(disk).is_some_and(|owed| owed.contains(&record.id)),
-                DiskFate::Awaited => false,
-                DiskFate::Leaving => true,
-            })
-            .map(|(index, _)| index as u8)
-    }
-
-    /// Every disk's fate and whether its fragments can be read (a disk not listed is
-    /// leaving and unreadable).
-    fn fates(&self) -> BTreeMap<DiskId, (DiskFate, bool)> {
-        self.disks.keys().map(|disk| (*disk, (self.fate(*disk), self.disk_readable(*disk)))).collect()
-    }
-
-    /// How many more fragments `record` can lose and still be read, if it is short of
-    /// one (`None`: whole, or inline).
-    pub fn rebuild_spare(&self, record: &ExtentRecord) -> Option<usize> {
-        self.spare_with(record, &self.fates())
-    }
-
-    /// `rebuild_spare`, with the disks' fates looked up in `fates`.
-    fn spare_with(&self, record: &ExtentRecord, fates: &BTreeMap<DiskId, (DiskFate, bool)>) -> Option<usize> {
-        if record.is_inline() || self.missing_with(record, fates).next().is_none() {
-            return None;
-        }
-        let unreadable = record.fragments.iter().filter(|disk| !fates.get(disk).is_some_and(|(_, r)| *r)).count();
-        Some((record.fragments.len() - unreadable).saturating_sub(record.policy.needed()))
-    }
-
-    /// Files each extent whose need of a rebuild `op` may have changed at its spare (or
-    /// as whole). An extent's need depends on its record, the fates of its disks and
-    /// what they are owed; when a disk's fate changes, only the extents on it can change,
-    /// and of those, unless the disk is now leaving (every one of them needs it), only
-    /// the ones already short or owed to it.
-    fn reassess_after(&mut self, op: &Op, freed: &[ExtentRecord]) {
-        let mut extents: Vec<ExtentId> = freed.iter().map(|r| r.id).collect();
-        let mut disks = Vec::new();
-        match op {
-            Op::SetExtent { extent: Some(record), .. } | Op::PutExtent(record) => extents.push(record.id),
-            Op::PutLayer { extent, .. } => extents.push(extent.id),
-            Op::Resynced { extents: ids, .. } | Op::Owe { extents: ids, .. } => extents.extend(ids),
-            Op::AddDisk(disk) => disks.push(disk.id),
-            Op::SetDiskState { disk, .. }
-            | Op::SetDiskStateAt { disk, .. }
-            | Op::DiskOffline { disk, .. }
-            | Op::DiskOnline { disk, .. } => disks.push(*disk),
-            _ => {}
-        }
-        if extents.is_empty() && disks.is_empty() {
-            return;
-        }
-        let fates = self.fates();
-        for disk in disks {
-            let affected = if fates.get(&disk).is_none_or(|(fate, _)| *fate == DiskFate::Leaving) {
-                self.extent_index.on_disk(disk).collect::<Vec<_>>()
-            } else {
-                let mut affected = self.extent_index.at_risk_on_disk(disk);
-                affected.extend(self.owed.get(&disk).into_iter().flatten().map(|id| id.0));
-                affected.iter().map(ExtentId).collect()
-            };
-            for id in affected {
-                self.assess(id, &fates);
-            }
-        }
-        for id in extents {
-            self.assess(id, &fates);
-        }
-    }
-
-    /// Files extent `id` at its current spare, or as whole (or gone).
-    fn assess(&mut self, id: ExtentId, fates: &BTreeMap<DiskId, (DiskFate, bool)>) {
-        let spare = self.extents.get(&id).and_then(|record| self.spare_with(record, fates));
-        self.extent_index.set_risk(id, spare);
-    }
-
     /// Drops what extent `id` is owed by every disk not in `kept`.
     fn forget_owed(&mut self, id: ExtentId, kept: &[DiskId]) {
         self.owed.retain(|disk, owed| {
@@ -1231,48 +1075,6 @@ impl MetaState {
     /// The policy that governs new data of `ino`: its own, else the pool default.
     pub fn effective_policy(&self, ino: Ino) -> Policy {
         self.inodes.get(&ino).and_then(|i| i.policy).unwrap_or(self.default_policy)
-    }
-
-    /// Rebuilds what the state indexes but never stores (`dir_parents`, `extent_index`):
-    /// after decoding. Only extents on a disk that is not serving, or owed to one, can be
-    /// short of fragments, so a healthy pool's are not assessed one by one.
-    pub fn rebuild_indexes(&mut self) {
-        self.dir_parents = self.scanned_dir_parents();
-        let mut index = ExtentIndex::default();
-        for record in self.extents.values() {
-            index.add_fragments(record.id, &record.fragments);
-        }
-        self.extent_index = index;
-        let fates = self.fates();
-        let mut suspects: BTreeSet<ExtentId> = self.owed.values().flatten().copied().collect();
-        let leaving = self
-            .extents
-            .values()
-            .filter(|r| r.fragments.iter().any(|d| fates.get(d).is_none_or(|(f, _)| *f != DiskFate::Serving)));
-        suspects.extend(leaving.map(|r| r.id));
-        for id in suspects {
-            self.assess(id, &fates);
-        }
-    }
-
-    /// The extent index, from a visit of every record, each assessed on its own.
-    fn scanned_extent_index(&self) -> ExtentIndex {
-        let mut index = ExtentIndex::default();
-        let fates = self.fates();
-        for record in self.extents.values() {
-            index.add_fragments(record.id, &record.fragments);
-            index.set_risk(record.id, self.spare_with(record, &fates));
-        }
-        index
-    }
-
-    /// Each directory's parent, from a scan of every entry.
-    fn scanned_dir_parents(&self) -> BTreeMap<Ino, Ino> {
-        let is_dir = |ino: &Ino| self.inodes.get(ino).is_some_and(|i| i.kind == InodeKind::Directory);
-        self.dirs
-            .iter()
-            .flat_map(|(parent, entries)| entries.values().filter(|c| is_dir(c)).map(move |child| (*child, *parent)))
-            .collect()
     }
 
     /// Checks the structural invariants, returning the first violation found.

@@ -15,6 +15,7 @@ pub(crate) mod cache;
 pub(crate) mod op_stats;
 pub(crate) mod open_files;
 pub(crate) mod probes;
+pub(crate) mod scrub_order;
 pub(crate) mod undurable;
 pub(crate) mod writing;
 
@@ -193,6 +194,8 @@ pub struct Pool {
     pub(crate) tracker: crate::pool::access_tracker::Tracker,
     /// The background scrub's budget and the last foreground request it yields to.
     pub(crate) pacing: crate::base::budget::Pacing,
+    /// The order the scrub pass in progress checks extents in.
+    pub(crate) scrub_order: crate::pool::scrub_order::ScrubOrder,
     /// Foreground operation counts, bytes and latencies.
     pub(crate) ops: crate::pool::op_stats::OpStats,
     /// When this process last wrote a checkpoint (`Clock::monotonic_nanos`).
@@ -296,6 +299,7 @@ impl Pool {
             undurable: Default::default(),
             tracker: Default::default(),
             pacing: Default::default(),
+            scrub_order: Default::default(),
             ops: Default::default(),
             checkpoint_written_nanos: None,
             probes: Default::default(),

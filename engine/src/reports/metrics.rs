@@ -127,7 +127,7 @@ impl Pool {
             by_health.entry(health.to_string()).or_default();
         }
         let scrub = self.state.scrub;
-        let left = self.scrub_pass_remaining().len() as u64;
+        let left = self.scrub_pass_left();
         let last = scrub.last_full_pass.map(|p| p.stats).unwrap_or_default();
         MetricsSnapshot {
             counters: self.counters.clone(),
@@ -137,7 +137,7 @@ impl Pool {
             by_health,
             by_class,
             rebuild_queue: self.rebuild_queue_len() as u64,
-            migration_queue: self.pending_migrations().len() as u64,
+            migration_queue: self.pending_migrations_len() as u64,
             scrub_pass_running: scrub.pass.is_some() && !scrub.paused,
             scrub_pass_extents_left: left,
             scrub_pass_extents_checked: scrub.pass.map_or(0, |p| p.extents),

@@ -412,8 +412,14 @@ impl Pool {
         self.put_scrub(scrub)
     }
 
-    /// Extents the pass in progress still has to check, oldest-checked first.
-    pub fn scrub_pass_remaining(&self) -> Vec<ExtentId> {
+    /// How many extents the pass in progress still has to check.
+    pub fn scrub_pass_left(&self) -> u64 {
+        self.state.extent_index.unscrubbed_len()
+    }
+
+    /// Extents the pass in progress still has to check, oldest-checked first, from a
+    /// visit of every extent: what `ScrubOrder` must agree with.
+    fn scanned_scrub_remaining(&self) -> Vec<ExtentId> {
         let Some(pass) = self.state.scrub.pass else { return Vec::new() };
         let mut left: Vec<ExtentId> = self
             .state
@@ -466,18 +472,23 @@ impl Pool {
         let budget = intensity
             .bytes_per_sec()
             .map_or(f64::INFINITY, |rate| self.pacing.budget.available(rate as f64, rate as f64, monotonic));
-        let remaining = self.scrub_pass_remaining();
+        let left = self.scrub_pass_left();
+        let front = self.scrub_order.front(&self.state, intensity.extents_per_step());
+        debug_assert!(
+            self.scanned_scrub_remaining().into_iter().take(front.len()).eq(front.iter().copied()),
+            "the scrub order differs from a sort of the extents left"
+        );
         let mut pass = scrub.pass.unwrap_or_default();
         let mut checked = Vec::new();
         let mut spent = 0.0;
-        for id in remaining.iter().take(intensity.extents_per_step()) {
-            let len = self.state.extents.get(id).map_or(0, |r| u64::from(r.len)) as f64;
+        for id in front {
+            let len = self.state.extents.get(&id).map_or(0, |r| u64::from(r.len)) as f64;
             if spent + len > budget {
                 break;
             }
-            let Some((check, repair)) = self.scrub_extent(*id, true)? else { continue };
+            let Some((check, repair)) = self.scrub_extent(id, true)? else { continue };
             spent += len;
-            checked.push(*id);
+            checked.push(id);
             pass.extents += 1;
             pass.fragments += check.fragments;
             pass.bytes += check.bytes;
@@ -497,7 +508,7 @@ impl Pool {
         }
         self.pacing.budget.spend(spent);
         tick.extents = checked.len();
-        let finished = remaining.len() == checked.len();
+        let finished = left == checked.len() as u64;
         scrub.pass = Some(pass);
         if finished {
             scrub.pass = None;

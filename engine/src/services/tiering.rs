@@ -23,7 +23,7 @@ use serde::Serialize;
 
 use crate::base::error::{Error, Result};
 use crate::base::policy::Policy;
-use crate::meta::state::{ChangeCause, ChunkSlot, DiskState, Ino, Op, Transaction};
+use crate::meta::state::{ChangeCause, ChunkSlot, Ino, Op, Transaction};
 use crate::pool::Pool;
 use crate::temperature::access::AccessStats;
 use crate::temperature::config::TieringConfig;
@@ -159,7 +159,7 @@ impl Pool {
         self.tracker.live.clear();
         self.tracker.flushed_secs = Some(now);
         self.tracker.failed.clear();
-        report.migrations_pending = self.pending_migrations().len();
+        report.migrations_pending = self.pending_migrations_len();
         Ok(report)
     }
 
@@ -185,58 +185,36 @@ impl Pool {
         self.state.inodes.get(&ino).is_some_and(|i| i.policy.is_some())
     }
 
-    fn active_disks(&self) -> usize {
-        self.state.disks.values().filter(|d| d.state == DiskState::Active).count()
-    }
-
-    /// The policy the extent in `slot` should be under: its file's own (pinned), else —
-    /// with tiering on and at least one pass behind it — the policy of its class,
-    /// clamped to the active disks, else the pool default.
+    /// The policy the extent in `slot` should be under (see `MetaState::target_policy`).
     pub fn target_policy(&self, slot: ChunkSlot) -> Policy {
-        if let Some(policy) = self.state.inodes.get(&slot.ino).and_then(|i| i.policy) {
-            return policy;
-        }
-        let default = self.state.default_policy;
-        let tiering = &self.state.tiering;
-        if !tiering.enabled {
-            return default;
-        }
-        match self.state.temperature.get(&slot) {
-            Some(t) if !t.history.is_empty() => {
-                tiering.tiers.policy_for(t.class, default, self.active_disks()).unwrap_or(default)
-            }
-            _ => default,
-        }
+        self.state.target_policy(slot)
     }
 
     /// The policy to migrate the extent in `slot` to, when tiering wants it moved.
     pub fn migration_target(&self, slot: ChunkSlot) -> Option<Policy> {
-        if !self.state.tiering.enabled || self.is_pinned(slot.ino) {
-            return None;
-        }
-        let record = self.state.slot_extent(slot)?;
-        let target = self.target_policy(slot);
-        (record.policy != target).then_some(target)
+        self.state.migration_target(slot)
     }
 
-    /// Every extent tiering wants moved, with its target, in slot order.
+    /// Every extent tiering wants moved, with its target, in slot order (from the
+    /// state's index: the chunks that are not need not be visited).
     pub fn pending_migrations(&self) -> Vec<(ChunkSlot, Policy)> {
-        if !self.state.tiering.enabled {
-            return Vec::new();
-        }
-        self.state
-            .file_extents
-            .iter()
-            .filter(|(ino, _)| !self.is_pinned(**ino))
-            .flat_map(|(ino, map)| map.keys().map(move |index| ChunkSlot { ino: *ino, index: *index }))
-            .filter_map(|slot| self.migration_target(slot).map(|target| (slot, target)))
-            .collect()
+        self.migrations().collect()
+    }
+
+    /// `pending_migrations`, lazily.
+    fn migrations(&self) -> impl Iterator<Item = (ChunkSlot, Policy)> + '_ {
+        self.state.extent_index.migrations().filter_map(|slot| Some((slot, self.state.migration_target(slot)?)))
+    }
+
+    /// How many extents tiering wants moved.
+    pub fn pending_migrations_len(&self) -> usize {
+        self.state.extent_index.migrations_len()
     }
 
     /// Whether a migration could run now (queued by a read, or pending and not failed).
     pub(crate) fn has_migration_work(&self) -> bool {
         !self.tracker.read_queue.is_empty()
-            || self.pending_migrations().iter().any(|(slot, _)| !self.tracker.failed.contains(slot))
+            || self.state.extent_index.migrations().any(|slot| !self.tracker.failed.contains(&slot))
     }
 
     /// Takes from the background migration budget the longest prefix of `lens` (bytes
@@ -281,12 +259,11 @@ impl Pool {
                 self.tracker.budget.available(rate, rate * BUDGET_BURST_SECS, self.clock.monotonic_nanos())
             };
             let mut spent = 0.0;
-            for (slot, target) in self.pending_migrations() {
+            let pending: Vec<(ChunkSlot, Policy)> =
+                self.migrations().filter(|(slot, _)| !self.tracker.failed.contains(slot)).take(max_extents).collect();
+            for (slot, target) in pending {
                 if items.len() >= max_extents {
                     break;
-                }
-                if self.tracker.failed.contains(&slot) {
-                    continue;
                 }
                 let len = self.state.slot_extent(slot).map_or(0.0, |r| f64::from(r.len));
                 if spent + len > budget {

@@ -1,0 +1,316 @@
+//! How the metadata state keeps what it indexes but never stores — each directory's
+//! parent and the extent index (`meta::extent_index`) — and the questions those indexes
+//! answer: what a disk means for its fragments, which fragments of an extent are
+//! missing and how many more it can lose, which policy tiering wants for a chunk, which
+//! extents the scrub pass still owes a check.
+//!
+//! Contract: `MetaState::apply` calls the `*_after` functions in the same step as the
+//! change, so an index always equals what `scanned_*` computes from the state alone;
+//! `rebuild_indexes` recomputes all of it after a checkpoint is decoded; `check()`
+//! compares each index with its scan. Deterministic: ordered maps, no clock, no floats.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use crate::base::policy::Policy;
+use crate::media::device::ExtentId;
+use crate::meta::extent_index::ExtentIndex;
+use crate::meta::ids::ChunkSlot;
+use crate::meta::state::{DiskFate, DiskId, DiskState, ExtentRecord, Ino, InodeKind, MetaState, Op};
+use crate::temperature::config::TieringConfig;
+
+impl MetaState {
+    /// Which extents the scrub pass in progress covers: those older than its limit that
+    /// were not checked since it started.
+    pub(super) fn scrub_pass_key(&self) -> Option<(i64, u64)> {
+        self.scrub.pass.map(|pass| (pass.started_secs, pass.extent_limit))
+    }
+
+    /// Whether the scrub pass in progress still has to check extent `id`.
+    pub(super) fn scrub_owes(&self, id: ExtentId) -> bool {
+        self.scrub.pass.is_some_and(|pass| {
+            id.0 < pass.extent_limit
+                && self.extents.contains_key(&id)
+                && self.scrubbed.get(&id).is_none_or(|at| *at < pass.started_secs)
+        })
+    }
+
+    /// Every extent the scrub pass still has to check, in id order, from a visit of each.
+    pub(super) fn scanned_unscrubbed(&self) -> impl Iterator<Item = ExtentId> + '_ {
+        let limit = self.scrub.pass.map_or(0, |pass| pass.extent_limit);
+        self.extents.range(..ExtentId(limit)).map(|(id, _)| *id).filter(|id| self.scrub_owes(*id))
+    }
+
+    /// Files every extent the scrub pass still has to check, from a visit of each.
+    pub(super) fn refile_unscrubbed(&mut self) {
+        let mut index = std::mem::take(&mut self.extent_index);
+        index.set_all_unscrubbed(self.scanned_unscrubbed());
+        self.extent_index = index;
+    }
+
+    /// Refiles the extents whose scrub check `op` may have changed: those it checked,
+    /// stored or freed.
+    pub(super) fn rescrub_after(&mut self, op: &Op, freed: &[ExtentRecord]) {
+        let mut ids: Vec<ExtentId> = freed.iter().map(|r| r.id).collect();
+        match op {
+            Op::Scrubbed { extents, .. } => ids.extend(extents),
+            Op::SetExtent { extent: Some(record), .. } | Op::PutExtent(record) => ids.push(record.id),
+            Op::PutLayer { extent, .. } => ids.push(extent.id),
+            _ => {}
+        }
+        for id in ids {
+            let owed = self.scrub_owes(id);
+            self.extent_index.set_unscrubbed(id, owed);
+        }
+    }
+
+    /// Stores `record`, replacing any record of the same id, and indexes its fragments.
+    pub(super) fn insert_extent(&mut self, record: ExtentRecord) {
+        if let Some(old) = self.extents.get(&record.id) {
+            self.extent_index.remove_fragments(record.id, &old.fragments);
+        }
+        self.extent_index.add_fragments(record.id, &record.fragments);
+        self.extents.insert(record.id, record);
+    }
+
+    /// Removes extent `id`'s record, and its fragments from the index.
+    pub(super) fn remove_extent(&mut self, id: ExtentId) -> Option<ExtentRecord> {
+        let record = self.extents.remove(&id)?;
+        self.extent_index.remove_fragments(id, &record.fragments);
+        Some(record)
+    }
+
+    /// Where `disk` stands for the fragments on it.
+    pub fn fate(&self, disk: DiskId) -> DiskFate {
+        if self.disk_awaited(disk) {
+            DiskFate::Awaited
+        } else if self.disk_writable(disk) {
+            DiskFate::Serving
+        } else {
+            DiskFate::Leaving
+        }
+    }
+
+    /// The fragment indexes of `record` to rewrite: those on a leaving disk, and those
+    /// owed to a serving one. A fragment on an awaited disk is not missing yet.
+    pub fn missing_fragments(&self, record: &ExtentRecord) -> Vec<u8> {
+        let fates = self.fates();
+        self.missing_with(record, &fates).collect()
+    }
+
+    /// `missing_fragments`, with each disk's fate and readability looked up in `fates`.
+    pub(super) fn missing_with<'a>(
+        &'a self,
+        record: &'a ExtentRecord,
+        fates: &'a BTreeMap<DiskId, (DiskFate, bool)>,
+    ) -> impl Iterator<Item = u8> + 'a {
+        let fate = move |disk: &DiskId| fates.get(disk).map_or(DiskFate::Leaving, |(fate, _)| *fate);
+        record
+            .fragments
+            .iter()
+            .enumerate()
+            .filter(move |(_, disk)| match fate(disk) {
+                DiskFate::Serving => self.owed.get(disk).is_some_and(|owed| owed.contains(&record.id)),
+                DiskFate::Awaited => false,
+                DiskFate::Leaving => true,
+            })
+            .map(|(index, _)| index as u8)
+    }
+
+    /// Every disk's fate and whether its fragments can be read (a disk not listed is
+    /// leaving and unreadable).
+    pub(super) fn fates(&self) -> BTreeMap<DiskId, (DiskFate, bool)> {
+        self.disks.keys().map(|disk| (*disk, (self.fate(*disk), self.disk_readable(*disk)))).collect()
+    }
+
+    /// How many more fragments `record` can lose and still be read, if it is short of
+    /// one (`None`: whole, or inline).
+    pub fn rebuild_spare(&self, record: &ExtentRecord) -> Option<usize> {
+        self.spare_with(record, &self.fates())
+    }
+
+    /// `rebuild_spare`, with the disks' fates looked up in `fates`.
+    pub(super) fn spare_with(
+        &self,
+        record: &ExtentRecord,
+        fates: &BTreeMap<DiskId, (DiskFate, bool)>,
+    ) -> Option<usize> {
+        if record.is_inline() || self.missing_with(record, fates).next().is_none() {
+            return None;
+        }
+        let unreadable = record.fragments.iter().filter(|disk| !fates.get(disk).is_some_and(|(_, r)| *r)).count();
+        Some((record.fragments.len() - unreadable).saturating_sub(record.policy.needed()))
+    }
+
+    /// Files each extent whose need of a rebuild `op` may have changed at its spare (or
+    /// as whole). An extent's need depends on its record, the fates of its disks and
+    /// what they are owed; when a disk's fate changes, only the extents on it can change,
+    /// and of those, unless the disk is now leaving (every one of them needs it), only
+    /// the ones already short or owed to it.
+    pub(super) fn reassess_after(&mut self, op: &Op, freed: &[ExtentRecord]) {
+        let mut extents: Vec<ExtentId> = freed.iter().map(|r| r.id).collect();
+        let mut disks = Vec::new();
+        match op {
+            Op::SetExtent { extent: Some(record), .. } | Op::PutExtent(record) => extents.push(record.id),
+            Op::PutLayer { extent, .. } => extents.push(extent.id),
+            Op::Resynced { extents: ids, .. } | Op::Owe { extents: ids, .. } => extents.extend(ids),
+            Op::AddDisk(disk) => disks.push(disk.id),
+            Op::SetDiskState { disk, .. }
+            | Op::SetDiskStateAt { disk, .. }
+            | Op::DiskOffline { disk, .. }
+            | Op::DiskOnline { disk, .. } => disks.push(*disk),
+            _ => {}
+        }
+        if extents.is_empty() && disks.is_empty() {
+            return;
+        }
+        let fates = self.fates();
+        for disk in disks {
+            let affected = if fates.get(&disk).is_none_or(|(fate, _)| *fate == DiskFate::Leaving) {
+                self.extent_index.on_disk(disk).collect::<Vec<_>>()
+            } else {
+                let mut affected = self.extent_index.at_risk_on_disk(disk);
+                affected.extend(self.owed.get(&disk).into_iter().flatten().map(|id| id.0));
+                affected.iter().map(ExtentId).collect()
+            };
+            for id in affected {
+                self.assess(id, &fates);
+            }
+        }
+        for id in extents {
+            self.assess(id, &fates);
+        }
+    }
+
+    /// What every chunk's tiering target depends on besides the chunk itself.
+    pub(super) fn tiering_inputs(&self) -> (TieringConfig, Policy, usize) {
+        (self.tiering, self.default_policy, self.active_disk_count())
+    }
+
+    /// Refiles the chunks whose tiering target or extent `op` may have changed. (A
+    /// change of what every chunk's target depends on, `tiering_inputs`, refiles all.)
+    pub(super) fn retarget_after(&mut self, op: &Op) {
+        let slots: Vec<ChunkSlot> = match op {
+            Op::SetExtent { ino, index, .. } => vec![ChunkSlot { ino: *ino, index: *index }],
+            Op::PutInode(inode) => self.chunk_slots(inode.ino).collect(),
+            Op::RemoveInode(ino) => {
+                self.extent_index.forget_migrations_of(*ino);
+                Vec::new()
+            }
+            Op::ClassifyPass { verdicts: slots, .. } | Op::ClassifyChanges { changed: slots, .. } => {
+                slots.iter().map(|(slot, _)| *slot).collect()
+            }
+            _ => Vec::new(),
+        };
+        for slot in slots {
+            let wanted = self.migration_target(slot).is_some();
+            self.extent_index.set_migration(slot, wanted);
+        }
+    }
+
+    /// The chunks of file `ino` that hold an extent, in order.
+    pub(super) fn chunk_slots(&self, ino: Ino) -> impl Iterator<Item = ChunkSlot> + '_ {
+        self.file_extents
+            .get(&ino)
+            .into_iter()
+            .flat_map(move |map| map.keys().map(move |index| ChunkSlot { ino, index: *index }))
+    }
+
+    /// Every chunk tiering wants moved, from a visit of every chunk.
+    pub(super) fn scanned_migrations(&self) -> BTreeSet<ChunkSlot> {
+        if !self.tiering.enabled {
+            return BTreeSet::new();
+        }
+        self.file_extents
+            .keys()
+            .flat_map(|ino| self.chunk_slots(*ino))
+            .filter(|slot| self.migration_target(*slot).is_some())
+            .collect()
+    }
+
+    /// How many disks are active: the widest a tier's policy is clamped to.
+    pub fn active_disk_count(&self) -> usize {
+        self.disks.values().filter(|d| d.state == DiskState::Active).count()
+    }
+
+    /// The policy the extent in `slot` should be under: its file's own (pinned), else —
+    /// with tiering on and at least one pass behind it — the policy of its class,
+    /// clamped to the active disks, else the pool default.
+    pub fn target_policy(&self, slot: ChunkSlot) -> Policy {
+        if let Some(policy) = self.inodes.get(&slot.ino).and_then(|i| i.policy) {
+            return policy;
+        }
+        let default = self.default_policy;
+        if !self.tiering.enabled {
+            return default;
+        }
+        match self.temperature.get(&slot) {
+            Some(t) if !t.history.is_empty() => {
+                self.tiering.tiers.policy_for(t.class, default, self.active_disk_count()).unwrap_or(default)
+            }
+            _ => default,
+        }
+    }
+
+    /// The policy to migrate the extent in `slot` to, when tiering wants it moved: never
+    /// for a pinned file (one with a policy of its own), nor with tiering off.
+    pub fn migration_target(&self, slot: ChunkSlot) -> Option<Policy> {
+        if !self.tiering.enabled || self.inodes.get(&slot.ino).is_some_and(|i| i.policy.is_some()) {
+            return None;
+        }
+        let record = self.slot_extent(slot)?;
+        let target = self.target_policy(slot);
+        (record.policy != target).then_some(target)
+    }
+
+    /// Files extent `id` at its current spare, or as whole (or gone).
+    pub(super) fn assess(&mut self, id: ExtentId, fates: &BTreeMap<DiskId, (DiskFate, bool)>) {
+        let spare = self.extents.get(&id).and_then(|record| self.spare_with(record, fates));
+        self.extent_index.set_risk(id, spare);
+    }
+
+    /// Rebuilds what the state indexes but never stores (`dir_parents`, `extent_index`):
+    /// after decoding. Only extents on a disk that is not serving, or owed to one, can be
+    /// short of fragments, so a healthy pool's are not assessed one by one.
+    pub fn rebuild_indexes(&mut self) {
+        self.dir_parents = self.scanned_dir_parents();
+        let mut index = ExtentIndex::default();
+        for record in self.extents.values() {
+            index.add_fragments(record.id, &record.fragments);
+        }
+        self.extent_index = index;
+        let fates = self.fates();
+        let mut suspects: BTreeSet<ExtentId> = self.owed.values().flatten().copied().collect();
+        let leaving = self
+            .extents
+            .values()
+            .filter(|r| r.fragments.iter().any(|d| fates.get(d).is_none_or(|(f, _)| *f != DiskFate::Serving)));
+        suspects.extend(leaving.map(|r| r.id));
+        for id in suspects {
+            self.assess(id, &fates);
+        }
+        self.extent_index.set_migrations(self.scanned_migrations());
+        self.refile_unscrubbed();
+    }
+
+    /// The extent index, from a visit of every record, each assessed on its own.
+    pub(super) fn scanned_extent_index(&self) -> ExtentIndex {
+        let mut index = ExtentIndex::default();
+        let fates = self.fates();
+        for record in self.extents.values() {
+            index.add_fragments(record.id, &record.fragments);
+            index.set_risk(record.id, self.spare_with(record, &fates));
+        }
+        index.set_migrations(self.scanned_migrations());
+        index.set_all_unscrubbed(self.scanned_unscrubbed());
+        index
+    }
+
+    /// Each directory's parent, from a scan of every entry.
+    pub(super) fn scanned_dir_parents(&self) -> BTreeMap<Ino, Ino> {
+        let is_dir = |ino: &Ino| self.inodes.get(ino).is_some_and(|i| i.kind == InodeKind::Directory);
+        self.dirs
+            .iter()
+            .flat_map(|(parent, entries)| entries.values().filter(|c| is_dir(c)).map(move |child| (*child, *parent)))
+            .collect()
+    }
+}
