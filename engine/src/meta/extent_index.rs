@@ -70,6 +70,40 @@ impl ExtentIndex {
         }
     }
 
+    /// An index of the extents on each disk built from records visited in id order:
+    /// ids are buffered per disk and appended in runs (a bitmap's own `insert` and
+    /// `push` search the container each time).
+    pub fn from_records<'a>(records: impl Iterator<Item = (ExtentId, &'a [DiskId])>) -> ExtentIndex {
+        const RUN: usize = 4096;
+        let mut index = ExtentIndex::default();
+        let mut pending: BTreeMap<DiskId, Vec<u64>> = BTreeMap::new();
+        let flush = |index: &mut ExtentIndex, disk: DiskId, ids: &mut Vec<u64>| {
+            let set = index.on_disk.entry(disk).or_default();
+            let appended = set.append(ids.drain(..));
+            debug_assert!(appended.is_ok(), "records must come in id order");
+        };
+        for (id, disks) in records {
+            for disk in disks {
+                let ids = pending.entry(*disk).or_default();
+                ids.push(id.0);
+                if ids.len() == RUN {
+                    flush(&mut index, *disk, ids);
+                }
+            }
+        }
+        for (disk, mut ids) in pending {
+            if !ids.is_empty() {
+                flush(&mut index, disk, &mut ids);
+            }
+        }
+        index
+    }
+
+    /// The disks that hold a fragment of some extent.
+    pub fn disks(&self) -> impl Iterator<Item = DiskId> + '_ {
+        self.on_disk.keys().copied()
+    }
+
     /// The extents with a fragment on `disk`, in id order.
     pub fn on_disk(&self, disk: DiskId) -> impl Iterator<Item = ExtentId> + '_ {
         self.on_disk.get(&disk).into_iter().flat_map(|set| set.iter().map(ExtentId))
@@ -203,6 +237,21 @@ mod tests {
         assert_eq!(index.count_on_disk(DiskId(1)), 0);
         assert!(!index.on_disk.contains_key(&DiskId(1)));
         assert_eq!(index.on_disk(DiskId(2)).collect::<Vec<_>>(), vec![ExtentId(3)]);
+    }
+
+    #[test]
+    fn an_index_built_from_records_in_runs_equals_one_built_a_record_at_a_time() {
+        let disks = [DiskId(1), DiskId(2), DiskId(3)];
+        let records: Vec<(ExtentId, Vec<DiskId>)> =
+            (1..20_000u64).map(|id| (ExtentId(id * 3), disks[(id % 3) as usize..].to_vec())).collect();
+        let built = ExtentIndex::from_records(records.iter().map(|(id, d)| (*id, d.as_slice())));
+        let mut one_by_one = ExtentIndex::default();
+        for (id, d) in &records {
+            one_by_one.add_fragments(*id, d);
+        }
+        assert_eq!(built, one_by_one);
+        assert_eq!(built.count_on_disk(DiskId(3)), 19_999);
+        assert_eq!(built.count_on_disk(DiskId(1)), records.iter().filter(|(_, d)| d.len() == 3).count() as u64);
     }
 
     #[test]

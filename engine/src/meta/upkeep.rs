@@ -16,7 +16,7 @@ use crate::media::device::ExtentId;
 use crate::meta::extent_index::ExtentIndex;
 use crate::meta::ids::ChunkSlot;
 use crate::meta::state::{DiskFate, DiskId, DiskState, ExtentRecord, Ino, InodeKind, MetaState, Op};
-use crate::temperature::config::TieringConfig;
+use crate::temperature::Class;
 
 impl MetaState {
     /// Which extents the scrub pass in progress covers: those older than its limit that
@@ -141,6 +141,22 @@ impl MetaState {
         Some((record.fragments.len() - unreadable).saturating_sub(record.policy.needed()))
     }
 
+    /// `rebuild_spare` while no disk is owed anything or offline: a fragment is missing
+    /// exactly when its disk is not active (every disk is online, nothing is owed).
+    fn spare_of_record(&self, record: &ExtentRecord) -> Option<usize> {
+        debug_assert!(self.owed.is_empty() && self.offline.is_empty());
+        if record.is_inline() {
+            return None;
+        }
+        let readable = |disk: &DiskId| self.disks.get(disk).is_some_and(|d| d.state.readable());
+        let active = |disk: &DiskId| self.disks.get(disk).is_some_and(|d| d.state == DiskState::Active);
+        if record.fragments.iter().all(active) {
+            return None;
+        }
+        let unreadable = record.fragments.iter().filter(|disk| !readable(disk)).count();
+        Some((record.fragments.len() - unreadable).saturating_sub(record.policy.needed()))
+    }
+
     /// Files each extent whose need of a rebuild `op` may have changed at its spare (or
     /// as whole). An extent's need depends on its record, the fates of its disks and
     /// what they are owed; when a disk's fate changes, only the extents on it can change,
@@ -163,6 +179,15 @@ impl MetaState {
         if extents.is_empty() && disks.is_empty() {
             return;
         }
+        if disks.is_empty() && self.owed.is_empty() && self.offline.is_empty() {
+            // Every extent a commit stores or frees while no disk is owed or offline —
+            // nearly all of them — needs only its own disks looked up.
+            for id in extents {
+                let spare = self.extents.get(&id).and_then(|record| self.spare_of_record(record));
+                self.extent_index.set_risk(id, spare);
+            }
+            return;
+        }
         let fates = self.fates();
         for disk in disks {
             let affected = if fates.get(&disk).is_none_or(|(fate, _)| *fate == DiskFate::Leaving) {
@@ -181,9 +206,11 @@ impl MetaState {
         }
     }
 
-    /// What every chunk's tiering target depends on besides the chunk itself.
-    pub(super) fn tiering_inputs(&self) -> (TieringConfig, Policy, usize) {
-        (self.tiering, self.default_policy, self.active_disk_count())
+    /// What every chunk's tiering target depends on besides the chunk itself: whether
+    /// tiering is on, and the policy each class (and a chunk no pass judged) calls for
+    /// — so a disk added to a pool whose tiers it does not widen refiles nothing.
+    pub(super) fn tiering_inputs(&self) -> Option<TierTargets> {
+        self.tiering.enabled.then(|| self.tier_targets())
     }
 
     /// Refiles the chunks whose tiering target or extent `op` may have changed. (A
@@ -216,15 +243,39 @@ impl MetaState {
     }
 
     /// Every chunk tiering wants moved, from a visit of every chunk.
+    /// (Each file's inode is read once and its chunks walked beside its temperatures,
+    /// both in slot order, so a chunk costs one lookup: its extent's record.)
     pub(super) fn scanned_migrations(&self) -> BTreeSet<ChunkSlot> {
+        let mut wanted = BTreeSet::new();
         if !self.tiering.enabled {
-            return BTreeSet::new();
+            return wanted;
         }
-        self.file_extents
-            .keys()
-            .flat_map(|ino| self.chunk_slots(*ino))
-            .filter(|slot| self.migration_target(*slot).is_some())
-            .collect()
+        let tiers = self.tier_targets();
+        for (ino, chunks) in &self.file_extents {
+            if self.inodes.get(ino).is_some_and(|i| i.policy.is_some()) {
+                continue;
+            }
+            let slots = ChunkSlot { ino: *ino, index: 0 }..=ChunkSlot { ino: *ino, index: u64::MAX };
+            let mut temperatures = self.temperature.range(slots).peekable();
+            for (index, id) in chunks {
+                let slot = ChunkSlot { ino: *ino, index: *index };
+                while temperatures.next_if(|(at, _)| **at < slot).is_some() {}
+                let temperature = temperatures.next_if(|(at, _)| **at == slot).map(|(_, t)| t);
+                let Some(record) = self.extents.get(id) else { continue };
+                if record.policy != tiers.target(temperature) {
+                    wanted.insert(slot);
+                }
+            }
+        }
+        debug_assert!(wanted.iter().all(|slot| self.migration_target(*slot).is_some()));
+        wanted
+    }
+
+    /// The policy each class calls for in this pool now (tiering on, file not pinned).
+    fn tier_targets(&self) -> TierTargets {
+        let (default, active) = (self.default_policy, self.active_disk_count());
+        let of = |class: Class| self.tiering.tiers.policy_for(class, default, active).unwrap_or(default);
+        TierTargets { default, by_class: Class::ALL.map(of) }
     }
 
     /// How many disks are active: the widest a tier's policy is clamped to.
@@ -273,18 +324,14 @@ impl MetaState {
     /// short of fragments, so a healthy pool's are not assessed one by one.
     pub fn rebuild_indexes(&mut self) {
         self.dir_parents = self.scanned_dir_parents();
-        let mut index = ExtentIndex::default();
-        for record in self.extents.values() {
-            index.add_fragments(record.id, &record.fragments);
-        }
-        self.extent_index = index;
+        self.extent_index = ExtentIndex::from_records(self.extents.values().map(|r| (r.id, r.fragments.as_slice())));
         let fates = self.fates();
         let mut suspects: BTreeSet<ExtentId> = self.owed.values().flatten().copied().collect();
-        let leaving = self
-            .extents
-            .values()
-            .filter(|r| r.fragments.iter().any(|d| fates.get(d).is_none_or(|(f, _)| *f != DiskFate::Serving)));
-        suspects.extend(leaving.map(|r| r.id));
+        let not_serving =
+            self.extent_index.disks().filter(|d| fates.get(d).is_none_or(|(f, _)| *f != DiskFate::Serving));
+        for disk in not_serving.collect::<Vec<_>>() {
+            suspects.extend(self.extent_index.on_disk(disk));
+        }
         for id in suspects {
             self.assess(id, &fates);
         }
@@ -312,5 +359,23 @@ impl MetaState {
             .iter()
             .flat_map(|(parent, entries)| entries.values().filter(|c| is_dir(c)).map(move |child| (*child, *parent)))
             .collect()
+    }
+}
+
+/// The policy a chunk's temperature calls for, per class, with tiering on and the file
+/// not pinned: computed once for a visit of every chunk.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(super) struct TierTargets {
+    default: Policy,
+    by_class: [Policy; 3],
+}
+
+impl TierTargets {
+    /// The target of a chunk with `temperature` (none, or no pass yet: the default).
+    fn target(&self, temperature: Option<&crate::temperature::tracker::Temperature>) -> Policy {
+        match temperature {
+            Some(t) if !t.history.is_empty() => self.by_class[t.class.index()],
+            _ => self.default,
+        }
     }
 }
