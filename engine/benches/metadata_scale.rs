@@ -6,8 +6,8 @@
 //! 1 MiB write and per rename of a file (each followed by its barrier), and the time of a
 //! directory's rename; a checkpoint's time and bytes after those few changes; a
 //! classification pass (the build ran one, and nothing was read since); the rebuild
-//! queue of the healthy pool and the question the daemon asks at every tick (is any
-//! background work waiting?); failing a disk, and then the front of the rebuild queue a
+//! queue of the healthy pool, the question the daemon asks at every tick (is any
+//! background work waiting?) and a metrics scrape; failing a disk, and then the front of the rebuild queue a
 //! background step asks for; the process's peak memory. A second
 //! table divides each figure by the smallest size's: what grows with what exists rather
 //! than with what changes.
@@ -91,7 +91,7 @@ fn child(exe: &Path, args: &[&str]) -> Figures {
         .collect()
 }
 
-const COLUMNS: [(&str, &str); 20] = [
+const COLUMNS: [(&str, &str); 21] = [
     ("build_s", "build s"),
     ("open_s", "open s"),
     ("rss_mib", "RSS MiB"),
@@ -109,6 +109,7 @@ const COLUMNS: [(&str, &str); 20] = [
     ("classify_kb", "classify KB"),
     ("healthy_queue_ms", "healthy q ms"),
     ("idle_check_ms", "bg check ms"),
+    ("metrics_ms", "metrics ms"),
     ("fail_ms", "fail disk ms"),
     ("front_ms", "rebuild q ms"),
     ("metadata_mib", "on disk MiB"),
@@ -272,6 +273,11 @@ fn measure(path: &Path) {
     let started = Instant::now();
     let busy = pool.has_background_work();
     let idle_check_ms = started.elapsed().as_secs_f64() * 1e3;
+    // What a Prometheus scrape of the daemon costs (`/metrics`).
+    let started = Instant::now();
+    let metrics = pool.metrics();
+    let metrics_ms = started.elapsed().as_secs_f64() * 1e3;
+    assert_eq!(metrics.rebuild_queue, 0);
     let disk = *pool.state().disks.keys().next().unwrap();
     let started = Instant::now();
     pool.fail_disk(disk).unwrap();
@@ -286,7 +292,7 @@ fn measure(path: &Path) {
         "open_s={open_s} rss_mib={rss_mib} extents={extents} create_us={create_us} create_b={create_b} \
          write_us={write_us} write_b={write_b} rename_us={rename_us} rename_b={rename_b} dir_rename_us={dir_rename_us} \
          checkpoint_ms={checkpoint_ms} checkpoint_mb={checkpoint_mb} classify_ms={classify_ms} \
-         classify_kb={classify_kb} classified={} healthy_queue_ms={healthy_queue_ms} idle_check_ms={idle_check_ms} busy={} fail_ms={fail_ms} front_ms={front_ms} queue_len={} peak_mib={}",
+         classify_kb={classify_kb} classified={} healthy_queue_ms={healthy_queue_ms} idle_check_ms={idle_check_ms} metrics_ms={metrics_ms} busy={} fail_ms={fail_ms} front_ms={front_ms} queue_len={} peak_mib={}",
         pass.extents,
         u8::from(busy),
         pool.rebuild_queue_len(),

@@ -122,13 +122,15 @@ impl MetaState {
         self.disks.keys().map(|disk| (*disk, (self.fate(*disk), self.disk_readable(*disk)))).collect()
     }
 
-    /// How many more fragments `record` can lose and still be read, if it is short of
-    /// one (`None`: whole, or inline).
-    pub fn rebuild_spare(&self, record: &ExtentRecord) -> Option<usize> {
-        self.spare_with(record, &self.fates())
+    /// How many more fragments `record` can lose and still be read: its readable ones
+    /// beyond those a read needs.
+    pub fn spare(&self, record: &ExtentRecord) -> usize {
+        let unreadable = record.fragments.iter().filter(|disk| !self.disk_readable(**disk)).count();
+        (record.fragments.len() - unreadable).saturating_sub(record.policy.needed())
     }
 
-    /// `rebuild_spare`, with the disks' fates looked up in `fates`.
+    /// How many more fragments `record` can lose, if it is short of one (`None`: whole,
+    /// or inline), with the disks' fates looked up in `fates`.
     pub(super) fn spare_with(
         &self,
         record: &ExtentRecord,
@@ -141,20 +143,15 @@ impl MetaState {
         Some((record.fragments.len() - unreadable).saturating_sub(record.policy.needed()))
     }
 
-    /// `rebuild_spare` while no disk is owed anything or offline: a fragment is missing
+    /// `spare_with` while no disk is owed anything or offline: a fragment is missing
     /// exactly when its disk is not active (every disk is online, nothing is owed).
     fn spare_of_record(&self, record: &ExtentRecord) -> Option<usize> {
         debug_assert!(self.owed.is_empty() && self.offline.is_empty());
         if record.is_inline() {
             return None;
         }
-        let readable = |disk: &DiskId| self.disks.get(disk).is_some_and(|d| d.state.readable());
         let active = |disk: &DiskId| self.disks.get(disk).is_some_and(|d| d.state == DiskState::Active);
-        if record.fragments.iter().all(active) {
-            return None;
-        }
-        let unreadable = record.fragments.iter().filter(|disk| !readable(disk)).count();
-        Some((record.fragments.len() - unreadable).saturating_sub(record.policy.needed()))
+        (!record.fragments.iter().all(active)).then(|| self.spare(record))
     }
 
     /// Files each extent whose need of a rebuild `op` may have changed at its spare (or

@@ -344,14 +344,8 @@ impl Pool {
     fn damaged_only(&self) -> impl Iterator<Item = (usize, ExtentId)> + '_ {
         self.degraded.iter().filter(|id| !self.state.extent_index.is_at_risk(**id)).filter_map(|id| {
             let record = self.state.extents.get(id).filter(|r| !r.is_inline())?;
-            Some((self.spare_of(record), *id))
+            Some((self.state.spare(record), *id))
         })
-    }
-
-    /// How many more fragments `record` can lose and still be read.
-    fn spare_of(&self, record: &ExtentRecord) -> usize {
-        let unreadable = record.fragments.iter().filter(|d| !self.state.disk_readable(**d)).count();
-        (record.fragments.len() - unreadable).saturating_sub(record.policy.needed())
     }
 
     /// `rebuild_queue`, from a visit of every extent: what the index must agree with.
@@ -366,7 +360,7 @@ impl Pool {
                 if missing.is_empty() && !self.degraded.contains(&record.id) {
                     return None;
                 }
-                let spare = self.spare_of(record);
+                let spare = self.state.spare(record);
                 Some(RebuildItem { extent: record.id, policy: record.policy.to_string(), spare, missing })
             })
             .collect();
