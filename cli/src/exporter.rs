@@ -329,7 +329,8 @@ pub(crate) fn serve(addr: SocketAddr, pool: Arc<Mutex<Pool>>, pool_dir: std::pat
                     }
                 }
                 (tiny_http::Method::Get, "/health") => {
-                    let report = pool.lock().unwrap_or_else(|p| p.into_inner()).pool_health().naming_pool(&pool_dir);
+                    let report =
+                        pool.lock().unwrap_or_else(|p| p.into_inner()).known_pool_health().naming_pool(&pool_dir);
                     let body = serde_json::to_string(&report).unwrap_or_else(|_| "{}".into());
                     let response =
                         tiny_http::Response::from_string(body).with_status_code(if report.healthy { 200 } else { 503 });

@@ -80,3 +80,39 @@ fn a_drain_walks_the_disk_set_until_it_is_empty() {
     assert_eq!(t.pool().state().disks[&disk].state, dfs_engine::meta::state::DiskState::Removed);
     t.pool().state().check().unwrap();
 }
+
+/// Counts per health as `list_extents` finds them by listing every disk.
+fn listed_health(t: &mut TestPool) -> std::collections::BTreeMap<String, u64> {
+    let mut counts = std::collections::BTreeMap::new();
+    for info in t.pool().list_extents(None, false) {
+        *counts.entry(info.health.to_string()).or_default() += 1;
+    }
+    counts
+}
+
+/// A scrape counts health from what the pool knows — disk states, owed fragments,
+/// damage found — without listing a disk or visiting a healthy extent; with disks
+/// failed it counts what the listing finds.
+#[test]
+fn metrics_count_health_from_what_the_pool_knows_and_agree_with_the_listing() {
+    let mut t = TestPool::new(&[64; 4], "erasure:2+1");
+    for i in 0..6 {
+        t.write_file(&format!("f{i}"), &pattern(1 << 20, 60 + i));
+    }
+    let known = |t: &mut TestPool| -> std::collections::BTreeMap<String, u64> {
+        let metrics = t.pool().metrics();
+        metrics.by_health.iter().filter(|(_, c)| c.extents > 0).map(|(h, c)| (h.clone(), c.extents)).collect()
+    };
+    assert_eq!(known(&mut t), listed_health(&mut t));
+    assert!(t.pool().suspect_extents().is_empty(), "a healthy pool has nothing to look at");
+    let disks: Vec<DiskId> = t.pool().state().disks.keys().copied().collect();
+    t.pool().fail_disk(disks[0]).unwrap();
+    assert_eq!(known(&mut t), listed_health(&mut t));
+    assert!(known(&mut t)["degraded"] > 0);
+    t.pool().fail_disk(disks[1]).unwrap();
+    let counts = known(&mut t);
+    assert_eq!(counts, listed_health(&mut t));
+    assert!(counts["lost"] > 0 && counts["degraded"] > 0, "{counts:?}");
+    assert_eq!(t.pool().known_lost_extents(), t.pool().lost_extents());
+    assert!(!t.pool().known_pool_health().healthy && !t.pool().pool_health().healthy);
+}

@@ -76,6 +76,17 @@ impl Pool {
     /// Assesses the pool from metadata and device reachability (no fragment reads;
     /// `dfs scrub` verifies contents).
     pub fn pool_health(&self) -> HealthReport {
+        self.health_report(true)
+    }
+
+    /// `pool_health` from what the pool knows, without listing any disk (lost extents by
+    /// `known_health`): what `/health` and the metrics serve at every poll.
+    pub fn known_pool_health(&self) -> HealthReport {
+        self.health_report(false)
+    }
+
+    /// The health report; `listed` counts lost extents by listing every disk's fragments.
+    fn health_report(&self, listed: bool) -> HealthReport {
         let mut problems = Vec::new();
         let mut add = |severity, subject: &str, what: String, action: &str| {
             problems.push(Problem { severity, subject: subject.to_string(), what, action: action.to_string() });
@@ -197,7 +208,7 @@ impl Pool {
                 );
             }
         }
-        let lost = self.lost_extents();
+        let lost = if listed { self.lost_extents() } else { self.known_lost_extents() };
         if !lost.is_empty() {
             add(
                 Severity::Critical,

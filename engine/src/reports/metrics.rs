@@ -7,9 +7,11 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
+use crate::base::policy::Policy;
 use crate::meta::state::ChunkSlot;
 use crate::pool::{Pool, PoolCounters};
 use crate::reports::report::Health;
+use crate::temperature::Class;
 
 pub use crate::pool::op_stats::{Histogram, OpKind, OpStats, LATENCY_BUCKETS_SECS};
 
@@ -98,31 +100,50 @@ impl Pool {
                 owed_extents: info.owed_extents as u64,
             })
             .collect();
-        let mut by_policy: BTreeMap<String, Count> = BTreeMap::new();
-        let mut by_health: BTreeMap<String, Count> = BTreeMap::new();
-        let mut by_class: BTreeMap<String, Count> = BTreeMap::new();
-        for info in self.list_extents(None, false) {
-            let add = |map: &mut BTreeMap<String, Count>, key: String| {
-                let entry = map.entry(key).or_default();
-                entry.extents += 1;
-                entry.bytes += u64::from(info.length);
-            };
-            add(&mut by_policy, info.policy.clone());
-            add(&mut by_health, info.health.to_string());
+        // Counted from the records and the indexes: a scrape lists no disk and visits no
+        // extent twice (health as the pool knows it: `known_health`).
+        let mut policies: BTreeMap<Policy, Count> = BTreeMap::new();
+        let mut all = Count::default();
+        for record in self.state.extents.values() {
+            let entry = policies.entry(record.policy).or_default();
+            entry.extents += 1;
+            entry.bytes += u64::from(record.len);
+            all.extents += 1;
+            all.bytes += u64::from(record.len);
         }
+        let by_policy: BTreeMap<String, Count> =
+            policies.into_iter().map(|(policy, count)| (policy.to_string(), count)).collect();
+        let mut by_health: BTreeMap<String, Count> = BTreeMap::new();
+        let mut healthy = all;
+        for id in self.suspect_extents() {
+            let Some(record) = self.state.extents.get(&id) else { continue };
+            let health = self.known_health(record).0;
+            if health != Health::Healthy {
+                let entry = by_health.entry(health.to_string()).or_default();
+                entry.extents += 1;
+                entry.bytes += u64::from(record.len);
+                healthy.extents -= 1;
+                healthy.bytes -= u64::from(record.len);
+            }
+        }
+        by_health.insert(Health::Healthy.to_string(), healthy);
+        let mut classes: BTreeMap<Option<Class>, Count> = BTreeMap::new();
         for (ino, map) in &self.state.file_extents {
+            let slots = ChunkSlot { ino: *ino, index: 0 }..=ChunkSlot { ino: *ino, index: u64::MAX };
+            let mut temperatures = self.state.temperature.range(slots).peekable();
             for (index, id) in map {
-                let class = self
-                    .state
-                    .temperature
-                    .get(&ChunkSlot { ino: *ino, index: *index })
-                    .filter(|t| !t.history.is_empty())
-                    .map_or("unclassified".to_string(), |t| t.class.to_string());
-                let entry = by_class.entry(class).or_default();
+                let slot = ChunkSlot { ino: *ino, index: *index };
+                while temperatures.next_if(|(at, _)| **at < slot).is_some() {}
+                let class = temperatures.next_if(|(at, _)| **at == slot).and_then(|(_, t)| t.classified());
+                let entry = classes.entry(class).or_default();
                 entry.extents += 1;
                 entry.bytes += self.state.extents.get(id).map_or(0, |r| u64::from(r.len));
             }
         }
+        let by_class: BTreeMap<String, Count> = classes
+            .into_iter()
+            .map(|(class, count)| (class.map_or("unclassified".to_string(), |c| c.to_string()), count))
+            .collect();
         for health in [Health::Healthy, Health::Degraded, Health::Lost] {
             by_health.entry(health.to_string()).or_default();
         }
@@ -149,7 +170,7 @@ impl Pool {
             checkpoint_age_secs: self
                 .checkpoint_written_nanos
                 .map(|at| self.clock.monotonic_nanos().saturating_sub(at) as f64 / 1e9),
-            healthy: self.pool_health().healthy,
+            healthy: self.known_pool_health().healthy,
         }
     }
 }

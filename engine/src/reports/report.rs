@@ -108,12 +108,6 @@ impl Pool {
     /// Every disk with its usage.
     pub fn disk_infos(&self) -> Vec<DiskInfo> {
         let journal: BTreeSet<DiskId> = self.journal_disks().into_iter().collect();
-        let mut fragments: BTreeMap<DiskId, usize> = BTreeMap::new();
-        for record in self.state.extents.values() {
-            for disk in &record.fragments {
-                *fragments.entry(*disk).or_default() += 1;
-            }
-        }
         self.state
             .disks
             .values()
@@ -135,7 +129,7 @@ impl Pool {
                     capacity_bytes,
                     used_bytes,
                     state,
-                    fragments: fragments.get(&disk.id).copied().unwrap_or(0),
+                    fragments: self.count_on(disk.id),
                     journal_replica: journal.contains(&disk.id),
                     reachable: offline.is_none() && device.is_some_and(|d| d.list(BlockKind::Label).is_ok()),
                     changed_secs: self.state.disk_changed.get(&disk.id).map(|t| t.secs),
@@ -277,6 +271,44 @@ impl Pool {
         summary.overhead_ratio =
             if summary.data_bytes == 0 { 0.0 } else { summary.raw_bytes as f64 / summary.data_bytes as f64 };
         summary
+    }
+
+    /// An extent's health from what the pool knows without listing a disk: a fragment
+    /// is available when its disk can be read and is not owed it (written while the disk
+    /// was offline); an extent a read or scrub found damaged is degraded. What nobody has
+    /// read since it went bad shows only once a read or the scrubber finds it.
+    pub fn known_health(&self, record: &ExtentRecord) -> (Health, usize) {
+        if record.is_inline() {
+            return (Health::Healthy, 0);
+        }
+        let owed = |disk: &DiskId| self.state.owed.get(disk).is_some_and(|owed| owed.contains(&record.id));
+        let available = record.fragments.iter().filter(|disk| self.state.disk_readable(**disk) && !owed(disk)).count();
+        let health = if available < record.policy.needed() {
+            Health::Lost
+        } else if available < record.fragments.len() || self.degraded.contains(&record.id) {
+            Health::Degraded
+        } else {
+            Health::Healthy
+        };
+        (health, available)
+    }
+
+    /// The extents whose known health may be short of healthy — those with a fragment on
+    /// a disk that cannot be read, owed to a disk, or found damaged — from the indexes,
+    /// without visiting the others. Ascending.
+    pub fn suspect_extents(&self) -> Vec<ExtentId> {
+        let mut suspects: BTreeSet<ExtentId> = self.degraded.iter().copied().collect();
+        suspects.extend(self.state.owed.values().flatten());
+        for disk in self.state.extent_index.disks().filter(|d| !self.state.disk_readable(*d)) {
+            suspects.extend(self.state.extent_index.on_disk(disk));
+        }
+        suspects.into_iter().filter(|id| self.state.extents.contains_key(id)).collect()
+    }
+
+    /// The ids of extents that cannot be read by what the pool knows (`known_health`).
+    pub fn known_lost_extents(&self) -> Vec<ExtentId> {
+        let lost = |id: &ExtentId| self.state.extents.get(id).is_some_and(|r| self.known_health(r).0 == Health::Lost);
+        self.suspect_extents().into_iter().filter(lost).collect()
     }
 
     /// The ids of extents whose data can no longer be read, by presence of fragments.

@@ -66,6 +66,11 @@ impl Default for Temperature {
 }
 
 impl Temperature {
+    /// The class a pass settled on, if any pass judged it yet.
+    pub fn classified(&self) -> Option<Class> {
+        (!self.history.is_empty()).then_some(self.class)
+    }
+
     /// The verdict of a pass at `now_secs` on an extent whose current statistics are
     /// `stats` (the pool's live ones, which may be ahead of `self.stats`).
     pub fn observe(&self, stats: AccessStats, now_secs: i64, config: &TieringConfig) -> Verdict {
