@@ -105,6 +105,22 @@ fn metrics_count_health_from_what_the_pool_knows_and_agree_with_the_listing() {
     };
     assert_eq!(known(&mut t), listed_health(&mut t));
     assert!(t.pool().suspect_extents().is_empty(), "a healthy pool has nothing to look at");
+    // Policies and classes are tallied by the commits, not counted at the scrape.
+    let metrics = t.pool().metrics();
+    assert_eq!(metrics.by_policy["erasure:2+1"].extents, 6);
+    assert_eq!(metrics.by_policy["erasure:2+1"].bytes, 6 << 20);
+    assert_eq!(metrics.by_class["unclassified"].extents, 6);
+    t.pool().classify_pass().unwrap();
+    let metrics = t.pool().metrics();
+    assert!(!metrics.by_class.contains_key("unclassified"), "{:?}", metrics.by_class);
+    assert_eq!(metrics.by_class.values().map(|c| c.extents).sum::<u64>(), 6);
+    let gone = t.pool().lookup(dfs_engine::Ino::ROOT, b"f5").unwrap().ino;
+    t.pool().unlink(dfs_engine::Ino::ROOT, b"f5").unwrap();
+    t.pool().sync().unwrap();
+    assert!(!t.pool().state().inodes.contains_key(&gone));
+    let metrics = t.pool().metrics();
+    assert_eq!(metrics.by_policy["erasure:2+1"].extents, 5);
+    assert_eq!(metrics.by_class.values().map(|c| c.bytes).sum::<u64>(), 5 << 20);
     let disks: Vec<DiskId> = t.pool().state().disks.keys().copied().collect();
     t.pool().fail_disk(disks[0]).unwrap();
     assert_eq!(known(&mut t), listed_health(&mut t));

@@ -1,7 +1,9 @@
 //! Indexes over the extent records that the metadata state keeps but never stores:
 //! which extents have a fragment on each disk, which extents are short of fragments,
 //! grouped by how many more they can lose, which chunks tiering wants moved to another
-//! policy, and which extents the scrub pass in progress still has to check.
+//! policy, which extents the scrub pass in progress still has to check, and how many
+//! extents and bytes each policy and each temperature class holds (what a metrics
+//! scrape reports).
 //!
 //! Contract: the index is a pure function of the state it belongs to. `MetaState::apply`
 //! keeps it in the same step that changes what it indexes, `MetaState::rebuild_indexes`
@@ -17,8 +19,10 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use roaring::RoaringTreemap;
 
+use crate::base::policy::Policy;
 use crate::media::device::ExtentId;
 use crate::meta::ids::{ChunkSlot, DiskId};
+use crate::temperature::Class;
 
 /// The extents on each disk, those short of fragments by spare, the chunks whose extent
 /// tiering wants under another policy, and the extents the scrub pass still owes a check.
@@ -33,6 +37,31 @@ pub struct ExtentIndex {
     to_migrate: BTreeSet<ChunkSlot>,
     /// Extents the scrub pass in progress has yet to check (empty without a pass).
     unscrubbed: RoaringTreemap,
+    /// Extents and their bytes, per policy (every extent, layers included).
+    by_policy: BTreeMap<Policy, Tally>,
+    /// Chunks and their extents' bytes, per class a pass settled on (`None`: no pass
+    /// judged the chunk yet). A chunk's layers are not counted.
+    by_class: BTreeMap<Option<Class>, Tally>,
+}
+
+/// How many, and how many bytes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Tally {
+    pub extents: u64,
+    pub bytes: u64,
+}
+
+impl Tally {
+    fn add(&mut self, bytes: u64) {
+        self.extents += 1;
+        self.bytes += bytes;
+    }
+
+    fn take(&mut self, bytes: u64) {
+        debug_assert!(self.extents > 0 && self.bytes >= bytes, "a tally taken below zero");
+        self.extents = self.extents.saturating_sub(1);
+        self.bytes = self.bytes.saturating_sub(bytes);
+    }
 }
 
 impl PartialEq for ExtentIndex {
@@ -47,10 +76,47 @@ impl PartialEq for ExtentIndex {
             && risk(self) == risk(other)
             && self.to_migrate == other.to_migrate
             && self.unscrubbed.iter().eq(other.unscrubbed.iter())
+            && tallies(&self.by_policy) == tallies(&other.by_policy)
+            && tallies(&self.by_class) == tallies(&other.by_class)
     }
 }
 
+/// The tallies that count something (an emptied one is kept until refiled).
+fn tallies<K: Ord + Copy>(map: &BTreeMap<K, Tally>) -> Vec<(K, Tally)> {
+    map.iter().filter(|(_, t)| t.extents > 0).map(|(k, t)| (*k, *t)).collect()
+}
+
 impl ExtentIndex {
+    /// Counts an extent of `bytes` under `policy` (`added`), or stops counting it.
+    pub fn tally_policy(&mut self, policy: Policy, bytes: u64, added: bool) {
+        let tally = self.by_policy.entry(policy).or_default();
+        if added {
+            tally.add(bytes);
+        } else {
+            tally.take(bytes);
+        }
+    }
+
+    /// Counts a chunk of `bytes` under `class` (`added`), or stops counting it.
+    pub fn tally_class(&mut self, class: Option<Class>, bytes: u64, added: bool) {
+        let tally = self.by_class.entry(class).or_default();
+        if added {
+            tally.add(bytes);
+        } else {
+            tally.take(bytes);
+        }
+    }
+
+    /// Extents and bytes per policy.
+    pub fn by_policy(&self) -> impl Iterator<Item = (Policy, Tally)> + '_ {
+        self.by_policy.iter().filter(|(_, t)| t.extents > 0).map(|(p, t)| (*p, *t))
+    }
+
+    /// Chunks and bytes per class (`None`: not judged yet).
+    pub fn by_class(&self) -> impl Iterator<Item = (Option<Class>, Tally)> + '_ {
+        self.by_class.iter().filter(|(_, t)| t.extents > 0).map(|(c, t)| (*c, *t))
+    }
+
     /// Records that extent `id` names a fragment on each of `disks`.
     pub fn add_fragments(&mut self, id: ExtentId, disks: &[DiskId]) {
         for disk in disks {

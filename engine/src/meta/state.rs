@@ -665,7 +665,10 @@ impl MetaState {
             Op::PutExtent(record) => self.extents.get(&record.id).is_some_and(|old| old.policy != record.policy),
             _ => false,
         };
+        let class_slots = self.class_slots(op);
+        self.tally_classes(&class_slots, false);
         let freed = self.apply_op(op);
+        self.tally_classes(&class_slots, true);
         self.reassess_after(op, &freed);
         if replaced_policy || self.tiering_inputs() != tiering_before {
             self.extent_index.set_migrations(self.scanned_migrations());

@@ -67,8 +67,10 @@ impl MetaState {
     pub(super) fn insert_extent(&mut self, record: ExtentRecord) {
         if let Some(old) = self.extents.get(&record.id) {
             self.extent_index.remove_fragments(record.id, &old.fragments);
+            self.extent_index.tally_policy(old.policy, u64::from(old.len), false);
         }
         self.extent_index.add_fragments(record.id, &record.fragments);
+        self.extent_index.tally_policy(record.policy, u64::from(record.len), true);
         self.extents.insert(record.id, record);
     }
 
@@ -76,7 +78,49 @@ impl MetaState {
     pub(super) fn remove_extent(&mut self, id: ExtentId) -> Option<ExtentRecord> {
         let record = self.extents.remove(&id)?;
         self.extent_index.remove_fragments(id, &record.fragments);
+        self.extent_index.tally_policy(record.policy, u64::from(record.len), false);
         Some(record)
+    }
+
+    /// The chunks whose class tally `op` may change: those it stores an extent in,
+    /// removes with their file, or judges in a pass. Read before the op is applied.
+    pub(super) fn class_slots(&self, op: &Op) -> Vec<ChunkSlot> {
+        match op {
+            Op::SetExtent { ino, index, .. } => vec![ChunkSlot { ino: *ino, index: *index }],
+            Op::RemoveInode(ino) => self.chunk_slots(*ino).collect(),
+            Op::ClassifyPass { verdicts: slots, .. } | Op::ClassifyChanges { changed: slots, .. } => {
+                slots.iter().map(|(slot, _)| *slot).collect()
+            }
+            _ => Vec::new(),
+        }
+    }
+
+    /// Counts the chunks in `slots` under their class (`added`), or stops counting them.
+    pub(super) fn tally_classes(&mut self, slots: &[ChunkSlot], added: bool) {
+        for slot in slots {
+            let Some(bytes) = self.slot_extent(*slot).map(|r| u64::from(r.len)) else { continue };
+            let class = self.temperature.get(slot).and_then(|t| t.classified());
+            self.extent_index.tally_class(class, bytes, added);
+        }
+    }
+
+    /// Counts every extent under its policy and every chunk under its class, from a
+    /// visit of each, into `index`.
+    fn scanned_tallies(&self, index: &mut ExtentIndex) {
+        for record in self.extents.values() {
+            index.tally_policy(record.policy, u64::from(record.len), true);
+        }
+        for (ino, chunks) in &self.file_extents {
+            let slots = ChunkSlot { ino: *ino, index: 0 }..=ChunkSlot { ino: *ino, index: u64::MAX };
+            let mut temperatures = self.temperature.range(slots).peekable();
+            for (index_in_file, id) in chunks {
+                let slot = ChunkSlot { ino: *ino, index: *index_in_file };
+                while temperatures.next_if(|(at, _)| **at < slot).is_some() {}
+                let class = temperatures.next_if(|(at, _)| **at == slot).and_then(|(_, t)| t.classified());
+                let Some(record) = self.extents.get(id) else { continue };
+                index.tally_class(class, u64::from(record.len), true);
+            }
+        }
     }
 
     /// Where `disk` stands for the fragments on it.
@@ -321,7 +365,9 @@ impl MetaState {
     /// short of fragments, so a healthy pool's are not assessed one by one.
     pub fn rebuild_indexes(&mut self) {
         self.dir_parents = self.scanned_dir_parents();
-        self.extent_index = ExtentIndex::from_records(self.extents.values().map(|r| (r.id, r.fragments.as_slice())));
+        let mut index = ExtentIndex::from_records(self.extents.values().map(|r| (r.id, r.fragments.as_slice())));
+        self.scanned_tallies(&mut index);
+        self.extent_index = index;
         let fates = self.fates();
         let mut suspects: BTreeSet<ExtentId> = self.owed.values().flatten().copied().collect();
         let not_serving =
@@ -346,6 +392,7 @@ impl MetaState {
         }
         index.set_migrations(self.scanned_migrations());
         index.set_all_unscrubbed(self.scanned_unscrubbed());
+        self.scanned_tallies(&mut index);
         index
     }
 

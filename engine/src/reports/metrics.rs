@@ -7,11 +7,8 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
-use crate::base::policy::Policy;
-use crate::meta::state::ChunkSlot;
 use crate::pool::{Pool, PoolCounters};
 use crate::reports::report::Health;
-use crate::temperature::Class;
 
 pub use crate::pool::op_stats::{Histogram, OpKind, OpStats, LATENCY_BUCKETS_SECS};
 
@@ -100,21 +97,17 @@ impl Pool {
                 owed_extents: info.owed_extents as u64,
             })
             .collect();
-        // Counted from the records and the indexes: a scrape lists no disk and visits no
-        // extent twice (health as the pool knows it: `known_health`).
-        let mut policies: BTreeMap<Policy, Count> = BTreeMap::new();
-        let mut all = Count::default();
-        for record in self.state.extents.values() {
-            let entry = policies.entry(record.policy).or_default();
-            entry.extents += 1;
-            entry.bytes += u64::from(record.len);
-            all.extents += 1;
-            all.bytes += u64::from(record.len);
-        }
+        // Counted by the index the commits keep, and health from the extents it names
+        // as suspect: a scrape lists no disk and visits no healthy extent (health as the
+        // pool knows it: `known_health`).
+        let index = &self.state.extent_index;
+        let count = |tally: crate::meta::extent_index::Tally| Count { extents: tally.extents, bytes: tally.bytes };
         let by_policy: BTreeMap<String, Count> =
-            policies.into_iter().map(|(policy, count)| (policy.to_string(), count)).collect();
+            index.by_policy().map(|(policy, tally)| (policy.to_string(), count(tally))).collect();
+        let mut healthy = by_policy
+            .values()
+            .fold(Count::default(), |all, c| Count { extents: all.extents + c.extents, bytes: all.bytes + c.bytes });
         let mut by_health: BTreeMap<String, Count> = BTreeMap::new();
-        let mut healthy = all;
         for id in self.suspect_extents() {
             let Some(record) = self.state.extents.get(&id) else { continue };
             let health = self.known_health(record).0;
@@ -127,22 +120,9 @@ impl Pool {
             }
         }
         by_health.insert(Health::Healthy.to_string(), healthy);
-        let mut classes: BTreeMap<Option<Class>, Count> = BTreeMap::new();
-        for (ino, map) in &self.state.file_extents {
-            let slots = ChunkSlot { ino: *ino, index: 0 }..=ChunkSlot { ino: *ino, index: u64::MAX };
-            let mut temperatures = self.state.temperature.range(slots).peekable();
-            for (index, id) in map {
-                let slot = ChunkSlot { ino: *ino, index: *index };
-                while temperatures.next_if(|(at, _)| **at < slot).is_some() {}
-                let class = temperatures.next_if(|(at, _)| **at == slot).and_then(|(_, t)| t.classified());
-                let entry = classes.entry(class).or_default();
-                entry.extents += 1;
-                entry.bytes += self.state.extents.get(id).map_or(0, |r| u64::from(r.len));
-            }
-        }
-        let by_class: BTreeMap<String, Count> = classes
-            .into_iter()
-            .map(|(class, count)| (class.map_or("unclassified".to_string(), |c| c.to_string()), count))
+        let by_class: BTreeMap<String, Count> = index
+            .by_class()
+            .map(|(class, tally)| (class.map_or("unclassified".to_string(), |c| c.to_string()), count(tally)))
             .collect();
         for health in [Health::Healthy, Health::Degraded, Health::Lost] {
             by_health.entry(health.to_string()).or_default();
