@@ -44,14 +44,19 @@ pub struct ExtentIndex {
     by_class: BTreeMap<Option<Class>, Tally>,
 }
 
-/// How many, and how many bytes.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+/// How many, and how many bytes (the metrics' `Count`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct Tally {
     pub extents: u64,
     pub bytes: u64,
 }
 
 impl Tally {
+    /// Both tallies together.
+    pub fn plus(self, other: Tally) -> Tally {
+        Tally { extents: self.extents + other.extents, bytes: self.bytes + other.bytes }
+    }
+
     fn add(&mut self, bytes: u64) {
         self.extents += 1;
         self.bytes += bytes;

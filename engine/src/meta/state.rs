@@ -360,9 +360,10 @@ pub struct MetaState {
     /// inode of any kind is in it; `PutInode` of anything but a directory takes it out.)
     #[serde(skip)]
     pub dir_parents: BTreeMap<Ino, Ino>,
-    /// The extents on each disk and those short of fragments: an index of `extents`,
-    /// `disks`, `offline` and `owed`, kept by `apply` and rebuilt after decoding, never
-    /// stored. A drain, a rebuild step and a removal's check read it instead of visiting
+    /// The extents on each disk, those short of fragments, the chunks tiering wants
+    /// moved, the extents the scrub pass owes a check, and the tallies per policy and
+    /// class (`meta::extent_index`): kept by `apply` (`meta::upkeep`), rebuilt after
+    /// decoding, never stored. Background work and metrics read it instead of visiting
     /// every record.
     #[serde(skip)]
     pub extent_index: ExtentIndex,

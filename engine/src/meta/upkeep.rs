@@ -16,6 +16,7 @@ use crate::media::device::ExtentId;
 use crate::meta::extent_index::ExtentIndex;
 use crate::meta::ids::ChunkSlot;
 use crate::meta::state::{DiskFate, DiskId, DiskState, ExtentRecord, Ino, InodeKind, MetaState, Op};
+use crate::temperature::tracker::Temperature;
 use crate::temperature::Class;
 
 impl MetaState {
@@ -111,16 +112,27 @@ impl MetaState {
             index.tally_policy(record.policy, u64::from(record.len), true);
         }
         for (ino, chunks) in &self.file_extents {
-            let slots = ChunkSlot { ino: *ino, index: 0 }..=ChunkSlot { ino: *ino, index: u64::MAX };
-            let mut temperatures = self.temperature.range(slots).peekable();
-            for (index_in_file, id) in chunks {
-                let slot = ChunkSlot { ino: *ino, index: *index_in_file };
-                while temperatures.next_if(|(at, _)| **at < slot).is_some() {}
-                let class = temperatures.next_if(|(at, _)| **at == slot).and_then(|(_, t)| t.classified());
-                let Some(record) = self.extents.get(id) else { continue };
-                index.tally_class(class, u64::from(record.len), true);
+            for (_, id, temperature) in self.chunks_with_temperatures(*ino, chunks) {
+                let Some(record) = self.extents.get(&id) else { continue };
+                index.tally_class(temperature.and_then(Temperature::classified), u64::from(record.len), true);
             }
         }
+    }
+
+    /// File `ino`'s chunks (`chunks`, its map of them) in order, each with its extent and
+    /// temperature: both maps walked side by side, no lookup per chunk.
+    fn chunks_with_temperatures<'a>(
+        &'a self,
+        ino: Ino,
+        chunks: &'a BTreeMap<u64, ExtentId>,
+    ) -> impl Iterator<Item = (ChunkSlot, ExtentId, Option<&'a Temperature>)> + 'a {
+        let slots = ChunkSlot { ino, index: 0 }..=ChunkSlot { ino, index: u64::MAX };
+        let mut temperatures = self.temperature.range(slots).peekable();
+        chunks.iter().map(move |(index, id)| {
+            let slot = ChunkSlot { ino, index: *index };
+            while temperatures.next_if(|(at, _)| **at < slot).is_some() {}
+            (slot, *id, temperatures.next_if(|(at, _)| **at == slot).map(|(_, t)| t))
+        })
     }
 
     /// Where `disk` stands for the fragments on it.
@@ -141,13 +153,13 @@ impl MetaState {
         self.missing_with(record, &fates).collect()
     }
 
-    /// `missing_fragments`, with each disk's fate and readability looked up in `fates`.
+    /// `missing_fragments`, with each disk's fate looked up in `fates`.
     pub(super) fn missing_with<'a>(
         &'a self,
         record: &'a ExtentRecord,
-        fates: &'a BTreeMap<DiskId, (DiskFate, bool)>,
+        fates: &'a BTreeMap<DiskId, DiskFate>,
     ) -> impl Iterator<Item = u8> + 'a {
-        let fate = move |disk: &DiskId| fates.get(disk).map_or(DiskFate::Leaving, |(fate, _)| *fate);
+        let fate = move |disk: &DiskId| fates.get(disk).copied().unwrap_or(DiskFate::Leaving);
         record
             .fragments
             .iter()
@@ -160,10 +172,9 @@ impl MetaState {
             .map(|(index, _)| index as u8)
     }
 
-    /// Every disk's fate and whether its fragments can be read (a disk not listed is
-    /// leaving and unreadable).
-    pub(super) fn fates(&self) -> BTreeMap<DiskId, (DiskFate, bool)> {
-        self.disks.keys().map(|disk| (*disk, (self.fate(*disk), self.disk_readable(*disk)))).collect()
+    /// Every disk's fate (a disk not listed is leaving).
+    pub(super) fn fates(&self) -> BTreeMap<DiskId, DiskFate> {
+        self.disks.keys().map(|disk| (*disk, self.fate(*disk))).collect()
     }
 
     /// How many more fragments `record` can lose and still be read: its readable ones
@@ -175,16 +186,11 @@ impl MetaState {
 
     /// How many more fragments `record` can lose, if it is short of one (`None`: whole,
     /// or inline), with the disks' fates looked up in `fates`.
-    pub(super) fn spare_with(
-        &self,
-        record: &ExtentRecord,
-        fates: &BTreeMap<DiskId, (DiskFate, bool)>,
-    ) -> Option<usize> {
+    pub(super) fn spare_with(&self, record: &ExtentRecord, fates: &BTreeMap<DiskId, DiskFate>) -> Option<usize> {
         if record.is_inline() || self.missing_with(record, fates).next().is_none() {
             return None;
         }
-        let unreadable = record.fragments.iter().filter(|disk| !fates.get(disk).is_some_and(|(_, r)| *r)).count();
-        Some((record.fragments.len() - unreadable).saturating_sub(record.policy.needed()))
+        Some(self.spare(record))
     }
 
     /// `spare_with` while no disk is owed anything or offline: a fragment is missing
@@ -231,7 +237,7 @@ impl MetaState {
         }
         let fates = self.fates();
         for disk in disks {
-            let affected = if fates.get(&disk).is_none_or(|(fate, _)| *fate == DiskFate::Leaving) {
+            let affected = if fates.get(&disk).is_none_or(|fate| *fate == DiskFate::Leaving) {
                 self.extent_index.on_disk(disk).collect::<Vec<_>>()
             } else {
                 let mut affected = self.extent_index.at_risk_on_disk(disk);
@@ -296,13 +302,8 @@ impl MetaState {
             if self.inodes.get(ino).is_some_and(|i| i.policy.is_some()) {
                 continue;
             }
-            let slots = ChunkSlot { ino: *ino, index: 0 }..=ChunkSlot { ino: *ino, index: u64::MAX };
-            let mut temperatures = self.temperature.range(slots).peekable();
-            for (index, id) in chunks {
-                let slot = ChunkSlot { ino: *ino, index: *index };
-                while temperatures.next_if(|(at, _)| **at < slot).is_some() {}
-                let temperature = temperatures.next_if(|(at, _)| **at == slot).map(|(_, t)| t);
-                let Some(record) = self.extents.get(id) else { continue };
+            for (slot, id, temperature) in self.chunks_with_temperatures(*ino, chunks) {
+                let Some(record) = self.extents.get(&id) else { continue };
                 if record.policy != tiers.target(temperature) {
                     wanted.insert(slot);
                 }
@@ -355,7 +356,7 @@ impl MetaState {
     }
 
     /// Files extent `id` at its current spare, or as whole (or gone).
-    pub(super) fn assess(&mut self, id: ExtentId, fates: &BTreeMap<DiskId, (DiskFate, bool)>) {
+    pub(super) fn assess(&mut self, id: ExtentId, fates: &BTreeMap<DiskId, DiskFate>) {
         let spare = self.extents.get(&id).and_then(|record| self.spare_with(record, fates));
         self.extent_index.set_risk(id, spare);
     }
@@ -370,8 +371,7 @@ impl MetaState {
         self.extent_index = index;
         let fates = self.fates();
         let mut suspects: BTreeSet<ExtentId> = self.owed.values().flatten().copied().collect();
-        let not_serving =
-            self.extent_index.disks().filter(|d| fates.get(d).is_none_or(|(f, _)| *f != DiskFate::Serving));
+        let not_serving = self.extent_index.disks().filter(|d| fates.get(d).is_none_or(|f| *f != DiskFate::Serving));
         for disk in not_serving.collect::<Vec<_>>() {
             suspects.extend(self.extent_index.on_disk(disk));
         }
@@ -416,7 +416,7 @@ pub(super) struct TierTargets {
 
 impl TierTargets {
     /// The target of a chunk with `temperature` (none, or no pass yet: the default).
-    fn target(&self, temperature: Option<&crate::temperature::tracker::Temperature>) -> Policy {
+    fn target(&self, temperature: Option<&Temperature>) -> Policy {
         match temperature {
             Some(t) if !t.history.is_empty() => self.by_class[t.class.index()],
             _ => self.default,

@@ -34,11 +34,7 @@ pub struct DiskMetrics {
 }
 
 /// Extents and their bytes.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
-pub struct Count {
-    pub extents: u64,
-    pub bytes: u64,
-}
+pub use crate::meta::extent_index::Tally as Count;
 
 /// Everything the exporter shows.
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -101,12 +97,9 @@ impl Pool {
         // as suspect: a scrape lists no disk and visits no healthy extent (health as the
         // pool knows it: `known_health`).
         let index = &self.state.extent_index;
-        let count = |tally: crate::meta::extent_index::Tally| Count { extents: tally.extents, bytes: tally.bytes };
         let by_policy: BTreeMap<String, Count> =
-            index.by_policy().map(|(policy, tally)| (policy.to_string(), count(tally))).collect();
-        let mut healthy = by_policy
-            .values()
-            .fold(Count::default(), |all, c| Count { extents: all.extents + c.extents, bytes: all.bytes + c.bytes });
+            index.by_policy().map(|(policy, tally)| (policy.to_string(), tally)).collect();
+        let mut healthy = by_policy.values().fold(Count::default(), |all, c| all.plus(*c));
         let mut by_health: BTreeMap<String, Count> = BTreeMap::new();
         for id in self.suspect_extents() {
             let Some(record) = self.state.extents.get(&id) else { continue };
@@ -122,7 +115,7 @@ impl Pool {
         by_health.insert(Health::Healthy.to_string(), healthy);
         let by_class: BTreeMap<String, Count> = index
             .by_class()
-            .map(|(class, tally)| (class.map_or("unclassified".to_string(), |c| c.to_string()), count(tally)))
+            .map(|(class, tally)| (class.map_or("unclassified".to_string(), |c| c.to_string()), tally))
             .collect();
         for health in [Health::Healthy, Health::Degraded, Health::Lost] {
             by_health.entry(health.to_string()).or_default();

@@ -203,14 +203,7 @@ impl Pool {
             return (Health::Healthy, 0);
         }
         let available = (0..record.fragments.len()).filter(|i| self.fragment_ok(record, *i, present, verify)).count();
-        let health = if available < record.policy.needed() {
-            Health::Lost
-        } else if available < record.fragments.len() || (!verify && self.degraded.contains(&record.id)) {
-            Health::Degraded
-        } else {
-            Health::Healthy
-        };
-        (health, available)
+        (health_of(record, available, !verify && self.degraded.contains(&record.id)), available)
     }
 
     /// Every extent of the files under `under` (all files when `None`), in file order.
@@ -283,14 +276,7 @@ impl Pool {
         }
         let owed = |disk: &DiskId| self.state.owed.get(disk).is_some_and(|owed| owed.contains(&record.id));
         let available = record.fragments.iter().filter(|disk| self.state.disk_readable(**disk) && !owed(disk)).count();
-        let health = if available < record.policy.needed() {
-            Health::Lost
-        } else if available < record.fragments.len() || self.degraded.contains(&record.id) {
-            Health::Degraded
-        } else {
-            Health::Healthy
-        };
-        (health, available)
+        (health_of(record, available, self.degraded.contains(&record.id)), available)
     }
 
     /// The extents whose known health may be short of healthy — those with a fragment on
@@ -320,5 +306,17 @@ impl Pool {
             .filter(|r| self.health(r, &present, false).0 == Health::Lost)
             .map(|r| r.id)
             .collect()
+    }
+}
+
+/// The health of a stored extent with `available` usable fragments; `damaged` when a read
+/// or scrub found it so.
+fn health_of(record: &ExtentRecord, available: usize, damaged: bool) -> Health {
+    if available < record.policy.needed() {
+        Health::Lost
+    } else if available < record.fragments.len() || damaged {
+        Health::Degraded
+    } else {
+        Health::Healthy
     }
 }
