@@ -1,8 +1,10 @@
 //! Candidate stores for the paged metadata (issue 17, item 1) on the metadata workload:
 //! N extent records as the engine encodes them (postcard; `erasure:4+2` over six disks,
-//! a BLAKE3 hash each) keyed by extent id. For `redb` — a copy-on-write B-tree with a
-//! bounded page cache (256 MiB here) — it prints: building N records in transactions of
-//! 10⁵, the file's size, opening it in a fresh process, the process's resident memory
+//! a BLAKE3 hash each) keyed by extent id. For each candidate — `redb`, a copy-on-write
+//! B-tree in one file, and our own `meta::store`, a merge tree of immutable page blocks
+//! on a directory disk; both with a 256 MiB page cache — it prints: building N records
+//! (redb in transactions of 10⁵, ours in commits of 10⁶ and the merges they call for),
+//! the bytes on disk, opening it in a fresh process, the process's resident memory
 //! after, a durable commit of 100 records changed at random (time, and bytes the process
 //! wrote), 10⁴ random reads, and a scan of every record. Beside it, in the same run, the
 //! baseline it would replace: today's checkpoint of a state holding the same N records
@@ -22,15 +24,20 @@ use std::time::Instant;
 
 use dfs_engine::base::policy::Policy;
 use dfs_engine::media::codec::CodecId;
-use dfs_engine::media::device::ExtentId;
+use dfs_engine::media::device::{BlockDevice, ExtentId};
+use dfs_engine::media::dirdisk::DirDisk;
 use dfs_engine::meta::journal::{decode_checkpoint, encode_checkpoint, JournalTip};
 use dfs_engine::meta::state::{DiskId, ExtentRecord, MetaState};
+use dfs_engine::meta::store::{Store, StoreConfig};
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
 const EXTENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("extents");
 const DEFAULT_SIZES: [u64; 3] = [100_000, 1_000_000, 10_000_000];
 const CACHE_BYTES: usize = 256 << 20;
 const BATCH: u64 = 100_000;
+/// Our store keeps a commit's changes in memory until it commits: built in larger
+/// commits, it merges less on the way.
+const OURS_BATCH: u64 = 1_000_000;
 const CHANGED: u64 = 100;
 const COMMITS: u64 = 10;
 const READS: u64 = 10_000;
@@ -42,6 +49,8 @@ fn main() {
     match args.get(1).map(String::as_str) {
         Some("--redb-build") => redb_build(Path::new(&args[2]), args[3].parse().unwrap()),
         Some("--redb-measure") => redb_measure(Path::new(&args[2])),
+        Some("--ours-build") => ours_build(Path::new(&args[2]), args[3].parse().unwrap()),
+        Some("--ours-measure") => ours_measure(Path::new(&args[2])),
         Some("--baseline") => baseline(Path::new(&args[2]), args[3].parse().unwrap()),
         _ => run_all(),
     }
@@ -59,8 +68,9 @@ fn run_all() {
         CACHE_BYTES >> 20
     );
     println!(
-        "\n{:>10} | {:>9} {:>9} {:>9} {:>9} {:>12} {:>12} {:>9} {:>8} | {:>12} {:>12} {:>10}",
+        "\n{:>10} {:>6} | {:>9} {:>9} {:>9} {:>9} {:>12} {:>12} {:>9} {:>8} | {:>12} {:>12} {:>10}",
         "records",
+        "store",
         "build s",
         "file MB",
         "open ms",
@@ -76,27 +86,39 @@ fn run_all() {
     for n in sizes {
         let dir = tempfile::tempdir().unwrap();
         let db = dir.path().join("extents.redb");
-        let mut figures = child(&exe, &["--redb-build", db.to_str().unwrap(), &n.to_string()]);
-        figures.extend(child(&exe, &["--redb-measure", db.to_str().unwrap()]));
+        let mut redb = child(&exe, &["--redb-build", db.to_str().unwrap(), &n.to_string()]);
+        redb.extend(child(&exe, &["--redb-measure", db.to_str().unwrap()]));
         std::fs::remove_file(&db).unwrap();
-        figures.extend(child(&exe, &["--baseline", dir.path().join("checkpoint").to_str().unwrap(), &n.to_string()]));
-        let f = |key: &str| figures[key];
-        println!(
-            "{n:>10} | {:>9.1} {:>9.0} {:>9.1} {:>9.1} {:>12.2} {:>12.0} {:>9.1} {:>8.2} | {:>12.0} {:>12.0} {:>10.2}",
-            f("build_s"),
-            f("file_mb"),
-            f("open_ms"),
-            f("rss_mib"),
-            f("commit_ms"),
-            f("commit_kb"),
-            f("get_us"),
-            f("scan_s"),
-            f("ckpt_ms"),
-            f("ckpt_mb"),
-            f("decode_s")
-        );
+        let disk = dir.path().join("disk");
+        std::fs::create_dir(&disk).unwrap();
+        let mut ours = child(&exe, &["--ours-build", disk.to_str().unwrap(), &n.to_string()]);
+        ours.extend(child(&exe, &["--ours-measure", disk.to_str().unwrap()]));
+        std::fs::remove_dir_all(&disk).unwrap();
+        let baseline = child(&exe, &["--baseline", dir.path().join("checkpoint").to_str().unwrap(), &n.to_string()]);
+        let b = |key: &str| baseline[key];
+        for (name, figures) in [("redb", &redb), ("ours", &ours)] {
+            let f = |key: &str| figures[key];
+            println!(
+                "{n:>10} {name:>6} | {:>9.1} {:>9.0} {:>9.1} {:>9.1} {:>12.2} {:>12.0} {:>9.1} {:>8.2} | {:>12.0} {:>12.0} {:>10.2}",
+                f("build_s"),
+                f("file_mb"),
+                f("open_ms"),
+                f("rss_mib"),
+                f("commit_ms"),
+                f("commit_kb"),
+                f("get_us"),
+                f("scan_s"),
+                b("ckpt_ms"),
+                b("ckpt_mb"),
+                b("decode_s")
+            );
+        }
+        println!("{:>17} runs after the commits: {}", "ours:", ours["runs"]);
     }
-    println!("\nleft: redb (commit = one durable transaction of {CHANGED} changed records); right: today's checkpoint of the same records");
+    println!(
+        "\nleft: the candidate store (commit = {CHANGED} changed records made durable; ours includes the merges \
+         it then wants, amortized); right: today's checkpoint of the same records"
+    );
 }
 
 /// Runs this benchmark as a child with `args` and collects the `key=value` pairs it prints.
@@ -186,6 +208,79 @@ fn redb_measure(path: &Path) {
         "open_ms={open_ms} rss_mib={} commit_ms={commit_ms} commit_kb={commit_kb} get_us={get_us} scan_s={scan_s}",
         resident_mib()
     );
+}
+
+/// Our store (`meta::store`) on one directory disk: built in commits of `OURS_BATCH`
+/// records, each followed by the merges it wants; the payload holds `n`.
+fn ours_build(path: &Path, n: u64) {
+    let disk = DirDisk::open(path).unwrap();
+    let devices: [&dyn BlockDevice; 1] = [&disk];
+    let mut store = Store::create(&devices, ours_config(), Vec::new()).unwrap();
+    let started = Instant::now();
+    for start in (0..n).step_by(OURS_BATCH as usize) {
+        for id in start..(start + OURS_BATCH).min(n) {
+            store.put(id.to_be_bytes().to_vec(), postcard::to_allocvec(&record(id)).unwrap());
+        }
+        store.commit(&devices, n.to_le_bytes().to_vec()).unwrap();
+        while store.wants_merge() {
+            store.merge(&devices).unwrap();
+        }
+    }
+    let build_s = started.elapsed().as_secs_f64();
+    let file_mb = disk.used_bytes() as f64 / 1e6;
+    println!("build_s={build_s} file_mb={file_mb} records={n}");
+}
+
+fn ours_measure(path: &Path) {
+    let started = Instant::now();
+    let disk = DirDisk::open(path).unwrap();
+    let devices: [&dyn BlockDevice; 1] = [&disk];
+    let mut store = Store::open(&devices, ours_config()).unwrap();
+    let open_ms = started.elapsed().as_secs_f64() * 1e3;
+    let n = u64::from_le_bytes(store.payload().try_into().unwrap());
+    let mut random = Lcg(0x5eed);
+    let written = write_bytes();
+    let started = Instant::now();
+    for _ in 0..COMMITS {
+        for _ in 0..CHANGED {
+            let id = random.below(n);
+            let mut changed = record(id);
+            changed.fragments.swap(0, 1);
+            store.put(id.to_be_bytes().to_vec(), postcard::to_allocvec(&changed).unwrap());
+        }
+        store.commit(&devices, n.to_le_bytes().to_vec()).unwrap();
+        while store.wants_merge() {
+            store.merge(&devices).unwrap();
+        }
+    }
+    let commit_ms = started.elapsed().as_secs_f64() * 1e3 / COMMITS as f64;
+    let commit_kb = (write_bytes() - written) as f64 / 1e3 / COMMITS as f64;
+    let started = Instant::now();
+    for _ in 0..READS {
+        let value = store.get(&devices, &random.below(n).to_be_bytes()).unwrap().unwrap();
+        let decoded: ExtentRecord = postcard::from_bytes(&value).unwrap();
+        assert_eq!(decoded.fragments.len(), 6);
+    }
+    let get_us = started.elapsed().as_secs_f64() * 1e6 / READS as f64;
+    let started = Instant::now();
+    let mut scanned = 0u64;
+    store
+        .scan(&devices, &[], None, &mut |_, _| {
+            scanned += 1;
+            true
+        })
+        .unwrap();
+    assert_eq!(scanned, n);
+    let scan_s = started.elapsed().as_secs_f64();
+    println!(
+        "open_ms={open_ms} rss_mib={} commit_ms={commit_ms} commit_kb={commit_kb} get_us={get_us} scan_s={scan_s} runs={}",
+        resident_mib(),
+        store.runs()
+    );
+}
+
+fn ours_config() -> StoreConfig {
+    StoreConfig { cache_bytes: CACHE_BYTES as u64, ..StoreConfig::default() }
 }
 
 /// Today's checkpoint of a state holding `n` extent records: encoded, written, synced;

@@ -39,6 +39,10 @@ pub enum BlockName {
     Checkpoint { seq: u64 },
     /// Fragment `index` of an extent.
     Fragment { extent: ExtentId, index: u8 },
+    /// A root of the paged metadata store, generation `gen` (`meta::store`).
+    StoreRoot { gen: u64 },
+    /// An immutable page of the paged metadata store; ids are never reused.
+    StorePage { id: u64 },
 }
 
 /// The families of blocks, for `BlockDevice::list`.
@@ -48,11 +52,20 @@ pub enum BlockKind {
     Journal,
     Checkpoint,
     Fragment,
+    StoreRoot,
+    StorePage,
 }
 
 impl BlockKind {
     /// Every kind, in a fixed order.
-    pub const ALL: [BlockKind; 4] = [BlockKind::Label, BlockKind::Journal, BlockKind::Checkpoint, BlockKind::Fragment];
+    pub const ALL: [BlockKind; 6] = [
+        BlockKind::Label,
+        BlockKind::Journal,
+        BlockKind::Checkpoint,
+        BlockKind::Fragment,
+        BlockKind::StoreRoot,
+        BlockKind::StorePage,
+    ];
 
     /// The directory-like prefix of this kind's names.
     pub fn namespace(self) -> &'static str {
@@ -61,6 +74,8 @@ impl BlockKind {
             BlockKind::Journal => "journal",
             BlockKind::Checkpoint => "checkpoint",
             BlockKind::Fragment => "fragment",
+            BlockKind::StoreRoot => "store-root",
+            BlockKind::StorePage => "store-page",
         }
     }
 }
@@ -73,6 +88,8 @@ impl BlockName {
             BlockName::Journal { .. } => BlockKind::Journal,
             BlockName::Checkpoint { .. } => BlockKind::Checkpoint,
             BlockName::Fragment { .. } => BlockKind::Fragment,
+            BlockName::StoreRoot { .. } => BlockKind::StoreRoot,
+            BlockName::StorePage { .. } => BlockKind::StorePage,
         }
     }
 
@@ -81,6 +98,7 @@ impl BlockName {
         match self {
             BlockName::Label => "label".to_string(),
             BlockName::Journal { seq } | BlockName::Checkpoint { seq } => format!("{seq:020}"),
+            BlockName::StoreRoot { gen: n } | BlockName::StorePage { id: n } => format!("{n:020}"),
             BlockName::Fragment { extent, index } => format!("{extent}.{index:02}"),
         }
     }
@@ -91,6 +109,8 @@ impl BlockName {
             BlockKind::Label => (leaf == "label").then_some(BlockName::Label),
             BlockKind::Journal => parse_seq(leaf).map(|seq| BlockName::Journal { seq }),
             BlockKind::Checkpoint => parse_seq(leaf).map(|seq| BlockName::Checkpoint { seq }),
+            BlockKind::StoreRoot => parse_seq(leaf).map(|gen| BlockName::StoreRoot { gen }),
+            BlockKind::StorePage => parse_seq(leaf).map(|id| BlockName::StorePage { id }),
             BlockKind::Fragment => {
                 let (extent, index) = leaf.split_once('.')?;
                 if extent.len() != 16 || index.len() != 2 {

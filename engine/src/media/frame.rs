@@ -26,6 +26,12 @@ pub enum FrameKind {
     Label = 1,
     JournalRecord = 2,
     Checkpoint = 3,
+    /// A page of the paged metadata store (`meta::store`).
+    StorePage = 4,
+    /// A run's index in the paged metadata store.
+    StoreIndex = 5,
+    /// A root of the paged metadata store.
+    StoreRoot = 6,
 }
 
 /// The metadata format this build writes: journal records and checkpoints.
@@ -41,12 +47,17 @@ pub enum FrameKind {
 /// not read.
 pub const METADATA_FORMAT: u8 = 7;
 
+/// The format of the paged metadata store's frames (`meta::store`). It starts at 2 so that
+/// its checksums cover kind and version, as every frame's from version 2 on.
+pub const STORE_FORMAT: u8 = 2;
+
 impl FrameKind {
     /// The body format this build writes for frames of this kind.
     pub fn version(self) -> u8 {
         match self {
             FrameKind::Label => 1,
             FrameKind::JournalRecord | FrameKind::Checkpoint => METADATA_FORMAT,
+            FrameKind::StorePage | FrameKind::StoreIndex | FrameKind::StoreRoot => STORE_FORMAT,
         }
     }
 }
@@ -98,6 +109,19 @@ pub fn encode<T: Serialize>(kind: FrameKind, value: &T) -> (Vec<u8>, [u8; 32]) {
     out[5] = kind.version();
     out[8..16].copy_from_slice(&body_len.to_le_bytes());
     out[16..48].copy_from_slice(&hash);
+    (out, hash)
+}
+
+/// Frames `body` as it is (a structure laid out by its owner, not encoded here) as a
+/// frame of `kind`; returns the block and the body's hash.
+pub fn encode_raw(kind: FrameKind, body: &[u8]) -> (Vec<u8>, [u8; 32]) {
+    let mut out = Vec::with_capacity(HEADER_LEN + body.len());
+    let hash = checksum(kind as u8, kind.version(), body);
+    out.extend_from_slice(&MAGIC);
+    out.extend_from_slice(&[kind as u8, kind.version(), 0, 0]);
+    out.extend_from_slice(&(body.len() as u64).to_le_bytes());
+    out.extend_from_slice(&hash);
+    out.extend_from_slice(body);
     (out, hash)
 }
 

@@ -1,0 +1,700 @@
+//! The paged metadata store: an ordered map of byte keys to byte values kept as immutable,
+//! checksummed pages on every replica device, read through a bounded page cache, so that
+//! metadata costs memory for what is used and commits cost what changed (issue 17).
+//!
+//! Shape: a log-structured merge tree of whole blocks. Changes since the last commit are
+//! held in memory (`pending`). A commit writes them as one new *run* — pages of entries in
+//! key order, a deletion kept as an entry without value — then the run's *index* (each
+//! page's id, first key and hash), then a *root* naming every live run, oldest first, and
+//! carrying the caller's payload. Runs never change; `merge` folds the newest runs into
+//! one when a run is no bigger than `merge_ratio` times the runs after it, so a store of
+//! n entries holds about log₂ n runs and an entry is rewritten about as often. No block
+//! is ever written in place, so the store sits on any `BlockDevice`, an object store's
+//! included.
+//!
+//! Contract:
+//! - Every replica gets the same blocks under the same names. A commit writes its pages
+//!   and index on every replica and syncs them all before it writes the root, and syncs
+//!   the root before it returns: a root that is durable anywhere names only blocks that
+//!   are durable everywhere it was written.
+//! - A block is only taken for the one its namer means: roots name indexes, indexes name
+//!   pages, each with its hash. A copy that does not verify is passed over for another
+//!   replica's, and rewritten from it; when no replica holds a good copy the read fails
+//!   with `StoreError::Lost` naming the block — never a wrong answer.
+//! - `open` takes the newest root that verifies on any replica. If a run it names cannot
+//!   be read on any replica, the store is refused by name, never opened older. Replicas
+//!   behind it are brought up to it; blocks no live root names (a crashed commit's, a
+//!   merge's inputs) are removed.
+//! - Page ids are never reused: a new page's id is above every id a root ever named and
+//!   every page any replica holds.
+//! - Memory: the runs' indexes (about 50 bytes a page) and the pending changes; decoded
+//!   pages only within `cache_bytes`.
+
+mod page;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::hash::BuildHasherDefault;
+use std::sync::Arc;
+
+use quick_cache::sync::Cache;
+use quick_cache::Weighter;
+
+use crate::media::device::{BlockDevice, BlockKind, BlockName, DeviceError};
+use crate::media::frame::FrameError;
+pub use page::{Entry, Key};
+use page::{Page, PageCutter, PageRef, RawPage, Root, RunIndex, RunRef};
+
+/// The replicas a store is written to and read from, in order of preference.
+pub type Devices<'a> = [&'a dyn BlockDevice];
+
+/// How a store pages and caches.
+#[derive(Clone, Debug)]
+pub struct StoreConfig {
+    /// The size a page's block is cut at (the last page of a run may be smaller).
+    pub page_bytes: usize,
+    /// The most bytes of decoded pages kept in memory.
+    pub cache_bytes: u64,
+    /// A run is merged with the runs after it once it is at most this many times their size.
+    pub merge_ratio: u64,
+    /// A deliberate defect (tests only): write a root before its pages are synced.
+    #[cfg(feature = "sabotage")]
+    pub sabotage_root_before_pages: bool,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            page_bytes: 64 << 10,
+            cache_bytes: 256 << 20,
+            merge_ratio: 1,
+            #[cfg(feature = "sabotage")]
+            sabotage_root_before_pages: false,
+        }
+    }
+}
+
+/// The most runs a store holds after a merge, whatever their sizes.
+const MAX_RUNS: usize = 24;
+
+/// Why the store could not do what was asked.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StoreError {
+    #[error("no paged metadata store on any of the {0} replica(s)")]
+    Missing(usize),
+    #[error("a paged metadata store already exists on {0}")]
+    Exists(String),
+    #[error("{what} is unreadable on every replica ({reasons}): refusing to go on without it")]
+    Lost { what: String, reasons: String },
+    #[error("{device}: {error}")]
+    Device { device: String, error: DeviceError },
+}
+
+/// What a commit or merge wrote, over all replicas.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CommitStats {
+    pub blocks: u64,
+    pub bytes: u64,
+}
+
+/// A run as the store holds it: how the root names it, and its index.
+struct Run {
+    named: RunRef,
+    index: RunIndex,
+}
+
+#[derive(Clone)]
+struct PageWeight;
+
+impl Weighter<u64, Arc<RawPage>> for PageWeight {
+    fn weight(&self, _: &u64, page: &Arc<RawPage>) -> u64 {
+        page.bytes().max(1)
+    }
+}
+
+/// A deterministic hasher, so the simulator's runs evict the same pages every time.
+type PageCache = Cache<u64, Arc<RawPage>, PageWeight, BuildHasherDefault<std::collections::hash_map::DefaultHasher>>;
+
+/// Reads pages from the cache or the replicas.
+struct Pages {
+    cache: PageCache,
+}
+
+impl Pages {
+    fn new(cache_bytes: u64) -> Pages {
+        let items = (cache_bytes / (16 << 10)).clamp(16, 1 << 20) as usize;
+        Pages { cache: Cache::with(items, cache_bytes, PageWeight, Default::default(), Default::default()) }
+    }
+
+    /// The page `named` names; kept in the cache when `keep`.
+    fn get(&self, devices: &Devices, named: &PageRef, keep: bool) -> Result<Arc<RawPage>, StoreError> {
+        if let Some(page) = self.cache.get(&named.id) {
+            return Ok(page);
+        }
+        let page = read_verified(devices, BlockName::StorePage { id: named.id }, |block| {
+            page::decode_page(block, &named.hash)
+        })?;
+        let page = Arc::new(page);
+        if keep {
+            self.cache.insert(named.id, page.clone());
+        }
+        Ok(page)
+    }
+}
+
+/// The store. Owns no device: every call that reads or writes is handed the replicas.
+pub struct Store {
+    config: StoreConfig,
+    root: Root,
+    /// The runs `root` names, in its order.
+    runs: Vec<Arc<Run>>,
+    pending: BTreeMap<Key, Option<Vec<u8>>>,
+    pages: Pages,
+    next_page: u64,
+}
+
+impl Store {
+    /// Creates an empty store holding `payload` on every replica. Refuses replicas that
+    /// hold any block of a store already.
+    pub fn create(devices: &Devices, config: StoreConfig, payload: Vec<u8>) -> Result<Store, StoreError> {
+        assert!(!devices.is_empty());
+        for device in devices {
+            for kind in [BlockKind::StoreRoot, BlockKind::StorePage] {
+                if !device.list(kind).map_err(|error| device_error(*device, error))?.is_empty() {
+                    return Err(StoreError::Exists(device.describe()));
+                }
+            }
+        }
+        let root = Root { gen: 1, next_page: 0, runs: Vec::new(), payload };
+        write_all(devices, BlockName::StoreRoot { gen: 1 }, &page::encode_root(&root))?;
+        sync_all(devices)?;
+        let pages = Pages::new(config.cache_bytes);
+        Ok(Store { config, root, runs: Vec::new(), pending: BTreeMap::new(), pages, next_page: 0 })
+    }
+
+    /// Opens the store the replicas hold (see the module header for which root, and what
+    /// is repaired and removed on the way).
+    pub fn open(devices: &Devices, config: StoreConfig) -> Result<Store, StoreError> {
+        assert!(!devices.is_empty());
+        let root = newest_root(devices)?;
+        let mut runs = Vec::with_capacity(root.runs.len());
+        for named in &root.runs {
+            let index = read_verified(devices, BlockName::StorePage { id: named.index }, |block| {
+                page::decode_index(block, &named.hash)
+            })
+            .map_err(|e| match e {
+                StoreError::Lost { what, reasons } => {
+                    StoreError::Lost { what: format!("{what} (a run of store root {})", root.gen), reasons }
+                }
+                other => other,
+            })?;
+            runs.push(Arc::new(Run { named: named.clone(), index }));
+        }
+        let mut next_page = root.next_page;
+        for device in devices {
+            if let Ok(names) = device.list(BlockKind::StorePage) {
+                if let Some(BlockName::StorePage { id }) = names.last() {
+                    next_page = next_page.max(id + 1);
+                }
+            }
+        }
+        let pages = Pages::new(config.cache_bytes);
+        let store = Store { config, root, runs, pending: BTreeMap::new(), pages, next_page };
+        store.tidy(devices)?;
+        Ok(store)
+    }
+
+    /// The value of `key`: the pending change, else the newest run's entry.
+    pub fn get(&self, devices: &Devices, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        if let Some(change) = self.pending.get(key) {
+            return Ok(change.clone());
+        }
+        for run in self.runs.iter().rev() {
+            if !run.index.covers(key) {
+                continue;
+            }
+            let page = self.pages.get(devices, &run.index.pages[run.index.page_for(key)], true)?;
+            if let Some(i) = page.find(key) {
+                return Ok(page.value(i).map(<[u8]>::to_vec));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Sets `key` to `value` as of the next commit (reads see it at once).
+    pub fn put(&mut self, key: Key, value: Vec<u8>) {
+        self.pending.insert(key, Some(value));
+    }
+
+    /// Removes `key` as of the next commit (reads miss it at once).
+    pub fn delete(&mut self, key: Key) {
+        self.pending.insert(key, None);
+    }
+
+    /// Visits every key in `from..to` (to the end when `to` is `None`) in order with its
+    /// value, until `visit` returns `false`.
+    pub fn scan(
+        &self,
+        devices: &Devices,
+        from: &[u8],
+        to: Option<&[u8]>,
+        visit: &mut dyn FnMut(&[u8], &[u8]) -> bool,
+    ) -> Result<(), StoreError> {
+        self.walk(devices, &self.runs, true, from, to, &mut |(key, value)| match value {
+            Some(value) => Ok(visit(&key, &value)),
+            None => Ok(true),
+        })
+    }
+
+    /// Makes the pending changes durable as one new run, with `payload` in the new root.
+    pub fn commit(&mut self, devices: &Devices, payload: Vec<u8>) -> Result<CommitStats, StoreError> {
+        let mut stats = CommitStats::default();
+        let mut runs = self.runs.clone();
+        // With no older run, a deletion shadows nothing.
+        let keep_deletions = !self.runs.is_empty();
+        let mut writer = RunWriter::new(self.config.page_bytes, self.next_page);
+        let written = self
+            .pending
+            .iter()
+            .filter(|(_, value)| value.is_some() || keep_deletions)
+            .try_for_each(|(key, value)| writer.push(devices, (key.clone(), value.clone()), &mut stats));
+        let written = written.and_then(|()| writer.finish(devices, &mut stats));
+        // Ids are spent even when the commit fails: its blocks may be on some replica.
+        self.next_page = writer.next_page;
+        runs.extend(written?);
+        let root = Root { gen: self.root.gen + 1, next_page: self.next_page, runs: Vec::new(), payload };
+        self.publish(devices, root, runs, &mut stats)?;
+        self.pending.clear();
+        Ok(stats)
+    }
+
+    /// Whether `merge` has runs to fold now.
+    pub fn wants_merge(&self) -> bool {
+        self.merge_from().is_some()
+    }
+
+    /// Folds the newest runs into one (see `merge_ratio`), in a commit of its own that
+    /// keeps the root's payload; the folded runs' blocks are deleted once it is durable.
+    pub fn merge(&mut self, devices: &Devices) -> Result<CommitStats, StoreError> {
+        let mut stats = CommitStats::default();
+        let Some(from) = self.merge_from() else {
+            return Ok(stats);
+        };
+        let inputs = self.runs[from..].to_vec();
+        // Folded into the oldest run, a deletion has nothing left to shadow.
+        let keep_deletions = from > 0;
+        let mut writer = RunWriter::new(self.config.page_bytes, self.next_page);
+        let walked = self.walk(devices, &inputs, false, &[], None, &mut |entry| {
+            if entry.1.is_some() || keep_deletions {
+                writer.push(devices, entry, &mut stats)?;
+            }
+            Ok(true)
+        });
+        let written = walked.and_then(|()| writer.finish(devices, &mut stats));
+        self.next_page = writer.next_page;
+        let written = written?;
+        let mut runs = self.runs[..from].to_vec();
+        runs.extend(written);
+        let root = Root {
+            gen: self.root.gen + 1,
+            next_page: self.next_page,
+            runs: Vec::new(),
+            payload: self.root.payload.clone(),
+        };
+        self.publish(devices, root, runs, &mut stats)?;
+        for run in inputs {
+            for id in run.index.pages.iter().map(|p| p.id).chain([run.named.index]) {
+                self.pages.cache.remove(&id);
+                delete_all(devices, BlockName::StorePage { id });
+            }
+        }
+        Ok(stats)
+    }
+
+    /// The payload of the last commit.
+    pub fn payload(&self) -> &[u8] {
+        &self.root.payload
+    }
+
+    /// The generation of the last commit's root.
+    pub fn generation(&self) -> u64 {
+        self.root.gen
+    }
+
+    /// How many runs the store holds.
+    pub fn runs(&self) -> usize {
+        self.runs.len()
+    }
+
+    /// Blocks the root names: every run's pages and index, on each replica.
+    pub fn blocks(&self) -> u64 {
+        self.runs.iter().map(|run| run.index.pages.len() as u64 + 1).sum()
+    }
+
+    /// Changes not committed yet.
+    pub fn pending(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// Bytes of decoded pages in the cache.
+    pub fn cached_bytes(&self) -> u64 {
+        self.pages.cache.weight()
+    }
+
+    /// Writes `root`, naming `runs`, on every replica and syncs it; the previous root is
+    /// then deleted (a crash that keeps it leaves an older root, which `open` passes over).
+    fn publish(
+        &mut self,
+        devices: &Devices,
+        mut root: Root,
+        runs: Vec<Arc<Run>>,
+        stats: &mut CommitStats,
+    ) -> Result<(), StoreError> {
+        root.runs = runs.iter().map(|run| run.named.clone()).collect();
+        // Pages and indexes are durable everywhere before a root names them.
+        #[cfg(feature = "sabotage")]
+        let sabotaged = self.config.sabotage_root_before_pages;
+        #[cfg(not(feature = "sabotage"))]
+        let sabotaged = false;
+        if !sabotaged {
+            sync_all(devices)?;
+        }
+        let block = page::encode_root(&root);
+        write_all(devices, BlockName::StoreRoot { gen: root.gen }, &block)?;
+        stats.blocks += devices.len() as u64;
+        stats.bytes += (block.len() * devices.len()) as u64;
+        sync_all(devices)?;
+        let old = std::mem::replace(&mut self.root, root);
+        self.runs = runs;
+        delete_all(devices, BlockName::StoreRoot { gen: old.gen });
+        Ok(())
+    }
+
+    /// The first run of the newest ones `merge` would fold, if it would fold any.
+    fn merge_from(&self) -> Option<usize> {
+        let runs = &self.runs;
+        let n = runs.len();
+        if n < 2 {
+            return None;
+        }
+        let mut from = n - 1;
+        let mut newer = runs[n - 1].named.bytes;
+        while from > 0 && (from >= MAX_RUNS || runs[from - 1].named.bytes <= self.config.merge_ratio * newer) {
+            from -= 1;
+            newer += runs[from].named.bytes;
+        }
+        (from < n - 1).then_some(from)
+    }
+
+    /// Visits the entries of `runs` (and the pending changes, when `with_pending`) in key
+    /// order from `from` to `to`, each key once with its newest entry, deletions included.
+    fn walk(
+        &self,
+        devices: &Devices,
+        runs: &[Arc<Run>],
+        with_pending: bool,
+        from: &[u8],
+        to: Option<&[u8]>,
+        visit: &mut dyn FnMut(Entry) -> Result<bool, StoreError>,
+    ) -> Result<(), StoreError> {
+        let keep = with_pending;
+        let mut pending = self.pending.range::<[u8], _>((std::ops::Bound::Included(from), std::ops::Bound::Unbounded));
+        let mut pending_head = if with_pending { pending.next() } else { None };
+        // Newest first, so that the first head holding the least key is the newest entry.
+        let mut cursors = Vec::with_capacity(runs.len());
+        for run in runs.iter().rev() {
+            cursors.push(RunCursor::new(&self.pages, devices, run.clone(), from, keep)?);
+        }
+        loop {
+            let mut least: Option<&[u8]> = pending_head.map(|(k, _)| k.as_slice());
+            for cursor in &cursors {
+                if let Some((key, _)) = cursor.head() {
+                    if least.is_none_or(|l| key < l) {
+                        least = Some(key);
+                    }
+                }
+            }
+            let Some(least) = least else { return Ok(()) };
+            if to.is_some_and(|to| least >= to) {
+                return Ok(());
+            }
+            let least = least.to_vec();
+            let mut newest: Option<Entry> = None;
+            if let Some((key, value)) = pending_head.filter(|(k, _)| **k == least) {
+                newest = Some((key.clone(), value.clone()));
+                pending_head = pending.next();
+            }
+            for cursor in &mut cursors {
+                if let Some((key, value)) = cursor.head().filter(|(k, _)| *k == least.as_slice()) {
+                    if newest.is_none() {
+                        newest = Some((key.to_vec(), value.map(<[u8]>::to_vec)));
+                    }
+                    cursor.advance(&self.pages, devices)?;
+                }
+            }
+            let Some(entry) = newest else { unreachable!("the least key is some source's head") };
+            if !visit(entry)? {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Brings every replica to the open root: copies what a replica lacks of it from
+    /// another, and removes roots and pages the open root does not name.
+    fn tidy(&self, devices: &Devices) -> Result<(), StoreError> {
+        let mut live: BTreeMap<u64, ([u8; 32], bool)> = BTreeMap::new();
+        for run in &self.runs {
+            live.insert(run.named.index, (run.named.hash, true));
+            live.extend(run.index.pages.iter().map(|p| (p.id, (p.hash, false))));
+        }
+        let root_block = page::encode_root(&self.root);
+        let root_name = BlockName::StoreRoot { gen: self.root.gen };
+        for device in devices {
+            let held: BTreeSet<BlockName> =
+                device.list(BlockKind::StorePage).map_err(|error| device_error(*device, error))?.into_iter().collect();
+            let holds_root = device.read(root_name).is_ok_and(|block| block == root_block);
+            if !holds_root {
+                let mut copied = 0u64;
+                for (&id, &(hash, is_index)) in &live {
+                    let name = BlockName::StorePage { id };
+                    if held.contains(&name) {
+                        continue;
+                    }
+                    let block = read_verified(devices, name, |block| {
+                        if is_index {
+                            page::decode_index(block, &hash).map(|_| ())
+                        } else {
+                            page::decode_page(block, &hash).map(|_| ())
+                        }
+                        .map(|()| block.to_vec())
+                    })?;
+                    device.write(name, &block).map_err(|error| device_error(*device, error))?;
+                    copied += 1;
+                }
+                device.sync().map_err(|error| device_error(*device, error))?;
+                device.write(root_name, &root_block).map_err(|error| device_error(*device, error))?;
+                tracing::info!(replica = %device.describe(), copied, gen = self.root.gen, "store replica brought up to the open root");
+            }
+            for name in held {
+                if matches!(name, BlockName::StorePage { id } if !live.contains_key(&id)) {
+                    device.delete(name).map_err(|error| device_error(*device, error))?;
+                }
+            }
+            for name in device.list(BlockKind::StoreRoot).map_err(|error| device_error(*device, error))? {
+                if name != root_name {
+                    device.delete(name).map_err(|error| device_error(*device, error))?;
+                }
+            }
+            device.sync().map_err(|error| device_error(*device, error))?;
+        }
+        Ok(())
+    }
+}
+
+/// Walks one run from a key on, a page at a time.
+struct RunCursor {
+    run: Arc<Run>,
+    page_ix: usize,
+    page: Option<Arc<RawPage>>,
+    pos: usize,
+    keep: bool,
+}
+
+impl RunCursor {
+    fn new(pages: &Pages, devices: &Devices, run: Arc<Run>, from: &[u8], keep: bool) -> Result<RunCursor, StoreError> {
+        let page_ix = run.index.page_for(from);
+        let page = pages.get(devices, &run.index.pages[page_ix], keep)?;
+        let pos = page.seek(from);
+        let mut cursor = RunCursor { run, page_ix, page: Some(page), pos, keep };
+        cursor.settle(pages, devices)?;
+        Ok(cursor)
+    }
+
+    /// The entry the cursor stands on: its key, and its value or `None` for a deletion.
+    fn head(&self) -> Option<(&[u8], Option<&[u8]>)> {
+        let page = self.page.as_ref()?;
+        (self.pos < page.len()).then(|| (page.key(self.pos), page.value(self.pos)))
+    }
+
+    fn advance(&mut self, pages: &Pages, devices: &Devices) -> Result<(), StoreError> {
+        self.pos += 1;
+        self.settle(pages, devices)
+    }
+
+    /// Moves past the end of a page to the next one, or to the end of the run.
+    fn settle(&mut self, pages: &Pages, devices: &Devices) -> Result<(), StoreError> {
+        while let Some(page) = &self.page {
+            if self.pos < page.len() {
+                return Ok(());
+            }
+            self.page_ix += 1;
+            self.pos = 0;
+            self.page = match self.run.index.pages.get(self.page_ix) {
+                Some(named) => Some(pages.get(devices, named, self.keep)?),
+                None => None,
+            };
+        }
+        Ok(())
+    }
+}
+
+/// Writes a run's pages as entries arrive, then its index.
+struct RunWriter {
+    cutter: PageCutter,
+    pages: Vec<PageRef>,
+    entries: u64,
+    last: Option<Key>,
+    next_page: u64,
+}
+
+impl RunWriter {
+    fn new(page_bytes: usize, next_page: u64) -> RunWriter {
+        RunWriter { cutter: PageCutter::new(page_bytes), pages: Vec::new(), entries: 0, last: None, next_page }
+    }
+
+    fn push(&mut self, devices: &Devices, entry: Entry, stats: &mut CommitStats) -> Result<(), StoreError> {
+        self.entries += 1;
+        self.last = Some(entry.0.clone());
+        if let Some(page) = self.cutter.push(entry) {
+            self.write_page(devices, page, stats)?;
+        }
+        Ok(())
+    }
+
+    fn write_page(&mut self, devices: &Devices, page: Page, stats: &mut CommitStats) -> Result<(), StoreError> {
+        let (block, hash) = page::encode_page(&page);
+        let id = self.take_id();
+        write_all(devices, BlockName::StorePage { id }, &block)?;
+        stats.blocks += devices.len() as u64;
+        stats.bytes += (block.len() * devices.len()) as u64;
+        let first = page.entries.into_iter().next().map(|(k, _)| k).unwrap_or_default();
+        self.pages.push(PageRef { id, first, hash, bytes: block.len() as u32 });
+        Ok(())
+    }
+
+    fn take_id(&mut self) -> u64 {
+        self.next_page += 1;
+        self.next_page - 1
+    }
+
+    /// Writes the last page and the index; the run, or none when it had no entries.
+    fn finish(&mut self, devices: &Devices, stats: &mut CommitStats) -> Result<Option<Arc<Run>>, StoreError> {
+        if let Some(page) = std::mem::replace(&mut self.cutter, PageCutter::new(1)).finish() {
+            self.write_page(devices, page, stats)?;
+        }
+        let Some(last) = self.last.take() else {
+            return Ok(None);
+        };
+        let index = RunIndex { pages: std::mem::take(&mut self.pages), last, entries: self.entries };
+        let (block, hash) = page::encode_index(&index);
+        let id = self.take_id();
+        write_all(devices, BlockName::StorePage { id }, &block)?;
+        stats.blocks += devices.len() as u64;
+        stats.bytes += (block.len() * devices.len()) as u64;
+        let named = RunRef { index: id, hash, bytes: index.bytes(), entries: index.entries };
+        Ok(Some(Arc::new(Run { named, index })))
+    }
+}
+
+/// The newest root that verifies on any replica.
+fn newest_root(devices: &Devices) -> Result<Root, StoreError> {
+    let mut best: Option<Root> = None;
+    let mut reasons = Vec::new();
+    for device in devices {
+        let names = match device.list(BlockKind::StoreRoot) {
+            Ok(names) => names,
+            Err(error) => {
+                reasons.push(format!("{}: {error}", device.describe()));
+                continue;
+            }
+        };
+        for name in names.into_iter().rev() {
+            let decoded = device
+                .read(name)
+                .map_err(|e| e.to_string())
+                .and_then(|block| page::decode_root(&block).map_err(|e| e.to_string()));
+            match decoded {
+                Ok(root) => {
+                    if best.as_ref().is_none_or(|b| root.gen > b.gen) {
+                        best = Some(root);
+                    }
+                    break;
+                }
+                Err(e) => reasons.push(format!("{} {name}: {e}", device.describe())),
+            }
+        }
+    }
+    match best {
+        Some(root) => Ok(root),
+        None if reasons.is_empty() => Err(StoreError::Missing(devices.len())),
+        None => Err(StoreError::Lost { what: "every store root".into(), reasons: reasons.join("; ") }),
+    }
+}
+
+/// Reads `name` from the first replica whose copy `decode` accepts; a replica whose copy
+/// it refused gets the good copy written back.
+fn read_verified<T>(
+    devices: &Devices,
+    name: BlockName,
+    decode: impl Fn(&[u8]) -> Result<T, FrameError>,
+) -> Result<T, StoreError> {
+    let mut reasons = Vec::new();
+    let mut bad = Vec::new();
+    for (i, device) in devices.iter().enumerate() {
+        let block = match device.read(name) {
+            Ok(block) => block,
+            Err(error) => {
+                reasons.push(format!("{}: {error}", device.describe()));
+                continue;
+            }
+        };
+        match decode(&block) {
+            Ok(value) => {
+                for j in bad {
+                    let other: &dyn BlockDevice = devices[j];
+                    match other.write(name, &block) {
+                        Ok(()) => {
+                            tracing::warn!(replica = %other.describe(), %name, "rotten store block rewritten from another replica")
+                        }
+                        Err(error) => {
+                            tracing::warn!(replica = %other.describe(), %name, %error, "rotten store block could not be rewritten")
+                        }
+                    }
+                }
+                return Ok(value);
+            }
+            Err(error) => {
+                reasons.push(format!("{}: {error}", device.describe()));
+                bad.push(i);
+            }
+        }
+    }
+    Err(StoreError::Lost { what: format!("store block {name}"), reasons: reasons.join("; ") })
+}
+
+fn write_all(devices: &Devices, name: BlockName, block: &[u8]) -> Result<(), StoreError> {
+    for device in devices {
+        device.write(name, block).map_err(|error| device_error(*device, error))?;
+    }
+    Ok(())
+}
+
+fn sync_all(devices: &Devices) -> Result<(), StoreError> {
+    for device in devices {
+        device.sync().map_err(|error| device_error(*device, error))?;
+    }
+    Ok(())
+}
+
+/// Deletes a block no root names any more; a replica that fails keeps it as garbage
+/// for the next `open`.
+fn delete_all(devices: &Devices, name: BlockName) {
+    for device in devices {
+        if let Err(error) = device.delete(name) {
+            tracing::warn!(replica = %device.describe(), %name, %error, "could not delete a dead store block");
+        }
+    }
+}
+
+fn device_error(device: &dyn BlockDevice, error: DeviceError) -> StoreError {
+    StoreError::Device { device: device.describe(), error }
+}
