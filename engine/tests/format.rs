@@ -12,6 +12,8 @@ use dfs_engine::media::frame::{self, FrameKind, METADATA_FORMAT};
 use dfs_engine::meta::journal::{self, Checkpoint, JournalRecord};
 use dfs_engine::meta::state::MetaState;
 use dfs_engine::meta::state::{Op, Transaction};
+use std::ops::Deref;
+
 use dfs_engine::meta::v1::{CheckpointV1, InodeV1, JournalRecordV1, MetaStateV1, OpV1};
 use dfs_engine::meta::v2::{CheckpointV2, MetaStateV2};
 use dfs_engine::meta::v3::{CheckpointV3, MetaStateV3};
@@ -47,18 +49,18 @@ fn downgrade(state: &MetaState) -> MetaStateV1 {
                 (*ino, old)
             })
             .collect(),
-        dirs: state.dirs.clone(),
-        file_extents: state.file_extents.clone(),
-        extents: state.extents.clone(),
+        dirs: state.dirs.deref().clone(),
+        file_extents: state.file_extents.deref().clone(),
+        extents: state.extents.deref().clone(),
         next_ino: state.next_ino,
         next_extent: state.next_extent,
         next_disk: state.next_disk,
         transitions: state.transitions.clone(),
         tiering: state.tiering,
-        temperature: state.temperature.clone(),
+        temperature: state.temperature.deref().clone(),
         passes: state.passes.clone(),
         scrub: state.scrub,
-        scrubbed: state.scrubbed.clone(),
+        scrubbed: state.scrubbed.deref().clone(),
     }
 }
 
@@ -134,20 +136,20 @@ fn downgrade_to_two(state: &MetaState) -> MetaStateV2 {
         pool_id: state.pool_id,
         default_policy: state.default_policy,
         disks: state.disks.clone(),
-        inodes: state.inodes.clone(),
-        dirs: state.dirs.clone(),
-        file_extents: state.file_extents.clone(),
-        extents: state.extents.clone(),
+        inodes: state.inodes.deref().clone(),
+        dirs: state.dirs.deref().clone(),
+        file_extents: state.file_extents.deref().clone(),
+        extents: state.extents.deref().clone(),
         next_ino: state.next_ino,
         next_extent: state.next_extent,
         next_disk: state.next_disk,
         transitions: state.transitions.clone(),
         tiering: state.tiering,
-        temperature: state.temperature.clone(),
+        temperature: state.temperature.deref().clone(),
         passes: state.passes.clone(),
         scrub: state.scrub,
-        scrubbed: state.scrubbed.clone(),
-        xattrs: state.xattrs.clone(),
+        scrubbed: state.scrubbed.deref().clone(),
+        xattrs: state.xattrs.deref().clone(),
     }
 }
 
@@ -193,20 +195,20 @@ fn downgrade_to_three(state: &MetaState) -> MetaStateV3 {
         pool_id: state.pool_id,
         default_policy: state.default_policy,
         disks: state.disks.clone(),
-        inodes: state.inodes.clone(),
-        dirs: state.dirs.clone(),
-        file_extents: state.file_extents.clone(),
-        extents: state.extents.clone(),
+        inodes: state.inodes.deref().clone(),
+        dirs: state.dirs.deref().clone(),
+        file_extents: state.file_extents.deref().clone(),
+        extents: state.extents.deref().clone(),
         next_ino: state.next_ino,
         next_extent: state.next_extent,
         next_disk: state.next_disk,
         transitions: state.transitions.clone(),
         tiering: state.tiering,
-        temperature: state.temperature.clone(),
+        temperature: state.temperature.deref().clone(),
         passes: state.passes.clone(),
         scrub: state.scrub,
-        scrubbed: state.scrubbed.clone(),
-        xattrs: state.xattrs.clone(),
+        scrubbed: state.scrubbed.deref().clone(),
+        xattrs: state.xattrs.deref().clone(),
         offline: state.offline.clone(),
         disk_changed: state.disk_changed.clone(),
         owed: state.owed.clone(),

@@ -1,10 +1,14 @@
-//! Metadata: the transactional state (`state`) and its replicated journal (`journal`).
+//! Metadata: the transactional state (`state`), its replicated journal (`journal`), and the
+//! paged store the state's large tables move into (`store`).
 
 pub mod extent_index;
 pub mod ids;
 pub mod journal;
+pub mod paged;
 pub mod scrub_state;
 pub mod state;
+pub mod store;
+pub mod tracked;
 mod upkeep;
 pub mod v1;
 pub mod v2;

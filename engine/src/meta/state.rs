@@ -21,6 +21,7 @@ use crate::media::codec::CodecId;
 use crate::media::device::ExtentId;
 use crate::meta::extent_index::ExtentIndex;
 pub use crate::meta::ids::{ChunkSlot, DiskId, Ino};
+use crate::meta::tracked::Tracked;
 use crate::temperature::access::AccessStats;
 use crate::temperature::config::TieringConfig;
 use crate::temperature::hmm::HISTORY_MAX;
@@ -312,11 +313,11 @@ pub struct MetaState {
     pub pool_id: Uuid,
     pub default_policy: Policy,
     pub disks: BTreeMap<DiskId, DiskRecord>,
-    pub inodes: BTreeMap<Ino, Inode>,
-    pub dirs: BTreeMap<Ino, BTreeMap<Vec<u8>, Ino>>,
+    pub inodes: Tracked<Ino, Inode>,
+    pub dirs: Tracked<Ino, BTreeMap<Vec<u8>, Ino>>,
     /// For each file, chunk index → extent. A missing chunk is a hole.
-    pub file_extents: BTreeMap<Ino, BTreeMap<u64, ExtentId>>,
-    pub extents: BTreeMap<ExtentId, ExtentRecord>,
+    pub file_extents: Tracked<Ino, BTreeMap<u64, ExtentId>>,
+    pub extents: Tracked<ExtentId, ExtentRecord>,
     pub next_ino: u64,
     pub next_extent: u64,
     pub next_disk: u32,
@@ -325,18 +326,18 @@ pub struct MetaState {
     /// How temperature drives policies.
     pub tiering: TieringConfig,
     /// Temperature of every chunk that has one (only slots holding an extent).
-    pub temperature: BTreeMap<ChunkSlot, Temperature>,
+    pub temperature: Tracked<ChunkSlot, Temperature>,
     /// When the last classification passes ran (wall seconds), oldest first; at most
     /// `HISTORY_MAX`, so an extent's observations line up with the newest of them.
     pub passes: VecDeque<i64>,
     /// The background scrub: pass in progress, schedule, last full pass.
     pub scrub: crate::meta::scrub_state::ScrubState,
     /// When each extent was last verified by a scrub (wall seconds).
-    pub scrubbed: BTreeMap<ExtentId, i64>,
+    pub scrubbed: Tracked<ExtentId, i64>,
     /// Extended attributes (POSIX ACLs among them, under their `system.` names), per
     /// inode, name → value. Kept apart from `Inode` so that changing a file's times
     /// never rewrites its attributes into the journal.
-    pub xattrs: BTreeMap<Ino, BTreeMap<Vec<u8>, Vec<u8>>>,
+    pub xattrs: Tracked<Ino, BTreeMap<Vec<u8>, Vec<u8>>>,
     /// Disks that cannot be reached now (format 3).
     pub offline: BTreeMap<DiskId, OfflineRecord>,
     /// When each disk's state or reachability last changed (format 3; older changes
@@ -352,7 +353,7 @@ pub struct MetaState {
     /// chunk reads as its extent with each layer's ranges copied over it in turn. Only a
     /// chunk that holds an extent has layers; a new extent in the slot (`SetExtent`)
     /// replaces them.
-    pub layers: BTreeMap<ChunkSlot, Vec<Layer>>,
+    pub layers: Tracked<ChunkSlot, Vec<Layer>>,
     /// Each directory's parent (the root has none): an index of `dirs`, kept by `apply`
     /// and rebuilt after decoding (`rebuild_indexes`), never stored. A listing's `..`
     /// and a rename's cycle check walk it instead of scanning every entry of the pool.
@@ -617,25 +618,25 @@ impl MetaState {
             pool_id,
             default_policy,
             disks: BTreeMap::new(),
-            inodes: BTreeMap::new(),
-            dirs: BTreeMap::new(),
-            file_extents: BTreeMap::new(),
-            extents: BTreeMap::new(),
+            inodes: Tracked::default(),
+            dirs: Tracked::default(),
+            file_extents: Tracked::default(),
+            extents: Tracked::default(),
             next_ino: Ino::ROOT.0 + 1,
             next_extent: 1,
             next_disk: 1,
             transitions: BTreeMap::new(),
             tiering: TieringConfig { enabled: false, ..TieringConfig::default() },
-            temperature: BTreeMap::new(),
+            temperature: Tracked::default(),
             passes: VecDeque::new(),
             scrub: crate::meta::scrub_state::ScrubState::default(),
-            scrubbed: BTreeMap::new(),
-            xattrs: BTreeMap::new(),
+            scrubbed: Tracked::default(),
+            xattrs: Tracked::default(),
             offline: BTreeMap::new(),
             disk_changed: BTreeMap::new(),
             owed: BTreeMap::new(),
             availability: Availability::default(),
-            layers: BTreeMap::new(),
+            layers: Tracked::default(),
             dir_parents: BTreeMap::new(),
             extent_index: ExtentIndex::default(),
         };

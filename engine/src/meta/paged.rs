@@ -1,0 +1,263 @@
+//! The state's large tables in the paged store (metadata format 8): how a table's key
+//! and value become a store entry, a checkpoint's changes (`changes`) or the whole state
+//! (`entries`), the head that carries the rest (`Head`), and a state read back (`load`).
+//!
+//! Keys are a table's tag, then its key in big-endian bytes, so a table is one contiguous
+//! key range and its entries come out in the map's order. Values are postcard. The head
+//! is the state with its paged tables empty, and the journal tip it stands at: it is the
+//! store root's payload, so a root names one state, whole.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::media::device::ExtentId;
+use crate::meta::ids::{ChunkSlot, Ino};
+use crate::meta::state::MetaState;
+use crate::meta::store::{Devices, Entry, Store, StoreError};
+use crate::meta::tracked::Tracked;
+
+/// A key of a paged table, as bytes that sort as the key does.
+pub trait TableKey: Sized + Ord + Clone {
+    fn put(&self, out: &mut Vec<u8>);
+    fn take(bytes: &[u8]) -> Option<Self>;
+}
+
+impl TableKey for Ino {
+    fn put(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(&self.0.to_be_bytes());
+    }
+    fn take(bytes: &[u8]) -> Option<Self> {
+        Some(Ino(u64::from_be_bytes(bytes.try_into().ok()?)))
+    }
+}
+
+impl TableKey for ExtentId {
+    fn put(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(&self.0.to_be_bytes());
+    }
+    fn take(bytes: &[u8]) -> Option<Self> {
+        Some(ExtentId(u64::from_be_bytes(bytes.try_into().ok()?)))
+    }
+}
+
+impl TableKey for ChunkSlot {
+    fn put(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(&self.ino.0.to_be_bytes());
+        out.extend_from_slice(&self.index.to_be_bytes());
+    }
+    fn take(bytes: &[u8]) -> Option<Self> {
+        if bytes.len() != 16 {
+            return None;
+        }
+        let (ino, index) = bytes.split_at(8);
+        Some(ChunkSlot {
+            ino: Ino(u64::from_be_bytes(ino.try_into().ok()?)),
+            index: u64::from_be_bytes(index.try_into().ok()?),
+        })
+    }
+}
+
+/// The journal tip a head stands at: record `seq` applied, the next one chains to `hash`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Head {
+    pub seq: u64,
+    pub tip_hash: [u8; 32],
+    /// The state without its paged tables.
+    pub state: MetaState,
+}
+
+/// Calls `$body` once per paged table with `$tag` (its key prefix) and `$field`.
+macro_rules! each_table {
+    ($state:expr, |$tag:ident, $field:ident| $body:block) => {{
+        {
+            let ($tag, $field) = (1u8, &mut $state.inodes);
+            $body
+        }
+        {
+            let ($tag, $field) = (2u8, &mut $state.dirs);
+            $body
+        }
+        {
+            let ($tag, $field) = (3u8, &mut $state.file_extents);
+            $body
+        }
+        {
+            let ($tag, $field) = (4u8, &mut $state.extents);
+            $body
+        }
+        {
+            let ($tag, $field) = (5u8, &mut $state.temperature);
+            $body
+        }
+        {
+            let ($tag, $field) = (6u8, &mut $state.scrubbed);
+            $body
+        }
+        {
+            let ($tag, $field) = (7u8, &mut $state.xattrs);
+            $body
+        }
+        {
+            let ($tag, $field) = (8u8, &mut $state.layers);
+            $body
+        }
+    }};
+}
+
+fn key_of<K: TableKey>(tag: u8, key: &K) -> Vec<u8> {
+    let mut out = vec![tag];
+    key.put(&mut out);
+    out
+}
+
+fn value_of<V: Serialize>(value: &V) -> Vec<u8> {
+    // postcard fails only on writer errors or unsupported types; a Vec writer and the
+    // state's plain data have neither.
+    postcard::to_allocvec(value).unwrap_or_else(|e| panic!("postcard cannot encode engine metadata: {e}"))
+}
+
+fn changes_of<K: TableKey, V: Serialize>(tag: u8, table: &mut Tracked<K, V>, out: &mut Vec<Entry>) {
+    for key in table.take_dirty() {
+        out.push((key_of(tag, &key), table.get(&key).map(value_of)));
+    }
+}
+
+fn entries_of<K: TableKey, V: Serialize>(tag: u8, table: &mut Tracked<K, V>, out: &mut Vec<Entry>) {
+    table.take_dirty();
+    out.extend(table.iter().map(|(key, value)| (key_of(tag, key), Some(value_of(value)))));
+}
+
+/// The entries the tables changed since the last call (a deletion as `None`), in key
+/// order; the tables are clean after.
+pub fn changes(state: &mut MetaState) -> Vec<Entry> {
+    let mut out = Vec::new();
+    each_table!(state, |tag, table| { changes_of(tag, table, &mut out) });
+    debug_assert!(out.windows(2).all(|w| w[0].0 < w[1].0));
+    out
+}
+
+/// Every entry of the tables, in key order; the tables are clean after.
+pub fn entries(state: &mut MetaState) -> Vec<Entry> {
+    let mut out = Vec::new();
+    each_table!(state, |tag, table| { entries_of(tag, table, &mut out) });
+    debug_assert!(out.windows(2).all(|w| w[0].0 < w[1].0));
+    out
+}
+
+/// The head of `state` at the tip `(seq, tip_hash)`, encoded: the state without its
+/// paged tables (taken out for the encoding and put back).
+pub fn encode_head(seq: u64, tip_hash: [u8; 32], state: &mut MetaState) -> Vec<u8> {
+    let mut tables = MetaState::new(state.pool_id, state.default_policy, crate::base::clock::WallTime::default());
+    swap_tables(state, &mut tables);
+    let head = HeadRef { seq, tip_hash, state };
+    let encoded = value_of(&head);
+    swap_tables(state, &mut tables);
+    encoded
+}
+
+/// `Head`, borrowing its state: encoded exactly as `Head` is.
+#[derive(Serialize)]
+struct HeadRef<'a> {
+    seq: u64,
+    tip_hash: [u8; 32],
+    state: &'a MetaState,
+}
+
+fn swap_tables(a: &mut MetaState, b: &mut MetaState) {
+    std::mem::swap(&mut a.inodes, &mut b.inodes);
+    std::mem::swap(&mut a.dirs, &mut b.dirs);
+    std::mem::swap(&mut a.file_extents, &mut b.file_extents);
+    std::mem::swap(&mut a.extents, &mut b.extents);
+    std::mem::swap(&mut a.temperature, &mut b.temperature);
+    std::mem::swap(&mut a.scrubbed, &mut b.scrubbed);
+    std::mem::swap(&mut a.xattrs, &mut b.xattrs);
+    std::mem::swap(&mut a.layers, &mut b.layers);
+}
+
+/// Why a store did not read back as a state.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LoadError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("the store's head does not decode: {0}")]
+    Head(String),
+    #[error("store entry {key} does not decode: {why}")]
+    Entry { key: String, why: String },
+}
+
+/// The head and state the store holds, its tables clean (as stored). The state's unstored
+/// indexes are not built here (`MetaState::rebuild_indexes`).
+pub fn load(store: &Store, devices: &Devices) -> Result<Head, LoadError> {
+    let mut head: Head = postcard::from_bytes(store.payload()).map_err(|e| LoadError::Head(e.to_string()))?;
+    let mut failure = None;
+    let mut tables = Tables::default();
+    store.scan(devices, &[], None, &mut |key, value| match tables.add(key, value) {
+        Ok(()) => true,
+        Err(why) => {
+            failure = Some(LoadError::Entry { key: hex(key), why });
+            false
+        }
+    })?;
+    if let Some(failure) = failure {
+        return Err(failure);
+    }
+    tables.into_state(&mut head.state);
+    Ok(head)
+}
+
+/// The tables as they are read, in key order.
+#[derive(Default)]
+struct Tables {
+    inodes: BTreeMap<Ino, crate::meta::state::Inode>,
+    dirs: BTreeMap<Ino, BTreeMap<Vec<u8>, Ino>>,
+    file_extents: BTreeMap<Ino, BTreeMap<u64, ExtentId>>,
+    extents: BTreeMap<ExtentId, crate::meta::state::ExtentRecord>,
+    temperature: BTreeMap<ChunkSlot, crate::temperature::tracker::Temperature>,
+    scrubbed: BTreeMap<ExtentId, i64>,
+    xattrs: BTreeMap<Ino, BTreeMap<Vec<u8>, Vec<u8>>>,
+    layers: BTreeMap<ChunkSlot, Vec<crate::meta::state::Layer>>,
+}
+
+fn add_to<K: TableKey, V: for<'de> Deserialize<'de>>(
+    map: &mut BTreeMap<K, V>,
+    key: &[u8],
+    value: &[u8],
+) -> Result<(), String> {
+    let key = K::take(key).ok_or("key of the wrong length")?;
+    let value = postcard::from_bytes(value).map_err(|e| e.to_string())?;
+    map.insert(key, value);
+    Ok(())
+}
+
+impl Tables {
+    fn add(&mut self, key: &[u8], value: &[u8]) -> Result<(), String> {
+        let (tag, rest) = key.split_first().ok_or("empty key")?;
+        match tag {
+            1 => add_to(&mut self.inodes, rest, value),
+            2 => add_to(&mut self.dirs, rest, value),
+            3 => add_to(&mut self.file_extents, rest, value),
+            4 => add_to(&mut self.extents, rest, value),
+            5 => add_to(&mut self.temperature, rest, value),
+            6 => add_to(&mut self.scrubbed, rest, value),
+            7 => add_to(&mut self.xattrs, rest, value),
+            8 => add_to(&mut self.layers, rest, value),
+            other => Err(format!("no table has tag {other}")),
+        }
+    }
+
+    fn into_state(self, state: &mut MetaState) {
+        state.inodes = Tracked::clean(self.inodes);
+        state.dirs = Tracked::clean(self.dirs);
+        state.file_extents = Tracked::clean(self.file_extents);
+        state.extents = Tracked::clean(self.extents);
+        state.temperature = Tracked::clean(self.temperature);
+        state.scrubbed = Tracked::clean(self.scrubbed);
+        state.xattrs = Tracked::clean(self.xattrs);
+        state.layers = Tracked::clean(self.layers);
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
