@@ -386,8 +386,9 @@ impl PoolDir {
             // Labelled for this pool by an add-disk that crashed before committing: reuse.
             Ok(label) => label.disk_uuid,
             Err(LabelError::Missing) => {
-                let holds_blocks = [BlockKind::Journal, BlockKind::Checkpoint, BlockKind::Fragment]
+                let holds_blocks = BlockKind::ALL
                     .into_iter()
+                    .filter(|kind| *kind != BlockKind::Label)
                     .any(|kind| disk.list(kind).map(|names| !names.is_empty()).unwrap_or(true));
                 if holds_blocks {
                     return Err(Error::InvalidArgument(format!(

@@ -69,10 +69,13 @@ fn downgrade(state: &MetaState) -> MetaStateV1 {
 fn replace_metadata(t: &TestPool, seq: u64, checkpoint: Vec<u8>, record: Vec<u8>) {
     for disk in 0..3 {
         common::remove_records(&t.disk_path(disk));
-        for path in blocks(&t.disk_path(disk), "checkpoint") {
-            fs::remove_file(path).unwrap();
+        for namespace in ["checkpoint", "store-root", "store-page"] {
+            for path in blocks(&t.disk_path(disk), namespace) {
+                fs::remove_file(path).unwrap();
+            }
         }
         let dir = t.disk_path(disk);
+        fs::create_dir_all(dir.join("checkpoint")).unwrap();
         fs::write(dir.join("checkpoint").join(format!("{seq:020}")), &checkpoint).unwrap();
         fs::create_dir_all(dir.join("journal")).unwrap();
         fs::write(dir.join("journal").join(format!("{:020}", seq + 1)), &record).unwrap();
@@ -97,6 +100,18 @@ fn install_older_format<C: serde::Serialize>(
         frame::encode_version(FrameKind::Checkpoint, format, checkpoint),
         frame::encode_version(FrameKind::JournalRecord, format, &record),
     );
+}
+
+/// From format 8 a journal disk's checkpoint is the paged store: one root, no checkpoint
+/// block of an older format left, and the disk alone recovers in the current format.
+fn assert_checkpoint_in_store(disk: &std::path::Path) {
+    assert!(blocks(disk, "checkpoint").is_empty(), "the old checkpoints are trimmed");
+    assert_eq!(blocks(disk, "store-root").len(), 1);
+    assert!(!blocks(disk, "store-page").is_empty());
+    let device = dfs_engine::media::dirdisk::DirDisk::open(disk).unwrap();
+    let recovered = journal::recover(&[&device], &Default::default()).unwrap().unwrap();
+    assert_eq!(recovered.oldest_format, METADATA_FORMAT);
+    assert!(recovered.store.is_some());
 }
 
 /// A pool whose journal disks hold only format-1 blocks: a checkpoint of the pool's
@@ -182,9 +197,7 @@ fn a_format_two_pool_is_upgraded_in_place_and_keeps_its_attributes() {
     t.pool = None;
     t.dir = None;
     for disk in 0..3 {
-        let checkpoints = blocks(&t.disk_path(disk), "checkpoint");
-        assert_eq!(checkpoints.len(), 1);
-        assert_eq!(journal::decode_checkpoint(&fs::read(&checkpoints[0]).unwrap()).unwrap().2, METADATA_FORMAT);
+        assert_checkpoint_in_store(&t.disk_path(disk));
     }
 }
 
@@ -257,9 +270,7 @@ fn a_format_three_pool_is_upgraded_in_place_and_then_takes_layers() {
     t.pool = None;
     t.dir = None;
     for disk in 0..3 {
-        let checkpoints = blocks(&t.disk_path(disk), "checkpoint");
-        assert_eq!(checkpoints.len(), 1);
-        assert_eq!(journal::decode_checkpoint(&fs::read(&checkpoints[0]).unwrap()).unwrap().2, METADATA_FORMAT);
+        assert_checkpoint_in_store(&t.disk_path(disk));
     }
     let report = t.reopen();
     assert_eq!(report.upgraded_from, None);
@@ -284,11 +295,7 @@ fn a_format_one_pool_is_upgraded_in_place_and_reads_the_same() {
     t.dir = None;
     for disk in 0..3 {
         assert!(common::journal_records(&t.disk_path(disk)).is_empty(), "the upgrade checkpoint trims the old records");
-        let checkpoints = blocks(&t.disk_path(disk), "checkpoint");
-        assert_eq!(checkpoints.len(), 1);
-        let block = fs::read(&checkpoints[0]).unwrap();
-        frame::decode::<Checkpoint>(FrameKind::Checkpoint, &block).unwrap();
-        assert_eq!(journal::decode_checkpoint(&block).unwrap().2, METADATA_FORMAT);
+        assert_checkpoint_in_store(&t.disk_path(disk));
     }
     let report = t.reopen();
     assert_eq!(report.upgraded_from, None, "an upgraded pool opens as it is");
@@ -337,8 +344,7 @@ fn a_format_four_pool_is_upgraded_and_then_keeps_its_records_in_the_journal_log(
     for disk in 0..3 {
         assert!(blocks(&t.disk_path(disk), "journal").is_empty(), "no record is a file any more");
         assert!(!common::journal_records(&t.disk_path(disk)).is_empty(), "the new records are in the log");
-        let checkpoints = blocks(&t.disk_path(disk), "checkpoint");
-        assert_eq!(journal::decode_checkpoint(&fs::read(&checkpoints[0]).unwrap()).unwrap().2, METADATA_FORMAT);
+        assert_checkpoint_in_store(&t.disk_path(disk));
     }
     let report = t.reopen();
     assert_eq!(report.upgraded_from, None);
@@ -419,4 +425,35 @@ fn a_format_six_pool_replays_its_full_pass_and_is_upgraded_to_passes_that_journa
     assert_eq!(report.upgraded_from, None);
     assert_eq!(t.pool().state().temperature, live);
     assert_eq!(t.read_file("/big").unwrap(), common::pattern(3_000_000, 6));
+}
+
+#[test]
+fn a_format_seven_pool_is_upgraded_into_the_paged_store_and_reads_the_same() {
+    let (mut t, state, f) = closed_with_file("big", &common::pattern(3_000_000, 7));
+    // As a format-7 build left it: the whole state in a checkpoint block, and a record.
+    let seq = 7_000_000;
+    let tip_hash = [7u8; 32];
+    let checkpoint = (seq, tip_hash, Checkpoint { seq, tip_hash, state: state.clone() });
+    let mut inode = state.inodes[&f].clone();
+    inode.mode = 0o604;
+    install_older_format(&t, 7, &checkpoint, inode);
+    let report = t.reopen();
+    assert_eq!(report.upgraded_from, Some(7));
+    assert_eq!(t.pool().getattr(f).unwrap().mode, 0o604, "the format-7 record was replayed");
+    let upgraded = t.pool().state().clone();
+    assert_eq!(upgraded.extents, state.extents);
+    assert_eq!(upgraded.file_extents, state.file_extents);
+    t.pool = None;
+    t.dir = None;
+    for disk in 0..3 {
+        assert_checkpoint_in_store(&t.disk_path(disk));
+    }
+    let report = t.reopen();
+    assert_eq!(report.upgraded_from, None);
+    assert_eq!(report.records_replayed, 0, "the store holds the whole state");
+    assert_eq!(t.read_file("/big").unwrap(), common::pattern(3_000_000, 7));
+    let reopened = t.pool().state();
+    assert_eq!(reopened.inodes, upgraded.inodes);
+    assert_eq!(reopened.extents, upgraded.extents);
+    assert_eq!(reopened.temperature, upgraded.temperature);
 }

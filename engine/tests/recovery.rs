@@ -99,7 +99,7 @@ fn a_corrupt_replica_is_recovered_from_the_others_and_rewritten() {
 fn a_pool_whose_every_replica_is_corrupt_refuses_to_open() {
     let (t, _) = pool_with_records();
     for disk in 0..3 {
-        for path in blocks(&t.disk_path(disk), "checkpoint") {
+        for path in blocks(&t.disk_path(disk), "store-root") {
             let mut bytes = fs::read(&path).unwrap();
             let last = bytes.len() - 1;
             bytes[last] ^= 1;
@@ -118,8 +118,10 @@ fn a_pool_whose_metadata_vanished_refuses_to_open_over_its_data() {
     let (t, _) = pool_with_records();
     for disk in 0..4 {
         common::remove_records(&t.disk_path(disk));
-        for path in blocks(&t.disk_path(disk), "checkpoint") {
-            fs::remove_file(path).unwrap();
+        for namespace in ["checkpoint", "store-root", "store-page"] {
+            for path in blocks(&t.disk_path(disk), namespace) {
+                fs::remove_file(path).unwrap();
+            }
         }
     }
     let error = PoolDir::open(&t.pool_path(), common::options()).err().unwrap();
@@ -239,29 +241,38 @@ fn extent_of(name: dfs_engine::media::device::BlockName) -> Option<dfs_engine::m
 }
 
 #[test]
-fn a_checkpoint_copy_unlike_the_one_recovered_is_rewritten_from_it() {
-    use dfs_engine::meta::journal::{decode_checkpoint, encode_checkpoint, JournalTip};
+fn a_store_replica_of_another_history_is_rewritten_from_the_one_recovered() {
+    use dfs_engine::media::device::BlockDevice;
+    use dfs_engine::media::dirdisk::DirDisk;
+    use dfs_engine::meta::{journal, paged, store::Store};
     let (mut t, files) = pool_with_records();
     t.reopen();
     t.pool = None;
     t.dir = None;
-    // Disk 1 holds a valid checkpoint at the same sequence number with another state,
-    // as another history would have left it. Recovery starts from disk 0's copy, the
+    // Disks 0 and 2 take one commit, disk 1 another of the same generation with another
+    // state, as another history would have left them. Recovery starts from disk 0's, the
     // first in order; disk 1 does not hold it and must be given it.
-    let disks: Vec<_> = (0..2).map(|disk| t.disk_path(disk)).collect();
-    let path = |disk: usize| blocks(&disks[disk], "checkpoint").pop().unwrap();
-    let (checkpoint, _, _) = decode_checkpoint(&fs::read(path(0)).unwrap()).unwrap();
-    let mut other = checkpoint.state.clone();
+    let disks: Vec<DirDisk> = (0..3).map(|disk| DirDisk::open(&t.disk_path(disk)).unwrap()).collect();
+    let all: Vec<&dyn BlockDevice> = disks.iter().map(|d| d as &dyn BlockDevice).collect();
+    let head = paged::load(&Store::open(&all, Default::default()).unwrap(), &all).unwrap();
+    let mut state = head.state.clone();
+    let mut ours = Store::open(&[all[0], all[2]], Default::default()).unwrap();
+    ours.commit(&[all[0], all[2]], paged::encode_head(head.seq, head.tip_hash, &mut state)).unwrap();
+    let mut other = head.state.clone();
     other.next_ino += 1000;
-    let tip = JournalTip { seq: checkpoint.seq, hash: checkpoint.tip_hash };
-    fs::write(path(1), encode_checkpoint(tip, &other)).unwrap();
-    let report = t.reopen();
-    assert!(report.journal_rewritten, "a copy of another state was counted as holding the recovered one");
-    assert_eq!(t.pool().state().next_ino, checkpoint.state.next_ino);
+    let mut theirs = Store::open(&[all[1]], Default::default()).unwrap();
+    theirs.put(vec![1, 0, 0, 0, 0, 0, 0, 0, 9], vec![0]);
+    theirs.commit(&[all[1]], paged::encode_head(head.seq, head.tip_hash, &mut other)).unwrap();
+    assert_eq!(ours.generation(), theirs.generation());
+    drop(disks);
+    t.reopen();
+    assert_eq!(t.pool().state().next_ino, head.state.next_ino);
     t.pool = None;
     t.dir = None;
-    let (rewritten, _, _) = decode_checkpoint(&fs::read(path(1)).unwrap()).unwrap();
-    assert_eq!(rewritten.state.next_ino, checkpoint.state.next_ino);
+    let alone = DirDisk::open(&t.disk_path(1)).unwrap();
+    let recovered = journal::recover(&[&alone], &Default::default()).unwrap().unwrap();
+    assert_eq!(recovered.state.next_ino, head.state.next_ino, "disk 1 was given the recovered store");
+    assert_eq!(recovered.state.inodes, head.state.inodes, "with the recovered pages, not its own");
     t.reopen();
     assert_files(&mut t, &files);
 }

@@ -228,6 +228,13 @@ pub fn build_world(scenario: &Scenario, options: &RunOptions) -> Result<World, S
         // the model knows which states a crash may leave.
         barrier_after_ops: usize::MAX,
         extent_cache_bytes: 16 << 20,
+        // Small pages, so that the small states of scenarios span several, and commits
+        // and merges split and join them.
+        metadata_store: dfs_engine::meta::store::StoreConfig {
+            page_bytes: 2 << 10,
+            cache_bytes: 64 << 10,
+            ..Default::default()
+        },
         tiering: tiering_config(scenario)?,
         ..PoolOptions::default()
     };
@@ -1023,7 +1030,7 @@ impl<'s> Run<'s> {
             .map(|(name, _)| name)
             .filter(|name| match (target, name) {
                 (Target::Journal, BlockName::Journal { .. }) => true,
-                (Target::Checkpoint, BlockName::Checkpoint { .. }) => true,
+                (Target::Checkpoint, BlockName::StoreRoot { .. } | BlockName::StorePage { .. }) => true,
                 (Target::Fragment, BlockName::Fragment { .. }) => true,
                 (Target::DataShard | Target::ParityShard, BlockName::Fragment { extent, index }) => {
                     let needed = state

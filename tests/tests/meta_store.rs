@@ -94,6 +94,8 @@ proptest! {
                 }
                 Op::Reopen => {
                     store = Store::open(&devices, config()).unwrap();
+                    prop_assert_eq!(store.holders().len(), 2);
+                    prop_assert!(store.tidy(&devices).is_empty());
                     current = committed.clone();
                     prop_assert_eq!(store.payload().to_vec(), commits.to_string().into_bytes());
                     for disk in &disks {
@@ -179,6 +181,9 @@ fn crash_round(seed: u64, sabotage: bool) -> Result<(), String> {
     }
     switch.reset();
     let reopened = Store::open(&devices, config).map_err(|e| format!("reopen refused: {e}"))?;
+    if let Some(failure) = reopened.tidy(&devices).first() {
+        return Err(format!("tidy failed: {}: {}", failure.device, failure.error));
+    }
     let found = (contents(&reopened, &devices).map_err(|e| format!("scan failed: {e}"))?, reopened.payload().to_vec());
     if found == after || (!finished && found == before) {
         return Ok(());

@@ -78,6 +78,14 @@ fn crash_points_of_appends_gathered_in_one_layer_all_recover() {
 }
 
 #[test]
+fn crash_points_of_checkpoints_into_the_paged_store_all_recover() {
+    // Pages, indexes and roots of commits and merges, dropped, landed or torn.
+    let report = crash_points_of("store-checkpoint-crash-points.ron");
+    assert!(report.crash_points >= 50, "{}", report.line());
+    assert!(report.states >= 5000, "{}", report.line());
+}
+
+#[test]
 fn bursts_move_a_file_under_the_thresholds_but_hardly_under_the_hmm() {
     let changes = |name: &str| {
         let scenario = Scenario::load(&dfs_tests::scenarios_dir().join(format!("{name}.ron"))).unwrap();

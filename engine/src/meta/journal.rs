@@ -24,7 +24,9 @@ use serde::{Deserialize, Serialize};
 use crate::base::io::run_all;
 use crate::media::device::{BlockDevice, BlockKind, BlockName, DeviceError};
 use crate::media::frame::{self, FrameError, FrameKind};
+use crate::meta::paged;
 use crate::meta::state::{MetaState, Transaction};
+use crate::meta::store::{Store, StoreConfig};
 use crate::meta::{v1, v2, v3};
 
 /// One journal record.
@@ -68,8 +70,9 @@ pub fn decode_checkpoint(block: &[u8]) -> Result<(Checkpoint, [u8; 32], u8), Fra
 }
 
 /// Decodes a journal record of any format this build reads: format 1 through its frozen
-/// ops, converted; formats 2 to 7 as the current ops (formats 3, 4, 6 and 7 only
-/// appended variants, and 5 changed where records live, not what they hold).
+/// ops, converted; formats 2 to 8 as the current ops (formats 3, 4, 6 and 7 only
+/// appended variants, and 5 and 8 changed where records and checkpoints live, not what
+/// they hold).
 pub fn decode_record(block: &[u8]) -> Result<(JournalRecord, [u8; 32], u8), FrameError> {
     let opened = frame::open(FrameKind::JournalRecord, block)?;
     let record = match opened.version {
@@ -88,6 +91,8 @@ pub enum RecoveryError {
     NoValidCheckpoint(String),
     #[error("the disks hold data fragments but no metadata at all; refusing to open an empty pool over them")]
     MetadataMissing,
+    #[error("the metadata store does not read back: {0}; refusing to open rather than serve wrong data")]
+    StoreUnreadable(String),
 }
 
 /// The outcome of reading every replica.
@@ -106,6 +111,9 @@ pub struct Recovered {
     /// than `frame::METADATA_FORMAT` means the pool must be upgraded (rewritten in the
     /// current format) before anything else.
     pub oldest_format: u8,
+    /// The paged store the checkpoint was read from (format 8 on); `None` when it was a
+    /// checkpoint block of an older format.
+    pub store: Option<Store>,
 }
 
 /// One verified copy of a metadata block found during recovery.
@@ -121,7 +129,7 @@ struct Found<T> {
 
 /// Reads the journal from `devices`. `Ok(None)` when no disk holds any metadata block
 /// (and no fragment): a pool that never committed anything.
-pub fn recover(devices: &[&dyn BlockDevice]) -> Result<Option<Recovered>, RecoveryError> {
+pub fn recover(devices: &[&dyn BlockDevice], store_config: &StoreConfig) -> Result<Option<Recovered>, RecoveryError> {
     let mut notes = Vec::new();
     // A checkpoint is the whole state: each copy is verified as read, but only one copy
     // of each distinct content is kept, and only the one recovery starts from is decoded.
@@ -184,8 +192,22 @@ pub fn recover(devices: &[&dyn BlockDevice]) -> Result<Option<Recovered>, Recove
             any_fragment = device.list(BlockKind::Fragment).map(|f| !f.is_empty()).unwrap_or(false);
         }
     }
-    // The newest checkpoint with a copy that decodes, and the slots holding that copy.
+    // From format 8 the checkpoint is the paged store: where any disk holds a store root,
+    // recovery starts from the store (written only after any older checkpoint it finds).
+    let any_store = devices.iter().any(|d| d.list(BlockKind::StoreRoot).is_ok_and(|roots| !roots.is_empty()));
+    let mut store = None;
     let mut start: Option<(Checkpoint, u8, BTreeSet<usize>)> = None;
+    if any_store {
+        let opened =
+            Store::open(devices, store_config.clone()).map_err(|e| RecoveryError::StoreUnreadable(e.to_string()))?;
+        let mut head = paged::load(&opened, devices).map_err(|e| RecoveryError::StoreUnreadable(e.to_string()))?;
+        head.state.rebuild_indexes();
+        let checkpoint = Checkpoint { seq: head.seq, tip_hash: head.tip_hash, state: head.state };
+        start = Some((checkpoint, frame::METADATA_FORMAT, opened.holders().clone()));
+        store = Some(opened);
+        checkpoints.clear();
+    }
+    // The newest checkpoint with a copy that decodes, and the slots holding that copy.
     'newest: for (&seq, copies) in checkpoints.iter_mut().rev() {
         for index in 0..copies.len() {
             let Some(block) = copies[index].value.take() else { continue };
@@ -240,7 +262,7 @@ pub fn recover(devices: &[&dyn BlockDevice]) -> Result<Option<Recovered>, Recove
     if !dropped.is_empty() {
         notes.push(format!("dropped {} record(s) past the valid prefix (torn or unchained tail)", dropped.len()));
     }
-    Ok(Some(Recovered { state, tip, checkpoint_seq, replayed, checkpoint_slots, notes, oldest_format }))
+    Ok(Some(Recovered { state, tip, checkpoint_seq, replayed, checkpoint_slots, notes, oldest_format, store }))
 }
 
 /// Encodes record `tip.seq + 1` carrying `txn`; returns its block and the new tip.
@@ -314,18 +336,19 @@ pub fn write_replicas(
     (durable, failures)
 }
 
-/// Called once checkpoint `keep` is durable: deletes every journal record (those up to
-/// `keep` are covered by it; any past it are a torn or unchained tail) and every other
-/// checkpoint from `devices`, plus every metadata block from `strangers` (disks that no
-/// longer carry the journal), every disk's at once when `parallel`. Returns what could
-/// not be deleted.
-pub fn trim(devices: &[&dyn BlockDevice], strangers: &[&dyn BlockDevice], keep: u64, parallel: bool) -> Vec<String> {
-    let prune = |device: &dyn BlockDevice, all: bool| -> Result<(), DeviceError> {
-        for name in device.list(BlockKind::Journal)? {
-            device.delete(name)?;
+/// Called once the store root at the tip is durable on `devices`: deletes every journal
+/// record from them (those up to the tip are covered by it; any past it are a torn or
+/// unchained tail) and every checkpoint block of an older format, plus every metadata
+/// block — the store's included — from `strangers` (disks that no longer carry the
+/// journal), every disk's at once when `parallel`. Returns what could not be deleted.
+pub fn trim(devices: &[&dyn BlockDevice], strangers: &[&dyn BlockDevice], parallel: bool) -> Vec<String> {
+    let prune = |device: &dyn BlockDevice, stranger: bool| -> Result<(), DeviceError> {
+        let mut kinds = vec![BlockKind::Journal, BlockKind::Checkpoint];
+        if stranger {
+            kinds.extend([BlockKind::StoreRoot, BlockKind::StorePage]);
         }
-        for name in device.list(BlockKind::Checkpoint)? {
-            if matches!(name, BlockName::Checkpoint { seq } if all || seq != keep) {
+        for kind in kinds {
+            for name in device.list(kind)? {
                 device.delete(name)?;
             }
         }
@@ -333,10 +356,12 @@ pub fn trim(devices: &[&dyn BlockDevice], strangers: &[&dyn BlockDevice], keep: 
     };
     let jobs: Vec<(&dyn BlockDevice, bool)> =
         devices.iter().map(|d| (*d, false)).chain(strangers.iter().map(|d| (*d, true))).collect();
-    run_all(parallel, jobs, |(device, all)| prune(device, all).err().map(|e| format!("{}: {e}", device.describe())))
-        .into_iter()
-        .flatten()
-        .collect()
+    run_all(parallel, jobs, |(device, stranger)| {
+        prune(device, stranger).err().map(|e| format!("{}: {e}", device.describe()))
+    })
+    .into_iter()
+    .flatten()
+    .collect()
 }
 
 #[cfg(test)]

@@ -192,7 +192,7 @@ pub fn load(store: &Store, devices: &Devices) -> Result<Head, LoadError> {
     let mut head: Head = postcard::from_bytes(store.payload()).map_err(|e| LoadError::Head(e.to_string()))?;
     let mut failure = None;
     let mut tables = Tables::default();
-    store.scan(devices, &[], None, &mut |key, value| match tables.add(key, value) {
+    store.scan_cold(devices, &mut |key, value| match tables.add(key, value) {
         Ok(()) => true,
         Err(why) => {
             failure = Some(LoadError::Entry { key: hex(key), why });

@@ -34,6 +34,7 @@ use crate::meta::journal::{self, JournalTip};
 use crate::meta::state::{
     ChunkSlot, DiskId, DiskRecord, DiskState, ExtentRecord, InodeKind, MetaState, Op, Transaction,
 };
+use crate::meta::store::{Store, StoreConfig};
 use crate::pool::open_files::OpenFiles;
 
 /// How an open pool behaves. Production and the simulator differ only here.
@@ -50,6 +51,8 @@ pub struct PoolOptions {
     pub barrier_after_ops: usize,
     /// Memory for decoded extents (see `store::ExtentCache`).
     pub extent_cache_bytes: usize,
+    /// How the paged metadata store pages and caches (`meta::store`).
+    pub metadata_store: StoreConfig,
     /// Whether fragment I/O to different disks runs on threads. The simulator runs it
     /// sequentially so that a seed replays exactly.
     pub parallel_io: bool,
@@ -79,6 +82,7 @@ impl Default for PoolOptions {
             dirty_bytes_max: 16 << 20,
             barrier_after_ops: 4096,
             extent_cache_bytes: 256 << 20,
+            metadata_store: StoreConfig { cache_bytes: 64 << 20, ..StoreConfig::default() },
             parallel_io: true,
             check_invariants: false,
             observer: None,
@@ -146,6 +150,8 @@ pub struct PoolCounters {
     pub disks_rejoined: u64,
     /// Extents written at reduced width while disks were away.
     pub degraded_writes: u64,
+    /// Runs of the paged metadata store folded into one after a checkpoint.
+    pub store_merges: u64,
 }
 
 /// How far past the state's next extent id one open may start allocating (see
@@ -160,6 +166,11 @@ pub struct Pool {
     /// Sequence number of the newest checkpoint known durable on the journal disks.
     /// A checkpoint is never rewritten in place: a crash could tear every copy.
     checkpoint_seq: Option<u64>,
+    /// The paged metadata store the checkpoints go to; `None` until the first one
+    /// of a pool recovered from an older format (or a new pool).
+    store: Option<Store>,
+    /// The journal disks holding the store's current root.
+    store_members: BTreeSet<DiskId>,
     pub(crate) devices: BTreeMap<DiskId, Arc<dyn BlockDevice>>,
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) rng: EngineRng,
@@ -220,15 +231,18 @@ impl Pool {
     ) -> Result<(Pool, OpenReport)> {
         let mut report = OpenReport::default();
         let raw: Vec<&dyn BlockDevice> = devices.iter().map(|d| d.device.as_ref()).collect();
-        let recovered = journal::recover(&raw).map_err(|e| Error::MetadataCorrupt(e.to_string()))?;
+        let recovered =
+            journal::recover(&raw, &options.metadata_store).map_err(|e| Error::MetadataCorrupt(e.to_string()))?;
         let recovered_checkpoint = recovered.is_some();
         let mut upgrade_from = None;
+        let mut store = None;
         let (state, tip, clean, checkpoint_slots) = match recovered {
             Some(r) => {
                 report.records_replayed = r.replayed;
                 report.notes.extend(r.notes.iter().cloned());
                 let clean = r.replayed == 0 && r.notes.is_empty();
                 upgrade_from = (r.oldest_format < crate::media::frame::METADATA_FORMAT).then_some(r.oldest_format);
+                store = r.store;
                 (r.state, r.tip, clean, r.checkpoint_slots)
             }
             None => (
@@ -280,6 +294,10 @@ impl Pool {
             tip,
             records_since_checkpoint: 0,
             checkpoint_seq: (report.records_replayed == 0 && recovered_checkpoint).then_some(tip.seq),
+            store_members: store.as_ref().map_or_else(BTreeSet::new, |_| {
+                slots.iter().filter(|(_, slot)| checkpoint_slots.contains(slot)).map(|(id, _)| *id).collect()
+            }),
+            store,
             devices: disk_devices,
             clock,
             rng,
@@ -311,6 +329,24 @@ impl Pool {
             .into_values()
             .filter(|slot| crate::services::reencode::is_young_inline(&pool.state, *slot))
             .collect();
+        let mut checkpoint_slots = checkpoint_slots;
+        if let Some(store) = pool.store.as_ref() {
+            // Members behind the store's root are brought up to it, and blocks of
+            // crashed commits removed, before anything is written.
+            let members = pool.journal_devices();
+            let devices: Vec<&dyn BlockDevice> = members.iter().map(|(_, d)| d.as_ref()).collect();
+            let failed: BTreeSet<usize> = store
+                .tidy(&devices)
+                .into_iter()
+                .map(|failure| {
+                    report.notes.push(format!("metadata store replica {}: {}", failure.device, failure.error));
+                    failure.replica
+                })
+                .collect();
+            pool.store_members =
+                members.iter().enumerate().filter(|(i, _)| !failed.contains(i)).map(|(_, (id, _))| *id).collect();
+            checkpoint_slots = pool.store_members.iter().filter_map(|id| slots.get(id).copied()).collect();
+        }
         let journal_slots: BTreeSet<usize> =
             pool.journal_disks().iter().filter_map(|id| slots.get(id).copied()).collect();
         let metadata_blocks = pool.metadata_block_count();
@@ -384,7 +420,8 @@ impl Pool {
             .map(|d| {
                 let journal = d.list(BlockKind::Journal).map(|v| v.len()).unwrap_or(0);
                 let checkpoints = d.list(BlockKind::Checkpoint).map(|v| v.len()).unwrap_or(0);
-                journal + checkpoints
+                let roots = d.list(BlockKind::StoreRoot).map(|v| v.len()).unwrap_or(0);
+                journal + checkpoints + roots
             })
             .sum()
     }
@@ -392,6 +429,12 @@ impl Pool {
     /// Wall-clock time from the pool's clock (for "now" in timestamp updates).
     pub fn now(&self) -> crate::base::clock::WallTime {
         self.clock.wall()
+    }
+
+    /// The paged metadata store's shape: generation, runs, and blocks per replica; `None`
+    /// before the first checkpoint of a pool recovered from an older format.
+    pub fn metadata_store(&self) -> Option<(u64, usize, u64)> {
+        self.store.as_ref().map(|store| (store.generation(), store.runs(), store.blocks()))
     }
 
     /// The committed metadata state.
@@ -509,42 +552,92 @@ impl Pool {
     }
 
     /// `checkpoint_skipping`; returns how many journal disks hold the checkpoint.
+    ///
+    /// The checkpoint is a commit of the paged store (`meta::store`) on the journal
+    /// disks: the keys the state's tables changed since the last one, and the head (the
+    /// rest of the state and the tip). When the journal disks are not all holders of the
+    /// store's current root (a new member, a first checkpoint after an upgrade), the
+    /// whole state is written as a new generation instead. Disks holding that root are
+    /// never rewritten in place, so `already_durable` needs no special care here: it
+    /// only ever names disks that will hold the new root or be left as they are.
     pub(crate) fn write_checkpoint(&mut self, already_durable: &BTreeSet<DiskId>) -> Result<usize> {
+        let _ = already_durable;
         let journal_set = self.journal_devices();
         let fence: Vec<Arc<dyn BlockDevice>> = journal_set.iter().map(|(_, d)| d.clone()).collect();
         self.check_fence(&fence)?;
-        let block = journal::encode_checkpoint(self.tip, &self.state);
-        let (target_ids, targets): (Vec<DiskId>, Vec<&dyn BlockDevice>) =
-            journal_set.iter().filter(|(id, _)| !already_durable.contains(id)).map(|(id, d)| (*id, d.as_ref())).unzip();
-        let parallel = self.options.parallel_io;
-        let (written, failures) =
-            journal::write_replicas(&targets, BlockName::Checkpoint { seq: self.tip.seq }, &block, parallel, || {
-                self.reached(CommitPhase::CheckpointWritten)
-            });
+        let ids: Vec<DiskId> = journal_set.iter().map(|(id, _)| *id).collect();
+        let targets: Vec<&dyn BlockDevice> = journal_set.iter().map(|(_, d)| d.as_ref()).collect();
+        if targets.is_empty() {
+            return Err(Error::Io("no journal disk to take the checkpoint".into()));
+        }
+        let members: BTreeSet<DiskId> = ids.iter().copied().collect();
+        let payload = crate::meta::paged::encode_head(self.tip.seq, self.tip.hash, &mut self.state);
+        self.reached(CommitPhase::CheckpointWritten);
+        let whole = self.store.is_none() || !members.is_subset(&self.store_members);
+        let written = if whole {
+            let entries = crate::meta::paged::entries(&mut self.state);
+            let config = self.options.metadata_store.clone();
+            Store::write_whole(&targets, config, self.store.as_ref(), entries, payload).map(|(store, committed)| {
+                self.store = Some(store);
+                committed
+            })
+        } else {
+            let changes = crate::meta::paged::changes(&mut self.state);
+            match self.store.as_mut() {
+                Some(store) => {
+                    for (key, value) in changes {
+                        match value {
+                            Some(value) => store.put(key, value),
+                            None => store.delete(key),
+                        }
+                    }
+                    store.commit(&targets, payload)
+                }
+                None => unreachable!("a checkpoint that is not whole has a store"),
+            }
+        };
+        let committed = written.map_err(|e| Error::Io(format!("no journal disk accepted the checkpoint: {e}")))?;
         self.reached(CommitPhase::CheckpointSynced);
-        for failure in failures.iter().filter(|f| f.no_space) {
-            self.journal_refused_room(target_ids[failure.index]);
+        let failed: BTreeSet<DiskId> = committed.failed.iter().map(|f| ids[f.replica]).collect();
+        for failure in &committed.failed {
+            tracing::warn!(disk = %ids[failure.replica], error = %failure.error, "checkpoint replica write failed");
+            if failure.error == crate::media::device::DeviceError::NoSpace {
+                self.journal_refused_room(ids[failure.replica]);
+            }
         }
-        let written_count = written.iter().filter(|w| **w).count() as u64;
-        let mut written = written.into_iter();
-        // Trim only the replicas that hold the checkpoint; a replica that refused it keeps
-        // its records, which still chain.
-        let holding: Vec<(DiskId, &dyn BlockDevice)> = journal_set
-            .iter()
-            .filter(|(id, _)| already_durable.contains(id) || written.next() == Some(true))
-            .map(|(id, d)| (*id, d.as_ref()))
-            .collect();
+        let mut bytes = committed.stats.bytes;
+        let holding: Vec<(DiskId, &dyn BlockDevice)> =
+            journal_set.iter().filter(|(id, _)| !failed.contains(id)).map(|(id, d)| (*id, d.as_ref())).collect();
         let holders: Vec<&dyn BlockDevice> = holding.iter().map(|(_, d)| *d).collect();
-        let errors: Vec<&str> = failures.iter().map(|f| f.message.as_str()).collect();
-        if holders.is_empty() {
-            return Err(Error::Io(format!("no journal disk accepted the checkpoint: {}", errors.join("; "))));
+        let mut store_members: BTreeSet<DiskId> = holding.iter().map(|(id, _)| *id).collect();
+        if let Some(store) = self.store.as_mut() {
+            // Merging runs keeps reads and the run count bounded; it changes no content,
+            // so a merge that fails leaves the checkpoint as good as it was.
+            while store.wants_merge() {
+                match store.merge(&holders) {
+                    Ok(merged) => {
+                        bytes += merged.stats.bytes;
+                        self.counters.store_merges += 1;
+                        for failure in &merged.failed {
+                            // It keeps the root before the merge: the next checkpoint
+                            // writes the whole state to it again.
+                            tracing::warn!(error = %failure.error, "store merge failed on a replica");
+                            store_members.remove(&holding[failure.replica].0);
+                        }
+                        if !merged.failed.is_empty() {
+                            break;
+                        }
+                    }
+                    Err(error) => {
+                        tracing::warn!(%error, "store merge failed; the runs stay as they are");
+                        break;
+                    }
+                }
+            }
         }
-        for error in &errors {
-            tracing::warn!(%error, "checkpoint replica write failed");
-        }
+        self.store_members = store_members;
         let held = holders.len();
-        self.counters.checkpoint_bytes += block.len() as u64 * written_count;
-        let members: BTreeSet<DiskId> = journal_set.iter().map(|(id, _)| *id).collect();
+        self.counters.checkpoint_bytes += bytes;
         let readable = |id: &DiskId| self.state.disk_readable(*id);
         let strangers: Vec<&dyn BlockDevice> = self
             .devices
@@ -552,7 +645,7 @@ impl Pool {
             .filter(|(id, _)| !members.contains(id) && readable(id))
             .map(|(_, d)| d.as_ref())
             .collect();
-        for error in journal::trim(&holders, &strangers, self.tip.seq, self.options.parallel_io) {
+        for error in journal::trim(&holders, &strangers, self.options.parallel_io) {
             tracing::warn!(%error, "journal trim incomplete; recovery will finish it");
         }
         self.reached(CommitPhase::Trimmed);
@@ -560,7 +653,7 @@ impl Pool {
         self.checkpoint_seq = Some(self.tip.seq);
         self.counters.checkpoints += 1;
         self.checkpoint_written_nanos = Some(self.clock.monotonic_nanos());
-        if failures.iter().any(|f| f.no_space) {
+        if committed.failed.iter().any(|f| f.error == crate::media::device::DeviceError::NoSpace) {
             // The journal moved off a full disk: its new members get the checkpoint too.
             // Each round passes over one more disk, so this ends.
             let holding: BTreeSet<DiskId> = holding.iter().map(|(id, _)| *id).collect();

@@ -16,15 +16,18 @@
 //! - Every replica gets the same blocks under the same names. A commit writes its pages
 //!   and index on every replica and syncs them all before it writes the root, and syncs
 //!   the root before it returns: a root that is durable anywhere names only blocks that
-//!   are durable everywhere it was written.
+//!   are durable everywhere it was written. A replica that fails a write or a sync drops
+//!   out of the commit (it keeps its older root) and is reported in `Committed::failed`;
+//!   the commit fails only when no replica is left. Later commits go to the replicas that
+//!   hold the current root; `write_whole` starts a new generation on any set of replicas.
 //! - A block is only taken for the one its namer means: roots name indexes, indexes name
 //!   pages, each with its hash. A copy that does not verify is passed over for another
 //!   replica's, and rewritten from it; when no replica holds a good copy the read fails
 //!   with `StoreError::Lost` naming the block — never a wrong answer.
-//! - `open` takes the newest root that verifies on any replica. If a run it names cannot
-//!   be read on any replica, the store is refused by name, never opened older. Replicas
-//!   behind it are brought up to it; blocks no live root names (a crashed commit's, a
-//!   merge's inputs) are removed.
+//! - `open` takes the newest root that verifies on any replica, and changes nothing. If a
+//!   run it names cannot be read on any replica, the store is refused by name, never
+//!   opened older. `tidy` then brings replicas behind it up to it and removes the blocks
+//!   no live root names (a crashed commit's, a merge's inputs).
 //! - Page ids are never reused: a new page's id is above every id a root ever named and
 //!   every page any replica holds.
 //! - Memory: the runs' indexes (about 50 bytes a page) and the pending changes; decoded
@@ -87,6 +90,77 @@ pub enum StoreError {
     Lost { what: String, reasons: String },
     #[error("{device}: {error}")]
     Device { device: String, error: DeviceError },
+    #[error("no replica took the store commit: {0}")]
+    NoReplica(String),
+}
+
+/// A replica that dropped out of a commit.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReplicaFailure {
+    /// Its position in the replicas the commit was handed.
+    pub replica: usize,
+    pub device: String,
+    pub error: DeviceError,
+}
+
+/// What a commit, merge or whole write did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Committed {
+    pub stats: CommitStats,
+    /// Replicas that do not hold the new root.
+    pub failed: Vec<ReplicaFailure>,
+}
+
+/// The replicas a commit still writes to.
+struct Targets<'a, 'b> {
+    devices: &'a Devices<'b>,
+    alive: Vec<bool>,
+    failed: Vec<ReplicaFailure>,
+    stats: CommitStats,
+}
+
+impl<'a, 'b> Targets<'a, 'b> {
+    fn new(devices: &'a Devices<'b>) -> Self {
+        Targets { devices, alive: vec![true; devices.len()], failed: Vec::new(), stats: CommitStats::default() }
+    }
+
+    fn each(&mut self, op: impl Fn(&dyn BlockDevice) -> Result<(), DeviceError>) -> Result<(), StoreError> {
+        for (i, device) in self.devices.iter().enumerate() {
+            if self.alive[i] {
+                if let Err(error) = op(*device) {
+                    tracing::warn!(replica = %device.describe(), %error, "store replica dropped out of a commit");
+                    self.alive[i] = false;
+                    self.failed.push(ReplicaFailure { replica: i, device: device.describe(), error });
+                }
+            }
+        }
+        if self.alive.iter().any(|a| *a) {
+            return Ok(());
+        }
+        let all: Vec<String> = self.failed.iter().map(|f| format!("{}: {}", f.device, f.error)).collect();
+        Err(StoreError::NoReplica(all.join("; ")))
+    }
+
+    fn write(&mut self, name: BlockName, block: &[u8]) -> Result<(), StoreError> {
+        self.each(|device| device.write(name, block))?;
+        let alive = self.alive.iter().filter(|a| **a).count() as u64;
+        self.stats.blocks += alive;
+        self.stats.bytes += block.len() as u64 * alive;
+        Ok(())
+    }
+
+    fn sync(&mut self) -> Result<(), StoreError> {
+        self.each(|device| device.sync())
+    }
+
+    /// The replicas still in the commit.
+    fn living(&self) -> impl Iterator<Item = &dyn BlockDevice> + '_ {
+        self.devices.iter().zip(&self.alive).filter(|(_, a)| **a).map(|(d, _)| *d)
+    }
+
+    fn done(self) -> Committed {
+        Committed { stats: self.stats, failed: self.failed }
+    }
 }
 
 /// What a commit or merge wrote, over all replicas.
@@ -150,6 +224,9 @@ pub struct Store {
     pending: BTreeMap<Key, Option<Vec<u8>>>,
     pages: Pages,
     next_page: u64,
+    /// At `open`: the replicas (positions in the list it was handed) whose newest root
+    /// that verifies is the one opened.
+    holders: BTreeSet<usize>,
 }
 
 impl Store {
@@ -164,18 +241,62 @@ impl Store {
                 }
             }
         }
-        let root = Root { gen: 1, next_page: 0, runs: Vec::new(), payload };
-        write_all(devices, BlockName::StoreRoot { gen: 1 }, &page::encode_root(&root))?;
-        sync_all(devices)?;
+        let (store, _) = Store::write_whole(devices, config, None, std::iter::empty(), payload)?;
+        Ok(store)
+    }
+
+    /// Writes `entries` (ascending keys; deletions are dropped) as the store's only run,
+    /// in a generation above every root the replicas or `prior` hold, on every replica;
+    /// once that is durable, every older root and page on them is deleted. How a store is
+    /// first written, and written again whole on a new set of replicas.
+    pub fn write_whole(
+        devices: &Devices,
+        config: StoreConfig,
+        prior: Option<&Store>,
+        entries: impl IntoIterator<Item = Entry>,
+        payload: Vec<u8>,
+    ) -> Result<(Store, Committed), StoreError> {
+        assert!(!devices.is_empty());
+        let (mut gen, mut next_page) = prior.as_ref().map_or((0, 0), |p| (p.root.gen, p.next_page));
+        for device in devices {
+            let roots = device.list(BlockKind::StoreRoot).map_err(|error| device_error(*device, error))?;
+            if let Some(BlockName::StoreRoot { gen: newest }) = roots.last() {
+                gen = gen.max(*newest);
+            }
+            let pages = device.list(BlockKind::StorePage).map_err(|error| device_error(*device, error))?;
+            if let Some(BlockName::StorePage { id }) = pages.last() {
+                next_page = next_page.max(id + 1);
+            }
+        }
+        let mut targets = Targets::new(devices);
+        let mut writer = RunWriter::new(config.page_bytes, next_page);
+        let written =
+            entries.into_iter().filter(|(_, value)| value.is_some()).try_for_each(|e| writer.push(&mut targets, e));
+        let run = written.and_then(|()| writer.finish(&mut targets))?;
         let pages = Pages::new(config.cache_bytes);
-        Ok(Store { config, root, runs: Vec::new(), pending: BTreeMap::new(), pages, next_page: 0 })
+        let mut store = Store {
+            config,
+            root: Root { gen, next_page: writer.next_page, runs: Vec::new(), payload: Vec::new() },
+            runs: Vec::new(),
+            pending: BTreeMap::new(),
+            pages,
+            next_page: writer.next_page,
+            holders: BTreeSet::new(),
+        };
+        let root = Root { gen: gen + 1, next_page: writer.next_page, runs: Vec::new(), payload };
+        store.publish(&mut targets, root, run.into_iter().collect())?;
+        let live: BTreeSet<u64> = store.live_blocks().into_keys().collect();
+        for device in targets.living() {
+            remove_dead(device, &live, store.root.gen);
+        }
+        Ok((store, targets.done()))
     }
 
     /// Opens the store the replicas hold (see the module header for which root, and what
     /// is repaired and removed on the way).
     pub fn open(devices: &Devices, config: StoreConfig) -> Result<Store, StoreError> {
         assert!(!devices.is_empty());
-        let root = newest_root(devices)?;
+        let (root, holders) = newest_root(devices)?;
         let mut runs = Vec::with_capacity(root.runs.len());
         for named in &root.runs {
             let index = read_verified(devices, BlockName::StorePage { id: named.index }, |block| {
@@ -198,9 +319,13 @@ impl Store {
             }
         }
         let pages = Pages::new(config.cache_bytes);
-        let store = Store { config, root, runs, pending: BTreeMap::new(), pages, next_page };
-        store.tidy(devices)?;
-        Ok(store)
+        Ok(Store { config, root, runs, pending: BTreeMap::new(), pages, next_page, holders })
+    }
+
+    /// The replicas (positions in the list `open` was handed) whose newest root was the
+    /// one opened; empty for a store not opened.
+    pub fn holders(&self) -> &BTreeSet<usize> {
+        &self.holders
     }
 
     /// The value of `key`: the pending change, else the newest run's entry.
@@ -245,9 +370,19 @@ impl Store {
         })
     }
 
-    /// Makes the pending changes durable as one new run, with `payload` in the new root.
-    pub fn commit(&mut self, devices: &Devices, payload: Vec<u8>) -> Result<CommitStats, StoreError> {
-        let mut stats = CommitStats::default();
+    /// `scan` without keeping the pages it reads in the cache: a whole read of the store.
+    pub fn scan_cold(&self, devices: &Devices, visit: &mut dyn FnMut(&[u8], &[u8]) -> bool) -> Result<(), StoreError> {
+        self.walk(devices, &self.runs, true, &[], None, &mut |(key, value)| match value {
+            Some(value) => Ok(visit(&key, &value)),
+            None => Ok(true),
+        })
+    }
+
+    /// Makes the pending changes durable as one new run, with `payload` in the new root,
+    /// on every replica that holds the current root (see the module header for one that
+    /// fails). On an error the changes stay pending.
+    pub fn commit(&mut self, devices: &Devices, payload: Vec<u8>) -> Result<Committed, StoreError> {
+        let mut targets = Targets::new(devices);
         let mut runs = self.runs.clone();
         // With no older run, a deletion shadows nothing.
         let keep_deletions = !self.runs.is_empty();
@@ -256,15 +391,15 @@ impl Store {
             .pending
             .iter()
             .filter(|(_, value)| value.is_some() || keep_deletions)
-            .try_for_each(|(key, value)| writer.push(devices, (key.clone(), value.clone()), &mut stats));
-        let written = written.and_then(|()| writer.finish(devices, &mut stats));
+            .try_for_each(|(key, value)| writer.push(&mut targets, (key.clone(), value.clone())));
+        let written = written.and_then(|()| writer.finish(&mut targets));
         // Ids are spent even when the commit fails: its blocks may be on some replica.
         self.next_page = writer.next_page;
         runs.extend(written?);
         let root = Root { gen: self.root.gen + 1, next_page: self.next_page, runs: Vec::new(), payload };
-        self.publish(devices, root, runs, &mut stats)?;
+        self.publish(&mut targets, root, runs)?;
         self.pending.clear();
-        Ok(stats)
+        Ok(targets.done())
     }
 
     /// Whether `merge` has runs to fold now.
@@ -274,10 +409,10 @@ impl Store {
 
     /// Folds the newest runs into one (see `merge_ratio`), in a commit of its own that
     /// keeps the root's payload; the folded runs' blocks are deleted once it is durable.
-    pub fn merge(&mut self, devices: &Devices) -> Result<CommitStats, StoreError> {
-        let mut stats = CommitStats::default();
+    pub fn merge(&mut self, devices: &Devices) -> Result<Committed, StoreError> {
+        let mut targets = Targets::new(devices);
         let Some(from) = self.merge_from() else {
-            return Ok(stats);
+            return Ok(targets.done());
         };
         let inputs = self.runs[from..].to_vec();
         // Folded into the oldest run, a deletion has nothing left to shadow.
@@ -285,11 +420,11 @@ impl Store {
         let mut writer = RunWriter::new(self.config.page_bytes, self.next_page);
         let walked = self.walk(devices, &inputs, false, &[], None, &mut |entry| {
             if entry.1.is_some() || keep_deletions {
-                writer.push(devices, entry, &mut stats)?;
+                writer.push(&mut targets, entry)?;
             }
             Ok(true)
         });
-        let written = walked.and_then(|()| writer.finish(devices, &mut stats));
+        let written = walked.and_then(|()| writer.finish(&mut targets));
         self.next_page = writer.next_page;
         let written = written?;
         let mut runs = self.runs[..from].to_vec();
@@ -300,14 +435,14 @@ impl Store {
             runs: Vec::new(),
             payload: self.root.payload.clone(),
         };
-        self.publish(devices, root, runs, &mut stats)?;
+        self.publish(&mut targets, root, runs)?;
         for run in inputs {
             for id in run.index.pages.iter().map(|p| p.id).chain([run.named.index]) {
                 self.pages.cache.remove(&id);
-                delete_all(devices, BlockName::StorePage { id });
+                delete_all(targets.living(), BlockName::StorePage { id });
             }
         }
-        Ok(stats)
+        Ok(targets.done())
     }
 
     /// The payload of the last commit.
@@ -342,13 +477,7 @@ impl Store {
 
     /// Writes `root`, naming `runs`, on every replica and syncs it; the previous root is
     /// then deleted (a crash that keeps it leaves an older root, which `open` passes over).
-    fn publish(
-        &mut self,
-        devices: &Devices,
-        mut root: Root,
-        runs: Vec<Arc<Run>>,
-        stats: &mut CommitStats,
-    ) -> Result<(), StoreError> {
+    fn publish(&mut self, targets: &mut Targets, mut root: Root, runs: Vec<Arc<Run>>) -> Result<(), StoreError> {
         root.runs = runs.iter().map(|run| run.named.clone()).collect();
         // Pages and indexes are durable everywhere before a root names them.
         #[cfg(feature = "sabotage")]
@@ -356,17 +485,24 @@ impl Store {
         #[cfg(not(feature = "sabotage"))]
         let sabotaged = false;
         if !sabotaged {
-            sync_all(devices)?;
+            targets.sync()?;
         }
-        let block = page::encode_root(&root);
-        write_all(devices, BlockName::StoreRoot { gen: root.gen }, &block)?;
-        stats.blocks += devices.len() as u64;
-        stats.bytes += (block.len() * devices.len()) as u64;
-        sync_all(devices)?;
+        targets.write(BlockName::StoreRoot { gen: root.gen }, &page::encode_root(&root))?;
+        targets.sync()?;
         let old = std::mem::replace(&mut self.root, root);
         self.runs = runs;
-        delete_all(devices, BlockName::StoreRoot { gen: old.gen });
+        delete_all(targets.living(), BlockName::StoreRoot { gen: old.gen });
         Ok(())
+    }
+
+    /// Every block the root names, by id: its hash, and whether it is a run's index.
+    fn live_blocks(&self) -> BTreeMap<u64, ([u8; 32], bool)> {
+        let mut live = BTreeMap::new();
+        for run in &self.runs {
+            live.insert(run.named.index, (run.named.hash, true));
+            live.extend(run.index.pages.iter().map(|p| (p.id, (p.hash, false))));
+        }
+        live
     }
 
     /// The first run of the newest ones `merge` would fold, if it would fold any.
@@ -438,55 +574,60 @@ impl Store {
         }
     }
 
-    /// Brings every replica to the open root: copies what a replica lacks of it from
-    /// another, and removes roots and pages the open root does not name.
-    fn tidy(&self, devices: &Devices) -> Result<(), StoreError> {
-        let mut live: BTreeMap<u64, ([u8; 32], bool)> = BTreeMap::new();
-        for run in &self.runs {
-            live.insert(run.named.index, (run.named.hash, true));
-            live.extend(run.index.pages.iter().map(|p| (p.id, (p.hash, false))));
-        }
+    /// Brings every replica to the current root: copies what a replica lacks of it from
+    /// another, and removes roots and pages the root does not name. `open` leaves this to
+    /// its caller, who knows which replicas should hold the store. Returns the replicas
+    /// that could not be brought up (the others hold the root).
+    pub fn tidy(&self, devices: &Devices) -> Vec<ReplicaFailure> {
+        let live = self.live_blocks();
+        let live_ids: BTreeSet<u64> = live.keys().copied().collect();
         let root_block = page::encode_root(&self.root);
         let root_name = BlockName::StoreRoot { gen: self.root.gen };
-        for device in devices {
-            let held: BTreeSet<BlockName> =
-                device.list(BlockKind::StorePage).map_err(|error| device_error(*device, error))?.into_iter().collect();
-            let holds_root = device.read(root_name).is_ok_and(|block| block == root_block);
-            if !holds_root {
-                let mut copied = 0u64;
-                for (&id, &(hash, is_index)) in &live {
-                    let name = BlockName::StorePage { id };
-                    if held.contains(&name) {
-                        continue;
-                    }
-                    let block = read_verified(devices, name, |block| {
-                        if is_index {
-                            page::decode_index(block, &hash).map(|_| ())
-                        } else {
-                            page::decode_page(block, &hash).map(|_| ())
+        let mut failed = Vec::new();
+        for (replica, device) in devices.iter().enumerate() {
+            let brought = (|| -> Result<(), StoreError> {
+                let held: BTreeSet<BlockName> = device
+                    .list(BlockKind::StorePage)
+                    .map_err(|error| device_error(*device, error))?
+                    .into_iter()
+                    .collect();
+                if !device.read(root_name).is_ok_and(|block| block == root_block) {
+                    // A replica behind may hold pages of another history under the same
+                    // ids: each live page it holds is checked, and copied if it is not
+                    // the one the root means.
+                    let mut copied = 0u64;
+                    for (&id, &(hash, is_index)) in &live {
+                        let name = BlockName::StorePage { id };
+                        let verify = |block: &[u8]| {
+                            if is_index {
+                                page::decode_index(block, &hash).map(|_| ())
+                            } else {
+                                page::decode_page(block, &hash).map(|_| ())
+                            }
+                        };
+                        if held.contains(&name) && device.read(name).is_ok_and(|block| verify(&block).is_ok()) {
+                            continue;
                         }
-                        .map(|()| block.to_vec())
-                    })?;
-                    device.write(name, &block).map_err(|error| device_error(*device, error))?;
-                    copied += 1;
+                        let block = read_verified(devices, name, |block| verify(block).map(|()| block.to_vec()))?;
+                        device.write(name, &block).map_err(|error| device_error(*device, error))?;
+                        copied += 1;
+                    }
+                    device.sync().map_err(|error| device_error(*device, error))?;
+                    device.write(root_name, &root_block).map_err(|error| device_error(*device, error))?;
+                    tracing::info!(replica = %device.describe(), copied, gen = self.root.gen, "store replica brought up to the root");
                 }
-                device.sync().map_err(|error| device_error(*device, error))?;
-                device.write(root_name, &root_block).map_err(|error| device_error(*device, error))?;
-                tracing::info!(replica = %device.describe(), copied, gen = self.root.gen, "store replica brought up to the open root");
+                remove_dead(*device, &live_ids, self.root.gen);
+                device.sync().map_err(|error| device_error(*device, error))
+            })();
+            if let Err(error) = brought {
+                let error = match error {
+                    StoreError::Device { error, .. } => error,
+                    other => DeviceError::Io(other.to_string()),
+                };
+                failed.push(ReplicaFailure { replica, device: device.describe(), error });
             }
-            for name in held {
-                if matches!(name, BlockName::StorePage { id } if !live.contains_key(&id)) {
-                    device.delete(name).map_err(|error| device_error(*device, error))?;
-                }
-            }
-            for name in device.list(BlockKind::StoreRoot).map_err(|error| device_error(*device, error))? {
-                if name != root_name {
-                    device.delete(name).map_err(|error| device_error(*device, error))?;
-                }
-            }
-            device.sync().map_err(|error| device_error(*device, error))?;
         }
-        Ok(())
+        failed
     }
 }
 
@@ -551,21 +692,19 @@ impl RunWriter {
         RunWriter { cutter: PageCutter::new(page_bytes), pages: Vec::new(), entries: 0, last: None, next_page }
     }
 
-    fn push(&mut self, devices: &Devices, entry: Entry, stats: &mut CommitStats) -> Result<(), StoreError> {
+    fn push(&mut self, targets: &mut Targets, entry: Entry) -> Result<(), StoreError> {
         self.entries += 1;
         self.last = Some(entry.0.clone());
         if let Some(page) = self.cutter.push(entry) {
-            self.write_page(devices, page, stats)?;
+            self.write_page(targets, page)?;
         }
         Ok(())
     }
 
-    fn write_page(&mut self, devices: &Devices, page: Page, stats: &mut CommitStats) -> Result<(), StoreError> {
+    fn write_page(&mut self, targets: &mut Targets, page: Page) -> Result<(), StoreError> {
         let (block, hash) = page::encode_page(&page);
         let id = self.take_id();
-        write_all(devices, BlockName::StorePage { id }, &block)?;
-        stats.blocks += devices.len() as u64;
-        stats.bytes += (block.len() * devices.len()) as u64;
+        targets.write(BlockName::StorePage { id }, &block)?;
         let first = page.entries.into_iter().next().map(|(k, _)| k).unwrap_or_default();
         self.pages.push(PageRef { id, first, hash, bytes: block.len() as u32 });
         Ok(())
@@ -577,9 +716,9 @@ impl RunWriter {
     }
 
     /// Writes the last page and the index; the run, or none when it had no entries.
-    fn finish(&mut self, devices: &Devices, stats: &mut CommitStats) -> Result<Option<Arc<Run>>, StoreError> {
+    fn finish(&mut self, targets: &mut Targets) -> Result<Option<Arc<Run>>, StoreError> {
         if let Some(page) = std::mem::replace(&mut self.cutter, PageCutter::new(1)).finish() {
-            self.write_page(devices, page, stats)?;
+            self.write_page(targets, page)?;
         }
         let Some(last) = self.last.take() else {
             return Ok(None);
@@ -587,19 +726,18 @@ impl RunWriter {
         let index = RunIndex { pages: std::mem::take(&mut self.pages), last, entries: self.entries };
         let (block, hash) = page::encode_index(&index);
         let id = self.take_id();
-        write_all(devices, BlockName::StorePage { id }, &block)?;
-        stats.blocks += devices.len() as u64;
-        stats.bytes += (block.len() * devices.len()) as u64;
+        targets.write(BlockName::StorePage { id }, &block)?;
         let named = RunRef { index: id, hash, bytes: index.bytes(), entries: index.entries };
         Ok(Some(Arc::new(Run { named, index })))
     }
 }
 
-/// The newest root that verifies on any replica.
-fn newest_root(devices: &Devices) -> Result<Root, StoreError> {
-    let mut best: Option<Root> = None;
+/// The newest root that verifies on any replica, and the replicas whose newest root
+/// that verifies it is.
+fn newest_root(devices: &Devices) -> Result<(Root, BTreeSet<usize>), StoreError> {
+    let mut newest: Vec<Option<Root>> = vec![None; devices.len()];
     let mut reasons = Vec::new();
-    for device in devices {
+    for (slot, device) in devices.iter().enumerate() {
         let names = match device.list(BlockKind::StoreRoot) {
             Ok(names) => names,
             Err(error) => {
@@ -614,17 +752,26 @@ fn newest_root(devices: &Devices) -> Result<Root, StoreError> {
                 .and_then(|block| page::decode_root(&block).map_err(|e| e.to_string()));
             match decoded {
                 Ok(root) => {
-                    if best.as_ref().is_none_or(|b| root.gen > b.gen) {
-                        best = Some(root);
-                    }
+                    newest[slot] = Some(root);
                     break;
                 }
                 Err(e) => reasons.push(format!("{} {name}: {e}", device.describe())),
             }
         }
     }
+    // Among roots of one generation but other content (another history's), the first
+    // replica's wins: the others are not holders, and `tidy` rewrites them.
+    let mut best: Option<Root> = None;
+    for root in newest.iter().flatten() {
+        if best.as_ref().is_none_or(|b| root.gen > b.gen) {
+            best = Some(root.clone());
+        }
+    }
     match best {
-        Some(root) => Ok(root),
+        Some(root) => {
+            let holders = (0..devices.len()).filter(|i| newest[*i].as_ref() == Some(&root)).collect();
+            Ok((root, holders))
+        }
         None if reasons.is_empty() => Err(StoreError::Missing(devices.len())),
         None => Err(StoreError::Lost { what: "every store root".into(), reasons: reasons.join("; ") }),
     }
@@ -671,24 +818,26 @@ fn read_verified<T>(
     Err(StoreError::Lost { what: format!("store block {name}"), reasons: reasons.join("; ") })
 }
 
-fn write_all(devices: &Devices, name: BlockName, block: &[u8]) -> Result<(), StoreError> {
-    for device in devices {
-        device.write(name, block).map_err(|error| device_error(*device, error))?;
-    }
-    Ok(())
-}
-
-fn sync_all(devices: &Devices) -> Result<(), StoreError> {
-    for device in devices {
-        device.sync().map_err(|error| device_error(*device, error))?;
-    }
-    Ok(())
-}
-
 /// Deletes a block no root names any more; a replica that fails keeps it as garbage
 /// for the next `open`.
-fn delete_all(devices: &Devices, name: BlockName) {
+fn delete_all<'a>(devices: impl Iterator<Item = &'a dyn BlockDevice>, name: BlockName) {
     for device in devices {
+        if let Err(error) = device.delete(name) {
+            tracing::warn!(replica = %device.describe(), %name, %error, "could not delete a dead store block");
+        }
+    }
+}
+
+/// Deletes from `device` every root but `gen` and every page not in `live`; a block that
+/// cannot be deleted stays as garbage for a later `tidy`.
+fn remove_dead(device: &dyn BlockDevice, live: &BTreeSet<u64>, gen: u64) {
+    let dead_pages = device.list(BlockKind::StorePage).into_iter().flatten().filter(|name| match name {
+        BlockName::StorePage { id } => !live.contains(id),
+        _ => false,
+    });
+    let old_roots =
+        device.list(BlockKind::StoreRoot).into_iter().flatten().filter(|name| *name != BlockName::StoreRoot { gen });
+    for name in dead_pages.chain(old_roots).collect::<Vec<_>>() {
         if let Err(error) = device.delete(name) {
             tracing::warn!(replica = %device.describe(), %name, %error, "could not delete a dead store block");
         }
