@@ -62,8 +62,8 @@ fn a_checkpoint_writes_what_changed_and_a_reopen_reads_the_state_back_from_the_s
 /// Bytes of the state's tables as store entries, times the replicas: what a checkpoint
 /// of all of it writes, give or take page framing.
 fn state_bytes(t: &mut TestPool) -> u64 {
-    let mut state = t.pool().state().clone();
-    let entries = dfs_engine::meta::paged::entries(&mut state);
+    let state = t.pool().state().clone();
+    let entries = dfs_engine::meta::paged::entries(&state);
     let replicas = t.pool().journal_disks().len() as u64;
-    replicas * entries.iter().map(|(k, v)| (k.len() + v.as_ref().map_or(0, Vec::len)) as u64).sum::<u64>()
+    replicas * entries.map(|(k, v)| (k.len() + v.as_ref().map_or(0, Vec::len)) as u64).sum::<u64>()
 }

@@ -225,13 +225,42 @@ pub fn replicas_agree(world: &World) -> Result<(), String> {
         match journal::recover(&[device.as_ref()], &dfs_engine::meta::store::StoreConfig::default()) {
             Ok(Some(recovered)) if recovered.state == *state => {}
             Ok(Some(recovered)) => {
-                return Err(format!("replica on {disk} recovers to a different state (seq {})", recovered.tip.seq))
+                return Err(format!(
+                    "replica on {disk} recovers to a different state (seq {}; differs in {})",
+                    recovered.tip.seq,
+                    differences(&recovered.state, state).join(", ")
+                ))
             }
             Ok(None) => return Err(format!("replica on {disk} holds no metadata")),
             Err(e) => return Err(format!("replica on {disk}: {e}")),
         }
     }
     Ok(())
+}
+
+/// The parts in which two states differ, by name.
+fn differences(a: &dfs_engine::meta::state::MetaState, b: &dfs_engine::meta::state::MetaState) -> Vec<&'static str> {
+    let mut out = Vec::new();
+    let mut differ = |name: &'static str, same: bool| {
+        if !same {
+            out.push(name);
+        }
+    };
+    differ("inodes", a.inodes == b.inodes);
+    differ("dirs", a.dirs == b.dirs);
+    differ("file_extents", a.file_extents == b.file_extents);
+    differ("extents", a.extents == b.extents);
+    differ("temperature", a.temperature == b.temperature);
+    differ("scrubbed", a.scrubbed == b.scrubbed);
+    differ("xattrs", a.xattrs == b.xattrs);
+    differ("layers", a.layers == b.layers);
+    differ("disks", a.disks == b.disks);
+    differ("offline", a.offline == b.offline);
+    differ("owed", a.owed == b.owed);
+    if out.is_empty() {
+        out.push("the rest of the state");
+    }
+    out
 }
 
 /// Invariant 4: the structural checks, including distinct disks per extent.

@@ -281,3 +281,46 @@ fn a_store_is_created_once_and_missing_stores_are_named() {
     Store::create(&devices, config(), Vec::new()).unwrap();
     assert!(matches!(Store::create(&devices, config(), Vec::new()), Err(StoreError::Exists(d)) if d == "d0"));
 }
+
+#[test]
+fn a_replica_that_fails_drops_out_of_the_commit_and_a_whole_write_starts_a_new_generation_anywhere() {
+    let switch = CrashSwitch::new();
+    let disks: Vec<FaultyDevice<MemDisk>> =
+        (0..3).map(|i| FaultyDevice::new(MemDisk::new(format!("d{i}"), 1 << 30), switch.clone(), None)).collect();
+    let devices: Vec<&dyn BlockDevice> = disks.iter().map(|d| d as &dyn BlockDevice).collect();
+    let mut store = Store::create(&devices, config(), b"a".to_vec()).unwrap();
+    let model: Model = (0..40).map(|k| (key(k), value(k as u8))).collect();
+    for (k, v) in &model {
+        store.put(k.clone(), v.clone());
+    }
+    disks[1].inject(&dfs_faults::Fault::Die);
+    let committed = store.commit(&devices, b"b".to_vec()).unwrap();
+    assert_eq!(committed.failed.iter().map(|f| f.replica).collect::<Vec<_>>(), vec![1]);
+    let reopened = Store::open(&devices, config()).unwrap();
+    assert_eq!(reopened.holders().iter().copied().collect::<Vec<_>>(), vec![0, 2]);
+    assert_eq!((reopened.payload(), contents(&reopened, &devices).unwrap()), (&b"b"[..], model.clone()));
+
+    // Every replica down: the commit fails, its changes stay pending for the next one.
+    for disk in [&disks[0], &disks[2]] {
+        disk.inject(&dfs_faults::Fault::Die);
+    }
+    store.put(key(99), value(9));
+    assert!(matches!(store.commit(&devices, b"c".to_vec()), Err(StoreError::NoReplica(_))));
+    assert_eq!(store.pending(), 1);
+
+    // A whole write on a new set (a fresh disk and one holder) starts above every root.
+    let fresh = MemDisk::new("d3", 1 << 30);
+    let survivor = MemDisk::new("d4", 1 << 30);
+    let old = Store::create(&[&survivor as &dyn BlockDevice], config(), Vec::new()).unwrap();
+    let set: Vec<&dyn BlockDevice> = vec![&fresh, &survivor];
+    let entries: Vec<_> = model.iter().map(|(k, v)| (k.clone(), Some(v.clone()))).collect();
+    let (whole, written) = Store::write_whole(&set, config(), Some(&old), entries, b"w".to_vec()).unwrap();
+    assert!(written.failed.is_empty());
+    assert!(whole.generation() > old.generation());
+    for disk in [&fresh, &survivor] {
+        assert_eq!(disk.list(BlockKind::StorePage).unwrap().len() as u64, whole.blocks(), "only the new run's blocks");
+        assert_eq!(disk.list(BlockKind::StoreRoot).unwrap(), vec![BlockName::StoreRoot { gen: whole.generation() }]);
+    }
+    let alone = Store::open(&[&fresh as &dyn BlockDevice], config()).unwrap();
+    assert_eq!(contents(&alone, &[&fresh]).unwrap(), model);
+}

@@ -67,39 +67,49 @@ pub struct Head {
     pub state: MetaState,
 }
 
+/// Each paged table's tag: the first byte of its keys. Never reused for another table.
+const INODES: u8 = 1;
+const DIRS: u8 = 2;
+const FILE_EXTENTS: u8 = 3;
+const EXTENTS: u8 = 4;
+const TEMPERATURE: u8 = 5;
+const SCRUBBED: u8 = 6;
+const XATTRS: u8 = 7;
+const LAYERS: u8 = 8;
+
 /// Calls `$body` once per paged table with `$tag` (its key prefix) and `$field`.
 macro_rules! each_table {
     ($state:expr, |$tag:ident, $field:ident| $body:block) => {{
         {
-            let ($tag, $field) = (1u8, &mut $state.inodes);
+            let ($tag, $field) = (INODES, &mut $state.inodes);
             $body
         }
         {
-            let ($tag, $field) = (2u8, &mut $state.dirs);
+            let ($tag, $field) = (DIRS, &mut $state.dirs);
             $body
         }
         {
-            let ($tag, $field) = (3u8, &mut $state.file_extents);
+            let ($tag, $field) = (FILE_EXTENTS, &mut $state.file_extents);
             $body
         }
         {
-            let ($tag, $field) = (4u8, &mut $state.extents);
+            let ($tag, $field) = (EXTENTS, &mut $state.extents);
             $body
         }
         {
-            let ($tag, $field) = (5u8, &mut $state.temperature);
+            let ($tag, $field) = (TEMPERATURE, &mut $state.temperature);
             $body
         }
         {
-            let ($tag, $field) = (6u8, &mut $state.scrubbed);
+            let ($tag, $field) = (SCRUBBED, &mut $state.scrubbed);
             $body
         }
         {
-            let ($tag, $field) = (7u8, &mut $state.xattrs);
+            let ($tag, $field) = (XATTRS, &mut $state.xattrs);
             $body
         }
         {
-            let ($tag, $field) = (8u8, &mut $state.layers);
+            let ($tag, $field) = (LAYERS, &mut $state.layers);
             $body
         }
     }};
@@ -123,9 +133,8 @@ fn changes_of<K: TableKey, V: Serialize>(tag: u8, table: &mut Tracked<K, V>, out
     }
 }
 
-fn entries_of<K: TableKey, V: Serialize>(tag: u8, table: &mut Tracked<K, V>, out: &mut Vec<Entry>) {
-    table.take_dirty();
-    out.extend(table.iter().map(|(key, value)| (key_of(tag, key), Some(value_of(value)))));
+fn entries_of<K: TableKey, V: Serialize>(tag: u8, table: &Tracked<K, V>) -> impl Iterator<Item = Entry> + '_ {
+    table.iter().map(move |(key, value)| (key_of(tag, key), Some(value_of(value))))
 }
 
 /// The entries the tables changed since the last call (a deletion as `None`), in key
@@ -137,12 +146,24 @@ pub fn changes(state: &mut MetaState) -> Vec<Entry> {
     out
 }
 
-/// Every entry of the tables, in key order; the tables are clean after.
-pub fn entries(state: &mut MetaState) -> Vec<Entry> {
-    let mut out = Vec::new();
-    each_table!(state, |tag, table| { entries_of(tag, table, &mut out) });
-    debug_assert!(out.windows(2).all(|w| w[0].0 < w[1].0));
-    out
+/// Every entry of the tables, in key order, encoded as it is taken. The tables stay as
+/// marked: `mark_clean` once the entries are durable.
+pub fn entries(state: &MetaState) -> impl Iterator<Item = Entry> + '_ {
+    entries_of(INODES, &state.inodes)
+        .chain(entries_of(DIRS, &state.dirs))
+        .chain(entries_of(FILE_EXTENTS, &state.file_extents))
+        .chain(entries_of(EXTENTS, &state.extents))
+        .chain(entries_of(TEMPERATURE, &state.temperature))
+        .chain(entries_of(SCRUBBED, &state.scrubbed))
+        .chain(entries_of(XATTRS, &state.xattrs))
+        .chain(entries_of(LAYERS, &state.layers))
+}
+
+/// Forgets every table's changes: the whole state is durable as it is.
+pub fn mark_clean(state: &mut MetaState) {
+    each_table!(state, |_tag, table| {
+        table.take_dirty();
+    });
 }
 
 /// The head of `state` at the tip `(seq, tip_hash)`, encoded: the state without its
@@ -233,15 +254,15 @@ fn add_to<K: TableKey, V: for<'de> Deserialize<'de>>(
 impl Tables {
     fn add(&mut self, key: &[u8], value: &[u8]) -> Result<(), String> {
         let (tag, rest) = key.split_first().ok_or("empty key")?;
-        match tag {
-            1 => add_to(&mut self.inodes, rest, value),
-            2 => add_to(&mut self.dirs, rest, value),
-            3 => add_to(&mut self.file_extents, rest, value),
-            4 => add_to(&mut self.extents, rest, value),
-            5 => add_to(&mut self.temperature, rest, value),
-            6 => add_to(&mut self.scrubbed, rest, value),
-            7 => add_to(&mut self.xattrs, rest, value),
-            8 => add_to(&mut self.layers, rest, value),
+        match *tag {
+            INODES => add_to(&mut self.inodes, rest, value),
+            DIRS => add_to(&mut self.dirs, rest, value),
+            FILE_EXTENTS => add_to(&mut self.file_extents, rest, value),
+            EXTENTS => add_to(&mut self.extents, rest, value),
+            TEMPERATURE => add_to(&mut self.temperature, rest, value),
+            SCRUBBED => add_to(&mut self.scrubbed, rest, value),
+            XATTRS => add_to(&mut self.xattrs, rest, value),
+            LAYERS => add_to(&mut self.layers, rest, value),
             other => Err(format!("no table has tag {other}")),
         }
     }

@@ -573,11 +573,30 @@ impl Pool {
         let members: BTreeSet<DiskId> = ids.iter().copied().collect();
         let payload = crate::meta::paged::encode_head(self.tip.seq, self.tip.hash, &mut self.state);
         self.reached(CommitPhase::CheckpointWritten);
+        // Members that joined since the last checkpoint get the store's blocks copied from
+        // the holders (`tidy`); only with no holder left is the whole state written anew.
+        let joining: Vec<DiskId> = ids.iter().filter(|id| !self.store_members.contains(id)).copied().collect();
+        if let Some(store) = self
+            .store
+            .as_ref()
+            .filter(|_| !joining.is_empty() && members.iter().any(|id| self.store_members.contains(id)))
+        {
+            let failed = store.tidy(&targets);
+            for failure in &failed {
+                tracing::warn!(disk = %ids[failure.replica], error = %failure.error, "metadata store replica not brought up");
+            }
+            let out: BTreeSet<usize> = failed.iter().map(|f| f.replica).collect();
+            self.store_members = ids.iter().enumerate().filter(|(i, _)| !out.contains(i)).map(|(_, id)| *id).collect();
+        }
         let whole = self.store.is_none() || !members.is_subset(&self.store_members);
         let written = if whole {
-            let entries = crate::meta::paged::entries(&mut self.state);
             let config = self.options.metadata_store.clone();
-            Store::write_whole(&targets, config, self.store.as_ref(), entries, payload).map(|(store, committed)| {
+            let entries = crate::meta::paged::entries(&self.state);
+            let written = Store::write_whole(&targets, config, self.store.as_ref(), entries, payload);
+            // The changes stay marked until the whole state is durable: should this fail
+            // and a later checkpoint commit to the old store, they are still owed to it.
+            written.map(|(store, committed)| {
+                crate::meta::paged::mark_clean(&mut self.state);
                 self.store = Some(store);
                 committed
             })

@@ -128,17 +128,26 @@ impl<'a, 'b> Targets<'a, 'b> {
         for (i, device) in self.devices.iter().enumerate() {
             if self.alive[i] {
                 if let Err(error) = op(*device) {
-                    tracing::warn!(replica = %device.describe(), %error, "store replica dropped out of a commit");
-                    self.alive[i] = false;
-                    self.failed.push(ReplicaFailure { replica: i, device: device.describe(), error });
+                    self.drop_out(i, error);
                 }
             }
         }
         if self.alive.iter().any(|a| *a) {
             return Ok(());
         }
+        Err(self.none_left())
+    }
+
+    fn drop_out(&mut self, replica: usize, error: DeviceError) {
+        let device = self.devices[replica].describe();
+        tracing::warn!(replica = %device, %error, "store replica dropped out of a commit");
+        self.alive[replica] = false;
+        self.failed.push(ReplicaFailure { replica, device, error });
+    }
+
+    fn none_left(&self) -> StoreError {
         let all: Vec<String> = self.failed.iter().map(|f| format!("{}: {}", f.device, f.error)).collect();
-        Err(StoreError::NoReplica(all.join("; ")))
+        StoreError::NoReplica(all.join("; "))
     }
 
     fn write(&mut self, name: BlockName, block: &[u8]) -> Result<(), StoreError> {
@@ -258,17 +267,26 @@ impl Store {
     ) -> Result<(Store, Committed), StoreError> {
         assert!(!devices.is_empty());
         let (mut gen, mut next_page) = prior.as_ref().map_or((0, 0), |p| (p.root.gen, p.next_page));
-        for device in devices {
-            let roots = device.list(BlockKind::StoreRoot).map_err(|error| device_error(*device, error))?;
-            if let Some(BlockName::StoreRoot { gen: newest }) = roots.last() {
-                gen = gen.max(*newest);
-            }
-            let pages = device.list(BlockKind::StorePage).map_err(|error| device_error(*device, error))?;
-            if let Some(BlockName::StorePage { id }) = pages.last() {
-                next_page = next_page.max(id + 1);
+        // A replica that cannot be listed might hold a newer root than this write's: it
+        // drops out before anything is written.
+        let mut targets = Targets::new(devices);
+        for (i, device) in devices.iter().enumerate() {
+            let listed = device.list(BlockKind::StoreRoot).and_then(|r| Ok((r, device.list(BlockKind::StorePage)?)));
+            match listed {
+                Ok((roots, pages)) => {
+                    if let Some(BlockName::StoreRoot { gen: newest }) = roots.last() {
+                        gen = gen.max(*newest);
+                    }
+                    if let Some(BlockName::StorePage { id }) = pages.last() {
+                        next_page = next_page.max(id + 1);
+                    }
+                }
+                Err(error) => targets.drop_out(i, error),
             }
         }
-        let mut targets = Targets::new(devices);
+        if !targets.alive.iter().any(|a| *a) {
+            return Err(targets.none_left());
+        }
         let mut writer = RunWriter::new(config.page_bytes, next_page);
         let written =
             entries.into_iter().filter(|(_, value)| value.is_some()).try_for_each(|e| writer.push(&mut targets, e));
@@ -592,6 +610,12 @@ impl Store {
                     .into_iter()
                     .collect();
                 if !device.read(root_name).is_ok_and(|block| block == root_block) {
+                    // Its own roots go first, durably: should it hold one of another
+                    // history numbered above this one, a crash while it is brought up
+                    // must not leave that root for recovery to prefer.
+                    remove_dead(*device, &live_ids, self.root.gen);
+                    device.delete(root_name).map_err(|error| device_error(*device, error))?;
+                    device.sync().map_err(|error| device_error(*device, error))?;
                     // A replica behind may hold pages of another history under the same
                     // ids: each live page it holds is checked, and copied if it is not
                     // the one the root means.
