@@ -131,6 +131,11 @@ pub(crate) fn families(snapshot: &MetricsSnapshot) -> Vec<MetricFamily> {
             "Bytes of metadata checkpoints written, summed over replicas.",
             c.checkpoint_bytes,
         ),
+        (
+            "dynamicfs_metadata_store_merges_total",
+            "Runs of the paged metadata store folded into one after a checkpoint.",
+            c.store_merges,
+        ),
         ("dynamicfs_extents_written_total", "Extents written.", c.extents_written),
         ("dynamicfs_extents_read_total", "Extents fetched from fragments.", c.extents_read),
         ("dynamicfs_degraded_reads_total", "Extent reads that met a bad or missing fragment.", c.degraded_reads),

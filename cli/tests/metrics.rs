@@ -79,6 +79,8 @@ fn metrics_after_a_known_workload_are_exact_and_health_follows_a_disk_failure() 
     // 1.5 MB and 2.1 MB make 2 and 3 extents, 300 kB one: six extents of erasure:2+1.
     assert_eq!(sample(&text, "dynamicfs_extents_written_total"), Some(6.0));
     assert!(sample(&text, "dynamicfs_journal_bytes_total").is_some_and(|b| b > 0.0), "{text}");
+    // A few records since the daemon opened the pool: nothing for the store to merge.
+    assert_eq!(sample(&text, "dynamicfs_metadata_store_merges_total"), Some(0.0), "{text}");
     assert_eq!(sample(&text, r#"dynamicfs_extents_by_policy{policy="erasure:2+1"}"#), Some(6.0));
     assert_eq!(sample(&text, r#"dynamicfs_extent_bytes_by_policy{policy="erasure:2+1"}"#), Some(total as f64));
     assert_eq!(sample(&text, r#"dynamicfs_extents_by_health{health="healthy"}"#), Some(6.0));

@@ -102,6 +102,34 @@ fn install_older_format<C: serde::Serialize>(
     );
 }
 
+/// Replaces the metadata of `t` (closed, holding `state`) with what a build of `format`
+/// (4 to 7, whose checkpoint is the current structure) would have left: a checkpoint of
+/// `state`, then a record setting `f`'s mode to `mode`. Reopens it and checks that it was
+/// upgraded and the record replayed.
+fn upgraded_from_current_structure(t: &mut TestPool, state: &MetaState, f: Ino, format: u8, mode: u32) {
+    let seq = u64::from(format) * 1_000_000;
+    let tip_hash = [format; 32];
+    let checkpoint = (seq, tip_hash, Checkpoint { seq, tip_hash, state: state.clone() });
+    let mut inode = state.inodes[&f].clone();
+    inode.mode = mode;
+    install_older_format(t, format, &checkpoint, inode);
+    if format == 4 {
+        assert!(!t.disk_path(0).join(dfs_engine::media::journal_log::LOG_DIR).exists());
+    }
+    let report = t.reopen();
+    assert_eq!(report.upgraded_from, Some(format));
+    assert_eq!(t.pool().getattr(f).unwrap().mode, mode, "the format-{format} record was replayed");
+}
+
+/// Closes `t` and checks that each journal disk holds its checkpoint in the store.
+fn close_in_the_store(t: &mut TestPool) {
+    t.pool = None;
+    t.dir = None;
+    for disk in 0..3 {
+        assert_checkpoint_in_store(&t.disk_path(disk));
+    }
+}
+
 /// From format 8 a journal disk's checkpoint is the paged store: one root, no checkpoint
 /// block of an older format left, and the disk alone recovers in the current format.
 fn assert_checkpoint_in_store(disk: &std::path::Path) {
@@ -194,11 +222,7 @@ fn a_format_two_pool_is_upgraded_in_place_and_keeps_its_attributes() {
     assert!(pool.state().offline.is_empty() && pool.state().owed.is_empty());
     assert_eq!(pool.state().availability, Default::default());
     assert_eq!(t.read_file("/big").unwrap(), common::pattern(300_000, 8));
-    t.pool = None;
-    t.dir = None;
-    for disk in 0..3 {
-        assert_checkpoint_in_store(&t.disk_path(disk));
-    }
+    close_in_the_store(&mut t);
 }
 
 /// The format-3 form of a state without layers.
@@ -267,11 +291,7 @@ fn a_format_three_pool_is_upgraded_in_place_and_then_takes_layers() {
     pool.release(fh).unwrap();
     big[5000..9096].fill(0xAB);
     assert_eq!(pool.state().layers.len(), 1);
-    t.pool = None;
-    t.dir = None;
-    for disk in 0..3 {
-        assert_checkpoint_in_store(&t.disk_path(disk));
-    }
+    close_in_the_store(&mut t);
     let report = t.reopen();
     assert_eq!(report.upgraded_from, None);
     assert_eq!(t.pool().state().layers.len(), 1);
@@ -328,16 +348,7 @@ fn a_pool_of_a_newer_format_is_refused_by_name_and_left_alone() {
 fn a_format_four_pool_is_upgraded_and_then_keeps_its_records_in_the_journal_log() {
     let (mut t, state, f) = closed_with_file("small", b"before");
     // As a format-4 build left it: a checkpoint and a record, both files.
-    let seq = 4_000_000;
-    let tip_hash = [9u8; 32];
-    let checkpoint = (seq, tip_hash, Checkpoint { seq, tip_hash, state: state.clone() });
-    let mut inode = state.inodes[&f].clone();
-    inode.mode = 0o640;
-    install_older_format(&t, 4, &checkpoint, inode);
-    assert!(!t.disk_path(0).join(dfs_engine::media::journal_log::LOG_DIR).exists());
-    let report = t.reopen();
-    assert_eq!(report.upgraded_from, Some(4));
-    assert_eq!(t.pool().getattr(f).unwrap().mode, 0o640, "the format-4 record was replayed");
+    upgraded_from_current_structure(&mut t, &state, f, 4, 0o640);
     t.write_file("after", b"logged");
     t.pool = None;
     t.dir = None;
@@ -356,15 +367,7 @@ fn a_format_four_pool_is_upgraded_and_then_keeps_its_records_in_the_journal_log(
 fn a_format_five_pool_is_upgraded_and_then_a_rewritten_layer_replaces_the_one_it_covers() {
     let mut big = common::pattern(300_000, 5);
     let (mut t, state, f) = closed_with_file("big", &big);
-    let seq = 5_000_000;
-    let tip_hash = [5u8; 32];
-    let checkpoint = (seq, tip_hash, Checkpoint { seq, tip_hash, state: state.clone() });
-    let mut inode = state.inodes[&f].clone();
-    inode.mode = 0o620;
-    install_older_format(&t, 5, &checkpoint, inode);
-    let report = t.reopen();
-    assert_eq!(report.upgraded_from, Some(5));
-    assert_eq!(t.pool().getattr(f).unwrap().mode, 0o620, "the format-5 record was replayed");
+    upgraded_from_current_structure(&mut t, &state, f, 5, 0o620);
     // The same pages rewritten three times, as a database does: one layer stays.
     let pool = t.pool();
     let fh = pool.open_file(f).unwrap();
@@ -431,23 +434,11 @@ fn a_format_six_pool_replays_its_full_pass_and_is_upgraded_to_passes_that_journa
 fn a_format_seven_pool_is_upgraded_into_the_paged_store_and_reads_the_same() {
     let (mut t, state, f) = closed_with_file("big", &common::pattern(3_000_000, 7));
     // As a format-7 build left it: the whole state in a checkpoint block, and a record.
-    let seq = 7_000_000;
-    let tip_hash = [7u8; 32];
-    let checkpoint = (seq, tip_hash, Checkpoint { seq, tip_hash, state: state.clone() });
-    let mut inode = state.inodes[&f].clone();
-    inode.mode = 0o604;
-    install_older_format(&t, 7, &checkpoint, inode);
-    let report = t.reopen();
-    assert_eq!(report.upgraded_from, Some(7));
-    assert_eq!(t.pool().getattr(f).unwrap().mode, 0o604, "the format-7 record was replayed");
+    upgraded_from_current_structure(&mut t, &state, f, 7, 0o604);
     let upgraded = t.pool().state().clone();
     assert_eq!(upgraded.extents, state.extents);
     assert_eq!(upgraded.file_extents, state.file_extents);
-    t.pool = None;
-    t.dir = None;
-    for disk in 0..3 {
-        assert_checkpoint_in_store(&t.disk_path(disk));
-    }
+    close_in_the_store(&mut t);
     let report = t.reopen();
     assert_eq!(report.upgraded_from, None);
     assert_eq!(report.records_replayed, 0, "the store holds the whole state");

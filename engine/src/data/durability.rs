@@ -132,7 +132,7 @@ impl Pool {
         if let Some(required) = shortfall {
             // Inline data that fewer replicas took than its policy tolerates failures is
             // acknowledged only once a checkpoint puts it on enough journal disks.
-            let held = self.write_checkpoint(&BTreeSet::new()).unwrap_or(0);
+            let held = self.write_checkpoint().unwrap_or(0);
             if held < required {
                 return Err(Error::Unavailable(format!(
                     "data small enough to live in the metadata journal reached only {held} journal disk(s), and its \
@@ -141,7 +141,7 @@ impl Pool {
                 )));
             }
         } else if self.checkpoint_due(journal_set_changed) {
-            if let Err(e) = self.checkpoint_skipping(&BTreeSet::new()) {
+            if let Err(e) = self.write_checkpoint() {
                 tracing::warn!(error = %e, "checkpoint failed; the journal keeps every record until the next one");
             }
         }

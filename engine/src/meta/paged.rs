@@ -79,39 +79,15 @@ const LAYERS: u8 = 8;
 
 /// Calls `$body` once per paged table with `$tag` (its key prefix) and `$field`.
 macro_rules! each_table {
-    ($state:expr, |$tag:ident, $field:ident| $body:block) => {{
-        {
-            let ($tag, $field) = (INODES, &mut $state.inodes);
+    ($state:expr, |$tag:ident, $field:ident| $body:block) => {
+        each_table!(@ $state, $tag, $field, $body, INODES inodes, DIRS dirs, FILE_EXTENTS file_extents,
+            EXTENTS extents, TEMPERATURE temperature, SCRUBBED scrubbed, XATTRS xattrs, LAYERS layers)
+    };
+    (@ $state:expr, $tag:ident, $field:ident, $body:block, $($t:ident $f:ident),*) => {{
+        $({
+            let ($tag, $field) = ($t, &mut $state.$f);
             $body
-        }
-        {
-            let ($tag, $field) = (DIRS, &mut $state.dirs);
-            $body
-        }
-        {
-            let ($tag, $field) = (FILE_EXTENTS, &mut $state.file_extents);
-            $body
-        }
-        {
-            let ($tag, $field) = (EXTENTS, &mut $state.extents);
-            $body
-        }
-        {
-            let ($tag, $field) = (TEMPERATURE, &mut $state.temperature);
-            $body
-        }
-        {
-            let ($tag, $field) = (SCRUBBED, &mut $state.scrubbed);
-            $body
-        }
-        {
-            let ($tag, $field) = (XATTRS, &mut $state.xattrs);
-            $body
-        }
-        {
-            let ($tag, $field) = (LAYERS, &mut $state.layers);
-            $body
-        }
+        })*
     }};
 }
 

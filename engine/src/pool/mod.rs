@@ -353,14 +353,9 @@ impl Pool {
         let journal_is_canonical =
             clean && journal_slots.is_subset(&checkpoint_slots) && metadata_blocks == journal_slots.len();
         if !pool.state.disks.is_empty() && !journal_is_canonical {
-            // Never rewrite a valid checkpoint in place: a crash could tear the only copy.
-            let already_durable: BTreeSet<DiskId> = if report.records_replayed == 0 {
-                slots.iter().filter(|(_, slot)| checkpoint_slots.contains(slot)).map(|(id, _)| *id).collect()
-            } else {
-                BTreeSet::new()
-            };
-            match pool.checkpoint_skipping(&already_durable) {
-                Ok(()) => report.journal_rewritten = true,
+            // A checkpoint is a new store generation: no root is rewritten in place.
+            match pool.write_checkpoint() {
+                Ok(_) => report.journal_rewritten = true,
                 // The recovered state stands on the old replicas; serve it and retry later.
                 Err(e) => report.notes.push(format!("could not re-replicate the journal: {e}")),
             }
@@ -408,7 +403,7 @@ impl Pool {
         let to = crate::media::frame::METADATA_FORMAT;
         self.commit(Transaction { ops: vec![Op::FormatUpgraded { from, to }] })?;
         self.sync()?;
-        self.checkpoint_skipping(&BTreeSet::new())?;
+        self.write_checkpoint()?;
         assert_eq!(self.checkpoint_seq, Some(self.tip.seq));
         tracing::info!(from, to, "metadata format upgraded");
         Ok(())
@@ -525,13 +520,13 @@ impl Pool {
         Ok(freed)
     }
 
-    /// Writes a checkpoint after a durability barrier (see `checkpoint_skipping`).
+    /// Writes a checkpoint after a durability barrier (see `write_checkpoint`).
     pub fn checkpoint(&mut self) -> Result<()> {
         self.sync()?;
         if self.checkpoint_seq == Some(self.tip.seq) {
             return Ok(()); // nothing committed since the last one
         }
-        self.checkpoint_skipping(&BTreeSet::new())
+        self.write_checkpoint().map(|_| ())
     }
 
     /// Whether a checkpoint is due after a barrier wrote a record.
@@ -545,23 +540,15 @@ impl Pool {
         self.records_since_checkpoint += 1;
     }
 
-    /// `checkpoint`, leaving alone the disks in `already_durable`, which hold a verified
-    /// copy of the checkpoint at the current tip.
-    pub(crate) fn checkpoint_skipping(&mut self, already_durable: &BTreeSet<DiskId>) -> Result<()> {
-        self.write_checkpoint(already_durable).map(|_| ())
-    }
-
-    /// `checkpoint_skipping`; returns how many journal disks hold the checkpoint.
+    /// Writes a checkpoint of the state at the tip; returns how many journal disks hold it.
     ///
     /// The checkpoint is a commit of the paged store (`meta::store`) on the journal
     /// disks: the keys the state's tables changed since the last one, and the head (the
     /// rest of the state and the tip). When the journal disks are not all holders of the
     /// store's current root (a new member, a first checkpoint after an upgrade), the
-    /// whole state is written as a new generation instead. Disks holding that root are
-    /// never rewritten in place, so `already_durable` needs no special care here: it
-    /// only ever names disks that will hold the new root or be left as they are.
-    pub(crate) fn write_checkpoint(&mut self, already_durable: &BTreeSet<DiskId>) -> Result<usize> {
-        let _ = already_durable;
+    /// whole state is written as a new generation instead. Each is a new generation: no
+    /// root is ever rewritten in place, so a crash cannot tear the only copy.
+    pub(crate) fn write_checkpoint(&mut self) -> Result<usize> {
         let journal_set = self.journal_devices();
         let fence: Vec<Arc<dyn BlockDevice>> = journal_set.iter().map(|(_, d)| d.clone()).collect();
         self.check_fence(&fence)?;
@@ -675,8 +662,7 @@ impl Pool {
         if committed.failed.iter().any(|f| f.error == crate::media::device::DeviceError::NoSpace) {
             // The journal moved off a full disk: its new members get the checkpoint too.
             // Each round passes over one more disk, so this ends.
-            let holding: BTreeSet<DiskId> = holding.iter().map(|(id, _)| *id).collect();
-            return self.write_checkpoint(&holding);
+            return self.write_checkpoint();
         }
         Ok(held)
     }
