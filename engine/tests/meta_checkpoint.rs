@@ -14,8 +14,10 @@ use dfs_engine::{Ino, PoolOptions};
 #[test]
 fn a_checkpoint_writes_what_changed_and_a_reopen_reads_the_state_back_from_the_store() {
     // Small pages, so that the state spans many and merges split and join them.
-    let options =
-        PoolOptions { metadata_store: StoreConfig { page_bytes: 1024, ..StoreConfig::default() }, ..common::options() };
+    let options = PoolOptions {
+        metadata_store: StoreConfig { page_bytes: 1024, bulk_page_bytes: 2048, ..StoreConfig::default() },
+        ..common::options()
+    };
     let mut t = TestPool::with_options(&[64, 64, 64], "replicate:3", options);
     let pool = t.pool();
     for d in 0..20 {

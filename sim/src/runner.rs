@@ -232,6 +232,7 @@ pub fn build_world(scenario: &Scenario, options: &RunOptions) -> Result<World, S
         // and merges split and join them.
         metadata_store: dfs_engine::meta::store::StoreConfig {
             page_bytes: 2 << 10,
+            bulk_page_bytes: 4 << 10,
             cache_bytes: 64 << 10,
             ..Default::default()
         },

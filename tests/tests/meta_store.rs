@@ -18,7 +18,7 @@ type Model = BTreeMap<Vec<u8>, Vec<u8>>;
 /// Small pages and a small cache, so that runs span many pages, merges split and join
 /// them, and reads miss the cache.
 fn config() -> StoreConfig {
-    StoreConfig { page_bytes: 96, cache_bytes: 600, ..StoreConfig::default() }
+    StoreConfig { page_bytes: 96, bulk_page_bytes: 160, cache_bytes: 600, ..StoreConfig::default() }
 }
 
 fn key(k: u16) -> Vec<u8> {

@@ -17,25 +17,28 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 #[derive(Clone)]
 pub struct Tracked<K: Ord, V> {
     map: BTreeMap<K, V>,
+    /// Keys changed or removed.
     dirty: BTreeSet<K>,
+    /// Every key of the map is changed too (a walk over all values to change them marks
+    /// this, not a million keys one by one).
+    all: bool,
 }
 
 impl<K: Ord, V> Default for Tracked<K, V> {
     fn default() -> Self {
-        Tracked { map: BTreeMap::new(), dirty: BTreeSet::new() }
+        Tracked { map: BTreeMap::new(), dirty: BTreeSet::new(), all: false }
     }
 }
 
 impl<K: Ord + Clone, V> Tracked<K, V> {
     /// A map whose every key is marked (it was never stored).
     pub fn all_dirty(map: BTreeMap<K, V>) -> Self {
-        let dirty = map.keys().cloned().collect();
-        Tracked { map, dirty }
+        Tracked { map, dirty: BTreeSet::new(), all: true }
     }
 
     /// A map whose keys are all as stored.
     pub fn clean(map: BTreeMap<K, V>) -> Self {
-        Tracked { map, dirty: BTreeSet::new() }
+        Tracked { map, dirty: BTreeSet::new(), all: false }
     }
 
     pub fn insert(&mut self, key: K, value: V) -> Option<V> {
@@ -78,23 +81,30 @@ impl<K: Ord + Clone, V> Tracked<K, V> {
 
     /// Every value, to change in place: every key is marked.
     pub fn values_mut(&mut self) -> btree_map::ValuesMut<'_, K, V> {
-        self.dirty.extend(self.map.keys().cloned());
+        self.all = true;
         self.map.values_mut()
     }
 
     /// Every entry, to change in place: every key is marked.
     pub fn iter_mut(&mut self) -> btree_map::IterMut<'_, K, V> {
-        self.dirty.extend(self.map.keys().cloned());
+        self.all = true;
         self.map.iter_mut()
     }
 
     /// The keys changed since the last call, and a clean map.
     pub fn take_dirty(&mut self) -> BTreeSet<K> {
-        std::mem::take(&mut self.dirty)
+        let mut dirty = std::mem::take(&mut self.dirty);
+        if std::mem::take(&mut self.all) {
+            dirty.extend(self.map.keys().cloned());
+        }
+        dirty
     }
 
     /// How many keys are marked.
     pub fn dirty_len(&self) -> usize {
+        if self.all {
+            return self.map.len() + self.dirty.iter().filter(|k| !self.map.contains_key(k)).count();
+        }
         self.dirty.len()
     }
 }
@@ -127,7 +137,7 @@ impl<K: Ord + Serialize, V: Serialize> Serialize for Tracked<K, V> {
 
 impl<'de, K: Ord + Deserialize<'de>, V: Deserialize<'de>> Deserialize<'de> for Tracked<K, V> {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        Ok(Tracked { map: BTreeMap::deserialize(deserializer)?, dirty: BTreeSet::new() })
+        Ok(Tracked { map: BTreeMap::deserialize(deserializer)?, dirty: BTreeSet::new(), all: false })
     }
 }
 
@@ -173,6 +183,9 @@ mod tests {
         assert_eq!(map.dirty_len(), 0);
         map.values_mut().for_each(|v| *v += 1);
         assert_eq!(map.dirty_len(), map.len());
+        map.remove(&0);
+        assert_eq!(map.take_dirty(), map.keys().copied().chain([0]).collect(), "a removed key stays marked");
+        assert_eq!(map.dirty_len(), 0);
     }
 
     #[test]

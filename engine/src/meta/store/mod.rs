@@ -55,6 +55,10 @@ pub type Devices<'a> = [&'a dyn BlockDevice];
 pub struct StoreConfig {
     /// The size a page's block is cut at (the last page of a run may be smaller).
     pub page_bytes: usize,
+    /// The page size of a run written whole or merged from at least 64 pages' worth:
+    /// a large run in fewer, larger blocks (each block is a file on a directory disk, and
+    /// creating tens of thousands of them costs more than writing their bytes).
+    pub bulk_page_bytes: usize,
     /// The most bytes of decoded pages kept in memory.
     pub cache_bytes: u64,
     /// A run is merged with the runs after it once it is at most this many times their size.
@@ -68,6 +72,7 @@ impl Default for StoreConfig {
     fn default() -> Self {
         StoreConfig {
             page_bytes: 64 << 10,
+            bulk_page_bytes: 1 << 20,
             cache_bytes: 256 << 20,
             merge_ratio: 1,
             #[cfg(feature = "sabotage")]
@@ -287,7 +292,7 @@ impl Store {
         if !targets.alive.iter().any(|a| *a) {
             return Err(targets.none_left());
         }
-        let mut writer = RunWriter::new(config.page_bytes, next_page);
+        let mut writer = RunWriter::new(config.bulk_page_bytes.max(config.page_bytes), next_page);
         let written =
             entries.into_iter().filter(|(_, value)| value.is_some()).try_for_each(|e| writer.push(&mut targets, e));
         let run = written.and_then(|()| writer.finish(&mut targets))?;
@@ -435,7 +440,13 @@ impl Store {
         let inputs = self.runs[from..].to_vec();
         // Folded into the oldest run, a deletion has nothing left to shadow.
         let keep_deletions = from > 0;
-        let mut writer = RunWriter::new(self.config.page_bytes, self.next_page);
+        let input_bytes: u64 = inputs.iter().map(|run| run.named.bytes).sum();
+        let page_bytes = if input_bytes >= 64 * self.config.page_bytes as u64 {
+            self.config.bulk_page_bytes.max(self.config.page_bytes)
+        } else {
+            self.config.page_bytes
+        };
+        let mut writer = RunWriter::new(page_bytes, self.next_page);
         let walked = self.walk(devices, &inputs, false, &[], None, &mut |entry| {
             if entry.1.is_some() || keep_deletions {
                 writer.push(&mut targets, entry)?;
