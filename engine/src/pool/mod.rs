@@ -590,15 +590,7 @@ impl Pool {
         } else {
             let changes = crate::meta::paged::changes(&mut self.state);
             match self.store.as_mut() {
-                Some(store) => {
-                    for (key, value) in changes {
-                        match value {
-                            Some(value) => store.put(key, value),
-                            None => store.delete(key),
-                        }
-                    }
-                    store.commit(&targets, payload)
-                }
+                Some(store) => store.commit_changes(&targets, changes, payload),
                 None => unreachable!("a checkpoint that is not whole has a store"),
             }
         };

@@ -55,7 +55,8 @@ pub type Devices<'a> = [&'a dyn BlockDevice];
 pub struct StoreConfig {
     /// The size a page's block is cut at (the last page of a run may be smaller).
     pub page_bytes: usize,
-    /// The page size of a run written whole or merged from at least 64 pages' worth:
+    /// The page size of a run of at least 64 pages' worth (written whole, merged, or a
+    /// commit of that much):
     /// a large run in fewer, larger blocks (each block is a file on a directory disk, and
     /// creating tens of thousands of them costs more than writing their bytes).
     pub bulk_page_bytes: usize,
@@ -405,14 +406,49 @@ impl Store {
     /// on every replica that holds the current root (see the module header for one that
     /// fails). On an error the changes stay pending.
     pub fn commit(&mut self, devices: &Devices, payload: Vec<u8>) -> Result<Committed, StoreError> {
+        let pending = std::mem::take(&mut self.pending);
+        let committed = self.commit_run(devices, pending.iter(), payload);
+        if committed.is_err() {
+            self.pending = pending;
+        }
+        committed
+    }
+
+    /// `commit` of the pending changes and then `changes` (ascending keys, each once).
+    /// With nothing pending — a checkpoint's usual case — the changes go straight into the
+    /// run, never through the pending map; on an error they join the pending changes.
+    pub fn commit_changes(
+        &mut self,
+        devices: &Devices,
+        changes: Vec<Entry>,
+        payload: Vec<u8>,
+    ) -> Result<Committed, StoreError> {
+        debug_assert!(changes.windows(2).all(|w| w[0].0 < w[1].0));
+        if !self.pending.is_empty() {
+            self.pending.extend(changes);
+            return self.commit(devices, payload);
+        }
+        let committed = self.commit_run(devices, changes.iter().map(|(k, v)| (k, v)), payload);
+        if committed.is_err() {
+            self.pending.extend(changes);
+        }
+        committed
+    }
+
+    /// Writes `changes` (ascending keys) as one new run and publishes a root naming it.
+    fn commit_run<'e>(
+        &mut self,
+        devices: &Devices,
+        changes: impl Iterator<Item = (&'e Key, &'e Option<Vec<u8>>)> + Clone,
+        payload: Vec<u8>,
+    ) -> Result<Committed, StoreError> {
         let mut targets = Targets::new(devices);
         let mut runs = self.runs.clone();
         // With no older run, a deletion shadows nothing.
         let keep_deletions = !self.runs.is_empty();
-        let mut writer = RunWriter::new(self.config.page_bytes, self.next_page);
-        let written = self
-            .pending
-            .iter()
+        let bytes: usize = changes.clone().map(|(k, v)| k.len() + v.as_ref().map_or(0, Vec::len)).sum();
+        let mut writer = RunWriter::new(self.page_bytes_for(bytes as u64), self.next_page);
+        let written = changes
             .filter(|(_, value)| value.is_some() || keep_deletions)
             .try_for_each(|(key, value)| writer.push(&mut targets, (key.clone(), value.clone())));
         let written = written.and_then(|()| writer.finish(&mut targets));
@@ -421,7 +457,6 @@ impl Store {
         runs.extend(written?);
         let root = Root { gen: self.root.gen + 1, next_page: self.next_page, runs: Vec::new(), payload };
         self.publish(&mut targets, root, runs)?;
-        self.pending.clear();
         Ok(targets.done())
     }
 
@@ -441,12 +476,7 @@ impl Store {
         // Folded into the oldest run, a deletion has nothing left to shadow.
         let keep_deletions = from > 0;
         let input_bytes: u64 = inputs.iter().map(|run| run.named.bytes).sum();
-        let page_bytes = if input_bytes >= 64 * self.config.page_bytes as u64 {
-            self.config.bulk_page_bytes.max(self.config.page_bytes)
-        } else {
-            self.config.page_bytes
-        };
-        let mut writer = RunWriter::new(page_bytes, self.next_page);
+        let mut writer = RunWriter::new(self.page_bytes_for(input_bytes), self.next_page);
         let walked = self.walk(devices, &inputs, false, &[], None, &mut |entry| {
             if entry.1.is_some() || keep_deletions {
                 writer.push(&mut targets, entry)?;
@@ -532,6 +562,15 @@ impl Store {
             live.extend(run.index.pages.iter().map(|p| (p.id, (p.hash, false))));
         }
         live
+    }
+
+    /// The page size of a run of about `bytes`: bulk pages from 64 pages' worth on.
+    fn page_bytes_for(&self, bytes: u64) -> usize {
+        if bytes >= 64 * self.config.page_bytes as u64 {
+            self.config.bulk_page_bytes.max(self.config.page_bytes)
+        } else {
+            self.config.page_bytes
+        }
     }
 
     /// The first run of the newest ones `merge` would fold, if it would fold any.
