@@ -8,9 +8,10 @@
 //! page's id, first key and hash), then a *root* naming every live run, oldest first, and
 //! carrying the caller's payload. Runs never change; `merge` folds the newest runs into
 //! one when a run is no bigger than `merge_ratio` times the runs after it, so a store of
-//! n entries holds about log₂ n runs and an entry is rewritten about as often. No block
-//! is ever written in place, so the store sits on any `BlockDevice`, an object store's
-//! included.
+//! n entries holds about log₂ n runs and an entry is rewritten about as often. Pages are
+//! cut at `page_bytes`, or at `bulk_page_bytes` in a run of 64 pages' worth or more. No
+//! block is ever written in place, so the store sits on any `BlockDevice`, an object
+//! store's included.
 //!
 //! Contract:
 //! - Every replica gets the same blocks under the same names. A commit writes its pages
@@ -24,9 +25,10 @@
 //!   pages, each with its hash. A copy that does not verify is passed over for another
 //!   replica's, and rewritten from it; when no replica holds a good copy the read fails
 //!   with `StoreError::Lost` naming the block — never a wrong answer.
-//! - `open` takes the newest root that verifies on any replica, and changes nothing. If a
-//!   run it names cannot be read on any replica, the store is refused by name, never
-//!   opened older. `tidy` then brings replicas behind it up to it and removes the blocks
+//! - `open` takes the newest root that verifies on any replica, and changes nothing but a
+//!   rotten copy it meets (rewritten from a good one, as every read does). If a run it
+//!   names cannot be read on any replica, the store is refused by name, never opened
+//!   older. `tidy` then brings replicas behind it up to it and removes the blocks
 //!   no live root names (a crashed commit's, a merge's inputs).
 //! - Page ids are never reused: a new page's id is above every id a root ever named and
 //!   every page any replica holds.
