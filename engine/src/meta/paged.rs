@@ -203,28 +203,43 @@ pub fn load(store: &Store, devices: &Devices) -> Result<Head, LoadError> {
     Ok(head)
 }
 
-/// The tables as they are read, in key order.
+/// An inode's extended attributes, name → value.
+type Xattrs = BTreeMap<Vec<u8>, Vec<u8>>;
+
+/// The tables as they are read: each table's entries in key order (the store's), made
+/// maps only once all are read. A map built from sorted entries packs its nodes full,
+/// where one grown by inserting in ascending order leaves each node about half empty:
+/// the tables then take about 40% less memory for as long as the pool is open.
 #[derive(Default)]
 struct Tables {
-    inodes: BTreeMap<Ino, crate::meta::state::Inode>,
-    dirs: BTreeMap<Ino, BTreeMap<Vec<u8>, Ino>>,
-    file_extents: BTreeMap<Ino, BTreeMap<u64, ExtentId>>,
-    extents: BTreeMap<ExtentId, crate::meta::state::ExtentRecord>,
-    temperature: BTreeMap<ChunkSlot, crate::temperature::tracker::Temperature>,
-    scrubbed: BTreeMap<ExtentId, i64>,
-    xattrs: BTreeMap<Ino, BTreeMap<Vec<u8>, Vec<u8>>>,
-    layers: BTreeMap<ChunkSlot, Vec<crate::meta::state::Layer>>,
+    inodes: Vec<(Ino, crate::meta::state::Inode)>,
+    dirs: Vec<(Ino, BTreeMap<Vec<u8>, Ino>)>,
+    file_extents: Vec<(Ino, BTreeMap<u64, ExtentId>)>,
+    extents: Vec<(ExtentId, crate::meta::state::ExtentRecord)>,
+    temperature: Vec<(ChunkSlot, crate::temperature::tracker::Temperature)>,
+    scrubbed: Vec<(ExtentId, i64)>,
+    xattrs: Vec<(Ino, Xattrs)>,
+    layers: Vec<(ChunkSlot, Vec<crate::meta::state::Layer>)>,
 }
 
 fn add_to<K: TableKey, V: for<'de> Deserialize<'de>>(
-    map: &mut BTreeMap<K, V>,
+    entries: &mut Vec<(K, V)>,
     key: &[u8],
     value: &[u8],
 ) -> Result<(), String> {
     let key = K::take(key).ok_or("key of the wrong length")?;
+    if entries.last().is_some_and(|(last, _)| *last >= key) {
+        return Err("key out of order".into());
+    }
     let value = postcard::from_bytes(value).map_err(|e| e.to_string())?;
-    map.insert(key, value);
+    entries.push((key, value));
     Ok(())
+}
+
+/// A clean table of `entries` (ascending keys): its nodes packed full.
+fn table_of<K: Ord + Clone, V>(entries: Vec<(K, V)>) -> Tracked<K, V> {
+    debug_assert!(entries.windows(2).all(|w| w[0].0 < w[1].0));
+    Tracked::clean(entries.into_iter().collect())
 }
 
 impl Tables {
@@ -244,14 +259,14 @@ impl Tables {
     }
 
     fn into_state(self, state: &mut MetaState) {
-        state.inodes = Tracked::clean(self.inodes);
-        state.dirs = Tracked::clean(self.dirs);
-        state.file_extents = Tracked::clean(self.file_extents);
-        state.extents = Tracked::clean(self.extents);
-        state.temperature = Tracked::clean(self.temperature);
-        state.scrubbed = Tracked::clean(self.scrubbed);
-        state.xattrs = Tracked::clean(self.xattrs);
-        state.layers = Tracked::clean(self.layers);
+        state.inodes = table_of(self.inodes);
+        state.dirs = table_of(self.dirs);
+        state.file_extents = table_of(self.file_extents);
+        state.extents = table_of(self.extents);
+        state.temperature = table_of(self.temperature);
+        state.scrubbed = table_of(self.scrubbed);
+        state.xattrs = table_of(self.xattrs);
+        state.layers = table_of(self.layers);
     }
 }
 

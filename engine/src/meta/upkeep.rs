@@ -105,18 +105,28 @@ impl MetaState {
         }
     }
 
-    /// Counts every extent under its policy and every chunk under its class, from a
-    /// visit of each, into `index`.
-    fn scanned_tallies(&self, index: &mut ExtentIndex) {
+    /// Counts every extent under its policy and every chunk under its class, and files
+    /// every chunk tiering wants moved (`scanned_migrations`), into `index`: one visit of
+    /// each record, then one of each chunk beside its temperature, a lookup of its record
+    /// serving both.
+    fn scan_tallies_and_migrations(&self, index: &mut ExtentIndex) {
         for record in self.extents.values() {
             index.tally_policy(record.policy, u64::from(record.len), true);
         }
+        let tiers = self.tiering.enabled.then(|| self.tier_targets());
+        let mut wanted = BTreeSet::new();
         for (ino, chunks) in &self.file_extents {
-            for (_, id, temperature) in self.chunks_with_temperatures(*ino, chunks) {
+            let pinned = self.inodes.get(ino).is_some_and(|i| i.policy.is_some());
+            for (slot, id, temperature) in self.chunks_with_temperatures(*ino, chunks) {
                 let Some(record) = self.extents.get(&id) else { continue };
                 index.tally_class(temperature.and_then(Temperature::classified), u64::from(record.len), true);
+                if tiers.is_some_and(|tiers| !pinned && record.policy != tiers.target(temperature)) {
+                    wanted.insert(slot);
+                }
             }
         }
+        debug_assert_eq!(wanted, self.scanned_migrations());
+        index.set_migrations(wanted);
     }
 
     /// File `ino`'s chunks (`chunks`, its map of them) in order, each with its extent and
@@ -367,7 +377,7 @@ impl MetaState {
     pub fn rebuild_indexes(&mut self) {
         self.dir_parents = self.scanned_dir_parents();
         let mut index = ExtentIndex::from_records(self.extents.values().map(|r| (r.id, r.fragments.as_slice())));
-        self.scanned_tallies(&mut index);
+        self.scan_tallies_and_migrations(&mut index);
         self.extent_index = index;
         let fates = self.fates();
         let mut suspects: BTreeSet<ExtentId> = self.owed.values().flatten().copied().collect();
@@ -378,7 +388,6 @@ impl MetaState {
         for id in suspects {
             self.assess(id, &fates);
         }
-        self.extent_index.set_migrations(self.scanned_migrations());
         self.refile_unscrubbed();
     }
 
@@ -390,9 +399,8 @@ impl MetaState {
             index.add_fragments(record.id, &record.fragments);
             index.set_risk(record.id, self.spare_with(record, &fates));
         }
-        index.set_migrations(self.scanned_migrations());
         index.set_all_unscrubbed(self.scanned_unscrubbed());
-        self.scanned_tallies(&mut index);
+        self.scan_tallies_and_migrations(&mut index);
         index
     }
 

@@ -323,12 +323,7 @@ impl Pool {
             probes: Default::default(),
         };
         pool.undurable.journal_set = pool.journal_disks();
-        pool.young_inline = pool
-            .state
-            .extent_slots()
-            .into_values()
-            .filter(|slot| crate::services::reencode::is_young_inline(&pool.state, *slot))
-            .collect();
+        pool.young_inline = crate::services::reencode::young_inline_slots(&pool.state);
         let mut checkpoint_slots = checkpoint_slots;
         if let Some(store) = pool.store.as_ref() {
             // Members behind the store's root are brought up to it, and blocks of

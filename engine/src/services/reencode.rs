@@ -14,9 +14,10 @@ use serde::Serialize;
 
 use crate::base::error::{Error, Result};
 use crate::base::policy::Policy;
+use crate::media::device::ExtentId;
 use crate::meta::state::{
-    ChangeCause, ChunkSlot, Ino, InodeKind, MetaState, Op, PolicyChange, PolicyScope, PolicyTransition, Transaction,
-    TransitionState, INLINE_KEPT_BYTES_MAX,
+    ChangeCause, ChunkSlot, ExtentRecord, Ino, InodeKind, MetaState, Op, PolicyChange, PolicyScope, PolicyTransition,
+    Transaction, TransitionState, INLINE_KEPT_BYTES_MAX,
 };
 use crate::pool::Pool;
 
@@ -373,5 +374,27 @@ impl Pool {
 
 /// Whether `slot` holds an inline extent too long to stay inline once its file is closed.
 pub(crate) fn is_young_inline(state: &MetaState, slot: ChunkSlot) -> bool {
-    state.slot_extent(slot).is_some_and(|r| r.is_inline() && r.len as usize > INLINE_KEPT_BYTES_MAX)
+    state.slot_extent(slot).is_some_and(is_young)
+}
+
+fn is_young(record: &ExtentRecord) -> bool {
+    record.is_inline() && record.len as usize > INLINE_KEPT_BYTES_MAX
+}
+
+/// Every chunk holding a young inline extent (`is_young_inline`): the records are visited
+/// in order, and the chunks walked only when some are young (rarely, after a crash).
+pub(crate) fn young_inline_slots(state: &MetaState) -> BTreeSet<ChunkSlot> {
+    let young: BTreeSet<ExtentId> = state.extents.values().filter(|r| is_young(r)).map(|r| r.id).collect();
+    if young.is_empty() {
+        return BTreeSet::new();
+    }
+    let slots: BTreeSet<ChunkSlot> = state
+        .file_extents
+        .iter()
+        .flat_map(|(ino, chunks)| chunks.iter().map(|(index, id)| (ChunkSlot { ino: *ino, index: *index }, *id)))
+        .filter(|(_, id)| young.contains(id))
+        .map(|(slot, _)| slot)
+        .collect();
+    debug_assert!(slots.iter().all(|slot| is_young_inline(state, *slot)));
+    slots
 }
