@@ -1,4 +1,4 @@
-//! Metadata formats: a pool written in format 1 to 6 opens, is upgraded in place to
+//! Metadata formats: a pool written in format 1 to 8 opens, is upgraded in place to
 //! the current format and reads the same; a pool of a newer format is refused by name.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -447,4 +447,84 @@ fn a_format_seven_pool_is_upgraded_into_the_paged_store_and_reads_the_same() {
     assert_eq!(reopened.inodes, upgraded.inodes);
     assert_eq!(reopened.extents, upgraded.extents);
     assert_eq!(reopened.temperature, upgraded.temperature);
+}
+
+/// Rewrites the store of `t` (closed, checkpointed) as a build of format 8 left it — a
+/// new root whose head has no format byte, or, with `format`, one saying `format` — and
+/// removes every record. Returns the head's journal tip.
+fn rewrite_store_head(t: &TestPool, format: Option<u8>) -> (u64, [u8; 32]) {
+    let disks: Vec<dfs_engine::media::dirdisk::DirDisk> =
+        (0..3).map(|d| dfs_engine::media::dirdisk::DirDisk::open(&t.disk_path(d)).unwrap()).collect();
+    let devices: Vec<&dyn dfs_engine::media::device::BlockDevice> =
+        disks.iter().map(|d| d as &dyn dfs_engine::media::device::BlockDevice).collect();
+    let mut store = dfs_engine::meta::store::Store::open(&devices, Default::default()).unwrap();
+    let payload = store.payload().to_vec();
+    let (head, after): (dfs_engine::meta::paged::Head, &[u8]) = postcard::take_from_bytes(&payload).unwrap();
+    assert_eq!(after, [METADATA_FORMAT], "a head ends with its format");
+    let mut rewritten = payload[..payload.len() - 1].to_vec();
+    rewritten.extend(format);
+    store.commit(&devices, rewritten).unwrap();
+    for disk in 0..3 {
+        common::remove_records(&t.disk_path(disk));
+        assert_eq!(blocks(&t.disk_path(disk), "store-root").len(), 1);
+    }
+    (head.seq, head.tip_hash)
+}
+
+#[test]
+fn a_format_eight_pool_is_upgraded_and_then_folds_long_policy_histories() {
+    let (mut t, state, f) = closed_with_file("big", &common::pattern(300_000, 9));
+    let (seq, tip_hash) = rewrite_store_head(&t, None);
+    // A format-8 record after the head, chaining onto it.
+    let mut inode = state.inodes[&f].clone();
+    inode.mode = 0o640;
+    let record =
+        JournalRecord { seq: seq + 1, prev_hash: tip_hash, txn: Transaction { ops: vec![Op::PutInode(inode)] } };
+    for disk in 0..3 {
+        let dir = t.disk_path(disk).join("journal");
+        fs::create_dir_all(&dir).unwrap();
+        fs::write(dir.join(format!("{:020}", seq + 1)), frame::encode_version(FrameKind::JournalRecord, 8, &record))
+            .unwrap();
+    }
+    let report = t.reopen();
+    assert_eq!(report.upgraded_from, Some(8));
+    assert_eq!(t.pool().getattr(f).unwrap().mode, 0o640, "the format-8 record was replayed");
+    assert_eq!(t.pool().state().extents, state.extents);
+    // The upgraded pool keeps at most POLICY_HISTORY_MAX changes an extent, the oldest folded.
+    let policies = ["replicate:2", "replicate:3"];
+    let changes = dfs_engine::meta::state::POLICY_HISTORY_MAX as u64 + 5;
+    for round in 0..changes {
+        let policy = policies[round as usize % 2].parse().unwrap();
+        let scope = dfs_engine::meta::state::PolicyScope::Path { ino: f, path: "/big".into(), recursive: false };
+        t.pool().change_policy(scope, policy).unwrap();
+    }
+    let history = |t: &mut TestPool| t.pool().state().slot_extent(slot_of(f)).unwrap().history.clone();
+    let folded = history(&mut t);
+    assert_eq!(folded.len(), dfs_engine::meta::state::POLICY_HISTORY_MAX);
+    assert_eq!(folded.iter().map(|c| c.changes()).sum::<u64>(), changes);
+    assert_eq!(folded[0].cause, dfs_engine::meta::state::ChangeCause::Earlier(6));
+    assert_eq!(folded[0].from.to_string(), "replicate:3", "the folded entry starts where the first change did");
+    close_in_the_store(&mut t);
+    assert_eq!(t.reopen().upgraded_from, None);
+    assert_eq!(history(&mut t), folded);
+    assert_eq!(t.read_file("/big").unwrap(), common::pattern(300_000, 9));
+}
+
+fn slot_of(ino: Ino) -> dfs_engine::meta::ids::ChunkSlot {
+    dfs_engine::meta::ids::ChunkSlot { ino, index: 0 }
+}
+
+#[test]
+fn a_store_of_a_newer_format_is_refused_by_name_and_left_alone() {
+    let (t, _, _) = closed_with_file("f", &common::pattern(300_000, 3));
+    rewrite_store_head(&t, Some(METADATA_FORMAT + 1));
+    let before: Vec<_> =
+        (0..3).flat_map(|d| blocks(&t.disk_path(d), "store-root")).map(|p| fs::read(p).unwrap()).collect();
+    let error = PoolDir::open(&t.pool_path(), common::options()).err().unwrap();
+    let message = error.to_string();
+    assert!(message.contains(&format!("format {}", METADATA_FORMAT + 1)), "{message}");
+    assert!(message.contains("newer DynamicFS"), "{message}");
+    let after: Vec<_> =
+        (0..3).flat_map(|d| blocks(&t.disk_path(d), "store-root")).map(|p| fs::read(p).unwrap()).collect();
+    assert_eq!(before, after, "refusing must change nothing");
 }

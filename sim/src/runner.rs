@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use dfs_engine::data::namespace::{Owner, RenameMode, SetAttr};
 use dfs_engine::media::device::{BlockDevice, BlockKind, BlockName};
 use dfs_engine::meta::state::ChunkSlot;
-use dfs_engine::meta::state::{DiskId, PolicyScope};
+use dfs_engine::meta::state::{DiskId, PolicyChange, PolicyScope};
 use dfs_engine::pool::PoolOptions;
 use dfs_engine::temperature::config::TieringConfig;
 use dfs_engine::{Error, Ino, Policy};
@@ -953,7 +953,8 @@ impl<'s> Run<'s> {
                 let class = state.temperature.get(&ChunkSlot { ino: *ino, index: *index }).map(|t| t.class);
                 classes.insert(class.map_or("unclassified".to_string(), |c| c.to_string()));
                 policies.insert(record.policy.to_string());
-                changes = changes.max(record.history.len());
+                let folded: u64 = record.history.iter().map(PolicyChange::changes).sum();
+                changes = changes.max(usize::try_from(folded).unwrap_or(usize::MAX));
                 if let Some(wanted) = expect.classes.get(path) {
                     if class != Some(*wanted) {
                         problems.push(format!("{path} chunk {index} is {class:?}, expected {wanted}"));

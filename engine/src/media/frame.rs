@@ -46,7 +46,9 @@ pub enum FrameKind {
 /// temperature does not imply (`Op::ClassifyChanges`), which a build of format 6 would
 /// not read. 8: the checkpoint is the paged metadata store (`meta::store`, blocks of its
 /// own kinds), which a build of format 7 would not find; records are as in format 7.
-pub const METADATA_FORMAT: u8 = 8;
+/// 9: an extent's policy history folds its oldest changes into one entry
+/// (`ChangeCause::Earlier`), which a build of format 8 would not read.
+pub const METADATA_FORMAT: u8 = 9;
 
 /// The format of the paged metadata store's frames (`meta::store`). It starts at 2 so that
 /// its checksums cover kind and version, as every frame's from version 2 on.

@@ -70,7 +70,7 @@ pub fn decode_checkpoint(block: &[u8]) -> Result<(Checkpoint, [u8; 32], u8), Fra
 }
 
 /// Decodes a journal record of any format this build reads: format 1 through its frozen
-/// ops, converted; formats 2 to 8 as the current ops (formats 3, 4, 6 and 7 only
+/// ops, converted; formats 2 to 9 as the current ops (formats 3, 4, 6, 7 and 9 only
 /// appended variants, and 5 and 8 changed where records and checkpoints live, not what
 /// they hold).
 pub fn decode_record(block: &[u8]) -> Result<(JournalRecord, [u8; 32], u8), FrameError> {
@@ -200,10 +200,14 @@ pub fn recover(devices: &[&dyn BlockDevice], store_config: &StoreConfig) -> Resu
     if any_store {
         let opened =
             Store::open(devices, store_config.clone()).map_err(|e| RecoveryError::StoreUnreadable(e.to_string()))?;
-        let mut head = paged::load(&opened, devices).map_err(|e| RecoveryError::StoreUnreadable(e.to_string()))?;
+        let mut head = paged::load(&opened, devices).map_err(|e| match e {
+            paged::LoadError::NewerFormat { found, supported } => RecoveryError::NewerFormat { found, supported },
+            e => RecoveryError::StoreUnreadable(e.to_string()),
+        })?;
         head.state.rebuild_indexes();
+        let format = head.format;
         let checkpoint = Checkpoint { seq: head.seq, tip_hash: head.tip_hash, state: head.state };
-        start = Some((checkpoint, frame::METADATA_FORMAT, opened.holders().clone()));
+        start = Some((checkpoint, format, opened.holders().clone()));
         store = Some(opened);
         checkpoints.clear();
     }

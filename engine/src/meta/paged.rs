@@ -1,11 +1,12 @@
-//! The state's large tables in the paged store (metadata format 8): how a table's key
+//! The state's large tables in the paged store (metadata format 8 on): how a table's key
 //! and value become a store entry, a checkpoint's changes (`changes`) or the whole state
 //! (`entries`), the head that carries the rest (`Head`), and a state read back (`load`).
 //!
 //! Keys are a table's tag, then its key in big-endian bytes, so a table is one contiguous
 //! key range and its entries come out in the map's order. Values are postcard. The head
-//! is the state with its paged tables empty, and the journal tip it stands at: it is the
-//! store root's payload, so a root names one state, whole.
+//! is the state with its paged tables empty, and the journal tip it stands at, then the
+//! metadata format (`Head::format`): it is the store root's payload, so a root names one
+//! state, whole, and says how to read it.
 
 use std::collections::BTreeMap;
 
@@ -65,7 +66,14 @@ pub struct Head {
     pub tip_hash: [u8; 32],
     /// The state without its paged tables.
     pub state: MetaState,
+    /// The metadata format the head and the tables were written in: one byte after the
+    /// head's encoding from format 9 on, none in format 8 (the first in the store).
+    #[serde(skip)]
+    pub format: u8,
 }
+
+/// The format of a store head without a format byte.
+const FIRST_STORE_FORMAT: u8 = 8;
 
 /// Each paged table's tag: the first byte of its keys. Never reused for another table.
 const INODES: u8 = 1;
@@ -148,7 +156,8 @@ pub fn encode_head(seq: u64, tip_hash: [u8; 32], state: &mut MetaState) -> Vec<u
     let mut tables = MetaState::new(state.pool_id, state.default_policy, crate::base::clock::WallTime::default());
     swap_tables(state, &mut tables);
     let head = HeadRef { seq, tip_hash, state };
-    let encoded = value_of(&head);
+    let mut encoded = value_of(&head);
+    encoded.push(crate::media::frame::METADATA_FORMAT);
     swap_tables(state, &mut tables);
     encoded
 }
@@ -179,6 +188,8 @@ pub enum LoadError {
     Store(#[from] StoreError),
     #[error("the store's head does not decode: {0}")]
     Head(String),
+    #[error("the store's head is metadata format {found}, but this build reads formats up to {supported}: it was written by a newer DynamicFS; open it with that version")]
+    NewerFormat { found: u8, supported: u8 },
     #[error("store entry {key} does not decode: {why}")]
     Entry { key: String, why: String },
 }
@@ -186,7 +197,16 @@ pub enum LoadError {
 /// The head and state the store holds, its tables clean (as stored). The state's unstored
 /// indexes are not built here (`MetaState::rebuild_indexes`).
 pub fn load(store: &Store, devices: &Devices) -> Result<Head, LoadError> {
-    let mut head: Head = postcard::from_bytes(store.payload()).map_err(|e| LoadError::Head(e.to_string()))?;
+    let (mut head, after): (Head, &[u8]) =
+        postcard::take_from_bytes(store.payload()).map_err(|e| LoadError::Head(e.to_string()))?;
+    head.format = match after {
+        [] => FIRST_STORE_FORMAT,
+        [format] if *format > crate::media::frame::METADATA_FORMAT => {
+            return Err(LoadError::NewerFormat { found: *format, supported: crate::media::frame::METADATA_FORMAT })
+        }
+        [format] if *format > FIRST_STORE_FORMAT => *format,
+        _ => return Err(LoadError::Head(format!("{} bytes after the head, not its format", after.len()))),
+    };
     let mut failure = None;
     let mut tables = Tables::default();
     store.scan_cold(devices, &mut |key, value| match tables.add(key, value) {

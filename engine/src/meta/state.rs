@@ -130,9 +130,44 @@ pub struct ExtentRecord {
     pub fragments: Vec<DiskId>,
     /// The data itself, for an inline extent (`codec` is `CodecId::Inline`).
     pub inline: Option<Vec<u8>>,
-    /// Every policy change this extent's data went through, oldest first (a re-encoded
-    /// extent carries the history of the one it replaced).
+    /// The policy changes this extent's data went through, oldest first (a re-encoded
+    /// extent carries the history of the one it replaced): at most
+    /// `POLICY_HISTORY_MAX`, the oldest folded into one `ChangeCause::Earlier` entry
+    /// (format 9), so an extent tiering moves back and forth stays the same size.
     pub history: Vec<PolicyChange>,
+}
+
+/// The most policy changes an extent's history lists (`ExtentRecord::history`).
+pub const POLICY_HISTORY_MAX: usize = 8;
+
+impl PolicyChange {
+    /// How many re-encodings this entry stands for.
+    pub fn changes(&self) -> u64 {
+        match self.cause {
+            ChangeCause::Earlier(count) => count,
+            _ => 1,
+        }
+    }
+}
+
+/// Appends `change` to an extent's `history`, folding the two oldest entries into one
+/// `ChangeCause::Earlier` while it is longer than `POLICY_HISTORY_MAX`: the folded entry
+/// goes from the first one's policy to the second one's, at the second one's time.
+pub fn push_policy_change(history: &mut Vec<PolicyChange>, change: PolicyChange) {
+    let before: u64 = history.iter().map(PolicyChange::changes).sum();
+    history.push(change);
+    while history.len() > POLICY_HISTORY_MAX {
+        let second = history.remove(1);
+        let first = &mut history[0];
+        *first = PolicyChange {
+            at: second.at,
+            from: first.from,
+            to: second.to,
+            cause: ChangeCause::Earlier(first.changes() + second.changes()),
+        };
+    }
+    debug_assert!(history.len() <= POLICY_HISTORY_MAX);
+    debug_assert_eq!(history.iter().map(PolicyChange::changes).sum::<u64>(), before + 1);
 }
 
 /// One re-encoding of an extent's data.
@@ -152,6 +187,9 @@ pub enum ChangeCause {
     Transition(u64),
     /// Tiering: the extent's temperature class called for another policy.
     Temperature(Class),
+    /// This many older changes, folded into one entry to bound the history (format 9):
+    /// from the policy before the first of them to the one after the last.
+    Earlier(u64),
 }
 
 impl fmt::Display for ChangeCause {
@@ -159,6 +197,8 @@ impl fmt::Display for ChangeCause {
         match self {
             ChangeCause::Transition(id) => write!(f, "transition {id}"),
             ChangeCause::Temperature(class) => write!(f, "tiering ({class})"),
+            ChangeCause::Earlier(1) => f.write_str("1 earlier change"),
+            ChangeCause::Earlier(count) => write!(f, "{count} earlier changes"),
         }
     }
 }
@@ -1196,6 +1236,14 @@ impl MetaState {
         for record in self.extents.values() {
             if !referenced.contains(&record.id) {
                 return Err(format!("extent {} has a record but no reference", record.id));
+            }
+            let folded_late = record.history.iter().skip(1).any(|c| matches!(c.cause, ChangeCause::Earlier(_)));
+            if record.history.len() > POLICY_HISTORY_MAX || folded_late {
+                return Err(format!(
+                    "extent {}'s policy history is {} long, or folded past its first entry",
+                    record.id,
+                    record.history.len()
+                ));
             }
             if record.is_inline() {
                 if !record.fragments.is_empty() || record.codec != CodecId::Inline {

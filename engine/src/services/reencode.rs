@@ -16,8 +16,8 @@ use crate::base::error::{Error, Result};
 use crate::base::policy::Policy;
 use crate::media::device::ExtentId;
 use crate::meta::state::{
-    ChangeCause, ChunkSlot, ExtentRecord, Ino, InodeKind, MetaState, Op, PolicyChange, PolicyScope, PolicyTransition,
-    Transaction, TransitionState, INLINE_KEPT_BYTES_MAX,
+    push_policy_change, ChangeCause, ChunkSlot, ExtentRecord, Ino, InodeKind, MetaState, Op, PolicyChange, PolicyScope,
+    PolicyTransition, Transaction, TransitionState, INLINE_KEPT_BYTES_MAX,
 };
 use crate::pool::Pool;
 
@@ -258,7 +258,7 @@ impl Pool {
         for ((ino, old), (index, new)) in olds.iter().zip(records) {
             let new = new.map(|mut record| {
                 record.history = old.history.clone();
-                record.history.push(PolicyChange { at: now, from: old.policy, to: policy, cause });
+                push_policy_change(&mut record.history, PolicyChange { at: now, from: old.policy, to: policy, cause });
                 record
             });
             ops.push(Op::SetExtent { ino: *ino, index, extent: new });
