@@ -6,7 +6,11 @@ mod common;
 
 use common::{pattern, TestPool};
 use dfs_engine::base::policy::Policy;
-use dfs_engine::meta::state::ChunkSlot;
+use dfs_engine::meta::state::{ChunkSlot, Op, PASS_BATCH_VERDICTS};
+use dfs_engine::temperature::access::AccessStats;
+use dfs_engine::temperature::hmm::HISTORY_MAX;
+use dfs_engine::temperature::tracker::{Observation, Verdict};
+use dfs_engine::temperature::Class;
 use dfs_engine::{Ino, PoolOptions};
 
 /// Journal bytes of one classification pass and its barrier.
@@ -99,4 +103,90 @@ fn the_migration_queue_follows_passes_pins_disks_and_migrations() {
     t.reopen();
     assert_eq!(t.pool().pending_migrations(), scanned_migrations(&mut t), "rebuilt at open");
     assert_eq!(t.pool().pending_migrations_len(), 1);
+}
+
+/// Verdicts of one pass for `slots`: every class and access count in turn.
+fn verdicts_for(slots: &[ChunkSlot], seed: u32) -> Vec<(ChunkSlot, Verdict)> {
+    slots
+        .iter()
+        .enumerate()
+        .map(|(i, slot)| {
+            let n = i as u32 + seed;
+            let class = Class::ALL[(n % 3) as usize];
+            let observation = Observation { observed: Class::ALL[(n / 3 % 3) as usize], accesses: n % 4 };
+            let stats = AccessStats { total: u64::from(n), ..AccessStats::default() };
+            (*slot, Verdict { stats, observation, class, confidence: 0.5 })
+        })
+        .collect()
+}
+
+/// A pass journaled as a first record and more (`ClassifyMore`) leaves the temperatures
+/// one record of all its verdicts leaves, however its verdicts are cut, whatever each
+/// chunk's history held before (empty, partly full, full).
+#[test]
+fn a_pass_cut_into_records_leaves_what_one_record_of_it_leaves() {
+    let mut t = TestPool::new(&[64, 64, 64], "replicate:2");
+    for i in 0..24 {
+        t.write_file(&format!("f{i}"), &pattern(2_000, i));
+    }
+    let slots: Vec<ChunkSlot> =
+        t.pool().state().file_extents.keys().map(|ino| ChunkSlot { ino: *ino, index: 0 }).collect();
+    assert_eq!(slots.len(), 24);
+    let mut state = t.pool().state().clone();
+    // Histories of every length: chunk i is judged from pass 6 i on (from 20 on, never).
+    for pass in 0..HISTORY_MAX as u32 + 20 {
+        let judged: Vec<ChunkSlot> =
+            slots.iter().enumerate().filter(|(i, _)| pass >= *i as u32 * 6).map(|(_, s)| *s).collect();
+        let changed = verdicts_for(&judged, pass).into_iter().filter(|(_, v)| v.class != Class::Warm).collect();
+        state.apply(&Op::ClassifyChanges { at_secs: i64::from(pass), changed });
+    }
+    let lengths: std::collections::BTreeSet<usize> = state.temperature.values().map(|t| t.history.len()).collect();
+    assert!(lengths.contains(&HISTORY_MAX) && lengths.len() > 3, "{lengths:?}");
+    for cut in [0, 1, 7, 23] {
+        let verdicts = verdicts_for(&slots, 1_000 + cut as u32);
+        let changed: Vec<_> = verdicts.iter().filter(|(_, v)| v.class != Class::Hot).cloned().collect();
+        let mut whole = state.clone();
+        whole.apply(&Op::ClassifyChanges { at_secs: 9_999, changed: changed.clone() });
+        let mut cut_up = state.clone();
+        let (first, rest) = changed.split_at(cut.min(changed.len()));
+        cut_up.apply(&Op::ClassifyChanges { at_secs: 9_999, changed: first.to_vec() });
+        for batch in rest.chunks(5) {
+            cut_up.apply(&Op::ClassifyMore { changed: batch.to_vec() });
+        }
+        assert_eq!(cut_up.temperature, whole.temperature, "cut after {cut}");
+        assert_eq!(cut_up.passes, whole.passes);
+        cut_up.check().unwrap();
+    }
+}
+
+/// A pass that changes more verdicts than one record carries journals them in records of
+/// at most `PASS_BATCH_VERDICTS`; replay gives the temperatures the pass left.
+#[test]
+fn a_pass_of_many_verdicts_journals_bounded_records_and_replays_the_same() {
+    let options = PoolOptions { checkpoint_every_records: u64::MAX, ..common::options() };
+    let mut t = TestPool::with_options(&[64, 64, 64], "replicate:2", options);
+    let owner = dfs_engine::data::namespace::Owner { mode: 0o644, uid: 0, gid: 0, umask: 0 };
+    let ino = t.pool().create(Ino::ROOT, b"many", owner).unwrap().ino;
+    let chunks = 2 * PASS_BATCH_VERDICTS as u64 + 100;
+    t.pool().attach_synthetic_extents(ino, chunks).unwrap();
+    t.pool().sync().unwrap();
+    let before = t.pool().counters().clone();
+    let report = t.pool().classify_pass().unwrap();
+    assert_eq!(report.extents as u64, chunks);
+    let during = t.pool().counters().clone();
+    assert_eq!(during.commits - before.commits, 3, "every new chunk's verdict, in three batches");
+    assert_eq!(during.barriers - before.barriers, 2, "a barrier before each batch after the first");
+    t.pool().sync().unwrap();
+    let last = t.pool().counters().journal_bytes - during.journal_bytes;
+    let first_two = during.journal_bytes - before.journal_bytes;
+    assert!(
+        last > 0 && last * 100 < first_two,
+        "the last 100 verdicts are a record of their own: {last} of {first_two}"
+    );
+    let live = t.pool().state().temperature.clone();
+    assert_eq!(live.len() as u64, chunks);
+    assert!(live.values().all(|t| t.history.len() == 1));
+    let report = t.reopen();
+    assert!(report.records_replayed >= 3, "the pass must be replayed, not read from a checkpoint: {report:?}");
+    assert_eq!(t.pool().state().temperature, live);
 }

@@ -47,7 +47,9 @@ pub enum FrameKind {
 /// not read. 8: the checkpoint is the paged metadata store (`meta::store`, blocks of its
 /// own kinds), which a build of format 7 would not find; records are as in format 7.
 /// 9: an extent's policy history folds its oldest changes into one entry
-/// (`ChangeCause::Earlier`), which a build of format 8 would not read.
+/// (`ChangeCause::Earlier`), a pass journals its verdicts in bounded records
+/// (`Op::ClassifyMore`), and a store head names its format: a build of format 8 would
+/// read none of them.
 pub const METADATA_FORMAT: u8 = 9;
 
 /// The format of the paged metadata store's frames (`meta::store`). It starts at 2 so that

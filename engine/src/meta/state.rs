@@ -643,7 +643,18 @@ pub enum Op {
         at_secs: i64,
         changed: Vec<(ChunkSlot, Verdict)>,
     },
+    /// More verdicts of the pass the last `ClassifyChanges` began (format 9): a pass
+    /// journals its verdicts in records of at most `PASS_BATCH_VERDICTS`, so no record
+    /// grows with the pool. Each listed chunk takes its verdict in place of the repeat
+    /// that op implied for it. Records of one pass follow each other with nothing between;
+    /// a crash between them leaves the chunks not yet listed repeated, as if unchanged.
+    ClassifyMore {
+        changed: Vec<(ChunkSlot, Verdict)>,
+    },
 }
+
+/// The most verdicts one record of a classification pass carries (`Op::ClassifyMore`).
+pub const PASS_BATCH_VERDICTS: usize = 16_384;
 
 /// A list of ops applied atomically.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -930,6 +941,13 @@ impl MetaState {
                     temperature.repeat();
                 }
                 self.apply_verdicts(changed);
+            }
+            Op::ClassifyMore { changed } => {
+                for (slot, verdict) in changed {
+                    if self.slot_extent(*slot).is_some() {
+                        self.temperature.entry(*slot).or_default().replace_repeat(verdict);
+                    }
+                }
             }
         }
         for record in &freed {

@@ -89,9 +89,9 @@ impl MetaState {
         match op {
             Op::SetExtent { ino, index, .. } => vec![ChunkSlot { ino: *ino, index: *index }],
             Op::RemoveInode(ino) => self.chunk_slots(*ino).collect(),
-            Op::ClassifyPass { verdicts: slots, .. } | Op::ClassifyChanges { changed: slots, .. } => {
-                slots.iter().map(|(slot, _)| *slot).collect()
-            }
+            Op::ClassifyPass { verdicts: slots, .. }
+            | Op::ClassifyChanges { changed: slots, .. }
+            | Op::ClassifyMore { changed: slots } => slots.iter().map(|(slot, _)| *slot).collect(),
             _ => Vec::new(),
         }
     }
@@ -280,9 +280,9 @@ impl MetaState {
                 self.extent_index.forget_migrations_of(*ino);
                 Vec::new()
             }
-            Op::ClassifyPass { verdicts: slots, .. } | Op::ClassifyChanges { changed: slots, .. } => {
-                slots.iter().map(|(slot, _)| *slot).collect()
-            }
+            Op::ClassifyPass { verdicts: slots, .. }
+            | Op::ClassifyChanges { changed: slots, .. }
+            | Op::ClassifyMore { changed: slots } => slots.iter().map(|(slot, _)| *slot).collect(),
             _ => Vec::new(),
         };
         for slot in slots {

@@ -8,7 +8,9 @@
 //!   and never any data.
 //! - A pass journals its verdicts (`Op::ClassifyChanges`) but those the chunk's
 //!   temperature implies (no access, the same observation and class): replay stores the
-//!   journaled ones, repeats the rest, and never recomputes a float.
+//!   journaled ones, repeats the rest, and never recomputes a float. Past
+//!   `PASS_BATCH_VERDICTS` the verdicts go in records of their own (`Op::ClassifyMore`),
+//!   so a pass that changes ten million verdicts writes many bounded records, not one.
 //! - A file with a policy of its own (set by `change-policy --path`, `mkdir --policy`,
 //!   `put --policy` or the `user.dynamicfs.policy` xattr, or inherited from a directory
 //!   that has one) is pinned: tiering never changes its extents.
@@ -23,7 +25,7 @@ use serde::Serialize;
 
 use crate::base::error::{Error, Result};
 use crate::base::policy::Policy;
-use crate::meta::state::{ChangeCause, ChunkSlot, Ino, Op, Transaction};
+use crate::meta::state::{ChangeCause, ChunkSlot, Ino, Op, Transaction, PASS_BATCH_VERDICTS};
 use crate::pool::Pool;
 use crate::temperature::access::AccessStats;
 use crate::temperature::config::TieringConfig;
@@ -124,7 +126,8 @@ impl Pool {
     }
 
     /// Runs a classification pass now over every extent; commits its verdicts (durable
-    /// at the next barrier).
+    /// at the next barrier). Past `PASS_BATCH_VERDICTS` verdicts, each further batch
+    /// follows a barrier, so that it is a record of its own.
     pub fn classify_pass(&mut self) -> Result<PassReport> {
         if !self.state.tiering.enabled {
             return Err(Error::InvalidArgument(
@@ -155,7 +158,14 @@ impl Pool {
                 changed.push((slot, verdict));
             }
         }
-        self.commit(Transaction { ops: vec![Op::ClassifyChanges { at_secs: now, changed }] })?;
+        let mut batches = changed.chunks(PASS_BATCH_VERDICTS);
+        let first = batches.next().unwrap_or_default().to_vec();
+        self.commit(Transaction { ops: vec![Op::ClassifyChanges { at_secs: now, changed: first }] })?;
+        for batch in batches {
+            // A barrier writes what was committed since the last one as one record.
+            self.sync()?;
+            self.commit(Transaction { ops: vec![Op::ClassifyMore { changed: batch.to_vec() }] })?;
+        }
         self.tracker.live.clear();
         self.tracker.flushed_secs = Some(now);
         self.tracker.failed.clear();

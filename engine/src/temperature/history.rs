@@ -2,7 +2,7 @@
 //! `HISTORY_MAX` classification passes saw, oldest first.
 //!
 //! Contract: behaves as a `VecDeque<Observation>` capped at `HISTORY_MAX` — `push` appends
-//! and drops the oldest beyond the cap — and encodes exactly as one (a sequence of
+//! and drops the oldest beyond the cap, `pop_back` takes the newest — and encodes exactly as one (a sequence of
 //! observations), so the metadata format is the one a deque wrote. In memory it is a fixed
 //! 32 bytes of classes, two bits each, plus the passes that saw accesses: an extent nobody
 //! reads keeps 100 observations without a heap allocation, where a deque of them took
@@ -82,6 +82,22 @@ impl History {
         debug_assert_eq!(self.back(), Some(observation));
     }
 
+    /// Removes the newest observation.
+    pub fn pop_back(&mut self) -> Option<Observation> {
+        let last = self.back()?;
+        let i = self.len() - 1;
+        self.classes[i / 32] &= !(0b11 << (2 * (i % 32)));
+        if self.accesses.last().is_some_and(|(at, _)| usize::from(*at) == i) {
+            self.accesses.pop();
+        }
+        self.len -= 1;
+        debug_assert!(self.classes.iter().enumerate().all(|(w, bits)| {
+            let held = self.len().saturating_sub(w * 32).min(32);
+            held == 32 || bits >> (2 * held) == 0
+        }));
+        Some(last)
+    }
+
     fn drop_oldest(&mut self) {
         assert!(self.len > 0);
         for word in 0..WORDS {
@@ -142,17 +158,24 @@ mod tests {
     }
 
     proptest! {
-        /// Any sequence of pushes leaves what a capped deque holds, and both encode to
-        /// the same bytes and decode to the same window.
+        /// Any sequence of pushes and pops of the newest leaves what a capped deque
+        /// holds, and both encode to the same bytes and decode to the same window.
         #[test]
-        fn a_window_holds_and_encodes_what_a_capped_deque_does(pushes in prop::collection::vec(observation(), 0..260)) {
+        fn a_window_holds_and_encodes_what_a_capped_deque_does(
+            steps in prop::collection::vec(prop::option::weighted(0.8, observation()), 0..260)
+        ) {
             let mut window = History::default();
             let mut deque = VecDeque::new();
-            for observation in pushes {
-                window.push(observation);
-                deque.push_back(observation);
-                if deque.len() > HISTORY_MAX {
-                    deque.pop_front();
+            for step in steps {
+                match step {
+                    Some(observation) => {
+                        window.push(observation);
+                        deque.push_back(observation);
+                        if deque.len() > HISTORY_MAX {
+                            deque.pop_front();
+                        }
+                    }
+                    None => prop_assert_eq!(window.pop_back(), deque.pop_back()),
                 }
                 prop_assert_eq!(window.iter().collect::<Vec<_>>(), deque.iter().copied().collect::<Vec<_>>());
                 prop_assert_eq!(window.back(), deque.back().copied());

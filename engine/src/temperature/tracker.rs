@@ -117,6 +117,16 @@ impl Temperature {
         self.history.push(Observation { observed: last.observed, accesses: 0 });
     }
 
+    /// Stores `verdict` in place of the repeat the same pass implied (`repeat`): a
+    /// verdict of a pass journaled after the record that began it (`Op::ClassifyMore`).
+    /// An extent with no history had no repeat to replace.
+    pub fn replace_repeat(&mut self, verdict: &Verdict) {
+        if !self.history.is_empty() {
+            self.history.pop_back();
+        }
+        self.apply(verdict);
+    }
+
     /// P(class | history) under `config`'s classifier, as the last pass computed it
     /// (1 for the threshold classifier; 0 before any pass).
     pub fn belief(&self, config: &TieringConfig) -> f64 {
