@@ -450,9 +450,11 @@ fn a_format_seven_pool_is_upgraded_into_the_paged_store_and_reads_the_same() {
 }
 
 /// Rewrites the store of `t` (closed, checkpointed) as a build of format 8 left it — a
-/// new root whose head has no format byte, or, with `format`, one saying `format` — and
+/// new root whose head has no format byte and whose temperatures carry no pass count
+/// (each with the repeats it had then), or, with `format`, a head saying `format` — and
 /// removes every record. Returns the head's journal tip.
 fn rewrite_store_head(t: &TestPool, format: Option<u8>) -> (u64, [u8; 32]) {
+    use dfs_engine::temperature::tracker::Temperature;
     let disks: Vec<dfs_engine::media::dirdisk::DirDisk> =
         (0..3).map(|d| dfs_engine::media::dirdisk::DirDisk::open(&t.disk_path(d)).unwrap()).collect();
     let devices: Vec<&dyn dfs_engine::media::device::BlockDevice> =
@@ -460,10 +462,26 @@ fn rewrite_store_head(t: &TestPool, format: Option<u8>) -> (u64, [u8; 32]) {
     let mut store = dfs_engine::meta::store::Store::open(&devices, Default::default()).unwrap();
     let payload = store.payload().to_vec();
     let (head, after): (dfs_engine::meta::paged::Head, &[u8]) = postcard::take_from_bytes(&payload).unwrap();
-    assert_eq!(after, [METADATA_FORMAT], "a head ends with its format");
-    let mut rewritten = payload[..payload.len() - 1].to_vec();
+    assert_eq!(after[0], METADATA_FORMAT, "a head ends with its format, then its pass count");
+    let passes: u64 = postcard::from_bytes(&after[1..]).unwrap();
+    let mut rewritten = payload[..payload.len() - after.len()].to_vec();
     rewritten.extend(format);
-    store.commit(&devices, rewritten).unwrap();
+    // Temperatures are the table of tag 5; format 8 stored each as it stood.
+    let mut changes = Vec::new();
+    store
+        .scan_cold(&devices, &mut |key, value| {
+            if key[0] == 5 {
+                let (mut temperature, rest): (Temperature, &[u8]) = postcard::take_from_bytes(value).unwrap();
+                let written_at: u64 = postcard::from_bytes(rest).unwrap();
+                for _ in written_at..passes {
+                    temperature.repeat();
+                }
+                changes.push((key.to_vec(), Some(postcard::to_allocvec(&temperature).unwrap())));
+            }
+            true
+        })
+        .unwrap();
+    store.commit_changes(&devices, changes, rewritten).unwrap();
     for disk in 0..3 {
         common::remove_records(&t.disk_path(disk));
         assert_eq!(blocks(&t.disk_path(disk), "store-root").len(), 1);
@@ -473,7 +491,24 @@ fn rewrite_store_head(t: &TestPool, format: Option<u8>) -> (u64, [u8; 32]) {
 
 #[test]
 fn a_format_eight_pool_is_upgraded_and_then_folds_long_policy_histories() {
-    let (mut t, state, f) = closed_with_file("big", &common::pattern(300_000, 9));
+    let (mut t, _, f) = closed_with_file("big", &common::pattern(300_000, 9));
+    t.reopen();
+    t.write_file("small", &common::pattern(5_000, 10));
+    // Temperatures written at several pass counts: the last passes only repeat.
+    for _ in 0..2 {
+        t.pool().classify_pass().unwrap();
+        t.pool().checkpoint().unwrap();
+    }
+    t.write_file("later", &common::pattern(5_000, 11));
+    for _ in 0..3 {
+        t.pool().classify_pass().unwrap();
+    }
+    t.pool().checkpoint().unwrap();
+    let state = t.pool().state().clone();
+    assert!(state.temperature.values().any(|t| t.history.len() == 5), "{:?}", state.temperature);
+    assert!(state.temperature.values().any(|t| t.history.len() == 3));
+    t.pool = None;
+    t.dir = None;
     let (seq, tip_hash) = rewrite_store_head(&t, None);
     // A format-8 record after the head, chaining onto it.
     let mut inode = state.inodes[&f].clone();
@@ -490,6 +525,10 @@ fn a_format_eight_pool_is_upgraded_and_then_folds_long_policy_histories() {
     assert_eq!(report.upgraded_from, Some(8));
     assert_eq!(t.pool().getattr(f).unwrap().mode, 0o640, "the format-8 record was replayed");
     assert_eq!(t.pool().state().extents, state.extents);
+    assert_eq!(t.pool().state().temperature, state.temperature, "format-8 temperatures read as they were");
+    close_in_the_store(&mut t);
+    t.reopen();
+    assert_eq!(t.pool().state().temperature, state.temperature, "and as upgraded");
     // The upgraded pool keeps at most POLICY_HISTORY_MAX changes an extent, the oldest folded.
     let policies = ["replicate:2", "replicate:3"];
     let changes = dfs_engine::meta::state::POLICY_HISTORY_MAX as u64 + 5;

@@ -190,3 +190,42 @@ fn a_pass_of_many_verdicts_journals_bounded_records_and_replays_the_same() {
     assert!(report.records_replayed >= 3, "the pass must be replayed, not read from a checkpoint: {report:?}");
     assert_eq!(t.pool().state().temperature, live);
 }
+
+/// A pass repeats every quiet chunk's last observation without marking it: the store
+/// implies the repeats from the pass count. The checkpoint after a quiet pass writes next
+/// to nothing, and a reopen — from checkpoints taken at different passes, with records
+/// after the last one — reads back the temperatures the passes left.
+#[test]
+fn a_checkpoint_after_a_quiet_pass_writes_next_to_nothing_and_reads_back_the_repeats() {
+    let mut t = TestPool::new(&[64, 64, 64], "replicate:2");
+    for i in 0..40 {
+        t.write_file(&format!("f{i}"), &pattern(3_000, i));
+    }
+    let checkpoint_bytes = |t: &mut TestPool| {
+        let before = t.pool().counters().checkpoint_bytes;
+        t.pool().checkpoint().unwrap();
+        t.pool().counters().checkpoint_bytes - before
+    };
+    t.pool().classify_pass().unwrap();
+    let first = checkpoint_bytes(&mut t);
+    let mut quiet = Vec::new();
+    for round in 0..6 {
+        if round == 3 {
+            t.read_file("/f7").unwrap();
+            t.pool().flush_access_stats().unwrap();
+        }
+        t.pool().classify_pass().unwrap();
+        quiet.push(checkpoint_bytes(&mut t));
+    }
+    assert!(quiet[0] * 4 < first, "a quiet pass rewrote the temperatures: {quiet:?} after {first}");
+    assert!(quiet[3] > quiet[0], "the pass after a read writes that chunk: {quiet:?}");
+    t.pool().classify_pass().unwrap();
+    t.pool().classify_pass().unwrap();
+    let live = t.pool().state().clone();
+    assert!(live.temperature.values().all(|t| t.history.len() == 9));
+    let report = t.reopen();
+    assert!(report.records_replayed > 0, "the last passes replay onto the checkpoint");
+    let reopened = t.pool().state();
+    assert_eq!(reopened.temperature, live.temperature);
+    assert_eq!(reopened.repeating_passes, live.repeating_passes);
+}

@@ -17,6 +17,8 @@ use crate::meta::ids::{ChunkSlot, Ino};
 use crate::meta::state::MetaState;
 use crate::meta::store::{Devices, Entry, Store, StoreError};
 use crate::meta::tracked::Tracked;
+use crate::temperature::hmm::HISTORY_MAX;
+use crate::temperature::tracker::Temperature;
 
 /// A key of a paged table, as bytes that sort as the key does.
 pub trait TableKey: Sized + Ord + Clone {
@@ -111,21 +113,45 @@ fn value_of<V: Serialize>(value: &V) -> Vec<u8> {
     postcard::to_allocvec(value).unwrap_or_else(|e| panic!("postcard cannot encode engine metadata: {e}"))
 }
 
-fn changes_of<K: TableKey, V: Serialize>(tag: u8, table: &mut Tracked<K, V>, out: &mut Vec<Entry>) {
+fn changes_of<K: TableKey, V>(
+    tag: u8,
+    table: &mut Tracked<K, V>,
+    encode: impl Fn(&V) -> Vec<u8>,
+    out: &mut Vec<Entry>,
+) {
     for key in table.take_dirty() {
-        out.push((key_of(tag, &key), table.get(&key).map(value_of)));
+        out.push((key_of(tag, &key), table.get(&key).map(&encode)));
     }
 }
 
-fn entries_of<K: TableKey, V: Serialize>(tag: u8, table: &Tracked<K, V>) -> impl Iterator<Item = Entry> + '_ {
-    table.iter().map(move |(key, value)| (key_of(tag, key), Some(value_of(value))))
+fn entries_of<'a, K: TableKey, V>(
+    tag: u8,
+    table: &'a Tracked<K, V>,
+    encode: impl Fn(&V) -> Vec<u8> + 'a,
+) -> impl Iterator<Item = Entry> + 'a {
+    table.iter().map(move |(key, value)| (key_of(tag, key), Some(encode(value))))
+}
+
+/// A temperature's value: the temperature, then the repeating passes it stands at
+/// (format 9; none in format 8, whose values were written at every pass).
+fn temperature_value(temperature: &Temperature, passes: u64) -> Vec<u8> {
+    value_of(&(temperature, passes))
 }
 
 /// The entries the tables changed since the last call (a deletion as `None`), in key
-/// order; the tables are clean after.
+/// order; the tables are clean after. A temperature that only repeated is not changed:
+/// its value reads back with the repeats (`load`).
 pub fn changes(state: &mut MetaState) -> Vec<Entry> {
+    let passes = state.repeating_passes;
     let mut out = Vec::new();
-    each_table!(state, |tag, table| { changes_of(tag, table, &mut out) });
+    changes_of(INODES, &mut state.inodes, value_of, &mut out);
+    changes_of(DIRS, &mut state.dirs, value_of, &mut out);
+    changes_of(FILE_EXTENTS, &mut state.file_extents, value_of, &mut out);
+    changes_of(EXTENTS, &mut state.extents, value_of, &mut out);
+    changes_of(TEMPERATURE, &mut state.temperature, |t| temperature_value(t, passes), &mut out);
+    changes_of(SCRUBBED, &mut state.scrubbed, value_of, &mut out);
+    changes_of(XATTRS, &mut state.xattrs, value_of, &mut out);
+    changes_of(LAYERS, &mut state.layers, value_of, &mut out);
     debug_assert!(out.windows(2).all(|w| w[0].0 < w[1].0));
     out
 }
@@ -133,14 +159,15 @@ pub fn changes(state: &mut MetaState) -> Vec<Entry> {
 /// Every entry of the tables, in key order, encoded as it is taken. The tables stay as
 /// marked: `mark_clean` once the entries are durable.
 pub fn entries(state: &MetaState) -> impl Iterator<Item = Entry> + '_ {
-    entries_of(INODES, &state.inodes)
-        .chain(entries_of(DIRS, &state.dirs))
-        .chain(entries_of(FILE_EXTENTS, &state.file_extents))
-        .chain(entries_of(EXTENTS, &state.extents))
-        .chain(entries_of(TEMPERATURE, &state.temperature))
-        .chain(entries_of(SCRUBBED, &state.scrubbed))
-        .chain(entries_of(XATTRS, &state.xattrs))
-        .chain(entries_of(LAYERS, &state.layers))
+    let passes = state.repeating_passes;
+    entries_of(INODES, &state.inodes, value_of)
+        .chain(entries_of(DIRS, &state.dirs, value_of))
+        .chain(entries_of(FILE_EXTENTS, &state.file_extents, value_of))
+        .chain(entries_of(EXTENTS, &state.extents, value_of))
+        .chain(entries_of(TEMPERATURE, &state.temperature, move |t| temperature_value(t, passes)))
+        .chain(entries_of(SCRUBBED, &state.scrubbed, value_of))
+        .chain(entries_of(XATTRS, &state.xattrs, value_of))
+        .chain(entries_of(LAYERS, &state.layers, value_of))
 }
 
 /// Forgets every table's changes: the whole state is durable as it is.
@@ -158,6 +185,7 @@ pub fn encode_head(seq: u64, tip_hash: [u8; 32], state: &mut MetaState) -> Vec<u
     let head = HeadRef { seq, tip_hash, state };
     let mut encoded = value_of(&head);
     encoded.push(crate::media::frame::METADATA_FORMAT);
+    encoded.extend(value_of(&state.repeating_passes));
     swap_tables(state, &mut tables);
     encoded
 }
@@ -199,16 +227,23 @@ pub enum LoadError {
 pub fn load(store: &Store, devices: &Devices) -> Result<Head, LoadError> {
     let (mut head, after): (Head, &[u8]) =
         postcard::take_from_bytes(store.payload()).map_err(|e| LoadError::Head(e.to_string()))?;
-    head.format = match after {
-        [] => FIRST_STORE_FORMAT,
-        [format] if *format > crate::media::frame::METADATA_FORMAT => {
+    let passes = match after {
+        [] => None,
+        [format, ..] if *format > crate::media::frame::METADATA_FORMAT => {
             return Err(LoadError::NewerFormat { found: *format, supported: crate::media::frame::METADATA_FORMAT })
         }
-        [format] if *format > FIRST_STORE_FORMAT => *format,
+        [format, passes @ ..] if *format > FIRST_STORE_FORMAT => {
+            head.format = *format;
+            Some(decode_all::<u64>(passes).map_err(|why| LoadError::Head(format!("its pass count: {why}")))?)
+        }
         _ => return Err(LoadError::Head(format!("{} bytes after the head, not its format", after.len()))),
     };
+    if passes.is_none() {
+        head.format = FIRST_STORE_FORMAT;
+    }
+    head.state.repeating_passes = passes.unwrap_or(0);
     let mut failure = None;
-    let mut tables = Tables::default();
+    let mut tables = Tables { passes, ..Tables::default() };
     store.scan_cold(devices, &mut |key, value| match tables.add(key, value) {
         Ok(()) => true,
         Err(why) => {
@@ -236,10 +271,12 @@ struct Tables {
     dirs: Vec<(Ino, BTreeMap<Vec<u8>, Ino>)>,
     file_extents: Vec<(Ino, BTreeMap<u64, ExtentId>)>,
     extents: Vec<(ExtentId, crate::meta::state::ExtentRecord)>,
-    temperature: Vec<(ChunkSlot, crate::temperature::tracker::Temperature)>,
+    temperature: Vec<(ChunkSlot, Temperature)>,
     scrubbed: Vec<(ExtentId, i64)>,
     xattrs: Vec<(Ino, Xattrs)>,
     layers: Vec<(ChunkSlot, Vec<crate::meta::state::Layer>)>,
+    /// The head's count of repeating passes (`None`: format 8, which has none).
+    passes: Option<u64>,
 }
 
 fn add_to<K: TableKey, V: for<'de> Deserialize<'de>>(
@@ -270,12 +307,36 @@ impl Tables {
             DIRS => add_to(&mut self.dirs, rest, value),
             FILE_EXTENTS => add_to(&mut self.file_extents, rest, value),
             EXTENTS => add_to(&mut self.extents, rest, value),
-            TEMPERATURE => add_to(&mut self.temperature, rest, value),
+            TEMPERATURE => self.add_temperature(rest, value),
             SCRUBBED => add_to(&mut self.scrubbed, rest, value),
             XATTRS => add_to(&mut self.xattrs, rest, value),
             LAYERS => add_to(&mut self.layers, rest, value),
             other => Err(format!("no table has tag {other}")),
         }
+    }
+
+    /// A temperature, with the repeats of every pass since it was written: a pass
+    /// repeats the last observation of each chunk it does not list without marking it
+    /// (`MetaState::repeating_passes`). Past `HISTORY_MAX` repeats the window holds only
+    /// that observation, so no more are made.
+    fn add_temperature(&mut self, key: &[u8], value: &[u8]) -> Result<(), String> {
+        let key = ChunkSlot::take(key).ok_or("key of the wrong length")?;
+        if self.temperature.last().is_some_and(|(last, _)| *last >= key) {
+            return Err("key out of order".into());
+        }
+        let (mut temperature, after): (Temperature, &[u8]) =
+            postcard::take_from_bytes(value).map_err(|e| e.to_string())?;
+        if let Some(passes) = self.passes {
+            let written_at = decode_all::<u64>(after)?;
+            let since = passes.checked_sub(written_at).ok_or("written at a pass the head has not reached")?;
+            for _ in 0..since.min(HISTORY_MAX as u64) {
+                temperature.repeat();
+            }
+        } else if !after.is_empty() {
+            return Err("a pass count in a format-8 store".into());
+        }
+        self.temperature.push((key, temperature));
+        Ok(())
     }
 
     fn into_state(self, state: &mut MetaState) {
@@ -287,6 +348,15 @@ impl Tables {
         state.scrubbed = table_of(self.scrubbed);
         state.xattrs = table_of(self.xattrs);
         state.layers = table_of(self.layers);
+    }
+}
+
+/// `bytes` decoded as one `T`, with nothing after it.
+fn decode_all<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> Result<T, String> {
+    match postcard::take_from_bytes(bytes) {
+        Ok((value, [])) => Ok(value),
+        Ok((_, rest)) => Err(format!("{} bytes too many", rest.len())),
+        Err(e) => Err(e.to_string()),
     }
 }
 

@@ -408,6 +408,13 @@ pub struct MetaState {
     /// every record.
     #[serde(skip)]
     pub extent_index: ExtentIndex,
+    /// How many classification passes repeated the chunks they did not list
+    /// (`Op::ClassifyChanges`), ever (format 9). A stored temperature names the count it
+    /// was written at and reads back with one repeat for each pass since (`meta::paged`),
+    /// so the repeats are never marked: a pass that changes nothing writes nothing. Carried
+    /// in the store's head, not encoded with the state.
+    #[serde(skip)]
+    pub repeating_passes: u64,
 }
 
 /// Where a disk stands for the fragments on it.
@@ -690,6 +697,7 @@ impl MetaState {
             layers: Tracked::default(),
             dir_parents: BTreeMap::new(),
             extent_index: ExtentIndex::default(),
+            repeating_passes: 0,
         };
         state.apply(&Op::PutInode(Inode {
             ino: Ino::ROOT,
@@ -936,8 +944,10 @@ impl MetaState {
             }
             Op::ClassifyChanges { at_secs, changed } => {
                 self.note_pass(*at_secs);
+                self.repeating_passes += 1;
                 let listed: BTreeSet<ChunkSlot> = changed.iter().map(|(slot, _)| *slot).collect();
-                for (_, temperature) in self.temperature.iter_mut().filter(|(slot, _)| !listed.contains(slot)) {
+                // Unmarked: the store implies these from `repeating_passes`.
+                for (_, temperature) in self.temperature.iter_mut_implied().filter(|(slot, _)| !listed.contains(slot)) {
                     temperature.repeat();
                 }
                 self.apply_verdicts(changed);

@@ -91,6 +91,19 @@ impl<K: Ord + Clone, V> Tracked<K, V> {
         self.map.iter_mut()
     }
 
+    /// Marks every key: the next checkpoint writes the whole table (one whose stored
+    /// encoding changed).
+    pub fn mark_all(&mut self) {
+        self.all = true;
+    }
+
+    /// Every entry, to change in place *without* marking any: only for a change the
+    /// store derives by itself when it reads the entries back (`meta::paged`: the
+    /// observation each classification pass repeats, implied by the pass count).
+    pub fn iter_mut_implied(&mut self) -> btree_map::IterMut<'_, K, V> {
+        self.map.iter_mut()
+    }
+
     /// The keys changed since the last call, and a clean map.
     pub fn take_dirty(&mut self) -> BTreeSet<K> {
         let mut dirty = std::mem::take(&mut self.dirty);

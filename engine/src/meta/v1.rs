@@ -114,6 +114,7 @@ impl From<MetaStateV1> for MetaState {
             layers: Default::default(),
             dir_parents: BTreeMap::new(),
             extent_index: Default::default(),
+            repeating_passes: 0,
         }
     }
 }

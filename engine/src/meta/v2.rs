@@ -73,6 +73,7 @@ impl From<MetaStateV2> for MetaState {
             layers: Default::default(),
             dir_parents: BTreeMap::new(),
             extent_index: Default::default(),
+            repeating_passes: 0,
         }
     }
 }

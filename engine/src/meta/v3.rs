@@ -77,6 +77,7 @@ impl From<MetaStateV3> for MetaState {
             layers: Default::default(),
             dir_parents: BTreeMap::new(),
             extent_index: Default::default(),
+            repeating_passes: 0,
         }
     }
 }

@@ -397,6 +397,10 @@ impl Pool {
         assert!(from < crate::media::frame::METADATA_FORMAT);
         let to = crate::media::frame::METADATA_FORMAT;
         self.commit(Transaction { ops: vec![Op::FormatUpgraded { from, to }] })?;
+        if from == 8 {
+            // Format 9 stores a temperature with the pass count it stands at.
+            self.state.temperature.mark_all();
+        }
         self.sync()?;
         self.write_checkpoint()?;
         assert_eq!(self.checkpoint_seq, Some(self.tip.seq));
