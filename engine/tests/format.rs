@@ -469,7 +469,7 @@ fn rewrite_store_head(t: &TestPool, format: Option<u8>) -> (u64, [u8; 32]) {
     // Temperatures are the table of tag 5; format 8 stored each as it stood.
     let mut changes = Vec::new();
     store
-        .scan_cold(&devices, &mut |key, value| {
+        .scan_cold(&devices, &[], None, &mut |key, value| {
             if key[0] == 5 {
                 let (mut temperature, rest): (Temperature, &[u8]) = postcard::take_from_bytes(value).unwrap();
                 let written_at: u64 = postcard::from_bytes(rest).unwrap();

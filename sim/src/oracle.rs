@@ -222,7 +222,10 @@ pub fn replicas_agree(world: &World) -> Result<(), String> {
         if world.away_last_recovery.iter().any(|d| *d as u32 + 1 == disk.0) {
             continue; // away while recovery re-replicated; the next recovery rewrites it
         }
-        match journal::recover(&[device.as_ref()], &dfs_engine::meta::store::StoreConfig::default()) {
+        match journal::recover(
+            &[device.as_ref()],
+            &dfs_engine::meta::store::StoreConfig { parallel: false, ..Default::default() },
+        ) {
             Ok(Some(recovered)) if recovered.state == *state => {}
             Ok(Some(recovered)) => {
                 return Err(format!(

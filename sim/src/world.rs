@@ -120,6 +120,7 @@ impl World {
         options.seed = seed;
         options.observer = Some(Observer(trigger.clone()));
         options.parallel_io = false;
+        options.metadata_store.parallel = false;
         let pool_id = uuid_from(&mut rng);
         let mut world = World {
             clock,

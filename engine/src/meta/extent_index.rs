@@ -141,6 +141,20 @@ impl ExtentIndex {
         }
     }
 
+    /// Takes `other`'s per-disk sets (this index has none yet).
+    pub fn take_disks(&mut self, other: ExtentIndex) {
+        debug_assert!(self.on_disk.is_empty());
+        self.on_disk = other.on_disk;
+    }
+
+    /// Takes `other`'s tallies and migrations (this index has none yet).
+    pub fn take_tallies_and_migrations(&mut self, other: ExtentIndex) {
+        debug_assert!(self.by_policy.is_empty() && self.by_class.is_empty() && self.to_migrate.is_empty());
+        self.by_policy = other.by_policy;
+        self.by_class = other.by_class;
+        self.to_migrate = other.to_migrate;
+    }
+
     /// An index of the extents on each disk built from records visited in id order:
     /// ids are buffered per disk and appended in runs (a bitmap's own `insert` and
     /// `push` search the container each time).

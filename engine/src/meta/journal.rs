@@ -65,7 +65,7 @@ pub fn decode_checkpoint(block: &[u8]) -> Result<(Checkpoint, [u8; 32], u8), Fra
         v3::FORMAT => frame::decode_body::<v3::CheckpointV3>(opened.body)?.into(),
         _ => frame::decode_body::<Checkpoint>(opened.body)?,
     };
-    checkpoint.state.rebuild_indexes();
+    checkpoint.state.rebuild_indexes(false);
     Ok((checkpoint, opened.hash, opened.version))
 }
 
@@ -204,7 +204,7 @@ pub fn recover(devices: &[&dyn BlockDevice], store_config: &StoreConfig) -> Resu
             paged::LoadError::NewerFormat { found, supported } => RecoveryError::NewerFormat { found, supported },
             e => RecoveryError::StoreUnreadable(e.to_string()),
         })?;
-        head.state.rebuild_indexes();
+        head.state.rebuild_indexes(store_config.parallel);
         let format = head.format;
         let checkpoint = Checkpoint { seq: head.seq, tip_hash: head.tip_hash, state: head.state };
         start = Some((checkpoint, format, opened.holders().clone()));

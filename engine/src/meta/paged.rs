@@ -198,6 +198,17 @@ struct HeadRef<'a> {
     state: &'a MetaState,
 }
 
+impl MetaState {
+    /// A state whose paged tables are all empty (and clean), to swap them out with.
+    fn empty_tables() -> MetaState {
+        let mut state =
+            MetaState::new(uuid::Uuid::nil(), crate::base::policy::Policy::Replicate { copies: 1 }, Default::default());
+        state.inodes = Tracked::default();
+        state.dirs = Tracked::default();
+        state
+    }
+}
+
 fn swap_tables(a: &mut MetaState, b: &mut MetaState) {
     std::mem::swap(&mut a.inodes, &mut b.inodes);
     std::mem::swap(&mut a.dirs, &mut b.dirs);
@@ -242,19 +253,33 @@ pub fn load(store: &Store, devices: &Devices) -> Result<Head, LoadError> {
         head.format = FIRST_STORE_FORMAT;
     }
     head.state.repeating_passes = passes.unwrap_or(0);
-    let mut failure = None;
-    let mut tables = Tables { passes, ..Tables::default() };
-    store.scan_cold(devices, &mut |key, value| match tables.add(key, value) {
-        Ok(()) => true,
-        Err(why) => {
-            failure = Some(LoadError::Entry { key: hex(key), why });
-            false
-        }
-    })?;
-    if let Some(failure) = failure {
-        return Err(failure);
+    // The two large tables and the rest, each read and built on its own (at once, on
+    // two cores, outside the simulator): the same tables whichever finishes first.
+    let parts: [(&[u8], Option<&[u8]>); 3] =
+        [(&[], Some(&[EXTENTS])), (&[EXTENTS], Some(&[TEMPERATURE])), (&[TEMPERATURE], None)];
+    let read = |(from, to): (&[u8], Option<&[u8]>)| -> Result<Tables, LoadError> {
+        let mut failure = None;
+        let mut tables = Tables { passes, ..Tables::default() };
+        store.scan_cold(devices, from, to, &mut |key, value| match tables.add(key, value) {
+            Ok(()) => true,
+            Err(why) => {
+                failure = Some(LoadError::Entry { key: hex(key), why });
+                false
+            }
+        })?;
+        failure.map_or(Ok(tables), Err)
+    };
+    let mut built = Vec::with_capacity(parts.len());
+    for tables in
+        crate::base::io::run_all(store.config().parallel, parts.to_vec(), |part| read(part).map(Tables::built))
+    {
+        built.push(tables?);
     }
-    tables.into_state(&mut head.state);
+    // The head's state holds its tables as `encode_head` left them (a new state's root).
+    swap_tables(&mut head.state, &mut MetaState::empty_tables());
+    for tables in built {
+        tables.into_state(&mut head.state);
+    }
     Ok(head)
 }
 
@@ -339,15 +364,50 @@ impl Tables {
         Ok(())
     }
 
+    /// The tables read, as maps.
+    fn built(self) -> Built {
+        Built {
+            inodes: table_of(self.inodes),
+            dirs: table_of(self.dirs),
+            file_extents: table_of(self.file_extents),
+            extents: table_of(self.extents),
+            temperature: table_of(self.temperature),
+            scrubbed: table_of(self.scrubbed),
+            xattrs: table_of(self.xattrs),
+            layers: table_of(self.layers),
+        }
+    }
+}
+
+/// Tables read from one part of the store's keys: the others are empty.
+struct Built {
+    inodes: Tracked<Ino, crate::meta::state::Inode>,
+    dirs: Tracked<Ino, BTreeMap<Vec<u8>, Ino>>,
+    file_extents: Tracked<Ino, BTreeMap<u64, ExtentId>>,
+    extents: Tracked<ExtentId, crate::meta::state::ExtentRecord>,
+    temperature: Tracked<ChunkSlot, Temperature>,
+    scrubbed: Tracked<ExtentId, i64>,
+    xattrs: Tracked<Ino, Xattrs>,
+    layers: Tracked<ChunkSlot, Vec<crate::meta::state::Layer>>,
+}
+
+impl Built {
+    /// Puts into `state` the tables this part holds; each table lies in one part.
     fn into_state(self, state: &mut MetaState) {
-        state.inodes = table_of(self.inodes);
-        state.dirs = table_of(self.dirs);
-        state.file_extents = table_of(self.file_extents);
-        state.extents = table_of(self.extents);
-        state.temperature = table_of(self.temperature);
-        state.scrubbed = table_of(self.scrubbed);
-        state.xattrs = table_of(self.xattrs);
-        state.layers = table_of(self.layers);
+        fn put<K: Ord, V>(table: Tracked<K, V>, into: &mut Tracked<K, V>) {
+            if !table.is_empty() {
+                assert!(into.is_empty(), "a table read from two parts of the store");
+                *into = table;
+            }
+        }
+        put(self.inodes, &mut state.inodes);
+        put(self.dirs, &mut state.dirs);
+        put(self.file_extents, &mut state.file_extents);
+        put(self.extents, &mut state.extents);
+        put(self.temperature, &mut state.temperature);
+        put(self.scrubbed, &mut state.scrubbed);
+        put(self.xattrs, &mut state.xattrs);
+        put(self.layers, &mut state.layers);
     }
 }
 

@@ -374,10 +374,32 @@ impl MetaState {
     /// Rebuilds what the state indexes but never stores (`dir_parents`, `extent_index`):
     /// after decoding. Only extents on a disk that is not serving, or owed to one, can be
     /// short of fragments, so a healthy pool's are not assessed one by one.
-    pub fn rebuild_indexes(&mut self) {
-        self.dir_parents = self.scanned_dir_parents();
-        let mut index = ExtentIndex::from_records(self.extents.values().map(|r| (r.id, r.fragments.as_slice())));
-        self.scan_tallies_and_migrations(&mut index);
+    /// The per-disk sets, and the tallies with the migrations, are built apart and at
+    /// once when `parallel` (on the I/O threads; one after another in the simulator).
+    pub fn rebuild_indexes(&mut self, parallel: bool) {
+        enum Part {
+            Disks(ExtentIndex),
+            Tallies(ExtentIndex),
+            Parents(BTreeMap<Ino, Ino>),
+        }
+        let this = &*self;
+        let parts = crate::base::io::run_all(parallel, vec![0, 1, 2], |part| match part {
+            0 => Part::Disks(ExtentIndex::from_records(this.extents.values().map(|r| (r.id, r.fragments.as_slice())))),
+            1 => {
+                let mut tallies = ExtentIndex::default();
+                this.scan_tallies_and_migrations(&mut tallies);
+                Part::Tallies(tallies)
+            }
+            _ => Part::Parents(this.scanned_dir_parents()),
+        });
+        let mut index = ExtentIndex::default();
+        for part in parts {
+            match part {
+                Part::Disks(disks) => index.take_disks(disks),
+                Part::Tallies(tallies) => index.take_tallies_and_migrations(tallies),
+                Part::Parents(parents) => self.dir_parents = parents,
+            }
+        }
         self.extent_index = index;
         let fates = self.fates();
         let mut suspects: BTreeSet<ExtentId> = self.owed.values().flatten().copied().collect();

@@ -66,6 +66,9 @@ pub struct StoreConfig {
     pub cache_bytes: u64,
     /// A run is merged with the runs after it once it is at most this many times their size.
     pub merge_ratio: u64,
+    /// Whether a whole read walks key ranges at once on the I/O threads
+    /// (`base::io::run_all`); the simulator walks them one after another.
+    pub parallel: bool,
     /// A deliberate defect (tests only): write a root before its pages are synced.
     #[cfg(feature = "sabotage")]
     pub sabotage_root_before_pages: bool,
@@ -78,6 +81,7 @@ impl Default for StoreConfig {
             bulk_page_bytes: 1 << 20,
             cache_bytes: 256 << 20,
             merge_ratio: 1,
+            parallel: true,
             #[cfg(feature = "sabotage")]
             sabotage_root_before_pages: false,
         }
@@ -396,12 +400,24 @@ impl Store {
         })
     }
 
-    /// `scan` without keeping the pages it reads in the cache: a whole read of the store.
-    pub fn scan_cold(&self, devices: &Devices, visit: &mut dyn FnMut(&[u8], &[u8]) -> bool) -> Result<(), StoreError> {
-        self.walk(devices, &self.runs, true, &[], None, &mut |(key, value)| match value {
+    /// `scan` without keeping the pages it reads in the cache: a whole read of the store,
+    /// or of one part of it.
+    pub fn scan_cold(
+        &self,
+        devices: &Devices,
+        from: &[u8],
+        to: Option<&[u8]>,
+        visit: &mut dyn FnMut(&[u8], &[u8]) -> bool,
+    ) -> Result<(), StoreError> {
+        self.walk_pages(devices, &self.runs, true, false, from, to, &mut |(key, value)| match value {
             Some(value) => Ok(visit(&key, &value)),
             None => Ok(true),
         })
+    }
+
+    /// The store's settings.
+    pub fn config(&self) -> &StoreConfig {
+        &self.config
     }
 
     /// Makes the pending changes durable as one new run, with `payload` in the new root,
@@ -602,7 +618,21 @@ impl Store {
         to: Option<&[u8]>,
         visit: &mut dyn FnMut(Entry) -> Result<bool, StoreError>,
     ) -> Result<(), StoreError> {
-        let keep = with_pending;
+        self.walk_pages(devices, runs, with_pending, with_pending, from, to, visit)
+    }
+
+    /// `walk`, keeping the pages it reads in the cache or not (`keep`).
+    #[allow(clippy::too_many_arguments)]
+    fn walk_pages(
+        &self,
+        devices: &Devices,
+        runs: &[Arc<Run>],
+        with_pending: bool,
+        keep: bool,
+        from: &[u8],
+        to: Option<&[u8]>,
+        visit: &mut dyn FnMut(Entry) -> Result<bool, StoreError>,
+    ) -> Result<(), StoreError> {
         let mut pending = self.pending.range::<[u8], _>((std::ops::Bound::Included(from), std::ops::Bound::Unbounded));
         let mut pending_head = if with_pending { pending.next() } else { None };
         // Newest first, so that the first head holding the least key is the newest entry.
