@@ -450,9 +450,10 @@ fn a_format_seven_pool_is_upgraded_into_the_paged_store_and_reads_the_same() {
 }
 
 /// Rewrites the store of `t` (closed, checkpointed) as a build of format 8 left it — a
-/// new root whose head has no format byte and whose temperatures carry no pass count
-/// (each with the repeats it had then), or, with `format`, a head saying `format` — and
-/// removes every record. Returns the head's journal tip.
+/// new root whose head has no format byte, temperatures with no pass count (each with
+/// the repeats it had then), a directory or a file's chunk map as one value — or, with
+/// `format`, a head saying `format`; and removes every record. Returns the head's
+/// journal tip.
 fn rewrite_store_head(t: &TestPool, format: Option<u8>) -> (u64, [u8; 32]) {
     use dfs_engine::temperature::tracker::Temperature;
     let disks: Vec<dfs_engine::media::dirdisk::DirDisk> =
@@ -466,21 +467,48 @@ fn rewrite_store_head(t: &TestPool, format: Option<u8>) -> (u64, [u8; 32]) {
     let passes: u64 = postcard::from_bytes(&after[1..]).unwrap();
     let mut rewritten = payload[..payload.len() - after.len()].to_vec();
     rewritten.extend(format);
-    // Temperatures are the table of tag 5; format 8 stored each as it stood.
-    let mut changes = Vec::new();
+    // Format 8 stored each temperature (tag 5) as it stood, each directory (tag 2) and
+    // each file's chunk map (tag 3) as one value under its inode.
+    type Dir = std::collections::BTreeMap<Vec<u8>, Ino>;
+    type Chunks = std::collections::BTreeMap<u64, dfs_engine::media::device::ExtentId>;
+    let mut changes: std::collections::BTreeMap<Vec<u8>, Option<Vec<u8>>> = Default::default();
+    let mut dirs: std::collections::BTreeMap<[u8; 8], Dir> = Default::default();
+    let mut files: std::collections::BTreeMap<[u8; 8], Chunks> = Default::default();
     store
         .scan_cold(&devices, &[], None, &mut |key, value| {
-            if key[0] == 5 {
-                let (mut temperature, rest): (Temperature, &[u8]) = postcard::take_from_bytes(value).unwrap();
-                let written_at: u64 = postcard::from_bytes(rest).unwrap();
-                for _ in written_at..passes {
-                    temperature.repeat();
+            match key[0] {
+                2 => {
+                    changes.insert(key.to_vec(), None);
+                    let dir = dirs.entry(key[1..9].try_into().unwrap()).or_default();
+                    if key.len() > 9 {
+                        dir.insert(key[9..].to_vec(), postcard::from_bytes(value).unwrap());
+                    }
                 }
-                changes.push((key.to_vec(), Some(postcard::to_allocvec(&temperature).unwrap())));
+                3 => {
+                    changes.insert(key.to_vec(), None);
+                    let segment: Chunks = postcard::from_bytes(value).unwrap();
+                    files.entry(key[1..9].try_into().unwrap()).or_default().extend(segment);
+                }
+                5 => {
+                    let (mut temperature, rest): (Temperature, &[u8]) = postcard::take_from_bytes(value).unwrap();
+                    let written_at: u64 = postcard::from_bytes(rest).unwrap();
+                    for _ in written_at..passes {
+                        temperature.repeat();
+                    }
+                    changes.insert(key.to_vec(), Some(postcard::to_allocvec(&temperature).unwrap()));
+                }
+                _ => {}
             }
             true
         })
         .unwrap();
+    for (ino, dir) in dirs {
+        changes.insert([&[2u8][..], &ino].concat(), Some(postcard::to_allocvec(&dir).unwrap()));
+    }
+    for (ino, chunks) in files {
+        changes.insert([&[3u8][..], &ino].concat(), Some(postcard::to_allocvec(&chunks).unwrap()));
+    }
+    let changes: Vec<_> = changes.into_iter().collect();
     store.commit_changes(&devices, changes, rewritten).unwrap();
     for disk in 0..3 {
         common::remove_records(&t.disk_path(disk));
@@ -526,9 +554,13 @@ fn a_format_eight_pool_is_upgraded_and_then_folds_long_policy_histories() {
     assert_eq!(t.pool().getattr(f).unwrap().mode, 0o640, "the format-8 record was replayed");
     assert_eq!(t.pool().state().extents, state.extents);
     assert_eq!(t.pool().state().temperature, state.temperature, "format-8 temperatures read as they were");
+    assert_eq!(t.pool().state().dirs, state.dirs);
+    assert_eq!(t.pool().state().file_extents, state.file_extents);
     close_in_the_store(&mut t);
     t.reopen();
     assert_eq!(t.pool().state().temperature, state.temperature, "and as upgraded");
+    assert_eq!(t.pool().state().dirs, state.dirs);
+    assert_eq!(t.pool().state().file_extents, state.file_extents);
     // The upgraded pool keeps at most POLICY_HISTORY_MAX changes an extent, the oldest folded.
     let policies = ["replicate:2", "replicate:3"];
     let changes = dfs_engine::meta::state::POLICY_HISTORY_MAX as u64 + 5;

@@ -1,4 +1,4 @@
-//! Checkpoints are commits of the paged metadata store (format 8): each writes what
+//! Checkpoints are commits of the paged metadata store (format 8 on): each writes what
 //! changed since the last one, the store's runs are merged as they pile up, and a reopen
 //! reads the state back from the store alone.
 
@@ -68,4 +68,46 @@ fn state_bytes(t: &mut TestPool) -> u64 {
     let entries = dfs_engine::meta::paged::entries(&state);
     let replicas = t.pool().journal_disks().len() as u64;
     replicas * entries.map(|(k, v)| (k.len() + v.as_ref().map_or(0, Vec::len)) as u64).sum::<u64>()
+}
+
+/// A directory is stored a name an entry, a file's chunk map a segment of 1,024 chunks an
+/// entry (format 9): a create in a directory of thousands, or a truncate of a file of
+/// twenty thousand chunks, writes what it changed, not the directory or the map; a
+/// reopen reads both back.
+#[test]
+fn a_change_in_a_large_directory_or_file_writes_its_entry_not_the_whole() {
+    let mut t = TestPool::new(&[64, 64, 64], "replicate:3");
+    let pool = t.pool();
+    let big = pool.mkdir(Ino::ROOT, b"big", OWNER).unwrap().ino;
+    for f in 0..4_000 {
+        pool.create(big, format!("a-rather-long-file-name-{f:06}").as_bytes(), OWNER).unwrap();
+    }
+    let file = pool.create(Ino::ROOT, b"huge", OWNER).unwrap().ino;
+    pool.attach_synthetic_extents(file, 20_000).unwrap();
+    let checkpoint_bytes = |t: &mut TestPool| {
+        let pool = t.pool();
+        pool.sync().unwrap();
+        let before = pool.counters().checkpoint_bytes;
+        pool.checkpoint().unwrap();
+        pool.counters().checkpoint_bytes - before
+    };
+    let whole = checkpoint_bytes(&mut t);
+    let pool = t.pool();
+    let directory = postcard::to_allocvec(&pool.state().dirs[&big]).unwrap().len() as u64;
+    let chunks = postcard::to_allocvec(&pool.state().file_extents[&file]).unwrap().len() as u64;
+    assert!(directory > 100_000 && chunks > 100_000, "{directory} {chunks}");
+    pool.create(big, b"one-more", OWNER).unwrap();
+    pool.unlink(big, b"a-rather-long-file-name-000007").unwrap();
+    let created = checkpoint_bytes(&mut t);
+    // Summed over the three replicas, less than one copy of the directory.
+    assert!(created < directory, "a create and an unlink wrote {created} bytes over 3 replicas of {whole}");
+    let size = 19_990 << 20;
+    t.pool().setattr(file, &SetAttr { size: Some(size), ..SetAttr::default() }).unwrap();
+    let truncated = checkpoint_bytes(&mut t);
+    assert!(truncated < chunks, "a truncate of 10 chunks wrote {truncated} bytes over 3 replicas");
+    let live = t.pool().state().clone();
+    assert_eq!(live.file_extents[&file].len(), 19_990);
+    t.reopen();
+    assert_eq!(t.pool().state().dirs, live.dirs);
+    assert_eq!(t.pool().state().file_extents, live.file_extents);
 }

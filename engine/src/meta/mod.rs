@@ -4,6 +4,7 @@
 pub mod extent_index;
 pub mod ids;
 pub mod journal;
+pub mod nested;
 pub mod paged;
 pub mod scrub_state;
 pub mod state;

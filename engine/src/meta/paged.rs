@@ -8,12 +8,13 @@
 //! metadata format (`Head::format`): it is the store root's payload, so a root names one
 //! state, whole, and says how to read it.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
 use crate::media::device::ExtentId;
 use crate::meta::ids::{ChunkSlot, Ino};
+use crate::meta::nested::Nested;
 use crate::meta::state::MetaState;
 use crate::meta::store::{Devices, Entry, Store, StoreError};
 use crate::meta::tracked::Tracked;
@@ -138,6 +139,77 @@ fn temperature_value(temperature: &Temperature, passes: u64) -> Vec<u8> {
     value_of(&(temperature, passes))
 }
 
+/// A file's chunk map is stored in segments of `1 << SEGMENT_BITS` chunks (1 GiB of
+/// file), one store entry each: a write rewrites its segment, not a file of a million
+/// chunks, and a file of a few chunks is still one entry.
+const SEGMENT_BITS: u32 = 10;
+
+/// `ino`'s key in a table, then `rest`.
+fn ino_key(tag: u8, ino: Ino, rest: &[u8]) -> Vec<u8> {
+    let mut key = key_of(tag, &ino);
+    key.extend_from_slice(rest);
+    key
+}
+
+/// A key's inode (its first 8 bytes) and what follows.
+fn split_ino(key: &[u8]) -> Result<(Ino, &[u8]), String> {
+    if key.len() < 8 {
+        return Err("key of the wrong length".into());
+    }
+    let (ino, rest) = key.split_at(8);
+    Ok((Ino::take(ino).ok_or("key of the wrong length")?, rest))
+}
+
+/// Directories as store entries (format 9): a marker per directory (its inode, no name,
+/// an empty value — an empty directory exists too), then one entry per name.
+fn dir_entries(dirs: &Nested<Ino, Vec<u8>, Ino>) -> impl Iterator<Item = Entry> + '_ {
+    dirs.iter().flat_map(|(ino, entries)| {
+        std::iter::once((ino_key(DIRS, *ino, &[]), Some(Vec::new())))
+            .chain(entries.iter().map(move |(name, child)| (ino_key(DIRS, *ino, name), Some(value_of(child)))))
+    })
+}
+
+fn dir_changes(dirs: &mut Nested<Ino, Vec<u8>, Ino>, out: &mut Vec<Entry>) {
+    for (ino, name) in dirs.take_dirty() {
+        let entries = dirs.get(&ino);
+        out.push(match name {
+            None => (ino_key(DIRS, ino, &[]), entries.map(|_| Vec::new())),
+            Some(name) => {
+                let child = entries.and_then(|e| e.get(&name));
+                (ino_key(DIRS, ino, &name), child.map(value_of))
+            }
+        });
+    }
+}
+
+fn segment_key(ino: Ino, segment: u64) -> Vec<u8> {
+    ino_key(FILE_EXTENTS, ino, &segment.to_be_bytes())
+}
+
+/// The chunks of segment `segment` of a file's map, encoded; `None` when it has none.
+fn segment_value(chunks: Option<&BTreeMap<u64, ExtentId>>, segment: u64) -> Option<Vec<u8>> {
+    let first = segment << SEGMENT_BITS;
+    let part: BTreeMap<u64, ExtentId> =
+        chunks?.range(first..=first | ((1 << SEGMENT_BITS) - 1)).map(|(k, v)| (*k, *v)).collect();
+    (!part.is_empty()).then(|| value_of(&part))
+}
+
+/// Files' chunk maps as store entries (format 9), a segment each.
+fn chunk_entries(files: &Nested<Ino, u64, ExtentId>) -> impl Iterator<Item = Entry> + '_ {
+    files.iter().flat_map(|(ino, chunks)| {
+        let segments: BTreeSet<u64> = chunks.keys().map(|index| index >> SEGMENT_BITS).collect();
+        segments.into_iter().map(move |segment| (segment_key(*ino, segment), segment_value(Some(chunks), segment)))
+    })
+}
+
+fn chunk_changes(files: &mut Nested<Ino, u64, ExtentId>, out: &mut Vec<Entry>) {
+    let segments: BTreeSet<(Ino, u64)> =
+        files.take_dirty().into_iter().filter_map(|(ino, index)| Some((ino, index? >> SEGMENT_BITS))).collect();
+    for (ino, segment) in segments {
+        out.push((segment_key(ino, segment), segment_value(files.get(&ino), segment)));
+    }
+}
+
 /// The entries the tables changed since the last call (a deletion as `None`), in key
 /// order; the tables are clean after. A temperature that only repeated is not changed:
 /// its value reads back with the repeats (`load`).
@@ -145,8 +217,8 @@ pub fn changes(state: &mut MetaState) -> Vec<Entry> {
     let passes = state.repeating_passes;
     let mut out = Vec::new();
     changes_of(INODES, &mut state.inodes, value_of, &mut out);
-    changes_of(DIRS, &mut state.dirs, value_of, &mut out);
-    changes_of(FILE_EXTENTS, &mut state.file_extents, value_of, &mut out);
+    dir_changes(&mut state.dirs, &mut out);
+    chunk_changes(&mut state.file_extents, &mut out);
     changes_of(EXTENTS, &mut state.extents, value_of, &mut out);
     changes_of(TEMPERATURE, &mut state.temperature, |t| temperature_value(t, passes), &mut out);
     changes_of(SCRUBBED, &mut state.scrubbed, value_of, &mut out);
@@ -161,8 +233,8 @@ pub fn changes(state: &mut MetaState) -> Vec<Entry> {
 pub fn entries(state: &MetaState) -> impl Iterator<Item = Entry> + '_ {
     let passes = state.repeating_passes;
     entries_of(INODES, &state.inodes, value_of)
-        .chain(entries_of(DIRS, &state.dirs, value_of))
-        .chain(entries_of(FILE_EXTENTS, &state.file_extents, value_of))
+        .chain(dir_entries(&state.dirs))
+        .chain(chunk_entries(&state.file_extents))
         .chain(entries_of(EXTENTS, &state.extents, value_of))
         .chain(entries_of(TEMPERATURE, &state.temperature, move |t| temperature_value(t, passes)))
         .chain(entries_of(SCRUBBED, &state.scrubbed, value_of))
@@ -204,7 +276,7 @@ impl MetaState {
         let mut state =
             MetaState::new(uuid::Uuid::nil(), crate::base::policy::Policy::Replicate { copies: 1 }, Default::default());
         state.inodes = Tracked::default();
-        state.dirs = Tracked::default();
+        state.dirs = Nested::default();
         state
     }
 }
@@ -283,6 +355,9 @@ pub fn load(store: &Store, devices: &Devices) -> Result<Head, LoadError> {
     Ok(head)
 }
 
+/// A directory's entry: name, inode.
+type DirEntry = (Vec<u8>, Ino);
+
 /// An inode's extended attributes, name → value.
 type Xattrs = BTreeMap<Vec<u8>, Vec<u8>>;
 
@@ -294,7 +369,11 @@ type Xattrs = BTreeMap<Vec<u8>, Vec<u8>>;
 struct Tables {
     inodes: Vec<(Ino, crate::meta::state::Inode)>,
     dirs: Vec<(Ino, BTreeMap<Vec<u8>, Ino>)>,
+    /// The directory whose entries are being read (format 9: one store entry a name).
+    open_dir: Option<(Ino, Vec<DirEntry>)>,
     file_extents: Vec<(Ino, BTreeMap<u64, ExtentId>)>,
+    /// The file whose chunks are being read (format 9: one store entry a segment).
+    open_file: Option<(Ino, Vec<(u64, ExtentId)>)>,
     extents: Vec<(ExtentId, crate::meta::state::ExtentRecord)>,
     temperature: Vec<(ChunkSlot, Temperature)>,
     scrubbed: Vec<(ExtentId, i64)>,
@@ -329,8 +408,10 @@ impl Tables {
         let (tag, rest) = key.split_first().ok_or("empty key")?;
         match *tag {
             INODES => add_to(&mut self.inodes, rest, value),
-            DIRS => add_to(&mut self.dirs, rest, value),
-            FILE_EXTENTS => add_to(&mut self.file_extents, rest, value),
+            DIRS if self.passes.is_none() => add_to(&mut self.dirs, rest, value),
+            DIRS => self.add_dir_entry(rest, value),
+            FILE_EXTENTS if self.passes.is_none() => add_to(&mut self.file_extents, rest, value),
+            FILE_EXTENTS => self.add_chunks(rest, value),
             EXTENTS => add_to(&mut self.extents, rest, value),
             TEMPERATURE => self.add_temperature(rest, value),
             SCRUBBED => add_to(&mut self.scrubbed, rest, value),
@@ -364,12 +445,74 @@ impl Tables {
         Ok(())
     }
 
+    /// A directory's marker (no name) or one of its entries (format 9).
+    fn add_dir_entry(&mut self, key: &[u8], value: &[u8]) -> Result<(), String> {
+        let (ino, name) = split_ino(key)?;
+        if name.is_empty() {
+            if !value.is_empty() {
+                return Err("a directory marker with a value".into());
+            }
+            self.close_dir();
+            if self.dirs.last().is_some_and(|(last, _)| *last >= ino) {
+                return Err("key out of order".into());
+            }
+            self.open_dir = Some((ino, Vec::new()));
+            return Ok(());
+        }
+        let Some((open, entries)) = self.open_dir.as_mut().filter(|(open, _)| *open == ino) else {
+            return Err("an entry of a directory that has no marker".into());
+        };
+        debug_assert_eq!(*open, ino);
+        if entries.last().is_some_and(|(last, _)| last.as_slice() >= name) {
+            return Err("key out of order".into());
+        }
+        entries.push((name.to_vec(), decode_all(value)?));
+        Ok(())
+    }
+
+    fn close_dir(&mut self) {
+        if let Some((ino, entries)) = self.open_dir.take() {
+            self.dirs.push((ino, entries.into_iter().collect()));
+        }
+    }
+
+    /// One segment of a file's chunk map (format 9).
+    fn add_chunks(&mut self, key: &[u8], value: &[u8]) -> Result<(), String> {
+        let (ino, segment) = split_ino(key)?;
+        let segment = u64::from_be_bytes(segment.try_into().map_err(|_| "key of the wrong length")?);
+        let chunks: BTreeMap<u64, ExtentId> = decode_all(value)?;
+        if chunks.is_empty() || chunks.keys().any(|index| index >> SEGMENT_BITS != segment) {
+            return Err(format!("segment {segment} holds chunks of other segments, or none"));
+        }
+        if self.open_file.as_ref().is_none_or(|(open, _)| *open != ino) {
+            self.close_file();
+            if self.file_extents.last().is_some_and(|(last, _)| *last >= ino) {
+                return Err("key out of order".into());
+            }
+            self.open_file = Some((ino, Vec::new()));
+        }
+        let Some((_, open)) = self.open_file.as_mut() else { unreachable!("a file was just opened") };
+        if open.last().is_some_and(|(last, _)| last >> SEGMENT_BITS >= segment) {
+            return Err("key out of order".into());
+        }
+        open.extend(chunks);
+        Ok(())
+    }
+
+    fn close_file(&mut self) {
+        if let Some((ino, chunks)) = self.open_file.take() {
+            self.file_extents.push((ino, chunks.into_iter().collect()));
+        }
+    }
+
     /// The tables read, as maps.
-    fn built(self) -> Built {
+    fn built(mut self) -> Built {
+        self.close_dir();
+        self.close_file();
         Built {
             inodes: table_of(self.inodes),
-            dirs: table_of(self.dirs),
-            file_extents: table_of(self.file_extents),
+            dirs: Nested::clean(self.dirs.into_iter().collect()),
+            file_extents: Nested::clean(self.file_extents.into_iter().collect()),
             extents: table_of(self.extents),
             temperature: table_of(self.temperature),
             scrubbed: table_of(self.scrubbed),
@@ -382,8 +525,8 @@ impl Tables {
 /// Tables read from one part of the store's keys: the others are empty.
 struct Built {
     inodes: Tracked<Ino, crate::meta::state::Inode>,
-    dirs: Tracked<Ino, BTreeMap<Vec<u8>, Ino>>,
-    file_extents: Tracked<Ino, BTreeMap<u64, ExtentId>>,
+    dirs: Nested<Ino, Vec<u8>, Ino>,
+    file_extents: Nested<Ino, u64, ExtentId>,
     extents: Tracked<ExtentId, crate::meta::state::ExtentRecord>,
     temperature: Tracked<ChunkSlot, Temperature>,
     scrubbed: Tracked<ExtentId, i64>,
@@ -394,7 +537,7 @@ struct Built {
 impl Built {
     /// Puts into `state` the tables this part holds; each table lies in one part.
     fn into_state(self, state: &mut MetaState) {
-        fn put<K: Ord, V>(table: Tracked<K, V>, into: &mut Tracked<K, V>) {
+        fn put<T: std::ops::Deref<Target = BTreeMap<K, V>>, K, V>(table: T, into: &mut T) {
             if !table.is_empty() {
                 assert!(into.is_empty(), "a table read from two parts of the store");
                 *into = table;

@@ -21,6 +21,7 @@ use crate::media::codec::CodecId;
 use crate::media::device::ExtentId;
 use crate::meta::extent_index::ExtentIndex;
 pub use crate::meta::ids::{ChunkSlot, DiskId, Ino};
+use crate::meta::nested::Nested;
 use crate::meta::tracked::Tracked;
 use crate::temperature::access::AccessStats;
 use crate::temperature::config::TieringConfig;
@@ -354,9 +355,9 @@ pub struct MetaState {
     pub default_policy: Policy,
     pub disks: BTreeMap<DiskId, DiskRecord>,
     pub inodes: Tracked<Ino, Inode>,
-    pub dirs: Tracked<Ino, BTreeMap<Vec<u8>, Ino>>,
+    pub dirs: Nested<Ino, Vec<u8>, Ino>,
     /// For each file, chunk index → extent. A missing chunk is a hole.
-    pub file_extents: Tracked<Ino, BTreeMap<u64, ExtentId>>,
+    pub file_extents: Nested<Ino, u64, ExtentId>,
     pub extents: Tracked<ExtentId, ExtentRecord>,
     pub next_ino: u64,
     pub next_extent: u64,
@@ -677,8 +678,8 @@ impl MetaState {
             default_policy,
             disks: BTreeMap::new(),
             inodes: Tracked::default(),
-            dirs: Tracked::default(),
-            file_extents: Tracked::default(),
+            dirs: Nested::default(),
+            file_extents: Nested::default(),
             extents: Tracked::default(),
             next_ino: Ino::ROOT.0 + 1,
             next_extent: 1,
@@ -755,7 +756,7 @@ impl MetaState {
             Op::PutInode(inode) => {
                 self.next_ino = self.next_ino.max(inode.ino.0 + 1);
                 if inode.kind == InodeKind::Directory {
-                    self.dirs.entry(inode.ino).or_default();
+                    self.dirs.ensure(inode.ino);
                 } else {
                     self.dir_parents.remove(&inode.ino);
                 }
@@ -784,20 +785,18 @@ impl MetaState {
                 }
             }
             Op::Link { parent, name, ino } => {
-                self.dirs.entry(*parent).or_default().insert(name.clone(), *ino);
+                self.dirs.insert(*parent, name.clone(), *ino);
                 if self.inodes.get(ino).is_none_or(|inode| inode.kind == InodeKind::Directory) {
                     self.dir_parents.insert(*ino, *parent);
                 }
             }
             Op::Unlink { parent, name } => {
-                if let Some(dir) = self.dirs.get_mut(parent) {
-                    let child = dir.remove(name);
-                    // A directory renamed within its parent is linked under its new name
-                    // first: it keeps that parent.
-                    if let Some(child) = child.filter(|c| self.dir_parents.get(c) == Some(parent)) {
-                        if !dir.values().any(|c| *c == child) {
-                            self.dir_parents.remove(&child);
-                        }
+                let child = self.dirs.remove_inner(parent, name);
+                // A directory renamed within its parent is linked under its new name
+                // first: it keeps that parent.
+                if let Some(child) = child.filter(|c| self.dir_parents.get(c) == Some(parent)) {
+                    if !self.dirs.get(parent).is_some_and(|dir| dir.values().any(|c| *c == child)) {
+                        self.dir_parents.remove(&child);
                     }
                 }
             }
@@ -806,18 +805,17 @@ impl MetaState {
                 if let Some(record) = extent {
                     self.insert_extent(record.clone());
                 }
-                let map = self.file_extents.entry(*ino).or_default();
                 let old = match extent {
                     Some(record) => {
                         self.next_extent = self.next_extent.max(record.id.0 + 1);
-                        map.insert(*index, record.id)
+                        self.file_extents.insert(*ino, *index, record.id)
                     }
                     None => {
                         self.temperature.remove(&ChunkSlot { ino: *ino, index: *index });
-                        map.remove(index)
+                        self.file_extents.remove_inner(ino, index)
                     }
                 };
-                if map.is_empty() {
+                if self.file_extents.get(ino).is_some_and(BTreeMap::is_empty) {
                     self.file_extents.remove(ino);
                 }
                 if let Some(old) = old {

@@ -91,12 +91,6 @@ impl<K: Ord + Clone, V> Tracked<K, V> {
         self.map.iter_mut()
     }
 
-    /// Marks every key: the next checkpoint writes the whole table (one whose stored
-    /// encoding changed).
-    pub fn mark_all(&mut self) {
-        self.all = true;
-    }
-
     /// Every entry, to change in place *without* marking any: only for a change the
     /// store derives by itself when it reads the entries back (`meta::paged`: the
     /// observation each classification pass repeats, implied by the pass count).

@@ -171,6 +171,9 @@ pub struct Pool {
     store: Option<Store>,
     /// The journal disks holding the store's current root.
     store_members: BTreeSet<DiskId>,
+    /// The store holds an older format's encoding (format 8): the next checkpoint writes
+    /// the whole state as a new generation, never changes into the old one.
+    rewrite_store: bool,
     pub(crate) devices: BTreeMap<DiskId, Arc<dyn BlockDevice>>,
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) rng: EngineRng,
@@ -297,6 +300,7 @@ impl Pool {
             store_members: store.as_ref().map_or_else(BTreeSet::new, |_| {
                 slots.iter().filter(|(_, slot)| checkpoint_slots.contains(slot)).map(|(id, _)| *id).collect()
             }),
+            rewrite_store: store.is_some() && upgrade_from.is_some(),
             store,
             devices: disk_devices,
             clock,
@@ -397,10 +401,6 @@ impl Pool {
         assert!(from < crate::media::frame::METADATA_FORMAT);
         let to = crate::media::frame::METADATA_FORMAT;
         self.commit(Transaction { ops: vec![Op::FormatUpgraded { from, to }] })?;
-        if from == 8 {
-            // Format 9 stores a temperature with the pass count it stands at.
-            self.state.temperature.mark_all();
-        }
         self.sync()?;
         self.write_checkpoint()?;
         assert_eq!(self.checkpoint_seq, Some(self.tip.seq));
@@ -544,8 +544,8 @@ impl Pool {
     /// The checkpoint is a commit of the paged store (`meta::store`) on the journal
     /// disks: the keys the state's tables changed since the last one, and the head (the
     /// rest of the state and the tip). When the journal disks are not all holders of the
-    /// store's current root (a new member, a first checkpoint after an upgrade), the
-    /// whole state is written as a new generation instead. Each is a new generation: no
+    /// store's current root (a new member, a first checkpoint after an upgrade), or the
+    /// store is of an older format, the whole state is written as a new generation instead. Each is a new generation: no
     /// root is ever rewritten in place, so a crash cannot tear the only copy.
     pub(crate) fn write_checkpoint(&mut self) -> Result<usize> {
         let journal_set = self.journal_devices();
@@ -574,7 +574,7 @@ impl Pool {
             let out: BTreeSet<usize> = failed.iter().map(|f| f.replica).collect();
             self.store_members = ids.iter().enumerate().filter(|(i, _)| !out.contains(i)).map(|(_, id)| *id).collect();
         }
-        let whole = self.store.is_none() || !members.is_subset(&self.store_members);
+        let whole = self.rewrite_store || self.store.is_none() || !members.is_subset(&self.store_members);
         let written = if whole {
             let config = self.options.metadata_store.clone();
             let entries = crate::meta::paged::entries(&self.state);
@@ -584,6 +584,7 @@ impl Pool {
             written.map(|(store, committed)| {
                 crate::meta::paged::mark_clean(&mut self.state);
                 self.store = Some(store);
+                self.rewrite_store = false;
                 committed
             })
         } else {
