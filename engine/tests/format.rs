@@ -451,7 +451,8 @@ fn a_format_seven_pool_is_upgraded_into_the_paged_store_and_reads_the_same() {
 
 /// Rewrites the store of `t` (closed, checkpointed) as a build of format 8 left it — a
 /// new root whose head has no format byte, temperatures with no pass count (each with
-/// the repeats it had then), a directory or a file's chunk map as one value — or, with
+/// the repeats it had then), a directory, a file's chunk map or an inode's attributes as
+/// one value — or, with
 /// `format`, a head saying `format`; and removes every record. Returns the head's
 /// journal tip.
 fn rewrite_store_head(t: &TestPool, format: Option<u8>) -> (u64, [u8; 32]) {
@@ -474,6 +475,8 @@ fn rewrite_store_head(t: &TestPool, format: Option<u8>) -> (u64, [u8; 32]) {
     let mut changes: std::collections::BTreeMap<Vec<u8>, Option<Vec<u8>>> = Default::default();
     let mut dirs: std::collections::BTreeMap<[u8; 8], Dir> = Default::default();
     let mut files: std::collections::BTreeMap<[u8; 8], Chunks> = Default::default();
+    let mut xattrs: std::collections::BTreeMap<[u8; 8], std::collections::BTreeMap<Vec<u8>, Vec<u8>>> =
+        Default::default();
     store
         .scan_cold(&devices, &[], None, &mut |key, value| {
             match key[0] {
@@ -488,6 +491,11 @@ fn rewrite_store_head(t: &TestPool, format: Option<u8>) -> (u64, [u8; 32]) {
                     changes.insert(key.to_vec(), None);
                     let segment: Chunks = postcard::from_bytes(value).unwrap();
                     files.entry(key[1..9].try_into().unwrap()).or_default().extend(segment);
+                }
+                7 => {
+                    changes.insert(key.to_vec(), None);
+                    let attribute: Vec<u8> = postcard::from_bytes(value).unwrap();
+                    xattrs.entry(key[1..9].try_into().unwrap()).or_default().insert(key[9..].to_vec(), attribute);
                 }
                 5 => {
                     let (mut temperature, rest): (Temperature, &[u8]) = postcard::take_from_bytes(value).unwrap();
@@ -508,6 +516,9 @@ fn rewrite_store_head(t: &TestPool, format: Option<u8>) -> (u64, [u8; 32]) {
     for (ino, chunks) in files {
         changes.insert([&[3u8][..], &ino].concat(), Some(postcard::to_allocvec(&chunks).unwrap()));
     }
+    for (ino, attributes) in xattrs {
+        changes.insert([&[7u8][..], &ino].concat(), Some(postcard::to_allocvec(&attributes).unwrap()));
+    }
     let changes: Vec<_> = changes.into_iter().collect();
     store.commit_changes(&devices, changes, rewritten).unwrap();
     for disk in 0..3 {
@@ -522,6 +533,9 @@ fn a_format_eight_pool_is_upgraded_and_then_folds_long_policy_histories() {
     let (mut t, _, f) = closed_with_file("big", &common::pattern(300_000, 9));
     t.reopen();
     t.write_file("small", &common::pattern(5_000, 10));
+    for name in [&b"user.a"[..], b"user.b"] {
+        t.pool().setxattr(f, name, b"value", dfs_engine::data::xattr::SetMode::Any).unwrap();
+    }
     // Temperatures written at several pass counts: the last passes only repeat.
     for _ in 0..2 {
         t.pool().classify_pass().unwrap();
@@ -556,11 +570,14 @@ fn a_format_eight_pool_is_upgraded_and_then_folds_long_policy_histories() {
     assert_eq!(t.pool().state().temperature, state.temperature, "format-8 temperatures read as they were");
     assert_eq!(t.pool().state().dirs, state.dirs);
     assert_eq!(t.pool().state().file_extents, state.file_extents);
+    assert_eq!(t.pool().state().xattrs, state.xattrs);
+    assert_eq!(state.xattrs[&f].len(), 2);
     close_in_the_store(&mut t);
     t.reopen();
     assert_eq!(t.pool().state().temperature, state.temperature, "and as upgraded");
     assert_eq!(t.pool().state().dirs, state.dirs);
     assert_eq!(t.pool().state().file_extents, state.file_extents);
+    assert_eq!(t.pool().state().xattrs, state.xattrs);
     // The upgraded pool keeps at most POLICY_HISTORY_MAX changes an extent, the oldest folded.
     let policies = ["replicate:2", "replicate:3"];
     let changes = dfs_engine::meta::state::POLICY_HISTORY_MAX as u64 + 5;

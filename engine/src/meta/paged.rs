@@ -182,6 +182,22 @@ fn dir_changes(dirs: &mut Nested<Ino, Vec<u8>, Ino>, out: &mut Vec<Entry>) {
     }
 }
 
+/// Extended attributes as store entries (format 9): one per inode and name.
+fn xattr_entries(xattrs: &Nested<Ino, Vec<u8>, Vec<u8>>) -> impl Iterator<Item = Entry> + '_ {
+    xattrs.iter().flat_map(|(ino, attributes)| {
+        attributes.iter().map(move |(name, value)| (ino_key(XATTRS, *ino, name), Some(value_of(value))))
+    })
+}
+
+fn xattr_changes(xattrs: &mut Nested<Ino, Vec<u8>, Vec<u8>>, out: &mut Vec<Entry>) {
+    for (ino, name) in xattrs.take_dirty() {
+        // An inode's presence is not stored: it has attributes or it has none.
+        let Some(name) = name else { continue };
+        let value = xattrs.get(&ino).and_then(|a| a.get(&name));
+        out.push((ino_key(XATTRS, ino, &name), value.map(value_of)));
+    }
+}
+
 fn segment_key(ino: Ino, segment: u64) -> Vec<u8> {
     ino_key(FILE_EXTENTS, ino, &segment.to_be_bytes())
 }
@@ -222,7 +238,7 @@ pub fn changes(state: &mut MetaState) -> Vec<Entry> {
     changes_of(EXTENTS, &mut state.extents, value_of, &mut out);
     changes_of(TEMPERATURE, &mut state.temperature, |t| temperature_value(t, passes), &mut out);
     changes_of(SCRUBBED, &mut state.scrubbed, value_of, &mut out);
-    changes_of(XATTRS, &mut state.xattrs, value_of, &mut out);
+    xattr_changes(&mut state.xattrs, &mut out);
     changes_of(LAYERS, &mut state.layers, value_of, &mut out);
     debug_assert!(out.windows(2).all(|w| w[0].0 < w[1].0));
     out
@@ -238,7 +254,7 @@ pub fn entries(state: &MetaState) -> impl Iterator<Item = Entry> + '_ {
         .chain(entries_of(EXTENTS, &state.extents, value_of))
         .chain(entries_of(TEMPERATURE, &state.temperature, move |t| temperature_value(t, passes)))
         .chain(entries_of(SCRUBBED, &state.scrubbed, value_of))
-        .chain(entries_of(XATTRS, &state.xattrs, value_of))
+        .chain(xattr_entries(&state.xattrs))
         .chain(entries_of(LAYERS, &state.layers, value_of))
 }
 
@@ -355,6 +371,9 @@ pub fn load(store: &Store, devices: &Devices) -> Result<Head, LoadError> {
     Ok(head)
 }
 
+/// An extended attribute: name, value.
+type Xattr = (Vec<u8>, Vec<u8>);
+
 /// A directory's entry: name, inode.
 type DirEntry = (Vec<u8>, Ino);
 
@@ -378,6 +397,8 @@ struct Tables {
     temperature: Vec<(ChunkSlot, Temperature)>,
     scrubbed: Vec<(ExtentId, i64)>,
     xattrs: Vec<(Ino, Xattrs)>,
+    /// The inode whose attributes are being read (format 9: one store entry a name).
+    open_xattrs: Option<(Ino, Vec<Xattr>)>,
     layers: Vec<(ChunkSlot, Vec<crate::meta::state::Layer>)>,
     /// The head's count of repeating passes (`None`: format 8, which has none).
     passes: Option<u64>,
@@ -415,7 +436,8 @@ impl Tables {
             EXTENTS => add_to(&mut self.extents, rest, value),
             TEMPERATURE => self.add_temperature(rest, value),
             SCRUBBED => add_to(&mut self.scrubbed, rest, value),
-            XATTRS => add_to(&mut self.xattrs, rest, value),
+            XATTRS if self.passes.is_none() => add_to(&mut self.xattrs, rest, value),
+            XATTRS => self.add_xattr(rest, value),
             LAYERS => add_to(&mut self.layers, rest, value),
             other => Err(format!("no table has tag {other}")),
         }
@@ -505,10 +527,35 @@ impl Tables {
         }
     }
 
+    /// One extended attribute of an inode (format 9).
+    fn add_xattr(&mut self, key: &[u8], value: &[u8]) -> Result<(), String> {
+        let (ino, name) = split_ino(key)?;
+        if self.open_xattrs.as_ref().is_none_or(|(open, _)| *open != ino) {
+            self.close_xattrs();
+            if self.xattrs.last().is_some_and(|(last, _)| *last >= ino) {
+                return Err("key out of order".into());
+            }
+            self.open_xattrs = Some((ino, Vec::new()));
+        }
+        let Some((_, open)) = self.open_xattrs.as_mut() else { unreachable!("an inode was just opened") };
+        if name.is_empty() || open.last().is_some_and(|(last, _)| last.as_slice() >= name) {
+            return Err("key out of order, or an attribute with no name".into());
+        }
+        open.push((name.to_vec(), decode_all(value)?));
+        Ok(())
+    }
+
+    fn close_xattrs(&mut self) {
+        if let Some((ino, attributes)) = self.open_xattrs.take() {
+            self.xattrs.push((ino, attributes.into_iter().collect()));
+        }
+    }
+
     /// The tables read, as maps.
     fn built(mut self) -> Built {
         self.close_dir();
         self.close_file();
+        self.close_xattrs();
         Built {
             inodes: table_of(self.inodes),
             dirs: Nested::clean(self.dirs.into_iter().collect()),
@@ -516,7 +563,7 @@ impl Tables {
             extents: table_of(self.extents),
             temperature: table_of(self.temperature),
             scrubbed: table_of(self.scrubbed),
-            xattrs: table_of(self.xattrs),
+            xattrs: Nested::clean(self.xattrs.into_iter().collect()),
             layers: table_of(self.layers),
         }
     }
@@ -530,7 +577,7 @@ struct Built {
     extents: Tracked<ExtentId, crate::meta::state::ExtentRecord>,
     temperature: Tracked<ChunkSlot, Temperature>,
     scrubbed: Tracked<ExtentId, i64>,
-    xattrs: Tracked<Ino, Xattrs>,
+    xattrs: Nested<Ino, Vec<u8>, Vec<u8>>,
     layers: Tracked<ChunkSlot, Vec<crate::meta::state::Layer>>,
 }
 

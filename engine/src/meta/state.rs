@@ -378,7 +378,7 @@ pub struct MetaState {
     /// Extended attributes (POSIX ACLs among them, under their `system.` names), per
     /// inode, name → value. Kept apart from `Inode` so that changing a file's times
     /// never rewrites its attributes into the journal.
-    pub xattrs: Tracked<Ino, BTreeMap<Vec<u8>, Vec<u8>>>,
+    pub xattrs: Nested<Ino, Vec<u8>, Vec<u8>>,
     /// Disks that cannot be reached now (format 3).
     pub offline: BTreeMap<DiskId, OfflineRecord>,
     /// When each disk's state or reachability last changed (format 3; older changes
@@ -690,7 +690,7 @@ impl MetaState {
             passes: VecDeque::new(),
             scrub: crate::meta::scrub_state::ScrubState::default(),
             scrubbed: Tracked::default(),
-            xattrs: Tracked::default(),
+            xattrs: Nested::default(),
             offline: BTreeMap::new(),
             disk_changed: BTreeMap::new(),
             owed: BTreeMap::new(),
@@ -900,15 +900,13 @@ impl MetaState {
             }
             Op::SetXattr { ino, name, value } => match value {
                 Some(value) if self.inodes.contains_key(ino) => {
-                    self.xattrs.entry(*ino).or_default().insert(name.clone(), value.clone());
+                    self.xattrs.insert(*ino, name.clone(), value.clone());
                 }
                 Some(_) => {}
                 None => {
-                    if let Some(attributes) = self.xattrs.get_mut(ino) {
-                        attributes.remove(name);
-                        if attributes.is_empty() {
-                            self.xattrs.remove(ino);
-                        }
+                    self.xattrs.remove_inner(ino, name);
+                    if self.xattrs.get(ino).is_some_and(BTreeMap::is_empty) {
+                        self.xattrs.remove(ino);
                     }
                 }
             },
