@@ -28,7 +28,7 @@ use dfs_engine::media::device::{BlockDevice, ExtentId};
 use dfs_engine::media::dirdisk::DirDisk;
 use dfs_engine::meta::journal::{decode_checkpoint, encode_checkpoint, JournalTip};
 use dfs_engine::meta::state::{DiskId, ExtentRecord, MetaState};
-use dfs_engine::meta::store::{Store, StoreConfig};
+use dfs_engine::meta::store::{ScanCache, Store, StoreConfig};
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
 const EXTENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("extents");
@@ -265,7 +265,7 @@ fn ours_measure(path: &Path) {
     let started = Instant::now();
     let mut scanned = 0u64;
     store
-        .scan(&devices, &[], None, &mut |_, _| {
+        .scan(&devices, &[], None, ScanCache::Keep, &mut |_, _| {
             scanned += 1;
             true
         })

@@ -478,7 +478,7 @@ fn rewrite_store_head(t: &TestPool, format: Option<u8>) -> (u64, [u8; 32]) {
     let mut xattrs: std::collections::BTreeMap<[u8; 8], std::collections::BTreeMap<Vec<u8>, Vec<u8>>> =
         Default::default();
     store
-        .scan_cold(&devices, &[], None, &mut |key, value| {
+        .scan(&devices, &[], None, dfs_engine::meta::store::ScanCache::Skip, &mut |key, value| {
             match key[0] {
                 2 => {
                     changes.insert(key.to_vec(), None);

@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 
 use dfs_engine::media::device::{BlockDevice, BlockKind, BlockName};
-use dfs_engine::meta::store::{Store, StoreConfig, StoreError};
+use dfs_engine::meta::store::{ScanCache, Store, StoreConfig, StoreError};
 use dfs_faults::{CrashSwitch, FaultyDevice};
 use dfs_sim::memdisk::{Fate, MemDisk};
 use proptest::prelude::*;
@@ -31,7 +31,7 @@ fn value(seed: u8) -> Vec<u8> {
 
 fn contents(store: &Store, devices: &[&dyn BlockDevice]) -> Result<Model, StoreError> {
     let mut out = Model::new();
-    store.scan(devices, &[], None, &mut |k, v| {
+    store.scan(devices, &[], None, ScanCache::Keep, &mut |k, v| {
         out.insert(k.to_vec(), v.to_vec());
         true
     })?;
@@ -105,7 +105,7 @@ proptest! {
                 }
                 Op::Scan(from, to) => {
                     let mut seen = Vec::new();
-                    store.scan(&devices, &key(from), Some(&key(to)), &mut |k, v| {
+                    store.scan(&devices, &key(from), Some(&key(to)), ScanCache::Keep, &mut |k, v| {
                         seen.push((k.to_vec(), v.to_vec()));
                         true
                     }).unwrap();

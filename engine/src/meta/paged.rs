@@ -348,7 +348,9 @@ pub fn load(store: &Store, devices: &Devices) -> Result<Head, LoadError> {
     let read = |(from, to): (&[u8], Option<&[u8]>)| -> Result<Tables, LoadError> {
         let mut failure = None;
         let mut tables = Tables { passes, ..Tables::default() };
-        store.scan_cold(devices, from, to, &mut |key, value| match tables.add(key, value) {
+        store.scan(devices, from, to, crate::meta::store::ScanCache::Skip, &mut |key, value| match tables
+            .add(key, value)
+        {
             Ok(()) => true,
             Err(why) => {
                 failure = Some(LoadError::Entry { key: hex(key), why });
@@ -371,12 +373,6 @@ pub fn load(store: &Store, devices: &Devices) -> Result<Head, LoadError> {
     Ok(head)
 }
 
-/// An extended attribute: name, value.
-type Xattr = (Vec<u8>, Vec<u8>);
-
-/// A directory's entry: name, inode.
-type DirEntry = (Vec<u8>, Ino);
-
 /// An inode's extended attributes, name → value.
 type Xattrs = BTreeMap<Vec<u8>, Vec<u8>>;
 
@@ -389,16 +385,16 @@ struct Tables {
     inodes: Vec<(Ino, crate::meta::state::Inode)>,
     dirs: Vec<(Ino, BTreeMap<Vec<u8>, Ino>)>,
     /// The directory whose entries are being read (format 9: one store entry a name).
-    open_dir: Option<(Ino, Vec<DirEntry>)>,
+    open_dir: Group<Vec<u8>, Ino>,
     file_extents: Vec<(Ino, BTreeMap<u64, ExtentId>)>,
     /// The file whose chunks are being read (format 9: one store entry a segment).
-    open_file: Option<(Ino, Vec<(u64, ExtentId)>)>,
+    open_file: Group<u64, ExtentId>,
     extents: Vec<(ExtentId, crate::meta::state::ExtentRecord)>,
     temperature: Vec<(ChunkSlot, Temperature)>,
     scrubbed: Vec<(ExtentId, i64)>,
     xattrs: Vec<(Ino, Xattrs)>,
     /// The inode whose attributes are being read (format 9: one store entry a name).
-    open_xattrs: Option<(Ino, Vec<Xattr>)>,
+    open_xattrs: Group<Vec<u8>, Vec<u8>>,
     layers: Vec<(ChunkSlot, Vec<crate::meta::state::Layer>)>,
     /// The head's count of repeating passes (`None`: format 8, which has none).
     passes: Option<u64>,
@@ -470,32 +466,23 @@ impl Tables {
     /// A directory's marker (no name) or one of its entries (format 9).
     fn add_dir_entry(&mut self, key: &[u8], value: &[u8]) -> Result<(), String> {
         let (ino, name) = split_ino(key)?;
+        let opened = self.open_dir.is_open(ino);
         if name.is_empty() {
-            if !value.is_empty() {
-                return Err("a directory marker with a value".into());
+            if !value.is_empty() || opened {
+                return Err("a directory marker with a value, or twice".into());
             }
-            self.close_dir();
-            if self.dirs.last().is_some_and(|(last, _)| *last >= ino) {
-                return Err("key out of order".into());
-            }
-            self.open_dir = Some((ino, Vec::new()));
+            self.open_dir.entries(ino, &mut self.dirs)?;
             return Ok(());
         }
-        let Some((open, entries)) = self.open_dir.as_mut().filter(|(open, _)| *open == ino) else {
+        if !opened {
             return Err("an entry of a directory that has no marker".into());
-        };
-        debug_assert_eq!(*open, ino);
+        }
+        let entries = self.open_dir.entries(ino, &mut self.dirs)?;
         if entries.last().is_some_and(|(last, _)| last.as_slice() >= name) {
             return Err("key out of order".into());
         }
         entries.push((name.to_vec(), decode_all(value)?));
         Ok(())
-    }
-
-    fn close_dir(&mut self) {
-        if let Some((ino, entries)) = self.open_dir.take() {
-            self.dirs.push((ino, entries.into_iter().collect()));
-        }
     }
 
     /// One segment of a file's chunk map (format 9).
@@ -506,14 +493,7 @@ impl Tables {
         if chunks.is_empty() || chunks.keys().any(|index| index >> SEGMENT_BITS != segment) {
             return Err(format!("segment {segment} holds chunks of other segments, or none"));
         }
-        if self.open_file.as_ref().is_none_or(|(open, _)| *open != ino) {
-            self.close_file();
-            if self.file_extents.last().is_some_and(|(last, _)| *last >= ino) {
-                return Err("key out of order".into());
-            }
-            self.open_file = Some((ino, Vec::new()));
-        }
-        let Some((_, open)) = self.open_file.as_mut() else { unreachable!("a file was just opened") };
+        let open = self.open_file.entries(ino, &mut self.file_extents)?;
         if open.last().is_some_and(|(last, _)| last >> SEGMENT_BITS >= segment) {
             return Err("key out of order".into());
         }
@@ -521,23 +501,10 @@ impl Tables {
         Ok(())
     }
 
-    fn close_file(&mut self) {
-        if let Some((ino, chunks)) = self.open_file.take() {
-            self.file_extents.push((ino, chunks.into_iter().collect()));
-        }
-    }
-
     /// One extended attribute of an inode (format 9).
     fn add_xattr(&mut self, key: &[u8], value: &[u8]) -> Result<(), String> {
         let (ino, name) = split_ino(key)?;
-        if self.open_xattrs.as_ref().is_none_or(|(open, _)| *open != ino) {
-            self.close_xattrs();
-            if self.xattrs.last().is_some_and(|(last, _)| *last >= ino) {
-                return Err("key out of order".into());
-            }
-            self.open_xattrs = Some((ino, Vec::new()));
-        }
-        let Some((_, open)) = self.open_xattrs.as_mut() else { unreachable!("an inode was just opened") };
+        let open = self.open_xattrs.entries(ino, &mut self.xattrs)?;
         if name.is_empty() || open.last().is_some_and(|(last, _)| last.as_slice() >= name) {
             return Err("key out of order, or an attribute with no name".into());
         }
@@ -545,17 +512,11 @@ impl Tables {
         Ok(())
     }
 
-    fn close_xattrs(&mut self) {
-        if let Some((ino, attributes)) = self.open_xattrs.take() {
-            self.xattrs.push((ino, attributes.into_iter().collect()));
-        }
-    }
-
     /// The tables read, as maps.
     fn built(mut self) -> Built {
-        self.close_dir();
-        self.close_file();
-        self.close_xattrs();
+        self.open_dir.close(&mut self.dirs);
+        self.open_file.close(&mut self.file_extents);
+        self.open_xattrs.close(&mut self.xattrs);
         Built {
             inodes: table_of(self.inodes),
             dirs: Nested::clean(self.dirs.into_iter().collect()),
@@ -565,6 +526,42 @@ impl Tables {
             scrubbed: table_of(self.scrubbed),
             xattrs: Nested::clean(self.xattrs.into_iter().collect()),
             layers: table_of(self.layers),
+        }
+    }
+}
+
+/// The inner map being read of a table stored one entry per inner key (format 9): its
+/// inode and its entries so far, built into a map (packed) when the next inode comes.
+struct Group<K2, V> {
+    open: Option<(Ino, Vec<(K2, V)>)>,
+}
+
+impl<K2, V> Default for Group<K2, V> {
+    fn default() -> Self {
+        Group { open: None }
+    }
+}
+
+impl<K2: Ord, V> Group<K2, V> {
+    fn is_open(&self, ino: Ino) -> bool {
+        self.open.as_ref().is_some_and(|(open, _)| *open == ino)
+    }
+
+    /// The entries read so far of `ino`'s map, opened when `ino` comes first (the map
+    /// before it closed into `done`, whose inodes must stay ascending).
+    fn entries(&mut self, ino: Ino, done: &mut Vec<(Ino, BTreeMap<K2, V>)>) -> Result<&mut Vec<(K2, V)>, String> {
+        if !self.is_open(ino) {
+            self.close(done);
+            if done.last().is_some_and(|(last, _)| *last >= ino) {
+                return Err("key out of order".into());
+            }
+        }
+        Ok(&mut self.open.get_or_insert_with(|| (ino, Vec::new())).1)
+    }
+
+    fn close(&mut self, done: &mut Vec<(Ino, BTreeMap<K2, V>)>) {
+        if let Some((ino, entries)) = self.open.take() {
+            done.push((ino, entries.into_iter().collect()));
         }
     }
 }

@@ -88,6 +88,14 @@ impl Default for StoreConfig {
     }
 }
 
+/// Whether a scan keeps the pages it reads in the cache: a lookup's neighbourhood, yes; a
+/// whole read of the store (an open), no.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ScanCache {
+    Keep,
+    Skip,
+}
+
 /// The most runs a store holds after a merge, whatever their sizes.
 const MAX_RUNS: usize = 24;
 
@@ -386,30 +394,17 @@ impl Store {
     }
 
     /// Visits every key in `from..to` (to the end when `to` is `None`) in order with its
-    /// value, until `visit` returns `false`.
+    /// value, until `visit` returns `false`; the pages read stay in the cache or not.
     pub fn scan(
         &self,
         devices: &Devices,
         from: &[u8],
         to: Option<&[u8]>,
+        cache: ScanCache,
         visit: &mut dyn FnMut(&[u8], &[u8]) -> bool,
     ) -> Result<(), StoreError> {
-        self.walk(devices, &self.runs, true, from, to, &mut |(key, value)| match value {
-            Some(value) => Ok(visit(&key, &value)),
-            None => Ok(true),
-        })
-    }
-
-    /// `scan` without keeping the pages it reads in the cache: a whole read of the store,
-    /// or of one part of it.
-    pub fn scan_cold(
-        &self,
-        devices: &Devices,
-        from: &[u8],
-        to: Option<&[u8]>,
-        visit: &mut dyn FnMut(&[u8], &[u8]) -> bool,
-    ) -> Result<(), StoreError> {
-        self.walk_pages(devices, &self.runs, true, false, from, to, &mut |(key, value)| match value {
+        let keep = cache == ScanCache::Keep;
+        self.walk_pages(devices, &self.runs, true, keep, from, to, &mut |(key, value)| match value {
             Some(value) => Ok(visit(&key, &value)),
             None => Ok(true),
         })
