@@ -269,6 +269,12 @@ impl ExtentRecord {
     pub fn is_inline(&self) -> bool {
         self.inline.is_some()
     }
+
+    /// Whether this is an inline extent too long to stay inline once its file is closed
+    /// (the background stores it as fragments then: `Pool::merge_step`).
+    pub fn is_young_inline(&self) -> bool {
+        self.is_inline() && self.len as usize > INLINE_KEPT_BYTES_MAX
+    }
 }
 
 /// What an inode is. New kinds are only ever appended: the variant index is the
@@ -1135,6 +1141,27 @@ impl MetaState {
     pub fn extent_name(&self, id: ExtentId) -> String {
         let slot = self.slots().find(|(extent, _)| *extent == id).map(|(_, slot)| slot);
         slot.map_or_else(|| format!("(unreferenced) {id}"), |slot| slot.to_string())
+    }
+
+    /// Whether `slot` holds a young inline extent (`ExtentRecord::is_young_inline`).
+    pub fn is_young_inline(&self, slot: ChunkSlot) -> bool {
+        self.slot_extent(slot).is_some_and(ExtentRecord::is_young_inline)
+    }
+
+    /// Every chunk holding a young inline extent: the records are visited in order, and
+    /// the chunks walked only when some are young (rarely: after a crash).
+    pub fn young_inline_slots(&self) -> BTreeSet<ChunkSlot> {
+        let young: BTreeSet<ExtentId> = self.extents.values().filter(|r| r.is_young_inline()).map(|r| r.id).collect();
+        if young.is_empty() {
+            return BTreeSet::new();
+        }
+        let slots: BTreeSet<ChunkSlot> = self
+            .slots()
+            .filter(|(id, slot)| young.contains(id) && self.is_young_inline(*slot))
+            .map(|(_, slot)| slot)
+            .collect();
+        debug_assert!(slots.iter().all(|slot| self.is_young_inline(*slot)));
+        slots
     }
 
     pub fn slot_extent(&self, slot: ChunkSlot) -> Option<&ExtentRecord> {

@@ -194,7 +194,7 @@ pub struct Pool {
     /// Disks that refused a journal block for lack of room, with the tip then: the
     /// journal passes over them for `JOURNAL_REFUSAL_RECORDS` records (see `journal_disks`).
     pub(crate) journal_refused: BTreeMap<DiskId, u64>,
-    /// Chunks that got a young inline extent (see `services::reencode::is_young_inline`),
+    /// Chunks that got a young inline extent (see `MetaState::is_young_inline`),
     /// for the background to store as fragments once their file is closed; filled at
     /// open by a scan and by every commit since. Entries may be stale: checked on use.
     pub(crate) young_inline: BTreeSet<ChunkSlot>,
@@ -327,7 +327,7 @@ impl Pool {
             probes: Default::default(),
         };
         pool.undurable.journal_set = pool.journal_disks();
-        pool.young_inline = crate::services::reencode::young_inline_slots(&pool.state);
+        pool.young_inline = pool.state.young_inline_slots();
         let mut checkpoint_slots = checkpoint_slots;
         if let Some(store) = pool.store.as_ref() {
             // Members behind the store's root are brought up to it, and blocks of
@@ -501,7 +501,7 @@ impl Pool {
         let freed = self.state.apply_transaction(&txn);
         for op in &txn.ops {
             if let Op::SetExtent { ino, index, extent: Some(record) } = op {
-                if record.is_inline() && record.len as usize > crate::meta::state::INLINE_KEPT_BYTES_MAX {
+                if record.is_young_inline() {
                     self.young_inline.insert(ChunkSlot { ino: *ino, index: *index });
                 }
             }

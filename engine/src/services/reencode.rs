@@ -14,10 +14,9 @@ use serde::Serialize;
 
 use crate::base::error::{Error, Result};
 use crate::base::policy::Policy;
-use crate::media::device::ExtentId;
 use crate::meta::state::{
-    push_policy_change, ChangeCause, ChunkSlot, ExtentRecord, Ino, InodeKind, MetaState, Op, PolicyChange, PolicyScope,
-    PolicyTransition, Transaction, TransitionState, INLINE_KEPT_BYTES_MAX,
+    push_policy_change, ChangeCause, ChunkSlot, Ino, InodeKind, Op, PolicyChange, PolicyScope, PolicyTransition,
+    Transaction, TransitionState,
 };
 use crate::pool::Pool;
 
@@ -297,7 +296,7 @@ impl Pool {
     /// the same way. Returns how many chunks it folded or stored.
     pub fn merge_step(&mut self, max: usize, unthrottled: bool) -> Result<usize> {
         let state = &self.state;
-        self.young_inline.retain(|slot| is_young_inline(state, *slot));
+        self.young_inline.retain(|slot| state.is_young_inline(*slot));
         let candidates: BTreeSet<ChunkSlot> = self
             .state
             .layers
@@ -355,7 +354,7 @@ impl Pool {
     #[allow(clippy::option_option)]
     fn merge_one(&mut self, slot: ChunkSlot) -> Result<Option<Option<crate::meta::state::ExtentRecord>>> {
         let Some(base) = self.state.slot_extent(slot).cloned() else { return Ok(None) };
-        debug_assert!(self.state.layers.contains_key(&slot) || is_young_inline(&self.state, slot));
+        debug_assert!(self.state.layers.contains_key(&slot) || self.state.is_young_inline(slot));
         let Some(data) = self.read_chunk(slot.ino, slot.index)? else { return Ok(None) };
         let records = self.write_chunks(&[(slot.index, data)], base.policy)?;
         let record = records.into_iter().next().and_then(|(_, record)| record);
@@ -370,31 +369,4 @@ impl Pool {
     pub(crate) fn has_merge_work(&self) -> bool {
         self.state.layers.keys().chain(&self.young_inline).any(|slot| self.files.get(slot.ino).is_none())
     }
-}
-
-/// Whether `slot` holds an inline extent too long to stay inline once its file is closed.
-pub(crate) fn is_young_inline(state: &MetaState, slot: ChunkSlot) -> bool {
-    state.slot_extent(slot).is_some_and(is_young)
-}
-
-fn is_young(record: &ExtentRecord) -> bool {
-    record.is_inline() && record.len as usize > INLINE_KEPT_BYTES_MAX
-}
-
-/// Every chunk holding a young inline extent (`is_young_inline`): the records are visited
-/// in order, and the chunks walked only when some are young (rarely, after a crash).
-pub(crate) fn young_inline_slots(state: &MetaState) -> BTreeSet<ChunkSlot> {
-    let young: BTreeSet<ExtentId> = state.extents.values().filter(|r| is_young(r)).map(|r| r.id).collect();
-    if young.is_empty() {
-        return BTreeSet::new();
-    }
-    let slots: BTreeSet<ChunkSlot> = state
-        .file_extents
-        .iter()
-        .flat_map(|(ino, chunks)| chunks.iter().map(|(index, id)| (ChunkSlot { ino: *ino, index: *index }, *id)))
-        .filter(|(_, id)| young.contains(id))
-        .map(|(slot, _)| slot)
-        .collect();
-    debug_assert!(slots.iter().all(|slot| is_young_inline(state, *slot)));
-    slots
 }
