@@ -96,6 +96,9 @@ pub enum ScanCache {
     Skip,
 }
 
+/// What a walk hands each entry it lends: key, value (`None`: a deletion); `false` stops it.
+type LentVisitor<'a> = dyn FnMut(&[u8], Option<&[u8]>) -> Result<bool, StoreError> + 'a;
+
 /// The most runs a store holds after a merge, whatever their sizes.
 const MAX_RUNS: usize = 24;
 
@@ -404,8 +407,8 @@ impl Store {
         visit: &mut dyn FnMut(&[u8], &[u8]) -> bool,
     ) -> Result<(), StoreError> {
         let keep = cache == ScanCache::Keep;
-        self.walk_pages(devices, &self.runs, true, keep, from, to, &mut |(key, value)| match value {
-            Some(value) => Ok(visit(&key, &value)),
+        self.walk_pages(devices, &self.runs, true, keep, from, to, &mut |key, value| match value {
+            Some(value) => Ok(visit(key, value)),
             None => Ok(true),
         })
     }
@@ -613,10 +616,13 @@ impl Store {
         to: Option<&[u8]>,
         visit: &mut dyn FnMut(Entry) -> Result<bool, StoreError>,
     ) -> Result<(), StoreError> {
-        self.walk_pages(devices, runs, with_pending, with_pending, from, to, visit)
+        self.walk_pages(devices, runs, with_pending, with_pending, from, to, &mut |key, value| {
+            visit((key.to_vec(), value.map(<[u8]>::to_vec)))
+        })
     }
 
-    /// `walk`, keeping the pages it reads in the cache or not (`keep`).
+    /// `walk`, lending each entry rather than copying it, and keeping the pages it reads
+    /// in the cache or not (`keep`): a whole read of ten million entries allocates none.
     #[allow(clippy::too_many_arguments)]
     fn walk_pages(
         &self,
@@ -626,7 +632,7 @@ impl Store {
         keep: bool,
         from: &[u8],
         to: Option<&[u8]>,
-        visit: &mut dyn FnMut(Entry) -> Result<bool, StoreError>,
+        visit: &mut LentVisitor<'_>,
     ) -> Result<(), StoreError> {
         let mut pending = self.pending.range::<[u8], _>((std::ops::Bound::Included(from), std::ops::Bound::Unbounded));
         let mut pending_head = if with_pending { pending.next() } else { None };
@@ -635,36 +641,36 @@ impl Store {
         for run in runs.iter().rev() {
             cursors.push(RunCursor::new(&self.pages, devices, run.clone(), from, keep)?);
         }
+        let mut least = Vec::new();
         loop {
-            let mut least: Option<&[u8]> = pending_head.map(|(k, _)| k.as_slice());
+            // The newest entry of the least key: pending changes win a tie, then the
+            // newest run (only a strictly smaller key displaces the one found).
+            let mut newest: Option<(&[u8], Option<&[u8]>)> =
+                pending_head.map(|(key, value)| (key.as_slice(), value.as_deref()));
             for cursor in &cursors {
-                if let Some((key, _)) = cursor.head() {
-                    if least.is_none_or(|l| key < l) {
-                        least = Some(key);
+                if let Some((key, value)) = cursor.head() {
+                    if newest.is_none_or(|(l, _)| key < l) {
+                        newest = Some((key, value));
                     }
                 }
             }
-            let Some(least) = least else { return Ok(()) };
-            if to.is_some_and(|to| least >= to) {
+            let Some((key, value)) = newest else { return Ok(()) };
+            if to.is_some_and(|to| key >= to) {
                 return Ok(());
             }
-            let least = least.to_vec();
-            let mut newest: Option<Entry> = None;
-            if let Some((key, value)) = pending_head.filter(|(k, _)| **k == least) {
-                newest = Some((key.clone(), value.clone()));
+            let go_on = visit(key, value)?;
+            least.clear();
+            least.extend_from_slice(key);
+            if !go_on {
+                return Ok(());
+            }
+            if pending_head.is_some_and(|(k, _)| *k == least) {
                 pending_head = pending.next();
             }
             for cursor in &mut cursors {
-                if let Some((key, value)) = cursor.head().filter(|(k, _)| *k == least.as_slice()) {
-                    if newest.is_none() {
-                        newest = Some((key.to_vec(), value.map(<[u8]>::to_vec)));
-                    }
+                if cursor.head().is_some_and(|(k, _)| k == least.as_slice()) {
                     cursor.advance(&self.pages, devices)?;
                 }
-            }
-            let Some(entry) = newest else { unreachable!("the least key is some source's head") };
-            if !visit(entry)? {
-                return Ok(());
             }
         }
     }
