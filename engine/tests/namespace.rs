@@ -451,3 +451,36 @@ fn a_directory_knows_its_parent_through_renames_within_across_and_exchanged() {
     t.reopen();
     assert_eq!(t.pool().parent_of(b), Some(c), "rebuilt from the checkpoint");
 }
+
+/// An unlink of a directory's name keeps its parent only while it is named there twice —
+/// inside an exchange within one directory, or a rename an older build journaled as the
+/// new name's link before the old name's unlink — and never looks through the parent's
+/// entries to find out (`MetaState::second_names`, empty between transactions).
+#[test]
+fn a_directory_named_twice_in_a_transaction_keeps_its_parent_and_only_then() {
+    use dfs_engine::meta::state::{Op, Transaction};
+    let mut t = TestPool::new(&[64, 64, 64], "replicate:2");
+    let pool = t.pool();
+    let p = pool.mkdir(Ino::ROOT, b"p", OWNER).unwrap().ino;
+    let (x, y) = (pool.mkdir(p, b"x", OWNER).unwrap().ino, pool.mkdir(p, b"y", OWNER).unwrap().ino);
+    pool.rename(p, b"x", p, b"y", RenameMode::Exchange).unwrap();
+    assert_eq!((pool.parent_of(x), pool.parent_of(y)), (Some(p), Some(p)), "exchanged within one directory");
+    assert_eq!(pool.lookup(p, b"y").unwrap().ino, x);
+    pool.state().check().unwrap();
+    // A rename within `p` as an older build journaled it: link the new name, then unlink
+    // the old one.
+    let mut state = pool.state().clone();
+    let renamed = Transaction {
+        ops: vec![Op::Link { parent: p, name: b"x2".to_vec(), ino: y }, Op::Unlink { parent: p, name: b"x".to_vec() }],
+    };
+    state.apply_transaction(&renamed);
+    assert_eq!(state.dir_parents.get(&y), Some(&p));
+    state.check().unwrap();
+    // Its last name unlinked, a directory has no parent.
+    state.apply_transaction(&Transaction { ops: vec![Op::Unlink { parent: p, name: b"x2".to_vec() }] });
+    assert_eq!(state.dir_parents.get(&y), None);
+    assert!(state.second_names.is_empty());
+    pool.rmdir(p, b"x").unwrap();
+    assert_eq!(pool.parent_of(y), None);
+    pool.state().check().unwrap();
+}

@@ -408,6 +408,13 @@ pub struct MetaState {
     /// inode of any kind is in it; `PutInode` of anything but a directory takes it out.)
     #[serde(skip)]
     pub dir_parents: BTreeMap<Ino, Ino>,
+    /// Directories named twice in their parent: only inside a transaction (a rename
+    /// within a directory that links the new name before it unlinks the old, or an
+    /// exchange), so empty between transactions. An unlink of a directory's name keeps
+    /// its parent exactly when the directory is here, instead of looking through the
+    /// parent's entries for another name.
+    #[serde(skip)]
+    pub second_names: BTreeSet<Ino>,
     /// The extents on each disk, those short of fragments, the chunks tiering wants
     /// moved, the extents the scrub pass owes a check, and the tallies per policy and
     /// class (`meta::extent_index`): kept by `apply` (`meta::upkeep`), rebuilt after
@@ -703,6 +710,7 @@ impl MetaState {
             availability: Availability::default(),
             layers: Tracked::default(),
             dir_parents: BTreeMap::new(),
+            second_names: BTreeSet::new(),
             extent_index: ExtentIndex::default(),
             repeating_passes: 0,
         };
@@ -771,6 +779,7 @@ impl MetaState {
             Op::RemoveInode(ino) => {
                 self.inodes.remove(ino);
                 self.dir_parents.remove(ino);
+                self.second_names.remove(ino);
                 self.dirs.remove(ino);
                 self.xattrs.remove(ino);
                 let slots = ChunkSlot { ino: *ino, index: 0 }..=ChunkSlot { ino: *ino, index: u64::MAX };
@@ -791,19 +800,21 @@ impl MetaState {
                 }
             }
             Op::Link { parent, name, ino } => {
-                self.dirs.insert(*parent, name.clone(), *ino);
+                let replaced = self.dirs.insert(*parent, name.clone(), *ino);
+                let new_name = replaced != Some(*ino);
+                if let Some(old) = replaced.filter(|_| new_name) {
+                    self.lose_name(old, *parent);
+                }
                 if self.inodes.get(ino).is_none_or(|inode| inode.kind == InodeKind::Directory) {
+                    if new_name && self.dir_parents.get(ino) == Some(parent) {
+                        self.second_names.insert(*ino);
+                    }
                     self.dir_parents.insert(*ino, *parent);
                 }
             }
             Op::Unlink { parent, name } => {
-                let child = self.dirs.remove_inner(parent, name);
-                // A directory renamed within its parent is linked under its new name
-                // first: it keeps that parent.
-                if let Some(child) = child.filter(|c| self.dir_parents.get(c) == Some(parent)) {
-                    if !self.dirs.get(parent).is_some_and(|dir| dir.values().any(|c| *c == child)) {
-                        self.dir_parents.remove(&child);
-                    }
+                if let Some(child) = self.dirs.remove_inner(parent, name) {
+                    self.lose_name(child, *parent);
                 }
             }
             Op::SetExtent { ino, index, extent } => {
@@ -967,6 +978,14 @@ impl MetaState {
             self.forget_owed(record.id, &[]);
         }
         freed
+    }
+
+    /// `child` lost a name in `parent`: a directory keeps `parent` if it is still named
+    /// there (`second_names`), and has no parent otherwise.
+    fn lose_name(&mut self, child: Ino, parent: Ino) {
+        if self.dir_parents.get(&child) == Some(&parent) && !self.second_names.remove(&child) {
+            self.dir_parents.remove(&child);
+        }
     }
 
     /// Records a classification pass at `at_secs`; the newest `HISTORY_MAX` are kept.
@@ -1177,6 +1196,9 @@ impl MetaState {
     pub fn check(&self) -> Result<(), String> {
         if self.dir_parents != self.scanned_dir_parents() {
             return Err("the directory parent index differs from a scan of the entries".into());
+        }
+        if let Some(dir) = self.second_names.first() {
+            return Err(format!("directory {dir:?} is named twice in its parent between transactions"));
         }
         if self.extent_index != self.scanned_extent_index() {
             return Err("the extent index differs from a scan of the extent records".into());

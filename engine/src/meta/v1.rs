@@ -113,6 +113,7 @@ impl From<MetaStateV1> for MetaState {
             availability: crate::meta::state::Availability::default(),
             layers: Default::default(),
             dir_parents: BTreeMap::new(),
+            second_names: Default::default(),
             extent_index: Default::default(),
             repeating_passes: 0,
         }

@@ -72,6 +72,7 @@ impl From<MetaStateV2> for MetaState {
             availability: Availability::default(),
             layers: Default::default(),
             dir_parents: BTreeMap::new(),
+            second_names: Default::default(),
             extent_index: Default::default(),
             repeating_passes: 0,
         }

@@ -76,6 +76,7 @@ impl From<MetaStateV3> for MetaState {
             availability: old.availability,
             layers: Default::default(),
             dir_parents: BTreeMap::new(),
+            second_names: Default::default(),
             extent_index: Default::default(),
             repeating_passes: 0,
         }
