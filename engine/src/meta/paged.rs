@@ -160,41 +160,32 @@ fn split_ino(key: &[u8]) -> Result<(Ino, &[u8]), String> {
     Ok((Ino::take(ino).ok_or("key of the wrong length")?, rest))
 }
 
-/// Directories as store entries (format 9): a marker per directory (its inode, no name,
-/// an empty value — an empty directory exists too), then one entry per name.
-fn dir_entries(dirs: &Nested<Ino, Vec<u8>, Ino>) -> impl Iterator<Item = Entry> + '_ {
-    dirs.iter().flat_map(|(ino, entries)| {
-        std::iter::once((ino_key(DIRS, *ino, &[]), Some(Vec::new())))
-            .chain(entries.iter().map(move |(name, child)| (ino_key(DIRS, *ino, name), Some(value_of(child)))))
+/// A map of maps by name — directories, extended attributes — as store entries (format
+/// 9): one per outer key and name, after a marker (the outer key, no name, an empty
+/// value) when `marked` — an empty directory exists too, where an inode without
+/// attributes has none.
+fn named_entries<'a, V: Serialize>(
+    tag: u8,
+    maps: &'a Nested<Ino, Vec<u8>, V>,
+    marked: bool,
+) -> impl Iterator<Item = Entry> + 'a {
+    maps.iter().flat_map(move |(ino, named)| {
+        let marker = marked.then(|| (ino_key(tag, *ino, &[]), Some(Vec::new())));
+        marker
+            .into_iter()
+            .chain(named.iter().map(move |(name, value)| (ino_key(tag, *ino, name), Some(value_of(value)))))
     })
 }
 
-fn dir_changes(dirs: &mut Nested<Ino, Vec<u8>, Ino>, out: &mut Vec<Entry>) {
-    for (ino, name) in dirs.take_dirty() {
-        let entries = dirs.get(&ino);
-        out.push(match name {
-            None => (ino_key(DIRS, ino, &[]), entries.map(|_| Vec::new())),
-            Some(name) => {
-                let child = entries.and_then(|e| e.get(&name));
-                (ino_key(DIRS, ino, &name), child.map(value_of))
-            }
-        });
-    }
-}
-
-/// Extended attributes as store entries (format 9): one per inode and name.
-fn xattr_entries(xattrs: &Nested<Ino, Vec<u8>, Vec<u8>>) -> impl Iterator<Item = Entry> + '_ {
-    xattrs.iter().flat_map(|(ino, attributes)| {
-        attributes.iter().map(move |(name, value)| (ino_key(XATTRS, *ino, name), Some(value_of(value))))
-    })
-}
-
-fn xattr_changes(xattrs: &mut Nested<Ino, Vec<u8>, Vec<u8>>, out: &mut Vec<Entry>) {
-    for (ino, name) in xattrs.take_dirty() {
-        // An inode's presence is not stored: it has attributes or it has none.
-        let Some(name) = name else { continue };
-        let value = xattrs.get(&ino).and_then(|a| a.get(&name));
-        out.push((ino_key(XATTRS, ino, &name), value.map(value_of)));
+/// `named_entries` of what changed since the last call (a deletion as `None`).
+fn named_changes<V: Serialize>(tag: u8, maps: &mut Nested<Ino, Vec<u8>, V>, marked: bool, out: &mut Vec<Entry>) {
+    for (ino, name) in maps.take_dirty() {
+        let named = maps.get(&ino);
+        match name {
+            None if marked => out.push((ino_key(tag, ino, &[]), named.map(|_| Vec::new()))),
+            None => {}
+            Some(name) => out.push((ino_key(tag, ino, &name), named.and_then(|n| n.get(&name)).map(value_of))),
+        }
     }
 }
 
@@ -233,12 +224,12 @@ pub fn changes(state: &mut MetaState) -> Vec<Entry> {
     let passes = state.repeating_passes;
     let mut out = Vec::new();
     changes_of(INODES, &mut state.inodes, value_of, &mut out);
-    dir_changes(&mut state.dirs, &mut out);
+    named_changes(DIRS, &mut state.dirs, true, &mut out);
     chunk_changes(&mut state.file_extents, &mut out);
     changes_of(EXTENTS, &mut state.extents, value_of, &mut out);
     changes_of(TEMPERATURE, &mut state.temperature, |t| temperature_value(t, passes), &mut out);
     changes_of(SCRUBBED, &mut state.scrubbed, value_of, &mut out);
-    xattr_changes(&mut state.xattrs, &mut out);
+    named_changes(XATTRS, &mut state.xattrs, false, &mut out);
     changes_of(LAYERS, &mut state.layers, value_of, &mut out);
     debug_assert!(out.windows(2).all(|w| w[0].0 < w[1].0));
     out
@@ -249,12 +240,12 @@ pub fn changes(state: &mut MetaState) -> Vec<Entry> {
 pub fn entries(state: &MetaState) -> impl Iterator<Item = Entry> + '_ {
     let passes = state.repeating_passes;
     entries_of(INODES, &state.inodes, value_of)
-        .chain(dir_entries(&state.dirs))
+        .chain(named_entries(DIRS, &state.dirs, true))
         .chain(chunk_entries(&state.file_extents))
         .chain(entries_of(EXTENTS, &state.extents, value_of))
         .chain(entries_of(TEMPERATURE, &state.temperature, move |t| temperature_value(t, passes)))
         .chain(entries_of(SCRUBBED, &state.scrubbed, value_of))
-        .chain(xattr_entries(&state.xattrs))
+        .chain(named_entries(XATTRS, &state.xattrs, false))
         .chain(entries_of(LAYERS, &state.layers, value_of))
 }
 
@@ -326,20 +317,18 @@ pub enum LoadError {
 pub fn load(store: &Store, devices: &Devices) -> Result<Head, LoadError> {
     let (mut head, after): (Head, &[u8]) =
         postcard::take_from_bytes(store.payload()).map_err(|e| LoadError::Head(e.to_string()))?;
-    let passes = match after {
-        [] => None,
+    let (format, passes) = match after {
+        [] => (FIRST_STORE_FORMAT, None),
         [format, ..] if *format > crate::media::frame::METADATA_FORMAT => {
             return Err(LoadError::NewerFormat { found: *format, supported: crate::media::frame::METADATA_FORMAT })
         }
         [format, passes @ ..] if *format > FIRST_STORE_FORMAT => {
-            head.format = *format;
-            Some(decode_all::<u64>(passes).map_err(|why| LoadError::Head(format!("its pass count: {why}")))?)
+            let passes = decode_all::<u64>(passes).map_err(|why| LoadError::Head(format!("its pass count: {why}")))?;
+            (*format, Some(passes))
         }
         _ => return Err(LoadError::Head(format!("{} bytes after the head, not its format", after.len()))),
     };
-    if passes.is_none() {
-        head.format = FIRST_STORE_FORMAT;
-    }
+    head.format = format;
     head.state.repeating_passes = passes.unwrap_or(0);
     // The two large tables and the rest, each read and built on its own (at once, on
     // two cores, outside the simulator): the same tables whichever finishes first.
@@ -421,18 +410,24 @@ fn table_of<K: Ord + Clone, V>(entries: Vec<(K, V)>) -> Tracked<K, V> {
 }
 
 impl Tables {
+    /// Whether a directory, a chunk map or an inode's attributes is one value (format 8,
+    /// the only one without a pass count).
+    fn whole_values(&self) -> bool {
+        self.passes.is_none()
+    }
+
     fn add(&mut self, key: &[u8], value: &[u8]) -> Result<(), String> {
         let (tag, rest) = key.split_first().ok_or("empty key")?;
         match *tag {
             INODES => add_to(&mut self.inodes, rest, value),
-            DIRS if self.passes.is_none() => add_to(&mut self.dirs, rest, value),
+            DIRS if self.whole_values() => add_to(&mut self.dirs, rest, value),
             DIRS => self.add_dir_entry(rest, value),
-            FILE_EXTENTS if self.passes.is_none() => add_to(&mut self.file_extents, rest, value),
+            FILE_EXTENTS if self.whole_values() => add_to(&mut self.file_extents, rest, value),
             FILE_EXTENTS => self.add_chunks(rest, value),
             EXTENTS => add_to(&mut self.extents, rest, value),
             TEMPERATURE => self.add_temperature(rest, value),
             SCRUBBED => add_to(&mut self.scrubbed, rest, value),
-            XATTRS if self.passes.is_none() => add_to(&mut self.xattrs, rest, value),
+            XATTRS if self.whole_values() => add_to(&mut self.xattrs, rest, value),
             XATTRS => self.add_xattr(rest, value),
             LAYERS => add_to(&mut self.layers, rest, value),
             other => Err(format!("no table has tag {other}")),

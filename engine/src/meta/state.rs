@@ -953,7 +953,7 @@ impl MetaState {
             }
             Op::ClassifyPass { at_secs, verdicts } => {
                 self.note_pass(*at_secs);
-                self.apply_verdicts(verdicts);
+                self.apply_verdicts(verdicts, Temperature::apply);
             }
             Op::ClassifyChanges { at_secs, changed } => {
                 self.note_pass(*at_secs);
@@ -963,15 +963,9 @@ impl MetaState {
                 for (_, temperature) in self.temperature.iter_mut_implied().filter(|(slot, _)| !listed.contains(slot)) {
                     temperature.repeat();
                 }
-                self.apply_verdicts(changed);
+                self.apply_verdicts(changed, Temperature::apply);
             }
-            Op::ClassifyMore { changed } => {
-                for (slot, verdict) in changed {
-                    if self.slot_extent(*slot).is_some() {
-                        self.temperature.entry(*slot).or_default().replace_repeat(verdict);
-                    }
-                }
-            }
+            Op::ClassifyMore { changed } => self.apply_verdicts(changed, Temperature::replace_repeat),
         }
         for record in &freed {
             self.scrubbed.remove(&record.id);
@@ -996,11 +990,12 @@ impl MetaState {
         }
     }
 
-    /// Stores a pass's verdicts on the chunks that still hold an extent.
-    fn apply_verdicts(&mut self, verdicts: &[(ChunkSlot, Verdict)]) {
+    /// Stores a pass's verdicts on the chunks that still hold an extent, each with `store`
+    /// (`Temperature::apply`, or `replace_repeat` for a pass's later records).
+    fn apply_verdicts(&mut self, verdicts: &[(ChunkSlot, Verdict)], store: fn(&mut Temperature, &Verdict)) {
         for (slot, verdict) in verdicts {
             if self.slot_extent(*slot).is_some() {
-                self.temperature.entry(*slot).or_default().apply(verdict);
+                store(self.temperature.entry(*slot).or_default(), verdict);
             }
         }
     }
@@ -1174,13 +1169,10 @@ impl MetaState {
         if young.is_empty() {
             return BTreeSet::new();
         }
-        let slots: BTreeSet<ChunkSlot> = self
-            .slots()
+        self.slots()
             .filter(|(id, slot)| young.contains(id) && self.is_young_inline(*slot))
             .map(|(_, slot)| slot)
-            .collect();
-        debug_assert!(slots.iter().all(|slot| self.is_young_inline(*slot)));
-        slots
+            .collect()
     }
 
     pub fn slot_extent(&self, slot: ChunkSlot) -> Option<&ExtentRecord> {

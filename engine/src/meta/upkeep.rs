@@ -106,27 +106,35 @@ impl MetaState {
     }
 
     /// Counts every extent under its policy and every chunk under its class, and files
-    /// every chunk tiering wants moved (`scanned_migrations`), into `index`: one visit of
-    /// each record, then one of each chunk beside its temperature, a lookup of its record
-    /// serving both.
+    /// every chunk tiering wants moved, into `index`: one visit of each record, then one
+    /// of each chunk (`each_chunk`), its record serving both.
     fn scan_tallies_and_migrations(&self, index: &mut ExtentIndex) {
         for record in self.extents.values() {
             index.tally_policy(record.policy, u64::from(record.len), true);
         }
         let tiers = self.tiering.enabled.then(|| self.tier_targets());
         let mut wanted = BTreeSet::new();
+        self.each_chunk(|slot, record, temperature, pinned| {
+            index.tally_class(temperature.and_then(Temperature::classified), u64::from(record.len), true);
+            if tiers.is_some_and(|tiers| !pinned && record.policy != tiers.target(temperature)) {
+                wanted.insert(slot);
+            }
+        });
+        index.set_migrations(wanted);
+    }
+
+    /// Every chunk holding an extent, in slot order, with its record, its temperature and
+    /// whether its file has a policy of its own: each file's inode is read once and its
+    /// chunks walked beside its temperatures, so a chunk costs one lookup, its record.
+    fn each_chunk<'a>(&'a self, mut visit: impl FnMut(ChunkSlot, &'a ExtentRecord, Option<&'a Temperature>, bool)) {
         for (ino, chunks) in &self.file_extents {
             let pinned = self.inodes.get(ino).is_some_and(|i| i.policy.is_some());
             for (slot, id, temperature) in self.chunks_with_temperatures(*ino, chunks) {
-                let Some(record) = self.extents.get(&id) else { continue };
-                index.tally_class(temperature.and_then(Temperature::classified), u64::from(record.len), true);
-                if tiers.is_some_and(|tiers| !pinned && record.policy != tiers.target(temperature)) {
-                    wanted.insert(slot);
+                if let Some(record) = self.extents.get(&id) {
+                    visit(slot, record, temperature, pinned);
                 }
             }
         }
-        debug_assert_eq!(wanted, self.scanned_migrations());
-        index.set_migrations(wanted);
     }
 
     /// File `ino`'s chunks (`chunks`, its map of them) in order, each with its extent and
@@ -299,26 +307,18 @@ impl MetaState {
             .flat_map(move |map| map.keys().map(move |index| ChunkSlot { ino, index: *index }))
     }
 
-    /// Every chunk tiering wants moved, from a visit of every chunk.
-    /// (Each file's inode is read once and its chunks walked beside its temperatures,
-    /// both in slot order, so a chunk costs one lookup: its extent's record.)
+    /// Every chunk tiering wants moved, from a visit of every chunk (`each_chunk`).
     pub(super) fn scanned_migrations(&self) -> BTreeSet<ChunkSlot> {
         let mut wanted = BTreeSet::new();
         if !self.tiering.enabled {
             return wanted;
         }
         let tiers = self.tier_targets();
-        for (ino, chunks) in &self.file_extents {
-            if self.inodes.get(ino).is_some_and(|i| i.policy.is_some()) {
-                continue;
+        self.each_chunk(|slot, record, temperature, pinned| {
+            if !pinned && record.policy != tiers.target(temperature) {
+                wanted.insert(slot);
             }
-            for (slot, id, temperature) in self.chunks_with_temperatures(*ino, chunks) {
-                let Some(record) = self.extents.get(&id) else { continue };
-                if record.policy != tiers.target(temperature) {
-                    wanted.insert(slot);
-                }
-            }
-        }
+        });
         debug_assert!(wanted.iter().all(|slot| self.migration_target(*slot).is_some()));
         wanted
     }
@@ -374,30 +374,38 @@ impl MetaState {
     /// Rebuilds what the state indexes but never stores (`dir_parents`, `extent_index`):
     /// after decoding. Only extents on a disk that is not serving, or owed to one, can be
     /// short of fragments, so a healthy pool's are not assessed one by one.
-    /// The per-disk sets, and the tallies with the migrations, are built apart and at
-    /// once when `parallel` (on the I/O threads; one after another in the simulator).
+    /// The per-disk sets, the tallies with the migrations, and the parents are built apart
+    /// and at once when `parallel` (on the I/O threads; in order in the simulator).
     pub fn rebuild_indexes(&mut self, parallel: bool) {
         enum Part {
+            Disks,
+            Tallies,
+            Parents,
+        }
+        enum Built {
             Disks(ExtentIndex),
             Tallies(ExtentIndex),
             Parents(BTreeMap<Ino, Ino>),
         }
         let this = &*self;
-        let parts = crate::base::io::run_all(parallel, vec![0, 1, 2], |part| match part {
-            0 => Part::Disks(ExtentIndex::from_records(this.extents.values().map(|r| (r.id, r.fragments.as_slice())))),
-            1 => {
-                let mut tallies = ExtentIndex::default();
-                this.scan_tallies_and_migrations(&mut tallies);
-                Part::Tallies(tallies)
-            }
-            _ => Part::Parents(this.scanned_dir_parents()),
-        });
+        let built =
+            crate::base::io::run_all(parallel, vec![Part::Disks, Part::Tallies, Part::Parents], |part| match part {
+                Part::Disks => Built::Disks(ExtentIndex::from_records(
+                    this.extents.values().map(|r| (r.id, r.fragments.as_slice())),
+                )),
+                Part::Tallies => {
+                    let mut tallies = ExtentIndex::default();
+                    this.scan_tallies_and_migrations(&mut tallies);
+                    Built::Tallies(tallies)
+                }
+                Part::Parents => Built::Parents(this.scanned_dir_parents()),
+            });
         let mut index = ExtentIndex::default();
-        for part in parts {
+        for part in built {
             match part {
-                Part::Disks(disks) => index.take_disks(disks),
-                Part::Tallies(tallies) => index.take_tallies_and_migrations(tallies),
-                Part::Parents(parents) => self.dir_parents = parents,
+                Built::Disks(disks) => index.take_disks(disks),
+                Built::Tallies(tallies) => index.take_tallies_and_migrations(tallies),
+                Built::Parents(parents) => self.dir_parents = parents,
             }
         }
         self.extent_index = index;
