@@ -206,7 +206,7 @@ fn require_tiering(ctx: &Ctx<'_>) -> Result<()> {
 /// `dfs list-hot` / `dfs list-cold`.
 pub(crate) fn list_class(ctx: &mut Ctx<'_>, class: Class, args: &crate::ClassListArgs) -> Result<()> {
     require_tiering(ctx)?;
-    let mut rows = ctx.pool.temperature_rows(class);
+    let mut rows = ctx.pool.temperature_rows(class).map_err(engine)?;
     let total = rows.len();
     if let Some(limit) = args.limit {
         rows.truncate(limit);

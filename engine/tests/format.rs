@@ -11,7 +11,8 @@ use common::{blocks, TestPool, OWNER};
 use dfs_engine::media::frame::{self, FrameKind, METADATA_FORMAT};
 use dfs_engine::meta::journal::{self, Checkpoint, JournalRecord};
 use dfs_engine::meta::state::MetaState;
-use dfs_engine::meta::state::{Op, Transaction};
+use dfs_engine::meta::state::{ChunkSlot, Op, Transaction};
+use dfs_engine::temperature::tracker::Temperature;
 use std::ops::Deref;
 
 use dfs_engine::meta::v1::{CheckpointV1, InodeV1, JournalRecordV1, MetaStateV1, OpV1};
@@ -21,6 +22,12 @@ use dfs_engine::pooldir::PoolDir;
 use dfs_engine::{Error, Ino};
 
 /// The format-1 form of a state that uses nothing format 2 added.
+/// The temperatures of a state held whole (`Pool::state_whole`).
+fn held_temperatures(state: &MetaState) -> std::collections::BTreeMap<ChunkSlot, Temperature> {
+    assert!(!state.temperature.is_based(), "a state read whole");
+    state.temperature.held_all().filter_map(|(slot, t)| Some((*slot, t.clone()?))).collect()
+}
+
 fn downgrade(state: &MetaState) -> MetaStateV1 {
     assert!(state.xattrs.is_empty(), "format 1 has no extended attributes");
     MetaStateV1 {
@@ -57,7 +64,7 @@ fn downgrade(state: &MetaState) -> MetaStateV1 {
         next_disk: state.next_disk,
         transitions: state.transitions.clone(),
         tiering: state.tiering,
-        temperature: state.temperature.deref().clone(),
+        temperature: held_temperatures(state),
         passes: state.passes.clone(),
         scrub: state.scrub,
         scrubbed: state.scrubbed.deref().clone(),
@@ -154,7 +161,7 @@ fn format_one_pool() -> (TestPool, MetaState) {
     t.reopen();
     let pool = t.pool();
     pool.checkpoint().unwrap();
-    let state = pool.state().clone();
+    let state = pool.state_whole().unwrap();
     t.pool = None;
     t.dir = None;
     let seq = 1_000_000;
@@ -188,7 +195,7 @@ fn downgrade_to_two(state: &MetaState) -> MetaStateV2 {
         next_disk: state.next_disk,
         transitions: state.transitions.clone(),
         tiering: state.tiering,
-        temperature: state.temperature.deref().clone(),
+        temperature: held_temperatures(state),
         passes: state.passes.clone(),
         scrub: state.scrub,
         scrubbed: state.scrubbed.deref().clone(),
@@ -205,7 +212,7 @@ fn a_format_two_pool_is_upgraded_in_place_and_keeps_its_attributes() {
     let f = pool.resolve("/f").unwrap();
     pool.setxattr(f, b"user.colour", b"blue", dfs_engine::data::xattr::SetMode::Any).unwrap();
     pool.checkpoint().unwrap();
-    let state = pool.state().clone();
+    let state = pool.state_whole().unwrap();
     t.pool = None;
     t.dir = None;
     let seq = 2_000_000;
@@ -241,7 +248,7 @@ fn downgrade_to_three(state: &MetaState) -> MetaStateV3 {
         next_disk: state.next_disk,
         transitions: state.transitions.clone(),
         tiering: state.tiering,
-        temperature: state.temperature.deref().clone(),
+        temperature: held_temperatures(state),
         passes: state.passes.clone(),
         scrub: state.scrub,
         scrubbed: state.scrubbed.deref().clone(),
@@ -261,7 +268,7 @@ fn closed_with_file(name: &str, data: &[u8]) -> (TestPool, MetaState, Ino) {
     let pool = t.pool();
     let f = pool.resolve(&format!("/{name}")).unwrap();
     pool.checkpoint().unwrap();
-    let state = pool.state().clone();
+    let state = pool.state_whole().unwrap();
     t.pool = None;
     t.dir = None;
     (t, state, f)
@@ -418,15 +425,15 @@ fn a_format_six_pool_replays_its_full_pass_and_is_upgraded_to_passes_that_journa
     );
     let report = t.reopen();
     assert_eq!(report.upgraded_from, Some(6));
-    let temperature = &t.pool().state().temperature;
+    let temperature = t.pool().temperatures().unwrap();
     assert_eq!(temperature.len(), 3, "the format-6 pass was replayed");
     assert!(temperature.values().all(|t| t.history.len() == 1));
     t.pool().classify_pass().unwrap();
-    let live = t.pool().state().temperature.clone();
+    let live = t.pool().temperatures().unwrap();
     assert!(live.values().all(|t| t.history.len() == 2));
     let report = t.reopen();
     assert_eq!(report.upgraded_from, None);
-    assert_eq!(t.pool().state().temperature, live);
+    assert_eq!(t.pool().temperatures().unwrap(), live);
     assert_eq!(t.read_file("/big").unwrap(), common::pattern(3_000_000, 6));
 }
 
@@ -435,7 +442,7 @@ fn a_format_seven_pool_is_upgraded_into_the_paged_store_and_reads_the_same() {
     let (mut t, state, f) = closed_with_file("big", &common::pattern(3_000_000, 7));
     // As a format-7 build left it: the whole state in a checkpoint block, and a record.
     upgraded_from_current_structure(&mut t, &state, f, 7, 0o604);
-    let upgraded = t.pool().state().clone();
+    let upgraded = t.pool().state_whole().unwrap();
     assert_eq!(upgraded.extents, state.extents);
     assert_eq!(upgraded.file_extents, state.file_extents);
     close_in_the_store(&mut t);
@@ -446,7 +453,7 @@ fn a_format_seven_pool_is_upgraded_into_the_paged_store_and_reads_the_same() {
     let reopened = t.pool().state();
     assert_eq!(reopened.inodes, upgraded.inodes);
     assert_eq!(reopened.extents, upgraded.extents);
-    assert_eq!(reopened.temperature, upgraded.temperature);
+    assert_eq!(t.pool().temperatures().unwrap(), held_temperatures(&upgraded));
 }
 
 /// Rewrites the store of `t` (closed, checkpointed) as a build of format 8 left it — a
@@ -546,9 +553,10 @@ fn a_format_eight_pool_is_upgraded_and_then_folds_long_policy_histories() {
         t.pool().classify_pass().unwrap();
     }
     t.pool().checkpoint().unwrap();
-    let state = t.pool().state().clone();
-    assert!(state.temperature.values().any(|t| t.history.len() == 5), "{:?}", state.temperature);
-    assert!(state.temperature.values().any(|t| t.history.len() == 3));
+    let state = t.pool().state_whole().unwrap();
+    let temperatures = held_temperatures(&state);
+    assert!(temperatures.values().any(|t| t.history.len() == 5), "{temperatures:?}");
+    assert!(temperatures.values().any(|t| t.history.len() == 3));
     t.pool = None;
     t.dir = None;
     let (seq, tip_hash) = rewrite_store_head(&t, None);
@@ -567,14 +575,14 @@ fn a_format_eight_pool_is_upgraded_and_then_folds_long_policy_histories() {
     assert_eq!(report.upgraded_from, Some(8));
     assert_eq!(t.pool().getattr(f).unwrap().mode, 0o640, "the format-8 record was replayed");
     assert_eq!(t.pool().state().extents, state.extents);
-    assert_eq!(t.pool().state().temperature, state.temperature, "format-8 temperatures read as they were");
+    assert_eq!(t.pool().temperatures().unwrap(), temperatures, "format-8 temperatures read as they were");
     assert_eq!(t.pool().state().dirs, state.dirs);
     assert_eq!(t.pool().state().file_extents, state.file_extents);
     assert_eq!(t.pool().state().xattrs, state.xattrs);
     assert_eq!(state.xattrs[&f].len(), 2);
     close_in_the_store(&mut t);
     t.reopen();
-    assert_eq!(t.pool().state().temperature, state.temperature, "and as upgraded");
+    assert_eq!(t.pool().temperatures().unwrap(), temperatures, "and as upgraded");
     assert_eq!(t.pool().state().dirs, state.dirs);
     assert_eq!(t.pool().state().file_extents, state.file_extents);
     assert_eq!(t.pool().state().xattrs, state.xattrs);

@@ -65,7 +65,8 @@ fn a_checkpoint_writes_what_changed_and_a_reopen_reads_the_state_back_from_the_s
 /// of all of it writes, give or take page framing.
 fn state_bytes(t: &mut TestPool) -> u64 {
     let state = t.pool().state().clone();
-    let entries = dfs_engine::meta::paged::entries(&state);
+    let stored = t.pool().stored_temperatures().unwrap();
+    let entries = dfs_engine::meta::paged::entries(&state, stored);
     let replicas = t.pool().journal_disks().len() as u64;
     replicas * entries.map(|(k, v)| (k.len() + v.as_ref().map_or(0, Vec::len)) as u64).sum::<u64>()
 }

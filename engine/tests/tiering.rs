@@ -7,6 +7,7 @@ mod common;
 use common::{pattern, TestPool};
 use dfs_engine::base::policy::Policy;
 use dfs_engine::meta::state::{ChunkSlot, Op, PASS_BATCH_VERDICTS};
+use dfs_engine::meta::temperatures::Temperatures;
 use dfs_engine::temperature::access::AccessStats;
 use dfs_engine::temperature::hmm::HISTORY_MAX;
 use dfs_engine::temperature::tracker::{Observation, Verdict};
@@ -38,12 +39,12 @@ fn a_pass_over_untouched_extents_journals_only_what_changed_and_replays_to_the_s
     t.read_file("/f7").unwrap();
     let after_read = pass_bytes(&mut t);
     assert!(quiet < after_read && after_read * 4 < full, "{after_read} after one read; {bytes:?} before");
-    let live = t.pool().state().temperature.clone();
+    let live = t.pool().temperatures().unwrap();
     assert_eq!(live.len(), 60);
     assert!(live.values().all(|temperature| temperature.history.len() == 9));
     let report = t.reopen();
     assert!(report.records_replayed > 9, "the passes must be replayed, not read from a checkpoint");
-    assert_eq!(t.pool().state().temperature, live, "replay must give the temperatures the passes left");
+    assert_eq!(t.pool().temperatures().unwrap(), live, "replay must give the temperatures the passes left");
 }
 
 /// Every chunk whose extent tiering wants under another policy, from a visit of each.
@@ -132,7 +133,9 @@ fn a_pass_cut_into_records_leaves_what_one_record_of_it_leaves() {
     let slots: Vec<ChunkSlot> =
         t.pool().state().file_extents.keys().map(|ino| ChunkSlot { ino: *ino, index: 0 }).collect();
     assert_eq!(slots.len(), 24);
+    // The state alone, its temperatures held whole: no store behind it.
     let mut state = t.pool().state().clone();
+    state.temperature = Temperatures::whole(t.pool().temperatures().unwrap());
     // Histories of every length: chunk i is judged from pass 6 i on (from 20 on, never).
     for pass in 0..HISTORY_MAX as u32 + 20 {
         let judged: Vec<ChunkSlot> =
@@ -140,7 +143,8 @@ fn a_pass_cut_into_records_leaves_what_one_record_of_it_leaves() {
         let changed = verdicts_for(&judged, pass).into_iter().filter(|(_, v)| v.class != Class::Warm).collect();
         state.apply(&Op::ClassifyChanges { at_secs: i64::from(pass), changed });
     }
-    let lengths: std::collections::BTreeSet<usize> = state.temperature.values().map(|t| t.history.len()).collect();
+    let held = state.temperature.held_all().filter_map(|(_, t)| t.as_ref());
+    let lengths: std::collections::BTreeSet<usize> = held.map(|t| t.history.len()).collect();
     assert!(lengths.contains(&HISTORY_MAX) && lengths.len() > 3, "{lengths:?}");
     for cut in [0, 1, 7, 23] {
         let verdicts = verdicts_for(&slots, 1_000 + cut as u32);
@@ -183,12 +187,12 @@ fn a_pass_of_many_verdicts_journals_bounded_records_and_replays_the_same() {
         last > 0 && last * 100 < first_two,
         "the last 100 verdicts are a record of their own: {last} of {first_two}"
     );
-    let live = t.pool().state().temperature.clone();
+    let live = t.pool().temperatures().unwrap();
     assert_eq!(live.len() as u64, chunks);
     assert!(live.values().all(|t| t.history.len() == 1));
     let report = t.reopen();
     assert!(report.records_replayed >= 3, "the pass must be replayed, not read from a checkpoint: {report:?}");
-    assert_eq!(t.pool().state().temperature, live);
+    assert_eq!(t.pool().temperatures().unwrap(), live);
 }
 
 /// A pass repeats every quiet chunk's last observation without marking it: the store
@@ -221,11 +225,74 @@ fn a_checkpoint_after_a_quiet_pass_writes_next_to_nothing_and_reads_back_the_rep
     assert!(quiet[3] > quiet[0], "the pass after a read writes that chunk: {quiet:?}");
     t.pool().classify_pass().unwrap();
     t.pool().classify_pass().unwrap();
-    let live = t.pool().state().clone();
-    assert!(live.temperature.values().all(|t| t.history.len() == 9));
+    let live = t.pool().temperatures().unwrap();
+    let live_passes = t.pool().state().repeating_passes;
+    assert!(live.values().all(|t| t.history.len() == 9));
     let report = t.reopen();
     assert!(report.records_replayed > 0, "the last passes replay onto the checkpoint");
-    let reopened = t.pool().state();
-    assert_eq!(reopened.temperature, live.temperature);
-    assert_eq!(reopened.repeating_passes, live.repeating_passes);
+    assert_eq!(t.pool().temperatures().unwrap(), live);
+    assert_eq!(t.pool().state().repeating_passes, live_passes);
+}
+
+/// Temperatures live in the metadata store: memory holds every chunk's class, and whole
+/// temperatures only for the chunks changed since the last checkpoint. A pass, an
+/// access and a reopen read the rest from the store and give what memory would have.
+#[test]
+fn temperatures_stay_in_the_store_and_memory_holds_only_what_changed() {
+    let mut t = TestPool::new(&[64, 64, 64], "replicate:2");
+    for i in 0..40 {
+        t.write_file(&format!("f{i}"), &pattern(3_000, i));
+    }
+    t.pool().classify_pass().unwrap();
+    t.pool().checkpoint().unwrap();
+    let held = |t: &mut TestPool| t.pool().state().temperature.held_len();
+    assert_eq!(held(&mut t), 0, "a checkpoint leaves no temperature in memory");
+    assert_eq!(t.pool().state().temperature.classes().count(), 40, "but every chunk's class");
+    t.read_file("/f7").unwrap();
+    t.pool().flush_access_stats().unwrap();
+    assert_eq!(held(&mut t), 1, "the chunk read, read in to be changed");
+    let f7 = t.pool().resolve("/f7").unwrap();
+    let slot = ChunkSlot { ino: f7, index: 0 };
+    assert_eq!(t.pool().temperature(slot).unwrap().unwrap().stats.total, 2, "written once, read once");
+    t.pool().classify_pass().unwrap();
+    let live = t.pool().temperatures().unwrap();
+    assert!(live.values().all(|t| t.history.len() == 2));
+    t.pool().checkpoint().unwrap();
+    assert_eq!(held(&mut t), 0);
+    t.reopen();
+    assert_eq!(held(&mut t), 0, "an open reads classes, not temperatures");
+    assert_eq!(t.pool().temperatures().unwrap(), live);
+    t.pool().state().check().unwrap();
+}
+
+/// A temperature whose page no replica holds intact is an error of what needs it — a
+/// pass, a report — never a fresh temperature; reads of the data go on, and the pass
+/// changes nothing.
+#[test]
+fn a_temperature_lost_on_every_replica_fails_the_pass_and_resets_nothing() {
+    let mut t = TestPool::new(&[64, 64, 64], "replicate:2");
+    for i in 0..10 {
+        t.write_file(&format!("f{i}"), &pattern(3_000, i));
+    }
+    t.pool().classify_pass().unwrap();
+    t.pool().checkpoint().unwrap();
+    t.reopen();
+    let passes = t.pool().state().passes.clone();
+    // Every page of the store rots on every disk, after the open read it.
+    for disk in 0..3 {
+        for page in common::blocks(&t.disk_path(disk), "store-page") {
+            let mut bytes = std::fs::read(&page).unwrap();
+            let middle = bytes.len() / 2;
+            bytes[middle] ^= 0x55;
+            std::fs::write(&page, bytes).unwrap();
+        }
+    }
+    let f3 = t.pool().resolve("/f3").unwrap();
+    let error = t.pool().temperature(ChunkSlot { ino: f3, index: 0 }).unwrap_err();
+    assert!(matches!(error, dfs_engine::Error::MetadataCorrupt(_)), "{error}");
+    let error = t.pool().classify_pass().unwrap_err();
+    assert!(matches!(error, dfs_engine::Error::MetadataCorrupt(_)), "{error}");
+    assert_eq!(t.pool().state().passes, passes, "the failed pass recorded nothing");
+    assert_eq!(t.read_file("/f3").unwrap(), pattern(3_000, 3), "the data reads all the same");
+    assert_eq!(t.pool().state().temperature.held_len(), 0, "no temperature made up for the access");
 }

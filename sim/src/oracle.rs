@@ -8,6 +8,8 @@ use dfs_engine::media::device::{BlockDevice, BlockKind, BlockName, ExtentId};
 use dfs_engine::media::fragment;
 use dfs_engine::meta::journal;
 use dfs_engine::meta::state::EXTENT_BYTES_MAX;
+use dfs_engine::meta::store::StoreConfig;
+use dfs_engine::meta::temperatures::Temperatures;
 use dfs_engine::reports::report::Health;
 use dfs_engine::{Ino, InodeKind, Pool};
 
@@ -213,7 +215,8 @@ pub fn files_of(pool: &Pool, lost: &BTreeSet<ExtentId>) -> BTreeSet<String> {
 /// Invariant 3: every reachable journal replica recovers, on its own, to the pool's state.
 pub fn replicas_agree(world: &World) -> Result<(), String> {
     let Some(pool) = world.pool.as_ref() else { return Err("no pool".into()) };
-    let state = pool.state();
+    // Temperatures compared as read back, whatever root each side's store stands on.
+    let state = &pool.state_whole().map_err(|e| format!("the pool's temperatures: {e}"))?;
     for disk in pool.journal_disks() {
         let Some(device) = pool.device(disk) else { continue };
         if world.sim_disk(disk).is_some_and(|sim| sim.is_down() || sim.used_bytes() != sim.inner().used_bytes()) {
@@ -222,10 +225,8 @@ pub fn replicas_agree(world: &World) -> Result<(), String> {
         if world.away_last_recovery.iter().any(|d| *d as u32 + 1 == disk.0) {
             continue; // away while recovery re-replicated; the next recovery rewrites it
         }
-        match journal::recover(
-            &[device.as_ref()],
-            &dfs_engine::meta::store::StoreConfig { parallel: false, ..Default::default() },
-        ) {
+        let recovered = recover_whole(device.as_ref());
+        match recovered {
             Ok(Some(recovered)) if recovered.state == *state => {}
             Ok(Some(recovered)) => {
                 return Err(format!(
@@ -239,6 +240,18 @@ pub fn replicas_agree(world: &World) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// What `device` alone recovers to, its temperatures read whole from its own store.
+fn recover_whole(device: &dyn BlockDevice) -> Result<Option<journal::Recovered>, String> {
+    let devices = [device];
+    let config = StoreConfig { parallel: false, ..Default::default() };
+    let Some(mut recovered) = journal::recover(&devices, &config).map_err(|e| e.to_string())? else { return Ok(None) };
+    let source = recovered.store.as_ref().map(|store| (store, &devices[..]));
+    let all = dfs_engine::meta::paged::temperatures(&recovered.state, source)
+        .map_err(|e| format!("its temperatures: {e}"))?;
+    recovered.state.temperature = Temperatures::whole(all);
+    Ok(Some(recovered))
 }
 
 /// The parts in which two states differ, by name.

@@ -950,7 +950,13 @@ impl<'s> Run<'s> {
             let mut changes = 0;
             for (index, id) in map {
                 let Some(record) = state.extents.get(id) else { continue };
-                let class = state.temperature.get(&ChunkSlot { ino: *ino, index: *index }).map(|t| t.class);
+                let class = match pool.temperature(ChunkSlot { ino: *ino, index: *index }) {
+                    Ok(temperature) => temperature.map(|t| t.class),
+                    Err(e) => {
+                        problems.push(format!("{path} chunk {index}: {e}"));
+                        None
+                    }
+                };
                 classes.insert(class.map_or("unclassified".to_string(), |c| c.to_string()));
                 policies.insert(record.policy.to_string());
                 let folded: u64 = record.history.iter().map(PolicyChange::changes).sum();

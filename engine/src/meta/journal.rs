@@ -257,6 +257,8 @@ pub fn recover(devices: &[&dyn BlockDevice], store_config: &StoreConfig) -> Resu
         let Some(found) = chained else {
             break;
         };
+        paged::prefetch(&mut state, store.as_ref().map(|store| (store, devices)), &found.value.txn)
+            .map_err(|e| RecoveryError::StoreUnreadable(e.to_string()))?;
         state.apply_transaction(&found.value.txn);
         tip = JournalTip { seq: next, hash: found.hash };
         oldest_format = oldest_format.min(found.format);

@@ -9,6 +9,7 @@ pub mod paged;
 pub mod scrub_state;
 pub mod state;
 pub mod store;
+pub mod temperatures;
 pub mod tracked;
 mod upkeep;
 pub mod v1;

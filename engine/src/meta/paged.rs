@@ -17,9 +17,11 @@ use crate::meta::ids::{ChunkSlot, Ino};
 use crate::meta::nested::Nested;
 use crate::meta::state::MetaState;
 use crate::meta::store::{Devices, Entry, Store, StoreError};
+use crate::meta::temperatures::Temperatures;
 use crate::meta::tracked::Tracked;
 use crate::temperature::hmm::HISTORY_MAX;
 use crate::temperature::tracker::Temperature;
+use crate::temperature::Class;
 
 /// A key of a paged table, as bytes that sort as the key does.
 pub trait TableKey: Sized + Ord + Clone {
@@ -88,11 +90,12 @@ const SCRUBBED: u8 = 6;
 const XATTRS: u8 = 7;
 const LAYERS: u8 = 8;
 
-/// Calls `$body` once per paged table with `$tag` (its key prefix) and `$field`.
+/// Calls `$body` once per paged table with `$tag` (its key prefix) and `$field`, but
+/// `temperature` (a `Temperatures`, not a `Tracked`).
 macro_rules! each_table {
     ($state:expr, |$tag:ident, $field:ident| $body:block) => {
         each_table!(@ $state, $tag, $field, $body, INODES inodes, DIRS dirs, FILE_EXTENTS file_extents,
-            EXTENTS extents, TEMPERATURE temperature, SCRUBBED scrubbed, XATTRS xattrs, LAYERS layers)
+            EXTENTS extents, SCRUBBED scrubbed, XATTRS xattrs, LAYERS layers)
     };
     (@ $state:expr, $tag:ident, $field:ident, $body:block, $($t:ident $f:ident),*) => {{
         $({
@@ -218,7 +221,8 @@ fn chunk_changes(files: &mut Nested<Ino, u64, ExtentId>, out: &mut Vec<Entry>) {
 }
 
 /// The entries the tables changed since the last call (a deletion as `None`), in key
-/// order; the tables are clean after. A temperature that only repeated is not changed:
+/// order; the tables are clean after, but for the temperatures, held until `mark_clean`
+/// (once the commit is durable). A temperature that only repeated is not changed:
 /// its value reads back with the repeats (`load`).
 pub fn changes(state: &mut MetaState) -> Vec<Entry> {
     let passes = state.repeating_passes;
@@ -227,7 +231,10 @@ pub fn changes(state: &mut MetaState) -> Vec<Entry> {
     named_changes(DIRS, &mut state.dirs, true, &mut out);
     chunk_changes(&mut state.file_extents, &mut out);
     changes_of(EXTENTS, &mut state.extents, value_of, &mut out);
-    changes_of(TEMPERATURE, &mut state.temperature, |t| temperature_value(t, passes), &mut out);
+    // Held until the commit is durable (`mark_clean`): memory is their only copy.
+    for (slot, temperature) in state.temperature.held_all() {
+        out.push((key_of(TEMPERATURE, slot), temperature.as_ref().map(|t| temperature_value(t, passes))));
+    }
     changes_of(SCRUBBED, &mut state.scrubbed, value_of, &mut out);
     named_changes(XATTRS, &mut state.xattrs, false, &mut out);
     changes_of(LAYERS, &mut state.layers, value_of, &mut out);
@@ -235,15 +242,40 @@ pub fn changes(state: &mut MetaState) -> Vec<Entry> {
     out
 }
 
-/// Every entry of the tables, in key order, encoded as it is taken. The tables stay as
-/// marked: `mark_clean` once the entries are durable.
-pub fn entries(state: &MetaState) -> impl Iterator<Item = Entry> + '_ {
+/// Every entry of the tables, in key order, encoded as it is taken; `stored` is what
+/// `stored_temperatures` read of the temperatures the state does not hold. The tables
+/// stay as marked: `mark_clean` once the entries are durable.
+pub fn entries(state: &MetaState, stored: Vec<StoredEntry>) -> impl Iterator<Item = Entry> + '_ {
     let passes = state.repeating_passes;
+    // The stored values pass through as they are: each names the pass count it was
+    // written at, so its repeats since are implied as before.
+    let mut held = state.temperature.held_all().peekable();
+    let mut stored = stored.into_iter().peekable();
+    let temperatures = std::iter::from_fn(move || loop {
+        let next_held = held.peek().map(|(slot, _)| key_of(TEMPERATURE, *slot));
+        let take_held = match (&next_held, stored.peek()) {
+            (None, None) => return None,
+            (Some(held), Some((key, _))) => held <= key,
+            (held, _) => held.is_some(),
+        };
+        if !take_held {
+            let (key, value) = stored.next()?;
+            return Some((key, Some(value)));
+        }
+        let key = next_held?;
+        let (_, temperature) = held.next()?;
+        if stored.peek().is_some_and(|(stored, _)| *stored == key) {
+            stored.next();
+        }
+        if let Some(temperature) = temperature {
+            return Some((key, Some(temperature_value(temperature, passes))));
+        }
+    });
     entries_of(INODES, &state.inodes, value_of)
         .chain(named_entries(DIRS, &state.dirs, true))
         .chain(chunk_entries(&state.file_extents))
         .chain(entries_of(EXTENTS, &state.extents, value_of))
-        .chain(entries_of(TEMPERATURE, &state.temperature, move |t| temperature_value(t, passes)))
+        .chain(temperatures)
         .chain(entries_of(SCRUBBED, &state.scrubbed, value_of))
         .chain(named_entries(XATTRS, &state.xattrs, false))
         .chain(entries_of(LAYERS, &state.layers, value_of))
@@ -254,6 +286,7 @@ pub fn mark_clean(state: &mut MetaState) {
     each_table!(state, |_tag, table| {
         table.take_dirty();
     });
+    state.temperature.take_changes();
 }
 
 /// The head of `state` at the tip `(seq, tip_hash)`, encoded: the state without its
@@ -336,7 +369,8 @@ pub fn load(store: &Store, devices: &Devices) -> Result<Head, LoadError> {
         [(&[], Some(&[EXTENTS])), (&[EXTENTS], Some(&[TEMPERATURE])), (&[TEMPERATURE], None)];
     let read = |(from, to): (&[u8], Option<&[u8]>)| -> Result<Tables, LoadError> {
         let mut failure = None;
-        let mut tables = Tables { passes, ..Tables::default() };
+        let holds_temperatures = to.is_none_or(|to| to > [TEMPERATURE].as_slice()) && from <= [TEMPERATURE].as_slice();
+        let mut tables = Tables { passes, holds_temperatures, ..Tables::default() };
         store.scan(devices, from, to, crate::meta::store::ScanCache::Skip, &mut |key, value| match tables
             .add(key, value)
         {
@@ -379,7 +413,11 @@ struct Tables {
     /// The file whose chunks are being read (format 9: one store entry a segment).
     open_file: Group<u64, ExtentId>,
     extents: Vec<(ExtentId, crate::meta::state::ExtentRecord)>,
+    /// Format 8: every temperature, decoded (its values name no pass count, so the
+    /// first checkpoint rewrites them all).
     temperature: Vec<(ChunkSlot, Temperature)>,
+    /// Format 9 on: only each chunk's class; the temperatures stay in the store.
+    classes: Vec<(ChunkSlot, Class)>,
     scrubbed: Vec<(ExtentId, i64)>,
     xattrs: Vec<(Ino, Xattrs)>,
     /// The inode whose attributes are being read (format 9: one store entry a name).
@@ -387,6 +425,8 @@ struct Tables {
     layers: Vec<(ChunkSlot, Vec<crate::meta::state::Layer>)>,
     /// The head's count of repeating passes (`None`: format 8, which has none).
     passes: Option<u64>,
+    /// Whether these are read from the part of the keys that holds the temperatures.
+    holds_temperatures: bool,
 }
 
 fn add_to<K: TableKey, V: for<'de> Deserialize<'de>>(
@@ -440,21 +480,16 @@ impl Tables {
     /// that observation, so no more are made.
     fn add_temperature(&mut self, key: &[u8], value: &[u8]) -> Result<(), String> {
         let key = ChunkSlot::take(key).ok_or("key of the wrong length")?;
-        if self.temperature.last().is_some_and(|(last, _)| *last >= key) {
+        let last = self.temperature.last().map(|(last, _)| last).or(self.classes.last().map(|(last, _)| last));
+        if last.is_some_and(|last| *last >= key) {
             return Err("key out of order".into());
         }
-        let (mut temperature, after): (Temperature, &[u8]) =
-            postcard::take_from_bytes(value).map_err(|e| e.to_string())?;
-        if let Some(passes) = self.passes {
-            let written_at = decode_all::<u64>(after)?;
-            let since = passes.checked_sub(written_at).ok_or("written at a pass the head has not reached")?;
-            for _ in 0..since.min(HISTORY_MAX as u64) {
-                temperature.repeat();
-            }
-        } else if !after.is_empty() {
-            return Err("a pass count in a format-8 store".into());
+        let temperature = decode_temperature(value, self.passes)?;
+        if self.passes.is_none() {
+            self.temperature.push((key, temperature));
+        } else if let Some(class) = temperature.classified() {
+            self.classes.push((key, class));
         }
-        self.temperature.push((key, temperature));
         Ok(())
     }
 
@@ -517,10 +552,14 @@ impl Tables {
             dirs: Nested::clean(self.dirs.into_iter().collect()),
             file_extents: Nested::clean(self.file_extents.into_iter().collect()),
             extents: table_of(self.extents),
-            temperature: table_of(self.temperature),
+            temperature: match self.passes {
+                None => Temperatures::whole(self.temperature.into_iter().collect()),
+                Some(_) => Temperatures::based(self.classes.into_iter().collect()),
+            },
             scrubbed: table_of(self.scrubbed),
             xattrs: Nested::clean(self.xattrs.into_iter().collect()),
             layers: table_of(self.layers),
+            holds_temperatures: self.holds_temperatures,
         }
     }
 }
@@ -567,10 +606,13 @@ struct Built {
     dirs: Nested<Ino, Vec<u8>, Ino>,
     file_extents: Nested<Ino, u64, ExtentId>,
     extents: Tracked<ExtentId, crate::meta::state::ExtentRecord>,
-    temperature: Tracked<ChunkSlot, Temperature>,
+    temperature: Temperatures,
     scrubbed: Tracked<ExtentId, i64>,
     xattrs: Nested<Ino, Vec<u8>, Vec<u8>>,
     layers: Tracked<ChunkSlot, Vec<crate::meta::state::Layer>>,
+    /// Whether this part holds the temperature range (a table of no temperature is
+    /// `based` all the same, when the store holds the table).
+    holds_temperatures: bool,
 }
 
 impl Built {
@@ -586,11 +628,157 @@ impl Built {
         put(self.dirs, &mut state.dirs);
         put(self.file_extents, &mut state.file_extents);
         put(self.extents, &mut state.extents);
-        put(self.temperature, &mut state.temperature);
+        if self.holds_temperatures {
+            state.temperature = self.temperature;
+        }
         put(self.scrubbed, &mut state.scrubbed);
         put(self.xattrs, &mut state.xattrs);
         put(self.layers, &mut state.layers);
     }
+}
+
+/// A stored temperature, with the repeats of every pass since it was written: a pass
+/// repeats the last observation of each chunk it does not list without marking it
+/// (`MetaState::repeating_passes`), so the value names the count it was written at
+/// (`passes`: the head's count; `None` in format 8, whose values name none). Past
+/// `HISTORY_MAX` repeats the window holds only that observation, so no more are made.
+fn decode_temperature(value: &[u8], passes: Option<u64>) -> Result<Temperature, String> {
+    let (mut temperature, after): (Temperature, &[u8]) = postcard::take_from_bytes(value).map_err(|e| e.to_string())?;
+    match passes {
+        Some(passes) => {
+            let written_at = decode_all::<u64>(after)?;
+            let since = passes.checked_sub(written_at).ok_or("written at a pass the head has not reached")?;
+            for _ in 0..since.min(HISTORY_MAX as u64) {
+                temperature.repeat();
+            }
+        }
+        None if !after.is_empty() => return Err("a pass count in a format-8 store".into()),
+        None => {}
+    }
+    Ok(temperature)
+}
+
+/// A store entry as the store holds it: key and value, encoded.
+pub type StoredEntry = (Vec<u8>, Vec<u8>);
+
+/// Where a paged table's entries are read from: the store whose root the state stands
+/// on, and its replicas. `None` for a state held whole (never stored).
+pub type Source<'a, 'b> = Option<(&'a Store, &'a Devices<'b>)>;
+
+/// The store a `based` table reads from, or why there is none.
+fn source_of<'a, 'b>(source: Source<'a, 'b>) -> Result<(&'a Store, &'a Devices<'b>), LoadError> {
+    source.ok_or_else(|| LoadError::Head("a paged table read without its store".into()))
+}
+
+/// `slot`'s temperature: the one memory holds, else the store's (with the repeats since
+/// it was written).
+pub fn read_temperature(state: &MetaState, source: Source, slot: ChunkSlot) -> Result<Option<Temperature>, LoadError> {
+    if let Some(held) = state.temperature.held(&slot) {
+        return Ok(held.cloned());
+    }
+    let (store, devices) = source_of(source)?;
+    let key = key_of(TEMPERATURE, &slot);
+    let Some(value) = store.get(devices, &key)? else { return Ok(None) };
+    let temperature = decode_temperature(&value, Some(state.repeating_passes))
+        .map_err(|why| LoadError::Entry { key: hex(&key), why })?;
+    Ok(Some(temperature))
+}
+
+/// Reads into memory the temperatures `txn` changes (`MetaState::temperatures_wanted`),
+/// so that it can be applied.
+pub fn prefetch(state: &mut MetaState, source: Source, txn: &crate::meta::state::Transaction) -> Result<(), LoadError> {
+    for slot in state.temperatures_wanted(txn) {
+        let temperature = read_temperature(state, source, slot)?;
+        state.temperature.fetched(slot, temperature);
+    }
+    Ok(())
+}
+
+/// Visits every chunk's temperature in slot order, those memory holds in place of the
+/// store's, until `visit` returns `false`. The pages read are not kept in the cache.
+pub fn each_temperature(
+    state: &MetaState,
+    source: Source,
+    visit: &mut dyn FnMut(ChunkSlot, &Temperature) -> bool,
+) -> Result<(), LoadError> {
+    let mut held = state.temperature.held_all().peekable();
+    let mut more = true;
+    if state.temperature.is_based() {
+        let (store, devices) = source_of(source)?;
+        let passes = Some(state.repeating_passes);
+        let mut failure = None;
+        let mut visit_stored = |key: &[u8], value: &[u8]| -> Result<bool, String> {
+            let slot = ChunkSlot::take(&key[1..]).ok_or("key of the wrong length")?;
+            while let Some((at, temperature)) = held.next_if(|(at, _)| **at < slot) {
+                if let Some(temperature) = temperature {
+                    if !visit(*at, temperature) {
+                        return Ok(false);
+                    }
+                }
+            }
+            if let Some((_, temperature)) = held.next_if(|(at, _)| **at == slot) {
+                return Ok(temperature.as_ref().is_none_or(|t| visit(slot, t)));
+            }
+            Ok(visit(slot, &decode_temperature(value, passes)?))
+        };
+        let range_end = [TEMPERATURE + 1];
+        store.scan(
+            devices,
+            &[TEMPERATURE],
+            Some(&range_end),
+            crate::meta::store::ScanCache::Skip,
+            &mut |key, value| match visit_stored(key, value) {
+                Ok(go_on) => {
+                    more = go_on;
+                    go_on
+                }
+                Err(why) => {
+                    failure = Some(LoadError::Entry { key: hex(key), why });
+                    false
+                }
+            },
+        )?;
+        if let Some(failure) = failure {
+            return Err(failure);
+        }
+    }
+    if more {
+        for (slot, temperature) in held {
+            if let Some(temperature) = temperature {
+                if !visit(*slot, temperature) {
+                    break;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Every chunk's temperature, read whole: for reports over a few chunks' worth, and for
+/// comparing two states over different roots.
+pub fn temperatures(state: &MetaState, source: Source) -> Result<BTreeMap<ChunkSlot, Temperature>, LoadError> {
+    let mut all = BTreeMap::new();
+    each_temperature(state, source, &mut |slot, temperature| {
+        all.insert(slot, temperature.clone());
+        true
+    })?;
+    Ok(all)
+}
+
+/// The stored temperatures, as the store holds them (key, value), for a whole write of
+/// the state beside those memory holds (`entries`); none for a state held whole.
+pub fn stored_temperatures(state: &MetaState, source: Source) -> Result<Vec<StoredEntry>, LoadError> {
+    if !state.temperature.is_based() {
+        return Ok(Vec::new());
+    }
+    let (store, devices) = source_of(source)?;
+    let mut out = Vec::new();
+    let range_end = [TEMPERATURE + 1];
+    store.scan(devices, &[TEMPERATURE], Some(&range_end), crate::meta::store::ScanCache::Skip, &mut |key, value| {
+        out.push((key.to_vec(), value.to_vec()));
+        true
+    })?;
+    Ok(out)
 }
 
 /// `bytes` decoded as one `T`, with nothing after it.

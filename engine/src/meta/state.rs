@@ -22,6 +22,7 @@ use crate::media::device::ExtentId;
 use crate::meta::extent_index::ExtentIndex;
 pub use crate::meta::ids::{ChunkSlot, DiskId, Ino};
 use crate::meta::nested::Nested;
+use crate::meta::temperatures::Temperatures;
 use crate::meta::tracked::Tracked;
 use crate::temperature::access::AccessStats;
 use crate::temperature::config::TieringConfig;
@@ -372,8 +373,10 @@ pub struct MetaState {
     pub transitions: BTreeMap<u64, PolicyTransition>,
     /// How temperature drives policies.
     pub tiering: TieringConfig,
-    /// Temperature of every chunk that has one (only slots holding an extent).
-    pub temperature: Tracked<ChunkSlot, Temperature>,
+    /// Temperature of every chunk that has one (only slots holding an extent): every
+    /// chunk's class, and the whole temperatures changed since the store's root
+    /// (`meta::temperatures`); the rest are read from the store.
+    pub temperature: Temperatures,
     /// When the last classification passes ran (wall seconds), oldest first; at most
     /// `HISTORY_MAX`, so an extent's observations line up with the newest of them.
     pub passes: VecDeque<i64>,
@@ -699,7 +702,7 @@ impl MetaState {
             next_disk: 1,
             transitions: BTreeMap::new(),
             tiering: TieringConfig { enabled: false, ..TieringConfig::default() },
-            temperature: Tracked::default(),
+            temperature: Temperatures::default(),
             passes: VecDeque::new(),
             scrub: crate::meta::scrub_state::ScrubState::default(),
             scrubbed: Tracked::default(),
@@ -782,10 +785,10 @@ impl MetaState {
                 self.second_names.remove(ino);
                 self.dirs.remove(ino);
                 self.xattrs.remove(ino);
-                let slots = ChunkSlot { ino: *ino, index: 0 }..=ChunkSlot { ino: *ino, index: u64::MAX };
-                let cold: Vec<ChunkSlot> = self.temperature.range(slots).map(|(slot, _)| *slot).collect();
-                for slot in cold {
-                    self.temperature.remove(&slot);
+                // A temperature is only kept for a chunk holding an extent (`check`).
+                let chunks: Vec<ChunkSlot> = self.chunk_slots(*ino).collect();
+                for slot in chunks {
+                    self.temperature.remove(slot);
                 }
                 if let Some(map) = self.file_extents.remove(ino) {
                     freed.extend(map.values().filter_map(|id| self.remove_extent(*id)));
@@ -828,7 +831,7 @@ impl MetaState {
                         self.file_extents.insert(*ino, *index, record.id)
                     }
                     None => {
-                        self.temperature.remove(&ChunkSlot { ino: *ino, index: *index });
+                        self.temperature.remove(ChunkSlot { ino: *ino, index: *index });
                         self.file_extents.remove_inner(ino, index)
                     }
                 };
@@ -903,7 +906,7 @@ impl MetaState {
             Op::PutAccessStats(entries) => {
                 for (slot, stats) in entries {
                     if self.slot_extent(*slot).is_some() {
-                        self.temperature.entry(*slot).or_default().stats = *stats;
+                        self.temperature.update(*slot, |t| t.stats = *stats);
                     }
                 }
             }
@@ -960,7 +963,7 @@ impl MetaState {
                 self.repeating_passes += 1;
                 let listed: BTreeSet<ChunkSlot> = changed.iter().map(|(slot, _)| *slot).collect();
                 // Unmarked: the store implies these from `repeating_passes`.
-                for (_, temperature) in self.temperature.iter_mut_implied().filter(|(slot, _)| !listed.contains(slot)) {
+                for (_, temperature) in self.temperature.held_mut_implied().filter(|(slot, _)| !listed.contains(slot)) {
                     temperature.repeat();
                 }
                 self.apply_verdicts(changed, Temperature::apply);
@@ -995,7 +998,7 @@ impl MetaState {
     fn apply_verdicts(&mut self, verdicts: &[(ChunkSlot, Verdict)], store: fn(&mut Temperature, &Verdict)) {
         for (slot, verdict) in verdicts {
             if self.slot_extent(*slot).is_some() {
-                store(self.temperature.entry(*slot).or_default(), verdict);
+                self.temperature.update(*slot, |t| store(t, verdict));
             }
         }
     }
@@ -1123,8 +1126,26 @@ impl MetaState {
         self.offline.contains_key(&disk) && self.disks.get(&disk).is_some_and(|d| d.state.readable())
     }
 
-    /// Applies every op of `txn`, returning all freed extents.
+    /// The chunks whose whole temperature `txn` changes and memory does not hold: what
+    /// must be read from the store before it is applied (`meta::paged::prefetch`).
+    pub fn temperatures_wanted(&self, txn: &Transaction) -> Vec<ChunkSlot> {
+        let slots = txn.ops.iter().flat_map(|op| -> Vec<ChunkSlot> {
+            match op {
+                Op::PutAccessStats(entries) => entries.iter().map(|(slot, _)| *slot).collect(),
+                Op::ClassifyPass { verdicts: slots, .. }
+                | Op::ClassifyChanges { changed: slots, .. }
+                | Op::ClassifyMore { changed: slots } => slots.iter().map(|(slot, _)| *slot).collect(),
+                _ => Vec::new(),
+            }
+        });
+        let wanted: BTreeSet<ChunkSlot> = self.temperature.wanted(slots).collect();
+        wanted.into_iter().collect()
+    }
+
+    /// Applies every op of `txn`, returning all freed extents. The temperatures it
+    /// changes are held (`temperatures_wanted` is empty).
     pub fn apply_transaction(&mut self, txn: &Transaction) -> Vec<ExtentRecord> {
+        debug_assert!(self.temperatures_wanted(txn).is_empty(), "temperatures not read in before {txn:?}");
         txn.ops.iter().flat_map(|op| self.apply(op)).collect()
     }
 
@@ -1279,7 +1300,10 @@ impl MetaState {
         if let Some(id) = self.scrubbed.keys().find(|id| !self.extents.contains_key(id)) {
             return Err(format!("scrub time kept for extent {id}, which does not exist"));
         }
-        if let Some(slot) = self.temperature.keys().find(|slot| self.slot_extent(**slot).is_none()) {
+        let held = self.temperature.held_all().filter(|(_, t)| t.is_some()).map(|(slot, _)| slot);
+        if let Some(slot) =
+            self.temperature.classes().map(|(slot, _)| slot).chain(held).find(|slot| self.slot_extent(**slot).is_none())
+        {
             return Err(format!("temperature kept for {slot:?}, which holds no extent"));
         }
         if let Some(disk) = self.offline.keys().find(|d| !self.disks.get(d).is_some_and(|d| d.state.readable())) {

@@ -16,7 +16,6 @@ use crate::media::device::ExtentId;
 use crate::meta::extent_index::ExtentIndex;
 use crate::meta::ids::ChunkSlot;
 use crate::meta::state::{DiskFate, DiskId, DiskState, ExtentRecord, Ino, InodeKind, MetaState, Op};
-use crate::temperature::tracker::Temperature;
 use crate::temperature::Class;
 
 impl MetaState {
@@ -100,7 +99,7 @@ impl MetaState {
     pub(super) fn tally_classes(&mut self, slots: &[ChunkSlot], added: bool) {
         for slot in slots {
             let Some(bytes) = self.slot_extent(*slot).map(|r| u64::from(r.len)) else { continue };
-            let class = self.temperature.get(slot).and_then(|t| t.classified());
+            let class = self.temperature.class(slot);
             self.extent_index.tally_class(class, bytes, added);
         }
     }
@@ -114,42 +113,41 @@ impl MetaState {
         }
         let tiers = self.tiering.enabled.then(|| self.tier_targets());
         let mut wanted = BTreeSet::new();
-        self.each_chunk(|slot, record, temperature, pinned| {
-            index.tally_class(temperature.and_then(Temperature::classified), u64::from(record.len), true);
-            if tiers.is_some_and(|tiers| !pinned && record.policy != tiers.target(temperature)) {
+        self.each_chunk(|slot, record, class, pinned| {
+            index.tally_class(class, u64::from(record.len), true);
+            if tiers.is_some_and(|tiers| !pinned && record.policy != tiers.target(class)) {
                 wanted.insert(slot);
             }
         });
         index.set_migrations(wanted);
     }
 
-    /// Every chunk holding an extent, in slot order, with its record, its temperature and
+    /// Every chunk holding an extent, in slot order, with its record, its class and
     /// whether its file has a policy of its own: each file's inode is read once and its
-    /// chunks walked beside its temperatures, so a chunk costs one lookup, its record.
-    fn each_chunk<'a>(&'a self, mut visit: impl FnMut(ChunkSlot, &'a ExtentRecord, Option<&'a Temperature>, bool)) {
+    /// chunks walked beside its classes, so a chunk costs one lookup, its record.
+    fn each_chunk<'a>(&'a self, mut visit: impl FnMut(ChunkSlot, &'a ExtentRecord, Option<Class>, bool)) {
         for (ino, chunks) in &self.file_extents {
             let pinned = self.inodes.get(ino).is_some_and(|i| i.policy.is_some());
-            for (slot, id, temperature) in self.chunks_with_temperatures(*ino, chunks) {
+            for (slot, id, class) in self.chunks_with_classes(*ino, chunks) {
                 if let Some(record) = self.extents.get(&id) {
-                    visit(slot, record, temperature, pinned);
+                    visit(slot, record, class, pinned);
                 }
             }
         }
     }
 
     /// File `ino`'s chunks (`chunks`, its map of them) in order, each with its extent and
-    /// temperature: both maps walked side by side, no lookup per chunk.
-    fn chunks_with_temperatures<'a>(
+    /// class: both maps walked side by side, no lookup per chunk.
+    fn chunks_with_classes<'a>(
         &'a self,
         ino: Ino,
         chunks: &'a BTreeMap<u64, ExtentId>,
-    ) -> impl Iterator<Item = (ChunkSlot, ExtentId, Option<&'a Temperature>)> + 'a {
-        let slots = ChunkSlot { ino, index: 0 }..=ChunkSlot { ino, index: u64::MAX };
-        let mut temperatures = self.temperature.range(slots).peekable();
+    ) -> impl Iterator<Item = (ChunkSlot, ExtentId, Option<Class>)> + 'a {
+        let mut classes = self.temperature.classes_of(ino).peekable();
         chunks.iter().map(move |(index, id)| {
             let slot = ChunkSlot { ino, index: *index };
-            while temperatures.next_if(|(at, _)| **at < slot).is_some() {}
-            (slot, *id, temperatures.next_if(|(at, _)| **at == slot).map(|(_, t)| t))
+            while classes.next_if(|(at, _)| **at < slot).is_some() {}
+            (slot, *id, classes.next_if(|(at, _)| **at == slot).map(|(_, class)| *class))
         })
     }
 
@@ -314,8 +312,8 @@ impl MetaState {
             return wanted;
         }
         let tiers = self.tier_targets();
-        self.each_chunk(|slot, record, temperature, pinned| {
-            if !pinned && record.policy != tiers.target(temperature) {
+        self.each_chunk(|slot, record, class, pinned| {
+            if !pinned && record.policy != tiers.target(class) {
                 wanted.insert(slot);
             }
         });
@@ -346,11 +344,9 @@ impl MetaState {
         if !self.tiering.enabled {
             return default;
         }
-        match self.temperature.get(&slot) {
-            Some(t) if !t.history.is_empty() => {
-                self.tiering.tiers.policy_for(t.class, default, self.active_disk_count()).unwrap_or(default)
-            }
-            _ => default,
+        match self.temperature.class(&slot) {
+            Some(class) => self.tiering.tiers.policy_for(class, default, self.active_disk_count()).unwrap_or(default),
+            None => default,
         }
     }
 
@@ -453,11 +449,8 @@ pub(super) struct TierTargets {
 }
 
 impl TierTargets {
-    /// The target of a chunk with `temperature` (none, or no pass yet: the default).
-    fn target(&self, temperature: Option<&Temperature>) -> Policy {
-        match temperature {
-            Some(t) if !t.history.is_empty() => self.by_class[t.class.index()],
-            _ => self.default,
-        }
+    /// The target of a chunk of `class` (none: no pass judged it yet, the default).
+    fn target(&self, class: Option<Class>) -> Policy {
+        class.map_or(self.default, |class| self.by_class[class.index()])
     }
 }

@@ -16,6 +16,7 @@ pub(crate) mod op_stats;
 pub(crate) mod open_files;
 pub(crate) mod probes;
 pub(crate) mod scrub_order;
+pub(crate) mod temperatures;
 pub(crate) mod undurable;
 pub(crate) mod writing;
 
@@ -498,6 +499,7 @@ impl Pool {
         if self.journal_devices().is_empty() {
             return Err(Error::NoDisks);
         }
+        self.read_in_temperatures(&txn)?;
         let freed = self.state.apply_transaction(&txn);
         for op in &txn.ops {
             if let Op::SetExtent { ino, index, extent: Some(record) } = op {
@@ -577,7 +579,10 @@ impl Pool {
         let whole = self.rewrite_store || self.store.is_none() || !members.is_subset(&self.store_members);
         let written = if whole {
             let config = self.options.metadata_store.clone();
-            let entries = crate::meta::paged::entries(&self.state);
+            // What the store holds of the temperatures goes to the new generation as it
+            // is, read before anything is written.
+            let stored = self.stored_temperatures()?;
+            let entries = crate::meta::paged::entries(&self.state, stored);
             let written = Store::write_whole(&targets, config, self.store.as_ref(), entries, payload);
             // The changes stay marked until the whole state is durable: should this fail
             // and a later checkpoint commit to the old store, they are still owed to it.
@@ -589,10 +594,14 @@ impl Pool {
             })
         } else {
             let changes = crate::meta::paged::changes(&mut self.state);
-            match self.store.as_mut() {
+            let committed = match self.store.as_mut() {
                 Some(store) => store.commit_changes(&targets, changes, payload),
                 None => unreachable!("a checkpoint that is not whole has a store"),
+            };
+            if committed.is_ok() {
+                crate::meta::paged::mark_clean(&mut self.state);
             }
+            committed
         };
         let committed = written.map_err(|e| Error::Io(format!("no journal disk accepted the checkpoint: {e}")))?;
         self.reached(CommitPhase::CheckpointSynced);

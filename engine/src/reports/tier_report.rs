@@ -7,6 +7,7 @@ use serde::Serialize;
 use crate::base::error::{Error, Result};
 use crate::meta::state::{ChunkSlot, EXTENT_BYTES_MAX};
 use crate::pool::Pool;
+use crate::temperature::tracker::Temperature;
 use crate::temperature::Class;
 
 /// One classified extent, as `list-hot` and `list-cold` show it.
@@ -65,10 +66,9 @@ fn utc(secs: i64) -> String {
 }
 
 impl Pool {
-    fn temperature_row(&self, slot: ChunkSlot, file: String) -> Option<TemperatureRow> {
+    fn temperature_row(&self, slot: ChunkSlot, file: String, temperature: &Temperature) -> Option<TemperatureRow> {
         let record = self.state.slot_extent(slot)?;
-        let temperature = self.state.temperature.get(&slot).cloned().unwrap_or_default();
-        let stats = self.access_stats(slot);
+        let stats = self.access_stats_over(slot, Some(temperature));
         let now = self.clock.wall().secs;
         Some(TemperatureRow {
             extent: slot.to_string(),
@@ -86,34 +86,32 @@ impl Pool {
 
     /// Extents of `class` at the last pass: hot ones busiest first, others least
     /// recently accessed first. Extents no pass has seen yet are not listed.
-    pub fn temperature_rows(&self, class: Class) -> Vec<TemperatureRow> {
+    pub fn temperature_rows(&self, class: Class) -> Result<Vec<TemperatureRow>> {
         let paths = self.paths();
-        let mut rows: Vec<TemperatureRow> = self
-            .state
-            .temperature
-            .iter()
-            .filter(|(_, t)| !t.history.is_empty() && t.class == class)
-            .filter_map(|(slot, _)| {
+        let mut rows: Vec<TemperatureRow> = Vec::new();
+        self.each_temperature(&mut |slot, temperature| {
+            if temperature.classified() == Some(class) {
                 let file = paths.get(&slot.ino).cloned().unwrap_or_else(|| format!("(unlinked inode {})", slot.ino.0));
-                self.temperature_row(*slot, file)
-            })
-            .collect();
+                rows.extend(self.temperature_row(slot, file, temperature));
+            }
+            true
+        })?;
         match class {
             Class::Hot => rows.sort_by(|a, b| b.ops_per_day.total_cmp(&a.ops_per_day).then(a.extent.cmp(&b.extent))),
             _ => rows.sort_by(|a, b| a.last_access.cmp(&b.last_access).then(a.extent.cmp(&b.extent))),
         }
-        rows
+        Ok(rows)
     }
 
     /// The temperature, pass history and policy history of one extent.
     pub fn extent_stats(&self, slot: ChunkSlot) -> Result<ExtentStats> {
         let paths = self.paths();
         let file = paths.get(&slot.ino).cloned().unwrap_or_else(|| format!("(unlinked inode {})", slot.ino.0));
+        let temperature = self.temperature(slot)?.unwrap_or_default();
         let row = self
-            .temperature_row(slot, file)
+            .temperature_row(slot, file, &temperature)
             .ok_or_else(|| Error::NotFound(format!("extent {slot} (see `dfs list-extents`)")))?;
         let record = self.state.slot_extent(slot).cloned().ok_or_else(|| Error::NotFound(format!("extent {slot}")))?;
-        let temperature = self.state.temperature.get(&slot).cloned().unwrap_or_default();
         let states = temperature.decoded_states(&self.state.tiering);
         // Every pass observes every extent, so the history lines up with the newest passes.
         let skip = self.state.passes.len().saturating_sub(temperature.history.len());
@@ -132,7 +130,7 @@ impl Pool {
         Ok(ExtentStats {
             row,
             len: record.len,
-            total_accesses: self.access_stats(slot).total,
+            total_accesses: self.access_stats_over(slot, Some(&temperature)).total,
             passes,
             policy_history: record
                 .history

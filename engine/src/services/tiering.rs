@@ -83,13 +83,21 @@ impl Pool {
 
     /// Records an access to the extent in `slot` (a read, when `read`, else a write).
     /// A read of an extent whose class calls for another policy queues it for migration.
+    /// An access whose chunk's statistics cannot be read from the store is not counted
+    /// (and said so): it never fails the read or write, and never resets the statistics.
     pub(crate) fn note_access(&mut self, slot: ChunkSlot, read: bool) {
         self.note_foreground();
         if !self.state.tiering.enabled {
             return;
         }
         let now = self.now_secs();
-        let mut stats = self.access_stats(slot);
+        let mut stats = match self.access_stats(slot) {
+            Ok(stats) => stats,
+            Err(error) => {
+                tracing::warn!(chunk = %slot, %error, "access not counted: its statistics cannot be read");
+                return;
+            }
+        };
         stats.record(now);
         self.tracker.live.insert(slot, stats);
         if read && self.migration_target(slot).is_some() && !self.tracker.failed.contains(&slot) {
@@ -98,13 +106,16 @@ impl Pool {
     }
 
     /// The current access statistics of a chunk, those not yet persisted included.
-    pub fn access_stats(&self, slot: ChunkSlot) -> AccessStats {
-        self.tracker
-            .live
-            .get(&slot)
-            .copied()
-            .or_else(|| self.state.temperature.get(&slot).map(|t| t.stats))
-            .unwrap_or_default()
+    pub fn access_stats(&self, slot: ChunkSlot) -> Result<AccessStats> {
+        if let Some(live) = self.tracker.live.get(&slot) {
+            return Ok(*live);
+        }
+        Ok(self.temperature(slot)?.map(|t| t.stats).unwrap_or_default())
+    }
+
+    /// `access_stats`, for a chunk whose stored temperature is `stored`.
+    pub(crate) fn access_stats_over(&self, slot: ChunkSlot, stored: Option<&Temperature>) -> AccessStats {
+        self.tracker.live.get(&slot).copied().or_else(|| stored.map(|t| t.stats)).unwrap_or_default()
     }
 
     /// Persists the statistics gathered in memory (committed; durable at the next
@@ -145,9 +156,10 @@ impl Pool {
         let mut report = PassReport { at_secs: now, extents: slots.len(), ..PassReport::default() };
         let mut changed = Vec::new();
         let fresh = Temperature::default();
-        for slot in slots {
-            let temperature = self.state.temperature.get(&slot).unwrap_or(&fresh);
-            let verdict = temperature.observe(self.access_stats(slot), now, &config);
+        // Every chunk beside the temperatures, both in slot order: one walk of the store.
+        let mut chunks = slots.iter().copied().peekable();
+        let mut judge = |slot: ChunkSlot, temperature: &Temperature| {
+            let verdict = temperature.observe(self.access_stats_over(slot, Some(temperature)), now, &config);
             match verdict.class {
                 Class::Hot => report.hot += 1,
                 Class::Warm => report.warm += 1,
@@ -157,7 +169,22 @@ impl Pool {
             if !temperature.implies(&verdict) {
                 changed.push((slot, verdict));
             }
-        }
+        };
+        let mut walk = |until: Option<(ChunkSlot, &Temperature)>| {
+            while let Some(slot) = chunks.next_if(|slot| until.is_none_or(|(at, _)| *slot < at)) {
+                judge(slot, &fresh);
+            }
+            if let Some((at, temperature)) = until {
+                if chunks.next_if_eq(&at).is_some() {
+                    judge(at, temperature);
+                }
+            }
+        };
+        self.each_temperature(&mut |slot, temperature| {
+            walk(Some((slot, temperature)));
+            true
+        })?;
+        walk(None);
         let mut batches = changed.chunks(PASS_BATCH_VERDICTS);
         let first = batches.next().unwrap_or_default().to_vec();
         self.commit(Transaction { ops: vec![Op::ClassifyChanges { at_secs: now, changed: first }] })?;
@@ -291,7 +318,7 @@ impl Pool {
         }
         let mut by_class: BTreeMap<Class, Vec<(Ino, u64, Policy)>> = BTreeMap::new();
         for (slot, target) in &items {
-            let class = self.state.temperature.get(slot).map_or(Class::Warm, |t| t.class);
+            let class = self.state.temperature.class(slot).unwrap_or(Class::Warm);
             by_class.entry(class).or_default().push((slot.ino, slot.index, *target));
         }
         let mut moved = 0;

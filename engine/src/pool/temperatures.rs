@@ -1,0 +1,82 @@
+//! The pool's reads of the temperatures the state does not hold (`meta::temperatures`):
+//! from the metadata store, on the replicas that hold its root. A read that fails is an
+//! error of the operation that needed it, never a default: a chunk's statistics or
+//! window are never silently reset.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use crate::base::error::{Error, Result};
+use crate::media::device::BlockDevice;
+use crate::meta::ids::ChunkSlot;
+use crate::meta::paged::{self, LoadError};
+use crate::meta::state::Transaction;
+use crate::meta::store::{Devices, StoreError};
+use crate::pool::Pool;
+use crate::temperature::tracker::Temperature;
+
+impl From<LoadError> for Error {
+    fn from(error: LoadError) -> Self {
+        match error {
+            LoadError::Store(StoreError::Lost { .. }) | LoadError::Entry { .. } | LoadError::Head(_) => {
+                Error::MetadataCorrupt(format!("reading a temperature: {error}"))
+            }
+            error => Error::Io(format!("reading a temperature: {error}")),
+        }
+    }
+}
+
+impl Pool {
+    /// The replicas holding the store's root, in the order reads try them.
+    fn store_replicas(&self) -> Vec<Arc<dyn BlockDevice>> {
+        self.store_members.iter().filter_map(|id| self.devices.get(id).cloned()).collect()
+    }
+
+    /// Calls `read` with the state and where its paged tables are read from.
+    fn with_source<T>(&self, read: impl FnOnce(paged::Source) -> T) -> T {
+        let replicas = self.store_replicas();
+        let devices: Vec<&dyn BlockDevice> = replicas.iter().map(|d| d.as_ref()).collect();
+        read(self.store.as_ref().map(|store| (store, devices.as_slice() as &Devices)))
+    }
+
+    /// `slot`'s temperature, none when no access or pass has touched it.
+    pub fn temperature(&self, slot: ChunkSlot) -> Result<Option<Temperature>> {
+        Ok(self.with_source(|source| paged::read_temperature(&self.state, source, slot))?)
+    }
+
+    /// Visits every chunk's temperature in slot order, until `visit` returns `false`.
+    pub fn each_temperature(&self, visit: &mut dyn FnMut(ChunkSlot, &Temperature) -> bool) -> Result<()> {
+        Ok(self.with_source(|source| paged::each_temperature(&self.state, source, visit))?)
+    }
+
+    /// Every chunk's temperature (reports, and tests comparing two pools).
+    pub fn temperatures(&self) -> Result<BTreeMap<ChunkSlot, Temperature>> {
+        Ok(self.with_source(|source| paged::temperatures(&self.state, source))?)
+    }
+
+    /// Reads in the temperatures `txn` changes, before it is applied.
+    pub(crate) fn read_in_temperatures(&mut self, txn: &Transaction) -> Result<()> {
+        if self.state.temperatures_wanted(txn).is_empty() {
+            return Ok(());
+        }
+        let replicas = self.store_replicas();
+        let devices: Vec<&dyn BlockDevice> = replicas.iter().map(|d| d.as_ref()).collect();
+        let source = self.store.as_ref().map(|store| (store, devices.as_slice() as &Devices));
+        Ok(paged::prefetch(&mut self.state, source, txn)?)
+    }
+
+    /// The stored temperatures a whole write of the state carries beside those held.
+    pub fn stored_temperatures(&self) -> Result<Vec<paged::StoredEntry>> {
+        Ok(self.with_source(|source| paged::stored_temperatures(&self.state, source))?)
+    }
+}
+
+impl Pool {
+    /// The state with every temperature held in memory: a state that encodes whole, as
+    /// the formats before the store did (upgrade tests, tools reading a pool offline).
+    pub fn state_whole(&self) -> Result<crate::meta::state::MetaState> {
+        let mut state = self.state.clone();
+        state.temperature = crate::meta::temperatures::Temperatures::whole(self.temperatures()?);
+        Ok(state)
+    }
+}
