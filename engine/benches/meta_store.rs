@@ -142,7 +142,7 @@ fn record(id: u64) -> ExtentRecord {
         codec: CodecId::for_policy(Policy::Erasure { data: 4, parity: 2 }),
         fragments: (0..6).map(|i| DiskId(1 + ((id as u32 + i) % 6))).collect(),
         inline: None,
-        history: Vec::new(),
+        history: Default::default(),
     }
 }
 

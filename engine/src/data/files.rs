@@ -794,7 +794,7 @@ impl Pool {
         let combined = ExtentRecord {
             len: data.len() as u32,
             hash: *blake3::hash(&data).as_bytes(),
-            inline: Some(data),
+            inline: Some(data.into()),
             ..record.clone()
         };
         debug_assert!(Layer { extent: combined.id, ranges: merged.clone() }.well_formed(combined.len));

@@ -14,6 +14,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
+use thin_vec::ThinVec;
 
 use crate::base::error::{Error, Result};
 use crate::base::hooks::CommitPhase;
@@ -314,9 +315,9 @@ impl Pool {
                 hash: encoded.hash,
                 policy,
                 codec: record_codec,
-                fragments,
-                inline,
-                history: Vec::new(),
+                fragments: fragments.into(),
+                inline: inline.map(Vec::into_boxed_slice),
+                history: ThinVec::new(),
             };
             records.push((*index, Some(record)));
         }
@@ -616,7 +617,7 @@ pub(crate) fn fetch_extent(
 ) -> Fetched {
     if let Some(data) = &record.inline {
         let data = if blake3::hash(data).as_bytes() == &record.hash {
-            Ok(Arc::new(data.clone()))
+            Ok(Arc::new(data.to_vec()))
         } else {
             Err("inline data does not match the extent checksum".to_string())
         };

@@ -7,6 +7,7 @@
 //! extent has no fragments to read, so it reads as lost. Never in the `dfs` binary.
 
 use std::collections::{BTreeMap, BTreeSet};
+use thin_vec::ThinVec;
 
 use crate::base::error::{Error, Result};
 use crate::media::codec::{shard_len, CodecId};
@@ -41,9 +42,9 @@ impl Pool {
                 hash: *blake3::hash(&id.0.to_le_bytes()).as_bytes(),
                 policy,
                 codec,
-                fragments,
+                fragments: fragments.into(),
                 inline: None,
-                history: Vec::new(),
+                history: ThinVec::new(),
             };
             ops.push(Op::SetExtent { ino, index, extent: Some(record) });
         }

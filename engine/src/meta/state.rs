@@ -13,6 +13,8 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
+use smallvec::SmallVec;
+use thin_vec::ThinVec;
 use uuid::Uuid;
 
 use crate::base::clock::WallTime;
@@ -129,15 +131,20 @@ pub struct ExtentRecord {
     pub policy: Policy,
     pub codec: CodecId,
     /// Where each fragment lives; index = fragment index. Empty for inline extents.
-    pub fragments: Vec<DiskId>,
+    pub fragments: Fragments,
     /// The data itself, for an inline extent (`codec` is `CodecId::Inline`).
-    pub inline: Option<Vec<u8>>,
+    pub inline: Option<Box<[u8]>>,
     /// The policy changes this extent's data went through, oldest first (a re-encoded
     /// extent carries the history of the one it replaced): at most
     /// `POLICY_HISTORY_MAX`, the oldest folded into one `ChangeCause::Earlier` entry
     /// (format 9), so an extent tiering moves back and forth stays the same size.
-    pub history: Vec<PolicyChange>,
+    pub history: ThinVec<PolicyChange>,
 }
+
+/// Where an extent's fragments live: held in the record itself up to 6 of them (every
+/// policy up to `erasure:4+2`), so a record of ten million costs no allocation of its
+/// own. Encoded as the `Vec` it replaced.
+pub type Fragments = SmallVec<[DiskId; 6]>;
 
 /// The most policy changes an extent's history lists (`ExtentRecord::history`).
 pub const POLICY_HISTORY_MAX: usize = 8;
@@ -155,7 +162,7 @@ impl PolicyChange {
 /// Appends `change` to an extent's `history`, folding the two oldest entries into one
 /// `ChangeCause::Earlier` while it is longer than `POLICY_HISTORY_MAX`: the folded entry
 /// goes from the first one's policy to the second one's, at the second one's time.
-pub fn push_policy_change(history: &mut Vec<PolicyChange>, change: PolicyChange) {
+pub fn push_policy_change(history: &mut ThinVec<PolicyChange>, change: PolicyChange) {
     let before: u64 = history.iter().map(PolicyChange::changes).sum();
     history.push(change);
     while history.len() > POLICY_HISTORY_MAX {
@@ -1401,9 +1408,9 @@ mod tests {
             hash: *blake3::hash(&data).as_bytes(),
             policy: Policy::Replicate { copies: 1 },
             codec: CodecId::Inline,
-            fragments: Vec::new(),
-            inline: Some(data),
-            history: Vec::new(),
+            fragments: Fragments::new(),
+            inline: Some(data.into()),
+            history: ThinVec::new(),
         }
     }
 
@@ -1416,7 +1423,7 @@ mod tests {
 
     /// What the chunk reads as: its extent with each layer laid over it in turn.
     fn contents(state: &MetaState) -> Vec<u8> {
-        let mut chunk = state.slot_extent(SLOT).and_then(|r| r.inline.clone()).unwrap_or_default();
+        let mut chunk = state.slot_extent(SLOT).and_then(|r| r.inline.as_deref()).unwrap_or_default().to_vec();
         for (layer, record) in state.slot_layers(SLOT) {
             layer.lay_over(&mut chunk, record.inline.as_deref().unwrap_or_default());
         }
@@ -1529,5 +1536,86 @@ mod tests {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod record_layout {
+    use super::*;
+
+    /// `ExtentRecord` as formats up to 9 declared it: what every stored record and
+    /// journaled op was encoded from.
+    #[derive(Serialize, Deserialize, PartialEq, Debug)]
+    struct Declared {
+        id: ExtentId,
+        len: u32,
+        hash: [u8; 32],
+        policy: Policy,
+        codec: CodecId,
+        fragments: Vec<DiskId>,
+        inline: Option<Vec<u8>>,
+        history: Vec<PolicyChange>,
+    }
+
+    fn declared(record: &ExtentRecord) -> Declared {
+        Declared {
+            id: record.id,
+            len: record.len,
+            hash: record.hash,
+            policy: record.policy,
+            codec: record.codec,
+            fragments: record.fragments.to_vec(),
+            inline: record.inline.as_ref().map(|data| data.to_vec()),
+            history: record.history.to_vec(),
+        }
+    }
+
+    fn record(width: u32, inline: Option<Vec<u8>>, changes: u64) -> ExtentRecord {
+        let policy = Policy::Erasure { data: 4, parity: 2 };
+        let mut history = ThinVec::new();
+        for i in 0..changes {
+            let to = Policy::Replicate { copies: 2 };
+            let change = PolicyChange {
+                at: WallTime { secs: i as i64, nanos: 0 },
+                from: policy,
+                to,
+                cause: ChangeCause::Transition(i),
+            };
+            push_policy_change(&mut history, change);
+        }
+        ExtentRecord {
+            id: ExtentId(77),
+            len: 1 << 20,
+            hash: [9; 32],
+            policy,
+            codec: CodecId::for_policy(policy),
+            fragments: (0..width).map(|i| DiskId(i + 1)).collect(),
+            inline: inline.map(Vec::into_boxed_slice),
+            history,
+        }
+    }
+
+    /// The compact in-memory record encodes, and decodes, exactly as declared before:
+    /// no format change, whatever its fragments (held in place or spilled), inline data
+    /// and history.
+    #[test]
+    fn a_record_encodes_as_it_was_declared() {
+        for record in [record(6, None, 0), record(12, None, 3), record(0, Some(vec![1, 2, 3]), 0), record(1, None, 20)]
+        {
+            let bytes = postcard::to_allocvec(&record).unwrap();
+            assert_eq!(bytes, postcard::to_allocvec(&declared(&record)).unwrap());
+            let back: ExtentRecord = postcard::from_bytes(&bytes).unwrap();
+            assert_eq!(back, record);
+        }
+    }
+
+    /// Ten million records are held at open: a record with up to six fragments and no
+    /// history allocates nothing of its own, and stays within 104 bytes.
+    #[test]
+    fn a_record_is_compact() {
+        assert!(std::mem::size_of::<ExtentRecord>() <= 104, "{}", std::mem::size_of::<ExtentRecord>());
+        let record = record(6, None, 0);
+        assert!(!record.fragments.spilled());
+        assert!(record.history.is_empty());
     }
 }

@@ -60,9 +60,9 @@ mod tests {
             hash: *blake3::hash(&[0]).as_bytes(),
             policy: Policy::Replicate { copies: 1 },
             codec: CodecId::Inline,
-            fragments: Vec::new(),
-            inline: Some(vec![0]),
-            history: Vec::new(),
+            fragments: Default::default(),
+            inline: Some(Box::new([0])),
+            history: Default::default(),
         }
     }
 
