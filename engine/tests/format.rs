@@ -450,7 +450,7 @@ fn a_format_seven_pool_is_upgraded_into_the_paged_store_and_reads_the_same() {
     assert_eq!(report.upgraded_from, None);
     assert_eq!(report.records_replayed, 0, "the store holds the whole state");
     assert_eq!(t.read_file("/big").unwrap(), common::pattern(3_000_000, 7));
-    let reopened = t.pool().state();
+    let reopened = t.pool().state_whole().unwrap();
     assert_eq!(reopened.inodes, upgraded.inodes);
     assert_eq!(reopened.extents, upgraded.extents);
     assert_eq!(t.pool().temperatures().unwrap(), held_temperatures(&upgraded));
@@ -574,7 +574,7 @@ fn a_format_eight_pool_is_upgraded_and_then_folds_long_policy_histories() {
     let report = t.reopen();
     assert_eq!(report.upgraded_from, Some(8));
     assert_eq!(t.pool().getattr(f).unwrap().mode, 0o640, "the format-8 record was replayed");
-    assert_eq!(t.pool().state().extents, state.extents);
+    assert_eq!(t.pool().state_whole().unwrap().extents, state.extents);
     assert_eq!(t.pool().temperatures().unwrap(), temperatures, "format-8 temperatures read as they were");
     assert_eq!(t.pool().state().dirs, state.dirs);
     assert_eq!(t.pool().state().file_extents, state.file_extents);

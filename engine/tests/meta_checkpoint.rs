@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::{TestPool, OWNER};
+use common::{blocks, pattern, TestPool, OWNER};
 use dfs_engine::data::namespace::SetAttr;
 use dfs_engine::meta::store::StoreConfig;
 use dfs_engine::{Ino, PoolOptions};
@@ -49,10 +49,10 @@ fn a_checkpoint_writes_what_changed_and_a_reopen_reads_the_state_back_from_the_s
     let (_, runs, _) = pool.metadata_store().unwrap();
     assert!(runs <= 8, "{runs} runs after twenty checkpoints");
 
-    let before = pool.state().clone();
+    let before = pool.state_whole().unwrap();
     let report = t.reopen();
     assert!(report.upgraded_from.is_none());
-    let after = t.pool().state();
+    let after = &t.pool().state_whole().unwrap();
     assert_eq!(after.inodes, before.inodes);
     assert_eq!(after.dirs, before.dirs);
     assert_eq!(after.extents, before.extents);
@@ -64,9 +64,8 @@ fn a_checkpoint_writes_what_changed_and_a_reopen_reads_the_state_back_from_the_s
 /// Bytes of the state's tables as store entries, times the replicas: what a checkpoint
 /// of all of it writes, give or take page framing.
 fn state_bytes(t: &mut TestPool) -> u64 {
-    let state = t.pool().state().clone();
-    let stored = t.pool().stored_temperatures().unwrap();
-    let entries = dfs_engine::meta::paged::entries(&state, stored);
+    let state = t.pool().state_whole().unwrap();
+    let entries = dfs_engine::meta::paged::entries(&state, Vec::new(), Default::default());
     let replicas = t.pool().journal_disks().len() as u64;
     replicas * entries.map(|(k, v)| (k.len() + v.as_ref().map_or(0, Vec::len)) as u64).sum::<u64>()
 }
@@ -111,4 +110,59 @@ fn a_change_in_a_large_directory_or_file_writes_its_entry_not_the_whole() {
     t.reopen();
     assert_eq!(t.pool().state().dirs, live.dirs);
     assert_eq!(t.pool().state().file_extents, live.file_extents);
+}
+
+/// A small file's data lives in its extent's record in the store: memory holds it only
+/// until the checkpoint that writes it. Reads, an overwrite laid over it, a scrub and a
+/// reopen take it from the store; a record lost on every replica is an error of what
+/// reads it (EIO, a scrub finding), never an empty file.
+#[test]
+fn small_files_data_stays_in_the_store_not_in_memory() {
+    let mut t = TestPool::new(&[64, 64, 64], "replicate:3");
+    let size = |i: u64| 600 + 30 * i as usize;
+    for i in 0..40 {
+        t.write_file(&format!("s{i}"), &pattern(size(i), i));
+    }
+    let held = |t: &mut TestPool| t.pool().state().extents.values().filter(|r| r.inline.is_some()).count();
+    let inline = t.pool().state().extents.values().filter(|r| r.is_inline()).count();
+    assert_eq!(inline, 40, "small files are stored inline");
+    t.pool().checkpoint().unwrap();
+    assert_eq!(held(&mut t), 0, "the checkpoint stored their data; memory let go of it");
+    for i in 0..40 {
+        assert_eq!(t.read_file(&format!("/s{i}")).unwrap(), pattern(size(i), i));
+    }
+    // An overwrite of a few bytes lays a layer over the stored data, read back whole.
+    let s3 = t.pool().resolve("/s3").unwrap();
+    let fh = t.pool().open_file(s3).unwrap();
+    t.pool().write(fh, 10, b"overwritten").unwrap();
+    t.pool().fsync(fh).unwrap();
+    t.pool().release(fh).unwrap();
+    let mut expected = pattern(size(3), 3);
+    expected[10..21].copy_from_slice(b"overwritten");
+    assert_eq!(t.read_file("/s3").unwrap(), expected);
+    let report = t.pool().scrub_all(None, false).unwrap();
+    assert!(report.unrecoverable.is_empty() && report.findings.is_empty(), "{report:?}");
+    t.pool().checkpoint().unwrap();
+    t.reopen();
+    assert_eq!(held(&mut t), 0, "an open reads records without their data");
+    for i in 0..40 {
+        let want = if i == 3 { expected.clone() } else { pattern(size(i), i) };
+        assert_eq!(t.read_file(&format!("/s{i}")).unwrap(), want, "s{i}");
+    }
+    t.pool().state().check().unwrap();
+    // Every page of the store rots on every disk, after an open read it (and before
+    // any read could cache what it holds).
+    t.reopen();
+    for disk in 0..3 {
+        for page in blocks(&t.disk_path(disk), "store-page") {
+            let mut bytes = std::fs::read(&page).unwrap();
+            let middle = bytes.len() / 2;
+            bytes[middle] ^= 0x55;
+            std::fs::write(&page, bytes).unwrap();
+        }
+    }
+    let error = t.read_file("/s7").unwrap_err();
+    assert_eq!(error.errno(), libc::EIO, "{error}");
+    let report = t.pool().scrub_all(None, false).unwrap();
+    assert!(report.unrecoverable.len() >= 40, "every small file and its layer: {report:?}");
 }

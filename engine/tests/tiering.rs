@@ -266,13 +266,13 @@ fn temperatures_stay_in_the_store_and_memory_holds_only_what_changed() {
 }
 
 /// A temperature whose page no replica holds intact is an error of what needs it — a
-/// pass, a report — never a fresh temperature; reads of the data go on, and the pass
-/// changes nothing.
+/// pass, a report — never a fresh temperature; reads of data stored in fragments go on,
+/// and the pass changes nothing.
 #[test]
 fn a_temperature_lost_on_every_replica_fails_the_pass_and_resets_nothing() {
     let mut t = TestPool::new(&[64, 64, 64], "replicate:2");
     for i in 0..10 {
-        t.write_file(&format!("f{i}"), &pattern(3_000, i));
+        t.write_file(&format!("f{i}"), &pattern(40_000, i));
     }
     t.pool().classify_pass().unwrap();
     t.pool().checkpoint().unwrap();
@@ -293,6 +293,6 @@ fn a_temperature_lost_on_every_replica_fails_the_pass_and_resets_nothing() {
     let error = t.pool().classify_pass().unwrap_err();
     assert!(matches!(error, dfs_engine::Error::MetadataCorrupt(_)), "{error}");
     assert_eq!(t.pool().state().passes, passes, "the failed pass recorded nothing");
-    assert_eq!(t.read_file("/f3").unwrap(), pattern(3_000, 3), "the data reads all the same");
+    assert_eq!(t.read_file("/f3").unwrap(), pattern(40_000, 3), "data in fragments reads all the same");
     assert_eq!(t.pool().state().temperature.held_len(), 0, "no temperature made up for the access");
 }

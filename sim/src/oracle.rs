@@ -9,7 +9,6 @@ use dfs_engine::media::fragment;
 use dfs_engine::meta::journal;
 use dfs_engine::meta::state::EXTENT_BYTES_MAX;
 use dfs_engine::meta::store::StoreConfig;
-use dfs_engine::meta::temperatures::Temperatures;
 use dfs_engine::reports::report::Health;
 use dfs_engine::{Ino, InodeKind, Pool};
 
@@ -215,7 +214,7 @@ pub fn files_of(pool: &Pool, lost: &BTreeSet<ExtentId>) -> BTreeSet<String> {
 /// Invariant 3: every reachable journal replica recovers, on its own, to the pool's state.
 pub fn replicas_agree(world: &World) -> Result<(), String> {
     let Some(pool) = world.pool.as_ref() else { return Err("no pool".into()) };
-    // Temperatures compared as read back, whatever root each side's store stands on.
+    // Compared as read back whole, whatever root each side's store stands on.
     let state = &pool.state_whole().map_err(|e| format!("the pool's temperatures: {e}"))?;
     for disk in pool.journal_disks() {
         let Some(device) = pool.device(disk) else { continue };
@@ -242,15 +241,14 @@ pub fn replicas_agree(world: &World) -> Result<(), String> {
     Ok(())
 }
 
-/// What `device` alone recovers to, its temperatures read whole from its own store.
+/// What `device` alone recovers to, read whole (temperatures, inline data) from its own store.
 fn recover_whole(device: &dyn BlockDevice) -> Result<Option<journal::Recovered>, String> {
     let devices = [device];
     let config = StoreConfig { parallel: false, ..Default::default() };
     let Some(mut recovered) = journal::recover(&devices, &config).map_err(|e| e.to_string())? else { return Ok(None) };
     let source = recovered.store.as_ref().map(|store| (store, &devices[..]));
-    let all = dfs_engine::meta::paged::temperatures(&recovered.state, source)
-        .map_err(|e| format!("its temperatures: {e}"))?;
-    recovered.state.temperature = Temperatures::whole(all);
+    dfs_engine::meta::paged::read_whole(&mut recovered.state, source)
+        .map_err(|e| format!("what its store holds: {e}"))?;
     Ok(Some(recovered))
 }
 

@@ -104,14 +104,14 @@ fn full_real_disks_fail_the_write_with_enospc_and_change_nothing() {
     let (mut pool, devices) = pool_over_dirs(root.path(), 5);
     write(&mut pool, "kept", b"kept").unwrap();
     devices[2].inject(&Fault::Fill);
-    let before = pool.state().clone();
+    let before = pool.state_whole().unwrap();
     let ino = pool.create(Ino::ROOT, b"new", OWNER).unwrap().ino;
     let fh = pool.open_file(ino).unwrap();
     pool.write(fh, 0, &[7u8; 100_000]).unwrap();
     let error = pool.fsync(fh).unwrap_err();
     assert_eq!(error.errno(), 28, "{error}");
     pool.release(fh).unwrap_err();
-    assert_eq!(pool.state().extents, before.extents, "a failed write left extents behind");
+    assert_eq!(pool.state_whole().unwrap().extents, before.extents, "a failed write left extents behind");
     for device in &devices {
         let stored = device.list(BlockKind::Fragment).unwrap().len();
         let referenced = pool.state().extents.values().flat_map(|r| r.fragments.iter()).count();

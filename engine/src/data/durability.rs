@@ -442,12 +442,7 @@ struct RecordWritten {
 fn replicas_required(txn: &Transaction, availability: &Availability) -> usize {
     txn.ops
         .iter()
-        .flat_map(|op| match op {
-            Op::SetExtent { extent: Some(record), .. }
-            | Op::PutExtent(record)
-            | Op::PutLayer { extent: record, .. } => Some(record),
-            _ => None,
-        })
+        .filter_map(Op::record)
         .filter(|record| record.is_inline())
         .map(|record| availability.write_quorum(record.policy) - record.policy.needed() + 1)
         .max()

@@ -786,8 +786,12 @@ impl Pool {
             return as_is();
         }
         let Some(top_record) = self.state.extents.get(&top.extent) else { return as_is() };
-        let Some(top_bytes) = top_record.inline.as_deref() else { return as_is() };
-        let (merged, data) = top.merged_with(top_bytes, ranges, bytes);
+        if !top_record.is_inline() {
+            return as_is();
+        }
+        // Its data may be only in the store; unreadable, the new layer stays apart.
+        let Ok(top_bytes) = self.inline_data(top_record) else { return as_is() };
+        let (merged, data) = top.merged_with(&top_bytes, ranges, bytes);
         if data.len() > INLINE_BYTES_MAX || merged.len() > LAYER_RANGES_MAX || top_record.policy != record.policy {
             return as_is();
         }

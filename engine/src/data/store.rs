@@ -516,6 +516,7 @@ impl Pool {
         if let Some(data) = self.cache.get(record.id) {
             return Ok(data);
         }
+        let record = &*self.with_data(record)?;
         let fetched = fetch_extent(&self.read_devices(), record, self.verifies_reads(), self.options.parallel_io);
         self.settle(record, offset, fetched)
     }

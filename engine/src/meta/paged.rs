@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use crate::media::device::ExtentId;
 use crate::meta::ids::{ChunkSlot, Ino};
 use crate::meta::nested::Nested;
-use crate::meta::state::MetaState;
+use crate::meta::state::{ExtentRecord, MetaState};
 use crate::meta::store::{Devices, Entry, Store, StoreError};
 use crate::meta::temperatures::Temperatures;
 use crate::meta::tracked::Tracked;
@@ -243,9 +243,14 @@ pub fn changes(state: &mut MetaState) -> Vec<Entry> {
 }
 
 /// Every entry of the tables, in key order, encoded as it is taken; `stored` is what
-/// `stored_temperatures` read of the temperatures the state does not hold. The tables
+/// `stored_temperatures` read of the temperatures the state does not hold, `inline`
+/// what `stored_inline` read of the inline extents' data. The tables
 /// stay as marked: `mark_clean` once the entries are durable.
-pub fn entries(state: &MetaState, stored: Vec<StoredEntry>) -> impl Iterator<Item = Entry> + '_ {
+pub fn entries(
+    state: &MetaState,
+    stored: Vec<StoredEntry>,
+    mut inline: BTreeMap<ExtentId, Box<[u8]>>,
+) -> impl Iterator<Item = Entry> + '_ {
     let passes = state.repeating_passes;
     // The stored values pass through as they are: each names the pass count it was
     // written at, so its repeats since are implied as before.
@@ -274,7 +279,16 @@ pub fn entries(state: &MetaState, stored: Vec<StoredEntry>) -> impl Iterator<Ite
     entries_of(INODES, &state.inodes, value_of)
         .chain(named_entries(DIRS, &state.dirs, true))
         .chain(chunk_entries(&state.file_extents))
-        .chain(entries_of(EXTENTS, &state.extents, value_of))
+        .chain(state.extents.iter().map(move |(id, record)| {
+            let value = match inline.remove(id) {
+                Some(data) => value_of(&ExtentRecord { inline: Some(data), ..record.clone() }),
+                None => {
+                    debug_assert!(!record.is_inline() || record.inline.is_some(), "{id}'s data not read in");
+                    value_of(record)
+                }
+            };
+            (key_of(EXTENTS, id), Some(value))
+        }))
         .chain(temperatures)
         .chain(entries_of(SCRUBBED, &state.scrubbed, value_of))
         .chain(named_entries(XATTRS, &state.xattrs, false))
@@ -464,7 +478,14 @@ impl Tables {
             DIRS => self.add_dir_entry(rest, value),
             FILE_EXTENTS if self.whole_values() => add_to(&mut self.file_extents, rest, value),
             FILE_EXTENTS => self.add_chunks(rest, value),
-            EXTENTS => add_to(&mut self.extents, rest, value),
+            EXTENTS => {
+                add_to(&mut self.extents, rest, value)?;
+                if let Some((_, record)) = self.extents.last_mut() {
+                    // Its data stays in the store (`read_inline`).
+                    record.inline = None;
+                }
+                Ok(())
+            }
             TEMPERATURE => self.add_temperature(rest, value),
             SCRUBBED => add_to(&mut self.scrubbed, rest, value),
             XATTRS if self.whole_values() => add_to(&mut self.xattrs, rest, value),
@@ -779,6 +800,86 @@ pub fn stored_temperatures(state: &MetaState, source: Source) -> Result<Vec<Stor
         true
     })?;
     Ok(out)
+}
+
+/// The data of inline extent `id` as the store holds it.
+pub fn read_inline(source: Source, id: ExtentId) -> Result<Box<[u8]>, LoadError> {
+    let (store, devices) = source_of(source)?;
+    let key = key_of(EXTENTS, &id);
+    let value = store
+        .get(devices, &key)?
+        .ok_or_else(|| LoadError::Entry { key: hex(&key), why: "an inline extent the store does not hold".into() })?;
+    let record: ExtentRecord = decode_all(&value).map_err(|why| LoadError::Entry { key: hex(&key), why })?;
+    record
+        .inline
+        .ok_or_else(|| LoadError::Entry { key: hex(&key), why: "an inline extent stored without its data".into() })
+}
+
+/// The inline extents whose records changed since the last checkpoint and whose data
+/// memory does not hold: their data is read back, so that the checkpoint writes it.
+pub fn hold_changed_inline(state: &mut MetaState, source: Source) -> Result<Vec<ExtentId>, LoadError> {
+    let wanted: Vec<ExtentId> = state
+        .extents
+        .dirty_keys()
+        .filter(|id| state.extents.get(id).is_some_and(|r| r.is_inline() && r.inline.is_none()))
+        .copied()
+        .collect();
+    for id in &wanted {
+        let data = read_inline(source, *id)?;
+        if let Some(record) = state.extents.get_mut_unmarked(id) {
+            record.inline = Some(data);
+        }
+    }
+    Ok(wanted)
+}
+
+/// The inline extents whose records changed since the last checkpoint and hold their
+/// data: those the next checkpoint stores, to `release_inline` once it is durable.
+pub fn changed_inline(state: &MetaState) -> Vec<ExtentId> {
+    let held = |id: &&ExtentId| state.extents.get(id).is_some_and(|r| r.inline.is_some());
+    state.extents.dirty_keys().filter(held).copied().collect()
+}
+
+/// Lets go of the data of inline extents `ids` (all of them, with `None`): the store
+/// holds it (`read_inline`).
+pub fn release_inline(state: &mut MetaState, ids: Option<&[ExtentId]>) {
+    let all: Vec<ExtentId>;
+    let ids = match ids {
+        Some(ids) => ids,
+        None => {
+            all = state.extents.values().filter(|r| r.inline.is_some()).map(|r| r.id).collect();
+            &all
+        }
+    };
+    for id in ids {
+        if let Some(record) = state.extents.get_mut_unmarked(id) {
+            record.inline = None;
+        }
+    }
+}
+
+/// The data of every inline extent memory does not hold, read from the store: for a
+/// whole write of the state (`entries`).
+pub fn stored_inline(state: &MetaState, source: Source) -> Result<BTreeMap<ExtentId, Box<[u8]>>, LoadError> {
+    let mut out = BTreeMap::new();
+    for record in state.extents.values().filter(|r| r.is_inline() && r.inline.is_none()) {
+        out.insert(record.id, read_inline(source, record.id)?);
+    }
+    Ok(out)
+}
+
+/// `state` with everything the store holds for it read into memory — every temperature
+/// and every inline extent's data: a state that encodes whole, and compares with one
+/// over another root.
+pub fn read_whole(state: &mut MetaState, source: Source) -> Result<(), LoadError> {
+    let inline = stored_inline(state, source)?;
+    for (id, data) in inline {
+        if let Some(record) = state.extents.get_mut_unmarked(&id) {
+            record.inline = Some(data);
+        }
+    }
+    state.temperature = Temperatures::whole(temperatures(state, source)?);
+    Ok(())
 }
 
 /// `bytes` decoded as one `T`, with nothing after it.

@@ -132,7 +132,9 @@ pub struct ExtentRecord {
     pub codec: CodecId,
     /// Where each fragment lives; index = fragment index. Empty for inline extents.
     pub fragments: Fragments,
-    /// The data itself, for an inline extent (`codec` is `CodecId::Inline`).
+    /// The data itself, for an inline extent (`codec` is `CodecId::Inline`), when memory
+    /// holds it: a record read from the metadata store is held without it, and
+    /// `Pool::inline_data` reads it there. A record in an op always carries it.
     pub inline: Option<Box<[u8]>>,
     /// The policy changes this extent's data went through, oldest first (a re-encoded
     /// extent carries the history of the one it replaced): at most
@@ -273,9 +275,10 @@ pub const INLINE_BYTES_MAX: usize = 16384;
 pub const INLINE_KEPT_BYTES_MAX: usize = 2048;
 
 impl ExtentRecord {
-    /// Whether the data lives in this record rather than in fragments.
+    /// Whether the data lives in this record rather than in fragments (in `inline`, or
+    /// only in the metadata store).
     pub fn is_inline(&self) -> bool {
-        self.inline.is_some()
+        self.codec == CodecId::Inline
     }
 
     /// Whether this is an inline extent too long to stay inline once its file is closed
@@ -682,6 +685,18 @@ pub enum Op {
     ClassifyMore {
         changed: Vec<(ChunkSlot, Verdict)>,
     },
+}
+
+impl Op {
+    /// The extent record this op stores, if any (always with its data, when inline).
+    pub fn record(&self) -> Option<&ExtentRecord> {
+        match self {
+            Op::SetExtent { extent: Some(record), .. }
+            | Op::PutExtent(record)
+            | Op::PutLayer { extent: record, .. } => Some(record),
+            _ => None,
+        }
+    }
 }
 
 /// The most verdicts one record of a classification pass carries (`Op::ClassifyMore`).
@@ -1342,13 +1357,13 @@ impl MetaState {
                 ));
             }
             if record.is_inline() {
-                if !record.fragments.is_empty() || record.codec != CodecId::Inline {
-                    return Err(format!(
-                        "inline extent {} also names fragments or codec {:?}",
-                        record.id, record.codec
-                    ));
+                if !record.fragments.is_empty() {
+                    return Err(format!("inline extent {} also names fragments", record.id));
                 }
                 continue;
+            }
+            if record.inline.is_some() {
+                return Err(format!("extent {} of codec {:?} carries inline data", record.id, record.codec));
             }
             let distinct: BTreeSet<_> = record.fragments.iter().collect();
             if distinct.len() != record.fragments.len() || record.fragments.len() != record.policy.width() {

@@ -98,6 +98,21 @@ impl<K: Ord + Clone, V> Tracked<K, V> {
         self.map.iter_mut()
     }
 
+    /// The value of `key`, to change in place *without* marking it: only for a change of
+    /// what memory holds that leaves what the store holds as it is (`meta::paged`: an
+    /// inline extent's data, released once stored or held again before it is written).
+    pub fn get_mut_unmarked(&mut self, key: &K) -> Option<&mut V> {
+        self.map.get_mut(key)
+    }
+
+    /// The keys marked since the last `take_dirty`, in order.
+    pub fn dirty_keys(&self) -> Box<dyn Iterator<Item = &K> + '_> {
+        if self.all {
+            return Box::new(self.map.keys());
+        }
+        Box::new(self.dirty.iter())
+    }
+
     /// The keys changed since the last call, and a clean map.
     pub fn take_dirty(&mut self) -> BTreeSet<K> {
         let mut dirty = std::mem::take(&mut self.dirty);

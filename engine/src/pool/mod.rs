@@ -16,7 +16,7 @@ pub(crate) mod op_stats;
 pub(crate) mod open_files;
 pub(crate) mod probes;
 pub(crate) mod scrub_order;
-pub(crate) mod temperatures;
+pub(crate) mod stored;
 pub(crate) mod undurable;
 pub(crate) mod writing;
 
@@ -499,6 +499,10 @@ impl Pool {
         if self.journal_devices().is_empty() {
             return Err(Error::NoDisks);
         }
+        debug_assert!(
+            txn.ops.iter().filter_map(Op::record).all(|r| !r.is_inline() || r.inline.is_some()),
+            "an inline extent committed without its data: {txn:?}"
+        );
         self.read_in_temperatures(&txn)?;
         let freed = self.state.apply_transaction(&txn);
         for op in &txn.ops {
@@ -579,20 +583,26 @@ impl Pool {
         let whole = self.rewrite_store || self.store.is_none() || !members.is_subset(&self.store_members);
         let written = if whole {
             let config = self.options.metadata_store.clone();
-            // What the store holds of the temperatures goes to the new generation as it
-            // is, read before anything is written.
+            // What the store holds of the temperatures and the inline extents' data goes
+            // to the new generation as it is, read before anything is written.
             let stored = self.stored_temperatures()?;
-            let entries = crate::meta::paged::entries(&self.state, stored);
+            let inline = self.stored_inline()?;
+            let entries = crate::meta::paged::entries(&self.state, stored, inline);
             let written = Store::write_whole(&targets, config, self.store.as_ref(), entries, payload);
             // The changes stay marked until the whole state is durable: should this fail
             // and a later checkpoint commit to the old store, they are still owed to it.
             written.map(|(store, committed)| {
                 crate::meta::paged::mark_clean(&mut self.state);
+                crate::meta::paged::release_inline(&mut self.state, None);
                 self.store = Some(store);
                 self.rewrite_store = false;
                 committed
             })
         } else {
+            // A changed inline extent is written with its data, which memory lets go of
+            // once the commit is durable.
+            self.hold_changed_inline()?;
+            let inline = crate::meta::paged::changed_inline(&self.state);
             let changes = crate::meta::paged::changes(&mut self.state);
             let committed = match self.store.as_mut() {
                 Some(store) => store.commit_changes(&targets, changes, payload),
@@ -600,6 +610,7 @@ impl Pool {
             };
             if committed.is_ok() {
                 crate::meta::paged::mark_clean(&mut self.state);
+                crate::meta::paged::release_inline(&mut self.state, Some(&inline));
             }
             committed
         };

@@ -152,10 +152,16 @@ type RepairOutcome = std::result::Result<(), String>;
 impl Pool {
     /// Reads every fragment of `record` and verifies it; decodes and checks the data.
     pub fn check_extent(&self, record: &ExtentRecord) -> ExtentCheck {
-        if let Some(data) = &record.inline {
-            let lost = (blake3::hash(data).as_bytes() != &record.hash)
-                .then(|| "inline data does not match the extent checksum".to_string());
-            return ExtentCheck { bytes: data.len() as u64, lost, ..ExtentCheck::default() };
+        if record.is_inline() {
+            let (bytes, lost) = match self.inline_data(record) {
+                Ok(data) => (
+                    data.len() as u64,
+                    (blake3::hash(&data).as_bytes() != &record.hash)
+                        .then(|| "inline data does not match the extent checksum".to_string()),
+                ),
+                Err(error) => (0, Some(format!("inline data unreadable: {error}"))),
+            };
+            return ExtentCheck { bytes, lost, ..ExtentCheck::default() };
         }
         let id = record.id;
         let shard_len = codec::shard_len(record.policy, record.len as usize);

@@ -1,7 +1,8 @@
-//! The pool's reads of the temperatures the state does not hold (`meta::temperatures`):
-//! from the metadata store, on the replicas that hold its root. A read that fails is an
-//! error of the operation that needed it, never a default: a chunk's statistics or
-//! window are never silently reset.
+//! The pool's reads of what the state does not hold in memory — the temperatures
+//! (`meta::temperatures`) and inline extents' data — from the metadata store, on the
+//! replicas that hold its root. A read that fails is an error of the operation that
+//! needed it, never a default: a chunk's statistics or window are never silently reset,
+//! a small file's data never read as empty.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -10,7 +11,7 @@ use crate::base::error::{Error, Result};
 use crate::media::device::BlockDevice;
 use crate::meta::ids::ChunkSlot;
 use crate::meta::paged::{self, LoadError};
-use crate::meta::state::Transaction;
+use crate::meta::state::{ExtentRecord, Transaction};
 use crate::meta::store::{Devices, StoreError};
 use crate::pool::Pool;
 use crate::temperature::tracker::Temperature;
@@ -19,9 +20,9 @@ impl From<LoadError> for Error {
     fn from(error: LoadError) -> Self {
         match error {
             LoadError::Store(StoreError::Lost { .. }) | LoadError::Entry { .. } | LoadError::Head(_) => {
-                Error::MetadataCorrupt(format!("reading a temperature: {error}"))
+                Error::MetadataCorrupt(format!("reading metadata: {error}"))
             }
-            error => Error::Io(format!("reading a temperature: {error}")),
+            error => Error::Io(format!("reading metadata: {error}")),
         }
     }
 }
@@ -66,17 +67,53 @@ impl Pool {
     }
 
     /// The stored temperatures a whole write of the state carries beside those held.
-    pub fn stored_temperatures(&self) -> Result<Vec<paged::StoredEntry>> {
+    pub(crate) fn stored_temperatures(&self) -> Result<Vec<paged::StoredEntry>> {
         Ok(self.with_source(|source| paged::stored_temperatures(&self.state, source))?)
     }
 }
 
 impl Pool {
-    /// The state with every temperature held in memory: a state that encodes whole, as
-    /// the formats before the store did (upgrade tests, tools reading a pool offline).
+    /// The state with everything the store holds for it in memory — every temperature,
+    /// every inline extent's data: a state that encodes whole, as the formats before the
+    /// store did, and compares with one over another root (upgrade tests, the
+    /// simulator's replica check).
     pub fn state_whole(&self) -> Result<crate::meta::state::MetaState> {
         let mut state = self.state.clone();
-        state.temperature = crate::meta::temperatures::Temperatures::whole(self.temperatures()?);
+        self.with_source(|source| paged::read_whole(&mut state, source))?;
         Ok(state)
+    }
+
+    /// The data of inline extent `record`: held, or read from the store.
+    pub fn inline_data(&self, record: &ExtentRecord) -> Result<Box<[u8]>> {
+        debug_assert!(record.is_inline());
+        if let Some(data) = &record.inline {
+            return Ok(data.clone());
+        }
+        Ok(self.with_source(|source| paged::read_inline(source, record.id))?)
+    }
+
+    /// `record`, with its data when it is an inline extent (read from the store when
+    /// memory lets go of it).
+    pub(crate) fn with_data<'r>(&self, record: &'r ExtentRecord) -> Result<std::borrow::Cow<'r, ExtentRecord>> {
+        if !record.is_inline() || record.inline.is_some() {
+            return Ok(std::borrow::Cow::Borrowed(record));
+        }
+        let data = self.inline_data(record)?;
+        Ok(std::borrow::Cow::Owned(ExtentRecord { inline: Some(data), ..record.clone() }))
+    }
+
+    /// Reads back the data of the changed inline extents memory let go of, so that the
+    /// checkpoint writes it.
+    pub(crate) fn hold_changed_inline(&mut self) -> Result<()> {
+        let replicas = self.store_replicas();
+        let devices: Vec<&dyn BlockDevice> = replicas.iter().map(|d| d.as_ref()).collect();
+        let source = self.store.as_ref().map(|store| (store, devices.as_slice() as &Devices));
+        paged::hold_changed_inline(&mut self.state, source)?;
+        Ok(())
+    }
+
+    /// The data of every inline extent memory does not hold, for a whole write.
+    pub(crate) fn stored_inline(&self) -> Result<BTreeMap<crate::media::device::ExtentId, Box<[u8]>>> {
+        Ok(self.with_source(|source| paged::stored_inline(&self.state, source))?)
     }
 }
