@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::{blocks, pattern, TestPool, OWNER};
+use common::{pattern, TestPool, OWNER};
 use dfs_engine::data::namespace::SetAttr;
 use dfs_engine::meta::store::StoreConfig;
 use dfs_engine::{Ino, PoolOptions};
@@ -153,14 +153,7 @@ fn small_files_data_stays_in_the_store_not_in_memory() {
     // Every page of the store rots on every disk, after an open read it (and before
     // any read could cache what it holds).
     t.reopen();
-    for disk in 0..3 {
-        for page in blocks(&t.disk_path(disk), "store-page") {
-            let mut bytes = std::fs::read(&page).unwrap();
-            let middle = bytes.len() / 2;
-            bytes[middle] ^= 0x55;
-            std::fs::write(&page, bytes).unwrap();
-        }
-    }
+    common::rot_every_store_page(&t, 3);
     let error = t.read_file("/s7").unwrap_err();
     assert_eq!(error.errno(), libc::EIO, "{error}");
     let report = t.pool().scrub_all(None, false).unwrap();

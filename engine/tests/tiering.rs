@@ -234,17 +234,23 @@ fn a_checkpoint_after_a_quiet_pass_writes_next_to_nothing_and_reads_back_the_rep
     assert_eq!(t.pool().state().repeating_passes, live_passes);
 }
 
+/// A pool of `files` files `f{i}` of `bytes` each, judged by one pass and checkpointed.
+fn judged_and_checkpointed(files: u64, bytes: usize) -> TestPool {
+    let mut t = TestPool::new(&[64, 64, 64], "replicate:2");
+    for i in 0..files {
+        t.write_file(&format!("f{i}"), &pattern(bytes, i));
+    }
+    t.pool().classify_pass().unwrap();
+    t.pool().checkpoint().unwrap();
+    t
+}
+
 /// Temperatures live in the metadata store: memory holds every chunk's class, and whole
 /// temperatures only for the chunks changed since the last checkpoint. A pass, an
 /// access and a reopen read the rest from the store and give what memory would have.
 #[test]
 fn temperatures_stay_in_the_store_and_memory_holds_only_what_changed() {
-    let mut t = TestPool::new(&[64, 64, 64], "replicate:2");
-    for i in 0..40 {
-        t.write_file(&format!("f{i}"), &pattern(3_000, i));
-    }
-    t.pool().classify_pass().unwrap();
-    t.pool().checkpoint().unwrap();
+    let mut t = judged_and_checkpointed(40, 3_000);
     let held = |t: &mut TestPool| t.pool().state().temperature.held_len();
     assert_eq!(held(&mut t), 0, "a checkpoint leaves no temperature in memory");
     assert_eq!(t.pool().state().temperature.classes().count(), 40, "but every chunk's class");
@@ -270,23 +276,11 @@ fn temperatures_stay_in_the_store_and_memory_holds_only_what_changed() {
 /// and the pass changes nothing.
 #[test]
 fn a_temperature_lost_on_every_replica_fails_the_pass_and_resets_nothing() {
-    let mut t = TestPool::new(&[64, 64, 64], "replicate:2");
-    for i in 0..10 {
-        t.write_file(&format!("f{i}"), &pattern(40_000, i));
-    }
-    t.pool().classify_pass().unwrap();
-    t.pool().checkpoint().unwrap();
+    let mut t = judged_and_checkpointed(10, 40_000);
     t.reopen();
     let passes = t.pool().state().passes.clone();
     // Every page of the store rots on every disk, after the open read it.
-    for disk in 0..3 {
-        for page in common::blocks(&t.disk_path(disk), "store-page") {
-            let mut bytes = std::fs::read(&page).unwrap();
-            let middle = bytes.len() / 2;
-            bytes[middle] ^= 0x55;
-            std::fs::write(&page, bytes).unwrap();
-        }
-    }
+    common::rot_every_store_page(&t, 3);
     let f3 = t.pool().resolve("/f3").unwrap();
     let error = t.pool().temperature(ChunkSlot { ino: f3, index: 0 }).unwrap_err();
     assert!(matches!(error, dfs_engine::Error::MetadataCorrupt(_)), "{error}");

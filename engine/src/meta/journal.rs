@@ -257,7 +257,8 @@ pub fn recover(devices: &[&dyn BlockDevice], store_config: &StoreConfig) -> Resu
         let Some(found) = chained else {
             break;
         };
-        paged::prefetch(&mut state, store.as_ref().map(|store| (store, devices)), &found.value.txn)
+        let wanted = state.temperatures_wanted(&found.value.txn);
+        paged::prefetch(&mut state, store.as_ref().map(|store| (store, devices)), wanted)
             .map_err(|e| RecoveryError::StoreUnreadable(e.to_string()))?;
         state.apply_transaction(&found.value.txn);
         tip = JournalTip { seq: next, hash: found.hash };

@@ -705,10 +705,10 @@ pub fn read_temperature(state: &MetaState, source: Source, slot: ChunkSlot) -> R
     Ok(Some(temperature))
 }
 
-/// Reads into memory the temperatures `txn` changes (`MetaState::temperatures_wanted`),
-/// so that it can be applied.
-pub fn prefetch(state: &mut MetaState, source: Source, txn: &crate::meta::state::Transaction) -> Result<(), LoadError> {
-    for slot in state.temperatures_wanted(txn) {
+/// Reads into memory the temperatures of `wanted` — what a transaction changes and memory
+/// does not hold (`MetaState::temperatures_wanted`) — so that it can be applied.
+pub fn prefetch(state: &mut MetaState, source: Source, wanted: Vec<ChunkSlot>) -> Result<(), LoadError> {
+    for slot in wanted {
         let temperature = read_temperature(state, source, slot)?;
         state.temperature.fetched(slot, temperature);
     }
@@ -742,23 +742,16 @@ pub fn each_temperature(
             }
             Ok(visit(slot, &decode_temperature(value, passes)?))
         };
-        let range_end = [TEMPERATURE + 1];
-        store.scan(
-            devices,
-            &[TEMPERATURE],
-            Some(&range_end),
-            crate::meta::store::ScanCache::Skip,
-            &mut |key, value| match visit_stored(key, value) {
-                Ok(go_on) => {
-                    more = go_on;
-                    go_on
-                }
-                Err(why) => {
-                    failure = Some(LoadError::Entry { key: hex(key), why });
-                    false
-                }
-            },
-        )?;
+        scan_temperatures(store, devices, &mut |key, value| match visit_stored(key, value) {
+            Ok(go_on) => {
+                more = go_on;
+                go_on
+            }
+            Err(why) => {
+                failure = Some(LoadError::Entry { key: hex(key), why });
+                false
+            }
+        })?;
         if let Some(failure) = failure {
             return Err(failure);
         }
@@ -794,12 +787,21 @@ pub fn stored_temperatures(state: &MetaState, source: Source) -> Result<Vec<Stor
     }
     let (store, devices) = source_of(source)?;
     let mut out = Vec::new();
-    let range_end = [TEMPERATURE + 1];
-    store.scan(devices, &[TEMPERATURE], Some(&range_end), crate::meta::store::ScanCache::Skip, &mut |key, value| {
+    scan_temperatures(store, devices, &mut |key, value| {
         out.push((key.to_vec(), value.to_vec()));
         true
     })?;
     Ok(out)
+}
+
+/// Visits the stored temperatures' entries in key order, without keeping their pages in
+/// the cache (a walk of every chunk would push out what reads keep there).
+fn scan_temperatures(
+    store: &Store,
+    devices: &Devices,
+    visit: &mut dyn FnMut(&[u8], &[u8]) -> bool,
+) -> Result<(), StoreError> {
+    store.scan(devices, &[TEMPERATURE], Some(&[TEMPERATURE + 1]), crate::meta::store::ScanCache::Skip, visit)
 }
 
 /// The data of inline extent `id` as the store holds it.

@@ -11,7 +11,7 @@ use crate::base::error::{Error, Result};
 use crate::media::device::BlockDevice;
 use crate::meta::ids::ChunkSlot;
 use crate::meta::paged::{self, LoadError};
-use crate::meta::state::{ExtentRecord, Transaction};
+use crate::meta::state::{ExtentRecord, MetaState, Transaction};
 use crate::meta::store::{Devices, StoreError};
 use crate::pool::Pool;
 use crate::temperature::tracker::Temperature;
@@ -33,11 +33,18 @@ impl Pool {
         self.store_members.iter().filter_map(|id| self.devices.get(id).cloned()).collect()
     }
 
-    /// Calls `read` with the state and where its paged tables are read from.
+    /// Calls `read` with where the state's paged tables are read from.
     fn with_source<T>(&self, read: impl FnOnce(paged::Source) -> T) -> T {
         let replicas = self.store_replicas();
         let devices: Vec<&dyn BlockDevice> = replicas.iter().map(|d| d.as_ref()).collect();
         read(self.store.as_ref().map(|store| (store, devices.as_slice() as &Devices)))
+    }
+
+    /// `with_source`, for a change of the state read from the store.
+    fn with_source_mut<T>(&mut self, change: impl FnOnce(&mut MetaState, paged::Source) -> T) -> T {
+        let replicas = self.store_replicas();
+        let devices: Vec<&dyn BlockDevice> = replicas.iter().map(|d| d.as_ref()).collect();
+        change(&mut self.state, self.store.as_ref().map(|store| (store, devices.as_slice() as &Devices)))
     }
 
     /// `slot`'s temperature, none when no access or pass has touched it.
@@ -57,13 +64,11 @@ impl Pool {
 
     /// Reads in the temperatures `txn` changes, before it is applied.
     pub(crate) fn read_in_temperatures(&mut self, txn: &Transaction) -> Result<()> {
-        if self.state.temperatures_wanted(txn).is_empty() {
+        let wanted = self.state.temperatures_wanted(txn);
+        if wanted.is_empty() {
             return Ok(());
         }
-        let replicas = self.store_replicas();
-        let devices: Vec<&dyn BlockDevice> = replicas.iter().map(|d| d.as_ref()).collect();
-        let source = self.store.as_ref().map(|store| (store, devices.as_slice() as &Devices));
-        Ok(paged::prefetch(&mut self.state, source, txn)?)
+        Ok(self.with_source_mut(|state, source| paged::prefetch(state, source, wanted))?)
     }
 
     /// The stored temperatures a whole write of the state carries beside those held.
@@ -105,10 +110,7 @@ impl Pool {
     /// Reads back the data of the changed inline extents memory let go of, so that the
     /// checkpoint writes it.
     pub(crate) fn hold_changed_inline(&mut self) -> Result<()> {
-        let replicas = self.store_replicas();
-        let devices: Vec<&dyn BlockDevice> = replicas.iter().map(|d| d.as_ref()).collect();
-        let source = self.store.as_ref().map(|store| (store, devices.as_slice() as &Devices));
-        paged::hold_changed_inline(&mut self.state, source)?;
+        self.with_source_mut(|state, source| paged::hold_changed_inline(state, source))?;
         Ok(())
     }
 

@@ -153,3 +153,16 @@ pub fn remove_records(disk: &Path) {
         std::fs::remove_dir_all(log).unwrap();
     }
 }
+
+/// Rots every page of the metadata store on each of the first `disks` disks (one byte
+/// flipped mid-block): nothing the store holds can be read back from any replica.
+pub fn rot_every_store_page(t: &TestPool, disks: usize) {
+    for disk in 0..disks {
+        for page in blocks(&t.disk_path(disk), "store-page") {
+            let mut bytes = std::fs::read(&page).unwrap();
+            let middle = bytes.len() / 2;
+            bytes[middle] ^= 0x55;
+            std::fs::write(&page, bytes).unwrap();
+        }
+    }
+}
