@@ -242,10 +242,10 @@ pub(crate) fn change_policy(
         }
         (None, Some(extent)) => {
             let slot: ChunkSlot = extent.parse().map_err(|e| anyhow!("{e} (EINVAL)"))?;
-            let record = ctx.pool.state().slot_extent(slot).ok_or_else(|| {
+            let id = ctx.pool.state().slot_extent_id(slot).ok_or_else(|| {
                 anyhow!("no extent {slot}: no file holds chunk {} of inode {} (ENOENT)", slot.index, slot.ino.0)
             })?;
-            PolicyScope::Extent(record.id)
+            PolicyScope::Extent(id)
         }
         (None, None) => PolicyScope::Default,
     };
@@ -306,6 +306,27 @@ struct PolicyStatus {
 pub(crate) fn policy_status(ctx: &mut Ctx<'_>, json: bool) -> Result<()> {
     let state = ctx.pool.state();
     let names = state.extent_slots();
+    let mut extents = Vec::new();
+    ctx.pool
+        .each_extent_record(&mut |r| {
+            if !r.history.is_empty() {
+                extents.push(ExtentHistory {
+                    extent: names.get(&r.id).map_or_else(|| r.id.to_string(), ToString::to_string),
+                    history: r
+                        .history
+                        .iter()
+                        .map(|c| ChangeView {
+                            at: c.at.to_string(),
+                            from: c.from.to_string(),
+                            to: c.to.to_string(),
+                            cause: c.cause.to_string(),
+                        })
+                        .collect(),
+                });
+            }
+            true
+        })
+        .map_err(engine)?;
     let status = PolicyStatus {
         transitions: state
             .transitions
@@ -330,24 +351,7 @@ pub(crate) fn policy_status(ctx: &mut Ctx<'_>, json: bool) -> Result<()> {
                 error: t.error.clone(),
             })
             .collect(),
-        extents: state
-            .extents
-            .values()
-            .filter(|r| !r.history.is_empty())
-            .map(|r| ExtentHistory {
-                extent: names.get(&r.id).map_or_else(|| r.id.to_string(), ToString::to_string),
-                history: r
-                    .history
-                    .iter()
-                    .map(|c| ChangeView {
-                        at: c.at.to_string(),
-                        from: c.from.to_string(),
-                        to: c.to.to_string(),
-                        cause: c.cause.to_string(),
-                    })
-                    .collect(),
-            })
-            .collect(),
+        extents,
     };
     if json {
         return print_json(ctx.out, &status);

@@ -288,7 +288,7 @@ fn ours_config() -> StoreConfig {
 fn baseline(path: &Path, n: u64) {
     let mut state = MetaState::new(uuid::Uuid::nil(), Policy::Erasure { data: 4, parity: 2 }, Default::default());
     for id in 0..n {
-        state.extents.insert(ExtentId(id), record(id));
+        state.extents.insert(record(id));
     }
     let tip = JournalTip { seq: 1, hash: [0; 32] };
     let started = Instant::now();

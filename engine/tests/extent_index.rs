@@ -10,7 +10,7 @@ use dfs_engine::media::device::ExtentId;
 use dfs_engine::meta::state::DiskId;
 
 fn scanned_on(t: &mut TestPool, disk: DiskId) -> Vec<ExtentId> {
-    t.pool().state().extents.values().filter(|r| r.fragments.contains(&disk)).map(|r| r.id).collect()
+    t.pool().state().extents.iter().filter(|(_, r)| r.fragments.contains(&disk)).map(|(id, _)| id).collect()
 }
 
 /// Two disks fail in turn: the extents on both come first (one more loss loses them),

@@ -58,7 +58,7 @@ fn downgrade(state: &MetaState) -> MetaStateV1 {
             .collect(),
         dirs: state.dirs.deref().clone(),
         file_extents: state.file_extents.deref().clone(),
-        extents: state.extents.deref().clone(),
+        extents: state.extents.whole_records().clone(),
         next_ino: state.next_ino,
         next_extent: state.next_extent,
         next_disk: state.next_disk,
@@ -189,7 +189,7 @@ fn downgrade_to_two(state: &MetaState) -> MetaStateV2 {
         inodes: state.inodes.deref().clone(),
         dirs: state.dirs.deref().clone(),
         file_extents: state.file_extents.deref().clone(),
-        extents: state.extents.deref().clone(),
+        extents: state.extents.whole_records().clone(),
         next_ino: state.next_ino,
         next_extent: state.next_extent,
         next_disk: state.next_disk,
@@ -242,7 +242,7 @@ fn downgrade_to_three(state: &MetaState) -> MetaStateV3 {
         inodes: state.inodes.deref().clone(),
         dirs: state.dirs.deref().clone(),
         file_extents: state.file_extents.deref().clone(),
-        extents: state.extents.deref().clone(),
+        extents: state.extents.whole_records().clone(),
         next_ino: state.next_ino,
         next_extent: state.next_extent,
         next_disk: state.next_disk,
@@ -594,7 +594,7 @@ fn a_format_eight_pool_is_upgraded_and_then_folds_long_policy_histories() {
         let scope = dfs_engine::meta::state::PolicyScope::Path { ino: f, path: "/big".into(), recursive: false };
         t.pool().change_policy(scope, policy).unwrap();
     }
-    let history = |t: &mut TestPool| t.pool().state().slot_extent(slot_of(f)).unwrap().history.clone();
+    let history = |t: &mut TestPool| t.pool().slot_record(slot_of(f)).unwrap().unwrap().history.clone();
     let folded = history(&mut t);
     assert_eq!(folded.len(), dfs_engine::meta::state::POLICY_HISTORY_MAX);
     assert_eq!(folded.iter().map(|c| c.changes()).sum::<u64>(), changes);

@@ -123,7 +123,7 @@ fn small_files_data_stays_in_the_store_not_in_memory() {
     for i in 0..40 {
         t.write_file(&format!("s{i}"), &pattern(size(i), i));
     }
-    let held = |t: &mut TestPool| t.pool().state().extents.values().filter(|r| r.inline.is_some()).count();
+    let held = |t: &mut TestPool| t.pool().state().extents.held_all().filter(|(_, r)| r.inline.is_some()).count();
     let inline = t.pool().state().extents.values().filter(|r| r.is_inline()).count();
     assert_eq!(inline, 40, "small files are stored inline");
     t.pool().checkpoint().unwrap();
@@ -158,4 +158,64 @@ fn small_files_data_stays_in_the_store_not_in_memory() {
     assert_eq!(error.errno(), libc::EIO, "{error}");
     let report = t.pool().scrub_all(None, false).unwrap();
     assert!(report.unrecoverable.len() >= 40, "every small file and its layer: {report:?}");
+}
+
+/// Extent records live in the store: memory holds every extent's core (length, policy,
+/// codec, fragments) and only the whole records changed since the last checkpoint. What
+/// needs the rest — a read (the checksum), a re-encoding (the policy history), a rebuild,
+/// a scrub — reads the record back, before and after a reopen.
+#[test]
+fn extent_records_stay_in_the_store_and_memory_holds_their_cores() {
+    let mut t = TestPool::new(&[64, 64, 64, 64], "replicate:2");
+    let size = |i: u64| 200_000 + 50_000 * i as usize;
+    for i in 0..6 {
+        t.write_file(&format!("f{i}"), &pattern(size(i), i));
+    }
+    let extents = t.pool().state().extents.len();
+    assert!(extents >= 6, "{extents} extents");
+    assert!(t.pool().state().extents.held_len() > 0, "records written since the checkpoint are held whole");
+    t.pool().checkpoint().unwrap();
+    assert_eq!(t.pool().state().extents.held_len(), 0, "the checkpoint stored every whole record");
+    assert_eq!(t.pool().state().extents.len(), extents, "every core stays");
+    t.reopen();
+    assert_eq!(t.pool().state().extents.held_len(), 0, "an open reads cores only");
+    for i in 0..6 {
+        assert_eq!(t.read_file(&format!("/f{i}")).unwrap(), pattern(size(i), i), "f{i}");
+    }
+    // A re-encoding carries the history of the record it replaces, read from the store.
+    let f2 = t.pool().resolve("/f2").unwrap();
+    let slot = dfs_engine::meta::state::ChunkSlot { ino: f2, index: 0 };
+    let scope = dfs_engine::meta::state::PolicyScope::Path { ino: f2, path: "/f2".into(), recursive: false };
+    t.pool().change_policy(scope.clone(), "replicate:3".parse().unwrap()).unwrap();
+    t.pool().checkpoint().unwrap();
+    t.pool().change_policy(scope, "replicate:2".parse().unwrap()).unwrap();
+    let history = t.pool().slot_record(slot).unwrap().unwrap().history;
+    assert_eq!(history.len(), 2, "{history:?}");
+    // A failed disk is rebuilt from records read back.
+    t.pool().checkpoint().unwrap();
+    let failed = *t.pool().state().disks.keys().next().unwrap();
+    t.pool().fail_disk(failed).unwrap();
+    let queued = t.pool().rebuild_queue().len();
+    assert!(queued > 0);
+    assert_eq!(t.pool().rebuild_step(usize::MAX).unwrap(), queued);
+    let report = t.pool().scrub_all(None, false).unwrap();
+    assert!(report.unrecoverable.is_empty() && report.findings.is_empty(), "{report:?}");
+    let before = t.pool().state_whole().unwrap();
+    t.pool().checkpoint().unwrap();
+    t.reopen();
+    assert_eq!(t.pool().state_whole().unwrap().extents, before.extents, "the store gives back every record");
+    assert_eq!(t.pool().slot_record(slot).unwrap().unwrap().history, history);
+    for i in 0..6 {
+        assert_eq!(t.read_file(&format!("/f{i}")).unwrap(), pattern(size(i), i), "f{i}");
+    }
+    t.pool().state().check().unwrap();
+    // Every store page rots on every disk: reads and scrubs that need a record fail by
+    // name; nothing reads data it cannot verify.
+    t.reopen();
+    common::rot_every_store_page(&t, 4);
+    let error = t.read_file("/f4").unwrap_err();
+    assert_eq!(error.errno(), libc::EIO, "{error}");
+    let report = t.pool().scrub_all(None, false).unwrap();
+    assert_eq!(report.unrecoverable.len(), extents, "{report:?}");
+    assert!(report.unrecoverable.iter().all(|e| e.detail.contains("metadata store")), "{report:?}");
 }

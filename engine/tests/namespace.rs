@@ -31,7 +31,7 @@ fn a_small_file_fsynced_inline_is_stored_as_fragments_once_closed() {
     let mut t = pool();
     let inline = |t: &mut TestPool, ino: Ino| {
         let state = t.pool().state();
-        state.file_extents[&ino].values().map(|id| state.extents[id].is_inline()).collect::<Vec<_>>()
+        state.file_extents[&ino].values().map(|id| state.extents.get(id).unwrap().is_inline()).collect::<Vec<_>>()
     };
     // Up to 8 KiB goes inline at an fsync, so the fsync writes its journal record only.
     let young = pattern(5000, 1);
@@ -191,7 +191,7 @@ fn layers_after_synced_writes(name: &str, writes: &[(usize, Vec<u8>)]) -> Vec<Ve
         data.resize(data.len().max(end), 0);
         data[*offset..end].copy_from_slice(bytes);
         let slot = pool.state().layers.values().next().unwrap();
-        layers.push(slot.iter().map(|l| pool.state().extents[&l.extent].len).collect());
+        layers.push(slot.iter().map(|l| pool.state().extents.get(&l.extent).unwrap().len).collect());
     }
     pool.release(fh).unwrap();
     t.reopen();

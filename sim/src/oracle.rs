@@ -50,14 +50,14 @@ pub const ALL: [&str; 12] = [
 /// before the operation (`unwritable`: offline, failed, draining) were never written.
 pub fn new_extents_meet_quorum(pool: &Pool, first_new: u64, unwritable: &[dfs_engine::DiskId]) -> Result<(), String> {
     let state = pool.state();
-    for record in state.extents.range(ExtentId(first_new)..).map(|(_, r)| r).filter(|r| !r.is_inline()) {
+    for (id, record) in state.extents.range(ExtentId(first_new)..).filter(|(_, r)| !r.is_inline()) {
         let written = record.fragments.iter().filter(|d| !unwritable.contains(d)).count();
         let quorum = state.availability.write_quorum(record.policy);
         if written < quorum {
             return Err(format!(
                 "extent {} under {} was written with {written} fragments, below its write quorum of {quorum} ({:?}, \
                  unwritable {unwritable:?})",
-                record.id, record.policy, record.fragments
+                id, record.policy, record.fragments
             ));
         }
     }
@@ -141,7 +141,9 @@ pub fn metadata_matches(pool: &Pool, ino: Ino, bytes: &[u8]) -> bool {
     let map = state.file_extents.get(&ino);
     bytes.chunks(EXTENT_BYTES_MAX as usize).enumerate().all(|(index, chunk)| {
         let slot = dfs_engine::meta::state::ChunkSlot { ino, index: index as u64 };
-        if let Some((layer, record)) = state.slot_layers(slot).last() {
+        let whole = |id: &ExtentId| pool.extent_record(*id).ok().flatten();
+        if let Some((layer, _)) = state.slot_layers(slot).last() {
+            let Some(record) = whole(&layer.extent) else { return false };
             // Older layers and the extent under them are partly hidden: the newest
             // layer's bytes and the chunk's length are what the metadata pins down.
             let len = state.slot_len(slot).unwrap_or(0) as usize;
@@ -156,8 +158,10 @@ pub fn metadata_matches(pool: &Pool, ino: Ino, bytes: &[u8]) -> bool {
                 && len <= chunk.len()
                 && chunk[len..].iter().all(|b| *b == 0);
         }
-        match map.and_then(|m| m.get(&(index as u64))).and_then(|id| state.extents.get(id)) {
-            None => chunk.iter().all(|b| *b == 0),
+        let Some(id) = map.and_then(|m| m.get(&(index as u64))) else { return chunk.iter().all(|b| *b == 0) };
+        match whole(id) {
+            // A record the store cannot give back pins nothing down.
+            None => false,
             Some(record) => {
                 let len = (record.len as usize).min(chunk.len());
                 blake3::hash(&chunk[..len]).as_bytes() == &record.hash
@@ -176,26 +180,26 @@ pub fn truly_lost(pool: &Pool) -> BTreeSet<ExtentId> {
     let state = pool.state();
     state
         .extents
-        .values()
-        .filter(|record| !record.is_inline())
-        .filter(|record| {
+        .iter()
+        .filter(|(_, record)| !record.is_inline())
+        .filter(|(id, record)| {
             let shard_len = codec::shard_len(record.policy, record.len as usize);
             let intact = record
                 .fragments
                 .iter()
                 .enumerate()
                 .filter(|(index, disk)| {
-                    let name = BlockName::Fragment { extent: record.id, index: *index as u8 };
+                    let name = BlockName::Fragment { extent: *id, index: *index as u8 };
                     !state.disk_awaited(**disk)
                         && pool
                             .device(**disk)
                             .and_then(|d| d.read(name).ok())
-                            .is_some_and(|block| fragment::verify(&block, record.id, *index as u8, shard_len).is_ok())
+                            .is_some_and(|block| fragment::verify(&block, *id, *index as u8, shard_len).is_ok())
                 })
                 .count();
             intact < record.policy.needed()
         })
-        .map(|r| r.id)
+        .map(|(id, _)| id)
         .collect()
 }
 
@@ -396,11 +400,11 @@ pub fn bad_fragments(pool: &Pool) -> (BTreeSet<FragmentAt>, BTreeSet<ExtentId>) 
     let state = pool.state();
     let mut bad = BTreeSet::new();
     let mut lost = BTreeSet::new();
-    for record in state.extents.values().filter(|r| !r.is_inline()) {
+    for (id, record) in state.extents.iter().filter(|(_, r)| !r.is_inline()) {
         let shard_len = codec::shard_len(record.policy, record.len as usize);
         let mut intact = 0;
         for (index, disk) in record.fragments.iter().enumerate() {
-            let name = BlockName::Fragment { extent: record.id, index: index as u8 };
+            let name = BlockName::Fragment { extent: id, index: index as u8 };
             if state.disk_awaited(*disk) {
                 continue; // offline and waited for: neither checked nor repaired until back
             }
@@ -409,15 +413,15 @@ pub fn bad_fragments(pool: &Pool) -> (BTreeSet<FragmentAt>, BTreeSet<ExtentId>) 
                 && pool
                     .device(*disk)
                     .and_then(|d| d.read(name).ok())
-                    .is_some_and(|block| fragment::verify(&block, record.id, index as u8, shard_len).is_ok());
+                    .is_some_and(|block| fragment::verify(&block, id, index as u8, shard_len).is_ok());
             if good {
                 intact += 1;
             } else {
-                bad.insert((record.id, index as u8, *disk));
+                bad.insert((id, index as u8, *disk));
             }
         }
         if intact < record.policy.needed() {
-            lost.insert(record.id);
+            lost.insert(id);
         }
     }
     (bad, lost)

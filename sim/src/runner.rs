@@ -949,7 +949,14 @@ impl<'s> Run<'s> {
             let mut policies = BTreeSet::new();
             let mut changes = 0;
             for (index, id) in map {
-                let Some(record) = state.extents.get(id) else { continue };
+                let record = match pool.extent_record(*id) {
+                    Ok(Some(record)) => record,
+                    Ok(None) => continue,
+                    Err(e) => {
+                        problems.push(format!("{path} chunk {index}: {e}"));
+                        continue;
+                    }
+                };
                 let class = match pool.temperature(ChunkSlot { ino: *ino, index: *index }) {
                     Ok(temperature) => temperature.map(|t| t.class),
                     Err(e) => {

@@ -27,7 +27,7 @@ use crate::data::fetch::lock;
 use crate::media::device::{BlockDevice, BlockName, ExtentId};
 use crate::media::{codec, fragment};
 use crate::meta::journal;
-use crate::meta::state::{Availability, DiskId, ExtentRecord, Op, Transaction};
+use crate::meta::state::{Availability, DiskId, FreedExtent, Op, Transaction};
 use crate::pool::Pool;
 
 /// Rounds of "relocate, then sync" a barrier tries before giving up on a fragment.
@@ -123,7 +123,8 @@ impl Pool {
         if defer_frees && self.read_only.is_none() {
             let frees = std::mem::take(&mut self.undurable.frees);
             for record in &frees {
-                let bytes = (fragment::HEADER_LEN + codec::shard_len(record.policy, record.len as usize)) as u64;
+                let bytes =
+                    (fragment::HEADER_LEN + codec::shard_len(record.core.policy, record.core.len as usize)) as u64;
                 self.undurable.deferred_deletes.extend(fragments_of(record).map(|(disk, name)| (disk, name, bytes)));
             }
         }
@@ -449,9 +450,10 @@ fn replicas_required(txn: &Transaction, availability: &Availability) -> usize {
         .unwrap_or(1)
 }
 
-fn fragments_of(record: &ExtentRecord) -> impl Iterator<Item = (DiskId, BlockName)> + '_ {
+fn fragments_of(record: &FreedExtent) -> impl Iterator<Item = (DiskId, BlockName)> + '_ {
     let extent = record.id;
     record
+        .core
         .fragments
         .iter()
         .enumerate()

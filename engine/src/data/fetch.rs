@@ -15,12 +15,12 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use crate::base::error::Result;
+use crate::base::error::{Error, Result};
 use crate::base::io::run_all;
 use crate::data::store::{fetch_extent, Fetched};
 use crate::data::window::ReadData;
 use crate::media::device::{BlockDevice, ExtentId};
-use crate::meta::state::{DiskId, ExtentRecord, EXTENT_BYTES_MAX};
+use crate::meta::state::{DiskId, ExtentCore, ExtentRecord, EXTENT_BYTES_MAX};
 use crate::pool::open_files::FileHandle;
 use crate::pool::Pool;
 
@@ -121,24 +121,29 @@ impl Pool {
         let mut jobs = Vec::new();
         let mut ahead = Vec::new();
         let mut wait_for = Vec::new();
-        for (record, at) in self.read_ahead_records(ino, offset, end) {
+        for (id, at) in self.read_ahead_records(ino, offset, end) {
             let index = at / EXTENT_BYTES_MAX;
-            if record.is_inline() || self.cache.contains(record.id) {
+            if self.state.extents.get(&id).is_none_or(ExtentCore::is_inline) || self.cache.contains(id) {
                 continue;
             }
             if !sequential && index > needed_last {
                 continue;
             }
-            if self.in_flight.contains(record.id) {
+            if self.in_flight.contains(id) {
                 if index <= needed_last {
-                    wait_for.push(record.id);
+                    wait_for.push(id);
                 }
                 continue;
             }
-            self.in_flight.start(record.id);
             if index <= needed_last {
+                let record = self
+                    .extent_record(id)?
+                    .ok_or_else(|| Error::MetadataCorrupt(format!("extent {id} has no record")))?;
+                self.in_flight.start(id);
                 jobs.push((record, at));
-            } else {
+            } else if let Ok(Some(record)) = self.extent_record(id) {
+                // Read-ahead only: a record that cannot be read now fails the read that needs it.
+                self.in_flight.start(id);
                 ahead.push((record, at));
             }
         }
@@ -157,10 +162,16 @@ impl Pool {
     /// Fetches the extents of `records` that are neither cached nor in flight into the
     /// cache, in parallel unless the pool runs its I/O in order: read-ahead for a reader
     /// holding the pool.
-    pub(crate) fn prefetch(&mut self, records: Vec<(ExtentRecord, u64)>) {
-        let wanted: Vec<(ExtentRecord, u64)> = records
+    pub(crate) fn prefetch(&mut self, extents: Vec<(ExtentId, u64)>) {
+        let wanted: Vec<(ExtentRecord, u64)> = extents
             .into_iter()
-            .filter(|(r, _)| !r.is_inline() && !self.cache.contains(r.id) && !self.in_flight.contains(r.id))
+            .filter(|(id, _)| {
+                self.state.extents.get(id).is_some_and(|r| !r.is_inline())
+                    && !self.cache.contains(*id)
+                    && !self.in_flight.contains(*id)
+            })
+            // Read-ahead only: a record that cannot be read now fails the read that needs it.
+            .filter_map(|(id, at)| Some((self.extent_record(id).ok().flatten()?, at)))
             .collect();
         for (record, _) in &wanted {
             self.in_flight.start(record.id);

@@ -24,8 +24,9 @@ use crate::base::error::{Error, Result};
 use crate::data::fetch::lock;
 use crate::data::store::{store_chunks, PoolAccess, StoredChunks};
 use crate::data::window::ReadData;
+use crate::media::device::ExtentId;
 use crate::meta::state::{
-    ChunkSlot, ExtentRecord, Ino, InodeKind, Layer, Op, Transaction, EXTENT_BYTES_MAX, INLINE_BYTES_MAX,
+    ChunkSlot, ExtentCore, ExtentRecord, Ino, InodeKind, Layer, Op, Transaction, EXTENT_BYTES_MAX, INLINE_BYTES_MAX,
 };
 use crate::pool::open_files::{add_range, Patch};
 use crate::pool::Pool;
@@ -131,24 +132,24 @@ impl Pool {
     /// over it, oldest first — or `None` for a hole.
     pub(crate) fn read_chunk(&mut self, ino: Ino, index: u64) -> Result<Option<Arc<Vec<u8>>>> {
         let slot = ChunkSlot { ino, index };
-        let Some(record) = self.state.slot_extent(slot).cloned() else { return Ok(None) };
-        let base = self.read_extent(&record, index * CHUNK)?;
+        let Some(id) = self.state.slot_extent_id(slot) else { return Ok(None) };
+        let base = self.read_extent_id(id, index * CHUNK)?;
         let layers = self.layers_of(slot);
         if layers.is_empty() {
             return Ok(Some(base));
         }
         let mut chunk = base.to_vec();
-        for (layer, record) in layers {
-            let data = self.read_extent(&record, index * CHUNK)?;
+        for layer in layers {
+            let data = self.read_extent_id(layer.extent, index * CHUNK)?;
             layer.lay_over(&mut chunk, &data);
         }
         debug_assert!(chunk.len() as u64 <= CHUNK);
         Ok(Some(Arc::new(chunk)))
     }
 
-    /// The layers of `slot` with their extents' records, oldest first.
-    fn layers_of(&self, slot: ChunkSlot) -> Vec<(Layer, ExtentRecord)> {
-        self.state.slot_layers(slot).into_iter().map(|(layer, record)| (layer.clone(), record.clone())).collect()
+    /// The layers of `slot`, oldest first.
+    fn layers_of(&self, slot: ChunkSlot) -> Vec<Layer> {
+        self.state.layers.get(&slot).cloned().unwrap_or_default()
     }
 
     /// Writes `data` at `offset`; buffered until flushed. Returns the bytes written.
@@ -413,9 +414,9 @@ impl Pool {
         {
             return Ok(None);
         }
-        let Some(record) = self.state.slot_extent(slot).cloned() else { return Ok(None) };
+        let Some(id) = self.state.slot_extent_id(slot) else { return Ok(None) };
         let chunk_start = index * CHUNK;
-        let data = self.read_extent(&record, chunk_start)?;
+        let data = self.read_extent_id(id, chunk_start)?;
         let (low, high) = ((offset - chunk_start) as usize, (end - chunk_start) as usize);
         if data.len() < high {
             // The file's size reaches past the extent's bytes: zeros, which `read_ino` adds.
@@ -434,7 +435,7 @@ impl Pool {
 
     /// The extents (with their file offsets) of `[offset, end)` and the read-ahead window
     /// after it, except chunks buffered dirty.
-    pub(crate) fn read_ahead_records(&self, ino: Ino, offset: u64, end: u64) -> Vec<(ExtentRecord, u64)> {
+    pub(crate) fn read_ahead_records(&self, ino: Ino, offset: u64, end: u64) -> Vec<(ExtentId, u64)> {
         let Some(map) = self.state.file_extents.get(&ino) else { return Vec::new() };
         let last = (end.saturating_sub(1) / CHUNK).saturating_add(READ_AHEAD_EXTENTS);
         let file = self.files.get(ino);
@@ -443,9 +444,9 @@ impl Pool {
             if file.is_some_and(|f| f.buffered(*index).is_some()) {
                 continue;
             }
-            records.extend(self.state.extents.get(id).map(|r| (r.clone(), index * CHUNK)));
-            let layers = self.state.slot_layers(ChunkSlot { ino, index: *index });
-            records.extend(layers.into_iter().map(|(_, r)| (r.clone(), index * CHUNK)));
+            records.push((*id, index * CHUNK));
+            let layers = self.state.layers.get(&ChunkSlot { ino, index: *index });
+            records.extend(layers.into_iter().flatten().map(|layer| (layer.extent, index * CHUNK)));
         }
         records
     }
@@ -483,12 +484,11 @@ impl Pool {
                 copy(target, chunk);
                 continue;
             }
-            let record = self.state.slot_extent(ChunkSlot { ino, index }).cloned();
-            if let Some(record) = record {
-                let data = self.read_extent(&record, chunk_start)?;
+            if let Some(id) = self.state.slot_extent_id(ChunkSlot { ino, index }) {
+                let data = self.read_extent_id(id, chunk_start)?;
                 copy(target, &data);
-                for (layer, record) in self.layers_of(ChunkSlot { ino, index }) {
-                    let data = self.read_extent(&record, chunk_start)?;
+                for layer in self.layers_of(ChunkSlot { ino, index }) {
+                    let data = self.read_extent_id(layer.extent, chunk_start)?;
                     layer.copy_window(target, low, &data);
                 }
                 self.note_access(ChunkSlot { ino, index }, true);
@@ -759,7 +759,7 @@ impl Pool {
                 Ok(())
             }
             Err(e) => {
-                self.free_extents(&new_extents);
+                self.free_written(&new_extents);
                 Err(e)
             }
         }
@@ -785,12 +785,12 @@ impl Pool {
             // Scattered small writes would each rewrite the gathered bytes for nothing.
             return as_is();
         }
-        let Some(top_record) = self.state.extents.get(&top.extent) else { return as_is() };
-        if !top_record.is_inline() {
+        if !self.state.extents.get(&top.extent).is_some_and(ExtentCore::is_inline) {
             return as_is();
         }
         // Its data may be only in the store; unreadable, the new layer stays apart.
-        let Ok(top_bytes) = self.inline_data(top_record) else { return as_is() };
+        let Ok(Some(top_record)) = self.extent_record(top.extent) else { return as_is() };
+        let Ok(top_bytes) = self.inline_data(&top_record) else { return as_is() };
         let (merged, data) = top.merged_with(&top_bytes, ranges, bytes);
         if data.len() > INLINE_BYTES_MAX || merged.len() > LAYER_RANGES_MAX || top_record.policy != record.policy {
             return as_is();

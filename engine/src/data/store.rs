@@ -516,9 +516,19 @@ impl Pool {
         if let Some(data) = self.cache.get(record.id) {
             return Ok(data);
         }
-        let record = &*self.with_data(record)?;
         let fetched = fetch_extent(&self.read_devices(), record, self.verifies_reads(), self.options.parallel_io);
         self.settle(record, offset, fetched)
+    }
+
+    /// `read_extent` of extent `id`, whose whole record is read only when the cache
+    /// does not hold its data.
+    pub(crate) fn read_extent_id(&mut self, id: ExtentId, offset: u64) -> Result<Arc<Vec<u8>>> {
+        if let Some(data) = self.cache.get(id) {
+            return Ok(data);
+        }
+        let record =
+            self.extent_record(id)?.ok_or_else(|| Error::MetadataCorrupt(format!("extent {id} has no record")))?;
+        self.read_extent(&record, offset)
     }
 
     /// The devices reads may try: all but the offline disks', which reads go around

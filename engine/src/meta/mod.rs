@@ -1,7 +1,9 @@
 //! Metadata: the transactional state (`state`), its replicated journal (`journal`), and the
 //! paged store the state's large tables move into (`store`).
 
+mod core_table;
 pub mod extent_index;
+pub mod extents;
 pub mod ids;
 pub mod journal;
 pub mod nested;

@@ -13,6 +13,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::{Deserialize, Serialize};
 
 use crate::media::device::ExtentId;
+use crate::meta::extents::{ExtentCore, Extents};
 use crate::meta::ids::{ChunkSlot, Ino};
 use crate::meta::nested::Nested;
 use crate::meta::state::{ExtentRecord, MetaState};
@@ -91,11 +92,11 @@ const XATTRS: u8 = 7;
 const LAYERS: u8 = 8;
 
 /// Calls `$body` once per paged table with `$tag` (its key prefix) and `$field`, but
-/// `temperature` (a `Temperatures`, not a `Tracked`).
+/// `extents` and `temperature` (an `Extents` and a `Temperatures`, not `Tracked`s).
 macro_rules! each_table {
     ($state:expr, |$tag:ident, $field:ident| $body:block) => {
         each_table!(@ $state, $tag, $field, $body, INODES inodes, DIRS dirs, FILE_EXTENTS file_extents,
-            EXTENTS extents, SCRUBBED scrubbed, XATTRS xattrs, LAYERS layers)
+            SCRUBBED scrubbed, XATTRS xattrs, LAYERS layers)
     };
     (@ $state:expr, $tag:ident, $field:ident, $body:block, $($t:ident $f:ident),*) => {{
         $({
@@ -230,7 +231,12 @@ pub fn changes(state: &mut MetaState) -> Vec<Entry> {
     changes_of(INODES, &mut state.inodes, value_of, &mut out);
     named_changes(DIRS, &mut state.dirs, true, &mut out);
     chunk_changes(&mut state.file_extents, &mut out);
-    changes_of(EXTENTS, &mut state.extents, value_of, &mut out);
+    // Held until the commit is durable (`mark_clean`): memory is their only copy.
+    for id in state.extents.dirty_keys() {
+        let record = state.extents.held(id).flatten();
+        debug_assert_eq!(record.is_some(), state.extents.contains_key(id), "{id} changed but not held whole");
+        out.push((key_of(EXTENTS, id), record.map(value_of)));
+    }
     // Held until the commit is durable (`mark_clean`): memory is their only copy.
     for (slot, temperature) in state.temperature.held_all() {
         out.push((key_of(TEMPERATURE, slot), temperature.as_ref().map(|t| temperature_value(t, passes))));
@@ -243,13 +249,13 @@ pub fn changes(state: &mut MetaState) -> Vec<Entry> {
 }
 
 /// Every entry of the tables, in key order, encoded as it is taken; `stored` is what
-/// `stored_temperatures` read of the temperatures the state does not hold, `inline`
-/// what `stored_inline` read of the inline extents' data. The tables
+/// `stored_temperatures` read of the temperatures the state does not hold,
+/// `stored_extents` what `stored_extents` read of the extent records. The tables
 /// stay as marked: `mark_clean` once the entries are durable.
 pub fn entries(
     state: &MetaState,
     stored: Vec<StoredEntry>,
-    mut inline: BTreeMap<ExtentId, Box<[u8]>>,
+    stored_extents: Vec<StoredEntry>,
 ) -> impl Iterator<Item = Entry> + '_ {
     let passes = state.repeating_passes;
     // The stored values pass through as they are: each names the pass count it was
@@ -279,20 +285,31 @@ pub fn entries(
     entries_of(INODES, &state.inodes, value_of)
         .chain(named_entries(DIRS, &state.dirs, true))
         .chain(chunk_entries(&state.file_extents))
-        .chain(state.extents.iter().map(move |(id, record)| {
-            let value = match inline.remove(id) {
-                Some(data) => value_of(&ExtentRecord { inline: Some(data), ..record.clone() }),
-                None => {
-                    debug_assert!(!record.is_inline() || record.inline.is_some(), "{id}'s data not read in");
-                    value_of(record)
-                }
-            };
-            (key_of(EXTENTS, id), Some(value))
-        }))
+        .chain(merged_extents(state, stored_extents))
         .chain(temperatures)
         .chain(entries_of(SCRUBBED, &state.scrubbed, value_of))
         .chain(named_entries(XATTRS, &state.xattrs, false))
         .chain(entries_of(LAYERS, &state.layers, value_of))
+}
+
+/// Every extent record in id order, encoded: those memory holds whole, and the rest as
+/// the store holds them (`stored`, read by `stored_extents`); a stored record changed or
+/// removed since is left out.
+fn merged_extents(state: &MetaState, stored: Vec<StoredEntry>) -> impl Iterator<Item = Entry> + '_ {
+    let mut held = state.extents.held_all().map(|(id, record)| (key_of(EXTENTS, id), value_of(record))).peekable();
+    let mut stored = stored
+        .into_iter()
+        .filter(|(key, _)| ExtentId::take(&key[1..]).is_none_or(|id| state.extents.held(&id).is_none()))
+        .peekable();
+    std::iter::from_fn(move || {
+        let take_held = match (held.peek(), stored.peek()) {
+            (None, None) => return None,
+            (Some((held, _)), Some((stored, _))) => held < stored,
+            (held, _) => held.is_some(),
+        };
+        let (key, value) = if take_held { held.next()? } else { stored.next()? };
+        Some((key, Some(value)))
+    })
 }
 
 /// Forgets every table's changes: the whole state is durable as it is.
@@ -300,6 +317,7 @@ pub fn mark_clean(state: &mut MetaState) {
     each_table!(state, |_tag, table| {
         table.take_dirty();
     });
+    state.extents.mark_clean();
     state.temperature.take_changes();
 }
 
@@ -426,7 +444,8 @@ struct Tables {
     file_extents: Vec<(Ino, BTreeMap<u64, ExtentId>)>,
     /// The file whose chunks are being read (format 9: one store entry a segment).
     open_file: Group<u64, ExtentId>,
-    extents: Vec<(ExtentId, crate::meta::state::ExtentRecord)>,
+    /// Each extent's core: its whole record stays in the store (`read_extent`).
+    extents: Vec<(ExtentId, ExtentCore)>,
     /// Format 8: every temperature, decoded (its values name no pass count, so the
     /// first checkpoint rewrites them all).
     temperature: Vec<(ChunkSlot, Temperature)>,
@@ -478,14 +497,7 @@ impl Tables {
             DIRS => self.add_dir_entry(rest, value),
             FILE_EXTENTS if self.whole_values() => add_to(&mut self.file_extents, rest, value),
             FILE_EXTENTS => self.add_chunks(rest, value),
-            EXTENTS => {
-                add_to(&mut self.extents, rest, value)?;
-                if let Some((_, record)) = self.extents.last_mut() {
-                    // Its data stays in the store (`read_inline`).
-                    record.inline = None;
-                }
-                Ok(())
-            }
+            EXTENTS => self.add_extent(rest, value),
             TEMPERATURE => self.add_temperature(rest, value),
             SCRUBBED => add_to(&mut self.scrubbed, rest, value),
             XATTRS if self.whole_values() => add_to(&mut self.xattrs, rest, value),
@@ -511,6 +523,20 @@ impl Tables {
         } else if let Some(class) = temperature.classified() {
             self.classes.push((key, class));
         }
+        Ok(())
+    }
+
+    /// An extent's record, of which memory keeps the core.
+    fn add_extent(&mut self, key: &[u8], value: &[u8]) -> Result<(), String> {
+        let id = ExtentId::take(key).ok_or("key of the wrong length")?;
+        if self.extents.last().is_some_and(|(last, _)| *last >= id) {
+            return Err("key out of order".into());
+        }
+        let record: ExtentRecord = decode_all(value)?;
+        if record.id != id || (record.is_inline() && record.inline.is_none()) {
+            return Err(format!("the record of extent {} or an inline one without its data", record.id));
+        }
+        self.extents.push((id, record.core()));
         Ok(())
     }
 
@@ -572,7 +598,7 @@ impl Tables {
             inodes: table_of(self.inodes),
             dirs: Nested::clean(self.dirs.into_iter().collect()),
             file_extents: Nested::clean(self.file_extents.into_iter().collect()),
-            extents: table_of(self.extents),
+            extents: Extents::based(self.extents),
             temperature: match self.passes {
                 None => Temperatures::whole(self.temperature.into_iter().collect()),
                 Some(_) => Temperatures::based(self.classes.into_iter().collect()),
@@ -626,7 +652,7 @@ struct Built {
     inodes: Tracked<Ino, crate::meta::state::Inode>,
     dirs: Nested<Ino, Vec<u8>, Ino>,
     file_extents: Nested<Ino, u64, ExtentId>,
-    extents: Tracked<ExtentId, crate::meta::state::ExtentRecord>,
+    extents: Extents,
     temperature: Temperatures,
     scrubbed: Tracked<ExtentId, i64>,
     xattrs: Nested<Ino, Vec<u8>, Vec<u8>>,
@@ -648,7 +674,10 @@ impl Built {
         put(self.inodes, &mut state.inodes);
         put(self.dirs, &mut state.dirs);
         put(self.file_extents, &mut state.file_extents);
-        put(self.extents, &mut state.extents);
+        if !self.extents.is_empty() {
+            assert!(state.extents.is_empty(), "a table read from two parts of the store");
+            state.extents = self.extents;
+        }
         if self.holds_temperatures {
             state.temperature = self.temperature;
         }
@@ -804,81 +833,121 @@ fn scan_temperatures(
     store.scan(devices, &[TEMPERATURE], Some(&[TEMPERATURE + 1]), crate::meta::store::ScanCache::Skip, visit)
 }
 
-/// The data of inline extent `id` as the store holds it.
-pub fn read_inline(source: Source, id: ExtentId) -> Result<Box<[u8]>, LoadError> {
+/// Extent `id`'s whole record (an inline extent's with its data): the one memory holds,
+/// else the store's; `None` when there is no such extent.
+pub fn read_extent(state: &MetaState, source: Source, id: ExtentId) -> Result<Option<ExtentRecord>, LoadError> {
+    if let Some(held) = state.extents.held(&id) {
+        return Ok(held.cloned());
+    }
     let (store, devices) = source_of(source)?;
     let key = key_of(EXTENTS, &id);
     let value = store
         .get(devices, &key)?
-        .ok_or_else(|| LoadError::Entry { key: hex(&key), why: "an inline extent the store does not hold".into() })?;
+        .ok_or_else(|| LoadError::Entry { key: hex(&key), why: "an extent the store does not hold".into() })?;
     let record: ExtentRecord = decode_all(&value).map_err(|why| LoadError::Entry { key: hex(&key), why })?;
-    record
-        .inline
-        .ok_or_else(|| LoadError::Entry { key: hex(&key), why: "an inline extent stored without its data".into() })
+    if state.extents.get(&id) != Some(&record.core()) || (record.is_inline() && record.inline.is_none()) {
+        let why = "a record that is not the one memory holds the core of".into();
+        return Err(LoadError::Entry { key: hex(&key), why });
+    }
+    Ok(Some(record))
 }
 
-/// The inline extents whose records changed since the last checkpoint and whose data
-/// memory does not hold: their data is read back, so that the checkpoint writes it.
-pub fn hold_changed_inline(state: &mut MetaState, source: Source) -> Result<Vec<ExtentId>, LoadError> {
-    let wanted: Vec<ExtentId> = state
-        .extents
-        .dirty_keys()
-        .filter(|id| state.extents.get(id).is_some_and(|r| r.is_inline() && r.inline.is_none()))
-        .copied()
-        .collect();
-    for id in &wanted {
-        let data = read_inline(source, *id)?;
-        if let Some(record) = state.extents.get_mut_unmarked(id) {
-            record.inline = Some(data);
+/// Visits every extent's whole record in id order — those memory holds in place of the
+/// store's — until `visit` returns `false`. The pages read are not kept in the cache.
+pub fn each_extent(
+    state: &MetaState,
+    source: Source,
+    visit: &mut dyn FnMut(&ExtentRecord) -> bool,
+) -> Result<(), LoadError> {
+    let mut held = state.extents.held_all().peekable();
+    let mut more = true;
+    if state.extents.is_based() {
+        let (store, devices) = source_of(source)?;
+        let mut failure = None;
+        let mut visit_stored = |key: &[u8], value: &[u8]| -> Result<bool, String> {
+            let id = ExtentId::take(&key[1..]).ok_or("key of the wrong length")?;
+            while let Some((_, record)) = held.next_if(|(at, _)| **at < id) {
+                if !visit(record) {
+                    return Ok(false);
+                }
+            }
+            if let Some((_, record)) = held.next_if(|(at, _)| **at == id) {
+                return Ok(visit(record));
+            }
+            if state.extents.held(&id).is_some() {
+                return Ok(true); // removed since the root
+            }
+            let record: ExtentRecord = decode_all(value)?;
+            if state.extents.get(&id) != Some(&record.core()) {
+                return Err("a record that is not the one memory holds the core of".into());
+            }
+            Ok(visit(&record))
+        };
+        let range = (&[EXTENTS][..], Some(&[EXTENTS + 1][..]));
+        store.scan(
+            devices,
+            range.0,
+            range.1,
+            crate::meta::store::ScanCache::Skip,
+            &mut |key, value| match visit_stored(key, value) {
+                Ok(go_on) => {
+                    more = go_on;
+                    go_on
+                }
+                Err(why) => {
+                    failure = Some(LoadError::Entry { key: hex(key), why });
+                    false
+                }
+            },
+        )?;
+        if let Some(failure) = failure {
+            return Err(failure);
         }
     }
-    Ok(wanted)
-}
-
-/// The inline extents whose records changed since the last checkpoint and hold their
-/// data: those the next checkpoint stores, to `release_inline` once it is durable.
-pub fn changed_inline(state: &MetaState) -> Vec<ExtentId> {
-    let held = |id: &&ExtentId| state.extents.get(id).is_some_and(|r| r.inline.is_some());
-    state.extents.dirty_keys().filter(held).copied().collect()
-}
-
-/// Lets go of the data of inline extents `ids` (all of them, with `None`): the store
-/// holds it (`read_inline`).
-pub fn release_inline(state: &mut MetaState, ids: Option<&[ExtentId]>) {
-    let all: Vec<ExtentId>;
-    let ids = match ids {
-        Some(ids) => ids,
-        None => {
-            all = state.extents.values().filter(|r| r.inline.is_some()).map(|r| r.id).collect();
-            &all
-        }
-    };
-    for id in ids {
-        if let Some(record) = state.extents.get_mut_unmarked(id) {
-            record.inline = None;
+    if more {
+        for (_, record) in held {
+            if !visit(record) {
+                break;
+            }
         }
     }
+    Ok(())
 }
 
-/// The data of every inline extent memory does not hold, read from the store: for a
-/// whole write of the state (`entries`).
-pub fn stored_inline(state: &MetaState, source: Source) -> Result<BTreeMap<ExtentId, Box<[u8]>>, LoadError> {
-    let mut out = BTreeMap::new();
-    for record in state.extents.values().filter(|r| r.is_inline() && r.inline.is_none()) {
-        out.insert(record.id, read_inline(source, record.id)?);
+/// The stored extent records, as the store holds them (key, value), for a whole write of
+/// the state beside those memory holds (`entries`); none for a table held whole.
+pub fn stored_extents(state: &MetaState, source: Source) -> Result<Vec<StoredEntry>, LoadError> {
+    if !state.extents.is_based() {
+        return Ok(Vec::new());
     }
+    let (store, devices) = source_of(source)?;
+    let mut out = Vec::new();
+    store.scan(devices, &[EXTENTS], Some(&[EXTENTS + 1]), crate::meta::store::ScanCache::Skip, &mut |key, value| {
+        out.push((key.to_vec(), value.to_vec()));
+        true
+    })?;
     Ok(out)
 }
 
 /// `state` with everything the store holds for it read into memory — every temperature
-/// and every inline extent's data: a state that encodes whole, and compares with one
+/// and every extent's whole record: a state that encodes whole, and compares with one
 /// over another root.
 pub fn read_whole(state: &mut MetaState, source: Source) -> Result<(), LoadError> {
-    let inline = stored_inline(state, source)?;
-    for (id, data) in inline {
-        if let Some(record) = state.extents.get_mut_unmarked(&id) {
-            record.inline = Some(data);
+    if state.extents.is_based() {
+        let mut records = BTreeMap::new();
+        for (key, value) in merged_extents(state, stored_extents(state, source)?) {
+            let id = ExtentId::take(&key[1..])
+                .ok_or_else(|| LoadError::Entry { key: hex(&key), why: "key of the wrong length".into() })?;
+            let record: ExtentRecord =
+                decode_all(&value.unwrap_or_default()).map_err(|why| LoadError::Entry { key: hex(&key), why })?;
+            records.insert(id, record);
         }
+        if records.len() != state.extents.len()
+            || records.iter().any(|(id, r)| state.extents.get(id) != Some(&r.core()))
+        {
+            return Err(LoadError::Head("the store's extent records are not those memory holds the cores of".into()));
+        }
+        state.extents = Extents::whole(records);
     }
     state.temperature = Temperatures::whole(temperatures(state, source)?);
     Ok(())

@@ -22,6 +22,7 @@ use crate::base::policy::Policy;
 use crate::media::codec::CodecId;
 use crate::media::device::ExtentId;
 use crate::meta::extent_index::ExtentIndex;
+pub use crate::meta::extents::{ExtentCore, Extents, FreedExtent};
 pub use crate::meta::ids::{ChunkSlot, DiskId, Ino};
 use crate::meta::nested::Nested;
 use crate::meta::temperatures::Temperatures;
@@ -375,7 +376,9 @@ pub struct MetaState {
     pub dirs: Nested<Ino, Vec<u8>, Ino>,
     /// For each file, chunk index → extent. A missing chunk is a hole.
     pub file_extents: Nested<Ino, u64, ExtentId>,
-    pub extents: Tracked<ExtentId, ExtentRecord>,
+    /// Every extent's core, and the whole records changed since the store's root
+    /// (`meta::extents`); the rest are read from the store.
+    pub extents: Extents,
     pub next_ino: u64,
     pub next_extent: u64,
     pub next_disk: u32,
@@ -718,7 +721,7 @@ impl MetaState {
             inodes: Tracked::default(),
             dirs: Nested::default(),
             file_extents: Nested::default(),
-            extents: Tracked::default(),
+            extents: Extents::default(),
             next_ino: Ino::ROOT.0 + 1,
             next_extent: 1,
             next_disk: 1,
@@ -759,7 +762,7 @@ impl MetaState {
 
     /// Applies one op, returning the extents it freed (their fragments may be deleted
     /// once the op is durable).
-    pub fn apply(&mut self, op: &Op) -> Vec<ExtentRecord> {
+    pub fn apply(&mut self, op: &Op) -> Vec<FreedExtent> {
         let tiering_before = self.tiering_inputs();
         let scrub_before = self.scrub_pass_key();
         let replaced_policy = match op {
@@ -785,7 +788,7 @@ impl MetaState {
     }
 
     /// `apply`, before the extents whose risk the op may change are reassessed.
-    fn apply_op(&mut self, op: &Op) -> Vec<ExtentRecord> {
+    fn apply_op(&mut self, op: &Op) -> Vec<FreedExtent> {
         let mut freed = Vec::new();
         match op {
             Op::AddDisk(disk) => {
@@ -960,7 +963,7 @@ impl MetaState {
                     self.layers.entry(*slot).or_default().push(Layer { extent: extent.id, ranges: ranges.clone() });
                     self.owe_to_offline(extent);
                 } else {
-                    freed.push(extent.clone());
+                    freed.push(FreedExtent { id: extent.id, core: extent.core() });
                 }
             }
             Op::DropLayers { slot, extents } => {
@@ -971,7 +974,7 @@ impl MetaState {
                     if layers.is_empty() {
                         self.layers.remove(slot);
                     }
-                    let records: Vec<ExtentRecord> = extents.iter().filter_map(|id| self.remove_extent(*id)).collect();
+                    let records: Vec<FreedExtent> = extents.iter().filter_map(|id| self.remove_extent(*id)).collect();
                     debug_assert_eq!(records.len(), dropped, "a dropped layer's extent outside its slot");
                     freed.extend(records);
                 }
@@ -1026,7 +1029,7 @@ impl MetaState {
     }
 
     /// Removes the layers of `slot`, returning their extents' records.
-    fn remove_layers(&mut self, slot: ChunkSlot) -> Vec<ExtentRecord> {
+    fn remove_layers(&mut self, slot: ChunkSlot) -> Vec<FreedExtent> {
         let layers = self.layers.remove(&slot).unwrap_or_default();
         layers.iter().filter_map(|layer| self.remove_extent(layer.extent)).collect()
     }
@@ -1052,7 +1055,7 @@ impl MetaState {
     }
 
     /// The layers of chunk `slot`, oldest first, with their extents' records.
-    pub fn slot_layers(&self, slot: ChunkSlot) -> Vec<(&Layer, &ExtentRecord)> {
+    pub fn slot_layers(&self, slot: ChunkSlot) -> Vec<(&Layer, &ExtentCore)> {
         let layers = self.layers.get(&slot).map(Vec::as_slice).unwrap_or_default();
         layers.iter().filter_map(|layer| Some((layer, self.extents.get(&layer.extent)?))).collect()
     }
@@ -1166,7 +1169,7 @@ impl MetaState {
 
     /// Applies every op of `txn`, returning all freed extents. The temperatures it
     /// changes are held (`temperatures_wanted` is empty).
-    pub fn apply_transaction(&mut self, txn: &Transaction) -> Vec<ExtentRecord> {
+    pub fn apply_transaction(&mut self, txn: &Transaction) -> Vec<FreedExtent> {
         debug_assert!(self.temperatures_wanted(txn).is_empty(), "temperatures not read in before {txn:?}");
         txn.ops.iter().flat_map(|op| self.apply(op)).collect()
     }
@@ -1202,13 +1205,14 @@ impl MetaState {
 
     /// Whether `slot` holds a young inline extent (`ExtentRecord::is_young_inline`).
     pub fn is_young_inline(&self, slot: ChunkSlot) -> bool {
-        self.slot_extent(slot).is_some_and(ExtentRecord::is_young_inline)
+        self.slot_extent(slot).is_some_and(ExtentCore::is_young_inline)
     }
 
     /// Every chunk holding a young inline extent: the records are visited in order, and
     /// the chunks walked only when some are young (rarely: after a crash).
     pub fn young_inline_slots(&self) -> BTreeSet<ChunkSlot> {
-        let young: BTreeSet<ExtentId> = self.extents.values().filter(|r| r.is_young_inline()).map(|r| r.id).collect();
+        let young: BTreeSet<ExtentId> =
+            self.extents.iter().filter(|(_, r)| r.is_young_inline()).map(|(id, _)| id).collect();
         if young.is_empty() {
             return BTreeSet::new();
         }
@@ -1218,7 +1222,13 @@ impl MetaState {
             .collect()
     }
 
-    pub fn slot_extent(&self, slot: ChunkSlot) -> Option<&ExtentRecord> {
+    /// The extent chunk `slot` holds.
+    pub fn slot_extent_id(&self, slot: ChunkSlot) -> Option<ExtentId> {
+        self.file_extents.get(&slot.ino).and_then(|m| m.get(&slot.index)).copied()
+    }
+
+    /// The core of the extent chunk `slot` holds (its whole record: `Pool::slot_record`).
+    pub fn slot_extent(&self, slot: ChunkSlot) -> Option<&ExtentCore> {
         self.file_extents.get(&slot.ino).and_then(|m| m.get(&slot.index)).and_then(|id| self.extents.get(id))
     }
 
@@ -1344,9 +1354,9 @@ impl MetaState {
                 return Err(format!("extent {id} owed to disk {disk}, which holds none of its fragments"));
             }
         }
-        for record in self.extents.values() {
-            if !referenced.contains(&record.id) {
-                return Err(format!("extent {} has a record but no reference", record.id));
+        for (id, record) in self.extents.held_all() {
+            if self.extents.get(id) != Some(&record.core()) || record.id != *id {
+                return Err(format!("extent {id}'s record held whole is not the one its core stands for"));
             }
             let folded_late = record.history.iter().skip(1).any(|c| matches!(c.cause, ChangeCause::Earlier(_)));
             if record.history.len() > POLICY_HISTORY_MAX || folded_late {
@@ -1356,21 +1366,28 @@ impl MetaState {
                     record.history.len()
                 ));
             }
+            if record.is_inline() != record.inline.is_some() {
+                return Err(format!(
+                    "extent {} of codec {:?} held with data {}",
+                    id,
+                    record.codec,
+                    record.inline.is_some()
+                ));
+            }
+        }
+        for (id, record) in self.extents.iter() {
+            if !referenced.contains(&id) {
+                return Err(format!("extent {id} has a record but no reference"));
+            }
             if record.is_inline() {
                 if !record.fragments.is_empty() {
-                    return Err(format!("inline extent {} also names fragments", record.id));
+                    return Err(format!("inline extent {id} also names fragments"));
                 }
                 continue;
             }
-            if record.inline.is_some() {
-                return Err(format!("extent {} of codec {:?} carries inline data", record.id, record.codec));
-            }
             let distinct: BTreeSet<_> = record.fragments.iter().collect();
             if distinct.len() != record.fragments.len() || record.fragments.len() != record.policy.width() {
-                return Err(format!(
-                    "extent {} fragments {:?} break its policy {}",
-                    record.id, record.fragments, record.policy
-                ));
+                return Err(format!("extent {id} fragments {:?} break its policy {}", record.fragments, record.policy));
             }
         }
         Ok(())
@@ -1438,16 +1455,17 @@ mod tests {
 
     /// What the chunk reads as: its extent with each layer laid over it in turn.
     fn contents(state: &MetaState) -> Vec<u8> {
-        let mut chunk = state.slot_extent(SLOT).and_then(|r| r.inline.as_deref()).unwrap_or_default().to_vec();
-        for (layer, record) in state.slot_layers(SLOT) {
-            layer.lay_over(&mut chunk, record.inline.as_deref().unwrap_or_default());
+        let data = |id: ExtentId| state.extents.held(&id).flatten().and_then(|r| r.inline.clone()).unwrap_or_default();
+        let mut chunk = state.slot_extent_id(SLOT).map(data).unwrap_or_default().to_vec();
+        for (layer, _) in state.slot_layers(SLOT) {
+            layer.lay_over(&mut chunk, &data(layer.extent));
         }
         chunk
     }
 
     /// Lays `(ranges, fill)` over `SLOT` as extent `id`, dropping what it shadows when
     /// `drop` is set; returns the records the transaction freed.
-    fn lay(state: &mut MetaState, id: u64, ranges: &[(u32, u32)], fill: u8, drop: bool) -> Vec<ExtentRecord> {
+    fn lay(state: &mut MetaState, id: u64, ranges: &[(u32, u32)], fill: u8, drop: bool) -> Vec<FreedExtent> {
         let len: u32 = ranges.iter().map(|(_, len)| len).sum();
         let shadowed = state.shadowed_layers(SLOT, ranges);
         let mut ops =

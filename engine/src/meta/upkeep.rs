@@ -15,7 +15,9 @@ use crate::base::policy::Policy;
 use crate::media::device::ExtentId;
 use crate::meta::extent_index::ExtentIndex;
 use crate::meta::ids::ChunkSlot;
-use crate::meta::state::{DiskFate, DiskId, DiskState, ExtentRecord, Ino, InodeKind, MetaState, Op};
+use crate::meta::state::{
+    DiskFate, DiskId, DiskState, ExtentCore, ExtentRecord, FreedExtent, Ino, InodeKind, MetaState, Op,
+};
 use crate::temperature::Class;
 
 impl MetaState {
@@ -37,7 +39,7 @@ impl MetaState {
     /// Every extent the scrub pass still has to check, in id order, from a visit of each.
     pub(super) fn scanned_unscrubbed(&self) -> impl Iterator<Item = ExtentId> + '_ {
         let limit = self.scrub.pass.map_or(0, |pass| pass.extent_limit);
-        self.extents.range(..ExtentId(limit)).map(|(id, _)| *id).filter(|id| self.scrub_owes(*id))
+        self.extents.range(..ExtentId(limit)).map(|(id, _)| id).filter(|id| self.scrub_owes(*id))
     }
 
     /// Files every extent the scrub pass still has to check, from a visit of each.
@@ -49,7 +51,7 @@ impl MetaState {
 
     /// Refiles the extents whose scrub check `op` may have changed: those it checked,
     /// stored or freed.
-    pub(super) fn rescrub_after(&mut self, op: &Op, freed: &[ExtentRecord]) {
+    pub(super) fn rescrub_after(&mut self, op: &Op, freed: &[FreedExtent]) {
         let mut ids: Vec<ExtentId> = freed.iter().map(|r| r.id).collect();
         match op {
             Op::Scrubbed { extents, .. } => ids.extend(extents),
@@ -71,15 +73,15 @@ impl MetaState {
         }
         self.extent_index.add_fragments(record.id, &record.fragments);
         self.extent_index.tally_policy(record.policy, u64::from(record.len), true);
-        self.extents.insert(record.id, record);
+        self.extents.insert(record);
     }
 
     /// Removes extent `id`'s record, and its fragments from the index.
-    pub(super) fn remove_extent(&mut self, id: ExtentId) -> Option<ExtentRecord> {
-        let record = self.extents.remove(&id)?;
-        self.extent_index.remove_fragments(id, &record.fragments);
-        self.extent_index.tally_policy(record.policy, u64::from(record.len), false);
-        Some(record)
+    pub(super) fn remove_extent(&mut self, id: ExtentId) -> Option<FreedExtent> {
+        let core = self.extents.remove(&id)?;
+        self.extent_index.remove_fragments(id, &core.fragments);
+        self.extent_index.tally_policy(core.policy, u64::from(core.len), false);
+        Some(FreedExtent { id, core })
     }
 
     /// The chunks whose class tally `op` may change: those it stores an extent in,
@@ -125,7 +127,7 @@ impl MetaState {
     /// Every chunk holding an extent, in slot order, with its record, its class and
     /// whether its file has a policy of its own: each file's inode is read once and its
     /// chunks walked beside its classes, so a chunk costs one lookup, its record.
-    fn each_chunk<'a>(&'a self, mut visit: impl FnMut(ChunkSlot, &'a ExtentRecord, Option<Class>, bool)) {
+    fn each_chunk<'a>(&'a self, mut visit: impl FnMut(ChunkSlot, &'a ExtentCore, Option<Class>, bool)) {
         for (ino, chunks) in &self.file_extents {
             let pinned = self.inodes.get(ino).is_some_and(|i| i.policy.is_some());
             for (slot, id, class) in self.chunks_with_classes(*ino, chunks) {
@@ -164,15 +166,16 @@ impl MetaState {
 
     /// The fragment indexes of `record` to rewrite: those on a leaving disk, and those
     /// owed to a serving one. A fragment on an awaited disk is not missing yet.
-    pub fn missing_fragments(&self, record: &ExtentRecord) -> Vec<u8> {
+    pub fn missing_fragments(&self, id: ExtentId, record: &ExtentCore) -> Vec<u8> {
         let fates = self.fates();
-        self.missing_with(record, &fates).collect()
+        self.missing_with(id, record, &fates).collect()
     }
 
     /// `missing_fragments`, with each disk's fate looked up in `fates`.
     pub(super) fn missing_with<'a>(
         &'a self,
-        record: &'a ExtentRecord,
+        id: ExtentId,
+        record: &'a ExtentCore,
         fates: &'a BTreeMap<DiskId, DiskFate>,
     ) -> impl Iterator<Item = u8> + 'a {
         let fate = move |disk: &DiskId| fates.get(disk).copied().unwrap_or(DiskFate::Leaving);
@@ -181,7 +184,7 @@ impl MetaState {
             .iter()
             .enumerate()
             .filter(move |(_, disk)| match fate(disk) {
-                DiskFate::Serving => self.owed.get(disk).is_some_and(|owed| owed.contains(&record.id)),
+                DiskFate::Serving => self.owed.get(disk).is_some_and(|owed| owed.contains(&id)),
                 DiskFate::Awaited => false,
                 DiskFate::Leaving => true,
             })
@@ -195,15 +198,20 @@ impl MetaState {
 
     /// How many more fragments `record` can lose and still be read: its readable ones
     /// beyond those a read needs.
-    pub fn spare(&self, record: &ExtentRecord) -> usize {
+    pub fn spare(&self, record: &ExtentCore) -> usize {
         let unreadable = record.fragments.iter().filter(|disk| !self.disk_readable(**disk)).count();
         (record.fragments.len() - unreadable).saturating_sub(record.policy.needed())
     }
 
     /// How many more fragments `record` can lose, if it is short of one (`None`: whole,
     /// or inline), with the disks' fates looked up in `fates`.
-    pub(super) fn spare_with(&self, record: &ExtentRecord, fates: &BTreeMap<DiskId, DiskFate>) -> Option<usize> {
-        if record.is_inline() || self.missing_with(record, fates).next().is_none() {
+    pub(super) fn spare_with(
+        &self,
+        id: ExtentId,
+        record: &ExtentCore,
+        fates: &BTreeMap<DiskId, DiskFate>,
+    ) -> Option<usize> {
+        if record.is_inline() || self.missing_with(id, record, fates).next().is_none() {
             return None;
         }
         Some(self.spare(record))
@@ -211,7 +219,7 @@ impl MetaState {
 
     /// `spare_with` while no disk is owed anything or offline: a fragment is missing
     /// exactly when its disk is not active (every disk is online, nothing is owed).
-    fn spare_of_record(&self, record: &ExtentRecord) -> Option<usize> {
+    fn spare_of_record(&self, record: &ExtentCore) -> Option<usize> {
         debug_assert!(self.owed.is_empty() && self.offline.is_empty());
         if record.is_inline() {
             return None;
@@ -225,7 +233,7 @@ impl MetaState {
     /// what they are owed; when a disk's fate changes, only the extents on it can change,
     /// and of those, unless the disk is now leaving (every one of them needs it), only
     /// the ones already short or owed to it.
-    pub(super) fn reassess_after(&mut self, op: &Op, freed: &[ExtentRecord]) {
+    pub(super) fn reassess_after(&mut self, op: &Op, freed: &[FreedExtent]) {
         let mut extents: Vec<ExtentId> = freed.iter().map(|r| r.id).collect();
         let mut disks = Vec::new();
         match op {
@@ -363,7 +371,7 @@ impl MetaState {
 
     /// Files extent `id` at its current spare, or as whole (or gone).
     pub(super) fn assess(&mut self, id: ExtentId, fates: &BTreeMap<DiskId, DiskFate>) {
-        let spare = self.extents.get(&id).and_then(|record| self.spare_with(record, fates));
+        let spare = self.extents.get(&id).and_then(|record| self.spare_with(id, record, fates));
         self.extent_index.set_risk(id, spare);
     }
 
@@ -387,7 +395,7 @@ impl MetaState {
         let built =
             crate::base::io::run_all(parallel, vec![Part::Disks, Part::Tallies, Part::Parents], |part| match part {
                 Part::Disks => Built::Disks(ExtentIndex::from_records(
-                    this.extents.values().map(|r| (r.id, r.fragments.as_slice())),
+                    this.extents.iter().map(|(id, r)| (id, r.fragments.as_slice())),
                 )),
                 Part::Tallies => {
                     let mut tallies = ExtentIndex::default();
@@ -421,9 +429,9 @@ impl MetaState {
     pub(super) fn scanned_extent_index(&self) -> ExtentIndex {
         let mut index = ExtentIndex::default();
         let fates = self.fates();
-        for record in self.extents.values() {
-            index.add_fragments(record.id, &record.fragments);
-            index.set_risk(record.id, self.spare_with(record, &fates));
+        for (id, record) in self.extents.iter() {
+            index.add_fragments(id, &record.fragments);
+            index.set_risk(id, self.spare_with(id, record, &fates));
         }
         index.set_all_unscrubbed(self.scanned_unscrubbed());
         self.scan_tallies_and_migrations(&mut index);

@@ -33,7 +33,7 @@ use crate::base::rng::EngineRng;
 use crate::media::device::{BlockDevice, BlockKind, BlockName, UnavailableDevice};
 use crate::meta::journal::{self, JournalTip};
 use crate::meta::state::{
-    ChunkSlot, DiskId, DiskRecord, DiskState, ExtentRecord, InodeKind, MetaState, Op, Transaction,
+    ChunkSlot, DiskId, DiskRecord, DiskState, ExtentRecord, FreedExtent, InodeKind, MetaState, Op, Transaction,
 };
 use crate::meta::store::{Store, StoreConfig};
 use crate::pool::open_files::OpenFiles;
@@ -492,7 +492,7 @@ impl Pool {
     /// barrier (`sync`), which writes them to the journal. Returns the extents it freed;
     /// the caller hands them to `free_extents`, which deletes their fragments only once
     /// the freeing record is durable.
-    pub(crate) fn commit(&mut self, txn: Transaction) -> Result<Vec<ExtentRecord>> {
+    pub(crate) fn commit(&mut self, txn: Transaction) -> Result<Vec<FreedExtent>> {
         if let Some(reason) = &self.read_only {
             return Err(Error::ReadOnly(reason.clone()));
         }
@@ -583,26 +583,21 @@ impl Pool {
         let whole = self.rewrite_store || self.store.is_none() || !members.is_subset(&self.store_members);
         let written = if whole {
             let config = self.options.metadata_store.clone();
-            // What the store holds of the temperatures and the inline extents' data goes
-            // to the new generation as it is, read before anything is written.
+            // What the store holds of the temperatures and the extent records goes to the
+            // new generation as it is, read before anything is written.
             let stored = self.stored_temperatures()?;
-            let inline = self.stored_inline()?;
-            let entries = crate::meta::paged::entries(&self.state, stored, inline);
+            let stored_extents = self.stored_extents()?;
+            let entries = crate::meta::paged::entries(&self.state, stored, stored_extents);
             let written = Store::write_whole(&targets, config, self.store.as_ref(), entries, payload);
             // The changes stay marked until the whole state is durable: should this fail
             // and a later checkpoint commit to the old store, they are still owed to it.
             written.map(|(store, committed)| {
                 crate::meta::paged::mark_clean(&mut self.state);
-                crate::meta::paged::release_inline(&mut self.state, None);
                 self.store = Some(store);
                 self.rewrite_store = false;
                 committed
             })
         } else {
-            // A changed inline extent is written with its data, which memory lets go of
-            // once the commit is durable.
-            self.hold_changed_inline()?;
-            let inline = crate::meta::paged::changed_inline(&self.state);
             let changes = crate::meta::paged::changes(&mut self.state);
             let committed = match self.store.as_mut() {
                 Some(store) => store.commit_changes(&targets, changes, payload),
@@ -610,7 +605,6 @@ impl Pool {
             };
             if committed.is_ok() {
                 crate::meta::paged::mark_clean(&mut self.state);
-                crate::meta::paged::release_inline(&mut self.state, Some(&inline));
             }
             committed
         };
@@ -740,10 +734,17 @@ impl Pool {
         Ok(id)
     }
 
+    /// Frees `written`: extents whose fragments were written but that no committed
+    /// record will reference (their transaction failed or was never made).
+    pub(crate) fn free_written(&mut self, written: &[ExtentRecord]) {
+        let freed: Vec<FreedExtent> = written.iter().map(|r| FreedExtent { id: r.id, core: r.core() }).collect();
+        self.free_extents(&freed);
+    }
+
     /// Queues the fragments of extents that a commit freed (or that were never
     /// committed) for deletion after the next durability barrier: until the freeing
     /// record is durable, a crash would bring back metadata that still needs them.
-    pub(crate) fn free_extents(&mut self, freed: &[ExtentRecord]) {
+    pub(crate) fn free_extents(&mut self, freed: &[FreedExtent]) {
         self.undurable.frees.extend(freed.iter().cloned());
         #[cfg(feature = "sabotage")]
         if self.options.sabotage == Some(crate::base::hooks::Sabotage::FreeBeforeDurable) {

@@ -1,5 +1,5 @@
 //! The pool's reads of what the state does not hold in memory — the temperatures
-//! (`meta::temperatures`) and inline extents' data — from the metadata store, on the
+//! (`meta::temperatures`) and whole extent records (`meta::extents`) — from the metadata store, on the
 //! replicas that hold its root. A read that fails is an error of the operation that
 //! needed it, never a default: a chunk's statistics or window are never silently reset,
 //! a small file's data never read as empty.
@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use crate::base::error::{Error, Result};
-use crate::media::device::BlockDevice;
+use crate::media::device::{BlockDevice, ExtentId};
 use crate::meta::ids::ChunkSlot;
 use crate::meta::paged::{self, LoadError};
 use crate::meta::state::{ExtentRecord, MetaState, Transaction};
@@ -79,7 +79,7 @@ impl Pool {
 
 impl Pool {
     /// The state with everything the store holds for it in memory — every temperature,
-    /// every inline extent's data: a state that encodes whole, as the formats before the
+    /// every whole extent record: a state that encodes whole, as the formats before the
     /// store did, and compares with one over another root (upgrade tests, the
     /// simulator's replica check).
     pub fn state_whole(&self) -> Result<crate::meta::state::MetaState> {
@@ -88,34 +88,36 @@ impl Pool {
         Ok(state)
     }
 
-    /// The data of inline extent `record`: held, or read from the store.
+    /// Extent `id`'s whole record — its hash, history and an inline extent's data —
+    /// held, or read from the store; `None` when there is no such extent.
+    pub fn extent_record(&self, id: ExtentId) -> Result<Option<ExtentRecord>> {
+        Ok(self.with_source(|source| paged::read_extent(&self.state, source, id))?)
+    }
+
+    /// Visits every extent's whole record in id order, until `visit` returns `false`.
+    pub fn each_extent_record(&self, visit: &mut dyn FnMut(&ExtentRecord) -> bool) -> Result<()> {
+        Ok(self.with_source(|source| paged::each_extent(&self.state, source, visit))?)
+    }
+
+    /// The whole record of the extent chunk `slot` holds.
+    pub fn slot_record(&self, slot: ChunkSlot) -> Result<Option<ExtentRecord>> {
+        match self.state.slot_extent_id(slot) {
+            Some(id) => self.extent_record(id),
+            None => Ok(None),
+        }
+    }
+
+    /// The data of inline extent `record` (a whole record always carries it).
     pub fn inline_data(&self, record: &ExtentRecord) -> Result<Box<[u8]>> {
         debug_assert!(record.is_inline());
-        if let Some(data) = &record.inline {
-            return Ok(data.clone());
-        }
-        Ok(self.with_source(|source| paged::read_inline(source, record.id))?)
+        record
+            .inline
+            .clone()
+            .ok_or_else(|| Error::MetadataCorrupt(format!("inline extent {} holds no data", record.id)))
     }
 
-    /// `record`, with its data when it is an inline extent (read from the store when
-    /// memory lets go of it).
-    pub(crate) fn with_data<'r>(&self, record: &'r ExtentRecord) -> Result<std::borrow::Cow<'r, ExtentRecord>> {
-        if !record.is_inline() || record.inline.is_some() {
-            return Ok(std::borrow::Cow::Borrowed(record));
-        }
-        let data = self.inline_data(record)?;
-        Ok(std::borrow::Cow::Owned(ExtentRecord { inline: Some(data), ..record.clone() }))
-    }
-
-    /// Reads back the data of the changed inline extents memory let go of, so that the
-    /// checkpoint writes it.
-    pub(crate) fn hold_changed_inline(&mut self) -> Result<()> {
-        self.with_source_mut(|state, source| paged::hold_changed_inline(state, source))?;
-        Ok(())
-    }
-
-    /// The data of every inline extent memory does not hold, for a whole write.
-    pub(crate) fn stored_inline(&self) -> Result<BTreeMap<crate::media::device::ExtentId, Box<[u8]>>> {
-        Ok(self.with_source(|source| paged::stored_inline(&self.state, source))?)
+    /// The stored extent records a whole write of the state carries beside those held.
+    pub(crate) fn stored_extents(&self) -> Result<Vec<paged::StoredEntry>> {
+        Ok(self.with_source(|source| paged::stored_extents(&self.state, source))?)
     }
 }

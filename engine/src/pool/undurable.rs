@@ -5,7 +5,7 @@
 use std::collections::BTreeSet;
 
 use crate::media::device::{BlockName, ExtentId};
-use crate::meta::state::{DiskId, ExtentRecord, Op};
+use crate::meta::state::{DiskId, FreedExtent, Op};
 
 /// Everything committed in memory that the next barrier must make durable.
 #[derive(Default)]
@@ -13,7 +13,7 @@ pub(crate) struct Undurable {
     /// Ops of the commits since the last barrier, in commit order.
     pub(crate) ops: Vec<Op>,
     /// Extents freed (or written and never committed) whose fragments await deletion.
-    pub(crate) frees: Vec<ExtentRecord>,
+    pub(crate) frees: Vec<FreedExtent>,
     /// Fragments of freed extents whose freeing record is durable, left for the next
     /// shared barrier to delete outside the lock, beside its disk syncs
     /// (`crate::data::durability::sync_shared`): the `fsync` that freed them does not

@@ -103,7 +103,7 @@ impl Pool {
         let mut by_health: BTreeMap<String, Count> = BTreeMap::new();
         for id in self.suspect_extents() {
             let Some(record) = self.state.extents.get(&id) else { continue };
-            let health = self.known_health(record).0;
+            let health = self.known_health(id, record).0;
             if health != Health::Healthy {
                 let entry = by_health.entry(health.to_string()).or_default();
                 entry.extents += 1;

@@ -11,7 +11,7 @@ use serde::Serialize;
 use crate::media::codec;
 use crate::media::device::{BlockKind, BlockName, ExtentId};
 use crate::media::fragment;
-use crate::meta::state::{ChunkSlot, DiskId, DiskState, ExtentRecord, Ino, InodeKind, EXTENT_BYTES_MAX};
+use crate::meta::state::{ChunkSlot, DiskId, DiskState, ExtentCore, Ino, InodeKind, EXTENT_BYTES_MAX};
 use crate::pool::Pool;
 
 /// How well an extent meets its policy.
@@ -172,13 +172,14 @@ impl Pool {
 
     fn fragment_ok(
         &self,
-        record: &ExtentRecord,
+        id: ExtentId,
+        record: &ExtentCore,
         index: usize,
         present: &BTreeMap<DiskId, BTreeSet<BlockName>>,
         verify: bool,
     ) -> bool {
         let disk = record.fragments[index];
-        let name = BlockName::Fragment { extent: record.id, index: index as u8 };
+        let name = BlockName::Fragment { extent: id, index: index as u8 };
         if !present.get(&disk).is_some_and(|names| names.contains(&name)) {
             return false;
         }
@@ -189,12 +190,13 @@ impl Pool {
         self.devices
             .get(&disk)
             .and_then(|d| d.read(name).ok())
-            .is_some_and(|block| fragment::verify(&block, record.id, index as u8, shard_len).is_ok())
+            .is_some_and(|block| fragment::verify(&block, id, index as u8, shard_len).is_ok())
     }
 
     fn health(
         &self,
-        record: &ExtentRecord,
+        id: ExtentId,
+        record: &ExtentCore,
         present: &BTreeMap<DiskId, BTreeSet<BlockName>>,
         verify: bool,
     ) -> (Health, usize) {
@@ -202,8 +204,9 @@ impl Pool {
             // Inline data is as healthy as the metadata that holds it, which is open.
             return (Health::Healthy, 0);
         }
-        let available = (0..record.fragments.len()).filter(|i| self.fragment_ok(record, *i, present, verify)).count();
-        (health_of(record, available, !verify && self.degraded.contains(&record.id)), available)
+        let available =
+            (0..record.fragments.len()).filter(|i| self.fragment_ok(id, record, *i, present, verify)).count();
+        (health_of(record, available, !verify && self.degraded.contains(&id)), available)
     }
 
     /// Every extent of the files under `under` (all files when `None`), in file order.
@@ -225,7 +228,7 @@ impl Pool {
                 let Some(record) = self.state.extents.get(&id) else {
                     continue;
                 };
-                let (health, available) = self.health(record, &present, verify);
+                let (health, available) = self.health(id, record, &present, verify);
                 out.push(ExtentInfo {
                     extent: ChunkSlot { ino: *ino, index }.to_string(),
                     stored_as: id.to_string(),
@@ -248,9 +251,9 @@ impl Pool {
     pub fn redundancy_summary(&self, verify: bool) -> RedundancySummary {
         let present = self.present_fragments();
         let mut summary = RedundancySummary::default();
-        for record in self.state.extents.values() {
+        for (id, record) in self.state.extents.iter() {
             let bytes = u64::from(record.len);
-            let (health, _) = self.health(record, &present, verify);
+            let (health, _) = self.health(id, record, &present, verify);
             let tally = summary.by_policy.entry(record.policy.to_string()).or_default();
             tally.extents += 1;
             tally.bytes += bytes;
@@ -270,13 +273,13 @@ impl Pool {
     /// is available when its disk can be read and is not owed it (written while the disk
     /// was offline); an extent a read or scrub found damaged is degraded. What nobody has
     /// read since it went bad shows only once a read or the scrubber finds it.
-    pub fn known_health(&self, record: &ExtentRecord) -> (Health, usize) {
+    pub fn known_health(&self, id: ExtentId, record: &ExtentCore) -> (Health, usize) {
         if record.is_inline() {
             return (Health::Healthy, 0);
         }
-        let owed = |disk: &DiskId| self.state.owed.get(disk).is_some_and(|owed| owed.contains(&record.id));
+        let owed = |disk: &DiskId| self.state.owed.get(disk).is_some_and(|owed| owed.contains(&id));
         let available = record.fragments.iter().filter(|disk| self.state.disk_readable(**disk) && !owed(disk)).count();
-        (health_of(record, available, self.degraded.contains(&record.id)), available)
+        (health_of(record, available, self.degraded.contains(&id)), available)
     }
 
     /// The extents whose known health may be short of healthy — those with a fragment on
@@ -293,7 +296,8 @@ impl Pool {
 
     /// The ids of extents that cannot be read by what the pool knows (`known_health`).
     pub fn known_lost_extents(&self) -> Vec<ExtentId> {
-        let lost = |id: &ExtentId| self.state.extents.get(id).is_some_and(|r| self.known_health(r).0 == Health::Lost);
+        let lost =
+            |id: &ExtentId| self.state.extents.get(id).is_some_and(|r| self.known_health(*id, r).0 == Health::Lost);
         self.suspect_extents().into_iter().filter(lost).collect()
     }
 
@@ -302,16 +306,16 @@ impl Pool {
         let present = self.present_fragments();
         self.state
             .extents
-            .values()
-            .filter(|r| self.health(r, &present, false).0 == Health::Lost)
-            .map(|r| r.id)
+            .iter()
+            .filter(|(id, r)| self.health(*id, r, &present, false).0 == Health::Lost)
+            .map(|(id, _)| id)
             .collect()
     }
 }
 
 /// The health of a stored extent with `available` usable fragments; `damaged` when a read
 /// or scrub found it so.
-fn health_of(record: &ExtentRecord, available: usize, damaged: bool) -> Health {
+fn health_of(record: &ExtentCore, available: usize, damaged: bool) -> Health {
     if available < record.policy.needed() {
         Health::Lost
     } else if available < record.fragments.len() || damaged {

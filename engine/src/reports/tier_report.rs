@@ -111,7 +111,7 @@ impl Pool {
         let row = self
             .temperature_row(slot, file, &temperature)
             .ok_or_else(|| Error::NotFound(format!("extent {slot} (see `dfs list-extents`)")))?;
-        let record = self.state.slot_extent(slot).cloned().ok_or_else(|| Error::NotFound(format!("extent {slot}")))?;
+        let record = self.slot_record(slot)?.ok_or_else(|| Error::NotFound(format!("extent {slot}")))?;
         let states = temperature.decoded_states(&self.state.tiering);
         // Every pass observes every extent, so the history lines up with the newest passes.
         let skip = self.state.passes.len().saturating_sub(temperature.history.len());

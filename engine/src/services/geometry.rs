@@ -328,7 +328,7 @@ impl Pool {
             .into_iter()
             .filter_map(|(spare, id)| {
                 let record = self.state.extents.get(&id)?;
-                let missing = self.state.missing_fragments(record);
+                let missing = self.state.missing_fragments(id, record);
                 Some(RebuildItem { extent: id, policy: record.policy.to_string(), spare, missing })
             })
             .collect();
@@ -353,15 +353,15 @@ impl Pool {
         let mut items: Vec<RebuildItem> = self
             .state
             .extents
-            .values()
-            .filter(|r| !r.is_inline())
-            .filter_map(|record| {
-                let missing = self.state.missing_fragments(record);
-                if missing.is_empty() && !self.degraded.contains(&record.id) {
+            .iter()
+            .filter(|(_, r)| !r.is_inline())
+            .filter_map(|(id, record)| {
+                let missing = self.state.missing_fragments(id, record);
+                if missing.is_empty() && !self.degraded.contains(&id) {
                     return None;
                 }
                 let spare = self.state.spare(record);
-                Some(RebuildItem { extent: record.id, policy: record.policy.to_string(), spare, missing })
+                Some(RebuildItem { extent: id, policy: record.policy.to_string(), spare, missing })
             })
             .collect();
         items.sort_by_key(|item| (item.spare, item.extent));
@@ -419,7 +419,7 @@ impl Pool {
     /// What repairing extent `id` reads from: its record, and each fragment's device
     /// (`None` where its disk cannot be read) and its disk's fate.
     fn repair_input(&self, id: ExtentId) -> Result<RepairInput> {
-        let Some(record) = self.state.extents.get(&id).cloned() else {
+        let Some(record) = self.extent_record(id)? else {
             return Err(Error::NotFound(format!("extent {id}")));
         };
         let sources = record.fragments.iter().map(|disk| self.repair_source(*disk)).collect();
@@ -436,7 +436,7 @@ impl Pool {
             let (device, fate) = self.repair_source(*disk);
             (device.is_some(), fate)
         };
-        let unchanged = self.state.extents.get(&id) == Some(&input.record)
+        let unchanged = self.state.extents.get(&id) == Some(&input.record.core())
             && input
                 .record
                 .fragments
@@ -642,7 +642,7 @@ impl Pool {
             return None;
         }
         for (source, source_ratio, source_capacity) in ratios.iter().rev() {
-            for record in self.state.extents.values().filter(|r| r.fragments.contains(source)) {
+            for (id, record) in self.state.extents.iter().filter(|(_, r)| r.fragments.contains(source)) {
                 let Some(index) = record.fragments.iter().position(|d| d == source) else { continue };
                 let bytes = (fragment::HEADER_LEN + codec::shard_len(record.policy, record.len as usize)) as u64;
                 for (target, ratio, capacity) in ratios.iter().filter(|(d, _, _)| d != source) {
@@ -657,7 +657,7 @@ impl Pool {
                     }
                     let free = self.devices.get(target).map(|d| d.capacity_bytes().saturating_sub(d.used_bytes()));
                     if free.is_some_and(|f| f >= bytes) {
-                        return Some((record.id, index, *target, bytes));
+                        return Some((id, index, *target, bytes));
                     }
                 }
             }
@@ -668,7 +668,7 @@ impl Pool {
     /// Copies fragment `index` of extent `id` to `target` (verified first) and commits
     /// the move in memory; the old copy is deleted after the next barrier.
     fn move_fragment(&mut self, id: ExtentId, index: usize, target: DiskId) -> Result<()> {
-        let Some(record) = self.state.extents.get(&id).cloned() else {
+        let Some(record) = self.extent_record(id)? else {
             return Err(Error::NotFound(format!("extent {id}")));
         };
         let source = record.fragments[index];

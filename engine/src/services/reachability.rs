@@ -111,12 +111,12 @@ impl Pool {
         let (names, stale_deleted) = self.delete_unreferenced(disk, device.as_ref())?;
         let mut reused = 0;
         let mut lacking = Vec::new();
-        for record in self.state.extents.values() {
+        for (id, record) in self.state.extents.iter() {
             for (index, _) in record.fragments.iter().enumerate().filter(|(_, d)| **d == disk) {
-                if names.contains(&BlockName::Fragment { extent: record.id, index: index as u8 }) {
+                if names.contains(&BlockName::Fragment { extent: id, index: index as u8 }) {
                     reused += 1;
                 } else {
-                    lacking.push(record.id);
+                    lacking.push(id);
                 }
             }
         }

@@ -207,7 +207,7 @@ impl Pool {
                             _ => None,
                         })
                         .collect();
-                    self.free_extents(&unreferenced);
+                    self.free_written(&unreferenced);
                     return Err(e);
                 }
             }
@@ -238,16 +238,7 @@ impl Pool {
         let mut olds = Vec::with_capacity(items.len());
         let mut chunks = Vec::with_capacity(items.len());
         for (ino, index) in items {
-            let Some(record) = self
-                .state
-                .file_extents
-                .get(ino)
-                .and_then(|m| m.get(index))
-                .and_then(|id| self.state.extents.get(id))
-                .cloned()
-            else {
-                continue;
-            };
+            let Some(record) = self.slot_record(ChunkSlot { ino: *ino, index: *index })? else { continue };
             // Its layers fold in: the new extent holds what the chunk reads as.
             let Some(data) = self.read_chunk(*ino, *index)? else { continue };
             chunks.push((*index, data));
@@ -326,7 +317,7 @@ impl Pool {
                 }
                 Ok(None) => {}
                 Err(e) => {
-                    self.free_extents(&written);
+                    self.free_written(&written);
                     return Err(e);
                 }
             }
@@ -338,7 +329,7 @@ impl Pool {
         let freed = match self.commit(Transaction { ops }) {
             Ok(freed) => freed,
             Err(e) => {
-                self.free_extents(&written);
+                self.free_written(&written);
                 return Err(e);
             }
         };
@@ -353,7 +344,7 @@ impl Pool {
     /// chunk holds no extent.
     #[allow(clippy::option_option)]
     fn merge_one(&mut self, slot: ChunkSlot) -> Result<Option<Option<crate::meta::state::ExtentRecord>>> {
-        let Some(base) = self.state.slot_extent(slot).cloned() else { return Ok(None) };
+        let Some(base) = self.slot_record(slot)? else { return Ok(None) };
         debug_assert!(self.state.layers.contains_key(&slot) || self.state.is_young_inline(slot));
         let Some(data) = self.read_chunk(slot.ino, slot.index)? else { return Ok(None) };
         let records = self.write_chunks(&[(slot.index, data)], base.policy)?;

@@ -229,7 +229,14 @@ impl Pool {
     /// Checks extent `id` and, with `repair`, rewrites its bad fragments. Returns the
     /// check and the repair's outcome (`Some(Ok(()))` repaired, `Some(Err(why))` not).
     fn scrub_extent(&mut self, id: ExtentId, repair: bool) -> Result<Option<(ExtentCheck, Option<RepairOutcome>)>> {
-        let Some(record) = self.state.extents.get(&id).cloned() else { return Ok(None) };
+        let record = match self.extent_record(id) {
+            Ok(Some(record)) => record,
+            Ok(None) => return Ok(None),
+            Err(error) => {
+                let lost = Some(format!("its record cannot be read from the metadata store: {error}"));
+                return Ok(Some((ExtentCheck { lost, ..ExtentCheck::default() }, None)));
+            }
+        };
         let check = self.check_extent(&record);
         if check.findings.is_empty() || check.lost.is_some() {
             return Ok(Some((check, None)));
@@ -243,7 +250,7 @@ impl Pool {
         let mut outcome = Err("not attempted".to_string());
         for _ in 0..2 {
             outcome = match self.rewrite_fragments(id) {
-                Ok(_) => match self.state.extents.get(&id).map(|r| self.check_extent(r)) {
+                Ok(_) => match self.extent_record(id)?.map(|r| self.check_extent(&r)) {
                     Some(after) if after.findings.is_empty() && after.lost.is_none() => Ok(()),
                     Some(after) => Err(format!("still {} bad fragment(s) after the repair", after.findings.len())),
                     None => Ok(()),
@@ -433,7 +440,6 @@ impl Pool {
             .keys()
             .filter(|id| id.0 < pass.extent_limit)
             .filter(|id| self.state.scrubbed.get(id).is_none_or(|at| *at < pass.started_secs))
-            .copied()
             .collect();
         left.sort_by_key(|id| (self.state.scrubbed.get(id).copied(), *id));
         left
