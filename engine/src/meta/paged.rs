@@ -601,7 +601,7 @@ impl Tables {
             extents: Extents::based(self.extents),
             temperature: match self.passes {
                 None => Temperatures::whole(self.temperature.into_iter().collect()),
-                Some(_) => Temperatures::based(self.classes.into_iter().collect()),
+                Some(_) => Temperatures::based(self.classes),
             },
             scrubbed: table_of(self.scrubbed),
             xattrs: Nested::clean(self.xattrs.into_iter().collect()),

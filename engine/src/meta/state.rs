@@ -1332,9 +1332,9 @@ impl MetaState {
         if let Some(id) = self.scrubbed.keys().find(|id| !self.extents.contains_key(id)) {
             return Err(format!("scrub time kept for extent {id}, which does not exist"));
         }
-        let held = self.temperature.held_all().filter(|(_, t)| t.is_some()).map(|(slot, _)| slot);
+        let held = self.temperature.held_all().filter(|(_, t)| t.is_some()).map(|(slot, _)| *slot);
         if let Some(slot) =
-            self.temperature.classes().map(|(slot, _)| slot).chain(held).find(|slot| self.slot_extent(**slot).is_none())
+            self.temperature.classes().map(|(slot, _)| slot).chain(held).find(|slot| self.slot_extent(*slot).is_none())
         {
             return Err(format!("temperature kept for {slot:?}, which holds no extent"));
         }

@@ -24,6 +24,7 @@ use std::fmt;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+use crate::meta::class_table::ClassTable;
 use crate::meta::ids::{ChunkSlot, Ino};
 use crate::temperature::tracker::Temperature;
 use crate::temperature::Class;
@@ -31,15 +32,15 @@ use crate::temperature::Class;
 /// Every chunk's class, and the temperatures changed since the store's root.
 #[derive(Clone, Default, PartialEq)]
 pub struct Temperatures {
-    classes: BTreeMap<ChunkSlot, Class>,
+    classes: ClassTable,
     changed: BTreeMap<ChunkSlot, Option<Temperature>>,
     based: bool,
 }
 
 impl Temperatures {
     /// A table the store's root holds, of which only the classes are in memory.
-    pub fn based(classes: BTreeMap<ChunkSlot, Class>) -> Self {
-        Temperatures { classes, changed: BTreeMap::new(), based: true }
+    pub fn based(classes: impl IntoIterator<Item = (ChunkSlot, Class)>) -> Self {
+        Temperatures { classes: classes.into_iter().collect(), changed: BTreeMap::new(), based: true }
     }
 
     /// A table held whole, never stored: every temperature is a change.
@@ -55,17 +56,17 @@ impl Temperatures {
 
     /// The class a pass settled on for `slot` (`Temperature::classified`).
     pub fn class(&self, slot: &ChunkSlot) -> Option<Class> {
-        self.classes.get(slot).copied()
+        self.classes.get(slot)
     }
 
     /// Every classified chunk with its class, in slot order.
-    pub fn classes(&self) -> btree_map::Iter<'_, ChunkSlot, Class> {
+    pub fn classes(&self) -> impl Iterator<Item = (ChunkSlot, Class)> + '_ {
         self.classes.iter()
     }
 
     /// The classified chunks of file `ino`, in slot order.
-    pub fn classes_of(&self, ino: Ino) -> btree_map::Range<'_, ChunkSlot, Class> {
-        self.classes.range(ChunkSlot { ino, index: 0 }..=ChunkSlot { ino, index: u64::MAX })
+    pub fn classes_of(&self, ino: Ino) -> impl Iterator<Item = (ChunkSlot, Class)> + '_ {
+        self.classes.of(ino)
     }
 
     /// `slot`'s temperature when memory holds it: `Some(None)` when it is known to have
@@ -110,15 +111,12 @@ impl Temperatures {
         };
         let temperature = held.get_or_insert_with(Temperature::default);
         change(temperature);
-        match temperature.classified() {
-            Some(class) => self.classes.insert(slot, class),
-            None => self.classes.remove(&slot),
-        };
+        self.classes.set(slot, temperature.classified());
     }
 
     /// `slot` has no temperature any more.
     pub fn remove(&mut self, slot: ChunkSlot) {
-        self.classes.remove(&slot);
+        self.classes.set(slot, None);
         if self.based {
             self.changed.insert(slot, None);
         } else {

@@ -148,8 +148,8 @@ impl MetaState {
         let mut classes = self.temperature.classes_of(ino).peekable();
         chunks.iter().map(move |(index, id)| {
             let slot = ChunkSlot { ino, index: *index };
-            while classes.next_if(|(at, _)| **at < slot).is_some() {}
-            (slot, *id, classes.next_if(|(at, _)| **at == slot).map(|(_, class)| *class))
+            while classes.next_if(|(at, _)| *at < slot).is_some() {}
+            (slot, *id, classes.next_if(|(at, _)| *at == slot).map(|(_, class)| class))
         })
     }
 
