@@ -220,6 +220,10 @@ fn build(path: &Path, extents: u64) {
 
 /// Child: opens the pool at `path` and measures what the module header lists.
 fn measure(path: &Path) {
+    // The build just wrote the pool: its writeback would land on the first barriers
+    // measured here (a create's fsync took 0.3 to 1.5 ms at 10^7 by how much was left).
+    let synced = std::process::Command::new("sync").status().map(|s| s.success()).unwrap_or(false);
+    assert!(synced, "sync(1) failed before measuring");
     let started = Instant::now();
     // No checkpoint but the one measured: it would land in whichever op crossed the
     // interval.

@@ -15,7 +15,7 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use crate::base::error::{Error, Result};
+use crate::base::error::Result;
 use crate::base::io::run_all;
 use crate::data::store::{fetch_extent, Fetched};
 use crate::data::window::ReadData;
@@ -136,9 +136,7 @@ impl Pool {
                 continue;
             }
             if index <= needed_last {
-                let record = self
-                    .extent_record(id)?
-                    .ok_or_else(|| Error::MetadataCorrupt(format!("extent {id} has no record")))?;
+                let record = self.referenced_record(id)?;
                 self.in_flight.start(id);
                 jobs.push((record, at));
             } else if let Ok(Some(record)) = self.extent_record(id) {

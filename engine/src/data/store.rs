@@ -526,8 +526,7 @@ impl Pool {
         if let Some(data) = self.cache.get(id) {
             return Ok(data);
         }
-        let record =
-            self.extent_record(id)?.ok_or_else(|| Error::MetadataCorrupt(format!("extent {id} has no record")))?;
+        let record = self.referenced_record(id)?;
         self.read_extent(&record, offset)
     }
 

@@ -94,6 +94,12 @@ impl Pool {
         Ok(self.with_source(|source| paged::read_extent(&self.state, source, id))?)
     }
 
+    /// The whole record of extent `id`, which a chunk or layer names: its absence is
+    /// metadata that contradicts itself.
+    pub(crate) fn referenced_record(&self, id: ExtentId) -> Result<ExtentRecord> {
+        self.extent_record(id)?.ok_or_else(|| Error::MetadataCorrupt(format!("extent {id} is named but has no record")))
+    }
+
     /// Visits every extent's whole record in id order, until `visit` returns `false`.
     pub fn each_extent_record(&self, visit: &mut dyn FnMut(&ExtentRecord) -> bool) -> Result<()> {
         Ok(self.with_source(|source| paged::each_extent(&self.state, source, visit))?)
