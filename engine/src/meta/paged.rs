@@ -756,7 +756,6 @@ pub fn each_temperature(
     if state.temperature.is_based() {
         let (store, devices) = source_of(source)?;
         let passes = Some(state.repeating_passes);
-        let mut failure = None;
         let mut visit_stored = |key: &[u8], value: &[u8]| -> Result<bool, String> {
             let slot = ChunkSlot::take(&key[1..]).ok_or("key of the wrong length")?;
             while let Some((at, temperature)) = held.next_if(|(at, _)| **at < slot) {
@@ -771,19 +770,7 @@ pub fn each_temperature(
             }
             Ok(visit(slot, &decode_temperature(value, passes)?))
         };
-        scan_temperatures(store, devices, &mut |key, value| match visit_stored(key, value) {
-            Ok(go_on) => {
-                more = go_on;
-                go_on
-            }
-            Err(why) => {
-                failure = Some(LoadError::Entry { key: hex(key), why });
-                false
-            }
-        })?;
-        if let Some(failure) = failure {
-            return Err(failure);
-        }
+        more = walk_table(store, devices, TEMPERATURE, &mut visit_stored)?;
     }
     if more {
         for (slot, temperature) in held {
@@ -814,23 +801,52 @@ pub fn stored_temperatures(state: &MetaState, source: Source) -> Result<Vec<Stor
     if !state.temperature.is_based() {
         return Ok(Vec::new());
     }
+    stored_entries(source, TEMPERATURE)
+}
+
+/// Table `tag`'s entries as the store holds them (key, value).
+fn stored_entries(source: Source, tag: u8) -> Result<Vec<StoredEntry>, LoadError> {
     let (store, devices) = source_of(source)?;
     let mut out = Vec::new();
-    scan_temperatures(store, devices, &mut |key, value| {
+    walk_table(store, devices, tag, &mut |key, value| {
         out.push((key.to_vec(), value.to_vec()));
-        true
+        Ok(true)
     })?;
     Ok(out)
 }
 
-/// Visits the stored temperatures' entries in key order, without keeping their pages in
-/// the cache (a walk of every chunk would push out what reads keep there).
-fn scan_temperatures(
+/// What a walk of a table calls with each stored entry (key, value): whether to go on,
+/// or why the entry cannot be taken.
+type EntryVisit<'a> = dyn FnMut(&[u8], &[u8]) -> Result<bool, String> + 'a;
+
+/// Visits table `tag`'s stored entries in key order, without keeping their pages in the
+/// cache (a walk of a whole table would push out what reads keep there), until `visit`
+/// returns `false`; returns whether it went to the end. An entry `visit` cannot take
+/// fails the walk, naming its key.
+fn walk_table(
     store: &Store,
     devices: &Devices,
-    visit: &mut dyn FnMut(&[u8], &[u8]) -> bool,
-) -> Result<(), StoreError> {
-    store.scan(devices, &[TEMPERATURE], Some(&[TEMPERATURE + 1]), crate::meta::store::ScanCache::Skip, visit)
+    tag: u8,
+    visit: &mut EntryVisit<'_>,
+) -> Result<bool, LoadError> {
+    let (mut more, mut failure) = (true, None);
+    store.scan(
+        devices,
+        &[tag],
+        Some(&[tag + 1]),
+        crate::meta::store::ScanCache::Skip,
+        &mut |key, value| match visit(key, value) {
+            Ok(go_on) => {
+                more = go_on;
+                go_on
+            }
+            Err(why) => {
+                failure = Some(LoadError::Entry { key: hex(key), why });
+                false
+            }
+        },
+    )?;
+    failure.map_or(Ok(more), Err)
 }
 
 /// Extent `id`'s whole record (an inline extent's with its data): the one memory holds,
@@ -863,7 +879,6 @@ pub fn each_extent(
     let mut more = true;
     if state.extents.is_based() {
         let (store, devices) = source_of(source)?;
-        let mut failure = None;
         let mut visit_stored = |key: &[u8], value: &[u8]| -> Result<bool, String> {
             let id = ExtentId::take(&key[1..]).ok_or("key of the wrong length")?;
             while let Some((_, record)) = held.next_if(|(at, _)| **at < id) {
@@ -883,26 +898,7 @@ pub fn each_extent(
             }
             Ok(visit(&record))
         };
-        let range = (&[EXTENTS][..], Some(&[EXTENTS + 1][..]));
-        store.scan(
-            devices,
-            range.0,
-            range.1,
-            crate::meta::store::ScanCache::Skip,
-            &mut |key, value| match visit_stored(key, value) {
-                Ok(go_on) => {
-                    more = go_on;
-                    go_on
-                }
-                Err(why) => {
-                    failure = Some(LoadError::Entry { key: hex(key), why });
-                    false
-                }
-            },
-        )?;
-        if let Some(failure) = failure {
-            return Err(failure);
-        }
+        more = walk_table(store, devices, EXTENTS, &mut visit_stored)?;
     }
     if more {
         for (_, record) in held {
@@ -920,13 +916,7 @@ pub fn stored_extents(state: &MetaState, source: Source) -> Result<Vec<StoredEnt
     if !state.extents.is_based() {
         return Ok(Vec::new());
     }
-    let (store, devices) = source_of(source)?;
-    let mut out = Vec::new();
-    store.scan(devices, &[EXTENTS], Some(&[EXTENTS + 1]), crate::meta::store::ScanCache::Skip, &mut |key, value| {
-        out.push((key.to_vec(), value.to_vec()));
-        true
-    })?;
-    Ok(out)
+    stored_entries(source, EXTENTS)
 }
 
 /// `state` with everything the store holds for it read into memory — every temperature
