@@ -1,5 +1,5 @@
-//! `CoreTable`: every extent's core, by id, in about the memory the cores themselves
-//! take. Extent ids are handed out in order and files are mostly written whole, so live
+//! `CoreTable`: a value per extent id — every extent's core (`meta::extents`) — in about
+//! the memory the values themselves take. Extent ids are handed out in order and files are mostly written whole, so live
 //! ids come in runs: the table cuts the id space into blocks of 64 and keeps, per block
 //! holding any, a bitmap of which ids live and their cores packed in id order. A block of
 //! 64 live extents costs 64 cores and 32 bytes; a block of one, one core and about 60
@@ -13,38 +13,43 @@ use std::collections::BTreeMap;
 use std::ops::{Bound, RangeBounds};
 
 use crate::media::device::ExtentId;
-use crate::meta::extents::ExtentCore;
 
 const BLOCK_BITS: u32 = 6;
 const BLOCK_IDS: u64 = 1 << BLOCK_BITS;
 
 /// One block's live ids (bit `id % 64`) and their cores, in id order.
 #[derive(Clone, PartialEq, Eq)]
-struct Block {
+struct Block<V> {
     live: u64,
-    cores: Box<[ExtentCore]>,
+    cores: Box<[V]>,
 }
 
-impl Block {
+impl<V> Block<V> {
     /// Where id bit `bit`'s core is (or goes): how many live ids come before it.
     fn rank(&self, bit: u32) -> usize {
         (self.live & ((1u64 << bit) - 1)).count_ones() as usize
     }
 }
 
-/// Every extent's core, in blocks of 64 ids.
-#[derive(Clone, Default, PartialEq, Eq)]
-pub struct CoreTable {
-    blocks: BTreeMap<u64, Block>,
+/// A value (an extent's core) per extent id, in blocks of 64 ids.
+#[derive(Clone, PartialEq, Eq)]
+pub struct CoreTable<V> {
+    blocks: BTreeMap<u64, Block<V>>,
     len: usize,
+}
+
+impl<V> Default for CoreTable<V> {
+    fn default() -> Self {
+        CoreTable { blocks: BTreeMap::new(), len: 0 }
+    }
 }
 
 fn split(id: ExtentId) -> (u64, u32) {
     (id.0 >> BLOCK_BITS, (id.0 & (BLOCK_IDS - 1)) as u32)
 }
 
-impl CoreTable {
-    pub fn get(&self, id: &ExtentId) -> Option<&ExtentCore> {
+impl<V> CoreTable<V> {
+    pub fn get(&self, id: &ExtentId) -> Option<&V> {
         let (block, bit) = split(*id);
         let block = self.blocks.get(&block)?;
         (block.live & (1 << bit) != 0).then(|| &block.cores[block.rank(bit)])
@@ -63,7 +68,7 @@ impl CoreTable {
     }
 
     /// Puts `core` under `id`; returns the core it replaced.
-    pub fn insert(&mut self, id: ExtentId, core: ExtentCore) -> Option<ExtentCore> {
+    pub fn insert(&mut self, id: ExtentId, core: V) -> Option<V> {
         let (key, bit) = split(id);
         let block = self.blocks.entry(key).or_insert_with(|| Block { live: 0, cores: Box::new([]) });
         let at = block.rank(bit);
@@ -80,7 +85,7 @@ impl CoreTable {
     }
 
     /// Takes `id`'s core out.
-    pub fn remove(&mut self, id: &ExtentId) -> Option<ExtentCore> {
+    pub fn remove(&mut self, id: &ExtentId) -> Option<V> {
         let (key, bit) = split(*id);
         let block = self.blocks.get_mut(&key)?;
         if block.live & (1 << bit) == 0 {
@@ -99,7 +104,7 @@ impl CoreTable {
     }
 
     /// The cores of ids in `range`, ascending.
-    pub fn range(&self, range: impl RangeBounds<ExtentId>) -> impl Iterator<Item = (ExtentId, &ExtentCore)> + '_ {
+    pub fn range(&self, range: impl RangeBounds<ExtentId>) -> impl Iterator<Item = (ExtentId, &V)> + '_ {
         let low = match range.start_bound() {
             Bound::Included(id) => id.0,
             Bound::Excluded(id) => id.0.saturating_add(1),
@@ -133,16 +138,16 @@ impl CoreTable {
     }
 
     /// Every core, ascending by id.
-    pub fn iter(&self) -> impl Iterator<Item = (ExtentId, &ExtentCore)> + '_ {
+    pub fn iter(&self) -> impl Iterator<Item = (ExtentId, &V)> + '_ {
         self.range(..)
     }
 }
 
-impl FromIterator<(ExtentId, ExtentCore)> for CoreTable {
-    fn from_iter<I: IntoIterator<Item = (ExtentId, ExtentCore)>>(cores: I) -> Self {
+impl<V> FromIterator<(ExtentId, V)> for CoreTable<V> {
+    fn from_iter<I: IntoIterator<Item = (ExtentId, V)>>(cores: I) -> Self {
         let mut table = CoreTable::default();
-        let mut open: Option<(u64, u64, Vec<ExtentCore>)> = None;
-        fn close(table: &mut CoreTable, open: Option<(u64, u64, Vec<ExtentCore>)>) {
+        let mut open: Option<(u64, u64, Vec<V>)> = None;
+        fn close<V>(table: &mut CoreTable<V>, open: Option<(u64, u64, Vec<V>)>) {
             if let Some((key, live, cores)) = open {
                 table.len += cores.len();
                 table.blocks.insert(key, Block { live, cores: cores.into_boxed_slice() });
@@ -173,17 +178,11 @@ impl FromIterator<(ExtentId, ExtentCore)> for CoreTable {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::base::policy::Policy;
-    use crate::media::codec::CodecId;
     use proptest::prelude::*;
 
-    fn core(len: u32) -> ExtentCore {
-        ExtentCore {
-            len,
-            policy: Policy::Replicate { copies: 1 },
-            codec: CodecId::Replica,
-            fragments: Default::default(),
-        }
+    /// A value to tell entries apart (the engine keeps extent cores).
+    fn core(len: u32) -> u32 {
+        len
     }
 
     proptest! {
@@ -196,9 +195,9 @@ mod tests {
             low in 0u64..420,
             span in 0u64..200,
         ) {
-            let mut map: BTreeMap<ExtentId, ExtentCore> =
+            let mut map: BTreeMap<ExtentId, u32> =
                 start.iter().map(|(id, len)| (ExtentId(*id), core(*len))).collect();
-            let mut table: CoreTable = map.iter().map(|(id, c)| (*id, c.clone())).collect();
+            let mut table: CoreTable<u32> = map.iter().map(|(id, c)| (*id, *c)).collect();
             for (insert, id, len) in ops {
                 let id = ExtentId(id);
                 if insert {
@@ -211,8 +210,8 @@ mod tests {
             for id in 0..420 {
                 prop_assert_eq!(table.get(&ExtentId(id)), map.get(&ExtentId(id)));
             }
-            let listed: Vec<(ExtentId, ExtentCore)> = table.iter().map(|(id, c)| (id, c.clone())).collect();
-            prop_assert_eq!(listed, map.iter().map(|(id, c)| (*id, c.clone())).collect::<Vec<_>>());
+            let listed: Vec<(ExtentId, u32)> = table.iter().map(|(id, c)| (id, *c)).collect();
+            prop_assert_eq!(listed, map.iter().map(|(id, c)| (*id, *c)).collect::<Vec<_>>());
             let range = ExtentId(low)..ExtentId(low + span);
             let ranged: Vec<ExtentId> = table.range(range.clone()).map(|(id, _)| id).collect();
             prop_assert_eq!(ranged, map.range(range).map(|(id, _)| *id).collect::<Vec<_>>());
@@ -225,12 +224,12 @@ mod tests {
     #[test]
     fn unordered_input_builds_the_same_table() {
         let ids = [5u64, 700, 3, 64, 63, 65, 700, 1];
-        let table: CoreTable = ids.iter().map(|id| (ExtentId(*id), core(*id as u32 + 1))).collect();
+        let table: CoreTable<u32> = ids.iter().map(|id| (ExtentId(*id), core(*id as u32 + 1))).collect();
         let mut sorted: Vec<u64> = ids.to_vec();
         sorted.sort_unstable();
         sorted.dedup();
         assert_eq!(table.iter().map(|(id, _)| id.0).collect::<Vec<_>>(), sorted);
         assert_eq!(table.len(), sorted.len());
-        assert_eq!(table.get(&ExtentId(700)).map(|c| c.len), Some(701));
+        assert_eq!(table.get(&ExtentId(700)), Some(&701));
     }
 }

@@ -30,7 +30,7 @@ use crate::base::policy::Policy;
 use crate::media::codec::CodecId;
 use crate::media::device::ExtentId;
 use crate::meta::core_table::CoreTable;
-use crate::meta::state::{ExtentRecord, Fragments, INLINE_KEPT_BYTES_MAX};
+use crate::meta::record::{ExtentRecord, Fragments, INLINE_KEPT_BYTES_MAX};
 
 /// The part of an extent record held in memory for every extent.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -72,7 +72,7 @@ pub struct FreedExtent {
 /// Every extent's core, and the whole records changed since the store's root.
 #[derive(Clone, Default)]
 pub struct Extents {
-    cores: CoreTable,
+    cores: CoreTable<ExtentCore>,
     held: BTreeMap<ExtentId, ExtentRecord>,
     dirty: BTreeSet<ExtentId>,
     based: bool,

@@ -9,6 +9,7 @@ pub mod ids;
 pub mod journal;
 pub mod nested;
 pub mod paged;
+pub mod record;
 pub mod scrub_state;
 pub mod state;
 pub mod store;

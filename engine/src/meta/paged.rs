@@ -823,12 +823,7 @@ type EntryVisit<'a> = dyn FnMut(&[u8], &[u8]) -> Result<bool, String> + 'a;
 /// cache (a walk of a whole table would push out what reads keep there), until `visit`
 /// returns `false`; returns whether it went to the end. An entry `visit` cannot take
 /// fails the walk, naming its key.
-fn walk_table(
-    store: &Store,
-    devices: &Devices,
-    tag: u8,
-    visit: &mut EntryVisit<'_>,
-) -> Result<bool, LoadError> {
+fn walk_table(store: &Store, devices: &Devices, tag: u8, visit: &mut EntryVisit<'_>) -> Result<bool, LoadError> {
     let (mut more, mut failure) = (true, None);
     store.scan(
         devices,
