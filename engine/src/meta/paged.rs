@@ -260,55 +260,54 @@ pub fn entries(
     let passes = state.repeating_passes;
     // The stored values pass through as they are: each names the pass count it was
     // written at, so its repeats since are implied as before.
-    let mut held = state.temperature.held_all().peekable();
+    let temperatures = state
+        .temperature
+        .held_all()
+        .map(move |(slot, t)| (key_of(TEMPERATURE, slot), t.as_ref().map(|t| temperature_value(t, passes))));
+    // Over a root, every record memory holds is a change, and a change not held a removal.
+    let extents: Box<dyn Iterator<Item = Entry> + '_> = if state.extents.is_based() {
+        Box::new(
+            state.extents.dirty_keys().map(|id| (key_of(EXTENTS, id), state.extents.held(id).flatten().map(value_of))),
+        )
+    } else {
+        Box::new(state.extents.held_all().map(|(id, record)| (key_of(EXTENTS, id), Some(value_of(record)))))
+    };
+    entries_of(INODES, &state.inodes, value_of)
+        .chain(named_entries(DIRS, &state.dirs, true))
+        .chain(chunk_entries(&state.file_extents))
+        .chain(held_over_stored(extents, stored_extents))
+        .chain(held_over_stored(temperatures, stored))
+        .chain(entries_of(SCRUBBED, &state.scrubbed, value_of))
+        .chain(named_entries(XATTRS, &state.xattrs, false))
+        .chain(entries_of(LAYERS, &state.layers, value_of))
+}
+
+/// One table's entries in key order: those memory holds (`held`, in key order; `None`:
+/// removed) over those the store holds (`stored`, in key order). A held key's entry
+/// replaces the stored one; a removed key is left out.
+fn held_over_stored<'a>(
+    held: impl Iterator<Item = Entry> + 'a,
+    stored: Vec<StoredEntry>,
+) -> impl Iterator<Item = Entry> + 'a {
+    let mut held = held.peekable();
     let mut stored = stored.into_iter().peekable();
-    let temperatures = std::iter::from_fn(move || loop {
-        let next_held = held.peek().map(|(slot, _)| key_of(TEMPERATURE, *slot));
-        let take_held = match (&next_held, stored.peek()) {
+    std::iter::from_fn(move || loop {
+        let take_held = match (held.peek(), stored.peek()) {
             (None, None) => return None,
-            (Some(held), Some((key, _))) => held <= key,
+            (Some((held, _)), Some((stored, _))) => held <= stored,
             (held, _) => held.is_some(),
         };
         if !take_held {
             let (key, value) = stored.next()?;
             return Some((key, Some(value)));
         }
-        let key = next_held?;
-        let (_, temperature) = held.next()?;
+        let (key, value) = held.next()?;
         if stored.peek().is_some_and(|(stored, _)| *stored == key) {
             stored.next();
         }
-        if let Some(temperature) = temperature {
-            return Some((key, Some(temperature_value(temperature, passes))));
+        if value.is_some() {
+            return Some((key, value));
         }
-    });
-    entries_of(INODES, &state.inodes, value_of)
-        .chain(named_entries(DIRS, &state.dirs, true))
-        .chain(chunk_entries(&state.file_extents))
-        .chain(merged_extents(state, stored_extents))
-        .chain(temperatures)
-        .chain(entries_of(SCRUBBED, &state.scrubbed, value_of))
-        .chain(named_entries(XATTRS, &state.xattrs, false))
-        .chain(entries_of(LAYERS, &state.layers, value_of))
-}
-
-/// Every extent record in id order, encoded: those memory holds whole, and the rest as
-/// the store holds them (`stored`, read by `stored_extents`); a stored record changed or
-/// removed since is left out.
-fn merged_extents(state: &MetaState, stored: Vec<StoredEntry>) -> impl Iterator<Item = Entry> + '_ {
-    let mut held = state.extents.held_all().map(|(id, record)| (key_of(EXTENTS, id), value_of(record))).peekable();
-    let mut stored = stored
-        .into_iter()
-        .filter(|(key, _)| ExtentId::take(&key[1..]).is_none_or(|id| state.extents.held(&id).is_none()))
-        .peekable();
-    std::iter::from_fn(move || {
-        let take_held = match (held.peek(), stored.peek()) {
-            (None, None) => return None,
-            (Some((held, _)), Some((stored, _))) => held < stored,
-            (held, _) => held.is_some(),
-        };
-        let (key, value) = if take_held { held.next()? } else { stored.next()? };
-        Some((key, Some(value)))
     })
 }
 
@@ -920,17 +919,12 @@ pub fn stored_extents(state: &MetaState, source: Source) -> Result<Vec<StoredEnt
 pub fn read_whole(state: &mut MetaState, source: Source) -> Result<(), LoadError> {
     if state.extents.is_based() {
         let mut records = BTreeMap::new();
-        for (key, value) in merged_extents(state, stored_extents(state, source)?) {
-            let id = ExtentId::take(&key[1..])
-                .ok_or_else(|| LoadError::Entry { key: hex(&key), why: "key of the wrong length".into() })?;
-            let record: ExtentRecord =
-                decode_all(&value.unwrap_or_default()).map_err(|why| LoadError::Entry { key: hex(&key), why })?;
-            records.insert(id, record);
-        }
-        if records.len() != state.extents.len()
-            || records.iter().any(|(id, r)| state.extents.get(id) != Some(&r.core()))
-        {
-            return Err(LoadError::Head("the store's extent records are not those memory holds the cores of".into()));
+        each_extent(state, source, &mut |record| {
+            records.insert(record.id, record.clone());
+            true
+        })?;
+        if records.len() != state.extents.len() {
+            return Err(LoadError::Head("the store holds fewer extent records than memory holds cores".into()));
         }
         state.extents = Extents::whole(records);
     }
