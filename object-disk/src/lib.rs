@@ -1,0 +1,335 @@
+//! A disk on an S3-compatible object store: `ObjectDisk`, a `BlockDevice` that keeps
+//! each block as one object under a prefix of a bucket (`s3://bucket/prefix`), so a
+//! pool's disks can live on a store that outlives the machine.
+//!
+//! Contract (the trait's, met more strictly):
+//! - a block is one object, `{prefix}/{namespace}/{leaf}` (the same namespaces and
+//!   leaves as a directory disk's files), written whole by one PUT: a write is visible
+//!   and durable once it returns (S3's read-after-write consistency), never torn, so
+//!   `sync` has nothing left to do;
+//! - a read returns the object's bytes; the engine verifies them as from any disk;
+//! - capacity is what the caller grants (an object store has none of its own to ask):
+//!   a write past it fails with `NoSpace` and writes nothing;
+//! - errors say which: an unreachable endpoint or a missing bucket is `Unavailable`
+//!   (the disk is away, not failing), rejected credentials are `Unavailable` with the
+//!   reason, anything else on one call is `Io`. Credentials come from the environment
+//!   (`Access::from_env`: `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`,
+//!   `AWS_ENDPOINT_URL`, ...) and are never written to the pool or logged: `describe`
+//!   names the bucket and prefix only.
+//!
+//! Calls block the calling thread (the engine's disk seam is synchronous) on a small
+//! runtime shared by every object disk of the process.
+
+mod location;
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::sync::{Mutex, MutexGuard, OnceLock};
+use std::time::Duration;
+
+use dfs_engine::media::device::{BlockDevice, BlockKind, BlockName, DeviceError};
+use futures::TryStreamExt;
+use object_store::aws::{AmazonS3, AmazonS3Builder};
+use object_store::path::Path as ObjectPath;
+use object_store::{ClientOptions, ObjectStore, PutMode, PutOptions, PutPayload, RetryConfig};
+
+pub use location::{Location, LocationError};
+
+/// How long one request may take before the disk counts as away for it.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long connecting may take: an endpoint that does not answer is away.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// Retries of a request that failed in a way worth retrying (a dropped connection, a
+/// 5xx), and the time they may take together: enough to ride out a store's restart of
+/// one node, short enough that a dead endpoint is reported within seconds.
+const MAX_RETRIES: usize = 3;
+const RETRY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How to reach an object store: its endpoint and credentials. Taken from the
+/// environment (`Access::from_env`), held only in memory, never written or logged
+/// (`Debug` leaves the secrets out).
+#[derive(Clone, Default)]
+pub struct Access {
+    /// A self-hosted store's URL (`AWS_ENDPOINT_URL`); `None`: AWS itself.
+    pub endpoint: Option<String>,
+    /// `AWS_REGION` (or `AWS_DEFAULT_REGION`); `us-east-1` when unset.
+    pub region: Option<String>,
+    /// `AWS_ACCESS_KEY_ID`.
+    pub key_id: Option<String>,
+    /// `AWS_SECRET_ACCESS_KEY`.
+    pub secret: Option<String>,
+    /// `AWS_SESSION_TOKEN`, for temporary credentials.
+    pub session_token: Option<String>,
+}
+
+impl Access {
+    /// The endpoint and credentials the environment gives, by the names the AWS tools use.
+    pub fn from_env() -> Access {
+        let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+        Access {
+            endpoint: var("AWS_ENDPOINT_URL").or_else(|| var("AWS_ENDPOINT")),
+            region: var("AWS_REGION").or_else(|| var("AWS_DEFAULT_REGION")),
+            key_id: var("AWS_ACCESS_KEY_ID"),
+            secret: var("AWS_SECRET_ACCESS_KEY"),
+            session_token: var("AWS_SESSION_TOKEN"),
+        }
+    }
+}
+
+impl std::fmt::Debug for Access {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Access")
+            .field("endpoint", &self.endpoint)
+            .field("region", &self.region)
+            .field("key_id", &self.key_id.as_ref().map(|_| "<set>"))
+            .field("secret", &self.secret.as_ref().map(|_| "<set>"))
+            .field("session_token", &self.session_token.as_ref().map(|_| "<set>"))
+            .finish()
+    }
+}
+
+/// A `BlockDevice` on an S3-compatible object store. See the module header.
+pub struct ObjectDisk {
+    store: AmazonS3,
+    location: Location,
+    capacity_bytes: u64,
+    /// Every block's size, from a listing at open and kept by each write and delete:
+    /// `used_bytes` and the capacity check, without a request.
+    sizes: Mutex<BTreeMap<BlockName, u64>>,
+}
+
+impl ObjectDisk {
+    /// Opens the disk at `location` with `capacity_bytes` of room, reaching the store
+    /// with `access`, and lists what it holds. Fails — changing nothing — when the
+    /// endpoint is unreachable, the credentials are rejected or the bucket is missing,
+    /// each named.
+    pub fn open(location: &Location, capacity_bytes: u64, access: &Access) -> Result<ObjectDisk, DeviceError> {
+        let mut builder = AmazonS3Builder::new()
+            .with_bucket_name(&location.bucket)
+            .with_region(access.region.as_deref().unwrap_or("us-east-1"))
+            .with_retry(RetryConfig {
+                max_retries: MAX_RETRIES,
+                retry_timeout: RETRY_TIMEOUT,
+                ..RetryConfig::default()
+            })
+            .with_client_options(
+                ClientOptions::new().with_timeout(REQUEST_TIMEOUT).with_connect_timeout(CONNECT_TIMEOUT),
+            );
+        if let (Some(key_id), Some(secret)) = (&access.key_id, &access.secret) {
+            builder = builder.with_access_key_id(key_id).with_secret_access_key(secret);
+        }
+        if let Some(token) = &access.session_token {
+            builder = builder.with_token(token);
+        }
+        if let Some(endpoint) = &access.endpoint {
+            // A self-hosted store: path-style addressing, and plain HTTP only when the
+            // endpoint says so.
+            builder = builder
+                .with_endpoint(endpoint)
+                .with_virtual_hosted_style_request(false)
+                .with_allow_http(endpoint.starts_with("http://"));
+        }
+        let store = builder.build().map_err(|e| {
+            DeviceError::Unavailable(format!("{location}: the object store client could not be set up: {e}"))
+        })?;
+        let disk = ObjectDisk { store, location: location.clone(), capacity_bytes, sizes: Mutex::new(BTreeMap::new()) };
+        let mut sizes = BTreeMap::new();
+        for kind in BlockKind::ALL {
+            for (name, size) in disk.list_sized(kind)? {
+                sizes.insert(name, size);
+            }
+        }
+        *disk.lock() = sizes;
+        Ok(disk)
+    }
+
+    /// Where this disk keeps its blocks.
+    pub fn location(&self) -> &Location {
+        &self.location
+    }
+
+    fn lock(&self) -> MutexGuard<'_, BTreeMap<BlockName, u64>> {
+        self.sizes.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn path(&self, name: BlockName) -> ObjectPath {
+        self.location.key(name.kind().namespace(), &name.leaf())
+    }
+
+    /// Every block of `kind` with its size, in ascending name order.
+    fn list_sized(&self, kind: BlockKind) -> Result<Vec<(BlockName, u64)>, DeviceError> {
+        let prefix = self.location.key(kind.namespace(), "");
+        let objects: Vec<object_store::ObjectMeta> =
+            block_on(self.store.list(Some(&prefix)).try_collect()).and_then(|r| r.map_err(|e| self.error(e)))?;
+        let mut found: Vec<(BlockName, u64)> = objects
+            .iter()
+            .filter_map(|meta| {
+                let leaf = meta.location.filename()?;
+                // Only this namespace's own objects, not ones a level further down.
+                let direct = meta.location.prefix_match(&prefix)?.count() == 1;
+                let name = BlockName::parse(kind, leaf).filter(|_| direct)?;
+                Some((name, meta.size))
+            })
+            .collect();
+        found.sort();
+        Ok(found)
+    }
+
+    /// What an object store error means for this disk.
+    fn error(&self, error: object_store::Error) -> DeviceError {
+        let location = &self.location;
+        match error {
+            object_store::Error::NotFound { .. } => DeviceError::NotFound,
+            object_store::Error::Unauthenticated { .. } | object_store::Error::PermissionDenied { .. } => {
+                DeviceError::Unavailable(format!(
+                    "{location}: the object store rejected the credentials (check AWS_ACCESS_KEY_ID and \
+                     AWS_SECRET_ACCESS_KEY): {error}"
+                ))
+            }
+            other => classify(location, &other.to_string()),
+        }
+    }
+}
+
+/// Sorts a failure the client reports only as text: an endpoint that cannot be reached
+/// and a bucket that does not exist make the disk unavailable; anything else is an I/O
+/// error of this one call.
+fn classify(location: &Location, text: &str) -> DeviceError {
+    let lower = text.to_ascii_lowercase();
+    if lower.contains("nosuchbucket") || lower.contains("bucket does not exist") {
+        return DeviceError::Unavailable(format!("{location}: bucket '{}' does not exist", location.bucket));
+    }
+    let unreachable = ["connection refused", "error sending request", "dns error", "timed out", "connect"];
+    if unreachable.iter().any(|needle| lower.contains(needle)) {
+        return DeviceError::Unavailable(format!("{location}: the object store endpoint cannot be reached: {text}"));
+    }
+    if lower.contains("invalidaccesskeyid") || lower.contains("signaturedoesnotmatch") || lower.contains("accessdenied")
+    {
+        return DeviceError::Unavailable(format!(
+            "{location}: the object store rejected the credentials (check AWS_ACCESS_KEY_ID and \
+             AWS_SECRET_ACCESS_KEY): {text}"
+        ));
+    }
+    DeviceError::Io(format!("{location}: {text}"))
+}
+
+/// The runtime every object disk's requests run on; `None` when it could not start.
+fn runtime() -> Option<&'static tokio::runtime::Runtime> {
+    static RUNTIME: OnceLock<Option<tokio::runtime::Runtime>> = OnceLock::new();
+    RUNTIME
+        .get_or_init(|| {
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .thread_name("dfs-object-io")
+                .enable_all()
+                .build()
+                .map_err(|e| tracing::error!(error = %e, "the object store runtime could not start"))
+                .ok()
+        })
+        .as_ref()
+}
+
+/// Runs `future` to completion on the shared runtime, blocking this thread.
+fn block_on<F: Future>(future: F) -> Result<F::Output, DeviceError> {
+    if tokio::runtime::Handle::try_current().is_ok() {
+        // Blocking inside the runtime would stall the threads that serve the requests.
+        return Err(DeviceError::Io("an object disk was called from inside its own runtime".into()));
+    }
+    let runtime =
+        runtime().ok_or_else(|| DeviceError::Unavailable("the object store runtime could not start".into()))?;
+    Ok(runtime.block_on(future))
+}
+
+impl BlockDevice for ObjectDisk {
+    fn read(&self, name: BlockName) -> Result<Vec<u8>, DeviceError> {
+        let path = self.path(name);
+        let bytes = block_on(async { self.store.get(&path).await?.bytes().await })?.map_err(|e| self.error(e))?;
+        Ok(bytes.to_vec())
+    }
+
+    fn write(&self, name: BlockName, data: &[u8]) -> Result<(), DeviceError> {
+        let size = data.len() as u64;
+        {
+            let sizes = self.lock();
+            let used: u64 = sizes.values().sum::<u64>() - sizes.get(&name).copied().unwrap_or(0);
+            if used.saturating_add(size) > self.capacity_bytes {
+                return Err(DeviceError::NoSpace);
+            }
+        }
+        let path = self.path(name);
+        let payload = PutPayload::from(bytes::Bytes::copy_from_slice(data));
+        let options = PutOptions { mode: PutMode::Overwrite, ..PutOptions::default() };
+        block_on(self.store.put_opts(&path, payload, options))?.map_err(|e| self.error(e))?;
+        self.lock().insert(name, size);
+        Ok(())
+    }
+
+    fn delete(&self, name: BlockName) -> Result<(), DeviceError> {
+        let path = self.path(name);
+        match block_on(self.store.delete(&path))? {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => {
+                self.lock().remove(&name);
+                Ok(())
+            }
+            Err(e) => Err(self.error(e)),
+        }
+    }
+
+    fn list(&self, kind: BlockKind) -> Result<Vec<BlockName>, DeviceError> {
+        Ok(self.list_sized(kind)?.into_iter().map(|(name, _)| name).collect())
+    }
+
+    fn sync(&self) -> Result<(), DeviceError> {
+        // Every write and delete was durable when it returned.
+        Ok(())
+    }
+
+    fn capacity_bytes(&self) -> u64 {
+        self.capacity_bytes
+    }
+
+    fn used_bytes(&self) -> u64 {
+        self.lock().values().sum()
+    }
+
+    fn describe(&self) -> String {
+        self.location.to_string()
+    }
+
+    fn modified_secs(&self, name: BlockName) -> Result<Option<i64>, DeviceError> {
+        let path = self.path(name);
+        let meta = block_on(self.store.head(&path))?.map_err(|e| self.error(e))?;
+        Ok(Some(meta.last_modified.timestamp()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn access_debug_never_shows_the_secrets() {
+        let access = Access {
+            endpoint: Some("http://127.0.0.1:8333".into()),
+            key_id: Some("AKIDSECRETID".into()),
+            secret: Some("very-secret-key".into()),
+            ..Access::default()
+        };
+        let shown = format!("{access:?}");
+        assert!(shown.contains("127.0.0.1:8333"), "{shown}");
+        assert!(!shown.contains("AKIDSECRETID") && !shown.contains("very-secret-key"), "{shown}");
+    }
+
+    #[test]
+    fn failures_are_sorted_by_what_they_mean_for_the_disk() {
+        let location: Location = "s3://pool-bucket/disk1".parse().unwrap_or_else(|e| panic!("{e}"));
+        let missing = classify(&location, "Received <Code>NoSuchBucket</Code>");
+        assert!(matches!(&missing, DeviceError::Unavailable(m) if m.contains("bucket 'pool-bucket' does not exist")));
+        let refused = classify(&location, "error sending request: Connection refused (os error 111)");
+        assert!(matches!(&refused, DeviceError::Unavailable(m) if m.contains("cannot be reached")));
+        let denied = classify(&location, "<Code>InvalidAccessKeyId</Code>");
+        assert!(matches!(&denied, DeviceError::Unavailable(m) if m.contains("rejected the credentials")));
+        let other = classify(&location, "InternalError");
+        assert!(matches!(&other, DeviceError::Io(m) if m.starts_with("s3://pool-bucket/disk1")));
+    }
+}
