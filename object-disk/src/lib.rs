@@ -88,6 +88,15 @@ impl std::fmt::Debug for Access {
     }
 }
 
+/// What a create-only write found (`ObjectDisk::create`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Create {
+    /// The block was written: no block of that name existed.
+    Created,
+    /// A block of that name holds other bytes (whoever got there first); nothing changed.
+    Taken,
+}
+
 /// A `BlockDevice` on an S3-compatible object store. See the module header.
 pub struct ObjectDisk {
     store: AmazonS3,
@@ -141,6 +150,82 @@ impl ObjectDisk {
         }
         *disk.lock() = sizes;
         Ok(disk)
+    }
+
+    /// Writes `name` only if no block of that name exists: one create-only PUT
+    /// (`If-None-Match: *`), which the store refuses atomically when the key is taken —
+    /// by this process or any other. What fencing builds on: of two writers racing for
+    /// one name with different bytes, exactly one gets `Created`. `Created` means the
+    /// block holds exactly `data` (written by this call, or by an identical earlier one).
+    pub fn create(&self, name: BlockName, data: &[u8]) -> Result<Create, DeviceError> {
+        self.check_room(name, data.len() as u64)?;
+        let path = self.path(name);
+        let payload = PutPayload::from(bytes::Bytes::copy_from_slice(data));
+        let options = PutOptions { mode: PutMode::Create, ..PutOptions::default() };
+        match block_on(self.store.put_opts(&path, payload, options))? {
+            Ok(_) => {
+                self.lock().insert(name, data.len() as u64);
+                Ok(Create::Created)
+            }
+            Err(object_store::Error::AlreadyExists { .. } | object_store::Error::Precondition { .. }) => {
+                // A retry of a PUT whose first attempt landed (its answer lost) finds
+                // its own bytes there: that is this write, not someone else's.
+                let held = block_on(async { self.store.get(&path).await?.bytes().await })?;
+                match held {
+                    Ok(held) if held.as_ref() == data => {
+                        self.lock().insert(name, data.len() as u64);
+                        Ok(Create::Created)
+                    }
+                    Ok(_) | Err(object_store::Error::NotFound { .. }) => Ok(Create::Taken),
+                    Err(e) => Err(self.error(e)),
+                }
+            }
+            Err(e) => Err(self.error(e)),
+        }
+    }
+
+    /// Checks that the store refuses a second create-only write of one key — some accept
+    /// the header and overwrite anyway, and on such a store two writers could not be
+    /// told apart. Writes and removes one probe object under this disk's prefix.
+    pub fn check_create_only(&self) -> Result<(), DeviceError> {
+        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+        let path = self.location.key("probe", &format!("create-only-{}-{nanos}", std::process::id()));
+        let create = |bytes: &'static [u8]| {
+            let options = PutOptions { mode: PutMode::Create, ..PutOptions::default() };
+            block_on(self.store.put_opts(&path, PutPayload::from_static(bytes), options))
+        };
+        let outcome = (|| {
+            create(b"first")?.map_err(|e| self.error(e))?;
+            let second = create(b"second")?;
+            let kept = block_on(async { self.store.get(&path).await?.bytes().await })?.map_err(|e| self.error(e))?;
+            Ok::<_, DeviceError>((second, kept))
+        })();
+        let _ = block_on(self.store.delete(&path));
+        let (second, kept) = outcome?;
+        match second {
+            Err(object_store::Error::AlreadyExists { .. } | object_store::Error::Precondition { .. })
+                if kept.as_ref() == b"first" =>
+            {
+                Ok(())
+            }
+            Err(e) => Err(self.error(e)),
+            Ok(_) => Err(DeviceError::Unavailable(format!(
+                "{}: the store accepted a second create-only write of one key (If-None-Match: *) and {}: it \
+                 cannot keep two machines from writing one pool, so it cannot hold a disk",
+                self.location,
+                if kept.as_ref() == b"first" { "reported success" } else { "overwrote the object" }
+            ))),
+        }
+    }
+
+    /// `NoSpace` when a block of `size` bytes in place of `name` would not fit.
+    fn check_room(&self, name: BlockName, size: u64) -> Result<(), DeviceError> {
+        let sizes = self.lock();
+        let used: u64 = sizes.values().sum::<u64>() - sizes.get(&name).copied().unwrap_or(0);
+        match used.saturating_add(size) > self.capacity_bytes {
+            true => Err(DeviceError::NoSpace),
+            false => Ok(()),
+        }
     }
 
     /// Where this disk keeps its blocks.
@@ -249,13 +334,7 @@ impl BlockDevice for ObjectDisk {
 
     fn write(&self, name: BlockName, data: &[u8]) -> Result<(), DeviceError> {
         let size = data.len() as u64;
-        {
-            let sizes = self.lock();
-            let used: u64 = sizes.values().sum::<u64>() - sizes.get(&name).copied().unwrap_or(0);
-            if used.saturating_add(size) > self.capacity_bytes {
-                return Err(DeviceError::NoSpace);
-            }
-        }
+        self.check_room(name, size)?;
         let path = self.path(name);
         let payload = PutPayload::from(bytes::Bytes::copy_from_slice(data));
         let options = PutOptions { mode: PutMode::Overwrite, ..PutOptions::default() };

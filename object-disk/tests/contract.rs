@@ -10,7 +10,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use dfs_engine::media::device::{BlockDevice, BlockKind, BlockName, DeviceError, ExtentId};
 use dfs_engine::media::dirdisk::DirDisk;
-use dfs_objectdisk::{Access, Location, ObjectDisk};
+use dfs_objectdisk::{Access, Create, Location, ObjectDisk};
 
 const GIB: u64 = 1 << 30;
 
@@ -163,4 +163,40 @@ fn object_disks_under_different_prefixes_do_not_see_each_other() {
     disk_nested.write(name, b"nested").unwrap();
     assert_eq!(disk_a.read(name).unwrap(), b"a's record");
     assert_eq!(disk_a.list(BlockKind::Journal).unwrap(), vec![name]);
+}
+
+#[test]
+fn a_create_only_write_is_refused_once_the_name_is_taken_by_anyone() {
+    let access = access();
+    let location = fresh_location("create-only");
+    let mine = ObjectDisk::open(&location, GIB, &access).unwrap();
+    let theirs = ObjectDisk::open(&location, GIB, &access).unwrap();
+    let record = BlockName::Journal { seq: 42 };
+    assert_eq!(mine.create(record, b"mine").unwrap(), Create::Created);
+    assert_eq!(theirs.create(record, b"theirs").unwrap(), Create::Taken, "another writer's create");
+    assert_eq!(mine.create(record, b"mine again").unwrap(), Create::Taken, "its own second create");
+    assert_eq!(theirs.create(record, b"mine").unwrap(), Create::Created, "the same bytes again: a retry's answer");
+    assert_eq!(theirs.read(record).unwrap(), b"mine", "the first create stays");
+    // Racing writers: of many creates of one name at once, exactly one wins.
+    let contested = BlockName::Journal { seq: 43 };
+    let outcomes: Vec<Create> = std::thread::scope(|scope| {
+        let racers: Vec<_> = (0..8u8)
+            .map(|i| {
+                let disk = if i % 2 == 0 { &mine } else { &theirs };
+                scope.spawn(move || disk.create(contested, &[i; 64]).unwrap())
+            })
+            .collect();
+        racers.into_iter().map(|r| r.join().unwrap()).collect()
+    });
+    assert_eq!(outcomes.iter().filter(|o| **o == Create::Created).count(), 1, "{outcomes:?}");
+    let winner = mine.read(contested).unwrap();
+    assert!(winner.iter().all(|b| *b == winner[0]) && winner.len() == 64, "one racer's bytes, whole");
+}
+
+#[test]
+fn seaweedfs_honours_create_only_writes() {
+    let disk = ObjectDisk::open(&fresh_location("probe"), GIB, &access()).unwrap();
+    disk.check_create_only().unwrap();
+    assert_eq!(disk.list(BlockKind::Fragment).unwrap(), Vec::new());
+    assert_eq!(disk.used_bytes(), 0, "the probe leaves nothing behind");
 }
