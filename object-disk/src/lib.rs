@@ -104,7 +104,49 @@ pub struct ObjectDisk {
     capacity_bytes: u64,
     /// Every block's size, from a listing at open and kept by each write and delete:
     /// `used_bytes` and the capacity check, without a request.
-    sizes: Mutex<BTreeMap<BlockName, u64>>,
+    tally: Mutex<Tally>,
+}
+
+/// What a disk holds and what writes in flight will add. Invariant: `used` is the sum
+/// of `sizes`; a write reserves its size before its request and settles after, so
+/// writes racing for the last room cannot together overshoot the capacity.
+#[derive(Default)]
+struct Tally {
+    sizes: BTreeMap<BlockName, u64>,
+    used: u64,
+    reserved: u64,
+}
+
+impl Tally {
+    /// Reserves room for `size` bytes in place of `name`; `NoSpace` when they do not fit.
+    fn reserve(&mut self, name: BlockName, size: u64, capacity: u64) -> Result<(), DeviceError> {
+        let replaced = self.sizes.get(&name).copied().unwrap_or(0);
+        let after = (self.used - replaced).saturating_add(self.reserved).saturating_add(size);
+        if after > capacity {
+            return Err(DeviceError::NoSpace);
+        }
+        self.reserved += size;
+        Ok(())
+    }
+
+    /// Ends a reservation of `size` for `name`: the block now holds `size` bytes if the
+    /// write `landed`, else as before.
+    fn settle(&mut self, name: BlockName, size: u64, landed: bool) {
+        assert!(self.reserved >= size, "settling more than was reserved");
+        self.reserved -= size;
+        if landed {
+            self.remove(name);
+            self.sizes.insert(name, size);
+            self.used += size;
+        }
+    }
+
+    fn remove(&mut self, name: BlockName) {
+        if let Some(size) = self.sizes.remove(&name) {
+            self.used -= size;
+        }
+        debug_assert_eq!(self.used, self.sizes.values().sum::<u64>());
+    }
 }
 
 impl ObjectDisk {
@@ -141,14 +183,16 @@ impl ObjectDisk {
         let store = builder.build().map_err(|e| {
             DeviceError::Unavailable(format!("{location}: the object store client could not be set up: {e}"))
         })?;
-        let disk = ObjectDisk { store, location: location.clone(), capacity_bytes, sizes: Mutex::new(BTreeMap::new()) };
-        let mut sizes = BTreeMap::new();
+        let disk =
+            ObjectDisk { store, location: location.clone(), capacity_bytes, tally: Mutex::new(Tally::default()) };
+        let mut tally = Tally::default();
         for kind in BlockKind::ALL {
             for (name, size) in disk.list_sized(kind)? {
-                sizes.insert(name, size);
+                tally.sizes.insert(name, size);
+                tally.used += size;
             }
         }
-        *disk.lock() = sizes;
+        *disk.lock() = tally;
         Ok(disk)
     }
 
@@ -158,24 +202,24 @@ impl ObjectDisk {
     /// one name with different bytes, exactly one gets `Created`. `Created` means the
     /// block holds exactly `data` (written by this call, or by an identical earlier one).
     pub fn create(&self, name: BlockName, data: &[u8]) -> Result<Create, DeviceError> {
-        self.check_room(name, data.len() as u64)?;
+        let size = data.len() as u64;
+        self.lock().reserve(name, size, self.capacity_bytes)?;
+        let outcome = self.create_unreserved(name, data);
+        self.lock().settle(name, size, outcome == Ok(Create::Created));
+        outcome
+    }
+
+    fn create_unreserved(&self, name: BlockName, data: &[u8]) -> Result<Create, DeviceError> {
         let path = self.path(name);
         let payload = PutPayload::from(bytes::Bytes::copy_from_slice(data));
         let options = PutOptions { mode: PutMode::Create, ..PutOptions::default() };
         match block_on(self.store.put_opts(&path, payload, options))? {
-            Ok(_) => {
-                self.lock().insert(name, data.len() as u64);
-                Ok(Create::Created)
-            }
+            Ok(_) => Ok(Create::Created),
             Err(object_store::Error::AlreadyExists { .. } | object_store::Error::Precondition { .. }) => {
                 // A retry of a PUT whose first attempt landed (its answer lost) finds
                 // its own bytes there: that is this write, not someone else's.
-                let held = block_on(async { self.store.get(&path).await?.bytes().await })?;
-                match held {
-                    Ok(held) if held.as_ref() == data => {
-                        self.lock().insert(name, data.len() as u64);
-                        Ok(Create::Created)
-                    }
+                match block_on(async { self.store.get(&path).await?.bytes().await })? {
+                    Ok(held) if held.as_ref() == data => Ok(Create::Created),
                     Ok(_) | Err(object_store::Error::NotFound { .. }) => Ok(Create::Taken),
                     Err(e) => Err(self.error(e)),
                 }
@@ -218,23 +262,13 @@ impl ObjectDisk {
         }
     }
 
-    /// `NoSpace` when a block of `size` bytes in place of `name` would not fit.
-    fn check_room(&self, name: BlockName, size: u64) -> Result<(), DeviceError> {
-        let sizes = self.lock();
-        let used: u64 = sizes.values().sum::<u64>() - sizes.get(&name).copied().unwrap_or(0);
-        match used.saturating_add(size) > self.capacity_bytes {
-            true => Err(DeviceError::NoSpace),
-            false => Ok(()),
-        }
-    }
-
     /// Where this disk keeps its blocks.
     pub fn location(&self) -> &Location {
         &self.location
     }
 
-    fn lock(&self) -> MutexGuard<'_, BTreeMap<BlockName, u64>> {
-        self.sizes.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    fn lock(&self) -> MutexGuard<'_, Tally> {
+        self.tally.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     fn path(&self, name: BlockName) -> ObjectPath {
@@ -334,20 +368,23 @@ impl BlockDevice for ObjectDisk {
 
     fn write(&self, name: BlockName, data: &[u8]) -> Result<(), DeviceError> {
         let size = data.len() as u64;
-        self.check_room(name, size)?;
+        self.lock().reserve(name, size, self.capacity_bytes)?;
         let path = self.path(name);
         let payload = PutPayload::from(bytes::Bytes::copy_from_slice(data));
         let options = PutOptions { mode: PutMode::Overwrite, ..PutOptions::default() };
-        block_on(self.store.put_opts(&path, payload, options))?.map_err(|e| self.error(e))?;
-        self.lock().insert(name, size);
-        Ok(())
+        let outcome = block_on(self.store.put_opts(&path, payload, options))
+            .and_then(|put| put.map(|_| ()).map_err(|e| self.error(e)));
+        // A failed PUT may still have landed (its answer lost): the block is then
+        // counted again by the next listing, at the next open.
+        self.lock().settle(name, size, outcome.is_ok());
+        outcome
     }
 
     fn delete(&self, name: BlockName) -> Result<(), DeviceError> {
         let path = self.path(name);
         match block_on(self.store.delete(&path))? {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => {
-                self.lock().remove(&name);
+                self.lock().remove(name);
                 Ok(())
             }
             Err(e) => Err(self.error(e)),
@@ -368,7 +405,7 @@ impl BlockDevice for ObjectDisk {
     }
 
     fn used_bytes(&self) -> u64 {
-        self.lock().values().sum()
+        self.lock().used
     }
 
     fn describe(&self) -> String {
@@ -385,6 +422,25 @@ impl BlockDevice for ObjectDisk {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reservations_keep_racing_writes_within_the_capacity() {
+        let (a, b) = (BlockName::Journal { seq: 1 }, BlockName::Journal { seq: 2 });
+        let mut tally = Tally::default();
+        tally.reserve(a, 600, 1000).unwrap();
+        assert_eq!(tally.reserve(b, 600, 1000), Err(DeviceError::NoSpace), "the first write's room is taken");
+        tally.settle(a, 600, true);
+        assert_eq!(tally.used, 600);
+        // A block written again counts its new size in place of its old one.
+        tally.reserve(a, 900, 2000).unwrap();
+        tally.settle(a, 900, true);
+        assert_eq!(tally.used, 900);
+        tally.reserve(b, 50, 1000).unwrap();
+        tally.settle(b, 50, false);
+        assert_eq!((tally.used, tally.reserved), (900, 0), "a failed write adds nothing");
+        tally.remove(a);
+        assert_eq!(tally.used, 0);
+    }
 
     #[test]
     fn access_debug_never_shows_the_secrets() {
