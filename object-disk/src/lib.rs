@@ -211,14 +211,12 @@ impl ObjectDisk {
 
     fn create_unreserved(&self, name: BlockName, data: &[u8]) -> Result<Create, DeviceError> {
         let path = self.path(name);
-        let payload = PutPayload::from(bytes::Bytes::copy_from_slice(data));
-        let options = PutOptions { mode: PutMode::Create, ..PutOptions::default() };
-        match block_on(self.store.put_opts(&path, payload, options))? {
-            Ok(_) => Ok(Create::Created),
+        match self.put(&path, PutPayload::from(bytes::Bytes::copy_from_slice(data)), PutMode::Create)? {
+            Ok(()) => Ok(Create::Created),
             Err(object_store::Error::AlreadyExists { .. } | object_store::Error::Precondition { .. }) => {
                 // A retry of a PUT whose first attempt landed (its answer lost) finds
                 // its own bytes there: that is this write, not someone else's.
-                match block_on(async { self.store.get(&path).await?.bytes().await })? {
+                match self.get(&path)? {
                     Ok(held) if held.as_ref() == data => Ok(Create::Created),
                     Ok(_) | Err(object_store::Error::NotFound { .. }) => Ok(Create::Taken),
                     Err(e) => Err(self.error(e)),
@@ -234,14 +232,11 @@ impl ObjectDisk {
     pub fn check_create_only(&self) -> Result<(), DeviceError> {
         let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
         let path = self.location.key("probe", &format!("create-only-{}-{nanos}", std::process::id()));
-        let create = |bytes: &'static [u8]| {
-            let options = PutOptions { mode: PutMode::Create, ..PutOptions::default() };
-            block_on(self.store.put_opts(&path, PutPayload::from_static(bytes), options))
-        };
+        let create = |bytes: &'static [u8]| self.put(&path, PutPayload::from_static(bytes), PutMode::Create);
         let outcome = (|| {
             create(b"first")?.map_err(|e| self.error(e))?;
             let second = create(b"second")?;
-            let kept = block_on(async { self.store.get(&path).await?.bytes().await })?.map_err(|e| self.error(e))?;
+            let kept = self.get(&path)?.map_err(|e| self.error(e))?;
             Ok::<_, DeviceError>((second, kept))
         })();
         let _ = block_on(self.store.delete(&path));
@@ -269,6 +264,23 @@ impl ObjectDisk {
 
     fn lock(&self) -> MutexGuard<'_, Tally> {
         self.tally.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// One GET of `path`: the store's answer, or why the request could not be made.
+    fn get(&self, path: &ObjectPath) -> Result<Result<bytes::Bytes, object_store::Error>, DeviceError> {
+        block_on(async { self.store.get(path).await?.bytes().await })
+    }
+
+    /// One PUT of `payload` at `path` in `mode`: the store's answer, or why the request
+    /// could not be made.
+    fn put(
+        &self,
+        path: &ObjectPath,
+        payload: PutPayload,
+        mode: PutMode,
+    ) -> Result<Result<(), object_store::Error>, DeviceError> {
+        let options = PutOptions { mode, ..PutOptions::default() };
+        Ok(block_on(self.store.put_opts(path, payload, options))?.map(|_| ()))
     }
 
     fn path(&self, name: BlockName) -> ObjectPath {
@@ -362,7 +374,7 @@ fn block_on<F: Future>(future: F) -> Result<F::Output, DeviceError> {
 impl BlockDevice for ObjectDisk {
     fn read(&self, name: BlockName) -> Result<Vec<u8>, DeviceError> {
         let path = self.path(name);
-        let bytes = block_on(async { self.store.get(&path).await?.bytes().await })?.map_err(|e| self.error(e))?;
+        let bytes = self.get(&path)?.map_err(|e| self.error(e))?;
         Ok(bytes.to_vec())
     }
 
@@ -371,9 +383,7 @@ impl BlockDevice for ObjectDisk {
         self.lock().reserve(name, size, self.capacity_bytes)?;
         let path = self.path(name);
         let payload = PutPayload::from(bytes::Bytes::copy_from_slice(data));
-        let options = PutOptions { mode: PutMode::Overwrite, ..PutOptions::default() };
-        let outcome = block_on(self.store.put_opts(&path, payload, options))
-            .and_then(|put| put.map(|_| ()).map_err(|e| self.error(e)));
+        let outcome = self.put(&path, payload, PutMode::Overwrite).and_then(|put| put.map_err(|e| self.error(e)));
         // A failed PUT may still have landed (its answer lost): the block is then
         // counted again by the next listing, at the next open.
         self.lock().settle(name, size, outcome.is_ok());
