@@ -19,7 +19,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use dfs_engine::media::device::{BlockDevice, BlockKind, BlockName, DeviceError};
+use dfs_engine::media::device::{BlockDevice, BlockKind, BlockName, Created, DeviceError};
 use serde::{Deserialize, Serialize};
 
 /// Stops every device of one machine at once. Shared by all `FaultyDevice`s of a world.
@@ -267,6 +267,27 @@ impl<D: BlockDevice> BlockDevice for FaultyDevice<D> {
         ledger.rotted.remove(&target);
         ledger.latent.remove(&target);
         Ok(())
+    }
+
+    fn create(&self, name: BlockName, data: &[u8]) -> Result<Created, DeviceError> {
+        self.gate()?;
+        if self.ledger().full {
+            return Err(DeviceError::NoSpace);
+        }
+        if !self.switch.admit_write() {
+            return Err(DeviceError::Unavailable("simulated crash: the machine has stopped".into()));
+        }
+        let created = self.inner.create(name, data)?;
+        if created == Created::Written {
+            let mut ledger = self.ledger();
+            ledger.rotted.remove(&name);
+            ledger.latent.remove(&name);
+        }
+        Ok(created)
+    }
+
+    fn shared(&self) -> bool {
+        self.inner.shared()
     }
 
     fn delete(&self, name: BlockName) -> Result<(), DeviceError> {

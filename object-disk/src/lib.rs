@@ -27,7 +27,7 @@ use std::future::Future;
 use std::sync::{Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
-use dfs_engine::media::device::{BlockDevice, BlockKind, BlockName, DeviceError};
+use dfs_engine::media::device::{BlockDevice, BlockKind, BlockName, Created, DeviceError};
 use futures::TryStreamExt;
 use object_store::aws::{AmazonS3, AmazonS3Builder};
 use object_store::path::Path as ObjectPath;
@@ -86,15 +86,6 @@ impl std::fmt::Debug for Access {
             .field("session_token", &self.session_token.as_ref().map(|_| "<set>"))
             .finish()
     }
-}
-
-/// What a create-only write found (`ObjectDisk::create`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Create {
-    /// The block was written: no block of that name existed.
-    Created,
-    /// A block of that name holds other bytes (whoever got there first); nothing changed.
-    Taken,
 }
 
 /// A `BlockDevice` on an S3-compatible object store. See the module header.
@@ -196,29 +187,16 @@ impl ObjectDisk {
         Ok(disk)
     }
 
-    /// Writes `name` only if no block of that name exists: one create-only PUT
-    /// (`If-None-Match: *`), which the store refuses atomically when the key is taken —
-    /// by this process or any other. What fencing builds on: of two writers racing for
-    /// one name with different bytes, exactly one gets `Created`. `Created` means the
-    /// block holds exactly `data` (written by this call, or by an identical earlier one).
-    pub fn create(&self, name: BlockName, data: &[u8]) -> Result<Create, DeviceError> {
-        let size = data.len() as u64;
-        self.lock().reserve(name, size, self.capacity_bytes)?;
-        let outcome = self.create_unreserved(name, data);
-        self.lock().settle(name, size, outcome == Ok(Create::Created));
-        outcome
-    }
-
-    fn create_unreserved(&self, name: BlockName, data: &[u8]) -> Result<Create, DeviceError> {
+    fn create_unreserved(&self, name: BlockName, data: &[u8]) -> Result<Created, DeviceError> {
         let path = self.path(name);
         match self.put(&path, PutPayload::from(bytes::Bytes::copy_from_slice(data)), PutMode::Create)? {
-            Ok(()) => Ok(Create::Created),
+            Ok(()) => Ok(Created::Written),
             Err(object_store::Error::AlreadyExists { .. } | object_store::Error::Precondition { .. }) => {
                 // A retry of a PUT whose first attempt landed (its answer lost) finds
                 // its own bytes there: that is this write, not someone else's.
                 match self.get(&path)? {
-                    Ok(held) if held.as_ref() == data => Ok(Create::Created),
-                    Ok(_) | Err(object_store::Error::NotFound { .. }) => Ok(Create::Taken),
+                    Ok(held) if held.as_ref() == data => Ok(Created::Written),
+                    Ok(_) | Err(object_store::Error::NotFound { .. }) => Ok(Created::Taken),
                     Err(e) => Err(self.error(e)),
                 }
             }
@@ -388,6 +366,21 @@ impl BlockDevice for ObjectDisk {
         // counted again by the next listing, at the next open.
         self.lock().settle(name, size, outcome.is_ok());
         outcome
+    }
+
+    /// One create-only PUT (`If-None-Match: *`), which the store refuses atomically when
+    /// the key is taken, by this process or any other. `Written` also when the key holds
+    /// exactly `data`: a retried PUT whose first attempt landed (its answer lost).
+    fn create(&self, name: BlockName, data: &[u8]) -> Result<Created, DeviceError> {
+        let size = data.len() as u64;
+        self.lock().reserve(name, size, self.capacity_bytes)?;
+        let outcome = self.create_unreserved(name, data);
+        self.lock().settle(name, size, outcome == Ok(Created::Written));
+        outcome
+    }
+
+    fn shared(&self) -> bool {
+        true
     }
 
     fn delete(&self, name: BlockName) -> Result<(), DeviceError> {

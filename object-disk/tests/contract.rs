@@ -8,9 +8,10 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use dfs_engine::media::device::Created;
 use dfs_engine::media::device::{BlockDevice, BlockKind, BlockName, DeviceError, ExtentId};
 use dfs_engine::media::dirdisk::DirDisk;
-use dfs_objectdisk::{Access, Create, Location, ObjectDisk};
+use dfs_objectdisk::{Access, Location, ObjectDisk};
 
 const GIB: u64 = 1 << 30;
 
@@ -172,14 +173,14 @@ fn a_create_only_write_is_refused_once_the_name_is_taken_by_anyone() {
     let mine = ObjectDisk::open(&location, GIB, &access).unwrap();
     let theirs = ObjectDisk::open(&location, GIB, &access).unwrap();
     let record = BlockName::Journal { seq: 42 };
-    assert_eq!(mine.create(record, b"mine").unwrap(), Create::Created);
-    assert_eq!(theirs.create(record, b"theirs").unwrap(), Create::Taken, "another writer's create");
-    assert_eq!(mine.create(record, b"mine again").unwrap(), Create::Taken, "its own second create");
-    assert_eq!(theirs.create(record, b"mine").unwrap(), Create::Created, "the same bytes again: a retry's answer");
+    assert_eq!(mine.create(record, b"mine").unwrap(), Created::Written);
+    assert_eq!(theirs.create(record, b"theirs").unwrap(), Created::Taken, "another writer's create");
+    assert_eq!(mine.create(record, b"mine again").unwrap(), Created::Taken, "its own second create");
+    assert_eq!(theirs.create(record, b"mine").unwrap(), Created::Written, "the same bytes again: a retry's answer");
     assert_eq!(theirs.read(record).unwrap(), b"mine", "the first create stays");
     // Racing writers: of many creates of one name at once, exactly one wins.
     let contested = BlockName::Journal { seq: 43 };
-    let outcomes: Vec<Create> = std::thread::scope(|scope| {
+    let outcomes: Vec<Created> = std::thread::scope(|scope| {
         let racers: Vec<_> = (0..8u8)
             .map(|i| {
                 let disk = if i % 2 == 0 { &mine } else { &theirs };
@@ -188,7 +189,7 @@ fn a_create_only_write_is_refused_once_the_name_is_taken_by_anyone() {
             .collect();
         racers.into_iter().map(|r| r.join().unwrap()).collect()
     });
-    assert_eq!(outcomes.iter().filter(|o| **o == Create::Created).count(), 1, "{outcomes:?}");
+    assert_eq!(outcomes.iter().filter(|o| **o == Created::Written).count(), 1, "{outcomes:?}");
     let winner = mine.read(contested).unwrap();
     assert!(winner.iter().all(|b| *b == winner[0]) && winner.len() == 64, "one racer's bytes, whole");
 }

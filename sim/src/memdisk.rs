@@ -10,7 +10,7 @@
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use dfs_engine::media::device::{BlockDevice, BlockKind, BlockName, DeviceError};
+use dfs_engine::media::device::{BlockDevice, BlockKind, BlockName, Created, DeviceError};
 
 /// One operation issued since the last completed sync.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -48,6 +48,9 @@ pub type WallSecs = Arc<dyn Fn() -> i64 + Send + Sync>;
 pub struct MemDisk {
     name: String,
     capacity_bytes: u64,
+    /// Models a disk on an object store that other processes write too (see
+    /// `BlockDevice::shared`): `create` decides atomically, as a create-only PUT.
+    shared: bool,
     state: Mutex<MemState>,
     wall_secs: Option<WallSecs>,
 }
@@ -55,7 +58,20 @@ pub struct MemDisk {
 impl MemDisk {
     /// An empty disk of `capacity_bytes` that knows no time (mtimes unknown).
     pub fn new(name: impl Into<String>, capacity_bytes: u64) -> MemDisk {
-        MemDisk { name: name.into(), capacity_bytes, state: Mutex::new(MemState::default()), wall_secs: None }
+        MemDisk {
+            name: name.into(),
+            capacity_bytes,
+            shared: false,
+            state: Mutex::new(MemState::default()),
+            wall_secs: None,
+        }
+    }
+
+    /// An empty disk of `capacity_bytes` that other processes may write at the same time,
+    /// as an object store's (`BlockDevice::shared`). Hand one `Arc` to several pools to
+    /// model several machines.
+    pub fn shared(name: impl Into<String>, capacity_bytes: u64) -> MemDisk {
+        MemDisk { shared: true, ..MemDisk::new(name, capacity_bytes) }
     }
 
     /// An empty disk whose blocks carry mtimes from `wall_secs`.
@@ -72,6 +88,7 @@ impl MemDisk {
         MemDisk {
             name: self.name.clone(),
             capacity_bytes: self.capacity_bytes,
+            shared: self.shared,
             state: Mutex::new(self.lock().clone()),
             wall_secs: self.wall_secs.clone(),
         }
@@ -146,6 +163,32 @@ impl BlockDevice for MemDisk {
         state.pending.push(Pending::Write(name, data));
         state.used_bytes = new_used;
         Ok(())
+    }
+
+    fn create(&self, name: BlockName, data: &[u8]) -> Result<Created, DeviceError> {
+        // One lock for the look and the write: atomic, as a store's create-only PUT.
+        let mut state = self.lock();
+        match state.visible.get(&name) {
+            Some(held) if held.as_slice() == data => Ok(Created::Written),
+            Some(_) => Ok(Created::Taken),
+            None => {
+                if state.used_bytes + data.len() as u64 > self.capacity_bytes {
+                    return Err(DeviceError::NoSpace);
+                }
+                state.used_bytes += data.len() as u64;
+                let data = Arc::new(data.to_vec());
+                if let Some(now) = &self.wall_secs {
+                    state.written_secs.insert(name, now());
+                }
+                state.visible.insert(name, data.clone());
+                state.pending.push(Pending::Write(name, data));
+                Ok(Created::Written)
+            }
+        }
+    }
+
+    fn shared(&self) -> bool {
+        self.shared
     }
 
     fn delete(&self, name: BlockName) -> Result<(), DeviceError> {

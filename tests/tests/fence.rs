@@ -119,3 +119,134 @@ fn a_second_writer_owns_the_pool_and_the_first_is_fenced() {
     assert_eq!(read(&mut after, "more").unwrap(), more);
     assert!(read(&mut after, "mine").is_none(), "the fenced writer's commit must not appear");
 }
+
+// On shared devices (a disk on an object store, issue 18) no lock keeps a second machine
+// away: owners' claims and create-only writes fence instead (`media::owner`). `MemDisk`
+// models such a disk; handing the same disks to two pools models two machines.
+
+use dfs_engine::media::device::{BlockName, Created, DeviceError};
+use dfs_engine::media::owner::{self, OwnedDevice, OwnerClaim};
+use dfs_sim::memdisk::MemDisk;
+
+fn shared_disks() -> Vec<Arc<MemDisk>> {
+    (0..3).map(|i| Arc::new(MemDisk::shared(format!("s3://bucket/disk{i}"), 256 << 20))).collect()
+}
+
+fn open_shared(disks: &[Arc<MemDisk>], claimant: &str, checkpoint_every_records: u64) -> dfs_engine::Result<Pool> {
+    let devices =
+        disks.iter().enumerate().map(|(i, d)| PoolDevice { uuid: uuid(10 + i as u64), device: d.clone() }).collect();
+    let options = PoolOptions {
+        check_invariants: true,
+        claimant: claimant.to_string(),
+        checkpoint_every_records,
+        ..PoolOptions::default()
+    };
+    let (mut pool, _) =
+        Pool::open(uuid(1), "replicate:2".parse().unwrap(), devices, Arc::new(SystemClock::new()), options)?;
+    if pool.state().disks.is_empty() {
+        for (i, disk) in disks.iter().enumerate() {
+            pool.add_disk(uuid(10 + i as u64), None, disk.clone())?;
+        }
+    }
+    Ok(pool)
+}
+
+fn claims(disk: &MemDisk) -> Vec<u64> {
+    disk.blocks()
+        .into_iter()
+        .filter_map(|(name, _)| if let BlockName::Owner { epoch } = name { Some(epoch) } else { None })
+        .collect()
+}
+
+#[test]
+fn on_shared_disks_each_open_claims_the_next_epoch_on_every_disk() {
+    let disks = shared_disks();
+    let first = open_shared(&disks, "host-a pid 1", 256).unwrap();
+    for disk in &disks {
+        assert_eq!(claims(disk), vec![1], "{}", disk.describe());
+    }
+    drop(first);
+    let _second = open_shared(&disks, "host-b pid 2", 256).unwrap();
+    for disk in &disks {
+        assert_eq!(claims(disk), vec![1, 2], "{}", disk.describe());
+        let claim = OwnerClaim::decode(&disk.peek(BlockName::Owner { epoch: 2 }).unwrap()).unwrap();
+        assert_eq!((claim.pool_id, claim.epoch, claim.by.as_str()), (uuid(1), 2, "host-b pid 2"));
+    }
+}
+
+#[test]
+fn on_shared_disks_a_later_owner_fences_the_first_even_after_its_checkpoints_trimmed_the_journal() {
+    let disks = shared_disks();
+    let mut first = open_shared(&disks, "host-a pid 1", 4).unwrap();
+    let before = vec![1u8; 300_000];
+    write(&mut first, "before", &before).unwrap();
+    // Another machine imports the pool while the first is paused, and writes enough that
+    // checkpoints trim every journal record the first could collide with.
+    let mut second = open_shared(&disks, "host-b pid 2", 4).unwrap();
+    let mut theirs = Vec::new();
+    for i in 0..6u8 {
+        let data = vec![10 + i; 50_000];
+        write(&mut second, &format!("theirs{i}"), &data).unwrap();
+        theirs.push(data);
+    }
+    assert!(second.counters().checkpoints >= 1, "the test needs a checkpoint to have trimmed the journal");
+    // The first resumes: its next write is refused, naming who owns the pool now.
+    for (name, data) in [("mine", vec![3u8; 100_000]), ("mine-small", b"tiny".to_vec())] {
+        let error = write(&mut first, name, &data).unwrap_err();
+        assert_eq!(error.errno(), libc::EROFS, "{error}");
+        assert!(error.to_string().contains("host-b pid 2 (epoch 2"), "{error}");
+    }
+    write(&mut second, "more", b"the owner goes on").unwrap();
+    drop(first);
+    drop(second);
+    let mut after = open_shared(&disks, "host-c pid 3", 4).unwrap();
+    assert_eq!(read(&mut after, "before").unwrap(), before);
+    for (i, data) in theirs.iter().enumerate() {
+        assert_eq!(&read(&mut after, &format!("theirs{i}")).unwrap(), data);
+    }
+    assert_eq!(read(&mut after, "more").unwrap(), b"the owner goes on");
+    assert!(read(&mut after, "mine").is_none(), "the fenced writer's commit must not appear");
+    assert!(read(&mut after, "mine-small").is_none(), "the fenced writer's commit must not appear");
+}
+
+#[test]
+fn a_record_landing_after_a_later_owners_claim_is_not_acknowledged() {
+    let disks = shared_disks();
+    let mut first = open_shared(&disks, "host-a pid 1", 256).unwrap();
+    write(&mut first, "before", b"acknowledged").unwrap();
+    // A later owner has claimed and is reading the journal: the first's next record may
+    // land where that owner no longer looks, so it must not be acknowledged.
+    let claim = OwnerClaim { pool_id: uuid(1), epoch: 2, by: "host-b pid 2".into(), at: Default::default() };
+    disks[0].write(BlockName::Owner { epoch: 2 }, &claim.encode()).unwrap();
+    let error = write(&mut first, "mine", b"never acknowledged").unwrap_err();
+    assert_eq!(error.errno(), libc::EROFS, "{error}");
+    assert!(error.to_string().contains("host-b pid 2 (epoch 2"), "{error}");
+}
+
+#[test]
+fn an_owned_device_replaces_leftovers_but_a_superseded_one_writes_nothing() {
+    let disk = Arc::new(MemDisk::shared("s3://bucket/disk0", 1 << 20));
+    let fence = owner::claim(&[disk.as_ref() as &dyn BlockDevice], uuid(1), "host-a pid 1", Default::default())
+        .unwrap()
+        .expect("a shared disk is claimed");
+    assert_eq!(fence.epoch(), 1);
+    let owned = OwnedDevice::wrap(disk.clone(), Some(&fence));
+    let fragment = BlockName::Fragment { extent: dfs_engine::media::device::ExtentId(7), index: 0 };
+    // A leftover under the name (a crashed or fenced writer's) is replaced by the owner.
+    disk.write(fragment, b"leftover").unwrap();
+    owned.write(fragment, b"owner's").unwrap();
+    assert_eq!(disk.read(fragment).unwrap(), b"owner's");
+    assert_eq!(disk.create(fragment, b"other").unwrap(), Created::Taken, "create-only on the raw device");
+    // Once a later owner has claimed, a taken name is never overwritten, and nothing is
+    // written or deleted from then on.
+    disk.write(BlockName::Owner { epoch: 2 }, b"a later claim").unwrap();
+    let error = owned.write(fragment, b"stale").unwrap_err();
+    assert!(matches!(&error, DeviceError::Fenced(m) if m.contains("epoch 2")), "{error}");
+    assert_eq!(disk.read(fragment).unwrap(), b"owner's");
+    let other = BlockName::Fragment { extent: dfs_engine::media::device::ExtentId(8), index: 0 };
+    assert!(matches!(owned.write(other, b"new"), Err(DeviceError::Fenced(_))));
+    assert!(matches!(owned.delete(fragment), Err(DeviceError::Fenced(_))));
+    assert_eq!(disk.read(other), Err(DeviceError::NotFound));
+    assert_eq!(disk.read(fragment).unwrap(), b"owner's");
+    assert!(fence.fenced().is_some());
+}

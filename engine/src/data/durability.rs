@@ -340,6 +340,9 @@ impl Pool {
         for failure in &failures {
             tracing::warn!(error = %failure.message, "journal replica write failed");
         }
+        // A replica that found a later owner's claim fails the record everywhere: what
+        // landed elsewhere belongs to no owner's history.
+        self.check_owner()?;
         let held = durable.iter().filter(|d| **d).count();
         self.counters.journal_bytes += block.len() as u64 * held as u64;
         if held == 0 {
@@ -367,9 +370,14 @@ impl Pool {
     /// directory on another machine): that process owns the pool now, and this one stops
     /// writing — read-only — rather than overwrite its history. (A torn or unchained block
     /// there is a crash's leftover, which the write replaces.)
+    ///
+    /// On shared devices the owners' claims fence instead (`media::owner`): a journal
+    /// record there is written create-only and counts only while no later claim exists,
+    /// which no look beforehand could promise.
     pub(crate) fn check_fence(&mut self, devices: &[Arc<dyn BlockDevice>]) -> Result<()> {
+        self.check_owner()?;
         let next = BlockName::Journal { seq: self.tip.seq + 1 };
-        let taken = devices.iter().any(|device| {
+        let taken = devices.iter().filter(|device| !device.shared()).any(|device| {
             device
                 .read(next)
                 .ok()
@@ -387,6 +395,16 @@ impl Pool {
             return Err(Error::ReadOnly(reason));
         }
         self.fence_clear_at = Some(self.tip.seq);
+        Ok(())
+    }
+
+    /// `Err(ReadOnly)`, and read-only from here on, once a shared device showed that a
+    /// later owner claimed the pool.
+    pub(crate) fn check_owner(&mut self) -> Result<()> {
+        if let Some(reason) = self.owner.as_ref().and_then(|fence| fence.fenced()) {
+            self.read_only = Some(reason.clone());
+            return Err(Error::ReadOnly(reason));
+        }
         Ok(())
     }
 

@@ -43,6 +43,13 @@ pub enum BlockName {
     StoreRoot { gen: u64 },
     /// An immutable page of the paged metadata store; ids are never reused.
     StorePage { id: u64 },
+    /// The claim of the process that opened the pool as its `epoch`-th owner, on a
+    /// shared device (`media::owner`). Never replaced and never trimmed: a writer that
+    /// finds the claim of a later epoch has been fenced.
+    Owner { epoch: u64 },
+    /// A copy of the pool's configuration (`pool.ron`'s contents), so the pool can be
+    /// taken to a new machine from any one of its disks (`dfs import`).
+    PoolConfig,
 }
 
 /// The families of blocks, for `BlockDevice::list`.
@@ -54,17 +61,21 @@ pub enum BlockKind {
     Fragment,
     StoreRoot,
     StorePage,
+    Owner,
+    PoolConfig,
 }
 
 impl BlockKind {
     /// Every kind, in a fixed order.
-    pub const ALL: [BlockKind; 6] = [
+    pub const ALL: [BlockKind; 8] = [
         BlockKind::Label,
         BlockKind::Journal,
         BlockKind::Checkpoint,
         BlockKind::Fragment,
         BlockKind::StoreRoot,
         BlockKind::StorePage,
+        BlockKind::Owner,
+        BlockKind::PoolConfig,
     ];
 
     /// The directory-like prefix of this kind's names.
@@ -76,6 +87,8 @@ impl BlockKind {
             BlockKind::Fragment => "fragment",
             BlockKind::StoreRoot => "store-root",
             BlockKind::StorePage => "store-page",
+            BlockKind::Owner => "owner",
+            BlockKind::PoolConfig => "pool-config",
         }
     }
 }
@@ -90,6 +103,8 @@ impl BlockName {
             BlockName::Fragment { .. } => BlockKind::Fragment,
             BlockName::StoreRoot { .. } => BlockKind::StoreRoot,
             BlockName::StorePage { .. } => BlockKind::StorePage,
+            BlockName::Owner { .. } => BlockKind::Owner,
+            BlockName::PoolConfig => BlockKind::PoolConfig,
         }
     }
 
@@ -98,7 +113,10 @@ impl BlockName {
         match self {
             BlockName::Label => "label".to_string(),
             BlockName::Journal { seq } | BlockName::Checkpoint { seq } => format!("{seq:020}"),
-            BlockName::StoreRoot { gen: n } | BlockName::StorePage { id: n } => format!("{n:020}"),
+            BlockName::StoreRoot { gen: n } | BlockName::StorePage { id: n } | BlockName::Owner { epoch: n } => {
+                format!("{n:020}")
+            }
+            BlockName::PoolConfig => "pool.ron".to_string(),
             BlockName::Fragment { extent, index } => format!("{extent}.{index:02}"),
         }
     }
@@ -111,6 +129,8 @@ impl BlockName {
             BlockKind::Checkpoint => parse_seq(leaf).map(|seq| BlockName::Checkpoint { seq }),
             BlockKind::StoreRoot => parse_seq(leaf).map(|gen| BlockName::StoreRoot { gen }),
             BlockKind::StorePage => parse_seq(leaf).map(|id| BlockName::StorePage { id }),
+            BlockKind::Owner => parse_seq(leaf).map(|epoch| BlockName::Owner { epoch }),
+            BlockKind::PoolConfig => (leaf == "pool.ron").then_some(BlockName::PoolConfig),
             BlockKind::Fragment => {
                 let (extent, index) = leaf.split_once('.')?;
                 if extent.len() != 16 || index.len() != 2 {
@@ -153,6 +173,19 @@ pub enum DeviceError {
     /// An I/O error on this operation only (latent sector error, EIO).
     #[error("I/O error: {0}")]
     Io(String),
+    /// Another process opened the pool after this one (a later owner's claim is on a
+    /// shared device, `media::owner`): this process must stop writing. Nothing was written.
+    #[error("fenced: {0}")]
+    Fenced(String),
+}
+
+/// What a create-only write (`BlockDevice::create`) did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Created {
+    /// The block now holds the data given.
+    Written,
+    /// A block of that name already existed (holding other bytes) and was left as it was.
+    Taken,
 }
 
 impl DeviceError {
@@ -193,6 +226,29 @@ pub trait BlockDevice: Send + Sync {
     /// Creates or replaces the block. Visible at once; durable after the next `sync`.
     /// Fails with `NoSpace`, writing nothing, when the block does not fit.
     fn write(&self, name: BlockName, data: &[u8]) -> Result<(), DeviceError>;
+
+    /// Writes the block only if no block of that name exists, else leaves it and answers
+    /// `Taken`. On a `shared` device the store decides atomically, whoever else writes
+    /// it: of two writers creating one name with different bytes, exactly one gets
+    /// `Written`. A device that is never shared (its owner holds a lock on it) checks,
+    /// then writes. `Written` also when the block already holds exactly `data` (a retried
+    /// create whose first answer was lost). Durability as for `write`.
+    fn create(&self, name: BlockName, data: &[u8]) -> Result<Created, DeviceError> {
+        match self.read(name) {
+            Ok(held) if held == data => Ok(Created::Written),
+            Ok(_) => Ok(Created::Taken),
+            Err(DeviceError::NotFound) => self.write(name, data).map(|()| Created::Written),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Whether processes on other machines may write this device while this one does (an
+    /// object store): no lock keeps them apart, so the pool writes it create-only and
+    /// under an owner's claim (`media::owner`). `false` for a local directory, which the
+    /// pool's owner locks.
+    fn shared(&self) -> bool {
+        false
+    }
 
     /// Removes the block. Deleting a missing block is `Ok` (deletes are idempotent).
     /// Durable after the next `sync`.

@@ -32,6 +32,10 @@ pub enum FrameKind {
     StoreIndex = 5,
     /// A root of the paged metadata store.
     StoreRoot = 6,
+    /// An owner's claim on a shared device (`media::owner`).
+    OwnerClaim = 7,
+    /// A copy of the pool's configuration on a disk (`BlockName::PoolConfig`).
+    PoolConfig = 8,
 }
 
 /// The metadata format this build writes: journal records and checkpoints.
@@ -60,7 +64,7 @@ impl FrameKind {
     /// The body format this build writes for frames of this kind.
     pub fn version(self) -> u8 {
         match self {
-            FrameKind::Label => 1,
+            FrameKind::Label | FrameKind::OwnerClaim | FrameKind::PoolConfig => 1,
             FrameKind::JournalRecord | FrameKind::Checkpoint => METADATA_FORMAT,
             FrameKind::StorePage | FrameKind::StoreIndex | FrameKind::StoreRoot => STORE_FORMAT,
         }

@@ -1,5 +1,6 @@
 //! What lies on a disk: the `BlockDevice` seam and its directory implementation, framed
-//! and checksummed blocks, fragments, disk labels and the erasure/replication codecs.
+//! and checksummed blocks, fragments, disk labels, owners' claims on shared devices and the
+//! erasure/replication codecs.
 //! Imports only `base`.
 
 pub mod codec;
@@ -9,4 +10,5 @@ pub mod fragment;
 pub mod frame;
 pub mod journal_log;
 pub mod label;
+pub mod owner;
 pub mod segments;

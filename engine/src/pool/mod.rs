@@ -31,6 +31,7 @@ use crate::base::hooks::CommitPhase;
 use crate::base::policy::Policy;
 use crate::base::rng::EngineRng;
 use crate::media::device::{BlockDevice, BlockKind, BlockName, UnavailableDevice};
+use crate::media::owner::OwnedDevice;
 use crate::meta::journal::{self, JournalTip};
 use crate::meta::state::{
     ChunkSlot, DiskId, DiskRecord, DiskState, ExtentRecord, FreedExtent, InodeKind, MetaState, Op, Transaction,
@@ -70,6 +71,9 @@ pub struct PoolOptions {
     pub tiering: crate::temperature::config::TieringConfig,
     /// Reopens a disk by uuid when it comes back (see `reachability`).
     pub reconnect: Option<crate::pool::probes::Reconnector>,
+    /// Who this process is (host and pid), for the owner's claim it writes on shared
+    /// devices (`media::owner`) and the message an earlier owner is fenced with.
+    pub claimant: String,
     /// A deliberate defect, to prove the simulator catches it.
     #[cfg(feature = "sabotage")]
     pub sabotage: Option<crate::base::hooks::Sabotage>,
@@ -90,6 +94,7 @@ impl Default for PoolOptions {
             remove_orphans_at_open: true,
             tiering: crate::temperature::config::TieringConfig::default(),
             reconnect: None,
+            claimant: "a DynamicFS process".to_string(),
             #[cfg(feature = "sabotage")]
             sabotage: None,
         }
@@ -190,6 +195,9 @@ pub struct Pool {
     /// store checks the fence only once per record this process writes (see
     /// `Pool::begin_write`), the barrier before every record.
     pub(crate) fence_clear_at: Option<u64>,
+    /// This process's claim on the pool's shared devices, which wrap them (see
+    /// `media::owner`); `None` while the pool has no shared device.
+    pub(crate) owner: Option<Arc<crate::media::owner::Fence>>,
     /// Write and sync failures per disk since its last success (see `disk_io_failed`).
     pub(crate) io_errors: BTreeMap<DiskId, u32>,
     /// Disks that refused a journal block for lack of room, with the tip then: the
@@ -234,6 +242,20 @@ impl Pool {
         options: PoolOptions,
     ) -> Result<(Pool, OpenReport)> {
         let mut report = OpenReport::default();
+        // On shared devices, this process claims the pool before it reads the journal: an
+        // earlier owner still running is fenced from its next record on, and every
+        // record it landed before is in what recovery reads.
+        let owner = {
+            let raw: Vec<&dyn BlockDevice> = devices.iter().map(|d| d.device.as_ref()).collect();
+            crate::media::owner::claim(&raw, pool_id, &options.claimant, clock.wall()).map_err(|e| match e {
+                crate::media::owner::ClaimError::Raced { .. } => Error::PoolBusy(e.to_string()),
+                crate::media::owner::ClaimError::Unreachable(_) => Error::Unavailable(e.to_string()),
+            })?
+        };
+        let devices: Vec<PoolDevice> = devices
+            .into_iter()
+            .map(|d| PoolDevice { uuid: d.uuid, device: OwnedDevice::wrap(d.device, owner.as_ref()) })
+            .collect();
         let raw: Vec<&dyn BlockDevice> = devices.iter().map(|d| d.device.as_ref()).collect();
         let recovered =
             journal::recover(&raw, &options.metadata_store).map_err(|e| Error::MetadataCorrupt(e.to_string()))?;
@@ -314,6 +336,7 @@ impl Pool {
             cache: crate::pool::cache::ExtentCache::with_capacity(cache_bytes),
             read_only: None,
             fence_clear_at: None,
+            owner,
             io_errors: BTreeMap::new(),
             journal_refused: BTreeMap::new(),
             young_inline: BTreeSet::new(),
@@ -386,6 +409,12 @@ impl Pool {
             for disk in &check.failed {
                 report.notes.push(format!("disk {disk} stayed offline past the grace period and is now failed"));
             }
+        }
+        if pool.owner.is_some() && !pool.state.disks.is_empty() {
+            // The takeover in the journal: the record after the recovered tip is this
+            // process's, and whatever an earlier owner put under that number since it
+            // was recovered is replaced (it counts for no one: see `media::owner`).
+            pool.claim()?;
         }
         if pool.options.remove_orphans_at_open {
             report.orphan_fragments_removed = pool.remove_orphan_fragments();
@@ -683,6 +712,7 @@ impl Pool {
         if self.state.disks.values().any(|d| d.uuid == uuid) {
             return Err(Error::Exists(format!("disk {uuid}")));
         }
+        let device = self.owned(device)?;
         // A disk is only ever what its label says: it names this pool and `uuid`, or it
         // has no label yet and is given one.
         match crate::media::label::DiskLabel::read(device.as_ref()) {
@@ -805,6 +835,38 @@ impl Pool {
             }
         }
         removed
+    }
+
+    /// `device` as this owner writes it: a shared device wrapped under this process's
+    /// claim (see `media::owner`). A pool that had no shared device claims on this one
+    /// now; one that had puts a copy of its claim here too, so an opener that reaches
+    /// only this device still takes a later epoch.
+    pub(crate) fn owned(&mut self, device: Arc<dyn BlockDevice>) -> Result<Arc<dyn BlockDevice>> {
+        if !device.shared() {
+            return Ok(device);
+        }
+        let at = self.clock.wall();
+        match &self.owner {
+            Some(fence) => {
+                let epoch = fence.epoch();
+                let claim = crate::media::owner::OwnerClaim {
+                    pool_id: self.state.pool_id,
+                    epoch,
+                    by: self.options.claimant.clone(),
+                    at,
+                };
+                device
+                    .create(BlockName::Owner { epoch }, &claim.encode())
+                    .and_then(|_| device.sync())
+                    .map_err(|e| Error::Io(format!("{}: writing this owner's claim: {e}", device.describe())))?;
+            }
+            None => {
+                self.owner =
+                    crate::media::owner::claim(&[device.as_ref()], self.state.pool_id, &self.options.claimant, at)
+                        .map_err(|e| Error::PoolBusy(format!("{}: {e}", device.describe())))?;
+            }
+        }
+        Ok(OwnedDevice::wrap(device, self.owner.as_ref()))
     }
 
     /// Writes a journal record that says this process owns the pool (`Op::Opened`).

@@ -107,6 +107,7 @@ impl Pool {
             None => return Err(Error::NotFound(format!("disk {disk}"))),
         }
         self.verify_label(disk, device.as_ref()).map_err(|e| Error::InvalidArgument(format!("disk {disk}: {e}")))?;
+        let device = self.owned(device)?;
         self.sync()?;
         let (names, stale_deleted) = self.delete_unreferenced(disk, device.as_ref())?;
         let mut reused = 0;
@@ -282,6 +283,7 @@ impl Pool {
     /// (durable), and leaves the extents it is owed to the rebuild queue.
     fn rejoin(&mut self, disk: DiskId, device: Arc<dyn BlockDevice>) -> Result<Rejoined> {
         debug_assert!(self.state.disk_awaited(disk));
+        let device = self.owned(device)?;
         // Only at a barrier boundary is an unreferenced fragment there garbage: nothing
         // durable still names it, and nothing writes to an offline disk.
         self.sync()?;
