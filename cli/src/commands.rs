@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail, Context, Result};
 use dfs_engine::data::namespace::Owner;
-use dfs_engine::pooldir::PoolDir;
+use dfs_engine::pooldir::{PoolDir, OBJECT_SCHEME};
 use dfs_engine::{Ino, InodeKind, Pool, PoolOptions};
 
 use crate::table;
@@ -100,6 +100,25 @@ impl Ctx<'_> {
     }
 }
 
+/// The object stores of this process's environment (`AWS_*`), for pools with disks on them.
+pub(crate) fn object_stores() -> std::sync::Arc<dyn dfs_engine::media::device::ObjectStores> {
+    std::sync::Arc::new(dfs_objectdisk::EnvStores::from_env())
+}
+
+/// The options every command and daemon opens a pool with: who this process is (for the
+/// owner's claim on shared disks) and the object-store client.
+pub(crate) fn pool_options() -> PoolOptions {
+    PoolOptions { claimant: claimant(), object_stores: Some(object_stores()), ..PoolOptions::default() }
+}
+
+/// `host NAME pid N`: how an owner's claim names this process.
+fn claimant() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "an unnamed host".to_string());
+    format!("host {host} pid {}", std::process::id())
+}
+
 /// Widest FILE column of `list-extents`: longer paths keep their start and end.
 const FILE_COLUMN_MAX: usize = 48;
 
@@ -145,7 +164,7 @@ pub(crate) fn pool_command(pool: &Path, command: Command) -> Result<()> {
         matches!(command, Command::DetectOrphans { .. } | Command::CleanupOrphans { .. } | Command::OrphanStats { .. });
     let started = std::time::Instant::now();
     loop {
-        let options = PoolOptions { remove_orphans_at_open: !orphan_command, ..PoolOptions::default() };
+        let options = PoolOptions { remove_orphans_at_open: !orphan_command, ..pool_options() };
         match PoolDir::open(pool, options) {
             Ok((mut dir, mut engine_pool, report)) => {
                 for note in &report.notes {
@@ -230,6 +249,30 @@ pub fn run(command: Command) -> Result<()> {
                 pool.pool.display()
             );
             println!("next: dfs add-disk --pool {} --disk DIR", pool.pool.display());
+            Ok(())
+        }
+        Command::Import { pool, disk } => {
+            let location = dfs_engine::pooldir::DiskLocation::parse(&disk);
+            let location = match location {
+                dfs_engine::pooldir::DiskLocation::Local(path) => {
+                    dfs_engine::pooldir::DiskLocation::Local(std::env::current_dir().unwrap_or_default().join(path))
+                }
+                object => object,
+            };
+            let stores = object_stores();
+            let config = PoolDir::import(&pool.pool, &location, Some(&stores))
+                .map_err(engine)
+                .with_context(|| format!("importing the pool from {location} (nothing was changed)"))?;
+            println!(
+                "imported pool {} at {} from {location}: {} disk(s)",
+                config.pool_id,
+                pool.pool.display(),
+                config.disks.len()
+            );
+            for entry in &config.disks {
+                println!("  {} {}", entry.uuid, entry.path);
+            }
+            println!("next: dfs mount --pool {} MOUNTPOINT", pool.pool.display());
             Ok(())
         }
         Command::AddDisk { ref pool, .. }
@@ -346,11 +389,27 @@ fn execute_command(command: Command, ctx: &mut Ctx<'_>) -> Result<()> {
         | Command::MetricsServer { .. }
         | Command::Umount { .. }
         | Command::Stop { .. }
-        | Command::Init { .. } => {
+        | Command::Init { .. }
+        | Command::Import { .. } => {
             bail!("this command does not run against an open pool")
         }
         Command::AddDisk { pool: _, disks, capacity } => {
+            let (objects, disks): (Vec<PathBuf>, Vec<PathBuf>) =
+                disks.into_iter().partition(|d| d.to_str().is_some_and(|s| s.starts_with(OBJECT_SCHEME)));
+            let objects: Vec<String> = objects.iter().map(|d| d.to_string_lossy().into_owned()).collect();
             // All or nothing: every disk is checked before any is added.
+            let mut vetted_objects: Vec<dfs_engine::pooldir::DiskLocation> = Vec::new();
+            for url in &objects {
+                let found = ctx
+                    .dir
+                    .vet_object_disk(ctx.pool, url, capacity)
+                    .map_err(engine)
+                    .with_context(|| format!("adding disk {url} (nothing was added)"))?;
+                if let Some(twin) = vetted_objects.iter().find(|v| v.overlaps(&found.location)) {
+                    bail!("{url} is given twice (or overlaps {twin}) (EINVAL); nothing was added");
+                }
+                vetted_objects.push(found.location);
+            }
             let mut vetted: Vec<std::path::PathBuf> = Vec::new();
             for disk in &disks {
                 let disk = ctx.local_path(disk);
@@ -380,6 +439,16 @@ fn execute_command(command: Command, ctx: &mut Ctx<'_>) -> Result<()> {
                     );
                 }
                 vetted.push(canonical);
+            }
+            for url in &objects {
+                let id = ctx
+                    .dir
+                    .add_object_disk(ctx.pool, url, capacity)
+                    .map_err(engine)
+                    .with_context(|| format!("adding disk {url}"))?;
+                let info = ctx.pool.disk_infos().into_iter().find(|d| d.id == id.to_string());
+                let shown = info.map(|i| human(i.capacity_bytes)).unwrap_or_default();
+                writeln!(ctx.out, "added disk {id} at {url} ({shown}); the store honours create-only writes")?;
             }
             for disk in &disks {
                 let disk = ctx.local_path(disk);

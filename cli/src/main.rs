@@ -180,17 +180,37 @@ pub(crate) enum Command {
         #[arg(long)]
         no_tiering: bool,
     },
-    /// Add directories as disks of the pool; new writes use them at once.
+    /// Add disks to the pool; new writes use them at once. A disk is a directory, or a
+    /// prefix of a bucket on an S3-compatible object store (s3://bucket/prefix): the
+    /// endpoint, region and credentials come from AWS_ENDPOINT_URL, AWS_REGION,
+    /// AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (and AWS_SESSION_TOKEN), are never
+    /// written to the pool and never logged. A store is first checked to honour
+    /// create-only writes (If-None-Match: *), which keep two machines from both writing
+    /// the pool; one that does not is refused.
     AddDisk {
         #[command(flatten)]
         pool: PoolArg,
-        /// A directory to use as a disk (repeat to add several).
-        #[arg(long = "disk", value_name = "DIR", required = true)]
+        /// A directory, or s3://bucket/prefix, to use as a disk (repeat to add several).
+        #[arg(long = "disk", value_name = "DIR|s3://BUCKET/PREFIX", required = true)]
         disks: Vec<PathBuf>,
         /// Capacity of each disk added (e.g. 10GiB, at least 16MiB); default: the free
-        /// space of its filesystem.
+        /// space of its filesystem. Required for a disk on an object store.
         #[arg(long, value_parser = parse_capacity)]
         capacity: Option<u64>,
+    },
+    /// Rebuild a pool directory on this machine from one of the pool's disks: how a pool
+    /// moves to a new machine. Every disk keeps a copy of the pool's configuration; this
+    /// writes it as the new pool directory (which must be new or empty), changing nothing
+    /// on the disks. The first open there (a mount) claims the pool: a process still
+    /// serving it from another machine over disks on an object store is fenced, and stops
+    /// writing. Local disks named in the configuration must be reachable at their paths
+    /// on this machine, or the pool serves without them (degraded).
+    Import {
+        #[command(flatten)]
+        pool: PoolArg,
+        /// A disk of the pool: a directory, or s3://bucket/prefix.
+        #[arg(long, value_name = "DIR|s3://BUCKET/PREFIX")]
+        disk: String,
     },
     /// List the pool's disks: id, path, capacity, used, state, fragment count.
     ListDisks {

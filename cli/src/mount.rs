@@ -21,7 +21,6 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
 use dfs_engine::pooldir::PoolDir;
-use dfs_engine::PoolOptions;
 use dfs_fuse::DynamicFs;
 use fuser::{Config, MountOption};
 
@@ -372,7 +371,7 @@ fn take_over(pool: &Path) -> Result<()> {
 /// SIGINT/SIGTERM raise.
 fn open_for_daemon(pool: &Path, cache_bytes: Option<u64>) -> Result<(PoolDir, dfs_engine::Pool, Arc<AtomicBool>)> {
     let started = Instant::now();
-    let mut options = PoolOptions::default();
+    let mut options = crate::commands::pool_options();
     if let Some(bytes) = cache_bytes {
         options.extent_cache_bytes = usize::try_from(bytes).unwrap_or(usize::MAX);
     }

@@ -1,10 +1,13 @@
 //! The pool directory: where a production pool's config and lock live, and the opener
-//! that turns it into a `Pool` over `DirDisk`s.
+//! that turns it into a `Pool` over its disks — `DirDisk`s, and disks on object stores
+//! opened through the `ObjectStores` the binary hands in.
 //!
-//! `<pool>/pool.ron` names the pool and lists its disks (uuid and canonical path);
-//! `<pool>/lock` is held (flock) by the one process that has the pool open. Metadata
-//! itself lives on the disks; the config only says where to find them. Config updates
-//! are written to a temporary file, fsynced and renamed.
+//! `<pool>/pool.ron` names the pool and lists its disks (uuid, and canonical path or
+//! `s3://bucket/prefix`); `<pool>/lock` is held (flock) by the one process that has the
+//! pool open. Metadata itself lives on the disks; the config only says where to find
+//! them. Config updates are written to a temporary file, fsynced and renamed, and then
+//! copied onto every disk that takes writes (`BlockName::PoolConfig`), so `import` can
+//! rebuild the pool directory on another machine from any one disk.
 
 use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
@@ -18,8 +21,11 @@ use uuid::Uuid;
 use crate::base::clock::SystemClock;
 use crate::base::error::{Error, Result};
 use crate::base::policy::Policy;
-use crate::media::device::{BlockDevice, BlockKind, BlockName, UnavailableDevice};
+use crate::media::device::{
+    BlockDevice, BlockKind, BlockName, DeviceError, ObjectDiskOpen, ObjectStores, UnavailableDevice,
+};
 use crate::media::dirdisk::DirDisk;
+use crate::media::frame::{self, FrameKind};
 use crate::media::label::{DiskLabel, LabelError};
 use crate::meta::state::DiskId;
 use crate::pool::{OpenReport, Pool, PoolDevice, PoolOptions};
@@ -29,11 +35,81 @@ const LOCK_FILE: &str = "lock";
 /// Smallest capacity a disk may be given: room for a few extents and the journal.
 pub const DISK_CAPACITY_MIN: u64 = 16 << 20;
 
+/// How an object-store location starts.
+pub const OBJECT_SCHEME: &str = "s3://";
+
+/// Where a disk lives: a local directory (canonical), or a prefix of a bucket on an
+/// object store. One string in `pool.ron`: the path, or `s3://bucket/prefix`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(from = "String", into = "String")]
+pub enum DiskLocation {
+    Local(PathBuf),
+    Object(String),
+}
+
+impl DiskLocation {
+    /// `text` as a location: `s3://...` is an object store's, anything else a path.
+    pub fn parse(text: &str) -> DiskLocation {
+        if text.starts_with(OBJECT_SCHEME) {
+            DiskLocation::Object(text.to_string())
+        } else {
+            DiskLocation::Local(PathBuf::from(text))
+        }
+    }
+
+    /// The local directory, if this is one.
+    pub fn local(&self) -> Option<&Path> {
+        match self {
+            DiskLocation::Local(path) => Some(path),
+            DiskLocation::Object(_) => None,
+        }
+    }
+
+    /// Whether one of the two lies inside the other (or they are the same): two disks
+    /// there would see each other's blocks.
+    pub fn overlaps(&self, other: &DiskLocation) -> bool {
+        match (self, other) {
+            (DiskLocation::Local(a), DiskLocation::Local(b)) => a.starts_with(b) || b.starts_with(a),
+            (DiskLocation::Object(a), DiskLocation::Object(b)) => {
+                let (a, b) = (format!("{}/", a.trim_end_matches('/')), format!("{}/", b.trim_end_matches('/')));
+                a.starts_with(&b) || b.starts_with(&a)
+            }
+            _ => false,
+        }
+    }
+}
+
+impl From<String> for DiskLocation {
+    fn from(text: String) -> Self {
+        DiskLocation::parse(&text)
+    }
+}
+
+impl From<DiskLocation> for String {
+    fn from(location: DiskLocation) -> String {
+        match location {
+            // Paths are checked to be UTF-8 before they enter a config (`vet_disk`).
+            DiskLocation::Local(path) => path.to_string_lossy().into_owned(),
+            DiskLocation::Object(url) => url,
+        }
+    }
+}
+
+impl std::fmt::Display for DiskLocation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DiskLocation::Local(path) => write!(f, "{}", path.display()),
+            DiskLocation::Object(url) => f.write_str(url),
+        }
+    }
+}
+
 /// One disk as the pool directory knows it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DiskEntry {
     pub uuid: Uuid,
-    pub path: PathBuf,
+    /// Where it lives (called `path` in `pool.ron`, which once held only paths).
+    pub path: DiskLocation,
 }
 
 /// Contents of `pool.ron`.
@@ -57,6 +133,8 @@ pub struct PoolDir {
     locations: Locations,
     /// The lock held on each disk's directory (see `lock_disk_dir`).
     disk_locks: DiskLocks,
+    /// Opens the disks on object stores.
+    stores: Option<Arc<dyn ObjectStores>>,
     _lock: File,
     /// The lock on the pool directory itself.
     _dir_lock: File,
@@ -112,7 +190,12 @@ type Locations = Arc<std::sync::Mutex<Vec<DiskEntry>>>;
 
 /// Reopens a disk of pool `pool_id` by uuid from its configured path, verified by its
 /// label as at open.
-fn reconnector(locations: Locations, pool_id: Uuid, locks: DiskLocks) -> crate::services::reachability::Reconnector {
+fn reconnector(
+    locations: Locations,
+    pool_id: Uuid,
+    locks: DiskLocks,
+    stores: Option<Arc<dyn ObjectStores>>,
+) -> crate::services::reachability::Reconnector {
     crate::services::reachability::Reconnector(Arc::new(move |uuid| {
         let entry = locations
             .lock()
@@ -121,10 +204,10 @@ fn reconnector(locations: Locations, pool_id: Uuid, locks: DiskLocks) -> crate::
             .find(|d| d.uuid == uuid)
             .cloned()
             .ok_or_else(|| format!("disk {uuid} is not in the pool config"))?;
-        match open_disk_quietly(&entry, pool_id, &locks) {
+        match open_disk_quietly(&entry, pool_id, &locks, stores.as_ref()) {
             Ok(device) => Ok(device),
             Err(DiskOpenError::Busy(reason) | DiskOpenError::Unavailable(reason)) => {
-                Err(format!("{}: {reason}", entry.path.display()))
+                Err(format!("{}: {reason}", entry.path))
             }
         }
     }))
@@ -152,21 +235,7 @@ fn io(context: impl std::fmt::Display, e: std::io::Error) -> Error {
 impl PoolDir {
     /// Creates a pool directory at `path` (created if absent, else it must be empty).
     pub fn init(path: &Path, policy: Policy, tiering: bool) -> Result<PoolConfig> {
-        if path.exists() {
-            let mut entries = fs::read_dir(path).map_err(|e| io(path.display(), e))?;
-            if path.join(CONFIG_FILE).exists() {
-                return Err(Error::Exists(format!("{} already holds a pool", path.display())));
-            }
-            if entries.next().is_some() {
-                return Err(Error::InvalidArgument(format!(
-                    "{} is not empty; a pool directory must be new or empty",
-                    path.display()
-                )));
-            }
-        } else {
-            fs::create_dir_all(path).map_err(|e| io(path.display(), e))?;
-        }
-        set_owner_only(path)?;
+        prepare_new_dir(path)?;
         let config = PoolConfig {
             pool_id: Uuid::new_v4(),
             initial_policy: policy.to_string(),
@@ -177,6 +246,81 @@ impl PoolDir {
         Ok(config)
     }
 
+    /// Rebuilds a pool directory at `path` (new or empty) from the copy of the pool's
+    /// configuration that `disk` keeps (`BlockName::PoolConfig`): how a pool moves to a
+    /// new machine. Checks everything before it creates anything. The pool then opens
+    /// there; its first open claims it, so a process still serving it elsewhere from
+    /// shared disks is fenced (`media::owner`).
+    pub fn import(path: &Path, disk: &DiskLocation, stores: Option<&Arc<dyn ObjectStores>>) -> Result<PoolConfig> {
+        check_new_dir(path)?;
+        let device: Arc<dyn BlockDevice> = match disk {
+            DiskLocation::Local(dir) => {
+                let canonical = fs::canonicalize(dir).map_err(|e| io(format!("disk path {}", dir.display()), e))?;
+                Arc::new(DirDisk::open(&canonical).map_err(|e| Error::Io(format!("{}: {e}", canonical.display())))?)
+            }
+            DiskLocation::Object(url) => {
+                let canonical = stores.ok_or_else(|| no_client(url))?.canonical(url).map_err(Error::InvalidArgument)?;
+                open_object(stores, &canonical, ObjectDiskOpen::Existing)?
+            }
+        };
+        let label = match DiskLabel::read(device.as_ref()) {
+            Ok(label) => label,
+            Err(LabelError::Missing) => {
+                return Err(Error::NotAPool(format!("{disk} holds no DynamicFS disk label: it is no pool's disk")))
+            }
+            Err(e) => return Err(Error::MetadataCorrupt(format!("{disk}: {e}"))),
+        };
+        let config = match device.read(BlockName::PoolConfig) {
+            Ok(block) => decode_copy(&block).map_err(|e| Error::MetadataCorrupt(format!("{disk}: {e}")))?,
+            Err(DeviceError::NotFound) => {
+                return Err(Error::NotAPool(format!(
+                    "{disk} is a disk of pool {} but holds no copy of its configuration (each open of the pool \
+                     writes one): open the pool once where it is now, or import from another of its disks",
+                    label.pool_id
+                )))
+            }
+            Err(e) => return Err(Error::Io(format!("{disk}: reading its copy of the pool configuration: {e}"))),
+        };
+        if config.pool_id != label.pool_id || !config.disks.iter().any(|d| d.uuid == label.disk_uuid) {
+            return Err(Error::MetadataCorrupt(format!(
+                "{disk}: its copy of the configuration is of pool {}, and the label says disk {} of pool {}",
+                config.pool_id, label.disk_uuid, label.pool_id
+            )));
+        }
+        prepare_new_dir(path)?;
+        write_config(path, &config)?;
+        Ok(config)
+    }
+}
+
+/// Makes `path` a new or empty directory only its owner may use; refuses one that holds
+/// anything.
+fn prepare_new_dir(path: &Path) -> Result<()> {
+    check_new_dir(path)?;
+    if !path.exists() {
+        fs::create_dir_all(path).map_err(|e| io(path.display(), e))?;
+    }
+    set_owner_only(path)
+}
+
+/// Refuses, changing nothing, a `path` that exists and holds anything.
+fn check_new_dir(path: &Path) -> Result<()> {
+    if path.exists() {
+        let mut entries = fs::read_dir(path).map_err(|e| io(path.display(), e))?;
+        if path.join(CONFIG_FILE).exists() {
+            return Err(Error::Exists(format!("{} already holds a pool", path.display())));
+        }
+        if entries.next().is_some() {
+            return Err(Error::InvalidArgument(format!(
+                "{} is not empty; a pool directory must be new or empty",
+                path.display()
+            )));
+        }
+    }
+    Ok(())
+}
+
+impl PoolDir {
     /// Opens the pool at `path`: takes the lock, opens every disk, recovers metadata.
     pub fn open(path: &Path, mut options: PoolOptions) -> Result<(PoolDir, Pool, OpenReport)> {
         let path = fs::canonicalize(path).map_err(|e| match e.kind() {
@@ -226,26 +370,27 @@ impl PoolDir {
         let disk_locks: DiskLocks = Arc::new(std::sync::Mutex::new(BTreeMap::new()));
         let mut devices = Vec::new();
         let mut unavailable = Vec::new();
+        let stores = options.object_stores.clone();
         for entry in &config.disks {
-            let (device, reason) = match open_disk_quietly(entry, config.pool_id, &disk_locks) {
+            let (device, reason) = match open_disk_quietly(entry, config.pool_id, &disk_locks, stores.as_ref()) {
                 Ok(device) => (device, None),
                 Err(DiskOpenError::Busy(reason)) => {
                     // Another process serves this disk: a copy of this pool's directory, or
                     // a second pool naming it. Two owners would lose data: refuse.
                     return Err(Error::PoolBusy(format!(
                         "disk {} of pool {} is in use by another process ({reason}); nothing was opened",
-                        entry.path.display(),
+                        entry.path,
                         path.display()
                     )));
                 }
                 Err(DiskOpenError::Unavailable(reason)) => {
-                    let location = entry.path.display().to_string();
+                    let location = entry.path.to_string();
                     tracing::warn!(disk = %location, %reason, "serving the pool without this disk");
                     (Arc::new(UnavailableDevice::new(location, reason.clone())) as Arc<dyn BlockDevice>, Some(reason))
                 }
             };
             if let Some(reason) = reason {
-                unavailable.push(format!("{}: {reason}", entry.path.display()));
+                unavailable.push(format!("{}: {reason}", entry.path));
             }
             devices.push(PoolDevice { uuid: entry.uuid, device });
         }
@@ -267,28 +412,31 @@ impl PoolDir {
         }
         options.tiering.enabled = config.initial_tiering;
         let locations: Locations = Arc::new(std::sync::Mutex::new(config.disks.clone()));
-        options.reconnect = Some(reconnector(locations.clone(), config.pool_id, disk_locks.clone()));
-        let (pool, report) =
+        options.reconnect = Some(reconnector(locations.clone(), config.pool_id, disk_locks.clone(), stores.clone()));
+        let (mut pool, report) =
             Pool::open(config.pool_id, initial_policy, devices, Arc::new(SystemClock::new()), options)?;
-        let mut dir = PoolDir { path, config, locations, disk_locks, _lock: lock, _dir_lock: dir_lock };
+        let mut dir = PoolDir { path, config, locations, disk_locks, stores, _lock: lock, _dir_lock: dir_lock };
         if !report.unregistered.is_empty() {
             // A crash during add-disk: the label was written, the metadata never knew it.
-            dir.config.disks.retain(|d| !report.unregistered.contains(&d.uuid));
-            write_config(&dir.path, &dir.config)?;
-            dir.publish_locations();
+            let mut config = dir.config.clone();
+            config.disks.retain(|d| !report.unregistered.contains(&d.uuid));
+            dir.save(&mut pool, config)?;
+        } else {
+            dir.copy_config(&mut pool);
         }
         Ok((dir, pool, report))
     }
 
-    /// When `canonical` holds a failed disk of this pool (by its label), takes it back —
-    /// reusing what it holds that is still referenced — and records where it is now.
+    /// When `device` (at `location`) is a failed disk of this pool (by its label), takes
+    /// it back — reusing what it holds that is still referenced — and records where it
+    /// is now.
     fn readmit_if_failed(
         &mut self,
         pool: &mut Pool,
-        canonical: &Path,
+        location: DiskLocation,
+        device: Arc<dyn BlockDevice>,
     ) -> Result<Option<crate::services::reachability::Readmitted>> {
-        let Ok(disk) = DirDisk::open(canonical) else { return Ok(None) };
-        let Ok(label) = DiskLabel::read(&disk) else { return Ok(None) };
+        let Ok(label) = DiskLabel::read(device.as_ref()) else { return Ok(None) };
         if label.pool_id != self.config.pool_id {
             return Ok(None);
         }
@@ -298,24 +446,46 @@ impl PoolDir {
         if record.state != crate::meta::state::DiskState::Failed {
             return Ok(None);
         }
-        if let Err(DiskOpenError::Busy(reason) | DiskOpenError::Unavailable(reason)) =
-            lock_disk_dir(canonical, label.disk_uuid, &self.disk_locks)
-        {
-            return Err(Error::PoolBusy(format!("{}: {reason}", canonical.display())));
+        if let Some(dir) = location.local() {
+            if let Err(DiskOpenError::Busy(reason) | DiskOpenError::Unavailable(reason)) =
+                lock_disk_dir(dir, label.disk_uuid, &self.disk_locks)
+            {
+                return Err(Error::PoolBusy(format!("{location}: {reason}")));
+            }
         }
-        let readmitted = pool.readmit_disk(record.id, Arc::new(disk))?;
+        let readmitted = pool.readmit_disk(record.id, device)?;
         let mut config = self.config.clone();
         config.disks.retain(|d| d.uuid != label.disk_uuid);
-        config.disks.push(DiskEntry { uuid: label.disk_uuid, path: canonical.to_path_buf() });
-        write_config(&self.path, &config)?;
-        self.config = config;
-        self.publish_locations();
+        config.disks.push(DiskEntry { uuid: label.disk_uuid, path: location });
+        self.save(pool, config)?;
         Ok(Some(readmitted))
     }
 
     /// Lets the pool's reconnector see the config's disks as they are now.
     fn publish_locations(&self) {
         *self.locations.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = self.config.disks.clone();
+    }
+
+    /// Makes `config` the pool's: written to `pool.ron`, seen by the reconnector, and
+    /// copied onto the disks.
+    fn save(&mut self, pool: &mut Pool, config: PoolConfig) -> Result<()> {
+        write_config(&self.path, &config)?;
+        self.config = config;
+        self.publish_locations();
+        self.copy_config(pool);
+        Ok(())
+    }
+
+    /// Puts the config on every disk that takes writes, where its copy differs (see
+    /// `import`). A disk that cannot take it is only logged: the copy is a convenience
+    /// for moving the pool, and the next change or open writes it again.
+    fn copy_config(&self, pool: &mut Pool) {
+        if pool.read_only.is_some() {
+            return;
+        }
+        for failure in pool.copy_to_disks(BlockName::PoolConfig, &encode_copy(&self.config)) {
+            tracing::warn!(%failure, "the copy of the pool configuration was not written");
+        }
     }
 
     /// The pool directory.
@@ -336,6 +506,12 @@ impl PoolDir {
         if !canonical.is_dir() {
             return Err(Error::NotDirectory(format!("disk path {}", canonical.display())));
         }
+        if canonical.to_str().is_none() {
+            return Err(Error::InvalidArgument(format!(
+                "disk path {} is not UTF-8: the pool's config cannot name it",
+                canonical.display()
+            )));
+        }
         if canonical.starts_with(&self.path) || self.path.starts_with(&canonical) {
             return Err(Error::InvalidArgument(format!(
                 "{} overlaps the pool directory {}",
@@ -345,7 +521,25 @@ impl PoolDir {
         }
         fs::read_dir(&canonical).map_err(|e| io(format!("disk path {}", canonical.display()), e))?;
         let disk = DirDisk::open(&canonical).map_err(|e| Error::Io(format!("{}: {e}", canonical.display())))?;
-        let label = DiskLabel::read(&disk);
+        let location = DiskLocation::Local(canonical.clone());
+        let uuid = match self.vet_label(pool, &location, &disk, capacity_bytes)? {
+            VettedLabel::Failed => return Ok(Vetted::FailedDisk(canonical)),
+            VettedLabel::New(uuid) => uuid,
+        };
+        Ok(Vetted::New { canonical, uuid })
+    }
+
+    /// What `vet_disk` and `vet_object_disk` check of any disk: not one of the pool's
+    /// (or overlapping one), a capacity not below the minimum, and a label that is this
+    /// pool's failed disk's, a crashed add-disk's, or none on a disk that holds no blocks.
+    fn vet_label(
+        &self,
+        pool: &Pool,
+        location: &DiskLocation,
+        disk: &dyn BlockDevice,
+        capacity_bytes: Option<u64>,
+    ) -> Result<VettedLabel> {
+        let label = DiskLabel::read(disk);
         if let Ok(label) = &label {
             let failed = pool
                 .state()
@@ -353,16 +547,13 @@ impl PoolDir {
                 .values()
                 .any(|d| d.uuid == label.disk_uuid && d.state == crate::meta::state::DiskState::Failed);
             if label.pool_id == self.config.pool_id && failed {
-                return Ok(Vetted::FailedDisk(canonical));
+                return Ok(VettedLabel::Failed);
             }
         }
-        if let Some(other) =
-            self.config.disks.iter().find(|d| d.path.starts_with(&canonical) || canonical.starts_with(&d.path))
-        {
+        if let Some(other) = self.config.disks.iter().find(|d| d.path.overlaps(location)) {
             return Err(Error::Exists(format!(
-                "{} is already a disk of this pool (or overlaps disk {})",
-                canonical.display(),
-                other.path.display()
+                "{location} is already a disk of this pool (or overlaps disk {})",
+                other.path
             )));
         }
         if let Some(capacity) = capacity_bytes {
@@ -375,13 +566,12 @@ impl PoolDir {
         let uuid = match label {
             Ok(label) if label.pool_id != self.config.pool_id => {
                 return Err(Error::Exists(format!(
-                    "{} is a disk of another pool ({}); remove it from that pool first",
-                    canonical.display(),
+                    "{location} is a disk of another pool ({}); remove it from that pool first",
                     label.pool_id
                 )))
             }
             Ok(label) if pool.state().disks.values().any(|d| d.uuid == label.disk_uuid) => {
-                return Err(Error::Exists(format!("{} is already a disk of this pool", canonical.display())))
+                return Err(Error::Exists(format!("{location} is already a disk of this pool")))
             }
             // Labelled for this pool by an add-disk that crashed before committing: reuse.
             Ok(label) => label.disk_uuid,
@@ -392,17 +582,14 @@ impl PoolDir {
                     .any(|kind| disk.list(kind).map(|names| !names.is_empty()).unwrap_or(true));
                 if holds_blocks {
                     return Err(Error::InvalidArgument(format!(
-                        "{} holds DynamicFS blocks but no label; refusing to overwrite them",
-                        canonical.display()
+                        "{location} holds DynamicFS blocks but no label; refusing to overwrite them"
                     )));
                 }
                 Uuid::new_v4()
             }
-            Err(e) => {
-                return Err(Error::InvalidArgument(format!("{}: {e}; refusing to reuse it", canonical.display())))
-            }
+            Err(e) => return Err(Error::InvalidArgument(format!("{location}: {e}; refusing to reuse it"))),
         };
-        Ok(Vetted::New { canonical, uuid })
+        Ok(VettedLabel::New(uuid))
     }
 
     /// Adds the directory `disk_path` as a disk of `capacity_bytes` (or the free space of
@@ -412,10 +599,13 @@ impl PoolDir {
     /// what it holds that is still referenced is used again, and it keeps its id.
     pub fn add_disk(&mut self, pool: &mut Pool, disk_path: &Path, capacity_bytes: Option<u64>) -> Result<DiskId> {
         let (canonical, uuid) = match self.vet_disk(pool, disk_path, capacity_bytes)? {
-            Vetted::FailedDisk(canonical) => match self.readmit_if_failed(pool, &canonical)? {
-                Some(readmitted) => return Ok(readmitted.disk),
-                None => return Err(Error::Io(format!("{}: the failed disk there changed", canonical.display()))),
-            },
+            Vetted::FailedDisk(canonical) => {
+                let disk = DirDisk::open(&canonical).map_err(|e| Error::Io(format!("{}: {e}", canonical.display())))?;
+                return match self.readmit_if_failed(pool, DiskLocation::Local(canonical.clone()), Arc::new(disk))? {
+                    Some(readmitted) => Ok(readmitted.disk),
+                    None => Err(Error::Io(format!("{}: the failed disk there changed", canonical.display()))),
+                };
+            }
             Vetted::New { canonical, uuid } => (canonical, uuid),
         };
         let mut disk = DirDisk::open(&canonical).map_err(|e| Error::Io(format!("{}: {e}", canonical.display())))?;
@@ -429,12 +619,73 @@ impl PoolDir {
             Ok(()) => {}
             Err(DiskOpenError::Busy(reason) | DiskOpenError::Unavailable(reason)) => return Err(busy(reason)),
         }
+        self.register(pool, DiskEntry { uuid, path: DiskLocation::Local(canonical) }, capacity_bytes, Arc::new(disk))
+    }
+
+    /// Checks, changing nothing, that the object-store location `url` can be added as a
+    /// disk of `capacity_bytes` (which it needs: a store has no size to ask): it parses,
+    /// the store answers with these credentials, has the bucket, honours create-only
+    /// writes, and the prefix holds no other pool's disk. Returns the disk, opened.
+    pub fn vet_object_disk(&self, pool: &Pool, url: &str, capacity_bytes: Option<u64>) -> Result<VettedObject> {
+        let Some(capacity) = capacity_bytes else {
+            return Err(Error::InvalidArgument(format!(
+                "{url}: a disk on an object store needs --capacity (a store has no size of its own to ask)"
+            )));
+        };
+        let stores = self.stores.as_ref().ok_or_else(|| no_client(url))?;
+        let url = stores.canonical(url).map_err(Error::InvalidArgument)?;
+        let location = DiskLocation::Object(url.clone());
+        if let Some(other) = self.config.disks.iter().find(|d| d.path.overlaps(&location)) {
+            return Err(Error::Exists(format!(
+                "{location} is already a disk of this pool (or overlaps disk {})",
+                other.path
+            )));
+        }
+        let device = open_object(self.stores.as_ref(), &url, ObjectDiskOpen::New { capacity_bytes: capacity })?;
+        let failed = match self.vet_label(pool, &location, device.as_ref(), capacity_bytes)? {
+            VettedLabel::Failed => None,
+            VettedLabel::New(uuid) => Some(uuid),
+        };
+        Ok(VettedObject { location, device, new_uuid: failed })
+    }
+
+    /// Adds the disk `url` (`s3://bucket/prefix`) of `capacity_bytes`, checked as by
+    /// `vet_object_disk`. A failed disk of this pool there is taken back instead.
+    pub fn add_object_disk(&mut self, pool: &mut Pool, url: &str, capacity_bytes: Option<u64>) -> Result<DiskId> {
+        let VettedObject { location, device, new_uuid } = self.vet_object_disk(pool, url, capacity_bytes)?;
+        let Some(uuid) = new_uuid else {
+            return match self.readmit_if_failed(pool, location.clone(), device)? {
+                Some(readmitted) => Ok(readmitted.disk),
+                None => Err(Error::Io(format!("{location}: the failed disk there changed"))),
+            };
+        };
+        let label = DiskLabel { pool_id: self.config.pool_id, disk_uuid: uuid, capacity_bytes };
+        device
+            .write(BlockName::Label, &label.encode())
+            .and_then(|()| device.sync())
+            .map_err(|e| Error::Io(format!("writing the label on {location}: {e}")))?;
+        self.register(pool, DiskEntry { uuid, path: location }, capacity_bytes, device)
+    }
+
+    /// The last step of adding a labelled disk: the config names it, then the pool takes
+    /// it; if the pool refuses, the config is put back.
+    fn register(
+        &mut self,
+        pool: &mut Pool,
+        entry: DiskEntry,
+        capacity_bytes: Option<u64>,
+        device: Arc<dyn BlockDevice>,
+    ) -> Result<DiskId> {
         let previous = self.config.clone();
-        self.config.disks.push(DiskEntry { uuid, path: canonical.clone() });
+        let uuid = entry.uuid;
+        self.config.disks.push(entry);
         write_config(&self.path, &self.config)?;
         self.publish_locations();
-        match pool.add_disk(uuid, capacity_bytes, Arc::new(disk)) {
-            Ok(id) => Ok(id),
+        match pool.add_disk(uuid, capacity_bytes, device) {
+            Ok(id) => {
+                self.copy_config(pool);
+                Ok(id)
+            }
             Err(e) => {
                 self.config = previous;
                 let _ = write_config(&self.path, &self.config);
@@ -445,21 +696,64 @@ impl PoolDir {
     }
 }
 
+/// What `vet_label` found.
+enum VettedLabel {
+    /// A failed disk of this pool: taken back.
+    Failed,
+    /// A disk to add under this uuid.
+    New(Uuid),
+}
+
+/// A disk on an object store that `vet_object_disk` found can be added.
+pub struct VettedObject {
+    /// Where it is, as the config will name it.
+    pub location: DiskLocation,
+    /// The disk, opened.
+    pub device: Arc<dyn BlockDevice>,
+    /// The uuid it is added under; `None`: a failed disk of this pool, taken back.
+    pub new_uuid: Option<Uuid>,
+}
+
+fn no_client(url: &str) -> Error {
+    Error::NotSupported(format!("{url}: this program was built without an object store client"))
+}
+
+/// Opens the disk at `url` through the binary's object-store client.
+fn open_object(stores: Option<&Arc<dyn ObjectStores>>, url: &str, how: ObjectDiskOpen) -> Result<Arc<dyn BlockDevice>> {
+    let stores = stores.ok_or_else(|| no_client(url))?;
+    stores.open(url, how).map_err(|e| match e {
+        DeviceError::Unavailable(reason) => Error::Io(reason),
+        DeviceError::NoSpace => Error::NoSpace(url.to_string()),
+        e => Error::Io(format!("{url}: {e}")),
+    })
+}
+
 /// Opens one disk of the pool. A disk is only ever what its label says: a directory that
 /// cannot be opened, or whose label is missing, unreadable, or names another pool or
 /// disk, is unavailable (read around, never written); one whose directory another
-/// process holds is busy. The disk's directory is locked for this process.
+/// process holds is busy. A local disk's directory is locked for this process; a disk on
+/// an object store cannot be locked, and is fenced by owners' claims instead
+/// (`media::owner`).
 fn open_disk_quietly(
     entry: &DiskEntry,
     pool_id: Uuid,
     locks: &DiskLocks,
+    stores: Option<&Arc<dyn ObjectStores>>,
 ) -> std::result::Result<Arc<dyn BlockDevice>, DiskOpenError> {
     let unavailable = DiskOpenError::Unavailable;
-    let disk = DirDisk::open(&entry.path).map_err(|e| unavailable(format!("cannot be opened: {e}")))?;
-    match DiskLabel::read(&disk) {
+    let disk: Arc<dyn BlockDevice> = match &entry.path {
+        DiskLocation::Local(dir) => {
+            Arc::new(DirDisk::open(dir).map_err(|e| unavailable(format!("cannot be opened: {e}")))?)
+        }
+        DiskLocation::Object(url) => open_object(stores, url, ObjectDiskOpen::Existing)
+            .map_err(|e| unavailable(format!("cannot be opened: {e}")))?,
+    };
+    match DiskLabel::read(disk.as_ref()) {
         Ok(label) if label.pool_id == pool_id && label.disk_uuid == entry.uuid => {
-            lock_disk_dir(&entry.path, entry.uuid, locks)?;
-            Ok(Arc::new(disk))
+            if let Some(dir) = entry.path.local() {
+                lock_disk_dir(dir, entry.uuid, locks)?;
+            }
+            Ok(disk)
         }
         Ok(label) if label.pool_id != pool_id => {
             Err(unavailable(format!("its label names pool {}, not this pool ({pool_id})", label.pool_id)))
@@ -471,26 +765,45 @@ fn open_disk_quietly(
 
 impl PoolDir {
     /// After `disk` was removed from `pool`: drops it from the config and wipes its
-    /// DynamicFS blocks and label, so the directory can be reused or deleted.
-    pub fn forget_disk(&mut self, pool: &Pool, disk: DiskId) -> Result<()> {
+    /// DynamicFS blocks and label, so the directory (or prefix) can be reused or deleted.
+    pub fn forget_disk(&mut self, pool: &mut Pool, disk: DiskId) -> Result<()> {
         let Some(uuid) = pool.state().disks.get(&disk).map(|d| d.uuid) else {
             return Err(Error::NotFound(format!("disk {disk}")));
         };
         let Some(entry) = self.config.disks.iter().find(|d| d.uuid == uuid).cloned() else {
             return Ok(());
         };
-        if let Ok(device) = DirDisk::open(&entry.path) {
-            // Best effort: the disk has already left the pool; what stays is only litter.
-            let _ = device.wipe();
+        // Best effort: the disk has already left the pool; what stays is only litter.
+        match &entry.path {
+            DiskLocation::Local(dir) => {
+                if let Ok(device) = DirDisk::open(dir) {
+                    let _ = device.wipe();
+                }
+            }
+            DiskLocation::Object(url) => {
+                if let Ok(device) = open_object(self.stores.as_ref(), url, ObjectDiskOpen::Existing) {
+                    for kind in BlockKind::ALL.into_iter().rev() {
+                        for name in device.list(kind).unwrap_or_default() {
+                            let _ = device.delete(name);
+                        }
+                    }
+                }
+            }
         }
         let mut config = self.config.clone();
         config.disks.retain(|d| d.uuid != uuid);
-        write_config(&self.path, &config)?;
         self.disk_locks.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).remove(&uuid);
-        self.config = config;
-        self.publish_locations();
-        Ok(())
+        self.save(pool, config)
     }
+}
+
+/// The config as the block each disk keeps a copy of (`BlockName::PoolConfig`).
+fn encode_copy(config: &PoolConfig) -> Vec<u8> {
+    frame::encode(FrameKind::PoolConfig, config).0
+}
+
+fn decode_copy(block: &[u8]) -> std::result::Result<PoolConfig, frame::FrameError> {
+    frame::decode(FrameKind::PoolConfig, block).map(|(config, _)| config)
 }
 
 fn write_config(dir: &Path, config: &PoolConfig) -> Result<()> {

@@ -24,10 +24,13 @@ mod location;
 
 use std::collections::BTreeMap;
 use std::future::Future;
-use std::sync::{Mutex, MutexGuard, OnceLock};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
-use dfs_engine::media::device::{BlockDevice, BlockKind, BlockName, Created, DeviceError};
+use dfs_engine::media::device::{
+    BlockDevice, BlockKind, BlockName, Created, DeviceError, ObjectDiskOpen, ObjectStores,
+};
+use dfs_engine::media::label::DiskLabel;
 use futures::TryStreamExt;
 use object_store::aws::{AmazonS3, AmazonS3Builder};
 use object_store::path::Path as ObjectPath;
@@ -85,6 +88,47 @@ impl std::fmt::Debug for Access {
             .field("secret", &self.secret.as_ref().map(|_| "<set>"))
             .field("session_token", &self.session_token.as_ref().map(|_| "<set>"))
             .finish()
+    }
+}
+
+/// The object stores this process reaches, as a pool directory opens disks on them
+/// (`ObjectStores`): every disk with the endpoint and credentials read from the
+/// environment once (`Access::from_env`).
+#[derive(Debug)]
+pub struct EnvStores {
+    access: Access,
+}
+
+impl EnvStores {
+    /// Reads the endpoint and credentials from the environment.
+    pub fn from_env() -> EnvStores {
+        EnvStores { access: Access::from_env() }
+    }
+}
+
+impl ObjectStores for EnvStores {
+    fn canonical(&self, location: &str) -> Result<String, String> {
+        location.parse::<Location>().map(|l| l.to_string()).map_err(|e| e.0)
+    }
+
+    fn open(&self, location: &str, how: ObjectDiskOpen) -> Result<Arc<dyn BlockDevice>, DeviceError> {
+        let location: Location = location.parse().map_err(|e: LocationError| DeviceError::Unavailable(e.0))?;
+        match how {
+            ObjectDiskOpen::Existing => {
+                // The capacity is the label's; a disk without one is no pool's, and is
+                // refused by the caller, which reads the label itself.
+                let mut disk = ObjectDisk::open(&location, 0, &self.access)?;
+                if let Ok(label) = DiskLabel::read(&disk) {
+                    disk.capacity_bytes = label.capacity_bytes.unwrap_or(0);
+                }
+                Ok(Arc::new(disk))
+            }
+            ObjectDiskOpen::New { capacity_bytes } => {
+                let disk = ObjectDisk::open(&location, capacity_bytes, &self.access)?;
+                disk.check_create_only()?;
+                Ok(Arc::new(disk))
+            }
+        }
     }
 }
 
@@ -292,7 +336,8 @@ impl ObjectDisk {
             object_store::Error::Unauthenticated { .. } | object_store::Error::PermissionDenied { .. } => {
                 DeviceError::Unavailable(format!(
                     "{location}: the object store rejected the credentials (check AWS_ACCESS_KEY_ID and \
-                     AWS_SECRET_ACCESS_KEY): {error}"
+                     AWS_SECRET_ACCESS_KEY): {}",
+                    brief(&error.to_string())
                 ))
             }
             other => classify(location, &other.to_string()),
@@ -304,6 +349,7 @@ impl ObjectDisk {
 /// and a bucket that does not exist make the disk unavailable; anything else is an I/O
 /// error of this one call.
 fn classify(location: &Location, text: &str) -> DeviceError {
+    let text = &brief(text);
     let lower = text.to_ascii_lowercase();
     if lower.contains("nosuchbucket") || lower.contains("bucket does not exist") {
         return DeviceError::Unavailable(format!("{location}: bucket '{}' does not exist", location.bucket));
@@ -320,6 +366,21 @@ fn classify(location: &Location, text: &str) -> DeviceError {
         ));
     }
     DeviceError::Io(format!("{location}: {text}"))
+}
+
+/// `text` without the XML body a store's error answer carries, keeping its `<Code>`:
+/// messages stay one readable line.
+fn brief(text: &str) -> String {
+    let Some(start) = text.find("<?xml").or_else(|| text.find("<Error>")) else { return text.to_string() };
+    let code = text
+        .split_once("<Code>")
+        .and_then(|(_, rest)| rest.split_once("</Code>"))
+        .map(|(code, _)| code.trim().to_string());
+    let head = text[..start].trim_end().trim_end_matches(':');
+    match code {
+        Some(code) => format!("{head}: {code}"),
+        None => head.to_string(),
+    }
 }
 
 /// The runtime every object disk's requests run on; `None` when it could not start.
@@ -469,5 +530,18 @@ mod tests {
         assert!(matches!(&denied, DeviceError::Unavailable(m) if m.contains("rejected the credentials")));
         let other = classify(&location, "InternalError");
         assert!(matches!(&other, DeviceError::Io(m) if m.starts_with("s3://pool-bucket/disk1")));
+    }
+
+    #[test]
+    fn a_stores_xml_answer_is_cut_to_its_code() {
+        let answer = "Error performing GET http://h/b in 1ms - Server returned non-2xx status code: 403 Forbidden: \
+                      <?xml version=\"1.0\"?>\n<Error><Code>SignatureDoesNotMatch</Code><Message>The request \
+                      signature we calculated does not match</Message></Error>";
+        assert_eq!(
+            brief(answer),
+            "Error performing GET http://h/b in 1ms - Server returned non-2xx status code: 403 Forbidden: \
+             SignatureDoesNotMatch"
+        );
+        assert_eq!(brief("plain text"), "plain text");
     }
 }

@@ -44,7 +44,7 @@ pub enum Error {
     NotAPool(String),
     #[error("bad file handle {0}")]
     BadHandle(u64),
-    #[error("the pool went read-only after a failed metadata commit ({0}); unmount and reopen it")]
+    #[error("the pool is read-only: {0}")]
     ReadOnly(String),
     #[error("{0}: no such extended attribute")]
     NoAttribute(String),

@@ -217,7 +217,10 @@ impl Pool {
                 self.degraded.insert(*id);
             }
             if usable < record.policy.needed() {
-                let reason = format!("extent {id} could not be made durable: too few disks took its fragments");
+                let reason = format!(
+                    "a metadata commit failed (extent {id} could not be made durable: too few disks took its \
+                     fragments); unmount and reopen it"
+                );
                 self.read_only = Some(reason.clone());
                 return Err(Error::ReadOnly(reason));
             }
@@ -347,7 +350,11 @@ impl Pool {
         self.counters.journal_bytes += block.len() as u64 * held as u64;
         if held == 0 {
             let errors: Vec<&str> = failures.iter().map(|f| f.message.as_str()).collect();
-            let reason = format!("no journal replica accepted record {}: {}", tip.seq, errors.join("; "));
+            let reason = format!(
+                "a metadata commit failed (no journal replica accepted record {}: {}); unmount and reopen it",
+                tip.seq,
+                errors.join("; ")
+            );
             self.read_only = Some(reason.clone());
             return Err(Error::ReadOnly(reason));
         }

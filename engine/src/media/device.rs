@@ -305,6 +305,30 @@ pub trait BlockDevice: Send + Sync {
     }
 }
 
+/// How `ObjectStores::open` is asked to open a disk.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ObjectDiskOpen {
+    /// A disk of a pool: its capacity is what its label says.
+    Existing,
+    /// A disk being added with this capacity: the store is first checked to honour
+    /// create-only writes (`BlockDevice::create`), without which owners cannot be fenced.
+    New { capacity_bytes: u64 },
+}
+
+/// Opens disks on object stores (`s3://bucket/prefix`). The engine speaks no object
+/// store protocol itself: the binary hands an implementation in (`PoolOptions`), which
+/// takes endpoint and credentials from its environment.
+pub trait ObjectStores: Send + Sync + fmt::Debug {
+    /// `location` in its one canonical spelling (`s3://bucket/prefix`), or why it is not
+    /// a location, asking nothing of any store.
+    fn canonical(&self, location: &str) -> Result<String, String>;
+
+    /// Opens the disk at `location`. Fails, changing nothing, when the location does not
+    /// parse, the store cannot be reached, rejects the credentials, lacks the bucket, or
+    /// (`New`) does not honour create-only writes — each named in the error.
+    fn open(&self, location: &str, how: ObjectDiskOpen) -> Result<std::sync::Arc<dyn BlockDevice>, DeviceError>;
+}
+
 /// A device that fails every call: stands in for a disk that could not be opened, so
 /// the pool still opens and serves what the other disks hold.
 pub struct UnavailableDevice {

@@ -119,8 +119,9 @@ impl Fence {
                     Err(_) => format!("an owner of epoch {}", self.epoch + 1),
                 };
                 Err(self.fence(format!(
-                    "{by} opened this pool after this process (epoch {}) and owns it now, as {} shows; this \
-                     process stopped writing",
+                    "fenced: {by} opened this pool after this process (epoch {}) and owns it now, as {} shows; \
+                     this process stopped writing. Unmount it here, and open the pool here again only once the \
+                     other machine has stopped serving it",
                     self.epoch,
                     device.describe()
                 )))

@@ -74,6 +74,9 @@ pub struct PoolOptions {
     /// Who this process is (host and pid), for the owner's claim it writes on shared
     /// devices (`media::owner`) and the message an earlier owner is fenced with.
     pub claimant: String,
+    /// Opens the disks a pool directory keeps on object stores (`pooldir`); without it,
+    /// such disks are unavailable.
+    pub object_stores: Option<Arc<dyn crate::media::device::ObjectStores>>,
     /// A deliberate defect, to prove the simulator catches it.
     #[cfg(feature = "sabotage")]
     pub sabotage: Option<crate::base::hooks::Sabotage>,
@@ -95,6 +98,7 @@ impl Default for PoolOptions {
             tiering: crate::temperature::config::TieringConfig::default(),
             reconnect: None,
             claimant: "a DynamicFS process".to_string(),
+            object_stores: None,
             #[cfg(feature = "sabotage")]
             sabotage: None,
         }
@@ -855,10 +859,13 @@ impl Pool {
                     by: self.options.claimant.clone(),
                     at,
                 };
-                device
-                    .create(BlockName::Owner { epoch }, &claim.encode())
-                    .and_then(|_| device.sync())
-                    .map_err(|e| Error::Io(format!("{}: writing this owner's claim: {e}", device.describe())))?;
+                // A copy only: the claim that fences is on the devices of the open. A
+                // device that cannot take it (full, failing) is still taken.
+                if let Err(error) =
+                    device.create(BlockName::Owner { epoch }, &claim.encode()).and_then(|_| device.sync())
+                {
+                    tracing::warn!(device = %device.describe(), %error, "this owner's claim was not copied here");
+                }
             }
             None => {
                 self.owner =
@@ -867,6 +874,24 @@ impl Pool {
             }
         }
         Ok(OwnedDevice::wrap(device, self.owner.as_ref()))
+    }
+
+    /// Writes `data` as `name` — a block outside the metadata, the pool configuration's
+    /// copy (`BlockName::PoolConfig`) — on every readable disk that does not hold exactly
+    /// it already, synced. Returns what failed, per disk.
+    pub(crate) fn copy_to_disks(&mut self, name: BlockName, data: &[u8]) -> Vec<String> {
+        assert_eq!(name.kind(), BlockKind::PoolConfig, "only blocks outside the metadata are copied");
+        let targets: Vec<Arc<dyn BlockDevice>> =
+            self.devices.iter().filter(|(disk, _)| self.state.disk_readable(**disk)).map(|(_, d)| d.clone()).collect();
+        crate::base::io::run_all(self.options.parallel_io, targets, |device| {
+            if device.read(name).is_ok_and(|held| held == data) {
+                return None;
+            }
+            device.write(name, data).and_then(|()| device.sync()).err().map(|e| format!("{}: {e}", device.describe()))
+        })
+        .into_iter()
+        .flatten()
+        .collect()
     }
 
     /// Writes a journal record that says this process owns the pool (`Op::Opened`).
