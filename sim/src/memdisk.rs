@@ -67,9 +67,10 @@ impl MemDisk {
         }
     }
 
-    /// An empty disk of `capacity_bytes` that other processes may write at the same time,
-    /// as an object store's (`BlockDevice::shared`). Hand one `Arc` to several pools to
-    /// model several machines.
+    /// An empty disk of `capacity_bytes` on an object store: other processes may write it
+    /// at the same time (`BlockDevice::shared`; hand one `Arc` to several pools to model
+    /// several machines), `create` is atomic, and every write or delete is whole and
+    /// durable once it returns (a PUT), so a crash leaves nothing pending to decide.
     pub fn shared(name: impl Into<String>, capacity_bytes: u64) -> MemDisk {
         MemDisk { shared: true, ..MemDisk::new(name, capacity_bytes) }
     }
@@ -77,6 +78,11 @@ impl MemDisk {
     /// An empty disk whose blocks carry mtimes from `wall_secs`.
     pub fn with_clock(name: impl Into<String>, capacity_bytes: u64, wall_secs: WallSecs) -> MemDisk {
         MemDisk { wall_secs: Some(wall_secs), ..MemDisk::new(name, capacity_bytes) }
+    }
+
+    /// `with_clock`, on an object store (see `shared`).
+    pub fn shared_with_clock(name: impl Into<String>, capacity_bytes: u64, wall_secs: WallSecs) -> MemDisk {
+        MemDisk { shared: true, ..MemDisk::with_clock(name, capacity_bytes, wall_secs) }
     }
 
     fn lock(&self) -> MutexGuard<'_, MemState> {
@@ -160,7 +166,12 @@ impl BlockDevice for MemDisk {
             state.written_secs.insert(name, now());
         }
         state.visible.insert(name, data.clone());
-        state.pending.push(Pending::Write(name, data));
+        if self.shared {
+            // An object store's PUT: whole and durable once it returns.
+            state.durable.insert(name, data);
+        } else {
+            state.pending.push(Pending::Write(name, data));
+        }
         state.used_bytes = new_used;
         Ok(())
     }
@@ -181,7 +192,11 @@ impl BlockDevice for MemDisk {
                     state.written_secs.insert(name, now());
                 }
                 state.visible.insert(name, data.clone());
-                state.pending.push(Pending::Write(name, data));
+                if self.shared {
+                    state.durable.insert(name, data);
+                } else {
+                    state.pending.push(Pending::Write(name, data));
+                }
                 Ok(Created::Written)
             }
         }
@@ -195,7 +210,11 @@ impl BlockDevice for MemDisk {
         let mut state = self.lock();
         if let Some(old) = state.visible.remove(&name) {
             state.used_bytes -= old.len() as u64;
-            state.pending.push(Pending::Delete(name));
+            if self.shared {
+                state.durable.remove(&name);
+            } else {
+                state.pending.push(Pending::Delete(name));
+            }
         }
         Ok(())
     }

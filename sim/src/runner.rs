@@ -243,7 +243,7 @@ pub fn build_world(scenario: &Scenario, options: &RunOptions) -> Result<World, S
     {
         pool_options.sabotage = options.sabotage;
     }
-    World::new(&capacities, policy, options.seed, pool_options)
+    World::new(&capacities, policy, options.seed, scenario.setup.store, pool_options)
 }
 
 /// The tiering a scenario's pool starts with: off unless its setup names it.
@@ -1350,7 +1350,8 @@ impl<'s> Run<'s> {
                 // Fenced: the second engine claimed the pool (its open wrote a record before
                 // deleting what it did not know); it serves from now on.
                 self.checked(oracle::ONE_WRITER);
-                if !error.to_string().contains("another process wrote journal record") {
+                let text = error.to_string();
+                if !text.contains("another process wrote journal record") && !text.contains("fenced:") {
                     return Err(fail(index, oracle::ONE_WRITER, format!("refused, but not fenced: {error}")));
                 }
                 self.note("first writer fenced: the second owns the pool");

@@ -42,6 +42,11 @@ pub struct Setup {
     /// Temperature-driven policies; absent, the pool has tiering off.
     #[serde(default)]
     pub tiering: Option<TieringSetup>,
+    /// The disks are on an object store (default `false`): shared with other machines,
+    /// so owners' claims and create-only writes fence a second writer (`media::owner`),
+    /// and every write is whole and durable once it returns.
+    #[serde(default)]
+    pub store: bool,
 }
 
 /// Tiering as a scenario sets it up: the engine's defaults unless named here.

@@ -184,6 +184,9 @@ pub fn generate(seed: u64, profile: &Profile) -> Scenario {
             policy: policy.to_string(),
             checkpoint_every: Some(rng.random_range(8..300)),
             tiering: tiered.then(crate::scenario::TieringSetup::default),
+            // One seed in four puts the disks on an object store, chosen without drawing
+            // from the generator, so the other seeds' scenarios are as they were.
+            store: seed % 4 == 3,
         },
         steps,
         expect: Expect { lost_files: Vec::new(), out_of_budget: profile.out_of_budget, ..Expect::default() },

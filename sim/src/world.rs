@@ -99,6 +99,8 @@ pub struct World {
     pub away_at_recovery: Vec<usize>,
     /// The disks that were away during the last recovery.
     pub away_last_recovery: Vec<usize>,
+    /// The disks are on an object store: shared, written whole and durably by each call.
+    pub store: bool,
 }
 
 fn uuid_from(rng: &mut ChaCha8Rng) -> Uuid {
@@ -107,7 +109,14 @@ fn uuid_from(rng: &mut ChaCha8Rng) -> Uuid {
 
 impl World {
     /// A machine with disks of `capacities` and an empty pool with `policy` over them.
-    pub fn new(capacities: &[u64], policy: Policy, seed: u64, mut options: PoolOptions) -> Result<World, String> {
+    /// With `store`, the disks are on an object store (`MemDisk::shared`).
+    pub fn new(
+        capacities: &[u64],
+        policy: Policy,
+        seed: u64,
+        store: bool,
+        mut options: PoolOptions,
+    ) -> Result<World, String> {
         let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x005E_ED0F_D15C);
         let clock = SimClock::new();
         let switch = CrashSwitch::new();
@@ -132,6 +141,7 @@ impl World {
             pool: None,
             rng,
             options,
+            store,
             trigger,
             crashes: 0,
             degraded_reads_before: 0,
@@ -157,7 +167,10 @@ impl World {
         let clock = self.clock.clone();
         let wall_secs: crate::memdisk::WallSecs =
             Arc::new(move || dfs_engine::base::clock::Clock::wall(clock.as_ref()).secs);
-        let memdisk = MemDisk::with_clock(format!("sim-disk-{index}"), capacity, wall_secs);
+        let memdisk = match self.store {
+            true => MemDisk::shared_with_clock(format!("sim-store-disk-{index}"), capacity, wall_secs),
+            false => MemDisk::with_clock(format!("sim-disk-{index}"), capacity, wall_secs),
+        };
         let disk = Arc::new(FaultyDevice::new(memdisk, self.switch.clone(), Some(self.latency_sink())));
         let label = DiskLabel { pool_id: self.pool_id, disk_uuid: uuid, capacity_bytes: Some(capacity) };
         disk.write(BlockName::Label, &label.encode())
@@ -324,6 +337,7 @@ impl World {
             degraded_reads_before: 0,
             away_at_recovery: Vec::new(),
             away_last_recovery: Vec::new(),
+            store: self.store,
         }
     }
 

@@ -49,7 +49,13 @@ proptest! {
             name: "proptest".into(),
             description: String::new(),
             seed,
-            setup: Setup { disks: vec!["64MiB".into(); 5], policy: policy.into(), checkpoint_every: Some(7), tiering: None },
+            setup: Setup {
+                disks: vec!["64MiB".into(); 5],
+                policy: policy.into(),
+                checkpoint_every: Some(7),
+                tiering: None,
+                store: false,
+            },
             steps,
             expect: Expect::default(),
         };
