@@ -183,8 +183,9 @@ pub(crate) enum Command {
     /// Add disks to the pool; new writes use them at once. A disk is a directory, or a
     /// prefix of a bucket on an S3-compatible object store (s3://bucket/prefix): the
     /// endpoint, region and credentials come from AWS_ENDPOINT_URL, AWS_REGION,
-    /// AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (and AWS_SESSION_TOKEN), are never
-    /// written to the pool and never logged. A store is first checked to honour
+    /// AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (and AWS_SESSION_TOKEN), or else the
+    /// keys from profile AWS_PROFILE of ~/.aws/credentials (AWS_SHARED_CREDENTIALS_FILE),
+    /// and are never written to the pool and never logged. A store is first checked to honour
     /// create-only writes (If-None-Match: *), which keep two machines from both writing
     /// the pool; one that does not is refused.
     AddDisk {

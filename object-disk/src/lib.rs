@@ -66,17 +66,48 @@ pub struct Access {
 }
 
 impl Access {
-    /// The endpoint and credentials the environment gives, by the names the AWS tools use.
+    /// The endpoint and credentials the environment gives, by the names the AWS tools
+    /// use. Without `AWS_ACCESS_KEY_ID` and `AWS_SECRET_ACCESS_KEY`, the keys come from
+    /// a profile of the shared credentials file, as the AWS tools read it: the profile
+    /// `AWS_PROFILE` names (else `default`) of `AWS_SHARED_CREDENTIALS_FILE` (else
+    /// `~/.aws/credentials`).
     pub fn from_env() -> Access {
         let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
-        Access {
+        let mut access = Access {
             endpoint: var("AWS_ENDPOINT_URL").or_else(|| var("AWS_ENDPOINT")),
             region: var("AWS_REGION").or_else(|| var("AWS_DEFAULT_REGION")),
             key_id: var("AWS_ACCESS_KEY_ID"),
             secret: var("AWS_SECRET_ACCESS_KEY"),
             session_token: var("AWS_SESSION_TOKEN"),
+        };
+        if access.key_id.is_none() || access.secret.is_none() {
+            let file = var("AWS_SHARED_CREDENTIALS_FILE")
+                .map(std::path::PathBuf::from)
+                .or_else(|| var("HOME").map(|home| std::path::Path::new(&home).join(".aws/credentials")));
+            let profile = var("AWS_PROFILE").unwrap_or_else(|| "default".to_string());
+            if let Some(text) = file.and_then(|file| std::fs::read_to_string(file).ok()) {
+                let keys = profile_keys(&text, &profile);
+                access.key_id = keys.get("aws_access_key_id").cloned();
+                access.secret = keys.get("aws_secret_access_key").cloned();
+                access.session_token = access.session_token.or_else(|| keys.get("aws_session_token").cloned());
+            }
+        }
+        access
+    }
+}
+
+/// The `key = value` lines of section `[profile]` of a credentials file (INI).
+fn profile_keys(text: &str, profile: &str) -> BTreeMap<String, String> {
+    let mut keys = BTreeMap::new();
+    let mut inside = false;
+    for line in text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with(['#', ';'])) {
+        if let Some(section) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+            inside = section.trim() == profile;
+        } else if let Some((key, value)) = line.split_once('=').filter(|_| inside) {
+            keys.insert(key.trim().to_ascii_lowercase(), value.trim().to_string());
         }
     }
+    keys
 }
 
 impl std::fmt::Debug for Access {
@@ -530,6 +561,19 @@ mod tests {
         assert!(matches!(&denied, DeviceError::Unavailable(m) if m.contains("rejected the credentials")));
         let other = classify(&location, "InternalError");
         assert!(matches!(&other, DeviceError::Io(m) if m.starts_with("s3://pool-bucket/disk1")));
+    }
+
+    #[test]
+    fn a_profile_of_the_credentials_file_gives_its_own_keys() {
+        let text = "[default]\naws_access_key_id = AKDEFAULT\naws_secret_access_key = s-default\n\n\
+                    # a comment\n[archive]\naws_access_key_id=AKARCHIVE\n aws_secret_access_key = s-archive \n\
+                    aws_session_token = tok\n[other]\naws_access_key_id = AKOTHER\n";
+        let archive = profile_keys(text, "archive");
+        assert_eq!(archive.get("aws_access_key_id").map(String::as_str), Some("AKARCHIVE"));
+        assert_eq!(archive.get("aws_secret_access_key").map(String::as_str), Some("s-archive"));
+        assert_eq!(archive.get("aws_session_token").map(String::as_str), Some("tok"));
+        assert_eq!(profile_keys(text, "default").get("aws_access_key_id").map(String::as_str), Some("AKDEFAULT"));
+        assert!(profile_keys(text, "missing").is_empty());
     }
 
     #[test]

@@ -100,6 +100,21 @@ impl MemDisk {
         }
     }
 
+    /// Makes `data` the block `name`: visible at once, and pending until a sync — or, on
+    /// a shared disk (an object store's PUT), durable at once. The caller accounts room.
+    fn put(&self, state: &mut MemState, name: BlockName, data: &[u8]) {
+        let data = Arc::new(data.to_vec());
+        if let Some(now) = &self.wall_secs {
+            state.written_secs.insert(name, now());
+        }
+        state.visible.insert(name, data.clone());
+        if self.shared {
+            state.durable.insert(name, data);
+        } else {
+            state.pending.push(Pending::Write(name, data));
+        }
+    }
+
     /// The operations a crash now would decide about.
     pub fn pending(&self) -> Vec<Pending> {
         self.lock().pending.clone()
@@ -161,17 +176,7 @@ impl BlockDevice for MemDisk {
         if new_used > self.capacity_bytes && data.len() as u64 > old {
             return Err(DeviceError::NoSpace);
         }
-        let data = Arc::new(data.to_vec());
-        if let Some(now) = &self.wall_secs {
-            state.written_secs.insert(name, now());
-        }
-        state.visible.insert(name, data.clone());
-        if self.shared {
-            // An object store's PUT: whole and durable once it returns.
-            state.durable.insert(name, data);
-        } else {
-            state.pending.push(Pending::Write(name, data));
-        }
+        self.put(&mut state, name, data);
         state.used_bytes = new_used;
         Ok(())
     }
@@ -187,16 +192,7 @@ impl BlockDevice for MemDisk {
                     return Err(DeviceError::NoSpace);
                 }
                 state.used_bytes += data.len() as u64;
-                let data = Arc::new(data.to_vec());
-                if let Some(now) = &self.wall_secs {
-                    state.written_secs.insert(name, now());
-                }
-                state.visible.insert(name, data.clone());
-                if self.shared {
-                    state.durable.insert(name, data);
-                } else {
-                    state.pending.push(Pending::Write(name, data));
-                }
+                self.put(&mut state, name, data);
                 Ok(Created::Written)
             }
         }
@@ -249,6 +245,21 @@ mod tests {
 
     fn name(seq: u64) -> BlockName {
         BlockName::Journal { seq }
+    }
+
+    #[test]
+    fn a_shared_disk_keeps_every_returned_write_and_creates_each_name_once() {
+        let disk = MemDisk::shared("s3://bucket/d", 1 << 20);
+        disk.write(name(1), b"one").unwrap();
+        assert_eq!(disk.create(name(2), b"two").unwrap(), Created::Written);
+        assert_eq!(disk.create(name(2), b"other").unwrap(), Created::Taken);
+        assert_eq!(disk.create(name(2), b"two").unwrap(), Created::Written, "a retry of the same bytes");
+        disk.delete(name(1)).unwrap();
+        assert!(disk.pending().is_empty(), "a store's writes are durable once they return");
+        disk.crash(&[]);
+        assert_eq!(disk.read(name(1)), Err(DeviceError::NotFound));
+        assert_eq!(disk.read(name(2)).unwrap(), b"two");
+        assert_eq!(disk.used_bytes(), 3);
     }
 
     #[test]
