@@ -10,6 +10,8 @@
 //! - Split brain is refused: the first machine's daemon paused (SIGSTOP) while a second
 //!   imports and mounts the pool; resumed, its next commit fails as fenced, and nothing
 //!   it wrote after the second opened is visible; the second's data is intact.
+//! - Bad input is refused by name and changes nothing — among it a store that accepts
+//!   the create-only header and overwrites anyway (`object_pool/overwriting_s3.py`).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -165,6 +167,37 @@ fn a_paused_writer_is_fenced_when_another_machine_takes_the_pool_over() {
     assert!(health.contains("healthy"), "{health}");
 }
 
+/// `object_pool/overwriting_s3.py`: a minimal S3 endpoint that ignores `If-None-Match`
+/// and overwrites; killed on drop.
+struct OverwritingStore {
+    child: std::process::Child,
+    port: u16,
+}
+
+impl OverwritingStore {
+    fn start(dir: &Path) -> OverwritingStore {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/object_pool/overwriting_s3.py");
+        let port_file = dir.join("overwriting-store.port");
+        let child = Command::new("python3").arg(script).arg(&port_file).spawn().unwrap();
+        let mut store = OverwritingStore { child, port: 0 };
+        for _ in 0..100 {
+            if let Ok(text) = fs::read_to_string(&port_file) {
+                store.port = text.trim().parse().unwrap();
+                return store;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        panic!("the overwriting store did not start");
+    }
+}
+
+impl Drop for OverwritingStore {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// Environment variables a case sets for its `dfs`.
 type Env = Vec<(&'static str, &'static str)>;
 
@@ -199,6 +232,16 @@ fn bad_store_disks_are_refused_by_name_and_change_nothing() {
         assert!(stderr.contains(expected) && stderr.contains("nothing was added"), "{disk}: {stderr}");
         assert!(!stderr.contains("wrong-secret"), "a secret was echoed: {stderr}");
     }
+    // A store that takes the create-only header and overwrites anyway.
+    let store = OverwritingStore::start(root.path());
+    let out = common::dfs()
+        .args(["add-disk", "--pool", other, "--disk", "s3://bucket/disk", "--capacity", "1GiB"])
+        .env("AWS_ENDPOINT_URL", format!("http://127.0.0.1:{}", store.port))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("accepted a second create-only write") && stderr.contains("nothing was added"), "{stderr}");
     let other_config = fs::read_to_string(Path::new(other).join("pool.ron")).unwrap();
     assert!(other_config.contains("disks: []"), "{other_config}");
     // Importing needs a disk of a pool, and a new pool directory.
