@@ -398,17 +398,17 @@ fn execute_command(command: Command, ctx: &mut Ctx<'_>) -> Result<()> {
                 disks.into_iter().partition(|d| d.to_str().is_some_and(|s| s.starts_with(OBJECT_SCHEME)));
             let objects: Vec<String> = objects.iter().map(|d| d.to_string_lossy().into_owned()).collect();
             // All or nothing: every disk is checked before any is added.
-            let mut vetted_objects: Vec<dfs_engine::pooldir::DiskLocation> = Vec::new();
+            let mut vetted_objects: Vec<dfs_engine::pooldir::VettedObject> = Vec::new();
             for url in &objects {
                 let found = ctx
                     .dir
                     .vet_object_disk(ctx.pool, url, capacity)
                     .map_err(engine)
                     .with_context(|| format!("adding disk {url} (nothing was added)"))?;
-                if let Some(twin) = vetted_objects.iter().find(|v| v.overlaps(&found.location)) {
-                    bail!("{url} is given twice (or overlaps {twin}) (EINVAL); nothing was added");
+                if let Some(twin) = vetted_objects.iter().find(|v| v.location.overlaps(&found.location)) {
+                    bail!("{url} is given twice (or overlaps {}) (EINVAL); nothing was added", twin.location);
                 }
-                vetted_objects.push(found.location);
+                vetted_objects.push(found);
             }
             let mut vetted: Vec<std::path::PathBuf> = Vec::new();
             for disk in &disks {
@@ -440,10 +440,11 @@ fn execute_command(command: Command, ctx: &mut Ctx<'_>) -> Result<()> {
                 }
                 vetted.push(canonical);
             }
-            for url in &objects {
+            for vetted in vetted_objects {
+                let url = vetted.location.to_string();
                 let id = ctx
                     .dir
-                    .add_object_disk(ctx.pool, url, capacity)
+                    .add_object_disk(ctx.pool, vetted, capacity)
                     .map_err(engine)
                     .with_context(|| format!("adding disk {url}"))?;
                 let info = ctx.pool.disk_infos().into_iter().find(|d| d.id == id.to_string());

@@ -649,10 +649,16 @@ impl PoolDir {
         Ok(VettedObject { location, device, new_uuid: failed })
     }
 
-    /// Adds the disk `url` (`s3://bucket/prefix`) of `capacity_bytes`, checked as by
-    /// `vet_object_disk`. A failed disk of this pool there is taken back instead.
-    pub fn add_object_disk(&mut self, pool: &mut Pool, url: &str, capacity_bytes: Option<u64>) -> Result<DiskId> {
-        let VettedObject { location, device, new_uuid } = self.vet_object_disk(pool, url, capacity_bytes)?;
+    /// Adds the disk `vet_object_disk` found, of `capacity_bytes` (the capacity it was
+    /// vetted with), without opening or probing the store again. A failed disk of this
+    /// pool there is taken back instead.
+    pub fn add_object_disk(
+        &mut self,
+        pool: &mut Pool,
+        vetted: VettedObject,
+        capacity_bytes: Option<u64>,
+    ) -> Result<DiskId> {
+        let VettedObject { location, device, new_uuid } = vetted;
         let Some(uuid) = new_uuid else {
             return match self.readmit_if_failed(pool, location.clone(), device)? {
                 Some(readmitted) => Ok(readmitted.disk),
