@@ -29,7 +29,7 @@ fn plan(pool: &Pool, path: Option<&str>, repair: bool) -> Result<ScrubRun> {
 /// Runs `run` to the end through `step`, with a progress line on a terminal.
 fn drive(mut run: ScrubRun, progress: bool, step: &mut dyn FnMut(&mut ScrubRun) -> Result<()>) -> Result<ScrubReport> {
     let total = run.total();
-    while run.remaining() > 0 {
+    while !run.is_done() {
         step(&mut run)?;
         if progress {
             let done = total - run.remaining();
@@ -48,6 +48,10 @@ fn drive(mut run: ScrubRun, progress: bool, step: &mut dyn FnMut(&mut ScrubRun) 
         eprintln!();
     }
     Ok(run.report)
+}
+
+fn yes_no(yes: bool) -> String {
+    if yes { "yes" } else { "no" }.to_string()
 }
 
 /// Prints a scrub's report; fails (exit 1) when anything is unrecoverable.
@@ -72,6 +76,16 @@ fn finish(out: &mut dyn Write, report: &ScrubReport, repair: bool, json: bool) -
         } else if !report.findings.is_empty() {
             text.push_str("nothing repaired: run again with --repair to rewrite them from the surviving fragments\n");
         }
+        if let Some(metadata) = &report.metadata {
+            let repaired = metadata.findings.iter().filter(|f| f.repaired).count();
+            text.push_str(&format!(
+                "metadata: {} block copies on {} journal disk(s) verified, {} bad{}\n",
+                metadata.copies_checked,
+                metadata.disks.len(),
+                metadata.findings.len(),
+                if repair { format!(", {repaired} rewritten") } else { String::new() }
+            ));
+        }
         if !report.findings.is_empty() {
             let rows: Vec<Vec<String>> = report
                 .findings
@@ -84,7 +98,7 @@ fn finish(out: &mut dyn Write, report: &ScrubReport, repair: bool, json: bool) -
                         f.fragment.to_string(),
                         f.disk.clone(),
                         f.problem.clone(),
-                        if f.repaired { "yes".into() } else { "no".into() },
+                        yes_no(f.repaired),
                     ]
                 })
                 .collect();
@@ -106,6 +120,23 @@ fn finish(out: &mut dyn Write, report: &ScrubReport, repair: bool, json: bool) -
             text.push_str(&table::render(&["EXTENT", "FILE", "OFFSET", "WHY"], &rows));
         }
         print_text(out, &text)?;
+    }
+    let metadata_findings = report.metadata.as_ref().map_or(&[][..], |m| m.findings.as_slice());
+    if !json && !metadata_findings.is_empty() {
+        let rows: Vec<Vec<String>> = metadata_findings
+            .iter()
+            .map(|f| vec![f.disk.to_string(), f.block.clone(), f.problem.clone(), yes_no(f.repaired)])
+            .collect();
+        let text = format!("\nMetadata copies:\n{}", table::render(&["DISK", "BLOCK", "PROBLEM", "REPAIRED"], &rows));
+        print_text(out, &text)?;
+    }
+    if let Some(lost) = report.metadata.as_ref().map(|m| &m.lost).filter(|lost| !lost.is_empty()) {
+        bail!(
+            "{} metadata block(s) have no good copy on any journal disk ({}): the pool will refuse to open; \
+             keep it mounted and copy the data off",
+            lost.len(),
+            lost.join(", ")
+        );
     }
     if !report.unrecoverable.is_empty() {
         bail!(

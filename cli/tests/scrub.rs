@@ -99,6 +99,43 @@ fn flipped_bytes_on_disk_are_found_repaired_and_every_file_reads_back() {
     assert_clean(&pool, &files);
 }
 
+/// `dfs scrub` of the whole pool also reads every copy of the metadata store on the
+/// journal disks: a disk's rotten copies are listed, `--repair` rewrites them from
+/// another disk's, and the next scrub finds none.
+#[test]
+fn rotten_metadata_pages_on_one_disk_are_found_and_rewritten() {
+    let pool = Pool::new("replicate:3", &[64, 64, 64]);
+    let p = pool.path();
+    for i in 0..20u64 {
+        let local = pool.local(&format!("in{i}"));
+        fs::write(&local, pattern(500 + i as usize * 7, i)).unwrap();
+        ok(&["put", "--pool", p, local.to_str().unwrap(), &format!("/f{i}")]);
+    }
+    // The last journal disk: an open reads the first disk's copies and never meets these.
+    let pages: Vec<_> = fs::read_dir(pool.disks[2].join("store-page"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|path| !path.file_name().unwrap().to_string_lossy().starts_with('.'))
+        .collect();
+    assert!(!pages.is_empty());
+    for page in &pages {
+        let mut bytes = fs::read(page).unwrap();
+        let middle = bytes.len() / 2;
+        bytes[middle] ^= 0x5a;
+        fs::write(page, bytes).unwrap();
+    }
+    let text = ok(&["scrub", "--pool", p]);
+    let bad = format!("on 3 journal disk(s) verified, {} bad", pages.len());
+    assert!(text.contains(&bad) && text.contains("Metadata copies:") && text.contains("checksum"), "{text}");
+    let repaired = json(&["scrub", "--pool", p, "--repair", "--json"]);
+    let findings = repaired["metadata"]["findings"].as_array().unwrap();
+    // The first scrub's own checkpoint replaced some of the pages it found.
+    assert!(!findings.is_empty() && findings.len() <= pages.len(), "{repaired}");
+    assert!(findings.iter().all(|f| f["repaired"] == true && f["disk"] == 3), "{repaired}");
+    let clean = ok(&["scrub", "--pool", p]);
+    assert!(clean.contains("on 3 journal disk(s) verified, 0 bad"), "{clean}");
+}
+
 #[test]
 fn a_segment_rotten_over_a_stretch_mid_file_costs_only_the_records_there_and_is_repaired() {
     let pool = Pool::new("erasure:4+2", &[64, 64, 64, 64, 64, 64]);

@@ -219,3 +219,65 @@ fn extent_records_stay_in_the_store_and_memory_holds_their_cores() {
     assert_eq!(report.unrecoverable.len(), extents, "{report:?}");
     assert!(report.unrecoverable.iter().all(|e| e.detail.contains("metadata store")), "{report:?}");
 }
+
+/// The scrub of a whole pool reads every copy of the metadata store's live blocks on
+/// every journal disk: a copy rotted on one disk is found, the repair rewrites it from
+/// another disk's, and a copy rotted on every disk is reported as lost.
+#[test]
+fn a_scrub_finds_and_rewrites_a_rotten_copy_of_a_metadata_page() {
+    let mut t = TestPool::new(&[64, 64, 64], "replicate:3");
+    let pool = t.pool();
+    for f in 0..30 {
+        let file = pool.create(Ino::ROOT, format!("f{f}").as_bytes(), OWNER).unwrap().ino;
+        let fh = pool.open_file(file).unwrap();
+        pool.write(fh, 0, &pattern(100 + f, f as u64)).unwrap();
+        pool.release(fh).unwrap();
+    }
+    pool.checkpoint().unwrap();
+    let clean = t.pool().scrub_all(None, false).unwrap().metadata.unwrap();
+    assert_eq!(clean.disks.len(), 3);
+    assert!(clean.copies_checked >= 6, "a root and at least a page on each disk: {clean:?}");
+    assert!(clean.findings.is_empty() && clean.lost.is_empty(), "{clean:?}");
+
+    common::rot_every_store_page(&t, 1);
+    let found = t.pool().scrub_all(None, false).unwrap().metadata.unwrap();
+    assert!(!found.findings.is_empty(), "the rotten pages of disk 1: {found:?}");
+    assert!(found.findings.iter().all(|f| f.disk == found.disks[0] && !f.repaired), "{found:?}");
+    assert!(found.lost.is_empty());
+    let again = t.pool().scrub_all(None, false).unwrap().metadata.unwrap();
+    assert_eq!(again.findings.len(), found.findings.len(), "a scrub without repair changes nothing");
+
+    let repaired = t.pool().scrub_all(None, true).unwrap().metadata.unwrap();
+    assert_eq!(repaired.findings.len(), found.findings.len());
+    assert!(repaired.findings.iter().all(|f| f.repaired), "{repaired:?}");
+    let after = t.pool().scrub_all(None, false).unwrap().metadata.unwrap();
+    assert!(after.findings.is_empty(), "rewritten from the other disks: {after:?}");
+    // Disk 1 alone now holds a whole store: with the others' pages rotten, it opens.
+    rot_every_store_page_on(&t, &[1, 2]);
+    t.reopen();
+    for f in 0..30 {
+        assert_eq!(t.read_file(&format!("/f{f}")).unwrap(), pattern(100 + f, f as u64));
+    }
+
+    // Under a subtree, the scrub leaves the metadata alone.
+    let under = t.pool().scrub_all(Some(Ino::ROOT), false).unwrap();
+    assert!(under.metadata.is_none());
+    // The other disks' copies, which the open passed over, are rewritten too.
+    let healed = t.pool().scrub_all(None, true).unwrap().metadata.unwrap();
+    assert!(!healed.findings.is_empty() && healed.findings.iter().all(|f| f.disk != healed.disks[0] && f.repaired));
+    assert!(t.pool().scrub_all(None, false).unwrap().metadata.unwrap().findings.is_empty());
+    common::rot_every_store_page(&t, 3);
+    let lost = t.pool().scrub_all(None, true).unwrap().metadata.unwrap();
+    assert!(!lost.lost.is_empty() && lost.findings.iter().all(|f| !f.repaired), "{lost:?}");
+}
+
+fn rot_every_store_page_on(t: &TestPool, disks: &[usize]) {
+    for disk in disks {
+        for page in common::blocks(&t.disk_path(*disk), "store-page") {
+            let mut bytes = std::fs::read(&page).unwrap();
+            let middle = bytes.len() / 2;
+            bytes[middle] ^= 0x55;
+            std::fs::write(&page, bytes).unwrap();
+        }
+    }
+}

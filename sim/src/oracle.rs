@@ -65,16 +65,25 @@ pub fn new_extents_meet_quorum(pool: &Pool, first_new: u64, unwritable: &[dfs_en
 }
 
 /// Invariant 6b: a write refused as below the write quorum was: some policy in use
-/// (the default, or a file's own) has a write quorum above the disks that take writes.
-pub fn below_quorum(pool: &Pool) -> Result<(), String> {
+/// (the default, or a file's own) has a write quorum above the disks that take writes
+/// and have room (a full disk takes no journal record, and so no small file's data).
+pub fn below_quorum(world: &World) -> Result<(), String> {
+    let Some(pool) = world.pool.as_ref() else { return Err("no pool".into()) };
     let state = pool.state();
-    let writable = state.disks.keys().filter(|d| state.disk_writable(**d)).count();
+    let has_room = |disk: dfs_engine::DiskId| {
+        world.sim_disk(disk).is_none_or(|sim| {
+            sim.used_bytes() == sim.inner().used_bytes() && sim.used_bytes() + (1 << 20) <= sim.capacity_bytes()
+        })
+    };
+    let writable = state.disks.keys().filter(|d| state.disk_writable(**d) && has_room(**d)).count();
     let policies = std::iter::once(state.default_policy).chain(state.inodes.values().filter_map(|i| i.policy));
     let widest = policies.map(|p| state.availability.write_quorum(p)).max().unwrap_or(1);
     if writable < widest {
         return Ok(());
     }
-    Err(format!("{writable} disks take writes, enough for every policy's write quorum (at most {widest})"))
+    Err(format!(
+        "{writable} disks take writes and have room, enough for every policy's write quorum (at most {widest})"
+    ))
 }
 
 /// Invariant 6c: once the background work is done, no disk that is online is owed
@@ -228,7 +237,14 @@ pub fn replicas_agree(world: &World) -> Result<(), String> {
         if world.away_last_recovery.iter().any(|d| *d as u32 + 1 == disk.0) {
             continue; // away while recovery re-replicated; the next recovery rewrites it
         }
-        let recovered = recover_whole(device.as_ref());
+        // A store page the simulator rotted (or made unreadable) on this replica alone is
+        // read through another replica and rewritten from it when a read or the scrub
+        // meets it (`Store::check`; the scrub's check below): not a divergence. The
+        // replica is judged as written.
+        let recovered = match world.sim_disk(disk) {
+            Some(sim) => recover_whole(&AsWritten { device: device.as_ref(), sim }),
+            None => recover_whole(device.as_ref()),
+        };
         match recovered {
             Ok(Some(recovered)) if recovered.state == *state => {}
             Ok(Some(recovered)) => {
@@ -243,6 +259,71 @@ pub fn replicas_agree(world: &World) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// A replica's device with its store pages read as they were written: the bit rot and
+/// latent errors the simulator injected into them left out.
+struct AsWritten<'a> {
+    device: &'a dyn BlockDevice,
+    sim: &'a crate::world::SimDisk,
+}
+
+impl BlockDevice for AsWritten<'_> {
+    fn read(&self, name: BlockName) -> Result<Vec<u8>, dfs_engine::media::device::DeviceError> {
+        if matches!(name, BlockName::StorePage { .. }) && self.sim.is_faulted(name) && !self.sim.is_down() {
+            return self.sim.inner().read(name);
+        }
+        self.device.read(name)
+    }
+    fn write(&self, name: BlockName, data: &[u8]) -> Result<(), dfs_engine::media::device::DeviceError> {
+        self.device.write(name, data)
+    }
+    fn delete(&self, name: BlockName) -> Result<(), dfs_engine::media::device::DeviceError> {
+        self.device.delete(name)
+    }
+    fn list(&self, kind: BlockKind) -> Result<Vec<BlockName>, dfs_engine::media::device::DeviceError> {
+        self.device.list(kind)
+    }
+    fn sync(&self) -> Result<(), dfs_engine::media::device::DeviceError> {
+        self.device.sync()
+    }
+    fn capacity_bytes(&self) -> u64 {
+        self.device.capacity_bytes()
+    }
+    fn used_bytes(&self) -> u64 {
+        self.device.used_bytes()
+    }
+    fn describe(&self) -> String {
+        self.device.describe()
+    }
+    fn modified_secs(&self, name: BlockName) -> Result<Option<i64>, dfs_engine::media::device::DeviceError> {
+        self.device.modified_secs(name)
+    }
+}
+
+/// Invariant 5 for metadata: after a scrub with repair, every copy of every block the
+/// store's root names verifies on every journal disk that is up and holds the root.
+pub fn metadata_scrubbed(world: &World, report: &dfs_engine::services::scrub::ScrubReport) -> Result<(), String> {
+    let Some(pool) = world.pool.as_ref() else { return Err("no pool".into()) };
+    let Some(reported) = report.metadata.as_ref() else {
+        return Err("a scrub of the whole pool did not check the metadata".into());
+    };
+    if !reported.lost.is_empty() {
+        return Ok(()); // beyond repair: reported, and refused at the next open
+    }
+    let after = pool.check_metadata(false);
+    let up = |disk: dfs_engine::DiskId| world.sim_disk(disk).is_none_or(|sim| !sim.is_down());
+    match after.findings.iter().find(|f| up(f.disk)) {
+        Some(left) => Err(format!(
+            "after a scrub with repair, the metadata copy {} on {} still does not verify ({}); the scrub reported {} \
+             bad copies",
+            left.block,
+            left.disk,
+            left.problem,
+            reported.findings.len()
+        )),
+        None => Ok(()),
+    }
 }
 
 /// What `device` alone recovers to, read whole (temperatures, inline data) from its own store.

@@ -678,7 +678,12 @@ impl<'s> Run<'s> {
                 };
                 let faults_during = misdirects || went_offline;
                 oracle::scrub_report(self.world.pool(), &report, &before, &lost, *repair, pressure, faults_during)
-                    .map_err(|e| fail(index, oracle::SCRUB_FINDS_AND_REPAIRS, e))
+                    .map_err(|e| fail(index, oracle::SCRUB_FINDS_AND_REPAIRS, e))?;
+                if *repair && !faults_during {
+                    oracle::metadata_scrubbed(&self.world, &report)
+                        .map_err(|e| fail(index, oracle::SCRUB_FINDS_AND_REPAIRS, e))?;
+                }
+                Ok(())
             }
             Step::ScrubDaemon { action, intensity } => {
                 let pool = self.world.pool();
@@ -1314,7 +1319,7 @@ impl<'s> Run<'s> {
             (Ok(_), Err(error @ Error::Unavailable(_))) => {
                 // Refused below the write quorum: fair only when it is true.
                 self.checked(oracle::WRITES_MEET_QUORUM);
-                oracle::below_quorum(self.world.pool())
+                oracle::below_quorum(&self.world)
                     .map_err(|e| fail(index, oracle::WRITES_MEET_QUORUM, format!("{error}, but {e}")))?;
                 self.note("refused below the write quorum");
                 self.reject_for_space(step, new_id, live);

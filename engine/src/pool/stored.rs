@@ -11,6 +11,7 @@ use crate::base::error::{Error, Result};
 use crate::media::device::{BlockDevice, ExtentId};
 use crate::meta::ids::ChunkSlot;
 use crate::meta::paged::{self, LoadError};
+use crate::meta::state::DiskId;
 use crate::meta::state::{ExtentRecord, MetaState, Transaction};
 use crate::meta::store::{Devices, StoreError};
 use crate::pool::Pool;
@@ -125,5 +126,63 @@ impl Pool {
     /// The stored extent records a whole write of the state carries beside those held.
     pub(crate) fn stored_extents(&self) -> Result<Vec<paged::StoredEntry>> {
         Ok(self.with_source(|source| paged::stored_extents(&self.state, source))?)
+    }
+}
+
+/// One copy of a metadata block that did not verify (`Pool::check_metadata`).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct MetadataFinding {
+    pub disk: DiskId,
+    pub block: String,
+    pub problem: String,
+    /// Whether a good copy was written over it.
+    pub repaired: bool,
+}
+
+/// What a check of the metadata store's copies on its journal disks found.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct MetadataCheck {
+    /// The journal disks whose copies were read.
+    pub disks: Vec<DiskId>,
+    /// Copies read and verified, over those disks.
+    pub copies_checked: u64,
+    pub findings: Vec<MetadataFinding>,
+    /// Blocks no disk holds a good copy of: the pool would refuse to open.
+    pub lost: Vec<String>,
+}
+
+impl Pool {
+    /// Reads every copy of every metadata block the store's current root names, on each
+    /// readable disk that holds that root, and verifies it; with `repair` (and a pool
+    /// that takes writes) each bad copy is rewritten from a good one. Reads nothing
+    /// through the cache. A pool whose state still lives in its journal alone (no
+    /// checkpoint yet) has nothing to check.
+    pub fn check_metadata(&self, repair: bool) -> MetadataCheck {
+        let Some(store) = self.store.as_ref() else { return MetadataCheck::default() };
+        let members: Vec<(DiskId, Arc<dyn BlockDevice>)> = self
+            .store_members
+            .iter()
+            .filter(|id| self.state.disk_readable(**id))
+            .filter_map(|id| self.devices.get(id).map(|d| (*id, d.clone())))
+            .collect();
+        let devices: Vec<&dyn BlockDevice> = members.iter().map(|(_, d)| d.as_ref()).collect();
+        let repair = repair && self.read_only.is_none();
+        let check = store.check(&devices, repair);
+        let findings = check
+            .bad
+            .iter()
+            .map(|bad| MetadataFinding {
+                disk: members[bad.replica].0,
+                block: bad.name.to_string(),
+                problem: bad.why.clone(),
+                repaired: bad.rewritten,
+            })
+            .collect();
+        MetadataCheck {
+            disks: members.iter().map(|(id, _)| *id).collect(),
+            copies_checked: check.copies,
+            findings,
+            lost: check.lost.iter().map(ToString::to_string).collect(),
+        }
     }
 }

@@ -28,6 +28,7 @@ use crate::meta::state::{ChunkSlot, DiskId, ExtentRecord, Ino, Op, Transaction, 
 use crate::pool::Pool;
 
 pub use crate::meta::scrub_state::{FinishedPass, Frequency, Intensity, PassStats, ScrubState};
+pub use crate::pool::stored::{MetadataCheck, MetadataFinding};
 
 /// What is wrong with one fragment.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -109,6 +110,9 @@ pub struct ScrubReport {
     pub repair_failed: Vec<ExtentProblemView>,
     /// Beyond tolerance: fewer intact fragments than the policy needs.
     pub unrecoverable: Vec<ExtentProblemView>,
+    /// The metadata store's copies on the journal disks, checked (and repaired) once the
+    /// extents are done; `None` for a scrub of part of the namespace.
+    pub metadata: Option<MetadataCheck>,
 }
 
 /// A one-shot scrub in progress: the extents still to check and the report so far.
@@ -120,6 +124,8 @@ pub struct ScrubRun {
     /// File and offset of every extent in scope, for the report.
     /// Each extent's file, offset and name (its chunk).
     places: BTreeMap<ExtentId, (String, u64, String)>,
+    /// Whether the metadata store is still to check (a scrub of the whole pool).
+    metadata_pending: bool,
     pub report: ScrubReport,
 }
 
@@ -132,6 +138,11 @@ impl ScrubRun {
     /// Extents still to check.
     pub fn remaining(&self) -> usize {
         self.queue.len()
+    }
+
+    /// Whether nothing is left to check: no extent, and not the metadata.
+    pub fn is_done(&self) -> bool {
+        self.queue.is_empty() && !self.metadata_pending
     }
 }
 
@@ -303,12 +314,14 @@ impl Pool {
             queue: scope.into_iter().map(|(id, _, _)| id).collect(),
             repair,
             places,
+            metadata_pending: under.is_none(),
             report: ScrubReport::default(),
         })
     }
 
     /// Checks (and repairs) up to `max_extents` extents of `run`, records them as
-    /// scrubbed, and makes it durable.
+    /// scrubbed, and makes it durable; once no extent is left, checks the metadata
+    /// store's copies (a scrub of the whole pool).
     pub fn scrub_run_step(&mut self, run: &mut ScrubRun, max_extents: usize) -> Result<()> {
         let now = self.clock.wall().secs;
         let mut checked = Vec::new();
@@ -352,13 +365,18 @@ impl Pool {
         if !checked.is_empty() {
             self.commit(Transaction { ops: vec![Op::Scrubbed { at_secs: now, extents: checked }] })?;
         }
-        self.sync()
+        self.sync()?;
+        if run.queue.is_empty() && run.metadata_pending {
+            run.metadata_pending = false;
+            run.report.metadata = Some(self.check_metadata(run.repair));
+        }
+        Ok(())
     }
 
     /// A whole one-shot scrub.
     pub fn scrub_all(&mut self, under: Option<Ino>, repair: bool) -> Result<ScrubReport> {
         let mut run = self.scrub_plan(under, repair)?;
-        while run.remaining() > 0 {
+        while !run.is_done() {
             self.scrub_run_step(&mut run, 16)?;
         }
         Ok(run.report)
@@ -523,6 +541,16 @@ impl Pool {
         let finished = left == checked.len() as u64;
         scrub.pass = Some(pass);
         if finished {
+            // A pass ends with the metadata's copies, as a one-shot scrub of the pool does.
+            let metadata = self.check_metadata(true);
+            if !metadata.findings.is_empty() || !metadata.lost.is_empty() {
+                tracing::warn!(
+                    bad = metadata.findings.len(),
+                    repaired = metadata.findings.iter().filter(|f| f.repaired).count(),
+                    lost = ?metadata.lost,
+                    "scrub: metadata store copies did not verify"
+                );
+            }
             scrub.pass = None;
             scrub.last_full_pass = Some(FinishedPass { stats: pass, finished_secs: now });
             scrub.passes_completed += 1;

@@ -24,7 +24,9 @@
 //! - A block is only taken for the one its namer means: roots name indexes, indexes name
 //!   pages, each with its hash. A copy that does not verify is passed over for another
 //!   replica's, and rewritten from it; when no replica holds a good copy the read fails
-//!   with `StoreError::Lost` naming the block — never a wrong answer.
+//!   with `StoreError::Lost` naming the block — never a wrong answer. A read stops at
+//!   the first good copy, so rot on a later replica waits for `check` (the scrub's), which
+//!   reads every copy of every live block.
 //! - `open` takes the newest root that verifies on any replica, and changes nothing but a
 //!   rotten copy it meets (rewritten from a good one, as every read does). If a run it
 //!   names cannot be read on any replica, the store is refused by name, never opened
@@ -200,6 +202,32 @@ impl<'a, 'b> Targets<'a, 'b> {
 pub struct CommitStats {
     pub blocks: u64,
     pub bytes: u64,
+}
+
+/// One copy of a store block that did not verify.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BadCopy {
+    /// Its position in the replicas the check was handed.
+    pub replica: usize,
+    pub name: BlockName,
+    pub why: String,
+    /// Whether a good copy was written over it.
+    pub rewritten: bool,
+}
+
+/// What `Store::check` found.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct StoreCheck {
+    /// How many replicas were checked.
+    pub replicas: usize,
+    /// Copies read and verified, over all replicas.
+    pub copies: u64,
+    /// Copies that did not verify or could not be read.
+    pub bad: Vec<BadCopy>,
+    /// Bad copies rewritten from a good one.
+    pub rewritten: u64,
+    /// Blocks no replica holds a good copy of.
+    pub lost: Vec<BlockName>,
 }
 
 /// A run as the store holds it: how the root names it, and its index.
@@ -675,6 +703,58 @@ impl Store {
         }
     }
 
+    /// Reads every block the current root names — the root itself, each run's index and
+    /// pages — on every replica in `devices` and verifies each copy against its namer;
+    /// with `repair`, a copy that does not verify, or is missing, is rewritten from a good
+    /// one (pages and indexes synced before the root). Reads through no cache: the point
+    /// is the copies on the devices, not what memory holds. A block no replica holds good
+    /// is reported in `StoreCheck::lost`: the store would be refused at the next open.
+    pub fn check(&self, devices: &Devices, repair: bool) -> StoreCheck {
+        let mut check = StoreCheck { replicas: devices.len(), ..StoreCheck::default() };
+        let root_block = page::encode_root(&self.root);
+        let root_name = BlockName::StoreRoot { gen: self.root.gen };
+        let mut touched = vec![false; devices.len()];
+        for (id, (hash, is_index)) in self.live_blocks() {
+            let verify = |block: &[u8]| {
+                let decoded = if is_index {
+                    page::decode_index(block, &hash).map(|_| ())
+                } else {
+                    page::decode_page(block, &hash).map(|_| ())
+                };
+                decoded.map_err(|e| e.to_string())
+            };
+            check_block(devices, BlockName::StorePage { id }, &verify, repair, &mut check, &mut touched);
+        }
+        // Pages first, durable, then the root that names them: the store's own order.
+        for (replica, device) in devices.iter().enumerate() {
+            if touched[replica] {
+                if let Err(error) = device.sync() {
+                    tracing::warn!(replica = %device.describe(), %error, "could not sync rewritten metadata blocks");
+                }
+            }
+        }
+        let verify_root = |block: &[u8]| {
+            if block == root_block.as_slice() {
+                Ok(())
+            } else {
+                page::decode_root(block)
+                    .map_err(|e| e.to_string())
+                    .and_then(|_| Err("another root of this generation".into()))
+            }
+        };
+        touched.iter_mut().for_each(|t| *t = false);
+        check_block(devices, root_name, &verify_root, repair, &mut check, &mut touched);
+        for (replica, device) in devices.iter().enumerate() {
+            if touched[replica] {
+                if let Err(error) = device.sync() {
+                    tracing::warn!(replica = %device.describe(), %error, "could not sync a rewritten store root");
+                }
+            }
+        }
+        debug_assert!(check.rewritten as usize <= check.bad.len());
+        check
+    }
+
     /// Brings every replica to the current root: copies what a replica lacks of it from
     /// another, and removes roots and pages the root does not name. `open` leaves this to
     /// its caller, who knows which replicas should hold the store. Returns the replicas
@@ -923,6 +1003,52 @@ fn read_verified<T>(
         }
     }
     Err(StoreError::Lost { what: format!("store block {name}"), reasons: reasons.join("; ") })
+}
+
+/// `Store::check` of one block: verifies its copy on every replica; with `repair`, writes
+/// a good copy over each bad one (unsynced: the caller syncs the replicas in `touched`).
+fn check_block(
+    devices: &Devices,
+    name: BlockName,
+    verify: &dyn Fn(&[u8]) -> Result<(), String>,
+    repair: bool,
+    check: &mut StoreCheck,
+    touched: &mut [bool],
+) {
+    let mut good: Option<Vec<u8>> = None;
+    let mut bad = Vec::new();
+    for (replica, device) in devices.iter().enumerate() {
+        check.copies += 1;
+        let verdict = device.read(name).map_err(|e| e.to_string()).and_then(|block| {
+            verify(&block)?;
+            Ok(block)
+        });
+        match verdict {
+            Ok(block) => good = good.or(Some(block)),
+            Err(why) => bad.push((replica, why)),
+        }
+    }
+    let Some(block) = good else {
+        check.lost.push(name);
+        check.bad.extend(bad.into_iter().map(|(replica, why)| BadCopy { replica, name, why, rewritten: false }));
+        return;
+    };
+    for (replica, why) in bad {
+        let device = devices[replica];
+        tracing::warn!(replica = %device.describe(), %name, %why, "metadata store copy does not verify");
+        let mut rewritten = false;
+        if repair {
+            match device.write(name, &block) {
+                Ok(()) => {
+                    touched[replica] = true;
+                    rewritten = true;
+                    check.rewritten += 1;
+                }
+                Err(error) => tracing::warn!(replica = %device.describe(), %name, %error, "could not rewrite it"),
+            }
+        }
+        check.bad.push(BadCopy { replica, name, why, rewritten });
+    }
 }
 
 /// Deletes a block no root names any more; a replica that fails keeps it as garbage
