@@ -624,3 +624,62 @@ fn a_store_of_a_newer_format_is_refused_by_name_and_left_alone() {
         (0..3).flat_map(|d| blocks(&t.disk_path(d), "store-root")).map(|p| fs::read(p).unwrap()).collect();
     assert_eq!(before, after, "refusing must change nothing");
 }
+
+/// Format 10 changed only the journal's records (the record an open writes names who
+/// opened): a format-9 pool's store reads as it is and is not rewritten, and its records
+/// replay.
+#[test]
+fn a_format_nine_pool_is_upgraded_without_rewriting_its_store() {
+    let (mut t, state, f) = closed_with_file("big", &common::pattern(300_000, 12));
+    t.reopen();
+    for i in 0..40 {
+        t.write_file(&format!("s{i}"), &common::pattern(3_000, i));
+    }
+    t.pool().checkpoint().unwrap();
+    t.pool = None;
+    t.dir = None;
+    // The store's head as a format-9 build wrote it: its format byte says 9.
+    let disks: Vec<dfs_engine::media::dirdisk::DirDisk> =
+        (0..3).map(|d| dfs_engine::media::dirdisk::DirDisk::open(&t.disk_path(d)).unwrap()).collect();
+    let devices: Vec<&dyn dfs_engine::media::device::BlockDevice> =
+        disks.iter().map(|d| d as &dyn dfs_engine::media::device::BlockDevice).collect();
+    let mut store = dfs_engine::meta::store::Store::open(&devices, Default::default()).unwrap();
+    let payload = store.payload().to_vec();
+    let (head, after): (dfs_engine::meta::paged::Head, &[u8]) = postcard::take_from_bytes(&payload).unwrap();
+    let at = payload.len() - after.len();
+    assert_eq!(payload[at], METADATA_FORMAT);
+    let mut nine = payload.clone();
+    nine[at] = 9;
+    store.commit_changes(&devices, Vec::new(), nine).unwrap();
+    let runs_before = store.runs();
+    drop(disks);
+    for disk in 0..3 {
+        common::remove_records(&t.disk_path(disk));
+    }
+    // A format-9 record after the head, chaining onto it.
+    let mut inode = state.inodes[&f].clone();
+    inode.mode = 0o650;
+    let record = JournalRecord {
+        seq: head.seq + 1,
+        prev_hash: head.tip_hash,
+        txn: Transaction { ops: vec![Op::PutInode(inode)] },
+    };
+    for disk in 0..3 {
+        let dir = t.disk_path(disk).join("journal");
+        fs::create_dir_all(&dir).unwrap();
+        let block = frame::encode_version(FrameKind::JournalRecord, 9, &record);
+        fs::write(dir.join(format!("{:020}", head.seq + 1)), block).unwrap();
+    }
+    let report = t.reopen();
+    assert_eq!(report.upgraded_from, Some(9));
+    assert!(report.notes.iter().any(|n| n.contains("from format 9 to format 10")), "{:?}", report.notes);
+    assert_eq!(t.pool().getattr(f).unwrap().mode, 0o650, "the format-9 record was replayed");
+    let (_, runs, _) = t.pool().metadata_store().unwrap();
+    assert!(runs > 1 && runs >= runs_before, "the store was committed to, not written anew as one run ({runs})");
+    for i in 0..40 {
+        assert_eq!(t.read_file(&format!("/s{i}")).unwrap(), common::pattern(3_000, i));
+    }
+    close_in_the_store(&mut t);
+    assert_eq!(t.reopen().upgraded_from, None);
+    assert_eq!(t.read_file("/big").unwrap(), common::pattern(300_000, 12));
+}

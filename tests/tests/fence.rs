@@ -172,6 +172,21 @@ fn on_shared_disks_each_open_claims_the_next_epoch_on_every_disk() {
         let claim = OwnerClaim::decode(&disk.peek(BlockName::Owner { epoch: 2 }).unwrap()).unwrap();
         assert_eq!((claim.pool_id, claim.epoch, claim.by.as_str()), (uuid(1), 2, "host-b pid 2"));
     }
+    // The journal says who opened the pool, at the record after the one it recovered.
+    for disk in &disks {
+        let openers: Vec<(String, Option<u64>)> = disk
+            .blocks()
+            .into_iter()
+            .filter(|(name, _)| matches!(name, BlockName::Journal { .. }))
+            .filter_map(|(name, _)| dfs_engine::meta::journal::decode_record(&disk.peek(name).unwrap()).ok())
+            .flat_map(|(record, _, _)| record.txn.ops)
+            .filter_map(|op| match op {
+                dfs_engine::meta::state::Op::OpenedBy { by, epoch, .. } => Some((by, epoch)),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(openers.last(), Some(&("host-b pid 2".to_string(), Some(2))), "{}: {openers:?}", disk.describe());
+    }
 }
 
 #[test]

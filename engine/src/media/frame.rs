@@ -53,8 +53,9 @@ pub enum FrameKind {
 /// 9: an extent's policy history folds its oldest changes into one entry
 /// (`ChangeCause::Earlier`), a pass journals its verdicts in bounded records
 /// (`Op::ClassifyMore`), and a store head names its format: a build of format 8 would
-/// read none of them.
-pub const METADATA_FORMAT: u8 = 9;
+/// read none of them. 10: the record a process writes when it opens the pool names it and
+/// its claim's epoch (`Op::OpenedBy`), which a build of format 9 would not read.
+pub const METADATA_FORMAT: u8 = 10;
 
 /// The format of the paged metadata store's frames (`meta::store`). It starts at 2 so that
 /// its checksums cover kind and version, as every frame's from version 2 on.

@@ -529,6 +529,7 @@ pub enum Op {
     },
     /// A process claimed the pool (before deleting fragments its state does not
     /// reference): every other process that served the same disks is fenced by it.
+    /// Records of format 10 on carry `OpenedBy` instead.
     Opened {
         at: WallTime,
     },
@@ -562,6 +563,15 @@ pub enum Op {
     /// a crash between them leaves the chunks not yet listed repeated, as if unchanged.
     ClassifyMore {
         changed: Vec<(ChunkSlot, Verdict)>,
+    },
+    /// A process opened the pool and owns it from this record on (format 10): who it is
+    /// (`host H pid P`, from the binary) and, on shared disks, the epoch of the owner's
+    /// claim it made (`media::owner`). Written in place of `Opened`, which only records
+    /// of older formats carry.
+    OpenedBy {
+        at: WallTime,
+        by: String,
+        epoch: Option<u64>,
     },
 }
 
@@ -830,7 +840,7 @@ impl MetaState {
                     }
                 }
             },
-            Op::FormatUpgraded { .. } | Op::Opened { .. } => {}
+            Op::FormatUpgraded { .. } | Op::Opened { .. } | Op::OpenedBy { .. } => {}
             Op::PutLayer { slot, extent, ranges } => {
                 self.next_extent = self.next_extent.max(extent.id.0 + 1);
                 if self.slot_extent(*slot).is_some() {

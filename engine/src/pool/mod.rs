@@ -327,7 +327,8 @@ impl Pool {
             store_members: store.as_ref().map_or_else(BTreeSet::new, |_| {
                 slots.iter().filter(|(_, slot)| checkpoint_slots.contains(slot)).map(|(id, _)| *id).collect()
             }),
-            rewrite_store: store.is_some() && upgrade_from.is_some(),
+            rewrite_store: store.is_some()
+                && upgrade_from.is_some_and(|from| from < crate::meta::paged::STORE_ENCODING_SINCE),
             store,
             devices: disk_devices,
             clock,
@@ -894,14 +895,20 @@ impl Pool {
         .collect()
     }
 
-    /// Writes a journal record that says this process owns the pool (`Op::Opened`).
+    /// Writes a journal record that says this process owns the pool (`Op::OpenedBy`:
+    /// who, and the epoch of its claim on shared disks).
     /// Another process that served the same disks — its lock forced away — finds the
     /// record where it would write its next one and is fenced (see
     /// `durability::check_fence`) before it can commit anything; so fragments that this
     /// process's state does not reference may then be deleted.
     pub(crate) fn claim(&mut self) -> Result<()> {
         let at = self.clock.wall();
-        self.commit(Transaction { ops: vec![Op::Opened { at }] })?;
+        let opened = Op::OpenedBy {
+            at,
+            by: self.options.claimant.clone(),
+            epoch: self.owner.as_ref().map(|fence| fence.epoch()),
+        };
+        self.commit(Transaction { ops: vec![opened] })?;
         self.sync()
     }
 
