@@ -39,6 +39,14 @@ struct MemState {
     used_bytes: u64,
     /// When each block was last written (the clock's wall seconds): its mtime.
     written_secs: BTreeMap<BlockName, i64>,
+    /// A lagging listing (`MemDisk::lagging`): new names it does not show yet, and
+    /// deleted names it still shows, each with the listings of its kind left until the
+    /// listing catches up.
+    unlisted: BTreeMap<BlockName, u32>,
+    ghosts: BTreeMap<BlockName, u32>,
+    /// Blocks held that some listing left out (until deleted): whoever collects what no
+    /// one references from a listing may not have seen them.
+    passed_over: std::collections::BTreeSet<BlockName>,
 }
 
 /// Where a disk reads the time for its blocks' mtimes.
@@ -51,6 +59,9 @@ pub struct MemDisk {
     /// Models a disk on an object store that other processes write too (see
     /// `BlockDevice::shared`): `create` decides atomically, as a create-only PUT.
     shared: bool,
+    /// Listings of a kind that pass before they show a name created, or stop showing
+    /// a name deleted (0: a listing is exact). Reads are exact regardless.
+    listing_lag: u32,
     state: Mutex<MemState>,
     wall_secs: Option<WallSecs>,
 }
@@ -62,6 +73,7 @@ impl MemDisk {
             name: name.into(),
             capacity_bytes,
             shared: false,
+            listing_lag: 0,
             state: Mutex::new(MemState::default()),
             wall_secs: None,
         }
@@ -73,6 +85,33 @@ impl MemDisk {
     /// durable once it returns (a PUT), so a crash leaves nothing pending to decide.
     pub fn shared(name: impl Into<String>, capacity_bytes: u64) -> MemDisk {
         MemDisk { shared: true, ..MemDisk::new(name, capacity_bytes) }
+    }
+
+    /// This disk with an eventually consistent listing, as some object stores have: a
+    /// name created is left out of the next `lag` listings of its kind, and a name deleted
+    /// stays in them, while reads see every write at once (read-after-write).
+    pub fn lagging(self, lag: u32) -> MemDisk {
+        MemDisk { listing_lag: lag, ..self }
+    }
+
+    /// What a listing of `kind` shows now, without counting as one.
+    pub fn listed(&self, kind: BlockKind) -> Vec<BlockName> {
+        let state = self.lock();
+        let mut names: Vec<BlockName> = state
+            .visible
+            .keys()
+            .filter(|n| n.kind() == kind && !state.unlisted.contains_key(n))
+            .chain(state.ghosts.keys().filter(|n| n.kind() == kind))
+            .copied()
+            .collect();
+        names.sort();
+        names.dedup();
+        names
+    }
+
+    /// Whether some listing left out `name`, held since it was written.
+    pub fn passed_over(&self, name: BlockName) -> bool {
+        self.lock().passed_over.contains(&name)
     }
 
     /// An empty disk whose blocks carry mtimes from `wall_secs`.
@@ -95,6 +134,7 @@ impl MemDisk {
             name: self.name.clone(),
             capacity_bytes: self.capacity_bytes,
             shared: self.shared,
+            listing_lag: self.listing_lag,
             state: Mutex::new(self.lock().clone()),
             wall_secs: self.wall_secs.clone(),
         }
@@ -107,7 +147,10 @@ impl MemDisk {
         if let Some(now) = &self.wall_secs {
             state.written_secs.insert(name, now());
         }
-        state.visible.insert(name, data.clone());
+        let new = state.visible.insert(name, data.clone()).is_none();
+        if new && self.listing_lag > 0 && state.ghosts.remove(&name).is_none() {
+            state.unlisted.insert(name, self.listing_lag);
+        }
         if self.shared {
             state.durable.insert(name, data);
         } else {
@@ -206,6 +249,10 @@ impl BlockDevice for MemDisk {
         let mut state = self.lock();
         if let Some(old) = state.visible.remove(&name) {
             state.used_bytes -= old.len() as u64;
+            state.passed_over.remove(&name);
+            if self.listing_lag > 0 && state.unlisted.remove(&name).is_none() {
+                state.ghosts.insert(name, self.listing_lag);
+            }
             if self.shared {
                 state.durable.remove(&name);
             } else {
@@ -216,7 +263,20 @@ impl BlockDevice for MemDisk {
     }
 
     fn list(&self, kind: BlockKind) -> Result<Vec<BlockName>, DeviceError> {
-        Ok(self.lock().visible.keys().filter(|n| n.kind() == kind).copied().collect())
+        let names = self.listed(kind);
+        let mut guard = self.lock();
+        let state = &mut *guard;
+        let hidden: Vec<BlockName> = state.unlisted.keys().filter(|n| n.kind() == kind).copied().collect();
+        state.passed_over.extend(hidden);
+        for lagging in [&mut state.unlisted, &mut state.ghosts] {
+            lagging.retain(|name, left| {
+                if name.kind() == kind {
+                    *left -= 1;
+                }
+                *left > 0
+            });
+        }
+        Ok(names)
     }
 
     fn sync(&self) -> Result<(), DeviceError> {
@@ -260,6 +320,28 @@ mod tests {
         assert_eq!(disk.read(name(1)), Err(DeviceError::NotFound));
         assert_eq!(disk.read(name(2)).unwrap(), b"two");
         assert_eq!(disk.used_bytes(), 3);
+    }
+
+    #[test]
+    fn a_lagging_listing_shows_a_new_name_late_and_a_deleted_one_still_while_reads_are_exact() {
+        let disk = MemDisk::shared("s3://bucket/d", 1 << 20).lagging(2);
+        disk.write(name(1), b"one").unwrap();
+        disk.write(name(2), b"two").unwrap();
+        assert_eq!(disk.list(BlockKind::Journal).unwrap(), Vec::<BlockName>::new());
+        assert_eq!(disk.list(BlockKind::Label).unwrap(), vec![], "a listing of another kind counts for its own");
+        assert_eq!(disk.read(name(2)).unwrap(), b"two", "reads see every write at once");
+        assert_eq!(disk.list(BlockKind::Journal).unwrap(), Vec::<BlockName>::new());
+        assert_eq!(disk.list(BlockKind::Journal).unwrap(), vec![name(1), name(2)]);
+        disk.delete(name(1)).unwrap();
+        assert_eq!(disk.read(name(1)), Err(DeviceError::NotFound));
+        assert_eq!(disk.listed(BlockKind::Journal), vec![name(1), name(2)], "`listed` does not count");
+        assert_eq!(disk.list(BlockKind::Journal).unwrap(), vec![name(1), name(2)]);
+        assert_eq!(disk.list(BlockKind::Journal).unwrap(), vec![name(1), name(2)]);
+        assert_eq!(disk.list(BlockKind::Journal).unwrap(), vec![name(2)]);
+        // Created and deleted before any listing showed it: never listed.
+        disk.write(name(3), b"three").unwrap();
+        disk.delete(name(3)).unwrap();
+        assert_eq!(disk.list(BlockKind::Journal).unwrap(), vec![name(2)]);
     }
 
     #[test]

@@ -243,7 +243,7 @@ pub fn build_world(scenario: &Scenario, options: &RunOptions) -> Result<World, S
     {
         pool_options.sabotage = options.sabotage;
     }
-    World::new(&capacities, policy, options.seed, scenario.setup.store, pool_options)
+    World::new(&capacities, policy, options.seed, (scenario.setup.store, scenario.setup.listing_lag), pool_options)
 }
 
 /// The tiering a scenario's pool starts with: off unless its setup names it.
@@ -729,7 +729,7 @@ impl<'s> Run<'s> {
                 self.maintenance.push(format!("step {index}: {line}"));
                 // Every orphan past the age guard is gone (unknown ages count as young).
                 let now = dfs_engine::base::clock::Clock::wall(self.world.clock.as_ref()).secs;
-                let left = oracle::unreferenced(self.world.pool(), now);
+                let left = oracle::unreferenced(&self.world, now);
                 let old = left
                     .iter()
                     .find(|(_, _, age)| *older_than_secs == 0 || age.is_some_and(|age| age >= *older_than_secs));
@@ -1596,7 +1596,7 @@ impl<'s> Run<'s> {
         oracle::structure(pool).map_err(|e| fail(index, oracle::EXTENTS_MEET_POLICY, e))?;
         let away: Vec<dfs_engine::DiskId> =
             self.world.away_last_recovery.iter().map(|d| dfs_engine::DiskId(*d as u32 + 1)).collect();
-        oracle::no_leaks_except(pool, &away).map_err(|e| fail(index, oracle::NO_LEAKED_FRAGMENTS, e))?;
+        oracle::no_leaks_except(&self.world, &away).map_err(|e| fail(index, oracle::NO_LEAKED_FRAGMENTS, e))?;
         oracle::replicas_agree(&self.world).map_err(|e| fail(index, oracle::METADATA_REPLICAS_AGREE, e))?;
         oracle::space_accounting(&self.world).map_err(|e| fail(index, oracle::SPACE_ACCOUNTING, e))?;
         for invariant in [

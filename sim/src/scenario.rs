@@ -47,6 +47,11 @@ pub struct Setup {
     /// and every write is whole and durable once it returns.
     #[serde(default)]
     pub store: bool,
+    /// With `store`: listings of a kind that pass before one shows a name just created,
+    /// or stops showing one just deleted (default 0, an exact listing); reads stay exact.
+    /// Models a store whose listing is eventually consistent.
+    #[serde(default)]
+    pub listing_lag: u32,
 }
 
 /// Tiering as a scenario sets it up: the engine's defaults unless named here.
@@ -278,6 +283,9 @@ impl Scenario {
             dfs_engine::base::units::parse_size(capacity).map_err(setup)?;
         }
         self.setup.policy.parse::<Policy>().map_err(|e| setup(e.to_string()))?;
+        if self.setup.listing_lag > 0 && !self.setup.store {
+            return Err(setup("listing_lag models an object store's listing: it needs `store: true`".into()));
+        }
         if let Some(rate) = self.setup.tiering.as_ref().and_then(|t| t.migrate_per_sec.as_ref()) {
             if dfs_engine::base::units::parse_size(rate).map_err(setup)? == 0 {
                 return Err(setup("tiering: migrate_per_sec must be at least one byte".into()));

@@ -187,6 +187,8 @@ pub fn generate(seed: u64, profile: &Profile) -> Scenario {
             // One seed in four puts the disks on an object store, chosen without drawing
             // from the generator, so the other seeds' scenarios are as they were.
             store: seed % 4 == 3,
+            // Half the store seeds list eventually: a name shows one to three listings late.
+            listing_lag: if seed % 8 == 7 { 1 + (seed / 8 % 3) as u32 } else { 0 },
         },
         steps,
         expect: Expect { lost_files: Vec::new(), out_of_budget: profile.out_of_budget, ..Expect::default() },

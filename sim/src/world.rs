@@ -101,6 +101,8 @@ pub struct World {
     pub away_last_recovery: Vec<usize>,
     /// The disks are on an object store: shared, written whole and durably by each call.
     pub store: bool,
+    /// With `store`, how far each disk's listing lags (`MemDisk::lagging`).
+    pub listing_lag: u32,
 }
 
 fn uuid_from(rng: &mut ChaCha8Rng) -> Uuid {
@@ -109,12 +111,13 @@ fn uuid_from(rng: &mut ChaCha8Rng) -> Uuid {
 
 impl World {
     /// A machine with disks of `capacities` and an empty pool with `policy` over them.
-    /// With `store`, the disks are on an object store (`MemDisk::shared`).
+    /// With `store`, the disks are on an object store (`MemDisk::shared`), whose listings
+    /// lag by `listing_lag` (`MemDisk::lagging`).
     pub fn new(
         capacities: &[u64],
         policy: Policy,
         seed: u64,
-        store: bool,
+        (store, listing_lag): (bool, u32),
         mut options: PoolOptions,
     ) -> Result<World, String> {
         let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x005E_ED0F_D15C);
@@ -142,6 +145,7 @@ impl World {
             rng,
             options,
             store,
+            listing_lag,
             trigger,
             crashes: 0,
             degraded_reads_before: 0,
@@ -168,7 +172,8 @@ impl World {
         let wall_secs: crate::memdisk::WallSecs =
             Arc::new(move || dfs_engine::base::clock::Clock::wall(clock.as_ref()).secs);
         let memdisk = match self.store {
-            true => MemDisk::shared_with_clock(format!("sim-store-disk-{index}"), capacity, wall_secs),
+            true => MemDisk::shared_with_clock(format!("sim-store-disk-{index}"), capacity, wall_secs)
+                .lagging(self.listing_lag),
             false => MemDisk::with_clock(format!("sim-disk-{index}"), capacity, wall_secs),
         };
         let disk = Arc::new(FaultyDevice::new(memdisk, self.switch.clone(), Some(self.latency_sink())));
@@ -191,9 +196,12 @@ impl World {
         }
     }
 
-    /// The simulated disk behind a pool disk id (disks are numbered from 1 in order).
+    /// The simulated disk behind a pool disk id: the one labelled with that disk's uuid
+    /// (ids are not positions: a disk that failed to join still took its place here).
     pub fn sim_disk(&self, id: dfs_engine::DiskId) -> Option<&Arc<SimDisk>> {
-        self.disks.get((id.0 as usize).checked_sub(1)?)
+        let uuid = self.pool.as_ref()?.state().disks.get(&id)?.uuid;
+        let index = self.uuids.iter().position(|u| *u == uuid)?;
+        self.disks.get(index)
     }
 
     /// The pending operations of every disk, in disk order.
@@ -338,6 +346,7 @@ impl World {
             away_at_recovery: Vec::new(),
             away_last_recovery: Vec::new(),
             store: self.store,
+            listing_lag: self.listing_lag,
         }
     }
 

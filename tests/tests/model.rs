@@ -55,6 +55,7 @@ proptest! {
                 checkpoint_every: Some(7),
                 tiering: None,
                 store: false,
+                listing_lag: 0,
             },
             steps,
             expect: Expect::default(),

@@ -179,6 +179,27 @@ pub enum DeviceError {
     Fenced(String),
 }
 
+/// The names past `last` — `name(last + 1)`, `name(last + 2)`, … — that `device` holds,
+/// up to the first it does not. A shared device is an object store, whose listing may lag
+/// its writes (some stores list eventually) while a request for one name is answered
+/// exactly: what a listing found is extended by asking for each next name. A device that
+/// is not shared lists exactly, and is not asked.
+pub fn held_past(device: &dyn BlockDevice, last: u64, name: impl Fn(u64) -> BlockName) -> Vec<BlockName> {
+    let mut held = Vec::new();
+    if !device.shared() {
+        return held;
+    }
+    let mut next = last;
+    while let Some(n) = next.checked_add(1) {
+        match device.modified_secs(name(n)) {
+            Ok(_) => held.push(name(n)),
+            Err(_) => break,
+        }
+        next = n;
+    }
+    held
+}
+
 /// What a create-only write (`BlockDevice::create`) did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Created {

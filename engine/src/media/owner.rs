@@ -150,10 +150,13 @@ pub fn claim(
         for device in &shared {
             match device.list(BlockKind::Owner) {
                 Ok(names) => {
-                    highest = names
+                    let listed = names
                         .iter()
                         .filter_map(|n| if let BlockName::Owner { epoch } = n { Some(*epoch) } else { None })
                         .fold(highest, u64::max);
+                    // Claims the listing does not show yet.
+                    let past = crate::media::device::held_past(*device, listed, |epoch| BlockName::Owner { epoch });
+                    highest = listed + past.len() as u64;
                     reachable.push(*device);
                 }
                 Err(e) => errors.push(format!("{}: {e}", device.describe())),

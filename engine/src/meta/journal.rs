@@ -161,6 +161,8 @@ pub fn recover(devices: &[&dyn BlockDevice], store_config: &StoreConfig) -> Resu
             for name in names {
                 let block = match device.read(name) {
                     Ok(block) => block,
+                    // Listed, but deleted since (trimmed): a store's listing may lag.
+                    Err(DeviceError::NotFound) if device.shared() => continue,
                     Err(e) => {
                         notes.push(format!("{}: {name}: {e}", device.describe()));
                         continue;
@@ -194,7 +196,7 @@ pub fn recover(devices: &[&dyn BlockDevice], store_config: &StoreConfig) -> Resu
     }
     // From format 8 the checkpoint is the paged store: where any disk holds a store root,
     // recovery starts from the store (written only after any older checkpoint it finds).
-    let any_store = devices.iter().any(|d| d.list(BlockKind::StoreRoot).is_ok_and(|roots| !roots.is_empty()));
+    let any_store = devices.iter().any(|d| crate::meta::store::holds_store(*d));
     let mut store = None;
     let mut start: Option<(Checkpoint, u8, BTreeSet<usize>)> = None;
     if any_store {
@@ -252,8 +254,27 @@ pub fn recover(devices: &[&dyn BlockDevice], store_config: &StoreConfig) -> Resu
     let mut replayed = 0;
     loop {
         let next = tip.seq + 1;
-        let chained =
+        let mut chained =
             records.get(&next).and_then(|candidates| candidates.iter().find(|c| c.value.prev_hash == tip.hash));
+        if chained.is_none() {
+            // A store's listing may not show its newest records yet: ask for the next one
+            // by name on each shared device (answered exactly).
+            for (slot, device) in devices.iter().enumerate().filter(|(_, d)| d.shared()) {
+                let name = BlockName::Journal { seq: next };
+                let Ok(block) = device.read(name) else { continue };
+                match decode_record(&block) {
+                    Ok((record, hash, format)) if record.seq == next => {
+                        records.entry(next).or_default().push(Found { slot, value: record, hash, format })
+                    }
+                    Ok(_) => {
+                        notes.push(format!("{}: {name}: sequence number does not match its name", device.describe()))
+                    }
+                    Err(e) => notes.push(format!("{}: {name}: {e}", device.describe())),
+                }
+            }
+            chained =
+                records.get(&next).and_then(|candidates| candidates.iter().find(|c| c.value.prev_hash == tip.hash));
+        }
         let Some(found) = chained else {
             break;
         };

@@ -181,7 +181,11 @@ impl Pool {
         let disk = record.fragments[index];
         let name = BlockName::Fragment { extent: id, index: index as u8 };
         if !present.get(&disk).is_some_and(|names| names.contains(&name)) {
-            return false;
+            // A store's listing may not show a new block yet: asked for by name, it answers.
+            let unlisted = self.devices.get(&disk).is_some_and(|d| d.shared() && d.modified_secs(name).is_ok());
+            if !unlisted {
+                return false;
+            }
         }
         if !verify {
             return true;

@@ -46,7 +46,7 @@ use std::sync::Arc;
 use quick_cache::sync::Cache;
 use quick_cache::Weighter;
 
-use crate::media::device::{BlockDevice, BlockKind, BlockName, DeviceError};
+use crate::media::device::{held_past, BlockDevice, BlockKind, BlockName, DeviceError};
 use crate::media::frame::FrameError;
 pub use page::{Entry, Key};
 use page::{Page, PageCutter, PageRef, RawPage, Root, RunIndex, RunRef};
@@ -325,12 +325,17 @@ impl Store {
             let listed = device.list(BlockKind::StoreRoot).and_then(|r| Ok((r, device.list(BlockKind::StorePage)?)));
             match listed {
                 Ok((roots, pages)) => {
+                    // What the listing does not show yet counts too (`held_past`).
                     if let Some(BlockName::StoreRoot { gen: newest }) = roots.last() {
                         gen = gen.max(*newest);
                     }
+                    gen = gen.max(latest_noted(*device));
+                    gen += held_past(*device, gen, |gen| BlockName::StoreRoot { gen }).len() as u64;
                     if let Some(BlockName::StorePage { id }) = pages.last() {
                         next_page = next_page.max(id + 1);
                     }
+                    next_page +=
+                        held_past(*device, next_page.saturating_sub(1), |id| BlockName::StorePage { id }).len() as u64;
                 }
                 Err(error) => targets.drop_out(i, error),
             }
@@ -594,7 +599,10 @@ impl Store {
         targets.sync()?;
         let old = std::mem::replace(&mut self.root, root);
         self.runs = runs;
-        delete_all(targets.living(), BlockName::StoreRoot { gen: old.gen });
+        note_latest(targets.living(), self.root.gen);
+        if old.gen > 0 {
+            delete_all(targets.living(), BlockName::StoreRoot { gen: old.gen });
+        }
         Ok(())
     }
 
@@ -801,6 +809,7 @@ impl Store {
                     }
                     device.sync().map_err(|error| device_error(*device, error))?;
                     device.write(root_name, &root_block).map_err(|error| device_error(*device, error))?;
+                    note_latest(std::iter::once(*device), self.root.gen);
                     tracing::info!(replica = %device.describe(), copied, gen = self.root.gen, "store replica brought up to the root");
                 }
                 remove_dead(*device, &live_ids, self.root.gen);
@@ -919,24 +928,124 @@ impl RunWriter {
     }
 }
 
+/// On a shared device, the generation last published there: `StoreRoot { gen: 0 }`, a
+/// name no root takes (generations start at 1). A store's listing may lag its writes while
+/// a read by name is exact, so the search for the newest root starts from it and asks for
+/// each root above by name; roots are published in order, so there is no gap above it.
+/// Only a hint: one that does not decode is passed over.
+const LATEST: BlockName = BlockName::StoreRoot { gen: 0 };
+
+fn encode_latest(gen: u64) -> [u8; 16] {
+    let mut block = [0u8; 16];
+    block[..8].copy_from_slice(&gen.to_le_bytes());
+    block[8..].copy_from_slice(&(!gen).to_le_bytes());
+    block
+}
+
+fn decode_latest(block: &[u8]) -> Option<u64> {
+    let gen = u64::from_le_bytes(block.get(..8)?.try_into().ok()?);
+    let check = u64::from_le_bytes(block.get(8..16)?.try_into().ok()?);
+    (block.len() == 16 && check == !gen).then_some(gen)
+}
+
+/// Where the search for roots on `device` starts probing by name: the latest generation
+/// it noted (`LATEST`), on a shared device; 0 otherwise.
+fn latest_noted(device: &dyn BlockDevice) -> u64 {
+    if !device.shared() {
+        return 0;
+    }
+    device.read(LATEST).ok().and_then(|block| decode_latest(&block)).unwrap_or(0)
+}
+
+/// Notes on each shared device of `devices` that root `gen` is published there.
+fn note_latest<'a>(devices: impl Iterator<Item = &'a dyn BlockDevice>, gen: u64) {
+    for device in devices.filter(|d| d.shared()) {
+        if let Err(error) = device.write(LATEST, &encode_latest(gen)) {
+            tracing::warn!(replica = %device.describe(), %error, gen, "could not note the latest store root");
+        }
+    }
+}
+
+/// Whether `device` holds any block of a store's roots, including ones its listing does
+/// not show yet.
+pub fn holds_store(device: &dyn BlockDevice) -> bool {
+    device.list(BlockKind::StoreRoot).is_ok_and(|roots| !roots.is_empty())
+        || latest_noted(device) > 0
+        || !held_past(device, 0, |gen| BlockName::StoreRoot { gen }).is_empty()
+}
+
+/// Listings a search for the newest root makes before it gives up on a lagging one.
+const ROOT_LISTINGS: usize = 8;
+
 /// The newest root that verifies on any replica, and the replicas whose newest root
 /// that verifies it is.
+///
+/// On a shared device (an object store) a listing may lag: roots past the newest listed
+/// are asked for by name (`held_past`), and a listed root that is gone (`NotFound`) was
+/// deleted, which the store does only once a newer root is durable. So while the newest
+/// gone root is above the newest found, the listing is behind, and the search lists
+/// again; it never settles for an older root, whose journal may have been trimmed.
 fn newest_root(devices: &Devices) -> Result<(Root, BTreeSet<usize>), StoreError> {
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let (newest, reasons, gone) = list_roots(devices);
+        let best = newest.iter().flatten().map(|root| root.gen).max();
+        match gone {
+            Some(gone) if best.is_none_or(|best| best < gone) => {
+                if attempt < ROOT_LISTINGS {
+                    continue;
+                }
+                return Err(StoreError::Lost {
+                    what: "the newest store root".into(),
+                    reasons: format!(
+                        "the store lists root {gone} but holds it no more, and shows no newer one yet: its listing \
+                         lags behind its writes; open the pool again in a moment"
+                    ),
+                });
+            }
+            _ => return pick_newest(devices, newest, reasons),
+        }
+    }
+}
+
+/// One listing of every replica's roots: each replica's newest root that verifies, the
+/// reasons others did not, and the newest root a shared replica listed but no longer holds.
+fn list_roots(devices: &Devices) -> (Vec<Option<Root>>, Vec<String>, Option<u64>) {
     let mut newest: Vec<Option<Root>> = vec![None; devices.len()];
     let mut reasons = Vec::new();
+    let mut gone: Option<u64> = None;
     for (slot, device) in devices.iter().enumerate() {
-        let names = match device.list(BlockKind::StoreRoot) {
+        let mut names = match device.list(BlockKind::StoreRoot) {
             Ok(names) => names,
             Err(error) => {
                 reasons.push(format!("{}: {error}", device.describe()));
                 continue;
             }
         };
+        names.retain(|name| *name != LATEST);
+        let listed =
+            names.iter().filter_map(|n| if let BlockName::StoreRoot { gen } = n { Some(*gen) } else { None }).max();
+        let noted = latest_noted(*device);
+        if noted > 0 {
+            names.push(BlockName::StoreRoot { gen: noted });
+        }
+        let from = listed.unwrap_or(0).max(noted);
+        names.extend(held_past(*device, from, |gen| BlockName::StoreRoot { gen }));
+        names.sort();
+        names.dedup();
         for name in names.into_iter().rev() {
-            let decoded = device
-                .read(name)
-                .map_err(|e| e.to_string())
-                .and_then(|block| page::decode_root(&block).map_err(|e| e.to_string()));
+            let block = match device.read(name) {
+                Err(DeviceError::NotFound) if device.shared() => {
+                    if let BlockName::StoreRoot { gen } = name {
+                        gone = gone.max(Some(gen));
+                    }
+                    continue;
+                }
+                block => block,
+            };
+            let decoded =
+                block.map_err(|e| e.to_string()).and_then(|block| page::decode_root(&block).map_err(|e| e.to_string()));
             match decoded {
                 Ok(root) => {
                     newest[slot] = Some(root);
@@ -946,6 +1055,15 @@ fn newest_root(devices: &Devices) -> Result<(Root, BTreeSet<usize>), StoreError>
             }
         }
     }
+    (newest, reasons, gone)
+}
+
+/// The newest of the replicas' newest roots, and the replicas holding it.
+fn pick_newest(
+    devices: &Devices,
+    newest: Vec<Option<Root>>,
+    reasons: Vec<String>,
+) -> Result<(Root, BTreeSet<usize>), StoreError> {
     // Among roots of one generation but other content (another history's), the first
     // replica's wins: the others are not holders, and `tidy` rewrites them.
     let mut best: Option<Root> = None;
@@ -1068,8 +1186,11 @@ fn remove_dead(device: &dyn BlockDevice, live: &BTreeSet<u64>, gen: u64) {
         BlockName::StorePage { id } => !live.contains(id),
         _ => false,
     });
-    let old_roots =
-        device.list(BlockKind::StoreRoot).into_iter().flatten().filter(|name| *name != BlockName::StoreRoot { gen });
+    let old_roots = device
+        .list(BlockKind::StoreRoot)
+        .into_iter()
+        .flatten()
+        .filter(|name| *name != BlockName::StoreRoot { gen } && *name != LATEST);
     for name in dead_pages.chain(old_roots).collect::<Vec<_>>() {
         if let Err(error) = device.delete(name) {
             tracing::warn!(replica = %device.describe(), %name, %error, "could not delete a dead store block");
