@@ -456,6 +456,15 @@ fn a_format_seven_pool_is_upgraded_into_the_paged_store_and_reads_the_same() {
     assert_eq!(t.pool().temperatures().unwrap(), held_temperatures(&upgraded));
 }
 
+/// The three disks of a closed `t`, opened directly.
+fn dir_disks(t: &TestPool) -> Vec<dfs_engine::media::dirdisk::DirDisk> {
+    (0..3).map(|d| dfs_engine::media::dirdisk::DirDisk::open(&t.disk_path(d)).unwrap()).collect()
+}
+
+fn as_devices(disks: &[dfs_engine::media::dirdisk::DirDisk]) -> Vec<&dyn dfs_engine::media::device::BlockDevice> {
+    disks.iter().map(|d| d as &dyn dfs_engine::media::device::BlockDevice).collect()
+}
+
 /// Rewrites the store of `t` (closed, checkpointed) as a build of format 8 left it — a
 /// new root whose head has no format byte, temperatures with no pass count (each with
 /// the repeats it had then), a directory, a file's chunk map or an inode's attributes as
@@ -464,10 +473,8 @@ fn a_format_seven_pool_is_upgraded_into_the_paged_store_and_reads_the_same() {
 /// journal tip.
 fn rewrite_store_head(t: &TestPool, format: Option<u8>) -> (u64, [u8; 32]) {
     use dfs_engine::temperature::tracker::Temperature;
-    let disks: Vec<dfs_engine::media::dirdisk::DirDisk> =
-        (0..3).map(|d| dfs_engine::media::dirdisk::DirDisk::open(&t.disk_path(d)).unwrap()).collect();
-    let devices: Vec<&dyn dfs_engine::media::device::BlockDevice> =
-        disks.iter().map(|d| d as &dyn dfs_engine::media::device::BlockDevice).collect();
+    let disks = dir_disks(t);
+    let devices = as_devices(&disks);
     let mut store = dfs_engine::meta::store::Store::open(&devices, Default::default()).unwrap();
     let payload = store.payload().to_vec();
     let (head, after): (dfs_engine::meta::paged::Head, &[u8]) = postcard::take_from_bytes(&payload).unwrap();
@@ -639,10 +646,8 @@ fn a_format_nine_pool_is_upgraded_without_rewriting_its_store() {
     t.pool = None;
     t.dir = None;
     // The store's head as a format-9 build wrote it: its format byte says 9.
-    let disks: Vec<dfs_engine::media::dirdisk::DirDisk> =
-        (0..3).map(|d| dfs_engine::media::dirdisk::DirDisk::open(&t.disk_path(d)).unwrap()).collect();
-    let devices: Vec<&dyn dfs_engine::media::device::BlockDevice> =
-        disks.iter().map(|d| d as &dyn dfs_engine::media::device::BlockDevice).collect();
+    let disks = dir_disks(&t);
+    let devices = as_devices(&disks);
     let mut store = dfs_engine::meta::store::Store::open(&devices, Default::default()).unwrap();
     let payload = store.payload().to_vec();
     let (head, after): (dfs_engine::meta::paged::Head, &[u8]) = postcard::take_from_bytes(&payload).unwrap();
