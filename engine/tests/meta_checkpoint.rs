@@ -238,6 +238,17 @@ fn a_scrub_finds_and_rewrites_a_rotten_copy_of_a_metadata_page() {
     assert_eq!(clean.disks.len(), 3);
     assert!(clean.copies_checked >= 6, "a root and at least a page on each disk: {clean:?}");
     assert!(clean.findings.is_empty() && clean.lost.is_empty(), "{clean:?}");
+    // In steps of one block, the check reads the same copies: a step a block, the root last.
+    let (mut whole, mut from, mut steps) = (dfs_engine::services::scrub::MetadataCheck::default(), Some(0), 0);
+    while let Some(at) = from {
+        let (step, next) = t.pool().check_metadata_step(false, at, 1);
+        assert!(step.copies_checked <= 3 * 2, "one block (and at the end the root) on three disks");
+        whole.absorb(step);
+        from = next;
+        steps += 1;
+    }
+    assert_eq!(whole, clean);
+    assert_eq!((steps as u64 + 1) * 3, clean.copies_checked, "a block a step, and the root with the last");
 
     common::rot_every_store_page(&t, 1);
     let found = t.pool().scrub_all(None, false).unwrap().metadata.unwrap();

@@ -29,13 +29,17 @@ impl ByteBudget {
     }
 }
 
-/// The scrub's in-memory pacing: budget and the last foreground request.
+/// The scrub's in-memory pacing: budget, the last foreground request, and where the
+/// pass's metadata check stands.
 #[derive(Default)]
 pub(crate) struct Pacing {
     /// Bytes that may be verified now.
     pub(crate) budget: ByteBudget,
     /// Monotonic nanos of the last foreground read or write.
     pub(crate) foreground_nanos: Option<u64>,
+    /// Where the pass's check of the metadata store's copies goes on, once its extents
+    /// are done (`Pool::check_metadata_step`).
+    pub(crate) metadata_from: Option<u64>,
 }
 
 #[cfg(test)]

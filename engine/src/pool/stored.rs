@@ -151,14 +151,44 @@ pub struct MetadataCheck {
     pub lost: Vec<String>,
 }
 
+/// Live metadata blocks one step of a metadata check reads (on every journal disk): the
+/// pool is held for one step at a time.
+pub const METADATA_CHECK_STEP: usize = 64;
+
+impl MetadataCheck {
+    /// Adds what a later step of the same check found.
+    pub fn absorb(&mut self, step: MetadataCheck) {
+        if self.disks.is_empty() {
+            self.disks = step.disks;
+        }
+        self.copies_checked += step.copies_checked;
+        self.findings.extend(step.findings);
+        self.lost.extend(step.lost);
+    }
+}
+
 impl Pool {
     /// Reads every copy of every metadata block the store's current root names, on each
     /// readable disk that holds that root, and verifies it; with `repair` (and a pool
     /// that takes writes) each bad copy is rewritten from a good one. Reads nothing
     /// through the cache. A pool whose state still lives in its journal alone (no
-    /// checkpoint yet) has nothing to check.
+    /// checkpoint yet) has nothing to check. All steps of `check_metadata_step` at once.
     pub fn check_metadata(&self, repair: bool) -> MetadataCheck {
-        let Some(store) = self.store.as_ref() else { return MetadataCheck::default() };
+        let mut whole = MetadataCheck::default();
+        let mut from = Some(0);
+        while let Some(at) = from {
+            let (step, next) = self.check_metadata_step(repair, at, METADATA_CHECK_STEP);
+            whole.absorb(step);
+            from = next;
+        }
+        whole
+    }
+
+    /// One step of `check_metadata`: the live blocks with ids from `from` on, at most
+    /// `max_blocks` of them (`Store::check`); returns where the next step starts, `None`
+    /// once done.
+    pub fn check_metadata_step(&self, repair: bool, from: u64, max_blocks: usize) -> (MetadataCheck, Option<u64>) {
+        let Some(store) = self.store.as_ref() else { return (MetadataCheck::default(), None) };
         let members: Vec<(DiskId, Arc<dyn BlockDevice>)> = self
             .store_members
             .iter()
@@ -167,7 +197,7 @@ impl Pool {
             .collect();
         let devices: Vec<&dyn BlockDevice> = members.iter().map(|(_, d)| d.as_ref()).collect();
         let repair = repair && self.read_only.is_none();
-        let check = store.check(&devices, repair);
+        let (check, next) = store.check(&devices, repair, from, max_blocks);
         let findings = check
             .bad
             .iter()
@@ -178,11 +208,12 @@ impl Pool {
                 repaired: bad.rewritten,
             })
             .collect();
-        MetadataCheck {
+        let step = MetadataCheck {
             disks: members.iter().map(|(id, _)| *id).collect(),
             copies_checked: check.copies,
             findings,
             lost: check.lost.iter().map(ToString::to_string).collect(),
-        }
+        };
+        (step, next)
     }
 }

@@ -28,7 +28,7 @@ use crate::meta::state::{ChunkSlot, DiskId, ExtentRecord, Ino, Op, Transaction, 
 use crate::pool::Pool;
 
 pub use crate::meta::scrub_state::{FinishedPass, Frequency, Intensity, PassStats, ScrubState};
-pub use crate::pool::stored::{MetadataCheck, MetadataFinding};
+pub use crate::pool::stored::{MetadataCheck, MetadataFinding, METADATA_CHECK_STEP};
 
 /// What is wrong with one fragment.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -124,8 +124,9 @@ pub struct ScrubRun {
     /// File and offset of every extent in scope, for the report.
     /// Each extent's file, offset and name (its chunk).
     places: BTreeMap<ExtentId, (String, u64, String)>,
-    /// Whether the metadata store is still to check (a scrub of the whole pool).
-    metadata_pending: bool,
+    /// Where the check of the metadata store's copies goes on (a scrub of the whole
+    /// pool), `None` once done or not wanted.
+    metadata_from: Option<u64>,
     pub report: ScrubReport,
 }
 
@@ -142,7 +143,7 @@ impl ScrubRun {
 
     /// Whether nothing is left to check: no extent, and not the metadata.
     pub fn is_done(&self) -> bool {
-        self.queue.is_empty() && !self.metadata_pending
+        self.queue.is_empty() && self.metadata_from.is_none()
     }
 }
 
@@ -314,7 +315,7 @@ impl Pool {
             queue: scope.into_iter().map(|(id, _, _)| id).collect(),
             repair,
             places,
-            metadata_pending: under.is_none(),
+            metadata_from: under.is_none().then_some(0),
             report: ScrubReport::default(),
         })
     }
@@ -366,9 +367,10 @@ impl Pool {
             self.commit(Transaction { ops: vec![Op::Scrubbed { at_secs: now, extents: checked }] })?;
         }
         self.sync()?;
-        if run.queue.is_empty() && run.metadata_pending {
-            run.metadata_pending = false;
-            run.report.metadata = Some(self.check_metadata(run.repair));
+        if let Some(from) = run.metadata_from.filter(|_| run.queue.is_empty()) {
+            let (step, next) = self.check_metadata_step(run.repair, from, METADATA_CHECK_STEP);
+            run.report.metadata.get_or_insert_with(MetadataCheck::default).absorb(step);
+            run.metadata_from = next;
         }
         Ok(())
     }
@@ -411,6 +413,7 @@ impl Pool {
         let mut scrub = self.state.scrub;
         if scrub.pass.is_none() {
             scrub.pass = Some(self.new_pass());
+            self.pacing.metadata_from = None;
         }
         scrub.paused = false;
         scrub.intensity = intensity.unwrap_or(scrub.intensity);
@@ -432,6 +435,7 @@ impl Pool {
         let mut scrub = self.state.scrub;
         scrub.pass = None;
         scrub.paused = false;
+        self.pacing.metadata_from = None;
         self.put_scrub(scrub)
     }
 
@@ -487,6 +491,7 @@ impl Pool {
             scrub.pass = Some(self.new_pass());
             scrub.paused = false;
             self.put_scrub(scrub)?;
+            self.pacing.metadata_from = None;
             tick.pass_started = true;
         }
         if scrub.paused {
@@ -538,11 +543,12 @@ impl Pool {
         }
         self.pacing.budget.spend(spent);
         tick.extents = checked.len();
-        let finished = left == checked.len() as u64;
-        scrub.pass = Some(pass);
+        // A pass ends with the metadata's copies, as a one-shot scrub of the pool does, a
+        // step a tick (where it stands is kept in memory: a restart checks them again).
+        let mut finished = left == checked.len() as u64;
         if finished {
-            // A pass ends with the metadata's copies, as a one-shot scrub of the pool does.
-            let metadata = self.check_metadata(true);
+            let from = self.pacing.metadata_from.unwrap_or(0);
+            let (metadata, next) = self.check_metadata_step(true, from, METADATA_CHECK_STEP);
             if !metadata.findings.is_empty() || !metadata.lost.is_empty() {
                 tracing::warn!(
                     bad = metadata.findings.len(),
@@ -551,6 +557,11 @@ impl Pool {
                     "scrub: metadata store copies did not verify"
                 );
             }
+            self.pacing.metadata_from = next;
+            finished = next.is_none();
+        }
+        scrub.pass = Some(pass);
+        if finished {
             scrub.pass = None;
             scrub.last_full_pass = Some(FinishedPass { stats: pass, finished_secs: now });
             scrub.passes_completed += 1;

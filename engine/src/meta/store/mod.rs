@@ -711,18 +711,27 @@ impl Store {
         }
     }
 
-    /// Reads every block the current root names — the root itself, each run's index and
-    /// pages — on every replica in `devices` and verifies each copy against its namer;
-    /// with `repair`, a copy that does not verify, or is missing, is rewritten from a good
-    /// one (pages and indexes synced before the root). Reads through no cache: the point
-    /// is the copies on the devices, not what memory holds. A block no replica holds good
-    /// is reported in `StoreCheck::lost`: the store would be refused at the next open.
-    pub fn check(&self, devices: &Devices, repair: bool) -> StoreCheck {
+    /// Reads every block the current root names — each run's index and pages, then the
+    /// root itself — on every replica in `devices` and verifies each copy against its
+    /// namer; with `repair`, a copy that does not verify, or is missing, is rewritten from
+    /// a good one (pages and indexes synced before the root). Reads through no cache: the
+    /// point is the copies on the devices, not what memory holds. A block no replica holds
+    /// good is reported in `StoreCheck::lost`: the store would be refused at the next open.
+    ///
+    /// In steps, so a caller can let go of what it holds between them: this call checks at
+    /// most `max_blocks` live blocks with ids from `from` on, and returns where the next
+    /// step starts, or `None` once the root, last, is checked. Ids only grow, so blocks a
+    /// commit adds between steps are checked by a later step and ones it drops are not.
+    pub fn check(&self, devices: &Devices, repair: bool, from: u64, max_blocks: usize) -> (StoreCheck, Option<u64>) {
+        assert!(max_blocks > 0);
         let mut check = StoreCheck { replicas: devices.len(), ..StoreCheck::default() };
         let root_block = page::encode_root(&self.root);
         let root_name = BlockName::StoreRoot { gen: self.root.gen };
         let mut touched = vec![false; devices.len()];
-        for (id, (hash, is_index)) in self.live_blocks() {
+        let live = self.live_blocks();
+        let mut blocks = live.range(from..);
+        for (id, (hash, is_index)) in blocks.by_ref().take(max_blocks) {
+            let (id, hash, is_index) = (*id, *hash, *is_index);
             let verify = |block: &[u8]| {
                 let decoded = if is_index {
                     page::decode_index(block, &hash).map(|_| ())
@@ -740,6 +749,9 @@ impl Store {
                     tracing::warn!(replica = %device.describe(), %error, "could not sync rewritten metadata blocks");
                 }
             }
+        }
+        if let Some((next, _)) = blocks.next() {
+            return (check, Some(*next));
         }
         let verify_root = |block: &[u8]| {
             if block == root_block.as_slice() {
@@ -760,7 +772,7 @@ impl Store {
             }
         }
         debug_assert!(check.rewritten as usize <= check.bad.len());
-        check
+        (check, None)
     }
 
     /// Brings every replica to the current root: copies what a replica lacks of it from
