@@ -139,14 +139,6 @@ pub fn recover(devices: &[&dyn BlockDevice], store_config: &StoreConfig) -> Resu
     let mut only_genesis = true;
     let mut any_fragment = false;
     let mut newer_format = None;
-    let mut note_error = |notes: &mut Vec<String>, device: &dyn BlockDevice, name: BlockName, e: FrameError| {
-        if let FrameError::Version { found, supported } = e {
-            if found > supported {
-                newer_format = Some((found, supported));
-            }
-        }
-        notes.push(format!("{}: {name}: {e}", device.describe()));
-    };
     for (slot, device) in devices.iter().enumerate() {
         for kind in [BlockKind::Checkpoint, BlockKind::Journal] {
             let names = match device.list(kind) {
@@ -176,16 +168,11 @@ pub fn recover(devices: &[&dyn BlockDevice], store_config: &StoreConfig) -> Resu
                             let first = !copies.iter().any(|c| c.hash == hash);
                             copies.push(Found { slot, value: first.then_some(block), hash, format });
                         }
-                        Err(e) => note_error(&mut notes, *device, name, e),
+                        Err(e) => note_frame_error(&mut notes, &mut newer_format, *device, name, e),
                     },
-                    BlockName::Journal { seq } => match decode_record(&block) {
-                        Ok((record, hash, format)) if record.seq == seq => {
-                            records.entry(seq).or_default().push(Found { slot, value: record, hash, format })
-                        }
-                        Ok(_) => notes
-                            .push(format!("{}: {name}: sequence number does not match its name", device.describe())),
-                        Err(e) => note_error(&mut notes, *device, name, e),
-                    },
+                    BlockName::Journal { seq } => {
+                        file_record(&mut records, &mut notes, &mut newer_format, *device, slot, seq, &block)
+                    }
                     _ => {}
                 }
             }
@@ -228,7 +215,7 @@ pub fn recover(devices: &[&dyn BlockDevice], store_config: &StoreConfig) -> Resu
                 Ok(_) => {
                     notes.push(format!("{}: {name}: sequence number does not match its name", devices[slot].describe()))
                 }
-                Err(e) => note_error(&mut notes, devices[slot], name, e),
+                Err(e) => note_frame_error(&mut notes, &mut newer_format, devices[slot], name, e),
             }
         }
     }
@@ -254,27 +241,17 @@ pub fn recover(devices: &[&dyn BlockDevice], store_config: &StoreConfig) -> Resu
     let mut replayed = 0;
     loop {
         let next = tip.seq + 1;
-        let mut chained =
-            records.get(&next).and_then(|candidates| candidates.iter().find(|c| c.value.prev_hash == tip.hash));
-        if chained.is_none() {
+        if !records.get(&next).is_some_and(|candidates| candidates.iter().any(|c| c.value.prev_hash == tip.hash)) {
             // A store's listing may not show its newest records yet: ask for the next one
             // by name on each shared device (answered exactly).
             for (slot, device) in devices.iter().enumerate().filter(|(_, d)| d.shared()) {
-                let name = BlockName::Journal { seq: next };
-                let Ok(block) = device.read(name) else { continue };
-                match decode_record(&block) {
-                    Ok((record, hash, format)) if record.seq == next => {
-                        records.entry(next).or_default().push(Found { slot, value: record, hash, format })
-                    }
-                    Ok(_) => {
-                        notes.push(format!("{}: {name}: sequence number does not match its name", device.describe()))
-                    }
-                    Err(e) => notes.push(format!("{}: {name}: {e}", device.describe())),
+                if let Ok(block) = device.read(BlockName::Journal { seq: next }) {
+                    file_record(&mut records, &mut notes, &mut newer_format, *device, slot, next, &block);
                 }
             }
-            chained =
-                records.get(&next).and_then(|candidates| candidates.iter().find(|c| c.value.prev_hash == tip.hash));
         }
+        let chained =
+            records.get(&next).and_then(|candidates| candidates.iter().find(|c| c.value.prev_hash == tip.hash));
         let Some(found) = chained else {
             break;
         };
@@ -286,11 +263,53 @@ pub fn recover(devices: &[&dyn BlockDevice], store_config: &StoreConfig) -> Resu
         oldest_format = oldest_format.min(found.format);
         replayed += 1;
     }
+    if let Some((found, supported)) = newer_format {
+        // A newer record found only by name, past what was listed.
+        return Err(RecoveryError::NewerFormat { found, supported });
+    }
     let dropped: Vec<u64> = records.range(tip.seq + 1..).map(|(seq, _)| *seq).collect();
     if !dropped.is_empty() {
         notes.push(format!("dropped {} record(s) past the valid prefix (torn or unchained tail)", dropped.len()));
     }
     Ok(Some(Recovered { state, tip, checkpoint_seq, replayed, checkpoint_slots, notes, oldest_format, store }))
+}
+
+/// Notes why block `name` on `device` did not open; a newer format is remembered in
+/// `newer`, so recovery refuses the pool rather than take a prefix of it.
+fn note_frame_error(
+    notes: &mut Vec<String>,
+    newer: &mut Option<(u8, u8)>,
+    device: &dyn BlockDevice,
+    name: BlockName,
+    e: FrameError,
+) {
+    if let FrameError::Version { found, supported } = e {
+        if found > supported {
+            *newer = Some((found, supported));
+        }
+    }
+    notes.push(format!("{}: {name}: {e}", device.describe()));
+}
+
+/// Files journal block `seq`, read from device `slot`: a record that verifies under its
+/// own number joins `records`; anything else is noted.
+fn file_record(
+    records: &mut BTreeMap<u64, Vec<Found<JournalRecord>>>,
+    notes: &mut Vec<String>,
+    newer: &mut Option<(u8, u8)>,
+    device: &dyn BlockDevice,
+    slot: usize,
+    seq: u64,
+    block: &[u8],
+) {
+    let name = BlockName::Journal { seq };
+    match decode_record(block) {
+        Ok((record, hash, format)) if record.seq == seq => {
+            records.entry(seq).or_default().push(Found { slot, value: record, hash, format })
+        }
+        Ok(_) => notes.push(format!("{}: {name}: sequence number does not match its name", device.describe())),
+        Err(e) => note_frame_error(notes, newer, device, name, e),
+    }
 }
 
 /// Encodes record `tip.seq + 1` carrying `txn`; returns its block and the new tip.

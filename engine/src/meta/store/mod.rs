@@ -218,14 +218,10 @@ pub struct BadCopy {
 /// What `Store::check` found.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct StoreCheck {
-    /// How many replicas were checked.
-    pub replicas: usize,
     /// Copies read and verified, over all replicas.
     pub copies: u64,
     /// Copies that did not verify or could not be read.
     pub bad: Vec<BadCopy>,
-    /// Bad copies rewritten from a good one.
-    pub rewritten: u64,
     /// Blocks no replica holds a good copy of.
     pub lost: Vec<BlockName>,
 }
@@ -724,32 +720,18 @@ impl Store {
     /// commit adds between steps are checked by a later step and ones it drops are not.
     pub fn check(&self, devices: &Devices, repair: bool, from: u64, max_blocks: usize) -> (StoreCheck, Option<u64>) {
         assert!(max_blocks > 0);
-        let mut check = StoreCheck { replicas: devices.len(), ..StoreCheck::default() };
+        let mut check = StoreCheck::default();
         let root_block = page::encode_root(&self.root);
         let root_name = BlockName::StoreRoot { gen: self.root.gen };
         let mut touched = vec![false; devices.len()];
         let live = self.live_blocks();
         let mut blocks = live.range(from..);
         for (id, (hash, is_index)) in blocks.by_ref().take(max_blocks) {
-            let (id, hash, is_index) = (*id, *hash, *is_index);
-            let verify = |block: &[u8]| {
-                let decoded = if is_index {
-                    page::decode_index(block, &hash).map(|_| ())
-                } else {
-                    page::decode_page(block, &hash).map(|_| ())
-                };
-                decoded.map_err(|e| e.to_string())
-            };
-            check_block(devices, BlockName::StorePage { id }, &verify, repair, &mut check, &mut touched);
+            let verify = |block: &[u8]| verify_live(block, hash, *is_index).map_err(|e| e.to_string());
+            check_block(devices, BlockName::StorePage { id: *id }, &verify, repair, &mut check, &mut touched);
         }
         // Pages first, durable, then the root that names them: the store's own order.
-        for (replica, device) in devices.iter().enumerate() {
-            if touched[replica] {
-                if let Err(error) = device.sync() {
-                    tracing::warn!(replica = %device.describe(), %error, "could not sync rewritten metadata blocks");
-                }
-            }
-        }
+        sync_touched(devices, &mut touched);
         if let Some((next, _)) = blocks.next() {
             return (check, Some(*next));
         }
@@ -762,16 +744,8 @@ impl Store {
                     .and_then(|_| Err("another root of this generation".into()))
             }
         };
-        touched.iter_mut().for_each(|t| *t = false);
         check_block(devices, root_name, &verify_root, repair, &mut check, &mut touched);
-        for (replica, device) in devices.iter().enumerate() {
-            if touched[replica] {
-                if let Err(error) = device.sync() {
-                    tracing::warn!(replica = %device.describe(), %error, "could not sync a rewritten store root");
-                }
-            }
-        }
-        debug_assert!(check.rewritten as usize <= check.bad.len());
+        sync_touched(devices, &mut touched);
         (check, None)
     }
 
@@ -805,13 +779,7 @@ impl Store {
                     let mut copied = 0u64;
                     for (&id, &(hash, is_index)) in &live {
                         let name = BlockName::StorePage { id };
-                        let verify = |block: &[u8]| {
-                            if is_index {
-                                page::decode_index(block, &hash).map(|_| ())
-                            } else {
-                                page::decode_page(block, &hash).map(|_| ())
-                            }
-                        };
+                        let verify = |block: &[u8]| verify_live(block, &hash, is_index);
                         if held.contains(&name) && device.read(name).is_ok_and(|block| verify(&block).is_ok()) {
                             continue;
                         }
@@ -1135,6 +1103,27 @@ fn read_verified<T>(
     Err(StoreError::Lost { what: format!("store block {name}"), reasons: reasons.join("; ") })
 }
 
+/// Whether `block` is the live block the root names with `hash`: a run's index when
+/// `is_index`, else a page.
+fn verify_live(block: &[u8], hash: &[u8; 32], is_index: bool) -> Result<(), FrameError> {
+    if is_index {
+        page::decode_index(block, hash).map(|_| ())
+    } else {
+        page::decode_page(block, hash).map(|_| ())
+    }
+}
+
+/// Syncs the replicas a check rewrote blocks on, and clears the marks.
+fn sync_touched(devices: &Devices, touched: &mut [bool]) {
+    for (device, touched) in devices.iter().zip(touched.iter_mut()) {
+        if std::mem::take(touched) {
+            if let Err(error) = device.sync() {
+                tracing::warn!(replica = %device.describe(), %error, "could not sync rewritten metadata blocks");
+            }
+        }
+    }
+}
+
 /// `Store::check` of one block: verifies its copy on every replica; with `repair`, writes
 /// a good copy over each bad one (unsynced: the caller syncs the replicas in `touched`).
 fn check_block(
@@ -1172,7 +1161,6 @@ fn check_block(
                 Ok(()) => {
                     touched[replica] = true;
                     rewritten = true;
-                    check.rewritten += 1;
                 }
                 Err(error) => tracing::warn!(replica = %device.describe(), %name, %error, "could not rewrite it"),
             }
