@@ -632,11 +632,21 @@ fn a_store_of_a_newer_format_is_refused_by_name_and_left_alone() {
     assert_eq!(before, after, "refusing must change nothing");
 }
 
-/// Format 10 changed only the journal's records (the record an open writes names who
-/// opened): a format-9 pool's store reads as it is and is not rewritten, and its records
-/// replay.
+/// Formats 10 and 11 changed no store encoding (10: the record an open writes names who
+/// opened; 11: store disks may keep fragments in packs, which a format-10 build would
+/// not find): a format-9 or format-10 pool's store reads as it is and is not rewritten,
+/// and its records replay.
 #[test]
 fn a_format_nine_pool_is_upgraded_without_rewriting_its_store() {
+    upgraded_without_rewriting_the_store(9);
+}
+
+#[test]
+fn a_format_ten_pool_is_upgraded_without_rewriting_its_store() {
+    upgraded_without_rewriting_the_store(10);
+}
+
+fn upgraded_without_rewriting_the_store(old: u8) {
     let (mut t, state, f) = closed_with_file("big", &common::pattern(300_000, 12));
     t.reopen();
     for i in 0..40 {
@@ -645,7 +655,7 @@ fn a_format_nine_pool_is_upgraded_without_rewriting_its_store() {
     t.pool().checkpoint().unwrap();
     t.pool = None;
     t.dir = None;
-    // The store's head as a format-9 build wrote it: its format byte says 9.
+    // The store's head as an older build wrote it: its format byte says so.
     let disks = dir_disks(&t);
     let devices = as_devices(&disks);
     let mut store = dfs_engine::meta::store::Store::open(&devices, Default::default()).unwrap();
@@ -653,15 +663,15 @@ fn a_format_nine_pool_is_upgraded_without_rewriting_its_store() {
     let (head, after): (dfs_engine::meta::paged::Head, &[u8]) = postcard::take_from_bytes(&payload).unwrap();
     let at = payload.len() - after.len();
     assert_eq!(payload[at], METADATA_FORMAT);
-    let mut nine = payload.clone();
-    nine[at] = 9;
-    store.commit_changes(&devices, Vec::new(), nine).unwrap();
+    let mut older = payload.clone();
+    older[at] = old;
+    store.commit_changes(&devices, Vec::new(), older).unwrap();
     let runs_before = store.runs();
     drop(disks);
     for disk in 0..3 {
         common::remove_records(&t.disk_path(disk));
     }
-    // A format-9 record after the head, chaining onto it.
+    // A record of that format after the head, chaining onto it.
     let mut inode = state.inodes[&f].clone();
     inode.mode = 0o650;
     let record = JournalRecord {
@@ -672,13 +682,14 @@ fn a_format_nine_pool_is_upgraded_without_rewriting_its_store() {
     for disk in 0..3 {
         let dir = t.disk_path(disk).join("journal");
         fs::create_dir_all(&dir).unwrap();
-        let block = frame::encode_version(FrameKind::JournalRecord, 9, &record);
+        let block = frame::encode_version(FrameKind::JournalRecord, old, &record);
         fs::write(dir.join(format!("{:020}", head.seq + 1)), block).unwrap();
     }
     let report = t.reopen();
-    assert_eq!(report.upgraded_from, Some(9));
-    assert!(report.notes.iter().any(|n| n.contains("from format 9 to format 10")), "{:?}", report.notes);
-    assert_eq!(t.pool().getattr(f).unwrap().mode, 0o650, "the format-9 record was replayed");
+    assert_eq!(report.upgraded_from, Some(old));
+    let note = format!("from format {old} to format {METADATA_FORMAT}");
+    assert!(report.notes.iter().any(|n| n.contains(&note)), "{:?}", report.notes);
+    assert_eq!(t.pool().getattr(f).unwrap().mode, 0o650, "the older record was replayed");
     let (_, runs, _) = t.pool().metadata_store().unwrap();
     assert!(runs > 1 && runs >= runs_before, "the store was committed to, not written anew as one run ({runs})");
     for i in 0..40 {

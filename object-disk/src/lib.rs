@@ -1,13 +1,21 @@
 //! A disk on an S3-compatible object store: `ObjectDisk`, a `BlockDevice` that keeps
-//! each block as one object under a prefix of a bucket (`s3://bucket/prefix`), so a
-//! pool's disks can live on a store that outlives the machine.
+//! its blocks as objects under a prefix of a bucket (`s3://bucket/prefix`), so a pool's
+//! disks can live on a store that outlives the machine.
 //!
-//! Contract (the trait's, met more strictly):
-//! - a block is one object, `{prefix}/{namespace}/{leaf}` (the same namespaces and
-//!   leaves as a directory disk's files), written whole by one PUT: a write is visible
-//!   and durable once it returns (S3's read-after-write consistency), never torn, so
-//!   `sync` has nothing left to do;
-//! - a read returns the object's bytes; the engine verifies them as from any disk;
+//! Contract (the trait's):
+//! - metadata blocks (label, journal records, store pages and roots, claims, the config
+//!   copy) are one object each, `{prefix}/{namespace}/{leaf}` (the same namespaces and
+//!   leaves as a directory disk's files), written whole by one PUT: visible and durable
+//!   once the call returns (S3's read-after-write consistency), never torn;
+//! - fragments are gathered into packs (`packs`: objects of about 1 MiB under `pack/`,
+//!   each written once, create-only), because the store serves requests, not bytes, at
+//!   a fixed rate: a fragment write is visible at once and durable after the next
+//!   `sync`, which sends the open pack and waits for every pack in flight (the seam's
+//!   crash model: an unsynced write may be lost, never torn). Packs are read by ranged
+//!   GETs. Fragments a build before packs wrote as objects of their own
+//!   (`fragment/{leaf}`) are read, listed and deleted where they lie, and
+//!   `upgrade_layout` moves them into packs;
+//! - a read returns the block's bytes; the engine verifies them as from any disk;
 //! - capacity is what the caller grants (an object store has none of its own to ask):
 //!   a write past it fails with `NoSpace` and writes nothing;
 //! - errors say which: an unreachable endpoint or a missing bucket is `Unavailable`
@@ -18,25 +26,30 @@
 //!   names the bucket and prefix only.
 //!
 //! Calls block the calling thread (the engine's disk seam is synchronous) on a small
-//! runtime shared by every object disk of the process.
+//! runtime shared by every object disk of the process; packs are sent on it in the
+//! background, at most `PACKS_IN_FLIGHT` per disk.
 
 mod location;
+mod pack_reads;
+mod packs;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
 use dfs_engine::media::device::{
     BlockDevice, BlockKind, BlockName, Created, DeviceError, ObjectDiskOpen, ObjectStores,
 };
 use dfs_engine::media::label::DiskLabel;
-use futures::TryStreamExt;
-use object_store::aws::{AmazonS3, AmazonS3Builder};
+use futures::{StreamExt, TryStreamExt};
+use object_store::aws::AmazonS3Builder;
 use object_store::path::Path as ObjectPath;
 use object_store::{ClientOptions, ObjectStore, PutMode, PutOptions, PutPayload, RetryConfig};
 
 pub use location::{Location, LocationError};
+use pack_reads::{PackReads, Plan};
+use packs::{Loc, PackId, Packs, PACK_BYTES};
 
 /// How long one request may take before the disk counts as away for it.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
@@ -47,6 +60,13 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// one node, short enough that a dead endpoint is reported within seconds.
 const MAX_RETRIES: usize = 3;
 const RETRY_TIMEOUT: Duration = Duration::from_secs(10);
+/// Packs one disk may have in flight before a fragment write waits for one to land.
+const PACKS_IN_FLIGHT: usize = 4;
+/// Pack headers read at once when a disk opens.
+const HEADERS_AT_ONCE: usize = 16;
+/// Bytes of a pack read first for its header: a full pack of 256 KiB fragments needs
+/// less than 200 of them.
+const HEADER_GUESS: u64 = 4096;
 
 /// How to reach an object store: its endpoint and credentials. Taken from the
 /// environment (`Access::from_env`), held only in memory, never written or logged
@@ -165,12 +185,41 @@ impl ObjectStores for EnvStores {
 
 /// A `BlockDevice` on an S3-compatible object store. See the module header.
 pub struct ObjectDisk {
-    store: AmazonS3,
+    store: Arc<dyn ObjectStore>,
     location: Location,
     capacity_bytes: u64,
-    /// Every block's size, from a listing at open and kept by each write and delete:
-    /// `used_bytes` and the capacity check, without a request.
+    /// Every object's size but packs', from a listing at open and kept by each write and
+    /// delete: `used_bytes` and the capacity check, without a request.
     tally: Mutex<Tally>,
+    /// The packs. Lock order: `packs`, then `tally`.
+    packs: Arc<PackShared>,
+    /// Whole packs for sequential readers; its lock is never held with the others.
+    reads: Arc<PackReads>,
+}
+
+/// The packs of one disk and the packs in flight, shared with the tasks that send them.
+struct PackShared {
+    state: Mutex<PackState>,
+    /// Signalled whenever a pack lands or fails.
+    landed: Condvar,
+}
+
+#[derive(Default)]
+struct PackState {
+    packs: Packs,
+    /// Sealed packs whose create has not returned `Ok` yet: reads are served from here.
+    unsent: BTreeMap<PackId, bytes::Bytes>,
+    /// Creates running in the background.
+    running: usize,
+    /// Packs whose create failed, with why: `sync` tries them again.
+    failed: BTreeMap<PackId, String>,
+    /// Fragments kept as objects of their own (a build before packs) that a pack now
+    /// replaces: deleted once the pack has landed.
+    doomed: BTreeSet<BlockName>,
+    /// This process's owner epoch, once it claimed the pool on this disk: before a pack
+    /// is deleted, the claim of the next epoch is looked for (a fenced writer deletes
+    /// nothing).
+    claimed: Option<u64>,
 }
 
 /// What a disk holds and what writes in flight will add. Invariant: `used` is the sum
@@ -185,9 +234,10 @@ struct Tally {
 
 impl Tally {
     /// Reserves room for `size` bytes in place of `name`; `NoSpace` when they do not fit.
-    fn reserve(&mut self, name: BlockName, size: u64, capacity: u64) -> Result<(), DeviceError> {
+    /// `packed` is what the disk's packs hold besides.
+    fn reserve(&mut self, name: BlockName, size: u64, capacity: u64, packed: u64) -> Result<(), DeviceError> {
         let replaced = self.sizes.get(&name).copied().unwrap_or(0);
-        let after = (self.used - replaced).saturating_add(self.reserved).saturating_add(size);
+        let after = (self.used - replaced).saturating_add(self.reserved).saturating_add(size).saturating_add(packed);
         if after > capacity {
             return Err(DeviceError::NoSpace);
         }
@@ -249,8 +299,25 @@ impl ObjectDisk {
         let store = builder.build().map_err(|e| {
             DeviceError::Unavailable(format!("{location}: the object store client could not be set up: {e}"))
         })?;
-        let disk =
-            ObjectDisk { store, location: location.clone(), capacity_bytes, tally: Mutex::new(Tally::default()) };
+        ObjectDisk::on_store(Arc::new(store), location, capacity_bytes)
+    }
+
+    /// The disk at `location` of `store` (any `object_store` implementation: the S3
+    /// client `open` builds, or an in-memory store in tests), listing what it holds and
+    /// reading its packs' headers.
+    pub fn on_store(
+        store: Arc<dyn ObjectStore>,
+        location: &Location,
+        capacity_bytes: u64,
+    ) -> Result<ObjectDisk, DeviceError> {
+        let disk = ObjectDisk {
+            store,
+            location: location.clone(),
+            capacity_bytes,
+            tally: Mutex::new(Tally::default()),
+            packs: Arc::new(PackShared { state: Mutex::new(PackState::default()), landed: Condvar::new() }),
+            reads: Arc::new(PackReads::default()),
+        };
         let mut tally = Tally::default();
         for kind in BlockKind::ALL {
             for (name, size) in disk.list_sized(kind)? {
@@ -258,8 +325,206 @@ impl ObjectDisk {
                 tally.used += size;
             }
         }
+        let epoch = tally
+            .sizes
+            .keys()
+            .filter_map(|n| if let BlockName::Owner { epoch } = n { Some(*epoch) } else { None })
+            .max();
         *disk.lock() = tally;
+        let listed = disk.read_pack_headers()?;
+        disk.pack_state().packs = Packs::replay(listed, epoch.unwrap_or(0));
         Ok(disk)
+    }
+
+    /// Every pack under the prefix with its size, time and records.
+    fn read_pack_headers(&self) -> Result<Vec<packs::Listed>, DeviceError> {
+        let prefix = self.location.key(packs::NAMESPACE, "");
+        let objects: Vec<object_store::ObjectMeta> =
+            block_on(self.store.list(Some(&prefix)).try_collect()).and_then(|r| r.map_err(|e| self.error(e)))?;
+        let found: Vec<(PackId, object_store::ObjectMeta)> =
+            objects.into_iter().filter_map(|meta| Some((PackId::parse(meta.location.filename()?)?, meta))).collect();
+        let store = &self.store;
+        let read = futures::stream::iter(found)
+            .map(|(id, meta)| async move {
+                let header = async {
+                    let guess = HEADER_GUESS.min(meta.size);
+                    let head = store.get_range(&meta.location, 0..guess).await?;
+                    let Ok(len) = packs::header_len(&head) else { return Ok(head) };
+                    if len as u64 <= guess || len as u64 > meta.size {
+                        return Ok(head);
+                    }
+                    store.get_range(&meta.location, 0..len as u64).await
+                };
+                let entries = match header.await {
+                    Ok(head) => Ok(packs::decode(&head, meta.size)),
+                    Err(object_store::Error::NotFound { .. }) => return Ok(None),
+                    Err(e) => Err(e),
+                };
+                entries.map(|entries| Some((id, meta.size, meta.last_modified.timestamp(), entries)))
+            })
+            .buffer_unordered(HEADERS_AT_ONCE)
+            .try_collect::<Vec<_>>();
+        let listed = block_on(read)?.map_err(|e| self.error(e))?;
+        let listed: Vec<_> = listed.into_iter().flatten().collect();
+        for (id, _, _, entries) in &listed {
+            if let Err(why) = entries {
+                tracing::warn!(disk = %self.location, pack = %id.leaf(), %why, "a pack's header cannot be read: its fragments are missing");
+            }
+        }
+        Ok(listed)
+    }
+
+    fn pack_state(&self) -> MutexGuard<'_, PackState> {
+        self.packs.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn pack_path(&self, id: PackId) -> ObjectPath {
+        self.location.key(packs::NAMESPACE, &id.leaf())
+    }
+
+    /// Sends pack `id` in the background: a create-only PUT; when it returns, the pack
+    /// has landed (or failed, for `sync` to try again).
+    fn send(&self, state: &mut PackState, id: PackId, bytes: Vec<u8>) {
+        let bytes = bytes::Bytes::from(bytes);
+        state.unsent.insert(id, bytes.clone());
+        let Some(runtime) = runtime() else {
+            state.failed.insert(id, "the object store runtime could not start".into());
+            return;
+        };
+        state.running += 1;
+        let (store, shared, path) = (self.store.clone(), self.packs.clone(), self.pack_path(id));
+        runtime.spawn(async move {
+            let options = PutOptions { mode: PutMode::Create, ..PutOptions::default() };
+            let outcome = store.put_opts(&path, PutPayload::from(bytes.clone()), options).await;
+            let outcome = match outcome {
+                Ok(_) => Ok(()),
+                // A retry whose first attempt landed finds its own bytes.
+                Err(object_store::Error::AlreadyExists { .. } | object_store::Error::Precondition { .. }) => {
+                    match store.get(&path).await {
+                        Ok(held) => match held.bytes().await {
+                            Ok(held) if held == bytes => Ok(()),
+                            _ => Err(format!("pack {path} was created by another writer")),
+                        },
+                        Err(e) => Err(e.to_string()),
+                    }
+                }
+                Err(e) => Err(e.to_string()),
+            };
+            let mut state = shared.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            state.running -= 1;
+            match outcome {
+                Ok(()) => {
+                    state.unsent.remove(&id);
+                    state.packs.landed(id, now_secs());
+                }
+                Err(why) => {
+                    state.failed.insert(id, why);
+                }
+            }
+            shared.landed.notify_all();
+        });
+    }
+
+    /// Waits until no pack is being sent; sends the failed ones again, here. `Err` if one
+    /// still fails.
+    fn settle_packs<'a>(
+        &'a self,
+        mut state: MutexGuard<'a, PackState>,
+    ) -> Result<MutexGuard<'a, PackState>, DeviceError> {
+        while state.running > 0 {
+            state = self.packs.landed.wait(state).unwrap_or_else(|poisoned| poisoned.into_inner());
+        }
+        for (id, first_why) in std::mem::take(&mut state.failed) {
+            let Some(bytes) = state.unsent.get(&id).cloned() else { continue };
+            drop(state);
+            let path = self.pack_path(id);
+            let outcome = match self.put(&path, PutPayload::from(bytes.clone()), PutMode::Create)? {
+                Ok(()) => Ok(()),
+                Err(object_store::Error::AlreadyExists { .. } | object_store::Error::Precondition { .. }) => {
+                    match self.get(&path)? {
+                        Ok(held) if held == bytes => Ok(()),
+                        _ => Err(DeviceError::Io(format!(
+                            "{}: pack {} was created by another writer",
+                            self.location,
+                            id.leaf()
+                        ))),
+                    }
+                }
+                Err(e) => Err(self.error(e)),
+            };
+            state = self.pack_state();
+            match outcome {
+                Ok(()) => {
+                    state.unsent.remove(&id);
+                    state.packs.landed(id, now_secs());
+                }
+                Err(e) => {
+                    tracing::warn!(disk = %self.location, pack = %id.leaf(), first = %first_why, error = %e, "a pack could not be written");
+                    state.failed.insert(id, first_why);
+                    return Err(e);
+                }
+            }
+        }
+        Ok(state)
+    }
+
+    /// `Fenced` when a later owner has claimed the pool after this process did: asked
+    /// before a tombstone is sent or a pack deleted, so a fenced writer deletes nothing.
+    fn check_not_fenced<'a>(
+        &'a self,
+        state: MutexGuard<'a, PackState>,
+    ) -> Result<MutexGuard<'a, PackState>, DeviceError> {
+        let claimed = state.claimed;
+        drop(state);
+        if let Some(epoch) = claimed {
+            let next = self.path(BlockName::Owner { epoch: epoch + 1 });
+            match block_on(self.store.head(&next))? {
+                Err(object_store::Error::NotFound { .. }) => {}
+                Ok(_) => {
+                    return Err(DeviceError::Fenced(format!(
+                        "{}: another process claimed the pool (owner epoch {}) after this one (epoch {epoch}); \
+                         this process deletes nothing",
+                        self.location,
+                        epoch + 1
+                    )))
+                }
+                Err(e) => return Err(self.error(e)),
+            }
+        }
+        Ok(self.pack_state())
+    }
+
+    /// Deletes the packs nothing lives in any more (`Packs::deletable`), unless a later
+    /// owner has claimed the pool.
+    fn collect_packs<'a>(&'a self, state: MutexGuard<'a, PackState>) -> Result<MutexGuard<'a, PackState>, DeviceError> {
+        if state.packs.deletable().is_empty() {
+            return Ok(state);
+        }
+        let state = self.check_not_fenced(state)?;
+        let dead = state.packs.deletable();
+        drop(state);
+        let mut gone = Vec::new();
+        let mut failure = None;
+        for id in dead {
+            match block_on(self.store.delete(&self.pack_path(id)))? {
+                Ok(()) | Err(object_store::Error::NotFound { .. }) => gone.push(id),
+                Err(e) => {
+                    failure = Some(self.error(e));
+                    break;
+                }
+            }
+        }
+        for id in &gone {
+            self.reads.forget(*id);
+        }
+        let mut state = self.pack_state();
+        for id in gone {
+            state.packs.forget(id);
+        }
+        match failure {
+            Some(e) => Err(e),
+            None => Ok(state),
+        }
     }
 
     fn create_unreserved(&self, name: BlockName, data: &[u8]) -> Result<Created, DeviceError> {
@@ -414,6 +679,11 @@ fn brief(text: &str) -> String {
     }
 }
 
+/// The wall clock's seconds: a landed pack's time, as the store would list it.
+fn now_secs() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64)
+}
+
 /// The runtime every object disk's requests run on; `None` when it could not start.
 fn runtime() -> Option<&'static tokio::runtime::Runtime> {
     static RUNTIME: OnceLock<Option<tokio::runtime::Runtime>> = OnceLock::new();
@@ -441,16 +711,182 @@ fn block_on<F: Future>(future: F) -> Result<F::Output, DeviceError> {
     Ok(runtime.block_on(future))
 }
 
+impl ObjectDisk {
+    /// A fragment's bytes to `visit`: from the open pack or a pack in flight, by a ranged
+    /// GET of its pack, or (a build before packs) from its own object.
+    fn read_fragment(&self, name: BlockName, visit: &mut dyn FnMut(&[u8])) -> Result<(), DeviceError> {
+        // A compaction may move the fragment between the look and the GET: its old pack
+        // is then gone, and the look is taken again.
+        for _ in 0..3 {
+            let state = self.pack_state();
+            let Some(Loc::Packed { pack, offset, len }) = state.packs.locate(name) else {
+                if let Some(data) = state.packs.open_data(name) {
+                    visit(data);
+                    return Ok(());
+                }
+                drop(state);
+                let bytes = self.get(&self.path(name))?.map_err(|e| self.error(e))?;
+                visit(&bytes);
+                return Ok(());
+            };
+            let range = offset as usize..(offset as usize + len as usize);
+            if let Some(bytes) = state.unsent.get(&pack) {
+                visit(&bytes[range]);
+                return Ok(());
+            }
+            drop(state);
+            let path = self.pack_path(pack);
+            let fetched = match self.reads.plan(pack) {
+                Plan::Cached(whole) if whole.len() >= range.end => {
+                    visit(&whole[range]);
+                    return Ok(());
+                }
+                Plan::Cached(_) | Plan::Range => {
+                    block_on(self.store.get_range(&path, range.start as u64..range.end as u64))?
+                }
+                Plan::Fetch => {
+                    self.fetch_ahead(pack);
+                    let whole = block_on(async { self.store.get(&path).await?.bytes().await })?;
+                    self.reads.fill(pack, whole.as_ref().ok().filter(|w| w.len() >= range.end).cloned());
+                    whole.map(|w| w.slice(range.start.min(w.len())..range.end.min(w.len())))
+                }
+            };
+            match fetched {
+                Ok(bytes) if bytes.len() == len as usize => {
+                    visit(&bytes);
+                    return Ok(());
+                }
+                Ok(bytes) => {
+                    return Err(DeviceError::Io(format!(
+                        "{}: pack {} holds {} of the {len} bytes of {name}",
+                        self.location,
+                        pack.leaf(),
+                        bytes.len()
+                    )))
+                }
+                Err(object_store::Error::NotFound { .. })
+                    if self.pack_state().packs.locate(name) != Some(Loc::Packed { pack, offset, len }) =>
+                {
+                    continue
+                }
+                Err(e) => return Err(self.error(e)),
+            }
+        }
+        Err(DeviceError::Io(format!("{}: {name} moved three times while being read", self.location)))
+    }
+
+    /// Starts fetching the pack after `pack` in the background, for a reader that reads
+    /// on, if this disk holds it (landed) and it is not fetched yet.
+    fn fetch_ahead(&self, pack: PackId) {
+        let next = PackId { epoch: pack.epoch, seq: pack.seq + 1 };
+        if !self.pack_state().packs.landed_pack(next) || !self.reads.fetch_ahead(next) {
+            return;
+        }
+        let Some(runtime) = runtime() else {
+            self.reads.fill(next, None);
+            return;
+        };
+        let (store, reads, path) = (self.store.clone(), self.reads.clone(), self.pack_path(next));
+        runtime.spawn(async move {
+            let whole = match store.get(&path).await {
+                Ok(got) => got.bytes().await.ok(),
+                Err(_) => None,
+            };
+            reads.fill(next, whole);
+        });
+    }
+
+    /// Gathers a fragment into the open pack, sending the pack once it is full; waits
+    /// while `PACKS_IN_FLIGHT` packs are being sent.
+    ///
+    /// With `only_at`, writes only while the fragment is still there (a compaction's
+    /// move, which a write or delete meanwhile must win); `Ok(false)` when it was not.
+    fn write_fragment(&self, name: BlockName, data: &[u8]) -> Result<(), DeviceError> {
+        self.write_fragment_at(name, data, None).map(|_| ())
+    }
+
+    fn write_fragment_at(&self, name: BlockName, data: &[u8], only_at: Option<Loc>) -> Result<bool, DeviceError> {
+        let mut state = self.pack_state();
+        while state.running >= PACKS_IN_FLIGHT {
+            state = self.packs.landed.wait(state).unwrap_or_else(|poisoned| poisoned.into_inner());
+        }
+        if let Some((id, why)) = state.failed.iter().next() {
+            return Err(DeviceError::Io(format!("{}: pack {} could not be written: {why}", self.location, id.leaf())));
+        }
+        if only_at.is_some() && state.packs.locate(name) != only_at {
+            return Ok(false);
+        }
+        let replaced = state.packs.open_data(name).map_or(0, |d| d.len() as u64);
+        let others = {
+            let tally = self.lock();
+            tally.used + tally.reserved
+        };
+        if others + state.packs.used() - replaced + data.len() as u64 > self.capacity_bytes {
+            return Err(DeviceError::NoSpace);
+        }
+        state.packs.put(name, data);
+        if self.lock().sizes.contains_key(&name) {
+            state.doomed.insert(name);
+        }
+        if state.packs.open_bytes() >= PACK_BYTES {
+            if let Some((id, bytes)) = state.packs.seal(false) {
+                self.send(&mut state, id, bytes);
+            }
+        }
+        Ok(true)
+    }
+
+    fn delete_fragment(&self, name: BlockName) -> Result<(), DeviceError> {
+        let mut state = self.pack_state();
+        state.packs.delete(name);
+        state.doomed.remove(&name);
+        let own_object = self.lock().sizes.contains_key(&name);
+        drop(state);
+        if own_object {
+            self.delete_object(name)?;
+        }
+        Ok(())
+    }
+
+    fn delete_object(&self, name: BlockName) -> Result<(), DeviceError> {
+        match block_on(self.store.delete(&self.path(name)))? {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => {
+                self.lock().remove(name);
+                Ok(())
+            }
+            Err(e) => Err(self.error(e)),
+        }
+    }
+
+    /// Fragments kept as objects of their own.
+    fn own_objects(&self) -> Vec<BlockName> {
+        self.lock().sizes.keys().filter(|n| n.kind() == BlockKind::Fragment).copied().collect()
+    }
+}
+
 impl BlockDevice for ObjectDisk {
     fn read(&self, name: BlockName) -> Result<Vec<u8>, DeviceError> {
-        let path = self.path(name);
-        let bytes = self.get(&path)?.map_err(|e| self.error(e))?;
-        Ok(bytes.to_vec())
+        let mut out = Vec::new();
+        self.read_with(name, &mut |bytes| out = bytes.to_vec())?;
+        Ok(out)
+    }
+
+    fn read_with(&self, name: BlockName, visit: &mut dyn FnMut(&[u8])) -> Result<(), DeviceError> {
+        if name.kind() == BlockKind::Fragment {
+            return self.read_fragment(name, visit);
+        }
+        let bytes = self.get(&self.path(name))?.map_err(|e| self.error(e))?;
+        visit(&bytes);
+        Ok(())
     }
 
     fn write(&self, name: BlockName, data: &[u8]) -> Result<(), DeviceError> {
+        if name.kind() == BlockKind::Fragment {
+            return self.write_fragment(name, data);
+        }
         let size = data.len() as u64;
-        self.lock().reserve(name, size, self.capacity_bytes)?;
+        let packed = self.pack_state().packs.used();
+        self.lock().reserve(name, size, self.capacity_bytes, packed)?;
         let path = self.path(name);
         let payload = PutPayload::from(bytes::Bytes::copy_from_slice(data));
         let outcome = self.put(&path, payload, PutMode::Overwrite).and_then(|put| put.map_err(|e| self.error(e)));
@@ -463,11 +899,29 @@ impl BlockDevice for ObjectDisk {
     /// One create-only PUT (`If-None-Match: *`), which the store refuses atomically when
     /// the key is taken, by this process or any other. `Written` also when the key holds
     /// exactly `data`: a retried PUT whose first attempt landed (its answer lost).
+    ///
+    /// A fragment is packed: `Taken` when this disk holds other bytes under its name.
+    /// Two owners' packs never clash (each is named under its owner's epoch), and of two
+    /// owners' fragments of one name the later owner's is the one every later reader sees.
     fn create(&self, name: BlockName, data: &[u8]) -> Result<Created, DeviceError> {
+        if name.kind() == BlockKind::Fragment {
+            let held = self.pack_state().packs.locate(name).is_some() || self.lock().sizes.contains_key(&name);
+            if held {
+                return Ok(if self.read(name)? == data { Created::Written } else { Created::Taken });
+            }
+            self.write_fragment(name, data)?;
+            return Ok(Created::Written);
+        }
         let size = data.len() as u64;
-        self.lock().reserve(name, size, self.capacity_bytes)?;
+        let packed = self.pack_state().packs.used();
+        self.lock().reserve(name, size, self.capacity_bytes, packed)?;
         let outcome = self.create_unreserved(name, data);
         self.lock().settle(name, size, outcome == Ok(Created::Written));
+        if let (BlockName::Owner { epoch }, Ok(Created::Written)) = (name, &outcome) {
+            let mut state = self.pack_state();
+            state.packs.set_epoch(epoch);
+            state.claimed = Some(epoch);
+        }
         outcome
     }
 
@@ -476,22 +930,39 @@ impl BlockDevice for ObjectDisk {
     }
 
     fn delete(&self, name: BlockName) -> Result<(), DeviceError> {
-        let path = self.path(name);
-        match block_on(self.store.delete(&path))? {
-            Ok(()) | Err(object_store::Error::NotFound { .. }) => {
-                self.lock().remove(name);
-                Ok(())
-            }
-            Err(e) => Err(self.error(e)),
+        if name.kind() == BlockKind::Fragment {
+            return self.delete_fragment(name);
         }
+        self.delete_object(name)
     }
 
     fn list(&self, kind: BlockKind) -> Result<Vec<BlockName>, DeviceError> {
-        Ok(self.list_sized(kind)?.into_iter().map(|(name, _)| name).collect())
+        let mut names: Vec<BlockName> = self.list_sized(kind)?.into_iter().map(|(name, _)| name).collect();
+        if kind == BlockKind::Fragment {
+            names.extend(self.pack_state().packs.names());
+            names.sort();
+            names.dedup();
+        }
+        Ok(names)
     }
 
+    /// Sends the open pack, waits for every pack in flight, then deletes the packs
+    /// nothing lives in any more and the fragments' own objects that packs replaced.
     fn sync(&self) -> Result<(), DeviceError> {
-        // Every write and delete was durable when it returned.
+        let mut state = self.settle_packs(self.pack_state())?;
+        if state.packs.open_tombs() {
+            state = self.check_not_fenced(state)?;
+        }
+        if let Some((id, bytes)) = state.packs.seal(true) {
+            self.send(&mut state, id, bytes);
+        }
+        let mut state = self.settle_packs(state)?;
+        let doomed: Vec<BlockName> = std::mem::take(&mut state.doomed).into_iter().collect();
+        let state = self.collect_packs(state)?;
+        drop(state);
+        for name in doomed {
+            self.delete_object(name)?;
+        }
         Ok(())
     }
 
@@ -500,7 +971,8 @@ impl BlockDevice for ObjectDisk {
     }
 
     fn used_bytes(&self) -> u64 {
-        self.lock().used
+        let packed = self.pack_state().packs.used();
+        self.lock().used + packed
     }
 
     fn describe(&self) -> String {
@@ -508,29 +980,230 @@ impl BlockDevice for ObjectDisk {
     }
 
     fn modified_secs(&self, name: BlockName) -> Result<Option<i64>, DeviceError> {
+        if name.kind() == BlockKind::Fragment {
+            let state = self.pack_state();
+            match state.packs.locate(name) {
+                Some(Loc::Open) => return Ok(Some(now_secs())),
+                Some(Loc::Packed { pack, .. }) => {
+                    return Ok(Some(state.packs.modified(pack).filter(|&t| t > 0).unwrap_or_else(now_secs)))
+                }
+                None => {}
+            }
+        }
         let path = self.path(name);
         let meta = block_on(self.store.head(&path))?.map_err(|e| self.error(e))?;
         Ok(Some(meta.last_modified.timestamp()))
+    }
+
+    fn legacy_blocks(&self) -> u64 {
+        self.own_objects().len() as u64
+    }
+
+    /// Moves fragments kept as objects of their own into packs: each is read, gathered
+    /// into a pack, and its object deleted once the pack has landed (`sync`), so a crash
+    /// leaves two good copies at worst, and the pack's is the one read.
+    fn upgrade_layout(&self, progress: &mut dyn FnMut(u64, u64)) -> Result<u64, DeviceError> {
+        let names = self.own_objects();
+        let total = names.len() as u64;
+        for (done, name) in names.into_iter().enumerate() {
+            let bytes = self.get(&self.path(name))?.map_err(|e| self.error(e))?;
+            self.write_fragment(name, &bytes)?;
+            if done % 64 == 63 {
+                self.sync()?;
+            }
+            progress(done as u64 + 1, total);
+        }
+        self.sync()?;
+        Ok(total)
+    }
+
+    fn wants_compaction(&self) -> bool {
+        let state = self.pack_state();
+        let dead = state.packs.dead_bytes();
+        dead >= 4 * PACK_BYTES && dead * 4 >= state.packs.used()
+    }
+
+    /// Copies the live fragments of packs at least half dead into new packs, then
+    /// deletes the old ones (`sync`).
+    fn compact(&self, budget_bytes: u64) -> Result<u64, DeviceError> {
+        let moves = self.pack_state().packs.compaction(budget_bytes);
+        let mut moved = 0u64;
+        for (name, pack, offset, len) in moves {
+            let range = offset as u64..offset as u64 + len as u64;
+            let bytes = match block_on(self.store.get_range(&self.pack_path(pack), range))? {
+                Ok(bytes) => bytes,
+                Err(e) => return Err(self.error(e)),
+            };
+            if self.write_fragment_at(name, &bytes, Some(Loc::Packed { pack, offset, len }))? {
+                moved += len as u64;
+            }
+        }
+        if moved > 0 {
+            self.sync()?;
+        }
+        Ok(moved)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use dfs_engine::media::device::ExtentId;
+    use object_store::memory::InMemory;
+
+    fn frag(extent: u64, index: u8) -> BlockName {
+        BlockName::Fragment { extent: ExtentId(extent), index }
+    }
+
+    fn data(seed: u8, len: usize) -> Vec<u8> {
+        (0..len).map(|i| (i as u8).wrapping_mul(29).wrapping_add(seed)).collect()
+    }
+
+    /// A disk on an in-memory store, and a way to open it again (a new process).
+    fn memory_disk(capacity: u64) -> (Arc<dyn ObjectStore>, Location, ObjectDisk) {
+        let store: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
+        let location: Location = "s3://bucket/disk".parse().unwrap_or_else(|e| panic!("{e}"));
+        let disk = ObjectDisk::on_store(store.clone(), &location, capacity).unwrap();
+        (store, location, disk)
+    }
+
+    fn objects(store: &Arc<dyn ObjectStore>, namespace: &str) -> usize {
+        let prefix = ObjectPath::from(format!("disk/{namespace}"));
+        block_on(store.list(Some(&prefix)).try_collect::<Vec<_>>()).unwrap().unwrap().len()
+    }
+
+    #[test]
+    fn fragments_are_packed_durable_at_sync_and_read_back_after_a_reopen() {
+        let (store, location, disk) = memory_disk(1 << 30);
+        for extent in 0..10u64 {
+            disk.write(frag(extent, 0), &data(extent as u8, 256 << 10)).unwrap();
+        }
+        assert_eq!(disk.read(frag(3, 0)).unwrap(), data(3, 256 << 10), "read while in flight or open");
+        disk.sync().unwrap();
+        assert_eq!(objects(&store, "pack"), 3, "ten fragments of 256 KiB in packs of about 1 MiB");
+        assert_eq!(objects(&store, "fragment"), 0, "no fragment is an object of its own");
+        disk.write(frag(3, 0), &data(33, 1000)).unwrap();
+        disk.delete(frag(4, 0)).unwrap();
+        // Not synced: a crash may lose both changes.
+        let crashed = ObjectDisk::on_store(store.clone(), &location, 1 << 30).unwrap();
+        assert_eq!(crashed.read(frag(3, 0)).unwrap(), data(3, 256 << 10));
+        assert_eq!(crashed.read(frag(4, 0)).unwrap(), data(4, 256 << 10));
+        drop(crashed);
+        disk.sync().unwrap();
+        let again = ObjectDisk::on_store(store.clone(), &location, 1 << 30).unwrap();
+        assert_eq!(again.read(frag(3, 0)).unwrap(), data(33, 1000), "a synced replacement");
+        assert_eq!(again.read(frag(4, 0)), Err(DeviceError::NotFound), "a synced delete");
+        let mut mine = None;
+        again.read_with(frag(9, 0), &mut |bytes| mine = Some(bytes.to_vec())).unwrap();
+        assert_eq!(mine, Some(data(9, 256 << 10)));
+        let names: Vec<BlockName> = (0..10).filter(|&e| e != 4).map(|e| frag(e, 0)).collect();
+        assert_eq!(again.list(BlockKind::Fragment).unwrap(), names);
+        assert_eq!(again.used_bytes(), disk.used_bytes(), "both count the same packs");
+        // Everything deleted: every pack goes, tombstones included.
+        for name in names {
+            again.delete(name).unwrap();
+        }
+        again.sync().unwrap();
+        assert_eq!(objects(&store, "pack"), 0);
+        assert_eq!(again.used_bytes(), 0);
+    }
+
+    #[test]
+    fn a_write_past_the_capacity_is_refused_and_keeps_nothing() {
+        let (_, _, disk) = memory_disk(10_000);
+        disk.write(frag(1, 0), &data(1, 6_000)).unwrap();
+        assert_eq!(disk.write(frag(2, 0), &data(2, 6_000)), Err(DeviceError::NoSpace));
+        assert_eq!(disk.read(frag(2, 0)), Err(DeviceError::NotFound));
+        disk.write(frag(1, 0), &data(3, 9_000)).unwrap();
+        assert_eq!(disk.used_bytes(), 9_000, "an unsent replacement counts once");
+        assert_eq!(disk.write(BlockName::Journal { seq: 1 }, &data(4, 2_000)), Err(DeviceError::NoSpace));
+    }
+
+    #[test]
+    fn fragments_of_a_build_before_packs_are_read_then_moved_into_packs() {
+        let (store, location, _) = memory_disk(1 << 30);
+        let old = ObjectPath::from(format!("disk/fragment/{}", frag(7, 2).leaf()));
+        block_on(store.put(&old, PutPayload::from(data(7, 5000)))).unwrap().unwrap();
+        let disk = ObjectDisk::on_store(store.clone(), &location, 1 << 30).unwrap();
+        assert_eq!(disk.legacy_blocks(), 1);
+        assert_eq!(disk.list(BlockKind::Fragment).unwrap(), vec![frag(7, 2)]);
+        assert_eq!(disk.read(frag(7, 2)).unwrap(), data(7, 5000));
+        assert_eq!(disk.create(frag(7, 2), &data(8, 5000)).unwrap(), Created::Taken, "it holds other bytes");
+        let mut seen = Vec::new();
+        assert_eq!(disk.upgrade_layout(&mut |done, total| seen.push((done, total))).unwrap(), 1);
+        assert_eq!(seen, vec![(1, 1)]);
+        assert_eq!((objects(&store, "fragment"), objects(&store, "pack")), (0, 1));
+        let again = ObjectDisk::on_store(store.clone(), &location, 1 << 30).unwrap();
+        assert_eq!(again.legacy_blocks(), 0);
+        assert_eq!(again.read(frag(7, 2)).unwrap(), data(7, 5000));
+    }
+
+    #[test]
+    fn compaction_gives_back_the_room_of_mostly_dead_packs() {
+        let (store, location, disk) = memory_disk(1 << 30);
+        for extent in 0..32u64 {
+            disk.write(frag(extent, 1), &data(extent as u8, 256 << 10)).unwrap();
+        }
+        disk.sync().unwrap();
+        assert_eq!(objects(&store, "pack"), 8);
+        for extent in (0..32u64).filter(|e| e % 4 != 0) {
+            disk.delete(frag(extent, 1)).unwrap();
+        }
+        disk.sync().unwrap();
+        assert!(disk.wants_compaction(), "three quarters of every pack are dead");
+        let before = disk.used_bytes();
+        let mut moved = 0;
+        loop {
+            let step = disk.compact(1 << 20).unwrap();
+            if step == 0 {
+                break;
+            }
+            moved += step;
+        }
+        assert!(!disk.wants_compaction());
+        assert_eq!(moved, 8 * (256 << 10), "the eight live fragments, once each");
+        assert!(disk.used_bytes() < before / 3, "{} of {before}", disk.used_bytes());
+        let again = ObjectDisk::on_store(store, &location, 1 << 30).unwrap();
+        for extent in 0..32u64 {
+            let expected = if extent % 4 == 0 { Ok(data(extent as u8, 256 << 10)) } else { Err(DeviceError::NotFound) };
+            assert_eq!(again.read(frag(extent, 1)), expected, "extent {extent}");
+        }
+    }
+
+    #[test]
+    fn a_later_owners_fragments_win_and_a_fenced_owner_deletes_nothing() {
+        let (store, location, first) = memory_disk(1 << 30);
+        assert_eq!(first.create(BlockName::Owner { epoch: 1 }, b"first").unwrap(), Created::Written);
+        first.write(frag(5, 0), &data(1, 4000)).unwrap();
+        first.sync().unwrap();
+        let second = ObjectDisk::on_store(store.clone(), &location, 1 << 30).unwrap();
+        assert_eq!(second.create(BlockName::Owner { epoch: 2 }, b"second").unwrap(), Created::Written);
+        second.write(frag(6, 0), &data(2, 4000)).unwrap();
+        second.sync().unwrap();
+        // The first writer, paused meanwhile, writes a fragment the second also writes.
+        first.write(frag(6, 0), &data(3, 4000)).unwrap();
+        first.sync().unwrap();
+        first.delete(frag(5, 0)).unwrap();
+        assert!(matches!(first.sync(), Err(DeviceError::Fenced(_))), "its dead pack would be deleted");
+        let third = ObjectDisk::on_store(store, &location, 1 << 30).unwrap();
+        assert_eq!(third.read(frag(6, 0)).unwrap(), data(2, 4000), "the later owner's bytes");
+        assert_eq!(third.read(frag(5, 0)).unwrap(), data(1, 4000), "nothing deleted by the fenced writer's sync");
+    }
 
     #[test]
     fn reservations_keep_racing_writes_within_the_capacity() {
         let (a, b) = (BlockName::Journal { seq: 1 }, BlockName::Journal { seq: 2 });
         let mut tally = Tally::default();
-        tally.reserve(a, 600, 1000).unwrap();
-        assert_eq!(tally.reserve(b, 600, 1000), Err(DeviceError::NoSpace), "the first write's room is taken");
+        tally.reserve(a, 600, 1000, 0).unwrap();
+        assert_eq!(tally.reserve(b, 600, 1000, 0), Err(DeviceError::NoSpace), "the first write's room is taken");
         tally.settle(a, 600, true);
         assert_eq!(tally.used, 600);
         // A block written again counts its new size in place of its old one.
-        tally.reserve(a, 900, 2000).unwrap();
+        tally.reserve(a, 900, 2000, 0).unwrap();
         tally.settle(a, 900, true);
         assert_eq!(tally.used, 900);
-        tally.reserve(b, 50, 1000).unwrap();
+        tally.reserve(b, 50, 1000, 0).unwrap();
+        assert_eq!(tally.reserve(b, 50, 1000, 100), Err(DeviceError::NoSpace), "packs hold room too");
         tally.settle(b, 50, false);
         assert_eq!((tally.used, tally.reserved), (900, 0), "a failed write adds nothing");
         tally.remove(a);

@@ -81,8 +81,10 @@ impl MemDisk {
 
     /// An empty disk of `capacity_bytes` on an object store: other processes may write it
     /// at the same time (`BlockDevice::shared`; hand one `Arc` to several pools to model
-    /// several machines), `create` is atomic, and every write or delete is whole and
-    /// durable once it returns (a PUT), so a crash leaves nothing pending to decide.
+    /// several machines), `create` is atomic, and a write or delete of a metadata block
+    /// is whole and durable once it returns (a PUT). Fragments are gathered into packs
+    /// (`dfs-objectdisk`): a fragment's write or delete is pending until a sync, and a
+    /// crash drops it or lands it whole, never torn.
     pub fn shared(name: impl Into<String>, capacity_bytes: u64) -> MemDisk {
         MemDisk { shared: true, ..MemDisk::new(name, capacity_bytes) }
     }
@@ -140,8 +142,9 @@ impl MemDisk {
         }
     }
 
-    /// Makes `data` the block `name`: visible at once, and pending until a sync — or, on
-    /// a shared disk (an object store's PUT), durable at once. The caller accounts room.
+    /// Makes `data` the block `name`: visible at once, and pending until a sync — or, a
+    /// metadata block on a shared disk (an object store's PUT), durable at once. The
+    /// caller accounts room.
     fn put(&self, state: &mut MemState, name: BlockName, data: &[u8]) {
         let data = Arc::new(data.to_vec());
         if let Some(now) = &self.wall_secs {
@@ -151,11 +154,17 @@ impl MemDisk {
         if new && self.listing_lag > 0 && state.ghosts.remove(&name).is_none() {
             state.unlisted.insert(name, self.listing_lag);
         }
-        if self.shared {
+        if self.put_at_once(name) {
             state.durable.insert(name, data);
         } else {
             state.pending.push(Pending::Write(name, data));
         }
+    }
+
+    /// Whether a write or delete of `name` is durable when it returns: a metadata block's
+    /// on a shared disk (one PUT); a fragment there waits in a pack until a sync.
+    fn put_at_once(&self, name: BlockName) -> bool {
+        self.shared && name.kind() != BlockKind::Fragment
     }
 
     /// The operations a crash now would decide about.
@@ -172,6 +181,10 @@ impl MemDisk {
             match (op, fates.get(i).copied().unwrap_or(Fate::Drop)) {
                 (_, Fate::Drop) => {}
                 (Pending::Write(name, data), Fate::Land) => {
+                    state.durable.insert(name, data);
+                }
+                // A pack lands whole or not at all.
+                (Pending::Write(name, data), Fate::Torn { .. }) if self.shared => {
                     state.durable.insert(name, data);
                 }
                 (Pending::Write(name, data), Fate::Torn { keep, garbage }) => {
@@ -253,7 +266,7 @@ impl BlockDevice for MemDisk {
             if self.listing_lag > 0 && state.unlisted.remove(&name).is_none() {
                 state.ghosts.insert(name, self.listing_lag);
             }
-            if self.shared {
+            if self.put_at_once(name) {
                 state.durable.remove(&name);
             } else {
                 state.pending.push(Pending::Delete(name));

@@ -54,8 +54,10 @@ pub enum FrameKind {
 /// (`ChangeCause::Earlier`), a pass journals its verdicts in bounded records
 /// (`Op::ClassifyMore`), and a store head names its format: a build of format 8 would
 /// read none of them. 10: the record a process writes when it opens the pool names it and
-/// its claim's epoch (`Op::OpenedBy`), which a build of format 9 would not read.
-pub const METADATA_FORMAT: u8 = 10;
+/// its claim's epoch (`Op::OpenedBy`), which a build of format 9 would not read. 11: disks
+/// on an object store may keep fragments in packs (`dfs-objectdisk`), where a build of
+/// format 10 would find none of them; records and store are as in 10.
+pub const METADATA_FORMAT: u8 = 11;
 
 /// The format of the paged metadata store's frames (`meta::store`). It starts at 2 so that
 /// its checksums cover kind and version, as every frame's from version 2 on.

@@ -83,7 +83,7 @@ const FIRST_STORE_FORMAT: u8 = 8;
 
 /// The oldest format whose store holds the tables as this build writes them: a store of
 /// an older one is rewritten whole at its first checkpoint. (Format 10 changed only the
-/// journal's records.)
+/// journal's records, and 11 only where store disks keep fragments.)
 pub const STORE_ENCODING_SINCE: u8 = 9;
 
 /// Each paged table's tag: the first byte of its keys. Never reused for another table.
