@@ -4,7 +4,8 @@
 //! - as objects of one size, 64 KiB to 4 MiB (blocks the disk keeps one object each);
 //! - as fragments of 256 KiB (one of a 1 MiB extent under `erasure:4+2`), which the disk
 //!   gathers into packs of about 1 MiB, synced at the end; read back in the order
-//!   written, one at a time and four at a time (the engine reads ahead).
+//!   written, one at a time and four at a time (the engine reads ahead); and the time
+//!   an open of those disks takes, which reads every pack's header.
 //!
 //! Run: `eval "$(.ci/seaweedfs start /tmp/seaweedfs)"; cargo bench -p dfs-objectdisk
 //! --bench object_sizes` (`DFS_BENCH_MIB`, default 192: bytes per row).
@@ -38,6 +39,7 @@ fn main() {
         ("256 KiB fragments, packed, read one at a time", 256 << 10, true, 1),
         ("256 KiB fragments, packed, read four at a time", 256 << 10, true, 4),
     ];
+    let mut opening = None;
     for (row, (label, size, packed, readers)) in rows.into_iter().enumerate() {
         let disks: Vec<Arc<ObjectDisk>> = (0..THREADS)
             .map(|t| {
@@ -76,6 +78,17 @@ fn main() {
             1,
         );
         let read = run(&|disk, i| assert_eq!(disk.read(name(i)).unwrap().len(), size), readers);
+        if packed && readers == 1 {
+            // An open lists the packs and reads every header.
+            let start = Instant::now();
+            for (t, disk) in disks.iter().enumerate() {
+                let location: Location = format!("s3://{bucket}/bench-sizes/{nanos}-{row}-{t}").parse().unwrap();
+                let again = ObjectDisk::open(&location, 1 << 40, &access).unwrap();
+                assert_eq!(again.used_bytes(), disk.used_bytes());
+            }
+            let packs = (blocks * size).div_ceil(1 << 20) * THREADS;
+            opening = Some((packs, start.elapsed().as_secs_f64()));
+        }
         let mib = (blocks * THREADS * size) as f64 / (1 << 20) as f64;
         let puts = if packed { (blocks * size).div_ceil(1 << 20) } else { blocks } * THREADS;
         println!("| {label} | {puts} | {:.0} | {:.0} | {:.0} |", mib / write, puts as f64 / write, mib / read);
@@ -85,5 +98,13 @@ fn main() {
             }
             disk.sync().unwrap();
         }
+    }
+    if let Some((packs, secs)) = opening {
+        println!(
+            "opening the six packed disks ({packs} packs, indexes of {} packs): {:.0} ms, {:.2} ms a pack",
+            dfs_objectdisk::INDEX_PACKS,
+            secs * 1000.0,
+            secs * 1000.0 / packs as f64
+        );
     }
 }

@@ -30,10 +30,11 @@
 //! background, at most `PACKS_IN_FLIGHT` per disk.
 
 mod location;
+mod pack_index;
 mod pack_reads;
 mod packs;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::future::Future;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
@@ -48,6 +49,7 @@ use object_store::path::Path as ObjectPath;
 use object_store::{ClientOptions, ObjectStore, PutMode, PutOptions, PutPayload, RetryConfig};
 
 pub use location::{Location, LocationError};
+pub use pack_index::INDEX_PACKS;
 use pack_reads::{PackReads, Plan};
 use packs::{Loc, PackId, Packs, PACK_BYTES};
 
@@ -331,20 +333,60 @@ impl ObjectDisk {
             .filter_map(|n| if let BlockName::Owner { epoch } = n { Some(*epoch) } else { None })
             .max();
         *disk.lock() = tally;
-        let listed = disk.read_pack_headers()?;
-        disk.pack_state().packs = Packs::replay(listed, epoch.unwrap_or(0));
+        let packs = disk.open_packs(epoch.unwrap_or(0))?;
+        disk.pack_state().packs = packs;
         Ok(disk)
     }
 
-    /// Every pack under the prefix with its size, time and records.
-    fn read_pack_headers(&self) -> Result<Vec<packs::Listed>, DeviceError> {
-        let prefix = self.location.key(packs::NAMESPACE, "");
-        let objects: Vec<object_store::ObjectMeta> =
-            block_on(self.store.list(Some(&prefix)).try_collect()).and_then(|r| r.map_err(|e| self.error(e)))?;
-        let found: Vec<(PackId, object_store::ObjectMeta)> =
-            objects.into_iter().filter_map(|meta| Some((PackId::parse(meta.location.filename()?)?, meta))).collect();
+    /// The packs of this disk, replayed: each listed pack's records come from an index
+    /// that covers it (`pack_index`) or else from its own header.
+    fn open_packs(&self, epoch: u64) -> Result<Packs, DeviceError> {
         let store = &self.store;
-        let read = futures::stream::iter(found)
+        let list = |namespace: &str| {
+            let prefix = self.location.key(namespace, "");
+            block_on(store.list(Some(&prefix)).try_collect::<Vec<object_store::ObjectMeta>>())
+                .and_then(|r| r.map_err(|e| self.error(e)))
+        };
+        let mut index_names = Vec::new();
+        let mut from_index: HashMap<PackId, (PackId, u64, Vec<u8>)> = HashMap::new();
+        let indexes: Vec<(PackId, object_store::ObjectMeta)> = list(pack_index::NAMESPACE)?
+            .into_iter()
+            .filter_map(|meta| Some((PackId::parse(meta.location.filename()?)?, meta)))
+            .collect();
+        let read = futures::stream::iter(indexes)
+            .map(|(name, meta)| async move {
+                let bytes = async { store.get(&meta.location).await?.bytes().await };
+                (name, bytes.await)
+            })
+            .buffer_unordered(HEADERS_AT_ONCE)
+            .collect::<Vec<_>>();
+        for (name, bytes) in block_on(read)? {
+            index_names.push(name);
+            match bytes.map_err(|e| e.to_string()).and_then(|b| pack_index::decode(&b)) {
+                Ok(covered) => {
+                    for (id, size, header) in covered {
+                        from_index.insert(id, (name, size, header));
+                    }
+                }
+                Err(why) => {
+                    tracing::warn!(disk = %self.location, index = %name.leaf(), %why, "a pack index cannot be read: the headers of its packs are read instead");
+                }
+            }
+        }
+        let mut listed = Vec::new();
+        let mut covered = HashMap::new();
+        let mut unread = Vec::new();
+        for meta in list(packs::NAMESPACE)? {
+            let Some(id) = meta.location.filename().and_then(PackId::parse) else { continue };
+            match from_index.get(&id) {
+                Some((index, size, header)) if *size == meta.size => {
+                    listed.push((id, meta.size, meta.last_modified.timestamp(), packs::decode(header, meta.size)));
+                    covered.insert(id, *index);
+                }
+                _ => unread.push((id, meta)),
+            }
+        }
+        let read = futures::stream::iter(unread)
             .map(|(id, meta)| async move {
                 let header = async {
                     let guess = HEADER_GUESS.min(meta.size);
@@ -364,14 +406,31 @@ impl ObjectDisk {
             })
             .buffer_unordered(HEADERS_AT_ONCE)
             .try_collect::<Vec<_>>();
-        let listed = block_on(read)?.map_err(|e| self.error(e))?;
-        let listed: Vec<_> = listed.into_iter().flatten().collect();
+        listed.extend(block_on(read)?.map_err(|e| self.error(e))?.into_iter().flatten());
         for (id, _, _, entries) in &listed {
             if let Err(why) = entries {
                 tracing::warn!(disk = %self.location, pack = %id.leaf(), %why, "a pack's header cannot be read: its fragments are missing");
             }
         }
-        Ok(listed)
+        Ok(Packs::replay(listed, epoch, covered, index_names))
+    }
+
+    /// Writes the index of the oldest packs no index covers yet, once enough have
+    /// gathered. An index only saves time at the next open: failing to write one is
+    /// reported and tried again at the next sync.
+    fn write_index(&self) {
+        let Some(covered) = self.pack_state().packs.index_due() else { return };
+        let Some(name) = covered.iter().map(|(id, ..)| *id).max() else { return };
+        let path = self.location.key(pack_index::NAMESPACE, &name.leaf());
+        let bytes = pack_index::encode(&covered);
+        match self.put(&path, PutPayload::from(bytes), PutMode::Create) {
+            Ok(Ok(()) | Err(object_store::Error::AlreadyExists { .. } | object_store::Error::Precondition { .. })) => {
+                let ids: Vec<PackId> = covered.iter().map(|(id, ..)| *id).collect();
+                self.pack_state().packs.indexed(name, &ids);
+            }
+            Ok(Err(e)) => tracing::warn!(disk = %self.location, error = %self.error(e), "a pack index was not written"),
+            Err(e) => tracing::warn!(disk = %self.location, error = %e, "a pack index was not written"),
+        }
     }
 
     fn pack_state(&self) -> MutexGuard<'_, PackState> {
@@ -960,6 +1019,13 @@ impl BlockDevice for ObjectDisk {
         let doomed: Vec<BlockName> = std::mem::take(&mut state.doomed).into_iter().collect();
         let state = self.collect_packs(state)?;
         drop(state);
+        self.write_index();
+        for index in self.pack_state().packs.take_dead_indexes() {
+            let path = self.location.key(pack_index::NAMESPACE, &index.leaf());
+            if let Err(e) = block_on(self.store.delete(&path))?.map_err(|e| self.error(e)) {
+                tracing::warn!(disk = %self.location, index = %index.leaf(), error = %e, "a pack index whose packs are gone was not deleted");
+            }
+        }
         for name in doomed {
             self.delete_object(name)?;
         }
@@ -1106,6 +1172,42 @@ mod tests {
         again.sync().unwrap();
         assert_eq!(objects(&store, "pack"), 0);
         assert_eq!(again.used_bytes(), 0);
+    }
+
+    #[test]
+    fn an_open_reads_the_headers_of_indexed_packs_from_their_index() {
+        let (store, location, disk) = memory_disk(1 << 30);
+        let packs = pack_index::INDEX_PACKS as u64 + 10;
+        for extent in 0..packs {
+            disk.write(frag(extent, 0), &data(extent as u8, 100)).unwrap();
+            disk.sync().unwrap();
+        }
+        assert_eq!(objects(&store, "pack"), packs as usize);
+        assert_eq!(objects(&store, "pack-index"), 1, "one index of the first {} packs", pack_index::INDEX_PACKS);
+        // Rot in the header of an indexed pack: the index's copy is read instead.
+        let first = ObjectPath::from(format!("disk/pack/{}", PackId { epoch: 0, seq: 0 }.leaf()));
+        let mut bytes = block_on(async { store.get(&first).await?.bytes().await }).unwrap().unwrap().to_vec();
+        bytes[0] ^= 0xff;
+        block_on(store.put(&first, PutPayload::from(bytes))).unwrap().unwrap();
+        let again = ObjectDisk::on_store(store.clone(), &location, 1 << 30).unwrap();
+        assert_eq!(again.read(frag(0, 0)).unwrap(), data(0, 100), "read through the index's header");
+        assert_eq!(again.list(BlockKind::Fragment).unwrap().len(), packs as usize);
+        // A rotten index is passed over: each pack's own header is read.
+        let index = ObjectPath::from(format!(
+            "disk/pack-index/{}",
+            PackId { epoch: 0, seq: pack_index::INDEX_PACKS as u64 - 1 }.leaf()
+        ));
+        block_on(store.put(&index, PutPayload::from_static(b"rotten index bytes, nothing more"))).unwrap().unwrap();
+        let third = ObjectDisk::on_store(store.clone(), &location, 1 << 30).unwrap();
+        assert_eq!(third.read(frag(0, 0)), Err(DeviceError::NotFound), "the rotten header alone");
+        assert_eq!(third.read(frag(1, 0)).unwrap(), data(1, 100));
+        // Once its packs are gone, the index goes too.
+        for extent in 0..packs {
+            third.delete(frag(extent, 0)).unwrap();
+        }
+        third.sync().unwrap();
+        assert_eq!(objects(&store, "pack-index"), 0);
+        assert_eq!(objects(&store, "pack"), 1, "the pack whose header rotted holds what no one can read");
     }
 
     #[test]

@@ -82,14 +82,26 @@ pub(crate) fn encode(tombs: &[BlockName], puts: &[(BlockName, &[u8])]) -> (Vec<u
         entries.push(Entry::Put { name: *name, offset: offset as u32, len: data.len() as u32 });
         offset += data.len();
     }
-    let mut bytes = Vec::with_capacity(offset);
+    let mut bytes = encode_header(&entries);
+    debug_assert_eq!(bytes.len(), header_len);
+    bytes.reserve(offset - header_len);
+    for (_, data) in puts {
+        bytes.extend_from_slice(data);
+    }
+    (bytes, entries)
+}
+
+/// The header of a pack holding `entries`, byte for byte as the pack begins.
+pub(crate) fn encode_header(entries: &[Entry]) -> Vec<u8> {
+    let header_len = HEAD + entries.len() * RECORD + SUM;
+    let mut bytes = Vec::with_capacity(header_len);
     bytes.extend_from_slice(MAGIC);
     bytes.extend_from_slice(&PACK_FORMAT.to_le_bytes());
     bytes.extend_from_slice(&0u16.to_le_bytes());
-    bytes.extend_from_slice(&(count as u32).to_le_bytes());
+    bytes.extend_from_slice(&(entries.len() as u32).to_le_bytes());
     bytes.extend_from_slice(&(header_len as u32).to_le_bytes());
     bytes.extend_from_slice(&0u32.to_le_bytes());
-    for entry in &entries {
+    for entry in entries {
         let (kind, name, offset, len) = match *entry {
             Entry::Put { name, offset, len } => (PUT, name, offset, len),
             Entry::Tomb { name } => (TOMB, name, 0, 0),
@@ -104,11 +116,7 @@ pub(crate) fn encode(tombs: &[BlockName], puts: &[(BlockName, &[u8])]) -> (Vec<u
     }
     let sum = blake3::hash(&bytes);
     bytes.extend_from_slice(sum.as_bytes());
-    debug_assert_eq!(bytes.len(), header_len);
-    for (_, data) in puts {
-        bytes.extend_from_slice(data);
-    }
-    (bytes, entries)
+    bytes
 }
 
 /// The header's length, from its first `HEAD` bytes; why not, for bytes that are no pack.
@@ -193,6 +201,9 @@ struct Pack {
     /// Packs whose puts this pack's puts replace: each waits until this one lands.
     replaces: Vec<PackId>,
     landed: bool,
+    /// Whether its records are known: a pack whose header could not be read is never
+    /// deleted (what it holds is unknown, and may be read again another time).
+    known: bool,
     /// The object's time, in seconds since the epoch.
     modified: i64,
 }
@@ -201,6 +212,21 @@ struct Pack {
 #[derive(Default)]
 pub(crate) struct Packs {
     packs: BTreeMap<PackId, Pack>,
+    /// The sealed packs with no live put: the only ones `deletable` looks at.
+    empty: BTreeSet<PackId>,
+    /// The bytes of every sealed pack, and those of landed packs that no live put holds
+    /// (kept as they change: a write's capacity check and the compaction question must
+    /// not walk every pack).
+    sealed_bytes: u64,
+    landed_dead: u64,
+    /// Landed packs no index covers yet (`pack_index`).
+    uncovered: BTreeSet<PackId>,
+    /// Each index, by name, with the packs it covers that still exist; and each pack's
+    /// index.
+    indexes: BTreeMap<PackId, BTreeSet<PackId>>,
+    index_of: HashMap<PackId, PackId>,
+    /// Indexes whose packs have all gone: to be deleted.
+    dead_indexes: Vec<PackId>,
     index: HashMap<BlockName, Loc>,
     /// For each name, the sealed packs holding a put of it, live or dead.
     holders: HashMap<BlockName, BTreeSet<PackId>>,
@@ -216,11 +242,30 @@ impl Packs {
     /// The state the packs listed at open describe, applied in order: each with its size,
     /// time and records (an `Err`: its header could not be read — it keeps its room, and
     /// its puts are not served).
-    pub fn replay(listed: Vec<Listed>, epoch: u64) -> Packs {
+    /// `covered` names the index that covers a listed pack, and `indexes` every index
+    /// found (one that covers no listed pack is dead).
+    pub fn replay(listed: Vec<Listed>, epoch: u64, covered: HashMap<PackId, PackId>, indexes: Vec<PackId>) -> Packs {
         let mut packs = Packs { epoch, ..Packs::default() };
+        for id in listed.iter().map(|(id, ..)| *id) {
+            match covered.get(&id) {
+                Some(&index) => {
+                    packs.indexes.entry(index).or_default().insert(id);
+                    packs.index_of.insert(id, index);
+                }
+                None => {
+                    packs.uncovered.insert(id);
+                }
+            }
+        }
+        packs.dead_indexes = indexes.into_iter().filter(|i| !packs.indexes.contains_key(i)).collect();
         let mut listed = listed;
         listed.sort_by_key(|(id, ..)| *id);
         for (id, size, modified, entries) in listed {
+            let known = entries.is_ok();
+            if !known {
+                // Unknown records: no index may say the pack holds none.
+                packs.uncovered.remove(&id);
+            }
             let entries = entries.unwrap_or_default();
             let mut pack = Pack {
                 entries: Vec::new(),
@@ -230,6 +275,7 @@ impl Packs {
                 waiting: 0,
                 replaces: Vec::new(),
                 landed: true,
+                known,
                 modified,
             };
             for entry in &entries {
@@ -248,9 +294,16 @@ impl Packs {
             }
             pack.entries = entries;
             packs.packs.insert(id, pack);
+            packs.empty.insert(id);
             if id.epoch == epoch {
                 packs.next_seq = packs.next_seq.max(id.seq + 1);
             }
+        }
+        packs.sealed_bytes = packs.packs.values().map(|p| p.size).sum();
+        packs.landed_dead = packs.packs.values().filter(|p| p.known).map(|p| p.size - p.live_bytes).sum();
+        let live: Vec<PackId> = packs.packs.iter().filter(|(_, p)| p.live > 0).map(|(id, _)| *id).collect();
+        for id in live {
+            packs.empty.remove(&id);
         }
         packs.check();
         packs
@@ -264,6 +317,12 @@ impl Packs {
         assert!(held.live > 0 && held.live_bytes >= len as u64, "a live put counted in its pack");
         held.live -= 1;
         held.live_bytes -= len as u64;
+        if held.landed {
+            self.landed_dead += len as u64;
+        }
+        if held.live == 0 {
+            self.empty.insert(pack);
+        }
         Some(pack)
     }
 
@@ -350,12 +409,12 @@ impl Packs {
 
     /// Bytes of every pack, sealed and open.
     pub fn used(&self) -> u64 {
-        self.packs.values().map(|p| p.size).sum::<u64>() + self.open_bytes
+        self.sealed_bytes + self.open_bytes
     }
 
-    /// Bytes of sealed packs that hold no live put.
+    /// Bytes of landed packs that no live put holds (packs of unknown records aside).
     pub fn dead_bytes(&self) -> u64 {
-        self.packs.values().filter(|p| p.landed).map(|p| p.size - p.live_bytes).sum()
+        self.landed_dead
     }
 
     /// Seals the open pack — its tombstones too with `with_tombs` (a sync), else only its
@@ -389,6 +448,7 @@ impl Packs {
             waiting: 0,
             replaces,
             landed: false,
+            known: true,
             modified: 0,
         };
         for entry in entries {
@@ -400,6 +460,10 @@ impl Packs {
             }
         }
         self.open_bytes = 0;
+        if pack.live == 0 {
+            self.empty.insert(id);
+        }
+        self.sealed_bytes += pack.size;
         self.packs.insert(id, pack);
         self.check();
         Some((id, bytes))
@@ -410,6 +474,8 @@ impl Packs {
         let Some(pack) = self.packs.get_mut(&id) else { return };
         assert!(!pack.landed, "a pack lands once");
         pack.landed = true;
+        self.landed_dead += pack.size - pack.live_bytes;
+        self.uncovered.insert(id);
         pack.modified = modified;
         for replaced in std::mem::take(&mut pack.replaces) {
             if let Some(old) = self.packs.get_mut(&replaced) {
@@ -417,6 +483,37 @@ impl Packs {
                 old.waiting -= 1;
             }
         }
+        self.check();
+    }
+
+    /// The packs the next index covers — the oldest `INDEX_PACKS` landed ones no index
+    /// covers, each with its size and header — once that many have gathered.
+    pub fn index_due(&self) -> Option<Vec<crate::pack_index::Covered>> {
+        if self.uncovered.len() < crate::pack_index::INDEX_PACKS {
+            return None;
+        }
+        let covered = self
+            .uncovered
+            .iter()
+            .take(crate::pack_index::INDEX_PACKS)
+            .filter_map(|id| self.packs.get(id).map(|p| (*id, p.size, encode_header(&p.entries))))
+            .collect();
+        Some(covered)
+    }
+
+    /// An index named `index` covering `packs` was written.
+    pub fn indexed(&mut self, index: PackId, packs: &[PackId]) {
+        for id in packs {
+            if self.uncovered.remove(id) {
+                self.indexes.entry(index).or_default().insert(*id);
+                self.index_of.insert(*id, index);
+            }
+        }
+    }
+
+    /// Indexes whose packs have all gone, to delete.
+    pub fn take_dead_indexes(&mut self) -> Vec<PackId> {
+        std::mem::take(&mut self.dead_indexes)
     }
 
     /// Whether `id` is a pack of this disk that has landed.
@@ -433,8 +530,9 @@ impl Packs {
         let mut gone: BTreeSet<PackId> = BTreeSet::new();
         loop {
             let before = gone.len();
-            for (&id, pack) in &self.packs {
-                if gone.contains(&id) || !pack.landed || pack.live > 0 || pack.waiting > 0 {
+            for &id in &self.empty {
+                let Some(pack) = self.packs.get(&id) else { continue };
+                if gone.contains(&id) || !pack.known || !pack.landed || pack.live > 0 || pack.waiting > 0 {
                     continue;
                 }
                 let hides_older = pack.entries.iter().any(|entry| match entry {
@@ -457,6 +555,21 @@ impl Packs {
     pub fn forget(&mut self, id: PackId) {
         let Some(pack) = self.packs.remove(&id) else { return };
         assert!(pack.live == 0 && pack.waiting == 0, "only a dead pack is deleted");
+        self.empty.remove(&id);
+        self.sealed_bytes -= pack.size;
+        if pack.landed {
+            self.landed_dead -= pack.size;
+        }
+        self.uncovered.remove(&id);
+        if let Some(index) = self.index_of.remove(&id) {
+            if let Some(covers) = self.indexes.get_mut(&index) {
+                covers.remove(&id);
+                if covers.is_empty() {
+                    self.indexes.remove(&index);
+                    self.dead_indexes.push(index);
+                }
+            }
+        }
         for entry in &pack.entries {
             if let Entry::Put { name, .. } = entry {
                 if let Some(held) = self.holders.get_mut(name) {
@@ -467,6 +580,7 @@ impl Packs {
                 }
             }
         }
+        self.check();
     }
 
     /// Live puts of the landed packs at least half dead, emptiest first, up to about
@@ -512,7 +626,12 @@ impl Packs {
         }
         for (id, pack) in &self.packs {
             assert_eq!(live.get(id).copied().unwrap_or_default(), (pack.live, pack.live_bytes), "pack {id:?}");
+            assert_eq!(pack.live == 0, self.empty.contains(id), "pack {id:?} listed as empty when it is");
         }
+        assert!(self.empty.iter().all(|id| self.packs.contains_key(id)));
+        assert_eq!(self.sealed_bytes, self.packs.values().map(|p| p.size).sum::<u64>());
+        let dead: u64 = self.packs.values().filter(|p| p.landed && p.known).map(|p| p.size - p.live_bytes).sum();
+        assert_eq!(self.landed_dead, dead);
         assert_eq!(self.open_bytes, self.open_puts.values().map(|p| p.data.len() as u64).sum::<u64>());
     }
 }
@@ -534,7 +653,7 @@ mod tests {
                 (*id, bytes.len() as u64, 0, decode(&bytes[..len], bytes.len() as u64))
             })
             .collect();
-        let packs = Packs::replay(listed, 0);
+        let packs = Packs::replay(listed, 0, HashMap::new(), Vec::new());
         packs
             .names()
             .into_iter()
