@@ -16,6 +16,20 @@ fn first_failure(defect: Sabotage) -> Option<(u64, &'static str)> {
     })
 }
 
+/// The first seed (of 1..=1000) that runs on disks of an object store and fails with
+/// `defect`, and how.
+fn first_failure_on_a_store(defect: Sabotage) -> Option<(u64, &'static str)> {
+    let profile = Profile { ops: 1000, out_of_budget: false };
+    (1..=1000).find_map(|seed| {
+        let scenario = swarm::generate(seed, &profile);
+        if !scenario.setup.store {
+            return None;
+        }
+        let outcome = runner::run(&scenario, &RunOptions { seed, sabotage: Some(defect), ..RunOptions::default() });
+        outcome.failure.map(|f| (seed, f.invariant))
+    })
+}
+
 /// Asserts `defect` is caught within 1,000 seeds by one of `invariants`.
 fn assert_caught(defect: Sabotage, invariants: &[&str]) {
     let (seed, invariant) = first_failure(defect).expect("not caught within 1000 seeds");
@@ -36,6 +50,17 @@ fn skipping_the_fragment_sync_before_the_journal_commit_is_caught() {
     assert_caught(
         Sabotage::SkipFragmentSync,
         &["acknowledged-data-readable", "no-half-visible-state", "loss-reported-exactly"],
+    );
+}
+
+/// A store disk packs fragments and sends them at its sync (`dfs-objectdisk`), as the
+/// simulator's shared disk models: a commit that skips the sync is caught there too.
+#[test]
+fn skipping_the_fragment_sync_is_caught_on_store_disks() {
+    let (seed, invariant) = first_failure_on_a_store(Sabotage::SkipFragmentSync).expect("not caught within 1000 seeds");
+    assert!(
+        ["acknowledged-data-readable", "no-half-visible-state", "loss-reported-exactly"].contains(&invariant),
+        "seed {seed}: {invariant}"
     );
 }
 
