@@ -170,6 +170,13 @@ pub(crate) fn decode(header: &[u8], size: u64) -> Result<Vec<Entry>, String> {
 /// why they could not be read.
 pub(crate) type Listed = (PackId, u64, i64, Result<Vec<Entry>, String>);
 
+/// Adds `id` to a sorted list of holders.
+fn hold(holders: &mut Vec<PackId>, id: PackId) {
+    if let Err(at) = holders.binary_search(&id) {
+        holders.insert(at, id);
+    }
+}
+
 /// Where a name's block is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Loc {
@@ -229,7 +236,9 @@ pub(crate) struct Packs {
     dead_indexes: Vec<PackId>,
     index: HashMap<BlockName, Loc>,
     /// For each name, the sealed packs holding a put of it, live or dead.
-    holders: HashMap<BlockName, BTreeSet<PackId>>,
+    /// Sorted; almost always one pack, so a vector, not a set (this map has an entry per
+    /// fragment the disk holds).
+    holders: HashMap<BlockName, Vec<PackId>>,
     open_puts: BTreeMap<BlockName, OpenPut>,
     /// Tombstones of the open pack, each with the sealed packs that wait for it to land.
     open_tombs: BTreeMap<BlockName, Vec<PackId>>,
@@ -287,7 +296,7 @@ impl Packs {
                 if let Entry::Put { name, offset, len } = *entry {
                     packs.kill(name);
                     packs.index.insert(name, Loc::Packed { pack: id, offset, len });
-                    packs.holders.entry(name).or_default().insert(id);
+                    hold(packs.holders.entry(name).or_default(), id);
                     pack.live += 1;
                     pack.live_bytes += len as u64;
                 }
@@ -385,7 +394,7 @@ impl Packs {
             self.index.remove(&name);
             releases = put.replaces;
         } else if let Some(pack) = self.kill(name) {
-            if self.holders.get(&name).is_some_and(|h| h.range(..pack).next().is_some()) {
+            if self.holders.get(&name).is_some_and(|h| h.first().is_some_and(|first| *first < pack)) {
                 self.pack_mut(pack).waiting += 1;
                 releases.push(pack);
             }
@@ -454,7 +463,7 @@ impl Packs {
         for entry in entries {
             if let Entry::Put { name, offset, len } = entry {
                 self.index.insert(name, Loc::Packed { pack: id, offset, len });
-                self.holders.entry(name).or_default().insert(id);
+                hold(self.holders.entry(name).or_default(), id);
                 pack.live += 1;
                 pack.live_bytes += len as u64;
             }
@@ -536,9 +545,10 @@ impl Packs {
                     continue;
                 }
                 let hides_older = pack.entries.iter().any(|entry| match entry {
-                    Entry::Tomb { name } => {
-                        self.holders.get(name).is_some_and(|h| h.range(..id).any(|older| !gone.contains(older)))
-                    }
+                    Entry::Tomb { name } => self
+                        .holders
+                        .get(name)
+                        .is_some_and(|h| h.iter().take_while(|p| **p < id).any(|older| !gone.contains(older))),
                     Entry::Put { .. } => false,
                 });
                 if !hides_older {
@@ -573,7 +583,7 @@ impl Packs {
         for entry in &pack.entries {
             if let Entry::Put { name, .. } = entry {
                 if let Some(held) = self.holders.get_mut(name) {
-                    held.remove(&id);
+                    held.retain(|p| *p != id);
                     if held.is_empty() {
                         self.holders.remove(name);
                     }
@@ -617,7 +627,10 @@ impl Packs {
             match *loc {
                 Loc::Open => assert!(self.open_puts.contains_key(name), "{name} indexed open but not there"),
                 Loc::Packed { pack, len, .. } => {
-                    assert!(self.holders.get(name).is_some_and(|h| h.contains(&pack)), "{name} held by its pack");
+                    assert!(
+                        self.holders.get(name).is_some_and(|h| h.binary_search(&pack).is_ok()),
+                        "{name} held by its pack"
+                    );
                     let counted = live.entry(pack).or_default();
                     counted.0 += 1;
                     counted.1 += len as u64;
@@ -629,6 +642,7 @@ impl Packs {
             assert_eq!(pack.live == 0, self.empty.contains(id), "pack {id:?} listed as empty when it is");
         }
         assert!(self.empty.iter().all(|id| self.packs.contains_key(id)));
+        assert!(self.holders.values().all(|h| !h.is_empty() && h.windows(2).all(|w| w[0] < w[1])), "holders sorted");
         assert_eq!(self.sealed_bytes, self.packs.values().map(|p| p.size).sum::<u64>());
         let dead: u64 = self.packs.values().filter(|p| p.landed && p.known).map(|p| p.size - p.live_bytes).sum();
         assert_eq!(self.landed_dead, dead);
