@@ -419,7 +419,7 @@ impl ObjectDisk {
     /// gathered. An index only saves time at the next open: failing to write one is
     /// reported and tried again at the next sync.
     fn write_index(&self) {
-        let Some(covered) = self.pack_state().packs.index_due() else { return };
+        let Some(covered) = self.pack_state().packs.index_due(INDEX_PACKS) else { return };
         let Some(name) = covered.iter().map(|(id, ..)| *id).max() else { return };
         let path = self.location.key(pack_index::NAMESPACE, &name.leaf());
         let bytes = pack_index::encode(&covered);

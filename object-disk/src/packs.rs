@@ -495,16 +495,16 @@ impl Packs {
         self.check();
     }
 
-    /// The packs the next index covers — the oldest `INDEX_PACKS` landed ones no index
-    /// covers, each with its size and header — once that many have gathered.
-    pub fn index_due(&self) -> Option<Vec<crate::pack_index::Covered>> {
-        if self.uncovered.len() < crate::pack_index::INDEX_PACKS {
+    /// The packs the next index covers — the oldest `count` landed ones no index covers,
+    /// each with its size and header — once that many have gathered.
+    pub fn index_due(&self, count: usize) -> Option<Vec<(PackId, u64, Vec<u8>)>> {
+        if self.uncovered.len() < count {
             return None;
         }
         let covered = self
             .uncovered
             .iter()
-            .take(crate::pack_index::INDEX_PACKS)
+            .take(count)
             .filter_map(|id| self.packs.get(id).map(|p| (*id, p.size, encode_header(&p.entries))))
             .collect();
         Some(covered)
