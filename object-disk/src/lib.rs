@@ -869,8 +869,10 @@ impl ObjectDisk {
         while state.running >= PACKS_IN_FLIGHT {
             state = self.packs.landed.wait(state).unwrap_or_else(|poisoned| poisoned.into_inner());
         }
-        if let Some((id, why)) = state.failed.iter().next() {
-            return Err(DeviceError::Io(format!("{}: pack {} could not be written: {why}", self.location, id.leaf())));
+        if !state.failed.is_empty() {
+            // A pack that failed is sent again first (the store may be back): nothing
+            // is gathered behind a pack that cannot land.
+            state = self.settle_packs(state)?;
         }
         if only_at.is_some() && state.packs.locate(name) != only_at {
             return Ok(false);
@@ -1208,6 +1210,88 @@ mod tests {
         third.sync().unwrap();
         assert_eq!(objects(&store, "pack-index"), 0);
         assert_eq!(objects(&store, "pack"), 1, "the pack whose header rotted holds what no one can read");
+    }
+
+    /// An in-memory store whose PUTs fail while `down` is set, as a store that is away.
+    #[derive(Debug)]
+    struct Flaky {
+        inner: InMemory,
+        down: std::sync::atomic::AtomicBool,
+    }
+
+    impl std::fmt::Display for Flaky {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "flaky")
+        }
+    }
+
+    #[async_trait::async_trait]
+    impl ObjectStore for Flaky {
+        async fn put_opts(
+            &self,
+            location: &ObjectPath,
+            payload: PutPayload,
+            opts: PutOptions,
+        ) -> object_store::Result<object_store::PutResult> {
+            if self.down.load(std::sync::atomic::Ordering::SeqCst) {
+                return Err(object_store::Error::Generic { store: "flaky", source: "error sending request".into() });
+            }
+            self.inner.put_opts(location, payload, opts).await
+        }
+        async fn put_multipart_opts(
+            &self,
+            location: &ObjectPath,
+            opts: object_store::PutMultipartOptions,
+        ) -> object_store::Result<Box<dyn object_store::MultipartUpload>> {
+            self.inner.put_multipart_opts(location, opts).await
+        }
+        async fn get_opts(
+            &self,
+            location: &ObjectPath,
+            options: object_store::GetOptions,
+        ) -> object_store::Result<object_store::GetResult> {
+            self.inner.get_opts(location, options).await
+        }
+        async fn delete(&self, location: &ObjectPath) -> object_store::Result<()> {
+            self.inner.delete(location).await
+        }
+        fn list(
+            &self,
+            prefix: Option<&ObjectPath>,
+        ) -> futures::stream::BoxStream<'static, object_store::Result<object_store::ObjectMeta>> {
+            self.inner.list(prefix)
+        }
+        async fn list_with_delimiter(
+            &self,
+            prefix: Option<&ObjectPath>,
+        ) -> object_store::Result<object_store::ListResult> {
+            self.inner.list_with_delimiter(prefix).await
+        }
+        async fn copy(&self, from: &ObjectPath, to: &ObjectPath) -> object_store::Result<()> {
+            self.inner.copy(from, to).await
+        }
+        async fn copy_if_not_exists(&self, from: &ObjectPath, to: &ObjectPath) -> object_store::Result<()> {
+            self.inner.copy_if_not_exists(from, to).await
+        }
+    }
+
+    #[test]
+    fn a_pack_that_could_not_land_is_sent_again_before_anything_else_is_gathered() {
+        let flaky = Arc::new(Flaky { inner: InMemory::new(), down: false.into() });
+        let store: Arc<dyn ObjectStore> = flaky.clone();
+        let location: Location = "s3://bucket/disk".parse().unwrap_or_else(|e| panic!("{e}"));
+        let disk = ObjectDisk::on_store(store.clone(), &location, 1 << 30).unwrap();
+        flaky.down.store(true, std::sync::atomic::Ordering::SeqCst);
+        disk.write(frag(1, 0), &data(1, 5000)).unwrap();
+        assert!(disk.sync().is_err(), "the store is away: the fragment is not durable");
+        assert_eq!(disk.read(frag(1, 0)).unwrap(), data(1, 5000), "still served from memory");
+        assert!(disk.write(frag(2, 0), &data(2, 5000)).is_err(), "nothing is gathered behind a failed pack");
+        flaky.down.store(false, std::sync::atomic::Ordering::SeqCst);
+        disk.write(frag(2, 0), &data(2, 5000)).unwrap();
+        disk.sync().unwrap();
+        let again = ObjectDisk::on_store(store, &location, 1 << 30).unwrap();
+        assert_eq!(again.read(frag(1, 0)).unwrap(), data(1, 5000), "the failed pack landed once the store was back");
+        assert_eq!(again.read(frag(2, 0)).unwrap(), data(2, 5000));
     }
 
     #[test]
