@@ -10,6 +10,8 @@
 //! - Split brain is refused: the first machine's daemon paused (SIGSTOP) while a second
 //!   imports and mounts the pool; resumed, its next commit fails as fenced, and nothing
 //!   it wrote after the second opened is visible; the second's data is intact.
+//! - Space comes back: fragments travel in packs, and a pack goes once what it holds
+//!   was deleted, so deleting most of a pool's files returns most of its room on the store.
 //! - Bad input is refused by name and changes nothing — among it a store that accepts
 //!   the create-only header and overwrites anyway (`object_pool/overwriting_s3.py`).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -126,6 +128,57 @@ fn a_pool_of_six_store_disks_moves_to_a_new_machine_after_a_crash() {
 #[test]
 fn a_pool_of_local_and_store_disks_moves_to_a_new_machine_after_a_crash() {
     moves_to_a_new_machine(3, 3, 1);
+}
+
+/// What the pool's store disks hold on the store, summed: each opened afresh, counting
+/// the objects listed (packs and metadata).
+fn bytes_on_the_store(prefix: &str, disks: usize) -> u64 {
+    let access = dfs_objectdisk::Access::from_env();
+    (0..disks)
+        .map(|i| {
+            let location: dfs_objectdisk::Location = format!("{prefix}/disk{i}").parse().unwrap();
+            let disk = dfs_objectdisk::ObjectDisk::open(&location, 0, &access).unwrap();
+            dfs_engine::media::device::BlockDevice::used_bytes(&disk)
+        })
+        .sum()
+}
+
+#[test]
+fn deleting_files_on_store_disks_gives_their_room_back() {
+    let root = tempfile::tempdir().unwrap();
+    let pool = root.path().join("pool");
+    let prefix = object_pool(root.path(), &pool, "erasure:4+2", 0, 6);
+    let mnt = root.path().join("mnt");
+    mount(&pool, &mnt);
+    let data = |i: usize| pattern((3 << 20) + 1000 * i, 40 + i as u64);
+    for i in 0..8 {
+        write_synced(&mnt.join(format!("f{i}")), &data(i)).unwrap();
+    }
+    ok(&["umount", mnt.to_str().unwrap()]);
+    let full = bytes_on_the_store(&prefix, 6);
+    let written: u64 = (0..8).map(|i| data(i).len() as u64).sum::<u64>() * 3 / 2;
+    assert!(full >= written, "{full} bytes on the store for {written} of fragments");
+
+    mount(&pool, &mnt);
+    for i in 2..8 {
+        fs::remove_file(mnt.join(format!("f{i}"))).unwrap();
+    }
+    write_synced(&mnt.join("f1"), &data(9)).unwrap();
+    ok(&["umount", mnt.to_str().unwrap()]);
+    // The deletes a barrier defers go at the next open.
+    mount(&pool, &mnt);
+    ok(&["umount", mnt.to_str().unwrap()]);
+    let after = bytes_on_the_store(&prefix, 6);
+    let live = (data(0).len() + data(9).len()) as u64 * 3 / 2;
+    eprintln!("on the store: {full} bytes with 8 files, {after} after deleting 6 ({live} of live fragments)");
+    assert!(
+        after < full / 2 && after < live * 3 / 2 + (4 << 20),
+        "{after} bytes on the store after deleting 6 of 8 files ({full} before, {live} live)"
+    );
+    mount(&pool, &mnt);
+    assert!(fs::read(mnt.join("f0")).unwrap() == data(0));
+    assert!(fs::read(mnt.join("f1")).unwrap() == data(9));
+    ok(&["umount", mnt.to_str().unwrap()]);
 }
 
 #[test]
