@@ -206,6 +206,14 @@ struct PackShared {
     landed: Condvar,
 }
 
+impl PackState {
+    /// Pack `id`'s create returned: it is durable on the store.
+    fn land(&mut self, id: PackId) {
+        self.unsent.remove(&id);
+        self.packs.landed(id, now_secs());
+    }
+}
+
 #[derive(Default)]
 struct PackState {
     packs: Packs,
@@ -422,15 +430,18 @@ impl ObjectDisk {
         let Some(covered) = self.pack_state().packs.index_due(INDEX_PACKS) else { return };
         let Some(name) = covered.iter().map(|(id, ..)| *id).max() else { return };
         let path = self.location.key(pack_index::NAMESPACE, &name.leaf());
-        let bytes = pack_index::encode(&covered);
-        match self.put(&path, PutPayload::from(bytes), PutMode::Create) {
-            Ok(Ok(()) | Err(object_store::Error::AlreadyExists { .. } | object_store::Error::Precondition { .. })) => {
+        let bytes = bytes::Bytes::from(pack_index::encode(&covered));
+        let why = match block_on(create_object(self.store.as_ref(), &path, bytes)) {
+            Ok(Ok(true)) => {
                 let ids: Vec<PackId> = covered.iter().map(|(id, ..)| *id).collect();
                 self.pack_state().packs.indexed(name, &ids);
+                return;
             }
-            Ok(Err(e)) => tracing::warn!(disk = %self.location, error = %self.error(e), "a pack index was not written"),
-            Err(e) => tracing::warn!(disk = %self.location, error = %e, "a pack index was not written"),
-        }
+            Ok(Ok(false)) => "another index holds its name".to_string(),
+            Ok(Err(e)) => self.error(e).to_string(),
+            Err(e) => e.to_string(),
+        };
+        tracing::warn!(disk = %self.location, error = %why, "a pack index was not written");
     }
 
     fn pack_state(&self) -> MutexGuard<'_, PackState> {
@@ -453,29 +464,15 @@ impl ObjectDisk {
         state.running += 1;
         let (store, shared, path) = (self.store.clone(), self.packs.clone(), self.pack_path(id));
         runtime.spawn(async move {
-            let options = PutOptions { mode: PutMode::Create, ..PutOptions::default() };
-            let outcome = store.put_opts(&path, PutPayload::from(bytes.clone()), options).await;
-            let outcome = match outcome {
-                Ok(_) => Ok(()),
-                // A retry whose first attempt landed finds its own bytes.
-                Err(object_store::Error::AlreadyExists { .. } | object_store::Error::Precondition { .. }) => {
-                    match store.get(&path).await {
-                        Ok(held) => match held.bytes().await {
-                            Ok(held) if held == bytes => Ok(()),
-                            _ => Err(format!("pack {path} was created by another writer")),
-                        },
-                        Err(e) => Err(e.to_string()),
-                    }
-                }
+            let outcome = match create_object(store.as_ref(), &path, bytes).await {
+                Ok(true) => Ok(()),
+                Ok(false) => Err(format!("pack {path} was created by another writer")),
                 Err(e) => Err(e.to_string()),
             };
             let mut state = shared.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
             state.running -= 1;
             match outcome {
-                Ok(()) => {
-                    state.unsent.remove(&id);
-                    state.packs.landed(id, now_secs());
-                }
+                Ok(()) => state.land(id),
                 Err(why) => {
                     state.failed.insert(id, why);
                 }
@@ -496,27 +493,16 @@ impl ObjectDisk {
         for (id, first_why) in std::mem::take(&mut state.failed) {
             let Some(bytes) = state.unsent.get(&id).cloned() else { continue };
             drop(state);
-            let path = self.pack_path(id);
-            let outcome = match self.put(&path, PutPayload::from(bytes.clone()), PutMode::Create)? {
-                Ok(()) => Ok(()),
-                Err(object_store::Error::AlreadyExists { .. } | object_store::Error::Precondition { .. }) => {
-                    match self.get(&path)? {
-                        Ok(held) if held == bytes => Ok(()),
-                        _ => Err(DeviceError::Io(format!(
-                            "{}: pack {} was created by another writer",
-                            self.location,
-                            id.leaf()
-                        ))),
-                    }
+            let outcome = match block_on(create_object(self.store.as_ref(), &self.pack_path(id), bytes))? {
+                Ok(true) => Ok(()),
+                Ok(false) => {
+                    Err(DeviceError::Io(format!("{}: pack {} was created by another writer", self.location, id.leaf())))
                 }
                 Err(e) => Err(self.error(e)),
             };
             state = self.pack_state();
             match outcome {
-                Ok(()) => {
-                    state.unsent.remove(&id);
-                    state.packs.landed(id, now_secs());
-                }
+                Ok(()) => state.land(id),
                 Err(e) => {
                     tracing::warn!(disk = %self.location, pack = %id.leaf(), first = %first_why, error = %e, "a pack could not be written");
                     state.failed.insert(id, first_why);
@@ -587,18 +573,10 @@ impl ObjectDisk {
     }
 
     fn create_unreserved(&self, name: BlockName, data: &[u8]) -> Result<Created, DeviceError> {
-        let path = self.path(name);
-        match self.put(&path, PutPayload::from(bytes::Bytes::copy_from_slice(data)), PutMode::Create)? {
-            Ok(()) => Ok(Created::Written),
-            Err(object_store::Error::AlreadyExists { .. } | object_store::Error::Precondition { .. }) => {
-                // A retry of a PUT whose first attempt landed (its answer lost) finds
-                // its own bytes there: that is this write, not someone else's.
-                match self.get(&path)? {
-                    Ok(held) if held.as_ref() == data => Ok(Created::Written),
-                    Ok(_) | Err(object_store::Error::NotFound { .. }) => Ok(Created::Taken),
-                    Err(e) => Err(self.error(e)),
-                }
-            }
+        let bytes = bytes::Bytes::copy_from_slice(data);
+        match block_on(create_object(self.store.as_ref(), &self.path(name), bytes))? {
+            Ok(true) => Ok(Created::Written),
+            Ok(false) => Ok(Created::Taken),
             Err(e) => Err(self.error(e)),
         }
     }
@@ -735,6 +713,25 @@ fn brief(text: &str) -> String {
     match code {
         Some(code) => format!("{head}: {code}"),
         None => head.to_string(),
+    }
+}
+
+/// One create-only PUT of `bytes` at `path`: `Ok(true)` when the key now holds them —
+/// written, or found there already (a retried PUT whose first answer was lost is this
+/// write, not someone else's) — and `Ok(false)` when it holds other bytes or was
+/// deleted meanwhile.
+async fn create_object(store: &dyn ObjectStore, path: &ObjectPath, bytes: bytes::Bytes) -> object_store::Result<bool> {
+    let options = PutOptions { mode: PutMode::Create, ..PutOptions::default() };
+    match store.put_opts(path, PutPayload::from(bytes.clone()), options).await {
+        Ok(_) => Ok(true),
+        Err(object_store::Error::AlreadyExists { .. } | object_store::Error::Precondition { .. }) => {
+            match store.get(path).await {
+                Ok(held) => Ok(held.bytes().await? == bytes),
+                Err(object_store::Error::NotFound { .. }) => Ok(false),
+                Err(e) => Err(e),
+            }
+        }
+        Err(e) => Err(e),
     }
 }
 
@@ -878,15 +875,15 @@ impl ObjectDisk {
             return Ok(false);
         }
         let replaced = state.packs.open_data(name).map_or(0, |d| d.len() as u64);
-        let others = {
+        let (others, own_object) = {
             let tally = self.lock();
-            tally.used + tally.reserved
+            (tally.used + tally.reserved, tally.sizes.contains_key(&name))
         };
         if others + state.packs.used() - replaced + data.len() as u64 > self.capacity_bytes {
             return Err(DeviceError::NoSpace);
         }
         state.packs.put(name, data);
-        if self.lock().sizes.contains_key(&name) {
+        if own_object {
             state.doomed.insert(name);
         }
         if state.packs.open_bytes() >= PACK_BYTES {
