@@ -30,13 +30,51 @@ use crate::pool::Pool;
 
 struct PlannedBlock {
     name: BlockName,
-    block: Arc<Vec<u8>>,
+    fragment: Sealed,
 }
 
-/// One chunk, hashed and encoded into sealed fragment blocks (none when inline).
+/// One fragment block, held as its header and its payload apart so that the payload is
+/// copied once, into the device (`BlockDevice::write_parts`), and never into a block of
+/// its own first.
+#[derive(Clone)]
+struct Sealed {
+    header: [u8; fragment::HEADER_LEN],
+    payload: Payload,
+}
+
+/// A fragment's payload: a stretch of the chunk itself (a replica, a data shard), or
+/// bytes of its own (parity, a padded last data shard).
+#[derive(Clone)]
+enum Payload {
+    Chunk(Arc<Vec<u8>>, std::ops::Range<usize>),
+    Own(Arc<Vec<u8>>),
+}
+
+impl Sealed {
+    fn payload(&self) -> &[u8] {
+        match &self.payload {
+            Payload::Chunk(chunk, range) => &chunk[range.clone()],
+            Payload::Own(bytes) => bytes,
+        }
+    }
+
+    /// The length of the block the device stores.
+    fn block_len(&self) -> usize {
+        fragment::HEADER_LEN + self.payload().len()
+    }
+}
+
+/// One chunk, hashed and encoded into sealed fragments (none when inline).
 struct Encoded {
     hash: [u8; 32],
-    blocks: Vec<Arc<Vec<u8>>>,
+    blocks: Vec<Sealed>,
+}
+
+/// Where `inner` lies within `outer`, when it is a stretch of it.
+fn stretch_of(outer: &[u8], inner: &[u8]) -> Option<std::ops::Range<usize>> {
+    let start = (inner.as_ptr() as usize).checked_sub(outer.as_ptr() as usize)?;
+    let end = start.checked_add(inner.len())?;
+    (end <= outer.len()).then_some(start..end)
 }
 
 /// How a write that runs in phases reaches the pool between them: directly, when the
@@ -145,28 +183,34 @@ fn encode_chunks(pending: &PendingWrite, chunks: &[(u64, Arc<Vec<u8>>)]) -> Resu
     let policy = pending.policy;
     let codec = CodecId::for_policy(policy);
     let inline_max = pending.inline_max;
-    let jobs: Vec<(&[u8], Option<ExtentId>)> =
-        chunks.iter().zip(&pending.ids).map(|((_, d), id)| (d.as_slice(), *id)).collect();
-    run_all(pending.parallel, jobs, |(data, id)| {
+    let jobs: Vec<(&Arc<Vec<u8>>, Option<ExtentId>)> =
+        chunks.iter().zip(&pending.ids).map(|((_, d), id)| (d, *id)).collect();
+    run_all(pending.parallel, jobs, |(chunk, id)| {
         let id = id?;
+        let data = chunk.as_slice();
         let hash = *blake3::hash(data).as_bytes();
         if data.len() <= inline_max {
             return Some(Ok(Encoded { hash, blocks: Vec::new() }));
         }
         Some(codec::encode_shards(codec, policy, data).map(|fragments| {
-            Encoded {
-                hash,
-                blocks: fragments
-                    .iter()
-                    .enumerate()
-                    .map(|(i, payload)| {
-                        Arc::new(match codec {
-                            CodecId::Replica => fragment::seal_hashed(id, i as u8, payload, &hash),
-                            _ => fragment::seal(id, i as u8, payload),
-                        })
-                    })
-                    .collect(),
-            }
+            let blocks = fragments
+                .into_iter()
+                .enumerate()
+                .map(|(i, shard)| {
+                    // A replica's payload is the whole extent, whose hash is at hand.
+                    let shard_hash = match codec {
+                        CodecId::Replica => hash,
+                        _ => *blake3::hash(&shard).as_bytes(),
+                    };
+                    let header = fragment::header(id, i as u8, &shard, &shard_hash);
+                    let payload = match stretch_of(data, &shard) {
+                        Some(range) => Payload::Chunk(Arc::clone(chunk), range),
+                        None => Payload::Own(Arc::new(shard.into_owned())),
+                    };
+                    Sealed { header, payload }
+                })
+                .collect();
+            Encoded { hash, blocks }
         }))
     })
     .into_iter()
@@ -186,7 +230,7 @@ fn write_placed(
         let mut written = Vec::new();
         for (i, planned) in blocks.iter().enumerate() {
             let name = if misplace && i > 0 { blocks[i - 1].name } else { planned.name };
-            if let Err(e) = device.write(name, &planned.block) {
+            if let Err(e) = device.write_parts(name, &planned.fragment.header, planned.fragment.payload()) {
                 return (disk, device, written, Err(e));
             }
             written.push(planned.name);
@@ -292,7 +336,7 @@ impl Pool {
             let (record_codec, fragments, inline) = if encoded.blocks.is_empty() {
                 (CodecId::Inline, Vec::new(), Some(data.to_vec()))
             } else {
-                let block_bytes = encoded.blocks[0].len() as u64;
+                let block_bytes = encoded.blocks[0].block_len() as u64;
                 #[allow(unused_mut)]
                 let (mut disks, reachable) = self.place_extent(policy, block_bytes, excluded, &planned_bytes)?;
                 #[cfg(feature = "sabotage")]
@@ -302,10 +346,10 @@ impl Pool {
                 if reachable < disks.len() {
                     degraded += 1;
                 }
-                for (fragment_index, (disk, block)) in disks.iter().zip(&encoded.blocks).enumerate().take(reachable) {
+                for (fragment_index, (disk, sealed)) in disks.iter().zip(&encoded.blocks).enumerate().take(reachable) {
                     let name = BlockName::Fragment { extent: *id, index: fragment_index as u8 };
                     *planned_bytes.entry(*disk).or_default() += block_bytes;
-                    planned.entry(*disk).or_default().push(PlannedBlock { name, block: block.clone() });
+                    planned.entry(*disk).or_default().push(PlannedBlock { name, fragment: sealed.clone() });
                 }
                 (codec, disks, None)
             };

@@ -248,6 +248,18 @@ pub trait BlockDevice: Send + Sync {
     /// Fails with `NoSpace`, writing nothing, when the block does not fit.
     fn write(&self, name: BlockName, data: &[u8]) -> Result<(), DeviceError>;
 
+    /// `write` of the block `head` followed by `body`, for a caller that holds the two
+    /// apart (a fragment's header and its payload, which may be a stretch of the extent
+    /// itself): a backend that copies blocks into a buffer of its own anyway
+    /// (`DirDisk`'s direct segment appends) joins them there and spares a copy. Same
+    /// contract as `write` of the joined bytes.
+    fn write_parts(&self, name: BlockName, head: &[u8], body: &[u8]) -> Result<(), DeviceError> {
+        let mut block = Vec::with_capacity(head.len() + body.len());
+        block.extend_from_slice(head);
+        block.extend_from_slice(body);
+        self.write(name, &block)
+    }
+
     /// Writes the block only if no block of that name exists, else leaves it and answers
     /// `Taken`. On a `shared` device the store decides atomically, whoever else writes
     /// it: of two writers creating one name with different bytes, exactly one gets

@@ -386,6 +386,22 @@ impl DirDisk {
         Ok(())
     }
 
+    /// Appends fragment `name`, the concatenation of `parts`, to a segment.
+    fn append_fragment(&self, name: BlockName, parts: &[&[u8]]) -> Result<(), DeviceError> {
+        let len: usize = parts.iter().map(|part| part.len()).sum();
+        let legacy = self.lock().sizes.get(&name).copied().unwrap_or(0);
+        let old = self.segments.span_of(name).unwrap_or(0) + legacy;
+        self.check_room(old, segments::span(len as u64))?;
+        self.check_identity()?;
+        self.segments.append_parts(name, parts)?;
+        if legacy > 0 {
+            // The record supersedes the file; a crash before the next sync may bring the
+            // file back, which reads the same block.
+            self.delete_file(name)?;
+        }
+        Ok(())
+    }
+
     /// Deletes the file of `name`, if it has one.
     fn delete_file(&self, name: BlockName) -> Result<(), DeviceError> {
         let mut state = self.lock();
@@ -533,17 +549,14 @@ impl BlockDevice for DirDisk {
             self.check_room(old, data.len() as u64)?;
             return self.write_file(name, data);
         }
-        let legacy = self.lock().sizes.get(&name).copied().unwrap_or(0);
-        let old = self.segments.span_of(name).unwrap_or(0) + legacy;
-        self.check_room(old, segments::span(data.len() as u64))?;
-        self.check_identity()?;
-        self.segments.append(name, data)?;
-        if legacy > 0 {
-            // The record supersedes the file; a crash before the next sync may bring the
-            // file back, which reads the same block.
-            self.delete_file(name)?;
+        self.append_fragment(name, &[data])
+    }
+
+    fn write_parts(&self, name: BlockName, head: &[u8], body: &[u8]) -> Result<(), DeviceError> {
+        if name.kind() != BlockKind::Fragment {
+            return self.write(name, &[head, body].concat());
         }
-        Ok(())
+        self.append_fragment(name, &[head, body])
     }
 
     fn delete(&self, name: BlockName) -> Result<(), DeviceError> {

@@ -23,19 +23,27 @@ pub fn seal(extent: ExtentId, index: u8, payload: &[u8]) -> Vec<u8> {
 /// `seal` for a caller that already holds `payload`'s BLAKE3 — a replica's payload is
 /// the whole extent, whose hash the writer computed once for the record.
 pub fn seal_hashed(extent: ExtentId, index: u8, payload: &[u8], hash: &[u8; 32]) -> Vec<u8> {
+    let mut block = Vec::with_capacity(HEADER_LEN + payload.len());
+    block.extend_from_slice(&header(extent, index, payload, hash));
+    block.extend_from_slice(payload);
+    block
+}
+
+/// The header that `seal_hashed` puts before `payload`, for a writer that hands the two
+/// to the device apart (`BlockDevice::write_parts`) rather than copying the payload
+/// into a block first.
+pub fn header(extent: ExtentId, index: u8, payload: &[u8], hash: &[u8; 32]) -> [u8; HEADER_LEN] {
     debug_assert_eq!(blake3::hash(payload).as_bytes(), hash, "a fragment sealed with another payload's hash");
     let len = u32::try_from(payload.len()).unwrap_or(u32::MAX);
     assert_eq!(len as usize, payload.len(), "fragment larger than 4 GiB");
-    let mut block = Vec::with_capacity(HEADER_LEN + payload.len());
-    block.extend_from_slice(&MAGIC);
-    block.push(VERSION);
-    block.push(index);
-    block.extend_from_slice(&[0, 0]);
-    block.extend_from_slice(&extent.0.to_le_bytes());
-    block.extend_from_slice(&len.to_le_bytes());
-    block.extend_from_slice(hash);
-    block.extend_from_slice(payload);
-    block
+    let mut header = [0u8; HEADER_LEN];
+    header[..4].copy_from_slice(&MAGIC);
+    header[4] = VERSION;
+    header[5] = index;
+    header[8..16].copy_from_slice(&extent.0.to_le_bytes());
+    header[16..20].copy_from_slice(&len.to_le_bytes());
+    header[20..].copy_from_slice(hash);
+    header
 }
 
 /// Why a fragment block was rejected.

@@ -267,17 +267,24 @@ impl Segments {
     /// The caller has checked capacity. Nothing is indexed when the write fails, and the
     /// reserved range is punched again.
     pub fn append(&self, name: BlockName, payload: &[u8]) -> Result<(), DeviceError> {
-        self.append_record(name, payload, None)
+        self.append_record(name, &[payload], None)
+    }
+
+    /// `append` of the concatenation of `parts` (a fragment's header and its payload,
+    /// held apart: see `BlockDevice::write_parts`), joined only in the write's buffer.
+    pub fn append_parts(&self, name: BlockName, parts: &[&[u8]]) -> Result<(), DeviceError> {
+        self.append_record(name, parts, None)
     }
 
     /// `append`, or with `expect` a relocation: indexed only if `name` still has the
     /// record `expect` once the copy is written (a block deleted or rewritten meanwhile
     /// stays so; the copy waits for a sync and is punched).
-    fn append_record(&self, name: BlockName, payload: &[u8], expect: Option<Loc>) -> Result<(), DeviceError> {
+    fn append_record(&self, name: BlockName, parts: &[&[u8]], expect: Option<Loc>) -> Result<(), DeviceError> {
         let BlockName::Fragment { extent, index } = name else {
             unreachable!("only fragments are stored in segments, not {name}");
         };
-        let len = u32::try_from(payload.len()).map_err(|_| DeviceError::Io("fragment larger than 4 GiB".into()))?;
+        let total: usize = parts.iter().map(|part| part.len()).sum();
+        let len = u32::try_from(total).map_err(|_| DeviceError::Io("fragment larger than 4 GiB".into()))?;
         let span = span(u64::from(len));
         // The time, from the clock seam's production side (`DirDisk` never runs in the
         // simulator), to the nanosecond: the record's age for the orphan
@@ -302,9 +309,9 @@ impl Segments {
             (Arc::clone(&segment.file), segment.direct.clone(), Loc { segment: id, offset, len, seq, written_secs })
         };
         let header = encode_header(extent, index, &loc);
-        let written = match direct.filter(|_| payload.len() >= DIRECT_APPEND_MIN) {
-            Some(direct) => write_direct(&direct, &file, &header, payload, loc.offset, span),
-            None => write_two_at(&file, &header, payload, loc.offset),
+        let written = match direct.filter(|_| total >= DIRECT_APPEND_MIN) {
+            Some(direct) => write_direct(&direct, &file, &header, parts, loc.offset, span),
+            None => write_parts_at(&file, &header, parts, loc.offset),
         };
         if let Err(e) = written {
             let _ = punch(&file, loc.offset, span);
@@ -459,7 +466,7 @@ impl Segments {
                 Err(DeviceError::NotFound) => continue,
                 Err(e) => return Err(e),
             };
-            self.append_record(name, &payload, Some(old))?;
+            self.append_record(name, &[&payload[..]], Some(old))?;
             moved += old.span();
         }
         self.sync()?;
@@ -751,14 +758,22 @@ thread_local! {
 /// every small `close`, where the page cache lets the barrier's sync pay it once.
 const DIRECT_APPEND_MIN: usize = 64 << 10;
 
-/// Writes `head` and `body` at `offset` through `direct`, zero-padded to `span` (a
+/// Writes `head` and then `parts` at `offset` through `direct`, zero-padded to `span` (a
 /// record's span: a multiple of the alignment, so the write is aligned in the file and in
 /// this thread's buffer). Where the filesystem refuses it after all, the record goes
 /// through the page cache on `file` instead.
-fn write_direct(direct: &File, file: &File, head: &[u8], body: &[u8], offset: u64, span: u64) -> std::io::Result<()> {
+fn write_direct(
+    direct: &File,
+    file: &File,
+    head: &[u8],
+    parts: &[&[u8]],
+    offset: u64,
+    span: u64,
+) -> std::io::Result<()> {
     let align = ALIGN as usize;
     let span = usize::try_from(span).map_err(|_| std::io::Error::from(ErrorKind::InvalidInput))?;
-    assert!(offset.is_multiple_of(ALIGN) && span.is_multiple_of(align) && head.len() + body.len() <= span);
+    let len = head.len() + parts.iter().map(|part| part.len()).sum::<usize>();
+    assert!(offset.is_multiple_of(ALIGN) && span.is_multiple_of(align) && len <= span);
     let done = DIRECT_WRITE_BUFFER.with(|cell| {
         let Ok(mut buffer) = cell.try_borrow_mut() else { return None };
         if buffer.len() < span + align {
@@ -766,16 +781,19 @@ fn write_direct(direct: &File, file: &File, head: &[u8], body: &[u8], offset: u6
         }
         let pad = (align - buffer.as_ptr() as usize % align) % align;
         let record = &mut buffer[pad..pad + span];
-        record[..head.len()].copy_from_slice(head);
-        record[head.len()..head.len() + body.len()].copy_from_slice(body);
-        record[head.len() + body.len()..].fill(0);
+        let mut at = 0;
+        for part in std::iter::once(head).chain(parts.iter().copied()) {
+            record[at..at + part.len()].copy_from_slice(part);
+            at += part.len();
+        }
+        record[at..].fill(0);
         Some(direct.write_all_at(record, offset))
     });
     match done {
         Some(Ok(())) => Ok(()),
         // EINVAL: the filesystem took the open but not this write; anything else is an
         // I/O error that the buffered write reports again if it is real.
-        Some(Err(_)) | None => write_two_at(file, head, body, offset),
+        Some(Err(_)) | None => write_parts_at(file, head, parts, offset),
     }
 }
 
@@ -810,24 +828,41 @@ fn read_direct(file: &File, loc: &Loc, visit: &mut dyn FnMut(&[u8])) -> bool {
 
 /// Writes `head` then `body` at `offset` in one system call where it can (no copy of the
 /// body to join them), finishing a short write with plain positioned writes.
-#[allow(unsafe_code)]
 pub(crate) fn write_two_at(file: &File, head: &[u8], body: &[u8], offset: u64) -> std::io::Result<()> {
+    write_parts_at(file, head, &[body], offset)
+}
+
+/// The most parts after the head that `write_parts_at` takes: a fragment's header and
+/// its payload.
+const PARTS_MAX: usize = 2;
+
+/// Writes `head` and then each of `parts` at `offset`, in one system call where it can
+/// (no copy to join them), finishing a short write with plain positioned writes.
+#[allow(unsafe_code)]
+fn write_parts_at(file: &File, head: &[u8], parts: &[&[u8]], offset: u64) -> std::io::Result<()> {
     use std::os::fd::AsRawFd;
-    let iov = [
-        libc::iovec { iov_base: head.as_ptr() as *mut libc::c_void, iov_len: head.len() },
-        libc::iovec { iov_base: body.as_ptr() as *mut libc::c_void, iov_len: body.len() },
-    ];
+    assert!(parts.len() <= PARTS_MAX, "{} parts, at most {PARTS_MAX}", parts.len());
+    let empty = libc::iovec { iov_base: std::ptr::null_mut(), iov_len: 0 };
+    let mut iov = [empty; 1 + PARTS_MAX];
+    for (slot, part) in iov.iter_mut().zip(std::iter::once(head).chain(parts.iter().copied())) {
+        *slot = libc::iovec { iov_base: part.as_ptr() as *mut libc::c_void, iov_len: part.len() };
+    }
+    let count = 1 + parts.len();
     let at = libc::off_t::try_from(offset).map_err(|_| std::io::Error::from(ErrorKind::InvalidInput))?;
-    // SAFETY: both iovecs point into slices that outlive the call, with their true
-    // lengths; pwritev only reads them.
-    let written = unsafe { libc::pwritev(file.as_raw_fd(), iov.as_ptr(), 2, at) };
-    let Ok(written) = usize::try_from(written) else {
+    // SAFETY: the first `count` iovecs point into slices that outlive the call, with
+    // their true lengths; pwritev only reads them.
+    let written = unsafe { libc::pwritev(file.as_raw_fd(), iov.as_ptr(), count as libc::c_int, at) };
+    let Ok(mut written) = usize::try_from(written) else {
         return Err(std::io::Error::last_os_error());
     };
-    let head_done = written.min(head.len());
-    file.write_all_at(&head[head_done..], offset + head_done as u64)?;
-    let body_done = written - head_done;
-    file.write_all_at(&body[body_done..], offset + head.len() as u64 + body_done as u64)
+    let mut at = offset;
+    for part in std::iter::once(head).chain(parts.iter().copied()) {
+        let done = written.min(part.len());
+        written -= done;
+        file.write_all_at(&part[done..], at + done as u64)?;
+        at += part.len() as u64;
+    }
+    Ok(())
 }
 
 /// The first offset at or after `from` that holds data, `None` past the end.
@@ -959,6 +994,27 @@ mod tests {
             assert_eq!(segments.read(name(i, 0)).unwrap(), payload(i, 100_000));
         }
         assert_eq!(segments.used_bytes(), 7 * span(100_000));
+    }
+
+    #[test]
+    fn a_record_appended_in_parts_reads_back_joined_through_either_write_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let segments = Segments::open(dir.path()).unwrap();
+        // Below and above `DIRECT_APPEND_MIN`: through the page cache, and direct.
+        let lens = [100, DIRECT_APPEND_MIN + 4_099];
+        for (i, len) in lens.iter().enumerate() {
+            let whole = payload(i as u64, *len);
+            let (head, body) = whole.split_at(52);
+            segments.append_parts(name(i as u64, 1), &[head, body]).unwrap();
+            assert_eq!(segments.read(name(i as u64, 1)).unwrap(), whole);
+        }
+        segments.sync().unwrap();
+        assert_eq!(segments.used_bytes(), lens.iter().map(|len| span(*len as u64)).sum::<u64>());
+        drop(segments);
+        let segments = Segments::open(dir.path()).unwrap();
+        for (i, len) in lens.iter().enumerate() {
+            assert_eq!(segments.read(name(i as u64, 1)).unwrap(), payload(i as u64, *len));
+        }
     }
 
     #[test]
