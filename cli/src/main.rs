@@ -134,8 +134,8 @@ pub(crate) enum Command {
         #[arg(long, value_name = "SIZE", value_parser = dfs_engine::base::units::parse_size)]
         cache: Option<u64>,
         /// Mount options as in /etc/fstab, comma-separated: allow_other, ro, rw, suid,
-        /// dev, noexec, noatime, nonempty, metrics=ADDR, cache=SIZE (defaults: rw,
-        /// nosuid, nodev, relatime, cache=256MiB).
+        /// dev, noexec, noatime, nonempty, metrics=ADDR, cache=SIZE, threads=N (defaults:
+        /// rw, nosuid, nodev, relatime, cache=256MiB, one request thread per CPU, 2–16).
         #[arg(short = 'o', long, value_name = "LIST", default_value = "")]
         options: String,
     },

@@ -179,5 +179,13 @@ mod tests {
         remount.apply("ro,nosuid,nodev,relatime,user_id=0,group_id=0,default_permissions,allow_other", false).unwrap();
         assert!(remount.flags.read_only, "what mount -o remount repeats from the mount table is understood");
         assert!(MountSettings::default().apply("metrics=nowhere", false).is_err());
+        let mut threads = MountSettings::default();
+        threads.apply("threads=3", false).unwrap();
+        assert_eq!(threads.threads, Some(3));
+        assert_eq!(threads.to_options(), "threads=3");
+        for bad in ["threads=0", "threads=65", "threads=many"] {
+            let error = MountSettings::default().apply(bad, false).unwrap_err().to_string();
+            assert!(error.contains(bad) && error.contains("EINVAL"), "{error}");
+        }
     }
 }
