@@ -31,6 +31,11 @@ impl ExtentCache {
         })
     }
 
+    /// The bytes it holds at most.
+    pub(crate) fn capacity_bytes(&self) -> usize {
+        self.capacity_bytes
+    }
+
     pub(crate) fn with_capacity(capacity_bytes: usize) -> Self {
         ExtentCache { capacity_bytes, ..ExtentCache::default() }
     }

@@ -42,6 +42,9 @@ pub(crate) struct OpenFile {
     pub(crate) mtime: Option<WallTime>,
     /// Where reads through any handle have reached: a read starting near it is sequential.
     pub(crate) read_end: u64,
+    /// Where the current run of sequential reads began: the longer the run, the deeper
+    /// the read-ahead (`Pool::read_ahead_extents`).
+    pub(crate) read_run_start: u64,
     /// Chunks a flush took out of `dirty` and is storing with the pool's lock released
     /// (`crate::data::files::flush_behind`), by index: what reads see of them until it
     /// commits, unless `dirty` holds a newer version. Empty when no flush is in flight.
@@ -79,6 +82,7 @@ impl OpenFile {
             size,
             mtime: None,
             read_end: 0,
+            read_run_start: 0,
             flushing: BTreeMap::new(),
             loaded: BTreeSet::new(),
             overwritten: BTreeMap::new(),
