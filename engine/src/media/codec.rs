@@ -68,8 +68,9 @@ pub fn encode(codec: CodecId, policy: Policy, data: &[u8]) -> Result<Vec<Vec<u8>
 }
 
 /// `encode`, borrowing from `data` what it can: the copies of a replica and the data
-/// shards of an erasure code but the last (padded), so that sealing each fragment
-/// (`fragment::seal`) is the only copy of the data a write makes.
+/// shards of an erasure code but the last (padded), so that the device's write of each
+/// fragment (`BlockDevice::write_parts`, header and payload apart) is the only copy of
+/// the data a write makes.
 pub fn encode_shards(codec: CodecId, policy: Policy, data: &[u8]) -> Result<Vec<Cow<'_, [u8]>>, CodecError> {
     match (codec, policy) {
         (CodecId::Replica, Policy::Replicate { copies }) => Ok(vec![Cow::Borrowed(data); usize::from(copies)]),
