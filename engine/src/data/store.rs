@@ -100,6 +100,7 @@ impl PoolAccess for &std::sync::Mutex<Pool> {
 }
 
 /// A write of chunks as new extents, its ids taken (see `Pool::begin_write`).
+#[derive(Clone)]
 struct PendingWrite {
     policy: Policy,
     ids: Vec<Option<ExtentId>>,
@@ -150,32 +151,95 @@ pub(crate) fn store_chunks(
 ) -> Result<StoredChunks> {
     let pending = access.with(|pool| pool.begin_write(chunks, policy, keep_zeros, inline_max))?;
     let taken: Vec<ExtentId> = pending.ids.iter().flatten().copied().collect();
-    let result = encode_chunks(&pending, chunks).and_then(|encoded| {
-        let mut excluded: BTreeSet<DiskId> = BTreeSet::new();
-        loop {
-            let PlacedWrite { records, jobs, degraded } =
-                access.with(|pool| pool.place_write(&pending, chunks, &encoded, &excluded))?;
-            let outcomes = write_placed(pending.parallel, pending.misplace, jobs);
-            let extents = records.iter().filter(|(_, r)| r.is_some()).count();
-            let booked = access.with(|pool| pool.book_write(&outcomes, &mut excluded, extents, degraded, policy))?;
-            if booked {
-                let written = outcomes
-                    .iter()
-                    .flat_map(|(disk, _, names, _)| {
-                        names.iter().filter_map(move |name| match name {
-                            BlockName::Fragment { extent, .. } => Some((*extent, *disk)),
-                            _ => None,
-                        })
-                    })
-                    .collect();
-                return Ok(StoredChunks { records, written });
-            }
-        }
-    });
+    let result = store_groups(access, &pending, chunks);
     if result.is_err() {
         access.with(|pool| pool.end_writes(&taken));
     }
     result
+}
+
+/// Extents a store encodes while the group before them is written: with the pool's I/O
+/// on threads, a flush's hashing and encoding (the CPU) and its fragment writes (the
+/// disks) overlap instead of following each other.
+const GROUP_EXTENTS: usize = 2;
+
+/// A chunk to store: its index in the file and its bytes.
+type Chunk = (u64, Arc<Vec<u8>>);
+
+/// One step of a grouped store, run side by side with another.
+enum Step<'a> {
+    Write(Vec<(DiskId, Arc<dyn BlockDevice>, Vec<PlannedBlock>)>),
+    Encode(&'a PendingWrite, &'a [Chunk]),
+}
+
+enum Done {
+    Written(Vec<DiskOutcome>),
+    Encoded(Result<Vec<Option<Encoded>>>),
+}
+
+/// The phases of `store_chunks` after the ids are taken, `GROUP_EXTENTS` chunks at a
+/// time: each group is placed, written and booked (placed again without the disks that
+/// failed) in turn, and the next group is encoded while this one's first attempt is
+/// written. Run one after another where the pool's I/O is (the simulator), each group
+/// goes through the same calls in the same order.
+fn store_groups(
+    access: &mut impl PoolAccess,
+    pending: &PendingWrite,
+    chunks: &[(u64, Arc<Vec<u8>>)],
+) -> Result<StoredChunks> {
+    let groups: Vec<(PendingWrite, &[Chunk])> = pending
+        .ids
+        .chunks(GROUP_EXTENTS)
+        .zip(chunks.chunks(GROUP_EXTENTS))
+        .map(|(ids, chunks)| (PendingWrite { ids: ids.to_vec(), ..*pending }, chunks))
+        .collect();
+    let mut records = Vec::with_capacity(chunks.len());
+    let mut written = Vec::new();
+    let mut excluded: BTreeSet<DiskId> = BTreeSet::new();
+    let mut next = groups.first().map(|(group, chunks)| encode_chunks(group, chunks));
+    for (i, (group, group_chunks)) in groups.iter().enumerate() {
+        let Some(encoded) = next.take() else {
+            unreachable!("every group is encoded before it is placed");
+        };
+        let encoded = encoded?;
+        let following = groups.get(i + 1);
+        loop {
+            let PlacedWrite { records: placed, jobs, degraded } =
+                access.with(|pool| pool.place_write(group, group_chunks, &encoded, &excluded))?;
+            let outcomes = match following.filter(|_| next.is_none()) {
+                Some((next_group, next_chunks)) => {
+                    let steps = vec![Step::Write(jobs), Step::Encode(next_group, next_chunks)];
+                    let mut outcomes = Vec::new();
+                    for done in run_all(pending.parallel, steps, |step| match step {
+                        Step::Write(jobs) => Done::Written(write_placed(pending.parallel, pending.misplace, jobs)),
+                        Step::Encode(group, chunks) => Done::Encoded(encode_chunks(group, chunks)),
+                    }) {
+                        match done {
+                            Done::Written(done) => outcomes = done,
+                            Done::Encoded(encoded) => next = Some(encoded),
+                        }
+                    }
+                    outcomes
+                }
+                None => write_placed(pending.parallel, pending.misplace, jobs),
+            };
+            let extents = placed.iter().filter(|(_, r)| r.is_some()).count();
+            let booked =
+                access.with(|pool| pool.book_write(&outcomes, &mut excluded, extents, degraded, group.policy))?;
+            if booked {
+                written.extend(outcomes.iter().flat_map(|(disk, _, names, _)| {
+                    names.iter().filter_map(move |name| match name {
+                        BlockName::Fragment { extent, .. } => Some((*extent, *disk)),
+                        _ => None,
+                    })
+                }));
+                records.extend(placed);
+                break;
+            }
+        }
+    }
+    assert_eq!(records.len(), chunks.len(), "a record (or a hole) for every chunk");
+    Ok(StoredChunks { records, written })
 }
 
 /// Hashes and encodes every chunk of `pending` (no lock needed).
