@@ -16,10 +16,13 @@ use std::time::{Duration, Instant};
 use dfs_engine::base::clock::SystemClock;
 use dfs_engine::data::files::{flush_behind, settled, write_shared};
 use dfs_engine::data::namespace::{Owner, SetAttr};
-use dfs_engine::media::device::{BlockDevice, BlockKind, BlockName, DeviceError};
+use dfs_engine::media::device::{BlockDevice, BlockName};
 use dfs_engine::pool::{PoolDevice, PoolOptions};
 use dfs_engine::{Ino, Pool};
 use dfs_sim::memdisk::MemDisk;
+
+mod common;
+use common::Tapped;
 
 const OWNER: Owner = Owner { mode: 0o644, uid: 0, gid: 0, umask: 0 };
 const MIB: usize = 1 << 20;
@@ -71,42 +74,15 @@ impl Drop for OpenOnDrop {
     }
 }
 
-struct Gated {
-    disk: Arc<MemDisk>,
-    gate: Arc<Gate>,
-}
-
-impl BlockDevice for Gated {
-    fn read(&self, name: BlockName) -> Result<Vec<u8>, DeviceError> {
-        self.disk.read(name)
-    }
-    fn write(&self, name: BlockName, data: &[u8]) -> Result<(), DeviceError> {
+/// `disk`, its fragment writes passing `gate`.
+fn gated(disk: &Arc<MemDisk>, gate: Arc<Gate>) -> Arc<dyn BlockDevice> {
+    let mut tapped = Tapped::new(disk.clone());
+    tapped.before_write = Box::new(move |name| {
         if matches!(name, BlockName::Fragment { .. }) {
-            self.gate.pass();
+            gate.pass();
         }
-        self.disk.write(name, data)
-    }
-    fn delete(&self, name: BlockName) -> Result<(), DeviceError> {
-        self.disk.delete(name)
-    }
-    fn list(&self, kind: BlockKind) -> Result<Vec<BlockName>, DeviceError> {
-        self.disk.list(kind)
-    }
-    fn sync(&self) -> Result<(), DeviceError> {
-        self.disk.sync()
-    }
-    fn capacity_bytes(&self) -> u64 {
-        self.disk.capacity_bytes()
-    }
-    fn used_bytes(&self) -> u64 {
-        self.disk.used_bytes()
-    }
-    fn describe(&self) -> String {
-        self.disk.describe()
-    }
-    fn modified_secs(&self, name: BlockName) -> Result<Option<i64>, DeviceError> {
-        self.disk.modified_secs(name)
-    }
+    });
+    Arc::new(tapped)
 }
 
 fn uuid(n: u64) -> uuid::Uuid {
@@ -135,7 +111,7 @@ impl World {
                 .unwrap();
         for (i, disk) in disks.iter().enumerate() {
             let gate = if i == 2 { gate.clone() } else { Arc::new(Gate::default()) };
-            pool.add_disk(uuid(10 + i as u64), Some(256 << 20), Arc::new(Gated { disk: disk.clone(), gate })).unwrap();
+            pool.add_disk(uuid(10 + i as u64), Some(256 << 20), gated(disk, gate)).unwrap();
         }
         World { disks, _open_on_drop: OpenOnDrop(gate.clone()), gate, pool: Arc::new(Mutex::new(pool)) }
     }
@@ -148,10 +124,7 @@ impl World {
             .disks
             .iter()
             .enumerate()
-            .map(|(i, disk)| PoolDevice {
-                uuid: uuid(10 + i as u64),
-                device: Arc::new(Gated { disk: disk.clone(), gate: Arc::new(Gate::default()) }) as Arc<dyn BlockDevice>,
-            })
+            .map(|(i, disk)| PoolDevice { uuid: uuid(10 + i as u64), device: gated(disk, Arc::new(Gate::default())) })
             .collect();
         Pool::open(uuid(1), "erasure:2+1".parse().unwrap(), devices, Arc::new(SystemClock::new()), options()).unwrap().0
     }

@@ -9,64 +9,18 @@ use std::sync::Arc;
 
 use dfs_engine::base::clock::SystemClock;
 use dfs_engine::data::namespace::Owner;
-use dfs_engine::media::device::{BlockDevice, BlockKind, BlockName, DeviceError};
+use dfs_engine::media::device::{BlockDevice, BlockName};
 use dfs_engine::pool::{PoolDevice, PoolOptions};
 use dfs_engine::{Ino, Pool};
 use dfs_sim::memdisk::MemDisk;
+
+mod common;
+use common::Tapped;
 
 const OWNER: Owner = Owner { mode: 0o644, uid: 0, gid: 0, umask: 0 };
 const MIB: usize = 1 << 20;
 /// The file's length in extents.
 const EXTENTS: usize = 64;
-
-/// A disk that counts the fragments read from it.
-struct Counting {
-    disk: Arc<MemDisk>,
-    fragment_reads: Arc<AtomicUsize>,
-}
-
-impl Counting {
-    fn count(&self, name: BlockName) {
-        if matches!(name, BlockName::Fragment { .. }) {
-            self.fragment_reads.fetch_add(1, Ordering::SeqCst);
-        }
-    }
-}
-
-impl BlockDevice for Counting {
-    fn read(&self, name: BlockName) -> Result<Vec<u8>, DeviceError> {
-        self.count(name);
-        self.disk.read(name)
-    }
-    fn read_with(&self, name: BlockName, visit: &mut dyn FnMut(&[u8])) -> Result<(), DeviceError> {
-        self.count(name);
-        self.disk.read_with(name, visit)
-    }
-    fn write(&self, name: BlockName, data: &[u8]) -> Result<(), DeviceError> {
-        self.disk.write(name, data)
-    }
-    fn delete(&self, name: BlockName) -> Result<(), DeviceError> {
-        self.disk.delete(name)
-    }
-    fn list(&self, kind: BlockKind) -> Result<Vec<BlockName>, DeviceError> {
-        self.disk.list(kind)
-    }
-    fn sync(&self) -> Result<(), DeviceError> {
-        self.disk.sync()
-    }
-    fn capacity_bytes(&self) -> u64 {
-        self.disk.capacity_bytes()
-    }
-    fn used_bytes(&self) -> u64 {
-        self.disk.used_bytes()
-    }
-    fn describe(&self) -> String {
-        self.disk.describe()
-    }
-    fn modified_secs(&self, name: BlockName) -> Result<Option<i64>, DeviceError> {
-        self.disk.modified_secs(name)
-    }
-}
 
 fn uuid(n: u64) -> uuid::Uuid {
     uuid::Uuid::from_u64_pair(n, n)
@@ -95,7 +49,14 @@ fn cold_pool_with_file(cache_bytes: usize) -> (Pool, Arc<AtomicUsize>) {
     pool.release(fh).unwrap();
     drop(pool);
     let fragment_reads = Arc::new(AtomicUsize::new(0));
-    let device: Arc<dyn BlockDevice> = Arc::new(Counting { disk, fragment_reads: fragment_reads.clone() });
+    let mut tapped = Tapped::new(disk);
+    let counter = fragment_reads.clone();
+    tapped.before_read = Box::new(move |name| {
+        if matches!(name, BlockName::Fragment { .. }) {
+            counter.fetch_add(1, Ordering::SeqCst);
+        }
+    });
+    let device: Arc<dyn BlockDevice> = Arc::new(tapped);
     let devices = vec![PoolDevice { uuid: uuid(10), device }];
     let (pool, _) = Pool::open(uuid(1), policy, devices, Arc::new(SystemClock::new()), options(cache_bytes)).unwrap();
     fragment_reads.store(0, Ordering::SeqCst);
