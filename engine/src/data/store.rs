@@ -172,6 +172,7 @@ enum Step<'a> {
     Encode(&'a PendingWrite, &'a [Chunk]),
 }
 
+/// What a `Step` did.
 enum Done {
     Written(Vec<DiskOutcome>),
     Encoded(Result<Vec<Option<Encoded>>>),
