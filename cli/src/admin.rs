@@ -113,7 +113,9 @@ pub(crate) fn rebuild(ctx: &mut Ctx<'_>) -> Result<()> {
     let total = ctx.pool.rebuild_queue().len();
     let mut repaired = 0;
     loop {
-        let step = ctx.pool.rebuild_step(16).map_err(engine)?;
+        // A step ends with a barrier and starts its read pipeline afresh: long steps keep
+        // the disks busy (measured: 16 extents a step took a tenth longer than 512).
+        let step = ctx.pool.rebuild_step(512).map_err(engine)?;
         repaired += step;
         status(&format!("rebuild: {repaired} of {total} extents"));
         if step == 0 {

@@ -211,7 +211,7 @@ fn a_shared_barrier_leaves_its_frees_to_the_next_one_and_a_plain_barrier_takes_t
 #[test]
 fn a_rebuild_of_many_extents_at_once_restores_each_one_whole() {
     let mut t = TestPool::new(&[64; 7], "erasure:4+2");
-    let data = pattern(20 << 20, 7);
+    let data = pattern(48 << 20, 7);
     t.write_file("big", &data);
     let failed = *t.pool().state().disks.keys().next().unwrap();
     // A fragment on a healthy disk of an extent the failed disk also holds.
@@ -223,7 +223,7 @@ fn a_rebuild_of_many_extents_at_once_restores_each_one_whole() {
     fs::write(&rotten.path, segment).unwrap();
     t.pool().fail_disk(failed).unwrap();
     let queued = t.pool().rebuild_queue().len();
-    assert!(queued > 8, "the test needs more than one batch: {queued} extents queued");
+    assert!(queued > 16, "the test needs more than one batch: {queued} extents queued");
     assert_eq!(t.pool().rebuild_step(usize::MAX).unwrap(), queued);
     assert!(t.pool().rebuild_queue().is_empty());
     let rewritten = common::fragments_on(&t.disk_path(1)).into_iter().find(|f| f.name == rotten.name).unwrap();

@@ -166,3 +166,46 @@ fn data_in_the_journal_on_fewer_replicas_than_its_policy_needs_is_not_acknowledg
     let (mut pool, _) = reopen(pool, &devices);
     assert_eq!(read(&mut pool, ino, 3001).unwrap(), vec![5u8; 3001]);
 }
+
+/// A rebuild writes a whole batch of repaired fragments at once: when a target disk dies
+/// in the middle of it, the repairs that wrote there fail and are left for later (the
+/// disk goes offline after its errors, and repairs placed on it before that count for
+/// nothing), the others are booked — and once the disk is failed, the next steps
+/// restore every extent onto the disks left, nothing lost.
+#[test]
+fn a_disk_that_dies_under_a_parallel_rebuild_fails_only_the_repairs_that_wrote_to_it() {
+    use dfs_engine::meta::state::DiskState;
+    let root = tempfile::tempdir().unwrap();
+    let (mut pool, devices) = pool_over_dirs_with(root.path(), 8, "erasure:4+2");
+    let data: Vec<u8> = (0..48u32 << 20).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+    let ino = write(&mut pool, "f", &data).unwrap();
+    pool.fail_disk(disk_id(&pool, 0)).unwrap();
+    let queued = pool.rebuild_queue().len();
+    assert!(queued > 16, "the test needs more than one batch: {queued} extents queued");
+    devices[1].inject(&Fault::Die);
+    let first = pool.rebuild_step(usize::MAX).unwrap();
+    assert!(first < queued, "repairs that wrote to the dead disk cannot have counted");
+    let dead = disk_id(&pool, 1);
+    assert!(!pool.state().disk_readable(dead), "the dead disk is taken offline after its errors");
+    assert_eq!(pool.state().disks[&dead].state, DiskState::Active, "offline, waited for, not yet failed");
+    // The operator gives up on it: its fragments are rebuilt elsewhere too.
+    pool.fail_disk(dead).unwrap();
+    for _ in 0..4 {
+        if pool.rebuild_queue().is_empty() {
+            break;
+        }
+        pool.rebuild_step(usize::MAX).unwrap();
+    }
+    assert!(pool.rebuild_queue().is_empty(), "{:?} left", pool.rebuild_queue());
+    let (gone, dead_id) = (disk_id(&pool, 0), dead);
+    for (id, record) in pool.state().extents.iter() {
+        assert!(
+            !record.fragments.contains(&gone) && !record.fragments.contains(&dead_id),
+            "extent {id} still names a failed disk"
+        );
+    }
+    assert_eq!(read(&mut pool, ino, data.len()).unwrap(), data);
+    let (mut pool, _) = reopen(pool, &devices);
+    assert!(pool.rebuild_queue().is_empty(), "the repairs are durable");
+    assert_eq!(read(&mut pool, ino, data.len()).unwrap(), data);
+}

@@ -7,10 +7,18 @@
 //! leaves it readable under its old layout, and the work is found again from metadata
 //! (disk states, missing fragments) — nothing about it lives only in memory.
 //!
-//! A rebuild step reads, verifies, decodes and re-encodes a batch of extents at once on
-//! the I/O threads (`read_for_repair`, which touches no pool state), then writes and
-//! commits them one by one; an extent whose record or disks changed since its read (an
-//! earlier repair of the batch failed a disk) is read again.
+//! A rebuild step is a pipeline over batches of extents, its disk and CPU work on the
+//! I/O threads and touching no pool state: while one batch's fragments are read
+//! (`read_blocks`, one flat set of reads), the batch before it is verified, decoded and
+//! its lost fragments made again (`repair_from`, one lane per core), and the batch
+//! before that writes its new fragments, all of them at once (`write_repairs`). Between
+//! those, under `&mut Pool` and in order, a batch is placed (`place_repair`) and booked
+//! (`book_repair`). An extent whose record or disks changed since it was read (an
+//! earlier repair failed a disk) is read again before it is placed; a repair whose
+//! write failed, or whose target disk changed while it wrote, is not booked and waits
+//! for a later step. Measured on six directories of one disk (1 GiB under
+//! `erasure:4+2`, one disk replaced): 413 MiB/s with one extent's writes at a time and
+//! every fragment's payload copied thrice, 726 this way.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -21,7 +29,7 @@ use crate::base::error::{Error, Result};
 use crate::base::io::run_all;
 use crate::data::placement::{self, Candidate};
 use crate::media::codec;
-use crate::media::device::{BlockDevice, BlockName, ExtentId, UnavailableDevice};
+use crate::media::device::{BlockDevice, BlockName, DeviceError, ExtentId, UnavailableDevice};
 use crate::media::fragment;
 use crate::meta::state::{DiskFate, DiskId, DiskState, ExtentRecord, Op, Transaction};
 use crate::pool::Pool;
@@ -58,8 +66,10 @@ enum Fate {
     Move,
 }
 
-/// Extents a rebuild step reads, decodes and encodes at once: ~4 MiB of buffers each.
-const REPAIR_BATCH: usize = 8;
+/// Extents per batch of a rebuild's pipeline. Each holds its fragments as read and the
+/// ones made again (~1.5 MiB under `erasure:4+2`), and up to three batches are in
+/// flight. Measured: 16 as fast as 32 or 64.
+const REPAIR_BATCH: usize = 16;
 
 /// What a repair of one extent reads from (`Pool::repair_input`).
 struct RepairInput {
@@ -72,8 +82,16 @@ struct RepairInput {
 struct RepairRead {
     /// Per fragment: kept, rewritten in place or moved.
     fates: Vec<Fate>,
-    /// Every shard re-encoded from the decoded extent; `None` when every fragment is kept.
-    shards: std::result::Result<Option<Vec<Vec<u8>>>, RepairFailure>,
+    /// The fragments to write (every one whose fate is not `Keep`, in index order);
+    /// `None` when every fragment is kept.
+    rewritten: std::result::Result<Option<Vec<Rewritten>>, RepairFailure>,
+}
+
+/// A fragment's payload made again from the extent's other fragments.
+struct Rewritten {
+    index: u8,
+    payload: Vec<u8>,
+    hash: [u8; 32],
 }
 
 /// Why an extent could not be made whole again.
@@ -84,29 +102,95 @@ enum RepairFailure {
     Encode(String),
 }
 
-/// Reads and verifies every fragment of the extent (each from its own disk, at once on
-/// the I/O threads: which are whole decides what is rewritten), and when any must be
-/// written, decodes the extent, checks it against its hash and encodes every shard
-/// again. Touches no pool state, so several extents' reads may run side by side.
+/// One fragment a placed repair writes.
+struct RepairWrite {
+    index: u8,
+    name: BlockName,
+    target: DiskId,
+    device: Arc<dyn BlockDevice>,
+    /// The target's fate and readability when the write was placed: a write booked after
+    /// either changed (another repair of the batch failed the disk) does not count.
+    placed_on: (DiskFate, bool),
+    header: [u8; fragment::HEADER_LEN],
+    payload: Vec<u8>,
+}
+
+/// A repair whose fragments are placed, ready to write and then book
+/// (`Pool::place_repair`, `write_repairs`, `Pool::book_repair`).
+struct RepairPlan {
+    record: ExtentRecord,
+    fates: Vec<Fate>,
+    /// Online disks that were owed this extent and hold it verified, or are about to.
+    resynced: Vec<DiskId>,
+    writes: Vec<RepairWrite>,
+}
+
+/// Writes every placed fragment, at once on the I/O threads when `parallel`; one
+/// outcome per write, in order. Touches no pool state.
+fn write_repairs(parallel: bool, writes: Vec<&RepairWrite>) -> Vec<std::result::Result<(), DeviceError>> {
+    run_all(parallel, writes, |write| write.device.write_parts(write.name, &write.header, &write.payload))
+}
+
+/// Each fragment's block of one extent as read, unverified (`None`: unreadable).
+type Blocks = Vec<Option<Vec<u8>>>;
+
+/// Reads every fragment of every extent in `inputs` (each from its own disk), at once on
+/// the I/O threads when `parallel`: one flat set of reads, so that no read waits behind
+/// another extent's decoding. Touches no pool state.
+fn read_blocks(parallel: bool, inputs: &[&RepairInput]) -> Vec<Blocks> {
+    let stored = |input: &RepairInput| !input.record.is_inline();
+    let reads: Vec<(Option<&Arc<dyn BlockDevice>>, BlockName)> = inputs
+        .iter()
+        .filter(|input| stored(input))
+        .flat_map(|input| {
+            input.sources.iter().enumerate().map(|(index, (device, _))| {
+                (device.as_ref(), BlockName::Fragment { extent: input.record.id, index: index as u8 })
+            })
+        })
+        .collect();
+    let mut blocks = run_all(parallel, reads, |(device, name)| device?.read(name).ok()).into_iter();
+    let out: Vec<Blocks> = inputs
+        .iter()
+        .map(|input| if stored(input) { blocks.by_ref().take(input.sources.len()).collect() } else { Vec::new() })
+        .collect();
+    assert!(blocks.next().is_none(), "every block read handed to its extent");
+    out
+}
+
+/// Reads and verifies every fragment of the extent, and what to write (`repair_from`).
 fn read_for_repair(input: &RepairInput, parallel: bool) -> RepairRead {
+    let blocks = read_blocks(parallel, &[input]).pop().unwrap_or_default();
+    repair_from(input, blocks)
+}
+
+/// Verifies every fragment read of the extent (which are whole decides what is
+/// rewritten), and when any must be written, restores the data shards, checks them
+/// against the extent's hash and makes again the payloads of the fragments to write —
+/// only those, and without joining the extent into one buffer. CPU work only; touches
+/// no pool state, so several extents' repairs may be worked out side by side.
+fn repair_from(input: &RepairInput, blocks: Blocks) -> RepairRead {
     let record = &input.record;
     let id = record.id;
     if record.is_inline() {
-        return RepairRead { fates: Vec::new(), shards: Ok(None) };
+        return RepairRead { fates: Vec::new(), rewritten: Ok(None) };
     }
     let shard_len = codec::shard_len(record.policy, record.len as usize);
-    let reads: Vec<(u8, Option<&Arc<dyn BlockDevice>>)> =
-        input.sources.iter().enumerate().map(|(index, (device, _))| (index as u8, device.as_ref())).collect();
-    let payloads: Vec<Option<Vec<u8>>> = run_all(parallel, reads, |(index, device)| {
-        let block = device?.read(BlockName::Fragment { extent: id, index }).ok()?;
-        fragment::verify(&block, id, index, shard_len).ok().map(<[u8]>::to_vec)
-    });
-    debug_assert_eq!(payloads.len(), record.fragments.len());
+    assert_eq!(blocks.len(), record.fragments.len(), "a read for every fragment");
+    // Each whole fragment's block, and where its payload starts in it.
+    let blocks: Vec<Option<(Vec<u8>, usize)>> = blocks
+        .into_iter()
+        .enumerate()
+        .map(|(index, block)| {
+            let block = block?;
+            let start = block.len() - fragment::verify(&block, id, index as u8, shard_len).ok()?.len();
+            Some((block, start))
+        })
+        .collect();
     let fates: Vec<Fate> = input
         .sources
         .iter()
-        .zip(&payloads)
-        .map(|((_, fate), payload)| match (fate, payload) {
+        .zip(&blocks)
+        .map(|((_, fate), block)| match (fate, block) {
             (DiskFate::Serving, Some(_)) => Fate::Keep,
             (DiskFate::Serving, None) => Fate::Rewrite,
             // Waited for: it keeps its fragment (or is owed it) until it returns.
@@ -115,9 +199,11 @@ fn read_for_repair(input: &RepairInput, parallel: bool) -> RepairRead {
         })
         .collect();
     if fates.iter().all(|f| *f == Fate::Keep) {
-        return RepairRead { fates, shards: Ok(None) };
+        return RepairRead { fates, rewritten: Ok(None) };
     }
-    let shards = (|| {
+    let payloads: Vec<Option<&[u8]>> =
+        blocks.iter().map(|block| block.as_ref().map(|(block, start)| &block[*start..])).collect();
+    let rewritten = (|| {
         let available = payloads.iter().filter(|p| p.is_some()).count();
         if available < record.policy.needed() {
             return Err(RepairFailure::Lost(format!(
@@ -126,14 +212,96 @@ fn read_for_repair(input: &RepairInput, parallel: bool) -> RepairRead {
                 record.policy.needed()
             )));
         }
-        let data = codec::decode(record.codec, record.policy, record.len as usize, &payloads)
+        let data = codec::data_shards(record.codec, record.policy, &payloads)
             .map_err(|e| RepairFailure::Lost(e.to_string()))?;
-        if blake3::hash(&data).as_bytes() != &record.hash {
+        let mut hasher = blake3::Hasher::new();
+        let mut left = record.len as usize;
+        for shard in &data {
+            let take = left.min(shard.len());
+            hasher.update(&shard[..take]);
+            left -= take;
+        }
+        if left != 0 || hasher.finalize().as_bytes() != &record.hash {
             return Err(RepairFailure::Lost("decoded data does not match the extent checksum".into()));
         }
-        codec::encode(record.codec, record.policy, &data).map(Some).map_err(|e| RepairFailure::Encode(e.to_string()))
+        let wanted = || fates.iter().enumerate().filter(|(_, f)| **f != Fate::Keep).map(|(index, _)| index);
+        let parity = if wanted().any(|index| index >= data.len()) {
+            codec::parity_shards(record.codec, record.policy, &data)
+                .map_err(|e| RepairFailure::Encode(e.to_string()))?
+        } else {
+            Vec::new()
+        };
+        let replica = matches!(record.policy, crate::base::policy::Policy::Replicate { .. });
+        wanted()
+            .map(|index| {
+                let payload = match (replica, index.checked_sub(data.len())) {
+                    (true, _) => &data[0][..shard_len],
+                    (false, None) => &data[index][..],
+                    (false, Some(p)) => &parity[p][..],
+                };
+                assert_eq!(payload.len(), shard_len, "a rewritten fragment of the wrong length");
+                let hash = *blake3::hash(payload).as_bytes();
+                Ok(Rewritten { index: index as u8, payload: payload.to_vec(), hash })
+            })
+            .collect::<std::result::Result<Vec<_>, RepairFailure>>()
+            .map(Some)
     })();
-    RepairRead { fates, shards }
+    RepairRead { fates, rewritten }
+}
+
+/// One job of a rebuild's pipeline on the I/O threads: the writes of the batch placed
+/// last, one lane of the next batch's decoding, the reads of the batch after it.
+enum RepairStep<'a> {
+    Write(Vec<&'a RepairWrite>),
+    Decode(Vec<(Result<RepairInput>, Blocks)>),
+    Read(Vec<Result<RepairInput>>),
+}
+
+/// What a `RepairStep` did.
+enum RepairDone {
+    Written(Vec<std::result::Result<(), DeviceError>>),
+    Decoded(Vec<Result<(RepairInput, RepairRead)>>),
+    Read(Vec<(Result<RepairInput>, Blocks)>),
+}
+
+impl RepairStep<'_> {
+    fn run(self, parallel: bool) -> RepairDone {
+        match self {
+            RepairStep::Write(writes) => RepairDone::Written(write_repairs(parallel, writes)),
+            RepairStep::Decode(lane) => RepairDone::Decoded(
+                lane.into_iter()
+                    .map(|(input, blocks)| {
+                        input.map(|input| {
+                            let read = repair_from(&input, blocks);
+                            (input, read)
+                        })
+                    })
+                    .collect(),
+            ),
+            RepairStep::Read(inputs) => {
+                let readable: Vec<&RepairInput> = inputs.iter().filter_map(|input| input.as_ref().ok()).collect();
+                let mut blocks = read_blocks(parallel, &readable).into_iter();
+                let read = inputs
+                    .into_iter()
+                    .map(|input| {
+                        let extent_blocks = if input.is_ok() { blocks.next().unwrap_or_default() } else { Vec::new() };
+                        (input, extent_blocks)
+                    })
+                    .collect();
+                RepairDone::Read(read)
+            }
+        }
+    }
+}
+
+/// Threads a rebuild decodes on at once: one per core, so that the rest of the I/O
+/// threads stay free for the next batch's reads.
+fn decode_lanes(parallel: bool) -> usize {
+    if parallel {
+        std::thread::available_parallelism().map_or(2, std::num::NonZeroUsize::get).clamp(1, 8)
+    } else {
+        1
+    }
 }
 
 impl Pool {
@@ -372,23 +540,55 @@ impl Pool {
     /// how many it repaired. An extent that cannot be repaired now (lost, or no disk to
     /// put a fragment on) is skipped with a warning.
     pub fn rebuild_step(&mut self, max_extents: usize) -> Result<usize> {
-        let mut repaired = 0;
+        let parallel = self.options.parallel_io;
         let queue = self.rebuild_front(max_extents);
-        // Several extents are read, decoded and encoded at once (both cores busy), then
-        // written and committed one by one. The simulator repairs one at a time, in order.
-        let batch = if self.options.parallel_io { REPAIR_BATCH } else { 1 };
-        for items in queue.chunks(batch) {
-            let parallel = self.options.parallel_io;
-            let inputs: Vec<Result<RepairInput>> = items.iter().map(|item| self.repair_input(item.extent)).collect();
-            let reads = run_all(parallel, inputs, |input| {
-                input.map(|input| {
-                    let read = read_for_repair(&input, parallel);
-                    (input, read)
-                })
-            });
-            for (item, read) in items.iter().zip(reads) {
-                let extent = item.extent;
-                match read.and_then(|(input, read)| self.finish_repair(input, read)) {
+        // A pipeline over batches of extents: while batch i+1's fragments are read, batch
+        // i is decoded (one lane per core) and batch i-1's new fragments are written;
+        // then batch i-1 is booked and batch i placed, in order, under `&mut self`. The
+        // simulator runs it one extent at a time, every step in order.
+        let batches: Vec<&[RebuildItem]> = queue.chunks(if parallel { REPAIR_BATCH } else { 1 }).collect();
+        let lanes = decode_lanes(parallel);
+        let mut repaired = 0;
+        let mut fetched = match batches.first() {
+            Some(items) => match RepairStep::Read(self.batch_inputs(items)).run(parallel) {
+                RepairDone::Read(read) => read,
+                _ => unreachable!("a read step reads"),
+            },
+            None => Vec::new(),
+        };
+        let mut placed: Vec<(ExtentId, Result<Option<RepairPlan>>)> = Vec::new();
+        for i in 0..=batches.len() {
+            let writes: Vec<&RepairWrite> =
+                placed.iter().flat_map(|(_, plan)| plan.iter().flatten().flat_map(|plan| &plan.writes)).collect();
+            let mut steps = vec![RepairStep::Write(writes)];
+            let decode = std::mem::take(&mut fetched);
+            let per_lane = decode.len().div_ceil(lanes).max(1);
+            let mut decode = decode.into_iter().peekable();
+            while decode.peek().is_some() {
+                steps.push(RepairStep::Decode(decode.by_ref().take(per_lane).collect()));
+            }
+            if let Some(items) = batches.get(i + 1) {
+                steps.push(RepairStep::Read(self.batch_inputs(items)));
+            }
+            let mut outcomes = Vec::new();
+            let mut decoded = Vec::new();
+            for done in run_all(parallel, steps, |step| step.run(parallel)) {
+                match done {
+                    RepairDone::Written(done) => outcomes = done,
+                    RepairDone::Decoded(lane) => decoded.extend(lane),
+                    RepairDone::Read(read) => fetched = read,
+                }
+            }
+            let mut outcomes = outcomes.into_iter();
+            for (extent, plan) in std::mem::take(&mut placed) {
+                let booked = plan.and_then(|plan| match plan {
+                    Some(plan) => {
+                        let mine: Vec<_> = outcomes.by_ref().take(plan.writes.len()).collect();
+                        self.book_repair(plan, mine)
+                    }
+                    None => Ok(false),
+                });
+                match booked {
                     Ok(_) => repaired += 1,
                     Err(e @ (Error::ReadOnly(_) | Error::NoDisks)) => return Err(e),
                     Err(e) => {
@@ -397,8 +597,17 @@ impl Pool {
                     }
                 }
             }
+            assert!(outcomes.next().is_none(), "every write of the batch booked");
+            let Some(items) = batches.get(i) else { break };
+            assert_eq!(decoded.len(), items.len(), "a repair worked out for every extent of the batch");
+            placed = items
+                .iter()
+                .zip(decoded)
+                .map(|(item, read)| (item.extent, read.and_then(|(input, read)| self.place_current(input, read))))
+                .collect();
         }
-        // One barrier for the whole batch: new fragments, then the records, then old copies.
+        assert!(placed.is_empty() && fetched.is_empty(), "every batch booked");
+        // One barrier for the whole step: new fragments, then the records, then old copies.
         self.sync()?;
         self.counters.extents_repaired += repaired as u64;
         Ok(repaired)
@@ -416,6 +625,11 @@ impl Pool {
         self.apply_repair(input, read)
     }
 
+    /// What repairing each extent of `items` reads from.
+    fn batch_inputs(&self, items: &[RebuildItem]) -> Vec<Result<RepairInput>> {
+        items.iter().map(|item| self.repair_input(item.extent)).collect()
+    }
+
     /// What repairing extent `id` reads from: its record, and each fragment's device
     /// (`None` where its disk cannot be read) and its disk's fate.
     fn repair_input(&self, id: ExtentId) -> Result<RepairInput> {
@@ -426,11 +640,10 @@ impl Pool {
         Ok(RepairInput { record, sources })
     }
 
-    /// Writes what `read` found missing and commits the extent's new layout (see
-    /// `rewrite_fragments`), once it checked that `input` still holds: an earlier repair
-    /// of the same batch may have failed a disk or moved a fragment meanwhile, and then
-    /// the extent is read again.
-    fn finish_repair(&mut self, input: RepairInput, read: RepairRead) -> Result<bool> {
+    /// Places what `read` found missing (`place_repair`), once it checked that `input`
+    /// still holds: an earlier repair of the same batch may have failed a disk or moved
+    /// a fragment meanwhile, and then the extent is read again.
+    fn place_current(&mut self, input: RepairInput, read: RepairRead) -> Result<Option<RepairPlan>> {
         let id = input.record.id;
         let current = |disk: &DiskId| {
             let (device, fate) = self.repair_source(*disk);
@@ -444,11 +657,11 @@ impl Pool {
                 .zip(&input.sources)
                 .all(|(disk, (device, fate))| current(disk) == (device.is_some(), *fate));
         if unchanged {
-            return self.apply_repair(input, read);
+            return self.place_repair(input, read);
         }
         let input = self.repair_input(id)?;
         let read = read_for_repair(&input, self.options.parallel_io);
-        self.apply_repair(input, read)
+        self.place_repair(input, read)
     }
 
     /// Where a repair reads a fragment on `disk` from (`None`: its disk cannot be read),
@@ -458,15 +671,25 @@ impl Pool {
         (device, self.state.fate(disk))
     }
 
-    /// `finish_repair` on a read that is known to be current.
+    /// Places, writes and books a read that is known to be current, one fragment after
+    /// another; whether anything changed.
     fn apply_repair(&mut self, input: RepairInput, read: RepairRead) -> Result<bool> {
+        let Some(plan) = self.place_repair(input, read)? else {
+            return Ok(false);
+        };
+        let outcomes = write_repairs(false, plan.writes.iter().collect());
+        self.book_repair(plan, outcomes)
+    }
+
+    /// Chooses a disk for every fragment `read` found must be written, or settles the
+    /// extent at once when none must (`None`: nothing changed).
+    fn place_repair(&mut self, input: RepairInput, read: RepairRead) -> Result<Option<RepairPlan>> {
         let RepairInput { record, .. } = input;
         let id = record.id;
         if record.is_inline() {
-            return Ok(false);
+            return Ok(None);
         }
-        let RepairRead { fates, shards } = read;
-        // Online disks that were owed this extent and hold it verified, or are about to.
+        let RepairRead { fates, rewritten } = read;
         let resynced: Vec<DiskId> = record
             .fragments
             .iter()
@@ -475,57 +698,94 @@ impl Pool {
             .filter(|(d, _)| self.state.owed.get(d).is_some_and(|owed| owed.contains(&id)))
             .map(|(d, _)| *d)
             .collect();
-        let all = match shards {
+        let rewritten = match rewritten {
             Ok(None) => {
                 self.degraded.remove(&id);
                 self.commit_resynced(id, &resynced)?;
-                return Ok(false);
+                return Ok(None);
             }
-            Ok(Some(all)) => all,
+            Ok(Some(rewritten)) => rewritten,
             Err(RepairFailure::Lost(detail)) => {
                 return Err(Error::DataLost { extent: self.state.extent_name(id), offset: 0, detail })
             }
             Err(RepairFailure::Encode(e)) => return Err(Error::Io(e)),
         };
-        let mut updated = record.clone();
+        assert_eq!(
+            rewritten.len(),
+            fates.iter().filter(|f| **f != Fate::Keep).count(),
+            "a payload for every fragment to write"
+        );
         let mut taken: BTreeSet<DiskId> =
             record.fragments.iter().zip(&fates).filter(|(_, f)| **f != Fate::Move).map(|(d, _)| *d).collect();
-        let mut written: Vec<DiskId> = Vec::new();
-        let mut old_copies = Vec::new();
-        for (index, fate) in fates.iter().enumerate() {
-            if *fate == Fate::Keep {
-                continue;
-            }
-            let name = BlockName::Fragment { extent: id, index: index as u8 };
-            let block = fragment::seal(id, index as u8, &all[index]);
-            let target = match fate {
-                Fate::Rewrite => record.fragments[index],
+        let mut writes = Vec::with_capacity(rewritten.len());
+        for Rewritten { index, payload, hash } in rewritten {
+            let block_len = (fragment::HEADER_LEN + payload.len()) as u64;
+            let target = match fates[usize::from(index)] {
+                Fate::Rewrite => record.fragments[usize::from(index)],
                 _ => {
-                    let candidates = self.repair_candidates(&taken, block.len() as u64);
-                    let chosen =
-                        placement::place(&mut self.rng, 1, block.len() as u64, &candidates).map_err(|available| {
-                            Error::Unplaceable { policy: record.policy, needed: taken.len() + 1, available }
-                        })?;
+                    let candidates = self.repair_candidates(&taken, block_len);
+                    let chosen = placement::place(&mut self.rng, 1, block_len, &candidates).map_err(|available| {
+                        Error::Unplaceable { policy: record.policy, needed: taken.len() + 1, available }
+                    })?;
                     chosen[0]
                 }
             };
             let device =
                 self.devices.get(&target).cloned().ok_or_else(|| Error::Io(format!("disk {target} has no device")))?;
-            if let Err(e) = device.write(name, &block) {
-                if e != crate::media::device::DeviceError::NoSpace {
-                    self.disk_io_failed(target, &e);
-                }
-                return Err(Error::Io(format!("writing {name} to {target}: {e}")));
-            }
-            written.push(target);
             taken.insert(target);
-            if *fate == Fate::Move {
-                if self.state.disk_readable(record.fragments[index]) {
-                    old_copies.push((record.fragments[index], name));
+            writes.push(RepairWrite {
+                index,
+                name: BlockName::Fragment { extent: id, index },
+                target,
+                device,
+                placed_on: (self.state.fate(target), self.state.disk_readable(target)),
+                header: fragment::header(id, index, &payload, &hash),
+                payload,
+            });
+        }
+        Ok(Some(RepairPlan { record, fates, resynced, writes }))
+    }
+
+    /// Commits a placed repair whose fragments were written (`outcomes`, one per write):
+    /// the extent's new layout, what its disks were owed, the old copies to delete at
+    /// the next barrier. A failed write, or a target whose disk changed since the write
+    /// was placed, fails the whole repair (the fragments written become orphans) and
+    /// leaves the extent for a later step.
+    fn book_repair(&mut self, plan: RepairPlan, outcomes: Vec<std::result::Result<(), DeviceError>>) -> Result<bool> {
+        let RepairPlan { record, fates, resynced, writes } = plan;
+        let id = record.id;
+        assert_eq!(outcomes.len(), writes.len(), "an outcome for every write");
+        let mut failure = None;
+        for (write, outcome) in writes.iter().zip(outcomes) {
+            let (name, target) = (write.name, write.target);
+            match outcome {
+                Err(e) => {
+                    if e != DeviceError::NoSpace {
+                        self.disk_io_failed(target, &e);
+                    }
+                    failure.get_or_insert_with(|| Error::Io(format!("writing {name} to {target}: {e}")));
                 }
-                updated.fragments[index] = target;
+                Ok(()) if (self.state.fate(target), self.state.disk_readable(target)) != write.placed_on => {
+                    failure.get_or_insert_with(|| Error::Io(format!("disk {target} changed while {name} was written")));
+                }
+                Ok(()) => {}
             }
         }
+        if let Some(error) = failure {
+            return Err(error);
+        }
+        let mut updated = record.clone();
+        let mut old_copies = Vec::new();
+        for write in &writes {
+            let index = usize::from(write.index);
+            if fates[index] == Fate::Move {
+                if self.state.disk_readable(record.fragments[index]) {
+                    old_copies.push((record.fragments[index], write.name));
+                }
+                updated.fragments[index] = write.target;
+            }
+        }
+        let written: Vec<DiskId> = writes.iter().map(|w| w.target).collect();
         self.fragments_written(id, &written);
         if updated.fragments != record.fragments {
             self.commit(Transaction { ops: vec![Op::PutExtent(updated)] })?;
