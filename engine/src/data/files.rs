@@ -152,6 +152,23 @@ impl Pool {
         Ok(Some(Arc::new(chunk)))
     }
 
+    /// Fetches the extents that `read_chunk` of each of `slots` reads (each chunk's extent
+    /// and its layers), at once into the cache, where they are not yet: for work that
+    /// reads many chunks one after another under the pool (re-encodes), which would
+    /// otherwise wait for one extent's disks at a time.
+    pub(crate) fn prefetch_chunks(&mut self, slots: &[ChunkSlot]) {
+        let wanted: Vec<(ExtentId, u64)> = slots
+            .iter()
+            .flat_map(|slot| {
+                let at = slot.index * CHUNK;
+                let base = self.state.slot_extent_id(*slot);
+                let layers = self.layers_of(*slot).into_iter().map(|layer| layer.extent);
+                base.into_iter().chain(layers).map(move |id| (id, at)).collect::<Vec<_>>()
+            })
+            .collect();
+        self.prefetch(wanted);
+    }
+
     /// The layers of `slot`, oldest first.
     fn layers_of(&self, slot: ChunkSlot) -> Vec<Layer> {
         self.state.layers.get(&slot).cloned().unwrap_or_default()

@@ -237,6 +237,8 @@ impl Pool {
     ) -> Result<usize> {
         let mut olds = Vec::with_capacity(items.len());
         let mut chunks = Vec::with_capacity(items.len());
+        let slots: Vec<ChunkSlot> = items.iter().map(|(ino, index)| ChunkSlot { ino: *ino, index: *index }).collect();
+        self.prefetch_chunks(&slots);
         for (ino, index) in items {
             let Some(record) = self.slot_record(ChunkSlot { ino: *ino, index: *index })? else { continue };
             // Its layers fold in: the new extent holds what the chunk reads as.
