@@ -206,31 +206,57 @@ fn a_shared_barrier_leaves_its_frees_to_the_next_one_and_a_plain_barrier_takes_t
 }
 
 /// A rebuild with the I/O threads on reads several extents at once: every extent of a
-/// failed disk, more than one batch, comes back whole, and so does one whose fragment on
-/// a healthy disk rotted meanwhile.
+/// failed disk, more than one batch, comes back whole, and so do two whose fragments on
+/// healthy disks rotted meanwhile — a data shard (which a repair first takes on its
+/// header, for the extent's hash to prove) and a parity fragment (verified on its own).
 #[test]
 fn a_rebuild_of_many_extents_at_once_restores_each_one_whole() {
     let mut t = TestPool::new(&[64; 7], "erasure:4+2");
     let data = pattern(48 << 20, 7);
     t.write_file("big", &data);
     let failed = *t.pool().state().disks.keys().next().unwrap();
-    // A fragment on a healthy disk of an extent the failed disk also holds.
+    // Fragments on healthy disks of extents the failed disk also holds: one data shard,
+    // one parity fragment.
     let on_failed: Vec<_> = common::fragments_on(&t.disk_path(0)).iter().map(|f| extent_of(f.name)).collect();
-    let rotten =
-        common::fragments_on(&t.disk_path(1)).into_iter().find(|f| on_failed.contains(&extent_of(f.name))).unwrap();
-    let mut segment = fs::read(&rotten.path).unwrap();
-    segment[(rotten.offset + rotten.len / 2) as usize] ^= 0x55;
-    fs::write(&rotten.path, segment).unwrap();
+    let candidates: Vec<_> = (1..7)
+        .flat_map(|disk| common::fragments_on(&t.disk_path(disk)).into_iter().map(move |f| (disk, f)))
+        .filter(|(_, f)| on_failed.contains(&extent_of(f.name)))
+        .collect();
+    let data_shard = candidates.iter().find(|(_, f)| index_of(f.name) < 4).cloned().unwrap();
+    let parity = candidates
+        .iter()
+        .find(|(_, f)| index_of(f.name) >= 4 && extent_of(f.name) != extent_of(data_shard.1.name))
+        .cloned()
+        .unwrap();
+    for (_, rotten) in [&data_shard, &parity] {
+        let mut segment = fs::read(&rotten.path).unwrap();
+        segment[(rotten.offset + rotten.len / 2) as usize] ^= 0x55;
+        fs::write(&rotten.path, segment).unwrap();
+    }
     t.pool().fail_disk(failed).unwrap();
     let queued = t.pool().rebuild_queue().len();
     assert!(queued > 16, "the test needs more than one batch: {queued} extents queued");
     assert_eq!(t.pool().rebuild_step(usize::MAX).unwrap(), queued);
     assert!(t.pool().rebuild_queue().is_empty());
-    let rewritten = common::fragments_on(&t.disk_path(1)).into_iter().find(|f| f.name == rotten.name).unwrap();
-    assert_ne!((rewritten.path, rewritten.offset), (rotten.path, rotten.offset), "the rotten fragment was rewritten");
+    for (disk, rotten) in [&data_shard, &parity] {
+        let rewritten = common::fragments_on(&t.disk_path(*disk)).into_iter().find(|f| f.name == rotten.name).unwrap();
+        assert_ne!(
+            (&rewritten.path, rewritten.offset),
+            (&rotten.path, rotten.offset),
+            "the rotten fragment {} was rewritten",
+            rotten.name
+        );
+    }
     t.reopen();
     assert!(t.pool().rebuild_queue().is_empty(), "the repairs are durable");
     assert_eq!(t.read_file("/big").unwrap(), data);
+}
+
+fn index_of(name: dfs_engine::media::device::BlockName) -> u8 {
+    match name {
+        dfs_engine::media::device::BlockName::Fragment { index, .. } => index,
+        _ => u8::MAX,
+    }
 }
 
 fn extent_of(name: dfs_engine::media::device::BlockName) -> Option<dfs_engine::media::device::ExtentId> {
