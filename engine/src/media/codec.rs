@@ -90,18 +90,8 @@ pub fn encode_shards(codec: CodecId, policy: Policy, data: &[u8]) -> Result<Vec<
                     }
                 })
                 .collect();
-            let parity = match codec {
-                CodecId::RsSimd => simd_parity(k, m, len, &shards)?,
-                _ => {
-                    let rs = reed_solomon_erasure::galois_8::ReedSolomon::new(k, m)
-                        .map_err(|e| CodecError::Library(format!("{e:?}")))?;
-                    let mut all: Vec<Vec<u8>> = shards.iter().map(|s| s.to_vec()).collect();
-                    all.extend(std::iter::repeat_n(vec![0u8; len], m));
-                    rs.encode(&mut all).map_err(|e| CodecError::Library(format!("{e:?}")))?;
-                    all.split_off(k).into_iter().map(Cow::Owned).collect()
-                }
-            };
-            shards.extend(parity);
+            let parity = parity_shards(codec, policy, &shards)?;
+            shards.extend(parity.into_iter().map(Cow::Owned));
             assert_eq!(shards.len(), k + m);
             assert!(shards.iter().all(|s| s.len() == len));
             Ok(shards)
@@ -119,29 +109,41 @@ thread_local! {
 }
 
 /// The `m` parity shards of the `k` data `shards` of `len` bytes each, by `RsSimd`.
-fn simd_parity(
-    k: usize,
-    m: usize,
-    len: usize,
-    shards: &[Cow<'_, [u8]>],
-) -> Result<Vec<Cow<'static, [u8]>>, CodecError> {
-    let library = |e: reed_solomon_simd::Error| CodecError::Library(e.to_string());
-    SIMD_ENCODER.with(|cell| {
-        let mut slot = cell.try_borrow_mut().map_err(|_| CodecError::Library("encoder re-entered".into()))?;
-        let encoder = match slot.as_mut() {
-            Some(encoder) => {
-                encoder.reset(k, m, len).map_err(library)?;
-                encoder
+fn simd_parity(k: usize, m: usize, len: usize, shards: &[Cow<'_, [u8]>]) -> Result<Vec<Vec<u8>>, CodecError> {
+    reused(
+        &SIMD_ENCODER,
+        || reed_solomon_simd::ReedSolomonEncoder::new(k, m, len),
+        |encoder| encoder.reset(k, m, len),
+        |encoder| {
+            for shard in shards {
+                encoder.add_original_shard(shard)?;
             }
-            None => slot.insert(reed_solomon_simd::ReedSolomonEncoder::new(k, m, len).map_err(library)?),
+            let parity: Vec<Vec<u8>> = encoder.encode()?.recovery_iter().map(<[u8]>::to_vec).collect();
+            assert_eq!(parity.len(), m);
+            Ok(parity)
+        },
+    )
+}
+
+/// Runs `work` on this thread's codec object in `cell`: made by `make` the first time,
+/// `reset` every time after.
+fn reused<T, R>(
+    cell: &'static std::thread::LocalKey<std::cell::RefCell<Option<T>>>,
+    make: impl FnOnce() -> Result<T, reed_solomon_simd::Error>,
+    reset: impl FnOnce(&mut T) -> Result<(), reed_solomon_simd::Error>,
+    work: impl FnOnce(&mut T) -> Result<R, reed_solomon_simd::Error>,
+) -> Result<R, CodecError> {
+    let library = |e: reed_solomon_simd::Error| CodecError::Library(e.to_string());
+    cell.with(|cell| {
+        let mut slot = cell.try_borrow_mut().map_err(|_| CodecError::Library("codec re-entered".into()))?;
+        let object = match slot.as_mut() {
+            Some(object) => {
+                reset(object).map_err(library)?;
+                object
+            }
+            None => slot.insert(make().map_err(library)?),
         };
-        for shard in shards {
-            encoder.add_original_shard(shard).map_err(library)?;
-        }
-        let parity: Vec<Cow<'static, [u8]>> =
-            encoder.encode().map_err(library)?.recovery_iter().map(|p| Cow::Owned(p.to_vec())).collect();
-        assert_eq!(parity.len(), m);
-        Ok(parity)
+        work(object).map_err(library)
     })
 }
 
@@ -159,27 +161,22 @@ fn simd_restore(
     m: usize,
     fragments: &[Option<&[u8]>],
 ) -> Result<std::collections::BTreeMap<usize, Vec<u8>>, CodecError> {
-    let library = |e: reed_solomon_simd::Error| CodecError::Library(e.to_string());
     let len = fragments.iter().flatten().map(|f| f.len()).next().unwrap_or(0);
-    SIMD_DECODER.with(|cell| {
-        let mut slot = cell.try_borrow_mut().map_err(|_| CodecError::Library("decoder re-entered".into()))?;
-        let decoder = match slot.as_mut() {
-            Some(decoder) => {
-                decoder.reset(k, m, len).map_err(library)?;
-                decoder
+    reused(
+        &SIMD_DECODER,
+        || reed_solomon_simd::ReedSolomonDecoder::new(k, m, len),
+        |decoder| decoder.reset(k, m, len),
+        |decoder| {
+            for (i, shard) in fragments.iter().enumerate() {
+                match (shard, i.checked_sub(k)) {
+                    (Some(shard), None) => decoder.add_original_shard(i, shard)?,
+                    (Some(shard), Some(p)) => decoder.add_recovery_shard(p, shard)?,
+                    (None, _) => {}
+                }
             }
-            None => slot.insert(reed_solomon_simd::ReedSolomonDecoder::new(k, m, len).map_err(library)?),
-        };
-        for (i, shard) in fragments.iter().enumerate() {
-            match (shard, i.checked_sub(k)) {
-                (Some(shard), None) => decoder.add_original_shard(i, shard).map_err(library)?,
-                (Some(shard), Some(p)) => decoder.add_recovery_shard(p, shard).map_err(library)?,
-                (None, _) => {}
-            }
-        }
-        let result = decoder.decode().map_err(library)?;
-        Ok(result.restored_original_iter().map(|(i, shard)| (i, shard.to_vec())).collect())
-    })
+            Ok(decoder.decode()?.restored_original_iter().map(|(i, shard)| (i, shard.to_vec())).collect())
+        },
+    )
 }
 
 /// Rebuilds the extent's `len` bytes from whichever fragments are present
@@ -190,28 +187,13 @@ pub fn decode(
     len: usize,
     fragments: &[Option<Vec<u8>>],
 ) -> Result<Vec<u8>, CodecError> {
-    assert_eq!(fragments.len(), policy.width());
-    let available = fragments.iter().filter(|f| f.is_some()).count();
-    if available < policy.needed() {
-        return Err(CodecError::TooFewFragments { needed: policy.needed(), available });
+    let borrowed: Vec<Option<&[u8]>> = fragments.iter().map(Option::as_deref).collect();
+    let shards = data_shards(codec, policy, &borrowed)?;
+    let mut out = Vec::with_capacity(shards.iter().map(|shard| shard.len()).sum::<usize>().min(len));
+    for shard in &shards {
+        out.extend_from_slice(&shard[..shard.len().min(len - out.len())]);
     }
-    match (codec, policy) {
-        (CodecId::Replica, Policy::Replicate { .. }) => {
-            let copy = fragments.iter().flatten().next();
-            Ok(copy.map(|c| c[..len.min(c.len())].to_vec()).unwrap_or_default())
-        }
-        (CodecId::RsErasureGf8 | CodecId::RsSimd, Policy::Erasure { data: k, parity: m }) => {
-            let (k, m) = (usize::from(k), usize::from(m));
-            let data_shards = reconstruct_data(codec, k, m, fragments)?;
-            let mut out = Vec::with_capacity(k * shard_len(policy, len));
-            for shard in &data_shards {
-                out.extend_from_slice(shard);
-            }
-            out.truncate(len);
-            Ok(out)
-        }
-        (codec, policy) => Err(CodecError::Mismatch { codec, policy }),
-    }
+    Ok(out)
 }
 
 /// The extent's data shards (for a replica, its one copy), borrowed from `fragments`
@@ -233,11 +215,13 @@ pub fn data_shards<'a>(
         (CodecId::Replica, Policy::Replicate { .. }) => {
             Ok(fragments.iter().flatten().take(1).map(|copy| Cow::Borrowed(*copy)).collect())
         }
+        (CodecId::RsSimd | CodecId::RsErasureGf8, Policy::Erasure { data, .. })
+            if fragments[..usize::from(data)].iter().all(Option::is_some) =>
+        {
+            Ok(fragments[..usize::from(data)].iter().flatten().map(|shard| Cow::Borrowed(*shard)).collect())
+        }
         (CodecId::RsSimd, Policy::Erasure { data: k, parity: m }) => {
             let (k, m) = (usize::from(k), usize::from(m));
-            if fragments[..k].iter().all(Option::is_some) {
-                return Ok(fragments[..k].iter().flatten().map(|shard| Cow::Borrowed(*shard)).collect());
-            }
             let mut restored = simd_restore(k, m, fragments)?;
             (0..k)
                 .map(|i| match fragments[i] {
@@ -251,7 +235,7 @@ pub fn data_shards<'a>(
         }
         (CodecId::RsErasureGf8, Policy::Erasure { data: k, parity: m }) => {
             let owned: Vec<Option<Vec<u8>>> = fragments.iter().map(|f| f.map(<[u8]>::to_vec)).collect();
-            Ok(reconstruct_data(codec, usize::from(k), usize::from(m), &owned)?.into_iter().map(Cow::Owned).collect())
+            Ok(reconstruct_data(usize::from(k), usize::from(m), &owned)?.into_iter().map(Cow::Owned).collect())
         }
         (codec, policy) => Err(CodecError::Mismatch { codec, policy }),
     }
@@ -267,59 +251,34 @@ pub fn parity_shards(codec: CodecId, policy: Policy, data: &[Cow<'_, [u8]>]) -> 
             assert_eq!(data.len(), k);
             let len = data.first().map_or(0, |shard| shard.len());
             assert!(data.iter().all(|shard| shard.len() == len), "data shards of one extent differ in length");
-            let parity = match codec {
-                CodecId::RsSimd => simd_parity(k, m, len, data)?,
+            match codec {
+                CodecId::RsSimd => simd_parity(k, m, len, data),
                 _ => {
                     let rs = reed_solomon_erasure::galois_8::ReedSolomon::new(k, m)
                         .map_err(|e| CodecError::Library(format!("{e:?}")))?;
                     let mut all: Vec<Vec<u8>> = data.iter().map(|s| s.to_vec()).collect();
                     all.extend(std::iter::repeat_n(vec![0u8; len], m));
                     rs.encode(&mut all).map_err(|e| CodecError::Library(format!("{e:?}")))?;
-                    all.split_off(k).into_iter().map(Cow::Owned).collect()
+                    Ok(all.split_off(k))
                 }
-            };
-            Ok(parity.into_iter().map(Cow::into_owned).collect())
+            }
         }
         (codec, policy) => Err(CodecError::Mismatch { codec, policy }),
     }
 }
 
-fn reconstruct_data(
-    codec: CodecId,
-    k: usize,
-    m: usize,
-    fragments: &[Option<Vec<u8>>],
-) -> Result<Vec<Vec<u8>>, CodecError> {
-    if fragments[..k].iter().all(Option::is_some) {
-        return Ok(fragments[..k].iter().flatten().cloned().collect());
-    }
-    match codec {
-        CodecId::RsSimd => {
-            let originals = fragments[..k].iter().enumerate().filter_map(|(i, f)| f.as_ref().map(|f| (i, f)));
-            let recovery = fragments[k..].iter().enumerate().filter_map(|(i, f)| f.as_ref().map(|f| (i, f)));
-            let mut restored =
-                reed_solomon_simd::decode(k, m, originals, recovery).map_err(|e| CodecError::Library(e.to_string()))?;
-            (0..k)
-                .map(|i| match &fragments[i] {
-                    Some(f) => Ok(f.clone()),
-                    None => {
-                        restored.remove(&i).ok_or_else(|| CodecError::Library(format!("shard {i} was not restored")))
-                    }
-                })
-                .collect()
-        }
-        _ => {
-            let rs = reed_solomon_erasure::galois_8::ReedSolomon::new(k, m)
-                .map_err(|e| CodecError::Library(format!("{e:?}")))?;
-            let mut shards: Vec<Option<Vec<u8>>> = fragments.to_vec();
-            rs.reconstruct_data(&mut shards).map_err(|e| CodecError::Library(format!("{e:?}")))?;
-            shards
-                .into_iter()
-                .take(k)
-                .map(|s| s.ok_or_else(|| CodecError::Library("data shard missing after reconstruct".into())))
-                .collect()
-        }
-    }
+/// The `k` data shards of an `RsErasureGf8` extent from whichever of its `fragments`
+/// are present.
+fn reconstruct_data(k: usize, m: usize, fragments: &[Option<Vec<u8>>]) -> Result<Vec<Vec<u8>>, CodecError> {
+    let rs =
+        reed_solomon_erasure::galois_8::ReedSolomon::new(k, m).map_err(|e| CodecError::Library(format!("{e:?}")))?;
+    let mut shards: Vec<Option<Vec<u8>>> = fragments.to_vec();
+    rs.reconstruct_data(&mut shards).map_err(|e| CodecError::Library(format!("{e:?}")))?;
+    shards
+        .into_iter()
+        .take(k)
+        .map(|s| s.ok_or_else(|| CodecError::Library("data shard missing after reconstruct".into())))
+        .collect()
 }
 
 #[cfg(test)]
