@@ -312,20 +312,25 @@ impl RepairStep<'_> {
                     })
                     .collect(),
             ),
-            RepairStep::Read(inputs) => {
-                let readable: Vec<&RepairInput> = inputs.iter().filter_map(|input| input.as_ref().ok()).collect();
-                let mut blocks = read_blocks(parallel, &readable).into_iter();
-                let read = inputs
-                    .into_iter()
-                    .map(|input| {
-                        let extent_blocks = if input.is_ok() { blocks.next().unwrap_or_default() } else { Vec::new() };
-                        (input, extent_blocks)
-                    })
-                    .collect();
-                RepairDone::Read(read)
-            }
+            RepairStep::Read(inputs) => RepairDone::Read(fetch_batch(parallel, inputs)),
         }
     }
+}
+
+/// Reads the fragments of every extent of a batch whose repair input was found
+/// (`read_blocks`); an extent without one gets no blocks and keeps its error.
+fn fetch_batch(parallel: bool, inputs: Vec<Result<RepairInput>>) -> Vec<(Result<RepairInput>, Blocks)> {
+    let readable: Vec<&RepairInput> = inputs.iter().filter_map(|input| input.as_ref().ok()).collect();
+    let mut blocks = read_blocks(parallel, &readable).into_iter();
+    let fetched = inputs
+        .into_iter()
+        .map(|input| {
+            let extent_blocks = if input.is_ok() { blocks.next().unwrap_or_default() } else { Vec::new() };
+            (input, extent_blocks)
+        })
+        .collect();
+    assert!(blocks.next().is_none(), "every readable extent's blocks handed back");
+    fetched
 }
 
 /// Threads a rebuild decodes on at once: one per core, so that the rest of the I/O
@@ -584,10 +589,7 @@ impl Pool {
         let lanes = decode_lanes(parallel);
         let mut repaired = 0;
         let mut fetched = match batches.first() {
-            Some(items) => match RepairStep::Read(self.batch_inputs(items)).run(parallel) {
-                RepairDone::Read(read) => read,
-                _ => unreachable!("a read step reads"),
-            },
+            Some(items) => fetch_batch(parallel, self.batch_inputs(items)),
             None => Vec::new(),
         };
         let mut placed: Vec<(ExtentId, Result<Option<RepairPlan>>)> = Vec::new();
