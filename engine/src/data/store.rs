@@ -23,7 +23,7 @@ use crate::base::policy::Policy;
 use crate::base::zeros::all_zero;
 use crate::data::placement::{self, Candidate};
 use crate::media::codec::{self, CodecId};
-use crate::media::device::{BlockDevice, BlockName, DeviceError, ExtentId};
+use crate::media::device::{BlockDevice, BlockName, DeviceError, ExtentId, PartsBlock};
 use crate::media::fragment;
 use crate::meta::state::{DiskId, DiskState, ExtentRecord, EXTENT_BYTES_MAX, INLINE_BYTES_MAX, INLINE_KEPT_BYTES_MAX};
 use crate::pool::Pool;
@@ -292,15 +292,18 @@ fn write_placed(
     jobs: Vec<(DiskId, Arc<dyn BlockDevice>, Vec<PlannedBlock>)>,
 ) -> Vec<DiskOutcome> {
     run_all(parallel, jobs, |(disk, device, blocks)| {
-        let mut written = Vec::new();
-        for (i, planned) in blocks.iter().enumerate() {
-            let name = if misplace && i > 0 { blocks[i - 1].name } else { planned.name };
-            if let Err(e) = device.write_parts(name, &planned.fragment.header, planned.fragment.payload()) {
-                return (disk, device, written, Err(e));
-            }
-            written.push(planned.name);
-        }
-        (disk, device, written, Ok(()))
+        let batch: Vec<PartsBlock<'_>> = blocks
+            .iter()
+            .enumerate()
+            .map(|(i, planned)| {
+                let name = if misplace && i > 0 { blocks[i - 1].name } else { planned.name };
+                (name, &planned.fragment.header[..], planned.fragment.payload())
+            })
+            .collect();
+        let (count, result) = device.write_parts_batch(&batch);
+        assert!(count <= blocks.len() && (count == blocks.len()) == result.is_ok(), "a batch writes a prefix");
+        let written = blocks[..count].iter().map(|planned| planned.name).collect();
+        (disk, device, written, result)
     })
 }
 

@@ -230,6 +230,20 @@ impl DeviceError {
     }
 }
 
+/// One block of `BlockDevice::write_parts_batch`: its name, head and body.
+pub type PartsBlock<'a> = (BlockName, &'a [u8], &'a [u8]);
+
+/// `write_parts` of each of `blocks` in turn, stopping at the first failure: what
+/// `BlockDevice::write_parts_batch` does for a backend with no better way.
+pub fn write_each<D: BlockDevice + ?Sized>(device: &D, blocks: &[PartsBlock<'_>]) -> (usize, Result<(), DeviceError>) {
+    for (written, (name, head, body)) in blocks.iter().enumerate() {
+        if let Err(error) = device.write_parts(*name, head, body) {
+            return (written, Err(error));
+        }
+    }
+    (blocks.len(), Ok(()))
+}
+
 /// One disk. See the module header for the durability contract every method obeys.
 pub trait BlockDevice: Send + Sync {
     /// Returns the full contents of the block as last written (subject to corruption).
@@ -258,6 +272,15 @@ pub trait BlockDevice: Send + Sync {
         block.extend_from_slice(head);
         block.extend_from_slice(body);
         self.write(name, &block)
+    }
+
+    /// `write_parts` of each of `blocks` (name, head, body) in turn, for a caller with
+    /// several blocks for this device at once (one flush's fragments for one disk): a
+    /// backend that can lay them side by side (`DirDisk`'s segment appends) writes them
+    /// with one I/O. Returns how many were written — always a prefix of `blocks` — and
+    /// the failure that stopped the rest. Same contract as `write_parts` of each.
+    fn write_parts_batch(&self, blocks: &[PartsBlock<'_>]) -> (usize, Result<(), DeviceError>) {
+        write_each(self, blocks)
     }
 
     /// Writes the block only if no block of that name exists, else leaves it and answers

@@ -27,7 +27,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
 
 use crate::base::io::run_all;
-use crate::media::device::{BlockDevice, BlockKind, BlockName, DeviceError};
+use crate::media::device::{write_each, BlockDevice, BlockKind, BlockName, DeviceError, PartsBlock};
 use crate::media::journal_log::{self, JournalLog, LOG_RECORD_MAX};
 use crate::media::label::DiskLabel;
 use crate::media::segments::{self, Segments};
@@ -52,7 +52,30 @@ pub struct DirDisk {
     /// Journal records. Its lock may be held while `state` or the segments' is taken
     /// (its room check), never the other way round.
     journal: JournalLog,
+    /// The filesystem's free space as last measured (see `free_bytes`). Taken last: no
+    /// other lock is taken while it is held.
+    free_sample: Mutex<Option<FreeSample>>,
 }
+
+/// One measurement of the free space under a disk's root, and what it has served since.
+#[derive(Clone, Copy)]
+struct FreeSample {
+    /// Free bytes of the filesystem then.
+    free: u64,
+    /// The disk's own used bytes then.
+    used: u64,
+    /// Answers given from this sample since.
+    uses: u32,
+}
+
+/// Answers one measurement of the filesystem's free space gives before it is taken
+/// again: every write request checks every disk's room, and a `statvfs` per disk per
+/// request was a sixth of a small file's system calls.
+const FREE_SAMPLE_USES: u32 = 256;
+
+/// Below this much free space (as estimated) every answer measures again: near full,
+/// the room check must see what other writers of the filesystem took.
+const FREE_SAMPLE_ROOM_MIN: u64 = 1 << 30;
 
 #[derive(Default)]
 struct DirState {
@@ -118,6 +141,7 @@ impl DirDisk {
             state: Mutex::new(state),
             segments,
             journal,
+            free_sample: Mutex::new(None),
         };
         if let Ok(label) = DiskLabel::read(&disk) {
             disk.capacity_bytes = label.capacity_bytes;
@@ -158,8 +182,24 @@ impl DirDisk {
         }
     }
 
-    fn filesystem_free_bytes(&self) -> u64 {
-        statvfs_free_bytes(&self.root).unwrap_or(0)
+    /// Free bytes of the filesystem under the root, the disk using `used` bytes now;
+    /// `None` when it cannot be examined. Measured (`statvfs`) once every
+    /// `FREE_SAMPLE_USES` answers, and every time while less than
+    /// `FREE_SAMPLE_ROOM_MIN` is free; in between, what this disk has written since the
+    /// last measurement is taken off it (and what it has freed put back), so the room
+    /// check never sees this disk's own writes late.
+    fn free_bytes(&self, used: u64) -> Option<u64> {
+        let mut sample = self.free_sample.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(last) = sample.as_mut() {
+            let estimate = last.free.saturating_add(last.used).saturating_sub(used);
+            if last.uses < FREE_SAMPLE_USES && estimate >= FREE_SAMPLE_ROOM_MIN {
+                last.uses += 1;
+                return Some(estimate);
+            }
+        }
+        let free = statvfs_free_bytes(&self.root);
+        *sample = free.map(|free| FreeSample { free, used, uses: 0 });
+        free
     }
 }
 
@@ -276,7 +316,7 @@ impl DirDisk {
     /// `old_len` (a shrinking or same-size replacement always may).
     fn check_room(&self, old_len: u64, new_len: u64) -> Result<(), DeviceError> {
         let used = self.used_bytes();
-        let available = used + self.filesystem_free_bytes();
+        let available = used + self.free_bytes(used).unwrap_or(0);
         let capacity = self.capacity_bytes.map_or(available, |c| c.min(available));
         if used - old_len.min(used) + new_len > capacity && new_len > old_len {
             return Err(DeviceError::NoSpace);
@@ -290,9 +330,9 @@ impl DirDisk {
     /// fit, the log holding `log` bytes (called under the log's lock: see `check_room`
     /// for the rule).
     fn log_file_bytes(&self, wanted: u64, needed: u64, log: u64) -> Option<u64> {
-        let free = self.filesystem_free_bytes();
         let files = self.lock().used_bytes;
         let used = files + self.segments.used_bytes() + log;
+        let free = self.free_bytes(used).unwrap_or(0);
         let limit = self.capacity_bytes.unwrap_or(used + free) / 64 / 4096 * 4096;
         let bytes = wanted.min(limit.max(journal_log::LOG_BYTES_MIN)).max(needed);
         let capacity = self.capacity_bytes.map_or(used + free, |c| c.min(used + free));
@@ -559,6 +599,28 @@ impl BlockDevice for DirDisk {
         self.append_fragment(name, &[head, body])
     }
 
+    fn write_parts_batch(&self, blocks: &[PartsBlock<'_>]) -> (usize, Result<(), DeviceError>) {
+        let appendable = blocks.len() > 1
+            && blocks.iter().all(|(name, _, _)| name.kind() == BlockKind::Fragment)
+            && !blocks.iter().any(|(name, _, _)| self.lock().sizes.contains_key(name));
+        if !appendable {
+            return write_each(self, blocks);
+        }
+        let old: u64 = blocks.iter().map(|(name, _, _)| self.segments.span_of(*name).unwrap_or(0)).sum();
+        let new: u64 = blocks.iter().map(|(_, head, body)| segments::span((head.len() + body.len()) as u64)).sum();
+        let parts: Vec<[&[u8]; 2]> = blocks.iter().map(|(_, head, body)| [*head, *body]).collect();
+        let records: Vec<(BlockName, &[&[u8]])> =
+            blocks.iter().zip(&parts).map(|((name, _, _), parts)| (*name, &parts[..])).collect();
+        let appended = self
+            .check_room(old, new)
+            .and_then(|()| self.check_identity())
+            .and_then(|()| self.segments.append_batch(&records));
+        match appended {
+            Ok(()) => (blocks.len(), Ok(())),
+            Err(error) => (0, Err(error)),
+        }
+    }
+
     fn delete(&self, name: BlockName) -> Result<(), DeviceError> {
         match name {
             BlockName::Fragment { .. } => {
@@ -618,10 +680,11 @@ impl BlockDevice for DirDisk {
     /// a capacity that cannot be had.
     /// 0 (unknown, as for an unreachable disk) when the directory cannot be examined.
     fn capacity_bytes(&self) -> u64 {
-        let Some(free) = statvfs_free_bytes(&self.root) else {
+        let used = self.used_bytes();
+        let Some(free) = self.free_bytes(used) else {
             return 0;
         };
-        let available = self.used_bytes() + free;
+        let available = used + free;
         match self.capacity_bytes {
             Some(c) => c.min(available),
             None => available,
@@ -691,6 +754,56 @@ mod tests {
         assert_eq!(disk.read(name).unwrap(), b"12345678");
         assert_eq!(disk.list(BlockKind::Checkpoint).unwrap(), vec![name]);
         assert_eq!(disk.used_bytes(), 8);
+    }
+
+    #[test]
+    fn a_batch_of_fragments_lands_whole_or_not_at_all() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut disk = DirDisk::open(dir.path()).unwrap();
+        let fragment =
+            |extent: u64, index: u8| BlockName::Fragment { extent: crate::media::device::ExtentId(extent), index };
+        let body = vec![7u8; 70_000];
+        let blocks: Vec<PartsBlock<'_>> = (0..3).map(|i| (fragment(1, i), &b"head"[..], &body[..])).collect();
+        assert_eq!(disk.write_parts_batch(&blocks), (3, Ok(())));
+        for i in 0..3 {
+            assert_eq!(disk.read(fragment(1, i)).unwrap(), [&b"head"[..], &body[..]].concat());
+        }
+        let used = disk.used_bytes();
+        assert_eq!(used, 3 * segments::span(70_004));
+        // Room for one more record, not for a batch of two: neither is written.
+        disk.set_capacity(Some(used + segments::span(70_004)));
+        let more: Vec<PartsBlock<'_>> = (0..2).map(|i| (fragment(2, i), &b"head"[..], &body[..])).collect();
+        assert_eq!(disk.write_parts_batch(&more), (0, Err(DeviceError::NoSpace)));
+        assert_eq!(disk.read(fragment(2, 0)), Err(DeviceError::NotFound));
+        assert_eq!(disk.used_bytes(), used);
+        disk.sync().unwrap();
+        drop(disk);
+        let disk = DirDisk::open(dir.path()).unwrap();
+        assert_eq!(disk.list(BlockKind::Fragment).unwrap(), (0..3).map(|i| fragment(1, i)).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn free_space_is_measured_again_after_its_uses_and_counts_the_disks_own_writes_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let disk = DirDisk::open(dir.path()).unwrap();
+        let used = disk.used_bytes();
+        let free = disk.free_bytes(used).unwrap();
+        let name = BlockName::Fragment { extent: crate::media::device::ExtentId(1), index: 0 };
+        disk.write(name, &vec![1u8; 100_000]).unwrap();
+        let grown = disk.used_bytes();
+        assert_eq!(grown - used, segments::span(100_000));
+        let estimate = disk.free_bytes(grown).unwrap();
+        let sample = disk.free_sample.lock().unwrap().unwrap();
+        if free - (grown - used) >= FREE_SAMPLE_ROOM_MIN {
+            assert_eq!(estimate, free - (grown - used), "the disk's own write is taken off the sample");
+            assert_eq!(sample.uses, 2, "the write's room check and this answer both came from the sample");
+        } else {
+            assert_eq!(sample.uses, 0, "near full, every answer measures again");
+        }
+        for _ in 0..FREE_SAMPLE_USES {
+            disk.free_bytes(grown).unwrap();
+        }
+        assert!(disk.free_sample.lock().unwrap().unwrap().uses < FREE_SAMPLE_USES, "measured again");
     }
 
     #[test]

@@ -13,7 +13,9 @@
 //!   its whole span zero-padded, where the filesystem allows it); the record is visible
 //!   to `read` and `list` once it returns, and durable after the next `sync` returns
 //!   `Ok`. One segment is active at a time; a new one starts when the active one would
-//!   grow past `SEGMENT_BYTES`.
+//!   grow past `SEGMENT_BYTES`. `append_batch` lays several records exactly where
+//!   appends one after another would, and writes them at once: all are indexed, or
+//!   (the write failed) none.
 //! - Crash model (what `open` copes with): any append since the last `sync` may be lost,
 //!   land whole, or be torn, in any combination; a punch or a segment's deletion since the
 //!   last `sync` may be lost. Everything synced survives. `open` rebuilds the index by
@@ -276,16 +278,40 @@ impl Segments {
         self.append_record(name, parts, None)
     }
 
+    /// `append_parts` of every record of `records` in turn, as one write where the
+    /// filesystem allows it: the records are reserved side by side at the active
+    /// segment's tail, exactly where appends one after another would put them, and
+    /// written together (directly, as one span, when their bytes reach
+    /// `DIRECT_APPEND_MIN`). A disk that takes several fragments of one flush then sees
+    /// one large write instead of several small ones in a row. All or nothing: when the
+    /// write fails, none is indexed and the reserved range is punched again. Each record
+    /// stays an append of its own to the crash model (lost, whole or torn, each apart).
+    pub fn append_batch(&self, records: &[(BlockName, &[&[u8]])]) -> Result<(), DeviceError> {
+        let batch: Vec<Pending<'_>> =
+            records.iter().map(|(name, parts)| Pending { name: *name, parts, expect: None }).collect();
+        self.append_records(&batch)
+    }
+
     /// `append`, or with `expect` a relocation: indexed only if `name` still has the
     /// record `expect` once the copy is written (a block deleted or rewritten meanwhile
     /// stays so; the copy waits for a sync and is punched).
     fn append_record(&self, name: BlockName, parts: &[&[u8]], expect: Option<Loc>) -> Result<(), DeviceError> {
-        let BlockName::Fragment { extent, index } = name else {
-            unreachable!("only fragments are stored in segments, not {name}");
-        };
-        let total: usize = parts.iter().map(|part| part.len()).sum();
-        let len = u32::try_from(total).map_err(|_| DeviceError::Io("fragment larger than 4 GiB".into()))?;
-        let span = span(u64::from(len));
+        self.append_records(&[Pending { name, parts, expect }])
+    }
+
+    /// Reserves, writes and indexes `batch` (see `append_batch`; one record with
+    /// `expect` is a relocation, see `append_record`).
+    fn append_records(&self, batch: &[Pending<'_>]) -> Result<(), DeviceError> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let mut lens = Vec::with_capacity(batch.len());
+        for pending in batch {
+            let total: usize = pending.parts.iter().map(|part| part.len()).sum();
+            lens.push(u32::try_from(total).map_err(|_| DeviceError::Io("fragment larger than 4 GiB".into()))?);
+        }
+        let spans: Vec<u64> = lens.iter().map(|len| span(u64::from(*len))).collect();
+        let whole: u64 = spans.iter().sum();
         // The time, from the clock seam's production side (`DirDisk` never runs in the
         // simulator), to the nanosecond: the record's age for the orphan
         // collector's guard (see `BlockDevice::modified_secs`), and a floor for its
@@ -293,45 +319,69 @@ impl Segments {
         // that held the highest ones are gone.
         let now_nanos = system_wall_nanos();
         let written_secs = i64::try_from(now_nanos / 1_000_000_000).unwrap_or(i64::MAX);
-        let (file, direct, loc) = {
+        let (file, direct, locs) = {
             let mut state = self.lock();
-            let id = self.active_with_room(&mut state, span)?;
+            let id = self.active_with_room(&mut state, whole)?;
             // Never below a sequence number a deleted segment may still hold: a record
             // whose delete a crash undid must not outrank a later record of its name.
-            let seq = state.next_seq.max(now_nanos);
-            state.next_seq = seq + 1;
+            let first_seq = state.next_seq.max(now_nanos);
+            state.next_seq = first_seq + batch.len() as u64;
             let segment = state.segments.get_mut(&id).ok_or(DeviceError::NotFound)?;
-            let offset = segment.tail;
-            segment.tail += span;
+            let mut locs = Vec::with_capacity(batch.len());
+            for (i, (len, span)) in lens.iter().zip(&spans).enumerate() {
+                let seq = first_seq + i as u64;
+                locs.push(Loc { segment: id, offset: segment.tail, len: *len, seq, written_secs });
+                segment.tail += span;
+            }
             // Counted now, so the segment is not retired while the write is in flight.
-            segment.records += 1;
+            segment.records += batch.len() as u64;
             let segment = &state.segments[&id];
-            (Arc::clone(&segment.file), segment.direct.clone(), Loc { segment: id, offset, len, seq, written_secs })
+            (Arc::clone(&segment.file), segment.direct.clone(), locs)
         };
-        let header = encode_header(extent, index, &loc);
-        let written = match direct.filter(|_| total >= DIRECT_APPEND_MIN) {
-            Some(direct) => write_direct(&direct, &file, &header, parts, loc.offset, span),
-            None => write_parts_at(&file, &header, parts, loc.offset),
+        let mut headers = Vec::with_capacity(batch.len());
+        for (pending, loc) in batch.iter().zip(&locs) {
+            let BlockName::Fragment { extent, index } = pending.name else {
+                unreachable!("only fragments are stored in segments, not {}", pending.name);
+            };
+            headers.push(encode_header(extent, index, loc));
+        }
+        let base = locs[0].offset;
+        let laid: Vec<Laid<'_>> = batch
+            .iter()
+            .zip(&locs)
+            .zip(&headers)
+            .map(|((pending, loc), header)| Laid { at: loc.offset - base, head: header, parts: pending.parts })
+            .collect();
+        let bytes: usize = lens.iter().map(|len| *len as usize).sum();
+        let written = match direct.filter(|_| bytes >= DIRECT_APPEND_MIN) {
+            Some(direct) => write_direct(&direct, &file, &laid, base, whole),
+            None => {
+                laid.iter().try_for_each(|record| write_parts_at(&file, record.head, record.parts, base + record.at))
+            }
         };
         if let Err(e) = written {
-            let _ = punch(&file, loc.offset, span);
+            let _ = punch(&file, base, whole);
             let mut state = self.lock();
-            self.release(&mut state, loc.segment);
-            return Err(io_error(&self.path(loc.segment), e));
+            for loc in &locs {
+                self.release(&mut state, loc.segment);
+            }
+            return Err(io_error(&self.path(locs[0].segment), e));
         }
         let mut state = self.lock();
         // Marked only now: a sync that began before the write ended does not cover it.
-        state.unsynced.insert(loc.segment);
-        if expect.is_some() && state.index.get(&name) != expect.as_ref() {
-            // Counted in its segment since the reservation, like any replaced record.
-            state.replaced.push(loc);
-            return Ok(());
+        state.unsynced.insert(locs[0].segment);
+        for (pending, loc) in batch.iter().zip(locs) {
+            if pending.expect.is_some() && state.index.get(&pending.name) != pending.expect.as_ref() {
+                // Counted in its segment since the reservation, like any replaced record.
+                state.replaced.push(loc);
+                continue;
+            }
+            // The reservation counted this record in its segment; `add` counts it again.
+            if let Some(segment) = state.segments.get_mut(&loc.segment) {
+                segment.records -= 1;
+            }
+            state.add(pending.name, loc);
         }
-        // The reservation counted this record in its segment; `add` counts it again.
-        if let Some(segment) = state.segments.get_mut(&loc.segment) {
-            segment.records -= 1;
-        }
-        state.add(name, loc);
         state.check();
         Ok(())
     }
@@ -758,42 +808,59 @@ thread_local! {
 /// every small `close`, where the page cache lets the barrier's sync pay it once.
 const DIRECT_APPEND_MIN: usize = 64 << 10;
 
-/// Writes `head` and then `parts` at `offset` through `direct`, zero-padded to `span` (a
-/// record's span: a multiple of the alignment, so the write is aligned in the file and in
-/// this thread's buffer). Where the filesystem refuses it after all, the record goes
-/// through the page cache on `file` instead.
-fn write_direct(
-    direct: &File,
-    file: &File,
-    head: &[u8],
-    parts: &[&[u8]],
-    offset: u64,
-    span: u64,
-) -> std::io::Result<()> {
+/// A record of a batch being written: its header and payload parts, `at` bytes past the
+/// batch's first record (a multiple of the alignment).
+struct Laid<'a> {
+    at: u64,
+    head: &'a [u8],
+    parts: &'a [&'a [u8]],
+}
+
+/// A record waiting to be appended; with `expect`, a relocation (see `append_record`).
+struct Pending<'a> {
+    name: BlockName,
+    parts: &'a [&'a [u8]],
+    expect: Option<Loc>,
+}
+
+/// Writes `records` at `offset` through `direct` in one write of `span` bytes, each
+/// record at its place and the gaps zero-filled (every record's span is a multiple of the
+/// alignment, so the write is aligned in the file and in this thread's buffer). Where the
+/// filesystem refuses it after all, the records go through the page cache on `file`
+/// instead.
+fn write_direct(direct: &File, file: &File, records: &[Laid<'_>], offset: u64, span: u64) -> std::io::Result<()> {
     let align = ALIGN as usize;
     let span = usize::try_from(span).map_err(|_| std::io::Error::from(ErrorKind::InvalidInput))?;
-    let len = head.len() + parts.iter().map(|part| part.len()).sum::<usize>();
-    assert!(offset.is_multiple_of(ALIGN) && span.is_multiple_of(align) && len <= span);
+    assert!(offset.is_multiple_of(ALIGN) && span.is_multiple_of(align));
     let done = DIRECT_WRITE_BUFFER.with(|cell| {
         let Ok(mut buffer) = cell.try_borrow_mut() else { return None };
         if buffer.len() < span + align {
             *buffer = vec![0u8; span + align];
         }
         let pad = (align - buffer.as_ptr() as usize % align) % align;
-        let record = &mut buffer[pad..pad + span];
-        let mut at = 0;
-        for part in std::iter::once(head).chain(parts.iter().copied()) {
-            record[at..at + part.len()].copy_from_slice(part);
-            at += part.len();
+        let whole = &mut buffer[pad..pad + span];
+        let mut filled = 0;
+        for record in records {
+            let start = usize::try_from(record.at).ok()?;
+            assert!(start >= filled && start.is_multiple_of(align), "records laid in order, each aligned");
+            whole[filled..start].fill(0);
+            let mut at = start;
+            for part in std::iter::once(record.head).chain(record.parts.iter().copied()) {
+                whole[at..at + part.len()].copy_from_slice(part);
+                at += part.len();
+            }
+            filled = at;
         }
-        record[at..].fill(0);
-        Some(direct.write_all_at(record, offset))
+        whole[filled..].fill(0);
+        Some(direct.write_all_at(whole, offset))
     });
     match done {
         Some(Ok(())) => Ok(()),
         // EINVAL: the filesystem took the open but not this write; anything else is an
         // I/O error that the buffered write reports again if it is real.
-        Some(Err(_)) | None => write_parts_at(file, head, parts, offset),
+        Some(Err(_)) | None => {
+            records.iter().try_for_each(|record| write_parts_at(file, record.head, record.parts, offset + record.at))
+        }
     }
 }
 
@@ -1014,6 +1081,37 @@ mod tests {
         let segments = Segments::open(dir.path()).unwrap();
         for (i, len) in lens.iter().enumerate() {
             assert_eq!(segments.read(name(i as u64, 1)).unwrap(), payload(i as u64, *len));
+        }
+    }
+
+    #[test]
+    fn a_batch_lies_where_appends_one_by_one_would_and_reads_back_through_both_paths() {
+        // Small (buffered) and large (direct) batches, and a name written twice in one.
+        for lens in [[100usize, 5_000, 300], [DIRECT_APPEND_MIN, 4_099, DIRECT_APPEND_MIN + 1]] {
+            let dir = tempfile::tempdir().unwrap();
+            let segments = Segments::open(dir.path()).unwrap();
+            segments.append(name(9, 0), b"before").unwrap();
+            let payloads: Vec<Vec<u8>> = lens.iter().enumerate().map(|(i, len)| payload(i as u64, *len)).collect();
+            let parts: Vec<[&[u8]; 2]> = payloads.iter().map(|p| [&p[..10], &p[10..]]).collect();
+            let names = [name(1, 0), name(2, 0), name(1, 0)];
+            let records: Vec<(BlockName, &[&[u8]])> = names.iter().zip(&parts).map(|(n, p)| (*n, &p[..])).collect();
+            segments.append_batch(&records).unwrap();
+            assert_eq!(segments.read(name(1, 0)).unwrap(), payloads[2], "the later record of a name wins");
+            assert_eq!(segments.read(name(2, 0)).unwrap(), payloads[1]);
+            let offsets: Vec<u64> =
+                [name(9, 0), name(2, 0), name(1, 0)].iter().map(|n| segments.lock().index[n].offset).collect();
+            let start = ALIGN + span(6);
+            assert_eq!(
+                offsets,
+                vec![ALIGN, start + span(lens[0] as u64), start + span(lens[0] as u64) + span(lens[1] as u64)]
+            );
+            segments.sync().unwrap();
+            assert_eq!(segments.used_bytes(), span(6) + span(lens[1] as u64) + span(lens[2] as u64));
+            drop(segments);
+            let reopened = Segments::open(dir.path()).unwrap();
+            assert_eq!(reopened.read(name(1, 0)).unwrap(), payloads[2]);
+            assert_eq!(reopened.read(name(2, 0)).unwrap(), payloads[1]);
+            assert_eq!(reopened.read(name(9, 0)).unwrap(), b"before");
         }
     }
 
@@ -1286,6 +1384,7 @@ mod tests {
         fn every_synced_record_survives_any_fate_of_the_unsynced_ones(
             synced in proptest::collection::vec(1usize..20_000, 1..6),
             unsynced in proptest::collection::vec((1usize..20_000, fate()), 1..6),
+            batched in any::<bool>(),
         ) {
             let dir = tempfile::tempdir().unwrap();
             let segments = Segments::open(dir.path()).unwrap();
@@ -1295,12 +1394,24 @@ mod tests {
             segments.sync().unwrap();
             let path = first_segment(dir.path());
             let durable_len = fs::metadata(&path).unwrap().len();
+            // One by one, or as one batch (`append_batch`): each record meets its own fate.
+            let payloads: Vec<Vec<u8>> =
+                unsynced.iter().enumerate().map(|(j, (len, _))| payload(100 + j as u64, *len)).collect();
+            if batched {
+                let parts: Vec<[&[u8]; 1]> = payloads.iter().map(|p| [&p[..]]).collect();
+                let records: Vec<(BlockName, &[&[u8]])> =
+                    parts.iter().enumerate().map(|(j, p)| (name(100 + j as u64, 0), &p[..])).collect();
+                segments.append_batch(&records).unwrap();
+            } else {
+                for (j, bytes) in payloads.iter().enumerate() {
+                    segments.append(name(100 + j as u64, 0), bytes).unwrap();
+                }
+            }
             let mut landed = Vec::new();
             for (j, (len, fate)) in unsynced.iter().enumerate() {
                 let extent = 100 + j as u64;
-                let before = segments.lock().segments.values().next_back().unwrap().tail;
-                segments.append(name(extent, 0), &payload(extent, *len)).unwrap();
-                landed.push((extent, before, *len, fate.clone()));
+                let offset = segments.lock().index[&name(extent, 0)].offset;
+                landed.push((extent, offset, *len, fate.clone()));
             }
             drop(segments);
             // The crash: rebuild the file from its durable prefix plus each append's fate.
