@@ -130,6 +130,22 @@ impl World {
     }
 }
 
+/// The pool's lock, taken while a flush's fragment write is held at the gate: it must come
+/// free then (the flush takes it only for a moment, to place the next group), so a
+/// request never waits for the disks. Panics with `why` if it stays held for seconds.
+fn lock_while_held<'a>(world: &'a World, why: &str) -> std::sync::MutexGuard<'a, Pool> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        match world.pool.try_lock() {
+            Ok(guard) => return guard,
+            Err(std::sync::TryLockError::WouldBlock) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+            Err(error) => panic!("{why}: {error}"),
+        }
+    }
+}
+
 fn pattern(len: usize, seed: u8) -> Vec<u8> {
     (0..len).map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed) | 1).collect()
 }
@@ -183,7 +199,7 @@ fn a_flush_behind_the_writer_leaves_the_pool_serving_and_the_newest_write_wins()
     let (ino, fh) = create_and_write(&world, &expected);
     let flusher = flush_held(&world, fh);
     {
-        let mut pool = world.pool.try_lock().expect("the pool's lock is free while fragments are written");
+        let mut pool = lock_while_held(&world, "the pool's lock is free while fragments are written");
         assert!(!pool.state().file_extents.contains_key(&ino), "nothing is committed before the fragments are written");
         assert_eq!(pool.read(fh, 0, 4 * MIB).unwrap(), expected, "reads see the chunks being flushed");
         let patch = pattern(4096, 99);
@@ -255,7 +271,7 @@ fn patches_being_flushed_stay_readable_a_newer_write_wins_and_both_land_as_layer
     world.gate.wait_held();
     expected[MIB / 4..MIB / 4 + piece.len()].copy_from_slice(&piece);
     {
-        let mut pool = world.pool.try_lock().expect("the pool's lock is free while the patches are stored");
+        let mut pool = lock_while_held(&world, "the pool's lock is free while the patches are stored");
         assert!(pool.state().layers.is_empty(), "nothing is committed before the fragments are written");
         let before_newer = pool.read(fh, 0, 32 * MIB).unwrap();
         assert_eq!(before_newer[MIB / 2..MIB / 2 + piece.len()], piece[..], "reads see the patches being stored");

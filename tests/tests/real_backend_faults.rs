@@ -3,7 +3,8 @@
 //! with ENOSPC when too many disks are full, and keeps the journal's contract when a
 //! journal replica fails: the disk is taken offline and the journal moves off it, and
 //! data that lives in the journal is acknowledged only on as many replicas as its policy
-//! needs.
+//! needs. A disk that dies under a parallel rebuild, or under a flush with two groups of
+//! fragment writes in flight, is written around.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::sync::Arc;
@@ -208,4 +209,29 @@ fn a_disk_that_dies_under_a_parallel_rebuild_fails_only_the_repairs_that_wrote_t
     let (mut pool, _) = reopen(pool, &devices);
     assert!(pool.rebuild_queue().is_empty(), "the repairs are durable");
     assert_eq!(read(&mut pool, ino, data.len()).unwrap(), data);
+}
+
+#[test]
+fn a_disk_that_dies_under_a_pipelined_flush_is_written_around() {
+    let root = tempfile::tempdir().unwrap();
+    let (mut pool, devices) = pool_over_dirs_with(root.path(), 8, "erasure:4+2");
+    let data: Vec<u8> = (0..48u32 << 20).map(|i| (i.wrapping_mul(2_654_435_761) >> 7) as u8).collect();
+    // The disk dies once it holds some of the file's fragments: with two groups of
+    // fragments in flight, writes of both may fail, and each group is placed again.
+    let dying = devices[1].clone();
+    let killer = std::thread::spawn(move || {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while dying.inner().used_bytes() < 2 << 20 && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_micros(200));
+        }
+        dying.inject(&Fault::Die);
+    });
+    let ino = write(&mut pool, "f", &data).unwrap();
+    killer.join().unwrap();
+    let dead = disk_id(&pool, 1);
+    assert!(!pool.state().disk_readable(dead), "the disk that died is taken offline");
+    assert_eq!(read(&mut pool, ino, data.len()).unwrap(), data);
+    let (mut pool, _) = reopen(pool, &devices);
+    assert_eq!(read(&mut pool, ino, data.len()).unwrap(), data, "every acknowledged byte survives a reopen");
+    pool.state().check().unwrap();
 }

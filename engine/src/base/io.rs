@@ -183,6 +183,77 @@ where
     results
 }
 
+/// A job `spawn` started: `join` returns its result. Dropped unjoined, it waits for the
+/// job to end all the same, so no job outlives the scope that started it.
+pub(crate) struct Spawned<R: Send + 'static> {
+    /// `None` once joined.
+    state: Option<SpawnState<R>>,
+}
+
+enum SpawnState<R> {
+    /// Run already, in order (not parallel, or no pool).
+    Ran(thread::Result<R>),
+    /// Queued on the pool as batch `number`.
+    Queued { pool: &'static IoPool, number: u64, batch: Arc<Batch>, slot: Arc<Mutex<Option<thread::Result<R>>>> },
+}
+
+/// Starts `job` on the I/O pool when `parallel` and returns at once; not parallel (the
+/// simulator), runs it now, so the order of everything it does stays the caller's.
+/// `join` waits for it (running it itself if no pool thread took it yet).
+pub(crate) fn spawn<R, F>(parallel: bool, job: F) -> Spawned<R>
+where
+    R: Send + 'static,
+    F: FnOnce() -> R + Send + 'static,
+{
+    let pool = match io_pool() {
+        Some(pool) if parallel => pool,
+        _ => return Spawned { state: Some(SpawnState::Ran(catch_unwind(AssertUnwindSafe(job)))) },
+    };
+    let batch = Arc::new(Batch { remaining: AtomicUsize::new(1) });
+    let slot: Arc<Mutex<Option<thread::Result<R>>>> = Arc::new(Mutex::new(None));
+    let (task_batch, task_slot) = (Arc::clone(&batch), Arc::clone(&slot));
+    let task: Task = Box::new(move || {
+        let result = catch_unwind(AssertUnwindSafe(job));
+        *task_slot.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(result);
+        task_batch.remaining.fetch_sub(1, Ordering::AcqRel);
+        let _wake = pool.lock();
+        pool.progress.notify_all();
+    });
+    let number = pool.push_all(vec![task]);
+    Spawned { state: Some(SpawnState::Queued { pool, number, batch, slot }) }
+}
+
+impl<R: Send + 'static> Spawned<R> {
+    /// Waits for the job and returns its result; a panic in it is raised here.
+    pub(crate) fn join(mut self) -> R {
+        match self.finish() {
+            Some(Ok(result)) => result,
+            Some(Err(panic)) => resume_unwind(panic),
+            None => unreachable!("a spawned job is joined once"),
+        }
+    }
+
+    fn finish(&mut self) -> Option<thread::Result<R>> {
+        match self.state.take()? {
+            SpawnState::Ran(result) => Some(result),
+            SpawnState::Queued { pool, number, batch, slot } => {
+                pool.help_until_done(number, &batch);
+                let result = slot.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).take();
+                debug_assert!(result.is_some(), "a finished job left its result");
+                result
+            }
+        }
+    }
+}
+
+impl<R: Send + 'static> Drop for Spawned<R> {
+    fn drop(&mut self) {
+        // Unjoined (an early return): the job still ends before its starter goes on;
+        // its result, or its panic, is dropped.
+        let _ = self.finish();
+    }
+}
+
 /// Erases a job's borrows so the pool's threads can hold it.
 ///
 /// Sound because `run_all`, which owns everything the job borrows (`job`, the result
@@ -248,6 +319,26 @@ mod tests {
         assert!(caught.is_err());
         assert_eq!(finished.load(Ordering::SeqCst), 5);
         assert_eq!(run_all(true, vec![1, 2, 3], |i| i + 1), vec![2, 3, 4], "the pool still serves");
+    }
+
+    #[test]
+    fn a_spawned_job_runs_beside_its_starter_and_one_dropped_unjoined_still_ends_first() {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let started = spawn(true, move || rx.recv_timeout(std::time::Duration::from_secs(10)).is_ok());
+        // The starter goes on while the job waits for it: it ran elsewhere.
+        tx.send(()).unwrap();
+        assert!(started.join(), "the job saw the starter's message");
+        let ended = Arc::new(AtomicUsize::new(0));
+        {
+            let ended = Arc::clone(&ended);
+            let _unjoined = spawn(true, move || {
+                thread::sleep(std::time::Duration::from_millis(30));
+                ended.fetch_add(1, Ordering::SeqCst);
+            });
+        }
+        assert_eq!(ended.load(Ordering::SeqCst), 1, "dropping the handle waited for the job");
+        let caller = thread::current().id();
+        assert!(spawn(false, move || thread::current().id() == caller).join(), "not parallel: run in place");
     }
 
     #[test]

@@ -18,7 +18,7 @@ use thin_vec::ThinVec;
 
 use crate::base::error::{Error, Result};
 use crate::base::hooks::CommitPhase;
-use crate::base::io::run_all;
+use crate::base::io::{run_all, spawn, Spawned};
 use crate::base::policy::Policy;
 use crate::base::zeros::all_zero;
 use crate::data::placement::{self, Candidate};
@@ -163,26 +163,32 @@ pub(crate) fn store_chunks(
 /// disks) overlap instead of following each other.
 const GROUP_EXTENTS: usize = 2;
 
+/// Groups whose fragment writes a store keeps in flight at once when its I/O is
+/// parallel. With one, every group waited for the slowest of its disks before the next
+/// group's writes began: timed in a 1 GiB write, a disk's write took 1.3 ms on average
+/// and a group's, the slowest of six, 3.3 ms, the disks idle meanwhile. With two, the
+/// next group's writes are already on the disks while the stragglers finish.
+const WRITES_IN_FLIGHT: usize = 2;
+
 /// A chunk to store: its index in the file and its bytes.
 type Chunk = (u64, Arc<Vec<u8>>);
 
-/// One step of a grouped store, run side by side with another.
-enum Step<'a> {
-    Write(Vec<(DiskId, Arc<dyn BlockDevice>, Vec<PlannedBlock>)>),
-    Encode(&'a PendingWrite, &'a [Chunk]),
-}
-
-/// What a `Step` did.
-enum Done {
-    Written(Vec<DiskOutcome>),
-    Encoded(Result<Vec<Option<Encoded>>>),
+/// A group whose fragments are being written: its placement, and the write.
+struct Flight {
+    records: Vec<(u64, Option<ExtentRecord>)>,
+    degraded: usize,
+    write: Spawned<Vec<DiskOutcome>>,
 }
 
 /// The phases of `store_chunks` after the ids are taken, `GROUP_EXTENTS` chunks at a
 /// time: each group is placed, written and booked (placed again without the disks that
-/// failed) in turn, and the next group is encoded while this one's first attempt is
-/// written. Run one after another where the pool's I/O is (the simulator), each group
-/// goes through the same calls in the same order.
+/// failed, and written again, until it is), in order. The next group is encoded while
+/// this one's fragments are written, and with parallel I/O up to `WRITES_IN_FLIGHT`
+/// groups are written at once — a group placed while the one before it is still being
+/// written (a disk that fails the earlier one fails the later one too, which is then
+/// placed again as well). Run one after another where the pool's I/O is (the
+/// simulator), each group is encoded, placed, written and booked before the next is
+/// placed, the calls in the same order every run.
 fn store_groups(
     access: &mut impl PoolAccess,
     pending: &PendingWrite,
@@ -194,36 +200,40 @@ fn store_groups(
         .zip(chunks.chunks(GROUP_EXTENTS))
         .map(|(ids, chunks)| (PendingWrite { ids: ids.to_vec(), ..*pending }, chunks))
         .collect();
+    let depth = if pending.parallel { WRITES_IN_FLIGHT } else { 1 };
+    let (parallel, misplace) = (pending.parallel, pending.misplace);
     let mut records = Vec::with_capacity(chunks.len());
     let mut written = Vec::new();
     let mut excluded: BTreeSet<DiskId> = BTreeSet::new();
-    let mut next = groups.first().map(|(group, chunks)| encode_chunks(group, chunks));
+    // Each group's encoding, from when it is made until the group is booked.
+    let mut encodings: Vec<Option<Result<Vec<Option<Encoded>>>>> = (0..groups.len()).map(|_| None).collect();
+    let mut flights: std::collections::VecDeque<Flight> = std::collections::VecDeque::new();
+    let mut started = 0;
+    if let Some((group, group_chunks)) = groups.first() {
+        encodings[0] = Some(encode_chunks(group, group_chunks));
+    }
     for (i, (group, group_chunks)) in groups.iter().enumerate() {
-        let Some(encoded) = next.take() else {
-            unreachable!("every group is encoded before it is placed");
-        };
-        let encoded = encoded?;
-        let following = groups.get(i + 1);
-        loop {
-            let PlacedWrite { records: placed, jobs, degraded } =
-                access.with(|pool| pool.place_write(group, group_chunks, &encoded, &excluded))?;
-            let outcomes = match following.filter(|_| next.is_none()) {
-                Some((next_group, next_chunks)) => {
-                    let steps = vec![Step::Write(jobs), Step::Encode(next_group, next_chunks)];
-                    let mut outcomes = Vec::new();
-                    for done in run_all(pending.parallel, steps, |step| match step {
-                        Step::Write(jobs) => Done::Written(write_placed(pending.parallel, pending.misplace, jobs)),
-                        Step::Encode(group, chunks) => Done::Encoded(encode_chunks(group, chunks)),
-                    }) {
-                        match done {
-                            Done::Written(done) => outcomes = done,
-                            Done::Encoded(encoded) => next = Some(encoded),
-                        }
-                    }
-                    outcomes
-                }
-                None => write_placed(pending.parallel, pending.misplace, jobs),
+        while started < groups.len() && started < i + depth {
+            let (next, next_chunks) = &groups[started];
+            let encoded = match encodings[started].as_ref() {
+                Some(Ok(encoded)) => encoded,
+                Some(Err(error)) => return Err(error.clone()),
+                None => unreachable!("every group is encoded before it is placed"),
             };
+            let PlacedWrite { records: placed, jobs, degraded } =
+                access.with(|pool| pool.place_write(next, next_chunks, encoded, &excluded))?;
+            let write = spawn(parallel, move || write_placed(parallel, misplace, jobs));
+            flights.push_back(Flight { records: placed, degraded, write });
+            started += 1;
+            if let Some((after, after_chunks)) = groups.get(started) {
+                encodings[started] = Some(encode_chunks(after, after_chunks));
+            }
+        }
+        let Some(Flight { records: mut placed, mut degraded, write }) = flights.pop_front() else {
+            unreachable!("group {i} was started before it is booked");
+        };
+        let mut outcomes = write.join();
+        loop {
             let extents = placed.iter().filter(|(_, r)| r.is_some()).count();
             let booked =
                 access.with(|pool| pool.book_write(&outcomes, &mut excluded, extents, degraded, group.policy))?;
@@ -237,8 +247,16 @@ fn store_groups(
                 records.extend(placed);
                 break;
             }
+            let Some(Ok(encoded)) = encodings[i].as_ref() else {
+                unreachable!("a group being booked was encoded");
+            };
+            let again = access.with(|pool| pool.place_write(group, group_chunks, encoded, &excluded))?;
+            (placed, degraded) = (again.records, again.degraded);
+            outcomes = write_placed(parallel, misplace, again.jobs);
         }
+        encodings[i] = None;
     }
+    assert!(flights.is_empty(), "every group started was booked");
     assert_eq!(records.len(), chunks.len(), "a record (or a hole) for every chunk");
     Ok(StoredChunks { records, written })
 }
