@@ -90,6 +90,18 @@ impl IoPool {
         }
     }
 
+    /// Runs `job` for a caller waiting on `batch`: leaves its result (or its panic) in
+    /// `slot`, counts it done and wakes the caller. Counting it done is the job's last use
+    /// of `slot`: once the count reaches 0 the caller may return and drop it (`batch` is
+    /// owned by the job, and the wake-up goes through the pool).
+    fn run_job<R>(&self, job: impl FnOnce() -> R, slot: &Mutex<Option<thread::Result<R>>>, batch: &Batch) {
+        let result = catch_unwind(AssertUnwindSafe(job));
+        *slot.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(result);
+        batch.remaining.fetch_sub(1, Ordering::AcqRel);
+        let _wake = self.lock();
+        self.progress.notify_all();
+    }
+
     /// Runs the queued jobs of batch number `number` until `batch` has none left running
     /// or queued.
     fn help_until_done(&self, number: u64, batch: &Batch) {
@@ -157,15 +169,7 @@ where
         .enumerate()
         .map(|(i, item)| {
             let (job, slot, batch) = (&job, &slots[i], Arc::clone(&batch));
-            let task: Box<dyn FnOnce() + Send + '_> = Box::new(move || {
-                let result = catch_unwind(AssertUnwindSafe(|| job(item)));
-                *slot.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(result);
-                // The last use of a borrow: once `remaining` reaches 0 the caller may
-                // return. `batch` itself is owned, and the wake-up goes through the pool.
-                batch.remaining.fetch_sub(1, Ordering::AcqRel);
-                let _wake = pool.lock();
-                pool.progress.notify_all();
-            });
+            let task: Box<dyn FnOnce() + Send + '_> = Box::new(move || pool.run_job(|| job(item), slot, &batch));
             erase(task)
         })
         .collect();
@@ -212,13 +216,7 @@ where
     let batch = Arc::new(Batch { remaining: AtomicUsize::new(1) });
     let slot: Arc<Mutex<Option<thread::Result<R>>>> = Arc::new(Mutex::new(None));
     let (task_batch, task_slot) = (Arc::clone(&batch), Arc::clone(&slot));
-    let task: Task = Box::new(move || {
-        let result = catch_unwind(AssertUnwindSafe(job));
-        *task_slot.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(result);
-        task_batch.remaining.fetch_sub(1, Ordering::AcqRel);
-        let _wake = pool.lock();
-        pool.progress.notify_all();
-    });
+    let task: Task = Box::new(move || pool.run_job(job, &task_slot, &task_batch));
     let number = pool.push_all(vec![task]);
     Spawned { state: Some(SpawnState::Queued { pool, number, batch, slot }) }
 }

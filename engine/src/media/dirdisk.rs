@@ -426,18 +426,31 @@ impl DirDisk {
         Ok(())
     }
 
-    /// Appends fragment `name`, the concatenation of `parts`, to a segment.
-    fn append_fragment(&self, name: BlockName, parts: &[&[u8]]) -> Result<(), DeviceError> {
-        let len: usize = parts.iter().map(|part| part.len()).sum();
-        let legacy = self.lock().sizes.get(&name).copied().unwrap_or(0);
-        let old = self.segments.span_of(name).unwrap_or(0) + legacy;
-        self.check_room(old, segments::span(len as u64))?;
+    /// Appends each fragment of `records` (a name and the parts it is the concatenation
+    /// of) to a segment, all in one write (`Segments::append_batch`), once the room for
+    /// all of them is checked. A fragment that still had a file of its own (layout 1)
+    /// loses it once its record is written.
+    fn append_fragments(&self, records: &[(BlockName, &[&[u8]])]) -> Result<(), DeviceError> {
+        let legacy: Vec<u64> = {
+            let state = self.lock();
+            records.iter().map(|(name, _)| state.sizes.get(name).copied().unwrap_or(0)).collect()
+        };
+        let old: u64 = records
+            .iter()
+            .zip(&legacy)
+            .map(|((name, _), legacy)| self.segments.span_of(*name).unwrap_or(0) + legacy)
+            .sum();
+        let new: u64 =
+            records.iter().map(|(_, parts)| segments::span(parts.iter().map(|part| part.len() as u64).sum())).sum();
+        self.check_room(old, new)?;
         self.check_identity()?;
-        self.segments.append_parts(name, parts)?;
-        if legacy > 0 {
-            // The record supersedes the file; a crash before the next sync may bring the
-            // file back, which reads the same block.
-            self.delete_file(name)?;
+        self.segments.append_batch(records)?;
+        for ((name, _), legacy) in records.iter().zip(legacy) {
+            if legacy > 0 {
+                // The record supersedes the file; a crash before the next sync may bring
+                // the file back, which reads the same block.
+                self.delete_file(*name)?;
+            }
         }
         Ok(())
     }
@@ -589,33 +602,24 @@ impl BlockDevice for DirDisk {
             self.check_room(old, data.len() as u64)?;
             return self.write_file(name, data);
         }
-        self.append_fragment(name, &[data])
+        self.append_fragments(&[(name, &[data])])
     }
 
     fn write_parts(&self, name: BlockName, head: &[u8], body: &[u8]) -> Result<(), DeviceError> {
         if name.kind() != BlockKind::Fragment {
             return self.write(name, &[head, body].concat());
         }
-        self.append_fragment(name, &[head, body])
+        self.append_fragments(&[(name, &[head, body])])
     }
 
     fn write_parts_batch(&self, blocks: &[PartsBlock<'_>]) -> (usize, Result<(), DeviceError>) {
-        let appendable = blocks.len() > 1
-            && blocks.iter().all(|(name, _, _)| name.kind() == BlockKind::Fragment)
-            && !blocks.iter().any(|(name, _, _)| self.lock().sizes.contains_key(name));
-        if !appendable {
+        if blocks.len() < 2 || blocks.iter().any(|(name, _, _)| name.kind() != BlockKind::Fragment) {
             return write_each(self, blocks);
         }
-        let old: u64 = blocks.iter().map(|(name, _, _)| self.segments.span_of(*name).unwrap_or(0)).sum();
-        let new: u64 = blocks.iter().map(|(_, head, body)| segments::span((head.len() + body.len()) as u64)).sum();
         let parts: Vec<[&[u8]; 2]> = blocks.iter().map(|(_, head, body)| [*head, *body]).collect();
         let records: Vec<(BlockName, &[&[u8]])> =
             blocks.iter().zip(&parts).map(|((name, _, _), parts)| (*name, &parts[..])).collect();
-        let appended = self
-            .check_room(old, new)
-            .and_then(|()| self.check_identity())
-            .and_then(|()| self.segments.append_batch(&records));
-        match appended {
+        match self.append_fragments(&records) {
             Ok(()) => (blocks.len(), Ok(())),
             Err(error) => (0, Err(error)),
         }

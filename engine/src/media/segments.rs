@@ -272,14 +272,10 @@ impl Segments {
         self.append_record(name, &[payload], None)
     }
 
-    /// `append` of the concatenation of `parts` (a fragment's header and its payload,
-    /// held apart: see `BlockDevice::write_parts`), joined only in the write's buffer.
-    pub fn append_parts(&self, name: BlockName, parts: &[&[u8]]) -> Result<(), DeviceError> {
-        self.append_record(name, parts, None)
-    }
-
-    /// `append_parts` of every record of `records` in turn, as one write where the
-    /// filesystem allows it: the records are reserved side by side at the active
+    /// `append` of every record of `records` in turn — each the concatenation of its
+    /// parts (a fragment's header and its payload, held apart: see
+    /// `BlockDevice::write_parts`), joined only in the write's buffer — as one write where
+    /// the filesystem allows it: the records are reserved side by side at the active
     /// segment's tail, exactly where appends one after another would put them, and
     /// written together (directly, as one span, when their bytes reach
     /// `DIRECT_APPEND_MIN`). A disk that takes several fragments of one flush then sees
@@ -355,9 +351,7 @@ impl Segments {
         let bytes: usize = lens.iter().map(|len| *len as usize).sum();
         let written = match direct.filter(|_| bytes >= DIRECT_APPEND_MIN) {
             Some(direct) => write_direct(&direct, &file, &laid, base, whole),
-            None => {
-                laid.iter().try_for_each(|record| write_parts_at(&file, record.head, record.parts, base + record.at))
-            }
+            None => write_buffered(&file, &laid, base),
         };
         if let Err(e) = written {
             let _ = punch(&file, base, whole);
@@ -858,10 +852,13 @@ fn write_direct(direct: &File, file: &File, records: &[Laid<'_>], offset: u64, s
         Some(Ok(())) => Ok(()),
         // EINVAL: the filesystem took the open but not this write; anything else is an
         // I/O error that the buffered write reports again if it is real.
-        Some(Err(_)) | None => {
-            records.iter().try_for_each(|record| write_parts_at(file, record.head, record.parts, offset + record.at))
-        }
+        Some(Err(_)) | None => write_buffered(file, records, offset),
     }
+}
+
+/// Writes `records` at `offset` through the page cache, each at its place.
+fn write_buffered(file: &File, records: &[Laid<'_>], offset: u64) -> std::io::Result<()> {
+    records.iter().try_for_each(|record| write_parts_at(file, record.head, record.parts, offset + record.at))
 }
 
 /// Reads the record at `loc` with `O_DIRECT` — its whole span (aligned in the file) into
@@ -1072,7 +1069,7 @@ mod tests {
         for (i, len) in lens.iter().enumerate() {
             let whole = payload(i as u64, *len);
             let (head, body) = whole.split_at(52);
-            segments.append_parts(name(i as u64, 1), &[head, body]).unwrap();
+            segments.append_batch(&[(name(i as u64, 1), &[head, body])]).unwrap();
             assert_eq!(segments.read(name(i as u64, 1)).unwrap(), whole);
         }
         segments.sync().unwrap();
