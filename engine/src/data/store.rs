@@ -222,7 +222,9 @@ fn store_groups(
             };
             let PlacedWrite { records: placed, jobs, degraded } =
                 access.with(|pool| pool.place_write(next, next_chunks, encoded, &excluded))?;
-            let write = spawn(parallel, move || write_placed(parallel, misplace, jobs));
+            // A group with nothing for the disks (inline data, holes) is booked at once:
+            // handing it to a pool thread only woke one for nothing.
+            let write = spawn(parallel && !jobs.is_empty(), move || write_placed(parallel, misplace, jobs));
             flights.push_back(Flight { records: placed, degraded, write });
             started += 1;
             if let Some((after, after_chunks)) = groups.get(started) {
