@@ -50,6 +50,9 @@ pub struct MountSettings {
     pub cache_bytes: Option<u64>,
     /// Threads that take FUSE requests (`threads=N`); `request_threads()` when absent.
     pub threads: Option<usize>,
+    /// The kernel's writeback cache (`writeback_cache`): faster small random writes,
+    /// dearer file creation.
+    pub writeback_cache: bool,
 }
 
 /// The most request threads `threads=N` takes.
@@ -74,6 +77,7 @@ impl Default for MountSettings {
             nonempty: false,
             cache_bytes: None,
             threads: None,
+            writeback_cache: false,
         }
     }
 }
@@ -87,8 +91,8 @@ const KERNEL_OPTION_PREFIXES: &[&str] = &["user_id=", "group_id=", "rootmode=", 
 
 impl MountSettings {
     /// Applies comma-separated mount options: `allow_other`, `ro`/`rw`, `suid`/`nosuid`,
-    /// `dev`/`nodev`, `exec`/`noexec`, `atime`/`relatime`/`noatime`, `metrics=ADDR`,
-    /// `cache=SIZE`, `threads=N`;
+    /// `dev`/`nodev`, `exec`/`noexec`, `atime`/`relatime`/`noatime`, `writeback_cache`,
+    /// `metrics=ADDR`, `cache=SIZE`, `threads=N`;
     /// `default_permissions` (always on) and the options of `mount(8)` and systemd
     /// (`defaults`, `_netdev`, `nofail`, `x-*`, `comment=*`, …) are accepted and ignored.
     /// Another option is an error, unless `sloppy` (`mount -s`).
@@ -107,6 +111,7 @@ impl MountSettings {
                 "atime" | "relatime" | "strictatime" => self.atime = true,
                 "noatime" => self.atime = false,
                 "nonempty" => self.nonempty = true,
+                "writeback_cache" => self.writeback_cache = true,
                 "default_permissions" => {}
                 _ if IGNORED_OPTIONS.contains(&option) => {}
                 _ if option.starts_with("x-") || option.starts_with("comment=") => {}
@@ -130,7 +135,7 @@ impl MountSettings {
                     }
                     _ if sloppy => {}
                     _ => bail!(
-                        "unknown mount option '{option}'; known: allow_other, ro, rw, suid, nosuid, dev, nodev, exec, noexec, atime, noatime, nonempty, metrics=ADDR, cache=SIZE, threads=N (EINVAL)"
+                        "unknown mount option '{option}'; known: allow_other, ro, rw, suid, nosuid, dev, nodev, exec, noexec, atime, noatime, nonempty, writeback_cache, metrics=ADDR, cache=SIZE, threads=N (EINVAL)"
                     ),
                 },
             }
@@ -150,6 +155,7 @@ impl MountSettings {
             (flags.no_exec, "noexec"),
             (!self.atime, "noatime"),
             (self.nonempty, "nonempty"),
+            (self.writeback_cache, "writeback_cache"),
         ] {
             if on {
                 options.push(name.to_string());
@@ -532,7 +538,8 @@ fn serve(pool: &Path, mountpoint: &Path, settings: &MountSettings) -> Result<()>
         crate::exporter::serve(addr, shared.clone(), dir_path.clone())?;
         crate::announce!("metrics on http://{addr}/metrics and /health");
     }
-    let fs = DynamicFs::shared(shared.clone()).with_atime(settings.atime);
+    let fs =
+        DynamicFs::shared(shared.clone()).with_atime(settings.atime).with_writeback_cache(settings.writeback_cache);
     let (session, kernel_mounted) = mount_session(fs, &dir_path, mountpoint, settings)?;
     if kernel_mounted {
         raise_read_ahead(mountpoint);

@@ -183,6 +183,11 @@ mod tests {
         threads.apply("threads=3", false).unwrap();
         assert_eq!(threads.threads, Some(3));
         assert_eq!(threads.to_options(), "threads=3");
+        let mut writeback = MountSettings::default();
+        assert!(!writeback.writeback_cache, "the writeback cache is asked for, not assumed");
+        writeback.apply("noatime,writeback_cache", false).unwrap();
+        assert!(writeback.writeback_cache);
+        assert_eq!(writeback.to_options(), "noatime,writeback_cache");
         for bad in ["threads=0", "threads=65", "threads=many"] {
             let error = MountSettings::default().apply(bad, false).unwrap_err().to_string();
             assert!(error.contains(bad) && error.contains("EINVAL"), "{error}");
