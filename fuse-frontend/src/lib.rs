@@ -197,11 +197,14 @@ fn owner(req: &Request, mode: u32, umask: u32) -> Owner {
 
 /// What a `setattr` the kernel sends under `FUSE_HANDLE_KILLPRIV_V2` asks of the
 /// set-user-ID and set-group-ID bits, which the kernel then leaves to the filesystem:
-/// a change of owner (`chown`, whose ids may be unchanged: then ctime alone arrives),
-/// a truncation, or nothing at all — the kernel's own "drop privileges" before a write,
-/// an allocation or a copy into a file that has them. An explicit mode (`chmod`) is
-/// the caller's to set.
-fn privilege_change(changes: &SetAttr) -> Option<PrivilegeChange> {
+/// a change of owner (`chown`, whose ids may be unchanged: then, under the writeback
+/// cache, ctime alone arrives), a truncation, or nothing at all. Nothing at all is the
+/// kernel's own "drop privileges" before a write, an allocation or a copy into a file
+/// that has them — which it asks only of an unprivileged caller, for whom a change of
+/// contents and of owner drop the same bits — or, without the writeback cache (the
+/// kernel then sends no times it keeps), a `chown` to the same ids, which drops them
+/// for root too. An explicit mode (`chmod`) is the caller's to set.
+fn privilege_change(changes: &SetAttr, writeback_cache: bool) -> Option<PrivilegeChange> {
     let SetAttr { mode, uid, gid, size, atime, mtime, ctime } = changes;
     if mode.is_some() {
         None
@@ -211,7 +214,7 @@ fn privilege_change(changes: &SetAttr) -> Option<PrivilegeChange> {
         Some(PrivilegeChange::Contents)
     } else if atime.is_some() || mtime.is_some() {
         None
-    } else if ctime.is_some() {
+    } else if ctime.is_some() || !writeback_cache {
         Some(PrivilegeChange::Owner)
     } else {
         Some(PrivilegeChange::Contents)
@@ -442,7 +445,7 @@ impl Filesystem for DynamicFs {
             mtime: self.time(&pool, mtime),
             ctime: ctime.map(wall_time),
         };
-        if let Some(change) = privilege_change(&changes) {
+        if let Some(change) = privilege_change(&changes, self.writeback_cache) {
             changes.mode = mode_without_privileges(&pool, req, Ino(ino.0), change);
         }
         match pool.setattr(Ino(ino.0), &changes) {
