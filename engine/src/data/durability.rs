@@ -88,10 +88,8 @@ struct DiskJob {
 
 /// Deletes `names` from `device`. Failures leave orphans, which the next open removes.
 fn delete_all(device: &dyn BlockDevice, names: Vec<BlockName>) {
-    for name in names {
-        if let Err(error) = device.delete(name) {
-            tracing::debug!(%error, %name, "deleting a freed fragment failed; left as an orphan");
-        }
+    for (name, error) in device.delete_many(&names) {
+        tracing::debug!(%error, %name, "deleting a freed fragment failed; left as an orphan");
     }
 }
 

@@ -310,6 +310,13 @@ pub trait BlockDevice: Send + Sync {
     /// Durable after the next `sync`.
     fn delete(&self, name: BlockName) -> Result<(), DeviceError>;
 
+    /// Removes every block of `names`, as `delete` one by one would (a device that can
+    /// give space back in fewer calls does); returns the names whose delete failed with
+    /// why. Durable after the next `sync`.
+    fn delete_many(&self, names: &[BlockName]) -> Vec<(BlockName, DeviceError)> {
+        names.iter().filter_map(|name| self.delete(*name).err().map(|e| (*name, e))).collect()
+    }
+
     /// Names of every block of one kind, in ascending order.
     fn list(&self, kind: BlockKind) -> Result<Vec<BlockName>, DeviceError>;
 

@@ -625,6 +625,21 @@ impl BlockDevice for DirDisk {
         }
     }
 
+    fn delete_many(&self, names: &[BlockName]) -> Vec<(BlockName, DeviceError)> {
+        let fragments: Vec<BlockName> = names.iter().filter(|n| n.kind() == BlockKind::Fragment).copied().collect();
+        let mut failed = Vec::new();
+        if let (Err(e), Some(first)) = (self.segments.delete_many(&fragments), fragments.first()) {
+            failed.push((*first, e));
+        }
+        for name in names {
+            let deleted = if name.kind() == BlockKind::Fragment { self.delete_file(*name) } else { self.delete(*name) };
+            if let Err(e) = deleted {
+                failed.push((*name, e));
+            }
+        }
+        failed
+    }
+
     fn delete(&self, name: BlockName) -> Result<(), DeviceError> {
         match name {
             BlockName::Fragment { .. } => {
