@@ -380,26 +380,13 @@ impl Segments {
         Ok(())
     }
 
-    /// Removes the record of `name` and punches its span; `false` when there was none.
+    /// Removes the record of `name` and gives its span back (see `delete_many`); `false`
+    /// when there was none.
     pub fn delete(&self, name: BlockName) -> Result<bool, DeviceError> {
-        let (file, loc) = {
-            let mut state = self.lock();
-            let Some(loc) = state.index.remove(&name) else {
-                return Ok(false);
-            };
-            state.used_bytes -= loc.span();
-            (Arc::clone(&state.segments[&loc.segment].file), loc)
-        };
-        let result = self.punch(&file, &loc);
-        let mut state = self.lock();
-        state.unsynced.insert(loc.segment);
-        self.release(&mut state, loc.segment);
-        state.check();
-        result.map(|()| true)
+        self.delete_many(&[name]).map(|count| count == 1)
     }
 
-    /// Removes the records of `names` it holds, as `delete` one by one would, and
-    /// returns how many it held. Their spans come back in as few calls as possible: a
+    /// Removes the records of `names` it holds and returns how many it held. Their spans come back in as few calls as possible: a
     /// segment left without records is deleted whole (unpunched), and in every other
     /// segment each run of adjacent dead records is one punch — one `fallocate`, and one
     /// discard on a filesystem mounted `discard`, where deleting a file of 1,024 extents
