@@ -581,10 +581,12 @@ impl Filesystem for DynamicFs {
             }
         }
         match dfs_engine::data::files::write_shared(&self.pool, fh.0, offset, data) {
-            Ok(written) => {
-                reply.written(written as u32);
-                // Answered: the writer goes on while this thread stores what is due.
-                dfs_engine::data::files::flush_behind(&self.pool, fh.0);
+            Ok(wrote) => {
+                reply.written(wrote.bytes as u32);
+                if wrote.flush_due {
+                    // Answered: the writer goes on while this thread stores what is due.
+                    dfs_engine::data::files::flush_behind(&self.pool, fh.0);
+                }
             }
             Err(e) => reply.error(errno(&e)),
         }

@@ -158,7 +158,7 @@ fn create_and_write(world: &World, data: &[u8]) -> (Ino, u64) {
         (ino, pool.open_file(ino).unwrap())
     };
     for (i, chunk) in data.chunks(MIB).enumerate() {
-        assert_eq!(write_shared(&world.pool, fh, (i * MIB) as u64, chunk).unwrap(), chunk.len());
+        assert_eq!(write_shared(&world.pool, fh, (i * MIB) as u64, chunk).unwrap().bytes, chunk.len());
     }
     (ino, fh)
 }
@@ -256,7 +256,7 @@ fn patches_being_flushed_stay_readable_a_newer_write_wins_and_both_land_as_layer
     for index in 0..32 {
         for at in [0, MIB / 2] {
             let offset = index * MIB + at;
-            assert_eq!(write_shared(&world.pool, fh, offset as u64, &piece).unwrap(), piece.len());
+            assert_eq!(write_shared(&world.pool, fh, offset as u64, &piece).unwrap().bytes, piece.len());
             expected[offset..offset + piece.len()].copy_from_slice(&piece);
         }
     }
@@ -280,7 +280,7 @@ fn patches_being_flushed_stay_readable_a_newer_write_wins_and_both_land_as_layer
         expected[5 * MIB + 1000..5 * MIB + 1000 + 4096].copy_from_slice(&newer);
     }
     world.gate.set(false);
-    assert_eq!(writer.join().unwrap(), piece.len());
+    assert_eq!(writer.join().unwrap().bytes, piece.len());
     {
         let mut pool = world.pool.lock().unwrap();
         assert_eq!(pool.state().layers.len(), 32, "every patched chunk took a layer");
@@ -288,5 +288,48 @@ fn patches_being_flushed_stay_readable_a_newer_write_wins_and_both_land_as_layer
         assert_eq!(now, stored, "no chunk was stored again");
         assert_eq!(pool.read(fh, 0, 32 * MIB).unwrap(), expected, "the newer write wins over the stored patch");
     }
+    fsync_close_and_reopen(world, fh, &expected);
+}
+
+/// `write_shared` tells its caller when a flush behind it has work (its thread then takes
+/// the pool's lock again after answering) and only then: not for a small file's bytes,
+/// not below half the buffer's bound in whole chunks, not while a flush is in flight,
+/// and not for a chunk loaded for a partial overwrite. Each answer matches what
+/// `flush_behind` then does.
+#[test]
+fn a_write_reports_a_flush_due_exactly_when_flush_behind_has_work() {
+    let world = World::new();
+    let (ino, fh) = {
+        let mut pool = world.pool.lock().unwrap();
+        let ino = pool.create(Ino::ROOT, b"f", OWNER).unwrap().ino;
+        (ino, pool.open_file(ino).unwrap())
+    };
+    let committed_size = |world: &World| world.pool.lock().unwrap().state().inodes.get(&ino).map(|i| i.size);
+    assert!(!write_shared(&world.pool, fh, 0, b"small").unwrap().flush_due, "five bytes are nothing to flush behind");
+    let chunk = pattern(MIB, 9);
+    assert!(!write_shared(&world.pool, fh, 0, &chunk).unwrap().flush_due, "one whole chunk is a quarter of the bound");
+    let wrote = write_shared(&world.pool, fh, MIB as u64, &chunk).unwrap();
+    assert_eq!(wrote.bytes, MIB);
+    assert!(wrote.flush_due, "two whole chunks are half the bound");
+    assert_eq!(committed_size(&world), Some(0), "nothing committed before the flush behind");
+    let flusher = flush_held(&world, fh);
+    assert!(
+        !write_shared(&world.pool, fh, 2 * MIB as u64, &chunk).unwrap().flush_due,
+        "a flush in flight is not started again"
+    );
+    world.gate.set(false);
+    flusher.join().unwrap();
+    assert_eq!(committed_size(&world), Some(2 * MIB as u64), "the flush behind committed the two chunks");
+    let wrote = write_shared(&world.pool, fh, 3 * MIB as u64, &chunk).unwrap();
+    assert!(wrote.flush_due, "two whole fresh chunks once the flush ended");
+    flush_behind(&world.pool, fh);
+    assert_eq!(committed_size(&world), Some(4 * MIB as u64), "flush_behind stored what the write reported due");
+    let patch = pattern(4096, 4);
+    assert!(
+        !write_shared(&world.pool, fh, 4096, &patch).unwrap().flush_due,
+        "a chunk loaded for a partial overwrite is not flushed behind"
+    );
+    let mut expected = [chunk.clone(), chunk.clone(), chunk.clone(), chunk].concat();
+    expected[4096..8192].copy_from_slice(&patch);
     fsync_close_and_reopen(world, fh, &expected);
 }

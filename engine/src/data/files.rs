@@ -624,6 +624,21 @@ impl Pool {
         self.files.get(ino).is_some_and(|f| f.in_flight())
     }
 
+    /// Whether `flush_behind` would store `ino`'s buffer now: at least half its bound
+    /// in whole chunks built from writes alone, and no flush of it in flight.
+    fn flush_behind_due(&self, ino: Ino) -> bool {
+        let half = self.options.dirty_bytes_max / 2;
+        self.files.get(ino).is_some_and(|f| {
+            let fresh: usize = f
+                .dirty
+                .iter()
+                .filter(|(i, c)| c.len() as u64 == CHUNK && !f.loaded.contains(i))
+                .map(|(_, c)| c.len())
+                .sum();
+            !f.in_flight() && fresh >= half
+        })
+    }
+
     /// Moves the buffered chunks of `ino` to flush (all, or only full ones) to its
     /// `flushing` set, with the size and times to commit with them; `None` when nothing
     /// needs committing. No flush of `ino` may be in flight.
@@ -952,10 +967,21 @@ fn settle(pool: &Mutex<Pool>, fh: FileHandle, full_only: bool) -> MutexGuard<'_,
     guard
 }
 
+/// What a `write_shared` took, and whether `flush_behind` has work once it is answered.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Wrote {
+    /// Bytes written: all of `data`.
+    pub bytes: usize,
+    /// The file's buffer holds enough for `flush_behind` to store, as seen under the lock
+    /// the write held. `false` spares the writer's thread taking the lock again after
+    /// answering — where it met the writer's next request (a small file's close) head on.
+    pub flush_due: bool,
+}
+
 /// Writes `data` at `offset` through `fh` to a pool that several request threads share,
 /// waiting first while the file's buffer is full and a flush of it is in flight (back
-/// pressure). Call `flush_behind` after answering.
-pub fn write_shared(pool: &Mutex<Pool>, fh: FileHandle, offset: u64, data: &[u8]) -> Result<usize> {
+/// pressure). Call `flush_behind` after answering when `flush_due`.
+pub fn write_shared(pool: &Mutex<Pool>, fh: FileHandle, offset: u64, data: &[u8]) -> Result<Wrote> {
     let mut guard = settle(pool, fh, true);
     let ino = guard.handle_ino(fh)?;
     let full = guard.files.get(ino).is_some_and(|f| !f.in_flight() && f.dirty_bytes >= guard.options.dirty_bytes_max);
@@ -972,7 +998,9 @@ pub fn write_shared(pool: &Mutex<Pool>, fh: FileHandle, offset: u64, data: &[u8]
             guard = lock(pool);
         }
     }
-    guard.write(fh, offset, data)
+    let bytes = guard.write(fh, offset, data)?;
+    debug_assert_eq!(bytes, data.len());
+    Ok(Wrote { bytes, flush_due: guard.flush_behind_due(ino) })
 }
 
 /// `fsync` through a pool several request threads share: the file's buffer is stored
@@ -995,17 +1023,7 @@ pub fn flush_behind(pool: &Mutex<Pool>, fh: FileHandle) {
     let job = {
         let mut guard = lock(pool);
         let Ok(ino) = guard.handle_ino(fh) else { return };
-        let half = guard.options.dirty_bytes_max / 2;
-        let due = guard.files.get(ino).is_some_and(|f| {
-            let fresh: usize = f
-                .dirty
-                .iter()
-                .filter(|(i, c)| c.len() as u64 == CHUNK && !f.loaded.contains(i))
-                .map(|(_, c)| c.len())
-                .sum();
-            !f.in_flight() && fresh >= half
-        });
-        if !due {
+        if !guard.flush_behind_due(ino) {
             return;
         }
         guard.take_flush(ino, true)
