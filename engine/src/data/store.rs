@@ -263,6 +263,24 @@ fn store_groups(
     Ok(StoredChunks { records, written })
 }
 
+/// The BLAKE3 chaining values of `data`'s data shards under an erasure `codec` when they
+/// are whole subtrees of it (`fragment::subtree_layout`), in shard order; `None` for a
+/// replica or another layout.
+fn subtree_chaining_values(codec: CodecId, policy: Policy, data: &[u8]) -> Option<Vec<[u8; 32]>> {
+    let Policy::Erasure { data: data_shards, .. } = policy else { return None };
+    let shard_len = codec::shard_len(policy, data.len());
+    if codec == CodecId::Replica || !fragment::subtree_layout(data.len(), usize::from(data_shards), shard_len) {
+        return None;
+    }
+    let chaining_values: Vec<[u8; 32]> = data
+        .chunks_exact(shard_len)
+        .enumerate()
+        .map(|(i, shard)| fragment::subtree_chaining_value(shard, (i * shard_len) as u64))
+        .collect();
+    assert_eq!(chaining_values.len(), usize::from(data_shards), "the layout fills every data shard");
+    Some(chaining_values)
+}
+
 /// Hashes and encodes every chunk of `pending` (no lock needed).
 fn encode_chunks(pending: &PendingWrite, chunks: &[(u64, Arc<Vec<u8>>)]) -> Result<Vec<Option<Encoded>>> {
     let policy = pending.policy;
@@ -273,21 +291,27 @@ fn encode_chunks(pending: &PendingWrite, chunks: &[(u64, Arc<Vec<u8>>)]) -> Resu
     run_all(pending.parallel, jobs, |(chunk, id)| {
         let id = id?;
         let data = chunk.as_slice();
-        let hash = *blake3::hash(data).as_bytes();
         if data.len() <= inline_max {
-            return Some(Ok(Encoded { hash, blocks: Vec::new() }));
+            return Some(Ok(Encoded { hash: *blake3::hash(data).as_bytes(), blocks: Vec::new() }));
         }
+        // Data shards that are whole BLAKE3 subtrees are hashed once, for their fragments
+        // and (merged) for the extent; otherwise the extent is hashed, then each shard.
+        let subtrees = subtree_chaining_values(codec, policy, data);
+        let hash = match &subtrees {
+            Some(chaining_values) => fragment::merge_root(chaining_values),
+            None => *blake3::hash(data).as_bytes(),
+        };
         Some(codec::encode_shards(codec, policy, data).map(|fragments| {
             let blocks = fragments
                 .into_iter()
                 .enumerate()
                 .map(|(i, shard)| {
-                    // A replica's payload is the whole extent, whose hash is at hand.
-                    let shard_hash = match codec {
-                        CodecId::Replica => hash,
-                        _ => *blake3::hash(&shard).as_bytes(),
+                    let header = match (codec, subtrees.as_ref().and_then(|cvs| cvs.get(i))) {
+                        (_, Some(chaining_value)) => fragment::header_subtree(id, i as u8, &shard, chaining_value),
+                        // A replica's payload is the whole extent, whose hash is at hand.
+                        (CodecId::Replica, None) => fragment::header(id, i as u8, &shard, &hash),
+                        (_, None) => fragment::header(id, i as u8, &shard, blake3::hash(&shard).as_bytes()),
                     };
-                    let header = fragment::header(id, i as u8, &shard, &shard_hash);
                     let payload = match stretch_of(data, &shard) {
                         Some(range) => Payload::Chunk(Arc::clone(chunk), range),
                         None => Payload::Own(Arc::new(shard.into_owned())),

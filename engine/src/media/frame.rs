@@ -56,8 +56,11 @@ pub enum FrameKind {
 /// read none of them. 10: the record a process writes when it opens the pool names it and
 /// its claim's epoch (`Op::OpenedBy`), which a build of format 9 would not read. 11: disks
 /// on an object store may keep fragments in packs (`dfs-objectdisk`), where a build of
-/// format 10 would find none of them; records and store are as in 10.
-pub const METADATA_FORMAT: u8 = 11;
+/// format 10 would find none of them; records and store are as in 10. 12: data fragments
+/// whose shards are whole BLAKE3 subtrees of their extent carry the subtree's chaining
+/// value (fragment version 2, `media::fragment`), which a build of format 11 would take
+/// for rot in every one of them; records and store are as in 11.
+pub const METADATA_FORMAT: u8 = 12;
 
 /// The format of the paged metadata store's frames (`meta::store`). It starts at 2 so that
 /// its checksums cover kind and version, as every frame's from version 2 on.
