@@ -263,13 +263,13 @@ fn store_groups(
     Ok(StoredChunks { records, written })
 }
 
-/// The BLAKE3 chaining values of `data`'s data shards under an erasure `codec` when they
+/// The BLAKE3 chaining values of `data`'s data shards under an erasure `policy` when they
 /// are whole subtrees of it (`fragment::subtree_layout`), in shard order; `None` for a
 /// replica or another layout.
-fn subtree_chaining_values(codec: CodecId, policy: Policy, data: &[u8]) -> Option<Vec<[u8; 32]>> {
+fn subtree_chaining_values(policy: Policy, data: &[u8]) -> Option<Vec<[u8; 32]>> {
     let Policy::Erasure { data: data_shards, .. } = policy else { return None };
     let shard_len = codec::shard_len(policy, data.len());
-    if codec == CodecId::Replica || !fragment::subtree_layout(data.len(), usize::from(data_shards), shard_len) {
+    if !fragment::subtree_layout(data.len(), usize::from(data_shards), shard_len) {
         return None;
     }
     let chaining_values: Vec<[u8; 32]> = data
@@ -296,7 +296,7 @@ fn encode_chunks(pending: &PendingWrite, chunks: &[(u64, Arc<Vec<u8>>)]) -> Resu
         }
         // Data shards that are whole BLAKE3 subtrees are hashed once, for their fragments
         // and (merged) for the extent; otherwise the extent is hashed, then each shard.
-        let subtrees = subtree_chaining_values(codec, policy, data);
+        let subtrees = subtree_chaining_values(policy, data);
         let hash = match &subtrees {
             Some(chaining_values) => fragment::merge_root(chaining_values),
             None => *blake3::hash(data).as_bytes(),

@@ -386,12 +386,13 @@ impl Segments {
         self.delete_many(&[name]).map(|count| count == 1)
     }
 
-    /// Removes the records of `names` it holds and returns how many it held. Their spans come back in as few calls as possible: a
-    /// segment left without records is deleted whole (unpunched), and in every other
-    /// segment each run of adjacent dead records is one punch — one `fallocate`, and one
-    /// discard on a filesystem mounted `discard`, where deleting a file of 1,024 extents
-    /// punched 1,024 records a disk one by one. A failed punch is returned after the
-    /// rest are done (the records are gone from the index all the same, as for `delete`).
+    /// Removes the records of `names` it holds and returns how many it held. Their spans
+    /// come back in as few calls as possible: a segment left without records is deleted
+    /// whole (unpunched), and in every other segment each run of adjacent dead records is
+    /// one punch — one `fallocate`, and one discard on a filesystem mounted `discard`,
+    /// where deleting a file of 1,024 extents punched 1,024 records a disk one by one. A
+    /// failed punch is returned after the rest are done (the records are gone from the
+    /// index all the same, as for `delete`).
     pub fn delete_many(&self, names: &[BlockName]) -> Result<usize, DeviceError> {
         let mut dead: BTreeMap<u64, Vec<Loc>> = BTreeMap::new();
         let punches: Vec<(u64, Arc<File>, Vec<Run>)> = {
