@@ -193,6 +193,10 @@ fn privileges_are_dropped_as_on_ext4() {
     assert_eq!(answers["write_nobody_6777"], "0o777");
     assert_eq!(answers["write_nobody_6777_fresh"], "0o777");
     assert_eq!(answers["write_root_6777"], "0o6777");
+    // A write-only descriptor's writes go direct, past the page cache.
+    assert_eq!(answers["write_only_nobody_6777"], "0o777");
+    assert_eq!(answers["write_only_root_6777"], "0o6777");
+    assert_eq!(answers["write_only_nobody_2767"], "0o767");
     assert_eq!(answers["truncate_nobody_6777"], "0o777");
     assert_eq!(answers["open_trunc_nobody_6777"], "0o777");
     assert_eq!(answers["fallocate_nobody_6777"], "0o777");
@@ -202,6 +206,21 @@ fn privileges_are_dropped_as_on_ext4() {
     assert_eq!(answers["chown_root_6755"], "0o755");
     assert_eq!(answers["chown_root_2767"], "0o2767");
     assert_eq!(answers["chown_dir"], "0o6777");
+}
+
+/// A write-only descriptor's writes (served with direct I/O, past the page cache) are
+/// seen at once by a reader holding the file's pages, by a shared mapping holding a dirty
+/// page they overlap, and after an append, as on ext4.
+#[test]
+fn write_only_descriptors_stay_coherent_with_cached_readers_as_on_ext4() {
+    let answers = same_answers("coherence");
+    assert_eq!(answers["reader_cached"], 16384);
+    assert_eq!(answers["mapped_after_write"], "aammddddaaaaWXYZaa");
+    assert_eq!(answers["reader_after_write"], "aammddddaaaaWXYZaa");
+    assert_eq!(answers["reader_size_after_append"], 16388);
+    assert_eq!(answers["reader_tail"], "aaaatail");
+    assert_eq!(answers["fresh"], "aammddddaaaaWXYZaaaaaatail");
+    assert_eq!(answers["fresh_len"], 16388);
 }
 
 /// The same under the kernel's writeback cache, where the kernel sends what these calls

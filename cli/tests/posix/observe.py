@@ -443,6 +443,13 @@ def privileges():
         with open(p(name), "r+b") as f:
             f.write(b"w")
 
+    def write_only(name):
+        fd = os.open(p(name), os.O_WRONLY)
+        try:
+            os.pwrite(fd, b"o", 0)
+        finally:
+            os.close(fd)
+
     def fallocate(name):
         fd = os.open(p(name), os.O_RDWR)
         try:
@@ -464,6 +471,7 @@ def privileges():
     ways = {
         "write": write,
         "append": lambda n: open(p(n), "ab").write(b"a"),
+        "write_only": write_only,
         "truncate": lambda n: os.truncate(p(n), 100),
         "open_trunc": lambda n: open(p(n), "wb").close(),
         "fallocate": fallocate,
@@ -499,6 +507,46 @@ def privileges():
     rec("chown_dir", lambda: (os.chown(p("dir"), 1234, 5678), oct(stat.S_IMODE(os.lstat(p("dir")).st_mode)))[1])
 
 
-SECTIONS = {"special_files": special_files, "xattrs": xattrs, "acls": acls, "edges": edges, "privileges": privileges}
+def coherence():
+    """What the file's other users see of writes through a write-only descriptor (which
+    a mount serves with direct I/O, past the page cache): a reader that has every page
+    cached, a shared mapping holding a dirty page the write overlaps, an append, and a
+    fresh open once all is closed. Each must see the file as it is at that moment."""
+    mmap_module = __import__("mmap")
+    name = p("shared")
+    with open(name, "wb") as f:
+        f.write(b"a" * 16384)
+    reader = os.open(name, os.O_RDONLY)
+    rec("reader_cached", lambda: len(os.pread(reader, 16384, 0)))
+    mapped_fd = os.open(name, os.O_RDWR)
+    mapped = mmap_module.mmap(mapped_fd, 16384)
+    mapped[100:104] = b"mmmm"
+    writer = os.open(name, os.O_WRONLY)
+    os.pwrite(writer, b"dddd", 102)
+    os.pwrite(writer, b"WXYZ", 4094)
+    rec("mapped_after_write", lambda: (mapped[98:108] + mapped[4092:4100]).decode())
+    rec("reader_after_write", lambda: (os.pread(reader, 10, 98) + os.pread(reader, 8, 4092)).decode())
+    appender = os.open(name, os.O_WRONLY | os.O_APPEND)
+    os.write(appender, b"tail")
+    os.close(appender)
+    rec("reader_size_after_append", lambda: os.fstat(reader).st_size)
+    rec("reader_tail", lambda: os.pread(reader, 8, 16380).decode())
+    mapped.flush()
+    mapped.close()
+    for fd in (mapped_fd, writer, reader):
+        os.close(fd)
+    fresh = read_fresh("shared")
+    rec("fresh", lambda: (fresh[98:108] + fresh[4092:4100] + fresh[16380:]).decode())
+    rec("fresh_len", lambda: len(fresh))
+
+
+SECTIONS = {
+    "special_files": special_files,
+    "xattrs": xattrs,
+    "acls": acls,
+    "edges": edges,
+    "privileges": privileges,
+    "coherence": coherence,
+}
 SECTIONS[sys.argv[2]]()
 print(json.dumps(out, sort_keys=True))
