@@ -374,9 +374,9 @@ impl Filesystem for DynamicFs {
         // Whole extents per request. The kernel's page cache serves reads; writes go
         // through it to the engine (write-only opens bypass it: see `open_flags`), each
         // `write(2)` answered once the engine holds it, unless the mount asked for the
-        // writeback cache. Under it writes return once
-        // cached and reach the engine in large batches (random 4 KiB writes ran 2.8×
-        // mergerfs against 0.9× without), but each new file costs two round trips more:
+        // writeback cache. Under it writes return once cached and reach the engine in
+        // large batches (random 4 KiB writes ran 2.8× mergerfs against 0.9× without),
+        // but each new file costs two round trips more:
         // a `GETXATTR` of `security.capability` on its first cached write, and a
         // `SETATTR` of the times the kernel then keeps, sent again at unlink (small
         // files ran 0.8× mergerfs against 1.0× without).
