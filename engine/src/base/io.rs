@@ -59,16 +59,19 @@ impl IoPool {
         self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Queues `tasks` as one batch; returns the batch's number.
-    fn push_all(&self, tasks: Vec<Task>) -> u64 {
+    /// Queues `tasks` as one batch and wakes up to `helpers` idle threads for them;
+    /// returns the batch's number. A caller that runs one of its jobs itself wakes one
+    /// thread fewer than it has jobs: on two cores a thread woken for a job its caller
+    /// had already taken cost two context switches for nothing, several times a barrier.
+    fn push_all(&self, tasks: Vec<Task>, helpers: usize) -> u64 {
+        debug_assert!(helpers <= tasks.len());
         let mut queue = self.lock();
-        let count = tasks.len();
         let batch = queue.next_batch;
         queue.next_batch += 1;
         queue.tasks.extend(tasks.into_iter().map(|task| (batch, task)));
         let idle = queue.idle;
         drop(queue);
-        for _ in 0..count.min(idle) {
+        for _ in 0..helpers.min(idle) {
             self.work.notify_one();
         }
         batch
@@ -91,15 +94,20 @@ impl IoPool {
     }
 
     /// Runs `job` for a caller waiting on `batch`: leaves its result (or its panic) in
-    /// `slot`, counts it done and wakes the caller. Counting it done is the job's last use
-    /// of `slot`: once the count reaches 0 the caller may return and drop it (`batch` is
-    /// owned by the job, and the wake-up goes through the pool).
+    /// `slot`, counts it done and, when it was the batch's last, wakes the caller — who
+    /// waits for nothing else: its batch's jobs were all queued before it began to wait.
+    /// Counting it done is the job's last use of `slot`: once the count reaches 0 the
+    /// caller may return and drop it (`batch` is owned by the job, and the wake-up goes
+    /// through the pool).
     fn run_job<R>(&self, job: impl FnOnce() -> R, slot: &Mutex<Option<thread::Result<R>>>, batch: &Batch) {
         let result = catch_unwind(AssertUnwindSafe(job));
         *slot.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(result);
-        batch.remaining.fetch_sub(1, Ordering::AcqRel);
-        let _wake = self.lock();
-        self.progress.notify_all();
+        let before = batch.remaining.fetch_sub(1, Ordering::AcqRel);
+        assert!(before > 0, "a batch counted more jobs done than it had");
+        if before == 1 {
+            let _wake = self.lock();
+            self.progress.notify_all();
+        }
     }
 
     /// Runs the queued jobs of batch number `number` until `batch` has none left running
@@ -173,7 +181,8 @@ where
             erase(task)
         })
         .collect();
-    let number = pool.push_all(tasks);
+    // The caller runs one of its jobs itself (`help_until_done`).
+    let number = pool.push_all(tasks, count - 1);
     pool.help_until_done(number, &batch);
     let mut results = Vec::with_capacity(count);
     for slot in slots {
@@ -217,7 +226,7 @@ where
     let slot: Arc<Mutex<Option<thread::Result<R>>>> = Arc::new(Mutex::new(None));
     let (task_batch, task_slot) = (Arc::clone(&batch), Arc::clone(&slot));
     let task: Task = Box::new(move || pool.run_job(job, &task_slot, &task_batch));
-    let number = pool.push_all(vec![task]);
+    let number = pool.push_all(vec![task], 1);
     Spawned { state: Some(SpawnState::Queued { pool, number, batch, slot }) }
 }
 
@@ -285,6 +294,25 @@ mod tests {
         assert_eq!(out, (0..8u64).map(|i| i * 10).collect::<Vec<_>>());
         // One after another, no two jobs would ever run together.
         assert!(most.load(Ordering::SeqCst) >= 4, "at most {} jobs ran at once", most.load(Ordering::SeqCst));
+    }
+
+    #[test]
+    fn every_job_of_a_batch_runs_at_once_though_the_caller_wakes_one_thread_fewer() {
+        // Each job waits until all three have started: they can only finish if the caller
+        // runs one and two pool threads the others, at the same time. The pool's threads
+        // are started and asleep first, so only those woken for the batch can take a job.
+        run_all(true, vec![(); IO_THREADS], |()| ());
+        thread::sleep(std::time::Duration::from_millis(50));
+        let started = AtomicUsize::new(0);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        let saw = run_all(true, vec![(); 3], |()| {
+            started.fetch_add(1, Ordering::SeqCst);
+            while started.load(Ordering::SeqCst) < 3 && std::time::Instant::now() < deadline {
+                thread::sleep(std::time::Duration::from_millis(1));
+            }
+            started.load(Ordering::SeqCst)
+        });
+        assert_eq!(saw, vec![3, 3, 3], "a job ran alone");
     }
 
     #[test]
