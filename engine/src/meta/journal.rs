@@ -314,9 +314,18 @@ fn file_record(
 
 /// Encodes record `tip.seq + 1` carrying `txn`; returns its block and the new tip.
 pub fn encode_record(tip: JournalTip, txn: &Transaction) -> (Vec<u8>, JournalTip) {
-    let record = JournalRecord { seq: tip.seq + 1, prev_hash: tip.hash, txn: txn.clone() };
+    let record = JournalRecordRef { seq: tip.seq + 1, prev_hash: tip.hash, txn };
     let (block, hash) = frame::encode(FrameKind::JournalRecord, &record);
     (block, JournalTip { seq: record.seq, hash })
+}
+
+/// `JournalRecord` borrowing its transaction, which it encodes exactly as `JournalRecord`
+/// does: a barrier encodes its ops (small files' data among them) without copying them.
+#[derive(Serialize)]
+struct JournalRecordRef<'a> {
+    seq: u64,
+    prev_hash: [u8; 32],
+    txn: &'a Transaction,
 }
 
 /// Encodes a checkpoint of `state` at `tip`.
@@ -415,6 +424,7 @@ pub fn trim(devices: &[&dyn BlockDevice], strangers: &[&dyn BlockDevice], parall
 mod tests {
     use super::*;
     use crate::base::clock::WallTime;
+    use crate::meta::state::{Ino, Op};
 
     #[test]
     fn a_checkpoint_encoded_from_a_borrowed_state_decodes_as_the_checkpoint() {
@@ -426,5 +436,24 @@ mod tests {
         let (decoded, _, format) = decode_checkpoint(&block).unwrap();
         assert_eq!(decoded, owned);
         assert_eq!(format, frame::METADATA_FORMAT);
+    }
+
+    #[test]
+    fn a_record_encoded_from_a_borrowed_transaction_decodes_as_the_record() {
+        let ino = Ino(5);
+        let txn = Transaction {
+            ops: vec![
+                Op::SetXattr { ino, name: b"user.a".to_vec(), value: Some(vec![5; 300]) },
+                Op::SetXattr { ino, name: b"user.b".to_vec(), value: None },
+            ],
+        };
+        let tip = JournalTip { seq: 41, hash: [3; 32] };
+        let (block, next) = encode_record(tip, &txn);
+        let owned = JournalRecord { seq: 42, prev_hash: [3; 32], txn: txn.clone() };
+        let (owned_block, owned_hash) = frame::encode(FrameKind::JournalRecord, &owned);
+        assert_eq!(block, owned_block);
+        assert_eq!(next, JournalTip { seq: 42, hash: owned_hash });
+        let (decoded, hash, _) = decode_record(&block).unwrap();
+        assert_eq!((decoded, hash), (owned, owned_hash));
     }
 }

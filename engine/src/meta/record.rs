@@ -35,6 +35,10 @@ pub struct ExtentRecord {
     /// The data itself, for an inline extent (`codec` is `CodecId::Inline`), when memory
     /// holds it: a record read from the metadata store is held without it, and
     /// `Pool::inline_data` reads it there. A record in an op always carries it.
+    /// Encoded as one byte string, which postcard lays out exactly as the sequence of
+    /// bytes it was declared as (the layout test below holds it to that), copied whole
+    /// rather than a byte at a time.
+    #[serde(with = "serde_bytes")]
     pub inline: Option<Box<[u8]>>,
     /// The policy changes this extent's data went through, oldest first (a re-encoded
     /// extent carries the history of the one it replaced): at most
@@ -203,8 +207,14 @@ mod record_layout {
     /// and history.
     #[test]
     fn a_record_encodes_as_it_was_declared() {
-        for record in [record(6, None, 0), record(12, None, 3), record(0, Some(vec![1, 2, 3]), 0), record(1, None, 20)]
-        {
+        let records = [
+            record(6, None, 0),
+            record(12, None, 3),
+            record(0, Some(vec![1, 2, 3]), 0),
+            record(0, Some((0..INLINE_BYTES_MAX).map(|i| i as u8).collect()), 0),
+            record(1, None, 20),
+        ];
+        for record in records {
             let bytes = postcard::to_allocvec(&record).unwrap();
             assert_eq!(bytes, postcard::to_allocvec(&declared(&record)).unwrap());
             let back: ExtentRecord = postcard::from_bytes(&bytes).unwrap();
