@@ -213,7 +213,8 @@ fn a_flush_behind_the_writer_leaves_the_pool_serving_and_the_newest_write_wins()
     flusher.join().unwrap();
     {
         let mut pool = world.pool.lock().unwrap();
-        assert_eq!(pool.state().file_extents.get(&ino).map(|m| m.len()), Some(4), "the flush committed");
+        // A flush behind the writer takes the lowest whole chunks up to half the bound.
+        assert_eq!(pool.state().file_extents.get(&ino).map(|m| m.len()), Some(2), "the flush committed its two");
         assert_eq!(pool.read(fh, 0, 4 * MIB).unwrap(), expected);
     }
     fsync_close_and_reopen(world, fh, &expected);
@@ -293,8 +294,8 @@ fn patches_being_flushed_stay_readable_a_newer_write_wins_and_both_land_as_layer
 
 /// `write_shared` tells its caller when a flush behind it has work (its thread then takes
 /// the pool's lock again after answering) and only then: not for a small file's bytes,
-/// not below half the buffer's bound in whole chunks, not while a flush is in flight,
-/// and not for a chunk loaded for a partial overwrite. Each answer matches what
+/// not below half the buffer's bound in whole chunks (counting none a flush in flight
+/// holds), and not for a chunk loaded for a partial overwrite. Each answer matches what
 /// `flush_behind` then does.
 #[test]
 fn a_write_reports_a_flush_due_exactly_when_flush_behind_has_work() {
@@ -315,7 +316,7 @@ fn a_write_reports_a_flush_due_exactly_when_flush_behind_has_work() {
     let flusher = flush_held(&world, fh);
     assert!(
         !write_shared(&world.pool, fh, 2 * MIB as u64, &chunk).unwrap().flush_due,
-        "a flush in flight is not started again"
+        "one chunk beside a flush in flight is not half the bound"
     );
     world.gate.set(false);
     flusher.join().unwrap();
@@ -331,5 +332,55 @@ fn a_write_reports_a_flush_due_exactly_when_flush_behind_has_work() {
     );
     let mut expected = [chunk.clone(), chunk.clone(), chunk.clone(), chunk].concat();
     expected[4096..8192].copy_from_slice(&patch);
+    fsync_close_and_reopen(world, fh, &expected);
+}
+
+/// A writer streaming a file keeps two flushes behind it in flight: the second starts
+/// beside a first held midway, is stored while the first waits, and commits only after
+/// it — the committed size never covers chunks still being stored. A write that fills
+/// the buffer meanwhile leaves the first flush alone (its answer starts the second).
+/// No third starts beside the two, and none beside a flush whose chunks a newer write
+/// rewrites.
+#[test]
+fn a_second_flush_runs_beside_the_first_and_commits_after_it() {
+    let world = World::new();
+    let mut expected = pattern(8 * MIB, 5);
+    let (ino, fh) = create_and_write(&world, &expected[..2 * MIB]);
+    let committed_size = |world: &World| world.pool.lock().unwrap().state().inodes.get(&ino).map(|i| i.size);
+    let write = |index: usize, bytes: &[u8]| write_shared(&world.pool, fh, (index * MIB) as u64, bytes).unwrap();
+    let first = flush_held(&world, fh);
+    assert!(!write(2, &expected[2 * MIB..3 * MIB]).flush_due);
+    assert!(write(3, &expected[3 * MIB..4 * MIB]).flush_due, "two whole chunks above the flush in flight");
+    assert!(write(4, &expected[4 * MIB..5 * MIB]).flush_due);
+    assert!(write(5, &expected[5 * MIB..6 * MIB]).flush_due, "the buffer holds its bound now");
+    assert!(write(6, &expected[6 * MIB..7 * MIB]).flush_due, "a write into the full buffer starts a second flush");
+    assert_eq!(committed_size(&world), Some(0), "the full buffer was not stored under the lock, the first flush kept");
+    let second = {
+        let pool = world.pool.clone();
+        std::thread::spawn(move || flush_behind(&pool, fh))
+    };
+    // The second's fragments pass the gate; its commit must wait for the first's.
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(!second.is_finished(), "the second flush waits for the first to commit");
+    {
+        let mut pool = lock_while_held(&world, "the pool's lock is free while both flushes are in flight");
+        assert_eq!(pool.state().inodes.get(&ino).map(|i| i.size), Some(0), "nothing committed out of order");
+        assert_eq!(pool.read(fh, 0, 7 * MIB).unwrap(), expected[..7 * MIB], "reads see both flushes' chunks");
+    }
+    assert!(!write(7, &expected[7 * MIB..]).flush_due, "no third flush beside two");
+    world.gate.set(false);
+    first.join().unwrap();
+    second.join().unwrap();
+    assert_eq!(committed_size(&world), Some(4 * MIB as u64), "both flushes committed, in order");
+    assert_eq!(world.pool.lock().unwrap().state().file_extents.get(&ino).map(|m| m.len()), Some(4));
+    // A newer write of a chunk in flight leaves no room for a flush beside it.
+    let third = flush_held(&world, fh);
+    let newer = pattern(MIB, 8);
+    assert!(!write(4, &newer).flush_due, "a chunk in flight rewritten: no second flush over it");
+    expected[4 * MIB..5 * MIB].copy_from_slice(&newer);
+    world.gate.set(false);
+    third.join().unwrap();
+    assert_eq!(committed_size(&world), Some(6 * MIB as u64));
+    assert_eq!(world.pool.lock().unwrap().read(fh, 0, 8 * MIB).unwrap(), expected);
     fsync_close_and_reopen(world, fh, &expected);
 }

@@ -8,13 +8,19 @@
 //! `fsync` then runs the durability barrier.
 //!
 //! A front end with several request threads flushes behind the writer
-//! (`flush_behind`): once a file's buffer holds half its bound in whole chunks, they move
-//! to the file's `flushing` set, are stored with the pool's lock released while writes
-//! go on filling the buffer, and are committed; a writer that fills the buffer while a
-//! flush of it is in flight waits for it (`write_shared`: back pressure). Every other
-//! path holds the pool throughout, and one that finds a flush in flight takes its chunks
-//! back first (`Pool::reclaim_flushing`), so that flush's commit is dropped and nothing
-//! is stored twice or out of order.
+//! (`flush_behind`): once a file's buffer holds half its bound in whole chunks, the
+//! lowest of them, up to half the bound, move to the file's `flushing` set, are stored
+//! with the pool's lock released while writes go on filling the buffer, and are
+//! committed. A second flush may run beside the first when the buffer's whole chunks
+//! all lie above it and no patch is involved (a writer streaming the file): it encodes
+//! and writes while the first one's last fragment writes finish, so the disks never
+//! wait for a flush to drain before the next begins; flushes commit in the order they
+//! were taken (`OpenFile::flush_turn`), so no committed size covers a chunk still being
+//! stored. A writer that fills the buffer with no room for another flush waits
+//! (`write_shared`: back pressure). Every other path holds the pool throughout, and one
+//! that finds a flush in flight takes the chunks of all of them back first
+//! (`Pool::reclaim_flushing`), so their commits are dropped and nothing is stored twice
+//! or out of order.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -176,13 +182,22 @@ impl Pool {
 
     /// Writes `data` at `offset`; buffered until flushed. Returns the bytes written.
     pub fn write(&mut self, fh: FileHandle, offset: u64, data: &[u8]) -> Result<usize> {
+        self.write_bounded(fh, offset, data, self.options.dirty_bytes_max)
+    }
+
+    /// `write`, storing the buffer's whole chunks first once it holds `bound` bytes.
+    fn write_bounded(&mut self, fh: FileHandle, offset: u64, data: &[u8], bound: usize) -> Result<usize> {
         let started = self.clock.monotonic_nanos();
-        let written = self.write_buffered(fh, offset, data)?;
+        let written = self.write_buffered_within(fh, offset, data, bound)?;
         self.record_op(crate::pool::op_stats::OpKind::Write, written as u64, started);
         Ok(written)
     }
 
     pub(crate) fn write_buffered(&mut self, fh: FileHandle, offset: u64, data: &[u8]) -> Result<usize> {
+        self.write_buffered_within(fh, offset, data, self.options.dirty_bytes_max)
+    }
+
+    fn write_buffered_within(&mut self, fh: FileHandle, offset: u64, data: &[u8], bound: usize) -> Result<usize> {
         let ino = self.handle_ino(fh)?;
         let end = offset
             .checked_add(data.len() as u64)
@@ -193,7 +208,7 @@ impl Pool {
         }
         // A full buffer is written out before this write joins it, so a flush that fails
         // fails this write with nothing of it taken.
-        if self.files.files.get(&ino).is_some_and(|f| f.dirty_bytes >= self.options.dirty_bytes_max) {
+        if self.files.files.get(&ino).is_some_and(|f| f.dirty_bytes >= bound) {
             self.flush_ino(ino, true)?;
         }
         // Load every chunk the write only partly covers first, so a write that fails
@@ -600,23 +615,22 @@ impl Pool {
     /// (the rest stay buffered). A flush in flight has its chunks taken back first.
     pub(crate) fn flush_ino(&mut self, ino: Ino, complete_only: bool) -> Result<()> {
         self.reclaim_flushing(ino);
-        let Some(job) = self.take_flush(ino, complete_only) else {
+        let Some(job) = self.take_flush(ino, complete_only, usize::MAX) else {
             return Ok(());
         };
         let mut access: &mut Pool = self;
         flush_job(&mut access, job)
     }
 
-    /// Takes the chunks of a flush in flight on `ino` back into its buffer (where no
-    /// newer write replaced them): the flush's commit will be dropped, and whoever called
+    /// Takes the chunks of the flushes in flight on `ino` back into its buffer (where no
+    /// newer write replaced them): their commits will be dropped, and whoever called
     /// this stores them. Nothing when no flush is in flight.
     pub(crate) fn reclaim_flushing(&mut self, ino: Ino) {
         let Some(file) = self.files.files.get_mut(&ino) else { return };
         if !file.in_flight() {
             return;
         }
-        file.take_back_flushing();
-        file.flush_epoch += 1;
+        file.abandon_flights();
     }
 
     /// Whether a flush of `ino` is storing chunks with the pool's lock released.
@@ -625,7 +639,8 @@ impl Pool {
     }
 
     /// Whether `flush_behind` would store `ino`'s buffer now: at least half its bound
-    /// in whole chunks built from writes alone, and no flush of it in flight.
+    /// in whole chunks built from writes alone, and room for a flush beside those in
+    /// flight (`OpenFile::room_for_flight`).
     fn flush_behind_due(&self, ino: Ino) -> bool {
         let half = self.options.dirty_bytes_max / 2;
         self.files.get(ino).is_some_and(|f| {
@@ -635,22 +650,30 @@ impl Pool {
                 .filter(|(i, c)| c.len() as u64 == CHUNK && !f.loaded.contains(i))
                 .map(|(_, c)| c.len())
                 .sum();
-            !f.in_flight() && fresh >= half
+            f.room_for_flight() && fresh >= half
         })
     }
 
-    /// Moves the buffered chunks of `ino` to flush (all, or only full ones) to its
-    /// `flushing` set, with the size and times to commit with them; `None` when nothing
-    /// needs committing. No flush of `ino` may be in flight.
-    fn take_flush(&mut self, ino: Ino, complete_only: bool) -> Option<FlushJob> {
+    /// Moves the buffered chunks of `ino` to flush (all, or only full ones, the lowest
+    /// first up to `bytes_max`) to its `flushing` set, with the size and times to commit
+    /// with them; `None` when nothing needs committing. A flush may be in flight only
+    /// where `OpenFile::room_for_flight` allows one beside it.
+    fn take_flush(&mut self, ino: Ino, complete_only: bool, bytes_max: usize) -> Option<FlushJob> {
         let policy = self.state.effective_policy(ino);
         let committed_size = self.state.inodes.get(&ino).map(|i| i.size);
         let file = self.files.files.get_mut(&ino)?;
-        assert!(!file.in_flight(), "a flush of inode {} is already in flight", ino.0);
+        assert!(file.room_for_flight(), "a flush of inode {} in flight leaves no room for another", ino.0);
+        assert!(complete_only || bytes_max == usize::MAX, "a flush of the whole buffer takes all of it");
+        let mut taking = 0usize;
         let indexes: Vec<u64> = file
             .dirty
             .iter()
             .filter(|(_, chunk)| !complete_only || chunk.len() as u64 == CHUNK)
+            .take_while(|(_, chunk)| {
+                let first = taking == 0;
+                taking = taking.saturating_add(chunk.len());
+                first || taking <= bytes_max
+            })
             .map(|(i, _)| *i)
             .collect();
         let unchanged = file.mtime.is_none() && committed_size == Some(file.size);
@@ -666,12 +689,18 @@ impl Pool {
         };
         let whole: Vec<(u64, Arc<Vec<u8>>)> =
             indexes.iter().filter_map(|i| file.dirty.remove(i).map(|chunk| (*i, Arc::new(chunk)))).collect();
+        let beside = file.in_flight();
+        debug_assert!(!beside || file.patches.is_empty(), "a flush beside another takes no patches");
         let mut overwritten = BTreeMap::new();
         for index in &indexes {
             file.loaded.remove(index);
             overwritten.extend(file.overwritten.remove(index).map(|ranges| (*index, ranges)));
         }
-        file.flushing = whole.iter().cloned().collect();
+        let ticket = file.take_ticket();
+        assert!(whole.iter().all(|(i, _)| !file.flushing.contains_key(i)), "a chunk stored by two flushes at once");
+        assert!(beside || file.flushing.is_empty());
+        assert!(file.flushing_patches.is_empty(), "patches in flight with no flush, or beside a second one");
+        file.flushing.extend(whole.iter().cloned());
         file.flushing_patches = std::mem::take(&mut file.patches);
         file.recount();
         let epoch = file.flush_epoch;
@@ -710,16 +739,22 @@ impl Pool {
             layers.insert(index, patch.ranges());
             chunks.push((index, Arc::new(patch.concat())));
         }
-        Some(FlushJob { ino, epoch, chunks, layers, size, policy })
+        Some(FlushJob { ino, epoch, ticket, taken: indexes, chunks, layers, size, policy })
     }
 
-    /// The last phase of a flush: commits what `stored` wrote of `job` with the size and
-    /// times — unless the flush's chunks were taken back meanwhile (`reclaim_flushing`),
-    /// when what it wrote is deleted unreferenced. On failure the chunks go back to the
-    /// buffer (where no newer write replaced them), so nothing is lost.
+    /// The last phase of a flush, in its turn (`flush_in_turn`): commits what `stored`
+    /// wrote of `job` with the size and times — unless the flush's chunks were taken back
+    /// meanwhile (`reclaim_flushing`), when what it wrote is deleted unreferenced. On
+    /// failure the chunks of every flush in flight go back to the buffer (where no newer
+    /// write replaced them), so nothing is lost and no later flush commits past them.
     fn commit_flush(&mut self, job: FlushJob, stored: Result<StoredChunks>) -> Result<()> {
         let ino = job.ino;
         let current = self.files.get(ino).is_some_and(|f| f.flush_epoch == job.epoch);
+        assert!(
+            !current || self.files.get(ino).is_some_and(|f| f.flush_turn == job.ticket),
+            "a flush of inode {} committing before the one taken before it",
+            ino.0
+        );
         let result = if !current {
             if let Ok(stored) = stored {
                 self.discard_stored(stored);
@@ -737,12 +772,12 @@ impl Pool {
         if current {
             if let Some(file) = self.files.files.get_mut(&ino) {
                 if result.is_err() {
-                    file.take_back_flushing();
+                    file.abandon_flights();
                 } else {
-                    file.flushing.clear();
-                    file.flushing_patches.clear();
+                    file.flight_landed(job.ticket, &job.taken);
                 }
-                if result.is_ok() && file.dirty.is_empty() && file.patches.is_empty() && file.size == job.size {
+                let settled = file.dirty.is_empty() && file.patches.is_empty() && !file.in_flight();
+                if result.is_ok() && settled && file.size == job.size {
                     file.mtime = None;
                 }
             }
@@ -925,6 +960,10 @@ pub(crate) struct FlushJob {
     ino: Ino,
     /// The file's `flush_epoch` when the chunks were taken.
     epoch: u64,
+    /// Its place in the order the file's flushes commit in (`OpenFile::flush_turn`).
+    ticket: u64,
+    /// The indexes of the buffered chunks it took (into `flushing`).
+    taken: Vec<u64>,
     /// What is stored: each chunk whole, or for those in `layers` the bytes of its ranges.
     chunks: Vec<(u64, Arc<Vec<u8>>)>,
     /// Chunks stored as a layer over their extent, with the ranges the layer covers.
@@ -934,18 +973,51 @@ pub(crate) struct FlushJob {
 }
 
 /// Stores a flush's chunks and commits them, reaching the pool through `access` (see
-/// `store_chunks`). A flush short of room retries once after a barrier: the room may be
-/// held by extents whose freeing waits for one.
+/// `store_chunks`). It must be the only flush of its file in flight: with the pool held
+/// throughout, one beside it could never take its turn first.
 fn flush_job(access: &mut impl PoolAccess, job: FlushJob) -> Result<()> {
+    let stored = store_job(access, &job);
+    access.with(|pool| pool.commit_flush(job, stored))
+}
+
+/// Stores a flush's chunks (see `store_chunks`). A flush short of room retries once
+/// after a barrier: the room may be held by extents whose freeing waits for one.
+fn store_job(access: &mut impl PoolAccess, job: &FlushJob) -> Result<StoredChunks> {
     let layers: BTreeSet<u64> = job.layers.keys().copied().collect();
-    let mut stored = store_chunks(access, &job.chunks, job.policy, &layers, INLINE_BYTES_MAX);
+    let stored = store_chunks(access, &job.chunks, job.policy, &layers, INLINE_BYTES_MAX);
     if matches!(stored, Err(Error::NoSpace(_) | Error::Unplaceable { .. })) && access.with(|pool| pool.frees_pending())
     {
-        stored = access
+        return access
             .with(Pool::sync)
             .and_then(|()| store_chunks(access, &job.chunks, job.policy, &layers, INLINE_BYTES_MAX));
     }
-    access.with(|pool| pool.commit_flush(job, stored))
+    stored
+}
+
+/// Stores a flush's chunks with the pool's lock released and commits them in the flush's
+/// turn: after every flush of the file taken before it (`OpenFile::flush_turn`). One
+/// that waits longer than `FLUSH_WAIT_MAX` for its turn gives up every flush in flight
+/// (their chunks go back to the buffer, to be stored by the next flush): it must not
+/// commit out of order, nor wait for ever.
+fn flush_in_turn(pool: &Mutex<Pool>, job: FlushJob) -> Result<()> {
+    let stored = store_job(&mut { pool }, &job);
+    let guard = lock(pool);
+    let signal = guard.writing.signal();
+    let (ino, epoch, ticket) = (job.ino, job.epoch, job.ticket);
+    let waiting =
+        |pool: &mut Pool| pool.files.get(ino).is_some_and(|f| f.flush_epoch == epoch && f.flush_turn != ticket);
+    let (mut guard, _) = signal.wait_timeout_while(guard, FLUSH_WAIT_MAX, waiting).unwrap_or_else(|p| p.into_inner());
+    if waiting(&mut guard) {
+        tracing::warn!(ino = ino.0, "a flush waited too long for the one before it; both are stored again later");
+        guard.reclaim_flushing(ino);
+    }
+    guard.commit_flush(job, stored)
+}
+
+/// The most a flush behind the writer takes: half the buffer's bound, so with two in
+/// flight and the buffer full again a file holds no more than it did with one.
+fn flight_bytes_max(dirty_bytes_max: usize) -> usize {
+    dirty_bytes_max / 2
 }
 
 /// How long a writer waits for a flush of its file before it stores the buffer itself
@@ -960,8 +1032,11 @@ fn settle(pool: &Mutex<Pool>, fh: FileHandle, full_only: bool) -> MutexGuard<'_,
     let Ok(ino) = guard.handle_ino(fh) else { return guard };
     let signal = guard.writing.signal();
     let busy = |pool: &mut Pool| {
-        pool.flush_in_flight(ino)
-            && (!full_only || pool.files.get(ino).is_some_and(|f| f.dirty_bytes >= pool.options.dirty_bytes_max))
+        let bound = pool.options.dirty_bytes_max;
+        match pool.files.get(ino) {
+            Some(f) if full_only => f.dirty_bytes >= bound && !f.room_for_flight(),
+            _ => pool.flush_in_flight(ino),
+        }
     };
     let (guard, _) = signal.wait_timeout_while(guard, FLUSH_WAIT_MAX, busy).unwrap_or_else(|p| p.into_inner());
     guard
@@ -984,21 +1059,27 @@ pub struct Wrote {
 pub fn write_shared(pool: &Mutex<Pool>, fh: FileHandle, offset: u64, data: &[u8]) -> Result<Wrote> {
     let mut guard = settle(pool, fh, true);
     let ino = guard.handle_ino(fh)?;
-    let full = guard.files.get(ino).is_some_and(|f| !f.in_flight() && f.dirty_bytes >= guard.options.dirty_bytes_max);
-    if full {
-        // Still full once the flush in flight ended: store the whole chunks behind the
-        // lock's back too. Should that fail, the write below flushes with the pool held
-        // and fails itself, nothing of it taken.
-        if let Some(job) = guard.take_flush(ino, true) {
+    let bound = guard.options.dirty_bytes_max;
+    let full = guard.files.get(ino).is_some_and(|f| f.room_for_flight() && f.dirty_bytes >= bound);
+    // Full, with room for a flush beside those in flight and one due: the write joins the
+    // buffer past its bound, and its answer starts that flush, so the writer is not held
+    // up while it stores (every request thread adds one write at most before one of
+    // them takes the flush).
+    let behind = full && guard.flush_behind_due(ino);
+    if full && !behind {
+        // Still full once there is room for a flush, and nothing a flush behind would
+        // take: store the whole chunks behind the lock's back too. Should that fail,
+        // the write below flushes with the pool held and fails itself, nothing of it
+        // taken.
+        if let Some(job) = guard.take_flush(ino, true, flight_bytes_max(bound)) {
             drop(guard);
-            let mut access = pool;
-            if let Err(error) = flush_job(&mut access, job) {
+            if let Err(error) = flush_in_turn(pool, job) {
                 tracing::debug!(ino = ino.0, %error, "flushing a full buffer failed; retrying with the pool held");
             }
             guard = lock(pool);
         }
     }
-    let bytes = guard.write(fh, offset, data)?;
+    let bytes = guard.write_bounded(fh, offset, data, if behind { usize::MAX } else { bound })?;
     debug_assert_eq!(bytes, data.len());
     Ok(Wrote { bytes, flush_due: guard.flush_behind_due(ino) })
 }
@@ -1026,12 +1107,12 @@ pub fn flush_behind(pool: &Mutex<Pool>, fh: FileHandle) {
         if !guard.flush_behind_due(ino) {
             return;
         }
-        guard.take_flush(ino, true)
+        let bytes_max = flight_bytes_max(guard.options.dirty_bytes_max);
+        guard.take_flush(ino, true, bytes_max)
     };
     if let Some(job) = job {
         let ino = job.ino;
-        let mut access = pool;
-        if let Err(error) = flush_job(&mut access, job) {
+        if let Err(error) = flush_in_turn(pool, job) {
             tracing::warn!(ino = ino.0, %error, "flushing behind the writer failed; the data stays buffered");
         }
     }
@@ -1055,7 +1136,7 @@ fn store_buffer(pool: &Mutex<Pool>, fh: FileHandle) -> Result<()> {
         let mut guard = settled(pool, fh);
         let ino = guard.handle_ino(fh)?;
         guard.reclaim_flushing(ino);
-        guard.take_flush(ino, false)
+        guard.take_flush(ino, false, usize::MAX)
     };
     match job {
         Some(job) => flush_job(&mut { pool }, job),

@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use crate::base::clock::WallTime;
-use crate::meta::state::Ino;
+use crate::meta::state::{Ino, EXTENT_BYTES_MAX as CHUNK};
 
 /// A file handle returned by `Pool::open_file`.
 pub type FileHandle = u64;
@@ -70,6 +70,17 @@ pub(crate) struct OpenFile {
     /// Bumped when a flush in flight has its chunks taken back into `dirty`
     /// (`Pool::reclaim_flushing`): that flush's commit is then dropped.
     pub(crate) flush_epoch: u64,
+    /// Flushes of this epoch taken and neither committed nor given up: at most two, the
+    /// second only beside a first that holds no patches and lies wholly below it
+    /// (`room_for_flight`), so a writer streaming a file keeps the disks busy while the
+    /// first one's last writes finish.
+    pub(crate) flights: usize,
+    /// Tickets handed to flushes, one each, in the order they were taken.
+    pub(crate) flush_tickets: u64,
+    /// The ticket of the flush of this epoch that commits next: flushes commit in the
+    /// order they were taken, so the size a later one commits never covers chunks an
+    /// earlier one has not.
+    pub(crate) flush_turn: u64,
 }
 
 impl OpenFile {
@@ -89,6 +100,9 @@ impl OpenFile {
             patches: BTreeMap::new(),
             flushing_patches: BTreeMap::new(),
             flush_epoch: 0,
+            flights: 0,
+            flush_tickets: 0,
+            flush_turn: 0,
         }
     }
 
@@ -107,7 +121,60 @@ impl OpenFile {
             patch.lay_under(older);
         }
         self.recount();
+    }
+
+    /// Gives up every flush in flight: their chunks and patches go back into the buffer
+    /// (`take_back_flushing`) and the epoch moves on, so their commits are dropped and
+    /// none waits for its turn.
+    pub(crate) fn abandon_flights(&mut self) {
+        self.take_back_flushing();
+        self.flush_epoch += 1;
+        self.flights = 0;
+        self.flush_turn = self.flush_tickets;
         debug_assert!(!self.in_flight());
+    }
+
+    /// Hands the next ticket to a flush being taken.
+    pub(crate) fn take_ticket(&mut self) -> u64 {
+        assert!(self.room_for_flight(), "a flush taken beside one it may not run beside");
+        let ticket = self.flush_tickets;
+        self.flush_tickets += 1;
+        self.flights += 1;
+        debug_assert_eq!(self.flush_turn + self.flights as u64, self.flush_tickets);
+        ticket
+    }
+
+    /// A flush of this epoch, ticket `ticket`, committed (or found nothing to commit):
+    /// the next one's turn. Its chunks `taken` leave `flushing`.
+    pub(crate) fn flight_landed(&mut self, ticket: u64, taken: &[u64]) {
+        assert_eq!(ticket, self.flush_turn, "a flush committed out of turn");
+        assert!(self.flights > 0);
+        for index in taken {
+            self.flushing.remove(index);
+        }
+        self.flights -= 1;
+        self.flush_turn += 1;
+        if self.flights == 0 {
+            self.flushing_patches.clear();
+            debug_assert!(self.flushing.is_empty(), "chunks left in flight with no flush");
+        }
+    }
+
+    /// Whether a flush may be taken now: none is in flight, or one is, holding no patches,
+    /// with no patch waiting, and every whole chunk the buffer holds lies above every
+    /// chunk it is storing (a writer streaming the file) — so the second flush neither
+    /// stores a chunk the first does nor commits a size below it.
+    pub(crate) fn room_for_flight(&self) -> bool {
+        match self.flights {
+            0 => true,
+            1 => {
+                let above = self.flushing.keys().next_back().is_none_or(|last| {
+                    self.dirty.iter().filter(|(_, c)| c.len() as u64 == CHUNK).all(|(i, _)| i > last)
+                });
+                self.patches.is_empty() && self.flushing_patches.is_empty() && above
+            }
+            _ => false,
+        }
     }
 
     /// Sets `dirty_bytes` to what the buffer holds: whole chunks and patches.
@@ -118,7 +185,7 @@ impl OpenFile {
 
     /// Whether a flush of this file is storing chunks or patches with the lock released.
     pub(crate) fn in_flight(&self) -> bool {
-        !self.flushing.is_empty() || !self.flushing_patches.is_empty()
+        self.flights > 0
     }
 
     /// Lays what the buffer's patches (in flight, then waiting) hold of chunk `index`'s
