@@ -5,8 +5,10 @@
 //! them, the orphan collector must leave their fragments alone, and a truncate must take
 //! the chunks back so that the flush's late commit changes nothing. The same holds for
 //! patches (small writes into stored chunks) stored as layers by a flush held midway.
-//! After the flush ends and a reopen, the file holds exactly what was written and no
-//! fragment is left over.
+//! A second flush may run beside the first behind a streaming writer; it commits only
+//! after the first, and one that waits too long for its turn gives both up. After the
+//! flushes end and a reopen, the file holds exactly what was written and no fragment is
+//! left over.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -382,5 +384,30 @@ fn a_second_flush_runs_beside_the_first_and_commits_after_it() {
     third.join().unwrap();
     assert_eq!(committed_size(&world), Some(6 * MIB as u64));
     assert_eq!(world.pool.lock().unwrap().read(fh, 0, 8 * MIB).unwrap(), expected);
+    fsync_close_and_reopen(world, fh, &expected);
+}
+
+/// A flush that waits too long for the one before it (here the first is held at the
+/// gate past `FLUSH_WAIT_MAX`, five seconds) commits nothing out of order: it gives
+/// both up, their chunks go back to the buffer, the first one's late commit is dropped
+/// too, and the next flush stores everything — nothing lost, nothing left over.
+#[test]
+fn a_flush_that_waits_too_long_for_its_turn_gives_both_up_and_loses_nothing() {
+    let world = World::new();
+    let expected = pattern(4 * MIB, 13);
+    let (ino, fh) = create_and_write(&world, &expected[..2 * MIB]);
+    let committed_size = |world: &World| world.pool.lock().unwrap().state().inodes.get(&ino).map(|i| i.size);
+    let first = flush_held(&world, fh);
+    for index in 2..4 {
+        write_shared(&world.pool, fh, (index * MIB) as u64, &expected[index * MIB..(index + 1) * MIB]).unwrap();
+    }
+    let started = Instant::now();
+    flush_behind(&world.pool, fh);
+    assert!(started.elapsed() >= Duration::from_secs(5), "the second flush waited for its turn until it gave up");
+    assert_eq!(committed_size(&world), Some(0), "the second flush did not commit before the first");
+    world.gate.set(false);
+    first.join().unwrap();
+    assert_eq!(committed_size(&world), Some(0), "the first flush's late commit was dropped");
+    assert_eq!(world.pool.lock().unwrap().read(fh, 0, 4 * MIB).unwrap(), expected, "every chunk is buffered again");
     fsync_close_and_reopen(world, fh, &expected);
 }
