@@ -211,7 +211,7 @@ impl Pool {
             let piece = (total - copied).min(CHUNK);
             let data = self.read_ino(source_ino, source_offset + copied, piece as usize)?;
             assert_eq!(data.len() as u64, piece, "the source's size was checked before reading");
-            self.write_buffered(target, target_offset + copied, &data)?;
+            self.write_buffered(target, target_offset + copied, &data, self.options.dirty_bytes_max)?;
             copied += piece;
         }
         Ok(copied)

@@ -188,16 +188,14 @@ impl Pool {
     /// `write`, storing the buffer's whole chunks first once it holds `bound` bytes.
     fn write_bounded(&mut self, fh: FileHandle, offset: u64, data: &[u8], bound: usize) -> Result<usize> {
         let started = self.clock.monotonic_nanos();
-        let written = self.write_buffered_within(fh, offset, data, bound)?;
+        let written = self.write_buffered(fh, offset, data, bound)?;
         self.record_op(crate::pool::op_stats::OpKind::Write, written as u64, started);
         Ok(written)
     }
 
-    pub(crate) fn write_buffered(&mut self, fh: FileHandle, offset: u64, data: &[u8]) -> Result<usize> {
-        self.write_buffered_within(fh, offset, data, self.options.dirty_bytes_max)
-    }
-
-    fn write_buffered_within(&mut self, fh: FileHandle, offset: u64, data: &[u8], bound: usize) -> Result<usize> {
+    /// Buffers `data` at `offset`, storing the buffer's whole chunks first once it holds
+    /// `bound` bytes.
+    pub(crate) fn write_buffered(&mut self, fh: FileHandle, offset: u64, data: &[u8], bound: usize) -> Result<usize> {
         let ino = self.handle_ino(fh)?;
         let end = offset
             .checked_add(data.len() as u64)
@@ -690,7 +688,6 @@ impl Pool {
         let whole: Vec<(u64, Arc<Vec<u8>>)> =
             indexes.iter().filter_map(|i| file.dirty.remove(i).map(|chunk| (*i, Arc::new(chunk)))).collect();
         let beside = file.in_flight();
-        debug_assert!(!beside || file.patches.is_empty(), "a flush beside another takes no patches");
         let mut overwritten = BTreeMap::new();
         for index in &indexes {
             file.loaded.remove(index);

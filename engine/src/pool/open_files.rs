@@ -70,16 +70,11 @@ pub(crate) struct OpenFile {
     /// Bumped when a flush in flight has its chunks taken back into `dirty`
     /// (`Pool::reclaim_flushing`): that flush's commit is then dropped.
     pub(crate) flush_epoch: u64,
-    /// Flushes of this epoch taken and neither committed nor given up: at most two, the
-    /// second only beside a first that holds no patches and lies wholly below it
-    /// (`room_for_flight`), so a writer streaming a file keeps the disks busy while the
-    /// first one's last writes finish.
-    pub(crate) flights: usize,
     /// Tickets handed to flushes, one each, in the order they were taken.
     pub(crate) flush_tickets: u64,
     /// The ticket of the flush of this epoch that commits next: flushes commit in the
     /// order they were taken, so the size a later one commits never covers chunks an
-    /// earlier one has not.
+    /// earlier one has not. The tickets from here to `flush_tickets` are the flights.
     pub(crate) flush_turn: u64,
 }
 
@@ -100,7 +95,6 @@ impl OpenFile {
             patches: BTreeMap::new(),
             flushing_patches: BTreeMap::new(),
             flush_epoch: 0,
-            flights: 0,
             flush_tickets: 0,
             flush_turn: 0,
         }
@@ -129,18 +123,23 @@ impl OpenFile {
     pub(crate) fn abandon_flights(&mut self) {
         self.take_back_flushing();
         self.flush_epoch += 1;
-        self.flights = 0;
         self.flush_turn = self.flush_tickets;
         debug_assert!(!self.in_flight());
     }
 
-    /// Hands the next ticket to a flush being taken.
+    /// Flushes of this epoch taken and neither committed nor given up: at most two, the
+    /// second only beside a first that holds no patches and lies wholly below it
+    /// (`room_for_flight`), so a writer streaming a file keeps the disks busy while the
+    /// first one's last writes finish.
+    pub(crate) fn flights(&self) -> u64 {
+        self.flush_tickets - self.flush_turn
+    }
+
+    /// Hands the next ticket to a flush being taken (see `room_for_flight`).
     pub(crate) fn take_ticket(&mut self) -> u64 {
-        assert!(self.room_for_flight(), "a flush taken beside one it may not run beside");
+        assert!(self.flights() < 2, "a third flush of one file in flight");
         let ticket = self.flush_tickets;
         self.flush_tickets += 1;
-        self.flights += 1;
-        debug_assert_eq!(self.flush_turn + self.flights as u64, self.flush_tickets);
         ticket
     }
 
@@ -148,13 +147,12 @@ impl OpenFile {
     /// the next one's turn. Its chunks `taken` leave `flushing`.
     pub(crate) fn flight_landed(&mut self, ticket: u64, taken: &[u64]) {
         assert_eq!(ticket, self.flush_turn, "a flush committed out of turn");
-        assert!(self.flights > 0);
+        assert!(self.flights() > 0);
         for index in taken {
             self.flushing.remove(index);
         }
-        self.flights -= 1;
         self.flush_turn += 1;
-        if self.flights == 0 {
+        if self.flights() == 0 {
             self.flushing_patches.clear();
             debug_assert!(self.flushing.is_empty(), "chunks left in flight with no flush");
         }
@@ -165,7 +163,7 @@ impl OpenFile {
     /// chunk it is storing (a writer streaming the file) — so the second flush neither
     /// stores a chunk the first does nor commits a size below it.
     pub(crate) fn room_for_flight(&self) -> bool {
-        match self.flights {
+        match self.flights() {
             0 => true,
             1 => {
                 let above = self.flushing.keys().next_back().is_none_or(|last| {
@@ -185,7 +183,7 @@ impl OpenFile {
 
     /// Whether a flush of this file is storing chunks or patches with the lock released.
     pub(crate) fn in_flight(&self) -> bool {
-        self.flights > 0
+        self.flights() > 0
     }
 
     /// Lays what the buffer's patches (in flight, then waiting) hold of chunk `index`'s
