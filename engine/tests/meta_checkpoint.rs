@@ -292,3 +292,43 @@ fn rot_every_store_page_on(t: &TestPool, disks: &[usize]) {
         }
     }
 }
+
+/// A checkpoint is due once `checkpoint_every_records` records, or
+/// `checkpoint_every_bytes` of them, were written since the last one, whichever comes
+/// first; neither, and records pile up with no checkpoint at all.
+#[test]
+fn a_checkpoint_comes_after_so_many_records_or_so_many_bytes_of_them() {
+    // (records, bytes) limits; small files of 2 KiB live inline in the journal, so each
+    // file's record is a few KiB and sixteen KiB of them come every few records.
+    for (records, bytes) in [(u64::MAX, u64::MAX), (5, u64::MAX), (u64::MAX, 16 << 10), (7, 16 << 10)] {
+        let options =
+            PoolOptions { checkpoint_every_records: records, checkpoint_every_bytes: bytes, ..common::options() };
+        let mut t = TestPool::with_options(&[64, 64, 64], "replicate:3", options);
+        t.pool().checkpoint().unwrap();
+        let replicas = t.pool().journal_disks().len() as u64;
+        let checkpoints_before = t.pool().counters().checkpoints;
+        let (mut since_records, mut since_bytes, mut expected) = (0u64, 0u64, 0u64);
+        for i in 0..40u64 {
+            let written = t.pool().counters().journal_bytes;
+            t.write_file(&format!("f{i}"), &pattern(2048 + 97 * i as usize, i));
+            let record = (t.pool().counters().journal_bytes - written) / replicas;
+            assert!(record > 2048, "file {i}'s record held its data ({record} B)");
+            since_records += 1;
+            since_bytes += record;
+            if since_records >= records || since_bytes >= bytes {
+                expected += 1;
+                (since_records, since_bytes) = (0, 0);
+            }
+        }
+        let checkpoints = t.pool().counters().checkpoints - checkpoints_before;
+        assert_eq!(checkpoints, expected, "limits of {records} records and {bytes} bytes");
+        if records != u64::MAX || bytes != u64::MAX {
+            assert!(checkpoints >= 5, "limits of {records} records and {bytes} bytes gave {checkpoints}");
+        }
+        for i in 0..40u64 {
+            assert_eq!(t.read_file(&format!("f{i}")).unwrap(), pattern(2048 + 97 * i as usize, i));
+        }
+        t.reopen();
+        assert_eq!(t.read_file("f39").unwrap(), pattern(2048 + 97 * 39, 39));
+    }
+}

@@ -12,7 +12,8 @@
 //! 3. deletes the fragments of freed extents — only now does no durable record need them
 //!    (a shared barrier leaves them to the next one, which deletes them beside its disk
 //!    syncs with the lock released: see `sync_shared`);
-//! 4. checkpoints when due.
+//! 4. checkpoints when due: every `PoolOptions::checkpoint_every_records` records or
+//!    `checkpoint_every_bytes` of them, whichever comes first.
 //!
 //! `fsync`, unmount, every CLI command and the daemon's timer end in a barrier; a commit
 //! runs one itself once `PoolOptions::barrier_after_ops` ops are waiting.
@@ -357,7 +358,7 @@ impl Pool {
             return Err(Error::ReadOnly(reason));
         }
         self.reached(CommitPhase::JournalSynced);
-        self.record_durable(tip);
+        self.record_durable(tip, block.len() as u64);
         for failure in failures.iter().filter(|f| f.no_space) {
             self.journal_refused_room(targets[failure.index].0);
         }

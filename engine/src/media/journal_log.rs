@@ -75,8 +75,9 @@ pub const LOG_FORMAT: u16 = 1;
 pub const LOG_BYTES_FIRST: u64 = 256 << 10;
 /// The smallest log file a disk is asked to allow.
 pub const LOG_BYTES_MIN: u64 = 64 << 10;
-/// The largest log file: a checkpoint interval of database transactions (256 records
-/// of 16–20 KiB) fits in one.
+/// The largest log file: a checkpoint interval of records (at most
+/// `PoolOptions::checkpoint_every_bytes`, this by default, and one record more) fits in
+/// about one.
 pub const LOG_BYTES_MAX: u64 = 8 << 20;
 /// Records longer than this are not logged: the caller keeps them as files of their
 /// own (a checkpoint's worth of ops in one record is rare, and would crowd out the log).
