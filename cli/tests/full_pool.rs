@@ -215,8 +215,8 @@ fn overwriting_and_deleting_ten_times_the_pool_never_runs_out_of_room() {
             assert!(avail >= size / 2, "step {step}: only {avail} of {size} bytes free with 12 MiB live");
         }
     }
-    // A barrier: everything freed is free as far as `df` goes (a shared barrier leaves
-    // the deletion of what it freed to the next one, so an fsync does not wait for it).
+    // A barrier: everything freed is free as far as `df` goes (a shared barrier hands
+    // the deletion of what it freed to a thread, so an fsync does not wait for it).
     fs::File::open(&mnt).unwrap().sync_all().unwrap();
     let live_bytes = (FILES * FILE_BYTES) as u64;
     let (_, used, _) = df(&mnt);

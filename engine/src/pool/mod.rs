@@ -564,7 +564,7 @@ impl Pool {
         self.counters.commits += 1;
         self.check_invariants();
         if self.undurable.ops.len() >= self.options.barrier_after_ops && !self.undurable.in_barrier {
-            if let Err(e) = self.sync() {
+            if let Err(e) = self.sync_in_passing() {
                 tracing::warn!(error = %e, "durability barrier failed");
             }
         }

@@ -14,13 +14,22 @@ pub(crate) struct Undurable {
     pub(crate) ops: Vec<Op>,
     /// Extents freed (or written and never committed) whose fragments await deletion.
     pub(crate) frees: Vec<FreedExtent>,
-    /// Fragments of freed extents whose freeing record is durable, left for the next
-    /// shared barrier to delete outside the lock, beside its disk syncs
-    /// (`crate::data::durability::sync_shared`): the `fsync` that freed them does not
-    /// wait for their punches. An extent's id is never used again, so nothing can have
+    /// Fragments of freed extents whose freeing record is durable, left for a thread of
+    /// their own to delete once the shared barrier that freed them returned (or, while
+    /// one is still deleting, for the next shared barrier to delete outside the lock,
+    /// beside its disk syncs: `crate::data::durability::sync_shared`): the `fsync` that
+    /// freed them does not wait for their punches. An extent's id is never used again, so nothing can have
     /// rewritten them meanwhile.
     /// Each with its block's bytes, which `df` already counts as free.
     pub(crate) deferred_deletes: Vec<(DiskId, BlockName, u64)>,
+    /// The thread deleting what earlier shared barriers freed, started as soon as the
+    /// barrier that made their freeing durable returned
+    /// (`crate::data::durability::sync_shared`); `Pool::sync` waits for it.
+    pub(crate) deleting: Option<std::thread::JoinHandle<()>>,
+    /// Bytes on each disk that the deleting thread has yet to start deleting: free as far
+    /// as `df` goes, as those of `deferred_deletes` (a disk's count drops as its
+    /// deletion starts, when the disk stops counting them used).
+    pub(crate) deleting_bytes: std::sync::Arc<std::sync::Mutex<std::collections::BTreeMap<DiskId, u64>>>,
     /// Single fragments a repair or drain moved away from a disk that still works.
     pub(crate) fragment_frees: Vec<(DiskId, BlockName)>,
     /// Disks that took fragment writes since the last barrier.
