@@ -131,9 +131,9 @@ impl Pool {
         result
     }
 
-    /// The barrier; with `defer_frees` the fragments it frees are left for the next shared
-    /// barrier to delete (see `sync_shared`), else they are deleted now with any left
-    /// over from earlier shared barriers.
+    /// The barrier; with `defer_frees` the fragments it frees are left for the caller to
+    /// hand to the deleting thread (`delete_in_background`), else it waits for that
+    /// thread and deletes them now with any left over from earlier shared barriers.
     fn barrier(&mut self, defer_frees: bool) -> Result<()> {
         if !defer_frees {
             self.join_deletion();

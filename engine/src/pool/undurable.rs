@@ -18,9 +18,9 @@ pub(crate) struct Undurable {
     /// their own to delete once the shared barrier that freed them returned (or, while
     /// one is still deleting, for the next shared barrier to delete outside the lock,
     /// beside its disk syncs: `crate::data::durability::sync_shared`): the `fsync` that
-    /// freed them does not wait for their punches. An extent's id is never used again, so nothing can have
-    /// rewritten them meanwhile.
-    /// Each with its block's bytes, which `df` already counts as free.
+    /// freed them does not wait for their punches. An extent's id is never used again,
+    /// so nothing can have rewritten them meanwhile. Each with its block's bytes, which
+    /// `df` already counts as free.
     pub(crate) deferred_deletes: Vec<(DiskId, BlockName, u64)>,
     /// The thread deleting what earlier shared barriers freed, started as soon as the
     /// barrier that made their freeing durable returned
