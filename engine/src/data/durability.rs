@@ -76,9 +76,7 @@ pub fn sync_shared(pool: &Mutex<Pool>) -> Result<()> {
     .collect();
     let mut pool = lock(pool);
     pool.undurable.sync_failed.extend(failed);
-    let result = pool.barrier(true);
-    pool.delete_in_background();
-    result
+    pool.sync_in_passing()
 }
 
 /// One disk's share of a shared barrier's work outside the lock.
@@ -119,9 +117,9 @@ impl Pool {
         self.barrier(false)
     }
 
-    /// The barrier a commit runs itself once `PoolOptions::barrier_after_ops` ops wait:
-    /// `sync`, but what it frees is deleted by a thread of its own, as after a shared
-    /// barrier (`delete_in_background`) — the request whose commit crossed the line does
+    /// The barrier of a shared barrier's last step under the lock, and the one a commit
+    /// runs itself once `PoolOptions::barrier_after_ops` ops wait: `sync`, but what it
+    /// frees is deleted by a thread of its own (`delete_in_background`) — the request whose commit crossed the line does
     /// not wait for the deletion of what other requests freed (a deleted file's fragments
     /// stalled a stream of small files' creates here). Where I/O runs in turn (the
     /// simulator) the frees wait for the next `sync`.
@@ -207,10 +205,8 @@ impl Pool {
         if self.undurable.deferred_deletes.is_empty() || self.read_only.is_some() || !self.options.parallel_io {
             return;
         }
-        let dying = self.undurable.deferred_deletes.iter().fold(BTreeMap::new(), |mut bytes, (disk, _, len)| {
-            *bytes.entry(*disk).or_insert(0u64) += len;
-            bytes
-        });
+        // No deletion runs, so this is what the deferred deletes take.
+        let dying = self.deferred_bytes();
         let jobs: Vec<DeleteJob> = self
             .take_deferred_deletes()
             .into_iter()
@@ -222,8 +218,7 @@ impl Pool {
         let counted = Arc::clone(&self.undurable.deleting_bytes);
         {
             let mut counted = lock_bytes(&counted);
-            assert!(counted.values().all(|bytes| *bytes == 0), "no deletion is under way");
-            counted.clear();
+            assert!(counted.is_empty(), "no deletion is under way");
             counted.extend(jobs.iter().map(|job| (job.disk, job.bytes)));
         }
         let (sent, kept) = std::sync::mpsc::channel::<Vec<DeleteJob>>();
