@@ -18,8 +18,8 @@
 //! lock that other jobs take while they wait. And no job ever waits for the pool's lock (`Pool` behind a front
 //! end's mutex): its holder may itself be waiting for I/O threads, and with every one of
 //! them blocked on that lock nothing would move. Work that must book its results under
-//! that lock (the read-ahead) runs on a thread of its own and only hands its disk jobs to
-//! the pool.
+//! that lock (the read-ahead) runs on threads of its own (`data::fetch`) and only hands
+//! its disk jobs to the pool.
 
 use std::collections::VecDeque;
 use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};

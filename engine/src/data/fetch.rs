@@ -2,8 +2,8 @@
 //! with several request threads — plans a read under the pool's lock, fetches the extents
 //! (disk reads, checks, decoding) with the lock released, books the results under the
 //! lock again, and answers from the cache. Other requests are served meanwhile, so disk
-//! time overlaps with everything else; read-ahead runs on a thread of its own, answering
-//! no one.
+//! time overlaps with everything else; read-ahead runs on a few long-lived threads of its
+//! own (`ReadAheadQueue`), answering no one.
 //!
 //! Contract: a plan never includes an extent another plan is fetching (`in_flight`), so
 //! nothing is fetched twice at once: a read that needs such an extent waits for its
@@ -11,8 +11,10 @@
 //! failed fetch books nothing, and the ordinary read then fetches again and reports the
 //! error.
 
-use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::collections::{BTreeMap, VecDeque};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
 use crate::base::error::Result;
@@ -59,21 +61,11 @@ pub fn lock(pool: &Mutex<Pool>) -> MutexGuard<'_, Pool> {
 pub fn read_shared(pool: &Arc<Mutex<Pool>>, fh: FileHandle, offset: u64, size: usize) -> Result<ReadData> {
     let plan = lock(pool).plan_read(fh, offset, size)?;
     if let Some(ahead) = plan.ahead {
-        // The read-ahead belongs to this request: its log lines carry its id. It books
-        // under the pool's lock, so it runs on a thread of its own, never on an I/O pool
-        // thread (see `base::io`); its disk reads go to the I/O pool.
-        let span = tracing::Span::current();
+        // The read-ahead belongs to this request: its log lines carry its id.
         let extents = ahead.extents();
-        let shared = pool.clone();
-        let started = std::thread::Builder::new().name("dfs-read-ahead".into()).spawn(move || {
-            let _span = span.enter();
-            let fetched = ahead.run();
-            lock(&shared).book_fetched(fetched);
-        });
-        if let Err(error) = started {
+        if !ReadAheadQueue::push(pool, ahead, tracing::Span::current()) {
             // No thread, no read-ahead: the extents are no longer in flight, and the reads
             // that reach them fetch them themselves.
-            tracing::warn!(%error, "no thread for read-ahead");
             lock(pool).abandon_fetch(&extents);
         }
     }
@@ -92,7 +84,108 @@ pub fn read_shared(pool: &Arc<Mutex<Pool>>, fh: FileHandle, offset: u64, size: u
     guard.answer_read(fh, offset, size, false)
 }
 
+/// Threads that run read-ahead plans and book what they fetch.
+///
+/// Why long-lived threads of their own: read-ahead books under the pool's lock, which no
+/// I/O-pool job may wait for (see `base::io`); a thread spawned per plan (one per
+/// sequential read request) cost its start and, worse, a fresh direct-read buffer whose
+/// page faults and zero-fill took a tenth of a sequential read's CPU. A few threads
+/// reading an extent each also keep fewer reads in flight than one thread per extent of
+/// the window did, which on this project's virtual disks moved more bytes, not fewer.
+///
+/// Contract: every extent of a queued plan is in flight until its worker books it (or,
+/// if the fetch panicked, abandons it); plans run in the order they were queued.
+struct ReadAheadQueue {
+    jobs: Mutex<VecDeque<ReadAheadJob>>,
+    /// Signalled when a job is queued.
+    work: Condvar,
+    /// Workers started (0: none could be, and read-ahead is off).
+    workers: AtomicUsize,
+}
+
+/// One extent's read-ahead, with the pool to book it in and the request it serves.
+struct ReadAheadJob {
+    pool: Arc<Mutex<Pool>>,
+    plan: FetchPlan,
+    span: tracing::Span,
+}
+
+/// Read-ahead workers: each reads one extent at a time (its shards in turn).
+const READ_AHEAD_THREADS: usize = 8;
+
+static READ_AHEAD: OnceLock<ReadAheadQueue> = OnceLock::new();
+
+impl ReadAheadQueue {
+    /// The queue, its workers started on first use.
+    fn get() -> &'static ReadAheadQueue {
+        let mut first = false;
+        let queue = READ_AHEAD.get_or_init(|| {
+            first = true;
+            ReadAheadQueue { jobs: Mutex::new(VecDeque::new()), work: Condvar::new(), workers: AtomicUsize::new(0) }
+        });
+        if first {
+            for index in 0..READ_AHEAD_THREADS {
+                let started =
+                    std::thread::Builder::new().name(format!("dfs-read-ahead-{index}")).spawn(move || queue.serve());
+                match started {
+                    Ok(_) => {
+                        queue.workers.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(error) => tracing::warn!(%error, "no thread for read-ahead"),
+                }
+            }
+        }
+        queue
+    }
+
+    /// Queues `plan`'s extents, one job each, so that the workers fetch them side by
+    /// side; `false` (nothing queued) when no worker runs.
+    fn push(pool: &Arc<Mutex<Pool>>, plan: FetchPlan, span: tracing::Span) -> bool {
+        let queue = ReadAheadQueue::get();
+        if queue.workers.load(Ordering::Relaxed) == 0 {
+            return false;
+        }
+        let mut jobs = queue.jobs.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        for plan in plan.split() {
+            jobs.push_back(ReadAheadJob { pool: pool.clone(), plan, span: span.clone() });
+            queue.work.notify_one();
+        }
+        true
+    }
+
+    /// A worker: runs queued jobs for ever, sleeping while there are none.
+    fn serve(&self) {
+        loop {
+            let job = {
+                let mut jobs = self.jobs.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+                loop {
+                    if let Some(job) = jobs.pop_front() {
+                        break job;
+                    }
+                    jobs = self.work.wait(jobs).unwrap_or_else(|poisoned| poisoned.into_inner());
+                }
+            };
+            let ReadAheadJob { pool, plan, span } = job;
+            let _span = span.enter();
+            let extents = plan.extents();
+            match catch_unwind(AssertUnwindSafe(|| plan.run())) {
+                Ok(fetched) => lock(&pool).book_fetched(fetched),
+                Err(_) => {
+                    tracing::error!("a read-ahead fetch panicked; its extents are read on demand");
+                    lock(&pool).abandon_fetch(&extents);
+                }
+            }
+        }
+    }
+}
+
 impl FetchPlan {
+    /// The plan, one extent per plan.
+    fn split(self) -> Vec<FetchPlan> {
+        let FetchPlan { jobs, devices, verify, parallel } = self;
+        jobs.into_iter().map(|job| FetchPlan { jobs: vec![job], devices: devices.clone(), verify, parallel }).collect()
+    }
+
     /// The extents the plan fetches.
     pub(crate) fn extents(&self) -> Vec<ExtentId> {
         self.jobs.iter().map(|(record, _)| record.id).collect()
