@@ -53,6 +53,9 @@ pub struct MountSettings {
     /// The kernel's writeback cache (`writeback_cache`): faster small random writes,
     /// dearer file creation.
     pub writeback_cache: bool,
+    /// Read-only opens of files of 1 MiB or more bypass the page cache (`direct_reads`,
+    /// the default; `nodirect_reads` turns it off): faster large reads, dearer small ones.
+    pub direct_reads: bool,
 }
 
 /// The most request threads `threads=N` takes.
@@ -78,6 +81,7 @@ impl Default for MountSettings {
             cache_bytes: None,
             threads: None,
             writeback_cache: false,
+            direct_reads: true,
         }
     }
 }
@@ -92,7 +96,7 @@ const KERNEL_OPTION_PREFIXES: &[&str] = &["user_id=", "group_id=", "rootmode=", 
 impl MountSettings {
     /// Applies comma-separated mount options: `allow_other`, `ro`/`rw`, `suid`/`nosuid`,
     /// `dev`/`nodev`, `exec`/`noexec`, `atime`/`relatime`/`noatime`, `writeback_cache`,
-    /// `metrics=ADDR`, `cache=SIZE`, `threads=N`;
+    /// `direct_reads`/`nodirect_reads`, `metrics=ADDR`, `cache=SIZE`, `threads=N`;
     /// `default_permissions` (always on) and the options of `mount(8)` and systemd
     /// (`defaults`, `_netdev`, `nofail`, `x-*`, `comment=*`, …) are accepted and ignored.
     /// Another option is an error, unless `sloppy` (`mount -s`).
@@ -112,6 +116,8 @@ impl MountSettings {
                 "noatime" => self.atime = false,
                 "nonempty" => self.nonempty = true,
                 "writeback_cache" => self.writeback_cache = true,
+                "direct_reads" => self.direct_reads = true,
+                "nodirect_reads" => self.direct_reads = false,
                 "default_permissions" => {}
                 _ if IGNORED_OPTIONS.contains(&option) => {}
                 _ if option.starts_with("x-") || option.starts_with("comment=") => {}
@@ -135,7 +141,7 @@ impl MountSettings {
                     }
                     _ if sloppy => {}
                     _ => bail!(
-                        "unknown mount option '{option}'; known: allow_other, ro, rw, suid, nosuid, dev, nodev, exec, noexec, atime, noatime, nonempty, writeback_cache, metrics=ADDR, cache=SIZE, threads=N (EINVAL)"
+                        "unknown mount option '{option}'; known: allow_other, ro, rw, suid, nosuid, dev, nodev, exec, noexec, atime, noatime, nonempty, writeback_cache, direct_reads, nodirect_reads, metrics=ADDR, cache=SIZE, threads=N (EINVAL)"
                     ),
                 },
             }
@@ -156,6 +162,7 @@ impl MountSettings {
             (!self.atime, "noatime"),
             (self.nonempty, "nonempty"),
             (self.writeback_cache, "writeback_cache"),
+            (!self.direct_reads, "nodirect_reads"),
         ] {
             if on {
                 options.push(name.to_string());
@@ -538,8 +545,10 @@ fn serve(pool: &Path, mountpoint: &Path, settings: &MountSettings) -> Result<()>
         crate::exporter::serve(addr, shared.clone(), dir_path.clone())?;
         crate::announce!("metrics on http://{addr}/metrics and /health");
     }
-    let fs =
-        DynamicFs::shared(shared.clone()).with_atime(settings.atime).with_writeback_cache(settings.writeback_cache);
+    let fs = DynamicFs::shared(shared.clone())
+        .with_atime(settings.atime)
+        .with_writeback_cache(settings.writeback_cache)
+        .with_direct_reads(settings.direct_reads);
     let (session, kernel_mounted) = mount_session(fs, &dir_path, mountpoint, settings)?;
     if kernel_mounted {
         raise_read_ahead(mountpoint);

@@ -242,3 +242,41 @@ fn the_extent_cache_setting_bounds_the_daemons_memory() {
     assert!(small < 100e6, "{} MB resident with a 16 MiB cache", small / 1e6);
     assert!(default > small + 50e6, "default cache {} MB, 16 MiB cache {} MB", default / 1e6, small / 1e6);
 }
+
+/// Read-only descriptors of files of an extent or more read past the page cache
+/// (`direct_reads`, the default): each 4 KiB `pread` of one reaches the daemon, counted
+/// in `dynamicfs_operations_total{op="read"}`. A read-write descriptor, a small file and
+/// every file under `nodirect_reads` go through the kernel's page cache, whose read-ahead
+/// asks for 1 MiB at a time. Either way the bytes are the file's.
+#[test]
+fn read_only_descriptors_of_large_files_read_past_the_page_cache_unless_told_otherwise() {
+    use std::os::unix::fs::FileExt;
+    let reads_of = |options: &str, file_len: usize, write_access: bool| -> f64 {
+        let pool = Pool::new("replicate:1", &[64]);
+        let m = pool.root.path().join("mnt");
+        std::fs::create_dir(&m).unwrap();
+        let port = free_port();
+        let addr = format!("127.0.0.1:{port}");
+        ok(&["mount", "--pool", pool.path(), "--mountpoint", m.to_str().unwrap(), "--metrics", &addr, "-o", options]);
+        let data = pattern(file_len, 7);
+        std::fs::write(m.join("f"), &data).unwrap();
+        let before =
+            sample(&http(port, "GET", "/metrics").1, r#"dynamicfs_operations_total{op="read"}"#).unwrap_or(0.0);
+        let file = std::fs::OpenOptions::new().read(true).write(write_access).open(m.join("f")).unwrap();
+        let mut block = vec![0u8; 4096];
+        for (k, expected) in data.chunks(4096).take(256).enumerate() {
+            file.read_exact_at(&mut block[..expected.len()], (k * 4096) as u64).unwrap();
+            assert_eq!(&block[..expected.len()], expected, "bytes at {}", k * 4096);
+        }
+        drop(file);
+        let after = sample(&http(port, "GET", "/metrics").1, r#"dynamicfs_operations_total{op="read"}"#).unwrap_or(0.0);
+        ok(&["umount", m.to_str().unwrap()]);
+        after - before
+    };
+    let mib = 1 << 20;
+    assert!(reads_of("", 2 * mib, false) >= 256.0, "every 4 KiB read of a read-only descriptor reaches the daemon");
+    assert!(reads_of("direct_reads", 2 * mib, false) >= 256.0);
+    assert!(reads_of("", 2 * mib, true) <= 16.0, "a read-write descriptor reads through the page cache");
+    assert!(reads_of("", mib - 4096, false) <= 16.0, "a file under one extent reads through the page cache");
+    assert!(reads_of("nodirect_reads", 2 * mib, false) <= 16.0, "nodirect_reads keeps the page cache");
+}

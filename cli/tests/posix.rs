@@ -233,6 +233,33 @@ fn privileges_are_dropped_as_on_ext4_under_the_writeback_cache() {
     assert_eq!(answers["write_nobody_6777"], "0o777");
 }
 
+/// A read-only descriptor on a file of several extents (served past the page cache:
+/// `direct_reads`) sees a shared mapping's dirty page, another descriptor's write, a
+/// truncate and a growing write at once, reads a few bytes at a time, and can itself be
+/// mapped shared, as on ext4.
+#[test]
+fn read_only_descriptors_of_large_files_stay_coherent_as_on_ext4() {
+    check_direct_reads(same_answers("direct_reads"));
+}
+
+/// The same under the kernel's writeback cache, whose dirty pages the kernel writes back
+/// before a direct read.
+#[test]
+fn read_only_descriptors_of_large_files_stay_coherent_under_the_writeback_cache() {
+    check_direct_reads(same_answers_on("direct_reads", Bench::with_options("writeback_cache")));
+}
+
+fn check_direct_reads(answers: serde_json::Value) {
+    assert_eq!(answers["reader_sees_dirty_mapping"], "mmap");
+    assert_eq!(answers["reader_small_reads"], 64 * 4096);
+    assert_eq!(answers["reader_after_write"], "fcfd726477720203");
+    assert_eq!(answers["read_only_map"], "rdwr");
+    assert_eq!(answers["read_only_map_sees_mapping"], "MAPD");
+    assert_eq!(answers["reader_after_truncate"], serde_json::json!([2 << 20, 100]));
+    assert_eq!(answers["reader_after_grow"], serde_json::json!([5 << 20, "0000000067726f77"]));
+    assert_eq!(answers["fresh"], serde_json::json!([5 << 20, "MAPD", "mmap"]));
+}
+
 /// Times beyond ext4's range (1901–2446) are kept whole, as on btrfs and XFS.
 #[test]
 fn timestamps_outside_ext4s_range_are_kept() {

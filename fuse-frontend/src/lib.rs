@@ -56,7 +56,15 @@ pub struct DynamicFs {
     /// `OPENDIR` nor `RELEASEDIR` again (`FUSE_NO_OPENDIR_SUPPORT`); listings here keep
     /// no per-handle state, so two round trips per `opendir` go.
     no_opendir: bool,
+    /// Whether a read-only open of a file of `DIRECT_READ_MIN` or more bypasses the page
+    /// cache (see `open_flags`): asked for (`direct_reads`, the default) and the kernel
+    /// lets such files be mapped shared (`FUSE_DIRECT_IO_ALLOW_MMAP`, Linux 6.6).
+    direct_reads: bool,
 }
+
+/// The smallest file a read-only open serves past the page cache: one extent. A smaller
+/// file is read whole in one request through the page cache anyway.
+const DIRECT_READ_MIN: u64 = dfs_engine::meta::state::EXTENT_BYTES_MAX;
 
 /// What the kernel may hold as dirty pages of one FUSE mount before it must write them
 /// back: FUSE mounts get 1% of the dirty threshold (`dirty_bytes`, else `dirty_ratio`
@@ -264,12 +272,23 @@ impl DynamicFs {
             writeback_cache: false,
             direct_below_free: 4 * kernel_dirty_allowance(),
             no_opendir: false,
+            direct_reads: true,
         }
     }
 
-    /// How a file opened with `flags` is served. Read-write and read-only opens keep
-    /// the kernel's page cache (shared `mmap` needs it). A write-only open never reads
-    /// what it writes, and the page cache only costs it:
+    /// How a file opened with `flags` is served. A read-write open keeps the kernel's
+    /// page cache. A read-only open of a file of at least one extent goes past it, as
+    /// mergerfs serves every file with `cache.files=off`, when the kernel allows shared
+    /// mappings of such opens (`FUSE_DIRECT_IO_ALLOW_MMAP`): a cached read copies each
+    /// page into the page cache and out again, while a direct one lands in the reader's
+    /// buffer, and the engine reads ahead and caches extents itself. A 1 GiB read with
+    /// 1 MiB reads, caches dropped, went from 1.6–1.7 to 1.8–2.0 GB/s on one pool (dd's
+    /// own CPU 0.20 s to 0.02 s); with 128 KiB reads (`cp`, `cat`) from 1.5 to 2.1. The
+    /// cost falls on small reads, each now a round trip: 16 KiB reads 1.4 → 1.0 GB/s,
+    /// 4 KiB reads 1.4 → 0.46 (mergerfs 0.50), so `nodirect_reads` keeps the page cache
+    /// for them. Before a direct read the kernel writes back the range's dirty pages
+    /// (a shared mapping's, or the writeback cache's), so it sees every write. A
+    /// write-only open never reads what it writes, and the page cache only costs it:
     /// - Without the writeback cache every `write(2)` reaches the engine anyway, so a
     ///   write-only open goes direct, as mergerfs serves every file. A cached write
     ///   copies each page into the page cache first, and the kernel's privilege check
@@ -287,6 +306,13 @@ impl DynamicFs {
     ///   each `write(2)` reaches the engine, which refuses with `ENOSPC` what it cannot
     ///   store, and the file stays as the last successful write left it.
     fn open_flags(&self, pool: &Pool, ino: Ino, flags: i32) -> FopenFlags {
+        if flags & libc::O_ACCMODE == libc::O_RDONLY {
+            return if self.direct_reads && pool.current_size(ino) >= DIRECT_READ_MIN {
+                FopenFlags::FOPEN_DIRECT_IO
+            } else {
+                FopenFlags::empty()
+            };
+        }
         if flags & libc::O_ACCMODE != libc::O_WRONLY {
             return FopenFlags::empty();
         }
@@ -300,6 +326,13 @@ impl DynamicFs {
         } else {
             FopenFlags::empty()
         }
+    }
+
+    /// Whether read-only opens of large files bypass the page cache (`direct_reads`, the
+    /// default; `nodirect_reads` keeps it for every read). See `open_flags`.
+    pub fn with_direct_reads(mut self, direct_reads: bool) -> Self {
+        self.direct_reads = direct_reads;
+        self
     }
 
     /// Whether to ask the kernel for its writeback cache (`-o writeback_cache`; off by
@@ -406,6 +439,10 @@ impl Filesystem for DynamicFs {
             let _ = config.add_capabilities(wanted & !missing);
         }
         self.no_opendir = config.add_capabilities(fuser::InitFlags::FUSE_NO_OPENDIR_SUPPORT).is_ok();
+        if self.direct_reads && config.add_capabilities(fuser::InitFlags::FUSE_DIRECT_IO_ALLOW_MMAP).is_err() {
+            tracing::info!("the kernel cannot map files opened for direct I/O; reads keep the page cache");
+            self.direct_reads = false;
+        }
         Ok(())
     }
 

@@ -540,6 +540,43 @@ def coherence():
     rec("fresh_len", lambda: len(fresh))
 
 
+def direct_reads():
+    """What a read-only descriptor on a file of several extents (which a mount serves
+    past the page cache) sees of the file's other users: a dirty page of a shared
+    mapping not yet written back, a write through a read-write descriptor, a shrinking
+    truncate and a growing write; and that such a descriptor can be mapped shared and
+    read a few bytes at a time. Each must see the file as it is at that moment."""
+    mmap_module = __import__("mmap")
+    size = 4 << 20
+    name = p("large")
+    with open(name, "wb") as f:
+        f.write(bytes(range(256)) * (size // 256))
+    mapped_fd = os.open(name, os.O_RDWR)
+    mapped = mmap_module.mmap(mapped_fd, size)
+    mapped[(1 << 20) + 10:(1 << 20) + 14] = b"mmap"
+    reader = os.open(name, os.O_RDONLY)
+    rec("reader_sees_dirty_mapping", lambda: os.pread(reader, 4, (1 << 20) + 10).decode())
+    rec("reader_small_reads", lambda: sum(len(os.pread(reader, 4096, k * 4096)) for k in range(64)))
+    rec("reader_checksum", lambda: sum(os.pread(reader, size, 0)) % 1000003)
+    writer = os.open(name, os.O_RDWR)
+    os.pwrite(writer, b"rdwr", (3 << 20) - 2)
+    rec("reader_after_write", lambda: os.pread(reader, 8, (3 << 20) - 4).hex())
+    read_only_map = mmap_module.mmap(reader, size, mmap_module.MAP_SHARED, mmap_module.PROT_READ)
+    rec("read_only_map", lambda: read_only_map[(3 << 20) - 2:(3 << 20) + 2].decode())
+    mapped[5:9] = b"MAPD"
+    rec("read_only_map_sees_mapping", lambda: read_only_map[5:9].decode())
+    os.ftruncate(writer, 2 << 20)
+    rec("reader_after_truncate", lambda: (os.fstat(reader).st_size, len(os.pread(reader, 1 << 20, (2 << 20) - 100))))
+    os.pwrite(writer, b"grow", (5 << 20) - 4)
+    rec("reader_after_grow", lambda: (os.fstat(reader).st_size, os.pread(reader, 8, (5 << 20) - 8).hex()))
+    read_only_map.close()
+    mapped.close()
+    for fd in (mapped_fd, writer, reader):
+        os.close(fd)
+    fresh = read_fresh("large")
+    rec("fresh", lambda: (len(fresh), fresh[5:9].decode(), fresh[(1 << 20) + 10:(1 << 20) + 14].decode()))
+
+
 SECTIONS = {
     "special_files": special_files,
     "xattrs": xattrs,
@@ -547,6 +584,7 @@ SECTIONS = {
     "edges": edges,
     "privileges": privileges,
     "coherence": coherence,
+    "direct_reads": direct_reads,
 }
 SECTIONS[sys.argv[2]]()
 print(json.dumps(out, sort_keys=True))

@@ -95,7 +95,7 @@ impl Pool {
     }
 
     /// The size of `ino`, buffered writes included.
-    pub(crate) fn current_size(&self, ino: Ino) -> u64 {
+    pub fn current_size(&self, ino: Ino) -> u64 {
         match self.files.get(ino) {
             Some(file) => file.size,
             None => self.state.inodes.get(&ino).map(|i| i.size).unwrap_or(0),
