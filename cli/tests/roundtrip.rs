@@ -45,17 +45,19 @@ fn every_size_under_every_policy_reads_back_byte_for_byte() {
 
 #[test]
 fn disks_of_different_sizes_fill_in_proportion() {
-    // Placement is random, weighted by free space: 120 extents keep the larger disk's
-    // share within ±0.13 of 0.75 (over 3 standard deviations).
-    let pool = Pool::new("replicate:1", &[200, 600]);
-    let data = pattern(120 << 20, 9);
+    // Placement is random, weighted by free space: the larger disk's share of 240
+    // extents is 0.75 with a standard deviation of 0.028, and ±0.11 is four of them
+    // (three, with 120 extents, once failed at 0.617: 3.3 of them). Placement
+    // blind to sizes would give it 0.5.
+    let pool = Pool::new("replicate:1", &[400, 1200]);
+    let data = pattern(240 << 20, 9);
     let local = pool.local("in");
     std::fs::write(&local, &data).unwrap();
     ok(&["put", "--pool", pool.path(), local.to_str().unwrap(), "/big"]);
     let disks = pool.json("list-disks");
     let used: Vec<f64> = disks.as_array().unwrap().iter().map(|d| d["used_bytes"].as_f64().unwrap()).collect();
     let share = used[1] / (used[0] + used[1]);
-    assert!((0.62..=0.88).contains(&share), "the 3x larger disk holds {share:.3} of the data");
+    assert!((0.64..=0.86).contains(&share), "the 3x larger disk holds {share:.3} of the data");
 }
 
 #[test]
