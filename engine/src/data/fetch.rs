@@ -62,11 +62,10 @@ pub fn read_shared(pool: &Arc<Mutex<Pool>>, fh: FileHandle, offset: u64, size: u
     let plan = lock(pool).plan_read(fh, offset, size)?;
     if let Some(ahead) = plan.ahead {
         // The read-ahead belongs to this request: its log lines carry its id.
-        let extents = ahead.extents();
-        if !ReadAheadQueue::push(pool, ahead, tracing::Span::current()) {
+        if let Err(ahead) = ReadAheadQueue::push(pool, ahead, tracing::Span::current()) {
             // No thread, no read-ahead: the extents are no longer in flight, and the reads
             // that reach them fetch them themselves.
-            lock(pool).abandon_fetch(&extents);
+            lock(pool).abandon_fetch(&ahead.extents());
         }
     }
     if let Some(fetch) = plan.fetch {
@@ -139,18 +138,18 @@ impl ReadAheadQueue {
     }
 
     /// Queues `plan`'s extents, one job each, so that the workers fetch them side by
-    /// side; `false` (nothing queued) when no worker runs.
-    fn push(pool: &Arc<Mutex<Pool>>, plan: FetchPlan, span: tracing::Span) -> bool {
+    /// side; the plan back, nothing queued, when no worker runs.
+    fn push(pool: &Arc<Mutex<Pool>>, plan: FetchPlan, span: tracing::Span) -> std::result::Result<(), FetchPlan> {
         let queue = ReadAheadQueue::get();
         if queue.workers.load(Ordering::Relaxed) == 0 {
-            return false;
+            return Err(plan);
         }
         let mut jobs = queue.jobs.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         for plan in plan.split() {
             jobs.push_back(ReadAheadJob { pool: pool.clone(), plan, span: span.clone() });
             queue.work.notify_one();
         }
-        true
+        Ok(())
     }
 
     /// A worker: runs queued jobs for ever, sleeping while there are none.
