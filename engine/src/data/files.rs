@@ -23,8 +23,10 @@
 //! or out of order.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
+
+use bytes::Bytes;
 
 use crate::base::error::{Error, Result};
 use crate::data::fetch::lock;
@@ -141,7 +143,7 @@ impl Pool {
 
     /// The committed contents of chunk `index` of `ino` — its extent with its layers laid
     /// over it, oldest first — or `None` for a hole.
-    pub(crate) fn read_chunk(&mut self, ino: Ino, index: u64) -> Result<Option<Arc<Vec<u8>>>> {
+    pub(crate) fn read_chunk(&mut self, ino: Ino, index: u64) -> Result<Option<Bytes>> {
         let slot = ChunkSlot { ino, index };
         let Some(id) = self.state.slot_extent_id(slot) else { return Ok(None) };
         let base = self.read_extent_id(id, index * CHUNK)?;
@@ -155,7 +157,7 @@ impl Pool {
             layer.lay_over(&mut chunk, &data);
         }
         debug_assert!(chunk.len() as u64 <= CHUNK);
-        Ok(Some(Arc::new(chunk)))
+        Ok(Some(Bytes::from(chunk)))
     }
 
     /// Fetches the extents that `read_chunk` of each of `slots` reads (each chunk's extent
@@ -685,8 +687,8 @@ impl Pool {
             (true, Some(last)) => file.size.min(committed_size.unwrap_or(0).max((last + 1) * CHUNK)),
             _ => file.size,
         };
-        let whole: Vec<(u64, Arc<Vec<u8>>)> =
-            indexes.iter().filter_map(|i| file.dirty.remove(i).map(|chunk| (*i, Arc::new(chunk)))).collect();
+        let whole: Vec<(u64, Bytes)> =
+            indexes.iter().filter_map(|i| file.dirty.remove(i).map(|chunk| (*i, Bytes::from(chunk)))).collect();
         let beside = file.in_flight();
         let mut overwritten = BTreeMap::new();
         for index in &indexes {
@@ -724,7 +726,7 @@ impl Pool {
                     debug_assert!(Layer { extent: crate::media::device::ExtentId(0), ranges: ranges.clone() }
                         .well_formed(bytes.len() as u32));
                     layers.insert(index, ranges);
-                    chunks.push((index, Arc::new(bytes)));
+                    chunks.push((index, Bytes::from(bytes)));
                 }
                 _ => chunks.push((index, chunk)),
             }
@@ -734,7 +736,7 @@ impl Pool {
         for (index, patch) in patches {
             debug_assert!(self.state.slot_extent(ChunkSlot { ino, index }).is_some());
             layers.insert(index, patch.ranges());
-            chunks.push((index, Arc::new(patch.concat())));
+            chunks.push((index, Bytes::from(patch.concat())));
         }
         Some(FlushJob { ino, epoch, ticket, taken: indexes, chunks, layers, size, policy })
     }
@@ -962,7 +964,7 @@ pub(crate) struct FlushJob {
     /// The indexes of the buffered chunks it took (into `flushing`).
     taken: Vec<u64>,
     /// What is stored: each chunk whole, or for those in `layers` the bytes of its ranges.
-    chunks: Vec<(u64, Arc<Vec<u8>>)>,
+    chunks: Vec<(u64, Bytes)>,
     /// Chunks stored as a layer over their extent, with the ranges the layer covers.
     layers: BTreeMap<u64, Vec<(u32, u32)>>,
     size: u64,

@@ -14,6 +14,8 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
+
+use bytes::Bytes;
 use thin_vec::ThinVec;
 
 use crate::base::error::{Error, Result};
@@ -25,6 +27,7 @@ use crate::data::placement::{self, Candidate};
 use crate::media::codec::{self, CodecId};
 use crate::media::device::{BlockDevice, BlockName, DeviceError, ExtentId, PartsBlock};
 use crate::media::fragment;
+use crate::media::landing::Landing;
 use crate::meta::state::{DiskId, DiskState, ExtentRecord, EXTENT_BYTES_MAX, INLINE_BYTES_MAX, INLINE_KEPT_BYTES_MAX};
 use crate::pool::Pool;
 
@@ -46,8 +49,8 @@ struct Sealed {
 /// bytes of its own (parity, a padded last data shard).
 #[derive(Clone)]
 enum Payload {
-    Chunk(Arc<Vec<u8>>, std::ops::Range<usize>),
-    Own(Arc<Vec<u8>>),
+    Chunk(Bytes, std::ops::Range<usize>),
+    Own(Bytes),
 }
 
 impl Sealed {
@@ -144,7 +147,7 @@ pub(crate) struct StoredChunks {
 /// the collector removes).
 pub(crate) fn store_chunks(
     access: &mut impl PoolAccess,
-    chunks: &[(u64, Arc<Vec<u8>>)],
+    chunks: &[(u64, Bytes)],
     policy: Policy,
     keep_zeros: &BTreeSet<u64>,
     inline_max: usize,
@@ -171,7 +174,7 @@ const GROUP_EXTENTS: usize = 2;
 const WRITES_IN_FLIGHT: usize = 2;
 
 /// A chunk to store: its index in the file and its bytes.
-type Chunk = (u64, Arc<Vec<u8>>);
+type Chunk = (u64, Bytes);
 
 /// A group whose fragments are being written: its placement, and the write.
 struct Flight {
@@ -189,11 +192,7 @@ struct Flight {
 /// placed again as well). Run one after another where the pool's I/O is (the
 /// simulator), each group is encoded, placed, written and booked before the next is
 /// placed, the calls in the same order every run.
-fn store_groups(
-    access: &mut impl PoolAccess,
-    pending: &PendingWrite,
-    chunks: &[(u64, Arc<Vec<u8>>)],
-) -> Result<StoredChunks> {
+fn store_groups(access: &mut impl PoolAccess, pending: &PendingWrite, chunks: &[(u64, Bytes)]) -> Result<StoredChunks> {
     let groups: Vec<(PendingWrite, &[Chunk])> = pending
         .ids
         .chunks(GROUP_EXTENTS)
@@ -282,15 +281,14 @@ fn subtree_chaining_values(policy: Policy, data: &[u8]) -> Option<Vec<[u8; 32]>>
 }
 
 /// Hashes and encodes every chunk of `pending` (no lock needed).
-fn encode_chunks(pending: &PendingWrite, chunks: &[(u64, Arc<Vec<u8>>)]) -> Result<Vec<Option<Encoded>>> {
+fn encode_chunks(pending: &PendingWrite, chunks: &[(u64, Bytes)]) -> Result<Vec<Option<Encoded>>> {
     let policy = pending.policy;
     let codec = CodecId::for_policy(policy);
     let inline_max = pending.inline_max;
-    let jobs: Vec<(&Arc<Vec<u8>>, Option<ExtentId>)> =
-        chunks.iter().zip(&pending.ids).map(|((_, d), id)| (d, *id)).collect();
+    let jobs: Vec<(&Bytes, Option<ExtentId>)> = chunks.iter().zip(&pending.ids).map(|((_, d), id)| (d, *id)).collect();
     run_all(pending.parallel, jobs, |(chunk, id)| {
         let id = id?;
-        let data = chunk.as_slice();
+        let data = &chunk[..];
         if data.len() <= inline_max {
             return Some(Ok(Encoded { hash: *blake3::hash(data).as_bytes(), blocks: Vec::new() }));
         }
@@ -313,8 +311,8 @@ fn encode_chunks(pending: &PendingWrite, chunks: &[(u64, Arc<Vec<u8>>)]) -> Resu
                         (_, None) => fragment::header(id, i as u8, &shard, blake3::hash(&shard).as_bytes()),
                     };
                     let payload = match stretch_of(data, &shard) {
-                        Some(range) => Payload::Chunk(Arc::clone(chunk), range),
-                        None => Payload::Own(Arc::new(shard.into_owned())),
+                        Some(range) => Payload::Chunk(chunk.clone(), range),
+                        None => Payload::Own(Bytes::from(shard.into_owned())),
                     };
                     Sealed { header, payload }
                 })
@@ -359,7 +357,7 @@ impl Pool {
     /// inline for long (`INLINE_KEPT_BYTES_MAX`) goes inline.
     pub(crate) fn write_chunks(
         &mut self,
-        chunks: &[(u64, Arc<Vec<u8>>)],
+        chunks: &[(u64, Bytes)],
         policy: Policy,
     ) -> Result<Vec<(u64, Option<ExtentRecord>)>> {
         let mut access: &mut Pool = self;
@@ -388,7 +386,7 @@ impl Pool {
     /// (a layer's zeros are bytes to lay over its chunk, not a hole).
     fn begin_write(
         &mut self,
-        chunks: &[(u64, Arc<Vec<u8>>)],
+        chunks: &[(u64, Bytes)],
         policy: Policy,
         keep_zeros: &BTreeSet<u64>,
         inline_max: usize,
@@ -430,7 +428,7 @@ impl Pool {
     fn place_write(
         &mut self,
         pending: &PendingWrite,
-        chunks: &[(u64, Arc<Vec<u8>>)],
+        chunks: &[(u64, Bytes)],
         encoded: &[Option<Encoded>],
         excluded: &BTreeSet<DiskId>,
     ) -> Result<PlacedWrite> {
@@ -668,7 +666,7 @@ impl Pool {
     /// Reads an extent: the cheapest sufficient fragments first (data shards, then
     /// parity; the first copy, then others), each verified; decodes; verifies the
     /// extent's BLAKE3. `offset` only labels errors.
-    pub(crate) fn read_extent(&mut self, record: &ExtentRecord, offset: u64) -> Result<Arc<Vec<u8>>> {
+    pub(crate) fn read_extent(&mut self, record: &ExtentRecord, offset: u64) -> Result<Bytes> {
         if let Some(data) = self.cache.get(record.id) {
             return Ok(data);
         }
@@ -678,7 +676,7 @@ impl Pool {
 
     /// `read_extent` of extent `id`, whose whole record is read only when the cache
     /// does not hold its data.
-    pub(crate) fn read_extent_id(&mut self, id: ExtentId, offset: u64) -> Result<Arc<Vec<u8>>> {
+    pub(crate) fn read_extent_id(&mut self, id: ExtentId, offset: u64) -> Result<Bytes> {
         if let Some(data) = self.cache.get(id) {
             return Ok(data);
         }
@@ -702,7 +700,7 @@ impl Pool {
     }
 
     /// Books a fetch: counters, the degraded set, the cache.
-    pub(crate) fn settle(&mut self, record: &ExtentRecord, offset: u64, fetched: Fetched) -> Result<Arc<Vec<u8>>> {
+    pub(crate) fn settle(&mut self, record: &ExtentRecord, offset: u64, fetched: Fetched) -> Result<Bytes> {
         self.counters.extents_read += 1;
         if !fetched.problems.is_empty() {
             self.counters.fragment_errors += fetched.problems.len() as u64;
@@ -722,7 +720,7 @@ impl Pool {
 
 /// The outcome of fetching one extent from its disks.
 pub(crate) struct Fetched {
-    pub(crate) data: std::result::Result<Arc<Vec<u8>>, String>,
+    pub(crate) data: std::result::Result<Bytes, String>,
     /// Fragments that could not be used, with why.
     problems: Vec<String>,
 }
@@ -734,14 +732,14 @@ fn fetch_data_shards(
     devices: &BTreeMap<DiskId, Arc<dyn BlockDevice>>,
     record: &ExtentRecord,
     parallel: bool,
-) -> Option<Vec<u8>> {
+) -> Option<Bytes> {
     let policy = record.policy;
     let shard_len = codec::shard_len(policy, record.len as usize);
     let jobs: Vec<(usize, Arc<dyn BlockDevice>)> = (0..policy.needed())
         .map(|i| devices.get(record.fragments.get(i)?).map(|d| (i, d.clone())))
         .collect::<Option<_>>()?;
     // Every codec here is systematic: with the data shards (or one replica) at hand, the
-    // extent is their payloads end to end, copied once out of the blocks read.
+    // extent is their payloads end to end.
     let systematic = matches!(
         (record.codec, policy),
         (CodecId::Replica, Policy::Replicate { .. })
@@ -752,44 +750,41 @@ fn fetch_data_shards(
     }
     let id = record.id;
     let total = policy.needed() * shard_len;
-    let read_into = |i: usize, device: &Arc<dyn BlockDevice>, land: &mut dyn FnMut(&[u8])| {
+    // Read in turn, the shards are appended in order to a buffer that is never zeroed
+    // first (a zero-fill of the whole extent cost a tenth of a sequential read's CPU),
+    // each read by the device straight into its place where it can (`media::landing`);
+    // read at once, each is copied into its own slot of a zeroed buffer.
+    if !parallel {
+        let mut data = Landing::with_capacity(total);
+        for (i, device) in jobs {
+            let mut header_holds = |block: &[u8]| fragment::payload_unchecked(block, id, i as u8, shard_len).is_ok();
+            let name = BlockName::Fragment { extent: id, index: i as u8 };
+            if !matches!(device.read_appending(name, fragment::HEADER_LEN, &mut data, &mut header_holds), Ok(true)) {
+                return None;
+            }
+        }
+        assert_eq!(data.len(), total, "every data shard landed whole");
+        data.truncate(record.len as usize);
+        let data = data.into_bytes();
+        return (blake3::hash(&data).as_bytes() == &record.hash).then_some(data);
+    }
+    let mut data = vec![0; total];
+    let slots: Vec<_> = jobs.into_iter().zip(data.chunks_mut(shard_len)).map(|((i, d), slot)| (i, d, slot)).collect();
+    let landed: Vec<bool> = run_all(parallel, slots, |(i, device, slot)| {
         let mut landed = false;
         let read = device.read_with(BlockName::Fragment { extent: id, index: i as u8 }, &mut |block| {
-            if landed {
-                return;
-            }
-            if let Ok(payload) = fragment::payload_unchecked(block, id, i as u8, shard_len) {
-                land(payload);
+            if let (false, Ok(payload)) = (landed, fragment::payload_unchecked(block, id, i as u8, shard_len)) {
+                slot.copy_from_slice(payload);
                 landed = true;
             }
         });
         read.is_ok() && landed
-    };
-    // Each data shard's payload lands in its place in the extent, straight from the
-    // device's buffer. Read in turn, the shards are appended in order to a buffer that is
-    // never zeroed first (a zero-fill of the whole extent cost a tenth of a sequential
-    // read's CPU); read at once, each lands in its own slot of a zeroed buffer.
-    let mut data = Vec::with_capacity(total);
-    if parallel {
-        data.resize(total, 0);
-        let slots: Vec<_> =
-            jobs.into_iter().zip(data.chunks_mut(shard_len)).map(|((i, d), slot)| (i, d, slot)).collect();
-        let landed: Vec<bool> = run_all(parallel, slots, |(i, device, slot)| {
-            read_into(i, &device, &mut |payload| slot.copy_from_slice(payload))
-        });
-        if !landed.iter().all(|landed| *landed) {
-            return None;
-        }
-    } else {
-        for (i, device) in jobs {
-            if !read_into(i, &device, &mut |payload| data.extend_from_slice(payload)) {
-                return None;
-            }
-        }
+    });
+    if !landed.iter().all(|landed| *landed) {
+        return None;
     }
-    assert_eq!(data.len(), total, "every data shard landed whole");
     data.truncate(record.len as usize);
-    (blake3::hash(&data).as_bytes() == &record.hash).then_some(data)
+    (blake3::hash(&data).as_bytes() == &record.hash).then(|| Bytes::from(data))
 }
 
 /// Reads, verifies and decodes one extent without touching the pool: safe to run for
@@ -803,7 +798,7 @@ pub(crate) fn fetch_extent(
 ) -> Fetched {
     if let Some(data) = &record.inline {
         let data = if blake3::hash(data).as_bytes() == &record.hash {
-            Ok(Arc::new(data.to_vec()))
+            Ok(Bytes::copy_from_slice(data))
         } else {
             Err("inline data does not match the extent checksum".to_string())
         };
@@ -811,7 +806,7 @@ pub(crate) fn fetch_extent(
     }
     if verify {
         if let Some(data) = fetch_data_shards(devices, record, parallel) {
-            return Fetched { data: Ok(Arc::new(data)), problems: Vec::new() };
+            return Fetched { data: Ok(data), problems: Vec::new() };
         }
     }
     let policy = record.policy;
@@ -866,7 +861,7 @@ pub(crate) fn fetch_extent(
                 if verify && blake3::hash(&data).as_bytes() != &record.hash {
                     Err("decoded data does not match the extent checksum".to_string())
                 } else {
-                    Ok(Arc::new(data))
+                    Ok(Bytes::from(data))
                 }
             },
         )

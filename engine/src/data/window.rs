@@ -3,10 +3,11 @@
 //!
 //! Contract: the bytes are the file's bytes at the read's offset when the read was
 //! served, whatever happens to the cache afterwards (a shared extent is immutable and
-//! kept alive by its `Arc`).
+//! kept alive by its reference count: `bytes::Bytes`).
 
 use std::ops::Deref;
-use std::sync::Arc;
+
+use bytes::Bytes;
 
 /// What a read returns. Derefs to the bytes.
 #[derive(Debug, Clone)]
@@ -14,7 +15,7 @@ pub enum ReadData {
     /// `extent[start..end]`: a read inside one stored chunk with nothing laid over it.
     Shared {
         /// The decoded extent, as cached.
-        extent: Arc<Vec<u8>>,
+        extent: Bytes,
         /// Where the window starts in it.
         start: usize,
         /// Where the window ends in it.
@@ -26,7 +27,7 @@ pub enum ReadData {
 
 impl ReadData {
     /// A window of `extent`; the window lies inside it.
-    pub fn shared(extent: Arc<Vec<u8>>, start: usize, end: usize) -> ReadData {
+    pub fn shared(extent: Bytes, start: usize, end: usize) -> ReadData {
         assert!(start <= end && end <= extent.len(), "window {start}..{end} of {} bytes", extent.len());
         ReadData::Shared { extent, start, end }
     }

@@ -17,6 +17,8 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+use crate::media::landing::Landing;
+
 /// Identifies an extent for its whole life; never reused for different data.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct ExtentId(pub u64);
@@ -256,6 +258,29 @@ pub trait BlockDevice: Send + Sync {
     fn read_with(&self, name: BlockName, visit: &mut dyn FnMut(&[u8])) -> Result<(), DeviceError> {
         visit(&self.read(name)?);
         Ok(())
+    }
+
+    /// Appends the block's bytes past its first `skip` to `out` when `check`, given the
+    /// whole block, accepts it: `Ok(true)`; `Ok(false)` and `out` unchanged when it does
+    /// not. The engine's read of an extent's data shards one after another: a backend that
+    /// reads past the OS cache lands each block in place (`DirDisk`'s direct segment
+    /// reads: see `media::landing`), sparing the copy out of a buffer of its own that this
+    /// default, `read_with`, makes.
+    fn read_appending(
+        &self,
+        name: BlockName,
+        skip: usize,
+        out: &mut Landing,
+        check: &mut dyn FnMut(&[u8]) -> bool,
+    ) -> Result<bool, DeviceError> {
+        let mut kept = false;
+        self.read_with(name, &mut |block| {
+            if block.len() >= skip && check(block) {
+                out.extend_from_slice(&block[skip..]);
+                kept = true;
+            }
+        })?;
+        Ok(kept)
     }
 
     /// Creates or replaces the block. Visible at once; durable after the next `sync`.

@@ -30,6 +30,7 @@ use crate::base::io::run_all;
 use crate::media::device::{write_each, BlockDevice, BlockKind, BlockName, DeviceError, PartsBlock};
 use crate::media::journal_log::{self, JournalLog, LOG_RECORD_MAX};
 use crate::media::label::DiskLabel;
+use crate::media::landing::Landing;
 use crate::media::segments::{self, Segments};
 
 const TMP_PREFIX: &str = ".tmp-";
@@ -582,6 +583,28 @@ impl BlockDevice for DirDisk {
         }
         visit(&self.read(name)?);
         Ok(())
+    }
+
+    fn read_appending(
+        &self,
+        name: BlockName,
+        skip: usize,
+        out: &mut Landing,
+        check: &mut dyn FnMut(&[u8]) -> bool,
+    ) -> Result<bool, DeviceError> {
+        if name.kind() == BlockKind::Fragment {
+            match self.segments.read_appending(name, skip, out, check) {
+                Err(DeviceError::NotFound) if self.lock().sizes.contains_key(&name) => {}
+                other => return other,
+            }
+        }
+        let mut kept = false;
+        let block = self.read(name)?;
+        if block.len() >= skip && check(&block) {
+            out.extend_from_slice(&block[skip..]);
+            kept = true;
+        }
+        Ok(kept)
     }
 
     fn write(&self, name: BlockName, data: &[u8]) -> Result<(), DeviceError> {

@@ -10,5 +10,6 @@ pub mod fragment;
 pub mod frame;
 pub mod journal_log;
 pub mod label;
+pub mod landing;
 pub mod owner;
 pub mod segments;

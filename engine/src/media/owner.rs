@@ -38,6 +38,7 @@ use uuid::Uuid;
 use crate::base::clock::WallTime;
 use crate::media::device::{BlockDevice, BlockKind, BlockName, Created, DeviceError};
 use crate::media::frame::{self, FrameKind};
+use crate::media::landing::Landing;
 
 /// How many times an opener takes a fresh epoch after losing a race for one.
 const CLAIM_ATTEMPTS: usize = 3;
@@ -225,6 +226,16 @@ impl BlockDevice for OwnedDevice {
 
     fn read_with(&self, name: BlockName, visit: &mut dyn FnMut(&[u8])) -> Result<(), DeviceError> {
         self.inner.read_with(name, visit)
+    }
+
+    fn read_appending(
+        &self,
+        name: BlockName,
+        skip: usize,
+        out: &mut Landing,
+        check: &mut dyn FnMut(&[u8]) -> bool,
+    ) -> Result<bool, DeviceError> {
+        self.inner.read_appending(name, skip, out, check)
     }
 
     fn write(&self, name: BlockName, data: &[u8]) -> Result<(), DeviceError> {

@@ -56,6 +56,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use crate::base::clock::system_wall_nanos;
 use crate::base::io::run_all;
 use crate::media::device::{BlockName, DeviceError, ExtentId};
+use crate::media::landing::Landing;
 
 /// The folder under a disk's root that holds its segments.
 pub const SEGMENTS_DIR: &str = "segments";
@@ -253,6 +254,38 @@ impl Segments {
         }
         visit(&read_buffered(&file, &loc).map_err(|e| io_error(&self.path(loc.segment), e))?);
         Ok(())
+    }
+
+    /// The payload of `name` past its first `skip` bytes appended to `out` if `check`
+    /// accepts the payload (see `BlockDevice::read_appending`): the engine's read of an
+    /// extent's data shards. Read directly into its place in `out` where the filesystem
+    /// and the layout allow it (see `media::landing`), else as `read_with` reads it.
+    pub fn read_appending(
+        &self,
+        name: BlockName,
+        skip: usize,
+        out: &mut Landing,
+        check: &mut dyn FnMut(&[u8]) -> bool,
+    ) -> Result<bool, DeviceError> {
+        let Located { direct, loc, .. } = self.locate(name)?;
+        let header = RECORD_HEADER_LEN as usize;
+        let len = loc.len as usize;
+        if let (Some(direct), Ok(span)) = (direct, usize::try_from(loc.span())) {
+            if skip <= len {
+                let dims = (header + skip, len - skip, span, ALIGN as usize);
+                if let Some(kept) = out.land_direct(&direct, loc.offset, dims, header, check) {
+                    return Ok(kept);
+                }
+            }
+        }
+        let mut kept = false;
+        self.read_with(name, &mut |payload| {
+            if payload.len() >= skip && check(payload) {
+                out.extend_from_slice(&payload[skip..]);
+                kept = true;
+            }
+        })?;
+        Ok(kept)
     }
 
     /// Where the record of `name` lies, with its segment's handles (`NotFound`: none).

@@ -5,13 +5,15 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Condvar};
 
+use bytes::Bytes;
+
 use crate::media::device::ExtentId;
 
 /// Decoded, verified extents kept in memory, least recently used evicted first, up to
 /// `PoolOptions::extent_cache_bytes`. Extents are immutable, so it is always coherent.
 #[derive(Default)]
 pub(crate) struct ExtentCache {
-    entries: BTreeMap<ExtentId, (u64, Arc<Vec<u8>>)>,
+    entries: BTreeMap<ExtentId, (u64, Bytes)>,
     tick: u64,
     bytes: usize,
     capacity_bytes: usize,
@@ -22,7 +24,7 @@ impl ExtentCache {
         self.entries.contains_key(&id)
     }
 
-    pub(crate) fn get(&mut self, id: ExtentId) -> Option<Arc<Vec<u8>>> {
+    pub(crate) fn get(&mut self, id: ExtentId) -> Option<Bytes> {
         self.tick += 1;
         let tick = self.tick;
         self.entries.get_mut(&id).map(|(used, data)| {
@@ -40,7 +42,7 @@ impl ExtentCache {
         ExtentCache { capacity_bytes, ..ExtentCache::default() }
     }
 
-    pub(crate) fn insert(&mut self, id: ExtentId, data: Arc<Vec<u8>>) {
+    pub(crate) fn insert(&mut self, id: ExtentId, data: Bytes) {
         self.tick += 1;
         while self.bytes + data.len() > self.capacity_bytes && !self.entries.is_empty() {
             if let Some(oldest) = self.entries.iter().min_by_key(|(_, (used, _))| *used).map(|(id, _)| *id) {

@@ -2,7 +2,8 @@
 //! read, write, flush or close does with them is `crate::data::files`.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::Arc;
+
+use bytes::Bytes;
 
 use crate::base::clock::WallTime;
 use crate::meta::state::{Ino, EXTENT_BYTES_MAX as CHUNK};
@@ -48,7 +49,7 @@ pub(crate) struct OpenFile {
     /// Chunks a flush took out of `dirty` and is storing with the pool's lock released
     /// (`crate::data::files::flush_behind`), by index: what reads see of them until it
     /// commits, unless `dirty` holds a newer version. Empty when no flush is in flight.
-    pub(crate) flushing: BTreeMap<u64, Arc<Vec<u8>>>,
+    pub(crate) flushing: BTreeMap<u64, Bytes>,
     /// Buffered chunks that began as a copy of stored data (a partial overwrite loads
     /// its chunk): flushing them early would store the same extent again and again, so
     /// only chunks built from writes alone are flushed behind the writer before the
@@ -105,7 +106,7 @@ impl OpenFile {
     /// loaded with it), leaving nothing in flight.
     pub(crate) fn take_back_flushing(&mut self) {
         for (index, chunk) in std::mem::take(&mut self.flushing) {
-            self.dirty.entry(index).or_insert_with(|| Arc::try_unwrap(chunk).unwrap_or_else(|c| (*c).clone()));
+            self.dirty.entry(index).or_insert_with(|| Vec::from(chunk));
         }
         for (index, older) in std::mem::take(&mut self.flushing_patches) {
             if self.dirty.contains_key(&index) {
@@ -219,14 +220,14 @@ impl OpenFile {
     /// The buffered contents of chunk `index`: the newest write's, whether waiting in
     /// `dirty` or being flushed.
     pub(crate) fn buffered(&self, index: u64) -> Option<&[u8]> {
-        self.dirty.get(&index).or_else(|| self.flushing.get(&index).map(|c| &**c)).map(Vec::as_slice)
+        self.dirty.get(&index).map(Vec::as_slice).or_else(|| self.flushing.get(&index).map(|c| &c[..]))
     }
 
     /// Buffered bytes, waiting or being flushed.
     /// (Patches not included: see `patches`.)
     pub(crate) fn buffered_chunks(&self) -> impl Iterator<Item = (u64, &[u8])> {
         let flushing = self.flushing.iter().filter(|(i, _)| !self.dirty.contains_key(i));
-        self.dirty.iter().map(|(i, c)| (*i, c.as_slice())).chain(flushing.map(|(i, c)| (*i, c.as_slice())))
+        self.dirty.iter().map(|(i, c)| (*i, c.as_slice())).chain(flushing.map(|(i, c)| (*i, &c[..])))
     }
 }
 
