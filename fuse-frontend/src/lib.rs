@@ -358,6 +358,10 @@ impl DynamicFs {
         }
     }
 
+    /// Locks the pool. A handler takes its result out and drops the guard before it
+    /// answers: the answer is a system call, and the requester's next request (a small
+    /// file's create, stat and unlink come one after another) lands meanwhile on another
+    /// request thread, which would wait for the lock and be woken again.
     fn pool(&self) -> MutexGuard<'_, Pool> {
         dfs_engine::data::fetch::lock(&self.pool)
     }
@@ -449,7 +453,8 @@ impl Filesystem for DynamicFs {
 
     fn lookup(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         let _span = request_span("lookup", req);
-        match self.pool().lookup(Ino(parent.0), name.as_bytes()) {
+        let result = self.pool().lookup(Ino(parent.0), name.as_bytes());
+        match result {
             // A name that is not there is cached as such for `TTL`, as names that are:
             // nodeid 0 is the kernel's negative entry. A program that looks for the same
             // missing file again and again (a database's journal before each transaction,
@@ -462,7 +467,8 @@ impl Filesystem for DynamicFs {
 
     fn getattr(&self, req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
         let _span = request_span("getattr", req);
-        match self.pool().getattr(Ino(ino.0)) {
+        let result = self.pool().getattr(Ino(ino.0));
+        match result {
             Ok(attr) => reply.attr(&TTL, &file_attr(&attr)),
             Err(e) => reply.error(errno(&e)),
         }
@@ -500,7 +506,9 @@ impl Filesystem for DynamicFs {
         if let Some(change) = privilege_change(&changes, self.writeback_cache) {
             changes.mode = mode_without_privileges(&pool, req, Ino(ino.0), change);
         }
-        match pool.setattr(Ino(ino.0), &changes) {
+        let result = pool.setattr(Ino(ino.0), &changes);
+        drop(pool);
+        match result {
             Ok(attr) => reply.attr(&TTL, &file_attr(&attr)),
             Err(e) => reply.error(errno(&e)),
         }
@@ -508,7 +516,8 @@ impl Filesystem for DynamicFs {
 
     fn readlink(&self, req: &Request, ino: INodeNo, reply: ReplyData) {
         let _span = request_span("readlink", req);
-        match self.pool().readlink(Ino(ino.0)) {
+        let result = self.pool().readlink(Ino(ino.0));
+        match result {
             Ok(target) => reply.data(&target),
             Err(e) => reply.error(errno(&e)),
         }
@@ -517,31 +526,33 @@ impl Filesystem for DynamicFs {
     fn mknod(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, umask: u32, rdev: u32, reply: ReplyEntry) {
         let _span = request_span("mknod", req);
         let owner = owner(req, mode, umask);
-        reply_entry(reply, self.pool().mknod(Ino(parent.0), name.as_bytes(), mode, u64::from(rdev), owner))
+        let result = self.pool().mknod(Ino(parent.0), name.as_bytes(), mode, u64::from(rdev), owner);
+        reply_entry(reply, result)
     }
 
     fn mkdir(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, umask: u32, reply: ReplyEntry) {
         let _span = request_span("mkdir", req);
-        reply_entry(reply, self.pool().mkdir(Ino(parent.0), name.as_bytes(), owner(req, mode, umask)))
+        let result = self.pool().mkdir(Ino(parent.0), name.as_bytes(), owner(req, mode, umask));
+        reply_entry(reply, result)
     }
 
     fn unlink(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         let _span = request_span("unlink", req);
-        reply_empty(reply, self.pool().unlink(Ino(parent.0), name.as_bytes()))
+        let result = self.pool().unlink(Ino(parent.0), name.as_bytes());
+        reply_empty(reply, result)
     }
 
     fn rmdir(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         let _span = request_span("rmdir", req);
-        reply_empty(reply, self.pool().rmdir(Ino(parent.0), name.as_bytes()))
+        let result = self.pool().rmdir(Ino(parent.0), name.as_bytes());
+        reply_empty(reply, result)
     }
 
     fn symlink(&self, req: &Request, parent: INodeNo, link_name: &OsStr, target: &Path, reply: ReplyEntry) {
         let _span = request_span("symlink", req);
         let owner = owner(req, 0o777, 0);
-        reply_entry(
-            reply,
-            self.pool().symlink(Ino(parent.0), link_name.as_bytes(), target.as_os_str().as_bytes(), owner),
-        )
+        let result = self.pool().symlink(Ino(parent.0), link_name.as_bytes(), target.as_os_str().as_bytes(), owner);
+        reply_entry(reply, result)
     }
 
     fn rename(
@@ -564,22 +575,23 @@ impl Filesystem for DynamicFs {
         } else {
             return reply.error(Errno::EINVAL); // RENAME_WHITEOUT: overlay filesystems only
         };
-        reply_empty(
-            reply,
-            self.pool().rename(Ino(parent.0), name.as_bytes(), Ino(newparent.0), newname.as_bytes(), mode),
-        )
+        let result = self.pool().rename(Ino(parent.0), name.as_bytes(), Ino(newparent.0), newname.as_bytes(), mode);
+        reply_empty(reply, result)
     }
 
     fn link(&self, req: &Request, ino: INodeNo, newparent: INodeNo, newname: &OsStr, reply: ReplyEntry) {
         let _span = request_span("link", req);
-        reply_entry(reply, self.pool().link(Ino(ino.0), Ino(newparent.0), newname.as_bytes()))
+        let result = self.pool().link(Ino(ino.0), Ino(newparent.0), newname.as_bytes());
+        reply_entry(reply, result)
     }
 
     fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         let _span = request_span("open", req);
         let mut pool = self.pool();
-        match pool.open_file(Ino(ino.0)) {
-            Ok(fh) => reply.opened(FileHandle(fh), self.open_flags(&pool, Ino(ino.0), flags.0)),
+        let opened = pool.open_file(Ino(ino.0)).map(|fh| (fh, self.open_flags(&pool, Ino(ino.0), flags.0)));
+        drop(pool);
+        match opened {
+            Ok((fh, open)) => reply.opened(FileHandle(fh), open),
             Err(e) => reply.error(errno(&e)),
         }
     }
@@ -660,7 +672,8 @@ impl Filesystem for DynamicFs {
         reply: ReplyEmpty,
     ) {
         let _span = request_span("release", req);
-        reply_empty(reply, dfs_engine::data::files::settled(&self.pool, fh.0).release(fh.0))
+        let released = dfs_engine::data::files::settled(&self.pool, fh.0).release(fh.0);
+        reply_empty(reply, released)
     }
 
     fn destroy(&mut self) {
@@ -743,7 +756,8 @@ impl Filesystem for DynamicFs {
 
     fn getxattr(&self, req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
         let _span = request_span("getxattr", req);
-        reply_xattr(reply, size, self.pool().getxattr(Ino(ino.0), name.as_bytes()))
+        let result = self.pool().getxattr(Ino(ino.0), name.as_bytes());
+        reply_xattr(reply, size, result)
     }
 
     fn setxattr(
@@ -760,7 +774,8 @@ impl Filesystem for DynamicFs {
         let Some(mode) = SetMode::from_flags(flags).filter(|_| position == 0) else {
             return reply.error(Errno::EINVAL);
         };
-        reply_empty(reply, self.pool().setxattr(Ino(ino.0), name.as_bytes(), value, mode))
+        let result = self.pool().setxattr(Ino(ino.0), name.as_bytes(), value, mode);
+        reply_empty(reply, result)
     }
 
     fn listxattr(&self, req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
@@ -778,7 +793,8 @@ impl Filesystem for DynamicFs {
 
     fn removexattr(&self, req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         let _span = request_span("removexattr", req);
-        reply_empty(reply, self.pool().removexattr(Ino(ino.0), name.as_bytes()))
+        let result = self.pool().removexattr(Ino(ino.0), name.as_bytes());
+        reply_empty(reply, result)
     }
 
     fn fallocate(
@@ -792,7 +808,8 @@ impl Filesystem for DynamicFs {
         reply: ReplyEmpty,
     ) {
         let _span = request_span("fallocate", req);
-        reply_empty(reply, self.pool().fallocate(fh.0, offset, length, mode))
+        let result = self.pool().fallocate(fh.0, offset, length, mode);
+        reply_empty(reply, result)
     }
 
     fn lseek(&self, req: &Request, _ino: INodeNo, fh: FileHandle, offset: i64, whence: i32, reply: ReplyLseek) {
@@ -806,7 +823,8 @@ impl Filesystem for DynamicFs {
         let Ok(offset) = u64::try_from(offset) else {
             return reply.error(Errno::ENXIO);
         };
-        match self.pool().seek_data_hole(fh.0, offset, seek) {
+        let result = self.pool().seek_data_hole(fh.0, offset, seek);
+        match result {
             Ok(position) => reply.offset(position as i64),
             Err(e) => reply.error(errno(&e)),
         }
@@ -829,7 +847,8 @@ impl Filesystem for DynamicFs {
         if !flags.is_empty() {
             return reply.error(Errno::EINVAL);
         }
-        match self.pool().copy_range(fh_in.0, offset_in, fh_out.0, offset_out, len) {
+        let result = self.pool().copy_range(fh_in.0, offset_in, fh_out.0, offset_out, len);
+        match result {
             // At most COPY_BYTES_MAX (16 MiB) per call: fits the reply's 32 bits.
             Ok(copied) => reply.written(copied as u32),
             Err(e) => reply.error(errno(&e)),
@@ -876,11 +895,10 @@ impl Filesystem for DynamicFs {
             Ok(attr) => attr,
             Err(e) => return reply.error(errno(&e)),
         };
-        match pool.open_file(attr.ino) {
-            Ok(fh) => {
-                let open = self.open_flags(&pool, attr.ino, flags);
-                reply.created(&TTL, &file_attr(&attr), Generation(0), FileHandle(fh), open)
-            }
+        let opened = pool.open_file(attr.ino).map(|fh| (fh, self.open_flags(&pool, attr.ino, flags)));
+        drop(pool);
+        match opened {
+            Ok((fh, open)) => reply.created(&TTL, &file_attr(&attr), Generation(0), FileHandle(fh), open),
             Err(e) => reply.error(errno(&e)),
         }
     }
