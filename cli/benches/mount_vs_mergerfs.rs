@@ -5,8 +5,10 @@
 //! (one per directory, a sixth of the data each, fsync at the end) and six parallel
 //! readers with caches dropped; under `erasure:4+2` user data can reach at most the raw
 //! write ÷ 1.5. Every figure is the median of interleaved rounds (DynamicFS, mergerfs,
-//! raw, then again): this machine's single runs vary by 2×. Also prints the daemon's CPU
-//! seconds per GiB written and read.
+//! raw, then again): this machine's single runs vary by 2×. Each measurement starts once
+//! the disk has gone quiet (`common::settle`), so neither side's writeback or deferred
+//! deletions land in the other's. Also prints the daemon's CPU seconds per GiB written
+//! and read.
 //!
 //! Run as root with Debian's mergerfs installed (`apt-get install mergerfs`):
 //! `cargo bench -p dfs-cli --bench mount_vs_mergerfs` (DFS_BENCH_MIB overrides 1024,
@@ -214,6 +216,7 @@ fn main() {
     let (mut write_cpu, mut read_cpu) = (Vec::new(), Vec::new());
     for round in 0..rounds {
         let gib = mib as f64 / 1024.0;
+        common::settle(root.path());
         let (figures, spent) =
             measure(dfs_mount, &at("source"), &at("random-source"), Some(&|| mounts.daemon_cpu_secs()));
         if let Some((write, read)) = spent {
@@ -221,9 +224,28 @@ fn main() {
             read_cpu.push(read / gib);
         }
         ours.push(figures);
+        common::settle(root.path());
         theirs.push(measure(merger_mount, &at("source"), &at("random-source"), None).0);
+        common::settle(root.path());
         raw.push(raw_limit(&mounts.disks, &at("source")));
-        eprintln!("round {} of {rounds} done", round + 1);
+        let (a, b, r) = (ours[round], theirs[round], raw[round]);
+        eprintln!(
+            "round {} of {rounds}: write {:.0}/{:.0}/{:.0} MiB/s, read {:.0}/{:.0}/{:.0}, random reads {:.0}/{:.0}, \
+             random writes {:.0}/{:.0}, small files {:.0}/{:.0} (DynamicFS/mergerfs/raw)",
+            round + 1,
+            a.write,
+            b.write,
+            r.0,
+            a.read,
+            b.read,
+            r.1,
+            a.random,
+            b.random,
+            a.random_write,
+            b.random_write,
+            a.small,
+            b.small
+        );
     }
     drop(mounts);
 

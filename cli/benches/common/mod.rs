@@ -19,6 +19,35 @@ pub fn median(mut values: Vec<f64>) -> f64 {
     values[values.len() / 2]
 }
 
+/// Waits until the block device holding `path` has written, discarded and had in flight
+/// nothing for a second (at most 30 s), so that what one measurement left behind — the
+/// page cache's writeback, a filesystem's discards, a daemon's deferred deletions —
+/// lands before the next one starts and is not charged to it. Returns at once when
+/// `/proc/diskstats` does not list the device (a filesystem in memory).
+pub fn settle(path: &Path) {
+    use std::os::unix::fs::MetadataExt;
+    let dev = fs::metadata(path).unwrap().dev();
+    let (major, minor) = (((dev >> 8) & 0xfff) | ((dev >> 32) & !0xfff), (dev & 0xff) | ((dev >> 12) & !0xff));
+    // Sectors written, in flight, sectors discarded: fields 10, 12 and 17 of the line.
+    let activity = || -> Option<(u64, u64, u64)> {
+        let stats = fs::read_to_string("/proc/diskstats").ok()?;
+        stats.lines().find_map(|line| {
+            let f: Vec<u64> = line.split_whitespace().map(|x| x.parse().unwrap_or(0)).collect();
+            (f.len() >= 17 && f[0] == major && f[1] == minor).then(|| (f[9], f[11], f[16]))
+        })
+    };
+    let started = std::time::Instant::now();
+    let Some(mut last) = activity() else { return };
+    while started.elapsed() < std::time::Duration::from_secs(30) {
+        std::thread::sleep(std::time::Duration::from_secs(1));
+        let Some(now) = activity() else { return };
+        if now.0 == last.0 && now.1 == 0 && now.2 == last.2 {
+            return;
+        }
+        last = now;
+    }
+}
+
 /// Exits with status 2 and the install command when `tool` is missing.
 pub fn require(tool: &str, install: &str) {
     if Command::new(tool).arg("-V").output().is_err() {
