@@ -10,8 +10,8 @@
 //! 2. writes every queued op as one journal record on each journal replica and syncs it:
 //!    the commit point — a crash leaves all the queued ops or none;
 //! 3. deletes the fragments of freed extents — only now does no durable record need them
-//!    (a shared barrier leaves them to a thread of its own, started as it returns, which
-//!    first waits for a pause in the requests: see `sync_shared`, `wait_for_quiet`);
+//!    (a shared barrier leaves them to a thread of its own, started as it returns: see
+//!    `sync_shared`);
 //! 4. checkpoints when due: every `PoolOptions::checkpoint_every_records` records or
 //!    `checkpoint_every_bytes` of them, whichever comes first.
 //!
@@ -20,9 +20,7 @@
 //! (`sync_in_passing`, which deletes what it frees as a shared barrier does).
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use crate::base::error::{Error, Result};
 use crate::base::hooks::CommitPhase;
@@ -32,15 +30,10 @@ use crate::media::device::{BlockDevice, BlockName, ExtentId};
 use crate::media::{codec, fragment};
 use crate::meta::journal;
 use crate::meta::state::{Availability, DiskId, FreedExtent, Op, Transaction};
-use crate::pool::undurable::DeletionPace;
 use crate::pool::Pool;
 
 /// Rounds of "relocate, then sync" a barrier tries before giving up on a fragment.
 const SYNC_ATTEMPTS: usize = 3;
-
-/// The most pauses of `PoolOptions::delete_after_quiet` the deleting thread waits for
-/// requests to stop before it deletes all the same (10 s by default).
-const DELETE_WAIT_ROUNDS: u32 = 100;
 
 /// The durability barrier for a pool several request threads share: the disks that took
 /// fragments since the last barrier are synced first with the pool's lock released —
@@ -108,29 +101,6 @@ struct DeleteJob {
 /// Locks the deleting thread's byte counts; a panic elsewhere must not lose them.
 fn lock_bytes(bytes: &Mutex<BTreeMap<DiskId, u64>>) -> std::sync::MutexGuard<'_, BTreeMap<DiskId, u64>> {
     bytes.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
-/// Waits until no commit or read came for `quiet`, at most `DELETE_WAIT_ROUNDS` such
-/// waits, or until someone waits for the deletion (`hurry`): what the deleting thread
-/// does is background work, and the punches and unlinks it makes hold up the disks and
-/// the filesystem's next journal commit, which every fsync meanwhile waits for. On ext4
-/// mounted `-o discard`, a deleted 1 GiB file's segments took 0.5 s of unlinks; a stream
-/// of small files created right after ran 11,000 files/s against 14,000 three seconds
-/// later (each of its barriers fsyncs the journal), and random reads overlapping the
-/// deletion ran at a third of their speed. Production only: the simulator deletes inside
-/// the barrier.
-fn wait_for_quiet(pace: &DeletionPace, quiet: Duration) {
-    for _ in 0..DELETE_WAIT_ROUNDS {
-        if pace.hurry.load(Ordering::Acquire) {
-            return;
-        }
-        let before = pace.requests.load(Ordering::Relaxed);
-        // Woken early by `join_deletion`'s unpark (or spuriously): the loop looks again.
-        std::thread::park_timeout(quiet);
-        if pace.requests.load(Ordering::Relaxed) == before && !pace.hurry.load(Ordering::Acquire) {
-            return;
-        }
-    }
 }
 
 /// Deletes `names` from `device`. Failures leave orphans, which the next open removes.
@@ -246,9 +216,6 @@ impl Pool {
             })
             .collect();
         let counted = Arc::clone(&self.undurable.deleting_bytes);
-        let pace = Arc::clone(&self.undurable.pace);
-        pace.hurry.store(false, Ordering::Release);
-        let quiet = self.options.delete_after_quiet;
         {
             let mut counted = lock_bytes(&counted);
             assert!(counted.is_empty(), "no deletion is under way");
@@ -257,7 +224,6 @@ impl Pool {
         let (sent, kept) = std::sync::mpsc::channel::<Vec<DeleteJob>>();
         let started = std::thread::Builder::new().name("dfs-free".into()).spawn(move || {
             let Ok(jobs) = kept.recv() else { return };
-            wait_for_quiet(&pace, quiet);
             run_all(true, jobs, |job| {
                 // The disk stops counting them used as its deletion starts.
                 if let Some(bytes) = lock_bytes(&counted).get_mut(&job.disk) {
@@ -280,12 +246,9 @@ impl Pool {
         }
     }
 
-    /// Waits for the thread deleting freed fragments, if any, telling it not to wait for
-    /// a pause in the commits first.
+    /// Waits for the thread deleting freed fragments, if any.
     fn join_deletion(&mut self) {
         if let Some(deleting) = self.undurable.deleting.take() {
-            self.undurable.pace.hurry.store(true, Ordering::Release);
-            deleting.thread().unpark();
             if deleting.join().is_err() {
                 tracing::error!(
                     "deleting freed fragments failed midway; what is left stays as orphans until the next open"

@@ -418,7 +418,6 @@ impl Pool {
         read_ahead: bool,
     ) -> Result<ReadData> {
         let started = self.clock.monotonic_nanos();
-        self.undurable.pace.requests.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let end = offset.saturating_add(size as u64);
         let (ino, sequential) =
             if read_ahead { self.note_read(fh, offset, end)? } else { (self.handle_ino(fh)?, false) };

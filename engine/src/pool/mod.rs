@@ -55,10 +55,6 @@ pub struct PoolOptions {
     /// Ops committed in memory after which a commit forces a durability barrier
     /// (`Pool::sync`) itself. The simulator sets `usize::MAX`: it places barriers.
     pub barrier_after_ops: usize,
-    /// How long no commit or read must come before the thread deleting what shared
-    /// barriers freed starts; it waits at most `DELETE_WAIT_ROUNDS` times this
-    /// (`crate::data::durability`), and not at all once `Pool::sync` waits for it.
-    pub delete_after_quiet: std::time::Duration,
     /// Memory for decoded extents (see `store::ExtentCache`).
     pub extent_cache_bytes: usize,
     /// How the paged metadata store pages and caches (`meta::store`).
@@ -102,7 +98,6 @@ impl Default for PoolOptions {
             checkpoint_every_bytes: crate::media::journal_log::LOG_BYTES_MAX,
             dirty_bytes_max: 16 << 20,
             barrier_after_ops: 4096,
-            delete_after_quiet: std::time::Duration::from_millis(100),
             extent_cache_bytes: 256 << 20,
             metadata_store: StoreConfig { cache_bytes: 64 << 20, ..StoreConfig::default() },
             parallel_io: true,
@@ -567,7 +562,6 @@ impl Pool {
         self.reached(CommitPhase::Applied);
         self.undurable.ops.extend(txn.ops);
         self.counters.commits += 1;
-        self.undurable.pace.requests.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.check_invariants();
         if self.undurable.ops.len() >= self.options.barrier_after_ops && !self.undurable.in_barrier {
             if let Err(e) = self.sync_in_passing() {

@@ -3,20 +3,9 @@
 //! must make durable, in the order its crash contract needs.
 
 use std::collections::BTreeSet;
-use std::sync::atomic::{AtomicBool, AtomicU64};
 
 use crate::media::device::{BlockName, ExtentId};
 use crate::meta::state::{DiskId, FreedExtent, Op};
-
-/// What the thread deleting freed fragments watches (`crate::data::durability`): it
-/// waits for a pause in the requests before it starts, unless someone waits for it.
-#[derive(Debug, Default)]
-pub(crate) struct DeletionPace {
-    /// Commits and reads so far (`Pool::commit` and `Pool::answer_read` count them).
-    pub(crate) requests: AtomicU64,
-    /// Set by whoever waits for the deletion to end (`Pool::sync`): start at once.
-    pub(crate) hurry: AtomicBool,
-}
 
 /// Everything committed in memory that the next barrier must make durable.
 #[derive(Default)]
@@ -37,8 +26,6 @@ pub(crate) struct Undurable {
     /// barrier that made their freeing durable returned
     /// (`crate::data::durability::sync_shared`); `Pool::sync` waits for it.
     pub(crate) deleting: Option<std::thread::JoinHandle<()>>,
-    /// What the deleting thread watches to stay out of the requests' way.
-    pub(crate) pace: std::sync::Arc<DeletionPace>,
     /// Bytes on each disk that the deleting thread has yet to start deleting: free as far
     /// as `df` goes, as those of `deferred_deletes` (a disk's count drops as its
     /// deletion starts, when the disk stops counting them used).
