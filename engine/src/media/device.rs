@@ -235,6 +235,10 @@ impl DeviceError {
 /// One block of `BlockDevice::write_parts_batch`: its name, head and body.
 pub type PartsBlock<'a> = (BlockName, &'a [u8], &'a [u8]);
 
+/// What `BlockDevice::read_appending` asks of a block before it keeps it: given the whole
+/// block, whether it is the one wanted.
+pub type BlockCheck<'a> = &'a mut dyn FnMut(&[u8]) -> bool;
+
 /// `write_parts` of each of `blocks` in turn, stopping at the first failure: what
 /// `BlockDevice::write_parts_batch` does for a backend with no better way.
 pub fn write_each<D: BlockDevice + ?Sized>(device: &D, blocks: &[PartsBlock<'_>]) -> (usize, Result<(), DeviceError>) {
@@ -271,15 +275,10 @@ pub trait BlockDevice: Send + Sync {
         name: BlockName,
         skip: usize,
         out: &mut Landing,
-        check: &mut dyn FnMut(&[u8]) -> bool,
+        check: BlockCheck<'_>,
     ) -> Result<bool, DeviceError> {
         let mut kept = false;
-        self.read_with(name, &mut |block| {
-            if block.len() >= skip && check(block) {
-                out.extend_from_slice(&block[skip..]);
-                kept = true;
-            }
-        })?;
+        self.read_with(name, &mut |block| kept = out.append_checked(block, skip, check))?;
         Ok(kept)
     }
 

@@ -27,7 +27,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
 
 use crate::base::io::run_all;
-use crate::media::device::{write_each, BlockDevice, BlockKind, BlockName, DeviceError, PartsBlock};
+use crate::media::device::{write_each, BlockCheck, BlockDevice, BlockKind, BlockName, DeviceError, PartsBlock};
 use crate::media::journal_log::{self, JournalLog, LOG_RECORD_MAX};
 use crate::media::label::DiskLabel;
 use crate::media::landing::Landing;
@@ -590,7 +590,7 @@ impl BlockDevice for DirDisk {
         name: BlockName,
         skip: usize,
         out: &mut Landing,
-        check: &mut dyn FnMut(&[u8]) -> bool,
+        check: BlockCheck<'_>,
     ) -> Result<bool, DeviceError> {
         if name.kind() == BlockKind::Fragment {
             match self.segments.read_appending(name, skip, out, check) {
@@ -598,13 +598,7 @@ impl BlockDevice for DirDisk {
                 other => return other,
             }
         }
-        let mut kept = false;
-        let block = self.read(name)?;
-        if block.len() >= skip && check(&block) {
-            out.extend_from_slice(&block[skip..]);
-            kept = true;
-        }
-        Ok(kept)
+        Ok(out.append_checked(&self.read(name)?, skip, check))
     }
 
     fn write(&self, name: BlockName, data: &[u8]) -> Result<(), DeviceError> {

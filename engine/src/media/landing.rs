@@ -64,6 +64,17 @@ impl Landing {
         self.buffer.extend_from_slice(tail);
     }
 
+    /// Appends `block` past its first `skip` bytes, by copying, if `check` accepts the
+    /// block; whether it did. The way of a device that reads blocks into buffers of its
+    /// own (see `BlockDevice::read_appending`).
+    pub fn append_checked(&mut self, block: &[u8], skip: usize, check: &mut dyn FnMut(&[u8]) -> bool) -> bool {
+        let kept = block.len() >= skip && check(block);
+        if kept {
+            self.extend_from_slice(&block[skip..]);
+        }
+        kept
+    }
+
     /// Keeps the first `len` bytes of tails.
     pub fn truncate(&mut self, len: usize) {
         self.buffer.truncate(self.start.saturating_add(len));

@@ -36,7 +36,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::base::clock::WallTime;
-use crate::media::device::{BlockDevice, BlockKind, BlockName, Created, DeviceError};
+use crate::media::device::{BlockCheck, BlockDevice, BlockKind, BlockName, Created, DeviceError};
 use crate::media::frame::{self, FrameKind};
 use crate::media::landing::Landing;
 
@@ -233,7 +233,7 @@ impl BlockDevice for OwnedDevice {
         name: BlockName,
         skip: usize,
         out: &mut Landing,
-        check: &mut dyn FnMut(&[u8]) -> bool,
+        check: BlockCheck<'_>,
     ) -> Result<bool, DeviceError> {
         self.inner.read_appending(name, skip, out, check)
     }

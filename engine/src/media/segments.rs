@@ -55,7 +55,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use crate::base::clock::system_wall_nanos;
 use crate::base::io::run_all;
-use crate::media::device::{BlockName, DeviceError, ExtentId};
+use crate::media::device::{BlockCheck, BlockName, DeviceError, ExtentId};
 use crate::media::landing::Landing;
 
 /// The folder under a disk's root that holds its segments.
@@ -265,7 +265,7 @@ impl Segments {
         name: BlockName,
         skip: usize,
         out: &mut Landing,
-        check: &mut dyn FnMut(&[u8]) -> bool,
+        check: BlockCheck<'_>,
     ) -> Result<bool, DeviceError> {
         let Located { direct, loc, .. } = self.locate(name)?;
         let header = RECORD_HEADER_LEN as usize;
@@ -279,12 +279,7 @@ impl Segments {
             }
         }
         let mut kept = false;
-        self.read_with(name, &mut |payload| {
-            if payload.len() >= skip && check(payload) {
-                out.extend_from_slice(&payload[skip..]);
-                kept = true;
-            }
-        })?;
+        self.read_with(name, &mut |payload| kept = out.append_checked(payload, skip, check))?;
         Ok(kept)
     }
 
