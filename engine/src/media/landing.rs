@@ -125,21 +125,22 @@ impl Landing {
         if !(self.buffer.as_ptr() as usize + at).is_multiple_of(align) || at + span > self.buffer.capacity() {
             return None;
         }
+        // Every file offset the reads below use, known to fit before any byte is touched.
+        let start = libc::off_t::try_from(offset).ok()?;
+        let last = offset.checked_add(u64::try_from(span).ok()?)?;
+        libc::off_t::try_from(last).ok()?;
         let mut saved = [0u8; LEAD_MAX];
         saved[..lead].copy_from_slice(&self.buffer[at..end]);
         let wanted = lead + len;
         let mut got = 0;
         while got < wanted {
+            // `got < span`, and `offset + span` fits an `off_t` (above): no wrap.
+            let position = start + got as libc::off_t;
             // SAFETY: `at + span` is within the buffer's capacity (checked above), so the
             // kernel writes only memory this vector owns; nothing else refers to it while
             // `&mut self` is held. Bytes past `end` are read only once written (below).
             let read = unsafe {
-                libc::pread(
-                    file.as_raw_fd(),
-                    self.buffer.as_mut_ptr().add(at + got).cast(),
-                    span - got,
-                    libc::off_t::try_from(offset + got as u64).ok()?,
-                )
+                libc::pread(file.as_raw_fd(), self.buffer.as_mut_ptr().add(at + got).cast(), span - got, position)
             };
             match usize::try_from(read) {
                 // A direct read goes on from a sector boundary; the last record of a file
