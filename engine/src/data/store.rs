@@ -773,7 +773,7 @@ fn fetch_data_shards(
     let landed: Vec<bool> = run_all(parallel, slots, |(i, device, slot)| {
         let mut landed = false;
         let read = device.read_with(BlockName::Fragment { extent: id, index: i as u8 }, &mut |block| {
-            if let (false, Ok(payload)) = (landed, fragment::payload_unchecked(block, id, i as u8, shard_len)) {
+            if let Ok(payload) = fragment::payload_unchecked(block, id, i as u8, shard_len) {
                 slot.copy_from_slice(payload);
                 landed = true;
             }
