@@ -541,6 +541,7 @@ fn serve(pool: &Path, mountpoint: &Path, settings: &MountSettings) -> Result<()>
     let (dir, engine_pool, stop) = open_for_daemon(pool, settings.cache_bytes)?;
     let dir_path = dir.path().to_path_buf();
     let shared = Arc::new(Mutex::new(engine_pool));
+    let barriers = start_barrier_thread(&shared);
     if let Some(addr) = settings.metrics {
         crate::exporter::serve(addr, shared.clone(), dir_path.clone())?;
         crate::announce!("metrics on http://{addr}/metrics and /health");
@@ -576,6 +577,7 @@ fn serve(pool: &Path, mountpoint: &Path, settings: &MountSettings) -> Result<()>
     } else {
         session.umount_and_join().context("unmounting")?;
     }
+    drop(barriers);
     barrier(&shared);
     let _ = std::fs::remove_file(dir_path.join(crate::control::SOCKET_NAME));
     crate::announce!("unmounted {}", mountpoint.display());
@@ -693,6 +695,7 @@ pub fn serve_unmounted(pool: &Path, metrics: Option<std::net::SocketAddr>) -> Re
     let (dir, engine_pool, stop) = open_for_daemon(pool, None)?;
     let dir_path = dir.path().to_path_buf();
     let shared = Arc::new(Mutex::new(engine_pool));
+    let barriers = start_barrier_thread(&shared);
     crate::control::listen(&dir_path, Arc::new(Mutex::new(dir)), shared.clone())?;
     if let Some(addr) = metrics {
         crate::exporter::serve(addr, shared.clone(), dir_path.clone())?;
@@ -703,6 +706,7 @@ pub fn serve_unmounted(pool: &Path, metrics: Option<std::net::SocketAddr>) -> Re
     while !stop.load(Ordering::SeqCst) {
         chores.run(&shared);
     }
+    drop(barriers);
     barrier(&shared);
     let _ = std::fs::remove_file(dir_path.join(crate::control::SOCKET_NAME));
     crate::announce!("stopped serving {}", dir_path.display());
@@ -741,8 +745,22 @@ fn tiering_timers(pool: &Mutex<dfs_engine::Pool>) {
     }
 }
 
+/// The thread that writes the durability barriers commits ask for, with the pool's lock
+/// released; without one (no thread to be had), commits run them themselves.
+fn start_barrier_thread(
+    pool: &Arc<Mutex<dfs_engine::Pool>>,
+) -> Option<dfs_engine::data::shared_barrier::BarrierThread> {
+    match dfs_engine::data::shared_barrier::BarrierThread::start(pool) {
+        Ok(thread) => Some(thread),
+        Err(error) => {
+            tracing::warn!(%error, "no barrier thread; requests run the barriers their commits need themselves");
+            None
+        }
+    }
+}
+
 fn barrier(pool: &Mutex<dfs_engine::Pool>) {
-    if let Err(error) = dfs_engine::data::durability::sync_shared(pool) {
+    if let Err(error) = dfs_engine::data::shared_barrier::sync_shared(pool) {
         tracing::error!(%error, "durability barrier failed");
     }
 }

@@ -186,7 +186,7 @@ fn a_shared_barrier_deletes_its_frees_on_a_thread_of_their_own_and_a_plain_barri
     assert_eq!(count(&t), 3 * 2, "three 1 MiB extents, two copies each");
     let shared = std::sync::Mutex::new(t.pool.take().unwrap());
     shared.lock().unwrap().unlink(dfs_engine::Ino::ROOT, b"doomed").unwrap();
-    dfs_engine::data::durability::sync_shared(&shared).unwrap();
+    dfs_engine::data::shared_barrier::sync_shared(&shared).unwrap();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
     while count(&t) > 0 {
         assert!(std::time::Instant::now() < deadline, "{} fragments still there, with no barrier since", count(&t));
@@ -202,7 +202,7 @@ fn a_shared_barrier_deletes_its_frees_on_a_thread_of_their_own_and_a_plain_barri
         t.write_file("doomed", &pattern(2 << 20, round));
         let shared = std::sync::Mutex::new(t.pool.take().unwrap());
         shared.lock().unwrap().unlink(dfs_engine::Ino::ROOT, b"doomed").unwrap();
-        dfs_engine::data::durability::sync_shared(&shared).unwrap();
+        dfs_engine::data::shared_barrier::sync_shared(&shared).unwrap();
         shared.lock().unwrap().sync().unwrap();
         assert_eq!(count(&t), 0, "round {round}: a plain barrier waits for the deletion");
         t.pool = Some(shared.into_inner().unwrap());

@@ -685,7 +685,7 @@ impl Filesystem for DynamicFs {
 
     fn fsyncdir(&self, req: &Request, _ino: INodeNo, _fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
         let _span = request_span("fsyncdir", req);
-        reply_empty(reply, dfs_engine::data::durability::sync_shared(&self.pool))
+        reply_empty(reply, dfs_engine::data::shared_barrier::sync_shared(&self.pool))
     }
 
     fn fsync(&self, req: &Request, _ino: INodeNo, fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {

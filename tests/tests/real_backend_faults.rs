@@ -7,7 +7,7 @@
 //! fragment writes in flight, is written around.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use dfs_engine::base::clock::SystemClock;
 use dfs_engine::data::namespace::Owner;
@@ -24,6 +24,16 @@ fn pool_over_dirs(root: &std::path::Path, disks: usize) -> (Pool, Vec<Arc<Faulty
 }
 
 fn pool_over_dirs_with(root: &std::path::Path, disks: usize, policy: &str) -> (Pool, Vec<Arc<FaultyDevice<DirDisk>>>) {
+    let options = PoolOptions { seed: 9, check_invariants: true, ..PoolOptions::default() };
+    pool_over_dirs_opened(root, disks, policy, options)
+}
+
+fn pool_over_dirs_opened(
+    root: &std::path::Path,
+    disks: usize,
+    policy: &str,
+    options: PoolOptions,
+) -> (Pool, Vec<Arc<FaultyDevice<DirDisk>>>) {
     let switch = CrashSwitch::new();
     let devices: Vec<Arc<FaultyDevice<DirDisk>>> = (0..disks)
         .map(|i| {
@@ -34,7 +44,6 @@ fn pool_over_dirs_with(root: &std::path::Path, disks: usize, policy: &str) -> (P
             Arc::new(FaultyDevice::new(disk, switch.clone(), None))
         })
         .collect();
-    let options = PoolOptions { seed: 9, check_invariants: true, ..PoolOptions::default() };
     let pool_id = uuid_from(1);
     let (mut pool, _) =
         Pool::open(pool_id, policy.parse().unwrap(), Vec::new(), Arc::new(SystemClock::new()), options).unwrap();
@@ -67,6 +76,14 @@ fn write(pool: &mut Pool, name: &str, data: &[u8]) -> Result<Ino, Error> {
     pool.fsync(fh)?;
     pool.release(fh)?;
     Ok(ino)
+}
+
+/// Creates `name` and writes `data` into it, unsynced; returns the open handle.
+fn write_unsynced(pool: &mut Pool, name: &str, data: &[u8]) -> (Ino, u64) {
+    let ino = pool.create(Ino::ROOT, name.as_bytes(), OWNER).unwrap().ino;
+    let fh = pool.open_file(ino).unwrap();
+    pool.write(fh, 0, data).unwrap();
+    (ino, fh)
 }
 
 fn read(pool: &mut Pool, ino: Ino, len: usize) -> Result<Vec<u8>, Error> {
@@ -233,5 +250,121 @@ fn a_disk_that_dies_under_a_pipelined_flush_is_written_around() {
     assert_eq!(read(&mut pool, ino, data.len()).unwrap(), data);
     let (mut pool, _) = reopen(pool, &devices);
     assert_eq!(read(&mut pool, ino, data.len()).unwrap(), data, "every acknowledged byte survives a reopen");
+    pool.state().check().unwrap();
+}
+
+/// A shared barrier writes its record with the pool's lock released
+/// (`dfs_engine::data::shared_barrier`). A journal replica that fails the write there is
+/// taken offline as under the lock — the record saying so follows on the others — and
+/// what the `fsync` acknowledged is there after a restart.
+#[test]
+fn a_journal_replica_that_fails_under_a_shared_barrier_is_taken_offline() {
+    let root = tempfile::tempdir().unwrap();
+    let (mut pool, devices) = pool_over_dirs(root.path(), 5);
+    let first = disk_id(&pool, 0);
+    assert!(pool.state().journal_disks().contains(&first));
+    let barriers = pool.counters().barriers;
+    // 5,000 bytes live inline, in the journal only.
+    let small = vec![7u8; 5000];
+    let (ino, fh) = write_unsynced(&mut pool, "small", &small);
+    devices[0].inject(&Fault::Die);
+    let shared = Mutex::new(pool);
+    dfs_engine::data::files::fsync_shared(&shared, fh).expect("the other journal disks take the record");
+    let mut pool = shared.into_inner().unwrap();
+    assert!(!pool.state().disk_readable(first), "the failed replica's disk is offline");
+    assert!(!pool.state().journal_disks().contains(&first), "the journal moved off it");
+    assert!(!pool.has_undurable_commits(), "the record naming the offline disk followed at once");
+    assert!(pool.counters().barriers >= barriers + 2, "the flown record, then the one under the lock");
+    pool.release(fh).unwrap();
+    let (mut pool, _) = reopen(pool, &devices);
+    assert_eq!(read(&mut pool, ino, small.len()).unwrap(), small);
+}
+
+/// A disk whose sync fails under a shared barrier may have dropped what it took: the
+/// record is not written with the lock released but put back, and the barrier under the
+/// lock takes the disk offline (owed what it may have lost) before the record is
+/// written; every byte the `fsync` acknowledged reads back after a restart with the disk
+/// still dead.
+#[test]
+fn a_disk_whose_sync_fails_under_a_shared_barrier_loses_nothing_acknowledged() {
+    let root = tempfile::tempdir().unwrap();
+    let (mut pool, devices) = pool_over_dirs_with(root.path(), 7, "erasure:3+2");
+    let data: Vec<u8> = (0..3u32 << 20).map(|i| (i.wrapping_mul(2_654_435_761) >> 11) as u8).collect();
+    let (ino, fh) = write_unsynced(&mut pool, "f", &data);
+    pool.flush(fh).unwrap();
+    let holder = pool.state().extents.values().find_map(|r| r.fragments.first().copied()).expect("stored extents");
+    let index = (0..7).find(|i| disk_id(&pool, *i) == holder).unwrap();
+    devices[index as usize].inject(&Fault::Die);
+    let shared = Mutex::new(pool);
+    dfs_engine::data::files::fsync_shared(&shared, fh).expect("five other disks take the fragments");
+    let mut pool = shared.into_inner().unwrap();
+    assert!(!pool.state().disk_readable(holder), "the disk whose sync failed is offline");
+    let state = pool.state();
+    assert!(
+        state.extents.values().all(|r| r.fragments.iter().filter(|d| state.disk_readable(**d)).count() >= 3),
+        "every extent is readable without the disk that may have dropped its fragments"
+    );
+    pool.release(fh).unwrap();
+    let (mut pool, _) = reopen(pool, &devices);
+    assert_eq!(read(&mut pool, ino, data.len()).unwrap(), data);
+}
+
+/// Commits ask the barrier thread for their barriers, which it writes with the lock
+/// released while writers, `fsync`s and barriers under the lock go on around it: every
+/// record lands in chain order (the pool reopens, every file whole), and once the thread
+/// is stopped commits run their barriers themselves again.
+#[test]
+fn barriers_written_by_the_barrier_thread_amid_writers_and_syncs_keep_every_file() {
+    use dfs_engine::data::shared_barrier::{sync_shared, BarrierThread};
+    let root = tempfile::tempdir().unwrap();
+    let options = PoolOptions { seed: 9, check_invariants: true, barrier_after_ops: 16, ..PoolOptions::default() };
+    let (pool, devices) = pool_over_dirs_opened(root.path(), 5, "erasure:3+2", options);
+    let shared = Arc::new(Mutex::new(pool));
+    let thread = BarrierThread::start(&shared).unwrap();
+    let files: Vec<(String, Vec<u8>)> = (0..160u32)
+        .map(|i| (format!("f{i}"), vec![i as u8; if i % 16 == 0 { 300_000 } else { 100 + i as usize }]))
+        .collect();
+    let inos: Vec<Ino> = std::thread::scope(|scope| {
+        let writers: Vec<_> = files
+            .chunks(40)
+            .enumerate()
+            .map(|(writer, chunk)| {
+                let shared = &shared;
+                scope.spawn(move || {
+                    let mut inos = Vec::new();
+                    for (i, (name, data)) in chunk.iter().enumerate() {
+                        let (ino, fh) = write_unsynced(&mut shared.lock().unwrap(), name, data);
+                        match (writer + i) % 3 {
+                            0 => dfs_engine::data::files::fsync_shared(shared, fh).unwrap(),
+                            1 => shared.lock().unwrap().fsync(fh).unwrap(),
+                            _ => {}
+                        }
+                        shared.lock().unwrap().release(fh).unwrap();
+                        inos.push(ino);
+                    }
+                    inos
+                })
+            })
+            .collect();
+        writers.into_iter().flat_map(|w| w.join().unwrap()).collect()
+    });
+    // The thread's barriers alone make the last commits durable.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while shared.lock().unwrap().undurable_ops() >= 16 {
+        assert!(std::time::Instant::now() < deadline, "the barrier thread never wrote the waiting ops");
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    drop(thread);
+    for i in 0..8 {
+        let (_, fh) = write_unsynced(&mut shared.lock().unwrap(), &format!("late{i}"), b"late");
+        shared.lock().unwrap().release(fh).unwrap();
+        assert!(shared.lock().unwrap().undurable_ops() < 16, "without the thread a commit runs the barrier");
+    }
+    sync_shared(&shared).unwrap();
+    let pool = Arc::into_inner(shared).unwrap().into_inner().unwrap();
+    let (mut pool, _) = reopen(pool, &devices);
+    for ((_, data), ino) in files.iter().zip(inos) {
+        assert_eq!(&read(&mut pool, ino, data.len()).unwrap(), data);
+    }
     pool.state().check().unwrap();
 }

@@ -11,13 +11,20 @@
 //!    the commit point — a crash leaves all the queued ops or none;
 //! 3. deletes the fragments of freed extents — only now does no durable record need them
 //!    (a shared barrier leaves them to a thread of its own, started as it returns: see
-//!    `sync_shared`);
+//!    `crate::data::shared_barrier`);
 //! 4. checkpoints when due: every `PoolOptions::checkpoint_every_records` records or
 //!    `checkpoint_every_bytes` of them, whichever comes first.
 //!
-//! `fsync`, unmount, every CLI command and the daemon's timer end in a barrier; a commit
-//! runs one itself once `PoolOptions::barrier_after_ops` ops are waiting
-//! (`sync_in_passing`, which deletes what it frees as a shared barrier does).
+//! `fsync`, unmount, every CLI command and the daemon's timer end in a barrier. Once
+//! `PoolOptions::barrier_after_ops` ops are waiting, a commit asks the pool's barrier
+//! thread for one (`crate::data::shared_barrier::BarrierThread`, which writes the record
+//! with the lock released) or, where there is none or it lags four times that far behind,
+//! runs one itself (`sync_in_passing`, which deletes what it frees as a shared barrier
+//! does).
+//!
+//! A barrier under the lock that finds a record on its way with the lock released
+//! (`Undurable::flight`) waits for its I/O and publishes it first (`Pool::land_flight`):
+//! records reach the journal one at a time, in chain order.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
@@ -25,7 +32,6 @@ use std::sync::{Arc, Mutex};
 use crate::base::error::{Error, Result};
 use crate::base::hooks::CommitPhase;
 use crate::base::io::run_all;
-use crate::data::fetch::lock;
 use crate::media::device::{BlockDevice, BlockName, ExtentId};
 use crate::media::{codec, fragment};
 use crate::meta::journal;
@@ -34,60 +40,6 @@ use crate::pool::Pool;
 
 /// Rounds of "relocate, then sync" a barrier tries before giving up on a fragment.
 const SYNC_ATTEMPTS: usize = 3;
-
-/// The durability barrier for a pool several request threads share: the disks that took
-/// fragments since the last barrier are synced first with the pool's lock released —
-/// the bulk of a barrier's time when much was written — and then the barrier runs under
-/// the lock, with little left to sync. A sync that fails outside the lock counts as
-/// failed in the barrier (see `Undurable::sync_failed`). Syncing early never makes
-/// anything less durable, so the crash contract is `Pool::sync`'s. The fragments this
-/// barrier frees are deleted by a thread of their own once it returns
-/// (`Pool::delete_in_background`) — or, while an earlier one still deletes, beside the
-/// next shared barrier's syncs: a crash meanwhile leaves them as orphans, which the next
-/// open removes.
-pub fn sync_shared(pool: &Mutex<Pool>) -> Result<()> {
-    let (jobs, parallel) = {
-        let mut pool = lock(pool);
-        let mut jobs: Vec<DiskJob> = Vec::new();
-        let mut deletes = pool.take_deferred_deletes();
-        let disks: BTreeSet<DiskId> = pool.undurable.fragment_disks.iter().chain(deletes.keys()).copied().collect();
-        for disk in disks {
-            if let Some(device) = pool.devices.get(&disk) {
-                let sync = pool.undurable.fragment_disks.contains(&disk);
-                jobs.push(DiskJob {
-                    disk,
-                    device: device.clone(),
-                    deletes: deletes.remove(&disk).unwrap_or_default(),
-                    sync,
-                });
-            }
-        }
-        (jobs, pool.options.parallel_io)
-    };
-    let failed: Vec<(DiskId, String)> = run_all(parallel, jobs, |job| {
-        delete_all(job.device.as_ref(), job.deletes);
-        if !job.sync {
-            return None;
-        }
-        job.device.sync().err().map(|e| (job.disk, e.to_string()))
-    })
-    .into_iter()
-    .flatten()
-    .collect();
-    let mut pool = lock(pool);
-    pool.undurable.sync_failed.extend(failed);
-    pool.sync_in_passing()
-}
-
-/// One disk's share of a shared barrier's work outside the lock.
-struct DiskJob {
-    disk: DiskId,
-    device: Arc<dyn BlockDevice>,
-    /// Fragments the previous shared barrier freed.
-    deletes: Vec<BlockName>,
-    /// Whether the disk took fragments since the last barrier.
-    sync: bool,
-}
 
 /// One disk's share of what the deleting thread deletes.
 struct DeleteJob {
@@ -104,7 +56,7 @@ fn lock_bytes(bytes: &Mutex<BTreeMap<DiskId, u64>>) -> std::sync::MutexGuard<'_,
 }
 
 /// Deletes `names` from `device`. Failures leave orphans, which the next open removes.
-fn delete_all(device: &dyn BlockDevice, names: Vec<BlockName>) {
+pub(crate) fn delete_all(device: &dyn BlockDevice, names: Vec<BlockName>) {
     for (name, error) in device.delete_many(&names) {
         tracing::debug!(%error, %name, "deleting a freed fragment failed; left as an orphan");
     }
@@ -131,8 +83,19 @@ impl Pool {
 
     /// The barrier; with `defer_frees` the fragments it frees are left for the caller to
     /// hand to the deleting thread (`delete_in_background`), else it waits for that
-    /// thread and deletes them now with any left over from earlier shared barriers.
-    fn barrier(&mut self, defer_frees: bool) -> Result<()> {
+    /// thread and deletes them now with any left over from earlier shared barriers. A
+    /// record on its way with the lock released (`crate::data::shared_barrier`) is waited
+    /// for and published first: this barrier's record chains on it, and its failure is
+    /// this barrier's.
+    pub(crate) fn barrier(&mut self, defer_frees: bool) -> Result<()> {
+        let landed = self.land_flight();
+        let result = self.barrier_locked(defer_frees);
+        landed.and(result)
+    }
+
+    /// The barrier with no record on its way (see `barrier`).
+    fn barrier_locked(&mut self, defer_frees: bool) -> Result<()> {
+        assert!(self.undurable.flight.is_none(), "a barrier under the lock chains on no record in flight");
         if !defer_frees {
             self.join_deletion();
         }
@@ -150,28 +113,16 @@ impl Pool {
         let result = self.sync_fragments().and_then(|()| self.write_records());
         self.undurable.in_barrier = false;
         let (journal_set_changed, shortfall) = result?;
-        if defer_frees && self.read_only.is_none() {
+        if defer_frees {
             let frees = std::mem::take(&mut self.undurable.frees);
-            for record in &frees {
-                let bytes =
-                    (fragment::HEADER_LEN + codec::shard_len(record.core.policy, record.core.len as usize)) as u64;
-                self.undurable.deferred_deletes.extend(fragments_of(record).map(|(disk, name)| (disk, name, bytes)));
-            }
+            self.defer_deletion(&frees);
         }
         self.delete_freed();
         self.counters.barriers += 1;
+        let owed = std::mem::take(&mut self.undurable.checkpoint_owed);
         if let Some(required) = shortfall {
-            // Inline data that fewer replicas took than its policy tolerates failures is
-            // acknowledged only once a checkpoint puts it on enough journal disks.
-            let held = self.write_checkpoint().unwrap_or(0);
-            if held < required {
-                return Err(Error::Unavailable(format!(
-                    "data small enough to live in the metadata journal reached only {held} journal disk(s), and its \
-                     policy needs {} (a journal disk failed or is full, and no other disk could take its place)",
-                    required
-                )));
-            }
-        } else if self.checkpoint_due(journal_set_changed) {
+            self.checkpoint_for_inline(required)?;
+        } else if self.checkpoint_due(journal_set_changed || owed) {
             if let Err(e) = self.write_checkpoint() {
                 tracing::warn!(error = %e, "checkpoint failed; the journal keeps every record until the next one");
             }
@@ -179,10 +130,38 @@ impl Pool {
         Ok(())
     }
 
+    /// Leaves the fragments of `frees`, whose freeing record is durable, to the deleting
+    /// thread (`delete_in_background`); a read-only pool deletes nothing (what looks
+    /// freed here may be another owner's now).
+    pub(crate) fn defer_deletion(&mut self, frees: &[FreedExtent]) {
+        if self.read_only.is_some() {
+            return;
+        }
+        for record in frees {
+            let bytes = (fragment::HEADER_LEN + codec::shard_len(record.core.policy, record.core.len as usize)) as u64;
+            self.undurable.deferred_deletes.extend(fragments_of(record).map(|(disk, name)| (disk, name, bytes)));
+        }
+    }
+
+    /// Inline data that fewer replicas took than its policy tolerates failures is
+    /// acknowledged only once a checkpoint puts it on `required` journal disks.
+    pub(crate) fn checkpoint_for_inline(&mut self, required: usize) -> Result<()> {
+        assert!(self.undurable.ops.is_empty(), "a checkpoint holds the state at the tip");
+        let held = self.write_checkpoint().unwrap_or(0);
+        if held < required {
+            return Err(Error::Unavailable(format!(
+                "data small enough to live in the metadata journal reached only {held} journal disk(s), and its \
+                 policy needs {required} (a journal disk failed or is full, and no other disk could take its place)"
+            )));
+        }
+        Ok(())
+    }
+
     /// Whether freed fragments wait for a barrier before they are deleted, or are being
     /// deleted (`Pool::sync` waits for that).
     pub(crate) fn frees_pending(&self) -> bool {
-        !self.undurable.frees.is_empty()
+        self.undurable.flight.is_some()
+            || !self.undurable.frees.is_empty()
             || !self.undurable.fragment_frees.is_empty()
             || !self.undurable.deferred_deletes.is_empty()
             || self.undurable.deleting.is_some()
@@ -196,7 +175,7 @@ impl Pool {
     /// ext4 mounted `-o discard`, the segments of a deleted 1 GiB file took 0.4 s of
     /// unlinks, paid inside a later `fsync` when the next barrier deleted them). Their
     /// bytes stay free as far as `df` goes (`Undurable::deleting_bytes`).
-    fn delete_in_background(&mut self) {
+    pub(crate) fn delete_in_background(&mut self) {
         assert!(!self.undurable.in_barrier, "a deletion starts after the barrier");
         if self.undurable.deleting.as_ref().is_some_and(|deleting| !deleting.is_finished()) {
             return;
@@ -270,7 +249,7 @@ impl Pool {
     }
 
     /// Takes the fragments earlier shared barriers left for later, by disk.
-    fn take_deferred_deletes(&mut self) -> BTreeMap<DiskId, Vec<BlockName>> {
+    pub(crate) fn take_deferred_deletes(&mut self) -> BTreeMap<DiskId, Vec<BlockName>> {
         let mut per_disk: BTreeMap<DiskId, Vec<BlockName>> = BTreeMap::new();
         for (disk, name, _) in std::mem::take(&mut self.undurable.deferred_deletes) {
             per_disk.entry(disk).or_default().push(name);
@@ -287,9 +266,15 @@ impl Pool {
         run_all(self.options.parallel_io, jobs, |(device, names)| delete_all(device.as_ref(), names));
     }
 
-    /// Whether commits are waiting for a barrier.
+    /// Whether commits are waiting for a barrier (or for a record on its way).
     pub fn has_undurable_commits(&self) -> bool {
-        !self.undurable.ops.is_empty()
+        !self.undurable.ops.is_empty() || self.undurable.flight.is_some()
+    }
+
+    /// How many committed ops wait for a barrier (those of a record on its way with the
+    /// lock released not counted).
+    pub fn undurable_ops(&self) -> usize {
+        self.undurable.ops.len()
     }
 
     /// Notes fragments written for `extent` on `disks`, to be synced by the next barrier.
@@ -416,20 +401,7 @@ impl Pool {
         if self.undurable.ops.is_empty() {
             return Ok(RecordWritten::default());
         }
-        let current = self.journal_disks();
-        let previous =
-            if self.undurable.journal_set.is_empty() { current.clone() } else { self.undurable.journal_set.clone() };
-        // The record goes to the old and the new journal disks alike, so it chains on
-        // whichever set recovery finds.
-        let targets: Vec<(DiskId, Arc<dyn BlockDevice>)> = previous
-            .iter()
-            .chain(&current)
-            .filter(|d| self.state.disk_readable(**d))
-            .copied()
-            .collect::<BTreeSet<DiskId>>()
-            .into_iter()
-            .filter_map(|disk| self.devices.get(&disk).map(|d| (disk, d.clone())))
-            .collect();
+        let (previous, targets) = self.record_targets();
         let devices: Vec<Arc<dyn BlockDevice>> = targets.iter().map(|(_, d)| d.clone()).collect();
         self.check_fence(&devices)?;
         let txn = Transaction { ops: std::mem::take(&mut self.undurable.ops) };
@@ -472,6 +444,25 @@ impl Pool {
         self.undurable.journal_set = current;
         let failed = failures.into_iter().filter(|f| !f.no_space).map(|f| (targets[f.index].0, f.message)).collect();
         Ok(RecordWritten { journal_set_changed, failed, held, required })
+    }
+
+    /// The journal disks the chain is on, and the readable disks the next record goes
+    /// to: the old and the new journal disks alike, so it chains on whichever set
+    /// recovery finds.
+    pub(crate) fn record_targets(&self) -> (Vec<DiskId>, Vec<Replica>) {
+        let current = self.journal_disks();
+        let previous =
+            if self.undurable.journal_set.is_empty() { current.clone() } else { self.undurable.journal_set.clone() };
+        let targets = previous
+            .iter()
+            .chain(&current)
+            .filter(|d| self.state.disk_readable(**d))
+            .copied()
+            .collect::<BTreeSet<DiskId>>()
+            .into_iter()
+            .filter_map(|disk| self.devices.get(&disk).map(|d| (disk, d.clone())))
+            .collect();
+        (previous, targets)
     }
 
     /// The journal fence: the record this process is about to write must not exist yet.
@@ -549,7 +540,9 @@ impl Pool {
     }
 }
 
-/// Every fragment of `record`, with its disk.
+/// A journal replica a record goes to.
+pub(crate) type Replica = (DiskId, Arc<dyn BlockDevice>);
+
 /// What writing one record did.
 #[derive(Default)]
 struct RecordWritten {
@@ -568,7 +561,7 @@ struct RecordWritten {
 /// as many replicas as a write at its policy's quorum survives failures, plus one —
 /// two for `erasure:4+2` and `replicate:3` (written at quorum they survive one failure),
 /// one for `replicate:1`. Else one.
-fn replicas_required(txn: &Transaction, availability: &Availability) -> usize {
+pub(crate) fn replicas_required(txn: &Transaction, availability: &Availability) -> usize {
     txn.ops
         .iter()
         .filter_map(Op::record)
@@ -578,7 +571,8 @@ fn replicas_required(txn: &Transaction, availability: &Availability) -> usize {
         .unwrap_or(1)
 }
 
-fn fragments_of(record: &FreedExtent) -> impl Iterator<Item = (DiskId, BlockName)> + '_ {
+/// Every fragment of `record`, with its disk.
+pub(crate) fn fragments_of(record: &FreedExtent) -> impl Iterator<Item = (DiskId, BlockName)> + '_ {
     let extent = record.id;
     record
         .core

@@ -1085,11 +1085,11 @@ pub fn write_shared(pool: &Mutex<Pool>, fh: FileHandle, offset: u64, data: &[u8]
 
 /// `fsync` through a pool several request threads share: the file's buffer is stored
 /// (once no flush of it is in flight) and the barrier runs with its disk syncs outside
-/// the lock (`durability::sync_shared`).
+/// the lock (`shared_barrier::sync_shared`).
 pub fn fsync_shared(pool: &Mutex<Pool>, fh: FileHandle) -> Result<()> {
     let started = lock(pool).clock.monotonic_nanos();
     store_buffer(pool, fh)?;
-    crate::data::durability::sync_shared(pool)?;
+    crate::data::shared_barrier::sync_shared(pool)?;
     lock(pool).record_op(crate::pool::op_stats::OpKind::Fsync, 0, started);
     Ok(())
 }

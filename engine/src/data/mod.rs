@@ -10,6 +10,7 @@ pub mod file_ranges;
 pub mod files;
 pub mod namespace;
 pub mod placement;
+pub mod shared_barrier;
 pub mod store;
 #[cfg(feature = "synthetic")]
 pub mod synthetic;

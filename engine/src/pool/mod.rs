@@ -52,8 +52,10 @@ pub struct PoolOptions {
     pub checkpoint_every_bytes: u64,
     /// Dirty bytes an open file buffers before complete extents are written out.
     pub dirty_bytes_max: usize,
-    /// Ops committed in memory after which a commit forces a durability barrier
-    /// (`Pool::sync`) itself. The simulator sets `usize::MAX`: it places barriers.
+    /// Ops committed in memory after which a commit asks for a durability barrier: from
+    /// the pool's barrier thread if it has one (`data::shared_barrier::BarrierThread`),
+    /// else by running `Pool::sync` itself. The simulator sets `usize::MAX`: it places
+    /// barriers.
     pub barrier_after_ops: usize,
     /// Memory for decoded extents (see `store::ExtentCache`).
     pub extent_cache_bytes: usize,
@@ -563,9 +565,16 @@ impl Pool {
         self.undurable.ops.extend(txn.ops);
         self.counters.commits += 1;
         self.check_invariants();
-        if self.undurable.ops.len() >= self.options.barrier_after_ops && !self.undurable.in_barrier {
-            if let Err(e) = self.sync_in_passing() {
-                tracing::warn!(error = %e, "durability barrier failed");
+        let waiting = self.undurable.ops.len();
+        if waiting >= self.options.barrier_after_ops && !self.undurable.in_barrier {
+            // The barrier thread writes the record with the lock released; a commit runs
+            // the barrier itself only without one, or when it lags too far behind.
+            let backlog = self.options.barrier_after_ops.saturating_mul(undurable::BACKLOG_FACTOR);
+            let asked = waiting < backlog && self.undurable.signal.as_ref().is_some_and(|signal| signal.raise());
+            if !asked {
+                if let Err(e) = self.sync_in_passing() {
+                    tracing::warn!(error = %e, "durability barrier failed");
+                }
             }
         }
         Ok(freed)
