@@ -86,6 +86,14 @@ fn write_unsynced(pool: &mut Pool, name: &str, data: &[u8]) -> (Ino, u64) {
     (ino, fh)
 }
 
+/// `fsync`s `fh` as the FUSE daemon does, the pool shared behind a lock
+/// (`dfs_engine::data::shared_barrier`); panics if it fails.
+fn fsync_shared(pool: Pool, fh: u64) -> Pool {
+    let shared = Mutex::new(pool);
+    dfs_engine::data::files::fsync_shared(&shared, fh).expect("the fsync succeeds");
+    shared.into_inner().unwrap()
+}
+
 fn read(pool: &mut Pool, ino: Ino, len: usize) -> Result<Vec<u8>, Error> {
     let fh = pool.open_file(ino)?;
     let data = pool.read(fh, 0, len);
@@ -268,9 +276,7 @@ fn a_journal_replica_that_fails_under_a_shared_barrier_is_taken_offline() {
     let small = vec![7u8; 5000];
     let (ino, fh) = write_unsynced(&mut pool, "small", &small);
     devices[0].inject(&Fault::Die);
-    let shared = Mutex::new(pool);
-    dfs_engine::data::files::fsync_shared(&shared, fh).expect("the other journal disks take the record");
-    let mut pool = shared.into_inner().unwrap();
+    let mut pool = fsync_shared(pool, fh);
     assert!(!pool.state().disk_readable(first), "the failed replica's disk is offline");
     assert!(!pool.state().journal_disks().contains(&first), "the journal moved off it");
     assert!(!pool.has_undurable_commits(), "the record naming the offline disk followed at once");
@@ -295,9 +301,7 @@ fn a_disk_whose_sync_fails_under_a_shared_barrier_loses_nothing_acknowledged() {
     let holder = pool.state().extents.values().find_map(|r| r.fragments.first().copied()).expect("stored extents");
     let index = (0..7).find(|i| disk_id(&pool, *i) == holder).unwrap();
     devices[index as usize].inject(&Fault::Die);
-    let shared = Mutex::new(pool);
-    dfs_engine::data::files::fsync_shared(&shared, fh).expect("five other disks take the fragments");
-    let mut pool = shared.into_inner().unwrap();
+    let mut pool = fsync_shared(pool, fh);
     assert!(!pool.state().disk_readable(holder), "the disk whose sync failed is offline");
     let state = pool.state();
     assert!(
