@@ -34,8 +34,9 @@ use crate::base::hooks::CommitPhase;
 use crate::base::io::run_all;
 use crate::media::device::{BlockDevice, BlockName, ExtentId};
 use crate::media::{codec, fragment};
-use crate::meta::journal;
+use crate::meta::journal::{self, ReplicaFailure};
 use crate::meta::state::{Availability, DiskId, FreedExtent, Op, Transaction};
+use crate::pool::undurable::RecordSent;
 use crate::pool::Pool;
 
 /// Rounds of "relocate, then sync" a barrier tries before giving up on a fragment.
@@ -384,12 +385,7 @@ impl Pool {
             if written.failed.is_empty() {
                 break;
             }
-            for (disk, error) in &written.failed {
-                tracing::error!(%disk, %error, "journal replica write failed; taking the disk offline");
-                if let Err(error) = self.mark_offline(*disk, &format!("journal write failed: {error}")) {
-                    tracing::error!(%disk, %error, "marking the disk offline did not commit");
-                }
-            }
+            self.journal_replicas_failed(&written.failed);
         }
         Ok((changed, shortfall))
     }
@@ -401,48 +397,85 @@ impl Pool {
             return Ok(RecordWritten::default());
         }
         let (previous, targets) = self.record_targets();
-        let devices: Vec<Arc<dyn BlockDevice>> = targets.iter().map(|(_, d)| d.clone()).collect();
-        self.check_fence(&devices)?;
-        let txn = Transaction { ops: std::mem::take(&mut self.undurable.ops) };
-        let required = replicas_required(&txn, &self.state.availability);
-        let (block, tip) = journal::encode_record(self.tip, &txn);
-        let refs: Vec<&dyn BlockDevice> = devices.iter().map(|d| d.as_ref()).collect();
+        let record = self.prepare_record(previous, targets)?;
+        let refs: Vec<&dyn BlockDevice> = record.replicas.iter().map(|d| d.as_ref()).collect();
         let (durable, failures) = journal::write_replicas(
             &refs,
-            BlockName::Journal { seq: tip.seq },
-            &block,
+            BlockName::Journal { seq: record.sent.tip.seq },
+            &record.block,
             self.options.parallel_io,
             || self.reached(CommitPhase::JournalWritten),
         );
+        self.record_answered(&record.sent, &durable, failures)
+    }
+
+    /// Takes the queued ops as the record that chains on the tip, to go to `targets`
+    /// (from `record_targets`, with the journal set `previous`), once the journal fence
+    /// found no later record.
+    pub(crate) fn prepare_record(&mut self, previous: Vec<DiskId>, targets: Vec<Replica>) -> Result<PreparedRecord> {
+        let replicas: Vec<Arc<dyn BlockDevice>> = targets.iter().map(|(_, d)| d.clone()).collect();
+        self.check_fence(&replicas)?;
+        let txn = Transaction { ops: std::mem::take(&mut self.undurable.ops) };
+        let required = replicas_required(&txn, &self.state.availability);
+        let (block, tip) = journal::encode_record(self.tip, &txn);
+        let sent = RecordSent {
+            tip,
+            bytes: block.len() as u64,
+            journal_set: previous,
+            targets: targets.iter().map(|(disk, _)| *disk).collect(),
+            required,
+        };
+        Ok(PreparedRecord { ops: txn.ops, sent, replicas, block })
+    }
+
+    /// Publishes what the replicas answered to record `sent`: the chain advances if any
+    /// holds it. `Err`, and read-only from here on, when none does or a replica found a
+    /// later owner's claim (what landed elsewhere belongs to no owner's history).
+    pub(crate) fn record_answered(
+        &mut self,
+        sent: &RecordSent,
+        durable: &[bool],
+        failures: Vec<ReplicaFailure>,
+    ) -> Result<RecordWritten> {
+        assert_eq!(durable.len(), sent.targets.len(), "one answer per replica");
         for failure in &failures {
             tracing::warn!(error = %failure.message, "journal replica write failed");
         }
-        // A replica that found a later owner's claim fails the record everywhere: what
-        // landed elsewhere belongs to no owner's history.
         self.check_owner()?;
         let held = durable.iter().filter(|d| **d).count();
-        self.counters.journal_bytes += block.len() as u64 * held as u64;
+        self.counters.journal_bytes += sent.bytes * held as u64;
         if held == 0 {
             let errors: Vec<&str> = failures.iter().map(|f| f.message.as_str()).collect();
             let reason = format!(
                 "a metadata commit failed (no journal replica accepted record {}: {}); unmount and reopen it",
-                tip.seq,
+                sent.tip.seq,
                 errors.join("; ")
             );
             self.read_only = Some(reason.clone());
             return Err(Error::ReadOnly(reason));
         }
         self.reached(CommitPhase::JournalSynced);
-        self.record_durable(tip, block.len() as u64);
+        self.record_durable(sent.tip, sent.bytes);
         for failure in failures.iter().filter(|f| f.no_space) {
-            self.journal_refused_room(targets[failure.index].0);
+            self.journal_refused_room(sent.targets[failure.index]);
         }
         // A full disk is passed over from here on: the set may have changed with it.
         let current = self.journal_disks();
-        let journal_set_changed = previous != current;
+        let journal_set_changed = sent.journal_set != current;
         self.undurable.journal_set = current;
-        let failed = failures.into_iter().filter(|f| !f.no_space).map(|f| (targets[f.index].0, f.message)).collect();
-        Ok(RecordWritten { journal_set_changed, failed, held, required })
+        let failed = failures.into_iter().filter(|f| !f.no_space).map(|f| (sent.targets[f.index], f.message)).collect();
+        Ok(RecordWritten { journal_set_changed, failed, held, required: sent.required })
+    }
+
+    /// Takes offline the journal disks whose replica failed a record for a reason other
+    /// than room (as a disk whose sync failed); the records saying so follow.
+    pub(crate) fn journal_replicas_failed(&mut self, failed: &[(DiskId, String)]) {
+        for (disk, error) in failed {
+            tracing::error!(%disk, %error, "journal replica write failed; taking the disk offline");
+            if let Err(error) = self.mark_offline(*disk, &format!("journal write failed: {error}")) {
+                tracing::error!(%disk, %error, "marking the disk offline did not commit");
+            }
+        }
     }
 
     /// The journal disks the chain is on, and the readable disks the next record goes
@@ -542,17 +575,27 @@ impl Pool {
 /// A journal replica a record goes to.
 pub(crate) type Replica = (DiskId, Arc<dyn BlockDevice>);
 
+/// A record taken from the queue and encoded, with the replicas it goes to.
+pub(crate) struct PreparedRecord {
+    /// Its ops, in commit order.
+    pub(crate) ops: Vec<Op>,
+    pub(crate) sent: RecordSent,
+    /// The journal replicas, in the order of `RecordSent::targets`.
+    pub(crate) replicas: Vec<Arc<dyn BlockDevice>>,
+    pub(crate) block: Vec<u8>,
+}
+
 /// What writing one record did.
 #[derive(Default)]
-struct RecordWritten {
+pub(crate) struct RecordWritten {
     /// The journal disks changed: a checkpoint must seed the new ones.
-    journal_set_changed: bool,
+    pub(crate) journal_set_changed: bool,
     /// Replicas that failed the write for a reason other than room, with the error.
-    failed: Vec<(DiskId, String)>,
+    pub(crate) failed: Vec<(DiskId, String)>,
     /// Replicas that hold the record durably.
-    held: usize,
+    pub(crate) held: usize,
     /// Replicas the record must reach before it is acknowledged (see `replicas_required`).
-    required: usize,
+    pub(crate) required: usize,
 }
 
 /// How many journal replicas must hold `txn` before it is acknowledged. An inline
@@ -560,7 +603,7 @@ struct RecordWritten {
 /// as many replicas as a write at its policy's quorum survives failures, plus one —
 /// two for `erasure:4+2` and `replicate:3` (written at quorum they survive one failure),
 /// one for `replicate:1`. Else one.
-pub(crate) fn replicas_required(txn: &Transaction, availability: &Availability) -> usize {
+fn replicas_required(txn: &Transaction, availability: &Availability) -> usize {
     txn.ops
         .iter()
         .filter_map(Op::record)

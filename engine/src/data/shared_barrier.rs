@@ -32,13 +32,13 @@
 use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex, Weak};
 
-use crate::base::error::{Error, Result};
+use crate::base::error::Result;
 use crate::base::io::run_all;
-use crate::data::durability::{delete_all, replicas_required};
+use crate::data::durability::delete_all;
 use crate::data::fetch::lock;
 use crate::media::device::{BlockDevice, BlockName};
 use crate::meta::journal;
-use crate::meta::state::{DiskId, Transaction};
+use crate::meta::state::DiskId;
 use crate::pool::undurable::{lock_slot, BarrierSignal, Flight, FlightIo, FlightSlot, Taken};
 use crate::pool::Pool;
 
@@ -66,7 +66,7 @@ pub fn sync_shared(pool: &Mutex<Pool>) -> Result<()> {
     guard.undurable.flight = Some(Flight { taken: plan.taken, slot: Arc::clone(&slot) });
     drop(guard);
 
-    let sync_failed = sync_disks(plan.jobs);
+    let sync_failed = sync_disks(true, plan.jobs);
     let journal = sync_failed.is_empty().then(|| {
         let devices: Vec<&dyn BlockDevice> = plan.replicas.iter().map(|d| d.as_ref()).collect();
         journal::write_replicas(&devices, plan.name, &plan.block, true, || {})
@@ -92,19 +92,20 @@ pub fn sync_shared(pool: &Mutex<Pool>) -> Result<()> {
 /// released (the bulk of a barrier's time when much was written): a sync that fails
 /// outside the lock counts as failed in the barrier (see `Undurable::sync_failed`).
 fn sync_unflown(pool: &Mutex<Pool>, mut guard: std::sync::MutexGuard<'_, Pool>) -> Result<()> {
-    let sync = guard.syncs_fragments();
+    let (sync, parallel) = (guard.syncs_fragments(), guard.options.parallel_io);
     let jobs = guard.disk_jobs(sync);
     drop(guard);
-    let failed = sync_disks(jobs);
+    let failed = sync_disks(parallel, jobs);
     let mut guard = lock(pool);
     guard.undurable.sync_failed.extend(failed);
     guard.sync_in_passing()
 }
 
-/// Runs each disk's share of a shared barrier, every disk at once; the disks whose sync
-/// failed, with the error.
-fn sync_disks(jobs: Vec<DiskJob>) -> Vec<(DiskId, String)> {
-    run_all(true, jobs, |job| {
+/// Runs each disk's share of a shared barrier, every disk at once when `parallel` (else
+/// in turn, as a pool whose I/O runs in order needs); the disks whose sync failed, with
+/// the error.
+fn sync_disks(parallel: bool, jobs: Vec<DiskJob>) -> Vec<(DiskId, String)> {
+    run_all(parallel, jobs, |job| {
         delete_all(job.device.as_ref(), job.deletes);
         if !job.sync {
             return None;
@@ -131,7 +132,7 @@ struct FlightPlan {
     taken: Taken,
     slot: Arc<Mutex<FlightSlot>>,
     jobs: Vec<DiskJob>,
-    /// The journal replicas, in the order of `Taken::targets`.
+    /// The journal replicas, in the order of `RecordSent::targets`.
     replicas: Vec<Arc<dyn BlockDevice>>,
     name: BlockName,
     block: Vec<u8>,
@@ -159,26 +160,19 @@ impl Pool {
         if stranded || targets.is_empty() {
             return Ok(None);
         }
-        let replicas: Vec<Arc<dyn BlockDevice>> = targets.iter().map(|(_, d)| d.clone()).collect();
-        self.check_fence(&replicas)?;
+        let record = self.prepare_record(journal_set, targets)?;
         let jobs = self.disk_jobs(self.syncs_fragments());
-        let txn = Transaction { ops: std::mem::take(&mut self.undurable.ops) };
-        let required = replicas_required(&txn, &self.state.availability);
-        let (block, tip) = journal::encode_record(self.tip, &txn);
+        let name = BlockName::Journal { seq: record.sent.tip.seq };
         let taken = Taken {
-            ops: txn.ops,
+            ops: record.ops,
             extents: std::mem::take(&mut self.undurable.extents),
             fragment_disks: std::mem::take(&mut self.undurable.fragment_disks),
             frees: std::mem::take(&mut self.undurable.frees),
             fragment_frees: std::mem::take(&mut self.undurable.fragment_frees),
-            tip,
-            bytes: block.len() as u64,
-            journal_set,
-            targets: targets.iter().map(|(disk, _)| *disk).collect(),
-            required,
+            record: record.sent,
         };
         let slot = Arc::new(Mutex::new(FlightSlot::Running));
-        Ok(Some(FlightPlan { taken, slot, jobs, replicas, name: BlockName::Journal { seq: tip.seq }, block }))
+        Ok(Some(FlightPlan { taken, slot, jobs, replicas: record.replicas, name, block: record.block }))
     }
 
     /// Each disk's share of a shared barrier outside the lock: a sync of every disk that
@@ -234,28 +228,7 @@ impl Pool {
                 return self.barrier(true);
             }
         };
-        assert_eq!(durable.len(), taken.targets.len(), "one result per replica");
-        // A replica that found a later owner's claim fails the record everywhere.
-        self.check_owner()?;
-        let held = durable.iter().filter(|d| **d).count();
-        self.counters.journal_bytes += taken.bytes * held as u64;
-        if held == 0 {
-            let errors: Vec<&str> = failures.iter().map(|f| f.message.as_str()).collect();
-            let reason = format!(
-                "a metadata commit failed (no journal replica accepted record {}: {}); unmount and reopen it",
-                taken.tip.seq,
-                errors.join("; ")
-            );
-            self.read_only = Some(reason.clone());
-            return Err(Error::ReadOnly(reason));
-        }
-        self.record_durable(taken.tip, taken.bytes);
-        for failure in failures.iter().filter(|f| f.no_space) {
-            self.journal_refused_room(taken.targets[failure.index]);
-        }
-        let current = self.journal_disks();
-        let journal_set_changed = taken.journal_set != current;
-        self.undurable.journal_set = current;
+        let written = self.record_answered(&taken.record, &durable, failures)?;
         self.defer_deletion(&taken.frees);
         // Moved fragments are deleted now, as `delete_freed` does; what commits freed
         // since waits for its own record.
@@ -266,19 +239,12 @@ impl Pool {
         self.undurable.fragment_frees.extend(later_moved);
         self.counters.barriers += 1;
 
-        let failed: Vec<(DiskId, String)> =
-            failures.into_iter().filter(|f| !f.no_space).map(|f| (taken.targets[f.index], f.message)).collect();
         self.undurable.in_barrier = true;
-        for (disk, error) in &failed {
-            tracing::error!(%disk, %error, "journal replica write failed; taking the disk offline");
-            if let Err(error) = self.mark_offline(*disk, &format!("journal write failed: {error}")) {
-                tracing::error!(%disk, %error, "marking the disk offline did not commit");
-            }
-        }
+        self.journal_replicas_failed(&written.failed);
         self.undurable.in_barrier = false;
-        let short = held < taken.required;
-        let due = journal_set_changed || self.checkpoint_due(false);
-        if !failed.is_empty() || ((short || due) && !self.undurable.ops.is_empty()) {
+        let short = written.held < written.required;
+        let due = written.journal_set_changed || self.checkpoint_due(false);
+        if !written.failed.is_empty() || ((short || due) && !self.undurable.ops.is_empty()) {
             // The record saying a replica is offline follows at once, as under the lock;
             // a checkpoint holds the state at the tip, so what commits queued meanwhile
             // is written first.
@@ -291,7 +257,7 @@ impl Pool {
             }
         }
         if short {
-            self.checkpoint_for_inline(taken.required)?;
+            self.checkpoint_for_inline(written.required)?;
         }
         Ok(())
     }

@@ -73,11 +73,16 @@ pub(crate) struct Taken {
     pub(crate) fragment_disks: BTreeSet<DiskId>,
     pub(crate) frees: Vec<FreedExtent>,
     pub(crate) fragment_frees: Vec<(DiskId, BlockName)>,
+    pub(crate) record: RecordSent,
+}
+
+/// A journal record as it goes to the replicas: what publishing it needs once they answer.
+pub(crate) struct RecordSent {
     /// The tip the record makes, once durable.
     pub(crate) tip: JournalTip,
     /// The record's encoded length.
     pub(crate) bytes: u64,
-    /// The journal disks the chain was on when the record was taken.
+    /// The journal disks the chain was on when the record was encoded.
     pub(crate) journal_set: Vec<DiskId>,
     /// The disks the record goes to, in the order of the replica results.
     pub(crate) targets: Vec<DiskId>,
