@@ -65,10 +65,10 @@ const THREADS_MAX: usize = 64;
 /// The one more is for the request that arrives while every CPU's thread is still
 /// replying or waiting on the pool's lock: with one per CPU it waited for a thread to come
 /// back to the device. On two CPUs, three threads against two: 6.6–7.2 µs a `getxattr`
-/// round trip against 7.4–8.8, and 14,813 / 15,296 small files a second against 13,984 /
-/// 13,304 (create+stat+unlink, serial). More than that costs: four and more let the
-/// scheduler move a woken thread to the other CPU ever more often, and six or eight took
-/// small files back to 12,300–12,600.
+/// round trip (from Python) against 7.4–8.8, and 14,813 / 15,296 small files a second
+/// against 13,984 / 13,304 (create+stat+unlink, serial). More than that costs: four and
+/// more let the scheduler move a woken thread to the other CPU ever more often, and six
+/// or eight took small files back to 12,030–12,603.
 pub fn request_threads() -> usize {
     std::thread::available_parallelism().map_or(2, std::num::NonZeroUsize::get).saturating_add(1).clamp(2, 16)
 }
