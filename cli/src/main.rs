@@ -136,10 +136,10 @@ pub(crate) enum Command {
         /// Mount options as in /etc/fstab, comma-separated: allow_other, ro, rw, suid,
         /// dev, noexec, noatime, nonempty, writeback_cache, nodirect_reads, metrics=ADDR,
         /// cache=SIZE, threads=N (defaults: rw, nosuid, nodev, relatime, direct_reads,
-        /// cache=256MiB, one request thread per CPU, 2–16). writeback_cache lets
-        /// write(2) return once the kernel cached the page: small random writes run
-        /// about three times faster, creating a file costs two more round trips to the
-        /// daemon. direct_reads serves read-only opens of files of 1 MiB or more past
+        /// cache=256MiB, one request thread per CPU and one more, 2–16).
+        /// writeback_cache lets write(2) return once the kernel cached the page: small
+        /// random writes run about three times faster, creating a file costs two more
+        /// round trips to the daemon. direct_reads serves read-only opens of files of 1 MiB or more past
         /// the kernel's page cache: large reads run faster, reads of a few KiB each
         /// slower; nodirect_reads keeps the page cache for every read.
         #[arg(short = 'o', long, value_name = "LIST", default_value = "")]
