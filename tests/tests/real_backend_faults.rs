@@ -94,6 +94,20 @@ fn fsync_shared(pool: Pool, fh: u64) -> Pool {
     shared.into_inner().unwrap()
 }
 
+/// Releases `fh`, reopens the pool over `devices` and asserts that `ino` reads back as
+/// `data`: what an `fsync` acknowledged survives a restart.
+fn assert_acknowledged_after_restart(
+    mut pool: Pool,
+    fh: u64,
+    devices: &[Arc<FaultyDevice<DirDisk>>],
+    ino: Ino,
+    data: &[u8],
+) {
+    pool.release(fh).unwrap();
+    let (mut pool, _) = reopen(pool, devices);
+    assert_eq!(read(&mut pool, ino, data.len()).unwrap(), data);
+}
+
 fn read(pool: &mut Pool, ino: Ino, len: usize) -> Result<Vec<u8>, Error> {
     let fh = pool.open_file(ino)?;
     let data = pool.read(fh, 0, len);
@@ -276,14 +290,12 @@ fn a_journal_replica_that_fails_under_a_shared_barrier_is_taken_offline() {
     let small = vec![7u8; 5000];
     let (ino, fh) = write_unsynced(&mut pool, "small", &small);
     devices[0].inject(&Fault::Die);
-    let mut pool = fsync_shared(pool, fh);
+    let pool = fsync_shared(pool, fh);
     assert!(!pool.state().disk_readable(first), "the failed replica's disk is offline");
     assert!(!pool.state().journal_disks().contains(&first), "the journal moved off it");
     assert!(!pool.has_undurable_commits(), "the record naming the offline disk followed at once");
     assert!(pool.counters().barriers >= barriers + 2, "the flown record, then the one under the lock");
-    pool.release(fh).unwrap();
-    let (mut pool, _) = reopen(pool, &devices);
-    assert_eq!(read(&mut pool, ino, small.len()).unwrap(), small);
+    assert_acknowledged_after_restart(pool, fh, &devices, ino, &small);
 }
 
 /// A disk whose sync fails under a shared barrier may have dropped what it took: the
@@ -301,16 +313,14 @@ fn a_disk_whose_sync_fails_under_a_shared_barrier_loses_nothing_acknowledged() {
     let holder = pool.state().extents.values().find_map(|r| r.fragments.first().copied()).expect("stored extents");
     let index = (0..7).find(|i| disk_id(&pool, *i) == holder).unwrap();
     devices[index as usize].inject(&Fault::Die);
-    let mut pool = fsync_shared(pool, fh);
+    let pool = fsync_shared(pool, fh);
     assert!(!pool.state().disk_readable(holder), "the disk whose sync failed is offline");
     let state = pool.state();
     assert!(
         state.extents.values().all(|r| r.fragments.iter().filter(|d| state.disk_readable(**d)).count() >= 3),
         "every extent is readable without the disk that may have dropped its fragments"
     );
-    pool.release(fh).unwrap();
-    let (mut pool, _) = reopen(pool, &devices);
-    assert_eq!(read(&mut pool, ino, data.len()).unwrap(), data);
+    assert_acknowledged_after_restart(pool, fh, &devices, ino, &data);
 }
 
 /// Commits ask the barrier thread for their barriers, which it writes with the lock
