@@ -363,7 +363,7 @@ impl DynamicFs {
     /// file's create, stat and unlink come one after another) lands meanwhile on another
     /// request thread, which would wait for the lock and be woken again.
     fn pool(&self) -> MutexGuard<'_, Pool> {
-        dfs_engine::data::fetch::lock(&self.pool)
+        dfs_engine::pool::lock(&self.pool)
     }
 
     /// The entries of directory `ino` from position `offset` on (0 is `.`, 1 is `..`,

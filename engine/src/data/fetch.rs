@@ -14,7 +14,7 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::time::Duration;
 
 use crate::base::error::Result;
@@ -24,7 +24,7 @@ use crate::data::window::ReadData;
 use crate::media::device::{BlockDevice, ExtentId};
 use crate::meta::state::{DiskId, ExtentCore, ExtentRecord, EXTENT_BYTES_MAX};
 use crate::pool::open_files::FileHandle;
-use crate::pool::Pool;
+use crate::pool::{lock, Pool};
 
 /// Extents to fetch with the pool's lock released.
 pub(crate) struct FetchPlan {
@@ -49,11 +49,6 @@ pub(crate) struct ReadPlan {
 /// How long a read waits for another request's fetch of an extent it needs before
 /// reading it itself (a fetch that never books — a bug — must not hang readers).
 const FETCH_WAIT_MAX: Duration = Duration::from_secs(5);
-
-/// Locks `pool`; a panic in one request must not take every later request down with it.
-pub fn lock(pool: &Mutex<Pool>) -> MutexGuard<'_, Pool> {
-    pool.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-}
 
 /// Reads `size` bytes at `offset` through `fh` from a pool that several request threads
 /// share, holding its lock only to plan, book and copy (see the module header). Read-ahead

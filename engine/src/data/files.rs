@@ -29,13 +29,13 @@ use std::time::Duration;
 use bytes::Bytes;
 
 use crate::base::error::{Error, Result};
-use crate::data::fetch::lock;
 use crate::data::store::{store_chunks, PoolAccess, StoredChunks};
 use crate::data::window::ReadData;
 use crate::media::device::ExtentId;
 use crate::meta::state::{
     ChunkSlot, ExtentCore, ExtentRecord, Ino, InodeKind, Layer, Op, Transaction, EXTENT_BYTES_MAX, INLINE_BYTES_MAX,
 };
+use crate::pool::lock;
 use crate::pool::open_files::{add_range, Patch};
 use crate::pool::Pool;
 

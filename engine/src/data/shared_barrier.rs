@@ -35,10 +35,10 @@ use std::sync::{Arc, Mutex, Weak};
 use crate::base::error::Result;
 use crate::base::io::run_all;
 use crate::data::durability::delete_all;
-use crate::data::fetch::lock;
 use crate::media::device::{BlockDevice, BlockName};
 use crate::meta::journal;
 use crate::meta::state::DiskId;
+use crate::pool::lock;
 use crate::pool::undurable::{lock_slot, BarrierSignal, Flight, FlightIo, FlightSlot, Taken};
 use crate::pool::Pool;
 

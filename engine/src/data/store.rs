@@ -98,7 +98,7 @@ impl PoolAccess for &mut Pool {
 
 impl PoolAccess for &std::sync::Mutex<Pool> {
     fn with<R>(&mut self, f: impl FnOnce(&mut Pool) -> R) -> R {
-        f(&mut crate::data::fetch::lock(self))
+        f(&mut crate::pool::lock(self))
     }
 }
 

@@ -21,7 +21,7 @@ pub(crate) mod undurable;
 pub(crate) mod writing;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use uuid::Uuid;
 
@@ -178,6 +178,12 @@ pub struct PoolCounters {
 /// How far past the state's next extent id one open may start allocating (see
 /// `Pool::open`).
 const EXTENT_ID_SPREAD: u64 = 1 << 32;
+
+/// Locks `pool`, as a front end shares it between request threads: a panic in one
+/// request must not take every later request down with it.
+pub fn lock(pool: &Mutex<Pool>) -> MutexGuard<'_, Pool> {
+    pool.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
 
 /// An open pool.
 pub struct Pool {

@@ -12,8 +12,16 @@ use serde::de::{Deserialize, Deserializer};
 use serde::ser::{Serialize, SerializeSeq, Serializer};
 
 use super::hmm::HISTORY_MAX;
-use super::tracker::Observation;
 use super::Class;
+
+/// What one pass saw of one extent.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Observation {
+    /// The threshold class at the pass.
+    pub observed: Class,
+    /// Accesses since the previous pass.
+    pub accesses: u32,
+}
 
 const WORDS: usize = 4;
 const _: () = assert!(HISTORY_MAX <= WORDS * 32, "two bits a class must fit the words");

@@ -13,19 +13,11 @@ use serde::{Deserialize, Serialize};
 use super::access::AccessStats;
 use super::config::{Classifier, TieringConfig};
 use super::history::History;
+pub use super::history::Observation;
 #[cfg(test)]
 use super::hmm::HmmParams;
 use super::hmm::HISTORY_MAX;
 use super::Class;
-
-/// What one pass saw of one extent.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Observation {
-    /// The threshold class at the pass.
-    pub observed: Class,
-    /// Accesses since the previous pass.
-    pub accesses: u32,
-}
 
 /// A pass's verdict on one extent, as the journal records it.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
