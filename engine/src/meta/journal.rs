@@ -19,8 +19,6 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use serde::{Deserialize, Serialize};
-
 use crate::base::io::run_all;
 use crate::media::device::{BlockDevice, BlockKind, BlockName, DeviceError};
 use crate::media::frame::{self, FrameError, FrameKind};
@@ -29,23 +27,8 @@ use crate::meta::state::{MetaState, Transaction};
 use crate::meta::store::{Store, StoreConfig};
 use crate::meta::{v1, v2, v3};
 
-/// One journal record.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct JournalRecord {
-    pub seq: u64,
-    /// Hash of the previous record's body, or of the checkpoint this record follows.
-    pub prev_hash: [u8; 32],
-    pub txn: Transaction,
-}
-
-/// A full copy of the state after record `seq`.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct Checkpoint {
-    pub seq: u64,
-    /// The chain hash the next record must carry.
-    pub tip_hash: [u8; 32],
-    pub state: MetaState,
-}
+pub use crate::meta::chain::{Checkpoint, JournalRecord};
+use crate::meta::chain::{CheckpointRef, JournalRecordRef};
 
 /// Where the chain stands: the last applied sequence number and the hash the next
 /// record must carry.
@@ -319,27 +302,9 @@ pub fn encode_record(tip: JournalTip, txn: &Transaction) -> (Vec<u8>, JournalTip
     (block, JournalTip { seq: record.seq, hash })
 }
 
-/// `JournalRecord` borrowing its transaction, which it encodes exactly as `JournalRecord`
-/// does: a barrier encodes its ops (small files' data among them) without copying them.
-#[derive(Serialize)]
-struct JournalRecordRef<'a> {
-    seq: u64,
-    prev_hash: [u8; 32],
-    txn: &'a Transaction,
-}
-
 /// Encodes a checkpoint of `state` at `tip`.
 pub fn encode_checkpoint(tip: JournalTip, state: &MetaState) -> Vec<u8> {
     frame::encode(FrameKind::Checkpoint, &CheckpointRef { seq: tip.seq, tip_hash: tip.hash, state }).0
-}
-
-/// `Checkpoint` borrowing its state, which it encodes exactly as `Checkpoint` does: a
-/// checkpoint is written without a copy of the whole state.
-#[derive(Serialize)]
-struct CheckpointRef<'a> {
-    seq: u64,
-    tip_hash: [u8; 32],
-    state: &'a MetaState,
 }
 
 /// Why one replica did not take a block.

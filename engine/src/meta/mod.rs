@@ -1,6 +1,7 @@
 //! Metadata: the transactional state (`state`), its replicated journal (`journal`), and the
 //! paged store the state's large tables move into (`store`).
 
+pub mod chain;
 mod class_table;
 mod core_table;
 pub mod extent_index;

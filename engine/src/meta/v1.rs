@@ -16,7 +16,7 @@ use uuid::Uuid;
 use crate::base::clock::WallTime;
 use crate::base::policy::Policy;
 use crate::media::device::ExtentId;
-use crate::meta::journal::{Checkpoint, JournalRecord};
+use crate::meta::chain::{Checkpoint, JournalRecord};
 use crate::meta::state::{
     ChunkSlot, DiskId, DiskRecord, DiskState, ExtentRecord, Ino, Inode, InodeKind, MetaState, Op, PolicyTransition,
     Transaction,

@@ -14,7 +14,7 @@ use uuid::Uuid;
 
 use crate::base::policy::Policy;
 use crate::media::device::ExtentId;
-use crate::meta::journal::Checkpoint;
+use crate::meta::chain::Checkpoint;
 use crate::meta::state::{
     Availability, ChunkSlot, DiskId, DiskRecord, ExtentRecord, Ino, Inode, MetaState, PolicyTransition,
 };
