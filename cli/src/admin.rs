@@ -13,7 +13,7 @@ use dfs_engine::media::segments::SEGMENT_FORMAT;
 use dfs_engine::meta::state::{ChunkSlot, DiskId, DiskState, PolicyScope};
 use dfs_engine::Policy;
 
-use crate::commands::{engine, print_json, print_text, Ctx};
+use crate::context::{engine, print_json, print_text, Ctx};
 use crate::table;
 
 /// Resolves a disk given as its id (`d3`), its uuid, or its directory.

@@ -1,158 +1,36 @@
 //! The `dfs` subcommands: each opens the pool directory, makes engine calls, prints.
+//! This module dispatches (`run` for every command, `execute` for the pool commands,
+//! here or through a daemon's control socket) and holds the file commands; the command
+//! modules below it hold the rest, and `context` what they all share.
 
 use std::fs::File;
 use std::io::{IsTerminal, Read, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
 use anyhow::{anyhow, bail, Context, Result};
 use dfs_engine::data::namespace::Owner;
 use dfs_engine::pooldir::{PoolDir, OBJECT_SCHEME};
 use dfs_engine::{Ino, InodeKind, Pool, PoolOptions};
 
+use crate::context::{
+    disk_state_text, engine, errno_name, libc_errno, object_stores, pool_options, print_json, print_text, since_text,
+    Ctx,
+};
 use crate::table;
-use crate::Command;
+use crate::{Command, ScrubDaemonAction};
 use dfs_engine::base::units::human;
 
 /// Bytes moved per engine call by `put` and `get`.
 const COPY_CHUNK: usize = 1 << 20;
 
-pub(crate) fn errno_name(errno: i32) -> &'static str {
-    match errno {
-        libc_errno::ENOENT => "ENOENT",
-        libc_errno::EEXIST => "EEXIST",
-        libc_errno::ENOTDIR => "ENOTDIR",
-        libc_errno::EISDIR => "EISDIR",
-        libc_errno::ENOTEMPTY => "ENOTEMPTY",
-        libc_errno::EINVAL => "EINVAL",
-        libc_errno::ENAMETOOLONG => "ENAMETOOLONG",
-        libc_errno::EPERM => "EPERM",
-        libc_errno::ENOSPC => "ENOSPC",
-        libc_errno::EIO => "EIO",
-        libc_errno::EBADF => "EBADF",
-        libc_errno::EROFS => "EROFS",
-        libc_errno::EBUSY => "EBUSY",
-        libc_errno::ENODATA => "ENODATA",
-        libc_errno::ERANGE => "ERANGE",
-        libc_errno::E2BIG => "E2BIG",
-        libc_errno::EOPNOTSUPP => "EOPNOTSUPP",
-        libc_errno::EACCES => "EACCES",
-        libc_errno::ENXIO => "ENXIO",
-        libc_errno::EMLINK => "EMLINK",
-        _ => "error",
-    }
-}
+/// Widest FILE column of `list-extents`: longer paths keep their start and end.
+const FILE_COLUMN_MAX: usize = 48;
 
 /// A failed operation on a local file, ending with its errno name like every error.
 fn local_error(what: &str, path: &Path, error: &std::io::Error) -> anyhow::Error {
     let name = errno_name(error.raw_os_error().unwrap_or(libc_errno::EIO));
     anyhow!("{what} {}: {error} ({name})", path.display())
-}
-
-/// errno values as Linux defines them (the engine reports these numbers).
-mod libc_errno {
-    pub const EPERM: i32 = 1;
-    pub const ENOENT: i32 = 2;
-    pub const EIO: i32 = 5;
-    pub const ENXIO: i32 = 6;
-    pub const E2BIG: i32 = 7;
-    pub const EACCES: i32 = 13;
-    pub const EBADF: i32 = 9;
-    pub const EBUSY: i32 = 16;
-    pub const EEXIST: i32 = 17;
-    pub const ENOTDIR: i32 = 20;
-    pub const EISDIR: i32 = 21;
-    pub const EINVAL: i32 = 22;
-    pub const ENOSPC: i32 = 28;
-    pub const EROFS: i32 = 30;
-    pub const EMLINK: i32 = 31;
-    pub const ERANGE: i32 = 34;
-    pub const ENAMETOOLONG: i32 = 36;
-    pub const ENOTEMPTY: i32 = 39;
-    pub const ENODATA: i32 = 61;
-    pub const EOPNOTSUPP: i32 = 95;
-}
-
-/// Turns an engine error into a CLI error that names its errno.
-pub(crate) fn engine(e: dfs_engine::Error) -> anyhow::Error {
-    anyhow!("{e} ({})", errno_name(e.errno()))
-}
-
-/// What a pool command runs against: the pool directory and the open pool, the sink for
-/// its output, and the directory relative local paths are resolved against (the
-/// client's, when a daemon runs the command on its behalf).
-pub(crate) struct Ctx<'a> {
-    pub dir: &'a mut PoolDir,
-    pub pool: &'a mut Pool,
-    pub out: &'a mut dyn Write,
-    pub cwd: PathBuf,
-    /// Whether the command runs in the invoking process (stdin/stdout and progress
-    /// are available).
-    pub local: bool,
-}
-
-impl Ctx<'_> {
-    pub(crate) fn local_path(&self, path: &Path) -> PathBuf {
-        if path.is_relative() && path.as_os_str() != "-" {
-            self.cwd.join(path)
-        } else {
-            path.to_path_buf()
-        }
-    }
-}
-
-/// The object stores of this process's environment (`AWS_*`), for pools with disks on them.
-pub(crate) fn object_stores() -> std::sync::Arc<dyn dfs_engine::media::device::ObjectStores> {
-    std::sync::Arc::new(dfs_objectdisk::EnvStores::from_env())
-}
-
-/// The options every command and daemon opens a pool with: who this process is (for the
-/// owner's claim on shared disks) and the object-store client.
-pub(crate) fn pool_options() -> PoolOptions {
-    PoolOptions { claimant: claimant(), object_stores: Some(object_stores()), ..PoolOptions::default() }
-}
-
-/// `host NAME pid N`: how an owner's claim names this process.
-fn claimant() -> String {
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_string())
-        .unwrap_or_else(|_| "an unnamed host".to_string());
-    format!("host {host} pid {}", std::process::id())
-}
-
-/// Widest FILE column of `list-extents`: longer paths keep their start and end.
-const FILE_COLUMN_MAX: usize = 48;
-
-/// A disk's state as the tables show it.
-pub(crate) fn disk_state_text(state: &str, reachable: bool, offline: bool, full: bool) -> String {
-    if offline {
-        return state.to_string();
-    }
-    match (reachable, full) {
-        (false, _) => format!("{state} (unreachable)"),
-        (true, true) => format!("{state}, full"),
-        (true, false) => state.to_string(),
-    }
-}
-
-/// A wall time (Unix seconds) as an RFC 3339 UTC time, or `-` when unknown.
-pub(crate) fn since_text(secs: Option<i64>) -> String {
-    match secs.and_then(|s| u64::try_from(s).ok()) {
-        Some(secs) => {
-            humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs)).to_string()
-        }
-        None => "-".to_string(),
-    }
-}
-
-pub(crate) fn print_json<T: serde::Serialize>(out: &mut dyn Write, value: &T) -> Result<()> {
-    serde_json::to_writer_pretty(&mut *out, value)?;
-    writeln!(out)?;
-    Ok(())
-}
-
-pub(crate) fn print_text(out: &mut dyn Write, text: &str) -> Result<()> {
-    out.write_all(text.as_bytes())?;
-    Ok(())
 }
 
 /// Runs a pool command here, or — when a mounted pool's daemon owns the pool — through
@@ -195,6 +73,35 @@ const BUSY_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
 /// How often it looks again meanwhile.
 const BUSY_POLL: std::time::Duration = std::time::Duration::from_millis(50);
 
+/// Whether a daemon listens on the pool's control socket.
+fn daemon_listens(pool: &Path) -> bool {
+    std::os::unix::net::UnixStream::connect(pool.join(crate::control::SOCKET_NAME)).is_ok()
+}
+
+/// `dfs scrub-daemon ACTION`: `start` starts the pool daemon when none runs; the rest
+/// reach the daemon, or the pool itself when there is none.
+pub(crate) fn scrub_daemon_command(pool: &Path, action: ScrubDaemonAction, command: Command) -> Result<()> {
+    if action == ScrubDaemonAction::Start && !daemon_listens(pool) {
+        let pid = crate::mount::spawn_serve(pool)?;
+        eprintln!(
+            "dfs: started the pool daemon (dfs serve, pid {pid}, log {}); it keeps serving the pool after the \
+             pass — `dfs stop --pool {}` ends it, and `dfs mount` takes it over",
+            pool.join("daemon.log").display(),
+            pool.display()
+        );
+    }
+    pool_command(pool, command)?;
+    if action == ScrubDaemonAction::Stop && !crate::mount::pool_is_mounted(pool) {
+        if let Some(pid) = std::fs::canonicalize(pool).ok().and_then(|dir| crate::mount::serving_daemon(&dir)) {
+            eprintln!(
+                "dfs: the pool daemon (dfs serve, pid {pid}) keeps serving the pool; `dfs stop --pool {}` ends it",
+                pool.display()
+            );
+        }
+    }
+    Ok(())
+}
+
 /// The owner of new files: the invoking user, with the usual permission bits.
 fn owner(mode: u32) -> Owner {
     let (uid, gid) = current_ids();
@@ -229,16 +136,22 @@ pub fn run(command: Command) -> Result<()> {
             settings.nonempty |= nonempty;
             settings.metrics = metrics.or(settings.metrics);
             settings.cache_bytes = cache.or(settings.cache_bytes);
-            crate::mount::mount(&pool.pool, &mountpoint, foreground, &settings)
+            if foreground {
+                crate::mount::mount_foreground(&pool.pool, &mountpoint, &settings, execute_for_client)
+            } else {
+                crate::mount::mount(&pool.pool, &mountpoint, &settings)
+            }
         }
         Command::InstallMountHelper { dir } => crate::mount_helper::install(&dir),
         Command::Umount { mountpoint } => crate::mount::umount(&mountpoint),
         Command::Stop { pool } => crate::mount::stop(&pool.pool),
-        Command::Serve { pool } => crate::mount::serve_unmounted(&pool.pool, None),
-        Command::MetricsServer { pool, listen } => crate::mount::serve_unmounted(&pool.pool, Some(listen)),
+        Command::Serve { pool } => crate::mount::serve_unmounted(&pool.pool, None, execute_for_client),
+        Command::MetricsServer { pool, listen } => {
+            crate::mount::serve_unmounted(&pool.pool, Some(listen), execute_for_client)
+        }
         Command::ScrubDaemon { ref pool, action, .. } => {
             let path = pool.pool.clone();
-            crate::maintenance::scrub_daemon_command(&path, action, command)
+            scrub_daemon_command(&path, action, command)
         }
         Command::Init { pool, policy, no_tiering } => {
             let config = PoolDir::init(&pool.pool, policy, !no_tiering).map_err(engine)?;
@@ -323,6 +236,26 @@ pub(crate) fn execute(command: Command, ctx: &mut Ctx<'_>) -> Result<()> {
     }
     let synced = ctx.pool.sync().map_err(engine).context("making the changes durable");
     result.and(synced)
+}
+
+/// Runs a command a client sent through the daemon's control socket (see
+/// `control::Execute`). A scrub may take long: it locks the pool per step
+/// (`maintenance::scrub_in_daemon`), so FUSE requests are served between steps; any other
+/// command holds the pool for its run, as a command holding the pool directory would.
+fn execute_for_client(
+    command: Command,
+    dir: &Mutex<PoolDir>,
+    pool: &Mutex<Pool>,
+    cwd: PathBuf,
+    out: &mut Vec<u8>,
+) -> Result<()> {
+    if matches!(command, Command::Scrub { .. }) {
+        return crate::maintenance::scrub_in_daemon(command, pool, out);
+    }
+    let mut dir = dir.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let mut pool = dfs_engine::pool::lock(pool);
+    let mut ctx = Ctx { dir: &mut dir, pool: &mut pool, out, cwd, local: false };
+    execute(command, &mut ctx)
 }
 
 fn execute_command(command: Command, ctx: &mut Ctx<'_>) -> Result<()> {

@@ -32,6 +32,17 @@ struct Response {
     error: Option<String>,
 }
 
+/// Runs one command a client sent against the daemon's pool, its output into `out`. The
+/// socket knows no command itself: whoever starts the daemon hands this in
+/// (`commands::execute_for_client`), so the socket sits below the commands it serves.
+pub type Execute = fn(
+    command: crate::Command,
+    dir: &Mutex<PoolDir>,
+    pool: &Mutex<Pool>,
+    cwd: PathBuf,
+    out: &mut Vec<u8>,
+) -> Result<()>;
+
 /// Sends this process's command to the daemon owning `pool`. `Ok(None)` when no daemon
 /// listens (the pool is busy with another command instead).
 pub fn forward(pool: &Path) -> Result<Option<()>> {
@@ -53,8 +64,9 @@ pub fn forward(pool: &Path) -> Result<Option<()>> {
     }
 }
 
-/// Serves admin commands for the daemon's pool until the process exits.
-pub fn listen(dir_path: &Path, dir: Arc<Mutex<PoolDir>>, pool: Arc<Mutex<Pool>>) -> Result<()> {
+/// Serves admin commands for the daemon's pool, each run by `execute`, until the process
+/// exits.
+pub fn listen(dir_path: &Path, dir: Arc<Mutex<PoolDir>>, pool: Arc<Mutex<Pool>>, execute: Execute) -> Result<()> {
     use std::os::unix::fs::PermissionsExt;
     let socket = dir_path.join(SOCKET_NAME);
     let _ = std::fs::remove_file(&socket);
@@ -63,7 +75,7 @@ pub fn listen(dir_path: &Path, dir: Arc<Mutex<PoolDir>>, pool: Arc<Mutex<Pool>>)
     std::thread::spawn(move || {
         for stream in listener.incoming() {
             let Ok(stream) = stream else { continue };
-            if let Err(error) = serve_one(stream, &dir, &pool) {
+            if let Err(error) = serve_one(stream, &dir, &pool, execute) {
                 tracing::warn!(%error, "control request failed");
             }
         }
@@ -71,7 +83,7 @@ pub fn listen(dir_path: &Path, dir: Arc<Mutex<PoolDir>>, pool: Arc<Mutex<Pool>>)
     Ok(())
 }
 
-fn serve_one(stream: UnixStream, dir: &Mutex<PoolDir>, pool: &Mutex<Pool>) -> Result<()> {
+fn serve_one(stream: UnixStream, dir: &Mutex<PoolDir>, pool: &Mutex<Pool>, execute: Execute) -> Result<()> {
     let mut reader = BufReader::new(stream.try_clone()?);
     let mut line = String::new();
     reader.read_line(&mut line)?;
@@ -85,22 +97,7 @@ fn serve_one(stream: UnixStream, dir: &Mutex<PoolDir>, pool: &Mutex<Pool>) -> Re
     let mut stdout = Vec::new();
     let error = match crate::Cli::try_parse_from(std::iter::once("dfs".to_string()).chain(request.args)) {
         Err(e) => Some(e.to_string()),
-        // A scrub may take long: the pool is locked per step, not for the whole command.
-        Ok(cli) if matches!(cli.command, crate::Command::Scrub { .. }) => {
-            crate::maintenance::scrub_in_daemon(cli.command, pool, &mut stdout).err().map(|e| format!("{e:#}"))
-        }
-        Ok(cli) => {
-            let mut dir = dir.lock().unwrap_or_else(|p| p.into_inner());
-            let mut pool = pool.lock().unwrap_or_else(|p| p.into_inner());
-            let mut ctx = crate::commands::Ctx {
-                dir: &mut dir,
-                pool: &mut pool,
-                out: &mut stdout,
-                cwd: request.cwd,
-                local: false,
-            };
-            crate::commands::execute(cli.command, &mut ctx).err().map(|e| format!("{e:#}"))
-        }
+        Ok(cli) => execute(cli.command, dir, pool, request.cwd, &mut stdout).err().map(|e| format!("{e:#}")),
     };
     let response = Response { stdout: String::from_utf8_lossy(&stdout).into_owned(), error };
     let mut reply = serde_json::to_string(&response)?;

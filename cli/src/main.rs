@@ -4,6 +4,7 @@
 
 mod admin;
 mod commands;
+mod context;
 mod control;
 mod kernel_mount;
 mod mount;

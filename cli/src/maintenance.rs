@@ -3,7 +3,6 @@
 //! and `dfs_engine::services::orphans`.
 
 use std::io::{IsTerminal, Write};
-use std::path::Path;
 use std::sync::Mutex;
 
 use anyhow::{anyhow, bail, Result};
@@ -11,7 +10,7 @@ use dfs_engine::base::units::{human, human_duration};
 use dfs_engine::services::scrub::{Frequency, Intensity, ScrubReport, ScrubRun};
 use dfs_engine::Pool;
 
-use crate::commands::{engine, print_json, print_text, Ctx};
+use crate::context::{engine, print_json, print_text, Ctx};
 use crate::{table, Command, ScrubDaemonAction};
 
 /// Extents a scrub step checks (the daemon releases the pool between steps).
@@ -164,35 +163,6 @@ pub(crate) fn scrub_in_daemon(command: Command, pool: &Mutex<Pool>, out: &mut dy
     let run = plan(&lock(), path.as_deref(), repair)?;
     let report = drive(run, false, &mut |run| lock().scrub_run_step(run, SCRUB_STEP_EXTENTS).map_err(engine))?;
     finish(out, &report, repair, json.json)
-}
-
-/// Whether a daemon listens on the pool's control socket.
-fn daemon_listens(pool: &Path) -> bool {
-    std::os::unix::net::UnixStream::connect(pool.join(crate::control::SOCKET_NAME)).is_ok()
-}
-
-/// `dfs scrub-daemon ACTION`: `start` starts the pool daemon when none runs; the rest
-/// reach the daemon, or the pool itself when there is none.
-pub(crate) fn scrub_daemon_command(pool: &Path, action: ScrubDaemonAction, command: Command) -> Result<()> {
-    if action == ScrubDaemonAction::Start && !daemon_listens(pool) {
-        let pid = crate::mount::spawn_serve(pool)?;
-        eprintln!(
-            "dfs: started the pool daemon (dfs serve, pid {pid}, log {}); it keeps serving the pool after the \
-             pass — `dfs stop --pool {}` ends it, and `dfs mount` takes it over",
-            pool.join("daemon.log").display(),
-            pool.display()
-        );
-    }
-    crate::commands::pool_command(pool, command)?;
-    if action == ScrubDaemonAction::Stop && !crate::mount::pool_is_mounted(pool) {
-        if let Some(pid) = std::fs::canonicalize(pool).ok().and_then(|dir| crate::mount::serving_daemon(&dir)) {
-            eprintln!(
-                "dfs: the pool daemon (dfs serve, pid {pid}) keeps serving the pool; `dfs stop --pool {}` ends it",
-                pool.display()
-            );
-        }
-    }
-    Ok(())
 }
 
 #[derive(serde::Serialize)]

@@ -357,13 +357,24 @@ fn exited_early(child: &mut std::process::Child, log_path: &Path, what: &str) ->
     Ok(())
 }
 
-/// `dfs mount` (and the `mount.fuse.dynamicfs` helper).
-pub fn mount(pool: &Path, mountpoint: &Path, foreground: bool, settings: &MountSettings) -> Result<()> {
+/// `dfs mount --foreground`: mounts and serves in this process until unmounted, the
+/// control socket's commands run by `execute`.
+pub fn mount_foreground(
+    pool: &Path,
+    mountpoint: &Path,
+    settings: &MountSettings,
+    execute: crate::control::Execute,
+) -> Result<()> {
     let mountpoint = prepare_mountpoint(mountpoint, settings.nonempty)?;
     take_over(pool)?;
-    if foreground {
-        return serve(pool, &mountpoint, settings);
-    }
+    serve(pool, &mountpoint, settings, execute)
+}
+
+/// `dfs mount` (and the `mount.fuse.dynamicfs` helper): starts the daemon — this program
+/// again, mounting in the foreground — and returns once it has mounted.
+pub fn mount(pool: &Path, mountpoint: &Path, settings: &MountSettings) -> Result<()> {
+    let mountpoint = prepare_mountpoint(mountpoint, settings.nonempty)?;
+    take_over(pool)?;
     let mut args: Vec<std::ffi::OsString> = LOG_ARGS.get().cloned().unwrap_or_default();
     args.extend(["mount".into(), "--pool".into(), pool.into(), "--mountpoint".into(), mountpoint.clone().into()]);
     let options = settings.to_options();
@@ -416,7 +427,7 @@ fn take_over(pool: &Path) -> Result<()> {
 /// SIGINT/SIGTERM raise.
 fn open_for_daemon(pool: &Path, cache_bytes: Option<u64>) -> Result<(PoolDir, dfs_engine::Pool, Arc<AtomicBool>)> {
     let started = Instant::now();
-    let mut options = crate::commands::pool_options();
+    let mut options = crate::context::pool_options();
     if let Some(bytes) = cache_bytes {
         options.extent_cache_bytes = usize::try_from(bytes).unwrap_or(usize::MAX);
     }
@@ -430,7 +441,7 @@ fn open_for_daemon(pool: &Path, cache_bytes: Option<u64>) -> Result<(PoolDir, df
             {
                 std::thread::sleep(Duration::from_millis(50));
             }
-            Err(e) => return Err(anyhow!("{e} ({})", crate::commands::errno_name(e.errno()))),
+            Err(e) => return Err(anyhow!("{e} ({})", crate::context::errno_name(e.errno()))),
         }
     };
     for note in &report.notes {
@@ -536,7 +547,7 @@ fn end_kernel_session(session: fuser::BackgroundSession, mountpoint: &Path) -> R
     Ok(())
 }
 
-fn serve(pool: &Path, mountpoint: &Path, settings: &MountSettings) -> Result<()> {
+fn serve(pool: &Path, mountpoint: &Path, settings: &MountSettings, execute: crate::control::Execute) -> Result<()> {
     if std::env::var_os(DAEMON_ENV).is_some() {
         detach_from_terminal();
     }
@@ -559,7 +570,7 @@ fn serve(pool: &Path, mountpoint: &Path, settings: &MountSettings) -> Result<()>
     // The control socket answers last: `dfs mount` returns once it does, so nothing this
     // daemon does to start up (the read-ahead's `stat` of the mountpoint) can still hold
     // the mount when the caller's next `umount` comes.
-    if let Err(error) = crate::control::listen(&dir_path, Arc::new(Mutex::new(dir)), shared.clone()) {
+    if let Err(error) = crate::control::listen(&dir_path, Arc::new(Mutex::new(dir)), shared.clone(), execute) {
         let _ = if kernel_mounted {
             end_kernel_session(session, mountpoint)
         } else {
@@ -689,8 +700,13 @@ pub fn spawn_serve(pool: &Path) -> Result<u32> {
     bail!("the pool daemon did not answer within {}s; see {}", READY_TIMEOUT.as_secs(), log_path.display())
 }
 
-/// `dfs serve`: the daemon without a mount, in the foreground, until SIGINT/SIGTERM.
-pub fn serve_unmounted(pool: &Path, metrics: Option<std::net::SocketAddr>) -> Result<()> {
+/// `dfs serve`: the daemon without a mount, in the foreground, until SIGINT/SIGTERM; the
+/// control socket's commands run by `execute`.
+pub fn serve_unmounted(
+    pool: &Path,
+    metrics: Option<std::net::SocketAddr>,
+    execute: crate::control::Execute,
+) -> Result<()> {
     if std::env::var_os(DAEMON_ENV).is_some() {
         detach_from_terminal();
     }
@@ -698,7 +714,7 @@ pub fn serve_unmounted(pool: &Path, metrics: Option<std::net::SocketAddr>) -> Re
     let dir_path = dir.path().to_path_buf();
     let shared = Arc::new(Mutex::new(engine_pool));
     let barriers = start_barrier_thread(&shared);
-    crate::control::listen(&dir_path, Arc::new(Mutex::new(dir)), shared.clone())?;
+    crate::control::listen(&dir_path, Arc::new(Mutex::new(dir)), shared.clone(), execute)?;
     if let Some(addr) = metrics {
         crate::exporter::serve(addr, shared.clone(), dir_path.clone())?;
         crate::announce!("metrics on http://{addr}/metrics and /health");

@@ -93,7 +93,7 @@ pub fn main(args: Vec<OsString>) -> ExitCode {
         crate::kernel_mount::remount(&invocation.target, settings.flags.read_only)
             .with_context(|| format!("remounting {}", invocation.target.display()))
     } else {
-        crate::mount::mount(&invocation.source, &invocation.target, false, &settings)
+        crate::mount::mount(&invocation.source, &invocation.target, &settings)
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -5,7 +5,7 @@
 use anyhow::{bail, Result};
 use dfs_engine::base::units::human;
 
-use crate::commands::{engine, print_json, print_text, Ctx};
+use crate::context::{engine, print_json, print_text, Ctx};
 use crate::table;
 
 /// A bar of `width` cells filled in proportion to `used / capacity`.
@@ -64,8 +64,8 @@ pub(crate) fn status(ctx: &mut Ctx<'_>, json: bool) -> Result<()> {
         .map(|d| {
             vec![
                 d.disk.clone(),
-                crate::commands::disk_state_text(&d.state, d.reachable, d.offline, d.full),
-                crate::commands::since_text(d.changed_secs),
+                crate::context::disk_state_text(&d.state, d.reachable, d.offline, d.full),
+                crate::context::since_text(d.changed_secs),
                 bar(d.used_bytes, d.capacity_bytes, 20),
                 format!("{} / {}", human(d.used_bytes), human(d.capacity_bytes)),
                 d.fragments.to_string(),

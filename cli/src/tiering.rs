@@ -12,7 +12,7 @@ use dfs_engine::temperature::config::{Classifier, TieringConfig};
 use dfs_engine::temperature::Class;
 use dfs_engine::Policy;
 
-use crate::commands::{engine, print_json, print_text, Ctx};
+use crate::context::{engine, print_json, print_text, Ctx};
 use crate::table;
 
 /// Options of `dfs tiering`; each one given changes that setting.
