@@ -13,12 +13,12 @@ use dfs_engine::data::namespace::Owner;
 use dfs_engine::pooldir::{PoolDir, OBJECT_SCHEME};
 use dfs_engine::{Ino, InodeKind, Pool, PoolOptions};
 
+use crate::args::{Command, ScrubDaemonAction};
 use crate::context::{
     disk_state_text, engine, errno_name, libc_errno, object_stores, pool_options, print_json, print_text, since_text,
     Ctx,
 };
 use crate::table;
-use crate::{Command, ScrubDaemonAction};
 use dfs_engine::base::units::human;
 
 /// Bytes moved per engine call by `put` and `get`.
@@ -206,8 +206,8 @@ pub fn run(command: Command) -> Result<()> {
         | Command::RebuildStatus { ref pool, .. }
         | Command::ChangePolicy { ref pool, .. }
         | Command::PolicyStatus { ref pool, .. }
-        | Command::ListHot(crate::ClassListArgs { ref pool, .. })
-        | Command::ListCold(crate::ClassListArgs { ref pool, .. })
+        | Command::ListHot(crate::args::ClassListArgs { ref pool, .. })
+        | Command::ListCold(crate::args::ClassListArgs { ref pool, .. })
         | Command::ExtentStats { ref pool, .. }
         | Command::Classify { ref pool, .. }
         | Command::Tiering { ref pool, .. }
@@ -803,7 +803,7 @@ fn demo(dir: Option<std::path::PathBuf>) -> Result<()> {
     println!("== building a demo pool in {}", root.display());
     std::fs::create_dir_all(&root).with_context(|| format!("creating {}", root.display()))?;
     run(Command::Init {
-        pool: crate::PoolArg { pool: pool_path.clone() },
+        pool: crate::args::PoolArg { pool: pool_path.clone() },
         policy: "erasure:4+2".parse().map_err(|e| anyhow!("{e}"))?,
         no_tiering: false,
     })?;
@@ -811,7 +811,7 @@ fn demo(dir: Option<std::path::PathBuf>) -> Result<()> {
         let disk = root.join(format!("disk{i}"));
         std::fs::create_dir(&disk)?;
         run(Command::AddDisk {
-            pool: crate::PoolArg { pool: pool_path.clone() },
+            pool: crate::args::PoolArg { pool: pool_path.clone() },
             disks: vec![disk],
             capacity: Some(mib << 20),
         })?;
@@ -824,7 +824,7 @@ fn demo(dir: Option<std::path::PathBuf>) -> Result<()> {
         let (parent, _) = path.rsplit_once('/').unwrap_or(("", path));
         if !parent.is_empty() {
             run(Command::Mkdir {
-                pool: crate::PoolArg { pool: pool_path.clone() },
+                pool: crate::args::PoolArg { pool: pool_path.clone() },
                 pool_path: parent.to_string(),
                 parents: true,
                 policy: None,
@@ -843,14 +843,14 @@ fn demo(dir: Option<std::path::PathBuf>) -> Result<()> {
         std::fs::write(&local, &data)?;
         let parsed = Some(policy.parse().map_err(|e| anyhow!("{e}"))?);
         run(Command::Put {
-            pool: crate::PoolArg { pool: pool_path.clone() },
+            pool: crate::args::PoolArg { pool: pool_path.clone() },
             local,
             pool_path: path.to_string(),
             policy: parsed,
         })?;
         let back = scratch.join(format!("out-{i}"));
         run(Command::Get {
-            pool: crate::PoolArg { pool: pool_path.clone() },
+            pool: crate::args::PoolArg { pool: pool_path.clone() },
             pool_path: path.to_string(),
             local: back.clone(),
         })?;
@@ -864,7 +864,7 @@ fn demo(dir: Option<std::path::PathBuf>) -> Result<()> {
         for (path, hash) in &stored {
             let back = scratch.join("check");
             run(Command::Get {
-                pool: crate::PoolArg { pool: pool_path.clone() },
+                pool: crate::args::PoolArg { pool: pool_path.clone() },
                 pool_path: path.clone(),
                 local: back.clone(),
             })?;
@@ -876,32 +876,35 @@ fn demo(dir: Option<std::path::PathBuf>) -> Result<()> {
         Ok(())
     };
     println!("\n== a disk fails: dfs fail-disk --pool {pool_arg} --disk d3");
-    run(Command::FailDisk { pool: crate::PoolArg { pool: pool_path.clone() }, disk: "d3".into() })?;
+    run(Command::FailDisk { pool: crate::args::PoolArg { pool: pool_path.clone() }, disk: "d3".into() })?;
     read_all_back("with d3 failed (degraded reads)")?;
     let spare = root.join("spare");
     std::fs::create_dir(&spare)?;
     println!("\n== a spare joins and the pool rebuilds: dfs add-disk …, dfs rebuild --pool {pool_arg}");
     run(Command::AddDisk {
-        pool: crate::PoolArg { pool: pool_path.clone() },
+        pool: crate::args::PoolArg { pool: pool_path.clone() },
         disks: vec![spare],
         capacity: Some(256 << 20),
     })?;
-    run(Command::Rebuild { pool: crate::PoolArg { pool: pool_path.clone() } })?;
+    run(Command::Rebuild { pool: crate::args::PoolArg { pool: pool_path.clone() } })?;
     read_all_back("after the rebuild")?;
     std::fs::remove_dir_all(&scratch)?;
     println!("\n== dfs list-disks --pool {pool_arg}");
-    run(Command::ListDisks { pool: crate::PoolArg { pool: pool_path.clone() }, json: crate::JsonArg { json: false } })?;
+    run(Command::ListDisks {
+        pool: crate::args::PoolArg { pool: pool_path.clone() },
+        json: crate::args::JsonArg { json: false },
+    })?;
     println!("\n== dfs show-redundancy --pool {pool_arg}");
     run(Command::ShowRedundancy {
-        pool: crate::PoolArg { pool: pool_path.clone() },
+        pool: crate::args::PoolArg { pool: pool_path.clone() },
         verify: true,
-        json: crate::JsonArg { json: false },
+        json: crate::args::JsonArg { json: false },
     })?;
     println!("\n== temperature: dfs classify --pool {pool_arg} (new data starts warm; a pass every 6h decides)");
     run(Command::Classify {
-        pool: crate::PoolArg { pool: pool_path.clone() },
+        pool: crate::args::PoolArg { pool: pool_path.clone() },
         migrate: false,
-        json: crate::JsonArg { json: false },
+        json: crate::args::JsonArg { json: false },
     })?;
     println!("\nThe pool stays in {}. Explore it with, for example:", root.display());
     println!("  dfs ls --pool {pool_arg} /docs");

@@ -36,7 +36,7 @@ struct Response {
 /// socket knows no command itself: whoever starts the daemon hands this in
 /// (`commands::execute_for_client`), so the socket sits below the commands it serves.
 pub type Execute = fn(
-    command: crate::Command,
+    command: crate::args::Command,
     dir: &Mutex<PoolDir>,
     pool: &Mutex<Pool>,
     cwd: PathBuf,
@@ -92,10 +92,10 @@ fn serve_one(stream: UnixStream, dir: &Mutex<PoolDir>, pool: &Mutex<Pool>, execu
     }
     let request: Request = serde_json::from_str(&line)?;
     let command = request.args.first().cloned().unwrap_or_default();
-    let _span = tracing::info_span!("control", command, request_id = %crate::next_request_id()).entered();
+    let _span = tracing::info_span!("control", command, request_id = %crate::logging::next_request_id()).entered();
     tracing::debug!("control request");
     let mut stdout = Vec::new();
-    let error = match crate::Cli::try_parse_from(std::iter::once("dfs".to_string()).chain(request.args)) {
+    let error = match crate::args::Cli::try_parse_from(std::iter::once("dfs".to_string()).chain(request.args)) {
         Err(e) => Some(e.to_string()),
         Ok(cli) => execute(cli.command, dir, pool, request.cwd, &mut stdout).err().map(|e| format!("{e:#}")),
     };

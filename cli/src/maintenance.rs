@@ -10,8 +10,9 @@ use dfs_engine::base::units::{human, human_duration};
 use dfs_engine::services::scrub::{Frequency, Intensity, ScrubReport, ScrubRun};
 use dfs_engine::Pool;
 
+use crate::args::{Command, ScrubDaemonAction};
 use crate::context::{engine, print_json, print_text, Ctx};
-use crate::{table, Command, ScrubDaemonAction};
+use crate::table;
 
 /// Extents a scrub step checks (the daemon releases the pool between steps).
 const SCRUB_STEP_EXTENTS: usize = 4;

@@ -263,7 +263,7 @@ fn prepare_mountpoint(mountpoint: &Path, nonempty: bool) -> Result<PathBuf> {
                 bail!("{}: {error}; it is not a FUSE mount DynamicFS can clear (ENOTCONN)", absolute.display());
             }
             detach_dead_mount(&absolute)?;
-            crate::announce!(
+            crate::logging::announce!(
                 "{}: the daemon serving it had died (\"Transport endpoint is not connected\"); detached the dead mount",
                 absolute.display()
             );
@@ -557,7 +557,7 @@ fn serve(pool: &Path, mountpoint: &Path, settings: &MountSettings, execute: crat
     let barriers = start_barrier_thread(&shared);
     if let Some(addr) = settings.metrics {
         crate::exporter::serve(addr, shared.clone(), dir_path.clone())?;
-        crate::announce!("metrics on http://{addr}/metrics and /health");
+        crate::logging::announce!("metrics on http://{addr}/metrics and /health");
     }
     let fs = DynamicFs::shared(shared.clone())
         .with_atime(settings.atime)
@@ -578,7 +578,7 @@ fn serve(pool: &Path, mountpoint: &Path, settings: &MountSettings, execute: crat
         };
         return Err(error);
     }
-    crate::announce!("mounted {} at {}", dir_path.display(), mountpoint.display());
+    crate::logging::announce!("mounted {} at {}", dir_path.display(), mountpoint.display());
     let mut chores = Chores::new();
     while !stop.load(Ordering::SeqCst) && !session.guard.is_finished() {
         chores.run(&shared);
@@ -593,7 +593,7 @@ fn serve(pool: &Path, mountpoint: &Path, settings: &MountSettings, execute: crat
     drop(barriers);
     barrier(&shared);
     let _ = std::fs::remove_file(dir_path.join(crate::control::SOCKET_NAME));
-    crate::announce!("unmounted {}", mountpoint.display());
+    crate::logging::announce!("unmounted {}", mountpoint.display());
     Ok(())
 }
 
@@ -717,9 +717,9 @@ pub fn serve_unmounted(
     crate::control::listen(&dir_path, Arc::new(Mutex::new(dir)), shared.clone(), execute)?;
     if let Some(addr) = metrics {
         crate::exporter::serve(addr, shared.clone(), dir_path.clone())?;
-        crate::announce!("metrics on http://{addr}/metrics and /health");
+        crate::logging::announce!("metrics on http://{addr}/metrics and /health");
     }
-    crate::announce!("serving {} (control socket {})", dir_path.display(), crate::control::SOCKET_NAME);
+    crate::logging::announce!("serving {} (control socket {})", dir_path.display(), crate::control::SOCKET_NAME);
     let mut chores = Chores::new();
     while !stop.load(Ordering::SeqCst) {
         chores.run(&shared);
@@ -727,7 +727,7 @@ pub fn serve_unmounted(
     drop(barriers);
     barrier(&shared);
     let _ = std::fs::remove_file(dir_path.join(crate::control::SOCKET_NAME));
-    crate::announce!("stopped serving {}", dir_path.display());
+    crate::logging::announce!("stopped serving {}", dir_path.display());
     Ok(())
 }
 

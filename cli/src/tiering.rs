@@ -8,103 +8,12 @@ use anyhow::{anyhow, bail, Result};
 use dfs_engine::base::units::{human, human_duration};
 use dfs_engine::meta::state::ChunkSlot;
 use dfs_engine::reports::tier_report::TemperatureRow;
-use dfs_engine::temperature::config::{Classifier, TieringConfig};
+use dfs_engine::temperature::config::TieringConfig;
 use dfs_engine::temperature::Class;
-use dfs_engine::Policy;
 
+use crate::args::TieringArgs;
 use crate::context::{engine, print_json, print_text, Ctx};
 use crate::table;
-
-/// Options of `dfs tiering`; each one given changes that setting.
-#[derive(clap::Args, Debug)]
-pub(crate) struct TieringArgs {
-    /// Turn tiering on: track accesses, classify, migrate.
-    #[arg(long, conflicts_with = "disable", help_heading = "Switch")]
-    pub(crate) enable: bool,
-    /// Turn tiering off: no tracking, no migration; extents keep their policies.
-    #[arg(long, help_heading = "Switch")]
-    pub(crate) disable: bool,
-    /// How a pass decides a class: hmm (smoothed, the default) or thresholds (raw).
-    #[arg(long, value_parser = parse_classifier, help_heading = "Classification")]
-    pub(crate) classifier: Option<Classifier>,
-    /// Hot above this many accesses a day (default 100).
-    #[arg(long, value_name = "OPS", help_heading = "Classification")]
-    pub(crate) hot_ops_per_day: Option<f64>,
-    /// Hot when accessed within this long (default 1h).
-    #[arg(long, value_name = "DURATION", value_parser = dfs_engine::base::units::parse_duration, help_heading = "Classification")]
-    pub(crate) hot_within: Option<u64>,
-    /// Warm above this many accesses a day (default 10).
-    #[arg(long, value_name = "OPS", help_heading = "Classification")]
-    pub(crate) warm_ops_per_day: Option<f64>,
-    /// Warm when accessed within this long (default 24h).
-    #[arg(long, value_name = "DURATION", value_parser = dfs_engine::base::units::parse_duration, help_heading = "Classification")]
-    pub(crate) warm_within: Option<u64>,
-    /// HMM start probabilities of hot,warm,cold (default 0.1,0.8,0.1).
-    #[arg(long, value_name = "P,P,P", value_parser = parse_row, help_heading = "HMM")]
-    pub(crate) hmm_initial: Option<[f64; 3]>,
-    /// HMM transition matrix, rows hot;warm;cold, each P(to hot),P(to warm),P(to cold).
-    #[arg(long, value_name = "ROW;ROW;ROW", value_parser = parse_matrix, help_heading = "HMM")]
-    pub(crate) hmm_transition: Option<[[f64; 3]; 3]>,
-    /// HMM emission matrix, rows hot;warm;cold, each P(observed hot),P(warm),P(cold).
-    #[arg(long, value_name = "ROW;ROW;ROW", value_parser = parse_matrix, help_heading = "HMM")]
-    pub(crate) hmm_emission: Option<[[f64; 3]; 3]>,
-    /// Factor on the hot state when the extent was just accessed (>= 1; default 1.5).
-    #[arg(long, value_name = "FACTOR", help_heading = "HMM")]
-    pub(crate) recency_boost: Option<f64>,
-    /// A class changes only when the HMM gives the new one this probability (default 0.9).
-    #[arg(long, value_name = "P", help_heading = "HMM")]
-    pub(crate) switch_confidence: Option<f64>,
-    /// Policy of hot extents (default replicate:3).
-    #[arg(long, value_name = "POLICY", value_parser = crate::parse_policy, help_heading = "Tiers")]
-    pub(crate) hot_policy: Option<Policy>,
-    /// Policy of warm extents: a policy, or "default" for the pool default (the default).
-    #[arg(long, value_name = "POLICY|default", value_parser = parse_warm_policy, help_heading = "Tiers")]
-    pub(crate) warm_policy: Option<WarmPolicy>,
-    /// Policy of cold extents (default erasure:4+2).
-    #[arg(long, value_name = "POLICY", value_parser = crate::parse_policy, help_heading = "Tiers")]
-    pub(crate) cold_policy: Option<Policy>,
-    /// Time between classification passes (default 6h).
-    #[arg(long, value_name = "DURATION", value_parser = dfs_engine::base::units::parse_duration, help_heading = "Schedule")]
-    pub(crate) pass_interval: Option<u64>,
-    /// Time between persisting access statistics: what a crash may lose of them (default 60s).
-    #[arg(long, value_name = "DURATION", value_parser = dfs_engine::base::units::parse_duration, help_heading = "Schedule")]
-    pub(crate) stats_flush: Option<u64>,
-    /// Bytes a second the background may re-encode for extents not being read (default 16MiB).
-    #[arg(long, value_name = "SIZE", value_parser = dfs_engine::base::units::parse_size, help_heading = "Schedule")]
-    pub(crate) migrate_rate: Option<u64>,
-}
-
-fn parse_classifier(text: &str) -> Result<Classifier, String> {
-    match text {
-        "hmm" => Ok(Classifier::Hmm),
-        "thresholds" => Ok(Classifier::Thresholds),
-        other => Err(format!("'{other}' is not a classifier (hmm or thresholds)")),
-    }
-}
-
-fn parse_row(text: &str) -> Result<[f64; 3], String> {
-    let values: Vec<f64> = text
-        .split(',')
-        .map(|v| v.trim().parse::<f64>().map_err(|_| format!("'{v}' is not a probability")))
-        .collect::<Result<_, _>>()?;
-    values.try_into().map_err(|_| format!("'{text}' needs three comma-separated probabilities"))
-}
-
-fn parse_matrix(text: &str) -> Result<[[f64; 3]; 3], String> {
-    let rows: Vec<[f64; 3]> = text.split(';').map(parse_row).collect::<Result<_, _>>()?;
-    rows.try_into().map_err(|_| format!("'{text}' needs three rows separated by ';'"))
-}
-
-/// The warm tier's policy as `--warm-policy` takes it.
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct WarmPolicy(Option<Policy>);
-
-fn parse_warm_policy(text: &str) -> Result<WarmPolicy, String> {
-    if text == "default" {
-        return Ok(WarmPolicy(None));
-    }
-    crate::parse_policy(text).map(|p| WarmPolicy(Some(p)))
-}
 
 fn apply(args: &TieringArgs, mut config: TieringConfig) -> TieringConfig {
     if args.enable {
@@ -204,7 +113,7 @@ fn require_tiering(ctx: &Ctx<'_>) -> Result<()> {
 }
 
 /// `dfs list-hot` / `dfs list-cold`.
-pub(crate) fn list_class(ctx: &mut Ctx<'_>, class: Class, args: &crate::ClassListArgs) -> Result<()> {
+pub(crate) fn list_class(ctx: &mut Ctx<'_>, class: Class, args: &crate::args::ClassListArgs) -> Result<()> {
     require_tiering(ctx)?;
     let mut rows = ctx.pool.temperature_rows(class).map_err(engine)?;
     let total = rows.len();
