@@ -13,6 +13,7 @@ mod mount;
 mod mount_helper;
 
 mod exporter;
+mod files;
 mod maintenance;
 mod observe;
 mod table;
