@@ -1,5 +1,5 @@
-//! Disk and policy administration: fail-disk, remove-disk, rebalance, rebuild,
-//! rebuild-status, change-policy, policy-status, upgrade.
+//! Disk and policy administration: add-disk, list-disks, availability, fail-disk,
+//! remove-disk, rebalance, rebuild, rebuild-status, change-policy, policy-status, upgrade.
 //!
 //! On an unmounted pool the long ones (drain, rebuild, re-encode) run to completion here,
 //! with progress on stderr; through a mount's daemon they are started and the daemon's
@@ -7,13 +7,16 @@
 //! recorded in metadata first and resumes after a crash or an unmount.
 
 use std::io::IsTerminal;
+use std::path::PathBuf;
 
 use anyhow::{anyhow, bail, Context, Result};
+use dfs_engine::base::units::human;
 use dfs_engine::media::segments::SEGMENT_FORMAT;
 use dfs_engine::meta::state::{ChunkSlot, DiskId, DiskState, PolicyScope};
+use dfs_engine::pooldir::OBJECT_SCHEME;
 use dfs_engine::Policy;
 
-use crate::context::{engine, print_json, print_text, Ctx};
+use crate::context::{disk_state_text, engine, print_json, print_text, since_text, Ctx};
 use crate::table;
 
 /// Resolves a disk given as its id (`d3`), its uuid, or its directory.
@@ -393,5 +396,166 @@ pub(crate) fn policy_status(ctx: &mut Ctx<'_>, json: bool) -> Result<()> {
         })
         .collect();
     text.push_str(&table::render(&["EXTENT", "AT", "FROM", "TO", "CAUSE"], &rows));
+    print_text(ctx.out, &text)
+}
+
+/// `dfs availability`: shows the grace period and the replica write quorum, changing
+/// those given first.
+pub(crate) fn availability(
+    ctx: &mut Ctx<'_>,
+    grace: Option<std::time::Duration>,
+    replica_quorum: Option<u8>,
+    json: bool,
+) -> Result<()> {
+    let mut availability = ctx.pool.state().availability;
+    if let Some(grace) = grace {
+        availability.grace_secs = grace.as_secs();
+    }
+    if let Some(quorum) = replica_quorum {
+        availability.replica_quorum = quorum;
+    }
+    if availability != ctx.pool.state().availability {
+        ctx.pool.set_availability(availability).map_err(engine)?;
+    }
+    if json {
+        return print_json(ctx.out, &availability);
+    }
+    writeln!(
+        ctx.out,
+        "grace period {} (an offline disk is failed and rebuilt elsewhere after it)\nreplica write quorum {} \
+         cop{} (erasure:K+M writes need K+1 fragments)",
+        humantime::format_duration(std::time::Duration::from_secs(availability.grace_secs)),
+        availability.replica_quorum,
+        if availability.replica_quorum == 1 { "y" } else { "ies" }
+    )?;
+    Ok(())
+}
+
+/// `dfs add-disk`: adds directory and object-store disks, all or nothing — every one is
+/// checked before any is added (a failed disk given back is taken back).
+pub(crate) fn add_disks(ctx: &mut Ctx<'_>, disks: Vec<PathBuf>, capacity: Option<u64>) -> Result<()> {
+    let (objects, disks): (Vec<PathBuf>, Vec<PathBuf>) =
+        disks.into_iter().partition(|d| d.to_str().is_some_and(|s| s.starts_with(OBJECT_SCHEME)));
+    let objects: Vec<String> = objects.iter().map(|d| d.to_string_lossy().into_owned()).collect();
+    // All or nothing: every disk is checked before any is added.
+    let mut vetted_objects: Vec<dfs_engine::pooldir::VettedObject> = Vec::new();
+    for url in &objects {
+        let found = ctx
+            .dir
+            .vet_object_disk(ctx.pool, url, capacity)
+            .map_err(engine)
+            .with_context(|| format!("adding disk {url} (nothing was added)"))?;
+        if let Some(twin) = vetted_objects.iter().find(|v| v.location.overlaps(&found.location)) {
+            bail!("{url} is given twice (or overlaps {}) (EINVAL); nothing was added", twin.location);
+        }
+        vetted_objects.push(found);
+    }
+    let mut vetted: Vec<std::path::PathBuf> = Vec::new();
+    for disk in &disks {
+        let disk = ctx.local_path(disk);
+        if let Some(mountpoint) = crate::mount::own_mount_containing(ctx.dir.path(), &disk) {
+            bail!(
+                "{} is inside the pool's own mount at {}: a disk must live outside the pool (EINVAL); \
+                 nothing was added",
+                disk.display(),
+                mountpoint.display()
+            );
+        }
+        let canonical = match ctx.dir.vet_disk(ctx.pool, &disk, capacity) {
+            Ok(
+                dfs_engine::pooldir::Vetted::FailedDisk(path)
+                | dfs_engine::pooldir::Vetted::New { canonical: path, .. },
+            ) => path,
+            Err(e) => {
+                return Err(engine(e)).with_context(|| format!("adding disk {} (nothing was added)", disk.display()))
+            }
+        };
+        if let Some(twin) = vetted.iter().find(|v| v.starts_with(&canonical) || canonical.starts_with(v)) {
+            bail!("{} is given twice (or overlaps {}) (EINVAL); nothing was added", disk.display(), twin.display());
+        }
+        vetted.push(canonical);
+    }
+    for vetted in vetted_objects {
+        let url = vetted.location.to_string();
+        let id = ctx
+            .dir
+            .add_object_disk(ctx.pool, vetted, capacity)
+            .map_err(engine)
+            .with_context(|| format!("adding disk {url}"))?;
+        let info = ctx.pool.disk_infos().into_iter().find(|d| d.id == id.to_string());
+        let shown = info.map(|i| human(i.capacity_bytes)).unwrap_or_default();
+        writeln!(ctx.out, "added disk {id} at {url} ({shown}); the store honours create-only writes")?;
+    }
+    for disk in &disks {
+        let disk = ctx.local_path(disk);
+        let disks_before = ctx.pool.state().disks.len();
+        let owed_before: usize = ctx.pool.state().owed.values().map(|o| o.len()).sum();
+        let id = ctx
+            .dir
+            .add_disk(ctx.pool, &disk, capacity)
+            .map_err(engine)
+            .with_context(|| format!("adding disk {}", disk.display()))?;
+        if ctx.pool.state().disks.len() == disks_before {
+            let owed: usize = ctx.pool.state().owed.values().map(|o| o.len()).sum::<usize>() - owed_before;
+            writeln!(
+                ctx.out,
+                "took back failed disk {id} at {}: the fragments it holds that are still referenced are read \
+                 from it again; {owed} extent(s) it lacks are repaired onto it (dfs rebuild, or the daemon)",
+                disk.display()
+            )?;
+            continue;
+        }
+        let info = ctx.pool.disk_infos().into_iter().find(|d| d.id == id.to_string());
+        let shown = info.map(|i| human(i.capacity_bytes)).unwrap_or_default();
+        writeln!(ctx.out, "added disk {id} at {} ({shown})", disk.display())?;
+        let free = dfs_engine::media::dirdisk::filesystem_free_bytes(&disk);
+        if let (Some(declared), Some(free)) = (capacity, free) {
+            if declared > free {
+                writeln!(
+                    ctx.out,
+                    "warning: --capacity {} is more than the {} free on the filesystem of {}; the disk \
+                     will be full (dfs health says so) when that filesystem fills up",
+                    human(declared),
+                    human(free),
+                    disk.display()
+                )?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `dfs list-disks`: every disk with its capacity, use, state and fragments.
+pub(crate) fn list_disks(ctx: &mut Ctx<'_>, json: bool) -> Result<()> {
+    let disks = ctx.pool.disk_infos();
+    if json {
+        return print_json(ctx.out, &disks);
+    }
+    let rows: Vec<Vec<String>> = disks
+        .iter()
+        .map(|d| {
+            vec![
+                d.id.clone(),
+                d.path.clone(),
+                human(d.capacity_bytes),
+                human(d.used_bytes),
+                disk_state_text(&d.state, d.reachable, d.offline_reason.is_some(), d.full),
+                since_text(d.changed_secs),
+                d.fragments.to_string(),
+                if d.journal_replica { "yes".into() } else { "no".into() },
+            ]
+        })
+        .collect();
+    let mut text = table::render(&["ID", "PATH", "CAPACITY", "USED", "STATE", "SINCE", "FRAGMENTS", "JOURNAL"], &rows);
+    for d in disks.iter().filter(|d| d.offline_reason.is_some()) {
+        text.push_str(&format!(
+            "\n{} is offline: {}; {} extent(s) written meanwhile will be repaired onto it when it is back; \
+             it is marked failed at {} unless it returns (dfs fail-disk does it now)",
+            d.id,
+            d.offline_reason.clone().unwrap_or_default(),
+            d.owed_extents,
+            since_text(d.fails_at_secs),
+        ));
+    }
     print_text(ctx.out, &text)
 }

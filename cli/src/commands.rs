@@ -8,16 +8,12 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use anyhow::{anyhow, bail, Context, Result};
-use dfs_engine::pooldir::{PoolDir, OBJECT_SCHEME};
+use dfs_engine::pooldir::PoolDir;
 use dfs_engine::{Pool, PoolOptions};
 
 use crate::args::{Command, ScrubDaemonAction};
-use crate::context::{disk_state_text, engine, object_stores, pool_options, print_json, print_text, since_text, Ctx};
-use crate::table;
+use crate::context::{engine, object_stores, pool_options, Ctx};
 use dfs_engine::base::units::human;
-
-/// Widest FILE column of `list-extents`: longer paths keep their start and end.
-const FILE_COLUMN_MAX: usize = 48;
 
 /// Runs a pool command here, or — when a mounted pool's daemon owns the pool — through
 /// the daemon's control socket, with the same output. A pool another process holds
@@ -225,28 +221,7 @@ fn execute_command(command: Command, ctx: &mut Ctx<'_>) -> Result<()> {
     match command {
         Command::FailDisk { pool: _, disk } => crate::admin::fail_disk(ctx, &disk),
         Command::Availability { pool: _, grace, replica_quorum, json } => {
-            let mut availability = ctx.pool.state().availability;
-            if let Some(grace) = grace {
-                availability.grace_secs = grace.as_secs();
-            }
-            if let Some(quorum) = replica_quorum {
-                availability.replica_quorum = quorum;
-            }
-            if availability != ctx.pool.state().availability {
-                ctx.pool.set_availability(availability).map_err(engine)?;
-            }
-            if json.json {
-                return print_json(ctx.out, &availability);
-            }
-            writeln!(
-                ctx.out,
-                "grace period {} (an offline disk is failed and rebuilt elsewhere after it)\nreplica write quorum {} \
-                 cop{} (erasure:K+M writes need K+1 fragments)",
-                humantime::format_duration(std::time::Duration::from_secs(availability.grace_secs)),
-                availability.replica_quorum,
-                if availability.replica_quorum == 1 { "y" } else { "ies" }
-            )?;
-            Ok(())
+            crate::admin::availability(ctx, grace, replica_quorum, json.json)
         }
         Command::RemoveDisk { pool: _, disk } => crate::admin::remove_disk(ctx, &disk),
         Command::Rebuild { pool: _ } => crate::admin::rebuild(ctx),
@@ -289,136 +264,8 @@ fn execute_command(command: Command, ctx: &mut Ctx<'_>) -> Result<()> {
         | Command::Import { .. } => {
             bail!("this command does not run against an open pool")
         }
-        Command::AddDisk { pool: _, disks, capacity } => {
-            let (objects, disks): (Vec<PathBuf>, Vec<PathBuf>) =
-                disks.into_iter().partition(|d| d.to_str().is_some_and(|s| s.starts_with(OBJECT_SCHEME)));
-            let objects: Vec<String> = objects.iter().map(|d| d.to_string_lossy().into_owned()).collect();
-            // All or nothing: every disk is checked before any is added.
-            let mut vetted_objects: Vec<dfs_engine::pooldir::VettedObject> = Vec::new();
-            for url in &objects {
-                let found = ctx
-                    .dir
-                    .vet_object_disk(ctx.pool, url, capacity)
-                    .map_err(engine)
-                    .with_context(|| format!("adding disk {url} (nothing was added)"))?;
-                if let Some(twin) = vetted_objects.iter().find(|v| v.location.overlaps(&found.location)) {
-                    bail!("{url} is given twice (or overlaps {}) (EINVAL); nothing was added", twin.location);
-                }
-                vetted_objects.push(found);
-            }
-            let mut vetted: Vec<std::path::PathBuf> = Vec::new();
-            for disk in &disks {
-                let disk = ctx.local_path(disk);
-                if let Some(mountpoint) = crate::mount::own_mount_containing(ctx.dir.path(), &disk) {
-                    bail!(
-                        "{} is inside the pool's own mount at {}: a disk must live outside the pool (EINVAL); \
-                         nothing was added",
-                        disk.display(),
-                        mountpoint.display()
-                    );
-                }
-                let canonical = match ctx.dir.vet_disk(ctx.pool, &disk, capacity) {
-                    Ok(
-                        dfs_engine::pooldir::Vetted::FailedDisk(path)
-                        | dfs_engine::pooldir::Vetted::New { canonical: path, .. },
-                    ) => path,
-                    Err(e) => {
-                        return Err(engine(e))
-                            .with_context(|| format!("adding disk {} (nothing was added)", disk.display()))
-                    }
-                };
-                if let Some(twin) = vetted.iter().find(|v| v.starts_with(&canonical) || canonical.starts_with(v)) {
-                    bail!(
-                        "{} is given twice (or overlaps {}) (EINVAL); nothing was added",
-                        disk.display(),
-                        twin.display()
-                    );
-                }
-                vetted.push(canonical);
-            }
-            for vetted in vetted_objects {
-                let url = vetted.location.to_string();
-                let id = ctx
-                    .dir
-                    .add_object_disk(ctx.pool, vetted, capacity)
-                    .map_err(engine)
-                    .with_context(|| format!("adding disk {url}"))?;
-                let info = ctx.pool.disk_infos().into_iter().find(|d| d.id == id.to_string());
-                let shown = info.map(|i| human(i.capacity_bytes)).unwrap_or_default();
-                writeln!(ctx.out, "added disk {id} at {url} ({shown}); the store honours create-only writes")?;
-            }
-            for disk in &disks {
-                let disk = ctx.local_path(disk);
-                let disks_before = ctx.pool.state().disks.len();
-                let owed_before: usize = ctx.pool.state().owed.values().map(|o| o.len()).sum();
-                let id = ctx
-                    .dir
-                    .add_disk(ctx.pool, &disk, capacity)
-                    .map_err(engine)
-                    .with_context(|| format!("adding disk {}", disk.display()))?;
-                if ctx.pool.state().disks.len() == disks_before {
-                    let owed: usize = ctx.pool.state().owed.values().map(|o| o.len()).sum::<usize>() - owed_before;
-                    writeln!(
-                        ctx.out,
-                        "took back failed disk {id} at {}: the fragments it holds that are still referenced are read \
-                         from it again; {owed} extent(s) it lacks are repaired onto it (dfs rebuild, or the daemon)",
-                        disk.display()
-                    )?;
-                    continue;
-                }
-                let info = ctx.pool.disk_infos().into_iter().find(|d| d.id == id.to_string());
-                let shown = info.map(|i| human(i.capacity_bytes)).unwrap_or_default();
-                writeln!(ctx.out, "added disk {id} at {} ({shown})", disk.display())?;
-                let free = dfs_engine::media::dirdisk::filesystem_free_bytes(&disk);
-                if let (Some(declared), Some(free)) = (capacity, free) {
-                    if declared > free {
-                        writeln!(
-                            ctx.out,
-                            "warning: --capacity {} is more than the {} free on the filesystem of {}; the disk \
-                             will be full (dfs health says so) when that filesystem fills up",
-                            human(declared),
-                            human(free),
-                            disk.display()
-                        )?;
-                    }
-                }
-            }
-            Ok(())
-        }
-        Command::ListDisks { pool: _, json } => {
-            let disks = ctx.pool.disk_infos();
-            if json.json {
-                return print_json(ctx.out, &disks);
-            }
-            let rows: Vec<Vec<String>> = disks
-                .iter()
-                .map(|d| {
-                    vec![
-                        d.id.clone(),
-                        d.path.clone(),
-                        human(d.capacity_bytes),
-                        human(d.used_bytes),
-                        disk_state_text(&d.state, d.reachable, d.offline_reason.is_some(), d.full),
-                        since_text(d.changed_secs),
-                        d.fragments.to_string(),
-                        if d.journal_replica { "yes".into() } else { "no".into() },
-                    ]
-                })
-                .collect();
-            let mut text =
-                table::render(&["ID", "PATH", "CAPACITY", "USED", "STATE", "SINCE", "FRAGMENTS", "JOURNAL"], &rows);
-            for d in disks.iter().filter(|d| d.offline_reason.is_some()) {
-                text.push_str(&format!(
-                    "\n{} is offline: {}; {} extent(s) written meanwhile will be repaired onto it when it is back; \
-                     it is marked failed at {} unless it returns (dfs fail-disk does it now)",
-                    d.id,
-                    d.offline_reason.clone().unwrap_or_default(),
-                    d.owed_extents,
-                    since_text(d.fails_at_secs),
-                ));
-            }
-            print_text(ctx.out, &text)
-        }
+        Command::AddDisk { pool: _, disks, capacity } => crate::admin::add_disks(ctx, disks, capacity),
+        Command::ListDisks { pool: _, json } => crate::admin::list_disks(ctx, json.json),
         Command::Put { pool: _, local, pool_path, policy } => crate::files::put(ctx, &local, &pool_path, policy),
         Command::Get { pool: _, pool_path, local } => crate::files::get(ctx, &pool_path, &local),
         Command::Ls { pool: _, pool_path, json } => crate::files::ls(ctx, &pool_path, json.json),
@@ -427,66 +274,9 @@ fn execute_command(command: Command, ctx: &mut Ctx<'_>) -> Result<()> {
             crate::files::mkdir(ctx.pool, &pool_path, parents, policy)
         }
         Command::ListExtents { pool: _, pool_path, verify, json } => {
-            let under = match &pool_path {
-                Some(path) => Some(ctx.pool.resolve(path).map_err(engine)?),
-                None => None,
-            };
-            let extents = ctx.pool.list_extents(under, verify);
-            if json.json {
-                return print_json(ctx.out, &extents);
-            }
-            let rows: Vec<Vec<String>> = extents
-                .iter()
-                .map(|e| {
-                    vec![
-                        e.extent.clone(),
-                        table::shorten(&e.file, FILE_COLUMN_MAX),
-                        e.offset.to_string(),
-                        e.length.to_string(),
-                        e.policy.clone(),
-                        e.health.to_string(),
-                        format!("{}/{}", e.fragments_available, e.fragments_total),
-                        e.disks.join(","),
-                    ]
-                })
-                .collect();
-            print_text(
-                ctx.out,
-                &table::render(
-                    &["EXTENT", "FILE", "OFFSET", "LENGTH", "POLICY", "HEALTH", "FRAGMENTS", "DISKS"],
-                    &rows,
-                ),
-            )
+            crate::observe::list_extents(ctx, pool_path, verify, json.json)
         }
-        Command::ShowRedundancy { pool: _, verify, json } => {
-            let summary = ctx.pool.redundancy_summary(verify);
-            if json.json {
-                return print_json(ctx.out, &summary);
-            }
-            let mut text = String::from("By policy:\n");
-            let rows: Vec<Vec<String>> = summary
-                .by_policy
-                .iter()
-                .map(|(policy, t)| vec![policy.clone(), t.extents.to_string(), human(t.bytes)])
-                .collect();
-            text.push_str(&table::render(&["POLICY", "EXTENTS", "BYTES"], &rows));
-            text.push_str("\nBy health:\n");
-            let rows: Vec<Vec<String>> = summary
-                .by_health
-                .iter()
-                .map(|(health, t)| vec![health.to_string(), t.extents.to_string(), human(t.bytes)])
-                .collect();
-            text.push_str(&table::render(&["HEALTH", "EXTENTS", "BYTES"], &rows));
-            text.push_str(&format!(
-                "\nData bytes: {} ({})\nRaw bytes stored: {} ({})\nOverhead ratio: {:.3}\n",
-                summary.data_bytes,
-                human(summary.data_bytes),
-                summary.raw_bytes,
-                human(summary.raw_bytes),
-                summary.overhead_ratio
-            ));
-            print_text(ctx.out, &text)
-        }
+        Command::ShowRedundancy { pool: _, verify, json } => crate::observe::show_redundancy(ctx, verify, json.json),
     }
 }
 

@@ -1,6 +1,6 @@
-//! `dfs status`, `dfs health` and `dfs metrics`: what an operator looks at. Glue over
-//! `dfs_engine::reports::health` and `dfs_engine::reports::metrics`; `metrics` renders the same text the
-//! daemon's `/metrics` serves.
+//! `dfs status`, `dfs health`, `dfs metrics`, `dfs list-extents` and `dfs show-redundancy`:
+//! what an operator looks at. Glue over `dfs_engine::reports`; `metrics` renders the same
+//! text the daemon's `/metrics` serves.
 
 use anyhow::{bail, Result};
 use dfs_engine::base::units::human;
@@ -146,5 +146,71 @@ pub(crate) fn metrics(ctx: &mut Ctx<'_>, json: bool) -> Result<()> {
         return print_json(ctx.out, &snapshot);
     }
     let text = crate::exporter::render(&snapshot).map_err(|e| engine(dfs_engine::Error::Io(e.to_string())))?;
+    print_text(ctx.out, &text)
+}
+
+/// Widest FILE column of `list-extents`: longer paths keep their start and end.
+const FILE_COLUMN_MAX: usize = 48;
+
+/// `dfs list-extents`: every extent (or those of the files under `pool_path`) with its
+/// file, policy, health and disks.
+pub(crate) fn list_extents(ctx: &mut Ctx<'_>, pool_path: Option<String>, verify: bool, json: bool) -> Result<()> {
+    let under = match &pool_path {
+        Some(path) => Some(ctx.pool.resolve(path).map_err(engine)?),
+        None => None,
+    };
+    let extents = ctx.pool.list_extents(under, verify);
+    if json {
+        return print_json(ctx.out, &extents);
+    }
+    let rows: Vec<Vec<String>> = extents
+        .iter()
+        .map(|e| {
+            vec![
+                e.extent.clone(),
+                table::shorten(&e.file, FILE_COLUMN_MAX),
+                e.offset.to_string(),
+                e.length.to_string(),
+                e.policy.clone(),
+                e.health.to_string(),
+                format!("{}/{}", e.fragments_available, e.fragments_total),
+                e.disks.join(","),
+            ]
+        })
+        .collect();
+    print_text(
+        ctx.out,
+        &table::render(&["EXTENT", "FILE", "OFFSET", "LENGTH", "POLICY", "HEALTH", "FRAGMENTS", "DISKS"], &rows),
+    )
+}
+
+/// `dfs show-redundancy`: the pool's data by policy and by health, and its overhead.
+pub(crate) fn show_redundancy(ctx: &mut Ctx<'_>, verify: bool, json: bool) -> Result<()> {
+    let summary = ctx.pool.redundancy_summary(verify);
+    if json {
+        return print_json(ctx.out, &summary);
+    }
+    let mut text = String::from("By policy:\n");
+    let rows: Vec<Vec<String>> = summary
+        .by_policy
+        .iter()
+        .map(|(policy, t)| vec![policy.clone(), t.extents.to_string(), human(t.bytes)])
+        .collect();
+    text.push_str(&table::render(&["POLICY", "EXTENTS", "BYTES"], &rows));
+    text.push_str("\nBy health:\n");
+    let rows: Vec<Vec<String>> = summary
+        .by_health
+        .iter()
+        .map(|(health, t)| vec![health.to_string(), t.extents.to_string(), human(t.bytes)])
+        .collect();
+    text.push_str(&table::render(&["HEALTH", "EXTENTS", "BYTES"], &rows));
+    text.push_str(&format!(
+        "\nData bytes: {} ({})\nRaw bytes stored: {} ({})\nOverhead ratio: {:.3}\n",
+        summary.data_bytes,
+        human(summary.data_bytes),
+        summary.raw_bytes,
+        human(summary.raw_bytes),
+        summary.overhead_ratio
+    ));
     print_text(ctx.out, &text)
 }
