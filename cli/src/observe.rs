@@ -173,8 +173,12 @@ pub(crate) fn list_extents(ctx: &mut Ctx<'_>, pool_path: Option<String>, verify:
                 e.length.to_string(),
                 e.policy.clone(),
                 e.health.to_string(),
-                format!("{}/{}", e.fragments_available, e.fragments_total),
-                e.disks.join(","),
+                if e.inline {
+                    "inline".to_string()
+                } else {
+                    format!("{}/{}", e.fragments_available, e.fragments_total)
+                },
+                if e.inline { "metadata".to_string() } else { e.disks.join(",") },
             ]
         })
         .collect();
@@ -205,9 +209,12 @@ pub(crate) fn show_redundancy(ctx: &mut Ctx<'_>, verify: bool, json: bool) -> Re
         .collect();
     text.push_str(&table::render(&["HEALTH", "EXTENTS", "BYTES"], &rows));
     text.push_str(&format!(
-        "\nData bytes: {} ({})\nRaw bytes stored: {} ({})\nOverhead ratio: {:.3}\n",
+        "\nData bytes: {} ({}), of which inline in the metadata: {} ({})\nRaw bytes stored in fragments: {} \
+         ({})\nOverhead ratio: {:.3}\n",
         summary.data_bytes,
         human(summary.data_bytes),
+        summary.inline_bytes,
+        human(summary.inline_bytes),
         summary.raw_bytes,
         human(summary.raw_bytes),
         summary.overhead_ratio

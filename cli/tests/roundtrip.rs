@@ -27,8 +27,15 @@ fn every_size_under_every_policy_reads_back_byte_for_byte() {
         }
     }
     let extents = pool.json("list-extents");
+    let mut inline_bytes = 0;
     for extent in extents.as_array().unwrap() {
         assert_eq!(extent["health"], "healthy");
+        // A small file's bytes live in the metadata, and only there: no fragment.
+        let inline = extent["inline"].as_bool().unwrap();
+        assert_eq!(inline, extent["fragments_total"] == 0, "{extent}");
+        if inline {
+            inline_bytes += extent["length"].as_u64().unwrap();
+        }
         let disks: Vec<&str> = extent["disks"].as_array().unwrap().iter().map(|d| d.as_str().unwrap()).collect();
         let mut distinct = disks.clone();
         distinct.sort();
@@ -38,6 +45,11 @@ fn every_size_under_every_policy_reads_back_byte_for_byte() {
     let summary = pool.json("show-redundancy");
     let data_bytes: u64 = POLICIES.len() as u64 * SIZES.iter().map(|s| *s as u64).sum::<u64>();
     assert_eq!(summary["data_bytes"], data_bytes);
+    assert!(inline_bytes > 0, "the 1- and 4095-byte files are held inline");
+    assert_eq!(summary["inline_bytes"], inline_bytes);
+    let table = ok(&["list-extents", "--pool", pool.path(), "/f-0-1"]);
+    let row = table.lines().find(|line| line.contains("/f-0-1")).unwrap();
+    assert!(row.contains(" inline ") && row.trim_end().ends_with("metadata"), "{row}");
     for policy in POLICIES {
         assert!(summary["by_policy"][policy]["extents"].as_u64().unwrap() > 0, "{policy} missing from the summary");
     }

@@ -78,6 +78,9 @@ pub struct ExtentInfo {
     pub length: u32,
     pub policy: String,
     pub codec: String,
+    /// Held inline in the metadata (a small file's bytes): no fragments, and as healthy
+    /// as the metadata that holds it.
+    pub inline: bool,
     pub health: Health,
     pub fragments_available: usize,
     pub fragments_total: usize,
@@ -98,6 +101,9 @@ pub struct RedundancySummary {
     pub by_health: BTreeMap<Health, Tally>,
     /// File bytes held in extents.
     pub data_bytes: u64,
+    /// The part of `data_bytes` held inline in the metadata (small files): in no fragment,
+    /// so not in `raw_bytes`.
+    pub inline_bytes: u64,
     /// Bytes of fragment blocks on disks (headers and padding included).
     pub raw_bytes: u64,
     /// `raw_bytes / data_bytes`.
@@ -241,6 +247,7 @@ impl Pool {
                     length: record.len,
                     policy: record.policy.to_string(),
                     codec: format!("{:?}", record.codec),
+                    inline: record.is_inline(),
                     health,
                     fragments_available: available,
                     fragments_total: record.fragments.len(),
@@ -265,6 +272,9 @@ impl Pool {
             tally.extents += 1;
             tally.bytes += bytes;
             summary.data_bytes += bytes;
+            if record.is_inline() {
+                summary.inline_bytes += bytes;
+            }
             let block = (fragment::HEADER_LEN + codec::shard_len(record.policy, record.len as usize)) as u64;
             summary.raw_bytes += block * record.fragments.len() as u64;
         }
