@@ -323,7 +323,7 @@ pub(crate) fn serve(addr: SocketAddr, pool: Arc<Mutex<Pool>>, pool_dir: std::pat
             let path = request.url().split('?').next().unwrap_or("").to_string();
             let response = match (request.method(), path.as_str()) {
                 (tiny_http::Method::Get, "/metrics") => {
-                    let snapshot = pool.lock().unwrap_or_else(|p| p.into_inner()).metrics();
+                    let snapshot = dfs_engine::pool::lock(&pool).metrics();
                     match render(&snapshot) {
                         Ok(text) => with_header(
                             tiny_http::Response::from_string(text),
@@ -334,8 +334,7 @@ pub(crate) fn serve(addr: SocketAddr, pool: Arc<Mutex<Pool>>, pool_dir: std::pat
                     }
                 }
                 (tiny_http::Method::Get, "/health") => {
-                    let report =
-                        pool.lock().unwrap_or_else(|p| p.into_inner()).known_pool_health().naming_pool(&pool_dir);
+                    let report = dfs_engine::pool::lock(&pool).known_pool_health().naming_pool(&pool_dir);
                     let body = serde_json::to_string(&report).unwrap_or_else(|_| "{}".into());
                     let response =
                         tiny_http::Response::from_string(body).with_status_code(if report.healthy { 200 } else { 503 });

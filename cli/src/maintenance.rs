@@ -160,7 +160,7 @@ pub(crate) fn scrub(ctx: &mut Ctx<'_>, repair: bool, path: Option<String>, json:
 /// between steps.
 pub(crate) fn scrub_in_daemon(command: Command, pool: &Mutex<Pool>, out: &mut dyn Write) -> Result<()> {
     let Command::Scrub { repair, path, json, .. } = command else { bail!("not a scrub command") };
-    let lock = || pool.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let lock = || dfs_engine::pool::lock(pool);
     let run = plan(&lock(), path.as_deref(), repair)?;
     let report = drive(run, false, &mut |run| lock().scrub_run_step(run, SCRUB_STEP_EXTENTS).map_err(engine))?;
     finish(out, &report, repair, json.json)

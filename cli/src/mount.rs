@@ -636,7 +636,7 @@ impl Chores {
         }
         let mut worked = false;
         if Instant::now() >= self.idle_until {
-            let mut guard = pool.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            let mut guard = dfs_engine::pool::lock(pool);
             match guard.background_step() {
                 Ok(0) => self.idle_until = Instant::now() + IDLE_BACKOFF,
                 Ok(extents) => {
@@ -651,7 +651,7 @@ impl Chores {
         }
         if self.last_orphan_gc.elapsed() >= ORPHAN_GC_INTERVAL {
             self.last_orphan_gc = Instant::now();
-            let mut guard = pool.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            let mut guard = dfs_engine::pool::lock(pool);
             match guard.cleanup_orphans(ORPHAN_GC_INTERVAL.as_secs()) {
                 Ok(cleanup) if cleanup.deleted > 0 => {
                     tracing::info!(deleted = cleanup.deleted, bytes = cleanup.bytes_freed, "orphan fragments collected")
@@ -661,7 +661,7 @@ impl Chores {
             }
         }
         {
-            let mut guard = pool.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            let mut guard = dfs_engine::pool::lock(pool);
             match guard.scrub_tick() {
                 Ok(tick) => {
                     worked |= tick.extents > 0
@@ -733,7 +733,7 @@ pub fn serve_unmounted(
 
 /// Probes the disks (see `dfs_engine::services::reachability`); whether a disk rejoined or failed.
 fn check_disks(pool: &Mutex<dfs_engine::Pool>) -> bool {
-    let mut pool = pool.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let mut pool = dfs_engine::pool::lock(pool);
     match pool.check_disks() {
         Ok(check) => !check.rejoined.is_empty() || !check.failed.is_empty(),
         Err(error) => {
@@ -744,7 +744,7 @@ fn check_disks(pool: &Mutex<dfs_engine::Pool>) -> bool {
 }
 
 fn tiering_timers(pool: &Mutex<dfs_engine::Pool>) {
-    let mut pool = pool.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let mut pool = dfs_engine::pool::lock(pool);
     match pool.tiering_tick() {
         Ok(report) => {
             if let Some(pass) = report.pass {
