@@ -4,6 +4,7 @@
 
 use anyhow::{bail, Result};
 use dfs_engine::base::units::human;
+use dfs_engine::reports::report::Tally;
 
 use crate::context::{engine, print_json, print_text, Ctx};
 use crate::table;
@@ -195,19 +196,9 @@ pub(crate) fn show_redundancy(ctx: &mut Ctx<'_>, verify: bool, json: bool) -> Re
         return print_json(ctx.out, &summary);
     }
     let mut text = String::from("By policy:\n");
-    let rows: Vec<Vec<String>> = summary
-        .by_policy
-        .iter()
-        .map(|(policy, t)| vec![policy.clone(), t.extents.to_string(), human(t.bytes)])
-        .collect();
-    text.push_str(&table::render(&["POLICY", "EXTENTS", "BYTES"], &rows));
+    text.push_str(&tally_table("POLICY", summary.by_policy.iter().map(|(policy, t)| (policy.clone(), t))));
     text.push_str("\nBy health:\n");
-    let rows: Vec<Vec<String>> = summary
-        .by_health
-        .iter()
-        .map(|(health, t)| vec![health.to_string(), t.extents.to_string(), human(t.bytes)])
-        .collect();
-    text.push_str(&table::render(&["HEALTH", "EXTENTS", "BYTES"], &rows));
+    text.push_str(&tally_table("HEALTH", summary.by_health.iter().map(|(health, t)| (health.to_string(), t))));
     text.push_str(&format!(
         "\nData bytes: {} ({}), of which inline in the metadata: {} ({})\nRaw bytes stored in fragments: {} \
          ({})\nOverhead ratio: {:.3}\n",
@@ -220,4 +211,10 @@ pub(crate) fn show_redundancy(ctx: &mut Ctx<'_>, verify: bool, json: bool) -> Re
         summary.overhead_ratio
     ));
     print_text(ctx.out, &text)
+}
+
+/// A table of extents and bytes per `key` (a policy, a health).
+fn tally_table<'a>(key: &str, tallies: impl Iterator<Item = (String, &'a Tally)>) -> String {
+    let rows: Vec<Vec<String>> = tallies.map(|(name, t)| vec![name, t.extents.to_string(), human(t.bytes)]).collect();
+    table::render(&[key, "EXTENTS", "BYTES"], &rows)
 }
