@@ -231,3 +231,66 @@ fn overwriting_and_deleting_ten_times_the_pool_never_runs_out_of_room() {
     let expected = live_bytes * 3 / 2;
     assert!(raw.abs_diff(expected) * 10 <= expected, "disks hold {raw} bytes of fragments for {expected} expected");
 }
+
+/// Unmounts a filesystem mounted for a test (`umount -l`) on drop.
+struct Filesystem(PathBuf);
+
+impl Drop for Filesystem {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+/// Three disks that are directories of one 96 MiB filesystem, without declared sizes:
+/// each sees the filesystem's free space as its own, and the pool counts it once. `df`
+/// shows what `erasure:2+1` can store in 96 MiB, not three times that; a write the
+/// filesystem cannot take fails itself with ENOSPC (before, every write was taken and
+/// the `fsync` failed), and the file holds what was written before it.
+#[test]
+fn disks_on_one_filesystem_count_its_free_space_once() {
+    let root = tempfile::tempdir().unwrap();
+    let shared = root.path().join("fs");
+    fs::create_dir(&shared).unwrap();
+    let status = Command::new("mount").args(["-t", "tmpfs", "-o", "size=96m", "tmpfs"]).arg(&shared).status().unwrap();
+    assert!(status.success(), "mounting a tmpfs needs root");
+    let filesystem = Filesystem(shared.clone());
+    let pool = Pool { root, disks: (0..3).map(|i| shared.join(format!("disk{i}"))).collect() };
+    ok(&["init", "--pool", pool.path(), "--policy", "erasure:2+1"]);
+    for disk in &pool.disks {
+        fs::create_dir(disk).unwrap();
+        ok(&["add-disk", "--pool", pool.path(), "--disk", disk.to_str().unwrap()]);
+    }
+    let capacities: u64 =
+        pool.json("list-disks").as_array().unwrap().iter().map(|d| d["capacity_bytes"].as_u64().unwrap()).sum();
+    assert!(capacities <= 96 << 20, "three disks on 96 MiB claim {capacities} bytes");
+
+    let mnt = pool.local("mnt");
+    let unmount = mount(&pool, &mnt);
+    let (size, _, available) = df(&mnt);
+    assert!(size <= 64 << 20, "df shows {size} bytes where erasure:2+1 fits at most 64 MiB");
+    assert!(available > 48 << 20, "df shows only {available} bytes free of 64 MiB");
+
+    let data = pattern(128 << 20, 11);
+    let source = pool.local("source");
+    fs::write(&source, &data).unwrap();
+    let dd = Command::new("dd")
+        .arg(format!("if={}", source.display()))
+        .arg(format!("of={}", mnt.join("big").display()))
+        .args(["bs=1M", "conv=fsync"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&dd.stderr);
+    assert!(!dd.status.success(), "128 MiB fit in 64?");
+    assert!(stderr.contains("error writing") && stderr.contains("No space left on device"), "{stderr}");
+
+    let held = read_uncached(&mnt.join("big"));
+    assert!(held.len() > 40 << 20, "only {} bytes taken before the pool was full", held.len());
+    assert!(held == data[..held.len()], "the file is not what was written");
+    ok(&["umount", mnt.to_str().unwrap()]);
+    drop(unmount);
+    let unmount = mount(&pool, &mnt);
+    assert!(read_uncached(&mnt.join("big")) == data[..held.len()], "after a remount");
+    ok(&["umount", mnt.to_str().unwrap()]);
+    drop(unmount);
+    drop(filesystem);
+}

@@ -19,7 +19,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use dfs_engine::media::device::{BlockDevice, BlockKind, BlockName, Created, DeviceError};
+use dfs_engine::media::device::{BlockDevice, BlockKind, BlockName, Created, DeviceError, SharedFree};
 use serde::{Deserialize, Serialize};
 
 /// Stops every device of one machine at once. Shared by all `FaultyDevice`s of a world.
@@ -321,6 +321,13 @@ impl<D: BlockDevice> BlockDevice for FaultyDevice<D> {
             return self.inner.capacity_bytes();
         }
         self.inner.used_bytes()
+    }
+
+    fn shared_free(&self) -> Option<SharedFree> {
+        if self.is_down() {
+            return None;
+        }
+        self.inner.shared_free()
     }
 
     fn describe(&self) -> String {

@@ -232,6 +232,16 @@ impl DeviceError {
     }
 }
 
+/// Free space that several devices may draw on (`BlockDevice::shared_free`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SharedFree {
+    /// Which free space: equal for every device drawing on the same (a filesystem's
+    /// device number).
+    pub source: u64,
+    /// Bytes free there now, as this device last measured them.
+    pub free: u64,
+}
+
 /// One block of `BlockDevice::write_parts_batch`: its name, head and body.
 pub type PartsBlock<'a> = (BlockName, &'a [u8], &'a [u8]);
 
@@ -352,6 +362,15 @@ pub trait BlockDevice: Send + Sync {
 
     /// Bytes currently held by blocks.
     fn used_bytes(&self) -> u64;
+
+    /// The free space this device's room comes out of, when other devices may draw on
+    /// the same (`DirDisk`: the filesystem its directory is on): what one of them writes,
+    /// the others no longer have, so the pool counts that free space once, not once per
+    /// device (`Pool::disk_capacities`). `None` (the default): the room is this
+    /// device's own.
+    fn shared_free(&self) -> Option<SharedFree> {
+        None
+    }
 
     /// A human-readable location (a path for `DirDisk`), for messages.
     fn describe(&self) -> String;

@@ -27,7 +27,9 @@ use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
 
 use crate::base::io::run_all;
-use crate::media::device::{write_each, BlockCheck, BlockDevice, BlockKind, BlockName, DeviceError, PartsBlock};
+use crate::media::device::{
+    write_each, BlockCheck, BlockDevice, BlockKind, BlockName, DeviceError, PartsBlock, SharedFree,
+};
 use crate::media::journal_log::{self, JournalLog, LOG_RECORD_MAX};
 use crate::media::label::DiskLabel;
 use crate::media::landing::Landing;
@@ -732,6 +734,13 @@ impl BlockDevice for DirDisk {
         // log's lock may be held while `state` is taken, never the other way round.
         let files = self.lock().used_bytes;
         files + self.segments.used_bytes() + self.journal.used_bytes()
+    }
+
+    /// The filesystem under the root: directories on one filesystem draw on its free
+    /// space together.
+    fn shared_free(&self) -> Option<SharedFree> {
+        let free = self.free_bytes(self.used_bytes())?;
+        Some(SharedFree { source: self.root_identity.0, free })
     }
 
     fn describe(&self) -> String {

@@ -36,7 +36,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::base::clock::WallTime;
-use crate::media::device::{BlockCheck, BlockDevice, BlockKind, BlockName, Created, DeviceError};
+use crate::media::device::{BlockCheck, BlockDevice, BlockKind, BlockName, Created, DeviceError, SharedFree};
 use crate::media::frame::{self, FrameKind};
 use crate::media::landing::Landing;
 
@@ -290,6 +290,10 @@ impl BlockDevice for OwnedDevice {
 
     fn used_bytes(&self) -> u64 {
         self.inner.used_bytes()
+    }
+
+    fn shared_free(&self) -> Option<SharedFree> {
+        self.inner.shared_free()
     }
 
     fn describe(&self) -> String {

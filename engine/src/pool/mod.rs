@@ -16,6 +16,7 @@ pub(crate) mod op_stats;
 pub(crate) mod open_files;
 pub(crate) mod probes;
 pub(crate) mod scrub_order;
+pub(crate) mod shared_space;
 pub(crate) mod stored;
 pub(crate) mod undurable;
 pub(crate) mod writing;
@@ -969,9 +970,10 @@ impl Pool {
         let mut total_room = Vec::new();
         let mut free_room = Vec::new();
         let deferred = self.deferred_bytes();
+        let capacities = self.disk_capacities();
         for disk in self.state.disks.values().filter(|d| d.state == DiskState::Active) {
             let Some(device) = self.devices.get(&disk.id) else { continue };
-            let capacity = match device.capacity_bytes() {
+            let capacity = match capacities.get(&disk.id).copied().unwrap_or(0) {
                 0 => disk.capacity_bytes.unwrap_or(0),
                 known => known,
             };
@@ -996,6 +998,28 @@ impl Pool {
         let free = free.min(total);
         debug_assert!(free <= total);
         (total, free)
+    }
+
+    /// The capacity of each active disk as the pool counts it: its device's, except that
+    /// free space several disks draw on (directories on one filesystem) is counted once
+    /// (`shared_space`).
+    pub(crate) fn disk_capacities(&self) -> BTreeMap<DiskId, u64> {
+        let disks: Vec<shared_space::DiskSpace> = self
+            .state
+            .disks
+            .values()
+            .filter(|d| d.state == DiskState::Active)
+            .filter_map(|d| {
+                let device = self.devices.get(&d.id)?;
+                Some(shared_space::DiskSpace {
+                    id: d.id,
+                    capacity: device.capacity_bytes(),
+                    used: device.used_bytes(),
+                    shared: device.shared_free(),
+                })
+            })
+            .collect();
+        shared_space::share_free_space(&disks)
     }
 }
 

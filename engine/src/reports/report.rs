@@ -42,6 +42,8 @@ pub struct DiskInfo {
     pub id: String,
     pub uuid: String,
     pub path: String,
+    /// What it may hold: of an active disk, with free space it shares with other disks
+    /// of the pool (directories on one filesystem) split among them (`Pool::space_for`).
     pub capacity_bytes: u64,
     pub used_bytes: u64,
     /// `active`, `draining`, `failed`, `removed`, or `offline` (`offline (draining)`).
@@ -114,6 +116,7 @@ impl Pool {
     /// Every disk with its usage.
     pub fn disk_infos(&self) -> Vec<DiskInfo> {
         let journal: BTreeSet<DiskId> = self.journal_disks().into_iter().collect();
+        let capacities = self.disk_capacities();
         self.state
             .disks
             .values()
@@ -126,7 +129,10 @@ impl Pool {
                     (None, state) => state.to_string(),
                 };
                 let grace = i64::try_from(self.state.availability.grace_secs).unwrap_or(i64::MAX);
-                let capacity_bytes = device.map(|d| d.capacity_bytes()).unwrap_or(0);
+                let capacity_bytes = match capacities.get(&disk.id) {
+                    Some(capacity) => *capacity,
+                    None => device.map(|d| d.capacity_bytes()).unwrap_or(0),
+                };
                 let used_bytes = device.map(|d| d.used_bytes()).unwrap_or(0);
                 DiskInfo {
                     id: disk.id.to_string(),

@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use dfs_engine::media::device::{BlockDevice, BlockKind, BlockName, DeviceError};
+use dfs_engine::media::device::{BlockDevice, BlockKind, BlockName, DeviceError, SharedFree};
 use dfs_sim::memdisk::MemDisk;
 
 /// Called with a block's name before the disk reads or writes it.
@@ -52,6 +52,9 @@ impl BlockDevice for Tapped {
     }
     fn used_bytes(&self) -> u64 {
         self.disk.used_bytes()
+    }
+    fn shared_free(&self) -> Option<SharedFree> {
+        self.disk.shared_free()
     }
     fn describe(&self) -> String {
         self.disk.describe()
