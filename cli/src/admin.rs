@@ -506,8 +506,18 @@ pub(crate) fn add_disks(ctx: &mut Ctx<'_>, disks: Vec<PathBuf>, capacity: Option
             continue;
         }
         let info = ctx.pool.disk_infos().into_iter().find(|d| d.id == id.to_string());
-        let shown = info.map(|i| human(i.capacity_bytes)).unwrap_or_default();
+        let shown = info.as_ref().map(|i| human(i.capacity_bytes)).unwrap_or_default();
         writeln!(ctx.out, "added disk {id} at {} ({shown})", disk.display())?;
+        // Said when a filesystem first holds two disks; `list-disks` names every group.
+        if let Some(others) = info.map(|i| i.shares_filesystem_with).filter(|o| o.len() == 1) {
+            writeln!(
+                ctx.out,
+                "note: {id} is a directory of the same filesystem as {}: disks there share its free space, and \
+                 losing that filesystem loses them all at once, which no policy over them survives (dfs list-disks \
+                 names them)",
+                others.join(", ")
+            )?;
+        }
         let free = dfs_engine::media::dirdisk::filesystem_free_bytes(&disk);
         if let (Some(declared), Some(free)) = (capacity, free) {
             if declared > free {
@@ -547,15 +557,39 @@ pub(crate) fn list_disks(ctx: &mut Ctx<'_>, json: bool) -> Result<()> {
         })
         .collect();
     let mut text = table::render(&["ID", "PATH", "CAPACITY", "USED", "STATE", "SINCE", "FRAGMENTS", "JOURNAL"], &rows);
-    for d in disks.iter().filter(|d| d.offline_reason.is_some()) {
-        text.push_str(&format!(
-            "\n{} is offline: {}; {} extent(s) written meanwhile will be repaired onto it when it is back; \
+    let mut groups: Vec<Vec<&str>> = Vec::new();
+    for d in disks.iter().filter(|d| !d.shares_filesystem_with.is_empty()) {
+        let mut group: Vec<&str> = d.shares_filesystem_with.iter().map(String::as_str).collect();
+        group.push(&d.id);
+        group.sort_by_key(|id| (id.len(), *id));
+        if !groups.contains(&group) {
+            groups.push(group);
+        }
+    }
+    let mut notes: Vec<String> = groups
+        .iter()
+        .map(|group| {
+            format!(
+                "{} are directories of one filesystem: they share its free space (CAPACITY shows each its share), \
+                 and losing that filesystem loses them all at once, which no policy over them survives",
+                group.join(", ")
+            )
+        })
+        .collect();
+    notes.extend(disks.iter().filter(|d| d.offline_reason.is_some()).map(|d| {
+        format!(
+            "{} is offline: {}; {} extent(s) written meanwhile will be repaired onto it when it is back; \
              it is marked failed at {} unless it returns (dfs fail-disk does it now)",
             d.id,
             d.offline_reason.clone().unwrap_or_default(),
             d.owed_extents,
             since_text(d.fails_at_secs),
-        ));
+        )
+    }));
+    for note in notes {
+        text.push('\n');
+        text.push_str(&note);
+        text.push('\n');
     }
     print_text(ctx.out, &text)
 }

@@ -256,13 +256,20 @@ fn disks_on_one_filesystem_count_its_free_space_once() {
     let filesystem = Filesystem(shared.clone());
     let pool = Pool { root, disks: (0..3).map(|i| shared.join(format!("disk{i}"))).collect() };
     ok(&["init", "--pool", pool.path(), "--policy", "erasure:2+1"]);
-    for disk in &pool.disks {
+    for (i, disk) in pool.disks.iter().enumerate() {
         fs::create_dir(disk).unwrap();
-        ok(&["add-disk", "--pool", pool.path(), "--disk", disk.to_str().unwrap()]);
+        let added = ok(&["add-disk", "--pool", pool.path(), "--disk", disk.to_str().unwrap()]);
+        // Said once, when the filesystem first holds two disks.
+        assert_eq!(added.contains("is a directory of the same filesystem as d1"), i == 1, "{added}");
     }
-    let capacities: u64 =
-        pool.json("list-disks").as_array().unwrap().iter().map(|d| d["capacity_bytes"].as_u64().unwrap()).sum();
+    let disks = pool.json("list-disks");
+    let capacities: u64 = disks.as_array().unwrap().iter().map(|d| d["capacity_bytes"].as_u64().unwrap()).sum();
     assert!(capacities <= 96 << 20, "three disks on 96 MiB claim {capacities} bytes");
+    for disk in disks.as_array().unwrap() {
+        assert_eq!(disk["shares_filesystem_with"].as_array().unwrap().len(), 2, "{disk}");
+    }
+    let listed = ok(&["list-disks", "--pool", pool.path()]);
+    assert!(listed.contains("d1, d2, d3 are directories of one filesystem"), "{listed}");
 
     let mnt = pool.local("mnt");
     let unmount = mount(&pool, &mnt);

@@ -62,6 +62,10 @@ pub struct DiskInfo {
     /// Less room left than one fragment of a full extent: its declared capacity, or the
     /// filesystem it lives on, is exhausted.
     pub full: bool,
+    /// The other active disks that are directories of the same filesystem as this one
+    /// (active itself): they share its free space, and whatever takes that filesystem
+    /// down takes them together, whatever the policy.
+    pub shares_filesystem_with: Vec<String>,
 }
 
 /// Free space below which a disk counts as full: one fragment of a full extent.
@@ -117,6 +121,21 @@ impl Pool {
     pub fn disk_infos(&self) -> Vec<DiskInfo> {
         let journal: BTreeSet<DiskId> = self.journal_disks().into_iter().collect();
         let capacities = self.disk_capacities();
+        let sources: BTreeMap<DiskId, u64> = self
+            .state
+            .disks
+            .values()
+            .filter(|d| d.state == DiskState::Active)
+            .filter_map(|d| Some((d.id, self.devices.get(&d.id)?.shared_free()?.source)))
+            .collect();
+        let sharing = |id: DiskId| -> Vec<String> {
+            let Some(source) = sources.get(&id) else { return Vec::new() };
+            sources
+                .iter()
+                .filter(|(other, s)| **other != id && *s == source)
+                .map(|(other, _)| other.to_string())
+                .collect()
+        };
         self.state
             .disks
             .values()
@@ -151,6 +170,7 @@ impl Pool {
                     full: disk.state == DiskState::Active
                         && offline.is_none()
                         && capacity_bytes.saturating_sub(used_bytes) < FULL_BELOW_BYTES,
+                    shares_filesystem_with: sharing(disk.id),
                 }
             })
             .collect()
