@@ -291,6 +291,35 @@ fn prepare_mountpoint(mountpoint: &Path, nonempty: bool) -> Result<PathBuf> {
     Ok(mountpoint)
 }
 
+/// Refuses a mountpoint (canonical) that is, or holds, the pool directory or one of its
+/// disk directories: the mount would cover them, and the daemon, which reaches them
+/// through their paths, would wait on itself — every access to the mount would hang. A
+/// pool whose configuration cannot be read is left to the open to report.
+fn refuse_mountpoint_over_disks(pool: &Path, mountpoint: &Path) -> Result<()> {
+    let Ok((pool_dir, config)) = dfs_engine::pooldir::PoolDir::read_config(pool) else { return Ok(()) };
+    if pool_dir.starts_with(mountpoint) {
+        bail!(
+            "mountpoint {} {} the pool directory {}: the mount would hide it from the daemon; choose a \
+             mountpoint outside it (EINVAL)",
+            mountpoint.display(),
+            if pool_dir == mountpoint { "is" } else { "holds" },
+            pool_dir.display()
+        );
+    }
+    for disk in config.disks.iter().filter_map(|d| d.path.local()) {
+        if disk.starts_with(mountpoint) {
+            bail!(
+                "mountpoint {} {} disk {} of the pool: the mount would hide it from the daemon, which reaches \
+                 its disks through their paths; choose a mountpoint outside the pool's disks (EINVAL)",
+                mountpoint.display(),
+                if disk == mountpoint { "is" } else { "holds" },
+                disk.display()
+            );
+        }
+    }
+    Ok(())
+}
+
 /// Lazily unmounts a dead FUSE mount, through the kernel as root, else `fusermount3`.
 fn detach_dead_mount(target: &Path) -> Result<()> {
     if kernel_mount::is_root() {
@@ -366,6 +395,7 @@ pub fn mount_foreground(
     execute: crate::control::Execute,
 ) -> Result<()> {
     let mountpoint = prepare_mountpoint(mountpoint, settings.nonempty)?;
+    refuse_mountpoint_over_disks(pool, &mountpoint)?;
     take_over(pool)?;
     serve(pool, &mountpoint, settings, execute)
 }
@@ -374,6 +404,7 @@ pub fn mount_foreground(
 /// again, mounting in the foreground — and returns once it has mounted.
 pub fn mount(pool: &Path, mountpoint: &Path, settings: &MountSettings) -> Result<()> {
     let mountpoint = prepare_mountpoint(mountpoint, settings.nonempty)?;
+    refuse_mountpoint_over_disks(pool, &mountpoint)?;
     take_over(pool)?;
     let mut args: Vec<std::ffi::OsString> = LOG_ARGS.get().cloned().unwrap_or_default();
     args.extend(["mount".into(), "--pool".into(), pool.into(), "--mountpoint".into(), mountpoint.clone().into()]);

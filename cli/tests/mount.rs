@@ -235,6 +235,38 @@ fn a_mountpoint_that_is_not_empty_is_refused_unless_asked() {
     assert!(mount.join("hidden-by-a-mount").exists(), "the directory's file is back after unmount");
 }
 
+/// A mount over one of the pool's disks, or over a directory holding one (or the pool
+/// directory), would hide them from the daemon, which reaches them through their paths:
+/// its first write hung every access to the mount. Refused, even with `--nonempty`, in
+/// the foreground too, and nothing is mounted.
+#[test]
+fn a_mountpoint_over_the_pools_own_directories_is_refused() {
+    let pool = Pool::new("replicate:2", &[64, 64]);
+    let root = pool.root.path().to_path_buf();
+    let cases =
+        [(pool.disks[0].clone(), "is disk"), (root.clone(), "holds"), (root.join("pool"), "is the pool directory")];
+    for (mountpoint, said) in &cases {
+        for foreground in [false, true] {
+            let mut args =
+                vec!["mount", "--pool", pool.path(), "--mountpoint", mountpoint.to_str().unwrap(), "--nonempty"];
+            if foreground {
+                args.push("--foreground");
+            }
+            let error = fails(&args);
+            assert!(error.contains(said) && error.contains("EINVAL"), "{}: {error}", mountpoint.display());
+            let table = fs::read_to_string("/proc/self/mounts").unwrap();
+            assert!(!table.contains(&format!(" {} ", mountpoint.display())), "mounted at {}", mountpoint.display());
+        }
+    }
+    // Inside a disk's directory is not over it: the disk's own folders stay visible.
+    let inside = pool.disks[0].join("mnt");
+    fs::create_dir(&inside).unwrap();
+    ok(&["mount", "--pool", pool.path(), "--mountpoint", inside.to_str().unwrap()]);
+    fs::write(inside.join("f"), b"written").unwrap();
+    assert_eq!(fs::read(inside.join("f")).unwrap(), b"written");
+    ok(&["umount", inside.to_str().unwrap()]);
+}
+
 #[test]
 fn copies_do_not_carry_the_policy_attribute() {
     let pool = Pool::new("replicate:2", &[64, 64]);

@@ -321,8 +321,9 @@ fn check_new_dir(path: &Path) -> Result<()> {
 }
 
 impl PoolDir {
-    /// Opens the pool at `path`: takes the lock, opens every disk, recovers metadata.
-    pub fn open(path: &Path, mut options: PoolOptions) -> Result<(PoolDir, Pool, OpenReport)> {
+    /// The configuration of the pool at `path` (canonical), read without taking the
+    /// pool's lock or opening anything: what may be checked before an open.
+    pub fn read_config(path: &Path) -> Result<(PathBuf, PoolConfig)> {
         let path = fs::canonicalize(path).map_err(|e| match e.kind() {
             std::io::ErrorKind::PermissionDenied => io(path.display(), e),
             _ => Error::NotAPool(format!("{}: no such pool directory", path.display())),
@@ -337,6 +338,13 @@ impl PoolDir {
         })?;
         let config: PoolConfig =
             ron::from_str(&text).map_err(|e| Error::MetadataCorrupt(format!("{}: {e}", config_path.display())))?;
+        Ok((path, config))
+    }
+
+    /// Opens the pool at `path`: takes the lock, opens every disk, recovers metadata.
+    pub fn open(path: &Path, mut options: PoolOptions) -> Result<(PoolDir, Pool, OpenReport)> {
+        let (path, config) = PoolDir::read_config(path)?;
+        let config_path = path.join(CONFIG_FILE);
         let initial_policy: Policy = config
             .initial_policy
             .parse()
