@@ -1004,8 +1004,13 @@ impl Pool {
     /// free space several disks draw on (directories on one filesystem) is counted once
     /// (`shared_space`).
     pub(crate) fn disk_capacities(&self) -> BTreeMap<DiskId, u64> {
-        let disks: Vec<shared_space::DiskSpace> = self
-            .state
+        shared_space::share_free_space(&self.disk_spaces())
+    }
+
+    /// Each active disk with a device, as the device sees itself: capacity, use and the
+    /// free space it draws on.
+    pub(crate) fn disk_spaces(&self) -> Vec<shared_space::DiskSpace> {
+        self.state
             .disks
             .values()
             .filter(|d| d.state == DiskState::Active)
@@ -1018,8 +1023,7 @@ impl Pool {
                     shared: device.shared_free(),
                 })
             })
-            .collect();
-        shared_space::share_free_space(&disks)
+            .collect()
     }
 }
 

@@ -120,14 +120,9 @@ impl Pool {
     /// Every disk with its usage.
     pub fn disk_infos(&self) -> Vec<DiskInfo> {
         let journal: BTreeSet<DiskId> = self.journal_disks().into_iter().collect();
-        let capacities = self.disk_capacities();
-        let sources: BTreeMap<DiskId, u64> = self
-            .state
-            .disks
-            .values()
-            .filter(|d| d.state == DiskState::Active)
-            .filter_map(|d| Some((d.id, self.devices.get(&d.id)?.shared_free()?.source)))
-            .collect();
+        let spaces = self.disk_spaces();
+        let capacities = crate::pool::shared_space::share_free_space(&spaces);
+        let sources: BTreeMap<DiskId, u64> = spaces.iter().filter_map(|d| Some((d.id, d.shared?.source))).collect();
         let sharing = |id: DiskId| -> Vec<String> {
             let Some(source) = sources.get(&id) else { return Vec::new() };
             sources
