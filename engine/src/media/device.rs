@@ -18,6 +18,7 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 use crate::media::landing::Landing;
+use crate::media::read_buffer::ReadBuffer;
 
 /// Identifies an extent for its whole life; never reused for different data.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -290,6 +291,23 @@ pub trait BlockDevice: Send + Sync {
         let mut kept = false;
         self.read_with(name, &mut |block| kept = out.append_checked(block, skip, check))?;
         Ok(kept)
+    }
+
+    /// Reads the blocks `names` into `out`, one after another: for each name the range
+    /// its block takes in `out.as_slice()`, or `None` when it could not be read (the
+    /// error is not kept: a caller that wants it reads that block again with `read`).
+    /// The engine's read-ahead of a run of extents, one call per disk: a backend whose
+    /// blocks lie side by side reads each run of them as one request (`DirDisk`'s
+    /// segments), where this default reads them in turn through `read_with`.
+    fn read_into(&self, names: &[BlockName], out: &mut ReadBuffer) -> Vec<Option<std::ops::Range<usize>>> {
+        names
+            .iter()
+            .map(|name| {
+                let mut range = None;
+                let _ = self.read_with(*name, &mut |block| range = Some(out.push(block)));
+                range
+            })
+            .collect()
     }
 
     /// Creates or replaces the block. Visible at once; durable after the next `sync`.

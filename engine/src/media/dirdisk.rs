@@ -33,6 +33,7 @@ use crate::media::device::{
 use crate::media::journal_log::{self, JournalLog, LOG_RECORD_MAX};
 use crate::media::label::DiskLabel;
 use crate::media::landing::Landing;
+use crate::media::read_buffer::ReadBuffer;
 use crate::media::segments::{self, Segments};
 
 const TMP_PREFIX: &str = ".tmp-";
@@ -601,6 +602,18 @@ impl BlockDevice for DirDisk {
             }
         }
         Ok(out.append_checked(&self.read(name)?, skip, check))
+    }
+
+    fn read_into(&self, names: &[BlockName], out: &mut ReadBuffer) -> Vec<Option<std::ops::Range<usize>>> {
+        let mut ranges = self.segments.read_into(names, out);
+        // A block the segments do not hold (a fragment file of an older layout, or one
+        // they failed to read) is read the ordinary way.
+        for (name, range) in names.iter().zip(&mut ranges) {
+            if range.is_none() {
+                let _ = self.read_with(*name, &mut |block| *range = Some(out.push(block)));
+            }
+        }
+        ranges
     }
 
     fn write(&self, name: BlockName, data: &[u8]) -> Result<(), DeviceError> {

@@ -12,4 +12,5 @@ pub mod journal_log;
 pub mod label;
 pub mod landing;
 pub mod owner;
+pub mod read_buffer;
 pub mod segments;

@@ -39,6 +39,7 @@ use crate::base::clock::WallTime;
 use crate::media::device::{BlockCheck, BlockDevice, BlockKind, BlockName, Created, DeviceError, SharedFree};
 use crate::media::frame::{self, FrameKind};
 use crate::media::landing::Landing;
+use crate::media::read_buffer::ReadBuffer;
 
 /// How many times an opener takes a fresh epoch after losing a race for one.
 const CLAIM_ATTEMPTS: usize = 3;
@@ -236,6 +237,10 @@ impl BlockDevice for OwnedDevice {
         check: BlockCheck<'_>,
     ) -> Result<bool, DeviceError> {
         self.inner.read_appending(name, skip, out, check)
+    }
+
+    fn read_into(&self, names: &[BlockName], out: &mut ReadBuffer) -> Vec<Option<std::ops::Range<usize>>> {
+        self.inner.read_into(names, out)
     }
 
     fn write(&self, name: BlockName, data: &[u8]) -> Result<(), DeviceError> {

@@ -48,6 +48,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{self, File, OpenOptions};
 use std::io::ErrorKind;
+use std::ops::Range;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -57,6 +58,7 @@ use crate::base::clock::system_wall_nanos;
 use crate::base::io::run_all;
 use crate::media::device::{BlockCheck, BlockName, DeviceError, ExtentId};
 use crate::media::landing::Landing;
+use crate::media::read_buffer::ReadBuffer;
 
 /// The folder under a disk's root that holds its segments.
 pub const SEGMENTS_DIR: &str = "segments";
@@ -281,6 +283,58 @@ impl Segments {
         let mut kept = false;
         self.read_with(name, &mut |payload| kept = out.append_checked(payload, skip, check))?;
         Ok(kept)
+    }
+
+    /// The payloads of the records of `names` read into `out` (see
+    /// `BlockDevice::read_into`): records that lie side by side in one segment, up to
+    /// `RUN_BYTES_MAX` together, are read directly as one request where the filesystem
+    /// allows it, straight into `out`; the rest one by one as `read_with` reads them. A
+    /// name with no record, or whose read failed, gets `None`.
+    pub fn read_into(&self, names: &[BlockName], out: &mut ReadBuffer) -> Vec<Option<Range<usize>>> {
+        let mut ranges = vec![None; names.len()];
+        let mut located: Vec<(usize, Located)> = {
+            let state = self.lock();
+            names
+                .iter()
+                .enumerate()
+                .filter_map(|(i, name)| {
+                    let loc = *state.index.get(name)?;
+                    let segment = state.segments.get(&loc.segment)?;
+                    Some((i, Located { file: Arc::clone(&segment.file), direct: segment.direct.clone(), loc }))
+                })
+                .collect()
+        };
+        located.sort_by_key(|(_, at)| (at.loc.segment, at.loc.offset));
+        let mut rest = located.as_slice();
+        while let Some(((_, first), _)) = rest.split_first() {
+            let mut end = first.loc.offset + first.loc.span();
+            let mut count = 1;
+            while let Some((_, next)) = rest.get(count) {
+                let joins = next.loc.segment == first.loc.segment && next.loc.offset == end;
+                if !joins || end + next.loc.span() - first.loc.offset > RUN_BYTES_MAX {
+                    break;
+                }
+                end += next.loc.span();
+                count += 1;
+            }
+            let (run, after) = rest.split_at(count);
+            rest = after;
+            if let Some(direct) = &first.direct {
+                if let Some(read) = read_run_direct(direct, run, out) {
+                    for ((i, _), range) in run.iter().zip(read) {
+                        ranges[*i] = Some(range);
+                    }
+                    continue;
+                }
+            }
+            for (i, at) in run {
+                if let Ok(payload) = read_buffered(&at.file, &at.loc) {
+                    ranges[*i] = Some(out.push(&payload));
+                }
+            }
+        }
+        debug_assert_eq!(ranges.len(), names.len());
+        ranges
     }
 
     /// Where the record of `name` lies, with its segment's handles (`NotFound`: none).
@@ -853,6 +907,42 @@ fn read_buffered(file: &File, loc: &Loc) -> std::io::Result<Vec<u8>> {
     Ok(payload)
 }
 
+/// The most bytes of side-by-side records `Segments::read_into` reads as one request:
+/// the most a request to this project's virtual disks carries (`max_sectors_kb`).
+const RUN_BYTES_MAX: u64 = 4 << 20;
+
+/// Reads `run` — records side by side in one segment, in file order — directly into one
+/// aligned slot of `out`: each record's payload range, or `None` (the slot given back)
+/// when the file answered short or with an error.
+fn read_run_direct(file: &File, run: &[(usize, Located)], out: &mut ReadBuffer) -> Option<Vec<Range<usize>>> {
+    let (first, last) = (&run.first()?.1.loc, &run.last()?.1.loc);
+    assert_eq!(first.offset % ALIGN, 0, "records start aligned");
+    let span = usize::try_from(last.offset + last.span() - first.offset).ok()?;
+    // The last record of a file may end before its span: a short read there is whole.
+    let wanted = span - usize::try_from(last.span()).ok()? + RECORD_HEADER_LEN as usize + last.len as usize;
+    #[cfg(test)]
+    tests::RUN_READS.with(|reads| reads.set(reads.get() + 1));
+    let (at, slot) = out.reserve_aligned(span);
+    let mut got = 0;
+    while got < wanted {
+        match file.read_at(&mut slot[got..], first.offset + got as u64) {
+            Ok(n) if n > 0 && (n % 512 == 0 || got + n >= wanted) => got += n,
+            Ok(_) | Err(_) => {
+                out.unreserve();
+                return None;
+            }
+        }
+    }
+    let ranges = run
+        .iter()
+        .map(|(_, record)| {
+            let start = at + (record.loc.offset - first.offset) as usize + RECORD_HEADER_LEN as usize;
+            start..start + record.loc.len as usize
+        })
+        .collect();
+    Some(ranges)
+}
+
 /// Opens `path` for direct I/O; `None` where the filesystem refuses `O_DIRECT`.
 fn open_direct(path: &Path) -> Option<Arc<File>> {
     use std::os::unix::fs::OpenOptionsExt;
@@ -1109,8 +1199,62 @@ mod tests {
 
     use super::*;
 
+    thread_local! {
+        /// Direct reads of runs this thread made (`read_run_direct`).
+        pub(super) static RUN_READS: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+    }
+
     fn name(extent: u64, index: u8) -> BlockName {
         BlockName::Fragment { extent: ExtentId(extent), index }
+    }
+
+    /// `read_into` of `names`: each name's bytes (or `None`), and the direct run reads
+    /// it made.
+    fn read_into_counted(segments: &Segments, names: &[BlockName]) -> (Vec<Option<Vec<u8>>>, usize) {
+        let mut out = ReadBuffer::new();
+        let before = RUN_READS.with(std::cell::Cell::get);
+        let ranges = segments.read_into(names, &mut out);
+        let runs = RUN_READS.with(std::cell::Cell::get) - before;
+        assert_eq!(ranges.len(), names.len());
+        (ranges.into_iter().map(|r| r.map(|r| out.as_slice()[r].to_vec())).collect(), runs)
+    }
+
+    #[test]
+    fn records_side_by_side_are_read_as_one_run_and_each_name_gets_its_own_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let segments = synced_records(dir.path(), 10, 2, 100_000);
+        let direct = segments.lock().segments.values().all(|s| s.direct.is_some());
+        // A hole in the middle: record 4 is deleted (punched).
+        assert!(segments.delete(name(4, 2)).unwrap());
+        // Asked out of order, with a deleted and an unknown name among them.
+        let order = [9, 0, 4, 1, 2, 99, 3, 5, 6, 7, 8];
+        let names: Vec<BlockName> = order.iter().map(|i| name(*i, 2)).collect();
+        let (read, runs) = read_into_counted(&segments, &names);
+        for (i, got) in order.iter().zip(&read) {
+            match i {
+                4 | 99 => assert_eq!(got, &None, "record {i} is not there"),
+                _ => assert_eq!(got.as_deref(), Some(&payload(*i, 100_000)[..]), "record {i}"),
+            }
+        }
+        // Records 0..=3 and 5..=9 lie side by side: two requests, where the filesystem
+        // reads directly (else each record is read on its own, through the page cache).
+        assert_eq!(runs, if direct { 2 } else { 0 });
+    }
+
+    #[test]
+    fn a_run_stops_at_the_request_limit() {
+        let dir = tempfile::tempdir().unwrap();
+        let len = 256 << 10;
+        let segments = synced_records(dir.path(), 20, 0, len);
+        let direct = segments.lock().segments.values().all(|s| s.direct.is_some());
+        let names: Vec<BlockName> = (0..20).map(|i| name(i, 0)).collect();
+        let (read, runs) = read_into_counted(&segments, &names);
+        for (i, got) in read.iter().enumerate() {
+            assert_eq!(got.as_deref(), Some(&payload(i as u64, len)[..]), "record {i}");
+        }
+        // 20 spans of 260 KiB: 15 fit in 4 MiB, then the other 5.
+        assert_eq!(RUN_BYTES_MAX / span(len as u64), 15);
+        assert_eq!(runs, if direct { 2 } else { 0 });
     }
 
     fn payload(seed: u64, len: usize) -> Vec<u8> {
