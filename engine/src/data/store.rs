@@ -438,6 +438,7 @@ impl Pool {
         let mut planned: BTreeMap<DiskId, Vec<PlannedBlock>> = BTreeMap::new();
         let mut planned_bytes: BTreeMap<DiskId, u64> = BTreeMap::new();
         let mut records = Vec::with_capacity(chunks.len());
+        let all_disks: Vec<DiskId> = self.state.disks.keys().copied().collect();
         for (((index, data), id), encoded) in chunks.iter().zip(&pending.ids).zip(encoded) {
             let (Some(id), Some(encoded)) = (id, encoded) else {
                 records.push((*index, None));
@@ -449,12 +450,16 @@ impl Pool {
                 let block_bytes = encoded.blocks[0].block_len() as u64;
                 #[allow(unused_mut)]
                 let (mut disks, reachable) = self.place_extent(policy, block_bytes, excluded, &planned_bytes)?;
+                if reachable < disks.len() {
+                    degraded += 1;
+                } else {
+                    // Every fragment has its disk: lay them out for sequential reads. (A
+                    // degraded write keeps the data shards first on the disks it reaches.)
+                    placement::stripe_order(&mut disks, &all_disks, *index);
+                }
                 #[cfg(feature = "sabotage")]
                 if self.options.sabotage == Some(crate::base::hooks::Sabotage::SameDiskPlacement) && disks.len() > 1 {
                     disks[1] = disks[0];
-                }
-                if reachable < disks.len() {
-                    degraded += 1;
                 }
                 for (fragment_index, (disk, sealed)) in disks.iter().zip(&encoded.blocks).enumerate().take(reachable) {
                     let name = BlockName::Fragment { extent: *id, index: fragment_index as u8 };
