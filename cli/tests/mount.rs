@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{dfs, eventually, fails, ok, pattern, Pool};
+use common::{dfs, eventually, fails, fragments_on, ok, pattern, read_uncached, Pool};
 
 fn mountpoint(pool: &Pool) -> PathBuf {
     let m = pool.root.path().join("mnt");
@@ -201,6 +201,36 @@ fn a_mounted_pool_rebuilds_and_drains_in_the_background() {
     let summary: serde_json::Value =
         serde_json::from_str(&ok(&["show-redundancy", "--pool", pool.path(), "--verify", "--json"])).unwrap();
     assert!(summary["by_health"]["degraded"].is_null() && summary["by_health"]["lost"].is_null(), "{summary}");
+}
+
+#[test]
+fn a_sequential_read_gathers_runs_of_shards_and_reads_around_rotten_ones() {
+    let pool = Pool::new("erasure:4+2", &[64, 64, 64, 64, 64, 64]);
+    let m = mountpoint(&pool);
+    let mount = || ok(&["mount", "--pool", pool.path(), "--mountpoint", m.to_str().unwrap()]);
+    mount();
+    // 24 extents: the read-ahead fetches them in batches, each disk reading its data
+    // shards of a batch side by side.
+    let data = pattern(24 << 20, 21);
+    fs::write(m.join("f"), &data).unwrap();
+    ok(&["umount", m.to_str().unwrap()]);
+    // Every third data shard on one disk rots, mid-run: a batch holding one is read
+    // whole and its extent again on its own, from the other fragments.
+    let data_shards: Vec<_> = fragments_on(&pool.disks[0])
+        .into_iter()
+        .filter(|f| f.name.leaf().rsplit('.').next().is_some_and(|index| index < "04"))
+        .collect();
+    assert!(data_shards.len() >= 12, "{} data shards on d1", data_shards.len());
+    let rotten: Vec<_> = data_shards.iter().step_by(3).collect();
+    for fragment in &rotten {
+        fragment.flip_byte(fragment.len / 2).unwrap();
+    }
+    mount();
+    assert!(read_uncached(&m.join("f")) == data, "the read did not return the file's bytes");
+    ok(&["umount", m.to_str().unwrap()]);
+    let log = fs::read_to_string(pool.root.path().join("pool/daemon.log")).unwrap();
+    let degraded = log.lines().filter(|l| l.contains("degraded read")).count();
+    assert!(degraded >= rotten.len(), "{degraded} degraded reads for {} rotten shards:\n{log}", rotten.len());
 }
 
 #[test]

@@ -490,7 +490,7 @@ impl Pool {
 
     /// How many extents past a sequential read of `ino` to fetch (see
     /// `READ_AHEAD_EXTENTS_MIN`).
-    fn read_ahead_extents(&self, ino: Ino) -> u64 {
+    pub(crate) fn read_ahead_extents(&self, ino: Ino) -> u64 {
         let run = self.files.get(ino).map_or(0, |f| f.read_end.saturating_sub(f.read_run_start) / CHUNK);
         let cache_share = (self.cache.capacity_bytes() as u64 / CHUNK / 4).max(1);
         let extents = run.clamp(READ_AHEAD_EXTENTS_MIN, READ_AHEAD_EXTENTS_MAX).min(cache_share);

@@ -28,6 +28,7 @@ use crate::media::codec::{self, CodecId};
 use crate::media::device::{BlockDevice, BlockName, DeviceError, ExtentId, PartsBlock};
 use crate::media::fragment;
 use crate::media::landing::Landing;
+use crate::media::read_buffer::{ReadBuffer, ALIGN as READ_ALIGN};
 use crate::meta::state::{DiskId, DiskState, ExtentRecord, EXTENT_BYTES_MAX, INLINE_BYTES_MAX, INLINE_KEPT_BYTES_MAX};
 use crate::pool::Pool;
 
@@ -730,6 +731,13 @@ pub(crate) struct Fetched {
     problems: Vec<String>,
 }
 
+impl Fetched {
+    /// Verified bytes, found without a problem.
+    pub(crate) fn clean(data: Bytes) -> Fetched {
+        Fetched { data: Ok(data), problems: Vec::new() }
+    }
+}
+
 /// The fast path of a healthy read: the data shards alone, whose payloads the extent's
 /// BLAKE3 then checks all at once. `None` on any doubt; the caller then verifies
 /// fragment by fragment.
@@ -743,14 +751,7 @@ fn fetch_data_shards(
     let jobs: Vec<(usize, Arc<dyn BlockDevice>)> = (0..policy.needed())
         .map(|i| devices.get(record.fragments.get(i)?).map(|d| (i, d.clone())))
         .collect::<Option<_>>()?;
-    // Every codec here is systematic: with the data shards (or one replica) at hand, the
-    // extent is their payloads end to end.
-    let systematic = matches!(
-        (record.codec, policy),
-        (CodecId::Replica, Policy::Replicate { .. })
-            | (CodecId::RsErasureGf8 | CodecId::RsSimd, Policy::Erasure { .. })
-    );
-    if !systematic || shard_len == 0 {
+    if !is_systematic(record) || shard_len == 0 {
         return None;
     }
     let id = record.id;
@@ -790,6 +791,100 @@ fn fetch_data_shards(
     }
     data.truncate(record.len as usize);
     (blake3::hash(&data).as_bytes() == &record.hash).then(|| Bytes::from(data))
+}
+
+thread_local! {
+    /// Each read-ahead thread's buffer for `fetch_gathered`, kept between fetches.
+    static GATHERED: std::cell::RefCell<ReadBuffer> = std::cell::RefCell::new(ReadBuffer::new());
+}
+
+/// The data shards of several extents read together, one `BlockDevice::read_into` per
+/// disk, so that a disk holding shards of neighbouring extents side by side reads them
+/// as one request (see `media::read_buffer` for why that matters): for each record its
+/// verified bytes, or `None` where this way could not give them (inline, not
+/// systematic, a data shard's disk not at hand, a shard unreadable or refused by its
+/// header, a checksum mismatch). Reports nothing: the caller fetches a `None` extent
+/// again with `fetch_extent`, which reads the other fragments and reports problems.
+pub(crate) fn fetch_gathered(
+    devices: &BTreeMap<DiskId, Arc<dyn BlockDevice>>,
+    records: &[ExtentRecord],
+) -> Vec<Option<Bytes>> {
+    let gathered = GATHERED.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut buffer) => gather(devices, records, &mut buffer),
+        Err(_) => gather(devices, records, &mut ReadBuffer::new()),
+    });
+    assert_eq!(gathered.len(), records.len(), "one answer per record");
+    gathered
+}
+
+/// A data shard of a gathered fetch: the record's place in the batch, the shard's index.
+type ShardKey = (usize, usize);
+
+fn gather(
+    devices: &BTreeMap<DiskId, Arc<dyn BlockDevice>>,
+    records: &[ExtentRecord],
+    buffer: &mut ReadBuffer,
+) -> Vec<Option<Bytes>> {
+    // Per disk, the data shards it holds: (record, shard index) and the block's name.
+    let mut wanted: BTreeMap<DiskId, Vec<(ShardKey, BlockName)>> = BTreeMap::new();
+    let mut gathering = vec![false; records.len()];
+    let mut bytes = 0;
+    for (r, record) in records.iter().enumerate() {
+        let policy = record.policy;
+        let shard_len = codec::shard_len(policy, record.len as usize);
+        let shards = policy.needed();
+        let on_hand = record.fragments.get(..shards).is_some_and(|disks| disks.iter().all(|d| devices.contains_key(d)));
+        if record.inline.is_some() || !is_systematic(record) || !on_hand || shard_len == 0 {
+            continue;
+        }
+        gathering[r] = true;
+        // Each block with room for its device's record header and alignment padding.
+        bytes += shards * (fragment::HEADER_LEN + shard_len + 2 * READ_ALIGN);
+        for (i, disk) in record.fragments[..shards].iter().enumerate() {
+            wanted.entry(*disk).or_default().push(((r, i), BlockName::Fragment { extent: record.id, index: i as u8 }));
+        }
+    }
+    buffer.clear();
+    // Room for every block at once: the buffer grows (and moves) at most once here.
+    buffer.reserve(bytes);
+    let mut shards: BTreeMap<ShardKey, std::ops::Range<usize>> = BTreeMap::new();
+    for (disk, blocks) in &wanted {
+        let Some(device) = devices.get(disk) else { continue };
+        let names: Vec<BlockName> = blocks.iter().map(|(_, name)| *name).collect();
+        for ((key, _), range) in blocks.iter().zip(device.read_into(&names, buffer)) {
+            if let Some(range) = range {
+                shards.insert(*key, range);
+            }
+        }
+    }
+    let read = buffer.as_slice();
+    records
+        .iter()
+        .enumerate()
+        .map(|(r, record)| {
+            if !gathering[r] {
+                return None;
+            }
+            let shard_len = codec::shard_len(record.policy, record.len as usize);
+            let mut data = Vec::with_capacity(record.policy.needed() * shard_len);
+            for i in 0..record.policy.needed() {
+                let block = &read[shards.get(&(r, i))?.clone()];
+                data.extend_from_slice(fragment::payload_unchecked(block, record.id, i as u8, shard_len).ok()?);
+            }
+            data.truncate(record.len as usize);
+            (blake3::hash(&data).as_bytes() == &record.hash).then(|| Bytes::from(data))
+        })
+        .collect()
+}
+
+/// Whether the extent's data shards (or one replica) end to end are its bytes: true of
+/// every codec here but inline data.
+fn is_systematic(record: &ExtentRecord) -> bool {
+    matches!(
+        (record.codec, record.policy),
+        (CodecId::Replica, Policy::Replicate { .. })
+            | (CodecId::RsErasureGf8 | CodecId::RsSimd, Policy::Erasure { .. })
+    )
 }
 
 /// Reads, verifies and decodes one extent without touching the pool: safe to run for
