@@ -868,10 +868,11 @@ fn gather(
             let shard_len = codec::shard_len(record.policy, record.len as usize);
             let mut data = Vec::with_capacity(record.policy.needed() * shard_len);
             for i in 0..record.policy.needed() {
-                let block = &read[shards.get(&(r, i))?.clone()];
+                let block = read.get(shards.get(&(r, i))?.clone())?;
                 data.extend_from_slice(fragment::payload_unchecked(block, record.id, i as u8, shard_len).ok()?);
             }
             data.truncate(record.len as usize);
+            debug_assert_eq!(data.len(), record.len as usize, "whole shards hold the extent");
             (blake3::hash(&data).as_bytes() == &record.hash).then(|| Bytes::from(data))
         })
         .collect()
