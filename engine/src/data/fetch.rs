@@ -114,7 +114,8 @@ const READ_AHEAD_THREADS: usize = 4;
 
 /// Neighbouring extents a read-ahead job fetches together (`FetchPlan::run_gathered`):
 /// each disk reads its data shards of the batch, which placement lays side by side
-/// (`placement::stripe_order`), as one request.
+/// (`placement::stripe_order`), in a request or two (two flushes of a file append to a
+/// disk at once, two chunks at a time, so a batch's shards may lie in two runs).
 ///
 /// Why: this project's virtual disk serves requests about one at a time, each costing
 /// ≈ 45 µs besides its bytes at ≈ 2.5 GB/s; read one 256 KiB shard per request, a
