@@ -241,7 +241,7 @@ impl FetchPlan {
         if !self.verify {
             return self.run();
         }
-        let records: Vec<ExtentRecord> = self.jobs.iter().map(|(record, _)| record.clone()).collect();
+        let records: Vec<&ExtentRecord> = self.jobs.iter().map(|(record, _)| record).collect();
         let gathered = fetch_gathered(&self.devices, &records);
         debug_assert_eq!(gathered.len(), self.jobs.len());
         let devices = &self.devices;

@@ -807,7 +807,7 @@ thread_local! {
 /// again with `fetch_extent`, which reads the other fragments and reports problems.
 pub(crate) fn fetch_gathered(
     devices: &BTreeMap<DiskId, Arc<dyn BlockDevice>>,
-    records: &[ExtentRecord],
+    records: &[&ExtentRecord],
 ) -> Vec<Option<Bytes>> {
     let gathered = GATHERED.with(|cell| match cell.try_borrow_mut() {
         Ok(mut buffer) => gather(devices, records, &mut buffer),
@@ -822,7 +822,7 @@ type ShardKey = (usize, usize);
 
 fn gather(
     devices: &BTreeMap<DiskId, Arc<dyn BlockDevice>>,
-    records: &[ExtentRecord],
+    records: &[&ExtentRecord],
     buffer: &mut ReadBuffer,
 ) -> Vec<Option<Bytes>> {
     // Per disk, the data shards it holds: (record, shard index) and the block's name.

@@ -606,11 +606,17 @@ impl BlockDevice for DirDisk {
 
     fn read_into(&self, names: &[BlockName], out: &mut ReadBuffer) -> Vec<Option<std::ops::Range<usize>>> {
         let mut ranges = self.segments.read_into(names, out);
-        // A block the segments do not hold (a fragment file of an older layout, or one
-        // they failed to read) is read the ordinary way.
-        for (name, range) in names.iter().zip(&mut ranges) {
-            if range.is_none() {
-                let _ = self.read_with(*name, &mut |block| *range = Some(out.push(block)));
+        // A fragment file of an older layout, which the segments do not hold (a record
+        // they failed to read they already tried again through the page cache).
+        let files: Vec<bool> = {
+            let state = self.lock();
+            names.iter().zip(&ranges).map(|(name, range)| range.is_none() && state.sizes.contains_key(name)).collect()
+        };
+        for ((name, range), file) in names.iter().zip(&mut ranges).zip(files) {
+            if file {
+                if let Ok(block) = self.read(*name) {
+                    *range = Some(out.push(&block));
+                }
             }
         }
         ranges
@@ -915,6 +921,22 @@ mod tests {
         disk.wipe().unwrap();
         assert!(!dir.path().join("journal-log").exists());
         assert!(DirDisk::open(dir.path()).unwrap().list(BlockKind::Journal).unwrap().is_empty());
+    }
+
+    #[test]
+    fn read_into_serves_segment_records_and_fragment_files_of_the_older_layout_alike() {
+        let dir = tempfile::tempdir().unwrap();
+        let legacy = BlockName::Fragment { extent: crate::media::device::ExtentId(7), index: 0 };
+        fs::create_dir(dir.path().join(BlockKind::Fragment.namespace())).unwrap();
+        fs::write(dir.path().join(BlockKind::Fragment.namespace()).join(legacy.leaf()), b"a file").unwrap();
+        let disk = DirDisk::open(dir.path()).unwrap();
+        let packed = BlockName::Fragment { extent: crate::media::device::ExtentId(8), index: 0 };
+        disk.write(packed, b"a record").unwrap();
+        let missing = BlockName::Fragment { extent: crate::media::device::ExtentId(9), index: 0 };
+        let mut out = ReadBuffer::new();
+        let ranges = disk.read_into(&[legacy, missing, packed], &mut out);
+        let read: Vec<Option<&[u8]>> = ranges.into_iter().map(|r| r.map(|r| &out.as_slice()[r])).collect();
+        assert_eq!(read, vec![Some(&b"a file"[..]), None, Some(&b"a record"[..])]);
     }
 
     #[test]
