@@ -25,7 +25,7 @@ use crate::base::policy::Policy;
 use crate::base::zeros::all_zero;
 use crate::data::placement::{self, Candidate};
 use crate::media::codec::{self, CodecId};
-use crate::media::device::{BlockDevice, BlockName, DeviceError, ExtentId, PartsBlock};
+use crate::media::device::{BlockDevice, BlockName, DeviceError, ExtentId, PartsBlock, STREAM_ID_GAP};
 use crate::media::fragment;
 use crate::media::landing::Landing;
 use crate::media::read_buffer::{ReadBuffer, ALIGN as READ_ALIGN};
@@ -384,7 +384,8 @@ impl Pool {
 
     /// The first phase of `store_chunks`: checks that the pool takes writes and takes
     /// an id for every chunk that is not all zeros, or whose index is in `keep_zeros`
-    /// (a layer's zeros are bytes to lay over its chunk, not a hole).
+    /// (a layer's zeros are bytes to lay over its chunk, not a hole) — consecutive ids,
+    /// `STREAM_ID_GAP` past the last store's when there are several.
     fn begin_write(
         &mut self,
         chunks: &[(u64, Bytes)],
@@ -409,17 +410,31 @@ impl Pool {
             let journal: Vec<Arc<dyn BlockDevice>> = self.journal_devices().into_iter().map(|(_, d)| d).collect();
             self.check_fence(&journal)?;
         }
-        let ids: Vec<Option<ExtentId>> = chunks
+        let kept: Vec<bool> = chunks
             .iter()
             .map(|(index, data)| {
                 assert!(data.len() as u64 <= EXTENT_BYTES_MAX);
-                (keep_zeros.contains(index) || !all_zero(data)).then(|| {
+                keep_zeros.contains(index) || !all_zero(data)
+            })
+            .collect();
+        if kept.iter().filter(|kept| **kept).count() > 1 {
+            self.next_extent += STREAM_ID_GAP;
+        }
+        let first = self.next_extent;
+        let ids: Vec<Option<ExtentId>> = kept
+            .iter()
+            .map(|kept| {
+                kept.then(|| {
                     let id = ExtentId(self.next_extent);
                     self.next_extent += 1;
                     id
                 })
             })
             .collect();
+        debug_assert!(
+            ids.iter().flatten().map(|id| id.0).eq(first..self.next_extent),
+            "one store's ids are consecutive"
+        );
         self.writing.start(ids.iter().flatten().copied());
         Ok(PendingWrite { policy, ids, inline_max, parallel: self.options.parallel_io, misplace: self.misplaces() })
     }

@@ -24,6 +24,14 @@ use crate::media::read_buffer::ReadBuffer;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct ExtentId(pub u64);
 
+/// How far apart the engine keeps the extent ids of two stores of several extents (a
+/// file's flushes, a re-encode's batches): the ids of one store are consecutive, and the
+/// next such store starts at least this far past them — so a device can tell two
+/// flushes in flight apart by their ids alone and lay each one's blocks side by side
+/// (`segments`' lanes). A store of one extent (a small file's close) takes the next id,
+/// so ids stay dense where most stores are small.
+pub const STREAM_ID_GAP: u64 = 16;
+
 impl fmt::Display for ExtentId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{:016x}", self.0)

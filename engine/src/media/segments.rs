@@ -12,8 +12,11 @@
 //!   written outside it; a payload of `DIRECT_APPEND_MIN` or more goes with `O_DIRECT`,
 //!   its whole span zero-padded, where the filesystem allows it); the record is visible
 //!   to `read` and `list` once it returns, and durable after the next `sync` returns
-//!   `Ok`. One segment is active at a time; a new one starts when the active one would
-//!   grow past `SEGMENT_BYTES`. `append_batch` lays several records exactly where
+//!   `Ok`. Up to `LANES` segments are active at once, each the tail of its own stream of
+//!   extent ids: a batch goes to the lane whose last id lies nearest its first (within
+//!   `LANE_GAP_MAX`), else to a new lane, else to the one used least recently — so two
+//!   flushes in flight each lay their fragments in file order. A lane moves to a new
+//!   segment when its own would grow past `SEGMENT_BYTES`. `append_batch` lays several records exactly where
 //!   appends one after another would, and writes them at once: all are indexed, or
 //!   (the write failed) none.
 //! - Crash model (what `open` copes with): any append since the last `sync` may be lost,
@@ -37,10 +40,10 @@
 //!   the next `sync`, so the old copy is never gone before the new one is durable.
 //! - A deleted record's span is punched at once (the engine deletes a fragment only once
 //!   the record freeing it is durable). A segment that holds no live record and is not
-//!   the active one is deleted. Space is therefore returned as it dies. On a filesystem
+//!   an active one is deleted. Space is therefore returned as it dies. On a filesystem
 //!   that cannot punch holes (exFAT, for one) a dead record's header is zeroed instead
 //!   and its bytes return with its segment; there `compact` copies the live records of
-//!   a mostly dead segment to the active one (a newer record of the same block, indexed
+//!   a mostly dead segment to an active one (a newer record of the same block, indexed
 //!   only if the block was not deleted or rewritten meanwhile), syncs, and the emptied
 //!   segment is deleted — the engine's background worker runs it in bounded steps.
 //! - `used_bytes` is the sum of the live records' spans.
@@ -56,7 +59,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use crate::base::clock::system_wall_nanos;
 use crate::base::io::run_all;
-use crate::media::device::{BlockCheck, BlockName, DeviceError, ExtentId};
+use crate::media::device::{BlockCheck, BlockName, DeviceError, ExtentId, STREAM_ID_GAP};
 use crate::media::landing::Landing;
 use crate::media::read_buffer::ReadBuffer;
 
@@ -115,11 +118,37 @@ struct Segment {
     records: u64,
 }
 
+/// An active segment and the stream of extents it takes (see `Segments::lane_for`).
+#[derive(Clone, Copy, Debug)]
+struct Lane {
+    segment: u64,
+    /// The highest extent id appended to it.
+    last_extent: u64,
+    /// When it last took an append (`State::appends`), for handing the least recently
+    /// used lane to a new stream; 0 for the lane `open` left to the first stream.
+    used_at: u64,
+}
+
+/// Segments taking appends at once, each the tail of its own stream of extent ids: two
+/// flushes of a file in flight (each a run of consecutive ids) land in two segments,
+/// each in file order, instead of interleaved in one — so a later read finds a disk's
+/// fragments of neighbouring chunks side by side and reads them in one request.
+const LANES: usize = 2;
+
+/// How far from a lane's last extent id an append still continues that lane: a disk
+/// takes a fragment of most extents of a file under erasure, of every few under
+/// replication, and a flush's groups in flight may reach it in either order; a flush
+/// beside it starts `STREAM_ID_GAP` past its ids, out of reach.
+const LANE_GAP_MAX: u64 = STREAM_ID_GAP / 2;
+
 #[derive(Default)]
 struct State {
     index: BTreeMap<BlockName, Loc>,
     segments: BTreeMap<u64, Segment>,
-    active: Option<u64>,
+    /// The active segments, at most `LANES`, each a different one.
+    lanes: Vec<Lane>,
+    /// Appends reserved so far: the lanes' clock.
+    appends: u64,
     next_seq: u64,
     used_bytes: u64,
     /// Segments appended to or punched since the last sync.
@@ -197,8 +226,12 @@ impl Segments {
             for id in empty {
                 segments.retire(&mut state, id);
             }
-            // Appends go on at the end of the newest segment.
-            state.active = state.segments.keys().next_back().copied();
+            // Appends go on at the end of the newest segment: its lane is unclaimed until
+            // the first stream after the open takes it (a pool opened once per command
+            // does not start a segment each time).
+            if let Some(newest) = state.segments.keys().next_back().copied() {
+                state.lanes.push(Lane { segment: newest, last_extent: 0, used_at: 0 });
+            }
             state.check();
         }
         Ok(segments)
@@ -399,7 +432,9 @@ impl Segments {
         let written_secs = i64::try_from(now_nanos / 1_000_000_000).unwrap_or(i64::MAX);
         let (file, direct, locs) = {
             let mut state = self.lock();
-            let id = self.active_with_room(&mut state, whole)?;
+            let first_extent = batch.iter().find_map(|pending| extent_of(pending.name)).unwrap_or(0);
+            let last_extent = batch.iter().filter_map(|pending| extent_of(pending.name)).max().unwrap_or(0);
+            let id = self.lane_for(&mut state, first_extent, last_extent, whole)?;
             // Never below a sequence number a deleted segment may still hold: a record
             // whose delete a crash undid must not outrank a later record of its name.
             let first_seq = state.next_seq.max(now_nanos);
@@ -490,7 +525,7 @@ impl Segments {
                     let Some(segment) = state.segments.get(id) else {
                         unreachable!("a record's segment is open until its last record is released");
                     };
-                    let dies = segment.records == locs.len() as u64 && state.active != Some(*id);
+                    let dies = segment.records == locs.len() as u64 && !state.is_active(*id);
                     (!dies).then(|| (*id, Arc::clone(&segment.file), runs(locs)))
                 })
                 .collect()
@@ -599,7 +634,7 @@ impl Segments {
         self.compaction_victim().is_some()
     }
 
-    /// The segment (not the active one) with the most dead bytes, if more than half of
+    /// The segment (not an active one) with the most dead bytes, if more than half of
     /// it is dead and the filesystem keeps dead bytes.
     fn compaction_victim(&self) -> Option<u64> {
         if self.holes.load(Ordering::Relaxed) {
@@ -613,15 +648,15 @@ impl Segments {
         state
             .segments
             .iter()
-            .filter(|(id, _)| state.active != Some(**id))
+            .filter(|(id, _)| !state.is_active(**id))
             .map(|(id, segment)| (*id, segment.tail.saturating_sub(ALIGN), live.get(id).copied().unwrap_or(0)))
             .filter(|(_, size, live)| *size > 0 && live * 2 < *size)
             .max_by_key(|(_, size, live)| size - live)
             .map(|(id, _, _)| id)
     }
 
-    /// Moves up to `budget` bytes of live records out of the most dead segment into the
-    /// active one, then syncs: once none is left the old segment is deleted and its dead
+    /// Moves up to `budget` bytes of live records out of the most dead segment into
+    /// an active one, then syncs: once none is left the old segment is deleted and its dead
     /// bytes come back. Crash-safe by construction: a copy is a newer record of the same
     /// block, and the original is only given up after the sync that made the copy
     /// durable. Returns the bytes moved (0: nothing to compact).
@@ -648,13 +683,55 @@ impl Segments {
         Ok(moved)
     }
 
-    /// The active segment when the record fits, else a new one.
-    fn active_with_room(&self, state: &mut State, span: u64) -> Result<u64, DeviceError> {
-        if let Some(id) = state.active {
-            if state.segments[&id].tail + span <= self.segment_bytes.max(ALIGN + span) {
-                return Ok(id);
+    /// The segment that takes a batch of `span` bytes whose extent ids run from
+    /// `first_extent` to `last_extent`: the tail of the lane whose stream it continues
+    /// (the lane's last id nearest `first_extent`, at most `LANE_GAP_MAX` away: a flush's
+    /// next group, or the one before it landing second), else of the lane `open` left
+    /// unclaimed, else of a new lane while fewer than `LANES` exist, else of the least
+    /// recently used one. A lane whose segment lacks
+    /// room moves to a new segment.
+    fn lane_for(&self, state: &mut State, first_extent: u64, last_extent: u64, span: u64) -> Result<u64, DeviceError> {
+        state.appends += 1;
+        let continued = state
+            .lanes
+            .iter()
+            .enumerate()
+            .filter(|(_, lane)| lane.last_extent.abs_diff(first_extent) <= LANE_GAP_MAX)
+            .min_by_key(|(_, lane)| lane.last_extent.abs_diff(first_extent))
+            .map(|(i, _)| i);
+        let unclaimed = state.lanes.iter().position(|lane| lane.used_at == 0);
+        let chosen = match continued.or(unclaimed) {
+            Some(i) => i,
+            None if state.lanes.len() < LANES => {
+                let id = self.new_segment(state)?;
+                state.lanes.push(Lane { segment: id, last_extent, used_at: state.appends });
+                state.lanes.len() - 1
+            }
+            None => {
+                let Some((i, _)) = state.lanes.iter().enumerate().min_by_key(|(_, lane)| lane.used_at) else {
+                    unreachable!("LANES lanes exist");
+                };
+                i
+            }
+        };
+        let segment = state.lanes[chosen].segment;
+        if state.segments[&segment].tail + span > self.segment_bytes.max(ALIGN + span) {
+            let id = self.new_segment(state)?;
+            state.lanes[chosen].segment = id;
+            if state.segments[&segment].records == 0 && !state.is_active(segment) {
+                self.retire(state, segment);
             }
         }
+        let lane = &mut state.lanes[chosen];
+        lane.last_extent = last_extent;
+        lane.used_at = state.appends;
+        let id = lane.segment;
+        assert!(state.segments.contains_key(&id), "a lane's segment is open");
+        Ok(id)
+    }
+
+    /// Creates the next segment file (its header written) and opens it, in no lane yet.
+    fn new_segment(&self, state: &mut State) -> Result<u64, DeviceError> {
         let id = state.segments.keys().next_back().map_or(1, |last| last + 1);
         if !self.dir.exists() {
             match fs::create_dir(&self.dir) {
@@ -675,12 +752,6 @@ impl Segments {
             .insert(id, Segment { file: Arc::new(file), direct: open_direct(&path), tail: ALIGN, records: 0 });
         state.dir_dirty = true;
         state.unsynced.insert(id);
-        let previous = state.active.replace(id);
-        if let Some(previous) = previous {
-            if state.segments[&previous].records == 0 {
-                self.retire(state, previous);
-            }
-        }
         Ok(id)
     }
 
@@ -692,7 +763,7 @@ impl Segments {
         };
         assert!(segment.records > 0, "segment {id:016x} released more records than it held");
         segment.records -= 1;
-        if segment.records == 0 && state.active != Some(id) {
+        if segment.records == 0 && !state.is_active(id) {
             self.retire(state, id);
         }
     }
@@ -700,9 +771,7 @@ impl Segments {
     /// Deletes segment `id`, which holds no live or waiting record.
     fn retire(&self, state: &mut State, id: u64) {
         assert_eq!(state.segments.get(&id).map(|s| s.records), Some(0), "retiring a segment that holds records");
-        if state.active == Some(id) {
-            state.active = None;
-        }
+        state.lanes.retain(|lane| lane.segment != id);
         state.segments.remove(&id);
         state.unsynced.remove(&id);
         // A deletion that fails leaves an empty segment, which the next open retires.
@@ -761,9 +830,24 @@ impl State {
         for loc in self.index.values() {
             assert!(self.segments.contains_key(&loc.segment), "an indexed record's segment is gone");
         }
-        if let Some(active) = self.active {
-            assert!(self.segments.contains_key(&active), "the active segment is gone");
+        assert!(self.lanes.len() <= LANES, "at most LANES active segments");
+        for (i, lane) in self.lanes.iter().enumerate() {
+            assert!(self.segments.contains_key(&lane.segment), "an active segment is gone");
+            assert!(self.lanes[..i].iter().all(|other| other.segment != lane.segment), "two lanes share a segment");
         }
+    }
+
+    /// Whether segment `id` takes appends.
+    fn is_active(&self, id: u64) -> bool {
+        self.lanes.iter().any(|lane| lane.segment == id)
+    }
+}
+
+/// The extent a block belongs to.
+fn extent_of(name: BlockName) -> Option<u64> {
+    match name {
+        BlockName::Fragment { extent, .. } => Some(extent.0),
+        _ => None,
     }
 }
 
@@ -1241,6 +1325,93 @@ mod tests {
         assert_eq!(runs, if direct { 2 } else { 0 });
     }
 
+    /// Where each record of `names` lies: (segment id, offset).
+    fn places(segments: &Segments, names: &[BlockName]) -> Vec<(u64, u64)> {
+        let state = segments.lock();
+        names.iter().map(|name| state.index[name]).map(|loc| (loc.segment, loc.offset)).collect()
+    }
+
+    #[test]
+    fn two_streams_appended_in_turns_each_lie_in_order_in_a_segment_of_their_own() {
+        let dir = tempfile::tempdir().unwrap();
+        let segments = Segments::open(dir.path()).unwrap();
+        let stream = |start: u64| -> Vec<BlockName> { (start..start + 12).map(|e| name(e, 1)).collect() };
+        let (a, b) = (stream(1_000), stream(5_000));
+        // Two flushes in flight: their batches of two reach the disk in turns.
+        for (batch_a, batch_b) in a.chunks(2).zip(b.chunks(2)) {
+            for batch in [batch_a, batch_b] {
+                let payloads: Vec<Vec<u8>> = batch.iter().map(|n| payload(extent_of(*n).unwrap(), 9_000)).collect();
+                let records: Vec<(BlockName, Vec<&[u8]>)> =
+                    batch.iter().zip(&payloads).map(|(n, p)| (*n, vec![&p[..]])).collect();
+                let records: Vec<(BlockName, &[&[u8]])> = records.iter().map(|(n, parts)| (*n, &parts[..])).collect();
+                segments.append_batch(&records).unwrap();
+            }
+        }
+        for names in [&a, &b] {
+            let at = places(&segments, names);
+            assert!(at.iter().all(|(segment, _)| *segment == at[0].0), "a stream keeps to one segment");
+            assert!(
+                at.windows(2).all(|w| w[1].1 == w[0].1 + span(RECORD_HEADER_LEN + 9_000)),
+                "a stream's records lie side by side, in order: {at:?}"
+            );
+        }
+        assert_ne!(places(&segments, &a[..1])[0].0, places(&segments, &b[..1])[0].0, "two segments take appends");
+        let direct = segments.lock().segments.values().all(|s| s.direct.is_some());
+        let (read, runs) = read_into_counted(&segments, &a[4..10]);
+        assert!(read
+            .iter()
+            .zip(&a[4..10])
+            .all(|(got, n)| got.as_deref() == Some(&payload(extent_of(*n).unwrap(), 9_000)[..])));
+        assert_eq!(runs, usize::from(direct), "six neighbours of a stream are one request");
+        // Reopened, every record is where it was, and the newest segment's stream goes on
+        // right after its last record.
+        let b_last = places(&segments, &b[11..])[0];
+        drop(segments);
+        let segments = Segments::open(dir.path()).unwrap();
+        assert_eq!(segments.list().len(), 24);
+        segments.append(name(5_012, 1), &payload(5_012, 9_000)).unwrap();
+        assert_eq!(segments.read(name(5_012, 1)).unwrap(), payload(5_012, 9_000));
+        assert_eq!(places(&segments, &[name(5_012, 1)])[0], (b_last.0, b_last.1 + span(RECORD_HEADER_LEN + 9_000)));
+    }
+
+    #[test]
+    fn each_open_goes_on_in_the_newest_segment_whatever_ids_its_first_stream_has() {
+        let dir = tempfile::tempdir().unwrap();
+        // A command per open, each allocating ids from a base of its own.
+        for (i, base) in [7_000u64, 40, 1 << 40, 123_456].into_iter().enumerate() {
+            let segments = Segments::open(dir.path()).unwrap();
+            for extent in base..base + 3 {
+                segments.append(name(extent, 0), &payload(extent, 3_000)).unwrap();
+            }
+            segments.sync().unwrap();
+            assert_eq!(segments.list().len(), 3 * (i + 1));
+        }
+        assert_eq!(segment_files(&dir.path().join(SEGMENTS_DIR)).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn a_third_stream_takes_over_the_lane_used_least_recently_and_no_more_segments_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let segments = Segments::open(dir.path()).unwrap();
+        for extent in [10, 11, 500, 501, 12, 900, 901, 902, 13, 3, 4] {
+            segments.append(name(extent, 0), &payload(extent, 5_000)).unwrap();
+        }
+        let at = |extent: u64| places(&segments, &[name(extent, 0)])[0].0;
+        // Streams 10.. and 500.. hold a lane each; 900.. arrives when 10.. was used last
+        // (12), so it takes 500..'s lane; 13 still continues 10..'s.
+        assert_eq!(at(11), at(10));
+        assert_eq!(at(12), at(10));
+        assert_eq!(at(13), at(10));
+        assert_ne!(at(500), at(10));
+        assert_eq!(at(900), at(500));
+        assert_eq!(at(902), at(500));
+        // A stream of lower ids (a relocation's, say) takes over a lane all the same.
+        assert_eq!(at(3), at(500));
+        assert_eq!(at(4), at(500));
+        assert_eq!(segments.lock().segments.len(), LANES);
+        assert_eq!(segment_files(&dir.path().join(SEGMENTS_DIR)).unwrap().len(), LANES);
+    }
+
     #[test]
     fn a_run_stops_at_the_request_limit() {
         let dir = tempfile::tempdir().unwrap();
@@ -1691,20 +1862,20 @@ mod tests {
             let durable_len = fs::metadata(&path).unwrap().len();
             // One by one, or as one batch (`append_batch`): each record meets its own fate.
             let payloads: Vec<Vec<u8>> =
-                unsynced.iter().enumerate().map(|(j, (len, _))| payload(100 + j as u64, *len)).collect();
+                unsynced.iter().enumerate().map(|(j, (len, _))| payload(8 + j as u64, *len)).collect();
             if batched {
                 let parts: Vec<[&[u8]; 1]> = payloads.iter().map(|p| [&p[..]]).collect();
                 let records: Vec<(BlockName, &[&[u8]])> =
-                    parts.iter().enumerate().map(|(j, p)| (name(100 + j as u64, 0), &p[..])).collect();
+                    parts.iter().enumerate().map(|(j, p)| (name(8 + j as u64, 0), &p[..])).collect();
                 segments.append_batch(&records).unwrap();
             } else {
                 for (j, bytes) in payloads.iter().enumerate() {
-                    segments.append(name(100 + j as u64, 0), bytes).unwrap();
+                    segments.append(name(8 + j as u64, 0), bytes).unwrap();
                 }
             }
             let mut landed = Vec::new();
             for (j, (len, fate)) in unsynced.iter().enumerate() {
-                let extent = 100 + j as u64;
+                let extent = 8 + j as u64;
                 let offset = segments.lock().index[&name(extent, 0)].offset;
                 landed.push((extent, offset, *len, fate.clone()));
             }
