@@ -14,9 +14,10 @@
 //!   to `read` and `list` once it returns, and durable after the next `sync` returns
 //!   `Ok`. Up to `LANES` segments are active at once, each the tail of its own stream of
 //!   extent ids: a batch goes to the lane whose last id lies nearest its first (within
-//!   `LANE_GAP_MAX`), else to a new lane, else to the one used least recently — so two
-//!   flushes in flight each lay their fragments in file order. A lane moves to a new
-//!   segment when its own would grow past `SEGMENT_BYTES`. `append_batch` lays several records exactly where
+//!   `LANE_GAP_MAX`), else to the lane `open` left unclaimed, else to a new lane, else to
+//!   the one used least recently — so two flushes in flight each lay their fragments in
+//!   file order. A lane moves to a new segment when its own would grow past
+//!   `SEGMENT_BYTES`. `append_batch` lays several records exactly where
 //!   appends one after another would, and writes them at once: all are indexed, or
 //!   (the write failed) none.
 //! - Crash model (what `open` copes with): any append since the last `sync` may be lost,
@@ -122,7 +123,7 @@ struct Segment {
 #[derive(Clone, Copy, Debug)]
 struct Lane {
     segment: u64,
-    /// The highest extent id appended to it.
+    /// The highest extent id of the last batch appended to it.
     last_extent: u64,
     /// When it last took an append (`State::appends`), for handing the least recently
     /// used lane to a new stream; 0 for the lane `open` left to the first stream.
@@ -688,8 +689,7 @@ impl Segments {
     /// (the lane's last id nearest `first_extent`, at most `LANE_GAP_MAX` away: a flush's
     /// next group, or the one before it landing second), else of the lane `open` left
     /// unclaimed, else of a new lane while fewer than `LANES` exist, else of the least
-    /// recently used one. A lane whose segment lacks
-    /// room moves to a new segment.
+    /// recently used one. A lane whose segment lacks room moves to a new segment.
     fn lane_for(&self, state: &mut State, first_extent: u64, last_extent: u64, span: u64) -> Result<u64, DeviceError> {
         state.appends += 1;
         let continued = state
