@@ -3,12 +3,13 @@
 //!
 //! A commit applies to memory at once; it is durable only after the next barrier, which,
 //! in order:
-//! 1. syncs every disk that took new fragments since the last barrier, so no durable
-//!    record can name a fragment a crash could still drop (a disk whose sync fails leaves
+//! 1. syncs every disk that took new fragments since the last barrier (disks on one
+//!    filesystem with one flush of it, `crate::media::group_sync`), so no durable record
+//!    can name a fragment a crash could still drop (a disk whose sync fails leaves
 //!    its extents degraded, or fails the barrier if any extent would keep fewer than the
 //!    fragments it needs);
-//! 2. writes every queued op as one journal record on each journal replica and syncs it:
-//!    the commit point — a crash leaves all the queued ops or none;
+//! 2. writes every queued op as one journal record on each journal replica and syncs it
+//!    (grouped the same way): the commit point — a crash leaves all the queued ops or none;
 //! 3. deletes the fragments of freed extents — only now does no durable record need them
 //!    (a shared barrier leaves them to a thread of its own, started as it returns: see
 //!    `crate::data::shared_barrier`);
@@ -33,6 +34,7 @@ use crate::base::error::{Error, Result};
 use crate::base::hooks::CommitPhase;
 use crate::base::io::run_all;
 use crate::media::device::{BlockDevice, BlockName, ExtentId};
+use crate::media::group_sync::{self, Then};
 use crate::media::{codec, fragment};
 use crate::meta::journal::{self, ReplicaFailure};
 use crate::meta::state::{Availability, DiskId, FreedExtent, Op, Transaction};
@@ -57,8 +59,8 @@ fn lock_bytes(bytes: &Mutex<BTreeMap<DiskId, u64>>) -> std::sync::MutexGuard<'_,
 }
 
 /// Deletes `names` from `device`. Failures leave orphans, which the next open removes.
-pub(crate) fn delete_all(device: &dyn BlockDevice, names: Vec<BlockName>) {
-    for (name, error) in device.delete_many(&names) {
+pub(crate) fn delete_all(device: &dyn BlockDevice, names: &[BlockName]) {
+    for (name, error) in device.delete_many(names) {
         tracing::debug!(%error, %name, "deleting a freed fragment failed; left as an orphan");
     }
 }
@@ -208,7 +210,7 @@ impl Pool {
                 if let Some(bytes) = lock_bytes(&counted).get_mut(&job.disk) {
                     *bytes = bytes.saturating_sub(job.bytes);
                 }
-                delete_all(job.device.as_ref(), job.names);
+                delete_all(job.device.as_ref(), &job.names);
             });
         });
         match started {
@@ -220,7 +222,7 @@ impl Pool {
             Err(error) => {
                 tracing::warn!(%error, "no thread to delete freed fragments; deleting them now");
                 lock_bytes(&self.undurable.deleting_bytes).clear();
-                run_all(true, jobs, |job| delete_all(job.device.as_ref(), job.names));
+                run_all(true, jobs, |job| delete_all(job.device.as_ref(), &job.names));
             }
         }
     }
@@ -263,7 +265,7 @@ impl Pool {
             .into_iter()
             .filter_map(|(disk, names)| self.devices.get(&disk).map(|device| (device.clone(), names)))
             .collect();
-        run_all(self.options.parallel_io, jobs, |(device, names)| delete_all(device.as_ref(), names));
+        run_all(self.options.parallel_io, jobs, |(device, names)| delete_all(device.as_ref(), &names));
     }
 
     /// Whether commits are waiting for a barrier (or for a record on its way).
@@ -346,11 +348,15 @@ impl Pool {
         }
         let jobs: Vec<(DiskId, Arc<dyn BlockDevice>)> =
             disks.iter().filter_map(|disk| self.devices.get(disk).map(|d| (*disk, d.clone()))).collect();
-        let mut failed: Vec<(DiskId, String)> = run_all(self.options.parallel_io, jobs, |(disk, device)| {
-            device.sync().err().map(|e| (disk, e.to_string()))
-        })
+        let mut failed: Vec<(DiskId, String)> = group_sync::sync_grouped(
+            self.options.parallel_io,
+            jobs,
+            |(_, device)| device.as_ref(),
+            |_| Ok(Then::Sync),
+            |(disk, _), e| (*disk, e.to_string()),
+        )
         .into_iter()
-        .flatten()
+        .filter_map(Result::err)
         .collect();
         failed.extend(std::mem::take(&mut self.undurable.sync_failed));
         self.reached(CommitPhase::FragmentsSynced);

@@ -33,9 +33,9 @@ use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex, Weak};
 
 use crate::base::error::Result;
-use crate::base::io::run_all;
 use crate::data::durability::delete_all;
 use crate::media::device::{BlockDevice, BlockName};
+use crate::media::group_sync::{self, Then};
 use crate::meta::journal;
 use crate::meta::state::DiskId;
 use crate::pool::lock;
@@ -105,15 +105,18 @@ fn sync_unflown(pool: &Mutex<Pool>, mut guard: std::sync::MutexGuard<'_, Pool>) 
 /// in turn, as a pool whose I/O runs in order needs); the disks whose sync failed, with
 /// the error.
 fn sync_disks(parallel: bool, jobs: Vec<DiskJob>) -> Vec<(DiskId, String)> {
-    run_all(parallel, jobs, |job| {
-        delete_all(job.device.as_ref(), job.deletes);
-        if !job.sync {
-            return None;
-        }
-        job.device.sync().err().map(|e| (job.disk, e.to_string()))
-    })
+    group_sync::sync_grouped(
+        parallel,
+        jobs,
+        |job| job.device.as_ref(),
+        |job| {
+            delete_all(job.device.as_ref(), &job.deletes);
+            Ok(if job.sync { Then::Sync } else { Then::Done })
+        },
+        |job, error| (job.disk, error.to_string()),
+    )
     .into_iter()
-    .flatten()
+    .filter_map(Result::err)
     .collect()
 }
 

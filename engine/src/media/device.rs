@@ -383,6 +383,32 @@ pub trait BlockDevice: Send + Sync {
     /// Makes every earlier write and delete durable. After `Ok`, none of them can be lost.
     fn sync(&self) -> Result<(), DeviceError>;
 
+    /// The filesystem this device keeps its blocks in, when other devices may keep theirs
+    /// in the same one (`DirDisk`: its directory's, by device number): devices that answer
+    /// alike are synced together with one flush of it (`media::group_sync`). `None` (the
+    /// default): the device syncs alone.
+    fn filesystem(&self) -> Option<u64> {
+        None
+    }
+
+    /// `sync`, its flush done by `flush`, which makes durable every write made to this
+    /// device's `filesystem` before it is called: writes what a sync writes before its
+    /// flush, takes what is unsynced, calls `flush` at most once and settles on its
+    /// outcome. On `Err` — from `flush`, or from before it, when `flush` is not called —
+    /// what was unsynced stays so, for the next sync. Asked only of a device with a
+    /// `filesystem`; the default flushes, then syncs.
+    fn sync_through(&self, flush: &mut dyn FnMut() -> Result<(), DeviceError>) -> Result<(), DeviceError> {
+        flush()?;
+        self.sync()
+    }
+
+    /// Makes durable every earlier write to this device's `filesystem`, other devices'
+    /// included (`syncfs`). Asked only of a device with a `filesystem`; the default syncs
+    /// this device.
+    fn flush_filesystem(&self) -> Result<(), DeviceError> {
+        self.sync()
+    }
+
     /// Total bytes this device may hold.
     fn capacity_bytes(&self) -> u64;
 

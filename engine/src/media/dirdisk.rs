@@ -488,29 +488,27 @@ impl DirDisk {
 
     /// Makes the file blocks' writes and deletes durable.
     fn sync_files(&self) -> Result<(), DeviceError> {
-        let (files, dirs, root) = {
+        let unsynced = {
             let mut state = self.lock();
             if state.unsynced_files.len() > SYNCFS_AFTER_FILES {
                 // One syncfs flushes every file and directory of the filesystem: far
                 // cheaper than hundreds of fsyncs, each of which commits its journal.
-                syncfs(&self.root).map_err(|e| io_error(&self.root, e))?;
-                state.unsynced_files.clear();
-                state.unsynced_dirs.clear();
-                state.created_dirs = false;
-                return Ok(());
+                let unsynced = take_unsynced_files(&mut state);
+                drop(state);
+                let flushed = self.flush_filesystem();
+                return self.settle_files(unsynced, flushed);
             }
-            let root = std::mem::take(&mut state.created_dirs);
-            (std::mem::take(&mut state.unsynced_files), std::mem::take(&mut state.unsynced_dirs), root)
+            take_unsynced_files(&mut state)
         };
-        if files.is_empty() && dirs.is_empty() && !root {
+        if unsynced.files.is_empty() && unsynced.dirs.is_empty() && !unsynced.root {
             return Ok(());
         }
         // Every fsync of one sync runs at once, outside the lock (writes go on meanwhile
         // and wait for the next sync): the filesystem commits them together, so a sync
         // costs one journal commit of the filesystem instead of one per file and folder.
-        let mut paths: Vec<(PathBuf, bool)> = files.iter().map(|name| (self.path(*name), false)).collect();
-        paths.extend(dirs.iter().map(|kind| (self.root.join(kind.namespace()), true)));
-        if root {
+        let mut paths: Vec<(PathBuf, bool)> = unsynced.files.iter().map(|name| (self.path(*name), false)).collect();
+        paths.extend(unsynced.dirs.iter().map(|kind| (self.root.join(kind.namespace()), true)));
+        if unsynced.root {
             paths.push((self.root.clone(), true));
         }
         let failed: Vec<DeviceError> = run_all(true, paths, |(path, is_dir)| {
@@ -524,14 +522,43 @@ impl DirDisk {
         .into_iter()
         .flatten()
         .collect();
-        let Some(error) = failed.into_iter().next() else {
-            return Ok(());
-        };
-        let mut state = self.lock();
-        state.unsynced_files.extend(files);
-        state.unsynced_dirs.extend(dirs);
-        state.created_dirs |= root;
-        Err(error)
+        let flushed = failed.into_iter().next().map_or(Ok(()), Err);
+        self.settle_files(unsynced, flushed)
+    }
+
+    /// After a flush of the file blocks' `unsynced`: on failure puts it back, to be
+    /// flushed by the next sync.
+    fn settle_files(&self, unsynced: UnsyncedFiles, flushed: Result<(), DeviceError>) -> Result<(), DeviceError> {
+        if flushed.is_err() {
+            let mut state = self.lock();
+            state.unsynced_files.extend(unsynced.files);
+            state.unsynced_dirs.extend(unsynced.dirs);
+            state.created_dirs |= unsynced.root;
+        }
+        flushed
+    }
+
+    /// `syncfs` of the filesystem holding the disk: every earlier write to it, this
+    /// disk's or another's, is durable once it returns `Ok`.
+    fn flush_filesystem(&self) -> Result<(), DeviceError> {
+        syncfs(&self.root).map_err(|e| io_error(&self.root, e))
+    }
+}
+
+/// What one sync of a disk's file blocks makes durable, taken as it begins.
+struct UnsyncedFiles {
+    files: BTreeSet<BlockName>,
+    dirs: BTreeSet<BlockKind>,
+    /// Folders were created under the root since the last sync.
+    root: bool,
+}
+
+/// Takes what the next flush of `state`'s file blocks must make durable.
+fn take_unsynced_files(state: &mut DirState) -> UnsyncedFiles {
+    UnsyncedFiles {
+        files: std::mem::take(&mut state.unsynced_files),
+        dirs: std::mem::take(&mut state.unsynced_dirs),
+        root: std::mem::take(&mut state.created_dirs),
     }
 }
 
@@ -757,6 +784,25 @@ impl BlockDevice for DirDisk {
 
     /// The filesystem under the root: directories on one filesystem draw on its free
     /// space together.
+    fn filesystem(&self) -> Option<u64> {
+        Some(self.root_identity.0)
+    }
+
+    fn sync_through(&self, flush: &mut dyn FnMut() -> Result<(), DeviceError>) -> Result<(), DeviceError> {
+        // Each part takes what it has unsynced, innermost last; the one flush covers all.
+        self.segments.sync_through(&mut || {
+            self.journal.sync_through(&mut || {
+                let unsynced = take_unsynced_files(&mut self.lock());
+                let flushed = flush();
+                self.settle_files(unsynced, flushed)
+            })
+        })
+    }
+
+    fn flush_filesystem(&self) -> Result<(), DeviceError> {
+        DirDisk::flush_filesystem(self)
+    }
+
     fn shared_free(&self) -> Option<SharedFree> {
         let free = self.free_bytes(self.used_bytes())?;
         Some(SharedFree { source: self.root_identity.0, free })
@@ -964,5 +1010,55 @@ mod tests {
         disk.write(name, b"record").unwrap();
         assert_eq!(disk.used_bytes(), 512);
         assert_eq!(disk.journal.file_bytes(), journal_log::LOG_BYTES_MIN);
+    }
+
+    /// Whether any part of `disk` has writes a sync still owes.
+    fn owes_a_sync(disk: &DirDisk) -> bool {
+        disk.segments.dirty() || disk.journal.dirty() || disk.files_dirty()
+    }
+
+    #[test]
+    fn disks_in_one_filesystem_are_synced_through_one_flush_and_a_failed_one_leaves_their_writes_owed() {
+        let dir = tempfile::tempdir().unwrap();
+        let roots = [dir.path().join("a"), dir.path().join("b")];
+        let disks: Vec<DirDisk> = roots
+            .iter()
+            .map(|root| {
+                fs::create_dir(root).unwrap();
+                DirDisk::open(root).unwrap()
+            })
+            .collect();
+        assert!(disks[0].filesystem().is_some());
+        assert_eq!(disks[0].filesystem(), disks[1].filesystem());
+        let fragment = BlockName::Fragment { extent: crate::media::device::ExtentId(3), index: 0 };
+        let write = |disk: &DirDisk| {
+            disk.write(BlockName::Journal { seq: 1 }, b"record").unwrap();
+            disk.write(fragment, &[5u8; 5000]).unwrap();
+            disk.write(BlockName::Checkpoint { seq: 1 }, b"checkpoint").unwrap();
+        };
+        disks.iter().for_each(write);
+        assert!(disks.iter().all(owes_a_sync));
+
+        // A flush that fails settles nothing: every part still owes its sync.
+        let failed = disks[0].sync_through(&mut || Err(DeviceError::Io("flush failed".into())));
+        assert_eq!(failed, Err(DeviceError::Io("flush failed".into())));
+        assert!(owes_a_sync(&disks[0]));
+
+        let results = crate::media::group_sync::sync_grouped(
+            false,
+            disks.iter().collect(),
+            |disk| *disk as &dyn BlockDevice,
+            |_| Ok::<_, DeviceError>(crate::media::group_sync::Then::Sync),
+            |_, error| error,
+        );
+        assert_eq!(results, [Ok(()), Ok(())]);
+        assert!(!disks.iter().any(owes_a_sync), "one syncfs settled every part of both disks");
+        drop(disks);
+        for root in &roots {
+            let disk = DirDisk::open(root).unwrap();
+            assert_eq!(disk.read(BlockName::Journal { seq: 1 }).unwrap(), b"record");
+            assert_eq!(disk.read(fragment).unwrap(), vec![5u8; 5000]);
+            assert_eq!(disk.read(BlockName::Checkpoint { seq: 1 }).unwrap(), b"checkpoint");
+        }
     }
 }

@@ -145,6 +145,16 @@ struct State {
     root_dirty: bool,
 }
 
+/// What one sync makes durable, taken from the state as it begins (appends go on
+/// meanwhile and wait for the next).
+struct Unsynced {
+    files: Vec<(u64, Arc<File>)>,
+    dir_dirty: bool,
+    root_dirty: bool,
+    /// Free files given a new key before the sync began: usable once it succeeded.
+    rekeyed: BTreeSet<u64>,
+}
+
 /// The journal records of one disk, in log files. See the module header.
 pub struct JournalLog {
     root: PathBuf,
@@ -465,21 +475,44 @@ impl JournalLog {
     /// Makes every earlier append and delete, and every file's creation or removal,
     /// durable.
     pub fn sync(&self) -> Result<(), DeviceError> {
-        let (files, dir_dirty, root_dirty, rekeyed) = {
-            let mut state = self.lock();
-            self.zero_deleted(&mut state)?;
-            let rekeyed = std::mem::take(&mut state.rekeyed);
-            let ids = std::mem::take(&mut state.unsynced);
-            let files: Vec<(u64, Arc<File>)> =
-                ids.iter().filter_map(|id| state.files.get(id).map(|f| (*id, Arc::clone(&f.file)))).collect();
-            (files, std::mem::take(&mut state.dir_dirty), std::mem::take(&mut state.root_dirty), rekeyed)
-        };
+        let unsynced = self.take_unsynced()?;
+        let flushed = self.flush(&unsynced);
+        self.settle(unsynced, flushed)
+    }
+
+    /// `sync`, its flush done by `flush`, which makes every earlier write to the
+    /// filesystem durable (a `syncfs`): called once, after the deleted headers are zeroed
+    /// and what is unsynced is taken — not at all when zeroing fails. On `Err`, what was
+    /// unsynced stays so.
+    pub(crate) fn sync_through(&self, flush: &mut dyn FnMut() -> Result<(), DeviceError>) -> Result<(), DeviceError> {
+        let unsynced = self.take_unsynced()?;
+        let flushed = flush();
+        self.settle(unsynced, flushed)
+    }
+
+    /// Zeroes the headers of the records deleted since the last sync and takes what the
+    /// next flush must make durable.
+    fn take_unsynced(&self) -> Result<Unsynced, DeviceError> {
+        let mut state = self.lock();
+        self.zero_deleted(&mut state)?;
+        let ids = std::mem::take(&mut state.unsynced);
+        let files = ids.iter().filter_map(|id| state.files.get(id).map(|f| (*id, Arc::clone(&f.file)))).collect();
+        Ok(Unsynced {
+            files,
+            dir_dirty: std::mem::take(&mut state.dir_dirty),
+            root_dirty: std::mem::take(&mut state.root_dirty),
+            rekeyed: std::mem::take(&mut state.rekeyed),
+        })
+    }
+
+    /// `fdatasync`s each file of `unsynced` and `fsync`s the folders, all at once.
+    fn flush(&self, unsynced: &Unsynced) -> Result<(), DeviceError> {
         let mut jobs: Vec<(Option<Arc<File>>, PathBuf)> =
-            files.iter().map(|(id, file)| (Some(Arc::clone(file)), self.path(*id))).collect();
-        if dir_dirty {
+            unsynced.files.iter().map(|(id, file)| (Some(Arc::clone(file)), self.path(*id))).collect();
+        if unsynced.dir_dirty {
             jobs.push((None, self.dir.clone()));
         }
-        if root_dirty {
+        if unsynced.root_dirty {
             jobs.push((None, self.root.clone()));
         }
         let failed = run_all(true, jobs, |(file, path)| match file {
@@ -489,7 +522,14 @@ impl JournalLog {
         .into_iter()
         .flatten()
         .next();
-        if let Some(error) = failed {
+        failed.map_or(Ok(()), Err)
+    }
+
+    /// After a flush of `unsynced`: on failure puts it back, to be flushed by the next
+    /// sync (the files given new keys stay unusable until one succeeds).
+    fn settle(&self, unsynced: Unsynced, flushed: Result<(), DeviceError>) -> Result<(), DeviceError> {
+        if let Err(error) = flushed {
+            let Unsynced { files, dir_dirty, root_dirty, rekeyed } = unsynced;
             let mut state = self.lock();
             state.unsynced.extend(files.iter().map(|(id, _)| *id));
             state.dir_dirty |= dir_dirty;

@@ -574,20 +574,40 @@ impl Segments {
     /// Makes every earlier append, punch and segment creation or deletion durable, then
     /// punches the records replaced before it began.
     pub fn sync(&self) -> Result<(), DeviceError> {
-        let (files, dir_dirty, root_dirty, replaced) = {
-            let mut state = self.lock();
-            let ids = std::mem::take(&mut state.unsynced);
-            let files: Vec<(u64, Arc<File>)> =
-                ids.iter().filter_map(|id| state.segments.get(id).map(|s| (*id, Arc::clone(&s.file)))).collect();
-            let dir_dirty = std::mem::take(&mut state.dir_dirty);
-            let root_dirty = std::mem::take(&mut state.root_dirty);
-            (files, dir_dirty, root_dirty, std::mem::take(&mut state.replaced))
-        };
-        let mut jobs: Vec<Job> = files.iter().map(|(id, file)| Job::Segment(*id, Arc::clone(file))).collect();
-        if dir_dirty {
+        let unsynced = self.take_unsynced();
+        let flushed = self.flush(&unsynced);
+        self.settle(unsynced, flushed)
+    }
+
+    /// `sync`, its flush done by `flush`, which makes every earlier write to the
+    /// filesystem durable (a `syncfs`): called once, after what is unsynced is taken. On
+    /// `Err`, what was unsynced stays so.
+    pub(crate) fn sync_through(&self, flush: &mut dyn FnMut() -> Result<(), DeviceError>) -> Result<(), DeviceError> {
+        let unsynced = self.take_unsynced();
+        let flushed = flush();
+        self.settle(unsynced, flushed)
+    }
+
+    /// Takes what the next flush must make durable.
+    fn take_unsynced(&self) -> Unsynced {
+        let mut state = self.lock();
+        let ids = std::mem::take(&mut state.unsynced);
+        let files = ids.iter().filter_map(|id| state.segments.get(id).map(|s| (*id, Arc::clone(&s.file)))).collect();
+        Unsynced {
+            files,
+            dir_dirty: std::mem::take(&mut state.dir_dirty),
+            root_dirty: std::mem::take(&mut state.root_dirty),
+            replaced: std::mem::take(&mut state.replaced),
+        }
+    }
+
+    /// `fdatasync`s each segment of `unsynced` and `fsync`s the folders, all at once.
+    fn flush(&self, unsynced: &Unsynced) -> Result<(), DeviceError> {
+        let mut jobs: Vec<Job> = unsynced.files.iter().map(|(id, file)| Job::Segment(*id, Arc::clone(file))).collect();
+        if unsynced.dir_dirty {
             jobs.push(Job::Folder(self.dir.clone()));
         }
-        if root_dirty {
+        if unsynced.root_dirty {
             jobs.push(Job::Folder(self.root.clone()));
         }
         let failed = run_all(true, jobs, |job| match job {
@@ -597,7 +617,14 @@ impl Segments {
         .into_iter()
         .flatten()
         .next();
-        if let Some(error) = failed {
+        failed.map_or(Ok(()), Err)
+    }
+
+    /// After a flush of `unsynced`: on failure puts it back, to be flushed by the next
+    /// sync; on success punches the records replaced before the sync began.
+    fn settle(&self, unsynced: Unsynced, flushed: Result<(), DeviceError>) -> Result<(), DeviceError> {
+        let Unsynced { files, dir_dirty, root_dirty, replaced } = unsynced;
+        if let Err(error) = flushed {
             let mut state = self.lock();
             state.unsynced.extend(files.iter().map(|(id, _)| *id));
             state.dir_dirty |= dir_dirty;
@@ -795,6 +822,16 @@ impl Segments {
 enum Job {
     Segment(u64, Arc<File>),
     Folder(PathBuf),
+}
+
+/// What one sync makes durable, taken from the state as it begins (writes go on
+/// meanwhile and wait for the next).
+struct Unsynced {
+    files: Vec<(u64, Arc<File>)>,
+    dir_dirty: bool,
+    root_dirty: bool,
+    /// Records replaced before the sync began: punched once it succeeded.
+    replaced: Vec<Loc>,
 }
 
 impl State {

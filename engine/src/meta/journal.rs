@@ -22,6 +22,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use crate::base::io::run_all;
 use crate::media::device::{BlockDevice, BlockKind, BlockName, DeviceError};
 use crate::media::frame::{self, FrameError, FrameKind};
+use crate::media::group_sync::{self, Then};
 use crate::meta::paged;
 use crate::meta::state::{MetaState, Transaction};
 use crate::meta::store::{Store, StoreConfig};
@@ -321,7 +322,8 @@ pub struct ReplicaFailure {
 /// whether its copy is durable, and why the others are not. Without `parallel`, as the
 /// simulator needs, every replica is written one after another, then `written` is called,
 /// then each is synced in order; with it, each replica is written and synced in a job of
-/// its own, all at once (the barrier costs one write and one sync, not one per replica),
+/// its own, all at once (the barrier costs one write and one sync, not one per replica) —
+/// replicas on one filesystem in one job, with one flush of it (`media::group_sync`) —
 /// and `written` is called once they are done.
 pub fn write_replicas(
     devices: &[&dyn BlockDevice],
@@ -336,8 +338,15 @@ pub fn write_replicas(
     let write = |device: &dyn BlockDevice| device.write(name, block).map_err(|e| describe(device, "", e));
     let sync = |device: &dyn BlockDevice| device.sync().map_err(|e| describe(device, ": sync", e));
     let synced: Vec<Result<(), (bool, String)>> = if parallel {
-        // Each replica written and synced in one job: one round of the I/O pool, not two.
-        let synced = run_all(true, devices.to_vec(), |device| write(device).and_then(|()| sync(device)));
+        // Each replica written and synced in one job (one round of the I/O pool, not
+        // two); replicas on one filesystem written in one job and flushed together.
+        let synced = group_sync::sync_grouped(
+            true,
+            devices.to_vec(),
+            |device| *device,
+            |device| write(*device).map(|()| Then::Sync),
+            |device, e| describe(*device, ": sync", e),
+        );
         written();
         synced
     } else {
