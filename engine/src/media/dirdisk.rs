@@ -48,6 +48,11 @@ pub struct DirDisk {
     /// replaced by another at the same path (an unmounted disk's empty mountpoint, a
     /// recreated directory) is not this disk, and is never written.
     root_identity: (u64, u64),
+    /// The root, open since the disk was: `syncfs` through it reports every writeback
+    /// error of the filesystem since then (a descriptor opened for the call would report
+    /// only those after it — not one that background writeback of this disk's files met
+    /// before).
+    root_handle: File,
     capacity_bytes: Option<u64>,
     /// File blocks: the label, journal records, checkpoints and legacy fragment files.
     state: Mutex<DirState>,
@@ -131,6 +136,7 @@ impl DirDisk {
             }
         }
         let root_identity = (meta.dev(), meta.ino());
+        let root_handle = File::open(root).map_err(|e| io_error(root, e))?;
         let segments = Segments::open(root)?;
         let journal = JournalLog::open(root)?;
         for name in state.sizes.keys() {
@@ -141,6 +147,7 @@ impl DirDisk {
         let mut disk = DirDisk {
             root: root.to_path_buf(),
             root_identity,
+            root_handle,
             capacity_bytes: None,
             state: Mutex::new(state),
             segments,
@@ -280,10 +287,11 @@ pub fn stored_fragments(root: &Path) -> Result<Vec<StoredFragment>, DeviceError>
 /// Unsynced files beyond which `sync` flushes the whole filesystem at once.
 const SYNCFS_AFTER_FILES: usize = 16;
 
+/// Flushes the filesystem `handle` is on: every earlier write to it is durable on `Ok`,
+/// and a writeback error it met since `handle` was opened fails it.
 #[allow(unsafe_code)]
-fn syncfs(dir: &Path) -> std::io::Result<()> {
+fn syncfs(handle: &File) -> std::io::Result<()> {
     use std::os::fd::AsRawFd;
-    let handle = File::open(dir)?;
     // SAFETY: the descriptor is open for the duration of the call; syncfs reads nothing
     // from user memory.
     let rc = unsafe { libc::syncfs(handle.as_raw_fd()) };
@@ -541,7 +549,7 @@ impl DirDisk {
     /// `syncfs` of the filesystem holding the disk: every earlier write to it, this
     /// disk's or another's, is durable once it returns `Ok`.
     fn flush_filesystem(&self) -> Result<(), DeviceError> {
-        syncfs(&self.root).map_err(|e| io_error(&self.root, e))
+        syncfs(&self.root_handle).map_err(|e| io_error(&self.root, e))
     }
 }
 
