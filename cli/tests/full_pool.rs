@@ -60,7 +60,7 @@ fn a_write_the_pool_cannot_store_fails_itself_and_the_file_keeps_what_was_writte
 }
 
 /// The same under the kernel's writeback cache, where a `write(2)` returns once cached:
-/// near full, write-only opens must bypass that cache for the failure to surface there.
+/// near full, writable opens must bypass that cache for the failure to surface there.
 #[test]
 fn under_the_writeback_cache_a_write_that_does_not_fit_fails_itself_too() {
     a_write_that_does_not_fit_fails_itself("writeback_cache");
@@ -84,10 +84,19 @@ fn a_write_that_does_not_fit_fails_itself(options: &str) {
         .unwrap();
     assert!(!dd.status.success());
     assert!(String::from_utf8_lossy(&dd.stderr).contains("No space left on device"));
+    // A read-write descriptor (kept in the page cache, and under the writeback cache
+    // sent past it on a nearly full pool): the `write(2)` that does not fit fails.
+    let mut rw =
+        fs::OpenOptions::new().read(true).write(true).create(true).truncate(true).open(mnt.join("rw")).unwrap();
+    let refused = data.chunks(1 << 20).find_map(|chunk| rw.write_all(chunk).err());
+    let refused = refused.expect("50 MB written read-write into the 34 MB left?");
+    assert_eq!(refused.raw_os_error(), Some(libc::ENOSPC), "{refused}");
+    rw.sync_all().unwrap();
+    drop(rw);
 
     // In the mount: a prefix of what was written, as long as the file says.
     let mut seen = Vec::new();
-    for name in ["copy", "dd"] {
+    for name in ["copy", "dd", "rw"] {
         let held = read_uncached(&mnt.join(name));
         assert_eq!(held.len() as u64, fs::metadata(mnt.join(name)).unwrap().len(), "{name}");
         assert!(held == data[..held.len()], "{name}: {} bytes that are not what was written", held.len());
@@ -100,12 +109,12 @@ fn a_write_that_does_not_fit_fails_itself(options: &str) {
     drop(unmount);
     let listing = ok(&["ls", "--pool", pool.path(), "/", "--json"]);
     let entries: serde_json::Value = serde_json::from_str(&listing).unwrap();
-    for (name, len) in ["copy", "dd"].iter().zip(&seen) {
+    for (name, len) in ["copy", "dd", "rw"].iter().zip(&seen) {
         let entry = entries.as_array().unwrap().iter().find(|e| e["name"] == *name).unwrap();
         assert_eq!(entry["size"].as_u64(), Some(*len as u64), "{name} in the pool");
     }
     let unmount = mount_with(&pool, &mnt, options);
-    for (name, len) in ["copy", "dd"].iter().zip(&seen) {
+    for (name, len) in ["copy", "dd", "rw"].iter().zip(&seen) {
         assert_eq!(read_uncached(&mnt.join(name)), data[..*len], "{name} after a remount");
     }
     ok(&["umount", mnt.to_str().unwrap()]);

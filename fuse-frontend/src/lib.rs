@@ -50,7 +50,7 @@ pub struct DynamicFs {
     /// default: each new file then costs two round trips more (see `init`).
     writeback_cache: bool,
     /// Under the writeback cache, below this much free space (under a file's policy), a
-    /// file opened write-only bypasses it (see `open_flags`).
+    /// file opened for writing bypasses it (see `open_flags`).
     direct_below_free: u64,
     /// The kernel takes `ENOSYS` to `OPENDIR` as "no directory handles" and sends neither
     /// `OPENDIR` nor `RELEASEDIR` again (`FUSE_NO_OPENDIR_SUPPORT`); listings here keep
@@ -60,6 +60,9 @@ pub struct DynamicFs {
     /// cache (see `open_flags`): asked for (`direct_reads`, the default) and the kernel
     /// lets such files be mapped shared (`FUSE_DIRECT_IO_ALLOW_MMAP`, Linux 6.6).
     direct_reads: bool,
+    /// The kernel maps files opened for direct I/O shared (`FUSE_DIRECT_IO_ALLOW_MMAP`,
+    /// negotiated in `init`); without it a read-write open never goes direct.
+    direct_mmap: bool,
 }
 
 /// The smallest file a read-only open serves past the page cache: one extent. A smaller
@@ -273,11 +276,12 @@ impl DynamicFs {
             direct_below_free: 4 * kernel_dirty_allowance(),
             no_opendir: false,
             direct_reads: true,
+            direct_mmap: false,
         }
     }
 
     /// How a file opened with `flags` is served. A read-write open keeps the kernel's
-    /// page cache. A read-only open of a file of at least one extent goes past it, as
+    /// page cache (but on a nearly full pool under the writeback cache: below). A read-only open of a file of at least one extent goes past it, as
     /// mergerfs serves every file with `cache.files=off`, when the kernel allows shared
     /// mappings of such opens (`FUSE_DIRECT_IO_ALLOW_MMAP`): a cached read copies each
     /// page into the page cache and out again, while a direct one lands in the reader's
@@ -302,9 +306,12 @@ impl DynamicFs {
     ///   on a nearly full pool a write the pool cannot take would fail only at close,
     ///   after the kernel had already grown the file's size (which, under the writeback
     ///   cache, only the kernel sets). So while free space under the file's policy is
-    ///   within a few times what the kernel may cache, a write-only open goes direct:
+    ///   within a few times what the kernel may cache, a writable open goes direct:
     ///   each `write(2)` reaches the engine, which refuses with `ENOSPC` what it cannot
-    ///   store, and the file stays as the last successful write left it.
+    ///   store, and the file stays as the last successful write left it. (The kernel
+    ///   then leaves the file's mtime and ctime as they were: under the writeback cache
+    ///   it keeps a regular file's times itself, ignoring the daemon's, and its direct
+    ///   write path never sets them. So only a nearly full pool mixes the two.)
     fn open_flags(&self, pool: &Pool, ino: Ino, flags: i32) -> FopenFlags {
         if flags & libc::O_ACCMODE == libc::O_RDONLY {
             return if self.direct_reads && pool.current_size(ino) >= DIRECT_READ_MIN {
@@ -313,11 +320,15 @@ impl DynamicFs {
                 FopenFlags::empty()
             };
         }
-        if flags & libc::O_ACCMODE != libc::O_WRONLY {
-            return FopenFlags::empty();
-        }
         if !self.writeback_cache {
-            return FopenFlags::FOPEN_DIRECT_IO;
+            return if flags & libc::O_ACCMODE == libc::O_WRONLY {
+                FopenFlags::FOPEN_DIRECT_IO
+            } else {
+                FopenFlags::empty()
+            };
+        }
+        if flags & libc::O_ACCMODE != libc::O_WRONLY && !self.direct_mmap {
+            return FopenFlags::empty();
         }
         let free = pool.space_for(pool.state().effective_policy(ino)).1;
         if free < self.direct_below_free {
@@ -444,10 +455,15 @@ impl Filesystem for DynamicFs {
             let _ = config.add_capabilities(wanted & !missing);
         }
         self.no_opendir = config.add_capabilities(fuser::InitFlags::FUSE_NO_OPENDIR_SUPPORT).is_ok();
-        if self.direct_reads && config.add_capabilities(fuser::InitFlags::FUSE_DIRECT_IO_ALLOW_MMAP).is_err() {
+        // Direct I/O serves large read-only opens and, under the writeback cache, writable
+        // opens on a nearly full pool; a read-write one must still map shared.
+        let direct_mmap = (self.direct_reads || self.writeback_cache)
+            && config.add_capabilities(fuser::InitFlags::FUSE_DIRECT_IO_ALLOW_MMAP).is_ok();
+        if self.direct_reads && !direct_mmap {
             tracing::info!("the kernel cannot map files opened for direct I/O; reads keep the page cache");
             self.direct_reads = false;
         }
+        self.direct_mmap = direct_mmap;
         Ok(())
     }
 
