@@ -281,8 +281,9 @@ impl DynamicFs {
     }
 
     /// How a file opened with `flags` is served. A read-write open keeps the kernel's
-    /// page cache (but on a nearly full pool under the writeback cache: below). A read-only open of a file of at least one extent goes past it, as
-    /// mergerfs serves every file with `cache.files=off`, when the kernel allows shared
+    /// page cache (but on a nearly full pool under the writeback cache: below). A
+    /// read-only open of a file of at least one extent goes past it, as mergerfs
+    /// serves every file with `cache.files=off`, when the kernel allows shared
     /// mappings of such opens (`FUSE_DIRECT_IO_ALLOW_MMAP`): a cached read copies each
     /// page into the page cache and out again, while a direct one lands in the reader's
     /// buffer, and the engine reads ahead and caches extents itself. A 1 GiB read with
