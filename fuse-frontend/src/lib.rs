@@ -314,22 +314,17 @@ impl DynamicFs {
     ///   it keeps a regular file's times itself, ignoring the daemon's, and its direct
     ///   write path never sets them. So only a nearly full pool mixes the two.)
     fn open_flags(&self, pool: &Pool, ino: Ino, flags: i32) -> FopenFlags {
-        if flags & libc::O_ACCMODE == libc::O_RDONLY {
+        let access = flags & libc::O_ACCMODE;
+        if access == libc::O_RDONLY {
             return if self.direct_reads && pool.current_size(ino) >= DIRECT_READ_MIN {
                 FopenFlags::FOPEN_DIRECT_IO
             } else {
                 FopenFlags::empty()
             };
         }
-        if !self.writeback_cache {
-            return if flags & libc::O_ACCMODE == libc::O_WRONLY {
-                FopenFlags::FOPEN_DIRECT_IO
-            } else {
-                FopenFlags::empty()
-            };
-        }
-        if flags & libc::O_ACCMODE != libc::O_WRONLY && !self.direct_mmap {
-            return FopenFlags::empty();
+        let write_only = access == libc::O_WRONLY;
+        if !self.writeback_cache || !(write_only || self.direct_mmap) {
+            return if write_only { FopenFlags::FOPEN_DIRECT_IO } else { FopenFlags::empty() };
         }
         let free = pool.space_for(pool.state().effective_policy(ino)).1;
         if free < self.direct_below_free {
