@@ -127,9 +127,10 @@ pub(crate) enum Command {
         /// cache=256MiB, one request thread per CPU and one more, 2–16).
         /// writeback_cache lets write(2) return once the kernel cached the page: small
         /// random writes run about three times faster, creating a file costs two more
-        /// round trips to the daemon. direct_reads serves read-only opens of files of 1 MiB or more past
-        /// the kernel's page cache: large reads run faster, reads of a few KiB each
-        /// slower; nodirect_reads keeps the page cache for every read.
+        /// round trips to the daemon. direct_reads serves read-only opens of files of 1 MiB or more,
+        /// and read-write opens, past the kernel's page cache: large reads and a
+        /// database's writes run faster, reads of a few KiB each slower; nodirect_reads
+        /// keeps the page cache for every read.
         #[arg(short = 'o', long, value_name = "LIST", default_value = "")]
         options: String,
     },

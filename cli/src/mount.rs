@@ -53,8 +53,9 @@ pub struct MountSettings {
     /// The kernel's writeback cache (`writeback_cache`): faster small random writes,
     /// dearer file creation.
     pub writeback_cache: bool,
-    /// Read-only opens of files of 1 MiB or more bypass the page cache (`direct_reads`,
-    /// the default; `nodirect_reads` turns it off): faster large reads, dearer small ones.
+    /// Read-only opens of files of 1 MiB or more, and read-write opens, bypass the page
+    /// cache (`direct_reads`, the default; `nodirect_reads` turns it off): faster large
+    /// reads and database writes, dearer small reads.
     pub direct_reads: bool,
 }
 

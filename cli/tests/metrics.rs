@@ -243,13 +243,14 @@ fn the_extent_cache_setting_bounds_the_daemons_memory() {
     assert!(default > small + 50e6, "default cache {} MB, 16 MiB cache {} MB", default / 1e6, small / 1e6);
 }
 
-/// Read-only descriptors of files of an extent or more read past the page cache
-/// (`direct_reads`, the default): each 4 KiB `pread` of one reaches the daemon, counted
-/// in `dynamicfs_operations_total{op="read"}`. A read-write descriptor, a small file and
-/// every file under `nodirect_reads` go through the kernel's page cache, whose read-ahead
-/// asks for 1 MiB at a time. Either way the bytes are the file's.
+/// Read-only descriptors of files of an extent or more, and read-write descriptors of any
+/// file, read past the page cache (`direct_reads`, the default): each 4 KiB `pread` of
+/// one reaches the daemon, counted in `dynamicfs_operations_total{op="read"}`. A
+/// read-only descriptor of a small file and every descriptor under `nodirect_reads` go
+/// through the kernel's page cache, whose read-ahead asks for 1 MiB at a time. Either
+/// way the bytes are the file's.
 #[test]
-fn read_only_descriptors_of_large_files_read_past_the_page_cache_unless_told_otherwise() {
+fn read_only_descriptors_of_large_files_and_read_write_ones_read_past_the_page_cache_unless_told_otherwise() {
     use std::os::unix::fs::FileExt;
     let reads_of = |options: &str, file_len: usize, write_access: bool| -> f64 {
         let pool = Pool::new("replicate:1", &[64]);
@@ -276,7 +277,9 @@ fn read_only_descriptors_of_large_files_read_past_the_page_cache_unless_told_oth
     let mib = 1 << 20;
     assert!(reads_of("", 2 * mib, false) >= 256.0, "every 4 KiB read of a read-only descriptor reaches the daemon");
     assert!(reads_of("direct_reads", 2 * mib, false) >= 256.0);
-    assert!(reads_of("", 2 * mib, true) <= 16.0, "a read-write descriptor reads through the page cache");
+    assert!(reads_of("", 2 * mib, true) >= 256.0, "every 4 KiB read of a read-write descriptor reaches the daemon");
+    assert!(reads_of("", mib - 4096, true) >= 255.0, "a read-write descriptor of a small file reads past it too");
     assert!(reads_of("", mib - 4096, false) <= 16.0, "a file under one extent reads through the page cache");
     assert!(reads_of("nodirect_reads", 2 * mib, false) <= 16.0, "nodirect_reads keeps the page cache");
+    assert!(reads_of("nodirect_reads", 2 * mib, true) <= 16.0, "for read-write descriptors too");
 }

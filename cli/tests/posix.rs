@@ -223,6 +223,61 @@ fn write_only_descriptors_stay_coherent_with_cached_readers_as_on_ext4() {
     assert_eq!(answers["fresh_len"], 16388);
 }
 
+/// A read-write descriptor (served with direct I/O, as a database's: `open_flags`) reads
+/// its own unaligned writes across page boundaries, nothing past the end, the dirty
+/// pages of its own shared mapping; its writes reach that mapping, a reader holding the
+/// file's pages, an append and a truncate, and advance mtime and ctime, as on ext4.
+#[test]
+fn read_write_descriptors_stay_coherent_as_on_ext4() {
+    check_read_write(same_answers("read_write"));
+}
+
+/// The same under the kernel's writeback cache, where a read-write descriptor keeps the
+/// page cache.
+#[test]
+fn read_write_descriptors_stay_coherent_under_the_writeback_cache() {
+    check_read_write(same_answers_on("read_write", Bench::with_options("writeback_cache")));
+}
+
+fn check_read_write(answers: serde_json::Value) {
+    assert_eq!(answers["reader_cached"], 16384);
+    assert_eq!(answers["own_write"], "bbbbbbbb");
+    assert_eq!(answers["reader_sees_write"], "bbbbbbbb");
+    assert_eq!(answers["read_past_end"], 0);
+    assert_eq!(answers["size_after_growing_write"], serde_json::json!([16388, 16388]));
+    assert_eq!(answers["own_read_sees_mapping"], "aaMAPDaa");
+    assert_eq!(answers["mapping_sees_own_write"], "aaMAWRTE");
+    assert_eq!(answers["reader_sees_both"], "aaMAWRTE");
+    assert_eq!(answers["write_times"], serde_json::json!([false, true, true]));
+    assert_eq!(answers["append_read_back"], "growtail");
+    assert_eq!(answers["after_truncate"], serde_json::json!([12000, 3808]));
+    assert_eq!(answers["fresh"], serde_json::json!([12000, "hhhhthhh", "hhhhaaaabbbb", "aaMAWRTE"]));
+}
+
+/// Without the writeback cache a read-write descriptor's writes go past the page cache
+/// (one copy, no split at page boundaries, no `security.capability` lookup first): once
+/// written, none of the file's pages is in the page cache (`mincore` of a mapping that
+/// never touched them), where a cached write would have left them there.
+#[test]
+fn read_write_descriptors_write_past_the_page_cache() {
+    let bench = Bench::new();
+    let file = bench.mount.join("rw");
+    let script = format!(
+        "import ctypes, mmap, os\n\
+         fd = os.open({0:?}, os.O_RDWR | os.O_CREAT, 0o644)\n\
+         os.pwrite(fd, b'x' * 65536, 0)\n\
+         m = mmap.mmap(fd, 65536)\n\
+         libc = ctypes.CDLL(None, use_errno=True)\n\
+         vec = (ctypes.c_ubyte * 16)()\n\
+         addr = ctypes.addressof(ctypes.c_char.from_buffer(m))\n\
+         assert libc.mincore(ctypes.c_void_p(addr), ctypes.c_size_t(65536), vec) == 0, ctypes.get_errno()\n\
+         print(sum(b & 1 for b in vec), bytes(m[65530:]).decode())\n",
+        file.to_str().unwrap()
+    );
+    let out = run(Command::new("python3").args(["-c", &script]));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "0 xxxxxx");
+}
+
 /// The same under the kernel's writeback cache, where the kernel sends what these calls
 /// change differently (a `chown` to the same ids arrives as a ctime).
 #[test]

@@ -540,6 +540,48 @@ def coherence():
     rec("fresh_len", lambda: len(fresh))
 
 
+def read_write():
+    """What a read-write descriptor (which a mount serves with direct I/O, as a
+    database's) sees and shows: its own writes at unaligned offsets across page
+    boundaries (a rollback journal's), a read past the end, a shared mapping of itself
+    (dirty pages its reads must see, writes its mapping must see), a reader holding the
+    file's pages, an append, a truncate, the times a write changes, and a fresh open once
+    all is closed. Each must see the file as it is at that moment."""
+    mmap_module = __import__("mmap")
+    name = p("db")
+    with open(name, "wb") as f:
+        f.write(b"a" * 16384)
+    reader = os.open(name, os.O_RDONLY)
+    rec("reader_cached", lambda: len(os.pread(reader, 16384, 0)))
+    rw = os.open(name, os.O_RDWR)
+    os.pwrite(rw, b"h" * 512, 0)
+    os.pwrite(rw, b"b" * 4096, 516)
+    rec("own_write", lambda: os.pread(rw, 8, 4092).decode())
+    rec("reader_sees_write", lambda: os.pread(reader, 8, 4092).decode())
+    rec("read_past_end", lambda: len(os.pread(rw, 8, 20000)))
+    os.pwrite(rw, b"grow", 16384)
+    rec("size_after_growing_write", lambda: (os.fstat(rw).st_size, os.fstat(reader).st_size))
+    mapped = mmap_module.mmap(rw, 16388)
+    mapped[8190:8194] = b"MAPD"
+    rec("own_read_sees_mapping", lambda: os.pread(rw, 8, 8188).decode())
+    os.pwrite(rw, b"WRTE", 8192)
+    rec("mapping_sees_own_write", lambda: mapped[8188:8196].decode())
+    rec("reader_sees_both", lambda: os.pread(reader, 8, 8188).decode())
+    rec("write_times", lambda: changed("db", lambda: os.pwrite(rw, b"t", 100)))
+    mapped.flush()
+    mapped.close()
+    appender = os.open(name, os.O_RDWR | os.O_APPEND)
+    os.write(appender, b"tail")
+    rec("append_read_back", lambda: os.pread(appender, 8, 16384).decode())
+    os.close(appender)
+    os.ftruncate(rw, 12000)
+    rec("after_truncate", lambda: (os.fstat(reader).st_size, len(os.pread(rw, 8192, 8192))))
+    for fd in (rw, reader):
+        os.close(fd)
+    fresh = read_fresh("db")
+    rec("fresh", lambda: (len(fresh), fresh[96:104].decode(), fresh[508:520].decode(), fresh[8188:8196].decode()))
+
+
 def direct_reads():
     """What a read-only descriptor on a file of several extents (which a mount serves
     past the page cache) sees of the file's other users: a dirty page of a shared
@@ -584,6 +626,7 @@ SECTIONS = {
     "edges": edges,
     "privileges": privileges,
     "coherence": coherence,
+    "read_write": read_write,
     "direct_reads": direct_reads,
 }
 SECTIONS[sys.argv[2]]()
