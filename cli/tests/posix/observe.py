@@ -507,17 +507,24 @@ def privileges():
     rec("chown_dir", lambda: (os.chown(p("dir"), 1234, 5678), oct(stat.S_IMODE(os.lstat(p("dir")).st_mode)))[1])
 
 
+def cached_file(leaf):
+    """Writes 16 KiB of `a` to `leaf` and opens a reader that caches every page of it
+    (recorded as `reader_cached`); returns the path and the reader."""
+    name = p(leaf)
+    with open(name, "wb") as f:
+        f.write(b"a" * 16384)
+    reader = os.open(name, os.O_RDONLY)
+    rec("reader_cached", lambda: len(os.pread(reader, 16384, 0)))
+    return name, reader
+
+
 def coherence():
     """What the file's other users see of writes through a write-only descriptor (which
     a mount serves with direct I/O, past the page cache): a reader that has every page
     cached, a shared mapping holding a dirty page the write overlaps, an append, and a
     fresh open once all is closed. Each must see the file as it is at that moment."""
     mmap_module = __import__("mmap")
-    name = p("shared")
-    with open(name, "wb") as f:
-        f.write(b"a" * 16384)
-    reader = os.open(name, os.O_RDONLY)
-    rec("reader_cached", lambda: len(os.pread(reader, 16384, 0)))
+    name, reader = cached_file("shared")
     mapped_fd = os.open(name, os.O_RDWR)
     mapped = mmap_module.mmap(mapped_fd, 16384)
     mapped[100:104] = b"mmmm"
@@ -548,11 +555,7 @@ def read_write():
     file's pages, an append, a truncate, the times a write changes, and a fresh open once
     all is closed. Each must see the file as it is at that moment."""
     mmap_module = __import__("mmap")
-    name = p("db")
-    with open(name, "wb") as f:
-        f.write(b"a" * 16384)
-    reader = os.open(name, os.O_RDONLY)
-    rec("reader_cached", lambda: len(os.pread(reader, 16384, 0)))
+    name, reader = cached_file("db")
     rw = os.open(name, os.O_RDWR)
     os.pwrite(rw, b"h" * 512, 0)
     os.pwrite(rw, b"b" * 4096, 516)
