@@ -304,16 +304,15 @@ impl DynamicFs {
     ///   kernel drops cached pages a direct write overlaps, so readers and mappings of
     ///   the file see it.
     /// - A read-write open goes direct too, whatever the file's size, wherever reads go
-    ///   direct at all (`direct_reads`, which needs `FUSE_DIRECT_IO_ALLOW_MMAP`: a
-    ///   database maps its files shared). A
-    ///   cached one also splits a write at each page it covers only in part (a rollback
-    ///   journal's 4 KiB pages sit at 516 bytes past a boundary) and asks for
-    ///   `security.capability` after every attribute refresh: a SQLite transaction in
-    ///   the default journal mode took 33 round trips, direct 27 (its reads, few, each
-    ///   one more). Its median latency, two pools mounted side by side and taken in
-    ///   turn 100 transactions at a time: 2,325–2,596 µs against 2,421–2,749 (6 runs
-    ///   of 7 faster). A small read through such a descriptor is a round trip, as
-    ///   through mergerfs.
+    ///   direct at all (`direct_reads`, which holds only where the kernel maps direct-I/O
+    ///   files shared: a database maps its files). A cached one also splits a write at
+    ///   each page it covers only in part (a rollback journal's 4 KiB pages sit at 516
+    ///   bytes past a boundary) and asks for `security.capability` after every
+    ///   attribute refresh: a SQLite transaction in the default journal mode took 33
+    ///   round trips, direct 27 (its reads, few, each one more). Its median latency,
+    ///   two pools mounted side by side and taken in turn 100 transactions at a time:
+    ///   2,325–2,596 µs against 2,421–2,749 (6 runs of 7 faster). A small read through
+    ///   such a descriptor is a round trip, as through mergerfs.
     /// - Through the writeback cache a `write(2)` returns before the engine sees it, so
     ///   on a nearly full pool a write the pool cannot take would fail only at close,
     ///   after the kernel had already grown the file's size (which, under the writeback
@@ -335,11 +334,7 @@ impl DynamicFs {
         }
         let write_only = access == libc::O_WRONLY;
         if !self.writeback_cache {
-            return if write_only || (self.direct_reads && self.direct_mmap) {
-                FopenFlags::FOPEN_DIRECT_IO
-            } else {
-                FopenFlags::empty()
-            };
+            return if write_only || self.direct_reads { FopenFlags::FOPEN_DIRECT_IO } else { FopenFlags::empty() };
         }
         if !(write_only || self.direct_mmap) {
             return FopenFlags::empty();
@@ -437,10 +432,9 @@ impl Filesystem for DynamicFs {
         // opens of large files bypass it, and read-write opens: see `open_flags`);
         // writes go through it to the engine (write-only and read-write opens bypass
         // it), each `write(2)` answered once the engine holds it, unless the mount asked
-        // for the writeback cache. Under it writes return once cached and reach the engine in
-        // large batches (random 4 KiB writes ran 2.8× mergerfs against 0.9× without),
-        // but each new file costs two round trips more:
-        // a `GETXATTR` of `security.capability` on its first cached write, and a
+        // for the writeback cache. Under it writes return once cached and reach the
+        // engine in large batches (random 4 KiB writes ran 2.8× mergerfs against 0.9×
+        // without), but each new file costs two round trips more: a `GETXATTR` of `security.capability` on its first cached write, and a
         // `SETATTR` of the times the kernel then keeps, sent again at unlink (small
         // files ran 0.8× mergerfs against 1.0× without).
         let _ = config.set_max_write(1 << 20);
